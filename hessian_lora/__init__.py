@@ -1,0 +1,5 @@
+"""hessian-lora: which learning rate each LoRA variant needs, and why."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

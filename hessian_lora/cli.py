@@ -1,0 +1,51 @@
+"""The ``hessian-lora`` command line: one sub-command per module in ``hessian_lora.commands``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from hessian_lora.errors import UserError
+
+# Order is the order of --help. Each module defines register(subparsers) that adds its parser and sets
+# ``handler`` (a function of the parsed args returning an exit code).
+COMMAND_MODULES = ("methods", "init", "info", "eigen", "sweep", "results", "analyze", "recommend", "plot", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hessian-lora",
+        description="Which learning rate each LoRA variant needs, and why: LR sweeps and loss-Hessian sharpness.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"hessian_lora.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"hessian_lora.commands.{name}":
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except UserError as exc:
+        print(f"hessian-lora {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"hessian-lora {args.command}: interrupted; finished work is kept, rerun to resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
