@@ -1,0 +1,328 @@
+"""Adapter methods: how each LoRA variant initialises A, B (and, for some, the base weights).
+
+W is out×in, A is r×in, B is out×r, s is the LoRA scale (alpha/r, or alpha/sqrt(r) for rsLoRA), ΔW = s·B·A.
+
+Methods that rewrite the base weights (PiSSA, MiLoRA, Init[AB], OLoRA, LoRA-GA) set W ← W − s·B₀·A₀ IN PLACE on
+the model passed to :func:`build_adapter`: callers must pass a freshly loaded base model for every adapter.
+Whatever the method computed, the residual is recomputed here by one fixed recipe (:func:`residual_weight`):
+float64 arithmetic in a fixed order over the rank, elementwise only, rounded once to the weight's dtype. That is
+more accurate than an fp32 matmul and, given the same base weights and the same A₀, B₀, it gives the same bits on
+any machine and device, which is what lets a checkpoint store only A₀, B₀ (kilobytes) instead of the rewritten
+weights (hundreds of megabytes) and still reload bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraGAConfig, LoraLayer
+from torch import nn
+
+from hessian_lora.data import TokenBatch
+from hessian_lora.errors import UserError
+
+DEFAULT_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ADAPTER_NAME = "default"
+# Attribute names under which build_adapter leaves what a checkpoint needs on the PeftModel it returns.
+CONFIG_ATTRIBUTE = "hessian_lora_config"
+INITIAL_FACTORS_ATTRIBUTE = "hessian_lora_initial_factors"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What a method is and what it promises."""
+
+    name: str
+    summary: str
+    rewrites_base: bool  # W ← W − s·B₀·A₀ at initialisation
+    preserves_function: bool  # the initial adapted model computes the base model's function
+    needs_data: bool = False  # initialisation reads training batches (LoRA-GA)
+    peft_native: bool = True  # peft 0.21 builds it; otherwise it is initialised here on a peft LoRA model
+
+
+METHODS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        MethodSpec("lora", "vanilla LoRA: A Kaiming-uniform, B = 0", rewrites_base=False, preserves_function=True),
+        MethodSpec("pissa", "PiSSA: A, B from the top-r singular triplets of W; base <- W - s*B*A",
+                   rewrites_base=True, preserves_function=True),
+        MethodSpec("milora", "MiLoRA: A, B from the bottom-r singular triplets of W; base <- W - s*B*A",
+                   rewrites_base=True, preserves_function=True, peft_native=False),
+        MethodSpec("initab", "Init[AB]: A, B both uniform(+-1/sqrt(in)); base <- W - s*B*A",
+                   rewrites_base=True, preserves_function=True, peft_native=False),
+        MethodSpec("dora", "DoRA: trainable magnitude times the normalised direction W + s*B*A",
+                   rewrites_base=False, preserves_function=True),
+        MethodSpec("olora", "OLoRA: B, A = first r columns/rows of the QR factors of W; base <- W - s*B*A",
+                   rewrites_base=True, preserves_function=True),
+        MethodSpec("loraga", "LoRA-GA: A, B from the SVD of the full-weight gradient on a few batches",
+                   rewrites_base=True, preserves_function=True, needs_data=True),
+        MethodSpec("rslora", "rsLoRA: LoRA with scale alpha/sqrt(r)", rewrites_base=False, preserves_function=True),
+        MethodSpec("loraplus", "LoRA+: LoRA whose B learns loraplus_ratio times faster than A",
+                   rewrites_base=False, preserves_function=True),
+    )
+}
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """An adapter: method, rank, alpha (None means alpha = rank), dropout, target module names, init seed.
+
+    ``pissa_niter=None`` takes PiSSA's exact SVD; an integer K uses peft's randomised ``pissa_niter_K``.
+    """
+
+    method: str
+    rank: int = 8
+    alpha: float | None = None
+    dropout: float = 0.0
+    targets: tuple[str, ...] = DEFAULT_TARGETS
+    seed: int = 0
+    loraplus_ratio: float = 16.0
+    pissa_niter: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UserError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}.")
+        if not isinstance(self.rank, int) or self.rank <= 0:
+            raise UserError(f"rank must be a positive integer, got {self.rank}: pass e.g. --rank 8.")
+        if self.alpha is not None and self.alpha <= 0:
+            raise UserError(f"alpha must be positive, got {self.alpha}: omit it for alpha = rank.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"dropout must be in [0, 1), got {self.dropout}.")
+        if not self.targets:
+            raise UserError("no target modules: pass e.g. --targets q_proj,v_proj.")
+        if self.loraplus_ratio <= 0:
+            raise UserError(f"loraplus_ratio must be positive, got {self.loraplus_ratio}.")
+        if self.pissa_niter is not None and self.pissa_niter < 1:
+            raise UserError(f"pissa_niter must be >= 1 (or None for the exact SVD), got {self.pissa_niter}.")
+        object.__setattr__(self, "targets", tuple(self.targets))
+
+    @property
+    def spec(self) -> MethodSpec:
+        return METHODS[self.method]
+
+    @property
+    def lora_alpha(self) -> float:
+        return float(self.rank if self.alpha is None else self.alpha)
+
+    @property
+    def scaling(self) -> float:
+        """The LoRA scale s in ΔW = s·B·A, as peft computes it."""
+        if self.method == "rslora":
+            return self.lora_alpha / math.sqrt(self.rank)
+        return self.lora_alpha / self.rank
+
+
+def build_adapter(
+    model: nn.Module, config: AdapterConfig, *, batches: Sequence[TokenBatch] | None = None
+) -> PeftModel:
+    """Wrap ``model`` in a peft LoRA adapter initialised by ``config.method``, deterministic per ``config.seed``.
+
+    Rewriting methods change ``model``'s weights in place: pass a fresh base model. LoRA-GA needs ``batches``
+    (training batches; its gradient estimate is the gradient of their global per-token mean loss).
+    """
+    linear_shapes = _target_linear_shapes(model, config.targets)
+    _check_rank_fits(config, linear_shapes)
+    if config.spec.needs_data and not batches:
+        raise UserError(f"method {config.method} estimates gradients from data: pass training batches "
+                        "(the CLI takes them from --task).")
+    # Rewriting methods keep the untouched weights so the residual is recomputed by one exact recipe.
+    originals = _snapshot_target_weights(model, config.targets) if config.spec.rewrites_base else {}
+    with torch.random.fork_rng(devices=_cuda_device_indices(model)):
+        torch.manual_seed(config.seed)
+        lora_config = _peft_config(config)
+        if config.method == "loraga":
+            _estimate_loraga_gradients(model, lora_config, list(batches or []))
+        peft_model = get_peft_model(model, lora_config)
+        if config.method == "milora":
+            _init_milora(peft_model, config)
+        elif config.method == "initab":
+            _init_initab(peft_model, config)
+    initial_factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    if config.spec.rewrites_base:
+        for name, layer in lora_layers(peft_model):
+            lora_a = layer.lora_A[ADAPTER_NAME].weight
+            lora_b = layer.lora_B[ADAPTER_NAME].weight
+            initial_factors[name] = (lora_a.detach().cpu().clone(), lora_b.detach().cpu().clone())
+            base = layer.get_base_layer()
+            with torch.no_grad():
+                base.weight.copy_(residual_weight(originals[name].to(base.weight.device), lora_a, lora_b,
+                                                  layer.scaling[ADAPTER_NAME]))
+    setattr(peft_model, CONFIG_ATTRIBUTE, config)
+    setattr(peft_model, INITIAL_FACTORS_ATTRIBUTE, initial_factors)
+    peft_model.eval()
+    return peft_model
+
+
+def residual_weight(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float) -> torch.Tensor:
+    """W − s·B·A in float64, rounded once to W's dtype; bit-reproducible on any device.
+
+    The product of two fp32 numbers is exact in float64, and the rank-1 terms are added in a fixed order with
+    elementwise kernels only (no BLAS reduction whose order could depend on threads or device).
+    """
+    lora_a64 = lora_a.detach().to(device=weight.device, dtype=torch.float64)
+    lora_b64 = lora_b.detach().to(device=weight.device, dtype=torch.float64)
+    update = torch.zeros(weight.shape, dtype=torch.float64, device=weight.device)
+    for k in range(lora_a64.shape[0]):
+        update += lora_b64[:, k, None] * lora_a64[None, k, :]
+    return (weight.detach().to(torch.float64) - float(scaling) * update).to(weight.dtype)
+
+
+def lora_layers(peft_model: nn.Module) -> Iterator[tuple[str, LoraLayer]]:
+    """(base-model module name, peft LoRA layer) for every adapted module, in model order."""
+    base = peft_model.get_base_model() if isinstance(peft_model, PeftModel) else peft_model
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer) and ADAPTER_NAME in module.lora_A:
+            yield name, module
+
+
+def trainable_parameters(peft_model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters training updates (lora_A, lora_B, DoRA magnitudes), by name, in model order."""
+    return {name: param for name, param in peft_model.named_parameters() if param.requires_grad}
+
+
+def make_optimizer(
+    peft_model: nn.Module,
+    config: AdapterConfig,
+    lr: float,
+    *,
+    betas: tuple[float, float] = (0.9, 0.999),
+    weight_decay: float = 0.0,
+    eps: float = 1e-8,
+) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; for LoRA+ the lora_B matrices get ``lr * loraplus_ratio``.
+
+    The LoRA+ split matches ``peft.optimizers.create_loraplus_optimizer`` (B matrices and 1-D parameters in the
+    fast group, everything else at ``lr``), without its empty embedding group.
+    """
+    if lr <= 0:
+        raise UserError(f"learning rate must be positive, got {lr}.")
+    params = trainable_parameters(peft_model)
+    if config.method != "loraplus":
+        return torch.optim.AdamW(list(params.values()), lr=lr, betas=betas, weight_decay=weight_decay, eps=eps)
+    slow = [p for name, p in params.items() if not _is_loraplus_fast(name, p)]
+    fast = [p for name, p in params.items() if _is_loraplus_fast(name, p)]
+    groups = [{"params": slow, "lr": lr}, {"params": fast, "lr": lr * config.loraplus_ratio}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps)
+
+
+def _is_loraplus_fast(name: str, param: nn.Parameter) -> bool:
+    return "lora_B" in name or param.ndim == 1
+
+
+def _peft_config(config: AdapterConfig) -> LoraConfig:
+    init: bool | str = True
+    extra: dict[str, object] = {}
+    if config.method == "pissa":
+        init = "pissa" if config.pissa_niter is None else f"pissa_niter_{config.pissa_niter}"
+    elif config.method == "olora":
+        init = "olora"
+    elif config.method == "loraga":
+        init = "lora_ga"
+        extra["lora_ga_config"] = LoraGAConfig()
+    return LoraConfig(
+        r=config.rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.dropout,
+        target_modules=list(config.targets),
+        init_lora_weights=init,
+        use_dora=config.method == "dora",
+        use_rslora=config.method == "rslora",
+        task_type="CAUSAL_LM",
+        **extra,
+    )
+
+
+def _target_linear_shapes(model: nn.Module, targets: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """(out, in) of every nn.Linear whose last name component is a target; every target must match one."""
+    shapes: dict[str, tuple[int, int]] = {}
+    found: set[str] = set()
+    linear_names: set[str] = set()
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            leaf = name.rsplit(".", 1)[-1]
+            linear_names.add(leaf)
+            if leaf in targets:
+                shapes[name] = (module.out_features, module.in_features)
+                found.add(leaf)
+    missing = [t for t in targets if t not in found]
+    if missing:
+        raise UserError(f"target module(s) {', '.join(missing)} not in the model: choose from "
+                        f"{', '.join(sorted(linear_names - {'lm_head'}))}.")
+    return shapes
+
+
+def _check_rank_fits(config: AdapterConfig, shapes: dict[str, tuple[int, int]]) -> None:
+    # SVD/QR methods take r (LoRA-GA: 2r) components of a matrix with min(out, in) of them.
+    needed = {"pissa": 1, "milora": 1, "olora": 1, "loraga": 2}.get(config.method)
+    if needed is None:
+        return
+    smallest = min(min(shape) for shape in shapes.values())
+    if needed * config.rank > smallest:
+        raise UserError(f"{config.method} needs {needed}*rank <= {smallest} (the smallest target dimension), "
+                        f"got rank {config.rank}: lower --rank or drop the small target modules.")
+
+
+def _snapshot_target_weights(model: nn.Module, targets: Sequence[str]) -> dict[str, torch.Tensor]:
+    return {
+        name: module.weight.detach().cpu().clone()
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in targets
+    }
+
+
+def _cuda_device_indices(model: nn.Module) -> list[int]:
+    return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+
+
+def _estimate_loraga_gradients(model: nn.Module, lora_config: LoraConfig, batches: list[TokenBatch]) -> None:
+    from peft.tuners.lora.loraga import preprocess_loraga
+
+    from hessian_lora.loss import loss_sum
+
+    device = next(model.parameters()).device
+    total_tokens = sum(batch.loss_tokens for batch in batches)
+    if total_tokens == 0:
+        raise UserError("LoRA-GA batches hold no loss tokens: give examples with responses.")
+
+    def train_step() -> None:
+        # peft divides the accumulated gradient by the number of backward passes, so each batch's summed loss
+        # is weighted by n_batches/total_tokens: the result is the gradient of the global per-token mean loss.
+        for batch in batches:
+            (loss_sum(model, batch.to(device)) * (len(batches) / total_tokens)).backward()
+
+    with warnings.catch_warnings():
+        # The first adapted layer's input (frozen embeddings) needs no gradient; peft's counting hook still fires.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        preprocess_loraga(model, lora_config, train_step)
+
+
+@torch.no_grad()
+def _init_milora(peft_model: PeftModel, config: AdapterConfig) -> None:
+    for _, layer in lora_layers(peft_model):
+        weight = layer.get_base_layer().weight
+        scaling = layer.scaling[ADAPTER_NAME]
+        u, s, vh = torch.linalg.svd(weight.detach().to(torch.float64), full_matrices=False)
+        r = config.rank
+        root = torch.sqrt(s[-r:] / scaling)
+        lora_a = root[:, None] * vh[-r:, :]
+        lora_b = u[:, -r:] * root[None, :]
+        layer.lora_A[ADAPTER_NAME].weight.copy_(lora_a.to(weight.dtype))
+        layer.lora_B[ADAPTER_NAME].weight.copy_(lora_b.to(weight.dtype))
+
+
+@torch.no_grad()
+def _init_initab(peft_model: PeftModel, config: AdapterConfig) -> None:
+    # A dedicated generator drawn in module order: the factors depend only on the seed and the model layout.
+    generator = torch.Generator(device="cpu").manual_seed(config.seed)
+    for _, layer in lora_layers(peft_model):
+        lora_a = layer.lora_A[ADAPTER_NAME].weight
+        lora_b = layer.lora_B[ADAPTER_NAME].weight
+        bound = 1.0 / math.sqrt(layer.in_features)
+        for param in (lora_a, lora_b):
+            draw = torch.rand(param.shape, generator=generator, dtype=torch.float64) * (2 * bound) - bound
+            param.copy_(draw.to(param.dtype))
