@@ -1,0 +1,353 @@
+"""Checkpoints: one directory format for an adapter at any training step.
+
+```
+DIR/
+  adapter_config.json          # a standard peft LoRA config (init_lora_weights=true: nothing to recompute)
+  adapter_model.safetensors    # the adapter now (lora_A, lora_B, DoRA magnitudes)
+  hessian_lora.json            # CheckpointMeta: method, rank, alpha, targets, base model, task, seeds, lr, step
+  initial_adapter.safetensors  # methods that rewrite the base: A0, B0 per module (the residual's recipe)
+  optimizer.pt                 # when saved with an optimizer: AdamW state_dict + parameter names
+```
+
+For PiSSA, MiLoRA, Init[AB], OLoRA and LoRA-GA the model is a *residual* base W − s·B₀·A₀ plus the adapter.
+Storing the rewritten base would take the targeted weights in full (~425 MB for SmolLM2 with all seven
+projections); storing A₀, B₀ takes kilobytes, and :func:`hessian_lora.methods.residual_weight` rebuilds the
+residual bit for bit from the reloaded base (float64, fixed order, elementwise). ``hessian_lora.json`` keeps a
+SHA-256 of the residual weights, so a base model that changed since saving is reported instead of silently
+giving another model.
+
+For the methods that keep the base (LoRA, DoRA, rsLoRA, LoRA+) ``PeftModel.from_pretrained(base, DIR)`` on a
+fresh base gives the same model; for the others it must be applied to the residual base.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from hessian_lora import methods
+from hessian_lora.errors import UserError
+from hessian_lora.methods import AdapterConfig
+
+FORMAT_VERSION = 1
+META_FILE = "hessian_lora.json"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+INITIAL_ADAPTER_FILE = "initial_adapter.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What a checkpoint is: the adapter's definition, where its base comes from, and where training stands.
+
+    ``seed`` is the adapter-initialisation seed, ``model_seed`` the seed a random base (tiny-llama) is built with.
+    """
+
+    method: str
+    rank: int
+    alpha: float
+    dropout: float
+    targets: tuple[str, ...]
+    base_model: str
+    task: str | None = None
+    seed: int = 0
+    model_seed: int = 0
+    dtype: str = "float32"
+    lr: float | None = None
+    step: int = 0
+    loraplus_ratio: float = 16.0
+    pissa_niter: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict, hash=False)
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def from_config(
+        cls,
+        config: AdapterConfig,
+        *,
+        base_model: str,
+        task: str | None = None,
+        model_seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+        lr: float | None = None,
+        step: int = 0,
+        extra: dict[str, Any] | None = None,
+    ) -> CheckpointMeta:
+        return cls(
+            method=config.method, rank=config.rank, alpha=config.lora_alpha, dropout=config.dropout,
+            targets=tuple(config.targets), base_model=base_model, task=task, seed=config.seed,
+            model_seed=model_seed, dtype=_dtype_name(dtype), lr=lr, step=step,
+            loraplus_ratio=config.loraplus_ratio, pissa_niter=config.pissa_niter, extra=dict(extra or {}),
+        )
+
+    def adapter_config(self) -> AdapterConfig:
+        return AdapterConfig(
+            method=self.method, rank=self.rank, alpha=self.alpha, dropout=self.dropout, targets=self.targets,
+            seed=self.seed, loraplus_ratio=self.loraplus_ratio, pissa_niter=self.pissa_niter,
+        )
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _DTYPES[self.dtype]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["targets"] = list(self.targets)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CheckpointMeta:
+        known = {f.name for f in fields(cls)}
+        values = {key: value for key, value in data.items() if key in known}
+        values["targets"] = tuple(values.get("targets", ()))
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class OptimizerState:
+    """A saved AdamW state: ``state_dict`` as torch gives it, and the parameter name behind each index."""
+
+    state_dict: dict[str, Any]
+    param_names: tuple[str, ...]  # position i is the parameter torch numbers i in state_dict["state"]
+
+    @property
+    def step(self) -> int:
+        steps = [int(state["step"]) for state in self.state_dict["state"].values() if "step" in state]
+        return max(steps, default=0)
+
+    @property
+    def betas(self) -> tuple[float, float]:
+        beta1, beta2 = self.state_dict["param_groups"][0]["betas"]
+        return float(beta1), float(beta2)
+
+    @property
+    def eps(self) -> float:
+        return float(self.state_dict["param_groups"][0]["eps"])
+
+    def by_name(self, key: str) -> dict[str, torch.Tensor]:
+        """One per-parameter state entry (``exp_avg``, ``exp_avg_sq``) keyed by parameter name."""
+        return {
+            self.param_names[index]: state[key]
+            for index, state in sorted(self.state_dict["state"].items())
+            if key in state
+        }
+
+
+class LoadedCheckpoint(NamedTuple):
+    model: PeftModel
+    tokenizer: PreTrainedTokenizerBase
+    meta: CheckpointMeta
+    optimizer_state: OptimizerState | None
+
+
+def save_checkpoint(
+    directory: str | os.PathLike[str],
+    peft_model: PeftModel,
+    meta: CheckpointMeta,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> Path:
+    """Write ``peft_model`` (built by :func:`hessian_lora.methods.build_adapter` or loaded from a checkpoint).
+
+    The directory appears whole or not at all: everything is written to a sibling temp directory first, then
+    moved into place (an existing checkpoint there is replaced).
+    """
+    target = Path(directory)
+    config: AdapterConfig | None = getattr(peft_model, methods.CONFIG_ATTRIBUTE, None)
+    if config is None:
+        raise UserError("this model was not built by hessian_lora.methods.build_adapter or load_checkpoint: "
+                        "build it with build_adapter so its initialisation is known.")
+    if config.method != meta.method or config.rank != meta.rank:
+        raise ValueError(f"meta says {meta.method} r={meta.rank} but the model is {config.method} r={config.rank}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        peft_model.save_pretrained(str(staging))
+        _rewrite_adapter_config(staging / ADAPTER_CONFIG_FILE, meta)
+        meta_data = meta.to_dict()
+        if config.spec.rewrites_base:
+            factors = getattr(peft_model, methods.INITIAL_FACTORS_ATTRIBUTE)
+            tensors = {}
+            for name, (lora_a, lora_b) in factors.items():
+                tensors[f"{name}.lora_A"] = lora_a.contiguous()
+                tensors[f"{name}.lora_B"] = lora_b.contiguous()
+            save_file(tensors, str(staging / INITIAL_ADAPTER_FILE), metadata={"format": "pt"})
+            meta_data["residual_sha256"] = residual_digest(peft_model)
+        meta_data["trainable_parameters"] = sum(p.numel() for p in methods.trainable_parameters(peft_model).values())
+        if optimizer is not None:
+            torch.save(
+                {"state_dict": optimizer.state_dict(), "param_names": _optimizer_param_names(peft_model, optimizer)},
+                staging / OPTIMIZER_FILE,
+            )
+        (staging / META_FILE).write_text(json.dumps(meta_data, indent=2) + "\n", encoding="utf-8")
+        _replace_directory(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def load_checkpoint(directory: str | os.PathLike[str], *, device: str | torch.device | None = None) -> LoadedCheckpoint:
+    """Rebuild the saved model (base, residual where the method rewrote it, adapter) in eval mode.
+
+    Adapter parameters keep ``requires_grad`` so training and Hessian work can continue from here.
+    """
+    from hessian_lora.models import load_model
+
+    path = Path(directory)
+    meta_data = read_meta_dict(path)
+    meta = CheckpointMeta.from_dict(meta_data)
+    config = meta.adapter_config()
+    loaded = load_model(meta.base_model, dtype=meta.torch_dtype, device=device, seed=meta.model_seed)
+    base = loaded.model
+    with torch.random.fork_rng(devices=methods._cuda_device_indices(base)):
+        peft_model = PeftModel.from_pretrained(base, str(path), is_trainable=True, low_cpu_mem_usage=True)
+    initial_factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    if config.spec.rewrites_base:
+        initial_factors = _restore_residual(path, peft_model)
+        expected = meta_data.get("residual_sha256")
+        if expected is not None and residual_digest(peft_model) != expected:
+            raise UserError(f"the base model {meta.base_model} differs from the one {path} was saved on: "
+                            "load the same base model (same files, dtype and seed).")
+    setattr(peft_model, methods.CONFIG_ATTRIBUTE, config)
+    setattr(peft_model, methods.INITIAL_FACTORS_ATTRIBUTE, initial_factors)
+    peft_model.eval()
+    optimizer_state = None
+    if (path / OPTIMIZER_FILE).is_file():
+        raw = torch.load(path / OPTIMIZER_FILE, map_location=next(peft_model.parameters()).device, weights_only=True)
+        optimizer_state = OptimizerState(raw["state_dict"], tuple(raw["param_names"]))
+    return LoadedCheckpoint(peft_model, loaded.tokenizer, meta, optimizer_state)
+
+
+def read_meta_dict(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """The raw ``hessian_lora.json`` of a checkpoint (CheckpointMeta fields plus what save adds)."""
+    path = Path(directory)
+    if not path.is_dir():
+        raise UserError(f"checkpoint directory {path} does not exist: pass a directory written by "
+                        "`hessian-lora init` or a training run.")
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        raise UserError(f"{path} is not a hessian-lora checkpoint (no {META_FILE}): pass a checkpoint directory.")
+    try:
+        data = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{meta_path} is not valid JSON ({exc.msg}): the checkpoint is damaged, re-create it.") from exc
+    if data.get("format_version", 0) > FORMAT_VERSION:
+        raise UserError(f"{path} was written by a newer hessian-lora (format {data['format_version']}): upgrade.")
+    return data
+
+
+def adam_second_moments(
+    loaded: LoadedCheckpoint | OptimizerState, *, bias_corrected: bool = False
+) -> dict[str, torch.Tensor]:
+    """Adam's ``exp_avg_sq`` per parameter name (divided by 1 − β₂^step when ``bias_corrected``)."""
+    state = loaded.optimizer_state if isinstance(loaded, LoadedCheckpoint) else loaded
+    if state is None:
+        raise UserError("this checkpoint holds no optimizer state: save it with the optimizer (a training run).")
+    moments = state.by_name("exp_avg_sq")
+    if bias_corrected:
+        _, beta2 = state.betas
+        steps = {state.param_names[i]: int(s["step"]) for i, s in state.state_dict["state"].items()}
+        moments = {name: value / (1.0 - beta2 ** steps[name]) for name, value in moments.items()}
+    return moments
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, peft_model: nn.Module, state: OptimizerState) -> None:
+    """Restore a saved state into an optimizer built by ``make_optimizer`` for the same adapter."""
+    names = _optimizer_param_names(peft_model, optimizer)
+    if tuple(names) != state.param_names:
+        raise UserError("the saved optimizer state belongs to other parameters: rebuild the optimizer with "
+                        "make_optimizer for the checkpoint's own model and method.")
+    optimizer.load_state_dict(state.state_dict)
+
+
+def residual_digest(peft_model: nn.Module) -> str:
+    """SHA-256 over the base weights of every adapted module, in model order."""
+    digest = hashlib.sha256()
+    for name, layer in methods.lora_layers(peft_model):
+        weight = layer.get_base_layer().weight.detach()
+        digest.update(name.encode())
+        digest.update(str(weight.dtype).encode())
+        digest.update(weight.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _restore_residual(path: Path, peft_model: PeftModel) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    initial_path = path / INITIAL_ADAPTER_FILE
+    if not initial_path.is_file():
+        raise UserError(f"{path} lacks {INITIAL_ADAPTER_FILE}, which rebuilds the residual base: the checkpoint "
+                        "is incomplete, re-create it.")
+    tensors = load_file(str(initial_path))
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for name, layer in methods.lora_layers(peft_model):
+        try:
+            lora_a, lora_b = tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"]
+        except KeyError as exc:
+            raise UserError(f"{initial_path} has no initial factors for {name}: the checkpoint is damaged.") from exc
+        base = layer.get_base_layer()
+        with torch.no_grad():
+            base.weight.copy_(methods.residual_weight(base.weight, lora_a, lora_b, layer.scaling[methods.ADAPTER_NAME]))
+        factors[name] = (lora_a, lora_b)
+    return factors
+
+
+def _optimizer_param_names(peft_model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """Names in the order torch numbers parameters in a state_dict (groups in order, params in order)."""
+    name_of = {id(param): name for name, param in peft_model.named_parameters()}
+    names = []
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if id(param) not in name_of:
+                raise ValueError("the optimizer holds a parameter that is not part of this model")
+            names.append(name_of[id(param)])
+    return names
+
+
+def _rewrite_adapter_config(config_path: Path, meta: CheckpointMeta) -> None:
+    # The adapter weights are final; an init recipe such as "pissa" would make from_pretrained redo the SVD and
+    # rewrite the base weights a second time.
+    data = json.loads(config_path.read_text(encoding="utf-8"))
+    data["init_lora_weights"] = True
+    data["lora_ga_config"] = None
+    data["base_model_name_or_path"] = meta.base_model
+    config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _replace_directory(staging: Path, target: Path) -> None:
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    if target.is_dir() and not (target / META_FILE).is_file() and any(target.iterdir()):
+        raise UserError(f"{target} exists and is not a hessian-lora checkpoint: choose another --out directory.")
+    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.replace(target, retired / "checkpoint")
+    try:
+        os.replace(staging, target)
+    except OSError:
+        os.replace(retired / "checkpoint", target)
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(retired)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    for name, value in _DTYPES.items():
+        if value == dtype:
+            return name
+    raise UserError(f"unsupported model dtype {dtype}: use one of {', '.join(_DTYPES)}.")
