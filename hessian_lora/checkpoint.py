@@ -169,6 +169,7 @@ def save_checkpoint(
     moved into place (an existing checkpoint there is replaced).
     """
     target = Path(directory)
+    check_checkpoint_destination(target)
     config: AdapterConfig | None = getattr(peft_model, methods.CONFIG_ATTRIBUTE, None)
     if config is None:
         raise UserError("this model was not built by hessian_lora.methods.build_adapter or load_checkpoint: "
@@ -328,12 +329,20 @@ def _rewrite_adapter_config(config_path: Path, meta: CheckpointMeta) -> None:
     config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def check_checkpoint_destination(directory: str | os.PathLike[str]) -> None:
+    """Refuse a destination that is a file or a non-empty directory other than a checkpoint (it would be lost)."""
+    target = Path(directory)
+    if target.is_file():
+        raise UserError(f"{target} is a file: choose a directory path for the checkpoint.")
+    if target.is_dir() and not (target / META_FILE).is_file() and any(target.iterdir()):
+        raise UserError(f"{target} exists and is not a hessian-lora checkpoint: choose another output directory.")
+
+
 def _replace_directory(staging: Path, target: Path) -> None:
     if not target.exists():
         os.replace(staging, target)
         return
-    if target.is_dir() and not (target / META_FILE).is_file() and any(target.iterdir()):
-        raise UserError(f"{target} exists and is not a hessian-lora checkpoint: choose another --out directory.")
+    check_checkpoint_destination(target)
     retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
     os.replace(target, retired / "checkpoint")
     try:

@@ -137,7 +137,10 @@ def build_adapter(
         lora_config = _peft_config(config)
         if config.method == "loraga":
             _estimate_loraga_gradients(model, lora_config, list(batches or []))
-        peft_model = get_peft_model(model, lora_config)
+        with warnings.catch_warnings():
+            # peft 0.21 calls a transformers 5 method that was renamed; the warning is theirs, not the user's.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            peft_model = get_peft_model(model, lora_config)
         if config.method == "milora":
             _init_milora(peft_model, config)
         elif config.method == "initab":

@@ -1,0 +1,104 @@
+"""``hessian-lora info``: what a checkpoint holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from hessian_lora.errors import UserError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "info",
+        help="describe a checkpoint",
+        description="Describe a checkpoint directory: method, rank, alpha, targets, base model, trainable "
+        "parameters, step, learning rate, and whether it holds optimizer state and a residual base.",
+    )
+    parser.add_argument("checkpoint", metavar="DIR", help="checkpoint directory")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
+    parser.set_defaults(handler=run)
+
+
+def describe(directory: str | Path) -> dict[str, Any]:
+    """The facts ``info`` prints, read from the files (no model is loaded)."""
+    from hessian_lora import checkpoint
+    from hessian_lora.methods import METHODS
+
+    path = Path(directory)
+    data = checkpoint.read_meta_dict(path)
+    meta = checkpoint.CheckpointMeta.from_dict(data)
+    if meta.method not in METHODS:
+        raise UserError(f"{path} holds unknown method {meta.method!r}: it was written by another version.")
+    spec = METHODS[meta.method]
+    scale = meta.alpha / (meta.rank ** 0.5 if meta.method == "rslora" else meta.rank)
+    facts: dict[str, Any] = {
+        "checkpoint": str(path),
+        "method": meta.method,
+        "summary": spec.summary,
+        "rank": meta.rank,
+        "alpha": meta.alpha,
+        "scale": scale,
+        "dropout": meta.dropout,
+        "targets": list(meta.targets),
+        "base_model": meta.base_model,
+        "dtype": meta.dtype,
+        "model_seed": meta.model_seed,
+        "task": meta.task,
+        "seed": meta.seed,
+        "step": meta.step,
+        "lr": meta.lr,
+        "trainable_parameters": data.get("trainable_parameters"),
+        "adapter_bytes": _size(path / checkpoint.ADAPTER_WEIGHTS_FILE),
+        "residual_base": (
+            f"rebuilt from the initial A0, B0 in {checkpoint.INITIAL_ADAPTER_FILE}"
+            if spec.rewrites_base and (path / checkpoint.INITIAL_ADAPTER_FILE).is_file()
+            else ("MISSING" if spec.rewrites_base else "not needed (base weights unchanged)")
+        ),
+        "optimizer_state": None,
+        "extra": meta.extra,
+    }
+    if (path / checkpoint.OPTIMIZER_FILE).is_file():
+        import torch
+
+        raw = torch.load(path / checkpoint.OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+        state = checkpoint.OptimizerState(raw["state_dict"], tuple(raw["param_names"]))
+        facts["optimizer_state"] = {"step": state.step, "betas": list(state.betas), "eps": state.eps,
+                                    "parameters": len(state.param_names)}
+    return facts
+
+
+def run(args: argparse.Namespace) -> int:
+    facts = describe(args.checkpoint)
+    if args.json:
+        print(json.dumps(facts, indent=2))
+        return 0
+    optimizer = facts["optimizer_state"]
+    lines = [
+        ("checkpoint", facts["checkpoint"]),
+        ("method", f"{facts['method']} ({facts['summary']})"),
+        ("rank", facts["rank"]),
+        ("alpha", f"{facts['alpha']:g} (scale {facts['scale']:g})"),
+        ("dropout", facts["dropout"]),
+        ("targets", ",".join(facts["targets"])),
+        ("base model", f"{facts['base_model']} ({facts['dtype']}, model seed {facts['model_seed']})"),
+        ("task", facts["task"] or "-"),
+        ("init seed", facts["seed"]),
+        ("step", facts["step"]),
+        ("lr", "-" if facts["lr"] is None else f"{facts['lr']:g}"),
+        ("trainable params", "-" if facts["trainable_parameters"] is None else f"{facts['trainable_parameters']:,}"),
+        ("adapter file", f"{facts['adapter_bytes']:,} bytes"),
+        ("residual base", facts["residual_base"]),
+        ("optimizer state", "absent" if optimizer is None else
+         f"present (AdamW step {optimizer['step']}, betas {optimizer['betas']}, eps {optimizer['eps']:g})"),
+    ]
+    width = max(len(label) for label, _ in lines)
+    for label, value in lines:
+        print(f"{label:<{width}}  {value}")
+    return 0
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
