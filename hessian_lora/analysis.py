@@ -95,6 +95,7 @@ class BlockEigen:
     history: tuple[tuple[int, float], ...] = ()  # (HVPs so far, λ_max estimate) per iteration
     trace: float | None = None
     density: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # (grid, density values)
+    quadrature: tuple[tuple[tuple[float, ...], ...], tuple[tuple[float, ...], ...]] | None = None  # SLQ (nodes, weights)
     precond_sharpness: float | None = None
     precond_history: tuple[tuple[int, float], ...] = ()
 
@@ -314,34 +315,45 @@ def _parse_block(item: Any) -> BlockEigen | None:
         history=_history(eigen),
         trace=_optional_float(trace.get("trace")) if isinstance(trace, Mapping) else None,
         density=_parse_density(item.get("density")),
+        quadrature=_parse_quadrature(item.get("density")),
         precond_sharpness=_optional_float(precond.get("sharpness")),
         precond_history=_history(precond.get("eigen")),
     )
 
 
-def _parse_density(raw: Any) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """``DensityResult`` (per SLQ run: nodes and weights) as a Gaussian-smoothed curve on a grid."""
+def _parse_quadrature(raw: Any) -> tuple[tuple[tuple[float, ...], ...], tuple[tuple[float, ...], ...]] | None:
+    """``DensityResult``'s per-run Gauss nodes and weights, when present and consistent."""
     if not isinstance(raw, Mapping) or not raw.get("nodes") or not raw.get("weights"):
         return None
     try:
-        nodes = [np.asarray(run, dtype=float) for run in raw["nodes"]]
-        weights = [np.asarray(run, dtype=float) for run in raw["weights"]]
+        nodes = tuple(tuple(float(x) for x in run) for run in raw["nodes"])
+        weights = tuple(tuple(float(x) for x in run) for run in raw["weights"])
     except (TypeError, ValueError):
         return None
-    if len(nodes) != len(weights) or any(n.shape != w.shape for n, w in zip(nodes, weights)):
+    if len(nodes) != len(weights) or any(len(n) != len(w) or not n for n, w in zip(nodes, weights)):
         return None
-    return smoothed_density(nodes, weights)
+    return nodes, weights
+
+
+def _parse_density(raw: Any) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``DensityResult`` as a Gaussian-smoothed curve on a grid."""
+    quadrature = _parse_quadrature(raw)
+    if quadrature is None:
+        return None
+    return smoothed_density([np.asarray(n) for n in quadrature[0]], [np.asarray(w) for w in quadrature[1]])
 
 
 def smoothed_density(
-    nodes: Sequence[np.ndarray], weights: Sequence[np.ndarray], *, points: int = 600, sigma: float | None = None
+    nodes: Sequence[np.ndarray], weights: Sequence[np.ndarray], *, points: int = 600, sigma: float | None = None,
+    grid: np.ndarray | None = None,
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The SLQ runs' averaged quadrature measure convolved with a Gaussian (as ``DensityResult.smoothed``);
-    ``sigma`` defaults to 1/100 of the spectrum's span."""
+    ``sigma`` defaults to 1/100 of the spectrum's span, ``grid`` to ``points`` points covering it."""
     all_nodes = np.concatenate([np.ravel(n) for n in nodes])
     span = float(all_nodes.max() - all_nodes.min()) or max(abs(float(all_nodes.max())), 1.0)
     sigma = sigma or span / 100
-    grid = np.linspace(all_nodes.min() - 5 * sigma, all_nodes.max() + 5 * sigma, points)
+    if grid is None:
+        grid = np.linspace(all_nodes.min() - 5 * sigma, all_nodes.max() + 5 * sigma, points)
     density = np.zeros_like(grid)
     for run_nodes, run_weights in zip(nodes, weights):
         kernel = np.exp(-0.5 * ((grid[:, None] - np.ravel(run_nodes)[None, :]) / sigma) ** 2)

@@ -1,0 +1,40 @@
+"""``hessian-lora plot RUN_DIR``: the six figures of a sweep, PNG and PDF."""
+
+from __future__ import annotations
+
+import argparse
+
+from hessian_lora.commands.analyze import add_analysis_options, analysis_kwargs
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "plot",
+        help="figures of a sweep: metric vs LR, sharpness vs optimal LR, per-module ratios, convergence, density, "
+        "loss curves",
+        description="Write PNG and PDF figures of RUN_DIR: (a) metric vs learning rate per method with peaks, (b) "
+        "lambda_max vs optimal LR with the fit, 2/lambda and Adam lines, (c) per-module lambda_max relative to "
+        "LoRA across layers, (d) Lanczos/power convergence, (e) spectral density, (f) training loss per LR. "
+        "Figures whose data the run lacks are skipped with the reason.",
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="the --out directory of a sweep")
+    parser.add_argument("--out", default=None, help="figure directory (default: RUN_DIR/figures)")
+    parser.add_argument("--formats", default="png,pdf", help="comma-separated file formats (default png,pdf)")
+    add_analysis_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hessian_lora.errors import UserError
+    from hessian_lora.plots import FIGURE_NAMES, plot_run
+
+    formats = tuple(part.strip().lower() for part in args.formats.split(",") if part.strip())
+    known = {"png", "pdf", "svg"}
+    if not formats or set(formats) - known:
+        raise UserError(f"--formats {args.formats!r}: use a comma-separated subset of {', '.join(sorted(known))}.")
+    result = plot_run(args.run_dir, args.out, formats=formats, **analysis_kwargs(args))
+    for key, paths in result.written.items():
+        print(f"({key}) {FIGURE_NAMES[key]}: {', '.join(str(path) for path in paths)}")
+    for key, reason in result.skipped.items():
+        print(f"({key}) {FIGURE_NAMES[key]}: skipped, {reason}")
+    return 0

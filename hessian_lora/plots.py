@@ -1,0 +1,491 @@
+"""Figures of a sweep run directory, PNG and PDF, drawn with matplotlib's Agg canvas (no display needed).
+
+(a) metric vs learning rate per method, peaks annotated; (b) λ_max vs η* on log-log axes with the fit, the
+gradient-descent bound 2/λ and Adam's edge-of-stability line; (c) per-module λ_max at init relative to vanilla
+LoRA across layers, with medians; (d) Lanczos/power-iteration convergence; (e) the spectral density; (f) training
+loss curves per learning rate. Every figure colours a method the same way (:data:`METHOD_COLORS`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colors as mcolors
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from hessian_lora.analysis import (
+    Analysis,
+    EigenSummary,
+    RunDirectory,
+    adam_threshold,
+    analyze,
+    method_sort_key,
+    module_kind,
+    module_layer,
+    read_run_directory,
+    relation_lambda,
+    smoothed_density,
+)
+
+# The one palette: every figure, notebook and table colours a method with this (colour-blind-aware tab10 order).
+METHOD_COLORS: dict[str, str] = {
+    "lora": "#1f77b4",
+    "pissa": "#d62728",
+    "milora": "#2ca02c",
+    "initab": "#ff7f0e",
+    "dora": "#9467bd",
+    "olora": "#8c564b",
+    "loraga": "#e377c2",
+    "rslora": "#17becf",
+    "loraplus": "#bcbd22",
+}
+METHOD_LABELS: dict[str, str] = {
+    "lora": "LoRA",
+    "pissa": "PiSSA",
+    "milora": "MiLoRA",
+    "initab": "Init[AB]",
+    "dora": "DoRA",
+    "olora": "OLoRA",
+    "loraga": "LoRA-GA",
+    "rslora": "rsLoRA",
+    "loraplus": "LoRA+",
+}
+_EXTRA_COLORS = ("#7f7f7f", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d")
+FIGURE_NAMES: dict[str, str] = {
+    "a": "a_metric_vs_lr",
+    "b": "b_sharpness_vs_lr",
+    "c": "c_module_ratios",
+    "d": "d_convergence",
+    "e": "e_spectral_density",
+    "f": "f_loss_curves",
+}
+METRIC_AXIS_LABELS = {
+    "accuracy": "eval accuracy (exact match, %)",
+    "eval_loss": "held-out loss (nats/token)",
+    "train_loss": "final training loss (nats/token)",
+}
+LR_AXIS_LABEL = "peak learning rate η (log scale)"
+
+
+def method_color(method: str) -> str:
+    """The method's colour in every figure; methods outside the registry get a stable colour from their name."""
+    if method in METHOD_COLORS:
+        return METHOD_COLORS[method]
+    return _EXTRA_COLORS[zlib.crc32(method.encode()) % len(_EXTRA_COLORS)]
+
+
+def method_label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)
+
+
+def shades(method: str, count: int) -> list[tuple[float, float, float]]:
+    """``count`` shades of the method's colour from light to dark (low to high learning rate)."""
+    base = np.array(mcolors.to_rgb(method_color(method)))
+    light, dark = base + (1 - base) * 0.65, base * 0.45
+    if count == 1:
+        return [tuple(base)]
+    out = []
+    for t in np.linspace(0, 1, count):
+        rgb = light + (base - light) * (2 * t) if t <= 0.5 else base + (dark - base) * (2 * t - 1)
+        out.append(tuple(float(v) for v in np.clip(rgb, 0, 1)))
+    return out
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _metric_scale(metric: str) -> float:
+    return 100.0 if metric == "accuracy" else 1.0
+
+
+def _format_lr(lr: float) -> str:
+    return f"{lr:.2e}".replace("e-0", "e-").replace("e+0", "e+")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# (a) metric vs learning rate
+
+
+def figure_metric_vs_lr(analysis: Analysis) -> Figure:
+    figure = _new_figure(8.5, 5.0)
+    axes = figure.add_subplot()
+    scale = _metric_scale(analysis.metric)
+    for name, summary in analysis.methods.items():
+        color = method_color(name)
+        lrs = np.asarray(summary.lrs)
+        mean = np.asarray(summary.metric_mean) * scale
+        std = np.asarray(summary.metric_std) * scale
+        peak_value = summary.peak_metric_fit * scale
+        peak_text = f"{peak_value:.1f}%" if analysis.metric == "accuracy" else f"{peak_value:.3g}"
+        edge = " (grid edge)" if summary.fit_kind == "edge" else ""
+        label = f"{method_label(name)}: η* = {_format_lr(summary.eta_star)}{edge}, peak {peak_text}"
+        axes.plot(lrs, mean, "o-", color=color, label=label, markersize=4, linewidth=1.6)
+        if summary.n_seeds > 1:
+            axes.fill_between(lrs, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
+        axes.axvline(summary.eta_star, color=color, linestyle=":", linewidth=1.0)
+        axes.plot([summary.eta_star], [peak_value], marker="*", color=color, markersize=13,
+                  markeredgecolor="black", markeredgewidth=0.6, zorder=5)
+        if summary.diverged_lrs:
+            axes.plot(summary.diverged_lrs, [0.02] * len(summary.diverged_lrs), "x", color=color, markersize=7,
+                      transform=axes.get_xaxis_transform(), clip_on=False)
+    axes.set_xscale("log")
+    axes.set_xlabel(LR_AXIS_LABEL)
+    axes.set_ylabel(METRIC_AXIS_LABELS.get(analysis.metric, analysis.metric))
+    seeds = max((summary.n_seeds for summary in analysis.methods.values()), default=1)
+    band = f"; band: ±1 std over {seeds} seeds" if seeds > 1 else ""
+    name = METRIC_AXIS_LABELS.get(analysis.metric, analysis.metric).split(" (")[0]
+    axes.set_title(f"{name[0].upper()}{name[1:]} vs learning rate\n★ = η* (parabola in log η through the best grid "
+                   f"point){band}; × = diverged", fontsize=10)
+    axes.grid(True, which="major", alpha=0.3)
+    axes.legend(fontsize=8, loc="best", framealpha=0.9)
+    return figure
+
+
+# ----------------------------------------------------------------------------------------------------------
+# (b) λ_max vs η*
+
+
+def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
+    points = {name: relation_lambda(summary) for name, summary in analysis.methods.items()}
+    points = {name: value for name, value in points.items() if value}
+    precond = {name: s.precond_lambda_final for name, s in analysis.methods.items() if s.precond_lambda_final}
+    if not points and not precond:
+        return None
+    figure = _new_figure(9.0, 5.6)
+    axes = figure.add_subplot()
+    xs_all: list[float] = []
+    ys_all: list[float] = []
+    for name, lam in points.items():
+        summary = analysis.methods[name]
+        spread = summary.eta_spread_factor or 1.0
+        yerr = [[summary.eta_star - summary.eta_star / spread], [summary.eta_star * spread - summary.eta_star]]
+        axes.errorbar([lam], [summary.eta_star], yerr=yerr if spread > 1 else None, fmt="o", color=method_color(name),
+                      markersize=9, capsize=3, markeredgecolor="black", markeredgewidth=0.6,
+                      label=rf"{method_label(name)}: $\lambda_{{\max}}$ = {lam:.3g}, $\eta^*$ = {_format_lr(summary.eta_star)}")
+        xs_all.append(lam)
+        ys_all.append(summary.eta_star)
+    for name, value in precond.items():
+        summary = analysis.methods[name]
+        axes.plot([value], [summary.eta_grid], "s", markerfacecolor="none", markeredgecolor=method_color(name),
+                  markersize=9, markeredgewidth=1.6)
+        xs_all.append(value)
+        ys_all.append(summary.eta_grid)
+    low_x, high_x = min(xs_all) / 3, max(xs_all) * 3
+    x_line = np.logspace(math.log10(low_x), math.log10(high_x), 200)
+    relation = analysis.relation
+    if relation.slope is not None and relation.intercept is not None:
+        interval = ""
+        if relation.slope_ci95:
+            interval = f", 95% CI [{relation.slope_ci95[0]:.2f}, {relation.slope_ci95[1]:.2f}]"
+        axes.plot(x_line, 10**relation.intercept * x_line**relation.slope, "-", color="black", linewidth=1.4,
+                  label=rf"fit: $\eta^* \propto \lambda_{{\max}}^{{{relation.slope:.2f}}}${interval}")
+    axes.plot(x_line, 2 / x_line, "--", color="0.35", linewidth=1.2,
+              label=r"gradient descent bound $\eta = 2/\lambda_{\max}$")
+    adam_line = [adam_threshold(1.0, analysis.beta1) / x for x in x_line]
+    axes.plot(x_line, adam_line, ":", color="0.2", linewidth=1.6,
+              label=rf"Adam edge of stability $\eta = (2+2\beta_1)/((1-\beta_1)\tilde\lambda)$, "
+                    rf"$\beta_1$ = {analysis.beta1:g}")
+    if precond:
+        axes.plot([], [], "s", markerfacecolor="none", markeredgecolor="0.3", markersize=9,
+                  label=r"hollow: Adam-preconditioned sharpness $\tilde\lambda$ at the end, vs that run's LR")
+    raw = [lam for lam in points.values()]
+    # Keep the 2/λ line in view over the raw points, however far above η* it lies.
+    high_y = max(max(ys_all) * 3, 2 / max(raw) * 2) if raw else max(ys_all) * 3
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlim(low_x, high_x)
+    axes.set_ylim(min(ys_all) / 3, high_y)
+    source = "whole adapter" if relation.lambda_source == "whole" else "median over modules"
+    axes.set_xlabel(rf"sharpness (loss in nats/token): ● $\lambda_{{\max}}$ at init ({source}),  "
+                    r"□ preconditioned $\tilde\lambda$ at end")
+    axes.set_ylabel(r"optimal learning rate $\eta^*$")
+    rho = f"Spearman ρ = {relation.spearman_rho:.2f}" if relation.spearman_rho is not None else "ρ: too few methods"
+    axes.set_title(f"Sharpness vs optimal learning rate ({rho})", fontsize=10)
+    axes.grid(True, which="major", alpha=0.3)
+    figure.legend(loc="outside lower center", fontsize=8, ncol=2, framealpha=0.9)
+    return figure
+
+
+# ----------------------------------------------------------------------------------------------------------
+# (c) per-module λ_max ratios to vanilla LoRA
+
+
+def _module_values(directory: RunDirectory, method: str) -> dict[str, float]:
+    """Per-module λ_max at init, geometric mean over the method's seeds."""
+    collected: dict[str, list[float]] = {}
+    for (name, _, _), report in directory.init_reports.items():
+        if name != method:
+            continue
+        for block in report.modules:
+            if block.lambda_max > 0:
+                collected.setdefault(block.name, []).append(block.lambda_max)
+    return {name: float(10 ** np.mean(np.log10(values))) for name, values in collected.items()}
+
+
+def figure_module_ratios(directory: RunDirectory, methods: Sequence[str] | None = None,
+                         reference: str = "lora") -> Figure | None:
+    names = sorted({name for name, _, _ in directory.init_reports}, key=method_sort_key)
+    if methods is not None:
+        names = [name for name in names if name in methods]
+    values = {name: _module_values(directory, name) for name in names}
+    values = {name: blocks for name, blocks in values.items() if blocks}
+    if reference not in values:
+        reference = next(iter(values), reference)
+    others = [name for name in values if name != reference]
+    if reference not in values or not others:
+        return None
+    base = values[reference]
+    kinds = sorted({module_kind(name) for name in base})
+    columns = min(len(kinds), 4)
+    rows = math.ceil(len(kinds) / columns)
+    figure = _new_figure(3.4 * columns + 1.2, 2.9 * rows + 0.9)
+    axes_grid = figure.subplots(rows, columns, squeeze=False, sharey=True)
+    medians: dict[str, float] = {}
+    for name in others:
+        ratios = [values[name][block] / base[block] for block in base if block in values[name]]
+        if ratios:
+            medians[name] = float(np.median(ratios))
+    for index, kind in enumerate(kinds):
+        axes = axes_grid[index // columns][index % columns]
+        for name in others:
+            layered = sorted((module_layer(block), values[name][block] / base[block]) for block in base
+                             if module_kind(block) == kind and block in values[name] and module_layer(block) is not None)
+            if not layered:
+                continue
+            layers, ratios = zip(*layered)
+            axes.plot(layers, ratios, "o-", color=method_color(name), markersize=4, linewidth=1.3)
+            if name in medians:
+                axes.axhline(medians[name], color=method_color(name), linestyle="--", linewidth=1.0, alpha=0.8)
+        axes.axhline(1.0, color="0.5", linewidth=0.8)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_yscale("log")
+        axes.set_title(kind, fontsize=10)
+        axes.set_xlabel("decoder layer")
+        axes.grid(True, which="both", alpha=0.25)
+        if index % columns == 0:
+            axes.set_ylabel(f"λ_max / λ_max of {method_label(reference)}")
+    for index in range(len(kinds), rows * columns):
+        axes_grid[index // columns][index % columns].set_visible(False)
+    for name in others:
+        text = f" (median ×{medians[name]:.2f})" if name in medians else ""
+        figure.axes[0].plot([], [], "o-", color=method_color(name), label=f"{method_label(name)}{text}")
+    figure.legend(loc="outside lower center", ncol=min(len(others), 4), fontsize=9)
+    figure.suptitle(f"Per-module λ_max at initialisation relative to {method_label(reference)} "
+                    "(dashed: median over all modules)", fontsize=11)
+    return figure
+
+
+# ----------------------------------------------------------------------------------------------------------
+# (d) solver convergence, (e) spectral density
+
+
+def _first_report_per_method(directory: RunDirectory, attribute: str) -> dict[str, tuple[EigenSummary, int]]:
+    """Per method, the lowest seed's init report that has a block with ``attribute`` (and that seed)."""
+    chosen: dict[str, tuple[EigenSummary, int]] = {}
+    for (name, _, seed), report in sorted(directory.init_reports.items(), key=lambda item: (item[0][0], item[0][2])):
+        if name not in chosen and report.first_with(attribute) is not None:
+            chosen[name] = (report, seed)
+    return dict(sorted(chosen.items(), key=lambda item: method_sort_key(item[0])))
+
+
+def figure_convergence(directory: RunDirectory) -> Figure | None:
+    reports = _first_report_per_method(directory, "history")
+    if not reports:
+        return None
+    figure = _new_figure(11.0, 4.6)
+    left, right = figure.subplots(1, 2)
+    solvers = set()
+    for name, (report, _) in reports.items():
+        block = report.first_with("history")
+        solvers.add(block.solver or "solver")
+        hvps = np.array([point[0] for point in block.history], dtype=float)
+        estimates = np.array([point[1] for point in block.history])
+        label = f"{method_label(name)}{'' if block is report.whole else ' (' + block.name + ')'}"
+        left.plot(hvps, estimates, "o-", color=method_color(name), markersize=3, linewidth=1.3, label=label)
+        error = np.abs(estimates - block.lambda_max) / abs(block.lambda_max)
+        keep = error > 0
+        right.plot(hvps[keep], error[keep], "o-", color=method_color(name), markersize=3, linewidth=1.3)
+    left.set_xlabel("Hessian-vector products")
+    left.set_ylabel("λ_max estimate")
+    left.set_title("Top eigenvalue estimate per iteration", fontsize=10)
+    right.set_xlabel("Hessian-vector products")
+    right.set_ylabel("|estimate − final λ_max| / λ_max")
+    right.set_yscale("log")
+    right.set_title("Relative distance to the converged value", fontsize=10)
+    for axes in (left, right):
+        axes.grid(True, alpha=0.3)
+    left.legend(fontsize=8)
+    names = {"lanczos": "Lanczos", "power": "power iteration"}
+    solver_text = " / ".join(names.get(solver, solver) for solver in sorted(solvers))
+    figure.suptitle(f"Convergence of {solver_text} for λ_max at initialisation (lowest seed)", fontsize=11)
+    return figure
+
+
+def figure_density(directory: RunDirectory) -> Figure | None:
+    reports = _first_report_per_method(directory, "density")
+    if not reports:
+        return None
+    figure = _new_figure(9.0, 5.0)
+    axes = figure.add_subplot()
+    blocks = {name: report.first_with("density") for name, (report, _) in reports.items()}
+    # One kernel width and grid for every method, so the curves compare; 1/150 of the joint spectrum's span.
+    quadratures = [block.quadrature for block in blocks.values() if block.quadrature]
+    common_grid = sigma = None
+    if len(quadratures) == len(blocks):
+        all_nodes = np.concatenate([np.ravel(run) for nodes, _ in quadratures for run in nodes])
+        sigma = float(np.ptp(all_nodes)) / 150 or 1e-3
+        common_grid = np.linspace(all_nodes.min() - 5 * sigma, all_nodes.max() + 5 * sigma, 800)
+    floor, top = math.inf, 0.0
+    for name, block in blocks.items():
+        if common_grid is not None and block.quadrature:
+            nodes, weights = block.quadrature
+            grid_values, density_values = smoothed_density([np.asarray(n) for n in nodes],
+                                                           [np.asarray(w) for w in weights], sigma=sigma,
+                                                           grid=common_grid)
+        else:
+            grid_values, density_values = block.density
+        grid, density = np.asarray(grid_values), np.asarray(density_values)
+        axes.plot(grid, density, color=method_color(name), linewidth=1.4,
+                  label=rf"{method_label(name)}: $\lambda_{{\max}}$ = {block.lambda_max:.3g}")
+        axes.axvline(block.lambda_max, color=method_color(name), linestyle=":", linewidth=1.0)
+        floor = min(floor, float(density.max()) * 1e-5)
+        top = max(top, float(density.max()) * 3)
+    axes.set_yscale("log")
+    axes.set_ylim(floor, top)
+    axes.set_xlabel("eigenvalue λ of the loss Hessian w.r.t. the adapter")
+    width = f", kernel σ = {sigma:.2g}" if sigma else ""
+    axes.set_ylabel(f"spectral density (smoothed SLQ{width}, log)")
+    axes.set_title("Hessian spectral density at initialisation (dotted: λ_max)", fontsize=10)
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8)
+    return figure
+
+
+# ----------------------------------------------------------------------------------------------------------
+# (f) training loss curves
+
+
+def figure_loss_curves(directory: RunDirectory, analysis: Analysis) -> Figure | None:
+    methods = [name for name in analysis.methods if any(run.method == name and run.history
+                                                        for run in directory.runs)]
+    if not methods:
+        return None
+    columns = min(len(methods), 2)
+    rows = math.ceil(len(methods) / columns)
+    figure = _new_figure(6.0 * columns, 3.6 * rows + 0.5)
+    axes_grid = figure.subplots(rows, columns, squeeze=False, sharey=True)
+    all_losses: list[float] = []
+    starts: list[float] = []
+    for index, name in enumerate(methods):
+        axes = axes_grid[index // columns][index % columns]
+        runs = [run for run in directory.runs if run.method == name and run.history and run.status in
+                ("done", "diverged") and run.rank == analysis.rank]
+        seed = min(run.seed for run in runs) if runs else None
+        runs = sorted((run for run in runs if run.seed == seed), key=lambda run: run.lr)
+        for run, color in zip(runs, shades(name, len(runs))):
+            steps = [point.get("step", i) for i, point in enumerate(run.history)]
+            losses = [point["loss"] for point in run.history]
+            finite = [value for value in losses if math.isfinite(value)]
+            all_losses += finite
+            starts += finite[:1]
+            star = " ★" if run.lr == analysis.methods[name].eta_grid else ""
+            axes.plot(steps, losses, color=color, linewidth=1.3, linestyle="--" if run.status == "diverged" else "-",
+                      label=f"{_format_lr(run.lr)}{star}{' (diverged)' if run.status == 'diverged' else ''}")
+        axes.set_title(f"{method_label(name)} (seed {seed})", fontsize=10, color=method_color(name))
+        axes.set_xlabel("optimizer step")
+        if index % columns == 0:
+            axes.set_ylabel("training loss (nats/token)")
+        axes.grid(True, alpha=0.3)
+        axes.legend(title="learning rate", fontsize=7, title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                    borderaxespad=0)
+    for index in range(len(methods), rows * columns):
+        axes_grid[index // columns][index % columns].set_visible(False)
+    if all_losses:
+        # Diverged runs shoot up; keep the axis on the learning curves.
+        axes_grid[0][0].set_ylim(min(all_losses) * 0.95, max(starts) * 1.3)
+    figure.suptitle("Training loss per learning rate (light → dark: low → high LR; ★ = best grid LR; dashed = "
+                    "diverged)", fontsize=11)
+    return figure
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Writing
+
+
+@dataclass(frozen=True)
+class PlotResult:
+    written: dict[str, list[Path]] = field(default_factory=dict)  # figure key -> files
+    skipped: dict[str, str] = field(default_factory=dict)  # figure key -> why
+
+
+SKIP_REASONS = {
+    "b": "no λ_max at init (eigen reports or the lambda_init column) and no preconditioned sharpness",
+    "c": "no per-module eigen reports at init for LoRA and another method",
+    "d": "no eigen report with a convergence history",
+    "e": "no eigen report with a spectral density (measure with density)",
+    "f": "no run has a training-loss history",
+}
+
+
+def save_figure(figure: Figure, stem: Path, formats: Sequence[str] = ("png", "pdf"), dpi: int = 150) -> list[Path]:
+    """Save ``figure`` as ``stem.<format>`` for each format, atomically (temp file + rename)."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for extension in formats:
+        target = stem.with_suffix(f".{extension}")
+        handle, temporary = tempfile.mkstemp(dir=stem.parent, prefix=f".{target.name}.", suffix=f".{extension}")
+        os.close(handle)
+        try:
+            figure.savefig(temporary, format=extension, dpi=dpi)
+            os.replace(temporary, target)
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+        paths.append(target)
+    return paths
+
+
+def make_figures(directory: RunDirectory, analysis: Analysis) -> dict[str, Figure | None]:
+    """All six figures by key (``a``..``f``); None where the run directory lacks the data."""
+    builders: dict[str, Callable[[], Figure | None]] = {
+        "a": lambda: figure_metric_vs_lr(analysis),
+        "b": lambda: figure_sharpness_vs_lr(analysis),
+        "c": lambda: figure_module_ratios(directory, list(analysis.methods)),
+        "d": lambda: figure_convergence(directory),
+        "e": lambda: figure_density(directory),
+        "f": lambda: figure_loss_curves(directory, analysis),
+    }
+    return {key: build() for key, build in builders.items()}
+
+
+def plot_run(
+    run_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    analysis: Analysis | None = None,
+    formats: Sequence[str] = ("png", "pdf"),
+    **analyze_options: object,
+) -> PlotResult:
+    """Write every figure the run directory has data for into ``out_dir`` (default ``RUN_DIR/figures``)."""
+    directory = read_run_directory(run_dir)
+    analysis = analysis or analyze(run_dir, **analyze_options)  # type: ignore[arg-type]
+    out = Path(out_dir) if out_dir is not None else Path(run_dir) / "figures"
+    result = PlotResult()
+    for key, figure in make_figures(directory, analysis).items():
+        if figure is None:
+            result.skipped[key] = SKIP_REASONS.get(key, "no data")
+            continue
+        result.written[key] = save_figure(figure, out / FIGURE_NAMES[key], formats)
+    return result
