@@ -30,6 +30,7 @@ DEFAULT_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gat
 ADAPTER_NAME = "default"
 # Attribute names under which build_adapter leaves what a checkpoint needs on the PeftModel it returns.
 CONFIG_ATTRIBUTE = "hessian_lora_config"
+_RESIDUAL_BLOCK_ELEMENTS = 1 << 17
 INITIAL_FACTORS_ATTRIBUTE = "hessian_lora_initial_factors"
 
 
@@ -134,7 +135,7 @@ def build_adapter(
     originals = _snapshot_target_weights(model, config.targets) if config.spec.rewrites_base else {}
     with torch.random.fork_rng(devices=_cuda_device_indices(model)):
         torch.manual_seed(config.seed)
-        lora_config = _peft_config(config)
+        lora_config = _peft_config(config, causal_lm=hasattr(model, "prepare_inputs_for_generation"))
         if config.method == "loraga":
             _estimate_loraga_gradients(model, lora_config, list(batches or []))
         with warnings.catch_warnings():
@@ -164,15 +165,25 @@ def build_adapter(
 def residual_weight(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float) -> torch.Tensor:
     """W − s·B·A in float64, rounded once to W's dtype; bit-reproducible on any device.
 
-    The product of two fp32 numbers is exact in float64, and the rank-1 terms are added in a fixed order with
-    elementwise kernels only (no BLAS reduction whose order could depend on threads or device).
+    The product of two fp32 (or bf16/fp16) numbers is exact in float64, so a fused or unfused multiply-add gives
+    the same bits, and the rank-1 terms are added in a fixed order by elementwise kernels: no BLAS reduction,
+    whose order depends on the CPU's instruction set, the thread count or the device. Rows go in blocks of about
+    a megabyte so the float64 accumulator stays in cache.
     """
     lora_a64 = lora_a.detach().to(device=weight.device, dtype=torch.float64)
     lora_b64 = lora_b.detach().to(device=weight.device, dtype=torch.float64)
-    update = torch.zeros(weight.shape, dtype=torch.float64, device=weight.device)
-    for k in range(lora_a64.shape[0]):
-        update += lora_b64[:, k, None] * lora_a64[None, k, :]
-    return (weight.detach().to(torch.float64) - float(scaling) * update).to(weight.dtype)
+    out_features, in_features = weight.shape
+    result = torch.empty_like(weight, memory_format=torch.contiguous_format)
+    rows = max(1, _RESIDUAL_BLOCK_ELEMENTS // in_features)
+    for start in range(0, out_features, rows):
+        stop = min(start + rows, out_features)
+        update = torch.zeros((stop - start, in_features), dtype=torch.float64, device=weight.device)
+        block_b = lora_b64[start:stop]
+        for k in range(lora_a64.shape[0]):
+            update.addcmul_(block_b[:, k, None], lora_a64[None, k, :])
+        exact = weight[start:stop].detach().to(torch.float64) - float(scaling) * update
+        result[start:stop] = exact.to(weight.dtype)
+    return result
 
 
 def lora_layers(peft_model: nn.Module) -> Iterator[tuple[str, LoraLayer]]:
@@ -217,7 +228,7 @@ def _is_loraplus_fast(name: str, param: nn.Parameter) -> bool:
     return "lora_B" in name or param.ndim == 1
 
 
-def _peft_config(config: AdapterConfig) -> LoraConfig:
+def _peft_config(config: AdapterConfig, *, causal_lm: bool = True) -> LoraConfig:
     init: bool | str = True
     extra: dict[str, object] = {}
     if config.method == "pissa":
@@ -235,7 +246,8 @@ def _peft_config(config: AdapterConfig) -> LoraConfig:
         init_lora_weights=init,
         use_dora=config.method == "dora",
         use_rslora=config.method == "rslora",
-        task_type="CAUSAL_LM",
+        # A plain nn.Module (tests, toy problems) gets the generic PeftModel; language models the causal-LM one.
+        task_type="CAUSAL_LM" if causal_lm else None,
         **extra,
     )
 
