@@ -124,7 +124,8 @@ def test_every_method_keeps_the_initial_function(method: str, probe_ids: torch.T
     with torch.no_grad():
         expected = base.model(input_ids=probe_ids).logits
     batches = _tiny_batches(base.tokenizer) if method == "loraga" else None
-    peft_model = build_adapter(base.model, AdapterConfig(method, rank=4, seed=3), batches=batches)
+    config = AdapterConfig(method, rank=4, alpha=8, seed=3)
+    peft_model = build_adapter(base.model, config, batches=batches)
     with torch.no_grad():
         actual = peft_model(input_ids=probe_ids).logits
     torch.testing.assert_close(actual, expected, atol=LOGIT_ATOL, rtol=LOGIT_RTOL)
@@ -132,6 +133,7 @@ def test_every_method_keeps_the_initial_function(method: str, probe_ids: torch.T
     # Non-vacuous: rewriting methods carry a non-zero B·A and a changed base; the others a zero update.
     for name, layer in lora_layers(peft_model):
         lora_a, lora_b, weight, scaling = _factors(peft_model, name)
+        assert scaling == pytest.approx(config.scaling)  # 2, or 8/sqrt(4) = 4 for rsLoRA
         update = scaling * lora_b @ lora_a
         if method in REWRITING:
             assert update.abs().max() > 1e-6  # LoRA-GA's update is gradient-sized (~1e-4 here)
