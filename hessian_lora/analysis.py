@@ -385,15 +385,44 @@ def read_run_directory(run_dir: str | os.PathLike[str]) -> RunDirectory:
     init_reports: dict[tuple[str, int | None, int], EigenSummary] = {}
     final_reports: dict[str, EigenSummary] = {}
     run_ids = {run.run_id for run in runs}
+    extras: dict[tuple[str, int | None, int], list[EigenSummary]] = {}
     for path in sorted((root / "hessian").glob("*.json")) if (root / "hessian").is_dir() else []:
         stem = path.stem
-        if stem.endswith("_init"):
-            parsed = _parse_init_stem(stem[: -len("_init")])
-            if parsed is not None:
+        key_text, marker, suffix = stem.rpartition("_init")
+        if marker and (suffix == "" or suffix.startswith("_")):
+            parsed = _parse_init_stem(key_text)
+            if parsed is None:
+                continue
+            if suffix == "":
                 init_reports[parsed] = load_eigen_report(path)
+            else:  # e.g. _init_modules.json: more blocks of the same adapter at initialisation
+                extras.setdefault(parsed, []).append(load_eigen_report(path))
         elif stem.endswith("_final") and stem[: -len("_final")] in run_ids:
             final_reports[stem[: -len("_final")]] = load_eigen_report(path)
+    for key, summaries in extras.items():
+        merged = init_reports.get(key)
+        for summary in summaries:
+            merged = summary if merged is None else merge_reports(merged, summary)
+        if merged is not None:
+            init_reports[key] = merged
     return RunDirectory(str(root), tuple(runs), init_reports, final_reports, _read_config(root))
+
+
+def merge_reports(primary: EigenSummary, extra: EigenSummary) -> EigenSummary:
+    """``primary``'s blocks, completed by ``extra``: blocks it lacks are added, and a block both have keeps
+    ``primary``'s numbers with the optional parts (history, trace, density) it lacks taken from ``extra``."""
+    from dataclasses import replace
+
+    blocks = {block.name: block for block in primary.blocks}
+    for block in extra.blocks:
+        if block.name not in blocks:
+            blocks[block.name] = block
+            continue
+        kept = blocks[block.name]
+        fill = {name: getattr(block, name) for name in ("history", "trace", "density", "quadrature", "solver")
+                if not getattr(kept, name) and getattr(block, name)}
+        blocks[block.name] = replace(kept, **fill)
+    return EigenSummary(path=primary.path, blocks=tuple(blocks.values()), settings=primary.settings)
 
 
 def _parse_init_stem(stem: str) -> tuple[str, int | None, int] | None:
@@ -886,7 +915,7 @@ def _summarise_method(
         final_whole.append(whole if whole is not None else run.lambda_final)
         final_median.append(report.module_median if report else None)
         precond.append(run.precond_lambda_final if run.precond_lambda_final is not None else
-                       (report.precond_lambda_max if report else None))
+                       (report.precond_sharpness if report else None))
     lambda_final = _geometric_mean(final_whole)
     precond_final = _geometric_mean(precond)
     return MethodSummary(
@@ -1075,7 +1104,10 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, "w") as stream:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(temporary, 0o666 & ~mask)  # mkstemp makes 0600; keep the permissions of a plain open()
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
         os.replace(temporary, target)
     except BaseException:

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib import colors as mcolors
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from hessian_lora.analysis import (
     Analysis,
@@ -128,9 +129,10 @@ def figure_metric_vs_lr(analysis: Analysis) -> Figure:
         mean = np.asarray(summary.metric_mean) * scale
         std = np.asarray(summary.metric_std) * scale
         peak_value = summary.peak_metric_fit * scale
-        peak_text = f"{peak_value:.1f}%" if analysis.metric == "accuracy" else f"{peak_value:.3g}"
+        best = summary.peak_metric * scale
+        best_text = f"{best:.1f}%" if analysis.metric == "accuracy" else f"{best:.4g}"
         edge = " (grid edge)" if summary.fit_kind == "edge" else ""
-        label = f"{method_label(name)}: η* = {_format_lr(summary.eta_star)}{edge}, peak {peak_text}"
+        label = f"{method_label(name)}: η* = {_format_lr(summary.eta_star)}{edge}, best on grid {best_text}"
         axes.plot(lrs, mean, "o-", color=color, label=label, markersize=4, linewidth=1.6)
         if summary.n_seeds > 1:
             axes.fill_between(lrs, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
@@ -271,20 +273,29 @@ def figure_module_ratios(directory: RunDirectory, methods: Sequence[str] | None 
         axes.axhline(1.0, color="0.5", linewidth=0.8)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_yscale("log")
+        _plain_log_labels(axes)
         axes.set_title(kind, fontsize=10)
         axes.set_xlabel("decoder layer")
         axes.grid(True, which="both", alpha=0.25)
         if index % columns == 0:
-            axes.set_ylabel(f"λ_max / λ_max of {method_label(reference)}")
+            axes.set_ylabel(rf"$\lambda_{{\max}}$ / $\lambda_{{\max}}$ of {method_label(reference)}")
     for index in range(len(kinds), rows * columns):
         axes_grid[index // columns][index % columns].set_visible(False)
     for name in others:
         text = f" (median ×{medians[name]:.2f})" if name in medians else ""
         figure.axes[0].plot([], [], "o-", color=method_color(name), label=f"{method_label(name)}{text}")
     figure.legend(loc="outside lower center", ncol=min(len(others), 4), fontsize=9)
-    figure.suptitle(f"Per-module λ_max at initialisation relative to {method_label(reference)} "
+    figure.suptitle(rf"Per-module $\lambda_{{\max}}$ at initialisation relative to {method_label(reference)} "
                     "(dashed: median over all modules)", fontsize=11)
     return figure
+
+
+def _plain_log_labels(axes: Axes) -> None:
+    """Tick labels such as 0.95 and 2 on a log axis; minor ticks labelled only when it spans under a decade."""
+    low, high = axes.get_ylim()
+    plain = FuncFormatter(lambda value, _: f"{value:.3g}")
+    axes.yaxis.set_major_formatter(plain)
+    axes.yaxis.set_minor_formatter(plain if high / low < 10 else NullFormatter())
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -318,10 +329,10 @@ def figure_convergence(directory: RunDirectory) -> Figure | None:
         keep = error > 0
         right.plot(hvps[keep], error[keep], "o-", color=method_color(name), markersize=3, linewidth=1.3)
     left.set_xlabel("Hessian-vector products")
-    left.set_ylabel("λ_max estimate")
+    left.set_ylabel(r"$\lambda_{\max}$ estimate")
     left.set_title("Top eigenvalue estimate per iteration", fontsize=10)
     right.set_xlabel("Hessian-vector products")
-    right.set_ylabel("|estimate − final λ_max| / λ_max")
+    right.set_ylabel(r"|estimate − final $\lambda_{\max}$| / $\lambda_{\max}$")
     right.set_yscale("log")
     right.set_title("Relative distance to the converged value", fontsize=10)
     for axes in (left, right):
@@ -329,7 +340,8 @@ def figure_convergence(directory: RunDirectory) -> Figure | None:
     left.legend(fontsize=8)
     names = {"lanczos": "Lanczos", "power": "power iteration"}
     solver_text = " / ".join(names.get(solver, solver) for solver in sorted(solvers))
-    figure.suptitle(f"Convergence of {solver_text} for λ_max at initialisation (lowest seed)", fontsize=11)
+    figure.suptitle(rf"Convergence of {solver_text} for $\lambda_{{\max}}$ at initialisation (lowest seed)",
+                    fontsize=11)
     return figure
 
 
@@ -367,7 +379,7 @@ def figure_density(directory: RunDirectory) -> Figure | None:
     axes.set_xlabel("eigenvalue λ of the loss Hessian w.r.t. the adapter")
     width = f", kernel σ = {sigma:.2g}" if sigma else ""
     axes.set_ylabel(f"spectral density (smoothed SLQ{width}, log)")
-    axes.set_title("Hessian spectral density at initialisation (dotted: λ_max)", fontsize=10)
+    axes.set_title(r"Hessian spectral density at initialisation (dotted: $\lambda_{\max}$)", fontsize=10)
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=8)
     return figure
@@ -414,7 +426,9 @@ def figure_loss_curves(directory: RunDirectory, analysis: Analysis) -> Figure | 
         axes_grid[index // columns][index % columns].set_visible(False)
     if all_losses:
         # Diverged runs shoot up; keep the axis on the learning curves.
-        axes_grid[0][0].set_ylim(min(all_losses) * 0.95, max(starts) * 1.3)
+        low, high = min(all_losses), max(starts)
+        margin = 0.08 * (high - low) if high > low else 0.1 * abs(high) + 1e-3
+        axes_grid[0][0].set_ylim(low - margin, high + margin)
     figure.suptitle("Training loss per learning rate (light → dark: low → high LR; ★ = best grid LR; dashed = "
                     "diverged)", fontsize=11)
     return figure
@@ -447,6 +461,7 @@ def save_figure(figure: Figure, stem: Path, formats: Sequence[str] = ("png", "pd
         target = stem.with_suffix(f".{extension}")
         handle, temporary = tempfile.mkstemp(dir=stem.parent, prefix=f".{target.name}.", suffix=f".{extension}")
         os.close(handle)
+        _readable(temporary)
         try:
             figure.savefig(temporary, format=extension, dpi=dpi)
             os.replace(temporary, target)
@@ -455,6 +470,13 @@ def save_figure(figure: Figure, stem: Path, formats: Sequence[str] = ("png", "pd
                 os.unlink(temporary)
         paths.append(target)
     return paths
+
+
+def _readable(path: str) -> None:
+    """``mkstemp`` creates 0600 files; give the result the permissions a plain ``open`` would (umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def make_figures(directory: RunDirectory, analysis: Analysis) -> dict[str, Figure | None]:

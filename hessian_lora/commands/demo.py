@@ -1,0 +1,44 @@
+"""``hessian-lora demo``: sweep, sharpness at initialisation, analysis and figures in one command."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="the whole pipeline on the embedded default: sweep, lambda_max at init, analyze, plot",
+        description="Run experiments/smollm2_arith.yaml (with --quick: experiments/tiny.yaml, about a minute) "
+        "through the sweep into --out, measure lambda_max per method at initialisation (whole adapter, "
+        "spectral density, per-module) and at the end of each method's best run (raw and Adam-preconditioned), "
+        "then analyze and plot. Prints the summary table and where the figures are. Resumable: a rerun skips "
+        "what is done.",
+    )
+    parser.add_argument("--quick", action="store_true", help="the tiny model and grid (experiments/tiny.yaml)")
+    parser.add_argument("--out", default=None,
+                        help="run directory (default runs/demo-smollm2, or runs/demo-tiny with --quick)")
+    parser.add_argument("--config", default=None, help="another sweep YAML to run instead of the default")
+    parser.add_argument("--skip-final", action="store_true",
+                        help="do not measure lambda_max at the end of the best runs (saves one Hessian probe per "
+                        "method)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from hessian_lora.demo import run_demo
+    from hessian_lora.errors import UserError
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be >= 1, got {args.threads}.")
+        torch.set_num_threads(args.threads)
+    result = run_demo(quick=args.quick, out=args.out, config=args.config, measure_final=not args.skip_final,
+                      progress=not args.quiet, device=args.device)
+    print(result.summary())
+    return 0

@@ -1,0 +1,234 @@
+"""The one-command demo: sweep, sharpness at initialisation, analysis and figures.
+
+``run_demo()`` runs ``experiments/smollm2_arith.yaml`` (``quick=True``: ``experiments/tiny.yaml``) through the
+sweep API into a resumable run directory, then measures what the figures need and the sweep's config did not
+ask for, each written under the run-directory contract:
+
+- ``hessian/<method>_r<rank>_s<seed>_init.json``: λ_max of the whole adapter at initialisation with its
+  spectral density (when the sweep did not measure at init; otherwise the density goes to
+  ``..._init_density.json``);
+- ``hessian/<method>_r<rank>_s<seed>_init_modules.json``: per-module λ_max at initialisation (a subset of
+  modules and layers, see :data:`QUICK_MODULES`/:data:`FULL_MODULES`);
+- ``hessian/<run_id>_final.json``: raw and Adam-preconditioned λ_max at the end of each method's best run
+  (from its checkpoint), when the sweep did not measure at the end.
+
+Then ``analyze`` and ``plot``. Every step resumes: a rerun skips finished runs and existing reports.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hessian_lora.analysis import Analysis, analyze, markdown_table, write_analysis
+from hessian_lora.errors import UserError
+from hessian_lora.plots import FIGURE_NAMES, PlotResult, plot_run
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FULL_CONFIG = REPO_ROOT / "experiments" / "smollm2_arith.yaml"
+QUICK_CONFIG = REPO_ROOT / "experiments" / "tiny.yaml"
+DEFAULT_OUT = {True: Path("runs") / "demo-tiny", False: Path("runs") / "demo-smollm2"}
+# Per-module scan at initialisation: q_proj and v_proj on every layer of the tiny model; q_proj (the paper's
+# Figure C3 module) on five evenly spaced layers of a real model, where every block costs a full Lanczos run.
+QUICK_MODULES = ("q_proj", "v_proj")
+FULL_MODULES = ("q_proj",)
+FULL_LAYER_SAMPLES = 5
+DENSITY_STEPS = {True: 20, False: 30}  # SLQ Lanczos steps (quick, full)
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    run_dir: Path
+    analysis: Analysis
+    plots: PlotResult
+    wall_seconds: float
+    measured: tuple[str, ...]  # reports written by this call
+
+    def summary(self) -> str:
+        lines = [markdown_table(self.analysis), "", f"Figures in {self.run_dir / 'figures'}:"]
+        for key, paths in self.plots.written.items():
+            lines.append(f"  ({key}) {paths[0]}")
+        for key, reason in self.plots.skipped.items():
+            lines.append(f"  ({key}) {FIGURE_NAMES[key]}: skipped, {reason}")
+        lines.append(f"Analysis: {self.run_dir / 'analysis.md'} and analysis.json; demo wall time "
+                     f"{self.wall_seconds:.0f} s.")
+        return "\n".join(lines)
+
+
+def run_demo(
+    *,
+    quick: bool = False,
+    out: str | os.PathLike[str] | None = None,
+    config: str | os.PathLike[str] | None = None,
+    measure_final: bool = True,
+    progress: bool = True,
+    device: str | None = None,
+) -> DemoResult:
+    from hessian_lora.sweep.config import load_config
+    from hessian_lora.sweep.runner import run_sweep
+
+    started = time.perf_counter()
+    config_path = Path(config) if config is not None else (QUICK_CONFIG if quick else FULL_CONFIG)
+    if not config_path.is_file():
+        raise UserError(f"demo config {config_path} is missing: pass --config with a sweep YAML file "
+                        "(e.g. experiments/tiny.yaml).")
+    sweep_config = load_config(config_path)
+    run_dir = Path(out) if out is not None else DEFAULT_OUT[quick]
+    _say(f"[1/4] sweep {config_path.name} into {run_dir}", progress)
+    summary = run_sweep(sweep_config, run_dir, progress=progress, device=device)
+    _say(summary.line(), progress)
+
+    _say("[2/4] λ_max per method at initialisation (whole adapter, spectral density, per-module)", progress)
+    modules = QUICK_MODULES if quick else FULL_MODULES
+    measured = list(measure_init_reports(sweep_config, run_dir, modules=modules, quick=quick, progress=progress,
+                                         device=device))
+    analysis = analyze(run_dir)
+    if measure_final:
+        _say("[3/4] raw and Adam-preconditioned λ_max at the end of each method's best run", progress)
+        measured += measure_final_reports(sweep_config, run_dir, analysis, progress=progress, device=device)
+        analysis = analyze(run_dir)
+    _say("[4/4] analysis and figures", progress)
+    write_analysis(analysis)
+    plots = plot_run(run_dir, run_dir / "figures", analysis=analysis)
+    return DemoResult(run_dir, analysis, plots, time.perf_counter() - started, tuple(measured))
+
+
+def _say(text: str, progress: bool) -> None:
+    if progress:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _eigen_options(sweep_config: Any) -> dict[str, Any]:
+    options = dict(sweep_config.hessian.options)
+    for key in ("density", "density_steps", "blocks", "modules", "layers", "out", "progress", "trace"):
+        options.pop(key, None)
+    options.setdefault("max_length", sweep_config.max_length)
+    return options
+
+
+def _hessian_batches(sweep_config: Any, tokenizer: Any) -> list[Any]:
+    from hessian_lora.recommend import probe_batches
+
+    return probe_batches(tokenizer, sweep_config.task, data_seed=sweep_config.data_seed,
+                         n_train=sweep_config.n_train, n_eval=sweep_config.n_eval,
+                         samples=sweep_config.hessian.samples, batch_size=sweep_config.hessian.batch_size,
+                         max_length=sweep_config.max_length)
+
+
+def _adapter_like_the_sweep(sweep_config: Any, method: str, rank: int, seed: int, device: str | None) -> Any:
+    """Base model + adapter at initialisation exactly as ``execute_run`` builds it (LoRA-GA: on the run's first
+    global batch)."""
+    from hessian_lora.methods import METHODS
+    from hessian_lora.recommend import init_adapter
+
+    init_batches = None
+    if METHODS[method].needs_data:
+        from hessian_lora.data import load_task
+        from hessian_lora.models import load_model
+        from hessian_lora.train import TrainConfig, global_batches
+
+        tokenizer = load_model(sweep_config.model, device=device, seed=sweep_config.model_seed).tokenizer
+        task = load_task(sweep_config.task, seed=sweep_config.data_seed, n_train=sweep_config.n_train,
+                         n_eval=sweep_config.n_eval)
+        batch_size = sweep_config.batch_sizes[0]
+        train_config = TrainConfig(lr=1.0, steps=1, batch_size=batch_size,
+                                   micro_batch_size=sweep_config.micro_batch_size,
+                                   max_length=sweep_config.max_length, seed=seed)
+        init_batches = next(global_batches(tokenizer, task.train, train_config))
+    return init_adapter(sweep_config.model, method, rank=rank, alpha=sweep_config.alpha,
+                        targets=sweep_config.targets, seed=seed, model_seed=sweep_config.model_seed,
+                        pissa_niter=sweep_config.pissa_niter, attention=sweep_config.attention,
+                        init_batches=init_batches, device=device)
+
+
+def measure_init_reports(
+    sweep_config: Any,
+    run_dir: Path,
+    *,
+    modules: Sequence[str],
+    quick: bool,
+    progress: bool = True,
+    device: str | None = None,
+) -> list[str]:
+    """Whole-adapter λ_max with density and per-module λ_max at initialisation, per (method, rank, seed), where
+    missing. Returns the reports written."""
+    from hessian_lora.recommend import measure_at_init
+
+    hessian_dir = run_dir / "hessian"
+    written = []
+    options = _eigen_options(sweep_config)
+    targets = [module for module in modules if module in sweep_config.targets] or [sweep_config.targets[0]]
+    for method in sweep_config.methods:
+        for rank in sweep_config.ranks:
+            for seed in sweep_config.seeds:
+                key = f"{method}_r{rank}_s{seed}"
+                # The sweep owns <key>_init.json when it measures at init (it resumes from that file with its
+                # own settings); the demo's density then goes to a file of its own.
+                whole_path = hessian_dir / (f"{key}_init_density.json" if sweep_config.hessian.init else
+                                            f"{key}_init.json")
+                modules_path = hessian_dir / f"{key}_init_modules.json"
+                todo = [path for path in (whole_path, modules_path) if not path.is_file()]
+                if not todo:
+                    continue
+                peft_model, tokenizer = _adapter_like_the_sweep(sweep_config, method, rank, seed, device)
+                batches = _hessian_batches(sweep_config, tokenizer)
+                if whole_path in todo:
+                    measure_at_init(peft_model, batches, blocks="whole", density=True, density_steps=DENSITY_STEPS[quick],
+                                    out=whole_path, progress=progress, **options)
+                    written.append(str(whole_path))
+                if modules_path in todo:
+                    layers = None if quick else _spread_layers(peft_model, FULL_LAYER_SAMPLES)
+                    measure_at_init(peft_model, batches, blocks="per-module", modules=targets, layers=layers,
+                                    out=modules_path, progress=progress, **options)
+                    written.append(str(modules_path))
+                _say(f"  {key}: λ_max at init measured", progress)
+    return written
+
+
+def _spread_layers(model: Any, count: int) -> list[int] | None:
+    layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    if not layers:
+        return None
+    return sorted({round(i * (layers - 1) / (count - 1)) for i in range(count)}) if layers > count else None
+
+
+def measure_final_reports(
+    sweep_config: Any,
+    run_dir: Path,
+    analysis: Analysis,
+    *,
+    progress: bool = True,
+    device: str | None = None,
+) -> list[str]:
+    """Raw and preconditioned λ_max from the checkpoint of each method's best grid run, where missing."""
+    from hessian_lora.analysis import load_runs
+    from hessian_lora.hessian import eigen
+
+    written = []
+    options = _eigen_options(sweep_config)
+    runs = load_runs(run_dir)
+    for name, summary in analysis.methods.items():
+        for run in runs:
+            if run.method != name or run.lr != summary.eta_grid or run.status != "done":
+                continue
+            path = run_dir / "hessian" / f"{run.run_id}_final.json"
+            checkpoint = run_dir / "runs" / run.run_id
+            if path.is_file() or not (checkpoint / "hessian_lora.json").is_file():
+                continue
+            tokenizer = _tokenizer(sweep_config, device)
+            eigen(checkpoint, batches=_hessian_batches(sweep_config, tokenizer), preconditioned=True, lr=run.lr,
+                  out=path, progress=progress, device=device, **options)
+            written.append(str(path))
+            _say(f"  {run.run_id}: λ_max and preconditioned λ_max at the end measured", progress)
+    return written
+
+
+def _tokenizer(sweep_config: Any, device: str | None) -> Any:
+    from hessian_lora.models import load_model
+
+    return load_model(sweep_config.model, device=device, seed=sweep_config.model_seed).tokenizer

@@ -1,0 +1,340 @@
+"""A learning rate from one Hessian probe: λ_max at initialisation plus a calibration of η* against λ_max.
+
+A :class:`Calibration` is fitted on a finished sweep (``analyze``): per method the optimal learning rate η*
+and λ_max at initialisation, measured the way the calibration's :class:`probe settings <Calibration>` say
+(model, task, data, rank, Hessian block). For a new method (or the same one on the same model), one λ_max
+probe at initialisation measured the same way gives η̂ = c/λ_max (or the power-law fit, whichever predicted
+held-out methods better) and a narrow grid around it, as wide as the calibration's leave-one-method-out error.
+
+The default calibration ships as package data (``hessian_lora/data/calibration_smollm2.json``); its
+``provenance`` says which sweep it came from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hessian_lora.analysis import (
+    FIT_KINDS,
+    Analysis,
+    analyze,
+    fit_inverse_constant,
+    fit_power_law,
+    read_run_directory,
+    relation_lambda,
+    write_atomic,
+)
+from hessian_lora.errors import UserError
+
+DEFAULT_CALIBRATION = "calibration_smollm2.json"
+CALIBRATION_FORMAT = 1
+MIN_HALF_WIDTH_DECADES = 0.25
+MAX_HALF_WIDTH_DECADES = 1.0
+GRID_STEP_DECADES = 0.25
+# Sweep Hessian options that do not change λ_max at initialisation, or that the probe sets itself.
+_NOT_PROBE_OPTIONS = frozenset({"density", "density_steps", "density_runs", "trace", "trace_hvps", "progress", "out",
+                                "blocks", "modules", "layers", "preconditioned", "lr", "max_length", "device"})
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """η* against λ_max at initialisation, fitted on one sweep; ``probe`` says how λ_max must be measured."""
+
+    fit: str  # "power" or "inverse": the one used for predictions
+    c: float  # η* ≈ c / λ_max
+    slope: float | None  # log10 η* = intercept + slope · log10 λ_max
+    intercept: float | None
+    log10_error: float | None  # RMS leave-one-method-out error of ``fit`` in decades (None with < 2 methods)
+    lambda_source: str  # "whole" or "module_median"
+    points: Mapping[str, Mapping[str, float]]  # method -> {"lambda_max", "eta_star"}
+    probe: Mapping[str, Any]
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+
+    def predict(self, lambda_max: float) -> float:
+        if not lambda_max > 0 or not math.isfinite(lambda_max):
+            raise UserError(f"λ_max = {lambda_max} is not positive: the adapter's Hessian has no positive "
+                            "curvature here; check the probe's data (--task) and method.")
+        if self.fit == "power" and self.slope is not None and self.intercept is not None:
+            return float(10 ** (self.intercept + self.slope * math.log10(lambda_max)))
+        return self.c / lambda_max
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": CALIBRATION_FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "calibration") -> Calibration:
+        try:
+            calibration = cls(
+                fit=str(data["fit"]), c=float(data["c"]),
+                slope=None if data.get("slope") is None else float(data["slope"]),
+                intercept=None if data.get("intercept") is None else float(data["intercept"]),
+                log10_error=None if data.get("log10_error") is None else float(data["log10_error"]),
+                lambda_source=str(data["lambda_source"]), points=dict(data["points"]), probe=dict(data["probe"]),
+                provenance=dict(data.get("provenance") or {}),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{source} is not a calibration file ({exc!r} missing or malformed): rebuild it with "
+                            "`hessian-lora recommend --calibration RUN_DIR --save-calibration FILE`.") from exc
+        if calibration.fit not in FIT_KINDS:
+            raise UserError(f"{source}: unknown fit {calibration.fit!r}; rebuild the calibration.")
+        return calibration
+
+
+def calibration_from_analysis(analysis: Analysis, config: Mapping[str, Any],
+                              init_settings: Mapping[str, Any] | None = None, *, note: str = "") -> Calibration:
+    """Fit a calibration on an analysed sweep; ``config`` is the run directory's ``config.yaml``."""
+    points = {name: (relation_lambda(summary), summary.eta_star) for name, summary in analysis.methods.items()}
+    points = {name: point for name, point in points.items() if point[0]}
+    if not points:
+        raise UserError(f"{analysis.run_dir} has no λ_max at initialisation: run the sweep with "
+                        "hessian: {init: true} (or `hessian-lora demo`), then calibrate.")
+    lambdas = [lam for lam, _ in points.values()]
+    etas = [eta for _, eta in points.values()]
+    c, _ = fit_inverse_constant(lambdas, etas)
+    power = fit_power_law(lambdas, etas) if len(set(lambdas)) >= 2 else None
+    relation = analysis.relation
+    fit = relation.preferred_fit or "inverse"
+    if fit == "power" and power is None:
+        fit = "inverse"
+    log10_error = None
+    if relation.lomo.get(fit):
+        errors = [math.log10(item["ratio"]) for item in relation.lomo[fit]]
+        log10_error = float(math.sqrt(np.mean(np.square(errors))))
+    hessian = config.get("hessian") if isinstance(config.get("hessian"), Mapping) else {}
+    options = dict(hessian.get("options") or {})
+    settings = dict(init_settings or {})
+    probe = {
+        "model": config.get("model"), "model_seed": config.get("model_seed", 0), "task": config.get("task"),
+        "data_seed": config.get("data_seed", 0), "n_train": config.get("n_train"), "n_eval": config.get("n_eval"),
+        "samples": hessian.get("samples", settings.get("samples")),
+        "batch_size": hessian.get("batch_size", settings.get("batch_size")),
+        "max_length": config.get("max_length", settings.get("max_length", 512)),
+        "rank": analysis.rank, "alpha": config.get("alpha"), "targets": config.get("targets"),
+        "attention": config.get("attention", "eager"), "pissa_niter": config.get("pissa_niter"),
+        "blocks": "whole" if relation.lambda_source == "whole" else "per-module",
+        "modules": settings.get("modules") if relation.lambda_source != "whole" else None,
+        "layers": settings.get("layers") if relation.lambda_source != "whole" else None,
+        "eigen_options": {key: value for key, value in options.items() if key not in _NOT_PROBE_OPTIONS},
+    }
+    provenance = {
+        "run_dir": str(Path(analysis.run_dir).resolve()), "sweep": config.get("name"),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "metric": analysis.metric,
+        "n_runs": analysis.n_runs, "methods": list(points), "spearman_rho": relation.spearman_rho,
+        "slope_ci95": list(relation.slope_ci95) if relation.slope_ci95 else None,
+        "lomo_within_2x": dict(relation.lomo_within_2x), "note": note, "config": dict(config),
+    }
+    return Calibration(
+        fit=fit, c=c, slope=power.slope if power else None, intercept=power.intercept if power else None,
+        log10_error=log10_error, lambda_source=relation.lambda_source,
+        points={name: {"lambda_max": lam, "eta_star": eta} for name, (lam, eta) in points.items()},
+        probe=probe, provenance=provenance,
+    )
+
+
+def calibration_from_run(run_dir: str | os.PathLike[str], *, note: str = "", **analyze_options: Any) -> Calibration:
+    analysis = analyze(run_dir, **analyze_options)
+    directory = read_run_directory(run_dir)
+    init_settings = next((dict(report.settings) for report in directory.init_reports.values()), {})
+    return calibration_from_analysis(analysis, directory.config, init_settings, note=note)
+
+
+def load_calibration(source: str | os.PathLike[str] | None = None) -> Calibration:
+    """The shipped default (``None``), a calibration JSON file, or a sweep RUN_DIR (fitted on the fly)."""
+    if source is None:
+        text = resources.files("hessian_lora").joinpath("data", DEFAULT_CALIBRATION).read_text(encoding="utf-8")
+        return Calibration.from_dict(json.loads(text), source=f"the shipped {DEFAULT_CALIBRATION}")
+    path = Path(source)
+    if path.is_dir():
+        return calibration_from_run(path)
+    if not path.is_file():
+        raise UserError(f"calibration {str(source)!r} does not exist: pass a sweep RUN_DIR or a calibration .json.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read calibration {str(path)!r} ({exc}): pass a calibration .json.") from exc
+    if not isinstance(data, Mapping):
+        raise UserError(f"{str(path)!r} is not a calibration file: pass a calibration .json or a RUN_DIR.")
+    return Calibration.from_dict(data, source=str(path))
+
+
+def save_calibration(calibration: Calibration, path: str | os.PathLike[str]) -> Path:
+    target = Path(path)
+    write_atomic(target, json.dumps(calibration.to_dict(), indent=2, ensure_ascii=False, default=str) + "\n")
+    return target
+
+
+def narrow_grid(eta: float, log10_error: float | None, *, step: float = GRID_STEP_DECADES) -> tuple[float, ...]:
+    """Learning rates η·10^(k·step) covering ±2 RMS errors of the calibration (at least ±¼, at most ±1
+    decade)."""
+    half_width = MIN_HALF_WIDTH_DECADES if log10_error is None else 2 * log10_error
+    half_width = min(max(half_width, MIN_HALF_WIDTH_DECADES), MAX_HALF_WIDTH_DECADES)
+    steps = math.ceil(half_width / step - 1e-9)
+    return tuple(float(eta * 10 ** (k * step)) for k in range(-steps, steps + 1))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The probe
+
+
+def init_adapter(
+    model: str,
+    method: str,
+    *,
+    rank: int,
+    alpha: float | None = None,
+    targets: Sequence[str] | None = None,
+    seed: int = 0,
+    model_seed: int = 0,
+    pissa_niter: int | None = None,
+    attention: str = "eager",
+    init_batches: Sequence[Any] | None = None,
+    device: str | None = None,
+) -> tuple[Any, Any]:
+    """A fresh base model with METHOD's adapter at initialisation, built as the sweep builds it."""
+    from hessian_lora.methods import DEFAULT_TARGETS, AdapterConfig, build_adapter
+    from hessian_lora.models import load_model
+
+    config = AdapterConfig(method=method, rank=rank, alpha=alpha, targets=tuple(targets or DEFAULT_TARGETS),
+                           seed=seed, pissa_niter=pissa_niter)
+    loaded = load_model(model, device=device, seed=model_seed, attn_implementation=attention)
+    peft_model = build_adapter(loaded.model, config, batches=list(init_batches) if init_batches else None)
+    return peft_model, loaded.tokenizer
+
+
+def probe_batches(tokenizer: Any, task: str, *, data_seed: int, n_train: int | None, n_eval: int | None,
+                  samples: int, batch_size: int, max_length: int) -> list[Any]:
+    """The sweep's Hessian data: the first ``samples`` training examples of the task, in batches."""
+    from hessian_lora.data import load_task, make_batches
+
+    loaded = load_task(task, seed=data_seed, n_train=max(n_train or samples, samples), n_eval=n_eval or 0)
+    return make_batches(tokenizer, loaded.train[:samples], batch_size, max_length=max_length)
+
+
+def measure_at_init(peft_model: Any, batches: Sequence[Any], *, blocks: str = "whole",
+                    out: str | os.PathLike[str] | None = None, **eigen_options: Any) -> Any:
+    """``hessian_lora.eigen`` on an adapter at initialisation; restores ``requires_grad`` afterwards."""
+    from hessian_lora.hessian import eigen
+
+    was = {name: param.requires_grad for name, param in peft_model.named_parameters()}
+    try:
+        return eigen(model=peft_model, batches=list(batches), blocks=blocks, out=out, **eigen_options)
+    finally:
+        for name, param in peft_model.named_parameters():
+            param.requires_grad_(was[name])
+
+
+def lambda_from_report(report: Any, lambda_source: str) -> float:
+    """The whole adapter's λ_max, or the median over per-module blocks, from an ``EigenReport``."""
+    from hessian_lora.analysis import parse_eigen_report
+
+    summary = parse_eigen_report(report.to_dict())
+    value = summary.whole.lambda_max if lambda_source == "whole" and summary.whole else summary.module_median
+    if value is None:
+        raise UserError(f"the probe measured no {lambda_source} λ_max: check the calibration's probe settings.")
+    return value
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    method: str
+    model: str
+    task: str
+    lambda_max: float
+    eta: float
+    grid: tuple[float, ...]
+    fit: str
+    calibration: str
+    warnings: tuple[str, ...] = ()
+    probe_seconds: float | None = None
+
+    def lines(self) -> list[str]:
+        grid = ", ".join(f"{lr:.3g}" for lr in self.grid)
+        lines = [
+            f"{self.method} on {self.model} ({self.task}): λ_max at init = {self.lambda_max:.4g}",
+            f"predicted optimal learning rate η* ≈ {self.eta:.3g} ({self.fit} fit, calibration: {self.calibration})",
+            f"sweep these: {grid}",
+        ]
+        return lines + [f"note: {warning}" for warning in self.warnings]
+
+
+def recommend(
+    method: str,
+    *,
+    model: str | None = None,
+    task: str | None = None,
+    calibration: Calibration | str | os.PathLike[str] | None = None,
+    rank: int | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    progress: bool = True,
+) -> Recommendation:
+    """Probe λ_max of METHOD's adapter at initialisation on MODEL and predict its optimal learning rate."""
+    import time
+
+    from hessian_lora.methods import METHODS
+
+    if method not in METHODS:
+        raise UserError(f"unknown method {method!r}: use one of {', '.join(METHODS)}.")
+    cal = calibration if isinstance(calibration, Calibration) else load_calibration(calibration)
+    probe = cal.probe
+    model = model or probe.get("model") or "smollm2-135m"
+    task = task or probe.get("task") or "arith"
+    rank = rank or probe.get("rank") or 8
+    warnings = []
+    for what, given, calibrated in (("model", model, probe.get("model")), ("task", task, probe.get("task")),
+                                    ("rank", rank, probe.get("rank"))):
+        if calibrated is not None and given != calibrated:
+            warnings.append(f"the calibration was measured with {what} {calibrated!r}, not {given!r}: λ_max and η* "
+                            "scales may differ; calibrate on a sweep of this setting (--calibration RUN_DIR).")
+    if cal.provenance.get("note"):
+        warnings.append(str(cal.provenance["note"]))
+    started = time.perf_counter()
+    peft_model, tokenizer = _probe_adapter(method, model, task, rank, seed, probe, device)
+    batches = probe_batches(tokenizer, task, data_seed=int(probe.get("data_seed") or 0), n_train=probe.get("n_train"),
+                            n_eval=probe.get("n_eval"), samples=int(probe.get("samples") or 32),
+                            batch_size=int(probe.get("batch_size") or 8),
+                            max_length=int(probe.get("max_length") or 512))
+    options = dict(probe.get("eigen_options") or {})
+    if probe.get("blocks") == "per-module":
+        options.update(modules=probe.get("modules"), layers=probe.get("layers"))
+    report = measure_at_init(peft_model, batches, blocks=str(probe.get("blocks") or "whole"),
+                             max_length=int(probe.get("max_length") or 512), progress=progress, **options)
+    lambda_max = lambda_from_report(report, cal.lambda_source)
+    eta = cal.predict(lambda_max)
+    return Recommendation(
+        method=method, model=model, task=task, lambda_max=lambda_max, eta=eta,
+        grid=narrow_grid(eta, cal.log10_error), fit=cal.fit,
+        calibration=str(cal.provenance.get("sweep") or cal.provenance.get("run_dir") or "given"),
+        warnings=tuple(warnings), probe_seconds=time.perf_counter() - started,
+    )
+
+
+def _probe_adapter(method: str, model: str, task: str, rank: int, seed: int, probe: Mapping[str, Any],
+                   device: str | None) -> tuple[Any, Any]:
+    from hessian_lora.methods import METHODS
+
+    init_batches = None
+    if METHODS[method].needs_data:
+        # LoRA-GA estimates its gradient on data: a few batches of the probe task (the sweep uses its first
+        # global batch; close, not identical).
+        from hessian_lora.models import load_model
+
+        tokenizer = load_model(model, device=device, seed=int(probe.get("model_seed") or 0)).tokenizer
+        init_batches = probe_batches(tokenizer, task, data_seed=int(probe.get("data_seed") or 0),
+                                     n_train=probe.get("n_train"), n_eval=probe.get("n_eval"),
+                                     samples=int(probe.get("batch_size") or 8), batch_size=int(probe.get("batch_size")
+                                                                                             or 8),
+                                     max_length=int(probe.get("max_length") or 512))
+    return init_adapter(model, method, rank=rank, alpha=probe.get("alpha"), targets=probe.get("targets"), seed=seed,
+                        model_seed=int(probe.get("model_seed") or 0), pissa_niter=probe.get("pissa_niter"),
+                        attention=str(probe.get("attention") or "eager"), init_batches=init_batches, device=device)
