@@ -1,0 +1,60 @@
+"""The Hessian engine: loss-Hessian operators over adapter parameters and the solvers that read them.
+
+Data flows operator → solver → result: :class:`HessianOperator` gives Hessian-vector products of the
+token-weighted mean loss over a parameter block (chosen by a filter); free-function solvers (:func:`lanczos`,
+:func:`power_iteration`, :func:`hutchinson`, :func:`hutchplusplus`, :func:`spectral_density`,
+:func:`preconditioned_sharpness`) return frozen result records; :func:`eigen` strings it all together.
+"""
+
+from __future__ import annotations
+
+from hessian_lora.hessian.api import eigen, read_report, write_report
+from hessian_lora.hessian.density import spectral_density
+from hessian_lora.hessian.filters import ByName, ParameterBlock, ParameterFilter, PerModule, WholeAdapter
+from hessian_lora.hessian.lanczos import lanczos
+from hessian_lora.hessian.operator import DenseOperator, HessianOperator, LinearOperator, ScaledOperator
+from hessian_lora.hessian.power import power_iteration
+from hessian_lora.hessian.preconditioned import adam_preconditioner, adam_thresholds, preconditioned_sharpness
+from hessian_lora.hessian.pyhessian_compat import pyhessian_power_iteration, run_pyhessian
+from hessian_lora.hessian.results import (
+    BlockReport,
+    DensityResult,
+    EigenReport,
+    EigenResult,
+    IterationRecord,
+    PreconditionedResult,
+    TraceResult,
+)
+from hessian_lora.hessian.trace import hutchinson, hutchplusplus
+
+__all__ = [
+    "BlockReport",
+    "ByName",
+    "DenseOperator",
+    "DensityResult",
+    "EigenReport",
+    "EigenResult",
+    "HessianOperator",
+    "IterationRecord",
+    "LinearOperator",
+    "ParameterBlock",
+    "ParameterFilter",
+    "PerModule",
+    "PreconditionedResult",
+    "ScaledOperator",
+    "TraceResult",
+    "WholeAdapter",
+    "adam_preconditioner",
+    "adam_thresholds",
+    "eigen",
+    "hutchinson",
+    "hutchplusplus",
+    "lanczos",
+    "power_iteration",
+    "preconditioned_sharpness",
+    "pyhessian_power_iteration",
+    "read_report",
+    "run_pyhessian",
+    "spectral_density",
+    "write_report",
+]

@@ -1,0 +1,42 @@
+"""Helpers the solvers share: seeded start vectors, convergence thresholds, progress callbacks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from hessian_lora.errors import UserError
+from hessian_lora.hessian.results import IterationRecord
+
+Callback = Callable[[IterationRecord], None]
+
+# A residual below this multiple of machine epsilon times the spectral scale is below the products' own
+# round-off (float32 HVPs agree with each other to ~3e-6 relative), so it counts as converged.
+NOISE_FLOOR_EPS = 100.0
+
+
+def random_vector(size: int, dtype: torch.dtype, device: torch.device, seed: int, kind: str = "normal") -> torch.Tensor:
+    """A start vector drawn on the CPU from ``seed`` (identical on every device and every rank)."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    if kind == "normal":
+        vector = torch.randn(size, generator=generator, dtype=torch.float64)
+    elif kind == "rademacher":
+        vector = torch.randint(0, 2, (size,), generator=generator).to(torch.float64) * 2 - 1
+    else:
+        raise ValueError(f"unknown random vector kind {kind!r}")
+    return vector.to(device=device, dtype=dtype)
+
+
+def converged_threshold(value: float, scale: float, tol: float, dtype: torch.dtype) -> float:
+    """The residual that certifies ``value``: tol·|value|, but never below the dtype's round-off floor."""
+    return max(tol * abs(value), NOISE_FLOOR_EPS * torch.finfo(dtype).eps * scale)
+
+
+def check_solver_arguments(tol: float, max_iter: int, k: int) -> None:
+    if not tol > 0:
+        raise UserError(f"tol must be positive, got {tol}: e.g. --tol 1e-3 (relative residual).")
+    if max_iter < 1:
+        raise UserError(f"max_iter must be >= 1, got {max_iter}.")
+    if k < 1:
+        raise UserError(f"k (top-k) must be >= 1, got {k}.")

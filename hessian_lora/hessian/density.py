@@ -1,0 +1,58 @@
+"""Spectral density by stochastic Lanczos quadrature (SLQ; Lin, Saad & Yang 2016; Ghorbani et al. 2019).
+
+m Lanczos steps from a normalised Rademacher vector v give T = S diag(θ) Sᵀ; the nodes θ_i with weights
+S[0, i]² are the m-point Gauss quadrature of the measure Σ_j (vᵀu_j)² δ(λ_j), exact for polynomials of degree
+≤ 2m − 1: Σ_i w_i θ_i^p = vᵀH^p v. Averaging runs estimates the density (1/n) Σ_j δ(λ_j) (in expectation,
+since E[(vᵀu_j)²] = 1/n for normalised Rademacher v). The weights of a run sum to one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+
+from hessian_lora.errors import UserError
+from hessian_lora.hessian._numerics import Callback, random_vector
+from hessian_lora.hessian.lanczos import tridiagonalize
+from hessian_lora.hessian.operator import LinearOperator
+from hessian_lora.hessian.results import DensityResult
+
+
+def spectral_density(
+    operator: LinearOperator,
+    *,
+    steps: int = 30,
+    runs: int = 1,
+    seed: int = 0,
+    starts: Sequence[torch.Tensor] | None = None,
+    callback: Callback | None = None,
+) -> DensityResult:
+    """``runs`` SLQ runs of ``steps`` products each (fewer if the Krylov space closes early).
+
+    ``starts`` replaces the random Rademacher start vectors (one per run).
+    """
+    if steps < 1 or runs < 1:
+        raise UserError(f"density needs steps >= 1 and runs >= 1, got steps={steps}, runs={runs}.")
+    if starts is not None and len(starts) != runs:
+        raise ValueError(f"{len(starts)} start vectors for {runs} runs")
+    began = time.perf_counter()
+    all_nodes: list[tuple[float, ...]] = []
+    all_weights: list[tuple[float, ...]] = []
+    hvps = 0
+    for run in range(runs):
+        start = starts[run] if starts is not None else random_vector(
+            operator.size, operator.dtype, operator.device, seed + run, kind="rademacher")
+        alphas, betas = tridiagonalize(operator, start, steps, callback)
+        hvps += len(alphas)
+        matrix = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+        if betas:
+            off = torch.tensor(betas, dtype=torch.float64)
+            matrix += torch.diag(off, 1) + torch.diag(off, -1)
+        nodes, vectors = torch.linalg.eigh(matrix)
+        weights = vectors[0, :] ** 2
+        all_nodes.append(tuple(float(x) for x in nodes))
+        all_weights.append(tuple(float(w) for w in weights / weights.sum()))
+    return DensityResult(tuple(all_nodes), tuple(all_weights), steps, hvps, time.perf_counter() - began,
+                         operator.size)

@@ -1,0 +1,173 @@
+"""Typed parameter filters: which parameters a Hessian block is taken over.
+
+A filter turns a model into a list of :class:`ParameterBlock` (name + parameters in model order):
+
+- :class:`WholeAdapter` — one block with every trainable parameter (the adapter as training sees it);
+- :class:`PerModule` — one block per adapted module, holding that module's ``lora_A``, ``lora_B`` and, for DoRA,
+  ``lora_magnitude_vector`` (the paper's blocks), optionally restricted to module names and layer indices;
+- :class:`ByName` — one block of the trainable parameters whose name matches a regular expression.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from torch import nn
+
+from hessian_lora.errors import UserError
+
+ADAPTER_PARTS: tuple[str, ...] = ("lora_A", "lora_B", "lora_magnitude_vector")
+_LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)(?:\.|$)")
+_WRAPPER_PREFIXES = ("base_model.model.model.", "base_model.model.", "model.")
+
+
+@dataclass(frozen=True)
+class ParameterBlock:
+    """A named group of parameters; the Hessian block is taken over their concatenation in this order."""
+
+    name: str
+    names: tuple[str, ...]
+    parameters: tuple[nn.Parameter, ...] = field(compare=False, repr=False)
+    module: str | None = None
+    layer: int | None = None
+
+    @property
+    def numel(self) -> int:
+        return sum(p.numel() for p in self.parameters)
+
+
+class ParameterFilter(Protocol):
+    def blocks(self, model: nn.Module) -> list[ParameterBlock]: ...
+
+
+@dataclass(frozen=True)
+class WholeAdapter:
+    """Every parameter with ``requires_grad`` (for a peft model: the adapter) as one block."""
+
+    name: str = "adapter"
+
+    def blocks(self, model: nn.Module) -> list[ParameterBlock]:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not named:
+            raise UserError("the model has no trainable parameters: wrap it in an adapter (build_adapter) first.")
+        return [ParameterBlock(self.name, tuple(n for n, _ in named), tuple(p for _, p in named))]
+
+
+@dataclass(frozen=True)
+class PerModule:
+    """One block per adapted module: its adapter factors (``parts``), in model order.
+
+    ``modules`` keeps modules whose own name (e.g. ``q_proj``) is listed; ``layers`` keeps modules inside
+    ``layers.<i>`` for the listed indices. ``None`` keeps all.
+    """
+
+    modules: tuple[str, ...] | None = None
+    layers: tuple[int, ...] | None = None
+    parts: tuple[str, ...] = ADAPTER_PARTS
+
+    def blocks(self, model: nn.Module) -> list[ParameterBlock]:
+        grouped: dict[str, list[tuple[str, nn.Parameter]]] = {}
+        for name, param in model.named_parameters():
+            prefix = _adapter_prefix(name, self.parts)
+            if prefix is not None and param.requires_grad:
+                grouped.setdefault(prefix, []).append((name, param))
+        if not grouped:
+            raise UserError("the model has no trainable LoRA factors (lora_A/lora_B): build an adapter first.")
+        found_modules = sorted({prefix.rsplit(".", 1)[-1] for prefix in grouped})
+        found_layers = sorted({layer for prefix in grouped if (layer := layer_index(prefix)) is not None})
+        if self.modules is not None:
+            unknown = [m for m in self.modules if m not in found_modules]
+            if unknown:
+                raise UserError(f"no adapted module named {', '.join(unknown)}: choose from {', '.join(found_modules)}.")
+        if self.layers is not None:
+            unknown_layers = [i for i in self.layers if i not in found_layers]
+            if unknown_layers:
+                span = f"{found_layers[0]}..{found_layers[-1]}" if found_layers else "none"
+                raise UserError(f"no adapted layer {', '.join(map(str, unknown_layers))}: the model's layers are {span}.")
+        blocks = []
+        for prefix, named in grouped.items():
+            module = prefix.rsplit(".", 1)[-1]
+            layer = layer_index(prefix)
+            if self.modules is not None and module not in self.modules:
+                continue
+            if self.layers is not None and layer not in self.layers:
+                continue
+            blocks.append(ParameterBlock(short_name(prefix), tuple(n for n, _ in named),
+                                         tuple(p for _, p in named), module=module, layer=layer))
+        return blocks
+
+
+@dataclass(frozen=True)
+class ByName:
+    """The trainable parameters whose full name matches ``pattern`` (``re.search``), as one block."""
+
+    pattern: str
+    name: str | None = None
+
+    def blocks(self, model: nn.Module) -> list[ParameterBlock]:
+        try:
+            regex = re.compile(self.pattern)
+        except re.error as exc:
+            raise UserError(f"bad parameter pattern {self.pattern!r} ({exc}): give a Python regular expression.") from exc
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and regex.search(n)]
+        if not named:
+            raise UserError(f"no trainable parameter matches {self.pattern!r}: check the names (model.named_parameters()).")
+        return [ParameterBlock(self.name or self.pattern, tuple(n for n, _ in named), tuple(p for _, p in named))]
+
+
+def _adapter_prefix(name: str, parts: Iterable[str]) -> str | None:
+    """``...q_proj`` for ``...q_proj.lora_A.default.weight`` when the part is one of ``parts``."""
+    components = name.split(".")
+    for position, component in enumerate(components):
+        if component in parts and position > 0:
+            return ".".join(components[:position])
+    return None
+
+
+def short_name(prefix: str) -> str:
+    """``layers.3.self_attn.q_proj`` for ``base_model.model.model.layers.3.self_attn.q_proj``."""
+    for wrapper in _WRAPPER_PREFIXES:
+        if prefix.startswith(wrapper):
+            return prefix[len(wrapper):]
+    return prefix
+
+
+def layer_index(name: str) -> int | None:
+    match = _LAYER_INDEX.search(name)
+    return int(match.group(1)) if match else None
+
+
+def parse_layers(text: str | None) -> tuple[int, ...] | None:
+    """``"a:b"`` (a ≤ i < b, either end optional only on the left: ``":4"``), ``"3"``, or ``"0,5,10"``."""
+    if text is None or text.strip() in ("", "all"):
+        return None
+    layers: list[int] = []
+    try:
+        for item in text.split(","):
+            item = item.strip()
+            if ":" in item:
+                start_text, _, stop_text = item.partition(":")
+                start = int(start_text) if start_text.strip() else 0
+                stop = int(stop_text)
+                if stop <= start:
+                    raise ValueError
+                layers.extend(range(start, stop))
+            else:
+                layers.append(int(item))
+    except ValueError:
+        raise UserError(f"bad --layers {text!r}: write a:b (a <= layer < b), a single index, or a list 0,5,10.") from None
+    if any(i < 0 for i in layers):
+        raise UserError(f"bad --layers {text!r}: layer indices are >= 0.")
+    return tuple(dict.fromkeys(layers))
+
+
+def parse_modules(text: str | None) -> tuple[str, ...] | None:
+    if text is None or text.strip() in ("", "all"):
+        return None
+    modules = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    if not modules:
+        raise UserError(f"bad --modules {text!r}: list module names, e.g. q_proj,v_proj.")
+    return modules

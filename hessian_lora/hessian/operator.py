@@ -1,0 +1,442 @@
+"""Symmetric linear operators on flat vectors, and the loss Hessian over a parameter block as one of them.
+
+The objective is the global per-token mean loss over a list of batches, L(θ) = Σ_b loss_sum_b(θ) / Σ_b T_b
+(T_b the batch's loss tokens), the same number the training loop reports; θ is a block of parameters (the whole
+adapter, one module's factors, any filter) and every other parameter is held fixed.
+
+Backends for the Hessian-vector product, all summed batch by batch so memory stays at one batch's graph:
+
+- ``double_backward``: g = ∂L/∂θ with ``create_graph=True``, then Hv = ∂(g·v)/∂θ. Exact. With ``reuse`` the
+  first-order graph of each batch is kept across products, so later products cost only the second backward
+  (measured on the tiny Llama: 1.5× a gradient instead of 3.0×; see bench/hessian.py for SmolLM2).
+- ``forward_over_reverse``: ``torch.func.jvp`` of ``torch.func.grad`` through ``functional_call``. Exact.
+- ``finite_difference``: central differences of two gradients, (g(θ + εu) − g(θ − εu)) / 2ε · ‖v‖ with
+  u = v/‖v‖ (ε is a step length in parameter space). Not exact: O(ε²) truncation plus O(u_mach/ε) round-off,
+  and where they balance depends on the model far more than on the dtype. Measured relative errors in float32:
+  SmolLM2-135M + LoRA r=8 (4×57 tokens): ε=1 1.1e-4, 0.3 2e-4, 0.1 5e-4, 0.03 2.5e-3, 0.01 6e-3 (round-off
+  dominates down to ε≈1); the tiny Llama (hidden 32, r=1, B ~ N(0, 0.3²)): 0.1 1.3e-2, 0.03 1.2e-3,
+  0.01 1.3e-4, 0.003 5e-5, 0.001 2e-4 (truncation dominates above 0.01). No fixed ε per dtype serves both, so
+  ``fd_epsilon=None`` calibrates once per operator: one probe direction on the first batch at
+  ε = ``FD_EPSILON[dtype]``·3^k, k = −4…4 (18 batch gradients), and the pair of neighbours whose estimates agree
+  best brackets the balance point; their geometric mean is used from then on (``fd_step``). A number fixes ε.
+DoRA: peft detaches the column norm ‖W + sBA‖ from the graph (DoRA paper §4.3), so autograd differentiates a
+surrogate in which the norm is a constant at the current point. The exact backends return that surrogate's
+Hessian (what the paper's ``autograd.functional.vhp`` and PyHessian compute too); finite differences would
+instead differentiate the gradient field *including* the norm's change, a different, non-symmetric matrix, so
+they are refused for blocks whose modules use DoRA.
+
+``backend="auto"`` takes the fastest exact backend measured on the device type (``FASTEST_EXACT_BACKEND``).
+
+Every product runs with the model in eval mode (dropout off), gradients enabled only for the block, and
+scaled-dot-product attention restricted to the math kernel (the CPU flash kernel has no double backward).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from hessian_lora.data import TokenBatch
+from hessian_lora.errors import UserError
+from hessian_lora.hessian import distributed
+from hessian_lora.hessian.filters import ParameterBlock
+from hessian_lora.loss import loss_sum
+
+LossFunction = Callable[[Callable[..., object], TokenBatch], torch.Tensor]
+
+BACKENDS = ("double_backward", "forward_over_reverse", "finite_difference")
+EXACT_BACKENDS = ("double_backward", "forward_over_reverse")
+# Measured by bench/hessian.py side by side (per-HVP time / gradient time). CPU, SmolLM2-135M + LoRA r=8 on
+# 4x128 tokens: double backward 2.4x, forward-over-reverse 3.3x (REFERENCE.md). No other device measured yet:
+# double backward is the default elsewhere too.
+FASTEST_EXACT_BACKEND: dict[str, str] = {"cpu": "double_backward"}
+# Centres of the finite-difference step ladder: about u^(1/3) scaled to where LLM LoRA blocks balance in fp32.
+FD_EPSILON: dict[torch.dtype, float] = {torch.float32: 0.1, torch.float64: 1e-3}
+_FD_LADDER = tuple(3.0**k for k in range(-4, 5))
+# Fraction of free memory the kept first-order graphs may take under reuse="auto".
+REUSE_MEMORY_FRACTION = 0.5
+
+
+class LinearOperator(ABC):
+    """A symmetric operator on flat vectors of ``size`` entries; ``op @ v`` is ``op.matvec(v)``."""
+
+    @property
+    @abstractmethod
+    def size(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    @abstractmethod
+    def device(self) -> torch.device: ...
+
+    @abstractmethod
+    def matvec(self, vector: torch.Tensor) -> torch.Tensor: ...
+
+    def matmat(self, matrix: torch.Tensor) -> torch.Tensor:
+        """Apply to each column of a ``size × k`` matrix."""
+        return torch.stack([self.matvec(column) for column in matrix.T], dim=1)
+
+    def __matmul__(self, other: torch.Tensor) -> torch.Tensor:
+        return self.matvec(other) if other.ndim == 1 else self.matmat(other)
+
+    def to_dense(self) -> torch.Tensor:
+        """The full matrix, column by column (size products: tests and tiny blocks only)."""
+        eye = torch.eye(self.size, dtype=self.dtype, device=self.device)
+        return torch.stack([self.matvec(column) for column in eye], dim=1)
+
+
+class DenseOperator(LinearOperator):
+    """An explicit symmetric matrix (closed-form checks, dense references)."""
+
+    def __init__(self, matrix: torch.Tensor) -> None:
+        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+            raise ValueError(f"need a square matrix, got shape {tuple(matrix.shape)}")
+        self.matrix = matrix
+        self.calls = 0
+
+    @property
+    def size(self) -> int:
+        return int(self.matrix.shape[0])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.matrix.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.matrix.device
+
+    def matvec(self, vector: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.matrix @ vector.to(self.matrix)
+
+
+class ScaledOperator(LinearOperator):
+    """D H D for a diagonal D given as a flat vector (symmetric preconditioning, P^-1/2 H P^-1/2)."""
+
+    def __init__(self, inner: LinearOperator, diagonal: torch.Tensor) -> None:
+        if diagonal.shape != (inner.size,):
+            raise ValueError(f"diagonal has shape {tuple(diagonal.shape)}, the operator size is {inner.size}")
+        self.inner = inner
+        self.diagonal = diagonal.to(device=inner.device, dtype=inner.dtype)
+
+    @property
+    def size(self) -> int:
+        return self.inner.size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.inner.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.inner.device
+
+    def matvec(self, vector: torch.Tensor) -> torch.Tensor:
+        return self.diagonal * self.inner.matvec(self.diagonal * vector)
+
+
+ParameterSpec = ParameterBlock | Mapping[str, nn.Parameter] | Sequence[nn.Parameter] | Sequence[tuple[str, nn.Parameter]]
+
+
+class HessianOperator(LinearOperator):
+    """∇²_θ of the token-weighted mean loss over ``batches``, θ = ``params``, everything else fixed.
+
+    ``reuse``: ``True`` keeps every batch's first-order graph between products (double backward only),
+    ``False`` never, ``"auto"`` keeps graphs while their measured memory stays within half of the memory free
+    when the operator was built, and recomputes the remaining batches each time. Kept graphs are dropped when
+    any model parameter is modified in place (tracked by tensor version counters) or by :meth:`clear_cache`.
+
+    Under an initialised ``torch.distributed`` process group (``distributed="auto"``) each rank takes every
+    world-size-th batch and the products are summed across ranks before dividing by the global token count:
+    all ranks must call :meth:`matvec` in step (the solvers do, given the same seed).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        batches: Sequence[TokenBatch],
+        params: ParameterSpec,
+        *,
+        backend: str = "auto",
+        reuse: bool | str = "auto",
+        loss_fn: LossFunction = loss_sum,
+        fd_epsilon: float | None = None,
+        distributed_mode: bool | str = "auto",
+    ) -> None:
+        self.model = model
+        self.names, self.params = _resolve_parameters(model, params)
+        if not self.params:
+            raise UserError("the parameter block is empty: choose modules/layers that carry adapter parameters.")
+        dtypes = {p.dtype for p in self.params}
+        if len(dtypes) != 1:
+            raise UserError(f"the block mixes dtypes {sorted(map(str, dtypes))}: load the model in one dtype.")
+        self._dtype = self.params[0].dtype
+        if self._dtype not in (torch.float32, torch.float64):
+            raise UserError(f"Hessian work needs float32 or float64 parameters, got {self._dtype}: "
+                            "load the model with dtype=torch.float32 (Lanczos is unstable in low precision).")
+        self._device = self.params[0].device
+        self.backend = resolve_backend(backend, self._device)
+        if reuse not in (True, False, "auto"):
+            raise UserError(f"reuse must be True, False or 'auto', got {reuse!r}.")
+        self.reuse = reuse if self.backend == "double_backward" else False
+        if self.backend == "finite_difference" and _touches_dora(model, self.names):
+            raise UserError("finite differences see the DoRA column norm that peft detaches from autograd, so they "
+                            "measure another matrix: use backend double_backward or forward_over_reverse for DoRA.")
+        self.loss_fn = loss_fn
+        if fd_epsilon is not None and not fd_epsilon > 0:
+            raise UserError(f"fd_epsilon must be positive, got {fd_epsilon}.")
+        self.fd_step: float | None = fd_epsilon
+        self.rank, self.world_size = distributed.world(distributed_mode)
+        all_batches = list(batches)
+        if not all_batches:
+            raise UserError("no batches: give at least one batch of data (--samples, --task).")
+        self.batches = [b.to(self._device) for b in distributed.shard(all_batches, self.rank, self.world_size)]
+        local_tokens = sum(b.loss_tokens for b in self.batches)
+        self.total_tokens = int(distributed.all_reduce_sum(torch.tensor([float(local_tokens)], dtype=torch.float64,
+                                                                         device=self._device)).item())
+        self.total_batches = len(all_batches)
+        if self.total_tokens == 0:
+            raise UserError("the batches hold no loss tokens: give examples with responses.")
+        self._shapes = [p.shape for p in self.params]
+        self._numels = [p.numel() for p in self.params]
+        self._size = sum(self._numels)
+        self.calls = 0
+        self._graphs: dict[int, tuple[torch.Tensor, ...]] = {}
+        self._uncached: set[int] = set()
+        self._versions: tuple[int, ...] | None = None
+        self._memory_budget: float | None = None
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def cached_batches(self) -> int:
+        """How many local batches keep their first-order graph (reuse)."""
+        return len(self._graphs)
+
+    def clear_cache(self) -> None:
+        self._graphs.clear()
+        self._uncached.clear()
+        self._versions = None
+
+    def flatten(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def unflatten(self, vector: torch.Tensor) -> list[torch.Tensor]:
+        return [piece.view(shape) for piece, shape in zip(vector.split(self._numels), self._shapes)]
+
+    def parameter_vector(self) -> torch.Tensor:
+        return self.flatten([p.detach() for p in self.params])
+
+    def matvec(self, vector: torch.Tensor) -> torch.Tensor:
+        if vector.shape != (self._size,):
+            raise ValueError(f"vector has shape {tuple(vector.shape)}, expected ({self._size},)")
+        vector = vector.to(device=self._device, dtype=self._dtype)
+        pieces = self.unflatten(vector)
+        total = torch.zeros(self._size, dtype=self._dtype, device=self._device)
+        with self._hvp_mode():
+            if self.backend == "double_backward":
+                self._drop_stale_graphs()
+                for index, batch in enumerate(self.batches):
+                    total += self.flatten(self._double_backward(index, batch, pieces))
+            elif self.backend == "forward_over_reverse":
+                for batch in self.batches:
+                    total += self.flatten(self._forward_over_reverse(batch, pieces))
+            else:
+                norm = float(vector.norm())
+                if norm > 0:
+                    if self.fd_step is None:
+                        self.fd_step = self._calibrate_fd_step(pieces, norm)
+                    for batch in self.batches:
+                        total += self.flatten(self._finite_difference(batch, pieces, self.fd_step / norm))
+        total = distributed.all_reduce_sum(total)
+        self.calls += 1
+        return total / self.total_tokens
+
+    def gradient(self) -> torch.Tensor:
+        """∂L/∂θ of the token-weighted mean loss (flat)."""
+        total = torch.zeros(self._size, dtype=self._dtype, device=self._device)
+        with self._hvp_mode():
+            for batch in self.batches:
+                loss = self.loss_fn(self.model, batch)
+                total += self.flatten(torch.autograd.grad(loss, self.params))
+        return distributed.all_reduce_sum(total) / self.total_tokens
+
+    def loss(self) -> float:
+        """The token-weighted mean loss itself."""
+        total = torch.zeros(1, dtype=torch.float64, device=self._device)
+        with self._hvp_mode(), torch.no_grad():
+            for batch in self.batches:
+                total += self.loss_fn(self.model, batch).double()
+        return float(distributed.all_reduce_sum(total)) / self.total_tokens
+
+    # --- backends -------------------------------------------------------------------------------------------
+
+    def _double_backward(self, index: int, batch: TokenBatch, pieces: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        graph = self._graphs.get(index)
+        if graph is not None:
+            return torch.autograd.grad(graph, self.params, grad_outputs=pieces, retain_graph=True)
+        keep = self._may_keep(index)
+        before = _memory_in_use(self._device) if keep else 0
+        loss = self.loss_fn(self.model, batch)
+        first = torch.autograd.grad(loss, self.params, create_graph=True)
+        if keep and self._fits(_memory_in_use(self._device) - before):
+            self._graphs[index] = first
+            return torch.autograd.grad(first, self.params, grad_outputs=pieces, retain_graph=True)
+        self._uncached.add(index)
+        return torch.autograd.grad(first, self.params, grad_outputs=pieces)
+
+    def _forward_over_reverse(self, batch: TokenBatch, pieces: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        from torch.func import grad, jvp
+
+        names = self.names
+
+        def batch_loss(values: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            return self.loss_fn(_FunctionalModel(self.model, dict(zip(names, values))), batch)
+
+        primals = tuple(p.detach() for p in self.params)
+        _, product = jvp(grad(batch_loss), (primals,), (tuple(pieces),))
+        return product
+
+    def _finite_difference(self, batch: TokenBatch, pieces: list[torch.Tensor], step: float) -> list[torch.Tensor]:
+        # Perturbed copies go through functional_call: the parameters themselves are never written, so graphs
+        # kept by other operators on the same model stay valid.
+        gradients = []
+        for sign in (1.0, -1.0):
+            shifted = {
+                name: (p.detach() + sign * step * piece).requires_grad_(True)
+                for name, p, piece in zip(self.names, self.params, pieces)
+            }
+            loss = self.loss_fn(_FunctionalModel(self.model, shifted), batch)
+            gradients.append(torch.autograd.grad(loss, list(shifted.values())))
+        return [(plus - minus) / (2.0 * step) for plus, minus in zip(*gradients)]
+
+    def _calibrate_fd_step(self, pieces: list[torch.Tensor], norm: float) -> float:
+        """The ε of the ladder pair whose two estimates agree best (see the module docstring)."""
+        candidates = [FD_EPSILON[self._dtype] * factor for factor in _FD_LADDER]
+        batch = self.batches[0]
+        estimates = [self.flatten(self._finite_difference(batch, pieces, eps / norm)) for eps in candidates]
+        disagreement = torch.stack([(a - b).norm() ** 2 for a, b in itertools.pairwise(estimates)]).double()
+        disagreement = distributed.all_reduce_sum(disagreement)  # every rank picks the same step
+        best = int(disagreement.argmin())
+        return (candidates[best] * candidates[best + 1]) ** 0.5
+
+    # --- reuse bookkeeping ----------------------------------------------------------------------------------
+
+    def _may_keep(self, index: int) -> bool:
+        if self.reuse is False or index in self._uncached:
+            return False
+        if self.reuse is True:
+            return True
+        return not self._uncached  # once one batch did not fit, later ones are recomputed too
+
+    def _fits(self, grown: int) -> bool:
+        if self.reuse is True:
+            return True
+        if self._memory_budget is None:
+            self._memory_budget = REUSE_MEMORY_FRACTION * _memory_free(self._device)
+        self._memory_budget -= max(grown, 0)
+        return self._memory_budget >= 0
+
+    def _drop_stale_graphs(self) -> None:
+        versions = tuple(p._version for p in self.model.parameters())
+        if self._versions is not None and versions != self._versions:
+            self.clear_cache()
+        self._versions = versions
+
+    @contextlib.contextmanager
+    def _hvp_mode(self) -> Iterator[None]:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        block = {id(p) for p in self.params}
+        saved_flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        saved_training = [(m, m.training) for m in self.model.modules()]
+        try:
+            for param, _ in saved_flags:
+                param.requires_grad_(id(param) in block)
+            self.model.eval()
+            with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
+                yield
+        finally:
+            for param, flag in saved_flags:
+                param.requires_grad_(flag)
+            for module, training in saved_training:
+                module.training = training
+
+
+class _FunctionalModel:
+    """Calls ``model`` with some parameters replaced (``torch.func.functional_call``), for a loss function."""
+
+    def __init__(self, model: nn.Module, values: dict[str, torch.Tensor]) -> None:
+        self.model = model
+        self.values = values
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        from torch.func import functional_call
+
+        return functional_call(self.model, self.values, args, kwargs, strict=False)
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    if backend == "auto":
+        return FASTEST_EXACT_BACKEND.get(device.type, "double_backward")
+    if backend not in BACKENDS:
+        raise UserError(f"unknown HVP backend {backend!r}: use auto, {', '.join(BACKENDS)}.")
+    return backend
+
+
+def _resolve_parameters(model: nn.Module, params: ParameterSpec) -> tuple[list[str], list[nn.Parameter]]:
+    if isinstance(params, ParameterBlock):
+        return list(params.names), list(params.parameters)
+    if isinstance(params, Mapping):
+        return list(params.keys()), list(params.values())
+    items = list(params)
+    if items and isinstance(items[0], tuple):
+        return [name for name, _ in items], [param for _, param in items]
+    name_of = {id(param): name for name, param in model.named_parameters()}
+    missing = [i for i, param in enumerate(items) if id(param) not in name_of]
+    if missing:
+        raise ValueError(f"parameters at positions {missing} are not parameters of the model")
+    return [name_of[id(param)] for param in items], items
+
+
+def _touches_dora(model: nn.Module, names: Sequence[str]) -> bool:
+    """True when a parameter of the block belongs to a module that carries a DoRA magnitude."""
+    dora_modules = {name.split(".lora_magnitude_vector", 1)[0] for name, _ in model.named_parameters()
+                    if ".lora_magnitude_vector" in name}
+    return any(name.split(".lora_", 1)[0] in dora_modules for name in names)
+
+
+def _memory_in_use(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def _memory_free(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    import psutil
+
+    return int(psutil.virtual_memory().available)

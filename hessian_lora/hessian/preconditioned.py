@@ -1,0 +1,112 @@
+"""Adam-preconditioned sharpness λ₁(P⁻¹H), P = diag(√v̂ + ε), and the edge-of-stability thresholds.
+
+Adam's update is Δθ = −η P⁻¹ m̂: near a minimum it is gradient descent on the preconditioned problem, stable
+while η·λ₁(P⁻¹H) < (2 + 2β₁)/(1 − β₁) (38 at β₁ = 0.9; Cohen et al. 2022, "Adaptive Gradient Methods at the
+Edge of Stability"); plain gradient descent needs η·λ_max(H) < 2 (Cohen et al. 2021). P⁻¹H is not symmetric,
+but it is similar to P^-1/2 H P^-1/2, which is, with the same eigenvalues: the solvers run on that.
+
+Per-parameter learning rates (LoRA+ trains B at ratio·η) are folded into P: the update of parameter i is
+η_i P_i⁻¹ m̂_i = η (η_i/η) P_i⁻¹ m̂_i, so P_i is divided by η_i/η, with η the first parameter group's rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from hessian_lora.errors import UserError
+from hessian_lora.hessian._numerics import Callback
+from hessian_lora.hessian.lanczos import lanczos
+from hessian_lora.hessian.operator import LinearOperator, ScaledOperator
+from hessian_lora.hessian.power import power_iteration
+from hessian_lora.hessian.results import PreconditionedResult
+
+
+def adam_thresholds(lr: float | None, beta1: float) -> tuple[float | None, float | None]:
+    """(2/η, (2 + 2β₁)/((1 − β₁)η)): the gradient-descent and Adam edge-of-stability sharpness thresholds."""
+    if lr is None or lr <= 0:
+        return None, None
+    return 2.0 / lr, (2.0 + 2.0 * beta1) / ((1.0 - beta1) * lr)
+
+
+def adam_preconditioner(
+    second_moments: Mapping[str, torch.Tensor],
+    names: Sequence[str],
+    *,
+    eps: float,
+    lr_ratios: Mapping[str, float] | None = None,
+) -> torch.Tensor:
+    """The diagonal of P (flat, in ``names`` order) from bias-corrected second moments v̂ keyed by name."""
+    missing = [name for name in names if name not in second_moments]
+    if missing:
+        raise UserError(f"the optimizer state has no second moment for {missing[0]} (and {len(missing) - 1} more): "
+                        "the checkpoint's optimizer belongs to another adapter.")
+    pieces = []
+    for name in names:
+        diagonal = second_moments[name].detach().double().sqrt().add(eps).reshape(-1)
+        ratio = (lr_ratios or {}).get(name, 1.0)
+        pieces.append(diagonal / ratio)
+    return torch.cat(pieces)
+
+
+def preconditioned_sharpness(
+    operator: LinearOperator,
+    preconditioner: torch.Tensor,
+    *,
+    lr: float | None,
+    beta1: float,
+    eps: float,
+    step: int,
+    solver: str = "lanczos",
+    tol: float = 1e-3,
+    max_iter: int = 100,
+    seed: int = 0,
+    callback: Callback | None = None,
+) -> PreconditionedResult:
+    """λ₁(P⁻¹H) for the diagonal ``preconditioner`` P, by ``solver`` on P^-1/2 H P^-1/2."""
+    if preconditioner.shape != (operator.size,):
+        raise ValueError(f"preconditioner has shape {tuple(preconditioner.shape)}, operator size {operator.size}")
+    if bool((preconditioner <= 0).any()):
+        raise UserError("the Adam preconditioner has non-positive entries: eps must be > 0.")
+    scaled = ScaledOperator(operator, preconditioner.double().rsqrt())
+    if solver == "lanczos":
+        eigen = lanczos(scaled, k=1, which="largest", tol=tol, max_iter=max_iter, seed=seed, callback=callback)
+    elif solver == "power":
+        eigen = power_iteration(scaled, k=1, tol=tol, max_iter=max_iter, seed=seed, callback=callback)
+    else:
+        raise UserError(f"unknown solver {solver!r}: use lanczos or power.")
+    gd_threshold, adam_threshold = adam_thresholds(lr, beta1)
+    return PreconditionedResult(
+        sharpness=float(eigen.largest[0]), lr=lr, beta1=beta1, eps=eps, step=step,
+        gd_threshold=gd_threshold, adam_threshold=adam_threshold, eigen=eigen,
+    )
+
+
+def checkpoint_preconditioner(loaded: object, names: Sequence[str]) -> tuple[torch.Tensor, dict[str, float]]:
+    """P's diagonal for ``names`` from a :class:`hessian_lora.checkpoint.LoadedCheckpoint`, and Adam's settings.
+
+    Returns (diagonal, {"beta1", "eps", "step", "lr", "current_lr"}): ``lr`` is the run's learning rate from
+    the checkpoint meta (the peak of its schedule), ``current_lr`` the first group's rate when it was saved.
+    """
+    from hessian_lora.checkpoint import adam_second_moments
+
+    state = getattr(loaded, "optimizer_state", None)
+    if state is None:
+        raise UserError("--preconditioned needs a checkpoint saved with its optimizer state (a training run).")
+    moments = adam_second_moments(loaded, bias_corrected=True)  # type: ignore[arg-type]
+    beta1, _ = state.betas
+    groups = state.state_dict["param_groups"]
+    reference_lr = float(groups[0]["lr"])
+    # Schedulers record each group's starting rate; the ratios between groups stay put while the rates decay
+    # (to zero at the end of a cosine schedule, where the current rates carry no ratio any more).
+    initial = [float(group.get("initial_lr", group["lr"])) for group in groups]
+    ratios: dict[str, float] = {}
+    for group, start in zip(groups, initial):
+        for index in group["params"]:
+            ratios[state.param_names[index]] = start / initial[0] if initial[0] > 0 else 1.0
+    diagonal = adam_preconditioner(moments, names, eps=state.eps, lr_ratios=ratios)
+    meta_lr = getattr(getattr(loaded, "meta", None), "lr", None)
+    settings = {"beta1": beta1, "eps": state.eps, "step": float(state.step),
+                "lr": float(meta_lr) if meta_lr is not None else reference_lr, "current_lr": reference_lr}
+    return diagonal, settings

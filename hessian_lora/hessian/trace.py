@@ -1,0 +1,109 @@
+"""Stochastic trace estimators: Hutchinson and Hutch++ (Meyer, Musco, Musco & Woodruff 2021).
+
+Hutchinson averages zᵀHz over Rademacher vectors z (unbiased; exact when H is diagonal, since z_i² = 1).
+Hutch++ spends a third of its products on a sketch Q of H's dominant range, takes tr(QᵀHQ) exactly and applies
+Hutchinson only to the deflated remainder (I − QQᵀ)H(I − QQᵀ): far lower variance when a few eigenvalues
+dominate, as they do for loss Hessians.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from hessian_lora.errors import UserError
+from hessian_lora.hessian._numerics import Callback, random_vector
+from hessian_lora.hessian.operator import LinearOperator
+from hessian_lora.hessian.results import IterationRecord, TraceResult
+
+
+def hutchinson(
+    operator: LinearOperator,
+    *,
+    samples: int = 100,
+    seed: int = 0,
+    tol: float | None = None,
+    callback: Callback | None = None,
+) -> TraceResult:
+    """Mean of zᵀHz over up to ``samples`` Rademacher vectors; stops early once std error ≤ tol·|mean|."""
+    if samples < 1:
+        raise UserError(f"trace samples must be >= 1, got {samples}.")
+    began = time.perf_counter()
+    terms: list[float] = []
+    history: list[IterationRecord] = []
+    for index in range(samples):
+        probe = random_vector(operator.size, operator.dtype, operator.device, seed + index, kind="rademacher")
+        terms.append(float(probe @ operator.matvec(probe)))
+        mean = sum(terms) / len(terms)
+        error = _standard_error(terms)
+        record = IterationRecord(index + 1, index + 1, time.perf_counter() - began, (mean,),
+                                 (error,) if error is not None else ())
+        history.append(record)
+        if callback is not None:
+            callback(record)
+        if tol is not None and error is not None and len(terms) >= 3 and error <= tol * abs(mean):
+            break
+    return TraceResult("hutchinson", sum(terms) / len(terms), _standard_error(terms), len(terms),
+                       time.perf_counter() - began, operator.size, tuple(history))
+
+
+def hutchplusplus(
+    operator: LinearOperator,
+    *,
+    hvps: int = 99,
+    seed: int = 0,
+    callback: Callback | None = None,
+) -> TraceResult:
+    """Hutch++ with a budget of ``hvps`` products (a third each: sketch, projection, deflated Hutchinson).
+
+    When the sketch already spans the whole space (size ≤ hvps/3) the result is the exact trace.
+    """
+    if hvps < 3:
+        raise UserError(f"Hutch++ needs at least 3 products, got {hvps}.")
+    began = time.perf_counter()
+    size, dtype, device = operator.size, operator.dtype, operator.device
+    sketch_size = min(hvps // 3, size)
+    history: list[IterationRecord] = []
+    used = 0
+
+    def apply(vector: torch.Tensor) -> torch.Tensor:
+        nonlocal used
+        used += 1
+        return operator.matvec(vector)
+
+    sketch = torch.stack([
+        apply(random_vector(size, dtype, device, seed + i, kind="rademacher")) for i in range(sketch_size)
+    ], dim=1)
+    basis, _ = torch.linalg.qr(sketch)
+    exact_part = sum(float(basis[:, i] @ apply(basis[:, i])) for i in range(basis.shape[1]))
+    record = IterationRecord(1, used, time.perf_counter() - began, (exact_part,))
+    history.append(record)
+    if callback is not None:
+        callback(record)
+    remainder_terms: list[float] = []
+    if basis.shape[1] < size:
+        for i in range(hvps // 3):
+            probe = random_vector(size, dtype, device, seed + sketch_size + i, kind="rademacher")
+            probe = probe - basis @ (basis.T @ probe)
+            product = apply(probe)
+            product = product - basis @ (basis.T @ product)
+            remainder_terms.append(float(probe @ product))
+            estimate = exact_part + sum(remainder_terms) / len(remainder_terms)
+            record = IterationRecord(i + 2, used, time.perf_counter() - began, (estimate,))
+            history.append(record)
+            if callback is not None:
+                callback(record)
+    remainder = sum(remainder_terms) / len(remainder_terms) if remainder_terms else 0.0
+    error = _standard_error(remainder_terms) if remainder_terms else 0.0
+    return TraceResult("hutch++", exact_part + remainder, error, used, time.perf_counter() - began, size,
+                       tuple(history))
+
+
+def _standard_error(terms: list[float]) -> float | None:
+    if len(terms) < 2:
+        return None
+    mean = sum(terms) / len(terms)
+    variance = sum((t - mean) ** 2 for t in terms) / (len(terms) - 1)
+    return math.sqrt(variance / len(terms))

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from tinylora import operator_for, synthetic_batches, tiny_lora, whole_block
+
+from hessian_lora.errors import UserError
+from hessian_lora.hessian import DenseOperator, HessianOperator, lanczos
+from hessian_lora.hessian.lanczos import tridiagonalize
+
+
+def _relative(a: float, b: float) -> float:
+    return abs(a - b) / abs(b)
+
+
+def _spectrum_operator(eigenvalues: list[float], seed: int = 0) -> DenseOperator:
+    values = torch.tensor(eigenvalues, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(len(values), len(values), generator=torch.Generator().manual_seed(seed),
+                                       dtype=torch.float64))
+    return DenseOperator(q @ torch.diag(values) @ q.T)
+
+
+def test_lanczos_matches_the_dense_spectrum_of_a_tiny_lora_hessian(generic_problem) -> None:
+    exact = generic_problem.eigenvalues
+    operator = operator_for(generic_problem.model, generic_problem.batches, generic_problem.block)
+    result = lanczos(operator, k=3, which="both", tol=1e-7, max_iter=200)
+    assert result.converged and result.stop_reason == "converged"
+    assert result.iterations < operator.size  # it did not need the whole space
+    for found, expected in zip(result.largest, exact.flip(0)[:3].tolist()):
+        assert _relative(found, expected) < 1e-6
+    for found, expected in zip(result.smallest, exact[:3].tolist()):
+        assert _relative(found, expected) < 1e-6
+    assert result.lambda_max == result.largest[0] and result.lambda_min == result.smallest[0]
+    # The certificate is a true residual: recompute it from the returned vector.
+    vector = result.largest_vectors[0]
+    residual = float((operator @ vector - result.largest[0] * vector).norm())
+    assert residual == pytest.approx(result.largest_residuals[0], rel=1e-6, abs=1e-12)
+    assert result.largest_residuals[0] <= 1e-7 * abs(result.largest[0])
+    assert result.hvps == result.iterations + 6  # one verification product per returned pair
+    assert [r.iteration for r in result.history] == list(range(1, result.iterations + 1))
+
+
+def test_lanczos_in_float32_is_close_to_the_float64_dense_spectrum(generic_problem) -> None:
+    model = tiny_lora(dtype=torch.float32)
+    operator = HessianOperator(model, synthetic_batches(), whole_block(model))
+    result = lanczos(operator, which="both", tol=1e-5, max_iter=200)
+    assert result.converged
+    assert _relative(result.lambda_max, float(generic_problem.eigenvalues[-1])) < 1e-4
+    assert _relative(result.lambda_min, float(generic_problem.eigenvalues[0])) < 1e-4
+
+
+def test_closed_form_spectrum_with_repeated_eigenvalues_needs_restarts() -> None:
+    # The Krylov space of a matrix with 3 distinct eigenvalues has dimension 3: finding the multiplicities
+    # takes restarts orthogonal to the basis.
+    operator = DenseOperator(torch.diag(torch.tensor([5.0, 5.0, 1.0, 1.0, 1.0, -2.0, -2.0], dtype=torch.float64)))
+    result = lanczos(operator, k=2, which="both", tol=1e-10, max_iter=50)
+    assert result.converged
+    assert result.largest == pytest.approx((5.0, 5.0), abs=1e-12)
+    assert result.smallest == pytest.approx((-2.0, -2.0), abs=1e-12)
+    assert result.details["restarts"] >= 1
+
+
+def test_largest_algebraic_not_largest_magnitude() -> None:
+    operator = _spectrum_operator([-10.0, -9.0, 0.5, 1.0, 2.0, 3.0] + [0.1 * i for i in range(20)])
+    result = lanczos(operator, tol=1e-10, max_iter=26)
+    assert result.lambda_max == pytest.approx(3.0, abs=1e-9) and result.smallest == ()
+    smallest = lanczos(operator, which="smallest", k=2, tol=1e-10, max_iter=26)
+    assert smallest.smallest == pytest.approx((-10.0, -9.0), abs=1e-9) and smallest.largest == ()
+
+
+def test_the_cap_stops_the_iteration_and_says_so() -> None:
+    operator = _spectrum_operator([1.0 + 0.001 * i for i in range(300)])
+    result = lanczos(operator, tol=1e-12, max_iter=4)
+    assert not result.converged and result.stop_reason == "max_iter"
+    assert result.iterations == 4 and result.hvps == 5
+    assert result.largest_residuals[0] > 1e-12
+
+
+def test_tridiagonalize_reproduces_the_moments_of_the_start_vector() -> None:
+    operator = _spectrum_operator([0.5 * i - 3 for i in range(15)], seed=2)
+    start = torch.ones(15, dtype=torch.float64) / 15**0.5
+    alphas, betas = tridiagonalize(operator, start, 4)
+    assert len(alphas) == 4 and len(betas) == 3
+    assert alphas[0] == pytest.approx(float(start @ operator.matrix @ start), rel=1e-12)
+
+
+def test_bad_arguments() -> None:
+    operator = DenseOperator(torch.eye(3, dtype=torch.float64))
+    with pytest.raises(UserError, match="which"):
+        lanczos(operator, which="middle")
+    with pytest.raises(UserError, match="tol"):
+        lanczos(operator, tol=0)
+    with pytest.raises(UserError, match="max_iter"):
+        lanczos(operator, max_iter=0)
