@@ -307,7 +307,7 @@ def _restore_residual(path: Path, peft_model: PeftModel) -> dict[str, tuple[torc
                         "is incomplete, re-create it.")
     tensors = load_file(str(initial_path))
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for name, layer in methods.lora_layers(peft_model):
+    for name, layer in methods.progress(list(methods.lora_layers(peft_model)), "residual base"):
         try:
             lora_a, lora_b = tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"]
         except KeyError as exc:

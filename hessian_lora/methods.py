@@ -14,18 +14,22 @@ weights (hundreds of megabytes) and still reload bit for bit.
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraGAConfig, LoraLayer
 from torch import nn
+from tqdm.auto import tqdm
 
 from hessian_lora.data import TokenBatch
 from hessian_lora.errors import UserError
 
+T = TypeVar("T")
 DEFAULT_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTER_NAME = "default"
 # Attribute names under which build_adapter leaves what a checkpoint needs on the PeftModel it returns.
@@ -148,7 +152,7 @@ def build_adapter(
             _init_initab(peft_model, config)
     initial_factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     if config.spec.rewrites_base:
-        for name, layer in lora_layers(peft_model):
+        for name, layer in progress(list(lora_layers(peft_model)), "residual base"):
             lora_a = layer.lora_A[ADAPTER_NAME].weight
             lora_b = layer.lora_B[ADAPTER_NAME].weight
             initial_factors[name] = (lora_a.detach().cpu().clone(), lora_b.detach().cpu().clone())
@@ -192,6 +196,11 @@ def lora_layers(peft_model: nn.Module) -> Iterator[tuple[str, LoraLayer]]:
     for name, module in base.named_modules():
         if isinstance(module, LoraLayer) and ADAPTER_NAME in module.lora_A:
             yield name, module
+
+
+def progress(items: list[T], description: str) -> list[T] | Iterator[T]:
+    """A tqdm bar on stderr when it is a terminal (SmolLM2's 210 float64 SVDs take most of a minute)."""
+    return tqdm(items, desc=description, disable=None, leave=False, file=sys.stderr)
 
 
 def trainable_parameters(peft_model: nn.Module) -> dict[str, nn.Parameter]:
@@ -318,7 +327,7 @@ def _estimate_loraga_gradients(model: nn.Module, lora_config: LoraConfig, batche
 
 @torch.no_grad()
 def _init_milora(peft_model: PeftModel, config: AdapterConfig) -> None:
-    for _, layer in lora_layers(peft_model):
+    for _, layer in progress(list(lora_layers(peft_model)), "MiLoRA SVD"):
         weight = layer.get_base_layer().weight
         scaling = layer.scaling[ADAPTER_NAME]
         u, s, vh = torch.linalg.svd(weight.detach().to(torch.float64), full_matrices=False)
