@@ -42,6 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"hessian-lora {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # Output piped into head/less that closed early: not an error of ours.
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"hessian-lora {args.command}: interrupted; finished work is kept, rerun to resume.", file=sys.stderr)
         return 130
