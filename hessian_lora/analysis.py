@@ -602,14 +602,20 @@ def method_curves(runs: Iterable[RunRecord], metric: str) -> dict[str, MethodCur
 
 
 def choose_metric(runs: Sequence[RunRecord], requested: str = "auto") -> str:
-    """``auto``: accuracy when every finished run has one and they are not all equal; otherwise eval loss."""
+    """``auto``: accuracy when it can locate an optimum for every method (each method has finished runs with
+    some non-zero and unequal accuracies); otherwise held-out loss, then training loss."""
     if requested != "auto":
         if requested not in HIGHER_IS_BETTER:
             raise UserError(f"unknown metric {requested!r}: use auto, {', '.join(HIGHER_IS_BETTER)}.")
         return requested
     done = [run for run in runs if run.status == "done"]
-    accuracies = [run.accuracy for run in done]
-    if done and all(value is not None for value in accuracies) and len(set(accuracies)) > 1:
+    by_method: dict[str, list[float | None]] = {}
+    for run in done:
+        by_method.setdefault(run.method, []).append(run.accuracy)
+    if by_method and all(
+        None not in values and max(values) > 0 and len(set(values)) > 1  # type: ignore[type-var]
+        for values in by_method.values()
+    ):
         return "accuracy"
     if any(run.eval_loss is not None for run in done):
         return "eval_loss"

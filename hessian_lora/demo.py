@@ -38,7 +38,7 @@ DEFAULT_OUT = {True: Path("runs") / "demo-tiny", False: Path("runs") / "demo-smo
 QUICK_MODULES = ("q_proj", "v_proj")
 FULL_MODULES = ("q_proj",)
 FULL_LAYER_SAMPLES = 5
-DENSITY_STEPS = {True: 20, False: 30}  # SLQ Lanczos steps (quick, full)
+DENSITY_STEPS = {True: 15, False: 30}  # SLQ Lanczos steps (quick, full)
 
 
 @dataclass(frozen=True)
@@ -79,20 +79,21 @@ def run_demo(
                         "(e.g. experiments/tiny.yaml).")
     sweep_config = load_config(config_path)
     run_dir = Path(out) if out is not None else DEFAULT_OUT[quick]
-    _say(f"[1/4] sweep {config_path.name} into {run_dir}", progress)
+    say = _Clock(progress, started)
+    say(f"[1/4] sweep {config_path.name} into {run_dir}")
     summary = run_sweep(sweep_config, run_dir, progress=progress, device=device)
-    _say(summary.line(), progress)
+    say(summary.line())
 
-    _say("[2/4] λ_max per method at initialisation (whole adapter, spectral density, per-module)", progress)
+    say("[2/4] λ_max per method at initialisation (whole adapter, spectral density, per-module)")
     modules = QUICK_MODULES if quick else FULL_MODULES
     measured = list(measure_init_reports(sweep_config, run_dir, modules=modules, quick=quick, progress=progress,
                                          device=device))
     analysis = analyze(run_dir)
     if measure_final:
-        _say("[3/4] raw and Adam-preconditioned λ_max at the end of each method's best run", progress)
+        say("[3/4] raw and Adam-preconditioned λ_max at the end of each method's best run")
         measured += measure_final_reports(sweep_config, run_dir, analysis, progress=progress, device=device)
         analysis = analyze(run_dir)
-    _say("[4/4] analysis and figures", progress)
+    say("[4/4] analysis and figures")
     write_analysis(analysis)
     plots = plot_run(run_dir, run_dir / "figures", analysis=analysis)
     return DemoResult(run_dir, analysis, plots, time.perf_counter() - started, tuple(measured))
@@ -101,6 +102,16 @@ def run_demo(
 def _say(text: str, progress: bool) -> None:
     if progress:
         print(text, file=sys.stderr, flush=True)
+
+
+class _Clock:
+    """Phase messages with the seconds elapsed since the demo started."""
+
+    def __init__(self, progress: bool, started: float) -> None:
+        self.progress, self.started = progress, started
+
+    def __call__(self, text: str) -> None:
+        _say(f"[{time.perf_counter() - self.started:6.1f} s] {text}", self.progress)
 
 
 def _eigen_options(sweep_config: Any) -> dict[str, Any]:

@@ -113,7 +113,8 @@ def write_run_dir(
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.yaml").write_text(yaml.safe_dump({
         "model": "tiny-llama", "task": "arith", "methods": list(methods), "lrs": list(lrs), "seeds": list(seeds),
-        "ranks": [rank], "train": {"betas": [beta1, 0.999], "steps": 10},
+        "ranks": [rank], "betas": [beta1, 0.999], "steps": 10, "max_length": 96, "data_seed": 0, "n_train": 64,
+        "n_eval": 16, "hessian": {"init": reports, "final": final_reports, "samples": 8, "batch_size": 4},
     }))
     hessian_dir = root / "hessian"
     hessian_dir.mkdir(exist_ok=True)

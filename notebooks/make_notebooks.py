@@ -1,0 +1,283 @@
+"""Write the three notebooks of this directory (run: ``.venv/bin/python notebooks/make_notebooks.py``).
+
+They are generated, not hand-edited, so that their code stays reviewable here and stays in step with the API.
+Each defaults to the tiny preset (a random 2-layer Llama) and runs in a minute or two on a CPU; set the
+environment variable ``HESSIAN_LORA_MODEL=smollm2-135m`` (or edit the first cell) for the real model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent
+
+COMMON = '''\
+import io
+import os
+from pathlib import Path
+
+import torch
+from IPython.display import Image, Markdown, display
+
+torch.set_num_threads(int(os.environ.get("HESSIAN_LORA_THREADS", "1")))
+ROOT = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
+
+
+def show(figure):
+    """Display a matplotlib Figure as PNG (the toolkit draws on the Agg canvas, without pyplot)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    display(Image(data=buffer.getvalue()))'''
+
+
+def checkpoint_eigenvalue() -> nbformat.NotebookNode:
+    return new_notebook(cells=[
+        new_markdown_cell(
+            "# The max eigenvalue of a checkpoint\n\n"
+            "Build an adapter at initialisation, save it as a checkpoint, and measure the top eigenvalue λ_max of "
+            "the loss Hessian with respect to the adapter's parameters: first for the whole adapter, then per "
+            "module (each projection's LoRA factors as one block, everything else fixed — the paper's blocks).\n\n"
+            "Defaults: the tiny random Llama (seconds). For SmolLM2-135M set `HESSIAN_LORA_MODEL=smollm2-135m` "
+            "(minutes per block on a CPU). The same numbers come from the command line: "
+            "`hessian-lora init ... && hessian-lora eigen CHECKPOINT --blocks per-module`."),
+        new_code_cell(COMMON + '''
+
+MODEL = os.environ.get("HESSIAN_LORA_MODEL", "tiny-llama")
+METHOD = "pissa"  # any of `hessian-lora methods`
+RANK = 4
+SAMPLES, BATCH_SIZE = 8, 4  # Hessian data: the first SAMPLES examples of the arithmetic task'''),
+        new_markdown_cell("## A checkpoint at initialisation"),
+        new_code_cell('''\
+import tempfile
+
+from hessian_lora.checkpoint import CheckpointMeta, save_checkpoint
+from hessian_lora.methods import AdapterConfig, build_adapter, trainable_parameters
+from hessian_lora.models import load_model
+
+config = AdapterConfig(method=METHOD, rank=RANK)
+loaded = load_model(MODEL, device="cpu")
+adapter = build_adapter(loaded.model, config)
+checkpoint = Path(tempfile.mkdtemp(prefix="hessian-lora-")) / f"{METHOD}-init"
+save_checkpoint(checkpoint, adapter, CheckpointMeta.from_config(config, base_model=MODEL, task="arith", step=0))
+n_params = sum(p.numel() for p in trainable_parameters(adapter).values())
+print(f"{METHOD} r={RANK} on {MODEL}: {n_params:,} adapter parameters, checkpoint {checkpoint}")'''),
+        new_markdown_cell(
+            "## λ_max of the whole adapter\n\n"
+            "Lanczos with full re-orthogonalisation; the residual ‖Hv − λv‖ certifies the value (some eigenvalue "
+            "lies within it of λ)."),
+        new_code_cell('''\
+from hessian_lora.hessian import eigen
+
+whole = eigen(checkpoint, task="arith", samples=SAMPLES, batch_size=BATCH_SIZE, progress=False)
+block = whole.blocks[0]
+print(f"λ_max = {block.lambda_max:.6g}   λ_min = {block.lambda_min:.6g}")
+print(f"residual {block.residual:.2e}, converged {block.converged}, {block.hvps} Hessian-vector products, "
+      f"{block.seconds:.1f} s over {block.tokens} loss tokens")
+assert block.converged and block.lambda_max > 0'''),
+        new_markdown_cell("## Per-module scan\n\nOne block per adapted projection (here `q_proj` and `v_proj` of "
+                          "every layer; drop `modules=` to scan all seven)."),
+        new_code_cell('''\
+scan = eigen(checkpoint, task="arith", samples=SAMPLES, batch_size=BATCH_SIZE, blocks="per-module",
+             modules="q_proj,v_proj", progress=False)
+rows = ["| block | parameters | λ_max | residual | converged | HVPs |", "|---|---|---|---|---|---|"]
+for report in scan.blocks:
+    rows.append(f"| {report.name} | {report.parameters:,} | {report.lambda_max:.5g} | {report.residual:.1e} | "
+                f"{report.converged} | {report.hvps} |")
+display(Markdown("\\n".join(rows)))
+assert len(scan.blocks) >= 2'''),
+        new_code_cell('''\
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from hessian_lora.plots import method_color, method_label
+
+figure = Figure(figsize=(8, 3.8), layout="constrained")
+FigureCanvasAgg(figure)
+axes = figure.add_subplot()
+names = [report.name for report in scan.blocks]
+axes.bar(range(len(names)), [report.lambda_max for report in scan.blocks], color=method_color(METHOD))
+axes.axhline(block.lambda_max, color="black", linestyle="--", label=f"whole adapter: {block.lambda_max:.3g}")
+axes.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+axes.set_ylabel(r"$\\lambda_{\\max}$ of the block's Hessian")
+axes.set_title(f"{method_label(METHOD)} at initialisation on {MODEL}: per-module $\\\\lambda_{{\\\\max}}$")
+axes.legend()
+show(figure)'''),
+        new_markdown_cell(
+            "The whole adapter's λ_max is at least every block's: a block's Hessian is a principal sub-matrix "
+            "(Cauchy interlacing)."),
+        new_code_cell('''\
+assert block.lambda_max >= max(report.lambda_max for report in scan.blocks) * (1 - 1e-3)'''),
+    ])
+
+
+def lr_vs_sharpness() -> nbformat.NotebookNode:
+    return new_notebook(cells=[
+        new_markdown_cell(
+            "# Learning rate vs sharpness\n\n"
+            "Load a sweep's run directory, find each method's optimal learning rate η* and its λ_max at "
+            "initialisation, and relate them (Spearman ρ, the log-log slope with a bootstrap interval, "
+            "η* ≈ c/λ_max, and the 2/λ and Adam bounds).\n\n"
+            "`RUN_DIR` defaults to the quick demo's directory; it is created with `hessian-lora demo --quick` "
+            "(about a minute) when missing. Point `HESSIAN_LORA_RUN_DIR` at your own sweep, e.g. the SmolLM2 "
+            "demo's `runs/demo-smollm2`."),
+        new_code_cell(COMMON + '''
+
+RUN_DIR = Path(os.environ.get("HESSIAN_LORA_RUN_DIR", ROOT / "runs" / "demo-tiny"))
+if not (RUN_DIR / "results.sqlite").exists():
+    from hessian_lora.demo import run_demo
+
+    run_demo(quick=True, out=RUN_DIR, progress=False)
+print(RUN_DIR)'''),
+        new_markdown_cell("## The table"),
+        new_code_cell('''\
+from hessian_lora.analysis import analyze, markdown_table
+
+result = analyze(RUN_DIR)
+display(Markdown(markdown_table(result)))'''),
+        new_markdown_cell("## The relation, in numbers"),
+        new_code_cell('''\
+relation = result.relation
+print(f"metric: {result.metric} ({'higher' if result.higher_is_better else 'lower'} is better)")
+for name, summary in result.methods.items():
+    print(f"{name:>9}: η* = {summary.eta_star:.3g} ({summary.fit_kind}), λ_max at init = "
+          f"{summary.lambda_init_whole}, η*·λ/2 = {summary.eta_lambda_over_2}")
+print("Spearman ρ:", relation.spearman_rho, " slope:", relation.slope, " 95% CI:", relation.slope_ci95)
+print("c in η* ≈ c/λ_max:", relation.c, " LOMO within 2×:", dict(relation.lomo_within_2x))'''),
+        new_markdown_cell("## The figures\n\nOne colour per method in every figure (`hessian_lora.plots."
+                          "METHOD_COLORS`); figures whose data the run lacks are skipped."),
+        new_code_cell('''\
+from hessian_lora.analysis import read_run_directory
+from hessian_lora.plots import FIGURE_NAMES, make_figures
+
+figures = make_figures(read_run_directory(RUN_DIR), result)
+for key, figure in figures.items():
+    display(Markdown(f"**({key}) {FIGURE_NAMES[key]}**" + ("" if figure else ": no data in this run")))
+    if figure is not None:
+        show(figure)
+assert figures["a"] is not None'''),
+    ])
+
+
+def spectrum_explorer() -> nbformat.NotebookNode:
+    return new_notebook(cells=[
+        new_markdown_cell(
+            "# Spectrum explorer\n\n"
+            "Train a LoRA adapter for a few steps (the toolkit's trainer keeps Adam's state in the checkpoint), "
+            "then look at its loss-Hessian spectrum: the top-k eigenvalues and λ_min (Lanczos), the trace "
+            "(Hutch++), the spectral density (stochastic Lanczos quadrature), power iteration against Lanczos, "
+            "and the Adam-preconditioned sharpness λ₁(P⁻¹H) against Adam's edge of stability "
+            "(2+2β₁)/((1−β₁)η) and the raw λ_max against gradient descent's 2/η."),
+        new_code_cell(COMMON + '''
+
+MODEL = os.environ.get("HESSIAN_LORA_MODEL", "tiny-llama")
+METHOD, RANK, LR, STEPS = "lora", 4, 1e-2, 20
+SAMPLES, BATCH_SIZE = 8, 4'''),
+        new_markdown_cell("## A short training run"),
+        new_code_cell('''\
+import tempfile
+
+from hessian_lora.checkpoint import CheckpointMeta, save_checkpoint
+from hessian_lora.data import load_task
+from hessian_lora.methods import AdapterConfig, build_adapter, make_optimizer
+from hessian_lora.models import load_model
+from hessian_lora.train import TrainConfig, train
+
+config = AdapterConfig(method=METHOD, rank=RANK)
+loaded = load_model(MODEL, device="cpu")
+adapter = build_adapter(loaded.model, config)
+task = load_task("arith", seed=0, n_train=64, n_eval=0)
+optimizer = make_optimizer(adapter, config, LR, betas=(0.9, 0.999), weight_decay=0.0, eps=1e-8)
+result = train(adapter, loaded.tokenizer, task.train, TrainConfig(lr=LR, steps=STEPS, batch_size=8, max_length=96),
+               optimizer=optimizer, progress=False)
+checkpoint = Path(tempfile.mkdtemp(prefix="hessian-lora-")) / "trained"
+save_checkpoint(checkpoint, adapter, CheckpointMeta.from_config(config, base_model=MODEL, task="arith", lr=LR,
+                                                                step=result.steps), optimizer=optimizer)
+print(f"{result.status}: loss {result.initial_loss:.3f} -> {result.train_loss:.3f} in {result.steps} steps")'''),
+        new_markdown_cell("## Top-k, trace, density and preconditioned sharpness in one call"),
+        new_code_cell('''\
+from hessian_lora.hessian import eigen
+
+report = eigen(checkpoint, task="arith", samples=SAMPLES, batch_size=BATCH_SIZE, max_length=96, top_k=3,
+               trace=True, trace_hvps=20, density=True, density_steps=20, preconditioned=True, lr=LR,
+               progress=False)
+block = report.blocks[0]
+print("top-3 eigenvalues:", [f"{value:.5g}" for value in block.eigen.largest])
+print(f"λ_min = {block.lambda_min:.5g};  residual of λ_max {block.residual:.1e};  converged {block.converged}")
+print(f"trace ≈ {block.trace.trace:.4g} ± {block.trace.std_error or 0:.2g} over {block.trace.size:,} parameters "
+      f"(mean eigenvalue {block.trace.trace / block.trace.size:.3g})")'''),
+        new_markdown_cell("## Spectral density"),
+        new_code_cell('''\
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from hessian_lora.plots import method_color, method_label
+
+density = block.density
+nodes = np.concatenate([np.asarray(run) for run in density.nodes])
+span = float(nodes.max() - nodes.min())
+grid = np.linspace(nodes.min() - 0.05 * span, nodes.max() + 0.05 * span, 600)
+values = density.smoothed(grid, sigma=span / 100).numpy()
+figure = Figure(figsize=(8, 3.8), layout="constrained")
+FigureCanvasAgg(figure)
+axes = figure.add_subplot()
+axes.semilogy(grid, np.maximum(values, values.max() * 1e-6), color=method_color(METHOD))
+for value in block.eigen.largest:
+    axes.axvline(value, color="black", linestyle=":", linewidth=0.8)
+axes.set_xlabel("eigenvalue λ of the loss Hessian w.r.t. the adapter")
+axes.set_ylabel("spectral density (SLQ, smoothed)")
+axes.set_title(f"{method_label(METHOD)} after {result.steps} steps at η = {LR:g} (dotted: top-3 by Lanczos)")
+show(figure)
+print(f"SLQ moment check: ∫λ dμ · size = {density.moment(1) * density.size:.4g} vs trace {block.trace.trace:.4g}")'''),
+        new_markdown_cell("## Power iteration against Lanczos\n\nPlain power iteration finds the largest |λ|; the "
+                          "toolkit's targets the largest algebraic eigenvalue and reports when it does not "
+                          "converge."),
+        new_code_cell('''\
+power = eigen(checkpoint, task="arith", samples=SAMPLES, batch_size=BATCH_SIZE, max_length=96, solver="power",
+              max_iter=60, progress=False).blocks[0]
+figure = Figure(figsize=(8, 3.6), layout="constrained")
+FigureCanvasAgg(figure)
+axes = figure.add_subplot()
+for label, result_block, style in (("Lanczos", block, "o-"), ("power iteration", power, "s--")):
+    history = result_block.eigen.history
+    axes.plot([record.hvps for record in history], [max(record.values) for record in history], style,
+              markersize=3, label=f"{label}: {result_block.lambda_max:.5g} after {result_block.hvps} HVPs")
+axes.set_xlabel("Hessian-vector products")
+axes.set_ylabel(r"$\\lambda_{\\max}$ estimate")
+axes.legend()
+show(figure)'''),
+        new_markdown_cell("## Preconditioned vs raw sharpness"),
+        new_code_cell('''\
+pre = block.preconditioned
+print(f"raw λ_max = {block.lambda_max:.4g}   vs gradient descent's 2/η = {pre.gd_threshold:.4g}")
+print(f"preconditioned λ₁(P⁻¹H) = {pre.sharpness:.4g}   vs Adam's (2+2β₁)/((1−β₁)η) = {pre.adam_threshold:.4g} "
+      f"(β₁ = {pre.beta1})")
+print(f"ratio to Adam's edge of stability: {pre.sharpness / pre.adam_threshold:.3f}")
+assert pre.sharpness > 0'''),
+    ])
+
+
+NOTEBOOKS = {
+    "01_checkpoint_eigenvalue.ipynb": checkpoint_eigenvalue,
+    "02_lr_vs_sharpness.ipynb": lr_vs_sharpness,
+    "03_spectrum_explorer.ipynb": spectrum_explorer,
+}
+
+
+def main() -> None:
+    for name, build in NOTEBOOKS.items():
+        notebook = build()
+        for index, cell in enumerate(notebook.cells):
+            cell.id = f"{Path(name).stem[:2]}-{index:02d}"  # stable ids: regenerating gives no diff
+        notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        notebook.metadata["language_info"] = {"name": "python"}
+        nbformat.validate(notebook)
+        nbformat.write(notebook, HERE / name)
+        print(f"wrote {HERE / name}")
+
+
+if __name__ == "__main__":
+    main()
