@@ -413,15 +413,18 @@ def merge_reports(primary: EigenSummary, extra: EigenSummary) -> EigenSummary:
     ``primary``'s numbers with the optional parts (history, trace, density) it lacks taken from ``extra``."""
     from dataclasses import replace
 
-    blocks = {block.name: block for block in primary.blocks}
+    def key(block: BlockEigen) -> str:
+        return "" if block.is_whole else block.name  # whole-adapter blocks match whatever they are called
+
+    blocks = {key(block): block for block in primary.blocks}
     for block in extra.blocks:
-        if block.name not in blocks:
-            blocks[block.name] = block
+        if key(block) not in blocks:
+            blocks[key(block)] = block
             continue
-        kept = blocks[block.name]
+        kept = blocks[key(block)]
         fill = {name: getattr(block, name) for name in ("history", "trace", "density", "quadrature", "solver")
                 if not getattr(kept, name) and getattr(block, name)}
-        blocks[block.name] = replace(kept, **fill)
+        blocks[key(block)] = replace(kept, **fill)
     return EigenSummary(path=primary.path, blocks=tuple(blocks.values()), settings=primary.settings)
 
 

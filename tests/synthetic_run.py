@@ -49,7 +49,7 @@ def eigen_report(lambda_whole: float, module_ratio: float, *, seed: int, with_de
                  precond: float | None = None, lr: float | None = None, beta1: float = 0.9) -> dict:
     """``EigenReport.to_dict()`` of a whole-adapter block plus per-module blocks (built with the engine's own
     result dataclasses, so a change of their JSON shape shows up here)."""
-    blocks = [_block("whole", lambda_whole, with_density=with_density, precond=precond, lr=lr, beta1=beta1)]
+    blocks = [_block("adapter", lambda_whole, with_density=with_density, precond=precond, lr=lr, beta1=beta1)]
     for layer in range(LAYERS):
         for index, module in enumerate(MODULES):
             scale = module_ratio * (1 + 0.1 * layer + 0.05 * index + 0.01 * seed)

@@ -221,7 +221,7 @@ def test_bad_inputs_raise_user_errors(tmp_path) -> None:
 def test_report_parser_reads_the_engine_report_and_tolerates_missing_parts() -> None:
     full = analysis.parse_eigen_report(eigen_report(2.0, 1.0, seed=0, precond=5.0, lr=1e-3))
     whole = full.whole
-    assert whole.name == "whole" and whole.lambda_max == 2.0 and whole.solver == "lanczos"
+    assert whole.name == "adapter" and whole.lambda_max == 2.0 and whole.solver == "lanczos"
     assert whole.history[-1] == (9, 2.0) and whole.history[0][1] == pytest.approx(0.8)
     assert whole.trace == 6.0 and whole.precond_sharpness == 5.0 and full.precond_sharpness == 5.0
     grid, density = whole.density
@@ -237,3 +237,20 @@ def test_report_parser_reads_the_engine_report_and_tolerates_missing_parts() -> 
     assert per_module.whole is None and per_module.module_median == 2.0
     assert [block.layer for block in per_module.modules] == [1, 0]
     assert per_module.modules[0].module == "down_proj"
+
+
+def test_extra_init_reports_merge_and_sharpness_falls_back_to_reports(tmp_path) -> None:
+    run_dir = write_run_dir(tmp_path / "run", METHODS)
+    extra = eigen_report(99.0, 1.0, seed=0)
+    extra["blocks"] = [dict(extra["blocks"][0], name="whole", lambda_max=99.0),
+                       dict(extra["blocks"][1], name="layers.5.mlp.down_proj", lambda_max=7.0)]
+    (run_dir / "hessian" / "lora_r8_s0_init_modules.json").write_text(json.dumps(extra))
+    with sqlite3.connect(run_dir / "results.sqlite") as connection:
+        connection.execute("UPDATE runs SET precond_lambda_final = NULL, lambda_final = NULL")
+    report = analysis.read_run_directory(run_dir).init_report("lora", 0)
+    assert report.whole.name == "adapter" and report.whole.lambda_max == pytest.approx(1.5)  # primary kept
+    assert "layers.5.mlp.down_proj" in {block.name for block in report.modules}
+    assert "whole" not in {block.name for block in report.modules}  # another whole-adapter block merges into it
+    result = analysis.analyze(run_dir, bootstrap_samples=50)
+    assert result.methods["pissa"].precond_over_adam_threshold == pytest.approx(0.9, rel=1e-12)
+    assert result.methods["pissa"].final_lambda_eta_over_2 == pytest.approx(1.1, rel=1e-12)
