@@ -1,0 +1,50 @@
+"""``hessian-lora sweep``: train every method over a grid of learning rates; resumable, crash-safe."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from hessian_lora.errors import UserError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sweep",
+        help="run a learning-rate sweep from a YAML config into a resumable run directory",
+        description="Train every (method, lr, seed, rank, batch size) of CONFIG, evaluate each run and record it "
+        "in RUN_DIR/results.sqlite. Re-running the same command skips finished runs and restarts interrupted "
+        "ones; a run directory made with other settings is refused (grid changes need --extend).",
+    )
+    parser.add_argument("config", help="sweep config, e.g. experiments/smollm2_arith.yaml")
+    parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (created or resumed)")
+    parser.add_argument("--backend", choices=("local", "ray"), default="local",
+                        help="local: one run after another in this process (default); ray: one Ray task per run")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster address (default: start a local Ray instance); needs --backend ray")
+    parser.add_argument("--extend", action="store_true",
+                        help="allow a grid that differs from RUN_DIR's (adds the new runs; other settings must match)")
+    parser.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available; local backend)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from hessian_lora.sweep.config import load_config
+    from hessian_lora.sweep.runner import run_sweep
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be >= 1, got {args.threads}.")
+        torch.set_num_threads(args.threads)
+    if args.device is not None and args.backend == "ray":
+        raise UserError("--device applies to the local backend; Ray places runs by the config's ray: settings.")
+    config = load_config(args.config)
+    summary = run_sweep(config, args.out, backend=args.backend, address=args.address, extend=args.extend,
+                        retry_failed=args.retry_failed, progress=not args.quiet, device=args.device)
+    print(summary.line(), file=sys.stderr)
+    return 0

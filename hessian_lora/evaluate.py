@@ -1,0 +1,281 @@
+"""Evaluation: held-out token loss, exact-match accuracy by batched greedy generation, HumanEval pass@1.
+
+Generation batches prompts with *left* padding (every prompt ends where generation starts) and decodes greedily;
+the result equals decoding each prompt alone. HumanEval programs (prompt + completion + the problem's tests) are
+executed only in a separate Python subprocess with a wall-clock limit, in an empty temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+from hessian_lora.data import Example, Task, format_prompt, make_batches
+from hessian_lora.errors import UserError
+from hessian_lora.loss import mean_loss
+from hessian_lora.train import autocast_context
+
+# Where a HumanEval completion ends: the next top-level statement (the Codex paper's stop sequences).
+HUMANEVAL_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What to measure. Accuracy needs a task with a scorer; HumanEval runs generated code (opt-in)."""
+
+    batch_size: int = 16
+    max_length: int = 512
+    max_new_tokens: int = 16
+    accuracy: bool = True
+    humaneval: bool = False
+    humaneval_timeout: float = 10.0
+    humaneval_max_new_tokens: int = 384
+    humaneval_limit: int | None = None  # first N problems only
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.batch_size <= 0 or self.max_length <= 0 or self.max_new_tokens <= 0:
+            raise UserError("eval batch_size, max_length and max_new_tokens must be positive.")
+        if self.humaneval_timeout <= 0:
+            raise UserError(f"humaneval_timeout must be positive seconds, got {self.humaneval_timeout}.")
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    eval_loss: float | None
+    accuracy: float | None
+    pass_at_1: float | None
+    n_examples: int
+    generations: tuple[str, ...] = field(default=(), repr=False)
+
+
+def evaluate(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    config: EvalConfig = EvalConfig(),
+    *,
+    progress: bool = False,
+) -> EvalResult:
+    """Held-out loss on ``task.eval`` always; accuracy when asked and the task has a scorer; HumanEval when asked."""
+    examples = list(task.eval)
+    eval_loss = accuracy = pass_at_1 = None
+    generations: tuple[str, ...] = ()
+    if examples and task.kind != "code":
+        eval_loss = held_out_loss(model, tokenizer, examples, batch_size=config.batch_size,
+                                  max_length=config.max_length, precision=config.precision)
+    if config.accuracy and task.scorer is not None and examples:
+        prompts = [format_prompt(tokenizer, example.prompt) for example in examples]
+        texts = generate_text(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens,
+                              batch_size=config.batch_size, precision=config.precision, progress=progress)
+        accuracy = sum(task.scorer(text, example) for text, example in zip(texts, examples)) / len(examples)
+        generations = tuple(texts)
+    if config.humaneval:
+        problems = [example.metadata["problem"] for example in examples if "problem" in example.metadata]
+        if not problems:
+            raise UserError(f"humaneval is on but task {task.spec!r} has no HumanEval problems: use task humaneval.")
+        pass_at_1 = humaneval_pass_at_1(model, tokenizer, problems[: config.humaneval_limit], config=config,
+                                        progress=progress)
+    return EvalResult(eval_loss, accuracy, pass_at_1, len(examples), generations)
+
+
+def held_out_loss(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    *,
+    batch_size: int = 16,
+    max_length: int = 512,
+    precision: str = "fp32",
+) -> float:
+    """Per-token mean loss over the responses of ``examples`` (prompts masked), without gradients."""
+    device = next(model.parameters()).device
+    batches = [batch.to(device) for batch in make_batches(tokenizer, examples, batch_size, max_length=max_length)]
+    was_training = model.training
+    model.eval()
+    try:
+        with autocast_context(precision, device):
+            return mean_loss(model, batches)
+    finally:
+        model.train(was_training)
+
+
+def left_pad(token_lists: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) with every row right-aligned."""
+    width = max(len(tokens) for tokens in token_lists)
+    input_ids = torch.full((len(token_lists), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(token_lists), width), dtype=torch.long)
+    for row, tokens in enumerate(token_lists):
+        if tokens:
+            input_ids[row, width - len(tokens):] = torch.tensor(list(tokens), dtype=torch.long)
+            attention_mask[row, width - len(tokens):] = 1
+    return input_ids, attention_mask
+
+
+@torch.no_grad()
+def generate_ids(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 16,
+    batch_size: int = 16,
+    precision: str = "fp32",
+    progress: bool = False,
+) -> list[list[int]]:
+    """Greedy continuations (token ids, up to and without EOS) of each prompt, batched with left padding.
+
+    Prompts are sorted by length before batching (less padding) and returned in the input order.
+    """
+    if not prompts:
+        return []
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos_id = tokenizer.eos_token_id
+    encoded = [tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
+    if any(not tokens for tokens in encoded):
+        raise UserError("an evaluation prompt is empty: every example needs a prompt.")
+    order = sorted(range(len(prompts)), key=lambda index: len(encoded[index]))
+    generation_config = GenerationConfig(
+        do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=eos_id,
+    )
+    outputs: list[list[int]] = [[] for _ in prompts]
+    was_training = model.training
+    model.eval()
+    try:
+        for start in tqdm(range(0, len(order), batch_size), desc="generate", file=sys.stderr, leave=False,
+                          disable=not progress):
+            chunk = order[start : start + batch_size]
+            input_ids, attention_mask = left_pad([encoded[i] for i in chunk], pad_id)
+            with autocast_context(precision, device):
+                generated = model.generate(
+                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                    generation_config=generation_config,
+                )
+            new_tokens = generated[:, input_ids.shape[1]:].tolist()
+            for index, tokens in zip(chunk, new_tokens):
+                outputs[index] = _until_eos(tokens, eos_id)
+    finally:
+        model.train(was_training)
+    return outputs
+
+
+def generate_text(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    **options: Any,
+) -> list[str]:
+    """:func:`generate_ids` decoded to text."""
+    return [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in generate_ids(model, tokenizer, prompts,
+                                                                                          **options)]
+
+
+def _until_eos(tokens: list[int], eos_id: int | None) -> list[int]:
+    if eos_id is not None and eos_id in tokens:
+        return tokens[: tokens.index(eos_id)]
+    return tokens
+
+
+def exact_match(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    *,
+    max_new_tokens: int = 16,
+    batch_size: int = 16,
+) -> float:
+    """Mean of the task's scorer over greedy answers to its eval prompts."""
+    if task.scorer is None:
+        raise UserError(f"task {task.spec!r} has no scorer for exact-match accuracy: use a task with answers.")
+    prompts = [format_prompt(tokenizer, example.prompt) for example in task.eval]
+    texts = generate_text(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return sum(task.scorer(text, example) for text, example in zip(texts, task.eval)) / max(1, len(task.eval))
+
+
+def truncate_completion(completion: str) -> str:
+    """Cut a code completion at the first stop sequence (the function body ends there)."""
+    cut = len(completion)
+    for stop in HUMANEVAL_STOP:
+        position = completion.find(stop)
+        if position != -1:
+            cut = min(cut, position)
+    return completion[:cut]
+
+
+def humaneval_program(problem: dict[str, Any], completion: str) -> str:
+    """The program whose exit status says whether ``completion`` passes ``problem``'s tests."""
+    return (f"{problem['prompt']}{completion}\n\n{problem['test']}\n\n"
+            f"check({problem['entry_point']})\n")
+
+
+def run_program(program: str, *, timeout: float = 10.0, memory_bytes: int | None = 2 << 30) -> bool:
+    """Run untrusted Python in a fresh isolated interpreter (``-I``) in an empty temp directory; True iff it
+    exits with status 0 within ``timeout`` seconds. The whole process group is killed on timeout."""
+    with tempfile.TemporaryDirectory(prefix="hessian-lora-exec-") as workdir:
+        path = Path(workdir) / "program.py"
+        path.write_text(program, encoding="utf-8")
+        process = subprocess.Popen(
+            [sys.executable, "-I", "-B", str(path)], cwd=workdir, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            env={"PATH": os.environ.get("PATH", ""), "HOME": workdir},
+            preexec_fn=_limit_memory(memory_bytes) if memory_bytes and os.name == "posix" else None,
+        )
+        try:
+            return process.wait(timeout=timeout) == 0
+        except subprocess.TimeoutExpired:
+            _kill_group(process)
+            return False
+
+
+def _limit_memory(memory_bytes: int) -> Any:
+    def apply() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+
+    return apply
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    import signal
+
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        process.kill()
+    process.wait()
+
+
+def humaneval_pass_at_1(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: Sequence[dict[str, Any]],
+    *,
+    config: EvalConfig = EvalConfig(humaneval=True),
+    progress: bool = False,
+) -> float:
+    """Greedy pass@1: the fraction of problems whose single greedy completion passes the tests."""
+    if not problems:
+        raise UserError("no HumanEval problems to evaluate: raise humaneval_limit.")
+    completions = generate_text(
+        model, tokenizer, [problem["prompt"] for problem in problems],
+        max_new_tokens=config.humaneval_max_new_tokens, batch_size=config.batch_size, precision=config.precision,
+        progress=progress,
+    )
+    passed = [
+        run_program(humaneval_program(problem, truncate_completion(completion)), timeout=config.humaneval_timeout)
+        for problem, completion in zip(problems, completions)
+    ]
+    return sum(passed) / len(passed)

@@ -1,0 +1,406 @@
+"""Sweep configuration: a YAML file, validated into a frozen :class:`SweepConfig`, expanded into runs.
+
+A run is keyed by (method, lr, seed, rank, batch_size): the grid axes. Everything else (model, task, steps,
+evaluation, ...) is shared by every run of a sweep and must not change under an existing run directory, or its
+rows would no longer be comparable; the grid axes may grow with ``--extend``.
+
+Learning rates are a list, or a log range in one of two forms::
+
+    lr: [1e-4, 3e-4, 1e-3]
+    lr: {min: 1e-5, max: 1e-2, num: 7}              # geometric, both ends included
+    lr: {base: 2e-5, per_decade: 4, k: [-1, 10]}    # base * 10**(k / per_decade), k = -1 .. 10 (the paper's grid)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hessian_lora.errors import UserError
+from hessian_lora.evaluate import EvalConfig
+from hessian_lora.methods import DEFAULT_TARGETS, METHODS
+from hessian_lora.train import PRECISIONS
+
+GRID_AXES = ("methods", "lrs", "seeds", "ranks", "batch_sizes")
+ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
+CHECKPOINT_MODES = ("final", "none")
+_FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+# Settings whose values are numbers (strings such as "1e-4" are read as numbers there).
+_NUMERIC_KEYS = ("lr", "lrs", "epochs", "alpha", "max_grad_norm", "dropout", "warmup_ratio", "weight_decay", "eps",
+                 "loraplus_ratio", "divergence_factor", "betas")
+
+
+@dataclass(frozen=True)
+class HessianSettings:
+    """λ_max measurements through ``hessian_lora.eigen``: at initialisation (once per method, rank and seed) and
+    at the end of each finished run. ``options`` are passed to ``eigen`` as keyword arguments."""
+
+    init: bool = False
+    final: bool = False
+    samples: int = 32
+    batch_size: int = 8
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return self.init or self.final
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One point of the grid."""
+
+    method: str
+    lr: float
+    seed: int
+    rank: int
+    batch_size: int
+
+    @property
+    def run_id(self) -> str:
+        return run_id(self.method, self.lr, self.seed, self.rank, self.batch_size)
+
+    @property
+    def init_key(self) -> str:
+        """Name of the λ_max-at-initialisation report: the same for every LR and batch size."""
+        return f"{self.method}_r{self.rank}_s{self.seed}"
+
+
+def run_id(method: str, lr: float, seed: int, rank: int, batch_size: int) -> str:
+    """The run key as a string (directory and primary key); the LR to 5 significant digits."""
+    return f"{method}_r{rank}_s{seed}_b{batch_size}_lr{lr:.4e}"
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    name: str
+    model: str
+    task: str
+    methods: tuple[str, ...]
+    lrs: tuple[float, ...]
+    seeds: tuple[int, ...] = (0,)
+    ranks: tuple[int, ...] = (8,)
+    batch_sizes: tuple[int, ...] = (16,)
+    micro_batch_size: int | None = None
+    steps: int | None = None
+    epochs: float | None = None
+    n_train: int = 1000
+    n_eval: int = 200
+    data_seed: int = 0
+    model_seed: int = 0
+    max_length: int = 512
+    targets: tuple[str, ...] = DEFAULT_TARGETS
+    alpha: float | None = None  # None: alpha = rank (the paper)
+    dropout: float = 0.0
+    loraplus_ratio: float = 16.0
+    pissa_niter: int | None = None
+    warmup_ratio: float = 0.03
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+    max_grad_norm: float | None = 1.0
+    precision: str = "fp32"
+    attention: str = "sdpa"
+    divergence_factor: float = 4.0
+    divergence_window: int = 5
+    checkpoints: str = "final"
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    hessian: HessianSettings = field(default_factory=HessianSettings)
+    ray: RaySettings = field(default_factory=RaySettings)
+
+    def runs(self) -> list[RunSpec]:
+        """Every grid point, in a stable order: method, rank, seed, batch size, then increasing LR."""
+        return [
+            RunSpec(method, lr, seed, rank, batch_size)
+            for method in self.methods
+            for rank in self.ranks
+            for seed in self.seeds
+            for batch_size in self.batch_sizes
+            for lr in sorted(self.lrs)
+        ]
+
+    def steps_for(self, batch_size: int) -> int:
+        from hessian_lora.train import steps_for_epochs
+
+        if self.steps is not None:
+            return self.steps
+        assert self.epochs is not None
+        return steps_for_epochs(self.n_train, batch_size, self.epochs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML-able data that :func:`config_from_dict` reads back to an equal config."""
+        data = dataclasses.asdict(self)
+        data["lr"] = [float(lr) for lr in data.pop("lrs")]
+        data["hessian"]["options"] = dict(self.hessian.options)
+        return _plain(data)
+
+    def shared_settings(self) -> dict[str, Any]:
+        """What every run of a sweep directory must agree on: everything but the grid axes and the settings that
+        cannot change a result (name, checkpoint keeping, Ray resources)."""
+        data = self.to_dict()
+        for key in (*GRID_AXES, "lr", "name", "checkpoints", "ray"):
+            data.pop(key, None)
+        return data
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def load_config(path: str | os.PathLike[str]) -> SweepConfig:
+    """Read and validate a sweep YAML file."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"sweep config {file} does not exist: pass a YAML file such as experiments/tiny.yaml.")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise UserError(f"{file} is not valid YAML ({str(exc).splitlines()[0]}): fix the file.") from exc
+    if not isinstance(data, Mapping):
+        raise UserError(f"{file} must hold a mapping of settings (model:, task:, methods:, lr:, ...).")
+    data = dict(data)
+    data.setdefault("name", file.stem)
+    return config_from_dict(data, source=str(file))
+
+
+def config_from_dict(data: Mapping[str, Any], *, source: str = "config") -> SweepConfig:
+    """Validate plain data (as YAML gives it) into a :class:`SweepConfig`; every problem is a :class:`UserError`."""
+    data = {key: _numbers_from_strings(item) if key in _NUMERIC_KEYS else item for key, item in data.items()}
+    simple = {f.name for f in dataclasses.fields(SweepConfig)} - {"lrs", "eval", "hessian", "ray"}
+    # Singular spellings of the grid axes are accepted for one-value grids.
+    for singular, plural in (("method", "methods"), ("seed", "seeds"), ("rank", "ranks"),
+                             ("batch_size", "batch_sizes")):
+        if singular in data:
+            if plural in data:
+                raise UserError(f"{source}: give either {singular} or {plural}, not both.")
+            data[plural] = [data.pop(singular)]
+    if "lrs" in data and "lr" not in data:
+        data["lr"] = data.pop("lrs")
+    unknown = sorted(set(data) - simple - {"lr", "eval", "hessian", "ray"})
+    if unknown:
+        raise UserError(f"{source}: unknown setting(s) {', '.join(unknown)}: check the spelling "
+                        f"(known: {', '.join(sorted(simple | {'lr', 'eval', 'hessian', 'ray'}))}).")
+    for required in ("model", "task", "methods", "lr"):
+        if required not in data:
+            raise UserError(f"{source}: missing setting {required!r}: add it (see experiments/tiny.yaml).")
+    values: dict[str, Any] = {
+        "name": _text(data.get("name", "sweep"), "name", source),
+        "model": _text(data["model"], "model", source),
+        "task": _text(data["task"], "task", source),
+        "methods": _methods(data["methods"], source),
+        "lrs": parse_lr_grid(data["lr"], source=source),
+    }
+    for key in ("seeds", "ranks", "batch_sizes"):
+        if key in data:
+            values[key] = _int_list(data[key], key, source, minimum=0 if key == "seeds" else 1)
+    for key in ("micro_batch_size", "steps", "n_train", "n_eval", "max_length", "divergence_window",
+                "pissa_niter"):
+        if key in data and data[key] is not None:
+            values[key] = _integer(data[key], key, source, minimum=0 if key == "n_eval" else 1)
+    for key in ("data_seed", "model_seed"):
+        if key in data:
+            values[key] = _integer(data[key], key, source, minimum=0)
+    for key in ("epochs", "alpha", "max_grad_norm"):
+        if key in data and data[key] is not None:
+            values[key] = _number(data[key], key, source, positive=True)
+    for key in ("dropout", "warmup_ratio", "weight_decay", "eps", "loraplus_ratio", "divergence_factor"):
+        if key in data:
+            values[key] = _number(data[key], key, source, positive=key in ("eps", "loraplus_ratio"))
+    if "max_grad_norm" in data and data["max_grad_norm"] is None:
+        values["max_grad_norm"] = None
+    if "targets" in data:
+        targets = data["targets"]
+        if isinstance(targets, str):
+            targets = [item.strip() for item in targets.split(",") if item.strip()]
+        if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+            raise UserError(f"{source}: targets must be a list of module names, e.g. [q_proj, v_proj].")
+        values["targets"] = tuple(targets)
+    if "betas" in data:
+        betas = data["betas"]
+        if not (isinstance(betas, list) and len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas)):
+            raise UserError(f"{source}: betas must be two numbers in [0, 1), e.g. [0.9, 0.999].")
+        values["betas"] = (float(betas[0]), float(betas[1]))
+    for key, allowed in (("precision", PRECISIONS), ("attention", ATTENTION_IMPLEMENTATIONS),
+                         ("checkpoints", CHECKPOINT_MODES)):
+        if key in data:
+            if data[key] not in allowed:
+                raise UserError(f"{source}: {key} must be one of {', '.join(allowed)}, got {data[key]!r}.")
+            values[key] = data[key]
+    values["eval"] = _section(EvalConfig, data.get("eval"), "eval", source)
+    if values.get("precision") and values["eval"].precision != values["precision"]:
+        values["eval"] = dataclasses.replace(values["eval"], precision=values["precision"])
+    values["hessian"] = _hessian(data.get("hessian"), source)
+    values["ray"] = _section(RaySettings, data.get("ray"), "ray", source)
+    config = SweepConfig(**values)
+    _check_consistency(config, source)
+    return config
+
+
+def parse_lr_grid(value: Any, *, source: str = "config") -> tuple[float, ...]:
+    """A list of LRs, or ``{min, max, num}`` / ``{base, per_decade, k: [first, last]}``; sorted, distinct."""
+    if _is_number(value):
+        value = [value]
+    if isinstance(value, list):
+        if not value or not all(_is_number(lr) for lr in value):
+            raise UserError(f"{source}: lr must be a non-empty list of numbers, e.g. [1e-4, 1e-3].")
+        lrs = [float(lr) for lr in value]
+    elif isinstance(value, Mapping):
+        keys = set(value)
+        if keys == {"min", "max", "num"}:
+            low, high, num = value["min"], value["max"], value["num"]
+            if not (_is_number(low) and _is_number(high) and 0 < low <= high and isinstance(num, int) and num >= 1):
+                raise UserError(f"{source}: lr range needs 0 < min <= max and an integer num >= 1.")
+            if num == 1:
+                lrs = [float(low)]
+            else:
+                ratio = math.log10(high / low) / (num - 1)
+                lrs = [float(low) * 10 ** (ratio * i) for i in range(num)]
+        elif keys == {"base", "per_decade", "k"}:
+            base, per_decade, k = value["base"], value["per_decade"], value["k"]
+            if not (_is_number(base) and base > 0 and _is_number(per_decade) and per_decade > 0
+                    and isinstance(k, list) and len(k) == 2 and all(isinstance(i, int) for i in k) and k[0] <= k[1]):
+                raise UserError(f"{source}: lr grid needs base > 0, per_decade > 0 and k: [first, last] integers.")
+            lrs = [float(base) * 10 ** (i / per_decade) for i in range(k[0], k[1] + 1)]
+        else:
+            raise UserError(f"{source}: lr must be a list, {{min, max, num}} or {{base, per_decade, k}}; "
+                            f"got keys {', '.join(sorted(map(str, keys)))}.")
+    else:
+        raise UserError(f"{source}: lr must be a list of numbers or a log range, got {value!r}.")
+    if any(not (lr > 0 and math.isfinite(lr)) for lr in lrs):
+        raise UserError(f"{source}: every learning rate must be a positive finite number.")
+    ordered = sorted(set(lrs))
+    names = [f"{lr:.4e}" for lr in ordered]
+    if len(set(names)) != len(names):
+        raise UserError(f"{source}: two learning rates agree to 5 significant digits: space them further apart.")
+    return tuple(ordered)
+
+
+def _check_consistency(config: SweepConfig, source: str) -> None:
+    if (config.steps is None) == (config.epochs is None):
+        raise UserError(f"{source}: give exactly one of steps or epochs.")
+    if config.n_train < 1:
+        raise UserError(f"{source}: n_train must be at least 1.")
+    if config.micro_batch_size is not None and any(b % config.micro_batch_size for b in config.batch_sizes):
+        raise UserError(f"{source}: every batch size must be a multiple of micro_batch_size "
+                        f"{config.micro_batch_size}.")
+    if not 0.0 <= config.warmup_ratio < 1.0:
+        raise UserError(f"{source}: warmup_ratio must be in [0, 1).")
+    if not 0.0 <= config.dropout < 1.0:
+        raise UserError(f"{source}: dropout must be in [0, 1).")
+    if config.divergence_factor <= 1.0:
+        raise UserError(f"{source}: divergence_factor must be > 1.")
+    if config.eval.humaneval and config.task != "humaneval":
+        raise UserError(f"{source}: eval.humaneval needs task: humaneval (its problems are the eval set).")
+
+
+def _hessian(value: Any, source: str) -> HessianSettings:
+    if value is None:
+        return HessianSettings()
+    if not isinstance(value, Mapping):
+        raise UserError(f"{source}: hessian must be a mapping, e.g. {{init: true, final: true}}.")
+    settings: dict[str, Any] = {}
+    options = dict(value.get("options") or {})
+    for key, item in value.items():
+        if key == "options":
+            continue
+        if key in ("init", "final"):
+            if not isinstance(item, bool):
+                raise UserError(f"{source}: hessian.{key} must be true or false.")
+            settings[key] = item
+        elif key in ("samples", "batch_size"):
+            settings[key] = _integer(item, f"hessian.{key}", source, minimum=1)
+        else:
+            # Anything else is an option of hessian_lora.eigen (tol, max_iter, blocks, backend, ...).
+            options[key] = item
+    return HessianSettings(**settings, options=options)
+
+
+def _section(cls: type[Any], value: Any, name: str, source: str) -> Any:
+    if value is None:
+        return cls()
+    if not isinstance(value, Mapping):
+        raise UserError(f"{source}: {name} must be a mapping of settings.")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise UserError(f"{source}: unknown {name} setting(s) {', '.join(map(str, unknown))} "
+                        f"(known: {', '.join(sorted(known))}).")
+    try:
+        return cls(**dict(value))
+    except TypeError as exc:
+        raise UserError(f"{source}: bad {name} settings ({exc}).") from exc
+
+
+def _methods(value: Any, source: str) -> tuple[str, ...]:
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise UserError(f"{source}: methods must be a list of names, e.g. [lora, pissa].")
+    unknown = [name for name in names if name not in METHODS]
+    if unknown:
+        raise UserError(f"{source}: unknown method(s) {', '.join(unknown)}: use {', '.join(METHODS)}.")
+    return _distinct(names, "methods", source)
+
+
+def _int_list(value: Any, key: str, source: str, *, minimum: int) -> tuple[int, ...]:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise UserError(f"{source}: {key} must not be empty.")
+    return _distinct([_integer(item, key, source, minimum=minimum) for item in items], key, source)
+
+
+def _distinct(items: Sequence[Any], key: str, source: str) -> tuple[Any, ...]:
+    if len(set(items)) != len(items):
+        raise UserError(f"{source}: {key} lists a value twice: remove the duplicate.")
+    return tuple(items)
+
+
+def _integer(value: Any, key: str, source: str, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserError(f"{source}: {key} must be an integer >= {minimum}, got {value!r}.")
+    return value
+
+
+def _number(value: Any, key: str, source: str, *, positive: bool) -> float:
+    if not _is_number(value) or value < 0 or (positive and value == 0) or not math.isfinite(value):
+        raise UserError(f"{source}: {key} must be a {'positive' if positive else 'non-negative'} number, "
+                        f"got {value!r}.")
+    return float(value)
+
+
+def _text(value: Any, key: str, source: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise UserError(f"{source}: {key} must be a non-empty string.")
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _numbers_from_strings(value: Any) -> Any:
+    """YAML 1.1 (PyYAML) reads ``1e-4`` without a dot as a string; read such strings as numbers."""
+    if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        return float(value)
+    if isinstance(value, list):
+        return [_numbers_from_strings(item) for item in value]
+    if isinstance(value, Mapping):
+        return {key: _numbers_from_strings(item) for key, item in value.items()}
+    return value

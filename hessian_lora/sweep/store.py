@@ -1,0 +1,181 @@
+"""The sweep's result store: ``RUN_DIR/results.sqlite``, table ``runs``, one row per run (docs/ARCHITECTURE.md).
+
+Crash safety rests on SQLite: WAL journal with ``synchronous=FULL``, and every state change is one transaction
+(``BEGIN IMMEDIATE`` … ``COMMIT``). A process killed at any moment leaves each row either as it was before the
+change or as it is after it. A run's row goes ``running`` before its work starts and to a final status
+(``done``/``diverged``/``failed``) only after its checkpoint and history are on disk; a row still ``running``
+when no sweep holds the directory is an interrupted run, restarted by the next sweep. The primary key
+(``run_id``) makes a duplicate row impossible.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from hessian_lora.errors import UserError
+from hessian_lora.sweep.config import RunSpec
+
+DATABASE_FILE = "results.sqlite"
+STATUS_RUNNING = "running"
+FINAL_STATUSES = ("done", "diverged", "failed")
+
+# The contract's columns first (their order is the table's), then this implementation's additions.
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("run_id", "TEXT PRIMARY KEY"),
+    ("method", "TEXT"),
+    ("lr", "REAL"),
+    ("seed", "INTEGER"),
+    ("rank", "INTEGER"),
+    ("batch_size", "INTEGER"),
+    ("status", "TEXT"),
+    ("train_loss", "REAL"),
+    ("eval_loss", "REAL"),
+    ("accuracy", "REAL"),
+    ("lambda_init", "REAL"),
+    ("lambda_final", "REAL"),
+    ("precond_lambda_final", "REAL"),
+    ("steps", "INTEGER"),
+    ("tokens", "INTEGER"),
+    ("wall_seconds", "REAL"),
+    ("checkpoint", "TEXT"),
+    ("history", "TEXT"),
+    ("error", "TEXT"),
+    ("updated_at", "TEXT"),
+    # additions
+    ("initial_loss", "REAL"),
+    ("pass_at_1", "REAL"),
+    ("eval_examples", "INTEGER"),
+    ("attempts", "INTEGER"),
+    ("started_at", "TEXT"),
+    ("train_seconds", "REAL"),
+    ("eval_seconds", "REAL"),
+    ("hessian_seconds", "REAL"),
+)
+COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
+# What a finished run may set (the key columns are fixed when the row is created).
+RESULT_COLUMNS = tuple(
+    name for name in COLUMN_NAMES
+    if name not in ("run_id", "method", "lr", "seed", "rank", "batch_size", "updated_at", "attempts", "started_at")
+)
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+class RunStore:
+    """One sweep's ``runs`` table. Use as a context manager, or call :meth:`close`."""
+
+    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False) -> None:
+        self.path = Path(path)
+        if read_only:
+            if not self.path.is_file():
+                raise UserError(f"{self.path} does not exist: pass a directory written by `hessian-lora sweep`.")
+            self._connection = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30.0,
+                                               isolation_level=None)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._connection = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+            self._connection.execute("PRAGMA journal_mode=WAL")
+            self._connection.execute("PRAGMA synchronous=FULL")
+            self._create()
+        self._connection.row_factory = sqlite3.Row
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT; any exception rolls the whole change back."""
+        self._connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._connection
+        except BaseException:
+            self._connection.execute("ROLLBACK")
+            raise
+        self._connection.execute("COMMIT")
+
+    def _create(self) -> None:
+        with self.transaction() as connection:
+            columns = ", ".join(f'"{name}" {kind}' for name, kind in COLUMNS)
+            connection.execute(f"CREATE TABLE IF NOT EXISTS runs ({columns})")
+            present = {row[1] for row in connection.execute("PRAGMA table_info(runs)")}
+            for name, kind in COLUMNS:
+                if name not in present:  # a store written by an older version: add the new columns
+                    connection.execute(f'ALTER TABLE runs ADD COLUMN "{name}" {kind}')
+
+    def statuses(self) -> dict[str, str]:
+        return {row["run_id"]: row["status"] for row in self._connection.execute("SELECT run_id, status FROM runs")}
+
+    def get(self, run_id: str) -> dict[str, Any] | None:
+        row = self._connection.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return dict(row) if row is not None else None
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every row, ordered by method, rank, seed, batch size, LR."""
+        query = "SELECT * FROM runs ORDER BY method, rank, seed, batch_size, lr"
+        return [dict(row) for row in self._connection.execute(query)]
+
+    def start(self, spec: RunSpec) -> None:
+        """Mark ``spec`` running: a new row, or a restarted one whose previous results are cleared."""
+        stamp = now()
+        cleared = ", ".join(f'"{name}" = NULL' for name in RESULT_COLUMNS if name != "status")
+        with self.transaction() as connection:
+            connection.execute(
+                "INSERT INTO runs (run_id, method, lr, seed, rank, batch_size, status, attempts, started_at, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?) "
+                f"ON CONFLICT(run_id) DO UPDATE SET status = excluded.status, {cleared}, "
+                "attempts = COALESCE(runs.attempts, 0) + 1, started_at = excluded.started_at, "
+                "updated_at = excluded.updated_at",
+                (spec.run_id, spec.method, float(spec.lr), spec.seed, spec.rank, spec.batch_size, STATUS_RUNNING,
+                 stamp, stamp),
+            )
+
+    def finish(self, run_id: str, result: Mapping[str, Any]) -> None:
+        """Record a run's final status and results in one transaction."""
+        status = result.get("status")
+        if status not in FINAL_STATUSES:
+            raise ValueError(f"a finished run needs a final status ({', '.join(FINAL_STATUSES)}), got {status!r}")
+        unknown = set(result) - set(RESULT_COLUMNS)
+        if unknown:
+            raise ValueError(f"not columns of runs: {', '.join(sorted(unknown))}")
+        values = {name: _sql_value(value) for name, value in result.items()}
+        values["updated_at"] = now()
+        assignments = ", ".join(f'"{name}" = ?' for name in values)
+        with self.transaction() as connection:
+            cursor = connection.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", (*values.values(), run_id))
+            if cursor.rowcount != 1:
+                raise KeyError(f"run {run_id} was never started in {self.path}")
+
+
+def _sql_value(value: Any) -> Any:
+    """SQLite keeps no NaN (it becomes NULL anyway) and no containers: JSON for lists, NULL for non-finite."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return value
+
+
+def open_store(run_dir: str | os.PathLike[str], *, read_only: bool = False) -> RunStore:
+    return RunStore(Path(run_dir) / DATABASE_FILE, read_only=read_only)
+
+
+def pending(specs: Sequence[RunSpec], statuses: Mapping[str, str], *, retry_failed: bool = False) -> list[RunSpec]:
+    """The runs a sweep still has to do: never started, interrupted (``running``), or failed when retrying."""
+    final = {"done", "diverged"} if retry_failed else set(FINAL_STATUSES)
+    return [spec for spec in specs if statuses.get(spec.run_id) not in final]

@@ -1,0 +1,269 @@
+"""Training: the paper's recipe as one loop.
+
+AdamW (β = 0.9, 0.999, weight decay 0) over the adapter, cosine schedule with linear warm-up over the first 3 %
+of the steps (the formula of ``transformers.get_cosine_schedule_with_warmup``, which the authors' HF Trainer
+used), gradient-norm clipping at 1.0, and a global batch built by gradient accumulation over micro-batches.
+
+Accumulation is exact: every micro-batch's *summed* token loss is divided by the loss tokens of the whole global
+batch, so the accumulated gradient is the gradient of the global batch's per-token mean loss (the same objective
+the Hessian engine uses), whatever the micro-batch size.
+
+A run stops early as ``diverged`` when its loss (or gradient norm) is not finite, or when the mean loss of the
+last ``divergence_window`` steps exceeds ``divergence_factor`` times the loss of the first step (measured
+before any update). The sweep records that and moves on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from hessian_lora.data import Example, TokenBatch, collate, tokenize_example
+from hessian_lora.errors import UserError
+from hessian_lora.loss import loss_sum
+
+PRECISIONS = ("fp32", "bf16")
+STATUS_DONE = "done"
+STATUS_DIVERGED = "diverged"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. ``steps`` optimizer steps of ``batch_size`` examples (the global batch), each the sum of
+    micro-batches of ``micro_batch_size`` (None: the whole global batch at once)."""
+
+    lr: float
+    steps: int
+    batch_size: int = 64
+    micro_batch_size: int | None = None
+    warmup_ratio: float = 0.03
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+    max_grad_norm: float | None = 1.0
+    max_length: int = 512
+    seed: int = 0
+    precision: str = "fp32"
+    divergence_factor: float = 4.0
+    divergence_window: int = 5
+
+    def __post_init__(self) -> None:
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"learning rate must be a positive number, got {self.lr}.")
+        if self.steps <= 0:
+            raise UserError(f"steps must be positive, got {self.steps}: raise steps or epochs.")
+        if self.batch_size <= 0:
+            raise UserError(f"batch_size must be positive, got {self.batch_size}.")
+        if self.micro_batch_size is not None and self.micro_batch_size <= 0:
+            raise UserError(f"micro_batch_size must be positive, got {self.micro_batch_size}.")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise UserError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise UserError(f"max_grad_norm must be positive (or null for no clipping), got {self.max_grad_norm}.")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
+        if self.divergence_factor <= 1.0:
+            raise UserError(f"divergence_factor must be > 1, got {self.divergence_factor}.")
+        if self.divergence_window <= 0:
+            raise UserError(f"divergence_window must be positive, got {self.divergence_window}.")
+
+    @property
+    def warmup_steps(self) -> int:
+        return warmup_steps(self.steps, self.warmup_ratio)
+
+    @property
+    def accumulation_steps(self) -> int:
+        micro = self.micro_batch_size or self.batch_size
+        return math.ceil(self.batch_size / min(micro, self.batch_size))
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a run did. ``train_loss`` is the mean loss over the last 10 % of the steps taken (at least one)."""
+
+    status: str  # "done" or "diverged"
+    steps: int
+    tokens: int  # loss tokens seen
+    initial_loss: float
+    train_loss: float
+    wall_seconds: float
+    history: tuple[dict[str, float], ...] = field(repr=False)
+    stop_reason: str | None = None
+
+
+def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
+    """Warm-up length as the HF Trainer computes it from a ratio: ceil(ratio · total)."""
+    return math.ceil(warmup_ratio * total_steps)
+
+
+def cosine_with_warmup(step: int, total_steps: int, n_warmup: int) -> float:
+    """LR multiplier at optimizer step ``step`` (0-based): linear warm-up from 0, then a half cosine to 0.
+
+    The same numbers as ``transformers.get_cosine_schedule_with_warmup`` (so step 0 trains at LR 0 when there is
+    any warm-up: Adam's moments still take that step's gradient).
+    """
+    if step < n_warmup:
+        return step / max(1, n_warmup)
+    progress = (step - n_warmup) / max(1, total_steps - n_warmup)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def steps_for_epochs(n_examples: int, batch_size: int, epochs: float) -> int:
+    """Optimizer steps that visit ``epochs`` × the training set once each (the last batch may be partial)."""
+    if epochs <= 0:
+        raise UserError(f"epochs must be positive, got {epochs}.")
+    return max(1, math.ceil(n_examples * epochs / batch_size))
+
+
+def example_stream(n_examples: int, seed: int) -> Iterator[int]:
+    """Indices of the training examples, epoch after epoch, each epoch shuffled by (seed, epoch)."""
+    if n_examples <= 0:
+        raise UserError("the training set is empty: raise n_train.")
+    epoch = 0
+    while True:
+        order = list(range(n_examples))
+        random.Random(f"{seed}:{epoch}").shuffle(order)
+        yield from order
+        epoch += 1
+
+
+def global_batches(
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    config: TrainConfig,
+) -> Iterator[list[TokenBatch]]:
+    """Per optimizer step, the micro-batches of that step's global batch (tokenised lazily)."""
+    stream = example_stream(len(examples), config.seed)
+    micro = min(config.micro_batch_size or config.batch_size, config.batch_size)
+    for _ in range(config.steps):
+        indices = [next(stream) for _ in range(config.batch_size)]
+        encoded = [tokenize_example(tokenizer, examples[i], config.max_length) for i in indices]
+        yield [collate(tokenizer, encoded[start : start + micro]) for start in range(0, len(encoded), micro)]
+
+
+def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA when asked for; fp32 everywhere else (CPU training stays fp32)."""
+    if precision == "bf16":
+        if device.type != "cuda":
+            raise UserError("precision bf16 needs a CUDA device: use precision fp32 on CPU.")
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def accumulate_gradient(
+    model: nn.Module, micro_batches: Sequence[TokenBatch], device: torch.device, precision: str = "fp32"
+) -> tuple[float, int]:
+    """Backward of the global batch's per-token mean loss, micro-batch by micro-batch; (loss, loss tokens)."""
+    total_tokens = sum(batch.loss_tokens for batch in micro_batches)
+    if total_tokens == 0:
+        return 0.0, 0
+    loss_total = 0.0
+    for batch in micro_batches:
+        if batch.loss_tokens == 0:
+            continue
+        with autocast_context(precision, device):
+            summed = loss_sum(model, batch.to(device))
+        (summed / total_tokens).backward()
+        loss_total += float(summed.detach())
+    return loss_total / total_tokens, total_tokens
+
+
+def train(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    config: TrainConfig,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    progress: bool = True,
+    description: str = "train",
+) -> TrainResult:
+    """Train ``model``'s trainable parameters in place on ``examples`` and return what happened.
+
+    ``optimizer`` defaults to AdamW over the parameters with ``requires_grad`` (pass
+    :func:`hessian_lora.methods.make_optimizer`'s for LoRA+ groups). The model is left in eval mode.
+    """
+    device = next(model.parameters()).device
+    params = [param for param in model.parameters() if param.requires_grad]
+    if not params:
+        raise UserError("the model has no trainable parameters: wrap it with build_adapter first.")
+    if optimizer is None:
+        optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay,
+                                      eps=config.eps)
+    base_lrs = [float(group["lr"]) for group in optimizer.param_groups]
+    n_warmup = config.warmup_steps
+    torch.manual_seed(config.seed)  # dropout, when a config asks for it
+    history: list[dict[str, float]] = []
+    losses: list[float] = []
+    tokens_seen = 0
+    status, stop_reason = STATUS_DONE, None
+    start = time.perf_counter()
+    model.train()
+    bar = tqdm(total=config.steps, desc=description, file=sys.stderr, disable=not progress, leave=False,
+               dynamic_ncols=True)
+    try:
+        for step, micro_batches in enumerate(global_batches(tokenizer, examples, config)):
+            multiplier = cosine_with_warmup(step, config.steps, n_warmup)
+            for group, base_lr in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base_lr * multiplier
+            optimizer.zero_grad(set_to_none=True)
+            loss, batch_tokens = accumulate_gradient(model, micro_batches, device, config.precision)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or math.inf))
+            tokens_seen += batch_tokens
+            losses.append(loss)
+            history.append({"step": step + 1, "loss": loss, "lr": base_lrs[0] * multiplier, "grad_norm": grad_norm})
+            stop_reason = divergence_reason(losses, grad_norm, config)
+            if stop_reason is not None:
+                status = STATUS_DIVERGED
+                break
+            try:
+                optimizer.step()
+            except RuntimeError as exc:
+                # torch refuses an Adam step size beyond the float range: that LR has diverged by definition.
+                if "overflow" not in str(exc):
+                    raise
+                status, stop_reason = STATUS_DIVERGED, f"optimizer step overflowed at step {step + 1} ({exc})"
+                break
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{base_lrs[0] * multiplier:.2e}", refresh=False)
+            bar.update(1)
+    finally:
+        bar.close()
+        optimizer.zero_grad(set_to_none=True)
+        model.eval()
+    tail = losses[-max(1, len(losses) // 10):]
+    return TrainResult(
+        status=status,
+        steps=len(losses) if status == STATUS_DONE else len(losses) - 1,
+        tokens=tokens_seen,
+        initial_loss=losses[0],
+        train_loss=sum(tail) / len(tail),
+        wall_seconds=time.perf_counter() - start,
+        history=tuple(history),
+        stop_reason=stop_reason,
+    )
+
+
+def divergence_reason(losses: Sequence[float], grad_norm: float, config: TrainConfig) -> str | None:
+    """Why the run must stop, or None. ``losses[0]`` is the loss before any update."""
+    step = len(losses)
+    if not math.isfinite(losses[-1]):
+        return f"loss {losses[-1]} at step {step}"
+    if not math.isfinite(grad_norm):
+        return f"gradient norm {grad_norm} at step {step}"
+    window = losses[-config.divergence_window:]
+    recent = sum(window) / len(window)
+    if len(losses) > 1 and recent > config.divergence_factor * losses[0]:
+        return (f"mean loss {recent:.4g} over the last {len(window)} steps exceeds "
+                f"{config.divergence_factor:g}x the initial {losses[0]:.4g} at step {step}")
+    return None

@@ -1,0 +1,40 @@
+"""Helpers of the sweep tests: the tiny config (experiments/tiny.yaml) with overrides, row comparison."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hessian_lora.sweep.config import SweepConfig, config_from_dict
+
+TINY_YAML = Path(__file__).resolve().parents[2] / "experiments" / "tiny.yaml"
+# The columns two executions of the same run must agree on (timings and timestamps differ).
+RESULT_COLUMNS = ("run_id", "method", "lr", "seed", "rank", "batch_size", "status", "steps", "tokens", "train_loss",
+                  "initial_loss", "eval_loss", "accuracy", "eval_examples")
+
+
+def tiny_data(**overrides: Any) -> dict[str, Any]:
+    data = yaml.safe_load(TINY_YAML.read_text())
+    data.update(overrides)
+    return data
+
+
+def tiny_config(**overrides: Any) -> SweepConfig:
+    return config_from_dict(tiny_data(**overrides), source="tiny test config")
+
+
+def comparable(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return sorted(tuple(row[name] for name in RESULT_COLUMNS) for row in rows)
+
+
+def assert_same_results(rows: list[dict[str, Any]], reference: list[dict[str, Any]]) -> None:
+    got, expected = comparable(rows), comparable(reference)
+    assert [row[:8] for row in got] == [row[:8] for row in expected]
+    for row, ref in zip(got, expected):
+        for value, wanted in zip(row[8:], ref[8:]):
+            assert (value is None) == (wanted is None), (row, ref)
+            if value is not None:
+                assert value == pytest.approx(wanted, rel=1e-6), (row, ref)

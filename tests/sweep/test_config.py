@@ -1,0 +1,94 @@
+"""Sweep config: YAML schema, validation, LR grids, run keys, and the shipped experiment files."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from sweep_helpers import tiny_data
+
+from hessian_lora.errors import UserError
+from hessian_lora.sweep.config import config_from_dict, load_config, parse_lr_grid, run_id
+
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+
+
+def test_lr_grid_forms():
+    assert parse_lr_grid([1e-3, 1e-4]) == (1e-4, 1e-3)
+    assert parse_lr_grid(3e-4) == (3e-4,)
+    assert parse_lr_grid({"min": 1e-5, "max": 1e-2, "num": 4}) == pytest.approx((1e-5, 1e-4, 1e-3, 1e-2))
+    grid = parse_lr_grid({"base": 2e-5, "per_decade": 4, "k": [-1, 10]})
+    assert grid == pytest.approx(tuple(2e-5 * 10 ** (k / 4) for k in range(-1, 11)))
+
+
+@pytest.mark.parametrize("bad", [[], [0.0], [-1e-3], {"min": 1e-2, "max": 1e-3, "num": 3}, {"low": 1},
+                                 {"base": 2e-5, "per_decade": 4, "k": [3, 1]}, "fast", [1e-3, 1.00001e-3]])
+def test_bad_lr_grids_are_user_errors(bad):
+    with pytest.raises(UserError):
+        parse_lr_grid(bad)
+
+
+def test_yaml_exponent_strings_are_numbers(tmp_path):
+    # PyYAML reads 1e-3 (no dot) as a string.
+    path = tmp_path / "c.yaml"
+    path.write_text("model: tiny-llama\ntask: arith\nmethods: [lora]\nlr: [1e-3, 3e-3]\nsteps: 2\n")
+    assert load_config(path).lrs == (1e-3, 3e-3)
+
+
+def test_shipped_experiments_load():
+    tiny = load_config(EXPERIMENTS / "tiny.yaml")
+    assert len(tiny.runs()) == 6 and tiny.methods == ("lora", "pissa")
+    smol = load_config(EXPERIMENTS / "smollm2_arith.yaml")
+    assert set(smol.methods) == {"lora", "pissa", "milora", "initab", "dora"}
+    assert len(smol.lrs) >= 6 and math.log10(max(smol.lrs) / min(smol.lrs)) >= 2
+    qwen = load_config(EXPERIMENTS / "qwen3_metamath.yaml")
+    assert qwen.model == "Qwen/Qwen3-0.6B-Base" and qwen.ranks == (128,) and qwen.batch_sizes == (64,)
+    assert qwen.seeds == (1, 2, 3) and qwen.epochs == 1
+    assert len(qwen.lrs) == 12
+    assert qwen.lrs[0] == pytest.approx(1.1247e-5, rel=1e-4) and qwen.lrs[-1] == pytest.approx(6.3246e-3, rel=1e-4)
+    assert "::query,response" in qwen.task
+
+
+def test_run_ids_are_stable_and_unique():
+    config = config_from_dict(tiny_data(seeds=[0, 1], ranks=[2, 4]))
+    ids = [spec.run_id for spec in config.runs()]
+    assert len(ids) == len(set(ids)) == 2 * 3 * 2 * 2
+    assert run_id("lora", 1e-3, 0, 4, 8) == "lora_r4_s0_b8_lr1.0000e-03"
+    assert config.runs()[0].init_key == "lora_r2_s0"
+
+
+def test_config_round_trips_through_plain_data():
+    config = config_from_dict(tiny_data(hessian={"init": True, "tol": 1e-2}))
+    assert config_from_dict(config.to_dict()) == config
+    assert config.hessian.options == {"tol": 1e-2}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"lerning_rate": 1}, "unknown setting"),
+    ({"methods": ["lora", "nope"]}, "unknown method"),
+    ({"epochs": 1}, "exactly one of steps or epochs"),
+    ({"micro_batch_size": 3}, "multiple of micro_batch_size"),
+    ({"precision": "fp8"}, "precision"),
+    ({"eval": {"batch": 4}}, "unknown eval setting"),
+    ({"seeds": [1, 1]}, "twice"),
+    ({"ranks": [0]}, "ranks"),
+    ({"betas": [0.9]}, "betas"),
+])
+def test_config_errors_name_the_problem(change, message):
+    with pytest.raises(UserError, match=message):
+        config_from_dict(tiny_data(**change))
+
+
+def test_missing_settings_are_named():
+    data = tiny_data()
+    del data["lr"]
+    with pytest.raises(UserError, match="lr"):
+        config_from_dict(data)
+
+
+def test_singular_axis_names_are_accepted():
+    data = tiny_data()
+    data.pop("methods")
+    data["method"] = "lora"
+    assert config_from_dict(data).methods == ("lora",)

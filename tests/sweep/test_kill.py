@@ -1,0 +1,86 @@
+"""SIGKILL a sweep subprocess mid-run, resume it, and get the uninterrupted table: no lost, no duplicate row."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sweep_helpers import TINY_YAML, assert_same_results
+
+from hessian_lora.sweep.runner import run_sweep
+from hessian_lora.sweep.store import DATABASE_FILE, open_store
+
+_STARTUP_LIMIT_S = 240.0
+
+
+def _statuses(run_dir: Path) -> dict[str, str]:
+    path = run_dir / DATABASE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            return dict(connection.execute("SELECT run_id, status FROM runs").fetchall())
+        finally:
+            connection.close()
+    except sqlite3.OperationalError:  # the table is being created
+        return {}
+
+
+def test_sigkill_mid_sweep_then_resume(tiny_sweep, tmp_path):
+    _, _, reference = tiny_sweep
+    run_dir = tmp_path / "killed"
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hessian_lora", "sweep", str(TINY_YAML), "--out", str(run_dir), "--threads", "1",
+         "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment,
+    )
+    deadline = time.monotonic() + _STARTUP_LIMIT_S
+    try:
+        # Kill while a run is in flight, after two runs have finished.
+        while True:
+            statuses = _statuses(run_dir)
+            done = sorted(run_id for run_id, status in statuses.items() if status == "done")
+            if len(done) >= 2 and "running" in statuses.values():
+                break
+            assert process.poll() is None, "the sweep ended before it could be killed"
+            assert time.monotonic() < deadline, "the sweep subprocess made no progress"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == -signal.SIGKILL
+    with open_store(run_dir, read_only=True) as store:
+        before = {row["run_id"]: row for row in store.rows()}
+    finished_before = {run_id: row for run_id, row in before.items() if row["status"] == "done"}
+    assert len(finished_before) >= 2 and len(finished_before) < 6
+
+    summary = run_sweep(_config(), run_dir, progress=False)
+    assert summary.skipped == len(finished_before) and summary.ran == 6 - len(finished_before)
+    with open_store(run_dir, read_only=True) as store:
+        rows = store.rows()
+    assert len(rows) == len({row["run_id"] for row in rows}) == 6
+    for row in rows:  # finished runs were neither lost nor redone
+        if row["run_id"] in finished_before:
+            assert row == finished_before[row["run_id"]]
+        assert row["status"] == "done"
+    assert_same_results(rows, reference)
+    leftovers = [path.name for path in (run_dir / "runs").iterdir() if path.name.startswith(".")]
+    assert leftovers == []
+
+
+def _config():
+    import yaml
+
+    from hessian_lora.sweep.config import config_from_dict
+
+    return config_from_dict(yaml.safe_load(TINY_YAML.read_text()), source=str(TINY_YAML))
