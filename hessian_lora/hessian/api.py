@@ -47,6 +47,7 @@ def eigen(
     alpha: float | None = None,
     targets: Sequence[str] | None = None,
     adapter_seed: int = 0,
+    model_seed: int = 0,
     tokenizer: Any = None,
     batches: Sequence[TokenBatch] | None = None,
     task: str | None = None,
@@ -79,7 +80,8 @@ def eigen(
     """Loss-Hessian eigenvalues of an adapter, block by block (see ``hessian-lora eigen --help``).
 
     The adapter comes from ``checkpoint`` (a directory), or ``method`` (+ ``rank``, ``alpha``, ``targets``,
-    ``adapter_seed``) built at initialisation on ``model`` (a spec such as ``smollm2-135m``), or ``model``
+    ``adapter_seed``) built at initialisation on ``model`` (a spec such as ``smollm2-135m``; ``model_seed`` for
+    a random tiny-llama), or ``model``
     itself (an ``nn.Module`` with trainable adapter parameters; then pass ``batches`` or ``tokenizer``).
     Data: ``batches``, or ``task`` (a task spec or a .json/.jsonl file; default the checkpoint's task, else
     ``arith``) cut to ``samples`` examples in batches of ``batch_size``.
@@ -110,8 +112,8 @@ def eigen(
             raise UserError("--method builds an adapter on a base model spec: pass model as a name such as "
                             "smollm2-135m, or pass your adapted nn.Module without method.")
         peft_model, tokenizer, batch_list, source = _adapter_at_initialisation(
-            model, method, rank, alpha, targets, adapter_seed, device, batches, task, samples, batch_size,
-            max_length, data_seed)
+            model, method, rank, alpha, targets, adapter_seed, model_seed, device, batches, task, samples,
+            batch_size, max_length, data_seed)
         task = task or DEFAULT_TASK
     elif isinstance(model, nn.Module):
         peft_model = model
@@ -261,7 +263,8 @@ def _solve(
 
 def _adapter_at_initialisation(
     model_spec: str | None, method: str, rank: int, alpha: float | None, targets: Sequence[str] | None,
-    adapter_seed: int, device: str | torch.device | None, batches: Sequence[TokenBatch] | None, task: str | None,
+    adapter_seed: int, model_seed: int, device: str | torch.device | None, batches: Sequence[TokenBatch] | None,
+    task: str | None,
     samples: int, batch_size: int, max_length: int, data_seed: int,
 ) -> tuple[nn.Module, Any, list[TokenBatch], dict[str, Any]]:
     from hessian_lora.methods import DEFAULT_TARGETS, AdapterConfig, build_adapter
@@ -270,12 +273,13 @@ def _adapter_at_initialisation(
     spec = model_spec or DEFAULT_MODEL
     config = AdapterConfig(method=method, rank=rank, alpha=alpha, targets=tuple(targets or DEFAULT_TARGETS),
                            seed=adapter_seed)
-    base = load_model(spec, device=device)
+    base = load_model(spec, device=device, seed=model_seed)
     batch_list = list(batches) if batches is not None else _make_batches(
         base.tokenizer, task or DEFAULT_TASK, samples, batch_size, max_length, data_seed)
     peft_model = build_adapter(base.model, config, batches=batch_list)
     source = {"method": method, "model": spec, "rank": rank, "alpha": config.lora_alpha,
-              "targets": list(config.targets), "adapter_seed": adapter_seed, "at": "initialisation"}
+              "targets": list(config.targets), "adapter_seed": adapter_seed, "model_seed": model_seed,
+              "at": "initialisation"}
     return peft_model, base.tokenizer, batch_list, source
 
 

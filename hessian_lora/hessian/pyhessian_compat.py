@@ -17,6 +17,7 @@ stop rule fires on a ± pair at LoRA initialisation with a wrong value.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import time
 from collections.abc import Iterator, Sequence
 
@@ -121,7 +122,8 @@ def run_pyhessian(
     ``hvps`` counts PyHessian's own products; with ``verify`` one more (ours, double backward, not counted)
     gives the residual of each returned pair.
     """
-    import pyhessian.hessian as pyhessian_module
+    # importlib, not ``import pyhessian.hessian``: the package re-exports the class under the module's name.
+    pyhessian_module = importlib.import_module("pyhessian.hessian")
 
     params = list(block.parameters) if isinstance(block, ParameterBlock) else list(block)
     device = params[0].device
@@ -140,7 +142,7 @@ def run_pyhessian(
         counter["hvps"] += 1
         return original_product(*args, **kwargs)
 
-    class _CountingHessian(pyhessian_module.hessian):  # type: ignore[misc,name-defined]
+    class _CountingHessian(pyhessian_module.hessian):  # type: ignore[name-defined]
         def dataloader_hv_product(self, v: list[torch.Tensor]) -> tuple[float, list[torch.Tensor]]:
             counter["hvps"] += 1
             return super().dataloader_hv_product(v)

@@ -178,7 +178,7 @@ def test_gradient_and_loss_are_the_token_weighted_mean(generic_problem) -> None:
         loss = sum(exact_loss_sum(model, b) for b in batches) / tokens
     expected = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(block.parameters))])
     assert torch.allclose(operator.gradient(), expected, atol=1e-14)
-    assert operator.loss() == pytest.approx(float(loss), rel=1e-12)  # float(loss) of the exact float64 loss
+    assert operator.loss() == pytest.approx(loss.item(), rel=1e-12)
 
 
 def test_bad_inputs_are_user_errors() -> None:

@@ -1,0 +1,129 @@
+"""``hessian-lora eigen``: loss-Hessian eigenvalues of an adapter, per block, with residual certificates."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+from hessian_lora.errors import UserError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eigen",
+        help="loss-Hessian eigenvalues (λ_max, λ_min, top-k) of an adapter, whole or per module",
+        description="Estimate the extreme eigenvalues of the Hessian of the token-weighted mean loss with respect "
+        "to adapter parameters (all of them, or each module's lora_A/lora_B[/magnitude] block), by Lanczos or "
+        "power iteration on exact Hessian-vector products, each value with its residual ||Hv - λv||. Analyse a "
+        "CHECKPOINT directory, or an adapter at initialisation with --method/--model. A per-module scan written "
+        "to --out resumes: blocks already in the file are skipped. Under torchrun the products run "
+        "data-parallel (each process its share of the batches).",
+    )
+    parser.add_argument("checkpoint", nargs="?", default=None, help="checkpoint directory (omit with --method)")
+    source = parser.add_argument_group("adapter at initialisation (instead of CHECKPOINT)")
+    source.add_argument("--method", default=None, help="build this method's adapter at initialisation")
+    source.add_argument("--model", default=None, help="base model for --method (default smollm2-135m)")
+    source.add_argument("--rank", type=int, default=8, help="LoRA rank for --method (default 8)")
+    source.add_argument("--alpha", type=float, default=None, help="LoRA alpha for --method (default: the rank)")
+    source.add_argument("--targets", default=None, help="modules to adapt for --method (default: all seven projections)")
+    source.add_argument("--seed", type=int, default=0, help="adapter initialisation seed for --method (default 0)")
+    source.add_argument("--model-seed", type=int, default=0, help="seed of a random base (tiny-llama) (default 0)")
+    data = parser.add_argument_group("data")
+    choice = data.add_mutually_exclusive_group()
+    choice.add_argument("--task", default=None, help="task spec (default: the checkpoint's task, else arith)")
+    choice.add_argument("--data", default=None, help="a .json/.jsonl file of examples (PATH[::PROMPT,RESPONSE])")
+    data.add_argument("--samples", type=int, default=64, help="examples to average the loss over (default 64; "
+                      "the paper used 500)")
+    data.add_argument("--batch-size", type=int, default=8, help="examples per batch (default 8)")
+    data.add_argument("--max-length", type=int, default=512, help="token limit per example (default 512)")
+    data.add_argument("--data-seed", type=int, default=0, help="seed that picks the examples (default 0)")
+    blocks = parser.add_argument_group("blocks and solver")
+    blocks.add_argument("--blocks", choices=("whole", "per-module"), default="whole",
+                        help="one block for the whole adapter (default) or one per adapted module")
+    blocks.add_argument("--modules", default=None, help="per-module: module names, e.g. q_proj,v_proj (default all)")
+    blocks.add_argument("--layers", default=None, help="per-module: layers a:b (a <= i < b), 3, or 0,5,10 (default all)")
+    blocks.add_argument("--solver", choices=("lanczos", "power", "pyhessian"), default="lanczos",
+                        help="lanczos (default; λ_max and λ_min), power (shifted, largest algebraic), or "
+                        "pyhessian (PyHessian 0.1's power iteration, for comparison)")
+    blocks.add_argument("--top-k", type=int, default=1, help="eigenvalues per end (default 1)")
+    blocks.add_argument("--tol", type=float, default=1e-3, help="relative residual ||Hv - λv|| <= tol·|λ| (default 1e-3)")
+    blocks.add_argument("--max-iter", type=int, default=100, help="iteration cap per block (default 100)")
+    blocks.add_argument("--no-min", action="store_true", help="lanczos: skip λ_min (fewer products)")
+    blocks.add_argument("--solver-seed", type=int, default=0, help="seed of the start vectors (default 0)")
+    extras = parser.add_argument_group("extra measurements")
+    extras.add_argument("--trace", action="store_true", help="Hutch++ estimate of tr(H)")
+    extras.add_argument("--trace-hvps", type=int, default=30, help="Hutch++ budget in products (default 30)")
+    extras.add_argument("--density", action="store_true", help="spectral density by stochastic Lanczos quadrature")
+    extras.add_argument("--density-steps", type=int, default=30, help="Lanczos steps per SLQ run (default 30)")
+    extras.add_argument("--density-runs", type=int, default=1, help="SLQ runs (default 1)")
+    extras.add_argument("--preconditioned", action="store_true",
+                        help="Adam-preconditioned sharpness λ1(P^-1 H) from the checkpoint's optimizer state, with the "
+                        "thresholds 2/lr and (2+2β1)/((1-β1)lr)")
+    extras.add_argument("--lr", type=float, default=None, help="learning rate for the thresholds (default: the "
+                        "checkpoint's)")
+    engine = parser.add_argument_group("engine")
+    engine.add_argument("--backend", choices=("auto", "double_backward", "forward_over_reverse", "finite_difference"),
+                        default="auto", help="Hessian-vector product backend (default: the fastest exact one)")
+    engine.add_argument("--no-reuse", action="store_true",
+                        help="do not keep each batch's first-order graph between products (saves memory)")
+    engine.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--out", required=True, help="JSON report to write (and to resume from)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hessian_lora.hessian.api import eigen
+
+    if args.checkpoint is None and args.method is None:
+        raise UserError("pass a CHECKPOINT directory, or --method (and --model) to analyse an adapter at initialisation.")
+    if args.checkpoint is not None and (args.method is not None or args.model is not None):
+        raise UserError("give either a CHECKPOINT or --method/--model, not both.")
+    if args.data is not None and not Path(args.data.split("::", 1)[0]).is_file():
+        raise UserError(f"--data {args.data}: no such file; pass a .json or .jsonl file of examples.")
+    targets = tuple(t.strip() for t in args.targets.split(",") if t.strip()) if args.targets else None
+    report = eigen(
+        args.checkpoint,
+        model=args.model, method=args.method, rank=args.rank, alpha=args.alpha, targets=targets,
+        adapter_seed=args.seed, model_seed=args.model_seed,
+        task=args.data or args.task, samples=args.samples, batch_size=args.batch_size,
+        max_length=args.max_length, data_seed=args.data_seed,
+        blocks=args.blocks, modules=args.modules, layers=args.layers,
+        solver=args.solver, top_k=args.top_k, smallest=not args.no_min, tol=args.tol, max_iter=args.max_iter,
+        seed=args.solver_seed, trace=args.trace, trace_hvps=args.trace_hvps, density=args.density,
+        density_steps=args.density_steps, density_runs=args.density_runs, preconditioned=args.preconditioned,
+        lr=args.lr, backend=args.backend, reuse=False if args.no_reuse else "auto", device=args.device,
+        out=args.out, progress=not args.quiet,
+    )
+    from hessian_lora.hessian import distributed
+
+    if distributed.is_main_process():
+        _print_summary(report, args.out)
+    return 0
+
+
+def _print_summary(report: object, out: str) -> None:
+    blocks = report.blocks  # type: ignore[attr-defined]
+    width = max([len(b.name) for b in blocks] + [5])
+    print(f"{'block':<{width}}  {'lambda_max':>11}  {'lambda_min':>11}  {'residual':>9}  conv  {'hvps':>5}  "
+          f"{'seconds':>8}", file=sys.stdout)
+    for block in blocks:
+        lambda_min = f"{block.lambda_min:11.5g}" if block.lambda_min is not None else f"{'-':>11}"
+        residual = f"{block.residual:9.2e}" if block.residual is not None else f"{'-':>9}"
+        extra = ""
+        if block.preconditioned is not None:
+            p = block.preconditioned
+            extra = f"  P^-1H {p.sharpness:.5g}" + (f" (Adam EoS {p.adam_threshold:.4g})" if p.adam_threshold else "")
+        if block.trace is not None:
+            extra += f"  trace {block.trace.trace:.5g}"
+        print(f"{block.name:<{width}}  {block.lambda_max:11.5g}  {lambda_min}  {residual}  "
+              f"{'yes ' if block.converged else 'NO  '}  {block.hvps:5d}  {block.seconds:8.1f}{extra}", file=sys.stdout)
+    values = [b.lambda_max for b in blocks if b.lambda_max is not None]
+    if len(values) > 1:
+        print(f"median lambda_max over {len(values)} blocks: {statistics.median(values):.5g}", file=sys.stdout)
+    unconverged = [b.name for b in blocks if not b.converged]
+    if unconverged:
+        print(f"not converged within --max-iter: {', '.join(unconverged)} (raise --max-iter or --tol)", file=sys.stdout)
+    print(f"report: {out}", file=sys.stdout)

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import hessian_lora
+from hessian_lora.checkpoint import CheckpointMeta, save_checkpoint
+from hessian_lora.data import load_task, make_batches
+from hessian_lora.errors import UserError
+from hessian_lora.hessian import EigenReport, HessianOperator, PerModule, lanczos, read_report
+from hessian_lora.loss import loss_sum
+from hessian_lora.methods import AdapterConfig, build_adapter, make_optimizer
+from hessian_lora.models import load_model
+
+SMALL = {"model": "tiny-llama", "rank": 2, "targets": ("q_proj", "v_proj"), "samples": 4, "batch_size": 2,
+         "tol": 1e-6, "progress": False}
+
+
+def test_eigen_at_initialisation_per_module_matches_a_direct_lanczos(tmp_path: Path) -> None:
+    report = hessian_lora.eigen(method="lora", blocks="per-module", layers="0:1", out=tmp_path / "r.json", **SMALL)
+    assert [b.name for b in report.blocks] == ["layers.0.self_attn.q_proj", "layers.0.self_attn.v_proj"]
+    assert EigenReport.from_dict(json.loads((tmp_path / "r.json").read_text())) == report
+
+    base = load_model("tiny-llama", device="cpu")
+    model = build_adapter(base.model, AdapterConfig("lora", rank=2, targets=("q_proj", "v_proj")))
+    batches = make_batches(base.tokenizer, load_task("arith", n_train=4, n_eval=0).train, 2)
+    for block, found in zip(PerModule(layers=(0,)).blocks(model), report.blocks):
+        direct = lanczos(HessianOperator(model, batches, block), which="both", tol=1e-6)
+        assert found.lambda_max == pytest.approx(direct.lambda_max, rel=1e-6)
+        assert found.lambda_min == pytest.approx(direct.lambda_min, rel=1e-6)
+        # float32: tol 1e-6 is below the round-off floor (100 eps |λ|) that also certifies convergence
+        assert found.converged and found.residual <= 100 * torch.finfo(torch.float32).eps * abs(found.lambda_max)
+        assert found.tokens == sum(b.loss_tokens for b in batches) and found.batches == 2
+        assert found.parameters == block.numel and found.hvps == found.eigen.hvps
+        assert len(found.eigen.history) == found.eigen.iterations
+    assert report.settings["backend"] == "double_backward" and report.source["at"] == "initialisation"
+
+
+def test_a_per_module_scan_resumes_and_refuses_other_settings(tmp_path: Path) -> None:
+    out = tmp_path / "scan.json"
+    first = hessian_lora.eigen(method="lora", blocks="per-module", modules="q_proj", layers="0", out=out, **SMALL)
+    second = hessian_lora.eigen(method="lora", blocks="per-module", modules="q_proj", layers="0:2", out=out, **SMALL)
+    assert [b.name for b in second.blocks] == ["layers.0.self_attn.q_proj", "layers.1.self_attn.q_proj"]
+    assert second.blocks[0] == first.blocks[0]  # read back, not recomputed
+    assert read_report(out) == second
+    with pytest.raises(UserError, match=r"other settings.*tol"):
+        hessian_lora.eigen(method="lora", blocks="per-module", out=out, **{**SMALL, "tol": 1e-3})
+    with pytest.raises(UserError, match="other settings"):
+        hessian_lora.eigen(method="pissa", blocks="per-module", out=out, **SMALL)
+    (tmp_path / "junk.json").write_text("{not json")
+    with pytest.raises(UserError, match="not an eigen report"):
+        hessian_lora.eigen(method="lora", out=tmp_path / "junk.json", **SMALL)
+
+
+def test_checkpoint_with_trace_density_and_preconditioned_sharpness(tmp_path: Path) -> None:
+    base = load_model("tiny-llama", device="cpu")
+    config = AdapterConfig("lora", rank=2, targets=("v_proj",))
+    model = build_adapter(base.model, config)
+    optimizer = make_optimizer(model, config, 1e-2)
+    batches = make_batches(base.tokenizer, load_task("arith", n_train=4, n_eval=0).train, 2)
+    for batch in batches:
+        optimizer.zero_grad()
+        (loss_sum(model, batch) / batch.loss_tokens).backward()
+        optimizer.step()
+    meta = CheckpointMeta.from_config(config, base_model="tiny-llama", task="arith", lr=1e-2, step=2)
+    save_checkpoint(tmp_path / "ckpt", model, meta, optimizer=optimizer)
+    report = hessian_lora.eigen(tmp_path / "ckpt", samples=4, batch_size=2, tol=1e-4, trace=True, trace_hvps=9,
+                                density=True, density_steps=5, preconditioned=True, progress=False)
+    (block,) = report.blocks
+    assert block.name == "adapter" and report.source["step"] == 2 and report.settings["task"] == "arith"
+    assert block.trace is not None and block.trace.hvps == 9
+    assert block.density is not None and sum(block.density.weights[0]) == pytest.approx(1.0)
+    pre = block.preconditioned
+    assert pre is not None and pre.lr == 1e-2 and pre.step == 2 and pre.eigen.converged
+    assert pre.adam_threshold == pytest.approx(3800.0) and pre.gd_threshold == pytest.approx(200.0)
+    assert block.hvps == block.eigen.hvps + 9 + block.density.hvps + pre.eigen.hvps
+
+    save_checkpoint(tmp_path / "no-optimizer", model, meta)
+    with pytest.raises(UserError, match="optimizer state"):
+        hessian_lora.eigen(tmp_path / "no-optimizer", samples=4, batch_size=2, preconditioned=True, progress=False)
+
+
+def test_a_model_and_batches_passed_in(tmp_path: Path) -> None:
+    base = load_model("tiny-llama", device="cpu")
+    model = build_adapter(base.model, AdapterConfig("dora", rank=2, targets=("q_proj",)))
+    batches = make_batches(base.tokenizer, load_task("arith", n_train=4, n_eval=0).train, 2)
+    report = hessian_lora.eigen(model=model, batches=batches, solver="power", tol=1e-4, max_iter=300, progress=False)
+    (block,) = report.blocks
+    assert any("lora_magnitude_vector" in name for name in block.parameter_names)
+    assert block.lambda_min is None and block.eigen.solver == "power"
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    direct = lanczos(HessianOperator(model, batches, trainable), tol=1e-5)
+    assert block.lambda_max == pytest.approx(direct.lambda_max, rel=1e-3)
+    assert torch.is_grad_enabled()
+
+
+def test_bad_requests_are_user_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="nothing to analyse"):
+        hessian_lora.eigen(progress=False)
+    with pytest.raises(UserError, match="per-module"):
+        hessian_lora.eigen(method="lora", modules="q_proj", **SMALL)
+    with pytest.raises(UserError, match="solver"):
+        hessian_lora.eigen(method="lora", solver="qr", **SMALL)
+    with pytest.raises(UserError, match="no adapted module"):
+        hessian_lora.eigen(method="lora", blocks="per-module", modules="k_proj", **SMALL)

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from tinylora import operator_for
+
+from hessian_lora.errors import UserError
+from hessian_lora.hessian import DenseOperator, lanczos, power_iteration
+
+
+def _spectrum_operator(eigenvalues: list[float], seed: int = 0) -> DenseOperator:
+    values = torch.tensor(eigenvalues, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(len(values), len(values), generator=torch.Generator().manual_seed(seed),
+                                       dtype=torch.float64))
+    return DenseOperator(q @ torch.diag(values) @ q.T)
+
+
+def test_lora_block_at_initialisation_has_pm_pairs_and_both_solvers_find_lambda_max(init_problem) -> None:
+    exact = init_problem.eigenvalues
+    lambda_max, lambda_min = float(exact[-1]), float(exact[0])
+    # The premise: B = 0 puts the spectrum in ± pairs, so |λ_min| ties with λ_max.
+    assert abs(lambda_min + lambda_max) < 0.01 * lambda_max
+    operator = operator_for(init_problem.model, init_problem.batches, init_problem.block)
+    power = power_iteration(operator, tol=1e-6, max_iter=400)
+    assert power.converged and power.stop_reason == "converged"
+    assert abs(power.lambda_max - lambda_max) < 1e-6 * lambda_max
+    assert power.largest_residuals[0] <= 1e-6 * lambda_max
+    assert power.details["shift"] > 0
+    krylov = lanczos(operator, tol=1e-8, max_iter=64)
+    assert krylov.converged and abs(krylov.lambda_max - lambda_max) < 1e-8 * lambda_max
+    assert krylov.hvps < power.hvps / 3
+
+
+def test_unshifted_power_iteration_fails_honestly_on_pm_pairs(init_problem) -> None:
+    operator = operator_for(init_problem.model, init_problem.batches, init_problem.block)
+    plain = power_iteration(operator, tol=1e-6, max_iter=60, shift=None)
+    assert not plain.converged and plain.stop_reason == "max_iter"
+    assert plain.hvps == 60 and len(plain.history) == 60
+
+
+def test_closed_form_spectrum_dominated_by_a_negative_eigenvalue() -> None:
+    operator = _spectrum_operator([-5.0, -1.0, 0.2, 0.7, 1.5, 2.0])
+    result = power_iteration(operator, tol=1e-10, max_iter=500)
+    assert result.converged and result.lambda_max == pytest.approx(2.0, abs=1e-9)
+    assert result.details["shift"] >= 2.5  # the shift had to outweigh λ_min = -5
+    classic = power_iteration(operator, tol=1e-10, max_iter=500, shift=None)
+    assert classic.converged and classic.lambda_max == pytest.approx(-5.0, abs=1e-9)  # the largest |λ|
+    assert classic.solver == "power_unshifted"
+
+
+def test_positive_dominant_spectrum_and_deflation_for_top_k() -> None:
+    operator = _spectrum_operator([4.0, 2.0, 1.0, 0.5, 0.25, -0.5, -1.0], seed=3)
+    result = power_iteration(operator, k=3, tol=1e-9, max_iter=1000)
+    assert result.converged
+    assert result.largest == pytest.approx((4.0, 2.0, 1.0), abs=1e-8)
+    assert result.largest_vectors.shape == (3, 7)
+    gram = result.largest_vectors @ result.largest_vectors.T
+    assert torch.allclose(gram, torch.eye(3, dtype=torch.float64), atol=1e-8)
+
+
+def test_the_cap_is_reported() -> None:
+    operator = _spectrum_operator([1.0, 0.999, 0.5, -0.3], seed=1)
+    result = power_iteration(operator, tol=1e-12, max_iter=5)
+    assert not result.converged and result.stop_reason == "max_iter" and result.hvps == 5
+
+
+def test_bad_arguments() -> None:
+    operator = DenseOperator(torch.eye(2, dtype=torch.float64))
+    with pytest.raises(UserError, match="shift"):
+        power_iteration(operator, shift="big")
+    with pytest.raises(UserError, match="top-k"):
+        power_iteration(operator, k=0)
