@@ -133,7 +133,9 @@ def test_huge_lr_is_recorded_as_diverged_while_the_others_finish(tmp_path):
 
 def test_hessian_measurements_fill_their_columns_without_changing_training(tmp_path):
     hessian = {"init": True, "final": True, "samples": 8, "batch_size": 4, "tol": 1e-3, "max_iter": 30}
-    plain = tiny_config(methods=["lora"], lr=[1e-2], targets=["q_proj", "v_proj"], ranks=[2], steps=4)
+    # Training with SDPA: the Hessian engine must switch to a double-backward-capable kernel by itself.
+    plain = tiny_config(methods=["lora"], lr=[1e-2], targets=["q_proj", "v_proj"], ranks=[2], steps=4,
+                        attention="sdpa")
     measured = config_from_dict({**plain.to_dict(), "hessian": hessian})
     run_sweep(plain, tmp_path / "plain", progress=False)
     run_sweep(measured, tmp_path / "measured", progress=False)
