@@ -1099,6 +1099,13 @@ def relation_summary(data: Mapping[str, Any]) -> str:
         parts.append(text + ";")
     if relation.get("c") is not None:
         parts.append(f"η* ≈ c/λ_max with c = {relation['c']:.3g} (×{relation['c_spread_factor']:.2f} spread);")
+    gd = [m["eta_lambda_over_2"] for m in data["methods"].values() if m.get("eta_lambda_over_2")]
+    if gd:
+        parts.append(f"η* is {min(gd):.3g}–{max(gd):.3g} of gradient descent's bound 2/λ_max at init;")
+    adam = [m["precond_over_adam_threshold"] for m in data["methods"].values() if m.get("precond_over_adam_threshold")]
+    if adam:
+        parts.append(f"the preconditioned sharpness at the end of the η* run is {min(adam):.3g}–{max(adam):.3g} of "
+                     "Adam's edge of stability (2+2β₁)/((1−β₁)η);")
     for fit, count in relation.get("lomo_within_2x", {}).items():
         total = len(relation["lomo"][fit])
         marker = " (preferred)" if fit == relation.get("preferred_fit") else ""

@@ -38,7 +38,7 @@ DEFAULT_OUT = {True: Path("runs") / "demo-tiny", False: Path("runs") / "demo-smo
 QUICK_MODULES = ("q_proj", "v_proj")
 FULL_MODULES = ("q_proj",)
 FULL_LAYER_SAMPLES = 5
-DENSITY_STEPS = {True: 15, False: 30}  # SLQ Lanczos steps (quick, full)
+DENSITY_STEPS = {True: 15, False: 20}  # SLQ Lanczos steps (quick, full)
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,18 @@ def run_demo(
     out: str | os.PathLike[str] | None = None,
     config: str | os.PathLike[str] | None = None,
     measure_final: bool = True,
+    modules: Sequence[str] | None = None,
+    layer_samples: int = FULL_LAYER_SAMPLES,
+    density_steps: int | None = None,
     progress: bool = True,
     device: str | None = None,
 ) -> DemoResult:
+    """Sweep, λ_max at init (and at the end of the best runs unless ``measure_final`` is off), analysis, figures.
+
+    ``modules`` are the projections of the per-module scan at init (default :data:`QUICK_MODULES` or
+    :data:`FULL_MODULES`), on every layer with ``quick`` and on ``layer_samples`` evenly spaced layers otherwise;
+    ``density_steps`` sets the SLQ steps of the spectral density (0: no density).
+    """
     from hessian_lora.sweep.config import load_config
     from hessian_lora.sweep.runner import run_sweep
 
@@ -85,9 +94,15 @@ def run_demo(
     say(summary.line())
 
     say("[2/4] λ_max per method at initialisation (whole adapter, spectral density, per-module)")
-    modules = QUICK_MODULES if quick else FULL_MODULES
-    measured = list(measure_init_reports(sweep_config, run_dir, modules=modules, quick=quick, progress=progress,
-                                         device=device))
+    if layer_samples < 2:
+        raise UserError(f"--layer-samples must be at least 2, got {layer_samples}.")
+    if density_steps is not None and density_steps < 0:
+        raise UserError(f"--density-steps must be >= 0, got {density_steps}.")
+    measured = list(measure_init_reports(
+        sweep_config, run_dir, modules=tuple(modules) if modules else (QUICK_MODULES if quick else FULL_MODULES),
+        layers=None if quick else layer_samples,
+        density_steps=DENSITY_STEPS[quick] if density_steps is None else density_steps, progress=progress,
+        device=device))
     analysis = analyze(run_dir)
     if measure_final:
         say("[3/4] raw and Adam-preconditioned λ_max at the end of each method's best run")
@@ -162,12 +177,14 @@ def measure_init_reports(
     run_dir: Path,
     *,
     modules: Sequence[str],
-    quick: bool,
+    layers: int | None,
+    density_steps: int,
     progress: bool = True,
     device: str | None = None,
 ) -> list[str]:
     """Whole-adapter λ_max with density and per-module λ_max at initialisation, per (method, rank, seed), where
-    missing. Returns the reports written."""
+    missing; ``layers``: how many evenly spaced layers the per-module scan covers (None: all). Returns the
+    reports written."""
     from hessian_lora.recommend import measure_at_init
 
     hessian_dir = run_dir / "hessian"
@@ -183,18 +200,22 @@ def measure_init_reports(
                 whole_path = hessian_dir / (f"{key}_init_density.json" if sweep_config.hessian.init else
                                             f"{key}_init.json")
                 modules_path = hessian_dir / f"{key}_init_modules.json"
-                todo = [path for path in (whole_path, modules_path) if not path.is_file()]
+                wanted = [modules_path]
+                if density_steps or not sweep_config.hessian.init:
+                    wanted.append(whole_path)
+                todo = [path for path in wanted if not path.is_file()]
                 if not todo:
                     continue
                 peft_model, tokenizer = _adapter_like_the_sweep(sweep_config, method, rank, seed, device)
                 batches = _hessian_batches(sweep_config, tokenizer)
                 if whole_path in todo:
-                    measure_at_init(peft_model, batches, blocks="whole", density=True, density_steps=DENSITY_STEPS[quick],
-                                    out=whole_path, progress=progress, **options)
+                    measure_at_init(peft_model, batches, blocks="whole", density=density_steps > 0,
+                                    density_steps=max(density_steps, 1), out=whole_path, progress=progress,
+                                    **options)
                     written.append(str(whole_path))
                 if modules_path in todo:
-                    layers = None if quick else _spread_layers(peft_model, FULL_LAYER_SAMPLES)
-                    measure_at_init(peft_model, batches, blocks="per-module", modules=targets, layers=layers,
+                    chosen = None if layers is None else _spread_layers(peft_model, layers)
+                    measure_at_init(peft_model, batches, blocks="per-module", modules=targets, layers=chosen,
                                     out=modules_path, progress=progress, **options)
                     written.append(str(modules_path))
                 _say(f"  {key}: λ_max at init measured", progress)

@@ -25,6 +25,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from hessian_lora.analysis import (
     Analysis,
+    BlockEigen,
     EigenSummary,
     RunDirectory,
     adam_threshold,
@@ -196,9 +197,10 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
     axes.plot(x_line, 2 / x_line, "--", color="0.35", linewidth=1.2,
               label=r"gradient descent bound $\eta = 2/\lambda_{\max}$")
     adam_line = [adam_threshold(1.0, analysis.beta1) / x for x in x_line]
-    axes.plot(x_line, adam_line, ":", color="0.2", linewidth=1.6,
-              label=rf"Adam edge of stability $\eta = (2+2\beta_1)/((1-\beta_1)\tilde\lambda)$, "
-                    rf"$\beta_1$ = {analysis.beta1:g}")
+    if precond:  # Adam's line bounds the preconditioned sharpness: drawn only when that was measured
+        axes.plot(x_line, adam_line, ":", color="0.2", linewidth=1.6,
+                  label=rf"Adam edge of stability $\eta = (2+2\beta_1)/((1-\beta_1)\tilde\lambda)$, "
+                        rf"$\beta_1$ = {analysis.beta1:g}")
     if precond:
         axes.plot([], [], "s", markerfacecolor="none", markeredgecolor="0.3", markersize=9,
                   label=r"hollow: Adam-preconditioned sharpness $\tilde\lambda$ at the end, vs that run's LR")
@@ -372,7 +374,7 @@ def figure_density(directory: RunDirectory) -> Figure | None:
         axes.plot(grid, density, color=method_color(name), linewidth=1.4,
                   label=rf"{method_label(name)}: $\lambda_{{\max}}$ = {block.lambda_max:.3g}")
         axes.axvline(block.lambda_max, color=method_color(name), linestyle=":", linewidth=1.0)
-        floor = min(floor, float(density.max()) * 1e-5)
+        floor = min(floor, _density_floor(block, sigma, float(density.max())))
         top = max(top, float(density.max()) * 3)
     axes.set_yscale("log")
     axes.set_ylim(floor, top)
@@ -383,6 +385,17 @@ def figure_density(directory: RunDirectory) -> Figure | None:
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=8)
     return figure
+
+
+def _density_floor(block: BlockEigen, sigma: float | None, peak: float) -> float:
+    """Low enough that the smallest quadrature node's bump shows: the extreme eigenvalues (λ_max among them)
+    carry weights near 1/size, orders of magnitude below the bulk."""
+    if sigma and block.quadrature:
+        nodes, weights = block.quadrature
+        bumps = [w / (len(nodes) * sigma * math.sqrt(2 * math.pi)) for run in weights for w in run if w > 0]
+        if bumps:
+            return max(min(bumps) * 0.3, peak * 1e-12)
+    return peak * 1e-5
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -22,6 +22,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--skip-final", action="store_true",
                         help="do not measure lambda_max at the end of the best runs (saves one Hessian probe per "
                         "method)")
+    parser.add_argument("--modules", default=None,
+                        help="projections of the per-module scan at init, comma-separated (default q_proj,v_proj "
+                        "with --quick, else q_proj)")
+    parser.add_argument("--layer-samples", type=int, default=5,
+                        help="evenly spaced layers the per-module scan covers without --quick (default 5)")
+    parser.add_argument("--density-steps", type=int, default=None,
+                        help="SLQ steps of the spectral density at init (default 15 with --quick, else 20; 0: skip)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
@@ -38,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise UserError(f"--threads must be >= 1, got {args.threads}.")
         torch.set_num_threads(args.threads)
+    modules = [name.strip() for name in args.modules.split(",") if name.strip()] if args.modules else None
     result = run_demo(quick=args.quick, out=args.out, config=args.config, measure_final=not args.skip_final,
+                      modules=modules, layer_samples=args.layer_samples, density_steps=args.density_steps,
                       progress=not args.quiet, device=args.device)
     print(result.summary())
     return 0
