@@ -98,15 +98,31 @@ def checkpoint_preconditioner(loaded: object, names: Sequence[str]) -> tuple[tor
     beta1, _ = state.betas
     groups = state.state_dict["param_groups"]
     reference_lr = float(groups[0]["lr"])
-    # Schedulers record each group's starting rate; the ratios between groups stay put while the rates decay
-    # (to zero at the end of a cosine schedule, where the current rates carry no ratio any more).
-    initial = [float(group.get("initial_lr", group["lr"])) for group in groups]
+    meta = getattr(loaded, "meta", None)
     ratios: dict[str, float] = {}
-    for group, start in zip(groups, initial):
+    for group, ratio in zip(groups, _group_ratios(groups, meta)):
         for index in group["params"]:
-            ratios[state.param_names[index]] = start / initial[0] if initial[0] > 0 else 1.0
+            ratios[state.param_names[index]] = ratio
     diagonal = adam_preconditioner(moments, names, eps=state.eps, lr_ratios=ratios)
-    meta_lr = getattr(getattr(loaded, "meta", None), "lr", None)
+    meta_lr = getattr(meta, "lr", None)
     settings = {"beta1": beta1, "eps": state.eps, "step": float(state.step),
                 "lr": float(meta_lr) if meta_lr is not None else reference_lr, "current_lr": reference_lr}
     return diagonal, settings
+
+
+def _group_ratios(groups: Sequence[Mapping[str, object]], meta: object) -> list[float]:
+    """Each parameter group's learning rate relative to the first group's.
+
+    Schedulers scale every group alike, so the current rates give the ratios, unless they have all decayed to
+    zero (the last step of a cosine schedule): then a scheduler's ``initial_lr`` does, or, for LoRA+, the
+    method's ratio (``make_optimizer`` puts the fast group second).
+    """
+    current = [float(group["lr"]) for group in groups]  # type: ignore[arg-type]
+    if current[0] > 0:
+        return [lr / current[0] for lr in current]
+    initial = [float(group.get("initial_lr", 0.0)) for group in groups]  # type: ignore[arg-type]
+    if initial[0] > 0:
+        return [lr / initial[0] for lr in initial]
+    if getattr(meta, "method", None) == "loraplus" and len(groups) == 2:
+        return [1.0, float(getattr(meta, "loraplus_ratio", 1.0))]
+    return [1.0] * len(groups)

@@ -80,3 +80,16 @@ def test_preconditioner_from_a_trained_checkpoint(tmp_path: Path, method: str) -
     assert settings["lr"] == pytest.approx(1e-2) and settings["step"] == 3
     if method == "loraplus":  # B learns 4x faster: its P entries are divided by 4 (checked through expected)
         assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-2, 4e-2])
+
+
+def test_group_ratios_survive_a_schedule_that_decayed_to_zero() -> None:
+    from types import SimpleNamespace
+
+    from hessian_lora.hessian.preconditioned import _group_ratios
+
+    assert _group_ratios([{"lr": 1e-3}, {"lr": 4e-3}], None) == pytest.approx([1.0, 4.0])
+    decayed = [{"lr": 0.0, "initial_lr": 1e-3}, {"lr": 0.0, "initial_lr": 2e-3}]
+    assert _group_ratios(decayed, None) == pytest.approx([1.0, 2.0])
+    loraplus = SimpleNamespace(method="loraplus", loraplus_ratio=16.0)
+    assert _group_ratios([{"lr": 0.0}, {"lr": 0.0}], loraplus) == [1.0, 16.0]
+    assert _group_ratios([{"lr": 0.0}], None) == [1.0]
