@@ -93,14 +93,15 @@ def prepare_run_dir(config: SweepConfig, run_dir: Path, *, extend: bool = False)
     if _grid(stored) == _grid(config):
         return stored
     if not extend:
-        added = [axis for axis in GRID_AXES if set(getattr(config, axis)) - set(getattr(stored, axis))]
-        removed = [axis for axis in GRID_AXES if set(getattr(stored, axis)) - set(getattr(config, axis))]
+        stored_grid, new_grid = _grid(stored), _grid(config)
+        added = [axis for axis, old, new in zip(GRID_AXES, stored_grid, new_grid) if new - old]
+        removed = [axis for axis, old, new in zip(GRID_AXES, stored_grid, new_grid) if old - new]
         detail = "; ".join(part for part in (
             f"adds {', '.join(added)}" if added else "", f"drops {', '.join(removed)}" if removed else "") if part)
         raise UserError(f"the config's grid differs from the one in {run_dir} ({detail}): pass --extend to add "
                         "the new runs to this directory, or use a new --out directory.")
     merged = dataclasses.replace(stored, **{
-        axis: _union(getattr(stored, axis), getattr(config, axis)) for axis in GRID_AXES
+        axis: _union(axis, getattr(stored, axis), getattr(config, axis)) for axis in GRID_AXES
     })
     write_yaml(path, merged.to_dict())
     return merged
@@ -116,11 +117,18 @@ def read_stored_config(run_dir: Path) -> SweepConfig:
 
 
 def _grid(config: SweepConfig) -> tuple[frozenset[Any], ...]:
-    return tuple(frozenset(getattr(config, axis)) for axis in GRID_AXES)
+    return tuple(frozenset(_point(axis, value) for value in getattr(config, axis)) for axis in GRID_AXES)
 
 
-def _union(first: Sequence[Any], second: Sequence[Any]) -> tuple[Any, ...]:
-    return tuple(first) + tuple(item for item in second if item not in first)
+def _point(axis: str, value: Any) -> Any:
+    """A grid value as the run key sees it: LRs that print alike in run ids are one point."""
+    return f"{value:.4e}" if axis == "lrs" else value
+
+
+def _union(axis: str, first: Sequence[Any], second: Sequence[Any]) -> tuple[Any, ...]:
+    known = {_point(axis, item) for item in first}
+    merged = tuple(first) + tuple(item for item in second if _point(axis, item) not in known)
+    return tuple(sorted(merged)) if axis == "lrs" else merged
 
 
 def write_yaml(path: Path, data: Mapping[str, Any]) -> None:

@@ -93,6 +93,9 @@ def test_grid_changes_need_extend(tmp_path):
         run_sweep(first, tmp_path, progress=False)
     assert run_sweep(first, tmp_path, progress=False, extend=True).ran == 0
     assert runner.read_stored_config(tmp_path).lrs == (1e-2, 1e-1)
+    # an LR that differs only in float rounding is the same grid point (same run id), not a new run
+    nearly = tiny_config(methods=["lora"], lr=[1e-2 * (1 + 1e-12), 1e-1])
+    assert run_sweep(nearly, tmp_path, progress=False).ran == 0
 
 
 def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
