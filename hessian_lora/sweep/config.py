@@ -114,7 +114,7 @@ class SweepConfig:
     eps: float = 1e-8
     max_grad_norm: float | None = 1.0
     precision: str = "fp32"
-    attention: str = "sdpa"
+    attention: str = "eager"
     divergence_factor: float = 4.0
     divergence_window: int = 5
     checkpoints: str = "final"
