@@ -13,7 +13,8 @@ setting), in one process: our Lanczos (tol 1e-3), our shifted power iteration, P
 Lanczos on ``autograd.functional.vhp`` products that stops like the paper's code (top Ritz value changes by less
 than ``--paper-tol`` absolute after at least 5 steps). The reference λ_max is our Lanczos run to the float32
 round-off floor. Scenario ``init`` is LoRA at initialisation (B = 0: a spectrum in ± pairs); ``trained`` takes
-``--train-steps`` AdamW steps on the same batch first. Our Lanczos runs at tol 1e-3 and 1e-4: a residual
+``--train-steps`` AdamW steps on the same batch first; ``pissa``, ``olora``, ``initab``, ``milora`` are those
+methods at initialisation. Our Lanczos runs at tol 1e-3 and 1e-4: a residual
 certifies that *an* eigenvalue lies within it, and at initialisation the top eigenvalues come in clusters of
 near-multiplicity r, so tol 1e-3 can settle within 1e-3 of the cluster but not of its top member.
 
@@ -64,7 +65,8 @@ CONFIGS = (
 def build_problem(args: argparse.Namespace, rows: int, length: int, scenario: str = "init") -> tuple[Any, list[TokenBatch]]:
     """The model with its adapter and ``rows × length`` tokens of arithmetic text, every token a loss token."""
     loaded = load_model(args.model, device="cpu")
-    model = build_adapter(loaded.model, AdapterConfig("lora", rank=args.rank))
+    method = scenario if scenario in ("pissa", "olora", "initab", "milora") else "lora"
+    model = build_adapter(loaded.model, AdapterConfig(method, rank=args.rank))
     text = " ".join(f"Question: {a} + {b} = ? Answer: {a + b}." for a in range(10, 99, 7) for b in range(3, 60, 11))
     ids = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) < rows * length:
