@@ -997,14 +997,28 @@ def relation_lambda(summary: MethodSummary) -> float | None:
     return _geometric_mean(summary.lambda_init_per_seed.values())
 
 
+def spearman_exact(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """Spearman's ρ with a two-sided p-value; exact over all orderings for n <= 8.
+
+    scipy's default p comes from a t approximation that is meaningless for a handful of methods (it gives 1e-24
+    for a perfect ρ over 5 points, where the exact value is 2/5! = 0.017).
+    """
+    result = stats.spearmanr(x, y)
+    rho = float(result.statistic)
+    if len(x) > 8:
+        return rho, float(result.pvalue)
+    exact = stats.permutation_test((list(x),), lambda a: stats.spearmanr(a, y).statistic,
+                                   permutation_type="pairings", alternative="two-sided", n_resamples=math.inf)
+    return rho, float(exact.pvalue)
+
+
 def _relation(summaries: Mapping[str, MethodSummary], source: str, samples: int, seed: int) -> Relation:
     points = {name: (relation_lambda(s), s.eta_star) for name, s in summaries.items() if relation_lambda(s)}
     lambdas = [lam for lam, _ in points.values()]
     etas = [eta for _, eta in points.values()]
     rho = p_value = None
     if len(points) >= 3 and len(set(lambdas)) > 1 and len(set(etas)) > 1:
-        result = stats.spearmanr(lambdas, etas)
-        rho, p_value = float(result.statistic), float(result.pvalue)
+        rho, p_value = spearman_exact(lambdas, etas)
     power = fit_power_law(lambdas, etas) if len(set(lambdas)) >= 2 else None
     interval, valid = None, 0
     if power is not None and len(points) >= 3:

@@ -254,7 +254,8 @@ def figure_module_ratios(directory: RunDirectory, methods: Sequence[str] | None 
     kinds = sorted({module_kind(name) for name in base})
     columns = min(len(kinds), 4)
     rows = math.ceil(len(kinds) / columns)
-    figure = _new_figure(3.4 * columns + 1.2, 2.9 * rows + 0.9)
+    # Wide enough for the title and a two-column legend even with a single module kind.
+    figure = _new_figure(max(3.4 * columns + 1.2, 8.0), 2.9 * rows + 0.9 + 0.35 * math.ceil(len(others) / 2))
     axes_grid = figure.subplots(rows, columns, squeeze=False, sharey=True)
     medians: dict[str, float] = {}
     for name in others:
@@ -286,7 +287,7 @@ def figure_module_ratios(directory: RunDirectory, methods: Sequence[str] | None 
     for name in others:
         text = f" (median ×{medians[name]:.2f})" if name in medians else ""
         figure.axes[0].plot([], [], "o-", color=method_color(name), label=f"{method_label(name)}{text}")
-    figure.legend(loc="outside lower center", ncol=min(len(others), 4), fontsize=9)
+    figure.legend(loc="outside lower center", ncol=min(len(others), max(2, columns)), fontsize=9)
     figure.suptitle(rf"Per-module $\lambda_{{\max}}$ at initialisation relative to {method_label(reference)} "
                     "(dashed: median over all modules)", fontsize=11)
     return figure

@@ -254,3 +254,11 @@ def test_extra_init_reports_merge_and_sharpness_falls_back_to_reports(tmp_path) 
     result = analysis.analyze(run_dir, bootstrap_samples=50)
     assert result.methods["pissa"].precond_over_adam_threshold == pytest.approx(0.9, rel=1e-12)
     assert result.methods["pissa"].final_lambda_eta_over_2 == pytest.approx(1.1, rel=1e-12)
+
+
+def test_spearman_p_value_is_exact_for_few_methods() -> None:
+    from hessian_lora.analysis import spearman_exact
+
+    rho, p_value = spearman_exact([1.0, 2.0, 3.0, 4.0, 5.0], [5.0, 4.0, 3.0, 2.0, 1.0])
+    assert abs(rho + 1.0) < 1e-12
+    assert abs(p_value - 2 / 120) < 1e-12  # two of the 5! orderings are as extreme
