@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from hessian_lora.commands._threads import add_threads_argument, apply_threads
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -29,22 +31,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="evenly spaced layers the per-module scan covers without --quick (default 5)")
     parser.add_argument("--density-steps", type=int, default=None,
                         help="SLQ steps of the spectral density at init (default 15 with --quick, else 20; 0: skip)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_threads_argument(parser)
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from hessian_lora.demo import run_demo
-    from hessian_lora.errors import UserError
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be >= 1, got {args.threads}.")
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     modules = [name.strip() for name in args.modules.split(",") if name.strip()] if args.modules else None
     result = run_demo(quick=args.quick, out=args.out, config=args.config, measure_final=not args.skip_final,
                       modules=modules, layer_samples=args.layer_samples, density_steps=args.density_steps,

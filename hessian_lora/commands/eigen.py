@@ -7,6 +7,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from hessian_lora.commands._threads import add_threads_argument, apply_threads
 from hessian_lora.errors import UserError
 
 
@@ -71,10 +72,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     engine.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--out", required=True, help="JSON report to write (and to resume from)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_threads_argument(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_threads(args)
     from hessian_lora.hessian.api import eigen
 
     if args.checkpoint is None and args.method is None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from hessian_lora.commands._threads import add_threads_argument, apply_threads
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -23,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--rank", type=int, default=None, help="LoRA rank (default: the calibration's)")
     parser.add_argument("--seed", type=int, default=0, help="adapter initialisation seed (default 0)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_threads_argument(parser)
     parser.add_argument("--save-calibration", default=None, metavar="FILE",
                         help="write the calibration (e.g. fitted on --calibration RUN_DIR) to FILE")
     parser.add_argument("--note", default="", help="provenance note stored with --save-calibration")
@@ -39,12 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from hessian_lora.errors import UserError
     from hessian_lora.recommend import calibration_from_run, load_calibration, recommend, save_calibration
 
-    if args.threads is not None:
-        import torch
-
-        if args.threads < 1:
-            raise UserError(f"--threads must be >= 1, got {args.threads}.")
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     if args.method is None and args.save_calibration is None:
         raise UserError("pass --method METHOD to get a learning rate (or --save-calibration FILE to save one).")
     if args.calibration is not None and Path(args.calibration).is_dir():

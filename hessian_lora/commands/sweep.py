@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hessian_lora.commands._threads import add_threads_argument, apply_threads
 from hessian_lora.errors import UserError
 
 
@@ -26,21 +27,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="allow a grid that differs from RUN_DIR's (adds the new runs; other settings must match)")
     parser.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available; local backend)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_threads_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from hessian_lora.sweep.config import load_config
     from hessian_lora.sweep.runner import run_sweep
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be >= 1, got {args.threads}.")
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     if args.device is not None and args.backend == "ray":
         raise UserError("--device applies to the local backend; Ray places runs by the config's ray: settings.")
     config = load_config(args.config)
