@@ -27,10 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--modules", default=None,
                         help="projections of the per-module scan at init, comma-separated (default q_proj,v_proj "
                         "with --quick, else q_proj)")
-    parser.add_argument("--layer-samples", type=int, default=5,
-                        help="evenly spaced layers the per-module scan covers without --quick (default 5)")
+    parser.add_argument("--layer-samples", type=int, default=3,
+                        help="evenly spaced layers the per-module scan covers without --quick (default 3: first, middle, last)")
     parser.add_argument("--density-steps", type=int, default=None,
-                        help="SLQ steps of the spectral density at init (default 15 with --quick, else 20; 0: skip)")
+                        help="SLQ steps of the spectral density at init (default 15 with --quick, else 12; 0: skip)")
     add_threads_argument(parser)
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
