@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tinylora import operator_for, synthetic_batches, tiny_lora, whole_block
+from tinylora import operator_for, spectrum_operator, synthetic_batches, tiny_lora, whole_block
 
 from hessian_lora.errors import UserError
 from hessian_lora.hessian import DenseOperator, HessianOperator, lanczos
@@ -11,13 +11,6 @@ from hessian_lora.hessian.lanczos import tridiagonalize
 
 def _relative(a: float, b: float) -> float:
     return abs(a - b) / abs(b)
-
-
-def _spectrum_operator(eigenvalues: list[float], seed: int = 0) -> DenseOperator:
-    values = torch.tensor(eigenvalues, dtype=torch.float64)
-    q, _ = torch.linalg.qr(torch.randn(len(values), len(values), generator=torch.Generator().manual_seed(seed),
-                                       dtype=torch.float64))
-    return DenseOperator(q @ torch.diag(values) @ q.T)
 
 
 def test_lanczos_matches_the_dense_spectrum_of_a_tiny_lora_hessian(generic_problem) -> None:
@@ -61,7 +54,7 @@ def test_closed_form_spectrum_with_repeated_eigenvalues_needs_restarts() -> None
 
 
 def test_largest_algebraic_not_largest_magnitude() -> None:
-    operator = _spectrum_operator([-10.0, -9.0, 0.5, 1.0, 2.0, 3.0] + [0.1 * i for i in range(20)])
+    operator = spectrum_operator([-10.0, -9.0, 0.5, 1.0, 2.0, 3.0] + [0.1 * i for i in range(20)])
     result = lanczos(operator, tol=1e-10, max_iter=26)
     assert result.lambda_max == pytest.approx(3.0, abs=1e-9) and result.smallest == ()
     smallest = lanczos(operator, which="smallest", k=2, tol=1e-10, max_iter=26)
@@ -69,7 +62,7 @@ def test_largest_algebraic_not_largest_magnitude() -> None:
 
 
 def test_the_cap_stops_the_iteration_and_says_so() -> None:
-    operator = _spectrum_operator([1.0 + 0.001 * i for i in range(300)])
+    operator = spectrum_operator([1.0 + 0.001 * i for i in range(300)])
     result = lanczos(operator, tol=1e-12, max_iter=4)
     assert not result.converged and result.stop_reason == "max_iter"
     assert result.iterations == 4 and result.hvps == 5
@@ -77,7 +70,7 @@ def test_the_cap_stops_the_iteration_and_says_so() -> None:
 
 
 def test_tridiagonalize_reproduces_the_moments_of_the_start_vector() -> None:
-    operator = _spectrum_operator([0.5 * i - 3 for i in range(15)], seed=2)
+    operator = spectrum_operator([0.5 * i - 3 for i in range(15)], seed=2)
     start = torch.ones(15, dtype=torch.float64) / 15**0.5
     alphas, betas = tridiagonalize(operator, start, 4)
     assert len(alphas) == 4 and len(betas) == 3

@@ -2,17 +2,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tinylora import operator_for
+from tinylora import operator_for, spectrum_operator
 
 from hessian_lora.errors import UserError
 from hessian_lora.hessian import DenseOperator, lanczos, power_iteration
-
-
-def _spectrum_operator(eigenvalues: list[float], seed: int = 0) -> DenseOperator:
-    values = torch.tensor(eigenvalues, dtype=torch.float64)
-    q, _ = torch.linalg.qr(torch.randn(len(values), len(values), generator=torch.Generator().manual_seed(seed),
-                                       dtype=torch.float64))
-    return DenseOperator(q @ torch.diag(values) @ q.T)
 
 
 def test_lora_block_at_initialisation_has_pm_pairs_and_both_solvers_find_lambda_max(init_problem) -> None:
@@ -39,7 +32,7 @@ def test_unshifted_power_iteration_fails_honestly_on_pm_pairs(init_problem) -> N
 
 
 def test_closed_form_spectrum_dominated_by_a_negative_eigenvalue() -> None:
-    operator = _spectrum_operator([-5.0, -1.0, 0.2, 0.7, 1.5, 2.0])
+    operator = spectrum_operator([-5.0, -1.0, 0.2, 0.7, 1.5, 2.0])
     result = power_iteration(operator, tol=1e-10, max_iter=500)
     assert result.converged and result.lambda_max == pytest.approx(2.0, abs=1e-9)
     assert result.details["shift"] >= 2.5  # the shift had to outweigh λ_min = -5
@@ -49,7 +42,7 @@ def test_closed_form_spectrum_dominated_by_a_negative_eigenvalue() -> None:
 
 
 def test_positive_dominant_spectrum_and_deflation_for_top_k() -> None:
-    operator = _spectrum_operator([4.0, 2.0, 1.0, 0.5, 0.25, -0.5, -1.0], seed=3)
+    operator = spectrum_operator([4.0, 2.0, 1.0, 0.5, 0.25, -0.5, -1.0], seed=3)
     result = power_iteration(operator, k=3, tol=1e-9, max_iter=1000)
     assert result.converged
     assert result.largest == pytest.approx((4.0, 2.0, 1.0), abs=1e-8)
@@ -59,7 +52,7 @@ def test_positive_dominant_spectrum_and_deflation_for_top_k() -> None:
 
 
 def test_the_cap_is_reported() -> None:
-    operator = _spectrum_operator([1.0, 0.999, 0.5, -0.3], seed=1)
+    operator = spectrum_operator([1.0, 0.999, 0.5, -0.3], seed=1)
     result = power_iteration(operator, tol=1e-12, max_iter=5)
     assert not result.converged and result.stop_reason == "max_iter" and result.hvps == 5
 

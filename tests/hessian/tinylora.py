@@ -19,7 +19,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from hessian_lora.data import IGNORE_INDEX, TokenBatch
-from hessian_lora.hessian import HessianOperator, ParameterBlock, PerModule, WholeAdapter
+from hessian_lora.hessian import DenseOperator, HessianOperator, ParameterBlock, PerModule, WholeAdapter
 from hessian_lora.models import load_model
 
 TINY_SPEC = "tiny-llama:hidden_size=32"
@@ -106,3 +106,11 @@ def dense_hessian(model: torch.nn.Module, batches: list[TokenBatch], block: Para
 def operator_for(model: torch.nn.Module, batches: list[TokenBatch], block: object, **options: object) -> HessianOperator:
     """A HessianOperator with the loss that suits the model's dtype (:func:`loss_for`)."""
     return HessianOperator(model, batches, block, loss_fn=loss_for(model), **options)  # type: ignore[arg-type]
+
+
+def spectrum_operator(eigenvalues: list[float], seed: int = 0) -> DenseOperator:
+    """A float64 symmetric matrix with exactly these eigenvalues, in a random orthonormal basis."""
+    values = torch.tensor(eigenvalues, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(len(values), len(values), generator=torch.Generator().manual_seed(seed),
+                                       dtype=torch.float64))
+    return DenseOperator(q @ torch.diag(values) @ q.T)
