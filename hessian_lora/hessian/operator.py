@@ -367,22 +367,8 @@ class HessianOperator(LinearOperator):
 
     @contextlib.contextmanager
     def _hvp_mode(self) -> Iterator[None]:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        block = {id(p) for p in self.params}
-        saved_flags = [(p, p.requires_grad) for p in self.model.parameters()]
-        saved_training = [(m, m.training) for m in self.model.modules()]
-        try:
-            for param, _ in saved_flags:
-                param.requires_grad_(id(param) in block)
-            self.model.eval()
-            with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
-                yield
-        finally:
-            for param, flag in saved_flags:
-                param.requires_grad_(flag)
-            for module, training in saved_training:
-                module.training = training
+        with only_block_trainable(self.model, self.params, eval_mode=True), torch.enable_grad():
+            yield
 
 
 class _FunctionalModel:
@@ -443,3 +429,26 @@ def _memory_free(device: torch.device) -> int:
     import psutil
 
     return int(psutil.virtual_memory().available)
+
+
+@contextlib.contextmanager
+def only_block_trainable(model: nn.Module, params: Sequence[nn.Parameter], *, eval_mode: bool) -> Iterator[None]:
+    """Only ``params`` require grad, SDPA runs on its math kernel (the flash kernel has no double backward or
+    forward AD), and, with ``eval_mode``, dropout is off; every flag is restored afterwards."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    block = {id(p) for p in params}
+    saved_flags = [(p, p.requires_grad) for p in model.parameters()]
+    saved_training = [(m, m.training) for m in model.modules()]
+    try:
+        for param, _ in saved_flags:
+            param.requires_grad_(id(param) in block)
+        if eval_mode:
+            model.eval()
+        with sdpa_kernel([SDPBackend.MATH]):
+            yield
+    finally:
+        for param, flag in saved_flags:
+            param.requires_grad_(flag)
+        for module, training in saved_training:
+            module.training = training

@@ -27,7 +27,7 @@ from torch import nn
 from hessian_lora.data import TokenBatch
 from hessian_lora.hessian._numerics import converged_threshold
 from hessian_lora.hessian.filters import ParameterBlock
-from hessian_lora.hessian.operator import HessianOperator, LinearOperator, LossFunction
+from hessian_lora.hessian.operator import HessianOperator, LinearOperator, LossFunction, only_block_trainable
 from hessian_lora.hessian.results import EigenResult, IterationRecord
 from hessian_lora.loss import loss_sum
 
@@ -149,7 +149,7 @@ def run_pyhessian(
 
     packed = [(_PackedBatch(b), b.labels) for b in batches]
     began = time.perf_counter()
-    with _only_block_trainable(model, params), _patched(pyhessian_module, "hessian_vector_product", counted_product):
+    with only_block_trainable(model, params, eval_mode=False), _patched(pyhessian_module, "hessian_vector_product", counted_product):
         if len(packed) == 1:
             engine = _CountingHessian(wrapper, criterion, data=packed[0], cuda=device.type == "cuda")
         else:
@@ -204,25 +204,6 @@ class _PassThrough(nn.Module):
 
     def forward(self, packed: _PackedBatch) -> TokenBatch:
         return packed.batch
-
-
-@contextlib.contextmanager
-def _only_block_trainable(model: nn.Module, params: list[nn.Parameter]) -> Iterator[None]:
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    block = {id(p) for p in params}
-    saved = [(p, p.requires_grad) for p in model.parameters()]
-    training = [(m, m.training) for m in model.modules()]
-    try:
-        for param, _ in saved:
-            param.requires_grad_(id(param) in block)
-        with sdpa_kernel([SDPBackend.MATH]):
-            yield
-    finally:
-        for param, flag in saved:
-            param.requires_grad_(flag)
-        for module, flag in training:
-            module.training = flag
 
 
 @contextlib.contextmanager
