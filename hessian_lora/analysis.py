@@ -33,6 +33,7 @@ import numpy as np
 from scipy import stats
 
 from hessian_lora.errors import UserError
+from hessian_lora.registry import METHOD_ORDER, method_sort_key  # noqa: F401 (re-exported)
 
 HIGHER_IS_BETTER: dict[str, bool] = {"accuracy": True, "eval_loss": False, "train_loss": False}
 LAMBDA_SOURCES = ("auto", "whole", "module_median")
@@ -42,12 +43,6 @@ ANALYSIS_JSON = "analysis.json"
 ANALYSIS_MD = "analysis.md"
 WHOLE_BLOCK_NAMES = frozenset({"whole", "adapter", "all", "whole_adapter", "model", ""})
 _USABLE_STATUSES = frozenset({"done", "diverged"})
-# Table and legend order: the registry's (hessian_lora.methods.METHODS), without importing torch/peft here.
-METHOD_ORDER = ("lora", "pissa", "milora", "initab", "dora", "olora", "loraga", "rslora", "loraplus")
-
-
-def method_sort_key(method: str) -> tuple[int, str]:
-    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
 
 
 # ----------------------------------------------------------------------------------------------------------

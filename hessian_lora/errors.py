@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 
-class UserError(Exception):
-    """Bad input from the user. The message is a single line that says how to fix it."""
+class UserError(ValueError):
+    """Bad input from the user. The message is a single line that says how to fix it.
+
+    A ``ValueError`` so that library callers who catch bad values catch it too; the CLI prints the message
+    alone (no traceback) and exits with :attr:`exit_code`.
+    """
 
     exit_code: int = 2
 

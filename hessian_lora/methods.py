@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from hessian_lora.data import TokenBatch
 from hessian_lora.errors import UserError
+from hessian_lora.registry import METHODS, MethodSpec
 
 T = TypeVar("T")
 DEFAULT_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -36,41 +37,6 @@ ADAPTER_NAME = "default"
 CONFIG_ATTRIBUTE = "hessian_lora_config"
 _RESIDUAL_BLOCK_ELEMENTS = 1 << 17
 INITIAL_FACTORS_ATTRIBUTE = "hessian_lora_initial_factors"
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """What a method is and what it promises."""
-
-    name: str
-    summary: str
-    rewrites_base: bool  # W ← W − s·B₀·A₀ at initialisation
-    preserves_function: bool  # the initial adapted model computes the base model's function
-    needs_data: bool = False  # initialisation reads training batches (LoRA-GA)
-    peft_native: bool = True  # peft 0.21 builds it; otherwise it is initialised here on a peft LoRA model
-
-
-METHODS: dict[str, MethodSpec] = {
-    spec.name: spec
-    for spec in (
-        MethodSpec("lora", "vanilla LoRA: A Kaiming-uniform, B = 0", rewrites_base=False, preserves_function=True),
-        MethodSpec("pissa", "PiSSA: A, B from the top-r singular triplets of W; base <- W - s*B*A",
-                   rewrites_base=True, preserves_function=True),
-        MethodSpec("milora", "MiLoRA: A, B from the bottom-r singular triplets of W; base <- W - s*B*A",
-                   rewrites_base=True, preserves_function=True, peft_native=False),
-        MethodSpec("initab", "Init[AB]: A, B both uniform(+-1/sqrt(in)); base <- W - s*B*A",
-                   rewrites_base=True, preserves_function=True, peft_native=False),
-        MethodSpec("dora", "DoRA: trainable magnitude times the normalised direction W + s*B*A",
-                   rewrites_base=False, preserves_function=True),
-        MethodSpec("olora", "OLoRA: B, A = first r columns/rows of the QR factors of W; base <- W - s*B*A",
-                   rewrites_base=True, preserves_function=True),
-        MethodSpec("loraga", "LoRA-GA: A, B from the SVD of the full-weight gradient on a few batches",
-                   rewrites_base=True, preserves_function=True, needs_data=True),
-        MethodSpec("rslora", "rsLoRA: LoRA with scale alpha/sqrt(r)", rewrites_base=False, preserves_function=True),
-        MethodSpec("loraplus", "LoRA+: LoRA whose B learns loraplus_ratio times faster than A",
-                   rewrites_base=False, preserves_function=True),
-    )
-}
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,31 +36,8 @@ from hessian_lora.analysis import (
     relation_lambda,
     smoothed_density,
 )
+from hessian_lora.registry import METHOD_COLORS, METHOD_LABELS, method_color, method_label  # noqa: F401
 
-# The one palette: every figure, notebook and table colours a method with this (colour-blind-aware tab10 order).
-METHOD_COLORS: dict[str, str] = {
-    "lora": "#1f77b4",
-    "pissa": "#d62728",
-    "milora": "#2ca02c",
-    "initab": "#ff7f0e",
-    "dora": "#9467bd",
-    "olora": "#8c564b",
-    "loraga": "#e377c2",
-    "rslora": "#17becf",
-    "loraplus": "#bcbd22",
-}
-METHOD_LABELS: dict[str, str] = {
-    "lora": "LoRA",
-    "pissa": "PiSSA",
-    "milora": "MiLoRA",
-    "initab": "Init[AB]",
-    "dora": "DoRA",
-    "olora": "OLoRA",
-    "loraga": "LoRA-GA",
-    "rslora": "rsLoRA",
-    "loraplus": "LoRA+",
-}
-_EXTRA_COLORS = ("#7f7f7f", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d")
 FIGURE_NAMES: dict[str, str] = {
     "a": "a_metric_vs_lr",
     "b": "b_sharpness_vs_lr",
@@ -76,17 +52,6 @@ METRIC_AXIS_LABELS = {
     "train_loss": "final training loss (nats/token)",
 }
 LR_AXIS_LABEL = "peak learning rate η (log scale)"
-
-
-def method_color(method: str) -> str:
-    """The method's colour in every figure; methods outside the registry get a stable colour from their name."""
-    if method in METHOD_COLORS:
-        return METHOD_COLORS[method]
-    return _EXTRA_COLORS[zlib.crc32(method.encode()) % len(_EXTRA_COLORS)]
-
-
-def method_label(method: str) -> str:
-    return METHOD_LABELS.get(method, method)
 
 
 def shades(method: str, count: int) -> list[tuple[float, float, float]]:

@@ -27,6 +27,7 @@ import yaml
 from hessian_lora.errors import UserError
 from hessian_lora.evaluate import EvalConfig
 from hessian_lora.methods import DEFAULT_TARGETS, METHODS
+from hessian_lora.rundir import InitKey, run_id
 from hessian_lora.train import PRECISIONS
 
 GRID_AXES = ("methods", "lrs", "seeds", "ranks", "batch_sizes")
@@ -77,12 +78,9 @@ class RunSpec:
     @property
     def init_key(self) -> str:
         """Name of the λ_max-at-initialisation report: the same for every LR and batch size."""
-        return f"{self.method}_r{self.rank}_s{self.seed}"
+        return str(InitKey(self.method, self.rank, self.seed))
 
 
-def run_id(method: str, lr: float, seed: int, rank: int, batch_size: int) -> str:
-    """The run key as a string (directory and primary key); the LR to 5 significant digits."""
-    return f"{method}_r{rank}_s{seed}_b{batch_size}_lr{lr:.4e}"
 
 
 @dataclass(frozen=True)

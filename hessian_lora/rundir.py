@@ -1,0 +1,177 @@
+"""The run directory: the one owner of a sweep directory's layout, names and statuses.
+
+A sweep writes, and analysis, plots, recommend and the demo read, one directory (docs/ARCHITECTURE.md,
+"Sweep run directory")::
+
+    RUN_DIR/
+      config.yaml                         the sweep config as resolved
+      results.sqlite                      table runs, one row per run (sweep/store.py)
+      runs/<run_id>/                      checkpoint + history.json
+      hessian/<init_key>_init.json        eigen report at initialisation
+      hessian/<init_key>_init_<what>.json more blocks of the same adapter at initialisation (merged on reading)
+      hessian/<run_id>_final.json         eigen report at the end of a run
+      analysis.json, analysis.md, figures/
+
+Every file name, run id and init key is formatted and parsed here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG_FILE = "config.yaml"
+DATABASE_FILE = "results.sqlite"
+LOCK_FILE = ".sweep.lock"
+RUNS_DIR = "runs"
+HESSIAN_DIR = "hessian"
+HISTORY_FILE = "history.json"
+ANALYSIS_JSON = "analysis.json"
+ANALYSIS_MD = "analysis.md"
+FIGURES_DIR = "figures"
+INIT_MARKER = "_init"
+FINAL_MARKER = "_final"
+
+
+class Status(str, enum.Enum):
+    """A run's status in the ``runs`` table (stored as its value)."""
+
+    RUNNING = "running"  # started; a row still running when no sweep holds the directory was interrupted
+    DONE = "done"
+    DIVERGED = "diverged"  # stopped by divergence detection: a real outcome at that learning rate
+    FAILED = "failed"  # raised: the row's error column holds the traceback
+
+    def __str__(self) -> str:  # f-strings and SQLite see the plain value on every Python version
+        return self.value
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+    @property
+    def is_usable(self) -> bool:
+        """Whether analysis reads the run (a diverged run is a data point; a failed one is not)."""
+        return self in USABLE_STATUSES
+
+
+FINAL_STATUSES: frozenset[Status] = frozenset({Status.DONE, Status.DIVERGED, Status.FAILED})
+USABLE_STATUSES: frozenset[Status] = frozenset({Status.DONE, Status.DIVERGED})
+
+
+@dataclass(frozen=True, order=True)
+class InitKey:
+    """Which adapter at initialisation an ``_init`` report describes: the same for every LR and batch size."""
+
+    method: str
+    rank: int
+    seed: int
+
+    def __str__(self) -> str:
+        return f"{self.method}_r{self.rank}_s{self.seed}"
+
+    @classmethod
+    def parse(cls, text: str) -> InitKey | None:
+        """``<method>_r<rank>_s<seed>`` → InitKey (methods may contain underscores); None if it is not one."""
+        match = _INIT_KEY.fullmatch(text)
+        if match is None:
+            return None
+        return cls(match["method"], int(match["rank"]), int(match["seed"]))
+
+
+_INIT_KEY = re.compile(r"(?P<method>.+)_r(?P<rank>\d+)_s(?P<seed>\d+)")
+
+
+def run_id(method: str, lr: float, seed: int, rank: int, batch_size: int) -> str:
+    """The run key as a string (directory name and primary key); the LR to 5 significant digits, so two LRs
+    that print alike are one grid point."""
+    return f"{method}_r{rank}_s{seed}_b{batch_size}_lr{lr:.4e}"
+
+
+def lr_key(lr: float) -> str:
+    """A learning rate as run ids see it: grid points are compared by this."""
+    return f"{lr:.4e}"
+
+
+@dataclass(frozen=True)
+class ReportName:
+    """What a ``hessian/*.json`` file name says: an init report (with an optional ``part``) or a final one."""
+
+    kind: str  # "init" or "final"
+    init_key: InitKey | None = None
+    part: str = ""  # "" for <key>_init.json, "modules" for <key>_init_modules.json, ...
+    run_id: str | None = None
+
+
+def parse_report_name(stem: str) -> ReportName | None:
+    """Classify a report file's stem; None for names the layout does not define."""
+    key_text, marker, suffix = stem.rpartition(INIT_MARKER)
+    if marker and (suffix == "" or suffix.startswith("_")):
+        key = InitKey.parse(key_text)
+        if key is not None:
+            return ReportName("init", init_key=key, part=suffix[1:])
+    if stem.endswith(FINAL_MARKER) and len(stem) > len(FINAL_MARKER):
+        return ReportName("final", run_id=stem[: -len(FINAL_MARKER)])
+    return None
+
+
+class RunLayout:
+    """Paths inside one run directory. Pure path arithmetic: nothing is read or created."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def database(self) -> Path:
+        return self.root / DATABASE_FILE
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK_FILE
+
+    @property
+    def runs(self) -> Path:
+        return self.root / RUNS_DIR
+
+    @property
+    def hessian(self) -> Path:
+        return self.root / HESSIAN_DIR
+
+    @property
+    def figures(self) -> Path:
+        return self.root / FIGURES_DIR
+
+    @property
+    def analysis_json(self) -> Path:
+        return self.root / ANALYSIS_JSON
+
+    @property
+    def analysis_md(self) -> Path:
+        return self.root / ANALYSIS_MD
+
+    def run(self, run_id: str) -> Path:
+        """The run's checkpoint directory."""
+        return self.runs / run_id
+
+    def relative_run(self, run_id: str) -> str:
+        """The run's checkpoint directory as the ``checkpoint`` column stores it (relative to the root)."""
+        return f"{RUNS_DIR}/{run_id}"
+
+    def history(self, run_id: str) -> Path:
+        return self.run(run_id) / HISTORY_FILE
+
+    def relative_history(self, run_id: str) -> str:
+        return f"{RUNS_DIR}/{run_id}/{HISTORY_FILE}"
+
+    def init_report(self, key: InitKey | str, part: str = "") -> Path:
+        suffix = f"_{part}" if part else ""
+        return self.hessian / f"{key}{INIT_MARKER}{suffix}.json"
+
+    def final_report(self, run_id: str) -> Path:
+        return self.hessian / f"{run_id}{FINAL_MARKER}.json"
