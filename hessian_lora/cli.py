@@ -32,24 +32,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "handler", None):
-        parser.print_help()
-        return 2
+    """Run one command; bad input and interrupts end with one line on stderr and exit 2 / 130, never a traceback.
+
+    Building the parser imports torch and peft (seconds): a Ctrl-C then must end as cleanly as one mid-command,
+    so the parser is built inside the same guard as the command.
+    """
+    command = "hessian-lora"
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "handler", None):
+            parser.print_help()
+            return 2
+        command = f"hessian-lora {args.command}"
         return int(args.handler(args) or 0)
     except UserError as exc:
-        print(f"hessian-lora {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:
         # Output piped into head/less that closed early: not an error of ours.
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
-        print(f"hessian-lora {args.command}: interrupted; finished work is kept, rerun to resume.", file=sys.stderr)
+        print(f"{command}: interrupted; finished work is kept, rerun to resume.", file=sys.stderr)
         return 130
-
 
 if __name__ == "__main__":
     sys.exit(main())
