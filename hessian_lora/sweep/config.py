@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 
@@ -28,11 +28,13 @@ from hessian_lora.errors import UserError
 from hessian_lora.evaluate import EvalConfig
 from hessian_lora.methods import DEFAULT_TARGETS, METHODS
 from hessian_lora.rundir import InitKey, run_id
-from hessian_lora.train import PRECISIONS
+from hessian_lora.train import PRECISIONS, Precision
 
 GRID_AXES = ("methods", "lrs", "seeds", "ranks", "batch_sizes")
-ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
-CHECKPOINT_MODES = ("final", "none")
+Attention = Literal["eager", "sdpa"]  # the kernels a sweep may train with (eigen picks its own for HVPs)
+ATTENTION_IMPLEMENTATIONS: tuple[str, ...] = get_args(Attention)
+CheckpointMode = Literal["final", "none"]  # keep each finished run's checkpoint, or none
+CHECKPOINT_MODES: tuple[str, ...] = get_args(CheckpointMode)
 _FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 # Settings whose values are numbers (strings such as "1e-4" are read as numbers there).
 _NUMERIC_KEYS = ("lr", "lrs", "epochs", "alpha", "max_grad_norm", "dropout", "warmup_ratio", "weight_decay", "eps",
@@ -111,11 +113,11 @@ class SweepConfig:
     weight_decay: float = 0.0
     eps: float = 1e-8
     max_grad_norm: float | None = 1.0
-    precision: str = "fp32"
-    attention: str = "eager"
+    precision: Precision = "fp32"
+    attention: Attention = "eager"
     divergence_factor: float = 4.0
     divergence_window: int = 5
-    checkpoints: str = "final"
+    checkpoints: CheckpointMode = "final"
     eval: EvalConfig = field(default_factory=EvalConfig)
     hessian: HessianSettings = field(default_factory=HessianSettings)
     ray: RaySettings = field(default_factory=RaySettings)
