@@ -59,6 +59,8 @@ class HessianSettings:
 
 @dataclass(frozen=True)
 class RaySettings:
+    """Resources of each Ray task (the ``ray:`` block); only the Ray backend reads them."""
+
     num_cpus: float = 1.0
     num_gpus: float = 0.0
 
@@ -75,6 +77,7 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
+        """The run's key (directory name and primary key), formatted by :func:`hessian_lora.rundir.run_id`."""
         return run_id(self.method, self.lr, self.seed, self.rank, self.batch_size)
 
     @property
@@ -83,10 +86,10 @@ class RunSpec:
         return str(InitKey(self.method, self.rank, self.seed))
 
 
-
-
 @dataclass(frozen=True)
 class SweepConfig:
+    """A validated sweep: the grid axes (methods, lrs, seeds, ranks, batch_sizes) and the shared settings."""
+
     name: str
     model: str
     task: str
@@ -134,6 +137,7 @@ class SweepConfig:
         ]
 
     def steps_for(self, batch_size: int) -> int:
+        """Optimizer steps of a run with this global batch: ``steps``, or ``epochs`` over ``n_train``."""
         from hessian_lora.train import steps_for_epochs
 
         if self.steps is not None:
