@@ -22,12 +22,10 @@ fresh base gives the same model; for the others it must be applied to the residu
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -40,6 +38,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from hessian_lora import methods
+from hessian_lora._io import replace_directory, temporary_path
 from hessian_lora.errors import UserError
 from hessian_lora.methods import AdapterConfig
 
@@ -178,8 +177,8 @@ def save_checkpoint(
                         "build it with build_adapter so its initialisation is known.")
     if config.method != meta.method or config.rank != meta.rank:
         raise ValueError(f"meta says {meta.method} r={meta.rank} but the model is {config.method} r={config.rank}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    # Staged in a hidden sibling (same filesystem, so the final move is a rename), then swapped in whole.
+    staging = temporary_path(target, directory=True)
     try:
         peft_model.save_pretrained(str(staging))
         _rewrite_adapter_config(staging / ADAPTER_CONFIG_FILE, meta)
@@ -199,7 +198,9 @@ def save_checkpoint(
                 staging / OPTIMIZER_FILE,
             )
         (staging / META_FILE).write_text(json.dumps(meta_data, indent=2) + "\n", encoding="utf-8")
-        _replace_directory(staging, target)
+        if target.exists():
+            check_checkpoint_destination(target)  # again: something may have appeared there while we wrote
+        replace_directory(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -348,23 +349,6 @@ def check_checkpoint_destination(directory: str | os.PathLike[str]) -> None:
         raise UserError(f"{target} is a file: choose a directory path for the checkpoint.")
     if target.is_dir() and not (target / META_FILE).is_file() and any(target.iterdir()):
         raise UserError(f"{target} exists and is not a hessian-lora checkpoint: choose another output directory.")
-
-
-def _replace_directory(staging: Path, target: Path) -> None:
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    check_checkpoint_destination(target)
-    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.replace(target, retired / "checkpoint")
-    try:
-        os.replace(staging, target)
-    except OSError:
-        os.replace(retired / "checkpoint", target)
-        raise
-    finally:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(retired)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

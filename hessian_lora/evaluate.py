@@ -24,7 +24,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 from hessian_lora.data import Example, Task, format_prompt, make_batches
 from hessian_lora.errors import UserError
 from hessian_lora.loss import mean_loss
-from hessian_lora.train import autocast_context
+from hessian_lora.train import Precision, autocast_context
 
 # Where a HumanEval completion ends: the next top-level statement (the Codex paper's stop sequences).
 HUMANEVAL_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")
@@ -42,7 +42,7 @@ class EvalConfig:
     humaneval_timeout: float = 10.0
     humaneval_max_new_tokens: int = 384
     humaneval_limit: int | None = None  # first N problems only
-    precision: str = "fp32"
+    precision: Precision = "fp32"
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0 or self.max_length <= 0 or self.max_new_tokens <= 0:
@@ -98,7 +98,7 @@ def held_out_loss(
     *,
     batch_size: int = 16,
     max_length: int = 512,
-    precision: str = "fp32",
+    precision: Precision = "fp32",
 ) -> float:
     """Per-token mean loss over the responses of ``examples`` (prompts masked), without gradients."""
     device = next(model.parameters()).device
@@ -132,7 +132,7 @@ def generate_ids(
     *,
     max_new_tokens: int = 16,
     batch_size: int = 16,
-    precision: str = "fp32",
+    precision: Precision = "fp32",
     progress: bool = False,
 ) -> list[list[int]]:
     """Greedy continuations (token ids, up to and without EOS) of each prompt, batched with left padding.
@@ -187,22 +187,6 @@ def _until_eos(tokens: list[int], eos_id: int | None) -> list[int]:
     if eos_id is not None and eos_id in tokens:
         return tokens[: tokens.index(eos_id)]
     return tokens
-
-
-def exact_match(
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    task: Task,
-    *,
-    max_new_tokens: int = 16,
-    batch_size: int = 16,
-) -> float:
-    """Mean of the task's scorer over greedy answers to its eval prompts."""
-    if task.scorer is None:
-        raise UserError(f"task {task.spec!r} has no scorer for exact-match accuracy: use a task with answers.")
-    prompts = [format_prompt(tokenizer, example.prompt) for example in task.eval]
-    texts = generate_text(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    return sum(task.scorer(text, example) for text, example in zip(texts, task.eval)) / max(1, len(task.eval))
 
 
 def humaneval_problems(limit: int | None = None) -> list[dict[str, Any]]:

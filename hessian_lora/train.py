@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -32,10 +32,10 @@ from transformers import PreTrainedTokenizerBase
 from hessian_lora.data import Example, TokenBatch, collate, tokenize_example
 from hessian_lora.errors import UserError
 from hessian_lora.loss import loss_sum
+from hessian_lora.rundir import Status
 
-PRECISIONS = ("fp32", "bf16")
-STATUS_DONE = "done"
-STATUS_DIVERGED = "diverged"
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)  # for validation and its messages
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     max_length: int = 512
     seed: int = 0
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     divergence_factor: float = 4.0
     divergence_window: int = 5
 
@@ -92,7 +92,7 @@ class TrainConfig:
 class TrainResult:
     """What a run did. ``train_loss`` is the mean loss over the last 10 % of the steps taken (at least one)."""
 
-    status: str  # "done" or "diverged"
+    status: Status  # Status.DONE or Status.DIVERGED
     steps: int
     tokens: int  # loss tokens seen
     initial_loss: float
@@ -152,7 +152,7 @@ def global_batches(
         yield [collate(tokenizer, encoded[start : start + micro]) for start in range(0, len(encoded), micro)]
 
 
-def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+def autocast_context(precision: Precision, device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast on CUDA when asked for; fp32 everywhere else (CPU training stays fp32)."""
     if precision == "bf16":
         if device.type != "cuda":
@@ -162,7 +162,7 @@ def autocast_context(precision: str, device: torch.device) -> contextlib.Abstrac
 
 
 def accumulate_gradient(
-    model: nn.Module, micro_batches: Sequence[TokenBatch], device: torch.device, precision: str = "fp32"
+    model: nn.Module, micro_batches: Sequence[TokenBatch], device: torch.device, precision: Precision = "fp32"
 ) -> tuple[float, int]:
     """Backward of the global batch's per-token mean loss, micro-batch by micro-batch; (loss, loss tokens)."""
     total_tokens = sum(batch.loss_tokens for batch in micro_batches)
@@ -207,7 +207,7 @@ def train(
     history: list[dict[str, float]] = []
     losses: list[float] = []
     tokens_seen = 0
-    status, stop_reason = STATUS_DONE, None
+    status, stop_reason = Status.DONE, None
     start = time.perf_counter()
     model.train()
     bar = tqdm(total=config.steps, desc=description, file=sys.stderr, disable=not progress, leave=False,
@@ -225,7 +225,7 @@ def train(
             history.append({"step": step + 1, "loss": loss, "lr": base_lrs[0] * multiplier, "grad_norm": grad_norm})
             stop_reason = divergence_reason(losses, grad_norm, config)
             if stop_reason is not None:
-                status = STATUS_DIVERGED
+                status = Status.DIVERGED
                 break
             try:
                 optimizer.step()
@@ -233,7 +233,7 @@ def train(
                 # torch refuses an Adam step size beyond the float range: that LR has diverged by definition.
                 if "overflow" not in str(exc):
                     raise
-                status, stop_reason = STATUS_DIVERGED, f"optimizer step overflowed at step {step + 1} ({exc})"
+                status, stop_reason = Status.DIVERGED, f"optimizer step overflowed at step {step + 1} ({exc})"
                 break
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{base_lrs[0] * multiplier:.2e}", refresh=False)
             bar.update(1)
@@ -244,7 +244,7 @@ def train(
     tail = losses[-max(1, len(losses) // 10):]
     return TrainResult(
         status=status,
-        steps=len(losses) if status == STATUS_DONE else len(losses) - 1,
+        steps=len(losses) if status == Status.DONE else len(losses) - 1,
         tokens=tokens_seen,
         initial_loss=losses[0],
         train_loss=sum(tail) / len(tail),

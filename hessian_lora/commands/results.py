@@ -109,7 +109,7 @@ def write_parquet(rows: Sequence[dict[str, Any]], columns: Sequence[str], output
     except ImportError as exc:
         raise UserError("parquet export needs pyarrow: pip install 'hessian-lora[dist]' (or use --format csv).") \
             from exc
-    from hessian_lora.sweep.runner import write_atomic_bytes
+    from hessian_lora._io import write_bytes_atomic
     from hessian_lora.sweep.store import COLUMNS
 
     kinds = dict(COLUMNS)
@@ -118,4 +118,4 @@ def write_parquet(rows: Sequence[dict[str, Any]], columns: Sequence[str], output
     table = pa.table({name: [row.get(name) for row in rows] for name in columns}, schema=schema)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    write_atomic_bytes(output, sink.getvalue().to_pybytes())
+    write_bytes_atomic(output, sink.getvalue().to_pybytes())

@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 
@@ -28,11 +28,13 @@ from hessian_lora.errors import UserError
 from hessian_lora.evaluate import EvalConfig
 from hessian_lora.methods import DEFAULT_TARGETS, METHODS
 from hessian_lora.rundir import InitKey, run_id
-from hessian_lora.train import PRECISIONS
+from hessian_lora.train import PRECISIONS, Precision
 
 GRID_AXES = ("methods", "lrs", "seeds", "ranks", "batch_sizes")
-ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
-CHECKPOINT_MODES = ("final", "none")
+Attention = Literal["eager", "sdpa"]  # the kernels a sweep may train with (eigen picks its own for HVPs)
+ATTENTION_IMPLEMENTATIONS: tuple[str, ...] = get_args(Attention)
+CheckpointMode = Literal["final", "none"]  # keep each finished run's checkpoint, or none
+CHECKPOINT_MODES: tuple[str, ...] = get_args(CheckpointMode)
 _FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 # Settings whose values are numbers (strings such as "1e-4" are read as numbers there).
 _NUMERIC_KEYS = ("lr", "lrs", "epochs", "alpha", "max_grad_norm", "dropout", "warmup_ratio", "weight_decay", "eps",
@@ -57,6 +59,8 @@ class HessianSettings:
 
 @dataclass(frozen=True)
 class RaySettings:
+    """Resources of each Ray task (the ``ray:`` block); only the Ray backend reads them."""
+
     num_cpus: float = 1.0
     num_gpus: float = 0.0
 
@@ -73,6 +77,7 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
+        """The run's key (directory name and primary key), formatted by :func:`hessian_lora.rundir.run_id`."""
         return run_id(self.method, self.lr, self.seed, self.rank, self.batch_size)
 
     @property
@@ -81,10 +86,10 @@ class RunSpec:
         return str(InitKey(self.method, self.rank, self.seed))
 
 
-
-
 @dataclass(frozen=True)
 class SweepConfig:
+    """A validated sweep: the grid axes (methods, lrs, seeds, ranks, batch_sizes) and the shared settings."""
+
     name: str
     model: str
     task: str
@@ -111,11 +116,11 @@ class SweepConfig:
     weight_decay: float = 0.0
     eps: float = 1e-8
     max_grad_norm: float | None = 1.0
-    precision: str = "fp32"
-    attention: str = "eager"
+    precision: Precision = "fp32"
+    attention: Attention = "eager"
     divergence_factor: float = 4.0
     divergence_window: int = 5
-    checkpoints: str = "final"
+    checkpoints: CheckpointMode = "final"
     eval: EvalConfig = field(default_factory=EvalConfig)
     hessian: HessianSettings = field(default_factory=HessianSettings)
     ray: RaySettings = field(default_factory=RaySettings)
@@ -132,6 +137,7 @@ class SweepConfig:
         ]
 
     def steps_for(self, batch_size: int) -> int:
+        """Optimizer steps of a run with this global batch: ``steps``, or ``epochs`` over ``n_train``."""
         from hessian_lora.train import steps_for_epochs
 
         if self.steps is not None:

@@ -2,9 +2,9 @@
 
 The driver (the ``hessian-lora sweep`` process) owns the store: it marks a run ``running`` when it submits it
 and writes the row (and the run's JSON documents) when the task's result comes back, exactly as the local
-backend does, so both produce the same rows. Tasks write only the checkpoint (and Hessian reports) under
-RUN_DIR themselves: on a multi-node cluster RUN_DIR must be on a filesystem every node shares, or set
-``checkpoints: none``. Each worker needs hessian-lora installed in the same version.
+backend does (both through :mod:`hessian_lora.sweep.bookkeeping`), so both produce the same rows. Tasks write
+only the checkpoint (and Hessian reports) under RUN_DIR themselves: on a multi-node cluster RUN_DIR must be on
+a filesystem every node shares, or set ``checkpoints: none``. Each worker needs hessian-lora installed in the same version.
 
 Requires the ``dist`` extra (``pip install 'hessian-lora[dist]'``).
 """
@@ -20,12 +20,14 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from hessian_lora.errors import UserError
+from hessian_lora.sweep.bookkeeping import begin_run, describe, end_run
 from hessian_lora.sweep.config import RunSpec, SweepConfig, config_from_dict
-from hessian_lora.sweep.runner import RunOutcome, begin_run, describe, end_run, execute_run, failed_row
+from hessian_lora.sweep.execute import RunOutcome, execute_run, failed_row
 from hessian_lora.sweep.store import RunStore
 
 
 def _import_ray() -> Any:
+    """The ``ray`` module, or a :class:`UserError` that says how to install it."""
     try:
         import ray
     except ImportError as exc:

@@ -11,21 +11,22 @@ when no sweep holds the directory is an interrupted run, restarted by the next s
 from __future__ import annotations
 
 import datetime as _dt
+import enum
 import json
 import math
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from hessian_lora.errors import UserError
+from hessian_lora.rundir import FINAL_STATUSES, RunLayout, Status
 from hessian_lora.sweep.config import RunSpec
 
-DATABASE_FILE = "results.sqlite"
-STATUS_RUNNING = "running"
-FINAL_STATUSES = ("done", "diverged", "failed")
+# The order the "needs a final status" message lists them in (FINAL_STATUSES is a set).
+_FINAL_ORDER: tuple[Status, ...] = tuple(status for status in Status if status in FINAL_STATUSES)
 
 # The contract's columns first (their order is the table's), then this implementation's additions.
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -68,6 +69,7 @@ RESULT_COLUMNS = tuple(
 
 
 def now() -> str:
+    """The current UTC time as the ``started_at``/``updated_at`` columns store it (ISO 8601, microseconds)."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
 
 
@@ -90,6 +92,7 @@ class RunStore:
         self._connection.row_factory = sqlite3.Row
 
     def close(self) -> None:
+        """Close the connection (every change is already committed)."""
         self._connection.close()
 
     def __enter__(self) -> RunStore:
@@ -119,9 +122,11 @@ class RunStore:
                     connection.execute(f'ALTER TABLE runs ADD COLUMN "{name}" {kind}')
 
     def statuses(self) -> dict[str, str]:
+        """run_id → status as stored (the plain value, e.g. ``"done"``; equal to the matching :class:`Status`)."""
         return {row["run_id"]: row["status"] for row in self._connection.execute("SELECT run_id, status FROM runs")}
 
     def get(self, run_id: str) -> dict[str, Any] | None:
+        """One row as a dict, or None when ``run_id`` was never started."""
         row = self._connection.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return dict(row) if row is not None else None
 
@@ -141,15 +146,16 @@ class RunStore:
                 f"ON CONFLICT(run_id) DO UPDATE SET status = excluded.status, {cleared}, "
                 "attempts = COALESCE(runs.attempts, 0) + 1, started_at = excluded.started_at, "
                 "updated_at = excluded.updated_at",
-                (spec.run_id, spec.method, float(spec.lr), spec.seed, spec.rank, spec.batch_size, STATUS_RUNNING,
-                 stamp, stamp),
+                (spec.run_id, spec.method, float(spec.lr), spec.seed, spec.rank, spec.batch_size,
+                 Status.RUNNING.value, stamp, stamp),
             )
 
     def finish(self, run_id: str, result: Mapping[str, Any]) -> None:
         """Record a run's final status and results in one transaction."""
         status = result.get("status")
-        if status not in FINAL_STATUSES:
-            raise ValueError(f"a finished run needs a final status ({', '.join(FINAL_STATUSES)}), got {status!r}")
+        if not isinstance(status, str) or status not in FINAL_STATUSES:
+            raise ValueError(f"a finished run needs a final status ({', '.join(map(str, _FINAL_ORDER))}), "
+                             f"got {status!r}")
         unknown = set(result) - set(RESULT_COLUMNS)
         if unknown:
             raise ValueError(f"not columns of runs: {', '.join(sorted(unknown))}")
@@ -163,7 +169,13 @@ class RunStore:
 
 
 def _sql_value(value: Any) -> Any:
-    """SQLite keeps no NaN (it becomes NULL anyway) and no containers: JSON for lists, NULL for non-finite."""
+    """SQLite keeps no NaN (it becomes NULL anyway) and no containers: JSON for lists, NULL for non-finite.
+
+    Enum members (a :class:`Status`) are stored as their plain value, not left to the driver's adaptation of
+    ``str`` subclasses.
+    """
+    if isinstance(value, enum.Enum):
+        return value.value
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, (list, tuple, dict)):
@@ -172,10 +184,5 @@ def _sql_value(value: Any) -> Any:
 
 
 def open_store(run_dir: str | os.PathLike[str], *, read_only: bool = False) -> RunStore:
-    return RunStore(Path(run_dir) / DATABASE_FILE, read_only=read_only)
-
-
-def pending(specs: Sequence[RunSpec], statuses: Mapping[str, str], *, retry_failed: bool = False) -> list[RunSpec]:
-    """The runs a sweep still has to do: never started, interrupted (``running``), or failed when retrying."""
-    final = {"done", "diverged"} if retry_failed else set(FINAL_STATUSES)
-    return [spec for spec in specs if statuses.get(spec.run_id) not in final]
+    """The store of the run directory ``run_dir`` (created unless ``read_only``)."""
+    return RunStore(RunLayout(run_dir).database, read_only=read_only)

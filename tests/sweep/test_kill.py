@@ -12,8 +12,9 @@ from pathlib import Path
 
 from sweep_helpers import TINY_YAML, assert_same_results
 
+from hessian_lora.rundir import DATABASE_FILE
 from hessian_lora.sweep.runner import run_sweep
-from hessian_lora.sweep.store import DATABASE_FILE, open_store
+from hessian_lora.sweep.store import open_store
 
 _STARTUP_LIMIT_S = 240.0
 

@@ -9,9 +9,10 @@ import pytest
 from sweep_helpers import assert_same_results, tiny_config, tiny_data
 
 from hessian_lora.errors import UserError
-from hessian_lora.sweep import runner
-from hessian_lora.sweep.config import config_from_dict
-from hessian_lora.sweep.runner import CONFIG_FILE, prepare_run_dir, run_sweep, sweep_lock
+from hessian_lora.rundir import CONFIG_FILE
+from hessian_lora.sweep import local, runner
+from hessian_lora.sweep.config import RunSpec, config_from_dict
+from hessian_lora.sweep.runner import pending, prepare_run_dir, run_sweep, sweep_lock
 from hessian_lora.sweep.store import open_store
 
 
@@ -101,21 +102,21 @@ def test_grid_changes_need_extend(tmp_path):
 def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     config = tiny_config(methods=["lora"])
     broken = config.runs()[1]
-    real = runner.execute_run
+    real = local.execute_run
 
     def flaky(config, spec, run_dir, **kwargs):
         if spec == broken:
             raise RuntimeError("simulated out-of-memory")
         return real(config, spec, run_dir, **kwargs)
 
-    monkeypatch.setattr(runner, "execute_run", flaky)
+    monkeypatch.setattr(local, "execute_run", flaky)
     summary = run_sweep(config, tmp_path, progress=False)
     assert summary.counts == {"done": 2, "failed": 1}
     failed = [row for row in _rows(tmp_path) if row["status"] == "failed"]
     assert [row["run_id"] for row in failed] == [broken.run_id]
     assert "simulated out-of-memory" in failed[0]["error"] and "Traceback" in failed[0]["error"]
     assert run_sweep(config, tmp_path, progress=False).ran == 0  # failed is final ...
-    monkeypatch.setattr(runner, "execute_run", real)
+    monkeypatch.setattr(local, "execute_run", real)
     summary = run_sweep(config, tmp_path, progress=False, retry_failed=True)  # ... unless retried
     assert summary.ran == 1 and summary.counts == {"done": 3}
 
@@ -148,6 +149,19 @@ def test_hessian_measurements_fill_their_columns_without_changing_training(tmp_p
     assert (tmp_path / "measured" / "hessian" / f"{spec.init_key}_init.json").is_file()
     assert (tmp_path / "measured" / "hessian" / f"{spec.run_id}_final.json").is_file()
     assert_same_results(_rows(tmp_path / "measured"), _rows(tmp_path / "plain"))
+
+
+_SPEC = RunSpec("lora", 1e-3, 0, 8, 16)
+_OTHER = RunSpec("pissa", 1e-3, 0, 8, 16)
+
+
+def test_pending_skips_finished_runs():
+    specs = [_SPEC, _OTHER, RunSpec("dora", 1e-3, 0, 8, 16), RunSpec("lora", 1e-2, 0, 8, 16)]
+    statuses = {_SPEC.run_id: "done", _OTHER.run_id: "running", specs[2].run_id: "failed"}
+    assert pending(specs, statuses) == [_OTHER, specs[3]]
+    assert pending(specs, statuses, retry_failed=True) == [_OTHER, specs[2], specs[3]]
+    statuses[specs[3].run_id] = "diverged"
+    assert pending(specs, statuses, retry_failed=True) == [_OTHER, specs[2]]
 
 
 def test_a_foreign_directory_is_refused(tmp_path):

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from hessian_lora.sweep.config import RunSpec
-from hessian_lora.sweep.store import COLUMN_NAMES, RunStore, pending
+from hessian_lora.sweep.store import COLUMN_NAMES, RunStore
 
 SPEC = RunSpec("lora", 1e-3, 0, 8, 16)
 OTHER = RunSpec("pissa", 1e-3, 0, 8, 16)
@@ -86,15 +86,6 @@ def test_sigkill_inside_a_transaction_loses_only_that_transaction(tmp_path):
     assert rows[OTHER.run_id]["status"] == "running"
 
 
-def test_pending_skips_finished_runs():
-    specs = [SPEC, OTHER, RunSpec("dora", 1e-3, 0, 8, 16), RunSpec("lora", 1e-2, 0, 8, 16)]
-    statuses = {SPEC.run_id: "done", OTHER.run_id: "running", specs[2].run_id: "failed"}
-    assert pending(specs, statuses) == [OTHER, specs[3]]
-    assert pending(specs, statuses, retry_failed=True) == [OTHER, specs[2], specs[3]]
-    statuses[specs[3].run_id] = "diverged"
-    assert pending(specs, statuses, retry_failed=True) == [OTHER, specs[2]]
-
-
 def test_an_older_table_gains_the_new_columns(tmp_path):
     path = tmp_path / "r.sqlite"
     connection = sqlite3.connect(path)
@@ -111,3 +102,19 @@ def test_wal_mode(tmp_path):
     with RunStore(tmp_path / "r.sqlite") as store:
         assert store._connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert store._connection.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_statuses_are_stored_as_plain_text(tmp_path):
+    from hessian_lora.rundir import Status
+
+    with RunStore(tmp_path / "r.sqlite") as store:
+        store.start(SPEC)
+        store.start(OTHER)
+        store.finish(SPEC.run_id, {"status": Status.DIVERGED, "train_loss": 1.0})
+        assert store.statuses() == {SPEC.run_id: "diverged", OTHER.run_id: "running"}
+    connection = sqlite3.connect(tmp_path / "r.sqlite")
+    try:
+        raw = dict(connection.execute("SELECT run_id, status || '|' || typeof(status) FROM runs").fetchall())
+    finally:
+        connection.close()
+    assert raw == {SPEC.run_id: "diverged|text", OTHER.run_id: "running|text"}

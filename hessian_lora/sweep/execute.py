@@ -1,0 +1,186 @@
+"""One run of a sweep: a pure function of the config and its grid point, shared by every backend.
+
+:func:`execute_run` builds a fresh base model and adapter, optionally measures λ_max at initialisation, trains,
+evaluates, saves the checkpoint and optionally measures λ_max at the end. It returns the row's values and the
+JSON documents to write; the caller (local loop or Ray driver, through :mod:`hessian_lora.sweep.bookkeeping`)
+writes the documents atomically and then marks the row final in one transaction, so a finished row always has
+its files. A run that raises becomes :func:`failed_row`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hessian_lora.errors import UserError
+from hessian_lora.rundir import RunLayout, Status
+from hessian_lora.sweep.config import RunSpec, SweepConfig
+
+# The error column keeps the end of a traceback: that is where the cause is, and rows stay small.
+_MAX_ERROR_CHARS = 8000
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What one run produced: the row's result columns, and JSON documents (path relative to RUN_DIR → data)."""
+
+    row: dict[str, Any]
+    documents: dict[str, Any]
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_task(spec: str, seed: int, n_train: int, n_eval: int) -> Any:
+    # Every run of a sweep reads the same task: a local sweep loads it once, not once per run.
+    from hessian_lora.data import load_task
+
+    return load_task(spec, seed=seed, n_train=n_train, n_eval=n_eval)
+
+
+def execute_run(
+    config: SweepConfig,
+    spec: RunSpec,
+    run_dir: str | os.PathLike[str],
+    *,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+) -> RunOutcome:
+    """Train, evaluate and measure one grid point; write its checkpoint; return its row and documents."""
+    from hessian_lora.checkpoint import CheckpointMeta, save_checkpoint
+    from hessian_lora.data import make_batches
+    from hessian_lora.evaluate import evaluate
+    from hessian_lora.methods import AdapterConfig, build_adapter, make_optimizer
+    from hessian_lora.models import load_model
+    from hessian_lora.train import TrainConfig, train
+
+    start = time.perf_counter()
+    layout = RunLayout(run_dir)
+    loaded = load_model(config.model, device=device, seed=config.model_seed, attn_implementation=config.attention)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    task = _cached_task(config.task, config.data_seed, config.n_train, config.n_eval)
+    if not task.train:
+        raise UserError(f"task {config.task!r} has no training examples: raise n_train.")
+    train_config = TrainConfig(
+        lr=spec.lr, steps=config.steps_for(spec.batch_size), batch_size=spec.batch_size,
+        micro_batch_size=config.micro_batch_size, warmup_ratio=config.warmup_ratio, betas=config.betas,
+        weight_decay=config.weight_decay, eps=config.eps, max_grad_norm=config.max_grad_norm,
+        max_length=config.max_length, seed=spec.seed, precision=config.precision,
+        divergence_factor=config.divergence_factor, divergence_window=config.divergence_window,
+    )
+    adapter_config = AdapterConfig(
+        method=spec.method, rank=spec.rank, alpha=config.alpha, dropout=config.dropout, targets=config.targets,
+        seed=spec.seed, loraplus_ratio=config.loraplus_ratio, pissa_niter=config.pissa_niter,
+    )
+    init_batches = None
+    if adapter_config.spec.needs_data:
+        # LoRA-GA estimates its gradient on the run's own first global batch.
+        from hessian_lora.train import global_batches
+
+        init_batches = next(global_batches(tokenizer, task.train, train_config))
+    peft_model = build_adapter(model, adapter_config, batches=init_batches)
+
+    documents: dict[str, Any] = {}
+    row: dict[str, Any] = {}
+    hessian_batches = None
+    if config.hessian.enabled:
+        hessian_batches = make_batches(tokenizer, task.train[: config.hessian.samples], config.hessian.batch_size,
+                                       max_length=config.max_length)
+    hessian_seconds = 0.0
+    if config.hessian.init:
+        clock = time.perf_counter()
+        report = _eigen_report(config, peft_model, hessian_batches, out=layout.init_report(spec.init_key),
+                               progress=progress)
+        row["lambda_init"] = _headline_lambda(report)
+        hessian_seconds += time.perf_counter() - clock
+
+    optimizer = make_optimizer(peft_model, adapter_config, spec.lr, betas=config.betas,
+                               weight_decay=config.weight_decay, eps=config.eps)
+    result = train(peft_model, tokenizer, task.train, train_config, optimizer=optimizer, progress=progress,
+                   description=spec.run_id)
+    history = list(result.history)
+    documents[layout.relative_history(spec.run_id)] = history
+    row.update(status=result.status, train_loss=result.train_loss, initial_loss=result.initial_loss,
+               steps=result.steps, tokens=result.tokens, history=history,
+               error=result.stop_reason, train_seconds=result.wall_seconds)
+    if result.status == Status.DONE:
+        clock = time.perf_counter()
+        evaluation = evaluate(peft_model, tokenizer, task, config.eval, progress=progress)
+        row.update(eval_loss=evaluation.eval_loss, accuracy=evaluation.accuracy, pass_at_1=evaluation.pass_at_1,
+                   eval_examples=evaluation.n_examples, eval_seconds=time.perf_counter() - clock)
+        keep = config.checkpoints == "final"
+        if keep or config.hessian.final:
+            checkpoint_dir = layout.run(spec.run_id)
+            meta = CheckpointMeta.from_config(
+                adapter_config, base_model=config.model, task=config.task, model_seed=config.model_seed,
+                dtype=next(peft_model.parameters()).dtype, lr=spec.lr, step=result.steps,
+                extra={"run_id": spec.run_id, "sweep": config.name, "batch_size": spec.batch_size},
+            )
+            save_checkpoint(checkpoint_dir, peft_model, meta, optimizer=optimizer)
+            if config.hessian.final:
+                del peft_model, model, optimizer  # the measurement reloads the checkpoint
+                clock = time.perf_counter()
+                report = _eigen_report(config, None, hessian_batches, checkpoint=checkpoint_dir, lr=spec.lr,
+                                       out=layout.final_report(spec.run_id), progress=progress)
+                row["lambda_final"] = _headline_lambda(report)
+                row["precond_lambda_final"] = _headline_precond(report)
+                hessian_seconds += time.perf_counter() - clock
+            if keep:
+                row["checkpoint"] = layout.relative_run(spec.run_id)
+            else:
+                shutil.rmtree(checkpoint_dir)  # kept only for the measurement (checkpoints: none)
+    if config.hessian.enabled:
+        row["hessian_seconds"] = hessian_seconds
+    row["wall_seconds"] = time.perf_counter() - start
+    return RunOutcome(row=row, documents=documents)
+
+
+def _eigen_report(
+    config: SweepConfig,
+    model: Any,
+    batches: Any,
+    *,
+    out: Path,
+    progress: bool,
+    checkpoint: Path | None = None,
+    lr: float | None = None,
+) -> Any:
+    """λ_max through the Hessian engine; its report is written to ``out`` (and resumed from it if present)."""
+    from hessian_lora.hessian import eigen
+
+    options = dict(config.hessian.options)
+    options.setdefault("max_length", config.max_length)
+    options.setdefault("progress", False)
+    if checkpoint is not None:
+        return eigen(checkpoint, batches=batches, preconditioned=True, lr=lr, out=out, **options)
+    was = {name: param.requires_grad for name, param in model.named_parameters()}
+    try:
+        return eigen(model=model, batches=batches, out=out, **options)
+    finally:
+        # Whatever grad flags the measurement changed, training must start from the adapter's own.
+        for name, param in model.named_parameters():
+            param.requires_grad_(was[name])
+
+
+def _headline_lambda(report: Any) -> float | None:
+    """The row's λ_max: the whole adapter's when measured as one block, else the largest over the blocks."""
+    values = [block.lambda_max for block in report.blocks if block.lambda_max is not None]
+    return max(values) if values else None
+
+
+def _headline_precond(report: Any) -> float | None:
+    """The row's preconditioned sharpness: the largest over the blocks that have one (None if none do)."""
+    values = [block.preconditioned.sharpness for block in report.blocks if block.preconditioned is not None]
+    return max(values) if values else None
+
+
+def failed_row(exc: BaseException, wall_seconds: float) -> dict[str, Any]:
+    """The row of a run that raised ``exc``: status failed, and the end of its traceback as the error."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return {"status": Status.FAILED, "error": text[-_MAX_ERROR_CHARS:], "wall_seconds": wall_seconds}

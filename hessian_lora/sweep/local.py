@@ -1,0 +1,41 @@
+"""The local backend: the sweep's runs one after another in this process."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from hessian_lora.sweep.bookkeeping import begin_run, describe, end_run
+from hessian_lora.sweep.config import RunSpec, SweepConfig
+from hessian_lora.sweep.execute import RunOutcome, execute_run, failed_row
+from hessian_lora.sweep.store import RunStore
+
+
+def run_local(
+    config: SweepConfig,
+    root: Path,
+    todo: Sequence[RunSpec],
+    store: RunStore,
+    *,
+    progress: bool,
+    device: str | torch.device | None,
+) -> None:
+    """Run every spec of ``todo`` in order, recording each as it ends; a run that raises is recorded failed."""
+    with tqdm(total=len(todo), desc="sweep", unit="run", file=sys.stderr, disable=not progress,
+              dynamic_ncols=True) as bar:
+        for spec in todo:
+            begin_run(store, root, spec)
+            started = time.perf_counter()
+            try:
+                outcome = execute_run(config, spec, root, progress=progress, device=device)
+            except Exception as exc:  # the sweep goes on; the row keeps the traceback
+                outcome = RunOutcome(failed_row(exc, time.perf_counter() - started), {})
+            end_run(store, root, spec, outcome)
+            if progress:
+                bar.write(describe(spec, outcome.row), file=sys.stderr)
+            bar.update(1)
