@@ -85,8 +85,8 @@ if os.environ.get("SIZE") == "tiny":
     shape = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=176, num_attention_heads=4,
                  num_key_value_heads=4, vocab_size=512)
     batch, length = 2, 32
-else:  # ~0.5 B parameters: 24 layers of hidden 1024 / intermediate 2816, untied 32000-token embeddings
-    shape = dict(hidden_size=1024, num_hidden_layers=24, intermediate_size=2816, num_attention_heads=16,
+else:  # 0.468 B parameters: 24 layers of hidden 1024 / intermediate 4096, untied 32000-token embeddings
+    shape = dict(hidden_size=1024, num_hidden_layers=24, intermediate_size=4096, num_attention_heads=16,
                  num_key_value_heads=16, vocab_size=32000)
     batch, length = 4, 512
 config = LlamaConfig(**shape, max_position_embeddings=2048, tie_word_embeddings=False, attn_implementation="eager")
