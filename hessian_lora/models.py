@@ -86,8 +86,8 @@ def load_model(
         model, tokenizer = _load_pretrained_dir(Path(spec), dtype, attn_implementation)
     elif _looks_like_path(spec):
         raise UserError(
-            f"model path {spec} does not exist: pass an existing model directory or .gguf file, "
-            f"or one of {DEFAULT_MODEL}, {TINY_MODEL}."
+            f"model path {spec} does not exist or is not a model directory: pass an existing model directory or "
+            f".gguf file, or one of {DEFAULT_MODEL}, {TINY_MODEL}."
         )
     elif "/" in spec:
         try:
@@ -109,7 +109,15 @@ def load_model(
 
 
 def _looks_like_path(spec: str) -> bool:
-    return spec.startswith((".", "/", "~")) or (os.sep in spec and Path(spec).suffix != "")
+    """A model spec names a local path only when it exists, is explicitly relative or absolute (``./``, ``../``,
+    ``/``, ``~``) or ends with ``.gguf``; anything else with a slash is a hub id, whatever characters it holds
+    (``Qwen/Qwen3-0.6B-Base``, ``acme/tiny-0.5B``)."""
+    return (
+        spec in (".", "..", "~")
+        or spec.startswith(("./", "../", "/", "~"))
+        or spec.endswith(".gguf")
+        or Path(spec).expanduser().exists()
+    )
 
 
 def _load_pretrained_dir(
