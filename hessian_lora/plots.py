@@ -28,6 +28,7 @@ from hessian_lora.hessian.filters import layer_index
 from hessian_lora.hessian.preconditioned import adam_thresholds
 from hessian_lora.registry import METHOD_COLORS, METHOD_LABELS, method_color, method_label, method_sort_key  # noqa: F401
 from hessian_lora.rundir import (
+    BlockPart,
     BlockView,
     ReportView,
     RunDirectory,
@@ -270,7 +271,7 @@ def _plain_log_labels(axes: Axes) -> None:
 # (d) solver convergence, (e) spectral density
 
 
-def _first_report_per_method(directory: RunDirectory, attribute: str) -> dict[str, tuple[ReportView, int]]:
+def _first_report_per_method(directory: RunDirectory, attribute: BlockPart) -> dict[str, tuple[ReportView, int]]:
     """Per method, the lowest seed's init report that has a block with ``attribute`` (and that seed)."""
     chosen: dict[str, tuple[ReportView, int]] = {}
     ordered = sorted(directory.init_reports.items(), key=lambda item: (item[0].method, item[0].seed))

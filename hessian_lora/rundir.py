@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -331,6 +331,8 @@ def _read_history_file(path: Path) -> tuple[dict[str, float], ...]:
 
 # Names the whole-adapter block has had (WholeAdapter's default is "adapter").
 WHOLE_BLOCK_NAMES = frozenset({"whole", "adapter", "all", "whole_adapter", "model", ""})
+# The optional parts of a block that plots look for (:meth:`ReportView.first_with`).
+BlockPart = Literal["history", "density", "trace", "solver", "precond_sharpness", "precond_history"]
 _FACTOR_SUFFIXES = frozenset({"lora_A", "lora_B", "lora_magnitude_vector", "default", "weight", "base_layer"})
 
 
@@ -459,7 +461,7 @@ class ReportView:
         block = self.whole
         return block.precond_sharpness if block else None
 
-    def first_with(self, attribute: str) -> BlockView | None:
+    def first_with(self, attribute: BlockPart) -> BlockView | None:
         """The whole block if it has ``attribute`` (e.g. ``density``), else the first block that has it."""
         whole = self.whole
         candidates = ([whole] if whole else []) + list(self.blocks)
