@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hessian_lora.analysis import Analysis, analyze, markdown_table, write_analysis
+from hessian_lora.analysis.report import markdown_table, write_analysis
+from hessian_lora.analysis.summary import Analysis, analyze
 from hessian_lora.errors import UserError
 from hessian_lora.plots import FIGURE_NAMES, PlotResult, plot_run
 
@@ -238,8 +239,8 @@ def measure_final_reports(
     device: str | None = None,
 ) -> list[str]:
     """Raw and preconditioned λ_max from the checkpoint of each method's best grid run, where missing."""
-    from hessian_lora.analysis import load_runs
     from hessian_lora.hessian import eigen
+    from hessian_lora.rundir import load_runs
 
     written = []
     options = _eigen_options(sweep_config)

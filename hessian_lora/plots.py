@@ -8,9 +8,9 @@ loss curves per learning rate. Every figure colours a method the same way (:data
 
 from __future__ import annotations
 
+import io
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,21 +22,21 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
-from hessian_lora.analysis import (
-    Analysis,
-    BlockEigen,
-    EigenSummary,
+from hessian_lora._io import write_bytes_atomic
+from hessian_lora.analysis.summary import Analysis, analyze, relation_lambda
+from hessian_lora.hessian.filters import layer_index
+from hessian_lora.hessian.preconditioned import adam_thresholds
+from hessian_lora.registry import METHOD_COLORS, METHOD_LABELS, method_color, method_label, method_sort_key  # noqa: F401
+from hessian_lora.rundir import (
+    BlockPart,
+    BlockView,
+    ReportView,
     RunDirectory,
-    adam_threshold,
-    analyze,
-    method_sort_key,
+    RunLayout,
+    Status,
     module_kind,
-    module_layer,
     read_run_directory,
-    relation_lambda,
-    smoothed_density,
 )
-from hessian_lora.registry import METHOD_COLORS, METHOD_LABELS, method_color, method_label  # noqa: F401
 
 FIGURE_NAMES: dict[str, str] = {
     "a": "a_metric_vs_lr",
@@ -161,7 +161,8 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
                   label=rf"fit: $\eta^* \propto \lambda_{{\max}}^{{{relation.slope:.2f}}}${interval}")
     axes.plot(x_line, 2 / x_line, "--", color="0.35", linewidth=1.2,
               label=r"gradient descent bound $\eta = 2/\lambda_{\max}$")
-    adam_line = [adam_threshold(1.0, analysis.beta1) / x for x in x_line]
+    _, adam_at_unit_lr = adam_thresholds(1.0, analysis.beta1)
+    adam_line = [adam_at_unit_lr / x for x in x_line]  # type: ignore[operator]  # not None at η = 1
     if precond:  # Adam's line bounds the preconditioned sharpness: drawn only when that was measured
         axes.plot(x_line, adam_line, ":", color="0.2", linewidth=1.6,
                   label=rf"Adam edge of stability $\eta = (2+2\beta_1)/((1-\beta_1)\tilde\lambda)$, "
@@ -194,8 +195,8 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
 def _module_values(directory: RunDirectory, method: str) -> dict[str, float]:
     """Per-module λ_max at init, geometric mean over the method's seeds."""
     collected: dict[str, list[float]] = {}
-    for (name, _, _), report in directory.init_reports.items():
-        if name != method:
+    for key, report in directory.init_reports.items():
+        if key.method != method:
             continue
         for block in report.modules:
             if block.lambda_max > 0:
@@ -205,7 +206,7 @@ def _module_values(directory: RunDirectory, method: str) -> dict[str, float]:
 
 def figure_module_ratios(directory: RunDirectory, methods: Sequence[str] | None = None,
                          reference: str = "lora") -> Figure | None:
-    names = sorted({name for name, _, _ in directory.init_reports}, key=method_sort_key)
+    names = sorted({key.method for key in directory.init_reports}, key=method_sort_key)
     if methods is not None:
         names = [name for name in names if name in methods]
     values = {name: _module_values(directory, name) for name in names}
@@ -230,8 +231,8 @@ def figure_module_ratios(directory: RunDirectory, methods: Sequence[str] | None 
     for index, kind in enumerate(kinds):
         axes = axes_grid[index // columns][index % columns]
         for name in others:
-            layered = sorted((module_layer(block), values[name][block] / base[block]) for block in base
-                             if module_kind(block) == kind and block in values[name] and module_layer(block) is not None)
+            layered = sorted((layer_index(block), values[name][block] / base[block]) for block in base
+                             if module_kind(block) == kind and block in values[name] and layer_index(block) is not None)
             if not layered:
                 continue
             layers, ratios = zip(*layered)
@@ -270,12 +271,13 @@ def _plain_log_labels(axes: Axes) -> None:
 # (d) solver convergence, (e) spectral density
 
 
-def _first_report_per_method(directory: RunDirectory, attribute: str) -> dict[str, tuple[EigenSummary, int]]:
+def _first_report_per_method(directory: RunDirectory, attribute: BlockPart) -> dict[str, tuple[ReportView, int]]:
     """Per method, the lowest seed's init report that has a block with ``attribute`` (and that seed)."""
-    chosen: dict[str, tuple[EigenSummary, int]] = {}
-    for (name, _, seed), report in sorted(directory.init_reports.items(), key=lambda item: (item[0][0], item[0][2])):
-        if name not in chosen and report.first_with(attribute) is not None:
-            chosen[name] = (report, seed)
+    chosen: dict[str, tuple[ReportView, int]] = {}
+    ordered = sorted(directory.init_reports.items(), key=lambda item: (item[0].method, item[0].seed))
+    for key, report in ordered:
+        if key.method not in chosen and report.first_with(attribute) is not None:
+            chosen[key.method] = (report, key.seed)
     return dict(sorted(chosen.items(), key=lambda item: method_sort_key(item[0])))
 
 
@@ -319,24 +321,15 @@ def figure_density(directory: RunDirectory) -> Figure | None:
         return None
     figure = _new_figure(9.0, 5.0)
     axes = figure.add_subplot()
-    blocks = {name: report.first_with("density") for name, (report, _) in reports.items()}
+    densities = {name: report.first_with("density") for name, (report, _) in reports.items()}
+    blocks = {name: block for name, block in densities.items() if block is not None and block.density is not None}
     # One kernel width and grid for every method, so the curves compare; 1/150 of the joint spectrum's span.
-    quadratures = [block.quadrature for block in blocks.values() if block.quadrature]
-    common_grid = sigma = None
-    if len(quadratures) == len(blocks):
-        all_nodes = np.concatenate([np.ravel(run) for nodes, _ in quadratures for run in nodes])
-        sigma = float(np.ptp(all_nodes)) / 150 or 1e-3
-        common_grid = np.linspace(all_nodes.min() - 5 * sigma, all_nodes.max() + 5 * sigma, 800)
+    all_nodes = np.concatenate([np.ravel(run) for block in blocks.values() for run in block.density.nodes])
+    sigma = float(np.ptp(all_nodes)) / 150 or 1e-3
+    grid = np.linspace(all_nodes.min() - 5 * sigma, all_nodes.max() + 5 * sigma, 800)
     floor, top = math.inf, 0.0
     for name, block in blocks.items():
-        if common_grid is not None and block.quadrature:
-            nodes, weights = block.quadrature
-            grid_values, density_values = smoothed_density([np.asarray(n) for n in nodes],
-                                                           [np.asarray(w) for w in weights], sigma=sigma,
-                                                           grid=common_grid)
-        else:
-            grid_values, density_values = block.density
-        grid, density = np.asarray(grid_values), np.asarray(density_values)
+        density = block.density.smoothed(grid, sigma).numpy()
         axes.plot(grid, density, color=method_color(name), linewidth=1.4,
                   label=rf"{method_label(name)}: $\lambda_{{\max}}$ = {block.lambda_max:.3g}")
         axes.axvline(block.lambda_max, color=method_color(name), linestyle=":", linewidth=1.0)
@@ -353,11 +346,11 @@ def figure_density(directory: RunDirectory) -> Figure | None:
     return figure
 
 
-def _density_floor(block: BlockEigen, sigma: float | None, peak: float) -> float:
+def _density_floor(block: BlockView, sigma: float | None, peak: float) -> float:
     """Low enough that the smallest quadrature node's bump shows: the extreme eigenvalues (λ_max among them)
     carry weights near 1/size, orders of magnitude below the bulk."""
-    if sigma and block.quadrature:
-        nodes, weights = block.quadrature
+    if sigma and block.density is not None:
+        nodes, weights = block.density.nodes, block.density.weights
         bumps = [w / (len(nodes) * sigma * math.sqrt(2 * math.pi)) for run in weights for w in run if w > 0]
         if bumps:
             return max(min(bumps) * 0.3, peak * 1e-12)
@@ -381,8 +374,8 @@ def figure_loss_curves(directory: RunDirectory, analysis: Analysis) -> Figure | 
     starts: list[float] = []
     for index, name in enumerate(methods):
         axes = axes_grid[index // columns][index % columns]
-        runs = [run for run in directory.runs if run.method == name and run.history and run.status in
-                ("done", "diverged") and run.rank == analysis.rank]
+        runs = [run for run in directory.runs if run.method == name and run.history and run.is_usable
+                and run.rank == analysis.rank]
         seed = min(run.seed for run in runs) if runs else None
         runs = sorted((run for run in runs if run.seed == seed), key=lambda run: run.lr)
         for run, color in zip(runs, shades(name, len(runs))):
@@ -392,8 +385,9 @@ def figure_loss_curves(directory: RunDirectory, analysis: Analysis) -> Figure | 
             all_losses += finite
             starts += finite[:1]
             star = " ★" if run.lr == analysis.methods[name].eta_grid else ""
-            axes.plot(steps, losses, color=color, linewidth=1.3, linestyle="--" if run.status == "diverged" else "-",
-                      label=f"{_format_lr(run.lr)}{star}{' (diverged)' if run.status == 'diverged' else ''}")
+            diverged = run.status == Status.DIVERGED
+            axes.plot(steps, losses, color=color, linewidth=1.3, linestyle="--" if diverged else "-",
+                      label=f"{_format_lr(run.lr)}{star}{' (diverged)' if diverged else ''}")
         axes.set_title(f"{method_label(name)} (seed {seed})", fontsize=10, color=method_color(name))
         axes.set_xlabel("optimizer step")
         if index % columns == 0:
@@ -433,29 +427,14 @@ SKIP_REASONS = {
 
 
 def save_figure(figure: Figure, stem: Path, formats: Sequence[str] = ("png", "pdf"), dpi: int = 150) -> list[Path]:
-    """Save ``figure`` as ``stem.<format>`` for each format, atomically (temp file + rename)."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    """Save ``figure`` as ``stem.<format>`` for each format, atomically (rendered in memory, then
+    :func:`~hessian_lora._io.write_bytes_atomic`: a reader never sees half a figure)."""
     paths = []
     for extension in formats:
-        target = stem.with_suffix(f".{extension}")
-        handle, temporary = tempfile.mkstemp(dir=stem.parent, prefix=f".{target.name}.", suffix=f".{extension}")
-        os.close(handle)
-        _readable(temporary)
-        try:
-            figure.savefig(temporary, format=extension, dpi=dpi)
-            os.replace(temporary, target)
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-        paths.append(target)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format=extension, dpi=dpi)
+        paths.append(write_bytes_atomic(stem.with_suffix(f".{extension}"), buffer.getvalue()))
     return paths
-
-
-def _readable(path: str) -> None:
-    """``mkstemp`` creates 0600 files; give the result the permissions a plain ``open`` would (umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 
 def make_figures(directory: RunDirectory, analysis: Analysis) -> dict[str, Figure | None]:
@@ -482,7 +461,7 @@ def plot_run(
     """Write every figure the run directory has data for into ``out_dir`` (default ``RUN_DIR/figures``)."""
     directory = read_run_directory(run_dir)
     analysis = analysis or analyze(run_dir, **analyze_options)  # type: ignore[arg-type]
-    out = Path(out_dir) if out_dir is not None else Path(run_dir) / "figures"
+    out = Path(out_dir) if out_dir is not None else RunLayout(run_dir).figures
     result = PlotResult()
     for key, figure in make_figures(directory, analysis).items():
         if figure is None:

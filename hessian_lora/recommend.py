@@ -24,17 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from hessian_lora.analysis import (
-    FIT_KINDS,
-    Analysis,
-    analyze,
-    fit_inverse_constant,
-    fit_power_law,
-    read_run_directory,
-    relation_lambda,
-    write_atomic,
-)
+from hessian_lora._io import write_text_atomic as write_atomic
+from hessian_lora.analysis.relation import FIT_KINDS, fit_inverse_constant, fit_power_law
+from hessian_lora.analysis.summary import Analysis, analyze, relation_lambda
 from hessian_lora.errors import UserError
+from hessian_lora.rundir import read_run_directory, report_from_dict
 
 DEFAULT_CALIBRATION = "calibration_smollm2.json"
 CALIBRATION_FORMAT = 1
@@ -235,9 +229,7 @@ def measure_at_init(peft_model: Any, batches: Sequence[Any], *, blocks: str = "w
 
 def lambda_from_report(report: Any, lambda_source: str) -> float:
     """The whole adapter's λ_max, or the median over per-module blocks, from an ``EigenReport``."""
-    from hessian_lora.analysis import parse_eigen_report
-
-    summary = parse_eigen_report(report.to_dict())
+    summary = report_from_dict(report.to_dict())
     value = summary.whole.lambda_max if lambda_source == "whole" and summary.whole else summary.module_median
     if value is None:
         raise UserError(f"the probe measured no {lambda_source} λ_max: check the calibration's probe settings.")

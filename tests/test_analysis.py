@@ -12,6 +12,8 @@ from synthetic_run import QUARTER_DECADE_GRID, SyntheticMethod, accuracy_at, eig
 
 from hessian_lora import analysis
 from hessian_lora.errors import UserError
+from hessian_lora.hessian.preconditioned import adam_thresholds
+from hessian_lora.rundir import report_from_dict
 
 METHODS = {
     "lora": SyntheticMethod(eta_star=3.1e-4, lambda_init=1.5),
@@ -109,7 +111,7 @@ def test_leave_one_method_out_is_exact_on_an_exact_law_and_flags_misses() -> Non
 
 
 def test_adam_threshold_is_38_over_eta_at_beta1_0_9() -> None:
-    assert analysis.adam_threshold(1e-3, 0.9) == pytest.approx(38_000.0, rel=1e-12)
+    assert adam_thresholds(1e-3, 0.9)[1] == pytest.approx(38_000.0, rel=1e-12)
 
 
 def test_analyze_recovers_each_methods_optimum_and_the_relation(tmp_path) -> None:
@@ -219,17 +221,20 @@ def test_bad_inputs_raise_user_errors(tmp_path) -> None:
 
 
 def test_report_parser_reads_the_engine_report_and_tolerates_missing_parts() -> None:
-    full = analysis.parse_eigen_report(eigen_report(2.0, 1.0, seed=0, precond=5.0, lr=1e-3))
+    full = report_from_dict(eigen_report(2.0, 1.0, seed=0, precond=5.0, lr=1e-3))
     whole = full.whole
     assert whole.name == "adapter" and whole.lambda_max == 2.0 and whole.solver == "lanczos"
     assert whole.history[-1] == (9, 2.0) and whole.history[0][1] == pytest.approx(0.8)
     assert whole.trace == 6.0 and whole.precond_sharpness == 5.0 and full.precond_sharpness == 5.0
-    grid, density = whole.density
+    nodes = np.concatenate(whole.density.nodes)
+    sigma = np.ptp(nodes) / 100  # the kernel width and grid the analysis used to smooth with
+    grid = np.linspace(nodes.min() - 5 * sigma, nodes.max() + 5 * sigma, 600)
+    density = whole.density.smoothed(grid, sigma).numpy()
     assert np.trapezoid(density, grid) == pytest.approx(1.0, rel=1e-3)  # a probability density
     assert len(full.modules) == 4 and full.first_with("density") is whole
-    summary = analysis.parse_eigen_report({"blocks": [{"name": "whole", "lambda_max": 2.0}]})
+    summary = report_from_dict({"blocks": [{"name": "whole", "lambda_max": 2.0}]})
     assert summary.whole.lambda_max == 2.0 and summary.module_median is None and summary.whole.density is None
-    per_module = analysis.parse_eigen_report({"blocks": [
+    per_module = report_from_dict({"blocks": [
         {"name": "base_model.model.model.layers.1.mlp.down_proj", "lambda_max": 3.0},
         {"name": "base_model.model.model.layers.0.mlp.down_proj", "lambda_max": 1.0},
         {"name": "broken"},

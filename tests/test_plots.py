@@ -9,7 +9,7 @@ import pytest
 from matplotlib import colors as mcolors
 from synthetic_run import SyntheticMethod, write_run_dir
 
-from hessian_lora import analysis, plots
+from hessian_lora import analysis, plots, registry
 
 METHODS = {
     "lora": SyntheticMethod(eta_star=3.1e-4, lambda_init=1.5),
@@ -87,7 +87,7 @@ def test_missing_optional_data_skips_figures_with_reasons(tmp_path) -> None:
 def test_palette_is_stable_and_shades_darken_with_learning_rate() -> None:
     assert plots.method_color("my-method") == plots.method_color("my-method")
     assert len(set(plots.METHOD_COLORS.values())) == len(plots.METHOD_COLORS)
-    assert set(plots.METHOD_COLORS) == set(analysis.METHOD_ORDER) == set(plots.METHOD_LABELS)
+    assert set(plots.METHOD_COLORS) == set(registry.METHOD_ORDER) == set(plots.METHOD_LABELS)
     lightness = [colorsys.rgb_to_hls(*rgb)[1] for rgb in plots.shades("lora", 6)]
     assert lightness == sorted(lightness, reverse=True)
 
@@ -95,4 +95,4 @@ def test_palette_is_stable_and_shades_darken_with_learning_rate() -> None:
 def test_method_order_matches_the_registry() -> None:
     from hessian_lora.methods import METHODS as REGISTRY
 
-    assert tuple(REGISTRY) == analysis.METHOD_ORDER
+    assert tuple(REGISTRY) == registry.METHOD_ORDER

@@ -20,7 +20,8 @@ from torch import nn
 from hessian_lora.errors import UserError
 
 ADAPTER_PARTS: tuple[str, ...] = ("lora_A", "lora_B", "lora_magnitude_vector")
-_LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)(?:\.|$)")
+# ``layers.<i>`` (Llama, Mistral, ...), ``h.<i>`` (GPT-2), ``blocks.<i>``, ``layer.<i>`` (BERT); "/" separated too.
+_LAYER_INDEX = re.compile(r"(?:^|[./])(?:layers|layer|h|blocks)[./](\d+)(?:[./]|$)")
 _WRAPPER_PREFIXES = ("base_model.model.model.", "base_model.model.", "model.")
 
 
@@ -136,6 +137,7 @@ def short_name(prefix: str) -> str:
 
 
 def layer_index(name: str) -> int | None:
+    """The decoder-layer index in a module or block name (``model.layers.3.self_attn.q_proj`` → 3); None if absent."""
     match = _LAYER_INDEX.search(name)
     return int(match.group(1)) if match else None
 

@@ -1,0 +1,385 @@
+"""Per-method summary of a sweep (η*, peak, sharpness at init and at the end) and the relation across methods.
+
+For each method: η* and its spread over seeds (:mod:`.curves`); the peak metric and its gap to the best method;
+λ_max of the loss Hessian w.r.t. the adapter at initialisation and at the end of the η* run, for the whole
+adapter and as the median over per-module blocks; the Adam-preconditioned sharpness at the end against Adam's
+edge-of-stability threshold (2+2β₁)/((1−β₁)η). Across methods: :mod:`.relation`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import numpy as np
+
+from hessian_lora.analysis.curves import (
+    HIGHER_IS_BETTER,
+    MethodCurve,
+    Metric,
+    PeakKind,
+    choose_metric,
+    fit_peak,
+    method_curves,
+)
+from hessian_lora.analysis.relation import (
+    FIT_KINDS,
+    FitKind,
+    bootstrap_slope,
+    fit_inverse_constant,
+    fit_power_law,
+    leave_one_method_out,
+    spearman_exact,
+)
+from hessian_lora.errors import UserError
+from hessian_lora.hessian.preconditioned import adam_thresholds
+from hessian_lora.registry import method_sort_key
+from hessian_lora.rundir import RunDirectory, RunRecord, Status, read_run_directory
+
+LambdaSource = Literal["auto", "whole", "module_median"]
+LAMBDA_SOURCES: tuple[LambdaSource, ...] = ("auto", "whole", "module_median")
+DEFAULT_BETA1 = 0.9
+
+
+def adam_beta1(config: Mapping[str, Any]) -> float:
+    """β₁ of the sweep's AdamW (``betas: [b1, b2]`` or ``beta1`` anywhere in the config), else 0.9."""
+    found = _find_key(config, ("betas", "adam_betas", "beta1", "adam_beta1"))
+    if isinstance(found, (list, tuple)) and found:
+        return float(found[0])
+    try:
+        return DEFAULT_BETA1 if found is None or found == "" else float(found)
+    except (TypeError, ValueError):
+        return DEFAULT_BETA1
+
+
+def _find_key(config: Any, keys: Sequence[str]) -> Any:
+    """The value of the first of ``keys`` found in ``config``, searched breadth-first then depth-first."""
+    if isinstance(config, Mapping):
+        for key in keys:
+            if key in config:
+                return config[key]
+        for value in config.values():
+            found = _find_key(value, keys)
+            if found is not None:
+                return found
+    return None
+
+
+@dataclass(frozen=True)
+class MethodSummary:
+    """One method's row of the analysis (one rank and batch size; λ values are geometric means over seeds)."""
+
+    method: str
+    n_seeds: int
+    lrs: tuple[float, ...]
+    metric_mean: tuple[float, ...]
+    metric_std: tuple[float, ...]
+    diverged_lrs: tuple[float, ...]
+    eta_star: float
+    eta_grid: float
+    fit_kind: PeakKind
+    eta_star_per_seed: Mapping[int, float]
+    eta_spread_factor: float | None  # 10**std(log10 η*_seed); None with one seed
+    peak_metric: float
+    peak_metric_std: float
+    peak_metric_fit: float
+    gap_to_best: float = 0.0  # how much worse than the best method's peak (>= 0, in metric units)
+    lambda_init_whole: float | None = None
+    lambda_init_module_median: float | None = None
+    lambda_init_per_seed: Mapping[int, float] = field(default_factory=dict)  # the relation's λ source
+    lambda_final_whole: float | None = None
+    lambda_final_module_median: float | None = None
+    precond_lambda_final: float | None = None
+    eta_lambda_over_2: float | None = None  # η*·λ_init/2: η* as a fraction of gradient descent's bound 2/λ
+    final_lambda_eta_over_2: float | None = None  # λ_final·η/2 at the η* run's LR (edge of stability ≈ 1)
+    precond_over_adam_threshold: float | None = None  # λ̃_final / ((2+2β₁)/((1−β₁)η)) at the η* run's LR
+
+
+@dataclass(frozen=True)
+class Relation:
+    """The λ_max–η* relation across methods (see :mod:`hessian_lora.analysis.relation`)."""
+
+    lambda_source: Literal["whole", "module_median"]
+    n_methods: int
+    spearman_rho: float | None
+    spearman_p: float | None
+    slope: float | None
+    intercept: float | None
+    r2: float | None
+    slope_ci95: tuple[float, float] | None
+    bootstrap_valid: int
+    c: float | None
+    c_spread_factor: float | None
+    lomo: Mapping[FitKind, list[dict[str, Any]]]  # fit -> LomoPrediction fields, ratio and within_2x
+    lomo_within_2x: Mapping[FitKind, int]
+    preferred_fit: FitKind | None
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Everything ``hessian-lora analyze`` reports; :meth:`to_dict` is analysis.json."""
+
+    run_dir: str
+    metric: Metric
+    higher_is_better: bool
+    beta1: float
+    rank: int | None
+    batch_size: int | None
+    methods: Mapping[str, MethodSummary]
+    best_method: str
+    relation: Relation
+    created: str
+    n_runs: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+
+def _jsonable(value: Any) -> Any:
+    """JSON-ready copy: string keys, lists for tuples, None for NaN/inf (JSON has neither), no numpy scalars."""
+    if isinstance(value, Mapping):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    return value
+
+
+def _geometric_mean(values: Iterable[float | None]) -> float | None:
+    """Geometric mean of the positive finite values; None if there are none (λ values span decades)."""
+    kept = [value for value in values if value is not None and value > 0 and math.isfinite(value)]
+    return float(10 ** np.mean(np.log10(kept))) if kept else None
+
+
+def _select_configuration(runs: Sequence[RunRecord], rank: int | None, batch_size: int | None) -> list[RunRecord]:
+    """The runs of one rank and batch size: η* moves with both, so mixing them would blur every curve."""
+    selected = [run for run in runs if (rank is None or run.rank == rank) and
+                (batch_size is None or run.batch_size == batch_size)]
+    if not selected:
+        raise UserError(f"no run with rank={rank} batch_size={batch_size}: check `hessian-lora results RUN_DIR`.")
+    for attribute, flag in (("rank", "--rank"), ("batch_size", "--batch-size")):
+        values = sorted({getattr(run, attribute) for run in selected if getattr(run, attribute) is not None})
+        if len(values) > 1:
+            raise UserError(f"the runs hold several {attribute} values {values}: pick one with {flag}.")
+    return selected
+
+
+def analyze(
+    run_dir: str | os.PathLike[str],
+    *,
+    metric: Metric | Literal["auto"] = "auto",
+    lambda_source: LambdaSource = "auto",
+    rank: int | None = None,
+    batch_size: int | None = None,
+    bootstrap_samples: int = 2000,
+    seed: int = 0,
+) -> Analysis:
+    """Analyse a sweep run directory (see the module docstring).
+
+    ``metric``: which metric defines the optimum (``auto``: :func:`choose_metric`); ``lambda_source``: which λ_max
+    at init the relation uses (``auto``: the whole adapter's when every method has it, else the module median);
+    ``rank``/``batch_size``: the configuration to analyse when the sweep holds several; ``bootstrap_samples`` and
+    ``seed``: the slope interval's resampling.
+    """
+    if lambda_source not in LAMBDA_SOURCES:
+        raise UserError(f"unknown λ source {lambda_source!r}: use {', '.join(LAMBDA_SOURCES)}.")
+    directory = read_run_directory(run_dir)
+    if not directory.runs:
+        raise UserError(f"{run_dir} holds no runs yet: run the sweep first.")
+    runs = _select_configuration(directory.runs, rank, batch_size)
+    chosen = choose_metric(runs, metric)
+    higher = HIGHER_IS_BETTER[chosen]
+    curves = method_curves(runs, chosen)
+    if not curves:
+        raise UserError(f"no finished run has a {chosen}: let the sweep finish or pick another --metric.")
+    beta1 = adam_beta1(directory.config)
+    chosen_rank = next((run.rank for run in runs if run.rank is not None), None)
+    chosen_batch = next((run.batch_size for run in runs if run.batch_size is not None), None)
+
+    summaries = {method: _summarise_method(curve, runs, directory, chosen, beta1) for method, curve in
+                 sorted(curves.items(), key=lambda item: method_sort_key(item[0]))}
+    source = _resolve_lambda_source(summaries, lambda_source)
+    summaries = {method: _with_relation_lambda(summary, runs, directory, source) for method, summary in
+                 summaries.items()}
+    peaks = {method: summary.peak_metric for method, summary in summaries.items()}
+    best_method = (max if higher else min)(peaks, key=lambda name: peaks[name])
+    summaries = {
+        method: replace(summary, gap_to_best=abs(peaks[best_method] - summary.peak_metric))
+        for method, summary in summaries.items()
+    }
+    relation = _relation(summaries, source, bootstrap_samples, seed)
+    return Analysis(
+        run_dir=str(run_dir), metric=chosen, higher_is_better=higher, beta1=beta1, rank=chosen_rank,
+        batch_size=chosen_batch, methods=summaries, best_method=best_method, relation=relation,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), n_runs=len(runs),
+    )
+
+
+def _summarise_method(
+    curve: MethodCurve, runs: Sequence[RunRecord], directory: RunDirectory, metric: Metric, beta1: float
+) -> MethodSummary:
+    """η*, peak and sharpness of one method; the relation's λ comes later (:func:`_with_relation_lambda`)."""
+    higher = HIGHER_IS_BETTER[metric]
+    peak = fit_peak(curve.lrs, curve.mean, higher_is_better=higher)
+    per_seed: dict[int, float] = {}
+    for seed, points in curve.per_seed.items():
+        lrs = [lr for lr, _ in points]
+        if len(set(lrs)) == len(lrs):
+            per_seed[seed] = fit_peak(lrs, [value for _, value in points], higher_is_better=higher).eta_star
+    spread = float(10 ** np.std(np.log10(list(per_seed.values())), ddof=1)) if len(per_seed) > 1 else None
+    peak_index = curve.lrs.index(peak.eta_grid)
+    method_runs = [run for run in runs if run.method == curve.method]
+
+    init_whole: list[float | None] = []
+    init_median: list[float | None] = []
+    for seed in sorted({run.seed for run in method_runs}):
+        report = directory.init_report(curve.method, seed, method_runs[0].rank)
+        if report is not None:
+            init_whole.append(report.whole.lambda_max if report.whole else None)
+            init_median.append(report.module_median)
+
+    # End-of-training sharpness of the runs at the best grid LR (one per seed).
+    best_runs = [run for run in method_runs if run.lr == peak.eta_grid and run.status == Status.DONE]
+    final_whole: list[float | None] = []
+    final_median: list[float | None] = []
+    precond: list[float | None] = []
+    for run in best_runs:
+        report = directory.final_reports.get(run.run_id)
+        whole = report.whole.lambda_max if report and report.whole else None
+        final_whole.append(whole if whole is not None else run.lambda_final)
+        final_median.append(report.module_median if report else None)
+        precond.append(run.precond_lambda_final if run.precond_lambda_final is not None else
+                       (report.precond_sharpness if report else None))
+    lambda_final = _geometric_mean(final_whole)
+    precond_final = _geometric_mean(precond)
+    _, adam_threshold = adam_thresholds(peak.eta_grid, beta1)
+    return MethodSummary(
+        method=curve.method,
+        n_seeds=len(curve.per_seed),
+        lrs=curve.lrs,
+        metric_mean=curve.mean,
+        metric_std=curve.std,
+        diverged_lrs=tuple(lr for lr, _ in curve.diverged),
+        eta_star=peak.eta_star,
+        eta_grid=peak.eta_grid,
+        fit_kind=peak.kind,
+        eta_star_per_seed=per_seed,
+        eta_spread_factor=spread,
+        peak_metric=peak.peak_metric,
+        peak_metric_std=curve.std[peak_index],
+        peak_metric_fit=peak.peak_metric_fit,
+        lambda_init_whole=_geometric_mean(init_whole),
+        lambda_init_module_median=_geometric_mean(init_median),
+        lambda_final_whole=lambda_final,
+        lambda_final_module_median=_geometric_mean(final_median),
+        precond_lambda_final=precond_final,
+        final_lambda_eta_over_2=lambda_final * peak.eta_grid / 2 if lambda_final else None,
+        precond_over_adam_threshold=precond_final / adam_threshold if precond_final and adam_threshold else None,
+    )
+
+
+def _resolve_lambda_source(
+    summaries: Mapping[str, MethodSummary], requested: LambdaSource
+) -> Literal["whole", "module_median"]:
+    """``auto``: the whole adapter's λ when every method has it, else the module median when every method has
+    that, else the whole adapter's (from the ``lambda_init`` column where there are no reports)."""
+    if requested != "auto":
+        return requested
+    if summaries and all(s.lambda_init_whole is not None for s in summaries.values()):
+        return "whole"
+    if summaries and all(s.lambda_init_module_median is not None for s in summaries.values()):
+        return "module_median"
+    return "whole"
+
+
+def _with_relation_lambda(
+    summary: MethodSummary, runs: Sequence[RunRecord], directory: RunDirectory,
+    source: Literal["whole", "module_median"],
+) -> MethodSummary:
+    """Per-seed λ_max at init from the chosen source: the eigen reports, else the ``lambda_init`` column (the
+    sweep's own measurement, assumed to be of the whole adapter)."""
+    method_runs = [run for run in runs if run.method == summary.method]
+    per_seed: dict[int, float] = {}
+    for seed in sorted({run.seed for run in method_runs}):
+        report = directory.init_report(summary.method, seed, method_runs[0].rank)
+        value = None
+        if report is not None:
+            value = report.whole.lambda_max if source == "whole" and report.whole else (
+                report.module_median if source == "module_median" else None)
+        if value is None and source == "whole":
+            column = [run.lambda_init for run in method_runs if run.seed == seed and run.lambda_init is not None]
+            value = float(np.median(column)) if column else None
+        if value is not None and value > 0:
+            per_seed[seed] = value
+    whole = summary.lambda_init_whole
+    if whole is None and source == "whole" and per_seed:
+        whole = _geometric_mean(per_seed.values())
+    relation_lambda = _geometric_mean(per_seed.values())
+    return replace(
+        summary,
+        lambda_init_per_seed=per_seed,
+        lambda_init_whole=whole,
+        eta_lambda_over_2=summary.eta_star * relation_lambda / 2 if relation_lambda else None,
+    )
+
+
+def relation_lambda(summary: MethodSummary) -> float | None:
+    """The λ_max at initialisation that the relation uses for this method (geometric mean over seeds)."""
+    return _geometric_mean(summary.lambda_init_per_seed.values())
+
+
+def _relation(
+    summaries: Mapping[str, MethodSummary], source: Literal["whole", "module_median"], samples: int, seed: int
+) -> Relation:
+    """Spearman ρ, power-law slope with its bootstrap interval, c of c/λ and the leave-one-method-out errors."""
+    points: dict[str, tuple[float, float]] = {
+        name: (lam, s.eta_star) for name, s in summaries.items() if (lam := relation_lambda(s))
+    }
+    lambdas = [lam for lam, _ in points.values()]
+    etas = [eta for _, eta in points.values()]
+    rho = p_value = None
+    if len(points) >= 3 and len(set(lambdas)) > 1 and len(set(etas)) > 1:
+        rho, p_value = spearman_exact(lambdas, etas)
+    power = fit_power_law(lambdas, etas) if len(set(lambdas)) >= 2 else None
+    interval, valid = None, 0
+    if power is not None and len(points) >= 3:
+        seed_points: dict[str, list[tuple[float, float]]] = {}
+        for name, summary in summaries.items():
+            if name not in points:
+                continue
+            pairs = [(summary.lambda_init_per_seed[s], summary.eta_star_per_seed[s])
+                     for s in summary.lambda_init_per_seed if s in summary.eta_star_per_seed]
+            seed_points[name] = pairs or [points[name]]
+        try:
+            low, high, valid = bootstrap_slope(seed_points, samples=samples, seed=seed)
+            interval = (low, high)
+        except ValueError:
+            interval = None
+    c = spread = None
+    if points:
+        c, spread = fit_inverse_constant(lambdas, etas)
+    lomo: dict[FitKind, list[dict[str, Any]]] = {}
+    within: dict[FitKind, int] = {}
+    if len(points) >= 2:
+        for fit in FIT_KINDS:
+            predictions = leave_one_method_out(points, fit)
+            lomo[fit] = [dict(asdict(p), ratio=p.ratio, within_2x=p.within_2x) for p in predictions]
+            within[fit] = sum(p.within_2x for p in predictions)
+    preferred: FitKind | None = None
+    if lomo:
+        # The fit whose held-out predictions are closer in log space; ties go to the simpler c/λ.
+        errors = {fit: float(np.mean([abs(math.log10(item["ratio"])) for item in lomo[fit]])) for fit in lomo}
+        preferred = min(FIT_KINDS[::-1], key=lambda fit: errors.get(fit, math.inf))
+    return Relation(
+        lambda_source=source, n_methods=len(points), spearman_rho=rho, spearman_p=p_value,
+        slope=power.slope if power else None, intercept=power.intercept if power else None,
+        r2=power.r2 if power else None, slope_ci95=interval, bootstrap_valid=valid, c=c, c_spread_factor=spread,
+        lomo=lomo, lomo_within_2x=within, preferred_fit=preferred,
+    )
