@@ -27,16 +27,8 @@ from hessian_lora.analysis.summary import Analysis, analyze, relation_lambda
 from hessian_lora.hessian.filters import layer_index
 from hessian_lora.hessian.preconditioned import adam_thresholds
 from hessian_lora.registry import METHOD_COLORS, METHOD_LABELS, method_color, method_label, method_sort_key  # noqa: F401
-from hessian_lora.rundir import (
-    BlockPart,
-    BlockView,
-    ReportView,
-    RunDirectory,
-    RunLayout,
-    Status,
-    module_kind,
-    read_run_directory,
-)
+from hessian_lora.reports import BlockPart, BlockView, ReportView, module_kind
+from hessian_lora.rundir import RunDirectory, RunLayout, Status, read_run_directory
 
 FIGURE_NAMES: dict[str, str] = {
     "a": "a_metric_vs_lr",

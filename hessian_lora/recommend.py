@@ -28,7 +28,8 @@ from hessian_lora._io import write_text_atomic as write_atomic
 from hessian_lora.analysis.relation import FIT_KINDS, fit_inverse_constant, fit_power_law
 from hessian_lora.analysis.summary import Analysis, analyze, relation_lambda
 from hessian_lora.errors import UserError
-from hessian_lora.rundir import read_run_directory, report_from_dict
+from hessian_lora.reports import report_from_dict
+from hessian_lora.rundir import read_run_directory
 
 DEFAULT_CALIBRATION = "calibration_smollm2.json"
 CALIBRATION_FORMAT = 1

@@ -19,7 +19,6 @@ eigen reports through :meth:`EigenReport.from_dict`, seen through the thin :clas
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import json
 import math
@@ -28,23 +27,11 @@ import re
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
-
-import numpy as np
+from typing import Any
 
 from hessian_lora.errors import UserError
-from hessian_lora.hessian.filters import layer_index
-from hessian_lora.hessian.results import (
-    BlockReport,
-    DensityResult,
-    EigenReport,
-    EigenResult,
-    IterationRecord,
-    PreconditionedResult,
-    TraceResult,
-)
+from hessian_lora.reports import ReportView, _optional_float, load_eigen_report, merge_reports
 
 CONFIG_FILE = "config.yaml"
 DATABASE_FILE = "results.sqlite"
@@ -259,15 +246,6 @@ def load_runs(run_dir: str | os.PathLike[str]) -> list[RunRecord]:
     return [_record_from_row(row, layout) for row in rows]
 
 
-def _optional_float(value: Any) -> float | None:
-    if value is None or value == "":
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def _optional_int(value: Any) -> int | None:
     number = _optional_float(value)
     return None if number is None or not math.isfinite(number) else int(number)
@@ -324,237 +302,6 @@ def _read_history_file(path: Path) -> tuple[dict[str, float], ...]:
         return _parse_history(json.loads(path.read_text()))
     except (OSError, json.JSONDecodeError):
         return ()
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Eigen reports: EigenReport.from_dict, seen through a view that knows the whole adapter from the modules
-
-# Names the whole-adapter block has had (WholeAdapter's default is "adapter").
-WHOLE_BLOCK_NAMES = frozenset({"whole", "adapter", "all", "whole_adapter", "model", ""})
-# The optional parts of a block that plots look for (:meth:`ReportView.first_with`).
-BlockPart = Literal["history", "density", "trace", "solver", "precond_sharpness", "precond_history"]
-_FACTOR_SUFFIXES = frozenset({"lora_A", "lora_B", "lora_magnitude_vector", "default", "weight", "base_layer"})
-
-
-def module_kind(name: str) -> str:
-    """The projection a block belongs to (``q_proj``, ``down_proj``, ...): the last name part that is not a
-    LoRA-factor suffix."""
-    parts = [part for part in name.replace("/", ".").split(".") if part]
-    for part in reversed(parts):
-        if part not in _FACTOR_SUFFIXES and not part.isdigit():
-            return part
-    return name
-
-
-def convergence_history(eigen: EigenResult | None) -> tuple[tuple[int, float], ...]:
-    """(HVPs so far, top estimate) per iteration: the largest of each ``IterationRecord``'s values (Ritz values
-    for Lanczos, the Rayleigh quotient for power iteration); records without values are skipped."""
-    points = []
-    for index, record in enumerate(eigen.history if eigen is not None else ()):
-        values = [float(value) for value in record.values or () if value is not None]
-        if values:
-            points.append((int(record.hvps or index + 1), max(values)))
-    return tuple(points)
-
-
-def _usable_density(density: DensityResult | None) -> DensityResult | None:
-    """The density if its per-run nodes and weights are present and consistent (else there is nothing to draw)."""
-    if density is None or not density.nodes or not density.weights or len(density.nodes) != len(density.weights):
-        return None
-    if any(len(nodes) != len(weights) or not nodes for nodes, weights in zip(density.nodes, density.weights)):
-        return None
-    return density
-
-
-@dataclass(frozen=True)
-class BlockView:
-    """One block of an eigen report as analysis and plots see it; ``report`` is the engine's record."""
-
-    report: BlockReport
-
-    @property
-    def name(self) -> str:
-        return self.report.name
-
-    @property
-    def lambda_max(self) -> float:
-        return float(self.report.lambda_max)  # type: ignore[arg-type]  # views hold measured blocks only
-
-    @property
-    def is_whole(self) -> bool:
-        return self.name.strip().lower() in WHOLE_BLOCK_NAMES
-
-    @property
-    def layer(self) -> int | None:
-        return layer_index(self.name)
-
-    @property
-    def module(self) -> str:
-        return module_kind(self.name)
-
-    @property
-    def solver(self) -> str | None:
-        solver = self.report.eigen.solver if self.report.eigen is not None else None
-        return solver if isinstance(solver, str) else None
-
-    @property
-    def history(self) -> tuple[tuple[int, float], ...]:
-        return convergence_history(self.report.eigen)
-
-    @property
-    def trace(self) -> float | None:
-        return _optional_float(self.report.trace.trace) if self.report.trace is not None else None
-
-    @property
-    def density(self) -> DensityResult | None:
-        return _usable_density(self.report.density)
-
-    @property
-    def precond_sharpness(self) -> float | None:
-        precond = self.report.preconditioned
-        return _optional_float(precond.sharpness) if precond is not None else None
-
-    @property
-    def precond_history(self) -> tuple[tuple[int, float], ...]:
-        precond = self.report.preconditioned
-        return convergence_history(precond.eigen) if precond is not None else ()
-
-
-@dataclass(frozen=True)
-class ReportView:
-    """What analysis and plots need from one eigen report (a ``hessian/*.json`` file)."""
-
-    report: EigenReport
-    path: str = ""
-
-    @cached_property
-    def blocks(self) -> tuple[BlockView, ...]:  # built once: ``whole`` and ``modules`` compare by identity
-        return tuple(BlockView(block) for block in self.report.blocks if block.lambda_max is not None)
-
-    @property
-    def settings(self) -> Mapping[str, Any]:
-        return self.report.settings
-
-    @cached_property
-    def whole(self) -> BlockView | None:
-        """The whole-adapter block: one named so, else the only block that names no layer (when the others do,
-        or when it is alone)."""
-        blocks = self.blocks
-        named = [block for block in blocks if block.is_whole]
-        if named:
-            return named[0]
-        unlayered = [block for block in blocks if block.layer is None]
-        return unlayered[0] if len(unlayered) == 1 else None
-
-    @property
-    def modules(self) -> tuple[BlockView, ...]:
-        whole = self.whole
-        return tuple(block for block in self.blocks if block is not whole)
-
-    @property
-    def module_median(self) -> float | None:
-        values = [block.lambda_max for block in self.modules if math.isfinite(block.lambda_max)]
-        return float(np.median(values)) if values else None
-
-    @property
-    def precond_sharpness(self) -> float | None:
-        block = self.whole
-        return block.precond_sharpness if block else None
-
-    def first_with(self, attribute: BlockPart) -> BlockView | None:
-        """The whole block if it has ``attribute`` (e.g. ``density``), else the first block that has it."""
-        whole = self.whole
-        candidates = ([whole] if whole else []) + list(self.blocks)
-        return next((block for block in candidates if getattr(block, attribute)), None)
-
-
-def report_from_dict(data: Mapping[str, Any], *, path: str = "") -> ReportView:
-    """``EigenReport.from_dict`` of a report as any version wrote it, keeping the blocks that hold a λ_max.
-
-    Older reports may key blocks by name, or lack parts later versions write; missing fields read as None (the
-    optional parts analysis and plots use are then absent) instead of failing the whole run directory.
-    """
-    raw_blocks = data.get("blocks")
-    if isinstance(raw_blocks, Mapping):
-        raw_blocks = [dict(value, name=value.get("name", key)) for key, value in raw_blocks.items()]
-    blocks = [_complete(BlockReport, dict(item, name=str(item.get("name", "whole"))))
-              for item in raw_blocks or [] if isinstance(item, Mapping) and _optional_float(item.get("lambda_max")) is not None]
-    settings = data.get("settings")
-    report = EigenReport.from_dict({"settings": dict(settings) if isinstance(settings, Mapping) else {},
-                                    "blocks": blocks})
-    return ReportView(report, path)
-
-
-def _complete(record: type, data: dict[str, Any]) -> dict[str, Any]:
-    """``data`` with every required field of ``record`` present (None where missing), nested records likewise."""
-    for item in dataclasses.fields(record):
-        if item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING:
-            data.setdefault(item.name, None)
-    for key, nested in _NESTED_RECORDS.get(record, {}).items():
-        value = data.get(key)
-        if key == "history":
-            data[key] = [_complete(nested, dict(item)) for item in value or [] if isinstance(item, Mapping)]
-        elif value is not None:
-            data[key] = _complete(nested, dict(value)) if isinstance(value, Mapping) else None
-    return data
-
-
-_NESTED_RECORDS: dict[type, dict[str, type]] = {
-    BlockReport: {"eigen": EigenResult, "trace": TraceResult, "density": DensityResult,
-                  "preconditioned": PreconditionedResult},
-    PreconditionedResult: {"eigen": EigenResult},
-    EigenResult: {"history": IterationRecord},
-    TraceResult: {"history": IterationRecord},
-}
-
-
-def load_eigen_report(path: str | os.PathLike[str]) -> ReportView:
-    """Read one ``hessian/*.json`` report (see :func:`report_from_dict`)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read eigen report {str(path)!r} ({exc}): rerun the measurement.") from exc
-    if not isinstance(data, Mapping):
-        raise UserError(f"{str(path)!r} is not an eigen report (expected a JSON object with 'blocks').")
-    return report_from_dict(data, path=str(path))
-
-
-def merge_reports(primary: ReportView, extra: ReportView) -> ReportView:
-    """``primary``'s blocks, completed by ``extra``: blocks it lacks are added, and a block both have keeps
-    ``primary``'s numbers with the optional parts (convergence history, solver, trace, density) it lacks taken
-    from ``extra``."""
-
-    def key(block: BlockView) -> str:
-        return "" if block.is_whole else block.name  # whole-adapter blocks match whatever they are called
-
-    blocks = {key(block): block.report for block in primary.blocks}
-    for view in extra.blocks:
-        kept = blocks.get(key(view))
-        if kept is None:
-            blocks[key(view)] = view.report
-            continue
-        blocks[key(view)] = _fill_optional_parts(kept, view.report)
-    report = dataclasses.replace(primary.report, blocks=tuple(blocks.values()))
-    return ReportView(report, primary.path)
-
-
-def _fill_optional_parts(kept: BlockReport, extra: BlockReport) -> BlockReport:
-    fill: dict[str, Any] = {}
-    if kept.eigen is None:
-        fill["eigen"] = extra.eigen
-    elif extra.eigen is not None:
-        eigen: dict[str, Any] = {}
-        if not convergence_history(kept.eigen) and convergence_history(extra.eigen):
-            eigen["history"] = extra.eigen.history
-        if not isinstance(kept.eigen.solver, str) and isinstance(extra.eigen.solver, str):
-            eigen["solver"] = extra.eigen.solver
-        if eigen:
-            fill["eigen"] = dataclasses.replace(kept.eigen, **eigen)
-    if BlockView(kept).trace is None and BlockView(extra).trace is not None:
-        fill["trace"] = extra.trace
-    if _usable_density(kept.density) is None and _usable_density(extra.density) is not None:
-        fill["density"] = extra.density
-    return dataclasses.replace(kept, **fill) if fill else kept
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from synthetic_run import QUARTER_DECADE_GRID, SyntheticMethod, accuracy_at, eig
 from hessian_lora import analysis
 from hessian_lora.errors import UserError
 from hessian_lora.hessian.preconditioned import adam_thresholds
-from hessian_lora.rundir import report_from_dict
+from hessian_lora.reports import report_from_dict
 
 METHODS = {
     "lora": SyntheticMethod(eta_star=3.1e-4, lambda_init=1.5),
