@@ -39,9 +39,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from hessian_lora import methods
+from hessian_lora import adapters as methods  # the body's `methods.` predates the module's name, adapters
+from hessian_lora.adapters import AdapterConfig
 from hessian_lora.errors import UserError
-from hessian_lora.methods import AdapterConfig
 
 FORMAT_VERSION = 1
 META_FILE = "hessian_lora.json"

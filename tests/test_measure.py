@@ -7,12 +7,13 @@ import pytest
 import torch
 
 import hessian_lora
+from hessian_lora.adapters import AdapterConfig, build_adapter, make_optimizer
 from hessian_lora.checkpoint import CheckpointMeta, save_checkpoint
 from hessian_lora.data import load_task, make_batches
 from hessian_lora.errors import UserError
-from hessian_lora.hessian import EigenReport, HessianOperator, PerModule, lanczos, read_report
+from hessian_lora.hessian import EigenReport, HessianOperator, PerModule, lanczos
 from hessian_lora.loss import loss_sum
-from hessian_lora.methods import AdapterConfig, build_adapter, make_optimizer
+from hessian_lora.measure import read_report
 from hessian_lora.models import load_model
 
 SMALL = {"model": "tiny-llama", "rank": 2, "targets": ("q_proj", "v_proj"), "samples": 4, "batch_size": 2,
