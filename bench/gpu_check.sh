@@ -39,7 +39,7 @@ import torch
 
 from hessian_lora.data import load_task
 from hessian_lora.loft import loft_optimizer
-from hessian_lora.methods import AdapterConfig, build_adapter
+from hessian_lora.adapters import AdapterConfig, build_adapter
 from hessian_lora.models import default_device, load_model
 from hessian_lora.train import TrainConfig, train
 

@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from hessian_lora.adapters import AdapterConfig, build_adapter
 from hessian_lora.data import TokenBatch
 from hessian_lora.hessian import (
     HessianOperator,
@@ -49,7 +50,6 @@ from hessian_lora.hessian import (
 )
 from hessian_lora.hessian.pyhessian_compat import run_pyhessian
 from hessian_lora.loss import loss_sum
-from hessian_lora.methods import AdapterConfig, build_adapter
 from hessian_lora.models import load_model
 
 CONFIGS = (

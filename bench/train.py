@@ -21,8 +21,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import get_cosine_schedule_with_warmup
 
+from hessian_lora.adapters import AdapterConfig, build_adapter, make_optimizer
 from hessian_lora.data import load_task
-from hessian_lora.methods import AdapterConfig, build_adapter, make_optimizer
 from hessian_lora.models import load_model
 from hessian_lora.train import TrainConfig, global_batches, train
 

@@ -3,4 +3,4 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
-from hessian_lora.hessian.api import eigen as eigen  # the Python face of `hessian-lora eigen`
+from hessian_lora.measure import eigen as eigen  # the Python face of `hessian-lora eigen`

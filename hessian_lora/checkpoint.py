@@ -11,7 +11,7 @@ DIR/
 
 For PiSSA, MiLoRA, Init[AB], OLoRA and LoRA-GA the model is a *residual* base W − s·B₀·A₀ plus the adapter.
 Storing the rewritten base would take the targeted weights in full (~425 MB for SmolLM2 with all seven
-projections); storing A₀, B₀ takes kilobytes, and :func:`hessian_lora.methods.residual_weight` rebuilds the
+projections); storing A₀, B₀ takes kilobytes, and :func:`hessian_lora.adapters.residual_weight` rebuilds the
 residual bit for bit from the reloaded base (float64, fixed order, elementwise). ``hessian_lora.json`` keeps a
 SHA-256 of the residual weights, so a base model that changed since saving is reported instead of silently
 giving another model.
@@ -37,10 +37,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from hessian_lora import methods
+from hessian_lora import adapters
 from hessian_lora._io import replace_directory, temporary_path
+from hessian_lora.adapters import AdapterConfig
 from hessian_lora.errors import UserError
-from hessian_lora.methods import AdapterConfig
 
 FORMAT_VERSION = 1
 META_FILE = "hessian_lora.json"
@@ -164,16 +164,16 @@ def save_checkpoint(
     *,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> Path:
-    """Write ``peft_model`` (built by :func:`hessian_lora.methods.build_adapter` or loaded from a checkpoint).
+    """Write ``peft_model`` (built by :func:`hessian_lora.adapters.build_adapter` or loaded from a checkpoint).
 
     The directory appears whole or not at all: everything is written to a sibling temp directory first, then
     moved into place (an existing checkpoint there is replaced).
     """
     target = Path(directory)
     check_checkpoint_destination(target)
-    config: AdapterConfig | None = getattr(peft_model, methods.CONFIG_ATTRIBUTE, None)
+    config: AdapterConfig | None = getattr(peft_model, adapters.CONFIG_ATTRIBUTE, None)
     if config is None:
-        raise UserError("this model was not built by hessian_lora.methods.build_adapter or load_checkpoint: "
+        raise UserError("this model was not built by hessian_lora.adapters.build_adapter or load_checkpoint: "
                         "build it with build_adapter so its initialisation is known.")
     if config.method != meta.method or config.rank != meta.rank:
         raise ValueError(f"meta says {meta.method} r={meta.rank} but the model is {config.method} r={config.rank}")
@@ -184,14 +184,14 @@ def save_checkpoint(
         _rewrite_adapter_config(staging / ADAPTER_CONFIG_FILE, meta)
         meta_data = meta.to_dict()
         if config.spec.rewrites_base:
-            factors = getattr(peft_model, methods.INITIAL_FACTORS_ATTRIBUTE)
+            factors = getattr(peft_model, adapters.INITIAL_FACTORS_ATTRIBUTE)
             tensors = {}
             for name, (lora_a, lora_b) in factors.items():
                 tensors[f"{name}.lora_A"] = lora_a.contiguous()
                 tensors[f"{name}.lora_B"] = lora_b.contiguous()
             save_file(tensors, str(staging / INITIAL_ADAPTER_FILE), metadata={"format": "pt"})
             meta_data["residual_sha256"] = residual_digest(peft_model)
-        meta_data["trainable_parameters"] = sum(p.numel() for p in methods.trainable_parameters(peft_model).values())
+        meta_data["trainable_parameters"] = sum(p.numel() for p in adapters.trainable_parameters(peft_model).values())
         if optimizer is not None:
             torch.save(
                 {"state_dict": optimizer.state_dict(), "param_names": _optimizer_param_names(peft_model, optimizer)},
@@ -219,7 +219,7 @@ def load_checkpoint(directory: str | os.PathLike[str], *, device: str | torch.de
     config = meta.adapter_config()
     loaded = load_model(meta.base_model, dtype=meta.torch_dtype, device=device, seed=meta.model_seed)
     base = loaded.model
-    with torch.random.fork_rng(devices=methods._cuda_device_indices(base)), warnings.catch_warnings():
+    with torch.random.fork_rng(devices=adapters._cuda_device_indices(base)), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         peft_model = PeftModel.from_pretrained(base, str(path), is_trainable=True, low_cpu_mem_usage=True)
     initial_factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -229,8 +229,8 @@ def load_checkpoint(directory: str | os.PathLike[str], *, device: str | torch.de
         if expected is not None and residual_digest(peft_model) != expected:
             raise UserError(f"the base model {meta.base_model} differs from the one {path} was saved on: "
                             "load the same base model (same files, dtype and seed).")
-    setattr(peft_model, methods.CONFIG_ATTRIBUTE, config)
-    setattr(peft_model, methods.INITIAL_FACTORS_ATTRIBUTE, initial_factors)
+    setattr(peft_model, adapters.CONFIG_ATTRIBUTE, config)
+    setattr(peft_model, adapters.INITIAL_FACTORS_ATTRIBUTE, initial_factors)
     peft_model.eval()
     optimizer_state = None
     if (path / OPTIMIZER_FILE).is_file():
@@ -289,7 +289,7 @@ def residual_digest(peft_model: nn.Module) -> str:
     2.6 s; these reductions take a fraction of that and still catch any single changed weight.
     """
     digest = hashlib.sha256()
-    for name, layer in methods.lora_layers(peft_model):
+    for name, layer in adapters.lora_layers(peft_model):
         weight = layer.get_base_layer().weight.detach().contiguous()
         bits = weight.view(_SAME_SIZE_INT[weight.element_size()]).reshape(weight.shape[0], -1)
         row_sums = bits.sum(dim=1, dtype=torch.int64)
@@ -308,14 +308,14 @@ def _restore_residual(path: Path, peft_model: PeftModel) -> dict[str, tuple[torc
                         "is incomplete, re-create it.")
     tensors = load_file(str(initial_path))
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for name, layer in methods.progress(list(methods.lora_layers(peft_model)), "residual base"):
+    for name, layer in adapters.progress(list(adapters.lora_layers(peft_model)), "residual base"):
         try:
             lora_a, lora_b = tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"]
         except KeyError as exc:
             raise UserError(f"{initial_path} has no initial factors for {name}: the checkpoint is damaged.") from exc
         base = layer.get_base_layer()
         with torch.no_grad():
-            base.weight.copy_(methods.residual_weight(base.weight, lora_a, lora_b, layer.scaling[methods.ADAPTER_NAME]))
+            base.weight.copy_(adapters.residual_weight(base.weight, lora_a, lora_b, layer.scaling[adapters.ADAPTER_NAME]))
         factors[name] = (lora_a, lora_b)
     return factors
 

@@ -21,14 +21,19 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hessian_lora.analysis.report import markdown_table, write_analysis
 from hessian_lora.analysis.summary import Analysis, analyze
 from hessian_lora.errors import UserError
 from hessian_lora.plots import FIGURE_NAMES, PlotResult, plot_run
+
+if TYPE_CHECKING:
+    from hessian_lora.adapters import AdapterAtInit
+    from hessian_lora.measure import MeasureSettings
+    from hessian_lora.sweep.config import SweepConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FULL_CONFIG = REPO_ROOT / "experiments" / "smollm2_arith.yaml"
@@ -130,15 +135,14 @@ class _Clock:
         _say(f"[{time.perf_counter() - self.started:6.1f} s] {text}", self.progress)
 
 
-def _eigen_options(sweep_config: Any) -> dict[str, Any]:
-    options = dict(sweep_config.hessian.options)
-    for key in ("density", "density_steps", "blocks", "modules", "layers", "out", "progress", "trace"):
-        options.pop(key, None)
-    options.setdefault("max_length", sweep_config.max_length)
-    return options
+def _measurement(sweep_config: SweepConfig) -> MeasureSettings:
+    """The sweep's measurement settings as the demo's reports start from them: one whole-adapter block and no
+    extras; each report then says what it adds (density, per-module blocks, preconditioning)."""
+    return replace(sweep_config.hessian.measure, blocks="whole", modules=None, layers=None, density=False,
+                   trace=False)
 
 
-def _hessian_batches(sweep_config: Any, tokenizer: Any) -> list[Any]:
+def _hessian_batches(sweep_config: SweepConfig, tokenizer: Any) -> list[Any]:
     from hessian_lora.recommend import probe_batches
 
     return probe_batches(tokenizer, sweep_config.task, data_seed=sweep_config.data_seed,
@@ -147,34 +151,30 @@ def _hessian_batches(sweep_config: Any, tokenizer: Any) -> list[Any]:
                          max_length=sweep_config.max_length)
 
 
-def _adapter_like_the_sweep(sweep_config: Any, method: str, rank: int, seed: int, device: str | None) -> Any:
-    """Base model + adapter at initialisation exactly as ``execute_run`` builds it (LoRA-GA: on the run's first
-    global batch)."""
-    from hessian_lora.methods import METHODS
-    from hessian_lora.recommend import init_adapter
+def _adapter_like_the_sweep(sweep_config: SweepConfig, method: str, rank: int, seed: int,
+                            device: str | None) -> AdapterAtInit:
+    """Base model + adapter at initialisation exactly as the sweep builds it (LoRA-GA: on the run's first global
+    batch, that of the grid's first batch size)."""
+    from hessian_lora.adapters import AdapterConfig, adapter_at_initialisation
+    from hessian_lora.data import load_task
+    from hessian_lora.train import TrainConfig
 
-    init_batches = None
-    if METHODS[method].needs_data:
-        from hessian_lora.data import load_task
-        from hessian_lora.models import load_model
-        from hessian_lora.train import TrainConfig, global_batches
-
-        tokenizer = load_model(sweep_config.model, device=device, seed=sweep_config.model_seed).tokenizer
-        task = load_task(sweep_config.task, seed=sweep_config.data_seed, n_train=sweep_config.n_train,
-                         n_eval=sweep_config.n_eval)
-        batch_size = sweep_config.batch_sizes[0]
-        train_config = TrainConfig(lr=1.0, steps=1, batch_size=batch_size,
-                                   micro_batch_size=sweep_config.micro_batch_size,
-                                   max_length=sweep_config.max_length, seed=seed)
-        init_batches = next(global_batches(tokenizer, task.train, train_config))
-    return init_adapter(sweep_config.model, method, rank=rank, alpha=sweep_config.alpha,
-                        targets=sweep_config.targets, seed=seed, model_seed=sweep_config.model_seed,
-                        pissa_niter=sweep_config.pissa_niter, attention=sweep_config.attention,
-                        init_batches=init_batches, device=device)
+    config = AdapterConfig(method=method, rank=rank, alpha=sweep_config.alpha, targets=sweep_config.targets,
+                           seed=seed, pissa_niter=sweep_config.pissa_niter)
+    train_examples = None
+    if config.spec.needs_data:
+        train_examples = load_task(sweep_config.task, seed=sweep_config.data_seed, n_train=sweep_config.n_train,
+                                   n_eval=sweep_config.n_eval).train
+    train_config = TrainConfig(lr=1.0, steps=1, batch_size=sweep_config.batch_sizes[0],
+                               micro_batch_size=sweep_config.micro_batch_size,
+                               max_length=sweep_config.max_length, seed=seed)
+    return adapter_at_initialisation(sweep_config.model, config, model_seed=sweep_config.model_seed,
+                                     attention=sweep_config.attention, device=device,
+                                     train_examples=train_examples, train_config=train_config)
 
 
 def measure_init_reports(
-    sweep_config: Any,
+    sweep_config: SweepConfig,
     run_dir: Path,
     *,
     modules: Sequence[str],
@@ -186,11 +186,11 @@ def measure_init_reports(
     """Whole-adapter λ_max with density and per-module λ_max at initialisation, per (method, rank, seed), where
     missing; ``layers``: how many evenly spaced layers the per-module scan covers (None: all). Returns the
     reports written."""
-    from hessian_lora.recommend import measure_at_init
+    from hessian_lora.measure import measure
 
     hessian_dir = run_dir / "hessian"
     written = []
-    options = _eigen_options(sweep_config)
+    settings = _measurement(sweep_config)
     targets = [module for module in modules if module in sweep_config.targets] or [sweep_config.targets[0]]
     for method in sweep_config.methods:
         for rank in sweep_config.ranks:
@@ -207,17 +207,16 @@ def measure_init_reports(
                 todo = [path for path in wanted if not path.is_file()]
                 if not todo:
                     continue
-                peft_model, tokenizer = _adapter_like_the_sweep(sweep_config, method, rank, seed, device)
+                peft_model, tokenizer, _ = _adapter_like_the_sweep(sweep_config, method, rank, seed, device)
                 batches = _hessian_batches(sweep_config, tokenizer)
                 if whole_path in todo:
-                    measure_at_init(peft_model, batches, blocks="whole", density=density_steps > 0,
-                                    density_steps=max(density_steps, 1), out=whole_path, progress=progress,
-                                    **options)
+                    whole = replace(settings, density=density_steps > 0, density_steps=max(density_steps, 1))
+                    measure(peft_model, batches, whole, out=whole_path, progress=progress)
                     written.append(str(whole_path))
                 if modules_path in todo:
                     chosen = None if layers is None else _spread_layers(peft_model, layers)
-                    measure_at_init(peft_model, batches, blocks="per-module", modules=targets, layers=chosen,
-                                    out=modules_path, progress=progress, **options)
+                    per_module = replace(settings, blocks="per-module", modules=tuple(targets), layers=chosen)
+                    measure(peft_model, batches, per_module, out=modules_path, progress=progress)
                     written.append(str(modules_path))
                 _say(f"  {key}: λ_max at init measured", progress)
     return written
@@ -231,7 +230,7 @@ def _spread_layers(model: Any, count: int) -> list[int] | None:
 
 
 def measure_final_reports(
-    sweep_config: Any,
+    sweep_config: SweepConfig,
     run_dir: Path,
     analysis: Analysis,
     *,
@@ -239,11 +238,12 @@ def measure_final_reports(
     device: str | None = None,
 ) -> list[str]:
     """Raw and preconditioned λ_max from the checkpoint of each method's best grid run, where missing."""
-    from hessian_lora.hessian import eigen
+    from hessian_lora.measure import measure
+    from hessian_lora.models import load_tokenizer
     from hessian_lora.rundir import load_runs
 
     written = []
-    options = _eigen_options(sweep_config)
+    settings = _measurement(sweep_config)
     runs = load_runs(run_dir)
     for name, summary in analysis.methods.items():
         for run in runs:
@@ -253,15 +253,10 @@ def measure_final_reports(
             checkpoint = run_dir / "runs" / run.run_id
             if path.is_file() or not (checkpoint / "hessian_lora.json").is_file():
                 continue
-            tokenizer = _tokenizer(sweep_config, device)
-            eigen(checkpoint, batches=_hessian_batches(sweep_config, tokenizer), preconditioned=True, lr=run.lr,
-                  out=path, progress=progress, device=device, **options)
+            batches = _hessian_batches(sweep_config, load_tokenizer(sweep_config.model))
+            measure(checkpoint, batches, replace(settings, preconditioned=True, lr=run.lr), device=device, out=path,
+                    progress=progress)
             written.append(str(path))
             _say(f"  {run.run_id}: λ_max and preconditioned λ_max at the end measured", progress)
     return written
 
-
-def _tokenizer(sweep_config: Any, device: str | None) -> Any:
-    from hessian_lora.models import load_model
-
-    return load_model(sweep_config.model, device=device, seed=sweep_config.model_seed).tokenizer

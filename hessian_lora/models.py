@@ -108,6 +108,38 @@ def load_model(
     return LoadedModel(model.to(device), tokenizer, spec)
 
 
+def load_tokenizer(spec: str = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
+    """The tokenizer :func:`load_model` would return for ``spec``, without building or reading the weights.
+
+    tiny-llama's byte tokenizer is built directly; a model directory, a hub id, a ``.gguf`` file and the embedded
+    SmolLM2 (its cached directory, converted once) are read by ``AutoTokenizer``.
+    """
+    if spec == DEFAULT_MODEL:
+        tokenizer = AutoTokenizer.from_pretrained(str(ensure_smollm2()))
+    elif spec == TINY_MODEL or spec.startswith(TINY_MODEL + ":"):
+        _tiny_overrides(spec)  # the same errors as load_model for a bad spec
+        tokenizer = byte_tokenizer()
+    elif spec.endswith(".gguf"):
+        path = Path(spec)
+        if not path.is_file():
+            raise UserError(f"GGUF file {spec} does not exist: pass an existing .gguf path.")
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    elif Path(spec).is_dir():
+        tokenizer = AutoTokenizer.from_pretrained(spec)
+    elif _looks_like_path(spec) or "/" not in spec:
+        # Not loadable: load_model words the error (a missing path or an unknown name).
+        return load_model(spec, device="cpu").tokenizer
+    else:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(spec)
+        except OSError as exc:
+            raise UserError(f"could not load the tokenizer of hub model {spec} ({str(exc).splitlines()[0]}): "
+                            f"check the id and your network, or use {DEFAULT_MODEL}.") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def _looks_like_path(spec: str) -> bool:
     """A model spec names a local path only when it exists, is explicitly relative or absolute (``./``, ``../``,
     ``/``, ``~``) or ends with ``.gguf``; anything else with a slash is a hub id, whatever characters it holds
@@ -194,6 +226,11 @@ def _find_smollm2_gguf() -> Path:
 def _tiny_llama_from_spec(
     spec: str, seed: int, attn_implementation: str
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    return tiny_llama(seed=seed, attn_implementation=attn_implementation, **_tiny_overrides(spec))
+
+
+def _tiny_overrides(spec: str) -> dict[str, int]:
+    """``tiny-llama:hidden_size=32,layers=1`` → {"hidden_size": 32, "layers": 1}."""
     overrides: dict[str, int] = {}
     if ":" in spec:
         for item in spec.split(":", 1)[1].split(","):
@@ -201,7 +238,7 @@ def _tiny_llama_from_spec(
             if not value.isdigit():
                 raise UserError(f"bad tiny-llama option {item!r}: write e.g. tiny-llama:hidden_size=32,layers=1.")
             overrides[key.strip()] = int(value)
-    return tiny_llama(seed=seed, attn_implementation=attn_implementation, **overrides)
+    return overrides
 
 
 def tiny_llama(

@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,17 +28,18 @@ from hessian_lora._io import write_text_atomic as write_atomic
 from hessian_lora.analysis.relation import FIT_KINDS, fit_inverse_constant, fit_power_law
 from hessian_lora.analysis.summary import Analysis, analyze, relation_lambda
 from hessian_lora.errors import UserError
-from hessian_lora.reports import report_from_dict
+from hessian_lora.reports import ReportView
 from hessian_lora.rundir import read_run_directory
+
+if TYPE_CHECKING:
+    from hessian_lora.data import TokenBatch
+    from hessian_lora.hessian.results import EigenReport
 
 DEFAULT_CALIBRATION = "calibration_smollm2.json"
 CALIBRATION_FORMAT = 1
 MIN_HALF_WIDTH_DECADES = 0.25
 MAX_HALF_WIDTH_DECADES = 1.0
 GRID_STEP_DECADES = 0.25
-# Sweep Hessian options that do not change λ_max at initialisation, or that the probe sets itself.
-_NOT_PROBE_OPTIONS = frozenset({"density", "density_steps", "density_runs", "trace", "trace_hvps", "progress", "out",
-                                "blocks", "modules", "layers", "preconditioned", "lr", "max_length", "device"})
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,11 @@ def calibration_from_analysis(analysis: Analysis, config: Mapping[str, Any],
     if relation.lomo.get(fit):
         errors = [math.log10(item["ratio"]) for item in relation.lomo[fit]]
         log10_error = float(math.sqrt(np.mean(np.square(errors))))
+    from hessian_lora.measure import MeasureSettings
+
     hessian = config.get("hessian") if isinstance(config.get("hessian"), Mapping) else {}
-    options = dict(hessian.get("options") or {})
+    # The sweep's measurement settings that change λ_max at initialisation: the probe must use them too.
+    measured = MeasureSettings.from_mapping(hessian.get("options") or {}, source=f"{analysis.run_dir}: hessian")
     settings = dict(init_settings or {})
     probe = {
         "model": config.get("model"), "model_seed": config.get("model_seed", 0), "task": config.get("task"),
@@ -119,7 +123,7 @@ def calibration_from_analysis(analysis: Analysis, config: Mapping[str, Any],
         "blocks": "whole" if relation.lambda_source == "whole" else "per-module",
         "modules": settings.get("modules") if relation.lambda_source != "whole" else None,
         "layers": settings.get("layers") if relation.lambda_source != "whole" else None,
-        "eigen_options": {key: value for key, value in options.items() if key not in _NOT_PROBE_OPTIONS},
+        "eigen_options": measured.probe_only().options(),
     }
     provenance = {
         "run_dir": str(Path(analysis.run_dir).resolve()), "sweep": config.get("name"),
@@ -181,31 +185,6 @@ def narrow_grid(eta: float, log10_error: float | None, *, step: float = GRID_STE
 # The probe
 
 
-def init_adapter(
-    model: str,
-    method: str,
-    *,
-    rank: int,
-    alpha: float | None = None,
-    targets: Sequence[str] | None = None,
-    seed: int = 0,
-    model_seed: int = 0,
-    pissa_niter: int | None = None,
-    attention: str = "eager",
-    init_batches: Sequence[Any] | None = None,
-    device: str | None = None,
-) -> tuple[Any, Any]:
-    """A fresh base model with METHOD's adapter at initialisation, built as the sweep builds it."""
-    from hessian_lora.methods import DEFAULT_TARGETS, AdapterConfig, build_adapter
-    from hessian_lora.models import load_model
-
-    config = AdapterConfig(method=method, rank=rank, alpha=alpha, targets=tuple(targets or DEFAULT_TARGETS),
-                           seed=seed, pissa_niter=pissa_niter)
-    loaded = load_model(model, device=device, seed=model_seed, attn_implementation=attention)
-    peft_model = build_adapter(loaded.model, config, batches=list(init_batches) if init_batches else None)
-    return peft_model, loaded.tokenizer
-
-
 def probe_batches(tokenizer: Any, task: str, *, data_seed: int, n_train: int | None, n_eval: int | None,
                   samples: int, batch_size: int, max_length: int) -> list[Any]:
     """The sweep's Hessian data: the first ``samples`` training examples of the task, in batches."""
@@ -215,23 +194,11 @@ def probe_batches(tokenizer: Any, task: str, *, data_seed: int, n_train: int | N
     return make_batches(tokenizer, loaded.train[:samples], batch_size, max_length=max_length)
 
 
-def measure_at_init(peft_model: Any, batches: Sequence[Any], *, blocks: str = "whole",
-                    out: str | os.PathLike[str] | None = None, **eigen_options: Any) -> Any:
-    """``hessian_lora.eigen`` on an adapter at initialisation; restores ``requires_grad`` afterwards."""
-    from hessian_lora.hessian import eigen
-
-    was = {name: param.requires_grad for name, param in peft_model.named_parameters()}
-    try:
-        return eigen(model=peft_model, batches=list(batches), blocks=blocks, out=out, **eigen_options)
-    finally:
-        for name, param in peft_model.named_parameters():
-            param.requires_grad_(was[name])
-
-
-def lambda_from_report(report: Any, lambda_source: str) -> float:
-    """The whole adapter's λ_max, or the median over per-module blocks, from an ``EigenReport``."""
-    summary = report_from_dict(report.to_dict())
-    value = summary.whole.lambda_max if lambda_source == "whole" and summary.whole else summary.module_median
+def lambda_from_report(report: EigenReport, lambda_source: str) -> float:
+    """The whole adapter's λ_max (``lambda_source`` "whole"), else the median λ_max over the per-module blocks,
+    with the whole block found as analysis finds it (:class:`hessian_lora.reports.ReportView`)."""
+    view = ReportView(report)
+    value = view.whole.lambda_max if lambda_source == "whole" and view.whole else view.module_median
     if value is None:
         raise UserError(f"the probe measured no {lambda_source} λ_max: check the calibration's probe settings.")
     return value
@@ -274,7 +241,8 @@ def recommend(
     """Probe λ_max of METHOD's adapter at initialisation on MODEL and predict its optimal learning rate."""
     import time
 
-    from hessian_lora.methods import METHODS
+    from hessian_lora.measure import MeasureSettings, measure
+    from hessian_lora.registry import METHODS
 
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}: use one of {', '.join(METHODS)}.")
@@ -293,15 +261,14 @@ def recommend(
         warnings.append(str(cal.provenance["note"]))
     started = time.perf_counter()
     peft_model, tokenizer = _probe_adapter(method, model, task, rank, seed, probe, device)
-    batches = probe_batches(tokenizer, task, data_seed=int(probe.get("data_seed") or 0), n_train=probe.get("n_train"),
-                            n_eval=probe.get("n_eval"), samples=int(probe.get("samples") or 32),
-                            batch_size=int(probe.get("batch_size") or 8),
-                            max_length=int(probe.get("max_length") or 512))
-    options = dict(probe.get("eigen_options") or {})
-    if probe.get("blocks") == "per-module":
-        options.update(modules=probe.get("modules"), layers=probe.get("layers"))
-    report = measure_at_init(peft_model, batches, blocks=str(probe.get("blocks") or "whole"),
-                             max_length=int(probe.get("max_length") or 512), progress=progress, **options)
+    batches = _probe_data(tokenizer, task, probe, samples=int(probe.get("samples") or 32))
+    blocks = str(probe.get("blocks") or "whole")
+    per_module = blocks == "per-module"
+    settings = replace(
+        MeasureSettings.from_mapping(probe.get("eigen_options") or {}, source="the calibration's eigen_options"),
+        blocks=blocks, modules=probe.get("modules") if per_module else None,
+        layers=probe.get("layers") if per_module else None, max_length=int(probe.get("max_length") or 512))
+    report = measure(peft_model, batches, settings, progress=progress)
     lambda_max = lambda_from_report(report, cal.lambda_source)
     eta = cal.predict(lambda_max)
     return Recommendation(
@@ -312,22 +279,25 @@ def recommend(
     )
 
 
+def _probe_data(tokenizer: Any, task: str, probe: Mapping[str, Any], *, samples: int) -> list[TokenBatch]:
+    """``samples`` examples of the probe task, cut as the calibration's sweep cut its Hessian data."""
+    return probe_batches(tokenizer, task, data_seed=int(probe.get("data_seed") or 0), n_train=probe.get("n_train"),
+                         n_eval=probe.get("n_eval"), samples=samples, batch_size=int(probe.get("batch_size") or 8),
+                         max_length=int(probe.get("max_length") or 512))
+
+
 def _probe_adapter(method: str, model: str, task: str, rank: int, seed: int, probe: Mapping[str, Any],
                    device: str | None) -> tuple[Any, Any]:
-    from hessian_lora.methods import METHODS
+    """METHOD's adapter at initialisation on MODEL, built as the calibration's sweep built its adapters."""
+    from hessian_lora.adapters import DEFAULT_TARGETS, AdapterConfig, adapter_at_initialisation
 
-    init_batches = None
-    if METHODS[method].needs_data:
-        # LoRA-GA estimates its gradient on data: a few batches of the probe task (the sweep uses its first
-        # global batch; close, not identical).
-        from hessian_lora.models import load_model
-
-        tokenizer = load_model(model, device=device, seed=int(probe.get("model_seed") or 0)).tokenizer
-        init_batches = probe_batches(tokenizer, task, data_seed=int(probe.get("data_seed") or 0),
-                                     n_train=probe.get("n_train"), n_eval=probe.get("n_eval"),
-                                     samples=int(probe.get("batch_size") or 8), batch_size=int(probe.get("batch_size")
-                                                                                             or 8),
-                                     max_length=int(probe.get("max_length") or 512))
-    return init_adapter(model, method, rank=rank, alpha=probe.get("alpha"), targets=probe.get("targets"), seed=seed,
-                        model_seed=int(probe.get("model_seed") or 0), pissa_niter=probe.get("pissa_niter"),
-                        attention=str(probe.get("attention") or "eager"), init_batches=init_batches, device=device)
+    config = AdapterConfig(method=method, rank=rank, alpha=probe.get("alpha"),
+                           targets=tuple(probe.get("targets") or DEFAULT_TARGETS), seed=seed,
+                           pissa_niter=probe.get("pissa_niter"))
+    built = adapter_at_initialisation(
+        model, config, model_seed=int(probe.get("model_seed") or 0), attention=str(probe.get("attention") or "eager"),
+        device=device,
+        # LoRA-GA estimates its gradient on data: one Hessian batch of the probe task (the sweep uses its first
+        # global batch, which the calibration does not record; close, not identical).
+        init_batches=lambda tokenizer: _probe_data(tokenizer, task, probe, samples=int(probe.get("batch_size") or 8)))
+    return built.model, built.tokenizer

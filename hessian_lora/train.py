@@ -192,7 +192,7 @@ def train(
     """Train ``model``'s trainable parameters in place on ``examples`` and return what happened.
 
     ``optimizer`` defaults to AdamW over the parameters with ``requires_grad`` (pass
-    :func:`hessian_lora.methods.make_optimizer`'s for LoRA+ groups). The model is left in eval mode.
+    :func:`hessian_lora.adapters.make_optimizer`'s for LoRA+ groups). The model is left in eval mode.
     """
     device = next(model.parameters()).device
     params = [param for param in model.parameters() if param.requires_grad]

@@ -57,7 +57,7 @@ SAMPLES, BATCH_SIZE = 8, 4  # Hessian data: the first SAMPLES examples of the ar
 import tempfile
 
 from hessian_lora.checkpoint import CheckpointMeta, save_checkpoint
-from hessian_lora.methods import AdapterConfig, build_adapter, trainable_parameters
+from hessian_lora.adapters import AdapterConfig, build_adapter, trainable_parameters
 from hessian_lora.models import load_model
 
 config = AdapterConfig(method=METHOD, rank=RANK)
@@ -72,7 +72,7 @@ print(f"{METHOD} r={RANK} on {MODEL}: {n_params:,} adapter parameters, checkpoin
             "Lanczos with full re-orthogonalisation; the residual ‖Hv − λv‖ certifies the value (some eigenvalue "
             "lies within it of λ)."),
         new_code_cell('''\
-from hessian_lora.hessian import eigen
+from hessian_lora import eigen
 
 whole = eigen(checkpoint, task="arith", samples=SAMPLES, batch_size=BATCH_SIZE, progress=False)
 block = whole.blocks[0]
@@ -184,7 +184,7 @@ import tempfile
 
 from hessian_lora.checkpoint import CheckpointMeta, save_checkpoint
 from hessian_lora.data import load_task
-from hessian_lora.methods import AdapterConfig, build_adapter, make_optimizer
+from hessian_lora.adapters import AdapterConfig, build_adapter, make_optimizer
 from hessian_lora.models import load_model
 from hessian_lora.train import TrainConfig, train
 
@@ -201,7 +201,7 @@ save_checkpoint(checkpoint, adapter, CheckpointMeta.from_config(config, base_mod
 print(f"{result.status}: loss {result.initial_loss:.3f} -> {result.train_loss:.3f} in {result.steps} steps")'''),
         new_markdown_cell("## Top-k, trace, density and preconditioned sharpness in one call"),
         new_code_cell('''\
-from hessian_lora.hessian import eigen
+from hessian_lora import eigen
 
 report = eigen(checkpoint, task="arith", samples=SAMPLES, batch_size=BATCH_SIZE, max_length=96, top_k=3,
                trace=True, trace_hvps=20, density=True, density_steps=20, preconditioned=True, lr=LR,

@@ -10,6 +10,7 @@ import pytest
 import torch
 from peft import PeftModel
 
+from hessian_lora.adapters import AdapterConfig, build_adapter, make_optimizer, trainable_parameters
 from hessian_lora.checkpoint import (
     ADAPTER_CONFIG_FILE,
     INITIAL_ADAPTER_FILE,
@@ -26,8 +27,8 @@ from hessian_lora.checkpoint import (
 from hessian_lora.data import Example, make_batches
 from hessian_lora.errors import UserError
 from hessian_lora.loss import loss_sum
-from hessian_lora.methods import METHODS, AdapterConfig, build_adapter, make_optimizer, trainable_parameters
 from hessian_lora.models import load_model
+from hessian_lora.registry import METHODS
 
 REWRITING = {name for name, spec in METHODS.items() if spec.rewrites_base}
 LR = 5e-3

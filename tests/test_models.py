@@ -98,3 +98,13 @@ def test_smollm2_loads_and_speaks_english(smollm2) -> None:
     ids = tokenizer(paragraph, return_tensors="pt")["input_ids"]
     batch = TokenBatch(ids, torch.ones_like(ids), ids.clone())
     assert mean_loss(model, [batch]) < 4.0
+
+
+def test_load_tokenizer_builds_no_model() -> None:
+    from hessian_lora.models import load_tokenizer
+
+    tokenizer = load_tokenizer("tiny-llama")
+    reference = load_model("tiny-llama", device="cpu").tokenizer
+    assert tokenizer.get_vocab() == reference.get_vocab() and tokenizer.pad_token == reference.pad_token
+    with pytest.raises(UserError, match="unknown model"):
+        load_tokenizer("no-such-model")

@@ -93,6 +93,6 @@ def test_palette_is_stable_and_shades_darken_with_learning_rate() -> None:
 
 
 def test_method_order_matches_the_registry() -> None:
-    from hessian_lora.methods import METHODS as REGISTRY
+    from hessian_lora.registry import METHODS as REGISTRY
 
     assert tuple(REGISTRY) == registry.METHOD_ORDER

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from hessian_lora.adapters import AdapterConfig, build_adapter, trainable_parameters
 from hessian_lora.data import load_task, make_batches
 from hessian_lora.errors import UserError
-from hessian_lora.methods import AdapterConfig, build_adapter, trainable_parameters
 from hessian_lora.train import (
     TrainConfig,
     accumulate_gradient,

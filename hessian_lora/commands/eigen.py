@@ -78,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     apply_threads(args)
-    from hessian_lora.hessian.api import eigen
+    from hessian_lora.measure import eigen
 
     if args.checkpoint is None and args.method is None:
         raise UserError("pass a CHECKPOINT directory, or --method (and --model) to analyse an adapter at initialisation.")
@@ -86,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("give either a CHECKPOINT or --method/--model, not both.")
     if args.data is not None and not Path(args.data.split("::", 1)[0]).is_file():
         raise UserError(f"--data {args.data}: no such file; pass a .json or .jsonl file of examples.")
+    if args.blocks == "whole" and (args.modules or args.layers):
+        raise UserError("--modules/--layers pick per-module blocks: add --blocks per-module.")
     targets = tuple(t.strip() for t in args.targets.split(",") if t.strip()) if args.targets else None
     report = eigen(
         args.checkpoint,

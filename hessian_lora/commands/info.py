@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def describe(directory: str | Path) -> dict[str, Any]:
     """The facts ``info`` prints, read from the files (no model is loaded)."""
     from hessian_lora import checkpoint
-    from hessian_lora.methods import METHODS
+    from hessian_lora.registry import METHODS
 
     path = Path(directory)
     data = checkpoint.read_meta_dict(path)

@@ -6,8 +6,9 @@ import argparse
 import sys
 import time
 
+from hessian_lora.adapters import DEFAULT_TARGETS, AdapterConfig
 from hessian_lora.errors import UserError
-from hessian_lora.methods import DEFAULT_TARGETS, METHODS, AdapterConfig
+from hessian_lora.registry import METHODS
 
 DEFAULT_LORAGA_BATCHES = 4
 DEFAULT_BATCH_SIZE = 4
@@ -44,8 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hessian_lora.adapters import adapter_at_initialisation, trainable_parameters
     from hessian_lora.checkpoint import CheckpointMeta, check_checkpoint_destination, save_checkpoint
-    from hessian_lora.methods import build_adapter, trainable_parameters
+    from hessian_lora.data import load_task, make_batches
     from hessian_lora.models import load_model
 
     targets = tuple(name.strip() for name in args.targets.split(",") if name.strip())
@@ -54,15 +56,14 @@ def run(args: argparse.Namespace) -> int:
     if args.loraga_batches <= 0:
         raise UserError(f"--loraga-batches must be positive, got {args.loraga_batches}.")
     check_checkpoint_destination(args.out)
+    # Model and LoRA-GA data are prepared before the clock starts: the reported build time is the adapter's alone.
     loaded = load_model(args.model, device=args.device, seed=args.model_seed)
     batches = None
     if config.spec.needs_data:
-        from hessian_lora.data import load_task, make_batches
-
         task = load_task(args.task, seed=args.seed, n_train=args.loraga_batches * args.batch_size, n_eval=0)
         batches = make_batches(loaded.tokenizer, task.train, args.batch_size, max_length=args.max_length)
     started = time.perf_counter()
-    peft_model = build_adapter(loaded.model, config, batches=batches)
+    peft_model = adapter_at_initialisation(loaded, config, init_batches=batches).model
     built_seconds = time.perf_counter() - started
     meta = CheckpointMeta.from_config(config, base_model=args.model, task=args.task, model_seed=args.model_seed,
                                       step=0, extra={"build_seconds": round(built_seconds, 3)})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hessian_lora.methods import METHODS
+from hessian_lora.registry import METHODS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -3,12 +3,12 @@
 Data flows operator → solver → result: :class:`HessianOperator` gives Hessian-vector products of the
 token-weighted mean loss over a parameter block (chosen by a filter); free-function solvers (:func:`lanczos`,
 :func:`power_iteration`, :func:`hutchinson`, :func:`hutchplusplus`, :func:`spectral_density`,
-:func:`preconditioned_sharpness`) return frozen result records; :func:`eigen` strings it all together.
+:func:`preconditioned_sharpness`) return frozen result records. The engine knows nothing of checkpoints,
+models or sweeps: :mod:`hessian_lora.measure` strings it together for an adapter (``hessian_lora.eigen``).
 """
 
 from __future__ import annotations
 
-from hessian_lora.hessian.api import eigen, read_report, write_report
 from hessian_lora.hessian.density import spectral_density
 from hessian_lora.hessian.filters import ByName, ParameterBlock, ParameterFilter, PerModule, WholeAdapter
 from hessian_lora.hessian.lanczos import lanczos
@@ -46,15 +46,12 @@ __all__ = [
     "WholeAdapter",
     "adam_preconditioner",
     "adam_thresholds",
-    "eigen",
     "hutchinson",
     "hutchplusplus",
     "lanczos",
     "power_iteration",
     "preconditioned_sharpness",
     "pyhessian_power_iteration",
-    "read_report",
     "run_pyhessian",
     "spectral_density",
-    "write_report",
 ]

@@ -24,9 +24,11 @@ from typing import Any, Literal, get_args
 
 import yaml
 
+from hessian_lora.adapters import DEFAULT_TARGETS
 from hessian_lora.errors import UserError
 from hessian_lora.evaluate import EvalConfig
-from hessian_lora.methods import DEFAULT_TARGETS, METHODS
+from hessian_lora.measure import MeasureSettings
+from hessian_lora.registry import METHODS
 from hessian_lora.rundir import InitKey, run_id
 from hessian_lora.train import PRECISIONS, Precision
 
@@ -43,14 +45,18 @@ _NUMERIC_KEYS = ("lr", "lrs", "epochs", "alpha", "max_grad_norm", "dropout", "wa
 
 @dataclass(frozen=True)
 class HessianSettings:
-    """λ_max measurements through ``hessian_lora.eigen``: at initialisation (once per method, rank and seed) and
-    at the end of each finished run. ``options`` are passed to ``eigen`` as keyword arguments."""
+    """λ_max measurements (:func:`hessian_lora.measure.measure`): at initialisation (once per method, rank and
+    seed) and at the end of each finished run, on the first ``samples`` training examples in batches of
+    ``batch_size``. ``measure`` says how (its ``max_length`` is the sweep's unless the block sets one).
+
+    In YAML the block's other keys (tol, max_iter, blocks, ...) are ``measure``'s, beside or under ``options:``.
+    """
 
     init: bool = False
     final: bool = False
     samples: int = 32
     batch_size: int = 8
-    options: Mapping[str, Any] = field(default_factory=dict)
+    measure: MeasureSettings = field(default_factory=MeasureSettings)
 
     @property
     def enabled(self) -> bool:
@@ -149,7 +155,9 @@ class SweepConfig:
         """Plain YAML-able data that :func:`config_from_dict` reads back to an equal config."""
         data = dataclasses.asdict(self)
         data["lr"] = [float(lr) for lr in data.pop("lrs")]
-        data["hessian"]["options"] = dict(self.hessian.options)
+        # The YAML form: ``options`` holds the measurement settings that differ from the sweep's defaults.
+        data["hessian"].pop("measure")
+        data["hessian"]["options"] = self.hessian.measure.options(MeasureSettings(max_length=self.max_length))
         return _plain(data)
 
     def shared_settings(self) -> dict[str, Any]:
@@ -251,7 +259,7 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "config") -> Swee
     values["eval"] = _section(EvalConfig, data.get("eval"), "eval", source)
     if values.get("precision") and values["eval"].precision != values["precision"]:
         values["eval"] = dataclasses.replace(values["eval"], precision=values["precision"])
-    values["hessian"] = _hessian(data.get("hessian"), source)
+    values["hessian"] = _hessian(data.get("hessian"), source, max_length=values.get("max_length", 512))
     values["ray"] = _section(RaySettings, data.get("ray"), "ray", source)
     config = SweepConfig(**values)
     _check_consistency(config, source)
@@ -313,13 +321,17 @@ def _check_consistency(config: SweepConfig, source: str) -> None:
         raise UserError(f"{source}: divergence_factor must be > 1.")
 
 
-def _hessian(value: Any, source: str) -> HessianSettings:
+def _hessian(value: Any, source: str, *, max_length: int) -> HessianSettings:
+    """The ``hessian:`` block; ``max_length`` (the sweep's) is the measurement's unless the block sets one."""
     if value is None:
-        return HessianSettings()
+        value = {}
     if not isinstance(value, Mapping):
         raise UserError(f"{source}: hessian must be a mapping, e.g. {{init: true, final: true}}.")
     settings: dict[str, Any] = {}
-    options = dict(value.get("options") or {})
+    options = value.get("options") or {}
+    if not isinstance(options, Mapping):
+        raise UserError(f"{source}: hessian.options must be a mapping of measurement settings, e.g. {{tol: 1e-3}}.")
+    options = dict(options)
     for key, item in value.items():
         if key == "options":
             continue
@@ -330,9 +342,11 @@ def _hessian(value: Any, source: str) -> HessianSettings:
         elif key in ("samples", "batch_size"):
             settings[key] = _integer(item, f"hessian.{key}", source, minimum=1)
         else:
-            # Anything else is an option of hessian_lora.eigen (tol, max_iter, blocks, backend, ...).
+            # Anything else is a measurement setting (tol, max_iter, blocks, backend, ...).
             options[key] = item
-    return HessianSettings(**settings, options=options)
+    options.setdefault("max_length", max_length)
+    measure = MeasureSettings.from_mapping(options, source=f"{source}: hessian")
+    return HessianSettings(**settings, measure=measure)
 
 
 def _section(cls: type[Any], value: Any, name: str, source: str) -> Any:

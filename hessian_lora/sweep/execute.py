@@ -9,6 +9,7 @@ its files. A run that raises becomes :func:`failed_row`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import shutil
@@ -53,17 +54,14 @@ def execute_run(
     device: str | torch.device | None = None,
 ) -> RunOutcome:
     """Train, evaluate and measure one grid point; write its checkpoint; return its row and documents."""
+    from hessian_lora.adapters import AdapterConfig, adapter_at_initialisation, make_optimizer
     from hessian_lora.checkpoint import CheckpointMeta, save_checkpoint
     from hessian_lora.data import make_batches
     from hessian_lora.evaluate import evaluate
-    from hessian_lora.methods import AdapterConfig, build_adapter, make_optimizer
-    from hessian_lora.models import load_model
     from hessian_lora.train import TrainConfig, train
 
     start = time.perf_counter()
     layout = RunLayout(run_dir)
-    loaded = load_model(config.model, device=device, seed=config.model_seed, attn_implementation=config.attention)
-    model, tokenizer = loaded.model, loaded.tokenizer
     task = _cached_task(config.task, config.data_seed, config.n_train, config.n_eval)
     if not task.train:
         raise UserError(f"task {config.task!r} has no training examples: raise n_train.")
@@ -78,13 +76,10 @@ def execute_run(
         method=spec.method, rank=spec.rank, alpha=config.alpha, dropout=config.dropout, targets=config.targets,
         seed=spec.seed, loraplus_ratio=config.loraplus_ratio, pissa_niter=config.pissa_niter,
     )
-    init_batches = None
-    if adapter_config.spec.needs_data:
-        # LoRA-GA estimates its gradient on the run's own first global batch.
-        from hessian_lora.train import global_batches
-
-        init_batches = next(global_batches(tokenizer, task.train, train_config))
-    peft_model = build_adapter(model, adapter_config, batches=init_batches)
+    # LoRA-GA estimates its gradient on the run's own first global batch.
+    peft_model, tokenizer, _ = adapter_at_initialisation(
+        config.model, adapter_config, model_seed=config.model_seed, attention=config.attention, device=device,
+        train_examples=task.train, train_config=train_config)
 
     documents: dict[str, Any] = {}
     row: dict[str, Any] = {}
@@ -124,7 +119,7 @@ def execute_run(
             )
             save_checkpoint(checkpoint_dir, peft_model, meta, optimizer=optimizer)
             if config.hessian.final:
-                del peft_model, model, optimizer  # the measurement reloads the checkpoint
+                del peft_model, optimizer  # the measurement reloads the checkpoint
                 clock = time.perf_counter()
                 report = _eigen_report(config, None, hessian_batches, checkpoint=checkpoint_dir, lr=spec.lr,
                                        out=layout.final_report(spec.run_id), progress=progress)
@@ -151,21 +146,15 @@ def _eigen_report(
     checkpoint: Path | None = None,
     lr: float | None = None,
 ) -> Any:
-    """λ_max through the Hessian engine; its report is written to ``out`` (and resumed from it if present)."""
-    from hessian_lora.hessian import eigen
+    """λ_max through :func:`hessian_lora.measure.measure`; its report is written to ``out`` (and resumed from it
+    if present). No progress bars: the sweep's own bar reports the run."""
+    from hessian_lora.measure import measure
 
-    options = dict(config.hessian.options)
-    options.setdefault("max_length", config.max_length)
-    options.setdefault("progress", False)
+    settings = config.hessian.measure
     if checkpoint is not None:
-        return eigen(checkpoint, batches=batches, preconditioned=True, lr=lr, out=out, **options)
-    was = {name: param.requires_grad for name, param in model.named_parameters()}
-    try:
-        return eigen(model=model, batches=batches, out=out, **options)
-    finally:
-        # Whatever grad flags the measurement changed, training must start from the adapter's own.
-        for name, param in model.named_parameters():
-            param.requires_grad_(was[name])
+        return measure(checkpoint, batches, dataclasses.replace(settings, preconditioned=True, lr=lr), out=out,
+                       progress=False)
+    return measure(model, batches, settings, out=out, progress=False)
 
 
 def _headline_lambda(report: Any) -> float | None:

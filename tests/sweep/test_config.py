@@ -9,6 +9,7 @@ import pytest
 from sweep_helpers import tiny_data
 
 from hessian_lora.errors import UserError
+from hessian_lora.measure import MeasureSettings
 from hessian_lora.sweep.config import config_from_dict, load_config, parse_lr_grid, run_id
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
@@ -61,7 +62,8 @@ def test_run_ids_are_stable_and_unique():
 def test_config_round_trips_through_plain_data():
     config = config_from_dict(tiny_data(hessian={"init": True, "tol": 1e-2}))
     assert config_from_dict(config.to_dict()) == config
-    assert config.hessian.options == {"tol": 1e-2}
+    assert config.hessian.measure == MeasureSettings(tol=1e-2, max_length=config.max_length)
+    assert config.to_dict()["hessian"]["options"] == {"tol": 1e-2}
 
 
 @pytest.mark.parametrize(("change", "message"), [

@@ -1,4 +1,5 @@
-"""Adapter methods: how each LoRA variant initialises A, B (and, for some, the base weights).
+"""Building adapters: how each LoRA variant initialises A, B (and, for some, the base weights), and the one
+factory that puts a method's adapter on a freshly loaded base model (:func:`adapter_at_initialisation`).
 
 W is out×in, A is r×in, B is out×r, s is the LoRA scale (alpha/r, or alpha/sqrt(r) for rsLoRA), ΔW = s·B·A.
 
@@ -9,6 +10,8 @@ float64 arithmetic in a fixed order over the rank, elementwise only, rounded onc
 more accurate than an fp32 matmul and, given the same base weights and the same A₀, B₀, it gives the same bits on
 any machine and device, which is what lets a checkpoint store only A₀, B₀ (kilobytes) instead of the rewritten
 weights (hundreds of megabytes) and still reload bit for bit.
+
+:func:`make_optimizer` lives here too: LoRA+ is an adapter method whose definition *is* its optimizer groups.
 """
 
 from __future__ import annotations
@@ -16,19 +19,24 @@ from __future__ import annotations
 import math
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraGAConfig, LoraLayer
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
 
-from hessian_lora.data import TokenBatch
+from hessian_lora.data import Example, TokenBatch
 from hessian_lora.errors import UserError
+from hessian_lora.models import HESSIAN_SAFE_ATTENTION, LoadedModel, load_model
 from hessian_lora.registry import METHODS, MethodSpec
+
+if TYPE_CHECKING:
+    from hessian_lora.train import TrainConfig
 
 T = TypeVar("T")
 DEFAULT_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -130,6 +138,65 @@ def build_adapter(
     setattr(peft_model, INITIAL_FACTORS_ATTRIBUTE, initial_factors)
     peft_model.eval()
     return peft_model
+
+
+# LoRA-GA's data: batches, or a function that makes them from the base model's tokenizer (called only when the
+# method needs data, so the other methods never load a task).
+InitBatches = Sequence[TokenBatch] | Callable[[PreTrainedTokenizerBase], Sequence[TokenBatch]]
+
+
+class AdapterAtInit(NamedTuple):
+    """What :func:`adapter_at_initialisation` built: the adapted model, its tokenizer, LoRA-GA's batches (or None)."""
+
+    model: PeftModel
+    tokenizer: PreTrainedTokenizerBase
+    init_batches: list[TokenBatch] | None
+
+
+def adapter_at_initialisation(
+    model: str | LoadedModel,
+    config: AdapterConfig,
+    *,
+    model_seed: int = 0,
+    attention: str = HESSIAN_SAFE_ATTENTION,
+    device: str | torch.device | None = None,
+    init_batches: InitBatches | None = None,
+    train_examples: Sequence[Example] | None = None,
+    train_config: TrainConfig | None = None,
+) -> AdapterAtInit:
+    """THE way to get ``config``'s adapter at initialisation: load the base ``model`` and build the adapter on it.
+
+    Args:
+        model: a model spec (``smollm2-135m``, ``tiny-llama``, a directory, ...) loaded fresh here, or a
+            :class:`~hessian_lora.models.LoadedModel` whose weights nobody else uses (rewriting methods change
+            them in place).
+        model_seed, attention, device: how a spec is loaded (``model_seed``: a random tiny-llama's weights).
+        init_batches: LoRA-GA's gradient batches, or a function of the tokenizer that makes them.
+        train_examples, train_config: instead of ``init_batches``, LoRA-GA estimates its gradient on the first
+            global batch that training with ``train_config`` on ``train_examples`` would take (the sweep's rule).
+    """
+    loaded = model if isinstance(model, LoadedModel) else load_model(
+        model, device=device, seed=model_seed, attn_implementation=attention)
+    batches: list[TokenBatch] | None = None
+    if config.spec.needs_data:
+        batches = _init_batches(loaded.tokenizer, init_batches, train_examples, train_config)
+    peft_model = build_adapter(loaded.model, config, batches=batches)
+    return AdapterAtInit(peft_model, loaded.tokenizer, batches)
+
+
+def _init_batches(
+    tokenizer: PreTrainedTokenizerBase,
+    init_batches: InitBatches | None,
+    train_examples: Sequence[Example] | None,
+    train_config: TrainConfig | None,
+) -> list[TokenBatch] | None:
+    if init_batches is not None:
+        return list(init_batches(tokenizer) if callable(init_batches) else init_batches)
+    if train_examples is not None and train_config is not None:
+        from hessian_lora.train import global_batches
+
+        return next(global_batches(tokenizer, train_examples, train_config))
+    return None  # build_adapter says what is missing
 
 
 def residual_weight(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Adapter methods: each method's definition, its initial-function promise, determinism, optimizer groups."""
+"""Building adapters: each method's definition, its initial-function promise, determinism, optimizer groups."""
 
 from __future__ import annotations
 
@@ -9,13 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from hessian_lora.data import Example, TokenBatch, make_batches
-from hessian_lora.errors import UserError
-from hessian_lora.loss import loss_sum
-from hessian_lora.methods import (
+from hessian_lora.adapters import (
     ADAPTER_NAME,
     DEFAULT_TARGETS,
-    METHODS,
     AdapterConfig,
     _estimate_loraga_gradients,
     _peft_config,
@@ -25,7 +21,11 @@ from hessian_lora.methods import (
     residual_weight,
     trainable_parameters,
 )
+from hessian_lora.data import Example, TokenBatch, make_batches
+from hessian_lora.errors import UserError
+from hessian_lora.loss import loss_sum
 from hessian_lora.models import load_model
+from hessian_lora.registry import METHODS
 
 # Function-preservation tolerance: the adapted model's fp32 logits against the base model's. The residual is
 # exact to one fp32 rounding per weight, so the logits differ by forward-pass round-off only (seen: ~3e-7).

@@ -7,12 +7,13 @@ import pytest
 import torch
 
 import hessian_lora
+from hessian_lora.adapters import AdapterConfig, build_adapter, make_optimizer
 from hessian_lora.checkpoint import CheckpointMeta, save_checkpoint
 from hessian_lora.data import load_task, make_batches
 from hessian_lora.errors import UserError
-from hessian_lora.hessian import EigenReport, HessianOperator, PerModule, lanczos, read_report
+from hessian_lora.hessian import EigenReport, HessianOperator, PerModule, lanczos
 from hessian_lora.loss import loss_sum
-from hessian_lora.methods import AdapterConfig, build_adapter, make_optimizer
+from hessian_lora.measure import MeasureSettings, read_report
 from hessian_lora.models import load_model
 
 SMALL = {"model": "tiny-llama", "rank": 2, "targets": ("q_proj", "v_proj"), "samples": 4, "batch_size": 2,
@@ -106,3 +107,14 @@ def test_bad_requests_are_user_errors(tmp_path: Path) -> None:
         hessian_lora.eigen(method="lora", solver="qr", **SMALL)
     with pytest.raises(UserError, match="no adapted module"):
         hessian_lora.eigen(method="lora", blocks="per-module", modules="k_proj", **SMALL)
+
+
+def test_measure_settings_parse_yaml_data_and_name_unknown_keys() -> None:
+    settings = MeasureSettings.from_mapping({"blocks": "per-module", "modules": "q_proj", "tol": "1e-2"})
+    assert settings.modules == ("q_proj",) and settings.tol == 1e-2
+    assert MeasureSettings.from_mapping(settings.options()) == settings
+    assert settings.probe_only() == MeasureSettings(tol=1e-2)
+    with pytest.raises(UserError, match="tolerance"):
+        MeasureSettings.from_mapping({"tolerance": 1e-3}, source="sweep.yaml")
+    with pytest.raises(UserError, match="blocks='per-module'"):
+        MeasureSettings(layers="0:2")

@@ -1,0 +1,527 @@
+"""Measuring an adapter's loss Hessian: the application around the engine in :mod:`hessian_lora.hessian`.
+
+:class:`MeasureSettings` says what to measure (blocks, solver, extras) and, when the measurement builds its own
+batches, from which data; :func:`measure` runs it on an adapted model or a checkpoint directory and returns an
+:class:`~hessian_lora.hessian.EigenReport`. With ``out`` the report is written after every block (atomically)
+and an existing file resumes the scan: blocks already in it are skipped, provided it was written with the same
+settings. :func:`eigen` is ``hessian_lora.eigen``, the Python face of ``hessian-lora eigen``: it takes the
+command's keyword arguments and can build a method's adapter at initialisation first.
+
+The engine (operators, solvers, results) knows nothing of checkpoints, models or sweeps; this module is where
+they meet it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+import torch
+from torch import nn
+
+from hessian_lora._io import write_json_atomic
+from hessian_lora.data import DEFAULT_TASK, TokenBatch, load_task, make_batches
+from hessian_lora.errors import UserError
+from hessian_lora.hessian import distributed
+from hessian_lora.hessian.density import spectral_density
+from hessian_lora.hessian.filters import ParameterBlock, PerModule, WholeAdapter, parse_layers, parse_modules
+from hessian_lora.hessian.lanczos import lanczos
+from hessian_lora.hessian.operator import HessianOperator, resolve_backend
+from hessian_lora.hessian.power import power_iteration
+from hessian_lora.hessian.preconditioned import adam_preconditioner, preconditioned_sharpness
+from hessian_lora.hessian.pyhessian_compat import pyhessian_power_iteration
+from hessian_lora.hessian.results import BlockReport, EigenReport, EigenResult, IterationRecord
+from hessian_lora.hessian.trace import hutchplusplus
+
+if TYPE_CHECKING:
+    from hessian_lora.checkpoint import LoadedCheckpoint
+
+Solver = Literal["lanczos", "power", "pyhessian"]
+Blocks = Literal["whole", "per-module"]
+Backend = Literal["auto", "double_backward", "forward_over_reverse", "finite_difference"]
+SOLVERS: tuple[str, ...] = get_args(Solver)
+BLOCKS: tuple[str, ...] = get_args(Blocks)
+BACKENDS: tuple[str, ...] = get_args(Backend)
+# Settings that select blocks rather than change a block's numbers: a resumed scan may differ in them.
+_SELECTION_SETTINGS = ("modules", "layers")
+_FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """What a Hessian measurement computes, and from which data when it builds its own batches.
+
+    Data (used when :func:`measure` gets no batches): ``task`` (a task spec or a .json/.jsonl file; None: the
+    checkpoint's task, else ``arith``) cut to ``samples`` examples in batches of ``batch_size`` of at most
+    ``max_length`` tokens, picked by ``data_seed``. Blocks: ``whole`` (one block, the whole adapter) or
+    ``per-module`` (one per adapted module, optionally only ``modules`` on ``layers``). Solver: ``top_k``
+    eigenvalues per end to a relative residual ``tol`` in at most ``max_iter`` iterations from start vectors
+    drawn by ``seed``; ``smallest`` also finds λ_min (Lanczos only). Extras: Hutch++ ``trace`` (``trace_hvps``
+    products), SLQ ``density`` (``density_steps`` × ``density_runs``), Adam-``preconditioned`` sharpness with the
+    thresholds of learning rate ``lr`` (None: the checkpoint's). Engine: the Hessian-vector product ``backend``
+    and whether each batch's first-order graph is kept between products (``reuse``).
+    """
+
+    task: str | None = None
+    samples: int = 64
+    batch_size: int = 8
+    max_length: int = 512
+    data_seed: int = 0
+    blocks: Blocks = "whole"
+    modules: tuple[str, ...] | None = None
+    layers: tuple[int, ...] | None = None
+    solver: Solver = "lanczos"
+    top_k: int = 1
+    smallest: bool = True
+    tol: float = 1e-3
+    max_iter: int = 100
+    seed: int = 0
+    trace: bool = False
+    trace_hvps: int = 30
+    density: bool = False
+    density_steps: int = 30
+    density_runs: int = 1
+    preconditioned: bool = False
+    lr: float | None = None
+    backend: Backend = "auto"
+    reuse: bool | Literal["auto"] = "auto"
+
+    def __post_init__(self) -> None:
+        # Normalise the forms a YAML file or a command line gives ("q_proj,v_proj", "0:4", lists) to tuples.
+        modules = self.modules
+        if isinstance(modules, str) or modules is None:
+            modules = parse_modules(modules)
+        elif not all(isinstance(name, str) for name in modules):
+            raise UserError(f"modules must be module names such as q_proj, got {modules!r}.")
+        layers = self.layers
+        if isinstance(layers, int) and not isinstance(layers, bool):
+            layers = (layers,)
+        elif isinstance(layers, str) or layers is None:
+            layers = parse_layers(layers)
+        elif not all(isinstance(layer, int) and not isinstance(layer, bool) for layer in layers):
+            raise UserError(f"layers must be layer indices, got {layers!r}.")
+        object.__setattr__(self, "modules", tuple(modules) if modules else None)
+        object.__setattr__(self, "layers", tuple(layers) if layers else None)
+        for name in ("tol", "lr"):
+            value = getattr(self, name)
+            if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+                object.__setattr__(self, name, float(value))  # PyYAML reads 1e-3 (no dot) as a string
+        self._check()
+
+    def _check(self) -> None:
+        for name, allowed in (("solver", SOLVERS), ("blocks", BLOCKS), ("backend", BACKENDS)):
+            if getattr(self, name) not in allowed:
+                raise UserError(f"unknown {name} {getattr(self, name)!r}: use {', '.join(allowed)}.")
+        if self.reuse not in (True, False, "auto"):
+            raise UserError(f"reuse must be true, false or 'auto', got {self.reuse!r}.")
+        for name in ("samples", "batch_size", "max_length", "top_k", "max_iter", "trace_hvps", "density_steps",
+                     "density_runs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{name} must be an integer >= 1, got {value!r}.")
+        for name in ("data_seed", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise UserError(f"{name} must be an integer >= 0, got {value!r}.")
+        for name in ("smallest", "trace", "density", "preconditioned"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}.")
+        if not _is_number(self.tol) or not self.tol > 0:
+            raise UserError(f"tol must be a positive number, got {self.tol!r}.")
+        if self.lr is not None and (not _is_number(self.lr) or not self.lr > 0):
+            raise UserError(f"lr must be a positive number (or left out), got {self.lr!r}.")
+        if self.task is not None and not isinstance(self.task, str):
+            raise UserError(f"task must be a task spec or a file name, got {self.task!r}.")
+        if self.blocks == "whole" and (self.modules or self.layers):
+            raise UserError("modules and layers pick per-module blocks: set blocks='per-module' as well.")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "settings") -> MeasureSettings:
+        """Settings from plain data (a YAML block); unknown keys and bad values are a :class:`UserError`."""
+        known = [field.name for field in dataclasses.fields(cls)]
+        unknown = sorted(str(key) for key in data if key not in known)
+        if unknown:
+            raise UserError(f"{source}: unknown Hessian setting(s) {', '.join(unknown)}: check the spelling "
+                            f"(known: {', '.join(known)}).")
+        try:
+            return cls(**dict(data))
+        except UserError as exc:
+            raise UserError(f"{source}: {exc}") from exc
+
+    def options(self, relative_to: MeasureSettings | None = None) -> dict[str, Any]:
+        """The settings that differ from ``relative_to`` (default: the defaults), as plain YAML-able data.
+
+        ``from_mapping`` of the result, over the same defaults, gives these settings back.
+        """
+        base = relative_to if relative_to is not None else MeasureSettings()
+        return {field.name: _plain(getattr(self, field.name)) for field in dataclasses.fields(self)
+                if getattr(self, field.name) != getattr(base, field.name)}
+
+    def probe_only(self) -> MeasureSettings:
+        """These settings less what does not change λ_max at initialisation: block selection, the extras
+        (trace, density, preconditioning) and ``max_length`` (a probe sets its own) back at their defaults."""
+        default = MeasureSettings()
+        return dataclasses.replace(
+            self, blocks=default.blocks, modules=None, layers=None, trace=default.trace,
+            trace_hvps=default.trace_hvps, density=default.density, density_steps=default.density_steps,
+            density_runs=default.density_runs, preconditioned=default.preconditioned, lr=default.lr,
+            max_length=default.max_length)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``settings`` of a report (without the model's ``dtype``): settings that are not in effect (λ_min
+        by power iteration, the budget of a trace not asked for, ...) are recorded as off or None."""
+        return {
+            "task": self.task, "samples": self.samples, "batch_size": self.batch_size,
+            "max_length": self.max_length, "data_seed": self.data_seed, "blocks": self.blocks,
+            "modules": list(self.modules) if self.modules else None,
+            "layers": list(self.layers) if self.layers else None,
+            "solver": self.solver, "top_k": self.top_k, "smallest": self.smallest and self.solver == "lanczos",
+            "tol": self.tol, "max_iter": self.max_iter, "seed": self.seed, "backend": self.backend,
+            "trace": self.trace, "trace_hvps": self.trace_hvps if self.trace else None,
+            "density": self.density, "density_steps": self.density_steps if self.density else None,
+            "density_runs": self.density_runs if self.density else None, "preconditioned": self.preconditioned,
+            "lr": self.lr,
+        }
+
+
+def measure(
+    adapter: nn.Module | str | os.PathLike[str],
+    batches: Sequence[TokenBatch] | None = None,
+    settings: MeasureSettings | None = None,
+    *,
+    tokenizer: Any = None,
+    source: Mapping[str, Any] | None = None,
+    device: str | torch.device | None = None,
+    out: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> EigenReport:
+    """Loss-Hessian eigenvalues of ``adapter``, block by block, as ``settings`` say.
+
+    Args:
+        adapter: a checkpoint directory (loaded on ``device``), or an adapted model whose trainable parameters
+            are the adapter (its ``requires_grad`` flags are left as they were).
+        batches: the data; None builds ``settings``' task with the checkpoint's tokenizer (or ``tokenizer``,
+            for a model). Given batches are recorded as task ``"batches"``.
+        source: what the report says was analysed (default: the checkpoint's facts, or the model's class).
+        out: a JSON report, written after every block and resumed from when it exists.
+    """
+    settings = settings if settings is not None else MeasureSettings()
+    distributed.init_from_environment()
+    loaded = None
+    if isinstance(adapter, nn.Module):
+        peft_model = adapter
+        if batches is None and tokenizer is None:
+            raise UserError("pass batches=... or tokenizer=... (with task=...) along with your model.")
+        task = settings.task or DEFAULT_TASK
+        source = dict(source) if source is not None else {"model": type(adapter).__name__}
+    else:
+        from hessian_lora.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(adapter, device=device)
+        peft_model, tokenizer, meta = loaded.model, loaded.tokenizer, loaded.meta
+        task = settings.task or meta.task or DEFAULT_TASK
+        source = dict(source) if source is not None else {
+            "checkpoint": str(Path(adapter).resolve()), "method": meta.method, "base_model": meta.base_model,
+            "rank": meta.rank, "alpha": meta.alpha, "step": meta.step, "lr": meta.lr}
+    if settings.preconditioned and (loaded is None or loaded.optimizer_state is None):
+        raise UserError("the preconditioned sharpness needs a checkpoint saved with its optimizer state "
+                        "(a training run).")
+    batch_list = list(batches) if batches is not None else settings_batches(tokenizer, dataclasses.replace(
+        settings, task=task))
+    was = {name: param.requires_grad for name, param in peft_model.named_parameters()}
+    try:
+        return _measure(peft_model, batch_list, settings, task=task if batches is None else "batches",
+                        source=source, loaded=loaded, out=out, progress=progress)
+    finally:
+        for name, param in peft_model.named_parameters():
+            param.requires_grad_(was[name])
+
+
+def settings_batches(tokenizer: Any, settings: MeasureSettings) -> list[TokenBatch]:
+    """The batches ``settings`` describe: ``samples`` training examples of ``task`` in ``batch_size`` batches."""
+    task = settings.task or DEFAULT_TASK
+    examples = load_task(task, seed=settings.data_seed, n_train=settings.samples, n_eval=0).train
+    if not examples:
+        raise UserError(f"task {task} gave no training examples: raise samples or use another task.")
+    return make_batches(tokenizer, examples, settings.batch_size, max_length=settings.max_length)
+
+
+def _measure(
+    peft_model: nn.Module,
+    batches: list[TokenBatch],
+    settings: MeasureSettings,
+    *,
+    task: str,
+    source: dict[str, Any],
+    loaded: LoadedCheckpoint | None,
+    out: str | os.PathLike[str] | None,
+    progress: bool,
+) -> EigenReport:
+    parameter_filter = (WholeAdapter() if settings.blocks == "whole"
+                        else PerModule(settings.modules, settings.layers))
+    selected = parameter_filter.blocks(peft_model)
+    first_param = selected[0].parameters[0]
+    recorded = dataclasses.replace(settings, task=task, samples=sum(b.size for b in batches),
+                                   backend=resolve_backend(settings.backend, first_param.device))
+    report_settings = {**recorded.to_dict(), "dtype": str(first_param.dtype).replace("torch.", "")}
+    previous = _resume(out, report_settings, source)
+    done = {report.name for report in previous}
+    reports = list(previous)
+    todo = [block for block in selected if block.name not in done]
+    show = progress and distributed.is_main_process()
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(selected), initial=len(selected) - len(todo), desc="eigen blocks", unit="block",
+              disable=not show, dynamic_ncols=True) as bar:
+        for block in todo:
+            report = _analyse_block(peft_model, batches, block, settings, loaded=loaded, show=show)
+            reports.append(report)
+            if out is not None and distributed.is_main_process():
+                write_report(out, EigenReport(report_settings, tuple(reports), source))
+            bar.set_postfix(block=block.name, lambda_max=f"{report.lambda_max:.4g}" if report.lambda_max is not None
+                            else "-")
+            bar.update(1)
+    return EigenReport(report_settings, tuple(reports), source)
+
+
+def write_report(path: str | os.PathLike[str], report: EigenReport) -> None:
+    """Write ``report`` as JSON atomically."""
+    write_json_atomic(path, report.to_dict())
+
+
+def read_report(path: str | os.PathLike[str]) -> EigenReport:
+    """An eigen report written by :func:`write_report`; anything else is a :class:`UserError`."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return EigenReport.from_dict(data)
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise UserError(f"{path} is not an eigen report ({exc}): write to another file or delete it.") from exc
+
+
+def checkpoint_preconditioner(loaded: LoadedCheckpoint, names: Sequence[str]) -> tuple[torch.Tensor, dict[str, float]]:
+    """P's diagonal for ``names`` from a loaded checkpoint's Adam state, and Adam's settings.
+
+    Returns (diagonal, {"beta1", "eps", "step", "lr", "current_lr"}): ``lr`` is the run's learning rate from
+    the checkpoint meta (the peak of its schedule), ``current_lr`` the first group's rate when it was saved.
+    """
+    from hessian_lora.checkpoint import adam_second_moments
+
+    state = loaded.optimizer_state
+    if state is None:
+        raise UserError("the preconditioned sharpness needs a checkpoint saved with its optimizer state "
+                        "(a training run).")
+    moments = adam_second_moments(loaded, bias_corrected=True)
+    beta1, _ = state.betas
+    groups = state.state_dict["param_groups"]
+    reference_lr = float(groups[0]["lr"])
+    meta = loaded.meta
+    ratios: dict[str, float] = {}
+    for group, ratio in zip(groups, _group_ratios(groups, meta)):
+        for index in group["params"]:
+            ratios[state.param_names[index]] = ratio
+    diagonal = adam_preconditioner(moments, names, eps=state.eps, lr_ratios=ratios)
+    settings = {"beta1": beta1, "eps": state.eps, "step": float(state.step),
+                "lr": float(meta.lr) if meta.lr is not None else reference_lr, "current_lr": reference_lr}
+    return diagonal, settings
+
+
+def _group_ratios(groups: Sequence[Mapping[str, object]], meta: object) -> list[float]:
+    """Each parameter group's learning rate relative to the first group's.
+
+    Schedulers scale every group alike, so the current rates give the ratios, unless they have all decayed to
+    zero (the last step of a cosine schedule): then a scheduler's ``initial_lr`` does, or, for LoRA+, the
+    method's ratio (``make_optimizer`` puts the fast group second).
+    """
+    current = [float(group["lr"]) for group in groups]  # type: ignore[arg-type]
+    if current[0] > 0:
+        return [lr / current[0] for lr in current]
+    initial = [float(group.get("initial_lr", 0.0)) for group in groups]  # type: ignore[arg-type]
+    if initial[0] > 0:
+        return [lr / initial[0] for lr in initial]
+    if getattr(meta, "method", None) == "loraplus" and len(groups) == 2:
+        return [1.0, float(getattr(meta, "loraplus_ratio", 1.0))]
+    return [1.0] * len(groups)
+
+
+def _analyse_block(
+    model: nn.Module,
+    batches: list[TokenBatch],
+    block: ParameterBlock,
+    settings: MeasureSettings,
+    *,
+    loaded: LoadedCheckpoint | None,
+    show: bool,
+) -> BlockReport:
+    from tqdm.auto import tqdm
+
+    s = settings
+    operator = HessianOperator(model, batches, block, backend=s.backend, reuse=s.reuse)
+    with tqdm(total=s.max_iter, desc=block.name, unit="it", leave=False, disable=not show,
+              dynamic_ncols=True) as inner:
+
+        def callback(record: IterationRecord) -> None:
+            inner.update(1)
+            if record.values:
+                residual = f"{record.residuals[0]:.2e}" if record.residuals else "-"
+                inner.set_postfix(value=f"{record.values[0]:.5g}", residual=residual, hvps=record.hvps)
+
+        result = _solve(operator, s, callback)
+        trace_result = hutchplusplus(operator, hvps=s.trace_hvps, seed=s.seed) if s.trace else None
+        density_result = (spectral_density(operator, steps=s.density_steps, runs=s.density_runs, seed=s.seed)
+                          if s.density else None)
+        preconditioned_result = None
+        if s.preconditioned:
+            assert loaded is not None  # measure() refuses preconditioning without a checkpoint
+            diagonal, adam = checkpoint_preconditioner(loaded, block.names)
+            preconditioned_result = preconditioned_sharpness(
+                operator, diagonal, lr=s.lr if s.lr is not None else adam["lr"], beta1=adam["beta1"],
+                eps=adam["eps"], step=int(adam["step"]), solver="power" if s.solver == "power" else "lanczos",
+                tol=s.tol, max_iter=s.max_iter, seed=s.seed)
+    hvps = result.hvps + sum(part.hvps for part in (trace_result, density_result) if part is not None)
+    if preconditioned_result is not None:
+        hvps += preconditioned_result.eigen.hvps
+    seconds = result.seconds + sum(part.seconds for part in (trace_result, density_result) if part is not None)
+    if preconditioned_result is not None:
+        seconds += preconditioned_result.eigen.seconds
+    return BlockReport(
+        name=block.name, parameters=operator.size, parameter_names=block.names, lambda_max=result.lambda_max,
+        lambda_min=result.lambda_min, residual=result.residual, converged=result.converged, hvps=hvps,
+        seconds=seconds, tokens=operator.total_tokens, batches=operator.total_batches, eigen=result,
+        trace=trace_result, density=density_result, preconditioned=preconditioned_result,
+    )
+
+
+def _solve(operator: HessianOperator, s: MeasureSettings, callback: Any) -> EigenResult:
+    if s.solver == "lanczos":
+        return lanczos(operator, k=s.top_k, which="both" if s.smallest else "largest", tol=s.tol,
+                       max_iter=s.max_iter, seed=s.seed, callback=callback)
+    if s.solver == "power":
+        return power_iteration(operator, k=s.top_k, tol=s.tol, max_iter=s.max_iter, seed=s.seed, callback=callback)
+    return pyhessian_power_iteration(operator, max_iter=s.max_iter, tol=s.tol, top_n=s.top_k, seed=s.seed)
+
+
+def _resume(out: str | os.PathLike[str] | None, settings: dict[str, Any], source: dict[str, Any]) -> list[BlockReport]:
+    if out is None or not Path(out).exists():
+        return []
+    done = distributed.broadcast_object(read_report(out) if distributed.is_main_process() else None)
+    assert done is not None
+    mismatched = sorted(
+        key for key in set(settings) | set(done.settings)
+        if key not in _SELECTION_SETTINGS and _normalised(settings.get(key)) != _normalised(done.settings.get(key))
+    )
+    if mismatched or _normalised(source) != _normalised(done.source):
+        what = ", ".join(mismatched) if mismatched else "the analysed adapter"
+        raise UserError(f"{out} was written with other settings ({what}): write to another file, or delete it "
+                        "to start over.")
+    return list(done.blocks)
+
+
+def _normalised(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def eigen(
+    checkpoint: str | os.PathLike[str] | None = None,
+    *,
+    model: nn.Module | str | None = None,
+    method: str | None = None,
+    rank: int = 8,
+    alpha: float | None = None,
+    targets: Sequence[str] | None = None,
+    adapter_seed: int = 0,
+    model_seed: int = 0,
+    tokenizer: Any = None,
+    batches: Sequence[TokenBatch] | None = None,
+    task: str | None = None,
+    samples: int = 64,
+    batch_size: int = 8,
+    max_length: int = 512,
+    data_seed: int = 0,
+    blocks: str = "whole",
+    modules: str | Sequence[str] | None = None,
+    layers: str | Sequence[int] | None = None,
+    solver: str = "lanczos",
+    top_k: int = 1,
+    smallest: bool = True,
+    tol: float = 1e-3,
+    max_iter: int = 100,
+    seed: int = 0,
+    trace: bool = False,
+    trace_hvps: int = 30,
+    density: bool = False,
+    density_steps: int = 30,
+    density_runs: int = 1,
+    preconditioned: bool = False,
+    lr: float | None = None,
+    backend: str = "auto",
+    reuse: bool | str = "auto",
+    device: str | torch.device | None = None,
+    out: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> EigenReport:
+    """Loss-Hessian eigenvalues of an adapter, block by block (see ``hessian-lora eigen --help``).
+
+    The adapter comes from ``checkpoint`` (a directory), or ``method`` (+ ``rank``, ``alpha``, ``targets``,
+    ``adapter_seed``) built at initialisation on ``model`` (a spec such as ``smollm2-135m``; ``model_seed`` for
+    a random tiny-llama), or ``model`` itself (an ``nn.Module`` with trainable adapter parameters; then pass
+    ``batches`` or ``tokenizer``). Data: ``batches``, or ``task`` (a task spec or a .json/.jsonl file; default
+    the checkpoint's task, else ``arith``) cut to ``samples`` examples in batches of ``batch_size``. The other
+    arguments are :class:`MeasureSettings`.
+    """
+    settings = MeasureSettings(
+        task=task, samples=samples, batch_size=batch_size, max_length=max_length, data_seed=data_seed,
+        blocks=blocks, modules=modules, layers=layers, solver=solver, top_k=top_k,  # type: ignore[arg-type]
+        smallest=smallest, tol=tol, max_iter=max_iter, seed=seed, trace=trace, trace_hvps=trace_hvps,
+        density=density, density_steps=density_steps, density_runs=density_runs, preconditioned=preconditioned,
+        lr=lr, backend=backend, reuse=reuse,  # type: ignore[arg-type]
+    )
+    if checkpoint is not None:
+        if method is not None or isinstance(model, nn.Module):
+            raise UserError("give either a checkpoint or a method and model, not both.")
+        return measure(checkpoint, batches, settings, device=device, out=out, progress=progress)
+    if method is not None:
+        if isinstance(model, nn.Module):
+            raise UserError("a method builds an adapter on a base model spec: pass model as a name such as "
+                            "smollm2-135m, or pass your adapted nn.Module without method.")
+        return _eigen_at_initialisation(model, method, rank, alpha, targets, adapter_seed, model_seed, device,
+                                        batches, settings, out, progress)
+    if isinstance(model, nn.Module):
+        return measure(model, batches, settings, tokenizer=tokenizer, out=out, progress=progress)
+    raise UserError("nothing to analyse: pass a checkpoint directory, or a method with a model.")
+
+
+def _eigen_at_initialisation(
+    model_spec: str | None, method: str, rank: int, alpha: float | None, targets: Sequence[str] | None,
+    adapter_seed: int, model_seed: int, device: str | torch.device | None, batches: Sequence[TokenBatch] | None,
+    settings: MeasureSettings, out: str | os.PathLike[str] | None, progress: bool,
+) -> EigenReport:
+    from hessian_lora.adapters import DEFAULT_TARGETS, AdapterConfig, adapter_at_initialisation
+    from hessian_lora.models import DEFAULT_MODEL
+
+    spec = model_spec or DEFAULT_MODEL
+    config = AdapterConfig(method=method, rank=rank, alpha=alpha, targets=tuple(targets or DEFAULT_TARGETS),
+                           seed=adapter_seed)
+    settings = dataclasses.replace(settings, task=settings.task or DEFAULT_TASK)
+    # LoRA-GA estimates its gradient on the very batches the Hessian is measured on.
+    built = adapter_at_initialisation(
+        spec, config, model_seed=model_seed, device=device,
+        init_batches=batches if batches is not None else (lambda tokenizer: settings_batches(tokenizer, settings)))
+    source = {"method": method, "model": spec, "rank": rank, "alpha": config.lora_alpha,
+              "targets": list(config.targets), "adapter_seed": adapter_seed, "model_seed": model_seed,
+              "at": "initialisation"}
+    return measure(built.model, batches, settings, tokenizer=built.tokenizer, source=source, out=out,
+                   progress=progress)
