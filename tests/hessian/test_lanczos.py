@@ -6,7 +6,7 @@ from tinylora import operator_for, spectrum_operator, synthetic_batches, tiny_lo
 
 from hessian_lora.errors import UserError
 from hessian_lora.hessian import DenseOperator, HessianOperator, lanczos
-from hessian_lora.hessian.lanczos import tridiagonalize
+from hessian_lora.hessian.lanczos import block_tridiagonal, lanczos_steps
 
 
 def _relative(a: float, b: float) -> float:
@@ -29,7 +29,8 @@ def test_lanczos_matches_the_dense_spectrum_of_a_tiny_lora_hessian(generic_probl
     residual = float((operator @ vector - result.largest[0] * vector).norm())
     assert residual == pytest.approx(result.largest_residuals[0], rel=1e-6, abs=1e-12)
     assert result.largest_residuals[0] <= 1e-7 * abs(result.largest[0])
-    assert result.hvps == result.iterations + 6  # one verification product per returned pair
+    # Block Lanczos with blocks of k = 3: three products per step, one verification product per returned pair.
+    assert result.details["block_size"] == 3 and result.hvps == 3 * result.iterations + 6
     assert [r.iteration for r in result.history] == list(range(1, result.iterations + 1))
 
 
@@ -42,15 +43,23 @@ def test_lanczos_in_float32_is_close_to_the_float64_dense_spectrum(generic_probl
     assert _relative(result.lambda_min, float(generic_problem.eigenvalues[0])) < 1e-4
 
 
-def test_closed_form_spectrum_with_repeated_eigenvalues_needs_restarts() -> None:
-    # The Krylov space of a matrix with 3 distinct eigenvalues has dimension 3: finding the multiplicities
-    # takes restarts orthogonal to the basis.
+def test_closed_form_spectrum_with_repeated_eigenvalues() -> None:
+    # Blocks of k = 2 see two directions of every eigenspace: the multiplicities at both ends are found.
     operator = DenseOperator(torch.diag(torch.tensor([5.0, 5.0, 1.0, 1.0, 1.0, -2.0, -2.0], dtype=torch.float64)))
     result = lanczos(operator, k=2, which="both", tol=1e-10, max_iter=50)
     assert result.converged
     assert result.largest == pytest.approx((5.0, 5.0), abs=1e-12)
     assert result.smallest == pytest.approx((-2.0, -2.0), abs=1e-12)
-    assert result.details["restarts"] >= 1
+
+
+def test_an_invariant_block_restarts_orthogonally() -> None:
+    # The block Krylov space of diag(5, 5, 5, 5, 1) from two vectors closes at dimension 3 (two directions of
+    # the 5-eigenspace, one of the 1): four values need a random restart orthogonal to the basis.
+    operator = spectrum_operator([5.0, 5.0, 5.0, 5.0, 1.0], seed=4)
+    result = lanczos(operator, k=2, which="both", tol=1e-10, max_iter=50)
+    assert result.converged and result.details["restarts"] >= 1
+    assert result.largest == pytest.approx((5.0, 5.0), abs=1e-12)
+    assert result.smallest == pytest.approx((1.0, 5.0), abs=1e-12)
 
 
 def test_largest_algebraic_not_largest_magnitude() -> None:
@@ -69,12 +78,24 @@ def test_the_cap_stops_the_iteration_and_says_so() -> None:
     assert result.largest_residuals[0] > 1e-12
 
 
-def test_tridiagonalize_reproduces_the_moments_of_the_start_vector() -> None:
+def test_the_kernel_reproduces_the_moments_of_the_start_vector() -> None:
     operator = spectrum_operator([0.5 * i - 3 for i in range(15)], seed=2)
     start = torch.ones(15, dtype=torch.float64) / 15**0.5
-    alphas, betas = tridiagonalize(operator, start, 4)
-    assert len(alphas) == 4 and len(betas) == 3
-    assert alphas[0] == pytest.approx(float(start @ operator.matrix @ start), rel=1e-12)
+    states = list(lanczos_steps(operator, start, max_dim=4, restart_seed=None))
+    last = states[-1]
+    assert [s.dim for s in states] == [1, 2, 3, 4] and last.hvps == 4
+    assert len(last.diagonal) == 4 and len(last.off) == 3
+    assert states[0].alpha == pytest.approx(float(start @ operator.matrix @ start), rel=1e-12)
+    # T is the projection VᵀHV of the operator on the orthonormal Krylov basis.
+    basis = last.basis
+    assert torch.allclose(basis @ basis.T, torch.eye(4, dtype=torch.float64), atol=1e-13)
+    assert torch.allclose(block_tridiagonal(last.diagonal, last.off), basis @ operator.matrix @ basis.T, atol=1e-12)
+    # Gauss quadrature: Σ w θ^p = vᵀ H^p v for p ≤ 2m − 1.
+    weights = last.ritz[0, :] ** 2
+    power = start.clone()
+    for degree in range(8):
+        assert float((weights * last.theta**degree).sum()) == pytest.approx(float(start @ power), rel=1e-10, abs=1e-12)
+        power = operator.matrix @ power
 
 
 def test_bad_arguments() -> None:
