@@ -245,6 +245,7 @@ def lanczos(
     verify: bool = True,
     callback: Callback | None = None,
     certificate: Certificate = "residual",
+    block_size: int | None = None,
 ) -> EigenResult:
     """The ``k`` largest and/or smallest eigenvalues (``which``) with certificates (see the module docstring).
 
@@ -252,6 +253,12 @@ def lanczos(
     least one block, at most the operator size); ``min_iter`` is the fewest (block) steps before stopping.
     ``tol`` is relative: the residual (``certificate="residual"``, eigenvectors certified too) or the value
     error bound (``certificate="value"``, for values only) each requested value must reach.
+
+    ``block_size`` (default ``k``) is the number of start vectors. A cluster of more than ``block_size`` nearly
+    equal eigenvalues at a wanted end can make *any* Krylov run settle on a lower member of the cluster with
+    a small residual (the top member's direction not yet grown out of the start): Weyl's bound then holds for
+    that member, not for λ_max. LoRA at initialisation has clusters of size r (the rank): pass
+    ``block_size=r`` there when the top member itself matters.
     """
     check_solver_arguments(tol, max_iter, k)
     if which not in WHICH:
@@ -260,7 +267,9 @@ def lanczos(
         raise UserError(f"certificate must be one of {', '.join(CERTIFICATES)}, got {certificate!r}.")
     began = time.perf_counter()
     size, dtype, device = operator.size, operator.dtype, operator.device
-    p = min(k, size)
+    if block_size is not None and block_size < 1:
+        raise UserError(f"block_size must be >= 1, got {block_size}.")
+    p = min(max(k, block_size or k), size)
     cap = max(min(max_iter, size) // p * p, p)
     rows = [start.to(device=device, dtype=dtype).clone() if start is not None
             else random_vector(size, dtype, device, seed)]
@@ -274,8 +283,9 @@ def lanczos(
         scale = float(state.theta.abs().max())
         bounds = [_bound(certificate, i, float(state.theta[i]), float(state.estimates[i]), state)
                   for i in wanted]
+        values = [float(state.theta[i]) for i in wanted]
         converged = enough and all(
-            bound <= converged_threshold(float(state.theta[i]), scale, tol, dtype) for i, bound in zip(wanted, bounds)
+            bound <= converged_threshold(value, scale, tol, dtype) for value, bound in zip(values, bounds)
         )
         record = IterationRecord(state.step, state.hvps, time.perf_counter() - began,
                                  tuple(float(state.theta[i]) for i in wanted), tuple(bounds))
@@ -334,6 +344,8 @@ def value_bound(index: int, value: float, residual: float, theta: torch.Tensor, 
     nearest neighbouring Ritz value's residual interval [θ_j − e_j, θ_j + e_j] (``estimates`` e_j), a lower
     bound on the distance to the rest of the spectrum when the Ritz values account for it (module docstring).
     """
+    if len(theta) < 2:
+        return residual  # no neighbour: nothing is known about the rest of the spectrum
     gap = math.inf
     for neighbour in (index - 1, index + 1):
         if 0 <= neighbour < len(theta):

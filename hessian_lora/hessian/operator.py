@@ -39,6 +39,7 @@ import contextlib
 import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -51,12 +52,12 @@ from hessian_lora.loss import loss_sum
 
 LossFunction = Callable[[Callable[..., object], TokenBatch], torch.Tensor]
 
-BACKENDS = ("double_backward", "forward_over_reverse", "finite_difference")
-EXACT_BACKENDS = ("double_backward", "forward_over_reverse")
+Backend = Literal["double_backward", "forward_over_reverse", "finite_difference"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
 # Measured by bench/hessian.py side by side (per-HVP time / gradient time). CPU, SmolLM2-135M + LoRA r=8 on
 # 4x128 tokens: double backward 2.54x (1.39x with reuse), forward-over-reverse 3.63x, autograd vhp 2.64x
 # (REFERENCE.md, another day: 2.36x and 3.27x). No other device measured yet: double backward elsewhere too.
-FASTEST_EXACT_BACKEND: dict[str, str] = {"cpu": "double_backward"}
+FASTEST_EXACT_BACKEND: dict[str, Backend] = {"cpu": "double_backward"}
 # Centres of the finite-difference step ladder (×3^±4: float32 spans 0.0012…8.1, float64 1.2e-5…0.081), chosen
 # from the measurements above; float64 models in HF still compute norms and softmax in float32.
 FD_EPSILON: dict[torch.dtype, float] = {torch.float32: 0.1, torch.float64: 1e-3}
@@ -169,8 +170,8 @@ class HessianOperator(LinearOperator):
         batches: Sequence[TokenBatch],
         params: ParameterSpec,
         *,
-        backend: str = "auto",
-        reuse: bool | str = "auto",
+        backend: Backend | Literal["auto"] = "auto",
+        reuse: bool | Literal["auto"] = "auto",
         loss_fn: LossFunction = loss_sum,
         fd_epsilon: float | None = None,
         distributed_mode: bool | str = "auto",
@@ -201,7 +202,7 @@ class HessianOperator(LinearOperator):
         self.rank, self.world_size = distributed.world(distributed_mode)
         all_batches = list(batches)
         if not all_batches:
-            raise UserError("no batches: give at least one batch of data (--samples, --task).")
+            raise UserError("no batches: give at least one batch of data.")
         self.batches = [b.to(self._device) for b in distributed.shard(all_batches, self.rank, self.world_size)]
         local_tokens = sum(b.loss_tokens for b in self.batches)
         self.total_tokens = int(distributed.all_reduce_sum(torch.tensor([float(local_tokens)], dtype=torch.float64,
@@ -384,12 +385,12 @@ class _FunctionalModel:
         return functional_call(self.model, self.values, args, kwargs, strict=False)
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
+def resolve_backend(backend: str, device: torch.device) -> Backend:
     if backend == "auto":
         return FASTEST_EXACT_BACKEND.get(device.type, "double_backward")
     if backend not in BACKENDS:
         raise UserError(f"unknown HVP backend {backend!r}: use auto, {', '.join(BACKENDS)}.")
-    return backend
+    return backend  # type: ignore[return-value]
 
 
 def _resolve_parameters(model: nn.Module, params: ParameterSpec) -> tuple[list[str], list[nn.Parameter]]:

@@ -23,6 +23,7 @@ fixes σ. ``k > 1`` deflates by keeping the iterate orthogonal to the vectors al
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 import torch
 
@@ -45,7 +46,7 @@ def power_iteration(
     max_iter: int = 100,
     seed: int = 0,
     start: torch.Tensor | None = None,
-    shift: float | str | None = "auto",
+    shift: float | Literal["auto"] | None = "auto",
     probe_iter: int = 3,
     callback: Callback | None = None,
 ) -> EigenResult:
