@@ -80,6 +80,15 @@ def power_iteration(
             product = _deflate(operator.matvec(vector), found)
             hvps += 1
             iterations += 1
+            if float(product.norm()) == 0.0:
+                # H v = 0 exactly: v is an exact eigenvector with eigenvalue 0 (a zero block, or the rest of the
+                # spectrum after deflation is zero on the start). Certified: residual 0.
+                value, residual, converged = 0.0, 0.0, True
+                record = IterationRecord(iterations, hvps, time.perf_counter() - began, (value,), (residual,))
+                history.append(record)
+                if callback is not None:
+                    callback(record)
+                break
             value = float(vector @ product)
             residual = float((product - value * vector).norm())
             spectral_radius = max(spectral_radius, float(product.norm()))
@@ -125,6 +134,7 @@ def power_iteration(
         history=tuple(history),
         details={"shift": sigma, "spectral_radius_estimate": spectral_radius},
         largest_vectors=torch.stack([found[i] for i in order]) if found else None,
+        largest_bounds=tuple(residuals[i] for i in order),
     )
 
 
