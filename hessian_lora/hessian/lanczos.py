@@ -31,8 +31,11 @@ Certificates (``certificate``):
   initialisation λ_max sits in a cluster of r nearly equal eigenvalues (spread ~1 %); with one start vector
   the value certificate stopped inside the cluster with bounds ~7e-4·θ for errors up to 1e-2·θ (tiny-llama,
   r = 4, 7 of 8 seeds; the residual certificate too, 1 of 8, error 3.7e-3 for a residual of 7e-4). With
-  ``block_size=r`` both held in 8 of 8. Use ``"value"`` where the top eigenvalue is isolated, or with a block
-  at least as wide as the top cluster; ``"residual"`` stays the default.
+  ``block_size=r`` both held in 8 of 8. On SmolLM2-135M q_proj blocks at LoRA init (r = 8; bench/hessian.py
+  ``--parts certificates``) it broke its bound on 3 of 3 blocks (errors 3.6e-4, 7.5e-3, 7.0e-4 for bounds
+  1.1e-4, 5.1e-4, 9.4e-5 relative). So it is opt-in and NOT sound on a clustered top with one start vector:
+  use ``"value"`` only where the top eigenvalue is isolated, or with a block at least as wide as the top
+  cluster; ``"residual"`` stays the default.
 
 ``tol`` is relative in both cases (a round-off floor of 100 ε·‖T‖ of the operator's dtype applies, see
 ``converged_threshold``). The returned pairs are checked with one explicit product each (``verify``), the
