@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 
@@ -16,7 +17,8 @@ Callback = Callable[[IterationRecord], None]
 NOISE_FLOOR_EPS = 100.0
 
 
-def random_vector(size: int, dtype: torch.dtype, device: torch.device, seed: int, kind: str = "normal") -> torch.Tensor:
+def random_vector(size: int, dtype: torch.dtype, device: torch.device, seed: int,
+                  kind: Literal["normal", "rademacher"] = "normal") -> torch.Tensor:
     """A start vector drawn on the CPU from ``seed`` (identical on every device and every rank)."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
     if kind == "normal":
@@ -35,8 +37,8 @@ def converged_threshold(value: float, scale: float, tol: float, dtype: torch.dty
 
 def check_solver_arguments(tol: float, max_iter: int, k: int) -> None:
     if not tol > 0:
-        raise UserError(f"tol must be positive, got {tol}: e.g. --tol 1e-3 (relative residual).")
+        raise UserError(f"tol must be positive, got {tol}: e.g. tol=1e-3 (relative).")
     if max_iter < 1:
         raise UserError(f"max_iter must be >= 1, got {max_iter}.")
     if k < 1:
-        raise UserError(f"k (top-k) must be >= 1, got {k}.")
+        raise UserError(f"k (eigenvalues per end) must be >= 1, got {k}.")

@@ -15,9 +15,9 @@ import torch
 
 from hessian_lora.errors import UserError
 from hessian_lora.hessian._numerics import Callback, random_vector
-from hessian_lora.hessian.lanczos import tridiagonalize
+from hessian_lora.hessian.lanczos import lanczos_steps
 from hessian_lora.hessian.operator import LinearOperator
-from hessian_lora.hessian.results import DensityResult
+from hessian_lora.hessian.results import DensityResult, IterationRecord
 
 
 def spectral_density(
@@ -44,14 +44,15 @@ def spectral_density(
     for run in range(runs):
         start = starts[run] if starts is not None else random_vector(
             operator.size, operator.dtype, operator.device, seed + run, kind="rademacher")
-        alphas, betas = tridiagonalize(operator, start, steps, callback)
-        hvps += len(alphas)
-        matrix = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-        if betas:
-            off = torch.tensor(betas, dtype=torch.float64)
-            matrix += torch.diag(off, 1) + torch.diag(off, -1)
-        nodes, vectors = torch.linalg.eigh(matrix)
-        weights = vectors[0, :] ** 2
+        state = None
+        # The shared Lanczos kernel without restarts: it ends early when the Krylov space of the start closes.
+        for state in lanczos_steps(operator, start, max_dim=steps, restart_seed=None):
+            if callback is not None:
+                callback(IterationRecord(state.step, state.hvps, time.perf_counter() - began, (state.alpha,),
+                                         (state.beta,)))
+        assert state is not None
+        hvps += state.hvps
+        nodes, weights = state.theta, state.ritz[0, :] ** 2
         all_nodes.append(tuple(float(x) for x in nodes))
         all_weights.append(tuple(float(w) for w in weights / weights.sum()))
     return DensityResult(tuple(all_nodes), tuple(all_weights), steps, hvps, time.perf_counter() - began,

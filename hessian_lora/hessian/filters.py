@@ -160,9 +160,9 @@ def parse_layers(text: str | None) -> tuple[int, ...] | None:
             else:
                 layers.append(int(item))
     except ValueError:
-        raise UserError(f"bad --layers {text!r}: write a:b (a <= layer < b), a single index, or a list 0,5,10.") from None
+        raise UserError(f"bad layers {text!r}: write a:b (a <= layer < b), a single index, or a list 0,5,10.") from None
     if any(i < 0 for i in layers):
-        raise UserError(f"bad --layers {text!r}: layer indices are >= 0.")
+        raise UserError(f"bad layers {text!r}: layer indices are >= 0.")
     return tuple(dict.fromkeys(layers))
 
 
@@ -171,5 +171,5 @@ def parse_modules(text: str | None) -> tuple[str, ...] | None:
         return None
     modules = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
     if not modules:
-        raise UserError(f"bad --modules {text!r}: list module names, e.g. q_proj,v_proj.")
+        raise UserError(f"bad modules {text!r}: list module names, e.g. q_proj,v_proj.")
     return modules

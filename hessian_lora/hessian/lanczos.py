@@ -1,20 +1,59 @@
 """Lanczos with full re-orthogonalisation for the extreme *algebraic* eigenvalues of a symmetric operator.
 
-Each step costs one product; every new vector is orthogonalised against the whole basis twice (classical
-Gram–Schmidt, twice is enough), so the tridiagonal matrix T stays faithful and no ghost copies appear. The
-residual of a Ritz pair (θ, y = V s) is ‖H y − θ y‖ = |β_m · s_m| (exact under full orthogonality); the
-iteration stops when every requested Ritz value has residual ≤ tol·|θ| (``converged_threshold``), and the
-returned pairs are then checked with one explicit product each (``verify``), the Rayleigh quotient of the
-computed vector replacing θ. By Weyl's theorem an eigenvalue of H lies within the residual of each value;
-that it is *the* largest rests, as for every Krylov method, on the random start vector.
+One kernel, :func:`lanczos_steps`, runs the (block) Lanczos recurrence for every caller: :func:`lanczos` here
+and the stochastic Lanczos quadrature of :mod:`hessian_lora.hessian.density`; one function,
+:func:`block_tridiagonal`, builds the projected matrix T.
 
-When the Krylov space is invariant (β ≈ 0) before enough values are found, the iteration restarts from a
-random vector orthogonal to the basis, so repeated eigenvalues are found too.
+Each step applies the operator to a block of ``p`` orthonormal vectors (``p`` products); every new vector is
+orthogonalised against the whole basis twice (classical Gram–Schmidt, twice is enough), so T stays faithful
+and no ghost copies appear. The residual of a Ritz pair (θ, y = V s) is ‖H y − θ y‖ = ‖B s_last‖ (B the
+triangular factor of the last remainder block, s_last the last ``p`` entries of s; |β s_m| for ``p = 1``),
+exact under full orthogonality.
+
+Top-k and clusters: a single start vector sees only one direction of each eigenspace, so with repeated or
+clustered eigenvalues single-vector Lanczos can certify k values while a wanted copy is missing (on
+eigenvalues (5, 5, 5, 1, 0, −2) it returns (5, 1, 0) for k = 3, every residual tiny). :func:`lanczos` therefore
+runs *block* Lanczos with block size ``p = k``: a random start block of k vectors has, with probability one, a
+full-rank projection on any k-dimensional eigenspace, so every wanted copy is in the Krylov space from the first
+step (k = 1 is plain Lanczos). When a block remainder vanishes (an invariant subspace), that column restarts
+from a random vector orthogonal to the basis.
+
+Certificates (``certificate``):
+
+- ``"residual"``: every requested value has residual ≤ tol·|θ|. By Weyl's theorem an eigenvalue lies within
+  the residual of θ, and the residual certifies the *vector* too. The reported bound is the residual.
+- ``"value"`` (values only): the gap bound of Kato–Temple / Kahan–Parlett–Jiang, |λ − θ| ≤ ‖r‖²/δ, where δ is a
+  lower bound on the distance from θ to the rest of the spectrum, taken from the neighbouring Ritz values
+  *minus their own residual estimates* (θ_max − (θ₂ + r₂) at the top); when that gap is not resolved
+  (δ ≤ ‖r‖) the bound falls back to Weyl's ‖r‖. It stops once the bound ≤ tol·|θ|: a value right to tol needs
+  only ‖r‖ ≈ √(tol·|θ|·δ), far fewer products when the top eigenvalue is separated.
+  Its limit, measured: the gap cannot see eigenvalues hidden *inside* θ's own residual interval. At LoRA
+  initialisation λ_max sits in a cluster of r nearly equal eigenvalues (spread ~1 %); with one start vector
+  the value certificate stopped inside the cluster with bounds ~7e-4·θ for errors up to 1e-2·θ (tiny-llama,
+  r = 4, 7 of 8 seeds; the residual certificate too, 1 of 8, error 3.7e-3 for a residual of 7e-4). With
+  ``block_size=r`` both held in 8 of 8. On SmolLM2-135M q_proj blocks at LoRA init (r = 8; bench/hessian.py
+  ``--parts certificates``) it broke its bound on 3 of 3 blocks (errors 3.6e-4, 7.5e-3, 7.0e-4 for bounds
+  1.1e-4, 5.1e-4, 9.4e-5 relative). So it is opt-in and NOT sound on a clustered top with one start vector:
+  use ``"value"`` only where the top eigenvalue is isolated, or with a block at least as wide as the top
+  cluster; ``"residual"`` stays the default.
+
+``tol`` is relative in both cases (a round-off floor of 100 ε·‖T‖ of the operator's dtype applies, see
+``converged_threshold``). The returned pairs are checked with one explicit product each (``verify``), the
+Rayleigh quotient of the computed vector replacing θ and the explicit residual replacing the estimate.
+
+What every Krylov certificate rests on: that the Ritz values account for the top (bottom) of the spectrum, i.e.
+that the random start block did not miss an eigenvalue (true with probability one in exact arithmetic; a user
+``start`` vector orthogonal to the top eigenvector defeats it). The value certificate uses that assumption for
+its gap too.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 
@@ -28,14 +67,185 @@ from hessian_lora.hessian._numerics import (
 from hessian_lora.hessian.operator import LinearOperator
 from hessian_lora.hessian.results import EigenResult, IterationRecord
 
-WHICH = ("largest", "smallest", "both")
+Which = Literal["largest", "smallest", "both"]
+Certificate = Literal["residual", "value"]
+WHICH: tuple[str, ...] = get_args(Which)
+CERTIFICATES: tuple[str, ...] = get_args(Certificate)
+# A remainder column this many machine epsilons times ‖T‖ below is round-off: the Krylov space is invariant.
+_INVARIANT_EPS = 10.0
+_RESTART_SEED_STRIDE = 7919
+_BLOCK_SEED_STRIDE = 104729
+
+
+# --- the kernel -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LanczosStep:
+    """The state after one (block) step: T's eigen-decomposition and the residual estimate of each Ritz pair.
+
+    ``theta`` ascending (float64), ``ritz`` the eigenvectors of T as columns, ``estimates`` ‖H y − θ y‖ per
+    Ritz pair, ``basis`` the orthonormal Krylov vectors as rows (``dim`` of them), ``alpha`` / ``beta`` the
+    last diagonal block's first entry and the last remainder's norm (SLQ progress).
+    """
+
+    step: int
+    dim: int
+    hvps: int
+    restarts: int
+    theta: torch.Tensor
+    ritz: torch.Tensor
+    estimates: torch.Tensor
+    basis: torch.Tensor
+    diagonal: tuple[torch.Tensor, ...]
+    off: tuple[torch.Tensor, ...]
+    alpha: float
+    beta: float
+    invariant: bool
+
+
+def block_tridiagonal(diagonal: list[torch.Tensor] | tuple[torch.Tensor, ...],
+                      off: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """T (float64) from its diagonal blocks A_j and sub-diagonal blocks B_j (T[j+1, j] = B_j, T[j, j+1] = B_jᵀ).
+
+    With 1×1 blocks this is the symmetric tridiagonal matrix of α's and β's.
+    """
+    sizes = [int(block.shape[0]) for block in diagonal]
+    offsets = [0]
+    for size in sizes:
+        offsets.append(offsets[-1] + size)
+    matrix = torch.zeros(offsets[-1], offsets[-1], dtype=torch.float64)
+    for j, block in enumerate(diagonal):
+        matrix[offsets[j]:offsets[j + 1], offsets[j]:offsets[j + 1]] = block
+    for j, block in enumerate(off[: len(diagonal) - 1]):
+        rows, cols = slice(offsets[j + 1], offsets[j + 2]), slice(offsets[j], offsets[j + 1])
+        matrix[rows, cols] = block
+        matrix[cols, rows] = block.T
+    return matrix
+
+
+def lanczos_steps(
+    operator: LinearOperator,
+    start: torch.Tensor,
+    *,
+    max_dim: int,
+    restart_seed: int | None = 0,
+) -> Iterator[LanczosStep]:
+    """The block Lanczos recurrence with full re-orthogonalisation, one yielded state per step.
+
+    ``start`` is one vector or a ``p × size`` block (rows; orthonormalised here). The next block's products run
+    only when the consumer asks for the next state, so breaking out of the loop costs nothing. The kernel ends
+    once the basis holds ``max_dim`` vectors (at most the operator size), or, with ``restart_seed=None``, when
+    a remainder vanishes (the Krylov space is invariant: no restart keeps T the Gauss quadrature of ``start``,
+    which spectral densities rely on). With a seed, a vanished remainder column restarts from a random vector
+    orthogonal to the basis (seed ``restart_seed + 7919·restarts``) with a zero coupling in T.
+    """
+    size, dtype, device = operator.size, operator.dtype, operator.device
+    block = start.to(device=device, dtype=dtype).reshape(-1, size).clone()
+    p = int(block.shape[0])
+    cap = min(max_dim, size)
+    if p > cap:
+        raise ValueError(f"a start block of {p} vectors does not fit max_dim={max_dim} (operator size {size})")
+    basis = torch.empty(min(cap, max(32, p)), size, dtype=dtype, device=device)
+    restarts = 0
+    for i in range(p):
+        block[i] = _orthonormal_or_random(block[i], basis[:0], block[:i], size, dtype, device,
+                                          (restart_seed or 0) + 1 + i)
+    diagonal: list[torch.Tensor] = []
+    off: list[torch.Tensor] = []
+    dim = 0
+    hvps = 0
+    previous: torch.Tensor | None = None
+    coupling: torch.Tensor | None = None
+    step = 0
+    while True:
+        if dim + p > basis.shape[0]:
+            grown = torch.empty(min(cap, 2 * basis.shape[0] + p), size, dtype=dtype, device=device)
+            grown[:dim] = basis[:dim]
+            basis = grown
+        basis[dim:dim + p] = block
+        products = torch.stack([operator.matvec(row) for row in block])
+        hvps += p
+        if p == 1:
+            a = torch.tensor([[float(block[0] @ products[0])]], dtype=torch.float64)
+        else:
+            a = (block @ products.T).double()
+            a = (a + a.T) / 2
+        remainder = products - a.to(dtype=dtype, device=device) @ block
+        if previous is not None and coupling is not None and bool(coupling.any()):
+            remainder = remainder - coupling.to(dtype=dtype, device=device) @ previous
+        dim += p
+        active = basis[:dim]
+        for _ in range(2):
+            remainder = remainder - (remainder @ active.T) @ active
+        diagonal.append(a)
+        step += 1
+        theta, ritz = torch.linalg.eigh(block_tridiagonal(diagonal, off))
+        scale = float(theta.abs().max())
+        threshold = _INVARIANT_EPS * torch.finfo(dtype).eps * max(scale, float(a.abs().max()), 1e-300)
+        # Gram–Schmidt within the block: remainder = Q B, B upper triangular (B[l, i] = q_l · r_i). A column
+        # with nothing left (≤ threshold: the Krylov space is invariant in that direction) restarts from a
+        # random vector orthogonal to the basis, with a zero coupling in T: repeated eigenvalues, or the part
+        # of the spectrum the start block missed, get their own directions.
+        actual = torch.zeros(p, p, dtype=torch.float64)
+        used = torch.zeros(p, p, dtype=torch.float64)
+        nxt = torch.empty_like(block)
+        vanished = False
+        for i in range(p):
+            column = remainder[i]
+            if i:
+                actual[:i, i] = used[:i, i] = (nxt[:i] @ column).double()
+                for _ in range(2):
+                    column = column - (nxt[:i] @ column) @ nxt[:i]
+            norm = float(column.norm())
+            actual[i, i] = norm
+            if norm > threshold:
+                used[i, i] = norm
+                nxt[i] = column / norm
+                continue
+            vanished = True
+            if restart_seed is None or dim + p > cap:
+                break
+            restarts += 1
+            seed = restart_seed + _RESTART_SEED_STRIDE * restarts
+            nxt[i] = _orthonormal_or_random(random_vector(size, dtype, device, seed), active, nxt[:i], size,
+                                            dtype, device, seed)
+        estimates = (actual @ ritz[-p:, :]).norm(dim=0)
+        yield LanczosStep(step, dim, hvps, restarts, theta, ritz, estimates, basis[:dim], tuple(diagonal),
+                          tuple(off), float(a[0, 0]), float(actual.norm()), vanished)
+        if dim + p > cap or (vanished and restart_seed is None):
+            return
+        off.append(used)
+        previous, coupling, block = block, used, nxt
+
+
+def _orthonormal_or_random(
+    vector: torch.Tensor, basis: torch.Tensor, block: torch.Tensor, size: int, dtype: torch.dtype,
+    device: torch.device, seed: int,
+) -> torch.Tensor:
+    """``vector`` orthogonalised (twice) against the rows of ``basis`` and ``block`` and normalised; a random
+    vector (seeded) instead when nothing is left of it."""
+    for attempt in range(3):
+        for _ in range(2):
+            if basis.shape[0]:
+                vector = vector - (basis @ vector) @ basis
+            if block.shape[0]:
+                vector = vector - (block @ vector) @ block
+        norm = float(vector.norm())
+        if norm > 0.0 and norm == norm:
+            return vector / norm
+        vector = random_vector(size, dtype, device, seed + 1 + attempt)
+    raise ValueError("no vector orthogonal to the basis is left: the basis already spans the space")
+
+
+# --- the eigen solver --------------------------------------------------------------------------------------------
 
 
 def lanczos(
     operator: LinearOperator,
     *,
     k: int = 1,
-    which: str = "largest",
+    which: Which = "largest",
     tol: float = 1e-3,
     max_iter: int = 100,
     min_iter: int = 1,
@@ -43,92 +253,73 @@ def lanczos(
     start: torch.Tensor | None = None,
     verify: bool = True,
     callback: Callback | None = None,
+    certificate: Certificate = "residual",
+    block_size: int | None = None,
 ) -> EigenResult:
-    """The ``k`` largest and/or smallest eigenvalues (``which``) with residual certificates.
+    """The ``k`` largest and/or smallest eigenvalues (``which``) with certificates (see the module docstring).
 
-    ``max_iter`` caps the Lanczos steps (the Krylov dimension; at most the operator size); ``tol`` is the
-    relative residual each requested value must reach.
+    ``max_iter`` caps the Krylov dimension (the recurrence's products; a whole number of blocks of ``k``, at
+    least one block, at most the operator size); ``min_iter`` is the fewest (block) steps before stopping.
+    ``tol`` is relative: the residual (``certificate="residual"``, eigenvectors certified too) or the value
+    error bound (``certificate="value"``, for values only) each requested value must reach.
+
+    ``block_size`` (default ``k``) is the number of start vectors. A cluster of more than ``block_size`` nearly
+    equal eigenvalues at a wanted end can make *any* Krylov run settle on a lower member of the cluster with
+    a small residual (the top member's direction not yet grown out of the start): Weyl's bound then holds for
+    that member, not for λ_max. LoRA at initialisation has clusters of size r (the rank): pass
+    ``block_size=r`` there when the top member itself matters.
     """
     check_solver_arguments(tol, max_iter, k)
     if which not in WHICH:
         raise UserError(f"which must be one of {', '.join(WHICH)}, got {which!r}.")
+    if certificate not in CERTIFICATES:
+        raise UserError(f"certificate must be one of {', '.join(CERTIFICATES)}, got {certificate!r}.")
     began = time.perf_counter()
     size, dtype, device = operator.size, operator.dtype, operator.device
-    steps_cap = min(max_iter, size)
-    vector = start.to(device=device, dtype=dtype).clone() if start is not None else random_vector(size, dtype, device, seed)
-    vector = _normalised_or_random(vector, size, dtype, device, seed)
-    basis = torch.empty(min(steps_cap, 32) + 1, size, dtype=dtype, device=device)
-    alphas: list[float] = []
-    betas: list[float] = []
+    if block_size is not None and block_size < 1:
+        raise UserError(f"block_size must be >= 1, got {block_size}.")
+    p = min(max(k, block_size or k), size)
+    cap = max(min(max_iter, size) // p * p, p)
+    rows = [start.to(device=device, dtype=dtype).clone() if start is not None
+            else random_vector(size, dtype, device, seed)]
+    rows += [random_vector(size, dtype, device, seed + _BLOCK_SEED_STRIDE * i) for i in range(1, p)]
     history: list[IterationRecord] = []
-    hvps = 0
-    restarts = 0
     stop_reason = "max_iter"
-    theta = torch.zeros(0, dtype=torch.float64)
-    ritz_vectors = torch.zeros(0, 0, dtype=torch.float64)
-    for step in range(steps_cap):
-        if step >= basis.shape[0]:
-            basis = torch.cat([basis, torch.empty_like(basis)])[: steps_cap + 1]
-        basis[step] = vector
-        product = operator.matvec(vector)
-        hvps += 1
-        alpha = float(vector @ product)
-        product = product - alpha * vector
-        if step > 0 and betas[-1] != 0.0:
-            product = product - betas[-1] * basis[step - 1]
-        active = basis[: step + 1]
-        for _ in range(2):
-            product = product - active.T @ (active @ product)
-        beta = float(product.norm())
-        alphas.append(alpha)
-        theta, ritz_vectors = _tridiagonal_eigh(alphas, betas)
-        scale = float(theta.abs().max())
-        estimates = (beta * ritz_vectors[-1, :]).abs()
-        wanted = _wanted_indices(len(alphas), k, which)
-        enough = len(alphas) >= min(_needed(k, which), size)
+    state: LanczosStep | None = None
+    for state in lanczos_steps(operator, torch.stack(rows), max_dim=cap, restart_seed=seed):
+        wanted = _wanted_indices(state.dim, k, which)
+        enough = state.dim >= min(_needed(k, which), size)
+        scale = float(state.theta.abs().max())
+        bounds = [_bound(certificate, i, float(state.theta[i]), float(state.estimates[i]), state)
+                  for i in wanted]
+        values = [float(state.theta[i]) for i in wanted]
         converged = enough and all(
-            float(estimates[i]) <= converged_threshold(float(theta[i]), scale, tol, dtype) for i in wanted
+            bound <= converged_threshold(value, scale, tol, dtype) for value, bound in zip(values, bounds)
         )
-        record = IterationRecord(step + 1, hvps, time.perf_counter() - began,
-                                 tuple(float(theta[i]) for i in wanted), tuple(float(estimates[i]) for i in wanted))
+        record = IterationRecord(state.step, state.hvps, time.perf_counter() - began,
+                                 tuple(float(state.theta[i]) for i in wanted), tuple(bounds))
         history.append(record)
         if callback is not None:
             callback(record)
-        if converged and step + 1 >= min_iter:
+        if converged and state.step >= min_iter:
             stop_reason = "converged"
             break
-        invariant = beta <= 10 * torch.finfo(dtype).eps * max(scale, abs(alpha), 1e-300)
-        if step + 1 == steps_cap:
-            stop_reason = "max_iter" if steps_cap < size else "exhausted"
+        if state.dim + p > cap:
+            stop_reason = "max_iter" if cap < size else "exhausted"
             break
-        if invariant:
-            # The Krylov space is invariant: its Ritz values are exact. Restart orthogonally to find more
-            # (repeated eigenvalues, or the part of the spectrum the start vector missed).
-            restarts += 1
-            vector = random_vector(size, dtype, device, seed + 7919 * restarts)
-            for _ in range(2):
-                vector = vector - active.T @ (active @ vector)
-            betas.append(0.0)
-            vector = _normalised_or_random(vector, size, dtype, device, seed + 7919 * restarts)
-            continue
-        betas.append(beta)
-        vector = product / beta
-
-    wanted_top = _wanted_indices(len(alphas), k, "largest") if which in ("largest", "both") else []
-    wanted_bottom = _wanted_indices(len(alphas), k, "smallest") if which in ("smallest", "both") else []
-    active = basis[: len(alphas)]
-    estimates = _residual_estimates(alphas, betas, ritz_vectors, beta)
-    top = _ritz_pairs(operator, active, theta, ritz_vectors, estimates, wanted_top, verify)
-    bottom = _ritz_pairs(operator, active, theta, ritz_vectors, estimates, wanted_bottom, verify)
+    assert state is not None
+    hvps = state.hvps
+    wanted_top = _wanted_indices(state.dim, k, "largest") if which in ("largest", "both") else []
+    wanted_bottom = _wanted_indices(state.dim, k, "smallest") if which in ("smallest", "both") else []
+    top = _ritz_pairs(operator, state, wanted_top, verify, certificate)
+    bottom = _ritz_pairs(operator, state, wanted_bottom, verify, certificate)
     hvps += (len(wanted_top) + len(wanted_bottom)) if verify else 0
-    scale = float(theta.abs().max()) if len(theta) else 0.0
+    scale = float(state.theta.abs().max()) if len(state.theta) else 0.0
     values = top[0] + bottom[0]
-    residuals = top[1] + bottom[1]
-    complete = len(top[0]) >= (k if wanted_top else 0) or len(alphas) == size
-    complete = complete and (len(bottom[0]) >= (k if wanted_bottom else 0) or len(alphas) == size)
-    converged = complete and all(
-        r <= converged_threshold(v, scale, tol, dtype) for v, r in zip(values, residuals)
-    )
+    bounds = top[2] + bottom[2]
+    complete = len(top[0]) >= (k if wanted_top else 0) or state.dim == size
+    complete = complete and (len(bottom[0]) >= (k if wanted_bottom else 0) or state.dim == size)
+    converged = complete and all(b <= converged_threshold(v, scale, tol, dtype) for v, b in zip(values, bounds))
     if stop_reason == "converged" and not converged:
         stop_reason = "verification_failed"
     return EigenResult(
@@ -139,17 +330,44 @@ def lanczos(
         smallest_residuals=tuple(bottom[1]),
         converged=converged,
         stop_reason=stop_reason,
-        iterations=len(alphas),
+        iterations=state.step,
         hvps=hvps,
         seconds=time.perf_counter() - began,
         tol=tol,
         max_iter=max_iter,
         size=size,
         history=tuple(history),
-        details={"restarts": float(restarts)},
-        largest_vectors=top[2],
-        smallest_vectors=bottom[2],
+        details={"restarts": float(state.restarts), "block_size": float(p), "krylov_dim": float(state.dim)},
+        largest_vectors=top[3],
+        smallest_vectors=bottom[3],
+        certificate=certificate,
+        largest_bounds=tuple(top[2]),
+        smallest_bounds=tuple(bottom[2]),
     )
+
+
+def value_bound(index: int, value: float, residual: float, theta: torch.Tensor, estimates: torch.Tensor) -> float:
+    """|λ − θ| ≤ ‖r‖²/δ (Kato–Temple / Kahan–Parlett–Jiang), else Weyl's ‖r‖ when the gap is not resolved.
+
+    ``index`` is θ's position among the ascending Ritz values ``theta``; δ is the distance from ``value`` to the
+    nearest neighbouring Ritz value's residual interval [θ_j − e_j, θ_j + e_j] (``estimates`` e_j), a lower
+    bound on the distance to the rest of the spectrum when the Ritz values account for it (module docstring).
+    """
+    if len(theta) < 2:
+        return residual  # no neighbour: nothing is known about the rest of the spectrum
+    gap = math.inf
+    for neighbour in (index - 1, index + 1):
+        if 0 <= neighbour < len(theta):
+            gap = min(gap, abs(value - float(theta[neighbour])) - float(estimates[neighbour]))
+    if gap > residual:
+        return min(residual, residual * residual / gap)
+    return residual
+
+
+def _bound(certificate: str, index: int, value: float, residual: float, state: LanczosStep) -> float:
+    if certificate == "value":
+        return value_bound(index, value, residual, state.theta, state.estimates)
+    return residual
 
 
 def _needed(k: int, which: str) -> int:
@@ -167,88 +385,29 @@ def _wanted_indices(count: int, k: int, which: str) -> list[int]:
     return top + [i for i in bottom if i not in top]
 
 
-def _tridiagonal_eigh(alphas: list[float], betas: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
-    diagonal = torch.tensor(alphas, dtype=torch.float64)
-    matrix = torch.diag(diagonal)
-    if len(alphas) > 1:
-        off = torch.tensor(betas[: len(alphas) - 1], dtype=torch.float64)
-        matrix += torch.diag(off, 1) + torch.diag(off, -1)
-    return torch.linalg.eigh(matrix)
-
-
-def _residual_estimates(alphas: list[float], betas: list[float], vectors: torch.Tensor, last_beta: float) -> torch.Tensor:
-    # The step that ended the loop may have restarted (beta 0 appended) or stopped: its own beta is the tail.
-    return (last_beta * vectors[-1, :]).abs() if len(alphas) else torch.zeros(0)
-
-
 def _ritz_pairs(
     operator: LinearOperator,
-    basis: torch.Tensor,
-    theta: torch.Tensor,
-    vectors: torch.Tensor,
-    estimates: torch.Tensor,
+    state: LanczosStep,
     indices: list[int],
     verify: bool,
-) -> tuple[list[float], list[float], torch.Tensor | None]:
+    certificate: str,
+) -> tuple[list[float], list[float], list[float], torch.Tensor | None]:
+    """Values, residuals, value-error bounds (of ``certificate``) and unit vectors of the Ritz pairs at ``indices``."""
     if not indices:
-        return [], [], None
-    coefficients = vectors[:, indices].to(device=basis.device, dtype=basis.dtype)
+        return [], [], [], None
+    basis = state.basis
+    coefficients = state.ritz[:, indices].to(device=basis.device, dtype=basis.dtype)
     ritz = (basis.T @ coefficients).T
     ritz = ritz / ritz.norm(dim=1, keepdim=True)
-    values, residuals = [], []
+    values, residuals, bounds = [], [], []
     for row, index in enumerate(indices):
         if verify:
             product = operator.matvec(ritz[row])
             value = float(ritz[row] @ product)
-            residuals.append(float((product - value * ritz[row]).norm()))
-            values.append(value)
+            residual = float((product - value * ritz[row]).norm())
         else:
-            values.append(float(theta[index]))
-            residuals.append(float(estimates[index]))
-    return values, residuals, ritz
-
-
-def _normalised_or_random(
-    vector: torch.Tensor, size: int, dtype: torch.dtype, device: torch.device, seed: int
-) -> torch.Tensor:
-    norm = float(vector.norm())
-    if norm == 0.0 or norm != norm:
-        vector = random_vector(size, dtype, device, seed + 1)
-        norm = float(vector.norm())
-    return vector / norm
-
-
-def tridiagonalize(
-    operator: LinearOperator, start: torch.Tensor, steps: int, callback: Callback | None = None
-) -> tuple[list[float], list[float]]:
-    """``steps`` Lanczos steps from ``start`` (fully re-orthogonalised): the diagonal and off-diagonal of T.
-
-    Stops early, with fewer steps, when the Krylov space becomes invariant: there is no restart, so T keeps
-    the Gauss-quadrature property with respect to ``start`` that spectral densities rely on.
-    """
-    began = time.perf_counter()
-    size = operator.size
-    steps = min(steps, size)
-    vector = start.to(device=operator.device, dtype=operator.dtype)
-    vector = vector / vector.norm()
-    basis = torch.empty(steps, size, dtype=operator.dtype, device=operator.device)
-    alphas: list[float] = []
-    betas: list[float] = []
-    for step in range(steps):
-        basis[step] = vector
-        product = operator.matvec(vector)
-        alpha = float(vector @ product)
-        product = product - alpha * vector - (betas[-1] * basis[step - 1] if step > 0 else 0.0)
-        active = basis[: step + 1]
-        for _ in range(2):
-            product = product - active.T @ (active @ product)
-        alphas.append(alpha)
-        beta = float(product.norm())
-        if callback is not None:
-            callback(IterationRecord(step + 1, step + 1, time.perf_counter() - began, (alpha,), (beta,)))
-        scale = max(abs(a) for a in alphas)
-        if step + 1 == steps or beta <= 10 * torch.finfo(operator.dtype).eps * max(scale, 1e-300):
-            break
-        betas.append(beta)
-        vector = product / beta
-    return alphas, betas[: len(alphas) - 1]
+            value, residual = float(state.theta[index]), float(state.estimates[index])
+        values.append(value)
+        residuals.append(residual)
+        bounds.append(_bound(certificate, index, value, residual, state))
+    return values, residuals, bounds, ritz

@@ -23,6 +23,7 @@ fixes σ. ``k > 1`` deflates by keeping the iterate orthogonal to the vectors al
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 import torch
 
@@ -45,7 +46,7 @@ def power_iteration(
     max_iter: int = 100,
     seed: int = 0,
     start: torch.Tensor | None = None,
-    shift: float | str | None = "auto",
+    shift: float | Literal["auto"] | None = "auto",
     probe_iter: int = 3,
     callback: Callback | None = None,
 ) -> EigenResult:
@@ -79,6 +80,15 @@ def power_iteration(
             product = _deflate(operator.matvec(vector), found)
             hvps += 1
             iterations += 1
+            if float(product.norm()) == 0.0:
+                # H v = 0 exactly: v is an exact eigenvector with eigenvalue 0 (a zero block, or the rest of the
+                # spectrum after deflation is zero on the start). Certified: residual 0.
+                value, residual, converged = 0.0, 0.0, True
+                record = IterationRecord(iterations, hvps, time.perf_counter() - began, (value,), (residual,))
+                history.append(record)
+                if callback is not None:
+                    callback(record)
+                break
             value = float(vector @ product)
             residual = float((product - value * vector).norm())
             spectral_radius = max(spectral_radius, float(product.norm()))
@@ -124,6 +134,7 @@ def power_iteration(
         history=tuple(history),
         details={"shift": sigma, "spectral_radius_estimate": spectral_radius},
         largest_vectors=torch.stack([found[i] for i in order]) if found else None,
+        largest_bounds=tuple(residuals[i] for i in order),
     )
 
 

@@ -94,6 +94,12 @@ class EigenResult(_Serializable):
     for. ``*_residuals[i]`` is ‖H y − θ y‖ for the unit Ritz vector y of that value: by Weyl's theorem some
     eigenvalue lies within it. ``converged`` says every requested value met ``residual ≤ tol·|θ|`` (or the
     round-off floor of the operator's dtype); ``stop_reason`` says why the iteration ended.
+
+    ``certificate`` names what ``converged`` was tested on, and ``*_bounds[i]`` is the bound it gives on the
+    value's error, |λ − θ| ≤ bound: ``"residual"`` (Weyl; the bound is the residual, and the residual must meet
+    tol), or ``"value"`` (Lanczos only: the gap bound ‖r‖²/δ of Kato–Temple / Kahan–Parlett–Jiang, Weyl's ‖r‖
+    where the gap is not resolved; the bound must meet tol·|θ|). Reports written before these fields existed
+    read back as ``"residual"`` with no bounds.
     """
 
     solver: str
@@ -113,6 +119,9 @@ class EigenResult(_Serializable):
     details: dict[str, float] = field(default_factory=dict)
     largest_vectors: torch.Tensor | None = field(default=None, compare=False, repr=False, metadata=_TRANSIENT)
     smallest_vectors: torch.Tensor | None = field(default=None, compare=False, repr=False, metadata=_TRANSIENT)
+    certificate: str = "residual"
+    largest_bounds: tuple[float, ...] = ()
+    smallest_bounds: tuple[float, ...] = ()
 
     @property
     def lambda_max(self) -> float | None:

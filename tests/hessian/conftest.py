@@ -39,3 +39,11 @@ def init_problem() -> DenseProblem:
     """Layer 0's q_proj block at LoRA initialisation (B = 0; r = 1; 64 parameters), float64."""
     model = tiny_lora(dtype=torch.float64, at_init=True, rank=1, targets=("q_proj",))
     return _problem(model, module_block(model, "q_proj", 0))
+
+
+@pytest.fixture(scope="session")
+def init_rank4_problem() -> DenseProblem:
+    """Layer 0's q_proj block at LoRA initialisation with r = 4 (256 parameters): clusters of 4 nearly equal
+    eigenvalues at both ends, float64."""
+    model = tiny_lora(dtype=torch.float64, at_init=True, rank=4, targets=("q_proj",))
+    return _problem(model, module_block(model, "q_proj", 0))

@@ -6,7 +6,7 @@ from tinylora import operator_for, spectrum_operator, synthetic_batches, tiny_lo
 
 from hessian_lora.errors import UserError
 from hessian_lora.hessian import DenseOperator, HessianOperator, lanczos
-from hessian_lora.hessian.lanczos import tridiagonalize
+from hessian_lora.hessian.lanczos import block_tridiagonal, lanczos_steps, value_bound
 
 
 def _relative(a: float, b: float) -> float:
@@ -29,7 +29,8 @@ def test_lanczos_matches_the_dense_spectrum_of_a_tiny_lora_hessian(generic_probl
     residual = float((operator @ vector - result.largest[0] * vector).norm())
     assert residual == pytest.approx(result.largest_residuals[0], rel=1e-6, abs=1e-12)
     assert result.largest_residuals[0] <= 1e-7 * abs(result.largest[0])
-    assert result.hvps == result.iterations + 6  # one verification product per returned pair
+    # Block Lanczos with blocks of k = 3: three products per step, one verification product per returned pair.
+    assert result.details["block_size"] == 3 and result.hvps == 3 * result.iterations + 6
     assert [r.iteration for r in result.history] == list(range(1, result.iterations + 1))
 
 
@@ -42,15 +43,23 @@ def test_lanczos_in_float32_is_close_to_the_float64_dense_spectrum(generic_probl
     assert _relative(result.lambda_min, float(generic_problem.eigenvalues[0])) < 1e-4
 
 
-def test_closed_form_spectrum_with_repeated_eigenvalues_needs_restarts() -> None:
-    # The Krylov space of a matrix with 3 distinct eigenvalues has dimension 3: finding the multiplicities
-    # takes restarts orthogonal to the basis.
+def test_closed_form_spectrum_with_repeated_eigenvalues() -> None:
+    # Blocks of k = 2 see two directions of every eigenspace: the multiplicities at both ends are found.
     operator = DenseOperator(torch.diag(torch.tensor([5.0, 5.0, 1.0, 1.0, 1.0, -2.0, -2.0], dtype=torch.float64)))
     result = lanczos(operator, k=2, which="both", tol=1e-10, max_iter=50)
     assert result.converged
     assert result.largest == pytest.approx((5.0, 5.0), abs=1e-12)
     assert result.smallest == pytest.approx((-2.0, -2.0), abs=1e-12)
-    assert result.details["restarts"] >= 1
+
+
+def test_an_invariant_block_restarts_orthogonally() -> None:
+    # The block Krylov space of diag(5, 5, 5, 5, 1) from two vectors closes at dimension 3 (two directions of
+    # the 5-eigenspace, one of the 1): four values need a random restart orthogonal to the basis.
+    operator = spectrum_operator([5.0, 5.0, 5.0, 5.0, 1.0], seed=4)
+    result = lanczos(operator, k=2, which="both", tol=1e-10, max_iter=50)
+    assert result.converged and result.details["restarts"] >= 1
+    assert result.largest == pytest.approx((5.0, 5.0), abs=1e-12)
+    assert result.smallest == pytest.approx((1.0, 5.0), abs=1e-12)
 
 
 def test_largest_algebraic_not_largest_magnitude() -> None:
@@ -69,12 +78,24 @@ def test_the_cap_stops_the_iteration_and_says_so() -> None:
     assert result.largest_residuals[0] > 1e-12
 
 
-def test_tridiagonalize_reproduces_the_moments_of_the_start_vector() -> None:
+def test_the_kernel_reproduces_the_moments_of_the_start_vector() -> None:
     operator = spectrum_operator([0.5 * i - 3 for i in range(15)], seed=2)
     start = torch.ones(15, dtype=torch.float64) / 15**0.5
-    alphas, betas = tridiagonalize(operator, start, 4)
-    assert len(alphas) == 4 and len(betas) == 3
-    assert alphas[0] == pytest.approx(float(start @ operator.matrix @ start), rel=1e-12)
+    states = list(lanczos_steps(operator, start, max_dim=4, restart_seed=None))
+    last = states[-1]
+    assert [s.dim for s in states] == [1, 2, 3, 4] and last.hvps == 4
+    assert len(last.diagonal) == 4 and len(last.off) == 3
+    assert states[0].alpha == pytest.approx(float(start @ operator.matrix @ start), rel=1e-12)
+    # T is the projection VᵀHV of the operator on the orthonormal Krylov basis.
+    basis = last.basis
+    assert torch.allclose(basis @ basis.T, torch.eye(4, dtype=torch.float64), atol=1e-13)
+    assert torch.allclose(block_tridiagonal(last.diagonal, last.off), basis @ operator.matrix @ basis.T, atol=1e-12)
+    # Gauss quadrature: Σ w θ^p = vᵀ H^p v for p ≤ 2m − 1.
+    weights = last.ritz[0, :] ** 2
+    power = start.clone()
+    for degree in range(8):
+        assert float((weights * last.theta**degree).sum()) == pytest.approx(float(start @ power), rel=1e-10, abs=1e-12)
+        power = operator.matrix @ power
 
 
 def test_bad_arguments() -> None:
@@ -85,3 +106,83 @@ def test_bad_arguments() -> None:
         lanczos(operator, tol=0)
     with pytest.raises(UserError, match="max_iter"):
         lanczos(operator, max_iter=0)
+    with pytest.raises(UserError, match="certificate"):
+        lanczos(operator, certificate="vibes")
+
+
+def _assert_bounds_hold(result, exact_descending: list[float], exact_ascending: list[float] | None = None) -> None:
+    for found, bound, truth in zip(result.largest, result.largest_bounds, exact_descending):
+        assert abs(found - truth) <= bound, (found, truth, bound)
+    for found, bound, truth in zip(result.smallest, result.smallest_bounds, exact_ascending or []):
+        assert abs(found - truth) <= bound, (found, truth, bound)
+
+
+@pytest.mark.parametrize("certificate", ["residual", "value"])
+def test_top_k_finds_every_copy_of_a_repeated_eigenvalue(certificate: str) -> None:
+    # Single-vector Krylov sees one direction of the 5-eigenspace: it used to return (5, 1, 0), "converged".
+    operator = spectrum_operator([5.0, 5.0, 5.0, 1.0, 0.0, -2.0], seed=1)
+    result = lanczos(operator, k=3, certificate=certificate)
+    assert result.converged and result.certificate == certificate
+    assert result.largest == pytest.approx((5.0, 5.0, 5.0), abs=1e-10)
+    _assert_bounds_hold(result, [5.0, 5.0, 5.0])
+
+
+@pytest.mark.parametrize("certificate", ["residual", "value"])
+def test_top_k_on_a_rank_4_lora_block_at_initialisation_matches_the_dense_hessian(init_rank4_problem,
+                                                                                  certificate: str) -> None:
+    exact = init_rank4_problem.eigenvalues
+    top = exact.flip(0)[:4].tolist()
+    assert (top[0] - top[3]) / top[0] < 0.02 and (top[3] - float(exact[-5])) / top[0] > 0.05  # a cluster of r = 4
+    operator = operator_for(init_rank4_problem.model, init_rank4_problem.batches, init_rank4_problem.block)
+    for seed in (0, 1):
+        result = lanczos(operator, k=4, seed=seed, certificate=certificate)  # default tol 1e-3
+        assert result.converged and result.details["block_size"] == 4
+        _assert_bounds_hold(result, top)
+        for found, truth in zip(result.largest, top):
+            assert abs(found - truth) <= 1e-3 * truth
+
+
+def test_value_certificate_holds_and_saves_products_on_separated_spectra(generic_problem) -> None:
+    # Synthetic: an isolated top and bottom, tight clusters inside (spacings 1e-6), 200 dimensions.
+    inner = [1.0 + 1e-6 * (i % 5) + 0.01 * (i // 5) for i in range(196)]
+    spectrum = [4.0, 3.2, *inner, -1.5, -2.0]
+    cases = [(spectrum_operator(spectrum, seed=s), sorted(spectrum)) for s in range(3)]
+    operator = operator_for(generic_problem.model, generic_problem.batches, generic_problem.block)
+    cases.append((operator, generic_problem.eigenvalues.tolist()))
+    for operator, ascending in cases:
+        descending = ascending[::-1]
+        for tol in (1e-3, 1e-6):
+            value = lanczos(operator, which="both", k=2, tol=tol, max_iter=200, certificate="value")
+            residual = lanczos(operator, which="both", k=2, tol=tol, max_iter=200, certificate="residual")
+            assert value.converged and residual.converged
+            _assert_bounds_hold(value, descending, ascending)
+            _assert_bounds_hold(residual, descending, ascending)
+            assert all(b <= tol * abs(v) for v, b in zip(value.largest + value.smallest,
+                                                         value.largest_bounds + value.smallest_bounds))
+            assert value.hvps <= residual.hvps
+            assert value.largest_residuals[0] >= value.largest_bounds[0]  # the gap bound is the tighter one
+
+
+def test_value_certificate_with_a_block_as_wide_as_the_top_cluster(init_rank4_problem) -> None:
+    # LoRA at initialisation: λ_max sits in a cluster of r = 4. A start block of r vectors resolves it.
+    exact = init_rank4_problem.eigenvalues
+    operator = DenseOperator(init_rank4_problem.dense)
+    for seed in range(4):
+        result = lanczos(operator, seed=seed, certificate="value", block_size=4, max_iter=120)
+        assert result.converged
+        _assert_bounds_hold(result, exact.flip(0).tolist())
+
+
+def test_value_bound_needs_a_resolved_neighbour() -> None:
+    theta = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    assert value_bound(1, 2.0, 0.1, theta[1:], torch.tensor([0.0])) == 0.1  # no neighbour: Weyl
+    assert value_bound(1, 2.0, 0.1, theta, torch.tensor([0.5, 0.0])) == pytest.approx(0.01 / 0.5)
+    assert value_bound(1, 2.0, 0.1, theta, torch.tensor([0.95, 0.0])) == 0.1  # the gap is not resolved
+
+
+@pytest.mark.parametrize("which", ["largest", "both"])
+def test_a_zero_operator_gives_zero_certified(which: str) -> None:
+    operator = DenseOperator(torch.zeros(6, 6, dtype=torch.float64))
+    for k in (1, 2):
+        result = lanczos(operator, k=k, which=which)
+        assert result.converged and result.largest == (0.0,) * k and result.largest_bounds == (0.0,) * k

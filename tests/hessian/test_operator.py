@@ -201,3 +201,30 @@ def test_dense_and_scaled_operators() -> None:
     assert torch.allclose(scaled.to_dense(), torch.diag(diagonal) @ matrix @ torch.diag(diagonal))
     block = torch.eye(2, dtype=torch.float64)
     assert torch.allclose(DenseOperator(matrix) @ block, matrix)
+
+
+def test_reuse_sees_writes_that_version_counters_miss() -> None:
+    model = tiny_lora(dtype=torch.float64, seed=1)
+    batches = synthetic_batches(seed=1)
+    block = whole_block(model)
+    vector = _random(block.numel, 5)
+    reused = operator_for(model, batches, block, reuse=True)
+    before = reused @ vector
+    # Through .data: the parameter's version counter does not move.
+    version = block.parameters[1]._version
+    block.parameters[1].data.mul_(1.5)
+    assert block.parameters[1]._version == version
+    after = reused @ vector
+    assert not torch.allclose(before, after)
+    assert torch.allclose(after, operator_for(model, batches, block, reuse=False) @ vector, atol=1e-13)
+    # A frozen weight outside the block, through vector_to_parameters (new storage).
+    frozen = model.get_submodule("base_model.model.model.layers.0.mlp.up_proj").weight
+    torch.nn.utils.vector_to_parameters(torch.nn.utils.parameters_to_vector([frozen]) * 0.9, [frozen])
+    again = reused @ vector
+    assert not torch.allclose(after, again)
+    assert torch.allclose(again, operator_for(model, batches, block, reuse=False) @ vector, atol=1e-13)
+    # One element, in place through .data.
+    block.parameters[0].data[0, 0] += 0.25
+    last = reused @ vector
+    assert torch.allclose(last, operator_for(model, batches, block, reuse=False) @ vector, atol=1e-13)
+    assert not torch.allclose(last, again)

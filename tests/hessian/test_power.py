@@ -61,5 +61,14 @@ def test_bad_arguments() -> None:
     operator = DenseOperator(torch.eye(2, dtype=torch.float64))
     with pytest.raises(UserError, match="shift"):
         power_iteration(operator, shift="big")
-    with pytest.raises(UserError, match="top-k"):
+    with pytest.raises(UserError, match="k "):
         power_iteration(operator, k=0)
+
+
+def test_a_zero_operator_gives_zero_certified() -> None:
+    operator = DenseOperator(torch.zeros(5, 5, dtype=torch.float64))
+    for shift in ("auto", None):
+        result = power_iteration(operator, k=2, shift=shift)
+        assert result.converged and result.stop_reason == "converged"
+        assert result.largest == (0.0, 0.0) and result.largest_residuals == (0.0, 0.0)
+        assert result.hvps == 2

@@ -48,3 +48,13 @@ def test_non_finite_numbers_become_null() -> None:
                          seconds=0.0, tol=1e-3, max_iter=1, size=1)
     data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
     assert data["largest"] == [None] and EigenResult.from_dict(data).largest == (None,)
+
+
+def test_reports_written_before_certificates_existed_still_load() -> None:
+    operator = DenseOperator(torch.diag(torch.tensor([3.0, 1.0, -2.0], dtype=torch.float64)))
+    data = lanczos(operator, tol=1e-10, certificate="value").to_dict()
+    assert data["certificate"] == "value" and len(data["largest_bounds"]) == 1
+    for key in ("certificate", "largest_bounds", "smallest_bounds"):
+        del data[key]
+    old = EigenResult.from_dict(data)
+    assert old.certificate == "residual" and old.largest_bounds == () and old.lambda_max == 3.0
