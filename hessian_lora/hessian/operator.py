@@ -44,9 +44,9 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
+import hessian_lora.hessian.distributed as distributed
 from hessian_lora.data import TokenBatch
 from hessian_lora.errors import UserError
-from hessian_lora.hessian import distributed
 from hessian_lora.hessian.filters import ParameterBlock
 from hessian_lora.loss import loss_sum
 
