@@ -49,7 +49,6 @@ from hessian_lora.hessian.power import power_iteration
 from hessian_lora.hessian.preconditioned import adam_thresholds
 from hessian_lora.hessian.results import EigenResult
 
-SHARPNESS_FILE = "sharpness.json"
 ProbeSolver = Literal["lanczos", "power"]
 ProbeBlocks = Literal["whole", "per-module"]
 
