@@ -90,3 +90,34 @@ def test_prune_recovers_from_a_kill_between_its_steps(probed_sweep, tmp_path):
         assert prune(store, copy) == []
     assert not (layout.run(loser["run_id"]) / "hessian_lora.json").exists()
     assert (layout.run(kept["run_id"]) / "hessian_lora.json").is_file()
+
+
+def test_edge_of_stability_analysis_and_figure(probed_sweep, tmp_path):
+    from hessian_lora.analysis import analyze, write_analysis
+    from hessian_lora.analysis.stability import stability_report
+    from hessian_lora.plots import plot_run
+
+    run_dir, _, rows = probed_sweep
+    analysis = analyze(run_dir)
+    report = stability_report(run_dir, analysis)
+    assert report is not None and len(report.curves) == 4
+    assert set(report.methods) == {"lora", "loraplus"}
+    for curve in report.curves:
+        row = next(row for row in rows if row["run_id"] == curve.run_id)
+        assert curve.steps == (0, 2, 4)
+        lrs = _lrs(run_dir, row["run_id"])
+        assert lrs[-1] == 0.0  # the cosine schedule ends at 0: no update follows, no ratio
+        assert curve.adam_ratio[0] is None and curve.adam_ratio[-1] is None and curve.adam_ratio[1] > 0
+        assert curve.peak_adam_ratio == pytest.approx(max(
+            p * lr / 38.0 for p, lr in zip(curve.preconditioned[1:], lrs[1:])))
+    for item in report.methods.values():
+        assert item.lambda_init is not None and item.lambda_init > 0  # the step-0 probe
+    json_path, md_path = write_analysis(analysis, tmp_path)
+    assert "Edge of stability" in md_path.read_text()
+    assert "stability" in json.loads(json_path.read_text())
+    result = plot_run(run_dir, tmp_path / "figures", analysis=analysis, formats=("png",))
+    assert "g" in result.written
+
+
+def _lrs(run_dir, run_id):
+    return [point["lr"] for point in json.loads(RunLayout(run_dir).sharpness(run_id).read_text())["history"]]
