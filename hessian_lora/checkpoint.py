@@ -272,6 +272,12 @@ def adam_second_moments(
     return moments
 
 
+def live_optimizer_state(peft_model: nn.Module, optimizer: torch.optim.Optimizer) -> OptimizerState:
+    """The optimizer's current state seen as a saved one (no copy: the tensors are the optimizer's own), so the
+    readers of saved states (:func:`adam_second_moments`, the preconditioner) work on a running optimizer."""
+    return OptimizerState(optimizer.state_dict(), tuple(_optimizer_param_names(peft_model, optimizer)))
+
+
 def load_optimizer_state(optimizer: torch.optim.Optimizer, peft_model: nn.Module, state: OptimizerState) -> None:
     """Restore a saved state into an optimizer built by ``make_optimizer`` for the same adapter."""
     names = _optimizer_param_names(peft_model, optimizer)

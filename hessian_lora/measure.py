@@ -40,7 +40,7 @@ from hessian_lora.hessian.results import BlockReport, EigenReport, EigenResult, 
 from hessian_lora.hessian.trace import hutchplusplus
 
 if TYPE_CHECKING:
-    from hessian_lora.checkpoint import LoadedCheckpoint
+    from hessian_lora.checkpoint import LoadedCheckpoint, OptimizerState
 
 Solver = Literal["lanczos", "power", "pyhessian"]
 Blocks = Literal["whole", "per-module"]
@@ -310,24 +310,38 @@ def checkpoint_preconditioner(loaded: LoadedCheckpoint, names: Sequence[str]) ->
     Returns (diagonal, {"beta1", "eps", "step", "lr", "current_lr"}): ``lr`` is the run's learning rate from
     the checkpoint meta (the peak of its schedule), ``current_lr`` the first group's rate when it was saved.
     """
-    from hessian_lora.checkpoint import adam_second_moments
-
     state = loaded.optimizer_state
     if state is None:
         raise UserError("the preconditioned sharpness needs a checkpoint saved with its optimizer state "
                         "(a training run).")
-    moments = adam_second_moments(loaded, bias_corrected=True)
+    meta = loaded.meta
+    diagonal, settings = optimizer_preconditioner(state, names, meta=meta)
+    if meta.lr is not None:
+        settings["lr"] = float(meta.lr)
+    return diagonal, settings
+
+
+def optimizer_preconditioner(
+    state: OptimizerState, names: Sequence[str], *, meta: object = None
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """P's diagonal for ``names`` from an Adam state (saved, or live through
+    :func:`hessian_lora.checkpoint.live_optimizer_state`), each parameter's P divided by its group's learning
+    rate relative to the first group's (LoRA+), and Adam's settings {"beta1", "eps", "step", "lr",
+    "current_lr"} (``lr`` = ``current_lr``, the first group's rate; ``meta`` supplies the LoRA+ ratio when every
+    rate is zero, see :func:`_group_ratios`)."""
+    from hessian_lora.checkpoint import adam_second_moments
+
+    moments = adam_second_moments(state, bias_corrected=True)
     beta1, _ = state.betas
     groups = state.state_dict["param_groups"]
     reference_lr = float(groups[0]["lr"])
-    meta = loaded.meta
     ratios: dict[str, float] = {}
     for group, ratio in zip(groups, _group_ratios(groups, meta)):
         for index in group["params"]:
             ratios[state.param_names[index]] = ratio
     diagonal = adam_preconditioner(moments, names, eps=state.eps, lr_ratios=ratios)
-    settings = {"beta1": beta1, "eps": state.eps, "step": float(state.step),
-                "lr": float(meta.lr) if meta.lr is not None else reference_lr, "current_lr": reference_lr}
+    settings = {"beta1": beta1, "eps": state.eps, "step": float(state.step), "lr": reference_lr,
+                "current_lr": reference_lr}
     return diagonal, settings
 
 

@@ -3,7 +3,7 @@
 (a) metric vs learning rate per method, peaks annotated; (b) λ_max vs η* on log-log axes with the fit, the
 gradient-descent bound 2/λ and Adam's edge-of-stability line; (c) per-module λ_max at init relative to vanilla
 LoRA across layers, with medians; (d) Lanczos/power-iteration convergence; (e) the spectral density; (f) training
-loss curves per learning rate. Every figure colours a method the same way (:data:`METHOD_COLORS`).
+loss curves per learning rate; (g) sharpness along training against the stability limits (hessian.during). Every figure colours a method the same way (:data:`METHOD_COLORS`).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ FIGURE_NAMES: dict[str, str] = {
     "d": "d_convergence",
     "e": "e_spectral_density",
     "f": "f_loss_curves",
+    "g": "g_edge_of_stability",
 }
 METRIC_AXIS_LABELS = {
     "accuracy": "eval accuracy (exact match, %)",
@@ -399,6 +400,52 @@ def figure_loss_curves(directory: RunDirectory, analysis: Analysis) -> Figure | 
     return figure
 
 
+def figure_edge_of_stability(directory: RunDirectory, analysis: Analysis) -> Figure | None:
+    """(g) Per method, λ̃(t)·η_t/((2+2β₁)/(1−β₁)) (solid) and λ(t)·η_t/2 (dotted) over steps for every LR; 1 is
+    the stability limit (:mod:`hessian_lora.analysis.stability`)."""
+    from hessian_lora.analysis.stability import largest_stable_lr, stability_curves
+
+    curves = [curve for curve in stability_curves(directory, analysis.beta1) if curve.method in analysis.methods]
+    methods = [name for name in analysis.methods if any(curve.method == name for curve in curves)]
+    if not methods:
+        return None
+    columns = min(len(methods), 2)
+    rows = math.ceil(len(methods) / columns)
+    figure = _new_figure(6.0 * columns, 3.6 * rows + 0.6)
+    axes_grid = figure.subplots(rows, columns, squeeze=False, sharey=True)
+    for index, name in enumerate(methods):
+        axes = axes_grid[index // columns][index % columns]
+        mine = [curve for curve in curves if curve.method == name]
+        seed = min(curve.seed for curve in mine)
+        mine = sorted((curve for curve in mine if curve.seed == seed), key=lambda curve: curve.lr)
+        stable = largest_stable_lr([curve for curve in curves if curve.method == name])
+        for curve, color in zip(mine, shades(name, len(mine))):
+            adam = [(s, r) for s, r in zip(curve.steps, curve.adam_ratio) if r is not None and r > 0]
+            gd = [(s, r) for s, r in zip(curve.steps, curve.gd_ratio) if r is not None and r > 0]
+            marks = (" ★" if curve.lr == analysis.methods[name].eta_grid else "") + (
+                " (stable max)" if curve.lr == stable else "")
+            if adam:
+                axes.plot(*zip(*adam), color=color, linewidth=1.4, marker=".",
+                          label=f"{_format_lr(curve.lr)}{marks}")
+            if gd:
+                axes.plot(*zip(*gd), color=color, linewidth=0.9, linestyle=":")
+        axes.axhline(1.0, color="black", linewidth=0.9, linestyle="--")
+        axes.set_yscale("log")
+        axes.set_title(f"{method_label(name)} (seed {seed})", fontsize=10, color=method_color(name))
+        axes.set_xlabel("optimizer step")
+        if index % columns == 0:
+            axes.set_ylabel("sharpness × η / limit")
+        axes.grid(True, alpha=0.3)
+        axes.legend(title="learning rate", fontsize=7, title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                    borderaxespad=0)
+    for index in range(len(methods), rows * columns):
+        axes_grid[index // columns][index % columns].set_visible(False)
+    limit = (2 + 2 * analysis.beta1) / (1 - analysis.beta1)
+    figure.suptitle(f"Edge of stability: λ̃·η/{limit:.3g} (Adam, solid) and λ·η/2 (GD, dotted); "
+                    "1 = at the limit; ★ = best grid LR", fontsize=11)
+    return figure
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Writing
 
@@ -415,6 +462,7 @@ SKIP_REASONS = {
     "d": "no eigen report with a convergence history",
     "e": "no eigen report with a spectral density (measure with density)",
     "f": "no run has a training-loss history",
+    "g": "no run has a sharpness history (sweep with hessian: {during: {every: N}})",
 }
 
 
@@ -430,7 +478,7 @@ def save_figure(figure: Figure, stem: Path, formats: Sequence[str] = ("png", "pd
 
 
 def make_figures(directory: RunDirectory, analysis: Analysis) -> dict[str, Figure | None]:
-    """All six figures by key (``a``..``f``); None where the run directory lacks the data."""
+    """All figures by key (``a``..``g``); None where the run directory lacks the data."""
     builders: dict[str, Callable[[], Figure | None]] = {
         "a": lambda: figure_metric_vs_lr(analysis),
         "b": lambda: figure_sharpness_vs_lr(analysis),
@@ -438,6 +486,7 @@ def make_figures(directory: RunDirectory, analysis: Analysis) -> dict[str, Figur
         "d": lambda: figure_convergence(directory),
         "e": lambda: figure_density(directory),
         "f": lambda: figure_loss_curves(directory, analysis),
+        "g": lambda: figure_edge_of_stability(directory, analysis),
     }
     return {key: build() for key, build in builders.items()}
 

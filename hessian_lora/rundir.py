@@ -6,7 +6,7 @@ A sweep writes, and analysis, plots, recommend and the demo read, one directory 
     RUN_DIR/
       config.yaml                         the sweep config as resolved
       results.sqlite                      table runs, one row per run (sweep/store.py)
-      runs/<run_id>/                      checkpoint + history.json
+      runs/<run_id>/                      checkpoint + history.json (+ sharpness.json with hessian.during)
       hessian/<init_key>_init.json        eigen report at initialisation
       hessian/<init_key>_init_<what>.json more blocks of the same adapter at initialisation (merged on reading)
       hessian/<run_id>_final.json         eigen report at the end of a run
@@ -39,6 +39,7 @@ LOCK_FILE = ".sweep.lock"
 RUNS_DIR = "runs"
 HESSIAN_DIR = "hessian"
 HISTORY_FILE = "history.json"
+SHARPNESS_FILE = "sharpness.json"  # sharpness along training (hessian.during probes)
 ANALYSIS_JSON = "analysis.json"
 ANALYSIS_MD = "analysis.md"
 FIGURES_DIR = "figures"
@@ -178,6 +179,17 @@ class RunLayout:
 
     def relative_history(self, run_id: str) -> str:
         return f"{RUNS_DIR}/{run_id}/{HISTORY_FILE}"
+
+    def sharpness(self, run_id: str) -> Path:
+        """The run's sharpness-along-training document (:mod:`hessian_lora.dynamics`)."""
+        return self.run(run_id) / SHARPNESS_FILE
+
+    def relative_sharpness(self, run_id: str) -> str:
+        return f"{RUNS_DIR}/{run_id}/{SHARPNESS_FILE}"
+
+    def documents(self, run_id: str) -> tuple[Path, ...]:
+        """The run's JSON documents inside its directory (kept when only its checkpoint is removed)."""
+        return (self.history(run_id), self.sharpness(run_id))
 
     def init_report(self, key: InitKey | str, part: str = "") -> Path:
         suffix = f"_{part}" if part else ""

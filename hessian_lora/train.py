@@ -20,7 +20,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -188,11 +188,16 @@ def train(
     optimizer: torch.optim.Optimizer | None = None,
     progress: bool = True,
     description: str = "train",
+    probe: Callable[[int, torch.optim.Optimizer, float], object] | None = None,
 ) -> TrainResult:
     """Train ``model``'s trainable parameters in place on ``examples`` and return what happened.
 
     ``optimizer`` defaults to AdamW over the parameters with ``requires_grad`` (pass
     :func:`hessian_lora.adapters.make_optimizer`'s for LoRA+ groups). The model is left in eval mode.
+
+    ``probe`` (e.g. a :class:`hessian_lora.dynamics.SharpnessProbe`) is called as ``probe(step, optimizer, lr)``
+    before the first update (step 0) and after every optimizer step (step = updates done), ``lr`` being the
+    first group's rate of the next update; it must leave the training state as it found it.
     """
     device = next(model.parameters()).device
     params = [param for param in model.parameters() if param.requires_grad]
@@ -213,6 +218,8 @@ def train(
     bar = tqdm(total=config.steps, desc=description, file=sys.stderr, disable=not progress, leave=False,
                dynamic_ncols=True)
     try:
+        if probe is not None:
+            probe(0, optimizer, base_lrs[0] * cosine_with_warmup(0, config.steps, n_warmup))
         for step, micro_batches in enumerate(global_batches(tokenizer, examples, config)):
             multiplier = cosine_with_warmup(step, config.steps, n_warmup)
             for group, base_lr in zip(optimizer.param_groups, base_lrs):
@@ -235,6 +242,8 @@ def train(
                     raise
                 status, stop_reason = Status.DIVERGED, f"optimizer step overflowed at step {step + 1} ({exc})"
                 break
+            if probe is not None:
+                probe(step + 1, optimizer, base_lrs[0] * cosine_with_warmup(step + 1, config.steps, n_warmup))
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{base_lrs[0] * multiplier:.2e}", refresh=False)
             bar.update(1)
     finally:

@@ -263,6 +263,48 @@ print(f"preconditioned λ₁(P⁻¹H) = {pre.sharpness:.4g}   vs Adam's (2+2β�
       f"(β₁ = {pre.beta1})")
 print(f"ratio to Adam's edge of stability: {pre.sharpness / pre.adam_threshold:.3f}")
 assert pre.sharpness > 0'''),
+        new_markdown_cell(
+            "## Sharpness along training (the dynamics view)\n\n"
+            "`hessian_lora.dynamics.SharpnessProbe` measures λ_max and Adam's preconditioned sharpness λ₁(P⁻¹H) "
+            "from the live optimizer state every few steps of a run (warm-started Lanczos: a few products per "
+            "probe; training itself is untouched). Divided by their limits, λ·η/2 (gradient descent) and "
+            "λ̃·η/((2+2β₁)/(1−β₁)) (Adam, 38 at β₁ = 0.9), a curve at 1 is at the edge of stability. In a sweep: "
+            "`hessian: {during: {every: N}}`; in a transformers Trainer: `hessian_lora.integrations."
+            "SharpnessCallback`."),
+        new_code_cell('''\
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from hessian_lora.data import make_batches
+from hessian_lora.dynamics import DuringSettings, SharpnessProbe, stability_ratios
+
+probe_batches = make_batches(loaded.tokenizer, task.train[:8], 4, max_length=96)
+dynamics_lrs = [LR / 10, LR]
+histories = {}
+for lr in dynamics_lrs:
+    base = load_model(MODEL, device="cpu")
+    model = build_adapter(base.model, config)
+    probe = SharpnessProbe(model, probe_batches, DuringSettings(every=2, tol=1e-2), total_steps=8)
+    train(model, base.tokenizer, task.train, TrainConfig(lr=lr, steps=8, batch_size=8, max_length=96),
+          optimizer=make_optimizer(model, config, lr), progress=False, probe=probe)
+    histories[lr] = [point.to_dict() for point in probe.history]
+    print(f"lr {lr:.0e}: " + ", ".join(f"step {p['step']}: λ={p['lambda_max']:.3g} λ̃={p['preconditioned'] or 0:.3g} "
+                                         f"({p['hvps'] + p['precond_hvps']} HVPs)" for p in histories[lr]))
+
+figure = Figure(figsize=(7, 3.6))
+FigureCanvasAgg(figure)
+axes = figure.subplots()
+for lr, history in histories.items():
+    ratios = [(p["step"], *stability_ratios(p, beta1=0.9)) for p in history]
+    axes.plot([s for s, _, a in ratios if a], [a for _, _, a in ratios if a], marker="o", label=f"Adam λ̃·η/38, lr {lr:.0e}")
+    axes.plot([s for s, g, _ in ratios if g], [g for _, g, _ in ratios if g], linestyle=":", label=f"GD λ·η/2, lr {lr:.0e}")
+axes.axhline(1.0, color="black", linestyle="--", linewidth=0.9)
+axes.set_yscale("log")
+axes.set_xlabel("optimizer step")
+axes.set_ylabel("sharpness × η / limit")
+axes.legend(fontsize=7)
+show(figure)
+assert all(p["lambda_max"] > 0 for history in histories.values() for p in history)'''),
     ])
 
 

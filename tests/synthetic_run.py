@@ -141,6 +141,13 @@ def write_run_dir(
                      None if diverged else precond, 10, 1000, 1.0, None, json.dumps(history),
                      None, "2026-01-01T00:00:00"),
                 )
+                # Sharpness along training (hessian.during): λ̃ rises from 0.2 to 0.9 of Adam's limit 38/lr.
+                sharpness = [{"step": k, "lambda_max": lambda_seed * (1 + k), "lr": lr, "hvps": 3,
+                              "precond_hvps": 3, "seconds": 0.01, "converged": True,
+                              "preconditioned": None if k == 0 else 38 / lr * (0.2 + 0.1 * k)} for k in range(8)]
+                (root / "runs" / run_id).mkdir(parents=True, exist_ok=True)
+                (root / "runs" / run_id / "sharpness.json").write_text(json.dumps(
+                    {"settings": {}, "beta1": beta1, "peak_lr": lr, "history": sharpness}))
                 if final_reports and not diverged:
                     report = eigen_report(lambda_final, method.module_ratio, seed=seed, with_density=False,
                                           precond=precond, lr=lr, beta1=beta1)

@@ -37,7 +37,7 @@ def _clipped(figure) -> bool:
 def test_plot_run_writes_all_six_figures_as_png_and_pdf(run_dir, tmp_path) -> None:
     result = plots.plot_run(run_dir, tmp_path / "figures", bootstrap_samples=100)
     assert result.skipped == {}
-    assert sorted(result.written) == list("abcdef")
+    assert sorted(result.written) == list("abcdefg")
     for key, paths in result.written.items():
         assert [path.suffix for path in paths] == [".png", ".pdf"]
         assert paths[0].stem == plots.FIGURE_NAMES[key]
@@ -78,7 +78,7 @@ def test_missing_optional_data_skips_figures_with_reasons(tmp_path) -> None:
     run_dir = write_run_dir(tmp_path / "run", {"lora": METHODS["lora"], "pissa": METHODS["pissa"]},
                             reports=False, final_reports=False)
     result = plots.plot_run(run_dir, bootstrap_samples=50, formats=("png",))
-    assert sorted(result.written) == ["a", "b", "f"]  # λ from the lambda_init column; histories in the table
+    assert sorted(result.written) == ["a", "b", "f", "g"]  # λ from the lambda_init column; histories in the table
     assert set(result.skipped) == {"c", "d", "e"}
     assert all(reason for reason in result.skipped.values())
     assert (run_dir / "figures" / "a_metric_vs_lr.png").is_file()

@@ -88,7 +88,23 @@ def write_analysis(analysis: Analysis, out_dir: str | os.PathLike[str] | None = 
     layout = RunLayout(out_dir or analysis.run_dir)
     json_path, md_path = layout.analysis_json, layout.analysis_md
     # ensure_ascii=False: λ, η and β stay readable in the JSON (the files are UTF-8).
-    write_text_atomic(json_path, json.dumps(analysis.to_dict(), indent=2, ensure_ascii=False) + "\n")
-    write_text_atomic(md_path, markdown_table(analysis) + "\n")
+    data = analysis.to_dict()
+    markdown = markdown_table(analysis)
+    stability = _stability(analysis)
+    if stability is not None:  # sweeps with hessian.during probes: the edge-of-stability summary
+        data["stability"] = stability.to_dict()
+        markdown += "\n\n" + stability.markdown()
+    write_text_atomic(json_path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(md_path, markdown + "\n")
     return json_path, md_path
+
+
+def _stability(analysis: Analysis) -> Any:
+    from hessian_lora.analysis.stability import stability_report
+    from hessian_lora.errors import UserError
+
+    try:
+        return stability_report(analysis.run_dir, analysis)
+    except UserError:
+        return None
 

@@ -26,10 +26,16 @@ def begin_run(store: RunStore, root: str | os.PathLike[str], spec: RunSpec) -> N
     clear_run_files(root, spec.run_id)
 
 
-def end_run(store: RunStore, root: str | os.PathLike[str], spec: RunSpec, outcome: RunOutcome) -> None:
-    """Files first, then the row: a final row always has its documents on disk."""
+def end_run(store: RunStore, root: str | os.PathLike[str], spec: RunSpec, outcome: RunOutcome, *,
+            checkpoints: str = "final") -> None:
+    """Files first, then the row: a final row always has its documents on disk. Under ``checkpoints: best`` the
+    checkpoints that are no longer their group's best go afterwards (:mod:`hessian_lora.sweep.retention`)."""
     write_documents(root, outcome.documents)
     store.finish(spec.run_id, outcome.row)
+    if checkpoints == "best":
+        from hessian_lora.sweep.retention import prune
+
+        prune(store, root)
 
 
 def clear_run_files(root: str | os.PathLike[str], run_id: str) -> None:

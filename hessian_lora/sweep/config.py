@@ -25,6 +25,7 @@ from typing import Any, Literal, get_args
 import yaml
 
 from hessian_lora.adapters import DEFAULT_TARGETS
+from hessian_lora.dynamics import DuringSettings
 from hessian_lora.errors import UserError
 from hessian_lora.evaluate import EvalConfig
 from hessian_lora.measure import MeasureSettings
@@ -35,7 +36,8 @@ from hessian_lora.train import PRECISIONS, Precision
 GRID_AXES = ("methods", "lrs", "seeds", "ranks", "batch_sizes")
 Attention = Literal["eager", "sdpa"]  # the kernels a sweep may train with (eigen picks its own for HVPs)
 ATTENTION_IMPLEMENTATIONS: tuple[str, ...] = get_args(Attention)
-CheckpointMode = Literal["final", "none"]  # keep each finished run's checkpoint, or none
+# keep each finished run's checkpoint, none, or only the best run's per (method, rank, batch size, seed)
+CheckpointMode = Literal["final", "none", "best"]
 CHECKPOINT_MODES: tuple[str, ...] = get_args(CheckpointMode)
 _FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 # Settings whose values are numbers (strings such as "1e-4" are read as numbers there).
@@ -50,6 +52,8 @@ class HessianSettings:
     ``batch_size``. ``measure`` says how (its ``max_length`` is the sweep's unless the block sets one).
 
     In YAML the block's other keys (tol, max_iter, blocks, ...) are ``measure``'s, beside or under ``options:``.
+    ``during: {every: N, ...}`` (:class:`~hessian_lora.dynamics.DuringSettings`) also probes λ_max and the
+    Adam-preconditioned sharpness inside every run, every N optimizer steps.
     """
 
     init: bool = False
@@ -57,6 +61,7 @@ class HessianSettings:
     samples: int = 32
     batch_size: int = 8
     measure: MeasureSettings = field(default_factory=MeasureSettings)
+    during: DuringSettings | None = None
 
     @property
     def enabled(self) -> bool:
@@ -335,7 +340,12 @@ def _hessian(value: Any, source: str, *, max_length: int) -> HessianSettings:
     for key, item in value.items():
         if key == "options":
             continue
-        if key in ("init", "final"):
+        if key == "during":
+            if item is not None:
+                if not isinstance(item, Mapping):
+                    raise UserError(f"{source}: hessian.during must be a mapping, e.g. {{every: 10}}.")
+                settings["during"] = DuringSettings.from_mapping(item, source=f"{source}: hessian.during")
+        elif key in ("init", "final"):
             if not isinstance(item, bool):
                 raise UserError(f"{source}: hessian.{key} must be true or false.")
             settings[key] = item

@@ -97,10 +97,15 @@ def execute_run(
 
     optimizer = make_optimizer(peft_model, adapter_config, spec.lr, betas=config.betas,
                                weight_decay=config.weight_decay, eps=config.eps)
+    probe = _sharpness_probe(config, peft_model, tokenizer, task.train, train_config, adapter_config)
     result = train(peft_model, tokenizer, task.train, train_config, optimizer=optimizer, progress=progress,
-                   description=spec.run_id)
+                   description=spec.run_id, probe=probe)
     history = list(result.history)
     documents[layout.relative_history(spec.run_id)] = history
+    if probe is not None:
+        documents[layout.relative_sharpness(spec.run_id)] = probe.to_dict(beta1=config.betas[0], peak_lr=spec.lr)
+        row.update(_sharpness_peaks(probe))
+        hessian_seconds += sum(point.seconds for point in probe.history)
     row.update(status=result.status, train_loss=result.train_loss, initial_loss=result.initial_loss,
                steps=result.steps, tokens=result.tokens, history=history,
                error=result.stop_reason, train_seconds=result.wall_seconds)
@@ -109,7 +114,7 @@ def execute_run(
         evaluation = evaluate(peft_model, tokenizer, task, config.eval, progress=progress)
         row.update(eval_loss=evaluation.eval_loss, accuracy=evaluation.accuracy, pass_at_1=evaluation.pass_at_1,
                    eval_examples=evaluation.n_examples, eval_seconds=time.perf_counter() - clock)
-        keep = config.checkpoints == "final"
+        keep = config.checkpoints in ("final", "best")  # "best" prunes after the row is final (retention.py)
         if keep or config.hessian.final:
             checkpoint_dir = layout.run(spec.run_id)
             meta = CheckpointMeta.from_config(
@@ -130,10 +135,30 @@ def execute_run(
                 row["checkpoint"] = layout.relative_run(spec.run_id)
             else:
                 shutil.rmtree(checkpoint_dir)  # kept only for the measurement (checkpoints: none)
-    if config.hessian.enabled:
+    if config.hessian.enabled or config.hessian.during is not None:
         row["hessian_seconds"] = hessian_seconds
     row["wall_seconds"] = time.perf_counter() - start
     return RunOutcome(row=row, documents=documents)
+
+
+def _sharpness_probe(config: SweepConfig, model: Any, tokenizer: Any, examples: Any, train_config: Any,
+                     adapter_config: Any) -> Any:
+    """The in-loop probe of ``hessian.during`` on the first ``samples`` training examples, or None."""
+    during = config.hessian.during
+    if during is None:
+        return None
+    from hessian_lora.data import make_batches
+    from hessian_lora.dynamics import SharpnessProbe
+
+    batches = make_batches(tokenizer, examples[: during.samples], during.batch_size, max_length=config.max_length)
+    return SharpnessProbe(model, batches, during, total_steps=train_config.steps, meta=adapter_config)
+
+
+def _sharpness_peaks(probe: Any) -> dict[str, float | None]:
+    """The row's summary of a sharpness history: the largest λ_max and λ₁(P⁻¹H) over the probes."""
+    lambdas = [p.lambda_max for p in probe.history if p.lambda_max is not None]
+    precond = [p.preconditioned for p in probe.history if p.preconditioned is not None]
+    return {"lambda_max_peak": max(lambdas) if lambdas else None, "precond_peak": max(precond) if precond else None}
 
 
 def _eigen_report(

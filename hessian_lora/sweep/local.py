@@ -35,7 +35,7 @@ def run_local(
                 outcome = execute_run(config, spec, root, progress=progress, device=device)
             except Exception as exc:  # the sweep goes on; the row keeps the traceback
                 outcome = RunOutcome(failed_row(exc, time.perf_counter() - started), {})
-            end_run(store, root, spec, outcome)
+            end_run(store, root, spec, outcome, checkpoints=config.checkpoints)
             if progress:
                 bar.write(describe(spec, outcome.row), file=sys.stderr)
             bar.update(1)

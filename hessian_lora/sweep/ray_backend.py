@@ -87,7 +87,7 @@ def run_on_ray(
                     outcome = ray.get(ready[0])
                 except Exception as exc:  # the worker died (OOM kill, node loss): the run failed, the rest go on
                     outcome = RunOutcome(failed_row(exc, 0.0), {})
-                end_run(store, root, spec, outcome)
+                end_run(store, root, spec, outcome, checkpoints=config.checkpoints)
                 if progress:
                     bar.write(describe(spec, outcome.row), file=sys.stderr)
                 bar.update(1)

@@ -177,6 +177,10 @@ def run_sweep(
         prepare_run_dir(config, root, extend=extend)
         specs = config.runs()
         with open_store(root) as store:
+            if config.checkpoints == "best":  # finish a pruning a kill interrupted (sweep/retention.py)
+                from hessian_lora.sweep.retention import prune
+
+                prune(store, root)
             todo = pending(specs, store.statuses(), retry_failed=retry_failed)
             if todo:
                 if backend == "local":

@@ -59,6 +59,9 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("train_seconds", "REAL"),
     ("eval_seconds", "REAL"),
     ("hessian_seconds", "REAL"),
+    # sharpness along training (hessian.during): the largest λ_max and λ₁(P⁻¹H) over the run's probes
+    ("lambda_max_peak", "REAL"),
+    ("precond_peak", "REAL"),
 )
 COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
 # What a finished run may set (the key columns are fixed when the row is created).
