@@ -225,9 +225,11 @@ def _run_search(config: SweepConfig, root: Path, *, backend: Backend, address: s
                 start: float) -> SweepSummary:
     """The adaptive search's rounds, inside the sweep lock: ask every key for its round, run what is not
     finished, repeat until no key asks for more."""
+    from tqdm.auto import tqdm
+
     from hessian_lora.sweep import adaptive
 
-    say = (lambda text: print(text, file=sys.stderr, flush=True)) if progress else None
+    say = (lambda text: tqdm.write(text, file=sys.stderr)) if progress else None
     centres = adaptive.ensure_centres(config, root, progress=progress, device=device, say=say)
     metric, higher = adaptive.search_metric(config)
     ran = 0
