@@ -203,3 +203,28 @@ def test_centre_from_lambda_at_init_is_measured_once(tmp_path, monkeypatch):
     # The first round brackets the centre: its lattice point and ±2 quarter-decade steps.
     k = round(4 * math.log10(centre["lr"] / 2e-5))
     assert sorted(round(4 * math.log10(row["lr"] / 2e-5)) for row in rows) == [k - 2, k, k + 2]
+
+
+def test_observed_rows_seed_mean_running_failed_and_retried():
+    from hessian_lora.sweep.adaptive import SearchKey, next_round, observed
+
+    config = config_from_dict(_data(seeds=[0, 1], search=SEARCH))
+    key = SearchKey("lora", 4, 8)
+
+    def row(lr, seed, status, value=None, method="lora"):
+        return {"run_id": f"{method}-{lr}-{seed}", "method": method, "rank": 4, "batch_size": 8, "seed": seed,
+                "lr": lr, "status": status, "eval_loss": value, "accuracy": None}
+
+    rows = [row(1e-2, 0, "done", 5.0), row(1e-2, 1, "done", 6.0),  # both seeds: the mean
+            row(2e-2, 0, "done", 4.0),  # one seed missing: not observed yet
+            row(3e-2, 0, "done", 4.0), row(3e-2, 1, "running"),  # interrupted: asked for again
+            row(4e-2, 0, "diverged"), row(4e-2, 1, "done", 3.0),  # a seed without a loss: no metric
+            row(5e-2, 0, "failed"), row(5e-2, 1, "done", 3.0),
+            row(1e-2, 0, "done", 1.0, method="pissa")]
+    assert observed(config, rows, key, "eval_loss") == {1e-2: 5.5, 4e-2: None, 5e-2: None}
+    assert observed(config, rows, key, "eval_loss", left_out=frozenset({"lora-0.05-0"})) == {1e-2: 5.5, 4e-2: None}
+    rows[5]["status"] = "diverged"
+    assert observed(config, rows, key, "accuracy")[4e-2] is None  # the other seed has no accuracy either
+    # A round asks for every seed of each point, for every method.
+    specs = next_round(config, [], {"lora_r4": {"lr": 2e-2}, "pissa_r4": {"lr": 2e-2}}, "eval_loss", False)
+    assert len(specs) == 2 * 3 * 2 and {spec.seed for spec in specs} == {0, 1}
