@@ -1,7 +1,8 @@
 """The one-command demo: sweep, sharpness at initialisation, analysis and figures.
 
 ``run_demo()`` runs ``experiments/smollm2_arith.yaml`` (``quick=True``: ``experiments/tiny.yaml``) through the
-sweep API into a resumable run directory, then measures what the figures need and the sweep's config did not
+sweep API into a resumable run directory (with the config's ``search: adaptive``: each method's best LR found by
+the λ-guided search, λ_max at initialisation measured once as its centre; ``full=True`` runs the whole grid), then measures what the figures need and the sweep's config did not
 ask for, each written under the run-directory contract:
 
 - ``hessian/<method>_r<rank>_s<seed>_init.json``: λ_max of the whole adapter at initialisation with its
@@ -45,6 +46,8 @@ QUICK_MODULES = ("q_proj", "v_proj")
 FULL_MODULES = ("q_proj",)
 FULL_LAYER_SAMPLES = 3  # first, middle and last layer: what the README's SmolLM2 run measured
 DENSITY_STEPS = {True: 15, False: 12}  # SLQ Lanczos steps (quick, full; full as in the README run)
+# The main job (an adaptive config) leaves the density out: ~12 HVPs per method that no η* needs (--density-steps).
+ADAPTIVE_DENSITY_STEPS = 0
 
 
 @dataclass(frozen=True)
@@ -77,15 +80,19 @@ def run_demo(
     density_steps: int | None = None,
     progress: bool = True,
     device: str | None = None,
+    full: bool = False,
+    bars: bool | None = None,
 ) -> DemoResult:
     """Sweep, λ_max at init (and at the end of the best runs unless ``measure_final`` is off), analysis, figures.
+
+    ``full``: run the config's whole LR grid even when it sets ``search: adaptive``. ``bars``: the overall
+    progress line and the per-run bars (None: when stderr is a terminal; never without ``progress``).
 
     ``modules`` are the projections of the per-module scan at init (default :data:`QUICK_MODULES` or
     :data:`FULL_MODULES`), on every layer with ``quick`` and on ``layer_samples`` evenly spaced layers otherwise;
     ``density_steps`` sets the SLQ steps of the spectral density (0: no density).
     """
     from hessian_lora.sweep.config import load_config
-    from hessian_lora.sweep.runner import run_sweep
 
     started = time.perf_counter()
     config_path = Path(config) if config is not None else (QUICK_CONFIG if quick else FULL_CONFIG)
@@ -93,13 +100,37 @@ def run_demo(
         raise UserError(f"demo config {config_path} is missing: pass --config with a sweep YAML file "
                         "(e.g. experiments/tiny.yaml).")
     sweep_config = load_config(config_path)
+    if full:
+        sweep_config = replace(sweep_config, search=None)
+    adaptive = sweep_config.search is not None
     run_dir = Path(out) if out is not None else DEFAULT_OUT[quick]
     say = _Clock(progress, started)
-    say(f"[1/4] sweep {config_path.name} into {run_dir}")
-    summary = run_sweep(sweep_config, run_dir, progress=progress, device=device)
+    overall = OverallProgress(enabled=progress and bars is not False, started=started)
+    try:
+        return _demo_steps(sweep_config, config_path, run_dir, say, overall, quick=quick, adaptive=adaptive,
+                           measure_final=measure_final, modules=modules, layer_samples=layer_samples,
+                           density_steps=density_steps, progress=progress and bars is not False, device=device,
+                           started=started)
+    finally:
+        overall.close()
+
+
+def _demo_steps(sweep_config: SweepConfig, config_path: Path, run_dir: Path, say: _Clock, overall: OverallProgress,
+                *, quick: bool, adaptive: bool, measure_final: bool, modules: Sequence[str] | None,
+                layer_samples: int, density_steps: int | None, progress: bool, device: str | None,
+                started: float) -> DemoResult:
+    from hessian_lora.sweep.runner import run_sweep
+
+    how = "adaptive LR search" if adaptive else "LR grid"
+    overall.phase(f"[1/4] sweep ({how})")
+    say(f"[1/4] sweep {config_path.name} ({how}) into {run_dir}")
+    summary = run_sweep(sweep_config, run_dir, progress=progress, device=device, on_run=overall.runs)
     say(summary.line())
 
+    overall.phase("[2/4] λ_max at init")
     say("[2/4] λ_max per method at initialisation (whole adapter, spectral density, per-module)")
+    if density_steps is None:
+        density_steps = ADAPTIVE_DENSITY_STEPS if adaptive and not quick else DENSITY_STEPS[quick]
     if layer_samples < 2:
         raise UserError(f"--layer-samples must be at least 2, got {layer_samples}.")
     if density_steps is not None and density_steps < 0:
@@ -107,13 +138,14 @@ def run_demo(
     measured = list(measure_init_reports(
         sweep_config, run_dir, modules=tuple(modules) if modules else (QUICK_MODULES if quick else FULL_MODULES),
         layers=None if quick else layer_samples,
-        density_steps=DENSITY_STEPS[quick] if density_steps is None else density_steps, progress=progress,
-        device=device))
+        density_steps=density_steps, progress=progress, device=device))
     analysis = analyze(run_dir)
     if measure_final:
+        overall.phase("[3/4] λ_max at the end")
         say("[3/4] raw and Adam-preconditioned λ_max at the end of each method's best run")
         measured += measure_final_reports(sweep_config, run_dir, analysis, progress=progress, device=device)
         analysis = analyze(run_dir)
+    overall.phase("[4/4] analysis and figures")
     say("[4/4] analysis and figures")
     write_analysis(analysis)
     plots = plot_run(run_dir, run_dir / "figures", analysis=analysis)
@@ -122,7 +154,59 @@ def run_demo(
 
 def _say(text: str, progress: bool) -> None:
     if progress:
-        print(text, file=sys.stderr, flush=True)
+        from tqdm.auto import tqdm
+
+        tqdm.write(text, file=sys.stderr)  # above any open bars, which it redraws
+
+
+class OverallProgress:
+    """The demo's one overall line (tqdm on stderr, above the per-run bars): phase, runs done of planned,
+    elapsed and an estimate of the sweep's remaining time (mean seconds per finished run x runs left; the
+    adaptive search's planned count is an upper bound until its searches end). Off when ``enabled`` is false
+    or stderr is not a terminal."""
+
+    def __init__(self, *, enabled: bool, started: float) -> None:
+        from tqdm.auto import tqdm
+
+        self.started = started
+        self.text = ""
+        self.done = 0
+        self.planned: int | None = None
+        self.sweep_started: float | None = None
+        self.bar = tqdm(total=0, file=sys.stderr, position=0, leave=False, bar_format="{desc}",
+                        dynamic_ncols=True, disable=None if enabled else True)
+
+    def phase(self, text: str) -> None:
+        self.text = text
+        self.refresh()
+
+    def runs(self, done: int, planned: int) -> None:
+        """``run_sweep``'s ``on_run``: runs finished by this sweep so far, and planned."""
+        if self.sweep_started is None:
+            self.sweep_started = time.perf_counter()
+        self.done, self.planned = done, planned
+        self.refresh()
+
+    def line(self) -> str:
+        now = time.perf_counter()
+        parts = [f"demo {self.text}"]
+        if self.planned is not None:
+            parts.append(f"runs {self.done}/{self.planned}")
+        parts.append(f"elapsed {_minutes(now - self.started)}")
+        if self.planned and self.done and self.sweep_started is not None and self.done < self.planned:
+            per_run = (now - self.sweep_started) / self.done
+            parts.append(f"sweep ~{_minutes(per_run * (self.planned - self.done))} left")
+        return " | ".join(parts)
+
+    def refresh(self) -> None:
+        self.bar.set_description_str(self.line(), refresh=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
 
 
 class _Clock:

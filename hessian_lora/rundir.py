@@ -5,6 +5,7 @@ A sweep writes, and analysis, plots, recommend and the demo read, one directory 
 
     RUN_DIR/
       config.yaml                         the sweep config as resolved
+      search.json                         adaptive search: each method's centre, computed once (sweep/adaptive.py)
       results.sqlite                      table runs, one row per run (sweep/store.py)
       runs/<run_id>/                      checkpoint + history.json (+ sharpness.json with hessian.during)
       hessian/<init_key>_init.json        eigen report at initialisation
@@ -36,6 +37,7 @@ from hessian_lora.reports import ReportView, _optional_float, load_eigen_report,
 CONFIG_FILE = "config.yaml"
 DATABASE_FILE = "results.sqlite"
 LOCK_FILE = ".sweep.lock"
+SEARCH_FILE = "search.json"
 RUNS_DIR = "runs"
 HESSIAN_DIR = "hessian"
 HISTORY_FILE = "history.json"
@@ -145,6 +147,11 @@ class RunLayout:
     @property
     def lock(self) -> Path:
         return self.root / LOCK_FILE
+
+    @property
+    def search(self) -> Path:
+        """The adaptive search's centres (``search: adaptive``), written once per method-setting."""
+        return self.root / SEARCH_FILE
 
     @property
     def runs(self) -> Path:

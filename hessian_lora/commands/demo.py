@@ -18,6 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "what is done.",
     )
     parser.add_argument("--quick", action="store_true", help="the tiny model and grid (experiments/tiny.yaml)")
+    parser.add_argument("--full", action="store_true",
+                        help="run the config's whole LR grid instead of its adaptive search (slower: 42 runs "
+                        "instead of ~25 for the default)")
     parser.add_argument("--out", default=None,
                         help="run directory (default runs/demo-smollm2, or runs/demo-tiny with --quick)")
     parser.add_argument("--config", default=None, help="another sweep YAML to run instead of the default")
@@ -30,9 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--layer-samples", type=int, default=3,
                         help="evenly spaced layers the per-module scan covers without --quick (default 3: first, middle, last)")
     parser.add_argument("--density-steps", type=int, default=None,
-                        help="SLQ steps of the spectral density at init (default 15 with --quick, else 12; 0: skip)")
+                        help="SLQ steps of the spectral density at init (default 15 with --quick, 12 with --full, "
+                        "0 for the default adaptive run; 0: skip)")
     add_threads_argument(parser)
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (phase lines stay; bars are off anyway when stderr is not a terminal)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.set_defaults(handler=run)
 
@@ -44,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     modules = [name.strip() for name in args.modules.split(",") if name.strip()] if args.modules else None
     result = run_demo(quick=args.quick, out=args.out, config=args.config, measure_final=not args.skip_final,
                       modules=modules, layer_samples=args.layer_samples, density_steps=args.density_steps,
-                      progress=not args.quiet, device=args.device)
+                      progress=not args.quiet, device=args.device, full=args.full,
+                      bars=False if args.no_progress else None)
     print(result.summary())
     return 0

@@ -9,6 +9,11 @@ Learning rates are a list, or a log range in one of two forms::
     lr: [1e-4, 3e-4, 1e-3]
     lr: {min: 1e-5, max: 1e-2, num: 7}              # geometric, both ends included
     lr: {base: 2e-5, per_decade: 4, k: [-1, 10]}    # base * 10**(k / per_decade), k = -1 .. 10 (the paper's grid)
+
+``search: adaptive`` (or a mapping of :class:`~hessian_lora.sweep.search.AdaptiveSearch` settings with
+``mode: adaptive``) runs only the learning rates an adaptive search asks for instead of every ``lr`` (the
+grid then only gives the search's centre when no calibration applies); ``search: grid`` (the default) runs the
+grid. It changes which runs happen, not what a run produces, so it is not a shared setting.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from hessian_lora.evaluate import EvalConfig
 from hessian_lora.measure import MeasureSettings
 from hessian_lora.registry import METHODS
 from hessian_lora.rundir import InitKey, run_id
+from hessian_lora.sweep.search import AdaptiveSearch, search_from_config
 from hessian_lora.train import PRECISIONS, Precision
 
 GRID_AXES = ("methods", "lrs", "seeds", "ranks", "batch_sizes")
@@ -135,6 +141,7 @@ class SweepConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     hessian: HessianSettings = field(default_factory=HessianSettings)
     ray: RaySettings = field(default_factory=RaySettings)
+    search: AdaptiveSearch | None = None  # None: run the whole grid
 
     def runs(self) -> list[RunSpec]:
         """Every grid point, in a stable order: method, rank, seed, batch size, then increasing LR."""
@@ -163,13 +170,18 @@ class SweepConfig:
         # The YAML form: ``options`` holds the measurement settings that differ from the sweep's defaults.
         data["hessian"].pop("measure")
         data["hessian"]["options"] = self.hessian.measure.options(MeasureSettings(max_length=self.max_length))
+        if self.search is None:  # the default, left out so grid sweeps write the config they always wrote
+            data.pop("search")
+        else:
+            data["search"] = {"mode": "adaptive", **data["search"]}
         return _plain(data)
 
     def shared_settings(self) -> dict[str, Any]:
         """What every run of a sweep directory must agree on: everything but the grid axes and the settings that
-        cannot change a result (name, checkpoint keeping, Ray resources)."""
+        cannot change a result (name, checkpoint keeping, Ray resources, the search: which runs, not what a run
+        produces)."""
         data = self.to_dict()
-        for key in (*GRID_AXES, "lr", "name", "checkpoints", "ray"):
+        for key in (*GRID_AXES, "lr", "name", "checkpoints", "ray", "search"):
             data.pop(key, None)
         return data
 
@@ -201,7 +213,7 @@ def load_config(path: str | os.PathLike[str]) -> SweepConfig:
 def config_from_dict(data: Mapping[str, Any], *, source: str = "config") -> SweepConfig:
     """Validate plain data (as YAML gives it) into a :class:`SweepConfig`; every problem is a :class:`UserError`."""
     data = {key: _numbers_from_strings(item) if key in _NUMERIC_KEYS else item for key, item in data.items()}
-    simple = {f.name for f in dataclasses.fields(SweepConfig)} - {"lrs", "eval", "hessian", "ray"}
+    simple = {f.name for f in dataclasses.fields(SweepConfig)} - {"lrs", "eval", "hessian", "ray", "search"}
     # Singular spellings of the grid axes are accepted for one-value grids.
     for singular, plural in (("method", "methods"), ("seed", "seeds"), ("rank", "ranks"),
                              ("batch_size", "batch_sizes")):
@@ -211,10 +223,11 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "config") -> Swee
             data[plural] = [data.pop(singular)]
     if "lrs" in data and "lr" not in data:
         data["lr"] = data.pop("lrs")
-    unknown = sorted(set(data) - simple - {"lr", "eval", "hessian", "ray"})
+    sections = {"lr", "eval", "hessian", "ray", "search"}
+    unknown = sorted(set(data) - simple - sections)
     if unknown:
         raise UserError(f"{source}: unknown setting(s) {', '.join(unknown)}: check the spelling "
-                        f"(known: {', '.join(sorted(simple | {'lr', 'eval', 'hessian', 'ray'}))}).")
+                        f"(known: {', '.join(sorted(simple | sections))}).")
     for required in ("model", "task", "methods", "lr"):
         if required not in data:
             raise UserError(f"{source}: missing setting {required!r}: add it (see experiments/tiny.yaml).")
@@ -266,6 +279,7 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "config") -> Swee
         values["eval"] = dataclasses.replace(values["eval"], precision=values["precision"])
     values["hessian"] = _hessian(data.get("hessian"), source, max_length=values.get("max_length", 512))
     values["ray"] = _section(RaySettings, data.get("ray"), "ray", source)
+    values["search"] = search_from_config(data.get("search"), source=source)
     config = SweepConfig(**values)
     _check_consistency(config, source)
     return config

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -24,11 +24,13 @@ def run_local(
     *,
     progress: bool,
     device: str | torch.device | None,
+    on_run: Callable[[int], None] | None = None,
 ) -> None:
-    """Run every spec of ``todo`` in order, recording each as it ends; a run that raises is recorded failed."""
-    with tqdm(total=len(todo), desc="sweep", unit="run", file=sys.stderr, disable=not progress,
+    """Run every spec of ``todo`` in order, recording each as it ends; a run that raises is recorded failed.
+    ``on_run(k)`` is called after the k-th run is recorded."""
+    with tqdm(total=len(todo), desc="sweep", unit="run", file=sys.stderr, disable=None if progress else True,
               dynamic_ncols=True) as bar:
-        for spec in todo:
+        for done, spec in enumerate(todo, start=1):
             begin_run(store, root, spec)
             started = time.perf_counter()
             try:
@@ -39,3 +41,5 @@ def run_local(
             if progress:
                 bar.write(describe(spec, outcome.row), file=sys.stderr)
             bar.update(1)
+            if on_run is not None:
+                on_run(done)

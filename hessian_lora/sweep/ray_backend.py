@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +58,10 @@ def run_on_ray(
     *,
     address: str | None = None,
     progress: bool = True,
+    on_run: Callable[[int], None] | None = None,
 ) -> None:
-    """Submit every run in ``todo`` as a Ray task and record each result as it arrives."""
+    """Submit every run in ``todo`` as a Ray task and record each result as it arrives (``on_run(k)`` after the
+    k-th)."""
     ray = _import_ray()
     started_here = not ray.is_initialized()
     if started_here:
@@ -91,6 +93,8 @@ def run_on_ray(
                 if progress:
                     bar.write(describe(spec, outcome.row), file=sys.stderr)
                 bar.update(1)
+                if on_run is not None:
+                    on_run(bar.n)
     finally:
         if started_here:
             ray.shutdown()

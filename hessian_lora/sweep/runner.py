@@ -5,6 +5,9 @@ lock, which runs are still to do (:func:`pending`) and the choice of backend. A 
 :func:`hessian_lora.sweep.execute.execute_run`; the local loop is :mod:`hessian_lora.sweep.local`, the Ray
 driver :mod:`hessian_lora.sweep.ray_backend`; both record runs through :mod:`hessian_lora.sweep.bookkeeping`.
 
+With ``search: adaptive`` (:mod:`hessian_lora.sweep.adaptive`) the runs come in rounds: each round is what the
+search asks for given the rows so far, run like a grid (in parallel on Ray), until no search asks for more.
+
 A run that raises is recorded ``failed`` with its traceback and the sweep goes on; a diverging run is recorded
 ``diverged``. A run interrupted by a crash or a kill stays ``running`` and is restarted by the next sweep.
 """
@@ -13,10 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
+import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -25,7 +30,15 @@ import yaml
 
 from hessian_lora._io import write_text_atomic
 from hessian_lora.errors import UserError
-from hessian_lora.rundir import CONFIG_FILE, FINAL_STATUSES, LOCK_FILE, USABLE_STATUSES, RunLayout, lr_key
+from hessian_lora.rundir import (
+    CONFIG_FILE,
+    FINAL_STATUSES,
+    LOCK_FILE,
+    USABLE_STATUSES,
+    RunLayout,
+    Status,
+    lr_key,
+)
 from hessian_lora.sweep.config import GRID_AXES, RunSpec, SweepConfig, config_from_dict
 from hessian_lora.sweep.local import run_local
 from hessian_lora.sweep.store import open_store
@@ -44,12 +57,15 @@ class SweepSummary:
     ran: int
     counts: dict[str, int]  # final statuses over the planned runs
     wall_seconds: float
+    search: tuple[str, ...] = field(default=())  # adaptive search: one status line per method-setting
 
     def line(self) -> str:
-        """The one-line summary ``hessian-lora sweep`` prints at the end."""
+        """The one-line summary ``hessian-lora sweep`` prints at the end (after the search's lines, if any)."""
         counts = ", ".join(f"{count} {status}" for status, count in sorted(self.counts.items()))
-        return (f"{self.planned} runs planned, {self.skipped} already finished, {self.ran} run now "
-                f"({counts or 'none finished'}) in {self.wall_seconds:.1f} s; results in {self.run_dir}")
+        made = "asked for by the search" if self.search else "planned"
+        return "\n".join([*self.search, (
+            f"{self.planned} runs {made}, {self.skipped} already finished, {self.ran} run now "
+            f"({counts or 'none finished'}) in {self.wall_seconds:.1f} s; results in {self.run_dir}")])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -165,8 +181,11 @@ def run_sweep(
     retry_failed: bool = False,
     progress: bool = True,
     device: str | torch.device | None = None,
+    on_run: Callable[[int, int], None] | None = None,
 ) -> SweepSummary:
-    """Run every grid point of ``config`` not yet finished in ``run_dir`` (see the module docstring)."""
+    """Run every grid point of ``config`` not yet finished in ``run_dir`` (with ``search: adaptive``, every point
+    the search asks for; see the module docstring). ``on_run(done, planned)`` is called after each run (and once
+    at the start): the runs finished so far and those planned (for a search, an upper bound)."""
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}: use {' or '.join(BACKENDS)}.")
     if address is not None and backend != "ray":
@@ -175,6 +194,9 @@ def run_sweep(
     root = Path(run_dir)
     with sweep_lock(root):
         prepare_run_dir(config, root, extend=extend)
+        if config.search is not None:
+            return _run_search(config, root, backend=backend, address=address, retry_failed=retry_failed,
+                               progress=progress, device=device, on_run=on_run, start=start)
         specs = config.runs()
         with open_store(root) as store:
             if config.checkpoints == "best":  # finish a pruning a kill interrupted (sweep/retention.py)
@@ -182,19 +204,82 @@ def run_sweep(
 
                 prune(store, root)
             todo = pending(specs, store.statuses(), retry_failed=retry_failed)
+            if on_run is not None:
+                on_run(0, len(todo))
             if todo:
-                if backend == "local":
-                    run_local(config, root, todo, store, progress=progress, device=device)
-                else:  # imported here: Ray is an optional dependency
-                    from hessian_lora.sweep.ray_backend import run_on_ray
-
-                    run_on_ray(config, root, todo, store, address=address, progress=progress)
+                _run_batch(config, root, todo, store, backend=backend, address=address, progress=progress,
+                           device=device, on_run=None if on_run is None else lambda done: on_run(done, len(todo)))
             statuses = store.statuses()
+    return _summary(root, specs, statuses, len(specs) - len(todo), len(todo), start)
+
+
+def _run_batch(config: SweepConfig, root: Path, todo: Sequence[RunSpec], store: Any, *, backend: Backend,
+               address: str | None, progress: bool, device: Any, on_run: Callable[[int], None] | None) -> None:
+    """Run ``todo`` on the backend; ``on_run(k)`` after its k-th run."""
+    if backend == "local":
+        run_local(config, root, todo, store, progress=progress, device=device, on_run=on_run)
+    else:  # imported here: Ray is an optional dependency
+        from hessian_lora.sweep.ray_backend import run_on_ray
+
+        run_on_ray(config, root, todo, store, address=address, progress=progress, on_run=on_run)
+
+
+def _run_search(config: SweepConfig, root: Path, *, backend: Backend, address: str | None, retry_failed: bool,
+                progress: bool, device: Any, on_run: Callable[[int, int], None] | None,
+                start: float) -> SweepSummary:
+    """The adaptive search's rounds, inside the sweep lock: ask every key for its round, run what is not
+    finished, repeat until no key asks for more."""
+    from tqdm.auto import tqdm
+
+    from hessian_lora.sweep import adaptive
+
+    say = (lambda text: tqdm.write(text, file=sys.stderr)) if progress else None
+    centres = adaptive.ensure_centres(config, root, progress=progress, device=device, say=say)
+    metric, higher = adaptive.search_metric(config)
+    ran = 0
+    with open_store(root) as store:
+        # --retry-failed: the failed rows found now are left out (so asked for and rerun) until rerun once.
+        left_out = {run_id for run_id, status in store.statuses().items() if status == Status.FAILED} \
+            if retry_failed else set()
+        while True:
+            rows = store.rows()
+            round_specs = adaptive.next_round(config, rows, centres, metric, higher, left_out=frozenset(left_out))
+            if not round_specs:
+                break
+            statuses = store.statuses()
+            todo = [spec for spec in round_specs
+                    if statuses.get(spec.run_id) not in FINAL_STATUSES or spec.run_id in left_out]
+            if not todo:  # cannot happen with a well-formed store; never loop without running anything
+                raise RuntimeError(f"the adaptive search asked for finished runs only: {round_specs}")
+            report: Callable[[int], None] | None = None
+            if on_run is not None:
+                total = max(adaptive.planned_estimate(config, rows, centres, metric, higher), ran + len(todo))
+                on_run(ran, total)
+                report = functools.partial(_report_run, on_run, ran, total)
+            _run_batch(config, root, todo, store, backend=backend, address=address, progress=progress,
+                       device=device, on_run=report)
+            ran += len(todo)
+            left_out -= {spec.run_id for spec in todo}
+        rows = store.rows()
+        statuses = store.statuses()
+    if on_run is not None:
+        on_run(ran, ran)
+    used = adaptive.used_specs(config, rows, centres, metric, higher)
+    summary = _summary(root, used, statuses, max(len(used) - ran, 0), ran, start)
+    return dataclasses.replace(summary, search=tuple(adaptive.status_lines(config, rows, centres, metric, higher)))
+
+
+def _report_run(on_run: Callable[[int, int], None], before: int, total: int, done: int) -> None:
+    on_run(before + done, total)
+
+
+def _summary(root: Path, specs: Sequence[RunSpec], statuses: Mapping[str, str], skipped: int, ran: int,
+             start: float) -> SweepSummary:
     counts: dict[str, int] = {}  # keyed by the stored (plain) status values
     for spec in specs:
         status = statuses.get(spec.run_id)
         if status in FINAL_STATUSES:
             counts[status] = counts.get(status, 0) + 1
-    return SweepSummary(root, len(specs), len(specs) - len(todo), len(todo), counts, time.perf_counter() - start)
+    return SweepSummary(root, len(specs), skipped, ran, counts, time.perf_counter() - start)
 
 

@@ -40,6 +40,7 @@ from hessian_lora.errors import UserError
 from hessian_lora.rundir import lr_key
 
 SEARCH_MODES = ("grid", "adaptive")
+SEARCH_METRICS = ("auto", "accuracy", "eval_loss", "train_loss")  # analysis.curves.HIGHER_IS_BETTER's, and auto
 _WORST = -math.inf
 _FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
@@ -55,6 +56,8 @@ class AdaptiveSearch:
     max_lr: float = 1.0
     base: float = 2e-5  # lattice: base · 10^(k / per_decade)
     per_decade: int = 4
+    metric: str = "auto"  # what the search optimises: auto (accuracy when the task has a scorer, else eval_loss)
+    calibration: str | None = None  # the centre's calibration (json or RUN_DIR); None: the shipped one
 
     def __post_init__(self) -> None:
         def positive(name: str) -> float:
@@ -75,6 +78,10 @@ class AdaptiveSearch:
         if self.bracket < self.resolution - 1e-9:
             raise UserError(f"search.bracket {self.bracket} is below the resolution {self.resolution}: raise it.")
         positive("base")
+        if self.metric not in SEARCH_METRICS:
+            raise UserError(f"search.metric must be one of {', '.join(SEARCH_METRICS)}, got {self.metric!r}.")
+        if self.calibration is not None and (not isinstance(self.calibration, str) or not self.calibration.strip()):
+            raise UserError(f"search.calibration must be a calibration .json or a RUN_DIR, got {self.calibration!r}.")
         if positive("min_lr") > positive("max_lr"):
             raise UserError(f"search.min_lr {self.min_lr:g} is above max_lr {self.max_lr:g}: swap them.")
         if self.bounds[0] > self.bounds[1]:
@@ -88,7 +95,8 @@ class AdaptiveSearch:
         if unknown:
             raise UserError(f"{source}: unknown search setting(s) {', '.join(unknown)} "
                             f"(known: mode, {', '.join(sorted(known))}).")
-        values = {key: _number(value) for key, value in data.items() if key != "mode"}
+        values = {key: value if key in ("metric", "calibration") else _number(value)
+                  for key, value in data.items() if key != "mode"}
         try:
             return cls(**values)
         except UserError as exc:

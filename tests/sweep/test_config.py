@@ -41,7 +41,7 @@ def test_shipped_experiments_load():
     tiny = load_config(EXPERIMENTS / "tiny.yaml")
     assert len(tiny.runs()) == 6 and tiny.methods == ("lora", "pissa")
     smol = load_config(EXPERIMENTS / "smollm2_arith.yaml")
-    assert set(smol.methods) == {"lora", "pissa", "milora", "initab", "dora"}
+    assert set(smol.methods) == {"lora", "pissa", "milora", "initab", "dora", "olora", "loraga"}
     assert len(smol.lrs) >= 6 and math.log10(max(smol.lrs) / min(smol.lrs)) >= 2
     qwen = load_config(EXPERIMENTS / "qwen3_metamath.yaml")
     assert qwen.model == "Qwen/Qwen3-0.6B-Base" and qwen.ranks == (128,) and qwen.batch_sizes == (64,)

@@ -1,0 +1,230 @@
+"""``search: adaptive`` in a real sweep (tiny-llama): the same η* as the full grid with at most half the runs,
+ordinary rows, resume after SIGKILL, a λ-guided centre measured once and reused by the runs.
+
+The tiny model is random, so accuracy stays 0: the search and analysis use eval_loss. The grid, the paper's
+quarter-decade lattice from 2.2e-3 to 2.2e-1 (k = 7..17), was picked from a measured curve (k = 4..20, both
+methods): eval_loss falls to a minimum at 3.56e-2 (k = 13) and rises on both sides, so the grid's optimum is
+interior and the search, started at the grid's centre 2e-2 (k = 12), must move to find it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from sweep_helpers import assert_same_results, tiny_data
+
+from hessian_lora.errors import UserError
+from hessian_lora.rundir import DATABASE_FILE, SEARCH_FILE
+from hessian_lora.sweep.config import config_from_dict
+from hessian_lora.sweep.runner import prepare_run_dir, run_sweep
+from hessian_lora.sweep.store import open_store
+
+GRID = {"base": 2e-5, "per_decade": 4, "k": [7, 17]}
+SEARCH = {"mode": "adaptive", "metric": "eval_loss"}
+
+
+def _data(**overrides):
+    return tiny_data(lr=GRID, checkpoints="none", **overrides)
+
+
+def _rows(run_dir):
+    with open_store(run_dir, read_only=True) as store:
+        return store.rows()
+
+
+@pytest.fixture(scope="session")
+def grid_and_search(tmp_path_factory):
+    """The full grid (2 methods x 11 LRs) and the adaptive search over the same settings."""
+    grid_dir, search_dir = tmp_path_factory.mktemp("grid"), tmp_path_factory.mktemp("search")
+    grid = run_sweep(config_from_dict(_data()), grid_dir, progress=False)
+    search = run_sweep(config_from_dict(_data(search=SEARCH)), search_dir, progress=False)
+    return grid_dir, grid, search_dir, search
+
+
+def test_adaptive_search_finds_the_grid_optimum_with_half_the_runs(grid_and_search):
+    from hessian_lora.analysis import analyze
+
+    grid_dir, grid, search_dir, search = grid_and_search
+    assert grid.ran == 22 and search.ran == search.planned == len(_rows(search_dir))
+    assert search.ran <= 0.5 * grid.ran, search.line()
+    on_grid, on_search = analyze(grid_dir, metric="eval_loss"), analyze(search_dir, metric="eval_loss")
+    assert set(on_search.methods) == set(on_grid.methods) == {"lora", "pissa"}
+    for method, reference in on_grid.methods.items():
+        found = on_search.methods[method]
+        assert reference.fit_kind == "quadratic"  # the grid's optimum is interior, not censored
+        assert found.fit_kind == "quadratic"
+        assert abs(math.log10(found.eta_star / reference.eta_star)) <= 0.25, (method, found, reference)
+        assert len(found.lrs) < len(reference.lrs)  # per-method LR sets differ from the grid's: analysis copes
+    # One status line per method-setting, each saying the optimum was located.
+    assert len(search.search) == 2 and all("located" in line for line in search.search), search.search
+    assert "runs asked for by the search" in search.line()
+
+
+def test_adaptive_rows_are_grid_rows(grid_and_search):
+    """The search's LRs are grid points: same run ids and the same numbers as the grid's runs there."""
+    grid_dir, _, search_dir, _ = grid_and_search
+    searched = _rows(search_dir)
+    by_id = {row["run_id"]: row for row in _rows(grid_dir)}
+    assert {row["run_id"] for row in searched} <= set(by_id)
+    assert_same_results(searched, [by_id[row["run_id"]] for row in searched])
+
+
+def test_rerun_makes_no_run_and_centres_are_kept(grid_and_search):
+    _, _, search_dir, search = grid_and_search
+    before = (search_dir / SEARCH_FILE).read_text()
+    again = run_sweep(config_from_dict(_data(search=SEARCH)), search_dir, progress=False)
+    assert again.ran == 0 and again.planned == search.planned and again.skipped == search.planned
+    assert (search_dir / SEARCH_FILE).read_text() == before
+    centres = json.loads(before)["centres"]
+    assert set(centres) == {"lora_r4", "pissa_r4"}
+    assert all(item["source"] == "grid" and item["lr"] == pytest.approx(2e-2) for item in centres.values())
+
+
+def test_the_grid_can_extend_an_adaptive_directory(grid_and_search):
+    """search is not a shared setting: a grid sweep of the same settings reuses the search's rows."""
+    search_dir = grid_and_search[2]
+    config = config_from_dict(_data())
+    assert prepare_run_dir(config, search_dir) is not None  # accepted, not refused as other settings
+
+
+def test_search_config_round_trip_and_errors():
+    config = config_from_dict(_data(search={"mode": "adaptive", "per_decade": 2, "base": "1e-3", "resolution": 0.5,
+                                            "bracket": 0.5, "max_runs": 4, "calibration": "cal.json"}))
+    assert config.search.per_decade == 2 and config.search.base == 1e-3 and config.search.calibration == "cal.json"
+    assert config_from_dict(config.to_dict()) == config
+    assert "search" not in config.shared_settings()
+    assert config_from_dict(_data(search="grid")).search is None
+    assert "search" not in config_from_dict(_data()).to_dict()  # grid configs are written as before
+    with pytest.raises(UserError, match=r"search\.metric"):
+        config_from_dict(_data(search={"mode": "adaptive", "metric": "speed"}))
+    with pytest.raises(UserError, match="unknown search setting"):
+        config_from_dict(_data(search={"mode": "adaptive", "centre": 1e-3}))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# SIGKILL mid-search, then resume
+
+
+def _statuses(run_dir: Path) -> dict[str, str]:
+    import sqlite3
+
+    path = run_dir / DATABASE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            return dict(connection.execute("SELECT run_id, status FROM runs").fetchall())
+        finally:
+            connection.close()
+    except sqlite3.OperationalError:
+        return {}
+
+
+def test_sigkill_mid_search_then_resume(grid_and_search, tmp_path):
+    _, _, reference_dir, reference = grid_and_search
+    config_path = tmp_path / "adaptive.yaml"
+    config_path.write_text(yaml.safe_dump(_data(search=SEARCH)))
+    run_dir = tmp_path / "killed"
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hessian_lora", "sweep", str(config_path), "--out", str(run_dir), "--threads", "1",
+         "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment)
+    deadline = time.monotonic() + 240
+    try:  # kill in the second round (after the first round's 6 runs), while a run is in flight
+        while True:
+            statuses = _statuses(run_dir)
+            done = [run_id for run_id, status in statuses.items() if status == "done"]
+            if len(done) >= 7 and "running" in statuses.values():
+                break
+            assert process.poll() is None, "the sweep ended before it could be killed"
+            assert time.monotonic() < deadline, "the sweep subprocess made no progress"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == -signal.SIGKILL
+    finished_before = {row["run_id"]: row for row in _rows(run_dir) if row["status"] == "done"}
+    assert 7 <= len(finished_before) < reference.planned
+
+    summary = run_sweep(config_from_dict(_data(search=SEARCH)), run_dir, progress=False)
+    rows = _rows(run_dir)
+    assert summary.planned == reference.planned and summary.ran == reference.planned - len(finished_before)
+    assert all(row["status"] == "done" for row in rows)
+    for row in rows:  # finished runs were neither lost nor redone
+        if row["run_id"] in finished_before:
+            assert row == finished_before[row["run_id"]]
+    assert_same_results(rows, _rows(reference_dir))
+    assert json.loads((run_dir / SEARCH_FILE).read_text()) == json.loads((reference_dir / SEARCH_FILE).read_text())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A λ-guided centre, measured once and reused by the runs
+
+
+def test_centre_from_lambda_at_init_is_measured_once(tmp_path, monkeypatch):
+    import hessian_lora.measure as measure_module
+
+    calls = []
+    original = measure_module._analyse_block
+    monkeypatch.setattr(measure_module, "_analyse_block",
+                        lambda *args, **kwargs: calls.append(args[2].name) or original(*args, **kwargs))
+    shipped = json.loads((Path(measure_module.__file__).parent / "data" / "calibration_smollm2.json").read_text())
+    # A calibration "measured" on this sweep's model, task and rank: η̂ = 0.05 / λ_max.
+    calibration = {**shipped, "fit": "inverse", "c": 0.05, "slope": None, "intercept": None,
+                   "probe": {**shipped["probe"], "model": "tiny-llama", "task": "arith", "rank": 4}}
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps(calibration))
+    data = _data(methods=["lora"], n_eval=4, hessian={"init": True, "samples": 8, "batch_size": 8,
+                                                      "smallest": False, "max_iter": 30},
+                 search={"mode": "adaptive", "metric": "eval_loss", "max_runs": 3, "calibration": str(path)})
+    run_dir = tmp_path / "run"
+    summary = run_sweep(config_from_dict(data), run_dir, progress=False)
+    centre = json.loads((run_dir / SEARCH_FILE).read_text())["centres"]["lora_r4"]
+    assert centre["source"] == "calibration" and centre["calibrated_method"] is True
+    assert centre["lr"] == pytest.approx(0.05 / centre["lambda_max"])
+    rows = _rows(run_dir)
+    assert summary.ran == len(rows) == 3
+    # Every run's λ at initialisation is the centre's probe, read back from its report, not measured again.
+    assert all(row["lambda_init"] == pytest.approx(centre["lambda_max"], rel=1e-12) for row in rows)
+    assert calls == ["adapter"], calls
+    # The first round brackets the centre: its lattice point and ±2 quarter-decade steps.
+    k = round(4 * math.log10(centre["lr"] / 2e-5))
+    assert sorted(round(4 * math.log10(row["lr"] / 2e-5)) for row in rows) == [k - 2, k, k + 2]
+
+
+def test_observed_rows_seed_mean_running_failed_and_retried():
+    from hessian_lora.sweep.adaptive import SearchKey, next_round, observed
+
+    config = config_from_dict(_data(seeds=[0, 1], search=SEARCH))
+    key = SearchKey("lora", 4, 8)
+
+    def row(lr, seed, status, value=None, method="lora"):
+        return {"run_id": f"{method}-{lr}-{seed}", "method": method, "rank": 4, "batch_size": 8, "seed": seed,
+                "lr": lr, "status": status, "eval_loss": value, "accuracy": None}
+
+    rows = [row(1e-2, 0, "done", 5.0), row(1e-2, 1, "done", 6.0),  # both seeds: the mean
+            row(2e-2, 0, "done", 4.0),  # one seed missing: not observed yet
+            row(3e-2, 0, "done", 4.0), row(3e-2, 1, "running"),  # interrupted: asked for again
+            row(4e-2, 0, "diverged"), row(4e-2, 1, "done", 3.0),  # a seed without a loss: no metric
+            row(5e-2, 0, "failed"), row(5e-2, 1, "done", 3.0),
+            row(1e-2, 0, "done", 1.0, method="pissa")]
+    assert observed(config, rows, key, "eval_loss") == {1e-2: 5.5, 4e-2: None, 5e-2: None}
+    assert observed(config, rows, key, "eval_loss", left_out=frozenset({"lora-0.05-0"})) == {1e-2: 5.5, 4e-2: None}
+    rows[5]["status"] = "diverged"
+    assert observed(config, rows, key, "accuracy")[4e-2] is None  # the other seed has no accuracy either
+    # A round asks for every seed of each point, for every method.
+    specs = next_round(config, [], {"lora_r4": {"lr": 2e-2}, "pissa_r4": {"lr": 2e-2}}, "eval_loss", False)
+    assert len(specs) == 2 * 3 * 2 and {spec.seed for spec in specs} == {0, 1}
