@@ -170,8 +170,9 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
     axes.set_xlim(low_x, high_x)
     axes.set_ylim(min(ys_all) / 3, high_y)
     source = "whole adapter" if relation.lambda_source == "whole" else "median over modules"
-    axes.set_xlabel(rf"sharpness (loss in nats/token): ● $\lambda_{{\max}}$ at init ({source}),  "
-                    r"□ preconditioned $\tilde\lambda$ at end")
+    # Name only the markers that are drawn: the hollow squares exist only where λ̃ at the end was measured.
+    precond_text = r",  □ preconditioned $\tilde\lambda$ at end" if precond else ""
+    axes.set_xlabel(rf"sharpness (loss in nats/token): ● $\lambda_{{\max}}$ at init ({source}){precond_text}")
     axes.set_ylabel(r"optimal learning rate $\eta^*$")
     rho = f"Spearman ρ = {relation.spearman_rho:.2f}" if relation.spearman_rho is not None else "ρ: too few methods"
     axes.set_title(f"Sharpness vs optimal learning rate ({rho})", fontsize=10)

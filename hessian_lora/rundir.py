@@ -6,7 +6,7 @@ A sweep writes, and analysis, plots, recommend and the demo read, one directory 
     RUN_DIR/
       config.yaml                         the sweep config as resolved
       results.sqlite                      table runs, one row per run (sweep/store.py)
-      runs/<run_id>/                      checkpoint + history.json
+      runs/<run_id>/                      checkpoint + history.json + eval.json (per-example scores)
       hessian/<init_key>_init.json        eigen report at initialisation
       hessian/<init_key>_init_<what>.json more blocks of the same adapter at initialisation (merged on reading)
       hessian/<run_id>_final.json         eigen report at the end of a run
@@ -39,6 +39,7 @@ LOCK_FILE = ".sweep.lock"
 RUNS_DIR = "runs"
 HESSIAN_DIR = "hessian"
 HISTORY_FILE = "history.json"
+EVAL_FILE = "eval.json"  # per-example scores of the run's evaluation, in evaluation order
 ANALYSIS_JSON = "analysis.json"
 ANALYSIS_MD = "analysis.md"
 FIGURES_DIR = "figures"
@@ -179,6 +180,13 @@ class RunLayout:
     def relative_history(self, run_id: str) -> str:
         return f"{RUNS_DIR}/{run_id}/{HISTORY_FILE}"
 
+    def eval_scores(self, run_id: str) -> Path:
+        """Per-example evaluation scores: what lets analysis bootstrap over evaluation examples."""
+        return self.run(run_id) / EVAL_FILE
+
+    def relative_eval_scores(self, run_id: str) -> str:
+        return f"{RUNS_DIR}/{run_id}/{EVAL_FILE}"
+
     def init_report(self, key: InitKey | str, part: str = "") -> Path:
         suffix = f"_{part}" if part else ""
         return self.hessian / f"{key}{INIT_MARKER}{suffix}.json"
@@ -211,6 +219,7 @@ class RunRecord:
     steps: int | None = None
     wall_seconds: float | None = None
     history: tuple[dict[str, float], ...] = ()
+    eval_scores: tuple[float, ...] | None = None  # per-example accuracy scores (runs/<id>/eval.json), if stored
 
     def metric(self, name: str) -> float | None:
         value = getattr(self, name)
@@ -272,7 +281,23 @@ def _record_from_row(row: Mapping[str, Any], layout: RunLayout) -> RunRecord:
         steps=_optional_int(row.get("steps")),
         wall_seconds=_optional_float(row.get("wall_seconds")),
         history=history,
+        eval_scores=_read_eval_scores(layout.eval_scores(str(row.get("run_id")))),
     )
+
+
+def _read_eval_scores(path: Path) -> tuple[float, ...] | None:
+    """``{"scores": [...]}`` (or a bare list) from eval.json; None when absent or unreadable (older sweeps)."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    scores = data.get("scores") if isinstance(data, Mapping) else data
+    if not isinstance(scores, list) or not scores:
+        return None
+    values = [_optional_float(value) for value in scores]
+    return None if any(value is None for value in values) else tuple(float(v) for v in values)  # type: ignore[arg-type]
 
 
 def _parse_history(raw: Any) -> tuple[dict[str, float], ...]:
