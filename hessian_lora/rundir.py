@@ -11,6 +11,7 @@ A sweep writes, and analysis, plots, recommend and the demo read, one directory 
       hessian/<init_key>_init_<what>.json more blocks of the same adapter at initialisation (merged on reading)
       hessian/<run_id>_final.json         eigen report at the end of a run
       analysis.json, analysis.md, figures/
+      ablation.json, ablation.md          several settings (ranks, batch sizes, run directories) compared
 
 Every file name, run id and init key is formatted and parsed here and nowhere else, and the directory is read
 here (:func:`read_run_directory`): rows through the sweep's own :class:`~hessian_lora.sweep.store.RunStore`,
@@ -42,6 +43,8 @@ HISTORY_FILE = "history.json"
 EVAL_FILE = "eval.json"  # per-example scores of the run's evaluation, in evaluation order
 ANALYSIS_JSON = "analysis.json"
 ANALYSIS_MD = "analysis.md"
+ABLATION_JSON = "ablation.json"  # cross-setting comparison (several ranks, batch sizes or run directories)
+ABLATION_MD = "ablation.md"
 FIGURES_DIR = "figures"
 INIT_MARKER = "_init"
 FINAL_MARKER = "_final"
@@ -165,6 +168,14 @@ class RunLayout:
     @property
     def analysis_md(self) -> Path:
         return self.root / ANALYSIS_MD
+
+    @property
+    def ablation_json(self) -> Path:
+        return self.root / ABLATION_JSON
+
+    @property
+    def ablation_md(self) -> Path:
+        return self.root / ABLATION_MD
 
     def run(self, run_id: str) -> Path:
         """The run's checkpoint directory."""
