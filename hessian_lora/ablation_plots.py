@@ -67,8 +67,11 @@ def figure_eta_vs_setting(ablation: Ablation) -> Figure:
     axes.set_xlabel("setting (" + ", ".join(ablation.axes) + ")")
     axes.set_ylabel(r"optimal learning rate $\eta^*$")
     level = ablation.analyses[0].level
-    axes.set_title(f"Optimal learning rate per setting (bars: {level:.0%} bootstrap CI; ▲/▼: censored at the grid "
-                   "edge)", fontsize=10)
+    censored = any(s.censored for analysis in ablation.analyses for s in analysis.methods.values())
+    bars = any(s.eta_ci for analysis in ablation.analyses for s in analysis.methods.values())
+    notes = ([f"bars: {level:.0%} bootstrap CI"] if bars else []) + (["▲/▼: censored at the grid edge"] if censored
+                                                                     else [])
+    axes.set_title("Optimal learning rate per setting" + (f" ({'; '.join(notes)})" if notes else ""), fontsize=10)
     axes.grid(True, which="major", alpha=0.3)
     axes.legend(fontsize=8)
     return figure
@@ -117,9 +120,12 @@ def figure_setting_lr_table(ablation: Ablation) -> Figure:
         grid = np.array([[np.nan if v is None else v * scale for v in values] for _, values in rows], dtype=float)
         image = axes.imshow(grid, aspect="auto", cmap="viridis" if ablation.analyses[0].higher_is_better
                             else "viridis_r")
+        middle = float(np.nanmean(grid)) if np.isfinite(grid).any() else 0.0
+        sign = 1.0 if ablation.analyses[0].higher_is_better else -1.0
         for (row, column), value in np.ndenumerate(grid):
-            if np.isfinite(value):
-                axes.text(column, row, f"{value:.3g}", ha="center", va="center", fontsize=7, color="white")
+            if np.isfinite(value):  # dark text on the bright (yellow) half of viridis
+                axes.text(column, row, f"{value:.3g}", ha="center", va="center", fontsize=7,
+                          color="black" if sign * (value - middle) > 0 else "white")
         axes.set_xticks(range(len(lrs)), [_format_lr(lr) for lr in lrs], rotation=45, fontsize=7)
         axes.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=8)
         axes.set_title(method_label(name), fontsize=10, color=method_color(name))
