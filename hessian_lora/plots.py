@@ -144,7 +144,7 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
         interval = summary.eta_ci if not summary.censored else None
         yerr = ([[summary.eta_star - interval[0]], [interval[1] - summary.eta_star]] if interval else None)
         marker = {"high": "^", "low": "v"}.get(summary.censored or "", "o")
-        bound = {"high": "≥ ", "low": "≤ "}.get(summary.censored or "", "")
+        bound = {"high": "≥ ", "low": "≤ "}.get(summary.censored or "", "= ")
         axes.errorbar([lam], [summary.eta_star], yerr=yerr, fmt=marker, color=method_color(name),
                       markersize=9, capsize=3, markeredgecolor="black", markeredgewidth=0.6,
                       label=rf"{method_label(name)}: $\lambda_{{\max}}$ = {lam:.3g}, $\eta^*$ {bound}"

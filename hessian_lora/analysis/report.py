@@ -92,7 +92,11 @@ def data_caveats(data: Mapping[str, Any]) -> str:
     bases = sorted({method.get("uncertainty_basis") or "" for method in methods} - {""})
     parts = [f"seeds per method: {', '.join(map(str, seeds))}"]
     examples = data.get("n_eval_examples")
-    parts.append(f"evaluation problems: {examples}" if examples else "no per-example scores stored")
+    if examples:
+        parts.append(f"evaluation problems: {examples}")
+    else:  # per-example scores exist for accuracy only; a loss metric is bootstrapped over seeds
+        parts.append("no per-example scores stored" if data["metric"] == "accuracy" else
+                     f"no per-example bootstrap ({data['metric']} has no per-example scores)")
     if examples and data["metric"] == "accuracy":
         parts.append(f"one problem = {100 / examples:.2g} accuracy points")
     censored = [name for name, method in data["methods"].items() if method.get("censored")]
