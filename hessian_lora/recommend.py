@@ -118,6 +118,27 @@ def calibration_from_analysis(analysis: Analysis, config: Mapping[str, Any],
     if relation.lomo.get(fit):
         errors = [math.log10(item["ratio"]) for item in relation.lomo[fit]]
         log10_error = float(math.sqrt(np.mean(np.square(errors))))
+    probe = probe_settings(analysis, config, init_settings)
+    provenance = {
+        "run_dir": str(Path(analysis.run_dir).resolve()), "sweep": config.get("name"),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "metric": analysis.metric,
+        "n_runs": analysis.n_runs, "methods": list(points),
+        "censored": dict(relation.censored), "spearman_rho": relation.spearman_rho,
+        "slope_ci95": list(relation.slope_ci95) if relation.slope_ci95 else None,
+        "lomo_within_2x": dict(relation.lomo_within_2x), "note": note, "config": dict(config),
+    }
+    return Calibration(
+        fit=fit, c=c, slope=power.slope if power else None, intercept=power.intercept if power else None,
+        log10_error=log10_error, lambda_source=relation.lambda_source,
+        points={name: {"lambda_max": lam, "eta_star": eta} for name, (lam, eta) in points.items()},
+        probe=probe, provenance=provenance, n_interior=len(points),
+    )
+
+
+def probe_settings(analysis: Analysis, config: Mapping[str, Any],
+                   init_settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """How a probe must measure λ_max to be comparable with the analysed sweep (model, data, rank, block)."""
+    relation = analysis.relation
     hessian = config.get("hessian") if isinstance(config.get("hessian"), Mapping) else {}
     options = dict(hessian.get("options") or {})
     settings = dict(init_settings or {})
@@ -134,20 +155,7 @@ def calibration_from_analysis(analysis: Analysis, config: Mapping[str, Any],
         "layers": settings.get("layers") if relation.lambda_source != "whole" else None,
         "eigen_options": {key: value for key, value in options.items() if key not in _NOT_PROBE_OPTIONS},
     }
-    provenance = {
-        "run_dir": str(Path(analysis.run_dir).resolve()), "sweep": config.get("name"),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "metric": analysis.metric,
-        "n_runs": analysis.n_runs, "methods": list(points),
-        "censored": dict(relation.censored), "spearman_rho": relation.spearman_rho,
-        "slope_ci95": list(relation.slope_ci95) if relation.slope_ci95 else None,
-        "lomo_within_2x": dict(relation.lomo_within_2x), "note": note, "config": dict(config),
-    }
-    return Calibration(
-        fit=fit, c=c, slope=power.slope if power else None, intercept=power.intercept if power else None,
-        log10_error=log10_error, lambda_source=relation.lambda_source,
-        points={name: {"lambda_max": lam, "eta_star": eta} for name, (lam, eta) in points.items()},
-        probe=probe, provenance=provenance, n_interior=len(points),
-    )
+    return probe
 
 
 def calibration_from_run(run_dir: str | os.PathLike[str], *, note: str = "", **analyze_options: Any) -> Calibration:
