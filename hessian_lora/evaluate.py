@@ -60,6 +60,8 @@ class EvalResult:
     pass_at_1: float | None
     n_examples: int
     generations: tuple[str, ...] = field(default=(), repr=False)
+    # Per-example accuracy scores in evaluation order (empty without accuracy): analysis bootstraps over them.
+    scores: tuple[float, ...] = field(default=(), repr=False)
 
 
 def evaluate(
@@ -75,6 +77,7 @@ def evaluate(
     examples = list(task.eval)
     eval_loss = accuracy = pass_at_1 = None
     generations: tuple[str, ...] = ()
+    scores: tuple[float, ...] = ()
     if examples and task.kind != "code":
         eval_loss = held_out_loss(model, tokenizer, examples, batch_size=config.batch_size,
                                   max_length=config.max_length, precision=config.precision)
@@ -82,13 +85,14 @@ def evaluate(
         prompts = [format_prompt(tokenizer, example.prompt) for example in examples]
         texts = generate_text(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens,
                               batch_size=config.batch_size, precision=config.precision, progress=progress)
-        accuracy = sum(task.scorer(text, example) for text, example in zip(texts, examples)) / len(examples)
+        scores = tuple(float(task.scorer(text, example)) for text, example in zip(texts, examples))
+        accuracy = sum(scores) / len(examples)
         generations = tuple(texts)
     if config.humaneval:
         # HumanEval is its own eval set, whatever the training task (e.g. code instructions from a .jsonl file).
         problems = humaneval_problems(config.humaneval_limit)
         pass_at_1 = humaneval_pass_at_1(model, tokenizer, problems, config=config, progress=progress)
-    return EvalResult(eval_loss, accuracy, pass_at_1, len(examples), generations)
+    return EvalResult(eval_loss, accuracy, pass_at_1, len(examples), generations, scores)
 
 
 def held_out_loss(

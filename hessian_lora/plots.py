@@ -98,6 +98,14 @@ def figure_metric_vs_lr(analysis: Analysis) -> Figure:
         axes.axvline(summary.eta_star, color=color, linestyle=":", linewidth=1.0)
         axes.plot([summary.eta_star], [peak_value], marker="*", color=color, markersize=13,
                   markeredgecolor="black", markeredgewidth=0.6, zorder=5)
+        if summary.eta_ci or summary.peak_ci:
+            # The bootstrap intervals: η* horizontally, the peak metric vertically (around the observed peak).
+            xerr = ([[summary.eta_star - summary.eta_ci[0]], [summary.eta_ci[1] - summary.eta_star]]
+                    if summary.eta_ci else None)
+            yerr = ([[max(best - summary.peak_ci[0] * scale, 0)], [max(summary.peak_ci[1] * scale - best, 0)]]
+                    if summary.peak_ci else None)
+            axes.errorbar([summary.eta_star], [best], xerr=xerr, yerr=yerr, fmt="none", ecolor=color, capsize=3,
+                          linewidth=1.2, zorder=4)
         if summary.diverged_lrs:
             axes.plot(summary.diverged_lrs, [0.02] * len(summary.diverged_lrs), "x", color=color, markersize=7,
                       transform=axes.get_xaxis_transform(), clip_on=False)
@@ -106,6 +114,8 @@ def figure_metric_vs_lr(analysis: Analysis) -> Figure:
     axes.set_ylabel(METRIC_AXIS_LABELS.get(analysis.metric, analysis.metric))
     seeds = max((summary.n_seeds for summary in analysis.methods.values()), default=1)
     band = f"; band: ±1 std over {seeds} seeds" if seeds > 1 else ""
+    if any(summary.eta_ci or summary.peak_ci for summary in analysis.methods.values()):
+        band += f"\nbars: {analysis.level:.0%} bootstrap CI of η* (horizontal) and of the peak (vertical)"
     name = METRIC_AXIS_LABELS.get(analysis.metric, analysis.metric).split(" (")[0]
     axes.set_title(f"{name[0].upper()}{name[1:]} vs learning rate\n★ = η* (parabola in log η through the best grid "
                    f"point){band}; × = diverged", fontsize=10)
@@ -130,11 +140,16 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
     ys_all: list[float] = []
     for name, lam in points.items():
         summary = analysis.methods[name]
-        spread = summary.eta_spread_factor or 1.0
-        yerr = [[summary.eta_star - summary.eta_star / spread], [summary.eta_star * spread - summary.eta_star]]
-        axes.errorbar([lam], [summary.eta_star], yerr=yerr if spread > 1 else None, fmt="o", color=method_color(name),
+        # The bar is η*'s bootstrap interval (along the η* axis); a censored η* is a bound: a triangle pointing
+        # where the optimum may lie, left out of the fit.
+        interval = summary.eta_ci if not summary.censored else None
+        yerr = ([[summary.eta_star - interval[0]], [interval[1] - summary.eta_star]] if interval else None)
+        marker = {"high": "^", "low": "v"}.get(summary.censored or "", "o")
+        bound = {"high": "≥ ", "low": "≤ "}.get(summary.censored or "", "= ")
+        axes.errorbar([lam], [summary.eta_star], yerr=yerr, fmt=marker, color=method_color(name),
                       markersize=9, capsize=3, markeredgecolor="black", markeredgewidth=0.6,
-                      label=rf"{method_label(name)}: $\lambda_{{\max}}$ = {lam:.3g}, $\eta^*$ = {_format_lr(summary.eta_star)}")
+                      label=rf"{method_label(name)}: $\lambda_{{\max}}$ = {lam:.3g}, $\eta^*$ {bound}"
+                            rf"{_format_lr(summary.eta_star)}{' (censored)' if summary.censored else ''}")
         xs_all.append(lam)
         ys_all.append(summary.eta_star)
     for name, value in precond.items():
@@ -171,10 +186,16 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
     axes.set_xlim(low_x, high_x)
     axes.set_ylim(min(ys_all) / 3, high_y)
     source = "whole adapter" if relation.lambda_source == "whole" else "median over modules"
-    axes.set_xlabel(rf"sharpness (loss in nats/token): ● $\lambda_{{\max}}$ at init ({source}),  "
-                    r"□ preconditioned $\tilde\lambda$ at end")
+    if any(s.eta_ci for s in analysis.methods.values()):
+        censored = "; ▲/▼: censored η* (a bound, not in the fit)" if any(
+            s.censored for s in analysis.methods.values()) else ""
+        axes.plot([], [], " ", label=f"bars: {analysis.level:.0%} bootstrap CI of η*{censored}")
+    # Name only the markers that are drawn: the hollow squares exist only where λ̃ at the end was measured.
+    precond_text = r",  □ preconditioned $\tilde\lambda$ at end" if precond else ""
+    axes.set_xlabel(rf"sharpness (loss in nats/token): ● $\lambda_{{\max}}$ at init ({source}){precond_text}")
     axes.set_ylabel(r"optimal learning rate $\eta^*$")
-    rho = f"Spearman ρ = {relation.spearman_rho:.2f}" if relation.spearman_rho is not None else "ρ: too few methods"
+    rho = (f"Spearman ρ = {relation.spearman_rho:.2f}" if relation.spearman_rho is not None else
+           "no relation: too few interior optima" if relation.note else "ρ: too few methods")
     axes.set_title(f"Sharpness vs optimal learning rate ({rho})", fontsize=10)
     axes.grid(True, which="major", alpha=0.3)
     figure.legend(loc="outside lower center", fontsize=8, ncol=2, framealpha=0.9)
@@ -368,7 +389,7 @@ def figure_loss_curves(directory: RunDirectory, analysis: Analysis) -> Figure | 
     for index, name in enumerate(methods):
         axes = axes_grid[index // columns][index % columns]
         runs = [run for run in directory.runs if run.method == name and run.history and run.is_usable
-                and run.rank == analysis.rank]
+                and run.rank == analysis.rank and run.batch_size in (analysis.batch_size, None)]
         seed = min(run.seed for run in runs) if runs else None
         runs = sorted((run for run in runs if run.seed == seed), key=lambda run: run.lr)
         for run, color in zip(runs, shades(name, len(runs))):

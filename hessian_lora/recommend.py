@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hessian_lora._io import write_text_atomic as write_atomic
+from hessian_lora.analysis.censoring import MIN_INTERIOR
 from hessian_lora.analysis.relation import FIT_KINDS, fit_inverse_constant, fit_power_law
 from hessian_lora.analysis.summary import Analysis, analyze, relation_lambda
 from hessian_lora.errors import UserError
@@ -55,6 +56,9 @@ class Calibration:
     points: Mapping[str, Mapping[str, float]]  # method -> {"lambda_max", "eta_star"}
     probe: Mapping[str, Any]
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    # Interior optima the fit rests on (censored ones, at a grid edge, are left out); None in files written
+    # before the field existed.
+    n_interior: int | None = None
 
     def predict(self, lambda_max: float) -> float:
         if not lambda_max > 0 or not math.isfinite(lambda_max):
@@ -77,23 +81,32 @@ class Calibration:
                 log10_error=None if data.get("log10_error") is None else float(data["log10_error"]),
                 lambda_source=str(data["lambda_source"]), points=dict(data["points"]), probe=dict(data["probe"]),
                 provenance=dict(data.get("provenance") or {}),
+                n_interior=None if data.get("n_interior") is None else int(data["n_interior"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{source} is not a calibration file ({exc!r} missing or malformed): rebuild it with "
                             "`hessian-lora recommend --calibration RUN_DIR --save-calibration FILE`.") from exc
         if calibration.fit not in FIT_KINDS:
             raise UserError(f"{source}: unknown fit {calibration.fit!r}; rebuild the calibration.")
+        if calibration.n_interior is not None and calibration.n_interior < MIN_INTERIOR:
+            raise UserError(f"{source} was fitted on {calibration.n_interior} interior optima (needs "
+                            f"{MIN_INTERIOR}): refit it on a sweep whose optima lie inside its LR grid.")
         return calibration
 
 
 def calibration_from_analysis(analysis: Analysis, config: Mapping[str, Any],
                               init_settings: Mapping[str, Any] | None = None, *, note: str = "") -> Calibration:
     """Fit a calibration on an analysed sweep; ``config`` is the run directory's ``config.yaml``."""
-    points = {name: (relation_lambda(summary), summary.eta_star) for name, summary in analysis.methods.items()}
+    points = {name: (relation_lambda(summary), summary.eta_star) for name, summary in analysis.methods.items()
+              if not summary.censored}  # a censored η* is a bound, not a point to fit through
     points = {name: point for name, point in points.items() if point[0]}
-    if not points:
+    if not any(relation_lambda(summary) for summary in analysis.methods.values()):
         raise UserError(f"{analysis.run_dir} has no λ_max at initialisation: run the sweep with "
                         "hessian: {init: true} (or `hessian-lora demo`), then calibrate.")
+    if len(points) < MIN_INTERIOR or analysis.relation.note:
+        why = analysis.relation.note or f"{len(points)} interior optima, a calibration needs {MIN_INTERIOR}"
+        advice = f"; {analysis.relation.extend}" if analysis.relation.extend else ""
+        raise UserError(f"no calibration from {analysis.run_dir}: {why}{advice}.")
     lambdas = [lam for lam, _ in points.values()]
     etas = [eta for _, eta in points.values()]
     c, _ = fit_inverse_constant(lambdas, etas)
@@ -106,8 +119,29 @@ def calibration_from_analysis(analysis: Analysis, config: Mapping[str, Any],
     if relation.lomo.get(fit):
         errors = [math.log10(item["ratio"]) for item in relation.lomo[fit]]
         log10_error = float(math.sqrt(np.mean(np.square(errors))))
+    probe = probe_settings(analysis, config, init_settings)
+    provenance = {
+        "run_dir": str(Path(analysis.run_dir).resolve()), "sweep": config.get("name"),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "metric": analysis.metric,
+        "n_runs": analysis.n_runs, "methods": list(points),
+        "censored": dict(relation.censored), "spearman_rho": relation.spearman_rho,
+        "slope_ci95": list(relation.slope_ci95) if relation.slope_ci95 else None,
+        "lomo_within_2x": dict(relation.lomo_within_2x), "note": note, "config": dict(config),
+    }
+    return Calibration(
+        fit=fit, c=c, slope=power.slope if power else None, intercept=power.intercept if power else None,
+        log10_error=log10_error, lambda_source=relation.lambda_source,
+        points={name: {"lambda_max": lam, "eta_star": eta} for name, (lam, eta) in points.items()},
+        probe=probe, provenance=provenance, n_interior=len(points),
+    )
+
+
+def probe_settings(analysis: Analysis, config: Mapping[str, Any],
+                   init_settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """How a probe must measure λ_max to be comparable with the analysed sweep (model, data, rank, block)."""
     from hessian_lora.measure import MeasureSettings
 
+    relation = analysis.relation
     hessian = config.get("hessian") if isinstance(config.get("hessian"), Mapping) else {}
     # The sweep's measurement settings that change λ_max at initialisation: the probe must use them too.
     measured = MeasureSettings.from_mapping(hessian.get("options") or {}, source=f"{analysis.run_dir}: hessian")
@@ -125,19 +159,7 @@ def calibration_from_analysis(analysis: Analysis, config: Mapping[str, Any],
         "layers": settings.get("layers") if relation.lambda_source != "whole" else None,
         "eigen_options": measured.probe_only().options(),
     }
-    provenance = {
-        "run_dir": str(Path(analysis.run_dir).resolve()), "sweep": config.get("name"),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "metric": analysis.metric,
-        "n_runs": analysis.n_runs, "methods": list(points), "spearman_rho": relation.spearman_rho,
-        "slope_ci95": list(relation.slope_ci95) if relation.slope_ci95 else None,
-        "lomo_within_2x": dict(relation.lomo_within_2x), "note": note, "config": dict(config),
-    }
-    return Calibration(
-        fit=fit, c=c, slope=power.slope if power else None, intercept=power.intercept if power else None,
-        log10_error=log10_error, lambda_source=relation.lambda_source,
-        points={name: {"lambda_max": lam, "eta_star": eta} for name, (lam, eta) in points.items()},
-        probe=probe, provenance=provenance,
-    )
+    return probe
 
 
 def calibration_from_run(run_dir: str | os.PathLike[str], *, note: str = "", **analyze_options: Any) -> Calibration:

@@ -7,11 +7,13 @@ A sweep writes, and analysis, plots, recommend and the demo read, one directory 
       config.yaml                         the sweep config as resolved
       search.json                         adaptive search: each method's centre, computed once (sweep/adaptive.py)
       results.sqlite                      table runs, one row per run (sweep/store.py)
-      runs/<run_id>/                      checkpoint + history.json (+ sharpness.json with hessian.during)
+      runs/<run_id>/                      checkpoint + history.json + eval.json (per-example scores)
+                                          (+ sharpness.json with hessian.during)
       hessian/<init_key>_init.json        eigen report at initialisation
       hessian/<init_key>_init_<what>.json more blocks of the same adapter at initialisation (merged on reading)
       hessian/<run_id>_final.json         eigen report at the end of a run
       analysis.json, analysis.md, figures/
+      ablation.json, ablation.md          several settings (ranks, batch sizes, run directories) compared
 
 Every file name, run id and init key is formatted and parsed here and nowhere else, and the directory is read
 here (:func:`read_run_directory`): rows through the sweep's own :class:`~hessian_lora.sweep.store.RunStore`,
@@ -42,8 +44,11 @@ RUNS_DIR = "runs"
 HESSIAN_DIR = "hessian"
 HISTORY_FILE = "history.json"
 SHARPNESS_FILE = "sharpness.json"  # sharpness along training (hessian.during probes)
+EVAL_FILE = "eval.json"  # per-example scores of the run's evaluation, in evaluation order
 ANALYSIS_JSON = "analysis.json"
 ANALYSIS_MD = "analysis.md"
+ABLATION_JSON = "ablation.json"  # cross-setting comparison (several ranks, batch sizes or run directories)
+ABLATION_MD = "ablation.md"
 FIGURES_DIR = "figures"
 INIT_MARKER = "_init"
 FINAL_MARKER = "_final"
@@ -173,6 +178,14 @@ class RunLayout:
     def analysis_md(self) -> Path:
         return self.root / ANALYSIS_MD
 
+    @property
+    def ablation_json(self) -> Path:
+        return self.root / ABLATION_JSON
+
+    @property
+    def ablation_md(self) -> Path:
+        return self.root / ABLATION_MD
+
     def run(self, run_id: str) -> Path:
         """The run's checkpoint directory."""
         return self.runs / run_id
@@ -194,9 +207,16 @@ class RunLayout:
     def relative_sharpness(self, run_id: str) -> str:
         return f"{RUNS_DIR}/{run_id}/{SHARPNESS_FILE}"
 
+    def eval_scores(self, run_id: str) -> Path:
+        """Per-example evaluation scores: what lets analysis bootstrap over evaluation examples."""
+        return self.run(run_id) / EVAL_FILE
+
+    def relative_eval_scores(self, run_id: str) -> str:
+        return f"{RUNS_DIR}/{run_id}/{EVAL_FILE}"
+
     def documents(self, run_id: str) -> tuple[Path, ...]:
         """The run's JSON documents inside its directory (kept when only its checkpoint is removed)."""
-        return (self.history(run_id), self.sharpness(run_id))
+        return (self.history(run_id), self.sharpness(run_id), self.eval_scores(run_id))
 
     def init_report(self, key: InitKey | str, part: str = "") -> Path:
         suffix = f"_{part}" if part else ""
@@ -230,6 +250,7 @@ class RunRecord:
     steps: int | None = None
     wall_seconds: float | None = None
     history: tuple[dict[str, float], ...] = ()
+    eval_scores: tuple[float, ...] | None = None  # per-example accuracy scores (runs/<id>/eval.json), if stored
 
     def metric(self, name: str) -> float | None:
         value = getattr(self, name)
@@ -291,7 +312,23 @@ def _record_from_row(row: Mapping[str, Any], layout: RunLayout) -> RunRecord:
         steps=_optional_int(row.get("steps")),
         wall_seconds=_optional_float(row.get("wall_seconds")),
         history=history,
+        eval_scores=_read_eval_scores(layout.eval_scores(str(row.get("run_id")))),
     )
+
+
+def _read_eval_scores(path: Path) -> tuple[float, ...] | None:
+    """``{"scores": [...]}`` (or a bare list) from eval.json; None when absent or unreadable (older sweeps)."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    scores = data.get("scores") if isinstance(data, Mapping) else data
+    if not isinstance(scores, list) or not scores:
+        return None
+    values = [_optional_float(value) for value in scores]
+    return None if any(value is None for value in values) else tuple(float(v) for v in values)  # type: ignore[arg-type]
 
 
 def _parse_history(raw: Any) -> tuple[dict[str, float], ...]:

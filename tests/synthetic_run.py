@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from hessian_lora.hessian import results
@@ -103,23 +104,34 @@ def write_run_dir(
     beta1: float = 0.9,
     reports: bool = True,
     final_reports: bool = True,
+    batch_size: int = 4,
+    append: bool = False,
+    config: Mapping | None = None,
 ) -> Path:
     """Write config.yaml, results.sqlite and hessian/*.json for ``methods``; returns ``root``.
 
     ``seed_shift`` moves seed s's optimum by ``(s - mean(seeds)) * seed_shift`` decades: the seed-mean curve is
-    then still a parabola with its vertex at η*, and each seed's own optimum is known.
+    then still a parabola with its vertex at η*, and each seed's own optimum is known. ``append``: add this
+    (rank, batch size) setting to an existing directory (an ablation); ``config``: extra config.yaml settings.
     """
     centre = sum(seeds) / len(seeds)
     root.mkdir(parents=True, exist_ok=True)
-    (root / "config.yaml").write_text(yaml.safe_dump({
+    data = {
         "model": "tiny-llama", "task": "arith", "methods": list(methods), "lrs": list(lrs), "seeds": list(seeds),
-        "ranks": [rank], "betas": [beta1, 0.999], "steps": 10, "max_length": 96, "data_seed": 0, "n_train": 64,
-        "n_eval": 16, "hessian": {"init": reports, "final": final_reports, "samples": 8, "batch_size": 4},
-    }))
+        "ranks": [rank], "batch_sizes": [batch_size], "betas": [beta1, 0.999], "steps": 10, "max_length": 96,
+        "data_seed": 0, "n_train": 64, "n_eval": 16,
+        "hessian": {"init": reports, "final": final_reports, "samples": 8, "batch_size": 4}, **(config or {}),
+    }
+    if append:
+        old = yaml.safe_load((root / "config.yaml").read_text())
+        data["ranks"] = sorted(set(old["ranks"]) | {rank})
+        data["batch_sizes"] = sorted(set(old["batch_sizes"]) | {batch_size})
+    (root / "config.yaml").write_text(yaml.safe_dump(data))
     hessian_dir = root / "hessian"
     hessian_dir.mkdir(exist_ok=True)
     connection = sqlite3.connect(root / "results.sqlite")
-    connection.execute(RUNS_SCHEMA)
+    if not append:
+        connection.execute(RUNS_SCHEMA)
     for name, method in methods.items():
         for seed in seeds:
             lambda_seed = method.lambda_init * (1 + 0.01 * seed)
@@ -127,7 +139,7 @@ def write_run_dir(
                 report = eigen_report(lambda_seed, method.module_ratio, seed=seed)
                 (hessian_dir / f"{name}_r{rank}_s{seed}_init.json").write_text(json.dumps(report))
             for step, lr in enumerate(lrs):
-                run_id = f"{name}-lr{step}-s{seed}"
+                run_id = f"{name}-lr{step}-s{seed}" + (f"-r{rank}-b{batch_size}" if append else "")
                 diverged = method.diverge_above is not None and lr > method.diverge_above
                 accuracy = None if diverged else accuracy_at(method, lr, (seed - centre) * seed_shift)
                 history = [{"step": k, "loss": 2.0 * math.exp(-k * lr * 100) + 0.1, "lr": lr} for k in range(10)]
@@ -135,7 +147,7 @@ def write_run_dir(
                 precond = 38 / lr * 0.9
                 connection.execute(
                     "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (run_id, name, lr, seed, rank, 4, "diverged" if diverged else "done",
+                    (run_id, name, lr, seed, rank, batch_size, "diverged" if diverged else "done",
                      None if diverged else history[-1]["loss"], None if diverged else 1.0 - (accuracy or 0),
                      accuracy, lambda_seed, None if diverged else lambda_final,
                      None if diverged else precond, 10, 1000, 1.0, None, json.dumps(history),
@@ -155,3 +167,31 @@ def write_run_dir(
     connection.commit()
     connection.close()
     return root
+
+
+def noisy_runs(methods: Mapping[str, SyntheticMethod], *, lrs: Sequence[float], seeds: Sequence[int],
+               n_examples: int, rng: np.random.Generator, seed_shift_sd: float = 0.0) -> list:
+    """In-memory :class:`~hessian_lora.rundir.RunRecord` rows with per-example Bernoulli outcomes drawn from each
+    method's known accuracy curve (seed s's curve shifted by a N(0, seed_shift_sd) decades draw): a sweep with
+    known noise, whose intervals can be checked against the true η*."""
+    from hessian_lora.rundir import RunRecord
+
+    runs = []
+    for name, method in methods.items():
+        for seed in seeds:
+            shift = float(rng.normal(0.0, seed_shift_sd)) if seed_shift_sd else 0.0
+            for step, lr in enumerate(lrs):
+                p = min(max(accuracy_at(method, lr, shift), 0.0), 1.0)
+                scores = tuple(float(x) for x in (rng.random(n_examples) < p))
+                runs.append(RunRecord(run_id=f"{name}-lr{step}-s{seed}", method=name, lr=lr, seed=seed, rank=8,
+                                      batch_size=4, status="done", accuracy=float(np.mean(scores)),
+                                      eval_scores=scores))
+    return runs
+
+
+def write_eval_scores(root: Path, runs: Sequence) -> None:
+    """runs/<run_id>/eval.json for in-memory rows (the layout the sweep writes)."""
+    for run in runs:
+        path = root / "runs" / run.run_id / "eval.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"metric": "accuracy", "scores": list(run.eval_scores)}))

@@ -267,3 +267,47 @@ def test_spearman_p_value_is_exact_for_few_methods() -> None:
     rho, p_value = spearman_exact([1.0, 2.0, 3.0, 4.0, 5.0], [5.0, 4.0, 3.0, 2.0, 1.0])
     assert abs(rho + 1.0) < 1e-12
     assert abs(p_value - 2 / 120) < 1e-12  # two of the 5! orderings are as extreme
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Censoring: an optimum at a grid edge is a bound
+
+
+EDGE_METHODS = {  # every optimum far outside the quarter-decade grid 2e-5 .. 1.1e-2
+    "lora": SyntheticMethod(eta_star=0.3, lambda_init=1.5),
+    "pissa": SyntheticMethod(eta_star=1e-7, lambda_init=15.0),
+    "milora": SyntheticMethod(eta_star=1.0, lambda_init=4.7),
+    "initab": SyntheticMethod(eta_star=2e-7, lambda_init=2.7),
+}
+
+
+def test_optima_at_the_grid_edge_give_no_relation_and_say_why(tmp_path) -> None:
+    result = analysis.analyze(write_run_dir(tmp_path / "run", EDGE_METHODS), bootstrap_samples=100)
+    assert {name: s.censored for name, s in result.methods.items()} == {
+        "lora": "high", "pissa": "low", "milora": "high", "initab": "low"}
+    relation = result.relation
+    assert relation.n_methods == 0 and relation.n_total == 4 and len(relation.censored) == 4
+    assert relation.slope is None and relation.slope_ci95 is None and relation.spearman_rho is None
+    assert relation.c is None and relation.lomo == {} and relation.lomo_within_2x == {}
+    assert relation.note.startswith("not enough interior optima (4 of 4 censored: lora ≥ 0.0112")
+    # The advice names concrete learning rates half a decade beyond both edges, and the command.
+    assert "add lr 6.32e-06, 1.12e-05, 0.02, 0.0356" in relation.extend
+    assert "hessian-lora sweep CONFIG --out" in relation.extend and "--extend" in relation.extend
+    table = analysis.markdown_table(result)
+    assert "| milora | ≥ 0.0112 |" in table and "| pissa | ≤ 2e-05 |" in table
+    assert "not enough interior optima" in table
+    for absent in ("slope", "CI [", "within 2×", "Spearman", "c/λ"):
+        assert absent not in table.split("\n\n")[-1], absent
+
+
+def test_censored_methods_are_left_out_of_the_fit_and_counted(tmp_path) -> None:
+    methods = {**METHODS, "dora": SyntheticMethod(eta_star=1.0, lambda_init=0.2)}  # optimum beyond the grid
+    result = analysis.analyze(write_run_dir(tmp_path / "run", methods), bootstrap_samples=200)
+    relation = result.relation
+    assert result.methods["dora"].censored == "high" and relation.censored == {"dora": "≥ 0.0112"}
+    assert relation.n_methods == 4 and relation.n_total == 5 and relation.note is None
+    truth = analysis.fit_power_law([m.lambda_init for m in METHODS.values()], [m.eta_star for m in METHODS.values()])
+    assert relation.slope == pytest.approx(truth.slope, rel=1e-9)  # dora's bound would pull it
+    assert {item["method"] for item in relation.lomo["power"]} == set(METHODS)
+    summary = analysis.relation_summary(result.to_dict())
+    assert "1 of 5 excluded as censored: dora ≥ 0.0112" in summary and "--extend" in summary

@@ -10,6 +10,7 @@ from hessian_lora import recommend
 from hessian_lora.analysis import read_run_directory
 from hessian_lora.cli import main
 from hessian_lora.demo import run_demo
+from hessian_lora.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +49,17 @@ def test_rerun_resumes_without_new_work_and_the_cli_prints_the_table(demo, capsy
 
 
 def test_recommend_probe_matches_the_demo_measurement(demo) -> None:
-    calibration = recommend.load_calibration(demo.run_dir)
+    # The tiny demo's two optima (one at the grid edge) are too few to calibrate on: refused, saying why.
+    with pytest.raises(UserError, match="not enough interior optima"):
+        recommend.load_calibration(demo.run_dir)
+    directory = read_run_directory(demo.run_dir)
+    init_settings = next(dict(report.settings) for report in directory.init_reports.values())
+    probe = recommend.probe_settings(demo.analysis, directory.config, init_settings)
+    calibration = recommend.Calibration(fit="inverse", c=1.0, slope=None, intercept=None, log10_error=None,
+                                        lambda_source=demo.analysis.relation.lambda_source, points={}, probe=probe)
     result = recommend.recommend("pissa", calibration=calibration, progress=False)
     # The probe builds the adapter and data the way the sweep does: the same λ_max as the demo's report.
-    assert result.lambda_max == pytest.approx(calibration.points["pissa"]["lambda_max"], rel=1e-3)
+    assert result.lambda_max == pytest.approx(recommend.relation_lambda(demo.analysis.methods["pissa"]), rel=1e-3)
 
 
 def test_bad_demo_config_is_a_user_error(tmp_path) -> None:

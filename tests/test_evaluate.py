@@ -97,6 +97,7 @@ def test_arith_scorer_through_evaluate(tiny, monkeypatch):
     result = evaluate(tiny.model, tiny.tokenizer, task, EvalConfig(max_length=96))
     assert result.accuracy == pytest.approx(0.5)
     assert result.generations == tuple(answers)
+    assert result.scores == (1.0, 1.0, 0.0, 0.0)  # per example, in evaluation order: what analysis bootstraps
 
 
 def test_run_program_passes_fails_and_times_out():

@@ -91,3 +91,21 @@ def test_cli_saves_a_calibration(exact_run, tmp_path, capsys) -> None:
     assert "written to" in capsys.readouterr().out
     saved = recommend.load_calibration(target)
     assert saved.c == pytest.approx(C, rel=1e-8) and saved.provenance["note"] == "from the test"
+
+
+def test_no_calibration_from_censored_optima_and_old_files_still_load(tmp_path, capsys) -> None:
+    edge = {f"m{i}": SyntheticMethod(eta_star=eta, lambda_init=lam) for i, (eta, lam) in
+            enumerate([(1.0, 0.5), (1e-7, 1.3), (0.5, 4.0), (2e-7, 11.0)])}
+    run_dir = write_run_dir(tmp_path / "edge", edge)
+    with pytest.raises(UserError, match=r"not enough interior optima .*--extend"):
+        recommend.calibration_from_run(run_dir, bootstrap_samples=50)
+    assert main(["recommend", "--calibration", str(run_dir), "--save-calibration", str(tmp_path / "c.json")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(errors) == 1 and "not enough interior optima" in errors[0]
+    # New files say how many interior optima they rest on; files without the field still load.
+    calibration = recommend.calibration_from_run(write_run_dir(tmp_path / "ok", METHODS), bootstrap_samples=50)
+    assert calibration.n_interior == len(METHODS)
+    old = {key: value for key, value in calibration.to_dict().items() if key != "n_interior"}
+    assert recommend.Calibration.from_dict(old).n_interior is None
+    with pytest.raises(UserError, match="2 interior optima"):
+        recommend.Calibration.from_dict({**calibration.to_dict(), "n_interior": 2})

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from hessian_lora._io import write_text_atomic
+from hessian_lora.analysis.censoring import bound_text
 from hessian_lora.analysis.summary import Analysis
+from hessian_lora.analysis.uncertainty import NO_INTERVAL
 from hessian_lora.rundir import RunLayout
 
 
@@ -19,56 +21,129 @@ def _fmt(value: float | None, spec: str = ".3g") -> str:
     return "–" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
 
 
+def _interval(interval: Any, spec: str = ".3g", scale: float = 1.0) -> str:
+    return f" [{format(interval[0] * scale, spec)}, {format(interval[1] * scale, spec)}]" if interval else ""
+
+
+def _gap_text(method: Mapping[str, Any], metric: str) -> str:
+    """Peak minus the best method's peak with its paired interval and verdict, e.g. ``−10.2 points [−17.0, −3.1]:
+    below the best beyond noise``; in accuracy points (×100) for accuracy."""
+    verdict = method.get("gap_verdict")
+    if verdict == "best":
+        return "best"
+    scale, unit, spec = (100.0, " points", "+.1f") if metric == "accuracy" else (1.0, "", "+.3g")
+    gap = method.get("gap_ci")
+    signed = -method["gap_to_best"] if method.get("higher_is_better", True) else method["gap_to_best"]
+    text = format(signed * scale, spec).replace("-", "−") + unit
+    if gap:
+        text += _interval(gap, spec, scale).replace("-", "−")
+    return f"{text}: {verdict}" if verdict else text
+
+
 def markdown_table(analysis: Analysis | Mapping[str, Any]) -> str:
-    """The per-method table and the relation summary, as markdown."""
+    """The per-method table and the relation summary, as markdown. A censored η* shows as a bound (≥/≤), each
+    interval says what it resampled, and the gap column says whether a method is worse than the best beyond
+    noise."""
     data = analysis.to_dict() if isinstance(analysis, Analysis) else dict(analysis)
     metric = data["metric"]
     relation = data["relation"]
+    level = data.get("level", 0.95)
     preferred = relation.get("preferred_fit")
     lomo = {item["method"]: item for item in relation.get("lomo", {}).get(preferred or "", [])}
     lines = [
-        f"| method | η* | grid best LR | η* spread over seeds | peak {metric} | gap to best | "
-        "λ_max init (whole) | λ_max init (module median) | λ_max end | η*·λ/2 | λ̃ end / Adam bound | "
-        "LOMO predicted η* (×actual) |",
+        f"| method | η* [{level:.0%} CI] | grid best LR | η* spread over seeds | peak {metric} [{level:.0%} CI] | "
+        "vs best peak | λ_max init (whole) | λ_max init (module median) | λ_max end | η*·λ/2 | "
+        "λ̃ end / Adam bound | LOMO predicted η* (×actual) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, method in data["methods"].items():
-        eta = _fmt(method["eta_star"])
-        if method["fit_kind"] == "edge":
-            eta = ("≤ " if method["eta_star"] == min(method["lrs"]) else "≥ ") + eta
+        censored = method.get("censored")
+        if censored is None and method["fit_kind"] == "edge":  # analysis.json written before censoring existed
+            censored = "low" if method["eta_star"] == min(method["lrs"]) else "high"
+        eta = bound_text(censored, method["eta_star"]) + (_interval(method.get("eta_ci")) if not censored else "")
         spread = method.get("eta_spread_factor")
         spread_text = f"×{spread:.2f} ({method['n_seeds']} seeds)" if spread else f"– ({method['n_seeds']} seed)"
         peak = _fmt(method["peak_metric"], ".4g")
-        if method["n_seeds"] > 1:
-            peak += f" ± {_fmt(method['peak_metric_std'], '.2g')}"
+        if censored:
+            peak = ("≥ " if data.get("higher_is_better", True) else "≤ ") + peak + " (at the grid edge)"
+        peak += _interval(method.get("peak_ci"), ".3g")
+        if method.get("uncertainty_basis") == NO_INTERVAL:
+            peak += f" ({NO_INTERVAL})"
         prediction = lomo.get(name)
         lomo_text = f"{_fmt(prediction['predicted'])} (×{prediction['ratio']:.2f})" if prediction else "–"
+        gap = _gap_text({**method, "higher_is_better": data.get("higher_is_better", True)}, metric)
         lines.append(
             f"| {name}{' (best)' if name == data['best_method'] else ''} | {eta} | {_fmt(method['eta_grid'])} | "
-            f"{spread_text} | {peak} | {_fmt(method['gap_to_best'], '.3g')} | {_fmt(method['lambda_init_whole'])} | "
+            f"{spread_text} | {peak} | {gap} | {_fmt(method['lambda_init_whole'])} | "
             f"{_fmt(method['lambda_init_module_median'])} | {_fmt(method['lambda_final_whole'])} | "
             f"{_fmt(method['eta_lambda_over_2'])} | {_fmt(method['precond_over_adam_threshold'])} | {lomo_text} |"
         )
+    lines.append("")
+    lines.append(data_caveats(data))
     lines.append("")
     lines.append(relation_summary(data))
     return "\n".join(lines)
 
 
+def data_caveats(data: Mapping[str, Any]) -> str:
+    """What the numbers rest on, said out loud: seeds, evaluation problems, censored optima, the intervals."""
+    methods = data["methods"].values()
+    seeds = sorted({method["n_seeds"] for method in methods})
+    bases = sorted({method.get("uncertainty_basis") or "" for method in methods} - {""})
+    parts = [f"seeds per method: {', '.join(map(str, seeds))}"]
+    examples = data.get("n_eval_examples")
+    if examples:
+        parts.append(f"evaluation problems: {examples}")
+    else:  # per-example scores exist for accuracy only; a loss metric is bootstrapped over seeds
+        parts.append("no per-example scores stored" if data["metric"] == "accuracy" else
+                     f"no per-example bootstrap ({data['metric']} has no per-example scores)")
+    if examples and data["metric"] == "accuracy":
+        parts.append(f"one problem = {100 / examples:.2g} accuracy points")
+    censored = [name for name, method in data["methods"].items() if method.get("censored")]
+    if censored:
+        parts.append(f"censored optima (at a grid edge, bounds only): {', '.join(censored)}")
+    resampled = [basis for basis in bases if basis != NO_INTERVAL]
+    if resampled:
+        paired = " (evaluation problems paired across methods)" if any("examples" in b for b in resampled) else ""
+        parts.append(f"{data.get('level', 0.95):.0%} intervals: bootstrap over {'; '.join(resampled)}{paired}")
+    if NO_INTERVAL in bases:
+        parts.append(NO_INTERVAL)
+    return "Data: " + "; ".join(parts) + "."
+
+
 def relation_summary(data: Mapping[str, Any]) -> str:
     """The relation across methods in one paragraph, from ``Analysis.to_dict()`` (or analysis.json)."""
     relation = data["relation"]
-    parts = [f"λ_max–η* relation over {relation['n_methods']} methods (λ at init, {relation['lambda_source']}):"]
+    censored = relation.get("censored") or {}
+    total = relation.get("n_total") or relation["n_methods"]
+    head = f"λ_max–η* relation over {relation['n_methods']} methods (λ at init, {relation['lambda_source']}"
+    if censored:
+        listed = ", ".join(f"{name} {bound}" for name, bound in censored.items())
+        head += f"; {len(censored)} of {total} excluded as censored: {listed}"
+    parts = [head + "):"]
+    if relation.get("note"):
+        parts.append(relation["note"] + ".")
+        if relation.get("extend"):
+            parts.append(relation["extend"][0].upper() + relation["extend"][1:] + ".")
+        parts.append(f"metric = {data['metric']}.")
+        return " ".join(parts)
     if relation.get("spearman_rho") is not None:
-        parts.append(f"Spearman ρ = {relation['spearman_rho']:.3f} (p = {relation['spearman_p']:.3g});")
+        text = f"Spearman ρ = {relation['spearman_rho']:.3f} (exact p = {relation['spearman_p']:.3g}"
+        if relation.get("spearman_rho_ci"):
+            low, high = relation["spearman_rho_ci"]
+            text += f"; ρ over η* draws [{low:.2f}, {high:.2f}]"
+        parts.append(text + ");")
     if relation.get("slope") is not None:
         text = f"slope of log η* on log λ_max = {relation['slope']:.3f}"
         if relation.get("slope_ci95"):
             low, high = relation["slope_ci95"]
-            text += f" (95% bootstrap CI [{low:.3f}, {high:.3f}], {relation['bootstrap_valid']} resamples)"
+            text += (f" ({data.get('level', 0.95):.0%} bootstrap CI [{low:.3f}, {high:.3f}] over methods and η* "
+                     f"draws, {relation['bootstrap_valid']} resamples)")
         parts.append(text + ";")
     if relation.get("c") is not None:
         parts.append(f"η* ≈ c/λ_max with c = {relation['c']:.3g} (×{relation['c_spread_factor']:.2f} spread);")
-    gd = [m["eta_lambda_over_2"] for m in data["methods"].values() if m.get("eta_lambda_over_2")]
+    gd = [m["eta_lambda_over_2"] for m in data["methods"].values() if m.get("eta_lambda_over_2")
+          and not m.get("censored")]
     if gd:
         parts.append(f"η* is {min(gd):.3g}–{max(gd):.3g} of gradient descent's bound 2/λ_max at init;")
     adam = [m["precond_over_adam_threshold"] for m in data["methods"].values() if m.get("precond_over_adam_threshold")]
@@ -79,6 +154,8 @@ def relation_summary(data: Mapping[str, Any]) -> str:
         total = len(relation["lomo"][fit])
         marker = " (preferred)" if fit == relation.get("preferred_fit") else ""
         parts.append(f"leave-one-method-out within 2×: {count}/{total} with the {fit} fit{marker};")
+    if relation.get("extend"):
+        parts.append(f"to turn the censored optima into values, {relation['extend']};")
     parts.append(f"metric = {data['metric']}, Adam β₁ = {data['beta1']}.")
     return " ".join(parts)
 

@@ -17,6 +17,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from hessian_lora.analysis.censoring import (
+    MIN_INTERIOR,
+    bound_text,
+    censored_summary,
+    censoring,
+    extension_advice,
+)
 from hessian_lora.analysis.curves import (
     HIGHER_IS_BETTER,
     MethodCurve,
@@ -34,6 +41,15 @@ from hessian_lora.analysis.relation import (
     fit_power_law,
     leave_one_method_out,
     spearman_exact,
+)
+from hessian_lora.analysis.uncertainty import (
+    NO_INTERVAL,
+    Draws,
+    bootstrap_optima,
+    gap_interval,
+    gap_verdict,
+    percentile_interval,
+    relation_draws,
 )
 from hessian_lora.errors import UserError
 from hessian_lora.hessian.preconditioned import adam_thresholds
@@ -97,6 +113,12 @@ class MethodSummary:
     eta_lambda_over_2: float | None = None  # η*·λ_init/2: η* as a fraction of gradient descent's bound 2/λ
     final_lambda_eta_over_2: float | None = None  # λ_final·η/2 at the η* run's LR (edge of stability ≈ 1)
     precond_over_adam_threshold: float | None = None  # λ̃_final / ((2+2β₁)/((1−β₁)η)) at the η* run's LR
+    censored: str | None = None  # "high" (η* ≥ the largest LR), "low" (≤ the smallest), "single"; None: interior
+    eta_ci: tuple[float, float] | None = None  # bootstrap interval of η* (seeds and evaluation examples)
+    peak_ci: tuple[float, float] | None = None  # bootstrap interval of the peak metric
+    gap_ci: tuple[float, float] | None = None  # interval of (peak − best method's peak), paired per draw
+    gap_verdict: str | None = None  # "best", "within noise", "below the best beyond noise", "no interval"
+    uncertainty_basis: str = ""  # what the bootstrap resampled, or why there is no interval
 
 
 @dataclass(frozen=True)
@@ -117,6 +139,11 @@ class Relation:
     lomo: Mapping[FitKind, list[dict[str, Any]]]  # fit -> LomoPrediction fields, ratio and within_2x
     lomo_within_2x: Mapping[FitKind, int]
     preferred_fit: FitKind | None
+    n_total: int = 0  # methods with a λ_max, censored or not
+    censored: Mapping[str, str] = field(default_factory=dict)  # method -> its bound ("≥ 0.1"), left out of the fit
+    note: str | None = None  # why there is no relation (too few interior optima), said instead of numbers
+    extend: str = ""  # the grid extension that would turn censored optima into values
+    spearman_rho_ci: tuple[float, float] | None = None  # ρ over η* bootstrap draws
 
 
 @dataclass(frozen=True)
@@ -134,6 +161,8 @@ class Analysis:
     relation: Relation
     created: str
     n_runs: int
+    level: float = 0.95  # the confidence level of every interval
+    n_eval_examples: int | None = None  # evaluation problems behind the per-example bootstrap (None: none stored)
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(asdict(self))
@@ -180,13 +209,14 @@ def analyze(
     batch_size: int | None = None,
     bootstrap_samples: int = 2000,
     seed: int = 0,
+    level: float = 0.95,
 ) -> Analysis:
     """Analyse a sweep run directory (see the module docstring).
 
     ``metric``: which metric defines the optimum (``auto``: :func:`choose_metric`); ``lambda_source``: which λ_max
     at init the relation uses (``auto``: the whole adapter's when every method has it, else the module median);
     ``rank``/``batch_size``: the configuration to analyse when the sweep holds several; ``bootstrap_samples`` and
-    ``seed``: the slope interval's resampling.
+    ``seed``: the resampling of every interval (η*, peak, gap to the best, slope, ρ); ``level``: their confidence.
     """
     if lambda_source not in LAMBDA_SOURCES:
         raise UserError(f"unknown λ source {lambda_source!r}: use {', '.join(LAMBDA_SOURCES)}.")
@@ -210,15 +240,33 @@ def analyze(
                  summaries.items()}
     peaks = {method: summary.peak_metric for method, summary in summaries.items()}
     best_method = (max if higher else min)(peaks, key=lambda name: peaks[name])
+    draws = bootstrap_optima(runs, list(summaries), chosen, higher_is_better=higher, samples=bootstrap_samples,
+                             seed=seed)
     summaries = {
-        method: replace(summary, gap_to_best=abs(peaks[best_method] - summary.peak_metric))
+        method: _with_uncertainty(replace(summary, gap_to_best=abs(peaks[best_method] - summary.peak_metric)),
+                                  draws, best_method, higher, level)
         for method, summary in summaries.items()
     }
-    relation = _relation(summaries, source, bootstrap_samples, seed)
+    relation = _relation(summaries, source, bootstrap_samples, seed, draws=draws, level=level, run_dir=str(run_dir))
     return Analysis(
         run_dir=str(run_dir), metric=chosen, higher_is_better=higher, beta1=beta1, rank=chosen_rank,
         batch_size=chosen_batch, methods=summaries, best_method=best_method, relation=relation,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), n_runs=len(runs),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), n_runs=len(runs), level=level,
+        n_eval_examples=draws.n_examples,
+    )
+
+
+def _with_uncertainty(summary: MethodSummary, draws: Draws, best: str, higher: bool, level: float) -> MethodSummary:
+    """The bootstrap intervals of η*, the peak and the gap to the best method (see :mod:`.uncertainty`)."""
+    name = summary.method
+    basis = draws.basis.get(name, NO_INTERVAL)
+    if basis == NO_INTERVAL:
+        return replace(summary, uncertainty_basis=basis, gap_verdict="best" if name == best else "no interval")
+    gap = gap_interval(draws, name, best, level) if name != best else None
+    return replace(
+        summary, uncertainty_basis=basis, eta_ci=percentile_interval(draws.eta[name], level, log=True),
+        peak_ci=percentile_interval(draws.peak[name], level), gap_ci=gap,
+        gap_verdict=gap_verdict(gap, higher, name == best),
     )
 
 
@@ -262,6 +310,7 @@ def _summarise_method(
     _, adam_threshold = adam_thresholds(peak.eta_grid, beta1)
     return MethodSummary(
         method=curve.method,
+        censored=censoring(peak.kind, peak.eta_grid, curve.lrs),
         n_seeds=len(curve.per_seed),
         lrs=curve.lrs,
         metric_mean=curve.mean,
@@ -336,20 +385,45 @@ def relation_lambda(summary: MethodSummary) -> float | None:
 
 
 def _relation(
-    summaries: Mapping[str, MethodSummary], source: Literal["whole", "module_median"], samples: int, seed: int
+    summaries: Mapping[str, MethodSummary], source: Literal["whole", "module_median"], samples: int, seed: int,
+    *, draws: Draws | None = None, level: float = 0.95, run_dir: str = "RUN_DIR",
 ) -> Relation:
-    """Spearman ρ, power-law slope with its bootstrap interval, c of c/λ and the leave-one-method-out errors."""
+    """Spearman ρ, power-law slope with its bootstrap interval, c of c/λ and the leave-one-method-out errors,
+    over the methods with an interior optimum only (a censored η* is a bound: :mod:`.censoring`); with fewer
+    than :data:`MIN_INTERIOR` of them, no numbers and a note saying why."""
+    with_lambda = {name: s for name, s in summaries.items() if relation_lambda(s)}
+    censored = {name: s.censored for name, s in with_lambda.items() if s.censored}
+    bounds = {name: bound_text(side, with_lambda[name].eta_star) for name, side in censored.items()}  # type: ignore[arg-type]
+    extend = extension_advice(censored, {name: s.lrs for name, s in summaries.items()}, run_dir)  # type: ignore[arg-type]
     points: dict[str, tuple[float, float]] = {
-        name: (lam, s.eta_star) for name, s in summaries.items() if (lam := relation_lambda(s))
+        name: (relation_lambda(s), s.eta_star) for name, s in with_lambda.items()  # type: ignore[misc]
+        if name not in censored
     }
+    if len(points) < MIN_INTERIOR:
+        summary = censored_summary(censored, {n: s.eta_star for n, s in with_lambda.items()},  # type: ignore[arg-type]
+                                   len(with_lambda))
+        note = (f"not enough interior optima ({summary}; a relation needs {MIN_INTERIOR} interior optima, "
+                f"{len(points)} here)")
+        return Relation(
+            lambda_source=source, n_methods=len(points), spearman_rho=None, spearman_p=None, slope=None,
+            intercept=None, r2=None, slope_ci95=None, bootstrap_valid=0, c=None, c_spread_factor=None, lomo={},
+            lomo_within_2x={}, preferred_fit=None, n_total=len(with_lambda), censored=bounds, note=note,
+            extend=extend,
+        )
     lambdas = [lam for lam, _ in points.values()]
     etas = [eta for _, eta in points.values()]
     rho = p_value = None
     if len(points) >= 3 and len(set(lambdas)) > 1 and len(set(etas)) > 1:
         rho, p_value = spearman_exact(lambdas, etas)
     power = fit_power_law(lambdas, etas) if len(set(lambdas)) >= 2 else None
-    interval, valid = None, 0
-    if power is not None and len(points) >= 3:
+    interval, valid, rho_interval = None, 0, None
+    if draws is not None and power is not None and any(draws.basis.get(n) != NO_INTERVAL for n in points):
+        # The interval carries η*'s own uncertainty: each draw uses that bootstrap draw's η* per method.
+        interval, rho_interval, valid = relation_draws(
+            {name: lam for name, (lam, _) in points.items()},
+            {name: draws.eta[name] for name in points if name in draws.eta and draws.basis.get(name) != NO_INTERVAL},
+            {name: eta for name, (_, eta) in points.items()}, level=level, seed=seed)
+    elif power is not None and len(points) >= 3:
         seed_points: dict[str, list[tuple[float, float]]] = {}
         for name, summary in summaries.items():
             if name not in points:
@@ -381,5 +455,6 @@ def _relation(
         lambda_source=source, n_methods=len(points), spearman_rho=rho, spearman_p=p_value,
         slope=power.slope if power else None, intercept=power.intercept if power else None,
         r2=power.r2 if power else None, slope_ci95=interval, bootstrap_valid=valid, c=c, c_spread_factor=spread,
-        lomo=lomo, lomo_within_2x=within, preferred_fit=preferred,
+        lomo=lomo, lomo_within_2x=within, preferred_fit=preferred, n_total=len(with_lambda), censored=bounds,
+        extend=extend, spearman_rho_ci=rho_interval,
     )

@@ -18,9 +18,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the 2/lambda and Adam bounds, leave-one-method-out prediction error). Prints the markdown table and "
         "writes analysis.json and analysis.md.",
     )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="the --out directory of a sweep")
+    parser.add_argument("run_dirs", metavar="RUN_DIR", nargs="+",
+                        help="the --out directory of a sweep; several (e.g. one per n_train or epochs) are compared "
+                        "setting by setting, as are several ranks or batch sizes in one sweep")
     add_analysis_options(parser)
-    parser.add_argument("--out", default=None, help="directory for analysis.json/analysis.md (default: RUN_DIR)")
+    parser.add_argument("--out", default=None,
+                        help="directory for analysis.json/analysis.md, or ablation.json/ablation.md when the runs "
+                        "hold several settings (default: the first RUN_DIR)")
     parser.set_defaults(handler=run)
 
 
@@ -32,9 +36,12 @@ def add_analysis_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lambda-source", default="auto", choices=LAMBDA_SOURCES,
                         help="lambda_max at init used in the relation: the whole adapter's, or the median over "
                         "per-module blocks (default auto: whole when every method has it)")
-    parser.add_argument("--rank", type=int, default=None, help="analyse only runs of this LoRA rank")
-    parser.add_argument("--batch-size", type=int, default=None, help="analyse only runs of this batch size")
-    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the slope CI")
+    parser.add_argument("--rank", type=int, default=None,
+                        help="analyse only runs of this LoRA rank (default: every rank, one summary each)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="analyse only runs of this batch size (default: every batch size, one summary each)")
+    parser.add_argument("--bootstrap", type=int, default=2000,
+                        help="bootstrap resamples for the intervals (η*, peak, gap to the best, slope, ρ)")
 
 
 def analysis_kwargs(args: argparse.Namespace) -> dict[str, object]:
@@ -48,9 +55,21 @@ def analysis_kwargs(args: argparse.Namespace) -> dict[str, object]:
 
 def run(args: argparse.Namespace) -> int:
     from hessian_lora.analysis import analyze, markdown_table, write_analysis
+    from hessian_lora.analysis.ablation import (
+        ablation_markdown,
+        analyze_ablation,
+        is_ablation,
+        write_ablation,
+    )
 
-    result = analyze(args.run_dir, **analysis_kwargs(args))  # type: ignore[arg-type]
-    json_path, md_path = write_analysis(result, args.out)
-    print(markdown_table(result))
+    options = analysis_kwargs(args)
+    if is_ablation(args.run_dirs, rank=args.rank, batch_size=args.batch_size):
+        ablation = analyze_ablation(args.run_dirs, **options)  # type: ignore[arg-type]
+        json_path, md_path = write_ablation(ablation, args.out)
+        print(ablation_markdown(ablation))
+    else:
+        result = analyze(args.run_dirs[0], **options)  # type: ignore[arg-type]
+        json_path, md_path = write_analysis(result, args.out)
+        print(markdown_table(result))
     print(f"\nwrote {json_path} and {md_path}")
     return 0

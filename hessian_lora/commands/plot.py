@@ -17,14 +17,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "LoRA across layers, (d) Lanczos/power convergence, (e) spectral density, (f) training loss per LR. "
         "Figures whose data the run lacks are skipped with the reason.",
     )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="the --out directory of a sweep")
-    parser.add_argument("--out", default=None, help="figure directory (default: RUN_DIR/figures)")
+    parser.add_argument("run_dirs", metavar="RUN_DIR", nargs="+",
+                        help="the --out directory of a sweep; with several directories, ranks or batch sizes, also "
+                        "(g) eta* and (h) peak per setting and (i) the setting x LR table, and each setting's "
+                        "figures in a subfolder")
+    parser.add_argument("--out", default=None, help="figure directory (default: the first RUN_DIR/figures)")
     parser.add_argument("--formats", default="png,pdf", help="comma-separated file formats (default png,pdf)")
     add_analysis_options(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from hessian_lora.ablation_plots import ABLATION_FIGURES, plot_ablation
+    from hessian_lora.analysis.ablation import is_ablation
     from hessian_lora.errors import UserError
     from hessian_lora.plots import FIGURE_NAMES, plot_run
 
@@ -32,9 +37,14 @@ def run(args: argparse.Namespace) -> int:
     known = {"png", "pdf", "svg"}
     if not formats or set(formats) - known:
         raise UserError(f"--formats {args.formats!r}: use a comma-separated subset of {', '.join(sorted(known))}.")
-    result = plot_run(args.run_dir, args.out, formats=formats, **analysis_kwargs(args))
+    options = analysis_kwargs(args)
+    if is_ablation(args.run_dirs, rank=args.rank, batch_size=args.batch_size):
+        result = plot_ablation(args.run_dirs, args.out, formats=formats, **options)  # type: ignore[arg-type]
+    else:
+        result = plot_run(args.run_dirs[0], args.out, formats=formats, **options)
+    names = {**FIGURE_NAMES, **ABLATION_FIGURES}
     for key, paths in result.written.items():
-        print(f"({key}) {FIGURE_NAMES[key]}: {', '.join(str(path) for path in paths)}")
+        print(f"({key}) {names.get(key.rpartition('/')[2], key)}: {', '.join(str(path) for path in paths)}")
     for key, reason in result.skipped.items():
         print(f"({key}) {FIGURE_NAMES[key]}: skipped, {reason}")
     return 0

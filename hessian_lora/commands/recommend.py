@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         path = save_calibration(calibration, args.save_calibration)
         error = f"{calibration.log10_error:.2f} decades" if calibration.log10_error is not None else "n/a"
         print(f"calibration ({calibration.fit} fit, c = {calibration.c:.3g}, LOMO RMS error {error}, "
-              f"{len(calibration.points)} methods) written to {path}")
+              f"{len(calibration.points)} methods with interior optima) written to {path}")
     if args.method is None:
         return 0
     result = recommend(args.method, model=args.model, task=args.task, calibration=calibration, rank=args.rank,

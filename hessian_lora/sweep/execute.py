@@ -114,6 +114,9 @@ def execute_run(
         evaluation = evaluate(peft_model, tokenizer, task, config.eval, progress=progress)
         row.update(eval_loss=evaluation.eval_loss, accuracy=evaluation.accuracy, pass_at_1=evaluation.pass_at_1,
                    eval_examples=evaluation.n_examples, eval_seconds=time.perf_counter() - clock)
+        if evaluation.scores:  # per-example scores: analysis bootstraps over evaluation examples with them
+            documents[layout.relative_eval_scores(spec.run_id)] = {"metric": "accuracy",
+                                                                   "scores": list(evaluation.scores)}
         keep = config.checkpoints in ("final", "best")  # "best" prunes after the row is final (retention.py)
         if keep or config.hessian.final:
             checkpoint_dir = layout.run(spec.run_id)

@@ -35,7 +35,11 @@ def test_tiny_sweep_completes(tiny_sweep):
         assert (checkpoint / "hessian_lora.json").is_file() and (checkpoint / "optimizer.pt").is_file()
         history = json.loads((checkpoint / "history.json").read_text())
         assert history == json.loads(row["history"]) and len(history) == 12
+        scores = json.loads((checkpoint / "eval.json").read_text())["scores"]  # per-example, for the bootstrap
+        assert len(scores) == 16 and sum(scores) / 16 == pytest.approx(row["accuracy"])
     assert (run_dir / CONFIG_FILE).is_file()
+    assert sorted(path.name for path in (run_dir / "hessian").glob("*_init.json")) == [  # tiny.yaml: λ at init
+        "lora_r4_s0_init.json", "pissa_r4_s0_init.json"]
 
 
 def test_checkpoint_of_a_run_reloads_with_its_optimizer_state(tiny_sweep):

@@ -1,0 +1,162 @@
+"""Figures of an ablation (several ranks, batch sizes or run directories): each setting's own figures, and three
+that compare settings: (g) η* per method against the setting, (h) the peak against the setting, (i) the metric
+per setting × learning rate for each method (with batch size varying: the paper's batch-size × LR table).
+
+Kept apart from :mod:`hessian_lora.plots` (one sweep setting) so each module stays about one thing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from hessian_lora.analysis.ablation import Ablation, analyze_ablation, lr_table
+from hessian_lora.plots import (
+    FIGURE_NAMES,
+    METRIC_AXIS_LABELS,
+    PlotResult,
+    _format_lr,
+    _new_figure,
+    make_figures,
+    method_color,
+    method_label,
+    save_figure,
+)
+from hessian_lora.rundir import RunLayout, read_run_directory
+
+ABLATION_FIGURES: dict[str, str] = {
+    "g": "g_eta_vs_setting",
+    "h": "h_peak_vs_setting",
+    "i": "i_setting_lr_table",
+}
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label).strip("_") or "setting"
+
+
+def figure_eta_vs_setting(ablation: Ablation) -> Figure:
+    """η* per method across settings, with its bootstrap interval; censored optima as ▲ (≥) / ▼ (≤)."""
+    figure = _new_figure(8.5, 5.0)
+    axes = figure.add_subplot()
+    labels = [setting.label for setting in ablation.settings]
+    offsets = np.linspace(-0.12, 0.12, max(len(ablation.methods), 1))
+    for offset, name in zip(offsets, ablation.methods):
+        xs, ys = [], []
+        for index, analysis in enumerate(ablation.analyses):
+            summary = analysis.methods.get(name)
+            if summary is None:
+                continue
+            x = index + offset
+            marker = {"high": "^", "low": "v"}.get(summary.censored or "", "o")
+            interval = summary.eta_ci if not summary.censored else None
+            yerr = [[summary.eta_star - interval[0]], [interval[1] - summary.eta_star]] if interval else None
+            axes.errorbar([x], [summary.eta_star], yerr=yerr, fmt=marker, color=method_color(name), capsize=3,
+                          markersize=8, markeredgecolor="black", markeredgewidth=0.5)
+            xs.append(x)
+            ys.append(summary.eta_star)
+        axes.plot(xs, ys, "-", color=method_color(name), linewidth=1.2, label=method_label(name))
+    axes.set_yscale("log")
+    axes.set_xticks(range(len(labels)), labels, rotation=20 if len(labels) > 4 else 0)
+    axes.set_xlabel("setting (" + ", ".join(ablation.axes) + ")")
+    axes.set_ylabel(r"optimal learning rate $\eta^*$")
+    level = ablation.analyses[0].level
+    censored = any(s.censored for analysis in ablation.analyses for s in analysis.methods.values())
+    bars = any(s.eta_ci for analysis in ablation.analyses for s in analysis.methods.values())
+    notes = ([f"bars: {level:.0%} bootstrap CI"] if bars else []) + (["▲/▼: censored at the grid edge"] if censored
+                                                                     else [])
+    axes.set_title("Optimal learning rate per setting" + (f" ({'; '.join(notes)})" if notes else ""), fontsize=10)
+    axes.grid(True, which="major", alpha=0.3)
+    axes.legend(fontsize=8)
+    return figure
+
+
+def figure_peak_vs_setting(ablation: Ablation) -> Figure:
+    """The tuned peak per method across settings, with its bootstrap interval."""
+    figure = _new_figure(8.5, 5.0)
+    axes = figure.add_subplot()
+    metric = ablation.analyses[0].metric
+    scale = 100.0 if metric == "accuracy" else 1.0
+    labels = [setting.label for setting in ablation.settings]
+    offsets = np.linspace(-0.12, 0.12, max(len(ablation.methods), 1))
+    for offset, name in zip(offsets, ablation.methods):
+        xs, ys = [], []
+        for index, analysis in enumerate(ablation.analyses):
+            summary = analysis.methods.get(name)
+            if summary is None:
+                continue
+            value = summary.peak_metric * scale
+            yerr = ([[max(value - summary.peak_ci[0] * scale, 0)], [max(summary.peak_ci[1] * scale - value, 0)]]
+                    if summary.peak_ci else None)
+            axes.errorbar([index + offset], [value], yerr=yerr, fmt="o", color=method_color(name), capsize=3,
+                          markersize=7, markeredgecolor="black", markeredgewidth=0.5)
+            xs.append(index + offset)
+            ys.append(value)
+        axes.plot(xs, ys, "-", color=method_color(name), linewidth=1.2, label=method_label(name))
+    axes.set_xticks(range(len(labels)), labels, rotation=20 if len(labels) > 4 else 0)
+    axes.set_xlabel("setting (" + ", ".join(ablation.axes) + ")")
+    axes.set_ylabel("tuned " + METRIC_AXIS_LABELS.get(metric, metric))
+    axes.set_title(f"Peak {metric} per setting (bars: {ablation.analyses[0].level:.0%} bootstrap CI)", fontsize=10)
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8)
+    return figure
+
+
+def figure_setting_lr_table(ablation: Ablation) -> Figure:
+    """Per method, a heat map of the seed-mean metric: settings (rows) × learning rates (columns)."""
+    methods = ablation.methods
+    metric = ablation.analyses[0].metric
+    scale = 100.0 if metric == "accuracy" else 1.0
+    figure = _new_figure(max(5.0 * len(methods), 6.0), 0.5 * len(ablation.settings) + 2.6)
+    axes_row = figure.subplots(1, len(methods), squeeze=False)[0]
+    for axes, name in zip(axes_row, methods):
+        lrs, rows = lr_table(ablation, name)
+        grid = np.array([[np.nan if v is None else v * scale for v in values] for _, values in rows], dtype=float)
+        image = axes.imshow(grid, aspect="auto", cmap="viridis" if ablation.analyses[0].higher_is_better
+                            else "viridis_r")
+        middle = float(np.nanmean(grid)) if np.isfinite(grid).any() else 0.0
+        sign = 1.0 if ablation.analyses[0].higher_is_better else -1.0
+        for (row, column), value in np.ndenumerate(grid):
+            if np.isfinite(value):  # dark text on the bright (yellow) half of viridis
+                axes.text(column, row, f"{value:.3g}", ha="center", va="center", fontsize=7,
+                          color="black" if sign * (value - middle) > 0 else "white")
+        axes.set_xticks(range(len(lrs)), [_format_lr(lr) for lr in lrs], rotation=45, fontsize=7)
+        axes.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=8)
+        axes.set_title(method_label(name), fontsize=10, color=method_color(name))
+        axes.set_xlabel("learning rate")
+        figure.colorbar(image, ax=axes, shrink=0.8)
+    figure.suptitle(f"{METRIC_AXIS_LABELS.get(metric, metric)} per setting × learning rate", fontsize=11)
+    return figure
+
+
+def plot_ablation(
+    run_dirs: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    formats: Sequence[str] = ("png", "pdf"),
+    rank: int | None = None,
+    batch_size: int | None = None,
+    **analyze_options: Any,
+) -> PlotResult:
+    """Cross-setting figures (g, h, i) in ``out_dir`` (default the first RUN_DIR's figures/), and each
+    setting's own figures in ``out_dir/<setting>/`` (keys ``<setting>/a`` ...)."""
+    ablation = analyze_ablation(run_dirs, rank=rank, batch_size=batch_size, **analyze_options)
+    out = Path(out_dir) if out_dir is not None else RunLayout(run_dirs[0]).figures
+    result = PlotResult()
+    for key, figure in (("g", figure_eta_vs_setting(ablation)), ("h", figure_peak_vs_setting(ablation)),
+                        ("i", figure_setting_lr_table(ablation))):
+        result.written[key] = save_figure(figure, out / ABLATION_FIGURES[key], formats)
+    directories = {str(path): read_run_directory(path) for path in dict.fromkeys(map(str, run_dirs))}
+    for setting, analysis in zip(ablation.settings, ablation.analyses):
+        folder = out / _slug(setting.label)
+        for key, figure in make_figures(directories[setting.run_dir], analysis).items():
+            if figure is not None:
+                result.written[f"{_slug(setting.label)}/{key}"] = save_figure(figure, folder / FIGURE_NAMES[key],
+                                                                              formats)
+    return result
