@@ -219,7 +219,9 @@ def train(
                 group["lr"] = base_lr * multiplier
             optimizer.zero_grad(set_to_none=True)
             loss, batch_tokens = accumulate_gradient(model, micro_batches, device, config.precision)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or math.inf))
+            # An optimizer that clips on its own (LoFT: the full-weight view) gets the gradients unclipped.
+            clip = math.inf if getattr(optimizer, "clips_gradients", False) else config.max_grad_norm or math.inf
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
             tokens_seen += batch_tokens
             losses.append(loss)
             history.append({"step": step + 1, "loss": loss, "lr": base_lrs[0] * multiplier, "grad_norm": grad_norm})
