@@ -229,6 +229,13 @@ def measure(
         source = dict(source) if source is not None else {
             "checkpoint": str(Path(adapter).resolve()), "method": meta.method, "base_model": meta.base_model,
             "rank": meta.rank, "alpha": meta.alpha, "step": meta.step, "lr": meta.lr}
+    if settings.preconditioned and loaded is not None:
+        from hessian_lora.loft import preconditioner_note
+
+        note = preconditioner_note(loaded.meta.method)
+        if note is not None:  # LoFT: no diagonal Adam preconditioner; the report says so instead of a number
+            settings = dataclasses.replace(settings, preconditioned=False)
+            source = {**source, "preconditioner_note": note}
     if settings.preconditioned and (loaded is None or loaded.optimizer_state is None):
         raise UserError("the preconditioned sharpness needs a checkpoint saved with its optimizer state "
                         "(a training run).")

@@ -56,7 +56,7 @@ METHODS: dict[str, MethodSpec] = {
                    "LoRA-GA: A, B from the SVD of the full-weight gradient on a few batches",
                    rewrites_base=True, preserves_function=True, needs_data=True),
         MethodSpec("gralora", "GraLoRA", "#aec7e8",
-                   "GraLoRA: W split into k x k blocks, each with its own rank-r pair (k = 2 for r <= 32, else 4)",
+                   "GraLoRA: W split into k x k sub-blocks, each with its own pair of rank r/k (k = 2 for r <= 32, else 4)",
                    rewrites_base=False, preserves_function=True, tuner="gralora"),
         MethodSpec("randlora", "RandLoRA", "#98df8a",
                    "RandLoRA: fixed random bases with trainable diagonal scalings; its r matches LoRA's parameters",

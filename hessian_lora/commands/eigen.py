@@ -131,4 +131,7 @@ def _print_summary(report: object, out: str) -> None:
     unconverged = [b.name for b in blocks if not b.converged]
     if unconverged:
         print(f"not converged within --max-iter: {', '.join(unconverged)} (raise --max-iter or --tol)", file=sys.stdout)
+    note = report.source.get("preconditioner_note")  # type: ignore[attr-defined]
+    if note:
+        print(f"preconditioned sharpness not computed: {note}", file=sys.stdout)
     print(f"report: {out}", file=sys.stdout)
