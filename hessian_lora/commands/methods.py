@@ -23,14 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     width = max(len(name) for name in METHODS)
-    params = "trainable"
-    print(f"{'method':<{width}}  rewrites-base  preserves-function  {params:>10}  summary")
+    params = f"params@{REFERENCE_MODEL},r={REFERENCE_RANK}"  # analytic count, see the description (--help)
+    print(f"{'method':<{width}}  rewrites-base  preserves-function  {params}  summary")
     for spec in METHODS.values():
         rewrites = "yes" if spec.rewrites_base else "no"
         preserves = "yes" if spec.preserves_function else "no"
         data = " (needs data)" if spec.needs_data else ""
         count = f"{reference_parameter_count(spec.name, REFERENCE_RANK) / 1e6:.2f}M"
-        print(f"{spec.name:<{width}}  {rewrites:<13}  {preserves:<18}  {count:>10}  {spec.summary}{data}")
-    print(f"trainable: parameters on {REFERENCE_MODEL} (7 projections x {REFERENCE_LAYERS} layers) at r = "
-          f"{REFERENCE_RANK}, counted analytically (RandLoRA at its parameter-matched basis rank).")
+        print(f"{spec.name:<{width}}  {rewrites:<13}  {preserves:<18}  {count:>{len(params)}}  {spec.summary}{data}")
     return 0

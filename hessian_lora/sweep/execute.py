@@ -96,7 +96,7 @@ def execute_run(
         hessian_seconds += time.perf_counter() - clock
 
     optimizer = make_optimizer(peft_model, adapter_config, spec.lr, betas=config.betas,
-                               weight_decay=config.weight_decay, eps=config.eps)
+                               weight_decay=config.weight_decay, eps=config.eps, max_grad_norm=config.max_grad_norm)
     result = train(peft_model, tokenizer, task.train, train_config, optimizer=optimizer, progress=progress,
                    description=spec.run_id)
     history = list(result.history)
