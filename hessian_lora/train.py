@@ -29,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from hessian_lora.data import Example, TokenBatch, collate, tokenize_example
+from hessian_lora.data import Example, TokenBatch, check_prompt_template, collate, tokenize_example
 from hessian_lora.errors import UserError
 from hessian_lora.loss import loss_sum
 from hessian_lora.rundir import Status
@@ -57,8 +57,10 @@ class TrainConfig:
     precision: Precision = "fp32"
     divergence_factor: float = 4.0
     divergence_window: int = 5
+    prompt_template: str = "chat"  # data.PROMPT_TEMPLATES name or a string with {instruction}
 
     def __post_init__(self) -> None:
+        check_prompt_template(self.prompt_template)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UserError(f"learning rate must be a positive number, got {self.lr}.")
         if self.steps <= 0:
@@ -148,7 +150,8 @@ def global_batches(
     micro = min(config.micro_batch_size or config.batch_size, config.batch_size)
     for _ in range(config.steps):
         indices = [next(stream) for _ in range(config.batch_size)]
-        encoded = [tokenize_example(tokenizer, examples[i], config.max_length) for i in indices]
+        encoded = [tokenize_example(tokenizer, examples[i], config.max_length, config.prompt_template)
+                   for i in indices]
         yield [collate(tokenizer, encoded[start : start + micro]) for start in range(0, len(encoded), micro)]
 
 

@@ -59,6 +59,11 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("train_seconds", "REAL"),
     ("eval_seconds", "REAL"),
     ("hessian_seconds", "REAL"),
+    # evaluation sets (eval_task): one metric column per set, see hessian_lora.sweep.execute.EVAL_SET_COLUMNS
+    ("gsm8k_acc", "REAL"),
+    ("math_acc", "REAL"),
+    ("mbpp_pass_at_1", "REAL"),
+    ("humaneval_pass_at_1", "REAL"),
 )
 COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
 # What a finished run may set (the key columns are fixed when the row is created).
