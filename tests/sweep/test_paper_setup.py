@@ -93,3 +93,19 @@ def test_the_prompt_template_changes_training_and_is_refused_when_bad():
     with pytest.raises(UserError, match="bad eval_task"):
         tiny_config(eval_task=["gsm8k"])
     assert tiny_config(prompt_template="Q: {instruction}\nA:").prompt_template == "Q: {instruction}\nA:"
+
+
+def test_eval_set_metrics_reach_analysis(tmp_path, monkeypatch):
+    from hessian_lora import evaluate
+    from hessian_lora.analysis import analyze
+    from hessian_lora.evalsets import load_eval_set
+
+    golds = [f"The answer is {example.answer}" for example in load_eval_set(EVAL_TASK[0]).examples]
+    calls = iter([golds[:1] + ["The answer is -1"] * 3, golds])
+    monkeypatch.setattr(evaluate, "generate_text", lambda model, tok, prompts, **o: next(calls))
+    config = tiny_config(methods=["lora"], lr=[1e-3, 1e-2], targets=["q_proj"], ranks=[2], steps=2, n_eval=4,
+                         eval={"accuracy": False}, eval_task=[EVAL_TASK[0]])
+    run_sweep(config, tmp_path, progress=False)
+    assert sorted(row["gsm8k_acc"] for row in _rows(tmp_path)) == [0.25, 1.0]
+    result = analyze(tmp_path, metric="gsm8k_acc")
+    assert result.metric == "gsm8k_acc"
