@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import GraloraConfig, LoraConfig, PeftConfig, PeftModel, RandLoraConfig, get_peft_model
 from peft.tuners.lora import LoraGAConfig, LoraLayer
 from torch import nn
 from tqdm.auto import tqdm
@@ -33,7 +33,7 @@ from transformers import PreTrainedTokenizerBase
 from hessian_lora.data import Example, TokenBatch
 from hessian_lora.errors import UserError
 from hessian_lora.models import HESSIAN_SAFE_ATTENTION, LoadedModel, load_model
-from hessian_lora.registry import METHODS, MethodSpec
+from hessian_lora.registry import METHODS, MethodSpec, gralora_k, randlora_rank
 
 if TYPE_CHECKING:
     from hessian_lora.train import TrainConfig
@@ -45,6 +45,8 @@ ADAPTER_NAME = "default"
 CONFIG_ATTRIBUTE = "hessian_lora_config"
 _RESIDUAL_BLOCK_ELEMENTS = 1 << 17
 INITIAL_FACTORS_ATTRIBUTE = "hessian_lora_initial_factors"
+# RandLoRA's scale: the authors set randlora_alpha = 20·r (r: RandLoRA's own basis rank), i.e. a scale of 20.
+RANDLORA_ALPHA_PER_RANK = 20
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,8 @@ class AdapterConfig:
         """The LoRA scale s in ΔW = s·B·A, as peft computes it."""
         if self.method == "rslora":
             return self.lora_alpha / math.sqrt(self.rank)
+        if self.method == "randlora":
+            return float(RANDLORA_ALPHA_PER_RANK)  # randlora_alpha / r with randlora_alpha = 20·r
         return self.lora_alpha / self.rank
 
 
@@ -106,6 +110,7 @@ def build_adapter(
     """
     linear_shapes = _target_linear_shapes(model, config.targets)
     _check_rank_fits(config, linear_shapes)
+    _check_tuner_fits(config, linear_shapes)
     if config.spec.needs_data and not batches:
         raise UserError(f"method {config.method} estimates gradients from data: pass training batches "
                         "(the CLI takes them from --task).")
@@ -113,7 +118,8 @@ def build_adapter(
     originals = _snapshot_target_weights(model, config.targets) if config.spec.rewrites_base else {}
     with torch.random.fork_rng(devices=_cuda_device_indices(model)):
         torch.manual_seed(config.seed)
-        lora_config = _peft_config(config, causal_lm=hasattr(model, "prepare_inputs_for_generation"))
+        lora_config = _peft_config(config, causal_lm=hasattr(model, "prepare_inputs_for_generation"),
+                                   shapes=list(linear_shapes.values()))
         if config.method == "loraga":
             _estimate_loraga_gradients(model, lora_config, list(batches or []))
         with warnings.catch_warnings():
@@ -249,14 +255,23 @@ def make_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     weight_decay: float = 0.0,
     eps: float = 1e-8,
-) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; for LoRA+ the lora_B matrices get ``lr * loraplus_ratio``.
+    max_grad_norm: float | None = None,
+) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; for LoRA+ the lora_B matrices get ``lr * loraplus_ratio``; for LoFT
+    the LoFT optimizer (:func:`hessian_lora.loft.loft_optimizer`).
 
     The LoRA+ split matches ``peft.optimizers.create_loraplus_optimizer`` (B matrices and 1-D parameters in the
-    fast group, everything else at ``lr``), without its empty embedding group.
+    fast group, everything else at ``lr``), without its empty embedding group. ``max_grad_norm`` matters to LoFT
+    only: it clips the full-weight view of the gradient itself (``optimizer.clips_gradients`` is True, and the
+    training loop then leaves the factor gradients alone); AdamW's clipping is the training loop's.
     """
     if lr <= 0:
         raise UserError(f"learning rate must be positive, got {lr}.")
+    if config.spec.optimizer == "loft":
+        from hessian_lora.loft import loft_optimizer
+
+        return loft_optimizer(peft_model, lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                              max_grad_norm=max_grad_norm)
     params = trainable_parameters(peft_model)
     if config.method != "loraplus":
         return torch.optim.AdamW(list(params.values()), lr=lr, betas=betas, weight_decay=weight_decay, eps=eps)
@@ -270,7 +285,20 @@ def _is_loraplus_fast(name: str, param: nn.Parameter) -> bool:
     return "lora_B" in name or param.ndim == 1
 
 
-def _peft_config(config: AdapterConfig, *, causal_lm: bool = True) -> LoraConfig:
+def _peft_config(
+    config: AdapterConfig, *, causal_lm: bool = True, shapes: Sequence[tuple[int, int]] = ()
+) -> PeftConfig:
+    # A plain nn.Module (tests, toy problems) gets the generic PeftModel; language models the causal-LM one.
+    task_type = "CAUSAL_LM" if causal_lm else None
+    if config.spec.tuner == "gralora":
+        return GraloraConfig(r=config.rank, alpha=config.lora_alpha, gralora_dropout=config.dropout,
+                             gralora_k=gralora_k(config.rank), hybrid_r=0, target_modules=list(config.targets),
+                             task_type=task_type)
+    if config.spec.tuner == "randlora":
+        r = randlora_rank(config.rank, list(shapes))
+        return RandLoraConfig(r=r, randlora_alpha=RANDLORA_ALPHA_PER_RANK * r, randlora_dropout=config.dropout,
+                              target_modules=list(config.targets), projection_prng_key=config.seed,
+                              save_projection=True, task_type=task_type)
     init: bool | str = True
     extra: dict[str, object] = {}
     if config.method == "pissa":
@@ -288,8 +316,7 @@ def _peft_config(config: AdapterConfig, *, causal_lm: bool = True) -> LoraConfig
         init_lora_weights=init,
         use_dora=config.method == "dora",
         use_rslora=config.method == "rslora",
-        # A plain nn.Module (tests, toy problems) gets the generic PeftModel; language models the causal-LM one.
-        task_type="CAUSAL_LM" if causal_lm else None,
+        task_type=task_type,
         **extra,
     )
 
@@ -322,6 +349,16 @@ def _check_rank_fits(config: AdapterConfig, shapes: dict[str, tuple[int, int]]) 
     if needed * config.rank > smallest:
         raise UserError(f"{config.method} needs {needed}*rank <= {smallest} (the smallest target dimension), "
                         f"got rank {config.rank}: lower --rank or drop the small target modules.")
+
+
+def _check_tuner_fits(config: AdapterConfig, shapes: dict[str, tuple[int, int]]) -> None:
+    if config.spec.tuner != "gralora":
+        return
+    k = gralora_k(config.rank)
+    odd = sorted({name.rsplit(".", 1)[-1] for name, shape in shapes.items() if shape[0] % k or shape[1] % k})
+    if odd:
+        raise UserError(f"gralora splits each weight into {k}x{k} blocks (k = {k} at rank {config.rank}), but "
+                        f"{', '.join(odd)} has a dimension not divisible by {k}: drop those targets.")
 
 
 def _snapshot_target_weights(model: nn.Module, targets: Sequence[str]) -> dict[str, torch.Tensor]:

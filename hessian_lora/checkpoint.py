@@ -342,8 +342,9 @@ def _rewrite_adapter_config(config_path: Path, meta: CheckpointMeta) -> None:
     # The adapter weights are final; an init recipe such as "pissa" would make from_pretrained redo the SVD and
     # rewrite the base weights a second time.
     data = json.loads(config_path.read_text(encoding="utf-8"))
-    data["init_lora_weights"] = True
-    data["lora_ga_config"] = None
+    if data.get("peft_type", "LORA") == "LORA":  # GraLoRA and RandLoRA configs have no init recipe to undo
+        data["init_lora_weights"] = True
+        data["lora_ga_config"] = None
     data["base_model_name_or_path"] = meta.base_model
     config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 

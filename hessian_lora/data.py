@@ -240,20 +240,44 @@ def _numeric_scorer(generation: str, example: Example) -> float:
         return 0.0
 
 
-def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
-    """The text the model sees before its response: the chat template when the tokenizer has one."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-    return f"Question: {prompt}\nAnswer: "
+ALPACA_TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately completes "
+                   "the request.\n\n### Instruction:\n{instruction}\n\n### Response:")
+PLAIN_TEMPLATE = "Question: {instruction}\nAnswer: "
+# ``chat``: the tokenizer's chat template, or ``plain`` when it has none (the toolkit's behaviour before templates
+# could be chosen, hence the default: existing results do not change).
+PROMPT_TEMPLATES: dict[str, str | None] = {"chat": None, "alpaca": ALPACA_TEMPLATE, "plain": PLAIN_TEMPLATE}
+DEFAULT_PROMPT_TEMPLATE = "chat"
+
+
+def check_prompt_template(template: str) -> str:
+    """``template`` if it is a template name (chat, alpaca, plain) or a string holding ``{instruction}``."""
+    if not isinstance(template, str) or (template not in PROMPT_TEMPLATES and "{instruction}" not in template):
+        raise UserError(f"bad prompt template {template!r}: use chat, alpaca, plain, or a string with "
+                        "{instruction} where the prompt goes.")
+    return template
+
+
+def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, template: str = DEFAULT_PROMPT_TEMPLATE) -> str:
+    """The text the model sees before its response, by ``template``: ``chat`` (the tokenizer's chat template, or
+    ``plain`` without one), ``alpaca`` (the paper authors' prompt), ``plain`` ("Question: ...\nAnswer: "), or a
+    string in which ``{instruction}`` is replaced by the prompt (other braces are kept as written)."""
+    check_prompt_template(template)
+    if template == "chat":
+        if getattr(tokenizer, "chat_template", None):
+            return tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
+        template = "plain"
+    return (PROMPT_TEMPLATES.get(template) or template).replace("{instruction}", prompt)
 
 
 def tokenize_example(
-    tokenizer: PreTrainedTokenizerBase, example: Example, max_length: int
+    tokenizer: PreTrainedTokenizerBase, example: Example, max_length: int,
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
 ) -> tuple[list[int], list[int]]:
     """Token ids and labels for one example: prompt masked, response + EOS trained, truncated from the right."""
-    prompt_ids = tokenizer(format_prompt(tokenizer, example.prompt), add_special_tokens=False)["input_ids"]
+    prompt_ids = tokenizer(format_prompt(tokenizer, example.prompt, prompt_template),
+                           add_special_tokens=False)["input_ids"]
     response_ids = tokenizer(example.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     input_ids = (prompt_ids + response_ids)[:max_length]
     labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_length]
@@ -281,6 +305,7 @@ def make_batches(
     max_length: int = 512,
     shuffle_seed: int | None = None,
     drop_empty: bool = True,
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
 ) -> list[TokenBatch]:
     """Tokenise and batch examples (shuffled when ``shuffle_seed`` is given); batches keep their token count."""
     if batch_size <= 0:
@@ -292,7 +317,8 @@ def make_batches(
         random.Random(shuffle_seed).shuffle(order)
     batches = []
     for start in range(0, len(order), batch_size):
-        encoded = [tokenize_example(tokenizer, examples[i], max_length) for i in order[start : start + batch_size]]
+        encoded = [tokenize_example(tokenizer, examples[i], max_length, prompt_template)
+                   for i in order[start : start + batch_size]]
         batch = collate(tokenizer, encoded)
         if drop_empty and batch.loss_tokens == 0:
             continue

@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
-from hessian_lora.data import Example, Task, format_prompt, make_batches
+from hessian_lora.data import DEFAULT_PROMPT_TEMPLATE, Example, Task, format_prompt, make_batches
 from hessian_lora.errors import UserError
 from hessian_lora.loss import mean_loss
 from hessian_lora.train import Precision, autocast_context
@@ -71,18 +71,21 @@ def evaluate(
     config: EvalConfig = EvalConfig(),
     *,
     progress: bool = False,
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
 ) -> EvalResult:
     """Held-out loss on ``task.eval`` always; accuracy when asked and the task has a scorer; HumanEval pass@1 (on
-    the HumanEval problems, whatever ``task`` is) when asked."""
+    the HumanEval problems, whatever ``task`` is) when asked. Prompts are formatted by ``prompt_template`` (the
+    one training used)."""
     examples = list(task.eval)
     eval_loss = accuracy = pass_at_1 = None
     generations: tuple[str, ...] = ()
     scores: tuple[float, ...] = ()
     if examples and task.kind != "code":
         eval_loss = held_out_loss(model, tokenizer, examples, batch_size=config.batch_size,
-                                  max_length=config.max_length, precision=config.precision)
+                                  max_length=config.max_length, precision=config.precision,
+                                  prompt_template=prompt_template)
     if config.accuracy and task.scorer is not None and examples:
-        prompts = [format_prompt(tokenizer, example.prompt) for example in examples]
+        prompts = [format_prompt(tokenizer, example.prompt, prompt_template) for example in examples]
         texts = generate_text(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens,
                               batch_size=config.batch_size, precision=config.precision, progress=progress)
         scores = tuple(float(task.scorer(text, example)) for text, example in zip(texts, examples))
@@ -103,10 +106,12 @@ def held_out_loss(
     batch_size: int = 16,
     max_length: int = 512,
     precision: Precision = "fp32",
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
 ) -> float:
     """Per-token mean loss over the responses of ``examples`` (prompts masked), without gradients."""
     device = next(model.parameters()).device
-    batches = [batch.to(device) for batch in make_batches(tokenizer, examples, batch_size, max_length=max_length)]
+    batches = [batch.to(device) for batch in make_batches(tokenizer, examples, batch_size, max_length=max_length,
+                                                          prompt_template=prompt_template)]
     was_training = model.training
     model.eval()
     try:

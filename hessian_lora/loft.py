@@ -71,7 +71,11 @@ class LoFT(torch.optim.Optimizer):
     """LoFT-AdamW over LoRA pairs ``(A, B, scaling)`` with ``A`` r×in and ``B`` out×r (see the module docstring).
 
     Each pair is its own parameter group (``params = [A, B]``, ``scaling``), so LR schedulers work as usual.
+    ``clips_gradients``: LoFT clips the full-weight view itself (``max_grad_norm``); a training loop that sees it
+    must not clip the factor gradients as well.
     """
+
+    clips_gradients = True
 
     def __init__(
         self,

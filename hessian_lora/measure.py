@@ -26,7 +26,14 @@ import torch
 from torch import nn
 
 from hessian_lora._io import write_json_atomic
-from hessian_lora.data import DEFAULT_TASK, TokenBatch, load_task, make_batches
+from hessian_lora.data import (
+    DEFAULT_PROMPT_TEMPLATE,
+    DEFAULT_TASK,
+    TokenBatch,
+    check_prompt_template,
+    load_task,
+    make_batches,
+)
 from hessian_lora.errors import UserError
 from hessian_lora.hessian import distributed
 from hessian_lora.hessian.density import spectral_density
@@ -91,6 +98,7 @@ class MeasureSettings:
     lr: float | None = None
     backend: Backend = "auto"
     reuse: bool | Literal["auto"] = "auto"
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
 
     def __post_init__(self) -> None:
         # Normalise the forms a YAML file or a command line gives ("q_proj,v_proj", "0:4", lists) to tuples.
@@ -138,6 +146,7 @@ class MeasureSettings:
             raise UserError(f"lr must be a positive number (or left out), got {self.lr!r}.")
         if self.task is not None and not isinstance(self.task, str):
             raise UserError(f"task must be a task spec or a file name, got {self.task!r}.")
+        check_prompt_template(self.prompt_template)
         if self.blocks == "whole" and (self.modules or self.layers):
             raise UserError("modules and layers pick per-module blocks: set blocks='per-module' as well.")
 
@@ -187,6 +196,9 @@ class MeasureSettings:
             "density": self.density, "density_steps": self.density_steps if self.density else None,
             "density_runs": self.density_runs if self.density else None, "preconditioned": self.preconditioned,
             "lr": self.lr,
+            # recorded only when not the default, so reports written before templates existed still resume
+            **({"prompt_template": self.prompt_template}
+               if self.prompt_template != DEFAULT_PROMPT_TEMPLATE else {}),
         }
 
 
@@ -229,6 +241,13 @@ def measure(
         source = dict(source) if source is not None else {
             "checkpoint": str(Path(adapter).resolve()), "method": meta.method, "base_model": meta.base_model,
             "rank": meta.rank, "alpha": meta.alpha, "step": meta.step, "lr": meta.lr}
+    if settings.preconditioned and loaded is not None:
+        from hessian_lora.loft import preconditioner_note
+
+        note = preconditioner_note(loaded.meta.method)
+        if note is not None:  # LoFT: no diagonal Adam preconditioner; the report says so instead of a number
+            settings = dataclasses.replace(settings, preconditioned=False)
+            source = {**source, "preconditioner_note": note}
     if settings.preconditioned and (loaded is None or loaded.optimizer_state is None):
         raise UserError("the preconditioned sharpness needs a checkpoint saved with its optimizer state "
                         "(a training run).")
@@ -249,7 +268,8 @@ def settings_batches(tokenizer: Any, settings: MeasureSettings) -> list[TokenBat
     examples = load_task(task, seed=settings.data_seed, n_train=settings.samples, n_eval=0).train
     if not examples:
         raise UserError(f"task {task} gave no training examples: raise samples or use another task.")
-    return make_batches(tokenizer, examples, settings.batch_size, max_length=settings.max_length)
+    return make_batches(tokenizer, examples, settings.batch_size, max_length=settings.max_length,
+                        prompt_template=settings.prompt_template)
 
 
 def _measure(
@@ -483,6 +503,7 @@ def eigen(
     lr: float | None = None,
     backend: str = "auto",
     reuse: bool | str = "auto",
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
     device: str | torch.device | None = None,
     out: str | os.PathLike[str] | None = None,
     progress: bool = True,
@@ -501,7 +522,7 @@ def eigen(
         blocks=blocks, modules=modules, layers=layers, solver=solver, top_k=top_k,  # type: ignore[arg-type]
         smallest=smallest, tol=tol, max_iter=max_iter, seed=seed, trace=trace, trace_hvps=trace_hvps,
         density=density, density_steps=density_steps, density_runs=density_runs, preconditioned=preconditioned,
-        lr=lr, backend=backend, reuse=reuse,  # type: ignore[arg-type]
+        lr=lr, backend=backend, reuse=reuse, prompt_template=prompt_template,  # type: ignore[arg-type]
     )
     if checkpoint is not None:
         if method is not None or isinstance(model, nn.Module):

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from hessian_lora._io import write_bytes_atomic
+from hessian_lora.analysis.curves import SCORE_METRICS
 from hessian_lora.analysis.summary import Analysis, analyze, relation_lambda
 from hessian_lora.hessian.filters import layer_index
 from hessian_lora.hessian.preconditioned import adam_thresholds
@@ -41,6 +42,11 @@ FIGURE_NAMES: dict[str, str] = {
 }
 METRIC_AXIS_LABELS = {
     "accuracy": "eval accuracy (exact match, %)",
+    "pass_at_1": "HumanEval pass@1 (%)",
+    "gsm8k_acc": "GSM8K accuracy (%)",
+    "math_acc": "MATH accuracy (%)",
+    "mbpp_pass_at_1": "MBPP pass@1 (%)",
+    "humaneval_pass_at_1": "HumanEval pass@1 (%)",
     "eval_loss": "held-out loss (nats/token)",
     "train_loss": "final training loss (nats/token)",
 }
@@ -67,7 +73,7 @@ def _new_figure(width: float, height: float) -> Figure:
 
 
 def _metric_scale(metric: str) -> float:
-    return 100.0 if metric == "accuracy" else 1.0
+    return 100.0 if metric in SCORE_METRICS else 1.0
 
 
 def _format_lr(lr: float) -> str:
@@ -89,7 +95,7 @@ def figure_metric_vs_lr(analysis: Analysis) -> Figure:
         std = np.asarray(summary.metric_std) * scale
         peak_value = summary.peak_metric_fit * scale
         best = summary.peak_metric * scale
-        best_text = f"{best:.1f}%" if analysis.metric == "accuracy" else f"{best:.4g}"
+        best_text = f"{best:.1f}%" if analysis.metric in SCORE_METRICS else f"{best:.4g}"
         edge = " (grid edge)" if summary.fit_kind == "edge" else ""
         label = f"{method_label(name)}: η* = {_format_lr(summary.eta_star)}{edge}, best on grid {best_text}"
         axes.plot(lrs, mean, "o-", color=color, label=label, markersize=4, linewidth=1.6)

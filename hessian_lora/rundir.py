@@ -251,6 +251,12 @@ class RunRecord:
     wall_seconds: float | None = None
     history: tuple[dict[str, float], ...] = ()
     eval_scores: tuple[float, ...] | None = None  # per-example accuracy scores (runs/<id>/eval.json), if stored
+    # evaluation sets (a sweep's eval_task)
+    pass_at_1: float | None = None
+    gsm8k_acc: float | None = None
+    math_acc: float | None = None
+    mbpp_pass_at_1: float | None = None
+    humaneval_pass_at_1: float | None = None
 
     def metric(self, name: str) -> float | None:
         value = getattr(self, name)
@@ -306,6 +312,11 @@ def _record_from_row(row: Mapping[str, Any], layout: RunLayout) -> RunRecord:
         train_loss=_optional_float(row.get("train_loss")),
         eval_loss=_optional_float(row.get("eval_loss")),
         accuracy=_optional_float(row.get("accuracy")),
+        pass_at_1=_optional_float(row.get("pass_at_1")),
+        gsm8k_acc=_optional_float(row.get("gsm8k_acc")),
+        math_acc=_optional_float(row.get("math_acc")),
+        mbpp_pass_at_1=_optional_float(row.get("mbpp_pass_at_1")),
+        humaneval_pass_at_1=_optional_float(row.get("humaneval_pass_at_1")),
         lambda_init=_optional_float(row.get("lambda_init")),
         lambda_final=_optional_float(row.get("lambda_final")),
         precond_lambda_final=_optional_float(row.get("precond_lambda_final")),

@@ -29,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from hessian_lora.data import Example, TokenBatch, collate, tokenize_example
+from hessian_lora.data import Example, TokenBatch, check_prompt_template, collate, tokenize_example
 from hessian_lora.errors import UserError
 from hessian_lora.loss import loss_sum
 from hessian_lora.rundir import Status
@@ -57,8 +57,10 @@ class TrainConfig:
     precision: Precision = "fp32"
     divergence_factor: float = 4.0
     divergence_window: int = 5
+    prompt_template: str = "chat"  # data.PROMPT_TEMPLATES name or a string with {instruction}
 
     def __post_init__(self) -> None:
+        check_prompt_template(self.prompt_template)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UserError(f"learning rate must be a positive number, got {self.lr}.")
         if self.steps <= 0:
@@ -148,7 +150,8 @@ def global_batches(
     micro = min(config.micro_batch_size or config.batch_size, config.batch_size)
     for _ in range(config.steps):
         indices = [next(stream) for _ in range(config.batch_size)]
-        encoded = [tokenize_example(tokenizer, examples[i], config.max_length) for i in indices]
+        encoded = [tokenize_example(tokenizer, examples[i], config.max_length, config.prompt_template)
+                   for i in indices]
         yield [collate(tokenizer, encoded[start : start + micro]) for start in range(0, len(encoded), micro)]
 
 
@@ -226,7 +229,9 @@ def train(
                 group["lr"] = base_lr * multiplier
             optimizer.zero_grad(set_to_none=True)
             loss, batch_tokens = accumulate_gradient(model, micro_batches, device, config.precision)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or math.inf))
+            # An optimizer that clips on its own (LoFT: the full-weight view) gets the gradients unclipped.
+            clip = math.inf if getattr(optimizer, "clips_gradients", False) else config.max_grad_norm or math.inf
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
             tokens_seen += batch_tokens
             losses.append(loss)
             history.append({"step": step + 1, "loss": loss, "lr": base_lrs[0] * multiplier, "grad_norm": grad_norm})

@@ -25,7 +25,16 @@ from hessian_lora.data import Example, TokenBatch, make_batches
 from hessian_lora.errors import UserError
 from hessian_lora.loss import loss_sum
 from hessian_lora.models import load_model
-from hessian_lora.registry import METHODS
+from hessian_lora.registry import (
+    METHODS,
+    REFERENCE_SHAPES,
+    gralora_k,
+    randlora_module_parameters,
+    randlora_rank,
+    reference_parameter_count,
+    trainable_parameter_count,
+)
+from hessian_lora.train import TrainConfig, train
 
 # Function-preservation tolerance: the adapted model's fp32 logits against the base model's. The residual is
 # exact to one fp32 rounding per weight, so the logits differ by forward-pass round-off only (seen: ~3e-7).
@@ -64,8 +73,11 @@ def probe_ids() -> torch.Tensor:
     return torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))
 
 
-def test_registry_holds_the_nine_methods_with_their_promises() -> None:
-    assert set(METHODS) == {"lora", "pissa", "milora", "initab", "dora", "olora", "loraga", "rslora", "loraplus"}
+def test_registry_holds_the_twelve_methods_with_their_promises() -> None:
+    assert set(METHODS) == {"lora", "pissa", "milora", "initab", "dora", "olora", "loraga", "gralora", "randlora",
+                            "loft", "rslora", "loraplus"}
+    assert {name for name, spec in METHODS.items() if spec.tuner != "lora"} == {"gralora", "randlora"}
+    assert [name for name, spec in METHODS.items() if spec.optimizer == "loft"] == ["loft"]
     assert {name for name, spec in METHODS.items() if spec.rewrites_base} == REWRITING
     assert all(spec.preserves_function for spec in METHODS.values())
     assert [name for name, spec in METHODS.items() if spec.needs_data] == ["loraga"]
@@ -143,6 +155,10 @@ def test_every_method_keeps_the_initial_function(method: str, probe_ids: torch.T
             assert torch.count_nonzero(lora_b) == 0
             assert torch.equal(weight, original[f"{name}.weight"])
         assert layer.lora_dropout[ADAPTER_NAME].__class__ is nn.Identity
+    if METHODS[method].tuner != "lora":  # GraLoRA's B blocks and RandLoRA's lambdas start at zero
+        zero_part = {"gralora": "gralora_B", "randlora": "randlora_lambda"}[method]
+        factors = [p for n, p in trainable_parameters(peft_model).items() if zero_part in n]
+        assert factors and all(torch.count_nonzero(p) == 0 for p in factors)
 
 
 @pytest.mark.parametrize("method", ["lora", "initab", "pissa", "dora"])
@@ -341,3 +357,76 @@ def test_paper_methods_keep_smollm2_function(smollm2) -> None:
             actual = peft_model(**ids).logits
         # Logits of a real LM are O(10): the same fp32 tolerance, relative.
         torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-5, msg=f"{method} changed the function")
+
+
+def _shapes(model: nn.Module, targets=DEFAULT_TARGETS) -> list[tuple[int, int]]:
+    return [(m.out_features, m.in_features) for n, m in model.named_modules()
+            if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in targets]
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_the_analytic_parameter_count_is_what_peft_builds(method: str) -> None:
+    base = load_model("tiny-llama", device="cpu")
+    shapes = _shapes(base.model)
+    batches = _tiny_batches(base.tokenizer) if method == "loraga" else None
+    peft_model = build_adapter(base.model, AdapterConfig(method, rank=8), batches=batches)
+    built = sum(p.numel() for p in trainable_parameters(peft_model).values())
+    assert built == trainable_parameter_count(method, 8, shapes)
+
+
+def test_randlora_rank_matches_loras_parameter_count_best() -> None:
+    shapes = [(64, 64), (32, 64), (32, 64), (64, 64), (128, 64), (128, 64), (64, 128)]  # tiny-llama's layer
+    lora = trainable_parameter_count("lora", 8, shapes)
+    r = randlora_rank(8, shapes)
+    gap = abs(sum(randlora_module_parameters(r, s) for s in shapes) - lora)
+    assert all(gap <= abs(sum(randlora_module_parameters(c, s) for s in shapes) - lora) for c in range(1, 65))
+    assert r == 3 and gap == 52  # 8140 vs 8192 per layer; r = 4 gives 6016
+    # The paper's setting, Qwen3-0.6B at r = 128: every min(out, in) is 1024, so the count moves in coarse steps
+    # (r = 2: +27 %, r = 3: -15 %); the closest is r = 3.
+    assert randlora_rank(128, list(REFERENCE_SHAPES.values())) == 3
+    assert reference_parameter_count("randlora") / reference_parameter_count("lora") == pytest.approx(0.853, abs=1e-3)
+
+
+def test_randlora_uses_the_matched_rank_alpha_twenty_r_and_the_seed_as_basis_key(tiny) -> None:
+    peft_model = build_adapter(tiny.model, AdapterConfig("randlora", rank=8, seed=5))
+    config = peft_model.peft_config[ADAPTER_NAME]
+    assert config.r == 3 and config.randlora_alpha == 60 and config.projection_prng_key == 5
+    assert AdapterConfig("randlora", rank=8).scaling == 20.0
+
+
+def test_gralora_takes_the_authors_k_and_refuses_indivisible_shapes(tiny) -> None:
+    assert (gralora_k(8), gralora_k(32), gralora_k(64), gralora_k(128)) == (2, 2, 4, 4)
+    peft_model = build_adapter(tiny.model, AdapterConfig("gralora", rank=8))
+    config = peft_model.peft_config[ADAPTER_NAME]
+    assert config.gralora_k == 2 and config.hybrid_r == 0 and config.r == 8
+    odd = load_model("tiny-llama:hidden_size=24,heads=4,kv_heads=1", device="cpu")  # k_proj is 6 x 24
+    with pytest.raises(UserError, match="not divisible by 4"):
+        build_adapter(odd.model, AdapterConfig("gralora", rank=64, targets=("k_proj",)))
+
+
+def test_loft_gets_its_optimizer_and_the_trainer_does_not_clip_it(tiny, monkeypatch) -> None:
+    from hessian_lora import train as train_module
+    from hessian_lora.loft import LoFT
+
+    peft_model = build_adapter(tiny.model, AdapterConfig("loft", rank=4))
+    optimizer = make_optimizer(peft_model, AdapterConfig("loft", rank=4), 1e-3, max_grad_norm=0.5)
+    assert isinstance(optimizer, LoFT) and optimizer.max_grad_norm == 0.5 and optimizer.clips_gradients
+    clips: list[float] = []
+    real = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *args, **kwargs):
+        clips.append(max_norm)
+        return real(params, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(train_module.torch.nn.utils, "clip_grad_norm_", spy)
+    examples = [Example(prompt=f"{i}+1", response=str(i + 1), answer=str(i + 1)) for i in range(4)]
+    config = TrainConfig(lr=1e-3, steps=2, batch_size=2, max_grad_norm=0.5, warmup_ratio=0.0)
+    before = {n: p.detach().clone() for n, p in trainable_parameters(peft_model).items()}
+    result = train(peft_model, tiny.tokenizer, examples, config, optimizer=optimizer, progress=False)
+    assert result.steps == 2 and clips == [math.inf, math.inf]
+    moved = {n for n, p in trainable_parameters(peft_model).items() if not torch.equal(p, before[n])}
+    assert any("lora_B" in n for n in moved) and any("lora_A" in n for n in moved)  # B on step 1, A on step 2
+    adamw_model = build_adapter(load_model("tiny-llama", device="cpu").model, AdapterConfig("lora", rank=4))
+    clips.clear()
+    train(adamw_model, tiny.tokenizer, examples, config, progress=False)
+    assert clips == [0.5, 0.5]

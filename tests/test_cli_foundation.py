@@ -17,13 +17,16 @@ from hessian_lora.models import load_model
 from hessian_lora.registry import METHODS
 
 
-def test_methods_lists_all_nine_one_line_each(capsys: pytest.CaptureFixture[str]) -> None:
+def test_methods_lists_every_method_one_line_each(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["methods"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split()[:3] == ["method", "rewrites-base", "preserves-function"]
     assert [line.split()[0] for line in lines[1:]] == list(METHODS)
     rows = {line.split()[0]: line.split()[1:3] for line in lines[1:]}
     assert rows["pissa"] == ["yes", "yes"] and rows["lora"] == ["no", "yes"]
+    assert lines[0].split()[3] == "params@Qwen3-0.6B,r=128"
+    counts = {line.split()[0]: line.split()[3] for line in lines[1:]}
+    assert counts["lora"] == "80.74M" and counts["dora"] == "81.08M" and counts["randlora"] == "68.84M"
 
 
 @pytest.mark.parametrize("method", list(METHODS))

@@ -148,3 +148,19 @@ def test_humaneval_ships_164_problems() -> None:
     task = load_task("humaneval")
     assert len(task.eval) == 164 and task.kind == "code" and not task.train
     assert task.eval[0].metadata["task_id"] == "HumanEval/0"
+
+
+def test_prompt_templates(tiny) -> None:
+    from hessian_lora.data import ALPACA_TEMPLATE, format_prompt, make_batches
+
+    tok = tiny.tokenizer
+    assert format_prompt(tok, "2+2?") == "Question: 2+2?\nAnswer: "  # chat without a chat template: plain
+    assert format_prompt(tok, "2+2?", "alpaca") == ALPACA_TEMPLATE.replace("{instruction}", "2+2?")
+    assert format_prompt(tok, "2+2?", "alpaca").endswith("### Instruction:\n2+2?\n\n### Response:")
+    assert format_prompt(tok, "x", "Q {instruction} {other}") == "Q x {other}"
+    with pytest.raises(UserError, match="prompt template"):
+        format_prompt(tok, "x", "nothing here")
+    example = [Example(prompt="2+2?", response="4", answer="4")]
+    plain = make_batches(tok, example, 1)[0]
+    alpaca = make_batches(tok, example, 1, prompt_template="alpaca")[0]
+    assert alpaca.input_ids.shape[1] > plain.input_ids.shape[1] and alpaca.loss_tokens == plain.loss_tokens

@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--batch-size", type=int, default=8, help="examples per batch (default 8)")
     data.add_argument("--max-length", type=int, default=512, help="token limit per example (default 512)")
     data.add_argument("--data-seed", type=int, default=0, help="seed that picks the examples (default 0)")
+    data.add_argument("--prompt-template", default="chat",
+                      help="chat (default; plain without a chat template), alpaca, plain, or a string with "
+                      "{instruction}: use the one the adapter was trained with")
     blocks = parser.add_argument_group("blocks and solver")
     blocks.add_argument("--blocks", choices=("whole", "per-module"), default="whole",
                         help="one block for the whole adapter (default) or one per adapted module")
@@ -99,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
         solver=args.solver, top_k=args.top_k, smallest=not args.no_min, tol=args.tol, max_iter=args.max_iter,
         seed=args.solver_seed, trace=args.trace, trace_hvps=args.trace_hvps, density=args.density,
         density_steps=args.density_steps, density_runs=args.density_runs, preconditioned=args.preconditioned,
-        lr=args.lr, backend=args.backend, reuse=False if args.no_reuse else "auto", device=args.device,
+        lr=args.lr, backend=args.backend, reuse=False if args.no_reuse else "auto",
+        prompt_template=args.prompt_template, device=args.device,
         out=args.out, progress=not args.quiet,
     )
     from hessian_lora.hessian import distributed
@@ -131,4 +135,7 @@ def _print_summary(report: object, out: str) -> None:
     unconverged = [b.name for b in blocks if not b.converged]
     if unconverged:
         print(f"not converged within --max-iter: {', '.join(unconverged)} (raise --max-iter or --tol)", file=sys.stdout)
+    note = report.source.get("preconditioner_note")  # type: ignore[attr-defined]
+    if note:
+        print(f"preconditioned sharpness not computed: {note}", file=sys.stdout)
     print(f"report: {out}", file=sys.stdout)

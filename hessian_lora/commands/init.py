@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from hessian_lora.adapters import DEFAULT_TARGETS, AdapterConfig
+from hessian_lora.adapters import ADAPTER_NAME, DEFAULT_TARGETS, AdapterConfig
 from hessian_lora.errors import UserError
 from hessian_lora.registry import METHODS
 
@@ -69,6 +69,12 @@ def run(args: argparse.Namespace) -> int:
                                       step=0, extra={"build_seconds": round(built_seconds, 3)})
     path = save_checkpoint(args.out, peft_model, meta)
     trainable = sum(p.numel() for p in trainable_parameters(peft_model).values())
-    print(f"{config.method} r={config.rank} alpha={config.lora_alpha:g} on {args.model}: {trainable:,} trainable "
+    peft_config = peft_model.peft_config[ADAPTER_NAME]
+    tuner = ""
+    if config.spec.tuner == "randlora":
+        tuner = f" (RandLoRA basis rank {peft_config.r}, randlora_alpha {peft_config.randlora_alpha})"
+    elif config.spec.tuner == "gralora":
+        tuner = f" (gralora_k {peft_config.gralora_k})"
+    print(f"{config.method} r={config.rank} alpha={config.lora_alpha:g}{tuner} on {args.model}: {trainable:,} trainable "
           f"parameters, built in {built_seconds:.2f} s, saved to {path}", file=sys.stdout)
     return 0

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from hessian_lora.registry import METHODS
+from hessian_lora.registry import METHODS, REFERENCE_LAYERS, REFERENCE_MODEL, reference_parameter_count
+
+REFERENCE_RANK = 128  # the paper's rank
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -12,17 +14,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "methods",
         help="list the adapter methods (LoRA variants)",
         description="List the adapter methods: name, whether initialisation rewrites the base weights, whether "
-        "the initial adapted model computes the base model's function, and what the method does.",
+        "the initial adapted model computes the base model's function, the trainable parameters on a reference "
+        f"setting ({REFERENCE_MODEL}, all seven projections of its {REFERENCE_LAYERS} layers, r = {REFERENCE_RANK}, "
+        "counted analytically), and what the method does.",
     )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     width = max(len(name) for name in METHODS)
-    print(f"{'method':<{width}}  rewrites-base  preserves-function  summary")
+    params = f"params@{REFERENCE_MODEL},r={REFERENCE_RANK}"  # analytic count, see the description (--help)
+    print(f"{'method':<{width}}  rewrites-base  preserves-function  {params}  summary")
     for spec in METHODS.values():
         rewrites = "yes" if spec.rewrites_base else "no"
         preserves = "yes" if spec.preserves_function else "no"
         data = " (needs data)" if spec.needs_data else ""
-        print(f"{spec.name:<{width}}  {rewrites:<13}  {preserves:<18}  {spec.summary}{data}")
+        count = f"{reference_parameter_count(spec.name, REFERENCE_RANK) / 1e6:.2f}M"
+        print(f"{spec.name:<{width}}  {rewrites:<13}  {preserves:<18}  {count:>{len(params)}}  {spec.summary}{data}")
     return 0

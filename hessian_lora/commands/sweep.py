@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from hessian_lora.commands._threads import add_threads_argument, apply_threads
 from hessian_lora.errors import UserError
@@ -27,6 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="allow a grid that differs from RUN_DIR's (adds the new runs; other settings must match)")
     parser.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available; local backend)")
+    parser.add_argument("--prompt-template", default=None,
+                        help="override the config's prompt_template: chat, alpaca, plain, or a string with {instruction}")
+    parser.add_argument("--eval-task", default=None,
+                        help="override the config's eval_task: comma-separated gsm8k:PATH, math:PATH, mbpp:PATH, humaneval")
     add_threads_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
     parser.set_defaults(handler=run)
@@ -40,6 +45,22 @@ def run(args: argparse.Namespace) -> int:
     if args.device is not None and args.backend == "ray":
         raise UserError("--device applies to the local backend; Ray places runs by the config's ray: settings.")
     config = load_config(args.config)
+    if args.prompt_template is not None or args.eval_task is not None:
+        import dataclasses
+
+        from hessian_lora.data import check_prompt_template
+        from hessian_lora.sweep.config import eval_task_specs
+
+        changes: dict[str, object] = {}
+        if args.prompt_template is not None:
+            changes["prompt_template"] = check_prompt_template(args.prompt_template)
+        if args.eval_task is not None:
+            changes["eval_task"] = eval_task_specs(args.eval_task, source="--eval-task")
+        config = dataclasses.replace(config, **changes)
+    for spec in config.eval_task:  # the files are the user's: say which one is missing before any run starts
+        path = spec.partition(":")[2]
+        if path and not Path(path).expanduser().is_file():
+            raise UserError(f"eval_task {spec}: no such file {path}; replace the path with your copy of the set.")
     summary = run_sweep(config, args.out, backend=args.backend, address=args.address, extend=args.extend,
                         retry_failed=args.retry_failed, progress=not args.quiet, device=args.device)
     print(summary.line(), file=sys.stderr)

@@ -3,8 +3,9 @@
 A filter turns a model into a list of :class:`ParameterBlock` (name + parameters in model order):
 
 - :class:`WholeAdapter` — one block with every trainable parameter (the adapter as training sees it);
-- :class:`PerModule` — one block per adapted module, holding that module's ``lora_A``, ``lora_B`` and, for DoRA,
-  ``lora_magnitude_vector`` (the paper's blocks), optionally restricted to module names and layer indices;
+- :class:`PerModule` — one block per adapted module, holding all of that module's trainable adapter parameters
+  (LoRA's ``lora_A``, ``lora_B`` and DoRA's ``lora_magnitude_vector``: the paper's blocks; GraLoRA's and
+  RandLoRA's own), optionally restricted to module names and layer indices;
 - :class:`ByName` — one block of the trainable parameters whose name matches a regular expression.
 """
 
@@ -59,7 +60,13 @@ class WholeAdapter:
 
 @dataclass(frozen=True)
 class PerModule:
-    """One block per adapted module: its adapter factors (``parts``), in model order.
+    """One block per adapted module: every trainable parameter of that module's adapter, in model order.
+
+    The owner of a parameter is the innermost peft tuner layer (``BaseTunerLayer``: LoRA, DoRA, GraLoRA,
+    RandLoRA, ...) it lives in, whatever the tuner calls it (``lora_A``/``lora_B``/``lora_magnitude_vector``,
+    ``gralora_A``/``gralora_B``, ``randlora_lambda``/``randlora_gamma``, ...); a model without peft tuner layers
+    falls back to the names in ``parts``. Trainable parameters outside any adapted module (peft's
+    ``modules_to_save``) belong to no block.
 
     ``modules`` keeps modules whose own name (e.g. ``q_proj``) is listed; ``layers`` keeps modules inside
     ``layers.<i>`` for the listed indices. ``None`` keeps all.
@@ -70,13 +77,17 @@ class PerModule:
     parts: tuple[str, ...] = ADAPTER_PARTS
 
     def blocks(self, model: nn.Module) -> list[ParameterBlock]:
+        owners = _tuner_layer_names(model)
         grouped: dict[str, list[tuple[str, nn.Parameter]]] = {}
         for name, param in model.named_parameters():
-            prefix = _adapter_prefix(name, self.parts)
-            if prefix is not None and param.requires_grad:
+            if not param.requires_grad:
+                continue
+            prefix = _owner(name, owners) if owners else _adapter_prefix(name, self.parts)
+            if prefix is not None:
                 grouped.setdefault(prefix, []).append((name, param))
         if not grouped:
-            raise UserError("the model has no trainable LoRA factors (lora_A/lora_B): build an adapter first.")
+            raise UserError("the model has no trainable adapter parameters in adapted modules: build an adapter "
+                            "first.")
         found_modules = sorted({prefix.rsplit(".", 1)[-1] for prefix in grouped})
         found_layers = sorted({layer for prefix in grouped if (layer := layer_index(prefix)) is not None})
         if self.modules is not None:
@@ -117,6 +128,24 @@ class ByName:
         if not named:
             raise UserError(f"no trainable parameter matches {self.pattern!r}: check the names (model.named_parameters()).")
         return [ParameterBlock(self.name or self.pattern, tuple(n for n, _ in named), tuple(p for _, p in named))]
+
+
+def _tuner_layer_names(model: nn.Module) -> list[str]:
+    """Names of the peft tuner layers (adapted modules) in ``model``, innermost last when nested."""
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return []
+    return [name for name, module in model.named_modules() if isinstance(module, BaseTunerLayer) and name]
+
+
+def _owner(name: str, owners: list[str]) -> str | None:
+    """The longest adapted-module name that contains parameter ``name`` (None outside every adapted module)."""
+    best = None
+    for owner in owners:
+        if name.startswith(owner + ".") and (best is None or len(owner) > len(best)):
+            best = owner
+    return best
 
 
 def _adapter_prefix(name: str, parts: Iterable[str]) -> str | None:

@@ -30,6 +30,7 @@ from typing import Any, Literal, get_args
 import yaml
 
 from hessian_lora.adapters import DEFAULT_TARGETS
+from hessian_lora.data import DEFAULT_PROMPT_TEMPLATE, check_prompt_template
 from hessian_lora.dynamics import DuringSettings
 from hessian_lora.errors import UserError
 from hessian_lora.evaluate import EvalConfig
@@ -138,6 +139,8 @@ class SweepConfig:
     divergence_factor: float = 4.0
     divergence_window: int = 5
     checkpoints: CheckpointMode = "final"
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE  # chat | alpaca | plain | a string with {instruction}
+    eval_task: tuple[str, ...] = ()  # evaluation sets scored per run: gsm8k:PATH, math:PATH, mbpp:PATH, humaneval
     eval: EvalConfig = field(default_factory=EvalConfig)
     hessian: HessianSettings = field(default_factory=HessianSettings)
     ray: RaySettings = field(default_factory=RaySettings)
@@ -274,6 +277,13 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "config") -> Swee
             if data[key] not in allowed:
                 raise UserError(f"{source}: {key} must be one of {', '.join(allowed)}, got {data[key]!r}.")
             values[key] = data[key]
+    if "prompt_template" in data:
+        try:
+            values["prompt_template"] = check_prompt_template(data["prompt_template"])
+        except UserError as exc:
+            raise UserError(f"{source}: {exc}") from exc
+    if "eval_task" in data and data["eval_task"] is not None:
+        values["eval_task"] = eval_task_specs(data["eval_task"], source=source)
     values["eval"] = _section(EvalConfig, data.get("eval"), "eval", source)
     if values.get("precision") and values["eval"].precision != values["precision"]:
         values["eval"] = dataclasses.replace(values["eval"], precision=values["precision"])
@@ -283,6 +293,27 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "config") -> Swee
     config = SweepConfig(**values)
     _check_consistency(config, source)
     return config
+
+
+EVAL_SET_NAMES = ("gsm8k", "math", "mbpp", "humaneval")
+
+
+def eval_task_specs(value: Any, *, source: str = "config") -> tuple[str, ...]:
+    """``eval_task`` as a tuple of specs (``gsm8k:PATH``, ``math:PATH``, ``mbpp:PATH``, ``humaneval``), from a list
+    or a comma-separated string. Only the form is checked here: the files are read when the sweep starts."""
+    items = [item.strip() for item in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(item, str) and item.strip() for item in items):
+        raise UserError(f"{source}: eval_task must be a list of specs such as gsm8k:PATH, math:PATH, mbpp:PATH, "
+                        "humaneval.")
+    specs = tuple(item.strip() for item in items)
+    for spec in specs:
+        name, _, path = spec.partition(":")
+        if name.lower() not in EVAL_SET_NAMES or (name.lower() == "humaneval") == bool(path):
+            raise UserError(f"{source}: bad eval_task {spec!r}: write gsm8k:PATH, math:PATH, mbpp:PATH or humaneval.")
+    names = [spec.partition(":")[0].lower() for spec in specs]
+    if len(set(names)) != len(names):
+        raise UserError(f"{source}: eval_task names one set twice ({', '.join(names)}): each set has one column.")
+    return specs
 
 
 def parse_lr_grid(value: Any, *, source: str = "config") -> tuple[float, ...]:

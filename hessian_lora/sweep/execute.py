@@ -66,6 +66,7 @@ def execute_run(
     if not task.train:
         raise UserError(f"task {config.task!r} has no training examples: raise n_train.")
     train_config = TrainConfig(
+        prompt_template=config.prompt_template,
         lr=spec.lr, steps=config.steps_for(spec.batch_size), batch_size=spec.batch_size,
         micro_batch_size=config.micro_batch_size, warmup_ratio=config.warmup_ratio, betas=config.betas,
         weight_decay=config.weight_decay, eps=config.eps, max_grad_norm=config.max_grad_norm,
@@ -86,7 +87,7 @@ def execute_run(
     hessian_batches = None
     if config.hessian.enabled:
         hessian_batches = make_batches(tokenizer, task.train[: config.hessian.samples], config.hessian.batch_size,
-                                       max_length=config.max_length)
+                                       max_length=config.max_length, prompt_template=config.prompt_template)
     hessian_seconds = 0.0
     if config.hessian.init:
         clock = time.perf_counter()
@@ -96,7 +97,7 @@ def execute_run(
         hessian_seconds += time.perf_counter() - clock
 
     optimizer = make_optimizer(peft_model, adapter_config, spec.lr, betas=config.betas,
-                               weight_decay=config.weight_decay, eps=config.eps)
+                               weight_decay=config.weight_decay, eps=config.eps, max_grad_norm=config.max_grad_norm)
     probe = _sharpness_probe(config, peft_model, tokenizer, task.train, train_config, adapter_config)
     result = train(peft_model, tokenizer, task.train, train_config, optimizer=optimizer, progress=progress,
                    description=spec.run_id, probe=probe)
@@ -111,12 +112,15 @@ def execute_run(
                error=result.stop_reason, train_seconds=result.wall_seconds)
     if result.status == Status.DONE:
         clock = time.perf_counter()
-        evaluation = evaluate(peft_model, tokenizer, task, config.eval, progress=progress)
+        evaluation = evaluate(peft_model, tokenizer, task, config.eval, progress=progress,
+                              prompt_template=config.prompt_template)
         row.update(eval_loss=evaluation.eval_loss, accuracy=evaluation.accuracy, pass_at_1=evaluation.pass_at_1,
-                   eval_examples=evaluation.n_examples, eval_seconds=time.perf_counter() - clock)
+                   eval_examples=evaluation.n_examples)
         if evaluation.scores:  # per-example scores: analysis bootstraps over evaluation examples with them
             documents[layout.relative_eval_scores(spec.run_id)] = {"metric": "accuracy",
                                                                    "scores": list(evaluation.scores)}
+        row.update(score_eval_sets(peft_model, tokenizer, config, progress=progress))
+        row["eval_seconds"] = time.perf_counter() - clock
         keep = config.checkpoints in ("final", "best")  # "best" prunes after the row is final (retention.py)
         if keep or config.hessian.final:
             checkpoint_dir = layout.run(spec.run_id)
@@ -162,6 +166,44 @@ def _sharpness_peaks(probe: Any) -> dict[str, float | None]:
     lambdas = [p.lambda_max for p in probe.history if p.lambda_max is not None]
     precond = [p.preconditioned for p in probe.history if p.preconditioned is not None]
     return {"lambda_max_peak": max(lambdas) if lambdas else None, "precond_peak": max(precond) if precond else None}
+
+
+# The runs-table column of each evaluation set's metric (sweep/store.py COLUMNS).
+EVAL_SET_COLUMNS = {"gsm8k": "gsm8k_acc", "math": "math_acc", "mbpp": "mbpp_pass_at_1",
+                    "humaneval": "humaneval_pass_at_1"}
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_eval_set(spec: str, code_timeout: float) -> Any:
+    from hessian_lora.evalsets import load_eval_set
+
+    return load_eval_set(spec, code_timeout=code_timeout)
+
+
+def score_eval_sets(model: Any, tokenizer: Any, config: SweepConfig, *, progress: bool = False) -> dict[str, float]:
+    """Each ``eval_task`` set scored on ``model``: one greedy generation per problem, its metric by column name.
+
+    Math and MBPP prompts go through the sweep's prompt template (the one training used) and generate up to
+    ``eval.max_new_tokens``; HumanEval prompts are code to complete, given as they are, with
+    ``eval.humaneval_max_new_tokens``. Code runs in :func:`hessian_lora.evaluate.run_program`'s sandbox.
+    """
+    from hessian_lora.data import format_prompt
+    from hessian_lora.evaluate import generate_text
+
+    scores: dict[str, float] = {}
+    for spec in config.eval_task:
+        eval_set = _cached_eval_set(spec, config.eval.humaneval_timeout)
+        if eval_set.name == "humaneval":
+            prompts = [example.prompt for example in eval_set.examples]
+            max_new_tokens = config.eval.humaneval_max_new_tokens
+        else:
+            prompts = [format_prompt(tokenizer, example.prompt, config.prompt_template)
+                       for example in eval_set.examples]
+            max_new_tokens = config.eval.max_new_tokens
+        texts = generate_text(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                              batch_size=config.eval.batch_size, precision=config.eval.precision, progress=progress)
+        scores[EVAL_SET_COLUMNS[eval_set.name]] = eval_set.accuracy(texts)
+    return scores
 
 
 def _eigen_report(

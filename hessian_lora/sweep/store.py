@@ -62,6 +62,11 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     # sharpness along training (hessian.during): the largest λ_max and λ₁(P⁻¹H) over the run's probes
     ("lambda_max_peak", "REAL"),
     ("precond_peak", "REAL"),
+    # evaluation sets (eval_task): one metric column per set, see hessian_lora.sweep.execute.EVAL_SET_COLUMNS
+    ("gsm8k_acc", "REAL"),
+    ("math_acc", "REAL"),
+    ("mbpp_pass_at_1", "REAL"),
+    ("humaneval_pass_at_1", "REAL"),
 )
 COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
 # What a finished run may set (the key columns are fixed when the row is created).

@@ -49,6 +49,12 @@ def test_shipped_experiments_load():
     assert len(qwen.lrs) == 12
     assert qwen.lrs[0] == pytest.approx(1.1247e-5, rel=1e-4) and qwen.lrs[-1] == pytest.approx(6.3246e-3, rel=1e-4)
     assert "::query,response" in qwen.task
+    paper = ("lora", "pissa", "milora", "initab", "dora", "olora", "loraga", "gralora", "randlora", "loft")
+    assert qwen.methods == paper and qwen.prompt_template == "alpaca" and qwen.alpha is None
+    assert [spec.split(":")[0] for spec in qwen.eval_task] == ["gsm8k", "math"]
+    code = load_config(EXPERIMENTS / "qwen3_code.yaml")
+    assert code.methods == paper and code.prompt_template == "alpaca" and "::query,answer" in code.task
+    assert [spec.split(":")[0] for spec in code.eval_task] == ["humaneval", "mbpp"] and not code.eval.accuracy
 
 
 def test_run_ids_are_stable_and_unique():
