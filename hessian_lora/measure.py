@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from hessian_lora._io import write_json_atomic
+from hessian_lora._yaml import is_number, numbers_from_strings, plain
 from hessian_lora.data import (
     DEFAULT_PROMPT_TEMPLATE,
     DEFAULT_TASK,
@@ -57,7 +57,6 @@ BLOCKS: tuple[str, ...] = get_args(Blocks)
 BACKENDS: tuple[str, ...] = get_args(Backend)
 # Settings that select blocks rather than change a block's numbers: a resumed scan may differ in them.
 _SELECTION_SETTINGS = ("modules", "layers")
-_FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 @dataclass(frozen=True)
@@ -118,8 +117,8 @@ class MeasureSettings:
         object.__setattr__(self, "layers", tuple(layers) if layers else None)
         for name in ("tol", "lr"):
             value = getattr(self, name)
-            if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
-                object.__setattr__(self, name, float(value))  # PyYAML reads 1e-3 (no dot) as a string
+            if isinstance(value, str):
+                object.__setattr__(self, name, numbers_from_strings(value))  # PyYAML reads 1e-3 as a string
         self._check()
 
     def _check(self) -> None:
@@ -140,9 +139,9 @@ class MeasureSettings:
         for name in ("smallest", "trace", "density", "preconditioned"):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}.")
-        if not _is_number(self.tol) or not self.tol > 0:
+        if not is_number(self.tol) or not self.tol > 0:
             raise UserError(f"tol must be a positive number, got {self.tol!r}.")
-        if self.lr is not None and (not _is_number(self.lr) or not self.lr > 0):
+        if self.lr is not None and (not is_number(self.lr) or not self.lr > 0):
             raise UserError(f"lr must be a positive number (or left out), got {self.lr!r}.")
         if self.task is not None and not isinstance(self.task, str):
             raise UserError(f"task must be a task spec or a file name, got {self.task!r}.")
@@ -169,7 +168,7 @@ class MeasureSettings:
         ``from_mapping`` of the result, over the same defaults, gives these settings back.
         """
         base = relative_to if relative_to is not None else MeasureSettings()
-        return {field.name: _plain(getattr(self, field.name)) for field in dataclasses.fields(self)
+        return {field.name: plain(getattr(self, field.name)) for field in dataclasses.fields(self)
                 if getattr(self, field.name) != getattr(base, field.name)}
 
     def probe_only(self) -> MeasureSettings:
@@ -458,14 +457,6 @@ def _resume(out: str | os.PathLike[str] | None, settings: dict[str, Any], source
 
 def _normalised(value: Any) -> Any:
     return json.loads(json.dumps(value))
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
 
 
 def eigen(

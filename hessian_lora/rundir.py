@@ -31,7 +31,7 @@ import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from hessian_lora.errors import UserError
 from hessian_lora.reports import ReportView, _optional_float, load_eigen_report, merge_reports
@@ -45,6 +45,8 @@ HESSIAN_DIR = "hessian"
 HISTORY_FILE = "history.json"
 SHARPNESS_FILE = "sharpness.json"  # sharpness along training (hessian.during probes)
 EVAL_FILE = "eval.json"  # per-example scores of the run's evaluation, in evaluation order
+RunDocument = Literal["history", "sharpness", "eval_scores"]
+RUN_DOCUMENTS: dict[RunDocument, str] = {"history": HISTORY_FILE, "sharpness": SHARPNESS_FILE, "eval_scores": EVAL_FILE}
 ANALYSIS_JSON = "analysis.json"
 ANALYSIS_MD = "analysis.md"
 ABLATION_JSON = "ablation.json"  # cross-setting comparison (several ranks, batch sizes or run directories)
@@ -140,51 +142,17 @@ class RunLayout:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-
-    @property
-    def config(self) -> Path:
-        return self.root / CONFIG_FILE
-
-    @property
-    def database(self) -> Path:
-        return self.root / DATABASE_FILE
-
-    @property
-    def lock(self) -> Path:
-        return self.root / LOCK_FILE
-
-    @property
-    def search(self) -> Path:
-        """The adaptive search's centres (``search: adaptive``), written once per method-setting."""
-        return self.root / SEARCH_FILE
-
-    @property
-    def runs(self) -> Path:
-        return self.root / RUNS_DIR
-
-    @property
-    def hessian(self) -> Path:
-        return self.root / HESSIAN_DIR
-
-    @property
-    def figures(self) -> Path:
-        return self.root / FIGURES_DIR
-
-    @property
-    def analysis_json(self) -> Path:
-        return self.root / ANALYSIS_JSON
-
-    @property
-    def analysis_md(self) -> Path:
-        return self.root / ANALYSIS_MD
-
-    @property
-    def ablation_json(self) -> Path:
-        return self.root / ABLATION_JSON
-
-    @property
-    def ablation_md(self) -> Path:
-        return self.root / ABLATION_MD
+        self.config = self.root / CONFIG_FILE
+        self.database = self.root / DATABASE_FILE
+        self.lock = self.root / LOCK_FILE
+        self.search = self.root / SEARCH_FILE  # adaptive search's centres, written once per method-setting
+        self.runs = self.root / RUNS_DIR
+        self.hessian = self.root / HESSIAN_DIR
+        self.figures = self.root / FIGURES_DIR
+        self.analysis_json = self.root / ANALYSIS_JSON
+        self.analysis_md = self.root / ANALYSIS_MD
+        self.ablation_json = self.root / ABLATION_JSON
+        self.ablation_md = self.root / ABLATION_MD
 
     def run(self, run_id: str) -> Path:
         """The run's checkpoint directory."""
@@ -194,29 +162,27 @@ class RunLayout:
         """The run's checkpoint directory as the ``checkpoint`` column stores it (relative to the root)."""
         return f"{RUNS_DIR}/{run_id}"
 
-    def history(self, run_id: str) -> Path:
-        return self.run(run_id) / HISTORY_FILE
+    def document(self, run_id: str, kind: RunDocument) -> Path:
+        """One of the run's JSON documents (:data:`RUN_DOCUMENTS`)."""
+        return self.run(run_id) / RUN_DOCUMENTS[kind]
 
-    def relative_history(self, run_id: str) -> str:
-        return f"{RUNS_DIR}/{run_id}/{HISTORY_FILE}"
+    def relative_document(self, run_id: str, kind: RunDocument) -> str:
+        """The document's path relative to the root, as a :class:`~hessian_lora.sweep.execute.RunOutcome` names it."""
+        return f"{RUNS_DIR}/{run_id}/{RUN_DOCUMENTS[kind]}"
+
+    # The documents by name: history (per-step loss), sharpness (hessian.during probes), eval scores (per example).
+    def history(self, run_id: str) -> Path:
+        return self.document(run_id, "history")
 
     def sharpness(self, run_id: str) -> Path:
-        """The run's sharpness-along-training document (:mod:`hessian_lora.dynamics`)."""
-        return self.run(run_id) / SHARPNESS_FILE
-
-    def relative_sharpness(self, run_id: str) -> str:
-        return f"{RUNS_DIR}/{run_id}/{SHARPNESS_FILE}"
+        return self.document(run_id, "sharpness")
 
     def eval_scores(self, run_id: str) -> Path:
-        """Per-example evaluation scores: what lets analysis bootstrap over evaluation examples."""
-        return self.run(run_id) / EVAL_FILE
-
-    def relative_eval_scores(self, run_id: str) -> str:
-        return f"{RUNS_DIR}/{run_id}/{EVAL_FILE}"
+        return self.document(run_id, "eval_scores")
 
     def documents(self, run_id: str) -> tuple[Path, ...]:
         """The run's JSON documents inside its directory (kept when only its checkpoint is removed)."""
-        return (self.history(run_id), self.sharpness(run_id), self.eval_scores(run_id))
+        return tuple(self.document(run_id, kind) for kind in RUN_DOCUMENTS)
 
     def init_report(self, key: InitKey | str, part: str = "") -> Path:
         suffix = f"_{part}" if part else ""

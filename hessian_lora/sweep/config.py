@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any, Literal, get_args
 
 import yaml
 
+from hessian_lora._yaml import is_number, numbers_from_strings, plain
 from hessian_lora.adapters import DEFAULT_TARGETS
 from hessian_lora.data import DEFAULT_PROMPT_TEMPLATE, check_prompt_template
 from hessian_lora.dynamics import DuringSettings
@@ -46,7 +46,6 @@ ATTENTION_IMPLEMENTATIONS: tuple[str, ...] = get_args(Attention)
 # keep each finished run's checkpoint, none, or only the best run's per (method, rank, batch size, seed)
 CheckpointMode = Literal["final", "none", "best"]
 CHECKPOINT_MODES: tuple[str, ...] = get_args(CheckpointMode)
-_FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 # Settings whose values are numbers (strings such as "1e-4" are read as numbers there).
 _NUMERIC_KEYS = ("lr", "lrs", "epochs", "alpha", "max_grad_norm", "dropout", "warmup_ratio", "weight_decay", "eps",
                  "loraplus_ratio", "divergence_factor", "betas")
@@ -177,7 +176,7 @@ class SweepConfig:
             data.pop("search")
         else:
             data["search"] = {"mode": "adaptive", **data["search"]}
-        return _plain(data)
+        return plain(data)
 
     def shared_settings(self) -> dict[str, Any]:
         """What every run of a sweep directory must agree on: everything but the grid axes and the settings that
@@ -187,14 +186,6 @@ class SweepConfig:
         for key in (*GRID_AXES, "lr", "name", "checkpoints", "ray", "search"):
             data.pop(key, None)
         return data
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    return value
 
 
 def load_config(path: str | os.PathLike[str]) -> SweepConfig:
@@ -215,7 +206,7 @@ def load_config(path: str | os.PathLike[str]) -> SweepConfig:
 
 def config_from_dict(data: Mapping[str, Any], *, source: str = "config") -> SweepConfig:
     """Validate plain data (as YAML gives it) into a :class:`SweepConfig`; every problem is a :class:`UserError`."""
-    data = {key: _numbers_from_strings(item) if key in _NUMERIC_KEYS else item for key, item in data.items()}
+    data = {key: numbers_from_strings(item) if key in _NUMERIC_KEYS else item for key, item in data.items()}
     simple = {f.name for f in dataclasses.fields(SweepConfig)} - {"lrs", "eval", "hessian", "ray", "search"}
     # Singular spellings of the grid axes are accepted for one-value grids.
     for singular, plural in (("method", "methods"), ("seed", "seeds"), ("rank", "ranks"),
@@ -268,7 +259,7 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "config") -> Swee
         values["targets"] = tuple(targets)
     if "betas" in data:
         betas = data["betas"]
-        if not (isinstance(betas, list) and len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas)):
+        if not (isinstance(betas, list) and len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas)):
             raise UserError(f"{source}: betas must be two numbers in [0, 1), e.g. [0.9, 0.999].")
         values["betas"] = (float(betas[0]), float(betas[1]))
     for key, allowed in (("precision", PRECISIONS), ("attention", ATTENTION_IMPLEMENTATIONS),
@@ -318,17 +309,17 @@ def eval_task_specs(value: Any, *, source: str = "config") -> tuple[str, ...]:
 
 def parse_lr_grid(value: Any, *, source: str = "config") -> tuple[float, ...]:
     """A list of LRs, or ``{min, max, num}`` / ``{base, per_decade, k: [first, last]}``; sorted, distinct."""
-    if _is_number(value):
+    if is_number(value):
         value = [value]
     if isinstance(value, list):
-        if not value or not all(_is_number(lr) for lr in value):
+        if not value or not all(is_number(lr) for lr in value):
             raise UserError(f"{source}: lr must be a non-empty list of numbers, e.g. [1e-4, 1e-3].")
         lrs = [float(lr) for lr in value]
     elif isinstance(value, Mapping):
         keys = set(value)
         if keys == {"min", "max", "num"}:
             low, high, num = value["min"], value["max"], value["num"]
-            if not (_is_number(low) and _is_number(high) and 0 < low <= high and isinstance(num, int) and num >= 1):
+            if not (is_number(low) and is_number(high) and 0 < low <= high and isinstance(num, int) and num >= 1):
                 raise UserError(f"{source}: lr range needs 0 < min <= max and an integer num >= 1.")
             if num == 1:
                 lrs = [float(low)]
@@ -337,7 +328,7 @@ def parse_lr_grid(value: Any, *, source: str = "config") -> tuple[float, ...]:
                 lrs = [float(low) * 10 ** (ratio * i) for i in range(num)]
         elif keys == {"base", "per_decade", "k"}:
             base, per_decade, k = value["base"], value["per_decade"], value["k"]
-            if not (_is_number(base) and base > 0 and _is_number(per_decade) and per_decade > 0
+            if not (is_number(base) and base > 0 and is_number(per_decade) and per_decade > 0
                     and isinstance(k, list) and len(k) == 2 and all(isinstance(i, int) for i in k) and k[0] <= k[1]):
                 raise UserError(f"{source}: lr grid needs base > 0, per_decade > 0 and k: [first, last] integers.")
             lrs = [float(base) * 10 ** (i / per_decade) for i in range(k[0], k[1] + 1)]
@@ -450,7 +441,7 @@ def _integer(value: Any, key: str, source: str, *, minimum: int) -> int:
 
 
 def _number(value: Any, key: str, source: str, *, positive: bool) -> float:
-    if not _is_number(value) or value < 0 or (positive and value == 0) or not math.isfinite(value):
+    if not is_number(value) or value < 0 or (positive and value == 0) or not math.isfinite(value):
         raise UserError(f"{source}: {key} must be a {'positive' if positive else 'non-negative'} number, "
                         f"got {value!r}.")
     return float(value)
@@ -462,16 +453,3 @@ def _text(value: Any, key: str, source: str) -> str:
     return value
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _numbers_from_strings(value: Any) -> Any:
-    """YAML 1.1 (PyYAML) reads ``1e-4`` without a dot as a string; read such strings as numbers."""
-    if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
-        return float(value)
-    if isinstance(value, list):
-        return [_numbers_from_strings(item) for item in value]
-    if isinstance(value, Mapping):
-        return {key: _numbers_from_strings(item) for key, item in value.items()}
-    return value

@@ -102,9 +102,9 @@ def execute_run(
     result = train(peft_model, tokenizer, task.train, train_config, optimizer=optimizer, progress=progress,
                    description=spec.run_id, probe=probe)
     history = list(result.history)
-    documents[layout.relative_history(spec.run_id)] = history
+    documents[layout.relative_document(spec.run_id, "history")] = history
     if probe is not None:
-        documents[layout.relative_sharpness(spec.run_id)] = probe.to_dict(beta1=config.betas[0], peak_lr=spec.lr)
+        documents[layout.relative_document(spec.run_id, "sharpness")] = probe.to_dict(beta1=config.betas[0], peak_lr=spec.lr)
         row.update(_sharpness_peaks(probe))
         hessian_seconds += sum(point.seconds for point in probe.history)
     row.update(status=result.status, train_loss=result.train_loss, initial_loss=result.initial_loss,
@@ -117,7 +117,7 @@ def execute_run(
         row.update(eval_loss=evaluation.eval_loss, accuracy=evaluation.accuracy, pass_at_1=evaluation.pass_at_1,
                    eval_examples=evaluation.n_examples)
         if evaluation.scores:  # per-example scores: analysis bootstraps over evaluation examples with them
-            documents[layout.relative_eval_scores(spec.run_id)] = {"metric": "accuracy",
+            documents[layout.relative_document(spec.run_id, "eval_scores")] = {"metric": "accuracy",
                                                                    "scores": list(evaluation.scores)}
         row.update(score_eval_sets(peft_model, tokenizer, config, progress=progress))
         row["eval_seconds"] = time.perf_counter() - clock

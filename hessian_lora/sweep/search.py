@@ -31,18 +31,17 @@ Every round adds at least one new lattice point inside the bounds, so the search
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
+from hessian_lora._yaml import numbers_from_strings
 from hessian_lora.errors import UserError
 from hessian_lora.rundir import lr_key
 
 SEARCH_MODES = ("grid", "adaptive")
 SEARCH_METRICS = ("auto", "accuracy", "eval_loss", "train_loss")  # analysis.curves.HIGHER_IS_BETTER's, and auto
 _WORST = -math.inf
-_FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,7 @@ class AdaptiveSearch:
         if unknown:
             raise UserError(f"{source}: unknown search setting(s) {', '.join(unknown)} "
                             f"(known: mode, {', '.join(sorted(known))}).")
-        values = {key: value if key in ("metric", "calibration") else _number(value)
+        values = {key: value if key in ("metric", "calibration") else numbers_from_strings(value)
                   for key, value in data.items() if key != "mode"}
         try:
             return cls(**values)
@@ -246,8 +245,3 @@ def _score(value: float | None, higher_is_better: bool) -> float:
     return float(value) if higher_is_better else -float(value)
 
 
-def _number(value: Any) -> Any:
-    """YAML 1.1 reads ``1e-4`` (no dot) as a string: read such strings as numbers, like the sweep config does."""
-    if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
-        return float(value)
-    return value
