@@ -18,6 +18,11 @@ giving another model.
 
 For the methods that keep the base (LoRA, DoRA, rsLoRA, LoRA+) ``PeftModel.from_pretrained(base, DIR)`` on a
 fresh base gives the same model; for the others it must be applied to the residual base.
+
+:func:`load_adapter` also reads plain ``PeftModel.save_pretrained`` directories (LoRA, GraLoRA, RandLoRA):
+the base is ``--model`` or ``base_model_name_or_path``, the method is inferred from the config. What can be told
+from the files: an ``init_lora_weights`` of pissa*/olora/corda/loftq/lora_ga means peft saved the factors of a
+rewritten base (refused unless the residual base is given); a base rewritten outside peft's init cannot be seen.
 """
 
 from __future__ import annotations
