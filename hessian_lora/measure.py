@@ -208,6 +208,8 @@ def measure(
     *,
     tokenizer: Any = None,
     source: Mapping[str, Any] | None = None,
+    base_model: str | None = None,
+    model_seed: int = 0,
     device: str | torch.device | None = None,
     out: str | os.PathLike[str] | None = None,
     progress: bool = True,
@@ -215,8 +217,10 @@ def measure(
     """Loss-Hessian eigenvalues of ``adapter``, block by block, as ``settings`` say.
 
     Args:
-        adapter: a checkpoint directory (loaded on ``device``), or an adapted model whose trainable parameters
-            are the adapter (its ``requires_grad`` flags are left as they were).
+        adapter: a checkpoint directory or a plain peft adapter directory (loaded on ``device``; the latter on
+            ``base_model``, else its ``base_model_name_or_path``, with ``model_seed`` for a tiny-llama), or an
+            adapted model whose trainable parameters are the adapter (its ``requires_grad`` flags are left as
+            they were).
         batches: the data; None builds ``settings``' task with the checkpoint's tokenizer (or ``tokenizer``,
             for a model). Given batches are recorded as task ``"batches"``.
         source: what the report says was analysed (default: the checkpoint's facts, or the model's class).
@@ -232,14 +236,15 @@ def measure(
         task = settings.task or DEFAULT_TASK
         source = dict(source) if source is not None else {"model": type(adapter).__name__}
     else:
-        from hessian_lora.checkpoint import load_checkpoint
+        from hessian_lora.checkpoint import load_adapter
 
-        loaded = load_checkpoint(adapter, device=device)
+        loaded = load_adapter(adapter, model=base_model, model_seed=model_seed, device=device)
         peft_model, tokenizer, meta = loaded.model, loaded.tokenizer, loaded.meta
         task = settings.task or meta.task or DEFAULT_TASK
         source = dict(source) if source is not None else {
             "checkpoint": str(Path(adapter).resolve()), "method": meta.method, "base_model": meta.base_model,
-            "rank": meta.rank, "alpha": meta.alpha, "step": meta.step, "lr": meta.lr}
+            "rank": meta.rank, "alpha": meta.alpha, "step": meta.step, "lr": meta.lr,
+            **({"format": "peft"} if meta.extra.get("format") == "peft" else {})}
     if settings.preconditioned and loaded is not None:
         from hessian_lora.loft import preconditioner_note
 
@@ -501,7 +506,8 @@ def eigen(
 ) -> EigenReport:
     """Loss-Hessian eigenvalues of an adapter, block by block (see ``hessian-lora eigen --help``).
 
-    The adapter comes from ``checkpoint`` (a directory), or ``method`` (+ ``rank``, ``alpha``, ``targets``,
+    The adapter comes from ``checkpoint`` (a hessian-lora checkpoint, or a plain peft adapter directory whose
+    base is ``model`` when given, else its ``base_model_name_or_path``), or ``method`` (+ ``rank``, ``alpha``, ``targets``,
     ``adapter_seed``) built at initialisation on ``model`` (a spec such as ``smollm2-135m``; ``model_seed`` for
     a random tiny-llama), or ``model`` itself (an ``nn.Module`` with trainable adapter parameters; then pass
     ``batches`` or ``tokenizer``). Data: ``batches``, or ``task`` (a task spec or a .json/.jsonl file; default
@@ -518,7 +524,8 @@ def eigen(
     if checkpoint is not None:
         if method is not None or isinstance(model, nn.Module):
             raise UserError("give either a checkpoint or a method and model, not both.")
-        return measure(checkpoint, batches, settings, device=device, out=out, progress=progress)
+        return measure(checkpoint, batches, settings, base_model=model, model_seed=model_seed, device=device,
+                       out=out, progress=progress)
     if method is not None:
         if isinstance(model, nn.Module):
             raise UserError("a method builds an adapter on a base model spec: pass model as a name such as "

@@ -154,6 +154,7 @@ def probe_settings(analysis: Analysis, config: Mapping[str, Any],
         "max_length": config.get("max_length", settings.get("max_length", 512)),
         "rank": analysis.rank, "alpha": config.get("alpha"), "targets": config.get("targets"),
         "attention": config.get("attention", "eager"), "pissa_niter": config.get("pissa_niter"),
+        "prompt_template": config.get("prompt_template"),
         "blocks": "whole" if relation.lambda_source == "whole" else "per-module",
         "modules": settings.get("modules") if relation.lambda_source != "whole" else None,
         "layers": settings.get("layers") if relation.lambda_source != "whole" else None,
@@ -208,12 +209,15 @@ def narrow_grid(eta: float, log10_error: float | None, *, step: float = GRID_STE
 
 
 def probe_batches(tokenizer: Any, task: str, *, data_seed: int, n_train: int | None, n_eval: int | None,
-                  samples: int, batch_size: int, max_length: int) -> list[Any]:
-    """The sweep's Hessian data: the first ``samples`` training examples of the task, in batches."""
-    from hessian_lora.data import load_task, make_batches
+                  samples: int, batch_size: int, max_length: int,
+                  prompt_template: str | None = None) -> list[Any]:
+    """The sweep's Hessian data: the first ``samples`` training examples of the task, in batches (formatted by
+    ``prompt_template``, default chat)."""
+    from hessian_lora.data import DEFAULT_PROMPT_TEMPLATE, load_task, make_batches
 
     loaded = load_task(task, seed=data_seed, n_train=max(n_train or samples, samples), n_eval=n_eval or 0)
-    return make_batches(tokenizer, loaded.train[:samples], batch_size, max_length=max_length)
+    return make_batches(tokenizer, loaded.train[:samples], batch_size, max_length=max_length,
+                        prompt_template=prompt_template or DEFAULT_PROMPT_TEMPLATE)
 
 
 def lambda_from_report(report: EigenReport, lambda_source: str) -> float:
@@ -259,8 +263,11 @@ def recommend(
     seed: int = 0,
     device: str | None = None,
     progress: bool = True,
+    prompt_template: str | None = None,
 ) -> Recommendation:
-    """Probe λ_max of METHOD's adapter at initialisation on MODEL and predict its optimal learning rate."""
+    """Probe λ_max of METHOD's adapter at initialisation on MODEL and predict its optimal learning rate.
+
+    ``prompt_template`` formats the probe batches (default: the calibration sweep's, else chat)."""
     import time
 
     from hessian_lora.measure import MeasureSettings, measure
@@ -273,9 +280,12 @@ def recommend(
     model = model or probe.get("model") or "smollm2-135m"
     task = task or probe.get("task") or "arith"
     rank = rank or probe.get("rank") or 8
+    template = prompt_template or probe.get("prompt_template")
+    probe = {**probe, "prompt_template": template}
     warnings = []
-    for what, given, calibrated in (("model", model, probe.get("model")), ("task", task, probe.get("task")),
-                                    ("rank", rank, probe.get("rank"))):
+    for what, given, calibrated in (("model", model, cal.probe.get("model")), ("task", task, cal.probe.get("task")),
+                                    ("rank", rank, cal.probe.get("rank")),
+                                    ("prompt template", template, cal.probe.get("prompt_template"))):
         if calibrated is not None and given != calibrated:
             warnings.append(f"the calibration was measured with {what} {calibrated!r}, not {given!r}: λ_max and η* "
                             "scales may differ; calibrate on a sweep of this setting (--calibration RUN_DIR).")
@@ -305,7 +315,8 @@ def _probe_data(tokenizer: Any, task: str, probe: Mapping[str, Any], *, samples:
     """``samples`` examples of the probe task, cut as the calibration's sweep cut its Hessian data."""
     return probe_batches(tokenizer, task, data_seed=int(probe.get("data_seed") or 0), n_train=probe.get("n_train"),
                          n_eval=probe.get("n_eval"), samples=samples, batch_size=int(probe.get("batch_size") or 8),
-                         max_length=int(probe.get("max_length") or 512))
+                         max_length=int(probe.get("max_length") or 512),
+                         prompt_template=probe.get("prompt_template"))
 
 
 def _probe_adapter(method: str, model: str, task: str, rank: int, seed: int, probe: Mapping[str, Any],

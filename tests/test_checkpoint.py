@@ -10,6 +10,7 @@ import pytest
 import torch
 from peft import PeftModel
 
+from hessian_lora import adapters
 from hessian_lora.adapters import AdapterConfig, build_adapter, make_optimizer, trainable_parameters
 from hessian_lora.checkpoint import (
     ADAPTER_CONFIG_FILE,
@@ -224,3 +225,116 @@ def test_optimizer_state_for_other_parameters_is_refused(tmp_path: Path) -> None
     state = OptimizerState(optimizer.state_dict(), tuple(trainable_parameters(peft_model)))
     with pytest.raises(UserError, match="other parameters"):
         load_optimizer_state(make_optimizer(other, AdapterConfig("lora", rank=4), LR), other, state)
+
+
+# Plain peft adapter directories (PeftModel.save_pretrained, no hessian_lora.json)
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny-llama (seed 0) saved as a Hugging Face directory, model and tokenizer."""
+    path = tmp_path_factory.mktemp("base") / "tiny"
+    loaded = load_model("tiny-llama", device="cpu")
+    loaded.model.save_pretrained(path)
+    loaded.tokenizer.save_pretrained(path)
+    return path
+
+
+def _plain_adapter(base_dir: Path, **lora: object) -> PeftModel:
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(3)
+    model = get_peft_model(load_model(str(base_dir), device="cpu").model,
+                           LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], **lora))
+    return _perturb(model)
+
+
+def _perturb(model: PeftModel) -> PeftModel:
+    with torch.no_grad():  # B != 0: not the trivial Hessian at B = 0 (and, after PiSSA's init, "trained")
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(0.05 * torch.randn_like(param))
+    return model.eval()
+
+
+def test_eigen_on_a_plain_peft_directory_equals_the_checkpoint(base_dir: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from hessian_lora.cli import main
+    from hessian_lora.measure import read_report
+
+    peft_model = _plain_adapter(base_dir)
+    peft_model.save_pretrained(tmp_path / "plain")
+    assert json.loads((tmp_path / "plain" / ADAPTER_CONFIG_FILE).read_text())["base_model_name_or_path"] == str(base_dir)
+    config = AdapterConfig("lora", rank=2, alpha=4, targets=("q_proj", "v_proj"))
+    setattr(peft_model, adapters.CONFIG_ATTRIBUTE, config)  # what build_adapter leaves
+    save_checkpoint(tmp_path / "ckpt", peft_model, CheckpointMeta.from_config(config, base_model=str(base_dir)))
+
+    values = {}
+    for name in ("plain", "ckpt"):
+        out = tmp_path / f"{name}.json"
+        assert main(["eigen", str(tmp_path / name), "--samples", "4", "--batch-size", "2", "--max-length", "256",
+                     "--quiet", "--out", str(out)]) == 0
+        values[name] = read_report(out).blocks[0].lambda_max
+    capsys.readouterr()
+    assert values["plain"] > 0 and values["plain"] == pytest.approx(values["ckpt"], rel=1e-6)
+    assert read_report(tmp_path / "plain.json").source["format"] == "peft"
+
+
+def test_plain_dora_directory_loads_with_its_method(base_dir: Path, tmp_path: Path, probe_ids: torch.Tensor) -> None:
+    from hessian_lora.checkpoint import load_adapter
+
+    peft_model = _plain_adapter(base_dir, use_dora=True)
+    peft_model.save_pretrained(tmp_path / "dora")
+    loaded = load_adapter(tmp_path / "dora", device="cpu")
+    assert loaded.meta.method == "dora" and loaded.meta.rank == 2 and loaded.meta.alpha == 4.0
+    assert loaded.meta.targets == ("q_proj", "v_proj") and loaded.meta.base_model == str(base_dir)
+    assert torch.equal(_logits(loaded.model, probe_ids), _logits(peft_model, probe_ids))
+    assert trainable_parameters(loaded.model).keys() == trainable_parameters(peft_model).keys()
+    assert any("magnitude" in name for name in trainable_parameters(loaded.model))
+
+
+def test_a_base_rewriting_plain_adapter_says_what_it_needs(base_dir: Path, tmp_path: Path,
+                                                           probe_ids: torch.Tensor) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    from hessian_lora.checkpoint import load_adapter
+
+    pissa = get_peft_model(load_model(str(base_dir), device="cpu").model,
+                           LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights="pissa"))
+    pissa.peft_config["default"].init_lora_weights = True
+    pissa.save_pretrained(tmp_path / "initial")  # peft's recipe for a later conversion
+    pissa.peft_config["default"].init_lora_weights = "pissa"
+    _perturb(pissa)
+    pissa.save_pretrained(tmp_path / "raw")
+    pissa.save_pretrained(tmp_path / "converted", path_initial_model_for_weight_conversion=str(tmp_path / "initial"))
+    expected = _logits(pissa, probe_ids)
+
+    with pytest.raises(UserError) as error:
+        load_adapter(tmp_path / "raw", device="cpu")
+    message = str(error.value)
+    assert str(tmp_path / "raw") in message and "init_lora_weights='pissa'" in message
+    assert "path_initial_model_for_weight_conversion" in message and "--model" in message
+
+    # The converted adapter is a plain delta on the original base.
+    converted = load_adapter(tmp_path / "converted", device="cpu")
+    assert converted.meta.method == "lora" and converted.meta.rank == 4
+    torch.testing.assert_close(_logits(converted.model, probe_ids), expected, atol=1e-4, rtol=1e-4)
+    # The raw adapter on its residual base, passed as the model, is the trained model (peft's init not re-run).
+    pissa.unload().save_pretrained(tmp_path / "residual")
+    load_model("tiny-llama", device="cpu").tokenizer.save_pretrained(tmp_path / "residual")
+    on_residual = load_adapter(tmp_path / "raw", model=str(tmp_path / "residual"), device="cpu")
+    assert on_residual.meta.method == "pissa"
+    assert torch.equal(_logits(on_residual.model, probe_ids), expected)
+
+
+def test_a_checkpoint_refuses_another_base_and_a_truncated_adapter_is_named(base_dir: Path, tmp_path: Path) -> None:
+    from hessian_lora.checkpoint import load_adapter
+
+    peft_model, _, meta, _ = _trained("lora", steps=0)
+    save_checkpoint(tmp_path / "ckpt", peft_model, meta)
+    with pytest.raises(UserError, match="drop --model"):
+        load_adapter(tmp_path / "ckpt", model=str(base_dir))
+    _plain_adapter(base_dir).save_pretrained(tmp_path / "plain")
+    weights = tmp_path / "plain" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(UserError, match="truncated"):
+        load_adapter(tmp_path / "plain", device="cpu")

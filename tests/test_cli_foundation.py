@@ -123,3 +123,60 @@ def test_init_on_smollm2_for_the_paper_methods(tmp_path: Path, capsys: pytest.Ca
                      "--targets", "q_proj,v_proj", "--out", str(out)]) == 0
         assert main(["info", str(out)]) == 0
         assert f"{method} (" in capsys.readouterr().out
+
+
+def test_init_output_loads_in_plain_peft_and_info_reads_plain_directories(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from peft import PeftModel
+
+    from hessian_lora.adapters import trainable_parameters
+
+    base_dir = tmp_path / "base"
+    tiny = load_model("tiny-llama", device="cpu")
+    tiny.model.save_pretrained(base_dir)
+    tiny.tokenizer.save_pretrained(base_dir)
+    out = tmp_path / "init"
+    assert main(["init", "--model", str(base_dir), "--method", "dora", "--rank", "2", "--targets", "q_proj,v_proj",
+                 "--seed", "5", "--out", str(out)]) == 0
+    capsys.readouterr()
+    ours = trainable_parameters(load_checkpoint(out, device="cpu").model)
+    plain = PeftModel.from_pretrained(load_model(str(base_dir), device="cpu").model, str(out), is_trainable=True)
+    theirs = trainable_parameters(plain)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[n], theirs[n]) for n in ours)
+
+    plain.save_pretrained(tmp_path / "plain")  # no hessian_lora.json
+    assert main(["info", str(tmp_path / "plain"), "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["format"] == "peft" and facts["method"] == "dora" and facts["rank"] == 2 and facts["alpha"] == 2.0
+    assert facts["targets"] == ["q_proj", "v_proj"] and facts["base_model"] == str(base_dir)
+    assert facts["trainable_parameters"] == sum(p.numel() for p in theirs.values())
+    assert main(["info", str(tmp_path / "plain")]) == 0
+    text = capsys.readouterr().out
+    assert "plain peft adapter directory" in text and "not needed" in text
+
+    for directory in (tmp_path / "plain", out):  # a plain directory and a hessian-lora checkpoint alike
+        weights = directory / "adapter_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-10])
+        assert main(["info", str(directory)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "truncated" in err[0] and str(directory) in err[0]
+
+
+def test_init_records_the_prompt_template_only_when_it_read_data(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from hessian_lora.checkpoint import read_meta_dict
+
+    common = ["init", "--model", "tiny-llama", "--rank", "2", "--targets", "v_proj", "--loraga-batches", "1",
+              "--batch-size", "2", "--max-length", "256"]
+    assert main([*common, "--method", "lora", "--prompt-template", "alpaca", "--out", str(tmp_path / "lora")]) == 0
+    assert "prompt_template" not in read_meta_dict(tmp_path / "lora")["extra"]
+    factors = {}
+    for template in ("alpaca", "plain"):
+        assert main([*common, "--method", "loraga", "--prompt-template", template,
+                     "--out", str(tmp_path / template)]) == 0
+        assert read_meta_dict(tmp_path / template)["extra"]["prompt_template"] == template
+        factors[template] = load_checkpoint(tmp_path / template, device="cpu").model.state_dict()
+    name = next(key for key in factors["plain"] if "lora_A" in key)
+    assert not torch.equal(factors["alpaca"][name], factors["plain"][name])  # the template shaped LoRA-GA's data
+    assert main([*common, "--method", "lora", "--prompt-template", "{nothing}", "--out", str(tmp_path / "x")]) == 2
+    assert "bad prompt template" in capsys.readouterr().err

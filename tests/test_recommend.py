@@ -109,3 +109,15 @@ def test_no_calibration_from_censored_optima_and_old_files_still_load(tmp_path, 
     assert recommend.Calibration.from_dict(old).n_interior is None
     with pytest.raises(UserError, match="2 interior optima"):
         recommend.Calibration.from_dict({**calibration.to_dict(), "n_interior": 2})
+
+
+def test_prompt_template_shapes_the_probe_batches_and_bad_ones_are_refused(capsys) -> None:
+    from hessian_lora.models import byte_tokenizer
+
+    tokenizer = byte_tokenizer()
+    cut = {"data_seed": 0, "n_train": None, "n_eval": None, "samples": 2, "batch_size": 2, "max_length": 512}
+    plain = recommend.probe_batches(tokenizer, "arith", **cut, prompt_template="plain")
+    alpaca = recommend.probe_batches(tokenizer, "arith", **cut, prompt_template="alpaca")
+    assert alpaca[0].input_ids.shape[1] > plain[0].input_ids.shape[1]
+    assert main(["recommend", "--method", "lora", "--prompt-template", "{nothing}"]) == 2
+    assert "bad prompt template" in capsys.readouterr().err

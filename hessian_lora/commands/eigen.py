@@ -7,6 +7,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from hessian_lora.commands._prompt import add_prompt_template_argument
 from hessian_lora.commands._threads import add_threads_argument, apply_threads
 from hessian_lora.errors import UserError
 
@@ -18,14 +19,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Estimate the extreme eigenvalues of the Hessian of the token-weighted mean loss with respect "
         "to adapter parameters (all of them, or each module's lora_A/lora_B[/magnitude] block), by Lanczos or "
         "power iteration on exact Hessian-vector products, each value with its residual ||Hv - λv||. Analyse a "
-        "CHECKPOINT directory, or an adapter at initialisation with --method/--model. A per-module scan written "
+        "CHECKPOINT directory (hessian-lora's, or a plain peft adapter directory on the base model its "
+        "adapter_config.json names, or --model), or an adapter at initialisation with --method/--model. A per-module scan written "
         "to --out resumes: blocks already in the file are skipped. Under torchrun the products run "
         "data-parallel (each process its share of the batches).",
     )
-    parser.add_argument("checkpoint", nargs="?", default=None, help="checkpoint directory (omit with --method)")
+    parser.add_argument("checkpoint", nargs="?", default=None, help="checkpoint or plain peft adapter directory (omit with --method)")
     source = parser.add_argument_group("adapter at initialisation (instead of CHECKPOINT)")
     source.add_argument("--method", default=None, help="build this method's adapter at initialisation")
-    source.add_argument("--model", default=None, help="base model for --method (default smollm2-135m)")
+    source.add_argument("--model", default=None, help="base model for --method (default smollm2-135m), or for a "
+                        "plain peft adapter CHECKPOINT (default: its base_model_name_or_path)")
     source.add_argument("--rank", type=int, default=8, help="LoRA rank for --method (default 8)")
     source.add_argument("--alpha", type=float, default=None, help="LoRA alpha for --method (default: the rank)")
     source.add_argument("--targets", default=None, help="modules to adapt for --method (default: all seven projections)")
@@ -40,9 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--batch-size", type=int, default=8, help="examples per batch (default 8)")
     data.add_argument("--max-length", type=int, default=512, help="token limit per example (default 512)")
     data.add_argument("--data-seed", type=int, default=0, help="seed that picks the examples (default 0)")
-    data.add_argument("--prompt-template", default="chat",
-                      help="chat (default; plain without a chat template), alpaca, plain, or a string with "
-                      "{instruction}: use the one the adapter was trained with")
+    add_prompt_template_argument(data, default="chat",
+                                 purpose="use the one the adapter was trained with (default chat)")
     blocks = parser.add_argument_group("blocks and solver")
     blocks.add_argument("--blocks", choices=("whole", "per-module"), default="whole",
                         help="one block for the whole adapter (default) or one per adapted module")
@@ -85,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.checkpoint is None and args.method is None:
         raise UserError("pass a CHECKPOINT directory, or --method (and --model) to analyse an adapter at initialisation.")
-    if args.checkpoint is not None and (args.method is not None or args.model is not None):
-        raise UserError("give either a CHECKPOINT or --method/--model, not both.")
+    if args.checkpoint is not None and args.method is not None:
+        raise UserError("give either a CHECKPOINT or --method, not both.")
     if args.data is not None and not Path(args.data.split("::", 1)[0]).is_file():
         raise UserError(f"--data {args.data}: no such file; pass a .json or .jsonl file of examples.")
     if args.blocks == "whole" and (args.modules or args.layers):

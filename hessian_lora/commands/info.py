@@ -13,11 +13,13 @@ from hessian_lora.errors import UserError
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "info",
-        help="describe a checkpoint",
+        help="describe a checkpoint or a plain peft adapter directory",
         description="Describe a checkpoint directory: method, rank, alpha, targets, base model, trainable "
-        "parameters, step, learning rate, and whether it holds optimizer state and a residual base.",
+        "parameters, step, learning rate, and whether it holds optimizer state and a residual base. A plain peft "
+        "adapter directory (PeftModel.save_pretrained) is described from its adapter_config.json and the "
+        "header of adapter_model.safetensors; a truncated weights file is an error.",
     )
-    parser.add_argument("checkpoint", metavar="DIR", help="checkpoint directory")
+    parser.add_argument("checkpoint", metavar="DIR", help="checkpoint or plain peft adapter directory")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
     parser.set_defaults(handler=run)
 
@@ -28,7 +30,11 @@ def describe(directory: str | Path) -> dict[str, Any]:
     from hessian_lora.registry import METHODS
 
     path = Path(directory)
+    if path.is_dir() and not checkpoint.is_checkpoint(path):
+        return _describe_peft(path)
     data = checkpoint.read_meta_dict(path)
+    if (path / checkpoint.ADAPTER_WEIGHTS_FILE).is_file():
+        checkpoint.check_adapter_weights(path)
     meta = checkpoint.CheckpointMeta.from_dict(data)
     if meta.method not in METHODS:
         raise UserError(f"{path} holds unknown method {meta.method!r}: it was written by another version.")
@@ -70,6 +76,45 @@ def describe(directory: str | Path) -> dict[str, Any]:
     return facts
 
 
+def _describe_peft(path: Path) -> dict[str, Any]:
+    from hessian_lora import checkpoint
+    from hessian_lora.registry import METHODS
+
+    config = checkpoint.read_peft_config(path)
+    shapes = checkpoint.check_adapter_weights(path)
+    meta = checkpoint.peft_meta(config, base_model=config.get("base_model_name_or_path") or "-")
+    rewriting = checkpoint.base_rewriting_init(config)
+    use_rslora = meta.method == "rslora" or (meta.method == "dora" and config.get("use_rslora"))
+    divisor = {"gralora": meta.rank + int(config.get("hybrid_r") or 0), "randlora": meta.rank}.get(
+        meta.method, meta.rank ** 0.5 if use_rslora else meta.rank)
+    return {
+        "checkpoint": str(path),
+        "format": "peft",
+        "method": meta.method,
+        "summary": METHODS[meta.method].summary,
+        "rank": meta.rank,
+        "alpha": meta.alpha,
+        "scale": meta.alpha / divisor,
+        "dropout": meta.dropout,
+        "targets": list(meta.targets),
+        "base_model": meta.base_model,
+        "dtype": "-",
+        "model_seed": None,
+        "task": None,
+        "seed": None,
+        "step": None,
+        "lr": None,
+        "trainable_parameters": checkpoint.trained_parameter_count(shapes),
+        "adapter_bytes": _size(path / checkpoint.ADAPTER_WEIGHTS_FILE),
+        "residual_base": (
+            f"NEEDED: init_lora_weights={rewriting!r} rewrote the base; pass the residual base with --model, or "
+            "re-save with peft's path_initial_model_for_weight_conversion" if rewriting
+            else "not needed (a delta on the base model)"),
+        "optimizer_state": None,
+        "extra": {"peft_type": config.get("peft_type"), "init_lora_weights": config.get("init_lora_weights", True)},
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     facts = describe(args.checkpoint)
     if args.json:
@@ -83,10 +128,12 @@ def run(args: argparse.Namespace) -> int:
         ("alpha", f"{facts['alpha']:g} (scale {facts['scale']:g})"),
         ("dropout", facts["dropout"]),
         ("targets", ",".join(facts["targets"])),
-        ("base model", f"{facts['base_model']} ({facts['dtype']}, model seed {facts['model_seed']})"),
+        ("format", "plain peft adapter directory" if facts.get("format") == "peft" else "hessian-lora checkpoint"),
+        ("base model", facts["base_model"] if facts.get("format") == "peft"
+         else f"{facts['base_model']} ({facts['dtype']}, model seed {facts['model_seed']})"),
         ("task", facts["task"] or "-"),
-        ("init seed", facts["seed"]),
-        ("step", facts["step"]),
+        ("init seed", "-" if facts["seed"] is None else facts["seed"]),
+        ("step", "-" if facts["step"] is None else facts["step"]),
         ("lr", "-" if facts["lr"] is None else f"{facts['lr']:g}"),
         ("trainable params", "-" if facts["trainable_parameters"] is None else f"{facts['trainable_parameters']:,}"),
         ("adapter file", f"{facts['adapter_bytes']:,} bytes"),

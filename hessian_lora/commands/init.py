@@ -7,6 +7,7 @@ import sys
 import time
 
 from hessian_lora.adapters import ADAPTER_NAME, DEFAULT_TARGETS, AdapterConfig
+from hessian_lora.commands._prompt import add_prompt_template_argument
 from hessian_lora.errors import UserError
 from hessian_lora.registry import METHODS
 
@@ -39,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help=f"examples per LoRA-GA batch (default {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--max-length", type=int, default=512, help="token limit per example (default 512)")
+    add_prompt_template_argument(parser, default="chat", purpose="formats LoRA-GA's batches, recorded in the "
+                                 "checkpoint when used (default chat)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--out", required=True, help="checkpoint directory to write")
     parser.set_defaults(handler=run)
@@ -47,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from hessian_lora.adapters import adapter_at_initialisation, trainable_parameters
     from hessian_lora.checkpoint import CheckpointMeta, check_checkpoint_destination, save_checkpoint
-    from hessian_lora.data import load_task, make_batches
+    from hessian_lora.data import check_prompt_template, load_task, make_batches
     from hessian_lora.models import load_model
 
     targets = tuple(name.strip() for name in args.targets.split(",") if name.strip())
@@ -55,18 +58,23 @@ def run(args: argparse.Namespace) -> int:
                            targets=targets, seed=args.seed, pissa_niter=args.pissa_niter)
     if args.loraga_batches <= 0:
         raise UserError(f"--loraga-batches must be positive, got {args.loraga_batches}.")
+    check_prompt_template(args.prompt_template)
     check_checkpoint_destination(args.out)
     # Model and LoRA-GA data are prepared before the clock starts: the reported build time is the adapter's alone.
     loaded = load_model(args.model, device=args.device, seed=args.model_seed)
     batches = None
     if config.spec.needs_data:
         task = load_task(args.task, seed=args.seed, n_train=args.loraga_batches * args.batch_size, n_eval=0)
-        batches = make_batches(loaded.tokenizer, task.train, args.batch_size, max_length=args.max_length)
+        batches = make_batches(loaded.tokenizer, task.train, args.batch_size, max_length=args.max_length,
+                               prompt_template=args.prompt_template)
     started = time.perf_counter()
     peft_model = adapter_at_initialisation(loaded, config, init_batches=batches).model
     built_seconds = time.perf_counter() - started
+    extra: dict[str, object] = {"build_seconds": round(built_seconds, 3)}
+    if batches is not None:  # the template shaped the initialisation only when init read data
+        extra["prompt_template"] = args.prompt_template
     meta = CheckpointMeta.from_config(config, base_model=args.model, task=args.task, model_seed=args.model_seed,
-                                      step=0, extra={"build_seconds": round(built_seconds, 3)})
+                                      step=0, extra=extra)
     path = save_checkpoint(args.out, peft_model, meta)
     trainable = sum(p.numel() for p in trainable_parameters(peft_model).values())
     peft_config = peft_model.peft_config[ADAPTER_NAME]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from hessian_lora.commands._prompt import add_prompt_template_argument
 from hessian_lora.commands._threads import add_threads_argument, apply_threads
 
 
@@ -23,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--calibration", default=None,
                         help="a sweep RUN_DIR or a calibration .json (default: the shipped calibration)")
     parser.add_argument("--rank", type=int, default=None, help="LoRA rank (default: the calibration's)")
+    add_prompt_template_argument(parser, default=None, purpose="formats the probe batches (default: the "
+                                 "calibration sweep's, else chat)")
     parser.add_argument("--seed", type=int, default=0, help="adapter initialisation seed (default 0)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     add_threads_argument(parser)
@@ -42,6 +45,10 @@ def run(args: argparse.Namespace) -> int:
     from hessian_lora.recommend import calibration_from_run, load_calibration, recommend, save_calibration
 
     apply_threads(args)
+    if args.prompt_template is not None:
+        from hessian_lora.data import check_prompt_template
+
+        check_prompt_template(args.prompt_template)
     if args.method is None and args.save_calibration is None:
         raise UserError("pass --method METHOD to get a learning rate (or --save-calibration FILE to save one).")
     if args.calibration is not None and Path(args.calibration).is_dir():
@@ -58,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if args.method is None:
         return 0
     result = recommend(args.method, model=args.model, task=args.task, calibration=calibration, rank=args.rank,
-                       seed=args.seed, device=args.device)
+                       seed=args.seed, device=args.device, prompt_template=args.prompt_template)
     if args.json:
         print(json.dumps(asdict(result), indent=2))
     else:

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from hessian_lora.commands._prompt import add_prompt_template_argument
 from hessian_lora.commands._threads import add_threads_argument, apply_threads
 from hessian_lora.errors import UserError
 
@@ -28,8 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="allow a grid that differs from RUN_DIR's (adds the new runs; other settings must match)")
     parser.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available; local backend)")
-    parser.add_argument("--prompt-template", default=None,
-                        help="override the config's prompt_template: chat, alpaca, plain, or a string with {instruction}")
+    add_prompt_template_argument(parser, default=None, purpose="overrides the config's prompt_template")
     parser.add_argument("--eval-task", default=None,
                         help="override the config's eval_task: comma-separated gsm8k:PATH, math:PATH, mbpp:PATH, humaneval")
     add_threads_argument(parser)

@@ -201,7 +201,8 @@ def _lambda_at_init(config: SweepConfig, layout: RunLayout, key: InitKey, calibr
         batches = probe_batches(tokenizer, config.task, data_seed=config.data_seed, n_train=config.n_train,
                                 n_eval=config.n_eval, samples=int(probe.get("samples") or 32),
                                 batch_size=int(probe.get("batch_size") or 8),
-                                max_length=int(probe.get("max_length") or 512))
+                                max_length=int(probe.get("max_length") or 512),
+                                prompt_template=config.prompt_template)
         report = measure(model, batches, settings, out=out, progress=progress)
     return lambda_from_report(report, calibration.lambda_source)
 

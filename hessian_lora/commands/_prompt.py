@@ -1,0 +1,14 @@
+"""The ``--prompt-template`` option shared by the commands that tokenise examples (eigen, sweep, init, recommend)."""
+
+from __future__ import annotations
+
+import argparse
+
+CHOICES_HELP = "chat (plain without a chat template), alpaca, plain, or a string with {instruction}"
+
+
+def add_prompt_template_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *,
+                                 default: str | None, purpose: str) -> None:
+    """``--prompt-template``; ``purpose`` says what it formats and what the default means."""
+    parser.add_argument("--prompt-template", default=default, help=f"{CHOICES_HELP}: {purpose}")
+
