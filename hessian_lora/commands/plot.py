@@ -32,6 +32,10 @@ def run(args: argparse.Namespace) -> int:
     known = {"png", "pdf", "svg"}
     if not formats or set(formats) - known:
         raise UserError(f"--formats {args.formats!r}: use a comma-separated subset of {', '.join(sorted(known))}.")
+    from hessian_lora._paths import check_output_directory
+
+    if args.out is not None:
+        check_output_directory(args.out, "--out")
     result = plot_run(args.run_dir, args.out, formats=formats, **analysis_kwargs(args))
     for key, paths in result.written.items():
         print(f"({key}) {FIGURE_NAMES[key]}: {', '.join(str(path) for path in paths)}")

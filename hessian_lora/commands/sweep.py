@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hessian_lora._paths import check_output_directory
 from hessian_lora.commands._threads import add_threads_argument, apply_threads
 from hessian_lora.errors import UserError
 
@@ -40,7 +41,15 @@ def run(args: argparse.Namespace) -> int:
     if args.device is not None and args.backend == "ray":
         raise UserError("--device applies to the local backend; Ray places runs by the config's ray: settings.")
     config = load_config(args.config)
+    check_output_directory(args.out, "--out", kind="run directory")
     summary = run_sweep(config, args.out, backend=args.backend, address=args.address, extend=args.extend,
                         retry_failed=args.retry_failed, progress=not args.quiet, device=args.device)
     print(summary.line(), file=sys.stderr)
+    if summary.failed:
+        # A sweep with failed runs is not a success: say why, once per distinct error, and exit non-zero.
+        print(f"hessian-lora sweep: error: {summary.failed} runs failed; fix the cause and rerun with "
+              "--retry-failed:", file=sys.stderr)
+        for error, count in sorted(summary.errors.items(), key=lambda item: -item[1]):
+            print(f"  {count} x {error}", file=sys.stderr)
+        return 1
     return 0
