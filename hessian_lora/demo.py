@@ -92,6 +92,10 @@ def run_demo(
     if not config_path.is_file():
         raise UserError(f"demo config {config_path} is missing: pass --config with a sweep YAML file "
                         "(e.g. experiments/tiny.yaml).")
+    if layer_samples < 2:
+        raise UserError(f"--layer-samples must be at least 2, got {layer_samples}.")
+    if density_steps is not None and density_steps < 0:
+        raise UserError(f"--density-steps must be >= 0, got {density_steps}.")
     sweep_config = load_config(config_path)
     run_dir = Path(out) if out is not None else DEFAULT_OUT[quick]
     say = _Clock(progress, started)
@@ -100,10 +104,6 @@ def run_demo(
     say(summary.line())
 
     say("[2/4] λ_max per method at initialisation (whole adapter, spectral density, per-module)")
-    if layer_samples < 2:
-        raise UserError(f"--layer-samples must be at least 2, got {layer_samples}.")
-    if density_steps is not None and density_steps < 0:
-        raise UserError(f"--density-steps must be >= 0, got {density_steps}.")
     measured = list(measure_init_reports(
         sweep_config, run_dir, modules=tuple(modules) if modules else (QUICK_MODULES if quick else FULL_MODULES),
         layers=None if quick else layer_samples,

@@ -11,8 +11,8 @@ import contextlib
 import glob
 import logging
 import os
-import struct
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -140,8 +140,9 @@ def load_model(
         )
     elif "/" in spec:
         try:
-            with quiet_hub():
-                model, tokenizer = _load_pretrained_dir(spec, dtype, attn_implementation)
+            model, tokenizer = _load_hub(spec, dtype, attn_implementation)
+        except UserError:
+            raise
         except _LOAD_ERRORS as exc:
             raise UserError(
                 f"could not load hub model {spec} ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}): check the id and your network "
@@ -180,9 +181,12 @@ def load_tokenizer(spec: str = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
         # Not loadable: load_model words the error (a missing path or an unknown name).
         return load_model(spec, device="cpu").tokenizer
     else:
+        from huggingface_hub import constants
+
+        reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _hub_unreachable(constants.ENDPOINT)
         try:
-            with quiet_hub():
-                tokenizer = AutoTokenizer.from_pretrained(spec)
+            with quiet_hub(offline=reason is not None):
+                tokenizer = AutoTokenizer.from_pretrained(spec, local_files_only=reason is not None)
         except _LOAD_ERRORS as exc:
             raise UserError(f"could not load the tokenizer of hub model {spec} ({str(exc).splitlines()[0]}): "
                             f"check the id and your network, or use {DEFAULT_MODEL}.") from exc
@@ -192,7 +196,7 @@ def load_tokenizer(spec: str = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
 
 
 @contextlib.contextmanager
-def quiet_hub(timeout_s: float = 10.0):
+def quiet_hub(timeout_s: float = 10.0, *, offline: bool = False):
     """Hub downloads that fail fast and quietly: short connection timeouts (unless the user set them) and no
     per-retry warnings, so an unreachable hub is one line after seconds, not 22 warnings over a minute."""
     names = ("huggingface_hub", "transformers", "urllib3", "httpx")
@@ -204,7 +208,9 @@ def quiet_hub(timeout_s: float = 10.0):
     try:
         from huggingface_hub import constants
 
-        saved = (constants.HF_HUB_ETAG_TIMEOUT, constants.HF_HUB_DOWNLOAD_TIMEOUT)
+        saved = (constants.HF_HUB_ETAG_TIMEOUT, constants.HF_HUB_DOWNLOAD_TIMEOUT, constants.HF_HUB_OFFLINE)
+        if offline:
+            constants.HF_HUB_OFFLINE = True
         if "HF_HUB_ETAG_TIMEOUT" in set_here:
             constants.HF_HUB_ETAG_TIMEOUT = int(timeout_s)
         if "HF_HUB_DOWNLOAD_TIMEOUT" in set_here:
@@ -221,7 +227,7 @@ def quiet_hub(timeout_s: float = 10.0):
         for name in set_here:
             os.environ.pop(name, None)
         if constants is not None and saved is not None:
-            constants.HF_HUB_ETAG_TIMEOUT, constants.HF_HUB_DOWNLOAD_TIMEOUT = saved
+            constants.HF_HUB_ETAG_TIMEOUT, constants.HF_HUB_DOWNLOAD_TIMEOUT, constants.HF_HUB_OFFLINE = saved
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -237,13 +243,50 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def _load_pretrained_dir(
-    path: Path | str, dtype: torch.dtype, attn_implementation: str
+    path: Path | str, dtype: torch.dtype, attn_implementation: str, **hub: object
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=dtype, attn_implementation=attn_implementation
+        str(path), dtype=dtype, attn_implementation=attn_implementation, **hub
     )
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    tokenizer = AutoTokenizer.from_pretrained(str(path), **hub)
     return model, tokenizer
+
+
+def _load_hub(spec: str, dtype: torch.dtype, attn_implementation: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A hub model: from the local cache when it is there, else downloaded once the hub answers.
+
+    huggingface_hub retries an unreachable host with backoff (a minute of warnings before the error); one
+    short connection probe first turns that into one line at once.
+    """
+    from huggingface_hub import constants
+
+    reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _hub_unreachable(constants.ENDPOINT)
+    if reason is None:
+        with quiet_hub():
+            return _load_pretrained_dir(spec, dtype, attn_implementation)
+    # No hub: the local cache only, offline (transformers otherwise still asks the hub for adapter files).
+    try:
+        with quiet_hub(offline=True):
+            return _load_pretrained_dir(spec, dtype, attn_implementation, local_files_only=True)
+    except _LOAD_ERRORS as exc:
+        raise UserError(f"hub model {spec} is not in the local cache and the hub cannot be reached ({reason}): "
+                        f"check the id and your network (or HF_ENDPOINT), pass a model directory, or use "
+                        f"{DEFAULT_MODEL}.") from exc
+
+
+def _hub_unreachable(endpoint: str, timeout_s: float = 5.0) -> str | None:
+    """Why a TCP connection to the hub's host fails (None when it connects)."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(endpoint)
+    host = parsed.hostname or "huggingface.co"
+    port = parsed.port or (443 if parsed.scheme != "http" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc.strerror or exc}"
+    return None
 
 
 def _load_gguf(

@@ -47,9 +47,8 @@ def analysis_kwargs(args: argparse.Namespace) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hessian_lora.analysis import analyze, markdown_table, write_analysis
-
     from hessian_lora._paths import check_output_directory
+    from hessian_lora.analysis import analyze, markdown_table, write_analysis
 
     check_output_directory(args.out or args.run_dir, "--out" if args.out else "RUN_DIR")
     result = analyze(args.run_dir, **analysis_kwargs(args))  # type: ignore[arg-type]

@@ -38,9 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hessian_lora.demo import run_demo
-
     from hessian_lora._paths import check_output_directory
+    from hessian_lora.demo import run_demo
 
     apply_threads(args)
     if args.out is not None:

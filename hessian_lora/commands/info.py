@@ -29,6 +29,7 @@ def describe(directory: str | Path) -> dict[str, Any]:
 
     path = Path(directory)
     data = checkpoint.read_meta_dict(path)
+    checkpoint.check_checkpoint_files(path)
     meta = checkpoint.CheckpointMeta.from_dict(data)
     if meta.method not in METHODS:
         raise UserError(f"{path} holds unknown method {meta.method!r}: it was written by another version.")
@@ -61,10 +62,7 @@ def describe(directory: str | Path) -> dict[str, Any]:
         "extra": meta.extra,
     }
     if (path / checkpoint.OPTIMIZER_FILE).is_file():
-        import torch
-
-        raw = torch.load(path / checkpoint.OPTIMIZER_FILE, map_location="cpu", weights_only=True)
-        state = checkpoint.OptimizerState(raw["state_dict"], tuple(raw["param_names"]))
+        state = checkpoint.read_optimizer_state(path / checkpoint.OPTIMIZER_FILE)
         facts["optimizer_state"] = {"step": state.step, "betas": list(state.betas), "eps": state.eps,
                                     "parameters": len(state.param_names)}
     return facts

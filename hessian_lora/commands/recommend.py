@@ -38,10 +38,9 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict, replace
     from pathlib import Path
 
+    from hessian_lora._paths import check_output_file
     from hessian_lora.errors import UserError
     from hessian_lora.recommend import calibration_from_run, load_calibration, recommend, save_calibration
-
-    from hessian_lora._paths import check_output_file
 
     apply_threads(args)
     if args.save_calibration is not None:

@@ -99,6 +99,7 @@ def execute_run(
                                weight_decay=config.weight_decay, eps=config.eps)
     result = train(peft_model, tokenizer, task.train, train_config, optimizer=optimizer, progress=progress,
                    description=spec.run_id)
+    check_trained_tokens(result.tokens, max_length=config.max_length)
     history = list(result.history)
     documents[layout.relative_history(spec.run_id)] = history
     row.update(status=result.status, train_loss=result.train_loss, initial_loss=result.initial_loss,
@@ -134,6 +135,13 @@ def execute_run(
         row["hessian_seconds"] = hessian_seconds
     row["wall_seconds"] = time.perf_counter() - start
     return RunOutcome(row=row, documents=documents)
+
+
+def check_trained_tokens(tokens: int, *, max_length: int) -> None:
+    """A run that trained on zero loss tokens learned nothing: an error, never ``done``."""
+    if tokens <= 0:
+        raise UserError(f"the run trained on zero loss tokens: max_length {max_length} leaves no response token "
+                        "after the prompt; raise max_length.")
 
 
 def _eigen_report(

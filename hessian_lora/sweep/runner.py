@@ -143,8 +143,12 @@ def read_stored_config(run_dir: Path) -> SweepConfig:
     path = RunLayout(run_dir).config
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"cannot read {path} ({exc}): the run directory is damaged; use a new --out.") from exc
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot read {path} ({reason}): the run directory is damaged; use a new --out.") from exc
+    if not isinstance(data, Mapping):
+        raise UserError(f"{path} holds {type(data).__name__}, not a sweep config: the run directory is damaged; "
+                        "use a new --out.")
     return config_from_dict(data, source=str(path))
 
 
