@@ -69,7 +69,7 @@ class AdapterConfig:
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
             raise UserError(f"rank must be a positive integer, got {self.rank}: pass e.g. --rank 8.")
         if self.alpha is not None and not (self.alpha > 0 and math.isfinite(self.alpha)):
-            raise UserError(f"alpha must be a positive finite number, got {self.alpha}: omit it for alpha = rank.")
+            raise UserError(f"alpha must be positive and finite, got {self.alpha}: omit it for alpha = rank.")
         if not 0.0 <= self.dropout < 1.0:  # NaN fails this too
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}.")
         if not self.targets:

@@ -283,7 +283,7 @@ def check_safetensors(file: Path) -> None:
         raise UserError(f"{file} is missing: the checkpoint is incomplete; re-create it.")
     try:
         with safe_open(str(file), framework="pt") as handle:
-            for key in handle:
+            for key in handle.keys():  # noqa: SIM118  (safe_open is not iterable)
                 handle.get_slice(key)
     except Exception as exc:  # safetensors raises its own SafetensorError (header, size) and OSError
         raise UserError(f"{file} is not a complete safetensors file ({_first_line(exc)}): the checkpoint is "

@@ -720,3 +720,16 @@ def test_sweep_files_get_umask_permissions(tmp_path, capsys) -> None:
     (checkpoint,) = list((run / "runs").iterdir())
     assert checkpoint.stat().st_mode & 0o777 == 0o755
     assert (checkpoint / "hessian_lora.json").stat().st_mode & 0o777 == 0o644
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The checks refuse only bad input: the good files pass them
+
+
+def test_good_checkpoint_passes_every_check(good, untouched, tmp_path, capsys) -> None:
+    assert main(["info", str(good["checkpoint"]), "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["optimizer_state"]["step"] == 2
+    assert main(["eigen", str(good["checkpoint"]), "--preconditioned", *EIGEN_FAST,
+                 "--out", str(tmp_path / "r.json")]) == 0
+    assert main(["info", str(good["init"])]) == 0
