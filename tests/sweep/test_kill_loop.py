@@ -10,6 +10,7 @@ directories.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -117,10 +118,8 @@ def _kill(pid: int) -> bool:
     """SIGKILL the process group of ``pid``; True when it was still running (the kill interrupted it)."""
     if _finished(pid) is not None:
         return False
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     _, status = os.waitpid(pid, 0)
     return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
 
