@@ -75,8 +75,9 @@ def read_json(path: str | os.PathLike[str], *, what: str, fix: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UserError(f"{what} {file} is not valid JSON ({exc.msg} at line {exc.lineno}): the file is damaged; "
-                        f"{fix}") from exc
+        article = "an" if what[:1] in "aeiou" else "a"
+        raise UserError(f"{file} is not {article} {what} (invalid JSON: {exc.msg} at line {exc.lineno}): the file "
+                        f"is damaged; {fix}") from exc
 
 
 def read_document(path: str | os.PathLike[str], model: type[Model], *, what: str, fix: str) -> Model:
