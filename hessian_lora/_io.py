@@ -92,16 +92,18 @@ def replace_directory(staging: str | os.PathLike[str], target: str | os.PathLike
         shutil.rmtree(retired, ignore_errors=True)
 
 
-def remove_stale_temporaries(directory: str | os.PathLike[str], *, recursive: bool = False) -> list[Path]:
+def remove_stale_temporaries(
+    directory: str | os.PathLike[str], *, recursive: bool = False, name: str | None = None
+) -> list[Path]:
     """Remove the hidden ``.NAME.*.tmp`` files and directories that killed writes left in ``directory``.
 
     Call it only while holding the directory (e.g. under a sweep's lock): a concurrent writer's temporary file
-    looks the same. Returns what was removed.
+    looks the same. With ``name``, only the temporaries of that one target file. Returns what was removed.
     """
     root = Path(directory)
     if not root.is_dir():
         return []
-    pattern = f".*{TEMP_SUFFIX}"
+    pattern = f".{name}.*{TEMP_SUFFIX}" if name else f".*{TEMP_SUFFIX}"
     found = root.rglob(pattern) if recursive else root.glob(pattern)
     removed = []
     for leftover in sorted(found):

@@ -68,15 +68,15 @@ class AdapterConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise UserError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}.")
-        if not isinstance(self.rank, int) or self.rank <= 0:
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
             raise UserError(f"rank must be a positive integer, got {self.rank}: pass e.g. --rank 8.")
-        if self.alpha is not None and self.alpha <= 0:
-            raise UserError(f"alpha must be positive, got {self.alpha}: omit it for alpha = rank.")
-        if not 0.0 <= self.dropout < 1.0:
+        if self.alpha is not None and not (self.alpha > 0 and math.isfinite(self.alpha)):
+            raise UserError(f"alpha must be positive and finite, got {self.alpha}: omit it for alpha = rank.")
+        if not 0.0 <= self.dropout < 1.0:  # NaN fails this too
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}.")
         if not self.targets:
             raise UserError("no target modules: pass e.g. --targets q_proj,v_proj.")
-        if self.loraplus_ratio <= 0:
+        if not (self.loraplus_ratio > 0 and math.isfinite(self.loraplus_ratio)):
             raise UserError(f"loraplus_ratio must be positive, got {self.loraplus_ratio}.")
         if self.pissa_niter is not None and self.pissa_niter < 1:
             raise UserError(f"pissa_niter must be >= 1 (or None for the exact SVD), got {self.pissa_niter}.")
@@ -342,9 +342,9 @@ def _target_linear_shapes(model: nn.Module, targets: Sequence[str]) -> dict[str,
 
 def _check_rank_fits(config: AdapterConfig, shapes: dict[str, tuple[int, int]]) -> None:
     # SVD/QR methods take r (LoRA-GA: 2r) components of a matrix with min(out, in) of them.
-    needed = {"pissa": 1, "milora": 1, "olora": 1, "loraga": 2}.get(config.method)
-    if needed is None:
-        return
+    # Every other method: a rank above min(out, in) adds parameters but no expressivity (and a typo such as
+    # 100000000000 would otherwise end in an allocation failure).
+    needed = {"pissa": 1, "milora": 1, "olora": 1, "loraga": 2}.get(config.method, 1)
     smallest = min(min(shape) for shape in shapes.values())
     if needed * config.rank > smallest:
         raise UserError(f"{config.method} needs {needed}*rank <= {smallest} (the smallest target dimension), "

@@ -222,6 +222,7 @@ def load_checkpoint(directory: str | os.PathLike[str], *, device: str | torch.de
 
     path = Path(directory)
     meta_data = read_meta_dict(path)
+    check_checkpoint_files(path)
     meta = CheckpointMeta.from_dict(meta_data)
     config = meta.adapter_config()
     loaded = load_model(meta.base_model, dtype=meta.torch_dtype, device=device, seed=meta.model_seed)
@@ -241,8 +242,7 @@ def load_checkpoint(directory: str | os.PathLike[str], *, device: str | torch.de
     peft_model.eval()
     optimizer_state = None
     if (path / OPTIMIZER_FILE).is_file():
-        raw = torch.load(path / OPTIMIZER_FILE, map_location=next(peft_model.parameters()).device, weights_only=True)
-        optimizer_state = OptimizerState(raw["state_dict"], tuple(raw["param_names"]))
+        optimizer_state = read_optimizer_state(path / OPTIMIZER_FILE, map_location=next(peft_model.parameters()).device)
     return LoadedCheckpoint(peft_model, loaded.tokenizer, meta, optimizer_state)
 
 
@@ -255,13 +255,68 @@ def read_meta_dict(directory: str | os.PathLike[str]) -> dict[str, Any]:
     meta_path = path / META_FILE
     if not meta_path.is_file():
         raise UserError(f"{path} is not a hessian-lora checkpoint (no {META_FILE}): pass a checkpoint directory.")
+    from hessian_lora import schemas
+
+    data = schemas.read_json(meta_path, what="checkpoint metadata", fix=schemas.CHECKPOINT_FIX)
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise UserError(f"{path} was written by a newer hessian-lora (format {version}): upgrade.")
+    document = schemas.validate_document(schemas.CheckpointMetaDocument, data, source=str(meta_path),
+                                         fix=schemas.CHECKPOINT_FIX)
+    return document.model_dump()
+
+
+def check_checkpoint_files(directory: str | os.PathLike[str]) -> None:
+    """The adapter files a checkpoint needs are present and whole (a truncated safetensors file included)."""
+    from hessian_lora import schemas
+
+    path = Path(directory)
+    config = schemas.read_json(path / ADAPTER_CONFIG_FILE, what="adapter config", fix=schemas.CHECKPOINT_FIX)
+    if not isinstance(config, dict):
+        raise UserError(f"{path / ADAPTER_CONFIG_FILE} holds {type(config).__name__}, not an object: "
+                        f"{schemas.CHECKPOINT_FIX}")
+    for name in (ADAPTER_WEIGHTS_FILE, INITIAL_ADAPTER_FILE):
+        file = path / name
+        if name == INITIAL_ADAPTER_FILE and not file.exists():
+            continue  # only base-rewriting methods have one; load_checkpoint says when it is missing
+        check_safetensors(file)
+
+
+def check_safetensors(file: Path) -> None:
+    """``file`` is a complete safetensors file: its header parses and every tensor lies within the file."""
+    from safetensors import safe_open
+
+    if not file.is_file():
+        raise UserError(f"{file} is missing: the checkpoint is incomplete; re-create it.")
     try:
-        data = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{meta_path} is not valid JSON ({exc.msg}): the checkpoint is damaged, re-create it.") from exc
-    if data.get("format_version", 0) > FORMAT_VERSION:
-        raise UserError(f"{path} was written by a newer hessian-lora (format {data['format_version']}): upgrade.")
-    return data
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118  (safe_open is not iterable)
+                handle.get_slice(key)
+    except Exception as exc:  # safetensors raises its own SafetensorError (header, size) and OSError
+        raise UserError(f"{file} is not a complete safetensors file ({_first_line(exc)}): the checkpoint is "
+                        "damaged; re-create it.") from exc
+
+
+def read_optimizer_state(file: Path, *, map_location: Any = "cpu") -> OptimizerState:
+    """``optimizer.pt`` as an :class:`OptimizerState`; a damaged file is a :class:`UserError`."""
+    import pickle
+
+    try:
+        raw = torch.load(file, map_location=map_location, weights_only=True)
+        state = OptimizerState(dict(raw["state_dict"]), tuple(str(name) for name in raw["param_names"]))
+        if not isinstance(state.state_dict.get("state"), dict) or not state.state_dict.get("param_groups"):
+            raise ValueError("no optimizer state_dict")
+        state.betas, state.eps  # noqa: B018  (the fields Hessian work reads must be present)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, TypeError, ValueError, IndexError,
+            AttributeError, OSError) as exc:
+        raise UserError(f"{file} is not a saved optimizer state ({_first_line(exc)}): the checkpoint is damaged; "
+                        "delete the file to use the checkpoint without it, or rerun the training run.") from exc
+    return state
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:160]}" if lines else type(exc).__name__
 
 
 def adam_second_moments(
@@ -515,26 +570,14 @@ def load_peft_directory(
 
 
 def check_adapter_weights(directory: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
-    """Shapes of the tensors in ``adapter_model.safetensors``, read from its header; a missing, damaged or
-    truncated file (shorter than its header says) is a :class:`UserError`."""
+    """Shapes of the tensors in ``adapter_model.safetensors``; a missing, damaged or truncated file is a
+    :class:`UserError` (:func:`check_safetensors`)."""
+    from safetensors import safe_open
+
     path = Path(directory) / ADAPTER_WEIGHTS_FILE
-    if not path.is_file():
-        raise UserError(f"{path.parent} has no {ADAPTER_WEIGHTS_FILE}: the adapter's weights are missing, re-save it.")
-    size = path.stat().st_size
-    try:
-        with path.open("rb") as handle:
-            header_length = int.from_bytes(handle.read(8), "little")
-            if header_length <= 0 or 8 + header_length > size:
-                raise ValueError("header")
-            header = json.loads(handle.read(header_length))
-        entries = {name: entry for name, entry in header.items() if name != "__metadata__"}
-        end = max((int(entry["data_offsets"][1]) for entry in entries.values()), default=0)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path} is damaged (unreadable safetensors header): re-save the adapter.") from exc
-    if 8 + header_length + end > size:
-        raise UserError(f"{path} is truncated ({size:,} of {8 + header_length + end:,} bytes): re-save or re-copy "
-                        "the adapter.")
-    return {name: tuple(entry["shape"]) for name, entry in entries.items()}
+    check_safetensors(path)
+    with safe_open(str(path), framework="pt") as handle:
+        return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
 
 
 def trained_parameter_count(shapes: Mapping[str, tuple[int, ...]]) -> int:

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from hessian_lora.errors import UserError
 
@@ -14,8 +15,15 @@ from hessian_lora.errors import UserError
 COMMAND_MODULES = ("methods", "init", "info", "eigen", "sweep", "results", "analyze", "recommend", "plot", "demo")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``PROG: error: MESSAGE (see PROG --help)`` and exit 2, no usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hessian-lora",
         description="Which learning rate each LoRA variant needs, and why: LR sweeps and loss-Hessian sharpness.",
     )
@@ -40,7 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "hessian-lora"
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help (0) or a usage error (2, already printed): a code, not an exception
+            return exc.code if isinstance(exc.code, int) else 2
         if not getattr(args, "handler", None):
             parser.print_help()
             return 2

@@ -177,6 +177,11 @@ def _file_task(spec: str, seed: int, n_train: int, n_eval: int) -> Task:
         if missing:
             raise UserError(f"record {index} of {path} lacks field(s) {', '.join(missing)}: fix the file or the "
                             "mapping PATH::PROMPT_FIELD,RESPONSE_FIELD.")
+        bad = [name for name in (prompt_field, response_field)
+               if not isinstance(record[name], (str, int, float)) or isinstance(record[name], bool)]
+        if bad:
+            raise UserError(f"record {index} of {path}: field(s) {', '.join(bad)} must be text, got "
+                            f"{', '.join(repr(record[name])[:40] for name in bad)}: fix the file.")
         prompt = str(record[prompt_field])
         if input_field and record.get(input_field):
             prompt = f"{prompt}\n\n{record[input_field]}"
@@ -190,17 +195,29 @@ def _file_task(spec: str, seed: int, n_train: int, n_eval: int) -> Task:
 
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (byte {exc.start}): save it as UTF-8 JSON.") from exc
+    except OSError as exc:
+        raise UserError(f"cannot read data file {path} ({exc.strerror or exc}): pass a readable file.") from exc
     try:
         if path.suffix == ".jsonl":
             records = [json.loads(line) for line in text.splitlines() if line.strip()]
         else:
             loaded = json.loads(text) if text.strip() else []
-            records = loaded if isinstance(loaded, list) else loaded.get("data", [])
+            if isinstance(loaded, dict) and "data" in loaded:
+                loaded = loaded["data"]
+            if not isinstance(loaded, list):
+                raise UserError(f"{path} must hold a JSON list of example objects (or {{\"data\": [...]}}), "
+                                f"got {type(loaded).__name__}: fix the file.")
+            records = loaded
     except json.JSONDecodeError as exc:
         raise UserError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}): fix the file.") from exc
-    if not all(isinstance(record, dict) for record in records):
-        raise UserError(f"{path} must hold JSON objects, one per example.")
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise UserError(f"record {index} of {path} is {type(record).__name__}, not an object: the file must "
+                            "hold JSON objects, one per example.")
     return records
 
 

@@ -99,6 +99,10 @@ def run_demo(
     if not config_path.is_file():
         raise UserError(f"demo config {config_path} is missing: pass --config with a sweep YAML file "
                         "(e.g. experiments/tiny.yaml).")
+    if layer_samples < 2:
+        raise UserError(f"--layer-samples must be at least 2, got {layer_samples}.")
+    if density_steps is not None and density_steps < 0:
+        raise UserError(f"--density-steps must be >= 0, got {density_steps}.")
     sweep_config = load_config(config_path)
     if full:
         sweep_config = replace(sweep_config, search=None)
@@ -131,10 +135,6 @@ def _demo_steps(sweep_config: SweepConfig, config_path: Path, run_dir: Path, say
     say("[2/4] λ_max per method at initialisation (whole adapter, spectral density, per-module)")
     if density_steps is None:
         density_steps = ADAPTIVE_DENSITY_STEPS if adaptive and not quick else DENSITY_STEPS[quick]
-    if layer_samples < 2:
-        raise UserError(f"--layer-samples must be at least 2, got {layer_samples}.")
-    if density_steps is not None and density_steps < 0:
-        raise UserError(f"--density-steps must be >= 0, got {density_steps}.")
     measured = list(measure_init_reports(
         sweep_config, run_dir, modules=tuple(modules) if modules else (QUICK_MODULES if quick else FULL_MODULES),
         layers=None if quick else layer_samples,

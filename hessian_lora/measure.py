@@ -321,11 +321,15 @@ def write_report(path: str | os.PathLike[str], report: EigenReport) -> None:
 
 def read_report(path: str | os.PathLike[str]) -> EigenReport:
     """An eigen report written by :func:`write_report`; anything else is a :class:`UserError`."""
+    from hessian_lora import schemas
+
+    data = schemas.read_json(path, what="eigen report", fix=schemas.REPORT_FIX)
+    schemas.validate_document(schemas.EigenReportDocument, data, source=str(path), fix=schemas.REPORT_FIX)
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
         return EigenReport.from_dict(data)
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise UserError(f"{path} is not an eigen report ({exc}): write to another file or delete it.") from exc
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UserError(f"{path} is not an eigen report ({type(exc).__name__}: {exc}): "
+                        f"{schemas.REPORT_FIX}") from exc
 
 
 def checkpoint_preconditioner(loaded: LoadedCheckpoint, names: Sequence[str]) -> tuple[torch.Tensor, dict[str, float]]:

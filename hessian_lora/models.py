@@ -7,9 +7,12 @@ products through it fail or silently fall back. ``eager`` supports both and is t
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import logging
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -56,6 +59,39 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def check_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a torch device that exists here (None: :func:`default_device`); else a :class:`UserError`."""
+    if device is None:
+        return default_device()
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise UserError(f"unknown device {device!r}: use cpu, cuda, cuda:1 or mps.") from exc
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {device!r}: no CUDA device is available here: use --device cpu (or leave "
+                            "--device out).")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise UserError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here: pick "
+                            f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}.")
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device {device!r}: MPS is not available here: use --device cpu.")
+    elif resolved.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"device {device!r} is not supported: use cpu, cuda or mps.")
+    return resolved
+
+
+def _cause(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+
+
+# What loading a damaged or foreign model file raises (config.json not JSON, a .gguf that is not one, missing
+# weights, a config transformers cannot build, ...).
+_LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, struct.error, UnicodeDecodeError,
+                AttributeError, IndexError)
+
+
 def load_model(
     spec: str = DEFAULT_MODEL,
     *,
@@ -69,7 +105,9 @@ def load_model(
     ``spec`` is ``smollm2-135m`` (embedded, cached as safetensors after the first load), ``tiny-llama``
     (random, deterministic per ``seed``), a local HF model directory, a ``.gguf`` file, or a hub id.
     """
-    device = torch.device(device) if device is not None else default_device()
+    device = check_device(device)
+    if not isinstance(spec, str) or not spec.strip():
+        raise UserError(f"model must be a name, a directory, a .gguf file or a hub id, got {spec!r}.")
     if spec == DEFAULT_MODEL:
         model, tokenizer = _load_pretrained_dir(ensure_smollm2(), dtype, attn_implementation)
     elif spec == TINY_MODEL or spec.startswith(TINY_MODEL + ":"):
@@ -79,11 +117,22 @@ def load_model(
         path = Path(spec)
         if not path.is_file():
             raise UserError(f"GGUF file {spec} does not exist: pass an existing .gguf path.")
-        model, tokenizer = _load_gguf(path, dtype, attn_implementation)
+        try:
+            model, tokenizer = _load_gguf(path, dtype, attn_implementation)
+        except UserError:
+            raise
+        except _LOAD_ERRORS as exc:
+            raise UserError(f"cannot load {spec} as a GGUF model ({_cause(exc)}): pass a valid .gguf file.") from exc
     elif Path(spec).is_dir():
         if not (Path(spec) / "config.json").is_file():
             raise UserError(f"{spec} has no config.json: pass a Hugging Face model directory (save_pretrained).")
-        model, tokenizer = _load_pretrained_dir(Path(spec), dtype, attn_implementation)
+        try:
+            model, tokenizer = _load_pretrained_dir(Path(spec), dtype, attn_implementation)
+        except UserError:
+            raise
+        except _LOAD_ERRORS as exc:
+            raise UserError(f"cannot load the model directory {spec} ({_cause(exc)}): check its config.json, "
+                            "weights and tokenizer files (save_pretrained writes them).") from exc
     elif _looks_like_path(spec):
         raise UserError(
             f"model path {spec} does not exist or is not a model directory: pass an existing model directory or "
@@ -91,11 +140,13 @@ def load_model(
         )
     elif "/" in spec:
         try:
-            model, tokenizer = _load_pretrained_dir(spec, dtype, attn_implementation)
-        except OSError as exc:
+            model, tokenizer = _load_hub(spec, dtype, attn_implementation)
+        except UserError:
+            raise
+        except _LOAD_ERRORS as exc:
             raise UserError(
-                f"could not load hub model {spec} ({str(exc).splitlines()[0]}): check the id and your network, "
-                f"or use {DEFAULT_MODEL}."
+                f"could not load hub model {spec} ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}): check the id and your network "
+                f"(HF_HUB_OFFLINE=1 uses the local cache only), or use {DEFAULT_MODEL}."
             ) from exc
     else:
         raise UserError(
@@ -130,14 +181,53 @@ def load_tokenizer(spec: str = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
         # Not loadable: load_model words the error (a missing path or an unknown name).
         return load_model(spec, device="cpu").tokenizer
     else:
+        from huggingface_hub import constants
+
+        reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _hub_unreachable(constants.ENDPOINT)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(spec)
-        except OSError as exc:
+            with quiet_hub(offline=reason is not None):
+                tokenizer = AutoTokenizer.from_pretrained(spec, local_files_only=reason is not None)
+        except _LOAD_ERRORS as exc:
             raise UserError(f"could not load the tokenizer of hub model {spec} ({str(exc).splitlines()[0]}): "
                             f"check the id and your network, or use {DEFAULT_MODEL}.") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+@contextlib.contextmanager
+def quiet_hub(timeout_s: float = 10.0, *, offline: bool = False):
+    """Hub downloads that fail fast and quietly: short connection timeouts (unless the user set them) and no
+    per-retry warnings, so an unreachable hub is one line after seconds, not 22 warnings over a minute."""
+    names = ("huggingface_hub", "transformers", "urllib3", "httpx")
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    set_here = [name for name in ("HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT") if name not in os.environ]
+    for name in set_here:
+        os.environ[name] = str(int(timeout_s))
+    try:
+        from huggingface_hub import constants
+
+        saved = (constants.HF_HUB_ETAG_TIMEOUT, constants.HF_HUB_DOWNLOAD_TIMEOUT, constants.HF_HUB_OFFLINE)
+        if offline:
+            constants.HF_HUB_OFFLINE = True
+        if "HF_HUB_ETAG_TIMEOUT" in set_here:
+            constants.HF_HUB_ETAG_TIMEOUT = int(timeout_s)
+        if "HF_HUB_DOWNLOAD_TIMEOUT" in set_here:
+            constants.HF_HUB_DOWNLOAD_TIMEOUT = int(timeout_s)
+    except (ImportError, AttributeError):
+        constants, saved = None, None
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+        for name in set_here:
+            os.environ.pop(name, None)
+        if constants is not None and saved is not None:
+            constants.HF_HUB_ETAG_TIMEOUT, constants.HF_HUB_DOWNLOAD_TIMEOUT, constants.HF_HUB_OFFLINE = saved
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -153,13 +243,50 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def _load_pretrained_dir(
-    path: Path | str, dtype: torch.dtype, attn_implementation: str
+    path: Path | str, dtype: torch.dtype, attn_implementation: str, **hub: object
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=dtype, attn_implementation=attn_implementation
+        str(path), dtype=dtype, attn_implementation=attn_implementation, **hub
     )
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    tokenizer = AutoTokenizer.from_pretrained(str(path), **hub)
     return model, tokenizer
+
+
+def _load_hub(spec: str, dtype: torch.dtype, attn_implementation: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A hub model: from the local cache when it is there, else downloaded once the hub answers.
+
+    huggingface_hub retries an unreachable host with backoff (a minute of warnings before the error); one
+    short connection probe first turns that into one line at once.
+    """
+    from huggingface_hub import constants
+
+    reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _hub_unreachable(constants.ENDPOINT)
+    if reason is None:
+        with quiet_hub():
+            return _load_pretrained_dir(spec, dtype, attn_implementation)
+    # No hub: the local cache only, offline (transformers otherwise still asks the hub for adapter files).
+    try:
+        with quiet_hub(offline=True):
+            return _load_pretrained_dir(spec, dtype, attn_implementation, local_files_only=True)
+    except _LOAD_ERRORS as exc:
+        raise UserError(f"hub model {spec} is not in the local cache and the hub cannot be reached ({reason}): "
+                        f"check the id and your network (or HF_ENDPOINT), pass a model directory, or use "
+                        f"{DEFAULT_MODEL}.") from exc
+
+
+def _hub_unreachable(endpoint: str, timeout_s: float = 5.0) -> str | None:
+    """Why a TCP connection to the hub's host fails (None when it connects)."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(endpoint)
+    host = parsed.hostname or "huggingface.co"
+    port = parsed.port or (443 if parsed.scheme != "http" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc.strerror or exc}"
+    return None
 
 
 def _load_gguf(
@@ -235,10 +362,27 @@ def _tiny_overrides(spec: str) -> dict[str, int]:
     if ":" in spec:
         for item in spec.split(":", 1)[1].split(","):
             key, _, value = item.partition("=")
-            if not value.isdigit():
+            key = key.strip()
+            if key not in _TINY_LIMITS:
+                raise UserError(f"unknown tiny-llama option {key!r}: use {', '.join(_TINY_LIMITS)}, e.g. "
+                                "tiny-llama:hidden_size=32,layers=1.")
+            if not value.strip().isdigit():
                 raise UserError(f"bad tiny-llama option {item!r}: write e.g. tiny-llama:hidden_size=32,layers=1.")
-            overrides[key.strip()] = int(value)
+            number, limit = int(value), _TINY_LIMITS[key]
+            if not 1 <= number <= limit:
+                raise UserError(f"tiny-llama {key}={number} is out of range: use 1 .. {limit}.")
+            overrides[key] = number
+    shape = {"hidden_size": 64, "heads": 4, "kv_heads": 2, **overrides}
+    if shape["hidden_size"] % shape["heads"] or (shape["hidden_size"] // shape["heads"]) % 2:
+        raise UserError(f"tiny-llama hidden_size={shape['hidden_size']} must be an even multiple of heads="
+                        f"{shape['heads']} (each head an even width): e.g. hidden_size=32,heads=4.")
+    if shape["heads"] % shape["kv_heads"]:
+        raise UserError(f"tiny-llama heads={shape['heads']} must be a multiple of kv_heads={shape['kv_heads']}.")
     return overrides
+
+
+# Options of a tiny-llama spec and their upper bounds (a test model: larger is a typo, not a wish).
+_TINY_LIMITS = {"hidden_size": 4096, "layers": 64, "heads": 64, "kv_heads": 64, "intermediate_size": 16384}
 
 
 def tiny_llama(

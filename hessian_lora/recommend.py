@@ -180,13 +180,11 @@ def load_calibration(source: str | os.PathLike[str] | None = None) -> Calibratio
         return calibration_from_run(path)
     if not path.is_file():
         raise UserError(f"calibration {str(source)!r} does not exist: pass a sweep RUN_DIR or a calibration .json.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read calibration {str(path)!r} ({exc}): pass a calibration .json.") from exc
-    if not isinstance(data, Mapping):
-        raise UserError(f"{str(path)!r} is not a calibration file: pass a calibration .json or a RUN_DIR.")
-    return Calibration.from_dict(data, source=str(path))
+    from hessian_lora import schemas
+
+    document = schemas.read_document(path, schemas.CalibrationDocument, what="calibration",
+                                     fix=schemas.CALIBRATION_FIX)
+    return Calibration.from_dict(document.model_dump(), source=str(path))
 
 
 def save_calibration(calibration: Calibration, path: str | os.PathLike[str]) -> Path:
@@ -279,6 +277,9 @@ def recommend(
     probe = cal.probe
     model = model or probe.get("model") or "smollm2-135m"
     task = task or probe.get("task") or "arith"
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise UserError(f"rank must be a positive integer, got {rank!r}: pass e.g. --rank 8, or leave it out for "
+                        "the calibration's rank.")
     rank = rank or probe.get("rank") or 8
     template = prompt_template or probe.get("prompt_template")
     probe = {**probe, "prompt_template": template}

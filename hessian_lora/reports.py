@@ -9,13 +9,11 @@ projection, and merging the ``_init_<part>`` reports of one adapter into one.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -225,10 +223,9 @@ _NESTED_RECORDS: dict[type, dict[str, type]] = {
 
 def load_eigen_report(path: str | os.PathLike[str]) -> ReportView:
     """Read one ``hessian/*.json`` report (see :func:`report_from_dict`)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read eigen report {str(path)!r} ({exc}): rerun the measurement.") from exc
+    from hessian_lora.schemas import read_json
+
+    data = read_json(path, what="eigen report", fix="rerun the measurement (or delete the file).")
     if not isinstance(data, Mapping):
         raise UserError(f"{str(path)!r} is not an eigen report (expected a JSON object with 'blocks').")
     return report_from_dict(data, path=str(path))

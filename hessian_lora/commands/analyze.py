@@ -54,6 +54,7 @@ def analysis_kwargs(args: argparse.Namespace) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hessian_lora._paths import check_output_directory
     from hessian_lora.analysis import analyze, markdown_table, write_analysis
     from hessian_lora.analysis.ablation import (
         ablation_markdown,
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         write_ablation,
     )
 
+    check_output_directory(args.out or args.run_dirs[0], "--out" if args.out else "RUN_DIR")
     options = analysis_kwargs(args)
     if is_ablation(args.run_dirs, rank=args.rank, batch_size=args.batch_size):
         ablation = analyze_ablation(args.run_dirs, **options)  # type: ignore[arg-type]

@@ -44,9 +44,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hessian_lora._paths import check_output_directory
     from hessian_lora.demo import run_demo
 
     apply_threads(args)
+    if args.out is not None:
+        check_output_directory(args.out, "--out", kind="run directory")
     modules = [name.strip() for name in args.modules.split(",") if name.strip()] if args.modules else None
     result = run_demo(quick=args.quick, out=args.out, config=args.config, measure_final=not args.skip_final,
                       modules=modules, layer_samples=args.layer_samples, density_steps=args.density_steps,

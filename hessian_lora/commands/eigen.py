@@ -7,6 +7,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from hessian_lora._io import remove_stale_temporaries
+from hessian_lora._paths import check_output_file
 from hessian_lora.commands._prompt import add_prompt_template_argument
 from hessian_lora.commands._threads import add_threads_argument, apply_threads
 from hessian_lora.errors import UserError
@@ -93,6 +95,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--data {args.data}: no such file; pass a .json or .jsonl file of examples.")
     if args.blocks == "whole" and (args.modules or args.layers):
         raise UserError("--modules/--layers pick per-module blocks: add --blocks per-module.")
+    out = check_output_file(args.out, "--out")
+    # Temporary files a killed write of this report left; only this report's, since a sweep or another eigen
+    # may be writing beside it.
+    remove_stale_temporaries(out.parent, name=out.name)
     targets = tuple(t.strip() for t in args.targets.split(",") if t.strip()) if args.targets else None
     report = eigen(
         args.checkpoint,

@@ -33,8 +33,7 @@ def describe(directory: str | Path) -> dict[str, Any]:
     if path.is_dir() and not checkpoint.is_checkpoint(path):
         return _describe_peft(path)
     data = checkpoint.read_meta_dict(path)
-    if (path / checkpoint.ADAPTER_WEIGHTS_FILE).is_file():
-        checkpoint.check_adapter_weights(path)
+    checkpoint.check_checkpoint_files(path)
     meta = checkpoint.CheckpointMeta.from_dict(data)
     if meta.method not in METHODS:
         raise UserError(f"{path} holds unknown method {meta.method!r}: it was written by another version.")
@@ -67,10 +66,7 @@ def describe(directory: str | Path) -> dict[str, Any]:
         "extra": meta.extra,
     }
     if (path / checkpoint.OPTIMIZER_FILE).is_file():
-        import torch
-
-        raw = torch.load(path / checkpoint.OPTIMIZER_FILE, map_location="cpu", weights_only=True)
-        state = checkpoint.OptimizerState(raw["state_dict"], tuple(raw["param_names"]))
+        state = checkpoint.read_optimizer_state(path / checkpoint.OPTIMIZER_FILE)
         facts["optimizer_state"] = {"step": state.step, "betas": list(state.betas), "eps": state.eps,
                                     "parameters": len(state.param_names)}
     return facts

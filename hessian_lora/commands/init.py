@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from hessian_lora._paths import check_output_directory
 from hessian_lora.adapters import ADAPTER_NAME, DEFAULT_TARGETS, AdapterConfig
 from hessian_lora.commands._prompt import add_prompt_template_argument
 from hessian_lora.errors import UserError
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if args.loraga_batches <= 0:
         raise UserError(f"--loraga-batches must be positive, got {args.loraga_batches}.")
     check_prompt_template(args.prompt_template)
+    check_output_directory(args.out, "--out", kind="checkpoint directory")
     check_checkpoint_destination(args.out)
     # Model and LoRA-GA data are prepared before the clock starts: the reported build time is the adapter's alone.
     loaded = load_model(args.model, device=args.device, seed=args.model_seed)

@@ -37,6 +37,10 @@ def run(args: argparse.Namespace) -> int:
     known = {"png", "pdf", "svg"}
     if not formats or set(formats) - known:
         raise UserError(f"--formats {args.formats!r}: use a comma-separated subset of {', '.join(sorted(known))}.")
+    from hessian_lora._paths import check_output_directory
+
+    if args.out is not None:
+        check_output_directory(args.out, "--out")
     options = analysis_kwargs(args)
     if is_ablation(args.run_dirs, rank=args.rank, batch_size=args.batch_size):
         result = plot_ablation(args.run_dirs, args.out, formats=formats, **options)  # type: ignore[arg-type]

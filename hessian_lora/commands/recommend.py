@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict, replace
     from pathlib import Path
 
+    from hessian_lora._paths import check_output_file
     from hessian_lora.errors import UserError
     from hessian_lora.recommend import calibration_from_run, load_calibration, recommend, save_calibration
 
@@ -49,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         from hessian_lora.data import check_prompt_template
 
         check_prompt_template(args.prompt_template)
+    if args.save_calibration is not None:
+        check_output_file(args.save_calibration, "--save-calibration")
     if args.method is None and args.save_calibration is None:
         raise UserError("pass --method METHOD to get a learning rate (or --save-calibration FILE to save one).")
     if args.calibration is not None and Path(args.calibration).is_dir():

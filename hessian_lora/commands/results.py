@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hessian_lora._io import write_text_atomic
+from hessian_lora._paths import check_output_file
 from hessian_lora.errors import UserError
 
 TABLE_COLUMNS = ("method", "rank", "seed", "batch_size", "lr", "status", "steps", "train_loss", "eval_loss",
@@ -35,13 +37,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hessian_lora.sweep.store import COLUMN_NAMES, open_store
+    from hessian_lora.sweep.store import COLUMN_NAMES
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a directory: pass a RUN_DIR written by `hessian-lora sweep`.")
-    with open_store(run_dir, read_only=True) as store:
-        rows = store.rows()
+    if args.output and args.format != "table":
+        check_output_file(args.output, "--output")
+    rows = read_rows(run_dir)
     if args.format == "table":
         if args.output:
             raise UserError("--output is for csv and parquet; redirect the table with > instead.")
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "csv":
         text = to_csv(rows, columns)
         if args.output:
-            Path(args.output).write_text(text, encoding="utf-8")
+            write_text_atomic(args.output, text)
         else:
             sys.stdout.write(text)
         return 0
@@ -60,6 +63,21 @@ def run(args: argparse.Namespace) -> int:
     write_parquet(rows, columns, output)
     print(f"wrote {len(rows)} rows to {output}", file=sys.stderr)
     return 0
+
+
+def read_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """Every row of RUN_DIR/results.sqlite; a missing or damaged store is a :class:`UserError`."""
+    import sqlite3
+
+    from hessian_lora.sweep.store import open_store
+
+    path = run_dir / "results.sqlite"
+    try:
+        with open_store(run_dir, read_only=True) as store:
+            return store.rows()
+    except sqlite3.Error as exc:
+        raise UserError(f"{path} is not a readable sweep store ({exc}): pass a RUN_DIR written by "
+                        "`hessian-lora sweep`.") from exc
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = TABLE_COLUMNS) -> str:

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from hessian_lora._paths import check_output_directory
 from hessian_lora.commands._prompt import add_prompt_template_argument
 from hessian_lora.commands._threads import add_threads_argument, apply_threads
 from hessian_lora.errors import UserError
@@ -61,7 +62,15 @@ def run(args: argparse.Namespace) -> int:
         path = spec.partition(":")[2]
         if path and not Path(path).expanduser().is_file():
             raise UserError(f"eval_task {spec}: no such file {path}; replace the path with your copy of the set.")
+    check_output_directory(args.out, "--out", kind="run directory")
     summary = run_sweep(config, args.out, backend=args.backend, address=args.address, extend=args.extend,
                         retry_failed=args.retry_failed, progress=not args.quiet, device=args.device)
     print(summary.line(), file=sys.stderr)
+    if summary.failed:
+        # A sweep with failed runs is not a success: say why, once per distinct error, and exit non-zero.
+        print(f"hessian-lora sweep: error: {summary.failed} runs failed; fix the cause and rerun with "
+              "--retry-failed:", file=sys.stderr)
+        for error, count in sorted(summary.errors.items(), key=lambda item: -item[1]):
+            print(f"  {count} x {error}", file=sys.stderr)
+        return 1
     return 0

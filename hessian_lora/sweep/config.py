@@ -195,6 +195,8 @@ def load_config(path: str | os.PathLike[str]) -> SweepConfig:
         raise UserError(f"sweep config {file} does not exist: pass a YAML file such as experiments/tiny.yaml.")
     try:
         data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{file} is not UTF-8 text (byte {exc.start}): is it the sweep YAML? Fix the file.") from exc
     except yaml.YAMLError as exc:
         raise UserError(f"{file} is not valid YAML ({str(exc).splitlines()[0]}): fix the file.") from exc
     if not isinstance(data, Mapping):

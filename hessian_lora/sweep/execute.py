@@ -101,6 +101,7 @@ def execute_run(
     probe = _sharpness_probe(config, peft_model, tokenizer, task.train, train_config, adapter_config)
     result = train(peft_model, tokenizer, task.train, train_config, optimizer=optimizer, progress=progress,
                    description=spec.run_id, probe=probe)
+    check_trained_tokens(result.tokens, max_length=config.max_length)
     history = list(result.history)
     documents[layout.relative_document(spec.run_id, "history")] = history
     if probe is not None:
@@ -204,6 +205,13 @@ def score_eval_sets(model: Any, tokenizer: Any, config: SweepConfig, *, progress
                               batch_size=config.eval.batch_size, precision=config.eval.precision, progress=progress)
         scores[EVAL_SET_COLUMNS[eval_set.name]] = eval_set.accuracy(texts)
     return scores
+
+
+def check_trained_tokens(tokens: int, *, max_length: int) -> None:
+    """A run that trained on zero loss tokens learned nothing: an error, never ``done``."""
+    if tokens <= 0:
+        raise UserError(f"the run trained on zero loss tokens: max_length {max_length} leaves no response token "
+                        "after the prompt; raise max_length.")
 
 
 def _eigen_report(

@@ -28,7 +28,7 @@ from typing import Any, Literal, get_args
 import torch
 import yaml
 
-from hessian_lora._io import write_text_atomic
+from hessian_lora._io import remove_stale_temporaries, write_text_atomic
 from hessian_lora.errors import UserError
 from hessian_lora.rundir import (
     CONFIG_FILE,
@@ -57,7 +57,12 @@ class SweepSummary:
     ran: int
     counts: dict[str, int]  # final statuses over the planned runs
     wall_seconds: float
+    errors: dict[str, int] = dataclasses.field(default_factory=dict)  # failed runs: last error line → count
     search: tuple[str, ...] = field(default=())  # adaptive search: one status line per method-setting
+
+    @property
+    def failed(self) -> int:
+        return self.counts.get(Status.FAILED.value, 0)
 
     def line(self) -> str:
         """The one-line summary ``hessian-lora sweep`` prints at the end (after the search's lines, if any)."""
@@ -77,16 +82,25 @@ def prepare_run_dir(config: SweepConfig, run_dir: Path, *, extend: bool = False)
 
     A directory made for other shared settings (model, task, steps, ...) is always refused: its rows would not
     be comparable. Different grid axes are refused unless ``extend``; then the stored config becomes the union
-    of both grids (what the directory now holds) and is returned.
+    of both grids (what the directory now holds) and is returned. A directory that records no runs yet (a sweep
+    stopped before its first run) takes the new config whatever it was made with.
     """
+    effective, changed = plan_run_dir(config, run_dir, extend=extend)
+    if changed:
+        _write_config(RunLayout(run_dir).config, effective.to_dict())
+    return effective
+
+
+def plan_run_dir(config: SweepConfig, run_dir: Path, *, extend: bool = False) -> tuple[SweepConfig, bool]:
+    """What :func:`prepare_run_dir` checks, without writing: (the config in effect, whether config.yaml changes)."""
     path = RunLayout(run_dir).config
-    if not path.is_file():
+    if not path.is_file() or not _recorded_statuses(run_dir):
         # The lock file is made before this check (the lock is taken first), so it does not count as content.
-        if run_dir.is_dir() and any(entry.name != LOCK_FILE for entry in run_dir.iterdir()):
+        if not path.is_file() and run_dir.is_dir() and any(
+                entry.name != LOCK_FILE for entry in run_dir.iterdir()):
             raise UserError(f"{run_dir} exists, is not empty and holds no {CONFIG_FILE}: it is not a sweep "
                             "directory; pass a new or empty --out directory.")
-        _write_config(path, config.to_dict())
-        return config
+        return config, True
     stored = read_stored_config(run_dir)
     before, after = stored.shared_settings(), config.shared_settings()
     if before != after:
@@ -94,7 +108,7 @@ def prepare_run_dir(config: SweepConfig, run_dir: Path, *, extend: bool = False)
         raise UserError(f"{run_dir} holds a sweep with other settings ({', '.join(changed)}): its results would "
                         "not be comparable; pass a new --out directory, or restore those settings.")
     if _grid(stored) == _grid(config):
-        return stored
+        return stored, False
     if not extend:
         stored_grid, new_grid = _grid(stored), _grid(config)
         added = [axis for axis, old, new in zip(GRID_AXES, stored_grid, new_grid) if new - old]
@@ -106,8 +120,30 @@ def prepare_run_dir(config: SweepConfig, run_dir: Path, *, extend: bool = False)
     merged = dataclasses.replace(stored, **{
         axis: _union(axis, getattr(stored, axis), getattr(config, axis)) for axis in GRID_AXES
     })
-    _write_config(path, merged.to_dict())
-    return merged
+    return merged, True
+
+
+def _recorded_statuses(run_dir: Path) -> dict[str, str]:
+    """The runs ``run_dir``'s store records (read-only; empty when there is no store yet)."""
+    import sqlite3
+
+    if not RunLayout(run_dir).database.is_file():
+        return {}
+    try:
+        with open_store(run_dir, read_only=True) as store:
+            return store.statuses()
+    except sqlite3.Error as exc:
+        raise UserError(f"{RunLayout(run_dir).database} is not a readable sweep store ({exc}): the run directory "
+                        "is damaged; use a new --out.") from exc
+
+
+def clean_stale_files(run_dir: Path) -> list[Path]:
+    """Remove the temporary files killed writes left in the run directory (call only under the sweep lock)."""
+    layout = RunLayout(run_dir)
+    removed: list[Path] = []
+    for directory in (layout.root, layout.runs, layout.hessian, layout.figures):
+        removed += remove_stale_temporaries(directory)
+    return removed
 
 
 def read_stored_config(run_dir: Path) -> SweepConfig:
@@ -115,8 +151,12 @@ def read_stored_config(run_dir: Path) -> SweepConfig:
     path = RunLayout(run_dir).config
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"cannot read {path} ({exc}): the run directory is damaged; use a new --out.") from exc
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot read {path} ({reason}): the run directory is damaged; use a new --out.") from exc
+    if not isinstance(data, Mapping):
+        raise UserError(f"{path} holds {type(data).__name__}, not a sweep config: the run directory is damaged; "
+                        "use a new --out.")
     return config_from_dict(data, source=str(path))
 
 
@@ -193,11 +233,19 @@ def run_sweep(
     start = time.perf_counter()
     root = Path(run_dir)
     with sweep_lock(root):
-        prepare_run_dir(config, root, extend=extend)
+        clean_stale_files(root)
+        effective, changed = plan_run_dir(config, root, extend=extend)
+        specs = config.runs()
+        if config.search is not None or pending(specs, _recorded_statuses(root), retry_failed=retry_failed):
+            # Before anything is written: a config whose runs would all fail the same way leaves no trace.
+            from hessian_lora.sweep.preflight import preflight
+
+            preflight(effective, device=device if backend == "local" else None)
+        if changed:
+            _write_config(RunLayout(root).config, effective.to_dict())
         if config.search is not None:
             return _run_search(config, root, backend=backend, address=address, retry_failed=retry_failed,
                                progress=progress, device=device, on_run=on_run, start=start)
-        specs = config.runs()
         with open_store(root) as store:
             if config.checkpoints == "best":  # finish a pruning a kill interrupted (sweep/retention.py)
                 from hessian_lora.sweep.retention import prune
@@ -210,7 +258,8 @@ def run_sweep(
                 _run_batch(config, root, todo, store, backend=backend, address=address, progress=progress,
                            device=device, on_run=None if on_run is None else lambda done: on_run(done, len(todo)))
             statuses = store.statuses()
-    return _summary(root, specs, statuses, len(specs) - len(todo), len(todo), start)
+            errors = _failure_summary(store, specs)
+    return _summary(root, specs, statuses, len(specs) - len(todo), len(todo), start, errors)
 
 
 def _run_batch(config: SweepConfig, root: Path, todo: Sequence[RunSpec], store: Any, *, backend: Backend,
@@ -262,10 +311,11 @@ def _run_search(config: SweepConfig, root: Path, *, backend: Backend, address: s
             left_out -= {spec.run_id for spec in todo}
         rows = store.rows()
         statuses = store.statuses()
+        used = adaptive.used_specs(config, rows, centres, metric, higher)
+        errors = _failure_summary(store, used)
     if on_run is not None:
         on_run(ran, ran)
-    used = adaptive.used_specs(config, rows, centres, metric, higher)
-    summary = _summary(root, used, statuses, max(len(used) - ran, 0), ran, start)
+    summary = _summary(root, used, statuses, max(len(used) - ran, 0), ran, start, errors)
     return dataclasses.replace(summary, search=tuple(adaptive.status_lines(config, rows, centres, metric, higher)))
 
 
@@ -274,12 +324,24 @@ def _report_run(on_run: Callable[[int, int], None], before: int, total: int, don
 
 
 def _summary(root: Path, specs: Sequence[RunSpec], statuses: Mapping[str, str], skipped: int, ran: int,
-             start: float) -> SweepSummary:
+             start: float, errors: dict[str, int]) -> SweepSummary:
     counts: dict[str, int] = {}  # keyed by the stored (plain) status values
     for spec in specs:
         status = statuses.get(spec.run_id)
         if status in FINAL_STATUSES:
             counts[status] = counts.get(status, 0) + 1
-    return SweepSummary(root, len(specs), skipped, ran, counts, time.perf_counter() - start)
+    return SweepSummary(root, len(specs), skipped, ran, counts, time.perf_counter() - start, errors)
+
+
+def _failure_summary(store: Any, specs: Sequence[RunSpec]) -> dict[str, int]:
+    """The distinct errors of the planned runs recorded failed (each error's last line), with their counts."""
+    wanted = {spec.run_id for spec in specs}
+    errors: dict[str, int] = {}
+    for row in store.rows():
+        if row["run_id"] in wanted and row["status"] == Status.FAILED.value:
+            lines = [line.strip() for line in str(row.get("error") or "").splitlines() if line.strip()]
+            key = lines[-1][:300] if lines else "no error recorded"
+            errors[key] = errors.get(key, 0) + 1
+    return errors
 
 

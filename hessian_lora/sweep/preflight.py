@@ -1,0 +1,117 @@
+"""A sweep's preflight: everything its runs share is loaded and checked once, before the first run.
+
+A config that names a model that cannot load, a task file with the wrong fields, targets the model lacks, a
+``max_length`` that leaves a global batch without a loss token, or Hessian settings that cannot measure would
+otherwise fail every run the same way, one traceback per row. :func:`preflight` finds such problems first and
+raises one :class:`~hessian_lora.errors.UserError`; the runner calls it before it writes ``config.yaml`` or
+creates ``results.sqlite``, so a failed preflight leaves the run directory as it found it and the corrected
+config runs in the same directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import Any
+
+import torch
+
+from hessian_lora.errors import UserError
+from hessian_lora.sweep.config import SweepConfig
+
+
+def _cause(exc: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+
+
+def preflight(config: SweepConfig, *, device: str | torch.device | None = None, source: str = "config") -> None:
+    """Load the model, tokenizer and task once, check the token budget and build one adapter per method.
+
+    Every problem is a :class:`UserError` naming the setting to fix.
+    """
+    from hessian_lora.adapters import AdapterConfig, adapter_at_initialisation
+    from hessian_lora.data import make_batches
+    from hessian_lora.models import LoadedModel, check_device, load_model
+    from hessian_lora.sweep.execute import _cached_task
+
+    check_device(device)
+    try:
+        task = _cached_task(config.task, config.data_seed, config.n_train, config.n_eval)
+    except UserError as exc:
+        raise UserError(f"{source}: task {config.task!r}: {exc}") from exc
+    except Exception as exc:  # a task loader's own error: the task setting is what to fix
+        raise UserError(f"{source}: task {config.task!r} cannot be loaded ({_cause(exc)}): fix task.") from exc
+    if not task.train:
+        raise UserError(f"{source}: task {config.task!r} has no training examples: raise n_train or use another "
+                        "task.")
+    try:
+        loaded = load_model(config.model, device=device, seed=config.model_seed, attn_implementation=config.attention)
+    except UserError as exc:
+        raise UserError(f"{source}: model: {exc}") from exc
+    except Exception as exc:
+        raise UserError(f"{source}: model {config.model!r} cannot be loaded ({_cause(exc)}): fix model.") from exc
+    _check_token_budget(config, loaded.tokenizer, task.train, source)
+    if config.hessian.enabled:
+        try:
+            make_batches(loaded.tokenizer, task.train[: config.hessian.samples], config.hessian.batch_size,
+                         max_length=config.hessian.measure.max_length)
+        except UserError as exc:
+            raise UserError(f"{source}: hessian: {exc}") from exc
+    rank, seed, batch_size = max(config.ranks), config.seeds[0], config.batch_sizes[0]
+    for method in config.methods:
+        adapter_config = AdapterConfig(
+            method=method, rank=rank, alpha=config.alpha, dropout=config.dropout, targets=config.targets,
+            seed=seed, loraplus_ratio=config.loraplus_ratio, pissa_niter=config.pissa_niter,
+        )
+        train_config = _train_config(config, batch_size, seed)
+        # A copy per method: base-rewriting methods change the weights in place.
+        base = LoadedModel(copy.deepcopy(loaded.model), loaded.tokenizer, loaded.spec)
+        try:
+            adapter_at_initialisation(base, adapter_config, train_examples=task.train, train_config=train_config)
+        except UserError as exc:
+            raise UserError(f"{source}: method {method} (rank {rank}): {exc}") from exc
+        except (ValueError, RuntimeError) as exc:  # peft: "Target modules {...} not found", shape errors, ...
+            raise UserError(f"{source}: method {method} (rank {rank}) cannot be built on {config.model} "
+                            f"({_cause(exc)}): fix targets, ranks or the method.") from exc
+        del base
+
+
+def _train_config(config: SweepConfig, batch_size: int, seed: int) -> Any:
+    from hessian_lora.train import TrainConfig
+
+    return TrainConfig(
+        lr=config.lrs[0], steps=config.steps_for(batch_size), batch_size=batch_size,
+        micro_batch_size=config.micro_batch_size, warmup_ratio=config.warmup_ratio, betas=config.betas,
+        weight_decay=config.weight_decay, eps=config.eps, max_grad_norm=config.max_grad_norm,
+        max_length=config.max_length, seed=seed, precision=config.precision,
+        divergence_factor=config.divergence_factor, divergence_window=config.divergence_window,
+    )
+
+
+def _check_token_budget(config: SweepConfig, tokenizer: Any, examples: list[Any], source: str) -> None:
+    """Every optimizer step of every run must see at least one loss token within ``max_length``.
+
+    Each example is tokenised once; then the example order training draws (per seed and batch size) is walked:
+    a step fails when every example of its global batch lost its response to truncation.
+    """
+    from hessian_lora.data import IGNORE_INDEX, tokenize_example
+    from hessian_lora.train import example_stream
+
+    counts = []
+    for example in examples:
+        _, labels = tokenize_example(tokenizer, example, config.max_length)
+        counts.append(sum(1 for label in labels[1:] if label != IGNORE_INDEX))
+    if not any(counts):
+        raise UserError(f"{source}: max_length {config.max_length} leaves no training example a response token "
+                        "(the prompt fills it): raise max_length.")
+    if all(counts):
+        return
+    for seed, batch_size in itertools.product(config.seeds, config.batch_sizes):
+        stream = example_stream(len(examples), seed)
+        for step in range(config.steps_for(batch_size)):
+            if not any(counts[next(stream)] for _ in range(batch_size)):
+                raise UserError(f"{source}: max_length {config.max_length} leaves step {step + 1} of the runs with "
+                                f"seed {seed} and batch size {batch_size} without a loss token (the prompts fill "
+                                "it): raise max_length.")

@@ -1,0 +1,735 @@
+"""Every bad input gets one line on stderr and a non-zero exit, never a traceback (issue 13).
+
+Organised by the audit's classes: damaged files, impossible values, output paths, sweeps that fail silently,
+interrupts and kill leftovers. Each case runs ``hessian_lora.cli.main`` in-process (subprocesses only where a
+signal is needed) and checks: exit code 2 (130 for an interrupt, 1 for a sweep that recorded failed runs),
+exactly one line on stderr, no traceback, and that the good data beside the bad input is untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from hessian_lora.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--model", "tiny-llama"]
+EIGEN_FAST = ["--samples", "2", "--batch-size", "2", "--max-length", "96", "--max-iter", "3", "--no-min", "--quiet",
+              "--threads", "1"]
+GOOD_SWEEP: dict[str, Any] = {
+    "name": "good", "model": "tiny-llama", "task": "arith", "n_train": 8, "n_eval": 2, "methods": ["lora"],
+    "ranks": [2], "batch_sizes": [4], "lr": [1e-3], "steps": 2, "max_length": 96, "targets": ["q_proj", "v_proj"],
+    "eval": {"batch_size": 2, "max_new_tokens": 2},
+    "hessian": {"init": True, "final": False, "samples": 4, "batch_size": 4, "max_iter": 4, "smallest": False},
+}
+GOOD_RECORDS = [{"prompt": f"{i} + 1 =", "completion": str(i + 1)} for i in range(8)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def fingerprint(path: Path) -> dict[str, str]:
+    """Relative path → SHA-256 of every file under ``path`` (the "good data is untouched" check)."""
+    # SQLite readers (re)create the -wal/-shm companions of a WAL database: not a change of its data.
+    return {str(file.relative_to(path)): hashlib.sha256(file.read_bytes()).hexdigest()
+            for file in sorted(path.rglob("*")) if file.is_file() and not file.name.endswith(("-wal", "-shm"))}
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str], code: int, *, expected: int = 2) -> str:
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert "Traceback" not in captured.err, captured.err
+    assert code == expected, f"exit {code}: {captured.err}"
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{captured.err}"
+    assert lines[0].startswith("hessian-lora"), lines[0]
+    return lines[0]
+
+
+def fails(argv: list[str], capsys: pytest.CaptureFixture[str], *, expected: int = 2) -> str:
+    capsys.readouterr()
+    return one_line_error(capsys, main([str(item) for item in argv]), expected=expected)
+
+
+def write(path: Path, content: bytes | str | Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif isinstance(content, str):
+        path.write_text(content, encoding="utf-8")
+    else:
+        path.write_text(json.dumps(content), encoding="utf-8")
+    return path
+
+
+def cli_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+            "HF_HUB_OFFLINE": "1"}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Good data, made once
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A finished one-run sweep (checkpoint with optimizer state, λ_max at init), a step-0 checkpoint, a data
+    file and a calibration fitted by hand; their fingerprints are checked after every case."""
+    root = tmp_path_factory.mktemp("good")
+    config = write(root / "good.yaml", yaml.safe_dump(GOOD_SWEEP))
+    run_dir = root / "run"
+    assert main(["sweep", str(config), "--out", str(run_dir), "--threads", "1", "--quiet"]) == 0
+    (checkpoint,) = [path for path in (run_dir / "runs").iterdir()]
+    init = root / "init"
+    assert main(["init", *TINY, "--method", "lora", "--rank", "2", "--targets", "q_proj,v_proj",
+                 "--out", str(init)]) == 0
+    data = write(root / "data.json", GOOD_RECORDS)
+    return {"root": root, "config": config, "run": run_dir, "checkpoint": checkpoint, "init": init, "data": data}
+
+
+@pytest.fixture
+def untouched(good: dict[str, Path]):
+    before = fingerprint(good["root"])
+    yield
+    assert fingerprint(good["root"]) == before, "good data next to the bad input changed"
+
+
+def damaged_copy(source: Path, destination: Path, file: str, content: bytes | str | Any | None) -> Path:
+    shutil.copytree(source, destination)
+    target = destination / file
+    if content is None:
+        target.unlink()
+    elif content == "DIR":
+        target.unlink()
+        target.mkdir()
+    else:
+        write(target, content)
+    return destination
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Damaged files: checkpoints (info and eigen)
+
+
+def _meta(good: dict[str, Path], **changes: Any) -> dict[str, Any]:
+    data = json.loads((good["checkpoint"] / "hessian_lora.json").read_text())
+    data.update(changes)
+    return data
+
+
+CHECKPOINT_DAMAGE = {
+    "meta-list": ("hessian_lora.json", []),
+    "meta-empty-object": ("hessian_lora.json", {}),
+    "meta-rank-text": ("hessian_lora.json", {"rank": "four"}),
+    "meta-rank-zero": ("hessian_lora.json", {"rank": 0}),
+    "meta-alpha-nan": ("hessian_lora.json", "ALPHA_NAN"),
+    "meta-targets-number": ("hessian_lora.json", {"targets": 5}),
+    "meta-method-unknown": ("hessian_lora.json", {"method": "nope"}),
+    "meta-dtype-unknown": ("hessian_lora.json", {"dtype": "float8"}),
+    "meta-format-future": ("hessian_lora.json", {"format_version": 99}),
+    "meta-not-utf8": ("hessian_lora.json", b"\xff\xfe\x00garbage\x80"),
+    "meta-not-json": ("hessian_lora.json", "{ not json"),
+    "meta-is-directory": ("hessian_lora.json", "DIR"),
+    "adapter-truncated": ("adapter_model.safetensors", "TRUNCATE"),
+    "adapter-empty": ("adapter_model.safetensors", b""),
+    "adapter-missing": ("adapter_model.safetensors", None),
+    "adapter-config-not-json": ("adapter_config.json", "nope"),
+    "optimizer-random": ("optimizer.pt", os.urandom(256)),
+    "optimizer-empty": ("optimizer.pt", b""),
+}
+
+
+def _damaged_checkpoint(good: dict[str, Path], tmp_path: Path, case: str) -> Path:
+    file, content = CHECKPOINT_DAMAGE[case]
+    if file == "hessian_lora.json" and isinstance(content, dict) and content:
+        content = json.dumps(_meta(good, **content))
+    elif content == "ALPHA_NAN":
+        content = json.dumps(_meta(good, alpha=float("nan")))
+    elif content == "TRUNCATE":
+        content = (good["checkpoint"] / file).read_bytes()[:100]
+    return damaged_copy(good["checkpoint"], tmp_path / "ckpt", file, content)
+
+
+@pytest.mark.parametrize("case", sorted(CHECKPOINT_DAMAGE))
+def test_info_damaged_checkpoint(case: str, good, untouched, tmp_path, capsys) -> None:
+    fails(["info", _damaged_checkpoint(good, tmp_path, case)], capsys)
+
+
+@pytest.mark.parametrize("case", sorted(CHECKPOINT_DAMAGE))
+def test_eigen_damaged_checkpoint(case: str, good, untouched, tmp_path, capsys) -> None:
+    extra = ["--preconditioned"] if case.startswith("optimizer") else []
+    fails(["eigen", _damaged_checkpoint(good, tmp_path, case), *extra, *EIGEN_FAST, "--out", tmp_path / "r.json"],
+          capsys)
+    assert not (tmp_path / "r.json").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Damaged files: model files and specs (init and eigen)
+
+
+def _model_spec(tmp_path: Path, case: str) -> str:
+    if case == "config-not-json":
+        write(tmp_path / "m" / "config.json", "{{{")
+        return str(tmp_path / "m")
+    if case == "config-empty-object":
+        write(tmp_path / "m" / "config.json", {})
+        return str(tmp_path / "m")
+    if case == "config-binary":
+        write(tmp_path / "m" / "config.json", b"\x89PNG\x00\xff")
+        return str(tmp_path / "m")
+    if case == "config-no-weights":
+        write(tmp_path / "m" / "config.json", {"model_type": "llama", "hidden_size": 16, "num_hidden_layers": 1,
+                                               "num_attention_heads": 2, "intermediate_size": 32, "vocab_size": 300})
+        return str(tmp_path / "m")
+    if case == "gguf-random":
+        return str(write(tmp_path / "fake.gguf", os.urandom(64)))
+    if case == "gguf-empty":
+        return str(write(tmp_path / "empty.gguf", b""))
+    if case == "gguf-missing":
+        return str(tmp_path / "missing.gguf")
+    if case == "hub-offline":
+        return "no-such-org-xyz/no-such-model-xyz"
+    return {"tiny-hidden-zero": "tiny-llama:hidden_size=0", "tiny-unknown-option": "tiny-llama:foo=3",
+            "tiny-not-number": "tiny-llama:layers=x", "tiny-heads-mismatch": "tiny-llama:hidden_size=30",
+            "tiny-huge": "tiny-llama:hidden_size=100000000", "unknown-name": "gpt-17"}[case]
+
+
+MODEL_CASES = ["config-not-json", "config-empty-object", "config-binary", "config-no-weights", "gguf-random",
+               "gguf-empty", "gguf-missing", "hub-offline", "tiny-hidden-zero", "tiny-unknown-option",
+               "tiny-not-number", "tiny-heads-mismatch", "tiny-huge", "unknown-name"]
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.mark.parametrize("case", MODEL_CASES)
+def test_init_bad_model(case: str, offline, untouched, tmp_path, capsys) -> None:
+    fails(["init", "--model", _model_spec(tmp_path, case), "--method", "lora", "--rank", "2",
+           "--out", tmp_path / "out"], capsys)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", MODEL_CASES)
+def test_eigen_bad_model(case: str, offline, untouched, tmp_path, capsys) -> None:
+    fails(["eigen", "--method", "lora", "--model", _model_spec(tmp_path, case), *EIGEN_FAST,
+           "--out", tmp_path / "r.json"], capsys)
+
+
+def test_hub_id_offline_is_fast(tmp_path: Path) -> None:
+    """An unreachable hub id: one line, in seconds, without the retry warnings."""
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "hessian_lora", "init", "--model", "no-such-org-xyz/no-such-model-xyz",
+         "--method", "lora", "--out", str(tmp_path / "o")], capture_output=True, text=True, env=cli_env(),
+        timeout=120)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert time.monotonic() - started < 60
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Damaged files: data files (eigen --data and a sweep's task)
+
+DATA_CASES: dict[str, bytes | str | Any] = {
+    "number": 42,
+    "object-data-number": {"data": 5},
+    "object-no-data": {"rows": []},
+    "not-utf8": b"\xff\xfe\x80\x81",
+    "not-json": "[{",
+    "empty-file": "",
+    "empty-list": [],
+    "list-of-numbers": [1, 2, 3],
+    "wrong-fields": [{"foo": "a", "bar": "b"}],
+    "null-prompt": [{"prompt": None, "completion": "1"}] * 4,
+}
+
+
+@pytest.mark.parametrize("case", sorted(DATA_CASES))
+def test_eigen_bad_data_file(case: str, untouched, tmp_path, capsys) -> None:
+    data = write(tmp_path / "data.json", DATA_CASES[case])
+    fails(["eigen", "--method", "lora", *TINY, "--rank", "2", "--data", data, *EIGEN_FAST[:-2],
+           "--out", tmp_path / "r.json"], capsys)
+
+
+@pytest.mark.parametrize("case", ["jsonl-list-line", "jsonl-not-json", "jsonl-not-utf8"])
+def test_eigen_bad_jsonl_file(case: str, untouched, tmp_path, capsys) -> None:
+    content = {"jsonl-list-line": '{"prompt": "a", "completion": "b"}\n[1, 2]\n', "jsonl-not-json": "{\n",
+               "jsonl-not-utf8": b'{"prompt": "\xff"}\n'}[case]
+    data = write(tmp_path / "data.jsonl", content)
+    fails(["eigen", "--method", "lora", *TINY, "--rank", "2", "--data", data, *EIGEN_FAST[:-2],
+           "--out", tmp_path / "r.json"], capsys)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Damaged files: sweep YAML
+
+
+def _sweep_yaml(tmp_path: Path, content: bytes | str | dict[str, Any]) -> Path:
+    if isinstance(content, dict):
+        content = yaml.safe_dump(content)
+    return write(tmp_path / "sweep.yaml", content)
+
+
+YAML_TEXT_CASES = {
+    "binary": b"\x00\x01\x02\xff\xfe binary",
+    "not-utf8": b"model: tiny-llama\nname: \xff\xfe\n",
+    "list": "- 1\n- 2\n",
+    "scalar": "42\n",
+    "empty": "",
+    "syntax": "model: [unclosed\n",
+    "tabs": "model:\ttiny\n\t- x: [\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(YAML_TEXT_CASES))
+def test_sweep_malformed_yaml(case: str, untouched, tmp_path, capsys) -> None:
+    fails(["sweep", _sweep_yaml(tmp_path, YAML_TEXT_CASES[case]), "--out", tmp_path / "out", "--quiet"], capsys)
+    assert not (tmp_path / "out" / "results.sqlite").exists()
+
+
+YAML_VALUE_CASES: dict[str, dict[str, Any]] = {
+    "lr-nan": {"lr": [float("nan")]},
+    "lr-inf": {"lr": [float("inf")]},
+    "lr-text": {"lr": ["fast"]},
+    "lr-zero": {"lr": [0.0]},
+    "alpha-nan": {"alpha": float("nan")},
+    "alpha-inf": {"alpha": float("inf")},
+    "dropout-nan": {"dropout": float("nan")},
+    "steps-text": {"steps": "ten"},
+    "steps-zero": {"steps": 0},
+    "rank-zero": {"ranks": [0]},
+    "rank-huge": {"ranks": [100000000000]},
+    "batch-size-text": {"batch_sizes": ["big"]},
+    "unknown-key": {"learning_rate": 1},
+    "unknown-method": {"methods": ["nope"]},
+    "unknown-hessian-option": {"hessian": {"init": True, "bogus": 1}},
+    "hessian-init-text": {"hessian": {"init": "yes please"}},
+    "eval-unknown": {"eval": {"bogus": 1}},
+    "targets-number": {"targets": 5},
+    "betas-text": {"betas": "x"},
+    "model-number": {"model": 5},
+    "name-list": {"name": [1]},
+    "max-length-zero": {"max_length": 0},
+    "model-missing-dir": {"model": "./no/such/dir"},
+    "model-unknown": {"model": "gpt-17"},
+    "task-missing-file": {"task": "no_such_file.jsonl"},
+}
+
+
+@pytest.mark.parametrize("case", sorted(YAML_VALUE_CASES))
+def test_sweep_bad_value(case: str, untouched, tmp_path, capsys) -> None:
+    fails(["sweep", _sweep_yaml(tmp_path, {**GOOD_SWEEP, **YAML_VALUE_CASES[case]}), "--out", tmp_path / "out",
+           "--quiet", "--threads", "1"], capsys)
+    assert not (tmp_path / "out" / "results.sqlite").exists()
+    assert not (tmp_path / "out" / "config.yaml").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Damaged files: run stores (results, analyze, plot, recommend --calibration RUN_DIR, sweep resume)
+
+STORE_CASES = ["db-random", "db-empty-file", "db-no-runs-table", "db-missing", "dir-missing", "dir-is-file",
+               "init-report-not-json", "init-report-list"]
+
+
+def _damaged_run(good: dict[str, Path], tmp_path: Path, case: str) -> Path:
+    run = tmp_path / "run"
+    if case == "dir-missing":
+        return run
+    if case == "dir-is-file":
+        return write(run, "x")
+    shutil.copytree(good["run"], run)
+    db = run / "results.sqlite"
+    for leftover in (run / "results.sqlite-wal", run / "results.sqlite-shm"):
+        leftover.unlink(missing_ok=True)
+    if case == "db-random":
+        write(db, os.urandom(4096))
+    elif case == "db-empty-file":
+        write(db, b"")
+    elif case == "db-missing":
+        db.unlink()
+    elif case == "db-no-runs-table":
+        db.unlink()
+        connection = sqlite3.connect(db)
+        connection.execute("CREATE TABLE other (x)")
+        connection.commit()
+        connection.close()
+    else:
+        (report,) = (run / "hessian").glob("*_init.json")
+        write(report, "{not json" if case == "init-report-not-json" else [])
+    return run
+
+
+@pytest.mark.parametrize("command", ["results", "analyze", "plot", "recommend"])
+@pytest.mark.parametrize("case", STORE_CASES)
+def test_damaged_run_directory(command: str, case: str, good, untouched, tmp_path, capsys) -> None:
+    if command == "results" and case.startswith("init-report"):
+        pytest.skip("results reads only the table")
+    run = _damaged_run(good, tmp_path, case)
+    argv = {"results": ["results", run],
+            "analyze": ["analyze", run, "--bootstrap", "10", "--out", tmp_path / "a"],
+            "plot": ["plot", run, "--bootstrap", "10", "--out", tmp_path / "figs"],
+            "recommend": ["recommend", "--calibration", run, "--save-calibration", tmp_path / "c.json"]}[command]
+    fails(argv, capsys)
+
+
+@pytest.mark.parametrize("case", ["config-binary", "config-list", "config-other-model"])
+def test_sweep_resume_damaged_config(case: str, good, untouched, tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(good["run"], run)
+    content = {"config-binary": b"\x00\xff\xfe", "config-list": "- 1\n",
+               "config-other-model": yaml.safe_dump({**GOOD_SWEEP, "model": "tiny-llama:layers=1"})}[case]
+    write(run / "config.yaml", content)
+    before = (run / "results.sqlite").read_bytes()
+    fails(["sweep", good["config"], "--out", run, "--quiet", "--threads", "1"], capsys)
+    assert (run / "results.sqlite").read_bytes() == before
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Damaged files: calibration files and eigen reports read back for resume
+
+CALIBRATION_CASES: dict[str, bytes | str | Any] = {
+    "not-json": "{{",
+    "not-utf8": b"\xff\xfe",
+    "list": [],
+    "empty-object": {},
+    "c-text": {"c": "x", "slope": 1, "fit": "inverse", "points": []},
+    "c-nan": "NAN",
+}
+
+
+@pytest.mark.parametrize("case", sorted(CALIBRATION_CASES))
+def test_recommend_bad_calibration_file(case: str, untouched, tmp_path, capsys) -> None:
+    content = CALIBRATION_CASES[case]
+    if content == "NAN":
+        from hessian_lora.recommend import load_calibration
+
+        content = load_calibration(None).to_dict()
+        content["c"] = float("nan")
+    path = write(tmp_path / "cal.json", content)
+    fails(["recommend", "--method", "lora", *TINY, "--calibration", path], capsys)
+
+
+REPORT_CASES: dict[str, bytes | str | Any] = {
+    "not-json": "{", "not-utf8": b"\xff\xfe", "list": [], "empty-object": {}, "blocks-number": {"blocks": 5},
+    "blocks-garbage": {"settings": {}, "blocks": [{"name": 3}]},
+}
+
+
+@pytest.mark.parametrize("case", sorted(REPORT_CASES))
+def test_eigen_resume_from_damaged_report(case: str, untouched, tmp_path, capsys) -> None:
+    out = write(tmp_path / "r.json", REPORT_CASES[case])
+    before = out.read_bytes()
+    fails(["eigen", "--method", "lora", *TINY, "--rank", "2", *EIGEN_FAST[:-2], "--out", out], capsys)
+    assert out.read_bytes() == before
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Impossible values
+
+IMPOSSIBLE = {
+    "init-rank-huge": ["init", *TINY, "--method", "lora", "--rank", "100000000000"],
+    "init-rank-zero": ["init", *TINY, "--method", "lora", "--rank", "0"],
+    "init-rank-negative": ["init", *TINY, "--method", "lora", "--rank", "-3"],
+    "init-alpha-nan": ["init", *TINY, "--method", "lora", "--alpha", "nan"],
+    "init-alpha-inf": ["init", *TINY, "--method", "lora", "--alpha", "inf"],
+    "init-alpha-negative": ["init", *TINY, "--method", "lora", "--alpha", "-1"],
+    "init-dropout-nan": ["init", *TINY, "--method", "lora", "--dropout", "nan"],
+    "init-dropout-over-one": ["init", *TINY, "--method", "lora", "--dropout", "1.5"],
+    "init-method-unknown": ["init", *TINY, "--method", "nope"],
+    "init-targets-unknown": ["init", *TINY, "--method", "lora", "--targets", "nope_proj"],
+    "init-targets-empty": ["init", *TINY, "--method", "lora", "--targets", ","],
+    "init-pissa-niter-zero": ["init", *TINY, "--method", "pissa", "--pissa-niter", "0"],
+    "init-loraga-batches-zero": ["init", *TINY, "--method", "lora_ga", "--loraga-batches", "0"],
+    "init-rank-text": ["init", *TINY, "--method", "lora", "--rank", "four"],
+    "eigen-threads-zero": ["eigen", "--method", "lora", *TINY, "--threads", "0"],
+    "eigen-rank-zero": ["eigen", "--method", "lora", *TINY, "--rank", "0"],
+    "eigen-alpha-nan": ["eigen", "--method", "lora", *TINY, "--alpha", "nan"],
+    "eigen-samples-zero": ["eigen", "--method", "lora", *TINY, "--samples", "0"],
+    "eigen-batch-zero": ["eigen", "--method", "lora", *TINY, "--batch-size", "0"],
+    "eigen-max-length-zero": ["eigen", "--method", "lora", *TINY, "--max-length", "0"],
+    "eigen-max-length-one": ["eigen", "--method", "lora", *TINY, "--max-length", "1"],
+    "eigen-top-k-zero": ["eigen", "--method", "lora", *TINY, "--top-k", "0"],
+    "eigen-tol-nan": ["eigen", "--method", "lora", *TINY, "--tol", "nan"],
+    "eigen-tol-negative": ["eigen", "--method", "lora", *TINY, "--tol", "-1"],
+    "eigen-max-iter-zero": ["eigen", "--method", "lora", *TINY, "--max-iter", "0"],
+    "eigen-lr-nan": ["eigen", "--method", "lora", *TINY, "--lr", "nan"],
+    "eigen-layers-garbage": ["eigen", "--method", "lora", *TINY, "--blocks", "per-module", "--layers", "a:b"],
+    "eigen-no-source": ["eigen"],
+    "eigen-task-unknown": ["eigen", "--method", "lora", *TINY, "--task", "no-such-task"],
+    "eigen-device-nonsense": ["eigen", "--method", "lora", *TINY, "--device", "warp-drive"],
+    "eigen-device-cuda": ["eigen", "--method", "lora", *TINY, "--device", "cuda"],
+    "init-device-cuda": ["init", *TINY, "--method", "lora", "--device", "cuda"],
+    "recommend-rank-zero": ["recommend", "--method", "lora", *TINY, "--rank", "0"],
+    "recommend-rank-negative": ["recommend", "--method", "lora", *TINY, "--rank", "-1"],
+    "recommend-method-unknown": ["recommend", "--method", "nope", *TINY],
+    "recommend-nothing": ["recommend"],
+    "recommend-device-cuda": ["recommend", "--method", "lora", *TINY, "--device", "cuda"],
+    "analyze-bootstrap-zero": ["analyze", "RUN", "--bootstrap", "0"],
+    "analyze-rank-absent": ["analyze", "RUN", "--rank", "99", "--bootstrap", "10"],
+    "analyze-metric-unknown": ["analyze", "RUN", "--metric", "vibes"],
+    "plot-format-gif": ["plot", "RUN", "--formats", "gif"],
+    "results-table-output": ["results", "RUN", "--output", "x.txt"],
+    "results-format-unknown": ["results", "RUN", "--format", "xlsx"],
+    "sweep-threads-zero": ["sweep", "CONFIG", "--threads", "0"],
+    "sweep-device-cuda": ["sweep", "CONFIG", "--device", "cuda"],
+    "sweep-address-without-ray": ["sweep", "CONFIG", "--address", "ray://x"],
+    "demo-layer-samples-one": ["demo", "--quick", "--layer-samples", "1"],
+    "demo-density-negative": ["demo", "--quick", "--density-steps", "-1"],
+    "demo-config-missing": ["demo", "--config", "no/such.yaml"],
+    "demo-config-binary": ["demo", "--config", "BINARY"],
+    "unknown-command": ["frobnicate"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(IMPOSSIBLE))
+def test_impossible_value(case: str, good, untouched, tmp_path, capsys) -> None:
+    if "cuda" in case and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    argv = [good["run"] if item == "RUN" else good["config"] if item == "CONFIG" else
+            write(tmp_path / "b.yaml", b"\x00\xff") if item == "BINARY" else item for item in IMPOSSIBLE[case]]
+    if argv[0] in ("init", "eigen", "sweep", "demo") and case not in ("eigen-no-source",):
+        argv += ["--out", tmp_path / "out"]
+    if argv[0] == "eigen":
+        argv += ["--quiet"]
+    if argv[0] == "sweep":
+        argv += ["--quiet"]
+    fails(argv, capsys)
+    # Nothing written, at most the sweep's lock file (a directory holding only it is a fresh one).
+    out = tmp_path / "out"
+    assert not out.exists() or {entry.name for entry in out.iterdir()} <= {".sweep.lock"}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Output paths
+
+
+@pytest.fixture
+def a_file(tmp_path: Path) -> Path:
+    return write(tmp_path / "regular-file", "x")
+
+
+def _output_argv(command: str, where: Path, good: dict[str, Path]) -> list[Any]:
+    return {
+        "init": ["init", *TINY, "--method", "lora", "--rank", "2", "--out", where],
+        "eigen": ["eigen", "--method", "lora", *TINY, "--rank", "2", *EIGEN_FAST[:-2], "--out", where],
+        "sweep": ["sweep", good["config"], "--out", where, "--quiet"],
+        "results-csv": ["results", good["run"], "--format", "csv", "--output", where],
+        "analyze": ["analyze", good["run"], "--bootstrap", "10", "--out", where],
+        "plot": ["plot", good["run"], "--bootstrap", "10", "--out", where],
+        "save-calibration": ["recommend", "--calibration", good["run"], "--save-calibration", where],
+        "demo": ["demo", "--quick", "--config", good["config"], "--out", where],
+    }[command]
+
+
+OUTPUT_COMMANDS = ["init", "eigen", "sweep", "results-csv", "analyze", "plot", "save-calibration", "demo"]
+
+
+@pytest.mark.parametrize("command", OUTPUT_COMMANDS)
+def test_output_under_a_regular_file(command: str, good, untouched, a_file, capsys) -> None:
+    fails(_output_argv(command, a_file / "sub" / "out", good), capsys)
+    assert a_file.read_text() == "x"
+
+
+@pytest.mark.parametrize("command", OUTPUT_COMMANDS)
+def test_output_that_cannot_be_created(command: str, good, untouched, capsys) -> None:
+    fails(_output_argv(command, Path("/proc/hessian-lora-no-such/out"), good), capsys)
+
+
+@pytest.mark.parametrize("command", ["eigen", "results-csv", "save-calibration"])
+def test_output_file_is_an_existing_directory(command: str, good, untouched, tmp_path, capsys) -> None:
+    where = tmp_path / "a-directory"
+    where.mkdir()
+    fails(_output_argv(command, where, good), capsys)
+
+
+@pytest.mark.parametrize("command", ["init", "sweep", "analyze", "plot", "demo"])
+def test_output_directory_is_a_file(command: str, good, untouched, a_file, capsys) -> None:
+    fails(_output_argv(command, a_file, good), capsys)
+    assert a_file.read_text() == "x"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sweeps that fail silently
+
+
+def test_sweep_model_that_cannot_load_then_fixed_config_runs_in_the_same_directory(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    broken = _sweep_yaml(tmp_path, {**GOOD_SWEEP, "model": "gpt-17", "hessian": {"init": False}})
+    line = fails(["sweep", broken, "--out", run, "--quiet"], capsys)
+    assert "gpt-17" in line
+    assert not (run / "results.sqlite").exists() and not (run / "config.yaml").exists()
+    fixed = _sweep_yaml(tmp_path, {**GOOD_SWEEP, "hessian": {"init": False}})
+    capsys.readouterr()
+    assert main(["sweep", str(fixed), "--out", str(run), "--quiet", "--threads", "1"]) == 0
+    assert "1 done" in capsys.readouterr().err
+
+
+PREFLIGHT_CASES: dict[str, dict[str, Any]] = {
+    "targets-absent": {"targets": ["nope_proj"]},
+    "max-length-one": {"max_length": 1},
+    "task-empty-file": {"task": "EMPTY"},
+    "task-wrong-fields": {"task": "WRONG"},
+    "tiny-bad-option": {"model": "tiny-llama:foo=3"},
+    "hessian-samples-beyond-max-length": {"hessian": {"init": True, "max_length": 1}},
+    "micro-batch-empty": {"task": "PROMPT_ONLY"},
+}
+
+
+@pytest.mark.parametrize("case", sorted(PREFLIGHT_CASES))
+def test_sweep_preflight_leaves_nothing_behind(case: str, untouched, tmp_path, capsys) -> None:
+    changes = dict(PREFLIGHT_CASES[case])
+    if changes.get("task") == "EMPTY":
+        changes["task"] = str(write(tmp_path / "empty.json", []))
+    elif changes.get("task") == "WRONG":
+        changes["task"] = str(write(tmp_path / "wrong.json", [{"a": 1, "b": 2}] * 4))
+    elif changes.get("task") == "PROMPT_ONLY":
+        long_prompt = "x" * 200
+        changes["task"] = str(write(tmp_path / "long.json", [{"prompt": long_prompt, "completion": "1"}] * 8))
+    run = tmp_path / "run"
+    fails(["sweep", _sweep_yaml(tmp_path, {**GOOD_SWEEP, **changes}), "--out", run, "--quiet", "--threads", "1"],
+          capsys)
+    assert not (run / "results.sqlite").exists() and not (run / "config.yaml").exists()
+
+
+def test_sweep_with_failed_runs_exits_1_and_counts_the_errors(tmp_path, capsys, monkeypatch) -> None:
+    """A run that raises after preflight is recorded failed; the sweep exits 1 and names each error once."""
+    from hessian_lora.sweep import local
+
+    real = local.execute_run
+
+    def flaky(config, spec, *args, **kwargs):
+        if spec.lr > 5e-3:
+            raise RuntimeError("simulated failure at a high learning rate")
+        return real(config, spec, *args, **kwargs)
+
+    monkeypatch.setattr(local, "execute_run", flaky)
+    config = _sweep_yaml(tmp_path, {**GOOD_SWEEP, "lr": [1e-3, 1e-2, 1e-1], "hessian": {"init": False}})
+    capsys.readouterr()
+    code = main(["sweep", str(config), "--out", str(tmp_path / "run"), "--quiet", "--threads", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err, err
+    assert "2 runs failed" in err and "2 x RuntimeError: simulated failure at a high learning rate" in err, err
+
+
+def test_zero_token_run_is_an_error_not_done(tmp_path) -> None:
+    from hessian_lora.sweep.execute import check_trained_tokens
+
+    with pytest.raises(ValueError, match="zero"):
+        check_trained_tokens(0, max_length=1)
+    check_trained_tokens(5, max_length=64)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Interrupts
+
+
+@pytest.mark.parametrize("command", ["methods", "init", "info", "eigen", "sweep", "results", "analyze", "recommend",
+                                     "plot", "demo"])
+def test_keyboard_interrupt_inside_any_command(command: str, monkeypatch, capsys) -> None:
+    import importlib
+
+    module = importlib.import_module(f"hessian_lora.commands.{command}")
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "run", interrupted)
+    argv = {"methods": ["methods"], "init": ["init", "--method", "lora", "--out", "x"], "info": ["info", "x"],
+            "eigen": ["eigen", "--method", "lora", "--out", "x"], "sweep": ["sweep", "c.yaml", "--out", "x"],
+            "results": ["results", "x"], "analyze": ["analyze", "x"], "recommend": ["recommend"],
+            "plot": ["plot", "x"], "demo": ["demo"]}[command]
+    fails(argv, capsys, expected=130)
+
+
+def test_importing_the_cli_imports_no_torch() -> None:
+    code = "import sys, hessian_lora.cli; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=60)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.0, 2.5])
+def test_ctrl_c_in_the_first_seconds(delay: float, good, tmp_path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hessian_lora", "sweep", str(good["config"]), "--out", str(tmp_path / "run"),
+         "--quiet", "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    if process.returncode == 0:  # finished before the signal: nothing to check
+        return
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Kill leftovers
+
+
+def test_stale_config_temp_in_a_fresh_directory_is_not_refused(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    write(run / ".config.yaml.abcd1234.tmp", "model: half-writ")
+    write(run / ".sweep.lock", "")
+    config = _sweep_yaml(tmp_path, {**GOOD_SWEEP, "hessian": {"init": False}})
+    assert main(["sweep", str(config), "--out", str(run), "--quiet", "--threads", "1"]) == 0
+    assert not list(run.rglob("*.tmp"))
+
+
+def test_stale_report_temps_are_cleaned_on_resume(good, tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(good["run"], run)
+    write(run / "hessian" / ".lora_r2_s0_init.json.x1y2.tmp", "{")
+    write(run / "runs" / ".some_run.abc.tmp" / "adapter_model.safetensors", b"")
+    write(run / ".results.csv.q.tmp", "")
+    before = (run / "results.sqlite").read_bytes()
+    assert main(["sweep", str(good["config"]), "--out", str(run), "--quiet", "--threads", "1"]) == 0
+    assert not list(run.rglob("*.tmp"))
+    assert (run / "results.sqlite").read_bytes() == before
+
+
+def test_eigen_cleans_stale_temps_beside_its_report(tmp_path, capsys) -> None:
+    write(tmp_path / "reports" / ".r.json.zz.tmp", "{")
+    assert main(["eigen", "--method", "lora", *TINY, "--rank", "2", *EIGEN_FAST[:-2],
+                 "--out", str(tmp_path / "reports" / "r.json")]) == 0
+    assert not list((tmp_path / "reports").glob("*.tmp"))
+
+
+def test_sweep_files_get_umask_permissions(tmp_path, capsys) -> None:
+    old = os.umask(0o022)
+    try:
+        run = tmp_path / "run"
+        config = _sweep_yaml(tmp_path, {**GOOD_SWEEP, "hessian": {"init": False}})
+        assert main(["sweep", str(config), "--out", str(run), "--quiet", "--threads", "1"]) == 0
+    finally:
+        os.umask(old)
+    assert (run / "config.yaml").stat().st_mode & 0o777 == 0o644
+    (checkpoint,) = list((run / "runs").iterdir())
+    assert checkpoint.stat().st_mode & 0o777 == 0o755
+    assert (checkpoint / "hessian_lora.json").stat().st_mode & 0o777 == 0o644
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The checks refuse only bad input: the good files pass them
+
+
+def test_good_checkpoint_passes_every_check(good, untouched, tmp_path, capsys) -> None:
+    assert main(["info", str(good["checkpoint"]), "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["optimizer_state"]["step"] == 2
+    assert main(["eigen", str(good["checkpoint"]), "--preconditioned", *EIGEN_FAST,
+                 "--out", str(tmp_path / "r.json")]) == 0
+    assert main(["info", str(good["init"])]) == 0
