@@ -10,8 +10,8 @@ from typing import NoReturn
 
 from hessian_lora.errors import UserError
 
-# Order is the order of --help. Each module defines register(subparsers) that adds its parser and sets
-# ``handler`` (a function of the parsed args returning an exit code).
+# Order is the order of --help. Each module defines register(subparsers), which adds its parser through
+# hessian_lora.commands.add_command with ``run`` (parsed args -> exit code) as its handler.
 COMMAND_MODULES = ("methods", "init", "info", "eigen", "sweep", "results", "analyze", "recommend", "plot", "demo")
 
 

@@ -1,23 +1,24 @@
-"""``hessian-lora analyze RUN_DIR``: optimal LR per method, sharpness, and the λ_max–η* relation of a sweep."""
+"""``hessian-lora analyze RUN_DIR``: optimal LR per method, sharpness, and the λ_max–η* relation of a sweep.
+
+Read RUN_DIR (results.sqlite and hessian/*.json of `hessian-lora sweep`), find each method's optimal learning
+rate (parabola in log-LR around the best grid point; spread over seeds), its peak metric and gap to the best
+method, lambda_max at init and at the end, and the relation between lambda_max and the optimal LR (Spearman
+rho, log-log slope with a bootstrap CI, c in eta* = c/lambda, the 2/lambda and Adam bounds,
+leave-one-method-out prediction error). Prints the markdown table and writes analysis.json and analysis.md.
+"""
 
 from __future__ import annotations
 
 import argparse
 
 from hessian_lora.analysis import HIGHER_IS_BETTER, LAMBDA_SOURCES
+from hessian_lora.commands import add_command
+
+HELP = "optimal learning rate per method and its relation to sharpness, from a sweep's run directory"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "analyze",
-        help="optimal learning rate per method and its relation to sharpness, from a sweep's run directory",
-        description="Read RUN_DIR (results.sqlite and hessian/*.json of `hessian-lora sweep`), find each method's "
-        "optimal learning rate (parabola in log-LR around the best grid point; spread over seeds), its peak "
-        "metric and gap to the best method, lambda_max at init and at the end, and the relation between "
-        "lambda_max and the optimal LR (Spearman rho, log-log slope with a bootstrap CI, c in eta* = c/lambda, "
-        "the 2/lambda and Adam bounds, leave-one-method-out prediction error). Prints the markdown table and "
-        "writes analysis.json and analysis.md.",
-    )
+    parser = add_command(subparsers, "analyze", HELP, __doc__, run)
     parser.add_argument("run_dirs", metavar="RUN_DIR", nargs="+",
                         help="the --out directory of a sweep; several (e.g. one per n_train or epochs) are compared "
                         "setting by setting, as are several ranks or batch sizes in one sweep")
@@ -25,7 +26,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default=None,
                         help="directory for analysis.json/analysis.md, or ablation.json/ablation.md when the runs "
                         "hold several settings (default: the first RUN_DIR)")
-    parser.set_defaults(handler=run)
 
 
 def add_analysis_options(parser: argparse.ArgumentParser) -> None:

@@ -1,22 +1,23 @@
-"""``hessian-lora demo``: sweep, sharpness at initialisation, analysis and figures in one command."""
+"""``hessian-lora demo``: sweep, sharpness at initialisation, analysis and figures in one command.
+
+Run experiments/smollm2_arith.yaml (with --quick: experiments/tiny.yaml, about a minute) through the sweep
+into --out, measure lambda_max per method at initialisation (whole adapter, spectral density, per-module) and
+at the end of each method's best run (raw and Adam-preconditioned), then analyze and plot. Prints the summary
+table and where the figures are. Resumable: a rerun skips what is done.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from hessian_lora.commands import add_command
 from hessian_lora.commands._threads import add_threads_argument, apply_threads
+
+HELP = "the whole pipeline on the embedded default: sweep, lambda_max at init, analyze, plot"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "demo",
-        help="the whole pipeline on the embedded default: sweep, lambda_max at init, analyze, plot",
-        description="Run experiments/smollm2_arith.yaml (with --quick: experiments/tiny.yaml, about a minute) "
-        "through the sweep into --out, measure lambda_max per method at initialisation (whole adapter, "
-        "spectral density, per-module) and at the end of each method's best run (raw and Adam-preconditioned), "
-        "then analyze and plot. Prints the summary table and where the figures are. Resumable: a rerun skips "
-        "what is done.",
-    )
+    parser = add_command(subparsers, "demo", HELP, __doc__, run)
     parser.add_argument("--quick", action="store_true", help="the tiny model and grid (experiments/tiny.yaml)")
     parser.add_argument("--full", action="store_true",
                         help="run the config's whole LR grid instead of its adaptive search (slower: 42 runs "
@@ -40,7 +41,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars (phase lines stay; bars are off anyway when stderr is not a terminal)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

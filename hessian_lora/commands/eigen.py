@@ -1,4 +1,13 @@
-"""``hessian-lora eigen``: loss-Hessian eigenvalues of an adapter, per block, with residual certificates."""
+"""``hessian-lora eigen``: loss-Hessian eigenvalues of an adapter, per block, with residual certificates.
+
+Estimate the extreme eigenvalues of the Hessian of the token-weighted mean loss with respect to adapter
+parameters (all of them, or each module's lora_A/lora_B[/magnitude] block), by Lanczos or power iteration on
+exact Hessian-vector products, each value with its residual ||Hv - λv||. Analyse a CHECKPOINT directory
+(hessian-lora's, or a plain peft adapter directory on the base model its adapter_config.json names, or
+--model), or an adapter at initialisation with --method/--model. A per-module scan written to --out resumes:
+blocks already in the file are skipped. Under torchrun the products run data-parallel (each process its share
+of the batches).
+"""
 
 from __future__ import annotations
 
@@ -9,23 +18,16 @@ from pathlib import Path
 
 from hessian_lora._io import remove_stale_temporaries
 from hessian_lora._paths import check_output_file
+from hessian_lora.commands import add_command
 from hessian_lora.commands._prompt import add_prompt_template_argument
 from hessian_lora.commands._threads import add_threads_argument, apply_threads
 from hessian_lora.errors import UserError
 
+HELP = "loss-Hessian eigenvalues (λ_max, λ_min, top-k) of an adapter, whole or per module"
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "eigen",
-        help="loss-Hessian eigenvalues (λ_max, λ_min, top-k) of an adapter, whole or per module",
-        description="Estimate the extreme eigenvalues of the Hessian of the token-weighted mean loss with respect "
-        "to adapter parameters (all of them, or each module's lora_A/lora_B[/magnitude] block), by Lanczos or "
-        "power iteration on exact Hessian-vector products, each value with its residual ||Hv - λv||. Analyse a "
-        "CHECKPOINT directory (hessian-lora's, or a plain peft adapter directory on the base model its "
-        "adapter_config.json names, or --model), or an adapter at initialisation with --method/--model. A per-module scan written "
-        "to --out resumes: blocks already in the file are skipped. Under torchrun the products run "
-        "data-parallel (each process its share of the batches).",
-    )
+    parser = add_command(subparsers, "eigen", HELP, __doc__, run)
     parser.add_argument("checkpoint", nargs="?", default=None, help="checkpoint or plain peft adapter directory (omit with --method)")
     source = parser.add_argument_group("adapter at initialisation (instead of CHECKPOINT)")
     source.add_argument("--method", default=None, help="build this method's adapter at initialisation")
@@ -80,7 +82,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="JSON report to write (and to resume from)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_threads_argument(parser)
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

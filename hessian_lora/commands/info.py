@@ -1,4 +1,10 @@
-"""``hessian-lora info``: what a checkpoint holds."""
+"""``hessian-lora info``: what a checkpoint holds.
+
+Describe a checkpoint directory: method, rank, alpha, targets, base model, trainable parameters, step,
+learning rate, and whether it holds optimizer state and a residual base. A plain peft adapter directory
+(PeftModel.save_pretrained) is described from its adapter_config.json and the header of
+adapter_model.safetensors; a truncated weights file is an error.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +13,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hessian_lora.commands import add_command
 from hessian_lora.errors import UserError
+
+HELP = "describe a checkpoint or a plain peft adapter directory"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "info",
-        help="describe a checkpoint or a plain peft adapter directory",
-        description="Describe a checkpoint directory: method, rank, alpha, targets, base model, trainable "
-        "parameters, step, learning rate, and whether it holds optimizer state and a residual base. A plain peft "
-        "adapter directory (PeftModel.save_pretrained) is described from its adapter_config.json and the "
-        "header of adapter_model.safetensors; a truncated weights file is an error.",
-    )
+    parser = add_command(subparsers, "info", HELP, __doc__, run)
     parser.add_argument("checkpoint", metavar="DIR", help="checkpoint or plain peft adapter directory")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
-    parser.set_defaults(handler=run)
 
 
 def describe(directory: str | Path) -> dict[str, Any]:

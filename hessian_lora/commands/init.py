@@ -1,4 +1,8 @@
-"""``hessian-lora init``: build an adapter at initialisation and save it as a step-0 checkpoint."""
+"""``hessian-lora init``: build an adapter at initialisation and save it as a step-0 checkpoint.
+
+Build METHOD's adapter on MODEL (the starting point of the Hessian analysis) and save a step-0 checkpoint to
+--out. LoRA-GA estimates its gradient on a few batches of --task.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import time
 
 from hessian_lora._paths import check_output_directory
 from hessian_lora.adapters import ADAPTER_NAME, DEFAULT_TARGETS, AdapterConfig
+from hessian_lora.commands import add_command
 from hessian_lora.commands._prompt import add_prompt_template_argument
 from hessian_lora.errors import UserError
 from hessian_lora.registry import METHODS
@@ -16,13 +21,11 @@ DEFAULT_LORAGA_BATCHES = 4
 DEFAULT_BATCH_SIZE = 4
 
 
+HELP = "build an adapter at initialisation and save it as a checkpoint"
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "init",
-        help="build an adapter at initialisation and save it as a checkpoint",
-        description="Build METHOD's adapter on MODEL (the starting point of the Hessian analysis) and save a "
-        "step-0 checkpoint to --out. LoRA-GA estimates its gradient on a few batches of --task.",
-    )
+    parser = add_command(subparsers, "init", HELP, __doc__, run)
     parser.add_argument("--model", default="smollm2-135m",
                         help="smollm2-135m (default), tiny-llama, a model directory, a .gguf file or a hub id")
     parser.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
@@ -45,7 +48,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                  "checkpoint when used (default chat)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--out", required=True, help="checkpoint directory to write")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

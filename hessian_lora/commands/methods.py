@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import argparse
 
+from hessian_lora.commands import add_command
 from hessian_lora.registry import METHODS, REFERENCE_LAYERS, REFERENCE_MODEL, reference_parameter_count
 
 REFERENCE_RANK = 128  # the paper's rank
 
 
+HELP = "list the adapter methods (LoRA variants)"
+DESCRIPTION = (
+    "List the adapter methods: name, whether initialisation rewrites the base weights, whether "
+    "the initial adapted model computes the base model's function, the trainable parameters on a reference "
+    f"setting ({REFERENCE_MODEL}, all seven projections of its {REFERENCE_LAYERS} layers, r = {REFERENCE_RANK}, "
+    "counted analytically), and what the method does."
+)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "methods",
-        help="list the adapter methods (LoRA variants)",
-        description="List the adapter methods: name, whether initialisation rewrites the base weights, whether "
-        "the initial adapted model computes the base model's function, the trainable parameters on a reference "
-        f"setting ({REFERENCE_MODEL}, all seven projections of its {REFERENCE_LAYERS} layers, r = {REFERENCE_RANK}, "
-        "counted analytically), and what the method does.",
-    )
-    parser.set_defaults(handler=run)
+    add_command(subparsers, "methods", HELP, DESCRIPTION, run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,22 +1,26 @@
-"""``hessian-lora plot RUN_DIR``: the six figures of a sweep, PNG and PDF."""
+"""``hessian-lora plot RUN_DIR``: the six figures of a sweep, PNG and PDF.
+
+Write PNG and PDF figures of RUN_DIR: (a) metric vs learning rate per method with peaks, (b) lambda_max vs
+optimal LR with the fit, 2/lambda and Adam lines, (c) per-module lambda_max relative to LoRA across layers,
+(d) Lanczos/power convergence, (e) spectral density, (f) training loss per LR. Figures whose data the run
+lacks are skipped with the reason.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from hessian_lora.commands import add_command
 from hessian_lora.commands.analyze import add_analysis_options, analysis_kwargs
+
+HELP = (
+    "figures of a sweep: metric vs LR, sharpness vs optimal LR, per-module ratios, convergence, density, "
+    "loss curves"
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "plot",
-        help="figures of a sweep: metric vs LR, sharpness vs optimal LR, per-module ratios, convergence, density, "
-        "loss curves",
-        description="Write PNG and PDF figures of RUN_DIR: (a) metric vs learning rate per method with peaks, (b) "
-        "lambda_max vs optimal LR with the fit, 2/lambda and Adam lines, (c) per-module lambda_max relative to "
-        "LoRA across layers, (d) Lanczos/power convergence, (e) spectral density, (f) training loss per LR. "
-        "Figures whose data the run lacks are skipped with the reason.",
-    )
+    parser = add_command(subparsers, "plot", HELP, __doc__, run)
     parser.add_argument("run_dirs", metavar="RUN_DIR", nargs="+",
                         help="the --out directory of a sweep; with several directories, ranks or batch sizes, also "
                         "(g) eta* and (h) peak per setting and (i) the setting x LR table, and each setting's "
@@ -24,7 +28,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default=None, help="figure directory (default: the first RUN_DIR/figures)")
     parser.add_argument("--formats", default="png,pdf", help="comma-separated file formats (default png,pdf)")
     add_analysis_options(parser)
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

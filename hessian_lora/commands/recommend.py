@@ -1,23 +1,24 @@
-"""``hessian-lora recommend``: a learning rate for a method from one λ_max probe at initialisation."""
+"""``hessian-lora recommend``: a learning rate for a method from one λ_max probe at initialisation.
+
+Measure lambda_max of METHOD's adapter at initialisation on MODEL (the way the calibration sweep measured it)
+and predict the optimal learning rate from the calibration (eta* against lambda_max over the sweep's methods),
+with a narrow grid to sweep around it. The default calibration ships with the package; --calibration RUN_DIR
+fits one on your own sweep. With --save-calibration and no --method, only builds and saves the calibration.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from hessian_lora.commands import add_command
 from hessian_lora.commands._prompt import add_prompt_template_argument
 from hessian_lora.commands._threads import add_threads_argument, apply_threads
 
+HELP = "predict a method's optimal learning rate from one lambda_max probe at initialisation"
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "recommend",
-        help="predict a method's optimal learning rate from one lambda_max probe at initialisation",
-        description="Measure lambda_max of METHOD's adapter at initialisation on MODEL (the way the calibration "
-        "sweep measured it) and predict the optimal learning rate from the calibration (eta* against "
-        "lambda_max over the sweep's methods), with a narrow grid to sweep around it. The default calibration "
-        "ships with the package; --calibration RUN_DIR fits one on your own sweep. With --save-calibration and "
-        "no --method, only builds and saves the calibration.",
-    )
+    parser = add_command(subparsers, "recommend", HELP, __doc__, run)
     parser.add_argument("--method", default=None, help="adapter method to probe (see `hessian-lora methods`)")
     parser.add_argument("--model", default=None, help="base model (default: the calibration's model)")
     parser.add_argument("--task", default=None, help="probe task (default: the calibration's task)")
@@ -33,7 +34,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="write the calibration (e.g. fitted on --calibration RUN_DIR) to FILE")
     parser.add_argument("--note", default="", help="provenance note stored with --save-calibration")
     parser.add_argument("--json", action="store_true", help="print the recommendation as JSON")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,8 @@
-"""``hessian-lora results``: a sweep's rows as a table, CSV or Parquet."""
+"""``hessian-lora results``: a sweep's rows as a table, CSV or Parquet.
+
+Read RUN_DIR/results.sqlite (one row per run) and print it as an aligned table or CSV, or write a Parquet file
+(needs pyarrow: pip install 'hessian-lora[dist]').
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from typing import Any
 
 from hessian_lora._io import write_text_atomic
 from hessian_lora._paths import check_output_file
+from hessian_lora.commands import add_command
 from hessian_lora.errors import UserError
 
 TABLE_COLUMNS = ("method", "rank", "seed", "batch_size", "lr", "status", "steps", "train_loss", "eval_loss",
@@ -20,20 +25,17 @@ TABLE_COLUMNS = ("method", "rank", "seed", "batch_size", "lr", "status", "steps"
 FORMATS = ("table", "csv", "parquet")
 
 
+HELP = "show or export a sweep's results (table, CSV, Parquet)"
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "results",
-        help="show or export a sweep's results (table, CSV, Parquet)",
-        description="Read RUN_DIR/results.sqlite (one row per run) and print it as an aligned table or CSV, or "
-        "write a Parquet file (needs pyarrow: pip install 'hessian-lora[dist]').",
-    )
+    parser = add_command(subparsers, "results", HELP, __doc__, run)
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `hessian-lora sweep`")
     parser.add_argument("--format", choices=FORMATS, default="table", help="table (default), csv or parquet")
     parser.add_argument("--output", default=None,
                         help="file to write (csv: default stdout; parquet: default RUN_DIR/results.parquet)")
     parser.add_argument("--all-columns", action="store_true",
                         help="csv/parquet: every column, the per-step history and the error text included")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,9 @@
-"""``hessian-lora sweep``: train every method over a grid of learning rates; resumable, crash-safe."""
+"""``hessian-lora sweep``: train every method over a grid of learning rates; resumable, crash-safe.
+
+Train every (method, lr, seed, rank, batch size) of CONFIG, evaluate each run and record it in
+RUN_DIR/results.sqlite. Re-running the same command skips finished runs and restarts interrupted ones; a run
+directory made with other settings is refused (grid changes need --extend).
+"""
 
 from __future__ import annotations
 
@@ -7,19 +12,16 @@ import sys
 from pathlib import Path
 
 from hessian_lora._paths import check_output_directory
+from hessian_lora.commands import add_command
 from hessian_lora.commands._prompt import add_prompt_template_argument
 from hessian_lora.commands._threads import add_threads_argument, apply_threads
 from hessian_lora.errors import UserError
 
+HELP = "run a learning-rate sweep from a YAML config into a resumable run directory"
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "sweep",
-        help="run a learning-rate sweep from a YAML config into a resumable run directory",
-        description="Train every (method, lr, seed, rank, batch size) of CONFIG, evaluate each run and record it "
-        "in RUN_DIR/results.sqlite. Re-running the same command skips finished runs and restarts interrupted "
-        "ones; a run directory made with other settings is refused (grid changes need --extend).",
-    )
+    parser = add_command(subparsers, "sweep", HELP, __doc__, run)
     parser.add_argument("config", help="sweep config, e.g. experiments/smollm2_arith.yaml")
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (created or resumed)")
     parser.add_argument("--backend", choices=("local", "ray"), default="local",
@@ -35,7 +37,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="override the config's eval_task: comma-separated gsm8k:PATH, math:PATH, mbpp:PATH, humaneval")
     add_threads_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
