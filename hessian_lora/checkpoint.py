@@ -293,8 +293,8 @@ def check_safetensors(file: Path) -> None:
             for key in handle.keys():  # noqa: SIM118  (safe_open is not iterable)
                 handle.get_slice(key)
     except Exception as exc:  # safetensors raises its own SafetensorError (header, size) and OSError
-        raise UserError(f"{file} is not a complete safetensors file ({_first_line(exc)}): the checkpoint is "
-                        "damaged; re-create it.") from exc
+        raise UserError(f"{file} is truncated or damaged, not a complete safetensors file ({_first_line(exc)}): "
+                        "re-create or re-copy it.") from exc
 
 
 def read_optimizer_state(file: Path, *, map_location: Any = "cpu") -> OptimizerState:
@@ -441,8 +441,9 @@ _FROZEN_TENSOR_MARKERS = (".randlora_A", ".randlora_B")
 
 
 def is_checkpoint(directory: str | os.PathLike[str]) -> bool:
-    """A hessian-lora checkpoint (``hessian_lora.json``), as opposed to a plain peft adapter directory."""
-    return (Path(directory) / META_FILE).is_file()
+    """A hessian-lora checkpoint (``hessian_lora.json``), as opposed to a plain peft adapter directory. Anything
+    at that name counts, so that a damaged one is reported as such rather than read as a plain peft directory."""
+    return os.path.lexists(Path(directory) / META_FILE)
 
 
 def load_adapter(
