@@ -189,7 +189,7 @@ def _lambda_at_init(config: SweepConfig, layout: RunLayout, key: InitKey, calibr
     out = layout.init_report(key)
     if config.hessian.init:  # the sweep's own measurement: every run resumes from this file
         batches = make_batches(tokenizer, task.train[: config.hessian.samples], config.hessian.batch_size,
-                               max_length=config.max_length)
+                               max_length=config.max_length, prompt_template=config.prompt_template)
         report = _eigen_report(config, model, batches, out=out, progress=progress)
     else:  # measured as the calibration's probe was
         probe = calibration.probe

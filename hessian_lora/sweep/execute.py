@@ -158,7 +158,8 @@ def _sharpness_probe(config: SweepConfig, model: Any, tokenizer: Any, examples: 
     from hessian_lora.data import make_batches
     from hessian_lora.dynamics import SharpnessProbe
 
-    batches = make_batches(tokenizer, examples[: during.samples], during.batch_size, max_length=config.max_length)
+    batches = make_batches(tokenizer, examples[: during.samples], during.batch_size, max_length=config.max_length,
+                           prompt_template=config.prompt_template)
     return SharpnessProbe(model, batches, during, total_steps=train_config.steps, meta=adapter_config)
 
 

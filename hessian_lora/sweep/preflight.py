@@ -56,7 +56,7 @@ def preflight(config: SweepConfig, *, device: str | torch.device | None = None, 
     if config.hessian.enabled:
         try:
             make_batches(loaded.tokenizer, task.train[: config.hessian.samples], config.hessian.batch_size,
-                         max_length=config.hessian.measure.max_length)
+                         max_length=config.hessian.measure.max_length, prompt_template=config.prompt_template)
         except UserError as exc:
             raise UserError(f"{source}: hessian: {exc}") from exc
     rank, seed, batch_size = max(config.ranks), config.seeds[0], config.batch_sizes[0]
@@ -101,7 +101,7 @@ def _check_token_budget(config: SweepConfig, tokenizer: Any, examples: list[Any]
 
     counts = []
     for example in examples:
-        _, labels = tokenize_example(tokenizer, example, config.max_length)
+        _, labels = tokenize_example(tokenizer, example, config.max_length, config.prompt_template)
         counts.append(sum(1 for label in labels[1:] if label != IGNORE_INDEX))
     if not any(counts):
         raise UserError(f"{source}: max_length {config.max_length} leaves no training example a response token "

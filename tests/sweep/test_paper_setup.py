@@ -61,7 +61,7 @@ def test_eval_sets_are_scored_through_the_sweep_with_the_prompt_template(tmp_pat
         return [answers[text] for text in instructions]
 
     monkeypatch.setattr(evaluate, "generate_text", fake_generate)
-    config = tiny_config(methods=["lora"], lr=[1e-2], targets=["q_proj"], ranks=[2], steps=2, n_eval=4, hessian={"init": False},
+    config = tiny_config(methods=["lora"], lr=[1e-2], targets=["q_proj"], ranks=[2], steps=2, n_eval=4, hessian={"init": False}, max_length=384,
                          eval={"accuracy": False, "batch_size": 4, "max_new_tokens": 4},
                          prompt_template="alpaca", eval_task=EVAL_TASK)
     run_sweep(config, tmp_path, progress=False)
@@ -73,7 +73,7 @@ def test_eval_sets_are_scored_through_the_sweep_with_the_prompt_template(tmp_pat
 
 
 def test_eval_sets_run_on_the_tiny_model_and_record_their_metric(tmp_path):
-    config = tiny_config(methods=["lora"], lr=[1e-2], targets=["q_proj"], ranks=[2], steps=2, n_eval=4, hessian={"init": False},
+    config = tiny_config(methods=["lora"], lr=[1e-2], targets=["q_proj"], ranks=[2], steps=2, n_eval=4, hessian={"init": False}, max_length=384,
                          eval={"batch_size": 8, "max_new_tokens": 4}, eval_task=EVAL_TASK)
     run_sweep(config, tmp_path, progress=False)
     (row,) = _rows(tmp_path)
@@ -103,7 +103,7 @@ def test_eval_set_metrics_reach_analysis(tmp_path, monkeypatch):
     golds = [f"The answer is {example.answer}" for example in load_eval_set(EVAL_TASK[0]).examples]
     calls = iter([golds[:1] + ["The answer is -1"] * 3, golds])
     monkeypatch.setattr(evaluate, "generate_text", lambda model, tok, prompts, **o: next(calls))
-    config = tiny_config(methods=["lora"], lr=[1e-3, 1e-2], targets=["q_proj"], ranks=[2], steps=2, n_eval=4, hessian={"init": False},
+    config = tiny_config(methods=["lora"], lr=[1e-3, 1e-2], targets=["q_proj"], ranks=[2], steps=2, n_eval=4, hessian={"init": False}, max_length=384,
                          eval={"accuracy": False}, eval_task=[EVAL_TASK[0]])
     run_sweep(config, tmp_path, progress=False)
     assert sorted(row["gsm8k_acc"] for row in _rows(tmp_path)) == [0.25, 1.0]
