@@ -16,18 +16,10 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from hessian_lora._plot_style import METRIC_AXIS_LABELS, format_lr, new_figure
 from hessian_lora.analysis.ablation import Ablation, analyze_ablation, lr_table
-from hessian_lora.plots import (
-    FIGURE_NAMES,
-    METRIC_AXIS_LABELS,
-    PlotResult,
-    _format_lr,
-    _new_figure,
-    make_figures,
-    method_color,
-    method_label,
-    save_figure,
-)
+from hessian_lora.plots import FIGURE_NAMES, PlotResult, make_figures, save_figure
+from hessian_lora.registry import method_color, method_label
 from hessian_lora.rundir import RunLayout, read_run_directory
 
 ABLATION_FIGURES: dict[str, str] = {
@@ -43,7 +35,7 @@ def _slug(label: str) -> str:
 
 def figure_eta_vs_setting(ablation: Ablation) -> Figure:
     """η* per method across settings, with its bootstrap interval; censored optima as ▲ (≥) / ▼ (≤)."""
-    figure = _new_figure(8.5, 5.0)
+    figure = new_figure(8.5, 5.0)
     axes = figure.add_subplot()
     labels = [setting.label for setting in ablation.settings]
     offsets = np.linspace(-0.12, 0.12, max(len(ablation.methods), 1))
@@ -79,7 +71,7 @@ def figure_eta_vs_setting(ablation: Ablation) -> Figure:
 
 def figure_peak_vs_setting(ablation: Ablation) -> Figure:
     """The tuned peak per method across settings, with its bootstrap interval."""
-    figure = _new_figure(8.5, 5.0)
+    figure = new_figure(8.5, 5.0)
     axes = figure.add_subplot()
     metric = ablation.analyses[0].metric
     scale = 100.0 if metric == "accuracy" else 1.0
@@ -113,7 +105,7 @@ def figure_setting_lr_table(ablation: Ablation) -> Figure:
     methods = ablation.methods
     metric = ablation.analyses[0].metric
     scale = 100.0 if metric == "accuracy" else 1.0
-    figure = _new_figure(max(5.0 * len(methods), 6.0), 0.5 * len(ablation.settings) + 2.6)
+    figure = new_figure(max(5.0 * len(methods), 6.0), 0.5 * len(ablation.settings) + 2.6)
     axes_row = figure.subplots(1, len(methods), squeeze=False)[0]
     for axes, name in zip(axes_row, methods):
         lrs, rows = lr_table(ablation, name)
@@ -126,7 +118,7 @@ def figure_setting_lr_table(ablation: Ablation) -> Figure:
             if np.isfinite(value):  # dark text on the bright (yellow) half of viridis
                 axes.text(column, row, f"{value:.3g}", ha="center", va="center", fontsize=7,
                           color="black" if sign * (value - middle) > 0 else "white")
-        axes.set_xticks(range(len(lrs)), [_format_lr(lr) for lr in lrs], rotation=45, fontsize=7)
+        axes.set_xticks(range(len(lrs)), [format_lr(lr) for lr in lrs], rotation=45, fontsize=7)
         axes.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=8)
         axes.set_title(method_label(name), fontsize=10, color=method_color(name))
         axes.set_xlabel("learning rate")

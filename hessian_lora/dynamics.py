@@ -10,7 +10,7 @@ last step) it measures, on the live parameters:
   relative residual ``tol``);
 - λ̃ = λ₁(P⁻¹H), P = diag(√v̂ + ε), from the *live* AdamW state: v̂ = ``exp_avg_sq`` / (1 − β₂^step) of the
   same step as the parameters (nothing is saved or reloaded). LoRA+ groups count through each parameter's own
-  learning rate (:func:`hessian_lora.measure.optimizer_preconditioner`). At step 0 Adam has no state: λ̃ is None.
+  learning rate (:func:`hessian_lora.preconditioning.optimizer_preconditioner`). At step 0 Adam has no state: λ̃ is None.
 
 Each solve starts from the previous probe's top Ritz vector (warm start): the top eigenvector moves little over
 a few steps, so a probe costs a handful of Hessian-vector products instead of a cold Lanczos run.
@@ -142,7 +142,7 @@ class SharpnessProbe:
 
     ``total_steps`` (optional) adds a probe at the last step. ``lr_ratios``: each parameter group's learning
     rate relative to the first (None: read from the optimizer; see
-    :func:`hessian_lora.measure.optimizer_preconditioner`); ``meta`` gives that function the method (LoRA+
+    :func:`hessian_lora.preconditioning.optimizer_preconditioner`); ``meta`` gives that function the method (LoRA+
     ratio) when every group's rate is zero. :attr:`history` holds the points measured so far.
     """
 
@@ -201,7 +201,7 @@ class SharpnessProbe:
                     lambdas.append(eigen.largest[0])
                     residuals.append(eigen.largest_residuals[0])
                 if self.settings.preconditioned and state is not None:
-                    from hessian_lora.measure import optimizer_preconditioner
+                    from hessian_lora.preconditioning import optimizer_preconditioner
 
                     diagonal, _ = optimizer_preconditioner(state, block.names, meta=self.meta)
                     scaled = ScaledOperator(operator, diagonal.double().rsqrt())

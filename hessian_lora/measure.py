@@ -41,13 +41,13 @@ from hessian_lora.hessian.filters import ParameterBlock, PerModule, WholeAdapter
 from hessian_lora.hessian.lanczos import lanczos
 from hessian_lora.hessian.operator import HessianOperator, resolve_backend
 from hessian_lora.hessian.power import power_iteration
-from hessian_lora.hessian.preconditioned import adam_preconditioner, preconditioned_sharpness
+from hessian_lora.hessian.preconditioned import preconditioned_sharpness
 from hessian_lora.hessian.pyhessian_compat import pyhessian_power_iteration
 from hessian_lora.hessian.results import BlockReport, EigenReport, EigenResult, IterationRecord
 from hessian_lora.hessian.trace import hutchplusplus
 
 if TYPE_CHECKING:
-    from hessian_lora.checkpoint import LoadedCheckpoint, OptimizerState
+    from hessian_lora.checkpoint import LoadedCheckpoint
 
 Solver = Literal["lanczos", "power", "pyhessian"]
 Blocks = Literal["whole", "per-module"]
@@ -236,7 +236,7 @@ def measure(
         task = settings.task or DEFAULT_TASK
         source = dict(source) if source is not None else {"model": type(adapter).__name__}
     else:
-        from hessian_lora.checkpoint import load_adapter
+        from hessian_lora.peft_adapters import load_adapter
 
         loaded = load_adapter(adapter, model=base_model, model_seed=model_seed, device=device)
         peft_model, tokenizer, meta = loaded.model, loaded.tokenizer, loaded.meta
@@ -332,65 +332,6 @@ def read_report(path: str | os.PathLike[str]) -> EigenReport:
                         f"{schemas.REPORT_FIX}") from exc
 
 
-def checkpoint_preconditioner(loaded: LoadedCheckpoint, names: Sequence[str]) -> tuple[torch.Tensor, dict[str, float]]:
-    """P's diagonal for ``names`` from a loaded checkpoint's Adam state, and Adam's settings.
-
-    Returns (diagonal, {"beta1", "eps", "step", "lr", "current_lr"}): ``lr`` is the run's learning rate from
-    the checkpoint meta (the peak of its schedule), ``current_lr`` the first group's rate when it was saved.
-    """
-    state = loaded.optimizer_state
-    if state is None:
-        raise UserError("the preconditioned sharpness needs a checkpoint saved with its optimizer state "
-                        "(a training run).")
-    meta = loaded.meta
-    diagonal, settings = optimizer_preconditioner(state, names, meta=meta)
-    if meta.lr is not None:
-        settings["lr"] = float(meta.lr)
-    return diagonal, settings
-
-
-def optimizer_preconditioner(
-    state: OptimizerState, names: Sequence[str], *, meta: object = None
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """P's diagonal for ``names`` from an Adam state (saved, or live through
-    :func:`hessian_lora.checkpoint.live_optimizer_state`), each parameter's P divided by its group's learning
-    rate relative to the first group's (LoRA+), and Adam's settings {"beta1", "eps", "step", "lr",
-    "current_lr"} (``lr`` = ``current_lr``, the first group's rate; ``meta`` supplies the LoRA+ ratio when every
-    rate is zero, see :func:`_group_ratios`)."""
-    from hessian_lora.checkpoint import adam_second_moments
-
-    moments = adam_second_moments(state, bias_corrected=True)
-    beta1, _ = state.betas
-    groups = state.state_dict["param_groups"]
-    reference_lr = float(groups[0]["lr"])
-    ratios: dict[str, float] = {}
-    for group, ratio in zip(groups, _group_ratios(groups, meta)):
-        for index in group["params"]:
-            ratios[state.param_names[index]] = ratio
-    diagonal = adam_preconditioner(moments, names, eps=state.eps, lr_ratios=ratios)
-    settings = {"beta1": beta1, "eps": state.eps, "step": float(state.step), "lr": reference_lr,
-                "current_lr": reference_lr}
-    return diagonal, settings
-
-
-def _group_ratios(groups: Sequence[Mapping[str, object]], meta: object) -> list[float]:
-    """Each parameter group's learning rate relative to the first group's.
-
-    Schedulers scale every group alike, so the current rates give the ratios, unless they have all decayed to
-    zero (the last step of a cosine schedule): then a scheduler's ``initial_lr`` does, or, for LoRA+, the
-    method's ratio (``make_optimizer`` puts the fast group second).
-    """
-    current = [float(group["lr"]) for group in groups]  # type: ignore[arg-type]
-    if current[0] > 0:
-        return [lr / current[0] for lr in current]
-    initial = [float(group.get("initial_lr", 0.0)) for group in groups]  # type: ignore[arg-type]
-    if initial[0] > 0:
-        return [lr / initial[0] for lr in initial]
-    if getattr(meta, "method", None) == "loraplus" and len(groups) == 2:
-        return [1.0, float(getattr(meta, "loraplus_ratio", 1.0))]
-    return [1.0] * len(groups)
-
-
 def _analyse_block(
     model: nn.Module,
     batches: list[TokenBatch],
@@ -419,6 +360,8 @@ def _analyse_block(
                           if s.density else None)
         preconditioned_result = None
         if s.preconditioned:
+            from hessian_lora.preconditioning import checkpoint_preconditioner
+
             assert loaded is not None  # measure() refuses preconditioning without a checkpoint
             diagonal, adam = checkpoint_preconditioner(loaded, block.names)
             preconditioned_result = preconditioned_sharpness(

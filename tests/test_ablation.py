@@ -89,7 +89,7 @@ def test_tiny_version_of_the_smollm2_ablation_sweeps_analyses_and_plots(tmp_path
     data = yaml.safe_load((EXPERIMENTS / "smollm2_ablation.yaml").read_text())
     assert len(data["methods"]) * len(data["ranks"]) * len(data["batch_sizes"]) == 8
     data.update(model="tiny-llama", task="arith", n_train=16, n_eval=4, ranks=[2, 4], batch_sizes=[2, 4],
-                lr=[1e-3, 1e-2], steps=2, max_length=64, attention="eager", eval={"batch_size": 4, "max_new_tokens": 2})
+                lr=[1e-3, 1e-2], steps=2, max_length=128, attention="eager", eval={"batch_size": 4, "max_new_tokens": 2})
     config = config_from_dict(data, source="tiny ablation")
     run_dir = tmp_path / "run"
     summary = run_sweep(config, run_dir, progress=False)

@@ -280,7 +280,7 @@ def test_eigen_on_a_plain_peft_directory_equals_the_checkpoint(base_dir: Path, t
 
 
 def test_plain_dora_directory_loads_with_its_method(base_dir: Path, tmp_path: Path, probe_ids: torch.Tensor) -> None:
-    from hessian_lora.checkpoint import load_adapter
+    from hessian_lora.peft_adapters import load_adapter
 
     peft_model = _plain_adapter(base_dir, use_dora=True)
     peft_model.save_pretrained(tmp_path / "dora")
@@ -296,7 +296,7 @@ def test_a_base_rewriting_plain_adapter_says_what_it_needs(base_dir: Path, tmp_p
                                                            probe_ids: torch.Tensor) -> None:
     from peft import LoraConfig, get_peft_model
 
-    from hessian_lora.checkpoint import load_adapter
+    from hessian_lora.peft_adapters import load_adapter
 
     pissa = get_peft_model(load_model(str(base_dir), device="cpu").model,
                            LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights="pissa"))
@@ -327,7 +327,7 @@ def test_a_base_rewriting_plain_adapter_says_what_it_needs(base_dir: Path, tmp_p
 
 
 def test_a_checkpoint_refuses_another_base_and_a_truncated_adapter_is_named(base_dir: Path, tmp_path: Path) -> None:
-    from hessian_lora.checkpoint import load_adapter
+    from hessian_lora.peft_adapters import load_adapter
 
     peft_model, _, meta, _ = _trained("lora", steps=0)
     save_checkpoint(tmp_path / "ckpt", peft_model, meta)

@@ -32,7 +32,8 @@ def test_callback_logs_equal_offline_measurements(tiny, tmp_path):
     from hessian_lora.hessian.filters import WholeAdapter
     from hessian_lora.hessian.operator import HessianOperator
     from hessian_lora.hessian.preconditioned import preconditioned_sharpness
-    from hessian_lora.measure import MeasureSettings, measure, optimizer_preconditioner
+    from hessian_lora.measure import MeasureSettings, measure
+    from hessian_lora.preconditioning import optimizer_preconditioner
 
     task = load_task("arith", seed=0, n_train=16, n_eval=0)
     encoded = [tokenize_example(tiny.tokenizer, example, 96) for example in task.train]

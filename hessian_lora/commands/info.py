@@ -74,13 +74,13 @@ def describe(directory: str | Path) -> dict[str, Any]:
 
 
 def _describe_peft(path: Path) -> dict[str, Any]:
-    from hessian_lora import checkpoint
+    from hessian_lora import checkpoint, peft_adapters
     from hessian_lora.registry import METHODS
 
-    config = checkpoint.read_peft_config(path)
-    shapes = checkpoint.check_adapter_weights(path)
-    meta = checkpoint.peft_meta(config, base_model=config.get("base_model_name_or_path") or "-")
-    rewriting = checkpoint.base_rewriting_init(config)
+    config = peft_adapters.read_peft_config(path)
+    shapes = peft_adapters.check_adapter_weights(path)
+    meta = peft_adapters.peft_meta(config, base_model=config.get("base_model_name_or_path") or "-")
+    rewriting = peft_adapters.base_rewriting_init(config)
     use_rslora = meta.method == "rslora" or (meta.method == "dora" and config.get("use_rslora"))
     divisor = {"gralora": meta.rank + int(config.get("hybrid_r") or 0), "randlora": meta.rank}.get(
         meta.method, meta.rank ** 0.5 if use_rslora else meta.rank)
@@ -101,7 +101,7 @@ def _describe_peft(path: Path) -> dict[str, Any]:
         "seed": None,
         "step": None,
         "lr": None,
-        "trainable_parameters": checkpoint.trained_parameter_count(shapes),
+        "trainable_parameters": peft_adapters.trained_parameter_count(shapes),
         "adapter_bytes": _size(path / checkpoint.ADAPTER_WEIGHTS_FILE),
         "residual_base": (
             f"NEEDED: init_lora_weights={rewriting!r} rewrote the base; pass the residual base with --model, or "

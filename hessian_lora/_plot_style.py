@@ -1,0 +1,54 @@
+"""The look every figure shares: axis labels, a method's shades from light to dark, figure and LR formatting.
+
+Colours and labels of methods come from :mod:`hessian_lora.registry`; this module adds what the figure modules
+(:mod:`hessian_lora.plots`, :mod:`hessian_lora.spectrum_plots`, :mod:`hessian_lora.ablation_plots`) share.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib import colors as mcolors
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from hessian_lora.analysis.curves import SCORE_METRICS
+from hessian_lora.registry import method_color
+
+METRIC_AXIS_LABELS = {
+    "accuracy": "eval accuracy (exact match, %)",
+    "pass_at_1": "HumanEval pass@1 (%)",
+    "gsm8k_acc": "GSM8K accuracy (%)",
+    "math_acc": "MATH accuracy (%)",
+    "mbpp_pass_at_1": "MBPP pass@1 (%)",
+    "humaneval_pass_at_1": "HumanEval pass@1 (%)",
+    "eval_loss": "held-out loss (nats/token)",
+    "train_loss": "final training loss (nats/token)",
+}
+LR_AXIS_LABEL = "peak learning rate η (log scale)"
+
+
+def shades(method: str, count: int) -> list[tuple[float, float, float]]:
+    """``count`` shades of the method's colour from light to dark (low to high learning rate)."""
+    base = np.array(mcolors.to_rgb(method_color(method)))
+    light, dark = base + (1 - base) * 0.65, base * 0.45
+    if count == 1:
+        return [tuple(base)]
+    out = []
+    for t in np.linspace(0, 1, count):
+        rgb = light + (base - light) * (2 * t) if t <= 0.5 else base + (dark - base) * (2 * t - 1)
+        out.append(tuple(float(v) for v in np.clip(rgb, 0, 1)))
+    return out
+
+
+def new_figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def metric_scale(metric: str) -> float:
+    return 100.0 if metric in SCORE_METRICS else 1.0
+
+
+def format_lr(lr: float) -> str:
+    return f"{lr:.2e}".replace("e-0", "e-").replace("e+0", "e+")
