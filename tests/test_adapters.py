@@ -399,7 +399,7 @@ def test_gralora_takes_the_authors_k_and_refuses_indivisible_shapes(tiny) -> Non
     peft_model = build_adapter(tiny.model, AdapterConfig("gralora", rank=8))
     config = peft_model.peft_config[ADAPTER_NAME]
     assert config.gralora_k == 2 and config.hybrid_r == 0 and config.r == 8
-    odd = load_model("tiny-llama:hidden_size=24,heads=4,kv_heads=1", device="cpu")  # k_proj is 6 x 24
+    odd = load_model("tiny-llama:hidden_size=132,heads=2,kv_heads=1", device="cpu")  # k_proj is 66 x 132
     with pytest.raises(UserError, match="not divisible by 4"):
         build_adapter(odd.model, AdapterConfig("gralora", rank=64, targets=("k_proj",)))
 
