@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from hessian_lora._plot_style import METRIC_AXIS_LABELS, format_lr, new_figure
+from hessian_lora._plot_style import METRIC_AXIS_LABELS, format_lr, metric_scale, new_figure
 from hessian_lora.analysis.ablation import Ablation, analyze_ablation, lr_table
 from hessian_lora.plots import FIGURE_NAMES, PlotResult, make_figures, save_figure
 from hessian_lora.registry import method_color, method_label
@@ -74,7 +74,7 @@ def figure_peak_vs_setting(ablation: Ablation) -> Figure:
     figure = new_figure(8.5, 5.0)
     axes = figure.add_subplot()
     metric = ablation.analyses[0].metric
-    scale = 100.0 if metric == "accuracy" else 1.0
+    scale = metric_scale(metric)
     labels = [setting.label for setting in ablation.settings]
     offsets = np.linspace(-0.12, 0.12, max(len(ablation.methods), 1))
     for offset, name in zip(offsets, ablation.methods):
@@ -104,7 +104,7 @@ def figure_setting_lr_table(ablation: Ablation) -> Figure:
     """Per method, a heat map of the seed-mean metric: settings (rows) × learning rates (columns)."""
     methods = ablation.methods
     metric = ablation.analyses[0].metric
-    scale = 100.0 if metric == "accuracy" else 1.0
+    scale = metric_scale(metric)
     figure = new_figure(max(5.0 * len(methods), 6.0), 0.5 * len(ablation.settings) + 2.6)
     axes_row = figure.subplots(1, len(methods), squeeze=False)[0]
     for axes, name in zip(axes_row, methods):

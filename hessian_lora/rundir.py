@@ -27,13 +27,11 @@ import json
 import math
 import os
 import re
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from hessian_lora.errors import UserError
 from hessian_lora.reports import ReportView, _optional_float, load_eigen_report, merge_reports
 
 CONFIG_FILE = "config.yaml"
@@ -237,24 +235,10 @@ class RunRecord:
 def load_runs(run_dir: str | os.PathLike[str]) -> list[RunRecord]:
     """All rows of ``RUN_DIR/results.sqlite`` (read-only; tolerant of columns a sweep version lacks)."""
     # Imported here: the store pulls in the sweep config (and with it the method registry of peft adapters).
-    from hessian_lora.sweep.store import RunStore
+    from hessian_lora.sweep.store import read_rows
 
     layout = RunLayout(run_dir)
-    path = layout.database
-    if not layout.root.is_dir():
-        raise UserError(f"run directory {str(run_dir)!r} does not exist: pass the --out directory of a sweep.")
-    if not path.is_file():
-        raise UserError(f"{str(path)!r} is missing: run `hessian-lora sweep CONFIG --out {run_dir}` first.")
-    try:
-        store = RunStore(path, read_only=True)
-    except sqlite3.Error as exc:
-        raise UserError(f"cannot open {str(path)!r} ({exc}): is it a sweep's results.sqlite?") from exc
-    try:
-        rows = store.rows()
-    except sqlite3.Error as exc:
-        raise UserError(f"{str(path)!r} has no readable table 'runs' ({exc}): is it a sweep's results.sqlite?") from exc
-    finally:
-        store.close()
+    rows = read_rows(run_dir)
     return [_record_from_row(row, layout) for row in rows]
 
 

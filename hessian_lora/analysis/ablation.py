@@ -28,7 +28,7 @@ from hessian_lora.analysis.censoring import bound_text
 from hessian_lora.analysis.report import markdown_table
 from hessian_lora.analysis.summary import Analysis, _jsonable, analyze
 from hessian_lora.errors import UserError
-from hessian_lora.registry import method_sort_key
+from hessian_lora.registry import SCORE_METRICS, method_sort_key
 from hessian_lora.rundir import RunLayout, load_runs, read_config
 
 # Config keys that are grid axes, bookkeeping or measurement options: never an ablation axis between directories.
@@ -124,7 +124,7 @@ def _cell(analysis: Analysis, method: str, what: str) -> str:
         if summary.eta_ci and not summary.censored:
             text += f" [{summary.eta_ci[0]:.2g}, {summary.eta_ci[1]:.2g}]"
         return text
-    scale = 100.0 if analysis.metric == "accuracy" else 1.0
+    scale = 100.0 if analysis.metric in SCORE_METRICS else 1.0
     text = f"{summary.peak_metric * scale:.3g}" + (" (edge)" if summary.censored else "")
     if summary.peak_ci:
         text += f" [{summary.peak_ci[0] * scale:.3g}, {summary.peak_ci[1] * scale:.3g}]"
@@ -149,7 +149,7 @@ def lr_table(ablation: Ablation, method: str) -> tuple[list[float], list[tuple[s
 def ablation_markdown(ablation: Ablation) -> str:
     """Cross-setting tables (η*, peak, metric per setting × LR for each method), then each setting's analysis."""
     metric = ablation.analyses[0].metric
-    scale = 100.0 if metric == "accuracy" else 1.0
+    scale = 100.0 if metric in SCORE_METRICS else 1.0
     methods = ablation.methods
     header = "| setting | " + " | ".join(methods) + " |"
     rule = "|---" * (len(methods) + 1) + "|"
@@ -158,7 +158,7 @@ def ablation_markdown(ablation: Ablation) -> str:
              f"## η* per method ({level:.0%} CI; ≥/≤: censored at the grid edge)", "", header, rule]
     for setting, analysis in zip(ablation.settings, ablation.analyses):
         lines.append(f"| {setting.label} | " + " | ".join(_cell(analysis, m, "eta") for m in methods) + " |")
-    unit = " (points)" if metric == "accuracy" else ""
+    unit = " (points)" if metric in SCORE_METRICS else ""
     lines += ["", f"## Peak {metric}{unit} per method ({level:.0%} CI)", "", header, rule]
     for setting, analysis in zip(ablation.settings, ablation.analyses):
         lines.append(f"| {setting.label} | " + " | ".join(_cell(analysis, m, "peak") for m in methods) + " |")

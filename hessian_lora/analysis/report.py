@@ -13,6 +13,7 @@ from hessian_lora._io import write_text_atomic
 from hessian_lora.analysis.censoring import bound_text
 from hessian_lora.analysis.summary import Analysis
 from hessian_lora.analysis.uncertainty import NO_INTERVAL
+from hessian_lora.registry import SCORE_METRICS
 from hessian_lora.rundir import RunLayout
 
 
@@ -31,7 +32,7 @@ def _gap_text(method: Mapping[str, Any], metric: str) -> str:
     verdict = method.get("gap_verdict")
     if verdict == "best":
         return "best"
-    scale, unit, spec = (100.0, " points", "+.1f") if metric == "accuracy" else (1.0, "", "+.3g")
+    scale, unit, spec = (100.0, " points", "+.1f") if metric in SCORE_METRICS else (1.0, "", "+.3g")
     gap = method.get("gap_ci")
     signed = -method["gap_to_best"] if method.get("higher_is_better", True) else method["gap_to_best"]
     text = format(signed * scale, spec).replace("-", "−") + unit

@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{run_dir} is not a directory: pass a RUN_DIR written by `hessian-lora sweep`.")
     if args.output and args.format != "table":
         check_output_file(args.output, "--output")
+    from hessian_lora.sweep.store import read_rows
+
     rows = read_rows(run_dir)
     if args.format == "table":
         if args.output:
@@ -65,21 +67,6 @@ def run(args: argparse.Namespace) -> int:
     write_parquet(rows, columns, output)
     print(f"wrote {len(rows)} rows to {output}", file=sys.stderr)
     return 0
-
-
-def read_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """Every row of RUN_DIR/results.sqlite; a missing or damaged store is a :class:`UserError`."""
-    import sqlite3
-
-    from hessian_lora.sweep.store import open_store
-
-    path = run_dir / "results.sqlite"
-    try:
-        with open_store(run_dir, read_only=True) as store:
-            return store.rows()
-    except sqlite3.Error as exc:
-        raise UserError(f"{path} is not a readable sweep store ({exc}): pass a RUN_DIR written by "
-                        "`hessian-lora sweep`.") from exc
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = TABLE_COLUMNS) -> str:

@@ -31,13 +31,12 @@ from typing import Any
 
 from hessian_lora._io import write_json_atomic
 from hessian_lora.errors import UserError
+from hessian_lora.registry import HIGHER_IS_BETTER, SCORE_METRICS
 from hessian_lora.rundir import InitKey, RunLayout, Status
 from hessian_lora.sweep.config import RunSpec, SweepConfig
 from hessian_lora.sweep.search import AdaptiveSearch, grid_center, next_points, search_status
 
 SEARCH_FORMAT = 1
-HIGHER_IS_BETTER = {"accuracy": True, "eval_loss": False, "train_loss": False}  # analysis.curves' (no import:
-# analysis pulls in scipy and the plotting stack, which a sweep worker does not need)
 
 
 @dataclass(frozen=True)
@@ -237,7 +236,7 @@ def observed(config: SweepConfig, rows: Sequence[Mapping[str, Any]], key: Search
 
 def _value(row: Mapping[str, Any], metric: str) -> float | None:
     value = row.get(metric)
-    if value is None and row["status"] == Status.DIVERGED and metric == "accuracy":
+    if value is None and row["status"] == Status.DIVERGED and metric in SCORE_METRICS:
         return 0.0  # a diverged run answers nothing right (analysis.curves.metric_value)
     if value is None or not math.isfinite(float(value)):
         return None

@@ -41,7 +41,7 @@ from hessian_lora.rundir import (
 )
 from hessian_lora.sweep.config import GRID_AXES, RunSpec, SweepConfig, config_from_dict
 from hessian_lora.sweep.local import run_local
-from hessian_lora.sweep.store import open_store
+from hessian_lora.sweep.store import open_store, read_rows
 
 Backend = Literal["local", "ray"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
@@ -125,16 +125,9 @@ def plan_run_dir(config: SweepConfig, run_dir: Path, *, extend: bool = False) ->
 
 def _recorded_statuses(run_dir: Path) -> dict[str, str]:
     """The runs ``run_dir``'s store records (read-only; empty when there is no store yet)."""
-    import sqlite3
-
     if not RunLayout(run_dir).database.is_file():
         return {}
-    try:
-        with open_store(run_dir, read_only=True) as store:
-            return store.statuses()
-    except sqlite3.Error as exc:
-        raise UserError(f"{RunLayout(run_dir).database} is not a readable sweep store ({exc}): the run directory "
-                        "is damaged; use a new --out.") from exc
+    return {row["run_id"]: row["status"] for row in read_rows(run_dir)}
 
 
 def clean_stale_files(run_dir: Path) -> list[Path]:

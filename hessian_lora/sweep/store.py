@@ -194,3 +194,22 @@ def _sql_value(value: Any) -> Any:
 def open_store(run_dir: str | os.PathLike[str], *, read_only: bool = False) -> RunStore:
     """The store of the run directory ``run_dir`` (created unless ``read_only``)."""
     return RunStore(RunLayout(run_dir).database, read_only=read_only)
+
+
+def read_rows(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every row of ``RUN_DIR/results.sqlite``, read-only: the one read of a run store from outside a sweep.
+
+    A missing directory or store, a file that is not SQLite, or one without a ``runs`` table is a one-line
+    :class:`UserError` naming the path and the fix.
+    """
+    layout = RunLayout(run_dir)
+    if not layout.root.is_dir():
+        raise UserError(f"run directory {str(run_dir)!r} does not exist: pass the --out directory of a sweep.")
+    if not layout.database.is_file():
+        raise UserError(f"{str(layout.database)!r} is missing: run `hessian-lora sweep CONFIG --out {run_dir}` first.")
+    try:
+        with RunStore(layout.database, read_only=True) as store:
+            return store.rows()
+    except sqlite3.Error as exc:
+        raise UserError(f"{str(layout.database)!r} is not a readable sweep store ({exc}): pass a RUN_DIR written "
+                        "by `hessian-lora sweep`.") from exc
