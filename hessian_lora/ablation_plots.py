@@ -23,9 +23,10 @@ from hessian_lora.registry import method_color, method_label
 from hessian_lora.rundir import RunLayout, read_run_directory
 
 ABLATION_FIGURES: dict[str, str] = {
-    "g": "g_eta_vs_setting",
-    "h": "h_peak_vs_setting",
-    "i": "i_setting_lr_table",
+    # h, i, j: the per-run figures use a-g (g is the edge of stability), so the keys of both sets stay distinct
+    "h": "h_eta_vs_setting",
+    "i": "i_peak_vs_setting",
+    "j": "j_setting_lr_table",
 }
 
 
@@ -141,8 +142,8 @@ def plot_ablation(
     ablation = analyze_ablation(run_dirs, rank=rank, batch_size=batch_size, **analyze_options)
     out = Path(out_dir) if out_dir is not None else RunLayout(run_dirs[0]).figures
     result = PlotResult()
-    for key, figure in (("g", figure_eta_vs_setting(ablation)), ("h", figure_peak_vs_setting(ablation)),
-                        ("i", figure_setting_lr_table(ablation))):
+    for key, figure in (("h", figure_eta_vs_setting(ablation)), ("i", figure_peak_vs_setting(ablation)),
+                        ("j", figure_setting_lr_table(ablation))):
         result.written[key] = save_figure(figure, out / ABLATION_FIGURES[key], formats)
     directories = {str(path): read_run_directory(path) for path in dict.fromkeys(map(str, run_dirs))}
     for setting, analysis in zip(ablation.settings, ablation.analyses):

@@ -67,7 +67,7 @@ def test_analyze_and_plot_cli_handle_several_ranks_and_batch_sizes(grid_dir, tmp
     assert (tmp_path / "analysis.json").is_file()  # one setting: the single-sweep analysis, as before
     assert main(["plot", str(grid_dir), "--bootstrap", "50", "--out", str(tmp_path / "fig"), "--formats", "png"]) == 0
     written = {path.relative_to(tmp_path / "fig").as_posix() for path in (tmp_path / "fig").rglob("*.png")}
-    assert {"g_eta_vs_setting.png", "h_peak_vs_setting.png", "i_setting_lr_table.png"} <= written
+    assert {"h_eta_vs_setting.png", "i_peak_vs_setting.png", "j_setting_lr_table.png"} <= written
     assert "r=4_b=8/a_metric_vs_lr.png" in written and "r=8_b=16/b_sharpness_vs_lr.png" in written
 
 
@@ -98,5 +98,5 @@ def test_tiny_version_of_the_smollm2_ablation_sweeps_analyses_and_plots(tmp_path
     assert "r=2, b=2" in capsys.readouterr().out
     assert main(["plot", str(run_dir), "--bootstrap", "20", "--metric", "eval_loss", "--formats", "png"]) == 0
     figures = run_dir / "figures"
-    for name in ("g_eta_vs_setting", "h_peak_vs_setting", "i_setting_lr_table"):
+    for name in ("h_eta_vs_setting", "i_peak_vs_setting", "j_setting_lr_table"):
         assert (figures / f"{name}.png").is_file(), name
