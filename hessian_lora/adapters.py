@@ -114,6 +114,7 @@ def build_adapter(
     if config.spec.needs_data and not batches:
         raise UserError(f"method {config.method} estimates gradients from data: pass training batches "
                         "(the CLI takes them from --task).")
+    _check_dtype_supported(model, config)
     # Rewriting methods keep the untouched weights so the residual is recomputed by one exact recipe.
     originals = _snapshot_target_weights(model, config.targets) if config.spec.rewrites_base else {}
     with torch.random.fork_rng(devices=_cuda_device_indices(model)):
@@ -319,6 +320,19 @@ def _peft_config(
         task_type=task_type,
         **extra,
     )
+
+
+# peft initialises these only in fp32/fp16/bf16 (PiSSA's SVD and OLoRA's QR refuse float64 with a raw TypeError).
+_NO_FLOAT64 = frozenset({"pissa", "olora"})
+
+
+def _check_dtype_supported(model: nn.Module, config: AdapterConfig) -> None:
+    """Say why a method cannot be built on this model's dtype, instead of peft's TypeError mid-build."""
+    dtype = next(model.parameters()).dtype
+    if config.method in _NO_FLOAT64 and dtype == torch.float64:
+        raise UserError(f"method {config.method} cannot be initialised on a float64 model: peft builds it in "
+                        "float32, float16 or bfloat16 only; load the model in float32 (e.g. for a float64 "
+                        "Hessian, build in float32 and cast the adapted model with .double() afterwards).")
 
 
 def _target_linear_shapes(model: nn.Module, targets: Sequence[str]) -> dict[str, tuple[int, int]]:

@@ -430,3 +430,20 @@ def test_loft_gets_its_optimizer_and_the_trainer_does_not_clip_it(tiny, monkeypa
     clips.clear()
     train(adamw_model, tiny.tokenizer, examples, config, progress=False)
     assert clips == [0.5, 0.5]
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_builds_on_float64_or_says_why(method: str) -> None:
+    """PiSSA/OLoRA on a float64 model: one UserError saying why (peft's own is a raw TypeError)."""
+    base = load_model("tiny-llama", device="cpu", dtype=torch.float64)
+    batches = None
+    if METHODS[method].needs_data:
+        from hessian_lora.data import load_task, make_batches
+
+        batches = make_batches(base.tokenizer, load_task("arith", n_train=4, n_eval=0).train, 4, max_length=96)
+    try:
+        peft_model = build_adapter(base.model, AdapterConfig(method, rank=4), batches=batches)
+    except UserError as exc:
+        assert method in ("pissa", "olora") and "float64" in str(exc)
+        return
+    assert all(param.dtype == torch.float64 for param in trainable_parameters(peft_model).values())
