@@ -6,13 +6,17 @@ Colours and labels of methods come from :mod:`hessian_lora.registry`; this modul
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import numpy as np
 from matplotlib import colors as mcolors
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from hessian_lora.analysis.curves import SCORE_METRICS
-from hessian_lora.registry import method_color
+from hessian_lora.registry import method_color, method_label
 
 METRIC_AXIS_LABELS = {
     "accuracy": "eval accuracy (exact match, %)",
@@ -52,3 +56,26 @@ def metric_scale(metric: str) -> float:
 
 def format_lr(lr: float) -> str:
     return f"{lr:.2e}".replace("e-0", "e-").replace("e+0", "e+")
+
+
+def method_panels(methods: Sequence[str], *, row_height: float) -> tuple[Figure, list[Axes]]:
+    """One panel per method, two to a row, sharing the y axis; unused panels hidden."""
+    columns = min(len(methods), 2)
+    rows = math.ceil(len(methods) / columns)
+    figure = new_figure(6.0 * columns, row_height * rows + 0.6)
+    grid = figure.subplots(rows, columns, squeeze=False, sharey=True)
+    panels = [grid[index // columns][index % columns] for index in range(rows * columns)]
+    for unused in panels[len(methods):]:
+        unused.set_visible(False)
+    return figure, panels[: len(methods)]
+
+
+def finish_method_panel(axes: Axes, method: str, seed: int | None, *, ylabel: str | None) -> None:
+    """Title in the method's colour, step axis, grid and the learning-rate legend beside the panel."""
+    axes.set_title(f"{method_label(method)} (seed {seed})", fontsize=10, color=method_color(method))
+    axes.set_xlabel("optimizer step")
+    if ylabel is not None:
+        axes.set_ylabel(ylabel)
+    axes.grid(True, alpha=0.3)
+    axes.legend(title="learning rate", fontsize=7, title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                borderaxespad=0)

@@ -22,7 +22,9 @@ from hessian_lora._io import write_bytes_atomic
 from hessian_lora._plot_style import (
     LR_AXIS_LABEL,
     METRIC_AXIS_LABELS,
+    finish_method_panel,
     format_lr,
+    method_panels,
     metric_scale,
     new_figure,
     shades,
@@ -168,7 +170,7 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# (c) per-module λ_max ratios to vanilla LoRA
+# (f) loss curves and (g) the edge of stability, one panel per method
 
 
 def figure_loss_curves(directory: RunDirectory, analysis: Analysis) -> Figure | None:
@@ -176,14 +178,10 @@ def figure_loss_curves(directory: RunDirectory, analysis: Analysis) -> Figure | 
                                                         for run in directory.runs)]
     if not methods:
         return None
-    columns = min(len(methods), 2)
-    rows = math.ceil(len(methods) / columns)
-    figure = new_figure(6.0 * columns, 3.6 * rows + 0.5)
-    axes_grid = figure.subplots(rows, columns, squeeze=False, sharey=True)
+    figure, panels = method_panels(methods, row_height=3.6)
     all_losses: list[float] = []
     starts: list[float] = []
-    for index, name in enumerate(methods):
-        axes = axes_grid[index // columns][index % columns]
+    for index, (name, axes) in enumerate(zip(methods, panels)):
         runs = [run for run in directory.runs if run.method == name and run.history and run.is_usable
                 and run.rank == analysis.rank and run.batch_size in (analysis.batch_size, None)]
         seed = min(run.seed for run in runs) if runs else None
@@ -198,20 +196,12 @@ def figure_loss_curves(directory: RunDirectory, analysis: Analysis) -> Figure | 
             diverged = run.status == Status.DIVERGED
             axes.plot(steps, losses, color=color, linewidth=1.3, linestyle="--" if diverged else "-",
                       label=f"{format_lr(run.lr)}{star}{' (diverged)' if diverged else ''}")
-        axes.set_title(f"{method_label(name)} (seed {seed})", fontsize=10, color=method_color(name))
-        axes.set_xlabel("optimizer step")
-        if index % columns == 0:
-            axes.set_ylabel("training loss (nats/token)")
-        axes.grid(True, alpha=0.3)
-        axes.legend(title="learning rate", fontsize=7, title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                    borderaxespad=0)
-    for index in range(len(methods), rows * columns):
-        axes_grid[index // columns][index % columns].set_visible(False)
+        finish_method_panel(axes, name, seed, ylabel="training loss (nats/token)" if index % 2 == 0 else None)
     if all_losses:
         # Diverged runs shoot up; keep the axis on the learning curves.
         low, high = min(all_losses), max(starts)
         margin = 0.08 * (high - low) if high > low else 0.1 * abs(high) + 1e-3
-        axes_grid[0][0].set_ylim(low - margin, high + margin)
+        panels[0].set_ylim(low - margin, high + margin)
     figure.suptitle("Training loss per learning rate (light → dark: low → high LR; ★ = best grid LR; dashed = "
                     "diverged)", fontsize=11)
     return figure
@@ -226,12 +216,8 @@ def figure_edge_of_stability(directory: RunDirectory, analysis: Analysis) -> Fig
     methods = [name for name in analysis.methods if any(curve.method == name for curve in curves)]
     if not methods:
         return None
-    columns = min(len(methods), 2)
-    rows = math.ceil(len(methods) / columns)
-    figure = new_figure(6.0 * columns, 3.6 * rows + 0.6)
-    axes_grid = figure.subplots(rows, columns, squeeze=False, sharey=True)
-    for index, name in enumerate(methods):
-        axes = axes_grid[index // columns][index % columns]
+    figure, panels = method_panels(methods, row_height=3.6)
+    for index, (name, axes) in enumerate(zip(methods, panels)):
         mine = [curve for curve in curves if curve.method == name]
         seed = min(curve.seed for curve in mine)
         mine = sorted((curve for curve in mine if curve.seed == seed), key=lambda curve: curve.lr)
@@ -245,20 +231,12 @@ def figure_edge_of_stability(directory: RunDirectory, analysis: Analysis) -> Fig
                 axes.plot(*zip(*adam), color=color, linewidth=1.4, marker=".",
                           label=f"{format_lr(curve.lr)}{marks}")
             if gd:
-                axes.plot(*zip(*gd), color=color, linewidth=0.9, linestyle=":")
+                axes.plot(*zip(*gd), color=color, linewidth=0.9, linestyle=":", marker="x", markersize=4)
         axes.axhline(1.0, color="black", linewidth=0.9, linestyle="--")
         axes.set_yscale("log")
-        axes.set_title(f"{method_label(name)} (seed {seed})", fontsize=10, color=method_color(name))
-        axes.set_xlabel("optimizer step")
-        if index % columns == 0:
-            axes.set_ylabel("sharpness × η / limit")
-        axes.grid(True, alpha=0.3)
-        axes.legend(title="learning rate", fontsize=7, title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                    borderaxespad=0)
-    for index in range(len(methods), rows * columns):
-        axes_grid[index // columns][index % columns].set_visible(False)
+        finish_method_panel(axes, name, seed, ylabel="sharpness × η / limit" if index % 2 == 0 else None)
     limit = (2 + 2 * analysis.beta1) / (1 - analysis.beta1)
-    figure.suptitle(f"Edge of stability: λ̃·η/{limit:.3g} (Adam, solid) and λ·η/2 (GD, dotted); "
+    figure.suptitle(f"Edge of stability: λ̃·η/{limit:.3g} (Adam, solid) and λ·η/2 (GD, dotted ×); "
                     "1 = at the limit; ★ = best grid LR", fontsize=11)
     return figure
 
