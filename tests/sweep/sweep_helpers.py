@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from hessian_lora.rundir import DATABASE_FILE
 from hessian_lora.sweep.config import SweepConfig, config_from_dict
 
 TINY_YAML = Path(__file__).resolve().parents[2] / "experiments" / "tiny.yaml"
@@ -38,3 +40,18 @@ def assert_same_results(rows: list[dict[str, Any]], reference: list[dict[str, An
             assert (value is None) == (wanted is None), (row, ref)
             if value is not None:
                 assert value == pytest.approx(wanted, rel=1e-6), (row, ref)
+
+
+def live_statuses(run_dir: Path) -> dict[str, str]:
+    """Run statuses of a store another process is writing (read-only; empty while the table is being created)."""
+    path = run_dir / DATABASE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            return dict(connection.execute("SELECT run_id, status FROM runs").fetchall())
+        finally:
+            connection.close()
+    except sqlite3.OperationalError:
+        return {}

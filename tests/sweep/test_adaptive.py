@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sweep_helpers import assert_same_results, tiny_data
+from sweep_helpers import assert_same_results, live_statuses, tiny_data
 
 from hessian_lora.errors import UserError
-from hessian_lora.rundir import DATABASE_FILE, SEARCH_FILE
+from hessian_lora.rundir import SEARCH_FILE
 from hessian_lora.sweep.config import config_from_dict
 from hessian_lora.sweep.runner import prepare_run_dir, run_sweep
 from hessian_lora.sweep.store import open_store
@@ -114,22 +114,6 @@ def test_search_config_round_trip_and_errors():
 # SIGKILL mid-search, then resume
 
 
-def _statuses(run_dir: Path) -> dict[str, str]:
-    import sqlite3
-
-    path = run_dir / DATABASE_FILE
-    if not path.is_file():
-        return {}
-    try:
-        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        try:
-            return dict(connection.execute("SELECT run_id, status FROM runs").fetchall())
-        finally:
-            connection.close()
-    except sqlite3.OperationalError:
-        return {}
-
-
 def test_sigkill_mid_search_then_resume(grid_and_search, tmp_path):
     _, _, reference_dir, reference = grid_and_search
     config_path = tmp_path / "adaptive.yaml"
@@ -142,7 +126,7 @@ def test_sigkill_mid_search_then_resume(grid_and_search, tmp_path):
     deadline = time.monotonic() + 240
     try:  # kill in the second round (after the first round's 6 runs), while a run is in flight
         while True:
-            statuses = _statuses(run_dir)
+            statuses = live_statuses(run_dir)
             done = [run_id for run_id, status in statuses.items() if status == "done"]
             if len(done) >= 7 and "running" in statuses.values():
                 break

@@ -4,33 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from sweep_helpers import TINY_YAML, assert_same_results
+from sweep_helpers import TINY_YAML, assert_same_results, live_statuses
 
-from hessian_lora.rundir import DATABASE_FILE
 from hessian_lora.sweep.runner import run_sweep
 from hessian_lora.sweep.store import open_store
 
 _STARTUP_LIMIT_S = 240.0
-
-
-def _statuses(run_dir: Path) -> dict[str, str]:
-    path = run_dir / DATABASE_FILE
-    if not path.is_file():
-        return {}
-    try:
-        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        try:
-            return dict(connection.execute("SELECT run_id, status FROM runs").fetchall())
-        finally:
-            connection.close()
-    except sqlite3.OperationalError:  # the table is being created
-        return {}
 
 
 def test_sigkill_mid_sweep_then_resume(tiny_sweep, tmp_path):
@@ -46,7 +29,7 @@ def test_sigkill_mid_sweep_then_resume(tiny_sweep, tmp_path):
     try:
         # Kill while a run is in flight, after two runs have finished.
         while True:
-            statuses = _statuses(run_dir)
+            statuses = live_statuses(run_dir)
             done = sorted(run_id for run_id, status in statuses.items() if status == "done")
             if len(done) >= 2 and "running" in statuses.values():
                 break
