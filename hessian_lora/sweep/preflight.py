@@ -60,6 +60,10 @@ def preflight(config: SweepConfig, *, device: str | torch.device | None = None, 
         except UserError as exc:
             raise UserError(f"{source}: hessian: {exc}") from exc
     rank, seed, batch_size = max(config.ranks), config.seeds[0], config.batch_sizes[0]
+    # Every layer has the same modules and shapes, so one layer shows every build problem (a missing target, a
+    # dtype a method refuses) at a fraction of the cost: SmolLM2's seven methods build in ~4 s instead of ~55 s
+    # of SVDs over 30 layers, and the sweep builds each adapter again anyway.
+    shrunk = _first_layer_only(loaded.model)
     for method in config.methods:
         adapter_config = AdapterConfig(
             method=method, rank=rank, alpha=config.alpha, dropout=config.dropout, targets=config.targets,
@@ -67,7 +71,7 @@ def preflight(config: SweepConfig, *, device: str | torch.device | None = None, 
         )
         train_config = _train_config(config, batch_size, seed)
         # A copy per method: base-rewriting methods change the weights in place.
-        base = LoadedModel(copy.deepcopy(loaded.model), loaded.tokenizer, loaded.spec)
+        base = LoadedModel(copy.deepcopy(shrunk), loaded.tokenizer, loaded.spec)
         try:
             adapter_at_initialisation(base, adapter_config, train_examples=task.train, train_config=train_config)
         except UserError as exc:
@@ -76,6 +80,28 @@ def preflight(config: SweepConfig, *, device: str | torch.device | None = None, 
             raise UserError(f"{source}: method {method} (rank {rank}) cannot be built on {config.model} "
                             f"({_cause(exc)}): fix targets, ranks or the method.") from exc
         del base
+
+
+def _first_layer_only(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` with only its first decoder layer (the model itself when its layer stack is not found:
+    the ``nn.ModuleList`` as long as ``config.num_hidden_layers``)."""
+    layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    found = next(((name, module) for name, module in model.named_modules()
+                  if isinstance(module, torch.nn.ModuleList) and layers and len(module) == layers > 1), None)
+    if found is None:
+        return model
+    name, stack = found
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    attribute = name.rpartition(".")[2]
+    setattr(parent, attribute, torch.nn.ModuleList(list(stack)[:1]))
+    try:  # deepcopy sees one layer: the other layers are neither copied nor touched
+        shrunk = copy.deepcopy(model)
+    finally:
+        setattr(parent, attribute, stack)
+    shrunk.config.num_hidden_layers = 1
+    if isinstance(getattr(shrunk.config, "layer_types", None), list):
+        shrunk.config.layer_types = shrunk.config.layer_types[:1]
+    return shrunk
 
 
 def _train_config(config: SweepConfig, batch_size: int, seed: int) -> Any:
