@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 import yaml
@@ -42,6 +42,9 @@ from hessian_lora.rundir import (
 from hessian_lora.sweep.config import GRID_AXES, RunSpec, SweepConfig, config_from_dict
 from hessian_lora.sweep.local import run_local
 from hessian_lora.sweep.store import open_store, read_rows
+
+if TYPE_CHECKING:
+    from hessian_lora.sweep.adaptive import AtInit
 
 Backend = Literal["local", "ray"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
@@ -215,10 +218,12 @@ def run_sweep(
     progress: bool = True,
     device: str | torch.device | None = None,
     on_run: Callable[[int, int], None] | None = None,
+    at_init: AtInit | None = None,
 ) -> SweepSummary:
     """Run every grid point of ``config`` not yet finished in ``run_dir`` (with ``search: adaptive``, every point
     the search asks for; see the module docstring). ``on_run(done, planned)`` is called after each run (and once
-    at the start): the runs finished so far and those planned (for a search, an upper bound)."""
+    at the start): the runs finished so far and those planned (for a search, an upper bound). ``at_init``: called
+    with each adapter the search builds at initialisation for its centre (:data:`adaptive.AtInit`)."""
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}: use {' or '.join(BACKENDS)}.")
     if address is not None and backend != "ray":
@@ -236,22 +241,35 @@ def run_sweep(
             preflight(effective, device=device if backend == "local" else None)
         if changed:
             _write_config(RunLayout(root).config, effective.to_dict())
-        if config.search is not None:
-            return _run_search(config, root, backend=backend, address=address, retry_failed=retry_failed,
-                               progress=progress, device=device, on_run=on_run, start=start)
-        with open_store(root) as store:
-            if config.checkpoints == "best":  # finish a pruning a kill interrupted (sweep/retention.py)
-                from hessian_lora.sweep.retention import prune
+        from hessian_lora.adapters import reuse_adapters_at_init
 
-                prune(store, root)
-            todo = pending(specs, store.statuses(), retry_failed=retry_failed)
-            if on_run is not None:
-                on_run(0, len(todo))
-            if todo:
-                _run_batch(config, root, todo, store, backend=backend, address=address, progress=progress,
-                           device=device, on_run=None if on_run is None else lambda done: on_run(done, len(todo)))
-            statuses = store.statuses()
-            errors = _failure_summary(store, specs)
+        # Runs of one method share its adapter at initialisation: built once (SVDs, LoRA-GA's gradients) and
+        # copied, in this process (the local backend's runs and the search's centres; Ray workers build their own).
+        with reuse_adapters_at_init() if backend == "local" else contextlib.nullcontext():
+            return _sweep_runs(config, root, specs, backend=backend, address=address, retry_failed=retry_failed,
+                               progress=progress, device=device, on_run=on_run, start=start, at_init=at_init)
+
+
+def _sweep_runs(config: SweepConfig, root: Path, specs: Sequence[RunSpec], *, backend: Backend,
+                address: str | None, retry_failed: bool, progress: bool, device: Any,
+                on_run: Callable[[int, int], None] | None, start: float, at_init: AtInit | None) -> SweepSummary:
+    """The runs of a prepared run directory (inside the sweep lock): the search's rounds or the grid's pending."""
+    if config.search is not None:
+        return _run_search(config, root, backend=backend, address=address, retry_failed=retry_failed,
+                           progress=progress, device=device, on_run=on_run, start=start, at_init=at_init)
+    with open_store(root) as store:
+        if config.checkpoints == "best":  # finish a pruning a kill interrupted (sweep/retention.py)
+            from hessian_lora.sweep.retention import prune
+
+            prune(store, root)
+        todo = pending(specs, store.statuses(), retry_failed=retry_failed)
+        if on_run is not None:
+            on_run(0, len(todo))
+        if todo:
+            _run_batch(config, root, todo, store, backend=backend, address=address, progress=progress,
+                       device=device, on_run=None if on_run is None else lambda done: on_run(done, len(todo)))
+        statuses = store.statuses()
+        errors = _failure_summary(store, specs)
     return _summary(root, specs, statuses, len(specs) - len(todo), len(todo), start, errors)
 
 
@@ -268,7 +286,7 @@ def _run_batch(config: SweepConfig, root: Path, todo: Sequence[RunSpec], store: 
 
 def _run_search(config: SweepConfig, root: Path, *, backend: Backend, address: str | None, retry_failed: bool,
                 progress: bool, device: Any, on_run: Callable[[int, int], None] | None,
-                start: float) -> SweepSummary:
+                start: float, at_init: AtInit | None = None) -> SweepSummary:
     """The adaptive search's rounds, inside the sweep lock: ask every key for its round, run what is not
     finished, repeat until no key asks for more."""
     from tqdm.auto import tqdm
@@ -276,7 +294,7 @@ def _run_search(config: SweepConfig, root: Path, *, backend: Backend, address: s
     from hessian_lora.sweep import adaptive
 
     say = (lambda text: tqdm.write(text, file=sys.stderr)) if progress else None
-    centres = adaptive.ensure_centres(config, root, progress=progress, device=device, say=say)
+    centres = adaptive.ensure_centres(config, root, progress=progress, device=device, say=say, at_init=at_init)
     metric, higher = adaptive.search_metric(config)
     ran = 0
     with open_store(root) as store:
