@@ -22,7 +22,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,7 @@ from hessian_lora.plots import FIGURE_NAMES, PlotResult, plot_run
 if TYPE_CHECKING:
     from hessian_lora.adapters import AdapterAtInit
     from hessian_lora.measure import MeasureSettings
+    from hessian_lora.rundir import InitKey
     from hessian_lora.sweep.config import SweepConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -128,17 +129,20 @@ def _demo_steps(sweep_config: SweepConfig, config_path: Path, run_dir: Path, say
     how = "adaptive LR search" if adaptive else "LR grid"
     overall.phase(f"[1/4] sweep ({how})")
     say(f"[1/4] sweep {config_path.name} ({how}) into {run_dir}")
-    summary = run_sweep(sweep_config, run_dir, progress=progress, device=device, on_run=overall.runs)
+    if density_steps is None:
+        density_steps = ADAPTIVE_DENSITY_STEPS if adaptive and not quick else DENSITY_STEPS[quick]
+    extras = InitExtras(sweep_config, run_dir,
+                        modules=tuple(modules) if modules else (QUICK_MODULES if quick else FULL_MODULES),
+                        layers=None if quick else layer_samples, density_steps=density_steps, progress=progress)
+    # The search's centres build each method's adapter at initialisation: the per-module scan rides along.
+    summary = run_sweep(sweep_config, run_dir, progress=progress, device=device, on_run=overall.runs,
+                        at_init=extras.at_init)
     say(summary.line())
 
     overall.phase("[2/4] λ_max at init")
-    say("[2/4] λ_max per method at initialisation (whole adapter, spectral density, per-module)")
-    if density_steps is None:
-        density_steps = ADAPTIVE_DENSITY_STEPS if adaptive and not quick else DENSITY_STEPS[quick]
-    measured = list(measure_init_reports(
-        sweep_config, run_dir, modules=tuple(modules) if modules else (QUICK_MODULES if quick else FULL_MODULES),
-        layers=None if quick else layer_samples,
-        density_steps=density_steps, progress=progress, device=device))
+    say("[2/4] λ_max per method at initialisation (whole adapter, spectral density, per-module), where missing")
+    measure_init_reports(extras, device=device)
+    measured = list(extras.written)
     analysis = analyze(run_dir)
     if measure_final:
         overall.phase("[3/4] λ_max at the end")
@@ -251,58 +255,86 @@ def _adapter_like_the_sweep(sweep_config: SweepConfig, method: str, rank: int, s
                                    n_eval=sweep_config.n_eval).train
     train_config = TrainConfig(lr=1.0, steps=1, batch_size=sweep_config.batch_sizes[0],
                                micro_batch_size=sweep_config.micro_batch_size,
-                               max_length=sweep_config.max_length, seed=seed)
+                               max_length=sweep_config.max_length, seed=seed,
+                               prompt_template=sweep_config.prompt_template)
     return adapter_at_initialisation(sweep_config.model, config, model_seed=sweep_config.model_seed,
                                      attention=sweep_config.attention, device=device,
                                      train_examples=train_examples, train_config=train_config)
 
 
-def measure_init_reports(
-    sweep_config: SweepConfig,
-    run_dir: Path,
-    *,
-    modules: Sequence[str],
-    layers: int | None,
-    density_steps: int,
-    progress: bool = True,
-    device: str | None = None,
-) -> list[str]:
-    """Whole-adapter λ_max with density and per-module λ_max at initialisation, per (method, rank, seed), where
-    missing; ``layers``: how many evenly spaced layers the per-module scan covers (None: all). Returns the
-    reports written."""
-    from hessian_lora.measure import measure
+@dataclass(frozen=True)
+class InitExtras:
+    """What the demo measures at initialisation beyond the sweep's own λ_max, per (method, rank, seed): per-module
+    λ_max of ``modules`` on ``layers`` evenly spaced layers (None: all) and, with ``density_steps``, the whole
+    adapter's spectral density."""
 
-    hessian_dir = run_dir / "hessian"
+    sweep_config: SweepConfig
+    run_dir: Path
+    modules: tuple[str, ...]
+    layers: int | None
+    density_steps: int
+    progress: bool = True
+    written: list[str] = field(default_factory=list)  # reports written so far, by the hook and by the demo
+
+    def paths(self, key: InitKey) -> tuple[Path, Path]:
+        """(whole-adapter report, per-module report) of ``key``. The sweep owns ``<key>_init.json`` when it
+        measures at init (it resumes from that file with its own settings); the density then goes to a file of
+        its own."""
+        hessian_dir = self.run_dir / "hessian"
+        whole = hessian_dir / (f"{key}_init_density.json" if self.sweep_config.hessian.init else f"{key}_init.json")
+        return whole, hessian_dir / f"{key}_init_modules.json"
+
+    def missing(self, key: InitKey) -> list[Path]:
+        whole, modules = self.paths(key)
+        wanted = [modules] + ([whole] if self.density_steps or not self.sweep_config.hessian.init else [])
+        return [path for path in wanted if not path.is_file()]
+
+    def measure(self, peft_model: Any, tokenizer: Any, key: InitKey) -> list[str]:
+        """Measure what is missing for ``key`` on its adapter at initialisation; returns the reports written.
+        Also the sweep's :data:`~hessian_lora.sweep.adaptive.AtInit` hook: the search's centre hands over the
+        adapter it built, so each method's adapter is built once for both."""
+        from hessian_lora.measure import measure
+
+        todo = self.missing(key)
+        if not todo:
+            return []
+        whole_path, modules_path = self.paths(key)
+        settings = _measurement(self.sweep_config)
+        batches = _hessian_batches(self.sweep_config, tokenizer)
+        written = []
+        if whole_path in todo:
+            whole = replace(settings, density=self.density_steps > 0, density_steps=max(self.density_steps, 1))
+            measure(peft_model, batches, whole, out=whole_path, progress=self.progress)
+            written.append(str(whole_path))
+        if modules_path in todo:
+            targets = [module for module in self.modules if module in self.sweep_config.targets] \
+                or [self.sweep_config.targets[0]]
+            chosen = None if self.layers is None else _spread_layers(peft_model, self.layers)
+            per_module = replace(settings, blocks="per-module", modules=tuple(targets), layers=chosen)
+            measure(peft_model, batches, per_module, out=modules_path, progress=self.progress)
+            written.append(str(modules_path))
+        _say(f"  {key}: λ_max at init measured", self.progress)
+        self.written.extend(written)
+        return written
+
+    def at_init(self, peft_model: Any, tokenizer: Any, key: InitKey) -> None:
+        self.measure(peft_model, tokenizer, key)
+
+
+def measure_init_reports(extras: InitExtras, *, device: str | None = None) -> list[str]:
+    """Whole-adapter λ_max with density and per-module λ_max at initialisation, per (method, rank, seed), where
+    missing (building the adapter only for keys with something missing). Returns the reports written."""
+    from hessian_lora.rundir import InitKey
+
+    config = extras.sweep_config
     written = []
-    settings = _measurement(sweep_config)
-    targets = [module for module in modules if module in sweep_config.targets] or [sweep_config.targets[0]]
-    for method in sweep_config.methods:
-        for rank in sweep_config.ranks:
-            for seed in sweep_config.seeds:
-                key = f"{method}_r{rank}_s{seed}"
-                # The sweep owns <key>_init.json when it measures at init (it resumes from that file with its
-                # own settings); the demo's density then goes to a file of its own.
-                whole_path = hessian_dir / (f"{key}_init_density.json" if sweep_config.hessian.init else
-                                            f"{key}_init.json")
-                modules_path = hessian_dir / f"{key}_init_modules.json"
-                wanted = [modules_path]
-                if density_steps or not sweep_config.hessian.init:
-                    wanted.append(whole_path)
-                todo = [path for path in wanted if not path.is_file()]
-                if not todo:
-                    continue
-                peft_model, tokenizer, _ = _adapter_like_the_sweep(sweep_config, method, rank, seed, device)
-                batches = _hessian_batches(sweep_config, tokenizer)
-                if whole_path in todo:
-                    whole = replace(settings, density=density_steps > 0, density_steps=max(density_steps, 1))
-                    measure(peft_model, batches, whole, out=whole_path, progress=progress)
-                    written.append(str(whole_path))
-                if modules_path in todo:
-                    chosen = None if layers is None else _spread_layers(peft_model, layers)
-                    per_module = replace(settings, blocks="per-module", modules=tuple(targets), layers=chosen)
-                    measure(peft_model, batches, per_module, out=modules_path, progress=progress)
-                    written.append(str(modules_path))
-                _say(f"  {key}: λ_max at init measured", progress)
+    for method in config.methods:
+        for rank in config.ranks:
+            for seed in config.seeds:
+                key = InitKey(method, rank, seed)
+                if extras.missing(key):
+                    peft_model, tokenizer, _ = _adapter_like_the_sweep(config, method, rank, seed, device)
+                    written += extras.measure(peft_model, tokenizer, key)
     return written
 
 

@@ -103,10 +103,17 @@ def read_centres(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     return centres
 
 
+AtInit = Callable[[Any, Any, InitKey], None]
+"""``at_init(model, tokenizer, key)``: called with each adapter a centre builds at initialisation, after its λ_max
+is measured, so a caller can measure more on the same adapter instead of building it again (the demo's
+per-module scan: an SVD-initialised adapter of SmolLM2 takes 5-17 s to build)."""
+
+
 def ensure_centres(config: SweepConfig, run_dir: str | os.PathLike[str], *, progress: bool = False,
-                   device: Any = None, say: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+                   device: Any = None, say: Callable[[str], None] | None = None,
+                   at_init: AtInit | None = None) -> dict[str, dict[str, Any]]:
     """Every (method, rank)'s centre: read from search.json, or computed now and added to it (atomically, one
-    at a time, so a kill loses at most the one being measured)."""
+    at a time, so a kill loses at most the one being measured). ``at_init``: see :data:`AtInit`."""
     layout = RunLayout(run_dir)
     centres = read_centres(run_dir)
     calibration = None
@@ -118,7 +125,8 @@ def ensure_centres(config: SweepConfig, run_dir: str | os.PathLike[str], *, prog
 
             calibration = load_calibration(_settings(config).calibration)
         clock = time.perf_counter()
-        centre = compute_centre(config, layout, key.method, key.rank, calibration, progress=progress, device=device)
+        centre = compute_centre(config, layout, key.method, key.rank, calibration, progress=progress, device=device,
+                                at_init=at_init)
         centre["seconds"] = round(time.perf_counter() - clock, 2)
         centres[key.centre_key] = centre
         write_json_atomic(layout.search, {"format": SEARCH_FORMAT, "centres": centres}, indent=2)
@@ -135,7 +143,7 @@ def describe_centre(centre: Mapping[str, Any]) -> str:
 
 
 def compute_centre(config: SweepConfig, layout: RunLayout, method: str, rank: int, calibration: Any, *,
-                   progress: bool = False, device: Any = None) -> dict[str, Any]:
+                   progress: bool = False, device: Any = None, at_init: AtInit | None = None) -> dict[str, Any]:
     """One centre: η̂ from a λ_max probe where the calibration applies, else the grid's centre (see the module
     docstring)."""
     grid = grid_center(config.lrs)
@@ -150,7 +158,8 @@ def compute_centre(config: SweepConfig, layout: RunLayout, method: str, rank: in
     seed = config.seeds[0]
     key = InitKey(method, rank, seed)
     try:
-        lambda_max = _lambda_at_init(config, layout, key, calibration, progress=progress, device=device)
+        lambda_max = _lambda_at_init(config, layout, key, calibration, progress=progress, device=device,
+                                     at_init=at_init)
         eta = calibration.predict(lambda_max)
     except UserError as exc:  # no positive curvature, or the report lacks the calibration's λ: fall back
         return {"lr": grid, "source": "grid", "reason": f"no prediction: {exc}"}
@@ -163,7 +172,7 @@ def compute_centre(config: SweepConfig, layout: RunLayout, method: str, rank: in
 
 
 def _lambda_at_init(config: SweepConfig, layout: RunLayout, key: InitKey, calibration: Any, *, progress: bool,
-                    device: Any) -> float:
+                    device: Any, at_init: AtInit | None = None) -> float:
     """λ_max of (method, rank, seed)'s adapter at initialisation, written to its ``_init.json`` report."""
     from dataclasses import replace
 
@@ -181,7 +190,7 @@ def _lambda_at_init(config: SweepConfig, layout: RunLayout, key: InitKey, calibr
                                    pissa_niter=config.pissa_niter)
     train_config = TrainConfig(lr=1.0, steps=1, batch_size=config.batch_sizes[0],
                                micro_batch_size=config.micro_batch_size, max_length=config.max_length,
-                               seed=key.seed, precision=config.precision)
+                               seed=key.seed, precision=config.precision, prompt_template=config.prompt_template)
     model, tokenizer, _ = adapter_at_initialisation(
         config.model, adapter_config, model_seed=config.model_seed, attention=config.attention, device=device,
         train_examples=task.train, train_config=train_config)
@@ -203,7 +212,10 @@ def _lambda_at_init(config: SweepConfig, layout: RunLayout, key: InitKey, calibr
                                 max_length=int(probe.get("max_length") or 512),
                                 prompt_template=config.prompt_template)
         report = measure(model, batches, settings, out=out, progress=progress)
-    return lambda_from_report(report, calibration.lambda_source)
+    lambda_max = lambda_from_report(report, calibration.lambda_source)
+    if at_init is not None:
+        at_init(model, tokenizer, key)
+    return lambda_max
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -175,7 +175,11 @@ def test_centre_from_lambda_at_init_is_measured_once(tmp_path, monkeypatch):
                                                       "smallest": False, "max_iter": 30},
                  search={"mode": "adaptive", "metric": "eval_loss", "max_runs": 3, "calibration": str(path)})
     run_dir = tmp_path / "run"
-    summary = run_sweep(config_from_dict(data), run_dir, progress=False)
+    handed = []
+    summary = run_sweep(config_from_dict(data), run_dir, progress=False,
+                        at_init=lambda model, tokenizer, key: handed.append((str(key), model.training)))
+    # The centre hands its adapter at initialisation to the caller once, after measuring it.
+    assert handed == [("lora_r4_s0", handed[0][1])] and calls[:1] == ["adapter"]
     centre = json.loads((run_dir / SEARCH_FILE).read_text())["centres"]["lora_r4"]
     assert centre["source"] == "calibration" and centre["calibrated_method"] is True
     assert centre["lr"] == pytest.approx(0.05 / centre["lambda_max"])
