@@ -23,7 +23,6 @@ import math
 import sys
 import time
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
@@ -193,9 +192,9 @@ def adapter_at_initialisation(
         key = (model, model_seed, attention, str(device), repr(config))  # repr: targets may be a list
         if not config.spec.needs_data and key in reuse.entries:
             return reuse.copy_of(key)
-    clock = time.perf_counter()
     loaded = model if isinstance(model, LoadedModel) else load_model(
         model, device=device, seed=model_seed, attn_implementation=attention)
+    clock = time.perf_counter()  # the build alone: worth a copy when it decomposes or needs gradients
     batches: list[TokenBatch] | None = None
     if config.spec.needs_data:
         batches = _init_batches(loaded.tokenizer, init_batches, train_examples, train_config)
@@ -213,28 +212,36 @@ def adapter_at_initialisation(
 # ----------------------------------------------------------------------------------------------------------
 # Reusing adapters at initialisation within a sweep
 
-REUSE_MIN_BUILD_SECONDS = 1.0  # a copy of SmolLM2 with an r=64 adapter takes ~0.3 s; LoRA's build ~0.5 s
+REUSE_MIN_BUILD_SECONDS = 1.0  # a copy of SmolLM2 with an r=64 adapter takes ~0.3 s; LoRA's build ~0.1 s
 REUSE_BUDGET_BYTES = 4 << 30
 
 
 @dataclass
 class _Reuse:
-    """Pristine copies of adapters at initialisation (never handed out themselves), least recently used first."""
+    """Pristine copies of adapters at initialisation (never handed out themselves).
+
+    Full is full: a build that does not fit the budget is not kept, and nothing is evicted. A sweep visits its
+    methods in the same order again and again (centres, then each round's runs method by method), and
+    least-recently-used eviction would then drop exactly the copy needed next: measured on the SmolLM2 demo,
+    every method's first run missed and rebuilt.
+    """
 
     budget_bytes: int
-    entries: OrderedDict[tuple[Hashable, ...], AdapterAtInit] = field(default_factory=OrderedDict)
+    entries: dict[tuple[Hashable, ...], AdapterAtInit] = field(default_factory=dict)
+    held_bytes: int = 0
 
     def copy_of(self, key: tuple[Hashable, ...]) -> AdapterAtInit:
-        self.entries.move_to_end(key)
         kept = self.entries[key]
         # The tokenizer is shared (nothing mutates it); model and LoRA-GA batches are the caller's to change.
         return AdapterAtInit(copy.deepcopy(kept.model), kept.tokenizer, copy.deepcopy(kept.init_batches))
 
     def keep(self, key: tuple[Hashable, ...], built: AdapterAtInit) -> None:
+        size = _bytes(built.model)
+        if self.held_bytes + size > self.budget_bytes:
+            return
         self.entries[key] = AdapterAtInit(copy.deepcopy(built.model), built.tokenizer,
                                           copy.deepcopy(built.init_batches))
-        while len(self.entries) > 1 and sum(_bytes(item.model) for item in self.entries.values()) > self.budget_bytes:
-            self.entries.popitem(last=False)
+        self.held_bytes += size
 
 
 _REUSE: _Reuse | None = None
@@ -243,10 +250,11 @@ _REUSE: _Reuse | None = None
 @contextlib.contextmanager
 def reuse_adapters_at_init(budget_bytes: int = REUSE_BUDGET_BYTES) -> Iterator[None]:
     """Within this block, :func:`adapter_at_initialisation` keeps a copy of every adapter it builds from a model
-    spec whose build took over :data:`REUSE_MIN_BUILD_SECONDS` (the SVD-initialised methods and LoRA-GA: 4-17 s
-    each for SmolLM2 at r = 64 on every projection), and answers a later call with the same model, adapter config
-    (and LoRA-GA batches) with a copy of it: the same bits, without loading or decomposing again. Copies beyond
-    ``budget_bytes`` are dropped, least recently used first. A sweep wraps its centres and local runs in one.
+    spec whose build (model load aside) took over :data:`REUSE_MIN_BUILD_SECONDS` (the SVD-initialised methods and
+    LoRA-GA: 3-16 s each for SmolLM2 at r = 64 on every projection), and answers a later call with the same model, adapter config
+    (and LoRA-GA batches) with a copy of it: the same bits, without loading or decomposing again. Builds that
+    would take the copies past ``budget_bytes`` are not kept (SmolLM2-135M with r = 64 on every projection: ~0.6
+    GiB a copy). A sweep wraps its centres and local runs in one.
     Nested blocks share the outer one."""
     global _REUSE
     if _REUSE is not None:
@@ -269,7 +277,10 @@ def _fingerprint(batches: Sequence[TokenBatch] | None) -> str:
 
 
 def _bytes(model: nn.Module) -> int:
-    return sum(tensor.numel() * tensor.element_size() for tensor in model.state_dict().values())
+    """Bytes of the model's distinct storages (tied embeddings once)."""
+    storages = {tensor.untyped_storage().data_ptr(): tensor.untyped_storage().nbytes()
+                for tensor in model.state_dict().values()}
+    return sum(storages.values())
 
 
 def _init_batches(

@@ -57,8 +57,10 @@ def test_loraga_reuses_only_for_the_same_batches(builds):
     assert builds == ["loraga", "loraga"]
 
 
-def test_budget_drops_the_least_recently_used(builds):
-    with reuse_adapters_at_init(budget_bytes=1):  # room for one copy
-        for seed in (0, 1, 0):
+def test_a_full_budget_keeps_what_it_has_and_evicts_nothing(builds):
+    one = adapters._bytes(adapter_at_initialisation("tiny-llama", AdapterConfig(method="pissa", rank=4)).model)
+    builds.clear()
+    with reuse_adapters_at_init(budget_bytes=one + one // 2):  # room for one copy
+        for seed in (0, 1, 0, 1, 0):  # a sweep's order: the same methods again and again
             adapter_at_initialisation("tiny-llama", AdapterConfig(method="pissa", rank=4, seed=seed))
-    assert builds == ["pissa"] * 3
+    assert builds == ["pissa"] * 3  # seed 0 kept (built once), seed 1 built every time
