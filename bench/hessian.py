@@ -285,40 +285,48 @@ def part_solvers(args: argparse.Namespace, scenario: str) -> None:
 
 
 def part_certificates(args: argparse.Namespace) -> None:
-    """HVPs to a certified λ_max within ``--target``: the residual certificate (before) and the value one (after).
+    """HVPs to a certified λ_max within ``--target``, before and after the verification stopped costing a product.
 
     One model (LoRA at initialisation), ``--cert-rows`` × ``--cert-seq-len`` tokens of arithmetic text, the
-    q_proj blocks of ``--cert-layers``; the reference is our Lanczos to the float32 round-off floor (seed 123).
+    q_proj blocks of ``--cert-layers``; the reference is our Lanczos to 1e-6 (seed 123). Certified means the
+    residual certificate (Weyl: an eigenvalue within ‖r‖ ≤ tol·θ of θ, and θ ≤ λ_max as a Rayleigh quotient).
+    Before: its final explicit check used one fresh product; after: H y from the products already made. The
+    gap-based value certificate is shown for information: it is unsound on LoRA's clustered top (lanczos.py).
     """
     model, batches = build_problem(args, args.cert_rows, args.cert_seq_len, "init")
     layers = [int(x) for x in args.cert_layers.split(",")]
     print(f"\n## Certificates: q_proj blocks of layers {layers} at LoRA init, {args.cert_rows}x{args.cert_seq_len} "
-          f"tokens; Lanczos tol {args.target:g}, largest only; before = certificate 'residual' "
-          "(‖r‖ ≤ tol·θ), after = certificate 'value' (gap bound ≤ tol·θ)", flush=True)
-    print(f"{'block':<28} {'reference':>11} {'ref HVPs':>8} | {'before HVPs':>11} {'rel err':>8} {'conv':>4} | "
-          f"{'after HVPs':>10} {'rel err':>8} {'rel bound':>9} {'conv':>4} {'holds':>5}", flush=True)
-    totals = {"before": [], "after": [], "error": [], "holds": []}
+          f"tokens; Lanczos tol {args.target:g}, largest only; residual certificate (‖r‖ ≤ tol·θ): before = "
+          "explicit check with one more product, after = check from the kept products; value = gap bound "
+          "(opt-in, unsound on a clustered top)", flush=True)
+    print(f"{'block':<28} {'reference':>11} {'ref HVPs':>8} | {'before HVPs':>11} {'after HVPs':>10} {'rel err':>8} "
+          f"{'conv':>4} | {'value HVPs':>10} {'rel err':>8} {'rel bound':>9} {'holds':>5}", flush=True)
+    totals: dict[str, list] = {"before": [], "after": [], "error": [], "value": [], "holds": []}
     for layer in layers:
         block = block_of(model, f"q_proj@{layer}")
         operator = HessianOperator(model, batches, block)
         reference = lanczos(operator, tol=1e-6, max_iter=args.max_iter, seed=123)
         truth, truth_bound = reference.lambda_max, reference.largest_residuals[0]
-        before = lanczos(operator, tol=args.target, max_iter=args.max_iter, certificate="residual")
-        after = lanczos(operator, tol=args.target, max_iter=args.max_iter, certificate="value")
-        error_before = abs(before.lambda_max - truth) / abs(truth)
+        before = lanczos(operator, tol=args.target, max_iter=args.max_iter, store_products=False)
+        after = lanczos(operator, tol=args.target, max_iter=args.max_iter)
+        value = lanczos(operator, tol=args.target, max_iter=args.max_iter, certificate="value")
         error_after = abs(after.lambda_max - truth) / abs(truth)
-        bound = after.largest_bounds[0]
-        holds = abs(after.lambda_max - truth) <= bound + truth_bound
+        error_value = abs(value.lambda_max - truth) / abs(truth)
+        bound = value.largest_bounds[0]
+        holds = abs(value.lambda_max - truth) <= bound + truth_bound
         totals["before"].append(before.hvps)
         totals["after"].append(after.hvps)
         totals["error"].append(error_after)
+        totals["value"].append(value.hvps)
         totals["holds"].append(holds)
-        print(f"{block.name:<28} {truth:11.6g} {reference.hvps:8d} | {before.hvps:11d} {error_before:8.1e} "
-              f"{'yes' if before.converged else 'no':>4} | {after.hvps:10d} {error_after:8.1e} {bound / abs(truth):9.1e} "
-              f"{'yes' if after.converged else 'no':>4} {'yes' if holds else 'NO':>5}", flush=True)
-    print(f"mean HVPs: before {statistics.mean(totals['before']):.1f}, after {statistics.mean(totals['after']):.1f}; "
-          f"max relative error after {max(totals['error']):.1e}; bound held in "
-          f"{sum(totals['holds'])}/{len(totals['holds'])}", flush=True)
+        print(f"{block.name:<28} {truth:11.6g} {reference.hvps:8d} | {before.hvps:11d} {after.hvps:10d} "
+              f"{error_after:8.1e} {'yes' if after.converged else 'no':>4} | {value.hvps:10d} {error_value:8.1e} "
+              f"{bound / abs(truth):9.1e} {'yes' if holds else 'NO':>5}", flush=True)
+    print(f"mean HVPs to a certified λ_max (residual ≤ {args.target:g}·θ): before "
+          f"{statistics.mean(totals['before']):.1f}, after {statistics.mean(totals['after']):.1f}; max relative "
+          f"error after {max(totals['error']):.1e} (vs the reference); value certificate "
+          f"{statistics.mean(totals['value']):.1f} HVPs, its bound held in {sum(totals['holds'])}/{len(totals['holds'])}",
+          flush=True)
 
 
 def _first_within(history: list[tuple[int, float]], truth: float, target: float) -> int | None:

@@ -38,8 +38,14 @@ Certificates (``certificate``):
   cluster; ``"residual"`` stays the default.
 
 ``tol`` is relative in both cases (a round-off floor of 100 ε·‖T‖ of the operator's dtype applies, see
-``converged_threshold``). The returned pairs are checked with one explicit product each (``verify``), the
-Rayleigh quotient of the computed vector replacing θ and the explicit residual replacing the estimate.
+``converged_threshold``). The returned pairs are checked explicitly (``verify``): the Rayleigh quotient of the
+computed vector replaces θ and the explicit residual ‖H y − θ y‖ replaces the estimate, with H y assembled from
+the products the recurrence already made (H y = Σ s_j H v_j; exact whatever orthogonality was lost), so the
+check costs no product (``store_products=False``: one product per pair, and no second copy of the basis).
+
+What a λ_max certificate says, precisely: θ ≤ λ_max always (θ is a Rayleigh quotient), and some eigenvalue lies
+within the bound of θ. That this eigenvalue is λ_max itself rests on the Krylov space having seen the top of the
+spectrum (below); at a clustered top it can be a lower member of the cluster (see ``block_size``).
 
 What every Krylov certificate rests on: that the Ritz values account for the top (bottom) of the spectrum, i.e.
 that the random start block did not miss an eigenvalue (true with probability one in exact arithmetic; a user
@@ -85,8 +91,9 @@ class LanczosStep:
     """The state after one (block) step: T's eigen-decomposition and the residual estimate of each Ritz pair.
 
     ``theta`` ascending (float64), ``ritz`` the eigenvectors of T as columns, ``estimates`` ‖H y − θ y‖ per
-    Ritz pair, ``basis`` the orthonormal Krylov vectors as rows (``dim`` of them), ``alpha`` / ``beta`` the
-    last diagonal block's first entry and the last remainder's norm (SLQ progress).
+    Ritz pair, ``basis`` the orthonormal Krylov vectors as rows (``dim`` of them), ``products`` their images
+    H v (rows, when the kernel keeps them), ``alpha`` / ``beta`` the last diagonal block's first entry and the
+    last remainder's norm (SLQ progress).
     """
 
     step: int
@@ -102,6 +109,7 @@ class LanczosStep:
     alpha: float
     beta: float
     invariant: bool
+    products: torch.Tensor | None = None
 
 
 def block_tridiagonal(diagonal: list[torch.Tensor] | tuple[torch.Tensor, ...],
@@ -130,6 +138,7 @@ def lanczos_steps(
     *,
     max_dim: int,
     restart_seed: int | None = 0,
+    keep_products: bool = False,
 ) -> Iterator[LanczosStep]:
     """The block Lanczos recurrence with full re-orthogonalisation, one yielded state per step.
 
@@ -139,6 +148,8 @@ def lanczos_steps(
     a remainder vanishes (the Krylov space is invariant: no restart keeps T the Gauss quadrature of ``start``,
     which spectral densities rely on). With a seed, a vanished remainder column restarts from a random vector
     orthogonal to the basis (seed ``restart_seed + 7919·restarts``) with a zero coupling in T.
+    ``keep_products``: keep H v of every basis vector (as much memory again as the basis), so a Ritz vector's
+    image H y = Σ s_j H v_j costs no further product.
     """
     size, dtype, device = operator.size, operator.dtype, operator.device
     block = start.to(device=device, dtype=dtype).reshape(-1, size).clone()
@@ -147,6 +158,7 @@ def lanczos_steps(
     if p > cap:
         raise ValueError(f"a start block of {p} vectors does not fit max_dim={max_dim} (operator size {size})")
     basis = torch.empty(min(cap, max(32, p)), size, dtype=dtype, device=device)
+    images = torch.empty_like(basis) if keep_products else None
     restarts = 0
     for i in range(p):
         block[i] = _orthonormal_or_random(block[i], basis[:0], block[:i], size, dtype, device,
@@ -163,9 +175,15 @@ def lanczos_steps(
             grown = torch.empty(min(cap, 2 * basis.shape[0] + p), size, dtype=dtype, device=device)
             grown[:dim] = basis[:dim]
             basis = grown
+            if images is not None:
+                grown_images = torch.empty_like(grown)
+                grown_images[:dim] = images[:dim]
+                images = grown_images
         basis[dim:dim + p] = block
         products = torch.stack([operator.matvec(row) for row in block])
         hvps += p
+        if images is not None:
+            images[dim:dim + p] = products
         if p == 1:
             a = torch.tensor([[float(block[0] @ products[0])]], dtype=torch.float64)
         else:
@@ -212,7 +230,8 @@ def lanczos_steps(
                                             dtype, device, seed)
         estimates = (actual @ ritz[-p:, :]).norm(dim=0)
         yield LanczosStep(step, dim, hvps, restarts, theta, ritz, estimates, basis[:dim], tuple(diagonal),
-                          tuple(off), float(a[0, 0]), float(actual.norm()), vanished)
+                          tuple(off), float(a[0, 0]), float(actual.norm()), vanished,
+                          None if images is None else images[:dim])
         if dim + p > cap or (vanished and restart_seed is None):
             return
         off.append(used)
@@ -255,6 +274,7 @@ def lanczos(
     callback: Callback | None = None,
     certificate: Certificate = "residual",
     block_size: int | None = None,
+    store_products: bool = True,
 ) -> EigenResult:
     """The ``k`` largest and/or smallest eigenvalues (``which``) with certificates (see the module docstring).
 
@@ -268,6 +288,10 @@ def lanczos(
     a small residual (the top member's direction not yet grown out of the start): Weyl's bound then holds for
     that member, not for λ_max. LoRA at initialisation has clusters of size r (the rank): pass
     ``block_size=r`` there when the top member itself matters.
+
+    ``verify`` recomputes each returned pair's Rayleigh quotient and residual explicitly. With
+    ``store_products`` (default) the image H y comes from the kept products H v_j (linear: H Σ s_j v_j =
+    Σ s_j H v_j), which costs memory equal to the basis and no product; without it, one product per pair.
     """
     check_solver_arguments(tol, max_iter, k)
     if which not in WHICH:
@@ -286,7 +310,8 @@ def lanczos(
     history: list[IterationRecord] = []
     stop_reason = "max_iter"
     state: LanczosStep | None = None
-    for state in lanczos_steps(operator, torch.stack(rows), max_dim=cap, restart_seed=seed):
+    for state in lanczos_steps(operator, torch.stack(rows), max_dim=cap, restart_seed=seed,
+                               keep_products=verify and store_products):
         wanted = _wanted_indices(state.dim, k, which)
         enough = state.dim >= min(_needed(k, which), size)
         scale = float(state.theta.abs().max())
@@ -313,7 +338,7 @@ def lanczos(
     wanted_bottom = _wanted_indices(state.dim, k, "smallest") if which in ("smallest", "both") else []
     top = _ritz_pairs(operator, state, wanted_top, verify, certificate)
     bottom = _ritz_pairs(operator, state, wanted_bottom, verify, certificate)
-    hvps += (len(wanted_top) + len(wanted_bottom)) if verify else 0
+    hvps += (len(wanted_top) + len(wanted_bottom)) if verify and not store_products else 0
     scale = float(state.theta.abs().max()) if len(state.theta) else 0.0
     values = top[0] + bottom[0]
     bounds = top[2] + bottom[2]
@@ -398,11 +423,13 @@ def _ritz_pairs(
     basis = state.basis
     coefficients = state.ritz[:, indices].to(device=basis.device, dtype=basis.dtype)
     ritz = (basis.T @ coefficients).T
-    ritz = ritz / ritz.norm(dim=1, keepdim=True)
+    norms = ritz.norm(dim=1, keepdim=True)
+    ritz = ritz / norms
+    images = None if state.products is None else (state.products.T @ coefficients).T / norms
     values, residuals, bounds = [], [], []
     for row, index in enumerate(indices):
         if verify:
-            product = operator.matvec(ritz[row])
+            product = operator.matvec(ritz[row]) if images is None else images[row]
             value = float(ritz[row] @ product)
             residual = float((product - value * ritz[row]).norm())
         else:
