@@ -37,6 +37,7 @@ from hessian_lora.data import (
 from hessian_lora.errors import UserError
 from hessian_lora.hessian import distributed
 from hessian_lora.hessian.density import spectral_density
+from hessian_lora.hessian.dora import DORA_NORMS, DoraNorm, check_differentiable, has_dora
 from hessian_lora.hessian.filters import ParameterBlock, PerModule, WholeAdapter, parse_layers, parse_modules
 from hessian_lora.hessian.lanczos import lanczos
 from hessian_lora.hessian.operator import HessianOperator, resolve_backend
@@ -71,7 +72,10 @@ class MeasureSettings:
     drawn by ``seed``; ``smallest`` also finds λ_min (Lanczos only). Extras: Hutch++ ``trace`` (``trace_hvps``
     products), SLQ ``density`` (``density_steps`` × ``density_runs``), Adam-``preconditioned`` sharpness with the
     thresholds of learning rate ``lr`` (None: the checkpoint's). Engine: the Hessian-vector product ``backend``
-    and whether each batch's first-order graph is kept between products (``reuse``).
+    and whether each batch's first-order graph is kept between products (``reuse``). DoRA: ``dora_norm``
+    ``"detached"`` measures the Hessian of peft's surrogate, whose column norm ‖W + sBA‖ is a constant (what DoRA
+    trains with; the paper and PyHessian measure it too), ``"differentiated"`` that of the true loss
+    (:mod:`hessian_lora.hessian.dora`); reports of DoRA models record which.
     """
 
     task: str | None = None
@@ -98,6 +102,7 @@ class MeasureSettings:
     backend: Backend = "auto"
     reuse: bool | Literal["auto"] = "auto"
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    dora_norm: DoraNorm = "detached"
 
     def __post_init__(self) -> None:
         # Normalise the forms a YAML file or a command line gives ("q_proj,v_proj", "0:4", lists) to tuples.
@@ -122,7 +127,8 @@ class MeasureSettings:
         self._check()
 
     def _check(self) -> None:
-        for name, allowed in (("solver", SOLVERS), ("blocks", BLOCKS), ("backend", BACKENDS)):
+        for name, allowed in (("solver", SOLVERS), ("blocks", BLOCKS), ("backend", BACKENDS),
+                              ("dora_norm", DORA_NORMS)):
             if getattr(self, name) not in allowed:
                 raise UserError(f"unknown {name} {getattr(self, name)!r}: use {', '.join(allowed)}.")
         if self.reuse not in (True, False, "auto"):
@@ -181,9 +187,10 @@ class MeasureSettings:
             density_runs=default.density_runs, preconditioned=default.preconditioned, lr=default.lr,
             max_length=default.max_length)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, dora: bool = False) -> dict[str, Any]:
         """The ``settings`` of a report (without the model's ``dtype``): settings that are not in effect (λ_min
-        by power iteration, the budget of a trace not asked for, ...) are recorded as off or None."""
+        by power iteration, the budget of a trace not asked for, ...) are recorded as off or None; ``dora_norm``
+        only for a model with DoRA modules (``dora``), so reports of other models are as they always were."""
         return {
             "task": self.task, "samples": self.samples, "batch_size": self.batch_size,
             "max_length": self.max_length, "data_seed": self.data_seed, "blocks": self.blocks,
@@ -198,6 +205,7 @@ class MeasureSettings:
             # recorded only when not the default, so reports written before templates existed still resume
             **({"prompt_template": self.prompt_template}
                if self.prompt_template != DEFAULT_PROMPT_TEMPLATE else {}),
+            **({"dora_norm": self.dora_norm} if dora else {}),
         }
 
 
@@ -291,9 +299,12 @@ def _measure(
                         else PerModule(settings.modules, settings.layers))
     selected = parameter_filter.blocks(peft_model)
     first_param = selected[0].parameters[0]
+    if settings.dora_norm == "differentiated":
+        check_differentiable(peft_model)  # before any work: embedding and convolution DoRA are refused
     recorded = dataclasses.replace(settings, task=task, samples=sum(b.size for b in batches),
                                    backend=resolve_backend(settings.backend, first_param.device))
-    report_settings = {**recorded.to_dict(), "dtype": str(first_param.dtype).replace("torch.", "")}
+    report_settings = {**recorded.to_dict(dora=has_dora(peft_model)),
+                       "dtype": str(first_param.dtype).replace("torch.", "")}
     previous = _resume(out, report_settings, source)
     done = {report.name for report in previous}
     reports = list(previous)
@@ -344,7 +355,7 @@ def _analyse_block(
     from tqdm.auto import tqdm
 
     s = settings
-    operator = HessianOperator(model, batches, block, backend=s.backend, reuse=s.reuse)
+    operator = HessianOperator(model, batches, block, backend=s.backend, reuse=s.reuse, dora_norm=s.dora_norm)
     with tqdm(total=s.max_iter, desc=block.name, unit="it", leave=False, disable=not show,
               dynamic_ncols=True) as inner:
 
@@ -396,9 +407,12 @@ def _resume(out: str | os.PathLike[str] | None, settings: dict[str, Any], source
         return []
     done = distributed.broadcast_object(read_report(out) if distributed.is_main_process() else None)
     assert done is not None
+    written = dict(done.settings)
+    if "dora_norm" in settings:
+        written.setdefault("dora_norm", "detached")  # a DoRA report from before dora_norm: peft's surrogate
     mismatched = sorted(
-        key for key in set(settings) | set(done.settings)
-        if key not in _SELECTION_SETTINGS and _normalised(settings.get(key)) != _normalised(done.settings.get(key))
+        key for key in set(settings) | set(written)
+        if key not in _SELECTION_SETTINGS and _normalised(settings.get(key)) != _normalised(written.get(key))
     )
     if mismatched or _normalised(source) != _normalised(done.source):
         what = ", ".join(mismatched) if mismatched else "the analysed adapter"
@@ -447,6 +461,7 @@ def eigen(
     backend: str = "auto",
     reuse: bool | str = "auto",
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+    dora_norm: str = "detached",
     device: str | torch.device | None = None,
     out: str | os.PathLike[str] | None = None,
     progress: bool = True,
@@ -467,6 +482,7 @@ def eigen(
         smallest=smallest, tol=tol, max_iter=max_iter, seed=seed, trace=trace, trace_hvps=trace_hvps,
         density=density, density_steps=density_steps, density_runs=density_runs, preconditioned=preconditioned,
         lr=lr, backend=backend, reuse=reuse, prompt_template=prompt_template,  # type: ignore[arg-type]
+        dora_norm=dora_norm,  # type: ignore[arg-type]
     )
     if checkpoint is not None:
         if method is not None or isinstance(model, nn.Module):

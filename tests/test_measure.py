@@ -38,6 +38,7 @@ def test_eigen_at_initialisation_per_module_matches_a_direct_lanczos(tmp_path: P
         assert found.parameters == block.numel and found.hvps == found.eigen.hvps
         assert len(found.eigen.history) == found.eigen.iterations
     assert report.settings["backend"] == "double_backward" and report.source["at"] == "initialisation"
+    assert "dora_norm" not in report.settings  # no DoRA: the settings of every report before dora_norm existed
 
 
 def test_a_per_module_scan_resumes_and_refuses_other_settings(tmp_path: Path) -> None:
@@ -118,3 +119,56 @@ def test_measure_settings_parse_yaml_data_and_name_unknown_keys() -> None:
         MeasureSettings.from_mapping({"tolerance": 1e-3}, source="sweep.yaml")
     with pytest.raises(UserError, match="blocks='per-module'"):
         MeasureSettings(layers="0:2")
+    with pytest.raises(UserError, match=r"sweep\.yaml: unknown dora_norm 'true': use detached, differentiated"):
+        MeasureSettings.from_mapping({"dora_norm": "true"}, source="sweep.yaml")
+    differentiated = MeasureSettings.from_mapping({"dora_norm": "differentiated"})
+    assert differentiated.options() == {"dora_norm": "differentiated"}
+    assert differentiated.probe_only() == differentiated  # it changes λ_max at initialisation too
+
+
+@pytest.fixture(scope="module")
+def dora_model() -> tuple[torch.nn.Module, list]:
+    base = load_model("tiny-llama", device="cpu")
+    model = build_adapter(base.model, AdapterConfig("dora", rank=2, targets=("q_proj",)))
+    return model, make_batches(base.tokenizer, load_task("arith", n_train=4, n_eval=0).train, 2)
+
+
+DORA = {"tol": 1e-4, "max_iter": 60, "smallest": False, "progress": False}
+
+
+def test_dora_reports_say_which_hessian_they_hold_and_resume_only_under_it(dora_model, tmp_path: Path) -> None:
+    model, batches = dora_model
+    detached = hessian_lora.eigen(model=model, batches=batches, out=tmp_path / "d.json", **DORA)
+    differentiated = hessian_lora.eigen(model=model, batches=batches, dora_norm="differentiated",
+                                        out=tmp_path / "t.json", **DORA)
+    assert detached.settings["dora_norm"] == "detached" and read_report(tmp_path / "t.json") == differentiated
+    assert differentiated.settings["dora_norm"] == "differentiated"
+    (found,), (surrogate,) = differentiated.blocks, detached.blocks
+    assert found.converged and surrogate.converged
+    assert abs(found.lambda_max - surrogate.lambda_max) > 1e-3 * surrogate.lambda_max  # two matrices, even at init
+    assert torch.is_grad_enabled() and all("forward" not in vars(m) for m in model.modules()
+                                           if "Dora" in type(m).__name__)
+
+    # A DoRA report written before dora_norm existed holds peft's surrogate: it resumes under the default only.
+    old = json.loads((tmp_path / "d.json").read_text())
+    del old["settings"]["dora_norm"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    resumed = hessian_lora.eigen(model=model, batches=batches, out=tmp_path / "old.json", **DORA)
+    assert resumed.blocks == detached.blocks and resumed.settings == detached.settings
+    for written in ("old.json", "d.json"):
+        with pytest.raises(UserError, match=r"other settings \(dora_norm\)"):
+            hessian_lora.eigen(model=model, batches=batches, dora_norm="differentiated", out=tmp_path / written,
+                               **DORA)
+    with pytest.raises(UserError, match=r"other settings \(dora_norm\)"):
+        hessian_lora.eigen(model=model, batches=batches, out=tmp_path / "t.json", **DORA)
+
+
+def test_dora_finite_differences_need_the_differentiated_norm(dora_model) -> None:
+    model, batches = dora_model
+    settings = {**DORA, "tol": 1e-3, "backend": "finite_difference"}
+    with pytest.raises(UserError, match=r"DoRA.*differentiated"):
+        hessian_lora.eigen(model=model, batches=batches, **settings)
+    finite = hessian_lora.eigen(model=model, batches=batches, dora_norm="differentiated", **settings)
+    exact = hessian_lora.eigen(model=model, batches=batches, dora_norm="differentiated", **DORA)
+    assert finite.settings["backend"] == "finite_difference"
+    assert finite.blocks[0].lambda_max == pytest.approx(exact.blocks[0].lambda_max, rel=1e-2)

@@ -76,6 +76,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     engine = parser.add_argument_group("engine")
     engine.add_argument("--backend", choices=("auto", "double_backward", "forward_over_reverse", "finite_difference"),
                         default="auto", help="Hessian-vector product backend (default: the fastest exact one)")
+    engine.add_argument("--dora-norm", choices=("detached", "differentiated"), default="detached",
+                        help="DoRA: the Hessian of peft's surrogate with the column norm detached (default; what DoRA "
+                        "trains with) or of the true loss with the norm differentiated")
     engine.add_argument("--no-reuse", action="store_true",
                         help="do not keep each batch's first-order graph between products (saves memory)")
     engine.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
@@ -112,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.solver_seed, trace=args.trace, trace_hvps=args.trace_hvps, density=args.density,
         density_steps=args.density_steps, density_runs=args.density_runs, preconditioned=args.preconditioned,
         lr=args.lr, backend=args.backend, reuse=False if args.no_reuse else "auto",
-        prompt_template=args.prompt_template, device=args.device,
+        prompt_template=args.prompt_template, dora_norm=args.dora_norm, device=args.device,
         out=args.out, progress=not args.quiet,
     )
     from hessian_lora.hessian import distributed

@@ -10,6 +10,7 @@ models or sweeps: :mod:`hessian_lora.measure` strings it together for an adapter
 from __future__ import annotations
 
 from hessian_lora.hessian.density import spectral_density
+from hessian_lora.hessian.dora import differentiated_dora_norm
 from hessian_lora.hessian.filters import ByName, ParameterBlock, ParameterFilter, PerModule, WholeAdapter
 from hessian_lora.hessian.lanczos import lanczos
 from hessian_lora.hessian.operator import DenseOperator, HessianOperator, LinearOperator, ScaledOperator
@@ -46,6 +47,7 @@ __all__ = [
     "WholeAdapter",
     "adam_preconditioner",
     "adam_thresholds",
+    "differentiated_dora_norm",
     "hutchinson",
     "hutchplusplus",
     "lanczos",

@@ -37,9 +37,23 @@ def test_cli_writes_the_same_numbers_as_the_python_api(tmp_path: Path, capsys: p
     (["eigen", "--method", "lora", "--data", "missing.jsonl", "--out", "x.json"], "no such file"),
     (["eigen", "--method", "lora", "--modules", "q_proj", "--out", "x.json", *ARGS], "per-module"),
     (["eigen", "does-not-exist", "--out", "x.json"], "does not exist"),
+    (["eigen", "--method", "dora", "--dora-norm", "exact", "--out", "x.json"], "invalid choice: 'exact'"),
 ])
 def test_bad_invocations_exit_2_with_a_fix(argv: list[str], message: str, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_dora_norm_reaches_the_measurement(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hessian_lora import measure
+    from hessian_lora.cli import build_parser
+
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+    monkeypatch.setattr(measure, "eigen", lambda *args, **kwargs: seen.update(kwargs))
+    monkeypatch.setattr("hessian_lora.commands.eigen._print_summary", lambda *args: None)
+    for argv, expected in (([], "detached"), (["--dora-norm", "differentiated"], "differentiated")):
+        args = build_parser().parse_args(["eigen", "--method", "dora", "--out", "x.json", *argv])
+        assert args.handler(args) == 0 and seen["dora_norm"] == expected

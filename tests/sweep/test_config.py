@@ -72,6 +72,15 @@ def test_config_round_trips_through_plain_data():
     assert config.to_dict()["hessian"]["options"] == {"tol": 1e-2}
 
 
+def test_a_hessian_block_picks_the_dora_norm():
+    config = config_from_dict(tiny_data(hessian={"init": True, "dora_norm": "differentiated"}))
+    assert config.hessian.measure.dora_norm == "differentiated"
+    assert config.to_dict()["hessian"]["options"] == {"dora_norm": "differentiated"}
+    assert config_from_dict(config.to_dict()) == config
+    with pytest.raises(UserError, match="hessian: unknown dora_norm 'exact': use detached, differentiated"):
+        config_from_dict(tiny_data(hessian={"init": True, "dora_norm": "exact"}))
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"lerning_rate": 1}, "unknown setting"),
     ({"methods": ["lora", "nope"]}, "unknown method"),
