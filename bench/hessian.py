@@ -23,7 +23,7 @@ near-multiplicity r, so tol 1e-3 can settle within 1e-3 of the cluster but not o
     .venv/bin/python bench/hessian.py --parts certificates   # HVPs to certified λ_max: residual vs value
 
 Part 3 (``--parts certificates``), SmolLM2-135M, q_proj of layers 0/14/29 at LoRA init, 8x64 tokens, 1 thread,
-2026-11-29 (commit 5388b02, the test suite running alongside; counts do not depend on load): HVPs to a certified
+2026-11-29 (commit c53d34c, the test suite running alongside; counts do not depend on load): HVPs to a certified
 λ_max (residual ≤ 1e-3·θ) before 10/13/8 (mean 10.3: one product for the final explicit check), after 9/12/7
 (mean 9.3: the check assembled from the kept products); errors vs the 1e-6 reference 3.2e-4, 4.0e-5, 6.3e-4. The
 gap-based value certificate used 7/5/5 but broke its bound on 3 of 3 (max error 7.5e-3): λ_max sits in a cluster of
