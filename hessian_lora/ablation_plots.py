@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from hessian_lora._plot_style import METRIC_AXIS_LABELS, format_lr, metric_scale, new_figure
 from hessian_lora.analysis.ablation import Ablation, analyze_ablation, lr_table
+from hessian_lora.analysis.summary import MethodSummary
 from hessian_lora.plots import FIGURE_NAMES, PlotResult, make_figures, save_figure
 from hessian_lora.registry import method_color, method_label
 from hessian_lora.rundir import RunLayout, read_run_directory
@@ -34,19 +35,23 @@ def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label).strip("_") or "setting"
 
 
+def _method_points(ablation: Ablation) -> list[tuple[str, list[tuple[float, MethodSummary]]]]:
+    """Per method, (x, summary) of each setting that has it: x is the setting's index, nudged per method so
+    methods' markers at one setting do not overlap."""
+    offsets = np.linspace(-0.12, 0.12, max(len(ablation.methods), 1))
+    return [(name, [(index + offset, analysis.methods[name]) for index, analysis in enumerate(ablation.analyses)
+                    if name in analysis.methods])
+            for offset, name in zip(offsets, ablation.methods)]
+
+
 def figure_eta_vs_setting(ablation: Ablation) -> Figure:
     """η* per method across settings, with its bootstrap interval; censored optima as ▲ (≥) / ▼ (≤)."""
     figure = new_figure(8.5, 5.0)
     axes = figure.add_subplot()
     labels = [setting.label for setting in ablation.settings]
-    offsets = np.linspace(-0.12, 0.12, max(len(ablation.methods), 1))
-    for offset, name in zip(offsets, ablation.methods):
+    for name, points in _method_points(ablation):
         xs, ys = [], []
-        for index, analysis in enumerate(ablation.analyses):
-            summary = analysis.methods.get(name)
-            if summary is None:
-                continue
-            x = index + offset
+        for x, summary in points:
             marker = {"high": "^", "low": "v"}.get(summary.censored or "", "o")
             interval = summary.eta_ci if not summary.censored else None
             yerr = [[summary.eta_star - interval[0]], [interval[1] - summary.eta_star]] if interval else None
@@ -77,19 +82,15 @@ def figure_peak_vs_setting(ablation: Ablation) -> Figure:
     metric = ablation.analyses[0].metric
     scale = metric_scale(metric)
     labels = [setting.label for setting in ablation.settings]
-    offsets = np.linspace(-0.12, 0.12, max(len(ablation.methods), 1))
-    for offset, name in zip(offsets, ablation.methods):
+    for name, points in _method_points(ablation):
         xs, ys = [], []
-        for index, analysis in enumerate(ablation.analyses):
-            summary = analysis.methods.get(name)
-            if summary is None:
-                continue
+        for x, summary in points:
             value = summary.peak_metric * scale
             yerr = ([[max(value - summary.peak_ci[0] * scale, 0)], [max(summary.peak_ci[1] * scale - value, 0)]]
                     if summary.peak_ci else None)
-            axes.errorbar([index + offset], [value], yerr=yerr, fmt="o", color=method_color(name), capsize=3,
+            axes.errorbar([x], [value], yerr=yerr, fmt="o", color=method_color(name), capsize=3,
                           markersize=7, markeredgecolor="black", markeredgewidth=0.5)
-            xs.append(index + offset)
+            xs.append(x)
             ys.append(value)
         axes.plot(xs, ys, "-", color=method_color(name), linewidth=1.2, label=method_label(name))
     axes.set_xticks(range(len(labels)), labels, rotation=20 if len(labels) > 4 else 0)

@@ -136,7 +136,7 @@ def _demo_steps(sweep_config: SweepConfig, config_path: Path, run_dir: Path, say
                         layers=None if quick else layer_samples, density_steps=density_steps, progress=progress)
     # The search's centres build each method's adapter at initialisation: the per-module scan rides along.
     summary = run_sweep(sweep_config, run_dir, progress=progress, device=device, on_run=overall.runs,
-                        at_init=extras.at_init)
+                        at_init=extras.measure)
     say(summary.line())
 
     overall.phase("[2/4] λ_max at init")
@@ -289,53 +289,45 @@ class InitExtras:
         wanted = [modules] + ([whole] if self.density_steps or not self.sweep_config.hessian.init else [])
         return [path for path in wanted if not path.is_file()]
 
-    def measure(self, peft_model: Any, tokenizer: Any, key: InitKey) -> list[str]:
-        """Measure what is missing for ``key`` on its adapter at initialisation; returns the reports written.
-        Also the sweep's :data:`~hessian_lora.sweep.adaptive.AtInit` hook: the search's centre hands over the
-        adapter it built, so each method's adapter is built once for both."""
+    def measure(self, peft_model: Any, tokenizer: Any, key: InitKey) -> None:
+        """Measure what is missing for ``key`` on its adapter at initialisation (added to ``written``). Also the
+        sweep's :data:`~hessian_lora.sweep.adaptive.AtInit` hook: the search's centre hands over the adapter it
+        built, so each method's adapter is built once for both."""
         from hessian_lora.measure import measure
 
         todo = self.missing(key)
         if not todo:
-            return []
+            return
         whole_path, modules_path = self.paths(key)
         settings = _measurement(self.sweep_config)
         batches = _hessian_batches(self.sweep_config, tokenizer)
-        written = []
         if whole_path in todo:
             whole = replace(settings, density=self.density_steps > 0, density_steps=max(self.density_steps, 1))
             measure(peft_model, batches, whole, out=whole_path, progress=self.progress)
-            written.append(str(whole_path))
+            self.written.append(str(whole_path))
         if modules_path in todo:
             targets = [module for module in self.modules if module in self.sweep_config.targets] \
                 or [self.sweep_config.targets[0]]
             chosen = None if self.layers is None else _spread_layers(peft_model, self.layers)
             per_module = replace(settings, blocks="per-module", modules=tuple(targets), layers=chosen)
             measure(peft_model, batches, per_module, out=modules_path, progress=self.progress)
-            written.append(str(modules_path))
+            self.written.append(str(modules_path))
         _say(f"  {key}: λ_max at init measured", self.progress)
-        self.written.extend(written)
-        return written
-
-    def at_init(self, peft_model: Any, tokenizer: Any, key: InitKey) -> None:
-        self.measure(peft_model, tokenizer, key)
 
 
-def measure_init_reports(extras: InitExtras, *, device: str | None = None) -> list[str]:
+def measure_init_reports(extras: InitExtras, *, device: str | None = None) -> None:
     """Whole-adapter λ_max with density and per-module λ_max at initialisation, per (method, rank, seed), where
-    missing (building the adapter only for keys with something missing). Returns the reports written."""
+    missing (building the adapter only for keys with something missing; ``extras.written`` lists the reports)."""
     from hessian_lora.rundir import InitKey
 
     config = extras.sweep_config
-    written = []
     for method in config.methods:
         for rank in config.ranks:
             for seed in config.seeds:
                 key = InitKey(method, rank, seed)
                 if extras.missing(key):
                     peft_model, tokenizer, _ = _adapter_like_the_sweep(config, method, rank, seed, device)
-                    written += extras.measure(peft_model, tokenizer, key)
-    return written
+                    extras.measure(peft_model, tokenizer, key)
 
 
 def _spread_layers(model: Any, count: int) -> list[int] | None:

@@ -37,7 +37,7 @@ from hessian_lora.data import (
 from hessian_lora.errors import UserError
 from hessian_lora.hessian import distributed
 from hessian_lora.hessian.density import spectral_density
-from hessian_lora.hessian.dora import DORA_NORMS, DoraNorm, check_differentiable, has_dora
+from hessian_lora.hessian.dora import DORA_NORMS, DoraNorm, has_dora
 from hessian_lora.hessian.filters import ParameterBlock, PerModule, WholeAdapter, parse_layers, parse_modules
 from hessian_lora.hessian.lanczos import lanczos
 from hessian_lora.hessian.operator import HessianOperator, resolve_backend
@@ -299,8 +299,6 @@ def _measure(
                         else PerModule(settings.modules, settings.layers))
     selected = parameter_filter.blocks(peft_model)
     first_param = selected[0].parameters[0]
-    if settings.dora_norm == "differentiated":
-        check_differentiable(peft_model)  # before any work: embedding and convolution DoRA are refused
     recorded = dataclasses.replace(settings, task=task, samples=sum(b.size for b in batches),
                                    backend=resolve_backend(settings.backend, first_param.device))
     report_settings = {**recorded.to_dict(dora=has_dora(peft_model)),

@@ -25,3 +25,20 @@ def smollm2():
     from hessian_lora.models import load_model
 
     return load_model("smollm2-135m", device="cpu")
+
+
+@pytest.fixture
+def tiny_calibration(tmp_path):
+    """A calibration file "measured" on tiny-llama, the arith task and rank 4 (η̂ = 0.05 / λ_max), so an adaptive
+    sweep on the tiny config takes its centres from λ_max at initialisation."""
+    import json
+    from pathlib import Path
+
+    import hessian_lora.measure as measure_module
+
+    shipped = json.loads((Path(measure_module.__file__).parent / "data" / "calibration_smollm2.json").read_text())
+    calibration = {**shipped, "fit": "inverse", "c": 0.05, "slope": None, "intercept": None,
+                   "probe": {**shipped["probe"], "model": "tiny-llama", "task": "arith", "rank": 4}}
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps(calibration))
+    return path

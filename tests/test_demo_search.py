@@ -55,24 +55,17 @@ def test_main_config_is_the_budgeted_adaptive_search():
     assert (config.hessian.samples, config.hessian.batch_size, config.max_length) == (8, 8, 128)
 
 
-def test_adaptive_demo_builds_each_adapter_at_init_once(monkeypatch, tmp_path):
+def test_adaptive_demo_builds_each_adapter_at_init_once(monkeypatch, tmp_path, tiny_calibration):
     """The per-module scan at init rides on the adapter the search's centre built: the demo never builds it again."""
     import json
-    from pathlib import Path
 
     import yaml
 
-    import hessian_lora.measure as measure_module
-
-    shipped = json.loads((Path(measure_module.__file__).parent / "data" / "calibration_smollm2.json").read_text())
-    calibration = {**shipped, "fit": "inverse", "c": 0.05, "slope": None, "intercept": None,
-                   "probe": {**shipped["probe"], "model": "tiny-llama", "task": "arith", "rank": 4}}
-    (tmp_path / "cal.json").write_text(json.dumps(calibration))
     data = yaml.safe_load(demo_module.QUICK_CONFIG.read_text())
     data.update(methods=["lora"], n_eval=4, lr={"base": 2e-5, "per_decade": 4, "k": [7, 17]},
                 hessian={"init": True, "samples": 8, "batch_size": 8, "smallest": False, "max_iter": 30},
                 search={"mode": "adaptive", "metric": "eval_loss", "max_runs": 3,
-                        "calibration": str(tmp_path / "cal.json")})
+                        "calibration": str(tiny_calibration)})
     config = tmp_path / "adaptive.yaml"
     config.write_text(yaml.safe_dump(data))
 

@@ -172,13 +172,9 @@ def lanczos_steps(
     step = 0
     while True:
         if dim + p > basis.shape[0]:
-            grown = torch.empty(min(cap, 2 * basis.shape[0] + p), size, dtype=dtype, device=device)
-            grown[:dim] = basis[:dim]
-            basis = grown
-            if images is not None:
-                grown_images = torch.empty_like(grown)
-                grown_images[:dim] = images[:dim]
-                images = grown_images
+            rows = min(cap, 2 * basis.shape[0] + p)
+            basis = _grown(basis, rows, dim)
+            images = None if images is None else _grown(images, rows, dim)
         basis[dim:dim + p] = block
         products = torch.stack([operator.matvec(row) for row in block])
         hvps += p
@@ -236,6 +232,13 @@ def lanczos_steps(
             return
         off.append(used)
         previous, coupling, block = block, used, nxt
+
+
+def _grown(buffer: torch.Tensor, rows: int, dim: int) -> torch.Tensor:
+    """``buffer`` with room for ``rows`` rows, its first ``dim`` kept."""
+    grown = buffer.new_empty(rows, buffer.shape[1])
+    grown[:dim] = buffer[:dim]
+    return grown
 
 
 def _orthonormal_or_random(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +58,24 @@ def live_statuses(run_dir: Path) -> dict[str, str]:
             connection.close()
     except sqlite3.OperationalError:
         return {}
+
+
+def sigkill_mid_run(process: subprocess.Popen[bytes], run_dir: Path, *, done: int, limit_s: float) -> None:
+    """SIGKILL the sweep ``process`` once ``done`` runs have finished and another is in flight."""
+    deadline = time.monotonic() + limit_s
+    try:
+        while True:
+            statuses = live_statuses(run_dir)
+            finished = [run_id for run_id, status in statuses.items() if status == "done"]
+            if len(finished) >= done and "running" in statuses.values():
+                break
+            assert process.poll() is None, "the sweep ended before it could be killed"
+            assert time.monotonic() < deadline, "the sweep subprocess made no progress"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == -signal.SIGKILL

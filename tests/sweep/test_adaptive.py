@@ -12,15 +12,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 import yaml
-from sweep_helpers import assert_same_results, live_statuses, tiny_data
+from sweep_helpers import assert_same_results, sigkill_mid_run, tiny_data
 
 from hessian_lora.errors import UserError
 from hessian_lora.rundir import SEARCH_FILE
@@ -123,23 +120,8 @@ def test_sigkill_mid_search_then_resume(grid_and_search, tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "hessian_lora", "sweep", str(config_path), "--out", str(run_dir), "--threads", "1",
          "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment)
-    deadline = time.monotonic() + 240
-    try:  # kill in the second round (after the first round's 6 runs), while a run is in flight
-        while True:
-            statuses = live_statuses(run_dir)
-            done = [run_id for run_id, status in statuses.items() if status == "done"]
-            if len(done) >= 7 and "running" in statuses.values():
-                break
-            assert process.poll() is None, "the sweep ended before it could be killed"
-            assert time.monotonic() < deadline, "the sweep subprocess made no progress"
-            time.sleep(0.02)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == -signal.SIGKILL
+    # Kill in the second round (after the first round's 6 runs), while a run is in flight.
+    sigkill_mid_run(process, run_dir, done=7, limit_s=240)
     finished_before = {row["run_id"]: row for row in _rows(run_dir) if row["status"] == "done"}
     assert 7 <= len(finished_before) < reference.planned
 
@@ -158,28 +140,23 @@ def test_sigkill_mid_search_then_resume(grid_and_search, tmp_path):
 # A λ-guided centre, measured once and reused by the runs
 
 
-def test_centre_from_lambda_at_init_is_measured_once(tmp_path, monkeypatch):
+def test_centre_from_lambda_at_init_is_measured_once(tmp_path, monkeypatch, tiny_calibration):
     import hessian_lora.measure as measure_module
 
     calls = []
     original = measure_module._analyse_block
     monkeypatch.setattr(measure_module, "_analyse_block",
                         lambda *args, **kwargs: calls.append(args[2].name) or original(*args, **kwargs))
-    shipped = json.loads((Path(measure_module.__file__).parent / "data" / "calibration_smollm2.json").read_text())
-    # A calibration "measured" on this sweep's model, task and rank: η̂ = 0.05 / λ_max.
-    calibration = {**shipped, "fit": "inverse", "c": 0.05, "slope": None, "intercept": None,
-                   "probe": {**shipped["probe"], "model": "tiny-llama", "task": "arith", "rank": 4}}
-    path = tmp_path / "cal.json"
-    path.write_text(json.dumps(calibration))
+    path = tiny_calibration  # "measured" on this sweep's model, task and rank: η̂ = 0.05 / λ_max
     data = _data(methods=["lora"], n_eval=4, hessian={"init": True, "samples": 8, "batch_size": 8,
                                                       "smallest": False, "max_iter": 30},
                  search={"mode": "adaptive", "metric": "eval_loss", "max_runs": 3, "calibration": str(path)})
     run_dir = tmp_path / "run"
     handed = []
     summary = run_sweep(config_from_dict(data), run_dir, progress=False,
-                        at_init=lambda model, tokenizer, key: handed.append((str(key), model.training)))
+                        at_init=lambda model, tokenizer, key: handed.append(str(key)))
     # The centre hands its adapter at initialisation to the caller once, after measuring it.
-    assert handed == [("lora_r4_s0", handed[0][1])] and calls[:1] == ["adapter"]
+    assert handed == ["lora_r4_s0"] and calls[:1] == ["adapter"]
     centre = json.loads((run_dir / SEARCH_FILE).read_text())["centres"]["lora_r4"]
     assert centre["source"] == "calibration" and centre["calibrated_method"] is True
     assert centre["lr"] == pytest.approx(0.05 / centre["lambda_max"])

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
-from sweep_helpers import TINY_YAML, assert_same_results, live_statuses
+from sweep_helpers import TINY_YAML, assert_same_results, sigkill_mid_run
 
 from hessian_lora.sweep.runner import run_sweep
 from hessian_lora.sweep.store import open_store
@@ -25,24 +23,7 @@ def test_sigkill_mid_sweep_then_resume(tiny_sweep, tmp_path):
          "--quiet"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment,
     )
-    deadline = time.monotonic() + _STARTUP_LIMIT_S
-    try:
-        # Kill while a run is in flight, after two runs have finished.
-        while True:
-            statuses = live_statuses(run_dir)
-            done = sorted(run_id for run_id, status in statuses.items() if status == "done")
-            if len(done) >= 2 and "running" in statuses.values():
-                break
-            assert process.poll() is None, "the sweep ended before it could be killed"
-            assert time.monotonic() < deadline, "the sweep subprocess made no progress"
-            time.sleep(0.02)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == -signal.SIGKILL
+    sigkill_mid_run(process, run_dir, done=2, limit_s=_STARTUP_LIMIT_S)  # a run in flight, two finished
     with open_store(run_dir, read_only=True) as store:
         before = {row["run_id"]: row for row in store.rows()}
     finished_before = {run_id: row for run_id, row in before.items() if row["status"] == "done"}
