@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any, NoReturn
 
 from hessian_lora.errors import UserError
 
@@ -43,30 +46,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; bad input and interrupts end with one line on stderr and exit 2 / 130, never a traceback.
 
     Building the parser imports torch and peft (seconds): a Ctrl-C then must end as cleanly as one mid-command,
-    so the parser is built inside the same guard as the command.
+    so the parser is built inside the same guard as the command. A KeyboardInterrupt raised inside an import can
+    come out as another exception (numpy's lazy ``numpy.dtypes`` import, interrupted, recurses until a
+    RecursionError): any exception after a Ctrl-C counts as the interrupt.
     """
     command = "hessian-lora"
-    try:
-        parser = build_parser()
+    with _noting_interrupts() as interrupted:
         try:
-            args = parser.parse_args(argv)
-        except SystemExit as exc:  # --help (0) or a usage error (2, already printed): a code, not an exception
-            return exc.code if isinstance(exc.code, int) else 2
-        if not getattr(args, "handler", None):
-            parser.print_help()
-            return 2
-        command = f"hessian-lora {args.command}"
-        return int(args.handler(args) or 0)
-    except UserError as exc:
-        print(f"{command}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except BrokenPipeError:
-        # Output piped into head/less that closed early: not an error of ours.
-        sys.stderr.close()
-        return 0
-    except KeyboardInterrupt:
-        print(f"{command}: interrupted; finished work is kept, rerun to resume.", file=sys.stderr)
-        return 130
+            parser = build_parser()
+            try:
+                args = parser.parse_args(argv)
+            except SystemExit as exc:  # --help (0) or a usage error (2, already printed): a code, not an exception
+                return exc.code if isinstance(exc.code, int) else 2
+            if not getattr(args, "handler", None):
+                parser.print_help()
+                return 2
+            command = f"hessian-lora {args.command}"
+            return int(args.handler(args) or 0)
+        except UserError as exc:
+            print(f"{command}: error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        except BrokenPipeError:
+            # Output piped into head/less that closed early: not an error of ours.
+            sys.stderr.close()
+            return 0
+        except Exception:
+            if not interrupted:
+                raise
+            print(f"{command}: interrupted; finished work is kept, rerun to resume.", file=sys.stderr)
+            return 130
+        except KeyboardInterrupt:
+            print(f"{command}: interrupted; finished work is kept, rerun to resume.", file=sys.stderr)
+            return 130
+
+
+@contextlib.contextmanager
+def _noting_interrupts() -> Iterator[list[bool]]:
+    """SIGINT raises KeyboardInterrupt as usual and is noted in the yielded list (truthy once one arrived).
+    Outside the main thread (where no signal handler can be set) nothing is noted."""
+    noted: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield noted
+        return
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        noted.append(True)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield noted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -178,3 +178,32 @@ def test_init_records_the_prompt_template_only_when_it_read_data(tmp_path: Path,
     assert not torch.equal(factors["alpaca"][name], factors["plain"][name])  # the template shaped LoRA-GA's data
     assert main([*common, "--method", "lora", "--prompt-template", "{nothing}", "--out", str(tmp_path / "x")]) == 2
     assert "bad prompt template" in capsys.readouterr().err
+
+
+def test_an_interrupt_that_comes_out_as_another_exception_is_still_one_line_and_130(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C inside an import can surface as another exception (numpy's interrupted lazy import recurses into a
+    RecursionError): the CLI still ends with the interrupt's one line and exit 130."""
+    import signal
+
+    import hessian_lora.cli as cli
+
+    def interrupted_import() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            raise AssertionError("SIGINT was not delivered")
+        except KeyboardInterrupt:
+            raise RecursionError("maximum recursion depth exceeded") from None
+
+    monkeypatch.setattr(cli, "build_parser", interrupted_import)
+    assert main(["methods"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["hessian-lora: interrupted; finished work is kept, rerun to resume."]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler was put back
+
+    def other_error() -> None:
+        raise RecursionError("a real bug")
+
+    monkeypatch.setattr(cli, "build_parser", other_error)
+    with pytest.raises(RecursionError):  # without a Ctrl-C, an error stays an error
+        main(["methods"])
