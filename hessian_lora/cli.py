@@ -73,11 +73,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception:
             if not interrupted:
                 raise
-            print(f"{command}: interrupted; finished work is kept, rerun to resume.", file=sys.stderr)
-            return 130
+            return _report_interrupt(command)
         except KeyboardInterrupt:
-            print(f"{command}: interrupted; finished work is kept, rerun to resume.", file=sys.stderr)
-            return 130
+            return _report_interrupt(command)
+
+
+def _report_interrupt(command: str) -> int:
+    """One line on stderr, and exit status 130 whatever CPython noted on the way.
+
+    A KeyboardInterrupt that escapes an ``exec`` of source text (dataclasses build every ``__init__`` that way,
+    so an import interrupted at the wrong moment does it) sets CPython's "unhandled KeyboardInterrupt" flag,
+    and the interpreter then ends by re-raising SIGINT on itself (status -2) even though we caught it and
+    asked for 130. Each ``exec`` of source text clears that flag first, so an empty one restores our status.
+    """
+    print(f"{command}: interrupted; finished work is kept, rerun to resume.", file=sys.stderr)
+    exec("pass")  # a constant: clears the flag described above
+    return 130
 
 
 @contextlib.contextmanager

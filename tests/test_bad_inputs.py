@@ -662,6 +662,22 @@ def test_importing_the_cli_imports_no_torch() -> None:
     assert result.stdout.strip() == "False", result.stderr
 
 
+def test_an_interrupt_escaping_exec_still_exits_130(tmp_path) -> None:
+    """CPython marks a KeyboardInterrupt that leaves ``exec`` of source text (how dataclasses build methods, so an
+    import interrupted there does it), and under ``python -m`` ends the process by SIGINT (-2) instead of our
+    130 (CI saw it in test_ctrl_c_in_the_first_seconds). Run as a module, like ``python -m hessian_lora``."""
+    write(tmp_path / "interrupted_import.py",
+          "import sys, hessian_lora.cli as cli\n"
+          "def interrupted_while_importing():\n    exec('raise KeyboardInterrupt')\n"
+          "cli.build_parser = interrupted_while_importing\nsys.exit(cli.main([]))\n")
+    env = cli_env()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))
+    result = subprocess.run([sys.executable, "-m", "interrupted_import"], capture_output=True, text=True, env=env,
+                            timeout=60)
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.strip() == "hessian-lora: interrupted; finished work is kept, rerun to resume."
+
+
 @pytest.mark.parametrize("delay", [0.3, 1.0, 2.5])
 def test_ctrl_c_in_the_first_seconds(delay: float, good, tmp_path) -> None:
     process = subprocess.Popen(
