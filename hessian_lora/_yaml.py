@@ -7,9 +7,14 @@ the other way through :func:`plain` (tuples and mappings to lists and dicts YAML
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+from hessian_lora.errors import UserError
+
+Settings = TypeVar("Settings")
 
 _FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
@@ -23,6 +28,30 @@ def numbers_from_strings(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {key: numbers_from_strings(item) for key, item in value.items()}
     return value
+
+
+def settings_from_mapping(cls: type[Settings], data: Any, *, what: str, source: str,
+                          also_known: Sequence[str] = ()) -> Settings:
+    """The settings dataclass ``cls`` from a YAML mapping: the one reader of every settings block.
+
+    Unknown keys are named with the known ones (``also_known``: keys the caller handles itself, listed but not
+    passed); a bad value is the dataclass's own one-line error, prefixed by ``source`` (the file) so that every
+    message names where to fix it.
+    """
+    if not isinstance(data, Mapping):
+        raise UserError(f"{source}: {what} must be a mapping of settings, got {data!r}.")
+    known = [*also_known, *(field.name for field in dataclasses.fields(cls))]
+    unknown = sorted(str(key) for key in data if key not in known)
+    if unknown:
+        raise UserError(f"{source}: unknown {what} setting(s) {', '.join(unknown)}: check the spelling "
+                        f"(known: {', '.join(known)}).")
+    values = {str(key): value for key, value in data.items() if key not in also_known}
+    try:
+        return cls(**values)
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from exc
+    except TypeError as exc:  # a value of a type the dataclass's checks could not even compare
+        raise UserError(f"{source}: bad {what} settings ({exc}).") from exc
 
 
 def is_number(value: Any) -> bool:

@@ -40,6 +40,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from hessian_lora._yaml import settings_from_mapping
 from hessian_lora.data import TokenBatch
 from hessian_lora.errors import UserError
 from hessian_lora.hessian.filters import ParameterBlock, PerModule, WholeAdapter
@@ -92,12 +93,9 @@ class DuringSettings:
                 raise UserError(f"hessian.during.{name} must be true or false, got {getattr(self, name)!r}.")
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "hessian.during") -> DuringSettings:
-        known = [field.name for field in dataclasses.fields(cls)]
-        unknown = sorted(str(key) for key in data if key not in known)
-        if unknown:
-            raise UserError(f"{source}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(known)}).")
-        return cls(**dict(data))
+    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "config") -> DuringSettings:
+        """Settings from the YAML ``hessian.during`` mapping; unknown keys and bad values are a UserError."""
+        return settings_from_mapping(cls, data, what="hessian.during", source=source)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from hessian_lora._io import write_json_atomic
-from hessian_lora._yaml import is_number, numbers_from_strings, plain
+from hessian_lora._yaml import is_number, numbers_from_strings, plain, settings_from_mapping
 from hessian_lora.data import (
     DEFAULT_PROMPT_TEMPLATE,
     DEFAULT_TASK,
@@ -158,15 +158,7 @@ class MeasureSettings:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str = "settings") -> MeasureSettings:
         """Settings from plain data (a YAML block); unknown keys and bad values are a :class:`UserError`."""
-        known = [field.name for field in dataclasses.fields(cls)]
-        unknown = sorted(str(key) for key in data if key not in known)
-        if unknown:
-            raise UserError(f"{source}: unknown Hessian setting(s) {', '.join(unknown)}: check the spelling "
-                            f"(known: {', '.join(known)}).")
-        try:
-            return cls(**dict(data))
-        except UserError as exc:
-            raise UserError(f"{source}: {exc}") from exc
+        return settings_from_mapping(cls, data, what="Hessian", source=source)
 
     def options(self, relative_to: MeasureSettings | None = None) -> dict[str, Any]:
         """The settings that differ from ``relative_to`` (default: the defaults), as plain YAML-able data.

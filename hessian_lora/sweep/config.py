@@ -28,7 +28,7 @@ from typing import Any, Literal, get_args
 
 import yaml
 
-from hessian_lora._yaml import is_number, numbers_from_strings, plain
+from hessian_lora._yaml import is_number, numbers_from_strings, plain, settings_from_mapping
 from hessian_lora.adapters import DEFAULT_TARGETS
 from hessian_lora.data import DEFAULT_PROMPT_TEMPLATE, check_prompt_template
 from hessian_lora.dynamics import DuringSettings
@@ -382,7 +382,7 @@ def _hessian(value: Any, source: str, *, max_length: int) -> HessianSettings:
             if item is not None:
                 if not isinstance(item, Mapping):
                     raise UserError(f"{source}: hessian.during must be a mapping, e.g. {{every: 10}}.")
-                settings["during"] = DuringSettings.from_mapping(item, source=f"{source}: hessian.during")
+                settings["during"] = DuringSettings.from_mapping(item, source=source)
         elif key in ("init", "final"):
             if not isinstance(item, bool):
                 raise UserError(f"{source}: hessian.{key} must be true or false.")
@@ -398,19 +398,8 @@ def _hessian(value: Any, source: str, *, max_length: int) -> HessianSettings:
 
 
 def _section(cls: type[Any], value: Any, name: str, source: str) -> Any:
-    if value is None:
-        return cls()
-    if not isinstance(value, Mapping):
-        raise UserError(f"{source}: {name} must be a mapping of settings.")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise UserError(f"{source}: unknown {name} setting(s) {', '.join(map(str, unknown))} "
-                        f"(known: {', '.join(sorted(known))}).")
-    try:
-        return cls(**dict(value))
-    except TypeError as exc:
-        raise UserError(f"{source}: bad {name} settings ({exc}).") from exc
+    """An optional settings block (``eval:``, ``ray:``): absent means the defaults."""
+    return cls() if value is None else settings_from_mapping(cls, value, what=name, source=source)
 
 
 def _methods(value: Any, source: str) -> tuple[str, ...]:

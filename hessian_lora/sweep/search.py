@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from hessian_lora._yaml import numbers_from_strings
+from hessian_lora._yaml import numbers_from_strings, settings_from_mapping
 from hessian_lora.errors import UserError
 from hessian_lora.rundir import lr_key
 
@@ -89,17 +89,9 @@ class AdaptiveSearch:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str = "config") -> AdaptiveSearch:
         """Settings from the YAML ``search:`` mapping (``mode`` aside); every problem is a one-line UserError."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(map(str, set(data) - known - {"mode"}))
-        if unknown:
-            raise UserError(f"{source}: unknown search setting(s) {', '.join(unknown)} "
-                            f"(known: mode, {', '.join(sorted(known))}).")
-        values = {key: value if key in ("metric", "calibration") else numbers_from_strings(value)
-                  for key, value in data.items() if key != "mode"}
-        try:
-            return cls(**values)
-        except UserError as exc:
-            raise UserError(f"{source}: {exc}") from exc
+        values = {key: value if key in ("mode", "metric", "calibration") else numbers_from_strings(value)
+                  for key, value in data.items()}
+        return settings_from_mapping(cls, values, what="search", source=source, also_known=("mode",))
 
     def lattice_lr(self, k: int) -> float:
         """The k-th lattice LR, bit for bit the value parse_lr_grid gives for ``{base, per_decade, k}``."""

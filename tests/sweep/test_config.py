@@ -97,6 +97,23 @@ def test_config_errors_name_the_problem(change, message):
         config_from_dict(tiny_data(**change))
 
 
+@pytest.mark.parametrize(("change", "message"), [
+    ({"eval": {"batch": 4}}, r"exp.yaml: unknown eval setting\(s\) batch: check the spelling \(known: batch_size"),
+    ({"eval": {"batch_size": 0}}, r"exp.yaml: eval batch_size"),
+    ({"eval": [1]}, r"exp.yaml: eval must be a mapping"),
+    ({"ray": {"gpus": 1}}, r"exp.yaml: unknown ray setting\(s\) gpus: .*known: num_cpus, num_gpus"),
+    ({"hessian": {"tolerance": 1e-3}}, r"exp.yaml: hessian: unknown Hessian setting\(s\) tolerance"),
+    ({"hessian": {"during": {"evry": 3}}}, r"exp.yaml: unknown hessian.during setting\(s\) evry"),
+    ({"hessian": {"during": {"every": 0}}}, r"exp.yaml: hessian.during.every must be an integer"),
+    ({"search": {"mode": "adaptive", "resolutoin": 4}}, r"exp.yaml: unknown search setting\(s\) resolutoin: "
+                                                         r"check the spelling \(known: mode, "),
+])
+def test_every_settings_block_names_the_file_the_key_and_the_known_ones(change, message):
+    """One reader (``_yaml.settings_from_mapping``) for every block: the same message shape everywhere."""
+    with pytest.raises(UserError, match=message):
+        config_from_dict(tiny_data(**change), source="exp.yaml")
+
+
 def test_missing_settings_are_named():
     data = tiny_data()
     del data["lr"]
