@@ -2,7 +2,8 @@
 
 PyYAML implements YAML 1.1, which reads ``1e-4`` (no dot) as a *string*; configs are full of such learning rates
 and tolerances, so every reader of YAML settings passes values through :func:`numbers_from_strings`. Writing goes
-the other way through :func:`plain` (tuples and mappings to lists and dicts YAML can dump).
+the other way through :func:`plain` (tuples and mappings to lists and dicts YAML can dump). Every settings
+block becomes its dataclass through :func:`settings_from_mapping`, so all of them report problems alike.
 """
 
 from __future__ import annotations
