@@ -66,7 +66,9 @@ class MeasureSettings:
 
     Data (used when :func:`measure` gets no batches): ``task`` (a task spec or a .json/.jsonl file; None: the
     checkpoint's task, else ``arith``) cut to ``samples`` examples in batches of ``batch_size`` of at most
-    ``max_length`` tokens, picked by ``data_seed``. Blocks: ``whole`` (one block, the whole adapter) or
+    ``max_length`` tokens, picked by ``data_seed``, formatted with ``prompt_template`` (None: the one the
+    checkpoint records it was trained or initialised with, else ``chat``; a template the adapter never saw
+    measures another loss). Blocks: ``whole`` (one block, the whole adapter) or
     ``per-module`` (one per adapted module, optionally only ``modules`` on ``layers``). Solver: ``top_k``
     eigenvalues per end to a relative residual ``tol`` in at most ``max_iter`` iterations from start vectors
     drawn by ``seed``; ``smallest`` also finds λ_min (Lanczos only). Extras: Hutch++ ``trace`` (``trace_hvps``
@@ -101,7 +103,7 @@ class MeasureSettings:
     lr: float | None = None
     backend: Backend = "auto"
     reuse: bool | Literal["auto"] = "auto"
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    prompt_template: str | None = None
     dora_norm: DoraNorm = "detached"
 
     def __post_init__(self) -> None:
@@ -151,7 +153,8 @@ class MeasureSettings:
             raise UserError(f"lr must be a positive number (or left out), got {self.lr!r}.")
         if self.task is not None and not isinstance(self.task, str):
             raise UserError(f"task must be a task spec or a file name, got {self.task!r}.")
-        check_prompt_template(self.prompt_template)
+        if self.prompt_template is not None:
+            check_prompt_template(self.prompt_template)
         if self.blocks == "whole" and (self.modules or self.layers):
             raise UserError("modules and layers pick per-module blocks: set blocks='per-module' as well.")
 
@@ -196,7 +199,7 @@ class MeasureSettings:
             "lr": self.lr,
             # recorded only when not the default, so reports written before templates existed still resume
             **({"prompt_template": self.prompt_template}
-               if self.prompt_template != DEFAULT_PROMPT_TEMPLATE else {}),
+               if self.prompt_template not in (None, DEFAULT_PROMPT_TEMPLATE) else {}),
             **({"dora_norm": self.dora_norm} if dora else {}),
         }
 
@@ -234,6 +237,7 @@ def measure(
         if batches is None and tokenizer is None:
             raise UserError("pass batches=... or tokenizer=... (with task=...) along with your model.")
         task = settings.task or DEFAULT_TASK
+        template = settings.prompt_template or DEFAULT_PROMPT_TEMPLATE
         source = dict(source) if source is not None else {"model": type(adapter).__name__}
     else:
         from hessian_lora.peft_adapters import load_adapter
@@ -241,6 +245,7 @@ def measure(
         loaded = load_adapter(adapter, model=base_model, model_seed=model_seed, device=device)
         peft_model, tokenizer, meta = loaded.model, loaded.tokenizer, loaded.meta
         task = settings.task or meta.task or DEFAULT_TASK
+        template = settings.prompt_template or meta.extra.get("prompt_template") or DEFAULT_PROMPT_TEMPLATE
         source = dict(source) if source is not None else {
             "checkpoint": str(Path(adapter).resolve()), "method": meta.method, "base_model": meta.base_model,
             "rank": meta.rank, "alpha": meta.alpha, "step": meta.step, "lr": meta.lr,
@@ -255,6 +260,7 @@ def measure(
     if settings.preconditioned and (loaded is None or loaded.optimizer_state is None):
         raise UserError("the preconditioned sharpness needs a checkpoint saved with its optimizer state "
                         "(a training run).")
+    settings = dataclasses.replace(settings, prompt_template=template)
     batch_list = list(batches) if batches is not None else settings_batches(tokenizer, dataclasses.replace(
         settings, task=task))
     was = {name: param.requires_grad for name, param in peft_model.named_parameters()}
@@ -273,7 +279,7 @@ def settings_batches(tokenizer: Any, settings: MeasureSettings) -> list[TokenBat
     if not examples:
         raise UserError(f"task {task} gave no training examples: raise samples or use another task.")
     return make_batches(tokenizer, examples, settings.batch_size, max_length=settings.max_length,
-                        prompt_template=settings.prompt_template)
+                        prompt_template=settings.prompt_template or DEFAULT_PROMPT_TEMPLATE)
 
 
 def _measure(
@@ -450,7 +456,7 @@ def eigen(
     lr: float | None = None,
     backend: str = "auto",
     reuse: bool | str = "auto",
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+    prompt_template: str | None = None,
     dora_norm: str = "detached",
     device: str | torch.device | None = None,
     out: str | os.PathLike[str] | None = None,
@@ -463,7 +469,8 @@ def eigen(
     ``adapter_seed``) built at initialisation on ``model`` (a spec such as ``smollm2-135m``; ``model_seed`` for
     a random tiny-llama), or ``model`` itself (an ``nn.Module`` with trainable adapter parameters; then pass
     ``batches`` or ``tokenizer``). Data: ``batches``, or ``task`` (a task spec or a .json/.jsonl file; default
-    the checkpoint's task, else ``arith``) cut to ``samples`` examples in batches of ``batch_size``. The other
+    the checkpoint's task, else ``arith``) cut to ``samples`` examples in batches of ``batch_size``, formatted with
+    ``prompt_template`` (default: the checkpoint's, else ``chat``). The other
     arguments are :class:`MeasureSettings`.
     """
     settings = MeasureSettings(

@@ -85,6 +85,34 @@ def test_checkpoint_with_trace_density_and_preconditioned_sharpness(tmp_path: Pa
         hessian_lora.eigen(tmp_path / "no-optimizer", samples=4, batch_size=2, preconditioned=True, progress=False)
 
 
+def test_a_checkpoint_is_measured_with_the_prompt_template_it_records(tmp_path: Path) -> None:
+    """A sweep under alpaca records it in its checkpoints; eigen without a template uses it (the loss the adapter
+    was trained on), an explicit template still wins, and old checkpoints (none recorded) mean chat."""
+    base = load_model("tiny-llama", device="cpu")
+    config = AdapterConfig("lora", rank=2, targets=("v_proj",))
+    model = build_adapter(base.model, config)
+    with torch.no_grad():  # B = 0 at init makes every template's λ alike: move off it
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(0.3 * torch.randn_like(param))
+
+    def saved(name: str, template: str | None) -> Path:
+        extra = {"prompt_template": template} if template else {}
+        meta = CheckpointMeta.from_config(config, base_model="tiny-llama", task="arith", step=1, extra=extra)
+        return save_checkpoint(tmp_path / name, model, meta)
+
+    common = {"samples": 4, "batch_size": 2, "tol": 1e-6, "smallest": False, "progress": False}
+    recorded = hessian_lora.eigen(saved("alpaca", "alpaca"), **common)
+    assert recorded.settings["prompt_template"] == "alpaca"
+    explicit = hessian_lora.eigen(saved("alpaca2", "alpaca"), prompt_template="alpaca", **common)
+    chat = hessian_lora.eigen(saved("chat", "alpaca"), prompt_template="chat", **common)
+    old = hessian_lora.eigen(saved("old", None), **common)
+    assert recorded.blocks[0].lambda_max == explicit.blocks[0].lambda_max
+    assert old.blocks[0].lambda_max == chat.blocks[0].lambda_max  # nothing recorded: chat
+    assert "prompt_template" not in chat.settings and "prompt_template" not in old.settings
+    assert abs(chat.blocks[0].lambda_max - recorded.blocks[0].lambda_max) > 1e-3 * chat.blocks[0].lambda_max
+
+
 def test_a_model_and_batches_passed_in(tmp_path: Path) -> None:
     base = load_model("tiny-llama", device="cpu")
     model = build_adapter(base.model, AdapterConfig("dora", rank=2, targets=("q_proj",)))

@@ -47,8 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--batch-size", type=int, default=8, help="examples per batch (default 8)")
     data.add_argument("--max-length", type=int, default=512, help="token limit per example (default 512)")
     data.add_argument("--data-seed", type=int, default=0, help="seed that picks the examples (default 0)")
-    add_prompt_template_argument(data, default="chat",
-                                 purpose="use the one the adapter was trained with (default chat)")
+    add_prompt_template_argument(data, default=None,
+                                 purpose="use the one the adapter was trained with (default: the one the checkpoint "
+                                 "records, else chat)")
     blocks = parser.add_argument_group("blocks and solver")
     blocks.add_argument("--blocks", choices=("whole", "per-module"), default="whole",
                         help="one block for the whole adapter (default) or one per adapted module")

@@ -128,7 +128,8 @@ def execute_run(
             meta = CheckpointMeta.from_config(
                 adapter_config, base_model=config.model, task=config.task, model_seed=config.model_seed,
                 dtype=next(peft_model.parameters()).dtype, lr=spec.lr, step=result.steps,
-                extra={"run_id": spec.run_id, "sweep": config.name, "batch_size": spec.batch_size},
+                extra={"run_id": spec.run_id, "sweep": config.name, "batch_size": spec.batch_size,
+                       "prompt_template": config.prompt_template},  # eigen on this checkpoint formats alike
             )
             save_checkpoint(checkpoint_dir, peft_model, meta, optimizer=optimizer)
             if config.hessian.final:

@@ -70,6 +70,10 @@ def test_eval_sets_are_scored_through_the_sweep_with_the_prompt_template(tmp_pat
     assert row["gsm8k_acc"] == 1 / 4 and row["math_acc"] == 1 / 5 and row["mbpp_pass_at_1"] == 1 / 3
     assert row["humaneval_pass_at_1"] is None
     assert len(seen_prompts) == 12 and all(p.startswith(ALPACA_TEMPLATE.split("{")[0]) for p in seen_prompts)
+    from hessian_lora.checkpoint import read_meta_dict
+
+    (checkpoint,) = (tmp_path / "runs").iterdir()  # eigen on it formats its batches alike
+    assert read_meta_dict(checkpoint)["extra"]["prompt_template"] == "alpaca"
 
 
 def test_eval_sets_run_on_the_tiny_model_and_record_their_metric(tmp_path):
