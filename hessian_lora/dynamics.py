@@ -43,6 +43,7 @@ from torch import nn
 from hessian_lora._yaml import settings_from_mapping
 from hessian_lora.data import TokenBatch
 from hessian_lora.errors import UserError
+from hessian_lora.hessian.dora import DORA_NORMS, DoraNorm
 from hessian_lora.hessian.filters import ParameterBlock, PerModule, WholeAdapter
 from hessian_lora.hessian.lanczos import lanczos
 from hessian_lora.hessian.operator import HessianOperator, ScaledOperator
@@ -60,7 +61,8 @@ class DuringSettings:
     and the last step), on the first ``samples`` training examples in batches of ``batch_size``; ``blocks``
     ``whole`` (one block) or ``per-module`` (the headline is the largest block); ``solver`` to relative residual
     ``tol`` in at most ``max_iter`` iterations; ``preconditioned``: also λ₁(P⁻¹H); ``warm_start``: start each
-    solve from the previous top Ritz vector."""
+    solve from the previous top Ritz vector; ``dora_norm``: for DoRA, the Hessian of peft's surrogate with the column
+    norm detached (default, what DoRA trains with) or of the true loss (:mod:`hessian_lora.hessian.dora`)."""
 
     every: int = 10
     samples: int = 16
@@ -73,6 +75,7 @@ class DuringSettings:
     warm_start: bool = True
     backend: str = "auto"
     seed: int = 0
+    dora_norm: DoraNorm = "detached"
 
     def __post_init__(self) -> None:
         if isinstance(self.tol, str):
@@ -84,6 +87,8 @@ class DuringSettings:
                 raise UserError(f"hessian.during.{name} must be an integer >= 1, got {value!r}.")
         if self.blocks not in ("whole", "per-module"):
             raise UserError(f"hessian.during.blocks must be whole or per-module, got {self.blocks!r}.")
+        if self.dora_norm not in DORA_NORMS:
+            raise UserError(f"hessian.during.dora_norm must be {' or '.join(DORA_NORMS)}, got {self.dora_norm!r}.")
         if self.solver not in ("lanczos", "power"):
             raise UserError(f"hessian.during.solver must be lanczos or power, got {self.solver!r}.")
         if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)) or not self.tol > 0:
@@ -191,7 +196,8 @@ class SharpnessProbe:
             hvps = precond_hvps = 0
             converged = True
             for block in blocks:
-                operator = HessianOperator(self.model, self.batches, block, backend=self.settings.backend)
+                operator = HessianOperator(self.model, self.batches, block, backend=self.settings.backend,
+                                           dora_norm=self.settings.dora_norm)
                 eigen = self._solve(operator, ("H", block.name))
                 hvps += eigen.hvps
                 converged = converged and eigen.converged

@@ -84,6 +84,27 @@ def test_warm_start_reaches_the_cold_value_with_fewer_products(arith):
     assert warm.precond_hvps < cold.precond_hvps
 
 
+def test_a_dora_probe_measures_the_hessian_it_is_asked_for():
+    """``dora_norm`` reaches the probe's operator: each probe agrees with a direct Lanczos on that Hessian."""
+    from hessian_lora.hessian import HessianOperator, WholeAdapter, lanczos
+    from hessian_lora.models import load_model
+
+    tiny = load_model("tiny-llama", device="cpu")
+    model = build_adapter(tiny.model, AdapterConfig("dora", rank=2, targets=("q_proj",)))
+    batches = make_batches(tiny.tokenizer, load_task("arith", n_train=4, n_eval=0).train, 2)
+    (block,) = WholeAdapter().blocks(model)
+    found = {}
+    for norm in ("detached", "differentiated"):
+        settings = DuringSettings(tol=1e-6, max_iter=80, preconditioned=False, dora_norm=norm)
+        found[norm] = SharpnessProbe(model, batches, settings).measure(0).lambda_max
+        direct = lanczos(HessianOperator(model, batches, block, dora_norm=norm), k=1, which="largest", tol=1e-6,
+                         max_iter=80)
+        assert found[norm] == pytest.approx(direct.lambda_max, rel=1e-5)
+    assert abs(found["detached"] - found["differentiated"]) > 1e-3 * found["detached"]  # two Hessians, even at init
+    with pytest.raises(UserError, match="dora_norm"):
+        DuringSettings(dora_norm="true")
+
+
 def test_stability_ratios_and_settings():
     gd, adam = stability_ratios({"lambda_max": 100.0, "preconditioned": 3800.0, "lr": 0.01}, beta1=0.9)
     assert gd == pytest.approx(0.5)
