@@ -20,6 +20,7 @@ import contextlib
 import copy
 import hashlib
 import math
+import os
 import sys
 import time
 import warnings
@@ -211,7 +212,29 @@ def adapter_at_initialisation(
 # Reusing adapters at initialisation within a sweep
 
 REUSE_MIN_BUILD_SECONDS = 1.0  # a copy of SmolLM2 with an r=64 adapter takes 0.26 s; LoRA's load + build 0.46 s
-REUSE_BUDGET_BYTES = 4 << 30
+REUSE_BUDGET_BYTES = 4 << 30  # the most kept by default: SmolLM2's demo keeps 4 methods' copies, ~2.4 GiB
+REUSE_BUDGET_VARIABLE = "HESSIAN_LORA_REUSE_GIB"
+
+
+def reuse_budget_bytes() -> int:
+    """Memory for kept adapters: ``HESSIAN_LORA_REUSE_GIB`` (0 keeps none), else a quarter of the machine's
+    memory up to :data:`REUSE_BUDGET_BYTES` (an 8 GB laptop keeps 2 GiB: the copies sit beside the model that
+    trains, and the demo peaked at 11.2 GB resident with 4 GiB allowed)."""
+    text = os.environ.get(REUSE_BUDGET_VARIABLE, "").strip()
+    if text:
+        try:
+            gib = float(text)
+        except ValueError:
+            gib = math.nan
+        if not gib >= 0 or math.isinf(gib):
+            raise UserError(f"{REUSE_BUDGET_VARIABLE}={text}: give the memory for kept adapters in GiB, a number "
+                            f">= 0 (0 keeps none).")
+        return int(gib * (1 << 30))
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): the fixed default
+        return REUSE_BUDGET_BYTES
+    return min(REUSE_BUDGET_BYTES, total // 4)
 
 
 @dataclass
@@ -246,20 +269,20 @@ _REUSE: _Reuse | None = None
 
 
 @contextlib.contextmanager
-def reuse_adapters_at_init(budget_bytes: int = REUSE_BUDGET_BYTES) -> Iterator[None]:
+def reuse_adapters_at_init(budget_bytes: int | None = None) -> Iterator[None]:
     """Within this block, :func:`adapter_at_initialisation` keeps a copy of every adapter it builds from a model
     spec whose build (model load aside) took over :data:`REUSE_MIN_BUILD_SECONDS` (the SVD-initialised methods and
     LoRA-GA: 3-16 s each for SmolLM2 at r = 64 on every projection), and answers a later call with the same model, adapter config
     (and LoRA-GA batches) with a copy of it: the same bits, without decomposing again (nor loading the model,
     except for LoRA-GA, whose key includes batches made with the model's tokenizer). Builds that
     would take the copies past ``budget_bytes`` are not kept (SmolLM2-135M with r = 64 on every projection: ~0.6
-    GiB a copy). A sweep wraps its centres and local runs in one.
+    GiB a copy; default :func:`reuse_budget_bytes`). A sweep wraps its centres and local runs in one.
     Nested blocks share the outer one."""
     global _REUSE
     if _REUSE is not None:
         yield
         return
-    _REUSE = _Reuse(budget_bytes)
+    _REUSE = _Reuse(reuse_budget_bytes() if budget_bytes is None else budget_bytes)
     try:
         yield
     finally:

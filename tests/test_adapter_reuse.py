@@ -9,6 +9,7 @@ import torch
 import hessian_lora.adapters as adapters
 from hessian_lora.adapters import AdapterConfig, adapter_at_initialisation, reuse_adapters_at_init
 from hessian_lora.data import Example
+from hessian_lora.errors import UserError
 from hessian_lora.train import TrainConfig
 
 
@@ -55,6 +56,26 @@ def test_loraga_reuses_only_for_the_same_batches(builds):
             adapter_at_initialisation("tiny-llama", config, train_examples=examples,
                                       train_config=TrainConfig(lr=1.0, steps=1, batch_size=4, seed=seed))
     assert builds == ["loraga", "loraga"]
+
+
+def test_the_budget_comes_from_the_environment_or_the_machine(builds, monkeypatch):
+    monkeypatch.setenv(adapters.REUSE_BUDGET_VARIABLE, "0")  # keep none: every call builds
+    assert adapters.reuse_budget_bytes() == 0
+    with reuse_adapters_at_init():
+        for _ in range(2):
+            adapter_at_initialisation("tiny-llama", AdapterConfig(method="pissa", rank=4))
+    assert builds == ["pissa", "pissa"]
+    monkeypatch.setenv(adapters.REUSE_BUDGET_VARIABLE, "1.5")
+    assert adapters.reuse_budget_bytes() == 3 << 29
+    for bad in ("-1", "lots", "inf", "nan"):
+        monkeypatch.setenv(adapters.REUSE_BUDGET_VARIABLE, bad)
+        with pytest.raises(UserError, match=f"HESSIAN_LORA_REUSE_GIB={bad}: give the memory"):
+            adapters.reuse_budget_bytes()
+    monkeypatch.delenv(adapters.REUSE_BUDGET_VARIABLE)
+    monkeypatch.setattr(adapters.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 2 << 20}[name])
+    assert adapters.reuse_budget_bytes() == 2 << 30  # an 8 GiB machine keeps a quarter
+    monkeypatch.setattr(adapters.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 64 << 20}[name])
+    assert adapters.reuse_budget_bytes() == adapters.REUSE_BUDGET_BYTES
 
 
 def test_a_full_budget_keeps_what_it_has_and_evicts_nothing(builds):

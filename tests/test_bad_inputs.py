@@ -331,6 +331,14 @@ YAML_VALUE_CASES: dict[str, dict[str, Any]] = {
 }
 
 
+def test_a_bad_reuse_budget_stops_the_sweep_before_it_writes(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("HESSIAN_LORA_REUSE_GIB", "plenty")
+    message = fails(["sweep", _sweep_yaml(tmp_path, GOOD_SWEEP), "--out", tmp_path / "out", "--quiet",
+                     "--threads", "1"], capsys)
+    assert "HESSIAN_LORA_REUSE_GIB=plenty" in message and "GiB" in message
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("case", sorted(YAML_VALUE_CASES))
 def test_sweep_bad_value(case: str, untouched, tmp_path, capsys) -> None:
     fails(["sweep", _sweep_yaml(tmp_path, {**GOOD_SWEEP, **YAML_VALUE_CASES[case]}), "--out", tmp_path / "out",

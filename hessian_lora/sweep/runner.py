@@ -230,6 +230,10 @@ def run_sweep(
         raise UserError("--address names a Ray cluster: add --backend ray.")
     start = time.perf_counter()
     root = Path(run_dir)
+    from hessian_lora.adapters import reuse_adapters_at_init, reuse_budget_bytes
+
+    # Read before anything is written: a bad HESSIAN_LORA_REUSE_GIB stops the sweep with nothing to clean up.
+    reuse_budget = reuse_budget_bytes() if backend == "local" else 0
     with sweep_lock(root):
         clean_stale_files(root)
         effective, changed = plan_run_dir(config, root, extend=extend)
@@ -241,11 +245,9 @@ def run_sweep(
             preflight(effective, device=device if backend == "local" else None)
         if changed:
             _write_config(RunLayout(root).config, effective.to_dict())
-        from hessian_lora.adapters import reuse_adapters_at_init
-
         # Runs of one method share its adapter at initialisation: built once (SVDs, LoRA-GA's gradients) and
         # copied, in this process (the local backend's runs and the search's centres; Ray workers build their own).
-        with reuse_adapters_at_init() if backend == "local" else contextlib.nullcontext():
+        with reuse_adapters_at_init(reuse_budget) if backend == "local" else contextlib.nullcontext():
             return _sweep_runs(config, root, specs, backend=backend, address=address, retry_failed=retry_failed,
                                progress=progress, device=device, on_run=on_run, start=start, at_init=at_init)
 
