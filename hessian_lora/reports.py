@@ -94,6 +94,14 @@ class BlockView:
         return float(self.report.lambda_max)  # type: ignore[arg-type]  # views hold measured blocks only
 
     @property
+    def uncertified_residual(self) -> float | None:
+        """The relative residual ‖Hy − θy‖/|θ| of a λ_max its solver did not certify (None when it did): θ is then
+        still a lower bound on λ_max and lies within this of an eigenvalue, but not within the requested tol."""
+        if self.report.converged or self.report.residual is None:
+            return None
+        return float(self.report.residual) / abs(self.lambda_max) if self.lambda_max else math.inf
+
+    @property
     def is_whole(self) -> bool:
         return self.name.strip().lower() in WHOLE_BLOCK_NAMES
 

@@ -193,6 +193,27 @@ def test_write_analysis_and_markdown(tmp_path) -> None:
     assert not list(json_path.parent.glob(".*.tmp"))
 
 
+def test_an_uncertified_lambda_at_init_is_said_with_its_residual(tmp_path) -> None:
+    """A λ_max whose Lanczos stopped above tol (the SmolLM2 demo's whole-adapter blocks) enters the relation, and the
+    analysis says which ones and by how much they missed."""
+    run_dir = write_run_dir(tmp_path / "run", METHODS)
+    (path,) = (run_dir / "hessian").glob("lora_*_init.json")
+    report = json.loads(path.read_text())
+    whole = report["blocks"][0]
+    whole.update(converged=False, residual=3e-3 * whole["lambda_max"])
+    report["blocks"][1].update(converged=False, residual=5e-3 * report["blocks"][1]["lambda_max"])
+    path.write_text(json.dumps(report))
+    result = analysis.analyze(run_dir, bootstrap_samples=100)
+    assert result.methods["lora"].lambda_init_whole_uncertified == pytest.approx(3e-3)
+    assert result.methods["lora"].lambda_init_module_uncertified == pytest.approx(5e-3)
+    assert all(result.methods[name].lambda_init_whole_uncertified is None for name in METHODS if name != "lora")
+    _, md_path = analysis.write_analysis(result)
+    text = md_path.read_text()
+    assert f"λ_max at init not certified for 1 of {len(METHODS)} methods" in text and "lora 0.003)" in text
+    certified = analysis.analyze(write_run_dir(tmp_path / "certified", METHODS), bootstrap_samples=100)
+    assert "not certified" not in analysis.relation_summary(certified.to_dict())
+
+
 def test_eval_loss_metric_and_auto_choice(tmp_path) -> None:
     run_dir = write_run_dir(tmp_path / "run", METHODS)
     result = analysis.analyze(run_dir, metric="eval_loss", bootstrap_samples=50)

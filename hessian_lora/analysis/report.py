@@ -112,6 +112,19 @@ def data_caveats(data: Mapping[str, Any]) -> str:
     return "Data: " + "; ".join(parts) + "."
 
 
+def uncertified_lambda_text(data: Mapping[str, Any]) -> str:
+    """The λ_max values at init behind the relation that Lanczos did not certify, said out loud ("" when all were)."""
+    key = {"whole": "lambda_init_whole_uncertified", "module_median": "lambda_init_module_uncertified"}[
+        data["relation"]["lambda_source"]]
+    residuals = {name: method[key] for name, method in data["methods"].items() if method.get(key) is not None}
+    if not residuals:
+        return ""
+    listed = ", ".join(f"{name} {value:.2g}" for name, value in residuals.items())
+    return (f"λ_max at init not certified for {len(residuals)} of {len(data['methods'])} methods (the explicit "
+            f"relative residual ‖Hy − θy‖/θ stayed above the solver's tol: {listed}): each such θ is a lower bound "
+            f"on λ_max and lies within that fraction of an eigenvalue;")
+
+
 def relation_summary(data: Mapping[str, Any]) -> str:
     """The relation across methods in one paragraph, from ``Analysis.to_dict()`` (or analysis.json)."""
     relation = data["relation"]
@@ -122,6 +135,9 @@ def relation_summary(data: Mapping[str, Any]) -> str:
         listed = ", ".join(f"{name} {bound}" for name, bound in censored.items())
         head += f"; {len(censored)} of {total} excluded as censored: {listed}"
     parts = [head + "):"]
+    uncertified = uncertified_lambda_text(data)
+    if uncertified:
+        parts.append(uncertified)
     if relation.get("note"):
         parts.append(relation["note"] + ".")
         if relation.get("extend"):

@@ -107,6 +107,9 @@ class MethodSummary:
     lambda_init_whole: float | None = None
     lambda_init_module_median: float | None = None
     lambda_init_per_seed: Mapping[int, float] = field(default_factory=dict)  # the relation's λ source
+    # Worst relative residual of a λ_max at init the solver did not certify (None: all certified), per source.
+    lambda_init_whole_uncertified: float | None = None
+    lambda_init_module_uncertified: float | None = None
     lambda_final_whole: float | None = None
     lambda_final_module_median: float | None = None
     precond_lambda_final: float | None = None
@@ -287,11 +290,17 @@ def _summarise_method(
 
     init_whole: list[float | None] = []
     init_median: list[float | None] = []
+    whole_uncertified: list[float] = []
+    module_uncertified: list[float] = []
     for seed in sorted({run.seed for run in method_runs}):
         report = directory.init_report(curve.method, seed, method_runs[0].rank)
         if report is not None:
             init_whole.append(report.whole.lambda_max if report.whole else None)
             init_median.append(report.module_median)
+            if report.whole and report.whole.uncertified_residual is not None:
+                whole_uncertified.append(report.whole.uncertified_residual)
+            module_uncertified += [block.uncertified_residual for block in report.modules
+                                   if block.uncertified_residual is not None]
 
     # End-of-training sharpness of the runs at the best grid LR (one per seed).
     best_runs = [run for run in method_runs if run.lr == peak.eta_grid and run.status == Status.DONE]
@@ -326,6 +335,8 @@ def _summarise_method(
         peak_metric_fit=peak.peak_metric_fit,
         lambda_init_whole=_geometric_mean(init_whole),
         lambda_init_module_median=_geometric_mean(init_median),
+        lambda_init_whole_uncertified=max(whole_uncertified, default=None),
+        lambda_init_module_uncertified=max(module_uncertified, default=None),
         lambda_final_whole=lambda_final,
         lambda_final_module_median=_geometric_mean(final_median),
         precond_lambda_final=precond_final,
