@@ -91,7 +91,7 @@ def test_a_checkpoint_is_measured_with_the_prompt_template_it_records(tmp_path: 
     base = load_model("tiny-llama", device="cpu")
     config = AdapterConfig("lora", rank=2, targets=("v_proj",))
     model = build_adapter(base.model, config)
-    with torch.no_grad():  # B = 0 at init makes every template's λ alike: move off it
+    with torch.no_grad():  # a trained point (B ≠ 0), as a sweep's checkpoint would hold
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.copy_(0.3 * torch.randn_like(param))
