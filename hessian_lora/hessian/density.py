@@ -18,6 +18,7 @@ from hessian_lora.hessian._numerics import Callback, random_vector
 from hessian_lora.hessian.lanczos import lanczos_steps
 from hessian_lora.hessian.operator import LinearOperator
 from hessian_lora.hessian.results import DensityResult, IterationRecord
+from hessian_lora.hessian.storage import KrylovMemory
 
 
 def spectral_density(
@@ -28,10 +29,12 @@ def spectral_density(
     seed: int = 0,
     starts: Sequence[torch.Tensor] | None = None,
     callback: Callback | None = None,
+    memory: KrylovMemory | None = None,
 ) -> DensityResult:
     """``runs`` SLQ runs of ``steps`` products each (fewer if the Krylov space closes early).
 
-    ``starts`` replaces the random Rademacher start vectors (one per run).
+    ``starts`` replaces the random Rademacher start vectors (one per run). ``memory``: where each run's basis
+    may live (:mod:`hessian_lora.hessian.storage`); a run whose basis cannot grow ends early, with fewer nodes.
     """
     if steps < 1 or runs < 1:
         raise UserError(f"density needs steps >= 1 and runs >= 1, got steps={steps}, runs={runs}.")
@@ -46,7 +49,7 @@ def spectral_density(
             operator.size, operator.dtype, operator.device, seed + run, kind="rademacher")
         state = None
         # The shared Lanczos kernel without restarts: it ends early when the Krylov space of the start closes.
-        for state in lanczos_steps(operator, start, max_dim=steps, restart_seed=None):
+        for state in lanczos_steps(operator, start, max_dim=steps, restart_seed=None, memory=memory):
             if callback is not None:
                 callback(IterationRecord(state.step, state.hvps, time.perf_counter() - began, (state.alpha,),
                                          (state.beta,)))

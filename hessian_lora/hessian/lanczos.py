@@ -43,6 +43,18 @@ computed vector replaces θ and the explicit residual ‖H y − θ y‖ replace
 the products the recurrence already made (H y = Σ s_j H v_j; exact whatever orthogonality was lost), so the
 check costs no product (``store_products=False``: one product per pair, and no second copy of the basis).
 
+The stop test *is* that explicit check: when the recurrence's estimates say every requested value is within
+tol, the pairs are checked explicitly, and the run stops only if the check passes (else it goes on; the
+result counts ``failed_checks``). So ``converged=True`` always means the explicit residuals hold, and a run
+that ends unconverged says why in ``stop_reason``: ``max_iter`` (more products may help),
+``verification_failed`` (the estimates passed at the last step and the explicit check did not: below the
+products' round-off, more products do not help; loosen tol or use float64), ``memory`` (the Krylov basis
+filled its memory budget, :mod:`hessian_lora.hessian.storage`) or ``exhausted`` (the whole space is spanned).
+
+Every norm and inner product over parameter-sized vectors accumulates in float64
+(:mod:`hessian_lora.hessian.reductions`): with torch's float32 CPU reductions T drifted from VᵀHV on blocks of
+millions of parameters, and the explicit check failed where the recurrence claimed convergence.
+
 What a λ_max certificate says, precisely: θ ≤ λ_max always (θ is a Rayleigh quotient), and some eigenvalue lies
 within the bound of θ. That this eigenvalue is λ_max itself rests on the Krylov space having seen the top of the
 spectrum (below); at a clustered top it can be a lower member of the cluster (see ``block_size``).
@@ -65,13 +77,16 @@ import torch
 
 from hessian_lora.errors import UserError
 from hessian_lora.hessian._numerics import (
+    NOISE_FLOOR_EPS,
     Callback,
     check_solver_arguments,
     converged_threshold,
     random_vector,
 )
 from hessian_lora.hessian.operator import LinearOperator
+from hessian_lora.hessian.reductions import dot, inner, norm
 from hessian_lora.hessian.results import EigenResult, IterationRecord
+from hessian_lora.hessian.storage import PAGE_ROWS, KrylovMemory, VectorStore, placements
 
 Which = Literal["largest", "smallest", "both"]
 Certificate = Literal["residual", "value"]
@@ -91,9 +106,10 @@ class LanczosStep:
     """The state after one (block) step: T's eigen-decomposition and the residual estimate of each Ritz pair.
 
     ``theta`` ascending (float64), ``ritz`` the eigenvectors of T as columns, ``estimates`` ‖H y − θ y‖ per
-    Ritz pair, ``basis`` the orthonormal Krylov vectors as rows (``dim`` of them), ``products`` their images
-    H v (rows, when the kernel keeps them), ``alpha`` / ``beta`` the last diagonal block's first entry and the
-    last remainder's norm (SLQ progress).
+    Ritz pair, ``basis`` the orthonormal Krylov vectors as rows (``dim`` of them, a
+    :class:`~hessian_lora.hessian.storage.VectorStore`), ``products`` their images H v (rows, while the kernel
+    keeps them), ``alpha`` / ``beta`` the last diagonal block's first entry and the last remainder's norm (SLQ
+    progress).
     """
 
     step: int
@@ -103,13 +119,13 @@ class LanczosStep:
     theta: torch.Tensor
     ritz: torch.Tensor
     estimates: torch.Tensor
-    basis: torch.Tensor
+    basis: VectorStore
     diagonal: tuple[torch.Tensor, ...]
     off: tuple[torch.Tensor, ...]
     alpha: float
     beta: float
     invariant: bool
-    products: torch.Tensor | None = None
+    products: VectorStore | None = None
 
 
 def block_tridiagonal(diagonal: list[torch.Tensor] | tuple[torch.Tensor, ...],
@@ -139,6 +155,7 @@ def lanczos_steps(
     max_dim: int,
     restart_seed: int | None = 0,
     keep_products: bool = False,
+    memory: KrylovMemory | None = None,
 ) -> Iterator[LanczosStep]:
     """The block Lanczos recurrence with full re-orthogonalisation, one yielded state per step.
 
@@ -150,6 +167,12 @@ def lanczos_steps(
     orthogonal to the basis (seed ``restart_seed + 7919·restarts``) with a zero coupling in T.
     ``keep_products``: keep H v of every basis vector (as much memory again as the basis), so a Ritz vector's
     image H y = Σ s_j H v_j costs no further product.
+
+    ``memory`` (default: no limit, on the operator's device) places the basis and the kept products
+    (:mod:`hessian_lora.hessian.storage`). When the basis needs room the products hold, the products are
+    dropped (``state.products`` becomes None); when the basis itself cannot grow, the kernel ends and the last
+    state's ``basis.full`` is True. Every inner product and norm accumulates in float64
+    (:mod:`hessian_lora.hessian.reductions`).
     """
     size, dtype, device = operator.size, operator.dtype, operator.device
     block = start.to(device=device, dtype=dtype).reshape(-1, size).clone()
@@ -157,11 +180,12 @@ def lanczos_steps(
     cap = min(max_dim, size)
     if p > cap:
         raise ValueError(f"a start block of {p} vectors does not fit max_dim={max_dim} (operator size {size})")
-    basis = torch.empty(min(cap, max(32, p)), size, dtype=dtype, device=device)
-    images = torch.empty_like(basis) if keep_products else None
+    memory = memory if memory is not None else KrylovMemory.unlimited(device)
+    basis = VectorStore(size, dtype, device, memory, page_rows=max(PAGE_ROWS, p))
+    images = VectorStore(size, dtype, device, memory, page_rows=max(PAGE_ROWS, p)) if keep_products else None
     restarts = 0
     for i in range(p):
-        block[i] = _orthonormal_or_random(block[i], basis[:0], block[:i], size, dtype, device,
+        block[i] = _orthonormal_or_random(block[i], None, block[:i], size, dtype, device,
                                           (restart_seed or 0) + 1 + i)
     diagonal: list[torch.Tensor] = []
     off: list[torch.Tensor] = []
@@ -171,27 +195,26 @@ def lanczos_steps(
     coupling: torch.Tensor | None = None
     step = 0
     while True:
-        if dim + p > basis.shape[0]:
-            rows = min(cap, 2 * basis.shape[0] + p)
-            basis = _grown(basis, rows, dim)
-            images = None if images is None else _grown(images, rows, dim)
-        basis[dim:dim + p] = block
+        if not basis.append(block):
+            if images is not None:  # the basis matters more: give it the products' room
+                images.drop()
+                images = None
+            if not basis.append(block):
+                basis.full = True
+                return
         products = torch.stack([operator.matvec(row) for row in block])
         hvps += p
-        if images is not None:
-            images[dim:dim + p] = products
-        if p == 1:
-            a = torch.tensor([[float(block[0] @ products[0])]], dtype=torch.float64)
-        else:
-            a = (block @ products.T).double()
-            a = (a + a.T) / 2
+        if images is not None and not images.append(products):
+            images.drop()
+            images = None
+        a = inner(block, products)
+        a = (a + a.T) / 2
         remainder = products - a.to(dtype=dtype, device=device) @ block
         if previous is not None and coupling is not None and bool(coupling.any()):
             remainder = remainder - coupling.to(dtype=dtype, device=device) @ previous
         dim += p
-        active = basis[:dim]
         for _ in range(2):
-            remainder = remainder - (remainder @ active.T) @ active
+            remainder = remainder - basis.combine(basis.inner(remainder))
         diagonal.append(a)
         step += 1
         theta, ritz = torch.linalg.eigh(block_tridiagonal(diagonal, off))
@@ -208,54 +231,46 @@ def lanczos_steps(
         for i in range(p):
             column = remainder[i]
             if i:
-                actual[:i, i] = used[:i, i] = (nxt[:i] @ column).double()
+                actual[:i, i] = used[:i, i] = inner(nxt[:i], column)
                 for _ in range(2):
-                    column = column - (nxt[:i] @ column) @ nxt[:i]
-            norm = float(column.norm())
-            actual[i, i] = norm
-            if norm > threshold:
-                used[i, i] = norm
-                nxt[i] = column / norm
+                    column = column - inner(nxt[:i], column).to(dtype=dtype, device=device) @ nxt[:i]
+            length = norm(column)
+            actual[i, i] = length
+            if length > threshold:
+                used[i, i] = length
+                nxt[i] = column / length
                 continue
             vanished = True
             if restart_seed is None or dim + p > cap:
                 break
             restarts += 1
             seed = restart_seed + _RESTART_SEED_STRIDE * restarts
-            nxt[i] = _orthonormal_or_random(random_vector(size, dtype, device, seed), active, nxt[:i], size,
+            nxt[i] = _orthonormal_or_random(random_vector(size, dtype, device, seed), basis, nxt[:i], size,
                                             dtype, device, seed)
         estimates = (actual @ ritz[-p:, :]).norm(dim=0)
-        yield LanczosStep(step, dim, hvps, restarts, theta, ritz, estimates, basis[:dim], tuple(diagonal),
-                          tuple(off), float(a[0, 0]), float(actual.norm()), vanished,
-                          None if images is None else images[:dim])
+        yield LanczosStep(step, dim, hvps, restarts, theta, ritz, estimates, basis, tuple(diagonal),
+                          tuple(off), float(a[0, 0]), float(actual.norm()), vanished, images)
         if dim + p > cap or (vanished and restart_seed is None):
             return
         off.append(used)
         previous, coupling, block = block, used, nxt
 
 
-def _grown(buffer: torch.Tensor, rows: int, dim: int) -> torch.Tensor:
-    """``buffer`` with room for ``rows`` rows, its first ``dim`` kept."""
-    grown = buffer.new_empty(rows, buffer.shape[1])
-    grown[:dim] = buffer[:dim]
-    return grown
-
-
 def _orthonormal_or_random(
-    vector: torch.Tensor, basis: torch.Tensor, block: torch.Tensor, size: int, dtype: torch.dtype,
+    vector: torch.Tensor, basis: VectorStore | None, block: torch.Tensor, size: int, dtype: torch.dtype,
     device: torch.device, seed: int,
 ) -> torch.Tensor:
     """``vector`` orthogonalised (twice) against the rows of ``basis`` and ``block`` and normalised; a random
     vector (seeded) instead when nothing is left of it."""
     for attempt in range(3):
         for _ in range(2):
-            if basis.shape[0]:
-                vector = vector - (basis @ vector) @ basis
+            if basis is not None and len(basis):
+                vector = vector - basis.combine(basis.inner(vector))
             if block.shape[0]:
-                vector = vector - (block @ vector) @ block
-        norm = float(vector.norm())
-        if norm > 0.0 and norm == norm:
-            return vector / norm
+                vector = vector - inner(block, vector).to(dtype=dtype, device=device) @ block
+        length = norm(vector)
+        if length > 0.0 and length == length:
+            return vector / length
         vector = random_vector(size, dtype, device, seed + 1 + attempt)
     raise ValueError("no vector orthogonal to the basis is left: the basis already spans the space")
 
@@ -278,6 +293,7 @@ def lanczos(
     certificate: Certificate = "residual",
     block_size: int | None = None,
     store_products: bool = True,
+    memory: KrylovMemory | None = None,
 ) -> EigenResult:
     """The ``k`` largest and/or smallest eigenvalues (``which``) with certificates (see the module docstring).
 
@@ -295,6 +311,11 @@ def lanczos(
     ``verify`` recomputes each returned pair's Rayleigh quotient and residual explicitly. With
     ``store_products`` (default) the image H y comes from the kept products H v_j (linear: H Σ s_j v_j =
     Σ s_j H v_j), which costs memory equal to the basis and no product; without it, one product per pair.
+    The run stops only when that explicit check passes (module docstring).
+
+    ``memory`` is where the basis and the kept products may live (default: no limit, on the operator's
+    device); when the products need room the basis wants they are dropped (``details["kept_products"]`` 0,
+    the check then costs a product per pair) and when the basis cannot grow the run stops (``"memory"``).
     """
     check_solver_arguments(tol, max_iter, k)
     if which not in WHICH:
@@ -313,18 +334,30 @@ def lanczos(
     history: list[IterationRecord] = []
     stop_reason = "max_iter"
     state: LanczosStep | None = None
+    checked: _Checked | None = None  # the explicit check of the latest state, when one was made
+    check_hvps = 0
+    failed_checks = 0
     for state in lanczos_steps(operator, torch.stack(rows), max_dim=cap, restart_seed=seed,
-                               keep_products=verify and store_products):
+                               keep_products=verify and store_products, memory=memory):
         wanted = _wanted_indices(state.dim, k, which)
         enough = state.dim >= min(_needed(k, which), size)
         scale = float(state.theta.abs().max())
         bounds = [_bound(certificate, i, float(state.theta[i]), float(state.estimates[i]), state)
                   for i in wanted]
         values = [float(state.theta[i]) for i in wanted]
-        converged = enough and all(
+        estimated = enough and all(
             bound <= converged_threshold(value, scale, tol, dtype) for value, bound in zip(values, bounds)
         )
-        record = IterationRecord(state.step, state.hvps, time.perf_counter() - began,
+        checked = None
+        if estimated and state.step >= min_iter and verify:
+            # The stop test is the explicit check itself: the recurrence's estimate only says when to look.
+            # With kept products it costs no product; without, one per pair (counted).
+            checked = _check(operator, state, k, which, certificate, tol)
+            check_hvps += checked.hvps
+            if not checked.converged:
+                failed_checks += 1
+        converged = estimated and (checked.converged if checked is not None else True)
+        record = IterationRecord(state.step, state.hvps + check_hvps, time.perf_counter() - began,
                                  tuple(float(state.theta[i]) for i in wanted), tuple(bounds))
         history.append(record)
         if callback is not None:
@@ -336,42 +369,72 @@ def lanczos(
             stop_reason = "max_iter" if cap < size else "exhausted"
             break
     assert state is not None
-    hvps = state.hvps
-    wanted_top = _wanted_indices(state.dim, k, "largest") if which in ("largest", "both") else []
-    wanted_bottom = _wanted_indices(state.dim, k, "smallest") if which in ("smallest", "both") else []
-    top = _ritz_pairs(operator, state, wanted_top, verify, certificate)
-    bottom = _ritz_pairs(operator, state, wanted_bottom, verify, certificate)
-    hvps += (len(wanted_top) + len(wanted_bottom)) if verify and not store_products else 0
-    scale = float(state.theta.abs().max()) if len(state.theta) else 0.0
-    values = top[0] + bottom[0]
-    bounds = top[2] + bottom[2]
-    complete = len(top[0]) >= (k if wanted_top else 0) or state.dim == size
-    complete = complete and (len(bottom[0]) >= (k if wanted_bottom else 0) or state.dim == size)
-    converged = complete and all(b <= converged_threshold(v, scale, tol, dtype) for v, b in zip(values, bounds))
-    if stop_reason == "converged" and not converged:
+    if stop_reason != "converged" and state.basis.full:
+        stop_reason = "memory"  # the basis could not grow within the Krylov memory budget
+    if checked is None:
+        checked = _check(operator, state, k, which, certificate, tol, verify=verify)
+        check_hvps += checked.hvps
+    if stop_reason in ("max_iter", "memory") and checked.estimated and not checked.converged:
         stop_reason = "verification_failed"
+    top, bottom = checked.top, checked.bottom
     return EigenResult(
         solver="lanczos",
         largest=tuple(top[0]),
         largest_residuals=tuple(top[1]),
         smallest=tuple(bottom[0]),
         smallest_residuals=tuple(bottom[1]),
-        converged=converged,
+        converged=checked.converged,
         stop_reason=stop_reason,
         iterations=state.step,
-        hvps=hvps,
+        hvps=state.hvps + check_hvps,
         seconds=time.perf_counter() - began,
         tol=tol,
         max_iter=max_iter,
         size=size,
         history=tuple(history),
-        details={"restarts": float(state.restarts), "block_size": float(p), "krylov_dim": float(state.dim)},
+        details={"restarts": float(state.restarts), "block_size": float(p), "krylov_dim": float(state.dim),
+                 "failed_checks": float(failed_checks),
+                 "kept_products": float(state.products is not None),
+                 **placements([state.basis, state.products])},
         largest_vectors=top[3],
         smallest_vectors=bottom[3],
         certificate=certificate,
         largest_bounds=tuple(top[2]),
         smallest_bounds=tuple(bottom[2]),
     )
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """The returned pairs of one state, checked explicitly (or, without ``verify``, as the recurrence says)."""
+
+    top: tuple[list[float], list[float], list[float], torch.Tensor | None]
+    bottom: tuple[list[float], list[float], list[float], torch.Tensor | None]
+    converged: bool
+    estimated: bool  # the recurrence's estimates alone would have certified every requested value
+    hvps: int
+
+
+def _check(operator: LinearOperator, state: LanczosStep, k: int, which: str, certificate: str, tol: float, *,
+           verify: bool = True) -> _Checked:
+    size, dtype = operator.size, operator.dtype
+    wanted_top = _wanted_indices(state.dim, k, "largest") if which in ("largest", "both") else []
+    wanted_bottom = _wanted_indices(state.dim, k, "smallest") if which in ("smallest", "both") else []
+    scale = float(state.theta.abs().max()) if len(state.theta) else 0.0
+    enough = state.dim >= min(_needed(k, which), size)
+    estimated = enough and all(
+        _bound(certificate, i, float(state.theta[i]), float(state.estimates[i]), state)
+        <= converged_threshold(float(state.theta[i]), scale, tol, dtype)
+        for i in _wanted_indices(state.dim, k, which))
+    top = _ritz_pairs(operator, state, wanted_top, verify, certificate)
+    bottom = _ritz_pairs(operator, state, wanted_bottom, verify, certificate)
+    hvps = (len(wanted_top) + len(wanted_bottom)) if verify and state.products is None else 0
+    values = top[0] + bottom[0]
+    bounds = top[2] + bottom[2]
+    complete = len(top[0]) >= (k if wanted_top else 0) or state.dim == size
+    complete = complete and (len(bottom[0]) >= (k if wanted_bottom else 0) or state.dim == size)
+    converged = complete and all(b <= converged_threshold(v, scale, tol, dtype) for v, b in zip(values, bounds))
+    return _Checked(top, bottom, converged, estimated, hvps)
 
 
 def value_bound(index: int, value: float, residual: float, theta: torch.Tensor, estimates: torch.Tensor) -> float:
@@ -423,21 +486,29 @@ def _ritz_pairs(
     """Values, residuals, value-error bounds (of ``certificate``) and unit vectors of the Ritz pairs at ``indices``."""
     if not indices:
         return [], [], [], None
-    basis = state.basis
-    coefficients = state.ritz[:, indices].to(device=basis.device, dtype=basis.dtype)
-    ritz = (basis.T @ coefficients).T
-    norms = ritz.norm(dim=1, keepdim=True)
-    ritz = ritz / norms
-    images = None if state.products is None else (state.products.T @ coefficients).T / norms
+    coefficients = state.ritz[:, indices]
+    ritz = state.basis.combine(coefficients)
+    lengths = [norm(row) for row in ritz]
+    for row, length in zip(ritz, lengths):
+        row /= length
+    images = None
+    if state.products is not None:
+        images = state.products.combine(coefficients)
+        for row, length in zip(images, lengths):
+            row /= length
     values, residuals, bounds = [], [], []
+    # Below the products' own round-off a residual certifies nothing finer: the bound is that floor (the same
+    # floor the convergence test allows, so a certified bound always holds).
+    floor = NOISE_FLOOR_EPS * torch.finfo(operator.dtype).eps * (float(state.theta.abs().max()) if len(state.theta)
+                                                                 else 0.0)
     for row, index in enumerate(indices):
         if verify:
             product = operator.matvec(ritz[row]) if images is None else images[row]
-            value = float(ritz[row] @ product)
-            residual = float((product - value * ritz[row]).norm())
+            value = dot(ritz[row], product)
+            residual = norm(product - value * ritz[row])
         else:
             value, residual = float(state.theta[index]), float(state.estimates[index])
         values.append(value)
         residuals.append(residual)
-        bounds.append(_bound(certificate, index, value, residual, state))
+        bounds.append(max(_bound(certificate, index, value, residual, state), floor))
     return values, residuals, bounds, ritz

@@ -58,6 +58,7 @@ from hessian_lora.hessian.dora import (
     differentiated_dora_norm,
 )
 from hessian_lora.hessian.filters import ParameterBlock
+from hessian_lora.hessian.reductions import norm
 from hessian_lora.loss import loss_sum
 
 LossFunction = Callable[[Callable[..., object], TokenBatch], torch.Tensor]
@@ -285,12 +286,12 @@ class HessianOperator(LinearOperator):
                 for batch in self.batches:
                     total += self.flatten(self._forward_over_reverse(batch, pieces))
             else:
-                norm = float(vector.norm())
-                if norm > 0:
+                length = norm(vector)
+                if length > 0:
                     if self.fd_step is None:
-                        self.fd_step = self._calibrate_fd_step(pieces, norm)
+                        self.fd_step = self._calibrate_fd_step(pieces, length)
                     for batch in self.batches:
-                        total += self.flatten(self._finite_difference(batch, pieces, self.fd_step / norm))
+                        total += self.flatten(self._finite_difference(batch, pieces, self.fd_step / length))
         total = distributed.all_reduce_sum(total)
         self.calls += 1
         return total / self.total_tokens
@@ -353,12 +354,13 @@ class HessianOperator(LinearOperator):
             gradients.append(torch.autograd.grad(loss, list(shifted.values())))
         return [(plus - minus) / (2.0 * step) for plus, minus in zip(*gradients)]
 
-    def _calibrate_fd_step(self, pieces: list[torch.Tensor], norm: float) -> float:
+    def _calibrate_fd_step(self, pieces: list[torch.Tensor], length: float) -> float:
         """The ε of the ladder pair whose two estimates agree best (see the module docstring)."""
         candidates = [FD_EPSILON[self._dtype] * factor for factor in _FD_LADDER]
         batch = self.batches[0]
-        estimates = [self.flatten(self._finite_difference(batch, pieces, eps / norm)) for eps in candidates]
-        disagreement = torch.stack([(a - b).norm() ** 2 for a, b in itertools.pairwise(estimates)]).double()
+        estimates = [self.flatten(self._finite_difference(batch, pieces, eps / length)) for eps in candidates]
+        disagreement = torch.tensor([norm(a - b) ** 2 for a, b in itertools.pairwise(estimates)],
+                                    dtype=torch.float64, device=self._device)
         disagreement = distributed.all_reduce_sum(disagreement)  # every rank picks the same step
         best = int(disagreement.argmin())
         return (candidates[best] * candidates[best + 1]) ** 0.5

@@ -35,6 +35,7 @@ from hessian_lora.hessian._numerics import (
     random_vector,
 )
 from hessian_lora.hessian.operator import LinearOperator
+from hessian_lora.hessian.reductions import dot, norm
 from hessian_lora.hessian.results import EigenResult, IterationRecord
 
 
@@ -80,7 +81,7 @@ def power_iteration(
             product = _deflate(operator.matvec(vector), found)
             hvps += 1
             iterations += 1
-            if float(product.norm()) == 0.0:
+            if norm(product) == 0.0:
                 # H v = 0 exactly: v is an exact eigenvector with eigenvalue 0 (a zero block, or the rest of the
                 # spectrum after deflation is zero on the start). Certified: residual 0.
                 value, residual, converged = 0.0, 0.0, True
@@ -89,9 +90,9 @@ def power_iteration(
                 if callback is not None:
                     callback(record)
                 break
-            value = float(vector @ product)
-            residual = float((product - value * vector).norm())
-            spectral_radius = max(spectral_radius, float(product.norm()))
+            value = dot(vector, product)
+            residual = norm(product - value * vector)
+            spectral_radius = max(spectral_radius, norm(product))
             settled = residual <= converged_threshold(value, spectral_radius, tol, dtype)
             # An eigenpair of the iterated operator H + σI is the algebraic maximum only when its shifted value
             # is positive (the dominant one of H + σI); with shift=None or a fixed shift the user chose the target.
@@ -141,15 +142,15 @@ def power_iteration(
 def _orthonormal(vector: torch.Tensor, found: list[torch.Tensor]) -> torch.Tensor:
     for _ in range(2 if found else 0):
         for other in found:
-            vector = vector - (other @ vector) * other
-    norm = float(vector.norm())
-    if norm == 0.0:
+            vector = vector - dot(other, vector) * other
+    length = norm(vector)
+    if length == 0.0:
         raise UserError("power iteration hit an exact zero vector (H v = 0): the block's Hessian is zero "
                         "on the start vector; try another seed or the lanczos solver.")
-    return vector / norm
+    return vector / length
 
 
 def _deflate(product: torch.Tensor, found: list[torch.Tensor]) -> torch.Tensor:
     for other in found:
-        product = product - (other @ product) * other
+        product = product - dot(other, product) * other
     return product

@@ -21,6 +21,7 @@ from hessian_lora.hessian.lanczos import lanczos
 from hessian_lora.hessian.operator import LinearOperator, ScaledOperator
 from hessian_lora.hessian.power import power_iteration
 from hessian_lora.hessian.results import PreconditionedResult
+from hessian_lora.hessian.storage import KrylovMemory
 
 
 def adam_thresholds(lr: float | None, beta1: float) -> tuple[float | None, float | None]:
@@ -63,6 +64,7 @@ def preconditioned_sharpness(
     max_iter: int = 100,
     seed: int = 0,
     callback: Callback | None = None,
+    memory: KrylovMemory | None = None,
 ) -> PreconditionedResult:
     """λ₁(P⁻¹H) for the diagonal ``preconditioner`` P, by ``solver`` on P^-1/2 H P^-1/2."""
     if preconditioner.shape != (operator.size,):
@@ -71,7 +73,8 @@ def preconditioned_sharpness(
         raise UserError("the Adam preconditioner has non-positive entries: eps must be > 0.")
     scaled = ScaledOperator(operator, preconditioner.double().rsqrt())
     if solver == "lanczos":
-        eigen = lanczos(scaled, k=1, which="largest", tol=tol, max_iter=max_iter, seed=seed, callback=callback)
+        eigen = lanczos(scaled, k=1, which="largest", tol=tol, max_iter=max_iter, seed=seed, callback=callback,
+                        memory=memory)
     elif solver == "power":
         eigen = power_iteration(scaled, k=1, tol=tol, max_iter=max_iter, seed=seed, callback=callback)
     else:

@@ -28,6 +28,7 @@ from hessian_lora.data import TokenBatch
 from hessian_lora.hessian._numerics import converged_threshold
 from hessian_lora.hessian.filters import ParameterBlock
 from hessian_lora.hessian.operator import HessianOperator, LinearOperator, LossFunction, only_block_trainable
+from hessian_lora.hessian.reductions import norm
 from hessian_lora.hessian.results import EigenResult, IterationRecord
 from hessian_lora.loss import loss_sum
 
@@ -69,8 +70,8 @@ def pyhessian_power_iteration(
             vector = _pyhessian_orthonormal(vector, eigenvectors)
             product = operator.matvec(vector)
             hvps += 1
-            current = float(product @ vector)
-            residual = float((product - current * vector).norm())
+            current = float(product @ vector)  # PyHessian's own float32 arithmetic, so the iterates match its
+            residual = norm(product - current * vector)  # ours: the certificate, in float64
             history.append(IterationRecord(len(history) + 1, hvps, time.perf_counter() - began, (current,), (residual,)))
             vector = _pyhessian_normalise(product)
             if eigenvalue is None:
@@ -166,8 +167,8 @@ def run_pyhessian(
         operator = HessianOperator(model, batches, block if isinstance(block, ParameterBlock) else params,
                                    backend="double_backward", reuse=False, loss_fn=loss_fn, distributed_mode=False)
         for value, vector in zip(values, flat_vectors):
-            unit = vector / vector.norm()
-            residuals.append(float((operator.matvec(unit) - value * unit).norm()))
+            unit = vector / norm(vector)
+            residuals.append(norm(operator.matvec(unit) - value * unit))
     scale = max(abs(v) for v in values)
     converged = bool(residuals) and all(
         r <= converged_threshold(v, scale, tol, params[0].dtype) for v, r in zip(values, residuals))
@@ -228,6 +229,8 @@ def _forked_rng(seed: int | None, device: torch.device) -> Iterator[None]:
 
 
 def _pyhessian_normalise(vector: torch.Tensor) -> torch.Tensor:
+    # PyHessian's own float32 arithmetic (its normalization()), on purpose: this mode reproduces its iterates
+    # step for step; only the residual certificates above are computed exactly.
     return vector / (float(vector.norm()) + _PYHESSIAN_NORM_EPS)
 
 

@@ -16,7 +16,10 @@ import torch
 from hessian_lora.errors import UserError
 from hessian_lora.hessian._numerics import Callback, random_vector
 from hessian_lora.hessian.operator import LinearOperator
+from hessian_lora.hessian.reductions import dot, inner, orthonormal_rows
 from hessian_lora.hessian.results import IterationRecord, TraceResult
+
+_FILL_SEED = 7919
 
 
 def hutchinson(
@@ -35,7 +38,7 @@ def hutchinson(
     history: list[IterationRecord] = []
     for index in range(samples):
         probe = random_vector(operator.size, operator.dtype, operator.device, seed + index, kind="rademacher")
-        terms.append(float(probe @ operator.matvec(probe)))
+        terms.append(dot(probe, operator.matvec(probe)))
         mean = sum(terms) / len(terms)
         error = _standard_error(terms)
         record = IterationRecord(index + 1, index + 1, time.perf_counter() - began, (mean,),
@@ -75,21 +78,28 @@ def hutchplusplus(
 
     sketch = torch.stack([
         apply(random_vector(size, dtype, device, seed + i, kind="rademacher")) for i in range(sketch_size)
-    ], dim=1)
-    basis, _ = torch.linalg.qr(sketch)
-    exact_part = sum(float(basis[:, i] @ apply(basis[:, i])) for i in range(basis.shape[1]))
+    ])
+    dependent = 100 * torch.finfo(dtype).eps
+    basis = orthonormal_rows(sketch, drop_below=dependent)  # Q as rows
+    if basis.shape[0] < sketch_size:
+        # Dependent sketch columns (a low-rank H, or Rademacher draws that coincide): complete Q with random
+        # directions, as a QR would, so a sketch as large as the space still gives the exact trace.
+        filler = torch.stack([random_vector(size, dtype, device, seed + _FILL_SEED + i)
+                              for i in range(sketch_size - basis.shape[0])])
+        basis = orthonormal_rows(torch.cat([basis, filler]), drop_below=dependent)
+    exact_part = sum(dot(row, apply(row)) for row in basis)
     record = IterationRecord(1, used, time.perf_counter() - began, (exact_part,))
     history.append(record)
     if callback is not None:
         callback(record)
     remainder_terms: list[float] = []
-    if basis.shape[1] < size:
+    if basis.shape[0] < size:
         for i in range(hvps // 3):
             probe = random_vector(size, dtype, device, seed + sketch_size + i, kind="rademacher")
-            probe = probe - basis @ (basis.T @ probe)
+            probe = probe - inner(basis, probe).to(basis) @ basis
             product = apply(probe)
-            product = product - basis @ (basis.T @ product)
-            remainder_terms.append(float(probe @ product))
+            product = product - inner(basis, product).to(basis) @ basis
+            remainder_terms.append(dot(probe, product))
             estimate = exact_part + sum(remainder_terms) / len(remainder_terms)
             record = IterationRecord(i + 2, used, time.perf_counter() - began, (estimate,))
             history.append(record)

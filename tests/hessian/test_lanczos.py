@@ -104,7 +104,7 @@ def test_the_kernel_reproduces_the_moments_of_the_start_vector() -> None:
     assert len(last.diagonal) == 4 and len(last.off) == 3
     assert states[0].alpha == pytest.approx(float(start @ operator.matrix @ start), rel=1e-12)
     # T is the projection VᵀHV of the operator on the orthonormal Krylov basis.
-    basis = last.basis
+    basis = last.basis.stacked()
     assert torch.allclose(basis @ basis.T, torch.eye(4, dtype=torch.float64), atol=1e-13)
     assert torch.allclose(block_tridiagonal(last.diagonal, last.off), basis @ operator.matrix @ basis.T, atol=1e-12)
     # Gauss quadrature: Σ w θ^p = vᵀ H^p v for p ≤ 2m − 1.
