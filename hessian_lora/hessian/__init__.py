@@ -13,10 +13,17 @@ from hessian_lora.hessian.density import spectral_density
 from hessian_lora.hessian.dora import differentiated_dora_norm
 from hessian_lora.hessian.filters import ByName, ParameterBlock, ParameterFilter, PerModule, WholeAdapter
 from hessian_lora.hessian.lanczos import lanczos
-from hessian_lora.hessian.operator import DenseOperator, HessianOperator, LinearOperator, ScaledOperator
+from hessian_lora.hessian.operator import (
+    DenseOperator,
+    DiagonalOperator,
+    HessianOperator,
+    LinearOperator,
+    ScaledOperator,
+)
 from hessian_lora.hessian.power import power_iteration
 from hessian_lora.hessian.preconditioned import adam_preconditioner, adam_thresholds, preconditioned_sharpness
 from hessian_lora.hessian.pyhessian_compat import pyhessian_power_iteration, run_pyhessian
+from hessian_lora.hessian.reductions import dot, inner, norm
 from hessian_lora.hessian.results import (
     BlockReport,
     DensityResult,
@@ -26,6 +33,7 @@ from hessian_lora.hessian.results import (
     PreconditionedResult,
     TraceResult,
 )
+from hessian_lora.hessian.storage import KrylovMemory, MemoryTier
 from hessian_lora.hessian.trace import hutchinson, hutchplusplus
 
 __all__ = [
@@ -33,11 +41,14 @@ __all__ = [
     "ByName",
     "DenseOperator",
     "DensityResult",
+    "DiagonalOperator",
     "EigenReport",
     "EigenResult",
     "HessianOperator",
     "IterationRecord",
+    "KrylovMemory",
     "LinearOperator",
+    "MemoryTier",
     "ParameterBlock",
     "ParameterFilter",
     "PerModule",
@@ -48,9 +59,12 @@ __all__ = [
     "adam_preconditioner",
     "adam_thresholds",
     "differentiated_dora_norm",
+    "dot",
     "hutchinson",
     "hutchplusplus",
+    "inner",
     "lanczos",
+    "norm",
     "power_iteration",
     "preconditioned_sharpness",
     "pyhessian_power_iteration",

@@ -72,3 +72,15 @@ def test_a_zero_operator_gives_zero_certified() -> None:
         assert result.converged and result.stop_reason == "converged"
         assert result.largest == (0.0, 0.0) and result.largest_residuals == (0.0, 0.0)
         assert result.hvps == 2
+
+
+def test_power_iteration_certifies_lambda_max_of_a_20m_float32_operator_at_tol_1e_4() -> None:
+    from hessian_lora.hessian import DiagonalOperator
+
+    size = 20_000_000
+    generator = torch.Generator().manual_seed(0)
+    diagonal = torch.rand(size, generator=generator) * 2 - 1
+    diagonal[:2] = torch.tensor([30.0, 20.0])  # a gap power iteration crosses in a few dozen products
+    result = power_iteration(DiagonalOperator(diagonal), tol=1e-4, max_iter=120)
+    assert result.converged
+    assert abs(result.lambda_max - 30.0) <= result.residual <= 1e-4 * 30.0
