@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,11 +41,13 @@ from hessian_lora.hessian.density import spectral_density
 from hessian_lora.hessian.dora import DORA_NORMS, DoraNorm, has_dora
 from hessian_lora.hessian.filters import ParameterBlock, PerModule, WholeAdapter, parse_layers, parse_modules
 from hessian_lora.hessian.lanczos import lanczos
+from hessian_lora.hessian.memory_plan import plan_memory
 from hessian_lora.hessian.operator import HessianOperator, resolve_backend
 from hessian_lora.hessian.power import power_iteration
 from hessian_lora.hessian.preconditioned import preconditioned_sharpness
 from hessian_lora.hessian.pyhessian_compat import pyhessian_power_iteration
 from hessian_lora.hessian.results import BlockReport, EigenReport, EigenResult, IterationRecord
+from hessian_lora.hessian.storage import KrylovMemory
 from hessian_lora.hessian.trace import hutchplusplus
 
 if TYPE_CHECKING:
@@ -56,6 +59,7 @@ Backend = Literal["auto", "double_backward", "forward_over_reverse", "finite_dif
 SOLVERS: tuple[str, ...] = get_args(Solver)
 BLOCKS: tuple[str, ...] = get_args(Blocks)
 BACKENDS: tuple[str, ...] = get_args(Backend)
+_PRODUCT_BAR = "{desc}: {n:.1f} hvps [{elapsed}<{remaining} at most, {rate_fmt}{postfix}]"
 # Settings that select blocks rather than change a block's numbers: a resumed scan may differ in them.
 _SELECTION_SETTINGS = ("modules", "layers")
 
@@ -73,8 +77,11 @@ class MeasureSettings:
     eigenvalues per end to a relative residual ``tol`` in at most ``max_iter`` iterations from start vectors
     drawn by ``seed``; ``smallest`` also finds λ_min (Lanczos only). Extras: Hutch++ ``trace`` (``trace_hvps``
     products), SLQ ``density`` (``density_steps`` × ``density_runs``), Adam-``preconditioned`` sharpness with the
-    thresholds of learning rate ``lr`` (None: the checkpoint's). Engine: the Hessian-vector product ``backend``
-    and whether each batch's first-order graph is kept between products (``reuse``). DoRA: ``dora_norm``
+    thresholds of learning rate ``lr`` (None: the checkpoint's). Engine: the Hessian-vector product ``backend``,
+    whether each batch's first-order graph is kept between products (``reuse``) and the GiB the Krylov vectors
+    may take on the device (``krylov_memory``; None: sized from the free memory, see
+    :mod:`hessian_lora.hessian.memory_plan`; it changes where vectors live and how many products the final
+    check costs, never a value, so reports do not record it). DoRA: ``dora_norm``
     ``"detached"`` measures the Hessian of peft's surrogate, whose column norm ‖W + sBA‖ is a constant (what DoRA
     trains with; the paper and PyHessian measure it too), ``"differentiated"`` that of the true loss
     (:mod:`hessian_lora.hessian.dora`); reports of DoRA models record which.
@@ -105,6 +112,7 @@ class MeasureSettings:
     reuse: bool | Literal["auto"] = "auto"
     prompt_template: str | None = None
     dora_norm: DoraNorm = "detached"
+    krylov_memory: float | None = None
 
     def __post_init__(self) -> None:
         # Normalise the forms a YAML file or a command line gives ("q_proj,v_proj", "0:4", lists) to tuples.
@@ -122,7 +130,7 @@ class MeasureSettings:
             raise UserError(f"layers must be layer indices, got {layers!r}.")
         object.__setattr__(self, "modules", tuple(modules) if modules else None)
         object.__setattr__(self, "layers", tuple(layers) if layers else None)
-        for name in ("tol", "lr"):
+        for name in ("tol", "lr", "krylov_memory"):
             value = getattr(self, name)
             if isinstance(value, str):
                 object.__setattr__(self, name, numbers_from_strings(value))  # PyYAML reads 1e-3 as a string
@@ -151,6 +159,10 @@ class MeasureSettings:
             raise UserError(f"tol must be a positive number, got {self.tol!r}.")
         if self.lr is not None and (not is_number(self.lr) or not self.lr > 0):
             raise UserError(f"lr must be a positive number (or left out), got {self.lr!r}.")
+        if self.krylov_memory is not None and (not is_number(self.krylov_memory) or not self.krylov_memory > 0
+                                               or self.krylov_memory == float("inf")):
+            raise UserError(f"krylov_memory must be a positive number of GiB (or left out: sized from the free "
+                            f"memory), got {self.krylov_memory!r}.")
         if self.task is not None and not isinstance(self.task, str):
             raise UserError(f"task must be a task spec or a file name, got {self.task!r}.")
         if self.prompt_template is not None:
@@ -310,8 +322,9 @@ def _measure(
 
     with tqdm(total=len(selected), initial=len(selected) - len(todo), desc="eigen blocks", unit="block",
               disable=not show, dynamic_ncols=True) as bar:
-        for block in todo:
-            report = _analyse_block(peft_model, batches, block, settings, loaded=loaded, show=show)
+        for index, block in enumerate(todo):
+            report = _analyse_block(peft_model, batches, block, settings, loaded=loaded, show=show,
+                                    print_plan=index == 0)
             reports.append(report)
             if out is not None and distributed.is_main_process():
                 write_report(out, EigenReport(report_settings, tuple(reports), source))
@@ -347,23 +360,38 @@ def _analyse_block(
     *,
     loaded: LoadedCheckpoint | None,
     show: bool,
+    print_plan: bool = True,
 ) -> BlockReport:
     from tqdm.auto import tqdm
 
     s = settings
     operator = HessianOperator(model, batches, block, backend=s.backend, reuse=s.reuse, dora_norm=s.dora_norm)
-    with tqdm(total=s.max_iter, desc=block.name, unit="it", leave=False, disable=not show,
-              dynamic_ncols=True) as inner:
+    plan = plan_memory(model, operator.batches, block_parameters=operator.size, dtype=operator.dtype,
+                       device=operator.device, max_iter=s.max_iter, keep_products=s.solver == "lanczos",
+                       krylov_gib=s.krylov_memory, reuse=operator.reuse)
+    if show and (print_plan or not plan.fits_on_device):
+        for line in plan.lines():
+            tqdm.write(line, file=sys.stderr)
+    memory = plan.krylov_memory()
+    # Progress counts products, batch by batch (the paper's 100 batches of 5 make one product minutes long on
+    # a large model); the bar's total is the iteration cap, so its ETA is an upper bound.
+    per_batch = 1.0 / max(len(operator.batches), 1)
+    with tqdm(total=s.max_iter, desc=f"{block.name} (products, cap {s.max_iter})", unit="hvp", leave=False,
+              disable=not show, dynamic_ncols=True, bar_format=_PRODUCT_BAR) as inner:
+
+        def on_batch(done: int, total: int) -> None:
+            inner.update(per_batch)
 
         def callback(record: IterationRecord) -> None:
-            inner.update(1)
             if record.values:
                 residual = f"{record.residuals[0]:.2e}" if record.residuals else "-"
                 inner.set_postfix(value=f"{record.values[0]:.5g}", residual=residual, hvps=record.hvps)
 
-        result = _solve(operator, s, callback)
+        operator.on_batch = on_batch if show else None
+        result = _solve(operator, s, callback, memory)
         trace_result = hutchplusplus(operator, hvps=s.trace_hvps, seed=s.seed) if s.trace else None
-        density_result = (spectral_density(operator, steps=s.density_steps, runs=s.density_runs, seed=s.seed)
+        density_result = (spectral_density(operator, steps=s.density_steps, runs=s.density_runs, seed=s.seed,
+                                           memory=plan.krylov_memory())
                           if s.density else None)
         preconditioned_result = None
         if s.preconditioned:
@@ -374,7 +402,7 @@ def _analyse_block(
             preconditioned_result = preconditioned_sharpness(
                 operator, diagonal, lr=s.lr if s.lr is not None else adam["lr"], beta1=adam["beta1"],
                 eps=adam["eps"], step=int(adam["step"]), solver="power" if s.solver == "power" else "lanczos",
-                tol=s.tol, max_iter=s.max_iter, seed=s.seed)
+                tol=s.tol, max_iter=s.max_iter, seed=s.seed, memory=plan.krylov_memory())
     hvps = result.hvps + sum(part.hvps for part in (trace_result, density_result) if part is not None)
     if preconditioned_result is not None:
         hvps += preconditioned_result.eigen.hvps
@@ -389,10 +417,10 @@ def _analyse_block(
     )
 
 
-def _solve(operator: HessianOperator, s: MeasureSettings, callback: Any) -> EigenResult:
+def _solve(operator: HessianOperator, s: MeasureSettings, callback: Any, memory: KrylovMemory) -> EigenResult:
     if s.solver == "lanczos":
         return lanczos(operator, k=s.top_k, which="both" if s.smallest else "largest", tol=s.tol,
-                       max_iter=s.max_iter, seed=s.seed, callback=callback)
+                       max_iter=s.max_iter, seed=s.seed, callback=callback, memory=memory)
     if s.solver == "power":
         return power_iteration(operator, k=s.top_k, tol=s.tol, max_iter=s.max_iter, seed=s.seed, callback=callback)
     return pyhessian_power_iteration(operator, max_iter=s.max_iter, tol=s.tol, top_n=s.top_k, seed=s.seed)
@@ -458,6 +486,7 @@ def eigen(
     reuse: bool | str = "auto",
     prompt_template: str | None = None,
     dora_norm: str = "detached",
+    krylov_memory: float | None = None,
     device: str | torch.device | None = None,
     out: str | os.PathLike[str] | None = None,
     progress: bool = True,
@@ -479,8 +508,11 @@ def eigen(
         smallest=smallest, tol=tol, max_iter=max_iter, seed=seed, trace=trace, trace_hvps=trace_hvps,
         density=density, density_steps=density_steps, density_runs=density_runs, preconditioned=preconditioned,
         lr=lr, backend=backend, reuse=reuse, prompt_template=prompt_template,  # type: ignore[arg-type]
-        dora_norm=dora_norm,  # type: ignore[arg-type]
+        dora_norm=dora_norm, krylov_memory=krylov_memory,  # type: ignore[arg-type]
     )
+    # Under torchrun each process must own its GPU before anything is built on "cuda" (else every rank would
+    # load its model onto GPU 0): init_from_environment sets the device from LOCAL_RANK.
+    distributed.init_from_environment()
     if checkpoint is not None:
         if method is not None or isinstance(model, nn.Module):
             raise UserError("give either a checkpoint or a method and model, not both.")

@@ -6,7 +6,11 @@ exact Hessian-vector products, each value with its residual ||Hv - λv||. Analys
 (hessian-lora's, or a plain peft adapter directory on the base model its adapter_config.json names, or
 --model), or an adapter at initialisation with --method/--model. A per-module scan written to --out resumes:
 blocks already in the file are skipped. Under torchrun the products run data-parallel (each process its share
-of the batches).
+of the batches). Before the first product the memory plan is printed (model, block, activations per batch,
+Krylov vectors and where they will live); a plan that cannot fit is refused in one line.
+
+Exit status: 0 when every requested value is certified to --tol, 3 when the report was written but some value
+is not (the summary says which and why, and what helps), 2 for bad input, 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -24,6 +28,20 @@ from hessian_lora.commands._threads import add_threads_argument, apply_threads
 from hessian_lora.errors import UserError
 
 HELP = "loss-Hessian eigenvalues (λ_max, λ_min, top-k) of an adapter, whole or per module"
+# Exit status when the report was written but a requested value is not certified to --tol (documented in the
+# README): scripts can tell "measured and certified" (0) from "measured, read the residuals" (3).
+UNCERTIFIED_EXIT = 3
+# What helps, by the solver's stop reason (hessian/lanczos.py).
+_UNCERTIFIED_HELP = {
+    "max_iter": "the iteration cap came first: raise --max-iter (or loosen --tol)",
+    "verification_failed": "the recurrence reached --tol but the explicit residual of the returned vector did not, "
+                           "at the products' round-off: more products do not help; loosen --tol (the report "
+                           "keeps the explicit residual)",
+    "memory": "the Krylov basis filled its memory budget: raise --krylov-memory, free memory on the device, or "
+              "measure smaller blocks (--blocks per-module)",
+    "relative_change": "PyHessian's stop rule fired on a value whose residual exceeds --tol: use --solver lanczos",
+    "other": "read the residual in the report; raise --max-iter or use --solver lanczos",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -82,6 +100,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "trains with) or of the true loss with the norm differentiated")
     engine.add_argument("--no-reuse", action="store_true",
                         help="do not keep each batch's first-order graph between products (saves memory)")
+    engine.add_argument("--krylov-memory", type=float, default=None, metavar="GIB",
+                        help="GiB the Krylov vectors may take on the device (on a GPU as much again in pinned host "
+                        "memory); beyond it kept products are dropped, then the basis stops growing (default: "
+                        "sized from the free memory; the memory plan is printed before the first product)")
     engine.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--out", required=True, help="JSON report to write (and to resume from)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -116,14 +138,24 @@ def run(args: argparse.Namespace) -> int:
         seed=args.solver_seed, trace=args.trace, trace_hvps=args.trace_hvps, density=args.density,
         density_steps=args.density_steps, density_runs=args.density_runs, preconditioned=args.preconditioned,
         lr=args.lr, backend=args.backend, reuse=False if args.no_reuse else "auto",
-        prompt_template=args.prompt_template, dora_norm=args.dora_norm, device=args.device,
+        prompt_template=args.prompt_template, dora_norm=args.dora_norm, krylov_memory=args.krylov_memory,
+        device=args.device,
         out=args.out, progress=not args.quiet,
     )
     from hessian_lora.hessian import distributed
 
     if distributed.is_main_process():
         _print_summary(report, args.out)
-    return 0
+    return 0 if all(block.converged for block in report.blocks) else UNCERTIFIED_EXIT
+
+
+def _uncertified_by_reason(blocks: object) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for block in blocks:  # type: ignore[attr-defined]
+        if not block.converged:
+            reason = block.eigen.stop_reason if block.eigen is not None else "other"
+            grouped.setdefault(reason if reason in _UNCERTIFIED_HELP else "other", []).append(block.name)
+    return grouped
 
 
 def _print_summary(report: object, out: str) -> None:
@@ -145,9 +177,9 @@ def _print_summary(report: object, out: str) -> None:
     values = [b.lambda_max for b in blocks if b.lambda_max is not None]
     if len(values) > 1:
         print(f"median lambda_max over {len(values)} blocks: {statistics.median(values):.5g}", file=sys.stdout)
-    unconverged = [b.name for b in blocks if not b.converged]
-    if unconverged:
-        print(f"not converged within --max-iter: {', '.join(unconverged)} (raise --max-iter or --tol)", file=sys.stdout)
+    for reason, names in _uncertified_by_reason(blocks).items():
+        print(f"not certified ({reason}): {', '.join(names)}: {_UNCERTIFIED_HELP.get(reason, _UNCERTIFIED_HELP['other'])}",
+              file=sys.stdout)
     note = report.source.get("preconditioner_note")  # type: ignore[attr-defined]
     if note:
         print(f"preconditioned sharpness not computed: {note}", file=sys.stdout)

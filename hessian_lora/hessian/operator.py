@@ -265,6 +265,8 @@ class HessianOperator(LinearOperator):
         self._uncached: set[int] = set()
         self._versions: tuple[tuple[int, ...], ...] | None = None
         self._memory_budget: float | None = None
+        # Called as on_batch(done, total) after each local batch of a product (progress of long products).
+        self.on_batch: Callable[[int, int], None] | None = None
 
     @property
     def size(self) -> int:
@@ -308,19 +310,26 @@ class HessianOperator(LinearOperator):
                 self._drop_stale_graphs()
                 for index, batch in enumerate(self.batches):
                     total += self.flatten(self._double_backward(index, batch, pieces))
+                    self._batch_done(index)
             elif self.backend == "forward_over_reverse":
-                for batch in self.batches:
+                for index, batch in enumerate(self.batches):
                     total += self.flatten(self._forward_over_reverse(batch, pieces))
+                    self._batch_done(index)
             else:
                 length = norm(vector)
                 if length > 0:
                     if self.fd_step is None:
                         self.fd_step = self._calibrate_fd_step(pieces, length)
-                    for batch in self.batches:
+                    for index, batch in enumerate(self.batches):
                         total += self.flatten(self._finite_difference(batch, pieces, self.fd_step / length))
+                        self._batch_done(index)
         total = distributed.all_reduce_sum(total)
         self.calls += 1
         return total / self.total_tokens
+
+    def _batch_done(self, index: int) -> None:
+        if self.on_batch is not None:
+            self.on_batch(index + 1, len(self.batches))
 
     def gradient(self) -> torch.Tensor:
         """∂L/∂θ of the token-weighted mean loss (flat)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -52,7 +53,8 @@ def test_dora_norm_reaches_the_measurement(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.chdir(tmp_path)
     seen = {}
-    monkeypatch.setattr(measure, "eigen", lambda *args, **kwargs: seen.update(kwargs))
+    # An empty report: nothing uncertified, so the command exits 0.
+    monkeypatch.setattr(measure, "eigen", lambda *args, **kwargs: seen.update(kwargs) or SimpleNamespace(blocks=()))
     monkeypatch.setattr("hessian_lora.commands.eigen._print_summary", lambda *args: None)
     for argv, expected in (([], "detached"), (["--dora-norm", "differentiated"], "differentiated")):
         args = build_parser().parse_args(["eigen", "--method", "dora", "--out", "x.json", *argv])

@@ -1,0 +1,204 @@
+"""The memory plan of a Hessian measurement: what the model, one batch's product and the Krylov vectors take,
+where the Krylov vectors will live, and a refusal (one line, naming the setting to change) when it cannot fit.
+
+Why: at the paper's scale the Krylov vectors, not the model, decide whether a run fits (80.7 M parameters: 323 MB
+a vector; 100 vectors and their products: 65 GB), and a run that dies of memory after an hour of products tells
+the user nothing. The plan is made before the first product.
+
+The activation estimate of one double-backward product (float32, a decoder with LoRA on all seven projections)
+is a fit to peak-RSS measurements of single products on random Llamas of 13 shapes on the CPU
+(``bench/memory_plan.py``: hidden 256–512, 2–8 layers, intermediate 512–2048, vocabularies 2 k–32 k, 128–512
+tokens a batch; every fit within 0.85–1.05 of the measurement):
+
+    bytes ≈ 4 · (77·T·L·h + 17.4·T·L·i + 1.4·L·B·H·S² + 8.9·T·V)
+
+with B sequences of S tokens (T = B·S), L layers of width h, MLP width i, H attention heads (the math SDPA
+kernel keeps every score) and vocabulary V (the logits and their derivatives, about nine copies). The plan
+adds a 25 % margin. It is an estimate from a formula, not a measurement: the rehearsal in ``bench/`` prints
+both side by side.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from hessian_lora.data import TokenBatch
+from hessian_lora.errors import UserError
+from hessian_lora.hessian.storage import KrylovMemory
+
+# Floats per unit of each term of the fit above (bench/memory_plan.py prints the fit and its residuals).
+ACTIVATION_FLOATS = {"token_layer_hidden": 77.0, "token_layer_intermediate": 17.4, "attention_score": 1.4,
+                     "token_vocab": 8.9}
+ACTIVATION_MARGIN = 1.25
+# Parameter-sized work vectors a product and a Lanczos step hold besides the basis: v, H v, the remainder, the
+# flat sum of the batches' products, the block's first-order gradients with their graph, a Ritz vector.
+WORK_VECTORS = 8
+# Share of what is left after activations and work vectors that the Krylov vectors may take by default; with
+# graph reuse on, the operator keeps first-order graphs in up to half the free memory (operator.py), so the
+# Krylov vectors get less.
+KRYLOV_SHARE = 0.8
+KRYLOV_SHARE_WITH_REUSE = 0.4
+# Share of the host's free memory the Krylov vectors may take when the device is an accelerator.
+HOST_SHARE = 0.5
+_GIB = 2**30
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What a block's measurement needs and where its Krylov vectors go (bytes; ``None``: unknown)."""
+
+    device: str
+    model_bytes: int
+    block_parameters: int
+    vector_bytes: int
+    batches: int
+    largest_batch: tuple[int, int]  # (sequences, tokens per sequence) of the largest batch
+    activation_bytes: int | None
+    free_bytes: int
+    krylov_vectors: int  # at the iteration cap, kept products included
+    krylov_bytes: int
+    budget_bytes: float  # Krylov vectors on the device
+    host_bytes: float  # Krylov vectors on the host (accelerators only)
+    keep_products: bool
+    budget_source: str  # "auto" or "--krylov-memory"
+
+    @property
+    def fits_on_device(self) -> bool:
+        return self.krylov_bytes <= self.budget_bytes
+
+    def krylov_memory(self) -> KrylovMemory:
+        return KrylovMemory.within(torch.device(self.device), self.budget_bytes, self.host_bytes)
+
+    def vectors_within_budget(self) -> int:
+        return int((self.budget_bytes + self.host_bytes) // max(self.vector_bytes, 1))
+
+    def lines(self) -> list[str]:
+        """The plan as the console prints it."""
+        sequences, length = self.largest_batch
+        activations = (f"{_gib(self.activation_bytes)} per batch (estimate; largest batch {sequences} × {length} "
+                       "tokens)" if self.activation_bytes is not None else "unknown (no model config)")
+        where = (f"all on {self.device}" if self.fits_on_device else
+                 f"{int(self.budget_bytes // self.vector_bytes)} on {self.device}"
+                 + (f", {int(self.host_bytes // self.vector_bytes)} on the host" if self.host_bytes else "")
+                 + ("; products dropped first when the basis needs their room" if self.keep_products else ""))
+        return [
+            f"memory plan on {self.device} ({_gib(self.free_bytes)} free after the model):",
+            f"  model {_gib(self.model_bytes)} | block {self.block_parameters:,} parameters, "
+            f"{self.vector_bytes / 2**20:.1f} MiB a vector | activations {activations} | {self.batches} batches "
+            "streamed through each product",
+            f"  Krylov vectors: up to {self.krylov_vectors} ({_gib(self.krylov_bytes)}"
+            f"{', basis and kept products' if self.keep_products else ''}); budget {_gib(self.budget_bytes)}"
+            f"{f' + {_gib(self.host_bytes)} host' if self.host_bytes else ''} ({self.budget_source}): {where}",
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["largest_batch"] = list(self.largest_batch)
+        for key in ("budget_bytes", "host_bytes"):
+            data[key] = None if math.isinf(data[key]) else data[key]
+        return data
+
+
+def activation_bytes(model: nn.Module, sequences: int, length: int) -> int | None:
+    """The fitted estimate (module docstring) of one batch's double-backward product, or None without a config."""
+    config = getattr(model, "config", None)
+    needed = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "vocab_size")
+    if config is None or not all(isinstance(getattr(config, key, None), int) for key in needed):
+        return None
+    h, layers, i = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    heads, vocab = config.num_attention_heads, config.vocab_size
+    tokens = sequences * length
+    floats = (ACTIVATION_FLOATS["token_layer_hidden"] * tokens * layers * h
+              + ACTIVATION_FLOATS["token_layer_intermediate"] * tokens * layers * i
+              + ACTIVATION_FLOATS["attention_score"] * layers * sequences * heads * length * length
+              + ACTIVATION_FLOATS["token_vocab"] * tokens * vocab)
+    return int(4 * floats * ACTIVATION_MARGIN)
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on ``device`` now (CUDA: the driver's count; CPU: the host's available memory)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def plan_memory(
+    model: nn.Module,
+    batches: Sequence[TokenBatch],
+    *,
+    block_parameters: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    max_iter: int,
+    keep_products: bool = True,
+    krylov_gib: float | None = None,
+    reuse: bool | str = "auto",
+    free_bytes: int | None = None,
+    host_free_bytes: int | None = None,
+) -> MemoryPlan:
+    """The plan for one block; raises a :class:`UserError` naming the setting to change when it cannot work.
+
+    ``krylov_gib`` (``--krylov-memory``) fixes the Krylov vectors' room on the device (accelerators: and as much
+    again of pinned host memory at most ``HOST_SHARE`` of the host's free memory); None sizes it from the free
+    memory. ``free_bytes`` / ``host_free_bytes`` override the measured free memory (tests).
+    """
+    device = torch.device(device)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    vector = block_parameters * itemsize
+    model_bytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    shapes = sorted({(int(b.input_ids.shape[0]), int(b.input_ids.shape[1])) for b in batches})
+    estimates = {shape: activation_bytes(model, *shape) for shape in shapes}
+    largest = max(shapes, key=lambda shape: (estimates[shape] or 0, shape[0] * shape[1])) if shapes else (0, 0)
+    activations = estimates.get(largest)
+    free = int(free_bytes if free_bytes is not None else free_memory(device))
+    host_free = int(host_free_bytes if host_free_bytes is not None else
+                    (free_memory(torch.device("cpu")) if device.type != "cpu" else 0))
+    krylov_vectors = max_iter * (2 if keep_products else 1)
+    work = WORK_VECTORS * vector
+    left = free - work - (activations or 0)
+    if left <= 0:
+        what = (f"one product needs about {_gib(activations)} of activations (largest batch {largest[0]} × "
+                f"{largest[1]} tokens) and {_gib(work)} of work vectors" if activations is not None
+                else f"the work vectors alone need {_gib(work)}")
+        raise UserError(f"memory plan: {what} on {device}, but only {_gib(free)} is free: lower --batch-size or "
+                        "--max-length, measure smaller blocks (--blocks per-module), or use a device with more "
+                        "memory.")
+    if krylov_gib is not None:
+        if not (isinstance(krylov_gib, (int, float)) and math.isfinite(krylov_gib) and krylov_gib > 0):
+            raise UserError(f"--krylov-memory must be a positive number of GiB, got {krylov_gib!r}.")
+        budget = min(float(krylov_gib) * _GIB, float(left))
+        host = min(float(krylov_gib) * _GIB, HOST_SHARE * host_free) if device.type != "cpu" else 0.0
+        source = "--krylov-memory"
+    else:
+        share = KRYLOV_SHARE_WITH_REUSE if reuse is not False and len(batches) > 0 else KRYLOV_SHARE
+        budget = share * left
+        host = HOST_SHARE * host_free if device.type != "cpu" else 0.0
+        source = "auto"
+    needed = min(3, max_iter) * vector  # a Lanczos basis too small to hold three vectors certifies nothing
+    if budget + host < needed:
+        raise UserError(f"memory plan: the Krylov vectors of this block ({vector / 2**20:.1f} MiB each) get "
+                        f"{_gib(budget + host)} ({source}), less than the {_gib(needed)} of three vectors: raise "
+                        "--krylov-memory (or free memory on the device), or measure smaller blocks "
+                        "(--blocks per-module).")
+    return MemoryPlan(
+        device=str(device), model_bytes=model_bytes, block_parameters=block_parameters, vector_bytes=vector,
+        batches=len(batches), largest_batch=largest, activation_bytes=activations, free_bytes=free,
+        krylov_vectors=krylov_vectors, krylov_bytes=krylov_vectors * vector, budget_bytes=budget, host_bytes=host,
+        keep_products=keep_products, budget_source=source)
+
+
+def _gib(value: float | int | None) -> str:
+    if value is None:
+        return "?"
+    if math.isinf(value):
+        return "no limit"
+    return f"{value / _GIB:.2f} GiB"
