@@ -7,6 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 import hessian_lora
 from hessian_lora.cli import main
@@ -59,3 +60,60 @@ def test_dora_norm_reaches_the_measurement(tmp_path: Path, monkeypatch: pytest.M
     for argv, expected in (([], "detached"), (["--dora-norm", "differentiated"], "differentiated")):
         args = build_parser().parse_args(["eigen", "--method", "dora", "--out", "x.json", *argv])
         assert args.handler(args) == 0 and seen["dora_norm"] == expected
+
+
+def test_an_uncertified_value_exits_3_and_says_what_helps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "short.json"
+    code = main(["eigen", "--method", "lora", "--out", str(out), "--max-iter", "2", "--no-min",
+                 *[a for a in ARGS if a != "1e-5"][:-2], "--tol", "1e-9", "--quiet"])
+    printed = capsys.readouterr().out
+    assert code == 3
+    assert "not certified (max_iter)" in printed and "raise --max-iter" in printed
+    report = json.loads(out.read_text())  # written all the same, with the explicit residual
+    assert report["blocks"][0]["converged"] is False and report["blocks"][0]["residual"] > 0
+
+
+def test_an_impossible_krylov_budget_is_refused_before_any_product(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "tiny.json"
+    assert main(["eigen", "--method", "lora", "--out", str(out), "--krylov-memory", "1e-9", *ARGS]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "memory plan" in error and "--krylov-memory" in error
+    assert not out.exists()
+
+
+def test_a_plan_whose_activations_do_not_fit_names_the_batch_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hessian_lora.data import TokenBatch
+    from hessian_lora.errors import UserError
+    from hessian_lora.hessian.memory_plan import activation_bytes, plan_memory
+    from hessian_lora.models import load_model
+
+    model = load_model("tiny-llama", device="cpu").model
+    ids = torch.ones(8, 256, dtype=torch.long)
+    batches = [TokenBatch(ids, torch.ones_like(ids), ids.clone())]
+    needed = activation_bytes(model, 8, 256)
+    assert needed is not None and needed > 0
+    with pytest.raises(UserError, match="lower --batch-size or --max-length"):
+        plan_memory(model, batches, block_parameters=1000, dtype=torch.float32, device=torch.device("cpu"),
+                    max_iter=10, free_bytes=needed // 2)
+    plan = plan_memory(model, batches, block_parameters=1000, dtype=torch.float32, device=torch.device("cpu"),
+                       max_iter=10, free_bytes=needed * 4)
+    assert plan.fits_on_device and plan.krylov_vectors == 20 and plan.activation_bytes == needed
+    assert "memory plan on cpu" in plan.lines()[0]
+
+
+def test_the_papers_data_size_streams_100_batches_with_progress(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    # 500 samples in batches of 5 (the paper's Hessian data): every product runs through all 100 batches, and the
+    # product bar moves batch by batch. Five products keep the test short; whether they certify does not matter.
+    out = tmp_path / "paper.json"
+    code = main(["eigen", "--method", "lora", "--model", "tiny-llama:hidden_size=16,layers=1,heads=2,kv_heads=1",
+                 "--rank", "1", "--targets", "q_proj", "--samples", "500", "--batch-size", "5", "--max-length", "96",
+                 "--max-iter", "5", "--no-min", "--threads", "1", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code in (0, 3), captured.err
+    report = json.loads(out.read_text())
+    block = report["blocks"][0]
+    assert report["settings"]["samples"] == 500 and block["batches"] == 100 and block["hvps"] >= 5
+    assert "memory plan on cpu" in captured.err and "100 batches streamed through each product" in captured.err
+    assert "hvps [" in captured.err  # the product bar
