@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# One prepared GPU check (about 8 minutes on one GPU): environment, bf16 training steps (AdamW and LoFT) on
-# tiny-llama through hessian_lora.train, the HVP/gradient time ratio on a random Llama-shaped model of about 0.5 B parameters with LoRA r=8 on q_proj,v_proj, and last (so a
+# One prepared GPU check (about 12 minutes on one GPU): environment, bf16 training steps (AdamW and LoFT) on
+# tiny-llama through hessian_lora.train, the HVP/gradient time ratio on a random Llama-shaped model of about 0.5 B
+# parameters with LoRA r=8 on q_proj,v_proj, the scale rehearsal (bench/rehearsal.py: Qwen3-0.6B shapes, r=128 on
+# all seven projections, the paper's 100 batches of 5, memory plan against the measured peak), and last (so a
 # slow test run cannot hide the measurements) the tiny-llama training/Hessian/LoFT tests under TEST_TIMEOUT.
 #
 #   bash bench/gpu_check.sh                 # on the GPU machine, from the repository root
@@ -127,6 +129,14 @@ print(f"model {n_params / 1e9:.3f} B params, adapter {block.numel:,} params, {ba
 print(f"gradient {gradient_s * 1e3:.1f} ms, HVP (double backward) {hvp_s * 1e3:.1f} ms, "
       f"ratio {hvp_s / gradient_s:.2f} (median of 5 after 2 warm-up)")
 EOF
+echo "== scale rehearsal (bench/rehearsal.py): Qwen3-0.6B shapes, LoRA r=128 on all seven projections (80.7 M)"
+# The paper's Hessian data size on a GPU (100 batches of 5 × 128 tokens); on a CPU dry run the tiny shapes.
+if [ "$SIZE" = "tiny" ]; then
+  "$PYTHON" bench/rehearsal.py --size tiny --rank 8 --threads 1 || echo "rehearsal: not certified (rc=$?)"
+else
+  timeout 420 "$PYTHON" bench/rehearsal.py --at-init --batches 100 --batch-size 5 --length 128 --max-iter 60 \
+    || echo "rehearsal: not certified or timed out (rc=$?)"
+fi
 if [ "$SIZE" != "tiny" ]; then
   echo "== tests (tiny-llama training, Hessian, LoFT; the only CUDA-aware test is test_bf16_needs_cuda)"
   # the tests pick their device themselves (mostly device='cpu'); the CUDA paths were exercised above.
