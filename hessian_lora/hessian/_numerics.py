@@ -30,6 +30,23 @@ def random_vector(size: int, dtype: torch.dtype, device: torch.device, seed: int
     return vector.to(device=device, dtype=dtype)
 
 
+class ProbeStream:
+    """Successive random vectors from one generator seeded by ``seed``: two seeds give independent streams (probes
+    drawn as seed, seed + 1, ... made seeds 1000 and 1001 share all but one probe)."""
+
+    def __init__(self, size: int, dtype: torch.dtype, device: torch.device, seed: int,
+                 kind: Literal["normal", "rademacher"] = "rademacher") -> None:
+        self.size, self.dtype, self.device, self.kind = size, dtype, device, kind
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+
+    def next(self) -> torch.Tensor:
+        if self.kind == "normal":
+            vector = torch.randn(self.size, generator=self.generator, dtype=torch.float64)
+        else:
+            vector = torch.randint(0, 2, (self.size,), generator=self.generator).to(torch.float64) * 2 - 1
+        return vector.to(device=self.device, dtype=self.dtype)
+
+
 def converged_threshold(value: float, scale: float, tol: float, dtype: torch.dtype) -> float:
     """The residual that certifies ``value``: tol·|value|, but never below the dtype's round-off floor."""
     return max(tol * abs(value), NOISE_FLOOR_EPS * torch.finfo(dtype).eps * scale)

@@ -94,6 +94,13 @@ WHICH: tuple[str, ...] = get_args(Which)
 CERTIFICATES: tuple[str, ...] = get_args(Certificate)
 # A remainder column this many machine epsilons times ‖T‖ below is round-off: the Krylov space is invariant.
 _INVARIANT_EPS = 10.0
+# Daniel–Gragg–Kaufman–Stewart: a re-orthogonalisation pass that leaves less than this share of a vector means
+# the vector was (numerically) in the span it was orthogonalised against.
+_DGKS = 0.5**0.5
+_RESTART_LEFT = 1e-6
+# A Ritz vector V s whose norm is this far from ‖s‖ = 1 says V lost orthogonality: T is no longer VᵀHV, and the
+# Ritz values no longer account for the spectrum, so no value is certified as the top.
+_ORTHOGONALITY_TOL = 1e-3
 _RESTART_SEED_STRIDE = 7919
 _BLOCK_SEED_STRIDE = 104729
 
@@ -126,6 +133,8 @@ class LanczosStep:
     beta: float
     invariant: bool
     products: VectorStore | None = None
+    restarted: bool = False  # a column of the next block is a fresh random direction (the space was invariant)
+    operator_scale: float = 0.0  # max ‖H v_j‖ so far, a lower bound on ‖H‖
 
 
 def block_tridiagonal(diagonal: list[torch.Tensor] | tuple[torch.Tensor, ...],
@@ -194,7 +203,11 @@ def lanczos_steps(
     previous: torch.Tensor | None = None
     coupling: torch.Tensor | None = None
     step = 0
+    # max ‖H v_j‖ over the products made: a lower bound on ‖H‖ that no loss of orthogonality can inflate (T's
+    # own Ritz values can), so thresholds scaled by it stay sound.
+    operator_scale = 0.0
     while True:
+        p = int(block.shape[0])
         if not basis.append(block):
             if images is not None:  # the basis matters more: give it the products' room
                 images.drop()
@@ -204,6 +217,7 @@ def lanczos_steps(
                 return
         products = torch.stack([operator.matvec(row) for row in block])
         hvps += p
+        operator_scale = max([operator_scale] + [norm(row) for row in products])
         if images is not None and not images.append(products):
             images.drop()
             images = None
@@ -213,47 +227,69 @@ def lanczos_steps(
         if previous is not None and coupling is not None and bool(coupling.any()):
             remainder = remainder - coupling.to(dtype=dtype, device=device) @ previous
         dim += p
-        for _ in range(2):
-            remainder = remainder - basis.combine(basis.inner(remainder))
+        # First pass of full re-orthogonalisation (the basis holds this block too).
+        remainder = remainder - basis.combine(basis.inner(remainder))
         diagonal.append(a)
         step += 1
         theta, ritz = torch.linalg.eigh(block_tridiagonal(diagonal, off))
-        scale = float(theta.abs().max())
-        threshold = _INVARIANT_EPS * torch.finfo(dtype).eps * max(scale, float(a.abs().max()), 1e-300)
-        # Gram–Schmidt within the block: remainder = Q B, B upper triangular (B[l, i] = q_l · r_i). A column
-        # with nothing left (≤ threshold: the Krylov space is invariant in that direction) restarts from a
-        # random vector orthogonal to the basis, with a zero coupling in T: repeated eigenvalues, or the part
-        # of the spectrum the start block missed, get their own directions.
+        threshold = _INVARIANT_EPS * torch.finfo(dtype).eps * max(operator_scale, 1e-300)
+        # Gram–Schmidt within the block: remainder = Q B, B upper triangular (B[l, i] = q_l · r_i). Each column is
+        # then re-orthogonalised against everything kept (the basis and the block's earlier columns) with the
+        # DGKS test: a pass that shrinks the column below 1/√2 of its length means the column was (numerically)
+        # in their span, and a second such pass declares it dependent. A column that is dependent or has nothing
+        # left (≤ threshold: the Krylov space is invariant in that direction) restarts from a random vector
+        # orthogonal to the basis, with a zero coupling in T: repeated eigenvalues, or the part of the spectrum
+        # the start block missed, get their own directions. (Normalising such a column instead made V lose
+        # orthogonality on rank-deficient operators, and T's Ritz values then meant nothing.)
+        following = min(p, cap - dim)  # the next block: a partial one when the cap is not a whole block away
         actual = torch.zeros(p, p, dtype=torch.float64)
-        used = torch.zeros(p, p, dtype=torch.float64)
-        nxt = torch.empty_like(block)
-        vanished = False
+        used = torch.zeros(max(following, 0), p, dtype=torch.float64)
+        nxt = torch.empty(p, size, dtype=dtype, device=device)
+        vanished = restarted = False
         for i in range(p):
             column = remainder[i]
             if i:
-                actual[:i, i] = used[:i, i] = inner(nxt[:i], column)
-                for _ in range(2):
-                    column = column - inner(nxt[:i], column).to(dtype=dtype, device=device) @ nxt[:i]
+                coefficients = inner(nxt[:i], column)
+                actual[:i, i] = coefficients
+                used[:min(i, following), i] = coefficients[:following]
+                column = column - coefficients.to(dtype=dtype, device=device) @ nxt[:i]
             length = norm(column)
-            actual[i, i] = length
-            if length > threshold:
-                used[i, i] = length
+            dependent = True
+            for _ in range(2):
+                refined = column - basis.combine(basis.inner(column))
+                if i:
+                    refined = refined - inner(nxt[:i], refined).to(dtype=dtype, device=device) @ nxt[:i]
+                refined_length = norm(refined)
+                shrunk = not refined_length >= _DGKS * length  # NaN counts as shrunk
+                column, length = refined, refined_length
+                if not shrunk:
+                    dependent = False
+                    break
+            actual[i, i] = length if math.isfinite(length) else 0.0
+            if not dependent and length > threshold:
+                if i < following:
+                    used[i, i] = length
                 nxt[i] = column / length
                 continue
+            actual[i, i] = 0.0 if dependent else actual[i, i]
             vanished = True
-            if restart_seed is None or dim + p > cap:
+            if restart_seed is None:
                 break
+            if i >= following:
+                continue  # the column is not part of the next (partial) block: nothing to restart
             restarts += 1
+            restarted = True
             seed = restart_seed + _RESTART_SEED_STRIDE * restarts
             nxt[i] = _orthonormal_or_random(random_vector(size, dtype, device, seed), basis, nxt[:i], size,
                                             dtype, device, seed)
         estimates = (actual @ ritz[-p:, :]).norm(dim=0)
         yield LanczosStep(step, dim, hvps, restarts, theta, ritz, estimates, basis, tuple(diagonal),
-                          tuple(off), float(a[0, 0]), float(actual.norm()), vanished, images)
-        if dim + p > cap or (vanished and restart_seed is None):
+                          tuple(off), float(a[0, 0]), float(actual.norm()), vanished, images,
+                          restarted=restarted, operator_scale=operator_scale)
+        if following <= 0 or (vanished and restart_seed is None):
             return
         off.append(used)
-        previous, coupling, block = block, used, nxt
+        previous, coupling, block = block, used, nxt[:following]
 
 
 def _orthonormal_or_random(
@@ -263,13 +299,15 @@ def _orthonormal_or_random(
     """``vector`` orthogonalised (twice) against the rows of ``basis`` and ``block`` and normalised; a random
     vector (seeded) instead when nothing is left of it."""
     for attempt in range(3):
+        original = norm(vector)
         for _ in range(2):
             if basis is not None and len(basis):
                 vector = vector - basis.combine(basis.inner(vector))
             if block.shape[0]:
                 vector = vector - inner(block, vector).to(dtype=dtype, device=device) @ block
         length = norm(vector)
-        if length > 0.0 and length == length:
+        # Less than this share left: (numerically) in the span, so its direction is round-off; draw another.
+        if math.isfinite(length) and length > _RESTART_LEFT * original:
             return vector / length
         vector = random_vector(size, dtype, device, seed + 1 + attempt)
     raise ValueError("no vector orthogonal to the basis is left: the basis already spans the space")
@@ -326,8 +364,14 @@ def lanczos(
     size, dtype, device = operator.size, operator.dtype, operator.device
     if block_size is not None and block_size < 1:
         raise UserError(f"block_size must be >= 1, got {block_size}.")
+    if k > size:
+        raise UserError(f"k={k} eigenvalues per end, but the operator has only {size}: ask for k <= {size}.")
+    if block_size is not None and block_size < k:
+        raise UserError(f"block_size={block_size} is below k={k}: block Lanczos needs a start vector per wanted "
+                        f"eigenvalue; pass block_size >= {k} (or leave it out).")
     p = min(max(k, block_size or k), size)
-    cap = max(min(max_iter, size) // p * p, p)
+    # The Krylov dimension reaches min(max_iter, size) exactly: the last block is partial when needed.
+    cap = max(min(max_iter, size), p)
     rows = [start.to(device=device, dtype=dtype).clone() if start is not None
             else random_vector(size, dtype, device, seed)]
     rows += [random_vector(size, dtype, device, seed + _BLOCK_SEED_STRIDE * i) for i in range(1, p)]
@@ -337,11 +381,18 @@ def lanczos(
     checked: _Checked | None = None  # the explicit check of the latest state, when one was made
     check_hvps = 0
     failed_checks = 0
+    explored_restart = False  # a restart direction has been multiplied at least once
+    may_stop = True
     for state in lanczos_steps(operator, torch.stack(rows), max_dim=cap, restart_seed=seed,
                                keep_products=verify and store_products, memory=memory):
         wanted = _wanted_indices(state.dim, k, which)
-        enough = state.dim >= min(_needed(k, which), size)
-        scale = float(state.theta.abs().max())
+        # An invariant Krylov space is not a converged top: a space spanned by the start block (say, a start on
+        # an eigenvector) knows nothing of the rest of the spectrum, so the run may not stop before a restart
+        # direction has been multiplied once.
+        may_stop = explored_restart or not state.restarted or state.dim >= size
+        enough = state.dim >= min(_needed(k, which), size) and may_stop
+        explored_restart = explored_restart or state.restarted
+        scale = state.operator_scale
         bounds = [_bound(certificate, i, float(state.theta[i]), float(state.estimates[i]), state)
                   for i in wanted]
         values = [float(state.theta[i]) for i in wanted]
@@ -365,7 +416,7 @@ def lanczos(
         if converged and state.step >= min_iter:
             stop_reason = "converged"
             break
-        if state.dim + p > cap:
+        if state.dim >= cap:
             stop_reason = "max_iter" if cap < size else "exhausted"
             break
     assert state is not None
@@ -376,14 +427,17 @@ def lanczos(
         check_hvps += checked.hvps
     if stop_reason in ("max_iter", "memory") and checked.estimated and not checked.converged:
         stop_reason = "verification_failed"
+    if checked.orthogonality_loss > _ORTHOGONALITY_TOL and not checked.converged and stop_reason != "memory":
+        stop_reason = "orthogonality_lost"
     top, bottom = checked.top, checked.bottom
+    converged = checked.converged and may_stop
     return EigenResult(
         solver="lanczos",
         largest=tuple(top[0]),
         largest_residuals=tuple(top[1]),
         smallest=tuple(bottom[0]),
         smallest_residuals=tuple(bottom[1]),
-        converged=checked.converged,
+        converged=converged,
         stop_reason=stop_reason,
         iterations=state.step,
         hvps=state.hvps + check_hvps,
@@ -393,7 +447,7 @@ def lanczos(
         size=size,
         history=tuple(history),
         details={"restarts": float(state.restarts), "block_size": float(p), "krylov_dim": float(state.dim),
-                 "failed_checks": float(failed_checks),
+                 "failed_checks": float(failed_checks), "orthogonality_loss": checked.orthogonality_loss,
                  "kept_products": float(state.products is not None),
                  **placements([state.basis, state.products])},
         largest_vectors=top[3],
@@ -413,6 +467,7 @@ class _Checked:
     converged: bool
     estimated: bool  # the recurrence's estimates alone would have certified every requested value
     hvps: int
+    orthogonality_loss: float  # max |‖V s‖ − 1| over the checked Ritz vectors
 
 
 def _check(operator: LinearOperator, state: LanczosStep, k: int, which: str, certificate: str, tol: float, *,
@@ -420,7 +475,7 @@ def _check(operator: LinearOperator, state: LanczosStep, k: int, which: str, cer
     size, dtype = operator.size, operator.dtype
     wanted_top = _wanted_indices(state.dim, k, "largest") if which in ("largest", "both") else []
     wanted_bottom = _wanted_indices(state.dim, k, "smallest") if which in ("smallest", "both") else []
-    scale = float(state.theta.abs().max()) if len(state.theta) else 0.0
+    scale = state.operator_scale
     enough = state.dim >= min(_needed(k, which), size)
     estimated = enough and all(
         _bound(certificate, i, float(state.theta[i]), float(state.estimates[i]), state)
@@ -433,8 +488,10 @@ def _check(operator: LinearOperator, state: LanczosStep, k: int, which: str, cer
     bounds = top[2] + bottom[2]
     complete = len(top[0]) >= (k if wanted_top else 0) or state.dim == size
     complete = complete and (len(bottom[0]) >= (k if wanted_bottom else 0) or state.dim == size)
-    converged = complete and all(b <= converged_threshold(v, scale, tol, dtype) for v, b in zip(values, bounds))
-    return _Checked(top, bottom, converged, estimated, hvps)
+    loss = max(top[4], bottom[4])
+    converged = (complete and loss <= _ORTHOGONALITY_TOL
+                 and all(b <= converged_threshold(v, scale, tol, dtype) for v, b in zip(values, bounds)))
+    return _Checked(top[:4], bottom[:4], converged, estimated, hvps, loss)
 
 
 def value_bound(index: int, value: float, residual: float, theta: torch.Tensor, estimates: torch.Tensor) -> float:
@@ -482,13 +539,16 @@ def _ritz_pairs(
     indices: list[int],
     verify: bool,
     certificate: str,
-) -> tuple[list[float], list[float], list[float], torch.Tensor | None]:
-    """Values, residuals, value-error bounds (of ``certificate``) and unit vectors of the Ritz pairs at ``indices``."""
+) -> tuple[list[float], list[float], list[float], torch.Tensor | None, float]:
+    """Values, residuals, value-error bounds (of ``certificate``) and unit vectors of the Ritz pairs at ``indices``,
+    and the largest |‖V s‖ − 1| among them (0 under exact orthogonality)."""
     if not indices:
-        return [], [], [], None
+        return [], [], [], None, 0.0
     coefficients = state.ritz[:, indices]
     ritz = state.basis.combine(coefficients)
     lengths = [norm(row) for row in ritz]
+    loss = max(abs(length - 1.0) if math.isfinite(length) else math.inf for length in lengths)
+    lengths = [length if math.isfinite(length) and length > 0 else 1.0 for length in lengths]
     for row, length in zip(ritz, lengths):
         row /= length
     images = None
@@ -499,8 +559,7 @@ def _ritz_pairs(
     values, residuals, bounds = [], [], []
     # Below the products' own round-off a residual certifies nothing finer: the bound is that floor (the same
     # floor the convergence test allows, so a certified bound always holds).
-    floor = NOISE_FLOOR_EPS * torch.finfo(operator.dtype).eps * (float(state.theta.abs().max()) if len(state.theta)
-                                                                 else 0.0)
+    floor = NOISE_FLOOR_EPS * torch.finfo(operator.dtype).eps * state.operator_scale
     for row, index in enumerate(indices):
         if verify:
             product = operator.matvec(ritz[row]) if images is None else images[row]
@@ -511,4 +570,4 @@ def _ritz_pairs(
         values.append(value)
         residuals.append(residual)
         bounds.append(max(_bound(certificate, index, value, residual, state), floor))
-    return values, residuals, bounds, ritz
+    return values, residuals, bounds, ritz, loss

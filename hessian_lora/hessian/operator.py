@@ -78,7 +78,10 @@ REUSE_MEMORY_FRACTION = 0.5
 
 
 class LinearOperator(ABC):
-    """A symmetric operator on flat vectors of ``size`` entries; ``op @ v`` is ``op.matvec(v)``."""
+    """A symmetric operator on flat vectors of ``size`` entries; ``op @ v`` is ``op.matvec(v)``.
+
+    Every solver assumes symmetry (Lanczos, power iteration's Rayleigh quotients, the trace estimators' variance):
+    an operator that is not symmetric gives meaningless certificates, not an error."""
 
     @property
     @abstractmethod
@@ -114,6 +117,12 @@ class DenseOperator(LinearOperator):
     def __init__(self, matrix: torch.Tensor) -> None:
         if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
             raise ValueError(f"need a square matrix, got shape {tuple(matrix.shape)}")
+        # Every solver assumes symmetry; a matrix off by more than round-off is another problem, said at once.
+        asymmetry = float((matrix - matrix.T).abs().max()) if matrix.numel() else 0.0
+        scale = float(matrix.abs().max()) if matrix.numel() else 0.0
+        if asymmetry > 1e3 * torch.finfo(matrix.dtype).eps * scale:
+            raise UserError(f"the matrix is not symmetric (max |A - Aᵀ| = {asymmetry:.3g} for max |A| = {scale:.3g}): "
+                            "the eigen-solvers assume a symmetric operator; pass (A + Aᵀ)/2.")
         self.matrix = matrix
         self.calls = 0
 

@@ -14,12 +14,10 @@ import time
 import torch
 
 from hessian_lora.errors import UserError
-from hessian_lora.hessian._numerics import Callback, random_vector
+from hessian_lora.hessian._numerics import Callback, ProbeStream
 from hessian_lora.hessian.operator import LinearOperator
 from hessian_lora.hessian.reductions import dot, inner, orthonormal_rows
 from hessian_lora.hessian.results import IterationRecord, TraceResult
-
-_FILL_SEED = 7919
 
 
 def hutchinson(
@@ -36,8 +34,9 @@ def hutchinson(
     began = time.perf_counter()
     terms: list[float] = []
     history: list[IterationRecord] = []
+    probes = ProbeStream(operator.size, operator.dtype, operator.device, seed)
     for index in range(samples):
-        probe = random_vector(operator.size, operator.dtype, operator.device, seed + index, kind="rademacher")
+        probe = probes.next()
         terms.append(dot(probe, operator.matvec(probe)))
         mean = sum(terms) / len(terms)
         error = _standard_error(terms)
@@ -76,16 +75,15 @@ def hutchplusplus(
         used += 1
         return operator.matvec(vector)
 
-    sketch = torch.stack([
-        apply(random_vector(size, dtype, device, seed + i, kind="rademacher")) for i in range(sketch_size)
-    ])
+    probes = ProbeStream(size, dtype, device, seed)
+    sketch = torch.stack([apply(probes.next()) for _ in range(sketch_size)])
     dependent = 100 * torch.finfo(dtype).eps
     basis = orthonormal_rows(sketch, drop_below=dependent)  # Q as rows
     if basis.shape[0] < sketch_size:
         # Dependent sketch columns (a low-rank H, or Rademacher draws that coincide): complete Q with random
         # directions, as a QR would, so a sketch as large as the space still gives the exact trace.
-        filler = torch.stack([random_vector(size, dtype, device, seed + _FILL_SEED + i)
-                              for i in range(sketch_size - basis.shape[0])])
+        fill = ProbeStream(size, dtype, device, seed + 2**31, kind="normal")
+        filler = torch.stack([fill.next() for _ in range(sketch_size - basis.shape[0])])
         basis = orthonormal_rows(torch.cat([basis, filler]), drop_below=dependent)
     exact_part = sum(dot(row, apply(row)) for row in basis)
     record = IterationRecord(1, used, time.perf_counter() - began, (exact_part,))
@@ -95,7 +93,7 @@ def hutchplusplus(
     remainder_terms: list[float] = []
     if basis.shape[0] < size:
         for i in range(hvps // 3):
-            probe = random_vector(size, dtype, device, seed + sketch_size + i, kind="rademacher")
+            probe = probes.next()
             probe = probe - inner(basis, probe).to(basis) @ basis
             product = apply(probe)
             product = product - inner(basis, product).to(basis) @ basis
