@@ -257,3 +257,21 @@ def test_gradient_checkpointing_needs_a_transformers_model():
         _checkpointing(torch.nn.Linear(2, 2))
     with pytest.raises(UserError, match="gradient_checkpointing must be true or false"):
         TrainConfig(lr=1e-3, steps=1, gradient_checkpointing="yes")
+
+
+def test_sharpness_probes_see_the_same_model_with_gradient_checkpointing(arith):
+    # The in-run probe runs Hessian products while training has checkpointing on: its λ must not change.
+    from hessian_lora.dynamics import DuringSettings, SharpnessProbe
+
+    runs = []
+    for checkpointing in (False, True):
+        loaded = load_tiny()
+        model = build_adapter(loaded.model, AdapterConfig("lora", rank=4, targets=("q_proj", "v_proj")))
+        batches = make_batches(loaded.tokenizer, arith.train[:8], 4, max_length=96)
+        probe = SharpnessProbe(model, batches, DuringSettings.from_mapping({"every": 2}, source="test"),
+                               total_steps=4)
+        config = TrainConfig(lr=1e-2, steps=4, batch_size=4, max_length=96, gradient_checkpointing=checkpointing)
+        result = train(model, loaded.tokenizer, arith.train, config, progress=False, probe=probe)
+        runs.append(([point.lambda_max for point in probe.history], [h["loss"] for h in result.history]))
+    assert len(runs[0][0]) == 3 and all(value is not None and value > 0 for value in runs[0][0])
+    assert runs[1] == runs[0]
