@@ -159,7 +159,7 @@ class SharpnessProbe:
         total_steps: int | None = None,
         meta: object = None,
     ) -> None:
-        check_hessian_precision(model, what="the training model (base_dtype bf16?)")
+        check_hessian_precision(model, what="the training model")
         self.model = model
         self.batches = list(batches)
         if not self.batches:

@@ -101,8 +101,9 @@ def check_hessian_precision(model: nn.Module, *, what: str = "the model") -> Non
     """
     low = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.dtype in _LOW_PRECISION})
     if low:
-        raise UserError(f"the Hessian is measured in fp32, but {what} holds {', '.join(low)} weights: reload it "
-                        "in float32 (a checkpoint's base reloads in fp32 by itself) or cast it with .float().")
+        raise UserError(f"the Hessian is measured in fp32, but {what} holds {', '.join(low)} weights: measure a "
+                        "float32 model (a checkpoint reloads its base in fp32 by itself; a sweep's hessian.during "
+                        "needs base_dtype: fp32).")
 
 
 def _device_name(device: torch.device) -> str:

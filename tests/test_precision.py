@@ -103,6 +103,10 @@ def test_measure_refuses_a_bf16_model(arith):
     cast_base_weights(model, "bf16")
     with pytest.raises(UserError, match=r"the Hessian is measured in fp32.*bfloat16"):
         measure(model, batches, MeasureSettings(max_iter=5))
+    from hessian_lora.dynamics import SharpnessProbe
+
+    with pytest.raises(UserError, match=r"the training model holds bfloat16 weights"):
+        SharpnessProbe(model, batches)
 
 
 @needs_bf16
