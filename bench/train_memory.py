@@ -10,6 +10,11 @@ counter). Not a test: it needs a CUDA device with room for Llama-2-7B's fp32 bui
     .venv/bin/python bench/train_memory.py                            # all three models, micro-batch 4 x 512
     .venv/bin/python bench/train_memory.py --models Qwen/Qwen3-0.6B-Base --micro 1
     .venv/bin/python bench/train_memory.py --device cpu --layers 1     # smoke run: no peak on CPU
+    .venv/bin/python bench/train_memory.py --saved-count                # CPU: the per-layer term vs autograd
+
+``--saved-count`` is the check quoted in ``hessian_lora.memory``: on a 2-layer random Llama it sums the distinct
+tensors autograd saves in one forward (``torch.autograd.graph.saved_tensors_hooks``; parameters and the
+log-softmax left out) and divides by tokens and layers, next to the formula's per-layer term.
 """
 
 from __future__ import annotations
@@ -86,6 +91,42 @@ def one_case(spec: str, shape: ModelShape, device: torch.device, micro: int, len
     gc.collect()
 
 
+def saved_count(base_dtype: str, attention: str) -> None:
+    from transformers import LlamaForCausalLM
+
+    h, layers, heads, kv_heads, head_dim, inter, vocab, rank, micro, length = 256, 2, 4, 2, 64, 768, 2000, 8, 2, 256
+    config = LlamaConfig(vocab_size=vocab, hidden_size=h, intermediate_size=inter, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
+                         tie_word_embeddings=True, attn_implementation=attention)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_adapter(LlamaForCausalLM(config), AdapterConfig("lora", rank=rank, targets=TARGETS))
+    cast_base_weights(model, base_dtype)
+    model.train()
+    ids = torch.randint(0, vocab, (micro, length))
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        logits = model(input_ids=ids).logits
+        torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, vocab), ids[:, 1:].reshape(-1))
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = sum(size for pointer, size in storages.items() if pointer not in parameters)
+    saved -= micro * (length - 1) * vocab * 4  # the fp32 log-softmax: the formula's logits term, not a layer's
+    shape = ModelShape("count", hidden=h, layers=layers, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                       intermediate=inter, vocab=vocab, tied_embeddings=True)
+    estimate = training_memory(shape, rank=rank, micro_batch_size=1, max_length=1, base_dtype=base_dtype,
+                               attention="sdpa").activations  # one token of one layer stack, SDPA
+    eager = shape.heads * length * ((2 if base_dtype == "bf16" else 4) + 4)
+    print(f"base {base_dtype} {attention:5s}: saved {saved / (micro * length * layers) / 1e3:5.1f} KB per token "
+          f"per layer; formula {estimate / layers / 1e3:5.1f} KB"
+          + (f" + eager {eager / 1e3:.1f} KB" if attention == "eager" else ""))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(PAPER_MODELS))
@@ -93,7 +134,13 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=512)
     parser.add_argument("--layers", type=int, default=None, help="fewer layers than the real model (smoke runs)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--saved-count", action="store_true", help="the CPU count behind the formula's check")
     args = parser.parse_args()
+    if args.saved_count:
+        torch.set_num_threads(1)
+        for base_dtype, attention in (("fp32", "sdpa"), ("bf16", "sdpa"), ("fp32", "eager")):
+            saved_count(base_dtype, attention)
+        return
     device = torch.device(args.device)
     for spec in args.models.split(","):
         shape = PAPER_MODELS[spec]

@@ -32,7 +32,8 @@ Checked against a count, not a device: on a 2-layer random Llama (h 256, q 256, 
 all seven projections, 2 × 256 tokens, SDPA), the distinct tensors autograd saves in one forward (a
 ``saved_tensors_hooks`` count, the log-softmax subtracted) were 19.8 KB per token per layer with an fp32 base and
 17.7 KB with a bf16 base (the RMSNorms compute in fp32, peft's fp32 copies of the adapted inputs); the per-layer
-term above gives 23.3 KB and 20.9 KB (18 % above), and eager attention's extra 5.1 KB against 8 KB.
+term above gives 23.3 KB and 21.0 KB (18-19 % above), and eager attention's extra 5.1 KB against 8.2 KB
+(`bench/train_memory.py --saved-count`).
 """
 
 from __future__ import annotations
