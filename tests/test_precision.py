@@ -179,3 +179,33 @@ def test_a_sweep_trains_bf16_and_measures_fp32(tmp_path):
     (reference,) = read_rows(tmp_path / "fp32")
     assert reference["lambda_init"] == row["lambda_init"]
     assert dataclasses.replace(config, base_dtype="fp32").shared_settings() == fp32.shared_settings()
+
+
+@needs_bf16
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_a_gemma3_model_trains_with_a_bf16_base_and_checkpointing(method, arith):
+    # The Gemma-3 architecture (its (1 + w) RMSNorms, embedding scale, q/k norms, sliding window), random and tiny.
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from hessian_lora.models import byte_tokenizer
+
+    tokenizer = byte_tokenizer()
+    histories = []
+    for checkpointing in (False, True):
+        config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                                  sliding_window=32, pad_token_id=tokenizer.pad_token_id,
+                                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                  attn_implementation="eager")
+        torch.manual_seed(0)
+        adapter = AdapterConfig(method, rank=4)
+        model = build_adapter(Gemma3ForCausalLM(config), adapter)
+        cast_base_weights(model, "bf16")
+        train_config = TrainConfig(lr=1e-3, steps=2, batch_size=4, max_length=320, prompt_template="alpaca",
+                                   gradient_checkpointing=checkpointing)
+        result = train(model, tokenizer, arith.train, train_config, optimizer=make_optimizer(model, adapter, 1e-3),
+                       progress=False)
+        assert _dtypes(model, trainable=True) == {torch.float32}
+        assert _dtypes(model, trainable=False) == {torch.bfloat16}
+        histories.append([step["loss"] for step in result.history])
+    assert all(loss > 0 for loss in histories[0]) and histories[1] == histories[0]
