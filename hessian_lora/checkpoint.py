@@ -46,6 +46,7 @@ from hessian_lora import adapters
 from hessian_lora._io import replace_directory, temporary_path
 from hessian_lora.adapters import AdapterConfig
 from hessian_lora.errors import UserError
+from hessian_lora.precision import FP32_RESIDUAL_DIGEST_ATTRIBUTE
 
 FORMAT_VERSION = 1
 META_FILE = "hessian_lora.json"
@@ -195,7 +196,9 @@ def save_checkpoint(
                 tensors[f"{name}.lora_A"] = lora_a.contiguous()
                 tensors[f"{name}.lora_B"] = lora_b.contiguous()
             save_file(tensors, str(staging / INITIAL_ADAPTER_FILE), metadata={"format": "pt"})
-            meta_data["residual_sha256"] = residual_digest(peft_model)
+            # A base cast to bf16 for training (hessian_lora.precision) reloads in fp32: the fp32 fingerprint.
+            meta_data["residual_sha256"] = (getattr(peft_model, FP32_RESIDUAL_DIGEST_ATTRIBUTE, None)
+                                            or residual_digest(peft_model))
         meta_data["trainable_parameters"] = sum(p.numel() for p in adapters.trainable_parameters(peft_model).values())
         if optimizer is not None:
             torch.save(
@@ -211,10 +214,15 @@ def save_checkpoint(
     return target
 
 
-def load_checkpoint(directory: str | os.PathLike[str], *, device: str | torch.device | None = None) -> LoadedCheckpoint:
+def load_checkpoint(
+    directory: str | os.PathLike[str], *, device: str | torch.device | None = None, full_precision: bool = False
+) -> LoadedCheckpoint:
     """Rebuild the saved model (base, residual where the method rewrote it, adapter) in eval mode.
 
-    Adapter parameters keep ``requires_grad`` so training and Hessian work can continue from here.
+    Adapter parameters keep ``requires_grad`` so training and Hessian work can continue from here. The base loads
+    in the dtype the checkpoint records (sweeps record the fp32 build, also when the base trained in bf16);
+    ``full_precision=True`` (what Hessian measurements ask for) then casts a base recorded in bf16 or fp16 to
+    fp32 after it was rebuilt and verified as saved.
     """
     from hessian_lora.models import load_model
 
@@ -235,6 +243,8 @@ def load_checkpoint(directory: str | os.PathLike[str], *, device: str | torch.de
         if expected is not None and residual_digest(peft_model) != expected:
             raise UserError(f"the base model {meta.base_model} differs from the one {path} was saved on: "
                             "load the same base model (same files, dtype and seed).")
+    if full_precision and meta.torch_dtype in (torch.bfloat16, torch.float16):
+        peft_model.float()  # exact: every bf16/fp16 value is an fp32 value
     setattr(peft_model, adapters.CONFIG_ATTRIBUTE, config)
     setattr(peft_model, adapters.INITIAL_FACTORS_ATTRIBUTE, initial_factors)
     peft_model.eval()

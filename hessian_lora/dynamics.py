@@ -50,6 +50,7 @@ from hessian_lora.hessian.operator import HessianOperator, ScaledOperator
 from hessian_lora.hessian.power import power_iteration
 from hessian_lora.hessian.preconditioned import adam_thresholds
 from hessian_lora.hessian.results import EigenResult
+from hessian_lora.precision import check_hessian_precision
 
 ProbeSolver = Literal["lanczos", "power"]
 ProbeBlocks = Literal["whole", "per-module"]
@@ -158,6 +159,7 @@ class SharpnessProbe:
         total_steps: int | None = None,
         meta: object = None,
     ) -> None:
+        check_hessian_precision(model, what="the training model")
         self.model = model
         self.batches = list(batches)
         if not self.batches:

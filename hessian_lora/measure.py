@@ -49,6 +49,7 @@ from hessian_lora.hessian.pyhessian_compat import pyhessian_power_iteration
 from hessian_lora.hessian.results import BlockReport, EigenReport, EigenResult, IterationRecord
 from hessian_lora.hessian.storage import KrylovMemory
 from hessian_lora.hessian.trace import hutchplusplus
+from hessian_lora.precision import check_hessian_precision
 
 if TYPE_CHECKING:
     from hessian_lora.checkpoint import LoadedCheckpoint
@@ -246,6 +247,7 @@ def measure(
     loaded = None
     if isinstance(adapter, nn.Module):
         peft_model = adapter
+        check_hessian_precision(peft_model)  # fp32 (or float64) only: a bf16 base is refused, not measured
         if batches is None and tokenizer is None:
             raise UserError("pass batches=... or tokenizer=... (with task=...) along with your model.")
         task = settings.task or DEFAULT_TASK
@@ -254,7 +256,7 @@ def measure(
     else:
         from hessian_lora.peft_adapters import load_adapter
 
-        loaded = load_adapter(adapter, model=base_model, model_seed=model_seed, device=device)
+        loaded = load_adapter(adapter, model=base_model, model_seed=model_seed, device=device, full_precision=True)
         peft_model, tokenizer, meta = loaded.model, loaded.tokenizer, loaded.meta
         task = settings.task or meta.task or DEFAULT_TASK
         template = settings.prompt_template or meta.extra.get("prompt_template") or DEFAULT_PROMPT_TEMPLATE

@@ -49,15 +49,16 @@ def load_adapter(
     model: str | None = None,
     model_seed: int = 0,
     device: str | torch.device | None = None,
+    full_precision: bool = False,
 ) -> LoadedCheckpoint:
-    """A hessian-lora checkpoint (:func:`load_checkpoint`) or a plain peft adapter directory
-    (:func:`load_peft_directory`, base from ``model`` or its ``base_model_name_or_path``)."""
+    """A hessian-lora checkpoint (:func:`load_checkpoint`, ``full_precision`` passed on) or a plain peft adapter
+    directory (:func:`load_peft_directory`, base from ``model`` or its ``base_model_name_or_path``, always fp32)."""
     path = Path(directory)
     if is_checkpoint(path):
         if model is not None:
             raise UserError(f"{path} is a hessian-lora checkpoint and records its base model: drop --model "
                             "(it only replaces the base of plain peft adapter directories).")
-        return load_checkpoint(path, device=device)
+        return load_checkpoint(path, device=device, full_precision=full_precision)
     return load_peft_directory(path, model=model, model_seed=model_seed, device=device)
 
 

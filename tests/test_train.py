@@ -199,3 +199,79 @@ def test_bf16_needs_cuda(tiny, arith):
     with pytest.raises(UserError, match="CUDA"):
         train(_adapted(tiny), tiny.tokenizer, arith.train, TrainConfig(lr=1e-3, steps=1, batch_size=2,
                                                                        precision="bf16"), progress=False)
+
+
+def _checkpointing_on(model) -> bool:
+    return any(getattr(module, "gradient_checkpointing", False) is True for module in model.modules())
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny, arith):
+    from hessian_lora.train import _checkpointing
+
+    model = _adapted(tiny)
+    params = trainable_parameters(model)
+    with torch.no_grad():  # B ≠ 0: every factor gets a gradient
+        for name, param in params.items():
+            if "lora_B" in name:
+                param.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
+    batches = make_batches(tiny.tokenizer, arith.train[:6], 3, max_length=96)
+    device = torch.device("cpu")
+    results = []
+    for checkpointed in (False, True):
+        model.zero_grad(set_to_none=True)
+        switch = _checkpointing(model) if checkpointed else None
+        model.train()
+        assert _checkpointing_on(model) is checkpointed
+        loss, tokens = accumulate_gradient(model, batches, device)
+        results.append((loss, tokens, {name: param.grad.clone() for name, param in params.items()}))
+        if switch is not None:
+            switch.close()
+        model.eval()
+    (loss, tokens, grads), (loss_ckpt, tokens_ckpt, grads_ckpt) = results
+    assert tokens == tokens_ckpt and loss_ckpt == pytest.approx(loss, rel=1e-6)
+    for name in grads:
+        torch.testing.assert_close(grads_ckpt[name], grads[name], rtol=1e-6, atol=1e-8)
+    assert not _checkpointing_on(model)
+
+
+def test_training_with_gradient_checkpointing_equals_training_without(arith):
+    histories = []
+    for checkpointing in (False, True):
+        loaded = load_tiny()
+        model = _adapted(loaded)
+        use_cache = model.get_base_model().config.use_cache
+        config = TrainConfig(lr=1e-2, steps=3, batch_size=4, micro_batch_size=2, max_length=96,
+                             gradient_checkpointing=checkpointing)
+        histories.append(train(model, loaded.tokenizer, arith.train, config, progress=False).history)
+        assert not _checkpointing_on(model)  # switched off again for Hessian products and generation
+        assert model.get_base_model().config.use_cache == use_cache
+    for plain, checkpointed in zip(*histories):
+        assert checkpointed["loss"] == pytest.approx(plain["loss"], rel=1e-6)
+        assert checkpointed["grad_norm"] == pytest.approx(plain["grad_norm"], rel=1e-5)
+
+
+def test_gradient_checkpointing_needs_a_transformers_model():
+    from hessian_lora.train import _checkpointing
+
+    with pytest.raises(UserError, match="gradient_checkpointing: Linear does not support"):
+        _checkpointing(torch.nn.Linear(2, 2))
+    with pytest.raises(UserError, match="gradient_checkpointing must be true or false"):
+        TrainConfig(lr=1e-3, steps=1, gradient_checkpointing="yes")
+
+
+def test_sharpness_probes_see_the_same_model_with_gradient_checkpointing(arith):
+    # The in-run probe runs Hessian products while training has checkpointing on: its λ must not change.
+    from hessian_lora.dynamics import DuringSettings, SharpnessProbe
+
+    runs = []
+    for checkpointing in (False, True):
+        loaded = load_tiny()
+        model = build_adapter(loaded.model, AdapterConfig("lora", rank=4, targets=("q_proj", "v_proj")))
+        batches = make_batches(loaded.tokenizer, arith.train[:8], 4, max_length=96)
+        probe = SharpnessProbe(model, batches, DuringSettings.from_mapping({"every": 2}, source="test"),
+                               total_steps=4)
+        config = TrainConfig(lr=1e-2, steps=4, batch_size=4, max_length=96, gradient_checkpointing=checkpointing)
+        result = train(model, loaded.tokenizer, arith.train, config, progress=False, probe=probe)
+        runs.append(([point.lambda_max for point in probe.history], [h["loss"] for h in result.history]))
+    assert len(runs[0][0]) == 3 and all(value is not None and value > 0 for value in runs[0][0])
+    assert runs[1] == runs[0]

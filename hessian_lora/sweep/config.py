@@ -35,6 +35,7 @@ from hessian_lora.dynamics import DuringSettings
 from hessian_lora.errors import UserError
 from hessian_lora.evaluate import EvalConfig
 from hessian_lora.measure import MeasureSettings
+from hessian_lora.precision import BASE_DTYPES, BaseDtype
 from hessian_lora.registry import METHODS
 from hessian_lora.rundir import InitKey, run_id
 from hessian_lora.sweep.search import AdaptiveSearch, search_from_config
@@ -134,6 +135,8 @@ class SweepConfig:
     eps: float = 1e-8
     max_grad_norm: float | None = 1.0
     precision: Precision = "fp32"
+    base_dtype: BaseDtype = "fp32"  # the frozen base weights' dtype in training (hessian_lora.precision)
+    gradient_checkpointing: bool = False
     attention: Attention = "eager"
     divergence_factor: float = 4.0
     divergence_window: int = 5
@@ -181,9 +184,10 @@ class SweepConfig:
     def shared_settings(self) -> dict[str, Any]:
         """What every run of a sweep directory must agree on: everything but the grid axes and the settings that
         cannot change a result (name, checkpoint keeping, Ray resources, the search: which runs, not what a run
-        produces)."""
+        produces; gradient checkpointing: the same gradients, bit for bit, so a sweep may resume with it switched
+        on where memory is short)."""
         data = self.to_dict()
-        for key in (*GRID_AXES, "lr", "name", "checkpoints", "ray", "search"):
+        for key in (*GRID_AXES, "lr", "name", "checkpoints", "ray", "search", "gradient_checkpointing"):
             data.pop(key, None)
         return data
 
@@ -264,12 +268,17 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "config") -> Swee
         if not (isinstance(betas, list) and len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas)):
             raise UserError(f"{source}: betas must be two numbers in [0, 1), e.g. [0.9, 0.999].")
         values["betas"] = (float(betas[0]), float(betas[1]))
-    for key, allowed in (("precision", PRECISIONS), ("attention", ATTENTION_IMPLEMENTATIONS),
-                         ("checkpoints", CHECKPOINT_MODES)):
+    for key, allowed in (("precision", PRECISIONS), ("base_dtype", BASE_DTYPES),
+                         ("attention", ATTENTION_IMPLEMENTATIONS), ("checkpoints", CHECKPOINT_MODES)):
         if key in data:
             if data[key] not in allowed:
                 raise UserError(f"{source}: {key} must be one of {', '.join(allowed)}, got {data[key]!r}.")
             values[key] = data[key]
+    if "gradient_checkpointing" in data:
+        if not isinstance(data["gradient_checkpointing"], bool):
+            raise UserError(f"{source}: gradient_checkpointing must be true or false, got "
+                            f"{data['gradient_checkpointing']!r}.")
+        values["gradient_checkpointing"] = data["gradient_checkpointing"]
     if "prompt_template" in data:
         try:
             values["prompt_template"] = check_prompt_template(data["prompt_template"])
@@ -362,6 +371,11 @@ def _check_consistency(config: SweepConfig, source: str) -> None:
         raise UserError(f"{source}: dropout must be in [0, 1).")
     if config.divergence_factor <= 1.0:
         raise UserError(f"{source}: divergence_factor must be > 1.")
+    if config.base_dtype != "fp32" and config.hessian.during is not None:
+        # The in-run probe measures the model that trains, whose base is then bf16; the Hessian is fp32 only.
+        raise UserError(f"{source}: hessian.during measures the training model, whose base is {config.base_dtype} "
+                        "with that base_dtype, and the Hessian is measured in fp32 only: drop hessian.during or "
+                        "set base_dtype: fp32.")
 
 
 def _hessian(value: Any, source: str, *, max_length: int) -> HessianSettings:

@@ -58,6 +58,7 @@ def execute_run(
     from hessian_lora.checkpoint import CheckpointMeta, save_checkpoint
     from hessian_lora.data import make_batches
     from hessian_lora.evaluate import evaluate
+    from hessian_lora.precision import cast_base_weights
     from hessian_lora.train import TrainConfig, train
 
     start = time.perf_counter()
@@ -72,6 +73,7 @@ def execute_run(
         weight_decay=config.weight_decay, eps=config.eps, max_grad_norm=config.max_grad_norm,
         max_length=config.max_length, seed=spec.seed, precision=config.precision,
         divergence_factor=config.divergence_factor, divergence_window=config.divergence_window,
+        gradient_checkpointing=config.gradient_checkpointing,
     )
     adapter_config = AdapterConfig(
         method=spec.method, rank=spec.rank, alpha=config.alpha, dropout=config.dropout, targets=config.targets,
@@ -96,6 +98,10 @@ def execute_run(
         row["lambda_init"] = _headline_lambda(report)
         hessian_seconds += time.perf_counter() - clock
 
+    # The adapter was built, and λ_max at initialisation measured, on the fp32 base; from here on the frozen base
+    # may train in bf16 (the adapter and its optimizer state stay fp32). The checkpoint records the fp32 build.
+    build_dtype = next(peft_model.parameters()).dtype
+    cast_base_weights(peft_model, config.base_dtype)
     optimizer = make_optimizer(peft_model, adapter_config, spec.lr, betas=config.betas,
                                weight_decay=config.weight_decay, eps=config.eps, max_grad_norm=config.max_grad_norm)
     probe = _sharpness_probe(config, peft_model, tokenizer, task.train, train_config, adapter_config)
@@ -127,9 +133,10 @@ def execute_run(
             checkpoint_dir = layout.run(spec.run_id)
             meta = CheckpointMeta.from_config(
                 adapter_config, base_model=config.model, task=config.task, model_seed=config.model_seed,
-                dtype=next(peft_model.parameters()).dtype, lr=spec.lr, step=result.steps,
+                dtype=build_dtype, lr=spec.lr, step=result.steps,
                 extra={"run_id": spec.run_id, "sweep": config.name, "batch_size": spec.batch_size,
-                       "prompt_template": config.prompt_template},  # eigen on this checkpoint formats alike
+                       "prompt_template": config.prompt_template,  # eigen on this checkpoint formats alike
+                       "train_base_dtype": config.base_dtype},
             )
             save_checkpoint(checkpoint_dir, peft_model, meta, optimizer=optimizer)
             if config.hessian.final:

@@ -34,9 +34,14 @@ def preflight(config: SweepConfig, *, device: str | torch.device | None = None, 
     from hessian_lora.adapters import AdapterConfig, adapter_at_initialisation
     from hessian_lora.data import make_batches
     from hessian_lora.models import LoadedModel, check_device, load_model
+    from hessian_lora.precision import check_base_dtype
     from hessian_lora.sweep.execute import _cached_task
 
-    check_device(device)
+    resolved = check_device(device)
+    try:  # before anything loads: a device without bf16 is one line, not a failure in every run
+        check_base_dtype(config.base_dtype, resolved)
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from exc
     try:
         task = _cached_task(config.task, config.data_seed, config.n_train, config.n_eval)
     except UserError as exc:
@@ -113,6 +118,7 @@ def _train_config(config: SweepConfig, batch_size: int, seed: int) -> Any:
         weight_decay=config.weight_decay, eps=config.eps, max_grad_norm=config.max_grad_norm,
         max_length=config.max_length, seed=seed, precision=config.precision,
         divergence_factor=config.divergence_factor, divergence_window=config.divergence_window,
+        gradient_checkpointing=config.gradient_checkpointing,
     )
 
 

@@ -110,8 +110,12 @@ def plan_run_dir(config: SweepConfig, run_dir: Path, *, extend: bool = False) ->
         changed = sorted(key for key in set(before) | set(after) if before.get(key) != after.get(key))
         raise UserError(f"{run_dir} holds a sweep with other settings ({', '.join(changed)}): its results would "
                         "not be comparable; pass a new --out directory, or restore those settings.")
+    # Gradient checkpointing gives the same gradients and only trades memory for time: the current config's
+    # choice holds for the runs still to do (a sweep resumed on a smaller device switches it on).
+    moved = stored.gradient_checkpointing != config.gradient_checkpointing
+    stored = dataclasses.replace(stored, gradient_checkpointing=config.gradient_checkpointing)
     if _grid(stored) == _grid(config):
-        return stored, False
+        return stored, moved
     if not extend:
         stored_grid, new_grid = _grid(stored), _grid(config)
         added = [axis for axis, old, new in zip(GRID_AXES, stored_grid, new_grid) if new - old]

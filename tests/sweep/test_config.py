@@ -126,3 +126,57 @@ def test_singular_axis_names_are_accepted():
     data.pop("methods")
     data["method"] = "lora"
     assert config_from_dict(data).methods == ("lora",)
+
+
+def test_paper_model_configs_load_without_the_weights(monkeypatch):
+    # Loading and validating a config never touches a model: make any attempt fail loudly.
+    import transformers
+
+    import hessian_lora.models as models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("config loading tried to load a model")
+
+    monkeypatch.setattr(models, "load_model", refuse)
+    monkeypatch.setattr(models, "load_tokenizer", refuse)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refuse)
+    five = ("lora", "pissa", "milora", "initab", "dora")  # the methods the authors' gemma/llama scripts run
+    gemma = load_config(EXPERIMENTS / "gemma3_1b_metamath.yaml")
+    llama = load_config(EXPERIMENTS / "llama2_7b_metamath.yaml")
+    assert gemma.model == "google/gemma-3-1b-pt" and gemma.batch_sizes == (16, 64, 128)
+    assert llama.model == "meta-llama/Llama-2-7b-hf" and llama.batch_sizes == (16, 128)
+    for config in (gemma, llama):
+        assert config.methods == five and config.ranks == (128,) and config.alpha is None and config.dropout == 0
+        assert config.seeds == (1, 2, 3) and config.epochs == 1 and config.n_train == 100_000
+        assert config.micro_batch_size == 4 and config.max_length == 512 and config.pissa_niter == 16
+        assert len(config.lrs) == 12
+        assert config.lrs[0] == pytest.approx(1.1247e-5, rel=1e-4)
+        assert config.lrs[-1] == pytest.approx(6.3246e-3, rel=1e-4)
+        assert config.prompt_template == "alpaca" and "::query,response" in config.task
+        assert [spec.split(":")[0] for spec in config.eval_task] == ["gsm8k", "math"]
+        assert config.precision == "bf16" and config.base_dtype == "bf16"
+        assert config.hessian.init and config.hessian.samples == 500 and config.hessian.batch_size == 5
+        assert config.steps_for(16) == 6250
+        assert config_from_dict(config.to_dict()) == config
+    assert len(gemma.runs()) == 5 * 12 * 3 * 3 and len(llama.runs()) == 5 * 12 * 2 * 3
+
+
+def test_base_dtype_and_gradient_checkpointing_settings():
+    config = config_from_dict(tiny_data(base_dtype="bf16", gradient_checkpointing=True))
+    assert config.base_dtype == "bf16" and config.gradient_checkpointing
+    assert config_from_dict(config.to_dict()) == config
+    default = config_from_dict(tiny_data())
+    assert default.base_dtype == "fp32" and not default.gradient_checkpointing  # existing sweeps unchanged
+    # The base dtype changes results (a shared setting); checkpointing gives the same gradients (not one).
+    shared = config.shared_settings()
+    assert shared["base_dtype"] == "bf16" and "gradient_checkpointing" not in shared
+    assert shared != default.shared_settings()
+    same = config_from_dict(tiny_data(base_dtype="bf16", gradient_checkpointing=False))
+    assert same.shared_settings() == shared
+    with pytest.raises(UserError, match=r"^my\.yaml: base_dtype must be one of fp32, bf16, got 'fp16'"):
+        config_from_dict(tiny_data(base_dtype="fp16"), source="my.yaml")
+    with pytest.raises(UserError, match=r"^my\.yaml: gradient_checkpointing must be true or false"):
+        config_from_dict(tiny_data(gradient_checkpointing="yes"), source="my.yaml")
+    with pytest.raises(UserError, match=r"^my\.yaml: hessian\.during .* base_dtype: fp32"):
+        config_from_dict(tiny_data(base_dtype="bf16", hessian={"during": {"every": 2}}), source="my.yaml")

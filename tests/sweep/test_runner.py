@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from hessian_lora.errors import UserError
 from hessian_lora.rundir import CONFIG_FILE
 from hessian_lora.sweep import local, runner
 from hessian_lora.sweep.config import RunSpec, config_from_dict
-from hessian_lora.sweep.runner import pending, prepare_run_dir, run_sweep, sweep_lock
+from hessian_lora.sweep.runner import pending, plan_run_dir, prepare_run_dir, run_sweep, sweep_lock
 from hessian_lora.sweep.store import open_store
 
 
@@ -211,3 +212,15 @@ def test_sweep_command_reports_bad_configs(tmp_path, capsys):
     path.write_text(json.dumps({**tiny_data(), "methods": ["nope"]}))
     assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
     assert "unknown method" in capsys.readouterr().err
+
+
+def test_gradient_checkpointing_may_change_when_a_sweep_resumes(tiny_sweep):
+    # Same gradients, less memory: the new invocation's choice holds, the directory's results stay comparable.
+    run_dir, _, _ = tiny_sweep
+    effective, changed = plan_run_dir(dataclasses.replace(tiny_config(), gradient_checkpointing=True), run_dir)
+    assert effective.gradient_checkpointing and changed
+    assert effective.shared_settings() == tiny_config().shared_settings()
+    effective, changed = plan_run_dir(tiny_config(), run_dir)
+    assert not effective.gradient_checkpointing and not changed
+    with pytest.raises(UserError, match="base_dtype"):  # the base's dtype changes results: refused
+        plan_run_dir(dataclasses.replace(tiny_config(), base_dtype="bf16"), run_dir)
