@@ -216,14 +216,15 @@ def measure(
     device: str | torch.device | None = None,
     out: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    revision: str | None = None,
 ) -> EigenReport:
     """Loss-Hessian eigenvalues of ``adapter``, block by block, as ``settings`` say.
 
     Args:
         adapter: a checkpoint directory or a plain peft adapter directory (loaded on ``device``; the latter on
-            ``base_model``, else its ``base_model_name_or_path``, with ``model_seed`` for a tiny-llama), or an
-            adapted model whose trainable parameters are the adapter (its ``requires_grad`` flags are left as
-            they were).
+            ``base_model``, else its ``base_model_name_or_path``, with ``model_seed`` for a tiny-llama), a hub
+            adapter repo id (at ``revision``), or an adapted model whose trainable parameters are the adapter (its
+            ``requires_grad`` flags are left as they were).
         batches: the data; None builds ``settings``' task with the checkpoint's tokenizer (or ``tokenizer``,
             for a model). Given batches are recorded as task ``"batches"``.
         source: what the report says was analysed (default: the checkpoint's facts, or the model's class).
@@ -240,16 +241,21 @@ def measure(
         template = settings.prompt_template or DEFAULT_PROMPT_TEMPLATE
         source = dict(source) if source is not None else {"model": type(adapter).__name__}
     else:
-        from hessian_lora.peft_adapters import load_adapter
+        from hessian_lora.peft_adapters import load_adapter, peft_step, resolve_adapter
 
-        loaded = load_adapter(adapter, model=base_model, model_seed=model_seed, device=device)
+        directory = resolve_adapter(adapter, revision=revision)
+        # a hub id is recorded as the id at the commit its files came from (the cache's snapshot folder)
+        where = ({"checkpoint": os.fspath(adapter), "revision": directory.name}
+                 if directory != Path(os.fspath(adapter)) else {"checkpoint": str(directory.resolve())})
+        loaded = load_adapter(directory, model=base_model, model_seed=model_seed, device=device)
         peft_model, tokenizer, meta = loaded.model, loaded.tokenizer, loaded.meta
         task = settings.task or meta.task or DEFAULT_TASK
         template = settings.prompt_template or meta.extra.get("prompt_template") or DEFAULT_PROMPT_TEMPLATE
         source = dict(source) if source is not None else {
-            "checkpoint": str(Path(adapter).resolve()), "method": meta.method, "base_model": meta.base_model,
-            "rank": meta.rank, "alpha": meta.alpha, "step": meta.step, "lr": meta.lr,
-            **({"format": "peft"} if meta.extra.get("format") == "peft" else {})}
+            **where, "method": meta.method, "base_model": meta.base_model,
+            "rank": meta.rank, "alpha": meta.alpha, "step": peft_step(meta), "lr": meta.lr,
+            **({"format": "peft"} if meta.extra.get("format") == "peft" else {}),
+            **({"residual_base": meta.extra["residual_base"]} if meta.extra.get("residual_base") else {})}
     if settings.preconditioned and loaded is not None:
         from hessian_lora.loft import preconditioner_note
 
@@ -461,11 +467,13 @@ def eigen(
     device: str | torch.device | None = None,
     out: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    revision: str | None = None,
 ) -> EigenReport:
     """Loss-Hessian eigenvalues of an adapter, block by block (see ``hessian-lora eigen --help``).
 
     The adapter comes from ``checkpoint`` (a hessian-lora checkpoint, or a plain peft adapter directory whose
-    base is ``model`` when given, else its ``base_model_name_or_path``), or ``method`` (+ ``rank``, ``alpha``, ``targets``,
+    base is ``model`` when given, else its ``base_model_name_or_path``; either may be a hub repo id, at
+    ``revision``), or ``method`` (+ ``rank``, ``alpha``, ``targets``,
     ``adapter_seed``) built at initialisation on ``model`` (a spec such as ``smollm2-135m``; ``model_seed`` for
     a random tiny-llama), or ``model`` itself (an ``nn.Module`` with trainable adapter parameters; then pass
     ``batches`` or ``tokenizer``). Data: ``batches``, or ``task`` (a task spec or a .json/.jsonl file; default
@@ -485,7 +493,9 @@ def eigen(
         if method is not None or isinstance(model, nn.Module):
             raise UserError("give either a checkpoint or a method and model, not both.")
         return measure(checkpoint, batches, settings, base_model=model, model_seed=model_seed, device=device,
-                       out=out, progress=progress)
+                       out=out, progress=progress, revision=revision)
+    if revision is not None:
+        raise UserError("revision picks a hub adapter's version: pass it with a checkpoint repo id.")
     if method is not None:
         if isinstance(model, nn.Module):
             raise UserError("a method builds an adapter on a base model spec: pass model as a name such as "
