@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,8 +268,20 @@ def measure(
         raise UserError("the preconditioned sharpness needs a checkpoint saved with its optimizer state "
                         "(a training run).")
     settings = dataclasses.replace(settings, prompt_template=template)
+    default_data = (batches is None and settings.task is None and loaded is not None and loaded.meta.task is None
+                    and loaded.meta.extra.get("format") == "peft")
+    if default_data and distributed.is_main_process():
+        # a plain peft directory records no training data: say so before measuring on a task it never saw
+        print(f"notice: {adapter} records no training data, so it is measured on the default task {task} "
+              f"({settings.samples} examples); pass --data FILE.jsonl (or --task) to measure it on your own data.",
+              file=sys.stderr, flush=True)
     batch_list = list(batches) if batches is not None else settings_batches(tokenizer, dataclasses.replace(
         settings, task=task))
+    data = measured_data(batch_list, task if batches is None else "batches",
+                         template if batches is None else None, default=default_data)
+    source = {**source, "data": data}
+    if progress and distributed.is_main_process():
+        print(f"data: {data_line(data)}", file=sys.stderr, flush=True)
     was = {name: param.requires_grad for name, param in peft_model.named_parameters()}
     try:
         return _measure(peft_model, batch_list, settings, task=task if batches is None else "batches",
@@ -276,6 +289,24 @@ def measure(
     finally:
         for name, param in peft_model.named_parameters():
             param.requires_grad_(was[name])
+
+
+def measured_data(batches: Sequence[TokenBatch], source: str, template: str | None, *,
+                  default: bool = False) -> dict[str, Any]:
+    """What a measurement averages the loss over, as its report's ``source.data`` records it: the task, file or
+    ``"batches"`` (given by the caller), the prompt template (None: the caller's batches were formatted already),
+    examples, batches and loss tokens; ``default``: the default task, because nothing named the data."""
+    return {"source": source, "default": default, "prompt_template": template,
+            "examples": sum(batch.size for batch in batches), "batches": len(batches),
+            "loss_tokens": sum(batch.loss_tokens for batch in batches)}
+
+
+def data_line(data: Mapping[str, Any]) -> str:
+    """``source.data`` in one line (printed by ``eigen`` before the first product)."""
+    what = f"{data['source']}" + (" (default task)" if data.get("default") else "")
+    template = f", template {data['prompt_template']}" if data.get("prompt_template") else ""
+    batches = f"{data['batches']} batch" + ("es" if data["batches"] != 1 else "")
+    return f"{what}{template}, {data['examples']} examples in {batches}, {data['loss_tokens']:,} loss tokens"
 
 
 def settings_batches(tokenizer: Any, settings: MeasureSettings) -> list[TokenBatch]:
@@ -410,6 +441,8 @@ def _resume(out: str | os.PathLike[str] | None, settings: dict[str, Any], source
     done = distributed.broadcast_object(read_report(out) if distributed.is_main_process() else None)
     assert done is not None
     written = dict(done.settings)
+    if "data" not in done.source:  # a report from before source.data: its data are fixed by the settings
+        source = {key: value for key, value in source.items() if key != "data"}
     if "dora_norm" in settings:
         written.setdefault("dora_norm", "detached")  # a DoRA report from before dora_norm: peft's surrogate
     mismatched = sorted(
