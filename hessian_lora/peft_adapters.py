@@ -87,13 +87,14 @@ def load_adapter(
 
 
 def resolve_adapter(spec: str | os.PathLike[str], *, revision: str | None = None) -> Path:
-    """The local directory of an adapter: ``spec`` itself when it is a path (it exists, or starts with ``./``,
-    ``/``, ``~``), else a hub repo id whose adapter files huggingface_hub fetches into (or finds in, offline or
+    """The local directory of an adapter: ``spec`` itself when it is a path (a ``Path``, or a string that exists,
+    starts with ``./``, ``/``, ``~`` or has no slash or several), else a hub repo id whose adapter files huggingface_hub fetches into (or finds in, offline or
     without a network) its cache, at ``revision`` (default: the main branch)."""
     from hessian_lora.models import _hub_unreachable, _looks_like_path, quiet_hub
 
     text = os.fspath(spec)
-    if _looks_like_path(text) or "/" not in text or text.count("/") > 1:
+    # a Path object is a path (also what this returns, so resolving twice is resolving once)
+    if isinstance(spec, os.PathLike) or _looks_like_path(text) or "/" not in text or text.count("/") > 1:
         if revision is not None:
             raise UserError(f"--revision {revision} is for hub adapter ids (user/name): {text} is a local path.")
         return Path(text)
@@ -112,8 +113,9 @@ def resolve_adapter(spec: str | os.PathLike[str], *, revision: str | None = None
     except Exception as exc:  # huggingface_hub raises several kinds (not found, gated, offline, HTTP)
         where = (f"is not in the local cache and the hub cannot be reached ({reason})" if reason is not None
                  else f"could not be fetched ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})")
-        raise UserError(f"hub adapter {text}{at} {where}: check the id and revision and your network "
-                        "(HF_HUB_OFFLINE=1 uses the local cache only), or pass an adapter directory.") from exc
+        raise UserError(f"hub adapter {text}{at} {where} (and there is no directory {text} here): check the id, "
+                        "revision and your network (HF_HUB_OFFLINE=1 uses the local cache only), or pass an adapter "
+                        "directory (./DIR for a relative one).") from exc
     path = Path(folder)
     if not (path / ADAPTER_CONFIG_FILE).is_file() and not (path / META_FILE).is_file():
         raise UserError(f"hub repo {text}{at} holds no {ADAPTER_CONFIG_FILE} nor {META_FILE}: pass the id of an "

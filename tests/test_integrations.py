@@ -58,12 +58,23 @@ def _sft_run(tiny, tmp_path, *, mode: str, logging_steps: int, every: int, max_s
     assert isinstance(args, SFTConfig) and args.gradient_checkpointing
     reporter = _Reporter()
     settings = settings or DuringSettings(tol=1e-3, max_iter=60)
-    callbacks = [reporter] + ([SharpnessCallback(every=every, settings=settings)] if mode == "callbacks" else [])
+    sharpness = SharpnessCallback(every=every, settings=settings) if mode == "callbacks" else None
     trainer = SFTTrainer(model=tiny.model, args=args, train_dataset=dataset, processing_class=tiny.tokenizer,
-                         peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]), callbacks=callbacks)
+                         peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+                         callbacks=[reporter] + ([sharpness] if sharpness is not None else []))
     if mode == "install":
-        SharpnessCallback.install(trainer, every=every, settings=settings)
+        sharpness = SharpnessCallback.install(trainer, every=every, settings=settings)
     trainer.train()
+    if sharpness is not None:  # the last probe measured the final state: so does an offline measurement
+        from hessian_lora.measure import MeasureSettings, measure
+
+        with full_precision_forward(trainer.model):
+            report = measure(trainer.model, sharpness.probe.batches,
+                             MeasureSettings(smallest=False, tol=1e-6, max_iter=200), progress=False)
+        last = next(entry for entry in reversed(trainer.state.log_history) if PREFIX + "lambda_max" in entry)
+        assert last["step"] == max_steps
+        assert last[PREFIX + "lambda_max"] == pytest.approx(report.blocks[0].lambda_max,
+                                                            rel=2 * last[PREFIX + "rel_residual"] + 1e-6)
     return trainer.state.log_history, reporter.seen
 
 
