@@ -355,8 +355,9 @@ def _split_conversion(base: nn.Module, directory: Path, converted: Any) -> PeftM
             module.lora_B["default"].weight.copy_(b[:, :half])
             done += 1
     if done * 2 != len(tensors):
-        raise UserError(f"{directory / ADAPTER_WEIGHTS_FILE} holds tensors of modules its adapter_config.json does not "
-                        "target: re-save the adapter.")
+        raise UserError(f"{directory / ADAPTER_WEIGHTS_FILE} holds {len(tensors) - 2 * done} tensors besides the "
+                        "lora_A/lora_B of its target modules (modules_to_save?): only a pure PiSSA/OLoRA conversion "
+                        "can be split into the method's own factors; save the adapter without them.")
     return peft_model
 
 

@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import logging
 
+import datasets
 import pytest
 import torch
+import trl  # the dev extra's: a missing TRL fails here rather than skipping the clients' tests
+from transformers import TrainerCallback
 
 from hessian_lora.adapters import AdapterConfig, build_adapter
 from hessian_lora.data import collate, load_task, tokenize_example
 from hessian_lora.dynamics import DuringSettings
 from hessian_lora.integrations import PREFIX, SharpnessCallback, full_precision_forward
-
-pytest.importorskip("transformers")
-trl = pytest.importorskip("trl")
-datasets = pytest.importorskip("datasets")
 
 # Keys whose values are wall-clock times: they differ between any two runs.
 _TIMING = ("train_runtime", "train_samples_per_second", "train_steps_per_second")
@@ -27,20 +26,14 @@ def _bf16() -> bool:
     return torch.amp.is_autocast_available("cpu")
 
 
-class _Reporter:
+class _Reporter(TrainerCallback):
     """Stands for TensorBoard/W&B: a callback before the sharpness one that records every on_log it is given."""
 
-    def __new__(cls):
-        from transformers import TrainerCallback
+    def __init__(self) -> None:
+        self.seen: list[dict] = []
 
-        class Reporter(TrainerCallback):
-            def __init__(self) -> None:
-                self.seen: list[dict] = []
-
-            def on_log(self, args, state, control, logs=None, **kwargs):
-                self.seen.append({**logs, "step": state.global_step})
-
-        return Reporter()
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.seen.append({**logs, "step": state.global_step})
 
 
 def _sft_run(tiny, tmp_path, *, mode: str, logging_steps: int, every: int, max_steps: int,
@@ -137,7 +130,7 @@ class _Rows(torch.utils.data.Dataset):
 
 
 def test_callback_logs_equal_offline_measurements(tiny, tmp_path):
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
     from hessian_lora.checkpoint import live_optimizer_state
     from hessian_lora.hessian.filters import WholeAdapter
