@@ -6,27 +6,44 @@ preconditioned sharpness λ₁(P⁻¹H) from the Trainer's live AdamW state, on 
 first ``probe_batches`` batches of the train dataloader, taken once), and logs
 
     sharpness/lambda_max, sharpness/preconditioned, sharpness/lr, sharpness/hvps, sharpness/seconds,
-    sharpness/adam_ratio (λ̃·η/((2+2β₁)/(1−β₁)); 1 = Adam's edge of stability), sharpness/gd_ratio (λ·η/2)
+    sharpness/adam_ratio (λ̃·η/((2+2β₁)/(1−β₁)); 1 = Adam's edge of stability), sharpness/gd_ratio (λ·η/2),
+    sharpness/converged (1.0 when every solve met its tolerance, else 0.0), sharpness/rel_residual and
+    sharpness/precond_rel_residual (‖Hv − λv‖/|λ| of the logged value: what certifies it)
 
-How the values are logged: through the Trainer's own ``Trainer.log`` when the callback knows the trainer
-(``SharpnessCallback.install(trainer, ...)`` or ``callback.attach(trainer)``): they land in
-``trainer.state.log_history`` and reach every reporting integration (``report_to="tensorboard"``, wandb, ...)
-at the probe's step, exactly like the loss. A callback passed as ``Trainer(callbacks=[...])`` without
-``attach`` cannot call ``Trainer.log`` (callbacks are not given the trainer), so it asks for a log at the probe's
-step (``control.should_log``) and adds its values to that log in ``on_log`` and to its ``log_history`` entry;
-reporting callbacks run *before* user callbacks, so they do not see them: use ``install``/``attach`` when you
-report to TensorBoard and the like.
+plus one warning line for a probe that did not converge.
+
+How the values are logged, and why so: as their own entry at the step they were measured, handed to the
+Trainer's ``CallbackHandler.on_log`` (the one dispatch every reporting integration, TensorBoard, W&B, ...,
+listens to) and appended to ``trainer.state.log_history``, exactly as ``Trainer.log`` does, with
+``control.should_log`` put back afterwards. Calling ``trainer.log`` instead is what the Trainer's own log loses
+to: ``on_log`` resets ``control.should_log``, so the Trainer skips its loss log of that step, and a subclass's
+``log`` (TRL's ``SFTTrainer``) hands its accumulated ``entropy``/``mean_token_accuracy``/``num_tokens`` to the
+sharpness entry. Riding on the Trainer's own log call instead would either move the values to another step or
+force a log at the probe step, which changes what the next logged loss averages over. With this callback the
+Trainer's entries are the same, key for key and value for value, as in a run without it (tests/test_integrations.py).
+
+The handler is found through the trainer (``SharpnessCallback.install(trainer, ...)``, ``attach(trainer)``) or,
+for ``Trainer(callbacks=[SharpnessCallback(...)])``, on the call stack of ``on_train_begin``: transformers gives a
+callback no handle on its trainer or handler. Both ways log the same entries.
 
 The probe never changes training: dropout off and flags restored during the products, RNG states saved and
-restored, no ``.grad`` or optimizer state written (see :mod:`hessian_lora.dynamics`).
+restored, no ``.grad`` or optimizer state written (see :mod:`hessian_lora.dynamics`). Under the Trainer's
+``bf16``/``fp16`` mixed precision (accelerate wraps the model's ``forward`` in autocast) the probe measures the
+fp32 loss's Hessian, as every other measurement of the toolkit does: the wrapper is bypassed during the products.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import contextlib
+import dataclasses
+import inspect
+import logging
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import TrainerCallback
 
 from hessian_lora.data import TokenBatch
@@ -40,6 +57,7 @@ from hessian_lora.dynamics import (
 from hessian_lora.errors import UserError
 
 PREFIX = "sharpness/"
+logger = logging.getLogger(__name__)
 
 
 class SharpnessCallback(TrainerCallback):
@@ -62,8 +80,6 @@ class SharpnessCallback(TrainerCallback):
         settings: DuringSettings | None = None,
         trainer: Any = None,
     ) -> None:
-        import dataclasses
-
         self.settings = dataclasses.replace(settings or DuringSettings(), every=every)
         self._given = [to_token_batch(batch) for batch in batches] if batches is not None else None
         if probe_batches < 1:
@@ -71,18 +87,18 @@ class SharpnessCallback(TrainerCallback):
         self.probe_batches = probe_batches
         self.trainer = trainer
         self.probe: SharpnessProbe | None = None
-        self._pending: dict[str, float] | None = None
+        self._handler: Any = None
         self._beta1 = 0.9
 
     @classmethod
     def install(cls, trainer: Any, every: int = 10, **options: Any) -> SharpnessCallback:
-        """Make a callback that logs through ``trainer.log`` and add it to ``trainer``."""
+        """Make a callback for ``trainer`` and add it to its callbacks."""
         callback = cls(every, trainer=trainer, **options)
         trainer.add_callback(callback)
         return callback
 
     def attach(self, trainer: Any) -> SharpnessCallback:
-        """Log through ``trainer.log`` from now on."""
+        """Log through ``trainer``'s callback handler (found on the call stack otherwise)."""
         self.trainer = trainer
         return self
 
@@ -96,6 +112,12 @@ class SharpnessCallback(TrainerCallback):
                        train_dataloader: Any = None, **kwargs: Any) -> None:
         if model is None:
             raise UserError("SharpnessCallback needs the Trainer's model.")
+        self._handler = (getattr(self.trainer, "callback_handler", None) if self.trainer is not None
+                         else _calling_handler(self))
+        if self._handler is None:
+            logger.warning("SharpnessCallback: no Trainer callback handler found; sharpness values go to "
+                           "state.log_history only (no reporting integration sees them): use "
+                           "SharpnessCallback.install(trainer, ...).")
         batches = self._given
         if batches is None:
             if train_dataloader is None:
@@ -114,44 +136,98 @@ class SharpnessCallback(TrainerCallback):
 
     def on_step_begin(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
         if state.global_step == 0 and self.probe is not None and not self.probe.history:
-            self._probe(0, optimizer, control, state)
+            self._probe(args, state, control, optimizer)
 
     def on_step_end(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
         if self.probe is not None:
-            self._probe(state.global_step, optimizer, control, state)
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
-               **kwargs: Any) -> None:
-        if self._pending is None or logs is None:
-            return
-        logs.update(self._pending)
-        if state.log_history and state.log_history[-1].get("step") == state.global_step:
-            state.log_history[-1].update(self._pending)
-        self._pending = None
+            self._probe(args, state, control, optimizer)
 
     # --- internals ------------------------------------------------------------------------------------------
 
-    def _probe(self, step: int, optimizer: Any, control: Any, state: Any) -> None:
+    def _probe(self, args: Any, state: Any, control: Any, optimizer: Any) -> None:
         assert self.probe is not None
         inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
         lr = float(inner.param_groups[0]["lr"]) if inner is not None else None
-        point = self.probe(step, inner, lr)
+        with full_precision_forward(self.probe.model):
+            point = self.probe(state.global_step, inner, lr)
         if point is None:
             return
-        values = self.values(point)
-        if self.trainer is not None:
-            self.trainer.log(values)
-        else:
-            self._pending = values
-            control.should_log = True
+        if not point.converged:
+            logger.warning(uncertified_line(point, self.settings))
+        self._log(self.values(point), args, state, control)
+
+    def _log(self, values: dict[str, float], args: Any, state: Any, control: Any) -> None:
+        # What Trainer.log does, less a subclass's additions, and with the Trainer's own decision to log this
+        # step (control.should_log, reset by the handler's on_log) put back: see the module docstring.
+        logs = dict(values)
+        if state.epoch is not None:
+            logs["epoch"] = state.epoch
+        state.log_history.append({**logs, "step": state.global_step})
+        if self._handler is not None:
+            should_log = control.should_log
+            self._handler.on_log(args, state, control, logs)
+            control.should_log = should_log
 
     def values(self, point: SharpnessPoint) -> dict[str, float]:
         """The logged values of one probe (absent keys: not measured)."""
         gd_ratio, adam_ratio = stability_ratios(point.to_dict(), beta1=self._beta1)
         raw = {"lambda_max": point.lambda_max, "preconditioned": point.preconditioned, "lr": point.lr,
                "hvps": float(point.hvps + point.precond_hvps), "seconds": point.seconds,
-               "gd_ratio": gd_ratio, "adam_ratio": adam_ratio}
+               "gd_ratio": gd_ratio, "adam_ratio": adam_ratio, "converged": 1.0 if point.converged else 0.0,
+               "rel_residual": _relative(point.residual, point.lambda_max),
+               "precond_rel_residual": _relative(point.precond_residual, point.preconditioned)}
         return {PREFIX + key: float(value) for key, value in raw.items() if value is not None}
+
+
+def uncertified_line(point: SharpnessPoint, settings: DuringSettings) -> str:
+    """The one warning line of a probe whose solves did not all meet ``settings.tol``."""
+    parts = []
+    for name, value, residual in (("lambda_max", point.lambda_max, point.residual),
+                                  ("preconditioned", point.preconditioned, point.precond_residual)):
+        if value is not None:
+            relative = _relative(residual, value)
+            parts.append(f"{name} {value:.5g} (relative residual "
+                         f"{'-' if relative is None else f'{relative:.3g}'})")
+    return (f"sharpness probe at step {point.step} not certified to tol {settings.tol:g} within max_iter "
+            f"{settings.max_iter}: {', '.join(parts) or 'no value'}; raise DuringSettings.max_iter.")
+
+
+def _relative(residual: float | None, value: float | None) -> float | None:
+    if residual is None or value is None:
+        return None
+    return residual / abs(value) if value != 0 else math.inf
+
+
+def _calling_handler(callback: TrainerCallback) -> Any:
+    """The ``CallbackHandler`` on the call stack that holds ``callback`` (None when called otherwise)."""
+    from transformers.trainer_callback import CallbackHandler
+
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, CallbackHandler) and any(cb is callback for cb in owner.callbacks):
+                return owner
+            frame = frame.f_back
+        return None
+    finally:
+        del frame
+
+
+@contextlib.contextmanager
+def full_precision_forward(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` without the autocast wrapper accelerate puts on ``forward`` for mixed precision (it keeps the
+    unwrapped one as ``_original_forward``); the wrapper is put back afterwards."""
+    wrapped = model.__dict__.get("forward")
+    original = model.__dict__.get("_original_forward")
+    if wrapped is None or original is None:
+        yield
+        return
+    model.forward = original  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        model.forward = wrapped  # type: ignore[method-assign]
 
 
 def to_token_batch(batch: TokenBatch | Mapping[str, torch.Tensor] | Sequence[Any]) -> TokenBatch:

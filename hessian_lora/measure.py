@@ -229,14 +229,15 @@ def measure(
     device: str | torch.device | None = None,
     out: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    revision: str | None = None,
 ) -> EigenReport:
     """Loss-Hessian eigenvalues of ``adapter``, block by block, as ``settings`` say.
 
     Args:
         adapter: a checkpoint directory or a plain peft adapter directory (loaded on ``device``; the latter on
-            ``base_model``, else its ``base_model_name_or_path``, with ``model_seed`` for a tiny-llama), or an
-            adapted model whose trainable parameters are the adapter (its ``requires_grad`` flags are left as
-            they were).
+            ``base_model``, else its ``base_model_name_or_path``, with ``model_seed`` for a tiny-llama), a hub
+            adapter repo id (at ``revision``), or an adapted model whose trainable parameters are the adapter (its
+            ``requires_grad`` flags are left as they were).
         batches: the data; None builds ``settings``' task with the checkpoint's tokenizer (or ``tokenizer``,
             for a model). Given batches are recorded as task ``"batches"``.
         source: what the report says was analysed (default: the checkpoint's facts, or the model's class).
@@ -254,16 +255,22 @@ def measure(
         template = settings.prompt_template or DEFAULT_PROMPT_TEMPLATE
         source = dict(source) if source is not None else {"model": type(adapter).__name__}
     else:
-        from hessian_lora.peft_adapters import load_adapter
+        from hessian_lora.peft_adapters import load_adapter, peft_step, resolve_adapter
 
-        loaded = load_adapter(adapter, model=base_model, model_seed=model_seed, device=device, full_precision=True)
+        directory = resolve_adapter(adapter, revision=revision)
+        # a hub id is recorded as the id at the commit its files came from (the cache's snapshot folder)
+        where = ({"checkpoint": os.fspath(adapter), "revision": directory.name}
+                 if directory != Path(os.fspath(adapter)) else {"checkpoint": str(directory.resolve())})
+        loaded = load_adapter(directory, model=base_model, model_seed=model_seed, device=device,
+                              full_precision=True)
         peft_model, tokenizer, meta = loaded.model, loaded.tokenizer, loaded.meta
         task = settings.task or meta.task or DEFAULT_TASK
         template = settings.prompt_template or meta.extra.get("prompt_template") or DEFAULT_PROMPT_TEMPLATE
         source = dict(source) if source is not None else {
-            "checkpoint": str(Path(adapter).resolve()), "method": meta.method, "base_model": meta.base_model,
-            "rank": meta.rank, "alpha": meta.alpha, "step": meta.step, "lr": meta.lr,
-            **({"format": "peft"} if meta.extra.get("format") == "peft" else {})}
+            **where, "method": meta.method, "base_model": meta.base_model,
+            "rank": meta.rank, "alpha": meta.alpha, "step": peft_step(meta), "lr": meta.lr,
+            **({"format": "peft"} if meta.extra.get("format") == "peft" else {}),
+            **({"residual_base": meta.extra["residual_base"]} if meta.extra.get("residual_base") else {})}
     if settings.preconditioned and loaded is not None:
         from hessian_lora.loft import preconditioner_note
 
@@ -275,8 +282,20 @@ def measure(
         raise UserError("the preconditioned sharpness needs a checkpoint saved with its optimizer state "
                         "(a training run).")
     settings = dataclasses.replace(settings, prompt_template=template)
+    default_data = (batches is None and settings.task is None and loaded is not None and loaded.meta.task is None
+                    and loaded.meta.extra.get("format") == "peft")
+    if default_data and distributed.is_main_process():
+        # a plain peft directory records no training data: say so before measuring on a task it never saw
+        print(f"notice: {adapter} records no training data, so it is measured on the default task {task} "
+              f"({settings.samples} examples); pass --data FILE.jsonl (or --task) to measure it on your own data.",
+              file=sys.stderr, flush=True)
     batch_list = list(batches) if batches is not None else settings_batches(tokenizer, dataclasses.replace(
         settings, task=task))
+    data = measured_data(batch_list, task if batches is None else "batches",
+                         template if batches is None else None, default=default_data)
+    source = {**source, "data": data}
+    if progress and distributed.is_main_process():
+        print(f"data: {data_line(data)}", file=sys.stderr, flush=True)
     was = {name: param.requires_grad for name, param in peft_model.named_parameters()}
     try:
         return _measure(peft_model, batch_list, settings, task=task if batches is None else "batches",
@@ -284,6 +303,24 @@ def measure(
     finally:
         for name, param in peft_model.named_parameters():
             param.requires_grad_(was[name])
+
+
+def measured_data(batches: Sequence[TokenBatch], source: str, template: str | None, *,
+                  default: bool = False) -> dict[str, Any]:
+    """What a measurement averages the loss over, as its report's ``source.data`` records it: the task, file or
+    ``"batches"`` (given by the caller), the prompt template (None: the caller's batches were formatted already),
+    examples, batches and loss tokens; ``default``: the default task, because nothing named the data."""
+    return {"source": source, "default": default, "prompt_template": template,
+            "examples": sum(batch.size for batch in batches), "batches": len(batches),
+            "loss_tokens": sum(batch.loss_tokens for batch in batches)}
+
+
+def data_line(data: Mapping[str, Any]) -> str:
+    """``source.data`` in one line (printed by ``eigen`` before the first product)."""
+    what = f"{data['source']}" + (" (default task)" if data.get("default") else "")
+    template = f", template {data['prompt_template']}" if data.get("prompt_template") else ""
+    batches = f"{data['batches']} batch" + ("es" if data["batches"] != 1 else "")
+    return f"{what}{template}, {data['examples']} examples in {batches}, {data['loss_tokens']:,} loss tokens"
 
 
 def settings_batches(tokenizer: Any, settings: MeasureSettings) -> list[TokenBatch]:
@@ -434,6 +471,8 @@ def _resume(out: str | os.PathLike[str] | None, settings: dict[str, Any], source
     done = distributed.broadcast_object(read_report(out) if distributed.is_main_process() else None)
     assert done is not None
     written = dict(done.settings)
+    if "data" not in done.source:  # a report from before source.data: its data are fixed by the settings
+        source = {key: value for key, value in source.items() if key != "data"}
     if "dora_norm" in settings:
         written.setdefault("dora_norm", "detached")  # a DoRA report from before dora_norm: peft's surrogate
     mismatched = sorted(
@@ -492,11 +531,13 @@ def eigen(
     device: str | torch.device | None = None,
     out: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    revision: str | None = None,
 ) -> EigenReport:
     """Loss-Hessian eigenvalues of an adapter, block by block (see ``hessian-lora eigen --help``).
 
     The adapter comes from ``checkpoint`` (a hessian-lora checkpoint, or a plain peft adapter directory whose
-    base is ``model`` when given, else its ``base_model_name_or_path``), or ``method`` (+ ``rank``, ``alpha``, ``targets``,
+    base is ``model`` when given, else its ``base_model_name_or_path``; either may be a hub repo id, at
+    ``revision``), or ``method`` (+ ``rank``, ``alpha``, ``targets``,
     ``adapter_seed``) built at initialisation on ``model`` (a spec such as ``smollm2-135m``; ``model_seed`` for
     a random tiny-llama), or ``model`` itself (an ``nn.Module`` with trainable adapter parameters; then pass
     ``batches`` or ``tokenizer``). Data: ``batches``, or ``task`` (a task spec or a .json/.jsonl file; default
@@ -519,7 +560,9 @@ def eigen(
         if method is not None or isinstance(model, nn.Module):
             raise UserError("give either a checkpoint or a method and model, not both.")
         return measure(checkpoint, batches, settings, base_model=model, model_seed=model_seed, device=device,
-                       out=out, progress=progress)
+                       out=out, progress=progress, revision=revision)
+    if revision is not None:
+        raise UserError("revision picks a hub adapter's version: pass it with a checkpoint repo id.")
     if method is not None:
         if isinstance(model, nn.Module):
             raise UserError("a method builds an adapter on a base model spec: pass model as a name such as "

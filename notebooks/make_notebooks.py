@@ -113,6 +113,43 @@ show(figure)'''),
             "(Cauchy interlacing)."),
         new_code_cell('''\
 assert block.lambda_max >= max(report.lambda_max for report in scan.blocks) * (1 - 1e-3)'''),
+        new_markdown_cell(
+            "## Your own checkpoint on your own data\n\n"
+            "Point `ADAPTER` at what your training left: a peft adapter directory (`save_pretrained`, or a Trainer's "
+            "`checkpoint-N/`, whose step is read from `trainer_state.json`) or a hub repo id such as "
+            "`user/my-lora` (add `revision=`), and `DATA` at a `.json`/`.jsonl` file of your prompt/response pairs "
+            "(`PATH::PROMPT_FIELD,RESPONSE_FIELD` maps other field names). The base comes from the adapter's "
+            "`base_model_name_or_path` (or `model=`). Left unset, this cell saves a small LoRA and three pairs of its "
+            "own. The command line is the same: `hessian-lora eigen ADAPTER --data DATA --out report.json`; without "
+            "`--data` a plain peft adapter is measured on the default arithmetic task, after a notice that says so."),
+        new_code_cell('''\
+import json
+
+from peft import LoraConfig, get_peft_model
+
+ADAPTER = os.environ.get("HESSIAN_LORA_ADAPTER")  # a directory or a hub id
+DATA = os.environ.get("HESSIAN_LORA_DATA")        # a .json/.jsonl file of your pairs
+mine = Path(tempfile.mkdtemp(prefix="hessian-lora-mine-"))
+if ADAPTER is None:  # stands for your trained adapter
+    torch.manual_seed(0)
+    peft_model = get_peft_model(load_model(MODEL, device="cpu").model,
+                                LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules=["q_proj", "v_proj"]))
+    peft_model.peft_config["default"].base_model_name_or_path = MODEL
+    peft_model.save_pretrained(mine / "my-lora")
+    ADAPTER = str(mine / "my-lora")
+if DATA is None:  # stands for your data
+    pairs = [("What is 12 + 30?", "42"), ("What is 7 * 6?", "42"), ("What is 50 - 8?", "42")]
+    (mine / "pairs.jsonl").write_text("".join(json.dumps({"question": q, "answer": a}) + "\\n" for q, a in pairs))
+    DATA = str(mine / "pairs.jsonl")
+
+own = eigen(ADAPTER, task=DATA, samples=SAMPLES, batch_size=BATCH_SIZE, progress=False)
+data = own.source["data"]
+print(f"{own.source['method']} r={own.source['rank']} on {own.source['base_model']}, step {own.source['step']}")
+print(f"measured on {data['source']}: {data['examples']} examples, template {data['prompt_template']}, "
+      f"{data['loss_tokens']} loss tokens")
+print(f"λ_max = {own.blocks[0].lambda_max:.6g} (residual {own.blocks[0].residual:.1e}, "
+      f"converged {own.blocks[0].converged})")
+assert data["source"] == DATA and not data["default"]'''),
     ])
 
 

@@ -244,7 +244,7 @@ def _plain_adapter(base_dir: Path, **lora: object) -> PeftModel:
 
     torch.manual_seed(3)
     model = get_peft_model(load_model(str(base_dir), device="cpu").model,
-                           LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], **lora))
+                           LoraConfig(**{"r": 2, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"], **lora}))
     return _perturb(model)
 
 
@@ -292,38 +292,82 @@ def test_plain_dora_directory_loads_with_its_method(base_dir: Path, tmp_path: Pa
     assert any("magnitude" in name for name in trainable_parameters(loaded.model))
 
 
-def test_a_base_rewriting_plain_adapter_says_what_it_needs(base_dir: Path, tmp_path: Path,
-                                                           probe_ids: torch.Tensor) -> None:
+def _pissa_directories(base_dir: Path, tmp_path: Path, init: str) -> PeftModel:
+    """A "trained" ``init`` adapter saved raw, with peft's conversion, and its residual base (a model directory)."""
     from peft import LoraConfig, get_peft_model
 
-    from hessian_lora.peft_adapters import load_adapter
-
     pissa = get_peft_model(load_model(str(base_dir), device="cpu").model,
-                           LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights="pissa"))
+                           LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=init))
     pissa.peft_config["default"].init_lora_weights = True
     pissa.save_pretrained(tmp_path / "initial")  # peft's recipe for a later conversion
-    pissa.peft_config["default"].init_lora_weights = "pissa"
-    _perturb(pissa)
+    pissa.peft_config["default"].init_lora_weights = init
+    torch.manual_seed(3)
+    with torch.no_grad():  # trained: B moved away from B0
+        for name, param in pissa.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.05 * torch.randn_like(param))
+    pissa.eval()
     pissa.save_pretrained(tmp_path / "raw")
     pissa.save_pretrained(tmp_path / "converted", path_initial_model_for_weight_conversion=str(tmp_path / "initial"))
-    expected = _logits(pissa, probe_ids)
+    return pissa
 
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_a_base_rewriting_plain_adapter_is_measured_on_what_it_trains(init: str, base_dir: Path, tmp_path: Path,
+                                                                      probe_ids: torch.Tensor) -> None:
+    from hessian_lora.measure import eigen
+    from hessian_lora.peft_adapters import load_adapter
+
+    pissa = _pissa_directories(base_dir, tmp_path, init)
+    expected = _logits(pissa, probe_ids)
+    trained = trainable_parameters(pissa)
+    pissa.unload().save_pretrained(tmp_path / "residual")
+    load_model("tiny-llama", device="cpu").tokenizer.save_pretrained(tmp_path / "residual")
+
+    # The original base where the residual is needed is refused, in one line that says what to pass.
+    with pytest.raises(UserError) as error:
+        load_adapter(tmp_path / "raw", model=str(base_dir), device="cpu")
+    message = str(error.value)
+    assert "original base" in message and f"init_lora_weights={init!r}" in message and "\n" not in message
+
+    values = {}
+    for name, model in (("raw", None), ("raw", str(tmp_path / "residual")), ("converted", None)):
+        loaded = load_adapter(tmp_path / name, model=model, device="cpu")
+        # the method's own parameters (rank r, not peft's rank-2r conversion), computing the trained function
+        assert (loaded.meta.method, loaded.meta.rank, loaded.meta.alpha) == (init, 2, 4.0), (name, model)
+        assert {k: v.shape for k, v in trainable_parameters(loaded.model).items()} == {
+            k: v.shape for k, v in trained.items()}
+        torch.testing.assert_close(_logits(loaded.model, probe_ids), expected, atol=1e-5, rtol=1e-5)
+        report = eigen(str(tmp_path / name), model=model, samples=4, batch_size=2, max_length=256, smallest=False,
+                       progress=False)
+        assert report.source["residual_base"].startswith(("rebuilt", "given", "converted"))
+        values[(name, model)] = report.blocks[0].lambda_max
+    first = next(iter(values.values()))
+    assert all(value == pytest.approx(first, rel=1e-4) for value in values.values()), values
+
+
+def test_a_rewriting_init_that_cannot_be_rebuilt_says_what_it_needs(base_dir: Path, tmp_path: Path) -> None:
+    from hessian_lora.peft_adapters import load_adapter
+
+    _pissa_directories(base_dir, tmp_path, "pissa")
+    config_path = tmp_path / "raw" / ADAPTER_CONFIG_FILE
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "init_lora_weights": "pissa_niter_4"}))  # a randomised SVD
     with pytest.raises(UserError) as error:
         load_adapter(tmp_path / "raw", device="cpu")
     message = str(error.value)
-    assert str(tmp_path / "raw") in message and "init_lora_weights='pissa'" in message
+    assert str(tmp_path / "raw") in message and "init_lora_weights='pissa_niter_4'" in message
     assert "path_initial_model_for_weight_conversion" in message and "--model" in message
 
-    # The converted adapter is a plain delta on the original base.
-    converted = load_adapter(tmp_path / "converted", device="cpu")
-    assert converted.meta.method == "lora" and converted.meta.rank == 4
-    torch.testing.assert_close(_logits(converted.model, probe_ids), expected, atol=1e-4, rtol=1e-4)
-    # The raw adapter on its residual base, passed as the model, is the trained model (peft's init not re-run).
-    pissa.unload().save_pretrained(tmp_path / "residual")
-    load_model("tiny-llama", device="cpu").tokenizer.save_pretrained(tmp_path / "residual")
-    on_residual = load_adapter(tmp_path / "raw", model=str(tmp_path / "residual"), device="cpu")
-    assert on_residual.meta.method == "pissa"
-    assert torch.equal(_logits(on_residual.model, probe_ids), expected)
+
+@pytest.mark.parametrize("rank", [2, 4])
+def test_a_plain_lora_of_even_rank_is_not_taken_for_a_conversion(rank: int, base_dir: Path, tmp_path: Path) -> None:
+    from hessian_lora.peft_adapters import converted_init, load_adapter
+
+    _plain_adapter(base_dir, r=rank).save_pretrained(tmp_path / "plain")
+    assert converted_init(tmp_path / "plain", json.loads((tmp_path / "plain" / ADAPTER_CONFIG_FILE).read_text())) is None
+    loaded = load_adapter(tmp_path / "plain", device="cpu")
+    assert (loaded.meta.method, loaded.meta.rank) == ("lora", rank)
 
 
 def test_a_checkpoint_refuses_another_base_and_a_truncated_adapter_is_named(base_dir: Path, tmp_path: Path) -> None:

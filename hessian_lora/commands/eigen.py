@@ -4,10 +4,11 @@ Estimate the extreme eigenvalues of the Hessian of the token-weighted mean loss 
 parameters (all of them, or each module's lora_A/lora_B[/magnitude] block), by Lanczos or power iteration on
 exact Hessian-vector products, each value with its residual ||Hv - λv||. Analyse a CHECKPOINT directory
 (hessian-lora's, or a plain peft adapter directory on the base model its adapter_config.json names, or
---model), or an adapter at initialisation with --method/--model. A per-module scan written to --out resumes:
-blocks already in the file are skipped. Under torchrun the products run data-parallel (each process its share
-of the batches). Before the first product the memory plan is printed (model, block, activations per batch,
-Krylov vectors and where they will live); a plan that cannot fit is refused in one line.
+--model), a hub adapter repo id (--revision), or an adapter at initialisation with --method/--model. Before the
+first product it prints what it measures on (data, prompt template, examples, loss tokens) and the memory plan
+(model, block, activations per batch, Krylov vectors and where they will live; a plan that cannot fit is refused
+in one line). A per-module scan written to --out resumes: blocks already in the file are skipped. Under torchrun
+the products run data-parallel (each process its share of the batches).
 
 Exit status: 0 when every requested value is certified to --tol, 3 when the report was written but some value
 is not (the summary says which and why, and what helps), 2 for bad input, 130 on Ctrl-C.
@@ -46,7 +47,9 @@ _UNCERTIFIED_HELP = {
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(subparsers, "eigen", HELP, __doc__, run)
-    parser.add_argument("checkpoint", nargs="?", default=None, help="checkpoint or plain peft adapter directory (omit with --method)")
+    parser.add_argument("checkpoint", nargs="?", default=None, help="checkpoint or plain peft adapter directory, or a "
+                        "hub adapter repo id such as user/my-lora (omit with --method)")
+    parser.add_argument("--revision", default=None, help="hub adapter: branch, tag or commit (default main)")
     source = parser.add_argument_group("adapter at initialisation (instead of CHECKPOINT)")
     source.add_argument("--method", default=None, help="build this method's adapter at initialisation")
     source.add_argument("--model", default=None, help="base model for --method (default smollm2-135m), or for a "
@@ -139,8 +142,7 @@ def run(args: argparse.Namespace) -> int:
         density_steps=args.density_steps, density_runs=args.density_runs, preconditioned=args.preconditioned,
         lr=args.lr, backend=args.backend, reuse=False if args.no_reuse else "auto",
         prompt_template=args.prompt_template, dora_norm=args.dora_norm, krylov_memory=args.krylov_memory,
-        device=args.device,
-        out=args.out, progress=not args.quiet,
+        device=args.device, out=args.out, progress=not args.quiet, revision=args.revision,
     )
     from hessian_lora.hessian import distributed
 

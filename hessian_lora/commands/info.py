@@ -21,16 +21,28 @@ HELP = "describe a checkpoint or a plain peft adapter directory"
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(subparsers, "info", HELP, __doc__, run)
-    parser.add_argument("checkpoint", metavar="DIR", help="checkpoint or plain peft adapter directory")
+    parser.add_argument("checkpoint", metavar="DIR", help="checkpoint or plain peft adapter directory, or a hub "
+                        "adapter repo id such as user/my-lora")
+    parser.add_argument("--revision", default=None, help="hub adapter: branch, tag or commit (default main)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
 
 
-def describe(directory: str | Path) -> dict[str, Any]:
-    """The facts ``info`` prints, read from the files (no model is loaded)."""
+def describe(directory: str | Path, *, revision: str | None = None) -> dict[str, Any]:
+    """The facts ``info`` prints, read from the files (no model is loaded); a hub adapter id is fetched into the
+    hub cache first."""
+    from hessian_lora.peft_adapters import resolve_adapter
+
+    path = resolve_adapter(directory, revision=revision)
+    facts = _describe(path)
+    if path != Path(directory):
+        facts["checkpoint"] = f"{directory} (hub, commit {path.name})"
+    return facts
+
+
+def _describe(path: Path) -> dict[str, Any]:
     from hessian_lora import checkpoint
     from hessian_lora.registry import METHODS
 
-    path = Path(directory)
     if path.is_dir() and not checkpoint.is_checkpoint(path):
         return _describe_peft(path)
     data = checkpoint.read_meta_dict(path)
@@ -79,8 +91,16 @@ def _describe_peft(path: Path) -> dict[str, Any]:
 
     config = peft_adapters.read_peft_config(path)
     shapes = peft_adapters.check_adapter_weights(path)
-    meta = peft_adapters.peft_meta(config, base_model=config.get("base_model_name_or_path") or "-")
     rewriting = peft_adapters.base_rewriting_init(config)
+    converted = peft_adapters.converted_init(path, config) if rewriting is None else None
+    if converted is not None:  # described as what it trains (load_peft_directory measures it so)
+        halved = (2 ** 0.5) if config.get("use_rslora") else 2
+        config = {**config, "r": int(config["r"]) // 2, "lora_alpha": float(config.get("lora_alpha") or 0) / halved,
+                  "init_lora_weights": converted}
+        shapes = {name: (shape[0] // 2, *shape[1:]) if ".lora_A." in name else (shape[0], shape[1] // 2)
+                  for name, shape in shapes.items()}
+    step = peft_adapters.trained_step(path)
+    meta = peft_adapters.peft_meta(config, base_model=config.get("base_model_name_or_path") or "-", step=step)
     use_rslora = meta.method == "rslora" or (meta.method == "dora" and config.get("use_rslora"))
     divisor = {"gralora": meta.rank + int(config.get("hybrid_r") or 0), "randlora": meta.rank}.get(
         meta.method, meta.rank ** 0.5 if use_rslora else meta.rank)
@@ -99,21 +119,19 @@ def _describe_peft(path: Path) -> dict[str, Any]:
         "model_seed": None,
         "task": None,
         "seed": None,
-        "step": None,
+        "step": step,
         "lr": None,
         "trainable_parameters": peft_adapters.trained_parameter_count(shapes),
         "adapter_bytes": _size(path / checkpoint.ADAPTER_WEIGHTS_FILE),
-        "residual_base": (
-            f"NEEDED: init_lora_weights={rewriting!r} rewrote the base; pass the residual base with --model, or "
-            "re-save with peft's path_initial_model_for_weight_conversion" if rewriting
-            else "not needed (a delta on the base model)"),
+        "residual_base": (peft_adapters.residual_base_note(rewriting, converted, given=False)
+                          or "not needed (a delta on the base model)"),
         "optimizer_state": None,
         "extra": {"peft_type": config.get("peft_type"), "init_lora_weights": config.get("init_lora_weights", True)},
     }
 
 
 def run(args: argparse.Namespace) -> int:
-    facts = describe(args.checkpoint)
+    facts = describe(args.checkpoint, revision=args.revision)
     if args.json:
         print(json.dumps(facts, indent=2))
         return 0
