@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from hessian_lora._io import write_json_atomic
+from hessian_lora._numbers import tolerance
 from hessian_lora._yaml import is_number, numbers_from_strings, plain, settings_from_mapping
 from hessian_lora.data import (
     DEFAULT_PROMPT_TEMPLATE,
@@ -147,8 +148,7 @@ class MeasureSettings:
         for name in ("smallest", "trace", "density", "preconditioned"):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}.")
-        if not is_number(self.tol) or not self.tol > 0:
-            raise UserError(f"tol must be a positive number, got {self.tol!r}.")
+        object.__setattr__(self, "tol", tolerance(self.tol, "tol (the relative residual of a certified λ)"))
         if self.lr is not None and (not is_number(self.lr) or not self.lr > 0):
             raise UserError(f"lr must be a positive number (or left out), got {self.lr!r}.")
         if self.task is not None and not isinstance(self.task, str):

@@ -29,6 +29,7 @@ from hessian_lora.analysis.censoring import MIN_INTERIOR
 from hessian_lora.analysis.relation import FIT_KINDS, fit_inverse_constant, fit_power_law
 from hessian_lora.analysis.summary import Analysis, analyze, relation_lambda
 from hessian_lora.errors import UserError
+from hessian_lora.registry import check_method_rank
 from hessian_lora.reports import ReportView
 from hessian_lora.rundir import read_run_directory
 
@@ -281,6 +282,7 @@ def recommend(
         raise UserError(f"rank must be a positive integer, got {rank!r}: pass e.g. --rank 8, or leave it out for "
                         "the calibration's rank.")
     rank = rank or probe.get("rank") or 8
+    check_method_rank(method, rank)  # before the model loads: peft would raise a bare ValueError
     template = prompt_template or probe.get("prompt_template")
     probe = {**probe, "prompt_template": template}
     warnings = []

@@ -35,7 +35,7 @@ from hessian_lora.dynamics import DuringSettings
 from hessian_lora.errors import UserError
 from hessian_lora.evaluate import EvalConfig
 from hessian_lora.measure import MeasureSettings
-from hessian_lora.registry import METHODS
+from hessian_lora.registry import METHODS, check_method_rank
 from hessian_lora.rundir import InitKey, run_id
 from hessian_lora.sweep.search import AdaptiveSearch, search_from_config
 from hessian_lora.train import PRECISIONS, Precision
@@ -362,6 +362,12 @@ def _check_consistency(config: SweepConfig, source: str) -> None:
         raise UserError(f"{source}: dropout must be in [0, 1).")
     if config.divergence_factor <= 1.0:
         raise UserError(f"{source}: divergence_factor must be > 1.")
+    for method in config.methods:
+        for rank in config.ranks:
+            try:
+                check_method_rank(method, rank)
+            except UserError as exc:
+                raise UserError(f"{source}: ranks: {exc}") from exc
 
 
 def _hessian(value: Any, source: str, *, max_length: int) -> HessianSettings:
