@@ -757,3 +757,90 @@ def test_good_checkpoint_passes_every_check(good, untouched, tmp_path, capsys) -
     assert main(["eigen", str(good["checkpoint"]), "--preconditioned", *EIGEN_FAST,
                  "--out", str(tmp_path / "r.json")]) == 0
     assert main(["info", str(good["init"])]) == 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A kill at each step of a sweep's first start, then a rerun (issue 23)
+
+KILL_SWEEP = {**GOOD_SWEEP, "lr": [1e-3, 1e-2], "hessian": {"init": False}}
+# The columns two executions of the same run agree on (timings and timestamps differ).
+KILL_COMPARED = ("run_id", "status", "steps", "tokens", "train_loss", "initial_loss", "eval_loss", "accuracy")
+# Each step of a fresh start, and what the process does there before it is killed (SIGKILL to itself, so the
+# instant is exact): patched into the sweep's modules by _KILL_SCRIPT.
+KILL_POINTS = ("lock-taken", "config-half-written", "config-written", "store-being-built",
+               "store-built-in-place", "store-created", "first-row-running")
+_KILL_SCRIPT = """
+import os, signal, sqlite3, sys
+from hessian_lora.cli import main
+from hessian_lora.sweep import runner, store
+from hessian_lora._io import temporary_path
+
+def die(*_):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+point = sys.argv[1]
+if point == "lock-taken":
+    runner.clean_stale_files = die
+elif point == "config-half-written":
+    def half(path, data):
+        temporary_path(path).write_text("model: tiny-ll")
+        die()
+    runner._write_config = half
+elif point == "config-written":
+    write_config = runner._write_config
+    runner._write_config = lambda path, data: (write_config(path, data), die())
+elif point == "store-being-built":
+    schema = store._create_schema
+    store._create_schema = lambda connection: (schema(connection), die())
+elif point == "store-built-in-place":  # how a store was created before issue 23: its table in the file itself
+    def in_place(path):
+        connection = sqlite3.connect(str(path), isolation_level=None)
+        connection.execute("BEGIN IMMEDIATE")
+        store._create_schema(connection)
+        die()
+    store._create_store_file = in_place
+elif point == "store-created":
+    store.RunStore.start = die
+elif point == "first-row-running":
+    start = store.RunStore.start
+    store.RunStore.start = lambda self, spec: (start(self, spec), die())
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _table(run: Path) -> list[tuple[Any, ...]]:
+    connection = sqlite3.connect(f"file:{run / 'results.sqlite'}?mode=ro", uri=True)
+    try:
+        connection.row_factory = sqlite3.Row
+        rows = connection.execute("SELECT * FROM runs ORDER BY run_id").fetchall()
+    finally:
+        connection.close()
+    return [tuple(row[name] for name in KILL_COMPARED) for row in rows]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[Any, ...]]]:
+    root = tmp_path_factory.mktemp("uninterrupted")
+    config = write(root / "kill.yaml", yaml.safe_dump(KILL_SWEEP))
+    assert main(["sweep", str(config), "--out", str(root / "run"), "--quiet", "--threads", "1"]) == 0
+    return config, _table(root / "run")
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_a_kill_at_each_step_of_the_first_start_then_a_rerun_finishes(point: str, uninterrupted, tmp_path,
+                                                                      capsys) -> None:
+    config, reference = uninterrupted
+    run = tmp_path / "run"
+    killed = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, point, "sweep", str(config), "--out", str(run),
+                             "--quiet", "--threads", "1"], capture_output=True, text=True, env=cli_env(), timeout=240)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    if point == "store-built-in-place":  # the leftover the issue describes: a store with no runs table
+        with pytest.raises(sqlite3.Error, match="no such table"):
+            _table(run)
+    capsys.readouterr()
+    assert main(["sweep", str(config), "--out", str(run), "--quiet", "--threads", "1"]) == 0, capsys.readouterr().err
+    rows = _table(run)
+    assert [row[:3] for row in rows] == [row[:3] for row in reference]
+    for row, expected in zip(rows, reference):
+        assert row[3:] == pytest.approx(expected[3:], rel=1e-6), (row, expected)
+    assert not list(run.rglob("*.tmp")) and not list(run.glob("*-journal"))

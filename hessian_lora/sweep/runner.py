@@ -41,7 +41,7 @@ from hessian_lora.rundir import (
 )
 from hessian_lora.sweep.config import GRID_AXES, RunSpec, SweepConfig, config_from_dict
 from hessian_lora.sweep.local import run_local
-from hessian_lora.sweep.store import open_store, read_rows
+from hessian_lora.sweep.store import open_store, read_rows, recover_unfinished_store
 
 if TYPE_CHECKING:
     from hessian_lora.sweep.adaptive import AtInit
@@ -236,6 +236,7 @@ def run_sweep(
     reuse_budget = reuse_budget_bytes() if backend == "local" else 0
     with sweep_lock(root):
         clean_stale_files(root)
+        recover_unfinished_store(root)  # a first start killed while creating the store (an older version)
         effective, changed = plan_run_dir(config, root, extend=extend)
         specs = config.runs()
         if config.search is not None or pending(specs, _recorded_statuses(root), retry_failed=retry_failed):
