@@ -362,6 +362,9 @@ def _check_consistency(config: SweepConfig, source: str) -> None:
         raise UserError(f"{source}: dropout must be in [0, 1).")
     if config.divergence_factor <= 1.0:
         raise UserError(f"{source}: divergence_factor must be > 1.")
+    if config.search is not None and config.search.metric == "accuracy" and not config.eval.accuracy:
+        raise UserError(f"{source}: search.metric is accuracy, but eval.accuracy is false, so no run records it: "
+                        "set eval.accuracy: true, or search.metric: eval_loss.")
     for method in config.methods:
         for rank in config.ranks:
             try:
