@@ -246,6 +246,12 @@ def measure(
         peft_model, tokenizer, meta = loaded.model, loaded.tokenizer, loaded.meta
         task = settings.task or meta.task or DEFAULT_TASK
         template = settings.prompt_template or meta.extra.get("prompt_template") or DEFAULT_PROMPT_TEMPLATE
+        if not settings.prompt_template:  # the checkpoint's own: a bad one is that file's fault, not the user's flag
+            try:
+                check_prompt_template(template)
+            except UserError as exc:
+                raise UserError(f"{Path(adapter)}: the prompt_template the checkpoint records is unusable: {exc} "
+                                "Pass --prompt-template to override it, or re-create the checkpoint.") from exc
         source = dict(source) if source is not None else {
             "checkpoint": str(Path(adapter).resolve()), "method": meta.method, "base_model": meta.base_model,
             "rank": meta.rank, "alpha": meta.alpha, "step": meta.step, "lr": meta.lr,

@@ -9,9 +9,9 @@ function, and nothing in the files says what the residual was.
 
 from __future__ import annotations
 
-import json
 import math
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from peft import PeftModel
 
-from hessian_lora import adapters
+from hessian_lora import adapters, schemas
 from hessian_lora.checkpoint import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
@@ -67,18 +67,15 @@ def read_peft_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_dir():
         raise UserError(f"adapter directory {path} does not exist: pass a checkpoint or a peft adapter directory.")
     config_path = path / ADAPTER_CONFIG_FILE
-    if not config_path.is_file():
+    if not config_path.exists():
         raise UserError(f"{path} is not a hessian-lora checkpoint (no {META_FILE}) nor a peft adapter directory "
                         f"(no {ADAPTER_CONFIG_FILE}): pass a directory written by hessian-lora or save_pretrained.")
-    try:
-        data = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{config_path} is not valid JSON ({exc.msg}): re-save the adapter.") from exc
-    peft_type = data.get("peft_type")
-    if peft_type not in _PEFT_TUNERS:
-        raise UserError(f"{config_path}: peft_type {peft_type!r} is not supported: use an adapter of type "
-                        f"{', '.join(_PEFT_TUNERS)}.")
-    return data
+    # Types and finite numbers first (schemas.PeftAdapterConfigDocument): a rank of "four" or a NaN alpha would
+    # otherwise reach peft (a traceback) or the report (alpha nan).
+    data = schemas.read_json(config_path, what="peft adapter config", fix=schemas.PEFT_CONFIG_FIX)
+    schemas.validate_document(schemas.PeftAdapterConfigDocument, data, source=str(config_path),
+                              fix=schemas.PEFT_CONFIG_FIX)
+    return dict(data)
 
 
 def base_rewriting_init(peft_config: Mapping[str, Any]) -> str | None:
@@ -139,7 +136,7 @@ def load_peft_directory(
 
     path = Path(directory)
     data = read_peft_config(path)
-    check_adapter_weights(path)
+    shapes = check_adapter_weights(path)
     rewriting = base_rewriting_init(data)
     if rewriting is not None and model is None:
         raise UserError(f"{path}: init_lora_weights={rewriting!r} rewrote the base weights, so the adapter is wrong "
@@ -152,19 +149,72 @@ def load_peft_directory(
         raise UserError(f"{path / ADAPTER_CONFIG_FILE}: base_model_name_or_path {base_spec} does not exist here: "
                         "pass the base with --model.")
     loaded = load_model(base_spec, dtype=torch.float32, device=device, seed=model_seed)
+    check_adapter_fits_base(path, data, shapes, loaded.model, base_spec)
     peft_config = PeftConfig.from_pretrained(str(path))
     if rewriting is not None:  # the residual base is given: load the trained factors, do not re-run the init
         peft_config.init_lora_weights = True
         peft_config.lora_ga_config = None
     with torch.random.fork_rng(devices=adapters._cuda_device_indices(loaded.model)), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        peft_model = PeftModel.from_pretrained(loaded.model, str(path), config=peft_config, is_trainable=True,
-                                               low_cpu_mem_usage=True)
+        try:
+            peft_model = PeftModel.from_pretrained(loaded.model, str(path), config=peft_config, is_trainable=True,
+                                                   low_cpu_mem_usage=True)
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # what the checks above cannot foresee
+            raise UserError(f"{path}: peft cannot load the adapter on {base_spec} ({_first_problem(exc)}): pass "
+                            "the base it was trained on with --model, or re-save the adapter.") from exc
     meta = peft_meta(data, base_model=base_spec, model_seed=model_seed)
     setattr(peft_model, adapters.CONFIG_ATTRIBUTE, meta.adapter_config())
     setattr(peft_model, adapters.INITIAL_FACTORS_ATTRIBUTE, {})
     peft_model.eval()
     return LoadedCheckpoint(peft_model, loaded.tokenizer, meta, None)
+
+
+def check_adapter_fits_base(directory: Path, peft_config: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]],
+                            base: torch.nn.Module, base_spec: str) -> None:
+    """Refuse an adapter that does not fit ``base`` before peft tries: target modules the base lacks, and LoRA
+    factors whose shapes differ from the base's layers (peft prints one size mismatch per tensor).
+
+    Names: a ``target_modules`` list matches a module whose name is the entry or ends in ``.entry``, a string is
+    a regular expression over full names (peft's rules). Shapes: ``lora_A`` is (r, in), ``lora_B`` (out, r) of
+    the linear layer at the tensor's path; other tuners' tensors are left to peft (its error, on one line).
+    """
+    config_path = directory / ADAPTER_CONFIG_FILE
+    linears = {name: module for name, module in base.named_modules() if isinstance(module, torch.nn.Linear)}
+    targets = peft_config.get("target_modules")
+    if isinstance(targets, str):
+        if not any(re.fullmatch(targets, name) for name in linears):
+            raise UserError(f"{config_path}: target_modules {targets!r} matches no linear layer of {base_spec}: pass "
+                            "the base the adapter was trained on with --model.")
+    elif targets:
+        missing = [target for target in targets
+                   if not any(name == target or name.endswith(f".{target}") for name in linears)]
+        if missing:
+            have = sorted({name.rsplit(".", 1)[-1] for name in linears})
+            raise UserError(f"{config_path}: target_modules {', '.join(missing)} not in {base_spec} (its linear "
+                            f"layers: {', '.join(have)}): pass the base the adapter was trained on with --model.")
+    for key, shape in shapes.items():
+        found = re.fullmatch(r"(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.[^.]+)?\.weight", key)
+        if found is None or len(shape) != 2:
+            continue
+        module = linears.get(found.group(1))
+        if module is None:
+            raise UserError(f"{directory / ADAPTER_WEIGHTS_FILE}: tensor {key} adapts {found.group(1)}, which "
+                            f"{base_spec} does not have: pass the base the adapter was trained on with --model.")
+        side, expected = ("in", module.in_features) if found.group(2) == "A" else ("out", module.out_features)
+        got = shape[1] if found.group(2) == "A" else shape[0]
+        if got != expected:
+            raise UserError(f"{directory / ADAPTER_WEIGHTS_FILE}: the adapter was saved for another base: "
+                            f"{found.group(1)} has {expected} {side}put features in {base_spec}, the adapter's "
+                            f"lora_{found.group(2)} {got}: pass the base it was trained on with --model.")
+
+
+def _first_problem(exc: BaseException) -> str:
+    """peft's error as one line: its first informative line (a state-dict error lists one line per tensor)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = next((line for line in lines if line.lower().startswith(("size mismatch", "missing key", "unexpected"))),
+                  lines[0] if lines else type(exc).__name__)
+    more = len(lines) - 1 if len(lines) > 2 else 0
+    return f"{type(exc).__name__}: {detail[:300]}" + (f" and {more} more lines" if more else "")
 
 
 def check_adapter_weights(directory: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:

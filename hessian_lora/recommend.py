@@ -185,7 +185,24 @@ def load_calibration(source: str | os.PathLike[str] | None = None) -> Calibratio
 
     document = schemas.read_document(path, schemas.CalibrationDocument, what="calibration",
                                      fix=schemas.CALIBRATION_FIX)
-    return Calibration.from_dict(document.model_dump(), source=str(path))
+    _check_probe_options(document.probe, str(path))
+    # exclude_unset: the probe as the file gives it (an absent field stays absent, not a default)
+    return Calibration.from_dict(document.model_dump(exclude_unset=True), source=str(path))
+
+
+def _check_probe_options(probe: Any, source: str) -> None:
+    """The probe's measurement options and template, checked when the file is read rather than when a probe, a
+    model load later, first uses them."""
+    from hessian_lora import schemas
+    from hessian_lora.data import check_prompt_template
+    from hessian_lora.measure import MeasureSettings
+
+    try:
+        MeasureSettings.from_mapping(probe.eigen_options or {}, source="eigen_options")
+        if probe.prompt_template is not None:
+            check_prompt_template(probe.prompt_template)
+    except UserError as exc:
+        raise UserError(f"{source}: probe: {exc} Fix that field, or {schemas.CALIBRATION_FIX}") from exc
 
 
 def save_calibration(calibration: Calibration, path: str | os.PathLike[str]) -> Path:
