@@ -216,6 +216,35 @@ CALIBRATION_FIX = ("rebuild it with `hessian-lora recommend --calibration RUN_DI
 
 
 # ----------------------------------------------------------------------------------------------------------
+# A run directory's config.yaml as analysis reads it (analyze, plot, recommend --calibration RUN_DIR)
+
+
+class RunConfigDocument(_Document):
+    """The settings analysis and calibrations take from ``RUN_DIR/config.yaml``, typed; everything else is kept
+    as written (an ablation compares every key). A sweep writes the whole config (``sweep.config`` validates it
+    on resume); hand-made or older directories may hold only some keys."""
+
+    name: str | int | None = None
+    model: Name | None = None
+    task: Name | None = None
+    model_seed: NonNegativeInt | None = None
+    data_seed: NonNegativeInt | None = None
+    n_train: PositiveInt | None = None
+    n_eval: NonNegativeInt | None = None
+    max_length: PositiveInt | None = None
+    alpha: PositiveFloat | None = None
+    targets: Annotated[list[Name], Field(min_length=1)] | Name | None = None
+    attention: Name | None = None
+    pissa_niter: PositiveInt | None = None
+    prompt_template: Name | None = None
+    hessian: dict[str, Any] | None = None
+
+
+RUN_CONFIG_FIX = ("restore the config.yaml the sweep wrote (a run directory's config is not edited by hand), or "
+                  "rerun the sweep into a new --out.")
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Eigen reports read back (eigen --out resumes from them; analysis reads hessian/*.json)
 
 
