@@ -213,8 +213,8 @@ def _first_problem(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     detail = next((line for line in lines if line.lower().startswith(("size mismatch", "missing key", "unexpected"))),
                   lines[0] if lines else type(exc).__name__)
-    more = len(lines) - 1 if len(lines) > 2 else 0
-    return f"{type(exc).__name__}: {detail[:300]}" + (f" and {more} more lines" if more else "")
+    more = len(lines) - 2 if detail is not lines[0] else len(lines) - 1  # the header and the one shown
+    return f"{type(exc).__name__}: {detail[:300].rstrip('.')}" + (f"; {more} more like it" if more > 0 else "")
 
 
 def check_adapter_weights(directory: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:

@@ -1188,3 +1188,17 @@ def test_bad_template_recorded_in_a_checkpoint_names_the_checkpoint(good, untouc
                               json.dumps(_meta(good, extra={"prompt_template": "no placeholder"})))
     message = fails(["eigen", checkpoint, *EIGEN_FAST, "--out", tmp_path / "r.json"], capsys)
     assert str(checkpoint) in message and "--prompt-template" in message
+
+
+@pytest.mark.parametrize("method", ["gralora", "randlora"])
+def test_peft_adapter_of_another_tuner_on_another_base(method: str, untouched, tmp_path, capsys) -> None:
+    """Tensors the shape check does not know (GraLoRA's blocks, RandLoRA's bases): peft's own size mismatch,
+    one line instead of one per tensor."""
+    directory = tmp_path / method
+    assert main(["init", *TINY, "--method", method, "--rank", "2", "--targets", "q_proj,v_proj",
+                 "--out", str(directory)]) == 0
+    (directory / "hessian_lora.json").unlink()
+    capsys.readouterr()
+    message = fails(["eigen", directory, "--model", "tiny-llama:hidden_size=32", *EIGEN_FAST, "--out",
+                     tmp_path / "r.json"], capsys)
+    assert message.count("size mismatch") == 1 and "more like it" in message and "--model" in message
