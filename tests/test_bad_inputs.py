@@ -1132,7 +1132,9 @@ def test_good_peft_directory_passes_the_checks(good, untouched, tmp_path, capsys
     directory = _peft_directory(good, tmp_path)
     assert main(["info", str(directory)]) == 0
     assert "alpha             2 (scale 1)" in capsys.readouterr().out
-    assert main(["eigen", str(directory), *EIGEN_FAST, "--out", str(tmp_path / "r.json")]) == 0
+    # Enough iterations to certify λ_max: an uncertified value is not a success (the CLI may exit non-zero).
+    converging = [item if item != "3" else "40" for item in EIGEN_FAST]
+    assert main(["eigen", str(directory), *converging, "--out", str(tmp_path / "r.json")]) == 0
 
 
 GRALORA_CASES = {
