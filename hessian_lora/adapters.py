@@ -38,7 +38,7 @@ from transformers import PreTrainedTokenizerBase
 from hessian_lora.data import Example, TokenBatch
 from hessian_lora.errors import UserError
 from hessian_lora.models import HESSIAN_SAFE_ATTENTION, LoadedModel, load_model
-from hessian_lora.registry import METHODS, MethodSpec, gralora_k, randlora_rank
+from hessian_lora.registry import METHODS, MethodSpec, check_method_rank, gralora_k, randlora_rank
 
 if TYPE_CHECKING:
     from hessian_lora.train import TrainConfig
@@ -482,6 +482,7 @@ def _check_rank_fits(config: AdapterConfig, shapes: dict[str, tuple[int, int]]) 
 def _check_tuner_fits(config: AdapterConfig, shapes: dict[str, tuple[int, int]]) -> None:
     if config.spec.tuner != "gralora":
         return
+    check_method_rank(config.method, config.rank)
     k = gralora_k(config.rank)
     odd = sorted({name.rsplit(".", 1)[-1] for name, shape in shapes.items() if shape[0] % k or shape[1] % k})
     if odd:

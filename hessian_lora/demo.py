@@ -136,7 +136,7 @@ def _demo_steps(sweep_config: SweepConfig, config_path: Path, run_dir: Path, say
                         layers=None if quick else layer_samples, density_steps=density_steps, progress=progress)
     # The search's centres build each method's adapter at initialisation: the per-module scan rides along.
     summary = run_sweep(sweep_config, run_dir, progress=progress, device=device, on_run=overall.runs,
-                        at_init=extras.measure)
+                        at_init=extras.measure, source=str(config_path))
     say(summary.line())
 
     overall.phase("[2/4] λ_max at init")

@@ -40,12 +40,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from hessian_lora._numbers import tolerance
 from hessian_lora._yaml import settings_from_mapping
 from hessian_lora.data import TokenBatch
 from hessian_lora.errors import UserError
 from hessian_lora.hessian.dora import DORA_NORMS, DoraNorm
 from hessian_lora.hessian.filters import ParameterBlock, PerModule, WholeAdapter
 from hessian_lora.hessian.lanczos import lanczos
+from hessian_lora.hessian.operator import BACKENDS as OPERATOR_BACKENDS
 from hessian_lora.hessian.operator import HessianOperator, ScaledOperator
 from hessian_lora.hessian.power import power_iteration
 from hessian_lora.hessian.preconditioned import adam_thresholds
@@ -54,6 +56,8 @@ from hessian_lora.precision import check_hessian_precision
 
 ProbeSolver = Literal["lanczos", "power"]
 ProbeBlocks = Literal["whole", "per-module"]
+# The Hessian-vector products a probe may use: the engine's, or auto (its choice for the device).
+PROBE_BACKENDS: tuple[str, ...] = ("auto", *OPERATOR_BACKENDS)
 
 
 @dataclass(frozen=True)
@@ -92,8 +96,12 @@ class DuringSettings:
             raise UserError(f"hessian.during.dora_norm must be {' or '.join(DORA_NORMS)}, got {self.dora_norm!r}.")
         if self.solver not in ("lanczos", "power"):
             raise UserError(f"hessian.during.solver must be lanczos or power, got {self.solver!r}.")
-        if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)) or not self.tol > 0:
-            raise UserError(f"hessian.during.tol must be a positive number, got {self.tol!r}.")
+        object.__setattr__(self, "tol", tolerance(self.tol, "hessian.during.tol"))
+        if self.backend not in PROBE_BACKENDS:  # else only the first probe, after a run's setup, would find out
+            raise UserError(f"hessian.during.backend must be one of {', '.join(PROBE_BACKENDS)}, got "
+                            f"{self.backend!r}.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise UserError(f"hessian.during.seed must be an integer >= 0, got {self.seed!r}.")
         for name in ("preconditioned", "warm_start"):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"hessian.during.{name} must be true or false, got {getattr(self, name)!r}.")

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from hessian_lora._numbers import time_limit
 from hessian_lora.data import Example
 from hessian_lora.errors import UserError
 
@@ -72,6 +73,7 @@ def load_eval_set(spec: str, *, limit: int | None = None, code_timeout: float = 
     """
     name, _, path = spec.partition(":")
     name = name.strip().lower()
+    code_timeout = time_limit(code_timeout, "eval.humaneval_timeout (each program's time limit)")
     if limit is not None and limit < 1:
         raise UserError(f"eval set limit must be at least 1, got {limit}.")
     if name == "humaneval":

@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
+from hessian_lora._numbers import time_limit
 from hessian_lora.data import DEFAULT_PROMPT_TEMPLATE, Example, Task, format_prompt, make_batches
 from hessian_lora.errors import UserError
 from hessian_lora.loss import mean_loss
@@ -47,8 +48,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.batch_size <= 0 or self.max_length <= 0 or self.max_new_tokens <= 0:
             raise UserError("eval batch_size, max_length and max_new_tokens must be positive.")
-        if self.humaneval_timeout <= 0:
-            raise UserError(f"humaneval_timeout must be positive seconds, got {self.humaneval_timeout}.")
+        # A NaN limit never expires and inf never ends a program: generated code would run unbounded.
+        object.__setattr__(self, "humaneval_timeout", time_limit(self.humaneval_timeout, "eval.humaneval_timeout"))
         if self.humaneval_limit is not None and self.humaneval_limit < 1:
             raise UserError(f"humaneval_limit must be >= 1 (or null for all problems), got {self.humaneval_limit}.")
 
@@ -225,6 +226,7 @@ def humaneval_program(problem: dict[str, Any], completion: str) -> str:
 def run_program(program: str, *, timeout: float = 10.0, memory_bytes: int | None = 2 << 30) -> bool:
     """Run untrusted Python in a fresh isolated interpreter (``-I``) in an empty temp directory; True iff it
     exits with status 0 within ``timeout`` seconds. The whole process group is killed on timeout."""
+    timeout = time_limit(timeout, "the sandbox's timeout")  # no untrusted program runs without a finite limit
     with tempfile.TemporaryDirectory(prefix="hessian-lora-exec-") as workdir:
         path = Path(workdir) / "program.py"
         path.write_text(program, encoding="utf-8")

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from hessian_lora._io import write_json_atomic
+from hessian_lora._numbers import tolerance
 from hessian_lora._yaml import is_number, numbers_from_strings, plain, settings_from_mapping
 from hessian_lora.data import (
     DEFAULT_PROMPT_TEMPLATE,
@@ -156,8 +157,7 @@ class MeasureSettings:
         for name in ("smallest", "trace", "density", "preconditioned"):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}.")
-        if not is_number(self.tol) or not self.tol > 0:
-            raise UserError(f"tol must be a positive number, got {self.tol!r}.")
+        object.__setattr__(self, "tol", tolerance(self.tol, "tol (the relative residual of a certified λ)"))
         if self.lr is not None and (not is_number(self.lr) or not self.lr > 0):
             raise UserError(f"lr must be a positive number (or left out), got {self.lr!r}.")
         if self.krylov_memory is not None and (not is_number(self.krylov_memory) or not self.krylov_memory > 0
@@ -266,6 +266,12 @@ def measure(
         peft_model, tokenizer, meta = loaded.model, loaded.tokenizer, loaded.meta
         task = settings.task or meta.task or DEFAULT_TASK
         template = settings.prompt_template or meta.extra.get("prompt_template") or DEFAULT_PROMPT_TEMPLATE
+        if not settings.prompt_template:  # the checkpoint's own: a bad one is that file's fault, not the user's flag
+            try:
+                check_prompt_template(template)
+            except UserError as exc:
+                raise UserError(f"{Path(adapter)}: the prompt_template the checkpoint records is unusable: {exc} "
+                                "Pass --prompt-template to override it, or re-create the checkpoint.") from exc
         source = dict(source) if source is not None else {
             **where, "method": meta.method, "base_model": meta.base_model,
             "rank": meta.rank, "alpha": meta.alpha, "step": peft_step(meta), "lr": meta.lr,

@@ -36,7 +36,7 @@ import torch
 from peft import PeftModel
 from torch import nn
 
-from hessian_lora import adapters
+from hessian_lora import adapters, schemas
 from hessian_lora.checkpoint import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
@@ -130,18 +130,15 @@ def read_peft_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_dir():
         raise UserError(f"adapter directory {path} does not exist: pass a checkpoint or a peft adapter directory.")
     config_path = path / ADAPTER_CONFIG_FILE
-    if not config_path.is_file():
+    if not config_path.exists():
         raise UserError(f"{path} is not a hessian-lora checkpoint (no {META_FILE}) nor a peft adapter directory "
                         f"(no {ADAPTER_CONFIG_FILE}): pass a directory written by hessian-lora or save_pretrained.")
-    try:
-        data = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{config_path} is not valid JSON ({exc.msg}): re-save the adapter.") from exc
-    peft_type = data.get("peft_type")
-    if peft_type not in _PEFT_TUNERS:
-        raise UserError(f"{config_path}: peft_type {peft_type!r} is not supported: use an adapter of type "
-                        f"{', '.join(_PEFT_TUNERS)}.")
-    return data
+    # Types and finite numbers first (schemas.PeftAdapterConfigDocument): a rank of "four" or a NaN alpha would
+    # otherwise reach peft (a traceback) or the report (alpha nan).
+    data = schemas.read_json(config_path, what="peft adapter config", fix=schemas.PEFT_CONFIG_FIX)
+    schemas.validate_document(schemas.PeftAdapterConfigDocument, data, source=str(config_path),
+                              fix=schemas.PEFT_CONFIG_FIX)
+    return dict(data)
 
 
 def base_rewriting_init(peft_config: Mapping[str, Any]) -> str | None:
@@ -252,7 +249,7 @@ def load_peft_directory(
 
     path = Path(directory)
     data = read_peft_config(path)
-    check_adapter_weights(path)
+    shapes = check_adapter_weights(path)
     rewriting = base_rewriting_init(data)
     named_base = data.get("base_model_name_or_path")
     if rewriting is not None:
@@ -275,6 +272,7 @@ def load_peft_directory(
         raise UserError(f"{path / ADAPTER_CONFIG_FILE}: base_model_name_or_path {base_spec} does not exist here: "
                         "pass the base with --model.")
     loaded = load_model(base_spec, dtype=torch.float32, device=device, seed=model_seed)
+    check_adapter_fits_base(path, data, shapes, loaded.model, base_spec)
     peft_config = PeftConfig.from_pretrained(str(path))
     rebuild = rewriting is not None and model is None
     if rewriting is not None and not rebuild:  # the residual base is given: load the trained factors only
@@ -287,8 +285,12 @@ def load_peft_directory(
         else:
             # Rebuilding needs peft's init to run (it rewrites the base, then the trained factors replace its
             # A₀, B₀); low_cpu_mem_usage skips the init, which is right when nothing is to be rebuilt.
-            peft_model = PeftModel.from_pretrained(loaded.model, str(path), config=peft_config, is_trainable=True,
-                                                   low_cpu_mem_usage=not rebuild)
+            try:
+                peft_model = PeftModel.from_pretrained(loaded.model, str(path), config=peft_config,
+                                                       is_trainable=True, low_cpu_mem_usage=not rebuild)
+            except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # what the checks above cannot foresee
+                raise UserError(f"{path}: peft cannot load the adapter on {base_spec} ({_first_problem(exc)}): "
+                                "pass the base it was trained on with --model, or re-save the adapter.") from exc
     if converted is not None:
         data = {**data, "r": peft_config.r, "lora_alpha": peft_config.lora_alpha, "init_lora_weights": converted}
     meta = peft_meta(data, base_model=base_spec, model_seed=model_seed, step=trained_step(path))
@@ -378,6 +380,54 @@ def trained_step(directory: str | os.PathLike[str]) -> int | None:
                         "file.")
     match = re.fullmatch(r"checkpoint-(\d+)", path.resolve().name)
     return int(match.group(1)) if match else None
+
+
+def check_adapter_fits_base(directory: Path, peft_config: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]],
+                            base: torch.nn.Module, base_spec: str) -> None:
+    """Refuse an adapter that does not fit ``base`` before peft tries: target modules the base lacks, and LoRA
+    factors whose shapes differ from the base's layers (peft prints one size mismatch per tensor).
+
+    Names: a ``target_modules`` list matches a module whose name is the entry or ends in ``.entry``, a string is
+    a regular expression over full names (peft's rules). Shapes: ``lora_A`` is (r, in), ``lora_B`` (out, r) of
+    the linear layer at the tensor's path; other tuners' tensors are left to peft (its error, on one line).
+    """
+    config_path = directory / ADAPTER_CONFIG_FILE
+    linears = {name: module for name, module in base.named_modules() if isinstance(module, torch.nn.Linear)}
+    targets = peft_config.get("target_modules")
+    if isinstance(targets, str):
+        if not any(re.fullmatch(targets, name) for name in linears):
+            raise UserError(f"{config_path}: target_modules {targets!r} matches no linear layer of {base_spec}: pass "
+                            "the base the adapter was trained on with --model.")
+    elif targets:
+        missing = [target for target in targets
+                   if not any(name == target or name.endswith(f".{target}") for name in linears)]
+        if missing:
+            have = sorted({name.rsplit(".", 1)[-1] for name in linears})
+            raise UserError(f"{config_path}: target_modules {', '.join(missing)} not in {base_spec} (its linear "
+                            f"layers: {', '.join(have)}): pass the base the adapter was trained on with --model.")
+    for key, shape in shapes.items():
+        found = re.fullmatch(r"(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.[^.]+)?\.weight", key)
+        if found is None or len(shape) != 2:
+            continue
+        module = linears.get(found.group(1))
+        if module is None:
+            raise UserError(f"{directory / ADAPTER_WEIGHTS_FILE}: tensor {key} adapts {found.group(1)}, which "
+                            f"{base_spec} does not have: pass the base the adapter was trained on with --model.")
+        side, expected = ("in", module.in_features) if found.group(2) == "A" else ("out", module.out_features)
+        got = shape[1] if found.group(2) == "A" else shape[0]
+        if got != expected:
+            raise UserError(f"{directory / ADAPTER_WEIGHTS_FILE}: the adapter was saved for another base: "
+                            f"{found.group(1)} has {expected} {side}put features in {base_spec}, the adapter's "
+                            f"lora_{found.group(2)} {got}: pass the base it was trained on with --model.")
+
+
+def _first_problem(exc: BaseException) -> str:
+    """peft's error as one line: its first informative line (a state-dict error lists one line per tensor)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = next((line for line in lines if line.lower().startswith(("size mismatch", "missing key", "unexpected"))),
+                  lines[0] if lines else type(exc).__name__)
+    more = len(lines) - 2 if detail is not lines[0] else len(lines) - 1  # the header and the one shown
+    return f"{type(exc).__name__}: {detail[:300].rstrip('.')}" + (f"; {more} more like it" if more > 0 else "")
 
 
 def check_adapter_weights(directory: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:

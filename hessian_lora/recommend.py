@@ -29,6 +29,7 @@ from hessian_lora.analysis.censoring import MIN_INTERIOR
 from hessian_lora.analysis.relation import FIT_KINDS, fit_inverse_constant, fit_power_law
 from hessian_lora.analysis.summary import Analysis, analyze, relation_lambda
 from hessian_lora.errors import UserError
+from hessian_lora.registry import check_method_rank
 from hessian_lora.reports import ReportView
 from hessian_lora.rundir import read_run_directory
 
@@ -184,7 +185,24 @@ def load_calibration(source: str | os.PathLike[str] | None = None) -> Calibratio
 
     document = schemas.read_document(path, schemas.CalibrationDocument, what="calibration",
                                      fix=schemas.CALIBRATION_FIX)
-    return Calibration.from_dict(document.model_dump(), source=str(path))
+    _check_probe_options(document.probe, str(path))
+    # exclude_unset: the probe as the file gives it (an absent field stays absent, not a default)
+    return Calibration.from_dict(document.model_dump(exclude_unset=True), source=str(path))
+
+
+def _check_probe_options(probe: Any, source: str) -> None:
+    """The probe's measurement options and template, checked when the file is read rather than when a probe, a
+    model load later, first uses them."""
+    from hessian_lora import schemas
+    from hessian_lora.data import check_prompt_template
+    from hessian_lora.measure import MeasureSettings
+
+    try:
+        MeasureSettings.from_mapping(probe.eigen_options or {}, source="eigen_options")
+        if probe.prompt_template is not None:
+            check_prompt_template(probe.prompt_template)
+    except UserError as exc:
+        raise UserError(f"{source}: probe: {exc} Fix that field, or {schemas.CALIBRATION_FIX}") from exc
 
 
 def save_calibration(calibration: Calibration, path: str | os.PathLike[str]) -> Path:
@@ -281,6 +299,7 @@ def recommend(
         raise UserError(f"rank must be a positive integer, got {rank!r}: pass e.g. --rank 8, or leave it out for "
                         "the calibration's rank.")
     rank = rank or probe.get("rank") or 8
+    check_method_rank(method, rank)  # before the model loads: peft would raise a bare ValueError
     template = prompt_template or probe.get("prompt_template")
     probe = {**probe, "prompt_template": template}
     warnings = []

@@ -10,6 +10,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Literal
 
+from hessian_lora.errors import UserError
+
 
 @dataclass(frozen=True)
 class MethodSpec:
@@ -112,6 +114,20 @@ def randlora_rank(rank: int, shapes: list[tuple[int, int]]) -> int:
 def gralora_k(rank: int) -> int:
     """GraLoRA's number of sub-blocks per side, as the authors set it: 2 for r <= 32, 4 for r >= 64 (and between)."""
     return 2 if rank <= 32 else 4
+
+
+def check_method_rank(method: str, rank: object) -> None:
+    """Refuse a rank ``method`` cannot be built with, before any model is loaded: GraLoRA splits the rank over
+    ``gralora_k`` blocks, so the rank must be a multiple of it (peft raises a bare ValueError otherwise). Called
+    where a method and rank enter (``init``, ``eigen --method``, ``recommend --method``, the sweep YAML) and by
+    the adapter factory. Other problems (unknown method, rank < 1) are left to the callers' own checks."""
+    if method != "gralora" or isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        return
+    k = gralora_k(rank)
+    if rank % k:
+        below, above = rank - rank % k, rank - rank % k + k
+        raise UserError(f"gralora splits the rank over k = {k} blocks (k = 2 up to rank 32, else 4), so the rank "
+                        f"must be a multiple of {k}, got {rank}: use rank {below or above} or {above}.")
 
 
 def trainable_parameter_count(method: str, rank: int, shapes: list[tuple[int, int]]) -> int:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from hessian_lora.errors import UserError
 from hessian_lora.reports import ReportView, _optional_float, load_eigen_report, merge_reports
 
 CONFIG_FILE = "config.yaml"
@@ -373,13 +374,24 @@ def read_run_directory(run_dir: str | os.PathLike[str]) -> RunDirectory:
 
 
 def read_config(path: Path) -> Mapping[str, Any]:
-    """The sweep config as a mapping; empty when missing or unreadable (analysis then uses defaults)."""
-    if not path.is_file():
+    """The sweep config as a mapping (empty when there is none: analysis then uses defaults). A file that is not
+    UTF-8, not YAML, not a mapping, or holds a setting of the wrong type (:class:`schemas.RunConfigDocument`) is a
+    :class:`UserError` naming it: analysis would otherwise crash on it, or label and calibrate with nonsense."""
+    if not path.exists():
         return {}
     import yaml
 
+    from hessian_lora import schemas
+
     try:
-        loaded = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (byte {exc.start}): {schemas.RUN_CONFIG_FIX}") from exc
+    except OSError as exc:
+        raise UserError(f"cannot read {path} ({exc.strerror or exc}): {schemas.RUN_CONFIG_FIX}") from exc
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML ({str(exc).splitlines()[0]}): {schemas.RUN_CONFIG_FIX}") from exc
+    if loaded is None:
         return {}
-    return loaded if isinstance(loaded, Mapping) else {}
+    schemas.validate_document(schemas.RunConfigDocument, loaded, source=str(path), fix=schemas.RUN_CONFIG_FIX)
+    return loaded

@@ -1,4 +1,5 @@
-"""The JSON documents that enter from outside, validated once: checkpoint metadata, calibrations, eigen reports.
+"""The JSON documents that enter from outside, validated once: checkpoint metadata, plain peft adapter configs,
+calibrations (their probe settings included), eigen reports.
 
 Each document has a pydantic model here. :func:`read_document` reads a file (missing, unreadable, non-UTF-8 or
 non-JSON files included) and :func:`validate_document` checks parsed data; both turn every problem into one
@@ -28,6 +29,7 @@ PositiveInt = Annotated[int, Field(strict=True, ge=1)]
 NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Dropout = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
 Name = Annotated[str, Field(min_length=1)]
 
 
@@ -95,7 +97,7 @@ class CheckpointMetaDocument(_Document):
     method: Name
     rank: PositiveInt
     alpha: PositiveFloat
-    dropout: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.0
+    dropout: Dropout = 0.0
     targets: Annotated[list[Name], Field(min_length=1)]
     base_model: Name
     task: str | None = None
@@ -125,7 +127,68 @@ CHECKPOINT_FIX = "the checkpoint is damaged; re-create it (hessian-lora init, or
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Plain peft adapter directories: DIR/adapter_config.json (PeftModel.save_pretrained)
+
+
+class PeftAdapterConfigDocument(_Document):
+    """The fields of ``adapter_config.json`` this toolkit reads (peft's other fields are passed to peft as they
+    are). The tuners it measures; positive finite ranks and alphas; dropouts in [0, 1); targets as names or one
+    regular expression; a base model named by a string."""
+
+    peft_type: Literal["LORA", "GRALORA", "RANDLORA"]
+    base_model_name_or_path: Name | None = None
+    r: PositiveInt = 8
+    lora_alpha: PositiveFloat | None = None
+    alpha: PositiveFloat | None = None  # GraLoRA's
+    randlora_alpha: PositiveFloat | None = None
+    lora_dropout: Dropout | None = 0.0
+    gralora_dropout: Dropout | None = 0.0
+    randlora_dropout: Dropout | None = 0.0
+    gralora_k: PositiveInt | None = None
+    target_modules: Name | Annotated[list[Name], Field(min_length=1)] | None = None
+    use_dora: bool | None = False
+    use_rslora: bool | None = False
+    init_lora_weights: bool | str = True
+
+    @field_validator("peft_type", mode="before")
+    @classmethod
+    def _known_tuner(cls, value: Any) -> Any:
+        if isinstance(value, str) and value not in ("LORA", "GRALORA", "RANDLORA"):
+            raise ValueError("this toolkit measures peft adapters of type LORA, GRALORA or RANDLORA")
+        return value
+
+
+PEFT_CONFIG_FIX = ("re-save the adapter with PeftModel.save_pretrained, or fix that field in adapter_config.json.")
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Calibrations: hessian-lora recommend --save-calibration / --calibration FILE
+
+
+class CalibrationProbe(_Document):
+    """How a calibration's λ_max must be measured (:func:`hessian_lora.recommend.probe_settings`): every field
+    the adaptive search and ``recommend`` read from it. ``eigen_options`` are ``MeasureSettings`` fields, checked
+    by :func:`hessian_lora.recommend.load_calibration` (they need the measurement module, which needs torch)."""
+
+    model: Name | None = None
+    model_seed: NonNegativeInt | None = 0
+    task: Name | None = None
+    data_seed: NonNegativeInt | None = 0
+    n_train: PositiveInt | None = None
+    n_eval: NonNegativeInt | None = None
+    samples: PositiveInt | None = None
+    batch_size: PositiveInt | None = None
+    max_length: Annotated[int, Field(strict=True, ge=2)] | None = None
+    rank: PositiveInt | None = None
+    alpha: PositiveFloat | None = None
+    targets: Annotated[list[Name], Field(min_length=1)] | None = None
+    attention: Literal["eager", "sdpa"] | None = "eager"
+    pissa_niter: PositiveInt | None = None
+    prompt_template: Name | None = None
+    blocks: Literal["whole", "per-module"] | None = "whole"
+    modules: Annotated[list[Name], Field(min_length=1)] | Name | None = None
+    layers: list[NonNegativeInt] | Name | NonNegativeInt | None = None
+    eigen_options: dict[str, Any] | None = None
 
 
 class CalibrationPoint(_Document):
@@ -144,12 +207,41 @@ class CalibrationDocument(_Document):
     log10_error: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     lambda_source: Name
     points: dict[str, CalibrationPoint]
-    probe: dict[str, Any]
+    probe: CalibrationProbe
     provenance: dict[str, Any] = Field(default_factory=dict)
 
 
 CALIBRATION_FIX = ("rebuild it with `hessian-lora recommend --calibration RUN_DIR --save-calibration FILE`, or "
                    "leave --calibration out for the shipped one.")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A run directory's config.yaml as analysis reads it (analyze, plot, recommend --calibration RUN_DIR)
+
+
+class RunConfigDocument(_Document):
+    """The settings analysis and calibrations take from ``RUN_DIR/config.yaml``, typed; everything else is kept
+    as written (an ablation compares every key). A sweep writes the whole config (``sweep.config`` validates it
+    on resume); hand-made or older directories may hold only some keys."""
+
+    name: str | int | None = None
+    model: Name | None = None
+    task: Name | None = None
+    model_seed: NonNegativeInt | None = None
+    data_seed: NonNegativeInt | None = None
+    n_train: PositiveInt | None = None
+    n_eval: NonNegativeInt | None = None
+    max_length: PositiveInt | None = None
+    alpha: PositiveFloat | None = None
+    targets: Annotated[list[Name], Field(min_length=1)] | Name | None = None
+    attention: Name | None = None
+    pissa_niter: PositiveInt | None = None
+    prompt_template: Name | None = None
+    hessian: dict[str, Any] | None = None
+
+
+RUN_CONFIG_FIX = ("restore the config.yaml the sweep wrote (a run directory's config is not edited by hand), or "
+                  "rerun the sweep into a new --out.")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -609,9 +609,10 @@ def test_sweep_preflight_leaves_nothing_behind(case: str, untouched, tmp_path, c
         long_prompt = "x" * 200
         changes["task"] = str(write(tmp_path / "long.json", [{"prompt": long_prompt, "completion": "1"}] * 8))
     run = tmp_path / "run"
-    fails(["sweep", _sweep_yaml(tmp_path, {**GOOD_SWEEP, **changes}), "--out", run, "--quiet", "--threads", "1"],
-          capsys)
-    assert not (run / "results.sqlite").exists() and not (run / "config.yaml").exists()
+    config = _sweep_yaml(tmp_path, {**GOOD_SWEEP, **changes})
+    message = fails(["sweep", config, "--out", run, "--quiet", "--threads", "1"], capsys)
+    assert f"error: {config}: " in message, message  # the preflight names the YAML file, not "config"
+    assert not run.exists()  # nothing at all, not even the lock of the directory it made
 
 
 def test_sweep_with_failed_runs_exits_1_and_counts_the_errors(tmp_path, capsys, monkeypatch) -> None:
@@ -757,3 +758,449 @@ def test_good_checkpoint_passes_every_check(good, untouched, tmp_path, capsys) -
     assert main(["eigen", str(good["checkpoint"]), "--preconditioned", *EIGEN_FAST,
                  "--out", str(tmp_path / "r.json")]) == 0
     assert main(["info", str(good["init"])]) == 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A kill at each step of a sweep's first start, then a rerun (issue 23)
+
+KILL_SWEEP = {**GOOD_SWEEP, "lr": [1e-3, 1e-2], "hessian": {"init": False}}
+# The columns two executions of the same run agree on (timings and timestamps differ).
+KILL_COMPARED = ("run_id", "status", "steps", "tokens", "train_loss", "initial_loss", "eval_loss", "accuracy")
+# Each step of a fresh start, and what the process does there before it is killed (SIGKILL to itself, so the
+# instant is exact): patched into the sweep's modules by _KILL_SCRIPT.
+KILL_POINTS = ("lock-taken", "config-half-written", "config-written", "store-being-built",
+               "store-built-in-place", "store-created", "first-row-running")
+_KILL_SCRIPT = """
+import os, signal, sqlite3, sys
+from hessian_lora.cli import main
+from hessian_lora.sweep import runner, store
+from hessian_lora._io import temporary_path
+
+def die(*_):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+point = sys.argv[1]
+if point == "lock-taken":
+    runner.clean_stale_files = die
+elif point == "config-half-written":
+    def half(path, data):
+        temporary_path(path).write_text("model: tiny-ll")
+        die()
+    runner._write_config = half
+elif point == "config-written":
+    write_config = runner._write_config
+    runner._write_config = lambda path, data: (write_config(path, data), die())
+elif point == "store-being-built":
+    schema = store._create_schema
+    store._create_schema = lambda connection: (schema(connection), die())
+elif point == "store-built-in-place":  # how a store was created before issue 23: its table in the file itself
+    def in_place(path):
+        connection = sqlite3.connect(str(path), isolation_level=None)
+        connection.execute("BEGIN IMMEDIATE")
+        store._create_schema(connection)
+        die()
+    store._create_store_file = in_place
+elif point == "store-created":
+    store.RunStore.start = die
+elif point == "first-row-running":
+    start = store.RunStore.start
+    store.RunStore.start = lambda self, spec: (start(self, spec), die())
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _table(run: Path) -> list[tuple[Any, ...]]:
+    connection = sqlite3.connect(f"file:{run / 'results.sqlite'}?mode=ro", uri=True)
+    try:
+        connection.row_factory = sqlite3.Row
+        rows = connection.execute("SELECT * FROM runs ORDER BY run_id").fetchall()
+    finally:
+        connection.close()
+    return [tuple(row[name] for name in KILL_COMPARED) for row in rows]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[Any, ...]]]:
+    root = tmp_path_factory.mktemp("uninterrupted")
+    config = write(root / "kill.yaml", yaml.safe_dump(KILL_SWEEP))
+    assert main(["sweep", str(config), "--out", str(root / "run"), "--quiet", "--threads", "1"]) == 0
+    return config, _table(root / "run")
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_a_kill_at_each_step_of_the_first_start_then_a_rerun_finishes(point: str, uninterrupted, tmp_path,
+                                                                      capsys) -> None:
+    config, reference = uninterrupted
+    run = tmp_path / "run"
+    killed = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, point, "sweep", str(config), "--out", str(run),
+                             "--quiet", "--threads", "1"], capture_output=True, text=True, env=cli_env(), timeout=240)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    if point == "store-built-in-place":  # the leftover the issue describes: a store with no runs table
+        with pytest.raises(sqlite3.Error, match="no such table"):
+            _table(run)
+    capsys.readouterr()
+    assert main(["sweep", str(config), "--out", str(run), "--quiet", "--threads", "1"]) == 0, capsys.readouterr().err
+    rows = _table(run)
+    assert [row[:3] for row in rows] == [row[:3] for row in reference]
+    for row, expected in zip(rows, reference):
+        assert row[3:] == pytest.approx(expected[3:], rel=1e-6), (row, expected)
+    assert not list(run.rglob("*.tmp")) and not list(run.glob("*-journal"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The newer features (issue 23): evaluation sets, hessian.during, bounded numbers, calibration probes, peft
+# adapter directories, GraLoRA ranks, ablation inputs, search metrics. Every case: one line, exit 2, nothing
+# written (a refused sweep leaves not even the directory it made), the good data beside it untouched.
+
+
+def _refused_sweep(tmp_path: Path, changes: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> str:
+    config = _sweep_yaml(tmp_path, {**GOOD_SWEEP, **changes})
+    run = tmp_path / "run"
+    message = fails(["sweep", config, "--out", run, "--quiet", "--threads", "1"], capsys)
+    assert f"error: {config}: " in message, message
+    assert not run.exists(), sorted(path.name for path in run.iterdir())
+    return message
+
+
+GSM8K_GOOD = {"question": "What is 2 + 2?", "answer": "2 + 2 = 4\n#### 4"}
+EVAL_SET_CASES: dict[str, tuple[str, bytes | str | Any]] = {
+    "gsm8k-empty-file": ("gsm8k", ""),
+    "gsm8k-not-utf8": ("gsm8k", b'{"question": "\xff\xfe"}\n'),
+    "gsm8k-line-not-json": ("gsm8k", json.dumps(GSM8K_GOOD) + "\n{oops\n"),
+    "gsm8k-line-a-list": ("gsm8k", "[1, 2]\n"),
+    "gsm8k-no-answer-field": ("gsm8k", json.dumps({"question": "q", "solution": "#### 4"}) + "\n"),
+    "gsm8k-answer-without-hashes": ("gsm8k", json.dumps({"question": "q", "answer": "it is 4"}) + "\n"),
+    "gsm8k-question-a-number": ("gsm8k", json.dumps({"question": 7, "answer": "#### 4"}) + "\n"),
+    "math-solution-without-boxed": ("math", json.dumps({"problem": "1 + 1?", "solution": "It is 2."}) + "\n"),
+    "math-json-array-of-strings": ("math", '["a", "b"]'),
+    "mbpp-test-list-a-string": ("mbpp", json.dumps({"task_id": 1, "text": "t", "code": "x = 1",
+                                                    "test_list": "assert True"}) + "\n"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EVAL_SET_CASES))
+def test_sweep_bad_evaluation_set_is_refused_before_any_run_trains(case: str, untouched, tmp_path, capsys,
+                                                                    monkeypatch) -> None:
+    from hessian_lora import train
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a run trained although its evaluation set is unusable")
+
+    monkeypatch.setattr(train, "train", no_training)
+    kind, content = EVAL_SET_CASES[case]
+    path = write(tmp_path / "eval.jsonl", content)
+    message = _refused_sweep(tmp_path, {"eval_task": [f"{kind}:{path}"]}, capsys)
+    assert str(path) in message
+
+
+def test_the_preflight_reads_each_evaluation_set_once_for_every_run(tmp_path, capsys, monkeypatch) -> None:
+    """The sets the preflight read are the ones the runs score with: read once, not once per run."""
+    from hessian_lora import evalsets
+    from hessian_lora.sweep import execute
+
+    execute._cached_eval_set.cache_clear()
+    reads: list[str] = []
+    real = evalsets.load_eval_set
+    monkeypatch.setattr(evalsets, "load_eval_set", lambda spec, **kw: reads.append(spec) or real(spec, **kw))
+    spec = f"gsm8k:{REPO / 'tests' / 'fixtures' / 'gsm8k.jsonl'}"
+    config = _sweep_yaml(tmp_path, {**GOOD_SWEEP, "lr": [1e-3, 1e-2], "eval_task": [spec],
+                                    "hessian": {"init": False}})
+    assert main(["sweep", str(config), "--out", str(tmp_path / "run"), "--quiet", "--threads", "1"]) == 0
+    assert reads == [spec]
+    rows = _table_rows(tmp_path / "run")
+    assert all(row["gsm8k_acc"] is not None for row in rows) and len(rows) == 2
+
+
+def _table_rows(run: Path) -> list[dict[str, Any]]:
+    connection = sqlite3.connect(f"file:{run / 'results.sqlite'}?mode=ro", uri=True)
+    connection.row_factory = sqlite3.Row
+    try:
+        return [dict(row) for row in connection.execute("SELECT * FROM runs")]
+    finally:
+        connection.close()
+
+
+DURING_CASES: dict[str, dict[str, Any]] = {
+    "backend-unknown": {"backend": "magic"},
+    "backend-number": {"backend": 3},
+    "tol-inf": {"tol": float("inf")},
+    "tol-nan": {"tol": float("nan")},
+    "tol-one": {"tol": 1.0},
+    "tol-zero": {"tol": 0.0},
+    "tol-text": {"tol": "tight"},
+    "seed-negative": {"seed": -1},
+    "samples-text": {"samples": "all"},
+}
+
+
+@pytest.mark.parametrize("case", sorted(DURING_CASES))
+def test_sweep_bad_sharpness_probe_setting(case: str, untouched, tmp_path, capsys) -> None:
+    message = _refused_sweep(tmp_path, {"hessian": {"during": {"every": 1, **DURING_CASES[case]}}}, capsys)
+    assert "hessian.during" in message
+
+
+@pytest.mark.parametrize("where", ["during", "final"])
+def test_sweep_dora_with_finite_differences_is_refused_before_any_run(where: str, untouched, tmp_path,
+                                                                     capsys) -> None:
+    """The engine refuses DoRA with finite differences at its first product; the preflight now does, at once."""
+    hessian = ({"during": {"every": 1, "backend": "finite_difference"}} if where == "during" else
+               {"init": False, "final": True, "samples": 4, "batch_size": 4, "backend": "finite_difference"})
+    message = _refused_sweep(tmp_path, {"methods": ["lora", "dora"], "hessian": hessian}, capsys)
+    assert "dora" in message and "finite_difference" in message
+
+
+NUMBER_CASES: dict[str, dict[str, Any]] = {
+    "humaneval-timeout-nan": {"eval": {"humaneval_timeout": float("nan")}},
+    "humaneval-timeout-inf": {"eval": {"humaneval_timeout": float("inf")}},
+    "humaneval-timeout-zero": {"eval": {"humaneval_timeout": 0}},
+    "humaneval-timeout-text": {"eval": {"humaneval_timeout": "long"}},
+    "hessian-tol-inf": {"hessian": {"init": True, "tol": float("inf")}},
+    "hessian-tol-two": {"hessian": {"init": True, "options": {"tol": 2}}},
+}
+
+
+@pytest.mark.parametrize("case", sorted(NUMBER_CASES))
+def test_sweep_unbounded_number(case: str, untouched, tmp_path, capsys) -> None:
+    config = _sweep_yaml(tmp_path, {**GOOD_SWEEP, **NUMBER_CASES[case]})
+    message = fails(["sweep", config, "--out", tmp_path / "run", "--quiet", "--threads", "1"], capsys)
+    assert "finite number" in message and str(config) in message
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("tol", ["2", "inf", "1", "0", "-0.5"])
+def test_eigen_tolerance_outside_zero_one(tol: str, untouched, tmp_path, capsys) -> None:
+    message = fails(["eigen", "--method", "lora", *TINY, "--tol", tol, *EIGEN_FAST[:-2], "--out",
+                     tmp_path / "r.json"], capsys)
+    assert "--tol" in message and "(0, 1)" in message
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), 0.0, -1.0, True, "10"])
+def test_no_sandbox_runs_without_a_finite_time_limit(timeout: Any, tmp_path) -> None:
+    """Every way into the code sandbox refuses a limit that never expires, before a program starts."""
+    from hessian_lora.errors import UserError
+    from hessian_lora.evalsets import load_eval_set
+    from hessian_lora.evaluate import EvalConfig, run_program
+
+    marker = tmp_path / "ran"
+    with pytest.raises(UserError, match="finite number"):
+        run_program(f"open({str(marker)!r}, 'w').write('x')\n", timeout=timeout)
+    assert not marker.exists()
+    with pytest.raises(UserError, match="finite number"):
+        EvalConfig(humaneval_timeout=timeout)
+    with pytest.raises(UserError, match="finite number"):
+        load_eval_set(f"mbpp:{REPO / 'tests' / 'fixtures' / 'mbpp.jsonl'}", code_timeout=timeout)
+
+
+def test_the_sandbox_limit_stops_a_program_that_never_ends() -> None:
+    from hessian_lora.evaluate import run_program
+
+    started = time.monotonic()
+    assert run_program("while True:\n    pass\n", timeout=0.5) is False
+    assert time.monotonic() - started < 30
+
+
+def _calibration(good: dict[str, Path], tmp_path: Path, case: str) -> Path:
+    from hessian_lora.recommend import load_calibration
+
+    data = json.loads(json.dumps(load_calibration(None).to_dict()))
+    change = CALIBRATION_PROBE_CASES[case]
+    if change == "LIST":
+        data["probe"] = ["model", "tiny-llama"]
+    else:
+        data["probe"].update(change)
+    return write(tmp_path / "cal.json", data)
+
+
+CALIBRATION_PROBE_CASES: dict[str, Any] = {
+    "probe-a-list": "LIST",
+    "samples-text": {"samples": "many"},
+    "rank-zero": {"rank": 0},
+    "attention-unknown": {"attention": "flash_attention_9"},
+    "blocks-unknown": {"blocks": "every-other"},
+    "targets-number": {"targets": 5},
+    "max-length-text": {"max_length": "long"},
+    "eigen-options-unknown": {"eigen_options": {"tolerance": 1e-3}},
+    "eigen-options-tol-inf": {"eigen_options": {"tol": float("inf")}},
+    "template-unusable": {"prompt_template": "no placeholder"},
+}
+
+
+@pytest.mark.parametrize("case", sorted(CALIBRATION_PROBE_CASES))
+def test_recommend_bad_calibration_probe(case: str, good, untouched, tmp_path, capsys) -> None:
+    path = _calibration(good, tmp_path, case)
+    message = fails(["recommend", "--method", "lora", *TINY, "--calibration", path], capsys)
+    assert str(path) in message and "probe" in message
+
+
+@pytest.mark.parametrize("case", ["probe-a-list", "attention-unknown", "samples-text", "eigen-options-tol-inf"])
+def test_sweep_search_with_a_bad_calibration_leaves_nothing(case: str, good, untouched, tmp_path, capsys) -> None:
+    path = _calibration(good, tmp_path, case)
+    message = _refused_sweep(tmp_path, {"search": {"mode": "adaptive", "calibration": str(path)}}, capsys)
+    assert "search.calibration" in message and str(path) in message
+
+
+def test_sweep_search_metric_nothing_records_is_refused(untouched, tmp_path, capsys) -> None:
+    message = _refused_sweep(tmp_path, {"search": {"mode": "adaptive", "metric": "accuracy"},
+                                        "eval": {"accuracy": False}}, capsys)
+    assert "eval.accuracy" in message
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "eval_loss", "auto"])
+def test_sweep_search_metric_without_held_out_examples(metric: str, untouched, tmp_path, capsys) -> None:
+    message = _refused_sweep(tmp_path, {"n_eval": 0, "search": {"mode": "adaptive", "metric": metric}}, capsys)
+    assert "n_eval" in message
+
+
+# Plain peft adapter directories: good["init"] without hessian_lora.json is one (saved by save_pretrained).
+
+PEFT_CASES: dict[str, Any] = {
+    "config-not-utf8": b"\xff\xfe{\x80",
+    "config-not-json": "{ nope",
+    "config-a-list": ["LORA"],
+    "config-is-directory": "DIR",
+    "r-text": {"r": "four"},
+    "r-zero": {"r": 0},
+    "r-bool": {"r": True},
+    "alpha-nan": {"lora_alpha": "NAN"},
+    "alpha-negative": {"lora_alpha": -4},
+    "dropout-one": {"lora_dropout": 1.0},
+    "base-a-number": {"base_model_name_or_path": 5},
+    "targets-a-number": {"target_modules": 7},
+    "peft-type-unknown": {"peft_type": "IA3"},
+    "use-dora-text": {"use_dora": "sometimes"},
+}
+
+
+def _peft_directory(good: dict[str, Path], tmp_path: Path, case: str | None = None) -> Path:
+    directory = tmp_path / "peft"
+    shutil.copytree(good["init"], directory)
+    (directory / "hessian_lora.json").unlink()
+    if case is None:
+        return directory
+    config = directory / "adapter_config.json"
+    change = PEFT_CASES[case]
+    if isinstance(change, dict):
+        data = {**json.loads(config.read_text()), **change}
+        text = json.dumps(data).replace('"NAN"', "NaN")  # JSON's NaN, which Python's json module reads
+        write(config, text)
+    elif change == "DIR":
+        config.unlink()
+        config.mkdir()
+    else:
+        write(config, change)
+    return directory
+
+
+@pytest.mark.parametrize("command", ["info", "eigen"])
+@pytest.mark.parametrize("case", sorted(PEFT_CASES))
+def test_damaged_peft_adapter_config(command: str, case: str, good, untouched, tmp_path, capsys) -> None:
+    directory = _peft_directory(good, tmp_path, case)
+    argv = ["info", directory] if command == "info" else ["eigen", directory, *EIGEN_FAST, "--out",
+                                                          tmp_path / "r.json"]
+    message = fails(argv, capsys)
+    assert "adapter_config.json" in message
+    assert not (tmp_path / "r.json").exists()
+
+
+PEFT_BASE_CASES = {
+    "other-shape": ["--model", "tiny-llama:hidden_size=32"],
+    "other-layer-count": ["--model", "tiny-llama:layers=1"],
+    "targets-absent": "nope_proj",
+    "targets-regex-matches-nothing": ".*\\.nothing_here",
+}
+
+
+@pytest.mark.parametrize("case", sorted(PEFT_BASE_CASES))
+def test_peft_adapter_on_a_base_it_does_not_fit(case: str, good, untouched, tmp_path, capsys) -> None:
+    directory = _peft_directory(good, tmp_path)
+    change = PEFT_BASE_CASES[case]
+    extra: list[Any] = []
+    if isinstance(change, list):
+        extra = change
+    else:
+        config = directory / "adapter_config.json"
+        data = json.loads(config.read_text())
+        data["target_modules"] = change if case.endswith("regex-matches-nothing") else [change]
+        write(config, data)
+    message = fails(["eigen", directory, *extra, *EIGEN_FAST, "--out", tmp_path / "r.json"], capsys)
+    assert str(directory) in message and "--model" in message
+    assert "size mismatch" not in message or message.count("size mismatch") == 1
+
+
+def test_good_peft_directory_passes_the_checks(good, untouched, tmp_path, capsys) -> None:
+    directory = _peft_directory(good, tmp_path)
+    assert main(["info", str(directory)]) == 0
+    assert "alpha             2 (scale 1)" in capsys.readouterr().out
+    # Enough iterations to certify λ_max: an uncertified value is not a success (the CLI may exit non-zero).
+    converging = [item if item != "3" else "40" for item in EIGEN_FAST]
+    assert main(["eigen", str(directory), *converging, "--out", str(tmp_path / "r.json")]) == 0
+
+
+GRALORA_CASES = {
+    "init-rank-3": ["init", *TINY, "--method", "gralora", "--rank", "3", "--out", "OUT"],
+    "init-rank-34": ["init", *TINY, "--method", "gralora", "--rank", "34", "--out", "OUT"],
+    "eigen-rank-5": ["eigen", "--method", "gralora", *TINY, "--rank", "5", *EIGEN_FAST, "--out", "OUT"],
+    "recommend-rank-3": ["recommend", "--method", "gralora", *TINY, "--rank", "3"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(GRALORA_CASES))
+def test_gralora_rank_that_its_blocks_do_not_divide(case: str, untouched, tmp_path, capsys) -> None:
+    argv = [tmp_path / "out" if item == "OUT" else item for item in GRALORA_CASES[case]]
+    message = fails(argv, capsys)
+    assert "multiple of" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_sweep_gralora_rank_is_refused_when_the_yaml_is_read(untouched, tmp_path, capsys) -> None:
+    message = _refused_sweep(tmp_path, {"methods": ["lora", "gralora"], "ranks": [2, 6, 3]}, capsys)
+    assert "ranks" in message and "got 3" in message
+
+
+ABLATION_CONFIGS = {"config-binary": b"\x00\xff\xfe\x80", "config-a-list": "- 1\n- 2\n",
+                    "config-not-yaml": "model: [unclosed\n", "config-model-a-list": "model: [1, 2]\n"}
+
+
+@pytest.mark.parametrize("dirs", [1, 2])
+@pytest.mark.parametrize("case", sorted(ABLATION_CONFIGS))
+def test_analyze_run_directory_with_a_damaged_config(case: str, dirs: int, good, untouched, tmp_path,
+                                                     capsys) -> None:
+    damaged = tmp_path / "damaged"
+    shutil.copytree(good["run"], damaged)
+    write(damaged / "config.yaml", ABLATION_CONFIGS[case])
+    run_dirs = [damaged] if dirs == 1 else [good["run"], damaged]
+    message = fails(["analyze", *run_dirs, "--bootstrap", "10", "--out", tmp_path / "a"], capsys)
+    assert str(damaged / "config.yaml") in message
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("command", ["analyze", "plot"])
+@pytest.mark.parametrize("spelling", ["same", "trailing-dot"])
+def test_the_same_run_directory_twice_is_refused(command: str, spelling: str, good, untouched, tmp_path,
+                                                 capsys) -> None:
+    second = good["run"] if spelling == "same" else good["run"] / "."
+    message = fails([command, good["run"], second, "--bootstrap", "10", "--out", tmp_path / "a"], capsys)
+    assert "twice" in message
+    assert not (tmp_path / "a").exists()
+
+
+def test_bad_template_recorded_in_a_checkpoint_names_the_checkpoint(good, untouched, tmp_path, capsys) -> None:
+    checkpoint = damaged_copy(good["checkpoint"], tmp_path / "ckpt", "hessian_lora.json",
+                              json.dumps(_meta(good, extra={"prompt_template": "no placeholder"})))
+    message = fails(["eigen", checkpoint, *EIGEN_FAST, "--out", tmp_path / "r.json"], capsys)
+    assert str(checkpoint) in message and "--prompt-template" in message
+
+
+@pytest.mark.parametrize("method", ["gralora", "randlora"])
+def test_peft_adapter_of_another_tuner_on_another_base(method: str, untouched, tmp_path, capsys) -> None:
+    """Tensors the shape check does not know (GraLoRA's blocks, RandLoRA's bases): peft's own size mismatch,
+    one line instead of one per tensor."""
+    directory = tmp_path / method
+    assert main(["init", *TINY, "--method", method, "--rank", "2", "--targets", "q_proj,v_proj",
+                 "--out", str(directory)]) == 0
+    (directory / "hessian_lora.json").unlink()
+    capsys.readouterr()
+    message = fails(["eigen", directory, "--model", "tiny-llama:hidden_size=32", *EIGEN_FAST, "--out",
+                     tmp_path / "r.json"], capsys)
+    assert message.count("size mismatch") == 1 and "more like it" in message and "--model" in message

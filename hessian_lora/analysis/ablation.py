@@ -55,6 +55,7 @@ def find_settings(run_dirs: Sequence[str | os.PathLike[str]], *, rank: int | Non
                   batch_size: int | None = None) -> list[Setting]:
     """Every (run directory, rank, batch size) present, optionally narrowed to one rank / batch size, labelled by
     the axes that actually vary."""
+    check_distinct(run_dirs)
     found: list[tuple[str, int | None, int | None, Mapping[str, Any]]] = []
     for run_dir in run_dirs:
         runs = load_runs(run_dir)
@@ -105,6 +106,19 @@ class Ablation:
                           "values": dict(s.values)} for s in self.settings],
             "analyses": [analysis.to_dict() for analysis in self.analyses],
         })
+
+
+def check_distinct(run_dirs: Sequence[str | os.PathLike[str]]) -> None:
+    """Refuse a run directory given twice (also through another spelling or a link): it would be compared with
+    itself, as two settings that differ in nothing but their name."""
+    seen: dict[Path, str] = {}
+    for run_dir in run_dirs:
+        key = Path(run_dir).resolve()
+        if key in seen:
+            same = f" (as {seen[key]} and {run_dir})" if seen[key] != str(run_dir) else ""
+            raise UserError(f"run directory {run_dir} is given twice{same}: a directory compared with itself "
+                            "shows nothing; give each RUN_DIR once.")
+        seen[key] = str(run_dir)
 
 
 def analyze_ablation(run_dirs: Sequence[str | os.PathLike[str]], *, rank: int | None = None,

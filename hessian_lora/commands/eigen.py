@@ -22,11 +22,13 @@ import sys
 from pathlib import Path
 
 from hessian_lora._io import remove_stale_temporaries
+from hessian_lora._numbers import tolerance
 from hessian_lora._paths import check_output_file
 from hessian_lora.commands import add_command
 from hessian_lora.commands._prompt import add_prompt_template_argument
 from hessian_lora.commands._threads import add_threads_argument, apply_threads
 from hessian_lora.errors import UserError
+from hessian_lora.registry import check_method_rank
 
 HELP = "loss-Hessian eigenvalues (λ_max, λ_min, top-k) of an adapter, whole or per module"
 # Exit status when the report was written but a requested value is not certified to --tol (documented in the
@@ -125,6 +127,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--data {args.data}: no such file; pass a .json or .jsonl file of examples.")
     if args.blocks == "whole" and (args.modules or args.layers):
         raise UserError("--modules/--layers pick per-module blocks: add --blocks per-module.")
+    tolerance(args.tol, "--tol", fix="use e.g. --tol 1e-3 (a tolerance of 1 or more certifies anything).")
+    if args.method is not None:
+        check_method_rank(args.method, args.rank)
     out = check_output_file(args.out, "--out")
     # Temporary files a killed write of this report left; only this report's, since a sweep or another eigen
     # may be writing beside it.

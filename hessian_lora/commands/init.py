@@ -15,7 +15,7 @@ from hessian_lora.adapters import ADAPTER_NAME, DEFAULT_TARGETS, AdapterConfig
 from hessian_lora.commands import add_command
 from hessian_lora.commands._prompt import add_prompt_template_argument
 from hessian_lora.errors import UserError
-from hessian_lora.registry import METHODS
+from hessian_lora.registry import METHODS, check_method_rank
 
 DEFAULT_LORAGA_BATCHES = 4
 DEFAULT_BATCH_SIZE = 4
@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     targets = tuple(name.strip() for name in args.targets.split(",") if name.strip())
     config = AdapterConfig(method=args.method, rank=args.rank, alpha=args.alpha, dropout=args.dropout,
                            targets=targets, seed=args.seed, pissa_niter=args.pissa_niter)
+    check_method_rank(config.method, config.rank)
     if args.loraga_batches <= 0:
         raise UserError(f"--loraga-batches must be positive, got {args.loraga_batches}.")
     check_prompt_template(args.prompt_template)

@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"eval_task {spec}: no such file {path}; replace the path with your copy of the set.")
     check_output_directory(args.out, "--out", kind="run directory")
     summary = run_sweep(config, args.out, backend=args.backend, address=args.address, extend=args.extend,
-                        retry_failed=args.retry_failed, progress=not args.quiet, device=args.device)
+                        retry_failed=args.retry_failed, progress=not args.quiet, device=args.device,
+                        source=str(args.config))
     print(summary.line(), file=sys.stderr)
     if summary.failed:
         # A sweep with failed runs is not a success: say why, once per distinct error, and exit non-zero.

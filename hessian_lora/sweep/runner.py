@@ -41,7 +41,7 @@ from hessian_lora.rundir import (
 )
 from hessian_lora.sweep.config import GRID_AXES, RunSpec, SweepConfig, config_from_dict
 from hessian_lora.sweep.local import run_local
-from hessian_lora.sweep.store import open_store, read_rows
+from hessian_lora.sweep.store import open_store, read_rows, recover_unfinished_store
 
 if TYPE_CHECKING:
     from hessian_lora.sweep.adaptive import AtInit
@@ -183,12 +183,22 @@ def _write_config(path: Path, data: Mapping[str, Any]) -> None:
 
 @contextlib.contextmanager
 def sweep_lock(run_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``run_dir`` (released by the OS even on SIGKILL): one sweep per directory."""
+    """Hold an exclusive lock on ``run_dir`` (released by the OS even on SIGKILL): one sweep per directory.
+
+    A directory this call created is removed again when the sweep fails before it wrote anything but the lock
+    (a config the preflight refused): bad input leaves nothing behind.
+    """
+    fresh = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
     except ImportError:  # no flock on this platform: run unguarded
-        yield
+        try:
+            yield
+        except BaseException:
+            if fresh:
+                _remove_if_only_the_lock(run_dir)
+            raise
         return
     with open(RunLayout(run_dir).lock, "a+") as handle:
         try:
@@ -197,8 +207,19 @@ def sweep_lock(run_dir: Path) -> Iterator[None]:
             raise UserError(f"another sweep is running in {run_dir}: wait for it, or use another --out.") from exc
         try:
             yield
+        except BaseException:
+            if fresh:  # still holding the lock: no other sweep can be using the directory
+                _remove_if_only_the_lock(run_dir)
+            raise
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _remove_if_only_the_lock(run_dir: Path) -> None:
+    with contextlib.suppress(OSError):
+        if [entry.name for entry in run_dir.iterdir()] == [LOCK_FILE]:
+            RunLayout(run_dir).lock.unlink()
+            run_dir.rmdir()
 
 
 def pending(specs: Sequence[RunSpec], statuses: Mapping[str, str], *, retry_failed: bool = False) -> list[RunSpec]:
@@ -223,11 +244,13 @@ def run_sweep(
     device: str | torch.device | None = None,
     on_run: Callable[[int, int], None] | None = None,
     at_init: AtInit | None = None,
+    source: str = "config",
 ) -> SweepSummary:
     """Run every grid point of ``config`` not yet finished in ``run_dir`` (with ``search: adaptive``, every point
     the search asks for; see the module docstring). ``on_run(done, planned)`` is called after each run (and once
     at the start): the runs finished so far and those planned (for a search, an upper bound). ``at_init``: called
-    with each adapter the search builds at initialisation for its centre (:data:`adaptive.AtInit`)."""
+    with each adapter the search builds at initialisation for its centre (:data:`adaptive.AtInit`). ``source``:
+    where ``config`` came from (the YAML file), named by every preflight error."""
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}: use {' or '.join(BACKENDS)}.")
     if address is not None and backend != "ray":
@@ -240,29 +263,46 @@ def run_sweep(
     reuse_budget = reuse_budget_bytes() if backend == "local" else 0
     with sweep_lock(root):
         clean_stale_files(root)
+        recover_unfinished_store(root)  # a first start killed while creating the store (an older version)
         effective, changed = plan_run_dir(config, root, extend=extend)
         specs = config.runs()
+        calibration = None
         if config.search is not None or pending(specs, _recorded_statuses(root), retry_failed=retry_failed):
             # Before anything is written: a config whose runs would all fail the same way leaves no trace.
             from hessian_lora.sweep.preflight import preflight
 
-            preflight(effective, device=device if backend == "local" else None)
+            checked = preflight(effective, device=device if backend == "local" else None, source=source,
+                                needs_calibration=_centres_missing(effective, root))
+            calibration = checked.calibration
         if changed:
             _write_config(RunLayout(root).config, effective.to_dict())
         # Runs of one method share its adapter at initialisation: built once (SVDs, LoRA-GA's gradients) and
         # copied, in this process (the local backend's runs and the search's centres; Ray workers build their own).
         with reuse_adapters_at_init(reuse_budget) if backend == "local" else contextlib.nullcontext():
             return _sweep_runs(config, root, specs, backend=backend, address=address, retry_failed=retry_failed,
-                               progress=progress, device=device, on_run=on_run, start=start, at_init=at_init)
+                               progress=progress, device=device, on_run=on_run, start=start, at_init=at_init,
+                               calibration=calibration)
+
+
+def _centres_missing(config: SweepConfig, root: Path) -> bool:
+    """Whether an adaptive search still has centres to compute (then its calibration is read by the preflight)."""
+    if config.search is None:
+        return False
+    from hessian_lora.sweep import adaptive
+
+    centres = adaptive.read_centres(root)
+    return any(key.centre_key not in centres for key in adaptive.search_keys(config))
 
 
 def _sweep_runs(config: SweepConfig, root: Path, specs: Sequence[RunSpec], *, backend: Backend,
                 address: str | None, retry_failed: bool, progress: bool, device: Any,
-                on_run: Callable[[int, int], None] | None, start: float, at_init: AtInit | None) -> SweepSummary:
+                on_run: Callable[[int, int], None] | None, start: float, at_init: AtInit | None,
+                calibration: Any = None) -> SweepSummary:
     """The runs of a prepared run directory (inside the sweep lock): the search's rounds or the grid's pending."""
     if config.search is not None:
         return _run_search(config, root, backend=backend, address=address, retry_failed=retry_failed,
-                           progress=progress, device=device, on_run=on_run, start=start, at_init=at_init)
+                           progress=progress, device=device, on_run=on_run, start=start, at_init=at_init,
+                           calibration=calibration)
     with open_store(root) as store:
         if config.checkpoints == "best":  # finish a pruning a kill interrupted (sweep/retention.py)
             from hessian_lora.sweep.retention import prune
@@ -292,7 +332,7 @@ def _run_batch(config: SweepConfig, root: Path, todo: Sequence[RunSpec], store: 
 
 def _run_search(config: SweepConfig, root: Path, *, backend: Backend, address: str | None, retry_failed: bool,
                 progress: bool, device: Any, on_run: Callable[[int, int], None] | None,
-                start: float, at_init: AtInit | None = None) -> SweepSummary:
+                start: float, at_init: AtInit | None = None, calibration: Any = None) -> SweepSummary:
     """The adaptive search's rounds, inside the sweep lock: ask every key for its round, run what is not
     finished, repeat until no key asks for more."""
     from tqdm.auto import tqdm
@@ -300,7 +340,8 @@ def _run_search(config: SweepConfig, root: Path, *, backend: Backend, address: s
     from hessian_lora.sweep import adaptive
 
     say = (lambda text: tqdm.write(text, file=sys.stderr)) if progress else None
-    centres = adaptive.ensure_centres(config, root, progress=progress, device=device, say=say, at_init=at_init)
+    centres = adaptive.ensure_centres(config, root, progress=progress, device=device, say=say, at_init=at_init,
+                                      calibration=calibration)
     metric, higher = adaptive.search_metric(config)
     ran = 0
     with open_store(root) as store:

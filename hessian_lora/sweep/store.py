@@ -6,6 +6,11 @@ change or as it is after it. A run's row goes ``running`` before its work starts
 (``done``/``diverged``/``failed``) only after its checkpoint and history are on disk; a row still ``running``
 when no sweep holds the directory is an interrupted run, restarted by the next sweep. The primary key
 (``run_id``) makes a duplicate row impossible.
+
+The store itself appears atomically: a new ``results.sqlite`` is built as a hidden temporary file (schema and
+all) and renamed into place, so a kill while the first sweep creates it leaves no file, or a temporary one the
+next start clears, never a database without its ``runs`` table. A store that an older version left unfinished
+that way (no table at all) holds no data and is rebuilt under the sweep lock (:func:`recover_unfinished_store`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from hessian_lora._io import temporary_path
 from hessian_lora.errors import UserError
 from hessian_lora.rundir import FINAL_STATUSES, RunLayout, Status
 from hessian_lora.sweep.config import RunSpec
@@ -93,10 +99,12 @@ class RunStore:
                                                isolation_level=None)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.exists():
+                _create_store_file(self.path)
             self._connection = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
             self._connection.execute("PRAGMA journal_mode=WAL")
             self._connection.execute("PRAGMA synchronous=FULL")
-            self._create()
+            self._create()  # an older table gains the columns added since
         self._connection.row_factory = sqlite3.Row
 
     def close(self) -> None:
@@ -122,12 +130,7 @@ class RunStore:
 
     def _create(self) -> None:
         with self.transaction() as connection:
-            columns = ", ".join(f'"{name}" {kind}' for name, kind in COLUMNS)
-            connection.execute(f"CREATE TABLE IF NOT EXISTS runs ({columns})")
-            present = {row[1] for row in connection.execute("PRAGMA table_info(runs)")}
-            for name, kind in COLUMNS:
-                if name not in present:  # a store written by an older version: add the new columns
-                    connection.execute(f'ALTER TABLE runs ADD COLUMN "{name}" {kind}')
+            _create_schema(connection)
 
     def statuses(self) -> dict[str, str]:
         """run_id → status as stored (the plain value, e.g. ``"done"``; equal to the matching :class:`Status`)."""
@@ -174,6 +177,77 @@ class RunStore:
             cursor = connection.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", (*values.values(), run_id))
             if cursor.rowcount != 1:
                 raise KeyError(f"run {run_id} was never started in {self.path}")
+
+
+def _create_schema(connection: sqlite3.Connection) -> None:
+    """The ``runs`` table with every column (inside the caller's transaction)."""
+    columns = ", ".join(f'"{name}" {kind}' for name, kind in COLUMNS)
+    connection.execute(f"CREATE TABLE IF NOT EXISTS runs ({columns})")
+    present = {row[1] for row in connection.execute("PRAGMA table_info(runs)")}
+    for name, kind in COLUMNS:
+        if name not in present:  # a store written by an older version: add the new columns
+            connection.execute(f'ALTER TABLE runs ADD COLUMN "{name}" {kind}')
+
+
+def _create_store_file(path: Path) -> None:
+    """A new, empty store at ``path``, made in a hidden temporary file and renamed into place (see the module
+    docstring): readers see no store or a whole one with its table."""
+    staging = temporary_path(path)
+    try:
+        connection = sqlite3.connect(str(staging), isolation_level=None)
+        try:
+            # The journal stays in memory: a kill leaves only the staging file, which the next start removes.
+            connection.execute("PRAGMA journal_mode=MEMORY")
+            connection.execute("BEGIN IMMEDIATE")
+            _create_schema(connection)
+            connection.execute("COMMIT")
+        finally:
+            connection.close()
+        with open(staging, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(staging, path)
+        _fsync_directory(path.parent)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        handle = os.open(directory, os.O_RDONLY)
+    except OSError:  # a platform without directory handles: the rename is as durable as it gets
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def recover_unfinished_store(run_dir: str | os.PathLike[str]) -> bool:
+    """Remove ``RUN_DIR/results.sqlite`` when it is an unfinished creation: an empty file, or a database with no
+    table at all (what a kill during the first start left before stores were created atomically; SQLite rolls
+    its hot journal back on opening). It holds no row, so nothing is lost; the sweep then creates a whole one.
+    Call only under the sweep lock. Anything else (a store with tables, a file that is not SQLite) is left for
+    :func:`read_rows` to accept or report. Returns whether a store was removed."""
+    path = RunLayout(run_dir).database
+    if not path.is_file():
+        return False
+    if path.stat().st_size > 0:
+        try:
+            connection = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
+            try:
+                tables = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            finally:
+                connection.close()
+        except sqlite3.Error:  # not a database: read_rows says so, with the fix
+            return False
+        if tables:
+            return False
+    for companion in ("", "-journal", "-wal", "-shm"):
+        Path(f"{path}{companion}").unlink(missing_ok=True)
+    return True
 
 
 def _sql_value(value: Any) -> Any:
