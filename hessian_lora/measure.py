@@ -42,7 +42,7 @@ from hessian_lora.hessian.density import spectral_density
 from hessian_lora.hessian.dora import DORA_NORMS, DoraNorm, has_dora
 from hessian_lora.hessian.filters import ParameterBlock, PerModule, WholeAdapter, parse_layers, parse_modules
 from hessian_lora.hessian.lanczos import lanczos
-from hessian_lora.hessian.memory_plan import plan_memory
+from hessian_lora.hessian.memory_plan import check_krylov_gib, plan_memory
 from hessian_lora.hessian.operator import HessianOperator, resolve_backend
 from hessian_lora.hessian.power import power_iteration
 from hessian_lora.hessian.preconditioned import preconditioned_sharpness
@@ -160,10 +160,8 @@ class MeasureSettings:
         object.__setattr__(self, "tol", tolerance(self.tol, "tol (the relative residual of a certified λ)"))
         if self.lr is not None and (not is_number(self.lr) or not self.lr > 0):
             raise UserError(f"lr must be a positive number (or left out), got {self.lr!r}.")
-        if self.krylov_memory is not None and (not is_number(self.krylov_memory) or not self.krylov_memory > 0
-                                               or self.krylov_memory == float("inf")):
-            raise UserError(f"krylov_memory must be a positive number of GiB (or left out: sized from the free "
-                            f"memory), got {self.krylov_memory!r}.")
+        if self.krylov_memory is not None:
+            object.__setattr__(self, "krylov_memory", check_krylov_gib(self.krylov_memory))
         if self.task is not None and not isinstance(self.task, str):
             raise UserError(f"task must be a task spec or a file name, got {self.task!r}.")
         if self.prompt_template is not None:

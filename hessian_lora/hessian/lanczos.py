@@ -49,7 +49,9 @@ result counts ``failed_checks``). So ``converged=True`` always means the explici
 that ends unconverged says why in ``stop_reason``: ``max_iter`` (more products may help),
 ``verification_failed`` (the estimates passed at the last step and the explicit check did not: below the
 products' round-off, more products do not help; loosen tol or use float64), ``memory`` (the Krylov basis
-filled its memory budget, :mod:`hessian_lora.hessian.storage`) or ``exhausted`` (the whole space is spanned).
+filled its memory budget, :mod:`hessian_lora.hessian.storage`), ``exhausted`` (the whole space is spanned) or
+``orthogonality_lost`` (a Ritz vector's ‖Vs‖ strayed from 1: the basis lost orthogonality, so no value is
+certified as the top).
 
 Every norm and inner product over parameter-sized vectors accumulates in float64
 (:mod:`hessian_lora.hessian.reductions`): with torch's float32 CPU reductions T drifted from VᵀHV on blocks of
@@ -265,13 +267,13 @@ def lanczos_steps(
                 if not shrunk:
                     dependent = False
                     break
-            actual[i, i] = length if math.isfinite(length) else 0.0
-            if not dependent and length > threshold:
+            kept = not dependent and length > threshold  # NaN is neither
+            actual[i, i] = length if kept or (not dependent and math.isfinite(length)) else 0.0
+            if kept:
                 if i < following:
                     used[i, i] = length
                 nxt[i] = column / length
                 continue
-            actual[i, i] = 0.0 if dependent else actual[i, i]
             vanished = True
             if restart_seed is None:
                 break
@@ -383,6 +385,7 @@ def lanczos(
     failed_checks = 0
     explored_restart = False  # a restart direction has been multiplied at least once
     may_stop = True
+    estimated = False
     for state in lanczos_steps(operator, torch.stack(rows), max_dim=cap, restart_seed=seed,
                                keep_products=verify and store_products, memory=memory):
         wanted = _wanted_indices(state.dim, k, which)
@@ -403,7 +406,7 @@ def lanczos(
         if estimated and state.step >= min_iter and verify:
             # The stop test is the explicit check itself: the recurrence's estimate only says when to look.
             # With kept products it costs no product; without, one per pair (counted).
-            checked = _check(operator, state, k, which, certificate, tol)
+            checked = _check(operator, state, k, which, certificate, tol, estimated=estimated)
             check_hvps += checked.hvps
             if not checked.converged:
                 failed_checks += 1
@@ -423,7 +426,7 @@ def lanczos(
     if stop_reason != "converged" and state.basis.full:
         stop_reason = "memory"  # the basis could not grow within the Krylov memory budget
     if checked is None:
-        checked = _check(operator, state, k, which, certificate, tol, verify=verify)
+        checked = _check(operator, state, k, which, certificate, tol, estimated=estimated, verify=verify)
         check_hvps += checked.hvps
     if stop_reason in ("max_iter", "memory") and checked.estimated and not checked.converged:
         stop_reason = "verification_failed"
@@ -471,16 +474,12 @@ class _Checked:
 
 
 def _check(operator: LinearOperator, state: LanczosStep, k: int, which: str, certificate: str, tol: float, *,
-           verify: bool = True) -> _Checked:
+           estimated: bool, verify: bool = True) -> _Checked:
+    """The returned pairs of ``state`` checked explicitly; ``estimated``: what the recurrence's estimates said."""
     size, dtype = operator.size, operator.dtype
     wanted_top = _wanted_indices(state.dim, k, "largest") if which in ("largest", "both") else []
     wanted_bottom = _wanted_indices(state.dim, k, "smallest") if which in ("smallest", "both") else []
     scale = state.operator_scale
-    enough = state.dim >= min(_needed(k, which), size)
-    estimated = enough and all(
-        _bound(certificate, i, float(state.theta[i]), float(state.estimates[i]), state)
-        <= converged_threshold(float(state.theta[i]), scale, tol, dtype)
-        for i in _wanted_indices(state.dim, k, which))
     top = _ritz_pairs(operator, state, wanted_top, verify, certificate)
     bottom = _ritz_pairs(operator, state, wanted_bottom, verify, certificate)
     hvps = (len(wanted_top) + len(wanted_bottom)) if verify and state.products is None else 0

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hessian_lora._numbers import bounded_number
 from hessian_lora.data import TokenBatch
 from hessian_lora.errors import UserError
 from hessian_lora.hessian.storage import KrylovMemory
@@ -105,6 +106,12 @@ class MemoryPlan:
         return data
 
 
+def check_krylov_gib(value: Any) -> float:
+    """The Krylov budget in GiB (``--krylov-memory``, ``MeasureSettings.krylov_memory``): finite and positive."""
+    return bounded_number(value, "krylov_memory (--krylov-memory)", low=0.0,
+                          fix="give the GiB the Krylov vectors may take, e.g. 8, or leave it out.")
+
+
 def activation_bytes(model: nn.Module, sequences: int, length: int) -> int | None:
     """The fitted estimate (module docstring) of one batch's double-backward product, or None without a config."""
     config = getattr(model, "config", None)
@@ -173,10 +180,9 @@ def plan_memory(
                         "--max-length, measure smaller blocks (--blocks per-module), or use a device with more "
                         "memory.")
     if krylov_gib is not None:
-        if not (isinstance(krylov_gib, (int, float)) and math.isfinite(krylov_gib) and krylov_gib > 0):
-            raise UserError(f"--krylov-memory must be a positive number of GiB, got {krylov_gib!r}.")
-        budget = min(float(krylov_gib) * _GIB, float(left))
-        host = min(float(krylov_gib) * _GIB, HOST_SHARE * host_free) if device.type != "cpu" else 0.0
+        gib = check_krylov_gib(krylov_gib)
+        budget = min(gib * _GIB, float(left))
+        host = min(gib * _GIB, HOST_SHARE * host_free) if device.type != "cpu" else 0.0
         source = "--krylov-memory"
     else:
         share = KRYLOV_SHARE_WITH_REUSE if reuse is not False and len(batches) > 0 else KRYLOV_SHARE

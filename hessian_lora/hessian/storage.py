@@ -59,8 +59,8 @@ class KrylovMemory:
             tiers.append(MemoryTier(torch.device("cpu"), float(host_bytes), pin=device.type == "cuda"))
         return cls(tiers)
 
-    def allocate(self, rows: int, size: int, dtype: torch.dtype) -> torch.Tensor | None:
-        """A new page of ``rows × size`` in the first tier with room, or None when no tier has it."""
+    def allocate(self, rows: int, size: int, dtype: torch.dtype) -> tuple[torch.Tensor, MemoryTier] | None:
+        """A new page of ``rows × size`` in the first tier with room (and that tier), or None when none has it."""
         nbytes = rows * size * torch.empty((), dtype=dtype).element_size()
         for tier in self.tiers:
             if tier.bytes_left >= nbytes:
@@ -68,16 +68,15 @@ class KrylovMemory:
                                    pin_memory=tier.pin and torch.cuda.is_available())
                 tier.bytes_left -= nbytes
                 tier.used += nbytes
-                return page
+                return page, tier
         return None
 
-    def release(self, page: torch.Tensor) -> None:
+    @staticmethod
+    def release(page: torch.Tensor, tier: MemoryTier) -> None:
+        """Give ``page``'s bytes back to the tier it was allocated from."""
         nbytes = page.numel() * page.element_size()
-        for tier in self.tiers:
-            if tier.device == page.device or (tier.device.type == page.device.type and tier.device.index is None):
-                tier.bytes_left += nbytes
-                tier.used -= nbytes
-                return
+        tier.bytes_left += nbytes
+        tier.used -= nbytes
 
     def describe(self) -> str:
         return ", ".join(f"{tier.device}{' (pinned)' if tier.pin else ''}: "
@@ -98,6 +97,7 @@ class VectorStore:
         self.memory = memory
         self.page_rows = max(1, page_rows)
         self._pages: list[torch.Tensor] = []
+        self._tiers: list[MemoryTier] = []  # where each page was allocated
         self._filled: list[int] = []
         self.dropped = False
         self.full = False  # set by a consumer that could not append: the memory had no room
@@ -110,16 +110,17 @@ class VectorStore:
         rows = rows.reshape(-1, self.size)
         needed = int(rows.shape[0])
         free = sum(page.shape[0] - filled for page, filled in zip(self._pages, self._filled))
-        new_pages: list[torch.Tensor] = []
+        new_pages: list[tuple[torch.Tensor, MemoryTier]] = []
         while free < needed:
-            page = self.memory.allocate(max(self.page_rows, needed - free), self.size, self.dtype)
-            if page is None:
-                for made in new_pages:
-                    self.memory.release(made)
+            allocated = self.memory.allocate(max(self.page_rows, needed - free), self.size, self.dtype)
+            if allocated is None:
+                for page, tier in new_pages:
+                    self.memory.release(page, tier)
                 return False
-            new_pages.append(page)
-            free += page.shape[0]
-        self._pages += new_pages
+            new_pages.append(allocated)
+            free += allocated[0].shape[0]
+        self._pages += [page for page, _ in new_pages]
+        self._tiers += [tier for _, tier in new_pages]
         self._filled += [0] * len(new_pages)
         done = 0
         for index, page in enumerate(self._pages):
@@ -134,9 +135,9 @@ class VectorStore:
 
     def drop(self) -> None:
         """Free every page (the store is unusable afterwards: ``dropped``)."""
-        for page in self._pages:
-            self.memory.release(page)
-        self._pages, self._filled, self.dropped = [], [], True
+        for page, tier in zip(self._pages, self._tiers):
+            self.memory.release(page, tier)
+        self._pages, self._tiers, self._filled, self.dropped = [], [], [], True
 
     def pages(self) -> list[torch.Tensor]:
         return [page[:filled] for page, filled in zip(self._pages, self._filled) if filled]
