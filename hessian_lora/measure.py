@@ -422,8 +422,8 @@ def _analyse_block(
     with tqdm(total=s.max_iter, desc=f"{block.name} (products, cap {s.max_iter})", unit="hvp", leave=False,
               disable=not show, dynamic_ncols=True, bar_format=_PRODUCT_BAR) as inner:
 
-        def on_batch(done: int, total: int) -> None:
-            inner.update(per_batch)
+        def on_batch(done: int, total: int, directions: int) -> None:
+            inner.update(per_batch * directions)
 
         def callback(record: IterationRecord) -> None:
             if record.values:

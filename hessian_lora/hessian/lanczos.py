@@ -4,7 +4,9 @@ One kernel, :func:`lanczos_steps`, runs the (block) Lanczos recurrence for every
 and the stochastic Lanczos quadrature of :mod:`hessian_lora.hessian.density`; one function,
 :func:`block_tridiagonal`, builds the projected matrix T.
 
-Each step applies the operator to a block of ``p`` orthonormal vectors (``p`` products); every new vector is
+Each step applies the operator to a block of ``p`` orthonormal vectors (``p`` products in one ``matmat`` call:
+a :class:`~hessian_lora.hessian.operator.HessianOperator` builds each batch's first-order graph once for all of
+them); every new vector is
 orthogonalised against the whole basis twice (classical Gram–Schmidt, twice is enough), so T stays faithful
 and no ghost copies appear. The residual of a Ritz pair (θ, y = V s) is ‖H y − θ y‖ = ‖B s_last‖ (B the
 triangular factor of the last remainder block, s_last the last ``p`` entries of s; |β s_m| for ``p = 1``),
@@ -217,7 +219,8 @@ def lanczos_steps(
             if not basis.append(block):
                 basis.full = True
                 return
-        products = torch.stack([operator.matvec(row) for row in block])
+        # The block's p products in one call: a batching operator shares one first-order graph among them.
+        products = operator.matmat(block.T).T.contiguous()
         hvps += p
         operator_scale = max([operator_scale] + [norm(row) for row in products])
         if images is not None and not images.append(products):
@@ -559,9 +562,11 @@ def _ritz_pairs(
     # Below the products' own round-off a residual certifies nothing finer: the bound is that floor (the same
     # floor the convergence test allows, so a certified bound always holds).
     floor = NOISE_FLOOR_EPS * torch.finfo(operator.dtype).eps * state.operator_scale
+    if verify and images is None:
+        images = operator.matmat(ritz.T).T.contiguous()  # no kept products: one batched call for every pair
     for row, index in enumerate(indices):
         if verify:
-            product = operator.matvec(ritz[row]) if images is None else images[row]
+            product = images[row]
             value = dot(ritz[row], product)
             residual = norm(product - value * ritz[row])
         else:

@@ -33,6 +33,17 @@ block (DoRA r=1, B and m off their initial values; ``tests/hessian/test_dora.py`
 
 ``backend="auto"`` takes the fastest exact backend measured on the device type (``FASTEST_EXACT_BACKEND``).
 
+Many directions per pass (:meth:`HessianOperator.matmat`, double backward): each batch's first-order graph is
+built once per call (or taken from the kept ones) and the second backward runs for every direction on it, so k
+products cost one forward and one first backward instead of k. How the second backwards run (``batching``):
+``"loop"`` one backward per direction on the shared graph, ``"vmap"`` all directions of a chunk in one batched
+backward (``torch.autograd.grad(..., is_grads_batched=True)``, chunks of ``directions_per_pass``). Measured on
+the CPU (bench/batched_products.py; SmolLM2-135M, q_proj block of layer 15, LoRA r=8, 8×64 tokens, one
+thread): for k = 8 directions the batched backward took 1.6× as long as 8 backwards on the shared graph (PyTorch
+has no batching rule for softmax/log-softmax/SiLU backward, and the batched matmuls are no faster: one CPU thread
+is compute-bound already), so ``"auto"`` is ``"loop"`` on the CPU (``FASTEST_BATCHING``). Forward-over-reverse
+and finite differences take each direction in its own pass.
+
 Every product runs with the model in eval mode (dropout off), gradients enabled only for the block, and
 scaled-dot-product attention restricted to the math kernel (the CPU flash kernel has no double backward).
 """
@@ -73,6 +84,12 @@ FASTEST_EXACT_BACKEND: dict[str, Backend] = {"cpu": "double_backward"}
 # from the measurements above; float64 models in HF still compute norms and softmax in float32.
 FD_EPSILON: dict[torch.dtype, float] = {torch.float32: 0.1, torch.float64: 1e-3}
 _FD_LADDER = tuple(3.0**k for k in range(-4, 5))
+Batching = Literal["loop", "vmap"]
+BATCHINGS: tuple[str, ...] = get_args(Batching)
+# Measured (module docstring): the batched backward lost on the CPU; other devices are not measured yet.
+FASTEST_BATCHING: dict[str, Batching] = {"cpu": "loop"}
+# Directions per batched backward (vmap): its intermediate tensors are this many times one backward's.
+DIRECTIONS_PER_PASS = 8
 # Fraction of free memory the kept first-order graphs may take under reuse="auto".
 REUSE_MEMORY_FRACTION = 0.5
 
@@ -99,7 +116,10 @@ class LinearOperator(ABC):
     def matvec(self, vector: torch.Tensor) -> torch.Tensor: ...
 
     def matmat(self, matrix: torch.Tensor) -> torch.Tensor:
-        """Apply to each column of a ``size × k`` matrix."""
+        """Apply to each column of a ``size × k`` matrix (one product per column unless an operator batches)."""
+        check_matrix(matrix, self.size)
+        if matrix.shape[1] == 0:
+            return torch.zeros(self.size, 0, dtype=self.dtype, device=self.device)
         return torch.stack([self.matvec(column) for column in matrix.T], dim=1)
 
     def __matmul__(self, other: torch.Tensor) -> torch.Tensor:
@@ -193,6 +213,11 @@ class ScaledOperator(LinearOperator):
     def matvec(self, vector: torch.Tensor) -> torch.Tensor:
         return self.diagonal * self.inner.matvec(self.diagonal * vector)
 
+    def matmat(self, matrix: torch.Tensor) -> torch.Tensor:
+        check_matrix(matrix, self.size)
+        scale = self.diagonal[:, None]
+        return scale * self.inner.matmat(scale * matrix.to(self.diagonal))
+
 
 ParameterSpec = ParameterBlock | Mapping[str, nn.Parameter] | Sequence[nn.Parameter] | Sequence[tuple[str, nn.Parameter]]
 
@@ -227,6 +252,8 @@ class HessianOperator(LinearOperator):
         fd_epsilon: float | None = None,
         distributed_mode: bool | str = "auto",
         dora_norm: DoraNorm = "detached",
+        batching: Batching | Literal["auto"] = "auto",
+        directions_per_pass: int = DIRECTIONS_PER_PASS,
     ) -> None:
         self.model = model
         self.dora_norm = check_dora_norm(dora_norm)
@@ -251,6 +278,14 @@ class HessianOperator(LinearOperator):
             raise UserError("finite differences see the DoRA column norm that peft detaches from autograd, so they "
                             "measure another matrix: use backend double_backward or forward_over_reverse for DoRA, "
                             "or dora_norm 'differentiated' (the Hessian of the true loss).")
+        if batching != "auto" and batching not in BATCHINGS:
+            raise UserError(f"unknown batching {batching!r}: use auto, {', '.join(BATCHINGS)}.")
+        self.batching: Batching = (FASTEST_BATCHING.get(self._device.type, "loop") if batching == "auto"
+                                   else batching)  # type: ignore[assignment]
+        if isinstance(directions_per_pass, bool) or not isinstance(directions_per_pass, int) \
+                or directions_per_pass < 1:
+            raise UserError(f"directions_per_pass must be a whole number >= 1, got {directions_per_pass!r}.")
+        self.directions_per_pass = directions_per_pass
         self.loss_fn = loss_fn
         if fd_epsilon is not None and not fd_epsilon > 0:
             raise UserError(f"fd_epsilon must be positive, got {fd_epsilon}.")
@@ -274,8 +309,9 @@ class HessianOperator(LinearOperator):
         self._uncached: set[int] = set()
         self._versions: tuple[tuple[int, ...], ...] | None = None
         self._memory_budget: float | None = None
-        # Called as on_batch(done, total) after each local batch of a product (progress of long products).
-        self.on_batch: Callable[[int, int], None] | None = None
+        # Called as on_batch(done, total, directions) after each local batch of a product or of a batched call
+        # (progress of long products; ``directions`` is how many products that call makes).
+        self.on_batch: Callable[[int, int, int], None] | None = None
 
     @property
     def size(self) -> int:
@@ -311,16 +347,13 @@ class HessianOperator(LinearOperator):
     def matvec(self, vector: torch.Tensor) -> torch.Tensor:
         if vector.shape != (self._size,):
             raise ValueError(f"vector has shape {tuple(vector.shape)}, expected ({self._size},)")
+        if self.backend == "double_backward":
+            return self.matmat(vector[:, None])[:, 0]
         vector = vector.to(device=self._device, dtype=self._dtype)
         pieces = self.unflatten(vector)
         total = torch.zeros(self._size, dtype=self._dtype, device=self._device)
         with self._hvp_mode():
-            if self.backend == "double_backward":
-                self._drop_stale_graphs()
-                for index, batch in enumerate(self.batches):
-                    total += self.flatten(self._double_backward(index, batch, pieces))
-                    self._batch_done(index)
-            elif self.backend == "forward_over_reverse":
+            if self.backend == "forward_over_reverse":
                 for index, batch in enumerate(self.batches):
                     total += self.flatten(self._forward_over_reverse(batch, pieces))
                     self._batch_done(index)
@@ -336,9 +369,72 @@ class HessianOperator(LinearOperator):
         self.calls += 1
         return total / self.total_tokens
 
-    def _batch_done(self, index: int) -> None:
+    def matmat(self, matrix: torch.Tensor) -> torch.Tensor:
+        """H applied to each column of a ``size × k`` matrix; with double backward, one first-order graph per
+        batch serves every column (module docstring), else one pass per column."""
+        check_matrix(matrix, self._size)
+        if self.backend != "double_backward":
+            return super().matmat(matrix)
+        directions = int(matrix.shape[1])
+        matrix = matrix.to(device=self._device, dtype=self._dtype)
+        columns = [self.unflatten(matrix[:, j]) for j in range(directions)]
+        total = torch.zeros(directions, self._size, dtype=self._dtype, device=self._device)
+        if directions:
+            with self._hvp_mode():
+                self._drop_stale_graphs()
+                for index, batch in enumerate(self.batches):
+                    for j, product in enumerate(self._second_backwards(index, batch, columns)):
+                        total[j] += self.flatten(product)
+                    self._batch_done(index, directions)
+        total = distributed.all_reduce_sum(total)
+        self.calls += directions
+        return (total / self.total_tokens).T
+
+    def block_products(self, requests: Sequence[tuple[Sequence[int], torch.Tensor]]) -> list[torch.Tensor]:
+        """Diagonal-block products H_bb V_b of sub-blocks of this operator's parameters, all in one pass.
+
+        Each request is (positions of the block's tensors in ``params``, a ``size_b × m`` matrix V_b); the answer
+        is H_bb V_b for each, where H_bb is the Hessian with respect to those tensors alone (everything else
+        fixed), the same matrix a :class:`HessianOperator` over the block gives. Every batch's first-order graph
+        is built once (or kept, under ``reuse``) for all requests, and each direction's second backward runs
+        only from that block's gradient to that block's tensors (double backward only).
+        """
+        if self.backend != "double_backward":
+            raise UserError("block products need the double_backward backend (one first-order graph shared by "
+                            "every block); use backend double_backward or auto.")
+        plans = []
+        for positions, matrix in requests:
+            positions = list(positions)
+            numels = [self._numels[i] for i in positions]
+            size = sum(numels)
+            check_matrix(matrix, size)
+            matrix = matrix.to(device=self._device, dtype=self._dtype)
+            columns = [[piece.view(self._shapes[i]) for piece, i in zip(matrix[:, j].split(numels), positions)]
+                       for j in range(matrix.shape[1])]
+            plans.append((positions, columns, torch.zeros(matrix.shape[1], size, dtype=self._dtype,
+                                                          device=self._device)))
+        directions = sum(len(columns) for _, columns, _ in plans)
+        if directions:
+            with self._hvp_mode():
+                self._drop_stale_graphs()
+                for index, batch in enumerate(self.batches):
+                    first, keep = self._first_order(index, batch)
+                    remaining = directions
+                    for positions, columns, total in plans:
+                        outputs = [first[i] for i in positions]
+                        inputs = [self.params[i] for i in positions]
+                        for j, column in enumerate(columns):
+                            remaining -= 1
+                            product = torch.autograd.grad(outputs, inputs, grad_outputs=column,
+                                                          retain_graph=keep or remaining > 0)
+                            total[j] += self.flatten(product)
+                    self._batch_done(index, directions)
+        self.calls += directions
+        return [(distributed.all_reduce_sum(total) / self.total_tokens).T for _, _, total in plans]
+
+    def _batch_done(self, index: int, directions: int = 1) -> None:
         if self.on_batch is not None:
-            self.on_batch(index + 1, len(self.batches))
+            self.on_batch(index + 1, len(self.batches), directions)
 
     def gradient(self) -> torch.Tensor:
         """∂L/∂θ of the token-weighted mean loss (flat)."""
@@ -359,19 +455,39 @@ class HessianOperator(LinearOperator):
 
     # --- backends -------------------------------------------------------------------------------------------
 
-    def _double_backward(self, index: int, batch: TokenBatch, pieces: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    def _first_order(self, index: int, batch: TokenBatch) -> tuple[tuple[torch.Tensor, ...], bool]:
+        """The batch's gradient with its graph (kept under ``reuse``), and whether it is kept."""
         graph = self._graphs.get(index)
         if graph is not None:
-            return torch.autograd.grad(graph, self.params, grad_outputs=pieces, retain_graph=True)
+            return graph, True
         keep = self._may_keep(index)
         before = _memory_in_use(self._device) if keep else 0
         loss = self.loss_fn(self.model, batch)
         first = torch.autograd.grad(loss, self.params, create_graph=True)
         if keep and self._fits(_memory_in_use(self._device) - before):
             self._graphs[index] = first
-            return torch.autograd.grad(first, self.params, grad_outputs=pieces, retain_graph=True)
+            return first, True
         self._uncached.add(index)
-        return torch.autograd.grad(first, self.params, grad_outputs=pieces)
+        return first, False
+
+    def _second_backwards(self, index: int, batch: TokenBatch,
+                          columns: list[list[torch.Tensor]]) -> list[tuple[torch.Tensor, ...]]:
+        """H_batch v for every direction in ``columns`` on one first-order graph of the batch."""
+        first, keep = self._first_order(index, batch)
+        products: list[tuple[torch.Tensor, ...]] = []
+        if self.batching == "vmap" and len(columns) > 1:
+            for start in range(0, len(columns), self.directions_per_pass):
+                chunk = columns[start:start + self.directions_per_pass]
+                last = start + len(chunk) >= len(columns)
+                stacked = [torch.stack(pieces) for pieces in zip(*chunk)]
+                batched = torch.autograd.grad(first, self.params, grad_outputs=stacked, is_grads_batched=True,
+                                              retain_graph=keep or not last)
+                products += [tuple(part[j] for part in batched) for j in range(len(chunk))]
+            return products
+        for j, pieces in enumerate(columns):
+            products.append(torch.autograd.grad(first, self.params, grad_outputs=pieces,
+                                                retain_graph=keep or j + 1 < len(columns)))
+        return products
 
     def _forward_over_reverse(self, batch: TokenBatch, pieces: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         from torch.func import grad, jvp
@@ -439,6 +555,12 @@ class HessianOperator(LinearOperator):
         dora = differentiated_dora_norm(self.model) if self.dora_norm == "differentiated" else contextlib.nullcontext()
         with only_block_trainable(self.model, self.params, eval_mode=True), torch.enable_grad(), dora:
             yield
+
+
+def check_matrix(matrix: torch.Tensor, size: int) -> None:
+    """A ``size × k`` matrix, or a ValueError that says the shape."""
+    if matrix.ndim != 2 or matrix.shape[0] != size:
+        raise ValueError(f"matrix has shape {tuple(matrix.shape)}, expected ({size}, k)")
 
 
 def parameter_fingerprint(model: nn.Module) -> tuple[tuple[int, ...], ...]:

@@ -19,6 +19,9 @@ from hessian_lora.hessian.operator import LinearOperator
 from hessian_lora.hessian.reductions import dot, inner, orthonormal_rows
 from hessian_lora.hessian.results import IterationRecord, TraceResult
 
+# Probes per operator call in Hutchinson without a stopping tolerance.
+PROBES_PER_CALL = 8
+
 
 def hutchinson(
     operator: LinearOperator,
@@ -28,16 +31,26 @@ def hutchinson(
     tol: float | None = None,
     callback: Callback | None = None,
 ) -> TraceResult:
-    """Mean of zᵀHz over up to ``samples`` Rademacher vectors; stops early once std error ≤ tol·|mean|."""
+    """Mean of zᵀHz over up to ``samples`` Rademacher vectors; stops early once std error ≤ tol·|mean|.
+
+    Without ``tol`` the probes go to the operator in chunks of ``PROBES_PER_CALL`` (one ``matmat`` each: a
+    batching operator shares its first-order graphs); with ``tol`` one at a time, so no product is made after
+    the stop.
+    """
     if samples < 1:
         raise UserError(f"trace samples must be >= 1, got {samples}.")
     began = time.perf_counter()
     terms: list[float] = []
     history: list[IterationRecord] = []
     probes = ProbeStream(operator.size, operator.dtype, operator.device, seed)
+    chunk = 1 if tol is not None else PROBES_PER_CALL
+    pending: list[float] = []
     for index in range(samples):
-        probe = probes.next()
-        terms.append(dot(probe, operator.matvec(probe)))
+        if not pending:
+            block = torch.stack([probes.next() for _ in range(min(chunk, samples - index))])
+            images = operator.matmat(block.T).T
+            pending = [dot(probe, image) for probe, image in zip(block, images)]
+        terms.append(pending.pop(0))
         mean = sum(terms) / len(terms)
         error = _standard_error(terms)
         record = IterationRecord(index + 1, index + 1, time.perf_counter() - began, (mean,),
@@ -70,13 +83,13 @@ def hutchplusplus(
     history: list[IterationRecord] = []
     used = 0
 
-    def apply(vector: torch.Tensor) -> torch.Tensor:
+    def apply_rows(rows: torch.Tensor) -> torch.Tensor:
         nonlocal used
-        used += 1
-        return operator.matvec(vector)
+        used += int(rows.shape[0])
+        return operator.matmat(rows.T).T.contiguous()
 
     probes = ProbeStream(size, dtype, device, seed)
-    sketch = torch.stack([apply(probes.next()) for _ in range(sketch_size)])
+    sketch = apply_rows(torch.stack([probes.next() for _ in range(sketch_size)]))
     dependent = 100 * torch.finfo(dtype).eps
     basis = orthonormal_rows(sketch, drop_below=dependent)  # Q as rows
     if basis.shape[0] < sketch_size:
@@ -85,21 +98,22 @@ def hutchplusplus(
         fill = ProbeStream(size, dtype, device, seed + 2**31, kind="normal")
         filler = torch.stack([fill.next() for _ in range(sketch_size - basis.shape[0])])
         basis = orthonormal_rows(torch.cat([basis, filler]), drop_below=dependent)
-    exact_part = sum(dot(row, apply(row)) for row in basis)
+    exact_part = sum(dot(row, image) for row, image in zip(basis, apply_rows(basis)))
     record = IterationRecord(1, used, time.perf_counter() - began, (exact_part,))
     history.append(record)
     if callback is not None:
         callback(record)
     remainder_terms: list[float] = []
     if basis.shape[0] < size:
-        for i in range(hvps // 3):
-            probe = probes.next()
-            probe = probe - inner(basis, probe).to(basis) @ basis
-            product = apply(probe)
+        projected = torch.stack([probes.next() for _ in range(hvps // 3)])
+        projected = torch.stack([probe - inner(basis, probe).to(basis) @ basis for probe in projected])
+        before = used
+        images = apply_rows(projected)
+        for i, (probe, product) in enumerate(zip(projected, images)):
             product = product - inner(basis, product).to(basis) @ basis
             remainder_terms.append(dot(probe, product))
             estimate = exact_part + sum(remainder_terms) / len(remainder_terms)
-            record = IterationRecord(i + 2, used, time.perf_counter() - began, (estimate,))
+            record = IterationRecord(i + 2, before + i + 1, time.perf_counter() - began, (estimate,))
             history.append(record)
             if callback is not None:
                 callback(record)
