@@ -43,11 +43,12 @@ from hessian_lora.hessian.dora import DORA_NORMS, DoraNorm, has_dora
 from hessian_lora.hessian.filters import ParameterBlock, PerModule, WholeAdapter, parse_layers, parse_modules
 from hessian_lora.hessian.lanczos import lanczos
 from hessian_lora.hessian.memory_plan import check_krylov_gib, plan_memory
-from hessian_lora.hessian.operator import HessianOperator, resolve_backend
+from hessian_lora.hessian.operator import HessianOperator, LinearOperator, resolve_backend
 from hessian_lora.hessian.power import power_iteration
 from hessian_lora.hessian.preconditioned import preconditioned_sharpness
 from hessian_lora.hessian.pyhessian_compat import pyhessian_power_iteration
 from hessian_lora.hessian.results import BlockReport, EigenReport, EigenResult, IterationRecord
+from hessian_lora.hessian.scan import scan_blocks
 from hessian_lora.hessian.storage import KrylovMemory
 from hessian_lora.hessian.trace import hutchplusplus
 from hessian_lora.precision import check_hessian_precision
@@ -87,6 +88,15 @@ class MeasureSettings:
     ``"detached"`` measures the Hessian of peft's surrogate, whose column norm ‖W + sBA‖ is a constant (what DoRA
     trains with; the paper and PyHessian measure it too), ``"differentiated"`` that of the true loss
     (:mod:`hessian_lora.hessian.dora`); reports of DoRA models record which.
+
+    ``block_size``: Lanczos start vectors per block (None: ``top_k``; ``"rank"``: the block's LoRA rank r, the
+    width of the cluster λ_max sits in at initialisation, where fewer start vectors can certify a lower member
+    of the cluster; see :func:`~hessian_lora.hessian.lanczos.lanczos`). It costs r products a step: on the CPU
+    that is r times the products per step, since batching does not make a product cheaper there
+    (bench/batched_products.py), so the default stays ``top_k``; reports record the width used.
+    ``together``: per-module blocks advance side by side on one shared operator (:mod:`hessian_lora.hessian.scan`:
+    one pass a step for every block; the same products, so the same values to round-off); false solves them
+    block after block. Neither the grouping nor ``krylov_memory`` changes a value, so reports do not record them.
     """
 
     task: str | None = None
@@ -115,6 +125,8 @@ class MeasureSettings:
     prompt_template: str | None = None
     dora_norm: DoraNorm = "detached"
     krylov_memory: float | None = None
+    block_size: int | Literal["rank"] | None = None
+    together: bool = True
 
     def __post_init__(self) -> None:
         # Normalise the forms a YAML file or a command line gives ("q_proj,v_proj", "0:4", lists) to tuples.
@@ -162,6 +174,15 @@ class MeasureSettings:
             raise UserError(f"lr must be a positive number (or left out), got {self.lr!r}.")
         if self.krylov_memory is not None:
             object.__setattr__(self, "krylov_memory", check_krylov_gib(self.krylov_memory))
+        if isinstance(self.block_size, str) and self.block_size.strip().isdigit():
+            object.__setattr__(self, "block_size", int(self.block_size))  # from a command line
+        if self.block_size is not None and self.block_size != "rank" and (
+                isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1):
+            raise UserError(f"block_size must be a whole number >= 1, 'rank' or left out, got {self.block_size!r}.")
+        if self.block_size is not None and self.solver != "lanczos":
+            raise UserError("block_size sets Lanczos's start block: use it with solver lanczos.")
+        if not isinstance(self.together, bool):
+            raise UserError(f"together must be true or false, got {self.together!r}.")
         if self.task is not None and not isinstance(self.task, str):
             raise UserError(f"task must be a task spec or a file name, got {self.task!r}.")
         if self.prompt_template is not None:
@@ -212,6 +233,8 @@ class MeasureSettings:
             **({"prompt_template": self.prompt_template}
                if self.prompt_template not in (None, DEFAULT_PROMPT_TEMPLATE) else {}),
             **({"dora_norm": self.dora_norm} if dora else {}),
+            # recorded only when set, so reports written before it existed still resume
+            **({"block_size": self.block_size} if self.block_size is not None else {}),
         }
 
 
@@ -363,18 +386,86 @@ def _measure(
     show = progress and distributed.is_main_process()
     from tqdm.auto import tqdm
 
+    order = {block.name: position for position, block in enumerate(selected)}
     with tqdm(total=len(selected), initial=len(selected) - len(todo), desc="eigen blocks", unit="block",
               disable=not show, dynamic_ncols=True) as bar:
-        for index, block in enumerate(todo):
-            report = _analyse_block(peft_model, batches, block, settings, loaded=loaded, show=show,
-                                    print_plan=index == 0)
+
+        def finished(report: BlockReport) -> None:
             reports.append(report)
+            reports.sort(key=lambda done_report: order.get(done_report.name, len(order)))  # model order
             if out is not None and distributed.is_main_process():
                 write_report(out, EigenReport(report_settings, tuple(reports), source))
-            bar.set_postfix(block=block.name, lambda_max=f"{report.lambda_max:.4g}" if report.lambda_max is not None
-                            else "-")
+            bar.set_postfix(block=report.name, lambda_max=f"{report.lambda_max:.4g}"
+                            if report.lambda_max is not None else "-")
             bar.update(1)
+
+        if _together(settings, todo, first_param.device):
+            _scan_together(peft_model, batches, todo, settings, loaded=loaded, show=show, finished=finished)
+        else:
+            for index, block in enumerate(todo):
+                finished(_analyse_block(peft_model, batches, block, settings, loaded=loaded, show=show,
+                                        print_plan=index == 0))
     return EigenReport(report_settings, tuple(reports), source)
+
+
+def _together(settings: MeasureSettings, todo: Sequence[ParameterBlock], device: torch.device) -> bool:
+    """Whether the remaining per-module blocks are solved side by side (:mod:`hessian_lora.hessian.scan`)."""
+    return (settings.together and settings.blocks == "per-module" and len(todo) > 1
+            and resolve_backend(settings.backend, device) == "double_backward")
+
+
+def _scan_together(
+    model: nn.Module,
+    batches: list[TokenBatch],
+    blocks: Sequence[ParameterBlock],
+    settings: MeasureSettings,
+    *,
+    loaded: LoadedCheckpoint | None,
+    show: bool,
+    finished: Any,
+) -> None:
+    """Every block's solver side by side on shared passes, in groups whose Krylov vectors fit the budget; each
+    block's extras (trace, density, preconditioning) then run on its own operator as block by block."""
+    from tqdm.auto import tqdm
+
+    s = settings
+    largest = max(blocks, key=lambda block: block.numel)
+    first = largest.parameters[0]
+    plan = plan_memory(model, batches, block_parameters=largest.numel, dtype=first.dtype, device=first.device,
+                       max_iter=s.max_iter, keep_products=s.solver == "lanczos", krylov_gib=s.krylov_memory,
+                       reuse=s.reuse)
+    # Every block of a group keeps its own Krylov vectors at once: a group is as many blocks as fit the budget.
+    group = max(1, int((plan.budget_bytes + plan.host_bytes) // max(plan.krylov_bytes, 1)))
+    groups = [list(blocks[start:start + group]) for start in range(0, len(blocks), group)]
+    if show:
+        for line in plan.lines():
+            tqdm.write(line, file=sys.stderr)
+        tqdm.write(f"  {len(blocks)} per-module blocks solved together, {len(groups)} group(s) of at most {group} "
+                   "(each block's Krylov vectors at the largest block's size within the budget); one pass a step "
+                   "for every block of a group", file=sys.stderr)
+    for members in groups:
+        union = [(name, param) for block in members for name, param in zip(block.names, block.parameters)]
+        operator = HessianOperator(model, batches, union, backend=s.backend, reuse=s.reuse, dora_norm=s.dora_norm)
+        share = 1.0 / len(members)
+
+        def solve(index: int, view: LinearOperator, members: list[ParameterBlock] = members,
+                  share: float = share) -> EigenResult:
+            memory = KrylovMemory.within(first.device, plan.budget_bytes * share, plan.host_bytes * share)
+            return _solve(view, s, None, memory, block=members[index])
+
+        with tqdm(desc=f"{len(members)} blocks together (products)", unit="hvp", leave=False, disable=not show,
+                  dynamic_ncols=True) as inner:
+            per_batch = 1.0 / max(len(operator.batches), 1)
+
+            def on_batch(done: int, total: int, directions: int, per_batch: float = per_batch,
+                         inner: Any = inner) -> None:
+                inner.update(per_batch * directions)
+
+            def on_result(index: int, result: EigenResult, members: list[ParameterBlock] = members) -> None:
+                finished(_analyse_block(model, batches, members[index], s, loaded=loaded, show=False, eigen=result))
+
+            operator.on_batch = on_batch if show else None
+            scan_blocks(operator, members, solve, on_result=on_result)
 
 
 def write_report(path: str | os.PathLike[str], report: EigenReport) -> None:
@@ -404,7 +495,9 @@ def _analyse_block(
     loaded: LoadedCheckpoint | None,
     show: bool,
     print_plan: bool = True,
+    eigen: EigenResult | None = None,
 ) -> BlockReport:
+    """One block's report; ``eigen``: its eigenvalues already solved (a scan), so only the extras run here."""
     from tqdm.auto import tqdm
 
     s = settings
@@ -431,7 +524,7 @@ def _analyse_block(
                 inner.set_postfix(value=f"{record.values[0]:.5g}", residual=residual, hvps=record.hvps)
 
         operator.on_batch = on_batch if show else None
-        result = _solve(operator, s, callback, memory)
+        result = eigen if eigen is not None else _solve(operator, s, callback, memory, block=block)
         trace_result = hutchplusplus(operator, hvps=s.trace_hvps, seed=s.seed) if s.trace else None
         density_result = (spectral_density(operator, steps=s.density_steps, runs=s.density_runs, seed=s.seed,
                                            memory=plan.krylov_memory())
@@ -460,13 +553,27 @@ def _analyse_block(
     )
 
 
-def _solve(operator: HessianOperator, s: MeasureSettings, callback: Any, memory: KrylovMemory) -> EigenResult:
+def _solve(operator: LinearOperator, s: MeasureSettings, callback: Any, memory: KrylovMemory, *,
+           block: ParameterBlock) -> EigenResult:
     if s.solver == "lanczos":
         return lanczos(operator, k=s.top_k, which="both" if s.smallest else "largest", tol=s.tol,
-                       max_iter=s.max_iter, seed=s.seed, callback=callback, memory=memory)
+                       max_iter=s.max_iter, seed=s.seed, callback=callback, memory=memory,
+                       block_size=start_block(s, block))
     if s.solver == "power":
         return power_iteration(operator, k=s.top_k, tol=s.tol, max_iter=s.max_iter, seed=s.seed, callback=callback)
     return pyhessian_power_iteration(operator, max_iter=s.max_iter, tol=s.tol, top_n=s.top_k, seed=s.seed)
+
+
+def start_block(settings: MeasureSettings, block: ParameterBlock) -> int | None:
+    """Lanczos's start vectors for ``block``: ``block_size``, with ``"rank"`` the largest LoRA rank among the
+    block's modules (the rows of its ``lora_A``; ``top_k`` when it has none), never below ``top_k``."""
+    if settings.block_size is None:
+        return None
+    if settings.block_size == "rank":
+        ranks = [int(param.shape[0]) for name, param in zip(block.names, block.parameters)
+                 if ".lora_A." in name and param.ndim == 2]
+        return max([settings.top_k, *ranks])
+    return max(settings.top_k, int(settings.block_size))
 
 
 def _resume(out: str | os.PathLike[str] | None, settings: dict[str, Any], source: dict[str, Any]) -> list[BlockReport]:
@@ -532,6 +639,8 @@ def eigen(
     prompt_template: str | None = None,
     dora_norm: str = "detached",
     krylov_memory: float | None = None,
+    block_size: int | str | None = None,
+    together: bool = True,
     device: str | torch.device | None = None,
     out: str | os.PathLike[str] | None = None,
     progress: bool = True,
@@ -555,7 +664,8 @@ def eigen(
         smallest=smallest, tol=tol, max_iter=max_iter, seed=seed, trace=trace, trace_hvps=trace_hvps,
         density=density, density_steps=density_steps, density_runs=density_runs, preconditioned=preconditioned,
         lr=lr, backend=backend, reuse=reuse, prompt_template=prompt_template,  # type: ignore[arg-type]
-        dora_norm=dora_norm, krylov_memory=krylov_memory,  # type: ignore[arg-type]
+        dora_norm=dora_norm, krylov_memory=krylov_memory, block_size=block_size,  # type: ignore[arg-type]
+        together=together,
     )
     # Under torchrun each process must own its GPU before anything is built on "cuda" (else every rank would
     # load its model onto GPU 0): init_from_environment sets the device from LOCAL_RANK.

@@ -200,3 +200,35 @@ def test_dora_finite_differences_need_the_differentiated_norm(dora_model) -> Non
     exact = hessian_lora.eigen(model=model, batches=batches, dora_norm="differentiated", **DORA)
     assert finite.settings["backend"] == "finite_difference"
     assert finite.blocks[0].lambda_max == pytest.approx(exact.blocks[0].lambda_max, rel=1e-2)
+
+
+def test_per_module_blocks_together_give_what_one_at_a_time_gives(tmp_path: Path) -> None:
+    """The shared-pass scan and the block-by-block loop make the same products: the same reports."""
+    together = hessian_lora.eigen(method="lora", blocks="per-module", out=tmp_path / "t.json", **SMALL)
+    alone = hessian_lora.eigen(method="lora", blocks="per-module", together=False, out=tmp_path / "a.json", **SMALL)
+    assert [b.name for b in together.blocks] == [b.name for b in alone.blocks]  # model order, whatever finished first
+    assert len(together.blocks) == 4
+    for a, b in zip(together.blocks, alone.blocks):
+        assert a.converged and b.converged
+        assert a.hvps == b.hvps
+        assert a.lambda_max == pytest.approx(b.lambda_max, rel=1e-5)
+        assert a.lambda_min == pytest.approx(b.lambda_min, rel=1e-5)
+    assert together.settings == alone.settings  # the grouping changes no value, so it is not recorded
+
+
+def test_block_size_reaches_lanczos_from_python_and_is_recorded(tmp_path: Path) -> None:
+    report = hessian_lora.eigen(method="lora", blocks="per-module", modules="q_proj", layers="0", block_size="rank",
+                                out=tmp_path / "r.json", **SMALL)
+    block = report.blocks[0]
+    assert block.eigen.details["block_size"] == 2.0  # the adapter's rank
+    assert report.settings["block_size"] == "rank"
+    fixed = hessian_lora.eigen(method="lora", blocks="per-module", modules="q_proj", layers="0", block_size=3,
+                               out=tmp_path / "f.json", **SMALL)
+    assert fixed.blocks[0].eigen.details["block_size"] == 3.0
+    assert fixed.blocks[0].lambda_max == pytest.approx(block.lambda_max, rel=1e-5)
+    for bad in (0, -1, "wide", True):
+        with pytest.raises(UserError, match="block_size"):
+            MeasureSettings(block_size=bad)
+    with pytest.raises(UserError, match="solver lanczos"):
+        MeasureSettings(block_size=2, solver="power")
+    assert MeasureSettings.from_mapping({"block_size": "4"}).block_size == 4

@@ -86,6 +86,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     blocks.add_argument("--max-iter", type=int, default=100, help="iteration cap per block (default 100)")
     blocks.add_argument("--no-min", action="store_true", help="lanczos: skip λ_min (fewer products)")
     blocks.add_argument("--solver-seed", type=int, default=0, help="seed of the start vectors (default 0)")
+    blocks.add_argument("--block-size", default=None, metavar="P|rank",
+                        help="lanczos: start vectors per block (default --top-k); 'rank' takes the block's LoRA rank "
+                        "r, the width of the cluster λ_max sits in at initialisation (r products a step)")
+    blocks.add_argument("--one-at-a-time", action="store_true",
+                        help="per-module: solve the blocks one after another instead of side by side on shared passes")
     extras = parser.add_argument_group("extra measurements")
     extras.add_argument("--trace", action="store_true", help="Hutch++ estimate of tr(H)")
     extras.add_argument("--trace-hvps", type=int, default=30, help="Hutch++ budget in products (default 30)")
@@ -147,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         density_steps=args.density_steps, density_runs=args.density_runs, preconditioned=args.preconditioned,
         lr=args.lr, backend=args.backend, reuse=False if args.no_reuse else "auto",
         prompt_template=args.prompt_template, dora_norm=args.dora_norm, krylov_memory=args.krylov_memory,
-        device=args.device, out=args.out, progress=not args.quiet, revision=args.revision,
+        block_size=args.block_size, together=not args.one_at_a_time, device=args.device, out=args.out, progress=not args.quiet, revision=args.revision,
     )
     from hessian_lora.hessian import distributed
 

@@ -32,7 +32,8 @@ from hessian_lora.hessian.filters import ParameterBlock
 from hessian_lora.hessian.operator import HessianOperator, LinearOperator, check_matrix
 from hessian_lora.hessian.results import EigenResult
 
-Solve = Callable[[LinearOperator], EigenResult]
+# solve(i, view): the result of block i, solved on its view.
+Solve = Callable[[int, LinearOperator], EigenResult]
 
 
 class BlockView(LinearOperator):
@@ -158,7 +159,8 @@ def scan_blocks(
     """Run ``solve`` on H_bb of every block, all blocks advancing together (module docstring).
 
     ``operator`` is a double-backward :class:`HessianOperator` over (at least) the union of ``blocks``; ``solve``
-    receives each block's :class:`BlockView` and returns its result (e.g. ``lambda view: lanczos(view, ...)``).
+    receives each block's index and :class:`BlockView` and returns its result (e.g.
+    ``lambda i, view: lanczos(view, ...)``).
     ``on_result(i, result)`` is called in the calling thread as block ``i`` finishes (write reports there: a
     scan interrupted later keeps them). Results come back in block order; the first error of any block stops
     the scan and is raised here.
@@ -172,7 +174,7 @@ def scan_blocks(
 
     def work(index: int, view: BlockView) -> None:
         try:
-            outcomes[index].result = solve(view)
+            outcomes[index].result = solve(index, view)
         except _Aborted:
             pass
         except BaseException as exc:  # handed to the calling thread, which raises it

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tinylora import module_block, operator_for, synthetic_batches, tiny_lora
+from tinylora import operator_for, synthetic_batches, tiny_lora
 
 from hessian_lora.errors import UserError
 from hessian_lora.hessian import DenseOperator, ScaledOperator, hutchinson, hutchplusplus, lanczos
