@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One prepared GPU check (about 12 minutes on one GPU): environment, bf16 training steps (AdamW and LoFT) on
+# One prepared GPU check (about 13 minutes on one GPU): environment, bf16 training steps (AdamW and LoFT) on
 # tiny-llama through hessian_lora.train, the HVP/gradient time ratio on a random Llama-shaped model of about 0.5 B
-# parameters with LoRA r=8 on q_proj,v_proj, the scale rehearsal (bench/rehearsal.py: Qwen3-0.6B shapes, r=128 on
+# parameters with LoRA r=8 on q_proj,v_proj, batched products (k directions in one pass: loop against vmap), the
+# scale rehearsal (bench/rehearsal.py: Qwen3-0.6B shapes, r=128 on
 # all seven projections, the paper's 100 batches of 5, memory plan against the measured peak), and last (so a
 # slow test run cannot hide the measurements) the tiny-llama training/Hessian/LoFT tests under TEST_TIMEOUT.
 #
@@ -129,6 +130,16 @@ print(f"model {n_params / 1e9:.3f} B params, adapter {block.numel:,} params, {ba
 print(f"gradient {gradient_s * 1e3:.1f} ms, HVP (double backward) {hvp_s * 1e3:.1f} ms, "
       f"ratio {hvp_s / gradient_s:.2f} (median of 5 after 2 warm-up)")
 EOF
+echo "== many directions per pass (bench/batched_products.py): k products single vs one matmat, loop vs vmap"
+# On the CPU the batched (vmap) second backward lost to a loop on one shared graph; this measures it on the GPU,
+# where FASTEST_BATCHING has no entry yet (hessian_lora/hessian/operator.py).
+if [ "$SIZE" = "tiny" ]; then
+  "$PYTHON" bench/batched_products.py --quick --parts products || echo "batched products failed (rc=$?)"
+else
+  timeout 150 "$PYTHON" bench/batched_products.py --parts products --samples 16 --ks 1 8 32 --layer 12 \
+    --model "tiny-llama:hidden_size=1024,layers=24,heads=16,kv_heads=16" \
+    || echo "batched products failed or timed out (rc=$?)"
+fi
 echo "== scale rehearsal (bench/rehearsal.py): Qwen3-0.6B shapes, LoRA r=128 on all seven projections (80.7 M)"
 # The paper's Hessian data size on a GPU (100 batches of 5 × 128 tokens); on a CPU dry run the tiny shapes.
 if [ "$SIZE" = "tiny" ]; then

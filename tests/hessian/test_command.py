@@ -40,6 +40,9 @@ def test_cli_writes_the_same_numbers_as_the_python_api(tmp_path: Path, capsys: p
     (["eigen", "--method", "lora", "--modules", "q_proj", "--out", "x.json", *ARGS], "per-module"),
     (["eigen", "does-not-exist", "--out", "x.json"], "does not exist"),
     (["eigen", "--method", "dora", "--dora-norm", "exact", "--out", "x.json"], "invalid choice: 'exact'"),
+    (["eigen", "--method", "lora", "--block-size", "wide", "--out", "x.json", *ARGS], "block_size must be"),
+    (["eigen", "--method", "lora", "--block-size", "2", "--solver", "power", "--out", "x.json", *ARGS],
+     "solver lanczos"),
 ])
 def test_bad_invocations_exit_2_with_a_fix(argv: list[str], message: str, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -117,3 +120,18 @@ def test_the_papers_data_size_streams_100_batches_with_progress(tmp_path: Path,
     assert report["settings"]["samples"] == 500 and block["batches"] == 100 and block["hvps"] >= 5
     assert "memory plan on cpu" in captured.err and "100 batches streamed through each product" in captured.err
     assert "hvps [" in captured.err  # the product bar
+
+
+def test_block_size_and_one_at_a_time_reach_the_measurement(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hessian_lora import measure
+    from hessian_lora.cli import build_parser
+
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+    monkeypatch.setattr(measure, "eigen", lambda *args, **kwargs: seen.update(kwargs) or SimpleNamespace(blocks=()))
+    monkeypatch.setattr("hessian_lora.commands.eigen._print_summary", lambda *args: None)
+    for argv, block_size, together in (([], None, True), (["--block-size", "rank"], "rank", True),
+                                       (["--block-size", "4", "--one-at-a-time"], "4", False)):
+        args = build_parser().parse_args(["eigen", "--method", "lora", "--out", "x.json", *argv])
+        assert args.handler(args) == 0
+        assert seen["block_size"] == block_size and seen["together"] is together
