@@ -453,7 +453,7 @@ def _scan_together(
             memory = KrylovMemory.within(first.device, plan.budget_bytes * share, plan.host_bytes * share)
             return _solve(view, s, None, memory, block=members[index])
 
-        with tqdm(desc=f"{len(members)} blocks together (products)", unit="hvp", leave=False, disable=not show,
+        with tqdm(desc=f"{len(members)} block(s) together (products)", unit="hvp", leave=False, disable=not show,
                   dynamic_ncols=True) as inner:
             per_batch = 1.0 / max(len(operator.batches), 1)
 

@@ -232,3 +232,17 @@ def test_block_size_reaches_lanczos_from_python_and_is_recorded(tmp_path: Path) 
     with pytest.raises(UserError, match="solver lanczos"):
         MeasureSettings(block_size=2, solver="power")
     assert MeasureSettings.from_mapping({"block_size": "4"}).block_size == 4
+
+
+def test_blocks_together_come_in_groups_whose_krylov_vectors_fit_the_budget(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = {**SMALL, "progress": True, "max_iter": 50}
+    # Each block (r = 2 on a hidden-64 projection: 256 parameters) keeps up to 100 vectors of 1 KiB.
+    grouped = hessian_lora.eigen(method="lora", blocks="per-module", krylov_memory=250_000 / 2**30,
+                                 out=tmp_path / "g.json", **settings)
+    printed = capsys.readouterr().err
+    assert "4 per-module blocks solved together, 2 group(s) of at most 2" in printed
+    alone = hessian_lora.eigen(method="lora", blocks="per-module", together=False, out=tmp_path / "a.json",
+                               **{**settings, "progress": False})
+    assert [b.lambda_max for b in grouped.blocks] == pytest.approx([b.lambda_max for b in alone.blocks], rel=1e-5)
+    assert all(b.converged for b in grouped.blocks)
