@@ -95,8 +95,9 @@ class MeasureSettings:
     that is r times the products per step, since batching does not make a product cheaper there
     (bench/batched_products.py), so the default stays ``top_k``; reports record the width used.
     ``together``: per-module blocks advance side by side on one shared operator (:mod:`hessian_lora.hessian.scan`:
-    one pass a step for every block; the same products, so the same values to round-off); false solves them
-    block after block. Neither the grouping nor ``krylov_memory`` changes a value, so reports do not record them.
+    one pass a step for every block; the same products, so the same values to round-off; each block's
+    ``seconds`` is then the wall time until it finished, shared with the others); false solves them block after
+    block. Neither the grouping nor ``krylov_memory`` changes a value, so reports do not record them.
     """
 
     task: str | None = None

@@ -38,11 +38,13 @@ built once per call (or taken from the kept ones) and the second backward runs f
 products cost one forward and one first backward instead of k. How the second backwards run (``batching``):
 ``"loop"`` one backward per direction on the shared graph, ``"vmap"`` all directions of a chunk in one batched
 backward (``torch.autograd.grad(..., is_grads_batched=True)``, chunks of ``directions_per_pass``). Measured on
-the CPU (bench/batched_products.py; SmolLM2-135M, q_proj block of layer 15, LoRA r=8, 8×64 tokens, one
-thread): for k = 8 directions the batched backward took 1.6× as long as 8 backwards on the shared graph (PyTorch
-has no batching rule for softmax/log-softmax/SiLU backward, and the batched matmuls are no faster: one CPU thread
-is compute-bound already), so ``"auto"`` is ``"loop"`` on the CPU (``FASTEST_BATCHING``). Forward-over-reverse
-and finite differences take each direction in its own pass.
+the CPU (bench/batched_products.py, 2026-12-02; SmolLM2-135M, q_proj block of layer 15, LoRA r=8, 8 examples
+of 412 tokens, one thread, side by side): k single products against one ``matmat`` with the loop 1.35× faster
+at k = 4, 1.44× at 8, 1.42× at 16 (the shared forward and first backward); the batched backward 1.7× (k = 8)
+and 2.1× (k = 16) *slower* than the loop (PyTorch has no batching rule for softmax, log-softmax and SiLU
+backward, and one CPU thread is compute-bound already, so batched matmuls save nothing), so ``"auto"`` is
+``"loop"`` on the CPU (``FASTEST_BATCHING``); on a GPU it is unmeasured (bench/gpu_check.sh measures it).
+Forward-over-reverse and finite differences take each direction in its own pass.
 
 Every product runs with the model in eval mode (dropout off), gradients enabled only for the block, and
 scaled-dot-product attention restricted to the math kernel (the CPU flash kernel has no double backward).
