@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from hessian_lora._plot_style import METRIC_AXIS_LABELS, format_lr, metric_scale, new_figure
+from hessian_lora._plot_style import METRIC_AXIS_LABELS, format_lr, method_style, metric_scale, new_figure
 from hessian_lora.analysis.ablation import Ablation, analyze_ablation, lr_table
 from hessian_lora.analysis.summary import MethodSummary
 from hessian_lora.plots import FIGURE_NAMES, PlotResult, make_figures, save_figure
@@ -52,14 +52,17 @@ def figure_eta_vs_setting(ablation: Ablation) -> Figure:
     for name, points in _method_points(ablation):
         xs, ys = [], []
         for x, summary in points:
-            marker = {"high": "^", "low": "v"}.get(summary.censored or "", "o")
+            style = method_style(name, line=False)
+            if summary.censored:  # a bound: a triangle pointing where the optimum may lie
+                style["marker"] = {"high": "^", "low": "v"}[summary.censored]
             interval = summary.eta_ci if not summary.censored else None
             yerr = [[summary.eta_star - interval[0]], [interval[1] - summary.eta_star]] if interval else None
-            axes.errorbar([x], [summary.eta_star], yerr=yerr, fmt=marker, color=method_color(name), capsize=3,
-                          markersize=8, markeredgecolor="black", markeredgewidth=0.5)
+            axes.errorbar([x], [summary.eta_star], yerr=yerr, capsize=3, ecolor=method_color(name), **style)
             xs.append(x)
             ys.append(summary.eta_star)
-        axes.plot(xs, ys, "-", color=method_color(name), linewidth=1.2, label=method_label(name))
+        # Settings are categories: a faint guide joins one method's points, not an interpolation between them.
+        axes.plot(xs, ys, ":", color=method_color(name), linewidth=0.9, alpha=0.6)
+        axes.plot([], [], label=method_label(name), **method_style(name, line=False))
     axes.set_yscale("log")
     axes.set_xticks(range(len(labels)), labels, rotation=20 if len(labels) > 4 else 0)
     axes.set_xlabel("setting (" + ", ".join(ablation.axes) + ")")
@@ -88,11 +91,12 @@ def figure_peak_vs_setting(ablation: Ablation) -> Figure:
             value = summary.peak_metric * scale
             yerr = ([[max(value - summary.peak_ci[0] * scale, 0)], [max(summary.peak_ci[1] * scale - value, 0)]]
                     if summary.peak_ci else None)
-            axes.errorbar([x], [value], yerr=yerr, fmt="o", color=method_color(name), capsize=3,
-                          markersize=7, markeredgecolor="black", markeredgewidth=0.5)
+            axes.errorbar([x], [value], yerr=yerr, capsize=3, ecolor=method_color(name),
+                          **method_style(name, line=False))
             xs.append(x)
             ys.append(value)
-        axes.plot(xs, ys, "-", color=method_color(name), linewidth=1.2, label=method_label(name))
+        axes.plot(xs, ys, ":", color=method_color(name), linewidth=0.9, alpha=0.6)
+        axes.plot([], [], label=method_label(name), **method_style(name, line=False))
     axes.set_xticks(range(len(labels)), labels, rotation=20 if len(labels) > 4 else 0)
     axes.set_xlabel("setting (" + ", ".join(ablation.axes) + ")")
     axes.set_ylabel("tuned " + METRIC_AXIS_LABELS.get(metric, metric))
