@@ -77,6 +77,14 @@ def method_style(method: str, *, line: bool = True) -> dict[str, object]:
     return style
 
 
+def bound_arrow(axes: Axes, x: float, y: float, side: str, color: object) -> None:
+    """An arrow from a censored η* (log y axis) towards where the optimum may lie: up for ``high`` (η* ≥ y),
+    down for ``low``. The point keeps its method's marker; the arrow says it is a bound."""
+    end = y * (2.5 if side == "high" else 1 / 2.5)
+    axes.annotate("", xy=(x, end), xytext=(x, y), zorder=5,
+                  arrowprops={"arrowstyle": "-|>", "color": color, "linewidth": 1.6, "shrinkA": 6, "shrinkB": 0})
+
+
 def new_figure(width: float, height: float) -> Figure:
     figure = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(figure)

@@ -23,6 +23,7 @@ from hessian_lora._io import write_bytes_atomic
 from hessian_lora._plot_style import (
     LR_AXIS_LABEL,
     METRIC_AXIS_LABELS,
+    bound_arrow,
     finish_method_panel,
     format_lr,
     method_panels,
@@ -69,7 +70,8 @@ def figure_metric_vs_lr(analysis: Analysis) -> Figure:
         kind = {"edge": " (a bound: grid edge)", "flat": " (flat: no optimum)", "single": " (one LR)"}.get(
             summary.fit_kind, "")
         bound = {"high": "≥ ", "low": "≤ "}.get(summary.censored or "", "")
-        label = (f"{method_label(name)}: η* {bound or '= '}{format_lr(summary.eta_star)} (fit){kind}; best run "
+        fitted = " (fit)" if summary.fit_kind == "quadratic" else ""
+        label = (f"{method_label(name)}: η* {bound or '= '}{format_lr(summary.eta_star)}{fitted}{kind}; best run "
                  f"{best_text} at {format_lr(summary.eta_grid)}")
         axes.plot(lrs, mean, label=label, **style)
         if summary.n_seeds > 1:
@@ -145,7 +147,7 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
     if not points and not precond:
         return None
     relation = analysis.relation
-    figure = new_figure(9.0, 6.0)
+    figure = new_figure(10.5, 6.2)
     axes = figure.add_subplot()
     xs_all: list[float] = []
     ys_all: list[float] = []
@@ -157,18 +159,18 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
         # where the optimum may lie, left out of the fit.
         interval = summary.eta_ci if not summary.censored else None
         yerr = ([[summary.eta_star - interval[0]], [interval[1] - summary.eta_star]] if interval else None)
-        if summary.censored:
-            style["marker"] = {"high": "^", "low": "v"}[summary.censored]
+        if summary.censored:  # a bound: an arrow towards where the optimum may lie (the marker stays the method's)
+            bound_arrow(axes, lam, summary.eta_star, summary.censored, method_color(name))
         bound = {"high": "≥ ", "low": "≤ "}.get(summary.censored or "", "= ")
         residual = uncertified_lambda(summary, relation.lambda_source)
-        uncertified = f", NOT certified (residual {residual:.1e})" if residual is not None else ""
+        uncertified = f", NOT certified (res. {residual:.1e})" if residual is not None else ""
         uncertified_any |= residual is not None
         style.update(markersize=10, markeredgewidth=0.7)
         if residual is not None:  # hollow: the value is a lower bound on λ_max, not certified to tol
             style.update(markerfacecolor="white", markeredgecolor=method_color(name), markeredgewidth=2.0)
         axes.errorbar([lam], [summary.eta_star], yerr=yerr, capsize=3, ecolor=method_color(name),
                       label=rf"{method_label(name)}: $\lambda_{{\max}}$ = {lam:.3g}{uncertified}, $\eta^*$ {bound}"
-                            rf"{format_lr(summary.eta_star)} = {summary.eta_star * lam / 2:.2g}·(2/$\lambda$)"
+                            rf"{format_lr(summary.eta_star)}, $\eta^*\lambda/2$ {bound}{summary.eta_star * lam / 2:.2g}"
                             rf"{' (censored)' if summary.censored else ''}", **style)
         xs_all.append(lam)
         ys_all += [summary.eta_star, 2 / lam]  # the 2/λ line in frame above every point
@@ -202,7 +204,7 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
     axes.set_ylim(min(ys_all) / 3, max(ys_all) * 3)
     source = "whole adapter" if relation.lambda_source == "whole" else "median over modules"
     if any(s.eta_ci for s in analysis.methods.values()):
-        censored = "; ▲/▼: censored η* (a bound, not in the fit)" if any(
+        censored = "; arrow: censored η* (a bound, not in the fit)" if any(
             s.censored for s in analysis.methods.values()) else ""
         axes.plot([], [], " ", label=f"bars: {analysis.level:.0%} bootstrap CI of η*{censored}")
     precond_text = r"; small faint: preconditioned $\tilde\lambda$ at end" if precond else ""

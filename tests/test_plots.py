@@ -154,6 +154,7 @@ def test_metric_figure_puts_intervals_at_run_lrs_and_the_fit_in_its_own_strip(ov
                   and list(line.get_xdata()) == [summary.eta_grid]]
         assert ringed and ringed[0].get_ydata()[0] == pytest.approx(summary.peak_metric * 100)
     assert "fitted η*" in axes.get_title() and "best run" in axes.get_title()
+    assert not _clipped(figure)
 
 
 def test_coinciding_methods_are_drawn_apart(overlap_run) -> None:
@@ -192,6 +193,7 @@ def test_sharpness_figure_keeps_2_over_lambda_in_frame_and_marks_uncertified_lam
     assert any("DoRA" in text and "NOT certified" in text for text in labels)
     assert not any("LoRA:" in text and "NOT certified" in text for text in labels if text.startswith("LoRA"))
     assert "not certified" in axes.get_title()
+    assert not _clipped(figure)
 
 
 def test_module_ratios_are_points_per_measured_layer_with_uncertified_hollow(overlap_run) -> None:
@@ -208,6 +210,7 @@ def test_module_ratios_are_points_per_measured_layer_with_uncertified_hollow(ove
             assert round(float(hollow[0].get_xdata()[0])) == 1  # the uncertified block's layer
             assert [tick for tick in axes.get_xticks()] == [0, 1]  # ticks at the measured layers only
     assert "not certified" in figure._suptitle.get_text() and "no line" in figure._suptitle.get_text()
+    assert not _clipped(figure)
 
 
 def test_convergence_titles_match_what_is_drawn(overlap_run) -> None:
