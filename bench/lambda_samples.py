@@ -11,7 +11,8 @@ and the per-module figure use). A value that is not certified is marked; its cha
 The verdict names the smallest sample whose whole-adapter λ and ratios to LoRA are all within ``--within`` of the
 largest sample's: a statement relative to the largest sample measured, not to the population.
 
-    # the long version (SmolLM2-135M, the demo's task and rank; ≈ 1.5-3 h on 2 cores, estimate):
+    # the long version (SmolLM2-135M, the demo's task and rank; estimate ≈ 2-3.5 h on 2 cores: per method 4 blocks ×
+    # ~10 products at each n, a product ≈ 3-5 s per 8 examples as in the demo):
     .venv/bin/python bench/lambda_samples.py --threads 2 --out bench/results/lambda_samples.json
     # a tiny smoke run (random tiny Llama, a minute):
     .venv/bin/python bench/lambda_samples.py --model tiny-llama --task arith --rank 4 --samples 8,16,32 \\
