@@ -342,8 +342,13 @@ def key_search(config: SweepConfig, rows: Sequence[Mapping[str, Any]], key: Sear
                 reason = (f"{metric} flat on the first bracket ({', '.join(f'{value:.4g}' for value in shown)} in "
                           f"all {len(bracket)} runs)")
     if reason is not None:
-        metric, higher_is_better = settings.fallback, HIGHER_IS_BETTER[settings.fallback]
-        seen = observed(config, rows, key, metric, left_out=left_out)
+        fallback = observed(config, rows, key, settings.fallback, left_out=left_out)
+        if all(fallback.get(lr) is None for lr in first_bracket(centre, settings)):
+            # The fallback was not recorded either (no held-out set, every run failed): nothing to switch to;
+            # the configured metric's search stops and says it is flat or missing.
+            reason = None
+        else:
+            metric, higher_is_better, seen = settings.fallback, HIGHER_IS_BETTER[settings.fallback], fallback
     status = search_status(seen, center=centre, settings=settings, higher_is_better=higher_is_better)
     return KeySearch(key, metric, higher_is_better, seen, centre, status, reason)
 

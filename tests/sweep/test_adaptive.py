@@ -281,6 +281,9 @@ def test_a_missing_metric_on_the_bracket_also_falls_back():
     informative = [row(lr, value, 3.0 - i) for i, (lr, value) in enumerate(zip(bracket, (0.0, 0.25, 0.0)))]
     search = key_search(config, informative, key, 2e-3, "accuracy", True)
     assert search.metric == "accuracy" and search.fallback_reason is None
+    neither = [row(lr, 0.0, None) for lr in bracket]  # no held-out loss either: nothing to switch to
+    search = key_search(config, neither, key, 2e-3, "accuracy", True)
+    assert search.metric == "accuracy" and search.fallback_reason is None and search.status.outcome == "flat"
     partial = [row(lr, 0.0, 3.0) for lr in bracket[:2]]  # the choice waits for the whole bracket
     assert key_search(config, partial, key, 2e-3, "accuracy", True).metric == "accuracy"
 
