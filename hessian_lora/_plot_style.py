@@ -81,7 +81,8 @@ def bound_arrow(axes: Axes, x: float, y: float, side: str, color: object) -> Non
     """An arrow from a censored η* (log y axis) towards where the optimum may lie: up for ``high`` (η* ≥ y),
     down for ``low``. The point keeps its method's marker; the arrow says it is a bound."""
     end = y * (2.5 if side == "high" else 1 / 2.5)
-    axes.annotate("", xy=(x, end), xytext=(x, y), zorder=5,
+    axes.update_datalim([(x, end)])  # autoscaling keeps the arrow's head in frame (annotations do not count)
+    axes.annotate("", xy=(x, end), xytext=(x, y), zorder=5, annotation_clip=False,
                   arrowprops={"arrowstyle": "-|>", "color": color, "linewidth": 1.6, "shrinkA": 6, "shrinkB": 0})
 
 

@@ -203,10 +203,12 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
     axes.set_xlim(low_x, high_x)
     axes.set_ylim(min(ys_all) / 3, max(ys_all) * 3)
     source = "whole adapter" if relation.lambda_source == "whole" else "median over modules"
-    if any(s.eta_ci for s in analysis.methods.values()):
-        censored = "; arrow: censored η* (a bound, not in the fit)" if any(
-            s.censored for s in analysis.methods.values()) else ""
-        axes.plot([], [], " ", label=f"bars: {analysis.level:.0%} bootstrap CI of η*{censored}")
+    notes = [f"bars: {analysis.level:.0%} bootstrap CI of η*"] if any(
+        s.eta_ci for s in analysis.methods.values()) else []
+    if any(analysis.methods[name].censored for name in points):  # the arrow explained, with or without bars
+        notes.append("arrow: censored η* (a bound, not in the fit)")
+    if notes:
+        axes.plot([], [], " ", label="; ".join(notes))
     precond_text = r"; small faint: preconditioned $\tilde\lambda$ at end" if precond else ""
     axes.set_xlabel(rf"sharpness (loss in nats/token): $\lambda_{{\max}}$ at init ({source}){precond_text}")
     axes.set_ylabel(r"optimal learning rate $\eta^*$")

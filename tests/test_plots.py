@@ -222,3 +222,28 @@ def test_convergence_titles_match_what_is_drawn(overlap_run) -> None:
     assert any(text.startswith("DoRA") and "NOT certified" in text and "max_iter" in text for text in labels)
     assert any(text.startswith("LoRA") and text.endswith("certified") and "NOT" not in text for text in labels)
     assert "1 of 3 not certified" in figure._suptitle.get_text()
+
+
+def test_a_censored_optimum_gets_an_arrow_inside_the_frame(tmp_path) -> None:
+    from matplotlib.text import Annotation
+
+    from hessian_lora.ablation_plots import figure_eta_vs_setting
+    from hessian_lora.analysis.ablation import analyze_ablation
+
+    methods = {**OVERLAP, "milora": SyntheticMethod(eta_star=0.05, lambda_init=5.0, peak=0.52)}  # above the grid
+    first = write_run_dir(tmp_path / "a", methods, config={"n_train": 64})
+    second = write_run_dir(tmp_path / "b", methods, config={"n_train": 128})
+    result = analysis.analyze(first, bootstrap_samples=50)
+    assert result.methods["milora"].censored == "high"
+    ablation = analyze_ablation([first, second], bootstrap_samples=50)
+    for figure in (plots.figure_sharpness_vs_lr(result), figure_eta_vs_setting(ablation)):
+        axes = figure.axes[0]
+        figure.canvas.draw()
+        arrows = [child for child in axes.get_children() if isinstance(child, Annotation)]
+        assert arrows, "a censored η* has no arrow"
+        low, high = axes.get_ylim()
+        for arrow in arrows:
+            (_, tail), (_, head) = arrow.xyann, arrow.xy
+            assert head > tail and low <= tail < head <= high  # pointing up (η* ≥), head in frame
+        assert "arrow" in axes.get_title() or any("arrow" in text.get_text() for legend in figure.legends
+                                                   for text in legend.get_texts())
