@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from hessian_lora.analysis.curves import SCORE_METRICS
-from hessian_lora.registry import method_color, method_label
+from hessian_lora.registry import METHOD_ORDER, method_color, method_label
 
 METRIC_AXIS_LABELS = {
     "accuracy": "eval accuracy (exact match, %)",
@@ -42,6 +42,48 @@ def shades(method: str, count: int) -> list[tuple[float, float, float]]:
         rgb = light + (base - light) * (2 * t) if t <= 0.5 else base + (dark - base) * (2 * t - 1)
         out.append(tuple(float(v) for v in np.clip(rgb, 0, 1)))
     return out
+
+
+# One marker and one dash pattern per registry method, so two methods with the same curve (DoRA on LoRA's) stay
+# visible: the earlier method in the registry is drawn wider underneath, the later one narrower, dashed, on top.
+METHOD_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "p", "*")
+METHOD_DASHES: tuple[str | tuple[int, tuple[int, ...]], ...] = (
+    "-", "--", "-.", (0, (1, 1.5)), (0, (5, 1.5, 1, 1.5, 1, 1.5)), (0, (8, 2)), (0, (3, 1.5)), (0, (1, 3)),
+    (0, (6, 2, 2, 2)), (0, (2, 2)), (0, (10, 3)), (0, (4, 1, 1, 1)))
+
+
+def method_index(method: str) -> int:
+    """The method's position in the registry (unknown methods after them, by name), for its marker and dash."""
+    if method in METHOD_ORDER:
+        return METHOD_ORDER.index(method)
+    return len(METHOD_ORDER) + sum(map(ord, method)) % len(METHOD_MARKERS)
+
+
+def method_style(method: str, *, line: bool = True) -> dict[str, object]:
+    """matplotlib keywords that tell ``method`` apart from every other even where their curves coincide: its
+    colour, marker, dash pattern, a line width and marker size that shrink along the registry (earlier methods
+    wider, underneath) and a matching z-order."""
+    index = method_index(method)
+    style: dict[str, object] = {
+        "color": method_color(method), "marker": METHOD_MARKERS[index % len(METHOD_MARKERS)],
+        "markersize": max(7.5 - 0.6 * (index % 8), 3.5), "zorder": 2 + 0.01 * index,
+        "markeredgecolor": "black", "markeredgewidth": 0.4,
+    }
+    if line:
+        style.update(linestyle=METHOD_DASHES[index % len(METHOD_DASHES)],
+                     linewidth=max(3.0 - 0.3 * (index % 8), 1.0))
+    else:
+        style["linestyle"] = "none"
+    return style
+
+
+def bound_arrow(axes: Axes, x: float, y: float, side: str, color: object) -> None:
+    """An arrow from a censored η* (log y axis) towards where the optimum may lie: up for ``high`` (η* ≥ y),
+    down for ``low``. The point keeps its method's marker; the arrow says it is a bound."""
+    end = y * (2.5 if side == "high" else 1 / 2.5)
+    axes.update_datalim([(x, end)])  # autoscaling keeps the arrow's head in frame (annotations do not count)
+    axes.annotate("", xy=(x, end), xytext=(x, y), zorder=5, annotation_clip=False,
+                  arrowprops={"arrowstyle": "-|>", "color": color, "linewidth": 1.6, "shrinkA": 6, "shrinkB": 0})
 
 
 def new_figure(width: float, height: float) -> Figure:

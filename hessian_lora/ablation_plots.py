@@ -16,7 +16,14 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from hessian_lora._plot_style import METRIC_AXIS_LABELS, format_lr, metric_scale, new_figure
+from hessian_lora._plot_style import (
+    METRIC_AXIS_LABELS,
+    bound_arrow,
+    format_lr,
+    method_style,
+    metric_scale,
+    new_figure,
+)
 from hessian_lora.analysis.ablation import Ablation, analyze_ablation, lr_table
 from hessian_lora.analysis.summary import MethodSummary
 from hessian_lora.plots import FIGURE_NAMES, PlotResult, make_figures, save_figure
@@ -45,21 +52,24 @@ def _method_points(ablation: Ablation) -> list[tuple[str, list[tuple[float, Meth
 
 
 def figure_eta_vs_setting(ablation: Ablation) -> Figure:
-    """η* per method across settings, with its bootstrap interval; censored optima as ▲ (≥) / ▼ (≤)."""
+    """η* per method across settings, with its bootstrap interval; a censored optimum gets an arrow (up: ≥)."""
     figure = new_figure(8.5, 5.0)
     axes = figure.add_subplot()
     labels = [setting.label for setting in ablation.settings]
     for name, points in _method_points(ablation):
         xs, ys = [], []
         for x, summary in points:
-            marker = {"high": "^", "low": "v"}.get(summary.censored or "", "o")
+            style = method_style(name, line=False)
+            if summary.censored:  # a bound: an arrow towards where the optimum may lie
+                bound_arrow(axes, x, summary.eta_star, summary.censored, method_color(name))
             interval = summary.eta_ci if not summary.censored else None
             yerr = [[summary.eta_star - interval[0]], [interval[1] - summary.eta_star]] if interval else None
-            axes.errorbar([x], [summary.eta_star], yerr=yerr, fmt=marker, color=method_color(name), capsize=3,
-                          markersize=8, markeredgecolor="black", markeredgewidth=0.5)
+            axes.errorbar([x], [summary.eta_star], yerr=yerr, capsize=3, ecolor=method_color(name), **style)
             xs.append(x)
             ys.append(summary.eta_star)
-        axes.plot(xs, ys, "-", color=method_color(name), linewidth=1.2, label=method_label(name))
+        # Settings are categories: a faint guide joins one method's points, not an interpolation between them.
+        axes.plot(xs, ys, ":", color=method_color(name), linewidth=0.9, alpha=0.6)
+        axes.plot([], [], label=method_label(name), **method_style(name, line=False))
     axes.set_yscale("log")
     axes.set_xticks(range(len(labels)), labels, rotation=20 if len(labels) > 4 else 0)
     axes.set_xlabel("setting (" + ", ".join(ablation.axes) + ")")
@@ -67,7 +77,7 @@ def figure_eta_vs_setting(ablation: Ablation) -> Figure:
     level = ablation.analyses[0].level
     censored = any(s.censored for analysis in ablation.analyses for s in analysis.methods.values())
     bars = any(s.eta_ci for analysis in ablation.analyses for s in analysis.methods.values())
-    notes = ([f"bars: {level:.0%} bootstrap CI"] if bars else []) + (["▲/▼: censored at the grid edge"] if censored
+    notes = ([f"bars: {level:.0%} bootstrap CI"] if bars else []) + (["arrows: censored at the grid edge"] if censored
                                                                      else [])
     axes.set_title("Optimal learning rate per setting" + (f" ({'; '.join(notes)})" if notes else ""), fontsize=10)
     axes.grid(True, which="major", alpha=0.3)
@@ -88,11 +98,12 @@ def figure_peak_vs_setting(ablation: Ablation) -> Figure:
             value = summary.peak_metric * scale
             yerr = ([[max(value - summary.peak_ci[0] * scale, 0)], [max(summary.peak_ci[1] * scale - value, 0)]]
                     if summary.peak_ci else None)
-            axes.errorbar([x], [value], yerr=yerr, fmt="o", color=method_color(name), capsize=3,
-                          markersize=7, markeredgecolor="black", markeredgewidth=0.5)
+            axes.errorbar([x], [value], yerr=yerr, capsize=3, ecolor=method_color(name),
+                          **method_style(name, line=False))
             xs.append(x)
             ys.append(value)
-        axes.plot(xs, ys, "-", color=method_color(name), linewidth=1.2, label=method_label(name))
+        axes.plot(xs, ys, ":", color=method_color(name), linewidth=0.9, alpha=0.6)
+        axes.plot([], [], label=method_label(name), **method_style(name, line=False))
     axes.set_xticks(range(len(labels)), labels, rotation=20 if len(labels) > 4 else 0)
     axes.set_xlabel("setting (" + ", ".join(ablation.axes) + ")")
     axes.set_ylabel("tuned " + METRIC_AXIS_LABELS.get(metric, metric))

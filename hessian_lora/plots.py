@@ -17,20 +17,23 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from hessian_lora._io import write_bytes_atomic
 from hessian_lora._plot_style import (
     LR_AXIS_LABEL,
     METRIC_AXIS_LABELS,
+    bound_arrow,
     finish_method_panel,
     format_lr,
     method_panels,
+    method_style,
     metric_scale,
     new_figure,
     shades,
 )
 from hessian_lora.analysis.curves import SCORE_METRICS
-from hessian_lora.analysis.summary import Analysis, analyze, relation_lambda
+from hessian_lora.analysis.summary import Analysis, MethodSummary, analyze, relation_lambda
 from hessian_lora.hessian.preconditioned import adam_thresholds
 from hessian_lora.registry import METHOD_COLORS, METHOD_LABELS, method_color, method_label, method_sort_key  # noqa: F401
 from hessian_lora.rundir import RunDirectory, RunLayout, Status, read_run_directory
@@ -46,88 +49,141 @@ FIGURE_NAMES: dict[str, str] = {
     "g": "g_edge_of_stability",
 }
 def figure_metric_vs_lr(analysis: Analysis) -> Figure:
-    figure = new_figure(8.5, 5.0)
+    """(a) The observed seed-mean metric per LR (markers at the LRs that ran, the band ±1 std over seeds), each
+    method's best observed run ringed in black with the peak's bootstrap interval *at that LR*, and the fitted η*
+    in a strip above the curves (one row per method, its interval along the LR axis): η* is a position on the LR
+    axis, not a measured value, so it gets no metric value of its own (the parabola's vertex lies above every
+    observed point)."""
+    figure = new_figure(8.5, 5.4)
     axes = figure.add_subplot()
     scale = metric_scale(analysis.metric)
-    for name, summary in analysis.methods.items():
-        color = method_color(name)
+    names = list(analysis.methods)
+    strip = figure_strip_rows(len(names))
+    for row, (name, summary) in zip(strip, analysis.methods.items()):
+        style = method_style(name)
+        color = style["color"]
         lrs = np.asarray(summary.lrs)
         mean = np.asarray(summary.metric_mean) * scale
         std = np.asarray(summary.metric_std) * scale
-        peak_value = summary.peak_metric_fit * scale
         best = summary.peak_metric * scale
         best_text = f"{best:.1f}%" if analysis.metric in SCORE_METRICS else f"{best:.4g}"
-        edge = " (grid edge)" if summary.fit_kind == "edge" else ""
-        label = f"{method_label(name)}: η* = {format_lr(summary.eta_star)}{edge}, best on grid {best_text}"
-        axes.plot(lrs, mean, "o-", color=color, label=label, markersize=4, linewidth=1.6)
+        kind = {"edge": " (a bound: grid edge)", "flat": " (flat: no optimum)", "single": " (one LR)"}.get(
+            summary.fit_kind, "")
+        bound = {"high": "≥ ", "low": "≤ "}.get(summary.censored or "", "")
+        fitted = " (fit)" if summary.fit_kind == "quadratic" else ""
+        label = (f"{method_label(name)}: η* {bound or '= '}{format_lr(summary.eta_star)}{fitted}{kind}; best run "
+                 f"{best_text} at {format_lr(summary.eta_grid)}")
+        axes.plot(lrs, mean, label=label, **style)
         if summary.n_seeds > 1:
             axes.fill_between(lrs, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
-        axes.axvline(summary.eta_star, color=color, linestyle=":", linewidth=1.0)
-        axes.plot([summary.eta_star], [peak_value], marker="*", color=color, markersize=13,
-                  markeredgecolor="black", markeredgewidth=0.6, zorder=5)
-        if summary.eta_ci or summary.peak_ci:
-            # The bootstrap intervals: η* horizontally, the peak metric vertically (around the observed peak).
-            xerr = ([[summary.eta_star - summary.eta_ci[0]], [summary.eta_ci[1] - summary.eta_star]]
-                    if summary.eta_ci else None)
-            yerr = ([[max(best - summary.peak_ci[0] * scale, 0)], [max(summary.peak_ci[1] * scale - best, 0)]]
-                    if summary.peak_ci else None)
-            axes.errorbar([summary.eta_star], [best], xerr=xerr, yerr=yerr, fmt="none", ecolor=color, capsize=3,
-                          linewidth=1.2, zorder=4)
+        # The best observed run: ringed, with the peak's interval at the LR where it was observed.
+        yerr = ([[max(best - summary.peak_ci[0] * scale, 0)], [max(summary.peak_ci[1] * scale - best, 0)]]
+                if summary.peak_ci else None)
+        axes.errorbar([summary.eta_grid], [best], yerr=yerr, fmt="none", ecolor=color, capsize=4, linewidth=1.4,
+                      zorder=6)
+        axes.plot([summary.eta_grid], [best], linestyle="none", marker=style["marker"], markersize=11, color=color,
+                  markerfacecolor=color, markeredgecolor="black", markeredgewidth=1.6, zorder=7)
+        # The fitted η* in the strip above the curves (axes coordinates in y): a tick for an interior fit, ≥/≤ for
+        # a bound at the grid's edge.
+        marker = {"high": r"$\geq$", "low": r"$\leq$"}.get(summary.censored or "", "|")
+        transform = axes.get_xaxis_transform()
+        if summary.eta_ci and not summary.censored:
+            axes.plot(list(summary.eta_ci), [row, row], color=color, linewidth=2.0, transform=transform,
+                      solid_capstyle="butt", zorder=6)
+        axes.plot([summary.eta_star], [row], marker=marker, color=color, markeredgecolor=color,
+                  markeredgewidth=2.5 if marker == "|" else 0.8, markersize=11, transform=transform, zorder=7,
+                  linestyle="none")
+        axes.axvline(summary.eta_star, ymax=row, color=color, linestyle=":", linewidth=0.9, alpha=0.8)
         if summary.diverged_lrs:
             axes.plot(summary.diverged_lrs, [0.02] * len(summary.diverged_lrs), "x", color=color, markersize=7,
-                      transform=axes.get_xaxis_transform(), clip_on=False)
+                      transform=transform, clip_on=False)
     axes.set_xscale("log")
     axes.set_xlabel(LR_AXIS_LABEL)
     axes.set_ylabel(METRIC_AXIS_LABELS.get(analysis.metric, analysis.metric))
+    # Room above the curves for the η* strip.
+    low, high = axes.get_ylim()
+    bottom = strip[-1] - 0.03  # the strip's lower edge, axes fraction: the curves stay below it
+    axes.set_ylim(low, low + (high - low) / (bottom - 0.02))
+    axes.set_yticks([tick for tick in axes.get_yticks() if low <= tick <= high])  # none in the strip
+    axes.add_patch(Rectangle((0.0, bottom), 1.0, 1.0 - bottom, transform=axes.transAxes, color="0.93", zorder=0,
+                             linewidth=0))
+    axes.text(0.005, 1.0 - 0.01, "fitted η*", transform=axes.transAxes, fontsize=7, va="top", ha="left",
+              color="0.3")
     seeds = max((summary.n_seeds for summary in analysis.methods.values()), default=1)
-    band = f"; band: ±1 std over {seeds} seeds" if seeds > 1 else ""
-    if any(summary.eta_ci or summary.peak_ci for summary in analysis.methods.values()):
-        band += f"\nbars: {analysis.level:.0%} bootstrap CI of η* (horizontal) and of the peak (vertical)"
+    band = f" (band: ±1 std over {seeds} seeds)" if seeds > 1 else ""
+    ci = any(summary.eta_ci or summary.peak_ci for summary in analysis.methods.values())
+    bars = f"; bars: {analysis.level:.0%} bootstrap CI" if ci else ""
     name = METRIC_AXIS_LABELS.get(analysis.metric, analysis.metric).split(" (")[0]
-    axes.set_title(f"{name[0].upper()}{name[1:]} vs learning rate\n★ = η* (parabola in log η through the best grid "
-                   f"point){band}; × = diverged", fontsize=10)
+    axes.set_title(f"{name[0].upper()}{name[1:]} vs learning rate{bars}\nmarkers: the LRs run{band}; ringed: each "
+                   "method's best run, bar: its peak's CI\ngrey strip: fitted η* (parabola in log η through the best "
+                   "run and its neighbours), bar: its CI; ≥/≤: a bound; × = diverged", fontsize=9)
     axes.grid(True, which="major", alpha=0.3)
-    axes.legend(fontsize=8, loc="best", framealpha=0.9)
+    figure.legend(loc="outside lower center", fontsize=7.5, ncol=2, framealpha=0.9)
     return figure
+
+
+def figure_strip_rows(count: int) -> list[float]:
+    """Heights (axes fraction) of the η* strip's rows in (a), one per method, top down."""
+    return [0.97 - 0.035 * index for index in range(count)]
 
 
 # ----------------------------------------------------------------------------------------------------------
 # (b) λ_max vs η*
 
 
+def uncertified_lambda(summary: MethodSummary, source: str) -> float | None:
+    """The worst relative residual of the λ_max at init behind the relation that its solver did not certify
+    (None: certified, or not known to be uncertified)."""
+    return summary.lambda_init_whole_uncertified if source == "whole" else summary.lambda_init_module_uncertified
+
+
 def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
+    """(b) η* against λ_max at init per method (hollow: λ not certified), the fit, the gradient-descent bound
+    2/λ and (with λ̃ measured) Adam's limit. The y range always holds 2/λ at every method's λ (and Adam's limit
+    at every λ̃), so no reference line leaves the frame where a point sits."""
     points = {name: relation_lambda(summary) for name, summary in analysis.methods.items()}
     points = {name: value for name, value in points.items() if value}
     precond = {name: s.precond_lambda_final for name, s in analysis.methods.items() if s.precond_lambda_final}
     if not points and not precond:
         return None
-    figure = new_figure(9.0, 5.6)
+    relation = analysis.relation
+    figure = new_figure(10.5, 6.2)
     axes = figure.add_subplot()
     xs_all: list[float] = []
     ys_all: list[float] = []
+    uncertified_any = False
     for name, lam in points.items():
         summary = analysis.methods[name]
+        style = method_style(name, line=False)
         # The bar is η*'s bootstrap interval (along the η* axis); a censored η* is a bound: a triangle pointing
         # where the optimum may lie, left out of the fit.
         interval = summary.eta_ci if not summary.censored else None
         yerr = ([[summary.eta_star - interval[0]], [interval[1] - summary.eta_star]] if interval else None)
-        marker = {"high": "^", "low": "v"}.get(summary.censored or "", "o")
+        if summary.censored:  # a bound: an arrow towards where the optimum may lie (the marker stays the method's)
+            bound_arrow(axes, lam, summary.eta_star, summary.censored, method_color(name))
         bound = {"high": "≥ ", "low": "≤ "}.get(summary.censored or "", "= ")
-        axes.errorbar([lam], [summary.eta_star], yerr=yerr, fmt=marker, color=method_color(name),
-                      markersize=9, capsize=3, markeredgecolor="black", markeredgewidth=0.6,
-                      label=rf"{method_label(name)}: $\lambda_{{\max}}$ = {lam:.3g}, $\eta^*$ {bound}"
-                            rf"{format_lr(summary.eta_star)}{' (censored)' if summary.censored else ''}")
+        residual = uncertified_lambda(summary, relation.lambda_source)
+        uncertified = f", NOT certified (res. {residual:.1e})" if residual is not None else ""
+        uncertified_any |= residual is not None
+        style.update(markersize=10, markeredgewidth=0.7)
+        if residual is not None:  # hollow: the value is a lower bound on λ_max, not certified to tol
+            style.update(markerfacecolor="white", markeredgecolor=method_color(name), markeredgewidth=2.0)
+        axes.errorbar([lam], [summary.eta_star], yerr=yerr, capsize=3, ecolor=method_color(name),
+                      label=rf"{method_label(name)}: $\lambda_{{\max}}$ = {lam:.3g}{uncertified}, $\eta^*$ {bound}"
+                            rf"{format_lr(summary.eta_star)}, $\eta^*\lambda/2$ {bound}{summary.eta_star * lam / 2:.2g}"
+                            rf"{' (censored)' if summary.censored else ''}", **style)
         xs_all.append(lam)
-        ys_all.append(summary.eta_star)
+        ys_all += [summary.eta_star, 2 / lam]  # the 2/λ line in frame above every point
+    _, adam_at_unit_lr = adam_thresholds(1.0, analysis.beta1)
     for name, value in precond.items():
         summary = analysis.methods[name]
-        axes.plot([value], [summary.eta_grid], "s", markerfacecolor="none", markeredgecolor=method_color(name),
-                  markersize=9, markeredgewidth=1.6)
+        faint = method_style(name, line=False)  # a small, faint copy of the method's own marker
+        faint.update(alpha=0.55, markersize=6, markeredgewidth=0.3)
+        axes.plot([value], [summary.eta_grid], **faint)
         xs_all.append(value)
-        ys_all.append(summary.eta_grid)
+        ys_all += [summary.eta_grid, adam_at_unit_lr / value]  # type: ignore[operator]  # not None at η = 1
     low_x, high_x = min(xs_all) / 3, max(xs_all) * 3
     x_line = np.logspace(math.log10(low_x), math.log10(high_x), 200)
-    relation = analysis.relation
     if relation.slope is not None and relation.intercept is not None:
         interval = ""
         if relation.slope_ci95:
@@ -136,36 +192,32 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
                   label=rf"fit: $\eta^* \propto \lambda_{{\max}}^{{{relation.slope:.2f}}}${interval}")
     axes.plot(x_line, 2 / x_line, "--", color="0.35", linewidth=1.2,
               label=r"gradient descent bound $\eta = 2/\lambda_{\max}$")
-    _, adam_at_unit_lr = adam_thresholds(1.0, analysis.beta1)
-    adam_line = [adam_at_unit_lr / x for x in x_line]  # type: ignore[operator]  # not None at η = 1
     if precond:  # Adam's line bounds the preconditioned sharpness: drawn only when that was measured
-        axes.plot(x_line, adam_line, ":", color="0.2", linewidth=1.6,
+        axes.plot(x_line, [adam_at_unit_lr / x for x in x_line], ":", color="0.2", linewidth=1.6,  # type: ignore[operator]
                   label=rf"Adam edge of stability $\eta = (2+2\beta_1)/((1-\beta_1)\tilde\lambda)$, "
                         rf"$\beta_1$ = {analysis.beta1:g}")
-    if precond:
-        axes.plot([], [], "s", markerfacecolor="none", markeredgecolor="0.3", markersize=9,
-                  label=r"hollow: Adam-preconditioned sharpness $\tilde\lambda$ at the end, vs that run's LR")
-    raw = [lam for lam in points.values()]
-    # Keep the 2/λ line in view over the raw points, however far above η* it lies.
-    high_y = max(max(ys_all) * 3, 2 / max(raw) * 2) if raw else max(ys_all) * 3
+        axes.plot([], [], "o", color="0.4", alpha=0.55, markersize=6,
+                  label=r"small faint markers: Adam-preconditioned $\tilde\lambda$ at the end, vs that run's LR")
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xlim(low_x, high_x)
-    axes.set_ylim(min(ys_all) / 3, high_y)
+    axes.set_ylim(min(ys_all) / 3, max(ys_all) * 3)
     source = "whole adapter" if relation.lambda_source == "whole" else "median over modules"
-    if any(s.eta_ci for s in analysis.methods.values()):
-        censored = "; ▲/▼: censored η* (a bound, not in the fit)" if any(
-            s.censored for s in analysis.methods.values()) else ""
-        axes.plot([], [], " ", label=f"bars: {analysis.level:.0%} bootstrap CI of η*{censored}")
-    # Name only the markers that are drawn: the hollow squares exist only where λ̃ at the end was measured.
-    precond_text = r",  □ preconditioned $\tilde\lambda$ at end" if precond else ""
-    axes.set_xlabel(rf"sharpness (loss in nats/token): ● $\lambda_{{\max}}$ at init ({source}){precond_text}")
+    notes = [f"bars: {analysis.level:.0%} bootstrap CI of η*"] if any(
+        s.eta_ci for s in analysis.methods.values()) else []
+    if any(analysis.methods[name].censored for name in points):  # the arrow explained, with or without bars
+        notes.append("arrow: censored η* (a bound, not in the fit)")
+    if notes:
+        axes.plot([], [], " ", label="; ".join(notes))
+    precond_text = r"; small faint: preconditioned $\tilde\lambda$ at end" if precond else ""
+    axes.set_xlabel(rf"sharpness (loss in nats/token): $\lambda_{{\max}}$ at init ({source}){precond_text}")
     axes.set_ylabel(r"optimal learning rate $\eta^*$")
     rho = (f"Spearman ρ = {relation.spearman_rho:.2f}" if relation.spearman_rho is not None else
            "no relation: too few interior optima" if relation.note else "ρ: too few methods")
-    axes.set_title(f"Sharpness vs optimal learning rate ({rho})", fontsize=10)
+    flagged = "; hollow: λ_max not certified (a lower bound)" if uncertified_any else ""
+    axes.set_title(f"Sharpness vs optimal learning rate ({rho}){flagged}", fontsize=10)
     axes.grid(True, which="major", alpha=0.3)
-    figure.legend(loc="outside lower center", fontsize=8, ncol=2, framealpha=0.9)
+    figure.legend(loc="outside lower center", fontsize=7.5, ncol=2, framealpha=0.9)
     return figure
 
 

@@ -195,3 +195,19 @@ def write_eval_scores(root: Path, runs: Sequence) -> None:
         path = root / "runs" / run.run_id / "eval.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"metric": "accuracy", "scores": list(run.eval_scores)}))
+
+
+def mark_uncertified(root: Path, init_key: str, block_name: str, *, residual: float = 0.02) -> None:
+    """Make one block of ``hessian/<init_key>_init.json`` a λ_max its solver did not certify: not converged,
+    stopped at ``max_iter``, relative residual ``residual`` (what a real report of a run that ran out of products
+    holds)."""
+    path = root / "hessian" / f"{init_key}_init.json"
+    data = json.loads(path.read_text())
+    for block in data["blocks"]:
+        if block["name"] == block_name:
+            block["converged"] = False
+            block["residual"] = residual * block["lambda_max"]
+            if block.get("eigen"):
+                block["eigen"]["converged"] = False
+                block["eigen"]["stop_reason"] = "max_iter"
+    path.write_text(json.dumps(data))

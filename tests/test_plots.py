@@ -96,3 +96,154 @@ def test_method_order_matches_the_registry() -> None:
     from hessian_lora.registry import METHODS as REGISTRY
 
     assert tuple(REGISTRY) == registry.METHOD_ORDER
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Figures a researcher can trust (issue 20): observed vs fitted, intervals where they belong, reference lines in
+# frame, no line between unmeasured layers, uncertified values marked, coinciding methods visible.
+
+OVERLAP = {
+    "lora": SyntheticMethod(eta_star=6.5e-4, lambda_init=28.0),
+    "pissa": SyntheticMethod(eta_star=6.5e-5, lambda_init=2254.0, peak=0.5, module_ratio=0.14),
+    "dora": SyntheticMethod(eta_star=6.5e-4, lambda_init=28.0),  # LoRA's curve exactly: drawn on top of it
+}
+UNCERTIFIED_MODULE = "base_model.model.model.layers.1.self_attn.q_proj"
+
+
+@pytest.fixture(scope="module")
+def overlap_run(tmp_path_factory):
+    from synthetic_run import mark_uncertified
+
+    root = write_run_dir(tmp_path_factory.mktemp("overlap") / "run", OVERLAP, seeds=(0, 1), seed_shift=0.1,
+                         lrs=tuple(2e-5 * 10 ** (k / 4) for k in range(-1, 13)))
+    mark_uncertified(root, "dora_r8_s0", "adapter")
+    mark_uncertified(root, "pissa_r8_s0", UNCERTIFIED_MODULE)
+    return root, analysis.read_run_directory(root), analysis.analyze(root, bootstrap_samples=100)
+
+
+def _method_lines(axes, method):
+    return [line for line in axes.get_lines() if line.get_color() == plots.METHOD_COLORS[method]
+            or mcolors.to_hex(line.get_color()) == plots.METHOD_COLORS[method]]
+
+
+def test_metric_figure_puts_intervals_at_run_lrs_and_the_fit_in_its_own_strip(overlap_run) -> None:
+    _, _, result = overlap_run
+    figure = plots.figure_metric_vs_lr(result)
+    axes = figure.axes[0]
+    for name, summary in result.methods.items():
+        run_lrs = set(summary.lrs)
+        # Every vertical interval bar stands at an LR that was run (the best run's), none at the fitted η*.
+        vertical = 0
+        for collection in axes.collections:
+            if hasattr(collection, "get_segments") and mcolors.to_hex(collection.get_color()[0]) == \
+                    plots.METHOD_COLORS[name]:
+                for segment in collection.get_segments():
+                    xs = {float(x) for x, _ in segment}
+                    if len(xs) == 1:
+                        vertical += 1
+                        assert xs <= run_lrs, (name, xs)
+        assert vertical == (1 if summary.peak_ci else 0), name
+        # The fitted η* is a tick in the strip above the curves (y in axes fraction), at η*.
+        ticks = [line for line in _method_lines(axes, name) if line.get_marker() == "|"]
+        assert len(ticks) == 1 and ticks[0].get_xdata()[0] == pytest.approx(summary.eta_star)
+        strip_y = ticks[0].get_ydata()[0]
+        observed_top = axes.transLimits.transform((1.0, max(summary.metric_mean) * 100))[1]
+        assert strip_y > observed_top + 0.02, (name, strip_y, observed_top)
+        # The best run is ringed in black at its own LR and value.
+        ringed = [line for line in _method_lines(axes, name) if line.get_markeredgewidth() >= 1.5
+                  and list(line.get_xdata()) == [summary.eta_grid]]
+        assert ringed and ringed[0].get_ydata()[0] == pytest.approx(summary.peak_metric * 100)
+    assert "fitted η*" in axes.get_title() and "best run" in axes.get_title()
+    assert not _clipped(figure)
+
+
+def test_coinciding_methods_are_drawn_apart(overlap_run) -> None:
+    _, directory, result = overlap_run
+    for figure in (plots.figure_metric_vs_lr(result), plots.figure_density(directory)):
+        lora, dora = (next(line for line in figure.axes[0].get_lines() if line.get_label().startswith(label))
+                      for label in ("LoRA:", "DoRA:"))
+        assert list(lora.get_ydata()) == pytest.approx(list(dora.get_ydata()))  # the same curve...
+        assert lora.get_linestyle() != dora.get_linestyle()  # ...in another dash,
+        assert lora.get_linewidth() > dora.get_linewidth()  # LoRA wider underneath,
+        assert lora.get_zorder() < dora.get_zorder()
+        if lora.get_marker() not in ("None", None, ""):
+            assert lora.get_marker() != dora.get_marker()  # and with its own marker
+
+
+def test_sharpness_figure_keeps_2_over_lambda_in_frame_and_marks_uncertified_lambda(overlap_run) -> None:
+    _, _, result = overlap_run
+    figure = plots.figure_sharpness_vs_lr(result)
+    axes = figure.axes[0]
+    low, high = axes.get_ylim()
+    for summary in result.methods.values():
+        lam = analysis.relation_lambda(summary)
+        assert low <= 2 / lam <= high and low <= summary.eta_star <= high  # the GD bound at every point
+        assert axes.get_xlim()[0] <= lam <= axes.get_xlim()[1]
+    _, adam_at_unit_lr = plots.adam_thresholds(1.0, result.beta1)
+    for summary in result.methods.values():
+        assert low <= adam_at_unit_lr / summary.precond_lambda_final <= high  # Adam's limit at every λ̃
+    faces = {}
+    for container in axes.containers:  # errorbar: the label is the container's, the marker its data line
+        label = container.get_label()
+        for method in OVERLAP:
+            if label.startswith(plots.method_label(method) + ":"):
+                faces[method] = mcolors.to_hex(container.lines[0].get_markerfacecolor())
+    assert faces["dora"] == "#ffffff" and faces["lora"] != "#ffffff" and faces["pissa"] != "#ffffff"
+    labels = [text.get_text() for legend in figure.legends for text in legend.get_texts()]
+    assert any("DoRA" in text and "NOT certified" in text for text in labels)
+    assert not any("LoRA:" in text and "NOT certified" in text for text in labels if text.startswith("LoRA"))
+    assert "not certified" in axes.get_title()
+    assert not _clipped(figure)
+
+
+def test_module_ratios_are_points_per_measured_layer_with_uncertified_hollow(overlap_run) -> None:
+    _, directory, _ = overlap_run
+    figure = plots.figure_module_ratios(directory)
+    for axes in figure.axes:
+        for line in axes.get_lines():
+            if line.get_marker() not in ("None", None, ""):
+                assert line.get_linestyle() == "None", line.get_label()  # markers only: no line between layers
+        if axes.get_visible() and axes.get_title() == "q_proj":
+            hollow = [line for line in _method_lines(axes, "pissa")
+                      if mcolors.to_hex(line.get_markerfacecolor()) == "#ffffff"]
+            assert len(hollow) == 1 and len(hollow[0].get_xdata()) == 1
+            assert round(float(hollow[0].get_xdata()[0])) == 1  # the uncertified block's layer
+            assert [tick for tick in axes.get_xticks()] == [0, 1]  # ticks at the measured layers only
+    assert "not certified" in figure._suptitle.get_text() and "no line" in figure._suptitle.get_text()
+    assert not _clipped(figure)
+
+
+def test_convergence_titles_match_what_is_drawn(overlap_run) -> None:
+    _, directory, _ = overlap_run
+    figure = plots.figure_convergence(directory)
+    left, right = figure.axes[:2]
+    assert "converged" not in right.get_title() and "last estimate" in right.get_title()
+    labels = [text.get_text() for text in left.get_legend().get_texts()]
+    assert any(text.startswith("DoRA") and "NOT certified" in text and "max_iter" in text for text in labels)
+    assert any(text.startswith("LoRA") and text.endswith("certified") and "NOT" not in text for text in labels)
+    assert "1 of 3 not certified" in figure._suptitle.get_text()
+
+
+def test_a_censored_optimum_gets_an_arrow_inside_the_frame(tmp_path) -> None:
+    from matplotlib.text import Annotation
+
+    from hessian_lora.ablation_plots import figure_eta_vs_setting
+    from hessian_lora.analysis.ablation import analyze_ablation
+
+    methods = {**OVERLAP, "milora": SyntheticMethod(eta_star=0.05, lambda_init=5.0, peak=0.52)}  # above the grid
+    first = write_run_dir(tmp_path / "a", methods, config={"n_train": 64})
+    second = write_run_dir(tmp_path / "b", methods, config={"n_train": 128})
+    result = analysis.analyze(first, bootstrap_samples=50)
+    assert result.methods["milora"].censored == "high"
+    ablation = analyze_ablation([first, second], bootstrap_samples=50)
+    for figure in (plots.figure_sharpness_vs_lr(result), figure_eta_vs_setting(ablation)):
+        axes = figure.axes[0]
+        figure.canvas.draw()
+        arrows = [child for child in axes.get_children() if isinstance(child, Annotation)]
+        assert arrows, "a censored η* has no arrow"
+        low, high = axes.get_ylim()
+        for arrow in arrows:
+            (_, tail), (_, head) = arrow.xyann, arrow.xy
+            assert head > tail and low <= tail < head <= high  # pointing up (η* ≥), head in frame
+        assert "arrow" in axes.get_title() or any("arrow" in text.get_text() for legend in figure.legends
+                                                   for text in legend.get_texts())

@@ -184,6 +184,10 @@ def write_analysis(analysis: Analysis, out_dir: str | os.PathLike[str] | None = 
     # ensure_ascii=False: λ, η and β stay readable in the JSON (the files are UTF-8).
     data = analysis.to_dict()
     markdown = markdown_table(analysis)
+    search = search_section(analysis.run_dir)
+    if search is not None:  # search: adaptive: what each key's search found, and by which metric
+        data["search"], text = search
+        markdown += "\n\n" + text
     stability = _stability(analysis)
     if stability is not None:  # sweeps with hessian.during probes: the edge-of-stability summary
         data["stability"] = stability.to_dict()
@@ -191,6 +195,28 @@ def write_analysis(analysis: Analysis, out_dir: str | os.PathLike[str] | None = 
     write_text_atomic(json_path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     write_text_atomic(md_path, markdown + "\n")
     return json_path, md_path
+
+
+def search_section(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], str] | None:
+    """The adaptive search's outcomes from ``search.json`` (``None`` for a grid sweep or an older file): per
+    method-setting the metric that decided (and why, when it is not the configured one), whether the optimum
+    was located, and the search's own words."""
+    from hessian_lora.sweep.adaptive import read_outcomes
+
+    outcomes = read_outcomes(run_dir)
+    if not outcomes:
+        return None
+    lines = ["### Adaptive search", "", "| search | decided by | outcome | best LR | runs | what the search says |",
+             "|---|---|---|---|---|---|"]
+    for name, item in outcomes.items():
+        decided = str(item.get("metric"))
+        if item.get("fallback_reason"):
+            decided += f" ({item['fallback_reason']})"
+        best = item.get("best_lr")
+        outcome = "located" if item.get("located") else f"**not located** ({item.get('outcome')})"
+        lines.append(f"| {name} | {decided} | {outcome} | {'—' if best is None else f'{best:.3g}'} | "
+                     f"{item.get('runs')} | {item.get('reason')} |")
+    return outcomes, "\n".join(lines)
 
 
 def _stability(analysis: Analysis) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from hessian_lora._paths import check_output_directory
 from hessian_lora.commands import add_command
@@ -37,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="override the config's eval_task: comma-separated gsm8k:PATH, math:PATH, mbpp:PATH, humaneval")
     add_threads_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="run the preflight (model, task, evaluation sets, calibration, one adapter per method) "
+                             "and print what the sweep would run; writes nothing")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,6 +68,10 @@ def run(args: argparse.Namespace) -> int:
         if path and not Path(path).expanduser().is_file():
             raise UserError(f"eval_task {spec}: no such file {path}; replace the path with your copy of the set.")
     check_output_directory(args.out, "--out", kind="run directory")
+    if args.dry_run:
+        for line in dry_run(config, source=str(args.config), device=args.device):
+            print(line)
+        return 0
     summary = run_sweep(config, args.out, backend=args.backend, address=args.address, extend=args.extend,
                         retry_failed=args.retry_failed, progress=not args.quiet, device=args.device,
                         source=str(args.config))
@@ -76,3 +84,47 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {count} x {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def dry_run(config: Any, *, source: str, device: str | None = None) -> list[str]:
+    """The preflight of ``config`` (every check a sweep makes before it writes anything) and what the sweep would
+    run: the grid's runs, or for an adaptive search its metric, fallback, centres' calibration (refitted per
+    method with ``leave_method_out``) and the upper bound of its runs. Writes nothing."""
+    from hessian_lora.sweep.preflight import preflight
+
+    checked = preflight(config, device=device, source=source, needs_calibration=config.search is not None)
+    lines = [f"{source}: preflight passed (model {config.model}, task {config.task}, {len(config.methods)} methods, "
+             f"seeds {list(config.seeds)}, n_eval {config.n_eval})"]
+    if config.hessian.init:
+        lines.append(f"λ_max at initialisation: {config.hessian.samples} training examples in batches of "
+                     f"{config.hessian.batch_size}, tol {config.hessian.measure.tol:g}, max_iter "
+                     f"{config.hessian.measure.max_iter}")
+    if config.search is None:
+        lines.append(f"grid: {len(config.runs())} runs")
+        return lines
+    from hessian_lora.sweep.adaptive import leave_method_out, search_keys, search_metric
+
+    search = config.search
+    metric, _ = search_metric(config)
+    keys = search_keys(config)
+    lines.append(f"adaptive search on {search.base:g} · 10^(k/{search.per_decade}) in [{search.min_lr:g}, "
+                 f"{search.max_lr:g}], resolution {search.resolution:g} decades, by {metric} (fallback "
+                 f"{search.fallback} when it is flat or missing on a first bracket); at most {search.max_runs} "
+                 f"points × {len(config.seeds)} seeds × {len(keys)} searches = "
+                 f"{search.max_runs * len(config.seeds) * len(keys)} runs")
+    calibration = checked.calibration
+    if calibration is not None:
+        where = calibration.provenance.get("sweep") or calibration.provenance.get("run_dir") or "given"
+        lines.append(f"centres from the calibration {where} ({calibration.fit} fit on "
+                     f"{', '.join(sorted(calibration.points))}; probe: {calibration.probe.get('model')}, "
+                     f"rank {calibration.probe.get('rank')}, {calibration.probe.get('samples')} examples)")
+        for method in config.methods:
+            if search.leave_method_out and method in calibration.points:
+                refit = leave_method_out(calibration, method)
+                fit = f"slope {refit.slope:.3f}" if refit.fit == "power" else f"c {refit.c:.3g}"
+                lines.append(f"  {method}: refitted without its own point on {', '.join(sorted(refit.points))} "
+                             f"({refit.fit}, {fit})")
+            else:
+                lines.append(f"  {method}: the calibration as it is ("
+                             f"{'its own point included' if method in calibration.points else 'not in it'})")
+    return lines

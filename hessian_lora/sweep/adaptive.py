@@ -15,6 +15,16 @@ The search itself is :mod:`hessian_lora.sweep.search` (pure, replayed from the r
   settings into ``hessian/<method>_r<rank>_s<seed>_init.json``, from which every run then resumes instead of
   measuring again. Without it, λ is measured with the calibration's probe settings into that same file (the
   λ at initialisation analysis reads).
+- **Which metric decides.** ``search.metric`` (auto: accuracy when the task has a scorer) unless it is flat or
+  missing on every point of the first bracket (accuracy 0.0 in all three runs of a model that answers nothing
+  right, a column no run recorded): then the key's search starts over on ``search.fallback`` (the held-out loss),
+  whose first bracket is the same three runs, so nothing is rerun. The choice is a function of the bracket's rows
+  only, so a resumed sweep makes the same choice. The status lines and ``search.json``'s ``searches`` say which
+  metric decided and why, and what the search found (``located`` only for an interior optimum resolved to
+  ``resolution``; see :mod:`hessian_lora.sweep.search`).
+- **Honest centres.** ``search.leave_method_out``: the calibration is refitted without the searched method's own
+  point (same fit kind, the other methods' (λ, η*)), so a method's centre never rests on the η* the search is
+  meant to find; methods the calibration does not hold use it as it is. ``search.json`` records which.
 - **Rows.** Final rows are observed; ``running`` rows (an interrupted sweep) are left out, so the search asks
   for them again and they are rerun; with ``--retry-failed`` the failed rows found at the start are left out
   once, so they are rerun once.
@@ -34,7 +44,15 @@ from hessian_lora.errors import UserError
 from hessian_lora.registry import HIGHER_IS_BETTER, SCORE_METRICS
 from hessian_lora.rundir import InitKey, RunLayout, Status
 from hessian_lora.sweep.config import RunSpec, SweepConfig
-from hessian_lora.sweep.search import AdaptiveSearch, grid_center, next_points, search_status
+from hessian_lora.sweep.search import (
+    AdaptiveSearch,
+    SearchStatus,
+    first_bracket,
+    grid_center,
+    is_flat,
+    next_points,
+    search_status,
+)
 
 SEARCH_FORMAT = 1
 
@@ -135,10 +153,38 @@ def ensure_centres(config: SweepConfig, run_dir: str | os.PathLike[str], *, prog
     return centres
 
 
+def leave_method_out(calibration: Any, method: str) -> Any:
+    """``calibration`` refitted on every point but ``method``'s (the same fit kind; ``inverse`` when fewer than
+    two distinct λ remain for a power law). A UserError when fewer than two points would remain."""
+    from dataclasses import replace
+
+    from hessian_lora.analysis.relation import fit_inverse_constant, fit_power_law
+
+    points = {name: point for name, point in calibration.points.items() if name != method}
+    if len(points) < 2:
+        raise UserError(f"search.leave_method_out: the calibration holds {len(calibration.points)} methods, so "
+                        f"without {method} fewer than 2 remain to fit: use a calibration with more methods, or "
+                        "set leave_method_out: false.")
+    lambdas = [float(point["lambda_max"]) for point in points.values()]
+    etas = [float(point["eta_star"]) for point in points.values()]
+    c, _ = fit_inverse_constant(lambdas, etas)
+    fit, slope, intercept = "inverse", None, None
+    if calibration.fit == "power" and len(set(lambdas)) >= 2:
+        power = fit_power_law(lambdas, etas)
+        fit, slope, intercept = "power", power.slope, power.intercept
+    provenance = {**calibration.provenance, "left_out": method}
+    return replace(calibration, fit=fit, c=c, slope=slope, intercept=intercept, points=points,
+                   provenance=provenance, log10_error=None, n_interior=len(points))
+
+
 def describe_centre(centre: Mapping[str, Any]) -> str:
     if centre.get("source") == "calibration":
+        if centre.get("left_out"):
+            how = f", refitted without {centre['left_out']}'s own point"
+        else:
+            how = "" if centre.get("calibrated_method") else ", method not in the calibration"
         return (f"η̂ = {centre['lr']:.3g} from λ_max at init {centre['lambda_max']:.4g} "
-                f"({centre.get('fit')} fit{'' if centre.get('calibrated_method') else ', method not in the calibration'})")
+                f"({centre.get('fit')} fit{how})")
     return f"{centre['lr']:.3g}, the grid's centre ({centre.get('reason')})"
 
 
@@ -157,6 +203,9 @@ def compute_centre(config: SweepConfig, layout: RunLayout, method: str, rank: in
                 "reason": f"the calibration was measured with another {', '.join(other)}"}
     seed = config.seeds[0]
     key = InitKey(method, rank, seed)
+    left_out = None
+    if _settings(config).leave_method_out and method in calibration.points:
+        calibration, left_out = leave_method_out(calibration, method), method
     try:
         lambda_max = _lambda_at_init(config, layout, key, calibration, progress=progress, device=device,
                                      at_init=at_init)
@@ -168,7 +217,8 @@ def compute_centre(config: SweepConfig, layout: RunLayout, method: str, rank: in
     return {"lr": eta, "source": "calibration", "lambda_max": lambda_max, "init_report": str(layout.init_report(key)
             .relative_to(layout.root)), "fit": calibration.fit, "calibrated_method": method in calibration.points,
             "calibration": str(calibration.provenance.get("sweep") or calibration.provenance.get("run_dir")
-                               or "given")}
+                               or "given"),
+            **({"left_out": left_out, "fit_methods": sorted(calibration.points)} if left_out else {})}
 
 
 def _lambda_at_init(config: SweepConfig, layout: RunLayout, key: InitKey, calibration: Any, *, progress: bool,
@@ -255,15 +305,69 @@ def _value(row: Mapping[str, Any], metric: str) -> float | None:
     return float(value)
 
 
+@dataclass(frozen=True)
+class KeySearch:
+    """One key's search as the rows show it: the metric that decides (and why), its observations, its status."""
+
+    key: SearchKey
+    metric: str
+    higher_is_better: bool
+    observed: dict[float, float | None]
+    centre: float
+    status: SearchStatus
+    fallback_reason: str | None = None  # why ``metric`` is not the configured one (None: it is)
+
+    def to_dict(self, configured: str) -> dict[str, Any]:
+        return {"metric": self.metric, "configured_metric": configured, "fallback_reason": self.fallback_reason,
+                "outcome": self.status.outcome, "located": self.status.located, "best_lr": self.status.best_lr,
+                "censored": self.status.censored, "done": self.status.done, "runs": len(self.observed),
+                "reason": self.status.reason}
+
+
+def key_search(config: SweepConfig, rows: Sequence[Mapping[str, Any]], key: SearchKey, centre: float, metric: str,
+               higher_is_better: bool, *, left_out: frozenset[str] = frozenset()) -> KeySearch:
+    """``key``'s search on ``metric``, or on ``search.fallback`` when ``metric`` is flat or missing on every point
+    of the first bracket (see the module docstring)."""
+    settings = _settings(config)
+    seen = observed(config, rows, key, metric, left_out=left_out)
+    reason = None
+    if settings.fallback not in ("none", metric):
+        bracket = first_bracket(centre, settings)
+        if all(lr in seen for lr in bracket):  # the choice waits for the whole bracket
+            values = [seen[lr] for lr in bracket]
+            if all(value is None for value in values):
+                reason = f"{metric} missing in all {len(bracket)} runs of the first bracket"
+            elif is_flat(values, settings):
+                shown = sorted({float(value) for value in values if value is not None})
+                reason = (f"{metric} flat on the first bracket ({', '.join(f'{value:.4g}' for value in shown)} in "
+                          f"all {len(bracket)} runs)")
+    if reason is not None:
+        fallback = observed(config, rows, key, settings.fallback, left_out=left_out)
+        if all(fallback.get(lr) is None for lr in first_bracket(centre, settings)):
+            # The fallback was not recorded either (no held-out set, every run failed): nothing to switch to;
+            # the configured metric's search stops and says it is flat or missing.
+            reason = None
+        else:
+            metric, higher_is_better, seen = settings.fallback, HIGHER_IS_BETTER[settings.fallback], fallback
+    status = search_status(seen, center=centre, settings=settings, higher_is_better=higher_is_better)
+    return KeySearch(key, metric, higher_is_better, seen, centre, status, reason)
+
+
+def key_searches(config: SweepConfig, rows: Sequence[Mapping[str, Any]], centres: Mapping[str, Mapping[str, Any]],
+                 metric: str, higher_is_better: bool, *, left_out: frozenset[str] = frozenset()) -> list[KeySearch]:
+    return [key_search(config, rows, key, centres[key.centre_key]["lr"], metric, higher_is_better,
+                       left_out=left_out) for key in search_keys(config)]
+
+
 def next_round(config: SweepConfig, rows: Sequence[Mapping[str, Any]], centres: Mapping[str, Mapping[str, Any]],
                metric: str, higher_is_better: bool, *, left_out: frozenset[str] = frozenset()) -> list[RunSpec]:
     """Every run the current round of every key asks for (each point for every seed), finished or not."""
     settings = _settings(config)
     specs = []
-    for key in search_keys(config):
-        points = next_points(observed(config, rows, key, metric, left_out=left_out),
-                             center=centres[key.centre_key]["lr"], settings=settings,
-                             higher_is_better=higher_is_better)
+    for search in key_searches(config, rows, centres, metric, higher_is_better, left_out=left_out):
+        points = next_points(search.observed, center=search.centre, settings=settings,
+                             higher_is_better=search.higher_is_better)
+        key = search.key
         specs += [RunSpec(key.method, lr, seed, key.rank, key.batch_size) for seed in config.seeds for lr in points]
     return specs
 
@@ -275,26 +379,55 @@ def used_specs(config: SweepConfig, rows: Sequence[Mapping[str, Any]], centres: 
 
     settings = _settings(config)
     specs = []
-    for key in search_keys(config):
-        known, pending, _ = _replay(observed(config, rows, key, metric), centres[key.centre_key]["lr"], settings,
-                                    higher_is_better)
+    for search in key_searches(config, rows, centres, metric, higher_is_better):
+        known, pending, _ = _replay(search.observed, search.centre, settings, search.higher_is_better)
+        key = search.key
         specs += [RunSpec(key.method, settings.lattice_lr(k), seed, key.rank, key.batch_size)
                   for seed in config.seeds for k in sorted({*known, *pending})]
     return specs
 
 
+def status_line(search: KeySearch, centre: Mapping[str, Any]) -> str:
+    """Where one key's search stands, which metric decided (and why), and its centre."""
+    status = search.status
+    flag = "" if status.done else " (not finished)"
+    decided = search.metric if search.fallback_reason is None else \
+        f"{search.fallback_reason}, so {search.metric} decided"
+    return f"search {search.key}: {status.reason}{flag}; by {decided}; centre {describe_centre(centre)}"
+
+
 def status_lines(config: SweepConfig, rows: Sequence[Mapping[str, Any]], centres: Mapping[str, Mapping[str, Any]],
                  metric: str, higher_is_better: bool) -> list[str]:
-    """One line per key: where its search stands (search_status) and its centre."""
-    lines = []
-    for key in search_keys(config):
-        centre = centres[key.centre_key]
-        status = search_status(observed(config, rows, key, metric), center=centre["lr"],
-                               settings=_settings(config), higher_is_better=higher_is_better)
-        flag = "" if status.done else " (not finished)"
-        censored = ", censored" if status.censored and status.best_lr is not None else ""
-        lines.append(f"search {key}: {status.reason}{censored}{flag}; {metric}; centre {describe_centre(centre)}")
-    return lines
+    """One line per key: where its search stands (search_status), the metric that decided, its centre."""
+    return [status_line(search, centres[search.key.centre_key])
+            for search in key_searches(config, rows, centres, metric, higher_is_better)]
+
+
+def record_outcomes(config: SweepConfig, run_dir: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]],
+                    centres: Mapping[str, Mapping[str, Any]], metric: str, higher_is_better: bool) -> list[str]:
+    """Write each key's outcome (metric that decided, why, located or not, best LR) into search.json's
+    ``searches`` next to the centres, and return the status lines. Deterministic in the rows (no times), so a
+    rerun of a finished sweep writes the same file."""
+    searches = key_searches(config, rows, centres, metric, higher_is_better)
+    layout = RunLayout(run_dir)
+    write_json_atomic(layout.search, {"format": SEARCH_FORMAT, "centres": dict(centres),
+                                      "searches": {str(search.key): search.to_dict(metric) for search in searches}},
+                      indent=2)
+    return [status_line(search, centres[search.key.centre_key]) for search in searches]
+
+
+def read_outcomes(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """search.json's ``searches`` (empty for a grid sweep, an older file, or a search not finished once)."""
+    import json
+
+    path = RunLayout(run_dir).search
+    if not path.is_file():
+        return {}
+    try:
+        searches = json.loads(path.read_text(encoding="utf-8")).get("searches") or {}
+    except (OSError, ValueError, AttributeError) as exc:
+        raise UserError(f"{path} is damaged ({exc}): delete it to compute the search centres again.") from exc
+    return {str(name): dict(item) for name, item in searches.items() if isinstance(item, dict)}
 
 
 def planned_estimate(config: SweepConfig, rows: Sequence[Mapping[str, Any]], centres: Mapping[str, Mapping[str, Any]],
@@ -303,12 +436,9 @@ def planned_estimate(config: SweepConfig, rows: Sequence[Mapping[str, Any]], cen
     for each unfinished key (times the seeds)."""
     settings = _settings(config)
     total = 0
-    for key in search_keys(config):
-        seen = observed(config, rows, key, metric)
-        status = search_status(seen, center=centres[key.centre_key]["lr"], settings=settings,
-                               higher_is_better=higher_is_better)
-        used = _used_points(seen, centres[key.centre_key]["lr"], settings, higher_is_better)
-        total += (used if status.done else max(used, settings.max_runs)) * len(config.seeds)
+    for search in key_searches(config, rows, centres, metric, higher_is_better):
+        used = _used_points(search.observed, search.centre, settings, search.higher_is_better)
+        total += (used if search.status.done else max(used, settings.max_runs)) * len(config.seeds)
     return total
 
 

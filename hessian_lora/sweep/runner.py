@@ -374,7 +374,8 @@ def _run_search(config: SweepConfig, root: Path, *, backend: Backend, address: s
     if on_run is not None:
         on_run(ran, ran)
     summary = _summary(root, used, statuses, max(len(used) - ran, 0), ran, start, errors)
-    return dataclasses.replace(summary, search=tuple(adaptive.status_lines(config, rows, centres, metric, higher)))
+    lines = adaptive.record_outcomes(config, root, rows, centres, metric, higher)  # search.json's searches
+    return dataclasses.replace(summary, search=tuple(lines))
 
 
 def _report_run(on_run: Callable[[int, int], None], before: int, total: int, done: int) -> None:

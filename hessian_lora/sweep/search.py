@@ -22,16 +22,25 @@ The algorithm, in lattice steps (bracket b = bracket/step, fine f = resolution/s
   3. otherwise halve the gaps to the best point's neighbours (both sides at once, so they can run in parallel)
      until both are at most f. That locates η* to ±resolution; analysis.fit_peak then refines it by its parabola.
 It stops at the run cap (the optimum may stay censored or coarse) and at the LR bounds (censored there).
-A run without a metric (diverged, failed) scores worst. If no run has a metric yet, the search steps down,
+A metric that is flat on every point used (all values within ``flat_tolerance``: accuracy 0.0 in every run of a
+model that learns nothing it can score) stops the search: it has learned nothing, and no point is its optimum
+(:mod:`hessian_lora.sweep.adaptive` then starts over on ``fallback``, the held-out loss, when the flat metric was
+the scorer's). A run without a metric (diverged, failed) scores worst. If no run has a metric yet, the search steps down,
 because divergence means the LR is too high. Ties go to the point nearest the centre, then to the lower LR.
 Every round adds at least one new lattice point inside the bounds, so the search always ends, at the latest at
 ``max_runs`` points.
+
+What a finished search reports (:class:`SearchStatus.outcome`) never claims more than its points show: ``located``
+only when the best point has observed neighbours on both sides within ``resolution``; ``edge`` when the best
+point is the lowest or highest LR tried (an LR bound or the run cap stopped it: η* is a bound, not located);
+``coarse`` when the cap stopped it with an interior best whose neighbours are still farther than ``resolution``;
+``flat`` when the metric did not vary; ``no_metric`` when no run produced one.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -41,6 +50,8 @@ from hessian_lora.rundir import lr_key
 
 SEARCH_MODES = ("grid", "adaptive")
 SEARCH_METRICS = ("auto", "accuracy", "eval_loss", "train_loss")  # analysis.curves.HIGHER_IS_BETTER's, and auto
+FALLBACK_METRICS = ("eval_loss", "train_loss", "none")
+OUTCOMES = ("running", "located", "edge", "coarse", "flat", "no_metric")
 _WORST = -math.inf
 
 
@@ -57,6 +68,13 @@ class AdaptiveSearch:
     per_decade: int = 4
     metric: str = "auto"  # what the search optimises: auto (accuracy when the task has a scorer, else eval_loss)
     calibration: str | None = None  # the centre's calibration (json or RUN_DIR); None: the shipped one
+    # The centre's calibration refitted without the searched method's own point (when it has one), so no centre
+    # rests on the η* it is meant to find (sweep/adaptive.py).
+    leave_method_out: bool = False
+    # When the metric is flat (or missing) on the whole first bracket, the search starts over on this metric
+    # (held-out loss by default; "none": stop and say so). sweep/adaptive.py applies it.
+    fallback: str = "eval_loss"
+    flat_tolerance: float = 0.0  # a metric whose values on the points used span at most this is flat
 
     def __post_init__(self) -> None:
         def positive(name: str) -> float:
@@ -79,6 +97,13 @@ class AdaptiveSearch:
         positive("base")
         if self.metric not in SEARCH_METRICS:
             raise UserError(f"search.metric must be one of {', '.join(SEARCH_METRICS)}, got {self.metric!r}.")
+        if self.fallback not in FALLBACK_METRICS:
+            raise UserError(f"search.fallback must be one of {', '.join(FALLBACK_METRICS)}, got {self.fallback!r}.")
+        if not isinstance(self.leave_method_out, bool):
+            raise UserError(f"search.leave_method_out must be true or false, got {self.leave_method_out!r}.")
+        if isinstance(self.flat_tolerance, bool) or not isinstance(self.flat_tolerance, (int, float)) \
+                or not (0 <= self.flat_tolerance < math.inf):
+            raise UserError(f"search.flat_tolerance must be a number >= 0, got {self.flat_tolerance!r}.")
         if self.calibration is not None and (not isinstance(self.calibration, str) or not self.calibration.strip()):
             raise UserError(f"search.calibration must be a calibration .json or a RUN_DIR, got {self.calibration!r}.")
         if positive("min_lr") > positive("max_lr"):
@@ -89,7 +114,8 @@ class AdaptiveSearch:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str = "config") -> AdaptiveSearch:
         """Settings from the YAML ``search:`` mapping (``mode`` aside); every problem is a one-line UserError."""
-        values = {key: value if key in ("mode", "metric", "calibration") else numbers_from_strings(value)
+        values = {key: value if key in ("mode", "metric", "calibration", "fallback", "leave_method_out")
+                  else numbers_from_strings(value)
                   for key, value in data.items()}
         return settings_from_mapping(cls, values, what="search", source=source, also_known=("mode",))
 
@@ -130,12 +156,32 @@ def grid_center(lrs: tuple[float, ...] | list[float]) -> float:
 
 
 class SearchStatus(NamedTuple):
-    """For progress lines and reports. ``censored``: the best point has no observed neighbour on one side."""
+    """For progress lines and reports. ``censored``: the best point has no observed neighbour on one side.
+    ``outcome``: one of :data:`OUTCOMES` (see the module docstring); only ``located`` locates an optimum."""
 
     done: bool
     reason: str
     best_lr: float | None
     censored: bool
+    outcome: str = "running"
+
+    @property
+    def located(self) -> bool:
+        return self.outcome == "located"
+
+
+def first_bracket(center: float, settings: AdaptiveSearch) -> tuple[float, ...]:
+    """The LRs of the first round (a function of the centre only), increasing."""
+    points, _ = _round({}, _center_index(center, settings), settings)
+    return tuple(settings.lattice_lr(k) for k in points)
+
+
+def is_flat(values: Sequence[float | None], settings: AdaptiveSearch) -> bool:
+    """Whether ``values`` (of two or more points, each with a metric) span at most ``settings.flat_tolerance``:
+    the metric says nothing about where the optimum is. A point without a metric is information (it failed or
+    diverged), so values with a None are not flat; all None is "no metric", not flat."""
+    finite = [value for value in values if value is not None and math.isfinite(value)]
+    return len(values) >= 2 and len(finite) == len(values) and max(finite) - min(finite) <= settings.flat_tolerance
 
 
 def next_points(observed: Mapping[float, float | None], *, center: float, settings: AdaptiveSearch,
@@ -148,15 +194,41 @@ def next_points(observed: Mapping[float, float | None], *, center: float, settin
 
 def search_status(observed: Mapping[float, float | None], *, center: float, settings: AdaptiveSearch,
                   higher_is_better: bool) -> SearchStatus:
-    """Where the search stands: done or not, why, the best LR so far and whether it is censored."""
+    """Where the search stands: done or not, why, the best LR so far, whether it is censored, and (once done)
+    what it found (:data:`OUTCOMES`): never ``located`` for an optimum at the edge of what was tried, a flat
+    metric or no metric."""
     known, pending, reason = _replay(observed, center, settings, higher_is_better)
     runs = f"{len(known)} of at most {settings.max_runs} runs"
+    done = not pending
     if not known or max(known.values()) == _WORST:
-        return SearchStatus(not pending, f"{reason} ({runs})", None, bool(known))
-    best = _best(known, _center_index(center, settings))
-    censored = not any(k < best for k in known) or not any(k > best for k in known)
-    return SearchStatus(not pending, f"{reason}; best {settings.lattice_lr(best):.3g} ({runs})",
-                        settings.lattice_lr(best), censored)
+        text = f"no optimum: {reason}" if done else reason
+        return SearchStatus(done, f"{text} ({runs})", None, bool(known), "no_metric" if done else "running")
+    if _flat(known, settings):
+        values = sorted({value if higher_is_better else -value for value in known.values()})
+        shown = f"{values[0]:.4g}" if len(values) == 1 else f"{values[0]:.4g}–{values[-1]:.4g}"
+        flat_reason = (f"no optimum: the metric is flat across the {len(known)} LRs tried "
+                       f"({settings.lattice_lr(min(known)):.3g}–{settings.lattice_lr(max(known)):.3g}, all {shown}): "
+                       "the search learned nothing")
+        return SearchStatus(done, f"{flat_reason} ({runs})", None, False, "flat" if done else "running")
+    kc = _center_index(center, settings)
+    best = _best(known, kc)
+    below, above = [k for k in known if k < best], [k for k in known if k > best]
+    censored = not below or not above
+    best_lr = settings.lattice_lr(best)
+    if not done:
+        return SearchStatus(False, f"{reason}; best so far {best_lr:.3g} ({runs})", best_lr, censored, "running")
+    fine = round(settings.resolution * settings.per_decade)
+    if censored:
+        side = "lowest" if not below else "highest"
+        return SearchStatus(True, f"optimum not located: the best LR {best_lr:.3g} is the {side} tried, so η* is "
+                                  f"only a bound ({reason}) ({runs})", best_lr, True, "edge")
+    gaps = (best - max(below), min(above) - best)
+    if max(gaps) > fine:
+        return SearchStatus(True, f"optimum not located to ±{settings.resolution:g} decades: best {best_lr:.3g}, "
+                                  f"its tried neighbours {gaps[0] / settings.per_decade:g} and "
+                                  f"{gaps[1] / settings.per_decade:g} decades away ({reason}) ({runs})",
+                            best_lr, False, "coarse")
+    return SearchStatus(True, f"{reason}; best {best_lr:.3g} ({runs})", best_lr, False, "located")
 
 
 def _replay(observed: Mapping[float, float | None], center: float, settings: AdaptiveSearch,
@@ -201,6 +273,8 @@ def _plan(known: Mapping[int, float], kc: int, s: AdaptiveSearch) -> tuple[list[
         if lowest == low:
             return [], "no run produced a metric, down to the lower LR bound"
         return [max(lowest - wide, low)], "no run produced a metric yet: stepping down"
+    if _flat(known, s):
+        return [], "the metric is flat: stopped"
     best = _best(known, kc)
     if best == lowest and best > low:
         return [max(best - wide, low)], "best at the lowest LR: extending below"
@@ -217,6 +291,11 @@ def _plan(known: Mapping[int, float], kc: int, s: AdaptiveSearch) -> tuple[list[
     if best in (low, high):
         return [], f"optimum censored at the {'lower' if best == low else 'upper'} LR bound"
     return [], f"optimum located to ±{s.resolution:g} decades"
+
+
+def _flat(known: Mapping[int, float], settings: AdaptiveSearch) -> bool:
+    """Flat on the points used (scores are signed metrics, WORST for none): see :func:`is_flat`."""
+    return is_flat([None if value == _WORST else value for value in known.values()], settings)
 
 
 def _best(known: Mapping[int, float], kc: int) -> int:

@@ -9,6 +9,7 @@ interior and the search, started at the grid's centre 2e-2 (k = 12), must move t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -193,3 +194,142 @@ def test_observed_rows_seed_mean_running_failed_and_retried():
     # A round asks for every seed of each point, for every method.
     specs = next_round(config, [], {"lora_r4": {"lr": 2e-2}, "pissa_r4": {"lr": 2e-2}}, "eval_loss", False)
     assert len(specs) == 2 * 3 * 2 and {spec.seed for spec in specs} == {0, 1}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A search that learned nothing says so (issue 20): tiny-llama answers nothing right, so accuracy is 0.0 in every
+# run, while the held-out loss still falls at the bracket's largest LR (6.3e-3; the grid's loss optimum is 3.56e-2).
+# The old search reported "optimum located to ±0.25 decades; best 0.002" here.
+
+LOW_GRID = {"base": 2e-5, "per_decade": 4, "k": [4, 12]}  # the grid's centre, 2e-3, is the search's centre
+
+
+def _flat_accuracy_config(**search):
+    from sweep_helpers import tiny_data
+
+    data = tiny_data(lr=LOW_GRID, checkpoints="none", methods=["lora"], hessian={"init": False},
+                     search={"mode": "adaptive", "metric": "auto", **search})
+    return config_from_dict(data)
+
+
+def test_flat_accuracy_without_fallback_stops_after_the_bracket_and_says_so(tmp_path):
+    config = _flat_accuracy_config(fallback="none")
+    summary = run_sweep(config, tmp_path / "run", progress=False)
+    rows = _rows(tmp_path / "run")
+    assert summary.ran == len(rows) == 3 and {row["accuracy"] for row in rows} == {0.0}
+    (line,) = summary.search
+    assert "located" not in line and "flat" in line and "learned nothing" in line and "by accuracy" in line, line
+    recorded = json.loads((tmp_path / "run" / SEARCH_FILE).read_text())["searches"]["lora r=4 batch=8"]
+    assert recorded["outcome"] == "flat" and recorded["located"] is False and recorded["best_lr"] is None
+    assert recorded["metric"] == recorded["configured_metric"] == "accuracy"
+    # The analysis report says it too: no optimum, decided by accuracy.
+    from hessian_lora.analysis import analyze
+    from hessian_lora.analysis.report import write_analysis
+
+    json_path, md_path = write_analysis(analyze(tmp_path / "run"))
+    text = md_path.read_text()
+    assert "### Adaptive search" in text and "| lora r=4 batch=8 | accuracy | **not located** (flat) | — | 3 |" in text
+    assert json.loads(json_path.read_text())["search"]["lora r=4 batch=8"]["outcome"] == "flat"
+
+
+def test_flat_accuracy_falls_back_to_the_held_out_loss_and_says_which_metric_decided(tmp_path):
+    from hessian_lora.sweep.adaptive import read_outcomes
+
+    config = _flat_accuracy_config()  # fallback: eval_loss (the default)
+    summary = run_sweep(config, tmp_path / "run", progress=False)
+    rows = _rows(tmp_path / "run")
+    assert {row["accuracy"] for row in rows} == {0.0}
+    assert len({row["run_id"] for row in rows}) == len(rows) == summary.ran  # the bracket was not rerun
+    (line,) = summary.search
+    assert "accuracy flat on the first bracket (0 in all 3 runs), so eval_loss decided" in line, line
+    outcome = read_outcomes(tmp_path / "run")["lora r=4 batch=8"]
+    assert outcome["metric"] == "eval_loss" and outcome["configured_metric"] == "accuracy"
+    assert "accuracy flat" in outcome["fallback_reason"]
+    from hessian_lora.analysis import analyze
+    from hessian_lora.analysis.report import write_analysis
+
+    _, md_path = write_analysis(analyze(tmp_path / "run", metric="eval_loss"))
+    assert "| lora r=4 batch=8 | eval_loss (accuracy flat on the first bracket (0 in all 3 runs)) | located |" \
+        in md_path.read_text()
+    # The held-out loss moved the search above the bracket, where the loss keeps falling.
+    assert max(row["lr"] for row in rows) > 6.4e-3 and outcome["best_lr"] > 6.4e-3
+    # Located by the loss, at the full grid's η* by loss (3.56e-2, k = 13; module docstring), interior.
+    best_by_loss = min(rows, key=lambda row: row["eval_loss"])["lr"]
+    assert outcome["located"] and outcome["best_lr"] == pytest.approx(best_by_loss) == pytest.approx(2e-5 * 10**3.25)
+    assert min(row["lr"] for row in rows) < best_by_loss < max(row["lr"] for row in rows)
+    # Resume: the same choice from the same rows, nothing to run, the same search.json.
+    before = (tmp_path / "run" / SEARCH_FILE).read_text()
+    again = run_sweep(config, tmp_path / "run", progress=False)
+    assert again.ran == 0 and again.search == summary.search
+    assert (tmp_path / "run" / SEARCH_FILE).read_text() == before
+
+
+def test_a_missing_metric_on_the_bracket_also_falls_back():
+    from hessian_lora.sweep.adaptive import SearchKey, key_search
+
+    config = _flat_accuracy_config()
+    key = SearchKey("lora", 4, 8)
+
+    def row(lr, accuracy, loss):
+        return {"run_id": f"lora-{lr}", "method": "lora", "rank": 4, "batch_size": 8, "seed": 0, "lr": lr,
+                "status": "done", "eval_loss": loss, "accuracy": accuracy}
+
+    bracket = [config.search.lattice_lr(k) for k in (6, 8, 10)]
+    missing = [row(lr, None, 3.0 - i) for i, lr in enumerate(bracket)]
+    search = key_search(config, missing, key, 2e-3, "accuracy", True)
+    assert search.metric == "eval_loss" and "missing" in search.fallback_reason
+    informative = [row(lr, value, 3.0 - i) for i, (lr, value) in enumerate(zip(bracket, (0.0, 0.25, 0.0)))]
+    search = key_search(config, informative, key, 2e-3, "accuracy", True)
+    assert search.metric == "accuracy" and search.fallback_reason is None
+    neither = [row(lr, 0.0, None) for lr in bracket]  # no held-out loss either: nothing to switch to
+    search = key_search(config, neither, key, 2e-3, "accuracy", True)
+    assert search.metric == "accuracy" and search.fallback_reason is None and search.status.outcome == "flat"
+    partial = [row(lr, 0.0, 3.0) for lr in bracket[:2]]  # the choice waits for the whole bracket
+    assert key_search(config, partial, key, 2e-3, "accuracy", True).metric == "accuracy"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Honest centres: the calibration refitted without the searched method's own point
+
+
+def test_leave_method_out_centre_does_not_use_the_methods_own_point(monkeypatch, tiny_calibration):
+    import numpy as np
+
+    import hessian_lora.sweep.adaptive as adaptive
+    from hessian_lora.recommend import load_calibration
+    from hessian_lora.rundir import RunLayout
+
+    calibration = load_calibration(str(tiny_calibration))  # inverse fit c = 0.05 over the shipped 5 points
+    assert {"lora", "pissa", "milora", "initab", "dora"} <= set(calibration.points)
+    monkeypatch.setattr(adaptive, "_lambda_at_init", lambda *args, **kwargs: 40.0)
+    search = {"mode": "adaptive", "metric": "eval_loss", "calibration": str(tiny_calibration)}
+    honest = config_from_dict(_data(search={**search, "leave_method_out": True}))
+    plain = config_from_dict(_data(search=search))
+    layout = RunLayout("unused")
+    centre = adaptive.compute_centre(honest, layout, "lora", 4, calibration)
+    others = [point for name, point in calibration.points.items() if name != "lora"]
+    c = 10 ** np.mean([math.log10(p["lambda_max"] * p["eta_star"]) for p in others])  # inverse fit without LoRA
+    assert centre["lr"] == pytest.approx(c / 40.0, rel=1e-9)
+    assert centre["left_out"] == "lora" and "lora" not in centre["fit_methods"] and not centre["calibrated_method"]
+    assert "refitted without lora's own point" in adaptive.describe_centre(centre)
+    assert adaptive.compute_centre(plain, layout, "lora", 4, calibration)["lr"] == pytest.approx(0.05 / 40.0)
+    # A method the calibration does not hold (OLoRA here) uses it as it is: nothing of its own to leave out.
+    olora = adaptive.compute_centre(honest, layout, "olora", 4, calibration)
+    assert olora["lr"] == pytest.approx(0.05 / 40.0) and "left_out" not in olora
+
+
+def test_leave_method_out_refits_the_shipped_power_law_and_refuses_too_few_points():
+    from hessian_lora.analysis.relation import fit_power_law
+    from hessian_lora.recommend import load_calibration
+    from hessian_lora.sweep.adaptive import leave_method_out
+
+    shipped = load_calibration(None)
+    refit = leave_method_out(shipped, "pissa")
+    rest = [p for name, p in shipped.points.items() if name != "pissa"]
+    power = fit_power_law([p["lambda_max"] for p in rest], [p["eta_star"] for p in rest])
+    assert refit.fit == "power" and refit.slope == pytest.approx(power.slope) and "pissa" not in refit.points
+    assert refit.predict(100.0) == pytest.approx(power.predict(100.0))
+    assert refit.provenance["left_out"] == "pissa" and shipped.points.keys() - refit.points.keys() == {"pissa"}
+    two = dataclasses.replace(shipped, points=dict(list(shipped.points.items())[:2]))
+    with pytest.raises(UserError, match="leave_method_out"):
+        leave_method_out(two, "lora")

@@ -18,7 +18,9 @@ from hessian_lora.errors import UserError
 from hessian_lora.sweep.config import parse_lr_grid
 from hessian_lora.sweep.search import (
     AdaptiveSearch,
+    first_bracket,
     grid_center,
+    is_flat,
     next_points,
     search_from_config,
     search_status,
@@ -93,7 +95,8 @@ def test_settings_from_yaml_forms():
     "fast", {"mode": "random"}, {"mode": "grid", "max_runs": 4}, {"resolution": 0.3}, {"resolution": 0},
     {"bracket": 0.25, "resolution": 0.5}, {"max_runs": 0}, {"max_runs": 2.5}, {"max_runs": True},
     {"min_lr": 1e-2, "max_lr": 1e-3}, {"min_lr": 2.1e-5, "max_lr": 2.2e-5}, {"per_decade": 0},
-    {"base": -1.0}, {"speed": 2}, {"max_lr": float("inf")},
+    {"base": -1.0}, {"speed": 2}, {"max_lr": float("inf")}, {"fallback": "accuracy"}, {"fallback": 3},
+    {"flat_tolerance": -0.1}, {"flat_tolerance": "none"}, {"leave_method_out": "yes"},
 ])
 def test_bad_settings_are_one_line_user_errors(bad):
     with pytest.raises(UserError) as info:
@@ -198,7 +201,74 @@ def test_flat_and_noisy_curves_terminate_within_the_cap(max_runs):
             assert 1 <= len(observed) <= max_runs
             assert status(observed, center, settings).done
     observed, _ = drive(lambda lr: 1.0, GRID[5], settings)
-    assert status(observed, GRID[5], settings).best_lr == GRID[5]  # a plateau: ties go to the centre
+    plateau = status(observed, GRID[5], settings)  # a plateau has no optimum: not the centre's tie
+    assert not plateau.located
+    if max_runs >= 2:
+        assert plateau.outcome == "flat" and plateau.best_lr is None
+    else:  # one point: its own lowest and highest LR tried
+        assert plateau.outcome == "edge" and plateau.censored
+
+
+def test_a_flat_metric_stops_after_the_bracket_and_says_it_learned_nothing():
+    observed, rounds = drive(lambda lr: 0.0, GRID[5], higher_is_better=True)  # accuracy 0 in every run
+    assert len(rounds) == 1 and len(observed) == 3
+    found = status(observed, GRID[5], higher_is_better=True)
+    assert found.done and found.outcome == "flat" and not found.located and found.best_lr is None
+    assert "located" not in found.reason and "flat" in found.reason and "learned nothing" in found.reason
+    # Within a tolerance: one problem of 64 either way is still flat when the tolerance says so.
+    wobble = {GRID[3]: 0.0, GRID[5]: 1 / 64, GRID[7]: 0.0}
+    assert status(wobble, GRID[5], higher_is_better=True).outcome != "flat"
+    tolerant = AdaptiveSearch(min_lr=GRID[0], max_lr=GRID[-1], flat_tolerance=1.5 / 64)
+    assert status(wobble, GRID[5], tolerant, higher_is_better=True).outcome == "flat"
+    assert next_points(wobble, center=GRID[5], settings=tolerant, higher_is_better=True) == ()
+
+
+def test_is_flat_needs_two_points_with_a_metric_each():
+    settings = AdaptiveSearch()
+    assert is_flat([0.0, 0.0, 0.0], settings)
+    assert not is_flat([0.0], settings)  # one point shows nothing either way, but is not "flat"
+    assert not is_flat([0.0, 0.0, None], settings)  # a failed or diverged point is information
+    assert not is_flat([None, None], settings)  # no metric at all is its own outcome
+    assert not is_flat([0.1, 0.2], settings) and is_flat([0.1, 0.2], AdaptiveSearch(flat_tolerance=0.1 + 1e-12))
+
+
+def test_an_optimum_at_the_edge_of_what_was_tried_is_never_located():
+    """A loss still falling at the largest LR tried when the cap stops the search (the issue's tiny-llama case
+    by held-out loss): a bound, said as such."""
+    settings = AdaptiveSearch(max_runs=4)
+    falling = curve(GRID[-1] * 100)  # optimum far above: every extension improves
+    observed, _ = drive(falling, GRID[3], settings)
+    found = status(observed, GRID[3], settings)
+    assert found.done and found.outcome == "edge" and found.censored and not found.located
+    assert found.best_lr == max(observed) and "not located" in found.reason and "highest" in found.reason
+    bounded, _ = drive(curve(GRID[0] / 100), GRID[3])  # below the lower LR bound
+    at_bound = status(bounded, GRID[3])
+    assert at_bound.outcome == "edge" and at_bound.best_lr == GRID[0] and "lowest" in at_bound.reason
+
+
+def test_a_cap_inside_the_refinement_is_coarse_not_located():
+    settings = AdaptiveSearch(max_runs=3, bracket=1.0)
+    observed, _ = drive(curve(GRID[5]), GRID[5], settings)
+    found = status(observed, GRID[5], settings)
+    assert found.outcome == "coarse" and not found.located and found.best_lr == GRID[5]
+    assert "not located to ±0.25 decades" in found.reason
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_located_means_observed_neighbours_within_the_resolution(shape):
+    for opt, center, cap in itertools.product(INSIDE[::2], (GRID[0], GRID[6], GRID[11]), (3, 5, 8)):
+        settings = AdaptiveSearch(min_lr=GRID[0], max_lr=GRID[-1], max_runs=cap)
+        observed, _ = drive(curve(opt, shape), center, settings)
+        found = status(observed, center, settings)
+        assert found.done and found.outcome in ("located", "edge", "coarse", "no_metric")
+        tried = sorted(observed)
+        if found.located:
+            i = tried.index(found.best_lr)
+            assert 0 < i < len(tried) - 1
+            assert decades(tried[i - 1], found.best_lr) <= 0.25 + 1e-9
+            assert decades(tried[i + 1], found.best_lr) <= 0.25 + 1e-9
+        if found.best_lr in (tried[0], tried[-1]):
+            assert found.outcome == "edge"
 
 
 def test_higher_is_better_searches_the_same_points():
@@ -271,12 +341,13 @@ def test_rows_the_search_did_not_ask_for_are_ignored_and_existing_ones_reused():
 
 def test_status_reports_progress():
     first = status({}, GRID[5])
-    assert first == (False, first.reason, None, False) and "0 of at most 8 runs" in first.reason
+    assert first == (False, first.reason, None, False, "running") and "0 of at most 8 runs" in first.reason
+    assert first_bracket(GRID[5], BOUNDED) == (GRID[3], GRID[5], GRID[7])
     loss = curve(GRID[5])
     observed, rounds = drive(loss, GRID[5])
     middle = status({lr: loss(lr) for lr in rounds[0]}, GRID[5])
     assert not middle.done and "refining" in middle.reason and middle.best_lr == GRID[5]
-    done, reason, best_lr, censored = status(observed, GRID[5])
-    assert done and "located" in reason and best_lr == GRID[5] and not censored
+    done, reason, best_lr, censored, outcome = status(observed, GRID[5])
+    assert done and "located" in reason and best_lr == GRID[5] and not censored and outcome == "located"
     with pytest.raises(UserError):
         status({}, 0.0)
