@@ -3,7 +3,8 @@
 Data flows operator → solver → result: :class:`HessianOperator` gives Hessian-vector products of the
 token-weighted mean loss over a parameter block (chosen by a filter); free-function solvers (:func:`lanczos`,
 :func:`power_iteration`, :func:`hutchinson`, :func:`hutchplusplus`, :func:`spectral_density`,
-:func:`preconditioned_sharpness`) return frozen result records. The engine knows nothing of checkpoints,
+:func:`preconditioned_sharpness`) return frozen result records; :func:`scan_blocks` runs a solver on many
+blocks at once over shared passes. The engine knows nothing of checkpoints,
 models or sweeps: :mod:`hessian_lora.measure` strings it together for an adapter (``hessian_lora.eigen``).
 """
 
@@ -24,6 +25,7 @@ from hessian_lora.hessian.power import power_iteration
 from hessian_lora.hessian.preconditioned import adam_preconditioner, adam_thresholds, preconditioned_sharpness
 from hessian_lora.hessian.pyhessian_compat import pyhessian_power_iteration, run_pyhessian
 from hessian_lora.hessian.reductions import dot, inner, norm
+from hessian_lora.hessian.scan import BlockView, scan_blocks
 from hessian_lora.hessian.results import (
     BlockReport,
     DensityResult,
@@ -38,6 +40,7 @@ from hessian_lora.hessian.trace import hutchinson, hutchplusplus
 
 __all__ = [
     "BlockReport",
+    "BlockView",
     "ByName",
     "DenseOperator",
     "DensityResult",
@@ -69,5 +72,6 @@ __all__ = [
     "preconditioned_sharpness",
     "pyhessian_power_iteration",
     "run_pyhessian",
+    "scan_blocks",
     "spectral_density",
 ]
