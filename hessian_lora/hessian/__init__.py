@@ -25,7 +25,6 @@ from hessian_lora.hessian.power import power_iteration
 from hessian_lora.hessian.preconditioned import adam_preconditioner, adam_thresholds, preconditioned_sharpness
 from hessian_lora.hessian.pyhessian_compat import pyhessian_power_iteration, run_pyhessian
 from hessian_lora.hessian.reductions import dot, inner, norm
-from hessian_lora.hessian.scan import BlockView, scan_blocks
 from hessian_lora.hessian.results import (
     BlockReport,
     DensityResult,
@@ -35,6 +34,7 @@ from hessian_lora.hessian.results import (
     PreconditionedResult,
     TraceResult,
 )
+from hessian_lora.hessian.scan import BlockView, scan_blocks
 from hessian_lora.hessian.storage import KrylovMemory, MemoryTier
 from hessian_lora.hessian.trace import hutchinson, hutchplusplus
 
