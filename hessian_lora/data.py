@@ -25,6 +25,15 @@ from transformers import PreTrainedTokenizerBase
 
 from hessian_lora.errors import UserError
 
+# The template names live with the settings (torch-free); re-exported for the callers that format prompts.
+from hessian_lora.settings.prompts import (  # noqa: F401
+    ALPACA_TEMPLATE,
+    DEFAULT_PROMPT_TEMPLATE,
+    PLAIN_TEMPLATE,
+    PROMPT_TEMPLATES,
+    check_prompt_template,
+)
+
 DEFAULT_TASK = "arith"
 IGNORE_INDEX = -100
 DEFAULT_ARITH_OPTIONS: dict[str, Any] = {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2}
@@ -255,23 +264,6 @@ def _numeric_scorer(generation: str, example: Example) -> float:
         return float(predicted is not None and float(predicted) == float(example.answer))
     except ValueError:
         return 0.0
-
-
-ALPACA_TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately completes "
-                   "the request.\n\n### Instruction:\n{instruction}\n\n### Response:")
-PLAIN_TEMPLATE = "Question: {instruction}\nAnswer: "
-# ``chat``: the tokenizer's chat template, or ``plain`` when it has none (the toolkit's behaviour before templates
-# could be chosen, hence the default: existing results do not change).
-PROMPT_TEMPLATES: dict[str, str | None] = {"chat": None, "alpaca": ALPACA_TEMPLATE, "plain": PLAIN_TEMPLATE}
-DEFAULT_PROMPT_TEMPLATE = "chat"
-
-
-def check_prompt_template(template: str) -> str:
-    """``template`` if it is a template name (chat, alpaca, plain) or a string holding ``{instruction}``."""
-    if not isinstance(template, str) or (template not in PROMPT_TEMPLATES and "{instruction}" not in template):
-        raise UserError(f"bad prompt template {template!r}: use chat, alpaca, plain, or a string with "
-                        "{instruction} where the prompt goes.")
-    return template
 
 
 def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, template: str = DEFAULT_PROMPT_TEMPLATE) -> str:

@@ -236,27 +236,22 @@ def _hessian_batches(sweep_config: SweepConfig, tokenizer: Any) -> list[Any]:
     return probe_batches(tokenizer, sweep_config.task, data_seed=sweep_config.data_seed,
                          n_train=sweep_config.n_train, n_eval=sweep_config.n_eval,
                          samples=sweep_config.hessian.samples, batch_size=sweep_config.hessian.batch_size,
-                         max_length=sweep_config.max_length)
+                         max_length=sweep_config.max_length, prompt_template=sweep_config.prompt_template)
 
 
 def _adapter_like_the_sweep(sweep_config: SweepConfig, method: str, rank: int, seed: int,
                             device: str | None) -> AdapterAtInit:
     """Base model + adapter at initialisation exactly as the sweep builds it (LoRA-GA: on the run's first global
     batch, that of the grid's first batch size)."""
-    from hessian_lora.adapters import AdapterConfig, adapter_at_initialisation
+    from hessian_lora.adapters import adapter_at_initialisation
     from hessian_lora.data import load_task
-    from hessian_lora.train import TrainConfig
 
-    config = AdapterConfig(method=method, rank=rank, alpha=sweep_config.alpha, targets=sweep_config.targets,
-                           seed=seed, pissa_niter=sweep_config.pissa_niter)
+    config = sweep_config.adapter_for(method, rank, seed)
     train_examples = None
     if config.spec.needs_data:
         train_examples = load_task(sweep_config.task, seed=sweep_config.data_seed, n_train=sweep_config.n_train,
                                    n_eval=sweep_config.n_eval).train
-    train_config = TrainConfig(lr=1.0, steps=1, batch_size=sweep_config.batch_sizes[0],
-                               micro_batch_size=sweep_config.micro_batch_size,
-                               max_length=sweep_config.max_length, seed=seed,
-                               prompt_template=sweep_config.prompt_template)
+    train_config = sweep_config.train_for(sweep_config.lrs[0], sweep_config.batch_sizes[0], seed)
     return adapter_at_initialisation(sweep_config.model, config, model_seed=sweep_config.model_seed,
                                      attention=sweep_config.attention, device=device,
                                      train_examples=train_examples, train_config=train_config)
@@ -306,8 +301,8 @@ class InitExtras:
             measure(peft_model, batches, whole, out=whole_path, progress=self.progress)
             self.written.append(str(whole_path))
         if modules_path in todo:
-            targets = [module for module in self.modules if module in self.sweep_config.targets] \
-                or [self.sweep_config.targets[0]]
+            targets = [module for module in self.modules if module in self.sweep_config.adapter.targets] \
+                or [self.sweep_config.adapter.targets[0]]
             chosen = None if self.layers is None else _spread_layers(peft_model, self.layers)
             per_module = replace(settings, blocks="per-module", modules=tuple(targets), layers=chosen)
             measure(peft_model, batches, per_module, out=modules_path, progress=self.progress)

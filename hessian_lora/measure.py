@@ -18,16 +18,13 @@ import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from hessian_lora._io import write_json_atomic
-from hessian_lora._numbers import tolerance
-from hessian_lora._yaml import is_number, numbers_from_strings, plain, settings_from_mapping
 from hessian_lora.data import (
     DEFAULT_PROMPT_TEMPLATE,
     DEFAULT_TASK,
@@ -39,10 +36,10 @@ from hessian_lora.data import (
 from hessian_lora.errors import UserError
 from hessian_lora.hessian import distributed
 from hessian_lora.hessian.density import spectral_density
-from hessian_lora.hessian.dora import DORA_NORMS, DoraNorm, has_dora
-from hessian_lora.hessian.filters import ParameterBlock, PerModule, WholeAdapter, parse_layers, parse_modules
+from hessian_lora.hessian.dora import has_dora
+from hessian_lora.hessian.filters import ParameterBlock, PerModule, WholeAdapter
 from hessian_lora.hessian.lanczos import lanczos
-from hessian_lora.hessian.memory_plan import check_krylov_gib, plan_memory
+from hessian_lora.hessian.memory_plan import plan_memory
 from hessian_lora.hessian.operator import HessianOperator, resolve_backend
 from hessian_lora.hessian.power import power_iteration
 from hessian_lora.hessian.preconditioned import preconditioned_sharpness
@@ -51,168 +48,16 @@ from hessian_lora.hessian.results import BlockReport, EigenReport, EigenResult, 
 from hessian_lora.hessian.storage import KrylovMemory
 from hessian_lora.hessian.trace import hutchplusplus
 from hessian_lora.precision import check_hessian_precision
+from hessian_lora.settings.measurement import (
+    MeasureSettings,
+)
 
 if TYPE_CHECKING:
     from hessian_lora.checkpoint import LoadedCheckpoint
 
-Solver = Literal["lanczos", "power", "pyhessian"]
-Blocks = Literal["whole", "per-module"]
-Backend = Literal["auto", "double_backward", "forward_over_reverse", "finite_difference"]
-SOLVERS: tuple[str, ...] = get_args(Solver)
-BLOCKS: tuple[str, ...] = get_args(Blocks)
-BACKENDS: tuple[str, ...] = get_args(Backend)
 _PRODUCT_BAR = "{desc}: {n:.1f} hvps [{elapsed}<{remaining} at most, {rate_fmt}{postfix}]"
 # Settings that select blocks rather than change a block's numbers: a resumed scan may differ in them.
 _SELECTION_SETTINGS = ("modules", "layers")
-
-
-@dataclass(frozen=True)
-class MeasureSettings:
-    """What a Hessian measurement computes, and from which data when it builds its own batches.
-
-    Data (used when :func:`measure` gets no batches): ``task`` (a task spec or a .json/.jsonl file; None: the
-    checkpoint's task, else ``arith``) cut to ``samples`` examples in batches of ``batch_size`` of at most
-    ``max_length`` tokens, picked by ``data_seed``, formatted with ``prompt_template`` (None: the one the
-    checkpoint records it was trained or initialised with, else ``chat``; a template the adapter never saw
-    measures another loss). Blocks: ``whole`` (one block, the whole adapter) or
-    ``per-module`` (one per adapted module, optionally only ``modules`` on ``layers``). Solver: ``top_k``
-    eigenvalues per end to a relative residual ``tol`` in at most ``max_iter`` iterations from start vectors
-    drawn by ``seed``; ``smallest`` also finds λ_min (Lanczos only). Extras: Hutch++ ``trace`` (``trace_hvps``
-    products), SLQ ``density`` (``density_steps`` × ``density_runs``), Adam-``preconditioned`` sharpness with the
-    thresholds of learning rate ``lr`` (None: the checkpoint's). Engine: the Hessian-vector product ``backend``,
-    whether each batch's first-order graph is kept between products (``reuse``) and the GiB the Krylov vectors
-    may take on the device (``krylov_memory``; None: sized from the free memory, see
-    :mod:`hessian_lora.hessian.memory_plan`; it changes where vectors live and how many products the final
-    check costs, never a value, so reports do not record it). DoRA: ``dora_norm``
-    ``"detached"`` measures the Hessian of peft's surrogate, whose column norm ‖W + sBA‖ is a constant (what DoRA
-    trains with; the paper and PyHessian measure it too), ``"differentiated"`` that of the true loss
-    (:mod:`hessian_lora.hessian.dora`); reports of DoRA models record which.
-    """
-
-    task: str | None = None
-    samples: int = 64
-    batch_size: int = 8
-    max_length: int = 512
-    data_seed: int = 0
-    blocks: Blocks = "whole"
-    modules: tuple[str, ...] | None = None
-    layers: tuple[int, ...] | None = None
-    solver: Solver = "lanczos"
-    top_k: int = 1
-    smallest: bool = True
-    tol: float = 1e-3
-    max_iter: int = 100
-    seed: int = 0
-    trace: bool = False
-    trace_hvps: int = 30
-    density: bool = False
-    density_steps: int = 30
-    density_runs: int = 1
-    preconditioned: bool = False
-    lr: float | None = None
-    backend: Backend = "auto"
-    reuse: bool | Literal["auto"] = "auto"
-    prompt_template: str | None = None
-    dora_norm: DoraNorm = "detached"
-    krylov_memory: float | None = None
-
-    def __post_init__(self) -> None:
-        # Normalise the forms a YAML file or a command line gives ("q_proj,v_proj", "0:4", lists) to tuples.
-        modules = self.modules
-        if isinstance(modules, str) or modules is None:
-            modules = parse_modules(modules)
-        elif not all(isinstance(name, str) for name in modules):
-            raise UserError(f"modules must be module names such as q_proj, got {modules!r}.")
-        layers = self.layers
-        if isinstance(layers, int) and not isinstance(layers, bool):
-            layers = (layers,)
-        elif isinstance(layers, str) or layers is None:
-            layers = parse_layers(layers)
-        elif not all(isinstance(layer, int) and not isinstance(layer, bool) for layer in layers):
-            raise UserError(f"layers must be layer indices, got {layers!r}.")
-        object.__setattr__(self, "modules", tuple(modules) if modules else None)
-        object.__setattr__(self, "layers", tuple(layers) if layers else None)
-        for name in ("tol", "lr", "krylov_memory"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                object.__setattr__(self, name, numbers_from_strings(value))  # PyYAML reads 1e-3 as a string
-        self._check()
-
-    def _check(self) -> None:
-        for name, allowed in (("solver", SOLVERS), ("blocks", BLOCKS), ("backend", BACKENDS),
-                              ("dora_norm", DORA_NORMS)):
-            if getattr(self, name) not in allowed:
-                raise UserError(f"unknown {name} {getattr(self, name)!r}: use {', '.join(allowed)}.")
-        if self.reuse not in (True, False, "auto"):
-            raise UserError(f"reuse must be true, false or 'auto', got {self.reuse!r}.")
-        for name in ("samples", "batch_size", "max_length", "top_k", "max_iter", "trace_hvps", "density_steps",
-                     "density_runs"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"{name} must be an integer >= 1, got {value!r}.")
-        for name in ("data_seed", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise UserError(f"{name} must be an integer >= 0, got {value!r}.")
-        for name in ("smallest", "trace", "density", "preconditioned"):
-            if not isinstance(getattr(self, name), bool):
-                raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}.")
-        object.__setattr__(self, "tol", tolerance(self.tol, "tol (the relative residual of a certified λ)"))
-        if self.lr is not None and (not is_number(self.lr) or not self.lr > 0):
-            raise UserError(f"lr must be a positive number (or left out), got {self.lr!r}.")
-        if self.krylov_memory is not None:
-            object.__setattr__(self, "krylov_memory", check_krylov_gib(self.krylov_memory))
-        if self.task is not None and not isinstance(self.task, str):
-            raise UserError(f"task must be a task spec or a file name, got {self.task!r}.")
-        if self.prompt_template is not None:
-            check_prompt_template(self.prompt_template)
-        if self.blocks == "whole" and (self.modules or self.layers):
-            raise UserError("modules and layers pick per-module blocks: set blocks='per-module' as well.")
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "settings") -> MeasureSettings:
-        """Settings from plain data (a YAML block); unknown keys and bad values are a :class:`UserError`."""
-        return settings_from_mapping(cls, data, what="Hessian", source=source)
-
-    def options(self, relative_to: MeasureSettings | None = None) -> dict[str, Any]:
-        """The settings that differ from ``relative_to`` (default: the defaults), as plain YAML-able data.
-
-        ``from_mapping`` of the result, over the same defaults, gives these settings back.
-        """
-        base = relative_to if relative_to is not None else MeasureSettings()
-        return {field.name: plain(getattr(self, field.name)) for field in dataclasses.fields(self)
-                if getattr(self, field.name) != getattr(base, field.name)}
-
-    def probe_only(self) -> MeasureSettings:
-        """These settings less what does not change λ_max at initialisation: block selection, the extras
-        (trace, density, preconditioning) and ``max_length`` (a probe sets its own) back at their defaults."""
-        default = MeasureSettings()
-        return dataclasses.replace(
-            self, blocks=default.blocks, modules=None, layers=None, trace=default.trace,
-            trace_hvps=default.trace_hvps, density=default.density, density_steps=default.density_steps,
-            density_runs=default.density_runs, preconditioned=default.preconditioned, lr=default.lr,
-            max_length=default.max_length)
-
-    def to_dict(self, *, dora: bool = False) -> dict[str, Any]:
-        """The ``settings`` of a report (without the model's ``dtype``): settings that are not in effect (λ_min
-        by power iteration, the budget of a trace not asked for, ...) are recorded as off or None; ``dora_norm``
-        only for a model with DoRA modules (``dora``), so reports of other models are as they always were."""
-        return {
-            "task": self.task, "samples": self.samples, "batch_size": self.batch_size,
-            "max_length": self.max_length, "data_seed": self.data_seed, "blocks": self.blocks,
-            "modules": list(self.modules) if self.modules else None,
-            "layers": list(self.layers) if self.layers else None,
-            "solver": self.solver, "top_k": self.top_k, "smallest": self.smallest and self.solver == "lanczos",
-            "tol": self.tol, "max_iter": self.max_iter, "seed": self.seed, "backend": self.backend,
-            "trace": self.trace, "trace_hvps": self.trace_hvps if self.trace else None,
-            "density": self.density, "density_steps": self.density_steps if self.density else None,
-            "density_runs": self.density_runs if self.density else None, "preconditioned": self.preconditioned,
-            "lr": self.lr,
-            # recorded only when not the default, so reports written before templates existed still resume
-            **({"prompt_template": self.prompt_template}
-               if self.prompt_template not in (None, DEFAULT_PROMPT_TEMPLATE) else {}),
-            **({"dora_norm": self.dora_norm} if dora else {}),
-        }
 
 
 def measure(
@@ -463,7 +308,7 @@ def _analyse_block(
 def _solve(operator: HessianOperator, s: MeasureSettings, callback: Any, memory: KrylovMemory) -> EigenResult:
     if s.solver == "lanczos":
         return lanczos(operator, k=s.top_k, which="both" if s.smallest else "largest", tol=s.tol,
-                       max_iter=s.max_iter, seed=s.seed, callback=callback, memory=memory)
+                       max_iter=s.max_iter, seed=s.seed, callback=callback, memory=memory, block_size=s.block_size)
     if s.solver == "power":
         return power_iteration(operator, k=s.top_k, tol=s.tol, max_iter=s.max_iter, seed=s.seed, callback=callback)
     return pyhessian_power_iteration(operator, max_iter=s.max_iter, tol=s.tol, top_n=s.top_k, seed=s.seed)

@@ -221,11 +221,12 @@ def sweep_training_memory(config: Any) -> TrainingMemory | None:
     shape = model_shape(config.model)
     if shape is None:
         return None
-    micro = config.micro_batch_size or max(config.batch_sizes)
+    train = config.train
+    micro = train.micro_batch_size or max(config.batch_sizes)
     return training_memory(shape, rank=max(config.ranks), micro_batch_size=min(micro, max(config.batch_sizes)),
-                           max_length=config.max_length, targets=config.targets, base_dtype=config.base_dtype,
-                           autocast_bf16=config.precision == "bf16",
-                           gradient_checkpointing=config.gradient_checkpointing, attention=config.attention)
+                           max_length=train.max_length, targets=config.adapter.targets, base_dtype=config.base_dtype,
+                           autocast_bf16=train.precision == "bf16",
+                           gradient_checkpointing=train.gradient_checkpointing, attention=config.attention)
 
 
 def memory_table(

@@ -19,15 +19,13 @@ the memory a run needs (Llama-2-7B's base: 13.5 GB in bf16, 27 GB in fp32) and t
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import torch
 from torch import nn
 
 from hessian_lora.errors import UserError
+from hessian_lora.settings.training import BASE_DTYPES as BASE_DTYPES
+from hessian_lora.settings.training import BaseDtype as BaseDtype
 
-BaseDtype = Literal["fp32", "bf16"]
-BASE_DTYPES: tuple[str, ...] = get_args(BaseDtype)
 TORCH_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Where cast_base_weights leaves the fingerprint of the fp32 residual base, for save_checkpoint (a checkpoint
 # reloads its base in fp32, so the fingerprint it checks is the fp32 one, not the bf16 copy's).

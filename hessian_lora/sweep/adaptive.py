@@ -176,21 +176,16 @@ def _lambda_at_init(config: SweepConfig, layout: RunLayout, key: InitKey, calibr
     """λ_max of (method, rank, seed)'s adapter at initialisation, written to its ``_init.json`` report."""
     from dataclasses import replace
 
-    from hessian_lora.adapters import AdapterConfig, adapter_at_initialisation
+    from hessian_lora.adapters import adapter_at_initialisation
     from hessian_lora.data import make_batches
     from hessian_lora.measure import MeasureSettings, measure
     from hessian_lora.recommend import lambda_from_report, probe_batches
     from hessian_lora.sweep.execute import _cached_task, _eigen_report
-    from hessian_lora.train import TrainConfig
 
     task = _cached_task(config.task, config.data_seed, config.n_train, config.n_eval)
     # Built as execute_run builds it (LoRA-GA: on the first global batch of the first batch size).
-    adapter_config = AdapterConfig(method=key.method, rank=key.rank, alpha=config.alpha, dropout=config.dropout,
-                                   targets=config.targets, seed=key.seed, loraplus_ratio=config.loraplus_ratio,
-                                   pissa_niter=config.pissa_niter)
-    train_config = TrainConfig(lr=1.0, steps=1, batch_size=config.batch_sizes[0],
-                               micro_batch_size=config.micro_batch_size, max_length=config.max_length,
-                               seed=key.seed, precision=config.precision, prompt_template=config.prompt_template)
+    adapter_config = config.adapter_for(key.method, key.rank, key.seed)
+    train_config = config.train_for(config.lrs[0], config.batch_sizes[0], key.seed)
     model, tokenizer, _ = adapter_at_initialisation(
         config.model, adapter_config, model_seed=config.model_seed, attention=config.attention, device=device,
         train_examples=task.train, train_config=train_config)
