@@ -27,6 +27,7 @@ rewritten base (refused unless the residual base is given); a base rewritten out
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -44,9 +45,9 @@ from transformers import PreTrainedTokenizerBase
 
 from hessian_lora import adapters
 from hessian_lora._io import replace_directory, temporary_path
-from hessian_lora.adapters import AdapterConfig
 from hessian_lora.errors import UserError
 from hessian_lora.precision import FP32_RESIDUAL_DIGEST_ATTRIBUTE
+from hessian_lora.settings.adapter import AdapterConfig
 
 FORMAT_VERSION = 1
 META_FILE = "hessian_lora.json"
@@ -56,6 +57,9 @@ INITIAL_ADAPTER_FILE = "initial_adapter.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 
 _SAME_SIZE_INT = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+# The flat document's keys, in the order the file has always listed them (the adapter's fields among the others).
+_META_ORDER = ("method", "rank", "alpha", "dropout", "targets", "base_model", "task", "seed", "model_seed", "dtype",
+               "lr", "step", "loraplus_ratio", "pissa_niter", "extra", "format_version")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -63,23 +67,19 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch
 class CheckpointMeta:
     """What a checkpoint is: the adapter's definition, where its base comes from, and where training stands.
 
-    ``seed`` is the adapter-initialisation seed, ``model_seed`` the seed a random base (tiny-llama) is built with.
+    ``adapter`` is the :class:`AdapterConfig` it was built with (its ``alpha`` resolved: the file records the
+    alpha peft used), ``model_seed`` the seed a random base (tiny-llama) is built with. The file keeps its flat
+    keys (``method``, ``rank``, ``alpha``, ... beside ``base_model``): :meth:`to_dict` and :meth:`from_dict` map
+    them.
     """
 
-    method: str
-    rank: int
-    alpha: float
-    dropout: float
-    targets: tuple[str, ...]
+    adapter: AdapterConfig
     base_model: str
     task: str | None = None
-    seed: int = 0
     model_seed: int = 0
     dtype: str = "float32"
     lr: float | None = None
     step: int = 0
-    loraplus_ratio: float = 16.0
-    pissa_niter: int | None = None
     extra: dict[str, Any] = field(default_factory=dict, hash=False)
     format_version: int = FORMAT_VERSION
 
@@ -96,34 +96,30 @@ class CheckpointMeta:
         step: int = 0,
         extra: dict[str, Any] | None = None,
     ) -> CheckpointMeta:
-        return cls(
-            method=config.method, rank=config.rank, alpha=config.lora_alpha, dropout=config.dropout,
-            targets=tuple(config.targets), base_model=base_model, task=task, seed=config.seed,
-            model_seed=model_seed, dtype=_dtype_name(dtype), lr=lr, step=step,
-            loraplus_ratio=config.loraplus_ratio, pissa_niter=config.pissa_niter, extra=dict(extra or {}),
-        )
-
-    def adapter_config(self) -> AdapterConfig:
-        return AdapterConfig(
-            method=self.method, rank=self.rank, alpha=self.alpha, dropout=self.dropout, targets=self.targets,
-            seed=self.seed, loraplus_ratio=self.loraplus_ratio, pissa_niter=self.pissa_niter,
-        )
+        """The metadata of an adapter built from ``config`` on ``base_model``."""
+        return cls(adapter=dataclasses.replace(config, alpha=config.lora_alpha), base_model=base_model, task=task,
+                   model_seed=model_seed, dtype=_dtype_name(dtype), lr=lr, step=step, extra=dict(extra or {}))
 
     @property
     def torch_dtype(self) -> torch.dtype:
         return _DTYPES[self.dtype]
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["targets"] = list(self.targets)
-        return data
+        """The flat ``hessian_lora.json`` document, keys in the order every version has written them."""
+        adapter, own = asdict(self.adapter), asdict(self)
+        own.pop("adapter")
+        flat = {**adapter, **own, "targets": list(self.adapter.targets)}
+        return {key: flat[key] for key in _META_ORDER}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CheckpointMeta:
-        known = {f.name for f in fields(cls)}
-        values = {key: value for key, value in data.items() if key in known}
-        values["targets"] = tuple(values.get("targets", ()))
-        return cls(**values)
+        """Metadata from a ``hessian_lora.json`` document (keys it does not know, such as ``residual_sha256``,
+        are left out)."""
+        adapter_keys = {f.name for f in fields(AdapterConfig)}
+        own_keys = {f.name for f in fields(cls)} - {"adapter"}
+        adapter = {key: value for key, value in data.items() if key in adapter_keys}
+        adapter["targets"] = tuple(adapter.get("targets", ()))
+        return cls(adapter=AdapterConfig(**adapter), **{key: value for key, value in data.items() if key in own_keys})
 
 
 @dataclass(frozen=True)
@@ -181,8 +177,8 @@ def save_checkpoint(
     if config is None:
         raise UserError("this model was not built by hessian_lora.adapters.build_adapter or load_checkpoint: "
                         "build it with build_adapter so its initialisation is known.")
-    if config.method != meta.method or config.rank != meta.rank:
-        raise ValueError(f"meta says {meta.method} r={meta.rank} but the model is {config.method} r={config.rank}")
+    if config.method != meta.adapter.method or config.rank != meta.adapter.rank:
+        raise ValueError(f"meta says {meta.adapter.method} r={meta.adapter.rank} but the model is {config.method} r={config.rank}")
     # Staged in a hidden sibling (same filesystem, so the final move is a rename), then swapped in whole.
     staging = temporary_path(target, directory=True)
     try:
@@ -230,7 +226,7 @@ def load_checkpoint(
     meta_data = read_meta_dict(path)
     check_checkpoint_files(path)
     meta = CheckpointMeta.from_dict(meta_data)
-    config = meta.adapter_config()
+    config = meta.adapter
     loaded = load_model(meta.base_model, dtype=meta.torch_dtype, device=device, seed=meta.model_seed)
     base = loaded.model
     with torch.random.fork_rng(devices=adapters._cuda_device_indices(base)), warnings.catch_warnings():

@@ -116,14 +116,14 @@ def measure(
                 raise UserError(f"{Path(adapter)}: the prompt_template the checkpoint records is unusable: {exc} "
                                 "Pass --prompt-template to override it, or re-create the checkpoint.") from exc
         source = dict(source) if source is not None else {
-            **where, "method": meta.method, "base_model": meta.base_model,
-            "rank": meta.rank, "alpha": meta.alpha, "step": peft_step(meta), "lr": meta.lr,
+            **where, "method": meta.adapter.method, "base_model": meta.base_model,
+            "rank": meta.adapter.rank, "alpha": meta.adapter.alpha, "step": peft_step(meta), "lr": meta.lr,
             **({"format": "peft"} if meta.extra.get("format") == "peft" else {}),
             **({"residual_base": meta.extra["residual_base"]} if meta.extra.get("residual_base") else {})}
     if settings.preconditioned and loaded is not None:
         from hessian_lora.loft import preconditioner_note
 
-        note = preconditioner_note(loaded.meta.method)
+        note = preconditioner_note(loaded.meta.adapter.method)
         if note is not None:  # LoFT: no diagonal Adam preconditioner; the report says so instead of a number
             settings = dataclasses.replace(settings, preconditioned=False)
             source = {**source, "preconditioner_note": note}

@@ -48,7 +48,7 @@ def test_checkpoint_of_a_run_reloads_with_its_optimizer_state(tiny_sweep):
 
     run_dir, _, rows = tiny_sweep
     loaded = load_checkpoint(run_dir / rows[0]["checkpoint"], device="cpu")
-    assert loaded.meta.method == rows[0]["method"] and loaded.meta.lr == rows[0]["lr"] and loaded.meta.step == 12
+    assert loaded.meta.adapter.method == rows[0]["method"] and loaded.meta.lr == rows[0]["lr"] and loaded.meta.step == 12
     assert loaded.optimizer_state is not None and loaded.optimizer_state.step == 12
 
 
