@@ -44,6 +44,7 @@ from hessian_lora.registry import check_method_rank, gralora_k, randlora_rank
 from hessian_lora.settings.adapter import DEFAULT_TARGETS as DEFAULT_TARGETS
 from hessian_lora.settings.adapter import RANDLORA_ALPHA_PER_RANK as RANDLORA_ALPHA_PER_RANK
 from hessian_lora.settings.adapter import AdapterConfig as AdapterConfig
+from hessian_lora.settings.training import DEFAULT_BETAS
 
 if TYPE_CHECKING:
     from hessian_lora.train import TrainConfig
@@ -318,7 +319,7 @@ def make_optimizer(
     config: AdapterConfig,
     lr: float,
     *,
-    betas: tuple[float, float] = (0.9, 0.999),
+    betas: tuple[float, float] = DEFAULT_BETAS,
     weight_decay: float = 0.0,
     eps: float = 1e-8,
     max_grad_norm: float | None = None,

@@ -48,6 +48,8 @@ from hessian_lora.hessian.results import BlockReport, EigenReport, EigenResult, 
 from hessian_lora.hessian.storage import KrylovMemory
 from hessian_lora.hessian.trace import hutchplusplus
 from hessian_lora.precision import check_hessian_precision
+from hessian_lora.registry import check_method_rank
+from hessian_lora.settings.adapter import AdapterConfig
 from hessian_lora.settings.measurement import (
     MeasureSettings,
 )
@@ -339,69 +341,55 @@ def _normalised(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+# eigen()'s options that build an adapter at initialisation, by the name eigen takes them under: AdapterConfig's
+# fields (its seed as adapter_seed, since seed is the solver's), and the random base's model_seed.
+_ADAPTER_OPTIONS = {"rank": "rank", "alpha": "alpha", "dropout": "dropout", "targets": "targets",
+                    "adapter_seed": "seed", "loraplus_ratio": "loraplus_ratio", "pissa_niter": "pissa_niter"}
+
+
 def eigen(
     checkpoint: str | os.PathLike[str] | None = None,
     *,
+    settings: MeasureSettings | None = None,
     model: nn.Module | str | None = None,
-    method: str | None = None,
-    rank: int = 8,
-    alpha: float | None = None,
-    targets: Sequence[str] | None = None,
-    adapter_seed: int = 0,
-    model_seed: int = 0,
-    tokenizer: Any = None,
+    method: str | AdapterConfig | None = None,
     batches: Sequence[TokenBatch] | None = None,
-    task: str | None = None,
-    samples: int = 64,
-    batch_size: int = 8,
-    max_length: int = 512,
-    data_seed: int = 0,
-    blocks: str = "whole",
-    modules: str | Sequence[str] | None = None,
-    layers: str | Sequence[int] | None = None,
-    solver: str = "lanczos",
-    top_k: int = 1,
-    smallest: bool = True,
-    tol: float = 1e-3,
-    max_iter: int = 100,
-    seed: int = 0,
-    trace: bool = False,
-    trace_hvps: int = 30,
-    density: bool = False,
-    density_steps: int = 30,
-    density_runs: int = 1,
-    preconditioned: bool = False,
-    lr: float | None = None,
-    backend: str = "auto",
-    reuse: bool | str = "auto",
-    prompt_template: str | None = None,
-    dora_norm: str = "detached",
-    krylov_memory: float | None = None,
+    tokenizer: Any = None,
     device: str | torch.device | None = None,
     out: str | os.PathLike[str] | None = None,
     progress: bool = True,
     revision: str | None = None,
+    **options: Any,
 ) -> EigenReport:
     """Loss-Hessian eigenvalues of an adapter, block by block (see ``hessian-lora eigen --help``).
 
-    The adapter comes from ``checkpoint`` (a hessian-lora checkpoint, or a plain peft adapter directory whose
-    base is ``model`` when given, else its ``base_model_name_or_path``; either may be a hub repo id, at
-    ``revision``), or ``method`` (+ ``rank``, ``alpha``, ``targets``,
-    ``adapter_seed``) built at initialisation on ``model`` (a spec such as ``smollm2-135m``; ``model_seed`` for
-    a random tiny-llama), or ``model`` itself (an ``nn.Module`` with trainable adapter parameters; then pass
-    ``batches`` or ``tokenizer``). Data: ``batches``, or ``task`` (a task spec or a .json/.jsonl file; default
-    the checkpoint's task, else ``arith``) cut to ``samples`` examples in batches of ``batch_size``, formatted with
-    ``prompt_template`` (default: the checkpoint's, else ``chat``). The other
-    arguments are :class:`MeasureSettings`.
+    Args:
+        checkpoint: a hessian-lora checkpoint, or a plain peft adapter directory (its base is ``model`` when
+            given, else its ``base_model_name_or_path``); either may be a hub repo id, at ``revision``.
+        settings: what to measure; ``options`` naming :class:`MeasureSettings` fields override it, e.g.
+            ``eigen(checkpoint, tol=1e-4, blocks="per-module")``.
+        model: the base model spec (``smollm2-135m``, ...) for ``method`` or a plain peft ``checkpoint``, or an
+            ``nn.Module`` whose trainable parameters are the adapter (then pass ``batches`` or ``tokenizer``).
+        method: build this adapter at initialisation on ``model``: a method name (with the options ``rank``,
+            ``alpha``, ``dropout``, ``targets``, ``adapter_seed``, ``loraplus_ratio``, ``pissa_niter``) or an
+            :class:`AdapterConfig`.
+        batches: the data; None cuts ``settings.task`` (default: the checkpoint's task, else ``arith``) with the
+            checkpoint's prompt template unless ``prompt_template`` says otherwise.
+        tokenizer: the tokenizer of an ``nn.Module`` ``model`` when no ``batches`` are given.
+        device, out, progress: where the model runs, the JSON report written after every block (and resumed
+            from), and progress bars.
+        revision: a hub adapter's branch, tag or commit.
+        **options: :class:`MeasureSettings` fields, the adapter options above, and ``model_seed`` (the seed of a
+            random tiny-llama base); any other name is a :class:`UserError`.
     """
-    settings = MeasureSettings(
-        task=task, samples=samples, batch_size=batch_size, max_length=max_length, data_seed=data_seed,
-        blocks=blocks, modules=modules, layers=layers, solver=solver, top_k=top_k,  # type: ignore[arg-type]
-        smallest=smallest, tol=tol, max_iter=max_iter, seed=seed, trace=trace, trace_hvps=trace_hvps,
-        density=density, density_steps=density_steps, density_runs=density_runs, preconditioned=preconditioned,
-        lr=lr, backend=backend, reuse=reuse, prompt_template=prompt_template,  # type: ignore[arg-type]
-        dora_norm=dora_norm, krylov_memory=krylov_memory,  # type: ignore[arg-type]
-    )
+    known = [field.name for field in dataclasses.fields(MeasureSettings)] + [*_ADAPTER_OPTIONS, "model_seed"]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise UserError(f"eigen() got unknown option(s) {', '.join(unknown)}: check the spelling (known: "
+                        f"{', '.join(known)}).")
+    model_seed = options.pop("model_seed", 0)
+    adapter_options = {field: options.pop(name) for name, field in _ADAPTER_OPTIONS.items() if name in options}
+    settings = MeasureSettings.with_overrides(settings, **options)
     # Under torchrun each process must own its GPU before anything is built on "cuda" (else every rank would
     # load its model onto GPU 0): init_from_environment sets the device from LOCAL_RANK.
     distributed.init_from_environment()
@@ -416,31 +404,39 @@ def eigen(
         if isinstance(model, nn.Module):
             raise UserError("a method builds an adapter on a base model spec: pass model as a name such as "
                             "smollm2-135m, or pass your adapted nn.Module without method.")
-        return _eigen_at_initialisation(model, method, rank, alpha, targets, adapter_seed, model_seed, device,
-                                        batches, settings, out, progress)
+        if isinstance(method, AdapterConfig):
+            if adapter_options:
+                raise UserError(f"method is an AdapterConfig: set {', '.join(sorted(adapter_options))} in it "
+                                "instead of passing them to eigen().")
+            config = method
+        else:
+            if adapter_options.get("targets") is None:
+                adapter_options.pop("targets", None)  # None: AdapterConfig's default, all seven projections
+            config = AdapterConfig(method=method, **adapter_options)
+        return _eigen_at_initialisation(model, config, model_seed, device, batches, settings, out, progress)
     if isinstance(model, nn.Module):
         return measure(model, batches, settings, tokenizer=tokenizer, out=out, progress=progress)
-    raise UserError("nothing to analyse: pass a checkpoint directory, or a method with a model.")
+    raise UserError("nothing to analyse: pass a CHECKPOINT directory, or a method (--method) with a model "
+                    "(--model) to analyse an adapter at initialisation.")
 
 
 def _eigen_at_initialisation(
-    model_spec: str | None, method: str, rank: int, alpha: float | None, targets: Sequence[str] | None,
-    adapter_seed: int, model_seed: int, device: str | torch.device | None, batches: Sequence[TokenBatch] | None,
-    settings: MeasureSettings, out: str | os.PathLike[str] | None, progress: bool,
+    model_spec: str | None, config: AdapterConfig, model_seed: int, device: str | torch.device | None,
+    batches: Sequence[TokenBatch] | None, settings: MeasureSettings, out: str | os.PathLike[str] | None,
+    progress: bool,
 ) -> EigenReport:
-    from hessian_lora.adapters import DEFAULT_TARGETS, AdapterConfig, adapter_at_initialisation
+    from hessian_lora.adapters import adapter_at_initialisation
     from hessian_lora.models import DEFAULT_MODEL
 
+    check_method_rank(config.method, config.rank)  # before the model loads: peft would raise a bare ValueError
     spec = model_spec or DEFAULT_MODEL
-    config = AdapterConfig(method=method, rank=rank, alpha=alpha, targets=tuple(targets or DEFAULT_TARGETS),
-                           seed=adapter_seed)
     settings = dataclasses.replace(settings, task=settings.task or DEFAULT_TASK)
     # LoRA-GA estimates its gradient on the very batches the Hessian is measured on.
     built = adapter_at_initialisation(
         spec, config, model_seed=model_seed, device=device,
         init_batches=batches if batches is not None else (lambda tokenizer: settings_batches(tokenizer, settings)))
-    source = {"method": method, "model": spec, "rank": rank, "alpha": config.lora_alpha,
-              "targets": list(config.targets), "adapter_seed": adapter_seed, "model_seed": model_seed,
+    source = {"method": config.method, "model": spec, "rank": config.rank, "alpha": config.lora_alpha,
+              "targets": list(config.targets), "adapter_seed": config.seed, "model_seed": model_seed,
               "at": "initialisation"}
     return measure(built.model, batches, settings, tokenizer=built.tokenizer, source=source, out=out,
                    progress=progress)

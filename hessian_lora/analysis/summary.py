@@ -55,34 +55,21 @@ from hessian_lora.errors import UserError
 from hessian_lora.hessian.preconditioned import adam_thresholds
 from hessian_lora.registry import method_sort_key
 from hessian_lora.rundir import RunDirectory, RunRecord, Status, read_run_directory
+from hessian_lora.settings.training import DEFAULT_BETAS
 
 LambdaSource = Literal["auto", "whole", "module_median"]
 LAMBDA_SOURCES: tuple[LambdaSource, ...] = ("auto", "whole", "module_median")
-DEFAULT_BETA1 = 0.9
+DEFAULT_BETA1 = DEFAULT_BETAS[0]
 
 
 def adam_beta1(config: Mapping[str, Any]) -> float:
-    """β₁ of the sweep's AdamW (``betas: [b1, b2]`` or ``beta1`` anywhere in the config), else 0.9."""
-    found = _find_key(config, ("betas", "adam_betas", "beta1", "adam_beta1"))
-    if isinstance(found, (list, tuple)) and found:
-        return float(found[0])
+    """β₁ of the sweep's AdamW: the first of the ``betas`` its config.yaml records (every version of the sweep
+    writes that key), else the recipe's default."""
+    betas = config.get("betas")
     try:
-        return DEFAULT_BETA1 if found is None or found == "" else float(found)
+        return float(betas[0]) if isinstance(betas, (list, tuple)) and betas else DEFAULT_BETA1
     except (TypeError, ValueError):
         return DEFAULT_BETA1
-
-
-def _find_key(config: Any, keys: Sequence[str]) -> Any:
-    """The value of the first of ``keys`` found in ``config``, searched breadth-first then depth-first."""
-    if isinstance(config, Mapping):
-        for key in keys:
-            if key in config:
-                return config[key]
-        for value in config.values():
-            found = _find_key(value, keys)
-            if found is not None:
-                return found
-    return None
 
 
 @dataclass(frozen=True)
