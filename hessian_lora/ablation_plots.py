@@ -21,7 +21,8 @@ from hessian_lora.analysis.ablation import Ablation, analyze_ablation, lr_table
 from hessian_lora.analysis.summary import MethodSummary
 from hessian_lora.plots import FIGURE_NAMES, PlotResult, make_figures, save_figure
 from hessian_lora.registry import method_color, method_label
-from hessian_lora.rundir import RunLayout, read_run_directory
+from hessian_lora.rundir import RunLayout
+from hessian_lora.runs import read_run_directory
 
 ABLATION_FIGURES: dict[str, str] = {
     # h, i, j: the per-run figures use a-g (g is the edge of stability), so the keys of both sets stay distinct

@@ -343,7 +343,7 @@ def measure_final_reports(
     """Raw and preconditioned λ_max from the checkpoint of each method's best grid run, where missing."""
     from hessian_lora.measure import measure
     from hessian_lora.models import load_tokenizer
-    from hessian_lora.rundir import load_runs
+    from hessian_lora.runs import load_runs
 
     written = []
     settings = _measurement(sweep_config)

@@ -33,7 +33,8 @@ from hessian_lora.analysis.curves import SCORE_METRICS
 from hessian_lora.analysis.summary import Analysis, analyze, relation_lambda
 from hessian_lora.hessian.preconditioned import adam_thresholds
 from hessian_lora.registry import METHOD_COLORS, METHOD_LABELS, method_color, method_label, method_sort_key  # noqa: F401
-from hessian_lora.rundir import RunDirectory, RunLayout, Status, read_run_directory
+from hessian_lora.rundir import RunLayout, Status
+from hessian_lora.runs import RunDirectory, read_run_directory
 from hessian_lora.spectrum_plots import figure_convergence, figure_density, figure_module_ratios
 
 FIGURE_NAMES: dict[str, str] = {

@@ -31,7 +31,7 @@ from hessian_lora.analysis.summary import Analysis, analyze, relation_lambda
 from hessian_lora.errors import UserError
 from hessian_lora.registry import check_method_rank
 from hessian_lora.reports import ReportView
-from hessian_lora.rundir import read_run_directory
+from hessian_lora.runs import read_run_directory
 
 if TYPE_CHECKING:
     from hessian_lora.data import TokenBatch

@@ -33,7 +33,7 @@ from hessian_lora.hessian.results import (
 # ----------------------------------------------------------------------------------------------------------
 # Eigen reports: EigenReport.from_dict, seen through a view that knows the whole adapter from the modules
 
-def _optional_float(value: Any) -> float | None:
+def optional_float(value: Any) -> float | None:
     if value is None or value == "":
         return None
     try:
@@ -124,7 +124,7 @@ class BlockView:
 
     @property
     def trace(self) -> float | None:
-        return _optional_float(self.report.trace.trace) if self.report.trace is not None else None
+        return optional_float(self.report.trace.trace) if self.report.trace is not None else None
 
     @property
     def density(self) -> DensityResult | None:
@@ -133,7 +133,7 @@ class BlockView:
     @property
     def precond_sharpness(self) -> float | None:
         precond = self.report.preconditioned
-        return _optional_float(precond.sharpness) if precond is not None else None
+        return optional_float(precond.sharpness) if precond is not None else None
 
     @property
     def precond_history(self) -> tuple[tuple[int, float], ...]:
@@ -199,7 +199,7 @@ def report_from_dict(data: Mapping[str, Any], *, path: str = "") -> ReportView:
     if isinstance(raw_blocks, Mapping):
         raw_blocks = [dict(value, name=value.get("name", key)) for key, value in raw_blocks.items()]
     blocks = [_complete(BlockReport, dict(item, name=str(item.get("name", "whole"))))
-              for item in raw_blocks or [] if isinstance(item, Mapping) and _optional_float(item.get("lambda_max")) is not None]
+              for item in raw_blocks or [] if isinstance(item, Mapping) and optional_float(item.get("lambda_max")) is not None]
     settings = data.get("settings")
     report = EigenReport.from_dict({"settings": dict(settings) if isinstance(settings, Mapping) else {},
                                     "blocks": blocks})

@@ -17,7 +17,7 @@ from hessian_lora._plot_style import new_figure
 from hessian_lora.hessian.filters import layer_index
 from hessian_lora.registry import method_color, method_label, method_sort_key
 from hessian_lora.reports import BlockPart, BlockView, ReportView, module_kind
-from hessian_lora.rundir import RunDirectory
+from hessian_lora.runs import RunDirectory
 
 
 def _module_values(directory: RunDirectory, method: str) -> dict[str, float]:

@@ -29,7 +29,8 @@ from hessian_lora.analysis.report import markdown_table
 from hessian_lora.analysis.summary import Analysis, _jsonable, analyze
 from hessian_lora.errors import UserError
 from hessian_lora.registry import SCORE_METRICS, method_sort_key
-from hessian_lora.rundir import RunLayout, load_runs, read_config
+from hessian_lora.rundir import RunLayout, read_config
+from hessian_lora.runs import load_runs
 
 # Config keys that are grid axes, bookkeeping or measurement options: never an ablation axis between directories.
 _NOT_AXES = frozenset({"name", "methods", "method", "lr", "lrs", "seeds", "seed", "ranks", "rank", "batch_sizes",

@@ -15,7 +15,8 @@ import numpy as np
 
 from hessian_lora.errors import UserError
 from hessian_lora.registry import HIGHER_IS_BETTER, SCORE_METRICS, Metric
-from hessian_lora.rundir import RunRecord, Status
+from hessian_lora.rundir import Status
+from hessian_lora.runs import RunRecord
 
 PeakKind = Literal["quadratic", "edge", "flat", "single"]
 

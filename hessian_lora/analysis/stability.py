@@ -28,7 +28,8 @@ from typing import Any
 
 from hessian_lora.analysis.summary import Analysis, adam_beta1, relation_lambda
 from hessian_lora.dynamics import stability_ratios
-from hessian_lora.rundir import RunDirectory, RunLayout, Status, read_run_directory
+from hessian_lora.rundir import RunLayout, Status
+from hessian_lora.runs import RunDirectory, read_run_directory
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,8 @@ from hessian_lora.analysis.uncertainty import (
 from hessian_lora.errors import UserError
 from hessian_lora.hessian.preconditioned import adam_thresholds
 from hessian_lora.registry import method_sort_key
-from hessian_lora.rundir import RunDirectory, RunRecord, Status, read_run_directory
+from hessian_lora.rundir import Status
+from hessian_lora.runs import RunDirectory, RunRecord, read_run_directory
 from hessian_lora.settings.training import DEFAULT_BETAS
 
 LambdaSource = Literal["auto", "whole", "module_median"]
