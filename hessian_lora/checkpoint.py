@@ -28,7 +28,6 @@ rewritten base (refused unless the residual base is given); a base rewritten out
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -45,6 +44,9 @@ from transformers import PreTrainedTokenizerBase
 
 from hessian_lora import adapters
 from hessian_lora._io import replace_directory, temporary_path
+from hessian_lora.adapters import (
+    residual_digest as residual_digest,  # the residual's fingerprint: the recipe's
+)
 from hessian_lora.errors import UserError
 from hessian_lora.precision import FP32_RESIDUAL_DIGEST_ATTRIBUTE
 from hessian_lora.settings.adapter import AdapterConfig
@@ -56,7 +58,6 @@ ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 INITIAL_ADAPTER_FILE = "initial_adapter.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 
-_SAME_SIZE_INT = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 # The flat document's keys, in the order the file has always listed them (the adapter's fields among the others).
 _META_ORDER = ("method", "rank", "alpha", "dropout", "targets", "base_model", "task", "seed", "model_seed", "dtype",
                "lr", "step", "loraplus_ratio", "pissa_niter", "extra", "format_version")
@@ -351,26 +352,6 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, peft_model: nn.Module
         raise UserError("the saved optimizer state belongs to other parameters: rebuild the optimizer with "
                         "make_optimizer for the checkpoint's own model and method.")
     optimizer.load_state_dict(state.state_dict)
-
-
-def residual_digest(peft_model: nn.Module) -> str:
-    """A fingerprint of the base weights of every adapted module (a changed base model changes it).
-
-    Per module: name, dtype, shape, and integer sums of the weights' bit patterns (total, and row and column
-    sums weighted by position, wrapping in int64). SHA-256 over the ~425 MB of SmolLM2's seven projections took
-    2.6 s; these reductions take a fraction of that and still catch any single changed weight.
-    """
-    digest = hashlib.sha256()
-    for name, layer in adapters.lora_layers(peft_model):
-        weight = layer.get_base_layer().weight.detach().contiguous()
-        bits = weight.view(_SAME_SIZE_INT[weight.element_size()]).reshape(weight.shape[0], -1)
-        row_sums = bits.sum(dim=1, dtype=torch.int64)
-        column_sums = bits.sum(dim=0, dtype=torch.int64)
-        rows = torch.arange(1, row_sums.numel() + 1, device=bits.device, dtype=torch.int64)
-        columns = torch.arange(1, column_sums.numel() + 1, device=bits.device, dtype=torch.int64)
-        sums = (int(row_sums.sum()), int((row_sums * rows).sum()), int((column_sums * columns).sum()))
-        digest.update(f"{name}|{weight.dtype}|{tuple(weight.shape)}|{sums}\n".encode())
-    return digest.hexdigest()
 
 
 def _restore_residual(path: Path, peft_model: PeftModel) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

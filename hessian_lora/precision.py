@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hessian_lora import adapters
+from hessian_lora.adapters import residual_digest
 from hessian_lora.errors import UserError
 from hessian_lora.settings.training import BASE_DTYPES as BASE_DTYPES
 from hessian_lora.settings.training import BaseDtype as BaseDtype
@@ -76,9 +78,6 @@ def cast_base_weights(model: nn.Module, base_dtype: str) -> int:
     frozen = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point() and p.dtype != dtype]
     if not frozen:
         return 0
-    from hessian_lora import adapters
-    from hessian_lora.checkpoint import residual_digest
-
     config = getattr(model, adapters.CONFIG_ATTRIBUTE, None)
     if (config is not None and config.spec.rewrites_base
             and not hasattr(model, FP32_RESIDUAL_DIGEST_ATTRIBUTE)):
