@@ -134,10 +134,14 @@ def adapter_at_initialisation(
         model: a model spec (``smollm2-135m``, ``tiny-llama``, a directory, ...) loaded fresh here, or a
             :class:`~hessian_lora.models.LoadedModel` whose weights nobody else uses (rewriting methods change
             them in place).
-        model_seed, attention, device: how a spec is loaded (``model_seed``: a random tiny-llama's weights).
+        config: the adapter to build.
+        model_seed: the weights of a random base (tiny-llama) loaded from a spec.
+        attention: the attention kernels a spec is loaded with.
+        device: where a spec is loaded.
         init_batches: LoRA-GA's gradient batches, or a function of the tokenizer that makes them.
-        train_examples, train_config: instead of ``init_batches``, LoRA-GA estimates its gradient on the first
-            global batch that training with ``train_config`` on ``train_examples`` would take (the sweep's rule).
+        train_examples: instead of ``init_batches``, LoRA-GA estimates its gradient on the first global batch that
+            training with ``train_config`` on these examples would take (the sweep's rule).
+        train_config: the training run whose first global batch that is.
     """
     reuse = _REUSE if isinstance(model, str) else None  # a LoadedModel is the caller's: always built on it
     key = (model, model_seed, attention, str(device), repr(config))  # repr: targets may be a list

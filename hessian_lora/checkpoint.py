@@ -103,6 +103,7 @@ class CheckpointMeta:
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        """The torch dtype of ``dtype`` (what the base is built and reloads in)."""
         return _DTYPES[self.dtype]
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,16 +133,19 @@ class OptimizerState:
 
     @property
     def step(self) -> int:
+        """Optimizer steps taken: the largest ``step`` in the state (0 before any)."""
         steps = [int(state["step"]) for state in self.state_dict["state"].values() if "step" in state]
         return max(steps, default=0)
 
     @property
     def betas(self) -> tuple[float, float]:
+        """Adam's (β₁, β₂) of the first parameter group."""
         beta1, beta2 = self.state_dict["param_groups"][0]["betas"]
         return float(beta1), float(beta2)
 
     @property
     def eps(self) -> float:
+        """Adam's ε of the first parameter group."""
         return float(self.state_dict["param_groups"][0]["eps"])
 
     def by_name(self, key: str) -> dict[str, torch.Tensor]:
@@ -154,6 +158,8 @@ class OptimizerState:
 
 
 class LoadedCheckpoint(NamedTuple):
+    """What :func:`load_checkpoint` returns: the adapted model, its tokenizer, the metadata and the optimizer
+    state."""
     model: PeftModel
     tokenizer: PreTrainedTokenizerBase
     meta: CheckpointMeta

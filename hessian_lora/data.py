@@ -71,9 +71,11 @@ class TokenBatch:
 
     @property
     def size(self) -> int:
+        """Sequences in the batch."""
         return int(self.input_ids.shape[0])
 
     def to(self, device: torch.device | str) -> TokenBatch:
+        """The batch on ``device``."""
         return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
 
 
@@ -294,6 +296,7 @@ def tokenize_example(
 
 
 def collate(tokenizer: PreTrainedTokenizerBase, encoded: Sequence[tuple[list[int], list[int]]]) -> TokenBatch:
+    """Right-pad tokenised examples to one :class:`TokenBatch` (labels -100 on the padding)."""
     width = max(len(ids) for ids, _ in encoded)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)

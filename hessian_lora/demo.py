@@ -53,6 +53,7 @@ ADAPTIVE_DENSITY_STEPS = 0
 
 @dataclass(frozen=True)
 class DemoResult:
+    """What :func:`run_demo` produced: the run directory, its analysis and the figures written."""
     run_dir: Path
     analysis: Analysis
     plots: PlotResult
@@ -60,6 +61,7 @@ class DemoResult:
     measured: tuple[str, ...]  # reports written by this call
 
     def summary(self) -> str:
+        """The demo's closing lines: the analysis table and where each figure is."""
         lines = [markdown_table(self.analysis), "", f"Figures in {self.run_dir / 'figures'}:"]
         for key, paths in self.plots.written.items():
             lines.append(f"  ({key}) {paths[0]}")
@@ -181,6 +183,7 @@ class OverallProgress:
                         dynamic_ncols=True, disable=None if enabled else True)
 
     def phase(self, text: str) -> None:
+        """Start a new phase (a line of text) of the overall progress line."""
         self.text = text
         self.refresh()
 
@@ -192,6 +195,7 @@ class OverallProgress:
         self.refresh()
 
     def line(self) -> str:
+        """The overall progress line: the phase, runs done of planned and the time left."""
         now = time.perf_counter()
         parts = [f"demo {self.text}"]
         if self.planned is not None:
@@ -203,9 +207,11 @@ class OverallProgress:
         return " | ".join(parts)
 
     def refresh(self) -> None:
+        """Redraw the progress line."""
         self.bar.set_description_str(self.line(), refresh=True)
 
     def close(self) -> None:
+        """Close the progress line."""
         self.bar.close()
 
 
@@ -280,6 +286,7 @@ class InitExtras:
         return whole, hessian_dir / f"{key}_init_modules.json"
 
     def missing(self, key: InitKey) -> list[Path]:
+        """The report files of ``key``'s adapter at initialisation still to be measured."""
         whole, modules = self.paths(key)
         wanted = [modules] + ([whole] if self.density_steps or not self.sweep_config.hessian.init else [])
         return [path for path in wanted if not path.is_file()]

@@ -68,6 +68,7 @@ class SharpnessPoint:
     precond_residual: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The probe's results as JSON-able data (``sharpness.json``)."""
         return dataclasses.asdict(self)
 
 
@@ -116,6 +117,7 @@ class SharpnessProbe:
         self._vectors: dict[tuple[str, str], torch.Tensor] = {}  # (kind, block) -> previous top Ritz vector
 
     def due(self, step: int) -> bool:
+        """Whether a probe is due after ``step`` optimizer steps (every ``every`` steps, and at the last)."""
         if self.history and self.history[-1].step == step:
             return False
         return step % self.settings.every == 0 or (self.total_steps is not None and step == self.total_steps)

@@ -35,6 +35,7 @@ HUMANEVAL_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\na
 
 @dataclass(frozen=True)
 class EvalResult:
+    """One evaluation: held-out loss, accuracy and pass@1 where measured, per-example scores for the bootstrap."""
     eval_loss: float | None
     accuracy: float | None
     pass_at_1: float | None

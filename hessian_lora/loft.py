@@ -108,6 +108,8 @@ class LoFT(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One LoFT update of every factor pair (``closure``: re-evaluates the loss, as torch optimizers take
+        it)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():

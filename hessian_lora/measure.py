@@ -85,8 +85,15 @@ def measure(
             ``requires_grad`` flags are left as they were).
         batches: the data; None builds ``settings``' task with the checkpoint's tokenizer (or ``tokenizer``,
             for a model). Given batches are recorded as task ``"batches"``.
+        settings: what to measure (default: :class:`MeasureSettings`' defaults).
+        tokenizer: the tokenizer that cuts ``settings``' task for a model given without batches.
         source: what the report says was analysed (default: the checkpoint's facts, or the model's class).
+        base_model: the base of a plain peft adapter directory (default: its ``base_model_name_or_path``).
+        model_seed: the weights of a random base (tiny-llama).
+        device: where a checkpoint is loaded.
         out: a JSON report, written after every block and resumed from when it exists.
+        progress: show progress bars and the data line.
+        revision: a hub adapter's branch, tag or commit.
     """
     settings = settings if settings is not None else MeasureSettings()
     distributed.init_from_environment()
@@ -376,8 +383,9 @@ def eigen(
         batches: the data; None cuts ``settings.task`` (default: the checkpoint's task, else ``arith``) with the
             checkpoint's prompt template unless ``prompt_template`` says otherwise.
         tokenizer: the tokenizer of an ``nn.Module`` ``model`` when no ``batches`` are given.
-        device, out, progress: where the model runs, the JSON report written after every block (and resumed
-            from), and progress bars.
+        device: where the model runs.
+        out: the JSON report, written after every block (and resumed from).
+        progress: show progress bars.
         revision: a hub adapter's branch, tag or commit.
         **options: :class:`MeasureSettings` fields, the adapter options above, and ``model_seed`` (the seed of a
             random tiny-llama base); any other name is a :class:`UserError`.

@@ -158,10 +158,12 @@ class TrainingMemory:
 
     @property
     def training_peak(self) -> int:
+        """Bytes at the peak of a training step."""
         return self.base_weights + self.adapter + self.activations + self.logits + self.allowance
 
     @property
     def peak(self) -> int:
+        """Bytes at the larger of the training and the build peaks."""
         return max(self.training_peak, self.build_peak)
 
     def fits(self, device_gb: float) -> bool:
@@ -169,6 +171,7 @@ class TrainingMemory:
         return self.peak <= device_gb * 1e9
 
     def as_dict(self) -> dict[str, int]:
+        """The estimate's parts and peaks in bytes."""
         return {**asdict(self), "training_peak": self.training_peak, "peak": self.peak}
 
 

@@ -44,6 +44,7 @@ _TINY_SPECIAL_TOKENS = ("<|pad|>", "<|bos|>", "<|eos|>")
 
 
 class LoadedModel(NamedTuple):
+    """A loaded base model, its tokenizer and the spec it was loaded from."""
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     spec: str
@@ -56,6 +57,7 @@ def cache_dir() -> Path:
 
 
 def default_device() -> torch.device:
+    """CUDA when available, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

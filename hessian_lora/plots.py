@@ -47,6 +47,7 @@ FIGURE_NAMES: dict[str, str] = {
     "g": "g_edge_of_stability",
 }
 def figure_metric_vs_lr(analysis: Analysis) -> Figure:
+    """Figure (a): each method's metric against the learning rate, η* marked."""
     figure = new_figure(8.5, 5.0)
     axes = figure.add_subplot()
     scale = metric_scale(analysis.metric)
@@ -97,6 +98,7 @@ def figure_metric_vs_lr(analysis: Analysis) -> Figure:
 
 
 def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
+    """Figure (b): λ_max at initialisation against η*, with the fitted relation (None without λ_max)."""
     points = {name: relation_lambda(summary) for name, summary in analysis.methods.items()}
     points = {name: value for name, value in points.items() if value}
     precond = {name: s.precond_lambda_final for name, s in analysis.methods.items() if s.precond_lambda_final}
@@ -175,6 +177,7 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
 
 
 def figure_loss_curves(directory: RunDirectory, analysis: Analysis) -> Figure | None:
+    """Figure (f): training-loss curves at each method's best learning rate (None without histories)."""
     methods = [name for name in analysis.methods if any(run.method == name and run.history
                                                         for run in directory.runs)]
     if not methods:
@@ -248,6 +251,7 @@ def figure_edge_of_stability(directory: RunDirectory, analysis: Analysis) -> Fig
 
 @dataclass(frozen=True)
 class PlotResult:
+    """The figures :func:`plot_run` wrote (key → files) and those it skipped (key → why)."""
     written: dict[str, list[Path]] = field(default_factory=dict)  # figure key -> files
     skipped: dict[str, str] = field(default_factory=dict)  # figure key -> why
 

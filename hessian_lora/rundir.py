@@ -66,6 +66,7 @@ class Status(str, enum.Enum):
 
     @property
     def is_final(self) -> bool:
+        """Whether a run in this status is finished (its row will not change)."""
         return self in FINAL_STATUSES
 
     @property
@@ -169,12 +170,15 @@ class RunLayout:
 
     # The documents by name: history (per-step loss), sharpness (hessian.during probes), eval scores (per example).
     def history(self, run_id: str) -> Path:
+        """The run's ``history.json``."""
         return self.document(run_id, "history")
 
     def sharpness(self, run_id: str) -> Path:
+        """The run's ``sharpness.json``."""
         return self.document(run_id, "sharpness")
 
     def eval_scores(self, run_id: str) -> Path:
+        """The run's ``eval.json``."""
         return self.document(run_id, "eval_scores")
 
     def documents(self, run_id: str) -> tuple[Path, ...]:
@@ -182,10 +186,12 @@ class RunLayout:
         return tuple(self.document(run_id, kind) for kind in RUN_DOCUMENTS)
 
     def init_report(self, key: InitKey | str, part: str = "") -> Path:
+        """The eigen report at initialisation of ``key`` (``part``: a further report of the same adapter)."""
         suffix = f"_{part}" if part else ""
         return self.hessian / f"{key}{INIT_MARKER}{suffix}.json"
 
     def final_report(self, run_id: str) -> Path:
+        """The run's eigen report at the end."""
         return self.hessian / f"{run_id}{FINAL_MARKER}.json"
 
 

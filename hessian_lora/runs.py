@@ -54,6 +54,7 @@ class RunRecord:
     humaneval_pass_at_1: float | None = None
 
     def metric(self, name: str) -> float | None:
+        """The metric ``name`` of the run, or None where not recorded or not finite."""
         value = getattr(self, name)
         return None if value is None or not math.isfinite(value) else float(value)
 

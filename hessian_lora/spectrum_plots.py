@@ -34,6 +34,8 @@ def _module_values(directory: RunDirectory, method: str) -> dict[str, float]:
 
 def figure_module_ratios(directory: RunDirectory, methods: Sequence[str] | None = None,
                          reference: str = "lora") -> Figure | None:
+    """Figure (c): per-module λ_max at initialisation relative to ``reference``'s (None without per-module
+    reports)."""
     names = sorted({key.method for key in directory.init_reports}, key=method_sort_key)
     if methods is not None:
         names = [name for name in names if name in methods]
@@ -110,6 +112,7 @@ def _first_report_per_method(directory: RunDirectory, attribute: BlockPart) -> d
 
 
 def figure_convergence(directory: RunDirectory) -> Figure | None:
+    """Figure (d): Lanczos convergence of λ_max per method (None without histories)."""
     reports = _first_report_per_method(directory, "history")
     if not reports:
         return None
@@ -144,6 +147,7 @@ def figure_convergence(directory: RunDirectory) -> Figure | None:
 
 
 def figure_density(directory: RunDirectory) -> Figure | None:
+    """Figure (e): the spectral density at initialisation per method (None without densities)."""
     reports = _first_report_per_method(directory, "density")
     if not reports:
         return None

@@ -48,6 +48,7 @@ class Setting:
 
     @property
     def label(self) -> str:
+        """The setting's name in tables and figures: its varying values (``r=8, b=16``), or ``all runs``."""
         short = {"rank": "r", "batch_size": "b"}
         return ", ".join(f"{short.get(key, key)}={value}" for key, value in self.values.items()) or "all runs"
 
@@ -93,14 +94,17 @@ class Ablation:
 
     @property
     def axes(self) -> tuple[str, ...]:
+        """The settings' varying keys (rank, batch size, or config keys), in first-seen order."""
         return tuple(dict.fromkeys(key for setting in self.settings for key in setting.values))
 
     @property
     def methods(self) -> list[str]:
+        """Every method any setting analysed, in display order."""
         names = {name for analysis in self.analyses for name in analysis.methods}
         return sorted(names, key=method_sort_key)
 
     def to_dict(self) -> dict[str, Any]:
+        """The comparison as JSON-able data (``ablation.json``)."""
         return _jsonable({
             "axes": list(self.axes),
             "settings": [{"label": s.label, "run_dir": s.run_dir, "rank": s.rank, "batch_size": s.batch_size,

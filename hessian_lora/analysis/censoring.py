@@ -79,4 +79,5 @@ def censored_summary(censored: Mapping[str, Censoring], etas: Mapping[str, float
 
 
 def interior(names: Iterable[str], censored: Mapping[str, Censoring]) -> list[str]:
+    """``names`` less the censored ones (the methods whose optimum is interior), in their order."""
     return [name for name in names if name not in censored]

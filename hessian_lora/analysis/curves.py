@@ -38,6 +38,7 @@ class PeakFit:
 
     @property
     def at_edge(self) -> bool:
+        """Whether the optimum sits at a grid edge (a bound, not an estimate)."""
         return self.kind == "edge"
 
 

@@ -156,6 +156,7 @@ class Analysis:
     n_eval_examples: int | None = None  # evaluation problems behind the per-example bootstrap (None: none stored)
 
     def to_dict(self) -> dict[str, Any]:
+        """The summary as JSON-able data."""
         return _jsonable(asdict(self))
 
 

@@ -136,6 +136,7 @@ def ensure_centres(config: SweepConfig, run_dir: str | os.PathLike[str], *, prog
 
 
 def describe_centre(centre: Mapping[str, Any]) -> str:
+    """A search centre in one line: η̂ from a calibration, or the grid's centre."""
     if centre.get("source") == "calibration":
         return (f"η̂ = {centre['lr']:.3g} from λ_max at init {centre['lambda_max']:.4g} "
                 f"({centre.get('fit')} fit{'' if centre.get('calibrated_method') else ', method not in the calibration'})")

@@ -68,6 +68,7 @@ class HessianSettings:
 
     @property
     def enabled(self) -> bool:
+        """Whether any λ_max measurement (at initialisation or at the end) is asked for."""
         return self.init or self.final
 
 

@@ -65,6 +65,7 @@ class SweepSummary:
 
     @property
     def failed(self) -> int:
+        """Runs that failed."""
         return self.counts.get(Status.FAILED.value, 0)
 
     def line(self) -> str:
