@@ -227,11 +227,11 @@ def full_precision_forward(model: nn.Module) -> Iterator[None]:
     if wrapped is None or original is None:
         yield
         return
-    model.forward = original  # type: ignore[method-assign]
+    model.forward = original
     try:
         yield
     finally:
-        model.forward = wrapped  # type: ignore[method-assign]
+        model.forward = wrapped
 
 
 def to_token_batch(batch: TokenBatch | Mapping[str, torch.Tensor] | Sequence[Any]) -> TokenBatch:

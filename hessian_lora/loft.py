@@ -107,7 +107,7 @@ class LoFT(torch.optim.Optimizer):
         self.max_grad_norm = max_grad_norm
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]  # Optimizer.step is overloaded on closure
         """One LoFT update of every factor pair (``closure``: re-evaluates the loss, as torch optimizers take
         it)."""
         loss = None

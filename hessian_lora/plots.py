@@ -140,7 +140,7 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
     axes.plot(x_line, 2 / x_line, "--", color="0.35", linewidth=1.2,
               label=r"gradient descent bound $\eta = 2/\lambda_{\max}$")
     _, adam_at_unit_lr = adam_thresholds(1.0, analysis.beta1)
-    adam_line = [adam_at_unit_lr / x for x in x_line]  # type: ignore[operator]  # not None at η = 1
+    adam_line = [adam_at_unit_lr / x for x in x_line]  # not None at η = 1
     if precond:  # Adam's line bounds the preconditioned sharpness: drawn only when that was measured
         axes.plot(x_line, adam_line, ":", color="0.2", linewidth=1.6,
                   label=rf"Adam edge of stability $\eta = (2+2\beta_1)/((1-\beta_1)\tilde\lambda)$, "
@@ -301,7 +301,7 @@ def plot_run(
 ) -> PlotResult:
     """Write every figure the run directory has data for into ``out_dir`` (default ``RUN_DIR/figures``)."""
     directory = read_run_directory(run_dir)
-    analysis = analysis or analyze(run_dir, **analyze_options)  # type: ignore[arg-type]
+    analysis = analysis or analyze(run_dir, **analyze_options)
     out = Path(out_dir) if out_dir is not None else RunLayout(run_dir).figures
     result = PlotResult()
     for key, figure in make_figures(directory, analysis).items():

@@ -83,7 +83,7 @@ def _record_from_row(row: Mapping[str, Any], layout: RunLayout) -> RunRecord:
     return RunRecord(
         run_id=str(row.get("run_id")),
         method=str(row.get("method")),
-        lr=float(row.get("lr")),  # type: ignore[arg-type]
+        lr=float(row.get("lr")),  # type: ignore[arg-type]  # lr is never NULL
         seed=_optional_int(row.get("seed")) or 0,
         rank=_optional_int(row.get("rank")),
         batch_size=_optional_int(row.get("batch_size")),
@@ -118,7 +118,7 @@ def _read_eval_scores(path: Path) -> tuple[float, ...] | None:
     if not isinstance(scores, list) or not scores:
         return None
     values = [optional_float(value) for value in scores]
-    return None if any(value is None for value in values) else tuple(float(v) for v in values)  # type: ignore[arg-type]
+    return None if any(value is None for value in values) else tuple(float(v) for v in values)  # type: ignore[arg-type]  # no None, checked
 
 
 def _parse_history(raw: Any) -> tuple[dict[str, float], ...]:

@@ -139,7 +139,7 @@ def _cell(analysis: Analysis, method: str, what: str) -> str:
     if summary is None:
         return "–"
     if what == "eta":
-        text = bound_text(summary.censored, summary.eta_star)  # type: ignore[arg-type]
+        text = bound_text(summary.censored, summary.eta_star)
         if summary.eta_ci and not summary.censored:
             text += f" [{summary.eta_ci[0]:.2g}, {summary.eta_ci[1]:.2g}]"
         return text

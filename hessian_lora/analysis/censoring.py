@@ -65,7 +65,7 @@ def extension_advice(censored: Mapping[str, Censoring], lrs_by_method: Mapping[s
     grid = sorted({lr for method in censored for lr in lrs_by_method.get(method, ())})
     added: list[float] = []
     for side in sorted(sides):
-        added += extension_lrs(grid, side)  # type: ignore[arg-type]
+        added += extension_lrs(grid, side)
     new_grid = sorted(set(grid) | set(added))
     listed = ", ".join(f"{lr:.3g}" for lr in new_grid)
     return (f"extend the grid: add lr {', '.join(f'{lr:.3g}' for lr in sorted(added))} (set `lr: [{listed}]` in "

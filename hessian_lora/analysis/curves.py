@@ -155,13 +155,13 @@ def choose_metric(runs: Sequence[RunRecord], requested: Metric | Literal["auto"]
     if requested != "auto":
         if requested not in HIGHER_IS_BETTER:
             raise UserError(f"unknown metric {requested!r}: use auto, {', '.join(HIGHER_IS_BETTER)}.")
-        return requested  # type: ignore[return-value]  # checked against HIGHER_IS_BETTER
+        return requested  # checked against HIGHER_IS_BETTER
     done = [run for run in runs if run.status == Status.DONE]
     by_method: dict[str, list[float | None]] = {}
     for run in done:
         by_method.setdefault(run.method, []).append(run.accuracy)
     if by_method and all(
-        None not in values and max(values) > 0 and len(set(values)) > 1  # type: ignore[type-var]
+        None not in values and max(values) > 0 and len(set(values)) > 1
         for values in by_method.values()
     ):
         return "accuracy"

@@ -393,14 +393,14 @@ def _relation(
     than :data:`MIN_INTERIOR` of them, no numbers and a note saying why."""
     with_lambda = {name: s for name, s in summaries.items() if relation_lambda(s)}
     censored = {name: s.censored for name, s in with_lambda.items() if s.censored}
-    bounds = {name: bound_text(side, with_lambda[name].eta_star) for name, side in censored.items()}  # type: ignore[arg-type]
-    extend = extension_advice(censored, {name: s.lrs for name, s in summaries.items()}, run_dir)  # type: ignore[arg-type]
+    bounds = {name: bound_text(side, with_lambda[name].eta_star) for name, side in censored.items()}
+    extend = extension_advice(censored, {name: s.lrs for name, s in summaries.items()}, run_dir)
     points: dict[str, tuple[float, float]] = {
-        name: (relation_lambda(s), s.eta_star) for name, s in with_lambda.items()  # type: ignore[misc]
+        name: (relation_lambda(s), s.eta_star) for name, s in with_lambda.items()  # type: ignore[misc]  # with_lambda: λ not None
         if name not in censored
     }
     if len(points) < MIN_INTERIOR:
-        summary = censored_summary(censored, {n: s.eta_star for n, s in with_lambda.items()},  # type: ignore[arg-type]
+        summary = censored_summary(censored, {n: s.eta_star for n, s in with_lambda.items()},
                                    len(with_lambda))
         note = (f"not enough interior optima ({summary}; a relation needs {MIN_INTERIOR} interior optima, "
                 f"{len(points)} here)")

@@ -22,7 +22,7 @@ import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hessian_lora._io import remove_stale_temporaries
 from hessian_lora._paths import check_output_file
@@ -31,8 +31,13 @@ from hessian_lora.commands._prompt import CHOICES_HELP
 from hessian_lora.commands._threads import add_threads_argument, apply_threads
 from hessian_lora.errors import UserError
 from hessian_lora.registry import check_method_rank
-from hessian_lora.settings.adapter import AdapterConfig
+from hessian_lora.settings.adapter import DEFAULT_TARGETS, AdapterConfig
 from hessian_lora.settings.measurement import CHOICES, MeasureSettings
+
+if TYPE_CHECKING:  # annotations only: the command line starts without torch (the engine loads it)
+    from collections.abc import Sequence
+
+    from hessian_lora.hessian.results import BlockReport, EigenReport
 
 HELP = "loss-Hessian eigenvalues (λ_max, λ_min, top-k) of an adapter, whole or per module"
 # Exit status when the report was written but a requested value is not certified to --tol (documented in the
@@ -139,9 +144,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("pass a CHECKPOINT directory, or --method (and --model) to analyse an adapter at initialisation.")
     method = None
     if args.method is not None:
-        targets = tuple(t.strip() for t in args.targets.split(",") if t.strip()) if args.targets else None
+        targets = tuple(t.strip() for t in args.targets.split(",") if t.strip()) if args.targets else ()
         method = AdapterConfig(method=args.method, rank=args.rank, alpha=args.alpha, seed=args.adapter_seed,
-                               **({"targets": targets} if targets else {}))
+                               targets=targets or DEFAULT_TARGETS)
         check_method_rank(method.method, method.rank)
     out = check_output_file(args.out, "--out")
     # Temporary files a killed write of this report left; only this report's, since a sweep or another eigen
@@ -160,17 +165,17 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(block.converged for block in report.blocks) else UNCERTIFIED_EXIT
 
 
-def _uncertified_by_reason(blocks: object) -> dict[str, list[str]]:
+def _uncertified_by_reason(blocks: Sequence[BlockReport]) -> dict[str, list[str]]:
     grouped: dict[str, list[str]] = {}
-    for block in blocks:  # type: ignore[attr-defined]
+    for block in blocks:
         if not block.converged:
             reason = block.eigen.stop_reason if block.eigen is not None else "other"
             grouped.setdefault(reason if reason in _UNCERTIFIED_HELP else "other", []).append(block.name)
     return grouped
 
 
-def _print_summary(report: object, out: str) -> None:
-    blocks = report.blocks  # type: ignore[attr-defined]
+def _print_summary(report: EigenReport, out: str) -> None:
+    blocks = report.blocks
     width = max([len(b.name) for b in blocks] + [5])
     print(f"{'block':<{width}}  {'lambda_max':>11}  {'lambda_min':>11}  {'residual':>9}  conv  {'hvps':>5}  "
           f"{'seconds':>8}", file=sys.stdout)
@@ -191,7 +196,7 @@ def _print_summary(report: object, out: str) -> None:
     for reason, names in _uncertified_by_reason(blocks).items():
         print(f"not certified ({reason}): {', '.join(names)}: {_UNCERTIFIED_HELP.get(reason, _UNCERTIFIED_HELP['other'])}",
               file=sys.stdout)
-    note = report.source.get("preconditioner_note")  # type: ignore[attr-defined]
+    note = report.source.get("preconditioner_note")
     if note:
         print(f"preconditioned sharpness not computed: {note}", file=sys.stdout)
     print(f"report: {out}", file=sys.stdout)

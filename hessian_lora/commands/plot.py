@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_directory(args.out, "--out")
     options = analysis_kwargs(args)
     if is_ablation(args.run_dirs, rank=args.rank, batch_size=args.batch_size):
-        result = plot_ablation(args.run_dirs, args.out, formats=formats, **options)  # type: ignore[arg-type]
+        result = plot_ablation(args.run_dirs, args.out, formats=formats, **options)
     else:
         result = plot_run(args.run_dirs[0], args.out, formats=formats, **options)
     names = {**FIGURE_NAMES, **ABLATION_FIGURES}

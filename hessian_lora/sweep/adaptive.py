@@ -238,7 +238,7 @@ def observed(config: SweepConfig, rows: Sequence[Mapping[str, Any]], key: Search
             values.append(_value(row, metric))
         else:
             lr = float(next(iter(seeds.values()))["lr"])
-            result[lr] = None if None in values else sum(values) / len(values)  # type: ignore[arg-type]
+            result[lr] = None if None in values else sum(values) / len(values)
     return result
 
 
