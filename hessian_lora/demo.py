@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from hessian_lora.analysis.report import markdown_table, write_analysis
 from hessian_lora.analysis.summary import Analysis, analyze
 from hessian_lora.errors import UserError
-from hessian_lora.plots import FIGURE_NAMES, PlotResult, plot_run
+from hessian_lora.figures.plots import FIGURE_NAMES, PlotResult, plot_run
 
 if TYPE_CHECKING:
     from hessian_lora.adapters import AdapterAtInit

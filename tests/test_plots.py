@@ -9,7 +9,8 @@ import pytest
 from matplotlib import colors as mcolors
 from synthetic_run import SyntheticMethod, write_run_dir
 
-from hessian_lora import analysis, plots, registry
+from hessian_lora import analysis, registry
+from hessian_lora.figures import plots
 
 METHODS = {
     "lora": SyntheticMethod(eta_star=3.1e-4, lambda_init=1.5),

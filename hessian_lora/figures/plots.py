@@ -19,7 +19,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from hessian_lora._io import write_bytes_atomic
-from hessian_lora._plot_style import (
+from hessian_lora.analysis.curves import SCORE_METRICS
+from hessian_lora.analysis.summary import Analysis, analyze, relation_lambda
+from hessian_lora.figures._style import (
     LR_AXIS_LABEL,
     METRIC_AXIS_LABELS,
     finish_method_panel,
@@ -29,13 +31,11 @@ from hessian_lora._plot_style import (
     new_figure,
     shades,
 )
-from hessian_lora.analysis.curves import SCORE_METRICS
-from hessian_lora.analysis.summary import Analysis, analyze, relation_lambda
+from hessian_lora.figures.spectrum import figure_convergence, figure_density, figure_module_ratios
 from hessian_lora.hessian.preconditioned import adam_thresholds
 from hessian_lora.registry import METHOD_COLORS, METHOD_LABELS, method_color, method_label, method_sort_key  # noqa: F401
 from hessian_lora.rundir import RunLayout, Status
 from hessian_lora.runs import RunDirectory, read_run_directory
-from hessian_lora.spectrum_plots import figure_convergence, figure_density, figure_module_ratios
 
 FIGURE_NAMES: dict[str, str] = {
     "a": "a_metric_vs_lr",
