@@ -357,6 +357,7 @@ _ADAPTER_OPTIONS = {"rank": "rank", "alpha": "alpha", "dropout": "dropout", "tar
 def eigen(
     checkpoint: str | os.PathLike[str] | None = None,
     *,
+    revision: str | None = None,
     settings: MeasureSettings | None = None,
     model: nn.Module | str | None = None,
     method: str | AdapterConfig | None = None,
@@ -365,7 +366,6 @@ def eigen(
     device: str | torch.device | None = None,
     out: str | os.PathLike[str] | None = None,
     progress: bool = True,
-    revision: str | None = None,
     **options: Any,
 ) -> EigenReport:
     """Loss-Hessian eigenvalues of an adapter, block by block (see ``hessian-lora eigen --help``).
@@ -373,6 +373,7 @@ def eigen(
     Args:
         checkpoint: a hessian-lora checkpoint, or a plain peft adapter directory (its base is ``model`` when
             given, else its ``base_model_name_or_path``); either may be a hub repo id, at ``revision``.
+        revision: a hub adapter's branch, tag or commit.
         settings: what to measure; ``options`` naming :class:`MeasureSettings` fields override it, e.g.
             ``eigen(checkpoint, tol=1e-4, blocks="per-module")``.
         model: the base model spec (``smollm2-135m``, ...) for ``method`` or a plain peft ``checkpoint``, or an
@@ -386,7 +387,6 @@ def eigen(
         device: where the model runs.
         out: the JSON report, written after every block (and resumed from).
         progress: show progress bars.
-        revision: a hub adapter's branch, tag or commit.
         **options: :class:`MeasureSettings` fields, the adapter options above, and ``model_seed`` (the seed of a
             random tiny-llama base); any other name is a :class:`UserError`.
     """

@@ -76,6 +76,11 @@ def _optional_int(value: Any) -> int | None:
     return None if number is None or not math.isfinite(number) else int(number)
 
 
+# The rows' float columns a RunRecord keeps (None where a sweep version did not record them).
+_FLOAT_COLUMNS = ("train_loss", "eval_loss", "accuracy", "pass_at_1", "gsm8k_acc", "math_acc", "mbpp_pass_at_1",
+                  "humaneval_pass_at_1", "lambda_init", "lambda_final", "precond_lambda_final", "wall_seconds")
+
+
 def _record_from_row(row: Mapping[str, Any], layout: RunLayout) -> RunRecord:
     history = _parse_history(row.get("history"))
     if not history:  # older sweeps kept the history only in runs/<run_id>/history.json
@@ -88,21 +93,10 @@ def _record_from_row(row: Mapping[str, Any], layout: RunLayout) -> RunRecord:
         rank=_optional_int(row.get("rank")),
         batch_size=_optional_int(row.get("batch_size")),
         status=str(row.get("status") or "unknown"),
-        train_loss=optional_float(row.get("train_loss")),
-        eval_loss=optional_float(row.get("eval_loss")),
-        accuracy=optional_float(row.get("accuracy")),
-        pass_at_1=optional_float(row.get("pass_at_1")),
-        gsm8k_acc=optional_float(row.get("gsm8k_acc")),
-        math_acc=optional_float(row.get("math_acc")),
-        mbpp_pass_at_1=optional_float(row.get("mbpp_pass_at_1")),
-        humaneval_pass_at_1=optional_float(row.get("humaneval_pass_at_1")),
-        lambda_init=optional_float(row.get("lambda_init")),
-        lambda_final=optional_float(row.get("lambda_final")),
-        precond_lambda_final=optional_float(row.get("precond_lambda_final")),
         steps=_optional_int(row.get("steps")),
-        wall_seconds=optional_float(row.get("wall_seconds")),
         history=history,
         eval_scores=_read_eval_scores(layout.eval_scores(str(row.get("run_id")))),
+        **{name: optional_float(row.get(name)) for name in _FLOAT_COLUMNS},
     )
 
 
