@@ -92,18 +92,18 @@ def resolve_adapter(spec: str | os.PathLike[str], *, revision: str | None = None
     """The local directory of an adapter: ``spec`` itself when it is a path (a ``Path``, or a string that exists,
     starts with ``./``, ``/``, ``~`` or has no slash or several), else a hub repo id whose adapter files huggingface_hub fetches into (or finds in, offline or
     without a network) its cache, at ``revision`` (default: the main branch)."""
-    from hessian_lora.models import _hub_unreachable, _looks_like_path, quiet_hub
+    from hessian_lora.models import hub_unreachable, looks_like_path, quiet_hub
 
     text = os.fspath(spec)
     # a Path object is a path (also what this returns, so resolving twice is resolving once)
-    if isinstance(spec, os.PathLike) or _looks_like_path(text) or "/" not in text or text.count("/") > 1:
+    if isinstance(spec, os.PathLike) or looks_like_path(text) or "/" not in text or text.count("/") > 1:
         if revision is not None:
             raise UserError(f"--revision {revision} is for hub adapter ids (user/name): {text} is a local path.")
         return Path(text)
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HFValidationError
 
-    reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _hub_unreachable(constants.ENDPOINT)
+    reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else hub_unreachable(constants.ENDPOINT)
     at = f" at revision {revision}" if revision else ""
     try:
         with quiet_hub(offline=reason is not None):

@@ -26,7 +26,7 @@ from typing import Any
 from hessian_lora._io import write_text_atomic
 from hessian_lora.analysis.censoring import bound_text
 from hessian_lora.analysis.report import markdown_table
-from hessian_lora.analysis.summary import Analysis, _jsonable, analyze
+from hessian_lora.analysis.summary import Analysis, analyze, jsonable
 from hessian_lora.errors import UserError
 from hessian_lora.registry import SCORE_METRICS, method_sort_key
 from hessian_lora.rundir import RunLayout, read_config
@@ -105,7 +105,7 @@ class Ablation:
 
     def to_dict(self) -> dict[str, Any]:
         """The comparison as JSON-able data (``ablation.json``)."""
-        return _jsonable({
+        return jsonable({
             "axes": list(self.axes),
             "settings": [{"label": s.label, "run_dir": s.run_dir, "rank": s.rank, "batch_size": s.batch_size,
                           "values": dict(s.values)} for s in self.settings],

@@ -157,19 +157,19 @@ class Analysis:
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as JSON-able data."""
-        return _jsonable(asdict(self))
+        return jsonable(asdict(self))
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """JSON-ready copy: string keys, lists for tuples, None for NaN/inf (JSON has neither), no numpy scalars."""
     if isinstance(value, Mapping):
-        return {str(key): _jsonable(item) for key, item in value.items()}
+        return {str(key): jsonable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
+        return [jsonable(item) for item in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, np.generic):
-        return _jsonable(value.item())
+        return jsonable(value.item())
     return value
 
 

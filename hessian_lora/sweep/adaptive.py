@@ -68,9 +68,9 @@ def search_metric(config: SweepConfig) -> tuple[str, bool]:
     settings = _settings(config)
     metric = settings.metric
     if metric == "auto":
-        from hessian_lora.sweep.execute import _cached_task
+        from hessian_lora.sweep.execute import cached_task
 
-        task = _cached_task(config.task, config.data_seed, config.n_train, config.n_eval)
+        task = cached_task(config.task, config.data_seed, config.n_train, config.n_eval)
         metric = "accuracy" if config.eval.accuracy and task.scorer is not None and task.eval else "eval_loss"
     return metric, HIGHER_IS_BETTER[metric]
 
@@ -181,9 +181,9 @@ def _lambda_at_init(config: SweepConfig, layout: RunLayout, key: InitKey, calibr
     from hessian_lora.data import make_batches
     from hessian_lora.measure import MeasureSettings, measure
     from hessian_lora.recommend import lambda_from_report, probe_batches
-    from hessian_lora.sweep.execute import _cached_task, _eigen_report
+    from hessian_lora.sweep.execute import cached_task, eigen_report
 
-    task = _cached_task(config.task, config.data_seed, config.n_train, config.n_eval)
+    task = cached_task(config.task, config.data_seed, config.n_train, config.n_eval)
     # Built as execute_run builds it (LoRA-GA: on the first global batch of the first batch size).
     adapter_config = config.adapter_for(key.method, key.rank, key.seed)
     train_config = config.train_for(config.lrs[0], config.batch_sizes[0], key.seed)
@@ -194,7 +194,7 @@ def _lambda_at_init(config: SweepConfig, layout: RunLayout, key: InitKey, calibr
     if config.hessian.init:  # the sweep's own measurement: every run resumes from this file
         batches = make_batches(tokenizer, task.train[: config.hessian.samples], config.hessian.batch_size,
                                max_length=config.max_length, prompt_template=config.prompt_template)
-        report = _eigen_report(config, model, batches, out=out, progress=progress)
+        report = eigen_report(config, model, batches, out=out, progress=progress)
     else:  # measured as the calibration's probe was
         probe = calibration.probe
         per_module = probe.get("blocks") == "per-module"
@@ -267,12 +267,12 @@ def next_round(config: SweepConfig, rows: Sequence[Mapping[str, Any]], centres: 
 def used_specs(config: SweepConfig, rows: Sequence[Mapping[str, Any]], centres: Mapping[str, Mapping[str, Any]],
                metric: str, higher_is_better: bool) -> list[RunSpec]:
     """The runs the searches have used so far (their points, for every seed): the rows the search made."""
-    from hessian_lora.sweep.search import _replay
+    from hessian_lora.sweep.search import replay
 
     settings = _settings(config)
     specs = []
     for key in search_keys(config):
-        known, pending, _ = _replay(observed(config, rows, key, metric), centres[key.centre_key]["lr"], settings,
+        known, pending, _ = replay(observed(config, rows, key, metric), centres[key.centre_key]["lr"], settings,
                                     higher_is_better)
         specs += [RunSpec(key.method, settings.lattice_lr(k), seed, key.rank, key.batch_size)
                   for seed in config.seeds for k in sorted({*known, *pending})]
@@ -310,7 +310,7 @@ def planned_estimate(config: SweepConfig, rows: Sequence[Mapping[str, Any]], cen
 
 def _used_points(seen: Mapping[float, float | None], centre: float, settings: AdaptiveSearch,
                  higher_is_better: bool) -> int:
-    from hessian_lora.sweep.search import _replay
+    from hessian_lora.sweep.search import replay
 
-    known, pending, _ = _replay(seen, centre, settings, higher_is_better)
+    known, pending, _ = replay(seen, centre, settings, higher_is_better)
     return len(known) + len(pending)

@@ -38,8 +38,8 @@ class RunOutcome:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_task(spec: str, seed: int, n_train: int, n_eval: int) -> Any:
-    # Every run of a sweep reads the same task: a local sweep loads it once, not once per run.
+def cached_task(spec: str, seed: int, n_train: int, n_eval: int) -> Any:
+    """The sweep's task, loaded once per process: every run (and preflight, and the search's centres) reads it."""
     from hessian_lora.data import load_task
 
     return load_task(spec, seed=seed, n_train=n_train, n_eval=n_eval)
@@ -63,7 +63,7 @@ def execute_run(
 
     start = time.perf_counter()
     layout = RunLayout(run_dir)
-    task = _cached_task(config.task, config.data_seed, config.n_train, config.n_eval)
+    task = cached_task(config.task, config.data_seed, config.n_train, config.n_eval)
     if not task.train:
         raise UserError(f"task {config.task!r} has no training examples: raise n_train.")
     train_config = config.train_for(spec.lr, spec.batch_size, spec.seed)
@@ -82,7 +82,7 @@ def execute_run(
     hessian_seconds = 0.0
     if config.hessian.init:
         clock = time.perf_counter()
-        report = _eigen_report(config, peft_model, hessian_batches, out=layout.init_report(spec.init_key),
+        report = eigen_report(config, peft_model, hessian_batches, out=layout.init_report(spec.init_key),
                                progress=progress)
         row["lambda_init"] = _headline_lambda(report)
         hessian_seconds += time.perf_counter() - clock
@@ -133,7 +133,7 @@ def execute_run(
             if config.hessian.final:
                 del peft_model, optimizer  # the measurement reloads the checkpoint
                 clock = time.perf_counter()
-                report = _eigen_report(config, None, hessian_batches, checkpoint=checkpoint_dir, lr=spec.lr,
+                report = eigen_report(config, None, hessian_batches, checkpoint=checkpoint_dir, lr=spec.lr,
                                        out=layout.final_report(spec.run_id), progress=progress)
                 row["lambda_final"] = _headline_lambda(report)
                 row["precond_lambda_final"] = _headline_precond(report)
@@ -175,7 +175,8 @@ EVAL_SET_COLUMNS = {"gsm8k": "gsm8k_acc", "math": "math_acc", "mbpp": "mbpp_pass
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_eval_set(spec: str, code_timeout: float) -> Any:
+def cached_eval_set(spec: str, code_timeout: float) -> Any:
+    """An ``eval_task`` set, read once per process (preflight reads it first, so a bad file fails before any run)."""
     from hessian_lora.evalsets import load_eval_set
 
     return load_eval_set(spec, code_timeout=code_timeout)
@@ -193,7 +194,7 @@ def score_eval_sets(model: Any, tokenizer: Any, config: SweepConfig, *, progress
 
     scores: dict[str, float] = {}
     for spec in config.eval_task:
-        eval_set = _cached_eval_set(spec, config.eval.humaneval_timeout)
+        eval_set = cached_eval_set(spec, config.eval.humaneval_timeout)
         if eval_set.name == "humaneval":
             prompts = [example.prompt for example in eval_set.examples]
             max_new_tokens = config.eval.humaneval_max_new_tokens
@@ -214,7 +215,7 @@ def check_trained_tokens(tokens: int, *, max_length: int) -> None:
                         "after the prompt; raise max_length.")
 
 
-def _eigen_report(
+def eigen_report(
     config: SweepConfig,
     model: Any,
     batches: Any,

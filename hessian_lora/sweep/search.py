@@ -142,14 +142,14 @@ def next_points(observed: Mapping[float, float | None], *, center: float, settin
                 higher_is_better: bool) -> tuple[float, ...]:
     """The LRs to run next (all of one round, increasing; they may run in parallel), or () when the search is
     done. ``observed``: LR → metric of the finished runs of this method-setting, None for no metric."""
-    _, pending, _ = _replay(observed, center, settings, higher_is_better)
+    _, pending, _ = replay(observed, center, settings, higher_is_better)
     return tuple(settings.lattice_lr(k) for k in pending)
 
 
 def search_status(observed: Mapping[float, float | None], *, center: float, settings: AdaptiveSearch,
                   higher_is_better: bool) -> SearchStatus:
     """Where the search stands: done or not, why, the best LR so far and whether it is censored."""
-    known, pending, reason = _replay(observed, center, settings, higher_is_better)
+    known, pending, reason = replay(observed, center, settings, higher_is_better)
     runs = f"{len(known)} of at most {settings.max_runs} runs"
     if not known or max(known.values()) == _WORST:
         return SearchStatus(not pending, f"{reason} ({runs})", None, bool(known))
@@ -159,7 +159,7 @@ def search_status(observed: Mapping[float, float | None], *, center: float, sett
                         settings.lattice_lr(best), censored)
 
 
-def _replay(observed: Mapping[float, float | None], center: float, settings: AdaptiveSearch,
+def replay(observed: Mapping[float, float | None], center: float, settings: AdaptiveSearch,
             higher_is_better: bool) -> tuple[dict[int, float], tuple[int, ...], str]:
     """Rerun the search on ``observed``: (scores of the points it has used, the current round's missing
     points, what it is doing)."""
