@@ -133,3 +133,13 @@ def test_train_config_is_the_one_definition() -> None:
     from hessian_lora import train
 
     assert train.TrainConfig is TrainConfig and adapters.AdapterConfig is AdapterConfig
+
+
+def test_the_engines_backends_are_the_settings_vocabulary() -> None:
+    # hessian/operator.py still spells its Backend out (that file is being rewritten elsewhere); until it imports
+    # settings.measurement.EngineBackend, this keeps the two from drifting.
+    from hessian_lora.hessian import operator
+    from hessian_lora.settings.measurement import BACKENDS, ENGINE_BACKENDS
+
+    assert operator.BACKENDS == ENGINE_BACKENDS
+    assert BACKENDS == ("auto", *ENGINE_BACKENDS)
