@@ -142,4 +142,4 @@ def test_the_engines_backends_are_the_settings_vocabulary() -> None:
     from hessian_lora.settings.measurement import BACKENDS, ENGINE_BACKENDS
 
     assert operator.BACKENDS == ENGINE_BACKENDS
-    assert BACKENDS == ("auto", *ENGINE_BACKENDS)
+    assert ("auto", *ENGINE_BACKENDS) == BACKENDS
