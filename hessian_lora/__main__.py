@@ -1,3 +1,5 @@
+"""``python -m hessian_lora``: the command line."""
+
 import sys
 
 from hessian_lora.cli import main

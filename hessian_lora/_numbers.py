@@ -43,5 +43,11 @@ def time_limit(value: Any, name: str, *, fix: str = "give a finite number of sec
     return bounded_number(value, name, low=0.0, fix=fix)
 
 
+def krylov_gib(value: Any) -> float:
+    """The Krylov budget in GiB (``--krylov-memory``, ``MeasureSettings.krylov_memory``): finite and positive."""
+    return bounded_number(value, "krylov_memory (--krylov-memory)", low=0.0,
+                          fix="give the GiB the Krylov vectors may take, e.g. 8, or leave it out.")
+
+
 def _show(bound: float) -> str:
     return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"

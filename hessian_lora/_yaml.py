@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from hessian_lora.errors import UserError
 
@@ -41,7 +41,8 @@ def settings_from_mapping(cls: type[Settings], data: Any, *, what: str, source: 
     """
     if not isinstance(data, Mapping):
         raise UserError(f"{source}: {what} must be a mapping of settings, got {data!r}.")
-    known = [*also_known, *(field.name for field in dataclasses.fields(cls))]
+    # cast: a TypeVar cannot say "a dataclass type", and every caller passes one
+    known = [*also_known, *(field.name for field in dataclasses.fields(cast(Any, cls)))]
     unknown = sorted(str(key) for key in data if key not in known)
     if unknown:
         raise UserError(f"{source}: unknown {what} setting(s) {', '.join(unknown)}: check the spelling "

@@ -38,71 +38,23 @@ from transformers import PreTrainedTokenizerBase
 from hessian_lora.data import Example, TokenBatch
 from hessian_lora.errors import UserError
 from hessian_lora.models import HESSIAN_SAFE_ATTENTION, LoadedModel, load_model
-from hessian_lora.registry import METHODS, MethodSpec, check_method_rank, gralora_k, randlora_rank
+from hessian_lora.registry import check_method_rank, gralora_k, randlora_rank
+
+# The adapter's definition lives with the other settings (torch-free); re-exported for callers of this module.
+from hessian_lora.settings.adapter import DEFAULT_TARGETS as DEFAULT_TARGETS
+from hessian_lora.settings.adapter import RANDLORA_ALPHA_PER_RANK as RANDLORA_ALPHA_PER_RANK
+from hessian_lora.settings.adapter import AdapterConfig as AdapterConfig
+from hessian_lora.settings.training import DEFAULT_BETAS
 
 if TYPE_CHECKING:
     from hessian_lora.train import TrainConfig
 
 T = TypeVar("T")
-DEFAULT_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTER_NAME = "default"
 # Attribute names under which build_adapter leaves what a checkpoint needs on the PeftModel it returns.
 CONFIG_ATTRIBUTE = "hessian_lora_config"
 _RESIDUAL_BLOCK_ELEMENTS = 1 << 17
 INITIAL_FACTORS_ATTRIBUTE = "hessian_lora_initial_factors"
-# RandLoRA's scale: the authors set randlora_alpha = 20·r (r: RandLoRA's own basis rank), i.e. a scale of 20.
-RANDLORA_ALPHA_PER_RANK = 20
-
-
-@dataclass(frozen=True)
-class AdapterConfig:
-    """An adapter: method, rank, alpha (None means alpha = rank), dropout, target module names, init seed.
-
-    ``pissa_niter=None`` takes PiSSA's exact SVD; an integer K uses peft's randomised ``pissa_niter_K``.
-    """
-
-    method: str
-    rank: int = 8
-    alpha: float | None = None
-    dropout: float = 0.0
-    targets: tuple[str, ...] = DEFAULT_TARGETS
-    seed: int = 0
-    loraplus_ratio: float = 16.0
-    pissa_niter: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise UserError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}.")
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
-            raise UserError(f"rank must be a positive integer, got {self.rank}: pass e.g. --rank 8.")
-        if self.alpha is not None and not (self.alpha > 0 and math.isfinite(self.alpha)):
-            raise UserError(f"alpha must be positive and finite, got {self.alpha}: omit it for alpha = rank.")
-        if not 0.0 <= self.dropout < 1.0:  # NaN fails this too
-            raise UserError(f"dropout must be in [0, 1), got {self.dropout}.")
-        if not self.targets:
-            raise UserError("no target modules: pass e.g. --targets q_proj,v_proj.")
-        if not (self.loraplus_ratio > 0 and math.isfinite(self.loraplus_ratio)):
-            raise UserError(f"loraplus_ratio must be positive, got {self.loraplus_ratio}.")
-        if self.pissa_niter is not None and self.pissa_niter < 1:
-            raise UserError(f"pissa_niter must be >= 1 (or None for the exact SVD), got {self.pissa_niter}.")
-        object.__setattr__(self, "targets", tuple(self.targets))
-
-    @property
-    def spec(self) -> MethodSpec:
-        return METHODS[self.method]
-
-    @property
-    def lora_alpha(self) -> float:
-        return float(self.rank if self.alpha is None else self.alpha)
-
-    @property
-    def scaling(self) -> float:
-        """The LoRA scale s in ΔW = s·B·A, as peft computes it."""
-        if self.method == "rslora":
-            return self.lora_alpha / math.sqrt(self.rank)
-        if self.method == "randlora":
-            return float(RANDLORA_ALPHA_PER_RANK)  # randlora_alpha / r with randlora_alpha = 20·r
-        return self.lora_alpha / self.rank
 
 
 def build_adapter(
@@ -182,10 +134,14 @@ def adapter_at_initialisation(
         model: a model spec (``smollm2-135m``, ``tiny-llama``, a directory, ...) loaded fresh here, or a
             :class:`~hessian_lora.models.LoadedModel` whose weights nobody else uses (rewriting methods change
             them in place).
-        model_seed, attention, device: how a spec is loaded (``model_seed``: a random tiny-llama's weights).
+        config: the adapter to build.
+        model_seed: the weights of a random base (tiny-llama) loaded from a spec.
+        attention: the attention kernels a spec is loaded with.
+        device: where a spec is loaded.
         init_batches: LoRA-GA's gradient batches, or a function of the tokenizer that makes them.
-        train_examples, train_config: instead of ``init_batches``, LoRA-GA estimates its gradient on the first
-            global batch that training with ``train_config`` on ``train_examples`` would take (the sweep's rule).
+        train_examples: instead of ``init_batches``, LoRA-GA estimates its gradient on the first global batch that
+            training with ``train_config`` on these examples would take (the sweep's rule).
+        train_config: the training run whose first global batch that is.
     """
     reuse = _REUSE if isinstance(model, str) else None  # a LoadedModel is the caller's: always built on it
     key = (model, model_seed, attention, str(device), repr(config))  # repr: targets may be a list
@@ -367,7 +323,7 @@ def make_optimizer(
     config: AdapterConfig,
     lr: float,
     *,
-    betas: tuple[float, float] = (0.9, 0.999),
+    betas: tuple[float, float] = DEFAULT_BETAS,
     weight_decay: float = 0.0,
     eps: float = 1e-8,
     max_grad_norm: float | None = None,
@@ -549,3 +505,27 @@ def _init_initab(peft_model: PeftModel, config: AdapterConfig) -> None:
         for param in (lora_a, lora_b):
             draw = torch.rand(param.shape, generator=generator, dtype=torch.float64) * (2 * bound) - bound
             param.copy_(draw.to(param.dtype))
+
+
+# Bit patterns read as integers of the same width, for a fingerprint that sums weights exactly.
+_SAME_SIZE_INT = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def residual_digest(peft_model: nn.Module) -> str:
+    """A fingerprint of the base weights of every adapted module (a changed base model changes it).
+
+    Per module: name, dtype, shape, and integer sums of the weights' bit patterns (total, and row and column
+    sums weighted by position, wrapping in int64). SHA-256 over the ~425 MB of SmolLM2's seven projections took
+    2.6 s; these reductions take a fraction of that and still catch any single changed weight.
+    """
+    digest = hashlib.sha256()
+    for name, layer in lora_layers(peft_model):
+        weight = layer.get_base_layer().weight.detach().contiguous()
+        bits = weight.view(_SAME_SIZE_INT[weight.element_size()]).reshape(weight.shape[0], -1)
+        row_sums = bits.sum(dim=1, dtype=torch.int64)
+        column_sums = bits.sum(dim=0, dtype=torch.int64)
+        rows = torch.arange(1, row_sums.numel() + 1, device=bits.device, dtype=torch.int64)
+        columns = torch.arange(1, column_sums.numel() + 1, device=bits.device, dtype=torch.int64)
+        sums = (int(row_sums.sum()), int((row_sums * rows).sum()), int((column_sums * columns).sum()))
+        digest.update(f"{name}|{weight.dtype}|{tuple(weight.shape)}|{sums}\n".encode())
+    return digest.hexdigest()

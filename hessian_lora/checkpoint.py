@@ -27,7 +27,7 @@ rewritten base (refused unless the residual base is given); a base rewritten out
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import os
 import shutil
@@ -44,9 +44,12 @@ from transformers import PreTrainedTokenizerBase
 
 from hessian_lora import adapters
 from hessian_lora._io import replace_directory, temporary_path
-from hessian_lora.adapters import AdapterConfig
+from hessian_lora.adapters import (
+    residual_digest as residual_digest,  # the residual's fingerprint: the recipe's
+)
 from hessian_lora.errors import UserError
 from hessian_lora.precision import FP32_RESIDUAL_DIGEST_ATTRIBUTE
+from hessian_lora.settings.adapter import AdapterConfig
 
 FORMAT_VERSION = 1
 META_FILE = "hessian_lora.json"
@@ -55,7 +58,9 @@ ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 INITIAL_ADAPTER_FILE = "initial_adapter.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 
-_SAME_SIZE_INT = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+# The flat document's keys, in the order the file has always listed them (the adapter's fields among the others).
+_META_ORDER = ("method", "rank", "alpha", "dropout", "targets", "base_model", "task", "seed", "model_seed", "dtype",
+               "lr", "step", "loraplus_ratio", "pissa_niter", "extra", "format_version")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -63,23 +68,19 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch
 class CheckpointMeta:
     """What a checkpoint is: the adapter's definition, where its base comes from, and where training stands.
 
-    ``seed`` is the adapter-initialisation seed, ``model_seed`` the seed a random base (tiny-llama) is built with.
+    ``adapter`` is the :class:`AdapterConfig` it was built with (its ``alpha`` resolved: the file records the
+    alpha peft used), ``model_seed`` the seed a random base (tiny-llama) is built with. The file keeps its flat
+    keys (``method``, ``rank``, ``alpha``, ... beside ``base_model``): :meth:`to_dict` and :meth:`from_dict` map
+    them.
     """
 
-    method: str
-    rank: int
-    alpha: float
-    dropout: float
-    targets: tuple[str, ...]
+    adapter: AdapterConfig
     base_model: str
     task: str | None = None
-    seed: int = 0
     model_seed: int = 0
     dtype: str = "float32"
     lr: float | None = None
     step: int = 0
-    loraplus_ratio: float = 16.0
-    pissa_niter: int | None = None
     extra: dict[str, Any] = field(default_factory=dict, hash=False)
     format_version: int = FORMAT_VERSION
 
@@ -96,34 +97,31 @@ class CheckpointMeta:
         step: int = 0,
         extra: dict[str, Any] | None = None,
     ) -> CheckpointMeta:
-        return cls(
-            method=config.method, rank=config.rank, alpha=config.lora_alpha, dropout=config.dropout,
-            targets=tuple(config.targets), base_model=base_model, task=task, seed=config.seed,
-            model_seed=model_seed, dtype=_dtype_name(dtype), lr=lr, step=step,
-            loraplus_ratio=config.loraplus_ratio, pissa_niter=config.pissa_niter, extra=dict(extra or {}),
-        )
-
-    def adapter_config(self) -> AdapterConfig:
-        return AdapterConfig(
-            method=self.method, rank=self.rank, alpha=self.alpha, dropout=self.dropout, targets=self.targets,
-            seed=self.seed, loraplus_ratio=self.loraplus_ratio, pissa_niter=self.pissa_niter,
-        )
+        """The metadata of an adapter built from ``config`` on ``base_model``."""
+        return cls(adapter=dataclasses.replace(config, alpha=config.lora_alpha), base_model=base_model, task=task,
+                   model_seed=model_seed, dtype=_dtype_name(dtype), lr=lr, step=step, extra=dict(extra or {}))
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        """The torch dtype of ``dtype`` (what the base is built and reloads in)."""
         return _DTYPES[self.dtype]
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["targets"] = list(self.targets)
-        return data
+        """The flat ``hessian_lora.json`` document, keys in the order every version has written them."""
+        adapter, own = asdict(self.adapter), asdict(self)
+        own.pop("adapter")
+        flat = {**adapter, **own, "targets": list(self.adapter.targets)}
+        return {key: flat[key] for key in _META_ORDER}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CheckpointMeta:
-        known = {f.name for f in fields(cls)}
-        values = {key: value for key, value in data.items() if key in known}
-        values["targets"] = tuple(values.get("targets", ()))
-        return cls(**values)
+        """Metadata from a ``hessian_lora.json`` document (keys it does not know, such as ``residual_sha256``,
+        are left out)."""
+        adapter_keys = {f.name for f in fields(AdapterConfig)}
+        own_keys = {f.name for f in fields(cls)} - {"adapter"}
+        adapter = {key: value for key, value in data.items() if key in adapter_keys}
+        adapter["targets"] = tuple(adapter.get("targets", ()))
+        return cls(adapter=AdapterConfig(**adapter), **{key: value for key, value in data.items() if key in own_keys})
 
 
 @dataclass(frozen=True)
@@ -135,16 +133,19 @@ class OptimizerState:
 
     @property
     def step(self) -> int:
+        """Optimizer steps taken: the largest ``step`` in the state (0 before any)."""
         steps = [int(state["step"]) for state in self.state_dict["state"].values() if "step" in state]
         return max(steps, default=0)
 
     @property
     def betas(self) -> tuple[float, float]:
+        """Adam's (β₁, β₂) of the first parameter group."""
         beta1, beta2 = self.state_dict["param_groups"][0]["betas"]
         return float(beta1), float(beta2)
 
     @property
     def eps(self) -> float:
+        """Adam's ε of the first parameter group."""
         return float(self.state_dict["param_groups"][0]["eps"])
 
     def by_name(self, key: str) -> dict[str, torch.Tensor]:
@@ -157,6 +158,8 @@ class OptimizerState:
 
 
 class LoadedCheckpoint(NamedTuple):
+    """What :func:`load_checkpoint` returns: the adapted model, its tokenizer, the metadata and the optimizer
+    state."""
     model: PeftModel
     tokenizer: PreTrainedTokenizerBase
     meta: CheckpointMeta
@@ -181,8 +184,8 @@ def save_checkpoint(
     if config is None:
         raise UserError("this model was not built by hessian_lora.adapters.build_adapter or load_checkpoint: "
                         "build it with build_adapter so its initialisation is known.")
-    if config.method != meta.method or config.rank != meta.rank:
-        raise ValueError(f"meta says {meta.method} r={meta.rank} but the model is {config.method} r={config.rank}")
+    if config.method != meta.adapter.method or config.rank != meta.adapter.rank:
+        raise ValueError(f"meta says {meta.adapter.method} r={meta.adapter.rank} but the model is {config.method} r={config.rank}")
     # Staged in a hidden sibling (same filesystem, so the final move is a rename), then swapped in whole.
     staging = temporary_path(target, directory=True)
     try:
@@ -230,7 +233,7 @@ def load_checkpoint(
     meta_data = read_meta_dict(path)
     check_checkpoint_files(path)
     meta = CheckpointMeta.from_dict(meta_data)
-    config = meta.adapter_config()
+    config = meta.adapter
     loaded = load_model(meta.base_model, dtype=meta.torch_dtype, device=device, seed=meta.model_seed)
     base = loaded.model
     with torch.random.fork_rng(devices=adapters._cuda_device_indices(base)), warnings.catch_warnings():
@@ -355,26 +358,6 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, peft_model: nn.Module
         raise UserError("the saved optimizer state belongs to other parameters: rebuild the optimizer with "
                         "make_optimizer for the checkpoint's own model and method.")
     optimizer.load_state_dict(state.state_dict)
-
-
-def residual_digest(peft_model: nn.Module) -> str:
-    """A fingerprint of the base weights of every adapted module (a changed base model changes it).
-
-    Per module: name, dtype, shape, and integer sums of the weights' bit patterns (total, and row and column
-    sums weighted by position, wrapping in int64). SHA-256 over the ~425 MB of SmolLM2's seven projections took
-    2.6 s; these reductions take a fraction of that and still catch any single changed weight.
-    """
-    digest = hashlib.sha256()
-    for name, layer in adapters.lora_layers(peft_model):
-        weight = layer.get_base_layer().weight.detach().contiguous()
-        bits = weight.view(_SAME_SIZE_INT[weight.element_size()]).reshape(weight.shape[0], -1)
-        row_sums = bits.sum(dim=1, dtype=torch.int64)
-        column_sums = bits.sum(dim=0, dtype=torch.int64)
-        rows = torch.arange(1, row_sums.numel() + 1, device=bits.device, dtype=torch.int64)
-        columns = torch.arange(1, column_sums.numel() + 1, device=bits.device, dtype=torch.int64)
-        sums = (int(row_sums.sum()), int((row_sums * rows).sum()), int((column_sums * columns).sum()))
-        digest.update(f"{name}|{weight.dtype}|{tuple(weight.shape)}|{sums}\n".encode())
-    return digest.hexdigest()
 
 
 def _restore_residual(path: Path, peft_model: PeftModel) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

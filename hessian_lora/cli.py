@@ -26,6 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``hessian-lora`` argument parser with every sub-command registered."""
     parser = _Parser(
         prog="hessian-lora",
         description="Which learning rate each LoRA variant needs, and why: LR sweeps and loss-Hessian sharpness.",

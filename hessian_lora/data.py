@@ -25,6 +25,15 @@ from transformers import PreTrainedTokenizerBase
 
 from hessian_lora.errors import UserError
 
+# The template names live with the settings (torch-free); re-exported for the callers that format prompts.
+from hessian_lora.settings.prompts import (  # noqa: F401
+    ALPACA_TEMPLATE,
+    DEFAULT_PROMPT_TEMPLATE,
+    PLAIN_TEMPLATE,
+    PROMPT_TEMPLATES,
+    check_prompt_template,
+)
+
 DEFAULT_TASK = "arith"
 IGNORE_INDEX = -100
 DEFAULT_ARITH_OPTIONS: dict[str, Any] = {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2}
@@ -62,9 +71,11 @@ class TokenBatch:
 
     @property
     def size(self) -> int:
+        """Sequences in the batch."""
         return int(self.input_ids.shape[0])
 
     def to(self, device: torch.device | str) -> TokenBatch:
+        """The batch on ``device``."""
         return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
 
 
@@ -257,23 +268,6 @@ def _numeric_scorer(generation: str, example: Example) -> float:
         return 0.0
 
 
-ALPACA_TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately completes "
-                   "the request.\n\n### Instruction:\n{instruction}\n\n### Response:")
-PLAIN_TEMPLATE = "Question: {instruction}\nAnswer: "
-# ``chat``: the tokenizer's chat template, or ``plain`` when it has none (the toolkit's behaviour before templates
-# could be chosen, hence the default: existing results do not change).
-PROMPT_TEMPLATES: dict[str, str | None] = {"chat": None, "alpaca": ALPACA_TEMPLATE, "plain": PLAIN_TEMPLATE}
-DEFAULT_PROMPT_TEMPLATE = "chat"
-
-
-def check_prompt_template(template: str) -> str:
-    """``template`` if it is a template name (chat, alpaca, plain) or a string holding ``{instruction}``."""
-    if not isinstance(template, str) or (template not in PROMPT_TEMPLATES and "{instruction}" not in template):
-        raise UserError(f"bad prompt template {template!r}: use chat, alpaca, plain, or a string with "
-                        "{instruction} where the prompt goes.")
-    return template
-
-
 def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, template: str = DEFAULT_PROMPT_TEMPLATE) -> str:
     """The text the model sees before its response, by ``template``: ``chat`` (the tokenizer's chat template, or
     ``plain`` without one), ``alpaca`` (the paper authors' prompt), ``plain`` ("Question: ...\nAnswer: "), or a
@@ -302,6 +296,7 @@ def tokenize_example(
 
 
 def collate(tokenizer: PreTrainedTokenizerBase, encoded: Sequence[tuple[list[int], list[int]]]) -> TokenBatch:
+    """Right-pad tokenised examples to one :class:`TokenBatch` (labels -100 on the padding)."""
     width = max(len(ids) for ids, _ in encoded)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from hessian_lora.analysis.report import markdown_table, write_analysis
 from hessian_lora.analysis.summary import Analysis, analyze
 from hessian_lora.errors import UserError
-from hessian_lora.plots import FIGURE_NAMES, PlotResult, plot_run
+from hessian_lora.figures.plots import FIGURE_NAMES, PlotResult, plot_run
 
 if TYPE_CHECKING:
     from hessian_lora.adapters import AdapterAtInit
@@ -53,6 +53,7 @@ ADAPTIVE_DENSITY_STEPS = 0
 
 @dataclass(frozen=True)
 class DemoResult:
+    """What :func:`run_demo` produced: the run directory, its analysis and the figures written."""
     run_dir: Path
     analysis: Analysis
     plots: PlotResult
@@ -60,6 +61,7 @@ class DemoResult:
     measured: tuple[str, ...]  # reports written by this call
 
     def summary(self) -> str:
+        """The demo's closing lines: the analysis table and where each figure is."""
         lines = [markdown_table(self.analysis), "", f"Figures in {self.run_dir / 'figures'}:"]
         for key, paths in self.plots.written.items():
             lines.append(f"  ({key}) {paths[0]}")
@@ -181,6 +183,7 @@ class OverallProgress:
                         dynamic_ncols=True, disable=None if enabled else True)
 
     def phase(self, text: str) -> None:
+        """Start a new phase (a line of text) of the overall progress line."""
         self.text = text
         self.refresh()
 
@@ -192,6 +195,7 @@ class OverallProgress:
         self.refresh()
 
     def line(self) -> str:
+        """The overall progress line: the phase, runs done of planned and the time left."""
         now = time.perf_counter()
         parts = [f"demo {self.text}"]
         if self.planned is not None:
@@ -203,9 +207,11 @@ class OverallProgress:
         return " | ".join(parts)
 
     def refresh(self) -> None:
+        """Redraw the progress line."""
         self.bar.set_description_str(self.line(), refresh=True)
 
     def close(self) -> None:
+        """Close the progress line."""
         self.bar.close()
 
 
@@ -236,27 +242,22 @@ def _hessian_batches(sweep_config: SweepConfig, tokenizer: Any) -> list[Any]:
     return probe_batches(tokenizer, sweep_config.task, data_seed=sweep_config.data_seed,
                          n_train=sweep_config.n_train, n_eval=sweep_config.n_eval,
                          samples=sweep_config.hessian.samples, batch_size=sweep_config.hessian.batch_size,
-                         max_length=sweep_config.max_length)
+                         max_length=sweep_config.max_length, prompt_template=sweep_config.prompt_template)
 
 
 def _adapter_like_the_sweep(sweep_config: SweepConfig, method: str, rank: int, seed: int,
                             device: str | None) -> AdapterAtInit:
     """Base model + adapter at initialisation exactly as the sweep builds it (LoRA-GA: on the run's first global
     batch, that of the grid's first batch size)."""
-    from hessian_lora.adapters import AdapterConfig, adapter_at_initialisation
+    from hessian_lora.adapters import adapter_at_initialisation
     from hessian_lora.data import load_task
-    from hessian_lora.train import TrainConfig
 
-    config = AdapterConfig(method=method, rank=rank, alpha=sweep_config.alpha, targets=sweep_config.targets,
-                           seed=seed, pissa_niter=sweep_config.pissa_niter)
+    config = sweep_config.adapter_for(method, rank, seed)
     train_examples = None
     if config.spec.needs_data:
         train_examples = load_task(sweep_config.task, seed=sweep_config.data_seed, n_train=sweep_config.n_train,
                                    n_eval=sweep_config.n_eval).train
-    train_config = TrainConfig(lr=1.0, steps=1, batch_size=sweep_config.batch_sizes[0],
-                               micro_batch_size=sweep_config.micro_batch_size,
-                               max_length=sweep_config.max_length, seed=seed,
-                               prompt_template=sweep_config.prompt_template)
+    train_config = sweep_config.train_for(sweep_config.lrs[0], sweep_config.batch_sizes[0], seed)
     return adapter_at_initialisation(sweep_config.model, config, model_seed=sweep_config.model_seed,
                                      attention=sweep_config.attention, device=device,
                                      train_examples=train_examples, train_config=train_config)
@@ -285,6 +286,7 @@ class InitExtras:
         return whole, hessian_dir / f"{key}_init_modules.json"
 
     def missing(self, key: InitKey) -> list[Path]:
+        """The report files of ``key``'s adapter at initialisation still to be measured."""
         whole, modules = self.paths(key)
         wanted = [modules] + ([whole] if self.density_steps or not self.sweep_config.hessian.init else [])
         return [path for path in wanted if not path.is_file()]
@@ -306,8 +308,8 @@ class InitExtras:
             measure(peft_model, batches, whole, out=whole_path, progress=self.progress)
             self.written.append(str(whole_path))
         if modules_path in todo:
-            targets = [module for module in self.modules if module in self.sweep_config.targets] \
-                or [self.sweep_config.targets[0]]
+            targets = [module for module in self.modules if module in self.sweep_config.adapter.targets] \
+                or [self.sweep_config.adapter.targets[0]]
             chosen = None if self.layers is None else _spread_layers(peft_model, self.layers)
             per_module = replace(settings, blocks="per-module", modules=tuple(targets), layers=chosen)
             measure(peft_model, batches, per_module, out=modules_path, progress=self.progress)
@@ -348,7 +350,7 @@ def measure_final_reports(
     """Raw and preconditioned λ_max from the checkpoint of each method's best grid run, where missing."""
     from hessian_lora.measure import measure
     from hessian_lora.models import load_tokenizer
-    from hessian_lora.rundir import load_runs
+    from hessian_lora.runs import load_runs
 
     written = []
     settings = _measurement(sweep_config)

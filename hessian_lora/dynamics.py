@@ -35,84 +35,21 @@ import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-from hessian_lora._numbers import tolerance
-from hessian_lora._yaml import settings_from_mapping
 from hessian_lora.data import TokenBatch
 from hessian_lora.errors import UserError
-from hessian_lora.hessian.dora import DORA_NORMS, DoraNorm
 from hessian_lora.hessian.filters import ParameterBlock, PerModule, WholeAdapter
 from hessian_lora.hessian.lanczos import lanczos
-from hessian_lora.hessian.operator import BACKENDS as OPERATOR_BACKENDS
 from hessian_lora.hessian.operator import HessianOperator, ScaledOperator
 from hessian_lora.hessian.power import power_iteration
 from hessian_lora.hessian.preconditioned import adam_thresholds
 from hessian_lora.hessian.results import EigenResult
 from hessian_lora.precision import check_hessian_precision
-
-ProbeSolver = Literal["lanczos", "power"]
-ProbeBlocks = Literal["whole", "per-module"]
-# The Hessian-vector products a probe may use: the engine's, or auto (its choice for the device).
-PROBE_BACKENDS: tuple[str, ...] = ("auto", *OPERATOR_BACKENDS)
-
-
-@dataclass(frozen=True)
-class DuringSettings:
-    """In-loop probes (the sweep's ``hessian: {during: {...}}``): every ``every`` optimizer steps (and at step 0
-    and the last step), on the first ``samples`` training examples in batches of ``batch_size``; ``blocks``
-    ``whole`` (one block) or ``per-module`` (the headline is the largest block); ``solver`` to relative residual
-    ``tol`` in at most ``max_iter`` iterations; ``preconditioned``: also λ₁(P⁻¹H); ``warm_start``: start each
-    solve from the previous top Ritz vector; ``dora_norm``: for DoRA, the Hessian of peft's surrogate with the column
-    norm detached (default, what DoRA trains with) or of the true loss (:mod:`hessian_lora.hessian.dora`)."""
-
-    every: int = 10
-    samples: int = 16
-    batch_size: int = 8
-    blocks: ProbeBlocks = "whole"
-    solver: ProbeSolver = "lanczos"
-    tol: float = 1e-3
-    max_iter: int = 60
-    preconditioned: bool = True
-    warm_start: bool = True
-    backend: str = "auto"
-    seed: int = 0
-    dora_norm: DoraNorm = "detached"
-
-    def __post_init__(self) -> None:
-        if isinstance(self.tol, str):
-            with contextlib.suppress(ValueError):
-                object.__setattr__(self, "tol", float(self.tol))
-        for name in ("every", "samples", "batch_size", "max_iter"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"hessian.during.{name} must be an integer >= 1, got {value!r}.")
-        if self.blocks not in ("whole", "per-module"):
-            raise UserError(f"hessian.during.blocks must be whole or per-module, got {self.blocks!r}.")
-        if self.dora_norm not in DORA_NORMS:
-            raise UserError(f"hessian.during.dora_norm must be {' or '.join(DORA_NORMS)}, got {self.dora_norm!r}.")
-        if self.solver not in ("lanczos", "power"):
-            raise UserError(f"hessian.during.solver must be lanczos or power, got {self.solver!r}.")
-        object.__setattr__(self, "tol", tolerance(self.tol, "hessian.during.tol"))
-        if self.backend not in PROBE_BACKENDS:  # else only the first probe, after a run's setup, would find out
-            raise UserError(f"hessian.during.backend must be one of {', '.join(PROBE_BACKENDS)}, got "
-                            f"{self.backend!r}.")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise UserError(f"hessian.during.seed must be an integer >= 0, got {self.seed!r}.")
-        for name in ("preconditioned", "warm_start"):
-            if not isinstance(getattr(self, name), bool):
-                raise UserError(f"hessian.during.{name} must be true or false, got {getattr(self, name)!r}.")
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "config") -> DuringSettings:
-        """Settings from the YAML ``hessian.during`` mapping; unknown keys and bad values are a UserError."""
-        return settings_from_mapping(cls, data, what="hessian.during", source=source)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+from hessian_lora.settings.measurement import DuringSettings
 
 
 @dataclass(frozen=True)
@@ -131,6 +68,7 @@ class SharpnessPoint:
     precond_residual: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The probe's results as JSON-able data (``sharpness.json``)."""
         return dataclasses.asdict(self)
 
 
@@ -179,6 +117,7 @@ class SharpnessProbe:
         self._vectors: dict[tuple[str, str], torch.Tensor] = {}  # (kind, block) -> previous top Ritz vector
 
     def due(self, step: int) -> bool:
+        """Whether a probe is due after ``step`` optimizer steps (every ``every`` steps, and at the last)."""
         if self.history and self.history[-1].step == step:
             return False
         return step % self.settings.every == 0 or (self.total_steps is not None and step == self.total_steps)

@@ -25,37 +25,17 @@ from hessian_lora._numbers import time_limit
 from hessian_lora.data import DEFAULT_PROMPT_TEMPLATE, Example, Task, format_prompt, make_batches
 from hessian_lora.errors import UserError
 from hessian_lora.loss import mean_loss
-from hessian_lora.train import Precision, autocast_context
+from hessian_lora.settings.evaluation import EvalConfig
+from hessian_lora.settings.training import Precision
+from hessian_lora.train import autocast_context
 
 # Where a HumanEval completion ends: the next top-level statement (the Codex paper's stop sequences).
 HUMANEVAL_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")
 
 
 @dataclass(frozen=True)
-class EvalConfig:
-    """What to measure. Accuracy needs a task with a scorer; HumanEval runs generated code (opt-in)."""
-
-    batch_size: int = 16
-    max_length: int = 512
-    max_new_tokens: int = 16
-    accuracy: bool = True
-    humaneval: bool = False
-    humaneval_timeout: float = 10.0
-    humaneval_max_new_tokens: int = 384
-    humaneval_limit: int | None = None  # first N problems only
-    precision: Precision = "fp32"
-
-    def __post_init__(self) -> None:
-        if self.batch_size <= 0 or self.max_length <= 0 or self.max_new_tokens <= 0:
-            raise UserError("eval batch_size, max_length and max_new_tokens must be positive.")
-        # A NaN limit never expires and inf never ends a program: generated code would run unbounded.
-        object.__setattr__(self, "humaneval_timeout", time_limit(self.humaneval_timeout, "eval.humaneval_timeout"))
-        if self.humaneval_limit is not None and self.humaneval_limit < 1:
-            raise UserError(f"humaneval_limit must be >= 1 (or null for all problems), got {self.humaneval_limit}.")
-
-
-@dataclass(frozen=True)
 class EvalResult:
+    """One evaluation: held-out loss, accuracy and pass@1 where measured, per-example scores for the bootstrap."""
     eval_loss: float | None
     accuracy: float | None
     pass_at_1: float | None

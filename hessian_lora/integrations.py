@@ -104,12 +104,14 @@ class SharpnessCallback(TrainerCallback):
 
     @property
     def history(self) -> list[SharpnessPoint]:
+        """The probes taken so far."""
         return self.probe.history if self.probe is not None else []
 
     # --- Trainer events -------------------------------------------------------------------------------------
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        train_dataloader: Any = None, **kwargs: Any) -> None:
+        """Build the probe on the Trainer's model and data (the Trainer's event)."""
         if model is None:
             raise UserError("SharpnessCallback needs the Trainer's model.")
         self._handler = (getattr(self.trainer, "callback_handler", None) if self.trainer is not None
@@ -135,10 +137,12 @@ class SharpnessCallback(TrainerCallback):
         self._beta1 = float(betas) if betas is not None else 0.9
 
     def on_step_begin(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
+        """Probe at step 0, before the first update (the Trainer's event)."""
         if state.global_step == 0 and self.probe is not None and not self.probe.history:
             self._probe(args, state, control, optimizer)
 
     def on_step_end(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
+        """Probe after the update when one is due (the Trainer's event)."""
         if self.probe is not None:
             self._probe(args, state, control, optimizer)
 
@@ -223,11 +227,11 @@ def full_precision_forward(model: nn.Module) -> Iterator[None]:
     if wrapped is None or original is None:
         yield
         return
-    model.forward = original  # type: ignore[method-assign]
+    model.forward = original
     try:
         yield
     finally:
-        model.forward = wrapped  # type: ignore[method-assign]
+        model.forward = wrapped
 
 
 def to_token_batch(batch: TokenBatch | Mapping[str, torch.Tensor] | Sequence[Any]) -> TokenBatch:

@@ -51,6 +51,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from hessian_lora.settings.training import DEFAULT_BETAS
+
 PRECONDITIONER_NOTE = (
     "LoFT's preconditioner is not a diagonal Adam one: it divides by a second moment reconstructed on the full "
     "weight from per-row r×r outer products and projects with Gram inverses of the other factor, so the "
@@ -81,7 +83,7 @@ class LoFT(torch.optim.Optimizer):
         self,
         pairs: Iterable[LoraPair],
         lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
+        betas: tuple[float, float] = DEFAULT_BETAS,
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         delta: float = 1e-8,
@@ -105,7 +107,9 @@ class LoFT(torch.optim.Optimizer):
         self.max_grad_norm = max_grad_norm
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]  # Optimizer.step is overloaded on closure
+        """One LoFT update of every factor pair (``closure``: re-evaluates the loss, as torch optimizers take
+        it)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -204,7 +208,7 @@ def lora_pairs(model: nn.Module, adapter_name: str = "default") -> list[LoraPair
 def loft_optimizer(
     peft_model: nn.Module,
     lr: float,
-    betas: tuple[float, float] = (0.9, 0.999),
+    betas: tuple[float, float] = DEFAULT_BETAS,
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     delta: float = 1e-8,

@@ -18,16 +18,13 @@ import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from hessian_lora._io import write_json_atomic
-from hessian_lora._numbers import tolerance
-from hessian_lora._yaml import is_number, numbers_from_strings, plain, settings_from_mapping
 from hessian_lora.data import (
     DEFAULT_PROMPT_TEMPLATE,
     DEFAULT_TASK,
@@ -39,10 +36,10 @@ from hessian_lora.data import (
 from hessian_lora.errors import UserError
 from hessian_lora.hessian import distributed
 from hessian_lora.hessian.density import spectral_density
-from hessian_lora.hessian.dora import DORA_NORMS, DoraNorm, has_dora
-from hessian_lora.hessian.filters import ParameterBlock, PerModule, WholeAdapter, parse_layers, parse_modules
+from hessian_lora.hessian.dora import has_dora
+from hessian_lora.hessian.filters import ParameterBlock, PerModule, WholeAdapter
 from hessian_lora.hessian.lanczos import lanczos
-from hessian_lora.hessian.memory_plan import check_krylov_gib, plan_memory
+from hessian_lora.hessian.memory_plan import plan_memory
 from hessian_lora.hessian.operator import HessianOperator, LinearOperator, resolve_backend
 from hessian_lora.hessian.power import power_iteration
 from hessian_lora.hessian.preconditioned import preconditioned_sharpness
@@ -52,191 +49,18 @@ from hessian_lora.hessian.scan import scan_blocks
 from hessian_lora.hessian.storage import KrylovMemory
 from hessian_lora.hessian.trace import hutchplusplus
 from hessian_lora.precision import check_hessian_precision
+from hessian_lora.registry import check_method_rank
+from hessian_lora.settings.adapter import AdapterConfig
+from hessian_lora.settings.measurement import (
+    MeasureSettings,
+)
 
 if TYPE_CHECKING:
     from hessian_lora.checkpoint import LoadedCheckpoint
 
-Solver = Literal["lanczos", "power", "pyhessian"]
-Blocks = Literal["whole", "per-module"]
-Backend = Literal["auto", "double_backward", "forward_over_reverse", "finite_difference"]
-SOLVERS: tuple[str, ...] = get_args(Solver)
-BLOCKS: tuple[str, ...] = get_args(Blocks)
-BACKENDS: tuple[str, ...] = get_args(Backend)
 _PRODUCT_BAR = "{desc}: {n:.1f} hvps [{elapsed}<{remaining} at most, {rate_fmt}{postfix}]"
 # Settings that select blocks rather than change a block's numbers: a resumed scan may differ in them.
 _SELECTION_SETTINGS = ("modules", "layers")
-
-
-@dataclass(frozen=True)
-class MeasureSettings:
-    """What a Hessian measurement computes, and from which data when it builds its own batches.
-
-    Data (used when :func:`measure` gets no batches): ``task`` (a task spec or a .json/.jsonl file; None: the
-    checkpoint's task, else ``arith``) cut to ``samples`` examples in batches of ``batch_size`` of at most
-    ``max_length`` tokens, picked by ``data_seed``, formatted with ``prompt_template`` (None: the one the
-    checkpoint records it was trained or initialised with, else ``chat``; a template the adapter never saw
-    measures another loss). Blocks: ``whole`` (one block, the whole adapter) or
-    ``per-module`` (one per adapted module, optionally only ``modules`` on ``layers``). Solver: ``top_k``
-    eigenvalues per end to a relative residual ``tol`` in at most ``max_iter`` iterations from start vectors
-    drawn by ``seed``; ``smallest`` also finds λ_min (Lanczos only). Extras: Hutch++ ``trace`` (``trace_hvps``
-    products), SLQ ``density`` (``density_steps`` × ``density_runs``), Adam-``preconditioned`` sharpness with the
-    thresholds of learning rate ``lr`` (None: the checkpoint's). Engine: the Hessian-vector product ``backend``,
-    whether each batch's first-order graph is kept between products (``reuse``) and the GiB the Krylov vectors
-    may take on the device (``krylov_memory``; None: sized from the free memory, see
-    :mod:`hessian_lora.hessian.memory_plan`; it changes where vectors live and how many products the final
-    check costs, never a value, so reports do not record it). DoRA: ``dora_norm``
-    ``"detached"`` measures the Hessian of peft's surrogate, whose column norm ‖W + sBA‖ is a constant (what DoRA
-    trains with; the paper and PyHessian measure it too), ``"differentiated"`` that of the true loss
-    (:mod:`hessian_lora.hessian.dora`); reports of DoRA models record which.
-
-    ``block_size``: Lanczos start vectors per block (None: ``top_k``; ``"rank"``: the block's LoRA rank r, the
-    width of the cluster λ_max sits in at initialisation, where fewer start vectors can certify a lower member
-    of the cluster; see :func:`~hessian_lora.hessian.lanczos.lanczos`). It costs r products a step: on the CPU
-    that is r times the products per step, since batching does not make a product cheaper there
-    (bench/batched_products.py), so the default stays ``top_k``; reports record the width used.
-    ``together``: per-module blocks advance side by side on one shared operator (:mod:`hessian_lora.hessian.scan`:
-    one pass a step for every block; the same products, so the same values to round-off; each block's
-    ``seconds`` is then the wall time until it finished, shared with the others); false solves them block after
-    block. Neither the grouping nor ``krylov_memory`` changes a value, so reports do not record them.
-    """
-
-    task: str | None = None
-    samples: int = 64
-    batch_size: int = 8
-    max_length: int = 512
-    data_seed: int = 0
-    blocks: Blocks = "whole"
-    modules: tuple[str, ...] | None = None
-    layers: tuple[int, ...] | None = None
-    solver: Solver = "lanczos"
-    top_k: int = 1
-    smallest: bool = True
-    tol: float = 1e-3
-    max_iter: int = 100
-    seed: int = 0
-    trace: bool = False
-    trace_hvps: int = 30
-    density: bool = False
-    density_steps: int = 30
-    density_runs: int = 1
-    preconditioned: bool = False
-    lr: float | None = None
-    backend: Backend = "auto"
-    reuse: bool | Literal["auto"] = "auto"
-    prompt_template: str | None = None
-    dora_norm: DoraNorm = "detached"
-    krylov_memory: float | None = None
-    block_size: int | Literal["rank"] | None = None
-    together: bool = True
-
-    def __post_init__(self) -> None:
-        # Normalise the forms a YAML file or a command line gives ("q_proj,v_proj", "0:4", lists) to tuples.
-        modules = self.modules
-        if isinstance(modules, str) or modules is None:
-            modules = parse_modules(modules)
-        elif not all(isinstance(name, str) for name in modules):
-            raise UserError(f"modules must be module names such as q_proj, got {modules!r}.")
-        layers = self.layers
-        if isinstance(layers, int) and not isinstance(layers, bool):
-            layers = (layers,)
-        elif isinstance(layers, str) or layers is None:
-            layers = parse_layers(layers)
-        elif not all(isinstance(layer, int) and not isinstance(layer, bool) for layer in layers):
-            raise UserError(f"layers must be layer indices, got {layers!r}.")
-        object.__setattr__(self, "modules", tuple(modules) if modules else None)
-        object.__setattr__(self, "layers", tuple(layers) if layers else None)
-        for name in ("tol", "lr", "krylov_memory"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                object.__setattr__(self, name, numbers_from_strings(value))  # PyYAML reads 1e-3 as a string
-        self._check()
-
-    def _check(self) -> None:
-        for name, allowed in (("solver", SOLVERS), ("blocks", BLOCKS), ("backend", BACKENDS),
-                              ("dora_norm", DORA_NORMS)):
-            if getattr(self, name) not in allowed:
-                raise UserError(f"unknown {name} {getattr(self, name)!r}: use {', '.join(allowed)}.")
-        if self.reuse not in (True, False, "auto"):
-            raise UserError(f"reuse must be true, false or 'auto', got {self.reuse!r}.")
-        for name in ("samples", "batch_size", "max_length", "top_k", "max_iter", "trace_hvps", "density_steps",
-                     "density_runs"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"{name} must be an integer >= 1, got {value!r}.")
-        for name in ("data_seed", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise UserError(f"{name} must be an integer >= 0, got {value!r}.")
-        for name in ("smallest", "trace", "density", "preconditioned"):
-            if not isinstance(getattr(self, name), bool):
-                raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}.")
-        object.__setattr__(self, "tol", tolerance(self.tol, "tol (the relative residual of a certified λ)"))
-        if self.lr is not None and (not is_number(self.lr) or not self.lr > 0):
-            raise UserError(f"lr must be a positive number (or left out), got {self.lr!r}.")
-        if self.krylov_memory is not None:
-            object.__setattr__(self, "krylov_memory", check_krylov_gib(self.krylov_memory))
-        if isinstance(self.block_size, str) and self.block_size.strip().isdigit():
-            object.__setattr__(self, "block_size", int(self.block_size))  # from a command line
-        if self.block_size is not None and self.block_size != "rank" and (
-                isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1):
-            raise UserError(f"block_size must be a whole number >= 1, 'rank' or left out, got {self.block_size!r}.")
-        if self.block_size is not None and self.solver != "lanczos":
-            raise UserError("block_size sets Lanczos's start block: use it with solver lanczos.")
-        if not isinstance(self.together, bool):
-            raise UserError(f"together must be true or false, got {self.together!r}.")
-        if self.task is not None and not isinstance(self.task, str):
-            raise UserError(f"task must be a task spec or a file name, got {self.task!r}.")
-        if self.prompt_template is not None:
-            check_prompt_template(self.prompt_template)
-        if self.blocks == "whole" and (self.modules or self.layers):
-            raise UserError("modules and layers pick per-module blocks: set blocks='per-module' as well.")
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "settings") -> MeasureSettings:
-        """Settings from plain data (a YAML block); unknown keys and bad values are a :class:`UserError`."""
-        return settings_from_mapping(cls, data, what="Hessian", source=source)
-
-    def options(self, relative_to: MeasureSettings | None = None) -> dict[str, Any]:
-        """The settings that differ from ``relative_to`` (default: the defaults), as plain YAML-able data.
-
-        ``from_mapping`` of the result, over the same defaults, gives these settings back.
-        """
-        base = relative_to if relative_to is not None else MeasureSettings()
-        return {field.name: plain(getattr(self, field.name)) for field in dataclasses.fields(self)
-                if getattr(self, field.name) != getattr(base, field.name)}
-
-    def probe_only(self) -> MeasureSettings:
-        """These settings less what does not change λ_max at initialisation: block selection, the extras
-        (trace, density, preconditioning) and ``max_length`` (a probe sets its own) back at their defaults."""
-        default = MeasureSettings()
-        return dataclasses.replace(
-            self, blocks=default.blocks, modules=None, layers=None, trace=default.trace,
-            trace_hvps=default.trace_hvps, density=default.density, density_steps=default.density_steps,
-            density_runs=default.density_runs, preconditioned=default.preconditioned, lr=default.lr,
-            max_length=default.max_length)
-
-    def to_dict(self, *, dora: bool = False) -> dict[str, Any]:
-        """The ``settings`` of a report (without the model's ``dtype``): settings that are not in effect (λ_min
-        by power iteration, the budget of a trace not asked for, ...) are recorded as off or None; ``dora_norm``
-        only for a model with DoRA modules (``dora``), so reports of other models are as they always were."""
-        return {
-            "task": self.task, "samples": self.samples, "batch_size": self.batch_size,
-            "max_length": self.max_length, "data_seed": self.data_seed, "blocks": self.blocks,
-            "modules": list(self.modules) if self.modules else None,
-            "layers": list(self.layers) if self.layers else None,
-            "solver": self.solver, "top_k": self.top_k, "smallest": self.smallest and self.solver == "lanczos",
-            "tol": self.tol, "max_iter": self.max_iter, "seed": self.seed, "backend": self.backend,
-            "trace": self.trace, "trace_hvps": self.trace_hvps if self.trace else None,
-            "density": self.density, "density_steps": self.density_steps if self.density else None,
-            "density_runs": self.density_runs if self.density else None, "preconditioned": self.preconditioned,
-            "lr": self.lr,
-            # recorded only when not the default, so reports written before templates existed still resume
-            **({"prompt_template": self.prompt_template}
-               if self.prompt_template not in (None, DEFAULT_PROMPT_TEMPLATE) else {}),
-            **({"dora_norm": self.dora_norm} if dora else {}),
-            # recorded only when set, so reports written before it existed still resume
-            **({"block_size": self.block_size} if self.block_size is not None else {}),
-        }
 
 
 def measure(
@@ -262,8 +86,15 @@ def measure(
             ``requires_grad`` flags are left as they were).
         batches: the data; None builds ``settings``' task with the checkpoint's tokenizer (or ``tokenizer``,
             for a model). Given batches are recorded as task ``"batches"``.
+        settings: what to measure (default: :class:`MeasureSettings`' defaults).
+        tokenizer: the tokenizer that cuts ``settings``' task for a model given without batches.
         source: what the report says was analysed (default: the checkpoint's facts, or the model's class).
+        base_model: the base of a plain peft adapter directory (default: its ``base_model_name_or_path``).
+        model_seed: the weights of a random base (tiny-llama).
+        device: where a checkpoint is loaded.
         out: a JSON report, written after every block and resumed from when it exists.
+        progress: show progress bars and the data line.
+        revision: a hub adapter's branch, tag or commit.
     """
     settings = settings if settings is not None else MeasureSettings()
     distributed.init_from_environment()
@@ -295,14 +126,14 @@ def measure(
                 raise UserError(f"{Path(adapter)}: the prompt_template the checkpoint records is unusable: {exc} "
                                 "Pass --prompt-template to override it, or re-create the checkpoint.") from exc
         source = dict(source) if source is not None else {
-            **where, "method": meta.method, "base_model": meta.base_model,
-            "rank": meta.rank, "alpha": meta.alpha, "step": peft_step(meta), "lr": meta.lr,
+            **where, "method": meta.adapter.method, "base_model": meta.base_model,
+            "rank": meta.adapter.rank, "alpha": meta.adapter.alpha, "step": peft_step(meta), "lr": meta.lr,
             **({"format": "peft"} if meta.extra.get("format") == "peft" else {}),
             **({"residual_base": meta.extra["residual_base"]} if meta.extra.get("residual_base") else {})}
     if settings.preconditioned and loaded is not None:
         from hessian_lora.loft import preconditioner_note
 
-        note = preconditioner_note(loaded.meta.method)
+        note = preconditioner_note(loaded.meta.adapter.method)
         if note is not None:  # LoFT: no diagonal Adam preconditioner; the report says so instead of a number
             settings = dataclasses.replace(settings, preconditioned=False)
             source = {**source, "preconditioner_note": note}
@@ -602,72 +433,56 @@ def _normalised(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+# eigen()'s options that build an adapter at initialisation, by the name eigen takes them under: AdapterConfig's
+# fields (its seed as adapter_seed, since seed is the solver's), and the random base's model_seed.
+_ADAPTER_OPTIONS = {"rank": "rank", "alpha": "alpha", "dropout": "dropout", "targets": "targets",
+                    "adapter_seed": "seed", "loraplus_ratio": "loraplus_ratio", "pissa_niter": "pissa_niter"}
+
+
 def eigen(
     checkpoint: str | os.PathLike[str] | None = None,
     *,
+    revision: str | None = None,
+    settings: MeasureSettings | None = None,
     model: nn.Module | str | None = None,
-    method: str | None = None,
-    rank: int = 8,
-    alpha: float | None = None,
-    targets: Sequence[str] | None = None,
-    adapter_seed: int = 0,
-    model_seed: int = 0,
-    tokenizer: Any = None,
+    method: str | AdapterConfig | None = None,
     batches: Sequence[TokenBatch] | None = None,
-    task: str | None = None,
-    samples: int = 64,
-    batch_size: int = 8,
-    max_length: int = 512,
-    data_seed: int = 0,
-    blocks: str = "whole",
-    modules: str | Sequence[str] | None = None,
-    layers: str | Sequence[int] | None = None,
-    solver: str = "lanczos",
-    top_k: int = 1,
-    smallest: bool = True,
-    tol: float = 1e-3,
-    max_iter: int = 100,
-    seed: int = 0,
-    trace: bool = False,
-    trace_hvps: int = 30,
-    density: bool = False,
-    density_steps: int = 30,
-    density_runs: int = 1,
-    preconditioned: bool = False,
-    lr: float | None = None,
-    backend: str = "auto",
-    reuse: bool | str = "auto",
-    prompt_template: str | None = None,
-    dora_norm: str = "detached",
-    krylov_memory: float | None = None,
-    block_size: int | str | None = None,
-    together: bool = True,
+    tokenizer: Any = None,
     device: str | torch.device | None = None,
     out: str | os.PathLike[str] | None = None,
     progress: bool = True,
-    revision: str | None = None,
+    **options: Any,
 ) -> EigenReport:
     """Loss-Hessian eigenvalues of an adapter, block by block (see ``hessian-lora eigen --help``).
 
-    The adapter comes from ``checkpoint`` (a hessian-lora checkpoint, or a plain peft adapter directory whose
-    base is ``model`` when given, else its ``base_model_name_or_path``; either may be a hub repo id, at
-    ``revision``), or ``method`` (+ ``rank``, ``alpha``, ``targets``,
-    ``adapter_seed``) built at initialisation on ``model`` (a spec such as ``smollm2-135m``; ``model_seed`` for
-    a random tiny-llama), or ``model`` itself (an ``nn.Module`` with trainable adapter parameters; then pass
-    ``batches`` or ``tokenizer``). Data: ``batches``, or ``task`` (a task spec or a .json/.jsonl file; default
-    the checkpoint's task, else ``arith``) cut to ``samples`` examples in batches of ``batch_size``, formatted with
-    ``prompt_template`` (default: the checkpoint's, else ``chat``). The other
-    arguments are :class:`MeasureSettings`.
+    Args:
+        checkpoint: a hessian-lora checkpoint, or a plain peft adapter directory (its base is ``model`` when
+            given, else its ``base_model_name_or_path``); either may be a hub repo id, at ``revision``.
+        revision: a hub adapter's branch, tag or commit.
+        settings: what to measure; ``options`` naming :class:`MeasureSettings` fields override it, e.g.
+            ``eigen(checkpoint, tol=1e-4, blocks="per-module")``.
+        model: the base model spec (``smollm2-135m``, ...) for ``method`` or a plain peft ``checkpoint``, or an
+            ``nn.Module`` whose trainable parameters are the adapter (then pass ``batches`` or ``tokenizer``).
+        method: build this adapter at initialisation on ``model``: a method name (with the options ``rank``,
+            ``alpha``, ``dropout``, ``targets``, ``adapter_seed``, ``loraplus_ratio``, ``pissa_niter``) or an
+            :class:`AdapterConfig`.
+        batches: the data; None cuts ``settings.task`` (default: the checkpoint's task, else ``arith``) with the
+            checkpoint's prompt template unless ``prompt_template`` says otherwise.
+        tokenizer: the tokenizer of an ``nn.Module`` ``model`` when no ``batches`` are given.
+        device: where the model runs.
+        out: the JSON report, written after every block (and resumed from).
+        progress: show progress bars.
+        **options: :class:`MeasureSettings` fields, the adapter options above, and ``model_seed`` (the seed of a
+            random tiny-llama base); any other name is a :class:`UserError`.
     """
-    settings = MeasureSettings(
-        task=task, samples=samples, batch_size=batch_size, max_length=max_length, data_seed=data_seed,
-        blocks=blocks, modules=modules, layers=layers, solver=solver, top_k=top_k,  # type: ignore[arg-type]
-        smallest=smallest, tol=tol, max_iter=max_iter, seed=seed, trace=trace, trace_hvps=trace_hvps,
-        density=density, density_steps=density_steps, density_runs=density_runs, preconditioned=preconditioned,
-        lr=lr, backend=backend, reuse=reuse, prompt_template=prompt_template,  # type: ignore[arg-type]
-        dora_norm=dora_norm, krylov_memory=krylov_memory, block_size=block_size,  # type: ignore[arg-type]
-        together=together,
-    )
+    known = [field.name for field in dataclasses.fields(MeasureSettings)] + [*_ADAPTER_OPTIONS, "model_seed"]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise UserError(f"eigen() got unknown option(s) {', '.join(unknown)}: check the spelling (known: "
+                        f"{', '.join(known)}).")
+    model_seed = options.pop("model_seed", 0)
+    adapter_options = {field: options.pop(name) for name, field in _ADAPTER_OPTIONS.items() if name in options}
+    settings = MeasureSettings.with_overrides(settings, **options)
     # Under torchrun each process must own its GPU before anything is built on "cuda" (else every rank would
     # load its model onto GPU 0): init_from_environment sets the device from LOCAL_RANK.
     distributed.init_from_environment()
@@ -682,31 +497,39 @@ def eigen(
         if isinstance(model, nn.Module):
             raise UserError("a method builds an adapter on a base model spec: pass model as a name such as "
                             "smollm2-135m, or pass your adapted nn.Module without method.")
-        return _eigen_at_initialisation(model, method, rank, alpha, targets, adapter_seed, model_seed, device,
-                                        batches, settings, out, progress)
+        if isinstance(method, AdapterConfig):
+            if adapter_options:
+                raise UserError(f"method is an AdapterConfig: set {', '.join(sorted(adapter_options))} in it "
+                                "instead of passing them to eigen().")
+            config = method
+        else:
+            if adapter_options.get("targets") is None:
+                adapter_options.pop("targets", None)  # None: AdapterConfig's default, all seven projections
+            config = AdapterConfig(method=method, **adapter_options)
+        return _eigen_at_initialisation(model, config, model_seed, device, batches, settings, out, progress)
     if isinstance(model, nn.Module):
         return measure(model, batches, settings, tokenizer=tokenizer, out=out, progress=progress)
-    raise UserError("nothing to analyse: pass a checkpoint directory, or a method with a model.")
+    raise UserError("nothing to analyse: pass a CHECKPOINT directory, or a method (--method) with a model "
+                    "(--model) to analyse an adapter at initialisation.")
 
 
 def _eigen_at_initialisation(
-    model_spec: str | None, method: str, rank: int, alpha: float | None, targets: Sequence[str] | None,
-    adapter_seed: int, model_seed: int, device: str | torch.device | None, batches: Sequence[TokenBatch] | None,
-    settings: MeasureSettings, out: str | os.PathLike[str] | None, progress: bool,
+    model_spec: str | None, config: AdapterConfig, model_seed: int, device: str | torch.device | None,
+    batches: Sequence[TokenBatch] | None, settings: MeasureSettings, out: str | os.PathLike[str] | None,
+    progress: bool,
 ) -> EigenReport:
-    from hessian_lora.adapters import DEFAULT_TARGETS, AdapterConfig, adapter_at_initialisation
+    from hessian_lora.adapters import adapter_at_initialisation
     from hessian_lora.models import DEFAULT_MODEL
 
+    check_method_rank(config.method, config.rank)  # before the model loads: peft would raise a bare ValueError
     spec = model_spec or DEFAULT_MODEL
-    config = AdapterConfig(method=method, rank=rank, alpha=alpha, targets=tuple(targets or DEFAULT_TARGETS),
-                           seed=adapter_seed)
     settings = dataclasses.replace(settings, task=settings.task or DEFAULT_TASK)
     # LoRA-GA estimates its gradient on the very batches the Hessian is measured on.
     built = adapter_at_initialisation(
         spec, config, model_seed=model_seed, device=device,
         init_batches=batches if batches is not None else (lambda tokenizer: settings_batches(tokenizer, settings)))
-    source = {"method": method, "model": spec, "rank": rank, "alpha": config.lora_alpha,
-              "targets": list(config.targets), "adapter_seed": adapter_seed, "model_seed": model_seed,
+    source = {"method": config.method, "model": spec, "rank": config.rank, "alpha": config.lora_alpha,
+              "targets": list(config.targets), "adapter_seed": config.seed, "model_seed": model_seed,
               "at": "initialisation"}
     return measure(built.model, batches, settings, tokenizer=built.tokenizer, source=source, out=out,
                    progress=progress)

@@ -158,10 +158,12 @@ class TrainingMemory:
 
     @property
     def training_peak(self) -> int:
+        """Bytes at the peak of a training step."""
         return self.base_weights + self.adapter + self.activations + self.logits + self.allowance
 
     @property
     def peak(self) -> int:
+        """Bytes at the larger of the training and the build peaks."""
         return max(self.training_peak, self.build_peak)
 
     def fits(self, device_gb: float) -> bool:
@@ -169,6 +171,7 @@ class TrainingMemory:
         return self.peak <= device_gb * 1e9
 
     def as_dict(self) -> dict[str, int]:
+        """The estimate's parts and peaks in bytes."""
         return {**asdict(self), "training_peak": self.training_peak, "peak": self.peak}
 
 
@@ -221,11 +224,12 @@ def sweep_training_memory(config: Any) -> TrainingMemory | None:
     shape = model_shape(config.model)
     if shape is None:
         return None
-    micro = config.micro_batch_size or max(config.batch_sizes)
+    train = config.train
+    micro = train.micro_batch_size or max(config.batch_sizes)
     return training_memory(shape, rank=max(config.ranks), micro_batch_size=min(micro, max(config.batch_sizes)),
-                           max_length=config.max_length, targets=config.targets, base_dtype=config.base_dtype,
-                           autocast_bf16=config.precision == "bf16",
-                           gradient_checkpointing=config.gradient_checkpointing, attention=config.attention)
+                           max_length=train.max_length, targets=config.adapter.targets, base_dtype=config.base_dtype,
+                           autocast_bf16=train.precision == "bf16",
+                           gradient_checkpointing=train.gradient_checkpointing, attention=config.attention)
 
 
 def memory_table(

@@ -44,6 +44,7 @@ _TINY_SPECIAL_TOKENS = ("<|pad|>", "<|bos|>", "<|eos|>")
 
 
 class LoadedModel(NamedTuple):
+    """A loaded base model, its tokenizer and the spec it was loaded from."""
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     spec: str
@@ -56,6 +57,7 @@ def cache_dir() -> Path:
 
 
 def default_device() -> torch.device:
+    """CUDA when available, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -133,7 +135,7 @@ def load_model(
         except _LOAD_ERRORS as exc:
             raise UserError(f"cannot load the model directory {spec} ({_cause(exc)}): check its config.json, "
                             "weights and tokenizer files (save_pretrained writes them).") from exc
-    elif _looks_like_path(spec):
+    elif looks_like_path(spec):
         raise UserError(
             f"model path {spec} does not exist or is not a model directory: pass an existing model directory or "
             f".gguf file, or one of {DEFAULT_MODEL}, {TINY_MODEL}."
@@ -177,13 +179,13 @@ def load_tokenizer(spec: str = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     elif Path(spec).is_dir():
         tokenizer = AutoTokenizer.from_pretrained(spec)
-    elif _looks_like_path(spec) or "/" not in spec:
+    elif looks_like_path(spec) or "/" not in spec:
         # Not loadable: load_model words the error (a missing path or an unknown name).
         return load_model(spec, device="cpu").tokenizer
     else:
         from huggingface_hub import constants
 
-        reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _hub_unreachable(constants.ENDPOINT)
+        reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else hub_unreachable(constants.ENDPOINT)
         try:
             with quiet_hub(offline=reason is not None):
                 tokenizer = AutoTokenizer.from_pretrained(spec, local_files_only=reason is not None)
@@ -230,7 +232,7 @@ def quiet_hub(timeout_s: float = 10.0, *, offline: bool = False):
             constants.HF_HUB_ETAG_TIMEOUT, constants.HF_HUB_DOWNLOAD_TIMEOUT, constants.HF_HUB_OFFLINE = saved
 
 
-def _looks_like_path(spec: str) -> bool:
+def looks_like_path(spec: str) -> bool:
     """A model spec names a local path only when it exists, is explicitly relative or absolute (``./``, ``../``,
     ``/``, ``~``) or ends with ``.gguf``; anything else with a slash is a hub id, whatever characters it holds
     (``Qwen/Qwen3-0.6B-Base``, ``acme/tiny-0.5B``)."""
@@ -260,7 +262,7 @@ def _load_hub(spec: str, dtype: torch.dtype, attn_implementation: str) -> tuple[
     """
     from huggingface_hub import constants
 
-    reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _hub_unreachable(constants.ENDPOINT)
+    reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else hub_unreachable(constants.ENDPOINT)
     if reason is None:
         with quiet_hub():
             return _load_pretrained_dir(spec, dtype, attn_implementation)
@@ -274,7 +276,7 @@ def _load_hub(spec: str, dtype: torch.dtype, attn_implementation: str) -> tuple[
                         f"{DEFAULT_MODEL}.") from exc
 
 
-def _hub_unreachable(endpoint: str, timeout_s: float = 5.0) -> str | None:
+def hub_unreachable(endpoint: str, timeout_s: float = 5.0) -> str | None:
     """Why a TCP connection to the hub's host fails (None when it connects)."""
     import socket
     from urllib.parse import urlparse

@@ -48,6 +48,7 @@ from hessian_lora.checkpoint import (
     load_checkpoint,
 )
 from hessian_lora.errors import UserError
+from hessian_lora.settings.adapter import AdapterConfig
 
 # init_lora_weights values whose initialisation rewrites the base weights (W ← W − s·B₀·A₀, or a quantised W for
 # LoftQ). peft saves such adapters as they are unless ``path_initial_model_for_weight_conversion`` is given, which
@@ -91,18 +92,18 @@ def resolve_adapter(spec: str | os.PathLike[str], *, revision: str | None = None
     """The local directory of an adapter: ``spec`` itself when it is a path (a ``Path``, or a string that exists,
     starts with ``./``, ``/``, ``~`` or has no slash or several), else a hub repo id whose adapter files huggingface_hub fetches into (or finds in, offline or
     without a network) its cache, at ``revision`` (default: the main branch)."""
-    from hessian_lora.models import _hub_unreachable, _looks_like_path, quiet_hub
+    from hessian_lora.models import hub_unreachable, looks_like_path, quiet_hub
 
     text = os.fspath(spec)
     # a Path object is a path (also what this returns, so resolving twice is resolving once)
-    if isinstance(spec, os.PathLike) or _looks_like_path(text) or "/" not in text or text.count("/") > 1:
+    if isinstance(spec, os.PathLike) or looks_like_path(text) or "/" not in text or text.count("/") > 1:
         if revision is not None:
             raise UserError(f"--revision {revision} is for hub adapter ids (user/name): {text} is a local path.")
         return Path(text)
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HFValidationError
 
-    reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _hub_unreachable(constants.ENDPOINT)
+    reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else hub_unreachable(constants.ENDPOINT)
     at = f" at revision {revision}" if revision else ""
     try:
         with quiet_hub(offline=reason is not None):
@@ -218,9 +219,10 @@ def peft_meta(peft_config: Mapping[str, Any], *, base_model: str, model_seed: in
     targets = (targets,) if isinstance(targets, str) else tuple(sorted(targets))
     extra = {"format": "peft", "peft_type": peft_config.get("peft_type"), "init_lora_weights": init,
              "step_known": step is not None}
-    return CheckpointMeta(method=method, rank=rank, alpha=float(alpha if alpha is not None else rank),
-                          dropout=float(dropout or 0.0), targets=targets, base_model=base_model, task=task,
-                          model_seed=model_seed, extra=extra, **({"step": step} if step is not None else {}))
+    adapter = AdapterConfig(method=method, rank=rank, alpha=float(alpha if alpha is not None else rank),
+                            dropout=float(dropout or 0.0), targets=targets)
+    return CheckpointMeta(adapter=adapter, base_model=base_model, task=task, model_seed=model_seed, extra=extra,
+                          **({"step": step} if step is not None else {}))
 
 
 def peft_step(meta: CheckpointMeta) -> int | None:
@@ -297,7 +299,7 @@ def load_peft_directory(
     residual = residual_base_note(rewriting, converted, given=model is not None)
     if residual is not None:
         meta = dataclasses.replace(meta, extra={**meta.extra, "residual_base": residual})
-    setattr(peft_model, adapters.CONFIG_ATTRIBUTE, meta.adapter_config())
+    setattr(peft_model, adapters.CONFIG_ATTRIBUTE, meta.adapter)
     setattr(peft_model, adapters.INITIAL_FACTORS_ATTRIBUTE, {})
     peft_model.eval()
     return LoadedCheckpoint(peft_model, loaded.tokenizer, meta, None)

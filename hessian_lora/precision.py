@@ -19,15 +19,15 @@ the memory a run needs (Llama-2-7B's base: 13.5 GB in bf16, 27 GB in fp32) and t
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import torch
 from torch import nn
 
+from hessian_lora import adapters
+from hessian_lora.adapters import residual_digest
 from hessian_lora.errors import UserError
+from hessian_lora.settings.training import BASE_DTYPES as BASE_DTYPES
+from hessian_lora.settings.training import BaseDtype as BaseDtype
 
-BaseDtype = Literal["fp32", "bf16"]
-BASE_DTYPES: tuple[str, ...] = get_args(BaseDtype)
 TORCH_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Where cast_base_weights leaves the fingerprint of the fp32 residual base, for save_checkpoint (a checkpoint
 # reloads its base in fp32, so the fingerprint it checks is the fp32 one, not the bf16 copy's).
@@ -78,9 +78,6 @@ def cast_base_weights(model: nn.Module, base_dtype: str) -> int:
     frozen = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point() and p.dtype != dtype]
     if not frozen:
         return 0
-    from hessian_lora import adapters
-    from hessian_lora.checkpoint import residual_digest
-
     config = getattr(model, adapters.CONFIG_ATTRIBUTE, None)
     if (config is not None and config.spec.rewrites_base
             and not hasattr(model, FP32_RESIDUAL_DIGEST_ATTRIBUTE)):

@@ -64,10 +64,10 @@ def _group_ratios(groups: Sequence[Mapping[str, object]], meta: object) -> list[
     zero (the last step of a cosine schedule): then a scheduler's ``initial_lr`` does, or, for LoRA+, the
     method's ratio (``make_optimizer`` puts the fast group second).
     """
-    current = [float(group["lr"]) for group in groups]  # type: ignore[arg-type]
+    current = [float(group["lr"]) for group in groups]  # type: ignore[arg-type]  # a param group's values are typed object; lr is a float
     if current[0] > 0:
         return [lr / current[0] for lr in current]
-    initial = [float(group.get("initial_lr", 0.0)) for group in groups]  # type: ignore[arg-type]
+    initial = [float(group.get("initial_lr", 0.0)) for group in groups]  # type: ignore[arg-type]  # a param group's values are typed object; lr is a float
     if initial[0] > 0:
         return [lr / initial[0] for lr in initial]
     if getattr(meta, "method", None) == "loraplus" and len(groups) == 2:

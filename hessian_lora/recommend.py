@@ -31,7 +31,7 @@ from hessian_lora.analysis.summary import Analysis, analyze, relation_lambda
 from hessian_lora.errors import UserError
 from hessian_lora.registry import check_method_rank
 from hessian_lora.reports import ReportView
-from hessian_lora.rundir import read_run_directory
+from hessian_lora.runs import read_run_directory
 
 if TYPE_CHECKING:
     from hessian_lora.data import TokenBatch
@@ -62,6 +62,7 @@ class Calibration:
     n_interior: int | None = None
 
     def predict(self, lambda_max: float) -> float:
+        """η̂ at ``lambda_max`` by the calibration's fit; a λ_max that is not positive is a :class:`UserError`."""
         if not lambda_max > 0 or not math.isfinite(lambda_max):
             raise UserError(f"λ_max = {lambda_max} is not positive: the adapter's Hessian has no positive "
                             "curvature here; check the probe's data (--task) and method.")
@@ -70,10 +71,12 @@ class Calibration:
         return self.c / lambda_max
 
     def to_dict(self) -> dict[str, Any]:
+        """The calibration as JSON-able data (a calibration file)."""
         return {"format": CALIBRATION_FORMAT, **asdict(self)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "calibration") -> Calibration:
+        """A calibration from a file's data; a missing or bad field is a :class:`UserError` naming ``source``."""
         try:
             calibration = cls(
                 fit=str(data["fit"]), c=float(data["c"]),
@@ -165,6 +168,7 @@ def probe_settings(analysis: Analysis, config: Mapping[str, Any],
 
 
 def calibration_from_run(run_dir: str | os.PathLike[str], *, note: str = "", **analyze_options: Any) -> Calibration:
+    """The calibration of a finished sweep: its analysis' interior optima against λ_max at initialisation."""
     analysis = analyze(run_dir, **analyze_options)
     directory = read_run_directory(run_dir)
     init_settings = next((dict(report.settings) for report in directory.init_reports.values()), {})
@@ -206,6 +210,7 @@ def _check_probe_options(probe: Any, source: str) -> None:
 
 
 def save_calibration(calibration: Calibration, path: str | os.PathLike[str]) -> Path:
+    """Write ``calibration`` to ``path`` atomically; returns the path."""
     target = Path(path)
     write_atomic(target, json.dumps(calibration.to_dict(), indent=2, ensure_ascii=False, default=str) + "\n")
     return target
@@ -248,6 +253,7 @@ def lambda_from_report(report: EigenReport, lambda_source: str) -> float:
 
 @dataclass(frozen=True)
 class Recommendation:
+    """A recommended learning rate: λ_max at init, η̂ and a narrow grid around it, with the calibration used."""
     method: str
     model: str
     task: str
@@ -260,6 +266,7 @@ class Recommendation:
     probe_seconds: float | None = None
 
     def lines(self) -> list[str]:
+        """The recommendation as the lines ``recommend`` prints."""
         grid = ", ".join(f"{lr:.3g}" for lr in self.grid)
         lines = [
             f"{self.method} on {self.model} ({self.task}): λ_max at init = {self.lambda_max:.4g}",

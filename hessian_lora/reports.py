@@ -33,7 +33,8 @@ from hessian_lora.hessian.results import (
 # ----------------------------------------------------------------------------------------------------------
 # Eigen reports: EigenReport.from_dict, seen through a view that knows the whole adapter from the modules
 
-def _optional_float(value: Any) -> float | None:
+def optional_float(value: Any) -> float | None:
+    """``value`` as a float, or None when it is None, empty or not a number."""
     if value is None or value == "":
         return None
     try:
@@ -87,10 +88,12 @@ class BlockView:
 
     @property
     def name(self) -> str:
+        """The block's name."""
         return self.report.name
 
     @property
     def lambda_max(self) -> float:
+        """The block's λ_max."""
         return float(self.report.lambda_max)  # type: ignore[arg-type]  # views hold measured blocks only
 
     @property
@@ -103,40 +106,49 @@ class BlockView:
 
     @property
     def is_whole(self) -> bool:
+        """Whether the block is the whole adapter."""
         return self.name.strip().lower() in WHOLE_BLOCK_NAMES
 
     @property
     def layer(self) -> int | None:
+        """The block's decoder-layer index, or None."""
         return layer_index(self.name)
 
     @property
     def module(self) -> str:
+        """The block's module kind (``q_proj``, ...)."""
         return module_kind(self.name)
 
     @property
     def solver(self) -> str | None:
+        """The solver that measured the block, or None."""
         solver = self.report.eigen.solver if self.report.eigen is not None else None
         return solver if isinstance(solver, str) else None
 
     @property
     def history(self) -> tuple[tuple[int, float], ...]:
+        """(products, λ) along the solve."""
         return convergence_history(self.report.eigen)
 
     @property
     def trace(self) -> float | None:
-        return _optional_float(self.report.trace.trace) if self.report.trace is not None else None
+        """The Hutch++ trace estimate, or None."""
+        return optional_float(self.report.trace.trace) if self.report.trace is not None else None
 
     @property
     def density(self) -> DensityResult | None:
+        """The spectral density, or None when not usable."""
         return _usable_density(self.report.density)
 
     @property
     def precond_sharpness(self) -> float | None:
+        """λ₁(P⁻¹H), or None."""
         precond = self.report.preconditioned
-        return _optional_float(precond.sharpness) if precond is not None else None
+        return optional_float(precond.sharpness) if precond is not None else None
 
     @property
     def precond_history(self) -> tuple[tuple[int, float], ...]:
+        """(products, λ) along the preconditioned solve."""
         precond = self.report.preconditioned
         return convergence_history(precond.eigen) if precond is not None else ()
 
@@ -150,10 +162,12 @@ class ReportView:
 
     @cached_property
     def blocks(self) -> tuple[BlockView, ...]:  # built once: ``whole`` and ``modules`` compare by identity
+        """The measured blocks."""
         return tuple(BlockView(block) for block in self.report.blocks if block.lambda_max is not None)
 
     @property
     def settings(self) -> Mapping[str, Any]:
+        """The settings the report records."""
         return self.report.settings
 
     @cached_property
@@ -169,16 +183,19 @@ class ReportView:
 
     @property
     def modules(self) -> tuple[BlockView, ...]:
+        """The per-module blocks (every block but the whole adapter's)."""
         whole = self.whole
         return tuple(block for block in self.blocks if block is not whole)
 
     @property
     def module_median(self) -> float | None:
+        """The median λ_max over the per-module blocks, or None."""
         values = [block.lambda_max for block in self.modules if math.isfinite(block.lambda_max)]
         return float(np.median(values)) if values else None
 
     @property
     def precond_sharpness(self) -> float | None:
+        """λ₁(P⁻¹H) of the whole adapter, or None."""
         block = self.whole
         return block.precond_sharpness if block else None
 
@@ -199,7 +216,7 @@ def report_from_dict(data: Mapping[str, Any], *, path: str = "") -> ReportView:
     if isinstance(raw_blocks, Mapping):
         raw_blocks = [dict(value, name=value.get("name", key)) for key, value in raw_blocks.items()]
     blocks = [_complete(BlockReport, dict(item, name=str(item.get("name", "whole"))))
-              for item in raw_blocks or [] if isinstance(item, Mapping) and _optional_float(item.get("lambda_max")) is not None]
+              for item in raw_blocks or [] if isinstance(item, Mapping) and optional_float(item.get("lambda_max")) is not None]
     settings = data.get("settings")
     report = EigenReport.from_dict({"settings": dict(settings) if isinstance(settings, Mapping) else {},
                                     "blocks": blocks})

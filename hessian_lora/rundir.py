@@ -15,16 +15,15 @@ A sweep writes, and analysis, plots, recommend and the demo read, one directory 
       analysis.json, analysis.md, figures/
       ablation.json, ablation.md          several settings (ranks, batch sizes, run directories) compared
 
-Every file name, run id and init key is formatted and parsed here and nowhere else, and the directory is read
-here (:func:`read_run_directory`): rows through the sweep's own :class:`~hessian_lora.sweep.store.RunStore`,
-eigen reports through :meth:`EigenReport.from_dict`, seen through the thin :class:`ReportView`.
+Every file name, run id and init key is formatted and parsed here and nowhere else. This module is a torch-free
+foundation (a sweep YAML loads through it); reading a whole directory back, rows and eigen reports, is
+:mod:`hessian_lora.runs`'s (:func:`~hessian_lora.runs.read_run_directory`), above the sweep's store and the
+reports.
 """
 
 from __future__ import annotations
 
 import enum
-import json
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -33,7 +32,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hessian_lora.errors import UserError
-from hessian_lora.reports import ReportView, _optional_float, load_eigen_report, merge_reports
 
 CONFIG_FILE = "config.yaml"
 DATABASE_FILE = "results.sqlite"
@@ -68,6 +66,7 @@ class Status(str, enum.Enum):
 
     @property
     def is_final(self) -> bool:
+        """Whether a run in this status is finished (its row will not change)."""
         return self in FINAL_STATUSES
 
     @property
@@ -171,12 +170,15 @@ class RunLayout:
 
     # The documents by name: history (per-step loss), sharpness (hessian.during probes), eval scores (per example).
     def history(self, run_id: str) -> Path:
+        """The run's ``history.json``."""
         return self.document(run_id, "history")
 
     def sharpness(self, run_id: str) -> Path:
+        """The run's ``sharpness.json``."""
         return self.document(run_id, "sharpness")
 
     def eval_scores(self, run_id: str) -> Path:
+        """The run's ``eval.json``."""
         return self.document(run_id, "eval_scores")
 
     def documents(self, run_id: str) -> tuple[Path, ...]:
@@ -184,193 +186,13 @@ class RunLayout:
         return tuple(self.document(run_id, kind) for kind in RUN_DOCUMENTS)
 
     def init_report(self, key: InitKey | str, part: str = "") -> Path:
+        """The eigen report at initialisation of ``key`` (``part``: a further report of the same adapter)."""
         suffix = f"_{part}" if part else ""
         return self.hessian / f"{key}{INIT_MARKER}{suffix}.json"
 
     def final_report(self, run_id: str) -> Path:
+        """The run's eigen report at the end."""
         return self.hessian / f"{run_id}{FINAL_MARKER}.json"
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Rows of results.sqlite
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """One row of ``runs``; metrics are None where the sweep did not record them."""
-
-    run_id: str
-    method: str
-    lr: float
-    seed: int
-    rank: int | None
-    batch_size: int | None
-    status: str  # a Status value; "unknown" for a row without one
-    train_loss: float | None = None
-    eval_loss: float | None = None
-    accuracy: float | None = None
-    lambda_init: float | None = None
-    lambda_final: float | None = None
-    precond_lambda_final: float | None = None
-    steps: int | None = None
-    wall_seconds: float | None = None
-    history: tuple[dict[str, float], ...] = ()
-    eval_scores: tuple[float, ...] | None = None  # per-example accuracy scores (runs/<id>/eval.json), if stored
-    # evaluation sets (a sweep's eval_task)
-    pass_at_1: float | None = None
-    gsm8k_acc: float | None = None
-    math_acc: float | None = None
-    mbpp_pass_at_1: float | None = None
-    humaneval_pass_at_1: float | None = None
-
-    def metric(self, name: str) -> float | None:
-        value = getattr(self, name)
-        return None if value is None or not math.isfinite(value) else float(value)
-
-    @property
-    def is_usable(self) -> bool:
-        """Whether analysis reads the run (done or diverged)."""
-        return self.status in USABLE_STATUSES
-
-
-def load_runs(run_dir: str | os.PathLike[str]) -> list[RunRecord]:
-    """All rows of ``RUN_DIR/results.sqlite`` (read-only; tolerant of columns a sweep version lacks)."""
-    # Imported here: the store pulls in the sweep config (and with it the method registry of peft adapters).
-    from hessian_lora.sweep.store import read_rows
-
-    layout = RunLayout(run_dir)
-    rows = read_rows(run_dir)
-    return [_record_from_row(row, layout) for row in rows]
-
-
-def _optional_int(value: Any) -> int | None:
-    number = _optional_float(value)
-    return None if number is None or not math.isfinite(number) else int(number)
-
-
-def _record_from_row(row: Mapping[str, Any], layout: RunLayout) -> RunRecord:
-    history = _parse_history(row.get("history"))
-    if not history:  # older sweeps kept the history only in runs/<run_id>/history.json
-        history = _read_history_file(layout.history(str(row.get("run_id"))))
-    return RunRecord(
-        run_id=str(row.get("run_id")),
-        method=str(row.get("method")),
-        lr=float(row.get("lr")),  # type: ignore[arg-type]
-        seed=_optional_int(row.get("seed")) or 0,
-        rank=_optional_int(row.get("rank")),
-        batch_size=_optional_int(row.get("batch_size")),
-        status=str(row.get("status") or "unknown"),
-        train_loss=_optional_float(row.get("train_loss")),
-        eval_loss=_optional_float(row.get("eval_loss")),
-        accuracy=_optional_float(row.get("accuracy")),
-        pass_at_1=_optional_float(row.get("pass_at_1")),
-        gsm8k_acc=_optional_float(row.get("gsm8k_acc")),
-        math_acc=_optional_float(row.get("math_acc")),
-        mbpp_pass_at_1=_optional_float(row.get("mbpp_pass_at_1")),
-        humaneval_pass_at_1=_optional_float(row.get("humaneval_pass_at_1")),
-        lambda_init=_optional_float(row.get("lambda_init")),
-        lambda_final=_optional_float(row.get("lambda_final")),
-        precond_lambda_final=_optional_float(row.get("precond_lambda_final")),
-        steps=_optional_int(row.get("steps")),
-        wall_seconds=_optional_float(row.get("wall_seconds")),
-        history=history,
-        eval_scores=_read_eval_scores(layout.eval_scores(str(row.get("run_id")))),
-    )
-
-
-def _read_eval_scores(path: Path) -> tuple[float, ...] | None:
-    """``{"scores": [...]}`` (or a bare list) from eval.json; None when absent or unreadable (older sweeps)."""
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    scores = data.get("scores") if isinstance(data, Mapping) else data
-    if not isinstance(scores, list) or not scores:
-        return None
-    values = [_optional_float(value) for value in scores]
-    return None if any(value is None for value in values) else tuple(float(v) for v in values)  # type: ignore[arg-type]
-
-
-def _parse_history(raw: Any) -> tuple[dict[str, float], ...]:
-    """Training-loss points from the ``history`` column or file: a list of ``{"step", "loss", "lr"}`` records,
-    or the column layout ``{"steps": [...], "loss": [...]}``; points without a loss are dropped."""
-    if raw is None or raw == "":
-        return ()
-    try:
-        items = json.loads(raw) if isinstance(raw, str) else raw
-    except json.JSONDecodeError:
-        return ()
-    if isinstance(items, Mapping):
-        columns = {key: list(value) for key, value in items.items() if isinstance(value, list)}
-        length = min((len(value) for value in columns.values()), default=0)
-        items = [{key: value[i] for key, value in columns.items()} for i in range(length)]
-    points = []
-    for item in items if isinstance(items, list) else []:
-        if isinstance(item, Mapping) and _optional_float(item.get("loss")) is not None:
-            points.append({key: float(value) for key, value in item.items() if _optional_float(value) is not None})
-    return tuple(points)
-
-
-def _read_history_file(path: Path) -> tuple[dict[str, float], ...]:
-    if not path.is_file():
-        return ()
-    try:
-        return _parse_history(json.loads(path.read_text()))
-    except (OSError, json.JSONDecodeError):
-        return ()
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The whole directory
-
-
-@dataclass(frozen=True)
-class RunDirectory:
-    """A sweep's run directory, read once: rows, eigen reports at init and at the end, and its config."""
-
-    path: str
-    runs: tuple[RunRecord, ...]
-    init_reports: Mapping[InitKey, ReportView]  # ``_init_<part>`` reports merged into their ``_init`` report
-    final_reports: Mapping[str, ReportView]  # run_id -> report
-    config: Mapping[str, Any]
-
-    def init_report(self, method: str, seed: int, rank: int | None = None) -> ReportView | None:
-        """The report of (method, rank, seed); without a rank (or with a rank no report has), the method's only
-        report for that seed."""
-        if rank is not None and InitKey(method, rank, seed) in self.init_reports:
-            return self.init_reports[InitKey(method, rank, seed)]
-        matches = [report for key, report in self.init_reports.items() if key.method == method and key.seed == seed]
-        return matches[0] if len(matches) == 1 else None
-
-
-def read_run_directory(run_dir: str | os.PathLike[str]) -> RunDirectory:
-    """Rows, eigen reports and config of a sweep run directory (UserError when it is not one)."""
-    runs = load_runs(run_dir)
-    layout = RunLayout(run_dir)
-    init_reports: dict[InitKey, ReportView] = {}
-    final_reports: dict[str, ReportView] = {}
-    run_ids = {run.run_id for run in runs}
-    extras: dict[InitKey, list[ReportView]] = {}
-    for path in sorted(layout.hessian.glob("*.json")) if layout.hessian.is_dir() else []:
-        name = parse_report_name(path.stem)
-        if name is None:
-            continue
-        if name.kind == "init" and name.init_key is not None:
-            if name.part == "":
-                init_reports[name.init_key] = load_eigen_report(path)
-            else:  # e.g. _init_modules.json: more blocks of the same adapter at initialisation
-                extras.setdefault(name.init_key, []).append(load_eigen_report(path))
-        elif name.kind == "final" and name.run_id in run_ids:
-            final_reports[name.run_id] = load_eigen_report(path)
-    for key, views in extras.items():
-        merged = init_reports.get(key)
-        for view in views:
-            merged = view if merged is None else merge_reports(merged, view)
-        if merged is not None:
-            init_reports[key] = merged
-    return RunDirectory(str(layout.root), tuple(runs), init_reports, final_reports, read_config(layout.config))
 
 
 def read_config(path: Path) -> Mapping[str, Any]:

@@ -192,6 +192,7 @@ class CalibrationProbe(_Document):
 
 
 class CalibrationPoint(_Document):
+    """One calibration point: a method's λ_max at initialisation and its η*."""
     lambda_max: PositiveFloat
     eta_star: PositiveFloat
 
@@ -249,6 +250,7 @@ RUN_CONFIG_FIX = ("restore the config.yaml the sweep wrote (a run directory's co
 
 
 class BlockDocument(_Document):
+    """One block of an eigen report, as far as reading it back needs."""
     name: Name
     size: NonNegativeInt | None = None
 

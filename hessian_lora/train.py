@@ -23,79 +23,26 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from hessian_lora.data import Example, TokenBatch, check_prompt_template, collate, tokenize_example
+from hessian_lora.data import Example, TokenBatch, collate, tokenize_example
 from hessian_lora.errors import UserError
 from hessian_lora.loss import loss_sum
 from hessian_lora.rundir import Status
+from hessian_lora.settings.training import (
+    PRECISIONS,
+    Precision,
+    TrainConfig,
+    steps_for_epochs,
+    warmup_steps,
+)
 
-Precision = Literal["fp32", "bf16"]
-PRECISIONS: tuple[str, ...] = get_args(Precision)  # for validation and its messages
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """One training run. ``steps`` optimizer steps of ``batch_size`` examples (the global batch), each the sum of
-    micro-batches of ``micro_batch_size`` (None: the whole global batch at once)."""
-
-    lr: float
-    steps: int
-    batch_size: int = 64
-    micro_batch_size: int | None = None
-    warmup_ratio: float = 0.03
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
-    eps: float = 1e-8
-    max_grad_norm: float | None = 1.0
-    max_length: int = 512
-    seed: int = 0
-    precision: Precision = "fp32"
-    divergence_factor: float = 4.0
-    divergence_window: int = 5
-    prompt_template: str = "chat"  # data.PROMPT_TEMPLATES name or a string with {instruction}
-    # Recompute each decoder layer's activations in the backward pass instead of keeping them (transformers'
-    # activation checkpointing, non-reentrant): the same gradients (bit for bit on tiny-llama, tested) for one
-    # more forward pass of every layer per backward.
-    gradient_checkpointing: bool = False
-
-    def __post_init__(self) -> None:
-        check_prompt_template(self.prompt_template)
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UserError(f"learning rate must be a positive number, got {self.lr}.")
-        if self.steps <= 0:
-            raise UserError(f"steps must be positive, got {self.steps}: raise steps or epochs.")
-        if self.batch_size <= 0:
-            raise UserError(f"batch_size must be positive, got {self.batch_size}.")
-        if self.micro_batch_size is not None and self.micro_batch_size <= 0:
-            raise UserError(f"micro_batch_size must be positive, got {self.micro_batch_size}.")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise UserError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            raise UserError(f"max_grad_norm must be positive (or null for no clipping), got {self.max_grad_norm}.")
-        if self.precision not in PRECISIONS:
-            raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
-        if self.divergence_factor <= 1.0:
-            raise UserError(f"divergence_factor must be > 1, got {self.divergence_factor}.")
-        if self.divergence_window <= 0:
-            raise UserError(f"divergence_window must be positive, got {self.divergence_window}.")
-        if not isinstance(self.gradient_checkpointing, bool):
-            raise UserError(f"gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}.")
-
-    @property
-    def warmup_steps(self) -> int:
-        return warmup_steps(self.steps, self.warmup_ratio)
-
-    @property
-    def accumulation_steps(self) -> int:
-        micro = self.micro_batch_size or self.batch_size
-        return math.ceil(self.batch_size / min(micro, self.batch_size))
-
+__all__ = ["PRECISIONS", "Precision", "TrainConfig", "steps_for_epochs", "warmup_steps"]
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -111,11 +58,6 @@ class TrainResult:
     stop_reason: str | None = None
 
 
-def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
-    """Warm-up length as the HF Trainer computes it from a ratio: ceil(ratio · total)."""
-    return math.ceil(warmup_ratio * total_steps)
-
-
 def cosine_with_warmup(step: int, total_steps: int, n_warmup: int) -> float:
     """LR multiplier at optimizer step ``step`` (0-based): linear warm-up from 0, then a half cosine to 0.
 
@@ -126,13 +68,6 @@ def cosine_with_warmup(step: int, total_steps: int, n_warmup: int) -> float:
         return step / max(1, n_warmup)
     progress = (step - n_warmup) / max(1, total_steps - n_warmup)
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-
-def steps_for_epochs(n_examples: int, batch_size: int, epochs: float) -> int:
-    """Optimizer steps that visit ``epochs`` × the training set once each (the last batch may be partial)."""
-    if epochs <= 0:
-        raise UserError(f"epochs must be positive, got {epochs}.")
-    return max(1, math.ceil(n_examples * epochs / batch_size))
 
 
 def example_stream(n_examples: int, seed: int) -> Iterator[int]:

@@ -95,7 +95,7 @@ assert len(scan.blocks) >= 2'''),
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from hessian_lora.plots import method_color, method_label
+from hessian_lora.figures.plots import method_color, method_label
 
 figure = Figure(figsize=(8, 3.8), layout="constrained")
 FigureCanvasAgg(figure)
@@ -186,11 +186,11 @@ for name, summary in result.methods.items():
           f"{summary.lambda_init_whole}, η*·λ/2 = {summary.eta_lambda_over_2}")
 print("Spearman ρ:", relation.spearman_rho, " slope:", relation.slope, " 95% CI:", relation.slope_ci95)
 print("c in η* ≈ c/λ_max:", relation.c, " LOMO within 2×:", dict(relation.lomo_within_2x))'''),
-        new_markdown_cell("## The figures\n\nOne colour per method in every figure (`hessian_lora.plots."
+        new_markdown_cell("## The figures\n\nOne colour per method in every figure (`hessian_lora.figures.plots."
                           "METHOD_COLORS`); figures whose data the run lacks are skipped."),
         new_code_cell('''\
 from hessian_lora.analysis import read_run_directory
-from hessian_lora.plots import FIGURE_NAMES, make_figures
+from hessian_lora.figures.plots import FIGURE_NAMES, make_figures
 
 figures = make_figures(read_run_directory(RUN_DIR), result)
 for key, figure in figures.items():
@@ -254,7 +254,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from hessian_lora.plots import method_color, method_label
+from hessian_lora.figures.plots import method_color, method_label
 
 density = block.density
 nodes = np.concatenate([np.asarray(run) for run in density.nodes])

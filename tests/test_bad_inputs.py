@@ -899,7 +899,7 @@ def test_the_preflight_reads_each_evaluation_set_once_for_every_run(tmp_path, ca
     from hessian_lora import evalsets
     from hessian_lora.sweep import execute
 
-    execute._cached_eval_set.cache_clear()
+    execute.cached_eval_set.cache_clear()
     reads: list[str] = []
     real = evalsets.load_eval_set
     monkeypatch.setattr(evalsets, "load_eval_set", lambda spec, **kw: reads.append(spec) or real(spec, **kw))

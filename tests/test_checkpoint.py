@@ -102,7 +102,7 @@ def test_save_load_is_bit_identical_and_training_resumes_exactly(method: str, tm
             assert torch.equal(moments[name], optimizer.state[param]["exp_avg_sq"])
 
     # One more step from the checkpoint equals one more step of the original run, bit for bit.
-    config = loaded.meta.adapter_config()
+    config = loaded.meta.adapter
     resumed = make_optimizer(loaded.model, config, LR, weight_decay=0.01)
     load_optimizer_state(resumed, loaded.model, state)
     _train(peft_model, optimizer, batches[1:], 1)
@@ -202,7 +202,7 @@ def test_meta_round_trips_through_json() -> None:
                                       extra={"history": [1, 2]})
     again = CheckpointMeta.from_dict(json.loads(json.dumps(meta.to_dict())))
     assert again == meta
-    assert again.adapter_config() == config
+    assert again.adapter == config
 
 
 @pytest.mark.parametrize("make", ["missing", "empty", "bad_json"])
@@ -285,8 +285,8 @@ def test_plain_dora_directory_loads_with_its_method(base_dir: Path, tmp_path: Pa
     peft_model = _plain_adapter(base_dir, use_dora=True)
     peft_model.save_pretrained(tmp_path / "dora")
     loaded = load_adapter(tmp_path / "dora", device="cpu")
-    assert loaded.meta.method == "dora" and loaded.meta.rank == 2 and loaded.meta.alpha == 4.0
-    assert loaded.meta.targets == ("q_proj", "v_proj") and loaded.meta.base_model == str(base_dir)
+    assert loaded.meta.adapter.method == "dora" and loaded.meta.adapter.rank == 2 and loaded.meta.adapter.alpha == 4.0
+    assert loaded.meta.adapter.targets == ("q_proj", "v_proj") and loaded.meta.base_model == str(base_dir)
     assert torch.equal(_logits(loaded.model, probe_ids), _logits(peft_model, probe_ids))
     assert trainable_parameters(loaded.model).keys() == trainable_parameters(peft_model).keys()
     assert any("magnitude" in name for name in trainable_parameters(loaded.model))
@@ -334,7 +334,7 @@ def test_a_base_rewriting_plain_adapter_is_measured_on_what_it_trains(init: str,
     for name, model in (("raw", None), ("raw", str(tmp_path / "residual")), ("converted", None)):
         loaded = load_adapter(tmp_path / name, model=model, device="cpu")
         # the method's own parameters (rank r, not peft's rank-2r conversion), computing the trained function
-        assert (loaded.meta.method, loaded.meta.rank, loaded.meta.alpha) == (init, 2, 4.0), (name, model)
+        assert (loaded.meta.adapter.method, loaded.meta.adapter.rank, loaded.meta.adapter.alpha) == (init, 2, 4.0), (name, model)
         assert {k: v.shape for k, v in trainable_parameters(loaded.model).items()} == {
             k: v.shape for k, v in trained.items()}
         torch.testing.assert_close(_logits(loaded.model, probe_ids), expected, atol=1e-5, rtol=1e-5)
@@ -367,7 +367,7 @@ def test_a_plain_lora_of_even_rank_is_not_taken_for_a_conversion(rank: int, base
     _plain_adapter(base_dir, r=rank).save_pretrained(tmp_path / "plain")
     assert converted_init(tmp_path / "plain", json.loads((tmp_path / "plain" / ADAPTER_CONFIG_FILE).read_text())) is None
     loaded = load_adapter(tmp_path / "plain", device="cpu")
-    assert (loaded.meta.method, loaded.meta.rank) == ("lora", rank)
+    assert (loaded.meta.adapter.method, loaded.meta.adapter.rank) == ("lora", rank)
 
 
 def test_a_checkpoint_refuses_another_base_and_a_truncated_adapter_is_named(base_dir: Path, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 import torch
 
-from hessian_lora.models import _looks_like_path, load_model, tiny_llama
+from hessian_lora.models import load_model, looks_like_path, tiny_llama
 
 HUB_ID = "acme/tiny-0.5B"
 
@@ -15,18 +15,18 @@ HUB_ID = "acme/tiny-0.5B"
 @pytest.mark.parametrize("spec", ["Qwen/Qwen3-0.6B-Base", "acme/tiny-0.5B", "google/gemma-3-1b-pt",
                                   "meta-llama/Llama-2-7b.hf"])
 def test_hub_ids_with_dots_and_dashes_are_not_paths(spec: str) -> None:
-    assert not _looks_like_path(spec)
+    assert not looks_like_path(spec)
 
 
 @pytest.mark.parametrize("spec", ["./model", "../model", "/abs/model", "~/model", "models/x.gguf", "."])
 def test_explicit_paths_are_paths(spec: str) -> None:
-    assert _looks_like_path(spec)
+    assert looks_like_path(spec)
 
 
 def test_existing_relative_directory_is_a_path(tmp_path, monkeypatch) -> None:
     (tmp_path / "acme" / "local-0.5B").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
-    assert _looks_like_path("acme/local-0.5B")
+    assert looks_like_path("acme/local-0.5B")
 
 
 def _offline_cache(tmp_path, monkeypatch):

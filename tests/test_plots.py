@@ -9,7 +9,8 @@ import pytest
 from matplotlib import colors as mcolors
 from synthetic_run import SyntheticMethod, write_run_dir
 
-from hessian_lora import analysis, plots, registry
+from hessian_lora import analysis, registry
+from hessian_lora.figures import plots
 
 METHODS = {
     "lora": SyntheticMethod(eta_star=3.1e-4, lambda_init=1.5),
@@ -227,8 +228,8 @@ def test_convergence_titles_match_what_is_drawn(overlap_run) -> None:
 def test_a_censored_optimum_gets_an_arrow_inside_the_frame(tmp_path) -> None:
     from matplotlib.text import Annotation
 
-    from hessian_lora.ablation_plots import figure_eta_vs_setting
     from hessian_lora.analysis.ablation import analyze_ablation
+    from hessian_lora.figures.ablation import figure_eta_vs_setting
 
     methods = {**OVERLAP, "milora": SyntheticMethod(eta_star=0.05, lambda_init=5.0, peak=0.52)}  # above the grid
     first = write_run_dir(tmp_path / "a", methods, config={"n_train": 64})

@@ -49,7 +49,7 @@ from hessian_lora.analysis.summary import (
     analyze,
     relation_lambda,
 )
-from hessian_lora.rundir import RunDirectory, RunRecord, load_runs, read_run_directory
+from hessian_lora.runs import RunDirectory, RunRecord, load_runs, read_run_directory
 
 __all__ = [
     "DEFAULT_BETA1",

@@ -26,10 +26,11 @@ from typing import Any
 from hessian_lora._io import write_text_atomic
 from hessian_lora.analysis.censoring import bound_text
 from hessian_lora.analysis.report import markdown_table
-from hessian_lora.analysis.summary import Analysis, _jsonable, analyze
+from hessian_lora.analysis.summary import Analysis, analyze, jsonable
 from hessian_lora.errors import UserError
 from hessian_lora.registry import SCORE_METRICS, method_sort_key
-from hessian_lora.rundir import RunLayout, load_runs, read_config
+from hessian_lora.rundir import RunLayout, read_config
+from hessian_lora.runs import load_runs
 
 # Config keys that are grid axes, bookkeeping or measurement options: never an ablation axis between directories.
 _NOT_AXES = frozenset({"name", "methods", "method", "lr", "lrs", "seeds", "seed", "ranks", "rank", "batch_sizes",
@@ -47,6 +48,7 @@ class Setting:
 
     @property
     def label(self) -> str:
+        """The setting's name in tables and figures: its varying values (``r=8, b=16``), or ``all runs``."""
         short = {"rank": "r", "batch_size": "b"}
         return ", ".join(f"{short.get(key, key)}={value}" for key, value in self.values.items()) or "all runs"
 
@@ -92,15 +94,18 @@ class Ablation:
 
     @property
     def axes(self) -> tuple[str, ...]:
+        """The settings' varying keys (rank, batch size, or config keys), in first-seen order."""
         return tuple(dict.fromkeys(key for setting in self.settings for key in setting.values))
 
     @property
     def methods(self) -> list[str]:
+        """Every method any setting analysed, in display order."""
         names = {name for analysis in self.analyses for name in analysis.methods}
         return sorted(names, key=method_sort_key)
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable({
+        """The comparison as JSON-able data (``ablation.json``)."""
+        return jsonable({
             "axes": list(self.axes),
             "settings": [{"label": s.label, "run_dir": s.run_dir, "rank": s.rank, "batch_size": s.batch_size,
                           "values": dict(s.values)} for s in self.settings],
@@ -134,7 +139,7 @@ def _cell(analysis: Analysis, method: str, what: str) -> str:
     if summary is None:
         return "–"
     if what == "eta":
-        text = bound_text(summary.censored, summary.eta_star)  # type: ignore[arg-type]
+        text = bound_text(summary.censored, summary.eta_star)
         if summary.eta_ci and not summary.censored:
             text += f" [{summary.eta_ci[0]:.2g}, {summary.eta_ci[1]:.2g}]"
         return text

@@ -65,7 +65,7 @@ def extension_advice(censored: Mapping[str, Censoring], lrs_by_method: Mapping[s
     grid = sorted({lr for method in censored for lr in lrs_by_method.get(method, ())})
     added: list[float] = []
     for side in sorted(sides):
-        added += extension_lrs(grid, side)  # type: ignore[arg-type]
+        added += extension_lrs(grid, side)
     new_grid = sorted(set(grid) | set(added))
     listed = ", ".join(f"{lr:.3g}" for lr in new_grid)
     return (f"extend the grid: add lr {', '.join(f'{lr:.3g}' for lr in sorted(added))} (set `lr: [{listed}]` in "
@@ -79,4 +79,5 @@ def censored_summary(censored: Mapping[str, Censoring], etas: Mapping[str, float
 
 
 def interior(names: Iterable[str], censored: Mapping[str, Censoring]) -> list[str]:
+    """``names`` less the censored ones (the methods whose optimum is interior), in their order."""
     return [name for name in names if name not in censored]

@@ -15,7 +15,8 @@ import numpy as np
 
 from hessian_lora.errors import UserError
 from hessian_lora.registry import HIGHER_IS_BETTER, SCORE_METRICS, Metric
-from hessian_lora.rundir import RunRecord, Status
+from hessian_lora.rundir import Status
+from hessian_lora.runs import RunRecord
 
 PeakKind = Literal["quadratic", "edge", "flat", "single"]
 
@@ -37,6 +38,7 @@ class PeakFit:
 
     @property
     def at_edge(self) -> bool:
+        """Whether the optimum sits at a grid edge (a bound, not an estimate)."""
         return self.kind == "edge"
 
 
@@ -153,13 +155,13 @@ def choose_metric(runs: Sequence[RunRecord], requested: Metric | Literal["auto"]
     if requested != "auto":
         if requested not in HIGHER_IS_BETTER:
             raise UserError(f"unknown metric {requested!r}: use auto, {', '.join(HIGHER_IS_BETTER)}.")
-        return requested  # type: ignore[return-value]  # checked against HIGHER_IS_BETTER
+        return requested  # checked against HIGHER_IS_BETTER
     done = [run for run in runs if run.status == Status.DONE]
     by_method: dict[str, list[float | None]] = {}
     for run in done:
         by_method.setdefault(run.method, []).append(run.accuracy)
     if by_method and all(
-        None not in values and max(values) > 0 and len(set(values)) > 1  # type: ignore[type-var]
+        None not in values and max(values) > 0 and len(set(values)) > 1
         for values in by_method.values()
     ):
         return "accuracy"

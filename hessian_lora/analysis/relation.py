@@ -27,6 +27,7 @@ class PowerLaw:
     n: int
 
     def predict(self, lambda_max: float) -> float:
+        """The fitted η* at ``lambda_max``: 10^(intercept + slope·log10 λ)."""
         return float(10 ** (self.intercept + self.slope * math.log10(lambda_max)))
 
 
@@ -100,10 +101,12 @@ class LomoPrediction:
 
     @property
     def ratio(self) -> float:
+        """Predicted over actual η*."""
         return self.predicted / self.actual
 
     @property
     def within_2x(self) -> bool:
+        """Whether the prediction is within a factor of 2 of the actual η*."""
         return abs(math.log2(self.ratio)) <= 1.0 + 1e-12
 
 

@@ -28,7 +28,8 @@ from typing import Any
 
 from hessian_lora.analysis.summary import Analysis, adam_beta1, relation_lambda
 from hessian_lora.dynamics import stability_ratios
-from hessian_lora.rundir import RunDirectory, RunLayout, Status, read_run_directory
+from hessian_lora.rundir import RunLayout, Status
+from hessian_lora.runs import RunDirectory, read_run_directory
 
 
 @dataclass(frozen=True)
@@ -48,12 +49,14 @@ class StabilityCurve:
 
     @property
     def peak_adam_ratio(self) -> float | None:
+        """The largest λ̃·η/((2+2β₁)/(1−β₁)) along training, or None without preconditioned probes."""
         values = [value for value in self.adam_ratio if value is not None]
         return max(values) if values else None
 
 
 @dataclass(frozen=True)
 class MethodStability:
+    """One method's edge-of-stability summary: η*, the largest stable LR and how each predicts η*."""
     method: str
     eta_star: float | None
     largest_stable_lr: float | None
@@ -65,6 +68,7 @@ class MethodStability:
 
 @dataclass(frozen=True)
 class StabilityReport:
+    """The edge-of-stability analysis of a run directory: per-run curves and per-method summaries."""
     beta1: float
     curves: tuple[StabilityCurve, ...]
     methods: Mapping[str, MethodStability]
@@ -73,12 +77,14 @@ class StabilityReport:
     better_predictor: str | None  # "largest_stable_lr", "lambda_init" or None (not enough methods)
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-able data (curves counted, not listed)."""
         data = asdict(self)
         data.pop("curves")
         data["runs"] = len(self.curves)
         return data
 
     def markdown(self) -> str:
+        """The report as a markdown section (the stability table and the verdict)."""
         lines = ["## Edge of stability (sharpness along training)", "",
                  "| method | η* | largest stable LR | stable/η* | λ_init | err stable | err λ_init |",
                  "|---|---|---|---|---|---|---|"]
@@ -91,6 +97,7 @@ class StabilityReport:
         return "\n".join(lines)
 
     def verdict(self) -> str:
+        """Which of the largest stable LR and λ_max at init predicts η* better, in one sentence."""
         if self.better_predictor is None:
             return ("Not enough methods with both a largest stable LR and λ_max at init to compare the predictors "
                     "(need 2).")

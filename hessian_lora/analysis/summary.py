@@ -54,35 +54,23 @@ from hessian_lora.analysis.uncertainty import (
 from hessian_lora.errors import UserError
 from hessian_lora.hessian.preconditioned import adam_thresholds
 from hessian_lora.registry import method_sort_key
-from hessian_lora.rundir import RunDirectory, RunRecord, Status, read_run_directory
+from hessian_lora.rundir import Status
+from hessian_lora.runs import RunDirectory, RunRecord, read_run_directory
+from hessian_lora.settings.training import DEFAULT_BETAS
 
 LambdaSource = Literal["auto", "whole", "module_median"]
 LAMBDA_SOURCES: tuple[LambdaSource, ...] = ("auto", "whole", "module_median")
-DEFAULT_BETA1 = 0.9
+DEFAULT_BETA1 = DEFAULT_BETAS[0]
 
 
 def adam_beta1(config: Mapping[str, Any]) -> float:
-    """β₁ of the sweep's AdamW (``betas: [b1, b2]`` or ``beta1`` anywhere in the config), else 0.9."""
-    found = _find_key(config, ("betas", "adam_betas", "beta1", "adam_beta1"))
-    if isinstance(found, (list, tuple)) and found:
-        return float(found[0])
+    """β₁ of the sweep's AdamW: the first of the ``betas`` its config.yaml records (every version of the sweep
+    writes that key), else the recipe's default."""
+    betas = config.get("betas")
     try:
-        return DEFAULT_BETA1 if found is None or found == "" else float(found)
+        return float(betas[0]) if isinstance(betas, (list, tuple)) and betas else DEFAULT_BETA1
     except (TypeError, ValueError):
         return DEFAULT_BETA1
-
-
-def _find_key(config: Any, keys: Sequence[str]) -> Any:
-    """The value of the first of ``keys`` found in ``config``, searched breadth-first then depth-first."""
-    if isinstance(config, Mapping):
-        for key in keys:
-            if key in config:
-                return config[key]
-        for value in config.values():
-            found = _find_key(value, keys)
-            if found is not None:
-                return found
-    return None
 
 
 @dataclass(frozen=True)
@@ -168,19 +156,20 @@ class Analysis:
     n_eval_examples: int | None = None  # evaluation problems behind the per-example bootstrap (None: none stored)
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
+        """The summary as JSON-able data."""
+        return jsonable(asdict(self))
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """JSON-ready copy: string keys, lists for tuples, None for NaN/inf (JSON has neither), no numpy scalars."""
     if isinstance(value, Mapping):
-        return {str(key): _jsonable(item) for key, item in value.items()}
+        return {str(key): jsonable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
+        return [jsonable(item) for item in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, np.generic):
-        return _jsonable(value.item())
+        return jsonable(value.item())
     return value
 
 
@@ -404,14 +393,14 @@ def _relation(
     than :data:`MIN_INTERIOR` of them, no numbers and a note saying why."""
     with_lambda = {name: s for name, s in summaries.items() if relation_lambda(s)}
     censored = {name: s.censored for name, s in with_lambda.items() if s.censored}
-    bounds = {name: bound_text(side, with_lambda[name].eta_star) for name, side in censored.items()}  # type: ignore[arg-type]
-    extend = extension_advice(censored, {name: s.lrs for name, s in summaries.items()}, run_dir)  # type: ignore[arg-type]
+    bounds = {name: bound_text(side, with_lambda[name].eta_star) for name, side in censored.items()}
+    extend = extension_advice(censored, {name: s.lrs for name, s in summaries.items()}, run_dir)
     points: dict[str, tuple[float, float]] = {
-        name: (relation_lambda(s), s.eta_star) for name, s in with_lambda.items()  # type: ignore[misc]
+        name: (relation_lambda(s), s.eta_star) for name, s in with_lambda.items()  # type: ignore[misc]  # with_lambda: λ not None
         if name not in censored
     }
     if len(points) < MIN_INTERIOR:
-        summary = censored_summary(censored, {n: s.eta_star for n, s in with_lambda.items()},  # type: ignore[arg-type]
+        summary = censored_summary(censored, {n: s.eta_star for n, s in with_lambda.items()},
                                    len(with_lambda))
         note = (f"not enough interior optima ({summary}; a relation needs {MIN_INTERIOR} interior optima, "
                 f"{len(points)} here)")

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from hessian_lora.analysis.curves import Metric, fit_peak, metric_value
-from hessian_lora.rundir import RunRecord, Status
+from hessian_lora.rundir import Status
+from hessian_lora.runs import RunRecord
 
 NO_INTERVAL = "no interval (1 seed, no per-example scores)"
 

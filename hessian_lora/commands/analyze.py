@@ -66,11 +66,11 @@ def run(args: argparse.Namespace) -> int:
     check_output_directory(args.out or args.run_dirs[0], "--out" if args.out else "RUN_DIR")
     options = analysis_kwargs(args)
     if is_ablation(args.run_dirs, rank=args.rank, batch_size=args.batch_size):
-        ablation = analyze_ablation(args.run_dirs, **options)  # type: ignore[arg-type]
+        ablation = analyze_ablation(args.run_dirs, **options)  # type: ignore[arg-type]  # options: the keywords analysis_kwargs names
         json_path, md_path = write_ablation(ablation, args.out)
         print(ablation_markdown(ablation))
     else:
-        result = analyze(args.run_dirs[0], **options)  # type: ignore[arg-type]
+        result = analyze(args.run_dirs[0], **options)  # type: ignore[arg-type]  # options: the keywords analysis_kwargs names
         json_path, md_path = write_analysis(result, args.out)
         print(markdown_table(result))
     print(f"\nwrote {json_path} and {md_path}")

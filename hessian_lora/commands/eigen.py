@@ -17,18 +17,27 @@ is not (the summary says which and why, and what helps), 2 for bad input, 130 on
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from hessian_lora._io import remove_stale_temporaries
-from hessian_lora._numbers import tolerance
 from hessian_lora._paths import check_output_file
 from hessian_lora.commands import add_command
-from hessian_lora.commands._prompt import add_prompt_template_argument
+from hessian_lora.commands._prompt import CHOICES_HELP
 from hessian_lora.commands._threads import add_threads_argument, apply_threads
 from hessian_lora.errors import UserError
 from hessian_lora.registry import check_method_rank
+from hessian_lora.settings.adapter import DEFAULT_TARGETS, AdapterConfig
+from hessian_lora.settings.measurement import CHOICES, MeasureSettings
+
+if TYPE_CHECKING:  # annotations only: the command line starts without torch (the engine loads it)
+    from collections.abc import Sequence
+
+    from hessian_lora.hessian.results import BlockReport, EigenReport
 
 HELP = "loss-Hessian eigenvalues (λ_max, λ_min, top-k) of an adapter, whole or per module"
 # Exit status when the report was written but a requested value is not certified to --tol (documented in the
@@ -47,6 +56,10 @@ _UNCERTIFIED_HELP = {
 }
 
 
+# The option groups of the measurement settings, by the ``group`` their fields name (settings/measurement.py).
+_GROUPS = {"data": "data", "blocks": "blocks and solver", "extras": "extra measurements", "engine": "engine"}
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(subparsers, "eigen", HELP, __doc__, run)
     parser.add_argument("checkpoint", nargs="?", default=None, help="checkpoint or plain peft adapter directory, or a "
@@ -59,101 +72,92 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--rank", type=int, default=8, help="LoRA rank for --method (default 8)")
     source.add_argument("--alpha", type=float, default=None, help="LoRA alpha for --method (default: the rank)")
     source.add_argument("--targets", default=None, help="modules to adapt for --method (default: all seven projections)")
-    source.add_argument("--seed", type=int, default=0, help="adapter initialisation seed for --method (default 0)")
+    # dest adapter_seed: ``seed`` is the solver's (MeasureSettings.seed, --solver-seed)
+    source.add_argument("--seed", dest="adapter_seed", type=int, default=0,
+                        help="adapter initialisation seed for --method (default 0)")
     source.add_argument("--model-seed", type=int, default=0, help="seed of a random base (tiny-llama) (default 0)")
-    data = parser.add_argument_group("data")
-    choice = data.add_mutually_exclusive_group()
-    choice.add_argument("--task", default=None, help="task spec (default: the checkpoint's task, else arith)")
-    choice.add_argument("--data", default=None, help="a .json/.jsonl file of examples (PATH[::PROMPT,RESPONSE])")
-    data.add_argument("--samples", type=int, default=64, help="examples to average the loss over (default 64; "
-                      "the paper used 500)")
-    data.add_argument("--batch-size", type=int, default=8, help="examples per batch (default 8)")
-    data.add_argument("--max-length", type=int, default=512, help="token limit per example (default 512)")
-    data.add_argument("--data-seed", type=int, default=0, help="seed that picks the examples (default 0)")
-    add_prompt_template_argument(data, default=None,
-                                 purpose="use the one the adapter was trained with (default: the one the checkpoint "
-                                 "records, else chat)")
-    blocks = parser.add_argument_group("blocks and solver")
-    blocks.add_argument("--blocks", choices=("whole", "per-module"), default="whole",
-                        help="one block for the whole adapter (default) or one per adapted module")
-    blocks.add_argument("--modules", default=None, help="per-module: module names, e.g. q_proj,v_proj (default all)")
-    blocks.add_argument("--layers", default=None, help="per-module: layers a:b (a <= i < b), 3, or 0,5,10 (default all)")
-    blocks.add_argument("--solver", choices=("lanczos", "power", "pyhessian"), default="lanczos",
-                        help="lanczos (default; λ_max and λ_min), power (shifted, largest algebraic), or "
-                        "pyhessian (PyHessian 0.1's power iteration, for comparison)")
-    blocks.add_argument("--top-k", type=int, default=1, help="eigenvalues per end (default 1)")
-    blocks.add_argument("--tol", type=float, default=1e-3, help="relative residual ||Hv - λv|| <= tol·|λ| (default 1e-3)")
-    blocks.add_argument("--max-iter", type=int, default=100, help="iteration cap per block (default 100)")
-    blocks.add_argument("--no-min", action="store_true", help="lanczos: skip λ_min (fewer products)")
-    blocks.add_argument("--solver-seed", type=int, default=0, help="seed of the start vectors (default 0)")
-    blocks.add_argument("--block-size", default=None, metavar="P|rank",
-                        help="lanczos: start vectors per block (default --top-k); 'rank' takes the block's LoRA rank "
-                        "r, the width of the cluster λ_max sits in at initialisation (r products a step)")
-    blocks.add_argument("--one-at-a-time", action="store_true",
-                        help="per-module: solve the blocks one after another instead of side by side on shared passes")
-    extras = parser.add_argument_group("extra measurements")
-    extras.add_argument("--trace", action="store_true", help="Hutch++ estimate of tr(H)")
-    extras.add_argument("--trace-hvps", type=int, default=30, help="Hutch++ budget in products (default 30)")
-    extras.add_argument("--density", action="store_true", help="spectral density by stochastic Lanczos quadrature")
-    extras.add_argument("--density-steps", type=int, default=30, help="Lanczos steps per SLQ run (default 30)")
-    extras.add_argument("--density-runs", type=int, default=1, help="SLQ runs (default 1)")
-    extras.add_argument("--preconditioned", action="store_true",
-                        help="Adam-preconditioned sharpness λ1(P^-1 H) from the checkpoint's optimizer state, with the "
-                        "thresholds 2/lr and (2+2β1)/((1-β1)lr)")
-    extras.add_argument("--lr", type=float, default=None, help="learning rate for the thresholds (default: the "
-                        "checkpoint's)")
-    engine = parser.add_argument_group("engine")
-    engine.add_argument("--backend", choices=("auto", "double_backward", "forward_over_reverse", "finite_difference"),
-                        default="auto", help="Hessian-vector product backend (default: the fastest exact one)")
-    engine.add_argument("--dora-norm", choices=("detached", "differentiated"), default="detached",
-                        help="DoRA: the Hessian of peft's surrogate with the column norm detached (default; what DoRA "
-                        "trains with) or of the true loss with the norm differentiated")
-    engine.add_argument("--no-reuse", action="store_true",
-                        help="do not keep each batch's first-order graph between products (saves memory)")
-    engine.add_argument("--krylov-memory", type=float, default=None, metavar="GIB",
-                        help="GiB the Krylov vectors may take on the device (on a GPU as much again in pinned host "
-                        "memory); beyond it kept products are dropped, then the basis stops growing (default: "
-                        "sized from the free memory; the memory plan is printed before the first product)")
-    engine.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    groups = {key: parser.add_argument_group(title) for key, title in _GROUPS.items()}
+    # --task and --data both name the measurement's task (a spec, or a file of examples): one or the other.
+    data_choice = groups["data"].add_mutually_exclusive_group()
+    data_choice.add_argument("--data", default=None, help="a .json/.jsonl file of examples (PATH[::PROMPT,RESPONSE])")
+    add_settings_arguments(groups, task_group=data_choice)
+    groups["engine"].add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--out", required=True, help="JSON report to write (and to resume from)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_threads_argument(parser)
 
 
+def add_settings_arguments(groups: dict[str, argparse._ArgumentGroup], *,
+                           task_group: argparse._MutuallyExclusiveGroup | None = None) -> None:
+    """One option per :class:`MeasureSettings` field, generated from the field: its flag, help, default and choices
+    (dest: the field's name), so the command line cannot drift from the settings."""
+    for field in dataclasses.fields(MeasureSettings):
+        meta = field.metadata
+        group: argparse._ArgumentGroup = groups[meta["group"]]
+        if field.name == "task" and task_group is not None:
+            group = task_group
+        default_text = meta["default_help"] or _default_text(field.default)
+        help_text = f"{meta['help']} (default: {default_text})"
+        if field.name == "prompt_template":
+            help_text = f"{CHOICES_HELP}: {help_text}"
+        if meta["off_flag"] is not None:  # a switch that turns a setting off (--no-min, --no-reuse)
+            group.add_argument(meta["off_flag"], dest=field.name, action="store_const", const=meta["off_value"],
+                               default=field.default, help=meta["help"])
+            continue
+        flag = meta["flag"] or "--" + field.name.replace("_", "-")
+        if isinstance(field.default, bool):
+            group.add_argument(flag, dest=field.name, action="store_true", default=field.default, help=meta["help"])
+            continue
+        group.add_argument(flag, dest=field.name, type=_option_type(field), default=field.default,
+                           choices=CHOICES.get(field.name), metavar=meta["metavar"], help=help_text)
+
+
+def _option_type(field: dataclasses.Field[Any]) -> Callable[[str], Any]:
+    """How a flag's text is read: tuples (modules, layers) as text the settings parse, else by the annotation."""
+    annotation = str(field.type)
+    if annotation.startswith("tuple") or field.name in CHOICES or "Literal" in annotation:
+        return str
+    if annotation.startswith("int"):
+        return int
+    if annotation.startswith("float"):
+        return float
+    return str
+
+
+def _default_text(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def settings_from_arguments(args: argparse.Namespace) -> MeasureSettings:
+    """The :class:`MeasureSettings` the parsed options say (``--data`` is the task when given)."""
+    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(MeasureSettings)}
+    values["task"] = args.data or args.task
+    return MeasureSettings(**values)
+
+
 def run(args: argparse.Namespace) -> int:
     apply_threads(args)
-    from hessian_lora.measure import eigen
-
-    if args.checkpoint is None and args.method is None:
-        raise UserError("pass a CHECKPOINT directory, or --method (and --model) to analyse an adapter at initialisation.")
-    if args.checkpoint is not None and args.method is not None:
-        raise UserError("give either a CHECKPOINT or --method, not both.")
     if args.data is not None and not Path(args.data.split("::", 1)[0]).is_file():
         raise UserError(f"--data {args.data}: no such file; pass a .json or .jsonl file of examples.")
-    if args.blocks == "whole" and (args.modules or args.layers):
-        raise UserError("--modules/--layers pick per-module blocks: add --blocks per-module.")
-    tolerance(args.tol, "--tol", fix="use e.g. --tol 1e-3 (a tolerance of 1 or more certifies anything).")
+    settings = settings_from_arguments(args)  # every check of the settings, before torch loads
+    if args.checkpoint is None and args.method is None:
+        raise UserError("pass a CHECKPOINT directory, or --method (and --model) to analyse an adapter at initialisation.")
+    method = None
     if args.method is not None:
-        check_method_rank(args.method, args.rank)
+        targets = tuple(t.strip() for t in args.targets.split(",") if t.strip()) if args.targets else ()
+        method = AdapterConfig(method=args.method, rank=args.rank, alpha=args.alpha, seed=args.adapter_seed,
+                               targets=targets or DEFAULT_TARGETS)
+        check_method_rank(method.method, method.rank)
     out = check_output_file(args.out, "--out")
     # Temporary files a killed write of this report left; only this report's, since a sweep or another eigen
     # may be writing beside it.
     remove_stale_temporaries(out.parent, name=out.name)
-    targets = tuple(t.strip() for t in args.targets.split(",") if t.strip()) if args.targets else None
-    report = eigen(
-        args.checkpoint,
-        model=args.model, method=args.method, rank=args.rank, alpha=args.alpha, targets=targets,
-        adapter_seed=args.seed, model_seed=args.model_seed,
-        task=args.data or args.task, samples=args.samples, batch_size=args.batch_size,
-        max_length=args.max_length, data_seed=args.data_seed,
-        blocks=args.blocks, modules=args.modules, layers=args.layers,
-        solver=args.solver, top_k=args.top_k, smallest=not args.no_min, tol=args.tol, max_iter=args.max_iter,
-        seed=args.solver_seed, trace=args.trace, trace_hvps=args.trace_hvps, density=args.density,
-        density_steps=args.density_steps, density_runs=args.density_runs, preconditioned=args.preconditioned,
-        lr=args.lr, backend=args.backend, reuse=False if args.no_reuse else "auto",
-        prompt_template=args.prompt_template, dora_norm=args.dora_norm, krylov_memory=args.krylov_memory,
-        block_size=args.block_size, together=not args.one_at_a_time, device=args.device, out=args.out, progress=not args.quiet, revision=args.revision,
-    )
+    from hessian_lora.measure import eigen
+
+    # The settings travel as eigen()'s keyword options (each a field), as a Python caller would pass them.
+    options = {field.name: getattr(settings, field.name) for field in dataclasses.fields(settings)}
+    report = eigen(args.checkpoint, model=args.model, method=method, model_seed=args.model_seed, device=args.device,
+                   out=args.out, progress=not args.quiet, revision=args.revision, **options)
     from hessian_lora.hessian import distributed
 
     if distributed.is_main_process():
@@ -161,17 +165,17 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(block.converged for block in report.blocks) else UNCERTIFIED_EXIT
 
 
-def _uncertified_by_reason(blocks: object) -> dict[str, list[str]]:
+def _uncertified_by_reason(blocks: Sequence[BlockReport]) -> dict[str, list[str]]:
     grouped: dict[str, list[str]] = {}
-    for block in blocks:  # type: ignore[attr-defined]
+    for block in blocks:
         if not block.converged:
             reason = block.eigen.stop_reason if block.eigen is not None else "other"
             grouped.setdefault(reason if reason in _UNCERTIFIED_HELP else "other", []).append(block.name)
     return grouped
 
 
-def _print_summary(report: object, out: str) -> None:
-    blocks = report.blocks  # type: ignore[attr-defined]
+def _print_summary(report: EigenReport, out: str) -> None:
+    blocks = report.blocks
     width = max([len(b.name) for b in blocks] + [5])
     print(f"{'block':<{width}}  {'lambda_max':>11}  {'lambda_min':>11}  {'residual':>9}  conv  {'hvps':>5}  "
           f"{'seconds':>8}", file=sys.stdout)
@@ -192,7 +196,7 @@ def _print_summary(report: object, out: str) -> None:
     for reason, names in _uncertified_by_reason(blocks).items():
         print(f"not certified ({reason}): {', '.join(names)}: {_UNCERTIFIED_HELP.get(reason, _UNCERTIFIED_HELP['other'])}",
               file=sys.stdout)
-    note = report.source.get("preconditioner_note")  # type: ignore[attr-defined]
+    note = report.source.get("preconditioner_note")
     if note:
         print(f"preconditioned sharpness not computed: {note}", file=sys.stdout)
     print(f"report: {out}", file=sys.stdout)

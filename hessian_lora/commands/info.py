@@ -47,33 +47,32 @@ def _describe(path: Path) -> dict[str, Any]:
         return _describe_peft(path)
     data = checkpoint.read_meta_dict(path)
     checkpoint.check_checkpoint_files(path)
+    if data.get("method") not in METHODS:
+        raise UserError(f"{path} holds unknown method {data.get('method')!r}: it was written by another version.")
     meta = checkpoint.CheckpointMeta.from_dict(data)
-    if meta.method not in METHODS:
-        raise UserError(f"{path} holds unknown method {meta.method!r}: it was written by another version.")
-    spec = METHODS[meta.method]
-    scale = meta.alpha / (meta.rank ** 0.5 if meta.method == "rslora" else meta.rank)
+    adapter = meta.adapter
     facts: dict[str, Any] = {
         "checkpoint": str(path),
-        "method": meta.method,
-        "summary": spec.summary,
-        "rank": meta.rank,
-        "alpha": meta.alpha,
-        "scale": scale,
-        "dropout": meta.dropout,
-        "targets": list(meta.targets),
+        "method": adapter.method,
+        "summary": adapter.spec.summary,
+        "rank": adapter.rank,
+        "alpha": adapter.alpha,
+        "scale": adapter.scaling,  # the scale peft applies (RandLoRA's is fixed, rsLoRA's over sqrt(rank))
+        "dropout": adapter.dropout,
+        "targets": list(adapter.targets),
         "base_model": meta.base_model,
         "dtype": meta.dtype,
         "model_seed": meta.model_seed,
         "task": meta.task,
-        "seed": meta.seed,
+        "seed": adapter.seed,
         "step": meta.step,
         "lr": meta.lr,
         "trainable_parameters": data.get("trainable_parameters"),
         "adapter_bytes": _size(path / checkpoint.ADAPTER_WEIGHTS_FILE),
         "residual_base": (
             f"rebuilt from the initial A0, B0 in {checkpoint.INITIAL_ADAPTER_FILE}"
-            if spec.rewrites_base and (path / checkpoint.INITIAL_ADAPTER_FILE).is_file()
-            else ("MISSING" if spec.rewrites_base else "not needed (base weights unchanged)")
+            if adapter.spec.rewrites_base and (path / checkpoint.INITIAL_ADAPTER_FILE).is_file()
+            else ("MISSING" if adapter.spec.rewrites_base else "not needed (base weights unchanged)")
         ),
         "optimizer_state": None,
         "extra": meta.extra,
@@ -101,19 +100,22 @@ def _describe_peft(path: Path) -> dict[str, Any]:
                   for name, shape in shapes.items()}
     step = peft_adapters.trained_step(path)
     meta = peft_adapters.peft_meta(config, base_model=config.get("base_model_name_or_path") or "-", step=step)
-    use_rslora = meta.method == "rslora" or (meta.method == "dora" and config.get("use_rslora"))
-    divisor = {"gralora": meta.rank + int(config.get("hybrid_r") or 0), "randlora": meta.rank}.get(
-        meta.method, meta.rank ** 0.5 if use_rslora else meta.rank)
+    adapter = meta.adapter
+    # Read from peft's own config, not AdapterConfig.scaling: a plain peft adapter may set use_rslora on DoRA, or
+    # GraLoRA's hybrid_r, which this toolkit's adapters never do.
+    use_rslora = adapter.method == "rslora" or (adapter.method == "dora" and config.get("use_rslora"))
+    divisor = {"gralora": adapter.rank + int(config.get("hybrid_r") or 0), "randlora": adapter.rank}.get(
+        adapter.method, adapter.rank ** 0.5 if use_rslora else adapter.rank)
     return {
         "checkpoint": str(path),
         "format": "peft",
-        "method": meta.method,
-        "summary": METHODS[meta.method].summary,
-        "rank": meta.rank,
-        "alpha": meta.alpha,
-        "scale": meta.alpha / divisor,
-        "dropout": meta.dropout,
-        "targets": list(meta.targets),
+        "method": adapter.method,
+        "summary": METHODS[adapter.method].summary,
+        "rank": adapter.rank,
+        "alpha": adapter.lora_alpha,
+        "scale": adapter.lora_alpha / divisor,
+        "dropout": adapter.dropout,
+        "targets": list(adapter.targets),
         "base_model": meta.base_model,
         "dtype": "-",
         "model_seed": None,

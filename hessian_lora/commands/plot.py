@@ -31,10 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hessian_lora.ablation_plots import ABLATION_FIGURES, plot_ablation
     from hessian_lora.analysis.ablation import is_ablation
     from hessian_lora.errors import UserError
-    from hessian_lora.plots import FIGURE_NAMES, plot_run
+    from hessian_lora.figures.ablation import ABLATION_FIGURES, plot_ablation
+    from hessian_lora.figures.plots import FIGURE_NAMES, plot_run
 
     formats = tuple(part.strip().lower() for part in args.formats.split(",") if part.strip())
     known = {"png", "pdf", "svg"}
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_directory(args.out, "--out")
     options = analysis_kwargs(args)
     if is_ablation(args.run_dirs, rank=args.rank, batch_size=args.batch_size):
-        result = plot_ablation(args.run_dirs, args.out, formats=formats, **options)  # type: ignore[arg-type]
+        result = plot_ablation(args.run_dirs, args.out, formats=formats, **options)
     else:
         result = plot_run(args.run_dirs[0], args.out, formats=formats, **options)
     names = {**FIGURE_NAMES, **ABLATION_FIGURES}

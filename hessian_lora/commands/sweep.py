@@ -58,8 +58,9 @@ def run(args: argparse.Namespace) -> int:
         from hessian_lora.sweep.config import eval_task_specs
 
         changes: dict[str, object] = {}
-        if args.prompt_template is not None:
-            changes["prompt_template"] = check_prompt_template(args.prompt_template)
+        if args.prompt_template is not None:  # the template every run trains with: the training settings'
+            changes["train"] = dataclasses.replace(config.train,
+                                                   prompt_template=check_prompt_template(args.prompt_template))
         if args.eval_task is not None:
             changes["eval_task"] = eval_task_specs(args.eval_task, source="--eval-task")
         config = dataclasses.replace(config, **changes)

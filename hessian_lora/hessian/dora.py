@@ -16,16 +16,15 @@ from __future__ import annotations
 import contextlib
 import types
 from collections.abc import Iterator
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hessian_lora.errors import UserError
-
-DoraNorm = Literal["detached", "differentiated"]
-DORA_NORMS: tuple[str, ...] = get_args(DoraNorm)
+from hessian_lora.settings.measurement import DORA_NORMS
+from hessian_lora.settings.measurement import DoraNorm as DoraNorm  # one definition, with the settings
 
 _MISSING = object()
 

@@ -20,6 +20,10 @@ from torch import nn
 
 from hessian_lora.errors import UserError
 
+# The block selection's parsers belong to the settings that are validated without torch; re-exported here.
+from hessian_lora.settings.measurement import parse_layers as parse_layers
+from hessian_lora.settings.measurement import parse_modules as parse_modules
+
 ADAPTER_PARTS: tuple[str, ...] = ("lora_A", "lora_B", "lora_magnitude_vector")
 # ``layers.<i>`` (Llama, Mistral, ...), ``h.<i>`` (GPT-2), ``blocks.<i>``, ``layer.<i>`` (BERT); "/" separated too.
 _LAYER_INDEX = re.compile(r"(?:^|[./])(?:layers|layer|h|blocks)[./](\d+)(?:[./]|$)")
@@ -171,34 +175,3 @@ def layer_index(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def parse_layers(text: str | None) -> tuple[int, ...] | None:
-    """``"a:b"`` (a ≤ i < b, either end optional only on the left: ``":4"``), ``"3"``, or ``"0,5,10"``."""
-    if text is None or text.strip() in ("", "all"):
-        return None
-    layers: list[int] = []
-    try:
-        for item in text.split(","):
-            item = item.strip()
-            if ":" in item:
-                start_text, _, stop_text = item.partition(":")
-                start = int(start_text) if start_text.strip() else 0
-                stop = int(stop_text)
-                if stop <= start:
-                    raise ValueError
-                layers.extend(range(start, stop))
-            else:
-                layers.append(int(item))
-    except ValueError:
-        raise UserError(f"bad layers {text!r}: write a:b (a <= layer < b), a single index, or a list 0,5,10.") from None
-    if any(i < 0 for i in layers):
-        raise UserError(f"bad layers {text!r}: layer indices are >= 0.")
-    return tuple(dict.fromkeys(layers))
-
-
-def parse_modules(text: str | None) -> tuple[str, ...] | None:
-    if text is None or text.strip() in ("", "all"):
-        return None
-    modules = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
-    if not modules:
-        raise UserError(f"bad modules {text!r}: list module names, e.g. q_proj,v_proj.")
-    return modules

@@ -28,7 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from hessian_lora._numbers import bounded_number
+from hessian_lora._numbers import (
+    krylov_gib as check_krylov_gib,  # the one check, beside the torch-free settings
+)
 from hessian_lora.data import TokenBatch
 from hessian_lora.errors import UserError
 from hessian_lora.hessian.storage import KrylovMemory
@@ -104,12 +106,6 @@ class MemoryPlan:
         for key in ("budget_bytes", "host_bytes"):
             data[key] = None if math.isinf(data[key]) else data[key]
         return data
-
-
-def check_krylov_gib(value: Any) -> float:
-    """The Krylov budget in GiB (``--krylov-memory``, ``MeasureSettings.krylov_memory``): finite and positive."""
-    return bounded_number(value, "krylov_memory (--krylov-memory)", low=0.0,
-                          fix="give the GiB the Krylov vectors may take, e.g. 8, or leave it out.")
 
 
 def activation_bytes(model: nn.Module, sequences: int, length: int) -> int | None:

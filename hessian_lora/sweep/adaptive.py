@@ -86,9 +86,9 @@ def search_metric(config: SweepConfig) -> tuple[str, bool]:
     settings = _settings(config)
     metric = settings.metric
     if metric == "auto":
-        from hessian_lora.sweep.execute import _cached_task
+        from hessian_lora.sweep.execute import cached_task
 
-        task = _cached_task(config.task, config.data_seed, config.n_train, config.n_eval)
+        task = cached_task(config.task, config.data_seed, config.n_train, config.n_eval)
         metric = "accuracy" if config.eval.accuracy and task.scorer is not None and task.eval else "eval_loss"
     return metric, HIGHER_IS_BETTER[metric]
 
@@ -178,6 +178,7 @@ def leave_method_out(calibration: Any, method: str) -> Any:
 
 
 def describe_centre(centre: Mapping[str, Any]) -> str:
+    """A search centre in one line: η̂ from a calibration, or the grid's centre."""
     if centre.get("source") == "calibration":
         if centre.get("left_out"):
             how = f", refitted without {centre['left_out']}'s own point"
@@ -226,21 +227,16 @@ def _lambda_at_init(config: SweepConfig, layout: RunLayout, key: InitKey, calibr
     """λ_max of (method, rank, seed)'s adapter at initialisation, written to its ``_init.json`` report."""
     from dataclasses import replace
 
-    from hessian_lora.adapters import AdapterConfig, adapter_at_initialisation
+    from hessian_lora.adapters import adapter_at_initialisation
     from hessian_lora.data import make_batches
     from hessian_lora.measure import MeasureSettings, measure
     from hessian_lora.recommend import lambda_from_report, probe_batches
-    from hessian_lora.sweep.execute import _cached_task, _eigen_report
-    from hessian_lora.train import TrainConfig
+    from hessian_lora.sweep.execute import cached_task, eigen_report
 
-    task = _cached_task(config.task, config.data_seed, config.n_train, config.n_eval)
+    task = cached_task(config.task, config.data_seed, config.n_train, config.n_eval)
     # Built as execute_run builds it (LoRA-GA: on the first global batch of the first batch size).
-    adapter_config = AdapterConfig(method=key.method, rank=key.rank, alpha=config.alpha, dropout=config.dropout,
-                                   targets=config.targets, seed=key.seed, loraplus_ratio=config.loraplus_ratio,
-                                   pissa_niter=config.pissa_niter)
-    train_config = TrainConfig(lr=1.0, steps=1, batch_size=config.batch_sizes[0],
-                               micro_batch_size=config.micro_batch_size, max_length=config.max_length,
-                               seed=key.seed, precision=config.precision, prompt_template=config.prompt_template)
+    adapter_config = config.adapter_for(key.method, key.rank, key.seed)
+    train_config = config.train_for(config.lrs[0], config.batch_sizes[0], key.seed)
     model, tokenizer, _ = adapter_at_initialisation(
         config.model, adapter_config, model_seed=config.model_seed, attention=config.attention, device=device,
         train_examples=task.train, train_config=train_config)
@@ -248,7 +244,7 @@ def _lambda_at_init(config: SweepConfig, layout: RunLayout, key: InitKey, calibr
     if config.hessian.init:  # the sweep's own measurement: every run resumes from this file
         batches = make_batches(tokenizer, task.train[: config.hessian.samples], config.hessian.batch_size,
                                max_length=config.max_length, prompt_template=config.prompt_template)
-        report = _eigen_report(config, model, batches, out=out, progress=progress)
+        report = eigen_report(config, model, batches, out=out, progress=progress)
     else:  # measured as the calibration's probe was
         probe = calibration.probe
         per_module = probe.get("blocks") == "per-module"
@@ -292,7 +288,7 @@ def observed(config: SweepConfig, rows: Sequence[Mapping[str, Any]], key: Search
             values.append(_value(row, metric))
         else:
             lr = float(next(iter(seeds.values()))["lr"])
-            result[lr] = None if None in values else sum(values) / len(values)  # type: ignore[arg-type]
+            result[lr] = None if None in values else sum(values) / len(values)
     return result
 
 
@@ -318,6 +314,7 @@ class KeySearch:
     fallback_reason: str | None = None  # why ``metric`` is not the configured one (None: it is)
 
     def to_dict(self, configured: str) -> dict[str, Any]:
+        """The search's entry in search.json's ``searches`` (``configured``: the metric the config asked for)."""
         return {"metric": self.metric, "configured_metric": configured, "fallback_reason": self.fallback_reason,
                 "outcome": self.status.outcome, "located": self.status.located, "best_lr": self.status.best_lr,
                 "censored": self.status.censored, "done": self.status.done, "runs": len(self.observed),
@@ -355,6 +352,7 @@ def key_search(config: SweepConfig, rows: Sequence[Mapping[str, Any]], key: Sear
 
 def key_searches(config: SweepConfig, rows: Sequence[Mapping[str, Any]], centres: Mapping[str, Mapping[str, Any]],
                  metric: str, higher_is_better: bool, *, left_out: frozenset[str] = frozenset()) -> list[KeySearch]:
+    """Every search key's search as the rows stand (the metric that decides it, its centre, its status)."""
     return [key_search(config, rows, key, centres[key.centre_key]["lr"], metric, higher_is_better,
                        left_out=left_out) for key in search_keys(config)]
 
@@ -375,12 +373,12 @@ def next_round(config: SweepConfig, rows: Sequence[Mapping[str, Any]], centres: 
 def used_specs(config: SweepConfig, rows: Sequence[Mapping[str, Any]], centres: Mapping[str, Mapping[str, Any]],
                metric: str, higher_is_better: bool) -> list[RunSpec]:
     """The runs the searches have used so far (their points, for every seed): the rows the search made."""
-    from hessian_lora.sweep.search import _replay
+    from hessian_lora.sweep.search import replay
 
     settings = _settings(config)
     specs = []
     for search in key_searches(config, rows, centres, metric, higher_is_better):
-        known, pending, _ = _replay(search.observed, search.centre, settings, search.higher_is_better)
+        known, pending, _ = replay(search.observed, search.centre, settings, search.higher_is_better)
         key = search.key
         specs += [RunSpec(key.method, settings.lattice_lr(k), seed, key.rank, key.batch_size)
                   for seed in config.seeds for k in sorted({*known, *pending})]
@@ -444,7 +442,7 @@ def planned_estimate(config: SweepConfig, rows: Sequence[Mapping[str, Any]], cen
 
 def _used_points(seen: Mapping[float, float | None], centre: float, settings: AdaptiveSearch,
                  higher_is_better: bool) -> int:
-    from hessian_lora.sweep.search import _replay
+    from hessian_lora.sweep.search import replay
 
-    known, pending, _ = _replay(seen, centre, settings, higher_is_better)
+    known, pending, _ = replay(seen, centre, settings, higher_is_better)
     return len(known) + len(pending)

@@ -29,17 +29,13 @@ from typing import Any, Literal, get_args
 import yaml
 
 from hessian_lora._yaml import is_number, numbers_from_strings, plain, settings_from_mapping
-from hessian_lora.adapters import DEFAULT_TARGETS
-from hessian_lora.data import DEFAULT_PROMPT_TEMPLATE, check_prompt_template
-from hessian_lora.dynamics import DuringSettings
 from hessian_lora.errors import UserError
-from hessian_lora.evaluate import EvalConfig
-from hessian_lora.measure import MeasureSettings
-from hessian_lora.precision import BASE_DTYPES, BaseDtype
 from hessian_lora.registry import METHODS, check_method_rank
 from hessian_lora.rundir import InitKey, run_id
+from hessian_lora.settings import AdapterConfig, DuringSettings, EvalConfig, MeasureSettings, TrainConfig
+from hessian_lora.settings.prompts import check_prompt_template
+from hessian_lora.settings.training import BASE_DTYPES, PRECISIONS, BaseDtype, steps_for_epochs
 from hessian_lora.sweep.search import AdaptiveSearch, search_from_config
-from hessian_lora.train import PRECISIONS, Precision
 
 GRID_AXES = ("methods", "lrs", "seeds", "ranks", "batch_sizes")
 Attention = Literal["eager", "sdpa"]  # the kernels a sweep may train with (eigen picks its own for HVPs)
@@ -72,6 +68,7 @@ class HessianSettings:
 
     @property
     def enabled(self) -> bool:
+        """Whether any λ_max measurement (at initialisation or at the end) is asked for."""
         return self.init or self.final
 
 
@@ -104,49 +101,73 @@ class RunSpec:
         return str(InitKey(self.method, self.rank, self.seed))
 
 
+# The YAML keeps its flat keys; these are the ones that live in the nested adapter and training settings (the
+# rest are SweepConfig's own fields or sections), and FLAT_ORDER is the order config.yaml has always listed them in.
+ADAPTER_KEYS = ("targets", "alpha", "dropout", "loraplus_ratio", "pissa_niter")
+TRAIN_KEYS = ("micro_batch_size", "max_length", "warmup_ratio", "betas", "weight_decay", "eps", "max_grad_norm",
+              "precision", "gradient_checkpointing", "divergence_factor", "divergence_window", "prompt_template")
+FLAT_ORDER = ("name", "model", "task", "methods", "seeds", "ranks", "batch_sizes", "micro_batch_size", "steps",
+              "epochs", "n_train", "n_eval", "data_seed", "model_seed", "max_length", "targets", "alpha", "dropout",
+              "loraplus_ratio", "pissa_niter", "warmup_ratio", "betas", "weight_decay", "eps", "max_grad_norm",
+              "precision", "base_dtype", "gradient_checkpointing", "attention", "divergence_factor",
+              "divergence_window", "checkpoints", "prompt_template", "eval_task", "eval", "hessian", "ray", "search",
+              "lr")
+
+
 @dataclass(frozen=True)
 class SweepConfig:
-    """A validated sweep: the grid axes (methods, lrs, seeds, ranks, batch_sizes) and the shared settings."""
+    """A validated sweep: the grid axes (methods, lrs, seeds, ranks, batch_sizes) and the shared settings.
+
+    The shared settings are the nested records each run is built from, not copies of their fields: ``adapter``
+    (an :class:`AdapterConfig`), ``train`` (a :class:`TrainConfig`), ``eval`` and ``hessian`` (whose ``measure``
+    is a :class:`MeasureSettings`). ``adapter`` and ``train`` are the first grid point's; a run's own are
+    :meth:`adapter_for` and :meth:`train_for` (the grid axes replaced), so every caller builds the same adapter.
+    """
 
     name: str
     model: str
     task: str
     methods: tuple[str, ...]
     lrs: tuple[float, ...]
+    adapter: AdapterConfig
+    train: TrainConfig
     seeds: tuple[int, ...] = (0,)
     ranks: tuple[int, ...] = (8,)
     batch_sizes: tuple[int, ...] = (16,)
-    micro_batch_size: int | None = None
     steps: int | None = None
     epochs: float | None = None
     n_train: int = 1000
     n_eval: int = 200
     data_seed: int = 0
     model_seed: int = 0
-    max_length: int = 512
-    targets: tuple[str, ...] = DEFAULT_TARGETS
-    alpha: float | None = None  # None: alpha = rank (the paper)
-    dropout: float = 0.0
-    loraplus_ratio: float = 16.0
-    pissa_niter: int | None = None
-    warmup_ratio: float = 0.03
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
-    eps: float = 1e-8
-    max_grad_norm: float | None = 1.0
-    precision: Precision = "fp32"
     base_dtype: BaseDtype = "fp32"  # the frozen base weights' dtype in training (hessian_lora.precision)
-    gradient_checkpointing: bool = False
     attention: Attention = "eager"
-    divergence_factor: float = 4.0
-    divergence_window: int = 5
     checkpoints: CheckpointMode = "final"
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE  # chat | alpaca | plain | a string with {instruction}
     eval_task: tuple[str, ...] = ()  # evaluation sets scored per run: gsm8k:PATH, math:PATH, mbpp:PATH, humaneval
     eval: EvalConfig = field(default_factory=EvalConfig)
     hessian: HessianSettings = field(default_factory=HessianSettings)
     ray: RaySettings = field(default_factory=RaySettings)
     search: AdaptiveSearch | None = None  # None: run the whole grid
+
+    @property
+    def max_length(self) -> int:
+        """The token limit of every example a run trains, measures or evaluates on (``train.max_length``)."""
+        return self.train.max_length
+
+    @property
+    def prompt_template(self) -> str:
+        """The template every example of the sweep is formatted with (``train.prompt_template``)."""
+        return self.train.prompt_template
+
+    def adapter_for(self, method: str, rank: int, seed: int) -> AdapterConfig:
+        """The adapter of grid point (method, rank, seed): the one execute_run, the search's centres, preflight and
+        the demo build."""
+        return dataclasses.replace(self.adapter, method=method, rank=rank, seed=seed)
+
+    def train_for(self, lr: float, batch_size: int, seed: int) -> TrainConfig:
+        """The training run of grid point (lr, batch size, seed)."""
+        return dataclasses.replace(self.train, lr=lr, steps=self.steps_for(batch_size), batch_size=batch_size,
+                                   seed=seed)
 
     def runs(self) -> list[RunSpec]:
         """Every grid point, in a stable order: method, rank, seed, batch size, then increasing LR."""
@@ -161,8 +182,6 @@ class SweepConfig:
 
     def steps_for(self, batch_size: int) -> int:
         """Optimizer steps of a run with this global batch: ``steps``, or ``epochs`` over ``n_train``."""
-        from hessian_lora.train import steps_for_epochs
-
         if self.steps is not None:
             return self.steps
         assert self.epochs is not None
@@ -170,8 +189,11 @@ class SweepConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-able data that :func:`config_from_dict` reads back to an equal config."""
-        data = dataclasses.asdict(self)
-        data["lr"] = [float(lr) for lr in data.pop("lrs")]
+        nested = dataclasses.asdict(self)
+        adapter, train = nested.pop("adapter"), nested.pop("train")
+        flat = {**nested, **{key: adapter[key] for key in ADAPTER_KEYS}, **{key: train[key] for key in TRAIN_KEYS},
+                "lr": [float(lr) for lr in nested.pop("lrs")]}
+        data = {key: flat[key] for key in FLAT_ORDER}
         # The YAML form: ``options`` holds the measurement settings that differ from the sweep's defaults.
         data["hessian"].pop("measure")
         data["hessian"]["options"] = self.hessian.measure.options(MeasureSettings(max_length=self.max_length))
@@ -213,7 +235,8 @@ def load_config(path: str | os.PathLike[str]) -> SweepConfig:
 def config_from_dict(data: Mapping[str, Any], *, source: str = "config") -> SweepConfig:
     """Validate plain data (as YAML gives it) into a :class:`SweepConfig`; every problem is a :class:`UserError`."""
     data = {key: numbers_from_strings(item) if key in _NUMERIC_KEYS else item for key, item in data.items()}
-    simple = {f.name for f in dataclasses.fields(SweepConfig)} - {"lrs", "eval", "hessian", "ray", "search"}
+    sections = {"lr", "eval", "hessian", "ray", "search"}
+    simple = set(FLAT_ORDER) - sections
     # Singular spellings of the grid axes are accepted for one-value grids.
     for singular, plural in (("method", "methods"), ("seed", "seeds"), ("rank", "ranks"),
                              ("batch_size", "batch_sizes")):
@@ -223,7 +246,6 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "config") -> Swee
             data[plural] = [data.pop(singular)]
     if "lrs" in data and "lr" not in data:
         data["lr"] = data.pop("lrs")
-    sections = {"lr", "eval", "hessian", "ray", "search"}
     unknown = sorted(set(data) - simple - sections)
     if unknown:
         raise UserError(f"{source}: unknown setting(s) {', '.join(unknown)}: check the spelling "
@@ -292,6 +314,20 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "config") -> Swee
     values["hessian"] = _hessian(data.get("hessian"), source, max_length=values.get("max_length", 512))
     values["ray"] = _section(RaySettings, data.get("ray"), "ray", source)
     values["search"] = search_from_config(data.get("search"), source=source)
+    if (values.get("steps") is None) == (values.get("epochs") is None):
+        raise UserError(f"{source}: give exactly one of steps or epochs.")
+    # The flat keys become the nested settings of the first grid point, checked by their own classes.
+    first = {"seed": values.get("seeds", (0,))[0], "batch_size": values.get("batch_sizes", (16,))[0]}
+    adapter_values = {key: values.pop(key) for key in ADAPTER_KEYS if key in values}
+    train_values = {key: values.pop(key) for key in TRAIN_KEYS if key in values}
+    steps = values.get("steps") or steps_for_epochs(values.get("n_train", 1000), first["batch_size"],
+                                                    values["epochs"])
+    try:
+        values["adapter"] = AdapterConfig(method=values["methods"][0], rank=values.get("ranks", (8,))[0],
+                                          seed=first["seed"], **adapter_values)
+        values["train"] = TrainConfig(lr=values["lrs"][0], steps=steps, **first, **train_values)
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from exc
     config = SweepConfig(**values)
     _check_consistency(config, source)
     return config
@@ -358,19 +394,11 @@ def parse_lr_grid(value: Any, *, source: str = "config") -> tuple[float, ...]:
 
 
 def _check_consistency(config: SweepConfig, source: str) -> None:
-    if (config.steps is None) == (config.epochs is None):
-        raise UserError(f"{source}: give exactly one of steps or epochs.")
     if config.n_train < 1:
         raise UserError(f"{source}: n_train must be at least 1.")
-    if config.micro_batch_size is not None and any(b % config.micro_batch_size for b in config.batch_sizes):
-        raise UserError(f"{source}: every batch size must be a multiple of micro_batch_size "
-                        f"{config.micro_batch_size}.")
-    if not 0.0 <= config.warmup_ratio < 1.0:
-        raise UserError(f"{source}: warmup_ratio must be in [0, 1).")
-    if not 0.0 <= config.dropout < 1.0:
-        raise UserError(f"{source}: dropout must be in [0, 1).")
-    if config.divergence_factor <= 1.0:
-        raise UserError(f"{source}: divergence_factor must be > 1.")
+    micro = config.train.micro_batch_size
+    if micro is not None and any(b % micro for b in config.batch_sizes):
+        raise UserError(f"{source}: every batch size must be a multiple of micro_batch_size {micro}.")
     if config.base_dtype != "fp32" and config.hessian.during is not None:
         # The in-run probe measures the model that trains, whose base is then bf16; the Hessian is fp32 only.
         raise UserError(f"{source}: hessian.during measures the training model, whose base is {config.base_dtype} "

@@ -38,8 +38,8 @@ class RunOutcome:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_task(spec: str, seed: int, n_train: int, n_eval: int) -> Any:
-    # Every run of a sweep reads the same task: a local sweep loads it once, not once per run.
+def cached_task(spec: str, seed: int, n_train: int, n_eval: int) -> Any:
+    """The sweep's task, loaded once per process: every run (and preflight, and the search's centres) reads it."""
     from hessian_lora.data import load_task
 
     return load_task(spec, seed=seed, n_train=n_train, n_eval=n_eval)
@@ -54,31 +54,20 @@ def execute_run(
     device: str | torch.device | None = None,
 ) -> RunOutcome:
     """Train, evaluate and measure one grid point; write its checkpoint; return its row and documents."""
-    from hessian_lora.adapters import AdapterConfig, adapter_at_initialisation, make_optimizer
+    from hessian_lora.adapters import adapter_at_initialisation, make_optimizer
     from hessian_lora.checkpoint import CheckpointMeta, save_checkpoint
     from hessian_lora.data import make_batches
     from hessian_lora.evaluate import evaluate
     from hessian_lora.precision import cast_base_weights
-    from hessian_lora.train import TrainConfig, train
+    from hessian_lora.train import train
 
     start = time.perf_counter()
     layout = RunLayout(run_dir)
-    task = _cached_task(config.task, config.data_seed, config.n_train, config.n_eval)
+    task = cached_task(config.task, config.data_seed, config.n_train, config.n_eval)
     if not task.train:
         raise UserError(f"task {config.task!r} has no training examples: raise n_train.")
-    train_config = TrainConfig(
-        prompt_template=config.prompt_template,
-        lr=spec.lr, steps=config.steps_for(spec.batch_size), batch_size=spec.batch_size,
-        micro_batch_size=config.micro_batch_size, warmup_ratio=config.warmup_ratio, betas=config.betas,
-        weight_decay=config.weight_decay, eps=config.eps, max_grad_norm=config.max_grad_norm,
-        max_length=config.max_length, seed=spec.seed, precision=config.precision,
-        divergence_factor=config.divergence_factor, divergence_window=config.divergence_window,
-        gradient_checkpointing=config.gradient_checkpointing,
-    )
-    adapter_config = AdapterConfig(
-        method=spec.method, rank=spec.rank, alpha=config.alpha, dropout=config.dropout, targets=config.targets,
-        seed=spec.seed, loraplus_ratio=config.loraplus_ratio, pissa_niter=config.pissa_niter,
-    )
+    train_config = config.train_for(spec.lr, spec.batch_size, spec.seed)
+    adapter_config = config.adapter_for(spec.method, spec.rank, spec.seed)
     # LoRA-GA estimates its gradient on the run's own first global batch.
     peft_model, tokenizer, _ = adapter_at_initialisation(
         config.model, adapter_config, model_seed=config.model_seed, attention=config.attention, device=device,
@@ -93,7 +82,7 @@ def execute_run(
     hessian_seconds = 0.0
     if config.hessian.init:
         clock = time.perf_counter()
-        report = _eigen_report(config, peft_model, hessian_batches, out=layout.init_report(spec.init_key),
+        report = eigen_report(config, peft_model, hessian_batches, out=layout.init_report(spec.init_key),
                                progress=progress)
         row["lambda_init"] = _headline_lambda(report)
         hessian_seconds += time.perf_counter() - clock
@@ -102,8 +91,9 @@ def execute_run(
     # may train in bf16 (the adapter and its optimizer state stay fp32). The checkpoint records the fp32 build.
     build_dtype = next(peft_model.parameters()).dtype
     cast_base_weights(peft_model, config.base_dtype)
-    optimizer = make_optimizer(peft_model, adapter_config, spec.lr, betas=config.betas,
-                               weight_decay=config.weight_decay, eps=config.eps, max_grad_norm=config.max_grad_norm)
+    optimizer = make_optimizer(peft_model, adapter_config, spec.lr, betas=train_config.betas,
+                               weight_decay=train_config.weight_decay, eps=train_config.eps,
+                               max_grad_norm=train_config.max_grad_norm)
     probe = _sharpness_probe(config, peft_model, tokenizer, task.train, train_config, adapter_config)
     result = train(peft_model, tokenizer, task.train, train_config, optimizer=optimizer, progress=progress,
                    description=spec.run_id, probe=probe)
@@ -111,7 +101,8 @@ def execute_run(
     history = list(result.history)
     documents[layout.relative_document(spec.run_id, "history")] = history
     if probe is not None:
-        documents[layout.relative_document(spec.run_id, "sharpness")] = probe.to_dict(beta1=config.betas[0], peak_lr=spec.lr)
+        documents[layout.relative_document(spec.run_id, "sharpness")] = probe.to_dict(beta1=train_config.betas[0],
+                                                                                   peak_lr=spec.lr)
         row.update(_sharpness_peaks(probe))
         hessian_seconds += sum(point.seconds for point in probe.history)
     row.update(status=result.status, train_loss=result.train_loss, initial_loss=result.initial_loss,
@@ -142,7 +133,7 @@ def execute_run(
             if config.hessian.final:
                 del peft_model, optimizer  # the measurement reloads the checkpoint
                 clock = time.perf_counter()
-                report = _eigen_report(config, None, hessian_batches, checkpoint=checkpoint_dir, lr=spec.lr,
+                report = eigen_report(config, None, hessian_batches, checkpoint=checkpoint_dir, lr=spec.lr,
                                        out=layout.final_report(spec.run_id), progress=progress)
                 row["lambda_final"] = _headline_lambda(report)
                 row["precond_lambda_final"] = _headline_precond(report)
@@ -184,7 +175,8 @@ EVAL_SET_COLUMNS = {"gsm8k": "gsm8k_acc", "math": "math_acc", "mbpp": "mbpp_pass
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_eval_set(spec: str, code_timeout: float) -> Any:
+def cached_eval_set(spec: str, code_timeout: float) -> Any:
+    """An ``eval_task`` set, read once per process (preflight reads it first, so a bad file fails before any run)."""
     from hessian_lora.evalsets import load_eval_set
 
     return load_eval_set(spec, code_timeout=code_timeout)
@@ -202,7 +194,7 @@ def score_eval_sets(model: Any, tokenizer: Any, config: SweepConfig, *, progress
 
     scores: dict[str, float] = {}
     for spec in config.eval_task:
-        eval_set = _cached_eval_set(spec, config.eval.humaneval_timeout)
+        eval_set = cached_eval_set(spec, config.eval.humaneval_timeout)
         if eval_set.name == "humaneval":
             prompts = [example.prompt for example in eval_set.examples]
             max_new_tokens = config.eval.humaneval_max_new_tokens
@@ -223,7 +215,7 @@ def check_trained_tokens(tokens: int, *, max_length: int) -> None:
                         "after the prompt; raise max_length.")
 
 
-def _eigen_report(
+def eigen_report(
     config: SweepConfig,
     model: Any,
     batches: Any,

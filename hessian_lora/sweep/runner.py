@@ -65,6 +65,7 @@ class SweepSummary:
 
     @property
     def failed(self) -> int:
+        """Runs that failed."""
         return self.counts.get(Status.FAILED.value, 0)
 
     def line(self) -> str:
@@ -112,8 +113,9 @@ def plan_run_dir(config: SweepConfig, run_dir: Path, *, extend: bool = False) ->
                         "not be comparable; pass a new --out directory, or restore those settings.")
     # Gradient checkpointing gives the same gradients and only trades memory for time: the current config's
     # choice holds for the runs still to do (a sweep resumed on a smaller device switches it on).
-    moved = stored.gradient_checkpointing != config.gradient_checkpointing
-    stored = dataclasses.replace(stored, gradient_checkpointing=config.gradient_checkpointing)
+    checkpointing = config.train.gradient_checkpointing
+    moved = stored.train.gradient_checkpointing != checkpointing
+    stored = dataclasses.replace(stored, train=dataclasses.replace(stored.train, gradient_checkpointing=checkpointing))
     if _grid(stored) == _grid(config):
         return stored, moved
     if not extend:

@@ -167,6 +167,7 @@ class SearchStatus(NamedTuple):
 
     @property
     def located(self) -> bool:
+        """True only for an interior optimum resolved to the search's resolution."""
         return self.outcome == "located"
 
 
@@ -188,7 +189,7 @@ def next_points(observed: Mapping[float, float | None], *, center: float, settin
                 higher_is_better: bool) -> tuple[float, ...]:
     """The LRs to run next (all of one round, increasing; they may run in parallel), or () when the search is
     done. ``observed``: LR → metric of the finished runs of this method-setting, None for no metric."""
-    _, pending, _ = _replay(observed, center, settings, higher_is_better)
+    _, pending, _ = replay(observed, center, settings, higher_is_better)
     return tuple(settings.lattice_lr(k) for k in pending)
 
 
@@ -197,7 +198,7 @@ def search_status(observed: Mapping[float, float | None], *, center: float, sett
     """Where the search stands: done or not, why, the best LR so far, whether it is censored, and (once done)
     what it found (:data:`OUTCOMES`): never ``located`` for an optimum at the edge of what was tried, a flat
     metric or no metric."""
-    known, pending, reason = _replay(observed, center, settings, higher_is_better)
+    known, pending, reason = replay(observed, center, settings, higher_is_better)
     runs = f"{len(known)} of at most {settings.max_runs} runs"
     done = not pending
     if not known or max(known.values()) == _WORST:
@@ -231,7 +232,7 @@ def search_status(observed: Mapping[float, float | None], *, center: float, sett
     return SearchStatus(True, f"{reason}; best {best_lr:.3g} ({runs})", best_lr, False, "located")
 
 
-def _replay(observed: Mapping[float, float | None], center: float, settings: AdaptiveSearch,
+def replay(observed: Mapping[float, float | None], center: float, settings: AdaptiveSearch,
             higher_is_better: bool) -> tuple[dict[int, float], tuple[int, ...], str]:
     """Rerun the search on ``observed``: (scores of the points it has used, the current round's missing
     points, what it is doing)."""

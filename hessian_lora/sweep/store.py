@@ -24,12 +24,14 @@ import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hessian_lora._io import temporary_path
 from hessian_lora.errors import UserError
 from hessian_lora.rundir import FINAL_STATUSES, RunLayout, Status
-from hessian_lora.sweep.config import RunSpec
+
+if TYPE_CHECKING:  # an annotation only: the store sits below the config that plans the runs
+    from hessian_lora.sweep.config import RunSpec
 
 # The order the "needs a final status" message lists them in (FINAL_STATUSES is a set).
 _FINAL_ORDER: tuple[Status, ...] = tuple(status for status in Status if status in FINAL_STATUSES)

@@ -50,7 +50,7 @@ def test_shipped_experiments_load():
     assert qwen.lrs[0] == pytest.approx(1.1247e-5, rel=1e-4) and qwen.lrs[-1] == pytest.approx(6.3246e-3, rel=1e-4)
     assert "::query,response" in qwen.task
     paper = ("lora", "pissa", "milora", "initab", "dora", "olora", "loraga", "gralora", "randlora", "loft")
-    assert qwen.methods == paper and qwen.prompt_template == "alpaca" and qwen.alpha is None
+    assert qwen.methods == paper and qwen.prompt_template == "alpaca" and qwen.adapter.alpha is None
     assert [spec.split(":")[0] for spec in qwen.eval_task] == ["gsm8k", "math"]
     code = load_config(EXPERIMENTS / "qwen3_code.yaml")
     assert code.methods == paper and code.prompt_template == "alpaca" and "::query,answer" in code.task
@@ -147,15 +147,15 @@ def test_paper_model_configs_load_without_the_weights(monkeypatch):
     assert gemma.model == "google/gemma-3-1b-pt" and gemma.batch_sizes == (16, 64, 128)
     assert llama.model == "meta-llama/Llama-2-7b-hf" and llama.batch_sizes == (16, 128)
     for config in (gemma, llama):
-        assert config.methods == five and config.ranks == (128,) and config.alpha is None and config.dropout == 0
+        assert config.methods == five and config.ranks == (128,) and config.adapter.alpha is None and config.adapter.dropout == 0
         assert config.seeds == (1, 2, 3) and config.epochs == 1 and config.n_train == 100_000
-        assert config.micro_batch_size == 4 and config.max_length == 512 and config.pissa_niter == 16
+        assert config.train.micro_batch_size == 4 and config.max_length == 512 and config.adapter.pissa_niter == 16
         assert len(config.lrs) == 12
         assert config.lrs[0] == pytest.approx(1.1247e-5, rel=1e-4)
         assert config.lrs[-1] == pytest.approx(6.3246e-3, rel=1e-4)
         assert config.prompt_template == "alpaca" and "::query,response" in config.task
         assert [spec.split(":")[0] for spec in config.eval_task] == ["gsm8k", "math"]
-        assert config.precision == "bf16" and config.base_dtype == "bf16"
+        assert config.train.precision == "bf16" and config.base_dtype == "bf16"
         assert config.hessian.init and config.hessian.samples == 500 and config.hessian.batch_size == 5
         assert config.steps_for(16) == 6250
         assert config_from_dict(config.to_dict()) == config
@@ -164,10 +164,10 @@ def test_paper_model_configs_load_without_the_weights(monkeypatch):
 
 def test_base_dtype_and_gradient_checkpointing_settings():
     config = config_from_dict(tiny_data(base_dtype="bf16", gradient_checkpointing=True))
-    assert config.base_dtype == "bf16" and config.gradient_checkpointing
+    assert config.base_dtype == "bf16" and config.train.gradient_checkpointing
     assert config_from_dict(config.to_dict()) == config
     default = config_from_dict(tiny_data())
-    assert default.base_dtype == "fp32" and not default.gradient_checkpointing  # existing sweeps unchanged
+    assert default.base_dtype == "fp32" and not default.train.gradient_checkpointing  # existing sweeps unchanged
     # The base dtype changes results (a shared setting); checkpointing gives the same gradients (not one).
     shared = config.shared_settings()
     assert shared["base_dtype"] == "bf16" and "gradient_checkpointing" not in shared

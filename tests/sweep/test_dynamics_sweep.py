@@ -96,7 +96,7 @@ def test_prune_recovers_from_a_kill_between_its_steps(probed_sweep, tmp_path):
 def test_edge_of_stability_analysis_and_figure(probed_sweep, tmp_path):
     from hessian_lora.analysis import analyze, write_analysis
     from hessian_lora.analysis.stability import stability_report
-    from hessian_lora.plots import plot_run
+    from hessian_lora.figures.plots import plot_run
 
     run_dir, _, rows = probed_sweep
     analysis = analyze(run_dir)

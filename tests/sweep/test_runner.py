@@ -48,7 +48,7 @@ def test_checkpoint_of_a_run_reloads_with_its_optimizer_state(tiny_sweep):
 
     run_dir, _, rows = tiny_sweep
     loaded = load_checkpoint(run_dir / rows[0]["checkpoint"], device="cpu")
-    assert loaded.meta.method == rows[0]["method"] and loaded.meta.lr == rows[0]["lr"] and loaded.meta.step == 12
+    assert loaded.meta.adapter.method == rows[0]["method"] and loaded.meta.lr == rows[0]["lr"] and loaded.meta.step == 12
     assert loaded.optimizer_state is not None and loaded.optimizer_state.step == 12
 
 
@@ -217,10 +217,10 @@ def test_sweep_command_reports_bad_configs(tmp_path, capsys):
 def test_gradient_checkpointing_may_change_when_a_sweep_resumes(tiny_sweep):
     # Same gradients, less memory: the new invocation's choice holds, the directory's results stay comparable.
     run_dir, _, _ = tiny_sweep
-    effective, changed = plan_run_dir(dataclasses.replace(tiny_config(), gradient_checkpointing=True), run_dir)
-    assert effective.gradient_checkpointing and changed
+    effective, changed = plan_run_dir(tiny_config(gradient_checkpointing=True), run_dir)
+    assert effective.train.gradient_checkpointing and changed
     assert effective.shared_settings() == tiny_config().shared_settings()
     effective, changed = plan_run_dir(tiny_config(), run_dir)
-    assert not effective.gradient_checkpointing and not changed
+    assert not effective.train.gradient_checkpointing and not changed
     with pytest.raises(UserError, match="base_dtype"):  # the base's dtype changes results: refused
         plan_run_dir(dataclasses.replace(tiny_config(), base_dtype="bf16"), run_dir)

@@ -1,7 +1,7 @@
 """The look every figure shares: axis labels, a method's shades from light to dark, figure and LR formatting.
 
 Colours and labels of methods come from :mod:`hessian_lora.registry`; this module adds what the figure modules
-(:mod:`hessian_lora.plots`, :mod:`hessian_lora.spectrum_plots`, :mod:`hessian_lora.ablation_plots`) share.
+(:mod:`hessian_lora.figures.plots`, :mod:`hessian_lora.figures.spectrum`, :mod:`hessian_lora.figures.ablation`) share.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Figures of the Hessian at initialisation: (c) per-module λ_max relative to a reference method, (d) Lanczos
 convergence, (e) the spectral density (SLQ). Drawn from a run directory's eigen reports; each returns None when
-the run lacks the data, and :func:`hessian_lora.plots.plot_run` says why it skipped it.
+the run lacks the data, and :func:`hessian_lora.figures.plots.plot_run` says why it skipped it.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
-from hessian_lora._plot_style import method_style, new_figure
+from hessian_lora.figures._style import method_style, new_figure
 from hessian_lora.hessian.filters import layer_index
 from hessian_lora.registry import method_color, method_label, method_sort_key
 from hessian_lora.reports import BlockPart, BlockView, ReportView, module_kind
-from hessian_lora.rundir import RunDirectory
+from hessian_lora.runs import RunDirectory
 
 
 def _module_values(directory: RunDirectory, method: str) -> tuple[dict[str, float], set[str]]:
@@ -195,6 +195,7 @@ def figure_convergence(directory: RunDirectory) -> Figure | None:
 
 
 def figure_density(directory: RunDirectory) -> Figure | None:
+    """Figure (e): the spectral density at initialisation per method (None without densities)."""
     reports = _first_report_per_method(directory, "density")
     if not reports:
         return None

@@ -2,7 +2,7 @@
 that compare settings: (g) η* per method against the setting, (h) the peak against the setting, (i) the metric
 per setting × learning rate for each method (with batch size varying: the paper's batch-size × LR table).
 
-Kept apart from :mod:`hessian_lora.plots` (one sweep setting) so each module stays about one thing.
+Kept apart from :mod:`hessian_lora.figures.plots` (one sweep setting) so each module stays about one thing.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from hessian_lora._plot_style import (
+from hessian_lora.analysis.ablation import Ablation, analyze_ablation, lr_table
+from hessian_lora.analysis.summary import MethodSummary
+from hessian_lora.figures._style import (
     METRIC_AXIS_LABELS,
     bound_arrow,
     format_lr,
@@ -24,11 +26,10 @@ from hessian_lora._plot_style import (
     metric_scale,
     new_figure,
 )
-from hessian_lora.analysis.ablation import Ablation, analyze_ablation, lr_table
-from hessian_lora.analysis.summary import MethodSummary
-from hessian_lora.plots import FIGURE_NAMES, PlotResult, make_figures, save_figure
+from hessian_lora.figures.plots import FIGURE_NAMES, PlotResult, make_figures, save_figure
 from hessian_lora.registry import method_color, method_label
-from hessian_lora.rundir import RunLayout, read_run_directory
+from hessian_lora.rundir import RunLayout
+from hessian_lora.runs import read_run_directory
 
 ABLATION_FIGURES: dict[str, str] = {
     # h, i, j: the per-run figures use a-g (g is the edge of stability), so the keys of both sets stay distinct

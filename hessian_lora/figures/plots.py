@@ -20,7 +20,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from hessian_lora._io import write_bytes_atomic
-from hessian_lora._plot_style import (
+from hessian_lora.analysis.curves import SCORE_METRICS
+from hessian_lora.analysis.summary import Analysis, MethodSummary, analyze, relation_lambda
+from hessian_lora.figures._style import (
     LR_AXIS_LABEL,
     METRIC_AXIS_LABELS,
     bound_arrow,
@@ -32,12 +34,11 @@ from hessian_lora._plot_style import (
     new_figure,
     shades,
 )
-from hessian_lora.analysis.curves import SCORE_METRICS
-from hessian_lora.analysis.summary import Analysis, MethodSummary, analyze, relation_lambda
+from hessian_lora.figures.spectrum import figure_convergence, figure_density, figure_module_ratios
 from hessian_lora.hessian.preconditioned import adam_thresholds
 from hessian_lora.registry import METHOD_COLORS, METHOD_LABELS, method_color, method_label, method_sort_key  # noqa: F401
-from hessian_lora.rundir import RunDirectory, RunLayout, Status, read_run_directory
-from hessian_lora.spectrum_plots import figure_convergence, figure_density, figure_module_ratios
+from hessian_lora.rundir import RunLayout, Status
+from hessian_lora.runs import RunDirectory, read_run_directory
 
 FIGURE_NAMES: dict[str, str] = {
     "a": "a_metric_vs_lr",
@@ -226,6 +227,7 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
 
 
 def figure_loss_curves(directory: RunDirectory, analysis: Analysis) -> Figure | None:
+    """Figure (f): training-loss curves at each method's best learning rate (None without histories)."""
     methods = [name for name in analysis.methods if any(run.method == name and run.history
                                                         for run in directory.runs)]
     if not methods:
@@ -299,6 +301,7 @@ def figure_edge_of_stability(directory: RunDirectory, analysis: Analysis) -> Fig
 
 @dataclass(frozen=True)
 class PlotResult:
+    """The figures :func:`plot_run` wrote (key → files) and those it skipped (key → why)."""
     written: dict[str, list[Path]] = field(default_factory=dict)  # figure key -> files
     skipped: dict[str, str] = field(default_factory=dict)  # figure key -> why
 
@@ -348,7 +351,7 @@ def plot_run(
 ) -> PlotResult:
     """Write every figure the run directory has data for into ``out_dir`` (default ``RUN_DIR/figures``)."""
     directory = read_run_directory(run_dir)
-    analysis = analysis or analyze(run_dir, **analyze_options)  # type: ignore[arg-type]
+    analysis = analysis or analyze(run_dir, **analyze_options)
     out = Path(out_dir) if out_dir is not None else RunLayout(run_dir).figures
     result = PlotResult()
     for key, figure in make_figures(directory, analysis).items():
