@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hessian_lora.errors import UserError
 from hessian_lora.reports import ReportView, load_eigen_report, merge_reports, optional_float
 from hessian_lora.rundir import USABLE_STATUSES, InitKey, RunLayout, parse_report_name, read_config
 from hessian_lora.sweep.store import read_rows
@@ -193,3 +194,15 @@ def read_run_directory(run_dir: str | os.PathLike[str]) -> RunDirectory:
         if merged is not None:
             init_reports[key] = merged
     return RunDirectory(str(layout.root), tuple(runs), init_reports, final_reports, read_config(layout.config))
+
+
+def read_outcomes(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """search.json's ``searches`` (empty for a grid sweep, an older file, or a search not finished once)."""
+    path = RunLayout(run_dir).search
+    if not path.is_file():
+        return {}
+    try:
+        searches = json.loads(path.read_text(encoding="utf-8")).get("searches") or {}
+    except (OSError, ValueError, AttributeError) as exc:
+        raise UserError(f"{path} is damaged ({exc}): delete it to compute the search centres again.") from exc
+    return {str(name): dict(item) for name, item in searches.items() if isinstance(item, dict)}

@@ -201,7 +201,7 @@ def search_section(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], str
     """The adaptive search's outcomes from ``search.json`` (``None`` for a grid sweep or an older file): per
     method-setting the metric that decided (and why, when it is not the configured one), whether the optimum
     was located, and the search's own words."""
-    from hessian_lora.sweep.adaptive import read_outcomes
+    from hessian_lora.runs import read_outcomes
 
     outcomes = read_outcomes(run_dir)
     if not outcomes:

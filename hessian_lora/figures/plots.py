@@ -182,7 +182,7 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
         faint.update(alpha=0.55, markersize=6, markeredgewidth=0.3)
         axes.plot([value], [summary.eta_grid], **faint)
         xs_all.append(value)
-        ys_all += [summary.eta_grid, adam_at_unit_lr / value]  # type: ignore[operator]  # not None at η = 1
+        ys_all += [summary.eta_grid, adam_at_unit_lr / value]
     low_x, high_x = min(xs_all) / 3, max(xs_all) * 3
     x_line = np.logspace(math.log10(low_x), math.log10(high_x), 200)
     if relation.slope is not None and relation.intercept is not None:
@@ -194,7 +194,7 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
     axes.plot(x_line, 2 / x_line, "--", color="0.35", linewidth=1.2,
               label=r"gradient descent bound $\eta = 2/\lambda_{\max}$")
     if precond:  # Adam's line bounds the preconditioned sharpness: drawn only when that was measured
-        axes.plot(x_line, [adam_at_unit_lr / x for x in x_line], ":", color="0.2", linewidth=1.6,  # type: ignore[operator]
+        axes.plot(x_line, [adam_at_unit_lr / x for x in x_line], ":", color="0.2", linewidth=1.6,
                   label=rf"Adam edge of stability $\eta = (2+2\beta_1)/((1-\beta_1)\tilde\lambda)$, "
                         rf"$\beta_1$ = {analysis.beta1:g}")
         axes.plot([], [], "o", color="0.4", alpha=0.55, markersize=6,

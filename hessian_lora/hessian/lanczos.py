@@ -566,6 +566,7 @@ def _ritz_pairs(
         images = operator.matmat(ritz.T).T.contiguous()  # no kept products: one batched call for every pair
     for row, index in enumerate(indices):
         if verify:
+            assert images is not None  # made above whenever verify is set
             product = images[row]
             value = dot(ritz[row], product)
             residual = norm(product - value * ritz[row])

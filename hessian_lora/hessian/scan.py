@@ -134,7 +134,8 @@ class _Scan:
 def block_positions(operator: HessianOperator, blocks: Sequence[ParameterBlock]) -> list[list[int]]:
     """Where each block's tensors sit in ``operator.params``; blocks must be disjoint and inside the operator."""
     where = {id(param): i for i, param in enumerate(operator.params)}
-    positions, seen = [], set()
+    positions: list[list[int]] = []
+    seen: set[int] = set()
     for block in blocks:
         missing = [name for name, param in zip(block.names, block.parameters) if id(param) not in where]
         if missing:

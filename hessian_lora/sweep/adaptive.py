@@ -43,6 +43,7 @@ from hessian_lora._io import write_json_atomic
 from hessian_lora.errors import UserError
 from hessian_lora.registry import HIGHER_IS_BETTER, SCORE_METRICS
 from hessian_lora.rundir import InitKey, RunLayout, Status
+from hessian_lora.runs import read_outcomes  # noqa: F401  (its home is runs.py; re-exported for callers here)
 from hessian_lora.sweep.config import RunSpec, SweepConfig
 from hessian_lora.sweep.search import (
     AdaptiveSearch,
@@ -412,20 +413,6 @@ def record_outcomes(config: SweepConfig, run_dir: str | os.PathLike[str], rows: 
                                       "searches": {str(search.key): search.to_dict(metric) for search in searches}},
                       indent=2)
     return [status_line(search, centres[search.key.centre_key]) for search in searches]
-
-
-def read_outcomes(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
-    """search.json's ``searches`` (empty for a grid sweep, an older file, or a search not finished once)."""
-    import json
-
-    path = RunLayout(run_dir).search
-    if not path.is_file():
-        return {}
-    try:
-        searches = json.loads(path.read_text(encoding="utf-8")).get("searches") or {}
-    except (OSError, ValueError, AttributeError) as exc:
-        raise UserError(f"{path} is damaged ({exc}): delete it to compute the search centres again.") from exc
-    return {str(name): dict(item) for name, item in searches.items() if isinstance(item, dict)}
 
 
 def planned_estimate(config: SweepConfig, rows: Sequence[Mapping[str, Any]], centres: Mapping[str, Mapping[str, Any]],
