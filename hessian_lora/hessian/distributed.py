@@ -22,6 +22,7 @@ _Item = TypeVar("_Item")
 
 
 def active() -> bool:
+    """True when a torch.distributed process group with more than one rank is initialised."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
@@ -67,6 +68,7 @@ def init_from_environment() -> bool:
 
 
 def is_main_process() -> bool:
+    """True on rank 0 (and without a process group): the process that prints and writes."""
     return not active() or dist.get_rank() == 0
 
 

@@ -30,6 +30,7 @@ _MISSING = object()
 
 
 def check_dora_norm(value: object) -> DoraNorm:
+    """``value`` as a :data:`DoraNorm`, or a :class:`UserError` naming the choices."""
     if value not in DORA_NORMS:
         raise UserError(f"unknown dora_norm {value!r}: use {', '.join(DORA_NORMS)}.")
     return value  # type: ignore[return-value]
@@ -45,6 +46,7 @@ def dora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def has_dora(model: nn.Module) -> bool:
+    """True when any module of ``model`` carries a DoRA magnitude vector."""
     return bool(dora_layers(model))
 
 
@@ -85,7 +87,7 @@ def differentiated_dora_norm(model: nn.Module) -> Iterator[None]:
                 layer.forward = own
 
 
-def _differentiated_forward(self: nn.Module, x: torch.Tensor, *, lora_A: nn.Module, lora_B: nn.Module,
+def _differentiated_forward(self: Any, x: torch.Tensor, *, lora_A: nn.Module, lora_B: nn.Module,
                             scaling: float, base_layer: nn.Module, base_result: torch.Tensor | None = None,
                             adapter_name: str = "default") -> torch.Tensor:
     """peft 0.x's ``DoraLinearLayer.forward`` without its two ``detach`` calls.
@@ -101,7 +103,7 @@ def _differentiated_forward(self: nn.Module, x: torch.Tensor, *, lora_A: nn.Modu
     lora_weight = lora_weight.to(x.dtype)
 
     magnitude = self.weight
-    weight = dequantize_module_weight(base_layer)
+    weight: torch.Tensor = dequantize_module_weight(base_layer)
     weight = weight.to(x.dtype)
     weight_norm = self.get_weight_norm(weight=weight, lora_weight=lora_weight, scaling=scaling)
     mag_norm_scale = (magnitude / weight_norm).view(1, -1)
@@ -109,10 +111,11 @@ def _differentiated_forward(self: nn.Module, x: torch.Tensor, *, lora_A: nn.Modu
     lora_result = lora_B(lora_A(x))
 
     if base_result is not None:
-        bias = base_layer.bias
+        bias: torch.Tensor | None = getattr(base_layer, "bias", None)
         if bias is not None:
             base_result = base_result - bias
     else:
         base_result = F.linear(x, transpose(weight, self.fan_in_fan_out))
 
-    return (mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * scaling
+    result: torch.Tensor = (mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * scaling
+    return result

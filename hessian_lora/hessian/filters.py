@@ -42,11 +42,15 @@ class ParameterBlock:
 
     @property
     def numel(self) -> int:
+        """Number of parameters in the block (the operator's size)."""
         return sum(p.numel() for p in self.parameters)
 
 
 class ParameterFilter(Protocol):
-    def blocks(self, model: nn.Module) -> list[ParameterBlock]: ...
+    """Anything that turns a model into its Hessian blocks."""
+    def blocks(self, model: nn.Module) -> list[ParameterBlock]:
+        """The blocks this filter takes from ``model``, in model order."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class WholeAdapter:
     name: str = "adapter"
 
     def blocks(self, model: nn.Module) -> list[ParameterBlock]:
+        """The blocks this filter takes from ``model``, in model order."""
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not named:
             raise UserError("the model has no trainable parameters: wrap it in an adapter (build_adapter) first.")
@@ -81,6 +86,7 @@ class PerModule:
     parts: tuple[str, ...] = ADAPTER_PARTS
 
     def blocks(self, model: nn.Module) -> list[ParameterBlock]:
+        """The blocks this filter takes from ``model``, in model order."""
         owners = _tuner_layer_names(model)
         grouped: dict[str, list[tuple[str, nn.Parameter]]] = {}
         for name, param in model.named_parameters():
@@ -124,6 +130,7 @@ class ByName:
     name: str | None = None
 
     def blocks(self, model: nn.Module) -> list[ParameterBlock]:
+        """The blocks this filter takes from ``model``, in model order."""
         try:
             regex = re.compile(self.pattern)
         except re.error as exc:

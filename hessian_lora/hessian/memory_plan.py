@@ -73,12 +73,15 @@ class MemoryPlan:
 
     @property
     def fits_on_device(self) -> bool:
+        """True when every Krylov vector at the iteration cap fits the device budget."""
         return self.krylov_bytes <= self.budget_bytes
 
     def krylov_memory(self) -> KrylovMemory:
+        """A fresh :class:`KrylovMemory` with this plan's budgets (one per solver run)."""
         return KrylovMemory.within(torch.device(self.device), self.budget_bytes, self.host_bytes)
 
     def vectors_within_budget(self) -> int:
+        """How many block-sized vectors the device and host budgets hold together."""
         return int((self.budget_bytes + self.host_bytes) // max(self.vector_bytes, 1))
 
     def lines(self) -> list[str]:
@@ -101,6 +104,7 @@ class MemoryPlan:
         ]
 
     def to_dict(self) -> dict[str, Any]:
+        """The plan as JSON-able data (infinite budgets as None)."""
         data = asdict(self)
         data["largest_batch"] = list(self.largest_batch)
         for key in ("budget_bytes", "host_bytes"):

@@ -56,7 +56,7 @@ import contextlib
 import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import torch
 from torch import nn
@@ -74,7 +74,8 @@ from hessian_lora.hessian.filters import ParameterBlock
 from hessian_lora.hessian.reductions import norm
 from hessian_lora.loss import loss_sum
 
-LossFunction = Callable[[Callable[..., object], TokenBatch], torch.Tensor]
+# loss(model, batch): the model is the peft model itself or a functional_call wrapper around it, hence Any.
+LossFunction = Callable[[Any, TokenBatch], torch.Tensor]
 
 Backend = Literal["double_backward", "forward_over_reverse", "finite_difference"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
@@ -104,18 +105,26 @@ class LinearOperator(ABC):
 
     @property
     @abstractmethod
-    def size(self) -> int: ...
+    def size(self) -> int:
+        """Number of entries of the vectors the operator acts on."""
+        ...
 
     @property
     @abstractmethod
-    def dtype(self) -> torch.dtype: ...
+    def dtype(self) -> torch.dtype:
+        """The dtype of the vectors it acts on and returns."""
+        ...
 
     @property
     @abstractmethod
-    def device(self) -> torch.device: ...
+    def device(self) -> torch.device:
+        """The device of the vectors it acts on and returns."""
+        ...
 
     @abstractmethod
-    def matvec(self, vector: torch.Tensor) -> torch.Tensor: ...
+    def matvec(self, vector: torch.Tensor) -> torch.Tensor:
+        """The operator applied to one flat vector of ``size`` entries."""
+        ...
 
     def matmat(self, matrix: torch.Tensor) -> torch.Tensor:
         """Apply to each column of a ``size × k`` matrix (one product per column unless an operator batches)."""
@@ -150,17 +159,21 @@ class DenseOperator(LinearOperator):
 
     @property
     def size(self) -> int:
+        """Number of entries of the vectors the operator acts on."""
         return int(self.matrix.shape[0])
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the vectors it acts on and returns."""
         return self.matrix.dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of the vectors it acts on and returns."""
         return self.matrix.device
 
     def matvec(self, vector: torch.Tensor) -> torch.Tensor:
+        """The operator applied to one flat vector of ``size`` entries."""
         self.calls += 1
         return self.matrix @ vector.to(self.matrix)
 
@@ -176,17 +189,21 @@ class DiagonalOperator(LinearOperator):
 
     @property
     def size(self) -> int:
+        """Number of entries of the vectors the operator acts on."""
         return int(self.diagonal.shape[0])
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the vectors it acts on and returns."""
         return self.diagonal.dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of the vectors it acts on and returns."""
         return self.diagonal.device
 
     def matvec(self, vector: torch.Tensor) -> torch.Tensor:
+        """The operator applied to one flat vector of ``size`` entries."""
         self.calls += 1
         return self.diagonal * vector.to(self.diagonal)
 
@@ -202,20 +219,25 @@ class ScaledOperator(LinearOperator):
 
     @property
     def size(self) -> int:
+        """Number of entries of the vectors the operator acts on."""
         return self.inner.size
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the vectors it acts on and returns."""
         return self.inner.dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of the vectors it acts on and returns."""
         return self.inner.device
 
     def matvec(self, vector: torch.Tensor) -> torch.Tensor:
+        """The operator applied to one flat vector of ``size`` entries."""
         return self.diagonal * self.inner.matvec(self.diagonal * vector)
 
     def matmat(self, matrix: torch.Tensor) -> torch.Tensor:
+        """The operator applied to each column of a ``size × k`` matrix."""
         check_matrix(matrix, self.size)
         scale = self.diagonal[:, None]
         return scale * self.inner.matmat(scale * matrix.to(self.diagonal))
@@ -283,7 +305,7 @@ class HessianOperator(LinearOperator):
         if batching != "auto" and batching not in BATCHINGS:
             raise UserError(f"unknown batching {batching!r}: use auto, {', '.join(BATCHINGS)}.")
         self.batching: Batching = (FASTEST_BATCHING.get(self._device.type, "loop") if batching == "auto"
-                                   else batching)  # type: ignore[assignment]
+                                   else batching)
         if isinstance(directions_per_pass, bool) or not isinstance(directions_per_pass, int) \
                 or directions_per_pass < 1:
             raise UserError(f"directions_per_pass must be a whole number >= 1, got {directions_per_pass!r}.")
@@ -317,14 +339,17 @@ class HessianOperator(LinearOperator):
 
     @property
     def size(self) -> int:
+        """Number of entries of the vectors the operator acts on."""
         return self._size
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the vectors it acts on and returns."""
         return self._dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of the vectors it acts on and returns."""
         return self._device
 
     @property
@@ -333,20 +358,25 @@ class HessianOperator(LinearOperator):
         return len(self._graphs)
 
     def clear_cache(self) -> None:
+        """Drop every kept first-order graph (they are rebuilt on the next product)."""
         self._graphs.clear()
         self._uncached.clear()
         self._versions = None
 
     def flatten(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """One flat vector from per-parameter tensors, in the block's order."""
         return torch.cat([t.reshape(-1) for t in tensors])
 
     def unflatten(self, vector: torch.Tensor) -> list[torch.Tensor]:
-        return [piece.view(shape) for piece, shape in zip(vector.split(self._numels), self._shapes)]
+        """Per-parameter views of a flat vector, in the block's order and shapes."""
+        return [piece.view(shape) for piece, shape in zip(torch.split(vector, self._numels), self._shapes)]
 
     def parameter_vector(self) -> torch.Tensor:
+        """The block's current parameter values as one flat vector (detached)."""
         return self.flatten([p.detach() for p in self.params])
 
     def matvec(self, vector: torch.Tensor) -> torch.Tensor:
+        """The operator applied to one flat vector of ``size`` entries."""
         if vector.shape != (self._size,):
             raise ValueError(f"vector has shape {tuple(vector.shape)}, expected ({self._size},)")
         if self.backend == "double_backward":
@@ -411,7 +441,7 @@ class HessianOperator(LinearOperator):
             size = sum(numels)
             check_matrix(matrix, size)
             matrix = matrix.to(device=self._device, dtype=self._dtype)
-            columns = [[piece.view(self._shapes[i]) for piece, i in zip(matrix[:, j].split(numels), positions)]
+            columns = [[piece.view(self._shapes[i]) for piece, i in zip(torch.split(matrix[:, j], numels), positions)]
                        for j in range(matrix.shape[1])]
             plans.append((positions, columns, torch.zeros(matrix.shape[1], size, dtype=self._dtype,
                                                           device=self._device)))
@@ -500,7 +530,7 @@ class HessianOperator(LinearOperator):
             return self.loss_fn(_FunctionalModel(self.model, dict(zip(names, values))), batch)
 
         primals = tuple(p.detach() for p in self.params)
-        _, product = jvp(grad(batch_loss), (primals,), (tuple(pieces),))
+        product: tuple[torch.Tensor, ...] = jvp(grad(batch_loss), (primals,), (tuple(pieces),))[1]
         return product
 
     def _finite_difference(self, batch: TokenBatch, pieces: list[torch.Tensor], step: float) -> list[torch.Tensor]:
@@ -525,7 +555,7 @@ class HessianOperator(LinearOperator):
                                     dtype=torch.float64, device=self._device)
         disagreement = distributed.all_reduce_sum(disagreement)  # every rank picks the same step
         best = int(disagreement.argmin())
-        return (candidates[best] * candidates[best + 1]) ** 0.5
+        return float((candidates[best] * candidates[best + 1]) ** 0.5)
 
     # --- reuse bookkeeping ----------------------------------------------------------------------------------
 
@@ -601,6 +631,7 @@ class _FunctionalModel:
 
 
 def resolve_backend(backend: str, device: torch.device) -> Backend:
+    """The backend ``auto`` stands for on ``device``, or ``backend`` itself once checked."""
     if backend == "auto":
         return FASTEST_EXACT_BACKEND.get(device.type, "double_backward")
     if backend not in BACKENDS:
@@ -620,7 +651,7 @@ def _resolve_parameters(model: nn.Module, params: ParameterSpec) -> tuple[list[s
     missing = [i for i, param in enumerate(items) if id(param) not in name_of]
     if missing:
         raise ValueError(f"parameters at positions {missing} are not parameters of the model")
-    return [name_of[id(param)] for param in items], items
+    return [name_of[id(param)] for param in items], [cast(nn.Parameter, param) for param in items]
 
 
 def _touches_dora(model: nn.Module, names: Sequence[str]) -> bool:

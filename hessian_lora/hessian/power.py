@@ -140,8 +140,8 @@ def power_iteration(
             values.append(value)
             residuals.append(norm(image - value * row))
             found.append(row)
-        settled = [r <= converged_threshold(v, spectral_radius, tol, dtype) for v, r in zip(values, residuals)]
-        all_converged = all(settled) and (shift != "auto" or all(v + sigma > 0 or r == 0.0
+        settled_each = [r <= converged_threshold(v, spectral_radius, tol, dtype) for v, r in zip(values, residuals)]
+        all_converged = all(settled_each) and (shift != "auto" or all(v + sigma > 0 or r == 0.0
                                                                  for v, r in zip(values, residuals)))
         stop_reason = "converged" if all_converged else "max_iter"
     order = sorted(range(len(values)), key=lambda i: -values[i])

@@ -146,7 +146,8 @@ def run_pyhessian(
     class _CountingHessian(pyhessian_module.hessian):  # type: ignore[name-defined]
         def dataloader_hv_product(self, v: list[torch.Tensor]) -> tuple[float, list[torch.Tensor]]:
             counter["hvps"] += 1
-            return super().dataloader_hv_product(v)
+            result: tuple[float, list[torch.Tensor]] = super().dataloader_hv_product(v)
+            return result
 
     packed = [(_PackedBatch(b), b.labels) for b in batches]
     began = time.perf_counter()

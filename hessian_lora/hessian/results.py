@@ -125,10 +125,12 @@ class EigenResult(_Serializable):
 
     @property
     def lambda_max(self) -> float | None:
+        """The largest eigenvalue found (None when the largest end was not asked for)."""
         return self.largest[0] if self.largest else None
 
     @property
     def lambda_min(self) -> float | None:
+        """The smallest eigenvalue found (None when the smallest end was not asked for)."""
         return self.smallest[0] if self.smallest else None
 
     @property
@@ -235,6 +237,7 @@ class EigenReport(_Serializable):
     source: dict[str, Any] = field(default_factory=dict)
 
     def block(self, name: str) -> BlockReport:
+        """The report of the block called ``name`` (KeyError when there is none)."""
         for report in self.blocks:
             if report.name == name:
                 return report
@@ -242,4 +245,5 @@ class EigenReport(_Serializable):
 
     @property
     def lambda_max(self) -> dict[str, float | None]:
+        """λ_max of every block by name (None where the block has none)."""
         return {report.name: report.lambda_max for report in self.blocks}

@@ -46,22 +46,27 @@ class BlockView(LinearOperator):
 
     @property
     def size(self) -> int:
+        """Number of entries of the vectors the operator acts on."""
         return self._size
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the vectors it acts on and returns."""
         return self._dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of the vectors it acts on and returns."""
         return self._device
 
     def matvec(self, vector: torch.Tensor) -> torch.Tensor:
+        """The operator applied to one flat vector of ``size`` entries."""
         if vector.shape != (self._size,):
             raise ValueError(f"vector has shape {tuple(vector.shape)}, expected ({self._size},)")
         return self.matmat(vector[:, None])[:, 0]
 
     def matmat(self, matrix: torch.Tensor) -> torch.Tensor:
+        """The operator applied to each column of a ``size × k`` matrix."""
         check_matrix(matrix, self._size)
         self.calls += int(matrix.shape[1])
         return self._scan.request(self._index, matrix)

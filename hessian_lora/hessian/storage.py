@@ -47,6 +47,7 @@ class KrylovMemory:
 
     @classmethod
     def unlimited(cls, device: torch.device) -> KrylovMemory:
+        """One tier on ``device`` with no limit (the default when no budget is given)."""
         return cls([MemoryTier(torch.device(device), math.inf)])
 
     @classmethod
@@ -79,6 +80,7 @@ class KrylovMemory:
         tier.used -= nbytes
 
     def describe(self) -> str:
+        """The tiers and what is left in each, for the console."""
         return ", ".join(f"{tier.device}{' (pinned)' if tier.pin else ''}: "
                          f"{'no limit' if math.isinf(tier.bytes_left) else f'{tier.bytes_left / 2**30:.2f} GiB left'}"
                          for tier in self.tiers)
@@ -140,6 +142,7 @@ class VectorStore:
         self._pages, self._tiers, self._filled, self.dropped = [], [], [], True
 
     def pages(self) -> list[torch.Tensor]:
+        """The filled part of each page, in order."""
         return [page[:filled] for page, filled in zip(self._pages, self._filled) if filled]
 
     def placement(self) -> dict[str, int]:
@@ -176,6 +179,7 @@ class VectorStore:
         return out[0] if single else out
 
     def row(self, index: int) -> torch.Tensor:
+        """Vector ``index`` of the store, on the store's device (a copy when its page lives on the host)."""
         for page in self.pages():
             if index < page.shape[0]:
                 return page[index].to(self.device)
@@ -191,6 +195,7 @@ class VectorStore:
 
 
 def store_bytes(vectors: int, size: int, dtype: torch.dtype) -> int:
+    """Bytes that ``vectors`` vectors of ``size`` entries of ``dtype`` take."""
     return vectors * size * torch.empty((), dtype=dtype).element_size()
 
 
