@@ -15,8 +15,8 @@ DEMO = ROOT / "experiments" / "smollm2_arith.yaml"
 
 def test_replication_is_the_demo_with_three_seeds_256_problems_a_quarter_decade_and_64_examples():
     config, demo = load_config(REPLICATION), load_config(DEMO)
-    assert (config.model, config.task, config.methods, config.ranks, config.steps, config.targets) == \
-        (demo.model, demo.task, demo.methods, demo.ranks, demo.steps, demo.targets)
+    assert (config.model, config.task, config.methods, config.ranks, config.steps, config.adapter.targets) == \
+        (demo.model, demo.task, demo.methods, demo.ranks, demo.steps, demo.adapter.targets)
     assert len(config.seeds) == 3 and config.n_eval >= 256
     search = config.search
     assert search is not None and search.per_decade == 4 and search.resolution == 0.25 and search.base == 2e-5

@@ -55,7 +55,7 @@ def test_report_settings_are_those_the_previous_version_wrote() -> None:
     assert "block_size" not in MeasureSettings().to_dict()
     assert MeasureSettings(block_size=4).to_dict()["block_size"] == 4
     for bad in (0, -1, 2.5, True):
-        with pytest.raises(UserError, match="block_size must be an integer >= 1"):
+        with pytest.raises(UserError, match="block_size must be a whole number >= 1"):
             MeasureSettings(block_size=bad)
 
 

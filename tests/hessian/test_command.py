@@ -131,7 +131,7 @@ def test_block_size_and_one_at_a_time_reach_the_measurement(tmp_path: Path, monk
     monkeypatch.setattr(measure, "eigen", lambda *args, **kwargs: seen.update(kwargs) or SimpleNamespace(blocks=()))
     monkeypatch.setattr("hessian_lora.commands.eigen._print_summary", lambda *args: None)
     for argv, block_size, together in (([], None, True), (["--block-size", "rank"], "rank", True),
-                                       (["--block-size", "4", "--one-at-a-time"], "4", False)):
+                                       (["--block-size", "4", "--one-at-a-time"], 4, False)):
         args = build_parser().parse_args(["eigen", "--method", "lora", "--out", "x.json", *argv])
         assert args.handler(args) == 0
         assert seen["block_size"] == block_size and seen["together"] is together
