@@ -20,7 +20,11 @@ both side by side.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -128,8 +132,27 @@ def activation_bytes(model: nn.Module, sequences: int, length: int) -> int | Non
     return int(4 * floats * ACTIVATION_MARGIN)
 
 
+def release_freed_memory(device: torch.device | None = None) -> None:
+    """Hand memory this process has freed back to the system, so that free-memory readings are true.
+
+    Why: glibc keeps freed heap memory in the process. After a 64-example λ probe of SmolLM2-135M with LoRA r=64
+    on the CPU, RSS stayed at 15.6 GiB with the tensors gone. The host then reported 6.7 GiB available instead
+    of 21.7 GiB, so the sweep's next probes were refused by their memory plan, and a later run was killed by the
+    kernel. ``malloc_trim(0)`` brought RSS back to 0.46 GiB (measured 2026-12-02). On CUDA the caching allocator's
+    unused blocks are released the same way (``empty_cache``).
+    """
+    gc.collect()
+    if device is not None and device.type == "cuda":
+        torch.cuda.empty_cache()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # not glibc (musl): nothing to trim
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def free_memory(device: torch.device) -> int:
-    """Bytes free on ``device`` now (CUDA: the driver's count; CPU: the host's available memory)."""
+    """Bytes free on ``device`` now (CUDA: the driver's count; CPU: the host's available memory), read after
+    :func:`release_freed_memory`."""
+    release_freed_memory(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)

@@ -71,6 +71,7 @@ from hessian_lora.hessian.dora import (
     differentiated_dora_norm,
 )
 from hessian_lora.hessian.filters import ParameterBlock
+from hessian_lora.hessian.memory_plan import free_memory
 from hessian_lora.hessian.reductions import norm
 from hessian_lora.loss import loss_sum
 
@@ -570,7 +571,7 @@ class HessianOperator(LinearOperator):
         if self.reuse is True:
             return True
         if self._memory_budget is None:
-            self._memory_budget = REUSE_MEMORY_FRACTION * _memory_free(self._device)
+            self._memory_budget = REUSE_MEMORY_FRACTION * free_memory(self._device)
         self._memory_budget -= max(grown, 0)
         return self._memory_budget >= 0
 
@@ -667,15 +668,6 @@ def _memory_in_use(device: torch.device) -> int:
     import psutil
 
     return int(psutil.Process().memory_info().rss)
-
-
-def _memory_free(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    import psutil
-
-    return int(psutil.virtual_memory().available)
 
 
 @contextlib.contextmanager

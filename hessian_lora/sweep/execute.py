@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from hessian_lora.errors import UserError
+from hessian_lora.hessian.memory_plan import release_freed_memory
 from hessian_lora.rundir import RunLayout, Status
 from hessian_lora.sweep.config import RunSpec, SweepConfig
 
@@ -62,6 +63,9 @@ def execute_run(
     from hessian_lora.train import train
 
     start = time.perf_counter()
+    # What the previous run or λ probe freed goes back to the system first (glibc keeps it otherwise: a 64-example
+    # λ probe left 15.6 GiB of freed heap in the process, and a later run was killed for memory).
+    release_freed_memory(torch.device(device) if device is not None else None)
     layout = RunLayout(run_dir)
     task = cached_task(config.task, config.data_seed, config.n_train, config.n_eval)
     if not task.train:
