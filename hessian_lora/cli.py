@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from types import FrameType
 from typing import Any, NoReturn
 
 from hessian_lora.errors import UserError
@@ -94,8 +96,9 @@ def _report_interrupt(command: str) -> int:
 
 @contextlib.contextmanager
 def _noting_interrupts() -> Iterator[list[bool]]:
-    """SIGINT raises KeyboardInterrupt as usual and is noted in the yielded list (truthy once one arrived).
-    Outside the main thread (where no signal handler can be set) nothing is noted."""
+    """SIGINT raises KeyboardInterrupt as usual (deferred until a running import finishes) and is noted in the
+    yielded list (truthy once one arrived). Outside the main thread (where no signal handler can be set)
+    nothing is noted."""
     noted: list[bool] = []
     if threading.current_thread() is not threading.main_thread():
         yield noted
@@ -103,6 +106,14 @@ def _noting_interrupts() -> Iterator[list[bool]]:
 
     def on_interrupt(signum: int, frame: Any) -> None:
         noted.append(True)
+        if _inside_an_import(frame):
+            # Raised inside an import, the interrupt can land in torch's C++ start-up (``_autograd_init`` checks
+            # signals): pybind11 then throws into C++ that cannot catch it and the process aborts (status -6,
+            # seen in CI). Nothing is computed while importing, so deliver it again shortly, after the import.
+            retry = threading.Timer(_RETRY_INTERRUPT_SECONDS, os.kill, (os.getpid(), signal.SIGINT))
+            retry.daemon = True
+            retry.start()
+            return
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
@@ -110,6 +121,19 @@ def _noting_interrupts() -> Iterator[list[bool]]:
         yield noted
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+_RETRY_INTERRUPT_SECONDS = 0.05
+_IMPORT_MACHINERY = frozenset({"<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>"})
+
+
+def _inside_an_import(frame: FrameType | None) -> bool:
+    """Whether the interrupted code runs under an ``import`` (some frame of the stack is importlib's)."""
+    while frame is not None:
+        if frame.f_code.co_filename in _IMPORT_MACHINERY:
+            return True
+        frame = frame.f_back
+    return False
 
 
 if __name__ == "__main__":
