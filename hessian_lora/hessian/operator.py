@@ -494,10 +494,15 @@ class HessianOperator(LinearOperator):
         if graph is not None:
             return graph, True
         keep = self._may_keep(index)
-        before = _memory_in_use(self._device) if keep else 0
-        loss = self.loss_fn(self.model, batch)
-        first = torch.autograd.grad(loss, self.params, create_graph=True)
-        if keep and self._fits(_memory_in_use(self._device) - before):
+        census = _GraphCensus(self.model) if keep and self._device.type != "cuda" else None
+        before = _memory_in_use(self._device) if keep and census is None else 0
+        with census.counting() if census is not None else contextlib.nullcontext():
+            loss = self.loss_fn(self.model, batch)
+            first = torch.autograd.grad(loss, self.params, create_graph=True)
+        # CUDA's allocator counts exactly; elsewhere the process's resident size can grow by less than the graph
+        # (glibc hands back chunks a previous product freed), so the saved tensors are counted instead
+        grown = census.bytes(first) if census is not None else _memory_in_use(self._device) - before
+        if keep and self._fits(grown):
             self._graphs[index] = first
             return first, True
         self._uncached.add(index)
@@ -660,6 +665,46 @@ def _touches_dora(model: nn.Module, names: Sequence[str]) -> bool:
     dora_modules = {name.split(".lora_magnitude_vector", 1)[0] for name, _ in model.named_parameters()
                     if ".lora_magnitude_vector" in name}
     return any(name.split(".lora_", 1)[0] in dora_modules for name in names)
+
+
+class _GraphCensus:
+    """The bytes a kept first-order graph holds: every storage its nodes save, each counted once, the model's own
+    parameters and buffers left out (they exist without the graph).
+
+    Under ``reuse="auto"`` on the CPU the budget was charged with the growth of the resident set, which falls
+    short of the graph once the heap holds freed chunks (a previous product's): a 64-example DoRA probe of the
+    replication grew past its half of free memory to 24.4 GB and was killed by the kernel.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self._seen = {t.untyped_storage().data_ptr() for t in itertools.chain(model.parameters(), model.buffers())}
+        self._bytes = 0
+
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[None]:
+        """Count what the autograd nodes built inside save (forward and the create_graph backward alike)."""
+        with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
+            yield
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        self._add(tensor)
+        return tensor
+
+    @staticmethod
+    def _unpack(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def _add(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in self._seen:
+            self._seen.add(storage.data_ptr())
+            self._bytes += storage.nbytes()
+
+    def bytes(self, gradients: Sequence[torch.Tensor]) -> int:
+        """The saved storages' bytes, with the gradients themselves (kept with the graph)."""
+        for gradient in gradients:
+            self._add(gradient)
+        return self._bytes
 
 
 def _memory_in_use(device: torch.device) -> int:

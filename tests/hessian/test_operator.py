@@ -136,6 +136,37 @@ def test_reuse_keeps_graphs_and_drops_them_when_parameters_change() -> None:
     assert operator_for(model, batches, block, reuse=False).cached_batches == 0
 
 
+def test_reuse_auto_charges_each_kept_graph_by_what_it_saves_whatever_the_heap(monkeypatch) -> None:
+    """The auto budget is charged with the saved tensors' bytes (a census), not the resident set's growth: on a
+    warm heap the process can grow by nothing while a graph is kept (the replication's DoRA probe overran its
+    budget that way and was OOM-killed). A budget of 1.5 graphs keeps exactly one, every time."""
+    import hessian_lora.hessian.operator as operator_module
+
+    model = tiny_lora(dtype=torch.float32, seed=1)
+    batches = synthetic_batches(seed=1)
+    block = whole_block(model)
+    vector = _random(block.numel, 3, torch.float32)
+    counted: list[int] = []
+
+    class Recording(operator_module._GraphCensus):
+        def bytes(self, gradients):  # type: ignore[no-untyped-def]
+            counted.append(super().bytes(gradients))
+            return counted[-1]
+
+    monkeypatch.setattr(operator_module, "_GraphCensus", Recording)
+    for _ in range(3):  # the heap warms up between operators: the count must not change
+        operator_for(model, batches, block, reuse="auto") @ vector
+    first, second = counted[:2]
+    assert counted == [first, second] * 3
+    assert first > sum(p.numel() * 4 for p in block.parameters)  # at least the gradients, with the activations
+    budget = first + 0.5 * second  # room for the first graph, not for the second
+    monkeypatch.setattr(operator_module, "free_memory", lambda device: int(budget / operator_module.REUSE_MEMORY_FRACTION))
+    for _ in range(3):
+        auto = operator_for(model, batches, block, reuse="auto")
+        auto @ vector
+        assert auto.cached_batches == 1
+
+
 def test_products_run_in_eval_mode_on_the_block_only_and_restore_the_model() -> None:
     model = tiny_lora(dtype=torch.float64, seed=2, dropout=0.5)
     batches = synthetic_batches(seed=2)
