@@ -278,6 +278,7 @@ def _scan_together(
     for members in groups:
         union = [(name, param) for block in members for name, param in zip(block.names, block.parameters)]
         operator = HessianOperator(model, batches, union, backend=s.backend, reuse=s.reuse, dora_norm=s.dora_norm)
+        operator.limit_reuse(plan.reuse_bytes)
         share = 1.0 / len(members)
 
         def solve(index: int, view: LinearOperator, members: list[ParameterBlock] = members,
@@ -337,6 +338,7 @@ def _analyse_block(
     plan = plan_memory(model, operator.batches, block_parameters=operator.size, dtype=operator.dtype,
                        device=operator.device, max_iter=s.max_iter, keep_products=s.solver == "lanczos",
                        krylov_gib=s.krylov_memory, reuse=operator.reuse)
+    operator.limit_reuse(plan.reuse_bytes)
     if show and (print_plan or not plan.fits_on_device):
         for line in plan.lines():
             tqdm.write(line, file=sys.stderr)

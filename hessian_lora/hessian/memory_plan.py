@@ -47,10 +47,13 @@ ACTIVATION_MARGIN = 1.25
 # flat sum of the batches' products, the block's first-order gradients with their graph, a Ritz vector.
 WORK_VECTORS = 8
 # Share of what is left after activations and work vectors that the Krylov vectors may take by default; with
-# graph reuse on, the operator keeps first-order graphs in up to half the free memory (operator.py), so the
-# Krylov vectors get less.
+# graph reuse on, the kept first-order graphs take REUSE_SHARE of it (the plan's ``reuse_bytes``, which measure
+# hands the operator), so the Krylov vectors get less, and the two together leave a tenth as slack. Before the
+# graphs' share came from the plan, the operator took half the free memory on its own, on top of the Krylov
+# budget and the activations: the replication's 64-example LoRA-GA probe grew into both and was OOM-killed.
 KRYLOV_SHARE = 0.8
 KRYLOV_SHARE_WITH_REUSE = 0.4
+REUSE_SHARE = 0.5
 # Share of the host's free memory the Krylov vectors may take when the device is an accelerator.
 HOST_SHARE = 0.5
 _GIB = 2**30
@@ -74,6 +77,7 @@ class MemoryPlan:
     host_bytes: float  # Krylov vectors on the host (accelerators only)
     keep_products: bool
     budget_source: str  # "auto" or "--krylov-memory"
+    reuse_bytes: float = 0.0  # kept first-order graphs (reuse="auto"), beside the Krylov vectors
 
     @property
     def fits_on_device(self) -> bool:
@@ -222,7 +226,8 @@ def plan_memory(
         device=str(device), model_bytes=model_bytes, block_parameters=block_parameters, vector_bytes=vector,
         batches=len(batches), largest_batch=largest, activation_bytes=activations, free_bytes=free,
         krylov_vectors=krylov_vectors, krylov_bytes=krylov_vectors * vector, budget_bytes=budget, host_bytes=host,
-        keep_products=keep_products, budget_source=source)
+        keep_products=keep_products, budget_source=source,
+        reuse_bytes=REUSE_SHARE * left if reuse is not False and len(batches) > 0 else 0.0)
 
 
 def _gib(value: float | int | None) -> str:

@@ -333,7 +333,8 @@ class HessianOperator(LinearOperator):
         self._graphs: dict[int, tuple[torch.Tensor, ...]] = {}
         self._uncached: set[int] = set()
         self._versions: tuple[tuple[int, ...], ...] | None = None
-        self._memory_budget: float | None = None
+        self._memory_budget: float | None = None  # bytes the kept graphs may still take (reuse="auto")
+        self._reuse_limit = 0.0
         # Called as on_batch(done, total, directions) after each local batch of a product or of a batched call
         # (progress of long products; ``directions`` is how many products that call makes).
         self.on_batch: Callable[[int, int, int], None] | None = None
@@ -363,6 +364,8 @@ class HessianOperator(LinearOperator):
         self._graphs.clear()
         self._uncached.clear()
         self._versions = None
+        if self._memory_budget is not None:
+            self._memory_budget = self._reuse_limit  # the dropped graphs' bytes are free again
 
     def flatten(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         """One flat vector from per-parameter tensors, in the block's order."""
@@ -572,11 +575,20 @@ class HessianOperator(LinearOperator):
             return True
         return not self._uncached  # once one batch did not fit, later ones are recomputed too
 
+    def limit_reuse(self, budget_bytes: float) -> None:
+        """Keep first-order graphs (``reuse="auto"``) in at most ``budget_bytes``: the share a memory plan left
+        them beside the Krylov vectors (:func:`hessian_lora.hessian.memory_plan.plan_memory`'s ``reuse_bytes``).
+        Without it the operator takes ``REUSE_MEMORY_FRACTION`` of the free memory at its first product."""
+        spent = 0.0 if self._memory_budget is None else self._reuse_limit - self._memory_budget
+        self._reuse_limit = float(budget_bytes)
+        self._memory_budget = self._reuse_limit - spent
+
     def _fits(self, grown: int) -> bool:
         if self.reuse is True:
             return True
         if self._memory_budget is None:
-            self._memory_budget = REUSE_MEMORY_FRACTION * free_memory(self._device)
+            self._reuse_limit = REUSE_MEMORY_FRACTION * free_memory(self._device)
+            self._memory_budget = self._reuse_limit
         self._memory_budget -= max(grown, 0)
         return self._memory_budget >= 0
 

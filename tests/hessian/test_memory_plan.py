@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from tinylora import synthetic_batches, tiny_lora
 
 from hessian_lora.hessian import memory_plan
 
@@ -36,3 +37,19 @@ def test_free_memory_releases_before_it_reads(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(memory_plan, "release_freed_memory", lambda device=None: calls.append(device))
     assert memory_plan.free_memory(torch.device("cpu")) > 0
     assert calls == [torch.device("cpu")]
+
+
+def test_kept_graphs_and_krylov_vectors_share_what_the_plan_leaves() -> None:
+    """With reuse the plan splits what is left after the work vectors and one product's activations between the
+    Krylov vectors and the kept graphs, with slack; without reuse the graphs get nothing. (Before, the operator
+    took half the free memory on its own, beside the Krylov budget: a LoRA-GA probe was OOM-killed.)"""
+    model, batches = tiny_lora(seed=0), synthetic_batches(seed=0)
+    free = 8 * 2**30
+    common = {"block_parameters": 10_000, "dtype": torch.float32, "device": torch.device("cpu"), "max_iter": 50,
+              "free_bytes": free}
+    auto = memory_plan.plan_memory(model, batches, reuse="auto", **common)
+    left = free - memory_plan.WORK_VECTORS * auto.vector_bytes - (auto.activation_bytes or 0)
+    assert auto.reuse_bytes == pytest.approx(memory_plan.REUSE_SHARE * left)
+    assert auto.reuse_bytes + auto.budget_bytes <= 0.9 * left + 1
+    off = memory_plan.plan_memory(model, batches, reuse=False, **common)
+    assert off.reuse_bytes == 0.0 and off.budget_bytes == pytest.approx(memory_plan.KRYLOV_SHARE * left)

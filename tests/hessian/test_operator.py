@@ -165,6 +165,14 @@ def test_reuse_auto_charges_each_kept_graph_by_what_it_saves_whatever_the_heap(m
         auto = operator_for(model, batches, block, reuse="auto")
         auto @ vector
         assert auto.cached_batches == 1
+    limited = operator_for(model, batches, block, reuse="auto")
+    limited.limit_reuse(budget)  # a memory plan's share, whatever the free memory says
+    monkeypatch.setattr(operator_module, "free_memory", lambda device: 10**15)
+    limited @ vector
+    assert limited.cached_batches == 1
+    limited.clear_cache()  # the dropped graph's bytes come back to the budget
+    limited @ vector
+    assert limited.cached_batches == 1
 
 
 def test_products_run_in_eval_mode_on_the_block_only_and_restore_the_model() -> None:
