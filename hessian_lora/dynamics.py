@@ -30,10 +30,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,8 +45,8 @@ from hessian_lora.hessian.filters import ParameterBlock, PerModule, WholeAdapter
 from hessian_lora.hessian.lanczos import lanczos
 from hessian_lora.hessian.operator import HessianOperator, ScaledOperator
 from hessian_lora.hessian.power import power_iteration
-from hessian_lora.hessian.preconditioned import adam_thresholds
 from hessian_lora.hessian.results import EigenResult
+from hessian_lora.hessian.thresholds import stability_ratios as stability_ratios  # re-exported: its old home
 from hessian_lora.precision import check_hessian_precision
 from hessian_lora.settings.measurement import DuringSettings
 
@@ -211,17 +210,3 @@ def _live_state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> An
     if not entries or not all("exp_avg_sq" in entry and "step" in entry for entry in entries.values()):
         return None
     return state
-
-
-def stability_ratios(point: Mapping[str, Any], *, beta1: float = 0.9,
-                     lr: float | None = None) -> tuple[float | None, float | None]:
-    """(λ_max·η/2, λ̃·η/((2+2β₁)/(1−β₁))) of a history point: 1 means "at the edge of stability". ``lr``
-    overrides the point's own learning rate."""
-    eta = lr if lr is not None else point.get("lr")
-    if eta is None or not eta > 0:
-        return None, None
-    gd, adam = adam_thresholds(float(eta), beta1)
-    lam, pre = point.get("lambda_max"), point.get("preconditioned")
-    gd_ratio = float(lam) / gd if lam is not None and gd and math.isfinite(float(lam)) else None
-    adam_ratio = float(pre) / adam if pre is not None and adam and math.isfinite(float(pre)) else None
-    return gd_ratio, adam_ratio

@@ -41,9 +41,20 @@ def test_mypy() -> None:
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
 
 
-def test_settings_and_sweep_configs_load_without_torch() -> None:
-    code = ("import hessian_lora.sweep.config, hessian_lora.settings, hessian_lora.rundir, sys; "
+def test_settings_sweep_configs_and_run_directory_readers_load_without_torch() -> None:
+    code = ("import hessian_lora.sweep.config, hessian_lora.settings, hessian_lora.rundir, hessian_lora.reports, "
+            "hessian_lora.runs, hessian_lora.analysis, hessian_lora.hessian, sys; "
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('hessian_lora'))")
+    result = _run(sys.executable, "-c", code)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_the_lazy_engine_package_names_the_solvers_not_their_submodules() -> None:
+    # measure imports hessian_lora.hessian.lanczos (the submodule) before anyone asks the package for lanczos.
+    code = ("import inspect, hessian_lora.measure; from hessian_lora.hessian import lanczos, HessianOperator; "
+            "import hessian_lora.hessian as engine; "
+            "assert inspect.isfunction(lanczos) and engine.lanczos is lanczos, lanczos; "
+            "assert inspect.isclass(HessianOperator)")
     result = _run(sys.executable, "-c", code)
     assert result.returncode == 0, result.stderr[-3000:]
 

@@ -35,7 +35,7 @@ from hessian_lora.figures._style import (
     shades,
 )
 from hessian_lora.figures.spectrum import figure_convergence, figure_density, figure_module_ratios
-from hessian_lora.hessian.preconditioned import adam_thresholds
+from hessian_lora.hessian.thresholds import adam_thresholds
 from hessian_lora.registry import METHOD_COLORS, METHOD_LABELS, method_color, method_label, method_sort_key  # noqa: F401
 from hessian_lora.rundir import RunLayout, Status
 from hessian_lora.runs import RunDirectory, read_run_directory
