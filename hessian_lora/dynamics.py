@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hessian_lora.checkpoint import live_optimizer_state
 from hessian_lora.data import TokenBatch
 from hessian_lora.errors import UserError
 from hessian_lora.hessian.filters import ParameterBlock, PerModule, WholeAdapter
@@ -48,6 +49,7 @@ from hessian_lora.hessian.power import power_iteration
 from hessian_lora.hessian.results import EigenResult
 from hessian_lora.hessian.thresholds import stability_ratios as stability_ratios  # re-exported: its old home
 from hessian_lora.precision import check_hessian_precision
+from hessian_lora.preconditioning import optimizer_preconditioner
 from hessian_lora.settings.measurement import DuringSettings
 
 
@@ -153,8 +155,6 @@ class SharpnessProbe:
                     lambdas.append(eigen.largest[0])
                     residuals.append(eigen.largest_residuals[0])
                 if self.settings.preconditioned and state is not None:
-                    from hessian_lora.preconditioning import optimizer_preconditioner
-
                     diagonal, _ = optimizer_preconditioner(state, block.names, meta=self.meta)
                     scaled = ScaledOperator(operator, diagonal.double().rsqrt())
                     result = self._solve(scaled, ("P", block.name))
@@ -203,7 +203,6 @@ def _live_state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> An
     first step (or for an optimizer without ``exp_avg_sq``)."""
     if optimizer is None:
         return None
-    from hessian_lora.checkpoint import live_optimizer_state
 
     state = live_optimizer_state(model, optimizer)
     entries = state.state_dict["state"]

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import TrainerCallback
+from transformers.trainer_callback import CallbackHandler
 
 from hessian_lora.data import TokenBatch
 from hessian_lora.dynamics import (
@@ -204,8 +205,6 @@ def _relative(residual: float | None, value: float | None) -> float | None:
 
 def _calling_handler(callback: TrainerCallback) -> Any:
     """The ``CallbackHandler`` on the call stack that holds ``callback`` (None when called otherwise)."""
-    from transformers.trainer_callback import CallbackHandler
-
     frame = inspect.currentframe()
     try:
         while frame is not None:

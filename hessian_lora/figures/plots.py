@@ -21,6 +21,7 @@ from matplotlib.patches import Rectangle
 
 from hessian_lora._io import write_bytes_atomic
 from hessian_lora.analysis.curves import SCORE_METRICS
+from hessian_lora.analysis.stability import largest_stable_lr, stability_curves
 from hessian_lora.analysis.summary import Analysis, MethodSummary, analyze, relation_lambda
 from hessian_lora.figures._style import (
     LR_AXIS_LABEL,
@@ -264,8 +265,6 @@ def figure_loss_curves(directory: RunDirectory, analysis: Analysis) -> Figure | 
 def figure_edge_of_stability(directory: RunDirectory, analysis: Analysis) -> Figure | None:
     """(g) Per method, λ̃(t)·η_t/((2+2β₁)/(1−β₁)) (solid) and λ(t)·η_t/2 (dotted) over steps for every LR; 1 is
     the stability limit (:mod:`hessian_lora.analysis.stability`)."""
-    from hessian_lora.analysis.stability import largest_stable_lr, stability_curves
-
     curves = [curve for curve in stability_curves(directory, analysis.beta1) if curve.method in analysis.methods]
     methods = [name for name in analysis.methods if any(curve.method == name for curve in curves)]
     if not methods:
