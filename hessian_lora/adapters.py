@@ -38,7 +38,6 @@ from transformers import PreTrainedTokenizerBase
 
 from hessian_lora.data import Example, TokenBatch
 from hessian_lora.errors import UserError
-from hessian_lora.loft import loft_optimizer
 from hessian_lora.loss import loss_sum
 from hessian_lora.models import HESSIAN_SAFE_ATTENTION, LoadedModel, load_model
 from hessian_lora.registry import check_method_rank, gralora_k, randlora_rank
@@ -48,10 +47,11 @@ from hessian_lora.settings.adapter import DEFAULT_TARGETS as DEFAULT_TARGETS
 from hessian_lora.settings.adapter import RANDLORA_ALPHA_PER_RANK as RANDLORA_ALPHA_PER_RANK
 from hessian_lora.settings.adapter import AdapterConfig as AdapterConfig
 from hessian_lora.settings.training import DEFAULT_BETAS
-from hessian_lora.train import global_batches
+from hessian_lora.training.loft import loft_optimizer
+from hessian_lora.training.train import global_batches
 
 if TYPE_CHECKING:
-    from hessian_lora.train import TrainConfig
+    from hessian_lora.training.train import TrainConfig
 
 T = TypeVar("T")
 ADAPTER_NAME = "default"
@@ -331,7 +331,7 @@ def make_optimizer(
     max_grad_norm: float | None = None,
 ) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters; for LoRA+ the lora_B matrices get ``lr * loraplus_ratio``; for LoFT
-    the LoFT optimizer (:func:`hessian_lora.loft.loft_optimizer`).
+    the LoFT optimizer (:func:`hessian_lora.training.loft.loft_optimizer`).
 
     The LoRA+ split matches ``peft.optimizers.create_loraplus_optimizer`` (B matrices and 1-D parameters in the
     fast group, everything else at ``lr``), without its empty embedding group. ``max_grad_norm`` matters to LoFT

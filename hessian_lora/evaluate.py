@@ -28,7 +28,7 @@ from hessian_lora.errors import UserError
 from hessian_lora.loss import mean_loss
 from hessian_lora.settings.evaluation import EvalConfig
 from hessian_lora.settings.training import Precision
-from hessian_lora.train import autocast_context
+from hessian_lora.training.train import autocast_context
 
 # Where a HumanEval completion ends: the next top-level statement (the Codex paper's stop sequences).
 HUMANEVAL_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")

@@ -51,7 +51,6 @@ from hessian_lora.hessian.results import BlockReport, EigenReport, EigenResult, 
 from hessian_lora.hessian.scan import scan_blocks
 from hessian_lora.hessian.storage import KrylovMemory
 from hessian_lora.hessian.trace import hutchplusplus
-from hessian_lora.loft import preconditioner_note
 from hessian_lora.models import DEFAULT_MODEL
 from hessian_lora.peft_adapters import load_adapter, peft_step, resolve_adapter
 from hessian_lora.precision import check_hessian_precision
@@ -61,6 +60,7 @@ from hessian_lora.settings.adapter import AdapterConfig
 from hessian_lora.settings.measurement import (
     MeasureSettings,
 )
+from hessian_lora.training.loft import preconditioner_note
 
 if TYPE_CHECKING:
     from hessian_lora.checkpoint import LoadedCheckpoint

@@ -23,11 +23,9 @@ import torch
 
 from hessian_lora import evalsets
 from hessian_lora import evaluate as evaluate_module
-from hessian_lora import train as train_loop
 from hessian_lora.adapters import adapter_at_initialisation, make_optimizer
 from hessian_lora.checkpoint import CheckpointMeta, save_checkpoint
 from hessian_lora.data import format_prompt, load_task, make_batches
-from hessian_lora.dynamics import SharpnessProbe
 from hessian_lora.errors import UserError
 from hessian_lora.evaluate import evaluate
 from hessian_lora.hessian.memory_plan import release_freed_memory
@@ -35,6 +33,8 @@ from hessian_lora.measure import measure
 from hessian_lora.precision import cast_base_weights
 from hessian_lora.rundir import RunLayout, Status
 from hessian_lora.sweep.config import RunSpec, SweepConfig
+from hessian_lora.training import train as train_loop
+from hessian_lora.training.dynamics import SharpnessProbe
 
 # The error column keeps the end of a traceback: that is where the cause is, and rows stay small.
 _MAX_ERROR_CHARS = 8000

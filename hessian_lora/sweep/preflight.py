@@ -29,7 +29,7 @@ from hessian_lora.recommend import load_calibration
 from hessian_lora.sweep.adaptive import search_metric
 from hessian_lora.sweep.config import SweepConfig
 from hessian_lora.sweep.execute import cached_eval_set, cached_task
-from hessian_lora.train import example_stream
+from hessian_lora.training.train import example_stream
 
 
 def _cause(exc: BaseException) -> str:

@@ -2,7 +2,7 @@
 inside a training run every few optimizer steps.
 
 A :class:`SharpnessProbe` holds a fixed probe set (a few batches) and is called by the training loop
-(:func:`hessian_lora.train.train`'s ``probe``; the transformers callback in :mod:`hessian_lora.integrations`)
+(:func:`hessian_lora.training.train.train`'s ``probe``; the transformers callback in :mod:`hessian_lora.training.integrations`)
 after every optimizer step with the optimizer itself. When a step is due (step 0, every ``every`` steps, and the
 last step) it measures, on the live parameters:
 
@@ -19,7 +19,7 @@ A probe changes nothing the training sees: dropout is off during the products an
 and ``requires_grad`` flags are restored (:func:`~hessian_lora.hessian.operator.only_block_trainable`); the torch
 CPU and CUDA RNG states and Python's ``random`` state are saved and restored around it; ``.grad`` fields and the
 optimizer state are not touched (products go through ``torch.autograd.grad``). A run with probes ends with
-bit-identical weights to one without (tests/test_dynamics.py).
+bit-identical weights to one without (tests/training/test_dynamics.py).
 
 Edge of stability (Cohen et al. 2021, 2022): gradient descent is stable while λ_max·η < 2; Adam while
 λ̃·η < (2 + 2β₁)/(1 − β₁) (38 at β₁ = 0.9). :func:`stability_ratios` gives both ratios per point, with η the
@@ -47,7 +47,7 @@ from hessian_lora.hessian.lanczos import lanczos
 from hessian_lora.hessian.operator import HessianOperator, ScaledOperator
 from hessian_lora.hessian.power import power_iteration
 from hessian_lora.hessian.results import EigenResult
-from hessian_lora.hessian.thresholds import stability_ratios as stability_ratios  # re-exported: its old home
+from hessian_lora.hessian.thresholds import stability_ratios as stability_ratios  # re-exported with the probe
 from hessian_lora.precision import check_hessian_precision
 from hessian_lora.preconditioning import optimizer_preconditioner
 from hessian_lora.settings.measurement import DuringSettings
