@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared GPU check (about 13 minutes on one GPU): environment, bf16 training steps (AdamW and LoFT) on
-# tiny-llama through hessian_lora.train, the HVP/gradient time ratio on a random Llama-shaped model of about 0.5 B
+# tiny-llama through hessian_lora.training.train, the HVP/gradient time ratio on a random Llama-shaped model of about 0.5 B
 # parameters with LoRA r=8 on q_proj,v_proj, batched products (k directions in one pass: loop against vmap), the
 # scale rehearsal (bench/rehearsal.py: Qwen3-0.6B shapes, r=128 on
 # all seven projections, the paper's 100 batches of 5, memory plan against the measured peak), and last (so a
@@ -41,10 +41,10 @@ import time
 import torch
 
 from hessian_lora.data import load_task
-from hessian_lora.loft import loft_optimizer
+from hessian_lora.training.loft import loft_optimizer
 from hessian_lora.adapters import AdapterConfig, build_adapter
 from hessian_lora.models import default_device, load_model
-from hessian_lora.train import TrainConfig, train
+from hessian_lora.training.train import TrainConfig, train
 
 device = default_device()
 precision = "bf16" if device.type == "cuda" else "fp32"  # bf16 autocast needs CUDA
@@ -152,6 +152,6 @@ if [ "$SIZE" != "tiny" ]; then
   echo "== tests (tiny-llama training, Hessian, LoFT; the only CUDA-aware test is test_bf16_needs_cuda)"
   # the tests pick their device themselves (mostly device='cpu'); the CUDA paths were exercised above.
   timeout "$TEST_TIMEOUT" "$PYTHON" -m pytest -q -x -m "not slow" -p no:cacheprovider \
-    tests/test_train.py tests/test_loft.py tests/hessian || { rc=$?; echo "tests failed or timed out (rc=$rc)"; exit $rc; }
+    tests/training/test_train.py tests/training/test_loft.py tests/hessian || { rc=$?; echo "tests failed or timed out (rc=$rc)"; exit $rc; }
 fi
 echo "== gpu_check done"

@@ -65,7 +65,7 @@ def measure_method(method: str, args: argparse.Namespace, sizes: Sequence[int], 
     from hessian_lora.data import load_task
     from hessian_lora.measure import MeasureSettings, measure
     from hessian_lora.recommend import probe_batches
-    from hessian_lora.train import TrainConfig
+    from hessian_lora.training.train import TrainConfig
 
     task = load_task(args.task, seed=args.data_seed, n_train=max(args.n_train, max(sizes)), n_eval=0)
     config = AdapterConfig(method=method, rank=args.rank, alpha=None, dropout=0.0, targets=TARGETS, seed=args.seed)

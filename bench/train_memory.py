@@ -31,7 +31,7 @@ from hessian_lora.adapters import AdapterConfig, build_adapter, make_optimizer
 from hessian_lora.data import TokenBatch
 from hessian_lora.memory import ALLOWANCE_BYTES, PAPER_MODELS, ModelShape, training_memory
 from hessian_lora.precision import cast_base_weights
-from hessian_lora.train import _checkpointing, accumulate_gradient
+from hessian_lora.training.train import _checkpointing, accumulate_gradient
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

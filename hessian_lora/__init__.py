@@ -14,6 +14,7 @@ def __getattr__(name: str) -> Any:
     # Lazy: ``import hessian_lora.cli`` must not pull in torch (seconds during which a Ctrl-C would otherwise
     # end in a traceback, before cli.main's guard runs).
     if name == "eigen":
+        # local: `import hessian_lora` (so the CLI's start-up) stays free of torch
         from hessian_lora.measure import eigen
 
         return eigen

@@ -31,12 +31,14 @@ from typing import TYPE_CHECKING, NamedTuple, TypeVar
 import torch
 from peft import GraloraConfig, LoraConfig, PeftConfig, PeftModel, RandLoraConfig, get_peft_model
 from peft.tuners.lora import LoraGAConfig, LoraLayer
+from peft.tuners.lora.loraga import preprocess_loraga
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from hessian_lora.data import Example, TokenBatch
 from hessian_lora.errors import UserError
+from hessian_lora.loss import loss_sum
 from hessian_lora.models import HESSIAN_SAFE_ATTENTION, LoadedModel, load_model
 from hessian_lora.registry import check_method_rank, gralora_k, randlora_rank
 
@@ -45,9 +47,11 @@ from hessian_lora.settings.adapter import DEFAULT_TARGETS as DEFAULT_TARGETS
 from hessian_lora.settings.adapter import RANDLORA_ALPHA_PER_RANK as RANDLORA_ALPHA_PER_RANK
 from hessian_lora.settings.adapter import AdapterConfig as AdapterConfig
 from hessian_lora.settings.training import DEFAULT_BETAS
+from hessian_lora.training.loft import loft_optimizer
+from hessian_lora.training.train import global_batches
 
 if TYPE_CHECKING:
-    from hessian_lora.train import TrainConfig
+    from hessian_lora.training.train import TrainConfig
 
 T = TypeVar("T")
 ADAPTER_NAME = "default"
@@ -270,8 +274,6 @@ def _init_batches(
     if init_batches is not None:
         return list(init_batches(tokenizer) if callable(init_batches) else init_batches)
     if train_examples is not None and train_config is not None:
-        from hessian_lora.train import global_batches
-
         return next(global_batches(tokenizer, train_examples, train_config))
     return None  # build_adapter says what is missing
 
@@ -329,7 +331,7 @@ def make_optimizer(
     max_grad_norm: float | None = None,
 ) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters; for LoRA+ the lora_B matrices get ``lr * loraplus_ratio``; for LoFT
-    the LoFT optimizer (:func:`hessian_lora.loft.loft_optimizer`).
+    the LoFT optimizer (:func:`hessian_lora.training.loft.loft_optimizer`).
 
     The LoRA+ split matches ``peft.optimizers.create_loraplus_optimizer`` (B matrices and 1-D parameters in the
     fast group, everything else at ``lr``), without its empty embedding group. ``max_grad_norm`` matters to LoFT
@@ -339,8 +341,6 @@ def make_optimizer(
     if lr <= 0:
         raise UserError(f"learning rate must be positive, got {lr}.")
     if config.spec.optimizer == "loft":
-        from hessian_lora.loft import loft_optimizer
-
         return loft_optimizer(peft_model, lr, betas=betas, eps=eps, weight_decay=weight_decay,
                               max_grad_norm=max_grad_norm)
     params = trainable_parameters(peft_model)
@@ -459,9 +459,6 @@ def _cuda_device_indices(model: nn.Module) -> list[int]:
 
 
 def _estimate_loraga_gradients(model: nn.Module, lora_config: LoraConfig, batches: list[TokenBatch]) -> None:
-    from peft.tuners.lora.loraga import preprocess_loraga
-
-    from hessian_lora.loss import loss_sum
 
     device = next(model.parameters()).device
     total_tokens = sum(batch.loss_tokens for batch in batches)

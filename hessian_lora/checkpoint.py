@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import shutil
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -38,16 +39,18 @@ from typing import Any, NamedTuple
 
 import torch
 from peft import PeftModel
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from hessian_lora import adapters
+from hessian_lora import adapters, schemas
 from hessian_lora._io import replace_directory, temporary_path
 from hessian_lora.adapters import (
     residual_digest as residual_digest,  # the residual's fingerprint: the recipe's
 )
 from hessian_lora.errors import UserError
+from hessian_lora.models import load_model
 from hessian_lora.precision import FP32_RESIDUAL_DIGEST_ATTRIBUTE
 from hessian_lora.settings.adapter import AdapterConfig
 
@@ -227,8 +230,6 @@ def load_checkpoint(
     ``full_precision=True`` (what Hessian measurements ask for) then casts a base recorded in bf16 or fp16 to
     fp32 after it was rebuilt and verified as saved.
     """
-    from hessian_lora.models import load_model
-
     path = Path(directory)
     meta_data = read_meta_dict(path)
     check_checkpoint_files(path)
@@ -266,7 +267,6 @@ def read_meta_dict(directory: str | os.PathLike[str]) -> dict[str, Any]:
     meta_path = path / META_FILE
     if not meta_path.is_file():
         raise UserError(f"{path} is not a hessian-lora checkpoint (no {META_FILE}): pass a checkpoint directory.")
-    from hessian_lora import schemas
 
     data = schemas.read_json(meta_path, what="checkpoint metadata", fix=schemas.CHECKPOINT_FIX)
     version = data.get("format_version") if isinstance(data, dict) else None
@@ -279,8 +279,6 @@ def read_meta_dict(directory: str | os.PathLike[str]) -> dict[str, Any]:
 
 def check_checkpoint_files(directory: str | os.PathLike[str]) -> None:
     """The adapter files a checkpoint needs are present and whole (a truncated safetensors file included)."""
-    from hessian_lora import schemas
-
     path = Path(directory)
     config = schemas.read_json(path / ADAPTER_CONFIG_FILE, what="adapter config", fix=schemas.CHECKPOINT_FIX)
     if not isinstance(config, dict):
@@ -295,8 +293,6 @@ def check_checkpoint_files(directory: str | os.PathLike[str]) -> None:
 
 def check_safetensors(file: Path) -> None:
     """``file`` is a complete safetensors file: its header parses and every tensor lies within the file."""
-    from safetensors import safe_open
-
     if not file.is_file():
         raise UserError(f"{file} is missing: the checkpoint is incomplete; re-create it.")
     try:
@@ -310,8 +306,6 @@ def check_safetensors(file: Path) -> None:
 
 def read_optimizer_state(file: Path, *, map_location: Any = "cpu") -> OptimizerState:
     """``optimizer.pt`` as an :class:`OptimizerState`; a damaged file is a :class:`UserError`."""
-    import pickle
-
     try:
         raw = torch.load(file, map_location=map_location, weights_only=True)
         state = OptimizerState(dict(raw["state_dict"]), tuple(str(name) for name in raw["param_names"]))

@@ -26,10 +26,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tqdm.auto import tqdm
+
+from hessian_lora.adapters import adapter_at_initialisation
 from hessian_lora.analysis.report import markdown_table, write_analysis
 from hessian_lora.analysis.summary import Analysis, analyze
+from hessian_lora.data import load_task
 from hessian_lora.errors import UserError
 from hessian_lora.figures.plots import FIGURE_NAMES, PlotResult, plot_run
+from hessian_lora.measure import measure
+from hessian_lora.models import load_tokenizer
+from hessian_lora.recommend import probe_batches
+from hessian_lora.rundir import InitKey
+from hessian_lora.runs import load_runs
+from hessian_lora.sweep import runner
+from hessian_lora.sweep.config import load_config
 
 if TYPE_CHECKING:
     from hessian_lora.adapters import AdapterAtInit
@@ -95,8 +106,6 @@ def run_demo(
     :data:`FULL_MODULES`), on every layer with ``quick`` and on ``layer_samples`` evenly spaced layers otherwise;
     ``density_steps`` sets the SLQ steps of the spectral density (0: no density).
     """
-    from hessian_lora.sweep.config import load_config
-
     started = time.perf_counter()
     config_path = Path(config) if config is not None else (QUICK_CONFIG if quick else FULL_CONFIG)
     if not config_path.is_file():
@@ -126,8 +135,6 @@ def _demo_steps(sweep_config: SweepConfig, config_path: Path, run_dir: Path, say
                 *, quick: bool, adaptive: bool, measure_final: bool, modules: Sequence[str] | None,
                 layer_samples: int, density_steps: int | None, progress: bool, device: str | None,
                 started: float) -> DemoResult:
-    from hessian_lora.sweep.runner import run_sweep
-
     how = "adaptive LR search" if adaptive else "LR grid"
     overall.phase(f"[1/4] sweep ({how})")
     say(f"[1/4] sweep {config_path.name} ({how}) into {run_dir}")
@@ -137,7 +144,7 @@ def _demo_steps(sweep_config: SweepConfig, config_path: Path, run_dir: Path, say
                         modules=tuple(modules) if modules else (QUICK_MODULES if quick else FULL_MODULES),
                         layers=None if quick else layer_samples, density_steps=density_steps, progress=progress)
     # The search's centres build each method's adapter at initialisation: the per-module scan rides along.
-    summary = run_sweep(sweep_config, run_dir, progress=progress, device=device, on_run=overall.runs,
+    summary = runner.run_sweep(sweep_config, run_dir, progress=progress, device=device, on_run=overall.runs,
                         at_init=extras.measure, source=str(config_path))
     say(summary.line())
 
@@ -160,8 +167,6 @@ def _demo_steps(sweep_config: SweepConfig, config_path: Path, run_dir: Path, say
 
 def _say(text: str, progress: bool) -> None:
     if progress:
-        from tqdm.auto import tqdm
-
         tqdm.write(text, file=sys.stderr)  # above any open bars, which it redraws
 
 
@@ -172,8 +177,6 @@ class OverallProgress:
     or stderr is not a terminal."""
 
     def __init__(self, *, enabled: bool, started: float) -> None:
-        from tqdm.auto import tqdm
-
         self.started = started
         self.text = ""
         self.done = 0
@@ -237,8 +240,6 @@ def _measurement(sweep_config: SweepConfig) -> MeasureSettings:
 
 
 def _hessian_batches(sweep_config: SweepConfig, tokenizer: Any) -> list[Any]:
-    from hessian_lora.recommend import probe_batches
-
     return probe_batches(tokenizer, sweep_config.task, data_seed=sweep_config.data_seed,
                          n_train=sweep_config.n_train, n_eval=sweep_config.n_eval,
                          samples=sweep_config.hessian.samples, batch_size=sweep_config.hessian.batch_size,
@@ -249,9 +250,6 @@ def _adapter_like_the_sweep(sweep_config: SweepConfig, method: str, rank: int, s
                             device: str | None) -> AdapterAtInit:
     """Base model + adapter at initialisation exactly as the sweep builds it (LoRA-GA: on the run's first global
     batch, that of the grid's first batch size)."""
-    from hessian_lora.adapters import adapter_at_initialisation
-    from hessian_lora.data import load_task
-
     config = sweep_config.adapter_for(method, rank, seed)
     train_examples = None
     if config.spec.needs_data:
@@ -295,8 +293,6 @@ class InitExtras:
         """Measure what is missing for ``key`` on its adapter at initialisation (added to ``written``). Also the
         sweep's :data:`~hessian_lora.sweep.adaptive.AtInit` hook: the search's centre hands over the adapter it
         built, so each method's adapter is built once for both."""
-        from hessian_lora.measure import measure
-
         todo = self.missing(key)
         if not todo:
             return
@@ -320,8 +316,6 @@ class InitExtras:
 def measure_init_reports(extras: InitExtras, *, device: str | None = None) -> None:
     """Whole-adapter λ_max with density and per-module λ_max at initialisation, per (method, rank, seed), where
     missing (building the adapter only for keys with something missing; ``extras.written`` lists the reports)."""
-    from hessian_lora.rundir import InitKey
-
     config = extras.sweep_config
     for method in config.methods:
         for rank in config.ranks:
@@ -348,10 +342,6 @@ def measure_final_reports(
     device: str | None = None,
 ) -> list[str]:
     """Raw and preconditioned λ_max from the checkpoint of each method's best grid run, where missing."""
-    from hessian_lora.measure import measure
-    from hessian_lora.models import load_tokenizer
-    from hessian_lora.runs import load_runs
-
     written = []
     settings = _measurement(sweep_config)
     runs = load_runs(run_dir)

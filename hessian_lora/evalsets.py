@@ -37,9 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from math_verify import parse, verify
+
 from hessian_lora._numbers import time_limit
 from hessian_lora.data import Example
 from hessian_lora.errors import UserError
+from hessian_lora.evaluate import humaneval_problems, humaneval_program, run_program, truncate_completion
 
 EVAL_SET_NAMES = ("gsm8k", "math", "mbpp", "humaneval")
 DEFAULT_CODE_TIMEOUT = 10.0
@@ -202,7 +205,6 @@ def answers_equal(gold: str, answer: str | None) -> bool:
     """Mathematical equality of two final answers (LaTeX or plain) by ``math-verify``, string fallback."""
     if answer is None:
         return False
-    from math_verify import parse, verify
 
     timeout = 5 if threading.current_thread() is threading.main_thread() else None  # it uses SIGALRM
     gold_parsed = parse(_as_latex(gold), parsing_timeout=timeout)
@@ -291,8 +293,6 @@ def mbpp_program(example: Example, generation: str) -> str:
 
 
 def _mbpp(path: Path, records: list[tuple[int, dict[str, Any]]], timeout: float) -> EvalSet:
-    from hessian_lora.evaluate import run_program
-
     examples = []
     for number, record in records:
         task_id = _field(path, number, record, "task_id", (int, str))
@@ -317,8 +317,6 @@ def _mbpp(path: Path, records: list[tuple[int, dict[str, Any]]], timeout: float)
 
 
 def _humaneval(limit: int | None, timeout: float) -> EvalSet:
-    from hessian_lora.evaluate import humaneval_problems, humaneval_program, run_program, truncate_completion
-
     examples = [
         Example(prompt=problem["prompt"], response=problem["canonical_solution"], answer=None,
                 metadata={"task_id": problem["task_id"], "problem": problem})

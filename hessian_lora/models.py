@@ -12,15 +12,20 @@ import glob
 import logging
 import os
 import shutil
+import socket
 import struct
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
+from urllib.parse import urlparse
 
 import torch
+from huggingface_hub import constants
+from tokenizers import Tokenizer, decoders, pre_tokenizers
+from tokenizers import models as token_models  # "models" is this module's own name
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -183,8 +188,6 @@ def load_tokenizer(spec: str = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
         # Not loadable: load_model words the error (a missing path or an unknown name).
         return load_model(spec, device="cpu").tokenizer
     else:
-        from huggingface_hub import constants
-
         reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else hub_unreachable(constants.ENDPOINT)
         try:
             with quiet_hub(offline=reason is not None):
@@ -207,18 +210,17 @@ def quiet_hub(timeout_s: float = 10.0, *, offline: bool = False):
     set_here = [name for name in ("HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT") if name not in os.environ]
     for name in set_here:
         os.environ[name] = str(int(timeout_s))
+    hub: Any = constants
     try:
-        from huggingface_hub import constants
-
-        saved = (constants.HF_HUB_ETAG_TIMEOUT, constants.HF_HUB_DOWNLOAD_TIMEOUT, constants.HF_HUB_OFFLINE)
+        saved = (hub.HF_HUB_ETAG_TIMEOUT, hub.HF_HUB_DOWNLOAD_TIMEOUT, hub.HF_HUB_OFFLINE)
         if offline:
-            constants.HF_HUB_OFFLINE = True
+            hub.HF_HUB_OFFLINE = True
         if "HF_HUB_ETAG_TIMEOUT" in set_here:
-            constants.HF_HUB_ETAG_TIMEOUT = int(timeout_s)
+            hub.HF_HUB_ETAG_TIMEOUT = int(timeout_s)
         if "HF_HUB_DOWNLOAD_TIMEOUT" in set_here:
-            constants.HF_HUB_DOWNLOAD_TIMEOUT = int(timeout_s)
-    except (ImportError, AttributeError):
-        constants, saved = None, None
+            hub.HF_HUB_DOWNLOAD_TIMEOUT = int(timeout_s)
+    except AttributeError:  # a huggingface_hub without these settings: leave them
+        hub, saved = None, None
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     try:
@@ -228,8 +230,8 @@ def quiet_hub(timeout_s: float = 10.0, *, offline: bool = False):
             logger.setLevel(level)
         for name in set_here:
             os.environ.pop(name, None)
-        if constants is not None and saved is not None:
-            constants.HF_HUB_ETAG_TIMEOUT, constants.HF_HUB_DOWNLOAD_TIMEOUT, constants.HF_HUB_OFFLINE = saved
+        if hub is not None and saved is not None:
+            hub.HF_HUB_ETAG_TIMEOUT, hub.HF_HUB_DOWNLOAD_TIMEOUT, hub.HF_HUB_OFFLINE = saved
 
 
 def looks_like_path(spec: str) -> bool:
@@ -260,8 +262,6 @@ def _load_hub(spec: str, dtype: torch.dtype, attn_implementation: str) -> tuple[
     huggingface_hub retries an unreachable host with backoff (a minute of warnings before the error); one
     short connection probe first turns that into one line at once.
     """
-    from huggingface_hub import constants
-
     reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else hub_unreachable(constants.ENDPOINT)
     if reason is None:
         with quiet_hub():
@@ -278,9 +278,6 @@ def _load_hub(spec: str, dtype: torch.dtype, attn_implementation: str) -> tuple[
 
 def hub_unreachable(endpoint: str, timeout_s: float = 5.0) -> str | None:
     """Why a TCP connection to the hub's host fails (None when it connects)."""
-    import socket
-    from urllib.parse import urlparse
-
     parsed = urlparse(endpoint)
     host = parsed.hostname or "huggingface.co"
     port = parsed.port or (443 if parsed.scheme != "http" else 80)
@@ -424,13 +421,11 @@ def tiny_llama(
 
 def byte_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level tokenizer (256 byte tokens + pad/bos/eos) that needs no download."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {char: index for index, char in enumerate(alphabet)}
     for token in _TINY_SPECIAL_TOKENS:
         vocab[token] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend = Tokenizer(token_models.BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
     pad, bos, eos = _TINY_SPECIAL_TOKENS

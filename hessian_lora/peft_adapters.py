@@ -33,7 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
+from huggingface_hub import constants, snapshot_download
+from huggingface_hub.errors import HFValidationError
+from peft import PeftConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
+from safetensors import safe_open
+from safetensors.torch import load_file
 from torch import nn
 
 from hessian_lora import adapters, schemas
@@ -48,6 +53,7 @@ from hessian_lora.checkpoint import (
     load_checkpoint,
 )
 from hessian_lora.errors import UserError
+from hessian_lora.models import hub_unreachable, load_model, looks_like_path, quiet_hub
 from hessian_lora.settings.adapter import AdapterConfig
 
 # init_lora_weights values whose initialisation rewrites the base weights (W ← W − s·B₀·A₀, or a quantised W for
@@ -92,16 +98,12 @@ def resolve_adapter(spec: str | os.PathLike[str], *, revision: str | None = None
     """The local directory of an adapter: ``spec`` itself when it is a path (a ``Path``, or a string that exists,
     starts with ``./``, ``/``, ``~`` or has no slash or several), else a hub repo id whose adapter files huggingface_hub fetches into (or finds in, offline or
     without a network) its cache, at ``revision`` (default: the main branch)."""
-    from hessian_lora.models import hub_unreachable, looks_like_path, quiet_hub
-
     text = os.fspath(spec)
     # a Path object is a path (also what this returns, so resolving twice is resolving once)
     if isinstance(spec, os.PathLike) or looks_like_path(text) or "/" not in text or text.count("/") > 1:
         if revision is not None:
             raise UserError(f"--revision {revision} is for hub adapter ids (user/name): {text} is a local path.")
         return Path(text)
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import HFValidationError
 
     reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else hub_unreachable(constants.ENDPOINT)
     at = f" at revision {revision}" if revision else ""
@@ -163,8 +165,6 @@ def converted_init(directory: str | os.PathLike[str], peft_config: Mapping[str, 
     B₀ᵀB₀ = A₀A₀ᵀ = diag(S_r/s); OLoRA's B₀ = Q_r has B₀ᵀB₀ = I. A plain LoRA's second half (Kaiming A, B trained
     from zero) meets neither (tolerance: 16-bit tensors round at ~4e-3).
     """
-    from safetensors import safe_open
-
     if (peft_config.get("peft_type") != "LORA" or peft_config.get("init_lora_weights", True) is not True
             or peft_config.get("use_dora") or int(peft_config.get("r") or 0) % 2):
         return None
@@ -245,10 +245,6 @@ def load_peft_directory(
     trains (see the module docstring: a rewriting init's residual base rebuilt or given, a PiSSA/OLoRA
     conversion split back into the method's own factors).
     """
-    from peft import PeftConfig
-
-    from hessian_lora.models import load_model
-
     path = Path(directory)
     data = read_peft_config(path)
     shapes = check_adapter_weights(path)
@@ -333,10 +329,6 @@ def _split_conversion(base: nn.Module, directory: Path, converted: Any) -> PeftM
     """A PiSSA/OLoRA adapter that peft's conversion saved as ``[B, −B₀]·[A; A₀]`` at rank 2r, as the method's own
     rank-r factors (A, B) on the residual base W − s·B₀A₀. ``converted`` is its PeftConfig; it is changed in place
     to the rank-r config (same scale: peft doubled r and alpha, or alpha by √2 with rsLoRA)."""
-    from peft import get_peft_model
-    from peft.tuners.lora import LoraLayer
-    from safetensors.torch import load_file
-
     tensors = load_file(str(directory / ADAPTER_WEIGHTS_FILE))
     converted.r //= 2
     converted.lora_alpha = converted.lora_alpha / (2 ** 0.5 if converted.use_rslora else 2)
@@ -435,8 +427,6 @@ def _first_problem(exc: BaseException) -> str:
 def check_adapter_weights(directory: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
     """Shapes of the tensors in ``adapter_model.safetensors``; a missing, damaged or truncated file is a
     :class:`UserError` (:func:`check_safetensors`)."""
-    from safetensors import safe_open
-
     path = Path(directory) / ADAPTER_WEIGHTS_FILE
     check_safetensors(path)
     with safe_open(str(path), framework="pt") as handle:

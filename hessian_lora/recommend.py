@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -24,12 +25,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hessian_lora import schemas
 from hessian_lora._io import write_text_atomic as write_atomic
+from hessian_lora.adapters import DEFAULT_TARGETS, AdapterConfig, adapter_at_initialisation
 from hessian_lora.analysis.censoring import MIN_INTERIOR
 from hessian_lora.analysis.relation import FIT_KINDS, fit_inverse_constant, fit_power_law
 from hessian_lora.analysis.summary import Analysis, analyze, relation_lambda
+from hessian_lora.data import DEFAULT_PROMPT_TEMPLATE, check_prompt_template, load_task, make_batches
 from hessian_lora.errors import UserError
-from hessian_lora.registry import check_method_rank
+from hessian_lora.measure import MeasureSettings, measure
+from hessian_lora.registry import METHODS, check_method_rank
 from hessian_lora.reports import ReportView
 from hessian_lora.runs import read_run_directory
 
@@ -143,8 +148,6 @@ def calibration_from_analysis(analysis: Analysis, config: Mapping[str, Any],
 def probe_settings(analysis: Analysis, config: Mapping[str, Any],
                    init_settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """How a probe must measure λ_max to be comparable with the analysed sweep (model, data, rank, block)."""
-    from hessian_lora.measure import MeasureSettings
-
     relation = analysis.relation
     hessian = config.get("hessian") if isinstance(config.get("hessian"), Mapping) else {}
     # The sweep's measurement settings that change λ_max at initialisation: the probe must use them too.
@@ -185,7 +188,6 @@ def load_calibration(source: str | os.PathLike[str] | None = None) -> Calibratio
         return calibration_from_run(path)
     if not path.is_file():
         raise UserError(f"calibration {str(source)!r} does not exist: pass a sweep RUN_DIR or a calibration .json.")
-    from hessian_lora import schemas
 
     document = schemas.read_document(path, schemas.CalibrationDocument, what="calibration",
                                      fix=schemas.CALIBRATION_FIX)
@@ -197,10 +199,6 @@ def load_calibration(source: str | os.PathLike[str] | None = None) -> Calibratio
 def _check_probe_options(probe: Any, source: str) -> None:
     """The probe's measurement options and template, checked when the file is read rather than when a probe, a
     model load later, first uses them."""
-    from hessian_lora import schemas
-    from hessian_lora.data import check_prompt_template
-    from hessian_lora.measure import MeasureSettings
-
     try:
         MeasureSettings.from_mapping(probe.eigen_options or {}, source="eigen_options")
         if probe.prompt_template is not None:
@@ -234,8 +232,6 @@ def probe_batches(tokenizer: Any, task: str, *, data_seed: int, n_train: int | N
                   prompt_template: str | None = None) -> list[Any]:
     """The sweep's Hessian data: the first ``samples`` training examples of the task, in batches (formatted by
     ``prompt_template``, default chat)."""
-    from hessian_lora.data import DEFAULT_PROMPT_TEMPLATE, load_task, make_batches
-
     loaded = load_task(task, seed=data_seed, n_train=max(n_train or samples, samples), n_eval=n_eval or 0)
     return make_batches(tokenizer, loaded.train[:samples], batch_size, max_length=max_length,
                         prompt_template=prompt_template or DEFAULT_PROMPT_TEMPLATE)
@@ -291,11 +287,6 @@ def recommend(
     """Probe λ_max of METHOD's adapter at initialisation on MODEL and predict its optimal learning rate.
 
     ``prompt_template`` formats the probe batches (default: the calibration sweep's, else chat)."""
-    import time
-
-    from hessian_lora.measure import MeasureSettings, measure
-    from hessian_lora.registry import METHODS
-
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}: use one of {', '.join(METHODS)}.")
     cal = calibration if isinstance(calibration, Calibration) else load_calibration(calibration)
@@ -349,8 +340,6 @@ def _probe_data(tokenizer: Any, task: str, probe: Mapping[str, Any], *, samples:
 def _probe_adapter(method: str, model: str, task: str, rank: int, seed: int, probe: Mapping[str, Any],
                    device: str | None) -> tuple[Any, Any]:
     """METHOD's adapter at initialisation on MODEL, built as the calibration's sweep built its adapters."""
-    from hessian_lora.adapters import DEFAULT_TARGETS, AdapterConfig, adapter_at_initialisation
-
     config = AdapterConfig(method=method, rank=rank, alpha=probe.get("alpha"),
                            targets=tuple(probe.get("targets") or DEFAULT_TARGETS), seed=seed,
                            pissa_niter=probe.get("pissa_niter"))

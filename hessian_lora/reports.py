@@ -29,6 +29,7 @@ from hessian_lora.hessian.results import (
     PreconditionedResult,
     TraceResult,
 )
+from hessian_lora.schemas import read_json
 
 # ----------------------------------------------------------------------------------------------------------
 # Eigen reports: EigenReport.from_dict, seen through a view that knows the whole adapter from the modules
@@ -248,8 +249,6 @@ _NESTED_RECORDS: dict[type, dict[str, type]] = {
 
 def load_eigen_report(path: str | os.PathLike[str]) -> ReportView:
     """Read one ``hessian/*.json`` report (see :func:`report_from_dict`)."""
-    from hessian_lora.schemas import read_json
-
     data = read_json(path, what="eigen report", fix="rerun the measurement (or delete the file).")
     if not isinstance(data, Mapping):
         raise UserError(f"{str(path)!r} is not an eigen report (expected a JSON object with 'blocks').")

@@ -31,6 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
+from hessian_lora import schemas
 from hessian_lora.errors import UserError
 
 CONFIG_FILE = "config.yaml"
@@ -201,9 +204,7 @@ def read_config(path: Path) -> Mapping[str, Any]:
     :class:`UserError` naming it: analysis would otherwise crash on it, or label and calibrate with nonsense."""
     if not path.exists():
         return {}
-    import yaml
 
-    from hessian_lora import schemas
 
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))

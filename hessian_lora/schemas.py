@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hessian_lora.errors import UserError
+from hessian_lora.registry import METHODS
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -116,8 +117,6 @@ class CheckpointMetaDocument(_Document):
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: str) -> str:
-        from hessian_lora.registry import METHODS
-
         if value not in METHODS:
             raise ValueError(f"unknown method (known: {', '.join(METHODS)})")
         return value

@@ -223,7 +223,7 @@ from hessian_lora.checkpoint import CheckpointMeta, save_checkpoint
 from hessian_lora.data import load_task
 from hessian_lora.adapters import AdapterConfig, build_adapter, make_optimizer
 from hessian_lora.models import load_model
-from hessian_lora.train import TrainConfig, train
+from hessian_lora.training.train import TrainConfig, train
 
 config = AdapterConfig(method=METHOD, rank=RANK)
 loaded = load_model(MODEL, device="cpu")
@@ -302,18 +302,18 @@ print(f"ratio to Adam's edge of stability: {pre.sharpness / pre.adam_threshold:.
 assert pre.sharpness > 0'''),
         new_markdown_cell(
             "## Sharpness along training (the dynamics view)\n\n"
-            "`hessian_lora.dynamics.SharpnessProbe` measures λ_max and Adam's preconditioned sharpness λ₁(P⁻¹H) "
+            "`hessian_lora.training.dynamics.SharpnessProbe` measures λ_max and Adam's preconditioned sharpness λ₁(P⁻¹H) "
             "from the live optimizer state every few steps of a run (warm-started Lanczos: a few products per "
             "probe; training itself is untouched). Divided by their limits, λ·η/2 (gradient descent) and "
             "λ̃·η/((2+2β₁)/(1−β₁)) (Adam, 38 at β₁ = 0.9), a curve at 1 is at the edge of stability. In a sweep: "
-            "`hessian: {during: {every: N}}`; in a transformers Trainer: `hessian_lora.integrations."
+            "`hessian: {during: {every: N}}`; in a transformers Trainer: `hessian_lora.training.integrations."
             "SharpnessCallback`."),
         new_code_cell('''\
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from hessian_lora.data import make_batches
-from hessian_lora.dynamics import DuringSettings, SharpnessProbe, stability_ratios
+from hessian_lora.training.dynamics import DuringSettings, SharpnessProbe, stability_ratios
 
 probe_batches = make_batches(loaded.tokenizer, task.train[:8], 4, max_length=96)
 dynamics_lrs = [LR / 10, LR]

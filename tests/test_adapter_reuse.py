@@ -10,7 +10,7 @@ import hessian_lora.adapters as adapters
 from hessian_lora.adapters import AdapterConfig, adapter_at_initialisation, reuse_adapters_at_init
 from hessian_lora.data import Example
 from hessian_lora.errors import UserError
-from hessian_lora.train import TrainConfig
+from hessian_lora.training.train import TrainConfig
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from hessian_lora.registry import (
     reference_parameter_count,
     trainable_parameter_count,
 )
-from hessian_lora.train import TrainConfig, train
+from hessian_lora.training.train import TrainConfig, train
 
 # Function-preservation tolerance: the adapted model's fp32 logits against the base model's. The residual is
 # exact to one fp32 rounding per weight, so the logits differ by forward-pass round-off only (seen: ~3e-7).
@@ -405,8 +405,8 @@ def test_gralora_takes_the_authors_k_and_refuses_indivisible_shapes(tiny) -> Non
 
 
 def test_loft_gets_its_optimizer_and_the_trainer_does_not_clip_it(tiny, monkeypatch) -> None:
-    from hessian_lora import train as train_module
-    from hessian_lora.loft import LoFT
+    from hessian_lora.training import train as train_module
+    from hessian_lora.training.loft import LoFT
 
     peft_model = build_adapter(tiny.model, AdapterConfig("loft", rank=4))
     optimizer = make_optimizer(peft_model, AdapterConfig("loft", rank=4), 1e-3, max_grad_norm=0.5)

@@ -903,7 +903,7 @@ EVAL_SET_CASES: dict[str, tuple[str, bytes | str | Any]] = {
 @pytest.mark.parametrize("case", sorted(EVAL_SET_CASES))
 def test_sweep_bad_evaluation_set_is_refused_before_any_run_trains(case: str, untouched, tmp_path, capsys,
                                                                     monkeypatch) -> None:
-    from hessian_lora import train
+    from hessian_lora.training import train
 
     def no_training(*args, **kwargs):
         raise AssertionError("a run trained although its evaluation set is unusable")

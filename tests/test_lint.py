@@ -4,9 +4,12 @@ and the type checker (mypy, setup.cfg)."""
 
 from __future__ import annotations
 
+import ast
+import io
 import shutil
 import subprocess
 import sys
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -41,9 +44,20 @@ def test_mypy() -> None:
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
 
 
-def test_settings_and_sweep_configs_load_without_torch() -> None:
-    code = ("import hessian_lora.sweep.config, hessian_lora.settings, hessian_lora.rundir, sys; "
+def test_settings_sweep_configs_and_run_directory_readers_load_without_torch() -> None:
+    code = ("import hessian_lora.sweep.config, hessian_lora.settings, hessian_lora.rundir, hessian_lora.reports, "
+            "hessian_lora.runs, hessian_lora.analysis, hessian_lora.hessian, sys; "
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('hessian_lora'))")
+    result = _run(sys.executable, "-c", code)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_the_lazy_engine_package_names_the_solvers_not_their_submodules() -> None:
+    # measure imports hessian_lora.hessian.lanczos (the submodule) before anyone asks the package for lanczos.
+    code = ("import inspect, hessian_lora.measure; from hessian_lora.hessian import lanczos, HessianOperator; "
+            "import hessian_lora.hessian as engine; "
+            "assert inspect.isfunction(lanczos) and engine.lanczos is lanczos, lanczos; "
+            "assert inspect.isclass(HessianOperator)")
     result = _run(sys.executable, "-c", code)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -54,3 +68,38 @@ def test_no_import_cycle_counting_function_level_imports() -> None:
     cycles = [(a, b) for a in sorted(graph.modules) for b in sorted(graph.find_modules_directly_imported_by(a))
               if graph.chain_exists(importer=b, imported=a)]
     assert not cycles, cycles
+
+
+def _function_local_imports(source: str) -> list[ast.Import | ast.ImportFrom]:
+    tree = ast.parse(source)
+    return sorted({node for function in ast.walk(tree) if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef))
+                   for node in ast.walk(function) if isinstance(node, (ast.Import, ast.ImportFrom))},
+                  key=lambda node: node.lineno)
+
+
+def _comments(source: str) -> dict[int, str]:
+    """Line number → the comment on that line (tokenize: a '#' inside a string is no comment)."""
+    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+    return {token.start[0]: token.string for token in tokens if token.type == tokenize.COMMENT}
+
+
+def unexplained_local_imports(source: str) -> list[int]:
+    """The lines of function-local imports without a ``# local: <reason>`` comment on their line or the one above."""
+    comments = _comments(source)
+    marked = {line for line, text in comments.items() if text.lstrip("# ").startswith("local:")}
+    return [node.lineno for node in _function_local_imports(source) if not {node.lineno, node.lineno - 1} & marked]
+
+
+def test_every_function_local_import_says_why() -> None:
+    # A function-local import hides an edge from a reader; it stays only where it buys something (the CLI's
+    # start-up without torch, an optional dependency, a module only one platform has), and says so.
+    unexplained = [f"{path.relative_to(ROOT)}:{line}" for path in sorted((ROOT / "hessian_lora").rglob("*.py"))
+                   for line in unexplained_local_imports(path.read_text())]
+    assert not unexplained, "function-local imports without a '# local: <reason>' comment: " + ", ".join(unexplained)
+
+
+def test_the_local_import_check_sees_a_missing_reason() -> None:
+    explained = "def f():\n    import json  # local: a reason\n    # local: the reason\n    import os\n"
+    assert unexplained_local_imports(explained) == []
+    bare = "def f():\n    x = '# local: in a string'\n    import json\n    import os  # a comment, no reason\n"
+    assert unexplained_local_imports(bare) == [3, 4]

@@ -41,8 +41,8 @@ def test_loft_reports_the_preconditioner_note_instead_of_a_number(tmp_path) -> N
     from hessian_lora.adapters import AdapterConfig, adapter_at_initialisation, make_optimizer
     from hessian_lora.checkpoint import CheckpointMeta, save_checkpoint
     from hessian_lora.data import load_task
-    from hessian_lora.loft import PRECONDITIONER_NOTE
-    from hessian_lora.train import TrainConfig, train
+    from hessian_lora.training.loft import PRECONDITIONER_NOTE
+    from hessian_lora.training.train import TrainConfig, train
 
     config = AdapterConfig("loft", rank=2)
     built = adapter_at_initialisation("tiny-llama", config, device="cpu")

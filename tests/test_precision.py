@@ -23,7 +23,7 @@ from hessian_lora.measure import MeasureSettings, measure
 from hessian_lora.models import load_model
 from hessian_lora.peft_adapters import load_adapter
 from hessian_lora.precision import bf16_supported, cast_base_weights, check_base_dtype
-from hessian_lora.train import TrainConfig, train
+from hessian_lora.training.train import TrainConfig, train
 
 CPU = torch.device("cpu")
 needs_bf16 = pytest.mark.skipif(not bf16_supported(CPU), reason="torch reports no native bf16 on this CPU")
@@ -103,7 +103,7 @@ def test_measure_refuses_a_bf16_model(arith):
     cast_base_weights(model, "bf16")
     with pytest.raises(UserError, match=r"the Hessian is measured in fp32.*bfloat16"):
         measure(model, batches, MeasureSettings(max_iter=5))
-    from hessian_lora.dynamics import SharpnessProbe
+    from hessian_lora.training.dynamics import SharpnessProbe
 
     with pytest.raises(UserError, match=r"the training model holds bfloat16 weights"):
         SharpnessProbe(model, batches)

@@ -130,7 +130,7 @@ def test_the_demo_cuts_its_hessian_batches_with_the_sweeps_prompt_template() -> 
 
 
 def test_train_config_is_the_one_definition() -> None:
-    from hessian_lora import train
+    from hessian_lora.training import train
 
     assert train.TrainConfig is TrainConfig and adapters.AdapterConfig is AdapterConfig
 

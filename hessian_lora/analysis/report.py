@@ -11,10 +11,13 @@ from typing import Any
 
 from hessian_lora._io import write_text_atomic
 from hessian_lora.analysis.censoring import bound_text
+from hessian_lora.analysis.stability import stability_report
 from hessian_lora.analysis.summary import Analysis
 from hessian_lora.analysis.uncertainty import NO_INTERVAL
+from hessian_lora.errors import UserError
 from hessian_lora.registry import SCORE_METRICS
 from hessian_lora.rundir import RunLayout
+from hessian_lora.runs import read_outcomes
 
 
 def _fmt(value: float | None, spec: str = ".3g") -> str:
@@ -201,8 +204,6 @@ def search_section(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], str
     """The adaptive search's outcomes from ``search.json`` (``None`` for a grid sweep or an older file): per
     method-setting the metric that decided (and why, when it is not the configured one), whether the optimum
     was located, and the search's own words."""
-    from hessian_lora.runs import read_outcomes
-
     outcomes = read_outcomes(run_dir)
     if not outcomes:
         return None
@@ -220,9 +221,6 @@ def search_section(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], str
 
 
 def _stability(analysis: Analysis) -> Any:
-    from hessian_lora.analysis.stability import stability_report
-    from hessian_lora.errors import UserError
-
     try:
         return stability_report(analysis.run_dir, analysis)
     except UserError:

@@ -1,7 +1,7 @@
 """Edge-of-stability view of a sweep with sharpness histories (``hessian: {during: ...}``).
 
 For every run, the probes of ``runs/<run_id>/sharpness.json`` give two ratios over steps (a value of 1 means
-"at the stability limit"; :func:`hessian_lora.dynamics.stability_ratios`):
+"at the stability limit"; :func:`hessian_lora.hessian.thresholds.stability_ratios`):
 
 - Adam: λ̃(t)·η_t / ((2+2β₁)/(1−β₁)), λ̃ = λ₁(P⁻¹H) from the live Adam state (38 at β₁ = 0.9);
 - gradient descent: λ(t)·η_t / 2.
@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from hessian_lora.analysis.summary import Analysis, adam_beta1, relation_lambda
-from hessian_lora.dynamics import stability_ratios
+from hessian_lora.hessian.thresholds import stability_ratios
 from hessian_lora.rundir import RunLayout, Status
 from hessian_lora.runs import RunDirectory, read_run_directory
 

@@ -52,7 +52,7 @@ from hessian_lora.analysis.uncertainty import (
     relation_draws,
 )
 from hessian_lora.errors import UserError
-from hessian_lora.hessian.preconditioned import adam_thresholds
+from hessian_lora.hessian.thresholds import adam_thresholds
 from hessian_lora.registry import method_sort_key
 from hessian_lora.rundir import Status
 from hessian_lora.runs import RunDirectory, RunRecord, read_run_directory

@@ -15,10 +15,12 @@ printing an interval of zero width.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
 from hessian_lora.analysis.curves import Metric, fit_peak, metric_value
 from hessian_lora.rundir import Status
@@ -119,8 +121,6 @@ class _quiet:
     """Silence numpy's "mean of empty slice" warning (a seed draw without an LR leaves NaN, handled above)."""
 
     def __enter__(self) -> None:
-        import warnings
-
         self._catch = warnings.catch_warnings()
         self._catch.__enter__()
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -165,8 +165,6 @@ def relation_draws(
     """Slope and Spearman ρ intervals that carry η*'s uncertainty: per draw, the methods are resampled with
     replacement (slope only: ρ needs distinct methods) and each uses that draw's η* (its point value where it has
     no draws). Returns (slope interval, ρ interval, valid slope draws)."""
-    from scipy import stats
-
     names = list(lambdas)
     samples = max((len(values) for values in eta_draws.values()), default=0) or 2000
     rng = np.random.default_rng(seed)

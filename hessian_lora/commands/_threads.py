@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from hessian_lora.errors import UserError
 
 
@@ -21,6 +23,5 @@ def apply_threads(args: argparse.Namespace) -> None:
         return
     if args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}.")
-    import torch
 
     torch.set_num_threads(args.threads)

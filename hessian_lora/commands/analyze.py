@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import argparse
 
-from hessian_lora.analysis import HIGHER_IS_BETTER, LAMBDA_SOURCES
+from hessian_lora._paths import check_output_directory
+from hessian_lora.analysis import HIGHER_IS_BETTER, LAMBDA_SOURCES, analyze, markdown_table, write_analysis
+from hessian_lora.analysis.ablation import ablation_markdown, analyze_ablation, is_ablation, write_ablation
 from hessian_lora.commands import add_command
+from hessian_lora.errors import UserError
 
 HELP = "optimal learning rate per method and its relation to sharpness, from a sweep's run directory"
 
@@ -45,8 +48,6 @@ def add_analysis_options(parser: argparse.ArgumentParser) -> None:
 
 
 def analysis_kwargs(args: argparse.Namespace) -> dict[str, object]:
-    from hessian_lora.errors import UserError
-
     if args.bootstrap < 1:
         raise UserError(f"--bootstrap must be at least 1, got {args.bootstrap}.")
     return {"metric": args.metric, "lambda_source": args.lambda_source, "rank": args.rank,
@@ -54,15 +55,6 @@ def analysis_kwargs(args: argparse.Namespace) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hessian_lora._paths import check_output_directory
-    from hessian_lora.analysis import analyze, markdown_table, write_analysis
-    from hessian_lora.analysis.ablation import (
-        ablation_markdown,
-        analyze_ablation,
-        is_ablation,
-        write_ablation,
-    )
-
     check_output_directory(args.out or args.run_dirs[0], "--out" if args.out else "RUN_DIR")
     options = analysis_kwargs(args)
     if is_ablation(args.run_dirs, rank=args.rank, batch_size=args.batch_size):

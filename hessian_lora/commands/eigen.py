@@ -24,12 +24,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hessian_lora import measure
 from hessian_lora._io import remove_stale_temporaries
 from hessian_lora._paths import check_output_file
 from hessian_lora.commands import add_command
 from hessian_lora.commands._prompt import CHOICES_HELP
 from hessian_lora.commands._threads import add_threads_argument, apply_threads
 from hessian_lora.errors import UserError
+from hessian_lora.hessian import distributed
 from hessian_lora.registry import check_method_rank
 from hessian_lora.settings.adapter import DEFAULT_TARGETS, AdapterConfig
 from hessian_lora.settings.measurement import CHOICES, MeasureSettings
@@ -152,13 +154,11 @@ def run(args: argparse.Namespace) -> int:
     # Temporary files a killed write of this report left; only this report's, since a sweep or another eigen
     # may be writing beside it.
     remove_stale_temporaries(out.parent, name=out.name)
-    from hessian_lora.measure import eigen
 
     # The settings travel as eigen()'s keyword options (each a field), as a Python caller would pass them.
     options = {field.name: getattr(settings, field.name) for field in dataclasses.fields(settings)}
-    report = eigen(args.checkpoint, model=args.model, method=method, model_seed=args.model_seed, device=args.device,
+    report = measure.eigen(args.checkpoint, model=args.model, method=method, model_seed=args.model_seed, device=args.device,
                    out=args.out, progress=not args.quiet, revision=args.revision, **options)
-    from hessian_lora.hessian import distributed
 
     if distributed.is_main_process():
         _print_summary(report, args.out)

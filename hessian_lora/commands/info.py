@@ -13,8 +13,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hessian_lora import checkpoint, peft_adapters
 from hessian_lora.commands import add_command
 from hessian_lora.errors import UserError
+from hessian_lora.peft_adapters import resolve_adapter
+from hessian_lora.registry import METHODS
 
 HELP = "describe a checkpoint or a plain peft adapter directory"
 
@@ -30,8 +33,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def describe(directory: str | Path, *, revision: str | None = None) -> dict[str, Any]:
     """The facts ``info`` prints, read from the files (no model is loaded); a hub adapter id is fetched into the
     hub cache first."""
-    from hessian_lora.peft_adapters import resolve_adapter
-
     path = resolve_adapter(directory, revision=revision)
     facts = _describe(path)
     if path != Path(directory):
@@ -40,9 +41,6 @@ def describe(directory: str | Path, *, revision: str | None = None) -> dict[str,
 
 
 def _describe(path: Path) -> dict[str, Any]:
-    from hessian_lora import checkpoint
-    from hessian_lora.registry import METHODS
-
     if path.is_dir() and not checkpoint.is_checkpoint(path):
         return _describe_peft(path)
     data = checkpoint.read_meta_dict(path)
@@ -85,9 +83,6 @@ def _describe(path: Path) -> dict[str, Any]:
 
 
 def _describe_peft(path: Path) -> dict[str, Any]:
-    from hessian_lora import checkpoint, peft_adapters
-    from hessian_lora.registry import METHODS
-
     config = peft_adapters.read_peft_config(path)
     shapes = peft_adapters.check_adapter_weights(path)
     rewriting = peft_adapters.base_rewriting_init(config)

@@ -11,10 +11,19 @@ import sys
 import time
 
 from hessian_lora._paths import check_output_directory
-from hessian_lora.adapters import ADAPTER_NAME, DEFAULT_TARGETS, AdapterConfig
+from hessian_lora.adapters import (
+    ADAPTER_NAME,
+    DEFAULT_TARGETS,
+    AdapterConfig,
+    adapter_at_initialisation,
+    trainable_parameters,
+)
+from hessian_lora.checkpoint import CheckpointMeta, check_checkpoint_destination, save_checkpoint
 from hessian_lora.commands import add_command
 from hessian_lora.commands._prompt import add_prompt_template_argument
+from hessian_lora.data import check_prompt_template, load_task, make_batches
 from hessian_lora.errors import UserError
+from hessian_lora.models import load_model
 from hessian_lora.registry import METHODS, check_method_rank
 
 DEFAULT_LORAGA_BATCHES = 4
@@ -51,11 +60,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hessian_lora.adapters import adapter_at_initialisation, trainable_parameters
-    from hessian_lora.checkpoint import CheckpointMeta, check_checkpoint_destination, save_checkpoint
-    from hessian_lora.data import check_prompt_template, load_task, make_batches
-    from hessian_lora.models import load_model
-
     targets = tuple(name.strip() for name in args.targets.split(",") if name.strip())
     config = AdapterConfig(method=args.method, rank=args.rank, alpha=args.alpha, dropout=args.dropout,
                            targets=targets, seed=args.seed, pissa_niter=args.pissa_niter)

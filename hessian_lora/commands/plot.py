@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import argparse
 
+from hessian_lora._paths import check_output_directory
+from hessian_lora.analysis.ablation import is_ablation
 from hessian_lora.commands import add_command
 from hessian_lora.commands.analyze import add_analysis_options, analysis_kwargs
+from hessian_lora.errors import UserError
 
 HELP = (
     "figures of a sweep: metric vs LR, sharpness vs optimal LR, per-module ratios, convergence, density, "
@@ -31,16 +34,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hessian_lora.analysis.ablation import is_ablation
-    from hessian_lora.errors import UserError
+    # local: keeps matplotlib (0.4 s) out of the other commands' start-up
     from hessian_lora.figures.ablation import ABLATION_FIGURES, plot_ablation
-    from hessian_lora.figures.plots import FIGURE_NAMES, plot_run
+    from hessian_lora.figures.plots import FIGURE_NAMES, plot_run  # local: matplotlib, as above
 
     formats = tuple(part.strip().lower() for part in args.formats.split(",") if part.strip())
     known = {"png", "pdf", "svg"}
     if not formats or set(formats) - known:
         raise UserError(f"--formats {args.formats!r}: use a comma-separated subset of {', '.join(sorted(known))}.")
-    from hessian_lora._paths import check_output_directory
 
     if args.out is not None:
         check_output_directory(args.out, "--out")

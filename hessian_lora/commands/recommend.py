@@ -9,10 +9,17 @@ fits one on your own sweep. With --save-calibration and no --method, only builds
 from __future__ import annotations
 
 import argparse
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
 
+from hessian_lora._paths import check_output_file
 from hessian_lora.commands import add_command
 from hessian_lora.commands._prompt import add_prompt_template_argument
 from hessian_lora.commands._threads import add_threads_argument, apply_threads
+from hessian_lora.data import check_prompt_template
+from hessian_lora.errors import UserError
+from hessian_lora.recommend import calibration_from_run, load_calibration, recommend, save_calibration
 
 HELP = "predict a method's optimal learning rate from one lambda_max probe at initialisation"
 
@@ -37,18 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    from dataclasses import asdict, replace
-    from pathlib import Path
-
-    from hessian_lora._paths import check_output_file
-    from hessian_lora.errors import UserError
-    from hessian_lora.recommend import calibration_from_run, load_calibration, recommend, save_calibration
 
     apply_threads(args)
     if args.prompt_template is not None:
-        from hessian_lora.data import check_prompt_template
-
         check_prompt_template(args.prompt_template)
     if args.save_calibration is not None:
         check_output_file(args.save_calibration, "--save-calibration")

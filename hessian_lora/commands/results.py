@@ -15,10 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hessian_lora._io import write_text_atomic
+from hessian_lora._io import write_bytes_atomic, write_text_atomic
 from hessian_lora._paths import check_output_file
 from hessian_lora.commands import add_command
 from hessian_lora.errors import UserError
+from hessian_lora.sweep.store import COLUMN_NAMES, COLUMNS, read_rows
 
 TABLE_COLUMNS = ("method", "rank", "seed", "batch_size", "lr", "status", "steps", "train_loss", "eval_loss",
                  "accuracy", "pass_at_1", "lambda_init", "lambda_final", "precond_lambda_final", "wall_seconds")
@@ -39,14 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hessian_lora.sweep.store import COLUMN_NAMES
-
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a directory: pass a RUN_DIR written by `hessian-lora sweep`.")
     if args.output and args.format != "table":
         check_output_file(args.output, "--output")
-    from hessian_lora.sweep.store import read_rows
 
     rows = read_rows(run_dir)
     if args.format == "table":
@@ -111,13 +109,11 @@ def to_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 def write_parquet(rows: Sequence[dict[str, Any]], columns: Sequence[str], output: Path) -> None:
     try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        import pyarrow as pa  # local: optional dependency (pyarrow, the dist extra)
+        import pyarrow.parquet as pq  # local: optional dependency (pyarrow)
     except ImportError as exc:
         raise UserError("parquet export needs pyarrow: pip install 'hessian-lora[dist]' (or use --format csv).") \
             from exc
-    from hessian_lora._io import write_bytes_atomic
-    from hessian_lora.sweep.store import COLUMNS
 
     kinds = dict(COLUMNS)
     arrow_type = {"TEXT": pa.string(), "REAL": pa.float64(), "INTEGER": pa.int64()}

@@ -8,6 +8,7 @@ directory made with other settings is refused (grid changes need --extend).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,12 @@ from hessian_lora._paths import check_output_directory
 from hessian_lora.commands import add_command
 from hessian_lora.commands._prompt import add_prompt_template_argument
 from hessian_lora.commands._threads import add_threads_argument, apply_threads
+from hessian_lora.data import check_prompt_template
 from hessian_lora.errors import UserError
+from hessian_lora.sweep.adaptive import leave_method_out, search_keys, search_metric
+from hessian_lora.sweep.config import eval_task_specs, load_config
+from hessian_lora.sweep.preflight import preflight
+from hessian_lora.sweep.runner import run_sweep
 
 HELP = "run a learning-rate sweep from a YAML config into a resumable run directory"
 
@@ -44,19 +50,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hessian_lora.sweep.config import load_config
-    from hessian_lora.sweep.runner import run_sweep
-
     apply_threads(args)
     if args.device is not None and args.backend == "ray":
         raise UserError("--device applies to the local backend; Ray places runs by the config's ray: settings.")
     config = load_config(args.config)
     if args.prompt_template is not None or args.eval_task is not None:
-        import dataclasses
-
-        from hessian_lora.data import check_prompt_template
-        from hessian_lora.sweep.config import eval_task_specs
-
         changes: dict[str, object] = {}
         if args.prompt_template is not None:  # the template every run trains with: the training settings'
             changes["train"] = dataclasses.replace(config.train,
@@ -91,8 +89,6 @@ def dry_run(config: Any, *, source: str, device: str | None = None) -> list[str]
     """The preflight of ``config`` (every check a sweep makes before it writes anything) and what the sweep would
     run: the grid's runs, or for an adaptive search its metric, fallback, centres' calibration (refitted per
     method with ``leave_method_out``) and the upper bound of its runs. Writes nothing."""
-    from hessian_lora.sweep.preflight import preflight
-
     checked = preflight(config, device=device, source=source, needs_calibration=config.search is not None)
     lines = [f"{source}: preflight passed (model {config.model}, task {config.task}, {len(config.methods)} methods, "
              f"seeds {list(config.seeds)}, n_eval {config.n_eval})"]
@@ -103,7 +99,6 @@ def dry_run(config: Any, *, source: str, device: str | None = None) -> list[str]
     if config.search is None:
         lines.append(f"grid: {len(config.runs())} runs")
         return lines
-    from hessian_lora.sweep.adaptive import leave_method_out, search_keys, search_metric
 
     search = config.search
     metric, _ = search_metric(config)

@@ -21,6 +21,7 @@ from matplotlib.patches import Rectangle
 
 from hessian_lora._io import write_bytes_atomic
 from hessian_lora.analysis.curves import SCORE_METRICS
+from hessian_lora.analysis.stability import largest_stable_lr, stability_curves
 from hessian_lora.analysis.summary import Analysis, MethodSummary, analyze, relation_lambda
 from hessian_lora.figures._style import (
     LR_AXIS_LABEL,
@@ -35,7 +36,7 @@ from hessian_lora.figures._style import (
     shades,
 )
 from hessian_lora.figures.spectrum import figure_convergence, figure_density, figure_module_ratios
-from hessian_lora.hessian.preconditioned import adam_thresholds
+from hessian_lora.hessian.thresholds import adam_thresholds
 from hessian_lora.registry import METHOD_COLORS, METHOD_LABELS, method_color, method_label, method_sort_key  # noqa: F401
 from hessian_lora.rundir import RunLayout, Status
 from hessian_lora.runs import RunDirectory, read_run_directory
@@ -264,8 +265,6 @@ def figure_loss_curves(directory: RunDirectory, analysis: Analysis) -> Figure | 
 def figure_edge_of_stability(directory: RunDirectory, analysis: Analysis) -> Figure | None:
     """(g) Per method, λ̃(t)·η_t/((2+2β₁)/(1−β₁)) (solid) and λ(t)·η_t/2 (dotted) over steps for every LR; 1 is
     the stability limit (:mod:`hessian_lora.analysis.stability`)."""
-    from hessian_lora.analysis.stability import largest_stable_lr, stability_curves
-
     curves = [curve for curve in stability_curves(directory, analysis.beta1) if curve.method in analysis.methods]
     methods = [name for name in analysis.methods if any(curve.method == name for curve in curves)]
     if not methods:

@@ -39,6 +39,7 @@ def check_dora_norm(value: object) -> DoraNorm:
 def dora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The peft DoRA layers of ``model`` (the modules inside its ``lora_magnitude_vector`` dicts), any type."""
     try:
+        # local: the engine loads without peft (1.8 s to import); only a DoRA adapter needs it
         from peft.tuners.lora.dora import DoraLinearLayer
     except ImportError:  # pragma: no cover - peft is a dependency
         return []
@@ -52,6 +53,7 @@ def has_dora(model: nn.Module) -> bool:
 
 def check_differentiable(model: nn.Module) -> list[nn.Module]:
     """The DoRA layers :func:`differentiated_dora_norm` would swap; a :class:`UserError` if any is not linear."""
+    # local: the engine loads without peft (1.8 s to import); only a DoRA adapter needs it
     from peft.tuners.lora.dora import DoraLinearLayer
 
     layers = dora_layers(model)
@@ -95,8 +97,9 @@ def _differentiated_forward(self: Any, x: torch.Tensor, *, lora_A: nn.Module, lo
     ``get_lora_weight`` and ``get_weight_norm`` are called without ``adapter_name``, which keeps peft's optional
     DoRA cache (``ENABLE_DORA_CACHING``) out of it: a cached norm would be a stale constant.
     """
+    # local: the engine loads without peft (1.8 s to import); only a DoRA adapter needs it
     from peft.utils.integrations import dequantize_module_weight
-    from peft.utils.other import transpose
+    from peft.utils.other import transpose  # local: peft, as above
 
     del adapter_name  # only peft's cache key
     lora_weight = self.get_lora_weight(lora_A=lora_A, lora_B=lora_B)

@@ -14,15 +14,16 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
-
-from torch import nn
+from typing import TYPE_CHECKING, Protocol
 
 from hessian_lora.errors import UserError
 
 # The block selection's parsers belong to the settings that are validated without torch; re-exported here.
 from hessian_lora.settings.measurement import parse_layers as parse_layers
 from hessian_lora.settings.measurement import parse_modules as parse_modules
+
+if TYPE_CHECKING:  # annotations only: reading a report's block names (hessian_lora.reports) needs no torch
+    from torch import nn
 
 ADAPTER_PARTS: tuple[str, ...] = ("lora_A", "lora_B", "lora_magnitude_vector")
 # ``layers.<i>`` (Llama, Mistral, ...), ``h.<i>`` (GPT-2), ``blocks.<i>``, ``layer.<i>`` (BERT); "/" separated too.
@@ -143,7 +144,7 @@ class ByName:
 
 def _tuner_layer_names(model: nn.Module) -> list[str]:
     """Names of the peft tuner layers (adapted modules) in ``model``, innermost last when nested."""
-    try:
+    try:  # local: the filters load without torch or peft (reading a report's block names needs neither)
         from peft.tuners.tuners_utils import BaseTunerLayer
     except ImportError:  # pragma: no cover - peft is a dependency
         return []

@@ -58,8 +58,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, cast, get_args
 
+import psutil
 import torch
 from torch import nn
+from torch.func import functional_call, grad, jvp
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import hessian_lora.hessian.distributed as distributed
 from hessian_lora.data import TokenBatch
@@ -531,8 +534,6 @@ class HessianOperator(LinearOperator):
         return products
 
     def _forward_over_reverse(self, batch: TokenBatch, pieces: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        from torch.func import grad, jvp
-
         names = self.names
 
         def batch_loss(values: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -643,8 +644,6 @@ class _FunctionalModel:
         self.values = values
 
     def __call__(self, *args: object, **kwargs: object) -> object:
-        from torch.func import functional_call
-
         return functional_call(self.model, self.values, args, kwargs, strict=False)
 
 
@@ -722,7 +721,6 @@ class _GraphCensus:
 def _memory_in_use(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.memory_allocated(device))
-    import psutil
 
     return int(psutil.Process().memory_info().rss)
 
@@ -731,8 +729,6 @@ def _memory_in_use(device: torch.device) -> int:
 def only_block_trainable(model: nn.Module, params: Sequence[nn.Parameter], *, eval_mode: bool) -> Iterator[None]:
     """Only ``params`` require grad, SDPA runs on its math kernel (the flash kernel has no double backward or
     forward AD), and, with ``eval_mode``, dropout is off; every flag is restored afterwards."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     block = {id(p) for p in params}
     saved_flags = [(p, p.requires_grad) for p in model.parameters()]
     saved_training = [(m, m.training) for m in model.modules()]

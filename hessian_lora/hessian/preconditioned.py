@@ -22,13 +22,7 @@ from hessian_lora.hessian.operator import LinearOperator, ScaledOperator
 from hessian_lora.hessian.power import power_iteration
 from hessian_lora.hessian.results import PreconditionedResult
 from hessian_lora.hessian.storage import KrylovMemory
-
-
-def adam_thresholds(lr: float | None, beta1: float) -> tuple[float | None, float | None]:
-    """(2/η, (2 + 2β₁)/((1 − β₁)η)): the gradient-descent and Adam edge-of-stability sharpness thresholds."""
-    if lr is None or lr <= 0:
-        return None, None
-    return 2.0 / lr, (2.0 + 2.0 * beta1) / ((1.0 - beta1) * lr)
+from hessian_lora.hessian.thresholds import adam_thresholds as adam_thresholds  # re-exported: its old home
 
 
 def adam_preconditioner(

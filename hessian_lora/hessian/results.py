@@ -2,6 +2,9 @@
 
 Large tensors (eigenvectors) ride along in fields marked ``_TRANSIENT``: kept in memory for the caller (e.g.
 deflation, warm starts), never written to JSON.
+
+Importing this module imports no torch: reading a report back (``hessian_lora.reports``, the analysis) stays
+torch-free. Only :meth:`DensityResult.smoothed` computes with torch.
 """
 
 from __future__ import annotations
@@ -12,9 +15,15 @@ import types
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    # ``from_dict`` resolves every field's annotation (typing.get_type_hints), the transient eigenvector fields'
+    # too, so the name must exist at run time; they are never read back, so Any loses nothing.
+    Tensor = Any
 
 _TRANSIENT = {"transient": True}
 _Record = TypeVar("_Record", bound="_Serializable")
@@ -117,8 +126,8 @@ class EigenResult(_Serializable):
     size: int
     history: tuple[IterationRecord, ...] = ()
     details: dict[str, float] = field(default_factory=dict)
-    largest_vectors: torch.Tensor | None = field(default=None, compare=False, repr=False, metadata=_TRANSIENT)
-    smallest_vectors: torch.Tensor | None = field(default=None, compare=False, repr=False, metadata=_TRANSIENT)
+    largest_vectors: Tensor | None = field(default=None, compare=False, repr=False, metadata=_TRANSIENT)
+    smallest_vectors: Tensor | None = field(default=None, compare=False, repr=False, metadata=_TRANSIENT)
     certificate: str = "residual"
     largest_bounds: tuple[float, ...] = ()
     smallest_bounds: tuple[float, ...] = ()
@@ -176,6 +185,8 @@ class DensityResult(_Serializable):
 
     def smoothed(self, grid: Sequence[float] | torch.Tensor, sigma: float) -> torch.Tensor:
         """The averaged measure convolved with a Gaussian of width ``sigma``, evaluated on ``grid`` (float64)."""
+        import torch  # local: keeps importing the results (reading reports) free of torch
+
         if sigma <= 0:
             raise ValueError("sigma must be positive")
         points = torch.as_tensor(grid, dtype=torch.float64)

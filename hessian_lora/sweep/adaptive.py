@@ -32,19 +32,26 @@ The search itself is :mod:`hessian_lora.sweep.search` (pure, replayed from the r
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from hessian_lora._io import write_json_atomic
+from hessian_lora.adapters import adapter_at_initialisation
+from hessian_lora.analysis.relation import fit_inverse_constant, fit_power_law
+from hessian_lora.data import make_batches
 from hessian_lora.errors import UserError
+from hessian_lora.measure import MeasureSettings, measure
+from hessian_lora.recommend import lambda_from_report, load_calibration, probe_batches
 from hessian_lora.registry import HIGHER_IS_BETTER, SCORE_METRICS
 from hessian_lora.rundir import InitKey, RunLayout, Status
 from hessian_lora.runs import read_outcomes  # noqa: F401  (its home is runs.py; re-exported for callers here)
 from hessian_lora.sweep.config import RunSpec, SweepConfig
+from hessian_lora.sweep.execute import cached_task, eigen_report
 from hessian_lora.sweep.search import (
     AdaptiveSearch,
     SearchStatus,
@@ -52,6 +59,7 @@ from hessian_lora.sweep.search import (
     grid_center,
     is_flat,
     next_points,
+    replay,
     search_status,
 )
 
@@ -87,8 +95,6 @@ def search_metric(config: SweepConfig) -> tuple[str, bool]:
     settings = _settings(config)
     metric = settings.metric
     if metric == "auto":
-        from hessian_lora.sweep.execute import cached_task
-
         task = cached_task(config.task, config.data_seed, config.n_train, config.n_eval)
         metric = "accuracy" if config.eval.accuracy and task.scorer is not None and task.eval else "eval_loss"
     return metric, HIGHER_IS_BETTER[metric]
@@ -106,8 +112,6 @@ def _settings(config: SweepConfig) -> AdaptiveSearch:
 
 def read_centres(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     """The centres in ``RUN_DIR/search.json`` (empty when there is none yet)."""
-    import json
-
     path = RunLayout(run_dir).search
     if not path.is_file():
         return {}
@@ -140,8 +144,6 @@ def ensure_centres(config: SweepConfig, run_dir: str | os.PathLike[str], *, prog
         if key.centre_key in centres:
             continue
         if calibration is None:
-            from hessian_lora.recommend import load_calibration
-
             calibration = load_calibration(_settings(config).calibration)
         clock = time.perf_counter()
         centre = compute_centre(config, layout, key.method, key.rank, calibration, progress=progress, device=device,
@@ -157,10 +159,6 @@ def ensure_centres(config: SweepConfig, run_dir: str | os.PathLike[str], *, prog
 def leave_method_out(calibration: Any, method: str) -> Any:
     """``calibration`` refitted on every point but ``method``'s (the same fit kind; ``inverse`` when fewer than
     two distinct λ remain for a power law). A UserError when fewer than two points would remain."""
-    from dataclasses import replace
-
-    from hessian_lora.analysis.relation import fit_inverse_constant, fit_power_law
-
     points = {name: point for name, point in calibration.points.items() if name != method}
     if len(points) < 2:
         raise UserError(f"search.leave_method_out: the calibration holds {len(calibration.points)} methods, so "
@@ -226,14 +224,6 @@ def compute_centre(config: SweepConfig, layout: RunLayout, method: str, rank: in
 def _lambda_at_init(config: SweepConfig, layout: RunLayout, key: InitKey, calibration: Any, *, progress: bool,
                     device: Any, at_init: AtInit | None = None) -> float:
     """λ_max of (method, rank, seed)'s adapter at initialisation, written to its ``_init.json`` report."""
-    from dataclasses import replace
-
-    from hessian_lora.adapters import adapter_at_initialisation
-    from hessian_lora.data import make_batches
-    from hessian_lora.measure import MeasureSettings, measure
-    from hessian_lora.recommend import lambda_from_report, probe_batches
-    from hessian_lora.sweep.execute import cached_task, eigen_report
-
     task = cached_task(config.task, config.data_seed, config.n_train, config.n_eval)
     # Built as execute_run builds it (LoRA-GA: on the first global batch of the first batch size).
     adapter_config = config.adapter_for(key.method, key.rank, key.seed)
@@ -374,8 +364,6 @@ def next_round(config: SweepConfig, rows: Sequence[Mapping[str, Any]], centres: 
 def used_specs(config: SweepConfig, rows: Sequence[Mapping[str, Any]], centres: Mapping[str, Mapping[str, Any]],
                metric: str, higher_is_better: bool) -> list[RunSpec]:
     """The runs the searches have used so far (their points, for every seed): the rows the search made."""
-    from hessian_lora.sweep.search import replay
-
     settings = _settings(config)
     specs = []
     for search in key_searches(config, rows, centres, metric, higher_is_better):
@@ -429,7 +417,5 @@ def planned_estimate(config: SweepConfig, rows: Sequence[Mapping[str, Any]], cen
 
 def _used_points(seen: Mapping[float, float | None], centre: float, settings: AdaptiveSearch,
                  higher_is_better: bool) -> int:
-    from hessian_lora.sweep.search import replay
-
     known, pending, _ = replay(seen, centre, settings, higher_is_better)
     return len(known) + len(pending)

@@ -17,6 +17,7 @@ from hessian_lora._io import write_json_atomic
 from hessian_lora.rundir import RunLayout, Status
 from hessian_lora.sweep.config import RunSpec
 from hessian_lora.sweep.execute import RunOutcome
+from hessian_lora.sweep.retention import prune
 from hessian_lora.sweep.store import RunStore
 
 
@@ -33,8 +34,6 @@ def end_run(store: RunStore, root: str | os.PathLike[str], spec: RunSpec, outcom
     write_documents(root, outcome.documents)
     store.finish(spec.run_id, outcome.row)
     if checkpoints == "best":
-        from hessian_lora.sweep.retention import prune
-
         prune(store, root)
 
 

@@ -55,7 +55,7 @@ class HessianSettings:
     ``batch_size``. ``measure`` says how (its ``max_length`` is the sweep's unless the block sets one).
 
     In YAML the block's other keys (tol, max_iter, blocks, ...) are ``measure``'s, beside or under ``options:``.
-    ``during: {every: N, ...}`` (:class:`~hessian_lora.dynamics.DuringSettings`) also probes λ_max and the
+    ``during: {every: N, ...}`` (:class:`~hessian_lora.training.dynamics.DuringSettings`) also probes λ_max and the
     Adam-preconditioned sharpness inside every run, every N optimizer steps.
     """
 

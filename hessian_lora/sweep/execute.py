@@ -21,10 +21,20 @@ from typing import Any
 
 import torch
 
+from hessian_lora import evalsets
+from hessian_lora import evaluate as evaluate_module
+from hessian_lora.adapters import adapter_at_initialisation, make_optimizer
+from hessian_lora.checkpoint import CheckpointMeta, save_checkpoint
+from hessian_lora.data import format_prompt, load_task, make_batches
 from hessian_lora.errors import UserError
+from hessian_lora.evaluate import evaluate
 from hessian_lora.hessian.memory_plan import release_freed_memory
+from hessian_lora.measure import measure
+from hessian_lora.precision import cast_base_weights
 from hessian_lora.rundir import RunLayout, Status
 from hessian_lora.sweep.config import RunSpec, SweepConfig
+from hessian_lora.training import train as train_loop
+from hessian_lora.training.dynamics import SharpnessProbe
 
 # The error column keeps the end of a traceback: that is where the cause is, and rows stay small.
 _MAX_ERROR_CHARS = 8000
@@ -41,8 +51,6 @@ class RunOutcome:
 @functools.lru_cache(maxsize=4)
 def cached_task(spec: str, seed: int, n_train: int, n_eval: int) -> Any:
     """The sweep's task, loaded once per process: every run (and preflight, and the search's centres) reads it."""
-    from hessian_lora.data import load_task
-
     return load_task(spec, seed=seed, n_train=n_train, n_eval=n_eval)
 
 
@@ -55,13 +63,6 @@ def execute_run(
     device: str | torch.device | None = None,
 ) -> RunOutcome:
     """Train, evaluate and measure one grid point; write its checkpoint; return its row and documents."""
-    from hessian_lora.adapters import adapter_at_initialisation, make_optimizer
-    from hessian_lora.checkpoint import CheckpointMeta, save_checkpoint
-    from hessian_lora.data import make_batches
-    from hessian_lora.evaluate import evaluate
-    from hessian_lora.precision import cast_base_weights
-    from hessian_lora.train import train
-
     start = time.perf_counter()
     # What the previous run or λ probe freed goes back to the system first (glibc keeps it otherwise: a 64-example
     # λ probe left 15.6 GiB of freed heap in the process, and a later run was killed for memory).
@@ -99,7 +100,7 @@ def execute_run(
                                weight_decay=train_config.weight_decay, eps=train_config.eps,
                                max_grad_norm=train_config.max_grad_norm)
     probe = _sharpness_probe(config, peft_model, tokenizer, task.train, train_config, adapter_config)
-    result = train(peft_model, tokenizer, task.train, train_config, optimizer=optimizer, progress=progress,
+    result = train_loop.train(peft_model, tokenizer, task.train, train_config, optimizer=optimizer, progress=progress,
                    description=spec.run_id, probe=probe)
     check_trained_tokens(result.tokens, max_length=config.max_length)
     history = list(result.history)
@@ -158,8 +159,6 @@ def _sharpness_probe(config: SweepConfig, model: Any, tokenizer: Any, examples: 
     during = config.hessian.during
     if during is None:
         return None
-    from hessian_lora.data import make_batches
-    from hessian_lora.dynamics import SharpnessProbe
 
     batches = make_batches(tokenizer, examples[: during.samples], during.batch_size, max_length=config.max_length,
                            prompt_template=config.prompt_template)
@@ -181,9 +180,7 @@ EVAL_SET_COLUMNS = {"gsm8k": "gsm8k_acc", "math": "math_acc", "mbpp": "mbpp_pass
 @functools.lru_cache(maxsize=8)
 def cached_eval_set(spec: str, code_timeout: float) -> Any:
     """An ``eval_task`` set, read once per process (preflight reads it first, so a bad file fails before any run)."""
-    from hessian_lora.evalsets import load_eval_set
-
-    return load_eval_set(spec, code_timeout=code_timeout)
+    return evalsets.load_eval_set(spec, code_timeout=code_timeout)
 
 
 def score_eval_sets(model: Any, tokenizer: Any, config: SweepConfig, *, progress: bool = False) -> dict[str, float]:
@@ -193,9 +190,6 @@ def score_eval_sets(model: Any, tokenizer: Any, config: SweepConfig, *, progress
     ``eval.max_new_tokens``; HumanEval prompts are code to complete, given as they are, with
     ``eval.humaneval_max_new_tokens``. Code runs in :func:`hessian_lora.evaluate.run_program`'s sandbox.
     """
-    from hessian_lora.data import format_prompt
-    from hessian_lora.evaluate import generate_text
-
     scores: dict[str, float] = {}
     for spec in config.eval_task:
         eval_set = cached_eval_set(spec, config.eval.humaneval_timeout)
@@ -206,7 +200,7 @@ def score_eval_sets(model: Any, tokenizer: Any, config: SweepConfig, *, progress
             prompts = [format_prompt(tokenizer, example.prompt, config.prompt_template)
                        for example in eval_set.examples]
             max_new_tokens = config.eval.max_new_tokens
-        texts = generate_text(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+        texts = evaluate_module.generate_text(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                               batch_size=config.eval.batch_size, precision=config.eval.precision, progress=progress)
         scores[EVAL_SET_COLUMNS[eval_set.name]] = eval_set.accuracy(texts)
     return scores
@@ -231,8 +225,6 @@ def eigen_report(
 ) -> Any:
     """λ_max through :func:`hessian_lora.measure.measure`; its report is written to ``out`` (and resumed from it
     if present). No progress bars: the sweep's own bar reports the run."""
-    from hessian_lora.measure import measure
-
     settings = config.hessian.measure
     if checkpoint is not None:
         return measure(checkpoint, batches, dataclasses.replace(settings, preconditioned=True, lr=lr), out=out,

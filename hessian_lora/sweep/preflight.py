@@ -19,8 +19,17 @@ from typing import Any
 
 import torch
 
+from hessian_lora.adapters import adapter_at_initialisation
+from hessian_lora.data import IGNORE_INDEX, make_batches, tokenize_example
 from hessian_lora.errors import UserError
+from hessian_lora.hessian.dora import has_dora
+from hessian_lora.models import LoadedModel, check_device, load_model
+from hessian_lora.precision import check_base_dtype
+from hessian_lora.recommend import load_calibration
+from hessian_lora.sweep.adaptive import search_metric
 from hessian_lora.sweep.config import SweepConfig
+from hessian_lora.sweep.execute import cached_eval_set, cached_task
+from hessian_lora.training.train import example_stream
 
 
 def _cause(exc: BaseException) -> str:
@@ -45,13 +54,6 @@ def preflight(config: SweepConfig, *, device: str | torch.device | None = None, 
     Every problem is a :class:`UserError` that starts with ``source`` (the YAML file) and names the setting to fix.
     The evaluation sets stay cached for the runs (:func:`~hessian_lora.sweep.execute.score_eval_sets`).
     """
-    from hessian_lora.adapters import adapter_at_initialisation
-    from hessian_lora.data import make_batches
-    from hessian_lora.hessian.dora import has_dora
-    from hessian_lora.models import LoadedModel, check_device, load_model
-    from hessian_lora.precision import check_base_dtype
-    from hessian_lora.sweep.execute import cached_task
-
     resolved = check_device(device)
     try:  # before anything loads: a device without bf16 is one line, not a failure in every run
         check_base_dtype(config.base_dtype, resolved)
@@ -116,8 +118,6 @@ def preflight(config: SweepConfig, *, device: str | torch.device | None = None, 
 def _check_eval_sets(config: SweepConfig, source: str) -> None:
     """Read every ``eval_task`` set now (kept cached for the runs): a bad file would fail each run after it
     trained."""
-    from hessian_lora.sweep.execute import cached_eval_set
-
     for spec in config.eval_task:
         try:
             cached_eval_set(spec, config.eval.humaneval_timeout)
@@ -131,7 +131,6 @@ def _check_search_metric(config: SweepConfig, task: Any, source: str) -> None:
     """The adaptive search needs the runs to record its metric; without it every point scores worst."""
     if config.search is None:
         return
-    from hessian_lora.sweep.adaptive import search_metric
 
     metric, _ = search_metric(config)
     if metric == "accuracy" and task.scorer is None:
@@ -145,8 +144,6 @@ def _check_search_metric(config: SweepConfig, task: Any, source: str) -> None:
 
 def _search_calibration(config: SweepConfig, source: str) -> Any:
     """The search's calibration (``search.calibration``, else the shipped one), read and checked now."""
-    from hessian_lora.recommend import load_calibration
-
     assert config.search is not None
     try:
         return load_calibration(config.search.calibration)
@@ -197,9 +194,6 @@ def _check_token_budget(config: SweepConfig, tokenizer: Any, examples: list[Any]
     Each example is tokenised once; then the example order training draws (per seed and batch size) is walked:
     a step fails when every example of its global batch lost its response to truncation.
     """
-    from hessian_lora.data import IGNORE_INDEX, tokenize_example
-    from hessian_lora.train import example_stream
-
     counts = []
     for example in examples:
         _, labels = tokenize_example(tokenizer, example, config.max_length, config.prompt_template)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from hessian_lora.errors import UserError
@@ -29,7 +30,7 @@ from hessian_lora.sweep.store import RunStore
 def _import_ray() -> Any:
     """The ``ray`` module, or a :class:`UserError` that says how to install it."""
     try:
-        import ray
+        import ray  # local: optional dependency (ray, the dist extra)
     except ImportError as exc:
         raise UserError("the ray backend needs Ray: pip install 'hessian-lora[dist]' (or use --backend local).") \
             from exc
@@ -39,8 +40,6 @@ def _import_ray() -> Any:
 def ray_task(config_data: dict[str, Any], spec: RunSpec, run_dir: str, num_threads: int) -> RunOutcome:
     """Body of one Ray task: the same :func:`execute_run` as the local backend; exceptions become a failed row
     (so the traceback reaches the store, and a failing run never stops the others)."""
-    import torch
-
     torch.set_num_threads(max(1, num_threads))
     started = time.perf_counter()
     try:

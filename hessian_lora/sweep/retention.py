@@ -37,7 +37,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from hessian_lora.analysis.curves import HIGHER_IS_BETTER, choose_metric
+from hessian_lora.errors import UserError
 from hessian_lora.rundir import RunLayout, Status
+from hessian_lora.runs import load_runs
 from hessian_lora.sweep.store import RunStore, now
 
 GROUP_KEYS = ("method", "rank", "batch_size", "seed")
@@ -45,10 +48,6 @@ GROUP_KEYS = ("method", "rank", "batch_size", "seed")
 
 def prune(store: RunStore, root: str | os.PathLike[str]) -> list[str]:
     """Apply the ``best`` policy to the whole run directory; returns the run ids whose checkpoint was removed."""
-    from hessian_lora.analysis.curves import HIGHER_IS_BETTER, choose_metric
-    from hessian_lora.errors import UserError
-    from hessian_lora.runs import load_runs
-
     layout = RunLayout(root)
     rows = store.rows()
     try:

@@ -27,8 +27,10 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 import yaml
+from tqdm.auto import tqdm
 
 from hessian_lora._io import remove_stale_temporaries, write_text_atomic
+from hessian_lora.adapters import reuse_adapters_at_init, reuse_budget_bytes
 from hessian_lora.errors import UserError
 from hessian_lora.rundir import (
     CONFIG_FILE,
@@ -39,8 +41,12 @@ from hessian_lora.rundir import (
     Status,
     lr_key,
 )
+from hessian_lora.sweep import adaptive
 from hessian_lora.sweep.config import GRID_AXES, RunSpec, SweepConfig, config_from_dict
 from hessian_lora.sweep.local import run_local
+from hessian_lora.sweep.preflight import preflight
+from hessian_lora.sweep.ray_backend import run_on_ray
+from hessian_lora.sweep.retention import prune
 from hessian_lora.sweep.store import open_store, read_rows, recover_unfinished_store
 
 if TYPE_CHECKING:
@@ -193,7 +199,7 @@ def sweep_lock(run_dir: Path) -> Iterator[None]:
     fresh = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        import fcntl
+        import fcntl  # local: POSIX only (no flock elsewhere: the sweep runs unguarded)
     except ImportError:  # no flock on this platform: run unguarded
         try:
             yield
@@ -259,7 +265,6 @@ def run_sweep(
         raise UserError("--address names a Ray cluster: add --backend ray.")
     start = time.perf_counter()
     root = Path(run_dir)
-    from hessian_lora.adapters import reuse_adapters_at_init, reuse_budget_bytes
 
     # Read before anything is written: a bad HESSIAN_LORA_REUSE_GIB stops the sweep with nothing to clean up.
     reuse_budget = reuse_budget_bytes() if backend == "local" else 0
@@ -271,7 +276,6 @@ def run_sweep(
         calibration = None
         if config.search is not None or pending(specs, _recorded_statuses(root), retry_failed=retry_failed):
             # Before anything is written: a config whose runs would all fail the same way leaves no trace.
-            from hessian_lora.sweep.preflight import preflight
 
             checked = preflight(effective, device=device if backend == "local" else None, source=source,
                                 needs_calibration=_centres_missing(effective, root))
@@ -290,7 +294,6 @@ def _centres_missing(config: SweepConfig, root: Path) -> bool:
     """Whether an adaptive search still has centres to compute (then its calibration is read by the preflight)."""
     if config.search is None:
         return False
-    from hessian_lora.sweep import adaptive
 
     centres = adaptive.read_centres(root)
     return any(key.centre_key not in centres for key in adaptive.search_keys(config))
@@ -307,8 +310,6 @@ def _sweep_runs(config: SweepConfig, root: Path, specs: Sequence[RunSpec], *, ba
                            calibration=calibration)
     with open_store(root) as store:
         if config.checkpoints == "best":  # finish a pruning a kill interrupted (sweep/retention.py)
-            from hessian_lora.sweep.retention import prune
-
             prune(store, root)
         todo = pending(specs, store.statuses(), retry_failed=retry_failed)
         if on_run is not None:
@@ -326,9 +327,7 @@ def _run_batch(config: SweepConfig, root: Path, todo: Sequence[RunSpec], store: 
     """Run ``todo`` on the backend; ``on_run(k)`` after its k-th run."""
     if backend == "local":
         run_local(config, root, todo, store, progress=progress, device=device, on_run=on_run)
-    else:  # imported here: Ray is an optional dependency
-        from hessian_lora.sweep.ray_backend import run_on_ray
-
+    else:  # ray_backend imports Ray itself, when a sweep runs on it (an optional dependency)
         run_on_ray(config, root, todo, store, address=address, progress=progress, on_run=on_run)
 
 
@@ -337,10 +336,6 @@ def _run_search(config: SweepConfig, root: Path, *, backend: Backend, address: s
                 start: float, at_init: AtInit | None = None, calibration: Any = None) -> SweepSummary:
     """The adaptive search's rounds, inside the sweep lock: ask every key for its round, run what is not
     finished, repeat until no key asks for more."""
-    from tqdm.auto import tqdm
-
-    from hessian_lora.sweep import adaptive
-
     say = (lambda text: tqdm.write(text, file=sys.stderr)) if progress else None
     centres = adaptive.ensure_centres(config, root, progress=progress, device=device, say=say, at_init=at_init,
                                       calibration=calibration)

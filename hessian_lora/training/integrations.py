@@ -1,6 +1,6 @@
 """Sharpness along training inside any ``transformers.Trainer`` (or TRL ``SFTTrainer``) run on a peft model.
 
-:class:`SharpnessCallback` wraps a :class:`hessian_lora.dynamics.SharpnessProbe`: every ``every`` optimizer steps
+:class:`SharpnessCallback` wraps a :class:`hessian_lora.training.dynamics.SharpnessProbe`: every ``every`` optimizer steps
 (and at step 0) it measures λ_max of the loss Hessian w.r.t. the trainable (adapter) parameters and Adam's
 preconditioned sharpness λ₁(P⁻¹H) from the Trainer's live AdamW state, on fixed probe batches (given, or the
 first ``probe_batches`` batches of the train dataloader, taken once), and logs
@@ -20,14 +20,14 @@ to: ``on_log`` resets ``control.should_log``, so the Trainer skips its loss log 
 ``log`` (TRL's ``SFTTrainer``) hands its accumulated ``entropy``/``mean_token_accuracy``/``num_tokens`` to the
 sharpness entry. Riding on the Trainer's own log call instead would either move the values to another step or
 force a log at the probe step, which changes what the next logged loss averages over. With this callback the
-Trainer's entries are the same, key for key and value for value, as in a run without it (tests/test_integrations.py).
+Trainer's entries are the same, key for key and value for value, as in a run without it (tests/training/test_integrations.py).
 
 The handler is found through the trainer (``SharpnessCallback.install(trainer, ...)``, ``attach(trainer)``) or,
 for ``Trainer(callbacks=[SharpnessCallback(...)])``, on the call stack of ``on_train_begin``: transformers gives a
 callback no handle on its trainer or handler. Both ways log the same entries.
 
 The probe never changes training: dropout off and flags restored during the products, RNG states saved and
-restored, no ``.grad`` or optimizer state written (see :mod:`hessian_lora.dynamics`). Under the Trainer's
+restored, no ``.grad`` or optimizer state written (see :mod:`hessian_lora.training.dynamics`). Under the Trainer's
 ``bf16``/``fp16`` mixed precision (accelerate wraps the model's ``forward`` in autocast) the probe measures the
 fp32 loss's Hessian, as every other measurement of the toolkit does: the wrapper is bypassed during the products.
 """
@@ -45,16 +45,17 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import TrainerCallback
+from transformers.trainer_callback import CallbackHandler
 
 from hessian_lora.data import TokenBatch
-from hessian_lora.dynamics import (
+from hessian_lora.errors import UserError
+from hessian_lora.training.dynamics import (
     DuringSettings,
     SharpnessPoint,
     SharpnessProbe,
     preserved_rng,
     stability_ratios,
 )
-from hessian_lora.errors import UserError
 
 PREFIX = "sharpness/"
 logger = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class SharpnessCallback(TrainerCallback):
         every: optimizer steps between probes (a probe also runs at step 0).
         batches: probe batches (:class:`~hessian_lora.data.TokenBatch` or dicts with input_ids, attention_mask,
             labels); None takes the first ``probe_batches`` batches of the train dataloader at the start.
-        settings: the rest of the probe's settings (:class:`~hessian_lora.dynamics.DuringSettings`: tol,
+        settings: the rest of the probe's settings (:class:`~hessian_lora.training.dynamics.DuringSettings`: tol,
             max_iter, blocks, warm_start, ...); ``every`` overrides theirs.
     """
 
@@ -204,8 +205,6 @@ def _relative(residual: float | None, value: float | None) -> float | None:
 
 def _calling_handler(callback: TrainerCallback) -> Any:
     """The ``CallbackHandler`` on the call stack that holds ``callback`` (None when called otherwise)."""
-    from transformers.trainer_callback import CallbackHandler
-
     frame = inspect.currentframe()
     try:
         while frame is not None:

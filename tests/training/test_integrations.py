@@ -14,8 +14,8 @@ from transformers import TrainerCallback
 
 from hessian_lora.adapters import AdapterConfig, build_adapter
 from hessian_lora.data import collate, load_task, tokenize_example
-from hessian_lora.dynamics import DuringSettings
-from hessian_lora.integrations import PREFIX, SharpnessCallback, full_precision_forward
+from hessian_lora.training.dynamics import DuringSettings
+from hessian_lora.training.integrations import PREFIX, SharpnessCallback, full_precision_forward
 
 # Keys whose values are wall-clock times: they differ between any two runs.
 _TIMING = ("train_runtime", "train_samples_per_second", "train_steps_per_second")
@@ -106,7 +106,7 @@ def test_sft_trainer_logs_are_unchanged_by_the_callback(tiny, tmp_path, logging_
 
 
 def test_an_uncertified_probe_says_so(tiny, tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="hessian_lora.integrations"):
+    with caplog.at_level(logging.WARNING, logger="hessian_lora.training.integrations"):
         logged, _ = _sft_run(tiny, tmp_path, mode="install", logging_steps=10, every=10, max_steps=10,
                              settings=DuringSettings(tol=1e-6, max_iter=2, warm_start=False))
     probes = [entry for entry in logged if PREFIX + "lambda_max" in entry]

@@ -10,7 +10,7 @@ import torch
 from hessian_lora.adapters import AdapterConfig, build_adapter, trainable_parameters
 from hessian_lora.data import load_task, make_batches
 from hessian_lora.errors import UserError
-from hessian_lora.train import (
+from hessian_lora.training.train import (
     TrainConfig,
     accumulate_gradient,
     cosine_with_warmup,
@@ -206,7 +206,7 @@ def _checkpointing_on(model) -> bool:
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny, arith):
-    from hessian_lora.train import _checkpointing
+    from hessian_lora.training.train import _checkpointing
 
     model = _adapted(tiny)
     params = trainable_parameters(model)
@@ -251,7 +251,7 @@ def test_training_with_gradient_checkpointing_equals_training_without(arith):
 
 
 def test_gradient_checkpointing_needs_a_transformers_model():
-    from hessian_lora.train import _checkpointing
+    from hessian_lora.training.train import _checkpointing
 
     with pytest.raises(UserError, match="gradient_checkpointing: Linear does not support"):
         _checkpointing(torch.nn.Linear(2, 2))
@@ -261,7 +261,7 @@ def test_gradient_checkpointing_needs_a_transformers_model():
 
 def test_sharpness_probes_see_the_same_model_with_gradient_checkpointing(arith):
     # The in-run probe runs Hessian products while training has checkpointing on: its λ must not change.
-    from hessian_lora.dynamics import DuringSettings, SharpnessProbe
+    from hessian_lora.training.dynamics import DuringSettings, SharpnessProbe
 
     runs = []
     for checkpointing in (False, True):

@@ -7,7 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from hessian_lora.loft import PRECONDITIONER_NOTE, LoFT, loft_optimizer, lora_pairs, preconditioner_note
+from hessian_lora.training.loft import (
+    PRECONDITIONER_NOTE,
+    LoFT,
+    loft_optimizer,
+    lora_pairs,
+    preconditioner_note,
+)
 
 BETA1, BETA2, EPS, LR, WD = 0.9, 0.99, 1e-8, 0.05, 0.1
 

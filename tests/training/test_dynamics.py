@@ -9,9 +9,9 @@ import torch
 
 from hessian_lora.adapters import AdapterConfig, build_adapter, make_optimizer, trainable_parameters
 from hessian_lora.data import load_task, make_batches
-from hessian_lora.dynamics import DuringSettings, SharpnessProbe, stability_ratios
 from hessian_lora.errors import UserError
-from hessian_lora.train import TrainConfig, train
+from hessian_lora.training.dynamics import DuringSettings, SharpnessProbe, stability_ratios
+from hessian_lora.training.train import TrainConfig, train
 
 TARGETS = ("q_proj", "v_proj", "down_proj")
 

@@ -2,7 +2,7 @@
 inside a training run every few optimizer steps.
 
 A :class:`SharpnessProbe` holds a fixed probe set (a few batches) and is called by the training loop
-(:func:`hessian_lora.train.train`'s ``probe``; the transformers callback in :mod:`hessian_lora.integrations`)
+(:func:`hessian_lora.training.train.train`'s ``probe``; the transformers callback in :mod:`hessian_lora.training.integrations`)
 after every optimizer step with the optimizer itself. When a step is due (step 0, every ``every`` steps, and the
 last step) it measures, on the live parameters:
 
@@ -19,7 +19,7 @@ A probe changes nothing the training sees: dropout is off during the products an
 and ``requires_grad`` flags are restored (:func:`~hessian_lora.hessian.operator.only_block_trainable`); the torch
 CPU and CUDA RNG states and Python's ``random`` state are saved and restored around it; ``.grad`` fields and the
 optimizer state are not touched (products go through ``torch.autograd.grad``). A run with probes ends with
-bit-identical weights to one without (tests/test_dynamics.py).
+bit-identical weights to one without (tests/training/test_dynamics.py).
 
 Edge of stability (Cohen et al. 2021, 2022): gradient descent is stable while λ_max·η < 2; Adam while
 λ̃·η < (2 + 2β₁)/(1 − β₁) (38 at β₁ = 0.9). :func:`stability_ratios` gives both ratios per point, with η the
@@ -30,25 +30,26 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from hessian_lora.checkpoint import live_optimizer_state
 from hessian_lora.data import TokenBatch
 from hessian_lora.errors import UserError
 from hessian_lora.hessian.filters import ParameterBlock, PerModule, WholeAdapter
 from hessian_lora.hessian.lanczos import lanczos
 from hessian_lora.hessian.operator import HessianOperator, ScaledOperator
 from hessian_lora.hessian.power import power_iteration
-from hessian_lora.hessian.preconditioned import adam_thresholds
 from hessian_lora.hessian.results import EigenResult
+from hessian_lora.hessian.thresholds import stability_ratios as stability_ratios  # re-exported with the probe
 from hessian_lora.precision import check_hessian_precision
+from hessian_lora.preconditioning import optimizer_preconditioner
 from hessian_lora.settings.measurement import DuringSettings
 
 
@@ -154,8 +155,6 @@ class SharpnessProbe:
                     lambdas.append(eigen.largest[0])
                     residuals.append(eigen.largest_residuals[0])
                 if self.settings.preconditioned and state is not None:
-                    from hessian_lora.preconditioning import optimizer_preconditioner
-
                     diagonal, _ = optimizer_preconditioner(state, block.names, meta=self.meta)
                     scaled = ScaledOperator(operator, diagonal.double().rsqrt())
                     result = self._solve(scaled, ("P", block.name))
@@ -204,24 +203,9 @@ def _live_state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> An
     first step (or for an optimizer without ``exp_avg_sq``)."""
     if optimizer is None:
         return None
-    from hessian_lora.checkpoint import live_optimizer_state
 
     state = live_optimizer_state(model, optimizer)
     entries = state.state_dict["state"]
     if not entries or not all("exp_avg_sq" in entry and "step" in entry for entry in entries.values()):
         return None
     return state
-
-
-def stability_ratios(point: Mapping[str, Any], *, beta1: float = 0.9,
-                     lr: float | None = None) -> tuple[float | None, float | None]:
-    """(λ_max·η/2, λ̃·η/((2+2β₁)/(1−β₁))) of a history point: 1 means "at the edge of stability". ``lr``
-    overrides the point's own learning rate."""
-    eta = lr if lr is not None else point.get("lr")
-    if eta is None or not eta > 0:
-        return None, None
-    gd, adam = adam_thresholds(float(eta), beta1)
-    lam, pre = point.get("lambda_max"), point.get("preconditioned")
-    gd_ratio = float(lam) / gd if lam is not None and gd and math.isfinite(float(lam)) else None
-    adam_ratio = float(pre) / adam if pre is not None and adam and math.isfinite(float(pre)) else None
-    return gd_ratio, adam_ratio
