@@ -54,3 +54,36 @@ def test_dry_run_refuses_a_bad_config_in_one_line(tmp_path, capsys):
     err = [line for line in capsys.readouterr().err.strip().splitlines() if "error" in line]
     assert len(err) == 1 and str(path) in err[0] and "model" in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+SHIPPED = ROOT / "results" / "smollm2"
+
+
+def test_the_shipped_run_directory_reanalyses_to_its_shipped_analysis(tmp_path, monkeypatch, capsys):
+    """No training: `hessian-lora analyze results/smollm2` on the committed data gives the committed analysis.json
+    and analysis.md (the README's numbers are read from them), apart from the time it was written."""
+    import json
+
+    monkeypatch.chdir(ROOT)  # the analysis records the run directory as given
+    assert main(["analyze", "results/smollm2", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    fresh = json.loads((tmp_path / "analysis.json").read_text())
+    shipped = json.loads((SHIPPED / "analysis.json").read_text())
+    fresh.pop("created"), shipped.pop("created")
+    assert fresh == shipped
+    assert (tmp_path / "analysis.md").read_text() == (SHIPPED / "analysis.md").read_text()
+
+
+def test_the_shipped_run_directory_is_self_contained():
+    """The committed database needs no -wal file beside it, every run row has its documents, and no checkpoint
+    was committed."""
+    import sqlite3
+
+    assert not (SHIPPED / "results.sqlite-wal").exists() and not (SHIPPED / "results.sqlite-shm").exists()
+    with sqlite3.connect(f"file:{SHIPPED / 'results.sqlite'}?mode=ro", uri=True) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        done = [row[0] for row in db.execute("SELECT run_id FROM runs WHERE status = 'done'")]
+    assert done
+    for run_id in done:
+        assert (SHIPPED / "runs" / run_id / "eval.json").is_file(), run_id
+    assert not [p for p in SHIPPED.rglob("*") if p.suffix in {".safetensors", ".bin", ".pt"}]

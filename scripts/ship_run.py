@@ -1,0 +1,83 @@
+"""Copy a sweep's run directory into the repository without its checkpoints, ready to commit.
+
+    python scripts/ship_run.py /work/runs/smollm2-replication results/smollm2
+
+What is copied: config.yaml, search.json, hessian/*.json and each run's history.json, eval.json and sharpness.json
+(the files `hessian-lora analyze` and `hessian-lora plot` read), plus results.sqlite as one self-contained file
+(SQLite's online backup, so a sweep still writing to the source is read at a consistent moment and no -wal/-shm
+file travels with it). Checkpoints and the sweep's lock stay behind. Files already in the destination that the
+source does not have (STATUS.md, analysis.json, figures/) are left as they are; rerun `analyze` and `plot` on the
+destination afterwards. Every file is written to a temporary name and renamed, so an interrupted copy leaves each
+file either old or new.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sqlite3
+import sys
+import tempfile
+from pathlib import Path
+
+# The documents a shipped run directory keeps (hessian_lora/rundir.py names them; checkpoints are left out).
+RUN_FILES = ("history.json", "eval.json", "sharpness.json")
+TOP_FILES = ("config.yaml", "search.json")
+
+
+def _atomic_copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    os.close(fd)
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def _backup_database(source: Path, target: Path) -> int:
+    """SQLite's online backup into a single rollback-journal file; returns the number of rows in ``runs``."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    os.close(fd)
+    with sqlite3.connect(f"file:{source}?mode=ro", uri=True) as src, sqlite3.connect(tmp) as dst:
+        src.backup(dst)
+        # The copy inherits WAL mode; a committed database file must not need a -wal file beside it.
+        dst.execute("PRAGMA journal_mode=DELETE")
+        rows = int(dst.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+    os.replace(tmp, target)
+    for stale in (target.with_name(target.name + "-wal"), target.with_name(target.name + "-shm")):
+        stale.unlink(missing_ok=True)
+    return rows
+
+
+def ship(source: Path, target: Path) -> str:
+    """Copy ``source`` (a run directory) into ``target``; returns a one-line summary."""
+    if not (source / "results.sqlite").is_file():
+        raise SystemExit(f"error: {source} has no results.sqlite: give the --out directory of a sweep")
+    target.mkdir(parents=True, exist_ok=True)
+    for name in TOP_FILES:
+        if (source / name).is_file():
+            _atomic_copy(source / name, target / name)
+    reports = sorted((source / "hessian").glob("*.json"))
+    for report in reports:
+        _atomic_copy(report, target / "hessian" / report.name)
+    documents = 0
+    for run in sorted(p for p in (source / "runs").glob("*") if p.is_dir()):
+        for name in RUN_FILES:
+            if (run / name).is_file():
+                _atomic_copy(run / name, target / "runs" / run.name / name)
+                documents += 1
+    rows = _backup_database(source / "results.sqlite", target / "results.sqlite")
+    return f"shipped {source} -> {target}: {rows} rows, {len(reports)} eigen reports, {documents} run documents"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("source", type=Path, help="the sweep's --out directory")
+    parser.add_argument("target", type=Path, help="where to put the shipped copy, e.g. results/smollm2")
+    args = parser.parse_args(argv)
+    print(ship(args.source, args.target))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
