@@ -81,7 +81,7 @@ def pyhessian_power_iteration(
                 break
             else:
                 eigenvalue = current
-        eigenvalues.append(float(eigenvalue))  # type: ignore[arg-type]
+        eigenvalues.append(float(eigenvalue))  # type: ignore[arg-type]  # None only before the first iteration (max_iter ≥ 1: the settings check it)
         eigenvectors.append(vector)
         residuals.append(residual)
         stop_reasons.append(reason)
@@ -143,7 +143,7 @@ def run_pyhessian(
         counter["hvps"] += 1
         return original_product(*args, **kwargs)
 
-    class _CountingHessian(pyhessian_module.hessian):  # type: ignore[name-defined]
+    class _CountingHessian(pyhessian_module.hessian):  # type: ignore[name-defined]  # pyhessian ships no type information
         def dataloader_hv_product(self, v: list[torch.Tensor]) -> tuple[float, list[torch.Tensor]]:
             counter["hvps"] += 1
             result: tuple[float, list[torch.Tensor]] = super().dataloader_hv_product(v)

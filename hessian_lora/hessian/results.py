@@ -35,7 +35,7 @@ class _Serializable:
     def to_dict(self) -> dict[str, Any]:
         return {
             item.name: _encode(getattr(self, item.name))
-            for item in dataclasses.fields(self)  # type: ignore[arg-type]
+            for item in dataclasses.fields(self)  # type: ignore[arg-type]  # the mixin is used on frozen dataclasses only
             if not item.metadata.get("transient")
         }
 
@@ -43,7 +43,7 @@ class _Serializable:
     def from_dict(cls: type[_Record], data: dict[str, Any]) -> _Record:
         hints = typing.get_type_hints(cls)
         values = {}
-        for item in dataclasses.fields(cls):  # type: ignore[arg-type]
+        for item in dataclasses.fields(cls):  # type: ignore[arg-type]  # as in to_dict
             if item.metadata.get("transient") or item.name not in data:
                 continue
             values[item.name] = _decode(hints[item.name], data[item.name])
