@@ -11,6 +11,7 @@ from typing import Any
 
 from hessian_lora._io import write_text_atomic
 from hessian_lora.analysis.censoring import bound_text
+from hessian_lora.analysis.claims import claims_markdown, paper_claims
 from hessian_lora.analysis.stability import stability_report
 from hessian_lora.analysis.summary import Analysis
 from hessian_lora.analysis.uncertainty import NO_INTERVAL
@@ -191,6 +192,10 @@ def write_analysis(analysis: Analysis, out_dir: str | os.PathLike[str] | None = 
     if search is not None:  # search: adaptive: what each key's search found, and by which metric
         data["search"], text = search
         markdown += "\n\n" + text
+    claims = paper_claims(data)
+    if claims:  # LoRA and the paper's methods: the paper's figures against ours, with a verdict per claim
+        data["claims"] = [row.to_dict() for row in claims]
+        markdown += "\n\n" + claims_markdown(claims, data)
     stability = _stability(analysis)
     if stability is not None:  # sweeps with hessian.during probes: the edge-of-stability summary
         data["stability"] = stability.to_dict()
