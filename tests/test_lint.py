@@ -35,7 +35,7 @@ def test_import_contracts_hold() -> None:
 
 
 def test_ruff_with_the_docstring_rules() -> None:
-    result = _run(sys.executable, "-m", "ruff", "check", "hessian_lora", "tests", "bench")
+    result = _run(sys.executable, "-m", "ruff", "check", "hessian_lora", "tests", "bench", "scripts")
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
 
 
