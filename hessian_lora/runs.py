@@ -45,6 +45,8 @@ class RunRecord:
     precond_lambda_final: float | None = None
     steps: int | None = None
     wall_seconds: float | None = None
+    train_seconds: float | None = None  # the training loop's own seconds (older sweeps: not recorded)
+    eval_seconds: float | None = None  # the held-out evaluation's seconds
     history: tuple[dict[str, float], ...] = ()
     eval_scores: tuple[float, ...] | None = None  # per-example accuracy scores (runs/<id>/eval.json), if stored
     # evaluation sets (a sweep's eval_task)
@@ -79,7 +81,8 @@ def _optional_int(value: Any) -> int | None:
 
 # The rows' float columns a RunRecord keeps (None where a sweep version did not record them).
 _FLOAT_COLUMNS = ("train_loss", "eval_loss", "accuracy", "pass_at_1", "gsm8k_acc", "math_acc", "mbpp_pass_at_1",
-                  "humaneval_pass_at_1", "lambda_init", "lambda_final", "precond_lambda_final", "wall_seconds")
+                  "humaneval_pass_at_1", "lambda_init", "lambda_final", "precond_lambda_final", "wall_seconds",
+                  "train_seconds", "eval_seconds")
 
 
 def _record_from_row(row: Mapping[str, Any], layout: RunLayout) -> RunRecord:

@@ -333,3 +333,26 @@ def test_censored_methods_are_left_out_of_the_fit_and_counted(tmp_path) -> None:
     assert {item["method"] for item in relation.lomo["power"]} == set(METHODS)
     summary = analysis.relation_summary(result.to_dict())
     assert "1 of 5 excluded as censored: dora ≥ 0.0112" in summary and "--extend" in summary
+
+
+def test_cost_section_sums_what_the_rows_and_reports_recorded(tmp_path) -> None:
+    from hessian_lora.analysis.report import cost_section
+    from hessian_lora.runs import read_run_directory
+
+    methods = {"lora": SyntheticMethod(eta_star=1e-3, lambda_init=10.0),
+               "pissa": SyntheticMethod(eta_star=1e-4, lambda_init=100.0)}
+    write_run_dir(tmp_path, methods, lrs=QUARTER_DECADE_GRID[:4], final_reports=False)
+    with sqlite3.connect(tmp_path / "results.sqlite") as db:  # a sweep of today records the split too
+        db.execute("ALTER TABLE runs ADD COLUMN train_seconds REAL")
+        db.execute("ALTER TABLE runs ADD COLUMN eval_seconds REAL")
+        db.execute("UPDATE runs SET wall_seconds = 10.0, train_seconds = 4.0, eval_seconds = 5.0")
+        count = db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    blocks = [block for path in (tmp_path / "hessian").glob("*.json")
+              for block in json.loads(path.read_text())["blocks"]]
+    data, text = cost_section(read_run_directory(tmp_path))
+    assert (data["runs"], data["run_seconds"], data["train_seconds"], data["eval_seconds"]) == (
+        count, 10.0 * count, 4.0 * count, 5.0 * count)
+    assert data["median_run_seconds"] == 10.0
+    assert data["eigen_blocks"] == len(blocks) and data["eigen_products"] == sum(b["hvps"] for b in blocks)
+    assert data["eigen_seconds"] == pytest.approx(sum(b["seconds"] for b in blocks))
+    assert text.startswith("### Cost (as recorded)") and f"{count} finished runs took" in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from hessian_lora.analysis.uncertainty import NO_INTERVAL
 from hessian_lora.errors import UserError
 from hessian_lora.registry import SCORE_METRICS
 from hessian_lora.rundir import RunLayout
-from hessian_lora.runs import read_outcomes
+from hessian_lora.runs import RunDirectory, read_outcomes, read_run_directory
 
 
 def _fmt(value: float | None, spec: str = ".3g") -> str:
@@ -192,6 +193,10 @@ def write_analysis(analysis: Analysis, out_dir: str | os.PathLike[str] | None = 
     if search is not None:  # search: adaptive: what each key's search found, and by which metric
         data["search"], text = search
         markdown += "\n\n" + text
+    cost = cost_section(read_run_directory(analysis.run_dir))
+    if cost is not None:  # what the data cost, as the run rows and the eigen reports recorded it
+        data["cost"], text = cost
+        markdown += "\n\n" + text
     claims = paper_claims(data)
     if claims:  # LoRA and the paper's methods: the paper's figures against ours, with a verdict per claim
         data["claims"] = [row.to_dict() for row in claims]
@@ -223,6 +228,44 @@ def search_section(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], str
         lines.append(f"| {name} | {decided} | {outcome} | {'—' if best is None else f'{best:.3g}'} | "
                      f"{item.get('runs')} | {item.get('reason')} |")
     return outcomes, "\n".join(lines)
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def cost_section(directory: RunDirectory) -> tuple[dict[str, Any], str] | None:
+    """What the run directory's data cost, summed from what it recorded: the runs' wall seconds (training and
+    evaluation where the rows split them) and the eigen reports' solver seconds and products. None without a
+    finished run or report. The seconds are as measured, on whatever else the machine was doing then."""
+    runs = [run for run in directory.runs if run.is_usable and run.wall_seconds is not None]
+    reports = [*directory.init_reports.values(), *directory.final_reports.values()]
+    blocks = [block.report for report in reports for block in report.blocks]
+    if not runs and not blocks:
+        return None
+    walls = sorted(float(run.wall_seconds or 0.0) for run in runs)
+    data: dict[str, Any] = {
+        "runs": len(runs), "run_seconds": sum(walls),
+        "median_run_seconds": statistics.median(walls) if walls else None,
+        "train_seconds": sum(float(run.train_seconds) for run in runs if run.train_seconds is not None),
+        "eval_seconds": sum(float(run.eval_seconds) for run in runs if run.eval_seconds is not None),
+        "eigen_reports": len(reports), "eigen_blocks": len(blocks),
+        "eigen_products": sum(int(block.hvps) for block in blocks),
+        "eigen_seconds": sum(float(block.seconds) for block in blocks),
+    }
+    parts = []
+    if runs:
+        split = (f" ({_hours(data['train_seconds'])} training, {_hours(data['eval_seconds'])} evaluating)"
+                 if data["train_seconds"] else "")
+        parts.append(f"{len(runs)} finished runs took {_hours(data['run_seconds'])}{split}, "
+                     f"median {data['median_run_seconds']:.0f} s a run")
+    if blocks:
+        parts.append(f"{len(reports)} eigen reports ({len(blocks)} blocks) took {_hours(data['eigen_seconds'])} "
+                     f"of solver time in {data['eigen_products']} Hessian-vector products")
+    text = ("### Cost (as recorded)\n\n" + "; ".join(parts) + ". A run's wall time is its training, its evaluation "
+            "and the rest (loading the model, and a λ probe at initialisation where the run made it, so the two sums "
+            "overlap). Seconds as each run and solve measured them, on whatever else the machine did then.")
+    return data, text
 
 
 def _stability(analysis: Analysis) -> Any:
