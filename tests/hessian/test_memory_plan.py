@@ -50,6 +50,6 @@ def test_kept_graphs_and_krylov_vectors_share_what_the_plan_leaves() -> None:
     auto = memory_plan.plan_memory(model, batches, reuse="auto", **common)
     left = free - memory_plan.WORK_VECTORS * auto.vector_bytes - (auto.activation_bytes or 0)
     assert auto.reuse_bytes == pytest.approx(memory_plan.REUSE_SHARE * left)
-    assert auto.reuse_bytes + auto.budget_bytes <= 0.9 * left + 1
+    assert auto.reuse_bytes + auto.budget_bytes <= 0.7 * left + 1  # 30 % slack
     off = memory_plan.plan_memory(model, batches, reuse=False, **common)
     assert off.reuse_bytes == 0.0 and off.budget_bytes == pytest.approx(memory_plan.KRYLOV_SHARE * left)
