@@ -26,7 +26,7 @@ against the paper's q_proj one says so in its verdict.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,7 @@ PAPER_LR_FACTOR: Mapping[str, float] = {"pissa": 10.0, "milora": 3.2, "initab": 
 # λ_max(method) / λ_max(LoRA) per q_proj module as the paper reports it (approximate: "~10×", "~2×", "up to ~100×").
 PAPER_LAMBDA_RATIO: Mapping[str, float] = {"pissa": 10.0, "milora": 2.0, "initab": 2.0, "olora": 100.0,
                                            "loraga": 100.0}
+UP_TO = frozenset({"olora", "loraga"})  # the paper gives their figures as "up to"
 # Two ratios "agree in order of magnitude" within this factor of each other (a stated, not a statistical, threshold).
 ORDER_OF_MAGNITUDE = 3.0
 
@@ -101,19 +102,28 @@ def _peak_rows(data: Mapping[str, Any]) -> list[ClaimRow]:
     return rows
 
 
-def _lr_rows(data: Mapping[str, Any]) -> list[ClaimRow]:
-    claim = "η* lower than LoRA's by the paper's factor (η*_LoRA / η*)"
+def _against_lora(data: Mapping[str, Any], factors: Mapping[str, float], prefix: str = ""
+                  ) -> Iterator[tuple[str, str, Mapping[str, Any], Mapping[str, Any]]]:
+    """(method, the paper's figure as text, the method's summary, LoRA's) for each method the paper gives a factor
+    for and the run has; nothing without LoRA. OLoRA's and LoRA-GA's figure is the paper's "up to"."""
     methods = data["methods"]
     reference = methods.get(REFERENCE)
     if reference is None:
-        return []
+        return
+    for name, factor in factors.items():
+        if name in methods:
+            upto = "up to " if name in UP_TO else ""
+            yield name, f"{upto}{prefix}{_ratio(factor)}", methods[name], reference
+
+
+def _lr_rows(data: Mapping[str, Any]) -> list[ClaimRow]:
+    claim = "η* lower than LoRA's by the paper's factor (η*_LoRA / η*)"
     rows = []
-    for name, factor in PAPER_LR_FACTOR.items():
-        method = methods.get(name)
-        if method is None or method.get("eta_star") is None or reference.get("eta_star") is None:
+    for name, paper, method, reference in _against_lora(data, PAPER_LR_FACTOR):
+        factor = PAPER_LR_FACTOR[name]
+        if method.get("eta_star") is None or reference.get("eta_star") is None:
             continue
         point = reference["eta_star"] / method["eta_star"]
-        paper = _ratio(factor) if name not in {"olora", "loraga"} else f"up to {_ratio(factor)}"
         if method.get("censored") or reference.get("censored"):
             edge = name if method.get("censored") else REFERENCE
             rows.append(ClaimRow(claim, name, paper, f"{_ratio(point)} (bound: {edge}'s η* at an edge)",
@@ -142,16 +152,9 @@ def _seed_spread(method: Mapping[str, Any], reference: Mapping[str, Any]) -> str
 
 def _lambda_rows(data: Mapping[str, Any]) -> list[ClaimRow]:
     claim = "λ_max at init relative to LoRA's (the paper: q_proj modules)"
-    methods = data["methods"]
-    reference = methods.get(REFERENCE)
-    if reference is None:
-        return []
     rows = []
-    for name, factor in PAPER_LAMBDA_RATIO.items():
-        method = methods.get(name)
-        if method is None:
-            continue
-        paper = f"~{_ratio(factor)}" if name not in {"olora", "loraga"} else f"up to ~{_ratio(factor)}"
+    for name, paper, method, reference in _against_lora(data, PAPER_LAMBDA_RATIO, prefix="~"):
+        factor = PAPER_LAMBDA_RATIO[name]
         module, ref_module = method.get("lambda_init_module_median"), reference.get("lambda_init_module_median")
         whole, ref_whole = method.get("lambda_init_whole"), reference.get("lambda_init_whole")
         if module and ref_module:
@@ -161,7 +164,8 @@ def _lambda_rows(data: Mapping[str, Any]) -> list[ClaimRow]:
         else:
             continue
         ours = f"{_ratio(ratio)} ({block}{_seed_spread(method, reference) if block == 'whole adapter' else ''})"
-        uncertified = method.get("lambda_init_whole_uncertified") or reference.get("lambda_init_whole_uncertified")
+        flag = "lambda_init_whole_uncertified" if block == "whole adapter" else "lambda_init_module_uncertified"
+        uncertified = method.get(flag) or reference.get(flag)
         off = max(ratio / factor, factor / ratio)
         if off <= ORDER_OF_MAGNITUDE:
             verdict = f"same order (within {ORDER_OF_MAGNITUDE:g}×)"
