@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             # HessianSettings cuts the batches by its samples, the report records measure's: both change.
             changes["hessian"] = replace(config.hessian, samples=args.samples,
                                          measure=replace(config.hessian.measure, samples=args.samples))
-        config = replace(config, **changes)  # type: ignore[arg-type]  # a sweep's axes, as the adaptive search does
+        config = replace(config, **changes)  # the sweep's axes narrowed, as the adaptive search narrows them
         extras = InitExtras(config, args.run_dir, modules=tuple(args.modules), layers=layers, density_steps=0)
         measure_init_reports(extras)
     except (UserError, ValueError) as error:

@@ -15,36 +15,28 @@ file either old or new.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sqlite3
 import sys
 import tempfile
 from pathlib import Path
+
+from hessian_lora._io import write_bytes_atomic  # temp file, fsync, rename; a plain file's permissions
 
 # The documents a shipped run directory keeps (hessian_lora/rundir.py names them; checkpoints are left out).
 RUN_FILES = ("history.json", "eval.json", "sharpness.json")
 TOP_FILES = ("config.yaml", "search.json")
 
 
-def _atomic_copy(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(fd)
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
-
-
 def _backup_database(source: Path, target: Path) -> int:
     """SQLite's online backup into a single rollback-journal file; returns the number of rows in ``runs``."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(fd)
-    with sqlite3.connect(f"file:{source}?mode=ro", uri=True) as src, sqlite3.connect(tmp) as dst:
-        src.backup(dst)
-        # The copy inherits WAL mode; a committed database file must not need a -wal file beside it.
-        dst.execute("PRAGMA journal_mode=DELETE")
-        rows = int(dst.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
-    os.replace(tmp, target)
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = Path(scratch) / target.name
+        with sqlite3.connect(f"file:{source}?mode=ro", uri=True) as src, sqlite3.connect(copy) as dst:
+            src.backup(dst)
+            # The copy inherits WAL mode; a committed database file must not need a -wal file beside it.
+            dst.execute("PRAGMA journal_mode=DELETE")
+            rows = int(dst.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+        write_bytes_atomic(target, copy.read_bytes())
     for stale in (target.with_name(target.name + "-wal"), target.with_name(target.name + "-shm")):
         stale.unlink(missing_ok=True)
     return rows
@@ -57,15 +49,15 @@ def ship(source: Path, target: Path) -> str:
     target.mkdir(parents=True, exist_ok=True)
     for name in TOP_FILES:
         if (source / name).is_file():
-            _atomic_copy(source / name, target / name)
+            write_bytes_atomic(target / name, (source / name).read_bytes())
     reports = sorted((source / "hessian").glob("*.json"))
     for report in reports:
-        _atomic_copy(report, target / "hessian" / report.name)
+        write_bytes_atomic(target / "hessian" / report.name, report.read_bytes())
     documents = 0
     for run in sorted(p for p in (source / "runs").glob("*") if p.is_dir()):
         for name in RUN_FILES:
             if (run / name).is_file():
-                _atomic_copy(run / name, target / "runs" / run.name / name)
+                write_bytes_atomic(target / "runs" / run.name / name, (run / name).read_bytes())
                 documents += 1
     rows = _backup_database(source / "results.sqlite", target / "results.sqlite")
     return f"shipped {source} -> {target}: {rows} rows, {len(reports)} eigen reports, {documents} run documents"

@@ -27,7 +27,7 @@ against the paper's q_proj one says so in its verdict.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from hessian_lora.registry import SCORE_METRICS
@@ -57,8 +57,7 @@ class ClaimRow:
 
     def to_dict(self) -> dict[str, str]:
         """The row as JSON-ready strings."""
-        return {"claim": self.claim, "method": self.method, "paper": self.paper, "ours": self.ours,
-                "verdict": self.verdict}
+        return asdict(self)
 
 
 def _points(value: float) -> str:
@@ -80,7 +79,7 @@ def _peak_rows(data: Mapping[str, Any]) -> list[ClaimRow]:
             rows.append(ClaimRow(claim, name, "within 1–2 %", "the best peak", "reference"))
             continue
         gap = method.get("gap_ci")
-        point = -method["gap_to_best"] if data.get("higher_is_better", True) else method["gap_to_best"]
+        point = -method["gap_to_best"]  # a score: higher is better, so the gap is a shortfall
         if method.get("censored"):
             rows.append(ClaimRow(claim, name, "within 1–2 %", f"{_points(point)} points (optimum at an edge)",
                                  "not testable: the method's optimum was not reached"))

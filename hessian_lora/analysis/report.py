@@ -193,7 +193,8 @@ def write_analysis(analysis: Analysis, out_dir: str | os.PathLike[str] | None = 
     if search is not None:  # search: adaptive: what each key's search found, and by which metric
         data["search"], text = search
         markdown += "\n\n" + text
-    cost = cost_section(read_run_directory(analysis.run_dir))
+    directory = read_run_directory(analysis.run_dir)  # read once for the cost and the stability sections
+    cost = cost_section(directory)
     if cost is not None:  # what the data cost, as the run rows and the eigen reports recorded it
         data["cost"], text = cost
         markdown += "\n\n" + text
@@ -201,7 +202,7 @@ def write_analysis(analysis: Analysis, out_dir: str | os.PathLike[str] | None = 
     if claims:  # LoRA and the paper's methods: the paper's figures against ours, with a verdict per claim
         data["claims"] = [row.to_dict() for row in claims]
         markdown += "\n\n" + claims_markdown(claims, data)
-    stability = _stability(analysis)
+    stability = _stability(directory, analysis)
     if stability is not None:  # sweeps with hessian.during probes: the edge-of-stability summary
         data["stability"] = stability.to_dict()
         markdown += "\n\n" + stability.markdown()
@@ -243,7 +244,7 @@ def cost_section(directory: RunDirectory) -> tuple[dict[str, Any], str] | None:
     blocks = [block.report for report in reports for block in report.blocks]
     if not runs and not blocks:
         return None
-    walls = sorted(float(run.wall_seconds or 0.0) for run in runs)
+    walls = [float(run.wall_seconds) for run in runs if run.wall_seconds is not None]  # all of them: filtered above
     data: dict[str, Any] = {
         "runs": len(runs), "run_seconds": sum(walls),
         "median_run_seconds": statistics.median(walls) if walls else None,
@@ -268,9 +269,9 @@ def cost_section(directory: RunDirectory) -> tuple[dict[str, Any], str] | None:
     return data, text
 
 
-def _stability(analysis: Analysis) -> Any:
+def _stability(directory: RunDirectory, analysis: Analysis) -> Any:
     try:
-        return stability_report(analysis.run_dir, analysis)
+        return stability_report(directory, analysis)
     except UserError:
         return None
 
