@@ -52,7 +52,7 @@ WORK_VECTORS = 8
 # hands the operator), so the Krylov vectors get less, and the two together leave 30 % as slack. Before the
 # graphs' share came from the plan, the operator took half the free memory on its own, on top of the Krylov
 # budget and the activations: the replication's 64-example LoRA-GA probe grew into both and was OOM-killed. With
-# a tenth as slack (0.4 + 0.5) a long sweep's probes ran at 0.6-1.9 GB from the 24 GB machine's end, and one,
+# a tenth as slack (0.4 + 0.5) a long sweep's probes ran with 1.5-2.0 GB of the 24 GB machine available, and one,
 # MiLoRA's seed-2 probe after an hour of runs, was OOM-killed at 24.3 GB: a kept graph costs more than the
 # census of its saved tensors once the heap is fragmented, so the graphs now get a smaller share.
 KRYLOV_SHARE = 0.8
