@@ -6,9 +6,11 @@ What is copied: config.yaml, search.json, hessian/*.json and each run's history.
 (the files `hessian-lora analyze` and `hessian-lora plot` read), plus results.sqlite as one self-contained file
 (SQLite's online backup, so a sweep still writing to the source is read at a consistent moment and no -wal/-shm
 file travels with it). Checkpoints and the sweep's lock stay behind. Files already in the destination that the
-source does not have (STATUS.md, figures/) are left as they are. The destination is then analysed in place
-(`hessian-lora analyze TARGET`, unless --no-analyze): analysis.json records TARGET as given, so give it relative to
-the repository's root, as tests/test_replication.py re-analyses it. Every file is written to a temporary name and renamed, so an interrupted copy leaves each
+source does not have (STATUS.md) are left as they are. The destination is then analysed in place
+(`hessian-lora analyze TARGET`, unless --no-analyze) and its figures drawn as PNG into TARGET/figures
+(`hessian-lora plot TARGET --formats png`): analysis.json records TARGET as given, so give it relative to the
+repository's root, as tests/test_replication.py re-analyses it. Then `python scripts/sync_readme.py` copies the new
+numbers into the README's marked blocks. Every file is written to a temporary name and renamed, so an interrupted copy leaves each
 file either old or new.
 """
 
@@ -67,14 +69,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", type=Path, help="the sweep's --out directory")
     parser.add_argument("target", type=Path, help="where to put the shipped copy, e.g. results/smollm2")
-    parser.add_argument("--no-analyze", action="store_true", help="leave analysis.json and analysis.md as they are")
+    parser.add_argument("--no-analyze", action="store_true",
+                        help="leave analysis.json, analysis.md and figures/ as they are")
     args = parser.parse_args(argv)
     print(ship(args.source, args.target))
     if args.no_analyze:
         return 0
     from hessian_lora.cli import main as cli  # local: the copy itself needs none of the package
 
-    return cli(["analyze", str(args.target)])
+    if cli(["analyze", str(args.target)]):
+        return 1
+    for stale in (args.target / "figures").glob("*.png"):  # a figure the new data no longer supports must go
+        stale.unlink()
+    return cli(["plot", str(args.target), "--formats", "png"])
 
 
 if __name__ == "__main__":

@@ -87,3 +87,26 @@ def test_the_shipped_run_directory_is_self_contained():
     for run_id in done:
         assert (SHIPPED / "runs" / run_id / "eval.json").is_file(), run_id
     assert not [p for p in SHIPPED.rglob("*") if p.suffix in {".safetensors", ".bin", ".pt"}]
+
+
+def test_the_readme_carries_the_shipped_analysis_and_its_figures():
+    """Every README block marked as copied from results/smollm2/analysis.md equals that section of the shipped
+    file (scripts/sync_readme.py --check), the claims table and the main table among them; every figure the README
+    shows from results/smollm2/figures is one `hessian-lora plot results/smollm2` draws, and is shipped."""
+    import importlib.util
+    import re
+
+    from hessian_lora.figures.plots import FIGURE_NAMES
+
+    spec = importlib.util.spec_from_file_location("sync_readme", ROOT / "scripts" / "sync_readme.py")
+    sync = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sync)
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    for heading in ("(top)", "### The paper's claims", "### Cost (as recorded)"):
+        assert f"<!-- from results/smollm2/analysis.md: {heading} -->" in text, heading
+    assert sync.sync(readme, check=True) == []
+    shown = re.findall(r"\]\((results/smollm2/figures/[^)]+\.png)\)", text)
+    assert shown
+    for path in shown:
+        assert Path(path).stem in FIGURE_NAMES.values() and (ROOT / path).is_file(), path

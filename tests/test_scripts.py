@@ -7,6 +7,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pytest
 import yaml
 from synthetic_run import RUNS_SCHEMA
 
@@ -83,3 +84,34 @@ def test_ship_run_copies_documents_and_one_self_contained_database(tmp_path) -> 
     with sqlite3.connect(target / "results.sqlite") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
         assert db.execute("SELECT run_id FROM runs").fetchall() == [("a",)]
+
+
+def test_sync_readme_copies_a_heading_body_and_check_names_a_stale_block(tmp_path) -> None:
+    sync = _script("sync_readme")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "analysis.md").write_text(
+        "| a | b |\n|---|---|\n| 1 | 2 |\n\nData: one seed.\n\n### Cost\n\n3 runs.\n\n### The claims\n\n| c |\n"
+        "|---|\n| supported |\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- from run/analysis.md: (top) -->\nold\n<!-- end -->\n\ntext\n\n"
+                      "<!-- from run/analysis.md: ### The claims -->\n<!-- end -->\n")
+    assert sync.sync(readme, check=True) == ["run/analysis.md: (top)", "run/analysis.md: ### The claims"]
+    assert "old" in readme.read_text()  # --check writes nothing
+    assert sync.main(["--readme", str(readme), "--check"]) == 1
+    assert sync.main(["--readme", str(readme)]) == 0
+    assert readme.read_text() == (
+        "# x\n\n<!-- from run/analysis.md: (top) -->\n| a | b |\n|---|---|\n| 1 | 2 |\n\nData: one seed.\n"
+        "<!-- end -->\n\ntext\n\n<!-- from run/analysis.md: ### The claims -->\n| c |\n|---|\n| supported |\n"
+        "<!-- end -->\n")
+    assert sync.main(["--readme", str(readme), "--check"]) == 0
+
+
+def test_sync_readme_refuses_a_heading_the_source_lacks_in_one_line(tmp_path) -> None:
+    sync = _script("sync_readme")
+    (tmp_path / "analysis.md").write_text("### Cost\n\n3 runs.\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- from analysis.md: ### Claims -->\n<!-- end -->\n")
+    with pytest.raises(SystemExit) as caught:
+        sync.sync(readme, check=True)
+    message = str(caught.value)
+    assert "README.md" in message and "### Claims" in message and "0 times" in message and "\n" not in message
