@@ -11,6 +11,8 @@ A sweep writes, and analysis, plots, recommend and the demo read, one directory 
                                           (+ sharpness.json with hessian.during)
       hessian/<init_key>_init.json        eigen report at initialisation
       hessian/<init_key>_init_<what>.json more blocks of the same adapter at initialisation (merged on reading)
+      hessian/<init_key>_init.inputs      digest of what the init report measured; names the report it was
+                                          copied from when another seed's adapter was identical (sweep/init_reuse.py)
       hessian/<run_id>_final.json         eigen report at the end of a run
       analysis.json, analysis.md, figures/
       ablation.json, ablation.md          several settings (ranks, batch sizes, run directories) compared
@@ -24,6 +26,7 @@ reports.
 from __future__ import annotations
 
 import enum
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -53,6 +56,7 @@ ABLATION_JSON = "ablation.json"  # cross-setting comparison (several ranks, batc
 ABLATION_MD = "ablation.md"
 FIGURES_DIR = "figures"
 INIT_MARKER = "_init"
+INIT_INPUTS_SUFFIX = ".inputs"  # beside an init report, not *.json: no reader of hessian/*.json takes it for one
 FINAL_MARKER = "_final"
 
 
@@ -196,6 +200,26 @@ class RunLayout:
     def final_report(self, run_id: str) -> Path:
         """The run's eigen report at the end."""
         return self.hessian / f"{run_id}{FINAL_MARKER}.json"
+
+    def init_inputs(self, key: InitKey | str) -> Path:
+        """The record of what ``key``'s report at initialisation measured (:mod:`hessian_lora.sweep.init_reuse`)."""
+        return self.hessian / f"{key}{INIT_MARKER}{INIT_INPUTS_SUFFIX}"
+
+
+def read_init_inputs(layout: RunLayout) -> dict[InitKey, dict[str, Any]]:
+    """Every readable init-inputs record of a run directory, by key (``{"sha256": ..., "reused_from": key or
+    None}``); an unreadable one counts as absent, so nothing is reused from it."""
+    records: dict[InitKey, dict[str, Any]] = {}
+    suffix = INIT_MARKER + INIT_INPUTS_SUFFIX
+    for path in sorted(layout.hessian.glob(f"*{suffix}")) if layout.hessian.is_dir() else []:
+        key = InitKey.parse(path.name[: -len(suffix)])
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if key is not None and isinstance(record, dict) and isinstance(record.get("sha256"), str):
+            records[key] = record
+    return records
 
 
 def read_config(path: Path) -> Mapping[str, Any]:

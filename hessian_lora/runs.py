@@ -13,13 +13,20 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hessian_lora.errors import UserError
 from hessian_lora.reports import ReportView, load_eigen_report, merge_reports, optional_float
-from hessian_lora.rundir import USABLE_STATUSES, InitKey, RunLayout, parse_report_name, read_config
+from hessian_lora.rundir import (
+    USABLE_STATUSES,
+    InitKey,
+    RunLayout,
+    parse_report_name,
+    read_config,
+    read_init_inputs,
+)
 from hessian_lora.sweep.store import read_rows
 
 # ----------------------------------------------------------------------------------------------------------
@@ -161,6 +168,8 @@ class RunDirectory:
     init_reports: Mapping[InitKey, ReportView]  # ``_init_<part>`` reports merged into their ``_init`` report
     final_reports: Mapping[str, ReportView]  # run_id -> report
     config: Mapping[str, Any]
+    # init reports copied from another key's, measured on bit-identical inputs (sweep/init_reuse.py): key -> source
+    reused_inits: Mapping[InitKey, InitKey] = field(default_factory=dict)
 
     def init_report(self, method: str, seed: int, rank: int | None = None) -> ReportView | None:
         """The report of (method, rank, seed); without a rank (or with a rank no report has), the method's only
@@ -196,7 +205,10 @@ def read_run_directory(run_dir: str | os.PathLike[str]) -> RunDirectory:
             merged = view if merged is None else merge_reports(merged, view)
         if merged is not None:
             init_reports[key] = merged
-    return RunDirectory(str(layout.root), tuple(runs), init_reports, final_reports, read_config(layout.config))
+    reused = {key: source for key, record in read_init_inputs(layout).items()
+              if (source := InitKey.parse(str(record.get("reused_from") or ""))) is not None and key in init_reports}
+    return RunDirectory(str(layout.root), tuple(runs), init_reports, final_reports, read_config(layout.config),
+                        reused)
 
 
 def read_outcomes(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:

@@ -2,7 +2,7 @@
 
     python scripts/ship_run.py /work/runs/smollm2-replication results/smollm2
 
-What is copied: config.yaml, search.json, hessian/*.json and each run's history.json, eval.json and sharpness.json
+What is copied: config.yaml, search.json, hessian/*.json and *.inputs, and each run's history.json, eval.json and sharpness.json
 (the files `hessian-lora analyze` and `hessian-lora plot` read), plus results.sqlite as one self-contained file
 (SQLite's online backup, so a sweep still writing to the source is read at a consistent moment and no -wal/-shm
 file travels with it). Checkpoints and the sweep's lock stay behind. Files already in the destination that the
@@ -53,8 +53,8 @@ def ship(source: Path, target: Path) -> str:
         if (source / name).is_file():
             write_bytes_atomic(target / name, (source / name).read_bytes())
     reports = sorted((source / "hessian").glob("*.json"))
-    for report in reports:
-        write_bytes_atomic(target / "hessian" / report.name, report.read_bytes())
+    for path in [*reports, *sorted((source / "hessian").glob("*.inputs"))]:  # reports, and what each measured
+        write_bytes_atomic(target / "hessian" / path.name, path.read_bytes())
     documents = 0
     for run in sorted(p for p in (source / "runs").glob("*") if p.is_dir()):
         for name in RUN_FILES:

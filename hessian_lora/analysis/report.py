@@ -240,7 +240,9 @@ def cost_section(directory: RunDirectory) -> tuple[dict[str, Any], str] | None:
     evaluation where the rows split them) and the eigen reports' solver seconds and products. None without a
     finished run or report. The seconds are as measured, on whatever else the machine was doing then."""
     runs = [run for run in directory.runs if run.is_usable and run.wall_seconds is not None]
-    reports = [*directory.init_reports.values(), *directory.final_reports.values()]
+    # a report copied from a seed with a bit-identical adapter at init cost nothing: counted once, as its source
+    reports = [*(report for key, report in directory.init_reports.items() if key not in directory.reused_inits),
+               *directory.final_reports.values()]
     blocks = [block.report for report in reports for block in report.blocks]
     if not runs and not blocks:
         return None
@@ -253,6 +255,7 @@ def cost_section(directory: RunDirectory) -> tuple[dict[str, Any], str] | None:
         "eigen_reports": len(reports), "eigen_blocks": len(blocks),
         "eigen_products": sum(int(block.hvps) for block in blocks),
         "eigen_seconds": sum(float(block.seconds) for block in blocks),
+        "eigen_reports_reused": len(directory.reused_inits),
     }
     parts = []
     if runs:
@@ -261,8 +264,10 @@ def cost_section(directory: RunDirectory) -> tuple[dict[str, Any], str] | None:
         parts.append(f"{len(runs)} finished runs took {_hours(data['run_seconds'])}{split}, "
                      f"median {data['median_run_seconds']:.0f} s a run")
     if blocks:
+        reused = (f" ({len(directory.reused_inits)} more copied from a seed whose adapter at init was "
+                  "bit-identical, at no cost)" if directory.reused_inits else "")
         parts.append(f"{len(reports)} eigen reports ({len(blocks)} blocks) took {_hours(data['eigen_seconds'])} "
-                     f"of solver time in {data['eigen_products']} Hessian-vector products")
+                     f"of solver time in {data['eigen_products']} Hessian-vector products{reused}")
     text = ("### Cost (as recorded)\n\n" + "; ".join(parts) + ". A run's wall time is its training, its evaluation "
             "and the rest (loading the model, and a λ probe at initialisation where the run made it, so the two sums "
             "overlap). Seconds as each run and solve measured them, on whatever else the machine did then.")
