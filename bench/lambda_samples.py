@@ -8,6 +8,10 @@ so a change is the data added, not another draw), for the whole adapter and for 
 gives each λ, its relative change against the largest sample, and each method's ratio to LoRA (what the relation
 and the per-module figure use). A value that is not certified is marked; its change says less than its residual.
 
+Resumable: every (size, method) is written to ``--out`` (atomically) as soon as it is measured, smaller sizes
+first, and a rerun with the same ``--out`` skips what is there (its settings must match; ``--methods`` and
+``--samples`` may grow). ``complete`` in the JSON says whether every requested value is in.
+
 The verdict names the smallest sample whose whole-adapter λ and ratios to LoRA are all within ``--within`` of the
 largest sample's: a statement relative to the largest sample measured, not to the population.
 
@@ -59,39 +63,94 @@ def _ints(text: str, what: str, minimum: int = 1) -> tuple[int, ...]:
     return values
 
 
-def measure_method(method: str, args: argparse.Namespace, sizes: Sequence[int], layers: Sequence[int]) -> list[Measured]:
-    """Build ``method``'s adapter at initialisation once and measure λ_max at every sample size."""
+# The settings a measurement depends on: a resumed --out must have been made with the same ones (--methods,
+# --samples, --within, --threads, --device and --out may change between runs, so a run can add methods or sizes).
+MEASURED_WITH = ("model", "task", "rank", "seed", "batch_size", "max_length", "layers", "n_train", "data_seed",
+                 "tol", "max_iter")
+
+
+def unit_done(rows: Sequence[Measured], method: str, size: int, kind: str, layers: Sequence[int]) -> bool:
+    """Whether (method, size) already has its whole-adapter value (``kind`` "whole") or every chosen layer's
+    q_proj value ("per-module") among ``rows``: a resumed run skips it."""
+    from hessian_lora.hessian.filters import layer_index
+
+    mine = [row for row in rows if row.method == method and row.samples == size]
+    if kind == "whole":
+        return any(row.block == "adapter" for row in mine)
+    found = {layer_index(row.block) for row in mine if row.block.endswith("q_proj")}
+    return set(layers) <= found
+
+
+def measure_unit(method: str, size: int, kinds: Sequence[str], args: argparse.Namespace,
+                 layers: Sequence[int]) -> list[Measured]:
+    """Build ``method``'s adapter at initialisation and measure λ_max on the first ``size`` training examples,
+    for the whole adapter and/or q_proj of ``layers`` (``kinds``)."""
     from hessian_lora.adapters import AdapterConfig, adapter_at_initialisation
     from hessian_lora.data import load_task
     from hessian_lora.measure import MeasureSettings, measure
     from hessian_lora.recommend import probe_batches
     from hessian_lora.training.train import TrainConfig
 
-    task = load_task(args.task, seed=args.data_seed, n_train=max(args.n_train, max(sizes)), n_eval=0)
+    n_train = max(args.n_train, max(args.sizes))  # one training set for every size: nested samples
+    task = load_task(args.task, seed=args.data_seed, n_train=n_train, n_eval=0)
     config = AdapterConfig(method=method, rank=args.rank, alpha=None, dropout=0.0, targets=TARGETS, seed=args.seed)
     train = TrainConfig(lr=1.0, steps=1, batch_size=args.batch_size, max_length=args.max_length, seed=args.seed)
     started = time.perf_counter()
     model, tokenizer, _ = adapter_at_initialisation(args.model, config, device=args.device, train_examples=task.train,
                                                     train_config=train)
     print(f"{method}: adapter at initialisation built in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    batches = probe_batches(tokenizer, args.task, data_seed=args.data_seed, n_train=n_train, n_eval=0,
+                            samples=size, batch_size=args.batch_size, max_length=args.max_length)
+    tokens = sum(batch.loss_tokens for batch in batches)
     rows = []
-    for size in sizes:
-        batches = probe_batches(tokenizer, args.task, data_seed=args.data_seed, n_train=max(args.n_train, size),
-                                n_eval=0, samples=size, batch_size=args.batch_size, max_length=args.max_length)
-        tokens = sum(batch.loss_tokens for batch in batches)
-        for blocks, modules, chosen in (("whole", None, None), ("per-module", ("q_proj",), tuple(layers))):
-            settings = MeasureSettings(blocks=blocks, modules=modules, layers=chosen, smallest=False, tol=args.tol,
-                                       max_iter=args.max_iter, max_length=args.max_length)
-            report = measure(model, batches, settings, progress=False)
-            for block in report.blocks:
-                value = float(block.lambda_max)
-                residual = None if block.residual is None or not value else float(block.residual) / abs(value)
-                rows.append(Measured(method, block.name, size, value, bool(block.converged), residual,
-                                     int(block.hvps or 0), float(block.seconds or 0.0), tokens))
-                print(f"  {method} n={size} ({tokens} loss tokens) {block.name}: λ_max {value:.5g} "
-                      f"{'certified' if block.converged else 'NOT certified'} "
-                      f"({block.hvps} products, {block.seconds:.1f} s)", file=sys.stderr)
+    for kind in kinds:
+        whole = kind == "whole"
+        settings = MeasureSettings(blocks=kind, modules=None if whole else ("q_proj",),
+                                   layers=None if whole else tuple(layers), smallest=False, tol=args.tol,
+                                   max_iter=args.max_iter, max_length=args.max_length)
+        report = measure(model, batches, settings, progress=False)
+        for block in report.blocks:
+            value = float(block.lambda_max)
+            residual = None if block.residual is None or not value else float(block.residual) / abs(value)
+            rows.append(Measured(method, block.name, size, value, bool(block.converged), residual,
+                                 int(block.hvps or 0), float(block.seconds or 0.0), tokens))
+            print(f"  {method} n={size} ({tokens} loss tokens) {block.name}: λ_max {value:.5g} "
+                  f"{'certified' if block.converged else 'NOT certified'} "
+                  f"({block.hvps} products, {block.seconds:.1f} s)", file=sys.stderr)
     return rows
+
+
+def load_previous(path: Path | None, args: argparse.Namespace) -> list[Measured]:
+    """The rows of an earlier run into ``path`` (none when it does not exist); its settings must match."""
+    if path is None or not path.exists():
+        return []
+    try:
+        previous = json.loads(path.read_text())
+        settings, rows = previous["settings"], previous["rows"]
+        loaded = [Measured(**row) for row in rows]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SystemExit(f"{path}: not a lambda_samples result ({error}): pass another --out or remove it") from None
+    for name in MEASURED_WITH:
+        if settings.get(name) != getattr(args, name):
+            raise SystemExit(f"{path}: was measured with {name}={settings.get(name)!r}, this run has "
+                             f"{getattr(args, name)!r}: pass --{name.replace('_', '-')} {settings.get(name)} to "
+                             f"resume it, or another --out")
+    return loaded
+
+
+def save(path: Path | None, args: argparse.Namespace, rows: Sequence[Measured], complete: bool) -> list[str]:
+    """Write every row so far, the table and the verdict atomically; return the table's lines."""
+    sizes = tuple(sorted({row.samples for row in rows}))
+    lines, verdict = summarise(rows, sizes, args.within) if rows else ([], {})
+    if path is not None:
+        from hessian_lora._io import write_text_atomic
+
+        settings = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()
+                    if key != "sizes"}
+        document = {"settings": settings, "complete": complete, "rows": [row.__dict__ for row in rows],
+                    "verdict": verdict, "table": lines}
+        write_text_atomic(path, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    return lines
 
 
 def summarise(rows: Sequence[Measured], sizes: Sequence[int], within: float,
@@ -193,22 +252,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    sizes = tuple(sorted(set(_ints(args.samples, "samples"))))
+    args.sizes = tuple(sorted(set(_ints(args.samples, "samples"))))
     layers = _ints(args.layers, "layers", minimum=0)
     methods = [name.strip() for name in args.methods.split(",") if name.strip()]
+    rows = load_previous(args.out, args)
+    if rows:
+        print(f"resuming {args.out}: {len(rows)} values already measured", file=sys.stderr)
     started = time.perf_counter()
-    rows: list[Measured] = []
-    for method in methods:
-        rows += measure_method(method, args, sizes, layers)
-    lines, verdict = summarise(rows, sizes, args.within)
+    # Sizes outer, methods inner: a run stopped part-way has every method at the smaller sizes, which is what
+    # the comparison needs first; each (size, method) is saved as soon as it is measured.
+    for size in args.sizes:
+        for method in methods:
+            kinds = [kind for kind in ("whole", "per-module") if not unit_done(rows, method, size, kind, layers)]
+            if kinds:
+                rows += measure_unit(method, size, kinds, args, layers)
+                save(args.out, args, rows, complete=False)
+    complete = all(unit_done(rows, method, size, kind, layers) for size in args.sizes for method in methods
+                   for kind in ("whole", "per-module"))
+    lines = save(args.out, args, rows, complete=complete)
     print("\n".join(lines))
     print(f"total {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"settings": {key: (str(value) if isinstance(value, Path) else value)
-                                                     for key, value in vars(args).items()},
-                                        "rows": [row.__dict__ for row in rows], "verdict": verdict,
-                                        "table": lines}, indent=2, ensure_ascii=False) + "\n")
     return 0
 
 

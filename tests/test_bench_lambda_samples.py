@@ -4,6 +4,7 @@ on which sample size suffices, from known measurements (no model)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -39,3 +40,37 @@ def test_verdict_names_the_smallest_sample_within_the_tolerance():
     _, strict = lambda_samples.summarise(rows, (8, 32, 128), within=0.01)
     assert strict["smallest_sample_within"] == 128 and "no smaller sample is" in lambda_samples.summarise(
         rows, (8, 32, 128), within=0.01)[0][-1]
+
+
+def test_a_rerun_resumes_skips_what_is_measured_and_refuses_other_settings(tmp_path, monkeypatch):
+    """Each (size, method) is saved as it is measured; a rerun measures only what is missing (here a new size),
+    and a rerun with a setting the values depend on is refused with a one-line error naming the file."""
+    measured = []
+    q = "base_model.model.model.layers.{}.self_attn.q_proj"
+
+    def fake_unit(method, size, kinds, args, layers):
+        measured.append((method, size, tuple(kinds)))
+        rows = []
+        if "whole" in kinds:
+            rows.append(_row(method, "adapter", size, 10.0 * size))
+        if "per-module" in kinds:
+            rows += [_row(method, q.format(layer), size, float(size + layer)) for layer in layers]
+        return rows
+
+    monkeypatch.setattr(lambda_samples, "measure_unit", fake_unit)
+    out = tmp_path / "samples.json"
+    common = ["--methods", "lora,pissa", "--layers", "0,2", "--out", str(out)]
+    assert lambda_samples.main([*common, "--samples", "8,32"]) == 0
+    assert measured == [("lora", 8, ("whole", "per-module")), ("pissa", 8, ("whole", "per-module")),
+                        ("lora", 32, ("whole", "per-module")), ("pissa", 32, ("whole", "per-module"))]
+    first = json.loads(out.read_text())
+    assert first["complete"] and len(first["rows"]) == 12 and "λ n=8" in first["table"][0]
+    measured.clear()
+    assert lambda_samples.main([*common, "--samples", "8,32,128"]) == 0
+    assert measured == [("lora", 128, ("whole", "per-module")), ("pissa", 128, ("whole", "per-module"))]
+    second = json.loads(out.read_text())
+    assert len(second["rows"]) == 18 and second["verdict"]["largest_sample"] == 128
+    measured.clear()
+    with pytest.raises(SystemExit, match=r"samples\.json: was measured with rank=64, this run has 8: pass --rank 64"):
+        lambda_samples.main([*common, "--samples", "8", "--rank", "8"])
+    assert measured == [] and json.loads(out.read_text()) == second  # nothing lost
