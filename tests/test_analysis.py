@@ -322,6 +322,17 @@ def test_optima_at_the_grid_edge_give_no_relation_and_say_why(tmp_path) -> None:
         assert absent not in table.split("\n\n")[-1], absent
 
 
+def test_an_adaptive_sweep_is_told_to_resume_its_search_not_to_edit_an_lr_list(tmp_path) -> None:
+    """An adaptive search has no `lr:` list: it extends past an edge by itself, so the advice is a rerun (and
+    its run budget), never a grid to paste into the config."""
+    for search in ("adaptive", {"mode": "adaptive", "max_runs": 6}):
+        root = write_run_dir(tmp_path / str(len(str(search))), EDGE_METHODS, config={"search": search})
+        extend = analysis.analyze(root, bootstrap_samples=50).relation.extend
+        assert "let the adaptive search extend past the edge" in extend and "max_runs" in extend
+        assert f"hessian-lora sweep CONFIG --out {root}" in extend and "lr: [" not in extend
+        assert "--extend" not in extend
+
+
 def test_censored_methods_are_left_out_of_the_fit_and_counted(tmp_path) -> None:
     methods = {**METHODS, "dora": SyntheticMethod(eta_star=1.0, lambda_init=0.2)}  # optimum beyond the grid
     result = analysis.analyze(write_run_dir(tmp_path / "run", methods), bootstrap_samples=200)

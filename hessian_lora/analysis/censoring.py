@@ -57,11 +57,17 @@ def extension_lrs(lrs: Sequence[float], side: Literal["low", "high"]) -> list[fl
 
 
 def extension_advice(censored: Mapping[str, Censoring], lrs_by_method: Mapping[str, Sequence[float]],
-                     run_dir: str) -> str:
-    """One sentence: which LRs to add (per censored side) and the command that runs only the new points."""
+                     run_dir: str, *, adaptive: bool = False) -> str:
+    """One sentence: which LRs to add (per censored side) and the command that runs only the new points. An
+    adaptive search has no ``lr`` list to edit: it extends past an edge by itself, so the advice is to resume it
+    (and where it stopped at its budget, to raise ``max_runs``)."""
     sides = {side for side in censored.values() if side in ("low", "high")}
     if not sides:
         return ""
+    if adaptive:
+        return (f"let the adaptive search extend past the edge: rerun `hessian-lora sweep CONFIG --out {run_dir}` "
+                f"(it resumes), and where search.json says it stopped at its run budget, raise `max_runs` under "
+                f"`search:` in CONFIG")
     grid = sorted({lr for method in censored for lr in lrs_by_method.get(method, ())})
     added: list[float] = []
     for side in sorted(sides):

@@ -73,6 +73,15 @@ def adam_beta1(config: Mapping[str, Any]) -> float:
         return DEFAULT_BETA1
 
 
+def is_adaptive(config: Mapping[str, Any]) -> bool:
+    """Whether the sweep's config.yaml asks for the adaptive search (``search: adaptive`` or a mapping with
+    ``mode: adaptive``) rather than the whole ``lr`` grid."""
+    search = config.get("search")
+    if isinstance(search, Mapping):
+        return search.get("mode") == "adaptive"
+    return search == "adaptive"
+
+
 @dataclass(frozen=True)
 class MethodSummary:
     """One method's row of the analysis (one rank and batch size; λ values are geometric means over seeds)."""
@@ -239,7 +248,8 @@ def analyze(
                                   draws, best_method, higher, level)
         for method, summary in summaries.items()
     }
-    relation = _relation(summaries, source, bootstrap_samples, seed, draws=draws, level=level, run_dir=str(run_dir))
+    relation = _relation(summaries, source, bootstrap_samples, seed, draws=draws, level=level, run_dir=str(run_dir),
+                         adaptive=is_adaptive(directory.config))
     return Analysis(
         run_dir=str(run_dir), metric=chosen, higher_is_better=higher, beta1=beta1, rank=chosen_rank,
         batch_size=chosen_batch, methods=summaries, best_method=best_method, relation=relation,
@@ -386,7 +396,7 @@ def relation_lambda(summary: MethodSummary) -> float | None:
 
 def _relation(
     summaries: Mapping[str, MethodSummary], source: Literal["whole", "module_median"], samples: int, seed: int,
-    *, draws: Draws | None = None, level: float = 0.95, run_dir: str = "RUN_DIR",
+    *, draws: Draws | None = None, level: float = 0.95, run_dir: str = "RUN_DIR", adaptive: bool = False,
 ) -> Relation:
     """Spearman ρ, power-law slope with its bootstrap interval, c of c/λ and the leave-one-method-out errors,
     over the methods with an interior optimum only (a censored η* is a bound: :mod:`.censoring`); with fewer
@@ -394,7 +404,7 @@ def _relation(
     with_lambda = {name: s for name, s in summaries.items() if relation_lambda(s)}
     censored = {name: s.censored for name, s in with_lambda.items() if s.censored}
     bounds = {name: bound_text(side, with_lambda[name].eta_star) for name, side in censored.items()}
-    extend = extension_advice(censored, {name: s.lrs for name, s in summaries.items()}, run_dir)
+    extend = extension_advice(censored, {name: s.lrs for name, s in summaries.items()}, run_dir, adaptive=adaptive)
     points: dict[str, tuple[float, float]] = {
         name: (relation_lambda(s), s.eta_star) for name, s in with_lambda.items()  # type: ignore[misc]  # with_lambda: λ not None
         if name not in censored
