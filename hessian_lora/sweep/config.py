@@ -96,9 +96,10 @@ class RunSpec:
         return run_id(self.method, self.lr, self.seed, self.rank, self.batch_size)
 
     @property
-    def init_key(self) -> str:
-        """Name of the λ_max-at-initialisation report: the same for every LR and batch size."""
-        return str(InitKey(self.method, self.rank, self.seed))
+    def init_key(self) -> InitKey:
+        """Which adapter at initialisation the run starts from (its λ_max report's key): the same for every LR and
+        batch size."""
+        return InitKey(self.method, self.rank, self.seed)
 
 
 # The YAML keeps its flat keys; these are the ones that live in the nested adapter and training settings (the

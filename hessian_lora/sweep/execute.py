@@ -31,7 +31,7 @@ from hessian_lora.evaluate import evaluate
 from hessian_lora.hessian.memory_plan import release_freed_memory
 from hessian_lora.measure import measure
 from hessian_lora.precision import cast_base_weights
-from hessian_lora.rundir import InitKey, RunLayout, Status
+from hessian_lora.rundir import RunLayout, Status
 from hessian_lora.sweep.config import RunSpec, SweepConfig
 from hessian_lora.sweep.init_reuse import inputs_digest, reuse_identical_report
 from hessian_lora.training import train as train_loop
@@ -88,7 +88,7 @@ def execute_run(
     hessian_seconds = 0.0
     if config.hessian.init:
         clock = time.perf_counter()
-        key = InitKey(spec.method, spec.rank, spec.seed)
+        key = spec.init_key
         assert hessian_batches is not None  # hessian.init implies hessian.enabled
         if not (layout.init_report(key).is_file() and layout.init_inputs(key).is_file()):
             # a seed whose adapter at init is bit-identical to another's (PiSSA, MiLoRA, OLoRA) takes its report

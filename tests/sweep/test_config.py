@@ -62,7 +62,7 @@ def test_run_ids_are_stable_and_unique():
     ids = [spec.run_id for spec in config.runs()]
     assert len(ids) == len(set(ids)) == 2 * 3 * 2 * 2
     assert run_id("lora", 1e-3, 0, 4, 8) == "lora_r4_s0_b8_lr1.0000e-03"
-    assert config.runs()[0].init_key == "lora_r2_s0"
+    assert str(config.runs()[0].init_key) == "lora_r2_s0"
 
 
 def test_config_round_trips_through_plain_data():
