@@ -160,6 +160,9 @@ class ReportView:
 
     report: EigenReport
     path: str = ""
+    # Blocks merged in from a report measured on another number of examples (an _init_modules.json made with
+    # scripts/init_modules.py --samples): their count, since ``settings`` are the primary report's.
+    merged_samples: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     @cached_property
     def blocks(self) -> tuple[BlockView, ...]:  # built once: ``whole`` and ``modules`` compare by identity
@@ -199,6 +202,13 @@ class ReportView:
         """λ₁(P⁻¹H) of the whole adapter, or None."""
         block = self.whole
         return block.precond_sharpness if block else None
+
+    def samples_of(self, block: BlockView) -> int | None:
+        """The number of training examples ``block``'s λ_max was measured on (None when not recorded)."""
+        if block.name in self.merged_samples:
+            return self.merged_samples[block.name]
+        samples = self.settings.get("samples")
+        return samples if isinstance(samples, int) and not isinstance(samples, bool) else None
 
     def first_with(self, attribute: BlockPart) -> BlockView | None:
         """The whole block if it has ``attribute`` (e.g. ``density``), else the first block that has it."""
@@ -264,14 +274,18 @@ def merge_reports(primary: ReportView, extra: ReportView) -> ReportView:
         return "" if block.is_whole else block.name  # whole-adapter blocks match whatever they are called
 
     blocks = {key(block): block.report for block in primary.blocks}
+    samples = dict(primary.merged_samples)
     for view in extra.blocks:
         kept = blocks.get(key(view))
         if kept is None:
             blocks[key(view)] = view.report
+            measured_on = extra.samples_of(view)
+            if measured_on is not None and measured_on != primary.settings.get("samples"):
+                samples[view.name] = measured_on
             continue
         blocks[key(view)] = _fill_optional_parts(kept, view.report)
     report = dataclasses.replace(primary.report, blocks=tuple(blocks.values()))
-    return ReportView(report, primary.path)
+    return ReportView(report, primary.path, samples)
 
 
 def _fill_optional_parts(kept: BlockReport, extra: BlockReport) -> BlockReport:

@@ -367,3 +367,14 @@ def test_cost_section_sums_what_the_rows_and_reports_recorded(tmp_path) -> None:
     assert data["eigen_blocks"] == len(blocks) and data["eigen_products"] == sum(b["hvps"] for b in blocks)
     assert data["eigen_seconds"] == pytest.approx(sum(b["seconds"] for b in blocks))
     assert text.startswith("### Cost (as recorded)") and f"{count} finished runs took" in text
+
+
+def test_the_module_median_says_what_it_stands_on(tmp_path) -> None:
+    """The per-module median names its module kinds, how many layers, which seeds and how many examples."""
+    result = analysis.analyze(write_run_dir(tmp_path / "run", METHODS), bootstrap_samples=50)
+    basis = result.methods["lora"].lambda_init_module_basis
+    assert basis == "q_proj/v_proj of 2 layers, seed 0, 16 examples"  # the synthetic run: one seed, layers 0-1
+    from hessian_lora.analysis.summary import _module_basis
+
+    assert _module_basis({"q_proj"}, {0, 14, 29}, {1}, {8, 64}) == "q_proj of 3 layers, seed 1, 8–64 examples"
+    assert _module_basis(set(), set(), set(), set()) is None

@@ -75,6 +75,8 @@ def test_lambda_ratios_name_their_block_and_the_seed_spread() -> None:
     data["methods"]["lora"]["lambda_init_module_median"], data["methods"]["pissa"]["lambda_init_module_median"] = (
         0.43, 4.78)
     assert _rows(data, "λ_max")["pissa"] == ("11.1× (per-module median)", "same order (within 3×)")
+    data["methods"]["pissa"]["lambda_init_module_basis"] = "q_proj of 30 layers, seed 1, 8 examples"
+    assert _rows(data, "λ_max")["pissa"][0] == "11.1× (per-module median: q_proj of 30 layers, seed 1, 8 examples)"
 
 
 @pytest.mark.parametrize(("interval", "verdict"), [

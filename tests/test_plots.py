@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import colorsys
+import json
 
 import matplotlib.image
 import pytest
@@ -248,3 +249,23 @@ def test_a_censored_optimum_gets_an_arrow_inside_the_frame(tmp_path) -> None:
             assert head > tail and low <= tail < head <= high  # pointing up (η* ≥), head in frame
         assert "arrow" in axes.get_title() or any("arrow" in text.get_text() for legend in figure.legends
                                                    for text in legend.get_texts())
+
+
+def test_module_ratios_title_names_the_examples_the_modules_were_measured_on(tmp_path) -> None:
+    """A per-module scan merged from its own report (scripts/init_modules.py --samples 4) keeps its own sample
+    count, though the merged report's settings are the whole-adapter report's; figure (c) names it."""
+    run_dir = write_run_dir(tmp_path / "run", {name: METHODS[name] for name in ("lora", "pissa")})
+    directory = analysis.read_run_directory(run_dir)
+    assert "(on 16 training examples)" in plots.figure_module_ratios(directory)._suptitle.get_text()
+    for path in sorted((run_dir / "hessian").glob("*_init.json")):
+        data = json.loads(path.read_text())
+        modules = {**data, "settings": {**data["settings"], "samples": 4},
+                   "blocks": [block for block in data["blocks"] if block["name"] != "adapter"]}
+        data["blocks"] = [block for block in data["blocks"] if block["name"] == "adapter"]
+        assert modules["blocks"] and data["blocks"]
+        path.write_text(json.dumps(data))
+        path.with_name(path.stem + "_modules.json").write_text(json.dumps(modules))
+    directory = analysis.read_run_directory(run_dir)
+    report = next(iter(directory.init_reports.values()))
+    assert report.samples_of(report.whole) == 16 and {report.samples_of(block) for block in report.modules} == {4}
+    assert "(on 4 training examples)" in plots.figure_module_ratios(directory)._suptitle.get_text()

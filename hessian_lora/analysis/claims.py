@@ -157,7 +157,8 @@ def _lambda_rows(data: Mapping[str, Any]) -> list[ClaimRow]:
         module, ref_module = method.get("lambda_init_module_median"), reference.get("lambda_init_module_median")
         whole, ref_whole = method.get("lambda_init_whole"), reference.get("lambda_init_whole")
         if module and ref_module:
-            ratio, block = module / ref_module, "per-module median"
+            basis = method.get("lambda_init_module_basis")
+            ratio, block = module / ref_module, "per-module median" + (f": {basis}" if basis else "")
         elif whole and ref_whole:
             ratio, block = whole / ref_whole, "whole adapter"
         else:

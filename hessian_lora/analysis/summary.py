@@ -107,6 +107,8 @@ class MethodSummary:
     # Worst relative residual of a λ_max at init the solver did not certify (None: all certified), per source.
     lambda_init_whole_uncertified: float | None = None
     lambda_init_module_uncertified: float | None = None
+    # What the per-module median stands on, e.g. "q_proj of 30 layers, seed 1, 8 examples" (None without modules).
+    lambda_init_module_basis: str | None = None
     lambda_final_whole: float | None = None
     lambda_final_module_median: float | None = None
     precond_lambda_final: float | None = None
@@ -291,11 +293,22 @@ def _summarise_method(
     init_median: list[float | None] = []
     whole_uncertified: list[float] = []
     module_uncertified: list[float] = []
+    module_kinds: set[str] = set()
+    module_layers: set[int] = set()
+    module_seeds: set[int] = set()
+    module_samples: set[int] = set()
     for seed in sorted({run.seed for run in method_runs}):
         report = directory.init_report(curve.method, seed, method_runs[0].rank)
         if report is not None:
             init_whole.append(report.whole.lambda_max if report.whole else None)
             init_median.append(report.module_median)
+            for block in report.modules:
+                module_kinds.add(block.module)
+                module_seeds.add(seed)
+                if block.layer is not None:
+                    module_layers.add(block.layer)
+                if (count := report.samples_of(block)) is not None:
+                    module_samples.add(count)
             if report.whole and report.whole.uncertified_residual is not None:
                 whole_uncertified.append(report.whole.uncertified_residual)
             module_uncertified += [block.uncertified_residual for block in report.modules
@@ -336,6 +349,7 @@ def _summarise_method(
         lambda_init_module_median=_geometric_mean(init_median),
         lambda_init_whole_uncertified=max(whole_uncertified, default=None),
         lambda_init_module_uncertified=max(module_uncertified, default=None),
+        lambda_init_module_basis=_module_basis(module_kinds, module_layers, module_seeds, module_samples),
         lambda_final_whole=lambda_final,
         lambda_final_module_median=_geometric_mean(final_median),
         precond_lambda_final=precond_final,
@@ -387,6 +401,18 @@ def _with_relation_lambda(
         lambda_init_whole=whole,
         eta_lambda_over_2=summary.eta_star * relation_lambda / 2 if relation_lambda else None,
     )
+
+
+def _module_basis(kinds: set[str], layers: set[int], seeds: set[int], samples: set[int]) -> str | None:
+    """``q_proj of 30 layers, seed 1, 8 examples``: what a per-module median was measured on."""
+    if not kinds:
+        return None
+    text = "/".join(sorted(kinds)) + (f" of {len(layers)} layer{'s' if len(layers) != 1 else ''}" if layers else "")
+    text += f", seed{'s' if len(seeds) != 1 else ''} {', '.join(str(seed) for seed in sorted(seeds))}"
+    if samples:
+        low, high = min(samples), max(samples)
+        text += f", {low} examples" if low == high else f", {low}–{high} examples"
+    return text
 
 
 def relation_lambda(summary: MethodSummary) -> float | None:

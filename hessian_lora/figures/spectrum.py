@@ -20,9 +20,11 @@ from hessian_lora.reports import BlockPart, BlockView, ReportView, module_kind
 from hessian_lora.runs import RunDirectory
 
 
-def _module_values(directory: RunDirectory, method: str) -> tuple[dict[str, float], set[str]]:
+def _module_values(directory: RunDirectory, method: str,
+                   samples: set[int] | None = None) -> tuple[dict[str, float], set[str]]:
     """Per-module λ_max at init, geometric mean over the method's seeds, and the modules with a λ_max of any seed
-    that its solver did not certify."""
+    that its solver did not certify; the numbers of training examples they were measured on are added to
+    ``samples``."""
     collected: dict[str, list[float]] = {}
     uncertified: set[str] = set()
     for key, report in directory.init_reports.items():
@@ -33,6 +35,8 @@ def _module_values(directory: RunDirectory, method: str) -> tuple[dict[str, floa
                 collected.setdefault(block.name, []).append(block.lambda_max)
                 if block.uncertified_residual is not None:
                     uncertified.add(block.name)
+                if samples is not None and (count := report.samples_of(block)) is not None:
+                    samples.add(count)
     return {name: float(10 ** np.mean(np.log10(values))) for name, values in collected.items()}, uncertified
 
 
@@ -44,7 +48,8 @@ def figure_module_ratios(directory: RunDirectory, methods: Sequence[str] | None 
     names = sorted({key.method for key in directory.init_reports}, key=method_sort_key)
     if methods is not None:
         names = [name for name in names if name in methods]
-    measured = {name: _module_values(directory, name) for name in names}
+    sample_sizes: set[int] = set()
+    measured = {name: _module_values(directory, name, sample_sizes) for name in names}
     values = {name: blocks for name, (blocks, _) in measured.items() if blocks}
     uncertified = {name: flagged for name, (_, flagged) in measured.items()}
     if reference not in values:
@@ -111,7 +116,11 @@ def figure_module_ratios(directory: RunDirectory, methods: Sequence[str] | None 
         figure.axes[0].plot([], [], label=f"{method_label(name)}{text}", **method_style(name, line=False))
     figure.legend(loc="outside lower center", ncol=min(len(others), max(2, columns)), fontsize=9)
     hollow = "; hollow: a λ_max not certified" if any_uncertified else ""
-    figure.suptitle(rf"Per-module $\lambda_{{\max}}$ at initialisation relative to {method_label(reference)}"
+    on = ""
+    if sample_sizes:  # the probe's size belongs in the title: the per-module scan may use fewer examples
+        low, high = min(sample_sizes), max(sample_sizes)
+        on = f" (on {low} training examples)" if low == high else f" (on {low}–{high} training examples)"
+    figure.suptitle(rf"Per-module $\lambda_{{\max}}$ at initialisation relative to {method_label(reference)}{on}"
                     "\none marker per measured layer (no line: the layers between were not measured),\n"
                     f"methods nudged apart; dashed: median over all modules{hollow}", fontsize=10)
     return figure
