@@ -269,3 +269,26 @@ def test_module_ratios_title_names_the_examples_the_modules_were_measured_on(tmp
     report = next(iter(directory.init_reports.values()))
     assert report.samples_of(report.whole) == 16 and {report.samples_of(block) for block in report.modules} == {4}
     assert "(on 4 training examples)" in plots.figure_module_ratios(directory)._suptitle.get_text()
+
+
+def test_sharpness_figure_draws_lambdas_seed_range_and_says_so(run_dir) -> None:
+    """(b): each point is the geometric mean of its seeds' λ; the horizontal bar spans their range."""
+    result = analysis.analyze(run_dir, bootstrap_samples=50)
+    figure = plots.figure_sharpness_vs_lr(result)
+    axes = figure.axes[0]
+    spans = {}
+    for container in axes.containers:
+        _, _, bar_lines = container.lines
+        label = container.get_label()
+        for name, summary in result.methods.items():
+            if label.startswith(plots.method_label(name) + ":"):
+                horizontal = [segments for segments in bar_lines if any(abs(s[0][1] - s[1][1]) < 1e-12
+                                                                        for s in segments.get_segments())]
+                (segment,) = horizontal[0].get_segments()
+                spans[name] = (segment[0][0], segment[1][0])
+                per_seed = list(summary.lambda_init_per_seed.values())
+                assert spans[name] == pytest.approx((min(per_seed), max(per_seed)))
+    assert set(spans) == set(result.methods) and all(low < high for low, high in spans.values())
+    labels = [text.get_text() for legend in figure.legends for text in legend.get_texts()]
+    assert any(text.startswith("horizontal bars: λ's range over seeds (at most ") for text in
+               "; ".join(labels).split("; "))

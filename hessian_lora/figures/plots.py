@@ -142,7 +142,8 @@ def uncertified_lambda(summary: MethodSummary, source: str) -> float | None:
 def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
     """(b) η* against λ_max at init per method (hollow: λ not certified), the fit, the gradient-descent bound
     2/λ and (with λ̃ measured) Adam's limit. The y range always holds 2/λ at every method's λ (and Adam's limit
-    at every λ̃), so no reference line leaves the frame where a point sits."""
+    at every λ̃), so no reference line leaves the frame where a point sits. Horizontal bars: λ's range over the
+    seeds."""
     points = {name: relation_lambda(summary) for name, summary in analysis.methods.items()}
     points = {name: value for name, value in points.items() if value}
     precond = {name: s.precond_lambda_final for name, s in analysis.methods.items() if s.precond_lambda_final}
@@ -154,6 +155,7 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
     xs_all: list[float] = []
     ys_all: list[float] = []
     uncertified_any = False
+    widest_seed_spread: float | None = None
     for name, lam in points.items():
         summary = analysis.methods[name]
         style = method_style(name, line=False)
@@ -161,6 +163,13 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
         # where the optimum may lie, left out of the fit.
         interval = summary.eta_ci if not summary.censored else None
         yerr = ([[summary.eta_star - interval[0]], [interval[1] - summary.eta_star]] if interval else None)
+        # The horizontal bar is λ's range over the seeds (the point is their geometric mean).
+        seeds_lambda = [value for value in summary.lambda_init_per_seed.values() if value]
+        xerr = None
+        if len(seeds_lambda) > 1:
+            xerr = [[lam - min(seeds_lambda)], [max(seeds_lambda) - lam]]
+            spread = max(seeds_lambda) / min(seeds_lambda) - 1
+            widest_seed_spread = spread if widest_seed_spread is None else max(widest_seed_spread, spread)
         if summary.censored:  # a bound: an arrow towards where the optimum may lie (the marker stays the method's)
             bound_arrow(axes, lam, summary.eta_star, summary.censored, method_color(name))
         bound = {"high": "≥ ", "low": "≤ "}.get(summary.censored or "", "= ")
@@ -170,7 +179,7 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
         style.update(markersize=10, markeredgewidth=0.7)
         if residual is not None:  # hollow: the value is a lower bound on λ_max, not certified to tol
             style.update(markerfacecolor="white", markeredgecolor=method_color(name), markeredgewidth=2.0)
-        axes.errorbar([lam], [summary.eta_star], yerr=yerr, capsize=3, ecolor=method_color(name),
+        axes.errorbar([lam], [summary.eta_star], yerr=yerr, xerr=xerr, capsize=3, ecolor=method_color(name),
                       label=rf"{method_label(name)}: $\lambda_{{\max}}$ = {lam:.3g}{uncertified}, $\eta^*$ {bound}"
                             rf"{format_lr(summary.eta_star)}, $\eta^*\lambda/2$ {bound}{summary.eta_star * lam / 2:.2g}"
                             rf"{' (censored)' if summary.censored else ''}", **style)
@@ -207,6 +216,8 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
     source = "whole adapter" if relation.lambda_source == "whole" else "median over modules"
     notes = [f"bars: {analysis.level:.0%} bootstrap CI of η*"] if any(
         s.eta_ci for s in analysis.methods.values()) else []
+    if widest_seed_spread is not None:  # said, since a spread of a few per cent is narrower than the marker
+        notes.append(f"horizontal bars: λ's range over seeds (at most {widest_seed_spread:.1%} here)")
     if any(analysis.methods[name].censored for name in points):  # the arrow explained, with or without bars
         notes.append("arrow: censored η* (a bound, not in the fit)")
     if notes:
