@@ -166,9 +166,11 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
         # The horizontal bar is λ's range over the seeds (the point is their geometric mean).
         seeds_lambda = [value for value in summary.lambda_init_per_seed.values() if value]
         xerr = None
-        if len(seeds_lambda) > 1:
-            xerr = [[lam - min(seeds_lambda)], [max(seeds_lambda) - lam]]
-            spread = max(seeds_lambda) / min(seeds_lambda) - 1
+        spread = max(seeds_lambda) / min(seeds_lambda) - 1 if len(seeds_lambda) > 1 else 0.0
+        # A seed-independent initialisation (PiSSA, MiLoRA, OLoRA: the SVD, not the seed, fixes the adapter) gives
+        # every seed the same λ, and their geometric mean can round a few ulps outside that "range": no bar then.
+        if spread > 1e-9:
+            xerr = [[max(0.0, lam - min(seeds_lambda))], [max(0.0, max(seeds_lambda) - lam)]]
             widest_seed_spread = spread if widest_seed_spread is None else max(widest_seed_spread, spread)
         if summary.censored:  # a bound: an arrow towards where the optimum may lie (the marker stays the method's)
             bound_arrow(axes, lam, summary.eta_star, summary.censored, method_color(name))
