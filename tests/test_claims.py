@@ -102,3 +102,16 @@ def test_write_analysis_ships_the_claims_in_json_and_markdown(tmp_path) -> None:
     assert {row["method"] for row in claims} >= {"lora", "pissa", "milora", "all"}
     text = md_path.read_text()
     assert "### The paper's claims" in text and "| tuned, every method peaks within 1–2 % of the best | pissa |" in text
+
+
+def test_a_figure_below_the_papers_up_to_is_not_called_a_difference() -> None:
+    """OLoRA's and LoRA-GA's figures are the paper's "up to" (the larger of the two): below it is neither a
+    contradiction nor a confirmation; above it still differs."""
+    data = _data(lora=_method(1e-3, best=True, eta_ci=(9e-4, 1.1e-3), lam=32.0),
+                 loraga=_method(2.6e-4, eta_ci=(2.1e-4, 3.2e-4), lam=1035.0),  # 3.8× [2.8×, 5.2×] < 18.2×
+                 olora=_method(1e-5, eta_ci=(8e-6, 1.2e-5), lam=13094.0))     # 100× [75×, 138×] > 18.2×
+    lr, lam = _rows(data, "η*"), _rows(data, "λ_max")
+    assert lr["loraga"][1] == lam["loraga"][1].split(";")[0] == (
+        "below the paper's \"up to\": not a contradiction, and no value to confirm")
+    assert lr["olora"][1] == "differs: our interval is above the paper's factor"
+    assert lam["olora"][1].startswith("differs: 4.09× above the paper's")

@@ -41,6 +41,9 @@ PAPER_LR_FACTOR: Mapping[str, float] = {"pissa": 10.0, "milora": 3.2, "initab": 
 PAPER_LAMBDA_RATIO: Mapping[str, float] = {"pissa": 10.0, "milora": 2.0, "initab": 2.0, "olora": 100.0,
                                            "loraga": 100.0}
 UP_TO = frozenset({"olora", "loraga"})  # the paper gives their figures as "up to"
+# An "up to" is the larger figure of OLoRA and LoRA-GA, not each one's: a value below it cannot contradict it, and
+# it confirms no value either, so it is not called "differs" (nor "consistent").
+UNDER_UP_TO = "below the paper's \"up to\": not a contradiction, and no value to confirm"
 # Two ratios "agree in order of magnitude" within this factor of each other (a stated, not a statistical, threshold).
 ORDER_OF_MAGNITUDE = 3.0
 
@@ -134,8 +137,12 @@ def _lr_rows(data: Mapping[str, Any]) -> list[ClaimRow]:
             continue
         low, high = ref_ci[0] / ours_ci[1], ref_ci[1] / ours_ci[0]
         inside = low <= factor <= high
-        verdict = "consistent: the paper's factor is inside our interval" if inside else (
-            f"differs: our interval is {'below' if high < factor else 'above'} the paper's factor")
+        if inside:
+            verdict = "consistent: the paper's factor is inside our interval"
+        elif high < factor and name in UP_TO:
+            verdict = UNDER_UP_TO
+        else:
+            verdict = f"differs: our interval is {'below' if high < factor else 'above'} the paper's factor"
         rows.append(ClaimRow(claim, name, paper, f"{_ratio(point)} [{_ratio(low)}, {_ratio(high)}]", verdict))
     return rows
 
@@ -169,6 +176,8 @@ def _lambda_rows(data: Mapping[str, Any]) -> list[ClaimRow]:
         off = max(ratio / factor, factor / ratio)
         if off <= ORDER_OF_MAGNITUDE:
             verdict = f"same order (within {ORDER_OF_MAGNITUDE:g}×)"
+        elif ratio < factor and name in UP_TO:
+            verdict = UNDER_UP_TO
         else:
             verdict = f"differs: {off:.3g}× {'above' if ratio > factor else 'below'} the paper's"
         if block == "whole adapter":
