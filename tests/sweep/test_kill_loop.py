@@ -1,8 +1,8 @@
 """A randomised kill loop: ≥ 30 SIGKILLs of a sweep's process group at random moments, each followed by a resume.
 
 Each phase starts in a fresh directory; its first kill hits a real ``python -m hessian_lora sweep`` in its first
-seconds (import, preflight, config.yaml), the others hit forked sweeps (no import cost) at random moments or
-exactly while an eigen report's temporary file exists. Atomic writes are slowed (fsync sleeps) in the killed
+seconds (import, preflight, config.yaml), the others hit sweeps forked from a clean fork server (no import cost)
+at random moments or exactly while an eigen report's temporary file exists. Atomic writes are slowed (fsync sleeps) in the killed
 processes so that kills land inside writes often. Every phase ends with an uninterrupted resume whose table must
 equal an uninterrupted sweep's (timing columns aside) and a directory without temporary files or staging
 directories.
@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,31 +82,97 @@ def _spawn_subprocess(config_path: Path, run_dir: Path) -> int:
     return process.pid
 
 
-def _spawn_fork(config_path: Path, run_dir: Path) -> int:
-    """A sweep in a forked child (its own process group); the parent has imported everything already."""
-    pid = os.fork()
-    if pid == 0:  # the child: never return into pytest
-        code = 99
+# The forked sweeps come from a fork server: a fresh interpreter that has imported everything and started no
+# thread, so each fork copies a process in which no lock can be held by another thread. Forking pytest itself did
+# once leave a child in a futex for ever (a lock held at fork time by one of pytest's other threads: the suite's
+# earlier tests start them). The server answers one line per command on stdin: "fork ARGV..." → the child's pid;
+# "poll PID" → "running" or its wait status; "kill PID" → SIGKILLs the child's process group and reaps it, then
+# "killed STATUS", or "ended STATUS" when it had already ended.
+FORK_SERVER = BOOT.replace("sys.exit(main(sys.argv[1:]))\n", """\
+import contextlib, signal
+import hessian_lora.sweep.runner  # imported before any fork, so a child starts its sweep at once
+for line in sys.stdin:
+    command, *args = line.split()
+    if command == "fork":
+        pid = os.fork()
+        if pid == 0:  # the child: never return into the loop
+            code = 99
+            try:
+                os.setpgid(0, 0)
+                devnull = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(devnull, fd)
+                code = main(args)
+            except BaseException:
+                code = 98
+            finally:
+                os._exit(code)
+        with contextlib.suppress(OSError):  # both sides set the group, so a kill right after the fork finds it
+            os.setpgid(pid, pid)
+        reply = str(pid)
+    elif command == "poll":
+        done, status = os.waitpid(int(args[0]), os.WNOHANG)
+        reply = str(status) if done else "running"
+    elif command == "kill":
+        pid = int(args[0])
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            reply = f"ended {status}"
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            reply = f"killed {os.waitpid(pid, 0)[1]}"
+    else:
+        reply = "unknown command"
+    sys.stdout.write(reply + "\\n")
+    sys.stdout.flush()
+""")
+
+
+class ForkServer:
+    """Forks sweeps from a clean interpreter (see FORK_SERVER); the same calls as the local helpers below."""
+
+    def __init__(self) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        self.process = subprocess.Popen([sys.executable, "-c", FORK_SERVER], env=env, text=True,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def _ask(self, *words: object) -> str:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(" ".join(map(str, words)) + "\n")
+        self.process.stdin.flush()
+        reply = self.process.stdout.readline().strip()
+        assert reply and reply != "unknown command", f"fork server: {reply!r} to {words}"
+        return reply
+
+    def spawn(self, config_path: Path, run_dir: Path) -> int:
+        return int(self._ask("fork", *_argv(config_path, run_dir)))
+
+    def finished(self, pid: int) -> bool:
+        return self._ask("poll", pid) != "running"
+
+    def kill(self, pid: int) -> bool:
+        """SIGKILL the sweep's process group; True when it was still running (the kill interrupted it)."""
+        how, status = self._ask("kill", pid).split()
+        return how == "killed" and os.WIFSIGNALED(int(status)) and os.WTERMSIG(int(status)) == signal.SIGKILL
+
+    def wait_bounded(self, pid: int, limit_s: float) -> bool:
+        """Reap ``pid`` if it ends within ``limit_s`` (True); False if it is still running then."""
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            if self.finished(pid):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()  # the loop ends at end of input
         try:
-            os.setpgid(0, 0)
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 1)
-            os.dup2(devnull, 2)
-            real_fsync = os.fsync
-
-            def slow_fsync(fd: int) -> None:
-                time.sleep(SLOW_FSYNC_S)
-                real_fsync(fd)
-
-            os.fsync = slow_fsync
-            from hessian_lora.cli import main
-
-            code = main(_argv(config_path, run_dir))
-        except BaseException:
-            code = 98
-        finally:
-            os._exit(code)
-    return pid
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def _finished(pid: int) -> int | None:
@@ -115,7 +182,7 @@ def _finished(pid: int) -> int | None:
 
 
 def _kill(pid: int) -> bool:
-    """SIGKILL the process group of ``pid``; True when it was still running (the kill interrupted it)."""
+    """SIGKILL the process group of ``pid`` (a child of this process); True when it was still running (the kill interrupted it)."""
     if _finished(pid) is not None:
         return False
     with contextlib.suppress(ProcessLookupError):
@@ -137,16 +204,6 @@ def _wait_for_eigen_temp(pid: int, run_dir: Path, limit_s: float) -> bool:
     return False
 
 
-def _wait_bounded(pid: int, limit_s: float) -> bool:
-    """Reap ``pid`` if it ends within ``limit_s`` (True); False if it is still running then."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if _finished(pid) is not None:
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def _finished_peek(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -159,8 +216,15 @@ def _finished_peek(pid: int) -> bool:
         return True
 
 
+@pytest.fixture
+def fork_server() -> Iterator[ForkServer]:
+    server = ForkServer()
+    yield server
+    server.close()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork") or sys.platform != "linux", reason="fork and /proc (Linux)")
-def test_random_kills_then_resume_give_the_uninterrupted_table(tmp_path: Path) -> None:
+def test_random_kills_then_resume_give_the_uninterrupted_table(tmp_path: Path, fork_server: ForkServer) -> None:
     started = time.monotonic()
     config_path = tmp_path / "kill.yaml"
     config_path.write_text(yaml.safe_dump(CONFIG))
@@ -185,16 +249,16 @@ def test_random_kills_then_resume_give_the_uninterrupted_table(tmp_path: Path) -
             phase_kills += 1
             log.append(f"phase {phases}: fresh-directory kill")
         while kills < KILLS and phase_kills < 12:
-            pid = _spawn_fork(config_path, run_dir)
+            pid = fork_server.spawn(config_path, run_dir)
             if rng.random() < 0.4:
                 if not _wait_for_eigen_temp(pid, run_dir, limit_s=15.0):
-                    # no eigen write came: let the sweep end, the phase is complete. Bounded: a child forked
-                    # while another thread of pytest held a lock can hang on it for ever (seen once, in a futex).
-                    if not _wait_bounded(pid, limit_s=180.0):
-                        _kill(pid)
+                    # no eigen write came: let the sweep end, the phase is complete (bounded all the same: a
+                    # hung child is killed and said, and the resume below still has to give the table).
+                    if not fork_server.wait_bounded(pid, limit_s=180.0):
+                        fork_server.kill(pid)
                         log.append(f"phase {phases}: a forked child hung and was killed")
                     break
-                if _kill(pid):
+                if fork_server.kill(pid):
                     kills += 1
                     eigen_kills += 1
                     phase_kills += 1
@@ -202,7 +266,7 @@ def test_random_kills_then_resume_give_the_uninterrupted_table(tmp_path: Path) -
                     continue
             else:
                 time.sleep(rng.uniform(0.02, 2.0))
-                if _kill(pid):
+                if fork_server.kill(pid):
                     kills += 1
                     phase_kills += 1
                     stale_after_kill += bool([p for p in run_dir.rglob(".*.tmp")])
