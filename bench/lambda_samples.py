@@ -8,9 +8,9 @@ so a change is the data added, not another draw), for the whole adapter and for 
 gives each λ, its relative change against the largest sample, and each method's ratio to LoRA (what the relation
 and the per-module figure use). A value that is not certified is marked; its change says less than its residual.
 
-Resumable: every (size, method) is written to ``--out`` (atomically) as soon as it is measured, smaller sizes
-first, and a rerun with the same ``--out`` skips what is there (its settings must match; ``--methods`` and
-``--samples`` may grow). ``complete`` in the JSON says whether every requested value is in.
+Resumable: every (size, kind, method) is written to ``--out`` (atomically) as soon as it is measured, smaller
+sizes first and at each size the whole adapter before the modules, and a rerun with the same ``--out`` skips what
+is there (its settings must match; ``--methods`` and ``--samples`` may grow). ``complete`` in the JSON says whether every requested value is in.
 
 The verdict names the smallest sample whose whole-adapter λ and ratios to LoRA are all within ``--within`` of the
 largest sample's: a statement relative to the largest sample measured, not to the population.
@@ -259,14 +259,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rows:
         print(f"resuming {args.out}: {len(rows)} values already measured", file=sys.stderr)
     started = time.perf_counter()
-    # Sizes outer, methods inner: a run stopped part-way has every method at the smaller sizes, which is what
-    # the comparison needs first; each (size, method) is saved as soon as it is measured.
+    # Sizes outer, then the whole adapter before the modules, methods inner: a run stopped part-way has every
+    # method at the smaller sizes, and at a size every method's whole-adapter λ (what the relation uses) before
+    # any per-module one; each (size, kind, method) is saved as soon as it is measured. The adapter is rebuilt
+    # for each kind (seconds, against minutes of products).
     for size in args.sizes:
-        for method in methods:
-            kinds = [kind for kind in ("whole", "per-module") if not unit_done(rows, method, size, kind, layers)]
-            if kinds:
-                rows += measure_unit(method, size, kinds, args, layers)
-                save(args.out, args, rows, complete=False)
+        for kind in ("whole", "per-module"):
+            for method in methods:
+                if not unit_done(rows, method, size, kind, layers):
+                    rows += measure_unit(method, size, [kind], args, layers)
+                    save(args.out, args, rows, complete=False)
     complete = all(unit_done(rows, method, size, kind, layers) for size in args.sizes for method in methods
                    for kind in ("whole", "per-module"))
     lines = save(args.out, args, rows, complete=complete)

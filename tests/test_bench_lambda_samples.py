@@ -43,7 +43,8 @@ def test_verdict_names_the_smallest_sample_within_the_tolerance():
 
 
 def test_a_rerun_resumes_skips_what_is_measured_and_refuses_other_settings(tmp_path, monkeypatch):
-    """Each (size, method) is saved as it is measured; a rerun measures only what is missing (here a new size),
+    """Each (size, kind, method) is saved as it is measured, every method's whole adapter before any module at a
+    size; a rerun measures only what is missing (here a new size),
     and a rerun with a setting the values depend on is refused with a one-line error naming the file."""
     measured = []
     q = "base_model.model.model.layers.{}.self_attn.q_proj"
@@ -61,13 +62,14 @@ def test_a_rerun_resumes_skips_what_is_measured_and_refuses_other_settings(tmp_p
     out = tmp_path / "samples.json"
     common = ["--methods", "lora,pissa", "--layers", "0,2", "--out", str(out)]
     assert lambda_samples.main([*common, "--samples", "8,32"]) == 0
-    assert measured == [("lora", 8, ("whole", "per-module")), ("pissa", 8, ("whole", "per-module")),
-                        ("lora", 32, ("whole", "per-module")), ("pissa", 32, ("whole", "per-module"))]
+    assert measured == [(method, size, (kind,)) for size in (8, 32) for kind in ("whole", "per-module")
+                        for method in ("lora", "pissa")]
     first = json.loads(out.read_text())
     assert first["complete"] and len(first["rows"]) == 12 and "λ n=8" in first["table"][0]
     measured.clear()
     assert lambda_samples.main([*common, "--samples", "8,32,128"]) == 0
-    assert measured == [("lora", 128, ("whole", "per-module")), ("pissa", 128, ("whole", "per-module"))]
+    assert measured == [("lora", 128, ("whole",)), ("pissa", 128, ("whole",)), ("lora", 128, ("per-module",)),
+                        ("pissa", 128, ("per-module",))]
     second = json.loads(out.read_text())
     assert len(second["rows"]) == 18 and second["verdict"]["largest_sample"] == 128
     measured.clear()
