@@ -10,7 +10,7 @@ and the per-module figure use). A value that is not certified is marked; its cha
 
 Resumable: every (size, kind, method) is written to ``--out`` (atomically) as soon as it is measured, smaller
 sizes first and at each size the whole adapter before the modules, and a rerun with the same ``--out`` skips what
-is there (its settings must match; ``--methods`` and ``--samples`` may grow). ``complete`` in the JSON says whether every requested value is in.
+is there (its settings must match; ``--methods`` and ``--samples`` may grow); the figure goes beside it (.png). ``complete`` in the JSON says whether every requested value is in.
 
 The verdict names the smallest sample whose whole-adapter λ and ratios to LoRA are all within ``--within`` of the
 largest sample's: a statement relative to the largest sample measured, not to the population.
@@ -18,6 +18,8 @@ largest sample's: a statement relative to the largest sample measured, not to th
     # the long version (SmolLM2-135M, the demo's task and rank; estimate ≈ 2-3.5 h on 2 cores: per method 4 blocks ×
     # ~10 products at each n, a product ≈ 3-5 s per 8 examples as in the demo):
     .venv/bin/python bench/lambda_samples.py --threads 2 --out bench/results/lambda_samples.json
+    # the table, verdict and figure again from what --out holds, measuring nothing:
+    .venv/bin/python bench/lambda_samples.py --seed 1 --no-measure --out bench/results/lambda_samples.json
     # a tiny smoke run (random tiny Llama, a minute):
     .venv/bin/python bench/lambda_samples.py --model tiny-llama --task arith --rank 4 --samples 8,16,32 \\
         --batch-size 4 --max-length 96 --layers 0,1 --threads 1 --out /tmp/lambda_samples.json
@@ -204,6 +206,9 @@ def summarise(rows: Sequence[Measured], sizes: Sequence[int], within: float,
             enough = n
             break
     uncertified = sum(not row.certified for row in rows)
+    # A run stopped part-way has some blocks without the largest sample: they take no part in the verdict.
+    unjudged = [_short(block) for block in blocks
+                if not any((method, block, largest) in by_key for method in methods)]
     verdict = {
         "largest_sample": largest, "within": within,
         "smallest_sample_within": enough if enough is not None else largest,
@@ -211,12 +216,71 @@ def summarise(rows: Sequence[Measured], sizes: Sequence[int], within: float,
         "median_whole_change": {str(n): statistics.median(values) if values else None for n, values in changes.items()},
         "worst_ratio_change": {str(n): max(values, default=None) for n, values in ratio_changes.items()},
         "uncertified": uncertified,
+        "not_judged": unjudged,
     }
     said = (f"the smallest sample whose whole-adapter λ_max and ratios to {reference} (every block) are all within "
             f"{within:.0%} of the {largest}-example values: {verdict['smallest_sample_within']} examples"
             + ("" if enough is not None else " (no smaller sample is)")
-            + (f"; {uncertified} values not certified" if uncertified else "; every value certified"))
+            + (f"; {uncertified} values not certified" if uncertified else "; every value certified")
+            + (f"; left out, as they have no {largest}-example value yet: {', '.join(unjudged)}" if unjudged else ""))
     return [*lines, "", said], verdict
+
+
+def draw(rows: Sequence[Measured], path: Path, reference: str = "lora") -> None:
+    """Two panels against the sample size (log axis): each block's λ_max relative to its value at the largest
+    sample that block has (left), and each method's ratio to ``reference`` (right). The whole adapter is drawn
+    thick, q_proj of each layer thin; a hollow marker is an uncertified value. Points are the sizes measured."""
+    from hessian_lora.figures._style import method_style, new_figure
+    from hessian_lora.registry import method_label
+
+    by_key = {(row.method, row.block, row.samples): row for row in rows}
+    methods = list(dict.fromkeys(row.method for row in rows))
+    blocks = list(dict.fromkeys(row.block for row in rows))
+    figure = new_figure(12.0, 5.0)
+    relative, ratio = figure.subplots(1, 2)
+    line_styles = ("--", ":", "-.", (0, (5, 1)))
+    for method in methods:
+        for index, block in enumerate(blocks):
+            mine = sorted((row for row in rows if row.method == method and row.block == block),
+                          key=lambda row: row.samples)
+            if not mine:
+                continue
+            whole = block == "adapter"
+            style = method_style(method)
+            style.update(linewidth=2.6 if whole else 1.0, markersize=8 if whole else 5,
+                         linestyle="-" if whole else line_styles[index % len(line_styles)])
+            label = f"{method_label(method)}, {_short(block)}"
+            hollow = [row.samples for row in mine if not row.certified]
+            top = mine[-1].lambda_max
+            relative.plot([row.samples for row in mine], [row.lambda_max / top for row in mine], label=label,
+                          **style)
+            if hollow:
+                relative.plot(hollow, [by_key[(method, block, n)].lambda_max / top for n in hollow],
+                              linestyle="none", marker="o", markerfacecolor="white", markeredgecolor="black")
+            if method == reference:
+                continue
+            pairs = [(row.samples, row.lambda_max / by_key[(reference, block, row.samples)].lambda_max)
+                     for row in mine if (reference, block, row.samples) in by_key]
+            if pairs:
+                ratio.plot(*zip(*pairs, strict=True), label=label, **style)
+    for axes in (relative, ratio):
+        axes.set_xscale("log")
+        axes.set_xlabel("training examples in the Hessian sample")
+        axes.grid(alpha=0.3)
+        sizes = sorted({row.samples for row in rows})
+        axes.set_xticks(sizes, [str(n) for n in sizes])
+        axes.minorticks_off()
+    relative.axhline(1.0, color="grey", linewidth=0.8)
+    relative.set_ylabel("λ_max / λ_max at that block's largest sample")
+    relative.set_title("λ_max at initialisation against the sample")
+    ratio.set_yscale("log")
+    ratio.set_ylabel(f"λ_max / {method_label(reference)}'s (same block, same sample)")
+    ratio.set_title(f"ratio to {method_label(reference)}")
+    certified = "every value certified" if all(row.certified for row in rows) else "hollow: not certified"
+    figure.suptitle(f"nested samples (the smaller are the first examples of the larger); {certified}", fontsize=9)
+    handles, labels = relative.get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncols=4, fontsize=8)
+    figure.savefig(path, dpi=110)
 
 
 def _short(block: str) -> str:
@@ -247,6 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="JSON with every measurement and the verdict")
+    parser.add_argument("--no-measure", action="store_true",
+                        help="measure nothing: rewrite --out's table, verdict and figure from its values")
     args = parser.parse_args(argv)
     if args.threads:
         import torch
@@ -263,7 +329,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # method at the smaller sizes, and at a size every method's whole-adapter λ (what the relation uses) before
     # any per-module one; each (size, kind, method) is saved as soon as it is measured. The adapter is rebuilt
     # for each kind (seconds, against minutes of products).
-    for size in args.sizes:
+    if args.no_measure and not rows:
+        raise SystemExit(f"--no-measure: {args.out} holds no values: pass the --out of an earlier run")
+    for size in () if args.no_measure else args.sizes:
         for kind in ("whole", "per-module"):
             for method in methods:
                 if not unit_done(rows, method, size, kind, layers):
@@ -272,6 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     complete = all(unit_done(rows, method, size, kind, layers) for size in args.sizes for method in methods
                    for kind in ("whole", "per-module"))
     lines = save(args.out, args, rows, complete=complete)
+    if args.out is not None and rows:
+        draw(rows, args.out.with_suffix(".png"))
+        print(f"figure: {args.out.with_suffix('.png')}", file=sys.stderr)
     print("\n".join(lines))
     print(f"total {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return 0

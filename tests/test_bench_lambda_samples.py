@@ -76,3 +76,28 @@ def test_a_rerun_resumes_skips_what_is_measured_and_refuses_other_settings(tmp_p
     with pytest.raises(SystemExit, match=r"samples\.json: was measured with rank=64, this run has 8: pass --rank 64"):
         lambda_samples.main([*common, "--samples", "8", "--rank", "8"])
     assert measured == [] and json.loads(out.read_text()) == second  # nothing lost
+    # --no-measure rewrites the table, verdict and figure from the values there, measuring nothing.
+    assert lambda_samples.main([*common, "--samples", "8,32,128,512", "--no-measure"]) == 0
+    third = json.loads(out.read_text())
+    assert measured == [] and third["rows"] == second["rows"] and not third["complete"]
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    with pytest.raises(SystemExit, match=r"--no-measure: .*empty\.json holds no values"):
+        lambda_samples.main([*common[:-1], str(tmp_path / "empty.json"), "--no-measure"])
+
+
+def test_a_part_way_run_says_which_blocks_the_verdict_leaves_out_and_draws_its_figure(tmp_path):
+    """With the whole adapter at 128 examples but no module there yet, the verdict judges the whole adapter only
+    and names the modules it leaves out; the figure is written beside --out."""
+    q = "base_model.model.model.layers.0.self_attn.q_proj"
+    rows = [_row(method, block, n, value * (1 + n / 1000))
+            for method, scale in (("lora", 1.0), ("pissa", 80.0))
+            for block, value in (("adapter", 30.0 * scale), (q, 0.4 * scale))
+            for n in (8, 32)]
+    rows += [_row("lora", "adapter", 128, 30.0 * 1.128), _row("pissa", "adapter", 128, 2400.0 * 1.128)]
+    lines, verdict = lambda_samples.summarise(rows, (8, 32, 128), within=0.1)
+    assert verdict["not_judged"] == ["q_proj L0"] and "left out, as they have no 128-example value yet: q_proj L0" \
+        in lines[-1]
+    assert verdict["smallest_sample_within"] == 32  # the whole adapter: −10.6 % at 8, −8.5 % at 32; ratios fixed
+    path = tmp_path / "samples.png"
+    lambda_samples.draw(rows, path)
+    assert path.stat().st_size > 10_000
