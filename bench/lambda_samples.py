@@ -10,7 +10,8 @@ and the per-module figure use). A value that is not certified is marked; its cha
 
 Resumable: every (size, kind, method) is written to ``--out`` (atomically) as soon as it is measured, smaller
 sizes first and at each size the whole adapter before the modules, and a rerun with the same ``--out`` skips what
-is there (its settings must match; ``--methods`` and ``--samples`` may grow); the figure goes beside it (.png). ``complete`` in the JSON says whether every requested value is in.
+is there (its settings must match; ``--methods`` and ``--samples`` may grow); the figure goes beside it (.png).
+``complete`` in the JSON says whether every requested value is in.
 
 The verdict names the smallest sample whose whole-adapter λ and ratios to LoRA are all within ``--within`` of the
 largest sample's: a statement relative to the largest sample measured, not to the population.
@@ -148,7 +149,7 @@ def save(path: Path | None, args: argparse.Namespace, rows: Sequence[Measured], 
         from hessian_lora._io import write_text_atomic
 
         settings = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()
-                    if key != "sizes"}
+                    if key not in ("sizes", "no_measure")}  # how this run was asked for, not what it measured
         document = {"settings": settings, "complete": complete, "rows": [row.__dict__ for row in rows],
                     "verdict": verdict, "table": lines}
         write_text_atomic(path, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
@@ -250,12 +251,12 @@ def draw(rows: Sequence[Measured], path: Path, reference: str = "lora") -> None:
             style.update(linewidth=2.6 if whole else 1.0, markersize=8 if whole else 5,
                          linestyle="-" if whole else line_styles[index % len(line_styles)])
             label = f"{method_label(method)}, {_short(block)}"
-            hollow = [row.samples for row in mine if not row.certified]
+            uncertified = [row for row in mine if not row.certified]
             top = mine[-1].lambda_max
             relative.plot([row.samples for row in mine], [row.lambda_max / top for row in mine], label=label,
                           **style)
-            if hollow:
-                relative.plot(hollow, [by_key[(method, block, n)].lambda_max / top for n in hollow],
+            if uncertified:
+                relative.plot([row.samples for row in uncertified], [row.lambda_max / top for row in uncertified],
                               linestyle="none", marker="o", markerfacecolor="white", markeredgecolor="black")
             if method == reference:
                 continue

@@ -167,7 +167,7 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
         seeds_lambda = [value for value in summary.lambda_init_per_seed.values() if value]
         xerr = None
         spread = max(seeds_lambda) / min(seeds_lambda) - 1 if len(seeds_lambda) > 1 else 0.0
-        # A seed-independent initialisation (PiSSA, MiLoRA, OLoRA: the SVD, not the seed, fixes the adapter) gives
+        # A seed-independent initialisation (PiSSA, MiLoRA, OLoRA: an SVD or QR of the weights fixes the adapter) gives
         # every seed the same λ, and their geometric mean can round a few ulps outside that "range": no bar then.
         if spread > 1e-9:
             xerr = [[max(0.0, lam - min(seeds_lambda))], [max(0.0, max(seeds_lambda) - lam)]]
