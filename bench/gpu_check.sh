@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU check (about 13 minutes on one GPU): environment, bf16 training steps (AdamW and LoFT) on
+# One prepared GPU check (at most about 9 minutes on one GPU, to fit the device tool's 10-minute call): environment, bf16 training steps (AdamW and LoFT) on
 # tiny-llama through hessian_lora.training.train, the HVP/gradient time ratio on a random Llama-shaped model of about 0.5 B
 # parameters with LoRA r=8 on q_proj,v_proj, batched products (k directions in one pass: loop against vmap), the
 # scale rehearsal (bench/rehearsal.py: Qwen3-0.6B shapes, r=128 on
@@ -9,13 +9,17 @@
 #   bash bench/gpu_check.sh                 # on the GPU machine, from the repository root
 #   SIZE=tiny bash bench/gpu_check.sh       # a CPU dry run of the python parts (minutes on 2 cores)
 #
-# Env: PYTHON (default: python), SIZE (0.5b | tiny), TEST_TIMEOUT (seconds for pytest, default 240).
+# Env: PYTHON (default: python), SIZE (0.5b | tiny), and each slow step's limit in seconds: BATCHED_TIMEOUT (batched
+# products, default 90), REHEARSAL_TIMEOUT (default 300), TEST_TIMEOUT (pytest, default 120). OUT, where set, gets
+# the rehearsal's JSON.
 # The project has no device env var: hessian_lora.models.default_device() takes CUDA whenever it is available.
 set -euo pipefail
 
 PYTHON=${PYTHON:-python}
 SIZE=${SIZE:-0.5b}
-TEST_TIMEOUT=${TEST_TIMEOUT:-240}
+BATCHED_TIMEOUT=${BATCHED_TIMEOUT:-90}
+REHEARSAL_TIMEOUT=${REHEARSAL_TIMEOUT:-300}
+TEST_TIMEOUT=${TEST_TIMEOUT:-120}
 export SIZE
 export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
 export TOKENIZERS_PARALLELISM=false
@@ -136,7 +140,7 @@ echo "== many directions per pass (bench/batched_products.py): k products single
 if [ "$SIZE" = "tiny" ]; then
   "$PYTHON" bench/batched_products.py --quick --parts products || echo "batched products failed (rc=$?)"
 else
-  timeout 150 "$PYTHON" bench/batched_products.py --parts products --samples 16 --ks 1 8 32 --layer 12 \
+  timeout "$BATCHED_TIMEOUT" "$PYTHON" bench/batched_products.py --parts products --samples 16 --ks 1 8 32 --layer 12 \
     --model "tiny-llama:hidden_size=1024,layers=24,heads=16,kv_heads=16" \
     || echo "batched products failed or timed out (rc=$?)"
 fi
@@ -145,7 +149,8 @@ echo "== scale rehearsal (bench/rehearsal.py): Qwen3-0.6B shapes, LoRA r=128 on 
 if [ "$SIZE" = "tiny" ]; then
   "$PYTHON" bench/rehearsal.py --size tiny --rank 8 --threads 1 || echo "rehearsal: not certified (rc=$?)"
 else
-  timeout 420 "$PYTHON" bench/rehearsal.py --at-init --batches 100 --batch-size 5 --length 128 --max-iter 60 \
+  timeout "$REHEARSAL_TIMEOUT" "$PYTHON" bench/rehearsal.py --at-init --batches 100 --batch-size 5 --length 128 \
+    --max-iter 60 ${OUT:+--out "$OUT/rehearsal.json"} \
     || echo "rehearsal: not certified or timed out (rc=$?)"
 fi
 if [ "$SIZE" != "tiny" ]; then

@@ -43,7 +43,11 @@ of 412 tokens, one thread, side by side): k single products against one ``matmat
 at k = 4, 1.44× at 8, 1.42× at 16 (the shared forward and first backward); the batched backward 1.7× (k = 8)
 and 2.1× (k = 16) *slower* than the loop (PyTorch has no batching rule for softmax, log-softmax and SiLU
 backward, and one CPU thread is compute-bound already, so batched matmuls save nothing), so ``"auto"`` is
-``"loop"`` on the CPU (``FASTEST_BATCHING``); on a GPU it is unmeasured (bench/gpu_check.sh measures it).
+``"loop"`` on the CPU (``FASTEST_BATCHING``). On one H200 (bench/gpu_check.sh, 2026-12-04; a random Llama of
+hidden 1024 and 24 layers, q_proj of layer 12, LoRA r=8, 2 batches of 1481 tokens, fp32) the batched backward
+won: k = 8 vmap 0.39 s against the loop's 1.67 s, k = 32 0.93 s against 5.17 s (14× the k single products),
+max rel. diff 2.7e-7. ``"auto"`` stays ``"loop"`` on CUDA all the same, because the memory plan does not yet
+charge a batched pass its ``directions_per_pass`` times one backward's intermediates: ask for ``"vmap"``.
 Forward-over-reverse and finite differences take each direction in its own pass.
 
 Every product runs with the model in eval mode (dropout off), gradients enabled only for the block, and
@@ -85,7 +89,8 @@ Backend = Literal["double_backward", "forward_over_reverse", "finite_difference"
 BACKENDS: tuple[str, ...] = get_args(Backend)
 # Measured by bench/hessian.py side by side (per-HVP time / gradient time). CPU, SmolLM2-135M + LoRA r=8 on
 # 4x128 tokens: double backward 2.54x (1.39x with reuse), forward-over-reverse 3.63x, autograd vhp 2.64x
-# (REFERENCE.md, another day: 2.36x and 3.27x). No other device measured yet: double backward elsewhere too.
+# (REFERENCE.md, another day: 2.36x and 3.27x). H200 (bench/gpu_check.sh, 2026-12-04, a random 0.47 B Llama,
+# 4x512 tokens): double backward 2.35x; the other backends not measured there, so double backward elsewhere too.
 FASTEST_EXACT_BACKEND: dict[str, Backend] = {"cpu": "double_backward"}
 # Centres of the finite-difference step ladder (×3^±4: float32 spans 0.0012…8.1, float64 1.2e-5…0.081), chosen
 # from the measurements above; float64 models in HF still compute norms and softmax in float32.
@@ -93,7 +98,8 @@ FD_EPSILON: dict[torch.dtype, float] = {torch.float32: 0.1, torch.float64: 1e-3}
 _FD_LADDER = tuple(3.0**k for k in range(-4, 5))
 Batching = Literal["loop", "vmap"]
 BATCHINGS: tuple[str, ...] = get_args(Batching)
-# Measured (module docstring): the batched backward lost on the CPU; other devices are not measured yet.
+# Measured (module docstring): the batched backward lost on the CPU and won on an H200, where auto still loops
+# until the memory plan charges a batched pass for its directions.
 FASTEST_BATCHING: dict[str, Batching] = {"cpu": "loop"}
 # Directions per batched backward (vmap): its intermediate tensors are this many times one backward's.
 DIRECTIONS_PER_PASS = 8

@@ -112,7 +112,7 @@ def test_the_papers_data_size_streams_100_batches_with_progress(tmp_path: Path,
     out = tmp_path / "paper.json"
     code = main(["eigen", "--method", "lora", "--model", "tiny-llama:hidden_size=16,layers=1,heads=2,kv_heads=1",
                  "--rank", "1", "--targets", "q_proj", "--samples", "500", "--batch-size", "5", "--max-length", "96",
-                 "--max-iter", "5", "--no-min", "--threads", "1", "--out", str(out)])
+                 "--max-iter", "5", "--no-min", "--threads", "1", "--device", "cpu", "--out", str(out)])
     captured = capsys.readouterr()
     assert code in (0, 3), captured.err
     report = json.loads(out.read_text())
