@@ -261,6 +261,10 @@ def _adapter_like_the_sweep(sweep_config: SweepConfig, method: str, rank: int, s
                                      train_examples=train_examples, train_config=train_config)
 
 
+# A per-module report still being measured (hessian/*.json lists finished reports only).
+PARTIAL_SUFFIX = ".partial"
+
+
 @dataclass(frozen=True)
 class InitExtras:
     """What the demo measures at initialisation beyond the sweep's own λ_max, per (method, rank, seed): per-module
@@ -308,7 +312,12 @@ class InitExtras:
                 or [self.sweep_config.adapter.targets[0]]
             chosen = None if self.layers is None else _spread_layers(peft_model, self.layers)
             per_module = replace(settings, blocks="per-module", modules=tuple(targets), layers=chosen)
-            measure(peft_model, batches, per_module, out=modules_path, progress=self.progress)
+            # measure() rewrites its report after every block so that it can resume; under the final name a
+            # report cut short would read as done (``missing`` looks at the name only) and lose its other
+            # layers. It grows under a name no reader lists and takes the final name once every block is in.
+            partial = modules_path.with_name(modules_path.name + PARTIAL_SUFFIX)
+            measure(peft_model, batches, per_module, out=partial, progress=self.progress)
+            os.replace(partial, modules_path)
             self.written.append(str(modules_path))
         _say(f"  {key}: λ_max at init measured", self.progress)
 

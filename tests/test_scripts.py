@@ -53,6 +53,34 @@ def test_init_modules_measures_every_layer_like_the_sweep_and_resumes(tmp_path, 
     assert "wrote" not in capsys.readouterr().out
 
 
+def test_init_modules_cut_short_keeps_its_blocks_aside_and_the_rerun_finishes_them(tmp_path, monkeypatch,
+                                                                                   capsys) -> None:
+    # A report cut short must not take the final name: the rerun would skip the key and its missing layers.
+    import hessian_lora.measure as measure_module
+
+    run_dir = tmp_path / "run"
+    _tiny_config(run_dir)
+    script = _script("init_modules")
+    args = [str(run_dir), "--modules", "q_proj", "--layers", "all", "--methods", "lora", "--seeds", "0",
+            "--threads", "1"]
+    real_write = measure_module.write_report
+
+    def write_then_stop(path, report):
+        real_write(path, report)
+        raise KeyboardInterrupt  # the session's end, right after the first block was saved
+
+    monkeypatch.setattr(measure_module, "write_report", write_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        script.main(args)
+    final = run_dir / "hessian" / "lora_r4_s0_init_modules.json"
+    partial = final.with_name(final.name + ".partial")
+    assert not final.exists() and len(json.loads(partial.read_text())["blocks"]) == 1
+    monkeypatch.setattr(measure_module, "write_report", real_write)
+    assert script.main(args) == 0
+    names = [block["name"] for block in json.loads(final.read_text())["blocks"]]
+    assert len(names) == 2 and not partial.exists()
+
+
 def test_init_modules_refuses_a_method_the_sweep_does_not_have(tmp_path, capsys) -> None:
     run_dir = tmp_path / "run"
     _tiny_config(run_dir)
