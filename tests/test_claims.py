@@ -77,6 +77,13 @@ def test_lambda_ratios_name_their_block_and_the_seed_spread() -> None:
     assert _rows(data, "λ_max")["pissa"] == ("11.1× (per-module median)", "same order (within 3×)")
     data["methods"]["pissa"]["lambda_init_module_basis"] = "q_proj of 30 layers, seed 1, 8 examples"
     assert _rows(data, "λ_max")["pissa"][0] == "11.1× (per-module median: q_proj of 30 layers, seed 1, 8 examples)"
+    # Modules measured for both: each layer's ratio to LoRA's same layer, then their median (figure c's view),
+    # which differs from the ratio of the two medians when the sharp layers differ (here 12× against 11.1×).
+    data["methods"]["lora"]["lambda_init_modules"] = {"l0.q": 0.2, "l14.q": 2.0, "l29.q": 0.43, "l7.q": 1.0}
+    data["methods"]["pissa"]["lambda_init_modules"] = {"l0.q": 4.78, "l14.q": 24.0, "l29.q": 2.15}
+    ours, verdict = _rows(data, "λ_max")["pissa"]
+    assert ours == "12× (median of 3 per-module ratios, 5–23.9×: q_proj of 30 layers, seed 1, 8 examples)"
+    assert verdict == "same order (within 3×)"
 
 
 @pytest.mark.parametrize(("interval", "verdict"), [

@@ -30,6 +30,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
 from hessian_lora.registry import SCORE_METRICS
 
 REFERENCE = "lora"
@@ -156,6 +158,13 @@ def _seed_spread(method: Mapping[str, Any], reference: Mapping[str, Any]) -> str
     return f", seeds {min(ratios):.3g}–{max(ratios):.3g}×"
 
 
+def _per_layer_ratios(method: Mapping[str, Any], reference: Mapping[str, Any]) -> list[float]:
+    """λ_max(method) / λ_max(LoRA) of each module both measured at init (matched by name; [] if none)."""
+    ours, ref = method.get("lambda_init_modules") or {}, reference.get("lambda_init_modules") or {}
+    return [float(ours[name]) / float(ref[name]) for name in sorted(ours)
+            if name in ref and ours[name] and ref[name]]
+
+
 def _lambda_rows(data: Mapping[str, Any]) -> list[ClaimRow]:
     claim = "λ_max at init relative to LoRA's (the paper: q_proj modules)"
     rows = []
@@ -163,8 +172,14 @@ def _lambda_rows(data: Mapping[str, Any]) -> list[ClaimRow]:
         factor = PAPER_LAMBDA_RATIO[name]
         module, ref_module = method.get("lambda_init_module_median"), reference.get("lambda_init_module_median")
         whole, ref_whole = method.get("lambda_init_whole"), reference.get("lambda_init_whole")
-        if module and ref_module:
-            basis = method.get("lambda_init_module_basis")
+        per_layer = _per_layer_ratios(method, reference)
+        basis = method.get("lambda_init_module_basis")
+        if per_layer:
+            # The paper's view (and figure c's): each module's ratio to LoRA's same module, then their median.
+            ratio = float(np.median(per_layer))
+            block = f"median of {len(per_layer)} per-module ratios, {min(per_layer):.3g}–{max(per_layer):.3g}×" \
+                + (f": {basis}" if basis else "")
+        elif module and ref_module:
             ratio, block = module / ref_module, "per-module median" + (f": {basis}" if basis else "")
         elif whole and ref_whole:
             ratio, block = whole / ref_whole, "whole adapter"

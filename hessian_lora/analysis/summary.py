@@ -109,6 +109,9 @@ class MethodSummary:
     lambda_init_module_uncertified: float | None = None
     # What the per-module median stands on, e.g. "q_proj of 30 layers, seed 1, 8 examples" (None without modules).
     lambda_init_module_basis: str | None = None
+    # Each measured module's λ_max at init (block name → geometric mean over seeds): the paper's per-layer ratios
+    # to LoRA pair these by name, so a method's sharp layer is compared with LoRA's same layer.
+    lambda_init_modules: Mapping[str, float] = field(default_factory=dict)
     lambda_final_whole: float | None = None
     lambda_final_module_median: float | None = None
     precond_lambda_final: float | None = None
@@ -297,12 +300,14 @@ def _summarise_method(
     module_layers: set[int] = set()
     module_seeds: set[int] = set()
     module_samples: set[int] = set()
+    per_module: dict[str, list[float]] = {}
     for seed in sorted({run.seed for run in method_runs}):
         report = directory.init_report(curve.method, seed, method_runs[0].rank)
         if report is not None:
             init_whole.append(report.whole.lambda_max if report.whole else None)
             init_median.append(report.module_median)
             for block in report.modules:
+                per_module.setdefault(block.name, []).append(block.lambda_max)
                 module_kinds.add(block.module)
                 module_seeds.add(seed)
                 if block.layer is not None:
@@ -350,6 +355,8 @@ def _summarise_method(
         lambda_init_whole_uncertified=max(whole_uncertified, default=None),
         lambda_init_module_uncertified=max(module_uncertified, default=None),
         lambda_init_module_basis=_module_basis(module_kinds, module_layers, module_seeds, module_samples),
+        lambda_init_modules={name: value for name, values in per_module.items()
+                             if (value := _geometric_mean(values)) is not None},
         lambda_final_whole=lambda_final,
         lambda_final_module_median=_geometric_mean(final_median),
         precond_lambda_final=precond_final,
