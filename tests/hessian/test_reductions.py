@@ -23,7 +23,9 @@ def test_torch_float32_norm_is_off_at_this_size_and_ours_is_not(large) -> None:
     assert abs(float(x.norm()) - exact) / exact > 1e-4
     assert abs(norm(x) - exact) / exact < 1e-12
     self_dot = float(x.double() @ x.double())
-    assert abs(float(x @ x) - self_dot) / self_dot > 1e-4  # float32 x @ x: 7.4e-4 measured
+    # float32 x @ x: 7.4e-4 measured on one machine, 9.1e-5 on another (2026-12-04): how far off depends on the
+    # BLAS's blocking, so the test asks only for float32-sized error, a million times ours.
+    assert abs(float(x @ x) - self_dot) / self_dot > 1e-6
     assert abs(dot(x, x) - self_dot) / self_dot < 1e-12
 
 
