@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One prepared GPU check (at most about 9 minutes on one GPU, to fit the device tool's 10-minute call): environment, bf16 training steps (AdamW and LoFT) on
+# One prepared GPU check (at most about 9 minutes on one GPU, to fit the device tool's 10-minute call):
+# environment, bf16 training steps (AdamW and LoFT) on
 # tiny-llama through hessian_lora.training.train, the HVP/gradient time ratio on a random Llama-shaped model of about 0.5 B
 # parameters with LoRA r=8 on q_proj,v_proj, batched products (k directions in one pass: loop against vmap), the
 # scale rehearsal (bench/rehearsal.py: Qwen3-0.6B shapes, r=128 on
