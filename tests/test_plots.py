@@ -256,7 +256,7 @@ def test_module_ratios_title_names_the_examples_the_modules_were_measured_on(tmp
     count, though the merged report's settings are the whole-adapter report's; figure (c) names it."""
     run_dir = write_run_dir(tmp_path / "run", {name: METHODS[name] for name in ("lora", "pissa")})
     directory = analysis.read_run_directory(run_dir)
-    assert "(on 16 training examples)" in plots.figure_module_ratios(directory)._suptitle.get_text()
+    assert "(on 16 training examples; seed 0)" in plots.figure_module_ratios(directory)._suptitle.get_text()
     for path in sorted((run_dir / "hessian").glob("*_init.json")):
         data = json.loads(path.read_text())
         modules = {**data, "settings": {**data["settings"], "samples": 4},
@@ -268,7 +268,14 @@ def test_module_ratios_title_names_the_examples_the_modules_were_measured_on(tmp
     directory = analysis.read_run_directory(run_dir)
     report = next(iter(directory.init_reports.values()))
     assert report.samples_of(report.whole) == 16 and {report.samples_of(block) for block in report.modules} == {4}
-    assert "(on 4 training examples)" in plots.figure_module_ratios(directory)._suptitle.get_text()
+    assert "(on 4 training examples; seed 0)" in plots.figure_module_ratios(directory)._suptitle.get_text()
+
+
+def test_module_ratios_title_names_the_seeds_it_averages(tmp_path) -> None:
+    """(c) draws each module's geometric mean over the seeds it has: the title says over which."""
+    run_dir = write_run_dir(tmp_path / "run", {name: METHODS[name] for name in ("lora", "pissa")}, seeds=(1, 2))
+    title = plots.figure_module_ratios(analysis.read_run_directory(run_dir))._suptitle.get_text()
+    assert "geometric mean over seeds 1, 2" in title and "seed 1)" not in title
 
 
 def test_sharpness_figure_draws_lambdas_seed_range_and_says_so(run_dir) -> None:

@@ -20,11 +20,11 @@ from hessian_lora.reports import BlockPart, BlockView, ReportView, module_kind
 from hessian_lora.runs import RunDirectory
 
 
-def _module_values(directory: RunDirectory, method: str,
-                   samples: set[int] | None = None) -> tuple[dict[str, float], set[str]]:
+def _module_values(directory: RunDirectory, method: str, samples: set[int] | None = None,
+                   seeds: set[int] | None = None) -> tuple[dict[str, float], set[str]]:
     """Per-module λ_max at init, geometric mean over the method's seeds, and the modules with a λ_max of any seed
     that its solver did not certify; the numbers of training examples they were measured on are added to
-    ``samples``."""
+    ``samples``, and the seeds they come from to ``seeds``."""
     collected: dict[str, list[float]] = {}
     uncertified: set[str] = set()
     for key, report in directory.init_reports.items():
@@ -37,6 +37,8 @@ def _module_values(directory: RunDirectory, method: str,
                     uncertified.add(block.name)
                 if samples is not None and (count := report.samples_of(block)) is not None:
                     samples.add(count)
+                if seeds is not None:
+                    seeds.add(key.seed)
     return {name: float(10 ** np.mean(np.log10(values))) for name, values in collected.items()}, uncertified
 
 
@@ -49,7 +51,8 @@ def figure_module_ratios(directory: RunDirectory, methods: Sequence[str] | None 
     if methods is not None:
         names = [name for name in names if name in methods]
     sample_sizes: set[int] = set()
-    measured = {name: _module_values(directory, name, sample_sizes) for name in names}
+    seeds: set[int] = set()
+    measured = {name: _module_values(directory, name, sample_sizes, seeds) for name in names}
     values = {name: blocks for name, (blocks, _) in measured.items() if blocks}
     uncertified = {name: flagged for name, (_, flagged) in measured.items()}
     if reference not in values:
@@ -116,10 +119,16 @@ def figure_module_ratios(directory: RunDirectory, methods: Sequence[str] | None 
         figure.axes[0].plot([], [], label=f"{method_label(name)}{text}", **method_style(name, line=False))
     figure.legend(loc="outside lower center", ncol=min(len(others), max(2, columns)), fontsize=9)
     hollow = "; hollow: a λ_max not certified" if any_uncertified else ""
-    on = ""
-    if sample_sizes:  # the probe's size belongs in the title: the per-module scan may use fewer examples
+    # The probe's size and the seeds belong in the title: a per-module scan may use fewer examples, and fewer
+    # seeds, than the whole-adapter probes (scripts/init_modules.py --seeds).
+    facts = []
+    if sample_sizes:
         low, high = min(sample_sizes), max(sample_sizes)
-        on = f" (on {low} training examples)" if low == high else f" (on {low}–{high} training examples)"
+        facts.append(f"on {low} training examples" if low == high else f"on {low}–{high} training examples")
+    if seeds:
+        facts.append(f"seed {min(seeds)}" if len(seeds) == 1
+                     else f"geometric mean over seeds {', '.join(str(seed) for seed in sorted(seeds))}")
+    on = f" ({'; '.join(facts)})" if facts else ""
     figure.suptitle(rf"Per-module $\lambda_{{\max}}$ at initialisation relative to {method_label(reference)}{on}"
                     "\none marker per measured layer (no line: the layers between were not measured),\n"
                     f"methods nudged apart; dashed: median over all modules{hollow}", fontsize=10)
