@@ -17,7 +17,9 @@ import dataclasses
 import json
 import os
 import sys
+import uuid
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -276,6 +278,7 @@ def _scan_together(
                    "(each block's Krylov vectors at the largest block's size within the budget); one pass a step "
                    "for every block of a group", file=sys.stderr)
     for members in groups:
+        group_id = new_scan_group()
         union = [(name, param) for block in members for name, param in zip(block.names, block.parameters)]
         operator = HessianOperator(model, batches, union, backend=s.backend, reuse=s.reuse, dora_norm=s.dora_norm)
         operator.limit_reuse(plan.reuse_bytes)
@@ -294,8 +297,10 @@ def _scan_together(
                          inner: Any = inner) -> None:
                 inner.update(per_batch * directions)
 
-            def on_result(index: int, result: EigenResult, members: list[ParameterBlock] = members) -> None:
-                finished(_analyse_block(model, batches, members[index], s, loaded=loaded, show=False, eigen=result))
+            def on_result(index: int, result: EigenResult, members: list[ParameterBlock] = members,
+                          group_id: str = group_id) -> None:
+                finished(_analyse_block(model, batches, members[index], s, loaded=loaded, show=False, eigen=result,
+                                        scan_group=group_id))
 
             operator.on_batch = on_batch if show else None
             scan_blocks(operator, members, solve, on_result=on_result)
@@ -327,8 +332,10 @@ def _analyse_block(
     show: bool,
     print_plan: bool = True,
     eigen: EigenResult | None = None,
+    scan_group: str | None = None,
 ) -> BlockReport:
-    """One block's report; ``eigen``: its eigenvalues already solved (a scan), so only the extras run here."""
+    """One block's report; ``eigen``: its eigenvalues already solved (a scan, whose group ``scan_group``
+    names), so only the extras run here."""
     s = settings
     operator = HessianOperator(model, batches, block, backend=s.backend, reuse=s.reuse, dora_norm=s.dora_norm)
     plan = plan_memory(model, operator.batches, block_parameters=operator.size, dtype=operator.dtype,
@@ -377,8 +384,14 @@ def _analyse_block(
         name=block.name, parameters=operator.size, parameter_names=block.names, lambda_max=result.lambda_max,
         lambda_min=result.lambda_min, residual=result.residual, converged=result.converged, hvps=hvps,
         seconds=seconds, tokens=operator.total_tokens, batches=operator.total_batches, eigen=result,
-        trace=trace_result, density=density_result, preconditioned=preconditioned_result,
+        trace=trace_result, density=density_result, preconditioned=preconditioned_result, scan_group=scan_group,
     )
+
+
+def new_scan_group() -> str:
+    """A fresh id for the blocks of one shared-pass group: unique across runs, so that a resumed scan's group
+    is never merged with the interrupted one's (their seconds do not overlap)."""
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
 
 
 def _solve(operator: LinearOperator, s: MeasureSettings, callback: Any, memory: KrylovMemory, *,

@@ -367,6 +367,24 @@ def test_cost_section_sums_what_the_rows_and_reports_recorded(tmp_path) -> None:
     assert data["eigen_blocks"] == len(blocks) and data["eigen_products"] == sum(b["hvps"] for b in blocks)
     assert data["eigen_seconds"] == pytest.approx(sum(b["seconds"] for b in blocks))
     assert text.startswith("### Cost (as recorded)") and f"{count} finished runs took" in text
+    assert data["eigen_blocks_in_groups"] == 0 and "shared passes" not in text
+
+    # Two blocks solved side by side on shared passes: their eigen clocks ran together, so the group costs its
+    # longest eigen solve once, plus what each did on its own afterwards (a trace: seconds beyond eigen's).
+    path = next(path for path in sorted((tmp_path / "hessian").glob("*.json"))
+                if len(json.loads(path.read_text())["blocks"]) >= 2)
+    report = json.loads(path.read_text())
+    first, second = report["blocks"][:2]
+    first.update(seconds=7.0, scan_group="g1")
+    first["eigen"]["seconds"] = 5.0
+    second.update(seconds=4.0, scan_group="g1")
+    second["eigen"]["seconds"] = 4.0
+    path.write_text(json.dumps(report))
+    others = sum(b["seconds"] for p in (tmp_path / "hessian").glob("*.json") if p != path
+                 for b in json.loads(p.read_text())["blocks"]) + sum(b["seconds"] for b in report["blocks"][2:])
+    data, text = cost_section(read_run_directory(tmp_path))
+    assert data["eigen_seconds"] == pytest.approx(others + max(5.0, 4.0) + (7.0 - 5.0))  # not others + 7 + 4
+    assert data["eigen_blocks_in_groups"] == 2 and "2 of the blocks solved side by side" in text
 
 
 def test_the_module_median_says_what_it_stands_on(tmp_path) -> None:

@@ -213,7 +213,13 @@ def test_per_module_blocks_together_give_what_one_at_a_time_gives(tmp_path: Path
         assert a.hvps == b.hvps
         assert a.lambda_max == pytest.approx(b.lambda_max, rel=1e-5)
         assert a.lambda_min == pytest.approx(b.lambda_min, rel=1e-5)
-    assert together.settings == alone.settings  # the grouping changes no value, so it is not recorded
+    assert together.settings == alone.settings  # the grouping changes no value, so it is not in the settings
+    # ... but each block says which shared-pass group it was solved in, so that a cost counts the group's
+    # overlapping seconds once (analysis.report.eigen_wall_seconds); solved alone, a block is in none.
+    groups = {block.scan_group for block in together.blocks}
+    assert len(groups) == 1 and None not in groups
+    assert all(block.scan_group is None for block in alone.blocks)
+    assert [b.scan_group for b in read_report(tmp_path / "t.json").blocks] == [b.scan_group for b in together.blocks]
 
 
 def test_block_size_reaches_lanczos_from_python_and_is_recorded(tmp_path: Path) -> None:

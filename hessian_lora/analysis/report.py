@@ -6,9 +6,9 @@ import json
 import math
 import os
 import statistics
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hessian_lora._io import write_text_atomic
 from hessian_lora.analysis.censoring import bound_text
@@ -20,6 +20,9 @@ from hessian_lora.errors import UserError
 from hessian_lora.registry import SCORE_METRICS
 from hessian_lora.rundir import RunLayout
 from hessian_lora.runs import RunDirectory, read_outcomes, read_run_directory
+
+if TYPE_CHECKING:
+    from hessian_lora.hessian.results import BlockReport
 
 
 def _fmt(value: float | None, spec: str = ".3g") -> str:
@@ -235,6 +238,22 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
 
+def eigen_wall_seconds(blocks: Sequence[BlockReport]) -> float:
+    """The solver seconds of ``blocks``: each block's own, except that blocks solved side by side on shared
+    passes (one ``scan_group``) count their group's longest eigen solve once, since their clocks ran together;
+    what each did after its eigenvalues (trace, density) ran on its own and adds. Blocks from reports written
+    before ``scan_group`` existed carry none and add in full, which overstates a shared pass."""
+    groups: dict[str, float] = {}
+    total = 0.0
+    for block in blocks:
+        if block.scan_group is None:
+            total += float(block.seconds)
+        else:
+            groups[block.scan_group] = max(groups.get(block.scan_group, 0.0), float(block.eigen.seconds))
+            total += block.extra_seconds
+    return total + sum(groups.values())
+
+
 def cost_section(directory: RunDirectory) -> tuple[dict[str, Any], str] | None:
     """What the run directory's data cost, summed from what it recorded: the runs' wall seconds (training and
     evaluation where the rows split them) and the eigen reports' solver seconds and products. None without a
@@ -254,7 +273,8 @@ def cost_section(directory: RunDirectory) -> tuple[dict[str, Any], str] | None:
         "eval_seconds": sum(float(run.eval_seconds) for run in runs if run.eval_seconds is not None),
         "eigen_reports": len(reports), "eigen_blocks": len(blocks),
         "eigen_products": sum(int(block.hvps) for block in blocks),
-        "eigen_seconds": sum(float(block.seconds) for block in blocks),
+        "eigen_seconds": eigen_wall_seconds(blocks),
+        "eigen_blocks_in_groups": sum(1 for block in blocks if block.scan_group is not None),
         "eigen_reports_reused": len(directory.reused_inits),
     }
     parts = []
@@ -268,6 +288,10 @@ def cost_section(directory: RunDirectory) -> tuple[dict[str, Any], str] | None:
                   "bit-identical, at no cost)" if directory.reused_inits else "")
         parts.append(f"{len(reports)} eigen reports ({len(blocks)} blocks) took {_hours(data['eigen_seconds'])} "
                      f"of solver time in {data['eigen_products']} Hessian-vector products{reused}")
+        grouped = data["eigen_blocks_in_groups"]
+        if grouped:
+            parts[-1] += (f" ({grouped} of the blocks solved side by side on shared passes: each group's "
+                          "time counted once)")
     text = ("### Cost (as recorded)\n\n" + "; ".join(parts) + ". A run's wall time is its training, its evaluation "
             "and the rest (loading the model, and a λ probe at initialisation where the run made it, so the two sums "
             "overlap). Seconds as each run and solve measured them, on whatever else the machine did then.")

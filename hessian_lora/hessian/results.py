@@ -237,6 +237,15 @@ class BlockReport(_Serializable):
     trace: TraceResult | None = None
     density: DensityResult | None = None
     preconditioned: PreconditionedResult | None = None
+    # The id of the blocks whose solvers ran side by side on shared passes (hessian.scan); None: solved on its
+    # own. Inside a group each block's eigen seconds run from the group's start, so they overlap: a group's
+    # wall time is its longest member's, which is what the analysis's cost counts.
+    scan_group: str | None = None
+
+    @property
+    def extra_seconds(self) -> float:
+        """The seconds after the eigenvalues (trace, density, preconditioning), each block on its own."""
+        return max(float(self.seconds) - float(self.eigen.seconds), 0.0)
 
 
 @dataclass(frozen=True)
