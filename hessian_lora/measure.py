@@ -278,7 +278,7 @@ def _scan_together(
                    "(each block's Krylov vectors at the largest block's size within the budget); one pass a step "
                    "for every block of a group", file=sys.stderr)
     for members in groups:
-        group_id = new_scan_group()
+        group_id = _new_scan_group()
         union = [(name, param) for block in members for name, param in zip(block.names, block.parameters)]
         operator = HessianOperator(model, batches, union, backend=s.backend, reuse=s.reuse, dora_norm=s.dora_norm)
         operator.limit_reuse(plan.reuse_bytes)
@@ -388,7 +388,7 @@ def _analyse_block(
     )
 
 
-def new_scan_group() -> str:
+def _new_scan_group() -> str:
     """A fresh id for the blocks of one shared-pass group: unique across runs, so that a resumed scan's group
     is never merged with the interrupted one's (their seconds do not overlap)."""
     return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"

@@ -158,11 +158,17 @@ def _seed_spread(method: Mapping[str, Any], reference: Mapping[str, Any]) -> str
     return f", seeds {min(ratios):.3g}–{max(ratios):.3g}×"
 
 
+def per_module_ratios(ours: Mapping[str, float], reference: Mapping[str, float]) -> dict[str, float]:
+    """λ_max(method) / λ_max(reference) of each module both measured (matched by name, so a layer is compared
+    with the reference's same layer): the paper's per-layer view, which the claims and figure (c) both use."""
+    return {name: float(ours[name]) / float(reference[name]) for name in sorted(ours)
+            if name in reference and ours[name] and reference[name]}
+
+
 def _per_layer_ratios(method: Mapping[str, Any], reference: Mapping[str, Any]) -> list[float]:
-    """λ_max(method) / λ_max(LoRA) of each module both measured at init (matched by name; [] if none)."""
-    ours, ref = method.get("lambda_init_modules") or {}, reference.get("lambda_init_modules") or {}
-    return [float(ours[name]) / float(ref[name]) for name in sorted(ours)
-            if name in ref and ours[name] and ref[name]]
+    """:func:`per_module_ratios` of two methods' summaries at init ([] where either has no modules)."""
+    return list(per_module_ratios(method.get("lambda_init_modules") or {},
+                                  reference.get("lambda_init_modules") or {}).values())
 
 
 def _lambda_rows(data: Mapping[str, Any]) -> list[ClaimRow]:

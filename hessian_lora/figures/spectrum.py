@@ -13,6 +13,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
+from hessian_lora.analysis.claims import per_module_ratios
 from hessian_lora.figures._style import method_style, new_figure
 from hessian_lora.hessian.filters import layer_index
 from hessian_lora.registry import method_color, method_label, method_sort_key
@@ -67,11 +68,8 @@ def figure_module_ratios(directory: RunDirectory, methods: Sequence[str] | None 
     # Wide enough for the title and a two-column legend even with a single module kind.
     figure = new_figure(max(3.4 * columns + 1.2, 8.0), 2.9 * rows + 1.1 + 0.35 * math.ceil(len(others) / 2))
     axes_grid = figure.subplots(rows, columns, squeeze=False, sharey=True)
-    medians: dict[str, float] = {}
-    for name in others:
-        ratios = [values[name][block] / base[block] for block in base if block in values[name]]
-        if ratios:
-            medians[name] = float(np.median(ratios))
+    by_module = {name: per_module_ratios(values[name], base) for name in others}
+    medians = {name: float(np.median(list(found.values()))) for name, found in by_module.items() if found}
     all_layers = sorted({layer for block in base if (layer := layer_index(block)) is not None})
     span = (all_layers[-1] - all_layers[0]) if len(all_layers) > 1 else 1
     offsets = dict(zip(others, np.linspace(-0.025, 0.025, len(others)) * max(span, 4) if len(others) > 1
@@ -80,10 +78,9 @@ def figure_module_ratios(directory: RunDirectory, methods: Sequence[str] | None 
     for index, kind in enumerate(kinds):
         axes = axes_grid[index // columns][index % columns]
         for name in others:
-            layered = sorted((layer_index(block), values[name][block] / base[block],
-                              block in uncertified[name] or block in uncertified[reference])
-                             for block in base if module_kind(block) == kind and block in values[name]
-                             and layer_index(block) is not None)
+            layered = sorted((layer_index(block), ratio, block in uncertified[name] or block in uncertified[reference])
+                             for block, ratio in by_module[name].items()
+                             if module_kind(block) == kind and layer_index(block) is not None)
             if not layered:
                 continue
             style = method_style(name, line=False)
