@@ -1,0 +1,55 @@
+"""The public API at the package's top: every name resolves to its one home, lazily (no torch at import)."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import hessian_lora
+
+INIT = Path(hessian_lora.__file__)
+
+
+def test_every_public_name_is_its_home_modules_object() -> None:
+    for name, home in hessian_lora._PUBLIC.items():
+        assert getattr(hessian_lora, name) is getattr(importlib.import_module(home), name), name
+
+
+def test_the_issue_s_own_check_runs() -> None:
+    # `python -c "import hessian_lora as h; h.SharpnessCallback; h.analyze"`, in a fresh interpreter
+    done = subprocess.run([sys.executable, "-c", "import hessian_lora as h; h.SharpnessCallback; h.analyze"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
+def test_importing_the_package_loads_no_torch() -> None:
+    code = "import sys, hessian_lora; assert 'torch' not in sys.modules, 'torch imported'; print(len(dir(hessian_lora)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) >= len(hessian_lora._PUBLIC)
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'eigenn'"):
+        _ = hessian_lora.eigenn  # type: ignore[attr-defined]
+
+
+def test_the_type_checking_imports_list_exactly_the_public_names() -> None:
+    # What editors and mypy see must be what __getattr__ serves: the same names from the same modules.
+    tree = ast.parse(INIT.read_text())
+    guarded = next(node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
+    seen = {alias.asname or alias.name: node.module for node in guarded.body if isinstance(node, ast.ImportFrom)
+            for alias in node.names}
+    assert seen == hessian_lora._PUBLIC
+    assert set(hessian_lora.__all__) == {"__version__", *hessian_lora._PUBLIC}
+
+
+def test_no_public_name_is_shadowed_by_a_submodule() -> None:
+    # importing hessian_lora.<name> rebinds the package attribute <name> to the module
+    submodules = {path.stem for path in INIT.parent.iterdir() if path.suffix == ".py" or (path / "__init__.py").exists()}
+    assert not set(hessian_lora._PUBLIC) & submodules
