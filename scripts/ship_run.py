@@ -10,8 +10,8 @@ source does not have (STATUS.md) are left as they are. The destination is then a
 (`hessian-lora analyze TARGET`, unless --no-analyze) and its figures drawn as PNG into TARGET/figures
 (`hessian-lora plot TARGET --formats png`): analysis.json records TARGET as given, so give it relative to the
 repository's root, as tests/test_replication.py re-analyses it. Then `python scripts/sync_readme.py` copies the new
-numbers into the README's marked blocks. Every file is written to a temporary name and renamed, so an interrupted copy leaves each
-file either old or new.
+numbers into the marked blocks of docs/results.md (the measured record the README links to). Every file is written
+to a temporary name and renamed, so an interrupted copy leaves each file either old or new.
 """
 
 from __future__ import annotations

@@ -1,17 +1,18 @@
-"""Copy sections of a shipped analysis.md into the README, between markers, so the README's numbers are the data's.
+"""Copy sections of a shipped analysis.md into the results page, between markers, so its numbers are the data's.
 
-    python scripts/sync_readme.py           # rewrite every marked block of README.md from its source
+    python scripts/sync_readme.py           # rewrite every marked block of docs/results.md from its source
     python scripts/sync_readme.py --check   # exit 1, naming the block, if any block differs from its source
+    python scripts/sync_readme.py --readme README.md   # another page with marked blocks
 
-A marked block in README.md reads
+A marked block in docs/results.md (the measured record the README links to) reads
 
-    <!-- from results/smollm2/analysis.md: ### The paper's claims -->
+    <!-- from ../results/smollm2/analysis.md: ### The paper's claims -->
     ...copied text...
     <!-- end -->
 
 and holds the body of that heading in that file: the lines after the heading up to the next heading of the same
 or a higher level, blank lines at either end dropped. The heading ``(top)`` names the text before the first
-heading (analysis.md's main table, its data line and the relation). The source path is relative to the README's
+heading (analysis.md's main table, its data line and the relation). The source path is relative to the page's
 directory. tests/test_replication.py runs the check, so a re-analysed run directory whose numbers moved fails the
 tests until the README is synced.
 """
@@ -73,7 +74,8 @@ def sync(readme: Path, *, check: bool) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--readme", type=Path, default=ROOT / "docs" / "results.md",
+                        help="the page whose marked blocks to sync (default: docs/results.md)")
     parser.add_argument("--check", action="store_true", help="compare only; exit 1 if a block is stale")
     args = parser.parse_args(argv)
     stale = sync(args.readme, check=args.check)

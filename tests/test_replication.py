@@ -89,10 +89,11 @@ def test_the_shipped_run_directory_is_self_contained():
     assert not [p for p in SHIPPED.rglob("*") if p.suffix in {".safetensors", ".bin", ".pt"}]
 
 
-def test_the_readme_carries_the_shipped_analysis_and_its_figures():
-    """Every README block marked as copied from results/smollm2/analysis.md equals that section of the shipped
-    file (scripts/sync_readme.py --check), the claims table and the main table among them; every figure the README
-    shows from results/smollm2/figures is one `hessian-lora plot results/smollm2` draws, and is shipped."""
+def test_the_results_page_and_the_readme_carry_the_shipped_analysis_and_its_figures():
+    """Every block of docs/results.md marked as copied from results/smollm2/analysis.md equals that section of the
+    shipped file (scripts/sync_readme.py --check), the claims table and the main table among them; every figure that
+    page or the README shows from results/smollm2/figures is one `hessian-lora plot results/smollm2` draws, and is
+    shipped."""
     import importlib.util
     import re
 
@@ -101,12 +102,13 @@ def test_the_readme_carries_the_shipped_analysis_and_its_figures():
     spec = importlib.util.spec_from_file_location("sync_readme", ROOT / "scripts" / "sync_readme.py")
     sync = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sync)
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+    page = ROOT / "docs" / "results.md"
+    text = page.read_text()
     for heading in ("(top)", "### The paper's claims", "### Cost (as recorded)"):
-        assert f"<!-- from results/smollm2/analysis.md: {heading} -->" in text, heading
-    assert sync.sync(readme, check=True) == []
-    shown = re.findall(r"\]\((results/smollm2/figures/[^)]+\.png)\)", text)
-    assert shown
-    for path in shown:
-        assert Path(path).stem in FIGURE_NAMES.values() and (ROOT / path).is_file(), path
+        assert f"<!-- from ../results/smollm2/analysis.md: {heading} -->" in text, heading
+    assert sync.sync(page, check=True) == []
+    for shown_in in (page, ROOT / "README.md"):
+        shown = re.findall(r"\]\(((?:\.\./)?results/smollm2/figures/[^)]+\.png)\)", shown_in.read_text())
+        assert shown, shown_in
+        for path in shown:
+            assert Path(path).stem in FIGURE_NAMES.values() and (shown_in.parent / path).resolve().is_file(), path

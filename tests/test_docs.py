@@ -1,0 +1,65 @@
+"""The README is a front page, and no link between the project's pages is dead."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL)  # a '#' inside a code block is no heading
+    return {slug(line.lstrip("#")) for line in text.splitlines() if re.match(r"#{1,6} ", line)}
+
+
+def dead_links(page: Path) -> list[str]:
+    dead = []
+    for target in LINK.findall(page.read_text()):
+        if re.match(r"[a-z]+:", target):  # https:, mailto: — outside the repository
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        if not linked.exists():
+            dead.append(f"{page.name}: {target} (no such file)")
+        elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+            dead.append(f"{page.name}: {target} (no such heading)")
+    return dead
+
+
+def test_slug_follows_github() -> None:
+    assert slug("The paper's other models: Gemma-3-1B and Llama-2-7B") == \
+        "the-papers-other-models-gemma-3-1b-and-llama-2-7b"
+    assert slug("The replication: three seeds, 256 problems") == "the-replication-three-seeds-256-problems"
+
+
+def test_no_link_between_the_pages_is_dead() -> None:
+    assert [page for page in PAGES if page.is_file()] == PAGES
+    assert [link for page in PAGES for link in dead_links(page)] == []
+
+
+def test_a_dead_link_is_found(tmp_path: Path) -> None:
+    (tmp_path / "a.md").write_text("# Top\n\n[ok](#top) [gone](b.md) [no heading](a.md#nowhere)\n")
+    assert dead_links(tmp_path / "a.md") == ["a.md: b.md (no such file)", "a.md: a.md#nowhere (no such heading)"]
+
+
+def test_the_readme_is_a_front_page() -> None:
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 200
+    first_command = next(i for i, line in enumerate(lines) if line.startswith("```"))
+    assert first_command < 60  # the first usage example is on the first screen
+    text = "\n".join(lines)
+    assert "Learning Rate Matters: Vanilla LoRA May Suffice for LLM Fine-tuning" in text
+    assert "(https://arxiv.org/abs/2602.04998)" in text
+    # the README's two set-up commands are exactly what CI runs (the test command) and the main job
+    assert "bash scripts/setup.sh && .venv/bin/python -m pytest" in text
+    assert "bash scripts/setup.sh && .venv/bin/python -m pytest" in (ROOT / ".ci" / "run").read_text()
+    assert "bash scripts/setup.sh && .venv/bin/hessian-lora demo" in text
