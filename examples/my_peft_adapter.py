@@ -25,6 +25,7 @@ PAIRS = [("What is 12 + 30?", "42"), ("What is 7 + 8?", "15"), ("What is 21 + 4?
 
 
 def main() -> None:
+    """Parse the command line and run the example."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--threads", type=int, default=1)

@@ -16,6 +16,7 @@ import hessian_lora as h
 
 
 def main() -> None:
+    """Parse the command line and run the example."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--layers", default="0,14,29")

@@ -18,6 +18,7 @@ from hessian_lora.recommend import recommend
 
 
 def main() -> None:
+    """Parse the command line and run the example."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--method", default="pissa")
     parser.add_argument("--model", default="smollm2-135m")

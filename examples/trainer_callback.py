@@ -22,6 +22,7 @@ from hessian_lora.data import load_task
 
 
 def main() -> None:
+    """Parse the command line and run the example."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--steps", type=int, default=20)
