@@ -87,3 +87,16 @@ def test_the_site_builds_with_warnings_as_errors(tmp_path: Path) -> None:
         assert f'id="{module}.{name}"' in api, name
     cli = (tmp_path / "site" / "reference" / "cli" / "index.html").read_text()
     assert "hessian-lora eigen" in cli and "--krylov-memory" in cli
+
+
+def test_the_guides_python_is_the_examples_the_tests_run() -> None:
+    # A how-to page's Python is an include of an examples/ script (pymdownx.snippets), so tests/test_examples.py
+    # runs exactly the code a reader copies; a hand-written Python block there would run nowhere.
+    from test_examples import RUNS
+
+    blocks = [(page.name, block.strip()) for page in sorted((ROOT / "docs" / "guides").glob("*.md"))
+              for block in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.DOTALL)]
+    assert blocks
+    for page, block in blocks:
+        include = re.fullmatch(r'--8<-- "examples/([\w.]+)"', block)
+        assert include and include[1] in RUNS, f"{page}: a Python block that is not an example the tests run"
