@@ -1,12 +1,19 @@
-"""Write the three notebooks of this directory (run: ``.venv/bin/python notebooks/make_notebooks.py``).
+"""Write the notebooks of this directory; with ``--execute``, run them and keep their outputs.
+
+    .venv/bin/python notebooks/make_notebooks.py              # the cells only, no outputs
+    HESSIAN_LORA_MODEL=smollm2-135m .venv/bin/python notebooks/make_notebooks.py --execute   # what is committed
 
 They are generated, not hand-edited, so that their code stays reviewable here and stays in step with the API.
 Each defaults to the tiny preset (a random 2-layer Llama) and runs in a minute or two on a CPU; set the
-environment variable ``HESSIAN_LORA_MODEL=smollm2-135m`` (or edit the first cell) for the real model.
+environment variable ``HESSIAN_LORA_MODEL=smollm2-135m`` (or edit the first cell) for the real model. Notebook 02
+reads the shipped replication, ``results/smollm2``, unless ``HESSIAN_LORA_RUN_DIR`` names another run directory.
+The committed notebooks carry the outputs of ``--execute`` (each prints the model it used in its first output);
+tests/test_notebooks.py checks their cells against this file and runs each on the tiny model.
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import nbformat
@@ -51,7 +58,9 @@ def checkpoint_eigenvalue() -> nbformat.NotebookNode:
 MODEL = os.environ.get("HESSIAN_LORA_MODEL", "tiny-llama")
 METHOD = "pissa"  # any of `hessian-lora methods`
 RANK = 4
-SAMPLES, BATCH_SIZE = 8, 4  # Hessian data: the first SAMPLES examples of the arithmetic task'''),
+SAMPLES, BATCH_SIZE = 8, 4  # Hessian data: the first SAMPLES examples of the arithmetic task
+LAYERS = None if MODEL.startswith("tiny-llama") else "0,14,29"  # the per-module scan's layers (None: all)
+print(f"model: {MODEL}")'''),
         new_markdown_cell("## A checkpoint at initialisation"),
         new_code_cell('''\
 import tempfile
@@ -81,10 +90,10 @@ print(f"residual {block.residual:.2e}, converged {block.converged}, {block.hvps}
       f"{block.seconds:.1f} s over {block.tokens} loss tokens")
 assert block.converged and block.lambda_max > 0'''),
         new_markdown_cell("## Per-module scan\n\nOne block per adapted projection (here `q_proj` and `v_proj` of "
-                          "every layer; drop `modules=` to scan all seven)."),
+                          "the layers `LAYERS`, every layer when None; drop `modules=` to scan all seven)."),
         new_code_cell('''\
 scan = eigen(checkpoint, task="arith", samples=SAMPLES, batch_size=BATCH_SIZE, blocks="per-module",
-             modules="q_proj,v_proj", progress=False)
+             modules="q_proj,v_proj", layers=LAYERS, progress=False)
 rows = ["| block | parameters | λ_max | residual | converged | HVPs |", "|---|---|---|---|---|---|"]
 for report in scan.blocks:
     rows.append(f"| {report.name} | {report.parameters:,} | {report.lambda_max:.5g} | {report.residual:.1e} | "
@@ -160,17 +169,13 @@ def lr_vs_sharpness() -> nbformat.NotebookNode:
             "Load a sweep's run directory, find each method's optimal learning rate η* and its λ_max at "
             "initialisation, and relate them (Spearman ρ, the log-log slope with a bootstrap interval, "
             "η* ≈ c/λ_max, and the 2/λ and Adam bounds).\n\n"
-            "`RUN_DIR` defaults to the quick demo's directory; it is created with `hessian-lora demo --quick` "
-            "(about a minute) when missing. Point `HESSIAN_LORA_RUN_DIR` at your own sweep, e.g. the SmolLM2 "
-            "demo's `runs/demo-smollm2`."),
+            "`RUN_DIR` defaults to the shipped three-seed replication, `results/smollm2` (SmolLM2-135M, seven "
+            "methods, 108 runs), which this notebook only reads. Point `HESSIAN_LORA_RUN_DIR` at your own sweep's "
+            "directory (`hessian-lora demo --quick` makes a small one in about a minute)."),
         new_code_cell(COMMON + '''
 
-RUN_DIR = Path(os.environ.get("HESSIAN_LORA_RUN_DIR", ROOT / "runs" / "demo-tiny"))
-if not (RUN_DIR / "results.sqlite").exists():
-    from hessian_lora.demo import run_demo
-
-    run_demo(quick=True, out=RUN_DIR, progress=False)
-print(RUN_DIR)'''),
+RUN_DIR = Path(os.environ.get("HESSIAN_LORA_RUN_DIR", ROOT / "results" / "smollm2"))
+print(f"run directory: {RUN_DIR}")'''),
         new_markdown_cell("## The table"),
         new_code_cell('''\
 from hessian_lora.analysis import analyze, markdown_table
@@ -345,23 +350,114 @@ assert all(p["lambda_max"] > 0 for history in histories.values() for p in histor
     ])
 
 
+def trainer_and_recommendation() -> nbformat.NotebookNode:
+    return new_notebook(cells=[
+        new_markdown_cell(
+            "# Sharpness in your Trainer, and a learning rate before you sweep\n\n"
+            "Two ways the toolkit meets a fine-tuning run: `SharpnessCallback` measures λ_max and Adam's "
+            "preconditioned sharpness λ₁(P⁻¹H) every few steps inside TRL's `SFTTrainer` (or a plain "
+            "`transformers` `Trainer`) and logs them beside the loss; `recommend` predicts a method's optimal "
+            "learning rate from one λ_max probe at initialisation and the shipped calibration.\n\n"
+            "Defaults: the tiny random Llama (seconds). `HESSIAN_LORA_MODEL=smollm2-135m` for the real model, "
+            "which the shipped calibration was measured on."),
+        new_code_cell(COMMON + '''
+
+MODEL = os.environ.get("HESSIAN_LORA_MODEL", "tiny-llama")
+STEPS, EVERY = (8, 2) if MODEL.startswith("tiny-llama") else (24, 4)
+RANK = 4 if MODEL.startswith("tiny-llama") else None  # None: the calibration's rank (64)
+print(f"model: {MODEL}")'''),
+        new_markdown_cell("## Sharpness along training in `SFTTrainer`"),
+        new_code_cell('''\
+import tempfile
+
+import datasets
+from peft import LoraConfig
+from trl import SFTConfig, SFTTrainer
+
+import hessian_lora as h
+from hessian_lora.data import load_task
+
+loaded = h.load_model(MODEL, device="cpu")
+task = load_task("arith", seed=0, n_train=64, n_eval=0)
+train = datasets.Dataset.from_list([{"prompt": e.prompt, "completion": e.response} for e in task.train])
+config = SFTConfig(output_dir=tempfile.mkdtemp(prefix="hessian-lora-sft-"), per_device_train_batch_size=4,
+                   max_steps=STEPS, learning_rate=1e-3, logging_steps=EVERY, save_strategy="no", report_to="none",
+                   use_cpu=True, disable_tqdm=True, max_length=96, bf16=False)
+trainer = SFTTrainer(model=loaded.model, args=config, train_dataset=train, processing_class=loaded.tokenizer,
+                     peft_config=LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+h.SharpnessCallback.install(trainer, every=EVERY, settings=h.DuringSettings(tol=1e-2, max_iter=40))
+trainer.train()
+probes = [e for e in trainer.state.log_history if "sharpness/lambda_max" in e]
+rows = ["| step | λ_max | λ₁(P⁻¹H) | certified |", "|---|---|---|---|"]
+for entry in probes:
+    pre = entry.get("sharpness/preconditioned")
+    rows.append(f"| {entry['step']} | {entry['sharpness/lambda_max']:.4g} | {'–' if pre is None else f'{pre:.4g}'} "
+                f"| {bool(entry.get('sharpness/converged'))} |")
+display(Markdown("\\n".join(rows)))
+assert len(probes) == STEPS // EVERY + 1'''),
+        new_code_cell('''\
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+figure = Figure(figsize=(8, 3.4), layout="constrained")
+FigureCanvasAgg(figure)
+raw, adam = figure.subplots(1, 2)
+raw.plot([e["step"] for e in probes], [e["sharpness/lambda_max"] for e in probes], marker="o")
+raw.set_xlabel("optimizer step")
+raw.set_ylabel(r"$\\lambda_{\\max}$ of the loss Hessian")
+later = [e for e in probes if e.get("sharpness/adam_ratio") is not None]
+adam.plot([e["step"] for e in later], [e["sharpness/adam_ratio"] for e in later], marker="o")
+adam.axhline(1.0, color="black", linestyle="--", label="Adam's edge of stability")
+adam.set_xlabel("optimizer step")
+adam.set_ylabel(r"$\\lambda_1(P^{-1}H)\\cdot\\eta\\,/\\,\\frac{2+2\\beta_1}{1-\\beta_1}$")
+adam.legend(fontsize=8)
+figure.suptitle(f"LoRA r=8 on {MODEL} in SFTTrainer (no Adam state at step 0, so no preconditioned value)")
+show(figure)'''),
+        new_markdown_cell(
+            "## A learning rate before any sweep\n\n"
+            "One λ_max probe of each method's adapter at initialisation, mapped to η* by the calibration (η* "
+            "against λ_max over the SmolLM2 demo's methods). On another model than the calibration's, the "
+            "recommendation says so."),
+        new_code_cell('''\
+from hessian_lora.recommend import recommend
+
+for method in ("lora", "pissa"):
+    advice = recommend(method, model=MODEL, rank=RANK, progress=False)
+    display(Markdown("\\n".join(f"- {line}" for line in advice.lines())))
+    assert advice.eta > 0 and advice.grid'''),
+    ])
+
+
 NOTEBOOKS = {
     "01_checkpoint_eigenvalue.ipynb": checkpoint_eigenvalue,
     "02_lr_vs_sharpness.ipynb": lr_vs_sharpness,
     "03_spectrum_explorer.ipynb": spectrum_explorer,
+    "04_trainer_and_recommendation.ipynb": trainer_and_recommendation,
 }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Write every notebook; with ``--execute`` run each (nbclient, from this directory) and keep its outputs."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--execute", action="store_true", help="run each notebook and write it with its outputs")
+    parser.add_argument("--only", nargs="*", default=None, help="notebook file names (default: all)")
+    args = parser.parse_args(argv)
     for name, build in NOTEBOOKS.items():
+        if args.only and name not in args.only:
+            continue
         notebook = build()
         for index, cell in enumerate(notebook.cells):
             cell.id = f"{Path(name).stem[:2]}-{index:02d}"  # stable ids: regenerating gives no diff
         notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         notebook.metadata["language_info"] = {"name": "python"}
+        if args.execute:
+            from nbclient import NotebookClient  # local: only --execute runs a kernel
+
+            NotebookClient(notebook, timeout=3600, kernel_name="python3",
+                           resources={"metadata": {"path": str(HERE)}}).execute()
         nbformat.validate(notebook)
         nbformat.write(notebook, HERE / name)
-        print(f"wrote {HERE / name}")
+        print(f"wrote {HERE / name}" + (" (executed)" if args.execute else ""))
 
 
 if __name__ == "__main__":
