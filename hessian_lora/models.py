@@ -107,10 +107,24 @@ def load_model(
     seed: int = 0,
     attn_implementation: str = HESSIAN_SAFE_ATTENTION,
 ) -> LoadedModel:
-    """Load a causal LM and its tokenizer.
+    """Load a causal LM and its tokenizer, in eval mode.
 
-    ``spec`` is ``smollm2-135m`` (embedded, cached as safetensors after the first load), ``tiny-llama``
-    (random, deterministic per ``seed``), a local HF model directory, a ``.gguf`` file, or a hub id.
+    Args:
+        spec: ``smollm2-135m`` (embedded, cached as safetensors after the first load), ``tiny-llama[:k=v,...]``
+            (random, deterministic per ``seed``), a local Hugging Face model directory, a ``.gguf`` file, or a hub
+            id (a spec is a path only when it exists or starts with ``./``, ``/`` or ``~``).
+        dtype: the weights' dtype (Hessian work needs float32).
+        device: where the model goes (default: CUDA when available).
+        seed: the seed of a random ``tiny-llama``.
+        attn_implementation: the attention kernel; the default supports the double backward Hessian-vector
+            products need.
+
+    Returns:
+        A :class:`LoadedModel` ``(model, tokenizer, spec)``.
+
+    Raises:
+        UserError: the spec names no model that can be loaded here (missing files, no network for a hub id,
+            a damaged file), in one line.
     """
     device = check_device(device)
     if not isinstance(spec, str) or not spec.strip():

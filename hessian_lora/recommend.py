@@ -179,7 +179,18 @@ def calibration_from_run(run_dir: str | os.PathLike[str], *, note: str = "", **a
 
 
 def load_calibration(source: str | os.PathLike[str] | None = None) -> Calibration:
-    """The shipped default (``None``), a calibration JSON file, or a sweep RUN_DIR (fitted on the fly)."""
+    """A calibration (η* against λ_max over a sweep's methods) for :func:`recommend`.
+
+    Args:
+        source: ``None`` for the shipped default (the SmolLM2-135M demo), a calibration JSON file (as written by
+            ``hessian-lora recommend --save-calibration``), or a sweep run directory (fitted on the fly).
+
+    Returns:
+        The :class:`Calibration`, with the probe settings it was measured with.
+
+    Raises:
+        UserError: the file or directory is missing or invalid (one line naming the file, the field and the fix).
+    """
     if source is None:
         text = resources.files("hessian_lora").joinpath("data", DEFAULT_CALIBRATION).read_text(encoding="utf-8")
         return Calibration.from_dict(json.loads(text), source=f"the shipped {DEFAULT_CALIBRATION}")

@@ -128,7 +128,20 @@ def check_distinct(run_dirs: Sequence[str | os.PathLike[str]]) -> None:
 
 def analyze_ablation(run_dirs: Sequence[str | os.PathLike[str]], *, rank: int | None = None,
                      batch_size: int | None = None, **options: Any) -> Ablation:
-    """:func:`analyze` once per setting of ``run_dirs`` (``options``: its metric, λ source, bootstrap...)."""
+    """:func:`analyze` once per setting (rank, batch size, run directory) of ``run_dirs``.
+
+    Args:
+        run_dirs: one or more sweep run directories; one given twice is refused.
+        rank: analyse only this rank (default: every rank the runs hold).
+        batch_size: analyse only this batch size (default: every one).
+        **options: :func:`analyze`'s options (metric, λ source, bootstrap, ...).
+
+    Returns:
+        An :class:`Ablation`: one :class:`Analysis` per setting and the cross-setting tables.
+
+    Raises:
+        UserError: a run directory is missing, unreadable or given twice, or an option is invalid.
+    """
     settings = find_settings(run_dirs, rank=rank, batch_size=batch_size)
     analyses = tuple(analyze(s.run_dir, rank=s.rank, batch_size=s.batch_size, **options) for s in settings)
     return Ablation(tuple(settings), analyses)

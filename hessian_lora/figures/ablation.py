@@ -150,8 +150,23 @@ def plot_ablation(
     batch_size: int | None = None,
     **analyze_options: Any,
 ) -> PlotResult:
-    """Cross-setting figures (g, h, i) in ``out_dir`` (default the first RUN_DIR's figures/), and each
-    setting's own figures in ``out_dir/<setting>/`` (keys ``<setting>/a`` ...)."""
+    """Cross-setting figures and each setting's own figures.
+
+    Args:
+        run_dirs: one or more sweep run directories, as for :func:`analyze_ablation`.
+        out_dir: where the figures go (default: the first run directory's ``figures/``); each setting's own
+            figures go to ``out_dir/<setting>/``.
+        formats: file formats to write, e.g. ``("png",)``.
+        rank: only this rank (default: every rank).
+        batch_size: only this batch size (default: every one).
+        **analyze_options: :func:`analyze`'s options.
+
+    Returns:
+        A :class:`PlotResult`: the figures written by key (the cross-setting ones and ``<setting>/a`` ...).
+
+    Raises:
+        UserError: as :func:`analyze_ablation`, or ``out_dir`` cannot be written.
+    """
     ablation = analyze_ablation(run_dirs, rank=rank, batch_size=batch_size, **analyze_options)
     out = Path(out_dir) if out_dir is not None else RunLayout(run_dirs[0]).figures
     result = PlotResult()

@@ -216,7 +216,19 @@ class SweepConfig:
 
 
 def load_config(path: str | os.PathLike[str]) -> SweepConfig:
-    """Read and validate a sweep YAML file."""
+    """Read and validate a sweep YAML file.
+
+    Args:
+        path: the YAML file (``experiments/*.yaml`` are examples); its stem is the sweep's name unless the file
+            sets ``name:``.
+
+    Returns:
+        The validated, frozen :class:`SweepConfig`.
+
+    Raises:
+        UserError: the file is missing, not UTF-8, not YAML, not a mapping, or a setting is invalid (one line
+            naming the file, the field and the fix).
+    """
     file = Path(path)
     if not file.is_file():
         raise UserError(f"sweep config {file} does not exist: pass a YAML file such as experiments/tiny.yaml.")

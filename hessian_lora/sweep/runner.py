@@ -254,11 +254,34 @@ def run_sweep(
     at_init: AtInit | None = None,
     source: str = "config",
 ) -> SweepSummary:
-    """Run every grid point of ``config`` not yet finished in ``run_dir`` (with ``search: adaptive``, every point
-    the search asks for; see the module docstring). ``on_run(done, planned)`` is called after each run (and once
-    at the start): the runs finished so far and those planned (for a search, an upper bound). ``at_init``: called
-    with each adapter the search builds at initialisation for its centre (:data:`adaptive.AtInit`). ``source``:
-    where ``config`` came from (the YAML file), named by every preflight error."""
+    """Run every grid point of ``config`` not yet finished in ``run_dir``.
+
+    With ``search: adaptive``, every point the search asks for (see the module docstring). Finished runs are
+    kept: a rerun resumes, and a changed config is refused unless ``extend``.
+
+    Args:
+        config: the sweep, from :func:`load_config` or ``config_from_dict``.
+        run_dir: the run directory (created; its ``results.sqlite`` holds one row per run).
+        backend: ``"local"`` (one run after another) or ``"ray"`` (fanned out over a Ray cluster).
+        address: the Ray cluster's address (``backend="ray"``; default: a local cluster).
+        extend: accept a config that adds grid points to an existing run directory.
+        retry_failed: run again the runs recorded as failed.
+        progress: show progress bars.
+        device: where the runs train (default: CUDA when available).
+        on_run: called as ``on_run(done, planned)`` after each run and once at the start: the runs finished so
+            far and those planned (for a search, an upper bound).
+        at_init: called with each adapter the search builds at initialisation for its centre
+            (:data:`adaptive.AtInit`).
+        source: where ``config`` came from (the YAML file), named by every preflight error.
+
+    Returns:
+        A :class:`SweepSummary`: runs planned, skipped as finished and run now, the final statuses, the distinct
+        errors of failed runs with their counts, and the search's status lines.
+
+    Raises:
+        UserError: the preflight refused the config (nothing is written then), or the run directory holds
+            another config.
+    """
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}: use {' or '.join(BACKENDS)}.")
     if address is not None and backend != "ray":
