@@ -161,16 +161,17 @@ def test_metric_figure_puts_intervals_at_run_lrs_and_the_fit_in_its_own_strip(ov
 
 
 def test_coinciding_methods_are_drawn_apart(overlap_run) -> None:
-    _, directory, result = overlap_run
-    for figure in (plots.figure_metric_vs_lr(result),):
-        lora, dora = (next(line for line in figure.axes[1].get_lines() if line.get_label().startswith(label))
-                      for label in ("LoRA:", "DoRA:"))
-        assert list(lora.get_ydata()) == pytest.approx(list(dora.get_ydata()))  # the same curve...
-        assert lora.get_linestyle() != dora.get_linestyle()  # ...in another dash,
-        assert lora.get_linewidth() > dora.get_linewidth()  # LoRA wider underneath,
-        assert lora.get_zorder() < dora.get_zorder()
-        if lora.get_marker() not in ("None", None, ""):
-            assert lora.get_marker() != dora.get_marker()  # and with its own marker
+    _, _, result = overlap_run
+    figure = plots.figure_metric_vs_lr(result)
+    # the curves' panel (the η* strip above it has rows, not curves)
+    lora, dora = (next(line for line in figure.axes[1].get_lines() if line.get_label().startswith(label))
+                  for label in ("LoRA:", "DoRA:"))
+    assert list(lora.get_ydata()) == pytest.approx(list(dora.get_ydata()))  # the same curve...
+    assert lora.get_linestyle() != dora.get_linestyle()  # ...in another dash,
+    assert lora.get_linewidth() > dora.get_linewidth()  # LoRA wider underneath,
+    assert lora.get_zorder() < dora.get_zorder()
+    if lora.get_marker() not in ("None", None, ""):
+        assert lora.get_marker() != dora.get_marker()  # and with its own marker
 
 
 def test_the_density_has_a_panel_and_a_kernel_per_method(overlap_run) -> None:

@@ -171,6 +171,18 @@ def relation_summary(data: Mapping[str, Any]) -> str:
             text += (f" ({data.get('level', 0.95):.0%} bootstrap CI [{low:.3f}, {high:.3f}] over methods and η* "
                      f"draws, {relation['bootstrap_valid']} resamples)")
         parts.append(text + ";")
+    fits = relation.get("by_source") or {}
+    if len(fits) > 1:  # the same fit with each kind of λ, so no reader takes one λ's R² for the other's
+        said = []
+        for source, fit in fits.items():
+            interval = fit.get("slope_ci95")
+            text = f"{source} λ: slope {fit['slope']:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval
+                                                              else "")
+            text += f", R² {fit['r2']:.2f}" if fit.get("r2") is not None else ""
+            if fit.get("inverse_in_ci") is not None:
+                text += ", η* ∝ 1/λ " + ("not rejected" if fit["inverse_in_ci"] else "rejected (−1 outside)")
+            said.append(text)
+        parts.append("by kind of λ at init: " + "; ".join(said) + ";")
     if relation.get("c") is not None:
         parts.append(f"η* ≈ c/λ_max with c = {relation['c']:.3g} (×{relation['c_spread_factor']:.2f} spread);")
     gd = [m["eta_lambda_over_2"] for m in data["methods"].values() if m.get("eta_lambda_over_2")

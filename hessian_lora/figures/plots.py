@@ -17,15 +17,14 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
 from hessian_lora._io import write_bytes_atomic
 from hessian_lora.analysis.curves import SCORE_METRICS, metric_name, metric_value
 from hessian_lora.analysis.stability import largest_stable_lr, stability_curves
 from hessian_lora.analysis.summary import Analysis, MethodSummary, analyze, relation_lambda
 from hessian_lora.figures._style import (
-    LR_AXIS_LABEL,
     ARROW_FACTOR,
+    LR_AXIS_LABEL,
     bound_arrow,
     finish_method_panel,
     format_lr,

@@ -120,15 +120,7 @@ def figure_module_ratios(directory: RunDirectory, methods: Sequence[str] | None 
         figure.axes[0].plot([], [], label=f"{method_label(name)}{text}", **method_style(name, line=False))
     figure.legend(loc="outside lower center", ncol=min(len(others), max(2, columns)), fontsize=9)
     hollow = "; hollow: a λ_max not certified" if any_uncertified else ""
-    # The probe's size and the seeds belong in the title: a per-module scan may use fewer examples, and fewer
-    # seeds, than the whole-adapter probes (scripts/init_modules.py --seeds).
-    facts = []
-    if sample_sizes:
-        low, high = min(sample_sizes), max(sample_sizes)
-        facts.append(f"on {low} training examples" if low == high else f"on {low}–{high} training examples")
-    if seeds:
-        facts.append(f"seed {min(seeds)}" if len(seeds) == 1
-                     else f"geometric mean over seeds {', '.join(str(seed) for seed in sorted(seeds))}")
+    facts = _measured_on(sample_sizes, seeds)
     on = f" ({'; '.join(facts)})" if facts else ""
     paper = ("\ndotted, labelled at the right: the paper's figure (Qwen3-0.6B, q_proj)"
              if reference == "lora" and any(name in PAPER_LAMBDA_RATIO for name in others) else "")
@@ -151,6 +143,20 @@ def _paper_marks(axes: Axes, methods: Sequence[str]) -> None:
         axes.annotate(f"paper: {', '.join(method_label(name) for name in names)} {upto}~{value:g}×", (1.0, value),
                       xycoords=("axes fraction", "data"), xytext=(-3, 2), textcoords="offset points", ha="right",
                       va="bottom", fontsize=7.5, color=method_color(names[0]))
+
+
+def _measured_on(sample_sizes: set[int], seeds: set[int]) -> list[str]:
+    """What per-module values were measured on, for a title: the probe's size and the seeds. They belong there
+    because a per-module scan may use fewer examples, and fewer seeds, than the whole-adapter probes
+    (scripts/init_modules.py --seeds, --samples)."""
+    facts = []
+    if sample_sizes:
+        low, high = min(sample_sizes), max(sample_sizes)
+        facts.append(f"on {low} training examples" if low == high else f"on {low}–{high} training examples")
+    if seeds:
+        facts.append(f"seed {min(seeds)}" if len(seeds) == 1
+                     else f"geometric mean over seeds {', '.join(str(seed) for seed in sorted(seeds))}")
+    return facts
 
 
 def _plain_log_labels(axes: Axes) -> None:
@@ -322,7 +328,9 @@ def figure_layer_heatmap(directory: RunDirectory, methods: Sequence[str] | None 
     names = sorted({key.method for key in directory.init_reports}, key=method_sort_key)
     if methods is not None:
         names = [name for name in names if name in methods]
-    measured = {name: _module_values(directory, name) for name in names}
+    sample_sizes: set[int] = set()
+    seeds: set[int] = set()
+    measured = {name: _module_values(directory, name, sample_sizes, seeds) for name in names}
     cells: dict[tuple[str, str, int], tuple[float, bool]] = {}
     for name, (values, uncertified) in measured.items():
         for block, value in values.items():
@@ -336,7 +344,7 @@ def figure_layer_heatmap(directory: RunDirectory, methods: Sequence[str] | None 
     columns = [name for name in names if any(key[1] == name for key in cells)]
     values = [value for value, _ in cells.values()]
     norm = LogNorm(vmin=min(values), vmax=max(values))
-    figure = new_figure(max(7.0, 2.2 + 0.62 * len(columns) * len(kinds)), max(4.2, 1.8 + 0.22 * count))
+    figure = new_figure(max(8.0, 2.2 + 0.62 * len(columns) * len(kinds)), max(4.2, 1.8 + 0.22 * count))
     panels = figure.subplots(1, len(kinds), squeeze=False, sharey=True)[0]
     image = None
     for axes, kind in zip(panels, kinds):
@@ -365,6 +373,8 @@ def figure_layer_heatmap(directory: RunDirectory, methods: Sequence[str] | None 
         figure.colorbar(image, ax=list(panels), label=r"$\lambda_{\max}$ at initialisation (log scale)",
                         shrink=0.8)
     rows = (f"layers 0–{count - 1}" + (" (up to the highest layer measured)" if inferred else ""))
-    figure.suptitle(rf"Per-layer $\lambda_{{\max}}$ at initialisation, {rows}" + "\nhatched grey: not measured; "
-                    "† not certified", fontsize=10)
+    facts = _measured_on(sample_sizes, seeds)
+    measured_on = f" ({'; '.join(facts)})" if facts else ""
+    figure.suptitle(rf"Per-layer $\lambda_{{\max}}$ at initialisation{measured_on}" + f"\n{rows}; hatched grey: "
+                    "not measured; † not certified", fontsize=10)
     return figure
