@@ -45,17 +45,24 @@ def _module_values(directory: RunDirectory, method: str, samples: set[int] | Non
     return {name: float(10 ** np.mean(np.log10(values))) for name, values in collected.items()}, uncertified
 
 
-def figure_module_ratios(directory: RunDirectory, methods: Sequence[str] | None = None,
-                         reference: str = "lora") -> Figure | None:
-    """(c) Per module kind, each method's λ_max / the reference's at every *measured* layer: one marker per
-    layer (no line: layers between the measured ones were not measured), methods nudged apart along the layer
-    axis so equal ratios stay visible, hollow where either λ was not certified; dashed: the method's median."""
+def _measured_modules(directory: RunDirectory, methods: Sequence[str] | None
+                      ) -> tuple[dict[str, tuple[dict[str, float], set[str]]], set[int], set[int]]:
+    """:func:`_module_values` of every method with an init report (those in ``methods`` only, when given), in the
+    registry's order, with the sample sizes and seeds they were measured on."""
     names = sorted({key.method for key in directory.init_reports}, key=method_sort_key)
     if methods is not None:
         names = [name for name in names if name in methods]
     sample_sizes: set[int] = set()
     seeds: set[int] = set()
-    measured = {name: _module_values(directory, name, sample_sizes, seeds) for name in names}
+    return ({name: _module_values(directory, name, sample_sizes, seeds) for name in names}, sample_sizes, seeds)
+
+
+def figure_module_ratios(directory: RunDirectory, methods: Sequence[str] | None = None,
+                         reference: str = "lora") -> Figure | None:
+    """(c) Per module kind, each method's λ_max / the reference's at every *measured* layer: one marker per
+    layer (no line: layers between the measured ones were not measured), methods nudged apart along the layer
+    axis so equal ratios stay visible, hollow where either λ was not certified; dashed: the method's median."""
+    measured, sample_sizes, seeds = _measured_modules(directory, methods)
     values = {name: blocks for name, (blocks, _) in measured.items() if blocks}
     uncertified = {name: flagged for name, (_, flagged) in measured.items()}
     if reference not in values:
@@ -325,12 +332,7 @@ def figure_layer_heatmap(directory: RunDirectory, methods: Sequence[str] | None 
     hatched ("not measured"), never interpolated; each measured cell prints its value, hollow-marked (†) where its
     solver did not certify it. ``layers``: the model's layer count (default: one past the highest layer any report
     measured, which the title says). None without any per-module report of these kinds."""
-    names = sorted({key.method for key in directory.init_reports}, key=method_sort_key)
-    if methods is not None:
-        names = [name for name in names if name in methods]
-    sample_sizes: set[int] = set()
-    seeds: set[int] = set()
-    measured = {name: _module_values(directory, name, sample_sizes, seeds) for name in names}
+    measured, sample_sizes, seeds = _measured_modules(directory, methods)
     cells: dict[tuple[str, str, int], tuple[float, bool]] = {}
     for name, (values, uncertified) in measured.items():
         for block, value in values.items():
@@ -341,7 +343,7 @@ def figure_layer_heatmap(directory: RunDirectory, methods: Sequence[str] | None 
         return None
     inferred = layers is None
     count = layers if layers is not None else max(layer for _, _, layer in cells) + 1
-    columns = [name for name in names if any(key[1] == name for key in cells)]
+    columns = [name for name in measured if any(key[1] == name for key in cells)]
     values = [value for value, _ in cells.values()]
     norm = LogNorm(vmin=min(values), vmax=max(values))
     figure = new_figure(max(8.0, 2.2 + 0.62 * len(columns) * len(kinds)), max(4.2, 1.8 + 0.22 * count))
