@@ -11,7 +11,7 @@ from matplotlib import colors as mcolors
 from synthetic_run import SyntheticMethod, write_run_dir
 
 from hessian_lora import analysis, registry
-from hessian_lora.figures import plots
+from hessian_lora.figures import plots, spectrum
 
 METHODS = {
     "lora": SyntheticMethod(eta_star=3.1e-4, lambda_init=1.5),
@@ -39,7 +39,7 @@ def _clipped(figure) -> bool:
 def test_plot_run_writes_all_six_figures_as_png_and_pdf(run_dir, tmp_path) -> None:
     result = plots.plot_run(run_dir, tmp_path / "figures", bootstrap_samples=100)
     assert result.skipped == {}
-    assert sorted(result.written) == list("abcdefg")
+    assert sorted(result.written) == list("abcdefgk")
     for key, paths in result.written.items():
         assert [path.suffix for path in paths] == [".png", ".pdf"]
         assert paths[0].stem == plots.FIGURE_NAMES[key]
@@ -81,7 +81,7 @@ def test_missing_optional_data_skips_figures_with_reasons(tmp_path) -> None:
                             reports=False, final_reports=False)
     result = plots.plot_run(run_dir, bootstrap_samples=50, formats=("png",))
     assert sorted(result.written) == ["a", "b", "f", "g"]  # λ from the lambda_init column; histories in the table
-    assert set(result.skipped) == {"c", "d", "e"}
+    assert set(result.skipped) == {"c", "d", "e", "k"}
     assert all(reason for reason in result.skipped.values())
     assert (run_dir / "figures" / "a_metric_vs_lr.png").is_file()
 
@@ -131,7 +131,7 @@ def _method_lines(axes, method):
 def test_metric_figure_puts_intervals_at_run_lrs_and_the_fit_in_its_own_strip(overlap_run) -> None:
     _, _, result = overlap_run
     figure = plots.figure_metric_vs_lr(result)
-    axes = figure.axes[0]
+    strip, axes = figure.axes[:2]
     for name, summary in result.methods.items():
         run_lrs = set(summary.lrs)
         # Every vertical interval bar stands at an LR that was run (the best run's), none at the fitted η*.
@@ -145,45 +145,70 @@ def test_metric_figure_puts_intervals_at_run_lrs_and_the_fit_in_its_own_strip(ov
                         vertical += 1
                         assert xs <= run_lrs, (name, xs)
         assert vertical == (1 if summary.peak_ci else 0), name
-        # The fitted η* is a tick in the strip above the curves (y in axes fraction), at η*.
-        ticks = [line for line in _method_lines(axes, name) if line.get_marker() == "|"]
+        # The fitted η* is a tick in a panel of its own (no score axis), on the method's labelled row, at η*.
+        assert not [line for line in _method_lines(axes, name) if line.get_marker() == "|"]
+        ticks = [line for line in _method_lines(strip, name) if line.get_marker() == "|"]
         assert len(ticks) == 1 and ticks[0].get_xdata()[0] == pytest.approx(summary.eta_star)
-        strip_y = ticks[0].get_ydata()[0]
-        observed_top = axes.transLimits.transform((1.0, max(summary.metric_mean) * 100))[1]
-        assert strip_y > observed_top + 0.02, (name, strip_y, observed_top)
+        row = int(ticks[0].get_ydata()[0])
+        assert strip.get_yticklabels()[row].get_text() == plots.method_label(name)
         # The best run is ringed in black at its own LR and value.
         ringed = [line for line in _method_lines(axes, name) if line.get_markeredgewidth() >= 1.5
                   and list(line.get_xdata()) == [summary.eta_grid]]
         assert ringed and ringed[0].get_ydata()[0] == pytest.approx(summary.peak_metric * 100)
-    assert "fitted η*" in axes.get_title() and "best run" in axes.get_title()
+    assert "fitted η*" in strip.get_title() and "not a score" in strip.get_title() and "best run" in axes.get_title()
+    assert strip.get_shared_x_axes().joined(strip, axes)  # the strip shares the LR axis and nothing else
     assert not _clipped(figure)
 
 
 def test_coinciding_methods_are_drawn_apart(overlap_run) -> None:
-    _, directory, result = overlap_run
-    for figure in (plots.figure_metric_vs_lr(result), plots.figure_density(directory)):
-        lora, dora = (next(line for line in figure.axes[0].get_lines() if line.get_label().startswith(label))
-                      for label in ("LoRA:", "DoRA:"))
-        assert list(lora.get_ydata()) == pytest.approx(list(dora.get_ydata()))  # the same curve...
-        assert lora.get_linestyle() != dora.get_linestyle()  # ...in another dash,
-        assert lora.get_linewidth() > dora.get_linewidth()  # LoRA wider underneath,
-        assert lora.get_zorder() < dora.get_zorder()
-        if lora.get_marker() not in ("None", None, ""):
-            assert lora.get_marker() != dora.get_marker()  # and with its own marker
+    _, _, result = overlap_run
+    figure = plots.figure_metric_vs_lr(result)
+    # the curves' panel (the η* strip above it has rows, not curves)
+    lora, dora = (next(line for line in figure.axes[1].get_lines() if line.get_label().startswith(label))
+                  for label in ("LoRA:", "DoRA:"))
+    assert list(lora.get_ydata()) == pytest.approx(list(dora.get_ydata()))  # the same curve...
+    assert lora.get_linestyle() != dora.get_linestyle()  # ...in another dash,
+    assert lora.get_linewidth() > dora.get_linewidth()  # LoRA wider underneath,
+    assert lora.get_zorder() < dora.get_zorder()
+    if lora.get_marker() not in ("None", None, ""):
+        assert lora.get_marker() != dora.get_marker()  # and with its own marker
 
 
-def test_sharpness_figure_keeps_2_over_lambda_in_frame_and_marks_uncertified_lambda(overlap_run) -> None:
+def test_the_density_has_a_panel_and_a_kernel_per_method(overlap_run) -> None:
+    """(e): spectra four decades apart each get their own panel and kernel width (one shared kernel would be wider
+    than LoRA's whole spectrum), and the log axis stops at 10⁻⁴ of the peak."""
+    _, directory, _ = overlap_run
+    figure = plots.figure_density(directory)
+    panels = [axes for axes in figure.axes if axes.get_visible()]
+    assert len(panels) == len(OVERLAP)
+    widths = {}
+    for axes in panels:
+        title = axes.get_title()
+        name = next(m for m in OVERLAP if title.startswith(plots.method_label(m) + ":"))
+        assert mcolors.to_hex(axes.get_lines()[0].get_color()) == plots.METHOD_COLORS[name]
+        widths[name] = float(title.rsplit("σ = ", 1)[1])
+        low, high = axes.get_ylim()
+        assert high / low == pytest.approx(3 / spectrum.DENSITY_FLOOR)
+    assert widths["pissa"] > 10 * widths["lora"]
+    assert not _clipped(figure)
+
+
+def test_sharpness_figure_frames_the_data_and_marks_uncertified_lambda(overlap_run) -> None:
     _, _, result = overlap_run
     figure = plots.figure_sharpness_vs_lr(result)
     axes = figure.axes[0]
     low, high = axes.get_ylim()
+    etas = [summary.eta_star for summary in result.methods.values()]
     for summary in result.methods.values():
         lam = analysis.relation_lambda(summary)
-        assert low <= 2 / lam <= high and low <= summary.eta_star <= high  # the GD bound at every point
-        assert axes.get_xlim()[0] <= lam <= axes.get_xlim()[1]
-    _, adam_at_unit_lr = plots.adam_thresholds(1.0, result.beta1)
-    for summary in result.methods.values():
-        assert low <= adam_at_unit_lr / summary.precond_lambda_final <= high  # Adam's limit at every λ̃
+        assert low <= summary.eta_star <= high and axes.get_xlim()[0] <= lam <= axes.get_xlim()[1]
+    # The frame is the data's, within a factor 2 of the optima and their intervals: no bound line squeezes them.
+    assert low >= min(etas) / 2 / 1.5 and high <= max(etas) * 2 * 1.5 * 3
+    labels = [text.get_text() for legend in figure.legends for text in legend.get_texts()]
+    fractions = [s.eta_star * analysis.relation_lambda(s) / 2 for s in result.methods.values()]
+    bound = next(text for text in labels if text.startswith("gradient descent bound"))
+    assert f"η* is {min(fractions):.2g}–{max(fractions):.2g} of it" in bound
+    assert "per parameter" in axes.get_xlabel() and "nats/token" in axes.get_xlabel()
     faces = {}
     for container in axes.containers:  # errorbar: the label is the container's, the marker its data line
         label = container.get_label()
@@ -224,6 +249,24 @@ def test_convergence_titles_match_what_is_drawn(overlap_run) -> None:
     assert any(text.startswith("DoRA") and "NOT certified" in text and "max_iter" in text for text in labels)
     assert any(text.startswith("LoRA") and text.endswith("certified") and "NOT" not in text for text in labels)
     assert "1 of 3 not certified" in figure._suptitle.get_text()
+
+
+def test_convergence_plots_the_certificates_relative_residual_against_tol(tmp_path) -> None:
+    """(d): the right panel is the top Ritz pair's recorded ‖Hy − θy‖/|θ| per product with the solver's tol, the
+    certificate's own quantity, not the distance to the last estimate (which is 0 at the end by construction)."""
+    run_dir = write_run_dir(tmp_path / "run", {name: METHODS[name] for name in ("lora", "pissa")})
+    for path in (run_dir / "hessian").glob("*_init.json"):
+        data = json.loads(path.read_text())
+        for block in data["blocks"]:
+            for k, record in enumerate(block["eigen"]["history"]):
+                record["residuals"] = [abs(record["values"][0]) * 10.0 ** (-k), 0.0]
+        path.write_text(json.dumps(data))
+    figure = plots.figure_convergence(analysis.read_run_directory(run_dir))
+    right = figure.axes[1]
+    lora = next(line for line in right.get_lines() if mcolors.to_hex(line.get_color()) == plots.METHOD_COLORS["lora"])
+    assert list(lora.get_ydata()) == pytest.approx([10.0 ** (-k) for k in range(len(lora.get_ydata()))])
+    assert any(list(line.get_ydata()) == [1e-4, 1e-4] for line in right.get_lines())  # the synthetic tol
+    assert "relative residual" in right.get_ylabel() and "last estimate" not in right.get_title()
 
 
 def test_a_censored_optimum_gets_an_arrow_inside_the_frame(tmp_path) -> None:
@@ -318,3 +361,62 @@ def test_sharpness_figure_draws_no_seed_bar_for_a_seed_independent_lambda(run_di
             _, _, bar_lines = container.lines
             assert not [segments for segments in bar_lines if any(abs(s[0][1] - s[1][1]) < 1e-12
                                                                    for s in segments.get_segments())]
+
+
+def test_the_layer_heatmap_leaves_unmeasured_cells_empty(run_dir) -> None:
+    """(k), the paper's v2 view: λ_max per layer × method for q_proj and k_proj; a cell no report measured stays
+    empty (masked, hatched underneath), each panel counts its measured cells, and the values are the reports'."""
+    directory = analysis.read_run_directory(run_dir)
+    figure = spectrum.figure_layer_heatmap(directory, layers=4)
+    q_panel, k_panel = figure.axes[:2]
+    assert q_panel.get_title() == f"q_proj: {2 * len(METHODS)} of {4 * len(METHODS)} cells measured"
+    assert k_panel.get_title().startswith(f"k_proj: 0 of {4 * len(METHODS)} cells measured")
+    grid = q_panel.get_images()[0].get_array()
+    assert grid.mask[2:].all() and not grid.mask[:2].any()  # layers 2 and 3: not measured
+    values, _ = spectrum._module_values(directory, "pissa")
+    column = [label.get_text() for label in q_panel.get_xticklabels()].index(plots.method_label("pissa"))
+    assert grid[1, column] == pytest.approx(values["base_model.model.model.layers.1.self_attn.q_proj"])
+    assert "layers 0–3" in figure._suptitle.get_text() and "highest layer" not in figure._suptitle.get_text()
+    inferred = spectrum.figure_layer_heatmap(directory)
+    assert "layers 0–1 (up to the highest layer measured)" in inferred._suptitle.get_text()
+    assert not _clipped(figure)
+
+
+def test_loss_curves_star_each_seeds_own_best_lr(tmp_path) -> None:
+    """(f) draws the lowest seed's curves: its star marks that seed's best LR, not the seed mean's."""
+    run_dir = write_run_dir(tmp_path / "run", {"lora": METHODS["lora"], "pissa": METHODS["pissa"]}, seeds=(0, 1),
+                            seed_shift=1.0)  # seed 0's optimum half a decade below the mean's
+    directory = analysis.read_run_directory(run_dir)
+    result = analysis.analyze(run_dir, bootstrap_samples=20)
+    figure = plots.figure_loss_curves(directory, result)
+    for name, axes in zip(("lora", "pissa"), figure.axes):
+        own = max((run for run in directory.runs if run.method == name and run.seed == 0),
+                  key=lambda run: run.accuracy)
+        starred = [line.get_label() for line in axes.get_lines() if "★" in line.get_label()]
+        assert starred == [f"{plots.format_lr(own.lr)} ★"]
+        assert own.lr != result.methods[name].eta_grid  # the seed mean's best lies elsewhere
+    assert "this seed's own score" in figure._suptitle.get_text()
+
+
+def test_edge_of_stability_with_one_informative_step_is_drawn_against_the_lr(tmp_path) -> None:
+    """(g): where each run has Adam's ratio at one step only, a time axis would hold one point: the figure draws
+    the ratios against the LR and its title says why."""
+    run_dir = write_run_dir(tmp_path / "run", {"lora": METHODS["lora"], "pissa": METHODS["pissa"]})
+    directory = analysis.read_run_directory(run_dir)
+    result = analysis.analyze(run_dir, bootstrap_samples=20)
+    over_time = plots.figure_edge_of_stability(directory, result)
+    assert "no time axis" not in over_time._suptitle.get_text()
+    assert over_time.axes[0].get_xlabel() == "optimizer step"
+    for path in run_dir.glob("runs/*/sharpness.json"):
+        data = json.loads(path.read_text())
+        data["history"] = [point for point in data["history"] if point["step"] in (0, 4)]  # step 0: no Adam state
+        path.write_text(json.dumps(data))
+    figure = plots.figure_edge_of_stability(analysis.read_run_directory(run_dir), result)
+    text = figure._suptitle.get_text()
+    assert "no time axis" in text and "step 4" in text
+    axes = figure.axes[0]
+    assert axes.get_xscale() == "log" and axes.get_xlabel() == plots.LR_AXIS_LABEL
+    adam = [line for line in axes.get_lines() if line.get_marker() == "o"]
+    assert sorted(float(line.get_xdata()[0]) for line in adam) == sorted(
+        run.lr for run in directory.runs if run.method == "lora" and run.seed == 0 and run.is_usable)
+    assert not _clipped(figure)

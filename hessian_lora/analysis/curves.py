@@ -93,6 +93,21 @@ def fit_peak(lrs: Sequence[float], metric: Sequence[float], *, higher_is_better:
     return PeakFit(float(10**vertex_x), float(lr_sorted[best]), "quadratic", float(values[best]), float(peak_fit))
 
 
+def is_reasoning_gym(task: str | None) -> bool:
+    """Whether a sweep's ``task`` is scored by reasoning-gym (``arith`` and ``arith:<generator>,...``)."""
+    return bool(task) and (task == "arith" or str(task).startswith("arith:"))
+
+
+def metric_name(metric: str, task: str | None = None) -> str:
+    """What a metric measures, in words for axes and tables. ``accuracy`` is the mean over problems of the task's
+    scorer: on a reasoning-gym task that is ``score_answer``, which gives partial credit (0.5, 0.67, ...), so it is
+    a mean score, not an exact-match rate; on a file's answers it is a numeric exact match."""
+    if metric == "accuracy":
+        return ("mean score per problem (reasoning-gym's score_answer, partial credit)" if is_reasoning_gym(task)
+                else "accuracy (the task's scorer)")
+    return {"eval_loss": "held-out loss", "train_loss": "final training loss"}.get(metric, metric)
+
+
 @dataclass(frozen=True)
 class MethodCurve:
     """A method's metric per learning rate, averaged over seeds; diverged runs kept in ``diverged``."""

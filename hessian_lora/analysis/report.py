@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from hessian_lora._io import write_text_atomic
 from hessian_lora.analysis.censoring import bound_text
 from hessian_lora.analysis.claims import claims_markdown, paper_claims
+from hessian_lora.analysis.curves import metric_name
 from hessian_lora.analysis.stability import stability_report
 from hessian_lora.analysis.summary import Analysis
 from hessian_lora.analysis.uncertainty import NO_INTERVAL
@@ -36,7 +37,7 @@ def _interval(interval: Any, spec: str = ".3g", scale: float = 1.0) -> str:
 
 def _gap_text(method: Mapping[str, Any], metric: str) -> str:
     """Peak minus the best method's peak with its paired interval and verdict, e.g. ``−10.2 points [−17.0, −3.1]:
-    below the best beyond noise``; in accuracy points (×100) for accuracy."""
+    below the best beyond noise``; in points (×100) for a score."""
     verdict = method.get("gap_verdict")
     if verdict == "best":
         return "best"
@@ -59,8 +60,10 @@ def markdown_table(analysis: Analysis | Mapping[str, Any]) -> str:
     level = data.get("level", 0.95)
     preferred = relation.get("preferred_fit")
     lomo = {item["method"]: item for item in relation.get("lomo", {}).get(preferred or "", [])}
+    named = metric if metric not in SCORE_METRICS else "score"
     lines = [
-        f"| method | η* [{level:.0%} CI] | grid best LR | η* spread over seeds | peak {metric} [{level:.0%} CI] | "
+        f"| method | η* [{level:.0%} CI] | grid best LR | per-seed η*: geometric SD, range (max/min) | "
+        f"peak {named} [{level:.0%} CI] | "
         "vs best peak | λ_max init (whole) | λ_max init (module median) | λ_max end | η*·λ/2 | "
         "λ̃ end / Adam bound | LOMO predicted η* (×actual) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -70,8 +73,9 @@ def markdown_table(analysis: Analysis | Mapping[str, Any]) -> str:
         if censored is None and method["fit_kind"] == "edge":  # analysis.json written before censoring existed
             censored = "low" if method["eta_star"] == min(method["lrs"]) else "high"
         eta = bound_text(censored, method["eta_star"]) + (_interval(method.get("eta_ci")) if not censored else "")
-        spread = method.get("eta_spread_factor")
-        spread_text = f"×{spread:.2f} ({method['n_seeds']} seeds)" if spread else f"– ({method['n_seeds']} seed)"
+        spread, seed_range = method.get("eta_spread_factor"), method.get("eta_seed_range_factor")
+        spread_text = f"×{spread:.2f}" + (f", ×{seed_range:.2f}" if seed_range else "") + \
+            f" ({method['n_seeds']} seeds)" if spread else f"– ({method['n_seeds']} seed)"
         peak = _fmt(method["peak_metric"], ".4g")
         if censored:
             peak = ("≥ " if data.get("higher_is_better", True) else "≤ ") + peak + " (at the grid edge)"
@@ -106,8 +110,10 @@ def data_caveats(data: Mapping[str, Any]) -> str:
     else:  # per-example scores exist for accuracy only; a loss metric is bootstrapped over seeds
         parts.append("no per-example scores stored" if data["metric"] == "accuracy" else
                      f"no per-example bootstrap ({data['metric']} has no per-example scores)")
-    if examples and data["metric"] == "accuracy":
-        parts.append(f"one problem = {100 / examples:.2g} accuracy points")
+    if examples and data["metric"] in SCORE_METRICS:
+        parts.append(f"one problem = {100 / examples:.2g} points")
+    if data["metric"] in SCORE_METRICS:
+        parts.append(f"{data['metric']} = {metric_name(data['metric'], (data.get('setup') or {}).get('task'))}")
     censored = [name for name, method in data["methods"].items() if method.get("censored")]
     if censored:
         parts.append(f"censored optima (at a grid edge, bounds only): {', '.join(censored)}")
@@ -165,6 +171,18 @@ def relation_summary(data: Mapping[str, Any]) -> str:
             text += (f" ({data.get('level', 0.95):.0%} bootstrap CI [{low:.3f}, {high:.3f}] over methods and η* "
                      f"draws, {relation['bootstrap_valid']} resamples)")
         parts.append(text + ";")
+    fits = relation.get("by_source") or {}
+    if len(fits) > 1:  # the same fit with each kind of λ, so no reader takes one λ's R² for the other's
+        said = []
+        for source, fit in fits.items():
+            interval = fit.get("slope_ci95")
+            text = f"{source} λ: slope {fit['slope']:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval
+                                                              else "")
+            text += f", R² {fit['r2']:.2f}" if fit.get("r2") is not None else ""
+            if fit.get("inverse_in_ci") is not None:
+                text += ", η* ∝ 1/λ " + ("not rejected" if fit["inverse_in_ci"] else "rejected (−1 outside)")
+            said.append(text)
+        parts.append("by kind of λ at init: " + "; ".join(said) + ";")
     if relation.get("c") is not None:
         parts.append(f"η* ≈ c/λ_max with c = {relation['c']:.3g} (×{relation['c_spread_factor']:.2f} spread);")
     gd = [m["eta_lambda_over_2"] for m in data["methods"].values() if m.get("eta_lambda_over_2")
@@ -272,6 +290,8 @@ def cost_section(directory: RunDirectory) -> tuple[dict[str, Any], str] | None:
         "train_seconds": sum(float(run.train_seconds) for run in runs if run.train_seconds is not None),
         "eval_seconds": sum(float(run.eval_seconds) for run in runs if run.eval_seconds is not None),
         "eigen_reports": len(reports), "eigen_blocks": len(blocks),
+        "eigen_blocks_whole": sum(1 for report in reports for block in report.blocks if block.is_whole),
+        "eigen_reports_with_modules": sum(1 for report in reports if report.modules),
         "eigen_products": sum(int(block.hvps) for block in blocks),
         "eigen_seconds": eigen_wall_seconds(blocks),
         "eigen_blocks_in_groups": sum(1 for block in blocks if block.scan_group is not None),
@@ -286,7 +306,11 @@ def cost_section(directory: RunDirectory) -> tuple[dict[str, Any], str] | None:
     if blocks:
         reused = (f" ({len(directory.reused_inits)} more copied from a seed whose adapter at init was "
                   "bit-identical, at no cost)" if directory.reused_inits else "")
-        parts.append(f"{len(reports)} eigen reports ({len(blocks)} blocks) took {_hours(data['eigen_seconds'])} "
+        whole, modules = data["eigen_blocks_whole"], len(blocks) - data["eigen_blocks_whole"]
+        merged = data["eigen_reports_with_modules"]
+        split = (f", {merged} of them with per-module blocks from a separate file merged in" if merged else "")
+        parts.append(f"{len(reports)} λ reports (one per adapter measured{split}) hold {len(blocks)} blocks "
+                     f"({whole} whole-adapter, {modules} single-module), which took {_hours(data['eigen_seconds'])} "
                      f"of solver time in {data['eigen_products']} Hessian-vector products{reused}")
         grouped = data["eigen_blocks_in_groups"]
         if grouped:

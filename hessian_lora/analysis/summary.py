@@ -24,6 +24,7 @@ from hessian_lora.analysis.censoring import (
     censoring,
     extension_advice,
 )
+from hessian_lora.analysis.claims import PEAK_TOLERANCE_POINTS
 from hessian_lora.analysis.curves import (
     HIGHER_IS_BETTER,
     MethodCurve,
@@ -33,6 +34,7 @@ from hessian_lora.analysis.curves import (
     fit_peak,
     method_curves,
 )
+from hessian_lora.analysis.power import ALPHA, estimate_power, paired_table
 from hessian_lora.analysis.relation import (
     FIT_KINDS,
     FitKind,
@@ -53,7 +55,7 @@ from hessian_lora.analysis.uncertainty import (
 )
 from hessian_lora.errors import UserError
 from hessian_lora.hessian.thresholds import adam_thresholds
-from hessian_lora.registry import method_sort_key
+from hessian_lora.registry import SCORE_METRICS, method_sort_key
 from hessian_lora.rundir import Status
 from hessian_lora.runs import RunDirectory, RunRecord, read_run_directory
 from hessian_lora.settings.training import DEFAULT_BETAS
@@ -96,7 +98,7 @@ class MethodSummary:
     eta_grid: float
     fit_kind: PeakKind
     eta_star_per_seed: Mapping[int, float]
-    eta_spread_factor: float | None  # 10**std(log10 η*_seed); None with one seed
+    eta_spread_factor: float | None  # geometric standard deviation 10**std(log10 η*_seed); None with one seed
     peak_metric: float
     peak_metric_std: float
     peak_metric_fit: float
@@ -124,6 +126,13 @@ class MethodSummary:
     gap_ci: tuple[float, float] | None = None  # interval of (peak − best method's peak), paired per draw
     gap_verdict: str | None = None  # "best", "within noise", "below the best beyond noise", "no interval"
     uncertainty_basis: str = ""  # what the bootstrap resampled, or why there is no interval
+    eta_seed_range_factor: float | None = None  # max/min of the per-seed η* (the range, not a standard deviation)
+    # The seed-mean optimum with one seed left out (seed → η*), and the seeds whose removal moves the best grid LR:
+    # an optimum that one seed's run (a collapse) decides.
+    eta_star_without_seed: Mapping[int, float] = field(default_factory=dict)
+    seeds_moving_optimum: tuple[int, ...] = ()
+    gap_ci_equivalence: tuple[float, float] | None = None  # the gap's 1 − 2α interval (two one-sided tests at α)
+    power: Mapping[str, Any] | None = None  # :class:`~.power.PowerEstimate` of the gap to the best (to_dict)
 
 
 @dataclass(frozen=True)
@@ -149,6 +158,9 @@ class Relation:
     note: str | None = None  # why there is no relation (too few interior optima), said instead of numbers
     extend: str = ""  # the grid extension that would turn censored optima into values
     spearman_rho_ci: tuple[float, float] | None = None  # ρ over η* bootstrap draws
+    # The same fit with each kind of λ at init every interior method has ("whole", "module_median"): slope, its
+    # interval, R², ρ and whether the slope's interval holds −1 (η* ∝ 1/λ), so no verdict hides which λ it used.
+    by_source: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -168,6 +180,10 @@ class Analysis:
     n_runs: int
     level: float = 0.95  # the confidence level of every interval
     n_eval_examples: int | None = None  # evaluation problems behind the per-example bootstrap (None: none stored)
+    setup: Mapping[str, Any] = field(default_factory=dict)  # model, task, steps, optimizer (from config.yaml)
+    # Every non-best method's gap to the best, averaged per draw: one test of "the methods peak alike" across
+    # methods, with its intervals and power estimate (None without intervals).
+    pooled_gap: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as JSON-able data."""
@@ -253,14 +269,23 @@ def analyze(
                                   draws, best_method, higher, level)
         for method, summary in summaries.items()
     }
+    summaries, pooled = _with_power(dict(summaries), runs, draws, best_method, chosen, level)
     relation = _relation(summaries, source, bootstrap_samples, seed, draws=draws, level=level, run_dir=str(run_dir),
                          adaptive=is_adaptive(directory.config))
+    relation = replace(relation, by_source=_fits_by_source(summaries, draws, level, seed))
     return Analysis(
         run_dir=str(run_dir), metric=chosen, higher_is_better=higher, beta1=beta1, rank=chosen_rank,
         batch_size=chosen_batch, methods=summaries, best_method=best_method, relation=relation,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), n_runs=len(runs), level=level,
-        n_eval_examples=draws.n_examples,
+        n_eval_examples=draws.n_examples, setup=run_setup(directory.config, chosen_rank), pooled_gap=pooled,
     )
+
+
+def run_setup(config: Mapping[str, Any], rank: int | None) -> dict[str, Any]:
+    """What the run trained, from its config.yaml, for the claims table's header: model, task, rank, steps and
+    the optimizer (the recipe's AdamW)."""
+    keys = ("model", "task", "steps", "epochs", "n_eval")
+    return {"rank": rank, "optimizer": "AdamW", **{key: config.get(key) for key in keys if config.get(key) is not None}}
 
 
 def _with_uncertainty(summary: MethodSummary, draws: Draws, best: str, higher: bool, level: float) -> MethodSummary:
@@ -270,11 +295,65 @@ def _with_uncertainty(summary: MethodSummary, draws: Draws, best: str, higher: b
     if basis == NO_INTERVAL:
         return replace(summary, uncertainty_basis=basis, gap_verdict="best" if name == best else "no interval")
     gap = gap_interval(draws, name, best, level) if name != best else None
+    equivalence = gap_interval(draws, name, best, 1 - 2 * ALPHA) if name != best else None
     return replace(
         summary, uncertainty_basis=basis, eta_ci=percentile_interval(draws.eta[name], level, log=True),
-        peak_ci=percentile_interval(draws.peak[name], level), gap_ci=gap,
+        peak_ci=percentile_interval(draws.peak[name], level), gap_ci=gap, gap_ci_equivalence=equivalence,
         gap_verdict=gap_verdict(gap, higher, name == best),
     )
+
+
+def tuned_scores(runs: Sequence[RunRecord], method: str, lr: float) -> dict[int, tuple[float, ...]]:
+    """Per seed, the per-problem scores of ``method``'s run at ``lr`` (a diverged run scores 0 on every problem,
+    as the bootstrap scores it); seeds whose run stored no scores are left out."""
+    found = {run.seed: run for run in runs if run.method == method and run.lr == lr and run.is_usable}
+    lengths = {len(run.eval_scores) for run in found.values() if run.eval_scores}
+    size = lengths.pop() if len(lengths) == 1 else 0
+    scores: dict[int, tuple[float, ...]] = {}
+    for seed, run in found.items():
+        if run.eval_scores:
+            scores[seed] = tuple(run.eval_scores)
+        elif run.status == Status.DIVERGED and size:
+            scores[seed] = (0.0,) * size
+    return scores
+
+
+def _with_power(summaries: dict[str, MethodSummary], runs: Sequence[RunRecord], draws: Draws, best: str,
+                metric: Metric, level: float) -> tuple[dict[str, MethodSummary], dict[str, Any] | None]:
+    """Each non-best method's power estimate of its gap to the best (:mod:`.power`), and the pooled gap: every
+    non-best method's gap averaged per bootstrap draw and per (seed, problem), with its intervals and power. Score
+    metrics with per-problem scores only (a loss has no per-problem table)."""
+    if metric not in SCORE_METRICS or best not in summaries:
+        return summaries, None
+    margin = PEAK_TOLERANCE_POINTS / 100
+    reference = tuned_scores(runs, best, summaries[best].eta_grid)
+    tables: dict[str, np.ndarray] = {}
+    for name, summary in summaries.items():
+        if name == best or summary.censored:
+            continue
+        table = paired_table(tuned_scores(runs, name, summary.eta_grid), reference)
+        if table is None:
+            continue
+        tables[name] = table
+        gap_draws = draws.peak[name] - draws.peak[best] if name in draws.peak and best in draws.peak else None
+        estimate = estimate_power(table, margin, bootstrap_draws=gap_draws)
+        summaries[name] = replace(summary, power=estimate.to_dict())
+    shapes = {table.shape for table in tables.values()}
+    if len(tables) < 2 or len(shapes) != 1:
+        return summaries, None
+    names = sorted(tables, key=method_sort_key)
+    pooled_draws = np.mean([draws.peak[name] - draws.peak[best] for name in names], axis=0) \
+        if all(name in draws.peak for name in [*names, best]) else None
+    pooled_table = np.mean([tables[name] for name in names], axis=0)
+    estimate = estimate_power(pooled_table, margin, bootstrap_draws=pooled_draws)
+    pooled: dict[str, Any] = {
+        "methods": names, "gap": float(np.mean([-summaries[name].gap_to_best for name in names])),
+        "gap_ci": percentile_interval(pooled_draws, level) if pooled_draws is not None else None,
+        "gap_ci_equivalence": percentile_interval(pooled_draws, 1 - 2 * ALPHA) if pooled_draws is not None
+        else None,
+        "power": estimate.to_dict(),
+    }
+    return summaries, pooled
 
 
 def _summarise_method(
@@ -289,6 +368,8 @@ def _summarise_method(
         if len(set(lrs)) == len(lrs):
             per_seed[seed] = fit_peak(lrs, [value for _, value in points], higher_is_better=higher).eta_star
     spread = float(10 ** np.std(np.log10(list(per_seed.values())), ddof=1)) if len(per_seed) > 1 else None
+    seed_range = max(per_seed.values()) / min(per_seed.values()) if len(per_seed) > 1 else None
+    without, moving = leave_one_seed_out(curve, higher_is_better=higher)
     peak_index = curve.lrs.index(peak.eta_grid)
     method_runs = [run for run in runs if run.method == curve.method]
 
@@ -347,6 +428,9 @@ def _summarise_method(
         fit_kind=peak.kind,
         eta_star_per_seed=per_seed,
         eta_spread_factor=spread,
+        eta_seed_range_factor=seed_range,
+        eta_star_without_seed=without,
+        seeds_moving_optimum=moving,
         peak_metric=peak.peak_metric,
         peak_metric_std=curve.std[peak_index],
         peak_metric_fit=peak.peak_metric_fit,
@@ -363,6 +447,30 @@ def _summarise_method(
         final_lambda_eta_over_2=lambda_final * peak.eta_grid / 2 if lambda_final else None,
         precond_over_adam_threshold=precond_final / adam_threshold if precond_final and adam_threshold else None,
     )
+
+
+def leave_one_seed_out(curve: MethodCurve, *, higher_is_better: bool) -> tuple[dict[int, float], tuple[int, ...]]:
+    """The seed-mean optimum with each seed left out (seed → η*), and the seeds whose removal moves η* by more than
+    half the LR lattice's step (×√step: past the midpoint to the next LR searched, e.g. ×1.33 on a quarter-decade
+    lattice): an optimum that one seed's runs (a collapse at one LR) decide. Needs three or more seeds."""
+    if len(curve.per_seed) < 3 or len(curve.lrs) < 2:
+        return {}, ()
+    full = fit_peak(curve.lrs, curve.mean, higher_is_better=higher_is_better).eta_star
+    half_step = math.sqrt(min(high / low for low, high in zip(curve.lrs, curve.lrs[1:])))
+    without: dict[int, float] = {}
+    moving: list[int] = []
+    for left_out in curve.per_seed:
+        by_lr: dict[float, list[float]] = {}
+        for seed, points in curve.per_seed.items():
+            if seed != left_out:
+                for lr, value in points:
+                    by_lr.setdefault(lr, []).append(value)
+        lrs = sorted(by_lr)
+        eta = fit_peak(lrs, [float(np.mean(by_lr[lr])) for lr in lrs], higher_is_better=higher_is_better).eta_star
+        without[left_out] = eta
+        if max(eta / full, full / eta) > half_step * (1 + 1e-9):
+            moving.append(left_out)
+    return without, tuple(moving)
 
 
 def _resolve_lambda_source(
@@ -425,6 +533,33 @@ def _module_basis(kinds: set[str], layers: set[int], seeds: set[int], samples: s
 def relation_lambda(summary: MethodSummary) -> float | None:
     """The λ_max at initialisation that the relation uses for this method (geometric mean over seeds)."""
     return _geometric_mean(summary.lambda_init_per_seed.values())
+
+
+def _fits_by_source(summaries: Mapping[str, MethodSummary], draws: Draws, level: float, seed: int
+                    ) -> dict[str, dict[str, Any]]:
+    """The relation's power-law fit with each kind of λ at init that every interior method has: the whole
+    adapter's and the module median's (the paper measured modules). Per source: the methods, slope and R², the
+    slope's and ρ's intervals over η* draws, exact ρ, and whether the slope's interval holds −1 (η* ∝ 1/λ)."""
+    interior = {name: s for name, s in summaries.items() if not s.censored}
+    fits: dict[str, dict[str, Any]] = {}
+    for source, attribute in (("whole", "lambda_init_whole"), ("module_median", "lambda_init_module_median")):
+        lambdas = {name: getattr(s, attribute) for name, s in interior.items()}
+        if len(lambdas) < MIN_INTERIOR or any(not value for value in lambdas.values()) or \
+                len(set(lambdas.values())) < 2:
+            continue
+        etas = {name: interior[name].eta_star for name in lambdas}
+        power = fit_power_law(list(lambdas.values()), list(etas.values()))
+        rho, p_value = spearman_exact(list(lambdas.values()), list(etas.values()))
+        with_draws = {name: draws.eta[name] for name in lambdas
+                      if name in draws.eta and draws.basis.get(name) != NO_INTERVAL}
+        slope_ci, rho_ci, _ = relation_draws(lambdas, with_draws, etas, level=level, seed=seed) if with_draws \
+            else (None, None, 0)
+        fits[source] = {
+            "methods": list(lambdas), "slope": power.slope, "intercept": power.intercept, "r2": power.r2,
+            "slope_ci95": slope_ci, "spearman_rho": rho, "spearman_p": p_value, "spearman_rho_ci": rho_ci,
+            "inverse_in_ci": None if slope_ci is None else bool(slope_ci[0] <= -1.0 <= slope_ci[1]),
+        }
+    return fits
 
 
 def _relation(

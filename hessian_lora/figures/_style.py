@@ -15,11 +15,11 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from hessian_lora.analysis.curves import SCORE_METRICS
+from hessian_lora.analysis.curves import SCORE_METRICS, is_reasoning_gym
 from hessian_lora.registry import METHOD_ORDER, method_color, method_label
 
 METRIC_AXIS_LABELS = {
-    "accuracy": "eval accuracy (exact match, %)",
+    "accuracy": "eval accuracy (the task's scorer, %)",
     "pass_at_1": "HumanEval pass@1 (%)",
     "gsm8k_acc": "GSM8K accuracy (%)",
     "math_acc": "MATH accuracy (%)",
@@ -29,6 +29,14 @@ METRIC_AXIS_LABELS = {
     "train_loss": "final training loss (nats/token)",
 }
 LR_AXIS_LABEL = "peak learning rate η (log scale)"
+
+
+def metric_axis_label(metric: str, task: str | None = None) -> str:
+    """The axis label of ``metric`` on ``task``: a reasoning-gym task's accuracy is a mean partial-credit score
+    (:func:`~hessian_lora.analysis.curves.metric_name` says it in full), never "exact match"."""
+    if metric == "accuracy" and is_reasoning_gym(task):
+        return "mean score, % (reasoning-gym's partial credit)"
+    return METRIC_AXIS_LABELS.get(metric, metric)
 
 
 def shades(method: str, count: int) -> list[tuple[float, float, float]]:
@@ -77,10 +85,13 @@ def method_style(method: str, *, line: bool = True) -> dict[str, object]:
     return style
 
 
+ARROW_FACTOR = 2.5  # how far (a factor on a log axis) a censored optimum's arrow points
+
+
 def bound_arrow(axes: Axes, x: float, y: float, side: str, color: object) -> None:
     """An arrow from a censored η* (log y axis) towards where the optimum may lie: up for ``high`` (η* ≥ y),
     down for ``low``. The point keeps its method's marker; the arrow says it is a bound."""
-    end = y * (2.5 if side == "high" else 1 / 2.5)
+    end = y * (ARROW_FACTOR if side == "high" else 1 / ARROW_FACTOR)
     axes.update_datalim([(x, end)])  # autoscaling keeps the arrow's head in frame (annotations do not count)
     axes.annotate("", xy=(x, end), xytext=(x, y), zorder=5, annotation_clip=False,
                   arrowprops={"arrowstyle": "-|>", "color": color, "linewidth": 1.6, "shrinkA": 6, "shrinkB": 0})

@@ -32,7 +32,7 @@ from hessian_lora.rundir import RunLayout
 from hessian_lora.runs import read_run_directory
 
 ABLATION_FIGURES: dict[str, str] = {
-    # h, i, j: the per-run figures use a-g (g is the edge of stability), so the keys of both sets stay distinct
+    # h, i, j: the per-run figures use a-g and k (the per-layer heatmap), so the keys of both sets stay distinct
     "h": "h_eta_vs_setting",
     "i": "i_peak_vs_setting",
     "j": "j_setting_lr_table",

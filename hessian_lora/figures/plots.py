@@ -17,29 +17,35 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
 from hessian_lora._io import write_bytes_atomic
-from hessian_lora.analysis.curves import SCORE_METRICS
+from hessian_lora.analysis.curves import SCORE_METRICS, metric_name, metric_value
 from hessian_lora.analysis.stability import largest_stable_lr, stability_curves
 from hessian_lora.analysis.summary import Analysis, MethodSummary, analyze, relation_lambda
 from hessian_lora.figures._style import (
+    ARROW_FACTOR,
     LR_AXIS_LABEL,
-    METRIC_AXIS_LABELS,
     bound_arrow,
     finish_method_panel,
     format_lr,
     method_panels,
     method_style,
+    metric_axis_label,
     metric_scale,
     new_figure,
     shades,
 )
-from hessian_lora.figures.spectrum import figure_convergence, figure_density, figure_module_ratios
+from hessian_lora.figures.spectrum import (
+    figure_convergence,
+    figure_density,
+    figure_layer_heatmap,
+    figure_module_ratios,
+)
 from hessian_lora.hessian.thresholds import adam_thresholds
+from hessian_lora.memory import model_shape
 from hessian_lora.registry import METHOD_COLORS, METHOD_LABELS, method_color, method_label, method_sort_key  # noqa: F401
 from hessian_lora.rundir import RunLayout, Status
-from hessian_lora.runs import RunDirectory, read_run_directory
+from hessian_lora.runs import RunDirectory, RunRecord, read_run_directory
 
 FIGURE_NAMES: dict[str, str] = {
     "a": "a_metric_vs_lr",
@@ -49,19 +55,20 @@ FIGURE_NAMES: dict[str, str] = {
     "e": "e_spectral_density",
     "f": "f_loss_curves",
     "g": "g_edge_of_stability",
+    "k": "k_layer_heatmap",
 }
 def figure_metric_vs_lr(analysis: Analysis) -> Figure:
-    """(a) The observed seed-mean metric per LR (markers at the LRs that ran, the band ±1 std over seeds), each
-    method's best observed run ringed in black with the peak's bootstrap interval *at that LR*, and the fitted η*
-    in a strip above the curves (one row per method, its interval along the LR axis): η* is a position on the LR
-    axis, not a measured value, so it gets no metric value of its own (the parabola's vertex lies above every
-    observed point)."""
-    figure = new_figure(8.5, 5.4)
-    axes = figure.add_subplot()
-    scale = metric_scale(analysis.metric)
+    """(a) Below, the observed seed-mean metric per LR (markers at the LRs that ran, the band ±1 std over seeds),
+    each method's best observed run ringed in black with the peak's bootstrap interval *at that LR*. Above, in a
+    panel of its own that shares only the LR axis, the fitted η* of each method on its own row with its interval
+    along the LR axis: η* is a position on the LR axis, not a measured score, so it has no place on the score axis
+    (the parabola's vertex lies above every observed point)."""
+    figure = new_figure(8.5, 6.6)
     names = list(analysis.methods)
-    strip = figure_strip_rows(len(names))
-    for row, (name, summary) in zip(strip, analysis.methods.items()):
+    strip, axes = figure.subplots(2, 1, sharex=True, height_ratios=[0.35 + 0.16 * len(names), 4.0])
+    scale = metric_scale(analysis.metric)
+    axis_label = metric_axis_label(analysis.metric, (analysis.setup or {}).get("task"))
+    for row, (name, summary) in enumerate(analysis.methods.items()):
         style = method_style(name)
         color = style["color"]
         lrs = np.asarray(summary.lrs)
@@ -85,48 +92,34 @@ def figure_metric_vs_lr(analysis: Analysis) -> Figure:
                       zorder=6)
         axes.plot([summary.eta_grid], [best], linestyle="none", marker=style["marker"], markersize=11, color=color,
                   markerfacecolor=color, markeredgecolor="black", markeredgewidth=1.6, zorder=7)
-        # The fitted η* in the strip above the curves (axes coordinates in y): a tick for an interior fit, ≥/≤ for
-        # a bound at the grid's edge.
+        # The fitted η* on the method's row of the strip: a tick for an interior fit, ≥/≤ for a bound at the edge.
         marker = {"high": r"$\geq$", "low": r"$\leq$"}.get(summary.censored or "", "|")
-        transform = axes.get_xaxis_transform()
         if summary.eta_ci and not summary.censored:
-            axes.plot(list(summary.eta_ci), [row, row], color=color, linewidth=2.0, transform=transform,
-                      solid_capstyle="butt", zorder=6)
-        axes.plot([summary.eta_star], [row], marker=marker, color=color, markeredgecolor=color,
-                  markeredgewidth=2.5 if marker == "|" else 0.8, markersize=11, transform=transform, zorder=7,
-                  linestyle="none")
-        axes.axvline(summary.eta_star, ymax=row, color=color, linestyle=":", linewidth=0.9, alpha=0.8)
+            strip.plot(list(summary.eta_ci), [row, row], color=color, linewidth=2.4, solid_capstyle="butt")
+        strip.plot([summary.eta_star], [row], marker=marker, color=color, markeredgecolor=color,
+                   markeredgewidth=2.5 if marker == "|" else 0.8, markersize=12, linestyle="none")
         if summary.diverged_lrs:
             axes.plot(summary.diverged_lrs, [0.02] * len(summary.diverged_lrs), "x", color=color, markersize=7,
-                      transform=transform, clip_on=False)
+                      transform=axes.get_xaxis_transform(), clip_on=False)
+    strip.set_yticks(range(len(names)), [method_label(name) for name in names], fontsize=7.5)
+    strip.set_ylim(len(names) - 0.5, -0.5)
+    strip.set_title(f"fitted η*, a position on the LR axis (not a score); bar: its {analysis.level:.0%} bootstrap CI; "
+                    "≥/≤: a bound\n(the vertex of a parabola in log η through the best run and its neighbours)",
+                    fontsize=8)
+    strip.grid(True, axis="x", which="major", alpha=0.3)
     axes.set_xscale("log")
     axes.set_xlabel(LR_AXIS_LABEL)
-    axes.set_ylabel(METRIC_AXIS_LABELS.get(analysis.metric, analysis.metric))
-    # Room above the curves for the η* strip.
-    low, high = axes.get_ylim()
-    bottom = strip[-1] - 0.03  # the strip's lower edge, axes fraction: the curves stay below it
-    axes.set_ylim(low, low + (high - low) / (bottom - 0.02))
-    axes.set_yticks([tick for tick in axes.get_yticks() if low <= tick <= high])  # none in the strip
-    axes.add_patch(Rectangle((0.0, bottom), 1.0, 1.0 - bottom, transform=axes.transAxes, color="0.93", zorder=0,
-                             linewidth=0))
-    axes.text(0.005, 1.0 - 0.01, "fitted η*", transform=axes.transAxes, fontsize=7, va="top", ha="left",
-              color="0.3")
+    axes.set_ylabel(axis_label)
     seeds = max((summary.n_seeds for summary in analysis.methods.values()), default=1)
     band = f" (band: ±1 std over {seeds} seeds)" if seeds > 1 else ""
-    ci = any(summary.eta_ci or summary.peak_ci for summary in analysis.methods.values())
-    bars = f"; bars: {analysis.level:.0%} bootstrap CI" if ci else ""
-    name = METRIC_AXIS_LABELS.get(analysis.metric, analysis.metric).split(" (")[0]
-    axes.set_title(f"{name[0].upper()}{name[1:]} vs learning rate{bars}\nmarkers: the LRs run{band}; ringed: each "
-                   "method's best run, bar: its peak's CI\ngrey strip: fitted η* (parabola in log η through the best "
-                   "run and its neighbours), bar: its CI; ≥/≤: a bound; × = diverged", fontsize=9)
+    bars = f"; bar: its peak's {analysis.level:.0%} bootstrap CI" if any(
+        summary.peak_ci for summary in analysis.methods.values()) else ""
+    name = metric_name(analysis.metric, (analysis.setup or {}).get("task"))
+    axes.set_title(f"markers: the LRs run{band}; ringed: each method's best run{bars}; × = diverged", fontsize=8)
+    figure.suptitle(f"{name[0].upper()}{name[1:]} vs learning rate", fontsize=10)
     axes.grid(True, which="major", alpha=0.3)
     figure.legend(loc="outside lower center", fontsize=7.5, ncol=2, framealpha=0.9)
     return figure
-
-
-def figure_strip_rows(count: int) -> list[float]:
-    """Heights (axes fraction) of the η* strip's rows in (a), one per method, top down."""
-    return [0.97 - 0.035 * index for index in range(count)]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -141,9 +134,9 @@ def uncertified_lambda(summary: MethodSummary, source: str) -> float | None:
 
 def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
     """(b) η* against λ_max at init per method (hollow: λ not certified), the fit, the gradient-descent bound
-    2/λ and (with λ̃ measured) Adam's limit. The y range always holds 2/λ at every method's λ (and Adam's limit
-    at every λ̃), so no reference line leaves the frame where a point sits. Horizontal bars: λ's range over the
-    seeds."""
+    2/λ and (with λ̃ measured) Adam's limit. The y range is the data's (η* and its intervals): a bound line far
+    above the optima leaves the frame instead of squeezing them, and the legend says how far above it runs (η* as
+    a fraction of 2/λ). Horizontal bars: λ's range over the seeds."""
     points = {name: relation_lambda(summary) for name, summary in analysis.methods.items()}
     points = {name: value for name, value in points.items() if value}
     precond = {name: s.precond_lambda_final for name, s in analysis.methods.items() if s.precond_lambda_final}
@@ -174,6 +167,7 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
             widest_seed_spread = spread if widest_seed_spread is None else max(widest_seed_spread, spread)
         if summary.censored:  # a bound: an arrow towards where the optimum may lie (the marker stays the method's)
             bound_arrow(axes, lam, summary.eta_star, summary.censored, method_color(name))
+            ys_all.append(summary.eta_star * (ARROW_FACTOR if summary.censored == "high" else 1 / ARROW_FACTOR))
         bound = {"high": "≥ ", "low": "≤ "}.get(summary.censored or "", "= ")
         residual = uncertified_lambda(summary, relation.lambda_source)
         uncertified = f", NOT certified (res. {residual:.1e})" if residual is not None else ""
@@ -186,7 +180,7 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
                             rf"{format_lr(summary.eta_star)}, $\eta^*\lambda/2$ {bound}{summary.eta_star * lam / 2:.2g}"
                             rf"{' (censored)' if summary.censored else ''}", **style)
         xs_all.append(lam)
-        ys_all += [summary.eta_star, 2 / lam]  # the 2/λ line in frame above every point
+        ys_all += [summary.eta_star, *(interval or ())]
     _, adam_at_unit_lr = adam_thresholds(1.0, analysis.beta1)
     for name, value in precond.items():
         summary = analysis.methods[name]
@@ -194,7 +188,7 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
         faint.update(alpha=0.55, markersize=6, markeredgewidth=0.3)
         axes.plot([value], [summary.eta_grid], **faint)
         xs_all.append(value)
-        ys_all += [summary.eta_grid, adam_at_unit_lr / value]
+        ys_all.append(summary.eta_grid)
     low_x, high_x = min(xs_all) / 3, max(xs_all) * 3
     x_line = np.logspace(math.log10(low_x), math.log10(high_x), 200)
     if relation.slope is not None and relation.intercept is not None:
@@ -203,8 +197,14 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
             interval = f", 95% CI [{relation.slope_ci95[0]:.2f}, {relation.slope_ci95[1]:.2f}]"
         axes.plot(x_line, 10**relation.intercept * x_line**relation.slope, "-", color="black", linewidth=1.4,
                   label=rf"fit: $\eta^* \propto \lambda_{{\max}}^{{{relation.slope:.2f}}}${interval}")
+    low_y, high_y = min(ys_all) / 2, max(ys_all) * 2
+    fractions = [analysis.methods[name].eta_star * lam / 2 for name, lam in points.items()
+                 if not analysis.methods[name].censored]
+    where = f": η* is {min(fractions):.2g}–{max(fractions):.2g} of it" if fractions else ""
+    if fractions and 2 / low_x > high_y:  # the line leaves the frame at the top rather than squeeze the data
+        where += " (above the frame where it is not drawn)"
     axes.plot(x_line, 2 / x_line, "--", color="0.35", linewidth=1.2,
-              label=r"gradient descent bound $\eta = 2/\lambda_{\max}$")
+              label=rf"gradient descent bound $\eta = 2/\lambda_{{\max}}${where}")
     if precond:  # Adam's line bounds the preconditioned sharpness: drawn only when that was measured
         axes.plot(x_line, [adam_at_unit_lr / x for x in x_line], ":", color="0.2", linewidth=1.6,
                   label=rf"Adam edge of stability $\eta = (2+2\beta_1)/((1-\beta_1)\tilde\lambda)$, "
@@ -214,7 +214,7 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xlim(low_x, high_x)
-    axes.set_ylim(min(ys_all) / 3, max(ys_all) * 3)
+    axes.set_ylim(low_y, high_y)
     source = "whole adapter" if relation.lambda_source == "whole" else "median over modules"
     notes = [f"bars: {analysis.level:.0%} bootstrap CI of η*"] if any(
         s.eta_ci for s in analysis.methods.values()) else []
@@ -225,7 +225,8 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
     if notes:
         axes.plot([], [], " ", label="; ".join(notes))
     precond_text = r"; small faint: preconditioned $\tilde\lambda$ at end" if precond else ""
-    axes.set_xlabel(rf"sharpness (loss in nats/token): $\lambda_{{\max}}$ at init ({source}){precond_text}")
+    axes.set_xlabel(rf"sharpness $\lambda_{{\max}}$ at init ({source}; the loss Hessian's top eigenvalue, nats/token "
+                    rf"per parameter$^2$){precond_text}")
     axes.set_ylabel(r"optimal learning rate $\eta^*$")
     rho = (f"Spearman ρ = {relation.spearman_rho:.2f}" if relation.spearman_rho is not None else
            "no relation: too few interior optima" if relation.note else "ρ: too few methods")
@@ -254,13 +255,14 @@ def figure_loss_curves(directory: RunDirectory, analysis: Analysis) -> Figure | 
                 and run.rank == analysis.rank and run.batch_size in (analysis.batch_size, None)]
         seed = min(run.seed for run in runs) if runs else None
         runs = sorted((run for run in runs if run.seed == seed), key=lambda run: run.lr)
+        own_best = _seed_best_lr(runs, analysis)
         for run, color in zip(runs, shades(name, len(runs))):
             steps = [point.get("step", i) for i, point in enumerate(run.history)]
             losses = [point["loss"] for point in run.history]
             finite = [value for value in losses if math.isfinite(value)]
             all_losses += finite
             starts += finite[:1]
-            star = " ★" if run.lr == analysis.methods[name].eta_grid else ""
+            star = " ★" if run.lr == own_best else ""
             diverged = run.status == Status.DIVERGED
             axes.plot(steps, losses, color=color, linewidth=1.3, linestyle="--" if diverged else "-",
                       label=f"{format_lr(run.lr)}{star}{' (diverged)' if diverged else ''}")
@@ -270,19 +272,35 @@ def figure_loss_curves(directory: RunDirectory, analysis: Analysis) -> Figure | 
         low, high = min(all_losses), max(starts)
         margin = 0.08 * (high - low) if high > low else 0.1 * abs(high) + 1e-3
         panels[0].set_ylim(low - margin, high + margin)
-    figure.suptitle("Training loss per learning rate (light → dark: low → high LR; ★ = best grid LR; dashed = "
-                    "diverged)", fontsize=11)
+    figure.suptitle("Training loss per learning rate (light → dark: low → high LR; ★ = the LR where this seed's own "
+                    f"{'score' if analysis.metric in SCORE_METRICS else analysis.metric} was best; dashed = diverged)", fontsize=11)
     return figure
+
+
+def _seed_best_lr(runs: Sequence[RunRecord], analysis: Analysis) -> float | None:
+    """The LR at which these runs (one method, one seed) score best on the analysis's metric: the seed's own
+    optimum, which need not be the seed mean's."""
+    scored = [(value, run.lr) for run in runs if (value := metric_value(run, analysis.metric)) is not None]
+    if not scored:
+        return None
+    pick = max if analysis.higher_is_better else min
+    return pick(scored)[1]
 
 
 def figure_edge_of_stability(directory: RunDirectory, analysis: Analysis) -> Figure | None:
     """(g) Per method, λ̃(t)·η_t/((2+2β₁)/(1−β₁)) (solid) and λ(t)·η_t/2 (dotted) over steps for every LR; 1 is
-    the stability limit (:mod:`hessian_lora.analysis.stability`)."""
+    the stability limit (:mod:`hessian_lora.analysis.stability`). Where no run has Adam's ratio at more than one
+    step (Adam has no state at step 0, and a cosine schedule's LR is 0 at the last step), a time axis would hold
+    one point per run: the ratios are drawn against the LR instead, one marker per probed step, and the title
+    says so."""
     curves = [curve for curve in stability_curves(directory, analysis.beta1) if curve.method in analysis.methods]
     methods = [name for name in analysis.methods if any(curve.method == name for curve in curves)]
     if not methods:
         return None
+    informative = max((sum(1 for r in curve.adam_ratio if r is not None and r > 0) for curve in curves), default=0)
+    by_lr = informative <= 1
     figure, panels = method_panels(methods, row_height=3.6)
+    probed_steps: set[int] = set()
     for index, (name, axes) in enumerate(zip(methods, panels)):
         mine = [curve for curve in curves if curve.method == name]
         seed = min(curve.seed for curve in mine)
@@ -293,17 +311,36 @@ def figure_edge_of_stability(directory: RunDirectory, analysis: Analysis) -> Fig
             gd = [(s, r) for s, r in zip(curve.steps, curve.gd_ratio) if r is not None and r > 0]
             marks = (" ★" if curve.lr == analysis.methods[name].eta_grid else "") + (
                 " (stable max)" if curve.lr == stable else "")
+            if by_lr:
+                probed_steps.update(step for step, _ in adam)
+                if adam:
+                    axes.plot([curve.lr] * len(adam), [r for _, r in adam], color=color, marker="o",
+                              linestyle="none", markersize=7, label=f"{format_lr(curve.lr)}{marks}")
+                if gd:
+                    axes.plot([curve.lr] * len(gd), [r for _, r in gd], color=color, marker="x", linestyle="none",
+                              markersize=5)
+                continue
             if adam:
-                axes.plot(*zip(*adam), color=color, linewidth=1.4, marker=".",
-                          label=f"{format_lr(curve.lr)}{marks}")
+                axes.plot(*zip(*adam), color=color, linewidth=1.4, marker=".", label=f"{format_lr(curve.lr)}{marks}")
             if gd:
                 axes.plot(*zip(*gd), color=color, linewidth=0.9, linestyle=":", marker="x", markersize=4)
         axes.axhline(1.0, color="black", linewidth=0.9, linestyle="--")
         axes.set_yscale("log")
+        if by_lr:
+            axes.set_xscale("log")
         finish_method_panel(axes, name, seed, ylabel="sharpness × η / limit" if index % 2 == 0 else None)
+        if by_lr:
+            axes.set_xlabel(LR_AXIS_LABEL)
     limit = (2 + 2 * analysis.beta1) / (1 - analysis.beta1)
-    figure.suptitle(f"Edge of stability: λ̃·η/{limit:.3g} (Adam, solid) and λ·η/2 (GD, dotted ×); "
-                    "1 = at the limit; ★ = best grid LR", fontsize=11)
+    if by_lr:
+        steps = ", ".join(str(step) for step in sorted(probed_steps)) or "none"
+        figure.suptitle(f"Edge of stability against the LR: λ̃·η_t/{limit:.3g} (Adam, ●) and λ·η_t/2 (GD, ×) at "
+                        f"the probed steps; 1 = at the limit; ★ = best grid LR\nonly one probed step per run has "
+                        f"Adam's ratio (step {steps}: it needs Adam's state and η_t > 0), so no time axis",
+                        fontsize=10)
+    else:
+        figure.suptitle(f"Edge of stability: λ̃·η/{limit:.3g} (Adam, solid) and λ·η/2 (GD, dotted ×); "
+                        "1 = at the limit; ★ = best grid LR", fontsize=11)
     return figure
 
 
@@ -325,6 +362,7 @@ SKIP_REASONS = {
     "e": "no eigen report with a spectral density (measure with density)",
     "f": "no run has a training-loss history",
     "g": "no run has a sharpness history (sweep with hessian: {during: {every: N}})",
+    "k": "no per-module eigen report at init of q_proj or k_proj (scripts/init_modules.py --modules q_proj k_proj)",
 }
 
 
@@ -349,8 +387,16 @@ def make_figures(directory: RunDirectory, analysis: Analysis) -> dict[str, Figur
         "e": lambda: figure_density(directory),
         "f": lambda: figure_loss_curves(directory, analysis),
         "g": lambda: figure_edge_of_stability(directory, analysis),
+        "k": lambda: figure_layer_heatmap(directory, list(analysis.methods), layers=_model_layers(directory)),
     }
     return {key: build() for key, build in builders.items()}
+
+
+def _model_layers(directory: RunDirectory) -> int | None:
+    """The model's decoder-layer count where its spec is known without loading it (:func:`model_shape`)."""
+    spec = directory.config.get("model")
+    shape = model_shape(str(spec)) if spec else None
+    return shape.layers if shape is not None else None
 
 
 def plot_run(

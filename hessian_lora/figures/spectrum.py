@@ -10,10 +10,12 @@ from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
-from hessian_lora.analysis.claims import per_module_ratios
+from hessian_lora.analysis.claims import PAPER_LAMBDA_RATIO, UP_TO, per_module_ratios
 from hessian_lora.figures._style import method_style, new_figure
 from hessian_lora.hessian.filters import layer_index
 from hessian_lora.registry import method_color, method_label, method_sort_key
@@ -43,17 +45,24 @@ def _module_values(directory: RunDirectory, method: str, samples: set[int] | Non
     return {name: float(10 ** np.mean(np.log10(values))) for name, values in collected.items()}, uncertified
 
 
-def figure_module_ratios(directory: RunDirectory, methods: Sequence[str] | None = None,
-                         reference: str = "lora") -> Figure | None:
-    """(c) Per module kind, each method's λ_max / the reference's at every *measured* layer: one marker per
-    layer (no line: layers between the measured ones were not measured), methods nudged apart along the layer
-    axis so equal ratios stay visible, hollow where either λ was not certified; dashed: the method's median."""
+def _measured_modules(directory: RunDirectory, methods: Sequence[str] | None
+                      ) -> tuple[dict[str, tuple[dict[str, float], set[str]]], set[int], set[int]]:
+    """:func:`_module_values` of every method with an init report (those in ``methods`` only, when given), in the
+    registry's order, with the sample sizes and seeds they were measured on."""
     names = sorted({key.method for key in directory.init_reports}, key=method_sort_key)
     if methods is not None:
         names = [name for name in names if name in methods]
     sample_sizes: set[int] = set()
     seeds: set[int] = set()
-    measured = {name: _module_values(directory, name, sample_sizes, seeds) for name in names}
+    return ({name: _module_values(directory, name, sample_sizes, seeds) for name in names}, sample_sizes, seeds)
+
+
+def figure_module_ratios(directory: RunDirectory, methods: Sequence[str] | None = None,
+                         reference: str = "lora") -> Figure | None:
+    """(c) Per module kind, each method's λ_max / the reference's at every *measured* layer: one marker per
+    layer (no line: layers between the measured ones were not measured), methods nudged apart along the layer
+    axis so equal ratios stay visible, hollow where either λ was not certified; dashed: the method's median."""
+    measured, sample_sizes, seeds = _measured_modules(directory, methods)
     values = {name: blocks for name, (blocks, _) in measured.items() if blocks}
     uncertified = {name: flagged for name, (_, flagged) in measured.items()}
     if reference not in values:
@@ -97,6 +106,8 @@ def figure_module_ratios(directory: RunDirectory, methods: Sequence[str] | None 
             if name in medians:
                 axes.axhline(medians[name], color=method_color(name), linestyle="--", linewidth=1.0, alpha=0.8)
         axes.axhline(1.0, color="0.5", linewidth=0.8)
+        if reference == "lora":
+            _paper_marks(axes, others)
         kind_layers = sorted({layer for block in base if module_kind(block) == kind
                               and (layer := layer_index(block)) is not None})
         axes.set_xticks(kind_layers)  # a tick per measured layer, and only there
@@ -116,8 +127,35 @@ def figure_module_ratios(directory: RunDirectory, methods: Sequence[str] | None 
         figure.axes[0].plot([], [], label=f"{method_label(name)}{text}", **method_style(name, line=False))
     figure.legend(loc="outside lower center", ncol=min(len(others), max(2, columns)), fontsize=9)
     hollow = "; hollow: a λ_max not certified" if any_uncertified else ""
-    # The probe's size and the seeds belong in the title: a per-module scan may use fewer examples, and fewer
-    # seeds, than the whole-adapter probes (scripts/init_modules.py --seeds).
+    facts = _measured_on(sample_sizes, seeds)
+    on = f" ({'; '.join(facts)})" if facts else ""
+    paper = ("\ndotted, labelled at the right: the paper's figure (Qwen3-0.6B, q_proj)"
+             if reference == "lora" and any(name in PAPER_LAMBDA_RATIO for name in others) else "")
+    figure.suptitle(rf"Per-module $\lambda_{{\max}}$ at initialisation relative to {method_label(reference)}{on}"
+                    "\none marker per measured layer (no line: the layers between were not measured),\n"
+                    f"methods nudged apart; dashed: median over all modules{paper}{hollow}", fontsize=10)
+    return figure
+
+
+def _paper_marks(axes: Axes, methods: Sequence[str]) -> None:
+    """The paper's λ ratio to LoRA for each method drawn (claims.PAPER_LAMBDA_RATIO): a dotted line per distinct
+    figure in the first such method's colour, named at the right edge."""
+    figures: dict[float, list[str]] = {}
+    for name in methods:
+        if name in PAPER_LAMBDA_RATIO:
+            figures.setdefault(PAPER_LAMBDA_RATIO[name], []).append(name)
+    for value, names in figures.items():
+        axes.axhline(value, color=method_color(names[0]), linestyle=(0, (1, 2)), linewidth=1.6, alpha=0.9)
+        upto = "up to " if all(name in UP_TO for name in names) else ""
+        axes.annotate(f"paper: {', '.join(method_label(name) for name in names)} {upto}~{value:g}×", (1.0, value),
+                      xycoords=("axes fraction", "data"), xytext=(-3, 2), textcoords="offset points", ha="right",
+                      va="bottom", fontsize=7.5, color=method_color(names[0]))
+
+
+def _measured_on(sample_sizes: set[int], seeds: set[int]) -> list[str]:
+    """What per-module values were measured on, for a title: the probe's size and the seeds. They belong there
+    because a per-module scan may use fewer examples, and fewer seeds, than the whole-adapter probes
+    (scripts/init_modules.py --seeds, --samples)."""
     facts = []
     if sample_sizes:
         low, high = min(sample_sizes), max(sample_sizes)
@@ -125,11 +163,7 @@ def figure_module_ratios(directory: RunDirectory, methods: Sequence[str] | None 
     if seeds:
         facts.append(f"seed {min(seeds)}" if len(seeds) == 1
                      else f"geometric mean over seeds {', '.join(str(seed) for seed in sorted(seeds))}")
-    on = f" ({'; '.join(facts)})" if facts else ""
-    figure.suptitle(rf"Per-module $\lambda_{{\max}}$ at initialisation relative to {method_label(reference)}{on}"
-                    "\none marker per measured layer (no line: the layers between were not measured),\n"
-                    f"methods nudged apart; dashed: median over all modules{hollow}", fontsize=10)
-    return figure
+    return facts
 
 
 def _plain_log_labels(axes: Axes) -> None:
@@ -163,9 +197,21 @@ def _certificate_text(block: BlockView) -> str:
     return f"NOT certified, residual {residual:.1e}{f', {reason}' if reason else ''}"
 
 
+def _relative_residuals(block: BlockView) -> tuple[np.ndarray, np.ndarray]:
+    """(products, ‖Hy − θy‖/|θ|) of the top Ritz pair at each iteration that recorded its residual: the quantity
+    the certificate compares with tol (empty where the solver recorded none, e.g. an older report)."""
+    eigen = block.report.eigen
+    points = [(record.hvps, record.residuals[0] / abs(record.values[0]))
+              for record in (eigen.history if eigen is not None else ())
+              if record.residuals and record.values and record.values[0]]
+    return np.array([p for p, _ in points], dtype=float), np.array([r for _, r in points], dtype=float)
+
+
 def figure_convergence(directory: RunDirectory) -> Figure | None:
-    """(d) Each method's λ_max estimate per product and its distance to the *last* estimate (the value reported:
-    certified, or not, as the legend says); coinciding curves stay visible by their dashes and markers."""
+    """(d) Each method's λ_max estimate per product (left) and, right, the certificate's own quantity: the top
+    Ritz pair's relative residual ‖Hy − θy‖/|θ| per product against the solver's tol (a λ is certified once it is
+    below). A report without residuals in its history shows the distance to its last estimate instead, dashed
+    grey in the legend's words, since that distance reaches 0 by construction and certifies nothing."""
     reports = _first_report_per_method(directory, "history")
     if not reports:
         return None
@@ -173,7 +219,9 @@ def figure_convergence(directory: RunDirectory) -> Figure | None:
     left, right = figure.subplots(1, 2)
     solvers = set()
     finals = []
+    tolerances: set[float] = set()
     uncertified = 0
+    fallback = []
     for name, (report, _) in reports.items():
         block = report.first_with("history")
         solvers.add(block.solver or "solver")
@@ -186,18 +234,32 @@ def figure_convergence(directory: RunDirectory) -> Figure | None:
         left.plot(hvps, estimates, label=f"{method_label(name)}{where}: {block.lambda_max:.4g}, {certificate}",
                   **style)
         finals.append(abs(block.lambda_max))
-        error = np.abs(estimates - block.lambda_max) / abs(block.lambda_max)
-        keep = error > 0
-        right.plot(hvps[keep], error[keep], **style)
+        products, residuals = _relative_residuals(block)
+        if block.report.eigen is not None and block.report.eigen.tol:
+            tolerances.add(float(block.report.eigen.tol))
+        if residuals.size:
+            right.plot(products, residuals, **style)
+        else:  # no residuals recorded: the distance to the last estimate, marked as such
+            fallback.append(method_label(name))
+            error = np.abs(estimates - block.lambda_max) / abs(block.lambda_max)
+            keep = error > 0
+            right.plot(hvps[keep], error[keep], **{**style, "alpha": 0.5})
+    for tol in sorted(tolerances):
+        right.axhline(tol, color="black", linestyle="--", linewidth=1.0)
+        right.annotate(f"tol {tol:g}: certified below", (0.0, tol), xycoords=("axes fraction", "data"),
+                       xytext=(4, -3), textcoords="offset points", ha="left", va="top", fontsize=8)
     left.set_xlabel("Hessian-vector products")
     left.set_ylabel(r"$\lambda_{\max}$ estimate")
     if min(finals) > 0 and max(finals) / min(finals) > 10:  # a linear axis would flatten the smaller methods
         left.set_yscale("log")
     left.set_title("Top eigenvalue estimate per iteration", fontsize=10)
     right.set_xlabel("Hessian-vector products")
-    right.set_ylabel(r"|estimate − last estimate| / last estimate")
+    right.set_ylabel(r"relative residual $\|Hy - \theta y\| / |\theta|$")
     right.set_yscale("log")
-    right.set_title("Relative distance to the last estimate (the reported value)", fontsize=10)
+    title = "Certificate: the top Ritz pair's relative residual"
+    if fallback:
+        title += f"\n(faint, {len(fallback)} of {len(reports)}: none recorded; distance to the last estimate)"
+    right.set_title(title, fontsize=10)
     for axes in (left, right):
         axes.grid(True, alpha=0.3)
     left.legend(fontsize=7.5)
@@ -209,51 +271,112 @@ def figure_convergence(directory: RunDirectory) -> Figure | None:
     return figure
 
 
+DENSITY_BINS = 100  # a method's kernel width: its own spectrum's span over this many widths
+DENSITY_FLOOR = 1e-4  # the y axis's floor, relative to the panel's peak
+
+
 def figure_density(directory: RunDirectory) -> Figure | None:
-    """Figure (e): the spectral density at initialisation per method (None without densities)."""
+    """Figure (e): the spectral density at initialisation, one panel per method (None without densities). The
+    methods' spectra span four decades (LoRA's λ_max ~30, OLoRA's ~10⁴), so one shared kernel would be wider
+    than LoRA's whole spectrum: each panel smooths with its own width, 1/100 of its own span (said in its
+    title), on a linear λ axis; the log density axis stops at 10⁻⁴ of the peak, above which single quadrature
+    nodes of weight ~1/n (λ_max among them, the dotted line) would otherwise stand out as peaks."""
     reports = _first_report_per_method(directory, "density")
-    if not reports:
+    blocks = {name: block for name, (report, _) in reports.items()
+              if (block := report.first_with("density")) is not None and block.density is not None}
+    if not blocks:
         return None
-    figure = new_figure(9.0, 5.0)
-    axes = figure.add_subplot()
-    densities = {name: report.first_with("density") for name, (report, _) in reports.items()}
-    blocks = {name: block for name, block in densities.items() if block is not None and block.density is not None}
-    # One kernel width and grid for every method, so the curves compare; 1/150 of the joint spectrum's span.
-    all_nodes = np.concatenate([np.ravel(run) for block in blocks.values() for run in block.density.nodes])
-    sigma = float(np.ptp(all_nodes)) / 150 or 1e-3
-    grid = np.linspace(all_nodes.min() - 5 * sigma, all_nodes.max() + 5 * sigma, 800)
-    floor, top = math.inf, 0.0
-    for name, block in blocks.items():
+    columns = min(len(blocks), 3)
+    rows = math.ceil(len(blocks) / columns)
+    figure = new_figure(4.0 * columns, 2.9 * rows + 0.8)
+    grid_axes = figure.subplots(rows, columns, squeeze=False)
+    panels = [grid_axes[i // columns][i % columns] for i in range(rows * columns)]
+    for unused in panels[len(blocks):]:
+        unused.set_visible(False)
+    for index, ((name, block), axes) in enumerate(zip(blocks.items(), panels)):
+        nodes = np.concatenate([np.ravel(run) for run in block.density.nodes])
+        sigma = float(np.ptp(nodes)) / DENSITY_BINS or 1e-3 * max(abs(block.lambda_max), 1.0)
+        grid = np.linspace(nodes.min() - 5 * sigma, nodes.max() + 5 * sigma, 800)
         density = block.density.smoothed(grid, sigma).numpy()
-        style = method_style(name)  # its own dash and width: DoRA's curve on LoRA's leaves LoRA visible
-        uncertified = ", not certified" if block.uncertified_residual is not None else ""
-        axes.plot(grid, density, color=style["color"], linestyle=style["linestyle"], linewidth=style["linewidth"],
-                  zorder=style["zorder"], label=rf"{method_label(name)}: $\lambda_{{\max}}$ = {block.lambda_max:.3g}"
-                                               f"{uncertified}")
+        style = method_style(name)
+        axes.plot(grid, density, color=style["color"], linewidth=1.6)
         axes.axvline(block.lambda_max, color=method_color(name), linestyle=":", linewidth=1.0)
-        floor = min(floor, _density_floor(block, sigma, float(density.max())))
-        top = max(top, float(density.max()) * 3)
-    axes.set_yscale("log")
-    axes.set_ylim(floor, top)
-    axes.set_xlabel("eigenvalue λ of the loss Hessian w.r.t. the adapter")
-    width = f", kernel σ = {sigma:.2g}" if sigma else ""
-    axes.set_ylabel(f"spectral density (smoothed SLQ{width}, log)")
-    axes.set_title(r"Hessian spectral density at initialisation (dotted: $\lambda_{\max}$)", fontsize=10)
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=8)
+        axes.set_yscale("log")
+        axes.set_ylim(float(density.max()) * DENSITY_FLOOR, float(density.max()) * 3)
+        uncertified = ", not certified" if block.uncertified_residual is not None else ""
+        axes.set_title(rf"{method_label(name)}: $\lambda_{{\max}}$ = {block.lambda_max:.3g}{uncertified}; "
+                       f"kernel σ = {sigma:.2g}", fontsize=9, color=method_color(name))
+        axes.set_xlabel("eigenvalue λ")
+        if index % columns == 0:
+            axes.set_ylabel("density (smoothed SLQ, log)")
+        axes.grid(True, alpha=0.3)
+    figure.suptitle("Hessian spectral density w.r.t. the adapter at initialisation (dotted: λ_max; each panel "
+                    f"its own kernel, 1/{DENSITY_BINS} of its span; floor {DENSITY_FLOOR:g} × peak)", fontsize=10)
     return figure
-
-
-def _density_floor(block: BlockView, sigma: float | None, peak: float) -> float:
-    """Low enough that the smallest quadrature node's bump shows: the extreme eigenvalues (λ_max among them)
-    carry weights near 1/size, orders of magnitude below the bulk."""
-    if sigma and block.density is not None:
-        nodes, weights = block.density.nodes, block.density.weights
-        bumps = [w / (len(nodes) * sigma * math.sqrt(2 * math.pi)) for run in weights for w in run if w > 0]
-        if bumps:
-            return max(min(bumps) * 0.3, peak * 1e-12)
-    return peak * 1e-5
 
 
 # ----------------------------------------------------------------------------------------------------------
 # (f) training loss curves
+
+
+# ----------------------------------------------------------------------------------------------------------
+# (k) the paper's per-layer view: λ_max at initialisation per layer × method
+
+HEATMAP_KINDS = ("q_proj", "k_proj")  # the paper's v2 heatmaps: the query and key projections
+
+
+def figure_layer_heatmap(directory: RunDirectory, methods: Sequence[str] | None = None,
+                         kinds: Sequence[str] = HEATMAP_KINDS, layers: int | None = None) -> Figure | None:
+    """(k) λ_max at initialisation of each layer's module (rows: decoder layers, columns: methods), one panel per
+    module kind, one log colour scale for all: the paper's v2 heatmaps. A cell no report measured is grey and
+    hatched ("not measured"), never interpolated; each measured cell prints its value, hollow-marked (†) where its
+    solver did not certify it. ``layers``: the model's layer count (default: one past the highest layer any report
+    measured, which the title says). None without any per-module report of these kinds."""
+    measured, sample_sizes, seeds = _measured_modules(directory, methods)
+    cells: dict[tuple[str, str, int], tuple[float, bool]] = {}
+    for name, (values, uncertified) in measured.items():
+        for block, value in values.items():
+            layer = layer_index(block)
+            if module_kind(block) in kinds and layer is not None:
+                cells[(module_kind(block), name, layer)] = (value, block in uncertified)
+    if not cells:
+        return None
+    inferred = layers is None
+    count = layers if layers is not None else max(layer for _, _, layer in cells) + 1
+    columns = [name for name in measured if any(key[1] == name for key in cells)]
+    values = [value for value, _ in cells.values()]
+    norm = LogNorm(vmin=min(values), vmax=max(values))
+    figure = new_figure(max(8.0, 2.2 + 0.62 * len(columns) * len(kinds)), max(4.2, 1.8 + 0.22 * count))
+    panels = figure.subplots(1, len(kinds), squeeze=False, sharey=True)[0]
+    image = None
+    for axes, kind in zip(panels, kinds):
+        grid = np.full((count, len(columns)), np.nan)
+        for (cell_kind, name, layer), (value, flagged) in cells.items():
+            if cell_kind != kind or layer >= count:
+                continue
+            column = columns.index(name)
+            grid[layer, column] = value
+            axes.text(column, layer, f"{value:.3g}{'†' if flagged else ''}", ha="center", va="center", fontsize=6,
+                      color="white" if norm(value) < 0.6 else "black")  # viridis: dark at the low end
+        axes.add_patch(Rectangle((-0.5, -0.5), len(columns), count, facecolor="0.88", hatch="///",
+                                 edgecolor="0.7", linewidth=0, zorder=0))  # what no cell covers: not measured
+        image = axes.imshow(np.ma.masked_invalid(grid), cmap="viridis", norm=norm, aspect="auto",
+                            interpolation="nearest", zorder=1)
+        filled = int(np.isfinite(grid).sum())
+        axes.set_title(f"{kind}: {filled} of {count * len(columns)} cells measured"
+                       + (" (none yet)" if not filled else ""), fontsize=9)
+        axes.set_xticks(range(len(columns)), [method_label(name) for name in columns], rotation=45, ha="right",
+                        fontsize=8)
+        axes.set_yticks(range(0, count, max(1, count // 15)))
+        axes.set_xlim(-0.5, len(columns) - 0.5)
+        axes.set_ylim(count - 0.5, -0.5)
+    panels[0].set_ylabel("decoder layer")
+    if image is not None:
+        figure.colorbar(image, ax=list(panels), label=r"$\lambda_{\max}$ at initialisation (log scale)",
+                        shrink=0.8)
+    rows = (f"layers 0–{count - 1}" + (" (up to the highest layer measured)" if inferred else ""))
+    facts = _measured_on(sample_sizes, seeds)
+    measured_on = f" ({'; '.join(facts)})" if facts else ""
+    figure.suptitle(rf"Per-layer $\lambda_{{\max}}$ at initialisation{measured_on}" + f"\n{rows}; hatched grey: "
+                    "not measured; † not certified", fontsize=10)
+    return figure
