@@ -22,7 +22,7 @@ from hessian_lora.errors import UserError
 from hessian_lora.sweep.adaptive import leave_method_out, search_keys, search_metric
 from hessian_lora.sweep.config import eval_task_specs, load_config
 from hessian_lora.sweep.preflight import preflight
-from hessian_lora.sweep.runner import run_sweep
+from hessian_lora.sweep.runner import plan_run_dir, run_sweep
 
 HELP = "run a learning-rate sweep from a YAML config into a resumable run directory"
 
@@ -74,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"eval_task {spec}: no such file {path}; replace the path with your copy of the set.")
     check_output_directory(args.out, "--out", kind="run directory")
     if args.dry_run:
+        if Path(args.out).is_dir():  # what the real run checks first: the directory's own settings and grid
+            config = plan_run_dir(config, Path(args.out), extend=args.extend)[0]
         for line in dry_run(config, source=str(args.config), device=args.device):
             print(line)
         return 0

@@ -28,6 +28,9 @@ class EvalConfig:
     allow_unconfined_code: bool = False
 
     def __post_init__(self) -> None:
+        for name in ("accuracy", "humaneval", "allow_unconfined_code"):
+            if not isinstance(getattr(self, name), bool):  # "yes" or "no" would read as true
+                raise UserError(f"eval.{name} must be true or false, got {getattr(self, name)!r}.")
         if self.batch_size <= 0 or self.max_length <= 0 or self.max_new_tokens <= 0:
             raise UserError("eval batch_size, max_length and max_new_tokens must be positive.")
         # A NaN limit never expires and inf never ends a program: generated code would run unbounded.
