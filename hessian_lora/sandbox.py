@@ -211,13 +211,21 @@ def probe_confinement() -> Confinement:
 
 
 _announced: set[ConfinementLevel] = set()
+_accepted_in_process = False  # --allow-unconfined-code: holds for this process, a resumed sweep's runs included
+
+
+def accept_unconfined_code() -> None:
+    """The user accepted the risk for this process (the CLI's ``--allow-unconfined-code``): a sweep resumed in
+    a directory whose stored config did not accept it runs its code too."""
+    global _accepted_in_process
+    _accepted_in_process = True
 
 
 def code_confinement(*, allow_unconfined: bool = False, announce: bool = True) -> Confinement:
     """The confinement generated code gets here, said once on stderr; a :class:`UserError` (one line: what to
     install or which flag accepts the risk) when there is none and ``allow_unconfined`` is False."""
     found = probe_confinement()
-    if found.level == "none" and not allow_unconfined:
+    if found.level == "none" and not (allow_unconfined or _accepted_in_process):
         raise UserError(f"refusing to run generated code without confinement ({found.reason}): {INSTALL_HINT}.")
     if announce and found.level not in _announced:
         _announced.add(found.level)

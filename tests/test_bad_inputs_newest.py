@@ -227,6 +227,7 @@ def test_code_evaluation_without_confinement_is_refused_unless_the_flag_accepts_
     unavailable = sandbox.Confinement("none", "none", reason="simulated: no user namespaces")
     monkeypatch.setattr(sandbox, "probe_confinement", lambda: unavailable)
     monkeypatch.setattr(sandbox, "_announced", set())
+    monkeypatch.setattr(sandbox, "_accepted_in_process", False)  # the flag below sets it for the process
     mbpp = f"mbpp:{REPO / 'tests' / 'fixtures' / 'mbpp.jsonl'}"
     config = write(tmp_path / "code.yaml", yaml.safe_dump({**GOOD_SWEEP, "eval_task": [mbpp]}))
     out = tmp_path / "out"

@@ -210,6 +210,7 @@ def no_confinement(monkeypatch):
     unavailable = sandbox.Confinement("none", "none", reason="simulated: unshare namespaces unavailable")
     monkeypatch.setattr(sandbox, "probe_confinement", lambda: unavailable)
     monkeypatch.setattr(sandbox, "_announced", set())
+    monkeypatch.setattr(sandbox, "_accepted_in_process", False)
 
 
 def test_without_confinement_code_is_refused_in_one_line(no_confinement, user_files):

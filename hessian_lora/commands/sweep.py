@@ -19,6 +19,7 @@ from hessian_lora.commands._prompt import add_prompt_template_argument
 from hessian_lora.commands._threads import add_threads_argument, apply_threads
 from hessian_lora.data import check_prompt_template
 from hessian_lora.errors import UserError
+from hessian_lora.sandbox import accept_unconfined_code
 from hessian_lora.sweep.adaptive import leave_method_out, search_keys, search_metric
 from hessian_lora.sweep.config import eval_task_specs, load_config
 from hessian_lora.sweep.preflight import preflight
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         changes: dict[str, object] = {}
         if args.allow_unconfined_code:
             changes["eval"] = dataclasses.replace(config.eval, allow_unconfined_code=True)
+            accept_unconfined_code()
         if args.prompt_template is not None:  # the template every run trains with: the training settings'
             changes["train"] = dataclasses.replace(config.train,
                                                    prompt_template=check_prompt_template(args.prompt_template))
