@@ -158,4 +158,5 @@ def main() -> None:
               {"PATH": "/usr/bin:/bin", "HOME": "/sandbox", "TMPDIR": "/tmp", "LANG": "C.UTF-8"})
 
 
-main()
+if __name__ == "__main__":  # run with -c by hessian_lora.sandbox; importing it does nothing
+    main()
