@@ -96,9 +96,12 @@ def test_the_program_has_a_writable_private_scratch():
 # ------------------------------------------------------------------------------------------ hostile programs
 
 @confined
-def test_it_cannot_overwrite_a_file_outside(user_files):
+@pytest.mark.parametrize(("source", "target"), [("open({path}, 'w').write('pwned')\n", "notes.txt"),
+                                                ("import shutil\nshutil.rmtree({path})\n", "project")],
+                         ids=["overwrite-a-file", "delete-a-directory-tree"])
+def test_it_cannot_change_the_users_files(source, target, user_files):
     before = snapshot(user_files)
-    run_program(program("open({path}, 'w').write('pwned')\n", path=user_files / "notes.txt"), timeout=TIMEOUT)
+    run_program(program(source, path=user_files / target), timeout=TIMEOUT)
     assert snapshot(user_files) == before
 
 
@@ -123,13 +126,6 @@ def test_the_users_tree_and_the_hosts_tmp_are_out_of_sight(user_files):
         for path in ({user}, {repo}, {host_tmp}):
             assert not os.path.exists(path), path
     """, user=user_files, repo=REPO / "setup.cfg", host_tmp=user_files.parent), timeout=TIMEOUT) is True
-
-
-@confined
-def test_it_cannot_delete_a_directory_tree(user_files):
-    before = snapshot(user_files)
-    run_program(program("import shutil\nshutil.rmtree({path})\n", path=user_files / "project"), timeout=TIMEOUT)
-    assert snapshot(user_files) == before
 
 
 @confined
