@@ -72,7 +72,7 @@ def preflight(config: SweepConfig, *, device: str | torch.device | None = None, 
                         "task.")
     _check_eval_sets(config, source)
     _check_search_metric(config, task, source)
-    _check_hessian_sizes(config, task, resolved, source)
+    _check_krylov_budget(config, resolved, source)
     calibration = _search_calibration(config, source) if needs_calibration else None
     try:
         loaded = load_model(config.model, device=device, seed=config.model_seed, attn_implementation=config.attention)
@@ -122,8 +122,8 @@ def _check_eval_sets(config: SweepConfig, source: str) -> None:
     """Read every ``eval_task`` set now (kept cached for the runs): a bad file would fail each run after it
     trained."""
     if runs_code(config):  # refused here, before any run trains, where the machine cannot confine the programs
-        try:
-            code_confinement(allow_unconfined=config.eval.allow_unconfined_code)
+        try:  # said on the console when the first program runs, not here (a refusal below stays one line)
+            code_confinement(allow_unconfined=config.eval.allow_unconfined_code, announce=False)
         except UserError as exc:
             raise UserError(f"{source}: eval: {exc}") from exc
     for spec in config.eval_task:
@@ -166,17 +166,9 @@ def _search_calibration(config: SweepConfig, source: str) -> Any:
     return calibration
 
 
-def _check_hessian_sizes(config: SweepConfig, task: Any, device: torch.device, source: str) -> None:
-    """The λ probes' sizes against what the task and the device have: more samples than training examples would
-    measure on fewer without a word, and a Krylov budget beyond the device's memory is a typo (each run would
-    fail on it after training)."""
-    probes = [("hessian", config.hessian.samples)] if config.hessian.enabled else []
-    if config.hessian.during is not None:
-        probes.append(("hessian.during", config.hessian.during.samples))
-    for name, samples in probes:
-        if samples > len(task.train):
-            raise UserError(f"{source}: {name}.samples {samples} is more than the task's {len(task.train)} training "
-                            "examples: lower it, or raise n_train.")
+def _check_krylov_budget(config: SweepConfig, device: torch.device, source: str) -> None:
+    """A Krylov budget beyond all of the device's memory is a typo (1e12 for 12): refused here, since each run
+    would fail on it after training."""
     krylov = config.hessian.measure.krylov_memory if config.hessian.enabled else None
     if krylov is not None and krylov * 2**30 > total_memory(device):
         raise UserError(f"{source}: hessian.krylov_memory {krylov:g} GiB is more than all of {device}'s memory "
