@@ -12,6 +12,7 @@ available memory moves with other jobs, so the RSS column is the one to compare.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import resource
 import sys
 import time
@@ -26,6 +27,7 @@ from hessian_lora.measure import measure
 from hessian_lora.settings import AdapterConfig, MeasureSettings
 
 GIB = 2**30
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
 def rss() -> float:
@@ -39,7 +41,12 @@ def main() -> int:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--max-iter", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--mmap-threshold-mib", type=float, default=None,
+                        help="fix glibc's mmap threshold (mallopt M_MMAP_THRESHOLD) before anything is allocated: "
+                             "tensors above it are mapped and unmapped, never kept in the heap")
     args = parser.parse_args()
+    if args.mmap_threshold_mib is not None:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, int(args.mmap_threshold_mib * 2**20))
     torch.set_num_threads(args.threads)
     task = load_task("arith", seed=0, n_train=args.samples, n_eval=1)
     settings = MeasureSettings(samples=args.samples, batch_size=4, max_length=256, max_iter=args.max_iter,
