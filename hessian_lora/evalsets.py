@@ -19,9 +19,9 @@ Scoring, per generation (1.0 right, 0.0 wrong):
   (both are parsed as LaTeX/expressions, so ``\\frac{1}{2}``, ``\\dfrac{1}{2}`` and ``0.5`` are equal, and so
   are ``\\left( 1, 2 \\right)`` and ``(1,2)``); when math-verify can parse neither side, the two strings are
   compared after removing spaces, ``$`` and thousands commas.
-- code sets: pass@1, the program (setup code, the generated code, then every test) runs in the isolated, time-
-  and memory-limited subprocess :func:`hessian_lora.evaluate.run_program`; it passes iff it exits with
-  status 0. MBPP generations wrapped in a Markdown code fence are reduced to the first fenced block;
+- code sets: pass@1, the program (setup code, the generated code, then every test) runs in the confined, time-
+  and memory-limited subprocess :func:`hessian_lora.evaluate.run_program` (:mod:`hessian_lora.sandbox`); it
+  passes iff it exits with status 0. MBPP generations wrapped in a Markdown code fence are reduced to the first fenced block;
   HumanEval completions are cut at the usual stop sequences (:func:`hessian_lora.evaluate.truncate_completion`).
 
 Bad files raise :class:`hessian_lora.errors.UserError` with one line naming the file, the field and the fix.
@@ -69,10 +69,13 @@ class EvalSet:
             1, len(self.examples))
 
 
-def load_eval_set(spec: str, *, limit: int | None = None, code_timeout: float = DEFAULT_CODE_TIMEOUT) -> EvalSet:
+def load_eval_set(spec: str, *, limit: int | None = None, code_timeout: float = DEFAULT_CODE_TIMEOUT,
+                  allow_unconfined: bool = False) -> EvalSet:
     """Load ``gsm8k:PATH``, ``math:PATH``, ``mbpp:PATH`` or ``humaneval`` (see the module docstring).
 
-    ``code_timeout`` is the wall-clock limit in seconds of each program run by the code scorers.
+    ``code_timeout`` is the wall-clock limit in seconds of each program run by the code scorers;
+    ``allow_unconfined`` lets them run without confinement where the machine has none (see
+    :mod:`hessian_lora.sandbox`).
     """
     name, _, path = spec.partition(":")
     name = name.strip().lower()
@@ -82,7 +85,7 @@ def load_eval_set(spec: str, *, limit: int | None = None, code_timeout: float = 
     if name == "humaneval":
         if path:
             raise UserError(f"eval set {spec!r}: humaneval is embedded, write just 'humaneval' without a path.")
-        return _humaneval(limit, code_timeout)
+        return _humaneval(limit, code_timeout, allow_unconfined)
     if name not in ("gsm8k", "math", "mbpp"):
         raise UserError(f"unknown eval set {spec!r}: use gsm8k:PATH, math:PATH, mbpp:PATH or humaneval.")
     if not path:
@@ -91,7 +94,7 @@ def load_eval_set(spec: str, *, limit: int | None = None, code_timeout: float = 
     if limit is not None:
         records = records[:limit]
     if name == "mbpp":
-        return _mbpp(Path(path), records, code_timeout)
+        return _mbpp(Path(path), records, code_timeout, allow_unconfined)
     return _gsm8k(Path(path), records) if name == "gsm8k" else _math(Path(path), records)
 
 
@@ -292,7 +295,8 @@ def mbpp_program(example: Example, generation: str) -> str:
     return f"{setup}\n{extract_code(generation)}\n\n{tests}\n"
 
 
-def _mbpp(path: Path, records: list[tuple[int, dict[str, Any]]], timeout: float) -> EvalSet:
+def _mbpp(path: Path, records: list[tuple[int, dict[str, Any]]], timeout: float,
+          allow_unconfined: bool) -> EvalSet:
     examples = []
     for number, record in records:
         task_id = _field(path, number, record, "task_id", (int, str))
@@ -311,12 +315,13 @@ def _mbpp(path: Path, records: list[tuple[int, dict[str, Any]]], timeout: float)
                                           "test_list": list(tests), "test_setup_code": setup}))
 
     def score(generation: str, example: Example) -> float:
-        return float(run_program(mbpp_program(example, generation), timeout=timeout))
+        return float(run_program(mbpp_program(example, generation), timeout=timeout,
+                                 allow_unconfined=allow_unconfined))
 
     return EvalSet("mbpp", "code", examples, score)
 
 
-def _humaneval(limit: int | None, timeout: float) -> EvalSet:
+def _humaneval(limit: int | None, timeout: float, allow_unconfined: bool) -> EvalSet:
     examples = [
         Example(prompt=problem["prompt"], response=problem["canonical_solution"], answer=None,
                 metadata={"task_id": problem["task_id"], "problem": problem})
@@ -325,6 +330,6 @@ def _humaneval(limit: int | None, timeout: float) -> EvalSet:
 
     def score(generation: str, example: Example) -> float:
         program = humaneval_program(example.metadata["problem"], truncate_completion(generation))
-        return float(run_program(program, timeout=timeout))
+        return float(run_program(program, timeout=timeout, allow_unconfined=allow_unconfined))
 
     return EvalSet("humaneval", "code", examples, score)

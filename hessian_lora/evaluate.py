@@ -2,19 +2,14 @@
 
 Generation batches prompts with *left* padding (every prompt ends where generation starts) and decodes greedily;
 the result equals decoding each prompt alone. HumanEval programs (prompt + completion + the problem's tests) are
-executed only in a separate Python subprocess with a wall-clock limit, in an empty temporary directory.
+executed only in a separate Python subprocess confined by :mod:`hessian_lora.sandbox`, with a wall-clock limit.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,10 +17,10 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
-from hessian_lora._numbers import time_limit
 from hessian_lora.data import DEFAULT_PROMPT_TEMPLATE, Example, Task, format_prompt, load_task, make_batches
 from hessian_lora.errors import UserError
 from hessian_lora.loss import mean_loss
+from hessian_lora.sandbox import run_confined
 from hessian_lora.settings.evaluation import EvalConfig
 from hessian_lora.settings.training import Precision
 from hessian_lora.training.train import autocast_context
@@ -202,41 +197,13 @@ def humaneval_program(problem: dict[str, Any], completion: str) -> str:
             f"check({problem['entry_point']})\n")
 
 
-def run_program(program: str, *, timeout: float = 10.0, memory_bytes: int | None = 2 << 30) -> bool:
-    """Run untrusted Python in a fresh isolated interpreter (``-I``) in an empty temp directory; True iff it
-    exits with status 0 within ``timeout`` seconds. The whole process group is killed on timeout."""
-    timeout = time_limit(timeout, "the sandbox's timeout")  # no untrusted program runs without a finite limit
-    with tempfile.TemporaryDirectory(prefix="hessian-lora-exec-") as workdir:
-        path = Path(workdir) / "program.py"
-        path.write_text(program, encoding="utf-8")
-        process = subprocess.Popen(
-            [sys.executable, "-I", "-B", str(path)], cwd=workdir, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-            env={"PATH": os.environ.get("PATH", ""), "HOME": workdir},
-            preexec_fn=_limit_memory(memory_bytes) if memory_bytes and os.name == "posix" else None,
-        )
-        try:
-            return process.wait(timeout=timeout) == 0
-        except subprocess.TimeoutExpired:
-            _kill_group(process)
-            return False
-
-
-def _limit_memory(memory_bytes: int) -> Any:
-    def apply() -> None:
-        import resource  # local: POSIX only, and needed only in the sandbox's child process
-
-        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-
-    return apply
-
-
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        process.kill()
-    process.wait()
+def run_program(program: str, *, timeout: float = 10.0, memory_bytes: int | None = 2 << 30,
+                allow_unconfined: bool = False) -> bool:
+    """Run untrusted Python in a fresh interpreter, confined by :mod:`hessian_lora.sandbox` (namespaces: no
+    network, the user's files out of sight, read-only system, every descendant killed with it; resource limits);
+    True iff it exits with status 0 within ``timeout`` seconds. Where the machine gives no confinement, a
+    :class:`UserError` says what to install, unless ``allow_unconfined`` accepts the risk."""
+    return run_confined(program, timeout=timeout, memory_bytes=memory_bytes, allow_unconfined=allow_unconfined)
 
 
 def humaneval_pass_at_1(
@@ -256,7 +223,8 @@ def humaneval_pass_at_1(
         progress=progress,
     )
     passed = [
-        run_program(humaneval_program(problem, truncate_completion(completion)), timeout=config.humaneval_timeout)
+        run_program(humaneval_program(problem, truncate_completion(completion)), timeout=config.humaneval_timeout,
+                    allow_unconfined=config.allow_unconfined_code)
         for problem, completion in zip(problems, completions)
     ]
     return sum(passed) / len(passed)

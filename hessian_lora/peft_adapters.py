@@ -365,9 +365,13 @@ def trained_step(directory: str | os.PathLike[str]) -> int | None:
     state = path / "trainer_state.json"
     if state.is_file():
         try:
-            step = json.loads(state.read_text(encoding="utf-8")).get("global_step")
-        except (json.JSONDecodeError, AttributeError) as exc:
+            data = json.loads(state.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # not UTF-8 is not JSON either
             raise UserError(f"{state} is not valid JSON ({exc}): re-save the checkpoint or remove the file.") from exc
+        if not isinstance(data, dict):
+            raise UserError(f"{state} holds a {type(data).__name__}, not a Trainer state (a JSON object with "
+                            "global_step): re-save the checkpoint or remove the file.")
+        step = data.get("global_step")
         if isinstance(step, int) and not isinstance(step, bool) and step >= 0:
             return step
         raise UserError(f"{state}: global_step {step!r} is not a step count: re-save the checkpoint or remove the "

@@ -229,8 +229,12 @@ def report_from_dict(data: Mapping[str, Any], *, path: str = "") -> ReportView:
     blocks = [_complete(BlockReport, dict(item, name=str(item.get("name", "whole"))))
               for item in raw_blocks or [] if isinstance(item, Mapping) and optional_float(item.get("lambda_max")) is not None]
     settings = data.get("settings")
-    report = EigenReport.from_dict({"settings": dict(settings) if isinstance(settings, Mapping) else {},
-                                    "blocks": blocks})
+    try:
+        report = EigenReport.from_dict({"settings": dict(settings) if isinstance(settings, Mapping) else {},
+                                        "blocks": blocks})
+    except (TypeError, ValueError) as exc:  # a field that is there but of the wrong kind ("seconds": "x")
+        raise UserError(f"eigen report {path or '(given)'} holds a value of the wrong type ({exc}): rerun the "
+                        "measurement (or delete the file).") from exc
     return ReportView(report, path)
 
 

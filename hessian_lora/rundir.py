@@ -214,8 +214,8 @@ def read_init_inputs(layout: RunLayout) -> dict[InitKey, dict[str, Any]]:
     for path in sorted(layout.hessian.glob(f"*{suffix}")) if layout.hessian.is_dir() else []:
         key = InitKey.parse(path.name[: -len(suffix)])
         try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # not JSON, or not UTF-8 (UnicodeDecodeError)
             continue
         if key is not None and isinstance(record, dict) and isinstance(record.get("sha256"), str):
             records[key] = record

@@ -18,8 +18,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
+from hessian_lora.commands._threads import apply_threads
 from hessian_lora.demo import InitExtras, measure_init_reports
 from hessian_lora.errors import UserError
 from hessian_lora.sweep.config import load_config
@@ -36,20 +35,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, help="training examples of the probe (default: the config's)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
     try:
-        config = load_config(args.run_dir / "config.yaml")
-        layers = None if args.layers == "all" else int(args.layers)
-        unknown = sorted(set(args.methods or ()) - set(config.methods))
-        if unknown:
-            raise UserError(f"{args.run_dir / 'config.yaml'}: methods {', '.join(unknown)} are not in the sweep "
-                            f"(it has {', '.join(config.methods)}): pick from those")
+        apply_threads(args)
+        config_path = args.run_dir / "config.yaml"
+        config = load_config(config_path)
+        layers = _layer_count(args.layers)
+        # Each choice must name what the sweep has: anything else would be measured silently in its place
+        # (an untargeted module was replaced by the first target; a seed the sweep never ran got a report).
+        for flag, chosen, available in (("--methods", args.methods, config.methods),
+                                         ("--seeds", args.seeds, config.seeds),
+                                         ("--modules", args.modules, config.adapter.targets)):
+            unknown = sorted({str(item) for item in chosen or ()} - {str(item) for item in available})
+            if unknown:
+                raise UserError(f"{config_path}: {flag} {', '.join(unknown)} not in the sweep (it has "
+                                f"{', '.join(str(item) for item in available)}): pick from those")
+        if args.samples is not None and args.samples < 1:
+            raise UserError(f"--samples must be at least 1 (training examples of the probe), got {args.samples}")
         changes: dict[str, object] = {}
         if args.methods:
             changes["methods"] = tuple(m for m in config.methods if m in args.methods)
         if args.seeds:
             changes["seeds"] = tuple(args.seeds)
-        if args.samples:
+        if args.samples is not None:
             # HessianSettings cuts the batches by its samples, the report records measure's: both change.
             changes["hessian"] = replace(config.hessian, samples=args.samples,
                                          measure=replace(config.hessian.measure, samples=args.samples))
@@ -62,6 +69,20 @@ def main(argv: list[str] | None = None) -> int:
     for path in extras.written:
         print(f"wrote {path}")
     return 0
+
+
+def _layer_count(text: str) -> int | None:
+    """``--layers``: None for 'all', else a count of at least 2 evenly spaced layers (the first and the last)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 2:
+        raise UserError(f"--layers {text!r}: give 'all' or a number >= 2 of evenly spaced layers (the first and "
+                        "the last included)")
+    return count
 
 
 if __name__ == "__main__":

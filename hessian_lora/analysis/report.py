@@ -19,6 +19,7 @@ from hessian_lora.analysis.summary import Analysis
 from hessian_lora.analysis.uncertainty import NO_INTERVAL
 from hessian_lora.errors import UserError
 from hessian_lora.registry import SCORE_METRICS
+from hessian_lora.reports import optional_float
 from hessian_lora.rundir import RunLayout
 from hessian_lora.runs import RunDirectory, read_outcomes, read_run_directory
 
@@ -264,12 +265,21 @@ def eigen_wall_seconds(blocks: Sequence[BlockReport]) -> float:
     groups: dict[str, float] = {}
     total = 0.0
     for block in blocks:
-        if block.scan_group is None:
-            total += float(block.seconds)
+        # A minimal or hand-edited report may lack a time, or hold one that is no number: it adds nothing.
+        seconds = _recorded(block.seconds)
+        eigen_seconds = _recorded(block.eigen.seconds) if block.eigen is not None else 0.0
+        if block.scan_group is None or block.eigen is None:
+            total += seconds
         else:
-            groups[block.scan_group] = max(groups.get(block.scan_group, 0.0), float(block.eigen.seconds))
-            total += block.extra_seconds
+            groups[block.scan_group] = max(groups.get(block.scan_group, 0.0), eigen_seconds)
+            total += max(seconds - eigen_seconds, 0.0)  # its trace, density, preconditioning: on its own
     return total + sum(groups.values())
+
+
+def _recorded(value: Any) -> float:
+    """A recorded time or count as a finite number >= 0, or 0 where the report has none (or nonsense)."""
+    number = optional_float(value)
+    return number if number is not None and math.isfinite(number) and number >= 0 else 0.0
 
 
 def cost_section(directory: RunDirectory) -> tuple[dict[str, Any], str] | None:
@@ -292,7 +302,7 @@ def cost_section(directory: RunDirectory) -> tuple[dict[str, Any], str] | None:
         "eigen_reports": len(reports), "eigen_blocks": len(blocks),
         "eigen_blocks_whole": sum(1 for report in reports for block in report.blocks if block.is_whole),
         "eigen_reports_with_modules": sum(1 for report in reports if report.modules),
-        "eigen_products": sum(int(block.hvps) for block in blocks),
+        "eigen_products": sum(int(_recorded(block.hvps)) for block in blocks),
         "eigen_seconds": eigen_wall_seconds(blocks),
         "eigen_blocks_in_groups": sum(1 for block in blocks if block.scan_group is not None),
         "eigen_reports_reused": len(directory.reused_inits),

@@ -19,10 +19,11 @@ from hessian_lora.commands._prompt import add_prompt_template_argument
 from hessian_lora.commands._threads import add_threads_argument, apply_threads
 from hessian_lora.data import check_prompt_template
 from hessian_lora.errors import UserError
+from hessian_lora.sandbox import accept_unconfined_code
 from hessian_lora.sweep.adaptive import leave_method_out, search_keys, search_metric
 from hessian_lora.sweep.config import eval_task_specs, load_config
 from hessian_lora.sweep.preflight import preflight
-from hessian_lora.sweep.runner import run_sweep
+from hessian_lora.sweep.runner import plan_run_dir, run_sweep
 
 HELP = "run a learning-rate sweep from a YAML config into a resumable run directory"
 
@@ -42,6 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_prompt_template_argument(parser, default=None, purpose="overrides the config's prompt_template")
     parser.add_argument("--eval-task", default=None,
                         help="override the config's eval_task: comma-separated gsm8k:PATH, math:PATH, mbpp:PATH, humaneval")
+    parser.add_argument("--allow-unconfined-code", action="store_true",
+                        help="run the model's generated programs (HumanEval, MBPP) even where the machine cannot "
+                             "confine them (no user namespaces): they could read, change or delete your files; "
+                             "same as eval.allow_unconfined_code: true")
     add_threads_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
     parser.add_argument("--dry-run", action="store_true",
@@ -54,8 +59,11 @@ def run(args: argparse.Namespace) -> int:
     if args.device is not None and args.backend == "ray":
         raise UserError("--device applies to the local backend; Ray places runs by the config's ray: settings.")
     config = load_config(args.config)
-    if args.prompt_template is not None or args.eval_task is not None:
+    if args.prompt_template is not None or args.eval_task is not None or args.allow_unconfined_code:
         changes: dict[str, object] = {}
+        if args.allow_unconfined_code:
+            changes["eval"] = dataclasses.replace(config.eval, allow_unconfined_code=True)
+            accept_unconfined_code()
         if args.prompt_template is not None:  # the template every run trains with: the training settings'
             changes["train"] = dataclasses.replace(config.train,
                                                    prompt_template=check_prompt_template(args.prompt_template))
@@ -68,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"eval_task {spec}: no such file {path}; replace the path with your copy of the set.")
     check_output_directory(args.out, "--out", kind="run directory")
     if args.dry_run:
+        if Path(args.out).is_dir():  # what the real run checks first: the directory's own settings and grid
+            config = plan_run_dir(config, Path(args.out), extend=args.extend)[0]
         for line in dry_run(config, source=str(args.config), device=args.device):
             print(line)
         return 0

@@ -425,7 +425,9 @@ def lanczos(
         if state.dim >= cap:
             stop_reason = "max_iter" if cap < size else "exhausted"
             break
-    assert state is not None
+    if state is None:  # the basis could not hold even the start block: no step was made
+        raise UserError(f"the Krylov memory budget cannot hold the {p} start vectors of this block (of "
+                        f"{size} parameters each): raise --krylov-memory, or lower --block-size.")
     if stop_reason != "converged" and state.basis.full:
         stop_reason = "memory"  # the basis could not grow within the Krylov memory budget
     if checked is None:

@@ -168,6 +168,14 @@ def free_memory(device: torch.device) -> int:
     return int(psutil.virtual_memory().available)
 
 
+def total_memory(device: torch.device) -> int:
+    """Bytes of memory ``device`` has in all (CUDA: the card's; CPU: the host's)."""
+    if device.type == "cuda":
+        _, total = torch.cuda.mem_get_info(device)
+        return int(total)
+    return int(psutil.virtual_memory().total)
+
+
 def plan_memory(
     model: nn.Module,
     batches: Sequence[TokenBatch],
@@ -211,6 +219,10 @@ def plan_memory(
                         "memory.")
     if krylov_gib is not None:
         gib = check_krylov_gib(krylov_gib)
+        total = total_memory(device)
+        if gib * _GIB > total:  # a typo (1e12 for 12) would otherwise pass silently, clamped to what is free
+            raise UserError(f"--krylov-memory {gib:g} GiB is more than all of {device}'s memory ({_gib(total)}): "
+                            f"give at most what is free ({_gib(left)}), or leave it out to size it from that.")
         budget = min(gib * _GIB, float(left))
         host = min(gib * _GIB, HOST_SHARE * host_free) if device.type != "cpu" else 0.0
         source = "--krylov-memory"

@@ -115,6 +115,10 @@ class VectorStore:
         new_pages: list[tuple[torch.Tensor, MemoryTier]] = []
         while free < needed:
             allocated = self.memory.allocate(max(self.page_rows, needed - free), self.size, self.dtype)
+            if allocated is None and needed - free < self.page_rows:
+                # A budget between what this block needs and a whole page (say 3.5 vectors against pages of
+                # 4): a page of just what is needed still fits, and the run goes on until the budget is spent.
+                allocated = self.memory.allocate(needed - free, self.size, self.dtype)
             if allocated is None:
                 for page, tier in new_pages:
                     self.memory.release(page, tier)

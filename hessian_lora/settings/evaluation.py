@@ -23,8 +23,14 @@ class EvalConfig:
     humaneval_max_new_tokens: int = 384
     humaneval_limit: int | None = None  # first N problems only
     precision: Precision = "fp32"
+    # Generated code runs confined (hessian_lora.sandbox); where the machine gives no confinement it is refused
+    # unless this accepts the risk (the CLI's --allow-unconfined-code).
+    allow_unconfined_code: bool = False
 
     def __post_init__(self) -> None:
+        for name in ("accuracy", "humaneval", "allow_unconfined_code"):
+            if not isinstance(getattr(self, name), bool):  # "yes" or "no" would read as true
+                raise UserError(f"eval.{name} must be true or false, got {getattr(self, name)!r}.")
         if self.batch_size <= 0 or self.max_length <= 0 or self.max_new_tokens <= 0:
             raise UserError("eval batch_size, max_length and max_new_tokens must be positive.")
         # A NaN limit never expires and inf never ends a program: generated code would run unbounded.

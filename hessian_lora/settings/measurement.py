@@ -242,6 +242,11 @@ class MeasureSettings:
                 isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1):
             raise UserError(f"block_size must be a whole number >= 1, 'rank' or left out (--block-size), got "
                             f"{self.block_size!r}.")
+        if isinstance(self.block_size, int) and self.block_size > self.max_iter:
+            # One block step multiplies block_size vectors: a start block past the iteration cap would run
+            # block_size products (and hold as many vectors) where max_iter allows fewer.
+            raise UserError(f"block_size {self.block_size} is more than max_iter {self.max_iter} (--block-size, "
+                            "--max-iter): give a block of at most max_iter start vectors, or raise max_iter.")
         if self.block_size is not None and self.solver != "lanczos":
             raise UserError("block_size sets Lanczos's start block: use it with solver lanczos (--solver lanczos).")
         if not isinstance(self.together, bool):

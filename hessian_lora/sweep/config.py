@@ -200,6 +200,8 @@ class SweepConfig:
         data["hessian"]["options"] = self.hessian.measure.options(MeasureSettings(max_length=self.max_length))
         if self.search is None:  # the default, left out so grid sweeps write the config they always wrote
             data.pop("search")
+        if not self.eval.allow_unconfined_code:  # likewise: only a sweep that accepted the risk says so
+            data["eval"].pop("allow_unconfined_code")
         else:
             data["search"] = {"mode": "adaptive", **data["search"]}
         return plain(data)
@@ -208,10 +210,11 @@ class SweepConfig:
         """What every run of a sweep directory must agree on: everything but the grid axes and the settings that
         cannot change a result (name, checkpoint keeping, Ray resources, the search: which runs, not what a run
         produces; gradient checkpointing: the same gradients, bit for bit, so a sweep may resume with it switched
-        on where memory is short)."""
+        on where memory is short; whether generated code may run unconfined: how, not what, it scores)."""
         data = self.to_dict()
         for key in (*GRID_AXES, "lr", "name", "checkpoints", "ray", "search", "gradient_checkpointing"):
             data.pop(key, None)
+        data["eval"].pop("allow_unconfined_code", None)
         return data
 
 

