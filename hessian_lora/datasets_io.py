@@ -75,9 +75,11 @@ def read_rows(source: str, *, split: str | None = None) -> list[dict[str, Any]]:
 
 def _read_file(path: Path, builder: str) -> list[dict[str, Any]]:
     if builder == "json":
-        _check_text(path)
-        if not path.read_text(encoding="utf-8").strip():
+        text = _check_text(path)
+        if not text.strip():
             return []
+        if not _holds_objects(text, jsonl=path.suffix.lower() == ".jsonl"):
+            return _read_json_records(path)  # scalars or lists where examples go: its error names the record
     import datasets  # local: seconds to import (see the module docstring)
 
     try:
@@ -95,9 +97,18 @@ def _read_file(path: Path, builder: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _check_text(path: Path) -> None:
+def _holds_objects(text: str, *, jsonl: bool) -> bool:
+    """Whether a JSON (lines) text starts with an example object: ``datasets`` would read a list of numbers or
+    strings as a ``text`` column, which is not what such a file means."""
+    head = text.lstrip()
+    if jsonl:
+        return head.startswith("{")
+    return head.startswith("{") or (head.startswith("[") and head[1:].lstrip()[:1] in ("{", "]"))
+
+
+def _check_text(path: Path) -> str:
     try:
-        path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise UserError(f"{path} is not UTF-8 text (byte {exc.start}): save it as UTF-8 JSON.") from exc
     except OSError as exc:

@@ -168,7 +168,7 @@ def test_conversational_parquet_and_saved_dataset_load(tmp_path) -> None:
 
 @pytest.mark.parametrize(("content", "fragment"), [
     (None, "no split 'validation'"),
-    ("a,b\n1,2\n", "no known format"),
+    ("a,b\n1,2\n", "no known prompt/response"),
     ("x\n\"unclosed\n", "cannot read .* as CSV .*Error"),
 ])
 def test_file_errors_are_one_line(content, fragment, tmp_path) -> None:
