@@ -9,24 +9,20 @@ from pathlib import Path
 
 import datasets
 import pytest
-import torch
 import trl  # the dev extra's: a missing TRL fails here rather than skipping the comparison
+
+# ChatML with {% generation %} markers: TRL's training template for Qwen2.5 (what its assistant_only_loss swaps in).
+from trl.chat_template_utils import qwen2_5_training_chat_template
 
 from hessian_lora.data import (
     IGNORE_INDEX,
     applied_template,
     examples_from_rows,
-    load_batches,
     load_task,
-    make_batches,
-    save_batches,
     tokenize_example,
 )
 from hessian_lora.errors import UserError
 from hessian_lora.models import load_model, load_tokenizer
-
-# ChatML with {% generation %} markers: TRL's training template for Qwen2.5 (what its assistant_only_loss swaps in).
-from trl.chat_template_utils import qwen2_5_training_chat_template  # noqa: E402  (after trl, on purpose)
 
 PAIRS = [("What is 2+3?", "5"), ("Name a colour.", "Blue, like the sky."), ("Say hi", " hi there")]
 ROWS = {
@@ -87,7 +83,7 @@ def test_the_loss_is_on_the_tokens_trl_trains(fmt, tokenizer, loss, config, toke
         assert our_ids == trl_ids
         assert our_labels == trl_labels  # the same tokens carry the loss, token by token
     masked = sum(label == IGNORE_INDEX for _, labels in ours for label in labels)
-    if fmt == "text" or loss == "all" or fmt == "conversation" and loss is None:
+    if fmt == "text" or loss == "all" or (fmt == "conversation" and loss is None):
         assert masked == 0
     else:  # the mask is not vacuous: prompts (and, for assistant-only, system/user turns) are left out
         assert masked > 0
@@ -125,6 +121,7 @@ def test_templates_per_format(tokenizers) -> None:
     assert applied_template(completion, None) == "raw"  # as TRL: no template on text prompts
     ids, labels = tokenize_example(tokenizers["tiny"], completion[0], 1024, "Q: {prompt}\nA:")
     assert tokenizers["tiny"].decode(ids).startswith("Q: What is 2+3?\nA:")
+    assert tokenizers["tiny"].decode([t for t in labels if t != IGNORE_INDEX]).startswith("5")
     with pytest.raises(UserError, match="needs a chat template"):
         tokenize_example(tokenizers["tiny"], conversation[0], 1024, None)
 
