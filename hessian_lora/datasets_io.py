@@ -39,7 +39,7 @@ def is_data_source(text: str) -> bool:
     path = Path(text).expanduser()
     if path.suffix.lower() in FILE_BUILDERS or path.is_dir():
         return True
-    return _looks_like_hub_id(text) and not path.exists()
+    return looks_like_hub_dataset(text) and not path.exists()
 
 
 def is_dataset_directory(path: Path) -> bool:
@@ -67,7 +67,7 @@ def read_rows(source: str, *, split: str | None = None) -> list[dict[str, Any]]:
             raise UserError(f"data file {path} does not exist: pass an existing .jsonl, .json, .parquet or .csv "
                             "file (or a saved dataset directory).")
         return _read_file(path, FILE_BUILDERS[suffix])
-    if _looks_like_hub_id(source):
+    if looks_like_hub_dataset(source):
         return _read_hub(source, split)
     raise UserError(f"cannot read data {source}: pass a .jsonl, .json, .parquet or .csv file, a directory written "
                     "by Dataset.save_to_disk, or a hub dataset id user/name.")
@@ -179,7 +179,8 @@ def _rows(loaded: Any, where: Path | str, split: str | None) -> list[dict[str, A
     return list(loaded[chosen].to_list())
 
 
-def _looks_like_hub_id(text: str) -> bool:
+def looks_like_hub_dataset(text: str) -> bool:
+    """``user/name``: the shape of a hub dataset id (whether it exists is the hub's or the cache's to say)."""
     parts = text.split("/")
     return (len(parts) == 2 and all(parts) and not text.startswith((".", "~", "/"))
             and not any(char.isspace() for char in text))

@@ -54,6 +54,7 @@ from hessian_lora.checkpoint import (
     is_checkpoint,
     load_checkpoint,
 )
+from hessian_lora.data import PROBE_BATCHES_FILE
 from hessian_lora.errors import UserError
 from hessian_lora.models import hub_unreachable, load_model, looks_like_path, quiet_hub
 from hessian_lora.settings.adapter import AdapterConfig
@@ -67,7 +68,7 @@ _REWRITING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
 REBUILDABLE = ("pissa", "olora")
 # The files of an adapter repo this toolkit reads (a hessian-lora checkpoint's or a peft directory's); a hub repo's
 # other files (README, training_args.bin, checkpoint-*/ folders) are not fetched.
-_ADAPTER_FILES = ("hessian_lora.json", "adapter_config.json", "adapter_model.safetensors",
+_ADAPTER_FILES = ("hessian_lora.json", "adapter_config.json", "adapter_model.safetensors", PROBE_BATCHES_FILE,
                   "initial_adapter.safetensors", "optimizer.pt", "trainer_state.json")
 _INIT_METHODS = {"pissa": "pissa", "olora": "olora", "lora_ga": "loraga"}
 _PEFT_TUNERS = {"LORA": "lora", "GRALORA": "gralora", "RANDLORA": "randlora"}
