@@ -186,3 +186,19 @@ def test_file_errors_are_one_line(content, fragment, tmp_path) -> None:
         with pytest.raises(UserError, match=fragment) as info:
             load_task(spec, n_train=4, n_eval=0)
         assert "\n" not in str(info.value), spec
+
+
+def test_a_hub_dataset_id_offline_and_not_cached_is_one_line(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "ds"),
+           "HF_HUB_CACHE": str(tmp_path / "hub"), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    code = ("from hessian_lora.data import load_task\nfrom hessian_lora.errors import UserError\n"
+            "try:\n    load_task('acme/no-such-pairs')\nexcept UserError as exc:\n    print(exc)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                            cwd=tmp_path)
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hub dataset acme/no-such-pairs cannot be loaded"), result
+    assert "HF_HUB_OFFLINE=1 reads the local datasets cache" in lines[0]
