@@ -456,9 +456,10 @@ def _trl_tokens(tokenizer: PreTrainedTokenizerBase, example: Example, template: 
                         f"use text or prompt/completion data (record {example.metadata.get('index', 0)}).")
     chat_template = _assistant_mask_template(tokenizer) if loss == "assistant" else None
     options: dict[str, Any] = {"tools": example.tools, "chat_template": chat_template}
-    full = tokenizer.apply_chat_template([*example.messages, *example.completion_messages], tokenize=True,
-                                         return_dict=True, return_assistant_tokens_mask=loss == "assistant",
-                                         **options)
+    # return_dict=True: a mapping (BatchEncoding), whatever the overloads of apply_chat_template say
+    full: Any = tokenizer.apply_chat_template([*example.messages, *example.completion_messages], tokenize=True,
+                                              return_dict=True, return_assistant_tokens_mask=loss == "assistant",
+                                              **options)
     ids = list(full["input_ids"])
     trained = [True] * len(ids)
     if loss == "assistant":
@@ -467,8 +468,9 @@ def _trl_tokens(tokenizer: PreTrainedTokenizerBase, example: Example, template: 
             raise UserError(f"loss=assistant: record {example.metadata.get('index', 0)} has no assistant tokens "
                             "under the chat template: check the messages' roles, or use loss=all.")
     if example.format == "conversational_completion" and loss in ("completion", "assistant"):
-        prompt_ids = list(tokenizer.apply_chat_template(list(example.messages), tokenize=True, return_dict=True,
-                                                        add_generation_prompt=True, **options)["input_ids"])
+        rendered: Any = tokenizer.apply_chat_template(list(example.messages), tokenize=True, return_dict=True,
+                                                    add_generation_prompt=True, **options)
+        prompt_ids = list(rendered["input_ids"])
         start = _common_prefix(prompt_ids, ids)
         trained = [keep and position >= start for position, keep in enumerate(trained)]
     return ids, trained
@@ -497,7 +499,8 @@ def _assistant_mask_template(tokenizer: PreTrainedTokenizerBase) -> str | None:
     if _GENERATION_MARKER.search(str(template)):
         return None
     try:
-        from trl.chat_template_utils import get_training_chat_template  # optional: TRL's patched templates
+        # local: TRL is optional (the dev extra); its training templates are used when it is installed
+        from trl.chat_template_utils import get_training_chat_template
     except ImportError:
         get_training_chat_template = None
     if get_training_chat_template is not None:

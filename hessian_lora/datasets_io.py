@@ -189,7 +189,7 @@ def looks_like_hub_dataset(text: str) -> bool:
 @contextlib.contextmanager
 def _quiet_datasets() -> Iterator[None]:
     """``datasets``' progress bars and info logs off while data is read (the data line says what was read)."""
-    from datasets.utils import logging as datasets_logging
+    from datasets.utils import logging as datasets_logging  # local: seconds to import
 
     bars = datasets_logging.is_progress_bar_enabled()
     level = datasets_logging.get_verbosity()
