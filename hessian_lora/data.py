@@ -63,7 +63,6 @@ FIELD_PRESETS: tuple[tuple[str, str, str | None], ...] = (
 # TRL's formats as TRL's SFTTrainer does: ``text`` (language modelling), ``completion`` (prompt/completion text),
 # ``conversation`` (``messages``), ``conversational_completion`` (prompt/completion as message lists).
 EXAMPLE_FORMATS = ("pair", "text", "completion", "conversation", "conversational_completion")
-TRL_FORMATS = EXAMPLE_FORMATS[1:]
 # Which tokens carry the loss (``SOURCE::loss=...``): TRL's completion_only_loss and assistant_only_loss, or all.
 LOSS_CHOICES = ("all", "completion", "assistant")
 # The loss tokens each TRL format has under SFTConfig's defaults (completion_only_loss=None, assistant_only_loss=False).
@@ -85,7 +84,7 @@ class Example:
     metadata: dict[str, Any] = field(default_factory=dict, compare=False)
     format: str = "pair"  # one of EXAMPLE_FORMATS
     # Conversational formats: the messages ({"role", "content"} dicts) of ``messages``, or of the prompt and the
-    # completion; ``prompt``/``response`` then hold the last user and the first assistant content (for scoring).
+    # completion; ``prompt``/``response`` then hold the last user and the last assistant content (for scoring).
     messages: tuple[Mapping[str, Any], ...] = ()
     completion_messages: tuple[Mapping[str, Any], ...] = ()
     loss: str | None = None  # one of LOSS_CHOICES for TRL's formats; None: the format's default (DEFAULT_LOSS)
