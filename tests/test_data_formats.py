@@ -202,3 +202,35 @@ def test_a_hub_dataset_id_offline_and_not_cached_is_one_line(tmp_path) -> None:
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("hub dataset acme/no-such-pairs cannot be loaded"), result
     assert "HF_HUB_OFFLINE=1 reads the local datasets cache" in lines[0]
+
+
+def test_a_hub_dataset_id_loads_offline_from_the_datasets_cache(tmp_path) -> None:
+    """The cache a `load_dataset("acme/pairs")` leaves (HF_DATASETS_CACHE/acme___pairs/default/0.0.0/<hash>/
+    pairs-train.arrow + dataset_info.json), made here by datasets' own json builder, read offline."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from datasets.data_files import DataFilesDict
+    from datasets.packaged_modules.json.json import Json
+
+    rows = [{"prompt": f"{i}+{i}=", "completion": str(2 * i)} for i in range(5)]
+    source = tmp_path / "train.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    cache = tmp_path / "datasets-cache"
+    builder = Json(cache_dir=str(cache), dataset_name="pairs", config_name="default", hash="0123abcd",
+                   data_files=DataFilesDict.from_patterns({"train": [str(source)]}))
+    builder.download_and_prepare()
+    built = Path(builder.cache_dir).parents[1]  # cache/pairs/default-<data files hash>
+    shutil.move(str(built), str(cache / "acme___pairs" / "default"))  # where a hub download of acme/pairs lands
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(cache), "HF_HUB_CACHE": str(tmp_path / "hub"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    code = ("import json\nfrom hessian_lora.data import load_task\n"
+            "task = load_task('acme/pairs', n_train=10, n_eval=0)\n"
+            "print(json.dumps(sorted([e.format, e.prompt, e.response] for e in task.train)))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded == sorted(["completion", row["prompt"], row["completion"]] for row in rows)
