@@ -234,3 +234,20 @@ def test_a_hub_dataset_id_loads_offline_from_the_datasets_cache(tmp_path) -> Non
     assert result.returncode == 0, result.stderr[-2000:]
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded == sorted(["completion", row["prompt"], row["completion"]] for row in rows)
+
+
+def test_template_names_and_placeholders(tokenizers) -> None:
+    from hessian_lora.data import format_prompt
+    from hessian_lora.settings import check_prompt_template
+    from hessian_lora.settings.training import TrainConfig
+
+    tok = tokenizers["smol"]
+    assert format_prompt(tok, "2+2?", "raw") == "2+2?"
+    assert format_prompt(tok, "2+2?", "Q: {prompt}\nA: {x}") == "Q: 2+2?\nA: {x}"
+    assert format_prompt(tok, "2+2?", "Q: {instruction}") == "Q: 2+2?"  # the older name
+    assert format_prompt(tok, "2+2?", "chat").startswith("<|im_start|>")
+    for template in ("raw", "Q: {prompt}"):
+        assert check_prompt_template(template) == template
+        assert TrainConfig(lr=1e-4, steps=1, prompt_template=template).prompt_template == template  # a sweep's
+    with pytest.raises(UserError, match="raw, chat, alpaca, plain"):
+        check_prompt_template("Q: {question}")
