@@ -85,10 +85,12 @@ class Example:
     format: str = "pair"  # one of EXAMPLE_FORMATS
     # Conversational formats: the messages ({"role", "content"} dicts) of ``messages``, or of the prompt and the
     # completion; ``prompt``/``response`` then hold the last user and the last assistant content (for scoring).
-    messages: tuple[Mapping[str, Any], ...] = ()
-    completion_messages: tuple[Mapping[str, Any], ...] = ()
+    # (hash=False: dicts are unhashable; equal examples still compare equal)
+    messages: tuple[Mapping[str, Any], ...] = field(default=(), hash=False)
+    completion_messages: tuple[Mapping[str, Any], ...] = field(default=(), hash=False)
     loss: str | None = None  # one of LOSS_CHOICES for TRL's formats; None: the format's default (DEFAULT_LOSS)
-    tools: Any = None  # a conversation's tool schemas (TRL's ``tools`` column), handed to the chat template
+    # a conversation's tool schemas (TRL's ``tools`` column), handed to the chat template
+    tools: Any = field(default=None, hash=False)
 
 
 @dataclass(frozen=True)
