@@ -37,11 +37,11 @@ def main() -> None:
     base = h.load_model(args.model, device="cpu")
     peft_model = get_peft_model(base.model, LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     peft_model.save_pretrained(work / "my-lora")
-    (work / "pairs.jsonl").write_text("".join(json.dumps({"query": p, "response": r}) + "\n" for p, r in PAIRS))
+    (work / "pairs.jsonl").write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in PAIRS))
 
     # 2. its sharpness: the whole adapter's λ_max and λ_min, each with its residual certificate
     report = h.eigen(work / "my-lora", model=args.model, task=str(work / "pairs.jsonl"), samples=len(PAIRS),
-                     batch_size=4, progress=False)
+                     batch_size=4, prompt_template="raw", progress=False)  # raw: the pairs as trained, no chat template
     block = report.blocks[0]
     print(f"measured on: {report.source['data']}")
     print(f"λ_max = {block.lambda_max:.6g} (converged {block.converged}, residual {block.residual:.2e}, "

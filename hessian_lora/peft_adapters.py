@@ -48,10 +48,13 @@ from hessian_lora.checkpoint import (
     META_FILE,
     CheckpointMeta,
     LoadedCheckpoint,
-    check_safetensors,
+    check_adapter_fits_base,
+    check_adapter_weights,
+    first_problem,
     is_checkpoint,
     load_checkpoint,
 )
+from hessian_lora.data import PROBE_BATCHES_FILE
 from hessian_lora.errors import UserError
 from hessian_lora.models import hub_unreachable, load_model, looks_like_path, quiet_hub
 from hessian_lora.settings.adapter import AdapterConfig
@@ -65,7 +68,7 @@ _REWRITING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
 REBUILDABLE = ("pissa", "olora")
 # The files of an adapter repo this toolkit reads (a hessian-lora checkpoint's or a peft directory's); a hub repo's
 # other files (README, training_args.bin, checkpoint-*/ folders) are not fetched.
-_ADAPTER_FILES = ("hessian_lora.json", "adapter_config.json", "adapter_model.safetensors",
+_ADAPTER_FILES = ("hessian_lora.json", "adapter_config.json", "adapter_model.safetensors", PROBE_BATCHES_FILE,
                   "initial_adapter.safetensors", "optimizer.pt", "trainer_state.json")
 _INIT_METHODS = {"pissa": "pissa", "olora": "olora", "lora_ga": "loraga"}
 _PEFT_TUNERS = {"LORA": "lora", "GRALORA": "gralora", "RANDLORA": "randlora"}
@@ -287,7 +290,7 @@ def load_peft_directory(
                 peft_model = PeftModel.from_pretrained(loaded.model, str(path), config=peft_config,
                                                        is_trainable=True, low_cpu_mem_usage=not rebuild)
             except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # what the checks above cannot foresee
-                raise UserError(f"{path}: peft cannot load the adapter on {base_spec} ({_first_problem(exc)}): "
+                raise UserError(f"{path}: peft cannot load the adapter on {base_spec} ({first_problem(exc)}): "
                                 "pass the base it was trained on with --model, or re-save the adapter.") from exc
     if converted is not None:
         data = {**data, "r": peft_config.r, "lora_alpha": peft_config.lora_alpha, "init_lora_weights": converted}
@@ -378,63 +381,6 @@ def trained_step(directory: str | os.PathLike[str]) -> int | None:
                         "file.")
     match = re.fullmatch(r"checkpoint-(\d+)", path.resolve().name)
     return int(match.group(1)) if match else None
-
-
-def check_adapter_fits_base(directory: Path, peft_config: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]],
-                            base: torch.nn.Module, base_spec: str) -> None:
-    """Refuse an adapter that does not fit ``base`` before peft tries: target modules the base lacks, and LoRA
-    factors whose shapes differ from the base's layers (peft prints one size mismatch per tensor).
-
-    Names: a ``target_modules`` list matches a module whose name is the entry or ends in ``.entry``, a string is
-    a regular expression over full names (peft's rules). Shapes: ``lora_A`` is (r, in), ``lora_B`` (out, r) of
-    the linear layer at the tensor's path; other tuners' tensors are left to peft (its error, on one line).
-    """
-    config_path = directory / ADAPTER_CONFIG_FILE
-    linears = {name: module for name, module in base.named_modules() if isinstance(module, torch.nn.Linear)}
-    targets = peft_config.get("target_modules")
-    if isinstance(targets, str):
-        if not any(re.fullmatch(targets, name) for name in linears):
-            raise UserError(f"{config_path}: target_modules {targets!r} matches no linear layer of {base_spec}: pass "
-                            "the base the adapter was trained on with --model.")
-    elif targets:
-        missing = [target for target in targets
-                   if not any(name == target or name.endswith(f".{target}") for name in linears)]
-        if missing:
-            have = sorted({name.rsplit(".", 1)[-1] for name in linears})
-            raise UserError(f"{config_path}: target_modules {', '.join(missing)} not in {base_spec} (its linear "
-                            f"layers: {', '.join(have)}): pass the base the adapter was trained on with --model.")
-    for key, shape in shapes.items():
-        found = re.fullmatch(r"(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.[^.]+)?\.weight", key)
-        if found is None or len(shape) != 2:
-            continue
-        module = linears.get(found.group(1))
-        if module is None:
-            raise UserError(f"{directory / ADAPTER_WEIGHTS_FILE}: tensor {key} adapts {found.group(1)}, which "
-                            f"{base_spec} does not have: pass the base the adapter was trained on with --model.")
-        side, expected = ("in", module.in_features) if found.group(2) == "A" else ("out", module.out_features)
-        got = shape[1] if found.group(2) == "A" else shape[0]
-        if got != expected:
-            raise UserError(f"{directory / ADAPTER_WEIGHTS_FILE}: the adapter was saved for another base: "
-                            f"{found.group(1)} has {expected} {side}put features in {base_spec}, the adapter's "
-                            f"lora_{found.group(2)} {got}: pass the base it was trained on with --model.")
-
-
-def _first_problem(exc: BaseException) -> str:
-    """peft's error as one line: its first informative line (a state-dict error lists one line per tensor)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    detail = next((line for line in lines if line.lower().startswith(("size mismatch", "missing key", "unexpected"))),
-                  lines[0] if lines else type(exc).__name__)
-    more = len(lines) - 2 if detail is not lines[0] else len(lines) - 1  # the header and the one shown
-    return f"{type(exc).__name__}: {detail[:300].rstrip('.')}" + (f"; {more} more like it" if more > 0 else "")
-
-
-def check_adapter_weights(directory: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
-    """Shapes of the tensors in ``adapter_model.safetensors``; a missing, damaged or truncated file is a
-    :class:`UserError` (:func:`check_safetensors`)."""
-    path = Path(directory) / ADAPTER_WEIGHTS_FILE
-    check_safetensors(path)
-    with safe_open(str(path), framework="pt") as handle:
-        return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
 
 
 def trained_parameter_count(shapes: Mapping[str, tuple[int, ...]]) -> int:

@@ -382,3 +382,21 @@ def test_a_checkpoint_refuses_another_base_and_a_truncated_adapter_is_named(base
     weights.write_bytes(weights.read_bytes()[:-100])
     with pytest.raises(UserError, match="truncated"):
         load_adapter(tmp_path / "plain", device="cpu")
+
+
+def test_a_checkpoint_whose_metadata_names_a_base_of_another_shape_is_refused_in_one_line(tmp_path, capsys) -> None:
+    """peft's answer is one size-mismatch line per tensor (55 lines for SmolLM2's q/v): the toolkit's is one line
+    naming the file, the layer and the fix, exit 2."""
+    from hessian_lora.cli import main
+
+    directory = tmp_path / "ck"
+    assert main(["init", "--method", "lora", "--model", "tiny-llama", "--out", str(directory)]) == 0
+    meta_path = directory / "hessian_lora.json"
+    meta = json.loads(meta_path.read_text())
+    meta["base_model"] = "tiny-llama:hidden_size=32"
+    meta_path.write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert main(["eigen", str(directory), "--samples", "2", "--out", str(tmp_path / "r.json"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "saved for another base" in err[0] and "set base_model in" in err[0], err
+    assert not (tmp_path / "r.json").exists()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-CHOICES_HELP = "chat (plain without a chat template), alpaca, plain, or a string with {instruction}"
+from hessian_lora.settings.prompts import TEMPLATE_CHOICES
+
+CHOICES_HELP = TEMPLATE_CHOICES
 
 
 def add_prompt_template_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *,

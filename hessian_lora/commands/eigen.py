@@ -30,6 +30,7 @@ from hessian_lora._paths import check_output_file
 from hessian_lora.commands import add_command
 from hessian_lora.commands._prompt import CHOICES_HELP
 from hessian_lora.commands._threads import add_threads_argument, apply_threads
+from hessian_lora.datasets_io import looks_like_hub_dataset
 from hessian_lora.errors import UserError
 from hessian_lora.hessian import distributed
 from hessian_lora.registry import check_method_rank
@@ -81,7 +82,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     groups = {key: parser.add_argument_group(title) for key, title in _GROUPS.items()}
     # --task and --data both name the measurement's task (a spec, or a file of examples): one or the other.
     data_choice = groups["data"].add_mutually_exclusive_group()
-    data_choice.add_argument("--data", default=None, help="a .json/.jsonl file of examples (PATH[::PROMPT,RESPONSE])")
+    data_choice.add_argument("--data", default=None, metavar="SOURCE", help="the data the adapter was trained on: a "
+                             ".jsonl/.json/.parquet/.csv file, a save_to_disk directory or a hub dataset id, in "
+                             "TRL's formats (text, prompt/completion, messages) or prompt/response pairs; "
+                             "SOURCE::PROMPT,RESPONSE maps other fields, ::loss=all|completion|assistant and "
+                             "::split=NAME choose the loss tokens and split (docs/data-formats.md)")
     add_settings_arguments(groups, task_group=data_choice)
     groups["engine"].add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--out", required=True, help="JSON report to write (and to resume from)")
@@ -139,8 +144,11 @@ def settings_from_arguments(args: argparse.Namespace) -> MeasureSettings:
 
 def run(args: argparse.Namespace) -> int:
     apply_threads(args)
-    if args.data is not None and not Path(args.data.split("::", 1)[0]).is_file():
-        raise UserError(f"--data {args.data}: no such file; pass a .json or .jsonl file of examples.")
+    if args.data is not None:
+        source = args.data.split("::", 1)[0]
+        if not Path(source).expanduser().exists() and not looks_like_hub_dataset(source):
+            raise UserError(f"--data {args.data}: no such file or directory; pass a .jsonl, .json, .parquet or .csv "
+                            "file, a save_to_disk directory or a hub dataset id user/name.")
     settings = settings_from_arguments(args)  # every check of the settings, before torch loads
     if args.checkpoint is None and args.method is None:
         raise UserError("pass a CHECKPOINT directory, or --method (and --model) to analyse an adapter at initialisation.")

@@ -193,7 +193,8 @@ class MeasureSettings:
                                              report="never")
     prompt_template: str | None = _setting(None, "use the one the adapter was trained with", group="data",
                                            report="when_set", unset=(None, DEFAULT_PROMPT_TEMPLATE),
-                                           default_help="the one the checkpoint records, else chat")
+                                           default_help="the one the checkpoint records, else the data's: raw for "
+                                           "TRL's text prompt/completion, chat otherwise")
     dora_norm: DoraNorm = _setting("detached", "DoRA: the Hessian of peft's surrogate with the column norm "
                                    "detached (what DoRA trains with) or of the true loss with the norm "
                                    "differentiated", group="engine", report="dora")

@@ -39,7 +39,7 @@ class TrainConfig:
     precision: Precision = "fp32"
     divergence_factor: float = 4.0
     divergence_window: int = 5
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE  # a prompts.PROMPT_TEMPLATES name or a string with {instruction}
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE  # a prompts.PROMPT_TEMPLATES name or a string with {prompt}
     # Recompute each decoder layer's activations in the backward pass instead of keeping them (transformers'
     # activation checkpointing, non-reentrant): the same gradients (bit for bit on tiny-llama, tested) for one
     # more forward pass of every layer per backward.

@@ -26,6 +26,12 @@ The handler is found through the trainer (``SharpnessCallback.install(trainer, .
 for ``Trainer(callbacks=[SharpnessCallback(...)])``, on the call stack of ``on_train_begin``: transformers gives a
 callback no handle on its trainer or handler. Both ways log the same entries.
 
+What the probes measured on travels with the run's checkpoints: at each save (``on_save``) the probe batches, token
+for token with their labels, are written into the Trainer's ``checkpoint-<step>`` folder
+(:data:`~hessian_lora.data.PROBE_BATCHES_FILE`), and ``hessian-lora eigen`` on that folder measures on them
+unless ``--data``/``--task`` says otherwise: the same tokens, so the same template and loss mask, as the callback's
+values.
+
 The probe never changes training: dropout off and flags restored during the products, RNG states saved and
 restored, no ``.grad`` or optimizer state written (see :mod:`hessian_lora.training.dynamics`). Under the Trainer's
 ``bf16``/``fp16`` mixed precision (accelerate wraps the model's ``forward`` in autocast) the probe measures the
@@ -40,14 +46,16 @@ import inspect
 import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import TrainerCallback
 from transformers.trainer_callback import CallbackHandler
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from hessian_lora.data import TokenBatch
+from hessian_lora.data import PROBE_BATCHES_FILE, TokenBatch, save_batches
 from hessian_lora.errors import UserError
 from hessian_lora.training.dynamics import (
     DuringSettings,
@@ -146,6 +154,16 @@ class SharpnessCallback(TrainerCallback):
         """Probe after the update when one is due (the Trainer's event)."""
         if self.probe is not None:
             self._probe(args, state, control, optimizer)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Write the probe batches into the checkpoint folder just saved (the Trainer's event), so that ``eigen``
+        on it measures the tokens the logged values were measured on."""
+        if self.probe is None or not getattr(state, "is_world_process_zero", True):
+            return
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if folder.is_dir():
+            save_batches(folder / PROBE_BATCHES_FILE, self.probe.batches,
+                         f"the SharpnessCallback's probe batches of {folder}")
 
     # --- internals ------------------------------------------------------------------------------------------
 
