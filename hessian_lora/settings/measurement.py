@@ -153,7 +153,10 @@ class MeasureSettings:
     it changes where vectors live and how many products the final check costs, never a value, so reports do not
     record it). DoRA: ``dora_norm`` ``"detached"`` measures the Hessian of peft's surrogate, whose column norm
     ‖W + sBA‖ is a constant (what DoRA trains with; the paper and PyHessian measure it too), ``"differentiated"``
-    that of the true loss (:mod:`hessian_lora.hessian.dora`); reports of DoRA models record which.
+    that of the true loss (:mod:`hessian_lora.hessian.dora`); reports of DoRA models record which. Throughput
+    (docs/gpu-throughput.md): ``pack_tokens`` regroups the samples into as few batches as that many token slots
+    allow (``"auto"``: from the memory plan), the same token-weighted loss; ``lm_head_chunk`` runs the LM head
+    over that many loss tokens at a time (:class:`hessian_lora.loss.ChunkedHeadLoss`).
     """
 
     task: str | None = _setting(None, "task spec", group="data",
@@ -209,6 +212,14 @@ class MeasureSettings:
         default_help="--top-k")
     together: bool = _setting(True, "per-module: solve the blocks one after another instead of side by side on "
                               "shared passes", group="blocks", off_flag="--one-at-a-time", report="never")
+    pack_tokens: int | Literal["auto"] | None = _setting(
+        None, "pack the samples, longest first, into as few batches as this many token slots (sequences × the "
+        "longest) allow, or 'auto' from the memory plan: the same loss and Hessian in fewer, fuller batches",
+        group="data", report="when_set", metavar="TOKENS|auto", default_help="batches of --batch-size as drawn")
+    lm_head_chunk: int | None = _setting(
+        None, "run the LM head over this many loss tokens at a time, never every logit of a batch (the same "
+        "values to round-off; double_backward or finite_difference)", group="engine", report="never",
+        metavar="TOKENS", default_help="the plain head")
 
     def __post_init__(self) -> None:
         # Normalise the forms a YAML file or a command line gives ("q_proj,v_proj", "0:4", lists) to tuples.
@@ -244,6 +255,19 @@ class MeasureSettings:
                             f"{self.block_size!r}.")
         if self.block_size is not None and self.solver != "lanczos":
             raise UserError("block_size sets Lanczos's start block: use it with solver lanczos (--solver lanczos).")
+        if isinstance(self.pack_tokens, str) and self.pack_tokens.strip().isdigit():
+            object.__setattr__(self, "pack_tokens", int(self.pack_tokens))  # from a command line or YAML text
+        if self.pack_tokens is not None and self.pack_tokens != "auto" and (
+                isinstance(self.pack_tokens, bool) or not isinstance(self.pack_tokens, int) or self.pack_tokens < 1):
+            raise UserError(f"pack_tokens must be a whole number of tokens >= 1, 'auto' or left out (--pack-tokens), "
+                            f"got {self.pack_tokens!r}.")
+        if self.lm_head_chunk is not None and (isinstance(self.lm_head_chunk, bool)
+                                               or not isinstance(self.lm_head_chunk, int) or self.lm_head_chunk < 1):
+            raise UserError(f"lm_head_chunk must be a whole number of tokens >= 1 or left out (--lm-head-chunk), "
+                            f"got {self.lm_head_chunk!r}.")
+        if self.lm_head_chunk is not None and self.backend == "forward_over_reverse":
+            raise UserError("lm_head_chunk (the chunked LM head) has no forward-over-reverse rule: use backend "
+                            "double_backward or auto (--backend), or leave --lm-head-chunk out.")
         if not isinstance(self.together, bool):
             raise UserError(f"together must be true or false, got {self.together!r}.")
         _check_booleans(self, ("smallest", "trace", "density", "preconditioned"))
