@@ -385,7 +385,8 @@ def pack_batches(batches: Sequence[TokenBatch], token_budget: int) -> list[Token
     Hessian are the same to round-off (the summation order changes). Sequences are sorted by length, longest
     first, and filled greedily while rows × the batch's width (its longest row) stays within ``token_budget``
     slots, which keeps padding to the length differences of neighbours; a sequence longer than the budget gets a
-    batch of its own. Rows must be right-padded (attention mask a prefix of ones), as :func:`collate` makes them.
+    batch of its own; a sequence without a loss token is left out (it adds nothing to the sum). Rows must be
+    right-padded (attention mask a prefix of ones), as :func:`collate` makes them.
     """
     if isinstance(token_budget, bool) or not isinstance(token_budget, int) or token_budget < 1:
         raise UserError(f"the packing token budget must be a whole number >= 1, got {token_budget!r}.")
@@ -399,11 +400,13 @@ def pack_batches(batches: Sequence[TokenBatch], token_budget: int) -> list[Token
             if bool(mask[length:].any()) or not bool(mask[:length].all()):
                 raise UserError("packing needs right-padded batches (attention mask a prefix of ones): build the "
                                 "batches with hessian_lora.data.make_batches, or measure them unpacked.")
+            if not bool((batch.labels[row, 1:length] != IGNORE_INDEX).any()):
+                continue  # no loss token (a prompt cut at max_length): nothing to contribute, nothing to compute
             rows.append((batch.input_ids[row, :length], batch.labels[row, :length], mask[:length]))
             if length < batch.input_ids.shape[1]:
                 pad_ids.append(int(batch.input_ids[row, length]))
     if not rows:
-        raise UserError("no sequences to pack: give at least one batch of data.")
+        raise UserError("no sequence with a loss token to pack: give batches with responses.")
     pad_id = pad_ids[0] if pad_ids else 0  # never attended to nor in the loss (right padding, labels -100)
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))  # stable: equal lengths keep their order
     groups: list[list[int]] = []

@@ -168,6 +168,8 @@ class _ChunkedCrossEntropyGrad(torch.autograd.Function):
                 1, targets[start:start + chunk, None],
                 torch.full((logits.shape[0], 1), -1.0, dtype=logits.dtype, device=logits.device))
             pieces.append((residual @ weight.to(residual.dtype)).to(states.dtype))
+        if not pieces:  # a batch without loss tokens
+            return torch.zeros_like(states)
         return torch.cat(pieces) * grad_output.to(states.dtype)
 
     @staticmethod
@@ -191,5 +193,5 @@ class _ChunkedCrossEntropyGrad(torch.autograd.Function):
             if ctx.needs_input_grad[4]:
                 picked = projected.gather(1, targets[start:start + ctx.chunk, None])
                 grad_scale = grad_scale + (mean - picked).sum()
-        grad = torch.cat(grad_states) * grad_output.to(states.dtype)
+        grad = (torch.cat(grad_states) if grad_states else torch.zeros_like(states)) * grad_output.to(states.dtype)
         return grad, None, None, None, (grad_scale.to(grad_output.dtype) if ctx.needs_input_grad[4] else None), None

@@ -85,3 +85,20 @@ def test_packed_products_equal_the_streamed_ones_in_float32() -> None:
     vector = torch.randn(block.numel, generator=torch.Generator().manual_seed(2))
     expected, got = reference.matvec(vector), packed.matvec(vector)
     assert float((got - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
+
+
+def test_sequences_without_loss_tokens_are_left_out_and_cost_nothing() -> None:
+    streamed = streamed_batches(examples=6)
+    silent = streamed[0]
+    labels = silent.labels.clone()
+    labels[0] = IGNORE_INDEX  # a prompt cut at max_length: no response token
+    packed = pack_batches([TokenBatch(silent.input_ids, silent.attention_mask, labels), *streamed[1:]], 1000)
+    assert packing_of(packed).examples == 5
+    # the chunked head on a batch without loss tokens: zero loss, zero gradient, zero products
+    model = tiny_lora(dtype=torch.float32)
+    block = module_block(model)
+    empty = TokenBatch(silent.input_ids, silent.attention_mask, torch.full_like(labels, IGNORE_INDEX))
+    operator = HessianOperator(model, [empty, *streamed[1:]], block, loss_fn=ChunkedHeadLoss(4), reuse=False)
+    alone = HessianOperator(model, streamed[1:], block, loss_fn=ChunkedHeadLoss(4), reuse=False)
+    vector = torch.ones(block.numel)
+    assert torch.allclose(operator.matvec(vector), alone.matvec(vector), rtol=1e-6)
