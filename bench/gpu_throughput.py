@@ -33,19 +33,19 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rehearsal import SHAPES, build  # noqa: E402  (one home for the Qwen3-0.6B-shaped model)
+from rehearsal import SHAPES, build  # one home for the Qwen3-0.6B-shaped model
 
-from hessian_lora.data import TokenBatch, pack_batches, packing_of  # noqa: E402
-from hessian_lora.hessian import HessianOperator, PerModule, WholeAdapter, lanczos  # noqa: E402
-from hessian_lora.hessian.memory_plan import (  # noqa: E402
+from hessian_lora.data import TokenBatch, pack_batches, packing_of
+from hessian_lora.hessian import HessianOperator, PerModule, WholeAdapter, lanczos
+from hessian_lora.hessian.memory_plan import (
     WORK_VECTORS,
     free_memory,
     packing_tokens,
     plan_memory,
 )
-from hessian_lora.hessian.scan import scan_blocks  # noqa: E402
-from hessian_lora.loss import ChunkedHeadLoss, loss_sum  # noqa: E402
-from hessian_lora.models import default_device  # noqa: E402
+from hessian_lora.hessian.scan import scan_blocks
+from hessian_lora.loss import ChunkedHeadLoss, loss_sum
+from hessian_lora.models import default_device
 
 
 class OutOfTime(Exception):

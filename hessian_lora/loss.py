@@ -94,22 +94,23 @@ def decoder_and_head(model: Any) -> tuple[nn.Module, nn.Linear]:
     :class:`UserError` when the chunked head cannot stand in for the model's own."""
     if not isinstance(model, nn.Module):
         raise UserError("the chunked LM head runs on the model itself: use the double_backward or "
-                        "finite_difference backend, or lm_head_chunk 0 (the plain head).")
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+                        "finite_difference backend, or leave lm_head_chunk out (the plain head).")
+    peft_model: Any = model  # a PeftModel hands out its Hugging Face model; nn.Module's typing says Tensor
+    base: Any = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else model
     get_decoder = getattr(base, "get_decoder", None)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     decoder = get_decoder() if callable(get_decoder) else None
     if decoder is None or decoder is base or type(head) is not nn.Linear:
         raise UserError(f"the chunked LM head needs a causal LM with a decoder and a plain linear head, not "
-                        f"{type(base).__name__} (an adapter on lm_head?): use lm_head_chunk 0 (the plain head).")
+                        f"{type(base).__name__} (an adapter on lm_head?): leave lm_head_chunk out (the plain head).")
     config = getattr(base, "config", None)
     transforms = [name for name in _HEAD_TRANSFORMS if getattr(config, name, None) not in (None, 1, 1.0)]
     if transforms:
         raise UserError(f"the chunked LM head computes plain logits, but the model's config sets "
-                        f"{', '.join(transforms)}: use lm_head_chunk 0 (the plain head).")
+                        f"{', '.join(transforms)}: leave lm_head_chunk out (the plain head).")
     if any(p.requires_grad for p in head.parameters()) and torch.is_grad_enabled():
         raise UserError("the chunked LM head treats lm_head as frozen, but its weights require grad: use "
-                        "lm_head_chunk 0 (the plain head) for a block that trains the head.")
+                        "leave lm_head_chunk out (the plain head) for a block that trains the head.")
     return decoder, head
 
 
@@ -129,7 +130,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,  # type: ignore[override]
+    def forward(states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 targets: torch.Tensor, chunk: int) -> torch.Tensor:
         total = torch.zeros((), dtype=torch.promote_types(states.dtype, torch.float32), device=states.device)
         for start in _spans(states.shape[0], chunk):
@@ -145,7 +146,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         ctx.chunk = chunk
 
     @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, ...]:
         states, weight, bias, targets = ctx.saved_tensors
         grad_states = _ChunkedCrossEntropyGrad.apply(states, weight, bias, targets, grad_output, ctx.chunk)
         return grad_states, None, None, None, None
@@ -159,7 +160,7 @@ class _ChunkedCrossEntropyGrad(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,  # type: ignore[override]
+    def forward(states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 targets: torch.Tensor, grad_output: torch.Tensor, chunk: int) -> torch.Tensor:
         pieces = []
         for start in _spans(states.shape[0], chunk):
@@ -179,7 +180,7 @@ class _ChunkedCrossEntropyGrad(torch.autograd.Function):
         ctx.chunk = chunk
 
     @staticmethod
-    def backward(ctx: Any, cotangent: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, cotangent: torch.Tensor) -> tuple[Any, ...]:
         states, weight, bias, targets, grad_output = ctx.saved_tensors
         wide = weight.to(torch.promote_types(weight.dtype, torch.float32))
         grad_states = []

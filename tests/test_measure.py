@@ -274,5 +274,5 @@ def test_packed_batches_and_the_chunked_head_measure_the_same_lambda(tmp_path: P
     assert auto.blocks[0].lambda_max == pytest.approx(before.lambda_max, rel=1e-5)
     assert auto.source["data"]["packing"]["batches"] == 1  # a tiny model: every sample fits one batch
     for bad in ({"pack_tokens": 0}, {"pack_tokens": "some"}, {"lm_head_chunk": 0}):
-        with pytest.raises(UserError, match="pack_tokens|lm_head_chunk"):
+        with pytest.raises(UserError, match=r"pack_tokens|lm_head_chunk"):
             MeasureSettings(**bad)  # type: ignore[arg-type]
