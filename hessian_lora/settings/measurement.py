@@ -111,6 +111,18 @@ def _read_numbers(settings: Any, names: tuple[str, ...]) -> None:
 ReportRule = Literal["always", "when_set", "never", "dora"]
 
 
+def _count_or_word(settings: Any, name: str, word: str | None, what: str) -> None:
+    """Field ``name`` of ``settings``: None, ``word``, or a whole number >= 1 (digits from a command line or YAML
+    text become the number); anything else is a :class:`UserError` saying it must be ``what``."""
+    value = getattr(settings, name)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+        object.__setattr__(settings, name, value)
+    if value is not None and (word is None or value != word) and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise UserError(f"{name} must be {what}, got {value!r}.")
+
+
 def _setting(default: Any, help: str, *, group: str, flag: str | None = None, off_flag: str | None = None,
              off_value: Any = False, report: ReportRule = "always",
              active: Callable[[Any], bool] | None = None, metavar: str | None = None,
@@ -247,24 +259,12 @@ class MeasureSettings:
         _check_integers(self, ("samples", "batch_size", "max_length", "top_k", "max_iter", "trace_hvps",
                                "density_steps", "density_runs"), minimum=1)
         _check_integers(self, ("data_seed", "seed"), minimum=0)
-        if isinstance(self.block_size, str) and self.block_size.strip().isdigit():
-            object.__setattr__(self, "block_size", int(self.block_size))  # from a command line or YAML text
-        if self.block_size is not None and self.block_size != "rank" and (
-                isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1):
-            raise UserError(f"block_size must be a whole number >= 1, 'rank' or left out (--block-size), got "
-                            f"{self.block_size!r}.")
+        _count_or_word(self, "block_size", "rank", "a whole number >= 1, 'rank' or left out (--block-size)")
         if self.block_size is not None and self.solver != "lanczos":
             raise UserError("block_size sets Lanczos's start block: use it with solver lanczos (--solver lanczos).")
-        if isinstance(self.pack_tokens, str) and self.pack_tokens.strip().isdigit():
-            object.__setattr__(self, "pack_tokens", int(self.pack_tokens))  # from a command line or YAML text
-        if self.pack_tokens is not None and self.pack_tokens != "auto" and (
-                isinstance(self.pack_tokens, bool) or not isinstance(self.pack_tokens, int) or self.pack_tokens < 1):
-            raise UserError(f"pack_tokens must be a whole number of tokens >= 1, 'auto' or left out (--pack-tokens), "
-                            f"got {self.pack_tokens!r}.")
-        if self.lm_head_chunk is not None and (isinstance(self.lm_head_chunk, bool)
-                                               or not isinstance(self.lm_head_chunk, int) or self.lm_head_chunk < 1):
-            raise UserError(f"lm_head_chunk must be a whole number of tokens >= 1 or left out (--lm-head-chunk), "
-                            f"got {self.lm_head_chunk!r}.")
+        _count_or_word(self, "pack_tokens", "auto",
+                       "a whole number of tokens >= 1, 'auto' or left out (--pack-tokens)")
+        _count_or_word(self, "lm_head_chunk", None, "a whole number of tokens >= 1 or left out (--lm-head-chunk)")
         if self.lm_head_chunk is not None and self.backend == "forward_over_reverse":
             raise UserError("lm_head_chunk (the chunked LM head) has no forward-over-reverse rule: use backend "
                             "double_backward or auto (--backend), or leave --lm-head-chunk out.")
