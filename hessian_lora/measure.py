@@ -210,7 +210,7 @@ def packed_batches(model: nn.Module, batches: Sequence[TokenBatch],
     batched pass counted), with the record the report keeps."""
     budget = settings.pack_tokens
     if budget == "auto":
-        device = next(p for p in model.parameters() if p.requires_grad).device
+        device = next(model.parameters()).device
         longest = max(int(batch.attention_mask.sum(dim=1).max()) for batch in batches)
         budget = packing_tokens(model, longest, free_bytes=free_memory(device), head_chunk=settings.lm_head_chunk,
                                 directions=DIRECTIONS_PER_PASS if device.type == "cuda" else 1)
