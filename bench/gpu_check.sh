@@ -10,7 +10,9 @@
 #   SIZE=tiny bash bench/gpu_check.sh       # a CPU dry run of the same pipeline on tiny shapes (about a minute)
 #
 # Env: PYTHON (default: python), SIZE (qwen3 | tiny), MINUTES (the throughput script's own limit, default 6.5,
-# checked between Lanczos steps and before each scan group), CHECK_TIMEOUT (hard limit in seconds, default 450).
+# checked between Lanczos steps and before each scan group), CHECK_TIMEOUT (hard limit in seconds, default 450),
+# PACK_TOKENS (token slots a packed batch; default: the memory plan's budget, whose activation formula was fitted
+# on the CPU: the log prints each pass's peak beside it).
 # The earlier checks (bf16 training steps, HVP/gradient ratio, batched products, the streamed rehearsal) ran on an
 # H200 on 2026-12-04; their log is bench/results/gpu_check_2026-12-04.log and each script still runs on its own.
 # The project has no device env var: hessian_lora.models.default_device() takes CUDA whenever it is available.
@@ -42,7 +44,8 @@ rc=0
 if [ "$SIZE" = "tiny" ]; then
   "$PYTHON" bench/gpu_throughput.py --tiny --threads 1 || rc=$?
 else
-  timeout "$CHECK_TIMEOUT" "$PYTHON" bench/gpu_throughput.py --minutes "$MINUTES" || rc=$?
+  timeout "$CHECK_TIMEOUT" "$PYTHON" bench/gpu_throughput.py --minutes "$MINUTES" \
+    ${PACK_TOKENS:+--pack-tokens "$PACK_TOKENS"} || rc=$?
 fi
 case $rc in
   0) echo "== gpu_check done: whole adapter certified" ;;
