@@ -21,9 +21,10 @@ and their derivatives exist at a time.
 
 Batched second backwards (``vmap``, ``directions_per_pass`` directions in one backward) share the batch's
 forward and first-order graph but hold each direction's intermediates at once: the plan charges every direction
-beyond the first ``VMAP_DIRECTION_SHARE`` of the activation estimate. That share is an assumption (the
-second backward's transients are well below the graph it runs through; not yet measured on a GPU:
-``bench/gpu_check.sh`` prints the peak of a vmap pass beside the loop's). ``batching="auto"`` is ``vmap`` on
+beyond the first ``VMAP_DIRECTION_SHARE`` = 0.5 of the activation estimate: on the CPU each extra direction
+took 0.33 of a single product's peak (``bench/vmap_memory.py``, 2026-12-07: a random Llama of hidden 256 and 4
+layers, 4 × 256 tokens, 8 directions); not yet measured on a GPU (``bench/gpu_check.sh`` prints the peak of a
+vmap pass beside the loop's). ``batching="auto"`` is ``vmap`` on
 CUDA when the batched pass and the Krylov vectors at the iteration cap fit together, else the loop; on the CPU
 always the loop, where the batched backward lost (:mod:`hessian_lora.hessian.operator`). :func:`packing_tokens`
 turns the same estimate around: the most token slots a packed batch may hold (:func:`hessian_lora.data.
@@ -73,7 +74,7 @@ REUSE_SHARE = 0.35
 # Share of the host's free memory the Krylov vectors may take when the device is an accelerator.
 HOST_SHARE = 0.5
 # Each direction of a batched (vmap) second backward beyond the first, as a share of one batch's activation
-# estimate (an assumption, module docstring).
+# estimate (0.33 measured on the CPU, module docstring; the margin is for devices not measured).
 VMAP_DIRECTION_SHARE = 0.5
 # Share of the memory left after the model and work vectors that a packed batch's batched pass may take by
 # default (packing_tokens); the rest stays for the Krylov vectors and kept graphs.
