@@ -598,3 +598,95 @@ def load_batches(path: str | os.PathLike[str]) -> tuple[list[TokenBatch], str]:
         raise UserError(f"{path} is not a readable probe-batch file ({type(exc).__name__}: {exc}): delete it to "
                         "measure on --data instead, or pass --data/--task.") from exc
     return batches, metadata.get("description", str(path))
+
+
+@dataclass(frozen=True)
+class Packing:
+    """How examples were grouped into batches: ``tokens`` real (attended) tokens, ``padded_tokens`` the slots the
+    batches hold (sequences × width, summed), ``token_budget`` the most slots a packed batch may hold (None:
+    the batches were not packed)."""
+
+    batches: int
+    examples: int
+    tokens: int
+    padded_tokens: int
+    token_budget: int | None = None
+
+    @property
+    def padding_fraction(self) -> float:
+        """Share of the batches' slots that are padding."""
+        return 1.0 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The packing as JSON-able data (the report's record of it)."""
+        return {"batches": self.batches, "examples": self.examples, "tokens": self.tokens,
+                "padded_tokens": self.padded_tokens, "padding_fraction": round(self.padding_fraction, 6),
+                "token_budget": self.token_budget}
+
+    def line(self) -> str:
+        """One console line."""
+        how = f"packed within {self.token_budget:,} token slots a batch" if self.token_budget else "as given"
+        return (f"{self.examples} examples in {self.batches} batch{'es' if self.batches != 1 else ''} ({how}): "
+                f"{self.tokens:,} tokens in {self.padded_tokens:,} slots, {100 * self.padding_fraction:.1f} % padding")
+
+
+def packing_of(batches: Sequence[TokenBatch], token_budget: int | None = None) -> Packing:
+    """The :class:`Packing` record of ``batches``."""
+    return Packing(batches=len(batches), examples=sum(batch.size for batch in batches),
+                   tokens=sum(int(batch.attention_mask.sum()) for batch in batches),
+                   padded_tokens=sum(int(batch.input_ids.numel()) for batch in batches), token_budget=token_budget)
+
+
+def pack_batches(batches: Sequence[TokenBatch], token_budget: int) -> list[TokenBatch]:
+    """The sequences of ``batches`` regrouped into as few right-padded batches as ``token_budget`` allows.
+
+    Each sequence keeps its own row (no two examples share one, so attention, positions and the causal shift are
+    those of the streamed batches): the loss summed over the packed batches is the same sum of the same per-token
+    terms, and with the total count of loss tokens unchanged the token-weighted mean loss, its gradient and its
+    Hessian are the same to round-off (the summation order changes). Sequences are sorted by length, longest
+    first, and filled greedily while rows × the batch's width (its longest row) stays within ``token_budget``
+    slots, which keeps padding to the length differences of neighbours; a sequence longer than the budget gets a
+    batch of its own; a sequence without a loss token is left out (it adds nothing to the sum). Rows must be
+    right-padded (attention mask a prefix of ones), as :func:`collate` makes them.
+    """
+    if isinstance(token_budget, bool) or not isinstance(token_budget, int) or token_budget < 1:
+        raise UserError(f"the packing token budget must be a whole number >= 1, got {token_budget!r}.")
+    rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    pad_ids: list[int] = []
+    for batch in batches:
+        lengths = batch.attention_mask.sum(dim=1)
+        for row in range(batch.size):
+            length = int(lengths[row])
+            mask = batch.attention_mask[row]
+            if bool(mask[length:].any()) or not bool(mask[:length].all()):
+                raise UserError("packing needs right-padded batches (attention mask a prefix of ones): build the "
+                                "batches with hessian_lora.data.make_batches, or measure them unpacked.")
+            if not bool((batch.labels[row, 1:length] != IGNORE_INDEX).any()):
+                continue  # no loss token (a prompt cut at max_length): nothing to contribute, nothing to compute
+            rows.append((batch.input_ids[row, :length], batch.labels[row, :length], mask[:length]))
+            if length < batch.input_ids.shape[1]:
+                pad_ids.append(int(batch.input_ids[row, length]))
+    if not rows:
+        raise UserError("no sequence with a loss token to pack: give batches with responses.")
+    pad_id = pad_ids[0] if pad_ids else 0  # never attended to nor in the loss (right padding, labels -100)
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))  # stable: equal lengths keep their order
+    groups: list[list[int]] = []
+    for index in order:
+        # the first member of a group is its longest, so the width is fixed when the group opens
+        if groups and (len(groups[-1]) + 1) * len(rows[groups[-1][0]][0]) <= token_budget:
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    packed = []
+    for group in groups:
+        width = len(rows[group[0]][0])
+        input_ids = torch.full((len(group), width), pad_id, dtype=rows[group[0]][0].dtype)
+        labels = torch.full((len(group), width), IGNORE_INDEX, dtype=rows[group[0]][1].dtype)
+        attention_mask = torch.zeros((len(group), width), dtype=rows[group[0]][2].dtype)
+        for position, index in enumerate(group):
+            ids, row_labels, mask = rows[index]
+            input_ids[position, :len(ids)] = ids
+            labels[position, :len(ids)] = row_labels
+            attention_mask[position, :len(ids)] = mask
+        packed.append(TokenBatch(input_ids, attention_mask, labels))
+    return packed

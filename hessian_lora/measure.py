@@ -34,12 +34,15 @@ from hessian_lora.data import (
     DEFAULT_TASK,
     PROBE_BATCHES_FILE,
     Example,
+    Packing,
     TokenBatch,
     applied_template,
     check_prompt_template,
     load_batches,
     load_task,
     make_batches,
+    pack_batches,
+    packing_of,
 )
 from hessian_lora.errors import UserError
 from hessian_lora.hessian import distributed
@@ -47,8 +50,14 @@ from hessian_lora.hessian.density import spectral_density
 from hessian_lora.hessian.dora import has_dora
 from hessian_lora.hessian.filters import ParameterBlock, PerModule, WholeAdapter
 from hessian_lora.hessian.lanczos import lanczos
-from hessian_lora.hessian.memory_plan import plan_memory
-from hessian_lora.hessian.operator import HessianOperator, LinearOperator, resolve_backend
+from hessian_lora.hessian.memory_plan import free_memory, packing_tokens, plan_memory
+from hessian_lora.hessian.operator import (
+    DIRECTIONS_PER_PASS,
+    HessianOperator,
+    LinearOperator,
+    LossFunction,
+    resolve_backend,
+)
 from hessian_lora.hessian.power import power_iteration
 from hessian_lora.hessian.preconditioned import preconditioned_sharpness
 from hessian_lora.hessian.pyhessian_compat import pyhessian_power_iteration
@@ -56,6 +65,7 @@ from hessian_lora.hessian.results import BlockReport, EigenReport, EigenResult, 
 from hessian_lora.hessian.scan import scan_blocks
 from hessian_lora.hessian.storage import KrylovMemory
 from hessian_lora.hessian.trace import hutchplusplus
+from hessian_lora.loss import ChunkedHeadLoss, loss_sum
 from hessian_lora.models import DEFAULT_MODEL
 from hessian_lora.peft_adapters import load_adapter, peft_step, resolve_adapter
 from hessian_lora.precision import check_hessian_precision
@@ -180,6 +190,9 @@ def measure(
         template = None
     settings = dataclasses.replace(settings, prompt_template=template)
     data = measured_data(batch_list, data_source, template, default=default_data)
+    if settings.pack_tokens is not None:
+        batch_list, packing = packed_batches(peft_model, batch_list, settings)
+        data = {**data, "batches": packing.batches, "packing": packing.to_dict()}
     source = {**source, "data": data}
     if progress and distributed.is_main_process():
         print(f"data: {data_line(data)}", file=sys.stderr, flush=True)
@@ -207,7 +220,30 @@ def data_line(data: Mapping[str, Any]) -> str:
     what = f"{data['source']}" + (" (default task)" if data.get("default") else "")
     template = f", template {data['prompt_template']}" if data.get("prompt_template") else ""
     batches = f"{data['batches']} batch" + ("es" if data["batches"] != 1 else "")
-    return f"{what}{template}, {data['examples']} examples in {batches}, {data['loss_tokens']:,} loss tokens"
+    packing = data.get("packing")
+    packed = (f" (packed within {packing['token_budget']:,} token slots, {100 * packing['padding_fraction']:.1f} % "
+              "padding)" if packing else "")
+    return f"{what}{template}, {data['examples']} examples in {batches}{packed}, {data['loss_tokens']:,} loss tokens"
+
+
+def packed_batches(model: nn.Module, batches: Sequence[TokenBatch],
+                   settings: MeasureSettings) -> tuple[list[TokenBatch], Packing]:
+    """``batches`` packed within ``settings.pack_tokens`` token slots (``"auto"``: the memory plan's
+    :func:`~hessian_lora.hessian.memory_plan.packing_tokens` for the longest sequence, the chunked head and a
+    batched pass counted), with the record the report keeps."""
+    budget = settings.pack_tokens
+    if budget == "auto":
+        device = next(model.parameters()).device
+        longest = max(int(batch.attention_mask.sum(dim=1).max()) for batch in batches)
+        budget = packing_tokens(model, longest, free_bytes=free_memory(device), head_chunk=settings.lm_head_chunk,
+                                directions=DIRECTIONS_PER_PASS if device.type == "cuda" else 1)
+    assert isinstance(budget, int)  # MeasureSettings checked it
+    packed = pack_batches(batches, budget)
+    return packed, packing_of(packed, budget)
+
+
+def _loss(settings: MeasureSettings) -> LossFunction:
+    return ChunkedHeadLoss(settings.lm_head_chunk) if settings.lm_head_chunk is not None else loss_sum
 
 
 def settings_examples(settings: MeasureSettings) -> list[Example]:
@@ -296,7 +332,7 @@ def _scan_together(
     first = largest.parameters[0]
     plan = plan_memory(model, batches, block_parameters=largest.numel, dtype=first.dtype, device=first.device,
                        max_iter=s.max_iter, keep_products=s.solver == "lanczos", krylov_gib=s.krylov_memory,
-                       reuse=s.reuse)
+                       reuse=s.reuse, head_chunk=s.lm_head_chunk, directions_per_pass=DIRECTIONS_PER_PASS)
     # Every block of a group keeps its own Krylov vectors at once: a group is as many blocks as fit the budget.
     group = max(1, int((plan.budget_bytes + plan.host_bytes) // max(plan.krylov_bytes, 1)))
     groups = [list(blocks[start:start + group]) for start in range(0, len(blocks), group)]
@@ -309,8 +345,9 @@ def _scan_together(
     for members in groups:
         group_id = _new_scan_group()
         union = [(name, param) for block in members for name, param in zip(block.names, block.parameters)]
-        operator = HessianOperator(model, batches, union, backend=s.backend, reuse=s.reuse, dora_norm=s.dora_norm)
-        operator.limit_reuse(plan.reuse_bytes)
+        operator = HessianOperator(model, batches, union, backend=s.backend, reuse=s.reuse, dora_norm=s.dora_norm,
+                                   loss_fn=_loss(s))
+        operator.follow_plan(plan)
         share = 1.0 / len(members)
 
         def solve(index: int, view: LinearOperator, members: list[ParameterBlock] = members,
@@ -366,11 +403,13 @@ def _analyse_block(
     """One block's report; ``eigen``: its eigenvalues already solved (a scan, whose group ``scan_group``
     names), so only the extras run here."""
     s = settings
-    operator = HessianOperator(model, batches, block, backend=s.backend, reuse=s.reuse, dora_norm=s.dora_norm)
+    operator = HessianOperator(model, batches, block, backend=s.backend, reuse=s.reuse, dora_norm=s.dora_norm,
+                               loss_fn=_loss(s))
     plan = plan_memory(model, operator.batches, block_parameters=operator.size, dtype=operator.dtype,
                        device=operator.device, max_iter=s.max_iter, keep_products=s.solver == "lanczos",
-                       krylov_gib=s.krylov_memory, reuse=operator.reuse)
-    operator.limit_reuse(plan.reuse_bytes)
+                       krylov_gib=s.krylov_memory, reuse=operator.reuse, head_chunk=operator.head_chunk,
+                       directions_per_pass=operator.directions_per_pass)
+    operator.follow_plan(plan)
     if show and (print_plan or not plan.fits_on_device):
         for line in plan.lines():
             tqdm.write(line, file=sys.stderr)

@@ -252,3 +252,27 @@ def test_blocks_together_come_in_groups_whose_krylov_vectors_fit_the_budget(
                                **{**settings, "progress": False})
     assert [b.lambda_max for b in grouped.blocks] == pytest.approx([b.lambda_max for b in alone.blocks], rel=1e-5)
     assert all(b.converged for b in grouped.blocks)
+
+
+def test_packed_batches_and_the_chunked_head_measure_the_same_lambda(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    common = {**SMALL, "samples": 12, "batch_size": 3, "blocks": "per-module", "layers": "0:1", "modules": "q_proj"}
+    streamed = hessian_lora.eigen(method="lora", **common)
+    packed = hessian_lora.eigen(method="lora", pack_tokens=600, lm_head_chunk=7, out=tmp_path / "p.json",
+                                **{**common, "progress": True})
+    (before,), (after,) = streamed.blocks, packed.blocks
+    assert after.tokens == before.tokens and after.batches < before.batches == 4
+    assert after.lambda_max == pytest.approx(before.lambda_max, rel=1e-5)
+    assert after.lambda_min == pytest.approx(before.lambda_min, rel=1e-5)
+    packing = packed.source["data"]["packing"]
+    assert packing["examples"] == 12 and packing["token_budget"] == 600 and packing["batches"] == after.batches
+    assert packed.settings["pack_tokens"] == 600 and "pack_tokens" not in streamed.settings
+    assert "lm_head_chunk" not in packed.settings  # the same values to round-off: resumable either way
+    err = capsys.readouterr().err
+    assert "packed within 600 token slots" in err and "LM head in chunks of 7 tokens" in err
+    auto = hessian_lora.eigen(method="lora", pack_tokens="auto", **common)
+    assert auto.blocks[0].lambda_max == pytest.approx(before.lambda_max, rel=1e-5)
+    assert auto.source["data"]["packing"]["batches"] == 1  # a tiny model: every sample fits one batch
+    for bad in ({"pack_tokens": 0}, {"pack_tokens": "some"}, {"lm_head_chunk": 0}):
+        with pytest.raises(UserError, match=r"pack_tokens|lm_head_chunk"):
+            MeasureSettings(**bad)  # type: ignore[arg-type]

@@ -15,7 +15,20 @@ tokens a batch; every fit within 0.85–1.05 of the measurement):
 with B sequences of S tokens (T = B·S), L layers of width h, MLP width i, H attention heads (the math SDPA
 kernel keeps every score) and vocabulary V (the logits and their derivatives, about nine copies). The plan
 adds a 25 % margin. It is an estimate from a formula, not a measurement: the rehearsal in ``bench/`` prints
-both side by side.
+both side by side. With the chunked LM head (:class:`hessian_lora.loss.ChunkedHeadLoss`, ``head_chunk`` tokens
+a chunk) the vocabulary term is charged for one chunk instead of the batch's T tokens: only one chunk's logits
+and their derivatives exist at a time.
+
+Batched second backwards (``vmap``, ``directions_per_pass`` directions in one backward) share the batch's
+forward and first-order graph but hold each direction's intermediates at once: the plan charges every direction
+beyond the first ``VMAP_DIRECTION_SHARE`` = 0.5 of the activation estimate: on the CPU each extra direction
+took 0.33 of a single product's peak (``bench/vmap_memory.py``, 2026-12-07: a random Llama of hidden 256 and 4
+layers, 4 × 256 tokens, 8 directions); not yet measured on a GPU (``bench/gpu_check.sh`` prints the peak of a
+vmap pass beside the loop's). ``batching="auto"`` is ``vmap`` on
+CUDA when the batched pass and the Krylov vectors at the iteration cap fit together, else the loop; on the CPU
+always the loop, where the batched backward lost (:mod:`hessian_lora.hessian.operator`). :func:`packing_tokens`
+turns the same estimate around: the most token slots a packed batch may hold (:func:`hessian_lora.data.
+pack_batches`).
 """
 
 from __future__ import annotations
@@ -27,7 +40,7 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import psutil
 import torch
@@ -60,6 +73,13 @@ KRYLOV_SHARE_WITH_REUSE = 0.35
 REUSE_SHARE = 0.35
 # Share of the host's free memory the Krylov vectors may take when the device is an accelerator.
 HOST_SHARE = 0.5
+# Each direction of a batched (vmap) second backward beyond the first, as a share of one batch's activation
+# estimate (0.33 measured on the CPU, module docstring; the margin is for devices not measured).
+VMAP_DIRECTION_SHARE = 0.5
+# Share of the memory left after the model and work vectors that a packed batch's batched pass may take by
+# default (packing_tokens); the rest stays for the Krylov vectors and kept graphs.
+PACKING_SHARE = 0.4
+Batching = Literal["loop", "vmap"]
 _GIB = 2**30
 
 
@@ -82,6 +102,10 @@ class MemoryPlan:
     keep_products: bool
     budget_source: str  # "auto" or "--krylov-memory"
     reuse_bytes: float = 0.0  # kept first-order graphs (reuse="auto"), beside the Krylov vectors
+    batching: Batching = "loop"  # how the second backwards of many directions run (choose_batching)
+    batching_reason: str = ""
+    directions_per_pass: int = 1  # directions of one batched backward (vmap), charged in activation_bytes
+    head_chunk: int | None = None  # tokens a chunk of the chunked LM head (None: the plain head)
 
     @property
     def fits_on_device(self) -> bool:
@@ -105,11 +129,15 @@ class MemoryPlan:
                  f"{int(self.budget_bytes // self.vector_bytes)} on {self.device}"
                  + (f", {int(self.host_bytes // self.vector_bytes)} on the host" if self.host_bytes else "")
                  + ("; products dropped first when the basis needs their room" if self.keep_products else ""))
+        head = (f"LM head in chunks of {self.head_chunk:,} tokens" if self.head_chunk is not None
+                else "plain LM head (every logit of a batch)")
         return [
             f"memory plan on {self.device} ({_gib(self.free_bytes)} free after the model):",
             f"  model {_gib(self.model_bytes)} | block {self.block_parameters:,} parameters, "
             f"{self.vector_bytes / 2**20:.1f} MiB a vector | activations {activations} | {self.batches} batches "
-            "streamed through each product",
+            f"streamed through each product | {head}",
+            f"  batching: {self.batching} ({self.batching_reason})" if self.batching_reason else
+            f"  batching: {self.batching}",
             f"  Krylov vectors: up to {self.krylov_vectors} ({_gib(self.krylov_bytes)}"
             f"{', basis and kept products' if self.keep_products else ''}); budget {_gib(self.budget_bytes)}"
             f"{f' + {_gib(self.host_bytes)} host' if self.host_bytes else ''} ({self.budget_source}): {where}",
@@ -124,8 +152,11 @@ class MemoryPlan:
         return data
 
 
-def activation_bytes(model: nn.Module, sequences: int, length: int) -> int | None:
-    """The fitted estimate (module docstring) of one batch's double-backward product, or None without a config."""
+def activation_bytes(model: nn.Module, sequences: int, length: int, *, head_chunk: int | None = None,
+                     directions: int = 1) -> int | None:
+    """The fitted estimate (module docstring) of one batch's double-backward product, or None without a config:
+    the vocabulary term for at most ``head_chunk`` tokens (the chunked head), and ``directions`` > 1 directions
+    of a batched second backward each charged ``VMAP_DIRECTION_SHARE`` more."""
     config = getattr(model, "config", None)
     needed = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "vocab_size")
     if config is None or not all(isinstance(getattr(config, key, None), int) for key in needed):
@@ -136,8 +167,46 @@ def activation_bytes(model: nn.Module, sequences: int, length: int) -> int | Non
     floats = (ACTIVATION_FLOATS["token_layer_hidden"] * tokens * layers * h
               + ACTIVATION_FLOATS["token_layer_intermediate"] * tokens * layers * i
               + ACTIVATION_FLOATS["attention_score"] * layers * sequences * heads * length * length
-              + ACTIVATION_FLOATS["token_vocab"] * tokens * vocab)
-    return int(4 * floats * ACTIVATION_MARGIN)
+              + ACTIVATION_FLOATS["token_vocab"] * (tokens if head_chunk is None else min(tokens, head_chunk))
+              * vocab)
+    return int(4 * floats * ACTIVATION_MARGIN * (1.0 + VMAP_DIRECTION_SHARE * (max(directions, 1) - 1)))
+
+
+def choose_batching(device: torch.device, *, free_bytes: int, loop_bytes: int | None, batched_bytes: int | None,
+                    krylov_bytes: int = 0, directions: int) -> tuple[Batching, str]:
+    """``vmap`` or ``loop`` for ``batching="auto"``, with the reason the plan prints.
+
+    CUDA: ``vmap`` when a batched pass (``batched_bytes``, its ``directions`` included) and ``krylov_bytes``
+    fit ``free_bytes`` together, else the loop (``loop_bytes``, one direction's pass, is what it needs). Other
+    devices: the loop, measured faster on the CPU (the batched backward lost 1.7–2.1×)."""
+    if device.type != "cuda":
+        return "loop", f"the batched backward lost to the loop on the {device.type}"
+    if directions <= 1:
+        return "loop", "one direction a pass"
+    if batched_bytes is None:
+        return "loop", "no activation estimate for a batched pass (no model config)"
+    if batched_bytes + krylov_bytes <= free_bytes:
+        return "vmap", (f"{directions} directions a pass: {_gib(batched_bytes)} of activations with the Krylov "
+                        f"vectors' {_gib(krylov_bytes)} fit {_gib(free_bytes)}")
+    loop = f"; the loop needs {_gib(loop_bytes)}" if loop_bytes is not None else ""
+    return "loop", (f"a batched pass of {directions} directions needs {_gib(batched_bytes)} beside the Krylov "
+                    f"vectors' {_gib(krylov_bytes)}, more than {_gib(free_bytes)}{loop}")
+
+
+def packing_tokens(model: nn.Module, length: int, *, free_bytes: int, head_chunk: int | None = None,
+                   directions: int = 1, share: float = PACKING_SHARE) -> int:
+    """The most token slots (sequences × ``length``) a packed batch may hold so that its pass (``directions``
+    of them batched, the chunked head at ``head_chunk``) takes at most ``share`` of ``free_bytes``; at least
+    one sequence. Raises a :class:`UserError` without a model config (give the budget as a number then)."""
+    one = activation_bytes(model, 1, length, head_chunk=head_chunk, directions=directions)
+    two = activation_bytes(model, 2, length, head_chunk=head_chunk, directions=directions)
+    if one is None or two is None:
+        raise UserError("the packing token budget 'auto' needs a model config to estimate activations: give "
+                        "--pack-tokens a number of tokens instead.")
+    per_sequence = max(two - one, 1)  # the estimate is affine in the number of sequences of one length
+    fixed = one - per_sequence  # the chunked head's one chunk of logits
+    sequences = max(1, int((share * free_bytes - fixed) // per_sequence))
+    return sequences * length
 
 
 def release_freed_memory(device: torch.device | None = None) -> None:
@@ -189,19 +258,24 @@ def plan_memory(
     reuse: bool | str = "auto",
     free_bytes: int | None = None,
     host_free_bytes: int | None = None,
+    head_chunk: int | None = None,
+    batching: str = "auto",
+    directions_per_pass: int = 1,
 ) -> MemoryPlan:
     """The plan for one block; raises a :class:`UserError` naming the setting to change when it cannot work.
 
     ``krylov_gib`` (``--krylov-memory``) fixes the Krylov vectors' room on the device (accelerators: and as much
     again of pinned host memory at most ``HOST_SHARE`` of the host's free memory); None sizes it from the free
-    memory. ``free_bytes`` / ``host_free_bytes`` override the measured free memory (tests).
+    memory. ``free_bytes`` / ``host_free_bytes`` override the measured free memory (tests). ``head_chunk``: the
+    chunked LM head's chunk (None: the plain head). ``batching``: ``"auto"`` chooses (:func:`choose_batching`)
+    for ``directions_per_pass`` directions a pass; a vmap pass is charged its directions.
     """
     device = torch.device(device)
     itemsize = torch.empty((), dtype=dtype).element_size()
     vector = block_parameters * itemsize
     model_bytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
     shapes = sorted({(int(b.input_ids.shape[0]), int(b.input_ids.shape[1])) for b in batches})
-    estimates = {shape: activation_bytes(model, *shape) for shape in shapes}
+    estimates = {shape: activation_bytes(model, *shape, head_chunk=head_chunk) for shape in shapes}
     largest = max(shapes, key=lambda shape: (estimates[shape] or 0, shape[0] * shape[1])) if shapes else (0, 0)
     activations = estimates.get(largest)
     free = int(free_bytes if free_bytes is not None else free_memory(device))
@@ -209,6 +283,18 @@ def plan_memory(
                     (free_memory(torch.device("cpu")) if device.type != "cpu" else 0))
     krylov_vectors = max_iter * (2 if keep_products else 1)
     work = WORK_VECTORS * vector
+    batched = (activation_bytes(model, *largest, head_chunk=head_chunk, directions=directions_per_pass)
+               if shapes else None)
+    if batching == "auto":
+        chosen, reason = choose_batching(device, free_bytes=free - work, loop_bytes=activations,
+                                         batched_bytes=batched, krylov_bytes=krylov_vectors * vector,
+                                         directions=directions_per_pass)
+    elif batching in ("loop", "vmap"):
+        chosen, reason = batching, "as asked"  # type: ignore[assignment]  # checked just above
+    else:
+        raise UserError(f"unknown batching {batching!r}: use auto, loop, vmap.")
+    if chosen == "vmap" and directions_per_pass > 1:
+        activations = batched
     left = free - work - (activations or 0)
     if left <= 0:
         what = (f"one product needs about {_gib(activations)} of activations (largest batch {largest[0]} × "
@@ -242,7 +328,8 @@ def plan_memory(
         batches=len(batches), largest_batch=largest, activation_bytes=activations, free_bytes=free,
         krylov_vectors=krylov_vectors, krylov_bytes=krylov_vectors * vector, budget_bytes=budget, host_bytes=host,
         keep_products=keep_products, budget_source=source,
-        reuse_bytes=REUSE_SHARE * left if reuse is not False and len(batches) > 0 else 0.0)
+        reuse_bytes=REUSE_SHARE * left if reuse is not False and len(batches) > 0 else 0.0,
+        batching=chosen, batching_reason=reason, directions_per_pass=directions_per_pass, head_chunk=head_chunk)
 
 
 def _gib(value: float | int | None) -> str:

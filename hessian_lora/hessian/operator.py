@@ -46,9 +46,14 @@ backward, and one CPU thread is compute-bound already, so batched matmuls save n
 ``"loop"`` on the CPU (``FASTEST_BATCHING``). On one H200 (bench/gpu_check.sh, 2026-12-04; a random Llama of
 hidden 1024 and 24 layers, q_proj of layer 12, LoRA r=8, 2 batches of 1481 tokens, fp32) the batched backward
 won: k = 8 vmap 0.39 s against the loop's 1.67 s, k = 32 0.93 s against 5.17 s (14× the k single products),
-max rel. diff 2.7e-7. ``"auto"`` stays ``"loop"`` on CUDA all the same, because the memory plan does not yet
-charge a batched pass its ``directions_per_pass`` times one backward's intermediates: ask for ``"vmap"``.
-Forward-over-reverse and finite differences take each direction in its own pass.
+max rel. diff 2.7e-7. ``"auto"`` is therefore ``"vmap"`` on CUDA when the memory plan says a batched pass fits
+(:func:`~hessian_lora.hessian.memory_plan.choose_batching`: the pass charged its directions beside the Krylov
+vectors), the loop where it does not, and the loop on the CPU. The operator decides from its own batches and the
+free memory when built; a measurement hands it the plan's choice (:meth:`HessianOperator.follow_plan`), which
+also counts the Krylov vectors. Forward-over-reverse and finite differences take each direction in its own pass.
+
+The loss may be :class:`~hessian_lora.loss.ChunkedHeadLoss` (the LM head over chunks of loss tokens, never all
+logits at once): the same operator to round-off, with the vocabulary's memory charged per chunk.
 
 Every product runs with the model in eval mode (dropout off), gradients enabled only for the block, and
 scaled-dot-product attention restricted to the math kernel (the CPU flash kernel has no double backward).
@@ -78,9 +83,15 @@ from hessian_lora.hessian.dora import (
     differentiated_dora_norm,
 )
 from hessian_lora.hessian.filters import ParameterBlock
-from hessian_lora.hessian.memory_plan import free_memory
+from hessian_lora.hessian.memory_plan import (
+    Batching,
+    MemoryPlan,
+    activation_bytes,
+    choose_batching,
+    free_memory,
+)
 from hessian_lora.hessian.reductions import norm
-from hessian_lora.loss import loss_sum
+from hessian_lora.loss import ChunkedHeadLoss, loss_sum
 
 # loss(model, batch): the model is the peft model itself or a functional_call wrapper around it, hence Any.
 LossFunction = Callable[[Any, TokenBatch], torch.Tensor]
@@ -96,11 +107,7 @@ FASTEST_EXACT_BACKEND: dict[str, Backend] = {"cpu": "double_backward"}
 # from the measurements above; float64 models in HF still compute norms and softmax in float32.
 FD_EPSILON: dict[torch.dtype, float] = {torch.float32: 0.1, torch.float64: 1e-3}
 _FD_LADDER = tuple(3.0**k for k in range(-4, 5))
-Batching = Literal["loop", "vmap"]
 BATCHINGS: tuple[str, ...] = get_args(Batching)
-# Measured (module docstring): the batched backward lost on the CPU and won on an H200, where auto still loops
-# until the memory plan charges a batched pass for its directions.
-FASTEST_BATCHING: dict[str, Batching] = {"cpu": "loop"}
 # Directions per batched backward (vmap): its intermediate tensors are this many times one backward's.
 DIRECTIONS_PER_PASS = 8
 # Fraction of free memory the kept first-order graphs may take under reuse="auto".
@@ -314,13 +321,13 @@ class HessianOperator(LinearOperator):
                             "or dora_norm 'differentiated' (the Hessian of the true loss).")
         if batching != "auto" and batching not in BATCHINGS:
             raise UserError(f"unknown batching {batching!r}: use auto, {', '.join(BATCHINGS)}.")
-        self.batching: Batching = (FASTEST_BATCHING.get(self._device.type, "loop") if batching == "auto"
-                                   else batching)
         if isinstance(directions_per_pass, bool) or not isinstance(directions_per_pass, int) \
                 or directions_per_pass < 1:
             raise UserError(f"directions_per_pass must be a whole number >= 1, got {directions_per_pass!r}.")
         self.directions_per_pass = directions_per_pass
         self.loss_fn = loss_fn
+        # tokens a chunk of the LM head, for the memory estimates (None: the plain head)
+        self.head_chunk = loss_fn.chunk_tokens if isinstance(loss_fn, ChunkedHeadLoss) else None
         if fd_epsilon is not None and not fd_epsilon > 0:
             raise UserError(f"fd_epsilon must be positive, got {fd_epsilon}.")
         self.fd_step: float | None = fd_epsilon
@@ -335,6 +342,11 @@ class HessianOperator(LinearOperator):
         self.total_batches = len(all_batches)
         if self.total_tokens == 0:
             raise UserError("the batches hold no loss tokens: give examples with responses.")
+        self._batching_asked = batching
+        self.batching: Batching = "loop" if batching == "auto" else batching
+        self.batching_reason = "as asked"
+        if batching == "auto":
+            self.batching, self.batching_reason = self._auto_batching()
         self._shapes = [p.shape for p in self.params]
         self._numels = [p.numel() for p in self.params]
         self._size = sum(self._numels)
@@ -464,6 +476,10 @@ class HessianOperator(LinearOperator):
                 self._drop_stale_graphs()
                 for index, batch in enumerate(self.batches):
                     first, keep = self._first_order(index, batch)
+                    if self.batching == "vmap" and directions > 1:
+                        self._batched_block_products(first, keep, plans)
+                        self._batch_done(index, directions)
+                        continue
                     remaining = directions
                     for positions, columns, total in plans:
                         outputs = [first[i] for i in positions]
@@ -476,6 +492,29 @@ class HessianOperator(LinearOperator):
                     self._batch_done(index, directions)
         self.calls += directions
         return [(distributed.all_reduce_sum(total) / self.total_tokens).T for _, _, total in plans]
+
+    def _batched_block_products(self, first: tuple[torch.Tensor, ...], keep: bool,
+                                plans: list[tuple[list[int], list[list[torch.Tensor]], torch.Tensor]]) -> None:
+        """Every request's directions in batched second backwards (vmap) on one first-order graph: each tangent
+        is supported on its own block (zero on every other tensor of the union), so the batched backward's
+        answer restricted to that block is H_bb v_b. It differentiates into every tensor of the union, which the
+        loop does not, and wins where batched kernels do (a GPU)."""
+        union = sorted({i for positions, _, _ in plans for i in positions})
+        where = {i: n for n, i in enumerate(union)}
+        directions = [(positions, column, total, j) for positions, columns, total in plans
+                      for j, column in enumerate(columns)]
+        for start in range(0, len(directions), self.directions_per_pass):
+            chunk = directions[start:start + self.directions_per_pass]
+            stacked = [torch.zeros((len(chunk), *self._shapes[i]), dtype=self._dtype, device=self._device)
+                       for i in union]
+            for d, (positions, column, _, _) in enumerate(chunk):
+                for i, piece in zip(positions, column):
+                    stacked[where[i]][d] = piece
+            last = start + len(chunk) >= len(directions)
+            batched = torch.autograd.grad([first[i] for i in union], [self.params[i] for i in union],
+                                          grad_outputs=stacked, is_grads_batched=True, retain_graph=keep or not last)
+            for d, (positions, _, total, j) in enumerate(chunk):
+                total[j] += self.flatten([batched[where[i]][d] for i in positions])
 
     def _batch_done(self, index: int, directions: int = 1) -> None:
         if self.on_batch is not None:
@@ -581,6 +620,28 @@ class HessianOperator(LinearOperator):
         if self.reuse is True:
             return True
         return not self._uncached  # once one batch did not fit, later ones are recomputed too
+
+    def _auto_batching(self) -> tuple[Batching, str]:
+        """``batching="auto"`` from this operator's own batches and the free memory (no Krylov vectors counted:
+        :meth:`follow_plan` refines it)."""
+        if self._device.type != "cuda" or self.directions_per_pass == 1:
+            return choose_batching(self._device, free_bytes=0, loop_bytes=None, batched_bytes=None,
+                                   directions=self.directions_per_pass)
+        shapes = {(int(b.input_ids.shape[0]), int(b.input_ids.shape[1])) for b in self.batches}
+        estimates = [(activation_bytes(self.model, *shape, head_chunk=self.head_chunk),
+                      activation_bytes(self.model, *shape, head_chunk=self.head_chunk,
+                                       directions=self.directions_per_pass)) for shape in shapes]
+        loop = max((e[0] for e in estimates if e[0] is not None), default=None)
+        batched = None if any(e[1] is None for e in estimates) else max(int(e[1] or 0) for e in estimates)
+        return choose_batching(self._device, free_bytes=free_memory(self._device), loop_bytes=loop,
+                               batched_bytes=batched, directions=self.directions_per_pass)
+
+    def follow_plan(self, plan: MemoryPlan) -> None:
+        """Take a memory plan's shares: the kept graphs' budget (:meth:`limit_reuse`) and, where batching was
+        ``"auto"``, the plan's choice (which counts the Krylov vectors beside a batched pass)."""
+        self.limit_reuse(plan.reuse_bytes)
+        if self._batching_asked == "auto":
+            self.batching, self.batching_reason = plan.batching, plan.batching_reason
 
     def limit_reuse(self, budget_bytes: float) -> None:
         """Keep first-order graphs (``reuse="auto"``) in at most ``budget_bytes``: the share a memory plan left

@@ -16,7 +16,10 @@ the calling thread, so autograd never runs concurrently. Which blocks share a pa
 
 What it buys depends on the device: it saves every block's own first-order graphs and, where the graphs cannot
 be kept (the paper's 100 batches), the forward and first backward of every product but one per pass; the
-second backwards themselves are as many as block by block (bench/batched_products.py measures both).
+second backwards themselves are as many as block by block (bench/batched_products.py measures both). Under
+``batching="vmap"`` (``"auto"`` on CUDA where the memory plan says it fits) they run batched instead: every
+block's tangents, each supported on its own block, ``directions_per_pass`` to a batched backward
+(:meth:`~hessian_lora.hessian.operator.HessianOperator.block_products`).
 """
 
 from __future__ import annotations

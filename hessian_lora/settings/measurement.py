@@ -111,6 +111,18 @@ def _read_numbers(settings: Any, names: tuple[str, ...]) -> None:
 ReportRule = Literal["always", "when_set", "never", "dora"]
 
 
+def _count_or_word(settings: Any, name: str, word: str | None, what: str) -> None:
+    """Field ``name`` of ``settings``: None, ``word``, or a whole number >= 1 (digits from a command line or YAML
+    text become the number); anything else is a :class:`UserError` saying it must be ``what``."""
+    value = getattr(settings, name)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+        object.__setattr__(settings, name, value)
+    if value is not None and (word is None or value != word) and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise UserError(f"{name} must be {what}, got {value!r}.")
+
+
 def _setting(default: Any, help: str, *, group: str, flag: str | None = None, off_flag: str | None = None,
              off_value: Any = False, report: ReportRule = "always",
              active: Callable[[Any], bool] | None = None, metavar: str | None = None,
@@ -153,7 +165,10 @@ class MeasureSettings:
     it changes where vectors live and how many products the final check costs, never a value, so reports do not
     record it). DoRA: ``dora_norm`` ``"detached"`` measures the Hessian of peft's surrogate, whose column norm
     ‖W + sBA‖ is a constant (what DoRA trains with; the paper and PyHessian measure it too), ``"differentiated"``
-    that of the true loss (:mod:`hessian_lora.hessian.dora`); reports of DoRA models record which.
+    that of the true loss (:mod:`hessian_lora.hessian.dora`); reports of DoRA models record which. Throughput
+    (docs/gpu-throughput.md): ``pack_tokens`` regroups the samples into as few batches as that many token slots
+    allow (``"auto"``: from the memory plan), the same token-weighted loss; ``lm_head_chunk`` runs the LM head
+    over that many loss tokens at a time (:class:`hessian_lora.loss.ChunkedHeadLoss`).
     """
 
     task: str | None = _setting(None, "task spec", group="data",
@@ -210,6 +225,14 @@ class MeasureSettings:
         default_help="--top-k")
     together: bool = _setting(True, "per-module: solve the blocks one after another instead of side by side on "
                               "shared passes", group="blocks", off_flag="--one-at-a-time", report="never")
+    pack_tokens: int | Literal["auto"] | None = _setting(
+        None, "pack the samples, longest first, into as few batches as this many token slots (sequences × the "
+        "longest) allow, or 'auto' from the memory plan: the same loss and Hessian in fewer, fuller batches",
+        group="data", report="when_set", metavar="TOKENS|auto", default_help="batches of --batch-size as drawn")
+    lm_head_chunk: int | None = _setting(
+        None, "run the LM head over this many loss tokens at a time, never every logit of a batch (the same "
+        "values to round-off; double_backward or finite_difference)", group="engine", report="never",
+        metavar="TOKENS", default_help="the plain head")
 
     def __post_init__(self) -> None:
         # Normalise the forms a YAML file or a command line gives ("q_proj,v_proj", "0:4", lists) to tuples.
@@ -237,12 +260,7 @@ class MeasureSettings:
         _check_integers(self, ("samples", "batch_size", "max_length", "top_k", "max_iter", "trace_hvps",
                                "density_steps", "density_runs"), minimum=1)
         _check_integers(self, ("data_seed", "seed"), minimum=0)
-        if isinstance(self.block_size, str) and self.block_size.strip().isdigit():
-            object.__setattr__(self, "block_size", int(self.block_size))  # from a command line or YAML text
-        if self.block_size is not None and self.block_size != "rank" and (
-                isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1):
-            raise UserError(f"block_size must be a whole number >= 1, 'rank' or left out (--block-size), got "
-                            f"{self.block_size!r}.")
+        _count_or_word(self, "block_size", "rank", "a whole number >= 1, 'rank' or left out (--block-size)")
         if isinstance(self.block_size, int) and self.block_size > self.max_iter:
             # One block step multiplies block_size vectors: a start block past the iteration cap would run
             # block_size products (and hold as many vectors) where max_iter allows fewer.
@@ -250,6 +268,12 @@ class MeasureSettings:
                             "--max-iter): give a block of at most max_iter start vectors, or raise max_iter.")
         if self.block_size is not None and self.solver != "lanczos":
             raise UserError("block_size sets Lanczos's start block: use it with solver lanczos (--solver lanczos).")
+        _count_or_word(self, "pack_tokens", "auto",
+                       "a whole number of tokens >= 1, 'auto' or left out (--pack-tokens)")
+        _count_or_word(self, "lm_head_chunk", None, "a whole number of tokens >= 1 or left out (--lm-head-chunk)")
+        if self.lm_head_chunk is not None and self.backend == "forward_over_reverse":
+            raise UserError("lm_head_chunk (the chunked LM head) has no forward-over-reverse rule: use backend "
+                            "double_backward or auto (--backend), or leave --lm-head-chunk out.")
         if not isinstance(self.together, bool):
             raise UserError(f"together must be true or false, got {self.together!r}.")
         _check_booleans(self, ("smallest", "trace", "density", "preconditioned"))

@@ -50,14 +50,16 @@ def test_matmat_of_other_backends_and_operators_is_one_product_per_column(generi
     assert dense.matmat(torch.zeros(dense.size, 0, dtype=torch.float64)).shape == (dense.size, 0)
 
 
-def test_block_products_are_each_blocks_own_hessian() -> None:
-    """On the whole adapter's operator, block b's answer is H_bb V_b: the block's own dense Hessian."""
+@pytest.mark.parametrize("batching", ["loop", "vmap"])
+def test_block_products_are_each_blocks_own_hessian(batching: str) -> None:
+    """On the whole adapter's operator, block b's answer is H_bb V_b: the block's own dense Hessian (vmap: the
+    tangents of all blocks batched, each supported on its own block)."""
     model = tiny_lora(dtype=torch.float64, rank=2)
     batches = synthetic_batches()
     blocks = PerModule().blocks(model)
     assert len(blocks) == 4  # q_proj and v_proj of two layers
     union = operator_for(model, batches, [(n, p) for b in blocks for n, p in zip(b.names, b.parameters)],
-                         backend="double_backward", reuse=False)
+                         backend="double_backward", reuse=False, batching=batching, directions_per_pass=3)
     where = {id(p): i for i, p in enumerate(union.params)}
     requests = []
     for index, block in enumerate(blocks):
