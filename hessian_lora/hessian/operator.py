@@ -65,7 +65,7 @@ import contextlib
 import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Literal, cast, get_args
+from typing import Any, ClassVar, Literal, cast, get_args
 
 import psutil
 import torch
@@ -752,7 +752,15 @@ class _GraphCensus:
     Under ``reuse="auto"`` on the CPU the budget was charged with the growth of the resident set, which falls
     short of the graph once the heap holds freed chunks (a previous product's): a 64-example DoRA probe of the
     replication grew past its half of free memory to 24.4 GB and was killed by the kernel.
+
+    The census walks the graph from the gradients after it is built and reads each node's saved tensors
+    (``_saved_*`` of built-in nodes, ``saved_tensors`` of custom Functions). It once counted them with
+    ``saved_tensors_hooks`` instead; a pack hook that returns the tensor makes a saved *output* hold its own
+    ``grad_fn``, a reference cycle through C++ that Python's collector cannot see, so every kept graph (and the
+    weights it reaches) outlived its operator: about 0.8 GiB a λ probe on SmolLM2 (docs/probe-memory.md).
     """
+
+    _SAVED_NAMES: ClassVar[dict[type, tuple[str, ...]]] = {}  # node class → its saved-tensor attributes (dir() is slow)
 
     def __init__(self, model: nn.Module) -> None:
         self._seen = {t.untyped_storage().data_ptr() for t in itertools.chain(model.parameters(), model.buffers())}
@@ -760,17 +768,8 @@ class _GraphCensus:
 
     @contextlib.contextmanager
     def counting(self) -> Iterator[None]:
-        """Count what the autograd nodes built inside save (forward and the create_graph backward alike)."""
-        with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
-            yield
-
-    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
-        self._add(tensor)
-        return tensor
-
-    @staticmethod
-    def _unpack(tensor: torch.Tensor) -> torch.Tensor:
-        return tensor
+        """Kept for the call site's shape: the count is taken afterwards, by :meth:`bytes`, from the graph."""
+        yield
 
     def _add(self, tensor: torch.Tensor) -> None:
         storage = tensor.untyped_storage()
@@ -778,10 +777,38 @@ class _GraphCensus:
             self._seen.add(storage.data_ptr())
             self._bytes += storage.nbytes()
 
+    def _saved(self, node: Any) -> Iterator[torch.Tensor]:
+        names = self._SAVED_NAMES.get(type(node))
+        if names is None:
+            names = tuple(name for name in dir(node) if name.startswith("_saved_"))
+            self._SAVED_NAMES[type(node)] = names
+        values: list[Any] = []
+        for name in names:
+            try:
+                values.append(getattr(node, name))
+            except RuntimeError:  # already freed (a graph run without retain_graph): holds nothing
+                continue
+        if hasattr(node, "saved_tensors"):  # a custom autograd Function's context (the chunked LM head's)
+            with contextlib.suppress(RuntimeError):
+                values.extend(node.saved_tensors)
+        for value in values:
+            items = value if isinstance(value, (tuple, list)) else (value,)
+            yield from (item for item in items if isinstance(item, torch.Tensor))
+
     def bytes(self, gradients: Sequence[torch.Tensor]) -> int:
-        """The saved storages' bytes, with the gradients themselves (kept with the graph)."""
+        """The saved storages' bytes of every node the gradients reach, with the gradients themselves."""
         for gradient in gradients:
             self._add(gradient)
+        stack = [gradient.grad_fn for gradient in gradients if gradient.grad_fn is not None]
+        visited: set[int] = set()
+        while stack:
+            node = stack.pop()
+            if node is None or id(node) in visited:  # every node stays alive during the walk: ids are unique
+                continue
+            visited.add(id(node))
+            for tensor in self._saved(node):
+                self._add(tensor)
+            stack.extend(following for following, _ in node.next_functions)
         return self._bytes
 
 
