@@ -374,12 +374,14 @@ def lanczos(
     if block_size is not None and block_size < k:
         raise UserError(f"block_size={block_size} is below k={k}: block Lanczos needs a start vector per wanted "
                         f"eigenvalue; pass block_size >= {k} (or leave it out).")
-    p = min(max(k, block_size or k), size)
+    given = [] if start is None else list(start.to(device=device, dtype=dtype).reshape(-1, size).clone())
+    if len(given) > size:
+        raise UserError(f"a start block of {len(given)} vectors is wider than the operator ({size}).")
+    p = min(max(k, block_size or k, len(given)), size)
     # The Krylov dimension reaches min(max_iter, size) exactly: the last block is partial when needed.
     cap = max(min(max_iter, size), p)
-    rows = [start.to(device=device, dtype=dtype).clone() if start is not None
-            else random_vector(size, dtype, device, seed)]
-    rows += [random_vector(size, dtype, device, seed + _BLOCK_SEED_STRIDE * i) for i in range(1, p)]
+    rows = given if given else [random_vector(size, dtype, device, seed)]
+    rows += [random_vector(size, dtype, device, seed + _BLOCK_SEED_STRIDE * i) for i in range(len(rows), p)]
     history: list[IterationRecord] = []
     stop_reason = "max_iter"
     state: LanczosStep | None = None

@@ -36,9 +36,13 @@ ENGINE_BACKENDS: tuple[str, ...] = get_args(EngineBackend)
 BACKENDS: tuple[str, ...] = get_args(Backend)
 PROBE_BACKENDS = BACKENDS  # the probe offers every backend a measurement does
 DORA_NORMS: tuple[str, ...] = get_args(DoraNorm)
+# Lanczos's start (hessian/starts.py): random, LoRA's structure at initialisation, or the block's gradient; every
+# non-random start keeps a random component.
+Start = Literal["random", "structured", "gradient"]
+STARTS: tuple[str, ...] = get_args(Start)
 # The choices of each field that has a vocabulary: one table for the checks, the CLI and its test.
 CHOICES: dict[str, tuple[str, ...]] = {"solver": SOLVERS, "blocks": BLOCKS, "backend": BACKENDS,
-                                       "dora_norm": DORA_NORMS}
+                                       "dora_norm": DORA_NORMS, "start": STARTS}
 
 
 def parse_layers(text: str | None) -> tuple[int, ...] | None:
@@ -207,6 +211,11 @@ class MeasureSettings:
         None, "lanczos: start vectors per block; 'rank' takes the block's LoRA rank r, the width of the cluster "
         "λ_max sits in at initialisation (r products a step)", group="blocks", report="when_set", metavar="P|rank",
         default_help="--top-k")
+    start: Start = _setting(
+        "random", "lanczos: the start vector: random, structured (LoRA at initialisation: from each module's "
+        "base-weight gradient G, its top singular pair; one first-order pass) or gradient (the block's own "
+        "gradient); the last two keep a random half, so a start that misses the top cannot hide it",
+        group="blocks", report="when_set", unset=(None, "random"))
     together: bool = _setting(True, "per-module: solve the blocks one after another instead of side by side on "
                               "shared passes", group="blocks", off_flag="--one-at-a-time", report="never")
 
@@ -244,6 +253,9 @@ class MeasureSettings:
                             f"{self.block_size!r}.")
         if self.block_size is not None and self.solver != "lanczos":
             raise UserError("block_size sets Lanczos's start block: use it with solver lanczos (--solver lanczos).")
+        if self.start != "random" and self.solver != "lanczos":
+            raise UserError(f"start {self.start!r} is Lanczos's start vector: use it with solver lanczos "
+                            "(--solver lanczos), or leave --start out.")
         if not isinstance(self.together, bool):
             raise UserError(f"together must be true or false, got {self.together!r}.")
         _check_booleans(self, ("smallest", "trace", "density", "preconditioned"))
