@@ -12,7 +12,9 @@ SmolLM2-135M, LoRA r = 8 on all seven projections at initialisation (B = 0), ``-
   maximum); each tol-1e-3 value's error against it;
 - on the ``--peer-layer`` q_proj block (default 15): ours from ``--peer-start`` first, then hessian-eigenthings
   1.0.0a5 up the Krylov-budget ladder of bench/peers.py until it is within 1e-3 of the reference, the authors'
-  algorithm (bench/_authors.py), then ours again: eigenthings' time at the budget it needs ÷ ours, both orders.
+  algorithm (bench/_authors.py), then ours again: eigenthings' time at the budget it needs ÷ ours, both orders;
+- on the ``--span-layer`` block: H inside the structured span (r products), how far the start's combination
+  c = A v₁ is from the span's best c*, and the products from z(c*): the floor a single combination could reach.
   eigenthings is not a dependency: ``.venv/bin/pip install --no-deps --target .bench-deps
   hessian-eigenthings==1.0.0a5`` and run with ``PYTHONPATH=.bench-deps:.``.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -36,7 +39,7 @@ import torch
 from hessian_lora.adapters import AdapterConfig, build_adapter
 from hessian_lora.data import TokenBatch, load_task, make_batches
 from hessian_lora.hessian import HessianOperator, PerModule, WholeAdapter, lanczos
-from hessian_lora.hessian.starts import start_vectors
+from hessian_lora.hessian.starts import lora_factors, start_vectors, top_singular_pairs, with_random
 from hessian_lora.models import load_model
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -122,6 +125,42 @@ def peers(model: Any, batches: list[TokenBatch], layer: int, truth: float, args:
     return row
 
 
+def span(model: Any, batches: list[TokenBatch], layer: int, truth: float) -> dict[str, Any]:
+    """Inside the structured span of one q_proj block: the Ritz values of H on span{(e_j v₁ᵀ, u₁ e_jᵀ)/√2} (r
+    products), the overlap of the start's combination c = A v₁ with the best one c* (the span's top Ritz vector),
+    and the products from z(c*) with its random half: what a single combination could reach if c* were free."""
+    block = PerModule(modules=("q_proj",), layers=(layer,)).blocks(model)[0]
+    operator = HessianOperator(model, batches, block)
+    factor = lora_factors(model, operator.names)[0]
+    ((u, _, v),), _ = top_singular_pairs(operator, [factor])
+    a = operator.params[factor.a_index].detach().double()
+    rank = a.shape[0]
+
+    def direction(combination: torch.Tensor) -> torch.Tensor:
+        pieces = [torch.zeros(p.shape, dtype=torch.float64) for p in operator.params]
+        pieces[factor.a_index] = torch.outer(combination, v) / math.sqrt(2)
+        pieces[factor.b_index] = torch.outer(u, combination) / math.sqrt(2)
+        return torch.cat([piece.reshape(-1) for piece in pieces]).to(operator.dtype)
+
+    basis = torch.stack([direction(torch.eye(rank, dtype=torch.float64)[j]) for j in range(rank)])
+    projected = basis.double() @ operator.matmat(basis.T).double()
+    values, vectors = torch.linalg.eigh((projected + projected.T) / 2)
+    best = vectors[:, -1]
+    combination = a @ v
+    overlap = float((best @ combination).abs() / combination.norm())
+    start = with_random(direction(best).unsqueeze(0), size=operator.size, dtype=operator.dtype,
+                        device=operator.device, seed=0)
+    result = lanczos(operator, which="largest", tol=1e-3, max_iter=300, start=start)
+    row = {"block": block.name, "span_ritz_values": values.tolist(), "overlap_Av1_with_best": overlap,
+           "best_combination_products": result.hvps, "best_combination_lambda": result.lambda_max,
+           "best_combination_error": abs(result.lambda_max - truth) / abs(truth), "converged": result.converged}
+    print(f"\n## inside the structured span of {block.name} ({rank} products): Ritz values "
+          f"{[round(x, 6) for x in values.tolist()]} (λ_max {truth:.7g}); |<c*, A v1>| = {overlap:.3f}; from z(c*) "
+          f"with its random half: {result.hvps} products, error {row['best_combination_error']:.1e}, "
+          f"certified={result.converged}", flush=True)
+    return row
+
+
 def summary(blocks: list[dict[str, Any]], starts: list[str]) -> dict[str, Any]:
     """Median products of the q_proj blocks and products of the whole adapters per start."""
     table: dict[str, Any] = {}
@@ -151,6 +190,7 @@ def main() -> None:
     parser.add_argument("--reference-block", type=int, default=1, help="start vectors of the tol-1e-6 reference")
     parser.add_argument("--peer-layer", type=int, default=15, help="-1: no peers")
     parser.add_argument("--peer-start", default="structured")
+    parser.add_argument("--span-layer", type=int, default=15, help="the structured span's Ritz values (-1: no)")
     parser.add_argument("--budgets", type=int, nargs="+", default=[8, 12, 16, 20, 24, 32])
     parser.add_argument("--target", type=float, default=1e-3, help="relative error that counts as correct")
     parser.add_argument("--threads", type=int, default=1)
@@ -159,7 +199,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.model, args.rank, args.layers, args.samples, args.batch_size = "tiny-llama", 2, "0", 4, 2
-        args.budgets, args.peer_layer = [4, 8, 16], 0
+        args.budgets, args.peer_layer, args.span_layer = [4, 8, 16], 0, 0
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"# {time.strftime('%Y-%m-%d %H:%M %Z')} | torch {torch.__version__} | {platform.processor() or 'cpu'} | "
@@ -184,6 +224,11 @@ def main() -> None:
             block = PerModule(modules=("q_proj",), layers=(args.peer_layer,)).blocks(model)[0]
             truth = solve(model, batches, block, "random", tol=1e-6, block_size=args.reference_block)["lambda_max"]
         peer_row = peers(model, batches, args.peer_layer, truth, args)
+    span_row = None
+    if args.span_layer >= 0:
+        truth = next((b["lambda_max"] for b, layer in zip(blocks, layers) if layer == args.span_layer), None)
+        if truth is not None:
+            span_row = span(model, batches, args.span_layer, truth)
     for method in [m for m in args.whole.split(",") if m.strip()]:
         fresh = load_model(args.model, device="cpu")
         adapted = build_adapter(fresh.model, AdapterConfig(method, rank=args.rank))
@@ -194,7 +239,7 @@ def main() -> None:
     print(f"# load at the end {os.getloadavg()[0]:.2f}", flush=True)
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"blocks": blocks, "peers": peer_row, "summary": table, "argv": sys.argv[1:]}, handle,
+            json.dump({"blocks": blocks, "peers": peer_row, "span": span_row, "summary": table, "argv": sys.argv[1:]}, handle,
                       indent=1, default=float)
 
 

@@ -66,7 +66,9 @@ spectrum (below); at a clustered top it can be a lower member of the cluster (se
 What every Krylov certificate rests on: that the Ritz values account for the top (bottom) of the spectrum, i.e.
 that the random start block did not miss an eigenvalue (true with probability one in exact arithmetic; a user
 ``start`` vector orthogonal to the top eigenvector defeats it). The value certificate uses that assumption for
-its gap too.
+its gap too. The starts of :mod:`hessian_lora.hessian.starts` (LoRA's structure at initialisation, the gradient,
+the last probe's vectors) therefore always keep a random half (tests/hessian/test_starts.py audits the cases in
+which their structured part misses the top).
 """
 
 from __future__ import annotations
@@ -350,6 +352,11 @@ def lanczos(
     a small residual (the top member's direction not yet grown out of the start): Weyl's bound then holds for
     that member, not for λ_max. LoRA at initialisation has clusters of size r (the rank): pass
     ``block_size=r`` there when the top member itself matters.
+
+    ``start`` is one vector or a block of rows (``p × size``); the block is filled up with random vectors to
+    ``block_size`` (default: ``max(k, rows of start)``). A start should keep a random component
+    (:func:`hessian_lora.hessian.starts.with_random`): the certificate's top-ness rests on the Krylov space
+    seeing every direction.
 
     ``verify`` recomputes each returned pair's Rayleigh quotient and residual explicitly. With
     ``store_products`` (default) the image H y comes from the kept products H v_j (linear: H Σ s_j v_j =

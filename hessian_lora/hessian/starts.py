@@ -52,6 +52,11 @@ DEFAULT_RANDOM_SHARE = 0.5
 # The gradients with respect to base weights held at once (bytes): on a large model this is one module's.
 DEFAULT_GRADIENT_BYTES = 1 << 30
 _MIX_SEED = 7_368_787
+# G's top singular pair: a full SVD up to this side, a randomised one (q columns, power iterations) beyond, where a
+# full SVD of a 4096 × 11008 gradient would cost more than the products it saves.
+_FULL_SVD_UP_TO = 2048
+_LOWRANK_Q = 10
+_LOWRANK_ITERATIONS = 6
 
 
 @dataclass(frozen=True)
@@ -142,9 +147,16 @@ def top_singular_pairs(operator: HessianOperator, factors: Sequence[LoraFactor],
         passes += 1
         while gradients:
             g = gradients.pop(0).double()
-            u, s, vh = torch.linalg.svd(g, full_matrices=False)
-            pairs.append((u[:, 0].clone(), float(s[0]), vh[0].clone()))
-            del g, u, s, vh
+            if min(g.shape) > _FULL_SVD_UP_TO:  # a randomised SVD: only the top pair is wanted
+                # seeded, and the caller's random state left as it was
+                with torch.random.fork_rng(devices=[g.device] if g.device.type == "cuda" else []):
+                    torch.manual_seed(0)
+                    u, s, v = torch.svd_lowrank(g, q=_LOWRANK_Q, niter=_LOWRANK_ITERATIONS)
+                pairs.append((u[:, 0].clone(), float(s[0]), v[:, 0].clone()))
+            else:
+                u, s, vh = torch.linalg.svd(g, full_matrices=False)
+                pairs.append((u[:, 0].clone(), float(s[0]), vh[0].clone()))
+            del g, u, s
     return pairs, passes
 
 
@@ -244,10 +256,11 @@ def block_starts(operator: HessianOperator, kind: str, parts: Sequence[Sequence[
     """Starts of kind ``"structured"`` or ``"gradient"`` for several blocks of one operator at once (a scan's
     union): ``parts`` are each block's positions among ``operator.params``; the first-order passes are shared.
     Block i's random component is drawn from ``seeds[i]`` (default: ``seed`` for every block)."""
+    sigmas: tuple[tuple[str, float], ...] = ()
     if kind == "gradient":
         flat = operator.gradient().double()
-        pieces = list(flat.split([p.numel() for p in operator.params]))
-        passes, sigmas = 1, ()
+        pieces = list(torch.split(flat, [p.numel() for p in operator.params]))
+        passes = 1
     elif kind == "structured":
         pieces, passes, sigmas = structured_pieces(operator, which=which, gradient_bytes=gradient_bytes)
     else:

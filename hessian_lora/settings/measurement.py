@@ -146,7 +146,11 @@ class MeasureSettings:
     block (None: ``top_k``; ``"rank"``: the block's LoRA rank r, the width of the cluster λ_max sits in at
     initialisation, where fewer start vectors can certify a lower member of the cluster). It costs r products a
     step, and on the CPU batching does not make a product cheaper (bench/batched_products.py), so the default
-    stays ``top_k``; reports record it when set. ``together``: per-module blocks advance side by side on shared
+    stays ``top_k``; reports record it when set. ``start``: what the first start vector is (``random``;
+    ``structured``: LoRA's structure at initialisation, each module's base-weight gradient's top singular pair;
+    ``gradient``: the block's gradient; both keep a random half, :mod:`hessian_lora.hessian.starts`); reports
+    record it when not random, and each block's ``eigen.details`` the random share and the first-order passes and
+    seconds the start took (docs/start-vectors.md). ``together``: per-module blocks advance side by side on shared
     passes (:mod:`hessian_lora.hessian.scan`; the same products, so the same values to round-off; a block's
     ``seconds`` is then the wall time until it finished, shared with the others); false solves them block
     after block (reports do not record it). Extras: Hutch++ ``trace`` (``trace_hvps`` products), SLQ

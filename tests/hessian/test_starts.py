@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
-from torch import nn
 from tinylora import dense_hessian, module_block, operator_for, synthetic_batches, tiny_lora
+from torch import nn
 
 from hessian_lora.data import TokenBatch
 from hessian_lora.errors import UserError
@@ -262,3 +262,18 @@ def test_bad_starts_are_one_line_errors() -> None:
     previous = start_vectors(operator, "previous", previous=torch.ones(4, dtype=torch.float64))
     assert previous.rows is not None and previous.kind == "previous"
     assert start_vectors(operator, "previous", previous=torch.ones(5)).rows is None  # another block's: random
+
+
+def test_a_large_gradient_gets_the_same_top_pair_from_the_randomised_svd(monkeypatch: pytest.MonkeyPatch) -> None:
+    import hessian_lora.hessian.starts as starts
+
+    toy = _Toy(seed=8, d_in=9, d_out=8)
+    operator = _operator(toy)
+    factors = lora_factors(toy, operator.names)
+    ((u, sigma, v),), _ = starts.top_singular_pairs(operator, factors)
+    monkeypatch.setattr(starts, "_FULL_SVD_UP_TO", 2)
+    state = torch.random.get_rng_state()
+    ((u2, sigma2, v2),), _ = starts.top_singular_pairs(operator, factors)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random state is untouched
+    assert sigma2 == pytest.approx(sigma, rel=1e-8)
+    assert abs(float(u @ u2)) == pytest.approx(1.0, abs=1e-8) and abs(float(v @ v2)) == pytest.approx(1.0, abs=1e-8)
