@@ -46,10 +46,10 @@ from hessian_lora.data import TokenBatch
 from hessian_lora.errors import UserError
 from hessian_lora.hessian.filters import ParameterBlock, PerModule, WholeAdapter
 from hessian_lora.hessian.lanczos import lanczos
-from hessian_lora.hessian.starts import start_vectors
 from hessian_lora.hessian.operator import HessianOperator, ScaledOperator
 from hessian_lora.hessian.power import power_iteration
 from hessian_lora.hessian.results import EigenResult
+from hessian_lora.hessian.starts import start_vectors
 from hessian_lora.hessian.thresholds import stability_ratios as stability_ratios  # re-exported with the probe
 from hessian_lora.precision import check_hessian_precision
 from hessian_lora.preconditioning import optimizer_preconditioner
