@@ -44,7 +44,14 @@ from hessian_lora.models import load_model
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _authors import VhpOperator, paper_lanczos  # bench/ is not a package: its folder on the path
-from peers import eigenthings_ladder, hessian_eigenthings, timed
+from peers import (  # the peers' machinery, shared
+    eigenthings_ladder,
+    hessian_eigenthings,
+    ladder_arguments,
+    ladder_lines,
+    model_arguments,
+    timed,
+)
 
 
 def solve(model: Any, batches: list[TokenBatch], block: Any, start: str, *, tol: float = 1e-3,
@@ -109,19 +116,11 @@ def peers(model: Any, batches: list[TokenBatch], layer: int, truth: float, args:
     print(f"authors: {paper['hvps']} products {seconds:.1f} s, error {row['authors']['error']:.1e} (no "
           f"certificate); authors / ours {seconds / max(first, last):.2f}-{seconds / min(first, last):.2f}x")
     ladder = row.get("eigenthings")
-    if ladder:
-        last_rung = ladder[-1]
-        lying = [rung["budget"] for rung in ladder if rung["converged"] and rung["error"] > args.target]
-        if last_rung["error"] <= args.target:
-            print(f"eigenthings needs budget {last_rung['budget']}: {last_rung['seconds']:.1f} s at that budget; "
-                  f"eigenthings / ours: {last_rung['seconds'] / first:.2f}x (ours first), "
-                  f"{last_rung['seconds'] / last:.2f}x (ours last)")
-        else:
-            print(f"eigenthings never within {args.target:g} up to budget {last_rung['budget']}")
-        if lying:
-            print(f"eigenthings reported converged on a wrong value at budget(s) {lying}")
-    else:
-        print("hessian-eigenthings not installed: see the docstring for the one-line install beside the bench")
+    for line in ladder_lines(ladder, args.target, [first, last]):
+        print(line)
+    if ladder and ladder[-1]["error"] <= args.target:
+        print(f"eigenthings / ours: {ladder[-1]['seconds'] / first:.2f}x (ours first), "
+              f"{ladder[-1]['seconds'] / last:.2f}x (ours last)", flush=True)
     return row
 
 
@@ -180,10 +179,7 @@ def summary(blocks: list[dict[str, Any]], starts: list[str]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--samples", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=8)
+    model_arguments(parser)
     parser.add_argument("--layers", default="0,14,15,29")
     parser.add_argument("--whole", default="lora,dora", help="methods whose whole adapter is measured ('' none)")
     parser.add_argument("--starts", nargs="+", default=["random", "structured", "gradient"])
@@ -191,11 +187,7 @@ def main() -> None:
     parser.add_argument("--peer-layer", type=int, default=15, help="-1: no peers")
     parser.add_argument("--peer-start", default="structured")
     parser.add_argument("--span-layer", type=int, default=15, help="the structured span's Ritz values (-1: no)")
-    parser.add_argument("--budgets", type=int, nargs="+", default=[8, 12, 16, 20, 24, 32])
-    parser.add_argument("--target", type=float, default=1e-3, help="relative error that counts as correct")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", default=None, help="also write the results here")
-    parser.add_argument("--quick", action="store_true", help="tiny-llama, seconds")
+    ladder_arguments(parser)
     args = parser.parse_args()
     if args.quick:
         args.model, args.rank, args.layers, args.samples, args.batch_size = "tiny-llama", 2, "0", 4, 2
