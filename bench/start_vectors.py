@@ -79,11 +79,11 @@ def measure_block(name: str, model: Any, batches: list[TokenBatch], block: Any, 
         runs.append(entry)
         print(f"  {start:<11} {entry['hvps']:4d} products {entry['seconds']:7.1f} s  λ {entry['lambda_max']:.7g} "
               f"certified={entry['converged']}  Ritz values {entry['history']}", flush=True)
-    reference = solve(model, batches, block, "random", tol=1e-6, block_size=args.reference_block)
+    reference = solve(model, batches, block, args.reference_start, tol=1e-6, block_size=args.reference_block)
     certified = [run["lambda_max"] for run in runs if run["converged"]] + (
         [reference["lambda_max"]] if reference["converged"] else [])
     truth = max(certified) if certified else reference["lambda_max"]
-    print(f"  reference (tol 1e-6, block {args.reference_block}): λ {reference['lambda_max']:.8g} "
+    print(f"  reference (tol 1e-6, {args.reference_start} start, block {args.reference_block}): λ {reference['lambda_max']:.8g} "
           f"({reference['hvps']} products, certified={reference['converged']}); λ_max taken as {truth:.8g}",
           flush=True)
     for run in runs:
@@ -184,6 +184,7 @@ def main() -> None:
     parser.add_argument("--whole", default="lora,dora", help="methods whose whole adapter is measured ('' none)")
     parser.add_argument("--starts", nargs="+", default=["random", "structured", "gradient"])
     parser.add_argument("--reference-block", type=int, default=1, help="start vectors of the tol-1e-6 reference")
+    parser.add_argument("--reference-start", default="random", help="the start of the tol-1e-6 reference")
     parser.add_argument("--peer-layer", type=int, default=15, help="-1: no peers")
     parser.add_argument("--peer-start", default="structured")
     parser.add_argument("--span-layer", type=int, default=15, help="the structured span's Ritz values (-1: no)")
@@ -204,36 +205,41 @@ def main() -> None:
     print(f"{args.model}, LoRA r={args.rank} at initialisation, {args.samples} examples in {len(batches)} batch(es), "
           f"{sum(b.loss_tokens for b in batches)} loss tokens, {torch.get_num_threads()} thread(s)", flush=True)
     layers = [int(layer) for layer in args.layers.split(",") if layer.strip()]
-    blocks = [measure_block(f"q_proj layer {layer}", model, batches,
-                            PerModule(modules=("q_proj",), layers=(layer,)).blocks(model)[0], args)
-              for layer in layers]
-    for i, block in enumerate(blocks):
-        block["block"] = f"q_proj layer {layers[i]}"
-    peer_row = None
+    blocks: list[dict[str, Any]] = []
+    results: dict[str, Any] = {"blocks": blocks, "peers": None, "span": None, "argv": sys.argv[1:]}
+    for layer in layers:
+        blocks.append(measure_block(f"q_proj layer {layer}", model, batches,
+                                    PerModule(modules=("q_proj",), layers=(layer,)).blocks(model)[0], args))
+        save(args, results)
     if args.peer_layer >= 0:
         truth = next((b["lambda_max"] for b, layer in zip(blocks, layers) if layer == args.peer_layer), None)
         if truth is None:
             block = PerModule(modules=("q_proj",), layers=(args.peer_layer,)).blocks(model)[0]
             truth = solve(model, batches, block, "random", tol=1e-6, block_size=args.reference_block)["lambda_max"]
-        peer_row = peers(model, batches, args.peer_layer, truth, args)
-    span_row = None
-    if args.span_layer >= 0:
-        truth = next((b["lambda_max"] for b, layer in zip(blocks, layers) if layer == args.span_layer), None)
-        if truth is not None:
-            span_row = span(model, batches, args.span_layer, truth)
+        results["peers"] = peers(model, batches, args.peer_layer, truth, args)
+        save(args, results)
     for method in [m for m in args.whole.split(",") if m.strip()]:
         fresh = load_model(args.model, device="cpu")
         adapted = build_adapter(fresh.model, AdapterConfig(method, rank=args.rank))
         blocks.append(measure_block(f"whole {method}", adapted, batches, WholeAdapter().blocks(adapted)[0], args))
         del adapted, fresh
+        save(args, results)
     print("\n## summary", flush=True)
-    table = summary(blocks, args.starts)
+    results["summary"] = summary(blocks, args.starts)
+    save(args, results)
+    if args.span_layer >= 0:
+        truth = next((b["lambda_max"] for b, layer in zip(blocks, layers) if layer == args.span_layer), None)
+        if truth is not None:
+            results["span"] = span(model, batches, args.span_layer, truth)
+            save(args, results)
     print(f"# load at the end {os.getloadavg()[0]:.2f}", flush=True)
+
+
+def save(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """The results so far (after every section: a run cut short keeps what it measured)."""
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"blocks": blocks, "peers": peer_row, "span": span_row, "summary": table, "argv": sys.argv[1:]}, handle,
-                      indent=1, default=float)
-
+            json.dump(results, handle, indent=1, default=float)
 
 if __name__ == "__main__":
     main()
