@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -63,6 +64,7 @@ from hessian_lora.hessian.preconditioned import preconditioned_sharpness
 from hessian_lora.hessian.pyhessian_compat import pyhessian_power_iteration
 from hessian_lora.hessian.results import BlockReport, EigenReport, EigenResult, IterationRecord
 from hessian_lora.hessian.scan import scan_blocks
+from hessian_lora.hessian.starts import StartVectors, block_starts, start_vectors
 from hessian_lora.hessian.storage import KrylovMemory
 from hessian_lora.hessian.trace import hutchplusplus
 from hessian_lora.loss import ChunkedHeadLoss, loss_sum
@@ -349,11 +351,12 @@ def _scan_together(
                                    loss_fn=_loss(s))
         operator.follow_plan(plan)
         share = 1.0 / len(members)
+        starts = _group_starts(operator, members, s)
 
         def solve(index: int, view: LinearOperator, members: list[ParameterBlock] = members,
-                  share: float = share) -> EigenResult:
+                  share: float = share, starts: list[_Start] = starts) -> EigenResult:
             memory = KrylovMemory.within(first.device, plan.budget_bytes * share, plan.host_bytes * share)
-            return _solve(view, s, None, memory, block=members[index])
+            return _solve(view, s, None, memory, block=members[index], start=starts[index])
 
         with tqdm(desc=f"{len(members)} block(s) together (products)", unit="hvp", leave=False, disable=not show,
                   dynamic_ncols=True) as inner:
@@ -429,7 +432,8 @@ def _analyse_block(
                 inner.set_postfix(value=f"{record.values[0]:.5g}", residual=residual, hvps=record.hvps)
 
         operator.on_batch = on_batch if show else None
-        result = eigen if eigen is not None else _solve(operator, s, callback, memory, block=block)
+        result = eigen if eigen is not None else _solve(operator, s, callback, memory, block=block,
+                                                        start=_block_start(operator, s))
         trace_result = hutchplusplus(operator, hvps=s.trace_hvps, seed=s.seed) if s.trace else None
         density_result = (spectral_density(operator, steps=s.density_steps, runs=s.density_runs, seed=s.seed,
                                            memory=plan.krylov_memory())
@@ -462,12 +466,54 @@ def _new_scan_group() -> str:
     return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
 
 
+@dataclasses.dataclass(frozen=True)
+class _Start:
+    """A block's Lanczos start (None: random) and the seconds building it took (first-order passes, SVDs)."""
+
+    vectors: StartVectors | None
+    seconds: float = 0.0
+
+
+def _which(s: MeasureSettings) -> str:
+    return "both" if s.smallest and s.solver == "lanczos" else "largest"
+
+
+def _block_start(operator: HessianOperator, s: MeasureSettings) -> _Start:
+    """The start ``s.start`` asks for on one block's own operator."""
+    if s.solver != "lanczos" or s.start == "random":
+        return _Start(None)
+    began = time.perf_counter()
+    vectors = start_vectors(operator, s.start, which=_which(s), seed=s.seed)
+    return _Start(vectors, time.perf_counter() - began)
+
+
+def _group_starts(operator: HessianOperator, members: Sequence[ParameterBlock], s: MeasureSettings) -> list[_Start]:
+    """Every block's start of a scan group from the union operator's shared first-order passes."""
+    if s.solver != "lanczos" or s.start == "random":
+        return [_Start(None) for _ in members]
+    began = time.perf_counter()
+    position = {name: i for i, name in enumerate(operator.names)}
+    parts = [[position[name] for name in block.names] for block in members]
+    vectors = block_starts(operator, s.start, parts, which=_which(s), seed=s.seed)
+    seconds = (time.perf_counter() - began) / len(members)  # one pass shared: each block carries its share
+    return [_Start(vector, seconds) for vector in vectors]
+
+
 def _solve(operator: LinearOperator, s: MeasureSettings, callback: Any, memory: KrylovMemory, *,
-           block: ParameterBlock) -> EigenResult:
+           block: ParameterBlock, start: _Start | None = None) -> EigenResult:
     if s.solver == "lanczos":
-        return lanczos(operator, k=s.top_k, which="both" if s.smallest else "largest", tol=s.tol,
-                       max_iter=s.max_iter, seed=s.seed, callback=callback, memory=memory,
-                       block_size=start_block(s, block))
+        vectors = start.vectors if start is not None else None
+        result = lanczos(operator, k=s.top_k, which="both" if s.smallest else "largest", tol=s.tol,
+                         max_iter=s.max_iter, seed=s.seed, callback=callback, memory=memory,
+                         block_size=start_block(s, block),
+                         start=vectors.rows if vectors is not None else None)
+        if vectors is None or start is None:
+            return result
+        # The report says what the start was and what building it cost (its seconds are the block's too).
+        details = {**result.details, "start_random_share": vectors.random_share,
+                   "start_first_order_passes": float(vectors.passes), "start_seconds": start.seconds,
+                   "start_structured": float(vectors.random_share < 1.0)}
+        return dataclasses.replace(result, details=details, seconds=result.seconds + start.seconds)
     if s.solver == "power":
         return power_iteration(operator, k=s.top_k, tol=s.tol, max_iter=s.max_iter, seed=s.seed, callback=callback)
     return pyhessian_power_iteration(operator, max_iter=s.max_iter, tol=s.tol, top_n=s.top_k, seed=s.seed)
@@ -493,6 +539,9 @@ def _resume(out: str | os.PathLike[str] | None, settings: dict[str, Any], source
     written = dict(done.settings)
     if "data" not in done.source:  # a report from before source.data: its data are fixed by the settings
         source = {key: value for key, value in source.items() if key != "data"}
+    # a report from before start used random start vectors, which is what a report of a random start omits
+    written.setdefault("start", "random")
+    settings = {**settings, "start": settings.get("start", "random")}
     if "dora_norm" in settings:
         written.setdefault("dora_norm", "detached")  # a DoRA report from before dora_norm: peft's surrogate
     mismatched = sorted(

@@ -276,3 +276,27 @@ def test_packed_batches_and_the_chunked_head_measure_the_same_lambda(tmp_path: P
     for bad in ({"pack_tokens": 0}, {"pack_tokens": "some"}, {"lm_head_chunk": 0}):
         with pytest.raises(UserError, match=r"pack_tokens|lm_head_chunk"):
             MeasureSettings(**bad)  # type: ignore[arg-type]
+
+
+def test_the_start_reaches_lanczos_is_recorded_and_resumes_only_with_the_same_start(tmp_path: Path) -> None:
+    random = hessian_lora.eigen(method="lora", blocks="per-module", modules="q_proj", layers="0",
+                                out=tmp_path / "r.json", **SMALL)
+    assert "start" not in random.settings and "start_random_share" not in random.blocks[0].eigen.details
+    for start in ("structured", "gradient"):
+        for together in (True, False):
+            report = hessian_lora.eigen(method="lora", blocks="per-module", modules="q_proj", start=start,
+                                        together=together, out=tmp_path / f"{start}{together}.json", **SMALL)
+            assert report.settings["start"] == start
+            for block in report.blocks:
+                assert block.converged and block.eigen.details["start_first_order_passes"] == 1.0
+                assert block.eigen.details["start_random_share"] == 0.5
+            first = report.blocks[0]
+            assert first.lambda_max == pytest.approx(random.blocks[0].lambda_max, rel=1e-3)
+            assert first.lambda_min == pytest.approx(random.blocks[0].lambda_min, rel=1e-3)
+    with pytest.raises(UserError, match="other settings \\(start\\)"):
+        hessian_lora.eigen(method="lora", blocks="per-module", modules="q_proj", layers="0", start="gradient",
+                           out=tmp_path / "r.json", **SMALL)
+    with pytest.raises(UserError, match="solver lanczos"):
+        MeasureSettings(start="structured", solver="power")
+    with pytest.raises(UserError, match="unknown start"):
+        MeasureSettings(start="clever")

@@ -66,7 +66,9 @@ spectrum (below); at a clustered top it can be a lower member of the cluster (se
 What every Krylov certificate rests on: that the Ritz values account for the top (bottom) of the spectrum, i.e.
 that the random start block did not miss an eigenvalue (true with probability one in exact arithmetic; a user
 ``start`` vector orthogonal to the top eigenvector defeats it). The value certificate uses that assumption for
-its gap too.
+its gap too. The starts of :mod:`hessian_lora.hessian.starts` (LoRA's structure at initialisation, the gradient,
+the last probe's vectors) therefore always keep a random half (tests/hessian/test_starts.py audits the cases in
+which their structured part misses the top).
 """
 
 from __future__ import annotations
@@ -351,6 +353,11 @@ def lanczos(
     that member, not for λ_max. LoRA at initialisation has clusters of size r (the rank): pass
     ``block_size=r`` there when the top member itself matters.
 
+    ``start`` is one vector or a block of rows (``p × size``); the block is filled up with random vectors to
+    ``block_size`` (default: ``max(k, rows of start)``). A start should keep a random component
+    (:func:`hessian_lora.hessian.starts.with_random`): the certificate's top-ness rests on the Krylov space
+    seeing every direction.
+
     ``verify`` recomputes each returned pair's Rayleigh quotient and residual explicitly. With
     ``store_products`` (default) the image H y comes from the kept products H v_j (linear: H Σ s_j v_j =
     Σ s_j H v_j), which costs memory equal to the basis and no product; without it, one product per pair.
@@ -374,12 +381,14 @@ def lanczos(
     if block_size is not None and block_size < k:
         raise UserError(f"block_size={block_size} is below k={k}: block Lanczos needs a start vector per wanted "
                         f"eigenvalue; pass block_size >= {k} (or leave it out).")
-    p = min(max(k, block_size or k), size)
+    given = [] if start is None else list(start.to(device=device, dtype=dtype).reshape(-1, size).clone())
+    if len(given) > size:
+        raise UserError(f"a start block of {len(given)} vectors is wider than the operator ({size}).")
+    p = min(max(k, block_size or k, len(given)), size)
     # The Krylov dimension reaches min(max_iter, size) exactly: the last block is partial when needed.
     cap = max(min(max_iter, size), p)
-    rows = [start.to(device=device, dtype=dtype).clone() if start is not None
-            else random_vector(size, dtype, device, seed)]
-    rows += [random_vector(size, dtype, device, seed + _BLOCK_SEED_STRIDE * i) for i in range(1, p)]
+    rows = given if given else [random_vector(size, dtype, device, seed)]
+    rows += [random_vector(size, dtype, device, seed + _BLOCK_SEED_STRIDE * i) for i in range(len(rows), p)]
     history: list[IterationRecord] = []
     stop_reason = "max_iter"
     state: LanczosStep | None = None

@@ -36,9 +36,13 @@ ENGINE_BACKENDS: tuple[str, ...] = get_args(EngineBackend)
 BACKENDS: tuple[str, ...] = get_args(Backend)
 PROBE_BACKENDS = BACKENDS  # the probe offers every backend a measurement does
 DORA_NORMS: tuple[str, ...] = get_args(DoraNorm)
+# Lanczos's start (hessian/starts.py): random, LoRA's structure at initialisation, or the block's gradient; every
+# non-random start keeps a random component.
+Start = Literal["random", "structured", "gradient"]
+STARTS: tuple[str, ...] = get_args(Start)
 # The choices of each field that has a vocabulary: one table for the checks, the CLI and its test.
 CHOICES: dict[str, tuple[str, ...]] = {"solver": SOLVERS, "blocks": BLOCKS, "backend": BACKENDS,
-                                       "dora_norm": DORA_NORMS}
+                                       "dora_norm": DORA_NORMS, "start": STARTS}
 
 
 def parse_layers(text: str | None) -> tuple[int, ...] | None:
@@ -154,7 +158,11 @@ class MeasureSettings:
     block (None: ``top_k``; ``"rank"``: the block's LoRA rank r, the width of the cluster λ_max sits in at
     initialisation, where fewer start vectors can certify a lower member of the cluster). It costs r products a
     step, and on the CPU batching does not make a product cheaper (bench/batched_products.py), so the default
-    stays ``top_k``; reports record it when set. ``together``: per-module blocks advance side by side on shared
+    stays ``top_k``; reports record it when set. ``start``: what the first start vector is (``random``;
+    ``structured``: LoRA's structure at initialisation, each module's base-weight gradient's top singular pair;
+    ``gradient``: the block's gradient; both keep a random half, :mod:`hessian_lora.hessian.starts`); reports
+    record it when not random, and each block's ``eigen.details`` the random share and the first-order passes and
+    seconds the start took (docs/start-vectors.md). ``together``: per-module blocks advance side by side on shared
     passes (:mod:`hessian_lora.hessian.scan`; the same products, so the same values to round-off; a block's
     ``seconds`` is then the wall time until it finished, shared with the others); false solves them block
     after block (reports do not record it). Extras: Hutch++ ``trace`` (``trace_hvps`` products), SLQ
@@ -223,6 +231,11 @@ class MeasureSettings:
         None, "lanczos: start vectors per block; 'rank' takes the block's LoRA rank r, the width of the cluster "
         "λ_max sits in at initialisation (r products a step)", group="blocks", report="when_set", metavar="P|rank",
         default_help="--top-k")
+    start: Start = _setting(
+        "random", "lanczos: the start vector: random, structured (LoRA at initialisation: from each module's "
+        "base-weight gradient G, its top singular pair; one first-order pass) or gradient (the block's own "
+        "gradient); the last two keep a random half, so a start that misses the top cannot hide it",
+        group="blocks", report="when_set", unset=(None, "random"))
     together: bool = _setting(True, "per-module: solve the blocks one after another instead of side by side on "
                               "shared passes", group="blocks", off_flag="--one-at-a-time", report="never")
     pack_tokens: int | Literal["auto"] | None = _setting(
@@ -274,6 +287,9 @@ class MeasureSettings:
         if self.lm_head_chunk is not None and self.backend == "forward_over_reverse":
             raise UserError("lm_head_chunk (the chunked LM head) has no forward-over-reverse rule: use backend "
                             "double_backward or auto (--backend), or leave --lm-head-chunk out.")
+        if self.start != "random" and self.solver != "lanczos":
+            raise UserError(f"start {self.start!r} is Lanczos's start vector: use it with solver lanczos "
+                            "(--solver lanczos), or leave --start out.")
         if not isinstance(self.together, bool):
             raise UserError(f"together must be true or false, got {self.together!r}.")
         _check_booleans(self, ("smallest", "trace", "density", "preconditioned"))

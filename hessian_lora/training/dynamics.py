@@ -12,8 +12,10 @@ last step) it measures, on the live parameters:
   same step as the parameters (nothing is saved or reloaded). LoRA+ groups count through each parameter's own
   learning rate (:func:`hessian_lora.preconditioning.optimizer_preconditioner`). At step 0 Adam has no state: λ̃ is None.
 
-Each solve starts from the previous probe's top Ritz vector (warm start): the top eigenvector moves little over
-a few steps, so a probe costs a handful of Hessian-vector products instead of a cold Lanczos run.
+Each solve starts from the previous probe's top Ritz vector (warm start) with a random component mixed in
+(:func:`hessian_lora.hessian.starts.with_random`): the top eigenvector moves little over a few steps, so a probe
+costs a handful of Hessian-vector products instead of a cold Lanczos run, and a new eigenvalue overtaking the old
+top is still in the Krylov space.
 
 A probe changes nothing the training sees: dropout is off during the products and the modules' train/eval flags
 and ``requires_grad`` flags are restored (:func:`~hessian_lora.hessian.operator.only_block_trainable`); the torch
@@ -47,6 +49,7 @@ from hessian_lora.hessian.lanczos import lanczos
 from hessian_lora.hessian.operator import HessianOperator, ScaledOperator
 from hessian_lora.hessian.power import power_iteration
 from hessian_lora.hessian.results import EigenResult
+from hessian_lora.hessian.starts import start_vectors
 from hessian_lora.hessian.thresholds import stability_ratios as stability_ratios  # re-exported with the probe
 from hessian_lora.precision import check_hessian_precision
 from hessian_lora.preconditioning import optimizer_preconditioner
@@ -185,9 +188,10 @@ class SharpnessProbe:
 
     def _solve(self, operator: Any, key: tuple[str, str]) -> EigenResult:
         s = self.settings
-        start = self._vectors.get(key) if s.warm_start else None
-        if start is not None and start.shape != (operator.size,):
-            start = None
+        previous = self._vectors.get(key) if s.warm_start else None
+        # The previous probe's vector with a random component mixed in (hessian/starts.py): a top that has moved
+        # off it (a new eigenvalue overtaking) still grows out of the Krylov space; another size: random.
+        start = start_vectors(operator, "previous", previous=previous, seed=s.seed + len(self.history)).rows
         if s.solver == "lanczos":
             result = lanczos(operator, k=1, which="largest", tol=s.tol, max_iter=s.max_iter, seed=s.seed,
                              start=start)
