@@ -799,7 +799,7 @@ class _GraphCensus:
         """The saved storages' bytes of every node the gradients reach, with the gradients themselves."""
         for gradient in gradients:
             self._add(gradient)
-        stack = [gradient.grad_fn for gradient in gradients if gradient.grad_fn is not None]
+        stack: list[Any] = [gradient.grad_fn for gradient in gradients if gradient.grad_fn is not None]
         visited: set[int] = set()
         while stack:
             node = stack.pop()
