@@ -600,6 +600,16 @@ def eigen(
         progress: show progress bars.
         **options: :class:`MeasureSettings` fields, the adapter options above, and ``model_seed`` (the seed of a
             random tiny-llama base); any other name is a :class:`UserError`.
+
+    Returns:
+        The :class:`EigenReport`: the settings, one :class:`BlockReport` per block (λ_max, λ_min, the residual,
+        ``converged``, products, seconds, the solver's history) and ``source`` (what was measured, on which data).
+        A value not certified to ``tol`` is still returned, with ``converged=False`` and its ``stop_reason``.
+
+    Raises:
+        UserError: bad input, in one line naming the file or option, the field and the fix: an unknown option, a
+            checkpoint or adapter that cannot be read or does not fit its base, unusable data, a memory plan that
+            cannot fit, or an ``out`` report measured with other settings.
     """
     known = [field.name for field in dataclasses.fields(MeasureSettings)] + [*_ADAPTER_OPTIONS, "model_seed"]
     unknown = sorted(set(options) - set(known))

@@ -53,3 +53,19 @@ def test_no_public_name_is_shadowed_by_a_submodule() -> None:
     # importing hessian_lora.<name> rebinds the package attribute <name> to the module
     submodules = {path.stem for path in INIT.parent.iterdir() if path.suffix == ".py" or (path / "__init__.py").exists()}
     assert not set(hessian_lora._PUBLIC) & submodules
+
+
+def test_every_public_function_has_a_reference_docstring() -> None:
+    # The API reference is generated from these docstrings (docs/_site_build/generate.py): each public function
+    # says what it takes, what it gives back and what it refuses, in Google style (Args/Returns/Raises).
+    import inspect
+
+    missing = []
+    for name in hessian_lora._PUBLIC:
+        value = getattr(hessian_lora, name)
+        if not inspect.isfunction(value):
+            continue
+        doc = inspect.getdoc(value) or ""
+        sections = ["Returns:", "Raises:"] + (["Args:"] if inspect.signature(value).parameters else [])
+        missing += [f"{name}: {section}" for section in sections if section not in doc]
+    assert missing == []

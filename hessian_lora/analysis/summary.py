@@ -235,10 +235,24 @@ def analyze(
 ) -> Analysis:
     """Analyse a sweep run directory (see the module docstring).
 
-    ``metric``: which metric defines the optimum (``auto``: :func:`choose_metric`); ``lambda_source``: which λ_max
-    at init the relation uses (``auto``: the whole adapter's when every method has it, else the module median);
-    ``rank``/``batch_size``: the configuration to analyse when the sweep holds several; ``bootstrap_samples`` and
-    ``seed``: the resampling of every interval (η*, peak, gap to the best, slope, ρ); ``level``: their confidence.
+    Args:
+        run_dir: a directory written by ``hessian-lora sweep`` (or :func:`run_sweep`); only read.
+        metric: which metric defines the optimum (``auto``: :func:`choose_metric`).
+        lambda_source: which λ_max at initialisation the relation uses (``auto``: the whole adapter's when every
+            method has it, else the module median).
+        rank: the rank to analyse when the sweep holds several.
+        batch_size: the batch size to analyse when the sweep holds several.
+        bootstrap_samples: resamples behind every interval (η*, peak, gap to the best, slope, ρ).
+        seed: the resampling's seed.
+        level: the intervals' confidence.
+
+    Returns:
+        The :class:`Analysis`: one :class:`MethodSummary` per method, the λ_max–η* relation and the metric used;
+        ``write_analysis`` turns it into analysis.json/analysis.md with the paper's claims.
+
+    Raises:
+        UserError: the directory holds no runs, no finished run has the metric, a setting is unknown, no run
+            has the rank or batch size asked for, or several are present and none was chosen.
     """
     if lambda_source not in LAMBDA_SOURCES:
         raise UserError(f"unknown λ source {lambda_source!r}: use {', '.join(LAMBDA_SOURCES)}.")

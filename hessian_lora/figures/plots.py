@@ -407,7 +407,22 @@ def plot_run(
     formats: Sequence[str] = ("png", "pdf"),
     **analyze_options: object,
 ) -> PlotResult:
-    """Write every figure the run directory has data for into ``out_dir`` (default ``RUN_DIR/figures``)."""
+    """Write every figure the run directory has data for.
+
+    Args:
+        run_dir: a sweep run directory (only read).
+        out_dir: where the figures go (default ``RUN_DIR/figures``).
+        analysis: an :class:`Analysis` of the run already made (default: :func:`analyze` with ``analyze_options``).
+        formats: file formats to write, e.g. ``("png",)``.
+        **analyze_options: :func:`analyze`'s options when ``analysis`` is not given.
+
+    Returns:
+        A :class:`PlotResult`: the files written by figure key (``a``…``k``) and, for the others, why each was
+        skipped (the data the run lacks).
+
+    Raises:
+        UserError: as :func:`analyze`, or ``out_dir`` cannot be written.
+    """
     directory = read_run_directory(run_dir)
     analysis = analysis or analyze(run_dir, **analyze_options)
     out = Path(out_dir) if out_dir is not None else RunLayout(run_dir).figures
