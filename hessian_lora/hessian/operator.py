@@ -547,9 +547,8 @@ class HessianOperator(LinearOperator):
         keep = self._may_keep(index)
         census = _GraphCensus(self.model) if keep and self._device.type != "cuda" else None
         before = _memory_in_use(self._device) if keep and census is None else 0
-        with census.counting() if census is not None else contextlib.nullcontext():
-            loss = self.loss_fn(self.model, batch)
-            first = torch.autograd.grad(loss, self.params, create_graph=True)
+        loss = self.loss_fn(self.model, batch)
+        first = torch.autograd.grad(loss, self.params, create_graph=True)
         # CUDA's allocator counts exactly; elsewhere the process's resident size can grow by less than the graph
         # (glibc hands back chunks a previous product freed), so the saved tensors are counted instead
         grown = census.bytes(first) if census is not None else _memory_in_use(self._device) - before
@@ -765,11 +764,6 @@ class _GraphCensus:
     def __init__(self, model: nn.Module) -> None:
         self._seen = {t.untyped_storage().data_ptr() for t in itertools.chain(model.parameters(), model.buffers())}
         self._bytes = 0
-
-    @contextlib.contextmanager
-    def counting(self) -> Iterator[None]:
-        """Kept for the call site's shape: the count is taken afterwards, by :meth:`bytes`, from the graph."""
-        yield
 
     def _add(self, tensor: torch.Tensor) -> None:
         storage = tensor.untyped_storage()
