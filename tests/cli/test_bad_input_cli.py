@@ -20,7 +20,7 @@ CASES: list[Case] = [
 ]
 # Each command's argv, its run() replaced by one that raises KeyboardInterrupt.
 INTERRUPTED_COMMANDS: list[Case] = [
-    Case(command, argv, exit=130, says=[INTERRUPTED])
+    Case(command, argv, exit=130, says=[f"hessian-lora {command}: interrupted; finished work is kept"])
     for command, argv in {"methods": ["methods"], "init": ["init", "--method", "lora", "--out", "x"],
                           "info": ["info", "x"], "eigen": ["eigen", "--method", "lora", "--out", "x"],
                           "sweep": ["sweep", "c.yaml", "--out", "x"], "results": ["results", "x"],
