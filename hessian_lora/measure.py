@@ -611,8 +611,9 @@ def _keyword_target(
     if revision is not None:
         raise UserError("revision picks a hub adapter's version: pass it with a checkpoint repo id.")
     if method is not None:
-        return AtInitialisation(_adapter_config(method, adapter_options),
-                                model=model if model is not None else DEFAULT_MODEL, model_seed=model_seed)
+        # an nn.Module model is refused by AtInitialisation itself, in one line that says what to pass instead
+        spec: Any = model if model is not None else DEFAULT_MODEL
+        return AtInitialisation(_adapter_config(method, adapter_options), model=spec, model_seed=model_seed)
     if isinstance(model, nn.Module):
         return AdaptedModule(model, tokenizer)
     raise UserError("nothing to analyse: pass a CHECKPOINT directory, or a method (--method) with a model "
