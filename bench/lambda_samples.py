@@ -92,6 +92,7 @@ def measure_unit(method: str, size: int, kinds: Sequence[str], args: argparse.Na
     from hessian_lora.data import load_task
     from hessian_lora.measure import MeasureSettings, measure
     from hessian_lora.recommend import probe_batches
+    from hessian_lora.targets import AdaptedModule
     from hessian_lora.training.train import TrainConfig
 
     n_train = max(args.n_train, max(args.sizes))  # one training set for every size: nested samples
@@ -111,7 +112,7 @@ def measure_unit(method: str, size: int, kinds: Sequence[str], args: argparse.Na
         settings = MeasureSettings(blocks=kind, modules=None if whole else ("q_proj",),
                                    layers=None if whole else tuple(layers), smallest=False, tol=args.tol,
                                    max_iter=args.max_iter, max_length=args.max_length)
-        report = measure(model, batches, settings, progress=False)
+        report = measure(AdaptedModule(model), settings, batches=batches, progress=False)
         for block in report.blocks:
             value = float(block.lambda_max)
             residual = None if block.residual is None or not value else float(block.residual) / abs(value)

@@ -25,6 +25,7 @@ from hessian_lora.data import load_task, make_batches
 from hessian_lora.hessian.memory_plan import release_freed_memory
 from hessian_lora.measure import measure
 from hessian_lora.settings import AdapterConfig, MeasureSettings
+from hessian_lora.targets import AdaptedModule
 
 GIB = 2**30
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
@@ -61,7 +62,7 @@ def main() -> int:
         config = AdapterConfig(method="lora", rank=args.rank, targets=("q_proj", "v_proj"), seed=probe)
         model, tokenizer, _ = adapter_at_initialisation("smollm2-135m", config)
         batches = make_batches(tokenizer, task.train[: args.samples], 4, max_length=256)
-        report = measure(model, batches, settings, progress=False)
+        report = measure(AdaptedModule(model), settings, batches=batches, progress=False)
         seconds = time.perf_counter() - start
         del model, tokenizer, batches
         print(f"{probe:5d}  {before:10.2f}  {after_release:17.2f}  {available:14.2f}  {seconds:7.1f}  "

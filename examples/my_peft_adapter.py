@@ -40,8 +40,11 @@ def main() -> None:
     (work / "pairs.jsonl").write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in PAIRS))
 
     # 2. its sharpness: the whole adapter's λ_max and λ_min, each with its residual certificate
-    report = h.eigen(work / "my-lora", model=args.model, task=str(work / "pairs.jsonl"), samples=len(PAIRS),
-                     batch_size=4, prompt_template="raw", progress=False)  # raw: the pairs as trained, no chat template
+    # the adapter as a typed target: a plain peft directory on its base (h.eigen(work / "my-lora", model=...) is the
+    # same; h.as_target tells a peft directory from a hessian-lora checkpoint by its files)
+    adapter = h.PeftAdapter(work / "my-lora", base=args.model)
+    report = h.eigen(adapter, task=str(work / "pairs.jsonl"), samples=len(PAIRS), batch_size=4,
+                     prompt_template="raw", progress=False)  # raw: the pairs as trained, no chat template
     block = report.blocks[0]
     print(f"measured on: {report.source['data']}")
     print(f"λ_max = {block.lambda_max:.6g} (converged {block.converged}, residual {block.residual:.2e}, "

@@ -3,8 +3,10 @@
 The public API, importable from the package's top (``import hessian_lora as h; h.eigen(...)``):
 
 - measurement: :func:`eigen` (λ_max of a checkpoint, a peft directory or an adapter at initialisation),
-  :class:`MeasureSettings`, :class:`DuringSettings`; their results :class:`EigenReport`,
-  :class:`BlockReport`, :class:`EigenResult`;
+  :class:`MeasureSettings`, :class:`DuringSettings`; what is measured, as a typed target for ``eigen`` and the
+  one entry ``hessian_lora.measure.measure``: :class:`Checkpoint`, :class:`PeftAdapter`,
+  :class:`AtInitialisation`, :class:`AdaptedModule`, :func:`as_target` (a path's kind); their results
+  :class:`EigenReport`, :class:`BlockReport`, :class:`EigenResult`;
 - along training: :class:`SharpnessCallback` (transformers ``Trainer`` / TRL ``SFTTrainer``),
   :class:`SharpnessProbe` (the project's own loop);
 - sweeps: :func:`run_sweep`, :func:`load_config`, :class:`SweepConfig`, :class:`SweepSummary`;
@@ -32,6 +34,11 @@ _PUBLIC: dict[str, str] = {
     "eigen": "hessian_lora.measure",
     "MeasureSettings": "hessian_lora.settings.measurement",
     "DuringSettings": "hessian_lora.settings.measurement",
+    "Checkpoint": "hessian_lora.targets",
+    "PeftAdapter": "hessian_lora.targets",
+    "AtInitialisation": "hessian_lora.targets",
+    "AdaptedModule": "hessian_lora.targets",
+    "as_target": "hessian_lora.targets",
     "EigenReport": "hessian_lora.hessian.results",
     "BlockReport": "hessian_lora.hessian.results",
     "EigenResult": "hessian_lora.hessian.results",
@@ -80,6 +87,11 @@ if TYPE_CHECKING:  # pragma: no cover  (what type checkers and editors see; the 
     from hessian_lora.sweep.config import load_config as load_config
     from hessian_lora.sweep.runner import SweepSummary as SweepSummary
     from hessian_lora.sweep.runner import run_sweep as run_sweep
+    from hessian_lora.targets import AdaptedModule as AdaptedModule
+    from hessian_lora.targets import AtInitialisation as AtInitialisation
+    from hessian_lora.targets import Checkpoint as Checkpoint
+    from hessian_lora.targets import PeftAdapter as PeftAdapter
+    from hessian_lora.targets import as_target as as_target
     from hessian_lora.training.dynamics import SharpnessProbe as SharpnessProbe
     from hessian_lora.training.integrations import SharpnessCallback as SharpnessCallback
 

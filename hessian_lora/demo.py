@@ -41,6 +41,7 @@ from hessian_lora.rundir import InitKey
 from hessian_lora.runs import load_runs
 from hessian_lora.sweep import runner
 from hessian_lora.sweep.config import load_config
+from hessian_lora.targets import AdaptedModule, Checkpoint
 
 if TYPE_CHECKING:
     from hessian_lora.adapters import AdapterAtInit
@@ -305,7 +306,7 @@ class InitExtras:
         batches = _hessian_batches(self.sweep_config, tokenizer)
         if whole_path in todo:
             whole = replace(settings, density=self.density_steps > 0, density_steps=max(self.density_steps, 1))
-            measure(peft_model, batches, whole, out=whole_path, progress=self.progress)
+            measure(AdaptedModule(peft_model), whole, batches=batches, out=whole_path, progress=self.progress)
             self.written.append(str(whole_path))
         if modules_path in todo:
             targets = [module for module in self.modules if module in self.sweep_config.adapter.targets] \
@@ -316,7 +317,7 @@ class InitExtras:
             # report cut short would read as done (``missing`` looks at the name only) and lose its other
             # layers. It grows under a name no reader lists and takes the final name once every block is in.
             partial = modules_path.with_name(modules_path.name + PARTIAL_SUFFIX)
-            measure(peft_model, batches, per_module, out=partial, progress=self.progress)
+            measure(AdaptedModule(peft_model), per_module, batches=batches, out=partial, progress=self.progress)
             os.replace(partial, modules_path)
             self.written.append(str(modules_path))
         _say(f"  {key}: λ_max at init measured", self.progress)
@@ -363,8 +364,8 @@ def measure_final_reports(
             if path.is_file() or not (checkpoint / "hessian_lora.json").is_file():
                 continue
             batches = _hessian_batches(sweep_config, load_tokenizer(sweep_config.model))
-            measure(checkpoint, batches, replace(settings, preconditioned=True, lr=run.lr), device=device, out=path,
-                    progress=progress)
+            measure(Checkpoint(checkpoint), replace(settings, preconditioned=True, lr=run.lr), batches=batches,
+                    device=device, out=path, progress=progress)
             written.append(str(path))
             _say(f"  {run.run_id}: λ_max and preconditioned λ_max at the end measured", progress)
     return written

@@ -1,11 +1,12 @@
 """Measuring an adapter's loss Hessian: the application around the engine in :mod:`hessian_lora.hessian`.
 
 :class:`MeasureSettings` says what to measure (blocks, solver, extras) and, when the measurement builds its own
-batches, from which data; :func:`measure` runs it on an adapted model or a checkpoint directory and returns an
+batches, from which data; :func:`measure`, the one entry, runs it on a target (:mod:`hessian_lora.targets`: a
+checkpoint, a plain peft adapter, an adapter at initialisation, a module of the caller's) and returns an
 :class:`~hessian_lora.hessian.EigenReport`. With ``out`` the report is written after every block (atomically)
 and an existing file resumes the scan: blocks already in it are skipped, provided it was written with the same
-settings. :func:`eigen` is ``hessian_lora.eigen``, the Python face of ``hessian-lora eigen``: it takes the
-command's keyword arguments and can build a method's adapter at initialisation first.
+settings. :func:`eigen` is ``hessian_lora.eigen``, the Python face of ``hessian-lora eigen``: it builds the target
+its keyword arguments name and calls :func:`measure`.
 
 The engine (operators, solvers, results) knows nothing of checkpoints, models or sweeps; this module is where
 they meet it.
@@ -30,17 +31,12 @@ from tqdm.auto import tqdm
 
 from hessian_lora import schemas
 from hessian_lora._io import write_json_atomic
-from hessian_lora.adapters import adapter_at_initialisation
 from hessian_lora.data import (
     DEFAULT_TASK,
-    PROBE_BATCHES_FILE,
-    Example,
     Packing,
     TokenBatch,
     applied_template,
-    check_prompt_template,
     load_batches,
-    load_task,
     make_batches,
     pack_batches,
     packing_of,
@@ -69,13 +65,17 @@ from hessian_lora.hessian.storage import KrylovMemory
 from hessian_lora.hessian.trace import hutchplusplus
 from hessian_lora.loss import ChunkedHeadLoss, loss_sum
 from hessian_lora.models import DEFAULT_MODEL
-from hessian_lora.peft_adapters import load_adapter, peft_step, resolve_adapter
-from hessian_lora.precision import check_hessian_precision
 from hessian_lora.preconditioning import checkpoint_preconditioner
-from hessian_lora.registry import check_method_rank
 from hessian_lora.settings.adapter import AdapterConfig
 from hessian_lora.settings.measurement import (
     MeasureSettings,
+)
+from hessian_lora.targets import (
+    AdaptedModule,
+    AtInitialisation,
+    MeasureTarget,
+    as_target,
+    settings_examples,
 )
 from hessian_lora.training.loft import preconditioner_note
 
@@ -88,100 +88,82 @@ _SELECTION_SETTINGS = ("modules", "layers")
 
 
 def measure(
-    adapter: nn.Module | str | os.PathLike[str],
-    batches: Sequence[TokenBatch] | None = None,
+    target: MeasureTarget,
     settings: MeasureSettings | None = None,
     *,
-    tokenizer: Any = None,
-    source: Mapping[str, Any] | None = None,
-    base_model: str | None = None,
-    model_seed: int = 0,
+    batches: Sequence[TokenBatch] | None = None,
     device: str | torch.device | None = None,
     out: str | os.PathLike[str] | None = None,
     progress: bool = True,
-    revision: str | None = None,
 ) -> EigenReport:
-    """Loss-Hessian eigenvalues of ``adapter``, block by block, as ``settings`` say.
+    """Loss-Hessian eigenvalues of ``target``'s adapter, block by block, as ``settings`` say: the one entry every
+    measurement goes through (``hessian_lora.eigen``, ``hessian-lora eigen``, the sweep, ``recommend``, the demo).
 
     Args:
-        adapter: a checkpoint directory or a plain peft adapter directory (loaded on ``device``; the latter on
-            ``base_model``, else its ``base_model_name_or_path``, with ``model_seed`` for a tiny-llama), a hub
-            adapter repo id (at ``revision``), or an adapted model whose trainable parameters are the adapter (its
-            ``requires_grad`` flags are left as they were).
-        batches: the data; None builds ``settings``' task with the checkpoint's tokenizer (or ``tokenizer``,
-            for a model). Given batches are recorded as task ``"batches"``.
+        target: what to measure (:mod:`hessian_lora.targets`): a :class:`Checkpoint`, a :class:`PeftAdapter`
+            (local or hub), an adapter :class:`AtInitialisation` or an :class:`AdaptedModule` (its
+            ``requires_grad`` flags are left as they were); :func:`as_target` makes one of a path.
         settings: what to measure (default: :class:`MeasureSettings`' defaults).
-        tokenizer: the tokenizer that cuts ``settings``' task for a model given without batches.
-        source: what the report says was analysed (default: the checkpoint's facts, or the model's class).
-        base_model: the base of a plain peft adapter directory (default: its ``base_model_name_or_path``).
-        model_seed: the weights of a random base (tiny-llama).
-        device: where a checkpoint is loaded.
+        batches: the data; None builds ``settings``' task (default: the task the target records, else arith)
+            with the target's tokenizer, a Trainer checkpoint's probe batches when it holds them. Given batches
+            are recorded as task ``"batches"``.
+        device: where the target's model is loaded (a given module stays where it is).
         out: a JSON report, written after every block and resumed from when it exists.
         progress: show progress bars and the data line.
-        revision: a hub adapter's branch, tag or commit.
+
+    Returns:
+        The :class:`EigenReport`: the settings, one :class:`BlockReport` per block and ``source`` (what was
+        measured, on which data).
+
+    Raises:
+        UserError: bad input in one line: a target that is not one (or settings given where batches go), a
+            target that cannot be loaded, unusable data, a preconditioned sharpness without an optimizer state,
+            a memory plan that cannot fit, or an ``out`` report measured with other settings.
     """
+    if not isinstance(target, MeasureTarget):
+        raise UserError(f"measure() takes a target, got {type(target).__name__}: Checkpoint(path), "
+                        "PeftAdapter(path), AtInitialisation(method, model=...) or AdaptedModule(module) "
+                        "(as_target(path) tells a directory's kind).")
+    if settings is not None and not isinstance(settings, MeasureSettings):
+        raise UserError(f"measure()'s settings are a MeasureSettings, got {type(settings).__name__}: pass the data "
+                        "as batches=...")
     settings = settings if settings is not None else MeasureSettings()
+    # Under torchrun each process must own its GPU before anything is built on "cuda" (else every rank would
+    # load its model onto GPU 0): init_from_environment sets the device from LOCAL_RANK.
     distributed.init_from_environment()
-    loaded = None
+    loaded = target.load(settings, batches, device)
+    checkpoint = loaded.checkpoint
+    peft_model, tokenizer, source = loaded.model, loaded.tokenizer, loaded.source
     data_source = "batches"  # given by the caller, formatted already
-    if isinstance(adapter, nn.Module):
-        peft_model = adapter
-        check_hessian_precision(peft_model)  # fp32 (or float64) only: a bf16 base is refused, not measured
-        if batches is None and tokenizer is None:
-            raise UserError("pass batches=... or tokenizer=... (with task=...) along with your model.")
-        task = settings.task or DEFAULT_TASK
-        template = settings.prompt_template
-        source = dict(source) if source is not None else {"model": type(adapter).__name__}
-    else:
-        directory = resolve_adapter(adapter, revision=revision)
-        # a hub id is recorded as the id at the commit its files came from (the cache's snapshot folder)
-        where = ({"checkpoint": os.fspath(adapter), "revision": directory.name}
-                 if directory != Path(os.fspath(adapter)) else {"checkpoint": str(directory.resolve())})
-        loaded = load_adapter(directory, model=base_model, model_seed=model_seed, device=device,
-                              full_precision=True)
-        peft_model, tokenizer, meta = loaded.model, loaded.tokenizer, loaded.meta
-        task = settings.task or meta.task or DEFAULT_TASK
-        # None: the data's format decides (TRL's formats their own, a prompt/response pair chat), and is noticed
-        template = settings.prompt_template or meta.extra.get("prompt_template")
-        if not settings.prompt_template and template:  # the checkpoint's own: a bad one is that file's fault
-            try:
-                check_prompt_template(template)
-            except UserError as exc:
-                raise UserError(f"{Path(adapter)}: the prompt_template the checkpoint records is unusable: {exc} "
-                                "Pass --prompt-template to override it, or re-create the checkpoint.") from exc
-        source = dict(source) if source is not None else {
-            **where, "method": meta.adapter.method, "base_model": meta.base_model,
-            "rank": meta.adapter.rank, "alpha": meta.adapter.alpha, "step": peft_step(meta), "lr": meta.lr,
-            **({"format": "peft"} if meta.extra.get("format") == "peft" else {}),
-            **({"residual_base": meta.extra["residual_base"]} if meta.extra.get("residual_base") else {})}
-        probe_file = directory / PROBE_BATCHES_FILE
-        if batches is None and settings.task is None and probe_file.is_file():
-            # A Trainer checkpoint of a run with the SharpnessCallback: its probes' very tokens (integrations.py)
-            batches, data_source = load_batches(probe_file)
-            template = None
-    if settings.preconditioned and loaded is not None:
-        note = preconditioner_note(loaded.meta.adapter.method)
+    task = settings.task or loaded.task or DEFAULT_TASK
+    # None: the data's format decides (TRL's formats their own, a prompt/response pair chat), and is noticed
+    template = settings.prompt_template or loaded.template
+    if batches is None and settings.task is None and loaded.probe_file is not None:
+        # A Trainer checkpoint of a run with the SharpnessCallback: its probes' very tokens (integrations.py)
+        batches, data_source = load_batches(loaded.probe_file)
+        template = None
+    if settings.preconditioned and checkpoint is not None:
+        note = preconditioner_note(checkpoint.meta.adapter.method)
         if note is not None:  # LoFT: no diagonal Adam preconditioner; the report says so instead of a number
             settings = dataclasses.replace(settings, preconditioned=False)
             source = {**source, "preconditioner_note": note}
-    if settings.preconditioned and (loaded is None or loaded.optimizer_state is None):
+    if settings.preconditioned and (checkpoint is None or checkpoint.optimizer_state is None):
         raise UserError("the preconditioned sharpness needs a checkpoint saved with its optimizer state "
                         "(a training run).")
-    default_data = (batches is None and settings.task is None and loaded is not None and loaded.meta.task is None
-                    and loaded.meta.extra.get("format") == "peft")
+    default_data = batches is None and settings.task is None and loaded.plain_peft and loaded.task is None
     if default_data and distributed.is_main_process():
         # a plain peft directory records no training data: say so before measuring on a task it never saw
-        print(f"notice: {adapter} records no training data, so it is measured on the default task {task} "
+        print(f"notice: {loaded.name} records no training data, so it is measured on the default task {task} "
               f"({settings.samples} examples); pass --data FILE.jsonl (or --task) to measure it on your own data.",
               file=sys.stderr, flush=True)
     if batches is None:
         examples = settings_examples(dataclasses.replace(settings, task=task))
         guessed = (template is None and examples[0].format in ("pair", "completion") and not default_data
-                   and loaded is not None and loaded.meta.extra.get("format") == "peft")
+                   and loaded.plain_peft)
         template = applied_template(examples, template)
         if guessed and distributed.is_main_process():
             # a plain peft directory records how its prompts were formatted nowhere: say which template is assumed
-            print(f"notice: {adapter} records no prompt template, so prompts are formatted as {template}; pass "
+            print(f"notice: {loaded.name} records no prompt template, so prompts are formatted as {template}; pass "
                   "--prompt-template raw|chat|alpaca|'...{prompt}...' to format them as the adapter was trained.",
                   file=sys.stderr, flush=True)
         batch_list = make_batches(tokenizer, examples, settings.batch_size, max_length=settings.max_length,
@@ -201,7 +183,7 @@ def measure(
     was = {name: param.requires_grad for name, param in peft_model.named_parameters()}
     try:
         return _measure(peft_model, batch_list, settings, task=data_source,
-                        source=source, loaded=loaded, out=out, progress=progress)
+                        source=source, loaded=checkpoint, out=out, progress=progress)
     finally:
         for name, param in peft_model.named_parameters():
             param.requires_grad_(was[name])
@@ -246,22 +228,6 @@ def packed_batches(model: nn.Module, batches: Sequence[TokenBatch],
 
 def _loss(settings: MeasureSettings) -> LossFunction:
     return ChunkedHeadLoss(settings.lm_head_chunk) if settings.lm_head_chunk is not None else loss_sum
-
-
-def settings_examples(settings: MeasureSettings) -> list[Example]:
-    """The ``samples`` training examples of ``settings.task`` (default arith)."""
-    task = settings.task or DEFAULT_TASK
-    examples = load_task(task, seed=settings.data_seed, n_train=settings.samples, n_eval=0).train
-    if not examples:
-        raise UserError(f"task {task} gave no training examples: raise samples or use another task.")
-    return examples
-
-
-def settings_batches(tokenizer: Any, settings: MeasureSettings) -> list[TokenBatch]:
-    """The batches ``settings`` describe: ``samples`` training examples of ``task`` in ``batch_size`` batches,
-    formatted by ``prompt_template`` (None: the data's format's, :func:`~hessian_lora.data.applied_template`)."""
-    return make_batches(tokenizer, settings_examples(settings), settings.batch_size, max_length=settings.max_length,
-                        prompt_template=settings.prompt_template)
 
 
 def _measure(
@@ -566,7 +532,7 @@ _ADAPTER_OPTIONS = {"rank": "rank", "alpha": "alpha", "dropout": "dropout", "tar
 
 
 def eigen(
-    checkpoint: str | os.PathLike[str] | None = None,
+    target: str | os.PathLike[str] | MeasureTarget | None = None,
     *,
     revision: str | None = None,
     settings: MeasureSettings | None = None,
@@ -579,15 +545,17 @@ def eigen(
     progress: bool = True,
     **options: Any,
 ) -> EigenReport:
-    """Loss-Hessian eigenvalues of an adapter, block by block (see ``hessian-lora eigen --help``).
+    """Loss-Hessian eigenvalues of an adapter, block by block (see ``hessian-lora eigen --help``): the keyword
+    form of :func:`measure`, which builds the target the keywords name and measures it.
 
     Args:
-        checkpoint: a hessian-lora checkpoint, or a plain peft adapter directory (its base is ``model`` when
-            given, else its ``base_model_name_or_path``); either may be a hub repo id, at ``revision``.
+        target: a hessian-lora checkpoint, or a plain peft adapter directory (its base is ``model`` when given,
+            else its ``base_model_name_or_path``); either may be a hub repo id, at ``revision``. Or a target
+            (:class:`Checkpoint`, :class:`PeftAdapter`, :class:`AtInitialisation`, :class:`AdaptedModule`).
         revision: a hub adapter's branch, tag or commit.
         settings: what to measure; ``options`` naming :class:`MeasureSettings` fields override it, e.g.
             ``eigen(checkpoint, tol=1e-4, blocks="per-module")``.
-        model: the base model spec (``smollm2-135m``, ...) for ``method`` or a plain peft ``checkpoint``, or an
+        model: the base model spec (``smollm2-135m``, ...) for ``method`` or a plain peft ``target``, or an
             ``nn.Module`` whose trainable parameters are the adapter (then pass ``batches`` or ``tokenizer``).
         method: build this adapter at initialisation on ``model``: a method name (with the options ``rank``,
             ``alpha``, ``dropout``, ``targets``, ``adapter_seed``, ``loraplus_ratio``, ``pissa_niter``) or an
@@ -607,9 +575,10 @@ def eigen(
         A value not certified to ``tol`` is still returned, with ``converged=False`` and its ``stop_reason``.
 
     Raises:
-        UserError: bad input, in one line naming the file or option, the field and the fix: an unknown option, a
-            checkpoint or adapter that cannot be read or does not fit its base, unusable data, a memory plan that
-            cannot fit, or an ``out`` report measured with other settings.
+        UserError: bad input, in one line naming the file or option, the field and the fix: an unknown option,
+            keywords that name two adapters or none, a checkpoint or adapter that cannot be read or does not fit
+            its base, unusable data, a memory plan that cannot fit, or an ``out`` report measured with other
+            settings.
     """
     known = [field.name for field in dataclasses.fields(MeasureSettings)] + [*_ADAPTER_OPTIONS, "model_seed"]
     unknown = sorted(set(options) - set(known))
@@ -619,50 +588,45 @@ def eigen(
     model_seed = options.pop("model_seed", 0)
     adapter_options = {field: options.pop(name) for name, field in _ADAPTER_OPTIONS.items() if name in options}
     settings = MeasureSettings.with_overrides(settings, **options)
-    # Under torchrun each process must own its GPU before anything is built on "cuda" (else every rank would
-    # load its model onto GPU 0): init_from_environment sets the device from LOCAL_RANK.
-    distributed.init_from_environment()
-    if checkpoint is not None:
+    measured = _keyword_target(target, revision=revision, model=model, method=method, tokenizer=tokenizer,
+                               model_seed=model_seed, adapter_options=adapter_options)
+    return measure(measured, settings, batches=batches, device=device, out=out, progress=progress)
+
+
+def _keyword_target(
+    target: str | os.PathLike[str] | MeasureTarget | None,
+    *,
+    revision: str | None,
+    model: nn.Module | str | None,
+    method: str | AdapterConfig | None,
+    tokenizer: Any,
+    model_seed: int,
+    adapter_options: dict[str, Any],
+) -> MeasureTarget:
+    """The target :func:`eigen`'s keywords name: a path or target, a method (at initialisation) or a module."""
+    if target is not None:
         if method is not None or isinstance(model, nn.Module):
             raise UserError("give either a checkpoint or a method and model, not both.")
-        return measure(checkpoint, batches, settings, base_model=model, model_seed=model_seed, device=device,
-                       out=out, progress=progress, revision=revision)
+        return as_target(target, base=model, revision=revision, model_seed=model_seed)
     if revision is not None:
         raise UserError("revision picks a hub adapter's version: pass it with a checkpoint repo id.")
     if method is not None:
-        if isinstance(model, nn.Module):
-            raise UserError("a method builds an adapter on a base model spec: pass model as a name such as "
-                            "smollm2-135m, or pass your adapted nn.Module without method.")
-        if isinstance(method, AdapterConfig):
-            if adapter_options:
-                raise UserError(f"method is an AdapterConfig: set {', '.join(sorted(adapter_options))} in it "
-                                "instead of passing them to eigen().")
-            config = method
-        else:
-            if adapter_options.get("targets") is None:
-                adapter_options.pop("targets", None)  # None: AdapterConfig's default, all seven projections
-            config = AdapterConfig(method=method, **adapter_options)
-        return _eigen_at_initialisation(model, config, model_seed, device, batches, settings, out, progress)
+        # an nn.Module model is refused by AtInitialisation itself, in one line that says what to pass instead
+        spec: Any = model if model is not None else DEFAULT_MODEL
+        return AtInitialisation(_adapter_config(method, adapter_options), model=spec, model_seed=model_seed)
     if isinstance(model, nn.Module):
-        return measure(model, batches, settings, tokenizer=tokenizer, out=out, progress=progress)
+        return AdaptedModule(model, tokenizer)
     raise UserError("nothing to analyse: pass a CHECKPOINT directory, or a method (--method) with a model "
                     "(--model) to analyse an adapter at initialisation.")
 
 
-def _eigen_at_initialisation(
-    model_spec: str | None, config: AdapterConfig, model_seed: int, device: str | torch.device | None,
-    batches: Sequence[TokenBatch] | None, settings: MeasureSettings, out: str | os.PathLike[str] | None,
-    progress: bool,
-) -> EigenReport:
-    check_method_rank(config.method, config.rank)  # before the model loads: peft would raise a bare ValueError
-    spec = model_spec or DEFAULT_MODEL
-    settings = dataclasses.replace(settings, task=settings.task or DEFAULT_TASK)
-    # LoRA-GA estimates its gradient on the very batches the Hessian is measured on.
-    built = adapter_at_initialisation(
-        spec, config, model_seed=model_seed, device=device,
-        init_batches=batches if batches is not None else (lambda tokenizer: settings_batches(tokenizer, settings)))
-    source = {"method": config.method, "model": spec, "rank": config.rank, "alpha": config.lora_alpha,
-              "targets": list(config.targets), "adapter_seed": config.seed, "model_seed": model_seed,
-              "at": "initialisation"}
-    return measure(built.model, batches, settings, tokenizer=built.tokenizer, source=source, out=out,
-                   progress=progress)
+def _adapter_config(method: str | AdapterConfig, options: dict[str, Any]) -> AdapterConfig:
+    """``method`` with :func:`eigen`'s adapter options (a name), or ``method`` itself (an AdapterConfig)."""
+    if isinstance(method, AdapterConfig):
+        if options:
+            raise UserError(f"method is an AdapterConfig: set {', '.join(sorted(options))} in it "
+                            "instead of passing them to eigen().")
+        return method
+    if options.get("targets") is None:
+        options = {key: value for key, value in options.items() if key != "targets"}  # None: all seven projections
+    return AdapterConfig(method=method, **options)

@@ -37,6 +37,7 @@ from hessian_lora.measure import MeasureSettings, measure
 from hessian_lora.registry import METHODS, check_method_rank
 from hessian_lora.reports import ReportView
 from hessian_lora.runs import read_run_directory
+from hessian_lora.targets import AdaptedModule
 
 if TYPE_CHECKING:
     from hessian_lora.data import TokenBatch
@@ -329,7 +330,7 @@ def recommend(
         MeasureSettings.from_mapping(probe.get("eigen_options") or {}, source="the calibration's eigen_options"),
         blocks=blocks, modules=probe.get("modules") if per_module else None,
         layers=probe.get("layers") if per_module else None, max_length=int(probe.get("max_length") or 512))
-    report = measure(peft_model, batches, settings, progress=progress)
+    report = measure(AdaptedModule(peft_model), settings, batches=batches, progress=progress)
     lambda_max = lambda_from_report(report, cal.lambda_source)
     eta = cal.predict(lambda_max)
     return Recommendation(

@@ -10,6 +10,7 @@ import torch
 from hessian_lora.cli import main
 from hessian_lora.measure import MeasureSettings, measure
 from hessian_lora.registry import METHODS
+from hessian_lora.targets import Checkpoint
 
 # One layer of tiny-llama, four short examples: the point is that every tuner's parameters form the blocks.
 SETTINGS = MeasureSettings(task="arith", samples=4, batch_size=4, max_length=160, blocks="per-module", layers=(0,),
@@ -22,7 +23,7 @@ def test_init_then_per_module_eigen_is_certified_for_every_method(method: str, t
     assert main(["init", "--model", "tiny-llama", "--method", method, "--rank", "4", "--out", str(out)]) == 0
     meta = json.loads((out / "hessian_lora.json").read_text())
     assert "trainable parameters" in capsys.readouterr().out
-    report = measure(out, None, SETTINGS, progress=False)
+    report = measure(Checkpoint(out), SETTINGS, progress=False)
     from hessian_lora.checkpoint import load_checkpoint
 
     model = load_checkpoint(out).model
@@ -54,7 +55,7 @@ def test_loft_reports_the_preconditioner_note_instead_of_a_number(tmp_path) -> N
     save_checkpoint(tmp_path / "loft", built.model, meta, optimizer=optimizer)
     settings = MeasureSettings(task="arith", samples=2, batch_size=2, max_length=160, blocks="per-module",
                                layers=(0,), modules=("q_proj",), preconditioned=True, max_iter=30)
-    report = measure(tmp_path / "loft", None, settings, progress=False)
+    report = measure(Checkpoint(tmp_path / "loft"), settings, progress=False)
     assert report.source["preconditioner_note"] == PRECONDITIONER_NOTE
     assert all(block.preconditioned is None for block in report.blocks)
     assert torch.isfinite(torch.tensor(report.blocks[0].lambda_max))

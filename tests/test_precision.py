@@ -23,6 +23,7 @@ from hessian_lora.measure import MeasureSettings, measure
 from hessian_lora.models import load_model
 from hessian_lora.peft_adapters import load_adapter
 from hessian_lora.precision import bf16_supported, cast_base_weights, check_base_dtype
+from hessian_lora.targets import AdaptedModule, Checkpoint
 from hessian_lora.training.train import TrainConfig, train
 
 CPU = torch.device("cpu")
@@ -102,7 +103,7 @@ def test_measure_refuses_a_bf16_model(arith):
     batches = make_batches(tokenizer, arith.train[:4], 4, max_length=96)
     cast_base_weights(model, "bf16")
     with pytest.raises(UserError, match=r"the Hessian is measured in fp32.*bfloat16"):
-        measure(model, batches, MeasureSettings(max_iter=5))
+        measure(AdaptedModule(model), MeasureSettings(max_iter=5), batches=batches)
     from hessian_lora.training.dynamics import SharpnessProbe
 
     with pytest.raises(UserError, match=r"the training model holds bfloat16 weights"):
@@ -150,8 +151,9 @@ def test_a_checkpoint_recorded_in_bf16_is_measured_in_fp32(arith, tmp_path):
     for name, param in full.model.named_parameters():
         assert torch.equal(param, base_bf16[name].float())
     batches = make_batches(loaded.tokenizer, arith.train[:4], 4, max_length=96)
-    report = measure(tmp_path / "ckpt", batches, MeasureSettings(max_iter=8, tol=1e-2, blocks="per-module", modules=("q_proj",)),
-                     progress=False)
+    report = measure(Checkpoint(tmp_path / "ckpt"),
+                     MeasureSettings(max_iter=8, tol=1e-2, blocks="per-module", modules=("q_proj",)),
+                     batches=batches, progress=False)
     assert report.settings["dtype"] == "float32"
     assert all(block.lambda_max is not None for block in report.blocks)
 

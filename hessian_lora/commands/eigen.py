@@ -33,9 +33,10 @@ from hessian_lora.commands._threads import add_threads_argument, apply_threads
 from hessian_lora.datasets_io import looks_like_hub_dataset
 from hessian_lora.errors import UserError
 from hessian_lora.hessian import distributed
-from hessian_lora.registry import check_method_rank
+from hessian_lora.models import DEFAULT_MODEL
 from hessian_lora.settings.adapter import DEFAULT_TARGETS, AdapterConfig
 from hessian_lora.settings.measurement import CHOICES, MeasureSettings
+from hessian_lora.targets import AtInitialisation, MeasureTarget, as_target
 
 if TYPE_CHECKING:  # annotations only: the command line starts without torch (the engine loads it)
     from collections.abc import Sequence
@@ -152,21 +153,24 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_arguments(args)  # every check of the settings, before torch loads
     if args.checkpoint is None and args.method is None:
         raise UserError("pass a CHECKPOINT directory, or --method (and --model) to analyse an adapter at initialisation.")
-    method = None
-    if args.method is not None:
+    if args.checkpoint is not None and args.method is not None:
+        raise UserError(f"give either a CHECKPOINT ({args.checkpoint}) or --method {args.method}, not both: --method "
+                        "builds an adapter at initialisation in place of a checkpoint.")
+    if args.revision is not None and args.checkpoint is None:
+        raise UserError(f"--revision {args.revision} picks a hub adapter's version: pass it with a CHECKPOINT repo id.")
+    target: MeasureTarget | None = None
+    if args.method is not None:  # checked here (the rank, say), before the model loads or the report is touched
         targets = tuple(t.strip() for t in args.targets.split(",") if t.strip()) if args.targets else ()
-        method = AdapterConfig(method=args.method, rank=args.rank, alpha=args.alpha, seed=args.adapter_seed,
-                               targets=targets or DEFAULT_TARGETS)
-        check_method_rank(method.method, method.rank)
+        adapter = AdapterConfig(method=args.method, rank=args.rank, alpha=args.alpha, seed=args.adapter_seed,
+                                targets=targets or DEFAULT_TARGETS)
+        target = AtInitialisation(adapter, model=args.model or DEFAULT_MODEL, model_seed=args.model_seed)
     out = check_output_file(args.out, "--out")
     # Temporary files a killed write of this report left; only this report's, since a sweep or another eigen
     # may be writing beside it.
     remove_stale_temporaries(out.parent, name=out.name)
-
-    # The settings travel as eigen()'s keyword options (each a field), as a Python caller would pass them.
-    options = {field.name: getattr(settings, field.name) for field in dataclasses.fields(settings)}
-    report = measure.eigen(args.checkpoint, model=args.model, method=method, model_seed=args.model_seed, device=args.device,
-                   out=args.out, progress=not args.quiet, revision=args.revision, **options)
+    if target is None:  # a hub id is fetched here, once the report's place is known to be good
+        target = as_target(args.checkpoint, base=args.model, revision=args.revision, model_seed=args.model_seed)
+    report = measure.measure(target, settings, device=args.device, out=args.out, progress=not args.quiet)
 
     if distributed.is_main_process():
         _print_summary(report, args.out)

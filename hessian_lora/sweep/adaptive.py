@@ -62,6 +62,7 @@ from hessian_lora.sweep.search import (
     replay,
     search_status,
 )
+from hessian_lora.targets import AdaptedModule
 
 SEARCH_FORMAT = 1
 
@@ -248,7 +249,7 @@ def _lambda_at_init(config: SweepConfig, layout: RunLayout, key: InitKey, calibr
                                 batch_size=int(probe.get("batch_size") or 8),
                                 max_length=int(probe.get("max_length") or 512),
                                 prompt_template=config.prompt_template)
-        report = measure(model, batches, settings, out=out, progress=progress)
+        report = measure(AdaptedModule(model), settings, batches=batches, out=out, progress=progress)
     lambda_max = lambda_from_report(report, calibration.lambda_source)
     if at_init is not None:
         at_init(model, tokenizer, key)

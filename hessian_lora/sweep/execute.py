@@ -35,6 +35,7 @@ from hessian_lora.rundir import RunLayout, Status
 from hessian_lora.sandbox import code_confinement
 from hessian_lora.sweep.config import RunSpec, SweepConfig
 from hessian_lora.sweep.init_reuse import inputs_digest, reuse_identical_report
+from hessian_lora.targets import AdaptedModule, Checkpoint
 from hessian_lora.training import train as train_loop
 from hessian_lora.training.dynamics import SharpnessProbe
 
@@ -245,9 +246,9 @@ def eigen_report(
     if present). No progress bars: the sweep's own bar reports the run."""
     settings = config.hessian.measure
     if checkpoint is not None:
-        return measure(checkpoint, batches, dataclasses.replace(settings, preconditioned=True, lr=lr), out=out,
-                       progress=False)
-    return measure(model, batches, settings, out=out, progress=False)
+        return measure(Checkpoint(checkpoint), dataclasses.replace(settings, preconditioned=True, lr=lr),
+                       batches=batches, out=out, progress=False)
+    return measure(AdaptedModule(model), settings, batches=batches, out=out, progress=False)
 
 
 def _headline_lambda(report: Any) -> float | None:

@@ -58,7 +58,9 @@ def test_dora_norm_reaches_the_measurement(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.chdir(tmp_path)
     seen = {}
     # An empty report: nothing uncertified, so the command exits 0.
-    monkeypatch.setattr(measure, "eigen", lambda *args, **kwargs: seen.update(kwargs) or SimpleNamespace(blocks=()))
+    # The command builds the target and calls the one entry, measure(target, settings, ...).
+    monkeypatch.setattr(measure, "measure",
+                        lambda target, settings, **kwargs: seen.update(vars(settings)) or SimpleNamespace(blocks=()))
     monkeypatch.setattr("hessian_lora.commands.eigen._print_summary", lambda *args: None)
     for argv, expected in (([], "detached"), (["--dora-norm", "differentiated"], "differentiated")):
         args = build_parser().parse_args(["eigen", "--method", "dora", "--out", "x.json", *argv])
@@ -128,7 +130,8 @@ def test_block_size_and_one_at_a_time_reach_the_measurement(tmp_path: Path, monk
 
     monkeypatch.chdir(tmp_path)
     seen = {}
-    monkeypatch.setattr(measure, "eigen", lambda *args, **kwargs: seen.update(kwargs) or SimpleNamespace(blocks=()))
+    monkeypatch.setattr(measure, "measure",
+                        lambda target, settings, **kwargs: seen.update(vars(settings)) or SimpleNamespace(blocks=()))
     monkeypatch.setattr("hessian_lora.commands.eigen._print_summary", lambda *args: None)
     for argv, block_size, together in (([], None, True), (["--block-size", "rank"], "rank", True),
                                        (["--block-size", "4", "--one-at-a-time"], 4, False)):

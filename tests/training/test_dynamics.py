@@ -54,6 +54,7 @@ def test_live_preconditioner_matches_the_checkpoint_measurement(arith, tmp_path)
     # LoRA+ (two groups): the live probe and measure() on the saved checkpoint agree on λ̃ and λ_max.
     from hessian_lora.checkpoint import CheckpointMeta, save_checkpoint
     from hessian_lora.measure import MeasureSettings, measure
+    from hessian_lora.targets import Checkpoint
 
     settings = DuringSettings(every=4, tol=1e-6, max_iter=200, warm_start=False)
     model, optimizer, probe, _ = _run(arith, method="loraplus", dropout=0.0, probe_settings=settings, steps=4)
@@ -61,8 +62,9 @@ def test_live_preconditioner_matches_the_checkpoint_measurement(arith, tmp_path)
     meta = CheckpointMeta.from_config(config, base_model="tiny-llama", task="arith", model_seed=0,
                                       dtype=torch.float32, lr=3e-3, step=4)
     save_checkpoint(tmp_path / "ck", model, meta, optimizer=optimizer)
-    report = measure(tmp_path / "ck", probe.batches,
-                     MeasureSettings(preconditioned=True, smallest=False, tol=1e-6, max_iter=200), progress=False)
+    report = measure(Checkpoint(tmp_path / "ck"),
+                     MeasureSettings(preconditioned=True, smallest=False, tol=1e-6, max_iter=200),
+                     batches=probe.batches, progress=False)
     last = probe.history[-1]
     assert last.step == 4
     assert last.lambda_max == pytest.approx(report.blocks[0].lambda_max, rel=1e-4)

@@ -60,10 +60,11 @@ def _sft_run(tiny, tmp_path, *, mode: str, logging_steps: int, every: int, max_s
     trainer.train()
     if sharpness is not None:  # the last probe measured the final state: so does an offline measurement
         from hessian_lora.measure import MeasureSettings, measure
+        from hessian_lora.targets import AdaptedModule
 
         with full_precision_forward(trainer.model):
-            report = measure(trainer.model, sharpness.probe.batches,
-                             MeasureSettings(smallest=False, tol=1e-6, max_iter=200), progress=False)
+            report = measure(AdaptedModule(trainer.model), MeasureSettings(smallest=False, tol=1e-6, max_iter=200),
+                             batches=sharpness.probe.batches, progress=False)
         last = next(entry for entry in reversed(trainer.state.log_history) if PREFIX + "lambda_max" in entry)
         assert last["step"] == max_steps
         assert last[PREFIX + "lambda_max"] == pytest.approx(report.blocks[0].lambda_max,
@@ -138,6 +139,7 @@ def test_callback_logs_equal_offline_measurements(tiny, tmp_path):
     from hessian_lora.hessian.preconditioned import preconditioned_sharpness
     from hessian_lora.measure import MeasureSettings, measure
     from hessian_lora.preconditioning import optimizer_preconditioner
+    from hessian_lora.targets import AdaptedModule
 
     task = load_task("arith", seed=0, n_train=16, n_eval=0)
     encoded = [tokenize_example(tiny.tokenizer, example, 96) for example in task.train]
@@ -158,8 +160,8 @@ def test_callback_logs_equal_offline_measurements(tiny, tmp_path):
                 assert "_original_forward" in model.__dict__
             batches = sharpness.probe.batches
             with full_precision_forward(model):
-                report = measure(model, batches, MeasureSettings(smallest=False, tol=1e-6, max_iter=200),
-                                 progress=False)
+                report = measure(AdaptedModule(model), MeasureSettings(smallest=False, tol=1e-6, max_iter=200),
+                                 batches=batches, progress=False)
                 block = WholeAdapter().blocks(model)[0]
                 inner = getattr(optimizer, "optimizer", optimizer)
                 diagonal, adam = optimizer_preconditioner(live_optimizer_state(model, inner), block.names)
