@@ -58,10 +58,9 @@ def _one_line(error: pytest.ExceptionInfo[UserError]) -> str:
 
 def test_the_settings_choices_and_the_command_line_are_the_tables() -> None:
     assert SOLVERS == solvers.names() == tuple(solvers.TABLE) and CHOICES["solver"] == SOLVERS
-    assert PROBE_SOLVERS == tuple(name for name, spec in solvers.TABLE.items() if spec.warm_starts)
+    assert tuple(name for name, spec in solvers.TABLE.items() if spec.warm_starts) == PROBE_SOLVERS
     assert solvers.DEFAULT_SOLVER == MeasureSettings().solver == DuringSettings().solver == solvers.names()[0]
-    help_text = dataclasses.fields(MeasureSettings)[[f.name for f in dataclasses.fields(MeasureSettings)]
-                                                    .index("solver")].metadata["help"]
+    (help_text,) = [f.metadata["help"] for f in dataclasses.fields(MeasureSettings) if f.name == "solver"]
     assert all(f"{name} ({spec.summary})" in help_text for name, spec in solvers.TABLE.items())
 
 
