@@ -42,11 +42,10 @@ from hessian_lora.data import (
     packing_of,
 )
 from hessian_lora.errors import UserError
-from hessian_lora.hessian import distributed
+from hessian_lora.hessian import distributed, solvers
 from hessian_lora.hessian.density import spectral_density
 from hessian_lora.hessian.dora import has_dora
 from hessian_lora.hessian.filters import ParameterBlock, PerModule, WholeAdapter
-from hessian_lora.hessian.lanczos import lanczos
 from hessian_lora.hessian.memory_plan import free_memory, packing_tokens, plan_memory
 from hessian_lora.hessian.operator import (
     DIRECTIONS_PER_PASS,
@@ -55,9 +54,7 @@ from hessian_lora.hessian.operator import (
     LossFunction,
     resolve_backend,
 )
-from hessian_lora.hessian.power import power_iteration
 from hessian_lora.hessian.preconditioned import preconditioned_sharpness
-from hessian_lora.hessian.pyhessian_compat import pyhessian_power_iteration
 from hessian_lora.hessian.results import BlockReport, EigenReport, EigenResult, IterationRecord
 from hessian_lora.hessian.scan import scan_blocks
 from hessian_lora.hessian.starts import StartVectors, block_starts, start_vectors
@@ -299,7 +296,7 @@ def _scan_together(
     largest = max(blocks, key=lambda block: block.numel)
     first = largest.parameters[0]
     plan = plan_memory(model, batches, block_parameters=largest.numel, dtype=first.dtype, device=first.device,
-                       max_iter=s.max_iter, keep_products=s.solver == "lanczos", krylov_gib=s.krylov_memory,
+                       max_iter=s.max_iter, solver=s.solver, krylov_gib=s.krylov_memory,
                        reuse=s.reuse, head_chunk=s.lm_head_chunk, directions_per_pass=DIRECTIONS_PER_PASS)
     # Every block of a group keeps its own Krylov vectors at once: a group is as many blocks as fit the budget.
     group = max(1, int((plan.budget_bytes + plan.host_bytes) // max(plan.krylov_bytes, 1)))
@@ -375,7 +372,7 @@ def _analyse_block(
     operator = HessianOperator(model, batches, block, backend=s.backend, reuse=s.reuse, dora_norm=s.dora_norm,
                                loss_fn=_loss(s))
     plan = plan_memory(model, operator.batches, block_parameters=operator.size, dtype=operator.dtype,
-                       device=operator.device, max_iter=s.max_iter, keep_products=s.solver == "lanczos",
+                       device=operator.device, max_iter=s.max_iter, solver=s.solver,
                        krylov_gib=s.krylov_memory, reuse=operator.reuse, head_chunk=operator.head_chunk,
                        directions_per_pass=operator.directions_per_pass)
     operator.follow_plan(plan)
@@ -410,7 +407,7 @@ def _analyse_block(
             diagonal, adam = checkpoint_preconditioner(loaded, block.names)
             preconditioned_result = preconditioned_sharpness(
                 operator, diagonal, lr=s.lr if s.lr is not None else adam["lr"], beta1=adam["beta1"],
-                eps=adam["eps"], step=int(adam["step"]), solver="power" if s.solver == "power" else "lanczos",
+                eps=adam["eps"], step=int(adam["step"]), solver=s.solver,
                 tol=s.tol, max_iter=s.max_iter, seed=s.seed, memory=plan.krylov_memory())
     hvps = result.hvps + sum(part.hvps for part in (trace_result, density_result) if part is not None)
     if preconditioned_result is not None:
@@ -434,19 +431,25 @@ def _new_scan_group() -> str:
 
 @dataclasses.dataclass(frozen=True)
 class _Start:
-    """A block's Lanczos start (None: random) and the seconds building it took (first-order passes, SVDs)."""
+    """A block's built start (None: random) and the seconds building it took (first-order passes, SVDs)."""
 
     vectors: StartVectors | None
     seconds: float = 0.0
 
 
-def _which(s: MeasureSettings) -> str:
-    return "both" if s.smallest and s.solver == "lanczos" else "largest"
+def _which(s: MeasureSettings) -> solvers.Which:
+    """Both ends when λ_min is asked for and the solver finds it (else the settings record smallest as off)."""
+    return "both" if s.smallest and solvers.get(s.solver).finds_smallest else "largest"
+
+
+def _builds_start(s: MeasureSettings) -> bool:
+    """Whether ``s`` asks for a built start (structured, gradient) its solver takes (the settings refuse others)."""
+    return s.start != "random" and solvers.get(s.solver).block_starts
 
 
 def _block_start(operator: HessianOperator, s: MeasureSettings) -> _Start:
     """The start ``s.start`` asks for on one block's own operator."""
-    if s.solver != "lanczos" or s.start == "random":
+    if not _builds_start(s):
         return _Start(None)
     began = time.perf_counter()
     vectors = start_vectors(operator, s.start, which=_which(s), seed=s.seed)
@@ -455,7 +458,7 @@ def _block_start(operator: HessianOperator, s: MeasureSettings) -> _Start:
 
 def _group_starts(operator: HessianOperator, members: Sequence[ParameterBlock], s: MeasureSettings) -> list[_Start]:
     """Every block's start of a scan group from the union operator's shared first-order passes."""
-    if s.solver != "lanczos" or s.start == "random":
+    if not _builds_start(s):
         return [_Start(None) for _ in members]
     began = time.perf_counter()
     position = {name: i for i, name in enumerate(operator.names)}
@@ -467,22 +470,20 @@ def _group_starts(operator: HessianOperator, members: Sequence[ParameterBlock], 
 
 def _solve(operator: LinearOperator, s: MeasureSettings, callback: Any, memory: KrylovMemory, *,
            block: ParameterBlock, start: _Start | None = None) -> EigenResult:
-    if s.solver == "lanczos":
-        vectors = start.vectors if start is not None else None
-        result = lanczos(operator, k=s.top_k, which="both" if s.smallest else "largest", tol=s.tol,
-                         max_iter=s.max_iter, seed=s.seed, callback=callback, memory=memory,
-                         block_size=start_block(s, block),
-                         start=vectors.rows if vectors is not None else None)
-        if vectors is None or start is None:
-            return result
-        # The report says what the start was and what building it cost (its seconds are the block's too).
-        details = {**result.details, "start_random_share": vectors.random_share,
-                   "start_first_order_passes": float(vectors.passes), "start_seconds": start.seconds,
-                   "start_structured": float(vectors.random_share < 1.0)}
-        return dataclasses.replace(result, details=details, seconds=result.seconds + start.seconds)
-    if s.solver == "power":
-        return power_iteration(operator, k=s.top_k, tol=s.tol, max_iter=s.max_iter, seed=s.seed, callback=callback)
-    return pyhessian_power_iteration(operator, max_iter=s.max_iter, tol=s.tol, top_n=s.top_k, seed=s.seed)
+    """``s.solver``'s result on one block, dispatched through the solver table (hessian/solvers.py)."""
+    spec = solvers.get(s.solver)
+    vectors = start.vectors if start is not None else None
+    request = solvers.SolveRequest(
+        k=s.top_k, which=_which(s), tol=s.tol, max_iter=s.max_iter, seed=s.seed, callback=callback, memory=memory,
+        block_size=start_block(s, block), start=vectors.rows if vectors is not None else None)
+    result = spec.run(operator, request)
+    if vectors is None or start is None:
+        return result
+    # The report says what the start was and what building it cost (its seconds are the block's too).
+    details = {**result.details, "start_random_share": vectors.random_share,
+               "start_first_order_passes": float(vectors.passes), "start_seconds": start.seconds,
+               "start_structured": float(vectors.random_share < 1.0)}
+    return dataclasses.replace(result, details=details, seconds=result.seconds + start.seconds)
 
 
 def start_block(settings: MeasureSettings, block: ParameterBlock) -> int | None:

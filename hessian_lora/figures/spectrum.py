@@ -18,6 +18,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 from hessian_lora.analysis.claims import PAPER_LAMBDA_RATIO, UP_TO, per_module_ratios
 from hessian_lora.figures._style import method_style, new_figure
 from hessian_lora.hessian.filters import layer_index
+from hessian_lora.hessian.solvers import label as solver_label
 from hessian_lora.registry import method_color, method_label, method_sort_key
 from hessian_lora.reports import BlockPart, BlockView, ReportView, module_kind
 from hessian_lora.runs import RunDirectory
@@ -263,8 +264,7 @@ def figure_convergence(directory: RunDirectory) -> Figure | None:
     for axes in (left, right):
         axes.grid(True, alpha=0.3)
     left.legend(fontsize=7.5)
-    names = {"lanczos": "Lanczos", "power": "power iteration"}
-    solver_text = " / ".join(names.get(solver, solver) for solver in sorted(solvers))
+    solver_text = " / ".join(dict.fromkeys(solver_label(solver) for solver in sorted(solvers)))
     flagged = f"; {uncertified} of {len(reports)} not certified" if uncertified else "; all certified"
     figure.suptitle(rf"Convergence of {solver_text} for $\lambda_{{\max}}$ at initialisation (lowest seed{flagged})",
                     fontsize=11)

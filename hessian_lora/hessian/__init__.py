@@ -7,8 +7,10 @@ token-weighted mean loss over a parameter block (chosen by a filter); free-funct
 blocks at once over shared passes. The engine knows nothing of checkpoints,
 models or sweeps: :mod:`hessian_lora.measure` strings it together for an adapter (``hessian_lora.eigen``).
 
-Importing the package imports no torch: the filters and the result records load at once (reading a report back
-needs nothing more: ``hessian_lora.reports``, the analysis), the operators and solvers on first use (PEP 562).
+Importing the package imports no torch: the result records load at once (reading a report back needs nothing
+more: ``hessian_lora.reports``, the analysis), the filters, operators and solvers on first use (PEP 562). The
+filters wait too because they read the settings, which read the solver table (:mod:`.solvers`) in this package:
+loaded at once, importing the settings first would come back to them half-made.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-from hessian_lora.hessian.filters import ByName, ParameterBlock, ParameterFilter, PerModule, WholeAdapter
 from hessian_lora.hessian.results import (
     BlockReport,
     DensityResult,
@@ -33,8 +34,10 @@ from hessian_lora.hessian.thresholds import adam_thresholds, stability_ratios
 if TYPE_CHECKING:
     from hessian_lora.hessian.density import spectral_density
     from hessian_lora.hessian.dora import differentiated_dora_norm
+    from hessian_lora.hessian.filters import ByName, ParameterBlock, ParameterFilter, PerModule, WholeAdapter
     from hessian_lora.hessian.lanczos import lanczos
     from hessian_lora.hessian.operator import (
+        BaseOperator,
         DenseOperator,
         DiagonalOperator,
         HessianOperator,
@@ -49,11 +52,17 @@ if TYPE_CHECKING:
     from hessian_lora.hessian.storage import KrylovMemory, MemoryTier
     from hessian_lora.hessian.trace import hutchinson, hutchplusplus
 
-# The torch-bound names and the submodule each is read from on first access.
+# The torch-bound names (and the filters, see above) and the submodule each is read from on first access.
 _LAZY: dict[str, str] = {
+    "ByName": "filters",
+    "ParameterBlock": "filters",
+    "ParameterFilter": "filters",
+    "PerModule": "filters",
+    "WholeAdapter": "filters",
     "spectral_density": "density",
     "differentiated_dora_norm": "dora",
     "lanczos": "lanczos",
+    "BaseOperator": "operator",
     "DenseOperator": "operator",
     "DiagonalOperator": "operator",
     "HessianOperator": "operator",
@@ -102,6 +111,7 @@ class _Package(types.ModuleType):
 sys.modules[__name__].__class__ = _Package
 
 __all__ = [
+    "BaseOperator",
     "BlockReport",
     "BlockView",
     "ByName",

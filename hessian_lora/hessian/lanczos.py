@@ -92,6 +92,7 @@ from hessian_lora.hessian._numerics import (
 from hessian_lora.hessian.operator import LinearOperator
 from hessian_lora.hessian.reductions import dot, inner, norm
 from hessian_lora.hessian.results import EigenResult, IterationRecord
+from hessian_lora.hessian.solvers import SolveRequest
 from hessian_lora.hessian.storage import PAGE_ROWS, KrylovMemory, VectorStore, placements
 
 Which = Literal["largest", "smallest", "both"]
@@ -485,6 +486,21 @@ class _Checked:
     estimated: bool  # the recurrence's estimates alone would have certified every requested value
     hvps: int
     orthogonality_loss: float  # max |‖V s‖ − 1| over the checked Ritz vectors
+
+
+def solve(operator: LinearOperator, request: SolveRequest) -> EigenResult:
+    """The solver table's entry (:mod:`hessian_lora.hessian.solvers`): :func:`lanczos` with ``request``'s options.
+
+    Args:
+        operator: the symmetric operator.
+        request: k, which end(s), tol, max_iter, seed, start rows, block size, callback and Krylov memory.
+
+    Returns:
+        :func:`lanczos`'s result.
+    """
+    return lanczos(operator, k=request.k, which=request.which, tol=request.tol, max_iter=request.max_iter,
+                   seed=request.seed, start=request.start, callback=request.callback, block_size=request.block_size,
+                   memory=request.memory)
 
 
 def _check(operator: LinearOperator, state: LanczosStep, k: int, which: str, certificate: str, tol: float, *,

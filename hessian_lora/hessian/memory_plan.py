@@ -51,6 +51,7 @@ from hessian_lora._numbers import (
 )
 from hessian_lora.data import TokenBatch
 from hessian_lora.errors import UserError
+from hessian_lora.hessian import solvers
 from hessian_lora.hessian.storage import KrylovMemory
 
 # Floats per unit of each term of the fit above (bench/memory_plan.py prints the fit and its residuals).
@@ -253,7 +254,7 @@ def plan_memory(
     dtype: torch.dtype,
     device: torch.device,
     max_iter: int,
-    keep_products: bool = True,
+    solver: str = solvers.DEFAULT_SOLVER,
     krylov_gib: float | None = None,
     reuse: bool | str = "auto",
     free_bytes: int | None = None,
@@ -267,7 +268,8 @@ def plan_memory(
     ``krylov_gib`` (``--krylov-memory``) fixes the Krylov vectors' room on the device (accelerators: and as much
     again of pinned host memory at most ``HOST_SHARE`` of the host's free memory); None sizes it from the free
     memory. ``free_bytes`` / ``host_free_bytes`` override the measured free memory (tests). ``head_chunk``: the
-    chunked LM head's chunk (None: the plain head). ``batching``: ``"auto"`` chooses (:func:`choose_batching`)
+    chunked LM head's chunk (None: the plain head). ``solver``: whose kept vectors are charged (the solver
+    table's ``keeps``: ``max_iter`` steps of them). ``batching``: ``"auto"`` chooses (:func:`choose_batching`)
     for ``directions_per_pass`` directions a pass; a vmap pass is charged its directions.
     """
     device = torch.device(device)
@@ -281,7 +283,10 @@ def plan_memory(
     free = int(free_bytes if free_bytes is not None else free_memory(device))
     host_free = int(host_free_bytes if host_free_bytes is not None else
                     (free_memory(torch.device("cpu")) if device.type != "cpu" else 0))
-    krylov_vectors = max_iter * (2 if keep_products else 1)
+    # What the solver keeps per iteration, as the solver table says (Lanczos: its basis and the products).
+    spec = solvers.get(solver)
+    keep_products = spec.keeps == "basis_and_products"
+    krylov_vectors = max_iter * spec.vectors_per_step
     work = WORK_VECTORS * vector
     batched = (activation_bytes(model, *largest, head_chunk=head_chunk, directions=directions_per_pass)
                if shapes else None)

@@ -159,7 +159,36 @@ class LinearOperator(ABC):
         return torch.stack([self.matvec(column) for column in eye], dim=1)
 
 
-class DenseOperator(LinearOperator):
+class BaseOperator(LinearOperator):
+    """A :class:`LinearOperator` that holds its size, dtype and device, given once to ``__init__``: the base of
+    the engine's operators, so that a subclass writes its ``matvec`` (and ``matmat`` where it batches) only.
+
+    Args:
+        size: the number of entries of the vectors it acts on.
+        dtype: their dtype.
+        device: their device.
+    """
+
+    def __init__(self, size: int, dtype: torch.dtype, device: torch.device | str) -> None:
+        self._size, self._dtype, self._device = int(size), dtype, torch.device(device)
+
+    @property
+    def size(self) -> int:
+        """Number of entries of the vectors the operator acts on."""
+        return self._size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the vectors it acts on and returns."""
+        return self._dtype
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the vectors it acts on and returns."""
+        return self._device
+
+
+class DenseOperator(BaseOperator):
     """An explicit symmetric matrix (closed-form checks, dense references)."""
 
     def __init__(self, matrix: torch.Tensor) -> None:
@@ -171,23 +200,9 @@ class DenseOperator(LinearOperator):
         if asymmetry > 1e3 * torch.finfo(matrix.dtype).eps * scale:
             raise UserError(f"the matrix is not symmetric (max |A - Aᵀ| = {asymmetry:.3g} for max |A| = {scale:.3g}): "
                             "the eigen-solvers assume a symmetric operator; pass (A + Aᵀ)/2.")
+        super().__init__(matrix.shape[0], matrix.dtype, matrix.device)
         self.matrix = matrix
         self.calls = 0
-
-    @property
-    def size(self) -> int:
-        """Number of entries of the vectors the operator acts on."""
-        return int(self.matrix.shape[0])
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of the vectors it acts on and returns."""
-        return self.matrix.dtype
-
-    @property
-    def device(self) -> torch.device:
-        """The device of the vectors it acts on and returns."""
-        return self.matrix.device
 
     def matvec(self, vector: torch.Tensor) -> torch.Tensor:
         """The operator applied to one flat vector of ``size`` entries."""
@@ -195,29 +210,15 @@ class DenseOperator(LinearOperator):
         return self.matrix @ vector.to(self.matrix)
 
 
-class DiagonalOperator(LinearOperator):
+class DiagonalOperator(BaseOperator):
     """diag(d) for a flat vector d: a known spectrum at any size (checks of the solvers at millions of entries)."""
 
     def __init__(self, diagonal: torch.Tensor) -> None:
         if diagonal.ndim != 1:
             raise ValueError(f"need a flat diagonal, got shape {tuple(diagonal.shape)}")
+        super().__init__(diagonal.shape[0], diagonal.dtype, diagonal.device)
         self.diagonal = diagonal
         self.calls = 0
-
-    @property
-    def size(self) -> int:
-        """Number of entries of the vectors the operator acts on."""
-        return int(self.diagonal.shape[0])
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of the vectors it acts on and returns."""
-        return self.diagonal.dtype
-
-    @property
-    def device(self) -> torch.device:
-        """The device of the vectors it acts on and returns."""
-        return self.diagonal.device
 
     def matvec(self, vector: torch.Tensor) -> torch.Tensor:
         """The operator applied to one flat vector of ``size`` entries."""
@@ -225,29 +226,15 @@ class DiagonalOperator(LinearOperator):
         return self.diagonal * vector.to(self.diagonal)
 
 
-class ScaledOperator(LinearOperator):
+class ScaledOperator(BaseOperator):
     """D H D for a diagonal D given as a flat vector (symmetric preconditioning, P^-1/2 H P^-1/2)."""
 
     def __init__(self, inner: LinearOperator, diagonal: torch.Tensor) -> None:
         if diagonal.shape != (inner.size,):
             raise ValueError(f"diagonal has shape {tuple(diagonal.shape)}, the operator size is {inner.size}")
+        super().__init__(inner.size, inner.dtype, inner.device)
         self.inner = inner
         self.diagonal = diagonal.to(device=inner.device, dtype=inner.dtype)
-
-    @property
-    def size(self) -> int:
-        """Number of entries of the vectors the operator acts on."""
-        return self.inner.size
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of the vectors it acts on and returns."""
-        return self.inner.dtype
-
-    @property
-    def device(self) -> torch.device:
-        """The device of the vectors it acts on and returns."""
-        return self.inner.device
 
     def matvec(self, vector: torch.Tensor) -> torch.Tensor:
         """The operator applied to one flat vector of ``size`` entries."""
@@ -263,7 +250,7 @@ class ScaledOperator(LinearOperator):
 ParameterSpec = ParameterBlock | Mapping[str, nn.Parameter] | Sequence[nn.Parameter] | Sequence[tuple[str, nn.Parameter]]
 
 
-class HessianOperator(LinearOperator):
+class HessianOperator(BaseOperator):
     """∇²_θ of the token-weighted mean loss over ``batches``, θ = ``params``, everything else fixed.
 
     ``reuse``: ``True`` keeps every batch's first-order graph between products (double backward only),
@@ -306,11 +293,11 @@ class HessianOperator(LinearOperator):
         dtypes = {p.dtype for p in self.params}
         if len(dtypes) != 1:
             raise UserError(f"the block mixes dtypes {sorted(map(str, dtypes))}: load the model in one dtype.")
-        self._dtype = self.params[0].dtype
-        if self._dtype not in (torch.float32, torch.float64):
-            raise UserError(f"Hessian work needs float32 or float64 parameters, got {self._dtype}: "
+        dtype = self.params[0].dtype
+        if dtype not in (torch.float32, torch.float64):
+            raise UserError(f"Hessian work needs float32 or float64 parameters, got {dtype}: "
                             "load the model with dtype=torch.float32 (Lanczos is unstable in low precision).")
-        self._device = self.params[0].device
+        super().__init__(sum(p.numel() for p in self.params), dtype, self.params[0].device)
         self.backend = resolve_backend(backend, self._device)
         if reuse not in (True, False, "auto"):
             raise UserError(f"reuse must be True, False or 'auto', got {reuse!r}.")
@@ -349,7 +336,6 @@ class HessianOperator(LinearOperator):
             self.batching, self.batching_reason = self._auto_batching()
         self._shapes = [p.shape for p in self.params]
         self._numels = [p.numel() for p in self.params]
-        self._size = sum(self._numels)
         self.calls = 0
         self._graphs: dict[int, tuple[torch.Tensor, ...]] = {}
         self._uncached: set[int] = set()
@@ -359,21 +345,6 @@ class HessianOperator(LinearOperator):
         # Called as on_batch(done, total, directions) after each local batch of a product or of a batched call
         # (progress of long products; ``directions`` is how many products that call makes).
         self.on_batch: Callable[[int, int, int], None] | None = None
-
-    @property
-    def size(self) -> int:
-        """Number of entries of the vectors the operator acts on."""
-        return self._size
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of the vectors it acts on and returns."""
-        return self._dtype
-
-    @property
-    def device(self) -> torch.device:
-        """The device of the vectors it acts on and returns."""
-        return self._device
 
     @property
     def cached_batches(self) -> int:

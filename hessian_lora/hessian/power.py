@@ -40,6 +40,7 @@ from hessian_lora.hessian._numerics import (
 from hessian_lora.hessian.operator import LinearOperator
 from hessian_lora.hessian.reductions import dot, inner, norm
 from hessian_lora.hessian.results import EigenResult, IterationRecord
+from hessian_lora.hessian.solvers import SolveRequest
 
 
 def power_iteration(
@@ -166,6 +167,22 @@ def power_iteration(
         largest_bounds=tuple(max(residuals[i], NOISE_FLOOR_EPS * torch.finfo(dtype).eps * spectral_radius)
                              for i in order),
     )
+
+
+def solve(operator: LinearOperator, request: SolveRequest) -> EigenResult:
+    """The solver table's entry (:mod:`hessian_lora.hessian.solvers`): shifted :func:`power_iteration` with
+    ``request``'s options; a start block's first row is the first iterate (the others are drawn as before).
+
+    Args:
+        operator: the symmetric operator.
+        request: k, tol, max_iter, seed, start rows and callback (the largest end only).
+
+    Returns:
+        :func:`power_iteration`'s result.
+    """
+    start = request.start.reshape(-1, operator.size)[0] if request.start is not None else None
+    return power_iteration(operator, k=request.k, tol=request.tol, max_iter=request.max_iter, seed=request.seed,
+                           start=start, callback=request.callback)
 
 
 def _orthonormal(vector: torch.Tensor, found: list[torch.Tensor]) -> torch.Tensor:

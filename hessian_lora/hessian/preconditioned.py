@@ -16,10 +16,9 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from hessian_lora.errors import UserError
+from hessian_lora.hessian import solvers
 from hessian_lora.hessian._numerics import Callback
-from hessian_lora.hessian.lanczos import lanczos
 from hessian_lora.hessian.operator import LinearOperator, ScaledOperator
-from hessian_lora.hessian.power import power_iteration
 from hessian_lora.hessian.results import PreconditionedResult
 from hessian_lora.hessian.storage import KrylovMemory
 from hessian_lora.hessian.thresholds import adam_thresholds as adam_thresholds  # re-exported: its old home
@@ -53,26 +52,44 @@ def preconditioned_sharpness(
     beta1: float,
     eps: float,
     step: int,
-    solver: str = "lanczos",
+    solver: str = solvers.DEFAULT_SOLVER,
     tol: float = 1e-3,
     max_iter: int = 100,
     seed: int = 0,
     callback: Callback | None = None,
     memory: KrylovMemory | None = None,
 ) -> PreconditionedResult:
-    """λ₁(P⁻¹H) for the diagonal ``preconditioner`` P, by ``solver`` on P^-1/2 H P^-1/2."""
+    """λ₁(P⁻¹H) for the diagonal ``preconditioner`` P, on P^-1/2 H P^-1/2, by the solver the table names for
+    ``solver`` (:func:`hessian_lora.hessian.solvers.preconditioned_solver`: Lanczos for PyHessian's).
+
+    Args:
+        operator: H.
+        preconditioner: P's diagonal (flat, positive).
+        lr: the learning rate of the thresholds (None: no thresholds).
+        beta1: Adam's β₁.
+        eps: Adam's ε (recorded).
+        step: the optimizer step (recorded).
+        solver: the measurement's solver.
+        tol: the relative residual.
+        max_iter: the iteration cap.
+        seed: the start vector's seed.
+        callback: called with each iteration's record.
+        memory: the Krylov vectors' memory.
+
+    Returns:
+        The sharpness, the thresholds and the solver's result.
+
+    Raises:
+        UserError: a non-positive preconditioner, or a solver the table gives no preconditioned solver.
+    """
     if preconditioner.shape != (operator.size,):
         raise ValueError(f"preconditioner has shape {tuple(preconditioner.shape)}, operator size {operator.size}")
+    runner = solvers.preconditioned_solver(solver)  # before any product: an unsupported solver is refused at once
     if bool((preconditioner <= 0).any()):
         raise UserError("the Adam preconditioner has non-positive entries: eps must be > 0.")
     scaled = ScaledOperator(operator, preconditioner.double().rsqrt())
-    if solver == "lanczos":
-        eigen = lanczos(scaled, k=1, which="largest", tol=tol, max_iter=max_iter, seed=seed, callback=callback,
-                        memory=memory)
-    elif solver == "power":
-        eigen = power_iteration(scaled, k=1, tol=tol, max_iter=max_iter, seed=seed, callback=callback)
-    else:
-        raise UserError(f"unknown solver {solver!r}: use lanczos or power.")
+    eigen = runner.run(scaled, solvers.SolveRequest(k=1, which="largest", tol=tol, max_iter=max_iter, seed=seed,
+                                                    callback=callback, memory=memory))
     gd_threshold, adam_threshold = adam_thresholds(lr, beta1)
     return PreconditionedResult(
         sharpness=float(eigen.largest[0]), lr=lr, beta1=beta1, eps=eps, step=step,

@@ -30,6 +30,7 @@ from hessian_lora.hessian.filters import ParameterBlock
 from hessian_lora.hessian.operator import HessianOperator, LinearOperator, LossFunction, only_block_trainable
 from hessian_lora.hessian.reductions import norm
 from hessian_lora.hessian.results import EigenResult, IterationRecord
+from hessian_lora.hessian.solvers import SolveRequest
 from hessian_lora.loss import loss_sum
 
 _PYHESSIAN_NORM_EPS = 1e-6  # PyHessian's normalization() divides by (norm + 1e-6)
@@ -104,6 +105,21 @@ def pyhessian_power_iteration(
         history=tuple(history),
         largest_vectors=torch.stack(eigenvectors),
     )
+
+
+def solve(operator: LinearOperator, request: SolveRequest) -> EigenResult:
+    """The solver table's entry (:mod:`hessian_lora.hessian.solvers`): :func:`pyhessian_power_iteration` with
+    ``request``'s options (PyHessian's loop reports no iterations and draws its own start).
+
+    Args:
+        operator: the symmetric operator.
+        request: k (PyHessian's ``top_n``), tol, max_iter and seed.
+
+    Returns:
+        :func:`pyhessian_power_iteration`'s result.
+    """
+    return pyhessian_power_iteration(operator, max_iter=request.max_iter, tol=request.tol, top_n=request.k,
+                                     seed=request.seed)
 
 
 def run_pyhessian(

@@ -32,35 +32,20 @@ import torch
 
 from hessian_lora.errors import UserError
 from hessian_lora.hessian.filters import ParameterBlock
-from hessian_lora.hessian.operator import HessianOperator, LinearOperator, check_matrix
+from hessian_lora.hessian.operator import BaseOperator, HessianOperator, LinearOperator, check_matrix
 from hessian_lora.hessian.results import EigenResult
 
 # solve(i, view): the result of block i, solved on its view.
 Solve = Callable[[int, LinearOperator], EigenResult]
 
 
-class BlockView(LinearOperator):
+class BlockView(BaseOperator):
     """H_bb of one block of a scan: a linear operator whose products are made by the scan's shared pass."""
 
     def __init__(self, scan: _Scan, index: int, size: int, dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__(size, dtype, device)
         self._scan, self._index = scan, index
-        self._size, self._dtype, self._device = size, dtype, device
         self.calls = 0
-
-    @property
-    def size(self) -> int:
-        """Number of entries of the vectors the operator acts on."""
-        return self._size
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of the vectors it acts on and returns."""
-        return self._dtype
-
-    @property
-    def device(self) -> torch.device:
-        """The device of the vectors it acts on and returns."""
-        return self._device
 
     def matvec(self, vector: torch.Tensor) -> torch.Tensor:
         """The operator applied to one flat vector of ``size`` entries."""

@@ -13,15 +13,18 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeAlias, get_args
 
 from hessian_lora._numbers import krylov_gib, tolerance
 from hessian_lora._yaml import is_number, numbers_from_strings, plain, settings_from_mapping
 from hessian_lora.errors import UserError
+from hessian_lora.hessian import solvers
 from hessian_lora.settings.prompts import DEFAULT_PROMPT_TEMPLATE, check_prompt_template
 
-ProbeSolver = Literal["lanczos", "power"]  # the solvers that warm-start (an in-run probe)
-Solver = Literal[ProbeSolver, "pyhessian"]
+# A solver's name: one of the solver table's (hessian/solvers.py), checked against the table when settings are made
+# (so a solver added to the table is a choice at once); an in-run probe's solver must warm-start.
+Solver: TypeAlias = str
+ProbeSolver: TypeAlias = str
 Blocks = Literal["whole", "per-module"]
 # The engine's Hessian-vector products (hessian/operator.py); a setting may also say "auto" (the engine's choice
 # for the device, resolved before a report records it).
@@ -29,8 +32,8 @@ EngineBackend = Literal["double_backward", "forward_over_reverse", "finite_diffe
 Backend = Literal["auto", EngineBackend]
 # DoRA's column norm: peft's surrogate with it detached, or the true loss with it differentiated (hessian/dora.py).
 DoraNorm = Literal["detached", "differentiated"]
-SOLVERS: tuple[str, ...] = get_args(Solver)
-PROBE_SOLVERS: tuple[str, ...] = get_args(ProbeSolver)
+SOLVERS: tuple[str, ...] = solvers.names()  # the command line's choices, as the table has them at start-up
+PROBE_SOLVERS: tuple[str, ...] = solvers.having("warm_starts")
 BLOCKS: tuple[str, ...] = get_args(Blocks)
 ENGINE_BACKENDS: tuple[str, ...] = get_args(EngineBackend)
 BACKENDS: tuple[str, ...] = get_args(Backend)
@@ -127,6 +130,12 @@ def _count_or_word(settings: Any, name: str, word: str | None, what: str) -> Non
         raise UserError(f"{name} must be {what}, got {value!r}.")
 
 
+def _solver_help() -> str:
+    """``--solver``'s help from the table: each solver's name and what it computes."""
+    described = [f"{name} ({solvers.get(name).summary})" for name in solvers.names()]
+    return ", ".join(described[:-1]) + (", or " if len(described) > 1 else "") + described[-1]
+
+
 def _setting(default: Any, help: str, *, group: str, flag: str | None = None, off_flag: str | None = None,
              off_value: Any = False, report: ReportRule = "always",
              active: Callable[[Any], bool] | None = None, metavar: str | None = None,
@@ -191,11 +200,10 @@ class MeasureSettings:
                                                group="blocks", default_help="all")
     layers: tuple[int, ...] | None = _setting(None, "per-module: layers a:b (a <= i < b), 3, or 0,5,10",
                                               group="blocks", default_help="all")
-    solver: Solver = _setting("lanczos", "lanczos (λ_max and λ_min), power (shifted, largest algebraic), or "
-                              "pyhessian (PyHessian 0.1's power iteration, for comparison)", group="blocks")
+    solver: Solver = _setting(solvers.DEFAULT_SOLVER, _solver_help(), group="blocks")
     top_k: int = _setting(1, "eigenvalues per end", group="blocks")
     smallest: bool = _setting(True, "lanczos: skip λ_min (fewer products)", group="blocks", off_flag="--no-min",
-                              active=lambda s: s.solver == "lanczos")
+                              active=lambda s: solvers.get(s.solver).finds_smallest)
     tol: float = _setting(1e-3, "relative residual ||Hv - λv|| <= tol·|λ|", group="blocks")
     max_iter: int = _setting(100, "iteration cap per block", group="blocks")
     seed: int = _setting(0, "seed of the start vectors", group="blocks", flag="--solver-seed")
@@ -267,7 +275,9 @@ class MeasureSettings:
         self._check()
 
     def _check(self) -> None:
-        _check_choices(self, CHOICES)
+        # The solver against the table as it is now, not the command line's snapshot of it.
+        _check_choices(self, {name: allowed for name, allowed in CHOICES.items() if name != "solver"})
+        spec = solvers.get(self.solver)
         if self.reuse not in (True, False, "auto"):
             raise UserError(f"reuse must be true, false or 'auto', got {self.reuse!r}.")
         _check_integers(self, ("samples", "batch_size", "max_length", "top_k", "max_iter", "trace_hvps",
@@ -279,17 +289,16 @@ class MeasureSettings:
             # block_size products (and hold as many vectors) where max_iter allows fewer.
             raise UserError(f"block_size {self.block_size} is more than max_iter {self.max_iter} (--block-size, "
                             "--max-iter): give a block of at most max_iter start vectors, or raise max_iter.")
-        if self.block_size is not None and self.solver != "lanczos":
-            raise UserError("block_size sets Lanczos's start block: use it with solver lanczos (--solver lanczos).")
+        if self.block_size is not None:
+            solvers.check(spec, "block_starts", fix=" (--solver), or leave --block-size out")
         _count_or_word(self, "pack_tokens", "auto",
                        "a whole number of tokens >= 1, 'auto' or left out (--pack-tokens)")
         _count_or_word(self, "lm_head_chunk", None, "a whole number of tokens >= 1 or left out (--lm-head-chunk)")
         if self.lm_head_chunk is not None and self.backend == "forward_over_reverse":
             raise UserError("lm_head_chunk (the chunked LM head) has no forward-over-reverse rule: use backend "
                             "double_backward or auto (--backend), or leave --lm-head-chunk out.")
-        if self.start != "random" and self.solver != "lanczos":
-            raise UserError(f"start {self.start!r} is Lanczos's start vector: use it with solver lanczos "
-                            "(--solver lanczos), or leave --start out.")
+        if self.start != "random":
+            solvers.check(spec, "block_starts", fix=f" (--solver) for start {self.start!r}, or leave --start out")
         if not isinstance(self.together, bool):
             raise UserError(f"together must be true or false, got {self.together!r}.")
         _check_booleans(self, ("smallest", "trace", "density", "preconditioned"))
@@ -377,7 +386,7 @@ class DuringSettings:
     samples: int = 16
     batch_size: int = 8
     blocks: Blocks = "whole"
-    solver: ProbeSolver = "lanczos"
+    solver: ProbeSolver = solvers.DEFAULT_SOLVER
     tol: float = 1e-3
     max_iter: int = 60
     preconditioned: bool = True
@@ -391,8 +400,12 @@ class DuringSettings:
         _read_numbers(self, ("tol",))
         _check_integers(self, ("every", "samples", "batch_size", "max_iter"), minimum=1, prefix=prefix)
         # the backend too: else only the first probe, after a run's setup, would find out
-        _check_choices(self, {"blocks": BLOCKS, "solver": PROBE_SOLVERS, "backend": BACKENDS,
-                              "dora_norm": DORA_NORMS}, prefix=prefix)
+        _check_choices(self, {"blocks": BLOCKS, "backend": BACKENDS, "dora_norm": DORA_NORMS}, prefix=prefix)
+        # The probe starts every solve from the last one's vector (or a seeded random one), and with preconditioned
+        # also measures λ₁(P⁻¹H): the table must say the solver does both.
+        spec = solvers.require(self.solver, "warm_starts", field=f"{prefix}solver")
+        if self.preconditioned is True:
+            solvers.check(spec, "preconditioned", field=f"{prefix}solver", fix=f", or set {prefix}preconditioned false")
         object.__setattr__(self, "tol", tolerance(self.tol, f"{prefix}tol"))
         _check_integers(self, ("seed",), minimum=0, prefix=prefix)
         _check_booleans(self, ("preconditioned", "warm_start"), prefix=prefix)

@@ -6,8 +6,8 @@ A :class:`SharpnessProbe` holds a fixed probe set (a few batches) and is called 
 after every optimizer step with the optimizer itself. When a step is due (step 0, every ``every`` steps, and the
 last step) it measures, on the live parameters:
 
-- λ_max: the largest eigenvalue of the Hessian of the probe set's token-mean loss w.r.t. the adapter (Lanczos,
-  relative residual ``tol``);
+- λ_max: the largest eigenvalue of the Hessian of the probe set's token-mean loss w.r.t. the adapter (Lanczos by
+  default, any warm-starting solver of the table, :mod:`hessian_lora.hessian.solvers`; relative residual ``tol``);
 - λ̃ = λ₁(P⁻¹H), P = diag(√v̂ + ε), from the *live* AdamW state: v̂ = ``exp_avg_sq`` / (1 − β₂^step) of the
   same step as the parameters (nothing is saved or reloaded). LoRA+ groups count through each parameter's own
   learning rate (:func:`hessian_lora.preconditioning.optimizer_preconditioner`). At step 0 Adam has no state: λ̃ is None.
@@ -44,10 +44,9 @@ from torch import nn
 from hessian_lora.checkpoint import live_optimizer_state
 from hessian_lora.data import TokenBatch
 from hessian_lora.errors import UserError
+from hessian_lora.hessian import solvers
 from hessian_lora.hessian.filters import ParameterBlock, PerModule, WholeAdapter
-from hessian_lora.hessian.lanczos import lanczos
 from hessian_lora.hessian.operator import HessianOperator, ScaledOperator
-from hessian_lora.hessian.power import power_iteration
 from hessian_lora.hessian.results import EigenResult
 from hessian_lora.hessian.starts import start_vectors
 from hessian_lora.hessian.thresholds import stability_ratios as stability_ratios  # re-exported with the probe
@@ -151,7 +150,7 @@ class SharpnessProbe:
             for block in blocks:
                 operator = HessianOperator(self.model, self.batches, block, backend=self.settings.backend,
                                            dora_norm=self.settings.dora_norm)
-                eigen = self._solve(operator, ("H", block.name))
+                eigen = self._solve(operator, ("H", block.name), solvers.get(self.settings.solver))
                 hvps += eigen.hvps
                 converged = converged and eigen.converged
                 if eigen.largest:
@@ -160,7 +159,8 @@ class SharpnessProbe:
                 if self.settings.preconditioned and state is not None:
                     diagonal, _ = optimizer_preconditioner(state, block.names, meta=self.meta)
                     scaled = ScaledOperator(operator, diagonal.double().rsqrt())
-                    result = self._solve(scaled, ("P", block.name))
+                    result = self._solve(scaled, ("P", block.name),
+                                         solvers.preconditioned_solver(self.settings.solver))
                     precond_hvps += result.hvps
                     converged = converged and result.converged
                     if result.largest:
@@ -186,17 +186,15 @@ class SharpnessProbe:
         chooser = WholeAdapter() if self.settings.blocks == "whole" else PerModule(None, None)
         return chooser.blocks(self.model)
 
-    def _solve(self, operator: Any, key: tuple[str, str]) -> EigenResult:
+    def _solve(self, operator: Any, key: tuple[str, str], spec: solvers.SolverSpec) -> EigenResult:
+        """The top eigenvalue of ``operator`` by ``spec``'s solver, warm-started from the vector ``key`` kept."""
         s = self.settings
         previous = self._vectors.get(key) if s.warm_start else None
         # The previous probe's vector with a random component mixed in (hessian/starts.py): a top that has moved
         # off it (a new eigenvalue overtaking) still grows out of the Krylov space; another size: random.
         start = start_vectors(operator, "previous", previous=previous, seed=s.seed + len(self.history)).rows
-        if s.solver == "lanczos":
-            result = lanczos(operator, k=1, which="largest", tol=s.tol, max_iter=s.max_iter, seed=s.seed,
-                             start=start)
-        else:
-            result = power_iteration(operator, k=1, tol=s.tol, max_iter=s.max_iter, seed=s.seed)
+        result = spec.run(operator, solvers.SolveRequest(k=1, which="largest", tol=s.tol, max_iter=s.max_iter,
+                                                         seed=s.seed, start=start))
         if result.largest_vectors is not None and len(result.largest_vectors):
             self._vectors[key] = result.largest_vectors[0].detach().clone()
         return result
