@@ -68,11 +68,11 @@ from hessian_lora.hessian.starts import StartVectors, block_starts, start_vector
 from hessian_lora.hessian.storage import KrylovMemory
 from hessian_lora.hessian.trace import hutchplusplus
 from hessian_lora.loss import ChunkedHeadLoss, loss_sum
+from hessian_lora.methods.registry import check_method_rank
 from hessian_lora.models import DEFAULT_MODEL
 from hessian_lora.peft_adapters import load_adapter, peft_step, resolve_adapter
 from hessian_lora.precision import check_hessian_precision
 from hessian_lora.preconditioning import checkpoint_preconditioner
-from hessian_lora.registry import check_method_rank
 from hessian_lora.settings.adapter import AdapterConfig
 from hessian_lora.settings.measurement import (
     MeasureSettings,

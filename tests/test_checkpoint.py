@@ -28,8 +28,8 @@ from hessian_lora.checkpoint import (
 from hessian_lora.data import Example, make_batches
 from hessian_lora.errors import UserError
 from hessian_lora.loss import loss_sum
+from hessian_lora.methods.registry import METHODS
 from hessian_lora.models import load_model
-from hessian_lora.registry import METHODS
 
 REWRITING = {name for name, spec in METHODS.items() if spec.rewrites_base}
 LR = 5e-3

@@ -33,7 +33,7 @@ from hessian_lora.commands._threads import add_threads_argument, apply_threads
 from hessian_lora.datasets_io import looks_like_hub_dataset
 from hessian_lora.errors import UserError
 from hessian_lora.hessian import distributed
-from hessian_lora.registry import check_method_rank
+from hessian_lora.methods.registry import check_method_rank
 from hessian_lora.settings.adapter import DEFAULT_TARGETS, AdapterConfig
 from hessian_lora.settings.measurement import CHOICES, MeasureSettings
 
