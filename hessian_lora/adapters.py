@@ -85,7 +85,7 @@ def build_adapter(
     spec.check_rank(config.rank)
     spec.check_shapes(config.rank, linear_shapes)
     if spec.needs_data and not batches:
-        raise UserError(f"method {config.method} estimates gradients from data: pass training batches "
+        raise UserError(f"method {config.method} initialises from data: pass training batches "
                         "(the CLI takes them from --task).")
     _check_dtype_supported(model, config)
     # Rewriting methods keep the untouched weights so the residual is recomputed by one exact recipe.

@@ -58,6 +58,7 @@ from hessian_lora.data import PROBE_BATCHES_FILE
 from hessian_lora.errors import UserError
 from hessian_lora.methods.registry import (
     METHODS,
+    PEFT_INIT_CONFIGS,
     REBUILDABLE_PEFT_INITS,
     REWRITING_PEFT_INITS,
     method_of_peft_config,
@@ -273,7 +274,8 @@ def load_peft_directory(
     rebuild = rewriting is not None and model is None
     if rewriting is not None and not rebuild:  # the residual base is given: load the trained factors only
         peft_config.init_lora_weights = True
-        peft_config.lora_ga_config = None
+        for key in PEFT_INIT_CONFIGS:  # the recipe's own settings (LoRA-GA's) go with it
+            setattr(peft_config, key, None)
     with torch.random.fork_rng(devices=adapters._cuda_device_indices(loaded.model)), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         if converted is not None:

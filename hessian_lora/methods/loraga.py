@@ -70,5 +70,5 @@ def _prepare(context: BuildContext) -> None:
 SPEC = MethodSpec(
     "loraga", "LoRA-GA", "#e377c2", "LoRA-GA: A, B from the SVD of the full-weight gradient on a few batches",
     rewrites_base=True, needs_data=True, peft_config=_peft_config, recognises=_recognises, peft_init=PEFT_INIT,
-    components_per_rank=2, prepare=_prepare, paper=PaperFigures(lr_factor=18.2, lambda_ratio=100.0, up_to=True),
+    peft_init_config="lora_ga_config", components_per_rank=2, prepare=_prepare, paper=PaperFigures(lr_factor=18.2, lambda_ratio=100.0, up_to=True),
 )

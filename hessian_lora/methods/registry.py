@@ -68,6 +68,8 @@ REWRITING_PEFT_INITS: tuple[str, ...] = (
     *(spec.peft_init for spec in METHODS.values() if spec.rewrites_base and spec.peft_init),
     *_OTHER_REWRITING_PEFT_INITS,
 )
+# The LoraConfig fields holding an initialisation's own settings: cleared with the recipe where factors are final.
+PEFT_INIT_CONFIGS: tuple[str, ...] = tuple(spec.peft_init_config for spec in METHODS.values() if spec.peft_init_config)
 # ... of which these are deterministic functions of the base weights: peft's init re-run on the original base
 # gives the residual the adapter was trained on.
 REBUILDABLE_PEFT_INITS: tuple[str, ...] = tuple(

@@ -107,6 +107,8 @@ class MethodSpec:
         peft_alpha_key, peft_dropout_key: where that tuner's saved config keeps alpha and dropout.
         peft_init: the ``init_lora_weights`` value (a prefix: ``pissa`` covers ``pissa_niter_4``) peft writes for
             it, when the method is one of peft's own initialisations.
+        peft_init_config: the LoraConfig field holding that initialisation's own settings (``lora_ga_config``),
+            cleared with the recipe where the factors are final (a checkpoint, a residual base given).
         components_per_rank: the method takes this many·r components (singular triplets, QR columns) of each
             target matrix, so it needs that many·r <= min(out, in) (LoRA-GA: 2).
         float64: peft can initialise it on a float64 model (PiSSA's SVD and OLoRA's QR cannot).
@@ -150,6 +152,7 @@ class MethodSpec:
     peft_alpha_key: str = "lora_alpha"
     peft_dropout_key: str = "lora_dropout"
     peft_init: str | None = None
+    peft_init_config: str | None = None
     components_per_rank: int = 1
     float64: bool = True
     rebuildable: bool = False
