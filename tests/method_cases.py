@@ -45,4 +45,5 @@ CASES: dict[str, MethodCase] = {case.name: case for case in (
     MethodCase("loft", own_optimizer=True),
     MethodCase("rslora", saved_as="rslora"),
     MethodCase("loraplus", own_optimizer=True),
+    MethodCase("eva", saved_as="eva", needs_data=True),
 )}

@@ -38,6 +38,7 @@ PLUGINS: tuple[str, ...] = (
     "loft",
     "rslora",
     "loraplus",
+    "eva",
 )
 
 # The plain method: every method option's default, what a saved peft LoRA config that names no other method is,
