@@ -1,5 +1,6 @@
-"""Building adapters: how each LoRA variant initialises A, B (and, for some, the base weights), and the one
-factory that puts a method's adapter on a freshly loaded base model (:func:`adapter_at_initialisation`).
+"""Building adapters: the one factory that puts a method's adapter on a freshly loaded base model
+(:func:`adapter_at_initialisation`), and :func:`build_adapter`, which asks the method's plug-in
+(:mod:`hessian_lora.methods`) for its peft config and initialisation and branches on no method's name.
 
 W is out×in, A is r×in, B is out×r, s is the LoRA scale (alpha/r, or alpha/sqrt(r) for rsLoRA), ΔW = s·B·A.
 
@@ -11,7 +12,8 @@ more accurate than an fp32 matmul and, given the same base weights and the same 
 any machine and device, which is what lets a checkpoint store only A₀, B₀ (kilobytes) instead of the rewritten
 weights (hundreds of megabytes) and still reload bit for bit.
 
-:func:`make_optimizer` lives here too: LoRA+ is an adapter method whose definition *is* its optimizer groups.
+:func:`make_optimizer` lives here too: a method whose definition is partly its optimizer (LoRA+'s groups, LoFT)
+says so in its spec.
 """
 
 from __future__ import annotations
