@@ -233,7 +233,7 @@ def draw(rows: Sequence[Measured], path: Path, reference: str = "lora") -> None:
     sample that block has (left), and each method's ratio to ``reference`` (right). The whole adapter is drawn
     thick, q_proj of each layer thin; a hollow marker is an uncertified value. Points are the sizes measured."""
     from hessian_lora.figures._style import method_style, new_figure
-    from hessian_lora.registry import method_label
+    from hessian_lora.methods.registry import method_label
 
     by_key = {(row.method, row.block, row.samples): row for row in rows}
     methods = list(dict.fromkeys(row.method for row in rows))

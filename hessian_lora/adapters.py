@@ -1,5 +1,6 @@
-"""Building adapters: how each LoRA variant initialises A, B (and, for some, the base weights), and the one
-factory that puts a method's adapter on a freshly loaded base model (:func:`adapter_at_initialisation`).
+"""Building adapters: the one factory that puts a method's adapter on a freshly loaded base model
+(:func:`adapter_at_initialisation`), and :func:`build_adapter`, which asks the method's plug-in
+(:mod:`hessian_lora.methods`) for its peft config and initialisation and branches on no method's name.
 
 W is out×in, A is r×in, B is out×r, s is the LoRA scale (alpha/r, or alpha/sqrt(r) for rsLoRA), ΔW = s·B·A.
 
@@ -11,7 +12,8 @@ more accurate than an fp32 matmul and, given the same base weights and the same 
 any machine and device, which is what lets a checkpoint store only A₀, B₀ (kilobytes) instead of the rewritten
 weights (hundreds of megabytes) and still reload bit for bit.
 
-:func:`make_optimizer` lives here too: LoRA+ is an adapter method whose definition *is* its optimizer groups.
+:func:`make_optimizer` lives here too: a method whose definition is partly its optimizer (LoRA+'s groups, LoFT)
+says so in its spec.
 """
 
 from __future__ import annotations
@@ -29,25 +31,21 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import torch
-from peft import GraloraConfig, LoraConfig, PeftConfig, PeftModel, RandLoraConfig, get_peft_model
-from peft.tuners.lora import LoraGAConfig, LoraLayer
-from peft.tuners.lora.loraga import preprocess_loraga
+from peft import PeftConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from hessian_lora.data import Example, TokenBatch
 from hessian_lora.errors import UserError
-from hessian_lora.loss import loss_sum
+from hessian_lora.methods.spec import BuildContext
 from hessian_lora.models import HESSIAN_SAFE_ATTENTION, LoadedModel, load_model
-from hessian_lora.registry import check_method_rank, gralora_k, randlora_rank
 
 # The adapter's definition lives with the other settings (torch-free); re-exported for callers of this module.
 from hessian_lora.settings.adapter import DEFAULT_TARGETS as DEFAULT_TARGETS
-from hessian_lora.settings.adapter import RANDLORA_ALPHA_PER_RANK as RANDLORA_ALPHA_PER_RANK
 from hessian_lora.settings.adapter import AdapterConfig as AdapterConfig
 from hessian_lora.settings.training import DEFAULT_BETAS
-from hessian_lora.training.loft import loft_optimizer
 from hessian_lora.training.train import global_batches
 
 if TYPE_CHECKING:
@@ -64,16 +62,32 @@ INITIAL_FACTORS_ATTRIBUTE = "hessian_lora_initial_factors"
 def build_adapter(
     model: nn.Module, config: AdapterConfig, *, batches: Sequence[TokenBatch] | None = None
 ) -> PeftModel:
-    """Wrap ``model`` in a peft LoRA adapter initialised by ``config.method``, deterministic per ``config.seed``.
+    """Wrap ``model`` in a peft adapter initialised by ``config.method``, deterministic per ``config.seed``.
 
-    Rewriting methods change ``model``'s weights in place: pass a fresh base model. LoRA-GA needs ``batches``
-    (training batches; its gradient estimate is the gradient of their global per-token mean loss).
+    The method's spec (:mod:`hessian_lora.methods`) says how: its peft config, its ``prepare`` hook on the base
+    model (LoRA-GA's gradients), its ``initialise`` hook on the peft model (MiLoRA's and Init[AB]'s factors).
+    Rewriting methods change ``model``'s weights in place: pass a fresh base model. Methods that read data
+    (LoRA-GA) need ``batches``: training batches (LoRA-GA's gradient estimate is the gradient of their global
+    per-token mean loss).
+
+    Args:
+        model: the base model (a fresh one for methods that rewrite it).
+        config: the adapter to build.
+        batches: training batches, for methods whose spec says ``needs_data``.
+
+    Returns:
+        The adapted model in eval mode, carrying its config and (rewriting methods) its initial factors.
+
+    Raises:
+        UserError: the method cannot be built on this model, rank, dtype or without data.
     """
+    spec = config.spec
     linear_shapes = _target_linear_shapes(model, config.targets)
     _check_rank_fits(config, linear_shapes)
-    _check_tuner_fits(config, linear_shapes)
-    if config.spec.needs_data and not batches:
-        raise UserError(f"method {config.method} estimates gradients from data: pass training batches "
+    spec.check_rank(config.rank)
+    spec.check_shapes(config.rank, linear_shapes)
+    if spec.needs_data and not batches:
+        raise UserError(f"method {config.method} initialises from data: pass training batches "
                         "(the CLI takes them from --task).")
     _check_dtype_supported(model, config)
     # Rewriting methods keep the untouched weights so the residual is recomputed by one exact recipe.
@@ -82,16 +96,18 @@ def build_adapter(
         torch.manual_seed(config.seed)
         lora_config = _peft_config(config, causal_lm=hasattr(model, "prepare_inputs_for_generation"),
                                    shapes=list(linear_shapes.values()))
-        if config.method == "loraga":
-            _estimate_loraga_gradients(model, lora_config, list(batches or []))
+        context = BuildContext(config=config, model=model, peft_config=lora_config, batches=batches,
+                               layers=lambda: list(lora_layers(context.model)), adapter_name=ADAPTER_NAME,
+                               progress=progress)
+        if spec.prepare is not None:
+            spec.prepare(context)
         with warnings.catch_warnings():
             # peft 0.21 calls a transformers 5 method that was renamed; the warning is theirs, not the user's.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             peft_model = get_peft_model(model, lora_config)
-        if config.method == "milora":
-            _init_milora(peft_model, config)
-        elif config.method == "initab":
-            _init_initab(peft_model, config)
+        if spec.initialise is not None:
+            context.model = peft_model
+            spec.initialise(context)
     initial_factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     if config.spec.rewrites_base:
         for name, layer in progress(list(lora_layers(peft_model)), "residual base"):
@@ -330,76 +346,48 @@ def make_optimizer(
     eps: float = 1e-8,
     max_grad_norm: float | None = None,
 ) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters; for LoRA+ the lora_B matrices get ``lr * loraplus_ratio``; for LoFT
-    the LoFT optimizer (:func:`hessian_lora.training.loft.loft_optimizer`).
+    """The method's own optimizer when its spec has one (LoRA+'s two AdamW groups, the LoFT optimizer), else AdamW
+    over the trainable parameters.
 
-    The LoRA+ split matches ``peft.optimizers.create_loraplus_optimizer`` (B matrices and 1-D parameters in the
-    fast group, everything else at ``lr``), without its empty embedding group. ``max_grad_norm`` matters to LoFT
-    only: it clips the full-weight view of the gradient itself (``optimizer.clips_gradients`` is True, and the
-    training loop then leaves the factor gradients alone); AdamW's clipping is the training loop's.
+    ``max_grad_norm`` matters to LoFT only: it clips the full-weight view of the gradient itself
+    (``optimizer.clips_gradients`` is True, and the training loop then leaves the factor gradients alone);
+    AdamW's clipping is the training loop's.
+
+    Args:
+        peft_model: the adapted model.
+        config: its adapter (the method, LoRA+'s ratio).
+        lr: the learning rate.
+        betas: Adam's betas.
+        weight_decay: decoupled weight decay.
+        eps: Adam's epsilon.
+        max_grad_norm: LoFT's clipping norm.
+
+    Returns:
+        The optimizer.
+
+    Raises:
+        UserError: a learning rate that is not positive.
     """
     if lr <= 0:
         raise UserError(f"learning rate must be positive, got {lr}.")
-    if config.spec.optimizer == "loft":
-        return loft_optimizer(peft_model, lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                              max_grad_norm=max_grad_norm)
+    if config.spec.make_optimizer is not None:
+        return config.spec.make_optimizer(peft_model, config, lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                          max_grad_norm=max_grad_norm)
     params = trainable_parameters(peft_model)
-    if config.method != "loraplus":
-        return torch.optim.AdamW(list(params.values()), lr=lr, betas=betas, weight_decay=weight_decay, eps=eps)
-    slow = [p for name, p in params.items() if not _is_loraplus_fast(name, p)]
-    fast = [p for name, p in params.items() if _is_loraplus_fast(name, p)]
-    groups = [{"params": slow, "lr": lr}, {"params": fast, "lr": lr * config.loraplus_ratio}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps)
-
-
-def _is_loraplus_fast(name: str, param: nn.Parameter) -> bool:
-    return "lora_B" in name or param.ndim == 1
+    return torch.optim.AdamW(list(params.values()), lr=lr, betas=betas, weight_decay=weight_decay, eps=eps)
 
 
 def _peft_config(
     config: AdapterConfig, *, causal_lm: bool = True, shapes: Sequence[tuple[int, int]] = ()
 ) -> PeftConfig:
     # A plain nn.Module (tests, toy problems) gets the generic PeftModel; language models the causal-LM one.
-    task_type = "CAUSAL_LM" if causal_lm else None
-    if config.spec.tuner == "gralora":
-        return GraloraConfig(r=config.rank, alpha=config.lora_alpha, gralora_dropout=config.dropout,
-                             gralora_k=gralora_k(config.rank), hybrid_r=0, target_modules=list(config.targets),
-                             task_type=task_type)
-    if config.spec.tuner == "randlora":
-        r = randlora_rank(config.rank, list(shapes))
-        return RandLoraConfig(r=r, randlora_alpha=RANDLORA_ALPHA_PER_RANK * r, randlora_dropout=config.dropout,
-                              target_modules=list(config.targets), projection_prng_key=config.seed,
-                              save_projection=True, task_type=task_type)
-    init: bool | str = True
-    extra: dict[str, object] = {}
-    if config.method == "pissa":
-        init = "pissa" if config.pissa_niter is None else f"pissa_niter_{config.pissa_niter}"
-    elif config.method == "olora":
-        init = "olora"
-    elif config.method == "loraga":
-        init = "lora_ga"
-        extra["lora_ga_config"] = LoraGAConfig()
-    return LoraConfig(
-        r=config.rank,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.dropout,
-        target_modules=list(config.targets),
-        init_lora_weights=init,
-        use_dora=config.method == "dora",
-        use_rslora=config.method == "rslora",
-        task_type=task_type,
-        **extra,
-    )
-
-
-# peft initialises these only in fp32/fp16/bf16 (PiSSA's SVD and OLoRA's QR refuse float64 with a raw TypeError).
-_NO_FLOAT64 = frozenset({"pissa", "olora"})
+    return config.spec.peft_config(config, "CAUSAL_LM" if causal_lm else None, shapes)
 
 
 def _check_dtype_supported(model: nn.Module, config: AdapterConfig) -> None:
     """Say why a method cannot be built on this model's dtype, instead of peft's TypeError mid-build."""
     dtype = next(model.parameters()).dtype
-    if config.method in _NO_FLOAT64 and dtype == torch.float64:
+    if not config.spec.float64 and dtype == torch.float64:
         raise UserError(f"method {config.method} cannot be initialised on a float64 model: peft builds it in "
                         "float32, float16 or bfloat16 only; load the model in float32 (e.g. for a float64 "
                         "Hessian, build in float32 and cast the adapted model with .double() afterwards).")
@@ -425,25 +413,14 @@ def _target_linear_shapes(model: nn.Module, targets: Sequence[str]) -> dict[str,
 
 
 def _check_rank_fits(config: AdapterConfig, shapes: dict[str, tuple[int, int]]) -> None:
-    # SVD/QR methods take r (LoRA-GA: 2r) components of a matrix with min(out, in) of them.
-    # Every other method: a rank above min(out, in) adds parameters but no expressivity (and a typo such as
-    # 100000000000 would otherwise end in an allocation failure).
-    needed = {"pissa": 1, "milora": 1, "olora": 1, "loraga": 2}.get(config.method, 1)
+    # SVD/QR methods take r (LoRA-GA: 2r, its spec's components_per_rank) components of a matrix with
+    # min(out, in) of them. Every other method: a rank above min(out, in) adds parameters but no expressivity (and
+    # a typo such as 100000000000 would otherwise end in an allocation failure).
+    needed = config.spec.components_per_rank
     smallest = min(min(shape) for shape in shapes.values())
     if needed * config.rank > smallest:
         raise UserError(f"{config.method} needs {needed}*rank <= {smallest} (the smallest target dimension), "
                         f"got rank {config.rank}: lower --rank or drop the small target modules.")
-
-
-def _check_tuner_fits(config: AdapterConfig, shapes: dict[str, tuple[int, int]]) -> None:
-    if config.spec.tuner != "gralora":
-        return
-    check_method_rank(config.method, config.rank)
-    k = gralora_k(config.rank)
-    odd = sorted({name.rsplit(".", 1)[-1] for name, shape in shapes.items() if shape[0] % k or shape[1] % k})
-    if odd:
-        raise UserError(f"gralora splits each weight into {k}x{k} blocks (k = {k} at rank {config.rank}), but "
-                        f"{', '.join(odd)} has a dimension not divisible by {k}: drop those targets.")
 
 
 def _snapshot_target_weights(model: nn.Module, targets: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -456,52 +433,6 @@ def _snapshot_target_weights(model: nn.Module, targets: Sequence[str]) -> dict[s
 
 def _cuda_device_indices(model: nn.Module) -> list[int]:
     return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
-
-
-def _estimate_loraga_gradients(model: nn.Module, lora_config: LoraConfig, batches: list[TokenBatch]) -> None:
-
-    device = next(model.parameters()).device
-    total_tokens = sum(batch.loss_tokens for batch in batches)
-    if total_tokens == 0:
-        raise UserError("LoRA-GA batches hold no loss tokens: give examples with responses.")
-
-    def train_step() -> None:
-        # peft divides the accumulated gradient by the number of backward passes, so each batch's summed loss
-        # is weighted by n_batches/total_tokens: the result is the gradient of the global per-token mean loss.
-        for batch in batches:
-            (loss_sum(model, batch.to(device)) * (len(batches) / total_tokens)).backward()
-
-    with warnings.catch_warnings():
-        # The first adapted layer's input (frozen embeddings) needs no gradient; peft's counting hook still fires.
-        warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        preprocess_loraga(model, lora_config, train_step)
-
-
-@torch.no_grad()
-def _init_milora(peft_model: PeftModel, config: AdapterConfig) -> None:
-    for _, layer in progress(list(lora_layers(peft_model)), "MiLoRA SVD"):
-        weight = layer.get_base_layer().weight
-        scaling = layer.scaling[ADAPTER_NAME]
-        u, s, vh = torch.linalg.svd(weight.detach().to(torch.float64), full_matrices=False)
-        r = config.rank
-        root = torch.sqrt(s[-r:] / scaling)
-        lora_a = root[:, None] * vh[-r:, :]
-        lora_b = u[:, -r:] * root[None, :]
-        layer.lora_A[ADAPTER_NAME].weight.copy_(lora_a.to(weight.dtype))
-        layer.lora_B[ADAPTER_NAME].weight.copy_(lora_b.to(weight.dtype))
-
-
-@torch.no_grad()
-def _init_initab(peft_model: PeftModel, config: AdapterConfig) -> None:
-    # A dedicated generator drawn in module order: the factors depend only on the seed and the model layout.
-    generator = torch.Generator(device="cpu").manual_seed(config.seed)
-    for _, layer in lora_layers(peft_model):
-        lora_a = layer.lora_A[ADAPTER_NAME].weight
-        lora_b = layer.lora_B[ADAPTER_NAME].weight
-        bound = 1.0 / math.sqrt(layer.in_features)
-        for param in (lora_a, lora_b):
-            draw = torch.rand(param.shape, generator=generator, dtype=torch.float64) * (2 * bound) - bound
-            param.copy_(draw.to(param.dtype))
 
 
 # Bit patterns read as integers of the same width, for a fingerprint that sums weights exactly.

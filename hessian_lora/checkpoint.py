@@ -52,6 +52,7 @@ from hessian_lora.adapters import (
     residual_digest as residual_digest,  # the residual's fingerprint: the recipe's
 )
 from hessian_lora.errors import UserError
+from hessian_lora.methods.registry import PEFT_INIT_CONFIGS
 from hessian_lora.models import load_model
 from hessian_lora.precision import FP32_RESIDUAL_DIGEST_ATTRIBUTE
 from hessian_lora.settings.adapter import AdapterConfig
@@ -461,7 +462,7 @@ def _rewrite_adapter_config(config_path: Path, meta: CheckpointMeta) -> None:
     data = json.loads(config_path.read_text(encoding="utf-8"))
     if data.get("peft_type", "LORA") == "LORA":  # GraLoRA and RandLoRA configs have no init recipe to undo
         data["init_lora_weights"] = True
-        data["lora_ga_config"] = None
+        data.update(dict.fromkeys(PEFT_INIT_CONFIGS))  # the recipe's own settings (LoRA-GA's) go with it
     data["base_model_name_or_path"] = meta.base_model
     config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 

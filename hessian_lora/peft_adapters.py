@@ -56,22 +56,29 @@ from hessian_lora.checkpoint import (
 )
 from hessian_lora.data import PROBE_BATCHES_FILE
 from hessian_lora.errors import UserError
+from hessian_lora.methods.registry import (
+    METHODS,
+    PEFT_INIT_CONFIGS,
+    REBUILDABLE_PEFT_INITS,
+    REWRITING_PEFT_INITS,
+    method_of_peft_config,
+)
 from hessian_lora.models import hub_unreachable, load_model, looks_like_path, quiet_hub
 from hessian_lora.settings.adapter import AdapterConfig
 
 # init_lora_weights values whose initialisation rewrites the base weights (W ← W − s·B₀·A₀, or a quantised W for
-# LoftQ). peft saves such adapters as they are unless ``path_initial_model_for_weight_conversion`` is given, which
-# turns them into a plain LoRA delta on the original base and writes ``init_lora_weights: true``.
-_REWRITING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
-# ... of which these are deterministic functions of the base weights (a full SVD, a QR): peft's init re-run on the
-# original base gives the residual the adapter was trained on (pissa_niter_K is a randomised SVD: not these).
-REBUILDABLE = ("pissa", "olora")
+# LoftQ): the registered methods' that say so, and peft's others. peft saves such adapters as they are unless
+# ``path_initial_model_for_weight_conversion`` is given, which turns them into a plain LoRA delta on the original
+# base and writes ``init_lora_weights: true``.
+_REWRITING_INITS = REWRITING_PEFT_INITS
+# ... of which these are deterministic functions of the base weights (a full SVD, a QR: the methods whose spec says
+# ``rebuildable``): peft's init re-run on the original base gives the residual the adapter was trained on
+# (pissa_niter_K is a randomised SVD: not these).
+REBUILDABLE = REBUILDABLE_PEFT_INITS
 # The files of an adapter repo this toolkit reads (a hessian-lora checkpoint's or a peft directory's); a hub repo's
 # other files (README, training_args.bin, checkpoint-*/ folders) are not fetched.
 _ADAPTER_FILES = ("hessian_lora.json", "adapter_config.json", "adapter_model.safetensors", PROBE_BATCHES_FILE,
                   "initial_adapter.safetensors", "optimizer.pt", "trainer_state.json")
-_INIT_METHODS = {"pissa": "pissa", "olora": "olora", "lora_ga": "loraga"}
-_PEFT_TUNERS = {"LORA": "lora", "GRALORA": "gralora", "RANDLORA": "randlora"}
 # Tensors a RandLoRA file holds that are fixed random bases, not trained parameters.
 _FROZEN_TENSOR_MARKERS = (".randlora_A", ".randlora_B")
 
@@ -161,12 +168,13 @@ def base_rewriting_init(peft_config: Mapping[str, Any]) -> str | None:
 
 
 def converted_init(directory: str | os.PathLike[str], peft_config: Mapping[str, Any]) -> str | None:
-    """``"pissa"`` or ``"olora"`` when the directory is such an adapter saved with peft's conversion, else None.
+    """The method (PiSSA, OLoRA) when the directory is such an adapter saved with peft's conversion, else None.
 
     peft's conversion stores ``lora_A = [A; A₀]`` and ``lora_B = [B, −B₀]`` at rank 2r with ``init_lora_weights:
-    true``; the initial half of every module tells the method: PiSSA's B₀ = U_r·√(S_r/s), A₀ = √(S_r/s)·V_rᵀ have
-    B₀ᵀB₀ = A₀A₀ᵀ = diag(S_r/s); OLoRA's B₀ = Q_r has B₀ᵀB₀ = I. A plain LoRA's second half (Kaiming A, B trained
-    from zero) meets neither (tolerance: 16-bit tensors round at ~4e-3).
+    true``; the initial half of every module tells the method, each method's spec's ``converted_half`` says how:
+    PiSSA's B₀ = U_r·√(S_r/s), A₀ = √(S_r/s)·V_rᵀ have B₀ᵀB₀ = A₀A₀ᵀ = diag(S_r/s); OLoRA's B₀ = Q_r has
+    B₀ᵀB₀ = I. A plain LoRA's second half (Kaiming A, B trained from zero) meets neither (tolerance: 16-bit tensors
+    round at ~4e-3); a half two methods claim is measured as a plain rank-2r LoRA.
     """
     if (peft_config.get("peft_type") != "LORA" or peft_config.get("init_lora_weights", True) is not True
             or peft_config.get("use_dora") or int(peft_config.get("r") or 0) % 2):
@@ -185,38 +193,26 @@ def converted_init(directory: str | os.PathLike[str], peft_config: Mapping[str, 
             half = a.shape[0] // 2
             tol = 1e-2 if a.element_size() <= 2 else 1e-4
             a0, b0 = a[half:].double(), -b[:, half:].double()
-            gram_a, gram_b = a0 @ a0.T, b0.T @ b0
-            scale = float(gram_b.diagonal().abs().max())
-            if scale == 0:
+            claimed = [name for name, spec in METHODS.items()
+                       if spec.converted_half is not None and spec.converted_half(a0, b0, tol)]
+            if len(claimed) != 1:
                 return None
-            diagonal = torch.diag(gram_b.diagonal())
-            if float((gram_b - torch.eye(half, dtype=gram_b.dtype)).abs().max()) <= tol:
-                kinds.add("olora")
-            elif (float((gram_b - diagonal).abs().max()) <= tol * scale
-                  and float((gram_a - diagonal).abs().max()) <= tol * scale):
-                kinds.add("pissa")
-            else:
-                return None
+            kinds.add(claimed[0])
     return kinds.pop() if len(kinds) == 1 else None
 
 
 def peft_meta(peft_config: Mapping[str, Any], *, base_model: str, model_seed: int = 0,
               task: str | None = None, step: int | None = None) -> CheckpointMeta:
-    """A :class:`CheckpointMeta` for a plain peft adapter: the method inferred from the config (``use_dora``
-    → dora, ``use_rslora`` → rslora, ``init_lora_weights`` pissa/olora/lora_ga → pissa/olora/loraga, GraLoRA,
-    RandLoRA; else lora); ``rank`` is peft's ``r`` (RandLoRA: its basis rank)."""
-    tuner = _PEFT_TUNERS[str(peft_config.get("peft_type"))]
+    """A :class:`CheckpointMeta` for a plain peft adapter: the method the config names
+    (:func:`~hessian_lora.methods.registry.method_of_peft_config`: each method's spec recognises its own configs,
+    e.g. ``use_dora`` → DoRA, ``init_lora_weights`` pissa → PiSSA, peft_type GRALORA → GraLoRA; plain LoRA when
+    none does); alpha and dropout read where that method's tuner keeps them; ``rank`` is peft's ``r`` (RandLoRA:
+    its basis rank)."""
+    method = method_of_peft_config(peft_config)
+    spec = METHODS[method]
     init = peft_config.get("init_lora_weights", True)
-    if tuner != "lora":
-        method = tuner
-        alpha = peft_config.get("alpha" if tuner == "gralora" else "randlora_alpha")
-        dropout = peft_config.get(f"{tuner}_dropout", 0.0)
-    else:
-        init_name = init.lower().split("_niter")[0] if isinstance(init, str) else None
-        method = ("dora" if peft_config.get("use_dora") else "rslora" if peft_config.get("use_rslora")
-                  else _INIT_METHODS.get(init_name or "", "lora"))
-        alpha = peft_config.get("lora_alpha")
-        dropout = peft_config.get("lora_dropout", 0.0)
+    alpha = peft_config.get(spec.peft_alpha_key)
+    dropout = peft_config.get(spec.peft_dropout_key, 0.0)
     rank = int(peft_config.get("r") or 8)
     targets = peft_config.get("target_modules") or ()
     targets = (targets,) if isinstance(targets, str) else tuple(sorted(targets))
@@ -278,7 +274,8 @@ def load_peft_directory(
     rebuild = rewriting is not None and model is None
     if rewriting is not None and not rebuild:  # the residual base is given: load the trained factors only
         peft_config.init_lora_weights = True
-        peft_config.lora_ga_config = None
+        for key in PEFT_INIT_CONFIGS:  # the recipe's own settings (LoRA-GA's) go with it
+            setattr(peft_config, key, None)
     with torch.random.fork_rng(devices=adapters._cuda_device_indices(loaded.model)), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         if converted is not None:

@@ -16,6 +16,7 @@ import torch
 from hessian_lora.checkpoint import LoadedCheckpoint, OptimizerState, adam_second_moments
 from hessian_lora.errors import UserError
 from hessian_lora.hessian.preconditioned import adam_preconditioner
+from hessian_lora.methods.registry import METHODS
 
 
 def checkpoint_preconditioner(loaded: LoadedCheckpoint, names: Sequence[str]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -70,6 +71,9 @@ def _group_ratios(groups: Sequence[Mapping[str, object]], meta: object) -> list[
     initial = [float(group.get("initial_lr", 0.0)) for group in groups]  # type: ignore[arg-type]  # a param group's values are typed object; lr is a float
     if initial[0] > 0:
         return [lr / initial[0] for lr in initial]
-    if getattr(meta, "method", None) == "loraplus" and len(groups) == 2:
-        return [1.0, float(getattr(meta, "loraplus_ratio", 1.0))]
+    spec = METHODS.get(str(getattr(meta, "method", None)))
+    if spec is not None and spec.group_lr_ratios is not None:
+        ratios = list(spec.group_lr_ratios(meta))  # type: ignore[arg-type]  # meta is the run's AdapterConfig here
+        if len(ratios) == len(groups):
+            return ratios
     return [1.0] * len(groups)

@@ -34,7 +34,7 @@ from hessian_lora.analysis.summary import Analysis, analyze, relation_lambda
 from hessian_lora.data import DEFAULT_PROMPT_TEMPLATE, check_prompt_template, load_task, make_batches
 from hessian_lora.errors import UserError
 from hessian_lora.measure import MeasureSettings, measure
-from hessian_lora.registry import METHODS, check_method_rank
+from hessian_lora.methods.registry import METHODS, check_method_rank
 from hessian_lora.reports import ReportView
 from hessian_lora.runs import read_run_directory
 from hessian_lora.targets import AdaptedModule

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hessian_lora.errors import UserError
-from hessian_lora.registry import METHODS
+from hessian_lora.methods.registry import METHODS
 
 Model = TypeVar("Model", bound=BaseModel)
 

@@ -40,10 +40,10 @@ from hessian_lora.data import (
     make_batches,
 )
 from hessian_lora.errors import UserError
+from hessian_lora.methods.registry import check_method_rank
 from hessian_lora.models import DEFAULT_MODEL
 from hessian_lora.peft_adapters import load_peft_directory, peft_step, resolve_adapter
 from hessian_lora.precision import check_hessian_precision
-from hessian_lora.registry import check_method_rank
 from hessian_lora.settings.adapter import AdapterConfig
 from hessian_lora.settings.measurement import MeasureSettings
 

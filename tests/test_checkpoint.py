@@ -28,8 +28,8 @@ from hessian_lora.checkpoint import (
 from hessian_lora.data import Example, make_batches
 from hessian_lora.errors import UserError
 from hessian_lora.loss import loss_sum
+from hessian_lora.methods.registry import METHODS
 from hessian_lora.models import load_model
-from hessian_lora.registry import METHODS
 
 REWRITING = {name for name, spec in METHODS.items() if spec.rewrites_base}
 LR = 5e-3
@@ -64,7 +64,7 @@ def _trained(method: str, model_seed: int = 0, steps: int = 3):
     loaded = load_model("tiny-llama", device="cpu", seed=model_seed)
     batches = _batches(loaded.tokenizer)
     config = AdapterConfig(method, rank=4, alpha=8, seed=11)
-    peft_model = build_adapter(loaded.model, config, batches=batches if method == "loraga" else None)
+    peft_model = build_adapter(loaded.model, config, batches=batches if METHODS[method].needs_data else None)
     optimizer = make_optimizer(peft_model, config, LR, weight_decay=0.01)
     _train(peft_model, optimizer, batches, steps)
     meta = CheckpointMeta.from_config(config, base_model="tiny-llama", task="arith", model_seed=model_seed,

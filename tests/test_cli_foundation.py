@@ -13,8 +13,8 @@ import torch
 
 from hessian_lora.checkpoint import load_checkpoint
 from hessian_lora.cli import main
+from hessian_lora.methods.registry import METHODS
 from hessian_lora.models import load_model
-from hessian_lora.registry import METHODS
 
 
 def test_methods_lists_every_method_one_line_each(capsys: pytest.CaptureFixture[str]) -> None:

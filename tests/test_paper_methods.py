@@ -9,7 +9,7 @@ import torch
 
 from hessian_lora.cli import main
 from hessian_lora.measure import MeasureSettings, measure
-from hessian_lora.registry import METHODS
+from hessian_lora.methods.registry import METHODS
 from hessian_lora.targets import Checkpoint
 
 # One layer of tiny-llama, four short examples: the point is that every tuner's parameters form the blocks.
@@ -42,7 +42,7 @@ def test_loft_reports_the_preconditioner_note_instead_of_a_number(tmp_path) -> N
     from hessian_lora.adapters import AdapterConfig, adapter_at_initialisation, make_optimizer
     from hessian_lora.checkpoint import CheckpointMeta, save_checkpoint
     from hessian_lora.data import load_task
-    from hessian_lora.training.loft import PRECONDITIONER_NOTE
+    from hessian_lora.methods.loft import PRECONDITIONER_NOTE
     from hessian_lora.training.train import TrainConfig, train
 
     config = AdapterConfig("loft", rank=2)

@@ -10,8 +10,9 @@ import pytest
 from matplotlib import colors as mcolors
 from synthetic_run import SyntheticMethod, write_run_dir
 
-from hessian_lora import analysis, registry
+from hessian_lora import analysis
 from hessian_lora.figures import plots, spectrum
+from hessian_lora.methods import registry
 
 METHODS = {
     "lora": SyntheticMethod(eta_star=3.1e-4, lambda_init=1.5),
@@ -95,7 +96,7 @@ def test_palette_is_stable_and_shades_darken_with_learning_rate() -> None:
 
 
 def test_method_order_matches_the_registry() -> None:
-    from hessian_lora.registry import METHODS as REGISTRY
+    from hessian_lora.methods.registry import METHODS as REGISTRY
 
     assert tuple(REGISTRY) == registry.METHOD_ORDER
 

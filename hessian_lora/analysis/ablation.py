@@ -28,7 +28,8 @@ from hessian_lora.analysis.censoring import bound_text
 from hessian_lora.analysis.report import markdown_table
 from hessian_lora.analysis.summary import Analysis, analyze, jsonable
 from hessian_lora.errors import UserError
-from hessian_lora.registry import SCORE_METRICS, method_sort_key
+from hessian_lora.methods.registry import method_sort_key
+from hessian_lora.registry import SCORE_METRICS
 from hessian_lora.rundir import RunLayout, read_config
 from hessian_lora.runs import load_runs
 

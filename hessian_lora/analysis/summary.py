@@ -55,7 +55,8 @@ from hessian_lora.analysis.uncertainty import (
 )
 from hessian_lora.errors import UserError
 from hessian_lora.hessian.thresholds import adam_thresholds
-from hessian_lora.registry import SCORE_METRICS, method_sort_key
+from hessian_lora.methods.registry import method_sort_key
+from hessian_lora.registry import SCORE_METRICS
 from hessian_lora.rundir import Status
 from hessian_lora.runs import RunDirectory, RunRecord, read_run_directory
 from hessian_lora.settings.training import DEFAULT_BETAS

@@ -16,8 +16,8 @@ from typing import Any
 from hessian_lora import checkpoint, peft_adapters
 from hessian_lora.commands import add_command
 from hessian_lora.errors import UserError
+from hessian_lora.methods.registry import METHODS
 from hessian_lora.peft_adapters import resolve_adapter
-from hessian_lora.registry import METHODS
 
 HELP = "describe a checkpoint or a plain peft adapter directory"
 
@@ -96,11 +96,9 @@ def _describe_peft(path: Path) -> dict[str, Any]:
     step = peft_adapters.trained_step(path)
     meta = peft_adapters.peft_meta(config, base_model=config.get("base_model_name_or_path") or "-", step=step)
     adapter = meta.adapter
-    # Read from peft's own config, not AdapterConfig.scaling: a plain peft adapter may set use_rslora on DoRA, or
-    # GraLoRA's hybrid_r, which this toolkit's adapters never do.
-    use_rslora = adapter.method == "rslora" or (adapter.method == "dora" and config.get("use_rslora"))
-    divisor = {"gralora": adapter.rank + int(config.get("hybrid_r") or 0), "randlora": adapter.rank}.get(
-        adapter.method, adapter.rank ** 0.5 if use_rslora else adapter.rank)
+    # Read from peft's own config (the method's saved_scaling), not AdapterConfig.scaling: a plain peft adapter may
+    # set use_rslora on DoRA, or GraLoRA's hybrid_r, which this toolkit's adapters never do.
+    scale = METHODS[adapter.method].saved_scaling(config, adapter.rank, adapter.lora_alpha)
     return {
         "checkpoint": str(path),
         "format": "peft",
@@ -108,7 +106,7 @@ def _describe_peft(path: Path) -> dict[str, Any]:
         "summary": METHODS[adapter.method].summary,
         "rank": adapter.rank,
         "alpha": adapter.lora_alpha,
-        "scale": adapter.lora_alpha / divisor,
+        "scale": scale,
         "dropout": adapter.dropout,
         "targets": list(adapter.targets),
         "base_model": meta.base_model,

@@ -23,8 +23,8 @@ from hessian_lora.commands import add_command
 from hessian_lora.commands._prompt import add_prompt_template_argument
 from hessian_lora.data import check_prompt_template, load_task, make_batches
 from hessian_lora.errors import UserError
+from hessian_lora.methods.registry import METHODS, check_method_rank
 from hessian_lora.models import load_model
-from hessian_lora.registry import METHODS, check_method_rank
 
 DEFAULT_LORAGA_BATCHES = 4
 DEFAULT_BATCH_SIZE = 4
@@ -87,11 +87,7 @@ def run(args: argparse.Namespace) -> int:
     path = save_checkpoint(args.out, peft_model, meta)
     trainable = sum(p.numel() for p in trainable_parameters(peft_model).values())
     peft_config = peft_model.peft_config[ADAPTER_NAME]
-    tuner = ""
-    if config.spec.tuner == "randlora":
-        tuner = f" (RandLoRA basis rank {peft_config.r}, randlora_alpha {peft_config.randlora_alpha})"
-    elif config.spec.tuner == "gralora":
-        tuner = f" (gralora_k {peft_config.gralora_k})"
+    tuner = config.spec.describe_peft(peft_config) if config.spec.describe_peft is not None else ""
     print(f"{config.method} r={config.rank} alpha={config.lora_alpha:g}{tuner} on {args.model}: {trainable:,} trainable "
           f"parameters, built in {built_seconds:.2f} s, saved to {path}", file=sys.stdout)
     return 0

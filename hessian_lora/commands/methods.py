@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 
 from hessian_lora.commands import add_command
-from hessian_lora.registry import METHODS, REFERENCE_LAYERS, REFERENCE_MODEL, reference_parameter_count
+from hessian_lora.methods.registry import (
+    METHODS,
+    REFERENCE_LAYERS,
+    REFERENCE_MODEL,
+    reference_parameter_count,
+)
 
 REFERENCE_RANK = 128  # the paper's rank
 

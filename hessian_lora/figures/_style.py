@@ -1,6 +1,6 @@
 """The look every figure shares: axis labels, a method's shades from light to dark, figure and LR formatting.
 
-Colours and labels of methods come from :mod:`hessian_lora.registry`; this module adds what the figure modules
+Colours and labels of methods come from :mod:`hessian_lora.methods.registry`; this module adds what the figure modules
 (:mod:`hessian_lora.figures.plots`, :mod:`hessian_lora.figures.spectrum`, :mod:`hessian_lora.figures.ablation`) share.
 """
 
@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from hessian_lora.analysis.curves import SCORE_METRICS, is_reasoning_gym
-from hessian_lora.registry import METHOD_ORDER, method_color, method_label
+from hessian_lora.methods.registry import METHOD_ORDER, method_color, method_label
 
 METRIC_AXIS_LABELS = {
     "accuracy": "eval accuracy (the task's scorer, %)",

@@ -27,7 +27,7 @@ from hessian_lora.figures._style import (
     new_figure,
 )
 from hessian_lora.figures.plots import FIGURE_NAMES, PlotResult, make_figures, save_figure
-from hessian_lora.registry import method_color, method_label
+from hessian_lora.methods.registry import method_color, method_label
 from hessian_lora.rundir import RunLayout
 from hessian_lora.runs import read_run_directory
 

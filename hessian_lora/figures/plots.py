@@ -43,7 +43,13 @@ from hessian_lora.figures.spectrum import (
 )
 from hessian_lora.hessian.thresholds import adam_thresholds
 from hessian_lora.memory import model_shape
-from hessian_lora.registry import METHOD_COLORS, METHOD_LABELS, method_color, method_label, method_sort_key  # noqa: F401
+from hessian_lora.methods.registry import (  # noqa: F401
+    METHOD_COLORS,
+    METHOD_LABELS,
+    method_color,
+    method_label,
+    method_sort_key,
+)
 from hessian_lora.rundir import RunLayout, Status
 from hessian_lora.runs import RunDirectory, RunRecord, read_run_directory
 

@@ -19,7 +19,7 @@ from hessian_lora.analysis.claims import PAPER_LAMBDA_RATIO, UP_TO, per_module_r
 from hessian_lora.figures._style import method_style, new_figure
 from hessian_lora.hessian.filters import layer_index
 from hessian_lora.hessian.solvers import label as solver_label
-from hessian_lora.registry import method_color, method_label, method_sort_key
+from hessian_lora.methods.registry import DEFAULT_METHOD, method_color, method_label, method_sort_key
 from hessian_lora.reports import BlockPart, BlockView, ReportView, module_kind
 from hessian_lora.runs import RunDirectory
 
@@ -59,7 +59,7 @@ def _measured_modules(directory: RunDirectory, methods: Sequence[str] | None
 
 
 def figure_module_ratios(directory: RunDirectory, methods: Sequence[str] | None = None,
-                         reference: str = "lora") -> Figure | None:
+                         reference: str = DEFAULT_METHOD) -> Figure | None:
     """(c) Per module kind, each method's λ_max / the reference's at every *measured* layer: one marker per
     layer (no line: layers between the measured ones were not measured), methods nudged apart along the layer
     axis so equal ratios stay visible, hollow where either λ was not certified; dashed: the method's median."""
@@ -107,7 +107,7 @@ def figure_module_ratios(directory: RunDirectory, methods: Sequence[str] | None 
             if name in medians:
                 axes.axhline(medians[name], color=method_color(name), linestyle="--", linewidth=1.0, alpha=0.8)
         axes.axhline(1.0, color="0.5", linewidth=0.8)
-        if reference == "lora":
+        if reference == DEFAULT_METHOD:
             _paper_marks(axes, others)
         kind_layers = sorted({layer for block in base if module_kind(block) == kind
                               and (layer := layer_index(block)) is not None})
@@ -131,7 +131,7 @@ def figure_module_ratios(directory: RunDirectory, methods: Sequence[str] | None 
     facts = _measured_on(sample_sizes, seeds)
     on = f" ({'; '.join(facts)})" if facts else ""
     paper = ("\ndotted, labelled at the right: the paper's figure (Qwen3-0.6B, q_proj)"
-             if reference == "lora" and any(name in PAPER_LAMBDA_RATIO for name in others) else "")
+             if reference == DEFAULT_METHOD and any(name in PAPER_LAMBDA_RATIO for name in others) else "")
     figure.suptitle(rf"Per-module $\lambda_{{\max}}$ at initialisation relative to {method_label(reference)}{on}"
                     "\none marker per measured layer (no line: the layers between were not measured),\n"
                     f"methods nudged apart; dashed: median over all modules{paper}{hollow}", fontsize=10)

@@ -10,7 +10,7 @@ Being torch-free is the point of the package: loading a sweep YAML, validating a
 must not pay for torch (seconds) or load the engine. The import-linter contracts in ``setup.cfg`` keep it so.
 """
 
-from hessian_lora.settings.adapter import DEFAULT_TARGETS, RANDLORA_ALPHA_PER_RANK, AdapterConfig
+from hessian_lora.settings.adapter import DEFAULT_TARGETS, AdapterConfig
 from hessian_lora.settings.evaluation import EvalConfig
 from hessian_lora.settings.measurement import (
     BACKENDS,
@@ -45,7 +45,6 @@ __all__ = [
     "PROBE_BACKENDS",
     "PROBE_SOLVERS",
     "PROMPT_TEMPLATES",
-    "RANDLORA_ALPHA_PER_RANK",
     "SOLVERS",
     "AdapterConfig",
     "Backend",

@@ -11,11 +11,9 @@ import math
 from dataclasses import dataclass
 
 from hessian_lora.errors import UserError
-from hessian_lora.registry import METHODS, MethodSpec
+from hessian_lora.methods.registry import METHODS, MethodSpec
 
 DEFAULT_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# RandLoRA's scale: the authors set randlora_alpha = 20·r (r: RandLoRA's own basis rank), i.e. a scale of 20.
-RANDLORA_ALPHA_PER_RANK = 20
 
 
 @dataclass(frozen=True)
@@ -63,9 +61,6 @@ class AdapterConfig:
 
     @property
     def scaling(self) -> float:
-        """The LoRA scale s in ΔW = s·B·A, as peft computes it."""
-        if self.method == "rslora":
-            return self.lora_alpha / math.sqrt(self.rank)
-        if self.method == "randlora":
-            return float(RANDLORA_ALPHA_PER_RANK)  # randlora_alpha / r with randlora_alpha = 20·r
-        return self.lora_alpha / self.rank
+        """The LoRA scale s in ΔW = s·B·A, as peft computes it (the method's ``scaling``: alpha/r, rsLoRA's
+        alpha/√r, RandLoRA's 20)."""
+        return self.spec.scaling(self.lora_alpha, self.rank)

@@ -115,7 +115,8 @@ def _read_numbers(settings: Any, names: tuple[str, ...]) -> None:
 # ----------------------------------------------------------------------------------------------------------
 # MeasureSettings' fields, each with what the command line and the report need to know about it.
 
-ReportRule = Literal["always", "when_set", "never", "dora"]
+# "dora_modules": recorded only for a model with DoRA modules (so reports of other models are as they always were).
+ReportRule = Literal["always", "when_set", "never", "dora_modules"]
 
 
 def _count_or_word(settings: Any, name: str, word: str | None, what: str) -> None:
@@ -228,7 +229,7 @@ class MeasureSettings:
                                            "TRL's text prompt/completion, chat otherwise")
     dora_norm: DoraNorm = _setting("detached", "DoRA: the Hessian of peft's surrogate with the column norm "
                                    "detached (what DoRA trains with) or of the true loss with the norm "
-                                   "differentiated", group="engine", report="dora")
+                                   "differentiated", group="engine", report="dora_modules")
     krylov_memory: float | None = _setting(None, "GiB the Krylov vectors may take on the device (on a GPU as "
                                            "much again in pinned host memory); beyond it kept products are "
                                            "dropped, then the basis stops growing", group="engine",
@@ -360,7 +361,7 @@ class MeasureSettings:
         for field in dataclasses.fields(self):
             rule, active = field.metadata["report"], field.metadata["active"]
             value = getattr(self, field.name)
-            if rule == "never" or (rule == "dora" and not dora):
+            if rule == "never" or (rule == "dora_modules" and not dora):
                 continue
             if rule == "when_set" and value in field.metadata["unset"]:
                 continue

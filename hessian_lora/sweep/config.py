@@ -30,7 +30,7 @@ import yaml
 
 from hessian_lora._yaml import is_number, numbers_from_strings, plain, settings_from_mapping
 from hessian_lora.errors import UserError
-from hessian_lora.registry import METHODS, check_method_rank
+from hessian_lora.methods.registry import METHODS, check_method_rank
 from hessian_lora.rundir import InitKey, run_id
 from hessian_lora.settings import AdapterConfig, DuringSettings, EvalConfig, MeasureSettings, TrainConfig
 from hessian_lora.settings.prompts import check_prompt_template

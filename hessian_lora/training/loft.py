@@ -51,19 +51,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from hessian_lora.methods.registry import METHODS
 from hessian_lora.settings.training import DEFAULT_BETAS
-
-PRECONDITIONER_NOTE = (
-    "LoFT's preconditioner is not a diagonal Adam one: it divides by a second moment reconstructed on the full "
-    "weight from per-row r×r outer products and projects with Gram inverses of the other factor, so the "
-    "Adam-preconditioned sharpness λ₁(P⁻¹H), P = diag(√v̂ + ε), and its (2 + 2β₁)/((1 - β₁)η) edge-of-stability "
-    "bound do not apply to LoFT runs as is; report raw λ_max for them."
-)
 
 
 def preconditioner_note(method: str) -> str | None:
-    """The caveat to print next to Adam-preconditioned sharpness for ``method`` (None when it applies)."""
-    return PRECONDITIONER_NOTE if method.lower() == "loft" else None
+    """The caveat to print next to Adam-preconditioned sharpness for ``method`` (its spec's
+    ``preconditioner_note``: LoFT's; None when the Adam preconditioner applies or the method is unknown)."""
+    spec = METHODS.get(method.lower())
+    return spec.preconditioner_note if spec is not None else None
 
 
 LoraPair = tuple[nn.Parameter, nn.Parameter, float]

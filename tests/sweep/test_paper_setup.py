@@ -7,9 +7,9 @@ from pathlib import Path
 
 from sweep_helpers import tiny_config
 
+from hessian_lora.methods.loft import PRECONDITIONER_NOTE
 from hessian_lora.sweep.runner import run_sweep
 from hessian_lora.sweep.store import open_store
-from hessian_lora.training.loft import PRECONDITIONER_NOTE
 
 
 def _rows(run_dir: Path) -> list[dict]:

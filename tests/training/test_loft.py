@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from hessian_lora.methods.loft import PRECONDITIONER_NOTE
 from hessian_lora.training.loft import (
-    PRECONDITIONER_NOTE,
     LoFT,
     loft_optimizer,
     lora_pairs,
