@@ -39,6 +39,7 @@ from transformers import PreTrainedTokenizerBase
 
 from hessian_lora.data import Example, TokenBatch
 from hessian_lora.errors import UserError
+from hessian_lora.loss import loss_sum
 from hessian_lora.methods.spec import BuildContext
 from hessian_lora.models import HESSIAN_SAFE_ATTENTION, LoadedModel, load_model
 
@@ -98,7 +99,7 @@ def build_adapter(
                                    shapes=list(linear_shapes.values()))
         context = BuildContext(config=config, model=model, peft_config=lora_config, batches=batches,
                                layers=lambda: list(lora_layers(context.model)), adapter_name=ADAPTER_NAME,
-                               progress=progress)
+                               progress=progress, loss=loss_sum)
         if spec.prepare is not None:
             spec.prepare(context)
         with warnings.catch_warnings():

@@ -61,6 +61,7 @@ from hessian_lora.hessian.starts import StartVectors, block_starts, start_vector
 from hessian_lora.hessian.storage import KrylovMemory
 from hessian_lora.hessian.trace import hutchplusplus
 from hessian_lora.loss import ChunkedHeadLoss, loss_sum
+from hessian_lora.methods.loft_optimizer import preconditioner_note
 from hessian_lora.models import DEFAULT_MODEL
 from hessian_lora.preconditioning import checkpoint_preconditioner
 from hessian_lora.settings.adapter import AdapterConfig
@@ -74,7 +75,6 @@ from hessian_lora.targets import (
     as_target,
     settings_examples,
 )
-from hessian_lora.training.loft import preconditioner_note
 
 if TYPE_CHECKING:
     from hessian_lora.checkpoint import LoadedCheckpoint

@@ -391,8 +391,8 @@ def test_gralora_takes_the_authors_k_and_refuses_indivisible_shapes(tiny) -> Non
 
 
 def test_loft_gets_its_optimizer_and_the_trainer_does_not_clip_it(tiny, monkeypatch) -> None:
+    from hessian_lora.methods.loft_optimizer import LoFT
     from hessian_lora.training import train as train_module
-    from hessian_lora.training.loft import LoFT
 
     peft_model = build_adapter(tiny.model, AdapterConfig("loft", rank=4))
     optimizer = make_optimizer(peft_model, AdapterConfig("loft", rank=4), 1e-3, max_grad_norm=0.5)

@@ -1,5 +1,5 @@
 """LoFT (Tastan et al. 2025): LoRA's init, trained by the LoFT optimizer (a full-weight AdamW view, alternating
-A/B updates; :mod:`hessian_lora.training.loft`, reached through this spec's ``make_optimizer``). A saved peft
+A/B updates; :mod:`hessian_lora.methods.loft_optimizer`, reached through this spec's ``make_optimizer``). A saved peft
 directory of it reads as plain LoRA (the optimizer leaves no trace in the adapter config).
 """
 
@@ -40,10 +40,10 @@ def make_optimizer(peft_model: Any, config: AdapterConfig, lr: float, *, betas: 
         max_grad_norm: the clipping norm of the full-weight gradient (None: no clipping).
 
     Returns:
-        A :class:`hessian_lora.training.loft.LoFT`.
+        A :class:`hessian_lora.methods.loft_optimizer.LoFT`.
     """
     # local: the optimizer needs torch; plug-ins load without
-    from hessian_lora.training.loft import loft_optimizer
+    from hessian_lora.methods.loft_optimizer import loft_optimizer
 
     return loft_optimizer(peft_model, lr, betas=betas, eps=eps, weight_decay=weight_decay,
                           max_grad_norm=max_grad_norm)

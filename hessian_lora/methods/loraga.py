@@ -6,7 +6,7 @@ has left each target's gradient on it. Takes 2r singular vectors of the gradient
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hessian_lora.errors import UserError
@@ -30,7 +30,8 @@ def _recognises(peft_config: Mapping[str, Any]) -> bool:
     return is_peft_init(peft_config, PEFT_INIT)
 
 
-def estimate_gradients(model: Any, lora_config: Any, batches: Sequence[Any]) -> None:
+def estimate_gradients(model: Any, lora_config: Any, batches: Sequence[Any],
+                       loss_sum: Callable[[Any, Any], Any]) -> None:
     """Leave on every target module the gradient of the global per-token mean loss over ``batches``, as peft's
     LoRA-GA init reads it.
 
@@ -38,13 +39,12 @@ def estimate_gradients(model: Any, lora_config: Any, batches: Sequence[Any]) -> 
         model: the base model (before peft wraps it).
         lora_config: the LoRA-GA config (its targets).
         batches: training batches (``TokenBatch``).
+        loss_sum: the summed token loss of ``model`` on one batch (the factory's ``hessian.loss.loss_sum``).
 
     Raises:
         UserError: the batches hold no loss tokens.
     """
     from peft.tuners.lora.loraga import preprocess_loraga  # local: plug-ins load without peft
-
-    from hessian_lora.loss import loss_sum  # local: the loss loads torch; plug-ins load without it
 
     device = next(model.parameters()).device
     total_tokens = sum(batch.loss_tokens for batch in batches)
@@ -64,7 +64,7 @@ def estimate_gradients(model: Any, lora_config: Any, batches: Sequence[Any]) -> 
 
 
 def _prepare(context: BuildContext) -> None:
-    estimate_gradients(context.model, context.peft_config, list(context.batches or []))
+    estimate_gradients(context.model, context.peft_config, list(context.batches or []), context.loss)
 
 
 SPEC = MethodSpec(

@@ -51,6 +51,8 @@ class BuildContext:
         layers: a function giving the adapted peft LoRA layers as (module name, layer), in model order.
         adapter_name: the peft adapter's name (its key in each layer's ``lora_A``/``lora_B``).
         progress: wraps a list in a progress bar with a description (a terminal shows it; else a no-op).
+        loss: the summed token loss of a model on one batch (``hessian.loss.loss_sum``), for methods that take a
+            gradient at initialisation: handed in by the factory, so that no plug-in imports a layer above it.
     """
 
     config: AdapterConfig
@@ -60,6 +62,7 @@ class BuildContext:
     layers: Callable[[], list[tuple[str, Any]]]
     adapter_name: str
     progress: Callable[[list[Any], str], Iterable[Any]]
+    loss: Callable[[Any, Any], Any]
 
 
 def lora_scaling(alpha: float, rank: int) -> float:

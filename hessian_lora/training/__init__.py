@@ -2,7 +2,7 @@
 
 - :mod:`~hessian_lora.training.train`: the paper's recipe (AdamW, cosine schedule, warm-up, clipping), exact
   gradient accumulation, divergence detection (``train``, ``global_batches``, ``example_stream``);
-- :mod:`~hessian_lora.training.loft`: the LoFT optimizer (``loft_optimizer``);
+- :mod:`~hessian_lora.methods.loft_optimizer`: the LoFT optimizer (``loft_optimizer``);
 - :mod:`~hessian_lora.training.dynamics`: :class:`SharpnessProbe`, λ_max and Adam's preconditioned sharpness
   measured inside a run from the live optimizer state;
 - :mod:`~hessian_lora.training.integrations`: :class:`SharpnessCallback`, the same probe inside a transformers

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from hessian_lora.methods.loft import PRECONDITIONER_NOTE
-from hessian_lora.training.loft import (
+from hessian_lora.methods.loft_optimizer import (
     LoFT,
     loft_optimizer,
     lora_pairs,
@@ -193,3 +193,10 @@ def test_preconditioner_note() -> None:
     assert preconditioner_note("LoFT") == PRECONDITIONER_NOTE
     assert "does not apply" in PRECONDITIONER_NOTE or "do not apply" in PRECONDITIONER_NOTE
     assert preconditioner_note("lora") is None
+
+
+def test_loft_defaults_to_the_recipes_betas() -> None:
+    from hessian_lora.methods.loft_optimizer import DEFAULT_BETAS
+    from hessian_lora.settings.training import DEFAULT_BETAS as RECIPE_BETAS
+
+    assert DEFAULT_BETAS == RECIPE_BETAS

@@ -52,7 +52,9 @@ import torch
 from torch import nn
 
 from hessian_lora.methods.registry import METHODS
-from hessian_lora.settings.training import DEFAULT_BETAS
+
+# AdamW's betas, the paper's recipe (settings.training.DEFAULT_BETAS, a layer above; a test keeps the two equal).
+DEFAULT_BETAS: tuple[float, float] = (0.9, 0.999)
 
 
 def preconditioner_note(method: str) -> str | None:
