@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from hessian_lora.data import TokenBatch
 from hessian_lora.hessian import LinearOperator
-from hessian_lora.loss import loss_sum
+from hessian_lora.hessian.loss import loss_sum
+from hessian_lora.inputs.tasks import TokenBatch
 
 PAPER_TOL = 5e-3  # their stop: |Δλ_max| < 5e-3, absolute
 PAPER_MIN_ITER = 5

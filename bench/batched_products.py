@@ -34,10 +34,10 @@ from typing import Any
 import torch
 
 import hessian_lora
-from hessian_lora.adapters import AdapterConfig, build_adapter
-from hessian_lora.data import load_task, make_batches
 from hessian_lora.hessian import HessianOperator, PerModule
-from hessian_lora.models import load_model
+from hessian_lora.inputs.models import load_model
+from hessian_lora.inputs.tasks import load_task, make_batches
+from hessian_lora.training.adapters import AdapterConfig, build_adapter
 
 
 def part_products(args: argparse.Namespace) -> dict[str, Any]:

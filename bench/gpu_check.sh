@@ -15,7 +15,7 @@
 # on the CPU: the log prints each pass's peak beside it).
 # The earlier checks (bf16 training steps, HVP/gradient ratio, batched products, the streamed rehearsal) ran on an
 # H200 on 2026-12-04; their log is bench/results/gpu_check_2026-12-04.log and each script still runs on its own.
-# The project has no device env var: hessian_lora.models.default_device() takes CUDA whenever it is available.
+# The project has no device env var: hessian_lora.inputs.models.default_device() takes CUDA whenever it is available.
 set -euo pipefail
 
 PYTHON=${PYTHON:-python}

@@ -35,8 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rehearsal import SHAPES, build  # one home for the Qwen3-0.6B-shaped model
 
-from hessian_lora.data import TokenBatch, pack_batches, packing_of
 from hessian_lora.hessian import HessianOperator, PerModule, WholeAdapter, lanczos
+from hessian_lora.hessian.loss import ChunkedHeadLoss, loss_sum
 from hessian_lora.hessian.memory_plan import (
     WORK_VECTORS,
     free_memory,
@@ -44,8 +44,8 @@ from hessian_lora.hessian.memory_plan import (
     plan_memory,
 )
 from hessian_lora.hessian.scan import scan_blocks
-from hessian_lora.loss import ChunkedHeadLoss, loss_sum
-from hessian_lora.models import default_device
+from hessian_lora.inputs.models import default_device
+from hessian_lora.inputs.tasks import TokenBatch, pack_batches, packing_of
 
 
 class OutOfTime(Exception):

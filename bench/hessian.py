@@ -46,8 +46,6 @@ from typing import Any
 
 import torch
 
-from hessian_lora.adapters import AdapterConfig, build_adapter
-from hessian_lora.data import TokenBatch
 from hessian_lora.hessian import (
     HessianOperator,
     LinearOperator,
@@ -56,9 +54,11 @@ from hessian_lora.hessian import (
     lanczos,
     power_iteration,
 )
+from hessian_lora.hessian.loss import loss_sum
 from hessian_lora.hessian.pyhessian_compat import run_pyhessian
-from hessian_lora.loss import loss_sum
-from hessian_lora.models import load_model
+from hessian_lora.inputs.models import load_model
+from hessian_lora.inputs.tasks import TokenBatch
+from hessian_lora.training.adapters import AdapterConfig, build_adapter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _authors import VhpOperator, paper_lanczos  # bench/ is not a package: its own folder on the path

@@ -88,11 +88,11 @@ def measure_unit(method: str, size: int, kinds: Sequence[str], args: argparse.Na
                  layers: Sequence[int]) -> list[Measured]:
     """Build ``method``'s adapter at initialisation and measure λ_max on the first ``size`` training examples,
     for the whole adapter and/or q_proj of ``layers`` (``kinds``)."""
-    from hessian_lora.adapters import AdapterConfig, adapter_at_initialisation
-    from hessian_lora.data import load_task
-    from hessian_lora.measure import MeasureSettings, measure
-    from hessian_lora.recommend import probe_batches
-    from hessian_lora.targets import AdaptedModule
+    from hessian_lora.inputs.tasks import load_task
+    from hessian_lora.measurement.measure import MeasureSettings, measure
+    from hessian_lora.measurement.targets import AdaptedModule
+    from hessian_lora.sweep.recommend import probe_batches
+    from hessian_lora.training.adapters import AdapterConfig, adapter_at_initialisation
     from hessian_lora.training.train import TrainConfig
 
     n_train = max(args.n_train, max(args.sizes))  # one training set for every size: nested samples
@@ -147,7 +147,7 @@ def save(path: Path | None, args: argparse.Namespace, rows: Sequence[Measured], 
     sizes = tuple(sorted({row.samples for row in rows}))
     lines, verdict = summarise(rows, sizes, args.within) if rows else ([], {})
     if path is not None:
-        from hessian_lora._io import write_text_atomic
+        from hessian_lora.core.atomic import write_text_atomic
 
         settings = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()
                     if key not in ("sizes", "no_measure")}  # how this run was asked for, not what it measured
@@ -232,7 +232,7 @@ def draw(rows: Sequence[Measured], path: Path, reference: str = "lora") -> None:
     """Two panels against the sample size (log axis): each block's λ_max relative to its value at the largest
     sample that block has (left), and each method's ratio to ``reference`` (right). The whole adapter is drawn
     thick, q_proj of each layer thin; a hollow marker is an uncertified value. Points are the sizes measured."""
-    from hessian_lora.figures._style import method_style, new_figure
+    from hessian_lora.analysis.figures._style import method_style, new_figure
     from hessian_lora.methods.registry import method_label
 
     by_key = {(row.method, row.block, row.samples): row for row in rows}

@@ -36,7 +36,7 @@ torch.set_num_threads(1)
 from transformers import LlamaConfig, LlamaForCausalLM
 from peft import LoraConfig, get_peft_model
 from hessian_lora.hessian import HessianOperator, WholeAdapter
-from hessian_lora.data import TokenBatch
+from hessian_lora.inputs.tasks import TokenBatch
 h, L, heads, kv, inter, V, B, S = map(int, sys.argv[1:9])
 cfg = LlamaConfig(vocab_size=V, hidden_size=h, intermediate_size=inter, num_hidden_layers=L,
                   num_attention_heads=heads, num_key_value_heads=kv, tie_word_embeddings=True,

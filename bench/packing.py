@@ -38,11 +38,11 @@ CONFIGS = ("streamed", "packed", "packed+chunked")
 def child(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from hessian_lora.adapters import AdapterConfig, build_adapter
-    from hessian_lora.data import load_task, make_batches, pack_batches, packing_of
     from hessian_lora.hessian import HessianOperator, PerModule, lanczos
-    from hessian_lora.loss import ChunkedHeadLoss, loss_sum
-    from hessian_lora.models import load_model
+    from hessian_lora.hessian.loss import ChunkedHeadLoss, loss_sum
+    from hessian_lora.inputs.models import load_model
+    from hessian_lora.inputs.tasks import load_task, make_batches, pack_batches, packing_of
+    from hessian_lora.training.adapters import AdapterConfig, build_adapter
 
     torch.set_num_threads(1)
     loaded = load_model("tiny-llama" if args.tiny else "smollm2-135m", device="cpu")

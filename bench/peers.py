@@ -38,11 +38,11 @@ from typing import Any
 
 import torch
 
-from hessian_lora.adapters import AdapterConfig, build_adapter
-from hessian_lora.data import TokenBatch, load_task, make_batches
 from hessian_lora.hessian import HessianOperator, PerModule, lanczos
-from hessian_lora.loss import loss_sum
-from hessian_lora.models import load_model
+from hessian_lora.hessian.loss import loss_sum
+from hessian_lora.inputs.models import load_model
+from hessian_lora.inputs.tasks import TokenBatch, load_task, make_batches
+from hessian_lora.training.adapters import AdapterConfig, build_adapter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _authors import PAPER_TOL, VhpOperator, paper_lanczos  # bench/ is not a package: its folder on the path

@@ -20,12 +20,12 @@ import time
 import psutil
 import torch
 
-from hessian_lora.adapters import adapter_at_initialisation
-from hessian_lora.data import load_task, make_batches
 from hessian_lora.hessian.memory_plan import release_freed_memory
-from hessian_lora.measure import measure
+from hessian_lora.inputs.tasks import load_task, make_batches
+from hessian_lora.measurement.measure import measure
+from hessian_lora.measurement.targets import AdaptedModule
 from hessian_lora.settings import AdapterConfig, MeasureSettings
-from hessian_lora.targets import AdaptedModule
+from hessian_lora.training.adapters import adapter_at_initialisation
 
 GIB = 2**30
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter

@@ -30,10 +30,10 @@ from typing import Any
 import psutil
 import torch
 
-from hessian_lora.data import TokenBatch
 from hessian_lora.hessian import HessianOperator, WholeAdapter, lanczos
 from hessian_lora.hessian.memory_plan import plan_memory
-from hessian_lora.models import default_device
+from hessian_lora.inputs.models import default_device
+from hessian_lora.inputs.tasks import TokenBatch
 
 SHAPES: dict[str, dict[str, int]] = {
     "qwen3-0.6b": {"hidden_size": 1024, "num_hidden_layers": 28, "num_attention_heads": 16,

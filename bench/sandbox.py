@@ -14,8 +14,8 @@ import statistics
 import sys
 import time
 
-from hessian_lora import sandbox
-from hessian_lora.evaluate import humaneval_problems, humaneval_program
+from hessian_lora.training import sandbox
+from hessian_lora.training.evaluate import humaneval_problems, humaneval_program
 
 
 def main() -> int:

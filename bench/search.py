@@ -16,7 +16,7 @@ import math
 import statistics
 from collections.abc import Callable
 
-from hessian_lora.sweep.search import AdaptiveSearch, next_points, search_status
+from hessian_lora.settings.search import AdaptiveSearch, next_points, search_status
 
 GRID = tuple(2e-5 * 10 ** (k / 4) for k in range(-1, 11))
 SETTINGS = AdaptiveSearch(min_lr=GRID[0], max_lr=GRID[-1])

@@ -21,9 +21,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import get_cosine_schedule_with_warmup
 
-from hessian_lora.adapters import AdapterConfig, build_adapter, make_optimizer
-from hessian_lora.data import load_task
-from hessian_lora.models import load_model
+from hessian_lora.inputs.models import load_model
+from hessian_lora.inputs.tasks import load_task
+from hessian_lora.training.adapters import AdapterConfig, build_adapter, make_optimizer
 from hessian_lora.training.train import TrainConfig, global_batches, train
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -1,4 +1,4 @@
-"""Training memory: the estimate of ``hessian_lora.memory`` against one real training step (CUDA peak).
+"""Training memory: the estimate of ``hessian_lora.training.memory`` against one real training step (CUDA peak).
 
 Random weights with each paper model's shapes (built from its sizes, no download), LoRA r = 128 on all seven
 projections built on the fp32 base, the base cast to bf16 (``base_dtype: bf16``), then one optimizer step of one
@@ -12,7 +12,7 @@ counter). Not a test: it needs a CUDA device with room for Llama-2-7B's fp32 bui
     .venv/bin/python bench/train_memory.py --device cpu --layers 1     # smoke run: no peak on CPU
     .venv/bin/python bench/train_memory.py --saved-count                # CPU: the per-layer term vs autograd
 
-``--saved-count`` is the check quoted in ``hessian_lora.memory``: on a 2-layer random Llama it sums the distinct
+``--saved-count`` is the check quoted in ``hessian_lora.training.memory``: on a 2-layer random Llama it sums the distinct
 tensors autograd saves in one forward (``torch.autograd.graph.saved_tensors_hooks``; parameters and the
 log-softmax left out) and divides by tokens and layers, next to the formula's per-layer term.
 """
@@ -27,10 +27,10 @@ import warnings
 import torch
 from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, Qwen3Config
 
-from hessian_lora.adapters import AdapterConfig, build_adapter, make_optimizer
-from hessian_lora.data import TokenBatch
-from hessian_lora.memory import ALLOWANCE_BYTES, PAPER_MODELS, ModelShape, training_memory
-from hessian_lora.precision import cast_base_weights
+from hessian_lora.inputs.tasks import TokenBatch
+from hessian_lora.training.adapters import AdapterConfig, build_adapter, make_optimizer
+from hessian_lora.training.memory import ALLOWANCE_BYTES, PAPER_MODELS, ModelShape, training_memory
+from hessian_lora.training.precision import cast_base_weights
 from hessian_lora.training.train import _checkpointing, accumulate_gradient
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -19,8 +19,8 @@ def child(mode: str, directions: int) -> float:
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from hessian_lora.data import TokenBatch
     from hessian_lora.hessian import HessianOperator, PerModule
+    from hessian_lora.inputs.tasks import TokenBatch
 
     torch.set_num_threads(1)
     config = LlamaConfig(hidden_size=256, num_hidden_layers=4, intermediate_size=768, num_attention_heads=4,

@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from hessian_lora.recommend import recommend
+from hessian_lora.sweep.recommend import recommend
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from peft import LoraConfig
 from trl import SFTConfig, SFTTrainer
 
 import hessian_lora as h
-from hessian_lora.data import load_task
+from hessian_lora.inputs.tasks import load_task
 
 
 def main() -> None:

@@ -2,6 +2,6 @@
 
 import sys
 
-from hessian_lora.cli import main
+from hessian_lora.cli.main import main
 
 sys.exit(main())

@@ -65,9 +65,9 @@ print(f"model: {MODEL}")'''),
         new_code_cell('''\
 import tempfile
 
-from hessian_lora.checkpoint import CheckpointMeta, save_checkpoint
-from hessian_lora.adapters import AdapterConfig, build_adapter, trainable_parameters
-from hessian_lora.models import load_model
+from hessian_lora.training.checkpoint import CheckpointMeta, save_checkpoint
+from hessian_lora.training.adapters import AdapterConfig, build_adapter, trainable_parameters
+from hessian_lora.inputs.models import load_model
 
 config = AdapterConfig(method=METHOD, rank=RANK)
 loaded = load_model(MODEL, device="cpu")
@@ -104,7 +104,7 @@ assert len(scan.blocks) >= 2'''),
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from hessian_lora.figures.plots import method_color, method_label
+from hessian_lora.analysis.figures.plots import method_color, method_label
 
 figure = Figure(figsize=(8, 3.8), layout="constrained")
 FigureCanvasAgg(figure)
@@ -191,11 +191,11 @@ for name, summary in result.methods.items():
           f"{summary.lambda_init_whole}, η*·λ/2 = {summary.eta_lambda_over_2}")
 print("Spearman ρ:", relation.spearman_rho, " slope:", relation.slope, " 95% CI:", relation.slope_ci95)
 print("c in η* ≈ c/λ_max:", relation.c, " LOMO within 2×:", dict(relation.lomo_within_2x))'''),
-        new_markdown_cell("## The figures\n\nOne colour per method in every figure (`hessian_lora.figures.plots."
+        new_markdown_cell("## The figures\n\nOne colour per method in every figure (`hessian_lora.analysis.figures.plots."
                           "METHOD_COLORS`); figures whose data the run lacks are skipped."),
         new_code_cell('''\
 from hessian_lora.analysis import read_run_directory
-from hessian_lora.figures.plots import FIGURE_NAMES, make_figures
+from hessian_lora.analysis.figures.plots import FIGURE_NAMES, make_figures
 
 figures = make_figures(read_run_directory(RUN_DIR), result)
 for key, figure in figures.items():
@@ -224,10 +224,10 @@ SAMPLES, BATCH_SIZE = 8, 4'''),
         new_code_cell('''\
 import tempfile
 
-from hessian_lora.checkpoint import CheckpointMeta, save_checkpoint
-from hessian_lora.data import load_task
-from hessian_lora.adapters import AdapterConfig, build_adapter, make_optimizer
-from hessian_lora.models import load_model
+from hessian_lora.training.checkpoint import CheckpointMeta, save_checkpoint
+from hessian_lora.inputs.tasks import load_task
+from hessian_lora.training.adapters import AdapterConfig, build_adapter, make_optimizer
+from hessian_lora.inputs.models import load_model
 from hessian_lora.training.train import TrainConfig, train
 
 config = AdapterConfig(method=METHOD, rank=RANK)
@@ -259,7 +259,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from hessian_lora.figures.plots import method_color, method_label
+from hessian_lora.analysis.figures.plots import method_color, method_label
 
 density = block.density
 nodes = np.concatenate([np.asarray(run) for run in density.nodes])
@@ -307,18 +307,18 @@ print(f"ratio to Adam's edge of stability: {pre.sharpness / pre.adam_threshold:.
 assert pre.sharpness > 0'''),
         new_markdown_cell(
             "## Sharpness along training (the dynamics view)\n\n"
-            "`hessian_lora.training.dynamics.SharpnessProbe` measures λ_max and Adam's preconditioned sharpness λ₁(P⁻¹H) "
+            "`hessian_lora.measurement.training_probe.SharpnessProbe` measures λ_max and Adam's preconditioned sharpness λ₁(P⁻¹H) "
             "from the live optimizer state every few steps of a run (warm-started Lanczos: a few products per "
             "probe; training itself is untouched). Divided by their limits, λ·η/2 (gradient descent) and "
             "λ̃·η/((2+2β₁)/(1−β₁)) (Adam, 38 at β₁ = 0.9), a curve at 1 is at the edge of stability. In a sweep: "
-            "`hessian: {during: {every: N}}`; in a transformers Trainer: `hessian_lora.training.integrations."
+            "`hessian: {during: {every: N}}`; in a transformers Trainer: `hessian_lora.measurement.trainer_callback."
             "SharpnessCallback`."),
         new_code_cell('''\
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from hessian_lora.data import make_batches
-from hessian_lora.training.dynamics import DuringSettings, SharpnessProbe, stability_ratios
+from hessian_lora.inputs.tasks import make_batches
+from hessian_lora.measurement.training_probe import DuringSettings, SharpnessProbe, stability_ratios
 
 probe_batches = make_batches(loaded.tokenizer, task.train[:8], 4, max_length=96)
 dynamics_lrs = [LR / 10, LR]
@@ -375,7 +375,7 @@ from peft import LoraConfig
 from trl import SFTConfig, SFTTrainer
 
 import hessian_lora as h
-from hessian_lora.data import load_task
+from hessian_lora.inputs.tasks import load_task
 
 loaded = h.load_model(MODEL, device="cpu")
 task = load_task("arith", seed=0, n_train=64, n_eval=0)
@@ -419,7 +419,7 @@ show(figure)'''),
             "against λ_max over the SmolLM2 demo's methods). On another model than the calibration's, the "
             "recommendation says so."),
         new_code_cell('''\
-from hessian_lora.recommend import recommend
+from hessian_lora.sweep.recommend import recommend
 
 for method in ("lora", "pissa"):
     advice = recommend(method, model=MODEL, rank=RANK, progress=False)

@@ -18,10 +18,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from hessian_lora.commands._threads import apply_threads
-from hessian_lora.demo import InitExtras, measure_init_reports
-from hessian_lora.errors import UserError
-from hessian_lora.sweep.config import load_config
+from hessian_lora.cli.commands._threads import apply_threads
+from hessian_lora.core.errors import UserError
+from hessian_lora.settings.sweep import load_config
+from hessian_lora.sweep.demo import InitExtras, measure_init_reports
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ file travels with it). Checkpoints and the sweep's lock stay behind. Files alrea
 source does not have (STATUS.md) are left as they are. The destination is then analysed in place
 (`hessian-lora analyze TARGET`, unless --no-analyze) and its figures drawn as PNG into TARGET/figures
 (`hessian-lora plot TARGET --formats png`): analysis.json records TARGET as given, so give it relative to the
-repository's root, as tests/test_replication.py re-analyses it. Then `python scripts/sync_readme.py` copies the new
+repository's root, as tests/analysis/test_replication.py re-analyses it. Then `python scripts/sync_readme.py` copies the new
 numbers into the marked blocks of docs/results.md (the measured record the README links to). Every file is written
 to a temporary name and renamed, so an interrupted copy leaves each file either old or new. The database is read
 first: a source whose results.sqlite is damaged, or a target that is a file or the source itself, is refused in one
@@ -24,10 +24,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from hessian_lora._io import write_bytes_atomic  # temp file, fsync, rename; a plain file's permissions
-from hessian_lora.errors import UserError
+from hessian_lora.core.atomic import (
+    write_bytes_atomic,  # temp file, fsync, rename; a plain file's permissions
+)
+from hessian_lora.core.errors import UserError
 
-# The documents a shipped run directory keeps (hessian_lora/rundir.py names them; checkpoints are left out).
+# The documents a shipped run directory keeps (hessian_lora/core/rundir.py names them; checkpoints are left out).
 RUN_FILES = ("history.json", "eval.json", "sharpness.json")
 TOP_FILES = ("config.yaml", "search.json")
 
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.no_analyze:
         return 0
-    from hessian_lora.cli import main as cli  # local: the copy itself needs none of the package
+    from hessian_lora.cli.main import main as cli  # local: the copy itself needs none of the package
 
     if cli(["analyze", str(args.target)]):
         return 1

@@ -14,7 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture
 def tiny():
     """A fresh tiny random Llama (seed 0) and its byte tokenizer, in eval mode on CPU."""
-    from hessian_lora.models import load_model
+    from hessian_lora.inputs.models import load_model
 
     return load_model("tiny-llama", device="cpu")
 
@@ -22,7 +22,7 @@ def tiny():
 @pytest.fixture(scope="session")
 def smollm2():
     """SmolLM2-135M-Instruct (converted once and cached); shared across the session, do not modify in place."""
-    from hessian_lora.models import load_model
+    from hessian_lora.inputs.models import load_model
 
     return load_model("smollm2-135m", device="cpu")
 
@@ -34,9 +34,9 @@ def tiny_calibration(tmp_path):
     import json
     from pathlib import Path
 
-    import hessian_lora.measure as measure_module
+    import hessian_lora.measurement.measure as measure_module
 
-    shipped = json.loads((Path(measure_module.__file__).parent / "data" / "calibration_smollm2.json").read_text())
+    shipped = json.loads((Path(measure_module.__file__).parents[1] / "sweep" / "calibrations" / "smollm2.json").read_text())
     calibration = {**shipped, "fit": "inverse", "c": 0.05, "slope": None, "intercept": None,
                    "probe": {**shipped["probe"], "model": "tiny-llama", "task": "arith", "rank": 4}}
     path = tmp_path / "cal.json"

@@ -171,10 +171,10 @@ def write_run_dir(
 
 def noisy_runs(methods: Mapping[str, SyntheticMethod], *, lrs: Sequence[float], seeds: Sequence[int],
                n_examples: int, rng: np.random.Generator, seed_shift_sd: float = 0.0) -> list:
-    """In-memory :class:`~hessian_lora.runs.RunRecord` rows with per-example Bernoulli outcomes drawn from each
+    """In-memory :class:`~hessian_lora.analysis.runs.RunRecord` rows with per-example Bernoulli outcomes drawn from each
     method's known accuracy curve (seed s's curve shifted by a N(0, seed_shift_sd) decades draw): a sweep with
     known noise, whose intervals can be checked against the true η*."""
-    from hessian_lora.runs import RunRecord
+    from hessian_lora.analysis.runs import RunRecord
 
     runs = []
     for name, method in methods.items():

@@ -45,8 +45,8 @@ def test_mypy() -> None:
 
 
 def test_settings_sweep_configs_and_run_directory_readers_load_without_torch() -> None:
-    code = ("import hessian_lora.sweep.config, hessian_lora.settings, hessian_lora.rundir, hessian_lora.reports, "
-            "hessian_lora.runs, hessian_lora.analysis, hessian_lora.hessian, sys; "
+    code = ("import hessian_lora.settings.sweep, hessian_lora.settings, hessian_lora.core.rundir, hessian_lora.measurement.reports, "
+            "hessian_lora.analysis.runs, hessian_lora.analysis, hessian_lora.hessian, sys; "
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('hessian_lora'))")
     result = _run(sys.executable, "-c", code)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -54,7 +54,7 @@ def test_settings_sweep_configs_and_run_directory_readers_load_without_torch() -
 
 def test_the_lazy_engine_package_names_the_solvers_not_their_submodules() -> None:
     # measure imports hessian_lora.hessian.lanczos (the submodule) before anyone asks the package for lanczos.
-    code = ("import inspect, hessian_lora.measure; from hessian_lora.hessian import lanczos, HessianOperator; "
+    code = ("import inspect, hessian_lora.measurement.measure; from hessian_lora.hessian import lanczos, HessianOperator; "
             "import hessian_lora.hessian as engine; "
             "assert inspect.isfunction(lanczos) and engine.lanczos is lanczos, lanczos; "
             "assert inspect.isclass(HessianOperator)")
@@ -103,3 +103,33 @@ def test_the_local_import_check_sees_a_missing_reason() -> None:
     assert unexplained_local_imports(explained) == []
     bare = "def f():\n    x = '# local: in a string'\n    import json\n    import os  # a comment, no reason\n"
     assert unexplained_local_imports(bare) == [3, 4]
+
+
+# The package's top level: at most 12 entries (issue 35), each a folder that is one layer of the chain contract.
+TOP_LEVEL_LIMIT = 12
+
+
+def test_the_package_top_holds_at_most_twelve_entries_each_a_layer_of_the_chain() -> None:
+    package = ROOT / "hessian_lora"
+    entries = sorted(p.name for p in package.iterdir() if p.name != "__pycache__" and not p.name.endswith(".egg-info"))
+    assert len(entries) <= TOP_LEVEL_LIMIT, entries
+    folders = {p.name for p in package.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    config = (ROOT / "setup.cfg").read_text()
+    chain = config[config.index("[importlinter:contract:chain]"):].split("\n\n")[0]
+    layers = {line.strip().removeprefix("hessian_lora.") for line in chain.splitlines() if line.startswith("    ")}
+    assert folders <= layers, f"folders outside the chain contract: {sorted(folders - layers)}"
+
+
+def test_ruff_format_leaves_every_file_as_it_is() -> None:
+    result = _run(sys.executable, "-m", "ruff", "format", "--check", ".")
+    assert result.returncode == 0, (result.stdout[-6000:] + result.stderr[-2000:]
+                                    + "\nrun: .venv/bin/ruff format .")
+
+
+def test_the_tests_mirror_the_package_folders() -> None:
+    package = ROOT / "hessian_lora"
+    folders = sorted(p.name for p in package.iterdir() if p.is_dir() and (p / "__init__.py").exists())
+    missing = [f for f in folders if not any((ROOT / "tests" / f).glob("test_*.py"))]
+    assert not missing, f"package folders without tests/<folder>/test_*.py: {missing}"
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert len(names) == len(set(names)), sorted({n for n in names if names.count(n) > 1})

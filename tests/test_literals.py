@@ -13,10 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # power-law fit of the LR relation and a power calculation's probability. (A module moved: update its path here.)
 _SOLVER_WORD_MEANS_ELSE: dict[str, dict[str, str]] = {
     "hessian_lora/analysis/relation.py": {"power": "the power-law fit kind (FitKind)"},
-    "hessian_lora/recommend.py": {"power": "the calibration's power-law fit kind"},
-    "hessian_lora/schemas.py": {"power": "the calibration file's fit kind"},
+    "hessian_lora/sweep/recommend.py": {"power": "the calibration's power-law fit kind"},
+    "hessian_lora/settings/schemas.py": {"power": "the calibration file's fit kind"},
     "hessian_lora/sweep/adaptive.py": {"power": "the calibration's power-law fit kind"},
-    "hessian_lora/commands/sweep.py": {"power": "the refit's power-law fit kind"},
+    "hessian_lora/cli/commands/sweep.py": {"power": "the refit's power-law fit kind"},
     "hessian_lora/analysis/power.py": {"power": "a power calculation's probability (its option)"},
     "hessian_lora/analysis/summary.py": {"power": "the summary's power-estimate key"},
     "hessian_lora/analysis/claims.py": {"power": "the summary's power-estimate key"},
@@ -34,11 +34,11 @@ def _solver_name_literals(source: str, names: Collection[str], *, allowed: Colle
 
 
 def test_no_solver_name_literal_outside_registry() -> None:
-    from hessian_lora.hessian import solvers
+    from hessian_lora.settings import solvers
 
     package = ROOT / "hessian_lora"
     names = solvers.all_names()
-    table = package / "hessian" / "solvers.py"
+    table = package / "settings" / "solvers.py"
     own: dict[Path, set[str]] = {}  # a solver's own module (its entry's) → the names it may write
     for spec in solvers.TABLE.values():
         assert isinstance(spec.module, str), spec.name  # the shipped table names its entries by import path
@@ -56,7 +56,7 @@ def test_no_solver_name_literal_outside_registry() -> None:
                 used.add((relative, name))
             else:
                 found.append(f"{relative}:{line}: {name!r}")
-    assert not found, ("solver names as string literals outside hessian/solvers.py and the solver's own module "
+    assert not found, ("solver names as string literals outside settings/solvers.py and the solver's own module "
                        "(ask the table: solvers.get(name).warm_starts, ..., or use solvers.DEFAULT_SOLVER): "
                        + ", ".join(found))
     stale = sorted(f"{path}: {name!r}" for path, words in _SOLVER_WORD_MEANS_ELSE.items() for name in words

@@ -31,7 +31,7 @@ def _tiny_config(run_dir: Path) -> Path:
 
 
 def test_init_modules_measures_every_layer_like_the_sweep_and_resumes(tmp_path, capsys) -> None:
-    from hessian_lora.runs import read_run_directory
+    from hessian_lora.analysis.runs import read_run_directory
 
     run_dir = tmp_path / "run"
     _tiny_config(run_dir)
@@ -56,7 +56,7 @@ def test_init_modules_measures_every_layer_like_the_sweep_and_resumes(tmp_path, 
 def test_init_modules_cut_short_keeps_its_blocks_aside_and_the_rerun_finishes_them(tmp_path, monkeypatch,
                                                                                    capsys) -> None:
     # A report cut short must not take the final name: the rerun would skip the key and its missing layers.
-    import hessian_lora.measure as measure_module
+    import hessian_lora.measurement.measure as measure_module
 
     run_dir = tmp_path / "run"
     _tiny_config(run_dir)

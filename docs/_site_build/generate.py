@@ -44,7 +44,7 @@ def api_page() -> str:
 def cli_page() -> str:
     """The command-line page: the top parser's and every sub-command's ``--help``."""
     os.environ.setdefault("COLUMNS", "110")  # argparse wraps help text at the terminal's width
-    from hessian_lora.cli import build_parser  # local: the build imports the CLI only to print its help
+    from hessian_lora.cli.main import build_parser  # local: the build imports the CLI only to print its help
 
     parser = build_parser()
     lines = ["# Command line", "", "Every command's `--help`, generated from the parser at build time.", "",

@@ -1,6 +1,6 @@
 """From a sweep run directory to insight: each method's optimal learning rate, its sharpness, and the relation.
 
-Reads the run directory through :mod:`hessian_lora.rundir` and computes, per method, the optimal learning rate
+Reads the run directory through :mod:`hessian_lora.core.rundir` and computes, per method, the optimal learning rate
 η* with its spread over seeds (:mod:`.curves`), the peak metric and its gap to the best method, λ_max at
 initialisation and at the end of the η* run, whole adapter and module median, and the Adam-preconditioned
 sharpness at the end (:mod:`.summary`); across methods, Spearman ρ between λ_max and η*, the log-log slope with a
@@ -38,6 +38,7 @@ from hessian_lora.analysis.relation import (
     spearman_exact,
 )
 from hessian_lora.analysis.report import markdown_table, relation_summary, write_analysis
+from hessian_lora.analysis.runs import RunDirectory, RunRecord, load_runs, read_run_directory
 from hessian_lora.analysis.summary import (
     DEFAULT_BETA1,
     LAMBDA_SOURCES,
@@ -49,7 +50,6 @@ from hessian_lora.analysis.summary import (
     analyze,
     relation_lambda,
 )
-from hessian_lora.runs import RunDirectory, RunRecord, load_runs, read_run_directory
 
 __all__ = [
     "DEFAULT_BETA1",

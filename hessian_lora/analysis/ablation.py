@@ -23,15 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hessian_lora._io import write_text_atomic
 from hessian_lora.analysis.censoring import bound_text
 from hessian_lora.analysis.report import markdown_table
+from hessian_lora.analysis.runs import load_runs
 from hessian_lora.analysis.summary import Analysis, analyze, jsonable
-from hessian_lora.errors import UserError
+from hessian_lora.core.atomic import write_text_atomic
+from hessian_lora.core.errors import UserError
+from hessian_lora.core.metrics import SCORE_METRICS
+from hessian_lora.core.rundir import RunLayout
 from hessian_lora.methods.registry import method_sort_key
-from hessian_lora.registry import SCORE_METRICS
-from hessian_lora.rundir import RunLayout, read_config
-from hessian_lora.runs import load_runs
+from hessian_lora.settings.schemas import read_config
 
 # Config keys that are grid axes, bookkeeping or measurement options: never an ablation axis between directories.
 _NOT_AXES = frozenset({"name", "methods", "method", "lr", "lrs", "seeds", "seed", "ranks", "rank", "batch_sizes",

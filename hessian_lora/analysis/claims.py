@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from hessian_lora.core.metrics import SCORE_METRICS
 from hessian_lora.methods.registry import DEFAULT_METHOD, METHODS
-from hessian_lora.registry import SCORE_METRICS
 
 REFERENCE = DEFAULT_METHOD
 # The paper's "within 1–2 %", read as accuracy points (its tables report accuracy in %); the looser end is tested.

@@ -13,10 +13,10 @@ from typing import Literal
 
 import numpy as np
 
-from hessian_lora.errors import UserError
-from hessian_lora.registry import HIGHER_IS_BETTER, SCORE_METRICS, Metric
-from hessian_lora.rundir import Status
-from hessian_lora.runs import RunRecord
+from hessian_lora.analysis.runs import RunRecord
+from hessian_lora.core.errors import UserError
+from hessian_lora.core.metrics import HIGHER_IS_BETTER, SCORE_METRICS, Metric
+from hessian_lora.core.rundir import Status
 
 PeakKind = Literal["quadratic", "edge", "flat", "single"]
 

@@ -11,7 +11,7 @@ from typing import Literal
 import numpy as np
 from scipy import stats
 
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 
 FitKind = Literal["power", "inverse"]
 FIT_KINDS: tuple[FitKind, ...] = ("power", "inverse")

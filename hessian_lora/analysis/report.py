@@ -10,18 +10,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hessian_lora._io import write_text_atomic
 from hessian_lora.analysis.censoring import bound_text
 from hessian_lora.analysis.claims import claims_markdown, paper_claims
 from hessian_lora.analysis.curves import metric_name
+from hessian_lora.analysis.runs import RunDirectory, read_outcomes, read_run_directory
 from hessian_lora.analysis.stability import stability_report
 from hessian_lora.analysis.summary import Analysis
 from hessian_lora.analysis.uncertainty import NO_INTERVAL
-from hessian_lora.errors import UserError
-from hessian_lora.registry import SCORE_METRICS
-from hessian_lora.reports import optional_float
-from hessian_lora.rundir import RunLayout
-from hessian_lora.runs import RunDirectory, read_outcomes, read_run_directory
+from hessian_lora.core.atomic import write_text_atomic
+from hessian_lora.core.errors import UserError
+from hessian_lora.core.metrics import SCORE_METRICS
+from hessian_lora.core.rundir import RunLayout
+from hessian_lora.measurement.reports import optional_float
 
 if TYPE_CHECKING:
     from hessian_lora.hessian.results import BlockReport

@@ -26,10 +26,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from hessian_lora.analysis.runs import RunDirectory, read_run_directory
 from hessian_lora.analysis.summary import Analysis, adam_beta1, relation_lambda
+from hessian_lora.core.rundir import RunLayout, Status
 from hessian_lora.hessian.thresholds import stability_ratios
-from hessian_lora.rundir import RunLayout, Status
-from hessian_lora.runs import RunDirectory, read_run_directory
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from hessian_lora.analysis.relation import (
     leave_one_method_out,
     spearman_exact,
 )
+from hessian_lora.analysis.runs import RunDirectory, RunRecord, read_run_directory
 from hessian_lora.analysis.uncertainty import (
     NO_INTERVAL,
     Draws,
@@ -53,12 +54,11 @@ from hessian_lora.analysis.uncertainty import (
     percentile_interval,
     relation_draws,
 )
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
+from hessian_lora.core.metrics import SCORE_METRICS
+from hessian_lora.core.rundir import Status
 from hessian_lora.hessian.thresholds import adam_thresholds
 from hessian_lora.methods.registry import method_sort_key
-from hessian_lora.registry import SCORE_METRICS
-from hessian_lora.rundir import Status
-from hessian_lora.runs import RunDirectory, RunRecord, read_run_directory
 from hessian_lora.settings.training import DEFAULT_BETAS
 
 LambdaSource = Literal["auto", "whole", "module_median"]

@@ -23,8 +23,8 @@ import numpy as np
 from scipy import stats
 
 from hessian_lora.analysis.curves import Metric, fit_peak, metric_value
-from hessian_lora.rundir import Status
-from hessian_lora.runs import RunRecord
+from hessian_lora.analysis.runs import RunRecord
+from hessian_lora.core.rundir import Status
 
 NO_INTERVAL = "no interval (1 seed, no per-example scores)"
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 from hessian_lora.hessian.results import IterationRecord
 
 Callback = Callable[[IterationRecord], None]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 from hessian_lora.hessian._numerics import Callback, random_vector
 from hessian_lora.hessian.lanczos import lanczos_steps
 from hessian_lora.hessian.operator import LinearOperator

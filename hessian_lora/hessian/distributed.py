@@ -16,7 +16,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 
 _Item = TypeVar("_Item")
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 from hessian_lora.settings.measurement import DORA_NORMS
 from hessian_lora.settings.measurement import DoraNorm as DoraNorm  # one definition, with the settings
 

@@ -16,13 +16,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 
 # The block selection's parsers belong to the settings that are validated without torch; re-exported here.
 from hessian_lora.settings.measurement import parse_layers as parse_layers
 from hessian_lora.settings.measurement import parse_modules as parse_modules
 
-if TYPE_CHECKING:  # annotations only: reading a report's block names (hessian_lora.reports) needs no torch
+if TYPE_CHECKING:  # annotations only: reading a report's block names (hessian_lora.measurement.reports) needs no torch
     from torch import nn
 
 ADAPTER_PARTS: tuple[str, ...] = ("lora_A", "lora_B", "lora_magnitude_vector")

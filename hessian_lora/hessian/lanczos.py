@@ -81,7 +81,7 @@ from typing import Literal, get_args
 
 import torch
 
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 from hessian_lora.hessian._numerics import (
     NOISE_FLOOR_EPS,
     Callback,
@@ -92,8 +92,8 @@ from hessian_lora.hessian._numerics import (
 from hessian_lora.hessian.operator import LinearOperator
 from hessian_lora.hessian.reductions import dot, inner, norm
 from hessian_lora.hessian.results import EigenResult, IterationRecord
-from hessian_lora.hessian.solvers import SolveRequest
 from hessian_lora.hessian.storage import PAGE_ROWS, KrylovMemory, VectorStore, placements
+from hessian_lora.settings.solvers import SolveRequest
 
 Which = Literal["largest", "smallest", "both"]
 Certificate = Literal["residual", "value"]
@@ -489,7 +489,7 @@ class _Checked:
 
 
 def solve(operator: LinearOperator, request: SolveRequest) -> EigenResult:
-    """The solver table's entry (:mod:`hessian_lora.hessian.solvers`): :func:`lanczos` with ``request``'s options.
+    """The solver table's entry (:mod:`hessian_lora.settings.solvers`): :func:`lanczos` with ``request``'s options.
 
     Args:
         operator: the symmetric operator.

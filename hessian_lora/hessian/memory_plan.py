@@ -15,7 +15,7 @@ tokens a batch; every fit within 0.85–1.05 of the measurement):
 with B sequences of S tokens (T = B·S), L layers of width h, MLP width i, H attention heads (the math SDPA
 kernel keeps every score) and vocabulary V (the logits and their derivatives, about nine copies). The plan
 adds a 25 % margin. It is an estimate from a formula, not a measurement: the rehearsal in ``bench/`` prints
-both side by side. With the chunked LM head (:class:`hessian_lora.loss.ChunkedHeadLoss`, ``head_chunk`` tokens
+both side by side. With the chunked LM head (:class:`hessian_lora.hessian.loss.ChunkedHeadLoss`, ``head_chunk`` tokens
 a chunk) the vocabulary term is charged for one chunk instead of the batch's T tokens: only one chunk's logits
 and their derivatives exist at a time.
 
@@ -27,7 +27,7 @@ layers, 4 × 256 tokens, 8 directions); not yet measured on a GPU (``bench/gpu_c
 vmap pass beside the loop's). ``batching="auto"`` is ``vmap`` on
 CUDA when the batched pass and the Krylov vectors at the iteration cap fit together, else the loop; on the CPU
 always the loop, where the batched backward lost (:mod:`hessian_lora.hessian.operator`). :func:`packing_tokens`
-turns the same estimate around: the most token slots a packed batch may hold (:func:`hessian_lora.data.
+turns the same estimate around: the most token slots a packed batch may hold (:func:`hessian_lora.inputs.tasks.
 pack_batches`).
 """
 
@@ -46,13 +46,13 @@ import psutil
 import torch
 from torch import nn
 
-from hessian_lora._numbers import (
+from hessian_lora.core.bounds import (
     krylov_gib as check_krylov_gib,  # the one check, beside the torch-free settings
 )
-from hessian_lora.data import TokenBatch
-from hessian_lora.errors import UserError
-from hessian_lora.hessian import solvers
+from hessian_lora.core.errors import UserError
 from hessian_lora.hessian.storage import KrylovMemory
+from hessian_lora.inputs.tasks import TokenBatch
+from hessian_lora.settings import solvers
 
 # Floats per unit of each term of the fit above (bench/memory_plan.py prints the fit and its residuals).
 ACTIVATION_FLOATS = {"token_layer_hidden": 77.0, "token_layer_intermediate": 17.4, "attention_score": 1.4,

@@ -52,7 +52,7 @@ vectors), the loop where it does not, and the loop on the CPU. The operator deci
 free memory when built; a measurement hands it the plan's choice (:meth:`HessianOperator.follow_plan`), which
 also counts the Krylov vectors. Forward-over-reverse and finite differences take each direction in its own pass.
 
-The loss may be :class:`~hessian_lora.loss.ChunkedHeadLoss` (the LM head over chunks of loss tokens, never all
+The loss may be :class:`~hessian_lora.hessian.loss.ChunkedHeadLoss` (the LM head over chunks of loss tokens, never all
 logits at once): the same operator to round-off, with the vocabulary's memory charged per chunk.
 
 Every product runs with the model in eval mode (dropout off), gradients enabled only for the block, and
@@ -74,8 +74,7 @@ from torch.func import functional_call, grad, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import hessian_lora.hessian.distributed as distributed
-from hessian_lora.data import TokenBatch
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 from hessian_lora.hessian.dora import (
     DoraNorm,
     check_differentiable,
@@ -83,6 +82,7 @@ from hessian_lora.hessian.dora import (
     differentiated_dora_norm,
 )
 from hessian_lora.hessian.filters import ParameterBlock
+from hessian_lora.hessian.loss import ChunkedHeadLoss, loss_sum
 from hessian_lora.hessian.memory_plan import (
     Batching,
     MemoryPlan,
@@ -91,7 +91,7 @@ from hessian_lora.hessian.memory_plan import (
     free_memory,
 )
 from hessian_lora.hessian.reductions import norm
-from hessian_lora.loss import ChunkedHeadLoss, loss_sum
+from hessian_lora.inputs.tasks import TokenBatch
 
 # loss(model, batch): the model is the peft model itself or a functional_call wrapper around it, hence Any.
 LossFunction = Callable[[Any, TokenBatch], torch.Tensor]

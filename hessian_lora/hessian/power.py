@@ -29,7 +29,7 @@ from typing import Literal
 
 import torch
 
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 from hessian_lora.hessian._numerics import (
     NOISE_FLOOR_EPS,
     Callback,
@@ -40,7 +40,7 @@ from hessian_lora.hessian._numerics import (
 from hessian_lora.hessian.operator import LinearOperator
 from hessian_lora.hessian.reductions import dot, inner, norm
 from hessian_lora.hessian.results import EigenResult, IterationRecord
-from hessian_lora.hessian.solvers import SolveRequest
+from hessian_lora.settings.solvers import SolveRequest
 
 
 def power_iteration(
@@ -170,7 +170,7 @@ def power_iteration(
 
 
 def solve(operator: LinearOperator, request: SolveRequest) -> EigenResult:
-    """The solver table's entry (:mod:`hessian_lora.hessian.solvers`): shifted :func:`power_iteration` with
+    """The solver table's entry (:mod:`hessian_lora.settings.solvers`): shifted :func:`power_iteration` with
     ``request``'s options; a start block's first row is the first iterate (the others are drawn as before).
 
     Args:

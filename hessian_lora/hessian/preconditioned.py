@@ -15,13 +15,13 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from hessian_lora.errors import UserError
-from hessian_lora.hessian import solvers
+from hessian_lora.core.errors import UserError
 from hessian_lora.hessian._numerics import Callback
 from hessian_lora.hessian.operator import LinearOperator, ScaledOperator
 from hessian_lora.hessian.results import PreconditionedResult
 from hessian_lora.hessian.storage import KrylovMemory
 from hessian_lora.hessian.thresholds import adam_thresholds as adam_thresholds  # re-exported: its old home
+from hessian_lora.settings import solvers
 
 
 def adam_preconditioner(
@@ -60,7 +60,7 @@ def preconditioned_sharpness(
     memory: KrylovMemory | None = None,
 ) -> PreconditionedResult:
     """λ₁(P⁻¹H) for the diagonal ``preconditioner`` P, on P^-1/2 H P^-1/2, by the solver the table names for
-    ``solver`` (:func:`hessian_lora.hessian.solvers.preconditioned_solver`: Lanczos for PyHessian's).
+    ``solver`` (:func:`hessian_lora.settings.solvers.preconditioned_solver`: Lanczos for PyHessian's).
 
     Args:
         operator: H.

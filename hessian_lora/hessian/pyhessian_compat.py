@@ -24,14 +24,14 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from hessian_lora.data import TokenBatch
 from hessian_lora.hessian._numerics import converged_threshold
 from hessian_lora.hessian.filters import ParameterBlock
+from hessian_lora.hessian.loss import loss_sum
 from hessian_lora.hessian.operator import HessianOperator, LinearOperator, LossFunction, only_block_trainable
 from hessian_lora.hessian.reductions import norm
 from hessian_lora.hessian.results import EigenResult, IterationRecord
-from hessian_lora.hessian.solvers import SolveRequest
-from hessian_lora.loss import loss_sum
+from hessian_lora.inputs.tasks import TokenBatch
+from hessian_lora.settings.solvers import SolveRequest
 
 _PYHESSIAN_NORM_EPS = 1e-6  # PyHessian's normalization() divides by (norm + 1e-6)
 
@@ -108,7 +108,7 @@ def pyhessian_power_iteration(
 
 
 def solve(operator: LinearOperator, request: SolveRequest) -> EigenResult:
-    """The solver table's entry (:mod:`hessian_lora.hessian.solvers`): :func:`pyhessian_power_iteration` with
+    """The solver table's entry (:mod:`hessian_lora.settings.solvers`): :func:`pyhessian_power_iteration` with
     ``request``'s options (PyHessian's loop reports no iterations and draws its own start).
 
     Args:

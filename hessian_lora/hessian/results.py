@@ -3,7 +3,7 @@
 Large tensors (eigenvectors) ride along in fields marked ``_TRANSIENT``: kept in memory for the caller (e.g.
 deflation, warm starts), never written to JSON.
 
-Importing this module imports no torch: reading a report back (``hessian_lora.reports``, the analysis) stays
+Importing this module imports no torch: reading a report back (``hessian_lora.measurement.reports``, the analysis) stays
 torch-free. Only :meth:`DensityResult.smoothed` computes with torch.
 """
 

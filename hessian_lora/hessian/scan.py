@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 from hessian_lora.hessian.filters import ParameterBlock
 from hessian_lora.hessian.operator import BaseOperator, HessianOperator, LinearOperator, check_matrix
 from hessian_lora.hessian.results import EigenResult

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 import hessian_lora.hessian.distributed as distributed
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 from hessian_lora.hessian._numerics import random_vector
 from hessian_lora.hessian.operator import HessianOperator, LinearOperator, only_block_trainable
 from hessian_lora.hessian.reductions import dot, norm

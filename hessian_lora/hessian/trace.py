@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 from hessian_lora.hessian._numerics import Callback, ProbeStream
 from hessian_lora.hessian.operator import LinearOperator
 from hessian_lora.hessian.reductions import dot, inner, orthonormal_rows

@@ -4,5 +4,5 @@ recognised as it, its scaling, its description), and :mod:`hessian_lora.methods.
 lists them (one line per method, in display order).
 
 Adding a method: write ``hessian_lora/methods/<name>.py`` with a module-level ``SPEC``, add ``"<name>"`` to
-``registry.PLUGINS``, and add its row to ``tests/methods/cases.py``. Nothing in the package loads torch here.
+``registry.PLUGINS``, and add its row to ``tests/method_cases.py``. Nothing in the package loads torch here.
 """

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 from hessian_lora.methods.lora import is_peft_init, peft_lora_config
 from hessian_lora.methods.spec import BuildContext, MethodSpec, Shape
 

@@ -9,7 +9,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 from hessian_lora.methods.lora import is_peft_init, peft_lora_config
 from hessian_lora.methods.spec import BuildContext, MethodSpec, PaperFigures, Shape
 

@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Mapping
 from typing import Any
 
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 from hessian_lora.methods.spec import MethodSpec, Shape
 
 # One line per method: its module's name under hessian_lora/methods/ (= the method's name). The order is display

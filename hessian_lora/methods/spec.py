@@ -7,7 +7,7 @@ spec's facts are plain values, and its hooks are plain functions that import tor
 (each such import says ``# local: <reason>``); they run only where a model is being built, trained or read.
 
 The hooks receive what the toolkit owns (the adapted layers, the progress bar, the training batches) through
-their arguments, never by importing the adapter factory: a plug-in sits below ``hessian_lora.adapters`` in the
+their arguments, never by importing the adapter factory: a plug-in sits below ``hessian_lora.training.adapters`` in the
 chain, and the ``methods`` import contract (setup.cfg) keeps it there.
 """
 
@@ -39,7 +39,7 @@ class PaperFigures:
 
 @dataclass
 class BuildContext:
-    """What :func:`hessian_lora.adapters.build_adapter` hands a method's ``prepare`` and ``initialise`` hooks.
+    """What :func:`hessian_lora.training.adapters.build_adapter` hands a method's ``prepare`` and ``initialise`` hooks.
 
     torch and peft objects are typed ``Any``: this module loads without them.
 
@@ -127,7 +127,7 @@ class MethodSpec:
             ``peft_config``); the registry asks every method and refuses a tie.
         scaling: ``(alpha, rank) -> s`` in ΔW = s·B·A, as peft computes it for this toolkit's configs.
         saved_scaling: ``(adapter_config, rank, alpha) -> s`` as peft computes it for a saved config.
-        check_rank: refuse a rank before any model loads (a :class:`~hessian_lora.errors.UserError`).
+        check_rank: refuse a rank before any model loads (a :class:`~hessian_lora.core.errors.UserError`).
         check_shapes: refuse target shapes the method cannot split, once the model is loaded.
         parameter_count: ``(rank, shapes) -> int`` trainable parameters over target matrices of these shapes.
         prepare: runs on the base model before peft wraps it (LoRA-GA's gradient estimate).

@@ -3,8 +3,8 @@
 One home per concept, composed rather than copied: an adapter is an :class:`AdapterConfig`, a training run a
 :class:`TrainConfig`, an evaluation an :class:`EvalConfig`, a Hessian measurement a :class:`MeasureSettings`
 and an in-run probe a :class:`DuringSettings` (built on the measurement's vocabularies and checks). A sweep
-(:class:`hessian_lora.sweep.config.SweepConfig`) contains them, and a checkpoint's metadata
-(:class:`hessian_lora.checkpoint.CheckpointMeta`) holds the :class:`AdapterConfig` it was built with.
+(:class:`hessian_lora.settings.sweep.SweepConfig`) contains them, and a checkpoint's metadata
+(:class:`hessian_lora.training.checkpoint.CheckpointMeta`) holds the :class:`AdapterConfig` it was built with.
 
 Being torch-free is the point of the package: loading a sweep YAML, validating a flag or reading a run directory
 must not pay for torch (seconds) or load the engine. The import-linter contracts in ``setup.cfg`` keep it so.

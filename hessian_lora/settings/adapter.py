@@ -1,7 +1,7 @@
 """An adapter's definition: :class:`AdapterConfig`, the one record of method, rank, alpha and the rest.
 
-The sweep builds each run's from its template (:meth:`hessian_lora.sweep.config.SweepConfig.adapter_for`), a
-checkpoint's metadata stores the one it was built with, and :func:`hessian_lora.adapters.build_adapter` turns it
+The sweep builds each run's from its template (:meth:`hessian_lora.settings.sweep.SweepConfig.adapter_for`), a
+checkpoint's metadata stores the one it was built with, and :func:`hessian_lora.training.adapters.build_adapter` turns it
 into a peft model.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 from hessian_lora.methods.registry import METHODS, MethodSpec
 
 DEFAULT_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

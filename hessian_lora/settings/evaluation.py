@@ -1,12 +1,12 @@
 """What a run's evaluation measures: :class:`EvalConfig` (the ``eval:`` block of a sweep). The evaluation itself
-is :func:`hessian_lora.evaluate.evaluate`."""
+is :func:`hessian_lora.training.evaluate.evaluate`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hessian_lora._numbers import time_limit
-from hessian_lora.errors import UserError
+from hessian_lora.core.bounds import time_limit
+from hessian_lora.core.errors import UserError
 from hessian_lora.settings.training import Precision
 
 
@@ -23,7 +23,7 @@ class EvalConfig:
     humaneval_max_new_tokens: int = 384
     humaneval_limit: int | None = None  # first N problems only
     precision: Precision = "fp32"
-    # Generated code runs confined (hessian_lora.sandbox); where the machine gives no confinement it is refused
+    # Generated code runs confined (hessian_lora.training.sandbox); where the machine gives no confinement it is refused
     # unless this accepts the risk (the CLI's --allow-unconfined-code).
     allow_unconfined_code: bool = False
 

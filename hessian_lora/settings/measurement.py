@@ -3,7 +3,7 @@ calibrations) and :class:`DuringSettings` (the in-run probe, ``hessian.during``)
 of checks.
 
 Each :class:`MeasureSettings` field carries its own command-line help and flag in its metadata, so that
-``hessian-lora eigen``'s options are generated from the fields (:func:`hessian_lora.commands.eigen.register`)
+``hessian-lora eigen``'s options are generated from the fields (:func:`hessian_lora.cli.commands.eigen.register`)
 and the report's ``settings`` are derived from them (:meth:`MeasureSettings.to_dict`), instead of being written
 out again by hand in three places.
 """
@@ -15,13 +15,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias, get_args
 
-from hessian_lora._numbers import krylov_gib, tolerance
-from hessian_lora._yaml import is_number, numbers_from_strings, plain, settings_from_mapping
-from hessian_lora.errors import UserError
-from hessian_lora.hessian import solvers
+from hessian_lora.core.bounds import krylov_gib, tolerance
+from hessian_lora.core.errors import UserError
+from hessian_lora.core.yaml_reader import is_number, numbers_from_strings, plain, settings_from_mapping
+from hessian_lora.settings import solvers
 from hessian_lora.settings.prompts import DEFAULT_PROMPT_TEMPLATE, check_prompt_template
 
-# A solver's name: one of the solver table's (hessian/solvers.py), checked against the table when settings are made
+# A solver's name: one of the solver table's (settings/solvers.py), checked against the table when settings are made
 # (so a solver added to the table is a choice at once); an in-run probe's solver must warm-start.
 Solver: TypeAlias = str
 ProbeSolver: TypeAlias = str
@@ -157,7 +157,7 @@ def _setting(default: Any, help: str, *, group: str, flag: str | None = None, of
 class MeasureSettings:
     """What a Hessian measurement computes, and from which data when it builds its own batches.
 
-    Data (used when :func:`~hessian_lora.measure.measure` gets no batches): ``task`` (a task spec or a
+    Data (used when :func:`~hessian_lora.measurement.measure.measure` gets no batches): ``task`` (a task spec or a
     .json/.jsonl file; None: the checkpoint's task, else ``arith``) cut to ``samples`` examples in batches of
     ``batch_size`` of at most ``max_length`` tokens, picked by ``data_seed``, formatted with ``prompt_template``
     (None: the one the checkpoint records it was trained or initialised with, else ``chat``; a template the
@@ -186,7 +186,7 @@ class MeasureSettings:
     that of the true loss (:mod:`hessian_lora.hessian.dora`); reports of DoRA models record which. Throughput
     (docs/gpu-throughput.md): ``pack_tokens`` regroups the samples into as few batches as that many token slots
     allow (``"auto"``: from the memory plan), the same token-weighted loss; ``lm_head_chunk`` runs the LM head
-    over that many loss tokens at a time (:class:`hessian_lora.loss.ChunkedHeadLoss`).
+    over that many loss tokens at a time (:class:`hessian_lora.hessian.loss.ChunkedHeadLoss`).
     """
 
     task: str | None = _setting(None, "task spec", group="data",

@@ -1,6 +1,6 @@
 """Prompt templates by name: the vocabulary every setting that formats examples is checked against.
 
-The formatting itself (a tokenizer's chat template) is :func:`hessian_lora.data.format_prompt`'s; the names and
+The formatting itself (a tokenizer's chat template) is :func:`hessian_lora.inputs.tasks.format_prompt`'s; the names and
 their check live here so that settings can be validated without loading a tokenizer or torch.
 
 - ``raw``: the prompt as it is, nothing added (how TRL's ``SFTTrainer`` and a plain ``transformers`` loop see
@@ -14,7 +14,7 @@ their check live here so that settings can be validated without loading a tokeni
 
 from __future__ import annotations
 
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 
 ALPACA_TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately completes "
                    "the request.\n\n### Instruction:\n{instruction}\n\n### Response:")

@@ -8,12 +8,12 @@ import math
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 from hessian_lora.settings.prompts import DEFAULT_PROMPT_TEMPLATE, check_prompt_template
 
 Precision = Literal["fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)  # for validation and its messages
-# The frozen base weights' dtype in training (hessian_lora.precision casts them; the Hessian is fp32 only).
+# The frozen base weights' dtype in training (hessian_lora.training.precision casts them; the Hessian is fp32 only).
 BaseDtype = Literal["fp32", "bf16"]
 BASE_DTYPES: tuple[str, ...] = get_args(BaseDtype)
 # Adam's (β₁, β₂) of the paper's recipe: the one default every optimizer builder and reader falls back to.

@@ -1,6 +1,6 @@
 """``search: adaptive`` inside a sweep: each method's centre (``search.json``), the rounds, the status lines.
 
-The search itself is :mod:`hessian_lora.sweep.search` (pure, replayed from the rows). This module feeds it:
+The search itself is :mod:`hessian_lora.settings.search` (pure, replayed from the rows). This module feeds it:
 
 - **Keys.** One search per (method, rank, batch size), seeds averaged: every point of a round runs for every
   seed of the config, and a point counts as observed when all its seeds have a final row; its value is the
@@ -10,7 +10,7 @@ The search itself is :mod:`hessian_lora.sweep.search` (pure, replayed from the r
 - **Centres.** One per (method, rank), computed once and kept in ``RUN_DIR/search.json`` (written atomically
   after each), shared by the key's batch sizes: recommend's η̂ = calibration(λ_max at initialisation of the
   first seed's adapter) when the calibration (``search.calibration``, default the shipped one) was measured on
-  this sweep's model, task and rank; otherwise :func:`~hessian_lora.sweep.search.grid_center` of the config's
+  this sweep's model, task and rank; otherwise :func:`~hessian_lora.settings.search.grid_center` of the config's
   ``lr``. With ``hessian.init`` the probe *is* the sweep's λ at initialisation: it is measured with the sweep's
   settings into ``hessian/<method>_r<rank>_s<seed>_init.json``, from which every run then resumes instead of
   measuring again. Without it, λ is measured with the calibration's probe settings into that same file (the
@@ -21,7 +21,7 @@ The search itself is :mod:`hessian_lora.sweep.search` (pure, replayed from the r
   whose first bracket is the same three runs, so nothing is rerun. The choice is a function of the bracket's rows
   only, so a resumed sweep makes the same choice. The status lines and ``search.json``'s ``searches`` say which
   metric decided and why, and what the search found (``located`` only for an interior optimum resolved to
-  ``resolution``; see :mod:`hessian_lora.sweep.search`).
+  ``resolution``; see :mod:`hessian_lora.settings.search`).
 - **Honest centres.** ``search.leave_method_out``: the calibration is refitted without the searched method's own
   point (same fit kind, the other methods' (λ, η*)), so a method's centre never rests on the η* the search is
   meant to find; methods the calibration does not hold use it as it is. ``search.json`` records which.
@@ -40,19 +40,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from hessian_lora._io import write_json_atomic
-from hessian_lora.adapters import adapter_at_initialisation
 from hessian_lora.analysis.relation import fit_inverse_constant, fit_power_law
-from hessian_lora.data import make_batches
-from hessian_lora.errors import UserError
-from hessian_lora.measure import MeasureSettings, measure
-from hessian_lora.recommend import lambda_from_report, load_calibration, probe_batches
-from hessian_lora.registry import HIGHER_IS_BETTER, SCORE_METRICS
-from hessian_lora.rundir import InitKey, RunLayout, Status
-from hessian_lora.runs import read_outcomes  # noqa: F401  (its home is runs.py; re-exported for callers here)
-from hessian_lora.sweep.config import RunSpec, SweepConfig
-from hessian_lora.sweep.execute import cached_task, eigen_report
-from hessian_lora.sweep.search import (
+from hessian_lora.analysis.runs import read_outcomes  # noqa: F401  (its home is runs.py; re-exported for callers here)
+from hessian_lora.core.atomic import write_json_atomic
+from hessian_lora.core.errors import UserError
+from hessian_lora.core.metrics import HIGHER_IS_BETTER, SCORE_METRICS
+from hessian_lora.core.rundir import InitKey, RunLayout, Status
+from hessian_lora.inputs.tasks import make_batches
+from hessian_lora.measurement.measure import MeasureSettings, measure
+from hessian_lora.measurement.targets import AdaptedModule
+from hessian_lora.settings.search import (
     AdaptiveSearch,
     SearchStatus,
     first_bracket,
@@ -62,7 +59,10 @@ from hessian_lora.sweep.search import (
     replay,
     search_status,
 )
-from hessian_lora.targets import AdaptedModule
+from hessian_lora.settings.sweep import RunSpec, SweepConfig
+from hessian_lora.sweep.execute import cached_task, eigen_report
+from hessian_lora.sweep.recommend import lambda_from_report, load_calibration, probe_batches
+from hessian_lora.training.adapters import adapter_at_initialisation
 
 SEARCH_FORMAT = 1
 

@@ -13,12 +13,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hessian_lora._io import write_json_atomic
-from hessian_lora.rundir import RunLayout, Status
-from hessian_lora.sweep.config import RunSpec
+from hessian_lora.core.atomic import write_json_atomic
+from hessian_lora.core.rundir import RunLayout, Status
+from hessian_lora.core.store import RunStore
+from hessian_lora.settings.sweep import RunSpec
 from hessian_lora.sweep.execute import RunOutcome
 from hessian_lora.sweep.retention import prune
-from hessian_lora.sweep.store import RunStore
 
 
 def begin_run(store: RunStore, root: str | os.PathLike[str], spec: RunSpec) -> None:

@@ -21,23 +21,23 @@ from typing import Any
 
 import torch
 
-from hessian_lora import evalsets
-from hessian_lora import evaluate as evaluate_module
-from hessian_lora.adapters import adapter_at_initialisation, make_optimizer
-from hessian_lora.checkpoint import CheckpointMeta, save_checkpoint
-from hessian_lora.data import format_prompt, load_task, make_batches
-from hessian_lora.errors import UserError
-from hessian_lora.evaluate import evaluate
+from hessian_lora.core.errors import UserError
+from hessian_lora.core.rundir import RunLayout, Status
 from hessian_lora.hessian.memory_plan import release_freed_memory
-from hessian_lora.measure import measure
-from hessian_lora.precision import cast_base_weights
-from hessian_lora.rundir import RunLayout, Status
-from hessian_lora.sandbox import code_confinement
-from hessian_lora.sweep.config import RunSpec, SweepConfig
+from hessian_lora.inputs.tasks import format_prompt, load_task, make_batches
+from hessian_lora.measurement.measure import measure
+from hessian_lora.measurement.targets import AdaptedModule, Checkpoint
+from hessian_lora.measurement.training_probe import SharpnessProbe
+from hessian_lora.settings.sweep import RunSpec, SweepConfig
 from hessian_lora.sweep.init_reuse import inputs_digest, reuse_identical_report
-from hessian_lora.targets import AdaptedModule, Checkpoint
+from hessian_lora.training import evalsets
+from hessian_lora.training import evaluate as evaluate_module
 from hessian_lora.training import train as train_loop
-from hessian_lora.training.dynamics import SharpnessProbe
+from hessian_lora.training.adapters import adapter_at_initialisation, make_optimizer
+from hessian_lora.training.checkpoint import CheckpointMeta, save_checkpoint
+from hessian_lora.training.evaluate import evaluate
+from hessian_lora.training.precision import cast_base_weights
+from hessian_lora.training.sandbox import code_confinement
 
 # The error column keeps the end of a traceback: that is where the cause is, and rows stay small.
 _MAX_ERROR_CHARS = 8000
@@ -207,7 +207,7 @@ def score_eval_sets(model: Any, tokenizer: Any, config: SweepConfig, *, progress
 
     Math and MBPP prompts go through the sweep's prompt template (the one training used) and generate up to
     ``eval.max_new_tokens``; HumanEval prompts are code to complete, given as they are, with
-    ``eval.humaneval_max_new_tokens``. Code runs in :func:`hessian_lora.evaluate.run_program`'s sandbox.
+    ``eval.humaneval_max_new_tokens``. Code runs in :func:`hessian_lora.training.evaluate.run_program`'s sandbox.
     """
     scores: dict[str, float] = {}
     for spec in config.eval_task:
@@ -242,7 +242,7 @@ def eigen_report(
     checkpoint: Path | None = None,
     lr: float | None = None,
 ) -> Any:
-    """λ_max through :func:`hessian_lora.measure.measure`; its report is written to ``out`` (and resumed from it
+    """λ_max through :func:`hessian_lora.measurement.measure.measure`; its report is written to ``out`` (and resumed from it
     if present). No progress bars: the sweep's own bar reports the run."""
     settings = config.hessian.measure
     if checkpoint is not None:

@@ -10,7 +10,7 @@ vector is fixed by the settings' seed), so its result is the report already writ
 (``pissa_niter``), LoRA-GA's gradient on the run's own first batch, every random init and a change of thread
 count that moves an SVD's last bits give other digests, and those seeds are measured.
 
-The record sits beside the report, ``hessian/<key>_init.inputs`` (:class:`~hessian_lora.rundir.RunLayout`):
+The record sits beside the report, ``hessian/<key>_init.inputs`` (:class:`~hessian_lora.core.rundir.RunLayout`):
 ``{"sha256": ..., "reused_from": "<key>" | null}``. It describes the inputs the report was measured on, so it is
 written once and never overwritten; a report from before these records gets one the first time its key runs
 again (the sweep already resumes such a report as that key's). The analysis' cost section counts a reused report
@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from hessian_lora._io import write_bytes_atomic, write_json_atomic
-from hessian_lora.data import TokenBatch
-from hessian_lora.rundir import InitKey, RunLayout, read_init_inputs
+from hessian_lora.core.atomic import write_bytes_atomic, write_json_atomic
+from hessian_lora.core.rundir import InitKey, RunLayout, read_init_inputs
+from hessian_lora.inputs.tasks import TokenBatch
 
 
 def inputs_digest(model: nn.Module, batches: Sequence[TokenBatch], settings: Mapping[str, Any]) -> str:

@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from hessian_lora.core.store import RunStore
+from hessian_lora.settings.sweep import RunSpec, SweepConfig
 from hessian_lora.sweep.bookkeeping import begin_run, describe, end_run
-from hessian_lora.sweep.config import RunSpec, SweepConfig
 from hessian_lora.sweep.execute import RunOutcome, execute_run, failed_row
-from hessian_lora.sweep.store import RunStore
 
 
 def run_local(

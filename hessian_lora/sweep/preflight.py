@@ -5,7 +5,7 @@ A config that names a model that cannot load, a task file with the wrong fields,
 backend that cannot see DoRA's norm), an evaluation set file that is empty or malformed, a calibration the search
 cannot use, or a search metric the runs do not record would otherwise fail every run the same way, one traceback
 per row (evaluation sets and calibrations are read only after a run has trained). :func:`preflight` finds such problems first and
-raises one :class:`~hessian_lora.errors.UserError`; the runner calls it before it writes ``config.yaml`` or
+raises one :class:`~hessian_lora.core.errors.UserError`; the runner calls it before it writes ``config.yaml`` or
 creates ``results.sqlite``, so a failed preflight leaves the run directory as it found it and the corrected
 config runs in the same directory.
 """
@@ -19,18 +19,18 @@ from typing import Any
 
 import torch
 
-from hessian_lora.adapters import adapter_at_initialisation
-from hessian_lora.data import IGNORE_INDEX, make_batches, tokenize_example
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 from hessian_lora.hessian.dora import has_dora
 from hessian_lora.hessian.memory_plan import total_memory
-from hessian_lora.models import LoadedModel, check_device, load_model
-from hessian_lora.precision import check_base_dtype
-from hessian_lora.recommend import load_calibration
-from hessian_lora.sandbox import code_confinement
+from hessian_lora.inputs.models import LoadedModel, check_device, load_model
+from hessian_lora.inputs.tasks import IGNORE_INDEX, make_batches, tokenize_example
+from hessian_lora.settings.sweep import SweepConfig
 from hessian_lora.sweep.adaptive import leave_method_out, search_metric
-from hessian_lora.sweep.config import SweepConfig
 from hessian_lora.sweep.execute import cached_eval_set, cached_task, runs_code
+from hessian_lora.sweep.recommend import load_calibration
+from hessian_lora.training.adapters import adapter_at_initialisation
+from hessian_lora.training.precision import check_base_dtype
+from hessian_lora.training.sandbox import code_confinement
 from hessian_lora.training.train import example_stream
 
 

@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
+from hessian_lora.core.store import RunStore
+from hessian_lora.settings.sweep import RunSpec, SweepConfig, config_from_dict
 from hessian_lora.sweep.bookkeeping import begin_run, describe, end_run
-from hessian_lora.sweep.config import RunSpec, SweepConfig, config_from_dict
 from hessian_lora.sweep.execute import RunOutcome, execute_run, failed_row
-from hessian_lora.sweep.store import RunStore
 
 
 def _import_ray() -> Any:

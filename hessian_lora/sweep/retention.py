@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from hessian_lora.analysis.curves import HIGHER_IS_BETTER, choose_metric
-from hessian_lora.errors import UserError
-from hessian_lora.rundir import RunLayout, Status
-from hessian_lora.runs import load_runs
-from hessian_lora.sweep.store import RunStore, now
+from hessian_lora.analysis.runs import load_runs
+from hessian_lora.core.errors import UserError
+from hessian_lora.core.rundir import RunLayout, Status
+from hessian_lora.core.store import RunStore, now
 
 GROUP_KEYS = ("method", "rank", "batch_size", "seed")
 

@@ -29,10 +29,9 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from hessian_lora._io import remove_stale_temporaries, write_text_atomic
-from hessian_lora.adapters import reuse_adapters_at_init, reuse_budget_bytes
-from hessian_lora.errors import UserError
-from hessian_lora.rundir import (
+from hessian_lora.core.atomic import remove_stale_temporaries, write_text_atomic
+from hessian_lora.core.errors import UserError
+from hessian_lora.core.rundir import (
     CONFIG_FILE,
     FINAL_STATUSES,
     LOCK_FILE,
@@ -41,13 +40,14 @@ from hessian_lora.rundir import (
     Status,
     lr_key,
 )
+from hessian_lora.core.store import open_store, read_rows, recover_unfinished_store
+from hessian_lora.settings.sweep import GRID_AXES, RunSpec, SweepConfig, config_from_dict
 from hessian_lora.sweep import adaptive
-from hessian_lora.sweep.config import GRID_AXES, RunSpec, SweepConfig, config_from_dict
 from hessian_lora.sweep.local import run_local
 from hessian_lora.sweep.preflight import preflight
 from hessian_lora.sweep.ray_backend import run_on_ray
 from hessian_lora.sweep.retention import prune
-from hessian_lora.sweep.store import open_store, read_rows, recover_unfinished_store
+from hessian_lora.training.adapters import reuse_adapters_at_init, reuse_budget_bytes
 
 if TYPE_CHECKING:
     from hessian_lora.sweep.adaptive import AtInit

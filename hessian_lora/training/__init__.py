@@ -1,14 +1,16 @@
-"""Training: the loop, the optimizer it may drive, and the probes that watch it.
+"""Training: from a method to a trained, evaluated, saved adapter.
 
+- :mod:`~hessian_lora.training.adapters`: the one adapter factory (``build_adapter``,
+  ``adapter_at_initialisation``), which runs a method's plug-in (:mod:`hessian_lora.methods`);
+- :mod:`~hessian_lora.training.peft_adapters`: plain peft adapter directories, local or on the hub;
+- :mod:`~hessian_lora.training.checkpoint`: this toolkit's checkpoints (adapter, optimizer state, metadata);
+- :mod:`~hessian_lora.training.precision`: the base weights' dtype and the Hessian's fp32 guarantee;
 - :mod:`~hessian_lora.training.train`: the paper's recipe (AdamW, cosine schedule, warm-up, clipping), exact
-  gradient accumulation, divergence detection (``train``, ``global_batches``, ``example_stream``);
-- :mod:`~hessian_lora.methods.loft_optimizer`: the LoFT optimizer (``loft_optimizer``);
-- :mod:`~hessian_lora.training.dynamics`: :class:`SharpnessProbe`, λ_max and Adam's preconditioned sharpness
-  measured inside a run from the live optimizer state;
-- :mod:`~hessian_lora.training.integrations`: :class:`SharpnessCallback`, the same probe inside a transformers
-  ``Trainer`` / TRL ``SFTTrainer``.
+  gradient accumulation, divergence detection;
+- :mod:`~hessian_lora.training.evaluate` and :mod:`~hessian_lora.training.evalsets`: held-out loss, generation,
+  scores on the user's test sets; :mod:`~hessian_lora.training.sandbox`: generated programs confined;
+- :mod:`~hessian_lora.training.memory`: the training-memory estimate (torch-free).
 
-Importing the package loads none of them (each module pulls in torch, the probes the engine, the callback
-transformers' Trainer): import what you use from its module. These modules lived at the package's top level
-until the layers were given folders (``hessian_lora.train`` is now ``hessian_lora.training.train``, and so on).
+Importing the package loads none of them: import what you use from its module. The probes that watch a run
+(``SharpnessProbe``, ``SharpnessCallback``) measure, so they live in :mod:`hessian_lora.measurement`.
 """

@@ -30,10 +30,10 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from hessian_lora.data import Example, TokenBatch, collate, tokenize_example
-from hessian_lora.errors import UserError
-from hessian_lora.loss import loss_sum
-from hessian_lora.rundir import Status
+from hessian_lora.core.errors import UserError
+from hessian_lora.core.rundir import Status
+from hessian_lora.hessian.loss import loss_sum
+from hessian_lora.inputs.tasks import Example, TokenBatch, collate, tokenize_example
 from hessian_lora.settings.training import (
     PRECISIONS,
     Precision,
@@ -138,9 +138,9 @@ def train(
     """Train ``model``'s trainable parameters in place on ``examples`` and return what happened.
 
     ``optimizer`` defaults to AdamW over the parameters with ``requires_grad`` (pass
-    :func:`hessian_lora.adapters.make_optimizer`'s for LoRA+ groups). The model is left in eval mode.
+    :func:`hessian_lora.training.adapters.make_optimizer`'s for LoRA+ groups). The model is left in eval mode.
 
-    ``probe`` (e.g. a :class:`hessian_lora.training.dynamics.SharpnessProbe`) is called as ``probe(step, optimizer, lr)``
+    ``probe`` (e.g. a :class:`hessian_lora.measurement.training_probe.SharpnessProbe`) is called as ``probe(step, optimizer, lr)``
     before the first update (step 0) and after every optimizer step (step = updates done), ``lr`` being the
     first group's rate of the next update; it must leave the training state as it found it.
     """

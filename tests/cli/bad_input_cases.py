@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
-from hessian_lora.cli import main
+from hessian_lora.cli.main import main
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--model", "tiny-llama"]
@@ -174,7 +174,7 @@ def sqlite_without_runs() -> bytes:
 
 def calibration_with_probe(change: Any) -> dict[str, Any]:
     """The shipped calibration with its probe changed (``"LIST"``: the probe a list)."""
-    from hessian_lora.recommend import load_calibration
+    from hessian_lora.sweep.recommend import load_calibration
 
     data = json.loads(json.dumps(load_calibration(None).to_dict()))
     if change == "LIST":

@@ -7,7 +7,7 @@ import shutil
 import pytest
 from bad_input_cases import GOOD_RECORDS, TINY, Good, fingerprint, sweep_yaml, write
 
-from hessian_lora.cli import main
+from hessian_lora.cli.main import main
 
 
 @pytest.fixture(scope="session")

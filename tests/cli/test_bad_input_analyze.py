@@ -25,7 +25,7 @@ from bad_input_cases import (
     write,
 )
 
-from hessian_lora.cli import main
+from hessian_lora.cli.main import main
 
 ABLATION_CONFIGS = {"config-binary": b"\x00\xff\xfe\x80", "config-a-list": "- 1\n- 2\n",
                     "config-not-yaml": "model: [unclosed\n", "config-model-a-list": "model: [1, 2]\n"}

@@ -9,15 +9,15 @@ from typing import Any
 import pytest
 from bad_input_cases import REPO
 
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 
 
 @pytest.mark.parametrize("timeout", [float("nan"), float("inf"), 0.0, -1.0, True, "10"])
 def test_no_sandbox_runs_without_a_finite_time_limit(timeout: Any, tmp_path) -> None:
     """Every way into the code sandbox refuses a limit that never expires, before a program starts."""
     # local: collecting the bad-input tests stays fast (evaluate and evalsets import transformers)
-    from hessian_lora.evalsets import load_eval_set
-    from hessian_lora.evaluate import EvalConfig, run_program
+    from hessian_lora.training.evalsets import load_eval_set
+    from hessian_lora.training.evaluate import EvalConfig, run_program
 
     marker = tmp_path / "ran"
     with pytest.raises(UserError, match="finite number"):
@@ -30,7 +30,7 @@ def test_no_sandbox_runs_without_a_finite_time_limit(timeout: Any, tmp_path) -> 
 
 
 def test_the_sandbox_limit_stops_a_program_that_never_ends() -> None:
-    from hessian_lora.evaluate import run_program  # local: as above
+    from hessian_lora.training.evaluate import run_program  # local: as above
 
     started = time.monotonic()
     assert run_program("while True:\n    pass\n", timeout=0.5) is False

@@ -36,7 +36,7 @@ def test_cli_refuses(case: Case, good: Good, untouched, tmp_path: Path, capsys, 
 
 @pytest.mark.parametrize("case", params(INTERRUPTED_COMMANDS))
 def test_keyboard_interrupt_inside_any_command(case: Case, monkeypatch, capsys) -> None:
-    module = importlib.import_module(f"hessian_lora.commands.{case.id}")
+    module = importlib.import_module(f"hessian_lora.cli.commands.{case.id}")
 
     def interrupted(args):
         raise KeyboardInterrupt
@@ -47,7 +47,7 @@ def test_keyboard_interrupt_inside_any_command(case: Case, monkeypatch, capsys) 
 
 
 def test_importing_the_cli_imports_no_torch() -> None:
-    code = "import sys, hessian_lora.cli; print('torch' in sys.modules)"
+    code = "import sys, hessian_lora.cli.main; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=60)
     assert result.stdout.strip() == "False", result.stderr
 
@@ -57,7 +57,7 @@ def test_an_interrupt_escaping_exec_still_exits_130(tmp_path) -> None:
     import interrupted there does it), and under ``python -m`` ends the process by SIGINT (-2) instead of our
     130 (CI saw it in test_ctrl_c_in_the_first_seconds). Run as a module, like ``python -m hessian_lora``."""
     write(tmp_path / "interrupted_import.py",
-          "import sys, hessian_lora.cli as cli\n"
+          "import sys, hessian_lora.cli.main as cli\n"
           "def interrupted_while_importing():\n    exec('raise KeyboardInterrupt')\n"
           "cli.build_parser = interrupted_while_importing\nsys.exit(cli.main([]))\n")
     env = cli_env()
@@ -74,7 +74,7 @@ def test_an_interrupt_during_an_import_waits_for_the_import(tmp_path) -> None:
     write(tmp_path / "slow_module.py",
           "import signal, time\nsignal.raise_signal(signal.SIGINT)\ntime.sleep(0.3)\nFINISHED = True\n")
     write(tmp_path / "interrupted_import.py",
-          "import sys, time, hessian_lora.cli as cli\n"
+          "import sys, time, hessian_lora.cli.main as cli\n"
           "def build_parser():\n    import slow_module\n    time.sleep(30)\n"
           "cli.build_parser = build_parser\ncode = cli.main([])\n"
           "print(getattr(sys.modules.get('slow_module'), 'FINISHED', False))\nsys.exit(code)\n")

@@ -33,7 +33,7 @@ from bad_input_cases import (
     write,
 )
 
-from hessian_lora.cli import main
+from hessian_lora.cli.main import main
 
 REPORT = ["--out", "{tmp}/r.json"]
 LORA = ["eigen", "--method", "lora", *TINY]

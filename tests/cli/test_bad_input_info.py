@@ -21,7 +21,7 @@ from bad_input_cases import (
     refuse,
 )
 
-from hessian_lora.cli import main
+from hessian_lora.cli.main import main
 
 CASES: list[Case] = [
     *[Case(f"checkpoint-{name}", ["info", "{tmp}/ckpt"], **damaged_checkpoint(name))

@@ -26,7 +26,7 @@ LORA = ["recommend", "--method", "lora", *TINY]
 
 
 def _nan_calibration(good: Good) -> dict[str, Any]:
-    from hessian_lora.recommend import load_calibration
+    from hessian_lora.sweep.recommend import load_calibration
 
     content = load_calibration(None).to_dict()
     content["c"] = float("nan")

@@ -41,7 +41,7 @@ from bad_input_cases import (
     write,
 )
 
-from hessian_lora.cli import main
+from hessian_lora.cli.main import main
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 YAML = "{tmp}/sweep.yaml"
@@ -286,8 +286,8 @@ def test_sweep_with_failed_runs_exits_1_and_counts_the_errors(tmp_path, capsys, 
 
 def test_the_preflight_reads_each_evaluation_set_once_for_every_run(tmp_path, capsys, monkeypatch) -> None:
     """The sets the preflight read are the ones the runs score with: read once, not once per run."""
-    from hessian_lora import evalsets
     from hessian_lora.sweep import execute
+    from hessian_lora.training import evalsets
 
     execute.cached_eval_set.cache_clear()
     reads: list[str] = []
@@ -327,7 +327,7 @@ def test_a_dry_run_on_a_directory_of_another_grid_refuses_as_the_run_does(good, 
 def test_code_evaluation_without_confinement_is_refused_unless_the_flag_accepts_it(dry_run: bool, untouched,
                                                                                   tmp_path, capsys,
                                                                                   monkeypatch) -> None:
-    from hessian_lora import sandbox
+    from hessian_lora.training import sandbox
 
     unavailable = sandbox.Confinement("none", "none", reason="simulated: no user namespaces")
     monkeypatch.setattr(sandbox, "probe_confinement", lambda: unavailable)
@@ -409,9 +409,10 @@ KILL_POINTS = ("lock-taken", "config-half-written", "config-written", "store-bei
                "store-built-in-place", "store-created", "first-row-running")
 _KILL_SCRIPT = """
 import os, signal, sqlite3, sys
-from hessian_lora.cli import main
-from hessian_lora.sweep import runner, store
-from hessian_lora._io import temporary_path
+from hessian_lora.cli.main import main
+from hessian_lora.sweep import runner
+from hessian_lora.core import store
+from hessian_lora.core.atomic import temporary_path
 
 def die(*_):
     os.kill(os.getpid(), signal.SIGKILL)

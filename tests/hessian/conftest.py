@@ -1,49 +1,5 @@
-"""Session-wide tiny problems with their dense float64 Hessians (built once: a few seconds each)."""
+"""The engine's tests share the dense float64 problems of tests/dense_problems.py."""
 
-from __future__ import annotations
+from dense_problems import generic_problem, init_problem, init_rank4_problem
 
-from dataclasses import dataclass
-
-import pytest
-import torch
-from tinylora import dense_hessian, module_block, synthetic_batches, tiny_lora, whole_block
-
-from hessian_lora.data import TokenBatch
-from hessian_lora.hessian import ParameterBlock
-
-
-@dataclass
-class DenseProblem:
-    model: torch.nn.Module
-    batches: list[TokenBatch]
-    block: ParameterBlock
-    dense: torch.Tensor
-    eigenvalues: torch.Tensor  # ascending, float64
-
-
-def _problem(model: torch.nn.Module, block: ParameterBlock) -> DenseProblem:
-    batches = synthetic_batches()
-    dense = dense_hessian(model, batches, block)
-    return DenseProblem(model, batches, block, dense, torch.linalg.eigvalsh(dense))
-
-
-@pytest.fixture(scope="session")
-def generic_problem() -> DenseProblem:
-    """The whole adapter (q_proj, v_proj; r = 1; 224 parameters) at a generic point (B ≠ 0), float64."""
-    model = tiny_lora(dtype=torch.float64)
-    return _problem(model, whole_block(model))
-
-
-@pytest.fixture(scope="session")
-def init_problem() -> DenseProblem:
-    """Layer 0's q_proj block at LoRA initialisation (B = 0; r = 1; 64 parameters), float64."""
-    model = tiny_lora(dtype=torch.float64, at_init=True, rank=1, targets=("q_proj",))
-    return _problem(model, module_block(model, "q_proj", 0))
-
-
-@pytest.fixture(scope="session")
-def init_rank4_problem() -> DenseProblem:
-    """Layer 0's q_proj block at LoRA initialisation with r = 4 (256 parameters): clusters of 4 nearly equal
-    eigenvalues at both ends, float64."""
-    model = tiny_lora(dtype=torch.float64, at_init=True, rank=4, targets=("q_proj",))
-    return _problem(model, module_block(model, "q_proj", 0))
+__all__ = ["generic_problem", "init_problem", "init_rank4_problem"]

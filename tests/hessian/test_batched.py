@@ -7,7 +7,7 @@ import pytest
 import torch
 from tinylora import operator_for, synthetic_batches, tiny_lora
 
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 from hessian_lora.hessian import DenseOperator, ScaledOperator, hutchinson, hutchplusplus, lanczos
 from hessian_lora.hessian.filters import PerModule
 

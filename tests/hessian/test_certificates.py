@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 from hessian_lora.hessian import DenseOperator, hutchinson, lanczos, power_iteration
 
 

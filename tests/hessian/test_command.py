@@ -1,4 +1,4 @@
-"""``hessian-lora eigen`` (hessian_lora/commands/eigen.py)."""
+"""``hessian-lora eigen`` (hessian_lora/cli/commands/eigen.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import hessian_lora
-from hessian_lora.cli import main
+from hessian_lora.cli.main import main
 
 ARGS = ["--model", "tiny-llama", "--rank", "2", "--targets", "q_proj,v_proj", "--samples", "4", "--batch-size", "2",
         "--tol", "1e-5", "--quiet"]
@@ -52,8 +52,8 @@ def test_bad_invocations_exit_2_with_a_fix(argv: list[str], message: str, tmp_pa
 
 
 def test_dora_norm_reaches_the_measurement(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from hessian_lora import measure
-    from hessian_lora.cli import build_parser
+    from hessian_lora.cli.main import build_parser
+    from hessian_lora.measurement import measure
 
     monkeypatch.chdir(tmp_path)
     seen = {}
@@ -61,7 +61,7 @@ def test_dora_norm_reaches_the_measurement(tmp_path: Path, monkeypatch: pytest.M
     # The command builds the target and calls the one entry, measure(target, settings, ...).
     monkeypatch.setattr(measure, "measure",
                         lambda target, settings, **kwargs: seen.update(vars(settings)) or SimpleNamespace(blocks=()))
-    monkeypatch.setattr("hessian_lora.commands.eigen._print_summary", lambda *args: None)
+    monkeypatch.setattr("hessian_lora.cli.commands.eigen._print_summary", lambda *args: None)
     for argv, expected in (([], "detached"), (["--dora-norm", "differentiated"], "differentiated")):
         args = build_parser().parse_args(["eigen", "--method", "dora", "--out", "x.json", *argv])
         assert args.handler(args) == 0 and seen["dora_norm"] == expected
@@ -88,10 +88,10 @@ def test_an_impossible_krylov_budget_is_refused_before_any_product(tmp_path: Pat
 
 
 def test_a_plan_whose_activations_do_not_fit_names_the_batch_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hessian_lora.data import TokenBatch
-    from hessian_lora.errors import UserError
+    from hessian_lora.core.errors import UserError
     from hessian_lora.hessian.memory_plan import activation_bytes, plan_memory
-    from hessian_lora.models import load_model
+    from hessian_lora.inputs.models import load_model
+    from hessian_lora.inputs.tasks import TokenBatch
 
     model = load_model("tiny-llama", device="cpu").model
     ids = torch.ones(8, 256, dtype=torch.long)
@@ -125,14 +125,14 @@ def test_the_papers_data_size_streams_100_batches_with_progress(tmp_path: Path,
 
 
 def test_block_size_and_one_at_a_time_reach_the_measurement(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from hessian_lora import measure
-    from hessian_lora.cli import build_parser
+    from hessian_lora.cli.main import build_parser
+    from hessian_lora.measurement import measure
 
     monkeypatch.chdir(tmp_path)
     seen = {}
     monkeypatch.setattr(measure, "measure",
                         lambda target, settings, **kwargs: seen.update(vars(settings)) or SimpleNamespace(blocks=()))
-    monkeypatch.setattr("hessian_lora.commands.eigen._print_summary", lambda *args: None)
+    monkeypatch.setattr("hessian_lora.cli.commands.eigen._print_summary", lambda *args: None)
     for argv, block_size, together in (([], None, True), (["--block-size", "rank"], "rank", True),
                                        (["--block-size", "4", "--one-at-a-time"], 4, False)):
         args = build_parser().parse_args(["eigen", "--method", "lora", "--out", "x.json", *argv])

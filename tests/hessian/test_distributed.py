@@ -11,7 +11,7 @@ import torch
 from distributed_worker import SHAPES
 from tinylora import operator_for, synthetic_batches, tiny_lora, whole_block
 
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 from hessian_lora.hessian import distributed, lanczos
 
 WORKER = Path(__file__).with_name("distributed_worker.py")

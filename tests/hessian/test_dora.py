@@ -8,7 +8,7 @@ from tinylora import exact_loss_sum, module_block, operator_for, synthetic_batch
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 from hessian_lora.hessian import ParameterBlock, differentiated_dora_norm
 from hessian_lora.hessian.dora import dora_layers
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from tinylora import tiny_lora
 
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 from hessian_lora.hessian import ByName, PerModule, WholeAdapter
 from hessian_lora.hessian.filters import layer_index, parse_layers, parse_modules, short_name
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from tinylora import operator_for, spectrum_operator, synthetic_batches, tiny_lora, whole_block
 
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 from hessian_lora.hessian import DenseOperator, HessianOperator, lanczos
 from hessian_lora.hessian.lanczos import block_tridiagonal, lanczos_steps, value_bound
 

@@ -7,10 +7,10 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from hessian_lora.data import TokenBatch
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 from hessian_lora.hessian import DenseOperator, HessianOperator, ScaledOperator
 from hessian_lora.hessian.operator import FD_EPSILON, resolve_backend
+from hessian_lora.inputs.tasks import TokenBatch
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:

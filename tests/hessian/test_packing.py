@@ -1,4 +1,4 @@
-"""Packed batches (hessian_lora.data.pack_batches) measure the same operator as the streamed ones."""
+"""Packed batches (hessian_lora.inputs.tasks.pack_batches) measure the same operator as the streamed ones."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 import torch
 from tinylora import loss_for, module_block, tiny_lora, whole_block
 
-from hessian_lora.data import IGNORE_INDEX, TokenBatch, collate, pack_batches, packing_of
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 from hessian_lora.hessian import HessianOperator
-from hessian_lora.loss import ChunkedHeadLoss
+from hessian_lora.hessian.loss import ChunkedHeadLoss
+from hessian_lora.inputs.tasks import IGNORE_INDEX, TokenBatch, collate, pack_batches, packing_of
 
 _TOKENIZER = types.SimpleNamespace(pad_token_id=258, eos_token_id=1)
 

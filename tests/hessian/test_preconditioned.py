@@ -6,14 +6,14 @@ import pytest
 import torch
 from tinylora import operator_for
 
-from hessian_lora.adapters import AdapterConfig, build_adapter, make_optimizer
-from hessian_lora.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from hessian_lora.data import Example, make_batches
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 from hessian_lora.hessian import WholeAdapter, adam_preconditioner, adam_thresholds, preconditioned_sharpness
-from hessian_lora.loss import loss_sum
-from hessian_lora.models import load_model
-from hessian_lora.preconditioning import checkpoint_preconditioner
+from hessian_lora.hessian.loss import loss_sum
+from hessian_lora.inputs.models import load_model
+from hessian_lora.inputs.tasks import Example, make_batches
+from hessian_lora.measurement.preconditioning import checkpoint_preconditioner
+from hessian_lora.training.adapters import AdapterConfig, build_adapter, make_optimizer
+from hessian_lora.training.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 
 
 def test_thresholds_are_the_edge_of_stability_bounds() -> None:
@@ -85,7 +85,7 @@ def test_preconditioner_from_a_trained_checkpoint(tmp_path: Path, method: str) -
 def test_group_ratios_survive_a_schedule_that_decayed_to_zero() -> None:
     from types import SimpleNamespace
 
-    from hessian_lora.preconditioning import _group_ratios
+    from hessian_lora.measurement.preconditioning import _group_ratios
 
     assert _group_ratios([{"lr": 1e-3}, {"lr": 4e-3}], None) == pytest.approx([1.0, 4.0])
     decayed = [{"lr": 0.0, "initial_lr": 1e-3}, {"lr": 0.0, "initial_lr": 2e-3}]

@@ -11,8 +11,7 @@ import torch
 from tinylora import dense_hessian, module_block, operator_for, synthetic_batches, tiny_lora
 from torch import nn
 
-from hessian_lora.data import TokenBatch
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 from hessian_lora.hessian import DenseOperator, HessianOperator, lanczos
 from hessian_lora.hessian.starts import (
     base_weight_gradients,
@@ -22,6 +21,7 @@ from hessian_lora.hessian.starts import (
     structured_pieces,
     with_random,
 )
+from hessian_lora.inputs.tasks import TokenBatch
 
 # --- a LoRA layer whose loss is chosen so the structured span can be made to miss the top --------------------
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from tinylora import operator_for
 
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 from hessian_lora.hessian import DenseOperator, hutchinson, hutchplusplus
 
 

@@ -12,12 +12,12 @@ import types
 import pytest
 from method_cases import CASES
 
-from hessian_lora.adapters import _peft_config
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
 from hessian_lora.methods import registry
 from hessian_lora.methods.registry import DEFAULT_METHOD, METHODS, method_of_peft_config
 from hessian_lora.methods.spec import MethodSpec
 from hessian_lora.settings.adapter import AdapterConfig
+from hessian_lora.training.adapters import _peft_config
 
 TINY_SHAPES = [(64, 64), (32, 64), (32, 64), (64, 64), (128, 64), (128, 64), (64, 128)]  # one tiny-llama layer
 
@@ -100,10 +100,10 @@ def test_every_method_trains_a_step_and_its_saved_peft_directory_reads_back(meth
     trained adapter is read back as the case's method, and (methods that keep the base) computes what it did."""
     import torch
 
-    from hessian_lora.adapters import adapter_at_initialisation, make_optimizer, trainable_parameters
-    from hessian_lora.data import load_task, make_batches
-    from hessian_lora.peft_adapters import load_peft_directory, peft_meta, read_peft_config
+    from hessian_lora.inputs.tasks import load_task, make_batches
     from hessian_lora.settings.training import TrainConfig
+    from hessian_lora.training.adapters import adapter_at_initialisation, make_optimizer, trainable_parameters
+    from hessian_lora.training.peft_adapters import load_peft_directory, peft_meta, read_peft_config
     from hessian_lora.training.train import train
 
     config = AdapterConfig(method, rank=4, seed=1)

@@ -6,14 +6,14 @@ import pytest
 import yaml
 from sweep_helpers import TINY_YAML
 
-from hessian_lora.sweep.config import config_from_dict
+from hessian_lora.settings.sweep import config_from_dict
 
 
 @pytest.fixture(scope="session")
 def tiny_sweep(tmp_path_factory):
     """The full tiny sweep (2 methods x 3 LRs), run in-process once: (run_dir, summary, rows)."""
+    from hessian_lora.core.store import open_store
     from hessian_lora.sweep.runner import run_sweep
-    from hessian_lora.sweep.store import open_store
 
     run_dir = tmp_path_factory.mktemp("tiny_sweep")
     config = config_from_dict(yaml.safe_load(TINY_YAML.read_text()), source=str(TINY_YAML))

@@ -20,11 +20,11 @@ import pytest
 import yaml
 from sweep_helpers import assert_same_results, sigkill_mid_run, tiny_data
 
-from hessian_lora.errors import UserError
-from hessian_lora.rundir import SEARCH_FILE
-from hessian_lora.sweep.config import config_from_dict
+from hessian_lora.core.errors import UserError
+from hessian_lora.core.rundir import SEARCH_FILE
+from hessian_lora.core.store import open_store
+from hessian_lora.settings.sweep import config_from_dict
 from hessian_lora.sweep.runner import prepare_run_dir, run_sweep
-from hessian_lora.sweep.store import open_store
 
 GRID = {"base": 2e-5, "per_decade": 4, "k": [7, 17]}
 SEARCH = {"mode": "adaptive", "metric": "eval_loss"}
@@ -142,7 +142,7 @@ def test_sigkill_mid_search_then_resume(grid_and_search, tmp_path):
 
 
 def test_centre_from_lambda_at_init_is_measured_once(tmp_path, monkeypatch, tiny_calibration):
-    import hessian_lora.measure as measure_module
+    import hessian_lora.measurement.measure as measure_module
 
     calls = []
     original = measure_module._analyse_block
@@ -296,8 +296,8 @@ def test_leave_method_out_centre_does_not_use_the_methods_own_point(monkeypatch,
     import numpy as np
 
     import hessian_lora.sweep.adaptive as adaptive
-    from hessian_lora.recommend import load_calibration
-    from hessian_lora.rundir import RunLayout
+    from hessian_lora.core.rundir import RunLayout
+    from hessian_lora.sweep.recommend import load_calibration
 
     calibration = load_calibration(str(tiny_calibration))  # inverse fit c = 0.05 over the shipped 5 points
     assert {"lora", "pissa", "milora", "initab", "dora"} <= set(calibration.points)
@@ -320,8 +320,8 @@ def test_leave_method_out_centre_does_not_use_the_methods_own_point(monkeypatch,
 
 def test_leave_method_out_refits_the_shipped_power_law_and_refuses_too_few_points():
     from hessian_lora.analysis.relation import fit_power_law
-    from hessian_lora.recommend import load_calibration
     from hessian_lora.sweep.adaptive import leave_method_out
+    from hessian_lora.sweep.recommend import load_calibration
 
     shipped = load_calibration(None)
     refit = leave_method_out(shipped, "pissa")

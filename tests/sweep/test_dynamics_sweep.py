@@ -7,8 +7,8 @@ import json
 import pytest
 from sweep_helpers import tiny_config
 
-from hessian_lora.rundir import RunLayout
-from hessian_lora.sweep.store import open_store
+from hessian_lora.core.rundir import RunLayout
+from hessian_lora.core.store import open_store
 
 DURING = {"every": 2, "samples": 8, "batch_size": 4, "tol": 1e-2}
 
@@ -95,8 +95,8 @@ def test_prune_recovers_from_a_kill_between_its_steps(probed_sweep, tmp_path):
 
 def test_edge_of_stability_analysis_and_figure(probed_sweep, tmp_path):
     from hessian_lora.analysis import analyze, write_analysis
+    from hessian_lora.analysis.figures.plots import plot_run
     from hessian_lora.analysis.stability import stability_report
-    from hessian_lora.figures.plots import plot_run
 
     run_dir, _, rows = probed_sweep
     analysis = analyze(run_dir)

@@ -10,12 +10,12 @@ import torch
 from sweep_helpers import tiny_config
 
 from hessian_lora.analysis.report import cost_section
-from hessian_lora.data import TokenBatch
-from hessian_lora.rundir import InitKey, RunLayout, read_init_inputs
-from hessian_lora.runs import read_run_directory
+from hessian_lora.analysis.runs import read_run_directory
+from hessian_lora.core.rundir import InitKey, RunLayout, read_init_inputs
+from hessian_lora.core.store import open_store
+from hessian_lora.inputs.tasks import TokenBatch
 from hessian_lora.sweep.init_reuse import inputs_digest, reuse_identical_report
 from hessian_lora.sweep.runner import run_sweep
-from hessian_lora.sweep.store import open_store
 
 
 def _model(seed: int = 0) -> torch.nn.Module:

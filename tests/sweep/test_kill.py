@@ -8,8 +8,8 @@ import sys
 
 from sweep_helpers import TINY_YAML, assert_same_results, sigkill_mid_run
 
+from hessian_lora.core.store import open_store
 from hessian_lora.sweep.runner import run_sweep
-from hessian_lora.sweep.store import open_store
 
 _STARTUP_LIMIT_S = 240.0
 
@@ -46,6 +46,6 @@ def test_sigkill_mid_sweep_then_resume(tiny_sweep, tmp_path):
 def _config():
     import yaml
 
-    from hessian_lora.sweep.config import config_from_dict
+    from hessian_lora.settings.sweep import config_from_dict
 
     return config_from_dict(yaml.safe_load(TINY_YAML.read_text()), source=str(TINY_YAML))

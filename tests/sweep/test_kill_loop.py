@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 import yaml
 
-from hessian_lora.sweep.config import config_from_dict
+from hessian_lora.core.store import open_store
+from hessian_lora.settings.sweep import config_from_dict
 from hessian_lora.sweep.runner import run_sweep
-from hessian_lora.sweep.store import open_store
 
 REPO = Path(__file__).resolve().parents[2]
 KILLS = 30
@@ -47,7 +47,7 @@ BOOT = (
     "import os, sys, time\n"
     "_fsync = os.fsync\n"
     f"os.fsync = lambda fd: (time.sleep({SLOW_FSYNC_S}), _fsync(fd))[1]\n"
-    "from hessian_lora.cli import main\n"
+    "from hessian_lora.cli.main import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
 

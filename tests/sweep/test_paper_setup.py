@@ -7,9 +7,9 @@ from pathlib import Path
 
 from sweep_helpers import tiny_config
 
+from hessian_lora.core.store import open_store
 from hessian_lora.methods.loft import PRECONDITIONER_NOTE
 from hessian_lora.sweep.runner import run_sweep
-from hessian_lora.sweep.store import open_store
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -39,9 +39,9 @@ EVAL_TASK = [f"gsm8k:{FIXTURES / 'gsm8k.jsonl'}", f"math:{FIXTURES / 'math.jsonl
 
 
 def test_eval_sets_are_scored_through_the_sweep_with_the_prompt_template(tmp_path, monkeypatch):
-    from hessian_lora import evaluate
-    from hessian_lora.data import ALPACA_TEMPLATE
-    from hessian_lora.evalsets import load_eval_set
+    from hessian_lora.inputs.tasks import ALPACA_TEMPLATE
+    from hessian_lora.training import evaluate
+    from hessian_lora.training.evalsets import load_eval_set
 
     sets = {spec.split(":")[0]: load_eval_set(spec) for spec in EVAL_TASK}
     # Known generations: the first problem of each set right, the others wrong; answers keyed by the prompt.
@@ -70,7 +70,7 @@ def test_eval_sets_are_scored_through_the_sweep_with_the_prompt_template(tmp_pat
     assert row["gsm8k_acc"] == 1 / 4 and row["math_acc"] == 1 / 5 and row["mbpp_pass_at_1"] == 1 / 3
     assert row["humaneval_pass_at_1"] is None
     assert len(seen_prompts) == 12 and all(p.startswith(ALPACA_TEMPLATE.split("{")[0]) for p in seen_prompts)
-    from hessian_lora.checkpoint import read_meta_dict
+    from hessian_lora.training.checkpoint import read_meta_dict
 
     (checkpoint,) = (tmp_path / "runs").iterdir()  # eigen on it formats its batches alike
     assert read_meta_dict(checkpoint)["extra"]["prompt_template"] == "alpaca"
@@ -92,7 +92,7 @@ def test_eval_sets_run_on_the_tiny_model_and_record_their_metric(tmp_path):
 def test_the_prompt_template_changes_training_and_is_refused_when_bad():
     import pytest
 
-    from hessian_lora.errors import UserError
+    from hessian_lora.core.errors import UserError
 
     assert tiny_config().prompt_template == "chat" and tiny_config().eval_task == ()
     with pytest.raises(UserError, match="prompt template"):
@@ -103,9 +103,9 @@ def test_the_prompt_template_changes_training_and_is_refused_when_bad():
 
 
 def test_eval_set_metrics_reach_analysis(tmp_path, monkeypatch):
-    from hessian_lora import evaluate
     from hessian_lora.analysis import analyze
-    from hessian_lora.evalsets import load_eval_set
+    from hessian_lora.training import evaluate
+    from hessian_lora.training.evalsets import load_eval_set
 
     golds = [f"The answer is {example.answer}" for example in load_eval_set(EVAL_TASK[0]).examples]
     calls = iter([golds[:1] + ["The answer is -1"] * 3, golds])
@@ -121,8 +121,8 @@ def test_eval_set_metrics_reach_analysis(tmp_path, monkeypatch):
 def test_a_sweep_that_runs_code_is_refused_before_any_run_where_nothing_confines_it(tmp_path, monkeypatch):
     import pytest
 
-    from hessian_lora import sandbox
-    from hessian_lora.errors import UserError
+    from hessian_lora.core.errors import UserError
+    from hessian_lora.training import sandbox
 
     unavailable = sandbox.Confinement("none", "none", reason="simulated: no user namespaces")
     monkeypatch.setattr(sandbox, "probe_confinement", lambda: unavailable)

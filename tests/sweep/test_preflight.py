@@ -6,8 +6,8 @@ import pytest
 import torch
 from sweep_helpers import tiny_config
 
-from hessian_lora.errors import UserError
-from hessian_lora.models import load_model
+from hessian_lora.core.errors import UserError
+from hessian_lora.inputs.models import load_model
 from hessian_lora.sweep.preflight import _first_layer_only, preflight
 
 

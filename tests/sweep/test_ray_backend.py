@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sweep_helpers import assert_same_results, tiny_config
 
+from hessian_lora.core.store import open_store
 from hessian_lora.sweep.runner import run_sweep
-from hessian_lora.sweep.store import open_store
 
 ray = pytest.importorskip("ray")
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from sweep_helpers import assert_same_results, tiny_config, tiny_data
 
-from hessian_lora.errors import UserError
-from hessian_lora.rundir import CONFIG_FILE
+from hessian_lora.core.errors import UserError
+from hessian_lora.core.rundir import CONFIG_FILE
+from hessian_lora.core.store import open_store
+from hessian_lora.settings.sweep import RunSpec, config_from_dict
 from hessian_lora.sweep import local, runner
-from hessian_lora.sweep.config import RunSpec, config_from_dict
 from hessian_lora.sweep.runner import pending, plan_run_dir, prepare_run_dir, run_sweep, sweep_lock
-from hessian_lora.sweep.store import open_store
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -44,7 +44,7 @@ def test_tiny_sweep_completes(tiny_sweep):
 
 
 def test_checkpoint_of_a_run_reloads_with_its_optimizer_state(tiny_sweep):
-    from hessian_lora.checkpoint import load_checkpoint
+    from hessian_lora.training.checkpoint import load_checkpoint
 
     run_dir, _, rows = tiny_sweep
     loaded = load_checkpoint(run_dir / rows[0]["checkpoint"], device="cpu")
@@ -186,7 +186,7 @@ def test_address_needs_the_ray_backend(tmp_path):
 
 
 def test_results_command_formats(tiny_sweep, tmp_path, capsys):
-    from hessian_lora.cli import main
+    from hessian_lora.cli.main import main
 
     run_dir, _, rows = tiny_sweep
     assert main(["results", str(run_dir)]) == 0
@@ -206,7 +206,7 @@ def test_results_command_formats(tiny_sweep, tmp_path, capsys):
 
 
 def test_sweep_command_reports_bad_configs(tmp_path, capsys):
-    from hessian_lora.cli import main
+    from hessian_lora.cli.main import main
 
     path = tmp_path / "bad.yaml"
     path.write_text(json.dumps({**tiny_data(), "methods": ["nope"]}))

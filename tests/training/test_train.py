@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from hessian_lora.adapters import AdapterConfig, build_adapter, trainable_parameters
-from hessian_lora.data import load_task, make_batches
-from hessian_lora.errors import UserError
+from hessian_lora.core.errors import UserError
+from hessian_lora.inputs.tasks import load_task, make_batches
+from hessian_lora.training.adapters import AdapterConfig, build_adapter, trainable_parameters
 from hessian_lora.training.train import (
     TrainConfig,
     accumulate_gradient,
@@ -106,7 +106,7 @@ def test_training_with_micro_batches_equals_training_with_the_whole_batch(tiny, 
 
 
 def load_tiny():
-    from hessian_lora.models import load_model
+    from hessian_lora.inputs.models import load_model
 
     return load_model("tiny-llama", device="cpu")
 
@@ -261,7 +261,7 @@ def test_gradient_checkpointing_needs_a_transformers_model():
 
 def test_sharpness_probes_see_the_same_model_with_gradient_checkpointing(arith):
     # The in-run probe runs Hessian products while training has checkpointing on: its λ must not change.
-    from hessian_lora.training.dynamics import DuringSettings, SharpnessProbe
+    from hessian_lora.measurement.training_probe import DuringSettings, SharpnessProbe
 
     runs = []
     for checkpointing in (False, True):
