@@ -47,7 +47,9 @@ class VhpOperator(LinearOperator):
         return self.theta.device
 
     def _loss(self, flat: torch.Tensor) -> torch.Tensor:
-        values = {n: piece.view(s) for n, piece, s in zip(self.block.names, flat.split(self.numels), self.shapes)}
+        values = {
+            n: piece.view(s) for n, piece, s in zip(self.block.names, flat.split(self.numels), self.shapes)
+        }
         total = sum(loss_sum(lambda **kw: self._call(self.model, values, (), kw), b) for b in self.batches)
         return total / self.tokens
 
@@ -62,8 +64,13 @@ class VhpOperator(LinearOperator):
                 param.requires_grad_(flag)
 
 
-def paper_lanczos(operator: LinearOperator, *, tol: float = PAPER_TOL, max_iter: int = PAPER_MAX_ITER,
-                  min_iter: int = PAPER_MIN_ITER) -> dict[str, Any]:
+def paper_lanczos(
+    operator: LinearOperator,
+    *,
+    tol: float = PAPER_TOL,
+    max_iter: int = PAPER_MAX_ITER,
+    min_iter: int = PAPER_MIN_ITER,
+) -> dict[str, Any]:
     """Full re-orthogonalisation, no residual check: stop when the top Ritz value moves by < tol (absolute)."""
     began = time.perf_counter()
     generator = torch.Generator().manual_seed(0)
@@ -90,5 +97,9 @@ def paper_lanczos(operator: LinearOperator, *, tol: float = PAPER_TOL, max_iter:
         beta = float(product.norm())
         betas.append(beta)
         basis.append(product / beta)
-    return {"value": history[-1][1], "hvps": len(history), "seconds": time.perf_counter() - began,
-            "history": history}
+    return {
+        "value": history[-1][1],
+        "hvps": len(history),
+        "seconds": time.perf_counter() - began,
+        "history": history,
+    }

@@ -73,12 +73,16 @@ CONFIGS = (
 )
 
 
-def build_problem(args: argparse.Namespace, rows: int, length: int, scenario: str = "init") -> tuple[Any, list[TokenBatch]]:
+def build_problem(
+    args: argparse.Namespace, rows: int, length: int, scenario: str = "init"
+) -> tuple[Any, list[TokenBatch]]:
     """The model with its adapter and ``rows × length`` tokens of arithmetic text, every token a loss token."""
     loaded = load_model(args.model, device="cpu")
     method = scenario if scenario in ("pissa", "olora", "initab", "milora") else "lora"
     model = build_adapter(loaded.model, AdapterConfig(method, rank=args.rank))
-    text = " ".join(f"Question: {a} + {b} = ? Answer: {a + b}." for a in range(10, 99, 7) for b in range(3, 60, 11))
+    text = " ".join(
+        f"Question: {a} + {b} = ? Answer: {a + b}." for a in range(10, 99, 7) for b in range(3, 60, 11)
+    )
     ids = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) < rows * length:
         raise SystemExit(f"the benchmark text has {len(ids)} tokens, fewer than {rows}x{length}")
@@ -140,22 +144,53 @@ def worker(args: argparse.Namespace) -> None:
             operator @ vector
             products.append(time.perf_counter() - began)
     ratios = [p / g for p, g in zip(products, gradients)]
-    print(json.dumps({
-        "gradient_s": statistics.median(gradients), "product_s": statistics.median(products) if products else None,
-        "ratio": statistics.median(ratios) if ratios else 1.0, "warm_gradient_s": warm_gradient,
-        "warm_product_s": warm_product, "peak_gb": _peak_rss_gb(), "baseline_gb": baseline,
-        "fd_step": getattr(operator, "fd_step", None) if args.backend != "gradient" else None,
-    }))
+    print(
+        json.dumps(
+            {
+                "gradient_s": statistics.median(gradients),
+                "product_s": statistics.median(products) if products else None,
+                "ratio": statistics.median(ratios) if ratios else 1.0,
+                "warm_gradient_s": warm_gradient,
+                "warm_product_s": warm_product,
+                "peak_gb": _peak_rss_gb(),
+                "baseline_gb": baseline,
+                "fd_step": getattr(operator, "fd_step", None) if args.backend != "gradient" else None,
+            }
+        )
+    )
 
 
 def part_backends(args: argparse.Namespace) -> None:
-    print(f"\n## Per-HVP cost: whole adapter, {args.rows}x{args.seq_len} tokens, {args.repeats} alternating rounds "
-          "(ratio = median of per-round HVP/gradient), one subprocess each", flush=True)
-    print(f"{'configuration':<34} {'seconds':>8} {'x grad':>7} {'warm-up s':>9} {'peak RSS GB':>11} {'over load':>9}")
+    print(
+        f"\n## Per-HVP cost: whole adapter, {args.rows}x{args.seq_len} tokens, {args.repeats} alternating rounds "
+        "(ratio = median of per-round HVP/gradient), one subprocess each",
+        flush=True,
+    )
+    print(
+        f"{'configuration':<34} {'seconds':>8} {'x grad':>7} {'warm-up s':>9} {'peak RSS GB':>11} {'over load':>9}"
+    )
     for backend, reuse in CONFIGS:
-        command = [sys.executable, os.path.abspath(__file__), "--worker", "--backend", backend, "--reuse",
-                   str(int(reuse)), "--model", args.model, "--rank", str(args.rank), "--rows", str(args.rows),
-                   "--seq-len", str(args.seq_len), "--repeats", str(args.repeats), "--threads", str(args.threads)]
+        command = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--worker",
+            "--backend",
+            backend,
+            "--reuse",
+            str(int(reuse)),
+            "--model",
+            args.model,
+            "--rank",
+            str(args.rank),
+            "--rows",
+            str(args.rows),
+            "--seq-len",
+            str(args.seq_len),
+            "--repeats",
+            str(args.repeats),
+            "--threads",
+            str(args.threads),
+        ]
         finished = subprocess.run(command, capture_output=True, text=True)
         label = backend + (" + reuse" if reuse else "") + (" (reference)" if backend == "gradient" else "")
         if finished.returncode != 0:
@@ -166,8 +201,11 @@ def part_backends(args: argparse.Namespace) -> None:
         seconds = result["product_s"] if result["product_s"] is not None else result["gradient_s"]
         warm = result["warm_product_s"] or result["warm_gradient_s"]
         note = f"  (step {result['fd_step']:.3g}, calibrated in the warm-up)" if result["fd_step"] else ""
-        print(f"{label:<34} {seconds:8.3f} {result['ratio']:7.2f} {warm:9.2f} {result['peak_gb']:11.2f} "
-              f"{result['peak_gb'] - result['baseline_gb']:9.2f}{note}", flush=True)
+        print(
+            f"{label:<34} {seconds:8.3f} {result['ratio']:7.2f} {warm:9.2f} {result['peak_gb']:11.2f} "
+            f"{result['peak_gb'] - result['baseline_gb']:9.2f}{note}",
+            flush=True,
+        )
 
 
 # --- part 2: solvers ----------------------------------------------------------------------------------------
@@ -177,45 +215,91 @@ def part_solvers(args: argparse.Namespace, scenario: str) -> None:
     model, batches = build_problem(args, args.solver_rows, args.solver_seq_len, scenario)
     block = block_of(model, args.block)
     operator = HessianOperator(model, batches, block)  # reuse="auto": the single batch keeps its graph
-    print(f"\n## Solvers, scenario {scenario}: block {block.name} ({block.numel:,} parameters), "
-          f"{args.solver_rows}x{args.solver_seq_len} tokens; success = within {args.target:g} of the reference",
-          flush=True)
+    print(
+        f"\n## Solvers, scenario {scenario}: block {block.name} ({block.numel:,} parameters), "
+        f"{args.solver_rows}x{args.solver_seq_len} tokens; success = within {args.target:g} of the reference",
+        flush=True,
+    )
     reference = lanczos(operator, tol=1e-6, max_iter=args.max_iter, which="both", seed=123)
     truth = reference.lambda_max
-    print(f"reference (our Lanczos to the round-off floor): λ_max {truth:.6g}, λ_min {reference.lambda_min:.6g}, "
-          f"residual {reference.residual:.2e}, {reference.hvps} HVPs, {reference.seconds:.1f} s", flush=True)
+    print(
+        f"reference (our Lanczos to the round-off floor): λ_max {truth:.6g}, λ_min {reference.lambda_min:.6g}, "
+        f"residual {reference.residual:.2e}, {reference.hvps} HVPs, {reference.seconds:.1f} s",
+        flush=True,
+    )
     rows = []
     runs = {tol: lanczos(operator, tol=tol, max_iter=args.max_iter) for tol in (1e-3, 1e-4)}
     for tol, result in runs.items():
-        rows.append((f"ours: Lanczos (tol {tol:g})", result.lambda_max, result.hvps, result.seconds, result.converged,
-                     _first_within([(r.hvps, r.values[0]) for r in result.history], truth, args.target)))
+        rows.append(
+            (
+                f"ours: Lanczos (tol {tol:g})",
+                result.lambda_max,
+                result.hvps,
+                result.seconds,
+                result.converged,
+                _first_within([(r.hvps, r.values[0]) for r in result.history], truth, args.target),
+            )
+        )
     ours = runs[1e-3]
     power = power_iteration(operator, tol=1e-3, max_iter=args.power_max_iter)
-    rows.append(("ours: shifted power (tol 1e-3)", power.lambda_max, power.hvps, power.seconds, power.converged,
-                 _first_within([(r.hvps, r.values[0]) for r in power.history], truth, args.target)))
+    rows.append(
+        (
+            "ours: shifted power (tol 1e-3)",
+            power.lambda_max,
+            power.hvps,
+            power.seconds,
+            power.converged,
+            _first_within([(r.hvps, r.values[0]) for r in power.history], truth, args.target),
+        )
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = run_pyhessian(model, batches, block, max_iter=100, tol=1e-3, seed=0)
-    rows.append(("PyHessian 0.1 power (defaults)", theirs.lambda_max, theirs.hvps, theirs.seconds, theirs.converged,
-                 None))
+    rows.append(
+        (
+            "PyHessian 0.1 power (defaults)",
+            theirs.lambda_max,
+            theirs.hvps,
+            theirs.seconds,
+            theirs.converged,
+            None,
+        )
+    )
     paper = paper_lanczos(VhpOperator(model, batches, block), tol=args.paper_tol, max_iter=args.max_iter)
-    rows.append((f"vhp Lanczos, paper stop ({args.paper_tol:g} abs)", paper["value"], paper["hvps"],
-                 paper["seconds"], None, _first_within(paper["history"], truth, args.target)))
-    print(f"{'solver':<38} {'λ_max':>10} {'rel err':>9} {'HVPs':>5} {'seconds':>8} {'certified':>9} "
-          f"{'HVPs to target':>14}")
+    rows.append(
+        (
+            f"vhp Lanczos, paper stop ({args.paper_tol:g} abs)",
+            paper["value"],
+            paper["hvps"],
+            paper["seconds"],
+            None,
+            _first_within(paper["history"], truth, args.target),
+        )
+    )
+    print(
+        f"{'solver':<38} {'λ_max':>10} {'rel err':>9} {'HVPs':>5} {'seconds':>8} {'certified':>9} "
+        f"{'HVPs to target':>14}"
+    )
     for name, value, hvps, seconds, certified, first in rows:
         error = abs(value - truth) / abs(truth)
         flag = "-" if certified is None else ("yes" if certified else "no")
         reached = "-" if first is None else str(first)
         if error > args.target and first is None:
             reached = "never"
-        print(f"{name:<38} {value:10.5g} {error:9.1e} {hvps:5d} {seconds:8.1f} {flag:>9} {reached:>14}", flush=True)
+        print(
+            f"{name:<38} {value:10.5g} {error:9.1e} {hvps:5d} {seconds:8.1f} {flag:>9} {reached:>14}",
+            flush=True,
+        )
     if abs(theirs.lambda_max - truth) > args.target * abs(truth):
-        print(f"PyHessian's answer is off by {abs(theirs.lambda_max - truth) / abs(truth):.1%}: "
-              f"ours used {ours.hvps} HVPs / {ours.seconds:.1f} s for a certified value.")
+        print(
+            f"PyHessian's answer is off by {abs(theirs.lambda_max - truth) / abs(truth):.1%}: "
+            f"ours used {ours.hvps} HVPs / {ours.seconds:.1f} s for a certified value."
+        )
     else:
-        print(f"HVPs ours/PyHessian: {ours.hvps / theirs.hvps:.2f}; time PyHessian/ours: "
-              f"{theirs.seconds / ours.seconds:.1f}x")
+        print(
+            f"HVPs ours/PyHessian: {ours.hvps / theirs.hvps:.2f}; time PyHessian/ours: "
+            f"{theirs.seconds / ours.seconds:.1f}x"
+        )
 
 
 def part_certificates(args: argparse.Namespace) -> None:
@@ -229,12 +313,18 @@ def part_certificates(args: argparse.Namespace) -> None:
     """
     model, batches = build_problem(args, args.cert_rows, args.cert_seq_len, "init")
     layers = [int(x) for x in args.cert_layers.split(",")]
-    print(f"\n## Certificates: q_proj blocks of layers {layers} at LoRA init, {args.cert_rows}x{args.cert_seq_len} "
-          f"tokens; Lanczos tol {args.target:g}, largest only; residual certificate (‖r‖ ≤ tol·θ): before = "
-          "explicit check with one more product, after = check from the kept products; value = gap bound "
-          "(opt-in, unsound on a clustered top)", flush=True)
-    print(f"{'block':<28} {'reference':>11} {'ref HVPs':>8} | {'before HVPs':>11} {'after HVPs':>10} {'rel err':>8} "
-          f"{'conv':>4} | {'value HVPs':>10} {'rel err':>8} {'rel bound':>9} {'holds':>5}", flush=True)
+    print(
+        f"\n## Certificates: q_proj blocks of layers {layers} at LoRA init, {args.cert_rows}x{args.cert_seq_len} "
+        f"tokens; Lanczos tol {args.target:g}, largest only; residual certificate (‖r‖ ≤ tol·θ): before = "
+        "explicit check with one more product, after = check from the kept products; value = gap bound "
+        "(opt-in, unsound on a clustered top)",
+        flush=True,
+    )
+    print(
+        f"{'block':<28} {'reference':>11} {'ref HVPs':>8} | {'before HVPs':>11} {'after HVPs':>10} {'rel err':>8} "
+        f"{'conv':>4} | {'value HVPs':>10} {'rel err':>8} {'rel bound':>9} {'holds':>5}",
+        flush=True,
+    )
     totals: dict[str, list] = {"before": [], "after": [], "error": [], "value": [], "holds": []}
     for layer in layers:
         block = block_of(model, f"q_proj@{layer}")
@@ -253,14 +343,19 @@ def part_certificates(args: argparse.Namespace) -> None:
         totals["error"].append(error_after)
         totals["value"].append(value.hvps)
         totals["holds"].append(holds)
-        print(f"{block.name:<28} {truth:11.6g} {reference.hvps:8d} | {before.hvps:11d} {after.hvps:10d} "
-              f"{error_after:8.1e} {'yes' if after.converged else 'no':>4} | {value.hvps:10d} {error_value:8.1e} "
-              f"{bound / abs(truth):9.1e} {'yes' if holds else 'NO':>5}", flush=True)
-    print(f"mean HVPs to a certified λ_max (residual ≤ {args.target:g}·θ): before "
-          f"{statistics.mean(totals['before']):.1f}, after {statistics.mean(totals['after']):.1f}; max relative "
-          f"error after {max(totals['error']):.1e} (vs the reference); value certificate "
-          f"{statistics.mean(totals['value']):.1f} HVPs, its bound held in {sum(totals['holds'])}/{len(totals['holds'])}",
-          flush=True)
+        print(
+            f"{block.name:<28} {truth:11.6g} {reference.hvps:8d} | {before.hvps:11d} {after.hvps:10d} "
+            f"{error_after:8.1e} {'yes' if after.converged else 'no':>4} | {value.hvps:10d} {error_value:8.1e} "
+            f"{bound / abs(truth):9.1e} {'yes' if holds else 'NO':>5}",
+            flush=True,
+        )
+    print(
+        f"mean HVPs to a certified λ_max (residual ≤ {args.target:g}·θ): before "
+        f"{statistics.mean(totals['before']):.1f}, after {statistics.mean(totals['after']):.1f}; max relative "
+        f"error after {max(totals['error']):.1e} (vs the reference); value certificate "
+        f"{statistics.mean(totals['value']):.1f} HVPs, its bound held in {sum(totals['holds'])}/{len(totals['holds'])}",
+        flush=True,
+    )
 
 
 def _first_within(history: list[tuple[int, float]], truth: float, target: float) -> int | None:
@@ -277,27 +372,50 @@ def _peak_rss_gb() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny-llama instead of SmolLM2 (seconds)")
-    parser.add_argument("--model", default=None, help="model spec (default smollm2-135m; tiny-llama with --quick)")
+    parser.add_argument(
+        "--model", default=None, help="model spec (default smollm2-135m; tiny-llama with --quick)"
+    )
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--rows", type=int, default=4, help="part 1: sequences per batch (default 4)")
     parser.add_argument("--seq-len", type=int, default=128, help="part 1: tokens per sequence (default 128)")
-    parser.add_argument("--repeats", type=int, default=3, help="part 1: alternating timing rounds (default 3)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="part 1: alternating timing rounds (default 3)"
+    )
     parser.add_argument("--solver-rows", type=int, default=2, help="part 2: sequences (default 2)")
-    parser.add_argument("--solver-seq-len", type=int, default=128, help="part 2: tokens per sequence (default 128)")
-    parser.add_argument("--block", default="q_proj@0", help="part 2 block: MODULE@LAYER or whole (default q_proj@0)")
+    parser.add_argument(
+        "--solver-seq-len", type=int, default=128, help="part 2: tokens per sequence (default 128)"
+    )
+    parser.add_argument(
+        "--block", default="q_proj@0", help="part 2 block: MODULE@LAYER or whole (default q_proj@0)"
+    )
     parser.add_argument("--scenarios", default="init,trained", help="part 2 scenarios (default init,trained)")
-    parser.add_argument("--train-steps", type=int, default=10, help="trained scenario: AdamW steps (default 10)")
-    parser.add_argument("--train-lr", type=float, default=2e-3, help="trained scenario: AdamW LR (default 2e-3)")
+    parser.add_argument(
+        "--train-steps", type=int, default=10, help="trained scenario: AdamW steps (default 10)"
+    )
+    parser.add_argument(
+        "--train-lr", type=float, default=2e-3, help="trained scenario: AdamW LR (default 2e-3)"
+    )
     parser.add_argument("--target", type=float, default=1e-3, help="relative accuracy that counts as reached")
     parser.add_argument("--max-iter", type=int, default=80, help="Lanczos cap (default 80)")
-    parser.add_argument("--power-max-iter", type=int, default=100, help="our power iteration's cap (default 100)")
-    parser.add_argument("--paper-tol", type=float, default=1e-3, help="paper-style stop, absolute (default 1e-3)")
-    parser.add_argument("--parts", default="backends,solvers",
-                        help="which parts to run: backends, solvers, certificates (default backends,solvers)")
-    parser.add_argument("--cert-layers", default="0,14,29", help="certificates: q_proj layers (default 0,14,29)")
+    parser.add_argument(
+        "--power-max-iter", type=int, default=100, help="our power iteration's cap (default 100)"
+    )
+    parser.add_argument(
+        "--paper-tol", type=float, default=1e-3, help="paper-style stop, absolute (default 1e-3)"
+    )
+    parser.add_argument(
+        "--parts",
+        default="backends,solvers",
+        help="which parts to run: backends, solvers, certificates (default backends,solvers)",
+    )
+    parser.add_argument(
+        "--cert-layers", default="0,14,29", help="certificates: q_proj layers (default 0,14,29)"
+    )
     parser.add_argument("--cert-rows", type=int, default=8, help="certificates: sequences (default 8)")
     parser.add_argument("--cert-seq-len", type=int, default=64, help="certificates: tokens each (default 64)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="double_backward", help=argparse.SUPPRESS)
     parser.add_argument("--reuse", type=int, default=0, help=argparse.SUPPRESS)
@@ -309,8 +427,10 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     began = time.perf_counter()
-    print(f"# bench/hessian.py: {args.model}, LoRA r={args.rank} on all seven projections, torch {torch.__version__}, "
-          f"{args.threads} thread(s), {platform.processor() or platform.machine()}, load {os.getloadavg()[0]:.1f}")
+    print(
+        f"# bench/hessian.py: {args.model}, LoRA r={args.rank} on all seven projections, torch {torch.__version__}, "
+        f"{args.threads} thread(s), {platform.processor() or platform.machine()}, load {os.getloadavg()[0]:.1f}"
+    )
     parts = set(args.parts.split(","))
     if "backends" in parts:
         part_backends(args)

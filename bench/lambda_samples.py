@@ -68,8 +68,19 @@ def _ints(text: str, what: str, minimum: int = 1) -> tuple[int, ...]:
 
 # The settings a measurement depends on: a resumed --out must have been made with the same ones (--methods,
 # --samples, --within, --threads, --device and --out may change between runs, so a run can add methods or sizes).
-MEASURED_WITH = ("model", "task", "rank", "seed", "batch_size", "max_length", "layers", "n_train", "data_seed",
-                 "tol", "max_iter")
+MEASURED_WITH = (
+    "model",
+    "task",
+    "rank",
+    "seed",
+    "batch_size",
+    "max_length",
+    "layers",
+    "n_train",
+    "data_seed",
+    "tol",
+    "max_iter",
+)
 
 
 def unit_done(rows: Sequence[Measured], method: str, size: int, kind: str, layers: Sequence[int]) -> bool:
@@ -84,8 +95,9 @@ def unit_done(rows: Sequence[Measured], method: str, size: int, kind: str, layer
     return set(layers) <= found
 
 
-def measure_unit(method: str, size: int, kinds: Sequence[str], args: argparse.Namespace,
-                 layers: Sequence[int]) -> list[Measured]:
+def measure_unit(
+    method: str, size: int, kinds: Sequence[str], args: argparse.Namespace, layers: Sequence[int]
+) -> list[Measured]:
     """Build ``method``'s adapter at initialisation and measure λ_max on the first ``size`` training examples,
     for the whole adapter and/or q_proj of ``layers`` (``kinds``)."""
     from hessian_lora.inputs.tasks import load_task
@@ -97,30 +109,65 @@ def measure_unit(method: str, size: int, kinds: Sequence[str], args: argparse.Na
 
     n_train = max(args.n_train, max(args.sizes))  # one training set for every size: nested samples
     task = load_task(args.task, seed=args.data_seed, n_train=n_train, n_eval=0)
-    config = AdapterConfig(method=method, rank=args.rank, alpha=None, dropout=0.0, targets=TARGETS, seed=args.seed)
-    train = TrainConfig(lr=1.0, steps=1, batch_size=args.batch_size, max_length=args.max_length, seed=args.seed)
+    config = AdapterConfig(
+        method=method, rank=args.rank, alpha=None, dropout=0.0, targets=TARGETS, seed=args.seed
+    )
+    train = TrainConfig(
+        lr=1.0, steps=1, batch_size=args.batch_size, max_length=args.max_length, seed=args.seed
+    )
     started = time.perf_counter()
-    model, tokenizer, _ = adapter_at_initialisation(args.model, config, device=args.device, train_examples=task.train,
-                                                    train_config=train)
-    print(f"{method}: adapter at initialisation built in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-    batches = probe_batches(tokenizer, args.task, data_seed=args.data_seed, n_train=n_train, n_eval=0,
-                            samples=size, batch_size=args.batch_size, max_length=args.max_length)
+    model, tokenizer, _ = adapter_at_initialisation(
+        args.model, config, device=args.device, train_examples=task.train, train_config=train
+    )
+    print(
+        f"{method}: adapter at initialisation built in {time.perf_counter() - started:.1f} s", file=sys.stderr
+    )
+    batches = probe_batches(
+        tokenizer,
+        args.task,
+        data_seed=args.data_seed,
+        n_train=n_train,
+        n_eval=0,
+        samples=size,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+    )
     tokens = sum(batch.loss_tokens for batch in batches)
     rows = []
     for kind in kinds:
         whole = kind == "whole"
-        settings = MeasureSettings(blocks=kind, modules=None if whole else ("q_proj",),
-                                   layers=None if whole else tuple(layers), smallest=False, tol=args.tol,
-                                   max_iter=args.max_iter, max_length=args.max_length)
+        settings = MeasureSettings(
+            blocks=kind,
+            modules=None if whole else ("q_proj",),
+            layers=None if whole else tuple(layers),
+            smallest=False,
+            tol=args.tol,
+            max_iter=args.max_iter,
+            max_length=args.max_length,
+        )
         report = measure(AdaptedModule(model), settings, batches=batches, progress=False)
         for block in report.blocks:
             value = float(block.lambda_max)
             residual = None if block.residual is None or not value else float(block.residual) / abs(value)
-            rows.append(Measured(method, block.name, size, value, bool(block.converged), residual,
-                                 int(block.hvps or 0), float(block.seconds or 0.0), tokens))
-            print(f"  {method} n={size} ({tokens} loss tokens) {block.name}: λ_max {value:.5g} "
-                  f"{'certified' if block.converged else 'NOT certified'} "
-                  f"({block.hvps} products, {block.seconds:.1f} s)", file=sys.stderr)
+            rows.append(
+                Measured(
+                    method,
+                    block.name,
+                    size,
+                    value,
+                    bool(block.converged),
+                    residual,
+                    int(block.hvps or 0),
+                    float(block.seconds or 0.0),
+                    tokens,
+                )
+            )
+            print(
+                f"  {method} n={size} ({tokens} loss tokens) {block.name}: λ_max {value:.5g} "
+                f"{'certified' if block.converged else 'NOT certified'} "
+                f"({block.hvps} products, {block.seconds:.1f} s)",
+                file=sys.stderr,
+            )
     return rows
 
 
@@ -133,12 +180,16 @@ def load_previous(path: Path | None, args: argparse.Namespace) -> list[Measured]
         settings, rows = previous["settings"], previous["rows"]
         loaded = [Measured(**row) for row in rows]
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise SystemExit(f"{path}: not a lambda_samples result ({error}): pass another --out or remove it") from None
+        raise SystemExit(
+            f"{path}: not a lambda_samples result ({error}): pass another --out or remove it"
+        ) from None
     for name in MEASURED_WITH:
         if settings.get(name) != getattr(args, name):
-            raise SystemExit(f"{path}: was measured with {name}={settings.get(name)!r}, this run has "
-                             f"{getattr(args, name)!r}: pass --{name.replace('_', '-')} {settings.get(name)} to "
-                             f"resume it, or another --out")
+            raise SystemExit(
+                f"{path}: was measured with {name}={settings.get(name)!r}, this run has "
+                f"{getattr(args, name)!r}: pass --{name.replace('_', '-')} {settings.get(name)} to "
+                f"resume it, or another --out"
+            )
     return loaded
 
 
@@ -149,16 +200,25 @@ def save(path: Path | None, args: argparse.Namespace, rows: Sequence[Measured], 
     if path is not None:
         from hessian_lora.core.atomic import write_text_atomic
 
-        settings = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()
-                    if key not in ("sizes", "no_measure")}  # how this run was asked for, not what it measured
-        document = {"settings": settings, "complete": complete, "rows": [row.__dict__ for row in rows],
-                    "verdict": verdict, "table": lines}
+        settings = {
+            key: (str(value) if isinstance(value, Path) else value)
+            for key, value in vars(args).items()
+            if key not in ("sizes", "no_measure")
+        }  # how this run was asked for, not what it measured
+        document = {
+            "settings": settings,
+            "complete": complete,
+            "rows": [row.__dict__ for row in rows],
+            "verdict": verdict,
+            "table": lines,
+        }
         write_text_atomic(path, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     return lines
 
 
-def summarise(rows: Sequence[Measured], sizes: Sequence[int], within: float,
-              reference: str = "lora") -> tuple[list[str], dict[str, Any]]:
+def summarise(
+    rows: Sequence[Measured], sizes: Sequence[int], within: float, reference: str = "lora"
+) -> tuple[list[str], dict[str, Any]]:
     """The markdown table and the verdict: λ per sample size, change against the largest sample, ratio to LoRA."""
     largest = max(sizes)
     by_key = {(row.method, row.block, row.samples): row for row in rows}
@@ -176,8 +236,10 @@ def summarise(rows: Sequence[Measured], sizes: Sequence[int], within: float,
             if not any(cells):
                 continue
             text = [method, _short(block)]
-            text += ["—" if cell is None else f"{cell.lambda_max:.4g}{'' if cell.certified else ' (uncert.)'}"
-                     for cell in cells]
+            text += [
+                "—" if cell is None else f"{cell.lambda_max:.4g}{'' if cell.certified else ' (uncert.)'}"
+                for cell in cells
+            ]
             top = by_key.get((method, block, largest))
             for n in sizes:
                 if n == largest:
@@ -193,11 +255,20 @@ def summarise(rows: Sequence[Measured], sizes: Sequence[int], within: float,
             if reference in methods:
                 for n in sizes:
                     mine, theirs = by_key.get((method, block, n)), by_key.get((reference, block, n))
-                    ratio = mine.lambda_max / theirs.lambda_max if mine and theirs and theirs.lambda_max else None
+                    ratio = (
+                        mine.lambda_max / theirs.lambda_max if mine and theirs and theirs.lambda_max else None
+                    )
                     text.append("—" if ratio is None else f"{ratio:.3g}")
-                    top_ratio = (by_key[(method, block, largest)].lambda_max / by_key[(reference, block, largest)]
-                                 .lambda_max) if (method, block, largest) in by_key and (reference, block, largest) \
-                        in by_key and by_key[(reference, block, largest)].lambda_max else None
+                    top_ratio = (
+                        (
+                            by_key[(method, block, largest)].lambda_max
+                            / by_key[(reference, block, largest)].lambda_max
+                        )
+                        if (method, block, largest) in by_key
+                        and (reference, block, largest) in by_key
+                        and by_key[(reference, block, largest)].lambda_max
+                        else None
+                    )
                     if ratio is not None and top_ratio and n != largest and method != reference:
                         ratio_changes[n].append(abs(ratio / top_ratio - 1))
             lines.append("| " + " | ".join(text) + " |")
@@ -209,22 +280,32 @@ def summarise(rows: Sequence[Measured], sizes: Sequence[int], within: float,
             break
     uncertified = sum(not row.certified for row in rows)
     # A run stopped part-way has some blocks without the largest sample: they take no part in the verdict.
-    unjudged = [_short(block) for block in blocks
-                if not any((method, block, largest) in by_key for method in methods)]
+    unjudged = [
+        _short(block) for block in blocks if not any((method, block, largest) in by_key for method in methods)
+    ]
     verdict = {
-        "largest_sample": largest, "within": within,
+        "largest_sample": largest,
+        "within": within,
         "smallest_sample_within": enough if enough is not None else largest,
         "worst_whole_change": {str(n): max(values, default=None) for n, values in changes.items()},
-        "median_whole_change": {str(n): statistics.median(values) if values else None for n, values in changes.items()},
+        "median_whole_change": {
+            str(n): statistics.median(values) if values else None for n, values in changes.items()
+        },
         "worst_ratio_change": {str(n): max(values, default=None) for n, values in ratio_changes.items()},
         "uncertified": uncertified,
         "not_judged": unjudged,
     }
-    said = (f"the smallest sample whose whole-adapter λ_max and ratios to {reference} (every block) are all within "
-            f"{within:.0%} of the {largest}-example values: {verdict['smallest_sample_within']} examples"
-            + ("" if enough is not None else " (no smaller sample is)")
-            + (f"; {uncertified} values not certified" if uncertified else "; every value certified")
-            + (f"; left out, as they have no {largest}-example value yet: {', '.join(unjudged)}" if unjudged else ""))
+    said = (
+        f"the smallest sample whose whole-adapter λ_max and ratios to {reference} (every block) are all within "
+        f"{within:.0%} of the {largest}-example values: {verdict['smallest_sample_within']} examples"
+        + ("" if enough is not None else " (no smaller sample is)")
+        + (f"; {uncertified} values not certified" if uncertified else "; every value certified")
+        + (
+            f"; left out, as they have no {largest}-example value yet: {', '.join(unjudged)}"
+            if unjudged
+            else ""
+        )
+    )
     return [*lines, "", said], verdict
 
 
@@ -243,26 +324,41 @@ def draw(rows: Sequence[Measured], path: Path, reference: str = "lora") -> None:
     line_styles = ("--", ":", "-.", (0, (5, 1)))
     for method in methods:
         for index, block in enumerate(blocks):
-            mine = sorted((row for row in rows if row.method == method and row.block == block),
-                          key=lambda row: row.samples)
+            mine = sorted(
+                (row for row in rows if row.method == method and row.block == block),
+                key=lambda row: row.samples,
+            )
             if not mine:
                 continue
             whole = block == "adapter"
             style = method_style(method)
-            style.update(linewidth=2.6 if whole else 1.0, markersize=8 if whole else 5,
-                         linestyle="-" if whole else line_styles[index % len(line_styles)])
+            style.update(
+                linewidth=2.6 if whole else 1.0,
+                markersize=8 if whole else 5,
+                linestyle="-" if whole else line_styles[index % len(line_styles)],
+            )
             label = f"{method_label(method)}, {_short(block)}"
             uncertified = [row for row in mine if not row.certified]
             top = mine[-1].lambda_max
-            relative.plot([row.samples for row in mine], [row.lambda_max / top for row in mine], label=label,
-                          **style)
+            relative.plot(
+                [row.samples for row in mine], [row.lambda_max / top for row in mine], label=label, **style
+            )
             if uncertified:
-                relative.plot([row.samples for row in uncertified], [row.lambda_max / top for row in uncertified],
-                              linestyle="none", marker="o", markerfacecolor="white", markeredgecolor="black")
+                relative.plot(
+                    [row.samples for row in uncertified],
+                    [row.lambda_max / top for row in uncertified],
+                    linestyle="none",
+                    marker="o",
+                    markerfacecolor="white",
+                    markeredgecolor="black",
+                )
             if method == reference:
                 continue
-            pairs = [(row.samples, row.lambda_max / by_key[(reference, block, row.samples)].lambda_max)
-                     for row in mine if (reference, block, row.samples) in by_key]
+            pairs = [
+                (row.samples, row.lambda_max / by_key[(reference, block, row.samples)].lambda_max)
+                for row in mine
+                if (reference, block, row.samples) in by_key
+            ]
             if pairs:
                 ratio.plot(*zip(*pairs, strict=True), label=label, **style)
     for axes in (relative, ratio):
@@ -279,7 +375,9 @@ def draw(rows: Sequence[Measured], path: Path, reference: str = "lora") -> None:
     ratio.set_ylabel(f"λ_max / {method_label(reference)}'s (same block, same sample)")
     ratio.set_title(f"ratio to {method_label(reference)}")
     certified = "every value certified" if all(row.certified for row in rows) else "hollow: not certified"
-    figure.suptitle(f"nested samples (the smaller are the first examples of the larger); {certified}", fontsize=9)
+    figure.suptitle(
+        f"nested samples (the smaller are the first examples of the larger); {certified}", fontsize=9
+    )
     handles, labels = relative.get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside lower center", ncols=4, fontsize=8)
     figure.savefig(path, dpi=110)
@@ -295,7 +393,9 @@ def _short(block: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--task", default=DEMO_TASK)
     parser.add_argument("--methods", default="lora,pissa,olora")
@@ -305,7 +405,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--layers", default="0,14,29", help="layers whose q_proj is measured on its own")
-    parser.add_argument("--n-train", type=int, default=2000, help="the task's training set (the demo's: 2000)")
+    parser.add_argument(
+        "--n-train", type=int, default=2000, help="the task's training set (the demo's: 2000)"
+    )
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--tol", type=float, default=1e-3)
     parser.add_argument("--max-iter", type=int, default=100)
@@ -313,8 +415,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="JSON with every measurement and the verdict")
-    parser.add_argument("--no-measure", action="store_true",
-                        help="measure nothing: rewrite --out's table, verdict and figure from its values")
+    parser.add_argument(
+        "--no-measure",
+        action="store_true",
+        help="measure nothing: rewrite --out's table, verdict and figure from its values",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         import torch
@@ -339,8 +444,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if not unit_done(rows, method, size, kind, layers):
                     rows += measure_unit(method, size, [kind], args, layers)
                     save(args.out, args, rows, complete=False)
-    complete = all(unit_done(rows, method, size, kind, layers) for size in args.sizes for method in methods
-                   for kind in ("whole", "per-module"))
+    complete = all(
+        unit_done(rows, method, size, kind, layers)
+        for size in args.sizes
+        for method in methods
+        for kind in ("whole", "per-module")
+    )
     lines = save(args.out, args, rows, complete=complete)
     if args.out is not None and rows:
         draw(rows, args.out.with_suffix(".png"))

@@ -22,14 +22,22 @@ import sys
 
 # hidden, layers, heads, kv_heads, intermediate, vocab, batch, length
 SHAPES = [
-    (256, 4, 4, 2, 512, 2000, 2, 64), (256, 4, 4, 2, 512, 2000, 2, 256), (256, 4, 4, 2, 512, 2000, 8, 64),
-    (256, 4, 4, 2, 512, 32000, 2, 64), (512, 4, 8, 4, 1536, 2000, 2, 64), (256, 8, 4, 2, 512, 2000, 2, 64),
-    (256, 4, 4, 2, 2048, 2000, 2, 64), (512, 4, 4, 2, 512, 2000, 2, 64), (256, 4, 4, 2, 512, 2000, 4, 128),
-    (256, 2, 4, 2, 512, 2000, 2, 64), (256, 4, 4, 2, 512, 8000, 4, 64), (384, 4, 6, 2, 1024, 4000, 4, 96),
+    (256, 4, 4, 2, 512, 2000, 2, 64),
+    (256, 4, 4, 2, 512, 2000, 2, 256),
+    (256, 4, 4, 2, 512, 2000, 8, 64),
+    (256, 4, 4, 2, 512, 32000, 2, 64),
+    (512, 4, 8, 4, 1536, 2000, 2, 64),
+    (256, 8, 4, 2, 512, 2000, 2, 64),
+    (256, 4, 4, 2, 2048, 2000, 2, 64),
+    (512, 4, 4, 2, 512, 2000, 2, 64),
+    (256, 4, 4, 2, 512, 2000, 4, 128),
+    (256, 2, 4, 2, 512, 2000, 2, 64),
+    (256, 4, 4, 2, 512, 8000, 4, 64),
+    (384, 4, 6, 2, 1024, 4000, 4, 96),
     (256, 4, 4, 2, 2048, 2000, 4, 128),
 ]
 
-_ONE = r'''
+_ONE = r"""
 import json, sys, threading, time, gc
 import torch, psutil
 torch.set_num_threads(1)
@@ -65,17 +73,24 @@ op.matvec(v)
 stop[0] = True
 t.join()
 print(json.dumps({"delta": peak[0] - base}))
-'''
+"""
 
 
 def features(shape: tuple[int, ...]) -> list[float]:
     h, layers, heads, _, i, vocab, batch, length = shape
     tokens = batch * length
-    return [tokens * layers * h, tokens * layers * i, layers * batch * heads * length * length, tokens * vocab]
+    return [
+        tokens * layers * h,
+        tokens * layers * i,
+        layers * batch * heads * length * length,
+        tokens * vocab,
+    ]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="compare with the shipped constants, no fit")
     args = parser.parse_args()
     import numpy as np
@@ -84,21 +99,32 @@ def main() -> int:
 
     measured = []
     for shape in SHAPES:
-        done = subprocess.run([sys.executable, "-c", _ONE, *map(str, shape)], capture_output=True, text=True,
-                              check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", _ONE, *map(str, shape)], capture_output=True, text=True, check=True
+        )
         measured.append(json.loads(done.stdout.strip().splitlines()[-1])["delta"])
     x = np.array([features(shape) for shape in SHAPES], dtype=float)
     y = np.array(measured, dtype=float) / 4
-    shipped = np.array([ACTIVATION_FLOATS[key] for key in ("token_layer_hidden", "token_layer_intermediate",
-                                                           "attention_score", "token_vocab")])
+    shipped = np.array(
+        [
+            ACTIVATION_FLOATS[key]
+            for key in ("token_layer_hidden", "token_layer_intermediate", "attention_score", "token_vocab")
+        ]
+    )
     coefficients = shipped if args.check else np.linalg.lstsq(x, y, rcond=None)[0]
-    print(("shipped" if args.check else "fitted") + " floats per unit: " + ", ".join(f"{c:.3g}" for c in coefficients))
+    print(
+        ("shipped" if args.check else "fitted")
+        + " floats per unit: "
+        + ", ".join(f"{c:.3g}" for c in coefficients)
+    )
     print(f"{'shape (h L heads kv i V B S)':<36} {'measured MB':>11} {'formula MB':>10} {'ratio':>6}")
     ratios = []
     for shape, delta, row in zip(SHAPES, measured, x):
         estimate = 4 * float(row @ coefficients)
         ratios.append(estimate / delta)
-        print(f"{' '.join(map(str, shape)):<36} {delta / 1e6:11.1f} {estimate / 1e6:10.1f} {estimate / delta:6.2f}")
+        print(
+            f"{' '.join(map(str, shape)):<36} {delta / 1e6:11.1f} {estimate / 1e6:10.1f} {estimate / delta:6.2f}"
+        )
     print(f"formula / measured: {min(ratios):.2f} – {max(ratios):.2f} (the plan adds a 25 % margin)")
     return 0
 

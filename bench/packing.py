@@ -66,21 +66,36 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         operator.matvec(vector)
         times.append(time.perf_counter() - start)
     result = lanczos(operator, which="largest", tol=args.tol, max_iter=args.max_iter, seed=0)
-    return {"config": args.config, "packing": packing.to_dict(), "loss_tokens": operator.total_tokens,
-            "block": block.name, "parameters": operator.size, "seconds_per_product": statistics.median(times),
-            "product_times": times, "lambda_max": result.lambda_max, "converged": result.converged,
-            "residual": result.residual, "lanczos_hvps": result.hvps, "lanczos_seconds": result.seconds,
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "rss_after_load_bytes": rss_loaded}
+    return {
+        "config": args.config,
+        "packing": packing.to_dict(),
+        "loss_tokens": operator.total_tokens,
+        "block": block.name,
+        "parameters": operator.size,
+        "seconds_per_product": statistics.median(times),
+        "product_times": times,
+        "lambda_max": result.lambda_max,
+        "converged": result.converged,
+        "residual": result.residual,
+        "lanczos_hvps": result.hvps,
+        "lanczos_seconds": result.seconds,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "rss_after_load_bytes": rss_loaded,
+    }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny-llama instead of SmolLM2 (a dry run)")
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--task", default="arith:chain_sum,min_terms=2,max_terms=12,max_digits=4",
-                        help="sums of 2-12 terms: lengths that vary, as MetaMath's do")
+    parser.add_argument(
+        "--task",
+        default="arith:chain_sum,min_terms=2,max_terms=12,max_digits=4",
+        help="sums of 2-12 terms: lengths that vary, as MetaMath's do",
+    )
     parser.add_argument("--pack-tokens", type=int, default=1024, help="token slots a packed batch may hold")
     parser.add_argument("--head-chunk", type=int, default=256, help="loss tokens a chunk of the chunked head")
     parser.add_argument("--rank", type=int, default=8)
@@ -97,47 +112,66 @@ def main() -> int:
     if args.config is not None:
         print(json.dumps(child(args)), flush=True)
         return 0
-    header = (f"# {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC | {platform.machine()} | load "
-              f"{os.getloadavg()[0]:.2f} | {'tiny-llama' if args.tiny else 'SmolLM2-135M'}, {args.samples} samples "
-              f"of {args.task} up to {args.max_length} tokens, LoRA r={args.rank} (q,v), q_proj of layer "
-              f"{args.layer}, pack {args.pack_tokens} slots, head chunk {args.head_chunk}, one thread per child")
+    header = (
+        f"# {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC | {platform.machine()} | load "
+        f"{os.getloadavg()[0]:.2f} | {'tiny-llama' if args.tiny else 'SmolLM2-135M'}, {args.samples} samples "
+        f"of {args.task} up to {args.max_length} tokens, LoRA r={args.rank} (q,v), q_proj of layer "
+        f"{args.layer}, pack {args.pack_tokens} slots, head chunk {args.head_chunk}, one thread per child"
+    )
     print(header, flush=True)
     results: dict[str, dict[str, Any]] = {}
     forwarded = _drop_option(sys.argv[1:], "--configs")
     for config in args.configs:
-        done = subprocess.run([sys.executable, __file__, *forwarded, "--config", config], capture_output=True,
-                              text=True, check=False)
+        done = subprocess.run(
+            [sys.executable, __file__, *forwarded, "--config", config],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if done.returncode != 0:
             print(f"{config}: failed (rc={done.returncode})\n{done.stderr[-2000:]}", flush=True)
             return 1
         result = json.loads(done.stdout.strip().splitlines()[-1])
         results[config] = result
         packing = result["packing"]
-        print(f"{config:>15}: {packing['batches']:4d} batches, {packing['tokens']:,} tokens in "
-              f"{packing['padded_tokens']:,} slots ({100 * packing['padding_fraction']:.1f} % padding) | "
-              f"{result['seconds_per_product']:.2f} s a product | peak RSS {result['peak_rss_bytes'] / 2**30:.2f} GiB "
-              f"(after load {result['rss_after_load_bytes'] / 2**30:.2f}) | λ_max {result['lambda_max']:.6g} "
-              f"{'certified' if result['converged'] else 'NOT certified'} (residual {result['residual']:.2e}, "
-              f"{result['lanczos_hvps']} products, {result['lanczos_seconds']:.0f} s)", flush=True)
+        print(
+            f"{config:>15}: {packing['batches']:4d} batches, {packing['tokens']:,} tokens in "
+            f"{packing['padded_tokens']:,} slots ({100 * packing['padding_fraction']:.1f} % padding) | "
+            f"{result['seconds_per_product']:.2f} s a product | peak RSS {result['peak_rss_bytes'] / 2**30:.2f} GiB "
+            f"(after load {result['rss_after_load_bytes'] / 2**30:.2f}) | λ_max {result['lambda_max']:.6g} "
+            f"{'certified' if result['converged'] else 'NOT certified'} (residual {result['residual']:.2e}, "
+            f"{result['lanczos_hvps']} products, {result['lanczos_seconds']:.0f} s)",
+            flush=True,
+        )
     lines = []
     if "streamed" in results and "packed" in results:
-        lines.append(f"time a product, streamed / packed: "
-                     f"{results['streamed']['seconds_per_product'] / results['packed']['seconds_per_product']:.2f}x")
+        lines.append(
+            f"time a product, streamed / packed: "
+            f"{results['streamed']['seconds_per_product'] / results['packed']['seconds_per_product']:.2f}x"
+        )
     if "streamed" in results and "packed+chunked" in results:
-        lines.append(f"time a product, streamed / packed+chunked: {results['streamed']['seconds_per_product'] / results['packed+chunked']['seconds_per_product']:.2f}x")
+        lines.append(
+            f"time a product, streamed / packed+chunked: {results['streamed']['seconds_per_product'] / results['packed+chunked']['seconds_per_product']:.2f}x"
+        )
     if "packed" in results and "packed+chunked" in results:
-        lines.append(f"peak RSS, plain head / chunked head (both packed): "
-                     f"{results['packed']['peak_rss_bytes'] / results['packed+chunked']['peak_rss_bytes']:.2f}x")
+        lines.append(
+            f"peak RSS, plain head / chunked head (both packed): "
+            f"{results['packed']['peak_rss_bytes'] / results['packed+chunked']['peak_rss_bytes']:.2f}x"
+        )
     values = [r["lambda_max"] for r in results.values()]
     if values:
         spread = (max(values) - min(values)) / abs(max(values, key=abs))
-        lines.append(f"λ_max relative spread across configurations: {spread:.1e} (tol {args.tol}); all certified: "
-                     f"{all(r['converged'] for r in results.values())}")
+        lines.append(
+            f"λ_max relative spread across configurations: {spread:.1e} (tol {args.tol}); all certified: "
+            f"{all(r['converged'] for r in results.values())}"
+        )
     lines.append(f"# load at the end {os.getloadavg()[0]:.2f}")
     print("\n".join(lines), flush=True)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
-            json.dump({"header": header, "args": vars(args), "results": results, "summary": lines}, handle, indent=1)
+            json.dump(
+                {"header": header, "args": vars(args), "results": results, "summary": lines}, handle, indent=1
+            )
     return 0 if all(r["converged"] for r in results.values()) else 3
 
 

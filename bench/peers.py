@@ -64,11 +64,17 @@ def ours(model: Any, batches: list[TokenBatch], block: Any, *, block_size: int |
         return lanczos(HessianOperator(model, batches, block), tol=1e-3, max_iter=300, block_size=block_size)
 
     result, seconds = timed(run)
-    return {"lambda_max": result.lambda_max, "hvps": result.hvps, "seconds": seconds, "converged": result.converged}
+    return {
+        "lambda_max": result.lambda_max,
+        "hvps": result.hvps,
+        "seconds": seconds,
+        "converged": result.converged,
+    }
 
 
-def eigenthings_ladder(model: Any, batches: list[TokenBatch], block: Any, truth: float, args: argparse.Namespace
-                       ) -> list[dict[str, Any]]:
+def eigenthings_ladder(
+    model: Any, batches: list[TokenBatch], block: Any, truth: float, args: argparse.Namespace
+) -> list[dict[str, Any]]:
     assert hessian_eigenthings is not None
     tokens = sum(b.loss_tokens for b in batches)
     names = set(block.names)
@@ -78,30 +84,53 @@ def eigenthings_ladder(model: Any, batches: list[TokenBatch], block: Any, truth:
         # token-weighted mean over all batches (the same Hessian)
         return loss_sum(module, batch) * (len(batches) / tokens)
 
-    operator = hessian_eigenthings.HessianOperator(model, batches, loss_fn,
-                                                   param_filter=lambda name, _: name in names)
+    operator = hessian_eigenthings.HessianOperator(
+        model, batches, loss_fn, param_filter=lambda name, _: name in names
+    )
     rows = []
     for budget in args.budgets:
-        result, seconds = timed(lambda b=budget: hessian_eigenthings.lanczos(operator, k=1, max_iter=b, tol=1e-3,
-                                                                              which="LA", seed=0))
+        result, seconds = timed(
+            lambda b=budget: hessian_eigenthings.lanczos(
+                operator, k=1, max_iter=b, tol=1e-3, which="LA", seed=0
+            )
+        )
         value = float(result.eigenvalues[0])
         error = abs(value - truth) / abs(truth)
-        rows.append({"budget": budget, "lambda_max": value, "error": error, "seconds": seconds,
-                     "converged": bool(result.converged[0])})
-        print(f"  eigenthings budget {budget:3d}: λ_max {value:.6g} error {error:.1e} {seconds:6.1f} s "
-              f"converged={rows[-1]['converged']}", flush=True)
+        rows.append(
+            {
+                "budget": budget,
+                "lambda_max": value,
+                "error": error,
+                "seconds": seconds,
+                "converged": bool(result.converged[0]),
+            }
+        )
+        print(
+            f"  eigenthings budget {budget:3d}: λ_max {value:.6g} error {error:.1e} {seconds:6.1f} s "
+            f"converged={rows[-1]['converged']}",
+            flush=True,
+        )
         if error <= args.target:
             break
     return rows
 
 
-def measure_block(model: Any, batches: list[TokenBatch], layer: int, args: argparse.Namespace) -> dict[str, Any]:
+def measure_block(
+    model: Any, batches: list[TokenBatch], layer: int, args: argparse.Namespace
+) -> dict[str, Any]:
     block = PerModule(modules=("q_proj",), layers=(layer,)).blocks(model)[0]
     reference = lanczos(HessianOperator(model, batches, block), tol=1e-6, max_iter=400, block_size=args.rank)
     truth = reference.lambda_max
-    print(f"\n## {block.name} ({block.numel:,} parameters): reference λ_max {truth:.8g} (block of {args.rank}, tol "
-          f"1e-6, {reference.hvps} products, converged {reference.converged})", flush=True)
-    row: dict[str, Any] = {"block": block.name, "reference": truth, "reference_converged": reference.converged}
+    print(
+        f"\n## {block.name} ({block.numel:,} parameters): reference λ_max {truth:.8g} (block of {args.rank}, tol "
+        f"1e-6, {reference.hvps} products, converged {reference.converged})",
+        flush=True,
+    )
+    row: dict[str, Any] = {
+        "block": block.name,
+        "reference": truth,
+        "reference_converged": reference.converged,
+    }
     row["ours_first"] = ours(model, batches, block, block_size=None)
     row["ours_rank_first"] = ours(model, batches, block, block_size=args.rank)
     if hessian_eigenthings is not None:
@@ -120,15 +149,24 @@ def report(row: dict[str, Any], args: argparse.Namespace) -> None:
     ours_s = min(row["ours_first"]["seconds"], row["ours_last"]["seconds"])
     ours_max = max(row["ours_first"]["seconds"], row["ours_last"]["seconds"])
     print(f"{'tool':<44} {'λ_max':>12} {'rel err':>8} {'products':>8} {'seconds':>8} {'certified':>9}")
-    lines = [("ours, one start vector (first)", row["ours_first"]), ("ours, block of r (first)", row["ours_rank_first"]),
-             (f"authors: vhp Lanczos, |Δλ| < {PAPER_TOL:g} abs", {**row["authors"], "converged": None}),
-             ("ours, one start vector (last)", row["ours_last"]), ("ours, block of r (last)", row["ours_rank_last"])]
+    lines = [
+        ("ours, one start vector (first)", row["ours_first"]),
+        ("ours, block of r (first)", row["ours_rank_first"]),
+        (f"authors: vhp Lanczos, |Δλ| < {PAPER_TOL:g} abs", {**row["authors"], "converged": None}),
+        ("ours, one start vector (last)", row["ours_last"]),
+        ("ours, block of r (last)", row["ours_rank_last"]),
+    ]
     for name, entry in lines:
         flag = "-" if entry.get("converged") is None else ("yes" if entry["converged"] else "no")
-        print(f"{name:<44} {entry['lambda_max']:12.7g} {entry['error']:8.1e} {entry['hvps']:8d} "
-              f"{entry['seconds']:8.1f} {flag:>9}", flush=True)
-    print(f"authors' time / ours: {row['authors']['seconds'] / ours_max:.2f}-"
-          f"{row['authors']['seconds'] / ours_s:.2f}x; their error {row['authors']['error']:.1e} (no certificate)")
+        print(
+            f"{name:<44} {entry['lambda_max']:12.7g} {entry['error']:8.1e} {entry['hvps']:8d} "
+            f"{entry['seconds']:8.1f} {flag:>9}",
+            flush=True,
+        )
+    print(
+        f"authors' time / ours: {row['authors']['seconds'] / ours_max:.2f}-"
+        f"{row['authors']['seconds'] / ours_s:.2f}x; their error {row['authors']['error']:.1e} (no certificate)"
+    )
     for line in ladder_lines(row.get("eigenthings"), args.target, [ours_s, ours_max]):
         print(line)
 
@@ -137,13 +175,17 @@ def ladder_lines(ladder: list[dict[str, Any]] | None, target: float, ours_second
     """What eigenthings' budget ladder says: the budget it needs, its time there against ours (the range over
     ``ours_seconds``), and any budget at which it reported converged on a wrong value."""
     if not ladder:
-        return ["hessian-eigenthings not installed: see the docstring for the one-line install beside the bench"]
+        return [
+            "hessian-eigenthings not installed: see the docstring for the one-line install beside the bench"
+        ]
     last = ladder[-1]
     lying = [r["budget"] for r in ladder if r["converged"] and r["error"] > target]
     if last["error"] <= target:
-        lines = [f"eigenthings needs budget {last['budget']} to be within {target:g}: {last['seconds']:.1f} s at "
-                 f"that budget, {sum(r['seconds'] for r in ladder):.1f} s for the ladder; eigenthings / ours "
-                 f"{last['seconds'] / max(ours_seconds):.2f}-{last['seconds'] / min(ours_seconds):.2f}x at its budget"]
+        lines = [
+            f"eigenthings needs budget {last['budget']} to be within {target:g}: {last['seconds']:.1f} s at "
+            f"that budget, {sum(r['seconds'] for r in ladder):.1f} s for the ladder; eigenthings / ours "
+            f"{last['seconds'] / max(ours_seconds):.2f}-{last['seconds'] / min(ours_seconds):.2f}x at its budget"
+        ]
     else:
         lines = [f"eigenthings never within {target:g} up to budget {last['budget']}"]
     if lying:
@@ -151,7 +193,9 @@ def ladder_lines(ladder: list[dict[str, Any]] | None, target: float, ours_second
     return lines
 
 
-def model_arguments(parser: argparse.ArgumentParser, *, rank: int = 8, samples: int = 8, batch_size: int = 8) -> None:
+def model_arguments(
+    parser: argparse.ArgumentParser, *, rank: int = 8, samples: int = 8, batch_size: int = 8
+) -> None:
     """The options every SmolLM2 LoRA bench shares: the model, the rank, the examples and their batch size."""
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--rank", type=int, default=rank)
@@ -179,15 +223,22 @@ def main() -> None:
         args.budgets = [4, 8, 16]
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"# {time.strftime('%Y-%m-%d %H:%M')} | torch {torch.__version__} | {platform.processor() or 'cpu'} | "
-          f"load {os.getloadavg()[0]:.2f} | eigenthings "
-          f"{getattr(hessian_eigenthings, '__version__', 'not installed')} | {' '.join(sys.argv[1:])}", flush=True)
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M')} | torch {torch.__version__} | {platform.processor() or 'cpu'} | "
+        f"load {os.getloadavg()[0]:.2f} | eigenthings "
+        f"{getattr(hessian_eigenthings, '__version__', 'not installed')} | {' '.join(sys.argv[1:])}",
+        flush=True,
+    )
     loaded = load_model(args.model, device="cpu")
     model = build_adapter(loaded.model, AdapterConfig("lora", rank=args.rank))
-    batches = make_batches(loaded.tokenizer, load_task("arith", n_train=args.samples, n_eval=0).train,
-                           args.batch_size)
-    print(f"{args.model}, LoRA r={args.rank}, {args.samples} examples in {len(batches)} batch(es), "
-          f"{sum(b.loss_tokens for b in batches)} loss tokens, {torch.get_num_threads()} thread(s)", flush=True)
+    batches = make_batches(
+        loaded.tokenizer, load_task("arith", n_train=args.samples, n_eval=0).train, args.batch_size
+    )
+    print(
+        f"{args.model}, LoRA r={args.rank}, {args.samples} examples in {len(batches)} batch(es), "
+        f"{sum(b.loss_tokens for b in batches)} loss tokens, {torch.get_num_threads()} thread(s)",
+        flush=True,
+    )
     rows = [measure_block(model, batches, int(layer), args) for layer in args.layers.split(",")]
     print(f"# load at the end {os.getloadavg()[0]:.2f}", flush=True)
     if args.json:

@@ -42,17 +42,24 @@ def main() -> int:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--max-iter", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--mmap-threshold-mib", type=float, default=None,
-                        help="fix glibc's mmap threshold (mallopt M_MMAP_THRESHOLD) before anything is allocated: "
-                             "tensors above it are mapped and unmapped, never kept in the heap")
+    parser.add_argument(
+        "--mmap-threshold-mib",
+        type=float,
+        default=None,
+        help="fix glibc's mmap threshold (mallopt M_MMAP_THRESHOLD) before anything is allocated: "
+        "tensors above it are mapped and unmapped, never kept in the heap",
+    )
     args = parser.parse_args()
     if args.mmap_threshold_mib is not None:
         ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, int(args.mmap_threshold_mib * 2**20))
     torch.set_num_threads(args.threads)
     task = load_task("arith", seed=0, n_train=args.samples, n_eval=1)
-    settings = MeasureSettings(samples=args.samples, batch_size=4, max_length=256, max_iter=args.max_iter,
-                               smallest=False, tol=1e-3)
-    print("probe  rss_before  rss_after_release  host_available  seconds  lambda_max   (GiB; peak RSS at the end)")
+    settings = MeasureSettings(
+        samples=args.samples, batch_size=4, max_length=256, max_iter=args.max_iter, smallest=False, tol=1e-3
+    )
+    print(
+        "probe  rss_before  rss_after_release  host_available  seconds  lambda_max   (GiB; peak RSS at the end)"
+    )
     for probe in range(args.probes):
         before = rss()
         release_freed_memory()
@@ -65,8 +72,10 @@ def main() -> int:
         report = measure(AdaptedModule(model), settings, batches=batches, progress=False)
         seconds = time.perf_counter() - start
         del model, tokenizer, batches
-        print(f"{probe:5d}  {before:10.2f}  {after_release:17.2f}  {available:14.2f}  {seconds:7.1f}  "
-              f"{report.blocks[0].lambda_max:.5g}")
+        print(
+            f"{probe:5d}  {before:10.2f}  {after_release:17.2f}  {available:14.2f}  {seconds:7.1f}  "
+            f"{report.blocks[0].lambda_max:.5g}"
+        )
     release_freed_memory()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"end    {rss():10.2f} after release; peak RSS {peak:.2f} GiB")

@@ -36,10 +36,24 @@ from hessian_lora.inputs.models import default_device
 from hessian_lora.inputs.tasks import TokenBatch
 
 SHAPES: dict[str, dict[str, int]] = {
-    "qwen3-0.6b": {"hidden_size": 1024, "num_hidden_layers": 28, "num_attention_heads": 16,
-                   "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 3072, "vocab_size": 151936},
-    "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-             "head_dim": 16, "intermediate_size": 192, "vocab_size": 512},
+    "qwen3-0.6b": {
+        "hidden_size": 1024,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "intermediate_size": 3072,
+        "vocab_size": 151936,
+    },
+    "tiny": {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "intermediate_size": 192,
+        "vocab_size": 512,
+    },
 }
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -81,11 +95,14 @@ def build(size: str, rank: int, at_init: bool, device: torch.device) -> torch.nn
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(**SHAPES[size], tie_word_embeddings=True, max_position_embeddings=4096,
-                         attn_implementation="sdpa")
+    config = LlamaConfig(
+        **SHAPES[size], tie_word_embeddings=True, max_position_embeddings=4096, attn_implementation="sdpa"
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).to(device)
-    model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=rank, target_modules=TARGETS, lora_dropout=0.0))
+    model = get_peft_model(
+        model, LoraConfig(r=rank, lora_alpha=rank, target_modules=TARGETS, lora_dropout=0.0)
+    )
     if not at_init:
         generator = torch.Generator(device="cpu").manual_seed(1)
         with torch.no_grad():
@@ -96,7 +113,9 @@ def build(size: str, rank: int, at_init: bool, device: torch.device) -> torch.nn
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", choices=sorted(SHAPES), default="qwen3-0.6b")
     parser.add_argument("--rank", type=int, default=128)
     parser.add_argument("--at-init", action="store_true", help="B = 0 (LoRA at initialisation)")
@@ -105,7 +124,9 @@ def main() -> int:
     parser.add_argument("--length", type=int, default=48, help="tokens per sequence")
     parser.add_argument("--tol", type=float, default=1e-3)
     parser.add_argument("--max-iter", type=int, default=60)
-    parser.add_argument("--krylov-gib", type=float, default=None, help="Krylov budget (default: the plan's auto)")
+    parser.add_argument(
+        "--krylov-gib", type=float, default=None, help="Krylov budget (default: the plan's auto)"
+    )
     parser.add_argument("--ratio-rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None, help="JSON of the measurements")
@@ -124,13 +145,23 @@ def main() -> int:
     block = WholeAdapter().blocks(model)[0]
     operator = HessianOperator(model, batches, block, reuse=False)
     total_params = sum(p.numel() for p in model.parameters())
-    print(f"model: random Llama with {args.size} shapes, {total_params / 1e9:.3f} B parameters; LoRA r={args.rank} on "
-          f"{len(TARGETS)} projections: {operator.size:,} adapter parameters "
-          f"({'B = 0' if args.at_init else 'B ~ N(0, 0.02²)'}); {args.batches} batches of {args.batch_size} × "
-          f"{args.length} tokens; device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"built in {time.perf_counter() - began:.0f} s")
-    plan = plan_memory(model, operator.batches, block_parameters=operator.size, dtype=operator.dtype,
-                       device=operator.device, max_iter=args.max_iter, krylov_gib=args.krylov_gib, reuse=False)
+    print(
+        f"model: random Llama with {args.size} shapes, {total_params / 1e9:.3f} B parameters; LoRA r={args.rank} on "
+        f"{len(TARGETS)} projections: {operator.size:,} adapter parameters "
+        f"({'B = 0' if args.at_init else 'B ~ N(0, 0.02²)'}); {args.batches} batches of {args.batch_size} × "
+        f"{args.length} tokens; device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"built in {time.perf_counter() - began:.0f} s"
+    )
+    plan = plan_memory(
+        model,
+        operator.batches,
+        block_parameters=operator.size,
+        dtype=operator.dtype,
+        device=operator.device,
+        max_iter=args.max_iter,
+        krylov_gib=args.krylov_gib,
+        reuse=False,
+    )
     for line in plan.lines():
         print(line)
     sys.stdout.flush()
@@ -150,43 +181,81 @@ def main() -> int:
             product_times.append(t2 - t1)
             ratios.append((t2 - t1) / (t1 - t0))
     del vector
-    print(f"product / gradient: {statistics.median(ratios):.2f} (median of {len(ratios)} alternating rounds; "
-          f"gradient {statistics.median(gradient_times):.1f} s, product {statistics.median(product_times):.1f} s)")
+    print(
+        f"product / gradient: {statistics.median(ratios):.2f} (median of {len(ratios)} alternating rounds; "
+        f"gradient {statistics.median(gradient_times):.1f} s, product {statistics.median(product_times):.1f} s)"
+    )
     sys.stdout.flush()
 
-    base = psutil.Process().memory_info().rss if device.type == "cpu" else int(torch.cuda.memory_allocated(device))
+    base = (
+        psutil.Process().memory_info().rss
+        if device.type == "cpu"
+        else int(torch.cuda.memory_allocated(device))
+    )
     peak = PeakMemory(device).start()
 
     def progress(record: Any) -> None:
         residual = record.residuals[0] if record.residuals else float("nan")
-        print(f"  step {record.iteration:3d}  products {record.hvps:3d}  θ {record.values[0]:.6g}  estimate "
-              f"{residual:.2e}  {record.seconds:7.0f} s", flush=True)
+        print(
+            f"  step {record.iteration:3d}  products {record.hvps:3d}  θ {record.values[0]:.6g}  estimate "
+            f"{residual:.2e}  {record.seconds:7.0f} s",
+            flush=True,
+        )
 
-    result = lanczos(operator, which="largest", tol=args.tol, max_iter=args.max_iter, memory=plan.krylov_memory(),
-                     callback=progress)
+    result = lanczos(
+        operator,
+        which="largest",
+        tol=args.tol,
+        max_iter=args.max_iter,
+        memory=plan.krylov_memory(),
+        callback=progress,
+    )
     peak_bytes = peak.stop()
     details = result.details
     vectors = int(sum(v for k, v in details.items() if k.startswith("krylov_vectors_")))
-    estimate = (plan.model_bytes if device.type == "cuda" else base) + (plan.activation_bytes or 0) \
+    estimate = (
+        (plan.model_bytes if device.type == "cuda" else base)
+        + (plan.activation_bytes or 0)
         + (8 + vectors) * plan.vector_bytes
+    )
     measured_above = peak_bytes - base
-    print(f"λ_max {result.lambda_max:.6g}: converged {result.converged} ({result.stop_reason}), explicit residual "
-          f"{result.residual:.3g} = {result.residual / abs(result.lambda_max):.2e}·θ (tol {args.tol}), "
-          f"{result.hvps} products, {result.seconds:.0f} s, {details['failed_checks']:.0f} failed checks")
-    print(f"Krylov vectors held: {vectors} ({', '.join(f'{k[15:]}: {v:.0f}' for k, v in details.items() if k.startswith('krylov_vectors_'))}); "
-          f"kept products {'yes' if details['kept_products'] else 'dropped (one product for the check)'}")
-    print(f"peak memory during Lanczos: {peak_bytes / 2**30:.2f} GiB (before it {base / 2**30:.2f} GiB; "
-          f"{measured_above / 2**30:.2f} GiB above) | plan's estimate for the vectors held: "
-          f"{estimate / 2**30:.2f} GiB (base + activations {(plan.activation_bytes or 0) / 2**30:.2f} + "
-          f"{8 + vectors} vectors × {plan.vector_bytes / 2**20:.0f} MiB); ratio measured/estimate "
-          f"{peak_bytes / estimate:.2f}")
+    print(
+        f"λ_max {result.lambda_max:.6g}: converged {result.converged} ({result.stop_reason}), explicit residual "
+        f"{result.residual:.3g} = {result.residual / abs(result.lambda_max):.2e}·θ (tol {args.tol}), "
+        f"{result.hvps} products, {result.seconds:.0f} s, {details['failed_checks']:.0f} failed checks"
+    )
+    print(
+        f"Krylov vectors held: {vectors} ({', '.join(f'{k[15:]}: {v:.0f}' for k, v in details.items() if k.startswith('krylov_vectors_'))}); "
+        f"kept products {'yes' if details['kept_products'] else 'dropped (one product for the check)'}"
+    )
+    print(
+        f"peak memory during Lanczos: {peak_bytes / 2**30:.2f} GiB (before it {base / 2**30:.2f} GiB; "
+        f"{measured_above / 2**30:.2f} GiB above) | plan's estimate for the vectors held: "
+        f"{estimate / 2**30:.2f} GiB (base + activations {(plan.activation_bytes or 0) / 2**30:.2f} + "
+        f"{8 + vectors} vectors × {plan.vector_bytes / 2**20:.0f} MiB); ratio measured/estimate "
+        f"{peak_bytes / estimate:.2f}"
+    )
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
-            json.dump({"args": vars(args), "plan": plan.to_dict(), "lambda_max": result.lambda_max,
-                       "converged": result.converged, "stop_reason": result.stop_reason, "residual": result.residual,
-                       "hvps": result.hvps, "seconds": result.seconds, "details": details,
-                       "product_over_gradient": statistics.median(ratios), "peak_bytes": peak_bytes,
-                       "base_bytes": base, "estimate_bytes": estimate}, handle, indent=1)
+            json.dump(
+                {
+                    "args": vars(args),
+                    "plan": plan.to_dict(),
+                    "lambda_max": result.lambda_max,
+                    "converged": result.converged,
+                    "stop_reason": result.stop_reason,
+                    "residual": result.residual,
+                    "hvps": result.hvps,
+                    "seconds": result.seconds,
+                    "details": details,
+                    "product_over_gradient": statistics.median(ratios),
+                    "peak_bytes": peak_bytes,
+                    "base_bytes": base,
+                    "estimate_bytes": estimate,
+                },
+                handle,
+                indent=1,
+            )
     return 0 if result.converged else 1
 
 

@@ -25,16 +25,20 @@ Curve = Callable[[float], "float | None"]
 
 def curve(opt: float, shape: str) -> Curve:
     """Eval loss against LR: a valley in log10 LR around ``opt``, with small deterministic noise."""
+
     def loss(lr: float) -> float | None:
         x = math.log10(lr) - math.log10(opt)
         if shape == "diverging" and x > math.log10(3):
             return None
         curvature = 1.0 if shape != "asymmetric" or x < 0 else 3.0
         return 1.0 + curvature * x * x + 0.003 * math.sin(37 * math.log10(lr))
+
     return loss
 
 
-def drive(loss: Curve, center: float, settings: AdaptiveSearch = SETTINGS) -> tuple[dict[float, float | None], int]:
+def drive(
+    loss: Curve, center: float, settings: AdaptiveSearch = SETTINGS
+) -> tuple[dict[float, float | None], int]:
     """The sweep loop: ask for a round, run it, repeat. Returns the observed points and the number of rounds."""
     observed: dict[float, float | None] = {}
     rounds = 0
@@ -51,8 +55,10 @@ def grid_best(loss: Curve, grid: tuple[float, ...] = GRID) -> float | None:
 
 
 def main() -> None:
-    print(f"{'shape':<11} {'centre error':>12} {'runs median':>11} {'worst':>5} {'rounds':>6} "
-          f"{'miss > 1/4 dec':>14} {'censored':>8} {'capped':>6}")
+    print(
+        f"{'shape':<11} {'centre error':>12} {'runs median':>11} {'worst':>5} {'rounds':>6} "
+        f"{'miss > 1/4 dec':>14} {'censored':>8} {'capped':>6}"
+    )
     for shape in ("parabolic", "asymmetric", "diverging"):
         for error in (0.0, 0.25, -0.25, 0.5, -0.5, 0.75, -0.75, 1.0, -1.0, 1.5, -1.5):
             runs, rounds, misses, censored, capped = [], [], 0, 0, 0
@@ -68,11 +74,15 @@ def main() -> None:
                 if reference is None:  # the whole grid diverges: the search must find no metric either
                     misses += status.best_lr is not None
                 else:
-                    misses += status.best_lr is None or abs(math.log10(status.best_lr / reference)) > 0.25 + 1e-9
+                    misses += (
+                        status.best_lr is None or abs(math.log10(status.best_lr / reference)) > 0.25 + 1e-9
+                    )
                 censored += status.censored
                 capped += "run cap" in status.reason
-            print(f"{shape:<11} {error:>+12.2f} {statistics.median(runs):>11g} {max(runs):>5} "
-                  f"{statistics.median(rounds):>6g} {misses:>7}/{len(opts):<6} {censored:>8}")
+            print(
+                f"{shape:<11} {error:>+12.2f} {statistics.median(runs):>11g} {max(runs):>5} "
+                f"{statistics.median(rounds):>6g} {misses:>7}/{len(opts):<6} {censored:>8}"
+            )
 
 
 if __name__ == "__main__":

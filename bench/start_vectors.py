@@ -54,49 +54,83 @@ from peers import (  # the peers' machinery, shared
 )
 
 
-def solve(model: Any, batches: list[TokenBatch], block: Any, start: str, *, tol: float = 1e-3,
-          block_size: int | None = None, max_iter: int = 300) -> dict[str, Any]:
+def solve(
+    model: Any,
+    batches: list[TokenBatch],
+    block: Any,
+    start: str,
+    *,
+    tol: float = 1e-3,
+    block_size: int | None = None,
+    max_iter: int = 300,
+) -> dict[str, Any]:
     """Lanczos from ``start`` on a fresh operator, timed end to end (the start's first-order pass included)."""
+
     def run() -> Any:
         operator = HessianOperator(model, batches, block)
         vectors = start_vectors(operator, start, seed=0)
-        return lanczos(operator, which="largest", tol=tol, max_iter=max_iter, block_size=block_size,
-                       start=vectors.rows), vectors
+        return lanczos(
+            operator, which="largest", tol=tol, max_iter=max_iter, block_size=block_size, start=vectors.rows
+        ), vectors
 
     (result, vectors), seconds = timed(run)
-    return {"start": start, "lambda_max": result.lambda_max, "hvps": result.hvps, "seconds": seconds,
-            "converged": result.converged, "bound": result.largest_bounds[0] if result.largest_bounds else None,
-            "first_order_passes": vectors.passes, "random_share": vectors.random_share,
-            "history": [round(record.values[0], 7) for record in result.history]}
+    return {
+        "start": start,
+        "lambda_max": result.lambda_max,
+        "hvps": result.hvps,
+        "seconds": seconds,
+        "converged": result.converged,
+        "bound": result.largest_bounds[0] if result.largest_bounds else None,
+        "first_order_passes": vectors.passes,
+        "random_share": vectors.random_share,
+        "history": [round(record.values[0], 7) for record in result.history],
+    }
 
 
-def measure_block(name: str, model: Any, batches: list[TokenBatch], block: Any, args: argparse.Namespace
-                  ) -> dict[str, Any]:
+def measure_block(
+    name: str, model: Any, batches: list[TokenBatch], block: Any, args: argparse.Namespace
+) -> dict[str, Any]:
     print(f"\n## {name} ({block.numel:,} parameters)", flush=True)
     runs = []
     for start in args.starts:
         entry = solve(model, batches, block, start)
         runs.append(entry)
-        print(f"  {start:<11} {entry['hvps']:4d} products {entry['seconds']:7.1f} s  λ {entry['lambda_max']:.7g} "
-              f"certified={entry['converged']}  Ritz values {entry['history']}", flush=True)
+        print(
+            f"  {start:<11} {entry['hvps']:4d} products {entry['seconds']:7.1f} s  λ {entry['lambda_max']:.7g} "
+            f"certified={entry['converged']}  Ritz values {entry['history']}",
+            flush=True,
+        )
     reference = solve(model, batches, block, args.reference_start, tol=1e-6, block_size=args.reference_block)
     certified = [run["lambda_max"] for run in runs if run["converged"]] + (
-        [reference["lambda_max"]] if reference["converged"] else [])
+        [reference["lambda_max"]] if reference["converged"] else []
+    )
     truth = max(certified) if certified else reference["lambda_max"]
-    print(f"  reference (tol 1e-6, {args.reference_start} start, block {args.reference_block}): λ {reference['lambda_max']:.8g} "
-          f"({reference['hvps']} products, certified={reference['converged']}); λ_max taken as {truth:.8g}",
-          flush=True)
+    print(
+        f"  reference (tol 1e-6, {args.reference_start} start, block {args.reference_block}): λ {reference['lambda_max']:.8g} "
+        f"({reference['hvps']} products, certified={reference['converged']}); λ_max taken as {truth:.8g}",
+        flush=True,
+    )
     for run in runs:
         run["error"] = abs(run["lambda_max"] - truth) / abs(truth)
     print(f"  {'start':<11} {'products':>8} {'seconds':>8} {'rel err':>8} {'certified':>9}")
     for run in runs:
-        print(f"  {run['start']:<11} {run['hvps']:8d} {run['seconds']:8.1f} {run['error']:8.1e} "
-              f"{'yes' if run['converged'] else 'no':>9}", flush=True)
-    return {"block": name, "parameters": block.numel, "reference": reference, "lambda_max": truth, "runs": runs}
+        print(
+            f"  {run['start']:<11} {run['hvps']:8d} {run['seconds']:8.1f} {run['error']:8.1e} "
+            f"{'yes' if run['converged'] else 'no':>9}",
+            flush=True,
+        )
+    return {
+        "block": name,
+        "parameters": block.numel,
+        "reference": reference,
+        "lambda_max": truth,
+        "runs": runs,
+    }
 
 
-def peers(model: Any, batches: list[TokenBatch], layer: int, truth: float, args: argparse.Namespace
-          ) -> dict[str, Any]:
+def peers(
+    model: Any, batches: list[TokenBatch], layer: int, truth: float, args: argparse.Namespace
+) -> dict[str, Any]:
     """Ours (``--peer-start``) first and last around eigenthings' ladder and the authors' algorithm."""
     block = PerModule(modules=("q_proj",), layers=(layer,)).blocks(model)[0]
     print(f"\n## peers on {block.name}: λ_max {truth:.8g}", flush=True)
@@ -110,17 +144,24 @@ def peers(model: Any, batches: list[TokenBatch], layer: int, truth: float, args:
     for key in ("ours_first", "authors", "ours_last"):
         row[key]["error"] = abs(row[key]["lambda_max"] - truth) / abs(truth)
     first, last = row["ours_first"]["seconds"], row["ours_last"]["seconds"]
-    print(f"ours ({args.peer_start}) first: {row['ours_first']['hvps']} products {first:.1f} s, error "
-          f"{row['ours_first']['error']:.1e}; last: {row['ours_last']['hvps']} products {last:.1f} s, error "
-          f"{row['ours_last']['error']:.1e}")
-    print(f"authors: {paper['hvps']} products {seconds:.1f} s, error {row['authors']['error']:.1e} (no "
-          f"certificate); authors / ours {seconds / max(first, last):.2f}-{seconds / min(first, last):.2f}x")
+    print(
+        f"ours ({args.peer_start}) first: {row['ours_first']['hvps']} products {first:.1f} s, error "
+        f"{row['ours_first']['error']:.1e}; last: {row['ours_last']['hvps']} products {last:.1f} s, error "
+        f"{row['ours_last']['error']:.1e}"
+    )
+    print(
+        f"authors: {paper['hvps']} products {seconds:.1f} s, error {row['authors']['error']:.1e} (no "
+        f"certificate); authors / ours {seconds / max(first, last):.2f}-{seconds / min(first, last):.2f}x"
+    )
     ladder = row.get("eigenthings")
     for line in ladder_lines(ladder, args.target, [first, last]):
         print(line)
     if ladder and ladder[-1]["error"] <= args.target:
-        print(f"eigenthings / ours: {ladder[-1]['seconds'] / first:.2f}x (ours first), "
-              f"{ladder[-1]['seconds'] / last:.2f}x (ours last)", flush=True)
+        print(
+            f"eigenthings / ours: {ladder[-1]['seconds'] / first:.2f}x (ours first), "
+            f"{ladder[-1]['seconds'] / last:.2f}x (ours last)",
+            flush=True,
+        )
     return row
 
 
@@ -147,16 +188,26 @@ def span(model: Any, batches: list[TokenBatch], layer: int, truth: float) -> dic
     best = vectors[:, -1]
     combination = a @ v
     overlap = float((best @ combination).abs() / combination.norm())
-    start = with_random(direction(best).unsqueeze(0), size=operator.size, dtype=operator.dtype,
-                        device=operator.device, seed=0)
+    start = with_random(
+        direction(best).unsqueeze(0), size=operator.size, dtype=operator.dtype, device=operator.device, seed=0
+    )
     result = lanczos(operator, which="largest", tol=1e-3, max_iter=300, start=start)
-    row = {"block": block.name, "span_ritz_values": values.tolist(), "overlap_Av1_with_best": overlap,
-           "best_combination_products": result.hvps, "best_combination_lambda": result.lambda_max,
-           "best_combination_error": abs(result.lambda_max - truth) / abs(truth), "converged": result.converged}
-    print(f"\n## inside the structured span of {block.name} ({rank} products): Ritz values "
-          f"{[round(x, 6) for x in values.tolist()]} (λ_max {truth:.7g}); |<c*, A v1>| = {overlap:.3f}; from z(c*) "
-          f"with its random half: {result.hvps} products, error {row['best_combination_error']:.1e}, "
-          f"certified={result.converged}", flush=True)
+    row = {
+        "block": block.name,
+        "span_ritz_values": values.tolist(),
+        "overlap_Av1_with_best": overlap,
+        "best_combination_products": result.hvps,
+        "best_combination_lambda": result.lambda_max,
+        "best_combination_error": abs(result.lambda_max - truth) / abs(truth),
+        "converged": result.converged,
+    }
+    print(
+        f"\n## inside the structured span of {block.name} ({rank} products): Ritz values "
+        f"{[round(x, 6) for x in values.tolist()]} (λ_max {truth:.7g}); |<c*, A v1>| = {overlap:.3f}; from z(c*) "
+        f"with its random half: {result.hvps} products, error {row['best_combination_error']:.1e}, "
+        f"certified={result.converged}",
+        flush=True,
+    )
     return row
 
 
@@ -169,11 +220,18 @@ def summary(blocks: list[dict[str, Any]], starts: list[str]) -> dict[str, Any]:
         table[start] = {
             "q_proj_median_products": statistics.median(run["hvps"] for run in per) if per else None,
             "q_proj_all_within_1e-3": all(run["converged"] and run["error"] <= 1e-3 for run in per),
-            "whole": {b["block"]: next(run["hvps"] for run in b["runs"] if run["start"] == start)
-                      for b in blocks if b["block"].startswith("whole")}}
-        print(f"{start:<11} median products over q_proj blocks {table[start]['q_proj_median_products']}, all "
-              f"certified within 1e-3: {table[start]['q_proj_all_within_1e-3']}; whole adapters "
-              f"{table[start]['whole']}", flush=True)
+            "whole": {
+                b["block"]: next(run["hvps"] for run in b["runs"] if run["start"] == start)
+                for b in blocks
+                if b["block"].startswith("whole")
+            },
+        }
+        print(
+            f"{start:<11} median products over q_proj blocks {table[start]['q_proj_median_products']}, all "
+            f"certified within 1e-3: {table[start]['q_proj_all_within_1e-3']}; whole adapters "
+            f"{table[start]['whole']}",
+            flush=True,
+        )
     return table
 
 
@@ -181,13 +239,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     model_arguments(parser)
     parser.add_argument("--layers", default="0,14,15,29")
-    parser.add_argument("--whole", default="lora,dora", help="methods whose whole adapter is measured ('' none)")
+    parser.add_argument(
+        "--whole", default="lora,dora", help="methods whose whole adapter is measured ('' none)"
+    )
     parser.add_argument("--starts", nargs="+", default=["random", "structured", "gradient"])
-    parser.add_argument("--reference-block", type=int, default=1, help="start vectors of the tol-1e-6 reference")
+    parser.add_argument(
+        "--reference-block", type=int, default=1, help="start vectors of the tol-1e-6 reference"
+    )
     parser.add_argument("--reference-start", default="random", help="the start of the tol-1e-6 reference")
     parser.add_argument("--peer-layer", type=int, default=15, help="-1: no peers")
     parser.add_argument("--peer-start", default="structured")
-    parser.add_argument("--span-layer", type=int, default=15, help="the structured span's Ritz values (-1: no)")
+    parser.add_argument(
+        "--span-layer", type=int, default=15, help="the structured span's Ritz values (-1: no)"
+    )
     ladder_arguments(parser)
     args = parser.parse_args()
     if args.quick:
@@ -195,33 +259,51 @@ def main() -> None:
         args.budgets, args.peer_layer, args.span_layer = [4, 8, 16], 0, 0
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"# {time.strftime('%Y-%m-%d %H:%M %Z')} | torch {torch.__version__} | {platform.processor() or 'cpu'} | "
-          f"load {os.getloadavg()[0]:.2f} | eigenthings {getattr(hessian_eigenthings, '__version__', 'not installed')}"
-          f" | {' '.join(sys.argv[1:])}", flush=True)
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M %Z')} | torch {torch.__version__} | {platform.processor() or 'cpu'} | "
+        f"load {os.getloadavg()[0]:.2f} | eigenthings {getattr(hessian_eigenthings, '__version__', 'not installed')}"
+        f" | {' '.join(sys.argv[1:])}",
+        flush=True,
+    )
     loaded = load_model(args.model, device="cpu")
-    batches = make_batches(loaded.tokenizer, load_task("arith", n_train=args.samples, n_eval=0).train,
-                           args.batch_size)
+    batches = make_batches(
+        loaded.tokenizer, load_task("arith", n_train=args.samples, n_eval=0).train, args.batch_size
+    )
     model = build_adapter(loaded.model, AdapterConfig("lora", rank=args.rank))
-    print(f"{args.model}, LoRA r={args.rank} at initialisation, {args.samples} examples in {len(batches)} batch(es), "
-          f"{sum(b.loss_tokens for b in batches)} loss tokens, {torch.get_num_threads()} thread(s)", flush=True)
+    print(
+        f"{args.model}, LoRA r={args.rank} at initialisation, {args.samples} examples in {len(batches)} batch(es), "
+        f"{sum(b.loss_tokens for b in batches)} loss tokens, {torch.get_num_threads()} thread(s)",
+        flush=True,
+    )
     layers = [int(layer) for layer in args.layers.split(",") if layer.strip()]
     blocks: list[dict[str, Any]] = []
     results: dict[str, Any] = {"blocks": blocks, "peers": None, "span": None, "argv": sys.argv[1:]}
     for layer in layers:
-        blocks.append(measure_block(f"q_proj layer {layer}", model, batches,
-                                    PerModule(modules=("q_proj",), layers=(layer,)).blocks(model)[0], args))
+        blocks.append(
+            measure_block(
+                f"q_proj layer {layer}",
+                model,
+                batches,
+                PerModule(modules=("q_proj",), layers=(layer,)).blocks(model)[0],
+                args,
+            )
+        )
         save(args, results)
     if args.peer_layer >= 0:
         truth = next((b["lambda_max"] for b, layer in zip(blocks, layers) if layer == args.peer_layer), None)
         if truth is None:
             block = PerModule(modules=("q_proj",), layers=(args.peer_layer,)).blocks(model)[0]
-            truth = solve(model, batches, block, "random", tol=1e-6, block_size=args.reference_block)["lambda_max"]
+            truth = solve(model, batches, block, "random", tol=1e-6, block_size=args.reference_block)[
+                "lambda_max"
+            ]
         results["peers"] = peers(model, batches, args.peer_layer, truth, args)
         save(args, results)
     for method in [m for m in args.whole.split(",") if m.strip()]:
         fresh = load_model(args.model, device="cpu")
         adapted = build_adapter(fresh.model, AdapterConfig(method, rank=args.rank))
-        blocks.append(measure_block(f"whole {method}", adapted, batches, WholeAdapter().blocks(adapted)[0], args))
+        blocks.append(
+            measure_block(f"whole {method}", adapted, batches, WholeAdapter().blocks(adapted)[0], args)
+        )
         del adapted, fresh
         save(args, results)
     print("\n## summary", flush=True)
@@ -240,6 +322,7 @@ def save(args: argparse.Namespace, results: dict[str, Any]) -> None:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=1, default=float)
+
 
 if __name__ == "__main__":
     main()

@@ -35,15 +35,21 @@ def toolkit_round(model_spec: str, attention: str, examples: list, config: Train
     model = build_adapter(loaded.model, adapter)
     optimizer = make_optimizer(model, adapter, config.lr)
     start = time.perf_counter()
-    train(model, loaded.tokenizer, examples, config, optimizer=optimizer, progress=True, description="toolkit")
+    train(
+        model, loaded.tokenizer, examples, config, optimizer=optimizer, progress=True, description="toolkit"
+    )
     return time.perf_counter() - start
 
 
 def plain_round(model_spec: str, attention: str, examples: list, config: TrainConfig, rank: int) -> float:
     loaded = load_model(model_spec, device="cpu", attn_implementation=attention)
     torch.manual_seed(0)
-    model = get_peft_model(loaded.model, LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0,
-                                                    target_modules=list(TARGETS), task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        loaded.model,
+        LoraConfig(
+            r=rank, lora_alpha=rank, lora_dropout=0.0, target_modules=list(TARGETS), task_type="CAUSAL_LM"
+        ),
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.999), weight_decay=0.0)
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
@@ -63,23 +69,33 @@ def plain_round(model_spec: str, attention: str, examples: list, config: TrainCo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per round")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per loop (after one warm-up round each)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds per loop (after one warm-up round each)"
+    )
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--attention", default="sdpa", help="comma-separated attention implementations to time")
+    parser.add_argument(
+        "--attention", default="sdpa", help="comma-separated attention implementations to time"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     examples = load_task("arith", seed=0, n_train=args.steps * args.batch_size, n_eval=0).train
     config = TrainConfig(lr=1e-4, steps=args.steps, batch_size=args.batch_size, max_length=128)
     tokenizer = load_model(args.model, device="cpu").tokenizer
-    tokens = sum(int(b.attention_mask.sum()) for step in global_batches(tokenizer, examples, config) for b in step)
-    print(f"model {args.model}, LoRA r={args.rank} on {len(TARGETS)} projections, {args.steps} steps x "
-          f"{args.batch_size} examples = {tokens} tokens per round, {args.threads} thread(s)")
+    tokens = sum(
+        int(b.attention_mask.sum()) for step in global_batches(tokenizer, examples, config) for b in step
+    )
+    print(
+        f"model {args.model}, LoRA r={args.rank} on {len(TARGETS)} projections, {args.steps} steps x "
+        f"{args.batch_size} examples = {tokens} tokens per round, {args.threads} thread(s)"
+    )
     loops = {"toolkit": toolkit_round, "plain": plain_round}
     results: dict[tuple[str, str], list[float]] = {}
     for attention in args.attention.split(","):
@@ -87,8 +103,9 @@ def main() -> None:
             loop(args.model, attention, examples, config, args.rank)
         for _ in range(args.rounds):
             for name, loop in loops.items():
-                results.setdefault((attention, name), []).append(loop(args.model, attention, examples, config,
-                                                                      args.rank))
+                results.setdefault((attention, name), []).append(
+                    loop(args.model, attention, examples, config, args.rank)
+                )
     print(f"{'attention':<10} {'loop':<8} {'median s':>9} {'tokens/s':>9}  rounds (s)")
     for (attention, name), seconds in results.items():
         median = statistics.median(seconds)
@@ -97,13 +114,17 @@ def main() -> None:
     for attention in args.attention.split(","):
         toolkit = statistics.median(results[(attention, "toolkit")])
         plain = statistics.median(results[(attention, "plain")])
-        print(f"{attention}: toolkit/plain time ratio {toolkit / plain:.3f} "
-              f"(overhead {100 * (toolkit / plain - 1):+.1f} %, target <= +10 %)")
+        print(
+            f"{attention}: toolkit/plain time ratio {toolkit / plain:.3f} "
+            f"(overhead {100 * (toolkit / plain - 1):+.1f} %, target <= +10 %)"
+        )
     if len(args.attention.split(",")) > 1:
         first, *others = args.attention.split(",")
         base = statistics.median(results[(first, "toolkit")])
         for other in others:
-            print(f"toolkit {other}/{first} time ratio {statistics.median(results[(other, 'toolkit')]) / base:.3f}")
+            print(
+                f"toolkit {other}/{first} time ratio {statistics.median(results[(other, 'toolkit')]) / base:.3f}"
+            )
 
 
 if __name__ == "__main__":

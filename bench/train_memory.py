@@ -37,10 +37,17 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 
 def hf_config(spec: str, shape: ModelShape):
-    common = dict(vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
-                  num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
-                  num_key_value_heads=shape.kv_heads, head_dim=shape.head_dim,
-                  tie_word_embeddings=shape.tied_embeddings, attn_implementation="sdpa")
+    common = dict(
+        vocab_size=shape.vocab,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
+        head_dim=shape.head_dim,
+        tie_word_embeddings=shape.tied_embeddings,
+        attn_implementation="sdpa",
+    )
     if spec.startswith("Qwen/"):
         return Qwen3Config(**common)
     if spec.startswith("google/gemma-3"):
@@ -52,7 +59,9 @@ def peak() -> int:
     return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
 
 
-def one_case(spec: str, shape: ModelShape, device: torch.device, micro: int, length: int, checkpointing: bool) -> None:
+def one_case(
+    spec: str, shape: ModelShape, device: torch.device, micro: int, length: int, checkpointing: bool
+) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -81,12 +90,22 @@ def one_case(spec: str, shape: ModelShape, device: torch.device, micro: int, len
     step = peak()
     if switch is not None:
         switch.close()
-    estimate = training_memory(shape, rank=128, micro_batch_size=micro, max_length=length, base_dtype="bf16",
-                               autocast_bf16=device.type == "cuda", gradient_checkpointing=checkpointing)
-    print(f"{shape.name:16s} layers {shape.layers:2d} micro {micro} x {length} checkpointing {checkpointing!s:5s}  "
-          f"build {build / 1e9:6.2f} GB (est. {(estimate.build_peak - ALLOWANCE_BYTES) / 1e9:6.2f})  "
-          f"step {step / 1e9:6.2f} GB (est. {(estimate.training_peak - ALLOWANCE_BYTES) / 1e9:6.2f})  "
-          f"{seconds:.1f} s", flush=True)
+    estimate = training_memory(
+        shape,
+        rank=128,
+        micro_batch_size=micro,
+        max_length=length,
+        base_dtype="bf16",
+        autocast_bf16=device.type == "cuda",
+        gradient_checkpointing=checkpointing,
+    )
+    print(
+        f"{shape.name:16s} layers {shape.layers:2d} micro {micro} x {length} checkpointing {checkpointing!s:5s}  "
+        f"build {build / 1e9:6.2f} GB (est. {(estimate.build_peak - ALLOWANCE_BYTES) / 1e9:6.2f})  "
+        f"step {step / 1e9:6.2f} GB (est. {(estimate.training_peak - ALLOWANCE_BYTES) / 1e9:6.2f})  "
+        f"{seconds:.1f} s",
+        flush=True,
+    )
     del peft_model, model, optimizer, batch
     gc.collect()
 
@@ -94,10 +113,29 @@ def one_case(spec: str, shape: ModelShape, device: torch.device, micro: int, len
 def saved_count(base_dtype: str, attention: str) -> None:
     from transformers import LlamaForCausalLM
 
-    h, layers, heads, kv_heads, head_dim, inter, vocab, rank, micro, length = 256, 2, 4, 2, 64, 768, 2000, 8, 2, 256
-    config = LlamaConfig(vocab_size=vocab, hidden_size=h, intermediate_size=inter, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
-                         tie_word_embeddings=True, attn_implementation=attention)
+    h, layers, heads, kv_heads, head_dim, inter, vocab, rank, micro, length = (
+        256,
+        2,
+        4,
+        2,
+        64,
+        768,
+        2000,
+        8,
+        2,
+        256,
+    )
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=h,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        tie_word_embeddings=True,
+        attn_implementation=attention,
+    )
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -116,15 +154,29 @@ def saved_count(base_dtype: str, attention: str) -> None:
         torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, vocab), ids[:, 1:].reshape(-1))
     parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved = sum(size for pointer, size in storages.items() if pointer not in parameters)
-    saved -= micro * (length - 1) * vocab * 4  # the fp32 log-softmax: the formula's logits term, not a layer's
-    shape = ModelShape("count", hidden=h, layers=layers, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
-                       intermediate=inter, vocab=vocab, tied_embeddings=True)
-    estimate = training_memory(shape, rank=rank, micro_batch_size=1, max_length=1, base_dtype=base_dtype,
-                               attention="sdpa").activations  # one token of one layer stack, SDPA
+    saved -= (
+        micro * (length - 1) * vocab * 4
+    )  # the fp32 log-softmax: the formula's logits term, not a layer's
+    shape = ModelShape(
+        "count",
+        hidden=h,
+        layers=layers,
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        intermediate=inter,
+        vocab=vocab,
+        tied_embeddings=True,
+    )
+    estimate = training_memory(
+        shape, rank=rank, micro_batch_size=1, max_length=1, base_dtype=base_dtype, attention="sdpa"
+    ).activations  # one token of one layer stack, SDPA
     eager = shape.heads * length * ((2 if base_dtype == "bf16" else 4) + 4)
-    print(f"base {base_dtype} {attention:5s}: saved {saved / (micro * length * layers) / 1e3:5.1f} KB per token "
-          f"per layer; formula {estimate / layers / 1e3:5.1f} KB"
-          + (f" + eager {eager / 1e3:.1f} KB" if attention == "eager" else ""))
+    print(
+        f"base {base_dtype} {attention:5s}: saved {saved / (micro * length * layers) / 1e3:5.1f} KB per token "
+        f"per layer; formula {estimate / layers / 1e3:5.1f} KB"
+        + (f" + eager {eager / 1e3:.1f} KB" if attention == "eager" else "")
+    )
 
 
 def main() -> None:
@@ -132,7 +184,9 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(PAPER_MODELS))
     parser.add_argument("--micro", type=int, default=4)
     parser.add_argument("--length", type=int, default=512)
-    parser.add_argument("--layers", type=int, default=None, help="fewer layers than the real model (smoke runs)")
+    parser.add_argument(
+        "--layers", type=int, default=None, help="fewer layers than the real model (smoke runs)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--saved-count", action="store_true", help="the CPU count behind the formula's check")
     args = parser.parse_args()

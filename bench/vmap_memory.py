@@ -23,14 +23,29 @@ def child(mode: str, directions: int) -> float:
     from hessian_lora.inputs.tasks import TokenBatch
 
     torch.set_num_threads(1)
-    config = LlamaConfig(hidden_size=256, num_hidden_layers=4, intermediate_size=768, num_attention_heads=4,
-                         num_key_value_heads=4, vocab_size=2048, attn_implementation="sdpa")
+    config = LlamaConfig(
+        hidden_size=256,
+        num_hidden_layers=4,
+        intermediate_size=768,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=2048,
+        attn_implementation="sdpa",
+    )
     torch.manual_seed(0)
-    model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    model = get_peft_model(
+        LlamaForCausalLM(config), LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    )
     ids = torch.randint(0, 2048, (4, 256))
     (block,) = PerModule(modules=("q_proj",), layers=(2,)).blocks(model)
-    operator = HessianOperator(model, [TokenBatch(ids, torch.ones_like(ids), ids.clone())], block, reuse=False,
-                               batching="vmap" if mode == "vmap" else "loop", directions_per_pass=directions)
+    operator = HessianOperator(
+        model,
+        [TokenBatch(ids, torch.ones_like(ids), ids.clone())],
+        block,
+        reuse=False,
+        batching="vmap" if mode == "vmap" else "loop",
+        directions_per_pass=directions,
+    )
     matrix = torch.randn(operator.size, directions)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     operator.matvec(matrix[:, 0]) if mode == "single" else operator.matmat(matrix)
@@ -38,7 +53,9 @@ def child(mode: str, directions: int) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--directions", type=int, default=8)
     parser.add_argument("--mode", choices=("single", "loop", "vmap"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -47,13 +64,19 @@ def main() -> int:
         return 0
     peaks = {}
     for mode in ("single", "loop", "vmap"):
-        done = subprocess.run([sys.executable, __file__, "--directions", str(args.directions), "--mode", mode],
-                              capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, __file__, "--directions", str(args.directions), "--mode", mode],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         peaks[mode] = float(done.stdout.strip().splitlines()[-1])
         print(f"{mode:>6}: peak {peaks[mode]:.0f} MiB above the model", flush=True)
     share = (peaks["vmap"] - peaks["single"]) / ((args.directions - 1) * peaks["single"])
-    print(f"each direction beyond the first of a vmap pass: {share:.2f} of a single product's peak "
-          f"(the plan assumes VMAP_DIRECTION_SHARE)")
+    print(
+        f"each direction beyond the first of a vmap pass: {share:.2f} of a single product's peak "
+        f"(the plan assumes VMAP_DIRECTION_SHARE)"
+    )
     return 0
 
 

@@ -28,8 +28,18 @@ def main() -> None:
 
     per_method = {}
     for method in args.methods.split(","):
-        report = h.eigen(method=method, model=args.model, rank=8, blocks="per-module", modules="q_proj",
-                         layers=args.layers, samples=args.samples, batch_size=4, smallest=False, progress=False)
+        report = h.eigen(
+            method=method,
+            model=args.model,
+            rank=8,
+            blocks="per-module",
+            modules="q_proj",
+            layers=args.layers,
+            samples=args.samples,
+            batch_size=4,
+            smallest=False,
+            progress=False,
+        )
         per_method[method] = {block.name: block for block in report.blocks}
     methods = list(per_method)
     print("| block | " + " | ".join(f"{m} λ_max" for m in methods) + " | ratio to " + methods[0] + " |")

@@ -28,12 +28,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    advice = recommend(args.method, model=args.model, rank=args.rank, calibration=args.calibration,
-                       progress=False)
+    advice = recommend(
+        args.method, model=args.model, rank=args.rank, calibration=args.calibration, progress=False
+    )
     for warning in advice.warnings:
         print(f"note: {warning}")
-    print(f"{advice.method}: λ_max at initialisation {advice.lambda_max:.4g} → predicted η* {advice.eta:.3g} "
-          f"({advice.fit} fit); sweep these: {', '.join(f'{lr:.3g}' for lr in advice.grid)}")
+    print(
+        f"{advice.method}: λ_max at initialisation {advice.lambda_max:.4g} → predicted η* {advice.eta:.3g} "
+        f"({advice.fit} fit); sweep these: {', '.join(f'{lr:.3g}' for lr in advice.grid)}"
+    )
 
 
 if __name__ == "__main__":

@@ -34,20 +34,37 @@ def main() -> None:
     loaded = h.load_model(args.model, device="cpu")
     task = load_task("arith", seed=0, n_train=64, n_eval=0)  # two-term sums from reasoning-gym
     train = datasets.Dataset.from_list([{"prompt": e.prompt, "completion": e.response} for e in task.train])
-    config = SFTConfig(output_dir=tempfile.mkdtemp(prefix="hessian-lora-sft-"), per_device_train_batch_size=4,
-                       max_steps=args.steps, learning_rate=1e-3, logging_steps=args.every, save_strategy="no",
-                       report_to="none", use_cpu=True, disable_tqdm=True, max_length=96, bf16=False)
-    trainer = SFTTrainer(model=loaded.model, args=config, train_dataset=train, processing_class=loaded.tokenizer,
-                         peft_config=LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    config = SFTConfig(
+        output_dir=tempfile.mkdtemp(prefix="hessian-lora-sft-"),
+        per_device_train_batch_size=4,
+        max_steps=args.steps,
+        learning_rate=1e-3,
+        logging_steps=args.every,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        max_length=96,
+        bf16=False,
+    )
+    trainer = SFTTrainer(
+        model=loaded.model,
+        args=config,
+        train_dataset=train,
+        processing_class=loaded.tokenizer,
+        peft_config=LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
     h.SharpnessCallback.install(trainer, every=args.every, settings=h.DuringSettings(tol=1e-2, max_iter=40))
     trainer.train()
 
     for entry in trainer.state.log_history:
         if "sharpness/lambda_max" in entry:
             pre = entry.get("sharpness/preconditioned")
-            print(f"step {entry['step']:>3}: λ_max {entry['sharpness/lambda_max']:.4g}"
-                  + (f", Adam-preconditioned {pre:.4g}" if pre is not None else " (no Adam state yet)")
-                  + ("" if entry.get("sharpness/converged") else "  not certified"))
+            print(
+                f"step {entry['step']:>3}: λ_max {entry['sharpness/lambda_max']:.4g}"
+                + (f", Adam-preconditioned {pre:.4g}" if pre is not None else " (no Adam state yet)")
+                + ("" if entry.get("sharpness/converged") else "  not certified")
+            )
 
 
 if __name__ == "__main__":

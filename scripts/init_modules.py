@@ -28,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a sweep's --out directory (its config.yaml is read)")
     parser.add_argument("--modules", nargs="+", default=["q_proj"], help="module kinds (default: q_proj)")
-    parser.add_argument("--layers", default="all",
-                        help="'all', or a number of evenly spaced layers (first and last included)")
+    parser.add_argument(
+        "--layers", default="all", help="'all', or a number of evenly spaced layers (first and last included)"
+    )
     parser.add_argument("--methods", nargs="+", help="default: every method of the config")
     parser.add_argument("--seeds", nargs="+", type=int, help="default: every seed of the config")
     parser.add_argument("--samples", type=int, help="training examples of the probe (default: the config's)")
@@ -42,15 +43,21 @@ def main(argv: list[str] | None = None) -> int:
         layers = _layer_count(args.layers)
         # Each choice must name what the sweep has: anything else would be measured silently in its place
         # (an untargeted module was replaced by the first target; a seed the sweep never ran got a report).
-        for flag, chosen, available in (("--methods", args.methods, config.methods),
-                                         ("--seeds", args.seeds, config.seeds),
-                                         ("--modules", args.modules, config.adapter.targets)):
+        for flag, chosen, available in (
+            ("--methods", args.methods, config.methods),
+            ("--seeds", args.seeds, config.seeds),
+            ("--modules", args.modules, config.adapter.targets),
+        ):
             unknown = sorted({str(item) for item in chosen or ()} - {str(item) for item in available})
             if unknown:
-                raise UserError(f"{config_path}: {flag} {', '.join(unknown)} not in the sweep (it has "
-                                f"{', '.join(str(item) for item in available)}): pick from those")
+                raise UserError(
+                    f"{config_path}: {flag} {', '.join(unknown)} not in the sweep (it has "
+                    f"{', '.join(str(item) for item in available)}): pick from those"
+                )
         if args.samples is not None and args.samples < 1:
-            raise UserError(f"--samples must be at least 1 (training examples of the probe), got {args.samples}")
+            raise UserError(
+                f"--samples must be at least 1 (training examples of the probe), got {args.samples}"
+            )
         changes: dict[str, object] = {}
         if args.methods:
             changes["methods"] = tuple(m for m in config.methods if m in args.methods)
@@ -58,8 +65,11 @@ def main(argv: list[str] | None = None) -> int:
             changes["seeds"] = tuple(args.seeds)
         if args.samples is not None:
             # HessianSettings cuts the batches by its samples, the report records measure's: both change.
-            changes["hessian"] = replace(config.hessian, samples=args.samples,
-                                         measure=replace(config.hessian.measure, samples=args.samples))
+            changes["hessian"] = replace(
+                config.hessian,
+                samples=args.samples,
+                measure=replace(config.hessian.measure, samples=args.samples),
+            )
         config = replace(config, **changes)  # the sweep's axes narrowed, as the adaptive search narrows them
         extras = InitExtras(config, args.run_dir, modules=tuple(args.modules), layers=layers, density_steps=0)
         measure_init_reports(extras)
@@ -80,8 +90,10 @@ def _layer_count(text: str) -> int | None:
     except ValueError:
         count = 0
     if count < 2:
-        raise UserError(f"--layers {text!r}: give 'all' or a number >= 2 of evenly spaced layers (the first and "
-                        "the last included)")
+        raise UserError(
+            f"--layers {text!r}: give 'all' or a number >= 2 of evenly spaced layers (the first and "
+            "the last included)"
+        )
     return count
 
 

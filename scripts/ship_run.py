@@ -46,8 +46,10 @@ def _backup_database(source: Path) -> tuple[bytes, int]:
                 dst.execute("PRAGMA journal_mode=DELETE")
                 rows = int(dst.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
         except sqlite3.Error as error:
-            raise UserError(f"{source} is not a readable sweep database ({error}): ship the --out directory of a "
-                            "sweep whose results.sqlite is intact (rerun the sweep to rebuild it)") from error
+            raise UserError(
+                f"{source} is not a readable sweep database ({error}): ship the --out directory of a "
+                "sweep whose results.sqlite is intact (rerun the sweep to rebuild it)"
+            ) from error
         return copy.read_bytes(), rows
 
 
@@ -56,10 +58,14 @@ def ship(source: Path, target: Path) -> str:
     if not (source / "results.sqlite").is_file():
         raise UserError(f"{source} has no results.sqlite: give the --out directory of a sweep")
     if target.exists() and not target.is_dir():
-        raise UserError(f"target {target} is a file: give a directory to copy the run into, e.g. results/smollm2")
+        raise UserError(
+            f"target {target} is a file: give a directory to copy the run into, e.g. results/smollm2"
+        )
     if target.resolve() == source.resolve() or source.resolve() in target.resolve().parents:
         raise UserError(f"target {target} is the source or inside it: give a directory outside {source}")
-    database, rows = _backup_database(source / "results.sqlite")  # first: a damaged source leaves no copy behind
+    database, rows = _backup_database(
+        source / "results.sqlite"
+    )  # first: a damaged source leaves no copy behind
     target.mkdir(parents=True, exist_ok=True)
     for name in TOP_FILES:
         if (source / name).is_file():
@@ -76,15 +82,18 @@ def ship(source: Path, target: Path) -> str:
     write_bytes_atomic(target / "results.sqlite", database)
     for stale in (target / "results.sqlite-wal", target / "results.sqlite-shm"):
         stale.unlink(missing_ok=True)
-    return f"shipped {source} -> {target}: {rows} rows, {len(reports)} eigen reports, {documents} run documents"
+    return (
+        f"shipped {source} -> {target}: {rows} rows, {len(reports)} eigen reports, {documents} run documents"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", type=Path, help="the sweep's --out directory")
     parser.add_argument("target", type=Path, help="where to put the shipped copy, e.g. results/smollm2")
-    parser.add_argument("--no-analyze", action="store_true",
-                        help="leave analysis.json, analysis.md and figures/ as they are")
+    parser.add_argument(
+        "--no-analyze", action="store_true", help="leave analysis.json, analysis.md and figures/ as they are"
+    )
     args = parser.parse_args(argv)
     try:
         print(ship(args.source, args.target))

@@ -26,8 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP = "(top)"
-BLOCK = re.compile(r"^<!-- from (?P<path>\S+): (?P<heading>.+?) -->\n(?P<body>.*?)^<!-- end -->$",
-                   re.MULTILINE | re.DOTALL)
+BLOCK = re.compile(
+    r"^<!-- from (?P<path>\S+): (?P<heading>.+?) -->\n(?P<body>.*?)^<!-- end -->$", re.MULTILINE | re.DOTALL
+)
 
 
 def section(markdown: str, heading: str) -> str:
@@ -43,7 +44,7 @@ def section(markdown: str, heading: str) -> str:
     end = len(lines)
     for i in range(start, len(lines)):
         hashes = len(lines[i]) - len(lines[i].lstrip("#"))
-        if hashes and lines[i][hashes:hashes + 1] == " " and (level == 0 or hashes <= level):
+        if hashes and lines[i][hashes : hashes + 1] == " " and (level == 0 or hashes <= level):
             end = i
             break
     return "\n".join(lines[start:end]).strip("\n")
@@ -59,7 +60,9 @@ def sync(readme: Path, *, check: bool) -> list[str]:
         try:
             body = section(source.read_text(), match["heading"])
         except (OSError, KeyError) as exc:
-            raise SystemExit(f"error: {readme}: the block from {match['path']}: {match['heading']}: {exc}") from exc
+            raise SystemExit(
+                f"error: {readme}: the block from {match['path']}: {match['heading']}: {exc}"
+            ) from exc
         if match["body"].strip("\n") != body:
             stale.append(f"{match['path']}: {match['heading']}")
         return f"<!-- from {match['path']}: {match['heading']} -->\n{body}\n<!-- end -->"
@@ -74,8 +77,12 @@ def sync(readme: Path, *, check: bool) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--readme", type=Path, default=ROOT / "docs" / "results.md",
-                        help="the page whose marked blocks to sync (default: docs/results.md)")
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        default=ROOT / "docs" / "results.md",
+        help="the page whose marked blocks to sync (default: docs/results.md)",
+    )
     parser.add_argument("--check", action="store_true", help="compare only; exit 1 if a block is stale")
     args = parser.parse_args(argv)
     stale = sync(args.readme, check=args.check)

@@ -36,9 +36,17 @@ def tiny_calibration(tmp_path):
 
     import hessian_lora.measurement.measure as measure_module
 
-    shipped = json.loads((Path(measure_module.__file__).parents[1] / "sweep" / "calibrations" / "smollm2.json").read_text())
-    calibration = {**shipped, "fit": "inverse", "c": 0.05, "slope": None, "intercept": None,
-                   "probe": {**shipped["probe"], "model": "tiny-llama", "task": "arith", "rank": 4}}
+    shipped = json.loads(
+        (Path(measure_module.__file__).parents[1] / "sweep" / "calibrations" / "smollm2.json").read_text()
+    )
+    calibration = {
+        **shipped,
+        "fit": "inverse",
+        "c": 0.05,
+        "slope": None,
+        "intercept": None,
+        "probe": {**shipped["probe"], "model": "tiny-llama", "task": "arith", "rank": 4},
+    }
     path = tmp_path / "cal.json"
     path.write_text(json.dumps(calibration))
     return path

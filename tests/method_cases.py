@@ -32,18 +32,23 @@ class MethodCase:
     components_per_rank: int = 1
 
 
-CASES: dict[str, MethodCase] = {case.name: case for case in (
-    MethodCase("lora"),
-    MethodCase("pissa", rewrites=True, zero_part="", saved_as="pissa", float64=False),
-    MethodCase("milora", rewrites=True, zero_part="", peft_native=False),
-    MethodCase("initab", rewrites=True, zero_part="", peft_native=False),
-    MethodCase("dora", saved_as="dora"),
-    MethodCase("olora", rewrites=True, zero_part="", saved_as="olora", float64=False),
-    MethodCase("loraga", rewrites=True, zero_part="", saved_as="loraga", needs_data=True, components_per_rank=2),
-    MethodCase("gralora", zero_part="gralora_B", peft_type="GRALORA", saved_as="gralora"),
-    MethodCase("randlora", zero_part="randlora_lambda", peft_type="RANDLORA", saved_as="randlora"),
-    MethodCase("loft", own_optimizer=True),
-    MethodCase("rslora", saved_as="rslora"),
-    MethodCase("loraplus", own_optimizer=True),
-    MethodCase("eva", saved_as="eva", needs_data=True),
-)}
+CASES: dict[str, MethodCase] = {
+    case.name: case
+    for case in (
+        MethodCase("lora"),
+        MethodCase("pissa", rewrites=True, zero_part="", saved_as="pissa", float64=False),
+        MethodCase("milora", rewrites=True, zero_part="", peft_native=False),
+        MethodCase("initab", rewrites=True, zero_part="", peft_native=False),
+        MethodCase("dora", saved_as="dora"),
+        MethodCase("olora", rewrites=True, zero_part="", saved_as="olora", float64=False),
+        MethodCase(
+            "loraga", rewrites=True, zero_part="", saved_as="loraga", needs_data=True, components_per_rank=2
+        ),
+        MethodCase("gralora", zero_part="gralora_B", peft_type="GRALORA", saved_as="gralora"),
+        MethodCase("randlora", zero_part="randlora_lambda", peft_type="RANDLORA", saved_as="randlora"),
+        MethodCase("loft", own_optimizer=True),
+        MethodCase("rslora", saved_as="rslora"),
+        MethodCase("loraplus", own_optimizer=True),
+        MethodCase("eva", saved_as="eva", needs_data=True),
+    )
+}

@@ -17,8 +17,22 @@ from hessian_lora.settings.sweep import SweepConfig, config_from_dict
 
 TINY_YAML = Path(__file__).resolve().parents[1] / "experiments" / "tiny.yaml"
 # The columns two executions of the same run must agree on (timings and timestamps differ).
-RESULT_COLUMNS = ("run_id", "method", "lr", "seed", "rank", "batch_size", "status", "steps", "tokens", "train_loss",
-                  "initial_loss", "eval_loss", "accuracy", "eval_examples")
+RESULT_COLUMNS = (
+    "run_id",
+    "method",
+    "lr",
+    "seed",
+    "rank",
+    "batch_size",
+    "status",
+    "steps",
+    "tokens",
+    "train_loss",
+    "initial_loss",
+    "eval_loss",
+    "accuracy",
+    "eval_examples",
+)
 
 
 def tiny_data(**overrides: Any) -> dict[str, Any]:

@@ -46,8 +46,16 @@ def accuracy_at(method: SyntheticMethod, lr: float, seed_shift: float = 0.0) -> 
     return method.peak - method.curvature * (math.log10(lr) - math.log10(method.eta_star) - seed_shift) ** 2
 
 
-def eigen_report(lambda_whole: float, module_ratio: float, *, seed: int, with_density: bool = True,
-                 precond: float | None = None, lr: float | None = None, beta1: float = 0.9) -> dict:
+def eigen_report(
+    lambda_whole: float,
+    module_ratio: float,
+    *,
+    seed: int,
+    with_density: bool = True,
+    precond: float | None = None,
+    lr: float | None = None,
+    beta1: float = 0.9,
+) -> dict:
     """``EigenReport.to_dict()`` of a whole-adapter block plus per-module blocks (built with the engine's own
     result dataclasses, so a change of their JSON shape shows up here)."""
     blocks = [_block("adapter", lambda_whole, with_density=with_density, precond=precond, lr=lr, beta1=beta1)]
@@ -56,40 +64,85 @@ def eigen_report(lambda_whole: float, module_ratio: float, *, seed: int, with_de
             scale = module_ratio * (1 + 0.1 * layer + 0.05 * index + 0.01 * seed)
             name = f"base_model.model.model.layers.{layer}.self_attn.{module}"
             blocks.append(_block(name, lambda_whole * scale))
-    report = results.EigenReport(settings={"solver": "lanczos", "samples": 16, "batch_size": 4},
-                                 blocks=tuple(blocks), source={"seed": seed})
+    report = results.EigenReport(
+        settings={"solver": "lanczos", "samples": 16, "batch_size": 4},
+        blocks=tuple(blocks),
+        source={"seed": seed},
+    )
     return report.to_dict()
 
 
 def _eigen(value: float, solver: str = "lanczos") -> results.EigenResult:
     estimates = [value * (1 - 0.6**k) for k in range(1, 9)] + [value]
-    history = tuple(results.IterationRecord(iteration=k, hvps=k + 1, seconds=0.001 * k, values=(est, -est / 3))
-                    for k, est in enumerate(estimates))
+    history = tuple(
+        results.IterationRecord(iteration=k, hvps=k + 1, seconds=0.001 * k, values=(est, -est / 3))
+        for k, est in enumerate(estimates)
+    )
     return results.EigenResult(
-        solver=solver, largest=(value,), largest_residuals=(1e-6 * value,), smallest=(-value / 3,),
-        smallest_residuals=(1e-6 * value,), converged=True, stop_reason="tolerance", iterations=len(history),
-        hvps=len(history), seconds=0.01, tol=1e-4, max_iter=100, size=1000, history=history,
+        solver=solver,
+        largest=(value,),
+        largest_residuals=(1e-6 * value,),
+        smallest=(-value / 3,),
+        smallest_residuals=(1e-6 * value,),
+        converged=True,
+        stop_reason="tolerance",
+        iterations=len(history),
+        hvps=len(history),
+        seconds=0.01,
+        tol=1e-4,
+        max_iter=100,
+        size=1000,
+        history=history,
     )
 
 
-def _block(name: str, value: float, *, with_density: bool = False, precond: float | None = None,
-           lr: float | None = None, beta1: float = 0.9) -> results.BlockReport:
+def _block(
+    name: str,
+    value: float,
+    *,
+    with_density: bool = False,
+    precond: float | None = None,
+    lr: float | None = None,
+    beta1: float = 0.9,
+) -> results.BlockReport:
     density = trace = preconditioned = None
     if with_density:
         nodes = tuple(tuple(value * x for x in (-0.3, -0.05, 0.0, 0.02, 0.2, 1.0)) for _ in range(2))
         weights = ((0.05, 0.2, 0.5, 0.2, 0.04, 0.01), (0.04, 0.25, 0.45, 0.2, 0.05, 0.01))
-        density = results.DensityResult(nodes=nodes, weights=weights, steps=6, hvps=12, seconds=0.02, size=1000)
-        trace = results.TraceResult(method="hutchinson", trace=3.0 * value, std_error=0.1, hvps=10, seconds=0.01,
-                                    size=1000)
+        density = results.DensityResult(
+            nodes=nodes, weights=weights, steps=6, hvps=12, seconds=0.02, size=1000
+        )
+        trace = results.TraceResult(
+            method="hutchinson", trace=3.0 * value, std_error=0.1, hvps=10, seconds=0.01, size=1000
+        )
     if precond is not None:
         preconditioned = results.PreconditionedResult(
-            sharpness=precond, lr=lr, beta1=beta1, eps=1e-8, step=10, gd_threshold=2 / lr if lr else None,
-            adam_threshold=(2 + 2 * beta1) / ((1 - beta1) * lr) if lr else None, eigen=_eigen(precond, "lanczos"))
+            sharpness=precond,
+            lr=lr,
+            beta1=beta1,
+            eps=1e-8,
+            step=10,
+            gd_threshold=2 / lr if lr else None,
+            adam_threshold=(2 + 2 * beta1) / ((1 - beta1) * lr) if lr else None,
+            eigen=_eigen(precond, "lanczos"),
+        )
     eigen = _eigen(value)
     return results.BlockReport(
-        name=name, parameters=1000, parameter_names=(f"{name}.lora_A.default.weight",), lambda_max=value,
-        lambda_min=-value / 3, residual=1e-6 * value, converged=True, hvps=eigen.hvps, seconds=eigen.seconds,
-        tokens=512, batches=4, eigen=eigen, trace=trace, density=density, preconditioned=preconditioned,
+        name=name,
+        parameters=1000,
+        parameter_names=(f"{name}.lora_A.default.weight",),
+        lambda_max=value,
+        lambda_min=-value / 3,
+        residual=1e-6 * value,
+        converged=True,
+        hvps=eigen.hvps,
+        seconds=eigen.seconds,
+        tokens=512,
+        batches=4,
+        eigen=eigen,
+        trace=trace,
+        density=density,
+        preconditioned=preconditioned,
     )
 
 
@@ -117,10 +170,21 @@ def write_run_dir(
     centre = sum(seeds) / len(seeds)
     root.mkdir(parents=True, exist_ok=True)
     data = {
-        "model": "tiny-llama", "task": "arith", "methods": list(methods), "lrs": list(lrs), "seeds": list(seeds),
-        "ranks": [rank], "batch_sizes": [batch_size], "betas": [beta1, 0.999], "steps": 10, "max_length": 96,
-        "data_seed": 0, "n_train": 64, "n_eval": 16,
-        "hessian": {"init": reports, "final": final_reports, "samples": 8, "batch_size": 4}, **(config or {}),
+        "model": "tiny-llama",
+        "task": "arith",
+        "methods": list(methods),
+        "lrs": list(lrs),
+        "seeds": list(seeds),
+        "ranks": [rank],
+        "batch_sizes": [batch_size],
+        "betas": [beta1, 0.999],
+        "steps": 10,
+        "max_length": 96,
+        "data_seed": 0,
+        "n_train": 64,
+        "n_eval": 16,
+        "hessian": {"init": reports, "final": final_reports, "samples": 8, "batch_size": 4},
+        **(config or {}),
     }
     if append:
         old = yaml.safe_load((root / "config.yaml").read_text())
@@ -142,35 +206,79 @@ def write_run_dir(
                 run_id = f"{name}-lr{step}-s{seed}" + (f"-r{rank}-b{batch_size}" if append else "")
                 diverged = method.diverge_above is not None and lr > method.diverge_above
                 accuracy = None if diverged else accuracy_at(method, lr, (seed - centre) * seed_shift)
-                history = [{"step": k, "loss": 2.0 * math.exp(-k * lr * 100) + 0.1, "lr": lr} for k in range(10)]
+                history = [
+                    {"step": k, "loss": 2.0 * math.exp(-k * lr * 100) + 0.1, "lr": lr} for k in range(10)
+                ]
                 lambda_final = 2 / lr * 1.1
                 precond = 38 / lr * 0.9
                 connection.execute(
                     "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (run_id, name, lr, seed, rank, batch_size, "diverged" if diverged else "done",
-                     None if diverged else history[-1]["loss"], None if diverged else 1.0 - (accuracy or 0),
-                     accuracy, lambda_seed, None if diverged else lambda_final,
-                     None if diverged else precond, 10, 1000, 1.0, None, json.dumps(history),
-                     None, "2026-01-01T00:00:00"),
+                    (
+                        run_id,
+                        name,
+                        lr,
+                        seed,
+                        rank,
+                        batch_size,
+                        "diverged" if diverged else "done",
+                        None if diverged else history[-1]["loss"],
+                        None if diverged else 1.0 - (accuracy or 0),
+                        accuracy,
+                        lambda_seed,
+                        None if diverged else lambda_final,
+                        None if diverged else precond,
+                        10,
+                        1000,
+                        1.0,
+                        None,
+                        json.dumps(history),
+                        None,
+                        "2026-01-01T00:00:00",
+                    ),
                 )
                 # Sharpness along training (hessian.during): λ̃ rises from 0.2 to 0.9 of Adam's limit 38/lr.
-                sharpness = [{"step": k, "lambda_max": lambda_seed * (1 + k), "lr": lr, "hvps": 3,
-                              "precond_hvps": 3, "seconds": 0.01, "converged": True,
-                              "preconditioned": None if k == 0 else 38 / lr * (0.2 + 0.1 * k)} for k in range(8)]
+                sharpness = [
+                    {
+                        "step": k,
+                        "lambda_max": lambda_seed * (1 + k),
+                        "lr": lr,
+                        "hvps": 3,
+                        "precond_hvps": 3,
+                        "seconds": 0.01,
+                        "converged": True,
+                        "preconditioned": None if k == 0 else 38 / lr * (0.2 + 0.1 * k),
+                    }
+                    for k in range(8)
+                ]
                 (root / "runs" / run_id).mkdir(parents=True, exist_ok=True)
-                (root / "runs" / run_id / "sharpness.json").write_text(json.dumps(
-                    {"settings": {}, "beta1": beta1, "peak_lr": lr, "history": sharpness}))
+                (root / "runs" / run_id / "sharpness.json").write_text(
+                    json.dumps({"settings": {}, "beta1": beta1, "peak_lr": lr, "history": sharpness})
+                )
                 if final_reports and not diverged:
-                    report = eigen_report(lambda_final, method.module_ratio, seed=seed, with_density=False,
-                                          precond=precond, lr=lr, beta1=beta1)
+                    report = eigen_report(
+                        lambda_final,
+                        method.module_ratio,
+                        seed=seed,
+                        with_density=False,
+                        precond=precond,
+                        lr=lr,
+                        beta1=beta1,
+                    )
                     (hessian_dir / f"{run_id}_final.json").write_text(json.dumps(report))
     connection.commit()
     connection.close()
     return root
 
 
-def noisy_runs(methods: Mapping[str, SyntheticMethod], *, lrs: Sequence[float], seeds: Sequence[int],
-               n_examples: int, rng: np.random.Generator, seed_shift_sd: float = 0.0) -> list:
+def noisy_runs(
+    methods: Mapping[str, SyntheticMethod],
+    *,
+    lrs: Sequence[float],
+    seeds: Sequence[int],
+    n_examples: int,
+    rng: np.random.Generator,
+    seed_shift_sd: float = 0.0,
+) -> list:
     """In-memory :class:`~hessian_lora.analysis.runs.RunRecord` rows with per-example Bernoulli outcomes drawn from each
     method's known accuracy curve (seed s's curve shifted by a N(0, seed_shift_sd) decades draw): a sweep with
     known noise, whose intervals can be checked against the true η*."""
@@ -183,9 +291,19 @@ def noisy_runs(methods: Mapping[str, SyntheticMethod], *, lrs: Sequence[float], 
             for step, lr in enumerate(lrs):
                 p = min(max(accuracy_at(method, lr, shift), 0.0), 1.0)
                 scores = tuple(float(x) for x in (rng.random(n_examples) < p))
-                runs.append(RunRecord(run_id=f"{name}-lr{step}-s{seed}", method=name, lr=lr, seed=seed, rank=8,
-                                      batch_size=4, status="done", accuracy=float(np.mean(scores)),
-                                      eval_scores=scores))
+                runs.append(
+                    RunRecord(
+                        run_id=f"{name}-lr{step}-s{seed}",
+                        method=name,
+                        lr=lr,
+                        seed=seed,
+                        rank=8,
+                        batch_size=4,
+                        status="done",
+                        accuracy=float(np.mean(scores)),
+                        eval_scores=scores,
+                    )
+                )
     return runs
 
 

@@ -9,7 +9,11 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 # written at build time by docs/_site_build/generate.py; the strict build below checks links to them
-GENERATED = {ROOT / "docs" / "reference" / "api.md", ROOT / "docs" / "reference" / "cli.md", ROOT / "docs" / "changelog.md"}
+GENERATED = {
+    ROOT / "docs" / "reference" / "api.md",
+    ROOT / "docs" / "reference" / "cli.md",
+    ROOT / "docs" / "changelog.md",
+}
 
 
 def slug(heading: str) -> str:
@@ -19,7 +23,9 @@ def slug(heading: str) -> str:
 
 
 def anchors(page: Path) -> set[str]:
-    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL)  # a '#' inside a code block is no heading
+    text = re.sub(
+        r"```.*?```", "", page.read_text(), flags=re.DOTALL
+    )  # a '#' inside a code block is no heading
     return {slug(line.lstrip("#")) for line in text.splitlines() if re.match(r"#{1,6} ", line)}
 
 
@@ -40,8 +46,10 @@ def dead_links(page: Path) -> list[str]:
 
 
 def test_slug_follows_github() -> None:
-    assert slug("The paper's other models: Gemma-3-1B and Llama-2-7B") == \
-        "the-papers-other-models-gemma-3-1b-and-llama-2-7b"
+    assert (
+        slug("The paper's other models: Gemma-3-1B and Llama-2-7B")
+        == "the-papers-other-models-gemma-3-1b-and-llama-2-7b"
+    )
     assert slug("The replication: three seeds, 256 problems") == "the-replication-three-seeds-256-problems"
 
 
@@ -52,7 +60,10 @@ def test_no_link_between_the_pages_is_dead() -> None:
 
 def test_a_dead_link_is_found(tmp_path: Path) -> None:
     (tmp_path / "a.md").write_text("# Top\n\n[ok](#top) [gone](b.md) [no heading](a.md#nowhere)\n")
-    assert dead_links(tmp_path / "a.md") == ["a.md: b.md (no such file)", "a.md: a.md#nowhere (no such heading)"]
+    assert dead_links(tmp_path / "a.md") == [
+        "a.md: b.md (no such file)",
+        "a.md: a.md#nowhere (no such heading)",
+    ]
 
 
 def test_the_readme_is_a_front_page() -> None:
@@ -75,10 +86,20 @@ def test_the_site_builds_with_warnings_as_errors(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    env = {**os.environ, "DISABLE_MKDOCS_2_WARNING": "true", "NO_MKDOCS_2_WARNING": "1",
-           "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "DISABLE_MKDOCS_2_WARNING": "true",
+        "NO_MKDOCS_2_WARNING": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     api = (tmp_path / "site" / "reference" / "api" / "index.html").read_text()
     import hessian_lora
@@ -94,8 +115,11 @@ def test_the_guides_python_is_the_examples_the_tests_run() -> None:
     # runs exactly the code a reader copies; a hand-written Python block there would run nowhere.
     from test_examples import RUNS
 
-    blocks = [(page.name, block.strip()) for page in sorted((ROOT / "docs" / "guides").glob("*.md"))
-              for block in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.DOTALL)]
+    blocks = [
+        (page.name, block.strip())
+        for page in sorted((ROOT / "docs" / "guides").glob("*.md"))
+        for block in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.DOTALL)
+    ]
     assert blocks
     for page, block in blocks:
         include = re.fullmatch(r'--8<-- "examples/([\w.]+)"', block)

@@ -22,8 +22,12 @@ def test_every_public_name_is_its_home_modules_object() -> None:
 
 def test_the_issue_s_own_check_runs() -> None:
     # `python -c "import hessian_lora as h; h.SharpnessCallback; h.analyze"`, in a fresh interpreter
-    done = subprocess.run([sys.executable, "-c", "import hessian_lora as h; h.SharpnessCallback; h.analyze"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", "import hessian_lora as h; h.SharpnessCallback; h.analyze"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -42,16 +46,24 @@ def test_an_unknown_name_is_an_attribute_error() -> None:
 def test_the_type_checking_imports_list_exactly_the_public_names() -> None:
     # What editors and mypy see must be what __getattr__ serves: the same names from the same modules.
     tree = ast.parse(INIT.read_text())
-    guarded = next(node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
-    seen = {alias.asname or alias.name: node.module for node in guarded.body if isinstance(node, ast.ImportFrom)
-            for alias in node.names}
+    guarded = next(
+        node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+    )
+    seen = {
+        alias.asname or alias.name: node.module
+        for node in guarded.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
     assert seen == hessian_lora._PUBLIC
     assert set(hessian_lora.__all__) == {"__version__", *hessian_lora._PUBLIC}
 
 
 def test_no_public_name_is_shadowed_by_a_submodule() -> None:
     # importing hessian_lora.<name> rebinds the package attribute <name> to the module
-    submodules = {path.stem for path in INIT.parent.iterdir() if path.suffix == ".py" or (path / "__init__.py").exists()}
+    submodules = {
+        path.stem for path in INIT.parent.iterdir() if path.suffix == ".py" or (path / "__init__.py").exists()
+    }
     assert not set(hessian_lora._PUBLIC) & submodules
 
 

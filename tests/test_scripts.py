@@ -36,14 +36,27 @@ def test_init_modules_measures_every_layer_like_the_sweep_and_resumes(tmp_path, 
     run_dir = tmp_path / "run"
     _tiny_config(run_dir)
     script = _script("init_modules")
-    args = [str(run_dir), "--modules", "q_proj", "--layers", "all", "--methods", "lora", "--seeds", "0",
-            "--threads", "1"]
+    args = [
+        str(run_dir),
+        "--modules",
+        "q_proj",
+        "--layers",
+        "all",
+        "--methods",
+        "lora",
+        "--seeds",
+        "0",
+        "--threads",
+        "1",
+    ]
     assert script.main(args) == 0
     path = run_dir / "hessian" / "lora_r4_s0_init_modules.json"
     assert f"wrote {path}" in capsys.readouterr().out
     report = json.loads(path.read_text())
     names = [block["name"] for block in report["blocks"]]
-    assert len(names) == 2 and all(name.endswith("self_attn.q_proj") for name in names)  # both layers of the tiny model
+    assert len(names) == 2 and all(
+        name.endswith("self_attn.q_proj") for name in names
+    )  # both layers of the tiny model
     with sqlite3.connect(run_dir / "results.sqlite") as db:  # no run yet: the reports stand on their own
         db.execute(RUNS_SCHEMA)
     directory = read_run_directory(run_dir)
@@ -53,16 +66,28 @@ def test_init_modules_measures_every_layer_like_the_sweep_and_resumes(tmp_path, 
     assert "wrote" not in capsys.readouterr().out
 
 
-def test_init_modules_cut_short_keeps_its_blocks_aside_and_the_rerun_finishes_them(tmp_path, monkeypatch,
-                                                                                   capsys) -> None:
+def test_init_modules_cut_short_keeps_its_blocks_aside_and_the_rerun_finishes_them(
+    tmp_path, monkeypatch, capsys
+) -> None:
     # A report cut short must not take the final name: the rerun would skip the key and its missing layers.
     import hessian_lora.measurement.measure as measure_module
 
     run_dir = tmp_path / "run"
     _tiny_config(run_dir)
     script = _script("init_modules")
-    args = [str(run_dir), "--modules", "q_proj", "--layers", "all", "--methods", "lora", "--seeds", "0",
-            "--threads", "1"]
+    args = [
+        str(run_dir),
+        "--modules",
+        "q_proj",
+        "--layers",
+        "all",
+        "--methods",
+        "lora",
+        "--seeds",
+        "0",
+        "--threads",
+        "1",
+    ]
     real_write = measure_module.write_report
 
     def write_then_stop(path, report):
@@ -119,10 +144,13 @@ def test_sync_readme_copies_a_heading_body_and_check_names_a_stale_block(tmp_pat
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "analysis.md").write_text(
         "| a | b |\n|---|---|\n| 1 | 2 |\n\nData: one seed.\n\n### Cost\n\n3 runs.\n\n### The claims\n\n| c |\n"
-        "|---|\n| supported |\n")
+        "|---|\n| supported |\n"
+    )
     readme = tmp_path / "README.md"
-    readme.write_text("# x\n\n<!-- from run/analysis.md: (top) -->\nold\n<!-- end -->\n\ntext\n\n"
-                      "<!-- from run/analysis.md: ### The claims -->\n<!-- end -->\n")
+    readme.write_text(
+        "# x\n\n<!-- from run/analysis.md: (top) -->\nold\n<!-- end -->\n\ntext\n\n"
+        "<!-- from run/analysis.md: ### The claims -->\n<!-- end -->\n"
+    )
     assert sync.sync(readme, check=True) == ["run/analysis.md: (top)", "run/analysis.md: ### The claims"]
     assert "old" in readme.read_text()  # --check writes nothing
     assert sync.main(["--readme", str(readme), "--check"]) == 1
@@ -130,7 +158,8 @@ def test_sync_readme_copies_a_heading_body_and_check_names_a_stale_block(tmp_pat
     assert readme.read_text() == (
         "# x\n\n<!-- from run/analysis.md: (top) -->\n| a | b |\n|---|---|\n| 1 | 2 |\n\nData: one seed.\n"
         "<!-- end -->\n\ntext\n\n<!-- from run/analysis.md: ### The claims -->\n| c |\n|---|\n| supported |\n"
-        "<!-- end -->\n")
+        "<!-- end -->\n"
+    )
     assert sync.main(["--readme", str(readme), "--check"]) == 0
 
 

@@ -37,15 +37,18 @@ def tiny_lora(
 ) -> PeftModel:
     """A peft LoRA model on the tiny Llama; ``at_init`` keeps B = 0, otherwise B is drawn (a generic point)."""
     exact = dtype == torch.float64
-    model, _, _ = load_model(TINY_SPEC, device="cpu", seed=seed, attn_implementation="sdpa" if exact else "eager")
+    model, _, _ = load_model(
+        TINY_SPEC, device="cpu", seed=seed, attn_implementation="sdpa" if exact else "eager"
+    )
     if exact:
         for module in model.modules():
             if isinstance(module, LlamaRMSNorm):
                 module.forward = types.MethodType(_rms_norm_in_input_dtype, module)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=dropout, target_modules=list(targets),
-                            use_dora=use_dora)
+        config = LoraConfig(
+            r=rank, lora_alpha=2 * rank, lora_dropout=dropout, target_modules=list(targets), use_dora=use_dora
+        )
         peft_model = get_peft_model(model, config)
         if not at_init:
             for name, param in peft_model.named_parameters():
@@ -63,8 +66,12 @@ def _rms_norm_in_input_dtype(self: LlamaRMSNorm, hidden_states: torch.Tensor) ->
 def exact_loss_sum(model: object, batch: TokenBatch) -> torch.Tensor:
     """``loss_sum`` without its cast to float32 (the logits keep the model's dtype)."""
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch.labels[:, 1:].reshape(-1),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]),
+        batch.labels[:, 1:].reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
 
 
 def loss_for(model: torch.nn.Module) -> object:
@@ -74,7 +81,9 @@ def loss_for(model: torch.nn.Module) -> object:
     return exact_loss_sum if next(model.parameters()).dtype == torch.float64 else loss_sum
 
 
-def synthetic_batches(seed: int = 0, shapes: tuple[tuple[int, int, int], ...] = ((2, 16, 6), (3, 12, 4))) -> list[TokenBatch]:
+def synthetic_batches(
+    seed: int = 0, shapes: tuple[tuple[int, int, int], ...] = ((2, 16, 6), (3, 12, 4))
+) -> list[TokenBatch]:
     """Batches of (rows, length, prompt length); the first row of each batch ends in 3 padding tokens."""
     generator = torch.Generator().manual_seed(seed)
     batches = []
@@ -98,12 +107,16 @@ def module_block(model: torch.nn.Module, module: str = "q_proj", layer: int = 0)
 
 def dense_hessian(model: torch.nn.Module, batches: list[TokenBatch], block: ParameterBlock) -> torch.Tensor:
     """The block's Hessian in float64, column by column from exact double-backward products, symmetrised."""
-    operator = HessianOperator(model, batches, block, backend="double_backward", reuse=True, loss_fn=loss_for(model))
+    operator = HessianOperator(
+        model, batches, block, backend="double_backward", reuse=True, loss_fn=loss_for(model)
+    )
     dense = operator.to_dense().double()
     return (dense + dense.T) / 2
 
 
-def operator_for(model: torch.nn.Module, batches: list[TokenBatch], block: object, **options: object) -> HessianOperator:
+def operator_for(
+    model: torch.nn.Module, batches: list[TokenBatch], block: object, **options: object
+) -> HessianOperator:
     """A HessianOperator with the loss that suits the model's dtype (:func:`loss_for`)."""
     return HessianOperator(model, batches, block, loss_fn=loss_for(model), **options)  # type: ignore[arg-type]
 
@@ -111,6 +124,9 @@ def operator_for(model: torch.nn.Module, batches: list[TokenBatch], block: objec
 def spectrum_operator(eigenvalues: list[float], seed: int = 0) -> DenseOperator:
     """A float64 symmetric matrix with exactly these eigenvalues, in a random orthonormal basis."""
     values = torch.tensor(eigenvalues, dtype=torch.float64)
-    q, _ = torch.linalg.qr(torch.randn(len(values), len(values), generator=torch.Generator().manual_seed(seed),
-                                       dtype=torch.float64))
+    q, _ = torch.linalg.qr(
+        torch.randn(
+            len(values), len(values), generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+        )
+    )
     return DenseOperator(q @ torch.diag(values) @ q.T)

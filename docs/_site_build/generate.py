@@ -22,16 +22,24 @@ def public_names() -> dict[str, str]:
     """``hessian_lora._PUBLIC`` read from the source (no import: the package's modules load torch)."""
     tree = ast.parse((ROOT / "hessian_lora" / "__init__.py").read_text())
     for node in tree.body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == "_PUBLIC":
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and node.target.id == "_PUBLIC"
+        ):
             return dict(ast.literal_eval(node.value))
     raise SystemExit("hessian_lora/__init__.py defines no _PUBLIC table")
 
 
 def api_page() -> str:
     """The Python API page: a mkdocstrings entry per public name, grouped by the module that owns it."""
-    lines = ["# Python API", "",
-             "Everything below is importable from the package's top: `import hessian_lora as h; h.eigen(...)`.",
-             "Each entry is generated from the docstring of the name's one home (the module in its heading).", ""]
+    lines = [
+        "# Python API",
+        "",
+        "Everything below is importable from the package's top: `import hessian_lora as h; h.eigen(...)`.",
+        "Each entry is generated from the docstring of the name's one home (the module in its heading).",
+        "",
+    ]
     by_module: dict[str, list[str]] = {}
     for name, module in public_names().items():
         by_module.setdefault(module, []).append(name)
@@ -47,8 +55,16 @@ def cli_page() -> str:
     from hessian_lora.cli.main import build_parser  # local: the build imports the CLI only to print its help
 
     parser = build_parser()
-    lines = ["# Command line", "", "Every command's `--help`, generated from the parser at build time.", "",
-             "```text", parser.format_help().rstrip(), "```", ""]
+    lines = [
+        "# Command line",
+        "",
+        "Every command's `--help`, generated from the parser at build time.",
+        "",
+        "```text",
+        parser.format_help().rstrip(),
+        "```",
+        "",
+    ]
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for name, sub in subparsers.choices.items():
         lines += [f"## `hessian-lora {name}`", "", "```text", sub.format_help().rstrip(), "```", ""]

@@ -35,8 +35,26 @@ from hessian_lora.methods.registry import method_sort_key
 from hessian_lora.settings.schemas import read_config
 
 # Config keys that are grid axes, bookkeeping or measurement options: never an ablation axis between directories.
-_NOT_AXES = frozenset({"name", "methods", "method", "lr", "lrs", "seeds", "seed", "ranks", "rank", "batch_sizes",
-                       "batch_size", "checkpoints", "ray", "hessian", "eval", "search"})
+_NOT_AXES = frozenset(
+    {
+        "name",
+        "methods",
+        "method",
+        "lr",
+        "lrs",
+        "seeds",
+        "seed",
+        "ranks",
+        "rank",
+        "batch_sizes",
+        "batch_size",
+        "checkpoints",
+        "ray",
+        "hessian",
+        "eval",
+        "search",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -46,7 +64,9 @@ class Setting:
     run_dir: str
     rank: int | None
     batch_size: int | None
-    values: Mapping[str, Any]  # the axes that vary across the compared settings, e.g. {"rank": 8, "n_train": 500}
+    values: Mapping[
+        str, Any
+    ]  # the axes that vary across the compared settings, e.g. {"rank": 8, "n_train": 500}
 
     @property
     def label(self) -> str:
@@ -55,8 +75,9 @@ class Setting:
         return ", ".join(f"{short.get(key, key)}={value}" for key, value in self.values.items()) or "all runs"
 
 
-def find_settings(run_dirs: Sequence[str | os.PathLike[str]], *, rank: int | None = None,
-                  batch_size: int | None = None) -> list[Setting]:
+def find_settings(
+    run_dirs: Sequence[str | os.PathLike[str]], *, rank: int | None = None, batch_size: int | None = None
+) -> list[Setting]:
     """Every (run directory, rank, batch size) present, optionally narrowed to one rank / batch size, labelled by
     the axes that actually vary."""
     check_distinct(run_dirs)
@@ -69,10 +90,14 @@ def find_settings(run_dirs: Sequence[str | os.PathLike[str]], *, rank: int | Non
             if (rank is None or run_rank == rank) and (batch_size is None or run_batch == batch_size):
                 found.append((str(run_dir), run_rank, run_batch, config))
     if not found:
-        raise UserError(f"no run with rank={rank} batch_size={batch_size}: check `hessian-lora results RUN_DIR`.")
+        raise UserError(
+            f"no run with rank={rank} batch_size={batch_size}: check `hessian-lora results RUN_DIR`."
+        )
     configs = [config for *_, config in found]
     keys = sorted({key for config in configs for key in config} - _NOT_AXES)
-    varying = [key for key in keys if len({json.dumps(c.get(key), sort_keys=True, default=str) for c in configs}) > 1]
+    varying = [
+        key for key in keys if len({json.dumps(c.get(key), sort_keys=True, default=str) for c in configs}) > 1
+    ]
     settings = []
     for run_dir, run_rank, run_batch, config in found:
         values: dict[str, Any] = {}
@@ -107,12 +132,22 @@ class Ablation:
 
     def to_dict(self) -> dict[str, Any]:
         """The comparison as JSON-able data (``ablation.json``)."""
-        return jsonable({
-            "axes": list(self.axes),
-            "settings": [{"label": s.label, "run_dir": s.run_dir, "rank": s.rank, "batch_size": s.batch_size,
-                          "values": dict(s.values)} for s in self.settings],
-            "analyses": [analysis.to_dict() for analysis in self.analyses],
-        })
+        return jsonable(
+            {
+                "axes": list(self.axes),
+                "settings": [
+                    {
+                        "label": s.label,
+                        "run_dir": s.run_dir,
+                        "rank": s.rank,
+                        "batch_size": s.batch_size,
+                        "values": dict(s.values),
+                    }
+                    for s in self.settings
+                ],
+                "analyses": [analysis.to_dict() for analysis in self.analyses],
+            }
+        )
 
 
 def check_distinct(run_dirs: Sequence[str | os.PathLike[str]]) -> None:
@@ -123,13 +158,20 @@ def check_distinct(run_dirs: Sequence[str | os.PathLike[str]]) -> None:
         key = Path(run_dir).resolve()
         if key in seen:
             same = f" (as {seen[key]} and {run_dir})" if seen[key] != str(run_dir) else ""
-            raise UserError(f"run directory {run_dir} is given twice{same}: a directory compared with itself "
-                            "shows nothing; give each RUN_DIR once.")
+            raise UserError(
+                f"run directory {run_dir} is given twice{same}: a directory compared with itself "
+                "shows nothing; give each RUN_DIR once."
+            )
         seen[key] = str(run_dir)
 
 
-def analyze_ablation(run_dirs: Sequence[str | os.PathLike[str]], *, rank: int | None = None,
-                     batch_size: int | None = None, **options: Any) -> Ablation:
+def analyze_ablation(
+    run_dirs: Sequence[str | os.PathLike[str]],
+    *,
+    rank: int | None = None,
+    batch_size: int | None = None,
+    **options: Any,
+) -> Ablation:
     """:func:`analyze` once per setting (rank, batch size, run directory) of ``run_dirs``.
 
     Args:
@@ -168,8 +210,14 @@ def _cell(analysis: Analysis, method: str, what: str) -> str:
 def lr_table(ablation: Ablation, method: str) -> tuple[list[float], list[tuple[str, list[float | None]]]]:
     """The seed-mean metric of ``method`` per setting (rows) and learning rate (columns): with batch size as the
     varying axis, the paper's batch-size × LR table."""
-    lrs = sorted({lr for analysis in ablation.analyses if method in analysis.methods
-                  for lr in analysis.methods[method].lrs})
+    lrs = sorted(
+        {
+            lr
+            for analysis in ablation.analyses
+            if method in analysis.methods
+            for lr in analysis.methods[method].lrs
+        }
+    )
     rows = []
     for setting, analysis in zip(ablation.settings, ablation.analyses):
         summary = analysis.methods.get(method)
@@ -188,8 +236,14 @@ def ablation_markdown(ablation: Ablation) -> str:
     header = "| setting | " + " | ".join(methods) + " |"
     rule = "|---" * (len(methods) + 1) + "|"
     level = ablation.analyses[0].level
-    lines = [f"# Ablation over {', '.join(ablation.axes) or 'settings'} ({len(ablation.settings)} settings)", "",
-             f"## η* per method ({level:.0%} CI; ≥/≤: censored at the grid edge)", "", header, rule]
+    lines = [
+        f"# Ablation over {', '.join(ablation.axes) or 'settings'} ({len(ablation.settings)} settings)",
+        "",
+        f"## η* per method ({level:.0%} CI; ≥/≤: censored at the grid edge)",
+        "",
+        header,
+        rule,
+    ]
     for setting, analysis in zip(ablation.settings, ablation.analyses):
         lines.append(f"| {setting.label} | " + " | ".join(_cell(analysis, m, "eta") for m in methods) + " |")
     unit = " (points)" if metric in SCORE_METRICS else ""
@@ -198,8 +252,13 @@ def ablation_markdown(ablation: Ablation) -> str:
         lines.append(f"| {setting.label} | " + " | ".join(_cell(analysis, m, "peak") for m in methods) + " |")
     for method in methods:
         lrs, rows = lr_table(ablation, method)
-        lines += ["", f"## {method}: {metric}{unit} per setting × learning rate (* = best LR of the row)", "",
-                  "| setting | " + " | ".join(f"{lr:.3g}" for lr in lrs) + " |", "|---" * (len(lrs) + 1) + "|"]
+        lines += [
+            "",
+            f"## {method}: {metric}{unit} per setting × learning rate (* = best LR of the row)",
+            "",
+            "| setting | " + " | ".join(f"{lr:.3g}" for lr in lrs) + " |",
+            "|---" * (len(lrs) + 1) + "|",
+        ]
         for label, values in rows:
             finite = [v for v in values if v is not None]
             best = (max if ablation.analyses[0].higher_is_better else min)(finite) if finite else None
@@ -219,7 +278,8 @@ def write_ablation(ablation: Ablation, out_dir: str | os.PathLike[str] | None = 
     return json_path, md_path
 
 
-def is_ablation(run_dirs: Sequence[str | os.PathLike[str]], *, rank: int | None, batch_size: int | None) -> bool:
+def is_ablation(
+    run_dirs: Sequence[str | os.PathLike[str]], *, rank: int | None, batch_size: int | None
+) -> bool:
     """Whether the runs hold more than one setting (several directories, ranks or batch sizes)."""
     return len(run_dirs) > 1 or len(find_settings(run_dirs, rank=rank, batch_size=batch_size)) > 1
-

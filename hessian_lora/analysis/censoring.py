@@ -56,8 +56,13 @@ def extension_lrs(lrs: Sequence[float], side: Literal["low", "high"]) -> list[fl
     return [float(f"{edge * 10 ** (sign * step * k):.3g}") for k in range(1, count + 1)]
 
 
-def extension_advice(censored: Mapping[str, Censoring], lrs_by_method: Mapping[str, Sequence[float]],
-                     run_dir: str, *, adaptive: bool = False) -> str:
+def extension_advice(
+    censored: Mapping[str, Censoring],
+    lrs_by_method: Mapping[str, Sequence[float]],
+    run_dir: str,
+    *,
+    adaptive: bool = False,
+) -> str:
     """One sentence: which LRs to add (per censored side) and the command that runs only the new points. An
     adaptive search has no ``lr`` list to edit: it extends past an edge by itself, so the advice is to resume it
     (and where it stopped at its budget, to raise ``max_runs``)."""
@@ -65,17 +70,21 @@ def extension_advice(censored: Mapping[str, Censoring], lrs_by_method: Mapping[s
     if not sides:
         return ""
     if adaptive:
-        return (f"let the adaptive search extend past the edge: rerun `hessian-lora sweep CONFIG --out {run_dir}` "
-                f"(it resumes), and where search.json says it stopped at its run budget, raise `max_runs` under "
-                f"`search:` in CONFIG")
+        return (
+            f"let the adaptive search extend past the edge: rerun `hessian-lora sweep CONFIG --out {run_dir}` "
+            f"(it resumes), and where search.json says it stopped at its run budget, raise `max_runs` under "
+            f"`search:` in CONFIG"
+        )
     grid = sorted({lr for method in censored for lr in lrs_by_method.get(method, ())})
     added: list[float] = []
     for side in sorted(sides):
         added += extension_lrs(grid, side)
     new_grid = sorted(set(grid) | set(added))
     listed = ", ".join(f"{lr:.3g}" for lr in new_grid)
-    return (f"extend the grid: add lr {', '.join(f'{lr:.3g}' for lr in sorted(added))} (set `lr: [{listed}]` in "
-            f"CONFIG) and run `hessian-lora sweep CONFIG --out {run_dir} --extend`")
+    return (
+        f"extend the grid: add lr {', '.join(f'{lr:.3g}' for lr in sorted(added))} (set `lr: [{listed}]` in "
+        f"CONFIG) and run `hessian-lora sweep CONFIG --out {run_dir} --extend`"
+    )
 
 
 def censored_summary(censored: Mapping[str, Censoring], etas: Mapping[str, float], total: int) -> str:

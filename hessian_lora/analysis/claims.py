@@ -47,14 +47,19 @@ REFERENCE = DEFAULT_METHOD
 PEAK_TOLERANCE_POINTS = 2.0
 # The paper's figures, each method's in its spec (hessian_lora/methods/<name>.py, ``paper``):
 # η*_LoRA / η*_method as the paper reports it (Qwen3-0.6B, r = 128); OLoRA's and LoRA-GA's is the paper's "up to".
-PAPER_LR_FACTOR: Mapping[str, float] = {name: spec.paper.lr_factor for name, spec in METHODS.items() if spec.paper}
+PAPER_LR_FACTOR: Mapping[str, float] = {
+    name: spec.paper.lr_factor for name, spec in METHODS.items() if spec.paper
+}
 # λ_max(method) / λ_max(LoRA) per q_proj module as the paper reports it (approximate: "~10×", "~2×", "up to ~100×").
-PAPER_LAMBDA_RATIO: Mapping[str, float] = {name: spec.paper.lambda_ratio for name, spec in METHODS.items()
-                                           if spec.paper}
-UP_TO = frozenset(name for name, spec in METHODS.items() if spec.paper and spec.paper.up_to)  # the paper's "up to"
+PAPER_LAMBDA_RATIO: Mapping[str, float] = {
+    name: spec.paper.lambda_ratio for name, spec in METHODS.items() if spec.paper
+}
+UP_TO = frozenset(
+    name for name, spec in METHODS.items() if spec.paper and spec.paper.up_to
+)  # the paper's "up to"
 # An "up to" is the larger figure of OLoRA and LoRA-GA, not each one's: a value below it cannot contradict it, and
 # it confirms no value either, so it is not called "differs" (nor "consistent").
-UNDER_UP_TO = "below the paper's \"up to\": not a contradiction, and no value to confirm"
+UNDER_UP_TO = 'below the paper\'s "up to": not a contradiction, and no value to confirm'
 PAPER_SETUP = "Qwen3-0.6B-Base, r = 128, one epoch of MetaMathQA (GSM8K/MATH), seeds 1–3"
 
 
@@ -91,7 +96,9 @@ def _problems(points: float, n_problems: int | None) -> str:
     """``0.1 points = 0.27 problems`` (the distance in the score's own granularity), or the points alone."""
     text = f"{points:.2g} points"
     if n_problems:
-        text += f" = {points * n_problems / 100:.2g} problem{'s' if abs(points * n_problems / 100) != 1 else ''}"
+        text += (
+            f" = {points * n_problems / 100:.2g} problem{'s' if abs(points * n_problems / 100) != 1 else ''}"
+        )
     return text
 
 
@@ -101,8 +108,11 @@ def _seeds_text(power: Mapping[str, Any] | None, data: Mapping[str, Any], method
         return ""
     components = power.get("components") or {}
     seeds, problems = components.get("n_seeds"), components.get("n_problems")
-    needed, more_problems, problems_needed = (power.get("seeds_needed"), power.get("seeds_needed_4x_problems"),
-                                              power.get("problems_needed"))
+    needed, more_problems, problems_needed = (
+        power.get("seeds_needed"),
+        power.get("seeds_needed_4x_problems"),
+        power.get("problems_needed"),
+    )
     if needed is not None:
         runs = sum(len(data["methods"][name].get("lrs") or []) for name in methods if name in data["methods"])
         extra = max(needed - (seeds or 0), 0) * runs
@@ -111,33 +121,54 @@ def _seeds_text(power: Mapping[str, Any] | None, data: Mapping[str, Any], method
         text = f"{needed} seeds at {problems} problems would decide it ({extra} more runs{cost})"
     else:
         text = f"no number of seeds decides it at {problems} problems"
-        text += (f"; at {4 * (problems or 0)} problems, {more_problems} seeds" if more_problems is not None else
-                 f", nor at {4 * (problems or 0)} problems")
-        text += (f"; {problems_needed} problems at {seeds} seeds" if problems_needed is not None else
-                 f", nor any number of problems at {seeds} seeds")
+        text += (
+            f"; at {4 * (problems or 0)} problems, {more_problems} seeds"
+            if more_problems is not None
+            else f", nor at {4 * (problems or 0)} problems"
+        )
+        text += (
+            f"; {problems_needed} problems at {seeds} seeds"
+            if problems_needed is not None
+            else f", nor any number of problems at {seeds} seeds"
+        )
     return f"; power (80 %, the observed gap taken as true): {text}"
 
 
-def _equivalence(interval: Sequence[float], point: float, data: Mapping[str, Any], power: Mapping[str, Any] | None,
-                 methods: Sequence[str]) -> tuple[str, str]:
+def _equivalence(
+    interval: Sequence[float],
+    point: float,
+    data: Mapping[str, Any],
+    power: Mapping[str, Any] | None,
+    methods: Sequence[str],
+) -> tuple[str, str]:
     """(ours, verdict) of one gap's equivalence test against ±2 points from its 90 % interval."""
     n = data.get("n_eval_examples")
     low, high = float(interval[0]), float(interval[1])
     margin = PEAK_TOLERANCE_POINTS / 100
     ours = f"{_points(point)} points, 90 % [{_points(low)}, {_points(high)}]"
     grain = f" (one problem = {100 / n:.2g} points)" if n else ""
-    close = "; under one problem: one answer could flip it" if n and min(abs(low + margin), abs(high + margin)) \
-        < 1 / n else ""
+    close = (
+        "; under one problem: one answer could flip it"
+        if n and min(abs(low + margin), abs(high + margin)) < 1 / n
+        else ""
+    )
     if -margin < low and high < margin:
-        verdict = (f"supported: equivalent within ±2 points (both one-sided tests pass); the interval clears −2 by "
-                   f"{_problems((low + margin) * 100, n)}{grain}{close}")
+        verdict = (
+            f"supported: equivalent within ±2 points (both one-sided tests pass); the interval clears −2 by "
+            f"{_problems((low + margin) * 100, n)}{grain}{close}"
+        )
     elif high < -margin:
-        verdict = (f"contradicted: the 90 % interval lies below −2 points, by "
-                   f"{_problems((-margin - high) * 100, n)}{grain}{close}")
+        verdict = (
+            f"contradicted: the 90 % interval lies below −2 points, by "
+            f"{_problems((-margin - high) * 100, n)}{grain}{close}"
+        )
     else:
         side = low if low <= -margin else high
-        where = f"reaches {_problems((-margin - low) * 100, n)} below −2" if side == low else \
-            f"reaches {_problems((high - margin) * 100, n)} above +2"
+        where = (
+            f"reaches {_problems((-margin - low) * 100, n)} below −2"
+            if side == low
+            else f"reaches {_problems((high - margin) * 100, n)} above +2"
+        )
         verdict = f"not resolved: the 90 % interval {where}{grain}{close}" + _seeds_text(power, data, methods)
     return ours, verdict
 
@@ -145,8 +176,15 @@ def _equivalence(interval: Sequence[float], point: float, data: Mapping[str, Any
 def _peak_rows(data: Mapping[str, Any]) -> list[ClaimRow]:
     claim = "tuned, every method peaks within 1–2 % of the best (equivalence: two one-sided tests, ±2 points)"
     if data["metric"] not in SCORE_METRICS:
-        return [ClaimRow(claim, "all", "within 1–2 %", f"metric {data['metric']}",
-                         "not testable: the optimum was decided by a loss, not a score")]
+        return [
+            ClaimRow(
+                claim,
+                "all",
+                "within 1–2 %",
+                f"metric {data['metric']}",
+                "not testable: the optimum was decided by a loss, not a score",
+            )
+        ]
     rows = []
     best = data.get("best_method")
     for name, method in data["methods"].items():
@@ -155,28 +193,49 @@ def _peak_rows(data: Mapping[str, Any]) -> list[ClaimRow]:
             continue
         point = -method["gap_to_best"]  # a score: higher is better, so the gap is a shortfall
         if method.get("censored"):
-            rows.append(ClaimRow(claim, name, "within 1–2 %", f"{_points(point)} points (optimum at an edge)",
-                                 "not testable: the method's optimum was not reached"))
+            rows.append(
+                ClaimRow(
+                    claim,
+                    name,
+                    "within 1–2 %",
+                    f"{_points(point)} points (optimum at an edge)",
+                    "not testable: the method's optimum was not reached",
+                )
+            )
             continue
         interval = method.get("gap_ci_equivalence")
         if not interval:
-            rows.append(ClaimRow(claim, name, "within 1–2 %", f"{_points(point)} points (no interval)",
-                                 "not resolved: no interval"))
+            rows.append(
+                ClaimRow(
+                    claim,
+                    name,
+                    "within 1–2 %",
+                    f"{_points(point)} points (no interval)",
+                    "not resolved: no interval",
+                )
+            )
             continue
         ours, verdict = _equivalence(interval, point, data, method.get("power"), [name, best or REFERENCE])
         rows.append(ClaimRow(claim, name, "within 1–2 %", ours, verdict))
     pooled = data.get("pooled_gap")
     if pooled and pooled.get("gap_ci_equivalence"):
         names = list(pooled["methods"])
-        ours, verdict = _equivalence(pooled["gap_ci_equivalence"], pooled["gap"], data, pooled.get("power"),
-                                     [*names, best or REFERENCE])
-        rows.append(ClaimRow(claim, f"pooled ({len(names)} methods)", "within 1–2 %",
-                             f"mean gap {ours}", verdict))
+        ours, verdict = _equivalence(
+            pooled["gap_ci_equivalence"],
+            pooled["gap"],
+            data,
+            pooled.get("power"),
+            [*names, best or REFERENCE],
+        )
+        rows.append(
+            ClaimRow(claim, f"pooled ({len(names)} methods)", "within 1–2 %", f"mean gap {ours}", verdict)
+        )
     return rows
 
 
-def _against_lora(data: Mapping[str, Any], factors: Mapping[str, float], prefix: str = ""
-                  ) -> Iterator[tuple[str, str, Mapping[str, Any], Mapping[str, Any]]]:
+def _against_lora(
+    data: Mapping[str, Any], factors: Mapping[str, float], prefix: str = ""
+) -> Iterator[tuple[str, str, Mapping[str, Any], Mapping[str, Any]]]:
     """(method, the paper's figure as text, the method's summary, LoRA's) for each method the paper gives a factor
     for and the run has; nothing without LoRA. OLoRA's and LoRA-GA's figure is the paper's "up to"."""
     methods = data["methods"]
@@ -194,16 +253,21 @@ def _censored_ends(interval: Sequence[float], lrs: Sequence[float]) -> tuple[boo
     there is a bound: the true end may lie beyond)."""
     if not lrs:
         return False, False
-    return (math.isclose(interval[0], min(lrs), rel_tol=1e-9), math.isclose(interval[1], max(lrs), rel_tol=1e-9))
+    return (
+        math.isclose(interval[0], min(lrs), rel_tol=1e-9),
+        math.isclose(interval[1], max(lrs), rel_tol=1e-9),
+    )
 
 
 def _seed_flag(method: Mapping[str, Any], reference: Mapping[str, Any], name: str) -> str:
-    """"; flagged: without seed 2, 4.45×" for each seed whose removal moves either optimum (a one-seed optimum)."""
+    """The text ``; flagged: without seed 2, 4.45×`` for each seed whose removal moves either optimum (a one-seed
+    optimum)."""
     parts = []
     for who, summary in ((name, method), (REFERENCE, reference)):
         for seed in summary.get("seeds_moving_optimum") or []:
-            without = (summary.get("eta_star_without_seed") or {}).get(str(seed)) or \
-                (summary.get("eta_star_without_seed") or {}).get(seed)
+            without = (summary.get("eta_star_without_seed") or {}).get(str(seed)) or (
+                summary.get("eta_star_without_seed") or {}
+            ).get(seed)
             if without is None:
                 continue
             ratio = reference["eta_star"] / without if who == name else without / method["eta_star"]
@@ -211,7 +275,9 @@ def _seed_flag(method: Mapping[str, Any], reference: Mapping[str, Any], name: st
     return f"; flagged, one seed moves the optimum past half an LR step: {', '.join(parts)}" if parts else ""
 
 
-def _lr_verdict(low: float, high: float, factor: float, name: str, low_censored: bool, high_censored: bool) -> str:
+def _lr_verdict(
+    low: float, high: float, factor: float, name: str, low_censored: bool, high_censored: bool
+) -> str:
     """The LR-ratio rule of the module docstring; a censored end widens the interval on its side without limit."""
     if high < factor and not high_censored:
         return UNDER_UP_TO if name in UP_TO else "differs: our interval is below the paper's factor"
@@ -219,8 +285,10 @@ def _lr_verdict(low: float, high: float, factor: float, name: str, low_censored:
         return "differs: our interval is above the paper's factor"
     if low_censored or high_censored:
         end = "lower" if low_censored else "upper"
-        return (f"not testable: the interval's {end} end is set by the edge of the LRs searched (a censored end), "
-                "and the verdict turns on it")
+        return (
+            f"not testable: the interval's {end} end is set by the edge of the LRs searched (a censored end), "
+            "and the verdict turns on it"
+        )
     if low <= 1.0:
         return "not resolved: the interval holds the paper's factor and also 1× (no difference)"
     return "consistent: the paper's factor is inside our interval, and 1× (no difference) is not"
@@ -236,12 +304,21 @@ def _lr_rows(data: Mapping[str, Any]) -> list[ClaimRow]:
         point = reference["eta_star"] / method["eta_star"]
         if method.get("censored") or reference.get("censored"):
             edge = name if method.get("censored") else REFERENCE
-            rows.append(ClaimRow(claim, name, paper, f"{_ratio(point)} (bound: {edge}'s η* at an edge)",
-                                 "not testable: an optimum was not reached"))
+            rows.append(
+                ClaimRow(
+                    claim,
+                    name,
+                    paper,
+                    f"{_ratio(point)} (bound: {edge}'s η* at an edge)",
+                    "not testable: an optimum was not reached",
+                )
+            )
             continue
         ours_ci, ref_ci = method.get("eta_ci"), reference.get("eta_ci")
         if not ours_ci or not ref_ci:
-            rows.append(ClaimRow(claim, name, paper, f"{_ratio(point)} (no interval)", "not resolved: no interval"))
+            rows.append(
+                ClaimRow(claim, name, paper, f"{_ratio(point)} (no interval)", "not resolved: no interval")
+            )
             continue
         low, high = ref_ci[0] / ours_ci[1], ref_ci[1] / ours_ci[0]
         ours_low, ours_high = _censored_ends(ours_ci, method.get("lrs") or [])
@@ -249,10 +326,23 @@ def _lr_rows(data: Mapping[str, Any]) -> list[ClaimRow]:
         # The ratio's low end is LoRA's low end over the method's high end, and the other way round.
         low_censored, high_censored = ref_low or ours_high, ref_high or ours_low
         verdict = _lr_verdict(low, high, factor, name, low_censored, high_censored)
-        ends = "".join(mark for mark, flag in ((" (lower end censored)", low_censored),
-                                               (" (upper end censored)", high_censored)) if flag)
-        rows.append(ClaimRow(claim, name, paper, f"{_ratio(point)} [{_ratio(low)}, {_ratio(high)}]{ends}",
-                             verdict + _seed_flag(method, reference, name)))
+        ends = "".join(
+            mark
+            for mark, flag in (
+                (" (lower end censored)", low_censored),
+                (" (upper end censored)", high_censored),
+            )
+            if flag
+        )
+        rows.append(
+            ClaimRow(
+                claim,
+                name,
+                paper,
+                f"{_ratio(point)} [{_ratio(low)}, {_ratio(high)}]{ends}",
+                verdict + _seed_flag(method, reference, name),
+            )
+        )
     return rows
 
 
@@ -268,14 +358,20 @@ def _seed_spread(method: Mapping[str, Any], reference: Mapping[str, Any]) -> str
 def per_module_ratios(ours: Mapping[str, float], reference: Mapping[str, float]) -> dict[str, float]:
     """λ_max(method) / λ_max(reference) of each module both measured (matched by name, so a layer is compared
     with the reference's same layer): the paper's per-layer view, which the claims and figure (c) both use."""
-    return {name: float(ours[name]) / float(reference[name]) for name in sorted(ours)
-            if name in reference and ours[name] and reference[name]}
+    return {
+        name: float(ours[name]) / float(reference[name])
+        for name in sorted(ours)
+        if name in reference and ours[name] and reference[name]
+    }
 
 
 def _per_layer_ratios(method: Mapping[str, Any], reference: Mapping[str, Any]) -> list[float]:
     """:func:`per_module_ratios` of two methods' summaries at init ([] where either has no modules)."""
-    return list(per_module_ratios(method.get("lambda_init_modules") or {},
-                                  reference.get("lambda_init_modules") or {}).values())
+    return list(
+        per_module_ratios(
+            method.get("lambda_init_modules") or {}, reference.get("lambda_init_modules") or {}
+        ).values()
+    )
 
 
 def _lambda_rows(data: Mapping[str, Any]) -> list[ClaimRow]:
@@ -283,23 +379,32 @@ def _lambda_rows(data: Mapping[str, Any]) -> list[ClaimRow]:
     rows = []
     for name, paper, method, reference in _against_lora(data, PAPER_LAMBDA_RATIO, prefix="~"):
         factor = PAPER_LAMBDA_RATIO[name]
-        module, ref_module = method.get("lambda_init_module_median"), reference.get("lambda_init_module_median")
+        module, ref_module = (
+            method.get("lambda_init_module_median"),
+            reference.get("lambda_init_module_median"),
+        )
         whole, ref_whole = method.get("lambda_init_whole"), reference.get("lambda_init_whole")
         per_layer = _per_layer_ratios(method, reference)
         basis = method.get("lambda_init_module_basis")
         if per_layer:
             # The paper's view (and figure c's): each module's ratio to LoRA's same module, then their median.
             ratio = float(np.median(per_layer))
-            block = f"median of {len(per_layer)} per-module ratios, {min(per_layer):.3g}–{max(per_layer):.3g}×" \
+            block = (
+                f"median of {len(per_layer)} per-module ratios, {min(per_layer):.3g}–{max(per_layer):.3g}×"
                 + (f": {basis}" if basis else "")
+            )
         elif module and ref_module:
             ratio, block = module / ref_module, "per-module median" + (f": {basis}" if basis else "")
         elif whole and ref_whole:
             ratio, block = whole / ref_whole, "whole adapter"
         else:
             continue
-        ours = f"{_ratio(ratio)} ({block}{_seed_spread(method, reference) if block == 'whole adapter' else ''})"
-        flag = "lambda_init_whole_uncertified" if block == "whole adapter" else "lambda_init_module_uncertified"
+        ours = (
+            f"{_ratio(ratio)} ({block}{_seed_spread(method, reference) if block == 'whole adapter' else ''})"
+        )
+        flag = (
+            "lambda_init_whole_uncertified" if block == "whole adapter" else "lambda_init_module_uncertified"
+        )
         uncertified = method.get(flag) or reference.get(flag)
         low, high = paper_band(factor)
         band = f"band [{_ratio(low)}, {_ratio(high)}]"
@@ -323,7 +428,10 @@ def _lambda_rows(data: Mapping[str, Any]) -> list[ClaimRow]:
     return rows
 
 
-SOURCE_NAMES = {"whole": "whole-adapter λ", "module_median": "per-module λ (module medians, the paper's block)"}
+SOURCE_NAMES = {
+    "whole": "whole-adapter λ",
+    "module_median": "per-module λ (module medians, the paper's block)",
+}
 
 
 def _relation_fits(data: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
@@ -341,15 +449,24 @@ def _relation_rows(data: Mapping[str, Any]) -> list[ClaimRow]:
     relation = data.get("relation") or {}
     fits = _relation_fits(data)
     if not fits:
-        return [ClaimRow(claim, "all", "yes (its explanation of the LR gaps)", relation.get("note") or "no fit",
-                         "not testable: too few interior optima")]
+        return [
+            ClaimRow(
+                claim,
+                "all",
+                "yes (its explanation of the LR gaps)",
+                relation.get("note") or "no fit",
+                "not testable: too few interior optima",
+            )
+        ]
     rows = []
     for source, fit in fits.items():
         slope, interval = fit["slope"], fit.get("slope_ci95")
         rho, r2 = fit.get("spearman_rho"), fit.get("r2")
         count = len(fit.get("methods") or []) or relation.get("n_methods", 0)
         ours = f"slope {slope:.2f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
-        ours += (f", R² {r2:.2f}" if r2 is not None else "") + (f", Spearman ρ {rho:.2f}" if rho is not None else "")
+        ours += (f", R² {r2:.2f}" if r2 is not None else "") + (
+            f", Spearman ρ {rho:.2f}" if rho is not None else ""
+        )
         ours += f" over {count} methods"
         if not interval:
             verdict = "not resolved: no interval"
@@ -363,8 +480,11 @@ def _relation_rows(data: Mapping[str, Any]) -> list[ClaimRow]:
         rows.append(ClaimRow(claim, method, "yes (its explanation of the LR gaps)", ours, verdict))
         if interval:
             holds = interval[0] <= -1.0 <= interval[1]
-            said = ("consistent: the slope's interval holds −1" if holds else
-                    f"rejected: the slope's interval excludes −1 ({'above' if interval[0] > -1 else 'below'} it)")
+            said = (
+                "consistent: the slope's interval holds −1"
+                if holds
+                else f"rejected: the slope's interval excludes −1 ({'above' if interval[0] > -1 else 'below'} it)"
+            )
             rows.append(ClaimRow(inverse, method, "not claimed; tested as the bound's form", ours, said))
     return rows
 
@@ -394,7 +514,9 @@ def claims_markdown(rows: Sequence[ClaimRow], data: Mapping[str, Any]) -> str:
     """The table as markdown, headed by both setups and what the evidence is (seeds, problems, the score's
     granularity), so no verdict reads as more."""
     seeds = sorted({int(m.get("n_seeds") or 0) for m in data["methods"].values()})
-    seeds_text = "–".join(str(s) for s in (seeds[0], seeds[-1])) if len(seeds) > 1 else str(seeds[0] if seeds else 0)
+    seeds_text = (
+        "–".join(str(s) for s in (seeds[0], seeds[-1])) if len(seeds) > 1 else str(seeds[0] if seeds else 0)
+    )
     problems = data.get("n_eval_examples")
     level = data.get("level", 0.95)
     ours = setup_text(data.get("setup") or {})
@@ -416,5 +538,7 @@ def claims_markdown(rows: Sequence[ClaimRow], data: Mapping[str, Any]) -> str:
 
 
 def _basis(data: Mapping[str, Any]) -> str:
-    bases = sorted({str(m.get("uncertainty_basis")) for m in data["methods"].values() if m.get("uncertainty_basis")})
+    bases = sorted(
+        {str(m.get("uncertainty_basis")) for m in data["methods"].values() if m.get("uncertainty_basis")}
+    )
     return "; ".join(bases) if bases else "no intervals"

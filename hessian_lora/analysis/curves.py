@@ -80,17 +80,25 @@ def fit_peak(lrs: Sequence[float], metric: Sequence[float], *, higher_is_better:
         if tied.size == 2:  # two tied neighbours at the edge: fall through to the interior one's parabola
             best = int(tied[1] if best == 0 else tied[0])
         if best == 0 or best == lr_sorted.size - 1:
-            return PeakFit(float(lr_sorted[best]), float(lr_sorted[best]), "edge", float(values[best]),
-                           float(values[best]))
+            return PeakFit(
+                float(lr_sorted[best]),
+                float(lr_sorted[best]),
+                "edge",
+                float(values[best]),
+                float(values[best]),
+            )
     window = slice(best - 1, best + 2)
     log_lrs = np.log10(lr_sorted[window])
     vertex_x, vertex_score, curvature = parabola_vertex(log_lrs, score[window])
     if curvature >= 0:
-        return PeakFit(float(lr_sorted[best]), float(lr_sorted[best]), "flat", float(values[best]),
-                       float(values[best]))
+        return PeakFit(
+            float(lr_sorted[best]), float(lr_sorted[best]), "flat", float(values[best]), float(values[best])
+        )
     vertex_x = float(np.clip(vertex_x, log_lrs[0], log_lrs[2]))
     peak_fit = vertex_score if higher_is_better else -vertex_score
-    return PeakFit(float(10**vertex_x), float(lr_sorted[best]), "quadratic", float(values[best]), float(peak_fit))
+    return PeakFit(
+        float(10**vertex_x), float(lr_sorted[best]), "quadratic", float(values[best]), float(peak_fit)
+    )
 
 
 def is_reasoning_gym(task: str | None) -> bool:
@@ -103,8 +111,11 @@ def metric_name(metric: str, task: str | None = None) -> str:
     scorer: on a reasoning-gym task that is ``score_answer``, which gives partial credit (0.5, 0.67, ...), so it is
     a mean score, not an exact-match rate; on a file's answers it is a numeric exact match."""
     if metric == "accuracy":
-        return ("mean score per problem (reasoning-gym's score_answer, partial credit)" if is_reasoning_gym(task)
-                else "accuracy (the task's scorer)")
+        return (
+            "mean score per problem (reasoning-gym's score_answer, partial credit)"
+            if is_reasoning_gym(task)
+            else "accuracy (the task's scorer)"
+        )
     return {"eval_loss": "held-out loss", "train_loss": "final training loss"}.get(metric, metric)
 
 
@@ -176,8 +187,7 @@ def choose_metric(runs: Sequence[RunRecord], requested: Metric | Literal["auto"]
     for run in done:
         by_method.setdefault(run.method, []).append(run.accuracy)
     if by_method and all(
-        None not in values and max(values) > 0 and len(set(values)) > 1
-        for values in by_method.values()
+        None not in values and max(values) > 0 and len(set(values)) > 1 for values in by_method.values()
     ):
         return "accuracy"
     if any(run.eval_loss is not None for run in done):

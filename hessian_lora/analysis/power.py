@@ -74,9 +74,13 @@ def variance_components(table: np.ndarray) -> VarianceComponents:
     ms_problem = seeds * float(np.sum((problem_means - grand) ** 2)) / (problems - 1)
     residuals = data - seed_means[:, None] - problem_means[None, :] + grand
     ms_residual = float(np.sum(residuals**2)) / ((seeds - 1) * (problems - 1))
-    return VarianceComponents(seed=max(0.0, (ms_seed - ms_residual) / problems),
-                              problem=max(0.0, (ms_problem - ms_residual) / seeds),
-                              residual=ms_residual, n_seeds=seeds, n_problems=problems)
+    return VarianceComponents(
+        seed=max(0.0, (ms_seed - ms_residual) / problems),
+        problem=max(0.0, (ms_problem - ms_residual) / seeds),
+        residual=ms_residual,
+        n_seeds=seeds,
+        n_problems=problems,
+    )
 
 
 def _z_sum(alpha: float, power: float) -> float:
@@ -90,8 +94,16 @@ def _target_standard_error(gap: float, margin: float, alpha: float, power: float
     return max(distance, 0.0) / _z_sum(alpha, power)
 
 
-def seeds_to_decide(components: VarianceComponents, gap: float, margin: float, *, problems: int | None = None,
-                    inflation: float = 1.0, alpha: float = ALPHA, power: float = POWER) -> int | None:
+def seeds_to_decide(
+    components: VarianceComponents,
+    gap: float,
+    margin: float,
+    *,
+    problems: int | None = None,
+    inflation: float = 1.0,
+    alpha: float = ALPHA,
+    power: float = POWER,
+) -> int | None:
     """The fewest seeds (at ``problems`` problems, default the table's) whose equivalence test decides a true gap
     of ``gap`` with probability ``power``; None when no number of seeds does (the problems' term is too large)."""
     p = problems or components.n_problems
@@ -104,8 +116,16 @@ def seeds_to_decide(components: VarianceComponents, gap: float, margin: float, *
     return seeds if seeds <= MAX_SEEDS else None
 
 
-def problems_to_decide(components: VarianceComponents, gap: float, margin: float, *, seeds: int | None = None,
-                       inflation: float = 1.0, alpha: float = ALPHA, power: float = POWER) -> int | None:
+def problems_to_decide(
+    components: VarianceComponents,
+    gap: float,
+    margin: float,
+    *,
+    seeds: int | None = None,
+    inflation: float = 1.0,
+    alpha: float = ALPHA,
+    power: float = POWER,
+) -> int | None:
     """The fewest problems (at ``seeds`` seeds, default the table's) that decide, as :func:`seeds_to_decide`."""
     s = seeds or components.n_seeds
     target = _target_standard_error(gap, margin, alpha, power) / max(inflation, 1.0)
@@ -134,8 +154,14 @@ class PowerEstimate:
         return data
 
 
-def estimate_power(table: np.ndarray, margin: float, *, bootstrap_draws: np.ndarray | None = None,
-                   alpha: float = ALPHA, power: float = POWER) -> PowerEstimate:
+def estimate_power(
+    table: np.ndarray,
+    margin: float,
+    *,
+    bootstrap_draws: np.ndarray | None = None,
+    alpha: float = ALPHA,
+    power: float = POWER,
+) -> PowerEstimate:
     """:class:`PowerEstimate` of a (seeds × problems) table of paired differences against ±``margin``."""
     components = variance_components(table)
     gap = float(np.mean(table))
@@ -145,20 +171,29 @@ def estimate_power(table: np.ndarray, margin: float, *, bootstrap_draws: np.ndar
     inflation = max(1.0, bootstrap_sd / formula) if bootstrap_sd and formula > 0 else 1.0
     options = {"inflation": inflation, "alpha": alpha, "power": power}
     return PowerEstimate(
-        gap=gap, components=components, bootstrap_sd=bootstrap_sd, inflation=inflation,
+        gap=gap,
+        components=components,
+        bootstrap_sd=bootstrap_sd,
+        inflation=inflation,
         seeds_needed=seeds_to_decide(components, gap, margin, **options),
-        seeds_needed_4x_problems=seeds_to_decide(components, gap, margin, problems=4 * components.n_problems,
-                                                 **options),
+        seeds_needed_4x_problems=seeds_to_decide(
+            components, gap, margin, problems=4 * components.n_problems, **options
+        ),
         problems_needed=problems_to_decide(components, gap, margin, **options),
     )
 
 
-def paired_table(ours: Mapping[int, Sequence[float]], best: Mapping[int, Sequence[float]]) -> np.ndarray | None:
+def paired_table(
+    ours: Mapping[int, Sequence[float]], best: Mapping[int, Sequence[float]]
+) -> np.ndarray | None:
     """(seeds × problems) differences of two methods' per-problem scores at their tuned LRs, over the seeds both
     have (None with fewer than two such seeds or problems of different counts)."""
     seeds = sorted(set(ours) & set(best))
-    rows = [np.asarray(ours[seed], dtype=float) - np.asarray(best[seed], dtype=float) for seed in seeds
-            if len(ours[seed]) == len(best[seed])]
+    rows = [
+        np.asarray(ours[seed], dtype=float) - np.asarray(best[seed], dtype=float)
+        for seed in seeds
+        if len(ours[seed]) == len(best[seed])
+    ]
     if len(rows) < 2 or len(rows) != len(seeds) or rows[0].size < 2:
         return None
     return np.vstack(rows)

@@ -135,7 +135,6 @@ def leave_one_method_out(points: Mapping[str, tuple[float, float]], fit: FitKind
     return predictions
 
 
-
 def spearman_exact(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
     """Spearman's ρ with a two-sided p-value; exact over all orderings for n <= 8.
 
@@ -146,7 +145,11 @@ def spearman_exact(x: Sequence[float], y: Sequence[float]) -> tuple[float, float
     rho = float(result.statistic)
     if len(x) > 8:
         return rho, float(result.pvalue)
-    exact = stats.permutation_test((list(x),), lambda a: stats.spearmanr(a, y).statistic,
-                                   permutation_type="pairings", alternative="two-sided", n_resamples=math.inf)
+    exact = stats.permutation_test(
+        (list(x),),
+        lambda a: stats.spearmanr(a, y).statistic,
+        permutation_type="pairings",
+        alternative="two-sided",
+        n_resamples=math.inf,
+    )
     return rho, float(exact.pvalue)
-

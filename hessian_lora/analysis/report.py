@@ -29,7 +29,11 @@ if TYPE_CHECKING:
 
 def _fmt(value: float | None, spec: str = ".3g") -> str:
     """A number for the table; "–" where there is none."""
-    return "–" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
+    return (
+        "–"
+        if value is None or (isinstance(value, float) and not math.isfinite(value))
+        else format(value, spec)
+    )
 
 
 def _interval(interval: Any, spec: str = ".3g", scale: float = 1.0) -> str:
@@ -71,12 +75,21 @@ def markdown_table(analysis: Analysis | Mapping[str, Any]) -> str:
     ]
     for name, method in data["methods"].items():
         censored = method.get("censored")
-        if censored is None and method["fit_kind"] == "edge":  # analysis.json written before censoring existed
+        if (
+            censored is None and method["fit_kind"] == "edge"
+        ):  # analysis.json written before censoring existed
             censored = "low" if method["eta_star"] == min(method["lrs"]) else "high"
-        eta = bound_text(censored, method["eta_star"]) + (_interval(method.get("eta_ci")) if not censored else "")
+        eta = bound_text(censored, method["eta_star"]) + (
+            _interval(method.get("eta_ci")) if not censored else ""
+        )
         spread, seed_range = method.get("eta_spread_factor"), method.get("eta_seed_range_factor")
-        spread_text = f"×{spread:.2f}" + (f", ×{seed_range:.2f}" if seed_range else "") + \
-            f" ({method['n_seeds']} seeds)" if spread else f"– ({method['n_seeds']} seed)"
+        spread_text = (
+            f"×{spread:.2f}"
+            + (f", ×{seed_range:.2f}" if seed_range else "")
+            + f" ({method['n_seeds']} seeds)"
+            if spread
+            else f"– ({method['n_seeds']} seed)"
+        )
         peak = _fmt(method["peak_metric"], ".4g")
         if censored:
             peak = ("≥ " if data.get("higher_is_better", True) else "≤ ") + peak + " (at the grid edge)"
@@ -109,19 +122,28 @@ def data_caveats(data: Mapping[str, Any]) -> str:
     if examples:
         parts.append(f"evaluation problems: {examples}")
     else:  # per-example scores exist for accuracy only; a loss metric is bootstrapped over seeds
-        parts.append("no per-example scores stored" if data["metric"] == "accuracy" else
-                     f"no per-example bootstrap ({data['metric']} has no per-example scores)")
+        parts.append(
+            "no per-example scores stored"
+            if data["metric"] == "accuracy"
+            else f"no per-example bootstrap ({data['metric']} has no per-example scores)"
+        )
     if examples and data["metric"] in SCORE_METRICS:
         parts.append(f"one problem = {100 / examples:.2g} points")
     if data["metric"] in SCORE_METRICS:
-        parts.append(f"{data['metric']} = {metric_name(data['metric'], (data.get('setup') or {}).get('task'))}")
+        parts.append(
+            f"{data['metric']} = {metric_name(data['metric'], (data.get('setup') or {}).get('task'))}"
+        )
     censored = [name for name, method in data["methods"].items() if method.get("censored")]
     if censored:
         parts.append(f"censored optima (at a grid edge, bounds only): {', '.join(censored)}")
     resampled = [basis for basis in bases if basis != NO_INTERVAL]
     if resampled:
-        paired = " (evaluation problems paired across methods)" if any("examples" in b for b in resampled) else ""
-        parts.append(f"{data.get('level', 0.95):.0%} intervals: bootstrap over {'; '.join(resampled)}{paired}")
+        paired = (
+            " (evaluation problems paired across methods)" if any("examples" in b for b in resampled) else ""
+        )
+        parts.append(
+            f"{data.get('level', 0.95):.0%} intervals: bootstrap over {'; '.join(resampled)}{paired}"
+        )
     if NO_INTERVAL in bases:
         parts.append(NO_INTERVAL)
     return "Data: " + "; ".join(parts) + "."
@@ -130,14 +152,17 @@ def data_caveats(data: Mapping[str, Any]) -> str:
 def uncertified_lambda_text(data: Mapping[str, Any]) -> str:
     """The λ_max values at init behind the relation that Lanczos did not certify, said out loud ("" when all were)."""
     key = {"whole": "lambda_init_whole_uncertified", "module_median": "lambda_init_module_uncertified"}[
-        data["relation"]["lambda_source"]]
+        data["relation"]["lambda_source"]
+    ]
     residuals = {name: method[key] for name, method in data["methods"].items() if method.get(key) is not None}
     if not residuals:
         return ""
     listed = ", ".join(f"{name} {value:.2g}" for name, value in residuals.items())
-    return (f"λ_max at init not certified for {len(residuals)} of {len(data['methods'])} methods (the explicit "
-            f"relative residual ‖Hy − θy‖/θ stayed above the solver's tol: {listed}): each such θ is a lower bound "
-            f"on λ_max and lies within that fraction of an eigenvalue;")
+    return (
+        f"λ_max at init not certified for {len(residuals)} of {len(data['methods'])} methods (the explicit "
+        f"relative residual ‖Hy − θy‖/θ stayed above the solver's tol: {listed}): each such θ is a lower bound "
+        f"on λ_max and lies within that fraction of an eigenvalue;"
+    )
 
 
 def relation_summary(data: Mapping[str, Any]) -> str:
@@ -169,31 +194,45 @@ def relation_summary(data: Mapping[str, Any]) -> str:
         text = f"slope of log η* on log λ_max = {relation['slope']:.3f}"
         if relation.get("slope_ci95"):
             low, high = relation["slope_ci95"]
-            text += (f" ({data.get('level', 0.95):.0%} bootstrap CI [{low:.3f}, {high:.3f}] over methods and η* "
-                     f"draws, {relation['bootstrap_valid']} resamples)")
+            text += (
+                f" ({data.get('level', 0.95):.0%} bootstrap CI [{low:.3f}, {high:.3f}] over methods and η* "
+                f"draws, {relation['bootstrap_valid']} resamples)"
+            )
         parts.append(text + ";")
     fits = relation.get("by_source") or {}
     if len(fits) > 1:  # the same fit with each kind of λ, so no reader takes one λ's R² for the other's
         said = []
         for source, fit in fits.items():
             interval = fit.get("slope_ci95")
-            text = f"{source} λ: slope {fit['slope']:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval
-                                                              else "")
+            text = f"{source} λ: slope {fit['slope']:.3f}" + (
+                f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
+            )
             text += f", R² {fit['r2']:.2f}" if fit.get("r2") is not None else ""
             if fit.get("inverse_in_ci") is not None:
                 text += ", η* ∝ 1/λ " + ("not rejected" if fit["inverse_in_ci"] else "rejected (−1 outside)")
             said.append(text)
         parts.append("by kind of λ at init: " + "; ".join(said) + ";")
     if relation.get("c") is not None:
-        parts.append(f"η* ≈ c/λ_max with c = {relation['c']:.3g} (×{relation['c_spread_factor']:.2f} spread);")
-    gd = [m["eta_lambda_over_2"] for m in data["methods"].values() if m.get("eta_lambda_over_2")
-          and not m.get("censored")]
+        parts.append(
+            f"η* ≈ c/λ_max with c = {relation['c']:.3g} (×{relation['c_spread_factor']:.2f} spread);"
+        )
+    gd = [
+        m["eta_lambda_over_2"]
+        for m in data["methods"].values()
+        if m.get("eta_lambda_over_2") and not m.get("censored")
+    ]
     if gd:
         parts.append(f"η* is {min(gd):.3g}–{max(gd):.3g} of gradient descent's bound 2/λ_max at init;")
-    adam = [m["precond_over_adam_threshold"] for m in data["methods"].values() if m.get("precond_over_adam_threshold")]
+    adam = [
+        m["precond_over_adam_threshold"]
+        for m in data["methods"].values()
+        if m.get("precond_over_adam_threshold")
+    ]
     if adam:
-        parts.append(f"the preconditioned sharpness at the end of the η* run is {min(adam):.3g}–{max(adam):.3g} of "
-                     "Adam's edge of stability (2+2β₁)/((1−β₁)η);")
+        parts.append(
+            f"the preconditioned sharpness at the end of the η* run is {min(adam):.3g}–{max(adam):.3g} of "
+            "Adam's edge of stability (2+2β₁)/((1−β₁)η);"
+        )
     for fit, count in relation.get("lomo_within_2x", {}).items():
         total = len(relation["lomo"][fit])
         marker = " (preferred)" if fit == relation.get("preferred_fit") else ""
@@ -240,16 +279,22 @@ def search_section(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], str
     outcomes = read_outcomes(run_dir)
     if not outcomes:
         return None
-    lines = ["### Adaptive search", "", "| search | decided by | outcome | best LR | runs | what the search says |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "### Adaptive search",
+        "",
+        "| search | decided by | outcome | best LR | runs | what the search says |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, item in outcomes.items():
         decided = str(item.get("metric"))
         if item.get("fallback_reason"):
             decided += f" ({item['fallback_reason']})"
         best = item.get("best_lr")
         outcome = "located" if item.get("located") else f"**not located** ({item.get('outcome')})"
-        lines.append(f"| {name} | {decided} | {outcome} | {'—' if best is None else f'{best:.3g}'} | "
-                     f"{item.get('runs')} | {item.get('reason')} |")
+        lines.append(
+            f"| {name} | {decided} | {outcome} | {'—' if best is None else f'{best:.3g}'} | "
+            f"{item.get('runs')} | {item.get('reason')} |"
+        )
     return outcomes, "\n".join(lines)
 
 
@@ -288,18 +333,24 @@ def cost_section(directory: RunDirectory) -> tuple[dict[str, Any], str] | None:
     finished run or report. The seconds are as measured, on whatever else the machine was doing then."""
     runs = [run for run in directory.runs if run.is_usable and run.wall_seconds is not None]
     # a report copied from a seed with a bit-identical adapter at init cost nothing: counted once, as its source
-    reports = [*(report for key, report in directory.init_reports.items() if key not in directory.reused_inits),
-               *directory.final_reports.values()]
+    reports = [
+        *(report for key, report in directory.init_reports.items() if key not in directory.reused_inits),
+        *directory.final_reports.values(),
+    ]
     blocks = [block.report for report in reports for block in report.blocks]
     if not runs and not blocks:
         return None
-    walls = [float(run.wall_seconds) for run in runs if run.wall_seconds is not None]  # all of them: filtered above
+    walls = [
+        float(run.wall_seconds) for run in runs if run.wall_seconds is not None
+    ]  # all of them: filtered above
     data: dict[str, Any] = {
-        "runs": len(runs), "run_seconds": sum(walls),
+        "runs": len(runs),
+        "run_seconds": sum(walls),
         "median_run_seconds": statistics.median(walls) if walls else None,
         "train_seconds": sum(float(run.train_seconds) for run in runs if run.train_seconds is not None),
         "eval_seconds": sum(float(run.eval_seconds) for run in runs if run.eval_seconds is not None),
-        "eigen_reports": len(reports), "eigen_blocks": len(blocks),
+        "eigen_reports": len(reports),
+        "eigen_blocks": len(blocks),
         "eigen_blocks_whole": sum(1 for report in reports for block in report.blocks if block.is_whole),
         "eigen_reports_with_modules": sum(1 for report in reports if report.modules),
         "eigen_products": sum(int(_recorded(block.hvps)) for block in blocks),
@@ -309,26 +360,43 @@ def cost_section(directory: RunDirectory) -> tuple[dict[str, Any], str] | None:
     }
     parts = []
     if runs:
-        split = (f" ({_hours(data['train_seconds'])} training, {_hours(data['eval_seconds'])} evaluating)"
-                 if data["train_seconds"] else "")
-        parts.append(f"{len(runs)} finished runs took {_hours(data['run_seconds'])}{split}, "
-                     f"median {data['median_run_seconds']:.0f} s a run")
+        split = (
+            f" ({_hours(data['train_seconds'])} training, {_hours(data['eval_seconds'])} evaluating)"
+            if data["train_seconds"]
+            else ""
+        )
+        parts.append(
+            f"{len(runs)} finished runs took {_hours(data['run_seconds'])}{split}, "
+            f"median {data['median_run_seconds']:.0f} s a run"
+        )
     if blocks:
-        reused = (f" ({len(directory.reused_inits)} more copied from a seed whose adapter at init was "
-                  "bit-identical, at no cost)" if directory.reused_inits else "")
+        reused = (
+            f" ({len(directory.reused_inits)} more copied from a seed whose adapter at init was "
+            "bit-identical, at no cost)"
+            if directory.reused_inits
+            else ""
+        )
         whole, modules = data["eigen_blocks_whole"], len(blocks) - data["eigen_blocks_whole"]
         merged = data["eigen_reports_with_modules"]
-        split = (f", {merged} of them with per-module blocks from a separate file merged in" if merged else "")
-        parts.append(f"{len(reports)} λ reports (one per adapter measured{split}) hold {len(blocks)} blocks "
-                     f"({whole} whole-adapter, {modules} single-module), which took {_hours(data['eigen_seconds'])} "
-                     f"of solver time in {data['eigen_products']} Hessian-vector products{reused}")
+        split = f", {merged} of them with per-module blocks from a separate file merged in" if merged else ""
+        parts.append(
+            f"{len(reports)} λ reports (one per adapter measured{split}) hold {len(blocks)} blocks "
+            f"({whole} whole-adapter, {modules} single-module), which took {_hours(data['eigen_seconds'])} "
+            f"of solver time in {data['eigen_products']} Hessian-vector products{reused}"
+        )
         grouped = data["eigen_blocks_in_groups"]
         if grouped:
-            parts[-1] += (f" ({grouped} of the blocks solved side by side on shared passes: each group's "
-                          "time counted once)")
-    text = ("### Cost (as recorded)\n\n" + "; ".join(parts) + ". A run's wall time is its training, its evaluation "
-            "and the rest (loading the model, and a λ probe at initialisation where the run made it, so the two sums "
-            "overlap). Seconds as each run and solve measured them, on whatever else the machine did then.")
+            parts[-1] += (
+                f" ({grouped} of the blocks solved side by side on shared passes: each group's "
+                "time counted once)"
+            )
+    text = (
+        "### Cost (as recorded)\n\n"
+        + "; ".join(parts)
+        + ". A run's wall time is its training, its evaluation "
+        "and the rest (loading the model, and a λ probe at initialisation where the run made it, so the two sums "
+        "overlap). Seconds as each run and solve measured them, on whatever else the machine did then."
+    )
     return data, text
 
 
@@ -337,4 +405,3 @@ def _stability(directory: RunDirectory, analysis: Analysis) -> Any:
         return stability_report(directory, analysis)
     except UserError:
         return None
-

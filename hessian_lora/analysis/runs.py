@@ -55,7 +55,9 @@ class RunRecord:
     train_seconds: float | None = None  # the training loop's own seconds (older sweeps: not recorded)
     eval_seconds: float | None = None  # the held-out evaluation's seconds
     history: tuple[dict[str, float], ...] = ()
-    eval_scores: tuple[float, ...] | None = None  # per-example accuracy scores (runs/<id>/eval.json), if stored
+    eval_scores: tuple[float, ...] | None = (
+        None  # per-example accuracy scores (runs/<id>/eval.json), if stored
+    )
     # evaluation sets (a sweep's eval_task)
     pass_at_1: float | None = None
     gsm8k_acc: float | None = None
@@ -87,9 +89,22 @@ def _optional_int(value: Any) -> int | None:
 
 
 # The rows' float columns a RunRecord keeps (None where a sweep version did not record them).
-_FLOAT_COLUMNS = ("train_loss", "eval_loss", "accuracy", "pass_at_1", "gsm8k_acc", "math_acc", "mbpp_pass_at_1",
-                  "humaneval_pass_at_1", "lambda_init", "lambda_final", "precond_lambda_final", "wall_seconds",
-                  "train_seconds", "eval_seconds")
+_FLOAT_COLUMNS = (
+    "train_loss",
+    "eval_loss",
+    "accuracy",
+    "pass_at_1",
+    "gsm8k_acc",
+    "math_acc",
+    "mbpp_pass_at_1",
+    "humaneval_pass_at_1",
+    "lambda_init",
+    "lambda_final",
+    "precond_lambda_final",
+    "wall_seconds",
+    "train_seconds",
+    "eval_seconds",
+)
 
 
 def _record_from_row(row: Mapping[str, Any], layout: RunLayout) -> RunRecord:
@@ -123,7 +138,9 @@ def _read_eval_scores(path: Path) -> tuple[float, ...] | None:
     if not isinstance(scores, list) or not scores:
         return None
     values = [optional_float(value) for value in scores]
-    return None if any(value is None for value in values) else tuple(float(v) for v in values)  # no None, checked
+    return (
+        None if any(value is None for value in values) else tuple(float(v) for v in values)
+    )  # no None, checked
 
 
 def _parse_history(raw: Any) -> tuple[dict[str, float], ...]:
@@ -142,7 +159,9 @@ def _parse_history(raw: Any) -> tuple[dict[str, float], ...]:
     points = []
     for item in items if isinstance(items, list) else []:
         if isinstance(item, Mapping) and optional_float(item.get("loss")) is not None:
-            points.append({key: float(value) for key, value in item.items() if optional_float(value) is not None})
+            points.append(
+                {key: float(value) for key, value in item.items() if optional_float(value) is not None}
+            )
     return tuple(points)
 
 
@@ -176,7 +195,9 @@ class RunDirectory:
         report for that seed."""
         if rank is not None and InitKey(method, rank, seed) in self.init_reports:
             return self.init_reports[InitKey(method, rank, seed)]
-        matches = [report for key, report in self.init_reports.items() if key.method == method and key.seed == seed]
+        matches = [
+            report for key, report in self.init_reports.items() if key.method == method and key.seed == seed
+        ]
         return matches[0] if len(matches) == 1 else None
 
 
@@ -205,10 +226,14 @@ def read_run_directory(run_dir: str | os.PathLike[str]) -> RunDirectory:
             merged = view if merged is None else merge_reports(merged, view)
         if merged is not None:
             init_reports[key] = merged
-    reused = {key: source for key, record in read_init_inputs(layout).items()
-              if (source := InitKey.parse(str(record.get("reused_from") or ""))) is not None and key in init_reports}
-    return RunDirectory(str(layout.root), tuple(runs), init_reports, final_reports, read_config(layout.config),
-                        reused)
+    reused = {
+        key: source
+        for key, record in read_init_inputs(layout).items()
+        if (source := InitKey.parse(str(record.get("reused_from") or ""))) is not None and key in init_reports
+    }
+    return RunDirectory(
+        str(layout.root), tuple(runs), init_reports, final_reports, read_config(layout.config), reused
+    )
 
 
 def read_outcomes(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:

@@ -57,6 +57,7 @@ class StabilityCurve:
 @dataclass(frozen=True)
 class MethodStability:
     """One method's edge-of-stability summary: η*, the largest stable LR and how each predicts η*."""
+
     method: str
     eta_star: float | None
     largest_stable_lr: float | None
@@ -69,6 +70,7 @@ class MethodStability:
 @dataclass(frozen=True)
 class StabilityReport:
     """The edge-of-stability analysis of a run directory: per-run curves and per-method summaries."""
+
     beta1: float
     curves: tuple[StabilityCurve, ...]
     methods: Mapping[str, MethodStability]
@@ -85,13 +87,28 @@ class StabilityReport:
 
     def markdown(self) -> str:
         """The report as a markdown section (the stability table and the verdict)."""
-        lines = ["## Edge of stability (sharpness along training)", "",
-                 "| method | η* | largest stable LR | stable/η* | λ_init | err stable | err λ_init |",
-                 "|---|---|---|---|---|---|---|"]
+        lines = [
+            "## Edge of stability (sharpness along training)",
+            "",
+            "| method | η* | largest stable LR | stable/η* | λ_init | err stable | err λ_init |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for item in self.methods.values():
-            lines.append("| " + " | ".join([item.method, _fmt(item.eta_star), _fmt(item.largest_stable_lr),
-                                            _fmt(item.stable_over_eta_star), _fmt(item.lambda_init),
-                                            _fmt(item.error_stable), _fmt(item.error_init)]) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        item.method,
+                        _fmt(item.eta_star),
+                        _fmt(item.largest_stable_lr),
+                        _fmt(item.stable_over_eta_star),
+                        _fmt(item.lambda_init),
+                        _fmt(item.error_stable),
+                        _fmt(item.error_init),
+                    ]
+                )
+                + " |"
+            )
         lines.append("")
         lines.append(self.verdict())
         return "\n".join(lines)
@@ -99,13 +116,17 @@ class StabilityReport:
     def verdict(self) -> str:
         """Which of the largest stable LR and λ_max at init predicts η* better, in one sentence."""
         if self.better_predictor is None:
-            return ("Not enough methods with both a largest stable LR and λ_max at init to compare the predictors "
-                    "(need 2).")
+            return (
+                "Not enough methods with both a largest stable LR and λ_max at init to compare the predictors "
+                "(need 2)."
+            )
         winner = "the largest stable LR" if self.better_predictor == "largest_stable_lr" else "λ_max at init"
-        return (f"{winner} predicts η* better: mean |log10 error| {_fmt(self.mean_error_stable)} (largest stable "
-                f"LR, scaled by one constant) vs {_fmt(self.mean_error_init)} (c/λ_init) over "
-                f"{sum(1 for m in self.methods.values() if m.error_stable is not None)} methods; "
-                f"Adam limit (2+2β₁)/((1−β₁)η) at β₁ = {self.beta1:g}.")
+        return (
+            f"{winner} predicts η* better: mean |log10 error| {_fmt(self.mean_error_stable)} (largest stable "
+            f"LR, scaled by one constant) vs {_fmt(self.mean_error_init)} (c/λ_init) over "
+            f"{sum(1 for m in self.methods.values() if m.error_stable is not None)} methods; "
+            f"Adam limit (2+2β₁)/((1−β₁)η) at β₁ = {self.beta1:g}."
+        )
 
 
 def _fmt(value: float | None) -> str:
@@ -136,12 +157,20 @@ def stability_curves(directory: RunDirectory, beta1: float | None = None) -> lis
             continue
         points = data["history"]
         ratios = [stability_ratios(point, beta1=beta) for point in points]
-        curves.append(StabilityCurve(
-            run_id=run.run_id, method=run.method, lr=run.lr, seed=run.seed, status=run.status,
-            steps=tuple(int(point["step"]) for point in points),
-            adam_ratio=tuple(adam for _, adam in ratios), gd_ratio=tuple(gd for gd, _ in ratios),
-            lambda_max=tuple(point.get("lambda_max") for point in points),
-            preconditioned=tuple(point.get("preconditioned") for point in points)))
+        curves.append(
+            StabilityCurve(
+                run_id=run.run_id,
+                method=run.method,
+                lr=run.lr,
+                seed=run.seed,
+                status=run.status,
+                steps=tuple(int(point["step"]) for point in points),
+                adam_ratio=tuple(adam for _, adam in ratios),
+                gd_ratio=tuple(gd for gd, _ in ratios),
+                lambda_max=tuple(point.get("lambda_max") for point in points),
+                preconditioned=tuple(point.get("preconditioned") for point in points),
+            )
+        )
     return curves
 
 
@@ -150,17 +179,28 @@ def largest_stable_lr(curves: Sequence[StabilityCurve]) -> float | None:
     by_lr: dict[float, list[StabilityCurve]] = {}
     for curve in curves:
         by_lr.setdefault(curve.lr, []).append(curve)
-    stable = [lr for lr, runs in by_lr.items() if all(
-        run.status == Status.DONE and run.peak_adam_ratio is not None and run.peak_adam_ratio < 1.0 for run in runs)]
+    stable = [
+        lr
+        for lr, runs in by_lr.items()
+        if all(
+            run.status == Status.DONE and run.peak_adam_ratio is not None and run.peak_adam_ratio < 1.0
+            for run in runs
+        )
+    ]
     return max(stable) if stable else None
 
 
-def stability_report(run_dir: str | os.PathLike[str] | RunDirectory, analysis: Analysis) -> StabilityReport | None:
+def stability_report(
+    run_dir: str | os.PathLike[str] | RunDirectory, analysis: Analysis
+) -> StabilityReport | None:
     """The edge-of-stability summary, or None when no run has a sharpness history."""
     directory = run_dir if isinstance(run_dir, RunDirectory) else read_run_directory(run_dir)
     beta1 = analysis.beta1
-    curves = [curve for curve in stability_curves(directory, beta1)
-              if analysis.rank is None or _rank_of(directory, curve.run_id) == analysis.rank]
+    curves = [
+        curve
+        for curve in stability_curves(directory, beta1)
+        if analysis.rank is None or _rank_of(directory, curve.run_id) == analysis.rank
+    ]
     if not curves:
         return None
     rows: dict[str, dict[str, Any]] = {}
@@ -171,8 +211,14 @@ def stability_report(run_dir: str | os.PathLike[str] | RunDirectory, analysis: A
         summary = analysis.methods[method]
         lam = relation_lambda(summary)
         if lam is None:
-            initial = [curve.lambda_max[0] for curve in method_curves if curve.steps and curve.steps[0] == 0
-                       and curve.lambda_max[0] is not None and curve.lambda_max[0] > 0]
+            initial = [
+                curve.lambda_max[0]
+                for curve in method_curves
+                if curve.steps
+                and curve.steps[0] == 0
+                and curve.lambda_max[0] is not None
+                and curve.lambda_max[0] > 0
+            ]
             lam = math.exp(sum(math.log(v) for v in initial) / len(initial)) if initial else None
         rows[method] = {"eta_star": summary.eta_star, "stable": largest_stable_lr(method_curves), "lam": lam}
     stable_ok = {m: r for m, r in rows.items() if r["stable"] and r["eta_star"] and r["lam"]}
@@ -182,10 +228,16 @@ def stability_report(run_dir: str | os.PathLike[str] | RunDirectory, analysis: A
     for method, r in rows.items():
         both = method in stable_ok
         methods[method] = MethodStability(
-            method=method, eta_star=r["eta_star"], largest_stable_lr=r["stable"], lambda_init=r["lam"],
+            method=method,
+            eta_star=r["eta_star"],
+            largest_stable_lr=r["stable"],
+            lambda_init=r["lam"],
             stable_over_eta_star=r["stable"] / r["eta_star"] if r["stable"] and r["eta_star"] else None,
-            error_stable=abs(math.log10(r["eta_star"] / (c_stable * r["stable"]))) if both and c_stable else None,
-            error_init=abs(math.log10(r["eta_star"] * r["lam"] / c_init)) if both and c_init else None)
+            error_stable=abs(math.log10(r["eta_star"] / (c_stable * r["stable"])))
+            if both and c_stable
+            else None,
+            error_init=abs(math.log10(r["eta_star"] * r["lam"] / c_init)) if both and c_init else None,
+        )
     errors_stable = [m.error_stable for m in methods.values() if m.error_stable is not None]
     errors_init = [m.error_init for m in methods.values() if m.error_init is not None]
     mean_stable = sum(errors_stable) / len(errors_stable) if errors_stable else None
@@ -193,8 +245,14 @@ def stability_report(run_dir: str | os.PathLike[str] | RunDirectory, analysis: A
     better = None
     if len(errors_stable) >= 2 and mean_stable is not None and mean_init is not None:
         better = "largest_stable_lr" if mean_stable < mean_init else "lambda_init"
-    return StabilityReport(beta1=beta1, curves=tuple(curves), methods=methods, mean_error_stable=mean_stable,
-                           mean_error_init=mean_init, better_predictor=better)
+    return StabilityReport(
+        beta1=beta1,
+        curves=tuple(curves),
+        methods=methods,
+        mean_error_stable=mean_stable,
+        mean_error_init=mean_init,
+        better_predictor=better,
+    )
 
 
 def _rank_of(directory: RunDirectory, run_id: str) -> int | None:

@@ -121,18 +121,24 @@ class MethodSummary:
     eta_lambda_over_2: float | None = None  # η*·λ_init/2: η* as a fraction of gradient descent's bound 2/λ
     final_lambda_eta_over_2: float | None = None  # λ_final·η/2 at the η* run's LR (edge of stability ≈ 1)
     precond_over_adam_threshold: float | None = None  # λ̃_final / ((2+2β₁)/((1−β₁)η)) at the η* run's LR
-    censored: str | None = None  # "high" (η* ≥ the largest LR), "low" (≤ the smallest), "single"; None: interior
+    censored: str | None = (
+        None  # "high" (η* ≥ the largest LR), "low" (≤ the smallest), "single"; None: interior
+    )
     eta_ci: tuple[float, float] | None = None  # bootstrap interval of η* (seeds and evaluation examples)
     peak_ci: tuple[float, float] | None = None  # bootstrap interval of the peak metric
     gap_ci: tuple[float, float] | None = None  # interval of (peak − best method's peak), paired per draw
     gap_verdict: str | None = None  # "best", "within noise", "below the best beyond noise", "no interval"
     uncertainty_basis: str = ""  # what the bootstrap resampled, or why there is no interval
-    eta_seed_range_factor: float | None = None  # max/min of the per-seed η* (the range, not a standard deviation)
+    eta_seed_range_factor: float | None = (
+        None  # max/min of the per-seed η* (the range, not a standard deviation)
+    )
     # The seed-mean optimum with one seed left out (seed → η*), and the seeds whose removal moves the best grid LR:
     # an optimum that one seed's run (a collapse) decides.
     eta_star_without_seed: Mapping[int, float] = field(default_factory=dict)
     seeds_moving_optimum: tuple[int, ...] = ()
-    gap_ci_equivalence: tuple[float, float] | None = None  # the gap's 1 − 2α interval (two one-sided tests at α)
+    gap_ci_equivalence: tuple[float, float] | None = (
+        None  # the gap's 1 − 2α interval (two one-sided tests at α)
+    )
     power: Mapping[str, Any] | None = None  # :class:`~.power.PowerEstimate` of the gap to the best (to_dict)
 
 
@@ -155,7 +161,9 @@ class Relation:
     lomo_within_2x: Mapping[FitKind, int]
     preferred_fit: FitKind | None
     n_total: int = 0  # methods with a λ_max, censored or not
-    censored: Mapping[str, str] = field(default_factory=dict)  # method -> its bound ("≥ 0.1"), left out of the fit
+    censored: Mapping[str, str] = field(
+        default_factory=dict
+    )  # method -> its bound ("≥ 0.1"), left out of the fit
     note: str | None = None  # why there is no relation (too few interior optima), said instead of numbers
     extend: str = ""  # the grid extension that would turn censored optima into values
     spearman_rho_ci: tuple[float, float] | None = None  # ρ over η* bootstrap draws
@@ -180,7 +188,9 @@ class Analysis:
     created: str
     n_runs: int
     level: float = 0.95  # the confidence level of every interval
-    n_eval_examples: int | None = None  # evaluation problems behind the per-example bootstrap (None: none stored)
+    n_eval_examples: int | None = (
+        None  # evaluation problems behind the per-example bootstrap (None: none stored)
+    )
     setup: Mapping[str, Any] = field(default_factory=dict)  # model, task, steps, optimizer (from config.yaml)
     # Every non-best method's gap to the best, averaged per draw: one test of "the methods peak alike" across
     # methods, with its intervals and power estimate (None without intervals).
@@ -210,12 +220,19 @@ def _geometric_mean(values: Iterable[float | None]) -> float | None:
     return float(10 ** np.mean(np.log10(kept))) if kept else None
 
 
-def _select_configuration(runs: Sequence[RunRecord], rank: int | None, batch_size: int | None) -> list[RunRecord]:
+def _select_configuration(
+    runs: Sequence[RunRecord], rank: int | None, batch_size: int | None
+) -> list[RunRecord]:
     """The runs of one rank and batch size: η* moves with both, so mixing them would blur every curve."""
-    selected = [run for run in runs if (rank is None or run.rank == rank) and
-                (batch_size is None or run.batch_size == batch_size)]
+    selected = [
+        run
+        for run in runs
+        if (rank is None or run.rank == rank) and (batch_size is None or run.batch_size == batch_size)
+    ]
     if not selected:
-        raise UserError(f"no run with rank={rank} batch_size={batch_size}: check `hessian-lora results RUN_DIR`.")
+        raise UserError(
+            f"no run with rank={rank} batch_size={batch_size}: check `hessian-lora results RUN_DIR`."
+        )
     for attribute, flag in (("rank", "--rank"), ("batch_size", "--batch-size")):
         values = sorted({getattr(run, attribute) for run in selected if getattr(run, attribute) is not None})
         if len(values) > 1:
@@ -270,29 +287,58 @@ def analyze(
     chosen_rank = next((run.rank for run in runs if run.rank is not None), None)
     chosen_batch = next((run.batch_size for run in runs if run.batch_size is not None), None)
 
-    summaries = {method: _summarise_method(curve, runs, directory, chosen, beta1) for method, curve in
-                 sorted(curves.items(), key=lambda item: method_sort_key(item[0]))}
+    summaries = {
+        method: _summarise_method(curve, runs, directory, chosen, beta1)
+        for method, curve in sorted(curves.items(), key=lambda item: method_sort_key(item[0]))
+    }
     source = _resolve_lambda_source(summaries, lambda_source)
-    summaries = {method: _with_relation_lambda(summary, runs, directory, source) for method, summary in
-                 summaries.items()}
+    summaries = {
+        method: _with_relation_lambda(summary, runs, directory, source)
+        for method, summary in summaries.items()
+    }
     peaks = {method: summary.peak_metric for method, summary in summaries.items()}
     best_method = (max if higher else min)(peaks, key=lambda name: peaks[name])
-    draws = bootstrap_optima(runs, list(summaries), chosen, higher_is_better=higher, samples=bootstrap_samples,
-                             seed=seed)
+    draws = bootstrap_optima(
+        runs, list(summaries), chosen, higher_is_better=higher, samples=bootstrap_samples, seed=seed
+    )
     summaries = {
-        method: _with_uncertainty(replace(summary, gap_to_best=abs(peaks[best_method] - summary.peak_metric)),
-                                  draws, best_method, higher, level)
+        method: _with_uncertainty(
+            replace(summary, gap_to_best=abs(peaks[best_method] - summary.peak_metric)),
+            draws,
+            best_method,
+            higher,
+            level,
+        )
         for method, summary in summaries.items()
     }
     summaries, pooled = _with_power(dict(summaries), runs, draws, best_method, chosen, level)
-    relation = _relation(summaries, source, bootstrap_samples, seed, draws=draws, level=level, run_dir=str(run_dir),
-                         adaptive=is_adaptive(directory.config))
+    relation = _relation(
+        summaries,
+        source,
+        bootstrap_samples,
+        seed,
+        draws=draws,
+        level=level,
+        run_dir=str(run_dir),
+        adaptive=is_adaptive(directory.config),
+    )
     relation = replace(relation, by_source=_fits_by_source(summaries, draws, level, seed))
     return Analysis(
-        run_dir=str(run_dir), metric=chosen, higher_is_better=higher, beta1=beta1, rank=chosen_rank,
-        batch_size=chosen_batch, methods=summaries, best_method=best_method, relation=relation,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), n_runs=len(runs), level=level,
-        n_eval_examples=draws.n_examples, setup=run_setup(directory.config, chosen_rank), pooled_gap=pooled,
+        run_dir=str(run_dir),
+        metric=chosen,
+        higher_is_better=higher,
+        beta1=beta1,
+        rank=chosen_rank,
+        batch_size=chosen_batch,
+        methods=summaries,
+        best_method=best_method,
+        relation=relation,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        n_runs=len(runs),
+        level=level,
+        n_eval_examples=draws.n_examples,
+        setup=run_setup(directory.config, chosen_rank),
+        pooled_gap=pooled,
     )
 
 
@@ -300,20 +346,32 @@ def run_setup(config: Mapping[str, Any], rank: int | None) -> dict[str, Any]:
     """What the run trained, from its config.yaml, for the claims table's header: model, task, rank, steps and
     the optimizer (the recipe's AdamW)."""
     keys = ("model", "task", "steps", "epochs", "n_eval")
-    return {"rank": rank, "optimizer": "AdamW", **{key: config.get(key) for key in keys if config.get(key) is not None}}
+    return {
+        "rank": rank,
+        "optimizer": "AdamW",
+        **{key: config.get(key) for key in keys if config.get(key) is not None},
+    }
 
 
-def _with_uncertainty(summary: MethodSummary, draws: Draws, best: str, higher: bool, level: float) -> MethodSummary:
+def _with_uncertainty(
+    summary: MethodSummary, draws: Draws, best: str, higher: bool, level: float
+) -> MethodSummary:
     """The bootstrap intervals of η*, the peak and the gap to the best method (see :mod:`.uncertainty`)."""
     name = summary.method
     basis = draws.basis.get(name, NO_INTERVAL)
     if basis == NO_INTERVAL:
-        return replace(summary, uncertainty_basis=basis, gap_verdict="best" if name == best else "no interval")
+        return replace(
+            summary, uncertainty_basis=basis, gap_verdict="best" if name == best else "no interval"
+        )
     gap = gap_interval(draws, name, best, level) if name != best else None
     equivalence = gap_interval(draws, name, best, 1 - 2 * ALPHA) if name != best else None
     return replace(
-        summary, uncertainty_basis=basis, eta_ci=percentile_interval(draws.eta[name], level, log=True),
-        peak_ci=percentile_interval(draws.peak[name], level), gap_ci=gap, gap_ci_equivalence=equivalence,
+        summary,
+        uncertainty_basis=basis,
+        eta_ci=percentile_interval(draws.eta[name], level, log=True),
+        peak_ci=percentile_interval(draws.peak[name], level),
+        gap_ci=gap,
+        gap_ci_equivalence=equivalence,
         gap_verdict=gap_verdict(gap, higher, name == best),
     )
 
@@ -333,8 +391,14 @@ def tuned_scores(runs: Sequence[RunRecord], method: str, lr: float) -> dict[int,
     return scores
 
 
-def _with_power(summaries: dict[str, MethodSummary], runs: Sequence[RunRecord], draws: Draws, best: str,
-                metric: Metric, level: float) -> tuple[dict[str, MethodSummary], dict[str, Any] | None]:
+def _with_power(
+    summaries: dict[str, MethodSummary],
+    runs: Sequence[RunRecord],
+    draws: Draws,
+    best: str,
+    metric: Metric,
+    level: float,
+) -> tuple[dict[str, MethodSummary], dict[str, Any] | None]:
     """Each non-best method's power estimate of its gap to the best (:mod:`.power`), and the pooled gap: every
     non-best method's gap averaged per bootstrap draw and per (seed, problem), with its intervals and power. Score
     metrics with per-problem scores only (a loss has no per-problem table)."""
@@ -357,14 +421,19 @@ def _with_power(summaries: dict[str, MethodSummary], runs: Sequence[RunRecord], 
     if len(tables) < 2 or len(shapes) != 1:
         return summaries, None
     names = sorted(tables, key=method_sort_key)
-    pooled_draws = np.mean([draws.peak[name] - draws.peak[best] for name in names], axis=0) \
-        if all(name in draws.peak for name in [*names, best]) else None
+    pooled_draws = (
+        np.mean([draws.peak[name] - draws.peak[best] for name in names], axis=0)
+        if all(name in draws.peak for name in [*names, best])
+        else None
+    )
     pooled_table = np.mean([tables[name] for name in names], axis=0)
     estimate = estimate_power(pooled_table, margin, bootstrap_draws=pooled_draws)
     pooled: dict[str, Any] = {
-        "methods": names, "gap": float(np.mean([-summaries[name].gap_to_best for name in names])),
+        "methods": names,
+        "gap": float(np.mean([-summaries[name].gap_to_best for name in names])),
         "gap_ci": percentile_interval(pooled_draws, level) if pooled_draws is not None else None,
-        "gap_ci_equivalence": percentile_interval(pooled_draws, 1 - 2 * ALPHA) if pooled_draws is not None
+        "gap_ci_equivalence": percentile_interval(pooled_draws, 1 - 2 * ALPHA)
+        if pooled_draws is not None
         else None,
         "power": estimate.to_dict(),
     }
@@ -412,8 +481,11 @@ def _summarise_method(
                     module_samples.add(count)
             if report.whole and report.whole.uncertified_residual is not None:
                 whole_uncertified.append(report.whole.uncertified_residual)
-            module_uncertified += [block.uncertified_residual for block in report.modules
-                                   if block.uncertified_residual is not None]
+            module_uncertified += [
+                block.uncertified_residual
+                for block in report.modules
+                if block.uncertified_residual is not None
+            ]
 
     # End-of-training sharpness of the runs at the best grid LR (one per seed).
     best_runs = [run for run in method_runs if run.lr == peak.eta_grid and run.status == Status.DONE]
@@ -425,8 +497,11 @@ def _summarise_method(
         whole = report.whole.lambda_max if report and report.whole else None
         final_whole.append(whole if whole is not None else run.lambda_final)
         final_median.append(report.module_median if report else None)
-        precond.append(run.precond_lambda_final if run.precond_lambda_final is not None else
-                       (report.precond_sharpness if report else None))
+        precond.append(
+            run.precond_lambda_final
+            if run.precond_lambda_final is not None
+            else (report.precond_sharpness if report else None)
+        )
     lambda_final = _geometric_mean(final_whole)
     precond_final = _geometric_mean(precond)
     _, adam_threshold = adam_thresholds(peak.eta_grid, beta1)
@@ -454,17 +529,24 @@ def _summarise_method(
         lambda_init_whole_uncertified=max(whole_uncertified, default=None),
         lambda_init_module_uncertified=max(module_uncertified, default=None),
         lambda_init_module_basis=_module_basis(module_kinds, module_layers, module_seeds, module_samples),
-        lambda_init_modules={name: value for name, values in per_module.items()
-                             if (value := _geometric_mean(values)) is not None},
+        lambda_init_modules={
+            name: value
+            for name, values in per_module.items()
+            if (value := _geometric_mean(values)) is not None
+        },
         lambda_final_whole=lambda_final,
         lambda_final_module_median=_geometric_mean(final_median),
         precond_lambda_final=precond_final,
         final_lambda_eta_over_2=lambda_final * peak.eta_grid / 2 if lambda_final else None,
-        precond_over_adam_threshold=precond_final / adam_threshold if precond_final and adam_threshold else None,
+        precond_over_adam_threshold=precond_final / adam_threshold
+        if precond_final and adam_threshold
+        else None,
     )
 
 
-def leave_one_seed_out(curve: MethodCurve, *, higher_is_better: bool) -> tuple[dict[int, float], tuple[int, ...]]:
+def leave_one_seed_out(
+    curve: MethodCurve, *, higher_is_better: bool
+) -> tuple[dict[int, float], tuple[int, ...]]:
     """The seed-mean optimum with each seed left out (seed → η*), and the seeds whose removal moves η* by more than
     half the LR lattice's step (×√step: past the midpoint to the next LR searched, e.g. ×1.33 on a quarter-decade
     lattice): an optimum that one seed's runs (a collapse at one LR) decide. Needs three or more seeds."""
@@ -481,7 +563,9 @@ def leave_one_seed_out(curve: MethodCurve, *, higher_is_better: bool) -> tuple[d
                 for lr, value in points:
                     by_lr.setdefault(lr, []).append(value)
         lrs = sorted(by_lr)
-        eta = fit_peak(lrs, [float(np.mean(by_lr[lr])) for lr in lrs], higher_is_better=higher_is_better).eta_star
+        eta = fit_peak(
+            lrs, [float(np.mean(by_lr[lr])) for lr in lrs], higher_is_better=higher_is_better
+        ).eta_star
         without[left_out] = eta
         if max(eta / full, full / eta) > half_step * (1 + 1e-9):
             moving.append(left_out)
@@ -503,7 +587,9 @@ def _resolve_lambda_source(
 
 
 def _with_relation_lambda(
-    summary: MethodSummary, runs: Sequence[RunRecord], directory: RunDirectory,
+    summary: MethodSummary,
+    runs: Sequence[RunRecord],
+    directory: RunDirectory,
     source: Literal["whole", "module_median"],
 ) -> MethodSummary:
     """Per-seed λ_max at init from the chosen source: the eigen reports, else the ``lambda_init`` column (the
@@ -514,10 +600,15 @@ def _with_relation_lambda(
         report = directory.init_report(summary.method, seed, method_runs[0].rank)
         value = None
         if report is not None:
-            value = report.whole.lambda_max if source == "whole" and report.whole else (
-                report.module_median if source == "module_median" else None)
+            value = (
+                report.whole.lambda_max
+                if source == "whole" and report.whole
+                else (report.module_median if source == "module_median" else None)
+            )
         if value is None and source == "whole":
-            column = [run.lambda_init for run in method_runs if run.seed == seed and run.lambda_init is not None]
+            column = [
+                run.lambda_init for run in method_runs if run.seed == seed and run.lambda_init is not None
+            ]
             value = float(np.median(column)) if column else None
         if value is not None and value > 0:
             per_seed[seed] = value
@@ -537,7 +628,9 @@ def _module_basis(kinds: set[str], layers: set[int], seeds: set[int], samples: s
     """``q_proj of 30 layers, seed 1, 8 examples``: what a per-module median was measured on."""
     if not kinds:
         return None
-    text = "/".join(sorted(kinds)) + (f" of {len(layers)} layer{'s' if len(layers) != 1 else ''}" if layers else "")
+    text = "/".join(sorted(kinds)) + (
+        f" of {len(layers)} layer{'s' if len(layers) != 1 else ''}" if layers else ""
+    )
     text += f", seed{'s' if len(seeds) != 1 else ''} {', '.join(str(seed) for seed in sorted(seeds))}"
     if samples:
         low, high = min(samples), max(samples)
@@ -550,8 +643,9 @@ def relation_lambda(summary: MethodSummary) -> float | None:
     return _geometric_mean(summary.lambda_init_per_seed.values())
 
 
-def _fits_by_source(summaries: Mapping[str, MethodSummary], draws: Draws, level: float, seed: int
-                    ) -> dict[str, dict[str, Any]]:
+def _fits_by_source(
+    summaries: Mapping[str, MethodSummary], draws: Draws, level: float, seed: int
+) -> dict[str, dict[str, Any]]:
     """The relation's power-law fit with each kind of λ at init that every interior method has: the whole
     adapter's and the module median's (the paper measured modules). Per source: the methods, slope and R², the
     slope's and ρ's intervals over η* draws, exact ρ, and whether the slope's interval holds −1 (η* ∝ 1/λ)."""
@@ -559,27 +653,49 @@ def _fits_by_source(summaries: Mapping[str, MethodSummary], draws: Draws, level:
     fits: dict[str, dict[str, Any]] = {}
     for source, attribute in (("whole", "lambda_init_whole"), ("module_median", "lambda_init_module_median")):
         lambdas = {name: getattr(s, attribute) for name, s in interior.items()}
-        if len(lambdas) < MIN_INTERIOR or any(not value for value in lambdas.values()) or \
-                len(set(lambdas.values())) < 2:
+        if (
+            len(lambdas) < MIN_INTERIOR
+            or any(not value for value in lambdas.values())
+            or len(set(lambdas.values())) < 2
+        ):
             continue
         etas = {name: interior[name].eta_star for name in lambdas}
         power = fit_power_law(list(lambdas.values()), list(etas.values()))
         rho, p_value = spearman_exact(list(lambdas.values()), list(etas.values()))
-        with_draws = {name: draws.eta[name] for name in lambdas
-                      if name in draws.eta and draws.basis.get(name) != NO_INTERVAL}
-        slope_ci, rho_ci, _ = relation_draws(lambdas, with_draws, etas, level=level, seed=seed) if with_draws \
+        with_draws = {
+            name: draws.eta[name]
+            for name in lambdas
+            if name in draws.eta and draws.basis.get(name) != NO_INTERVAL
+        }
+        slope_ci, rho_ci, _ = (
+            relation_draws(lambdas, with_draws, etas, level=level, seed=seed)
+            if with_draws
             else (None, None, 0)
+        )
         fits[source] = {
-            "methods": list(lambdas), "slope": power.slope, "intercept": power.intercept, "r2": power.r2,
-            "slope_ci95": slope_ci, "spearman_rho": rho, "spearman_p": p_value, "spearman_rho_ci": rho_ci,
+            "methods": list(lambdas),
+            "slope": power.slope,
+            "intercept": power.intercept,
+            "r2": power.r2,
+            "slope_ci95": slope_ci,
+            "spearman_rho": rho,
+            "spearman_p": p_value,
+            "spearman_rho_ci": rho_ci,
             "inverse_in_ci": None if slope_ci is None else bool(slope_ci[0] <= -1.0 <= slope_ci[1]),
         }
     return fits
 
 
 def _relation(
-    summaries: Mapping[str, MethodSummary], source: Literal["whole", "module_median"], samples: int, seed: int,
-    *, draws: Draws | None = None, level: float = 0.95, run_dir: str = "RUN_DIR", adaptive: bool = False,
+    summaries: Mapping[str, MethodSummary],
+    source: Literal["whole", "module_median"],
+    samples: int,
+    seed: int,
+    *,
+    draws: Draws | None = None,
+    level: float = 0.95,
+    run_dir: str = "RUN_DIR",
+    adaptive: bool = False,
 ) -> Relation:
     """Spearman ρ, power-law slope with its bootstrap interval, c of c/λ and the leave-one-method-out errors,
     over the methods with an interior optimum only (a censored η* is a bound: :mod:`.censoring`); with fewer
@@ -587,20 +703,40 @@ def _relation(
     with_lambda = {name: s for name, s in summaries.items() if relation_lambda(s)}
     censored = {name: s.censored for name, s in with_lambda.items() if s.censored}
     bounds = {name: bound_text(side, with_lambda[name].eta_star) for name, side in censored.items()}
-    extend = extension_advice(censored, {name: s.lrs for name, s in summaries.items()}, run_dir, adaptive=adaptive)
+    extend = extension_advice(
+        censored, {name: s.lrs for name, s in summaries.items()}, run_dir, adaptive=adaptive
+    )
     points: dict[str, tuple[float, float]] = {
-        name: (relation_lambda(s), s.eta_star) for name, s in with_lambda.items()  # type: ignore[misc]  # with_lambda: λ not None
+        name: (relation_lambda(s), s.eta_star)  # type: ignore[misc]  # with_lambda: λ not None
+        for name, s in with_lambda.items()
         if name not in censored
     }
     if len(points) < MIN_INTERIOR:
-        summary = censored_summary(censored, {n: s.eta_star for n, s in with_lambda.items()},
-                                   len(with_lambda))
-        note = (f"not enough interior optima ({summary}; a relation needs {MIN_INTERIOR} interior optima, "
-                f"{len(points)} here)")
+        summary = censored_summary(
+            censored, {n: s.eta_star for n, s in with_lambda.items()}, len(with_lambda)
+        )
+        note = (
+            f"not enough interior optima ({summary}; a relation needs {MIN_INTERIOR} interior optima, "
+            f"{len(points)} here)"
+        )
         return Relation(
-            lambda_source=source, n_methods=len(points), spearman_rho=None, spearman_p=None, slope=None,
-            intercept=None, r2=None, slope_ci95=None, bootstrap_valid=0, c=None, c_spread_factor=None, lomo={},
-            lomo_within_2x={}, preferred_fit=None, n_total=len(with_lambda), censored=bounds, note=note,
+            lambda_source=source,
+            n_methods=len(points),
+            spearman_rho=None,
+            spearman_p=None,
+            slope=None,
+            intercept=None,
+            r2=None,
+            slope_ci95=None,
+            bootstrap_valid=0,
+            c=None,
+            c_spread_factor=None,
+            lomo={},
+            lomo_within_2x={},
+            preferred_fit=None,
+            n_total=len(with_lambda),
+            censored=bounds,
+            note=note,
             extend=extend,
         )
     lambdas = [lam for lam, _ in points.values()]
@@ -614,15 +750,25 @@ def _relation(
         # The interval carries η*'s own uncertainty: each draw uses that bootstrap draw's η* per method.
         interval, rho_interval, valid = relation_draws(
             {name: lam for name, (lam, _) in points.items()},
-            {name: draws.eta[name] for name in points if name in draws.eta and draws.basis.get(name) != NO_INTERVAL},
-            {name: eta for name, (_, eta) in points.items()}, level=level, seed=seed)
+            {
+                name: draws.eta[name]
+                for name in points
+                if name in draws.eta and draws.basis.get(name) != NO_INTERVAL
+            },
+            {name: eta for name, (_, eta) in points.items()},
+            level=level,
+            seed=seed,
+        )
     elif power is not None and len(points) >= 3:
         seed_points: dict[str, list[tuple[float, float]]] = {}
         for name, summary in summaries.items():
             if name not in points:
                 continue
-            pairs = [(summary.lambda_init_per_seed[s], summary.eta_star_per_seed[s])
-                     for s in summary.lambda_init_per_seed if s in summary.eta_star_per_seed]
+            pairs = [
+                (summary.lambda_init_per_seed[s], summary.eta_star_per_seed[s])
+                for s in summary.lambda_init_per_seed
+                if s in summary.eta_star_per_seed
+            ]
             seed_points[name] = pairs or [points[name]]
         try:
             low, high, valid = bootstrap_slope(seed_points, samples=samples, seed=seed)
@@ -645,9 +791,22 @@ def _relation(
         errors = {fit: float(np.mean([abs(math.log10(item["ratio"])) for item in lomo[fit]])) for fit in lomo}
         preferred = min(FIT_KINDS[::-1], key=lambda fit: errors.get(fit, math.inf))
     return Relation(
-        lambda_source=source, n_methods=len(points), spearman_rho=rho, spearman_p=p_value,
-        slope=power.slope if power else None, intercept=power.intercept if power else None,
-        r2=power.r2 if power else None, slope_ci95=interval, bootstrap_valid=valid, c=c, c_spread_factor=spread,
-        lomo=lomo, lomo_within_2x=within, preferred_fit=preferred, n_total=len(with_lambda), censored=bounds,
-        extend=extend, spearman_rho_ci=rho_interval,
+        lambda_source=source,
+        n_methods=len(points),
+        spearman_rho=rho,
+        spearman_p=p_value,
+        slope=power.slope if power else None,
+        intercept=power.intercept if power else None,
+        r2=power.r2 if power else None,
+        slope_ci95=interval,
+        bootstrap_valid=valid,
+        c=c,
+        c_spread_factor=spread,
+        lomo=lomo,
+        lomo_within_2x=within,
+        preferred_fit=preferred,
+        n_total=len(with_lambda),
+        censored=bounds,
+        extend=extend,
+        spearman_rho_ci=rho_interval,
     )

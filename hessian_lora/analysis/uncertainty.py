@@ -45,7 +45,9 @@ class Draws:
 
     eta: Mapping[str, np.ndarray]
     peak: Mapping[str, np.ndarray]
-    basis: Mapping[str, str]  # "seeds and evaluation examples" | "seeds" | "evaluation examples" | NO_INTERVAL
+    basis: Mapping[
+        str, str
+    ]  # "seeds and evaluation examples" | "seeds" | "evaluation examples" | NO_INTERVAL
     n_examples: int | None
 
 
@@ -77,8 +79,13 @@ def _method_data(runs: Sequence[RunRecord], metric: Metric) -> _MethodData | Non
 
 
 def bootstrap_optima(
-    runs: Sequence[RunRecord], methods: Sequence[str], metric: Metric, *, higher_is_better: bool,
-    samples: int = 2000, seed: int = 0,
+    runs: Sequence[RunRecord],
+    methods: Sequence[str],
+    metric: Metric,
+    *,
+    higher_is_better: bool,
+    samples: int = 2000,
+    seed: int = 0,
 ) -> Draws:
     """``samples`` draws of (η*, peak metric) per method, seeds and evaluation examples resampled once per draw
     for all methods (see the module docstring). A method with nothing to resample gets no draws."""
@@ -90,15 +97,19 @@ def bootstrap_optima(
     basis: dict[str, str] = {}
     for name, item in data.items():
         parts = (["seeds"] if len(item.seeds) > 1 else []) + (
-            ["evaluation examples"] if item.scores is not None and item.scores.shape[2] == n_examples else [])
+            ["evaluation examples"] if item.scores is not None and item.scores.shape[2] == n_examples else []
+        )
         basis[name] = " and ".join(parts) if parts else NO_INTERVAL
     rng = np.random.default_rng(seed)
     eta = {name: np.full(samples, np.nan) for name in data}
     peak = {name: np.full(samples, np.nan) for name in data}
     for draw in range(samples):
         example_index = rng.integers(n_examples, size=n_examples) if n_examples else None
-        common = rng.integers(len(next(iter(data.values())).seeds), size=len(next(iter(data.values())).seeds)) \
-            if data and shared_seeds else None
+        common = (
+            rng.integers(len(next(iter(data.values())).seeds), size=len(next(iter(data.values())).seeds))
+            if data and shared_seeds
+            else None
+        )
         for name, item in data.items():
             if basis[name] == NO_INTERVAL:
                 continue
@@ -159,8 +170,12 @@ def gap_verdict(interval: tuple[float, float] | None, higher_is_better: bool, is
 
 
 def relation_draws(
-    lambdas: Mapping[str, float], eta_draws: Mapping[str, np.ndarray], etas: Mapping[str, float], *,
-    level: float = 0.95, seed: int = 0,
+    lambdas: Mapping[str, float],
+    eta_draws: Mapping[str, np.ndarray],
+    etas: Mapping[str, float],
+    *,
+    level: float = 0.95,
+    seed: int = 0,
 ) -> tuple[tuple[float, float] | None, tuple[float, float] | None, int]:
     """Slope and Spearman ρ intervals that carry η*'s uncertainty: per draw, the methods are resampled with
     replacement (slope only: ρ needs distinct methods) and each uses that draw's η* (its point value where it has
@@ -171,8 +186,14 @@ def relation_draws(
     x_all = np.log10(np.array([lambdas[name] for name in names]))
     slopes, rhos = [], []
     for draw in range(samples):
-        y_all = np.array([eta_draws[name][draw] if name in eta_draws and np.isfinite(eta_draws[name][draw])
-                          else etas[name] for name in names])
+        y_all = np.array(
+            [
+                eta_draws[name][draw]
+                if name in eta_draws and np.isfinite(eta_draws[name][draw])
+                else etas[name]
+                for name in names
+            ]
+        )
         y_all = np.log10(y_all)
         if np.ptp(y_all) > 0:
             rhos.append(float(stats.spearmanr(x_all, y_all).statistic))

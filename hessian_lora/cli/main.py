@@ -17,7 +17,18 @@ from hessian_lora.core.errors import UserError
 
 # Order is the order of --help. Each module defines register(subparsers), which adds its parser through
 # hessian_lora.cli.commands.add_command with ``run`` (parsed args -> exit code) as its handler.
-COMMAND_MODULES = ("methods", "init", "info", "eigen", "sweep", "results", "analyze", "recommend", "plot", "demo")
+COMMAND_MODULES = (
+    "methods",
+    "init",
+    "info",
+    "eigen",
+    "sweep",
+    "results",
+    "analyze",
+    "recommend",
+    "plot",
+    "demo",
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,7 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser = build_parser()
             try:
                 args = parser.parse_args(argv)
-            except SystemExit as exc:  # --help (0) or a usage error (2, already printed): a code, not an exception
+            except (
+                SystemExit
+            ) as exc:  # --help (0) or a usage error (2, already printed): a code, not an exception
                 return exc.code if isinstance(exc.code, int) else 2
             if not getattr(args, "handler", None):
                 parser.print_help()

@@ -14,8 +14,16 @@ from typing import Any
 from hessian_lora.core.errors import UserError
 
 
-def bounded_number(value: Any, name: str, *, low: float | None = None, high: float | None = None,
-                   low_open: bool = True, high_open: bool = True, fix: str = "") -> float:
+def bounded_number(
+    value: Any,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = True,
+    high_open: bool = True,
+    fix: str = "",
+) -> float:
     """``value`` as a float when it is a finite number (never a bool) inside the given bounds, else a
     :class:`UserError` naming ``name``, the allowed range, what it got and ``fix``."""
     number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
@@ -27,7 +35,9 @@ def bounded_number(value: Any, name: str, *, low: float | None = None, high: flo
     if not inside:
         left = "(" if low_open else "["
         right = ")" if high_open else "]"
-        interval = f"{left}{'-inf' if low is None else _show(low)}, {'inf' if high is None else _show(high)}{right}"
+        interval = (
+            f"{left}{'-inf' if low is None else _show(low)}, {'inf' if high is None else _show(high)}{right}"
+        )
         advice = f": {fix}" if fix else "."
         raise UserError(f"{name} must be a finite number in {interval}, got {value!r}{advice}")
     return number
@@ -45,8 +55,12 @@ def time_limit(value: Any, name: str, *, fix: str = "give a finite number of sec
 
 def krylov_gib(value: Any) -> float:
     """The Krylov budget in GiB (``--krylov-memory``, ``MeasureSettings.krylov_memory``): finite and positive."""
-    return bounded_number(value, "krylov_memory (--krylov-memory)", low=0.0,
-                          fix="give the GiB the Krylov vectors may take, e.g. 8, or leave it out.")
+    return bounded_number(
+        value,
+        "krylov_memory (--krylov-memory)",
+        low=0.0,
+        fix="give the GiB the Krylov vectors may take, e.g. 8, or leave it out.",
+    )
 
 
 def _show(bound: float) -> str:

@@ -29,13 +29,17 @@ def _check_creatable(path: Path, option: str) -> None:
     """``path`` does not exist: its nearest existing ancestor must be a directory we can create entries in."""
     ancestor = _nearest_existing(path.parent if path.parent != path else path)
     if not ancestor.is_dir():
-        raise UserError(f"{option} {path}: {ancestor} is a file, not a directory, so nothing can be created "
-                        "under it: choose another path.")
+        raise UserError(
+            f"{option} {path}: {ancestor} is a file, not a directory, so nothing can be created "
+            "under it: choose another path."
+        )
     try:
         probe = tempfile.mkdtemp(prefix=".hessian-lora-probe.", suffix=".tmp", dir=ancestor)
     except OSError as exc:
-        raise UserError(f"{option} {path}: cannot create anything in {ancestor} ({exc.strerror or exc}): choose a "
-                        "writable location.") from exc
+        raise UserError(
+            f"{option} {path}: cannot create anything in {ancestor} ({exc.strerror or exc}): choose a "
+            "writable location."
+        ) from exc
     shutil.rmtree(probe, ignore_errors=True)
 
 
@@ -43,8 +47,9 @@ def check_output_file(path: str | os.PathLike[str], option: str = "--out") -> Pa
     """A file to (over)write: not an existing directory, and creatable where it does not exist."""
     target = Path(path).expanduser()
     if target.is_dir():
-        raise UserError(f"{option} {target} is a directory: pass a file name inside it, e.g. "
-                        f"{target / 'out.json'}.")
+        raise UserError(
+            f"{option} {target} is a directory: pass a file name inside it, e.g. {target / 'out.json'}."
+        )
     if target.exists():
         if not os.access(target, os.W_OK):
             raise UserError(f"{option} {target} is not writable: choose another file.")
@@ -53,7 +58,9 @@ def check_output_file(path: str | os.PathLike[str], option: str = "--out") -> Pa
     return target
 
 
-def check_output_directory(path: str | os.PathLike[str], option: str = "--out", *, kind: str = "directory") -> Path:
+def check_output_directory(
+    path: str | os.PathLike[str], option: str = "--out", *, kind: str = "directory"
+) -> Path:
     """A directory to write into: not an existing file, and creatable where it does not exist."""
     target = Path(path).expanduser()
     if target.exists() and not target.is_dir():

@@ -43,14 +43,20 @@ HISTORY_FILE = "history.json"
 SHARPNESS_FILE = "sharpness.json"  # sharpness along training (hessian.during probes)
 EVAL_FILE = "eval.json"  # per-example scores of the run's evaluation, in evaluation order
 RunDocument = Literal["history", "sharpness", "eval_scores"]
-RUN_DOCUMENTS: dict[RunDocument, str] = {"history": HISTORY_FILE, "sharpness": SHARPNESS_FILE, "eval_scores": EVAL_FILE}
+RUN_DOCUMENTS: dict[RunDocument, str] = {
+    "history": HISTORY_FILE,
+    "sharpness": SHARPNESS_FILE,
+    "eval_scores": EVAL_FILE,
+}
 ANALYSIS_JSON = "analysis.json"
 ANALYSIS_MD = "analysis.md"
 ABLATION_JSON = "ablation.json"  # cross-setting comparison (several ranks, batch sizes or run directories)
 ABLATION_MD = "ablation.md"
 FIGURES_DIR = "figures"
 INIT_MARKER = "_init"
-INIT_INPUTS_SUFFIX = ".inputs"  # beside an init report, not *.json: no reader of hessian/*.json takes it for one
+INIT_INPUTS_SUFFIX = (
+    ".inputs"  # beside an init report, not *.json: no reader of hessian/*.json takes it for one
+)
 FINAL_MARKER = "_final"
 
 

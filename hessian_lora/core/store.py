@@ -79,8 +79,10 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
 # What a finished run may set (the key columns are fixed when the row is created).
 RESULT_COLUMNS = tuple(
-    name for name in COLUMN_NAMES
-    if name not in ("run_id", "method", "lr", "seed", "rank", "batch_size", "updated_at", "attempts", "started_at")
+    name
+    for name in COLUMN_NAMES
+    if name
+    not in ("run_id", "method", "lr", "seed", "rank", "batch_size", "updated_at", "attempts", "started_at")
 )
 
 
@@ -96,9 +98,12 @@ class RunStore:
         self.path = Path(path)
         if read_only:
             if not self.path.is_file():
-                raise UserError(f"{self.path} does not exist: pass a directory written by `hessian-lora sweep`.")
-            self._connection = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30.0,
-                                               isolation_level=None)
+                raise UserError(
+                    f"{self.path} does not exist: pass a directory written by `hessian-lora sweep`."
+                )
+            self._connection = sqlite3.connect(
+                f"file:{self.path}?mode=ro", uri=True, timeout=30.0, isolation_level=None
+            )
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if not self.path.exists():
@@ -136,7 +141,10 @@ class RunStore:
 
     def statuses(self) -> dict[str, str]:
         """run_id → status as stored (the plain value, e.g. ``"done"``; equal to the matching :class:`Status`)."""
-        return {row["run_id"]: row["status"] for row in self._connection.execute("SELECT run_id, status FROM runs")}
+        return {
+            row["run_id"]: row["status"]
+            for row in self._connection.execute("SELECT run_id, status FROM runs")
+        }
 
     def get(self, run_id: str) -> dict[str, Any] | None:
         """One row as a dict, or None when ``run_id`` was never started."""
@@ -159,16 +167,26 @@ class RunStore:
                 f"ON CONFLICT(run_id) DO UPDATE SET status = excluded.status, {cleared}, "
                 "attempts = COALESCE(runs.attempts, 0) + 1, started_at = excluded.started_at, "
                 "updated_at = excluded.updated_at",
-                (spec.run_id, spec.method, float(spec.lr), spec.seed, spec.rank, spec.batch_size,
-                 Status.RUNNING.value, stamp, stamp),
+                (
+                    spec.run_id,
+                    spec.method,
+                    float(spec.lr),
+                    spec.seed,
+                    spec.rank,
+                    spec.batch_size,
+                    Status.RUNNING.value,
+                    stamp,
+                    stamp,
+                ),
             )
 
     def finish(self, run_id: str, result: Mapping[str, Any]) -> None:
         """Record a run's final status and results in one transaction."""
         status = result.get("status")
         if not isinstance(status, str) or status not in FINAL_STATUSES:
-            raise ValueError(f"a finished run needs a final status ({', '.join(map(str, _FINAL_ORDER))}), "
-                             f"got {status!r}")
+            raise ValueError(
+                f"a finished run needs a final status ({', '.join(map(str, _FINAL_ORDER))}), got {status!r}"
+            )
         unknown = set(result) - set(RESULT_COLUMNS)
         if unknown:
             raise ValueError(f"not columns of runs: {', '.join(sorted(unknown))}")
@@ -176,7 +194,9 @@ class RunStore:
         values["updated_at"] = now()
         assignments = ", ".join(f'"{name}" = ?' for name in values)
         with self.transaction() as connection:
-            cursor = connection.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", (*values.values(), run_id))
+            cursor = connection.execute(
+                f"UPDATE runs SET {assignments} WHERE run_id = ?", (*values.values(), run_id)
+            )
             if cursor.rowcount != 1:
                 raise KeyError(f"run {run_id} was never started in {self.path}")
 
@@ -280,12 +300,18 @@ def read_rows(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """
     layout = RunLayout(run_dir)
     if not layout.root.is_dir():
-        raise UserError(f"run directory {str(run_dir)!r} does not exist: pass the --out directory of a sweep.")
+        raise UserError(
+            f"run directory {str(run_dir)!r} does not exist: pass the --out directory of a sweep."
+        )
     if not layout.database.is_file():
-        raise UserError(f"{str(layout.database)!r} is missing: run `hessian-lora sweep CONFIG --out {run_dir}` first.")
+        raise UserError(
+            f"{str(layout.database)!r} is missing: run `hessian-lora sweep CONFIG --out {run_dir}` first."
+        )
     try:
         with RunStore(layout.database, read_only=True) as store:
             return store.rows()
     except sqlite3.Error as exc:
-        raise UserError(f"{str(layout.database)!r} is not a readable sweep store ({exc}): pass a RUN_DIR written "
-                        "by `hessian-lora sweep`.") from exc
+        raise UserError(
+            f"{str(layout.database)!r} is not a readable sweep store ({exc}): pass a RUN_DIR written "
+            "by `hessian-lora sweep`."
+        ) from exc

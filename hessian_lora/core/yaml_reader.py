@@ -31,8 +31,9 @@ def numbers_from_strings(value: Any) -> Any:
     return value
 
 
-def settings_from_mapping(cls: type[Settings], data: Any, *, what: str, source: str,
-                          also_known: Sequence[str] = ()) -> Settings:
+def settings_from_mapping(
+    cls: type[Settings], data: Any, *, what: str, source: str, also_known: Sequence[str] = ()
+) -> Settings:
     """The settings dataclass ``cls`` from a YAML mapping: the one reader of every settings block.
 
     Unknown keys are named with the known ones (``also_known``: keys the caller handles itself, listed but not
@@ -45,8 +46,10 @@ def settings_from_mapping(cls: type[Settings], data: Any, *, what: str, source: 
     known = [*also_known, *(field.name for field in dataclasses.fields(cast(Any, cls)))]
     unknown = sorted(str(key) for key in data if key not in known)
     if unknown:
-        raise UserError(f"{source}: unknown {what} setting(s) {', '.join(unknown)}: check the spelling "
-                        f"(known: {', '.join(known)}).")
+        raise UserError(
+            f"{source}: unknown {what} setting(s) {', '.join(unknown)}: check the spelling "
+            f"(known: {', '.join(known)})."
+        )
     values = {str(key): value for key, value in data.items() if key not in also_known}
     try:
         return cls(**values)

@@ -17,8 +17,13 @@ Callback = Callable[[IterationRecord], None]
 NOISE_FLOOR_EPS = 100.0
 
 
-def random_vector(size: int, dtype: torch.dtype, device: torch.device, seed: int,
-                  kind: Literal["normal", "rademacher"] = "normal") -> torch.Tensor:
+def random_vector(
+    size: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    seed: int,
+    kind: Literal["normal", "rademacher"] = "normal",
+) -> torch.Tensor:
     """A start vector drawn on the CPU from ``seed`` (identical on every device and every rank)."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
     if kind == "normal":
@@ -34,8 +39,14 @@ class ProbeStream:
     """Successive random vectors from one generator seeded by ``seed``: two seeds give independent streams (probes
     drawn as seed, seed + 1, ... made seeds 1000 and 1001 share all but one probe)."""
 
-    def __init__(self, size: int, dtype: torch.dtype, device: torch.device, seed: int,
-                 kind: Literal["normal", "rademacher"] = "rademacher") -> None:
+    def __init__(
+        self,
+        size: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        seed: int,
+        kind: Literal["normal", "rademacher"] = "rademacher",
+    ) -> None:
         self.size, self.dtype, self.device, self.kind = size, dtype, device, kind
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
 

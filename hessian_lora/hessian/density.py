@@ -45,18 +45,25 @@ def spectral_density(
     all_weights: list[tuple[float, ...]] = []
     hvps = 0
     for run in range(runs):
-        start = starts[run] if starts is not None else random_vector(
-            operator.size, operator.dtype, operator.device, seed + run, kind="rademacher")
+        start = (
+            starts[run]
+            if starts is not None
+            else random_vector(operator.size, operator.dtype, operator.device, seed + run, kind="rademacher")
+        )
         state = None
         # The shared Lanczos kernel without restarts: it ends early when the Krylov space of the start closes.
         for state in lanczos_steps(operator, start, max_dim=steps, restart_seed=None, memory=memory):
             if callback is not None:
-                callback(IterationRecord(state.step, state.hvps, time.perf_counter() - began, (state.alpha,),
-                                         (state.beta,)))
+                callback(
+                    IterationRecord(
+                        state.step, state.hvps, time.perf_counter() - began, (state.alpha,), (state.beta,)
+                    )
+                )
         assert state is not None
         hvps += state.hvps
         nodes, weights = state.theta, state.ritz[0, :] ** 2
         all_nodes.append(tuple(float(x) for x in nodes))
         all_weights.append(tuple(float(w) for w in weights / weights.sum()))
-    return DensityResult(tuple(all_nodes), tuple(all_weights), steps, hvps, time.perf_counter() - began,
-                         operator.size)
+    return DensityResult(
+        tuple(all_nodes), tuple(all_weights), steps, hvps, time.perf_counter() - began, operator.size
+    )

@@ -34,8 +34,10 @@ def world(mode: bool | str = "auto") -> tuple[int, int]:
         return 0, 1
     if not active():
         if mode is True:
-            raise UserError("distributed=True but no torch.distributed process group is running: "
-                            "launch with torchrun (and call init_from_environment()).")
+            raise UserError(
+                "distributed=True but no torch.distributed process group is running: "
+                "launch with torchrun (and call init_from_environment())."
+            )
         return 0, 1
     return dist.get_rank(), dist.get_world_size()
 
@@ -43,7 +45,9 @@ def world(mode: bool | str = "auto") -> tuple[int, int]:
 def shard(items: Sequence[_Item], rank: int, world_size: int) -> list[_Item]:
     """Rank ``rank``'s share: items rank, rank + world_size, ... (round-robin balances batch lengths)."""
     if world_size > len(items):
-        raise UserError(f"{world_size} processes but only {len(items)} batches: give more samples or fewer processes.")
+        raise UserError(
+            f"{world_size} processes but only {len(items)} batches: give more samples or fewer processes."
+        )
     return list(items[rank::world_size])
 
 

@@ -57,10 +57,14 @@ def check_differentiable(model: nn.Module) -> list[nn.Module]:
     from peft.tuners.lora.dora import DoraLinearLayer
 
     layers = dora_layers(model)
-    unsupported = [f"{name} ({type(layer).__name__})" for name, layer in layers if type(layer) is not DoraLinearLayer]
+    unsupported = [
+        f"{name} ({type(layer).__name__})" for name, layer in layers if type(layer) is not DoraLinearLayer
+    ]
     if unsupported:
-        raise UserError(f"dora_norm 'differentiated' supports DoRA on linear layers only, not {', '.join(unsupported)}: "
-                        "use dora_norm 'detached' for this model.")
+        raise UserError(
+            f"dora_norm 'differentiated' supports DoRA on linear layers only, not {', '.join(unsupported)}: "
+            "use dora_norm 'detached' for this model."
+        )
     return [layer for _, layer in layers]
 
 
@@ -89,9 +93,17 @@ def differentiated_dora_norm(model: nn.Module) -> Iterator[None]:
                 layer.forward = own
 
 
-def _differentiated_forward(self: Any, x: torch.Tensor, *, lora_A: nn.Module, lora_B: nn.Module,
-                            scaling: float, base_layer: nn.Module, base_result: torch.Tensor | None = None,
-                            adapter_name: str = "default") -> torch.Tensor:
+def _differentiated_forward(
+    self: Any,
+    x: torch.Tensor,
+    *,
+    lora_A: nn.Module,
+    lora_B: nn.Module,
+    scaling: float,
+    base_layer: nn.Module,
+    base_result: torch.Tensor | None = None,
+    adapter_name: str = "default",
+) -> torch.Tensor:
     """peft 0.x's ``DoraLinearLayer.forward`` without its two ``detach`` calls.
 
     ``get_lora_weight`` and ``get_weight_norm`` are called without ``adapter_name``, which keeps peft's optional

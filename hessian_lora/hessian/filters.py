@@ -22,7 +22,9 @@ from hessian_lora.core.errors import UserError
 from hessian_lora.settings.measurement import parse_layers as parse_layers
 from hessian_lora.settings.measurement import parse_modules as parse_modules
 
-if TYPE_CHECKING:  # annotations only: reading a report's block names (hessian_lora.measurement.reports) needs no torch
+if (
+    TYPE_CHECKING
+):  # annotations only: reading a report's block names (hessian_lora.measurement.reports) needs no torch
     from torch import nn
 
 ADAPTER_PARTS: tuple[str, ...] = ("lora_A", "lora_B", "lora_magnitude_vector")
@@ -49,6 +51,7 @@ class ParameterBlock:
 
 class ParameterFilter(Protocol):
     """Anything that turns a model into its Hessian blocks."""
+
     def blocks(self, model: nn.Module) -> list[ParameterBlock]:
         """The blocks this filter takes from ``model``, in model order."""
         ...
@@ -64,7 +67,9 @@ class WholeAdapter:
         """The blocks this filter takes from ``model``, in model order."""
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not named:
-            raise UserError("the model has no trainable parameters: wrap it in an adapter (build_adapter) first.")
+            raise UserError(
+                "the model has no trainable parameters: wrap it in an adapter (build_adapter) first."
+            )
         return [ParameterBlock(self.name, tuple(n for n, _ in named), tuple(p for _, p in named))]
 
 
@@ -97,19 +102,24 @@ class PerModule:
             if prefix is not None:
                 grouped.setdefault(prefix, []).append((name, param))
         if not grouped:
-            raise UserError("the model has no trainable adapter parameters in adapted modules: build an adapter "
-                            "first.")
+            raise UserError(
+                "the model has no trainable adapter parameters in adapted modules: build an adapter first."
+            )
         found_modules = sorted({prefix.rsplit(".", 1)[-1] for prefix in grouped})
         found_layers = sorted({layer for prefix in grouped if (layer := layer_index(prefix)) is not None})
         if self.modules is not None:
             unknown = [m for m in self.modules if m not in found_modules]
             if unknown:
-                raise UserError(f"no adapted module named {', '.join(unknown)}: choose from {', '.join(found_modules)}.")
+                raise UserError(
+                    f"no adapted module named {', '.join(unknown)}: choose from {', '.join(found_modules)}."
+                )
         if self.layers is not None:
             unknown_layers = [i for i in self.layers if i not in found_layers]
             if unknown_layers:
                 span = f"{found_layers[0]}..{found_layers[-1]}" if found_layers else "none"
-                raise UserError(f"no adapted layer {', '.join(map(str, unknown_layers))}: the model's layers are {span}.")
+                raise UserError(
+                    f"no adapted layer {', '.join(map(str, unknown_layers))}: the model's layers are {span}."
+                )
         blocks = []
         for prefix, named in grouped.items():
             module = prefix.rsplit(".", 1)[-1]
@@ -118,8 +128,15 @@ class PerModule:
                 continue
             if self.layers is not None and layer not in self.layers:
                 continue
-            blocks.append(ParameterBlock(short_name(prefix), tuple(n for n, _ in named),
-                                         tuple(p for _, p in named), module=module, layer=layer))
+            blocks.append(
+                ParameterBlock(
+                    short_name(prefix),
+                    tuple(n for n, _ in named),
+                    tuple(p for _, p in named),
+                    module=module,
+                    layer=layer,
+                )
+            )
         return blocks
 
 
@@ -135,11 +152,17 @@ class ByName:
         try:
             regex = re.compile(self.pattern)
         except re.error as exc:
-            raise UserError(f"bad parameter pattern {self.pattern!r} ({exc}): give a Python regular expression.") from exc
+            raise UserError(
+                f"bad parameter pattern {self.pattern!r} ({exc}): give a Python regular expression."
+            ) from exc
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and regex.search(n)]
         if not named:
-            raise UserError(f"no trainable parameter matches {self.pattern!r}: check the names (model.named_parameters()).")
-        return [ParameterBlock(self.name or self.pattern, tuple(n for n, _ in named), tuple(p for _, p in named))]
+            raise UserError(
+                f"no trainable parameter matches {self.pattern!r}: check the names (model.named_parameters())."
+            )
+        return [
+            ParameterBlock(self.name or self.pattern, tuple(n for n, _ in named), tuple(p for _, p in named))
+        ]
 
 
 def _tuner_layer_names(model: nn.Module) -> list[str]:
@@ -173,7 +196,7 @@ def short_name(prefix: str) -> str:
     """``layers.3.self_attn.q_proj`` for ``base_model.model.model.layers.3.self_attn.q_proj``."""
     for wrapper in _WRAPPER_PREFIXES:
         if prefix.startswith(wrapper):
-            return prefix[len(wrapper):]
+            return prefix[len(wrapper) :]
     return prefix
 
 
@@ -181,5 +204,3 @@ def layer_index(name: str) -> int | None:
     """The decoder-layer index in a module or block name (``model.layers.3.self_attn.q_proj`` → 3); None if absent."""
     match = _LAYER_INDEX.search(name)
     return int(match.group(1)) if match else None
-
-

@@ -140,12 +140,16 @@ class LanczosStep:
     beta: float
     invariant: bool
     products: VectorStore | None = None
-    restarted: bool = False  # a column of the next block is a fresh random direction (the space was invariant)
+    restarted: bool = (
+        False  # a column of the next block is a fresh random direction (the space was invariant)
+    )
     operator_scale: float = 0.0  # max ‖H v_j‖ so far, a lower bound on ‖H‖
 
 
-def block_tridiagonal(diagonal: list[torch.Tensor] | tuple[torch.Tensor, ...],
-                      off: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+def block_tridiagonal(
+    diagonal: list[torch.Tensor] | tuple[torch.Tensor, ...],
+    off: list[torch.Tensor] | tuple[torch.Tensor, ...],
+) -> torch.Tensor:
     """T (float64) from its diagonal blocks A_j and sub-diagonal blocks B_j (T[j+1, j] = B_j, T[j, j+1] = B_jᵀ).
 
     With 1×1 blocks this is the symmetric tridiagonal matrix of α's and β's.
@@ -156,7 +160,7 @@ def block_tridiagonal(diagonal: list[torch.Tensor] | tuple[torch.Tensor, ...],
         offsets.append(offsets[-1] + size)
     matrix = torch.zeros(offsets[-1], offsets[-1], dtype=torch.float64)
     for j, block in enumerate(diagonal):
-        matrix[offsets[j]:offsets[j + 1], offsets[j]:offsets[j + 1]] = block
+        matrix[offsets[j] : offsets[j + 1], offsets[j] : offsets[j + 1]] = block
     for j, block in enumerate(off[: len(diagonal) - 1]):
         rows, cols = slice(offsets[j + 1], offsets[j + 2]), slice(offsets[j], offsets[j + 1])
         matrix[rows, cols] = block
@@ -195,14 +199,17 @@ def lanczos_steps(
     p = int(block.shape[0])
     cap = min(max_dim, size)
     if p > cap:
-        raise ValueError(f"a start block of {p} vectors does not fit max_dim={max_dim} (operator size {size})")
+        raise ValueError(
+            f"a start block of {p} vectors does not fit max_dim={max_dim} (operator size {size})"
+        )
     memory = memory if memory is not None else KrylovMemory.unlimited(device)
     basis = VectorStore(size, dtype, device, memory, page_rows=max(PAGE_ROWS, p))
     images = VectorStore(size, dtype, device, memory, page_rows=max(PAGE_ROWS, p)) if keep_products else None
     restarts = 0
     for i in range(p):
-        block[i] = _orthonormal_or_random(block[i], None, block[:i], size, dtype, device,
-                                          (restart_seed or 0) + 1 + i)
+        block[i] = _orthonormal_or_random(
+            block[i], None, block[:i], size, dtype, device, (restart_seed or 0) + 1 + i
+        )
     diagonal: list[torch.Tensor] = []
     off: list[torch.Tensor] = []
     dim = 0
@@ -259,7 +266,7 @@ def lanczos_steps(
             if i:
                 coefficients = inner(nxt[:i], column)
                 actual[:i, i] = coefficients
-                used[:min(i, following), i] = coefficients[:following]
+                used[: min(i, following), i] = coefficients[:following]
                 column = column - coefficients.to(dtype=dtype, device=device) @ nxt[:i]
             length = norm(column)
             dependent = True
@@ -288,12 +295,28 @@ def lanczos_steps(
             restarts += 1
             restarted = True
             seed = restart_seed + _RESTART_SEED_STRIDE * restarts
-            nxt[i] = _orthonormal_or_random(random_vector(size, dtype, device, seed), basis, nxt[:i], size,
-                                            dtype, device, seed)
+            nxt[i] = _orthonormal_or_random(
+                random_vector(size, dtype, device, seed), basis, nxt[:i], size, dtype, device, seed
+            )
         estimates = (actual @ ritz[-p:, :]).norm(dim=0)
-        yield LanczosStep(step, dim, hvps, restarts, theta, ritz, estimates, basis, tuple(diagonal),
-                          tuple(off), float(a[0, 0]), float(actual.norm()), vanished, images,
-                          restarted=restarted, operator_scale=operator_scale)
+        yield LanczosStep(
+            step,
+            dim,
+            hvps,
+            restarts,
+            theta,
+            ritz,
+            estimates,
+            basis,
+            tuple(diagonal),
+            tuple(off),
+            float(a[0, 0]),
+            float(actual.norm()),
+            vanished,
+            images,
+            restarted=restarted,
+            operator_scale=operator_scale,
+        )
         if following <= 0 or (vanished and restart_seed is None):
             return
         off.append(used)
@@ -301,8 +324,13 @@ def lanczos_steps(
 
 
 def _orthonormal_or_random(
-    vector: torch.Tensor, basis: VectorStore | None, block: torch.Tensor, size: int, dtype: torch.dtype,
-    device: torch.device, seed: int,
+    vector: torch.Tensor,
+    basis: VectorStore | None,
+    block: torch.Tensor,
+    size: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    seed: int,
 ) -> torch.Tensor:
     """``vector`` orthogonalised (twice) against the rows of ``basis`` and ``block`` and normalised; a random
     vector (seeded) instead when nothing is left of it."""
@@ -380,8 +408,10 @@ def lanczos(
     if k > size:
         raise UserError(f"k={k} eigenvalues per end, but the operator has only {size}: ask for k <= {size}.")
     if block_size is not None and block_size < k:
-        raise UserError(f"block_size={block_size} is below k={k}: block Lanczos needs a start vector per wanted "
-                        f"eigenvalue; pass block_size >= {k} (or leave it out).")
+        raise UserError(
+            f"block_size={block_size} is below k={k}: block Lanczos needs a start vector per wanted "
+            f"eigenvalue; pass block_size >= {k} (or leave it out)."
+        )
     given = [] if start is None else list(start.to(device=device, dtype=dtype).reshape(-1, size).clone())
     if len(given) > size:
         raise UserError(f"a start block of {len(given)} vectors is wider than the operator ({size}).")
@@ -399,8 +429,14 @@ def lanczos(
     explored_restart = False  # a restart direction has been multiplied at least once
     may_stop = True
     estimated = False
-    for state in lanczos_steps(operator, torch.stack(rows), max_dim=cap, restart_seed=seed,
-                               keep_products=verify and store_products, memory=memory):
+    for state in lanczos_steps(
+        operator,
+        torch.stack(rows),
+        max_dim=cap,
+        restart_seed=seed,
+        keep_products=verify and store_products,
+        memory=memory,
+    ):
         wanted = _wanted_indices(state.dim, k, which)
         # An invariant Krylov space is not a converged top: a space spanned by the start block (say, a start on
         # an eigenvector) knows nothing of the rest of the spectrum, so the run may not stop before a restart
@@ -409,8 +445,9 @@ def lanczos(
         enough = state.dim >= min(_needed(k, which), size) and may_stop
         explored_restart = explored_restart or state.restarted
         scale = state.operator_scale
-        bounds = [_bound(certificate, i, float(state.theta[i]), float(state.estimates[i]), state)
-                  for i in wanted]
+        bounds = [
+            _bound(certificate, i, float(state.theta[i]), float(state.estimates[i]), state) for i in wanted
+        ]
         values = [float(state.theta[i]) for i in wanted]
         estimated = enough and all(
             bound <= converged_threshold(value, scale, tol, dtype) for value, bound in zip(values, bounds)
@@ -424,8 +461,13 @@ def lanczos(
             if not checked.converged:
                 failed_checks += 1
         converged = estimated and (checked.converged if checked is not None else True)
-        record = IterationRecord(state.step, state.hvps + check_hvps, time.perf_counter() - began,
-                                 tuple(float(state.theta[i]) for i in wanted), tuple(bounds))
+        record = IterationRecord(
+            state.step,
+            state.hvps + check_hvps,
+            time.perf_counter() - began,
+            tuple(float(state.theta[i]) for i in wanted),
+            tuple(bounds),
+        )
         history.append(record)
         if callback is not None:
             callback(record)
@@ -436,8 +478,10 @@ def lanczos(
             stop_reason = "max_iter" if cap < size else "exhausted"
             break
     if state is None:  # the basis could not hold even the start block: no step was made
-        raise UserError(f"the Krylov memory budget cannot hold the {p} start vectors of this block (of "
-                        f"{size} parameters each): raise --krylov-memory, or lower --block-size.")
+        raise UserError(
+            f"the Krylov memory budget cannot hold the {p} start vectors of this block (of "
+            f"{size} parameters each): raise --krylov-memory, or lower --block-size."
+        )
     if stop_reason != "converged" and state.basis.full:
         stop_reason = "memory"  # the basis could not grow within the Krylov memory budget
     if checked is None:
@@ -464,10 +508,15 @@ def lanczos(
         max_iter=max_iter,
         size=size,
         history=tuple(history),
-        details={"restarts": float(state.restarts), "block_size": float(p), "krylov_dim": float(state.dim),
-                 "failed_checks": float(failed_checks), "orthogonality_loss": checked.orthogonality_loss,
-                 "kept_products": float(state.products is not None),
-                 **placements([state.basis, state.products])},
+        details={
+            "restarts": float(state.restarts),
+            "block_size": float(p),
+            "krylov_dim": float(state.dim),
+            "failed_checks": float(failed_checks),
+            "orthogonality_loss": checked.orthogonality_loss,
+            "kept_products": float(state.products is not None),
+            **placements([state.basis, state.products]),
+        },
         largest_vectors=top[3],
         smallest_vectors=bottom[3],
         certificate=certificate,
@@ -498,13 +547,31 @@ def solve(operator: LinearOperator, request: SolveRequest) -> EigenResult:
     Returns:
         :func:`lanczos`'s result.
     """
-    return lanczos(operator, k=request.k, which=request.which, tol=request.tol, max_iter=request.max_iter,
-                   seed=request.seed, start=request.start, callback=request.callback, block_size=request.block_size,
-                   memory=request.memory)
+    return lanczos(
+        operator,
+        k=request.k,
+        which=request.which,
+        tol=request.tol,
+        max_iter=request.max_iter,
+        seed=request.seed,
+        start=request.start,
+        callback=request.callback,
+        block_size=request.block_size,
+        memory=request.memory,
+    )
 
 
-def _check(operator: LinearOperator, state: LanczosStep, k: int, which: str, certificate: str, tol: float, *,
-           estimated: bool, verify: bool = True) -> _Checked:
+def _check(
+    operator: LinearOperator,
+    state: LanczosStep,
+    k: int,
+    which: str,
+    certificate: str,
+    tol: float,
+    *,
+    estimated: bool,
+    verify: bool = True,
+) -> _Checked:
     """The returned pairs of ``state`` checked explicitly; ``estimated``: what the recurrence's estimates said."""
     size, dtype = operator.size, operator.dtype
     wanted_top = _wanted_indices(state.dim, k, "largest") if which in ("largest", "both") else []
@@ -518,12 +585,17 @@ def _check(operator: LinearOperator, state: LanczosStep, k: int, which: str, cer
     complete = len(top[0]) >= (k if wanted_top else 0) or state.dim == size
     complete = complete and (len(bottom[0]) >= (k if wanted_bottom else 0) or state.dim == size)
     loss = max(top[4], bottom[4])
-    converged = (complete and loss <= _ORTHOGONALITY_TOL
-                 and all(b <= converged_threshold(v, scale, tol, dtype) for v, b in zip(values, bounds)))
+    converged = (
+        complete
+        and loss <= _ORTHOGONALITY_TOL
+        and all(b <= converged_threshold(v, scale, tol, dtype) for v, b in zip(values, bounds))
+    )
     return _Checked(top[:4], bottom[:4], converged, estimated, hvps, loss)
 
 
-def value_bound(index: int, value: float, residual: float, theta: torch.Tensor, estimates: torch.Tensor) -> float:
+def value_bound(
+    index: int, value: float, residual: float, theta: torch.Tensor, estimates: torch.Tensor
+) -> float:
     """|λ − θ| ≤ ‖r‖²/δ (Kato–Temple / Kahan–Parlett–Jiang), else Weyl's ‖r‖ when the gap is not resolved.
 
     ``index`` is θ's position among the ascending Ritz values ``theta``; δ is the distance from ``value`` to the

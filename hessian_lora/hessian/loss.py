@@ -69,7 +69,9 @@ class ChunkedHeadLoss:
 
     def __init__(self, chunk_tokens: int) -> None:
         if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
-            raise UserError(f"the LM head's chunk must be a whole number of tokens >= 1, got {chunk_tokens!r}.")
+            raise UserError(
+                f"the LM head's chunk must be a whole number of tokens >= 1, got {chunk_tokens!r}."
+            )
         self.chunk_tokens = chunk_tokens
 
     def __repr__(self) -> str:
@@ -83,9 +85,13 @@ class ChunkedHeadLoss:
         keep = labels != IGNORE_INDEX
         states = hidden[:, :-1][keep]
         targets = labels[keep]
-        loss: torch.Tensor = _ChunkedCrossEntropy.apply(states, head.weight.detach(),
-                                                        None if head.bias is None else head.bias.detach(),
-                                                        targets, self.chunk_tokens)
+        loss: torch.Tensor = _ChunkedCrossEntropy.apply(
+            states,
+            head.weight.detach(),
+            None if head.bias is None else head.bias.detach(),
+            targets,
+            self.chunk_tokens,
+        )
         return loss
 
 
@@ -93,24 +99,32 @@ def decoder_and_head(model: Any) -> tuple[nn.Module, nn.Linear]:
     """The decoder (returning ``last_hidden_state``) and the LM head of a peft or Hugging Face causal LM, or a
     :class:`UserError` when the chunked head cannot stand in for the model's own."""
     if not isinstance(model, nn.Module):
-        raise UserError("the chunked LM head runs on the model itself: use the double_backward or "
-                        "finite_difference backend, or leave lm_head_chunk out (the plain head).")
+        raise UserError(
+            "the chunked LM head runs on the model itself: use the double_backward or "
+            "finite_difference backend, or leave lm_head_chunk out (the plain head)."
+        )
     peft_model: Any = model  # a PeftModel hands out its Hugging Face model; nn.Module's typing says Tensor
     base: Any = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else model
     get_decoder = getattr(base, "get_decoder", None)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     decoder = get_decoder() if callable(get_decoder) else None
     if decoder is None or decoder is base or type(head) is not nn.Linear:
-        raise UserError(f"the chunked LM head needs a causal LM with a decoder and a plain linear head, not "
-                        f"{type(base).__name__} (an adapter on lm_head?): leave lm_head_chunk out (the plain head).")
+        raise UserError(
+            f"the chunked LM head needs a causal LM with a decoder and a plain linear head, not "
+            f"{type(base).__name__} (an adapter on lm_head?): leave lm_head_chunk out (the plain head)."
+        )
     config = getattr(base, "config", None)
     transforms = [name for name in _HEAD_TRANSFORMS if getattr(config, name, None) not in (None, 1, 1.0)]
     if transforms:
-        raise UserError(f"the chunked LM head computes plain logits, but the model's config sets "
-                        f"{', '.join(transforms)}: leave lm_head_chunk out (the plain head).")
+        raise UserError(
+            f"the chunked LM head computes plain logits, but the model's config sets "
+            f"{', '.join(transforms)}: leave lm_head_chunk out (the plain head)."
+        )
     if any(p.requires_grad for p in head.parameters()) and torch.is_grad_enabled():
-        raise UserError("the chunked LM head treats lm_head as frozen, but its weights require grad: use "
-                        "leave lm_head_chunk out (the plain head) for a block that trains the head.")
+        raise UserError(
+            "the chunked LM head treats lm_head as frozen, but its weights require grad: use "
+            "leave lm_head_chunk out (the plain head) for a block that trains the head."
+        )
     return decoder, head
 
 
@@ -130,12 +144,17 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    def forward(
+        states: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
+        chunk: int,
+    ) -> torch.Tensor:
         total = torch.zeros((), dtype=torch.promote_types(states.dtype, torch.float32), device=states.device)
         for start in _spans(states.shape[0], chunk):
-            logits = _chunk_logits(states[start:start + chunk], weight, bias)
-            picked = logits.gather(1, targets[start:start + chunk, None])[:, 0]
+            logits = _chunk_logits(states[start : start + chunk], weight, bias)
+            picked = logits.gather(1, targets[start : start + chunk, None])[:, 0]
             total = total + (torch.logsumexp(logits, dim=1) - picked).sum()
         return total
 
@@ -160,14 +179,22 @@ class _ChunkedCrossEntropyGrad(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                targets: torch.Tensor, grad_output: torch.Tensor, chunk: int) -> torch.Tensor:
+    def forward(
+        states: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
+        grad_output: torch.Tensor,
+        chunk: int,
+    ) -> torch.Tensor:
         pieces = []
         for start in _spans(states.shape[0], chunk):
-            logits = _chunk_logits(states[start:start + chunk], weight, bias)
+            logits = _chunk_logits(states[start : start + chunk], weight, bias)
             residual = torch.softmax(logits, dim=1).scatter_add(
-                1, targets[start:start + chunk, None],
-                torch.full((logits.shape[0], 1), -1.0, dtype=logits.dtype, device=logits.device))
+                1,
+                targets[start : start + chunk, None],
+                torch.full((logits.shape[0], 1), -1.0, dtype=logits.dtype, device=logits.device),
+            )
             pieces.append((residual @ weight.to(residual.dtype)).to(states.dtype))
         if not pieces:  # a batch without loss tokens
             return torch.zeros_like(states)
@@ -186,13 +213,24 @@ class _ChunkedCrossEntropyGrad(torch.autograd.Function):
         grad_states = []
         grad_scale = torch.zeros((), dtype=wide.dtype, device=states.device)
         for start in _spans(states.shape[0], ctx.chunk):
-            probabilities = torch.softmax(_chunk_logits(states[start:start + ctx.chunk], weight, bias), dim=1)
-            projected = cotangent[start:start + ctx.chunk].to(wide.dtype) @ wide.T  # W u for each token
+            probabilities = torch.softmax(
+                _chunk_logits(states[start : start + ctx.chunk], weight, bias), dim=1
+            )
+            projected = cotangent[start : start + ctx.chunk].to(wide.dtype) @ wide.T  # W u for each token
             mean = (probabilities * projected).sum(dim=1, keepdim=True)
             # softmax Jacobian (diag(p) − p pᵀ) applied to W u, back through the head
             grad_states.append(((probabilities * (projected - mean)) @ wide).to(states.dtype))
             if ctx.needs_input_grad[4]:
-                picked = projected.gather(1, targets[start:start + ctx.chunk, None])
+                picked = projected.gather(1, targets[start : start + ctx.chunk, None])
                 grad_scale = grad_scale + (mean - picked).sum()
-        grad = (torch.cat(grad_states) if grad_states else torch.zeros_like(states)) * grad_output.to(states.dtype)
-        return grad, None, None, None, (grad_scale.to(grad_output.dtype) if ctx.needs_input_grad[4] else None), None
+        grad = (torch.cat(grad_states) if grad_states else torch.zeros_like(states)) * grad_output.to(
+            states.dtype
+        )
+        return (
+            grad,
+            None,
+            None,
+            None,
+            (grad_scale.to(grad_output.dtype) if ctx.needs_input_grad[4] else None),
+            None,
+        )

@@ -55,8 +55,12 @@ from hessian_lora.inputs.tasks import TokenBatch
 from hessian_lora.settings import solvers
 
 # Floats per unit of each term of the fit above (bench/memory_plan.py prints the fit and its residuals).
-ACTIVATION_FLOATS = {"token_layer_hidden": 77.0, "token_layer_intermediate": 17.4, "attention_score": 1.4,
-                     "token_vocab": 8.9}
+ACTIVATION_FLOATS = {
+    "token_layer_hidden": 77.0,
+    "token_layer_intermediate": 17.4,
+    "attention_score": 1.4,
+    "token_vocab": 8.9,
+}
 ACTIVATION_MARGIN = 1.25
 # Parameter-sized work vectors a product and a Lanczos step hold besides the basis: v, H v, the remainder, the
 # flat sum of the batches' products, the block's first-order gradients with their graph, a Ritz vector.
@@ -124,21 +128,31 @@ class MemoryPlan:
     def lines(self) -> list[str]:
         """The plan as the console prints it."""
         sequences, length = self.largest_batch
-        activations = (f"{_gib(self.activation_bytes)} per batch (estimate; largest batch {sequences} × {length} "
-                       "tokens)" if self.activation_bytes is not None else "unknown (no model config)")
-        where = (f"all on {self.device}" if self.fits_on_device else
-                 f"{int(self.budget_bytes // self.vector_bytes)} on {self.device}"
-                 + (f", {int(self.host_bytes // self.vector_bytes)} on the host" if self.host_bytes else "")
-                 + ("; products dropped first when the basis needs their room" if self.keep_products else ""))
-        head = (f"LM head in chunks of {self.head_chunk:,} tokens" if self.head_chunk is not None
-                else "plain LM head (every logit of a batch)")
+        activations = (
+            f"{_gib(self.activation_bytes)} per batch (estimate; largest batch {sequences} × {length} tokens)"
+            if self.activation_bytes is not None
+            else "unknown (no model config)"
+        )
+        where = (
+            f"all on {self.device}"
+            if self.fits_on_device
+            else f"{int(self.budget_bytes // self.vector_bytes)} on {self.device}"
+            + (f", {int(self.host_bytes // self.vector_bytes)} on the host" if self.host_bytes else "")
+            + ("; products dropped first when the basis needs their room" if self.keep_products else "")
+        )
+        head = (
+            f"LM head in chunks of {self.head_chunk:,} tokens"
+            if self.head_chunk is not None
+            else "plain LM head (every logit of a batch)"
+        )
         return [
             f"memory plan on {self.device} ({_gib(self.free_bytes)} free after the model):",
             f"  model {_gib(self.model_bytes)} | block {self.block_parameters:,} parameters, "
             f"{self.vector_bytes / 2**20:.1f} MiB a vector | activations {activations} | {self.batches} batches "
             f"streamed through each product | {head}",
-            f"  batching: {self.batching} ({self.batching_reason})" if self.batching_reason else
-            f"  batching: {self.batching}",
+            f"  batching: {self.batching} ({self.batching_reason})"
+            if self.batching_reason
+            else f"  batching: {self.batching}",
             f"  Krylov vectors: up to {self.krylov_vectors} ({_gib(self.krylov_bytes)}"
             f"{', basis and kept products' if self.keep_products else ''}); budget {_gib(self.budget_bytes)}"
             f"{f' + {_gib(self.host_bytes)} host' if self.host_bytes else ''} ({self.budget_source}): {where}",
@@ -153,8 +167,9 @@ class MemoryPlan:
         return data
 
 
-def activation_bytes(model: nn.Module, sequences: int, length: int, *, head_chunk: int | None = None,
-                     directions: int = 1) -> int | None:
+def activation_bytes(
+    model: nn.Module, sequences: int, length: int, *, head_chunk: int | None = None, directions: int = 1
+) -> int | None:
     """The fitted estimate (module docstring) of one batch's double-backward product, or None without a config:
     the vocabulary term for at most ``head_chunk`` tokens (the chunked head), and ``directions`` > 1 directions
     of a batched second backward each charged ``VMAP_DIRECTION_SHARE`` more."""
@@ -165,16 +180,26 @@ def activation_bytes(model: nn.Module, sequences: int, length: int, *, head_chun
     h, layers, i = config.hidden_size, config.num_hidden_layers, config.intermediate_size
     heads, vocab = config.num_attention_heads, config.vocab_size
     tokens = sequences * length
-    floats = (ACTIVATION_FLOATS["token_layer_hidden"] * tokens * layers * h
-              + ACTIVATION_FLOATS["token_layer_intermediate"] * tokens * layers * i
-              + ACTIVATION_FLOATS["attention_score"] * layers * sequences * heads * length * length
-              + ACTIVATION_FLOATS["token_vocab"] * (tokens if head_chunk is None else min(tokens, head_chunk))
-              * vocab)
+    floats = (
+        ACTIVATION_FLOATS["token_layer_hidden"] * tokens * layers * h
+        + ACTIVATION_FLOATS["token_layer_intermediate"] * tokens * layers * i
+        + ACTIVATION_FLOATS["attention_score"] * layers * sequences * heads * length * length
+        + ACTIVATION_FLOATS["token_vocab"]
+        * (tokens if head_chunk is None else min(tokens, head_chunk))
+        * vocab
+    )
     return int(4 * floats * ACTIVATION_MARGIN * (1.0 + VMAP_DIRECTION_SHARE * (max(directions, 1) - 1)))
 
 
-def choose_batching(device: torch.device, *, free_bytes: int, loop_bytes: int | None, batched_bytes: int | None,
-                    krylov_bytes: int = 0, directions: int) -> tuple[Batching, str]:
+def choose_batching(
+    device: torch.device,
+    *,
+    free_bytes: int,
+    loop_bytes: int | None,
+    batched_bytes: int | None,
+    krylov_bytes: int = 0,
+    directions: int,
+) -> tuple[Batching, str]:
     """``vmap`` or ``loop`` for ``batching="auto"``, with the reason the plan prints.
 
     CUDA: ``vmap`` when a batched pass (``batched_bytes``, its ``directions`` included) and ``krylov_bytes``
@@ -187,23 +212,36 @@ def choose_batching(device: torch.device, *, free_bytes: int, loop_bytes: int | 
     if batched_bytes is None:
         return "loop", "no activation estimate for a batched pass (no model config)"
     if batched_bytes + krylov_bytes <= free_bytes:
-        return "vmap", (f"{directions} directions a pass: {_gib(batched_bytes)} of activations with the Krylov "
-                        f"vectors' {_gib(krylov_bytes)} fit {_gib(free_bytes)}")
+        return "vmap", (
+            f"{directions} directions a pass: {_gib(batched_bytes)} of activations with the Krylov "
+            f"vectors' {_gib(krylov_bytes)} fit {_gib(free_bytes)}"
+        )
     loop = f"; the loop needs {_gib(loop_bytes)}" if loop_bytes is not None else ""
-    return "loop", (f"a batched pass of {directions} directions needs {_gib(batched_bytes)} beside the Krylov "
-                    f"vectors' {_gib(krylov_bytes)}, more than {_gib(free_bytes)}{loop}")
+    return "loop", (
+        f"a batched pass of {directions} directions needs {_gib(batched_bytes)} beside the Krylov "
+        f"vectors' {_gib(krylov_bytes)}, more than {_gib(free_bytes)}{loop}"
+    )
 
 
-def packing_tokens(model: nn.Module, length: int, *, free_bytes: int, head_chunk: int | None = None,
-                   directions: int = 1, share: float = PACKING_SHARE) -> int:
+def packing_tokens(
+    model: nn.Module,
+    length: int,
+    *,
+    free_bytes: int,
+    head_chunk: int | None = None,
+    directions: int = 1,
+    share: float = PACKING_SHARE,
+) -> int:
     """The most token slots (sequences × ``length``) a packed batch may hold so that its pass (``directions``
     of them batched, the chunked head at ``head_chunk``) takes at most ``share`` of ``free_bytes``; at least
     one sequence. Raises a :class:`UserError` without a model config (give the budget as a number then)."""
     one = activation_bytes(model, 1, length, head_chunk=head_chunk, directions=directions)
     two = activation_bytes(model, 2, length, head_chunk=head_chunk, directions=directions)
     if one is None or two is None:
-        raise UserError("the packing token budget 'auto' needs a model config to estimate activations: give "
-                        "--pack-tokens a number of tokens instead.")
+        raise UserError(
+            "the packing token budget 'auto' needs a model config to estimate activations: give "
+            "--pack-tokens a number of tokens instead."
+        )
     per_sequence = max(two - one, 1)  # the estimate is affine in the number of sequences of one length
     fixed = one - per_sequence  # the chunked head's one chunk of logits
     sequences = max(1, int((share * free_bytes - fixed) // per_sequence))
@@ -278,22 +316,35 @@ def plan_memory(
     model_bytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
     shapes = sorted({(int(b.input_ids.shape[0]), int(b.input_ids.shape[1])) for b in batches})
     estimates = {shape: activation_bytes(model, *shape, head_chunk=head_chunk) for shape in shapes}
-    largest = max(shapes, key=lambda shape: (estimates[shape] or 0, shape[0] * shape[1])) if shapes else (0, 0)
+    largest = (
+        max(shapes, key=lambda shape: (estimates[shape] or 0, shape[0] * shape[1])) if shapes else (0, 0)
+    )
     activations = estimates.get(largest)
     free = int(free_bytes if free_bytes is not None else free_memory(device))
-    host_free = int(host_free_bytes if host_free_bytes is not None else
-                    (free_memory(torch.device("cpu")) if device.type != "cpu" else 0))
+    host_free = int(
+        host_free_bytes
+        if host_free_bytes is not None
+        else (free_memory(torch.device("cpu")) if device.type != "cpu" else 0)
+    )
     # What the solver keeps per iteration, as the solver table says (Lanczos: its basis and the products).
     spec = solvers.get(solver)
     keep_products = spec.keeps == "basis_and_products"
     krylov_vectors = max_iter * spec.vectors_per_step
     work = WORK_VECTORS * vector
-    batched = (activation_bytes(model, *largest, head_chunk=head_chunk, directions=directions_per_pass)
-               if shapes else None)
+    batched = (
+        activation_bytes(model, *largest, head_chunk=head_chunk, directions=directions_per_pass)
+        if shapes
+        else None
+    )
     if batching == "auto":
-        chosen, reason = choose_batching(device, free_bytes=free - work, loop_bytes=activations,
-                                         batched_bytes=batched, krylov_bytes=krylov_vectors * vector,
-                                         directions=directions_per_pass)
+        chosen, reason = choose_batching(
+            device,
+            free_bytes=free - work,
+            loop_bytes=activations,
+            batched_bytes=batched,
+            krylov_bytes=krylov_vectors * vector,
+            directions=directions_per_pass,
+        )
     elif batching in ("loop", "vmap"):
         chosen, reason = batching, "as asked"  # type: ignore[assignment]  # checked just above
     else:
@@ -302,18 +353,25 @@ def plan_memory(
         activations = batched
     left = free - work - (activations or 0)
     if left <= 0:
-        what = (f"one product needs about {_gib(activations)} of activations (largest batch {largest[0]} × "
-                f"{largest[1]} tokens) and {_gib(work)} of work vectors" if activations is not None
-                else f"the work vectors alone need {_gib(work)}")
-        raise UserError(f"memory plan: {what} on {device}, but only {_gib(free)} is free: lower --batch-size or "
-                        "--max-length, measure smaller blocks (--blocks per-module), or use a device with more "
-                        "memory.")
+        what = (
+            f"one product needs about {_gib(activations)} of activations (largest batch {largest[0]} × "
+            f"{largest[1]} tokens) and {_gib(work)} of work vectors"
+            if activations is not None
+            else f"the work vectors alone need {_gib(work)}"
+        )
+        raise UserError(
+            f"memory plan: {what} on {device}, but only {_gib(free)} is free: lower --batch-size or "
+            "--max-length, measure smaller blocks (--blocks per-module), or use a device with more "
+            "memory."
+        )
     if krylov_gib is not None:
         gib = check_krylov_gib(krylov_gib)
         total = total_memory(device)
         if gib * _GIB > total:  # a typo (1e12 for 12) would otherwise pass silently, clamped to what is free
-            raise UserError(f"--krylov-memory {gib:g} GiB is more than all of {device}'s memory ({_gib(total)}): "
-                            f"give at most what is free ({_gib(left)}), or leave it out to size it from that.")
+            raise UserError(
+                f"--krylov-memory {gib:g} GiB is more than all of {device}'s memory ({_gib(total)}): "
+                f"give at most what is free ({_gib(left)}), or leave it out to size it from that."
+            )
         budget = min(gib * _GIB, float(left))
         host = min(gib * _GIB, HOST_SHARE * host_free) if device.type != "cpu" else 0.0
         source = "--krylov-memory"
@@ -324,17 +382,33 @@ def plan_memory(
         source = "auto"
     needed = min(3, max_iter) * vector  # a Lanczos basis too small to hold three vectors certifies nothing
     if budget + host < needed:
-        raise UserError(f"memory plan: the Krylov vectors of this block ({vector / 2**20:.1f} MiB each) get "
-                        f"{_gib(budget + host)} ({source}), less than the {_gib(needed)} of three vectors: raise "
-                        "--krylov-memory (or free memory on the device), or measure smaller blocks "
-                        "(--blocks per-module).")
+        raise UserError(
+            f"memory plan: the Krylov vectors of this block ({vector / 2**20:.1f} MiB each) get "
+            f"{_gib(budget + host)} ({source}), less than the {_gib(needed)} of three vectors: raise "
+            "--krylov-memory (or free memory on the device), or measure smaller blocks "
+            "(--blocks per-module)."
+        )
     return MemoryPlan(
-        device=str(device), model_bytes=model_bytes, block_parameters=block_parameters, vector_bytes=vector,
-        batches=len(batches), largest_batch=largest, activation_bytes=activations, free_bytes=free,
-        krylov_vectors=krylov_vectors, krylov_bytes=krylov_vectors * vector, budget_bytes=budget, host_bytes=host,
-        keep_products=keep_products, budget_source=source,
+        device=str(device),
+        model_bytes=model_bytes,
+        block_parameters=block_parameters,
+        vector_bytes=vector,
+        batches=len(batches),
+        largest_batch=largest,
+        activation_bytes=activations,
+        free_bytes=free,
+        krylov_vectors=krylov_vectors,
+        krylov_bytes=krylov_vectors * vector,
+        budget_bytes=budget,
+        host_bytes=host,
+        keep_products=keep_products,
+        budget_source=source,
         reuse_bytes=REUSE_SHARE * left if reuse is not False and len(batches) > 0 else 0.0,
-        batching=chosen, batching_reason=reason, directions_per_pass=directions_per_pass, head_chunk=head_chunk)
+        batching=chosen,
+        batching_reason=reason,
+        directions_per_pass=directions_per_pass,
+        head_chunk=head_chunk,
+    )
 
 
 def _gib(value: float | int | None) -> str:

@@ -198,8 +198,10 @@ class DenseOperator(BaseOperator):
         asymmetry = float((matrix - matrix.T).abs().max()) if matrix.numel() else 0.0
         scale = float(matrix.abs().max()) if matrix.numel() else 0.0
         if asymmetry > 1e3 * torch.finfo(matrix.dtype).eps * scale:
-            raise UserError(f"the matrix is not symmetric (max |A - Aᵀ| = {asymmetry:.3g} for max |A| = {scale:.3g}): "
-                            "the eigen-solvers assume a symmetric operator; pass (A + Aᵀ)/2.")
+            raise UserError(
+                f"the matrix is not symmetric (max |A - Aᵀ| = {asymmetry:.3g} for max |A| = {scale:.3g}): "
+                "the eigen-solvers assume a symmetric operator; pass (A + Aᵀ)/2."
+            )
         super().__init__(matrix.shape[0], matrix.dtype, matrix.device)
         self.matrix = matrix
         self.calls = 0
@@ -247,7 +249,9 @@ class ScaledOperator(BaseOperator):
         return scale * self.inner.matmat(scale * matrix.to(self.diagonal))
 
 
-ParameterSpec = ParameterBlock | Mapping[str, nn.Parameter] | Sequence[nn.Parameter] | Sequence[tuple[str, nn.Parameter]]
+ParameterSpec = (
+    ParameterBlock | Mapping[str, nn.Parameter] | Sequence[nn.Parameter] | Sequence[tuple[str, nn.Parameter]]
+)
 
 
 class HessianOperator(BaseOperator):
@@ -289,27 +293,42 @@ class HessianOperator(BaseOperator):
             check_differentiable(model)
         self.names, self.params = _resolve_parameters(model, params)
         if not self.params:
-            raise UserError("the parameter block is empty: choose modules/layers that carry adapter parameters.")
+            raise UserError(
+                "the parameter block is empty: choose modules/layers that carry adapter parameters."
+            )
         dtypes = {p.dtype for p in self.params}
         if len(dtypes) != 1:
-            raise UserError(f"the block mixes dtypes {sorted(map(str, dtypes))}: load the model in one dtype.")
+            raise UserError(
+                f"the block mixes dtypes {sorted(map(str, dtypes))}: load the model in one dtype."
+            )
         dtype = self.params[0].dtype
         if dtype not in (torch.float32, torch.float64):
-            raise UserError(f"Hessian work needs float32 or float64 parameters, got {dtype}: "
-                            "load the model with dtype=torch.float32 (Lanczos is unstable in low precision).")
+            raise UserError(
+                f"Hessian work needs float32 or float64 parameters, got {dtype}: "
+                "load the model with dtype=torch.float32 (Lanczos is unstable in low precision)."
+            )
         super().__init__(sum(p.numel() for p in self.params), dtype, self.params[0].device)
         self.backend = resolve_backend(backend, self._device)
         if reuse not in (True, False, "auto"):
             raise UserError(f"reuse must be True, False or 'auto', got {reuse!r}.")
         self.reuse = reuse if self.backend == "double_backward" else False
-        if self.backend == "finite_difference" and self.dora_norm == "detached" and _touches_dora(model, self.names):
-            raise UserError("finite differences see the DoRA column norm that peft detaches from autograd, so they "
-                            "measure another matrix: use backend double_backward or forward_over_reverse for DoRA, "
-                            "or dora_norm 'differentiated' (the Hessian of the true loss).")
+        if (
+            self.backend == "finite_difference"
+            and self.dora_norm == "detached"
+            and _touches_dora(model, self.names)
+        ):
+            raise UserError(
+                "finite differences see the DoRA column norm that peft detaches from autograd, so they "
+                "measure another matrix: use backend double_backward or forward_over_reverse for DoRA, "
+                "or dora_norm 'differentiated' (the Hessian of the true loss)."
+            )
         if batching != "auto" and batching not in BATCHINGS:
             raise UserError(f"unknown batching {batching!r}: use auto, {', '.join(BATCHINGS)}.")
-        if isinstance(directions_per_pass, bool) or not isinstance(directions_per_pass, int) \
-                or directions_per_pass < 1:
+        if (
+            isinstance(directions_per_pass, bool)
+            or not isinstance(directions_per_pass, int)
+            or directions_per_pass < 1
+        ):
             raise UserError(f"directions_per_pass must be a whole number >= 1, got {directions_per_pass!r}.")
         self.directions_per_pass = directions_per_pass
         self.loss_fn = loss_fn
@@ -322,10 +341,15 @@ class HessianOperator(BaseOperator):
         all_batches = list(batches)
         if not all_batches:
             raise UserError("no batches: give at least one batch of data.")
-        self.batches = [b.to(self._device) for b in distributed.shard(all_batches, self.rank, self.world_size)]
+        self.batches = [
+            b.to(self._device) for b in distributed.shard(all_batches, self.rank, self.world_size)
+        ]
         local_tokens = sum(b.loss_tokens for b in self.batches)
-        self.total_tokens = int(distributed.all_reduce_sum(torch.tensor([float(local_tokens)], dtype=torch.float64,
-                                                                         device=self._device)).item())
+        self.total_tokens = int(
+            distributed.all_reduce_sum(
+                torch.tensor([float(local_tokens)], dtype=torch.float64, device=self._device)
+            ).item()
+        )
         self.total_batches = len(all_batches)
         if self.total_tokens == 0:
             raise UserError("the batches hold no loss tokens: give examples with responses.")
@@ -428,8 +452,10 @@ class HessianOperator(BaseOperator):
         only from that block's gradient to that block's tensors (double backward only).
         """
         if self.backend != "double_backward":
-            raise UserError("block products need the double_backward backend (one first-order graph shared by "
-                            "every block); use backend double_backward or auto.")
+            raise UserError(
+                "block products need the double_backward backend (one first-order graph shared by "
+                "every block); use backend double_backward or auto."
+            )
         plans = []
         for positions, matrix in requests:
             positions = list(positions)
@@ -437,10 +463,20 @@ class HessianOperator(BaseOperator):
             size = sum(numels)
             check_matrix(matrix, size)
             matrix = matrix.to(device=self._device, dtype=self._dtype)
-            columns = [[piece.view(self._shapes[i]) for piece, i in zip(torch.split(matrix[:, j], numels), positions)]
-                       for j in range(matrix.shape[1])]
-            plans.append((positions, columns, torch.zeros(matrix.shape[1], size, dtype=self._dtype,
-                                                          device=self._device)))
+            columns = [
+                [
+                    piece.view(self._shapes[i])
+                    for piece, i in zip(torch.split(matrix[:, j], numels), positions)
+                ]
+                for j in range(matrix.shape[1])
+            ]
+            plans.append(
+                (
+                    positions,
+                    columns,
+                    torch.zeros(matrix.shape[1], size, dtype=self._dtype, device=self._device),
+                )
+            )
         directions = sum(len(columns) for _, columns, _ in plans)
         if directions:
             with self._hvp_mode():
@@ -457,33 +493,48 @@ class HessianOperator(BaseOperator):
                         inputs = [self.params[i] for i in positions]
                         for j, column in enumerate(columns):
                             remaining -= 1
-                            product = torch.autograd.grad(outputs, inputs, grad_outputs=column,
-                                                          retain_graph=keep or remaining > 0)
+                            product = torch.autograd.grad(
+                                outputs, inputs, grad_outputs=column, retain_graph=keep or remaining > 0
+                            )
                             total[j] += self.flatten(product)
                     self._batch_done(index, directions)
         self.calls += directions
         return [(distributed.all_reduce_sum(total) / self.total_tokens).T for _, _, total in plans]
 
-    def _batched_block_products(self, first: tuple[torch.Tensor, ...], keep: bool,
-                                plans: list[tuple[list[int], list[list[torch.Tensor]], torch.Tensor]]) -> None:
+    def _batched_block_products(
+        self,
+        first: tuple[torch.Tensor, ...],
+        keep: bool,
+        plans: list[tuple[list[int], list[list[torch.Tensor]], torch.Tensor]],
+    ) -> None:
         """Every request's directions in batched second backwards (vmap) on one first-order graph: each tangent
         is supported on its own block (zero on every other tensor of the union), so the batched backward's
         answer restricted to that block is H_bb v_b. It differentiates into every tensor of the union, which the
         loop does not, and wins where batched kernels do (a GPU)."""
         union = sorted({i for positions, _, _ in plans for i in positions})
         where = {i: n for n, i in enumerate(union)}
-        directions = [(positions, column, total, j) for positions, columns, total in plans
-                      for j, column in enumerate(columns)]
+        directions = [
+            (positions, column, total, j)
+            for positions, columns, total in plans
+            for j, column in enumerate(columns)
+        ]
         for start in range(0, len(directions), self.directions_per_pass):
-            chunk = directions[start:start + self.directions_per_pass]
-            stacked = [torch.zeros((len(chunk), *self._shapes[i]), dtype=self._dtype, device=self._device)
-                       for i in union]
+            chunk = directions[start : start + self.directions_per_pass]
+            stacked = [
+                torch.zeros((len(chunk), *self._shapes[i]), dtype=self._dtype, device=self._device)
+                for i in union
+            ]
             for d, (positions, column, _, _) in enumerate(chunk):
                 for i, piece in zip(positions, column):
                     stacked[where[i]][d] = piece
             last = start + len(chunk) >= len(directions)
-            batched = torch.autograd.grad([first[i] for i in union], [self.params[i] for i in union],
-                                          grad_outputs=stacked, is_grads_batched=True, retain_graph=keep or not last)
+            batched = torch.autograd.grad(
+                [first[i] for i in union],
+                [self.params[i] for i in union],
+                grad_outputs=stacked,
+                is_grads_batched=True,
+                retain_graph=keep or not last,
+            )
             for d, (positions, _, total, j) in enumerate(chunk):
                 total[j] += self.flatten([batched[where[i]][d] for i in positions])
 
@@ -529,26 +580,37 @@ class HessianOperator(BaseOperator):
         self._uncached.add(index)
         return first, False
 
-    def _second_backwards(self, index: int, batch: TokenBatch,
-                          columns: list[list[torch.Tensor]]) -> list[tuple[torch.Tensor, ...]]:
+    def _second_backwards(
+        self, index: int, batch: TokenBatch, columns: list[list[torch.Tensor]]
+    ) -> list[tuple[torch.Tensor, ...]]:
         """H_batch v for every direction in ``columns`` on one first-order graph of the batch."""
         first, keep = self._first_order(index, batch)
         products: list[tuple[torch.Tensor, ...]] = []
         if self.batching == "vmap" and len(columns) > 1:
             for start in range(0, len(columns), self.directions_per_pass):
-                chunk = columns[start:start + self.directions_per_pass]
+                chunk = columns[start : start + self.directions_per_pass]
                 last = start + len(chunk) >= len(columns)
                 stacked = [torch.stack(pieces) for pieces in zip(*chunk)]
-                batched = torch.autograd.grad(first, self.params, grad_outputs=stacked, is_grads_batched=True,
-                                              retain_graph=keep or not last)
+                batched = torch.autograd.grad(
+                    first,
+                    self.params,
+                    grad_outputs=stacked,
+                    is_grads_batched=True,
+                    retain_graph=keep or not last,
+                )
                 products += [tuple(part[j] for part in batched) for j in range(len(chunk))]
             return products
         for j, pieces in enumerate(columns):
-            products.append(torch.autograd.grad(first, self.params, grad_outputs=pieces,
-                                                retain_graph=keep or j + 1 < len(columns)))
+            products.append(
+                torch.autograd.grad(
+                    first, self.params, grad_outputs=pieces, retain_graph=keep or j + 1 < len(columns)
+                )
+            )
         return products
 
-    def _forward_over_reverse(self, batch: TokenBatch, pieces: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    def _forward_over_reverse(
+        self, batch: TokenBatch, pieces: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, ...]:
         names = self.names
 
         def batch_loss(values: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -558,7 +620,9 @@ class HessianOperator(BaseOperator):
         product: tuple[torch.Tensor, ...] = jvp(grad(batch_loss), (primals,), (tuple(pieces),))[1]
         return product
 
-    def _finite_difference(self, batch: TokenBatch, pieces: list[torch.Tensor], step: float) -> list[torch.Tensor]:
+    def _finite_difference(
+        self, batch: TokenBatch, pieces: list[torch.Tensor], step: float
+    ) -> list[torch.Tensor]:
         # Perturbed copies go through functional_call: the parameters themselves are never written, so graphs
         # kept by other operators on the same model stay valid.
         gradients = []
@@ -576,8 +640,11 @@ class HessianOperator(BaseOperator):
         candidates = [FD_EPSILON[self._dtype] * factor for factor in _FD_LADDER]
         batch = self.batches[0]
         estimates = [self.flatten(self._finite_difference(batch, pieces, eps / length)) for eps in candidates]
-        disagreement = torch.tensor([norm(a - b) ** 2 for a, b in itertools.pairwise(estimates)],
-                                    dtype=torch.float64, device=self._device)
+        disagreement = torch.tensor(
+            [norm(a - b) ** 2 for a, b in itertools.pairwise(estimates)],
+            dtype=torch.float64,
+            device=self._device,
+        )
         disagreement = distributed.all_reduce_sum(disagreement)  # every rank picks the same step
         best = int(disagreement.argmin())
         return float((candidates[best] * candidates[best + 1]) ** 0.5)
@@ -595,16 +662,32 @@ class HessianOperator(BaseOperator):
         """``batching="auto"`` from this operator's own batches and the free memory (no Krylov vectors counted:
         :meth:`follow_plan` refines it)."""
         if self._device.type != "cuda" or self.directions_per_pass == 1:
-            return choose_batching(self._device, free_bytes=0, loop_bytes=None, batched_bytes=None,
-                                   directions=self.directions_per_pass)
+            return choose_batching(
+                self._device,
+                free_bytes=0,
+                loop_bytes=None,
+                batched_bytes=None,
+                directions=self.directions_per_pass,
+            )
         shapes = {(int(b.input_ids.shape[0]), int(b.input_ids.shape[1])) for b in self.batches}
-        estimates = [(activation_bytes(self.model, *shape, head_chunk=self.head_chunk),
-                      activation_bytes(self.model, *shape, head_chunk=self.head_chunk,
-                                       directions=self.directions_per_pass)) for shape in shapes]
+        estimates = [
+            (
+                activation_bytes(self.model, *shape, head_chunk=self.head_chunk),
+                activation_bytes(
+                    self.model, *shape, head_chunk=self.head_chunk, directions=self.directions_per_pass
+                ),
+            )
+            for shape in shapes
+        ]
         loop = max((e[0] for e in estimates if e[0] is not None), default=None)
         batched = None if any(e[1] is None for e in estimates) else max(int(e[1] or 0) for e in estimates)
-        return choose_batching(self._device, free_bytes=free_memory(self._device), loop_bytes=loop,
-                               batched_bytes=batched, directions=self.directions_per_pass)
+        return choose_batching(
+            self._device,
+            free_bytes=free_memory(self._device),
+            loop_bytes=loop,
+            batched_bytes=batched,
+            directions=self.directions_per_pass,
+        )
 
     def follow_plan(self, plan: MemoryPlan) -> None:
         """Take a memory plan's shares: the kept graphs' budget (:meth:`limit_reuse`) and, where batching was
@@ -640,7 +723,11 @@ class HessianOperator(BaseOperator):
 
     @contextlib.contextmanager
     def _hvp_mode(self) -> Iterator[None]:
-        dora = differentiated_dora_norm(self.model) if self.dora_norm == "differentiated" else contextlib.nullcontext()
+        dora = (
+            differentiated_dora_norm(self.model)
+            if self.dora_norm == "differentiated"
+            else contextlib.nullcontext()
+        )
         with only_block_trainable(self.model, self.params, eval_mode=True), torch.enable_grad(), dora:
             yield
 
@@ -710,8 +797,11 @@ def _resolve_parameters(model: nn.Module, params: ParameterSpec) -> tuple[list[s
 
 def _touches_dora(model: nn.Module, names: Sequence[str]) -> bool:
     """True when a parameter of the block belongs to a module that carries a DoRA magnitude."""
-    dora_modules = {name.split(".lora_magnitude_vector", 1)[0] for name, _ in model.named_parameters()
-                    if ".lora_magnitude_vector" in name}
+    dora_modules = {
+        name.split(".lora_magnitude_vector", 1)[0]
+        for name, _ in model.named_parameters()
+        if ".lora_magnitude_vector" in name
+    }
     return any(name.split(".lora_", 1)[0] in dora_modules for name in names)
 
 
@@ -730,10 +820,14 @@ class _GraphCensus:
     weights it reaches) outlived its operator: about 0.8 GiB a λ probe on SmolLM2 (docs/probe-memory.md).
     """
 
-    _SAVED_NAMES: ClassVar[dict[type, tuple[str, ...]]] = {}  # node class → its saved-tensor attributes (dir() is slow)
+    _SAVED_NAMES: ClassVar[
+        dict[type, tuple[str, ...]]
+    ] = {}  # node class → its saved-tensor attributes (dir() is slow)
 
     def __init__(self, model: nn.Module) -> None:
-        self._seen = {t.untyped_storage().data_ptr() for t in itertools.chain(model.parameters(), model.buffers())}
+        self._seen = {
+            t.untyped_storage().data_ptr() for t in itertools.chain(model.parameters(), model.buffers())
+        }
         self._bytes = 0
 
     def _add(self, tensor: torch.Tensor) -> None:
@@ -785,7 +879,9 @@ def _memory_in_use(device: torch.device) -> int:
 
 
 @contextlib.contextmanager
-def only_block_trainable(model: nn.Module, params: Sequence[nn.Parameter], *, eval_mode: bool) -> Iterator[None]:
+def only_block_trainable(
+    model: nn.Module, params: Sequence[nn.Parameter], *, eval_mode: bool
+) -> Iterator[None]:
     """Only ``params`` require grad, SDPA runs on its math kernel (the flash kernel has no double backward or
     forward AD), and, with ``eval_mode``, dropout is off; every flag is restored afterwards."""
     block = {id(p) for p in params}

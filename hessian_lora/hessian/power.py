@@ -141,9 +141,12 @@ def power_iteration(
             values.append(value)
             residuals.append(norm(image - value * row))
             found.append(row)
-        settled_each = [r <= converged_threshold(v, spectral_radius, tol, dtype) for v, r in zip(values, residuals)]
-        all_converged = all(settled_each) and (shift != "auto" or all(v + sigma > 0 or r == 0.0
-                                                                 for v, r in zip(values, residuals)))
+        settled_each = [
+            r <= converged_threshold(v, spectral_radius, tol, dtype) for v, r in zip(values, residuals)
+        ]
+        all_converged = all(settled_each) and (
+            shift != "auto" or all(v + sigma > 0 or r == 0.0 for v, r in zip(values, residuals))
+        )
         stop_reason = "converged" if all_converged else "max_iter"
     order = sorted(range(len(values)), key=lambda i: -values[i])
     return EigenResult(
@@ -164,8 +167,9 @@ def power_iteration(
         details={"shift": sigma, "spectral_radius_estimate": spectral_radius},
         largest_vectors=torch.stack([found[i] for i in order]) if found else None,
         # Below the products' round-off a residual certifies nothing finer (the floor the test allows).
-        largest_bounds=tuple(max(residuals[i], NOISE_FLOOR_EPS * torch.finfo(dtype).eps * spectral_radius)
-                             for i in order),
+        largest_bounds=tuple(
+            max(residuals[i], NOISE_FLOOR_EPS * torch.finfo(dtype).eps * spectral_radius) for i in order
+        ),
     )
 
 
@@ -181,8 +185,15 @@ def solve(operator: LinearOperator, request: SolveRequest) -> EigenResult:
         :func:`power_iteration`'s result.
     """
     start = request.start.reshape(-1, operator.size)[0] if request.start is not None else None
-    return power_iteration(operator, k=request.k, tol=request.tol, max_iter=request.max_iter, seed=request.seed,
-                           start=start, callback=request.callback)
+    return power_iteration(
+        operator,
+        k=request.k,
+        tol=request.tol,
+        max_iter=request.max_iter,
+        seed=request.seed,
+        start=start,
+        callback=request.callback,
+    )
 
 
 def _orthonormal(vector: torch.Tensor, found: list[torch.Tensor]) -> torch.Tensor:
@@ -191,8 +202,10 @@ def _orthonormal(vector: torch.Tensor, found: list[torch.Tensor]) -> torch.Tenso
             vector = vector - dot(other, vector) * other
     length = norm(vector)
     if length == 0.0:
-        raise UserError("power iteration hit an exact zero vector (H v = 0): the block's Hessian is zero "
-                        "on the start vector; try another seed or the lanczos solver.")
+        raise UserError(
+            "power iteration hit an exact zero vector (H v = 0): the block's Hessian is zero "
+            "on the start vector; try another seed or the lanczos solver."
+        )
     return vector / length
 
 

@@ -34,8 +34,10 @@ def adam_preconditioner(
     """The diagonal of P (flat, in ``names`` order) from bias-corrected second moments v̂ keyed by name."""
     missing = [name for name in names if name not in second_moments]
     if missing:
-        raise UserError(f"the optimizer state has no second moment for {missing[0]} (and {len(missing) - 1} more): "
-                        "the checkpoint's optimizer belongs to another adapter.")
+        raise UserError(
+            f"the optimizer state has no second moment for {missing[0]} (and {len(missing) - 1} more): "
+            "the checkpoint's optimizer belongs to another adapter."
+        )
     pieces = []
     for name in names:
         diagonal = second_moments[name].detach().double().sqrt().add(eps).reshape(-1)
@@ -83,15 +85,29 @@ def preconditioned_sharpness(
         UserError: a non-positive preconditioner, or a solver the table gives no preconditioned solver.
     """
     if preconditioner.shape != (operator.size,):
-        raise ValueError(f"preconditioner has shape {tuple(preconditioner.shape)}, operator size {operator.size}")
-    runner = solvers.preconditioned_solver(solver)  # before any product: an unsupported solver is refused at once
+        raise ValueError(
+            f"preconditioner has shape {tuple(preconditioner.shape)}, operator size {operator.size}"
+        )
+    runner = solvers.preconditioned_solver(
+        solver
+    )  # before any product: an unsupported solver is refused at once
     if bool((preconditioner <= 0).any()):
         raise UserError("the Adam preconditioner has non-positive entries: eps must be > 0.")
     scaled = ScaledOperator(operator, preconditioner.double().rsqrt())
-    eigen = runner.run(scaled, solvers.SolveRequest(k=1, which="largest", tol=tol, max_iter=max_iter, seed=seed,
-                                                    callback=callback, memory=memory))
+    eigen = runner.run(
+        scaled,
+        solvers.SolveRequest(
+            k=1, which="largest", tol=tol, max_iter=max_iter, seed=seed, callback=callback, memory=memory
+        ),
+    )
     gd_threshold, adam_threshold = adam_thresholds(lr, beta1)
     return PreconditionedResult(
-        sharpness=float(eigen.largest[0]), lr=lr, beta1=beta1, eps=eps, step=step,
-        gd_threshold=gd_threshold, adam_threshold=adam_threshold, eigen=eigen,
+        sharpness=float(eigen.largest[0]),
+        lr=lr,
+        beta1=beta1,
+        eps=eps,
+        step=step,
+        gd_threshold=gd_threshold,
+        adam_threshold=adam_threshold,
+        eigen=eigen,
     )

@@ -52,7 +52,11 @@ def pyhessian_power_iteration(
     tensor), so the same seed gives the same start as PyHessian on the same block.
     """
     if shapes is None:
-        shapes = [p.shape for p in operator.params] if isinstance(operator, HessianOperator) else [torch.Size([operator.size])]
+        shapes = (
+            [p.shape for p in operator.params]
+            if isinstance(operator, HessianOperator)
+            else [torch.Size([operator.size])]
+        )
     began = time.perf_counter()
     eigenvalues: list[float] = []
     eigenvectors: list[torch.Tensor] = []
@@ -73,7 +77,9 @@ def pyhessian_power_iteration(
             hvps += 1
             current = float(product @ vector)  # PyHessian's own float32 arithmetic, so the iterates match its
             residual = norm(product - current * vector)  # ours: the certificate, in float64
-            history.append(IterationRecord(len(history) + 1, hvps, time.perf_counter() - began, (current,), (residual,)))
+            history.append(
+                IterationRecord(len(history) + 1, hvps, time.perf_counter() - began, (current,), (residual,))
+            )
             vector = _pyhessian_normalise(product)
             if eigenvalue is None:
                 eigenvalue = current
@@ -87,7 +93,9 @@ def pyhessian_power_iteration(
         residuals.append(residual)
         stop_reasons.append(reason)
     scale = max(abs(v) for v in eigenvalues)
-    converged = all(r <= converged_threshold(v, scale, tol, operator.dtype) for v, r in zip(eigenvalues, residuals))
+    converged = all(
+        r <= converged_threshold(v, scale, tol, operator.dtype) for v, r in zip(eigenvalues, residuals)
+    )
     return EigenResult(
         solver="pyhessian_power",
         largest=tuple(eigenvalues),
@@ -118,8 +126,9 @@ def solve(operator: LinearOperator, request: SolveRequest) -> EigenResult:
     Returns:
         :func:`pyhessian_power_iteration`'s result.
     """
-    return pyhessian_power_iteration(operator, max_iter=request.max_iter, tol=request.tol, top_n=request.k,
-                                     seed=request.seed)
+    return pyhessian_power_iteration(
+        operator, max_iter=request.max_iter, tol=request.tol, top_n=request.k, seed=request.seed
+    )
 
 
 def run_pyhessian(
@@ -167,7 +176,10 @@ def run_pyhessian(
 
     packed = [(_PackedBatch(b), b.labels) for b in batches]
     began = time.perf_counter()
-    with only_block_trainable(model, params, eval_mode=False), _patched(pyhessian_module, "hessian_vector_product", counted_product):
+    with (
+        only_block_trainable(model, params, eval_mode=False),
+        _patched(pyhessian_module, "hessian_vector_product", counted_product),
+    ):
         if len(packed) == 1:
             engine = _CountingHessian(wrapper, criterion, data=packed[0], cuda=device.type == "cuda")
         else:
@@ -178,22 +190,42 @@ def run_pyhessian(
     for param in params:
         param.grad = None  # PyHessian leaves create_graph gradients behind
     seconds = time.perf_counter() - began
-    flat_vectors = torch.stack([torch.cat([piece.detach().reshape(-1) for piece in vector]) for vector in vectors])
+    flat_vectors = torch.stack(
+        [torch.cat([piece.detach().reshape(-1) for piece in vector]) for vector in vectors]
+    )
     residuals: list[float] = []
     if verify:
-        operator = HessianOperator(model, batches, block if isinstance(block, ParameterBlock) else params,
-                                   backend="double_backward", reuse=False, loss_fn=loss_fn, distributed_mode=False)
+        operator = HessianOperator(
+            model,
+            batches,
+            block if isinstance(block, ParameterBlock) else params,
+            backend="double_backward",
+            reuse=False,
+            loss_fn=loss_fn,
+            distributed_mode=False,
+        )
         for value, vector in zip(values, flat_vectors):
             unit = vector / norm(vector)
             residuals.append(norm(operator.matvec(unit) - value * unit))
     scale = max(abs(v) for v in values)
     converged = bool(residuals) and all(
-        r <= converged_threshold(v, scale, tol, params[0].dtype) for v, r in zip(values, residuals))
+        r <= converged_threshold(v, scale, tol, params[0].dtype) for v, r in zip(values, residuals)
+    )
     return EigenResult(
-        solver="pyhessian", largest=tuple(float(v) for v in values), largest_residuals=tuple(residuals),
-        smallest=(), smallest_residuals=(), converged=converged,
-        stop_reason="pyhessian", iterations=counter["hvps"], hvps=counter["hvps"], seconds=seconds, tol=tol,
-        max_iter=max_iter, size=int(flat_vectors.shape[1]), largest_vectors=flat_vectors,
+        solver="pyhessian",
+        largest=tuple(float(v) for v in values),
+        largest_residuals=tuple(residuals),
+        smallest=(),
+        smallest_residuals=(),
+        converged=converged,
+        stop_reason="pyhessian",
+        iterations=counter["hvps"],
+        hvps=counter["hvps"],
+        seconds=seconds,
+        tol=tol,
+        max_iter=max_iter,
+        size=int(flat_vectors.shape[1]),
+        largest_vectors=flat_vectors,
     )
 
 

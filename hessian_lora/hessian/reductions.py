@@ -41,7 +41,7 @@ def dot(x: torch.Tensor, y: torch.Tensor) -> float:
     step = _columns(1)
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     for start in range(0, x.numel(), step):
-        total += torch.dot(x[start:start + step].double(), y[start:start + step].double())
+        total += torch.dot(x[start : start + step].double(), y[start : start + step].double())
     return float(total)
 
 
@@ -52,7 +52,7 @@ def norm(x: torch.Tensor) -> float:
     step = _columns(1)
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     for start in range(0, x.numel(), step):
-        chunk = x[start:start + step].double()
+        chunk = x[start : start + step].double()
         total += torch.dot(chunk, chunk)
     return math.sqrt(float(total))
 
@@ -63,15 +63,17 @@ def inner(rows: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     single = vectors.ndim == 1
     block = vectors.reshape(1, -1) if single else vectors
     if rows.ndim != 2 or block.ndim != 2 or rows.shape[1] != block.shape[1]:
-        raise ValueError(f"inner needs rows (m × n) and vectors (k × n), got {tuple(rows.shape)} and "
-                         f"{tuple(vectors.shape)}")
+        raise ValueError(
+            f"inner needs rows (m × n) and vectors (k × n), got {tuple(rows.shape)} and "
+            f"{tuple(vectors.shape)}"
+        )
     block = block.to(rows.device)
     m, k = int(rows.shape[0]), int(block.shape[0])
     total = torch.zeros(m, k, dtype=torch.float64, device=rows.device)
     if m and k:
         step = _columns(m + k)
         for start in range(0, int(rows.shape[1]), step):
-            total += rows[:, start:start + step].double() @ block[:, start:start + step].double().T
+            total += rows[:, start : start + step].double() @ block[:, start : start + step].double().T
     total = total.cpu()
     return total[:, 0] if single else total
 
@@ -101,8 +103,8 @@ def _inner_moving(page: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     total = torch.zeros(m, k, dtype=torch.float64, device=block.device)
     step = max(_columns(m + k), 1 << 16)  # larger transfers: each chunk crosses the bus once
     for start in range(0, int(page.shape[1]), step):
-        chunk = page[:, start:start + step].to(block.device, non_blocking=True)
-        total += chunk.double() @ block[:, start:start + step].double().T
+        chunk = page[:, start : start + step].to(block.device, non_blocking=True)
+        total += chunk.double() @ block[:, start : start + step].double().T
     total = total.cpu()
     return total[:, 0] if single else total
 

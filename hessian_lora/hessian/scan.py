@@ -132,12 +132,16 @@ def block_positions(operator: HessianOperator, blocks: Sequence[ParameterBlock])
     for block in blocks:
         missing = [name for name, param in zip(block.names, block.parameters) if id(param) not in where]
         if missing:
-            raise UserError(f"block {block.name} has parameters outside the scan's operator ({missing[0]}): "
-                            "build the operator over the union of the blocks.")
+            raise UserError(
+                f"block {block.name} has parameters outside the scan's operator ({missing[0]}): "
+                "build the operator over the union of the blocks."
+            )
         indices = [where[id(param)] for param in block.parameters]
         if seen.intersection(indices):
-            raise UserError(f"block {block.name} shares parameters with an earlier block: scan disjoint blocks "
-                            "(one per module).")
+            raise UserError(
+                f"block {block.name} shares parameters with an earlier block: scan disjoint blocks "
+                "(one per module)."
+            )
         seen.update(indices)
         positions.append(indices)
     return positions
@@ -160,8 +164,10 @@ def scan_blocks(
     the scan and is raised here.
     """
     if operator.backend != "double_backward":
-        raise UserError("a multi-block scan needs the double_backward backend (one first-order graph for every "
-                        f"block), not {operator.backend}: use backend double_backward or auto.")
+        raise UserError(
+            "a multi-block scan needs the double_backward backend (one first-order graph for every "
+            f"block), not {operator.backend}: use backend double_backward or auto."
+        )
     positions = block_positions(operator, blocks)
     scan = _Scan(operator, positions)
     outcomes = [_Outcome() for _ in blocks]
@@ -179,9 +185,12 @@ def scan_blocks(
 
     threads = []
     for index, indices in enumerate(positions):
-        view = BlockView(scan, index, sum(operator.params[i].numel() for i in indices), operator.dtype,
-                         operator.device)
-        thread = threading.Thread(target=work, args=(index, view), name=f"scan-{blocks[index].name}", daemon=True)
+        view = BlockView(
+            scan, index, sum(operator.params[i].numel() for i in indices), operator.dtype, operator.device
+        )
+        thread = threading.Thread(
+            target=work, args=(index, view), name=f"scan-{blocks[index].name}", daemon=True
+        )
         threads.append(thread)
     try:
         for thread in threads:

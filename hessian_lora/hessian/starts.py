@@ -84,8 +84,11 @@ class StartVectors:
 
     def describe(self) -> dict[str, object]:
         """What a report records about the start."""
-        return {"kind": self.kind, "random_share": self.random_share if self.rows is not None else 1.0,
-                "first_order_passes": self.passes}
+        return {
+            "kind": self.kind,
+            "random_share": self.random_share if self.rows is not None else 1.0,
+            "first_order_passes": self.passes,
+        }
 
 
 def lora_factors(model: nn.Module, names: Sequence[str]) -> list[LoraFactor]:
@@ -122,9 +125,9 @@ def base_weight_gradients(operator: HessianOperator, weights: Sequence[nn.Parame
     return [distributed.all_reduce_sum(total) / operator.total_tokens for total in totals]
 
 
-def top_singular_pairs(operator: HessianOperator, factors: Sequence[LoraFactor], *,
-                       gradient_bytes: int = DEFAULT_GRADIENT_BYTES) -> tuple[list[tuple[torch.Tensor, float,
-                                                                                         torch.Tensor]], int]:
+def top_singular_pairs(
+    operator: HessianOperator, factors: Sequence[LoraFactor], *, gradient_bytes: int = DEFAULT_GRADIENT_BYTES
+) -> tuple[list[tuple[torch.Tensor, float, torch.Tensor]], int]:
     """(u₁, σ₁, v₁) of each factor's base-weight gradient G, and the first-order passes it took. The modules
     are taken in groups whose G fit ``gradient_bytes`` together (at least one module per pass), each G dropped
     once its pair is known."""
@@ -160,9 +163,9 @@ def top_singular_pairs(operator: HessianOperator, factors: Sequence[LoraFactor],
     return pairs, passes
 
 
-def structured_pieces(operator: HessianOperator, *, which: str = "largest",
-                      gradient_bytes: int = DEFAULT_GRADIENT_BYTES) -> tuple[list[torch.Tensor], int,
-                                                                           tuple[tuple[str, float], ...]]:
+def structured_pieces(
+    operator: HessianOperator, *, which: str = "largest", gradient_bytes: int = DEFAULT_GRADIENT_BYTES
+) -> tuple[list[torch.Tensor], int, tuple[tuple[str, float], ...]]:
     """The unmixed structured start of ``operator``'s parameters (module docstring), one float64 piece per
     parameter (zero for parameters that are no LoRA factor), the first-order passes it took, and s·σ₁(G) per
     LoRA module."""
@@ -202,13 +205,22 @@ def _row(pieces: Sequence[torch.Tensor], indices: Sequence[int], dtype: torch.dt
     return (row.double() / length).to(dtype).unsqueeze(0)
 
 
-def with_random(rows: torch.Tensor, *, size: int, dtype: torch.dtype, device: torch.device, seed: int,
-                random_share: float = DEFAULT_RANDOM_SHARE) -> torch.Tensor:
+def with_random(
+    rows: torch.Tensor,
+    *,
+    size: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    seed: int,
+    random_share: float = DEFAULT_RANDOM_SHARE,
+) -> torch.Tensor:
     """Each row of ``rows`` normalised and mixed with its own seeded random unit vector orthogonal to it:
     √(1 − w)·row + √w·random (``w = random_share``), a unit vector; a zero row becomes the random vector alone."""
     if not 0.0 < random_share <= 1.0:
-        raise UserError(f"random_share must lie in (0, 1], got {random_share!r}: a start without a random "
-                        "component can miss the top and certify a lower eigenvalue.")
+        raise UserError(
+            f"random_share must lie in (0, 1], got {random_share!r}: a start without a random "
+            "component can miss the top and certify a lower eigenvalue."
+        )
     block = rows.to(device=device, dtype=dtype).reshape(-1, size)
     mixed = []
     for i, row in enumerate(block):
@@ -218,15 +230,24 @@ def with_random(rows: torch.Tensor, *, size: int, dtype: torch.dtype, device: to
             mixed.append(noise / norm(noise))
             continue
         row = row / length
-        noise = noise - dot(row, noise) * row  # orthogonal to the row: the mix is a unit vector, the share exact
+        noise = (
+            noise - dot(row, noise) * row
+        )  # orthogonal to the row: the mix is a unit vector, the share exact
         noise = noise / norm(noise)
         mixed.append(math.sqrt(1.0 - random_share) * row + math.sqrt(random_share) * noise)
     return torch.stack(mixed)
 
 
-def start_vectors(operator: LinearOperator, kind: str, *, which: str = "largest", seed: int = 0,
-                  random_share: float = DEFAULT_RANDOM_SHARE, previous: torch.Tensor | None = None,
-                  gradient_bytes: int = DEFAULT_GRADIENT_BYTES) -> StartVectors:
+def start_vectors(
+    operator: LinearOperator,
+    kind: str,
+    *,
+    which: str = "largest",
+    seed: int = 0,
+    random_share: float = DEFAULT_RANDOM_SHARE,
+    previous: torch.Tensor | None = None,
+    gradient_bytes: int = DEFAULT_GRADIENT_BYTES,
+) -> StartVectors:
     """The start of ``kind`` (module docstring) for ``operator``'s whole block, mixed with a random component.
 
     ``previous`` (rows, e.g. the last probe's Ritz vectors) is the start of kind ``"previous"``; one whose
@@ -241,18 +262,40 @@ def start_vectors(operator: LinearOperator, kind: str, *, which: str = "largest"
     if kind == "previous":
         if previous is None or previous.numel() == 0 or previous.numel() % size:
             return StartVectors("random", None, 1.0)
-        return StartVectors("previous", with_random(previous, size=size, dtype=dtype, device=device, seed=seed,
-                                                    random_share=random_share), random_share)
+        return StartVectors(
+            "previous",
+            with_random(
+                previous, size=size, dtype=dtype, device=device, seed=seed, random_share=random_share
+            ),
+            random_share,
+        )
     if not isinstance(operator, HessianOperator):
-        raise UserError(f"start {kind!r} needs a Hessian operator on a model (first-order passes): use start "
-                        "random or an explicit start vector.")
-    return block_starts(operator, kind, [range(len(operator.params))], which=which, seed=seed,
-                        random_share=random_share, gradient_bytes=gradient_bytes)[0]
+        raise UserError(
+            f"start {kind!r} needs a Hessian operator on a model (first-order passes): use start "
+            "random or an explicit start vector."
+        )
+    return block_starts(
+        operator,
+        kind,
+        [range(len(operator.params))],
+        which=which,
+        seed=seed,
+        random_share=random_share,
+        gradient_bytes=gradient_bytes,
+    )[0]
 
 
-def block_starts(operator: HessianOperator, kind: str, parts: Sequence[Sequence[int]], *, which: str = "largest",
-                 seeds: Sequence[int] | None = None, seed: int = 0, random_share: float = DEFAULT_RANDOM_SHARE,
-                 gradient_bytes: int = DEFAULT_GRADIENT_BYTES) -> list[StartVectors]:
+def block_starts(
+    operator: HessianOperator,
+    kind: str,
+    parts: Sequence[Sequence[int]],
+    *,
+    which: str = "largest",
+    seeds: Sequence[int] | None = None,
+    seed: int = 0,
+    random_share: float = DEFAULT_RANDOM_SHARE,
+    gradient_bytes: int = DEFAULT_GRADIENT_BYTES,
+) -> list[StartVectors]:
     """Starts of kind ``"structured"`` or ``"gradient"`` for several blocks of one operator at once (a scan's
     union): ``parts`` are each block's positions among ``operator.params``; the first-order passes are shared.
     Block i's random component is drawn from ``seeds[i]`` (default: ``seed`` for every block)."""
@@ -273,11 +316,23 @@ def block_starts(operator: HessianOperator, kind: str, parts: Sequence[Sequence[
         names = {operator.names[j].partition(".lora_")[0] for j in indices}
         mine = tuple((module, value) for module, value in sigmas if module in names)
         if row is None:  # nothing first-order to go on (G = 0, no LoRA factor): the random vector alone
-            rows = with_random(torch.zeros(1, size), size=size, dtype=operator.dtype, device=operator.device,
-                               seed=block_seed, random_share=1.0)
+            rows = with_random(
+                torch.zeros(1, size),
+                size=size,
+                dtype=operator.dtype,
+                device=operator.device,
+                seed=block_seed,
+                random_share=1.0,
+            )
             starts.append(StartVectors(kind, rows, 1.0, passes, mine))
             continue
-        rows = with_random(row, size=size, dtype=operator.dtype, device=operator.device, seed=block_seed,
-                           random_share=random_share)
+        rows = with_random(
+            row,
+            size=size,
+            dtype=operator.dtype,
+            device=operator.device,
+            seed=block_seed,
+            random_share=random_share,
+        )
         starts.append(StartVectors(kind, rows, random_share, passes, mine))
     return starts

@@ -65,8 +65,13 @@ class KrylovMemory:
         nbytes = rows * size * torch.empty((), dtype=dtype).element_size()
         for tier in self.tiers:
             if tier.bytes_left >= nbytes:
-                page = torch.empty(rows, size, dtype=dtype, device=tier.device,
-                                   pin_memory=tier.pin and torch.cuda.is_available())
+                page = torch.empty(
+                    rows,
+                    size,
+                    dtype=dtype,
+                    device=tier.device,
+                    pin_memory=tier.pin and torch.cuda.is_available(),
+                )
                 tier.bytes_left -= nbytes
                 tier.used += nbytes
                 return page, tier
@@ -81,9 +86,11 @@ class KrylovMemory:
 
     def describe(self) -> str:
         """The tiers and what is left in each, for the console."""
-        return ", ".join(f"{tier.device}{' (pinned)' if tier.pin else ''}: "
-                         f"{'no limit' if math.isinf(tier.bytes_left) else f'{tier.bytes_left / 2**30:.2f} GiB left'}"
-                         for tier in self.tiers)
+        return ", ".join(
+            f"{tier.device}{' (pinned)' if tier.pin else ''}: "
+            f"{'no limit' if math.isinf(tier.bytes_left) else f'{tier.bytes_left / 2**30:.2f} GiB left'}"
+            for tier in self.tiers
+        )
 
 
 class VectorStore:
@@ -93,8 +100,14 @@ class VectorStore:
     row (float64, on the CPU) and linear combinations of the rows (in the rows' dtype, on ``device``).
     """
 
-    def __init__(self, size: int, dtype: torch.dtype, device: torch.device, memory: KrylovMemory,
-                 page_rows: int = PAGE_ROWS) -> None:
+    def __init__(
+        self,
+        size: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        memory: KrylovMemory,
+        page_rows: int = PAGE_ROWS,
+    ) -> None:
         self.size, self.dtype, self.device = size, dtype, torch.device(device)
         self.memory = memory
         self.page_rows = max(1, page_rows)
@@ -134,7 +147,9 @@ class VectorStore:
             if room <= 0 or done == needed:
                 continue
             take = min(room, needed - done)
-            page[self._filled[index]:self._filled[index] + take].copy_(rows[done:done + take], non_blocking=True)
+            page[self._filled[index] : self._filled[index] + take].copy_(
+                rows[done : done + take], non_blocking=True
+            )
             self._filled[index] += take
             done += take
         return True
@@ -171,15 +186,16 @@ class VectorStore:
         offset = 0
         for page in self.pages():
             rows = int(page.shape[0])
-            weights = coefficients[offset:offset + rows].to(device=self.device, dtype=self.dtype).T
+            weights = coefficients[offset : offset + rows].to(device=self.device, dtype=self.dtype).T
             offset += rows
             if page.device == self.device:
                 out += weights @ page
             else:  # a host page: move it in column chunks
                 step = 1 << 22
                 for start in range(0, self.size, step):
-                    out[:, start:start + step] += weights @ page[:, start:start + step].to(self.device,
-                                                                                           non_blocking=True)
+                    out[:, start : start + step] += weights @ page[:, start : start + step].to(
+                        self.device, non_blocking=True
+                    )
         return out[0] if single else out
 
     def row(self, index: int) -> torch.Tensor:

@@ -19,8 +19,9 @@ def adam_thresholds(lr: float | None, beta1: float) -> tuple[float | None, float
     return 2.0 / lr, (2.0 + 2.0 * beta1) / ((1.0 - beta1) * lr)
 
 
-def stability_ratios(point: Mapping[str, Any], *, beta1: float = 0.9,
-                     lr: float | None = None) -> tuple[float | None, float | None]:
+def stability_ratios(
+    point: Mapping[str, Any], *, beta1: float = 0.9, lr: float | None = None
+) -> tuple[float | None, float | None]:
     """(λ_max·η/2, λ̃·η/((2+2β₁)/(1−β₁))) of a history point: 1 means "at the edge of stability". ``lr``
     overrides the point's own learning rate."""
     eta = lr if lr is not None else point.get("lr")

@@ -53,15 +53,23 @@ def hutchinson(
         terms.append(pending.pop(0))
         mean = sum(terms) / len(terms)
         error = _standard_error(terms)
-        record = IterationRecord(index + 1, index + 1, time.perf_counter() - began, (mean,),
-                                 (error,) if error is not None else ())
+        record = IterationRecord(
+            index + 1, index + 1, time.perf_counter() - began, (mean,), (error,) if error is not None else ()
+        )
         history.append(record)
         if callback is not None:
             callback(record)
         if tol is not None and error is not None and len(terms) >= 3 and error <= tol * abs(mean):
             break
-    return TraceResult("hutchinson", sum(terms) / len(terms), _standard_error(terms), len(terms),
-                       time.perf_counter() - began, operator.size, tuple(history))
+    return TraceResult(
+        "hutchinson",
+        sum(terms) / len(terms),
+        _standard_error(terms),
+        len(terms),
+        time.perf_counter() - began,
+        operator.size,
+        tuple(history),
+    )
 
 
 def hutchplusplus(
@@ -119,8 +127,9 @@ def hutchplusplus(
                 callback(record)
     remainder = sum(remainder_terms) / len(remainder_terms) if remainder_terms else 0.0
     error = _standard_error(remainder_terms) if remainder_terms else 0.0
-    return TraceResult("hutch++", exact_part + remainder, error, used, time.perf_counter() - began, size,
-                       tuple(history))
+    return TraceResult(
+        "hutch++", exact_part + remainder, error, used, time.perf_counter() - began, size, tuple(history)
+    )
 
 
 def _standard_error(terms: list[float]) -> float | None:

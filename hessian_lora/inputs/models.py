@@ -50,6 +50,7 @@ _TINY_SPECIAL_TOKENS = ("<|pad|>", "<|bos|>", "<|eos|>")
 
 class LoadedModel(NamedTuple):
     """A loaded base model, its tokenizer and the spec it was loaded from."""
+
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     spec: str
@@ -76,11 +77,15 @@ def check_device(device: str | torch.device | None) -> torch.device:
         raise UserError(f"unknown device {device!r}: use cpu, cuda, cuda:1 or mps.") from exc
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"device {device!r}: no CUDA device is available here: use --device cpu (or leave "
-                            "--device out).")
+            raise UserError(
+                f"device {device!r}: no CUDA device is available here: use --device cpu (or leave "
+                "--device out)."
+            )
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise UserError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here: pick "
-                            f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}.")
+            raise UserError(
+                f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here: pick "
+                f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}."
+            )
     elif resolved.type == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"device {device!r}: MPS is not available here: use --device cpu.")
     elif resolved.type not in ("cpu", "cuda", "mps"):
@@ -95,8 +100,18 @@ def _cause(exc: BaseException) -> str:
 
 # What loading a damaged or foreign model file raises (config.json not JSON, a .gguf that is not one, missing
 # weights, a config transformers cannot build, ...).
-_LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, struct.error, UnicodeDecodeError,
-                AttributeError, IndexError)
+_LOAD_ERRORS = (
+    OSError,
+    ValueError,
+    KeyError,
+    TypeError,
+    RuntimeError,
+    EOFError,
+    struct.error,
+    UnicodeDecodeError,
+    AttributeError,
+    IndexError,
+)
 
 
 def load_model(
@@ -143,17 +158,23 @@ def load_model(
         except UserError:
             raise
         except _LOAD_ERRORS as exc:
-            raise UserError(f"cannot load {spec} as a GGUF model ({_cause(exc)}): pass a valid .gguf file.") from exc
+            raise UserError(
+                f"cannot load {spec} as a GGUF model ({_cause(exc)}): pass a valid .gguf file."
+            ) from exc
     elif Path(spec).is_dir():
         if not (Path(spec) / "config.json").is_file():
-            raise UserError(f"{spec} has no config.json: pass a Hugging Face model directory (save_pretrained).")
+            raise UserError(
+                f"{spec} has no config.json: pass a Hugging Face model directory (save_pretrained)."
+            )
         try:
             model, tokenizer = _load_pretrained_dir(Path(spec), dtype, attn_implementation)
         except UserError:
             raise
         except _LOAD_ERRORS as exc:
-            raise UserError(f"cannot load the model directory {spec} ({_cause(exc)}): check its config.json, "
-                            "weights and tokenizer files (save_pretrained writes them).") from exc
+            raise UserError(
+                f"cannot load the model directory {spec} ({_cause(exc)}): check its config.json, "
+                "weights and tokenizer files (save_pretrained writes them)."
+            ) from exc
     elif looks_like_path(spec):
         raise UserError(
             f"model path {spec} does not exist or is not a model directory: pass an existing model directory or "
@@ -207,8 +228,10 @@ def load_tokenizer(spec: str = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
             with quiet_hub(offline=reason is not None):
                 tokenizer = AutoTokenizer.from_pretrained(spec, local_files_only=reason is not None)
         except _LOAD_ERRORS as exc:
-            raise UserError(f"could not load the tokenizer of hub model {spec} ({str(exc).splitlines()[0]}): "
-                            f"check the id and your network, or use {DEFAULT_MODEL}.") from exc
+            raise UserError(
+                f"could not load the tokenizer of hub model {spec} ({str(exc).splitlines()[0]}): "
+                f"check the id and your network, or use {DEFAULT_MODEL}."
+            ) from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -270,7 +293,9 @@ def _load_pretrained_dir(
     return model, tokenizer
 
 
-def _load_hub(spec: str, dtype: torch.dtype, attn_implementation: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _load_hub(
+    spec: str, dtype: torch.dtype, attn_implementation: str
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A hub model: from the local cache when it is there, else downloaded once the hub answers.
 
     huggingface_hub retries an unreachable host with backoff (a minute of warnings before the error); one
@@ -285,9 +310,11 @@ def _load_hub(spec: str, dtype: torch.dtype, attn_implementation: str) -> tuple[
         with quiet_hub(offline=True):
             return _load_pretrained_dir(spec, dtype, attn_implementation, local_files_only=True)
     except _LOAD_ERRORS as exc:
-        raise UserError(f"hub model {spec} is not in the local cache and the hub cannot be reached ({reason}): "
-                        f"check the id and your network (or HF_ENDPOINT), pass a model directory, or use "
-                        f"{DEFAULT_MODEL}.") from exc
+        raise UserError(
+            f"hub model {spec} is not in the local cache and the hub cannot be reached ({reason}): "
+            f"check the id and your network (or HF_ENDPOINT), pass a model directory, or use "
+            f"{DEFAULT_MODEL}."
+        ) from exc
 
 
 def hub_unreachable(endpoint: str, timeout_s: float = 5.0) -> str | None:
@@ -340,7 +367,9 @@ def _find_smollm2_gguf() -> Path:
     explicit = os.environ.get("HESSIAN_LORA_SMOLLM2_GGUF")
     if explicit:
         if not Path(explicit).is_file():
-            raise UserError(f"HESSIAN_LORA_SMOLLM2_GGUF={explicit} does not exist: point it at the .gguf file.")
+            raise UserError(
+                f"HESSIAN_LORA_SMOLLM2_GGUF={explicit} does not exist: point it at the .gguf file."
+            )
         return Path(explicit)
     cached = cache_dir() / "gguf" / SMOLLM2_GGUF_NAME
     if cached.is_file():
@@ -377,20 +406,28 @@ def _tiny_overrides(spec: str) -> dict[str, int]:
             key, _, value = item.partition("=")
             key = key.strip()
             if key not in _TINY_LIMITS:
-                raise UserError(f"unknown tiny-llama option {key!r}: use {', '.join(_TINY_LIMITS)}, e.g. "
-                                "tiny-llama:hidden_size=32,layers=1.")
+                raise UserError(
+                    f"unknown tiny-llama option {key!r}: use {', '.join(_TINY_LIMITS)}, e.g. "
+                    "tiny-llama:hidden_size=32,layers=1."
+                )
             if not value.strip().isdigit():
-                raise UserError(f"bad tiny-llama option {item!r}: write e.g. tiny-llama:hidden_size=32,layers=1.")
+                raise UserError(
+                    f"bad tiny-llama option {item!r}: write e.g. tiny-llama:hidden_size=32,layers=1."
+                )
             number, limit = int(value), _TINY_LIMITS[key]
             if not 1 <= number <= limit:
                 raise UserError(f"tiny-llama {key}={number} is out of range: use 1 .. {limit}.")
             overrides[key] = number
     shape = {"hidden_size": 64, "heads": 4, "kv_heads": 2, **overrides}
     if shape["hidden_size"] % shape["heads"] or (shape["hidden_size"] // shape["heads"]) % 2:
-        raise UserError(f"tiny-llama hidden_size={shape['hidden_size']} must be an even multiple of heads="
-                        f"{shape['heads']} (each head an even width): e.g. hidden_size=32,heads=4.")
+        raise UserError(
+            f"tiny-llama hidden_size={shape['hidden_size']} must be an even multiple of heads="
+            f"{shape['heads']} (each head an even width): e.g. hidden_size=32,heads=4."
+        )
     if shape["heads"] % shape["kv_heads"]:
-        raise UserError(f"tiny-llama heads={shape['heads']} must be a multiple of kv_heads={shape['kv_heads']}.")
+        raise UserError(
+            f"tiny-llama heads={shape['heads']} must be a multiple of kv_heads={shape['kv_heads']}."
+        )
     return overrides
 
 

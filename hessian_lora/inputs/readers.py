@@ -58,19 +58,25 @@ def read_rows(source: str, *, split: str | None = None) -> list[dict[str, Any]]:
     path = Path(source).expanduser()
     if path.is_dir():
         if not is_dataset_directory(path):
-            raise UserError(f"{path} is a directory but not a saved dataset (no state.json or dataset_dict.json): "
-                            "pass a directory written by Dataset.save_to_disk, or a .jsonl/.json/.parquet/.csv file.")
+            raise UserError(
+                f"{path} is a directory but not a saved dataset (no state.json or dataset_dict.json): "
+                "pass a directory written by Dataset.save_to_disk, or a .jsonl/.json/.parquet/.csv file."
+            )
         return _rows(_load_from_disk(path), path, split)
     suffix = path.suffix.lower()
     if suffix in FILE_BUILDERS:
         if not path.is_file():
-            raise UserError(f"data file {path} does not exist: pass an existing .jsonl, .json, .parquet or .csv "
-                            "file (or a saved dataset directory).")
+            raise UserError(
+                f"data file {path} does not exist: pass an existing .jsonl, .json, .parquet or .csv "
+                "file (or a saved dataset directory)."
+            )
         return _read_file(path, FILE_BUILDERS[suffix])
     if looks_like_hub_dataset(source):
         return _read_hub(source, split)
-    raise UserError(f"cannot read data {source}: pass a .jsonl, .json, .parquet or .csv file, a directory written "
-                    "by Dataset.save_to_disk, or a hub dataset id user/name.")
+    raise UserError(
+        f"cannot read data {source}: pass a .jsonl, .json, .parquet or .csv file, a directory written "
+        "by Dataset.save_to_disk, or a hub dataset id user/name."
+    )
 
 
 def _read_file(path: Path, builder: str) -> list[dict[str, Any]]:
@@ -87,9 +93,12 @@ def _read_file(path: Path, builder: str) -> list[dict[str, Any]]:
             loaded = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as exc:  # datasets/pyarrow raise many kinds; every one is this file's fault
         if builder == "json":
-            return _read_json_records(path)  # a precise error (line, record), or rows Arrow could not tabulate
-        raise UserError(f"cannot read {path} as {builder.upper()} ({_first_line(exc)}): fix or re-export the "
-                        "file.") from exc
+            return _read_json_records(
+                path
+            )  # a precise error (line, record), or rows Arrow could not tabulate
+        raise UserError(
+            f"cannot read {path} as {builder.upper()} ({_first_line(exc)}): fix or re-export the file."
+        ) from exc
     rows = loaded.to_list()
     if builder == "json" and list(loaded.column_names) == ["data"] and len(rows) == 1:
         inner = rows[0]["data"]  # {"data": [...]}: the examples are the list
@@ -112,7 +121,9 @@ def _check_text(path: Path) -> str:
     except UnicodeDecodeError as exc:
         raise UserError(f"{path} is not UTF-8 text (byte {exc.start}): save it as UTF-8 JSON.") from exc
     except OSError as exc:
-        raise UserError(f"cannot read data file {path} ({exc.strerror or exc}): pass a readable file.") from exc
+        raise UserError(
+            f"cannot read data file {path} ({exc.strerror or exc}): pass a readable file."
+        ) from exc
 
 
 def _read_json_records(path: Path) -> list[dict[str, Any]]:
@@ -126,8 +137,10 @@ def _read_json_records(path: Path) -> list[dict[str, Any]]:
             if isinstance(loaded, dict) and "data" in loaded:
                 loaded = loaded["data"]
             if not isinstance(loaded, list):
-                raise UserError(f"{path} must hold a JSON list of example objects (or {{\"data\": [...]}}), "
-                                f"got {type(loaded).__name__}: fix the file.")
+                raise UserError(
+                    f'{path} must hold a JSON list of example objects (or {{"data": [...]}}), '
+                    f"got {type(loaded).__name__}: fix the file."
+                )
             records = loaded
     except json.JSONDecodeError as exc:
         raise UserError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}): fix the file.") from exc
@@ -137,8 +150,10 @@ def _read_json_records(path: Path) -> list[dict[str, Any]]:
 def _check_objects(path: Path, records: list[Any]) -> list[dict[str, Any]]:
     for index, record in enumerate(records):
         if not isinstance(record, dict):
-            raise UserError(f"record {index} of {path} is {type(record).__name__}, not an object: the file must "
-                            "hold JSON objects, one per example.")
+            raise UserError(
+                f"record {index} of {path} is {type(record).__name__}, not an object: the file must "
+                "hold JSON objects, one per example."
+            )
     return records
 
 
@@ -149,8 +164,9 @@ def _load_from_disk(path: Path) -> Any:
         with _quiet_datasets():
             return datasets.load_from_disk(str(path))
     except Exception as exc:  # a damaged or partial directory
-        raise UserError(f"cannot read the saved dataset {path} ({_first_line(exc)}): save it again with "
-                        "save_to_disk.") from exc
+        raise UserError(
+            f"cannot read the saved dataset {path} ({_first_line(exc)}): save it again with save_to_disk."
+        ) from exc
 
 
 def _read_hub(dataset_id: str, split: str | None) -> list[dict[str, Any]]:
@@ -160,8 +176,10 @@ def _read_hub(dataset_id: str, split: str | None) -> list[dict[str, Any]]:
         with _quiet_datasets():
             loaded = datasets.load_dataset(dataset_id)
     except Exception as exc:  # not found, offline without a cache, gated, ...
-        raise UserError(f"hub dataset {dataset_id} cannot be loaded ({_first_line(exc)}): check the id and your "
-                        "network (HF_HUB_OFFLINE=1 reads the local datasets cache), or pass a local file.") from exc
+        raise UserError(
+            f"hub dataset {dataset_id} cannot be loaded ({_first_line(exc)}): check the id and your "
+            "network (HF_HUB_OFFLINE=1 reads the local datasets cache), or pass a local file."
+        ) from exc
     return _rows(loaded, dataset_id, split)
 
 
@@ -174,16 +192,22 @@ def _rows(loaded: Any, where: Path | str, split: str | None) -> list[dict[str, A
     names = list(loaded)
     chosen = split or (DEFAULT_SPLIT if DEFAULT_SPLIT in names or len(names) != 1 else names[0])
     if chosen not in names:
-        raise UserError(f"{where} has no split {chosen!r} (splits: {', '.join(names)}): pick one with "
-                        f"{where}::split=NAME.")
+        raise UserError(
+            f"{where} has no split {chosen!r} (splits: {', '.join(names)}): pick one with "
+            f"{where}::split=NAME."
+        )
     return list(loaded[chosen].to_list())
 
 
 def looks_like_hub_dataset(text: str) -> bool:
     """``user/name``: the shape of a hub dataset id (whether it exists is the hub's or the cache's to say)."""
     parts = text.split("/")
-    return (len(parts) == 2 and all(parts) and not text.startswith((".", "~", "/"))
-            and not any(char.isspace() for char in text))
+    return (
+        len(parts) == 2
+        and all(parts)
+        and not text.startswith((".", "~", "/"))
+        and not any(char.isspace() for char in text)
+    )
 
 
 @contextlib.contextmanager

@@ -66,11 +66,20 @@ EXAMPLE_FORMATS = ("pair", "text", "completion", "conversation", "conversational
 # Which tokens carry the loss (``SOURCE::loss=...``): TRL's completion_only_loss and assistant_only_loss, or all.
 LOSS_CHOICES = ("all", "completion", "assistant")
 # The loss tokens each TRL format has under SFTConfig's defaults (completion_only_loss=None, assistant_only_loss=False).
-DEFAULT_LOSS = {"text": "all", "completion": "completion", "conversation": "all",
-                "conversational_completion": "completion"}
+DEFAULT_LOSS = {
+    "text": "all",
+    "completion": "completion",
+    "conversation": "all",
+    "conversational_completion": "completion",
+}
 # The template a format gets when none is given: TRL puts no template on text, the chat template on messages.
-FORMAT_TEMPLATES = {"pair": DEFAULT_PROMPT_TEMPLATE, "text": "raw", "completion": "raw", "conversation": "chat",
-                    "conversational_completion": "chat"}
+FORMAT_TEMPLATES = {
+    "pair": DEFAULT_PROMPT_TEMPLATE,
+    "text": "raw",
+    "completion": "raw",
+    "conversation": "chat",
+    "conversational_completion": "chat",
+}
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
@@ -88,7 +97,9 @@ class Example:
     # (hash=False: dicts are unhashable; equal examples still compare equal)
     messages: tuple[Mapping[str, Any], ...] = field(default=(), hash=False)
     completion_messages: tuple[Mapping[str, Any], ...] = field(default=(), hash=False)
-    loss: str | None = None  # one of LOSS_CHOICES for TRL's formats; None: the format's default (DEFAULT_LOSS)
+    loss: str | None = (
+        None  # one of LOSS_CHOICES for TRL's formats; None: the format's default (DEFAULT_LOSS)
+    )
     # a conversation's tool schemas (TRL's ``tools`` column), handed to the chat template
     tools: Any = field(default=None, hash=False)
 
@@ -170,7 +181,9 @@ def _reasoning_gym_task(spec: str, seed: int, n_train: int, n_eval: int) -> Task
         # One dataset, split by index, so train and eval never share an item; the seed picks the items.
         dataset = reasoning_gym.create_dataset(generator, size=max(n_train + n_eval, 1), seed=seed, **options)
     except (KeyError, ValueError, TypeError, AssertionError) as exc:
-        raise UserError(f"reasoning-gym rejected task {spec!r} ({exc}): check the generator name and options.") from exc
+        raise UserError(
+            f"reasoning-gym rejected task {spec!r} ({exc}): check the generator name and options."
+        ) from exc
 
     def score(generation: str, example: Example) -> float:
         extracted = extract_answer(generation)
@@ -179,11 +192,15 @@ def _reasoning_gym_task(spec: str, seed: int, n_train: int, n_eval: int) -> Task
         return float(dataset.score_answer(extracted, example.metadata["entry"]))
 
     examples = [
-        Example(prompt=entry["question"], response=str(entry["answer"]), answer=str(entry["answer"]),
-                metadata={"entry": entry})
+        Example(
+            prompt=entry["question"],
+            response=str(entry["answer"]),
+            answer=str(entry["answer"]),
+            metadata={"entry": entry},
+        )
         for entry in dataset
     ]
-    return Task(spec=spec, train=examples[:n_train], eval=examples[n_train:n_train + n_eval], scorer=score)
+    return Task(spec=spec, train=examples[:n_train], eval=examples[n_train : n_train + n_eval], scorer=score)
 
 
 def extract_answer(generation: str) -> str | None:
@@ -200,8 +217,12 @@ def extract_answer(generation: str) -> str | None:
 def _humaneval_task() -> Task:
     problems = read_problems()
     examples = [
-        Example(prompt=problem["prompt"], response=problem["canonical_solution"], answer=None,
-                metadata={"task_id": task_id, "problem": problem})
+        Example(
+            prompt=problem["prompt"],
+            response=problem["canonical_solution"],
+            answer=None,
+            metadata={"task_id": task_id, "problem": problem},
+        )
         for task_id, problem in problems.items()
     ]
     return Task(spec="humaneval", train=[], eval=examples, scorer=None, kind="code")
@@ -218,7 +239,7 @@ def _file_task(spec: str, seed: int, n_train: int, n_eval: int) -> Task:
     random.Random(seed).shuffle(examples)
     n_eval_taken = min(n_eval, max(len(examples) // 5, 1)) if len(examples) > 1 else 0
     eval_examples = examples[:n_eval_taken]
-    train_examples = examples[n_eval_taken:n_eval_taken + n_train]
+    train_examples = examples[n_eval_taken : n_eval_taken + n_train]
     kind = "qa" if examples[0].format in ("pair", "completion", "conversational_completion") else "text"
     return Task(spec=spec, train=train_examples, eval=eval_examples, scorer=_numeric_scorer, kind=kind)
 
@@ -236,19 +257,25 @@ def _parse_mapping(mapping: str) -> tuple[list[str], dict[str, str]]:
             names.append(item)
             continue
         if key.strip() not in _MAPPING_OPTIONS:
-            raise UserError(f"unknown data option {key.strip()!r} in ::{mapping}: use loss=all|completion|assistant "
-                            "or split=NAME.")
+            raise UserError(
+                f"unknown data option {key.strip()!r} in ::{mapping}: use loss=all|completion|assistant "
+                "or split=NAME."
+            )
         options[key.strip()] = value.strip()
     if names and len(names) not in (2, 3):
-        raise UserError("field mapping must be PROMPT_FIELD,RESPONSE_FIELD[,INPUT_FIELD], e.g. ::query,response.")
+        raise UserError(
+            "field mapping must be PROMPT_FIELD,RESPONSE_FIELD[,INPUT_FIELD], e.g. ::query,response."
+        )
     if "loss" in options and options["loss"] not in LOSS_CHOICES:
-        raise UserError(f"loss={options['loss']} is not a loss choice: use loss=all, loss=completion or "
-                        "loss=assistant.")
+        raise UserError(
+            f"loss={options['loss']} is not a loss choice: use loss=all, loss=completion or loss=assistant."
+        )
     return names, options
 
 
-def examples_from_rows(rows: Sequence[Mapping[str, Any]], *, where: str, fields: Sequence[str] = (),
-                       loss: str | None = None) -> list[Example]:
+def examples_from_rows(
+    rows: Sequence[Mapping[str, Any]], *, where: str, fields: Sequence[str] = (), loss: str | None = None
+) -> list[Example]:
     """Examples of a dataset's rows, in the format its columns say (:func:`detect_format`), checked row by row.
 
     Args:
@@ -257,7 +284,9 @@ def examples_from_rows(rows: Sequence[Mapping[str, Any]], *, where: str, fields:
         fields: ``PROMPT,RESPONSE[,INPUT]`` column names of a prompt/response pair (overrides detection).
         loss: which tokens carry the loss (``LOSS_CHOICES``; None: the format's default, as TRL's).
     """
-    example_format, prompt_field, response_field, input_field = detect_format(rows[0], where=where, fields=fields)
+    example_format, prompt_field, response_field, input_field = detect_format(
+        rows[0], where=where, fields=fields
+    )
     if loss is not None:
         _check_loss(example_format, loss, where)
     examples = []
@@ -269,15 +298,17 @@ def examples_from_rows(rows: Sequence[Mapping[str, Any]], *, where: str, fields:
     return examples
 
 
-def detect_format(record: Mapping[str, Any], *, where: str, fields: Sequence[str] = ()) -> tuple[
-        str, str, str, str | None]:
+def detect_format(
+    record: Mapping[str, Any], *, where: str, fields: Sequence[str] = ()
+) -> tuple[str, str, str, str | None]:
     """``(format, prompt_field, response_field, input_field)`` of a row: a mapping's pair, TRL's formats as TRL's
     ``SFTTrainer`` tells them (``prompt`` + ``completion``; ``messages``; ``text``), else a preset pair."""
     if fields:
         for name in fields:
             if name not in record:
-                raise UserError(f"{where} has no field {name!r} (fields: {', '.join(sorted(record))}): fix the "
-                                "mapping.")
+                raise UserError(
+                    f"{where} has no field {name!r} (fields: {', '.join(sorted(record))}): fix the mapping."
+                )
         return "pair", fields[0], fields[1], fields[2] if len(fields) == 3 else None
     if "prompt" in record and "completion" in record:
         conversational = isinstance(record["prompt"], list) or isinstance(record["completion"], list)
@@ -298,55 +329,84 @@ def detect_format(record: Mapping[str, Any], *, where: str, fields: Sequence[str
 def _check_loss(example_format: str, loss: str, where: str) -> None:
     """TRL's own refusals: no completion-only loss without a completion, no assistant-only loss without messages."""
     if example_format == "pair":
-        raise UserError(f"{where}::loss={loss}: a prompt/response pair always trains its response; drop loss=.")
+        raise UserError(
+            f"{where}::loss={loss}: a prompt/response pair always trains its response; drop loss=."
+        )
     if loss == "completion" and example_format not in ("completion", "conversational_completion"):
-        raise UserError(f"{where}::loss=completion needs prompt/completion columns: use loss=all, or "
-                        "loss=assistant for messages.")
+        raise UserError(
+            f"{where}::loss=completion needs prompt/completion columns: use loss=all, or "
+            "loss=assistant for messages."
+        )
     if loss == "assistant" and example_format not in ("conversation", "conversational_completion"):
-        raise UserError(f"{where}::loss=assistant needs conversational data (messages, or prompt/completion as "
-                        "message lists): use loss=all or loss=completion.")
+        raise UserError(
+            f"{where}::loss=assistant needs conversational data (messages, or prompt/completion as "
+            "message lists): use loss=all or loss=completion."
+        )
 
 
 def _text_field(record: Mapping[str, Any], name: str, index: int, where: str) -> str:
     if name not in record or record[name] is None:
-        raise UserError(f"record {index} of {where} lacks field {name}: fix the file or the mapping "
-                        "SOURCE::PROMPT_FIELD,RESPONSE_FIELD.")
+        raise UserError(
+            f"record {index} of {where} lacks field {name}: fix the file or the mapping "
+            "SOURCE::PROMPT_FIELD,RESPONSE_FIELD."
+        )
     value = record[name]
     if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-        raise UserError(f"record {index} of {where}: field {name} must be text, got {repr(value)[:40]}: fix the "
-                        "file.")
+        raise UserError(
+            f"record {index} of {where}: field {name} must be text, got {repr(value)[:40]}: fix the file."
+        )
     return str(value)
 
 
-def _pair_example(record: Mapping[str, Any], index: int, where: str, prompt_field: str, response_field: str,
-                  input_field: str | None) -> Example:
+def _pair_example(
+    record: Mapping[str, Any],
+    index: int,
+    where: str,
+    prompt_field: str,
+    response_field: str,
+    input_field: str | None,
+) -> Example:
     prompt = _text_field(record, prompt_field, index, where)
     response = _text_field(record, response_field, index, where)
     if input_field and record.get(input_field):
         prompt = f"{prompt}\n\n{record[input_field]}"
-    return Example(prompt=prompt, response=response, answer=_final_answer(response), metadata={"index": index})
+    return Example(
+        prompt=prompt, response=response, answer=_final_answer(response), metadata={"index": index}
+    )
 
 
 def _messages(record: Mapping[str, Any], name: str, index: int, where: str) -> tuple[dict[str, Any], ...]:
     value = record.get(name)
-    if not isinstance(value, list) or not value or not all(
-            isinstance(message, Mapping) and isinstance(message.get("role"), str) for message in value):
-        raise UserError(f"record {index} of {where}: field {name} must be a non-empty list of messages "
-                        f"{{\"role\": ..., \"content\": ...}}, got {repr(value)[:60]}: fix the file.")
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(message, Mapping) and isinstance(message.get("role"), str) for message in value)
+    ):
+        raise UserError(
+            f"record {index} of {where}: field {name} must be a non-empty list of messages "
+            f'{{"role": ..., "content": ...}}, got {repr(value)[:60]}: fix the file.'
+        )
     # Arrow gives every message every key any message has (None where absent): drop those, as TRL's rows have none.
     return tuple({key: item for key, item in message.items() if item is not None} for message in value)
 
 
-def _trl_example(record: Mapping[str, Any], index: int, where: str, example_format: str,
-                 loss: str | None) -> Example:
+def _trl_example(
+    record: Mapping[str, Any], index: int, where: str, example_format: str, loss: str | None
+) -> Example:
     if example_format == "text":
         text = _text_field(record, "text", index, where)
         return Example(prompt="", response=text, format="text", loss=loss, metadata={"index": index})
     if example_format == "completion":
         prompt = _text_field(record, "prompt", index, where)
         completion = _text_field(record, "completion", index, where)
-        return Example(prompt=prompt, response=completion, answer=_final_answer(completion), format="completion",
-                       loss=loss, metadata={"index": index})
+        return Example(
+            prompt=prompt,
+            response=completion,
+            answer=_final_answer(completion),
+            format="completion",
+            loss=loss,
+            metadata={"index": index},
+        )
     tools = record.get("tools")
     tools = json.loads(tools) if isinstance(tools, str) else tools
     if example_format == "conversation":
@@ -356,11 +416,21 @@ def _trl_example(record: Mapping[str, Any], index: int, where: str, example_form
         messages = _messages(record, "prompt", index, where)
         completion_messages = _messages(record, "completion", index, where)
     users = [str(m.get("content", "")) for m in messages if m["role"] == "user"]
-    replies = [str(m.get("content", "")) for m in (*messages, *completion_messages) if m["role"] == "assistant"]
+    replies = [
+        str(m.get("content", "")) for m in (*messages, *completion_messages) if m["role"] == "assistant"
+    ]
     reply = replies[-1] if replies else ""
-    return Example(prompt=users[-1] if users else "", response=reply, answer=_final_answer(reply),
-                   format=example_format, messages=messages, completion_messages=completion_messages, loss=loss,
-                   tools=tools, metadata={"index": index})
+    return Example(
+        prompt=users[-1] if users else "",
+        response=reply,
+        answer=_final_answer(reply),
+        format=example_format,
+        messages=messages,
+        completion_messages=completion_messages,
+        loss=loss,
+        tools=tools,
+        metadata={"index": index},
+    )
 
 
 def _final_answer(response: str) -> str | None:
@@ -381,7 +451,9 @@ def _numeric_scorer(generation: str, example: Example) -> float:
         return 0.0
 
 
-def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, template: str = DEFAULT_PROMPT_TEMPLATE) -> str:
+def format_prompt(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, template: str = DEFAULT_PROMPT_TEMPLATE
+) -> str:
     """The text the model sees before its response, by ``template``: ``raw`` (the prompt as is), ``chat`` (the
     tokenizer's chat template, or ``plain`` without one), ``alpaca`` (the paper authors' prompt), ``plain``
     ("Question: ...\nAnswer: "), or a string in which ``{prompt}`` (or ``{instruction}``) is replaced by the
@@ -402,9 +474,11 @@ def applied_template(examples: Sequence[Example], template: str | None) -> str:
     example_format = examples[0].format if examples else "pair"
     if example_format in ("conversation", "conversational_completion"):
         if template not in (None, "chat"):
-            raise UserError(f"prompt template {template!r} cannot format conversational data (messages are "
-                            "rendered by the tokenizer's chat template, as TRL does): pass --prompt-template chat "
-                            "or leave it out.")
+            raise UserError(
+                f"prompt template {template!r} cannot format conversational data (messages are "
+                "rendered by the tokenizer's chat template, as TRL does): pass --prompt-template chat "
+                "or leave it out."
+            )
         return "chat"
     if example_format == "text":
         return "raw"  # language-modelling text has no prompt to format
@@ -412,7 +486,9 @@ def applied_template(examples: Sequence[Example], template: str | None) -> str:
 
 
 def tokenize_example(
-    tokenizer: PreTrainedTokenizerBase, example: Example, max_length: int,
+    tokenizer: PreTrainedTokenizerBase,
+    example: Example,
+    max_length: int,
     prompt_template: str | None = DEFAULT_PROMPT_TEMPLATE,
 ) -> tuple[list[int], list[int]]:
     """Token ids and labels for one example, truncated from the right (TRL's ``keep_start``).
@@ -426,9 +502,12 @@ def tokenize_example(
     """
     if example.format == "pair":
         template = prompt_template or FORMAT_TEMPLATES["pair"]
-        prompt_ids = tokenizer(format_prompt(tokenizer, example.prompt, template),
-                               add_special_tokens=False)["input_ids"]
-        response_ids = tokenizer(example.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        prompt_ids = tokenizer(format_prompt(tokenizer, example.prompt, template), add_special_tokens=False)[
+            "input_ids"
+        ]
+        response_ids = tokenizer(example.response, add_special_tokens=False)["input_ids"] + [
+            tokenizer.eos_token_id
+        ]
         input_ids = (prompt_ids + response_ids)[:max_length]
         labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_length]
         return input_ids, labels
@@ -437,7 +516,9 @@ def tokenize_example(
     return ids[:max_length], labels[:max_length]
 
 
-def _trl_tokens(tokenizer: PreTrainedTokenizerBase, example: Example, template: str) -> tuple[list[int], list[bool]]:
+def _trl_tokens(
+    tokenizer: PreTrainedTokenizerBase, example: Example, template: str
+) -> tuple[list[int], list[bool]]:
     """Token ids of a TRL-format example and which carry the loss (see :func:`tokenize_example`)."""
     loss = example.loss or DEFAULT_LOSS[example.format]
     eos = tokenizer.eos_token or ""
@@ -453,24 +534,33 @@ def _trl_tokens(tokenizer: PreTrainedTokenizerBase, example: Example, template: 
         start = _common_prefix(prompt_ids, ids)
         return ids, [loss == "all" or position >= start for position in range(len(ids))]
     if not getattr(tokenizer, "chat_template", None):
-        raise UserError(f"conversational data needs a chat template, and the tokenizer of this model has none: "
-                        f"use text or prompt/completion data (record {example.metadata.get('index', 0)}).")
+        raise UserError(
+            f"conversational data needs a chat template, and the tokenizer of this model has none: "
+            f"use text or prompt/completion data (record {example.metadata.get('index', 0)})."
+        )
     chat_template = _assistant_mask_template(tokenizer) if loss == "assistant" else None
     options: dict[str, Any] = {"tools": example.tools, "chat_template": chat_template}
     # return_dict=True: a mapping (BatchEncoding), whatever the overloads of apply_chat_template say
-    full: Any = tokenizer.apply_chat_template([*example.messages, *example.completion_messages], tokenize=True,
-                                              return_dict=True, return_assistant_tokens_mask=loss == "assistant",
-                                              **options)
+    full: Any = tokenizer.apply_chat_template(
+        [*example.messages, *example.completion_messages],
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=loss == "assistant",
+        **options,
+    )
     ids = list(full["input_ids"])
     trained = [True] * len(ids)
     if loss == "assistant":
         trained = [bool(bit) for bit in full["assistant_masks"]]
         if not any(trained):
-            raise UserError(f"loss=assistant: record {example.metadata.get('index', 0)} has no assistant tokens "
-                            "under the chat template: check the messages' roles, or use loss=all.")
+            raise UserError(
+                f"loss=assistant: record {example.metadata.get('index', 0)} has no assistant tokens "
+                "under the chat template: check the messages' roles, or use loss=all."
+            )
     if example.format == "conversational_completion" and loss in ("completion", "assistant"):
-        rendered: Any = tokenizer.apply_chat_template(list(example.messages), tokenize=True, return_dict=True,
-                                                    add_generation_prompt=True, **options)
+        rendered: Any = tokenizer.apply_chat_template(
+            list(example.messages), tokenize=True, return_dict=True, add_generation_prompt=True, **options
+        )
         prompt_ids = list(rendered["input_ids"])
         start = _common_prefix(prompt_ids, ids)
         trained = [keep and position >= start for position, keep in enumerate(trained)]
@@ -511,9 +601,11 @@ def _assistant_mask_template(tokenizer: PreTrainedTokenizerBase) -> str | None:
             patched = None
         if patched:
             return str(patched)
-    raise UserError("loss=assistant needs a chat template that marks the assistant's tokens ({% generation %}), "
-                    "and this tokenizer's has none (nor one TRL patches): use loss=all, as TRL's SFTTrainer trains "
-                    "messages by default.")
+    raise UserError(
+        "loss=assistant needs a chat template that marks the assistant's tokens ({% generation %}), "
+        "and this tokenizer's has none (nor one TRL patches): use loss=all, as TRL's SFTTrainer trains "
+        "messages by default."
+    )
 
 
 def collate(tokenizer: PreTrainedTokenizerBase, encoded: Sequence[tuple[list[int], list[int]]]) -> TokenBatch:
@@ -546,14 +638,18 @@ def make_batches(
         raise UserError(f"batch size must be positive, got {batch_size}.")
     if not examples:
         raise UserError("the dataset is empty: give more examples (n_train/--samples) or another task.")
-    applied_template(examples, prompt_template)  # a template the format cannot take: refused before tokenising
+    applied_template(
+        examples, prompt_template
+    )  # a template the format cannot take: refused before tokenising
     order = list(range(len(examples)))
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(order)
     batches = []
     for start in range(0, len(order), batch_size):
-        encoded = [tokenize_example(tokenizer, examples[i], max_length, prompt_template)
-                   for i in order[start : start + batch_size]]
+        encoded = [
+            tokenize_example(tokenizer, examples[i], max_length, prompt_template)
+            for i in order[start : start + batch_size]
+        ]
         batch = collate(tokenizer, encoded)
         if drop_empty and batch.loss_tokens == 0:
             continue
@@ -591,12 +687,20 @@ def load_batches(path: str | os.PathLike[str]) -> tuple[list[TokenBatch], str]:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
             count = int(metadata["batches"])
-            batches = [TokenBatch(*(handle.get_tensor(f"{index}.{name}")
-                                    for name in ("input_ids", "attention_mask", "labels")))
-                       for index in range(count)]
+            batches = [
+                TokenBatch(
+                    *(
+                        handle.get_tensor(f"{index}.{name}")
+                        for name in ("input_ids", "attention_mask", "labels")
+                    )
+                )
+                for index in range(count)
+            ]
     except Exception as exc:  # safetensors raises its own errors for truncated or foreign files
-        raise UserError(f"{path} is not a readable probe-batch file ({type(exc).__name__}: {exc}): delete it to "
-                        "measure on --data instead, or pass --data/--task.") from exc
+        raise UserError(
+            f"{path} is not a readable probe-batch file ({type(exc).__name__}: {exc}): delete it to "
+            "measure on --data instead, or pass --data/--task."
+        ) from exc
     return batches, metadata.get("description", str(path))
 
 
@@ -619,22 +723,33 @@ class Packing:
 
     def to_dict(self) -> dict[str, Any]:
         """The packing as JSON-able data (the report's record of it)."""
-        return {"batches": self.batches, "examples": self.examples, "tokens": self.tokens,
-                "padded_tokens": self.padded_tokens, "padding_fraction": round(self.padding_fraction, 6),
-                "token_budget": self.token_budget}
+        return {
+            "batches": self.batches,
+            "examples": self.examples,
+            "tokens": self.tokens,
+            "padded_tokens": self.padded_tokens,
+            "padding_fraction": round(self.padding_fraction, 6),
+            "token_budget": self.token_budget,
+        }
 
     def line(self) -> str:
         """One console line."""
         how = f"packed within {self.token_budget:,} token slots a batch" if self.token_budget else "as given"
-        return (f"{self.examples} examples in {self.batches} batch{'es' if self.batches != 1 else ''} ({how}): "
-                f"{self.tokens:,} tokens in {self.padded_tokens:,} slots, {100 * self.padding_fraction:.1f} % padding")
+        return (
+            f"{self.examples} examples in {self.batches} batch{'es' if self.batches != 1 else ''} ({how}): "
+            f"{self.tokens:,} tokens in {self.padded_tokens:,} slots, {100 * self.padding_fraction:.1f} % padding"
+        )
 
 
 def packing_of(batches: Sequence[TokenBatch], token_budget: int | None = None) -> Packing:
     """The :class:`Packing` record of ``batches``."""
-    return Packing(batches=len(batches), examples=sum(batch.size for batch in batches),
-                   tokens=sum(int(batch.attention_mask.sum()) for batch in batches),
-                   padded_tokens=sum(int(batch.input_ids.numel()) for batch in batches), token_budget=token_budget)
+    return Packing(
+        batches=len(batches),
+        examples=sum(batch.size for batch in batches),
+        tokens=sum(int(batch.attention_mask.sum()) for batch in batches),
+        padded_tokens=sum(int(batch.input_ids.numel()) for batch in batches),
+        token_budget=token_budget,
+    )
 
 
 def pack_batches(batches: Sequence[TokenBatch], token_budget: int) -> list[TokenBatch]:
@@ -659,8 +774,10 @@ def pack_batches(batches: Sequence[TokenBatch], token_budget: int) -> list[Token
             length = int(lengths[row])
             mask = batch.attention_mask[row]
             if bool(mask[length:].any()) or not bool(mask[:length].all()):
-                raise UserError("packing needs right-padded batches (attention mask a prefix of ones): build the "
-                                "batches with hessian_lora.inputs.tasks.make_batches, or measure them unpacked.")
+                raise UserError(
+                    "packing needs right-padded batches (attention mask a prefix of ones): build the "
+                    "batches with hessian_lora.inputs.tasks.make_batches, or measure them unpacked."
+                )
             if not bool((batch.labels[row, 1:length] != IGNORE_INDEX).any()):
                 continue  # no loss token (a prompt cut at max_length): nothing to contribute, nothing to compute
             rows.append((batch.input_ids[row, :length], batch.labels[row, :length], mask[:length]))
@@ -685,8 +802,8 @@ def pack_batches(batches: Sequence[TokenBatch], token_budget: int) -> list[Token
         attention_mask = torch.zeros((len(group), width), dtype=rows[group[0]][2].dtype)
         for position, index in enumerate(group):
             ids, row_labels, mask = rows[index]
-            input_ids[position, :len(ids)] = ids
-            labels[position, :len(ids)] = row_labels
-            attention_mask[position, :len(ids)] = mask
+            input_ids[position, : len(ids)] = ids
+            labels[position, : len(ids)] = row_labels
+            attention_mask[position, : len(ids)] = mask
         packed.append(TokenBatch(input_ids, attention_mask, labels))
     return packed

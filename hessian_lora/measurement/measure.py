@@ -118,12 +118,16 @@ def measure(
             a memory plan that cannot fit, or an ``out`` report measured with other settings.
     """
     if not isinstance(target, MeasureTarget):
-        raise UserError(f"measure() takes a target, got {type(target).__name__}: Checkpoint(path), "
-                        "PeftAdapter(path), AtInitialisation(method, model=...) or AdaptedModule(module) "
-                        "(as_target(path) tells a directory's kind).")
+        raise UserError(
+            f"measure() takes a target, got {type(target).__name__}: Checkpoint(path), "
+            "PeftAdapter(path), AtInitialisation(method, model=...) or AdaptedModule(module) "
+            "(as_target(path) tells a directory's kind)."
+        )
     if settings is not None and not isinstance(settings, MeasureSettings):
-        raise UserError(f"measure()'s settings are a MeasureSettings, got {type(settings).__name__}: pass the data "
-                        "as batches=...")
+        raise UserError(
+            f"measure()'s settings are a MeasureSettings, got {type(settings).__name__}: pass the data "
+            "as batches=..."
+        )
     settings = settings if settings is not None else MeasureSettings()
     # Under torchrun each process must own its GPU before anything is built on "cuda" (else every rank would
     # load its model onto GPU 0): init_from_environment sets the device from LOCAL_RANK.
@@ -145,26 +149,38 @@ def measure(
             settings = dataclasses.replace(settings, preconditioned=False)
             source = {**source, "preconditioner_note": note}
     if settings.preconditioned and (checkpoint is None or checkpoint.optimizer_state is None):
-        raise UserError("the preconditioned sharpness needs a checkpoint saved with its optimizer state "
-                        "(a training run).")
+        raise UserError(
+            "the preconditioned sharpness needs a checkpoint saved with its optimizer state (a training run)."
+        )
     default_data = batches is None and settings.task is None and loaded.plain_peft and loaded.task is None
     if default_data and distributed.is_main_process():
         # a plain peft directory records no training data: say so before measuring on a task it never saw
-        print(f"notice: {loaded.name} records no training data, so it is measured on the default task {task} "
-              f"({settings.samples} examples); pass --data FILE.jsonl (or --task) to measure it on your own data.",
-              file=sys.stderr, flush=True)
+        print(
+            f"notice: {loaded.name} records no training data, so it is measured on the default task {task} "
+            f"({settings.samples} examples); pass --data FILE.jsonl (or --task) to measure it on your own data.",
+            file=sys.stderr,
+            flush=True,
+        )
     if batches is None:
         examples = settings_examples(dataclasses.replace(settings, task=task))
-        guessed = (template is None and examples[0].format in ("pair", "completion") and not default_data
-                   and loaded.plain_peft)
+        guessed = (
+            template is None
+            and examples[0].format in ("pair", "completion")
+            and not default_data
+            and loaded.plain_peft
+        )
         template = applied_template(examples, template)
         if guessed and distributed.is_main_process():
             # a plain peft directory records how its prompts were formatted nowhere: say which template is assumed
-            print(f"notice: {loaded.name} records no prompt template, so prompts are formatted as {template}; pass "
-                  "--prompt-template raw|chat|alpaca|'...{prompt}...' to format them as the adapter was trained.",
-                  file=sys.stderr, flush=True)
-        batch_list = make_batches(tokenizer, examples, settings.batch_size, max_length=settings.max_length,
-                                  prompt_template=template)
+            print(
+                f"notice: {loaded.name} records no prompt template, so prompts are formatted as {template}; pass "
+                "--prompt-template raw|chat|alpaca|'...{prompt}...' to format them as the adapter was trained.",
+                file=sys.stderr,
+                flush=True,
+            )
+        batch_list = make_batches(
+            tokenizer, examples, settings.batch_size, max_length=settings.max_length, prompt_template=template
+        )
         data_source = task
     else:
         batch_list = list(batches)
@@ -179,21 +195,35 @@ def measure(
         print(f"data: {data_line(data)}", file=sys.stderr, flush=True)
     was = {name: param.requires_grad for name, param in peft_model.named_parameters()}
     try:
-        return _measure(peft_model, batch_list, settings, task=data_source,
-                        source=source, loaded=checkpoint, out=out, progress=progress)
+        return _measure(
+            peft_model,
+            batch_list,
+            settings,
+            task=data_source,
+            source=source,
+            loaded=checkpoint,
+            out=out,
+            progress=progress,
+        )
     finally:
         for name, param in peft_model.named_parameters():
             param.requires_grad_(was[name])
 
 
-def measured_data(batches: Sequence[TokenBatch], source: str, template: str | None, *,
-                  default: bool = False) -> dict[str, Any]:
+def measured_data(
+    batches: Sequence[TokenBatch], source: str, template: str | None, *, default: bool = False
+) -> dict[str, Any]:
     """What a measurement averages the loss over, as its report's ``source.data`` records it: the task, file or
     ``"batches"`` (given by the caller), the prompt template (None: the caller's batches were formatted already),
     examples, batches and loss tokens; ``default``: the default task, because nothing named the data."""
-    return {"source": source, "default": default, "prompt_template": template,
-            "examples": sum(batch.size for batch in batches), "batches": len(batches),
-            "loss_tokens": sum(batch.loss_tokens for batch in batches)}
+    return {
+        "source": source,
+        "default": default,
+        "prompt_template": template,
+        "examples": sum(batch.size for batch in batches),
+        "batches": len(batches),
+        "loss_tokens": sum(batch.loss_tokens for batch in batches),
+    }
 
 
 def data_line(data: Mapping[str, Any]) -> str:
@@ -202,13 +232,18 @@ def data_line(data: Mapping[str, Any]) -> str:
     template = f", template {data['prompt_template']}" if data.get("prompt_template") else ""
     batches = f"{data['batches']} batch" + ("es" if data["batches"] != 1 else "")
     packing = data.get("packing")
-    packed = (f" (packed within {packing['token_budget']:,} token slots, {100 * packing['padding_fraction']:.1f} % "
-              "padding)" if packing else "")
+    packed = (
+        f" (packed within {packing['token_budget']:,} token slots, {100 * packing['padding_fraction']:.1f} % "
+        "padding)"
+        if packing
+        else ""
+    )
     return f"{what}{template}, {data['examples']} examples in {batches}{packed}, {data['loss_tokens']:,} loss tokens"
 
 
-def packed_batches(model: nn.Module, batches: Sequence[TokenBatch],
-                   settings: MeasureSettings) -> tuple[list[TokenBatch], Packing]:
+def packed_batches(
+    model: nn.Module, batches: Sequence[TokenBatch], settings: MeasureSettings
+) -> tuple[list[TokenBatch], Packing]:
     """``batches`` packed within ``settings.pack_tokens`` token slots (``"auto"``: the memory plan's
     :func:`~hessian_lora.hessian.memory_plan.packing_tokens` for the longest sequence, the chunked head and a
     batched pass counted), with the record the report keeps."""
@@ -216,8 +251,13 @@ def packed_batches(model: nn.Module, batches: Sequence[TokenBatch],
     if budget == "auto":
         device = next(model.parameters()).device
         longest = max(int(batch.attention_mask.sum(dim=1).max()) for batch in batches)
-        budget = packing_tokens(model, longest, free_bytes=free_memory(device), head_chunk=settings.lm_head_chunk,
-                                directions=DIRECTIONS_PER_PASS if device.type == "cuda" else 1)
+        budget = packing_tokens(
+            model,
+            longest,
+            free_bytes=free_memory(device),
+            head_chunk=settings.lm_head_chunk,
+            directions=DIRECTIONS_PER_PASS if device.type == "cuda" else 1,
+        )
     assert isinstance(budget, int)  # MeasureSettings checked it
     packed = pack_batches(batches, budget)
     return packed, packing_of(packed, budget)
@@ -238,14 +278,21 @@ def _measure(
     out: str | os.PathLike[str] | None,
     progress: bool,
 ) -> EigenReport:
-    parameter_filter = (WholeAdapter() if settings.blocks == "whole"
-                        else PerModule(settings.modules, settings.layers))
+    parameter_filter = (
+        WholeAdapter() if settings.blocks == "whole" else PerModule(settings.modules, settings.layers)
+    )
     selected = parameter_filter.blocks(peft_model)
     first_param = selected[0].parameters[0]
-    recorded = dataclasses.replace(settings, task=task, samples=sum(b.size for b in batches),
-                                   backend=resolve_backend(settings.backend, first_param.device))
-    report_settings = {**recorded.to_dict(dora=has_dora(peft_model)),
-                       "dtype": str(first_param.dtype).replace("torch.", "")}
+    recorded = dataclasses.replace(
+        settings,
+        task=task,
+        samples=sum(b.size for b in batches),
+        backend=resolve_backend(settings.backend, first_param.device),
+    )
+    report_settings = {
+        **recorded.to_dict(dora=has_dora(peft_model)),
+        "dtype": str(first_param.dtype).replace("torch.", ""),
+    }
     previous = _resume(out, report_settings, source)
     done = {report.name for report in previous}
     reports = list(previous)
@@ -253,31 +300,46 @@ def _measure(
     show = progress and distributed.is_main_process()
 
     order = {block.name: position for position, block in enumerate(selected)}
-    with tqdm(total=len(selected), initial=len(selected) - len(todo), desc="eigen blocks", unit="block",
-              disable=not show, dynamic_ncols=True) as bar:
+    with tqdm(
+        total=len(selected),
+        initial=len(selected) - len(todo),
+        desc="eigen blocks",
+        unit="block",
+        disable=not show,
+        dynamic_ncols=True,
+    ) as bar:
 
         def finished(report: BlockReport) -> None:
             reports.append(report)
             reports.sort(key=lambda done_report: order.get(done_report.name, len(order)))  # model order
             if out is not None and distributed.is_main_process():
                 write_report(out, EigenReport(report_settings, tuple(reports), source))
-            bar.set_postfix(block=report.name, lambda_max=f"{report.lambda_max:.4g}"
-                            if report.lambda_max is not None else "-")
+            bar.set_postfix(
+                block=report.name,
+                lambda_max=f"{report.lambda_max:.4g}" if report.lambda_max is not None else "-",
+            )
             bar.update(1)
 
         if _together(settings, todo, first_param.device):
             _scan_together(peft_model, batches, todo, settings, loaded=loaded, show=show, finished=finished)
         else:
             for index, block in enumerate(todo):
-                finished(_analyse_block(peft_model, batches, block, settings, loaded=loaded, show=show,
-                                        print_plan=index == 0))
+                finished(
+                    _analyse_block(
+                        peft_model, batches, block, settings, loaded=loaded, show=show, print_plan=index == 0
+                    )
+                )
     return EigenReport(report_settings, tuple(reports), source)
 
 
 def _together(settings: MeasureSettings, todo: Sequence[ParameterBlock], device: torch.device) -> bool:
     """Whether the remaining per-module blocks are solved side by side (:mod:`hessian_lora.hessian.scan`)."""
-    return (settings.together and settings.blocks == "per-module" and len(todo) > 1
-            and resolve_backend(settings.backend, device) == "double_backward")
+    return (
+        settings.together
+        and settings.blocks == "per-module"
+        and len(todo) > 1
+        and resolve_backend(settings.backend, device) == "double_backward"
+    )
 
 
 def _scan_together(
@@ -295,44 +357,83 @@ def _scan_together(
     s = settings
     largest = max(blocks, key=lambda block: block.numel)
     first = largest.parameters[0]
-    plan = plan_memory(model, batches, block_parameters=largest.numel, dtype=first.dtype, device=first.device,
-                       max_iter=s.max_iter, solver=s.solver, krylov_gib=s.krylov_memory,
-                       reuse=s.reuse, head_chunk=s.lm_head_chunk, directions_per_pass=DIRECTIONS_PER_PASS)
+    plan = plan_memory(
+        model,
+        batches,
+        block_parameters=largest.numel,
+        dtype=first.dtype,
+        device=first.device,
+        max_iter=s.max_iter,
+        solver=s.solver,
+        krylov_gib=s.krylov_memory,
+        reuse=s.reuse,
+        head_chunk=s.lm_head_chunk,
+        directions_per_pass=DIRECTIONS_PER_PASS,
+    )
     # Every block of a group keeps its own Krylov vectors at once: a group is as many blocks as fit the budget.
     group = max(1, int((plan.budget_bytes + plan.host_bytes) // max(plan.krylov_bytes, 1)))
-    groups = [list(blocks[start:start + group]) for start in range(0, len(blocks), group)]
+    groups = [list(blocks[start : start + group]) for start in range(0, len(blocks), group)]
     if show:
         for line in plan.lines():
             tqdm.write(line, file=sys.stderr)
-        tqdm.write(f"  {len(blocks)} per-module blocks solved together, {len(groups)} group(s) of at most {group} "
-                   "(each block's Krylov vectors at the largest block's size within the budget); one pass a step "
-                   "for every block of a group", file=sys.stderr)
+        tqdm.write(
+            f"  {len(blocks)} per-module blocks solved together, {len(groups)} group(s) of at most {group} "
+            "(each block's Krylov vectors at the largest block's size within the budget); one pass a step "
+            "for every block of a group",
+            file=sys.stderr,
+        )
     for members in groups:
         group_id = _new_scan_group()
         union = [(name, param) for block in members for name, param in zip(block.names, block.parameters)]
-        operator = HessianOperator(model, batches, union, backend=s.backend, reuse=s.reuse, dora_norm=s.dora_norm,
-                                   loss_fn=_loss(s))
+        operator = HessianOperator(
+            model, batches, union, backend=s.backend, reuse=s.reuse, dora_norm=s.dora_norm, loss_fn=_loss(s)
+        )
         operator.follow_plan(plan)
         share = 1.0 / len(members)
         starts = _group_starts(operator, members, s)
 
-        def solve(index: int, view: LinearOperator, members: list[ParameterBlock] = members,
-                  share: float = share, starts: list[_Start] = starts) -> EigenResult:
+        def solve(
+            index: int,
+            view: LinearOperator,
+            members: list[ParameterBlock] = members,
+            share: float = share,
+            starts: list[_Start] = starts,
+        ) -> EigenResult:
             memory = KrylovMemory.within(first.device, plan.budget_bytes * share, plan.host_bytes * share)
             return _solve(view, s, None, memory, block=members[index], start=starts[index])
 
-        with tqdm(desc=f"{len(members)} block(s) together (products)", unit="hvp", leave=False, disable=not show,
-                  dynamic_ncols=True) as inner:
+        with tqdm(
+            desc=f"{len(members)} block(s) together (products)",
+            unit="hvp",
+            leave=False,
+            disable=not show,
+            dynamic_ncols=True,
+        ) as inner:
             per_batch = 1.0 / max(len(operator.batches), 1)
 
-            def on_batch(done: int, total: int, directions: int, per_batch: float = per_batch,
-                         inner: Any = inner) -> None:
+            def on_batch(
+                done: int, total: int, directions: int, per_batch: float = per_batch, inner: Any = inner
+            ) -> None:
                 inner.update(per_batch * directions)
 
-            def on_result(index: int, result: EigenResult, members: list[ParameterBlock] = members,
-                          group_id: str = group_id) -> None:
-                finished(_analyse_block(model, batches, members[index], s, loaded=loaded, show=False, eigen=result,
-                                        scan_group=group_id))
+            def on_result(
+                index: int,
+                result: EigenResult,
+                members: list[ParameterBlock] = members,
+                group_id: str = group_id,
+            ) -> None:
+                finished(
+                    _analyse_block(
+                        model,
+                        batches,
+                        members[index],
+                        s,
+                        loaded=loaded,
+                        show=False,
+                        eigen=result,
+                        scan_group=group_id,
+                    )
+                )
 
             operator.on_batch = on_batch if show else None
             scan_blocks(operator, members, solve, on_result=on_result)
@@ -350,8 +451,9 @@ def read_report(path: str | os.PathLike[str]) -> EigenReport:
     try:
         return EigenReport.from_dict(data)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise UserError(f"{path} is not an eigen report ({type(exc).__name__}: {exc}): "
-                        f"{schemas.REPORT_FIX}") from exc
+        raise UserError(
+            f"{path} is not an eigen report ({type(exc).__name__}: {exc}): {schemas.REPORT_FIX}"
+        ) from exc
 
 
 def _analyse_block(
@@ -369,12 +471,22 @@ def _analyse_block(
     """One block's report; ``eigen``: its eigenvalues already solved (a scan, whose group ``scan_group``
     names), so only the extras run here."""
     s = settings
-    operator = HessianOperator(model, batches, block, backend=s.backend, reuse=s.reuse, dora_norm=s.dora_norm,
-                               loss_fn=_loss(s))
-    plan = plan_memory(model, operator.batches, block_parameters=operator.size, dtype=operator.dtype,
-                       device=operator.device, max_iter=s.max_iter, solver=s.solver,
-                       krylov_gib=s.krylov_memory, reuse=operator.reuse, head_chunk=operator.head_chunk,
-                       directions_per_pass=operator.directions_per_pass)
+    operator = HessianOperator(
+        model, batches, block, backend=s.backend, reuse=s.reuse, dora_norm=s.dora_norm, loss_fn=_loss(s)
+    )
+    plan = plan_memory(
+        model,
+        operator.batches,
+        block_parameters=operator.size,
+        dtype=operator.dtype,
+        device=operator.device,
+        max_iter=s.max_iter,
+        solver=s.solver,
+        krylov_gib=s.krylov_memory,
+        reuse=operator.reuse,
+        head_chunk=operator.head_chunk,
+        directions_per_pass=operator.directions_per_pass,
+    )
     operator.follow_plan(plan)
     if show and (print_plan or not plan.fits_on_device):
         for line in plan.lines():
@@ -383,8 +495,15 @@ def _analyse_block(
     # Progress counts products, batch by batch (the paper's 100 batches of 5 make one product minutes long on
     # a large model); the bar's total is the iteration cap, so its ETA is an upper bound.
     per_batch = 1.0 / max(len(operator.batches), 1)
-    with tqdm(total=s.max_iter, desc=f"{block.name} (products, cap {s.max_iter})", unit="hvp", leave=False,
-              disable=not show, dynamic_ncols=True, bar_format=_PRODUCT_BAR) as inner:
+    with tqdm(
+        total=s.max_iter,
+        desc=f"{block.name} (products, cap {s.max_iter})",
+        unit="hvp",
+        leave=False,
+        disable=not show,
+        dynamic_ncols=True,
+        bar_format=_PRODUCT_BAR,
+    ) as inner:
 
         def on_batch(done: int, total: int, directions: int) -> None:
             inner.update(per_batch * directions)
@@ -395,31 +514,61 @@ def _analyse_block(
                 inner.set_postfix(value=f"{record.values[0]:.5g}", residual=residual, hvps=record.hvps)
 
         operator.on_batch = on_batch if show else None
-        result = eigen if eigen is not None else _solve(operator, s, callback, memory, block=block,
-                                                        start=_block_start(operator, s))
+        result = (
+            eigen
+            if eigen is not None
+            else _solve(operator, s, callback, memory, block=block, start=_block_start(operator, s))
+        )
         trace_result = hutchplusplus(operator, hvps=s.trace_hvps, seed=s.seed) if s.trace else None
-        density_result = (spectral_density(operator, steps=s.density_steps, runs=s.density_runs, seed=s.seed,
-                                           memory=plan.krylov_memory())
-                          if s.density else None)
+        density_result = (
+            spectral_density(
+                operator, steps=s.density_steps, runs=s.density_runs, seed=s.seed, memory=plan.krylov_memory()
+            )
+            if s.density
+            else None
+        )
         preconditioned_result = None
         if s.preconditioned:
             assert loaded is not None  # measure() refuses preconditioning without a checkpoint
             diagonal, adam = checkpoint_preconditioner(loaded, block.names)
             preconditioned_result = preconditioned_sharpness(
-                operator, diagonal, lr=s.lr if s.lr is not None else adam["lr"], beta1=adam["beta1"],
-                eps=adam["eps"], step=int(adam["step"]), solver=s.solver,
-                tol=s.tol, max_iter=s.max_iter, seed=s.seed, memory=plan.krylov_memory())
+                operator,
+                diagonal,
+                lr=s.lr if s.lr is not None else adam["lr"],
+                beta1=adam["beta1"],
+                eps=adam["eps"],
+                step=int(adam["step"]),
+                solver=s.solver,
+                tol=s.tol,
+                max_iter=s.max_iter,
+                seed=s.seed,
+                memory=plan.krylov_memory(),
+            )
     hvps = result.hvps + sum(part.hvps for part in (trace_result, density_result) if part is not None)
     if preconditioned_result is not None:
         hvps += preconditioned_result.eigen.hvps
-    seconds = result.seconds + sum(part.seconds for part in (trace_result, density_result) if part is not None)
+    seconds = result.seconds + sum(
+        part.seconds for part in (trace_result, density_result) if part is not None
+    )
     if preconditioned_result is not None:
         seconds += preconditioned_result.eigen.seconds
     return BlockReport(
-        name=block.name, parameters=operator.size, parameter_names=block.names, lambda_max=result.lambda_max,
-        lambda_min=result.lambda_min, residual=result.residual, converged=result.converged, hvps=hvps,
-        seconds=seconds, tokens=operator.total_tokens, batches=operator.total_batches, eigen=result,
-        trace=trace_result, density=density_result, preconditioned=preconditioned_result, scan_group=scan_group,
+        name=block.name,
+        parameters=operator.size,
+        parameter_names=block.names,
+        lambda_max=result.lambda_max,
+        lambda_min=result.lambda_min,
+        residual=result.residual,
+        converged=result.converged,
+        hvps=hvps,
+        seconds=seconds,
+        tokens=operator.total_tokens,
+        batches=operator.total_batches,
+        eigen=result,
+        trace=trace_result,
+        density=density_result,
+        preconditioned=preconditioned_result,
+        scan_group=scan_group,
     )
 
 
@@ -456,7 +605,9 @@ def _block_start(operator: HessianOperator, s: MeasureSettings) -> _Start:
     return _Start(vectors, time.perf_counter() - began)
 
 
-def _group_starts(operator: HessianOperator, members: Sequence[ParameterBlock], s: MeasureSettings) -> list[_Start]:
+def _group_starts(
+    operator: HessianOperator, members: Sequence[ParameterBlock], s: MeasureSettings
+) -> list[_Start]:
     """Every block's start of a scan group from the union operator's shared first-order passes."""
     if not _builds_start(s):
         return [_Start(None) for _ in members]
@@ -468,21 +619,40 @@ def _group_starts(operator: HessianOperator, members: Sequence[ParameterBlock], 
     return [_Start(vector, seconds) for vector in vectors]
 
 
-def _solve(operator: LinearOperator, s: MeasureSettings, callback: Any, memory: KrylovMemory, *,
-           block: ParameterBlock, start: _Start | None = None) -> EigenResult:
+def _solve(
+    operator: LinearOperator,
+    s: MeasureSettings,
+    callback: Any,
+    memory: KrylovMemory,
+    *,
+    block: ParameterBlock,
+    start: _Start | None = None,
+) -> EigenResult:
     """``s.solver``'s result on one block, dispatched through the solver table (settings/solvers.py)."""
     spec = solvers.get(s.solver)
     vectors = start.vectors if start is not None else None
     request = solvers.SolveRequest(
-        k=s.top_k, which=_which(s), tol=s.tol, max_iter=s.max_iter, seed=s.seed, callback=callback, memory=memory,
-        block_size=start_block(s, block), start=vectors.rows if vectors is not None else None)
+        k=s.top_k,
+        which=_which(s),
+        tol=s.tol,
+        max_iter=s.max_iter,
+        seed=s.seed,
+        callback=callback,
+        memory=memory,
+        block_size=start_block(s, block),
+        start=vectors.rows if vectors is not None else None,
+    )
     result = spec.run(operator, request)
     if vectors is None or start is None:
         return result
     # The report says what the start was and what building it cost (its seconds are the block's too).
-    details = {**result.details, "start_random_share": vectors.random_share,
-               "start_first_order_passes": float(vectors.passes), "start_seconds": start.seconds,
-               "start_structured": float(vectors.random_share < 1.0)}
+    details = {
+        **result.details,
+        "start_random_share": vectors.random_share,
+        "start_first_order_passes": float(vectors.passes),
+        "start_seconds": start.seconds,
+        "start_structured": float(vectors.random_share < 1.0),
+    }
     return dataclasses.replace(result, details=details, seconds=result.seconds + start.seconds)
 
 
@@ -492,13 +662,18 @@ def start_block(settings: MeasureSettings, block: ParameterBlock) -> int | None:
     if settings.block_size is None:
         return None
     if settings.block_size == "rank":
-        ranks = [int(param.shape[0]) for name, param in zip(block.names, block.parameters)
-                 if ".lora_A." in name and param.ndim == 2]
+        ranks = [
+            int(param.shape[0])
+            for name, param in zip(block.names, block.parameters)
+            if ".lora_A." in name and param.ndim == 2
+        ]
         return max([settings.top_k, *ranks])
     return max(settings.top_k, int(settings.block_size))
 
 
-def _resume(out: str | os.PathLike[str] | None, settings: dict[str, Any], source: dict[str, Any]) -> list[BlockReport]:
+def _resume(
+    out: str | os.PathLike[str] | None, settings: dict[str, Any], source: dict[str, Any]
+) -> list[BlockReport]:
     if out is None or not Path(out).exists():
         return []
     done = distributed.broadcast_object(read_report(out) if distributed.is_main_process() else None)
@@ -512,13 +687,16 @@ def _resume(out: str | os.PathLike[str] | None, settings: dict[str, Any], source
     if "dora_norm" in settings:
         written.setdefault("dora_norm", "detached")  # a DoRA report from before dora_norm: peft's surrogate
     mismatched = sorted(
-        key for key in set(settings) | set(written)
+        key
+        for key in set(settings) | set(written)
         if key not in _SELECTION_SETTINGS and _normalised(settings.get(key)) != _normalised(written.get(key))
     )
     if mismatched or _normalised(source) != _normalised(done.source):
         what = ", ".join(mismatched) if mismatched else "the analysed adapter"
-        raise UserError(f"{out} was written with other settings ({what}): write to another file, or delete it "
-                        "to start over.")
+        raise UserError(
+            f"{out} was written with other settings ({what}): write to another file, or delete it "
+            "to start over."
+        )
     return list(done.blocks)
 
 
@@ -528,8 +706,15 @@ def _normalised(value: Any) -> Any:
 
 # eigen()'s options that build an adapter at initialisation, by the name eigen takes them under: AdapterConfig's
 # fields (its seed as adapter_seed, since seed is the solver's), and the random base's model_seed.
-_ADAPTER_OPTIONS = {"rank": "rank", "alpha": "alpha", "dropout": "dropout", "targets": "targets",
-                    "adapter_seed": "seed", "loraplus_ratio": "loraplus_ratio", "pissa_niter": "pissa_niter"}
+_ADAPTER_OPTIONS = {
+    "rank": "rank",
+    "alpha": "alpha",
+    "dropout": "dropout",
+    "targets": "targets",
+    "adapter_seed": "seed",
+    "loraplus_ratio": "loraplus_ratio",
+    "pissa_niter": "pissa_niter",
+}
 
 
 def eigen(
@@ -584,13 +769,24 @@ def eigen(
     known = [field.name for field in dataclasses.fields(MeasureSettings)] + [*_ADAPTER_OPTIONS, "model_seed"]
     unknown = sorted(set(options) - set(known))
     if unknown:
-        raise UserError(f"eigen() got unknown option(s) {', '.join(unknown)}: check the spelling (known: "
-                        f"{', '.join(known)}).")
+        raise UserError(
+            f"eigen() got unknown option(s) {', '.join(unknown)}: check the spelling (known: "
+            f"{', '.join(known)})."
+        )
     model_seed = options.pop("model_seed", 0)
-    adapter_options = {field: options.pop(name) for name, field in _ADAPTER_OPTIONS.items() if name in options}
+    adapter_options = {
+        field: options.pop(name) for name, field in _ADAPTER_OPTIONS.items() if name in options
+    }
     settings = MeasureSettings.with_overrides(settings, **options)
-    measured = _keyword_target(target, revision=revision, model=model, method=method, tokenizer=tokenizer,
-                               model_seed=model_seed, adapter_options=adapter_options)
+    measured = _keyword_target(
+        target,
+        revision=revision,
+        model=model,
+        method=method,
+        tokenizer=tokenizer,
+        model_seed=model_seed,
+        adapter_options=adapter_options,
+    )
     return measure(measured, settings, batches=batches, device=device, out=out, progress=progress)
 
 
@@ -617,17 +813,23 @@ def _keyword_target(
         return AtInitialisation(_adapter_config(method, adapter_options), model=spec, model_seed=model_seed)
     if isinstance(model, nn.Module):
         return AdaptedModule(model, tokenizer)
-    raise UserError("nothing to analyse: pass a CHECKPOINT directory, or a method (--method) with a model "
-                    "(--model) to analyse an adapter at initialisation.")
+    raise UserError(
+        "nothing to analyse: pass a CHECKPOINT directory, or a method (--method) with a model "
+        "(--model) to analyse an adapter at initialisation."
+    )
 
 
 def _adapter_config(method: str | AdapterConfig, options: dict[str, Any]) -> AdapterConfig:
     """``method`` with :func:`eigen`'s adapter options (a name), or ``method`` itself (an AdapterConfig)."""
     if isinstance(method, AdapterConfig):
         if options:
-            raise UserError(f"method is an AdapterConfig: set {', '.join(sorted(options))} in it "
-                            "instead of passing them to eigen().")
+            raise UserError(
+                f"method is an AdapterConfig: set {', '.join(sorted(options))} in it "
+                "instead of passing them to eigen()."
+            )
         return method
     if options.get("targets") is None:
-        options = {key: value for key, value in options.items() if key != "targets"}  # None: all seven projections
+        options = {
+            key: value for key, value in options.items() if key != "targets"
+        }  # None: all seven projections
     return AdapterConfig(method=method, **options)

@@ -19,7 +19,9 @@ from hessian_lora.methods.registry import METHODS
 from hessian_lora.training.checkpoint import LoadedCheckpoint, OptimizerState, adam_second_moments
 
 
-def checkpoint_preconditioner(loaded: LoadedCheckpoint, names: Sequence[str]) -> tuple[torch.Tensor, dict[str, float]]:
+def checkpoint_preconditioner(
+    loaded: LoadedCheckpoint, names: Sequence[str]
+) -> tuple[torch.Tensor, dict[str, float]]:
     """P's diagonal for ``names`` from a loaded checkpoint's Adam state, and Adam's settings.
 
     Returns (diagonal, {"beta1", "eps", "step", "lr", "current_lr"}): ``lr`` is the run's learning rate from
@@ -27,8 +29,9 @@ def checkpoint_preconditioner(loaded: LoadedCheckpoint, names: Sequence[str]) ->
     """
     state = loaded.optimizer_state
     if state is None:
-        raise UserError("the preconditioned sharpness needs a checkpoint saved with its optimizer state "
-                        "(a training run).")
+        raise UserError(
+            "the preconditioned sharpness needs a checkpoint saved with its optimizer state (a training run)."
+        )
     meta = loaded.meta
     diagonal, settings = optimizer_preconditioner(state, names, meta=meta)
     if meta.lr is not None:
@@ -53,8 +56,13 @@ def optimizer_preconditioner(
         for index in group["params"]:
             ratios[state.param_names[index]] = ratio
     diagonal = adam_preconditioner(moments, names, eps=state.eps, lr_ratios=ratios)
-    settings = {"beta1": beta1, "eps": state.eps, "step": float(state.step), "lr": reference_lr,
-                "current_lr": reference_lr}
+    settings = {
+        "beta1": beta1,
+        "eps": state.eps,
+        "step": float(state.step),
+        "lr": reference_lr,
+        "current_lr": reference_lr,
+    }
     return diagonal, settings
 
 

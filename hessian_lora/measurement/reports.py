@@ -34,6 +34,7 @@ from hessian_lora.settings.schemas import read_json
 # ----------------------------------------------------------------------------------------------------------
 # Eigen reports: EigenReport.from_dict, seen through a view that knows the whole adapter from the modules
 
+
 def optional_float(value: Any) -> float | None:
     """``value`` as a float, or None when it is None, empty or not a number."""
     if value is None or value == "":
@@ -74,7 +75,12 @@ def convergence_history(eigen: EigenResult | None) -> tuple[tuple[int, float], .
 
 def _usable_density(density: DensityResult | None) -> DensityResult | None:
     """The density if its per-run nodes and weights are present and consistent (else there is nothing to draw)."""
-    if density is None or not density.nodes or not density.weights or len(density.nodes) != len(density.weights):
+    if (
+        density is None
+        or not density.nodes
+        or not density.weights
+        or len(density.nodes) != len(density.weights)
+    ):
         return None
     if any(len(nodes) != len(weights) or not nodes for nodes, weights in zip(density.nodes, density.weights)):
         return None
@@ -226,15 +232,21 @@ def report_from_dict(data: Mapping[str, Any], *, path: str = "") -> ReportView:
     raw_blocks = data.get("blocks")
     if isinstance(raw_blocks, Mapping):
         raw_blocks = [dict(value, name=value.get("name", key)) for key, value in raw_blocks.items()]
-    blocks = [_complete(BlockReport, dict(item, name=str(item.get("name", "whole"))))
-              for item in raw_blocks or [] if isinstance(item, Mapping) and optional_float(item.get("lambda_max")) is not None]
+    blocks = [
+        _complete(BlockReport, dict(item, name=str(item.get("name", "whole"))))
+        for item in raw_blocks or []
+        if isinstance(item, Mapping) and optional_float(item.get("lambda_max")) is not None
+    ]
     settings = data.get("settings")
     try:
-        report = EigenReport.from_dict({"settings": dict(settings) if isinstance(settings, Mapping) else {},
-                                        "blocks": blocks})
+        report = EigenReport.from_dict(
+            {"settings": dict(settings) if isinstance(settings, Mapping) else {}, "blocks": blocks}
+        )
     except (TypeError, ValueError) as exc:  # a field that is there but of the wrong kind ("seconds": "x")
-        raise UserError(f"eigen report {path or '(given)'} holds a value of the wrong type ({exc}): rerun the "
-                        "measurement (or delete the file).") from exc
+        raise UserError(
+            f"eigen report {path or '(given)'} holds a value of the wrong type ({exc}): rerun the "
+            "measurement (or delete the file)."
+        ) from exc
     return ReportView(report, path)
 
 
@@ -253,8 +265,12 @@ def _complete(record: type, data: dict[str, Any]) -> dict[str, Any]:
 
 
 _NESTED_RECORDS: dict[type, dict[str, type]] = {
-    BlockReport: {"eigen": EigenResult, "trace": TraceResult, "density": DensityResult,
-                  "preconditioned": PreconditionedResult},
+    BlockReport: {
+        "eigen": EigenResult,
+        "trace": TraceResult,
+        "density": DensityResult,
+        "preconditioned": PreconditionedResult,
+    },
     PreconditionedResult: {"eigen": EigenResult},
     EigenResult: {"history": IterationRecord},
     TraceResult: {"history": IterationRecord},
@@ -309,5 +325,3 @@ def _fill_optional_parts(kept: BlockReport, extra: BlockReport) -> BlockReport:
     if _usable_density(kept.density) is None and _usable_density(extra.density) is not None:
         fill["density"] = extra.density
     return dataclasses.replace(kept, **fill) if fill else kept
-
-

@@ -83,7 +83,9 @@ class MeasureTarget(abc.ABC):
     """What a measurement measures; each kind loads itself (:meth:`load`)."""
 
     @abc.abstractmethod
-    def load(self, settings: MeasureSettings, batches: Sequence[TokenBatch] | None, device: Device) -> LoadedTarget:
+    def load(
+        self, settings: MeasureSettings, batches: Sequence[TokenBatch] | None, device: Device
+    ) -> LoadedTarget:
         """The adapted model and what the report records of it.
 
         Args:
@@ -112,12 +114,16 @@ class Checkpoint(MeasureTarget):
     def __post_init__(self) -> None:
         _check_path(self.path, type(self).__name__)
 
-    def load(self, settings: MeasureSettings, batches: Sequence[TokenBatch] | None, device: Device) -> LoadedTarget:
+    def load(
+        self, settings: MeasureSettings, batches: Sequence[TokenBatch] | None, device: Device
+    ) -> LoadedTarget:
         """See :meth:`MeasureTarget.load`; the base is loaded in full precision (fp32) on ``device``."""
         directory = resolve_adapter(self.path, revision=self.revision)
         if directory.is_dir() and not is_checkpoint(directory):
-            raise UserError(f"{os.fspath(self.path)} is not a hessian-lora checkpoint (no {META_FILE}): measure a "
-                            "plain peft adapter directory as PeftAdapter(path), or let as_target(path) tell.")
+            raise UserError(
+                f"{os.fspath(self.path)} is not a hessian-lora checkpoint (no {META_FILE}): measure a "
+                "plain peft adapter directory as PeftAdapter(path), or let as_target(path) tell."
+            )
         loaded = load_checkpoint(directory, device=device, full_precision=True)
         return _directory_target(self.path, directory, loaded, settings)
 
@@ -136,16 +142,25 @@ class PeftAdapter(MeasureTarget):
     def __post_init__(self) -> None:
         _check_path(self.path, type(self).__name__)
         if self.base is not None and not isinstance(self.base, str):
-            raise UserError(f"PeftAdapter's base is a model spec such as smollm2-135m or a directory, got "
-                            f"{type(self.base).__name__}: measure a model you hold as AdaptedModule(module).")
+            raise UserError(
+                f"PeftAdapter's base is a model spec such as smollm2-135m or a directory, got "
+                f"{type(self.base).__name__}: measure a model you hold as AdaptedModule(module)."
+            )
 
-    def load(self, settings: MeasureSettings, batches: Sequence[TokenBatch] | None, device: Device) -> LoadedTarget:
+    def load(
+        self, settings: MeasureSettings, batches: Sequence[TokenBatch] | None, device: Device
+    ) -> LoadedTarget:
         """See :meth:`MeasureTarget.load`."""
         directory = resolve_adapter(self.path, revision=self.revision)
         if is_checkpoint(directory):
-            raise _records_its_base(directory) if self.base is not None else UserError(
-                f"{os.fspath(self.path)} is a hessian-lora checkpoint ({META_FILE}): measure it as "
-                "Checkpoint(path), or let as_target(path) tell.")
+            raise (
+                _records_its_base(directory)
+                if self.base is not None
+                else UserError(
+                    f"{os.fspath(self.path)} is a hessian-lora checkpoint ({META_FILE}): measure it as "
+                    "Checkpoint(path), or let as_target(path) tell."
+                )
+            )
         loaded = load_peft_directory(directory, model=self.base, model_seed=self.model_seed, device=device)
         return _directory_target(self.path, directory, loaded, settings)
 
@@ -163,15 +178,21 @@ class AtInitialisation(MeasureTarget):
 
     def __post_init__(self) -> None:
         if isinstance(self.model, nn.Module):
-            raise UserError("a method builds an adapter on a base model spec: pass model as a name such as "
-                            "smollm2-135m, or measure your adapted nn.Module as AdaptedModule(module) (eigen: "
-                            "model=module without method).")
+            raise UserError(
+                "a method builds an adapter on a base model spec: pass model as a name such as "
+                "smollm2-135m, or measure your adapted nn.Module as AdaptedModule(module) (eigen: "
+                "model=module without method)."
+            )
         if not isinstance(self.model, str):
-            raise UserError(f"AtInitialisation's model is a model spec such as smollm2-135m, got "
-                            f"{type(self.model).__name__}.")
+            raise UserError(
+                f"AtInitialisation's model is a model spec such as smollm2-135m, got "
+                f"{type(self.model).__name__}."
+            )
         if not isinstance(self.adapter, (str, AdapterConfig)):
-            raise UserError(f"AtInitialisation's adapter is a method name such as lora or an AdapterConfig, got "
-                            f"{type(self.adapter).__name__}.")
+            raise UserError(
+                f"AtInitialisation's adapter is a method name such as lora or an AdapterConfig, got "
+                f"{type(self.adapter).__name__}."
+            )
         config = self.config  # an unknown method or a bad option is refused here, before any model loads
         check_method_rank(config.method, config.rank)  # peft would raise a bare ValueError
 
@@ -180,17 +201,32 @@ class AtInitialisation(MeasureTarget):
         """The adapter built: ``adapter`` itself, or a method name's with its defaults."""
         return self.adapter if isinstance(self.adapter, AdapterConfig) else AdapterConfig(method=self.adapter)
 
-    def load(self, settings: MeasureSettings, batches: Sequence[TokenBatch] | None, device: Device) -> LoadedTarget:
+    def load(
+        self, settings: MeasureSettings, batches: Sequence[TokenBatch] | None, device: Device
+    ) -> LoadedTarget:
         """See :meth:`MeasureTarget.load`."""
         config = self.config
         settings = dataclasses.replace(settings, task=settings.task or DEFAULT_TASK)
         built = adapter_at_initialisation(
-            self.model, config, model_seed=self.model_seed, device=device,
-            init_batches=batches if batches is not None else (lambda tokenizer: settings_batches(tokenizer, settings)))
+            self.model,
+            config,
+            model_seed=self.model_seed,
+            device=device,
+            init_batches=batches
+            if batches is not None
+            else (lambda tokenizer: settings_batches(tokenizer, settings)),
+        )
         check_hessian_precision(built.model)
-        source = {"method": config.method, "model": self.model, "rank": config.rank, "alpha": config.lora_alpha,
-                  "targets": list(config.targets), "adapter_seed": config.seed, "model_seed": self.model_seed,
-                  "at": "initialisation"}
+        source = {
+            "method": config.method,
+            "model": self.model,
+            "rank": config.rank,
+            "alpha": config.lora_alpha,
+            "targets": list(config.targets),
+            "adapter_seed": config.seed,
+            "model_seed": self.model_seed,
+            "at": "initialisation",
+        }
         return LoadedTarget(model=built.model, tokenizer=built.tokenizer, source=source, name=config.method)
 
 
@@ -205,11 +241,15 @@ class AdaptedModule(MeasureTarget):
 
     def __post_init__(self) -> None:
         if not isinstance(self.module, nn.Module):
-            raise UserError(f"AdaptedModule takes an nn.Module whose trainable parameters are the adapter, got "
-                            f"{type(self.module).__name__}: measure a directory as Checkpoint(path) or "
-                            "PeftAdapter(path).")
+            raise UserError(
+                f"AdaptedModule takes an nn.Module whose trainable parameters are the adapter, got "
+                f"{type(self.module).__name__}: measure a directory as Checkpoint(path) or "
+                "PeftAdapter(path)."
+            )
 
-    def load(self, settings: MeasureSettings, batches: Sequence[TokenBatch] | None, device: Device) -> LoadedTarget:
+    def load(
+        self, settings: MeasureSettings, batches: Sequence[TokenBatch] | None, device: Device
+    ) -> LoadedTarget:
         """See :meth:`MeasureTarget.load`; ``device`` is not used (the module stays where it is)."""
         check_hessian_precision(self.module)  # fp32 (or float64) only: a bf16 base is refused, not measured
         if batches is None and self.tokenizer is None:
@@ -243,8 +283,10 @@ def as_target(
     """
     if isinstance(adapter, MeasureTarget):
         if base is not None or revision is not None or model_seed:
-            raise UserError(f"{type(adapter).__name__} is a target already: set its base, revision or model_seed "
-                            "in it rather than beside it.")
+            raise UserError(
+                f"{type(adapter).__name__} is a target already: set its base, revision or model_seed "
+                "in it rather than beside it."
+            )
         return adapter
     _check_path(adapter, "as_target")
     directory = resolve_adapter(adapter, revision=revision)
@@ -267,23 +309,33 @@ def settings_examples(settings: MeasureSettings) -> list[Example]:
 def settings_batches(tokenizer: Any, settings: MeasureSettings) -> list[TokenBatch]:
     """The batches ``settings`` describe: ``samples`` training examples of ``task`` in ``batch_size`` batches,
     formatted by ``prompt_template`` (None: the data's format's, :func:`~hessian_lora.inputs.tasks.applied_template`)."""
-    return make_batches(tokenizer, settings_examples(settings), settings.batch_size, max_length=settings.max_length,
-                        prompt_template=settings.prompt_template)
+    return make_batches(
+        tokenizer,
+        settings_examples(settings),
+        settings.batch_size,
+        max_length=settings.max_length,
+        prompt_template=settings.prompt_template,
+    )
 
 
 def _check_path(path: object, what: str) -> None:
     if not isinstance(path, (str, os.PathLike)):
-        raise UserError(f"{what} takes a directory or a hub adapter repo id, got {type(path).__name__}: measure "
-                        "a model you hold as AdaptedModule(module).")
+        raise UserError(
+            f"{what} takes a directory or a hub adapter repo id, got {type(path).__name__}: measure "
+            "a model you hold as AdaptedModule(module)."
+        )
 
 
 def _records_its_base(directory: Path) -> UserError:
-    return UserError(f"{directory} is a hessian-lora checkpoint and records its base model: drop --model (it only "
-                     "replaces the base of plain peft adapter directories).")
+    return UserError(
+        f"{directory} is a hessian-lora checkpoint and records its base model: drop --model (it only "
+        "replaces the base of plain peft adapter directories)."
+    )
 
 
-def _directory_target(spec: str | os.PathLike[str], directory: Path, loaded: LoadedCheckpoint,
-                      settings: MeasureSettings) -> LoadedTarget:
+def _directory_target(
+    spec: str | os.PathLike[str], directory: Path, loaded: LoadedCheckpoint, settings: MeasureSettings
+) -> LoadedTarget:
     """A checkpoint's or plain peft directory's :class:`LoadedTarget`: its facts, its recorded data and template."""
     meta = loaded.meta
     template = meta.extra.get("prompt_template")
@@ -291,18 +343,36 @@ def _directory_target(spec: str | os.PathLike[str], directory: Path, loaded: Loa
         try:
             check_prompt_template(template)
         except UserError as exc:
-            raise UserError(f"{Path(spec)}: the prompt_template the checkpoint records is unusable: {exc} "
-                            "Pass --prompt-template to override it, or re-create the checkpoint.") from exc
+            raise UserError(
+                f"{Path(spec)}: the prompt_template the checkpoint records is unusable: {exc} "
+                "Pass --prompt-template to override it, or re-create the checkpoint."
+            ) from exc
     # a hub id is recorded as the id at the commit its files came from (the cache's snapshot folder)
-    where = ({"checkpoint": os.fspath(spec), "revision": directory.name}
-             if directory != Path(os.fspath(spec)) else {"checkpoint": str(directory.resolve())})
+    where = (
+        {"checkpoint": os.fspath(spec), "revision": directory.name}
+        if directory != Path(os.fspath(spec))
+        else {"checkpoint": str(directory.resolve())}
+    )
     source = {
-        **where, "method": meta.adapter.method, "base_model": meta.base_model,
-        "rank": meta.adapter.rank, "alpha": meta.adapter.alpha, "step": peft_step(meta), "lr": meta.lr,
+        **where,
+        "method": meta.adapter.method,
+        "base_model": meta.base_model,
+        "rank": meta.adapter.rank,
+        "alpha": meta.adapter.alpha,
+        "step": peft_step(meta),
+        "lr": meta.lr,
         **({"format": "peft"} if meta.extra.get("format") == "peft" else {}),
-        **({"residual_base": meta.extra["residual_base"]} if meta.extra.get("residual_base") else {})}
+        **({"residual_base": meta.extra["residual_base"]} if meta.extra.get("residual_base") else {}),
+    }
     probe_file = directory / PROBE_BATCHES_FILE
-    return LoadedTarget(model=loaded.model, tokenizer=loaded.tokenizer, source=source, name=os.fspath(spec),
-                        task=meta.task, template=template, checkpoint=loaded,
-                        probe_file=probe_file if probe_file.is_file() else None,
-                        plain_peft=meta.extra.get("format") == "peft")
+    return LoadedTarget(
+        model=loaded.model,
+        tokenizer=loaded.tokenizer,
+        source=source,
+        name=os.fspath(spec),
+        task=meta.task,
+        template=template,
+        checkpoint=loaded,
+        probe_file=probe_file if probe_file.is_file() else None,
+        plain_peft=meta.extra.get("format") == "peft",
+    )

@@ -118,17 +118,30 @@ class SharpnessCallback(TrainerCallback):
 
     # --- Trainer events -------------------------------------------------------------------------------------
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
-                       train_dataloader: Any = None, **kwargs: Any) -> None:
+    def on_train_begin(
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        model: Any = None,
+        optimizer: Any = None,
+        train_dataloader: Any = None,
+        **kwargs: Any,
+    ) -> None:
         """Build the probe on the Trainer's model and data (the Trainer's event)."""
         if model is None:
             raise UserError("SharpnessCallback needs the Trainer's model.")
-        self._handler = (getattr(self.trainer, "callback_handler", None) if self.trainer is not None
-                         else _calling_handler(self))
+        self._handler = (
+            getattr(self.trainer, "callback_handler", None)
+            if self.trainer is not None
+            else _calling_handler(self)
+        )
         if self._handler is None:
-            logger.warning("SharpnessCallback: no Trainer callback handler found; sharpness values go to "
-                           "state.log_history only (no reporting integration sees them): use "
-                           "SharpnessCallback.install(trainer, ...).")
+            logger.warning(
+                "SharpnessCallback: no Trainer callback handler found; sharpness values go to "
+                "state.log_history only (no reporting integration sees them): use "
+                "SharpnessCallback.install(trainer, ...)."
+            )
         batches = self._given
         if batches is None:
             if train_dataloader is None:
@@ -140,12 +153,15 @@ class SharpnessCallback(TrainerCallback):
                     if len(batches) >= self.probe_batches:
                         break
         device = next(p for p in model.parameters() if p.requires_grad).device
-        self.probe = SharpnessProbe(model, [batch.to(device) for batch in batches], self.settings,
-                                    total_steps=state.max_steps or None)
+        self.probe = SharpnessProbe(
+            model, [batch.to(device) for batch in batches], self.settings, total_steps=state.max_steps or None
+        )
         betas = getattr(args, "adam_beta1", None)
         self._beta1 = float(betas) if betas is not None else 0.9
 
-    def on_step_begin(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
+    def on_step_begin(
+        self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any
+    ) -> None:
         """Probe at step 0, before the first update (the Trainer's event)."""
         if state.global_step == 0 and self.probe is not None and not self.probe.history:
             self._probe(args, state, control, optimizer)
@@ -162,8 +178,11 @@ class SharpnessCallback(TrainerCallback):
             return
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if folder.is_dir():
-            save_batches(folder / PROBE_BATCHES_FILE, self.probe.batches,
-                         f"the SharpnessCallback's probe batches of {folder}")
+            save_batches(
+                folder / PROBE_BATCHES_FILE,
+                self.probe.batches,
+                f"the SharpnessCallback's probe batches of {folder}",
+            )
 
     # --- internals ------------------------------------------------------------------------------------------
 
@@ -194,25 +213,37 @@ class SharpnessCallback(TrainerCallback):
     def values(self, point: SharpnessPoint) -> dict[str, float]:
         """The logged values of one probe (absent keys: not measured)."""
         gd_ratio, adam_ratio = stability_ratios(point.to_dict(), beta1=self._beta1)
-        raw = {"lambda_max": point.lambda_max, "preconditioned": point.preconditioned, "lr": point.lr,
-               "hvps": float(point.hvps + point.precond_hvps), "seconds": point.seconds,
-               "gd_ratio": gd_ratio, "adam_ratio": adam_ratio, "converged": 1.0 if point.converged else 0.0,
-               "rel_residual": _relative(point.residual, point.lambda_max),
-               "precond_rel_residual": _relative(point.precond_residual, point.preconditioned)}
+        raw = {
+            "lambda_max": point.lambda_max,
+            "preconditioned": point.preconditioned,
+            "lr": point.lr,
+            "hvps": float(point.hvps + point.precond_hvps),
+            "seconds": point.seconds,
+            "gd_ratio": gd_ratio,
+            "adam_ratio": adam_ratio,
+            "converged": 1.0 if point.converged else 0.0,
+            "rel_residual": _relative(point.residual, point.lambda_max),
+            "precond_rel_residual": _relative(point.precond_residual, point.preconditioned),
+        }
         return {PREFIX + key: float(value) for key, value in raw.items() if value is not None}
 
 
 def uncertified_line(point: SharpnessPoint, settings: DuringSettings) -> str:
     """The one warning line of a probe whose solves did not all meet ``settings.tol``."""
     parts = []
-    for name, value, residual in (("lambda_max", point.lambda_max, point.residual),
-                                  ("preconditioned", point.preconditioned, point.precond_residual)):
+    for name, value, residual in (
+        ("lambda_max", point.lambda_max, point.residual),
+        ("preconditioned", point.preconditioned, point.precond_residual),
+    ):
         if value is not None:
             relative = _relative(residual, value)
-            parts.append(f"{name} {value:.5g} (relative residual "
-                         f"{'-' if relative is None else f'{relative:.3g}'})")
-    return (f"sharpness probe at step {point.step} not certified to tol {settings.tol:g} within max_iter "
-            f"{settings.max_iter}: {', '.join(parts) or 'no value'}; raise DuringSettings.max_iter.")
+            parts.append(
+                f"{name} {value:.5g} (relative residual {'-' if relative is None else f'{relative:.3g}'})"
+            )
+    return (
+        f"sharpness probe at step {point.step} not certified to tol {settings.tol:g} within max_iter "
+        f"{settings.max_iter}: {', '.join(parts) or 'no value'}; raise DuringSettings.max_iter."
+    )
 
 
 def _relative(residual: float | None, value: float | None) -> float | None:

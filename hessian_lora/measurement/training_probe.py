@@ -79,7 +79,9 @@ class SharpnessPoint:
 def preserved_rng(device: torch.device | None = None) -> Iterator[None]:
     """Save and restore torch's CPU RNG, every CUDA device's RNG and Python's ``random`` around a block."""
     cpu = torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    cuda = (
+        torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    )
     python = random.getstate()
     try:
         yield
@@ -125,8 +127,9 @@ class SharpnessProbe:
             return False
         return step % self.settings.every == 0 or (self.total_steps is not None and step == self.total_steps)
 
-    def __call__(self, step: int, optimizer: torch.optim.Optimizer | None = None,
-                 lr: float | None = None) -> SharpnessPoint | None:
+    def __call__(
+        self, step: int, optimizer: torch.optim.Optimizer | None = None, lr: float | None = None
+    ) -> SharpnessPoint | None:
         """Measure at optimizer step ``step`` if due (else None). ``lr``: the learning rate of the next update
         (default: the first group's current rate)."""
         if not self.due(step):
@@ -135,8 +138,9 @@ class SharpnessProbe:
         self.history.append(point)
         return point
 
-    def measure(self, step: int, optimizer: torch.optim.Optimizer | None = None,
-                lr: float | None = None) -> SharpnessPoint:
+    def measure(
+        self, step: int, optimizer: torch.optim.Optimizer | None = None, lr: float | None = None
+    ) -> SharpnessPoint:
         """One probe now, whether due or not (not recorded in :attr:`history`)."""
         began = time.perf_counter()
         if lr is None and optimizer is not None:
@@ -148,8 +152,13 @@ class SharpnessProbe:
             hvps = precond_hvps = 0
             converged = True
             for block in blocks:
-                operator = HessianOperator(self.model, self.batches, block, backend=self.settings.backend,
-                                           dora_norm=self.settings.dora_norm)
+                operator = HessianOperator(
+                    self.model,
+                    self.batches,
+                    block,
+                    backend=self.settings.backend,
+                    dora_norm=self.settings.dora_norm,
+                )
                 eigen = self._solve(operator, ("H", block.name), solvers.get(self.settings.solver))
                 hvps += eigen.hvps
                 converged = converged and eigen.converged
@@ -159,8 +168,9 @@ class SharpnessProbe:
                 if self.settings.preconditioned and state is not None:
                     diagonal, _ = optimizer_preconditioner(state, block.names, meta=self.meta)
                     scaled = ScaledOperator(operator, diagonal.double().rsqrt())
-                    result = self._solve(scaled, ("P", block.name),
-                                         solvers.preconditioned_solver(self.settings.solver))
+                    result = self._solve(
+                        scaled, ("P", block.name), solvers.preconditioned_solver(self.settings.solver)
+                    )
                     precond_hvps += result.hvps
                     converged = converged and result.converged
                     if result.largest:
@@ -170,17 +180,26 @@ class SharpnessProbe:
         top = max(range(len(lambdas)), key=lambdas.__getitem__) if lambdas else None
         ptop = max(range(len(precond)), key=precond.__getitem__) if precond else None
         return SharpnessPoint(
-            step=step, lambda_max=lambdas[top] if top is not None else None,
-            preconditioned=precond[ptop] if ptop is not None else None, lr=lr, hvps=hvps,
-            precond_hvps=precond_hvps, seconds=time.perf_counter() - began, converged=converged,
+            step=step,
+            lambda_max=lambdas[top] if top is not None else None,
+            preconditioned=precond[ptop] if ptop is not None else None,
+            lr=lr,
+            hvps=hvps,
+            precond_hvps=precond_hvps,
+            seconds=time.perf_counter() - began,
+            converged=converged,
             residual=residuals[top] if top is not None else None,
             precond_residual=precond_residuals[ptop] if ptop is not None else None,
         )
 
     def to_dict(self, *, beta1: float | None = None, peak_lr: float | None = None) -> dict[str, Any]:
         """The ``runs/<run_id>/sharpness.json`` document."""
-        return {"settings": self.settings.to_dict(), "beta1": beta1, "peak_lr": peak_lr,
-                "history": [point.to_dict() for point in self.history]}
+        return {
+            "settings": self.settings.to_dict(),
+            "beta1": beta1,
+            "peak_lr": peak_lr,
+            "history": [point.to_dict() for point in self.history],
+        }
 
     def _blocks(self) -> list[ParameterBlock]:
         chooser = WholeAdapter() if self.settings.blocks == "whole" else PerModule(None, None)
@@ -193,8 +212,12 @@ class SharpnessProbe:
         # The previous probe's vector with a random component mixed in (hessian/starts.py): a top that has moved
         # off it (a new eigenvalue overtaking) still grows out of the Krylov space; another size: random.
         start = start_vectors(operator, "previous", previous=previous, seed=s.seed + len(self.history)).rows
-        result = spec.run(operator, solvers.SolveRequest(k=1, which="largest", tol=s.tol, max_iter=s.max_iter,
-                                                         seed=s.seed, start=start))
+        result = spec.run(
+            operator,
+            solvers.SolveRequest(
+                k=1, which="largest", tol=s.tol, max_iter=s.max_iter, seed=s.seed, start=start
+            ),
+        )
         if result.largest_vectors is not None and len(result.largest_vectors):
             self._vectors[key] = result.largest_vectors[0].detach().clone()
         return result

@@ -29,6 +29,12 @@ def parameter_count(rank: int, shapes: Sequence[Shape]) -> int:
 
 
 SPEC = MethodSpec(
-    "dora", "DoRA", "#9467bd", "DoRA: trainable magnitude times the normalised direction W + s*B*A",
-    rewrites_base=False, peft_config=_peft_config, recognises=_recognises, parameter_count=parameter_count,
+    "dora",
+    "DoRA",
+    "#9467bd",
+    "DoRA: trainable magnitude times the normalised direction W + s*B*A",
+    rewrites_base=False,
+    peft_config=_peft_config,
+    recognises=_recognises,
+    parameter_count=parameter_count,
 )

@@ -32,7 +32,9 @@ PEFT_INIT = "eva"
 def _peft_config(config: AdapterConfig, task_type: str | None, shapes: Sequence[Shape]) -> Any:
     from peft import EvaConfig  # local: plug-ins load without peft (the registry is read by torch-free code)
 
-    return peft_lora_config(config, task_type, init=PEFT_INIT, eva_config=EvaConfig(rho=1.0, use_label_mask=False))
+    return peft_lora_config(
+        config, task_type, init=PEFT_INIT, eva_config=EvaConfig(rho=1.0, use_label_mask=False)
+    )
 
 
 def _recognises(peft_config: Mapping[str, Any]) -> bool:
@@ -55,20 +57,31 @@ def initialise(context: BuildContext) -> None:
     rank = context.config.rank
     tokens = [int(batch.attention_mask.sum()) for batch in batches]
     if not batches or min(tokens) < rank:
-        raise UserError(f"eva takes the top {rank} components of each layer's inputs, so every batch needs at least "
-                        f"{rank} tokens (got {min(tokens, default=0)}): use a larger --batch-size, longer examples "
-                        "or a lower --rank.")
+        raise UserError(
+            f"eva takes the top {rank} components of each layer's inputs, so every batch needs at least "
+            f"{rank} tokens (got {min(tokens, default=0)}): use a larger --batch-size, longer examples "
+            "or a lower --rank."
+        )
     device = next(context.model.parameters()).device
-    inputs = [{"input_ids": batch.input_ids.to(device), "attention_mask": batch.attention_mask.to(device)}
-              for batch in batches]
-    initialize_lora_eva_weights(context.model, dataloader=inputs, adapter_name=context.adapter_name,
-                                show_progress_bar=False)
+    inputs = [
+        {"input_ids": batch.input_ids.to(device), "attention_mask": batch.attention_mask.to(device)}
+        for batch in batches
+    ]
+    initialize_lora_eva_weights(
+        context.model, dataloader=inputs, adapter_name=context.adapter_name, show_progress_bar=False
+    )
 
 
 SPEC = MethodSpec(
-    "eva", "EVA", "#c49c94",
+    "eva",
+    "EVA",
+    "#c49c94",
     "EVA: A from the top-r right singular vectors of each layer's input activations on a few batches, B = 0",
-    rewrites_base=False, needs_data=True, peft_config=_peft_config, recognises=_recognises, peft_init=PEFT_INIT,
+    rewrites_base=False,
+    needs_data=True,
+    peft_config=_peft_config,
+    recognises=_recognises,
+    peft_init=PEFT_INIT,
     peft_init_config="eva_config",
     initialise=initialise,
 )

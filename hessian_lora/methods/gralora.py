@@ -30,8 +30,10 @@ def check_rank(rank: int) -> None:
     k = gralora_k(rank)
     if rank % k:
         below, above = rank - rank % k, rank - rank % k + k
-        raise UserError(f"gralora splits the rank over k = {k} blocks (k = 2 up to rank 32, else 4), so the rank "
-                        f"must be a multiple of {k}, got {rank}: use rank {below or above} or {above}.")
+        raise UserError(
+            f"gralora splits the rank over k = {k} blocks (k = 2 up to rank 32, else 4), so the rank "
+            f"must be a multiple of {k}, got {rank}: use rank {below or above} or {above}."
+        )
 
 
 def check_shapes(rank: int, shapes: Mapping[str, Shape]) -> None:
@@ -44,17 +46,25 @@ def check_shapes(rank: int, shapes: Mapping[str, Shape]) -> None:
     k = gralora_k(rank)
     odd = sorted({name.rsplit(".", 1)[-1] for name, shape in shapes.items() if shape[0] % k or shape[1] % k})
     if odd:
-        raise UserError(f"gralora splits each weight into {k}x{k} blocks (k = {k} at rank {rank}), but "
-                        f"{', '.join(odd)} has a dimension not divisible by {k}: drop those targets.")
+        raise UserError(
+            f"gralora splits each weight into {k}x{k} blocks (k = {k} at rank {rank}), but "
+            f"{', '.join(odd)} has a dimension not divisible by {k}: drop those targets."
+        )
 
 
 def _peft_config(config: AdapterConfig, task_type: str | None, shapes: Sequence[Shape]) -> Any:
     # local: plug-ins load without peft (the registry is read by torch-free code)
     from peft import GraloraConfig
 
-    return GraloraConfig(r=config.rank, alpha=config.lora_alpha, gralora_dropout=config.dropout,
-                         gralora_k=gralora_k(config.rank), hybrid_r=0, target_modules=list(config.targets),
-                         task_type=task_type)
+    return GraloraConfig(
+        r=config.rank,
+        alpha=config.lora_alpha,
+        gralora_dropout=config.dropout,
+        gralora_k=gralora_k(config.rank),
+        hybrid_r=0,
+        target_modules=list(config.targets),
+        task_type=task_type,
+    )
 
 
 def _recognises(peft_config: Mapping[str, Any]) -> bool:
@@ -71,9 +81,18 @@ def _describe(peft_config: Any) -> str:
 
 
 SPEC = MethodSpec(
-    "gralora", "GraLoRA", "#aec7e8",
+    "gralora",
+    "GraLoRA",
+    "#aec7e8",
     "GraLoRA: W split into k x k sub-blocks, each with its own pair of rank r/k (k = 2 for r <= 32, else 4)",
-    rewrites_base=False, peft_config=_peft_config, recognises=_recognises, peft_type=PEFT_TYPE,
-    peft_alpha_key="alpha", peft_dropout_key="gralora_dropout", check_rank=check_rank, check_shapes=check_shapes,
-    saved_scaling=saved_scaling, describe_peft=_describe,
+    rewrites_base=False,
+    peft_config=_peft_config,
+    recognises=_recognises,
+    peft_type=PEFT_TYPE,
+    peft_alpha_key="alpha",
+    peft_dropout_key="gralora_dropout",
+    check_rank=check_rank,
+    check_shapes=check_shapes,
+    saved_scaling=saved_scaling,
+    describe_peft=_describe,
 )

@@ -41,7 +41,13 @@ def initialise(context: BuildContext) -> None:
 
 
 SPEC = MethodSpec(
-    "initab", "Init[AB]", "#ff7f0e", "Init[AB]: A, B both uniform(+-1/sqrt(in)); base <- W - s*B*A",
-    rewrites_base=True, peft_native=False, peft_config=_peft_config, initialise=initialise,
+    "initab",
+    "Init[AB]",
+    "#ff7f0e",
+    "Init[AB]: A, B both uniform(+-1/sqrt(in)); base <- W - s*B*A",
+    rewrites_base=True,
+    peft_native=False,
+    peft_config=_peft_config,
+    initialise=initialise,
     paper=PaperFigures(lr_factor=1.8, lambda_ratio=2.0),
 )

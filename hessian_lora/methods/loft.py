@@ -26,8 +26,16 @@ def _peft_config(config: AdapterConfig, task_type: str | None, shapes: Sequence[
     return peft_lora_config(config, task_type)
 
 
-def make_optimizer(peft_model: Any, config: AdapterConfig, lr: float, *, betas: tuple[float, float], eps: float,
-                   weight_decay: float, max_grad_norm: float | None) -> Any:
+def make_optimizer(
+    peft_model: Any,
+    config: AdapterConfig,
+    lr: float,
+    *,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    max_grad_norm: float | None,
+) -> Any:
     """The LoFT optimizer over the model's LoRA pairs; it clips the full-weight view of the gradient itself.
 
     Args:
@@ -45,13 +53,18 @@ def make_optimizer(peft_model: Any, config: AdapterConfig, lr: float, *, betas: 
     # local: the optimizer needs torch; plug-ins load without
     from hessian_lora.methods.loft_optimizer import loft_optimizer
 
-    return loft_optimizer(peft_model, lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                          max_grad_norm=max_grad_norm)
+    return loft_optimizer(
+        peft_model, lr, betas=betas, eps=eps, weight_decay=weight_decay, max_grad_norm=max_grad_norm
+    )
 
 
 SPEC = MethodSpec(
-    "loft", "LoFT", "#ff9896",
+    "loft",
+    "LoFT",
+    "#ff9896",
     "LoFT: LoRA init, trained by the LoFT optimizer (full-weight AdamW view, alternating A/B)",
-    rewrites_base=False, peft_config=_peft_config, make_optimizer=make_optimizer,
+    rewrites_base=False,
+    peft_config=_peft_config,
+    make_optimizer=make_optimizer,
     preconditioner_note=PRECONDITIONER_NOTE,
 )

@@ -96,7 +96,9 @@ class LoFT(torch.optim.Optimizer):
         groups = []
         for a, b, scaling in pairs:
             if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
-                raise ValueError(f"a LoRA pair needs A r×in and B out×r, got {tuple(a.shape)} and {tuple(b.shape)}")
+                raise ValueError(
+                    f"a LoRA pair needs A r×in and B out×r, got {tuple(a.shape)} and {tuple(b.shape)}"
+                )
             groups.append({"params": [a, b], "scaling": float(scaling)})
         if not groups:
             raise ValueError("LoFT needs at least one LoRA pair")
@@ -123,10 +125,17 @@ class LoFT(torch.optim.Optimizer):
             if not state:
                 r, n_in = a.shape
                 n_out = b.shape[0]
-                state.update(step=0, m_a=a.new_zeros((r, n_in), dtype=dtype),
-                             t_a=a.new_zeros((n_in, r, r), dtype=dtype),
-                             m_b=b.new_zeros((n_out, r), dtype=dtype), s_b=b.new_zeros((n_out, r, r), dtype=dtype))
-            a_w, b_w = a.to(dtype, copy=True), b.to(dtype, copy=True)  # copies: the old factor is needed later
+                state.update(
+                    step=0,
+                    m_a=a.new_zeros((r, n_in), dtype=dtype),
+                    t_a=a.new_zeros((n_in, r, r), dtype=dtype),
+                    m_b=b.new_zeros((n_out, r), dtype=dtype),
+                    s_b=b.new_zeros((n_out, r, r), dtype=dtype),
+                )
+            a_w, b_w = (
+                a.to(dtype, copy=True),
+                b.to(dtype, copy=True),
+            )  # copies: the old factor is needed later
             eye = torch.eye(a.shape[0], dtype=dtype, device=a.device)
             gram_a = a_w @ a_w.T + group["delta"] * eye
             gram_b = b_w.T @ b_w + group["delta"] * eye
@@ -141,15 +150,26 @@ class LoFT(torch.optim.Optimizer):
             work.append((group, state, a, b, a_w, b_w, gram_a, gram_b, c, d, update_b))
         clip = 1.0
         if self.max_grad_norm is not None:
-            norm = squared_norm ** 0.5
+            norm = squared_norm**0.5
             clip = min(1.0, self.max_grad_norm / (norm + 1e-6))
         for group, state, a, b, a_w, b_w, gram_a, gram_b, c, d, update_b in work:
             self._update_pair(group, state, a, b, a_w, b_w, gram_a, gram_b, c * clip, d * clip, update_b)
         return loss
 
-    def _update_pair(self, group: dict[str, Any], state: dict[str, Any], a: torch.Tensor, b: torch.Tensor,
-                     a_w: torch.Tensor, b_w: torch.Tensor, gram_a: torch.Tensor, gram_b: torch.Tensor,
-                     c: torch.Tensor, d: torch.Tensor, update_b: bool) -> None:
+    def _update_pair(
+        self,
+        group: dict[str, Any],
+        state: dict[str, Any],
+        a: torch.Tensor,
+        b: torch.Tensor,
+        a_w: torch.Tensor,
+        b_w: torch.Tensor,
+        gram_a: torch.Tensor,
+        gram_b: torch.Tensor,
+        c: torch.Tensor,
+        d: torch.Tensor,
+        update_b: bool,
+    ) -> None:
         beta1, beta2 = group["betas"]
         lr, eps, s = group["lr"], group["eps"], group["scaling"]
         state["step"] += 1
@@ -162,9 +182,9 @@ class LoFT(torch.optim.Optimizer):
         r = a.shape[0]
         decay = 1 - lr * group["weight_decay"]
         if update_b:
-            moment = (m_b @ a_w) / (1 - beta1 ** t)
+            moment = (m_b @ a_w) / (1 - beta1**t)
             columns = (a_w[:, None, :] * a_w[None, :, :]).reshape(r * r, -1)  # vec(a_j a_jᵀ) per column j
-            second = (s_b.reshape(-1, r * r) @ columns) / (1 - beta2 ** t)
+            second = (s_b.reshape(-1, r * r) @ columns) / (1 - beta2**t)
             full = moment / (second.clamp_min(0).sqrt() + eps)
             step_b = torch.linalg.solve(gram_a, a_w @ full.T).T / s  # U Aᵀ (AAᵀ + δI)⁻¹ / s
             new_b = b_w * decay - lr * step_b
@@ -175,9 +195,9 @@ class LoFT(torch.optim.Optimizer):
             m_a.copy_(proj @ m_a)
             t_a.copy_(proj @ t_a @ proj.T)
         else:
-            moment = (b_w @ m_a) / (1 - beta1 ** t)
+            moment = (b_w @ m_a) / (1 - beta1**t)
             rows = (b_w[:, :, None] * b_w[:, None, :]).reshape(-1, r * r)  # vec(b_i b_iᵀ) per row i
-            second = (rows @ t_a.reshape(-1, r * r).T) / (1 - beta2 ** t)
+            second = (rows @ t_a.reshape(-1, r * r).T) / (1 - beta2**t)
             full = moment / (second.clamp_min(0).sqrt() + eps)
             step_a = torch.linalg.solve(gram_b, b_w.T @ full) / s  # (BᵀB + δI)⁻¹ Bᵀ U / s
             new_a = a_w * decay - lr * step_a
@@ -215,12 +235,21 @@ def loft_optimizer(
 ) -> LoFT:
     """LoFT over every standard LoRA pair of a peft model. Refuses DoRA (its magnitude is not a LoRA pair)."""
     if any("lora_magnitude_vector" in name for name, p in peft_model.named_parameters() if p.requires_grad):
-        raise ValueError("LoFT supports standard LoRA pairs only, not DoRA: build the model without use_dora.")
+        raise ValueError(
+            "LoFT supports standard LoRA pairs only, not DoRA: build the model without use_dora."
+        )
     pairs = lora_pairs(peft_model, adapter_name)
     if not pairs:
         raise ValueError(f"no trainable LoRA pairs for adapter {adapter_name!r}: apply a LoraConfig first.")
-    return LoFT(pairs, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, delta=delta,
-                max_grad_norm=max_grad_norm)
+    return LoFT(
+        pairs,
+        lr=lr,
+        betas=betas,
+        eps=eps,
+        weight_decay=weight_decay,
+        delta=delta,
+        max_grad_norm=max_grad_norm,
+    )
 
 
 def trainable_outside_pairs(model: nn.Module, pairs: Sequence[LoraPair]) -> list[str]:

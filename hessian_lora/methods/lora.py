@@ -17,8 +17,15 @@ if TYPE_CHECKING:
 LORA_PEFT_TYPE = "LORA"
 
 
-def peft_lora_config(config: AdapterConfig, task_type: str | None, *, init: bool | str = True,
-                     use_dora: bool = False, use_rslora: bool = False, **extra: Any) -> Any:
+def peft_lora_config(
+    config: AdapterConfig,
+    task_type: str | None,
+    *,
+    init: bool | str = True,
+    use_dora: bool = False,
+    use_rslora: bool = False,
+    **extra: Any,
+) -> Any:
     """peft's ``LoraConfig`` for ``config`` with one of peft's initialisations and flags.
 
     Args:
@@ -34,9 +41,17 @@ def peft_lora_config(config: AdapterConfig, task_type: str | None, *, init: bool
     """
     from peft import LoraConfig  # local: plug-ins load without peft (the registry is read by torch-free code)
 
-    return LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, lora_dropout=config.dropout,
-                      target_modules=list(config.targets), init_lora_weights=init, use_dora=use_dora,
-                      use_rslora=use_rslora, task_type=task_type, **extra)
+    return LoraConfig(
+        r=config.rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.dropout,
+        target_modules=list(config.targets),
+        init_lora_weights=init,
+        use_dora=use_dora,
+        use_rslora=use_rslora,
+        task_type=task_type,
+        **extra,
+    )
 
 
 def peft_init_name(peft_config: Mapping[str, Any]) -> str | None:
@@ -48,8 +63,11 @@ def peft_init_name(peft_config: Mapping[str, Any]) -> str | None:
 
 def lora_flags(peft_config: Mapping[str, Any]) -> tuple[bool, bool, bool]:
     """(a LoRA-tuner config, ``use_dora``, ``use_rslora``) of a saved config."""
-    return (peft_config.get("peft_type") == LORA_PEFT_TYPE, bool(peft_config.get("use_dora")),
-            bool(peft_config.get("use_rslora")))
+    return (
+        peft_config.get("peft_type") == LORA_PEFT_TYPE,
+        bool(peft_config.get("use_dora")),
+        bool(peft_config.get("use_rslora")),
+    )
 
 
 def is_peft_init(peft_config: Mapping[str, Any], init: str) -> bool:
@@ -69,6 +87,11 @@ def _recognises(peft_config: Mapping[str, Any]) -> bool:
 
 
 SPEC = MethodSpec(
-    "lora", "LoRA", "#1f77b4", "vanilla LoRA: A Kaiming-uniform, B = 0",
-    rewrites_base=False, peft_config=_peft_config, recognises=_recognises,
+    "lora",
+    "LoRA",
+    "#1f77b4",
+    "vanilla LoRA: A Kaiming-uniform, B = 0",
+    rewrites_base=False,
+    peft_config=_peft_config,
+    recognises=_recognises,
 )

@@ -30,8 +30,9 @@ def _recognises(peft_config: Mapping[str, Any]) -> bool:
     return is_peft_init(peft_config, PEFT_INIT)
 
 
-def estimate_gradients(model: Any, lora_config: Any, batches: Sequence[Any],
-                       loss_sum: Callable[[Any, Any], Any]) -> None:
+def estimate_gradients(
+    model: Any, lora_config: Any, batches: Sequence[Any], loss_sum: Callable[[Any, Any], Any]
+) -> None:
     """Leave on every target module the gradient of the global per-token mean loss over ``batches``, as peft's
     LoRA-GA init reads it.
 
@@ -68,7 +69,17 @@ def _prepare(context: BuildContext) -> None:
 
 
 SPEC = MethodSpec(
-    "loraga", "LoRA-GA", "#e377c2", "LoRA-GA: A, B from the SVD of the full-weight gradient on a few batches",
-    rewrites_base=True, needs_data=True, peft_config=_peft_config, recognises=_recognises, peft_init=PEFT_INIT,
-    peft_init_config="lora_ga_config", components_per_rank=2, prepare=_prepare, paper=PaperFigures(lr_factor=18.2, lambda_ratio=100.0, up_to=True),
+    "loraga",
+    "LoRA-GA",
+    "#e377c2",
+    "LoRA-GA: A, B from the SVD of the full-weight gradient on a few batches",
+    rewrites_base=True,
+    needs_data=True,
+    peft_config=_peft_config,
+    recognises=_recognises,
+    peft_init=PEFT_INIT,
+    peft_init_config="lora_ga_config",
+    components_per_rank=2,
+    prepare=_prepare,
+    paper=PaperFigures(lr_factor=18.2, lambda_ratio=100.0, up_to=True),
 )

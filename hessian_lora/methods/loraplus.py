@@ -23,8 +23,16 @@ def is_fast(name: str, param: Any) -> bool:
     return "lora_B" in name or param.ndim == 1
 
 
-def make_optimizer(peft_model: Any, config: AdapterConfig, lr: float, *, betas: tuple[float, float], eps: float,
-                   weight_decay: float, max_grad_norm: float | None) -> Any:
+def make_optimizer(
+    peft_model: Any,
+    config: AdapterConfig,
+    lr: float,
+    *,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    max_grad_norm: float | None,
+) -> Any:
     """AdamW with two groups: everything else at ``lr``, then the fast group at ``lr * loraplus_ratio``.
 
     The split matches ``peft.optimizers.create_loraplus_optimizer`` without its empty embedding group; the fast
@@ -57,6 +65,12 @@ def group_lr_ratios(config: AdapterConfig) -> tuple[float, ...]:
 
 
 SPEC = MethodSpec(
-    "loraplus", "LoRA+", "#bcbd22", "LoRA+: LoRA whose B learns loraplus_ratio times faster than A",
-    rewrites_base=False, peft_config=_peft_config, make_optimizer=make_optimizer, group_lr_ratios=group_lr_ratios,
+    "loraplus",
+    "LoRA+",
+    "#bcbd22",
+    "LoRA+: LoRA whose B learns loraplus_ratio times faster than A",
+    rewrites_base=False,
+    peft_config=_peft_config,
+    make_optimizer=make_optimizer,
+    group_lr_ratios=group_lr_ratios,
 )

@@ -42,7 +42,13 @@ def initialise(context: BuildContext) -> None:
 
 
 SPEC = MethodSpec(
-    "milora", "MiLoRA", "#2ca02c", "MiLoRA: A, B from the bottom-r singular triplets of W; base <- W - s*B*A",
-    rewrites_base=True, peft_native=False, peft_config=_peft_config, initialise=initialise,
+    "milora",
+    "MiLoRA",
+    "#2ca02c",
+    "MiLoRA: A, B from the bottom-r singular triplets of W; base <- W - s*B*A",
+    rewrites_base=True,
+    peft_native=False,
+    peft_config=_peft_config,
+    initialise=initialise,
     paper=PaperFigures(lr_factor=3.2, lambda_ratio=2.0),
 )

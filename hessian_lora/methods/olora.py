@@ -36,8 +36,16 @@ def converted_half(a0: Any, b0: Any, tol: float) -> bool:
 
 
 SPEC = MethodSpec(
-    "olora", "OLoRA", "#8c564b", "OLoRA: B, A = first r columns/rows of the QR factors of W; base <- W - s*B*A",
-    rewrites_base=True, peft_config=_peft_config, recognises=_recognises, peft_init=PEFT_INIT,
+    "olora",
+    "OLoRA",
+    "#8c564b",
+    "OLoRA: B, A = first r columns/rows of the QR factors of W; base <- W - s*B*A",
+    rewrites_base=True,
+    peft_config=_peft_config,
+    recognises=_recognises,
+    peft_init=PEFT_INIT,
     float64=False,  # peft's QR init refuses float64 with a raw TypeError
-    rebuildable=True, converted_half=converted_half, paper=PaperFigures(lr_factor=18.2, lambda_ratio=100.0, up_to=True),
+    rebuildable=True,
+    converted_half=converted_half,
+    paper=PaperFigures(lr_factor=18.2, lambda_ratio=100.0, up_to=True),
 )

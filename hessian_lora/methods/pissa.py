@@ -36,13 +36,23 @@ def converted_half(a0: Any, b0: Any, tol: float) -> bool:
     if scale == 0:
         return False
     diagonal = torch.diag(gram_b.diagonal())
-    return (float((gram_b - diagonal).abs().max()) <= tol * scale
-            and float((gram_a - diagonal).abs().max()) <= tol * scale)
+    return (
+        float((gram_b - diagonal).abs().max()) <= tol * scale
+        and float((gram_a - diagonal).abs().max()) <= tol * scale
+    )
 
 
 SPEC = MethodSpec(
-    "pissa", "PiSSA", "#d62728", "PiSSA: A, B from the top-r singular triplets of W; base <- W - s*B*A",
-    rewrites_base=True, peft_config=_peft_config, recognises=_recognises, peft_init=PEFT_INIT,
+    "pissa",
+    "PiSSA",
+    "#d62728",
+    "PiSSA: A, B from the top-r singular triplets of W; base <- W - s*B*A",
+    rewrites_base=True,
+    peft_config=_peft_config,
+    recognises=_recognises,
+    peft_init=PEFT_INIT,
     float64=False,  # peft's SVD init refuses float64 with a raw TypeError
-    rebuildable=True, converted_half=converted_half, paper=PaperFigures(lr_factor=10.0, lambda_ratio=10.0),
+    rebuildable=True,
+    converted_half=converted_half,
+    paper=PaperFigures(lr_factor=10.0, lambda_ratio=10.0),
 )

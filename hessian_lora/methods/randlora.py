@@ -39,7 +39,9 @@ def randlora_rank(rank: int, shapes: Sequence[Shape]) -> int:
         raise ValueError("no target shapes")
     target = rank * sum(out + inp for out, inp in shapes)
     candidates = range(1, max(min(shape) for shape in shapes) + 1)
-    return min(candidates, key=lambda r: (abs(sum(randlora_module_parameters(r, s) for s in shapes) - target), -r))
+    return min(
+        candidates, key=lambda r: (abs(sum(randlora_module_parameters(r, s) for s in shapes) - target), -r)
+    )
 
 
 def parameter_count(rank: int, shapes: Sequence[Shape]) -> int:
@@ -53,9 +55,15 @@ def _peft_config(config: AdapterConfig, task_type: str | None, shapes: Sequence[
     from peft import RandLoraConfig
 
     r = randlora_rank(config.rank, list(shapes))
-    return RandLoraConfig(r=r, randlora_alpha=RANDLORA_ALPHA_PER_RANK * r, randlora_dropout=config.dropout,
-                          target_modules=list(config.targets), projection_prng_key=config.seed,
-                          save_projection=True, task_type=task_type)
+    return RandLoraConfig(
+        r=r,
+        randlora_alpha=RANDLORA_ALPHA_PER_RANK * r,
+        randlora_dropout=config.dropout,
+        target_modules=list(config.targets),
+        projection_prng_key=config.seed,
+        save_projection=True,
+        task_type=task_type,
+    )
 
 
 def _recognises(peft_config: Mapping[str, Any]) -> bool:
@@ -72,9 +80,17 @@ def _describe(peft_config: Any) -> str:
 
 
 SPEC = MethodSpec(
-    "randlora", "RandLoRA", "#98df8a",
+    "randlora",
+    "RandLoRA",
+    "#98df8a",
     "RandLoRA: fixed random bases with trainable diagonal scalings; its r matches LoRA's parameters",
-    rewrites_base=False, peft_config=_peft_config, recognises=_recognises, peft_type=PEFT_TYPE,
-    peft_alpha_key="randlora_alpha", peft_dropout_key="randlora_dropout", scaling=scaling,
-    parameter_count=parameter_count, describe_peft=_describe,
+    rewrites_base=False,
+    peft_config=_peft_config,
+    recognises=_recognises,
+    peft_type=PEFT_TYPE,
+    peft_alpha_key="randlora_alpha",
+    peft_dropout_key="randlora_dropout",
+    scaling=scaling,
+    parameter_count=parameter_count,
+    describe_peft=_describe,
 )

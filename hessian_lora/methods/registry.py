@@ -70,11 +70,14 @@ REWRITING_PEFT_INITS: tuple[str, ...] = (
     *_OTHER_REWRITING_PEFT_INITS,
 )
 # The LoraConfig fields holding an initialisation's own settings: cleared with the recipe where factors are final.
-PEFT_INIT_CONFIGS: tuple[str, ...] = tuple(spec.peft_init_config for spec in METHODS.values() if spec.peft_init_config)
+PEFT_INIT_CONFIGS: tuple[str, ...] = tuple(
+    spec.peft_init_config for spec in METHODS.values() if spec.peft_init_config
+)
 # ... of which these are deterministic functions of the base weights: peft's init re-run on the original base
 # gives the residual the adapter was trained on.
 REBUILDABLE_PEFT_INITS: tuple[str, ...] = tuple(
-    spec.peft_init for spec in METHODS.values() if spec.rebuildable and spec.peft_init)
+    spec.peft_init for spec in METHODS.values() if spec.rebuildable and spec.peft_init
+)
 
 
 # The reference shape of `hessian-lora methods`' parameter column: Qwen3-0.6B(-Base), the paper's model: 28 layers,
@@ -82,8 +85,13 @@ REBUILDABLE_PEFT_INITS: tuple[str, ...] = tuple(
 REFERENCE_MODEL = "Qwen3-0.6B"
 REFERENCE_LAYERS = 28
 REFERENCE_SHAPES: dict[str, Shape] = {
-    "q_proj": (2048, 1024), "k_proj": (1024, 1024), "v_proj": (1024, 1024), "o_proj": (1024, 2048),
-    "gate_proj": (3072, 1024), "up_proj": (3072, 1024), "down_proj": (1024, 3072),
+    "q_proj": (2048, 1024),
+    "k_proj": (1024, 1024),
+    "v_proj": (1024, 1024),
+    "o_proj": (1024, 2048),
+    "gate_proj": (3072, 1024),
+    "up_proj": (3072, 1024),
+    "down_proj": (1024, 3072),
 }
 
 
@@ -138,18 +146,24 @@ def method_of_peft_config(peft_config: Mapping[str, Any]) -> str:
     Raises:
         UserError: no method reads this config, or two do (a registry fault, checked by the method tests).
     """
-    named = [name for name, spec in METHODS.items() if name != DEFAULT_METHOD and spec.recognises(peft_config)]
+    named = [
+        name for name, spec in METHODS.items() if name != DEFAULT_METHOD and spec.recognises(peft_config)
+    ]
     if len(named) > 1:
-        raise UserError(f"adapter config with peft_type {peft_config.get('peft_type')!r} and init_lora_weights "
-                        f"{peft_config.get('init_lora_weights')!r} reads as several methods ({', '.join(named)}): "
-                        "report this, or re-save the adapter with one of them.")
+        raise UserError(
+            f"adapter config with peft_type {peft_config.get('peft_type')!r} and init_lora_weights "
+            f"{peft_config.get('init_lora_weights')!r} reads as several methods ({', '.join(named)}): "
+            "report this, or re-save the adapter with one of them."
+        )
     if named:
         return named[0]
     if METHODS[DEFAULT_METHOD].recognises(peft_config):
         return DEFAULT_METHOD
     readable = sorted({spec.peft_type for spec in METHODS.values()})
-    raise UserError(f"adapter config with peft_type {peft_config.get('peft_type')!r} names no method of this "
-                    f"toolkit: it reads peft adapters of type {', '.join(readable)}.")
+    raise UserError(
+        f"adapter config with peft_type {peft_config.get('peft_type')!r} names no method of this "
+        f"toolkit: it reads peft adapters of type {', '.join(readable)}."
+    )
 
 
 def method_sort_key(method: str) -> tuple[int, str]:

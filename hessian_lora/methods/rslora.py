@@ -28,6 +28,12 @@ def scaling(alpha: float, rank: int) -> float:
 
 
 SPEC = MethodSpec(
-    "rslora", "rsLoRA", "#17becf", "rsLoRA: LoRA with scale alpha/sqrt(r)",
-    rewrites_base=False, peft_config=_peft_config, recognises=_recognises, scaling=scaling,
+    "rslora",
+    "rsLoRA",
+    "#17becf",
+    "rsLoRA: LoRA with scale alpha/sqrt(r)",
+    rewrites_base=False,
+    peft_config=_peft_config,
+    recognises=_recognises,
+    scaling=scaling,
 )

@@ -34,6 +34,10 @@ class EvalConfig:
         if self.batch_size <= 0 or self.max_length <= 0 or self.max_new_tokens <= 0:
             raise UserError("eval batch_size, max_length and max_new_tokens must be positive.")
         # A NaN limit never expires and inf never ends a program: generated code would run unbounded.
-        object.__setattr__(self, "humaneval_timeout", time_limit(self.humaneval_timeout, "eval.humaneval_timeout"))
+        object.__setattr__(
+            self, "humaneval_timeout", time_limit(self.humaneval_timeout, "eval.humaneval_timeout")
+        )
         if self.humaneval_limit is not None and self.humaneval_limit < 1:
-            raise UserError(f"humaneval_limit must be >= 1 (or null for all problems), got {self.humaneval_limit}.")
+            raise UserError(
+                f"humaneval_limit must be >= 1 (or null for all problems), got {self.humaneval_limit}."
+            )

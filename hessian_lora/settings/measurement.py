@@ -44,8 +44,13 @@ DORA_NORMS: tuple[str, ...] = get_args(DoraNorm)
 Start = Literal["random", "structured", "gradient"]
 STARTS: tuple[str, ...] = get_args(Start)
 # The choices of each field that has a vocabulary: one table for the checks, the CLI and its test.
-CHOICES: dict[str, tuple[str, ...]] = {"solver": SOLVERS, "blocks": BLOCKS, "backend": BACKENDS,
-                                       "dora_norm": DORA_NORMS, "start": STARTS}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "solver": SOLVERS,
+    "blocks": BLOCKS,
+    "backend": BACKENDS,
+    "dora_norm": DORA_NORMS,
+    "start": STARTS,
+}
 
 
 def parse_layers(text: str | None) -> tuple[int, ...] | None:
@@ -66,7 +71,9 @@ def parse_layers(text: str | None) -> tuple[int, ...] | None:
             else:
                 layers.append(int(item))
     except ValueError:
-        raise UserError(f"bad layers {text!r}: write a:b (a <= layer < b), a single index, or a list 0,5,10.") from None
+        raise UserError(
+            f"bad layers {text!r}: write a:b (a <= layer < b), a single index, or a list 0,5,10."
+        ) from None
     if any(i < 0 for i in layers):
         raise UserError(f"bad layers {text!r}: layer indices are >= 0.")
     return tuple(dict.fromkeys(layers))
@@ -126,8 +133,11 @@ def _count_or_word(settings: Any, name: str, word: str | None, what: str) -> Non
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
         object.__setattr__(settings, name, value)
-    if value is not None and (word is None or value != word) and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1):
+    if (
+        value is not None
+        and (word is None or value != word)
+        and (isinstance(value, bool) or not isinstance(value, int) or value < 1)
+    ):
         raise UserError(f"{name} must be {what}, got {value!r}.")
 
 
@@ -137,20 +147,41 @@ def _solver_help() -> str:
     return ", ".join(described[:-1]) + (", or " if len(described) > 1 else "") + described[-1]
 
 
-def _setting(default: Any, help: str, *, group: str, flag: str | None = None, off_flag: str | None = None,
-             off_value: Any = False, report: ReportRule = "always",
-             active: Callable[[Any], bool] | None = None, metavar: str | None = None,
-             default_help: str | None = None, unset: tuple[Any, ...] = (None,)) -> Any:
+def _setting(
+    default: Any,
+    help: str,
+    *,
+    group: str,
+    flag: str | None = None,
+    off_flag: str | None = None,
+    off_value: Any = False,
+    report: ReportRule = "always",
+    active: Callable[[Any], bool] | None = None,
+    metavar: str | None = None,
+    default_help: str | None = None,
+    unset: tuple[Any, ...] = (None,),
+) -> Any:
     """A field of :class:`MeasureSettings` with its metadata: ``help`` and ``group`` of its command-line option,
     its ``flag`` (default ``--field-name``), or ``off_flag`` for a switch that sets ``off_value``; ``report``:
     whether the report's settings record it (``when_set``: only when not the default, so reports written before
     the field existed still resume; ``dora``: only for a model with DoRA modules); ``active``: when False the
     report records the field as None (a budget of an extra not asked for); ``default_help``: the default in
     words where the value alone (None) would not say it; ``unset``: the values ``when_set`` does not record."""
-    return dataclasses.field(default=default, metadata={
-        "help": help, "group": group, "flag": flag, "off_flag": off_flag, "off_value": off_value,
-        "report": report, "active": active, "metavar": metavar, "default_help": default_help,
-        "unset": unset})
+    return dataclasses.field(
+        default=default,
+        metadata={
+            "help": help,
+            "group": group,
+            "flag": flag,
+            "off_flag": off_flag,
+            "off_value": off_value,
+            "report": report,
+            "active": active,
+            "metavar": metavar,
+            "default_help": default_help,
+            "unset": unset,
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -189,72 +220,128 @@ class MeasureSettings:
     over that many loss tokens at a time (:class:`hessian_lora.hessian.loss.ChunkedHeadLoss`).
     """
 
-    task: str | None = _setting(None, "task spec", group="data",
-                                default_help="the checkpoint's task, else arith")
+    task: str | None = _setting(
+        None, "task spec", group="data", default_help="the checkpoint's task, else arith"
+    )
     samples: int = _setting(64, "examples to average the loss over (the paper used 500)", group="data")
     batch_size: int = _setting(8, "examples per batch", group="data")
     max_length: int = _setting(512, "token limit per example", group="data")
     data_seed: int = _setting(0, "seed that picks the examples", group="data")
-    blocks: Blocks = _setting("whole", "one block for the whole adapter (whole) or one per adapted module",
-                              group="blocks")
-    modules: tuple[str, ...] | None = _setting(None, "per-module: module names, e.g. q_proj,v_proj",
-                                               group="blocks", default_help="all")
-    layers: tuple[int, ...] | None = _setting(None, "per-module: layers a:b (a <= i < b), 3, or 0,5,10",
-                                              group="blocks", default_help="all")
+    blocks: Blocks = _setting(
+        "whole", "one block for the whole adapter (whole) or one per adapted module", group="blocks"
+    )
+    modules: tuple[str, ...] | None = _setting(
+        None, "per-module: module names, e.g. q_proj,v_proj", group="blocks", default_help="all"
+    )
+    layers: tuple[int, ...] | None = _setting(
+        None, "per-module: layers a:b (a <= i < b), 3, or 0,5,10", group="blocks", default_help="all"
+    )
     solver: Solver = _setting(solvers.DEFAULT_SOLVER, _solver_help(), group="blocks")
     top_k: int = _setting(1, "eigenvalues per end", group="blocks")
-    smallest: bool = _setting(True, "lanczos: skip λ_min (fewer products)", group="blocks", off_flag="--no-min",
-                              active=lambda s: solvers.get(s.solver).finds_smallest)
+    smallest: bool = _setting(
+        True,
+        "lanczos: skip λ_min (fewer products)",
+        group="blocks",
+        off_flag="--no-min",
+        active=lambda s: solvers.get(s.solver).finds_smallest,
+    )
     tol: float = _setting(1e-3, "relative residual ||Hv - λv|| <= tol·|λ|", group="blocks")
     max_iter: int = _setting(100, "iteration cap per block", group="blocks")
     seed: int = _setting(0, "seed of the start vectors", group="blocks", flag="--solver-seed")
-    backend: Backend = _setting("auto", "Hessian-vector product backend", group="engine",
-                                default_help="auto, the fastest exact one")
+    backend: Backend = _setting(
+        "auto", "Hessian-vector product backend", group="engine", default_help="auto, the fastest exact one"
+    )
     trace: bool = _setting(False, "Hutch++ estimate of tr(H)", group="extras")
     trace_hvps: int = _setting(30, "Hutch++ budget in products", group="extras", active=lambda s: s.trace)
     density: bool = _setting(False, "spectral density by stochastic Lanczos quadrature", group="extras")
     density_steps: int = _setting(30, "Lanczos steps per SLQ run", group="extras", active=lambda s: s.density)
     density_runs: int = _setting(1, "SLQ runs", group="extras", active=lambda s: s.density)
-    preconditioned: bool = _setting(False, "Adam-preconditioned sharpness λ1(P^-1 H) from the checkpoint's "
-                                    "optimizer state, with the thresholds 2/lr and (2+2β1)/((1-β1)lr)",
-                                    group="extras")
-    lr: float | None = _setting(None, "learning rate for the thresholds", group="extras",
-                                default_help="the checkpoint's")
-    reuse: bool | Literal["auto"] = _setting("auto", "do not keep each batch's first-order graph between "
-                                             "products (saves memory)", group="engine", off_flag="--no-reuse",
-                                             report="never")
-    prompt_template: str | None = _setting(None, "use the one the adapter was trained with", group="data",
-                                           report="when_set", unset=(None, DEFAULT_PROMPT_TEMPLATE),
-                                           default_help="the one the checkpoint records, else the data's: raw for "
-                                           "TRL's text prompt/completion, chat otherwise")
-    dora_norm: DoraNorm = _setting("detached", "DoRA: the Hessian of peft's surrogate with the column norm "
-                                   "detached (what DoRA trains with) or of the true loss with the norm "
-                                   "differentiated", group="engine", report="dora_modules")
-    krylov_memory: float | None = _setting(None, "GiB the Krylov vectors may take on the device (on a GPU as "
-                                           "much again in pinned host memory); beyond it kept products are "
-                                           "dropped, then the basis stops growing", group="engine",
-                                           report="never", metavar="GIB",
-                                           default_help="sized from the free memory; the memory plan is "
-                                           "printed before the first product")
+    preconditioned: bool = _setting(
+        False,
+        "Adam-preconditioned sharpness λ1(P^-1 H) from the checkpoint's "
+        "optimizer state, with the thresholds 2/lr and (2+2β1)/((1-β1)lr)",
+        group="extras",
+    )
+    lr: float | None = _setting(
+        None, "learning rate for the thresholds", group="extras", default_help="the checkpoint's"
+    )
+    reuse: bool | Literal["auto"] = _setting(
+        "auto",
+        "do not keep each batch's first-order graph between products (saves memory)",
+        group="engine",
+        off_flag="--no-reuse",
+        report="never",
+    )
+    prompt_template: str | None = _setting(
+        None,
+        "use the one the adapter was trained with",
+        group="data",
+        report="when_set",
+        unset=(None, DEFAULT_PROMPT_TEMPLATE),
+        default_help="the one the checkpoint records, else the data's: raw for "
+        "TRL's text prompt/completion, chat otherwise",
+    )
+    dora_norm: DoraNorm = _setting(
+        "detached",
+        "DoRA: the Hessian of peft's surrogate with the column norm "
+        "detached (what DoRA trains with) or of the true loss with the norm "
+        "differentiated",
+        group="engine",
+        report="dora_modules",
+    )
+    krylov_memory: float | None = _setting(
+        None,
+        "GiB the Krylov vectors may take on the device (on a GPU as "
+        "much again in pinned host memory); beyond it kept products are "
+        "dropped, then the basis stops growing",
+        group="engine",
+        report="never",
+        metavar="GIB",
+        default_help="sized from the free memory; the memory plan is printed before the first product",
+    )
     block_size: int | Literal["rank"] | None = _setting(
-        None, "lanczos: start vectors per block; 'rank' takes the block's LoRA rank r, the width of the cluster "
-        "λ_max sits in at initialisation (r products a step)", group="blocks", report="when_set", metavar="P|rank",
-        default_help="--top-k")
+        None,
+        "lanczos: start vectors per block; 'rank' takes the block's LoRA rank r, the width of the cluster "
+        "λ_max sits in at initialisation (r products a step)",
+        group="blocks",
+        report="when_set",
+        metavar="P|rank",
+        default_help="--top-k",
+    )
     start: Start = _setting(
-        "random", "lanczos: the start vector: random, structured (LoRA at initialisation: from each module's "
+        "random",
+        "lanczos: the start vector: random, structured (LoRA at initialisation: from each module's "
         "base-weight gradient G, its top singular pair; one first-order pass) or gradient (the block's own "
         "gradient); the last two keep a random half, so a start that misses the top cannot hide it",
-        group="blocks", report="when_set", unset=(None, "random"))
-    together: bool = _setting(True, "per-module: solve the blocks one after another instead of side by side on "
-                              "shared passes", group="blocks", off_flag="--one-at-a-time", report="never")
+        group="blocks",
+        report="when_set",
+        unset=(None, "random"),
+    )
+    together: bool = _setting(
+        True,
+        "per-module: solve the blocks one after another instead of side by side on shared passes",
+        group="blocks",
+        off_flag="--one-at-a-time",
+        report="never",
+    )
     pack_tokens: int | Literal["auto"] | None = _setting(
-        None, "pack the samples, longest first, into as few batches as this many token slots (sequences × the "
+        None,
+        "pack the samples, longest first, into as few batches as this many token slots (sequences × the "
         "longest) allow, or 'auto' from the memory plan: the same loss and Hessian in fewer, fuller batches",
-        group="data", report="when_set", metavar="TOKENS|auto", default_help="batches of --batch-size as drawn")
+        group="data",
+        report="when_set",
+        metavar="TOKENS|auto",
+        default_help="batches of --batch-size as drawn",
+    )
     lm_head_chunk: int | None = _setting(
-        None, "run the LM head over this many loss tokens at a time, never every logit of a batch (the same "
-        "values to round-off; double_backward or finite_difference)", group="engine", report="never",
-        metavar="TOKENS", default_help="the plain head")
+        None,
+        "run the LM head over this many loss tokens at a time, never every logit of a batch (the same "
+        "values to round-off; double_backward or finite_difference)",
+        group="engine",
+        report="never",
+        metavar="TOKENS",
+        default_help="the plain head",
+    )
 
     def __post_init__(self) -> None:
         # Normalise the forms a YAML file or a command line gives ("q_proj,v_proj", "0:4", lists) to tuples.
@@ -281,29 +368,52 @@ class MeasureSettings:
         spec = solvers.get(self.solver)
         if self.reuse not in (True, False, "auto"):
             raise UserError(f"reuse must be true, false or 'auto', got {self.reuse!r}.")
-        _check_integers(self, ("samples", "batch_size", "max_length", "top_k", "max_iter", "trace_hvps",
-                               "density_steps", "density_runs"), minimum=1)
+        _check_integers(
+            self,
+            (
+                "samples",
+                "batch_size",
+                "max_length",
+                "top_k",
+                "max_iter",
+                "trace_hvps",
+                "density_steps",
+                "density_runs",
+            ),
+            minimum=1,
+        )
         _check_integers(self, ("data_seed", "seed"), minimum=0)
         _count_or_word(self, "block_size", "rank", "a whole number >= 1, 'rank' or left out (--block-size)")
         if isinstance(self.block_size, int) and self.block_size > self.max_iter:
             # One block step multiplies block_size vectors: a start block past the iteration cap would run
             # block_size products (and hold as many vectors) where max_iter allows fewer.
-            raise UserError(f"block_size {self.block_size} is more than max_iter {self.max_iter} (--block-size, "
-                            "--max-iter): give a block of at most max_iter start vectors, or raise max_iter.")
+            raise UserError(
+                f"block_size {self.block_size} is more than max_iter {self.max_iter} (--block-size, "
+                "--max-iter): give a block of at most max_iter start vectors, or raise max_iter."
+            )
         if self.block_size is not None:
             solvers.check(spec, "block_starts", fix=" (--solver), or leave --block-size out")
-        _count_or_word(self, "pack_tokens", "auto",
-                       "a whole number of tokens >= 1, 'auto' or left out (--pack-tokens)")
-        _count_or_word(self, "lm_head_chunk", None, "a whole number of tokens >= 1 or left out (--lm-head-chunk)")
+        _count_or_word(
+            self, "pack_tokens", "auto", "a whole number of tokens >= 1, 'auto' or left out (--pack-tokens)"
+        )
+        _count_or_word(
+            self, "lm_head_chunk", None, "a whole number of tokens >= 1 or left out (--lm-head-chunk)"
+        )
         if self.lm_head_chunk is not None and self.backend == "forward_over_reverse":
-            raise UserError("lm_head_chunk (the chunked LM head) has no forward-over-reverse rule: use backend "
-                            "double_backward or auto (--backend), or leave --lm-head-chunk out.")
+            raise UserError(
+                "lm_head_chunk (the chunked LM head) has no forward-over-reverse rule: use backend "
+                "double_backward or auto (--backend), or leave --lm-head-chunk out."
+            )
         if self.start != "random":
-            solvers.check(spec, "block_starts", fix=f" (--solver) for start {self.start!r}, or leave --start out")
+            solvers.check(
+                spec, "block_starts", fix=f" (--solver) for start {self.start!r}, or leave --start out"
+            )
         if not isinstance(self.together, bool):
             raise UserError(f"together must be true or false, got {self.together!r}.")
         _check_booleans(self, ("smallest", "trace", "density", "preconditioned"))
-        object.__setattr__(self, "tol", tolerance(self.tol, "tol (--tol, the relative residual of a certified λ)"))
+        object.__setattr__(
+            self, "tol", tolerance(self.tol, "tol (--tol, the relative residual of a certified λ)")
+        )
         if self.lr is not None and (not is_number(self.lr) or not self.lr > 0):
             raise UserError(f"lr must be a positive number (or left out), got {self.lr!r}.")
         if self.krylov_memory is not None:
@@ -313,8 +423,10 @@ class MeasureSettings:
         if self.prompt_template is not None:
             check_prompt_template(self.prompt_template)
         if self.blocks == "whole" and (self.modules or self.layers):
-            raise UserError("modules and layers pick per-module blocks: set blocks='per-module' "
-                            "(--blocks per-module) as well.")
+            raise UserError(
+                "modules and layers pick per-module blocks: set blocks='per-module' "
+                "(--blocks per-module) as well."
+            )
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str = "settings") -> MeasureSettings:
@@ -329,8 +441,10 @@ class MeasureSettings:
         names = [field.name for field in dataclasses.fields(cls)]
         unknown = sorted(set(overrides) - set(names))
         if unknown:
-            raise UserError(f"unknown Hessian setting(s) {', '.join(unknown)}: check the spelling "
-                            f"(known: {', '.join(names)}).")
+            raise UserError(
+                f"unknown Hessian setting(s) {', '.join(unknown)}: check the spelling "
+                f"(known: {', '.join(names)})."
+            )
         return dataclasses.replace(base, **overrides) if overrides else base
 
     def options(self, relative_to: MeasureSettings | None = None) -> dict[str, Any]:
@@ -339,18 +453,30 @@ class MeasureSettings:
         ``from_mapping`` of the result, over the same defaults, gives these settings back.
         """
         base = relative_to if relative_to is not None else MeasureSettings()
-        return {field.name: plain(getattr(self, field.name)) for field in dataclasses.fields(self)
-                if getattr(self, field.name) != getattr(base, field.name)}
+        return {
+            field.name: plain(getattr(self, field.name))
+            for field in dataclasses.fields(self)
+            if getattr(self, field.name) != getattr(base, field.name)
+        }
 
     def probe_only(self) -> MeasureSettings:
         """These settings less what does not change λ_max at initialisation: block selection, the extras
         (trace, density, preconditioning) and ``max_length`` (a probe sets its own) back at their defaults."""
         default = MeasureSettings()
         return dataclasses.replace(
-            self, blocks=default.blocks, modules=None, layers=None, trace=default.trace,
-            trace_hvps=default.trace_hvps, density=default.density, density_steps=default.density_steps,
-            density_runs=default.density_runs, preconditioned=default.preconditioned, lr=default.lr,
-            max_length=default.max_length)
+            self,
+            blocks=default.blocks,
+            modules=None,
+            layers=None,
+            trace=default.trace,
+            trace_hvps=default.trace_hvps,
+            density=default.density,
+            density_steps=default.density_steps,
+            density_runs=default.density_runs,
+            preconditioned=default.preconditioned,
+            lr=default.lr,
+            max_length=default.max_length,
+        )
 
     def to_dict(self, *, dora: bool = False) -> dict[str, Any]:
         """The ``settings`` of a report (without the model's ``dtype``), from the fields' ``report`` rules:
@@ -406,7 +532,9 @@ class DuringSettings:
         # also measures λ₁(P⁻¹H): the table must say the solver does both.
         spec = solvers.require(self.solver, "warm_starts", field=f"{prefix}solver")
         if self.preconditioned is True:
-            solvers.check(spec, "preconditioned", field=f"{prefix}solver", fix=f", or set {prefix}preconditioned false")
+            solvers.check(
+                spec, "preconditioned", field=f"{prefix}solver", fix=f", or set {prefix}preconditioned false"
+            )
         object.__setattr__(self, "tol", tolerance(self.tol, f"{prefix}tol"))
         _check_integers(self, ("seed",), minimum=0, prefix=prefix)
         _check_booleans(self, ("preconditioned", "warm_start"), prefix=prefix)

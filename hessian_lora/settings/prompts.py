@@ -16,14 +16,20 @@ from __future__ import annotations
 
 from hessian_lora.core.errors import UserError
 
-ALPACA_TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately completes "
-                   "the request.\n\n### Instruction:\n{instruction}\n\n### Response:")
+ALPACA_TEMPLATE = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes "
+    "the request.\n\n### Instruction:\n{instruction}\n\n### Response:"
+)
 PLAIN_TEMPLATE = "Question: {instruction}\nAnswer: "
 RAW_TEMPLATE = "{instruction}"
 # ``chat``: the tokenizer's chat template, or ``plain`` when it has none (the toolkit's behaviour before templates
 # could be chosen, hence the default: existing results do not change).
-PROMPT_TEMPLATES: dict[str, str | None] = {"chat": None, "alpaca": ALPACA_TEMPLATE, "plain": PLAIN_TEMPLATE,
-                                           "raw": RAW_TEMPLATE}
+PROMPT_TEMPLATES: dict[str, str | None] = {
+    "chat": None,
+    "alpaca": ALPACA_TEMPLATE,
+    "plain": PLAIN_TEMPLATE,
+    "raw": RAW_TEMPLATE,
+}
 DEFAULT_PROMPT_TEMPLATE = "chat"
 # Where a template string puts the prompt: ``{prompt}``, or ``{instruction}`` (the name it had first).
 PROMPT_PLACEHOLDERS = ("{prompt}", "{instruction}")
@@ -33,10 +39,13 @@ TEMPLATE_CHOICES = "raw, chat (plain without a chat template), alpaca, plain, or
 
 def check_prompt_template(template: str) -> str:
     """``template`` if it is a template name (raw, chat, alpaca, plain) or a string holding ``{prompt}``."""
-    if not isinstance(template, str) or (template not in PROMPT_TEMPLATES
-                                         and not any(mark in template for mark in PROMPT_PLACEHOLDERS)):
-        raise UserError(f"bad prompt template {template!r}: use raw, chat, alpaca, plain, or a string with "
-                        "{prompt} where the prompt goes, e.g. --prompt-template 'Q: {prompt}\\nA: '.")
+    if not isinstance(template, str) or (
+        template not in PROMPT_TEMPLATES and not any(mark in template for mark in PROMPT_PLACEHOLDERS)
+    ):
+        raise UserError(
+            f"bad prompt template {template!r}: use raw, chat, alpaca, plain, or a string with "
+            "{prompt} where the prompt goes, e.g. --prompt-template 'Q: {prompt}\\nA: '."
+        )
     return template
 
 

@@ -51,7 +51,11 @@ def user_error(exc: ValidationError, source: str, fix: str) -> UserError:
     field = ".".join(str(part) for part in first["loc"]) or "the document"
     got = first.get("input")
     shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
-    more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
+    more = (
+        f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})"
+        if len(problems) > 1
+        else ""
+    )
     message = first["msg"][0].lower() + first["msg"][1:]
     return UserError(f"{source}: {field}: {message}, got {shown[:60]}{more}: {fix}")
 
@@ -74,15 +78,19 @@ def read_json(path: str | os.PathLike[str], *, what: str, fix: str) -> Any:
     except IsADirectoryError as exc:
         raise UserError(f"{what} {file} is a directory, not a file: {fix}") from exc
     except UnicodeDecodeError as exc:
-        raise UserError(f"{what} {file} is not UTF-8 text (byte {exc.start}): the file is damaged; {fix}") from exc
+        raise UserError(
+            f"{what} {file} is not UTF-8 text (byte {exc.start}): the file is damaged; {fix}"
+        ) from exc
     except OSError as exc:
         raise UserError(f"cannot read {what} {file} ({exc.strerror or exc}): {fix}") from exc
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         article = "an" if what[:1] in "aeiou" else "a"
-        raise UserError(f"{file} is not {article} {what} (invalid JSON: {exc.msg} at line {exc.lineno}): the file "
-                        f"is damaged; {fix}") from exc
+        raise UserError(
+            f"{file} is not {article} {what} (invalid JSON: {exc.msg} at line {exc.lineno}): the file "
+            f"is damaged; {fix}"
+        ) from exc
 
 
 def read_document(path: str | os.PathLike[str], model: type[Model], *, what: str, fix: str) -> Model:
@@ -159,7 +167,9 @@ class PeftAdapterConfigDocument(_Document):
         return value
 
 
-PEFT_CONFIG_FIX = ("re-save the adapter with PeftModel.save_pretrained, or fix that field in adapter_config.json.")
+PEFT_CONFIG_FIX = (
+    "re-save the adapter with PeftModel.save_pretrained, or fix that field in adapter_config.json."
+)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -194,6 +204,7 @@ class CalibrationProbe(_Document):
 
 class CalibrationPoint(_Document):
     """One calibration point: a method's λ_max at initialisation and its η*."""
+
     lambda_max: PositiveFloat
     eta_star: PositiveFloat
 
@@ -213,8 +224,10 @@ class CalibrationDocument(_Document):
     provenance: dict[str, Any] = Field(default_factory=dict)
 
 
-CALIBRATION_FIX = ("rebuild it with `hessian-lora recommend --calibration RUN_DIR --save-calibration FILE`, or "
-                   "leave --calibration out for the shipped one.")
+CALIBRATION_FIX = (
+    "rebuild it with `hessian-lora recommend --calibration RUN_DIR --save-calibration FILE`, or "
+    "leave --calibration out for the shipped one."
+)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -242,8 +255,10 @@ class RunConfigDocument(_Document):
     hessian: dict[str, Any] | None = None
 
 
-RUN_CONFIG_FIX = ("restore the config.yaml the sweep wrote (a run directory's config is not edited by hand), or "
-                  "rerun the sweep into a new --out.")
+RUN_CONFIG_FIX = (
+    "restore the config.yaml the sweep wrote (a run directory's config is not edited by hand), or "
+    "rerun the sweep into a new --out."
+)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -252,6 +267,7 @@ RUN_CONFIG_FIX = ("restore the config.yaml the sweep wrote (a run directory's co
 
 class BlockDocument(_Document):
     """One block of an eigen report, as far as reading it back needs."""
+
     name: Name
     size: NonNegativeInt | None = None
 
@@ -274,7 +290,6 @@ def read_config(path: Path) -> Mapping[str, Any]:
     :class:`UserError` naming it: analysis would otherwise crash on it, or label and calibrate with nonsense."""
     if not path.exists():
         return {}
-
 
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))

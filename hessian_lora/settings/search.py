@@ -49,7 +49,12 @@ from hessian_lora.core.rundir import lr_key
 from hessian_lora.core.yaml_reader import numbers_from_strings, settings_from_mapping
 
 SEARCH_MODES = ("grid", "adaptive")
-SEARCH_METRICS = ("auto", "accuracy", "eval_loss", "train_loss")  # analysis.curves.HIGHER_IS_BETTER's, and auto
+SEARCH_METRICS = (
+    "auto",
+    "accuracy",
+    "eval_loss",
+    "train_loss",
+)  # analysis.curves.HIGHER_IS_BETTER's, and auto
 FALLBACK_METRICS = ("eval_loss", "train_loss", "none")
 OUTCOMES = ("running", "located", "edge", "coarse", "flat", "no_metric")
 _WORST = -math.inf
@@ -66,7 +71,9 @@ class AdaptiveSearch:
     max_lr: float = 1.0
     base: float = 2e-5  # lattice: base · 10^(k / per_decade)
     per_decade: int = 4
-    metric: str = "auto"  # what the search optimises: auto (accuracy when the task has a scorer, else eval_loss)
+    metric: str = (
+        "auto"  # what the search optimises: auto (accuracy when the task has a scorer, else eval_loss)
+    )
     calibration: str | None = None  # the centre's calibration (json or RUN_DIR); None: the shipped one
     # The centre's calibration refitted without the searched method's own point (when it has one), so no centre
     # rests on the η* it is meant to find (sweep/adaptive.py).
@@ -90,33 +97,51 @@ class AdaptiveSearch:
         for name in ("resolution", "bracket"):
             steps = positive(name) * self.per_decade
             if abs(steps - round(steps)) > 1e-6:
-                raise UserError(f"search.{name} {getattr(self, name)} is not a multiple of the lattice step "
-                                f"1/{self.per_decade} decade: use e.g. {1 / self.per_decade:g}.")
+                raise UserError(
+                    f"search.{name} {getattr(self, name)} is not a multiple of the lattice step "
+                    f"1/{self.per_decade} decade: use e.g. {1 / self.per_decade:g}."
+                )
         if self.bracket < self.resolution - 1e-9:
-            raise UserError(f"search.bracket {self.bracket} is below the resolution {self.resolution}: raise it.")
+            raise UserError(
+                f"search.bracket {self.bracket} is below the resolution {self.resolution}: raise it."
+            )
         positive("base")
         if self.metric not in SEARCH_METRICS:
             raise UserError(f"search.metric must be one of {', '.join(SEARCH_METRICS)}, got {self.metric!r}.")
         if self.fallback not in FALLBACK_METRICS:
-            raise UserError(f"search.fallback must be one of {', '.join(FALLBACK_METRICS)}, got {self.fallback!r}.")
+            raise UserError(
+                f"search.fallback must be one of {', '.join(FALLBACK_METRICS)}, got {self.fallback!r}."
+            )
         if not isinstance(self.leave_method_out, bool):
             raise UserError(f"search.leave_method_out must be true or false, got {self.leave_method_out!r}.")
-        if isinstance(self.flat_tolerance, bool) or not isinstance(self.flat_tolerance, (int, float)) \
-                or not (0 <= self.flat_tolerance < math.inf):
+        if (
+            isinstance(self.flat_tolerance, bool)
+            or not isinstance(self.flat_tolerance, (int, float))
+            or not (0 <= self.flat_tolerance < math.inf)
+        ):
             raise UserError(f"search.flat_tolerance must be a number >= 0, got {self.flat_tolerance!r}.")
-        if self.calibration is not None and (not isinstance(self.calibration, str) or not self.calibration.strip()):
-            raise UserError(f"search.calibration must be a calibration .json or a RUN_DIR, got {self.calibration!r}.")
+        if self.calibration is not None and (
+            not isinstance(self.calibration, str) or not self.calibration.strip()
+        ):
+            raise UserError(
+                f"search.calibration must be a calibration .json or a RUN_DIR, got {self.calibration!r}."
+            )
         if positive("min_lr") > positive("max_lr"):
             raise UserError(f"search.min_lr {self.min_lr:g} is above max_lr {self.max_lr:g}: swap them.")
         if self.bounds[0] > self.bounds[1]:
-            raise UserError(f"search: no lattice point lies in [{self.min_lr:g}, {self.max_lr:g}]: widen the bounds.")
+            raise UserError(
+                f"search: no lattice point lies in [{self.min_lr:g}, {self.max_lr:g}]: widen the bounds."
+            )
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str = "config") -> AdaptiveSearch:
         """Settings from the YAML ``search:`` mapping (``mode`` aside); every problem is a one-line UserError."""
-        values = {key: value if key in ("mode", "metric", "calibration", "fallback", "leave_method_out")
-                  else numbers_from_strings(value)
-                  for key, value in data.items()}
+        values = {
+            key: value
+            if key in ("mode", "metric", "calibration", "fallback", "leave_method_out")
+            else numbers_from_strings(value)
+            for key, value in data.items()
+        }
         return settings_from_mapping(cls, values, what="search", source=source, also_known=("mode",))
 
     def lattice_lr(self, k: int) -> float:
@@ -145,8 +170,10 @@ def search_from_config(value: Any, *, source: str = "config") -> AdaptiveSearch 
             raise UserError(f"{source}: search settings other than mode need mode: adaptive.")
         return None
     if mode != "adaptive":
-        raise UserError(f"{source}: search must be one of {', '.join(SEARCH_MODES)} or a mapping with mode: "
-                        f"adaptive, got {mode!r}.")
+        raise UserError(
+            f"{source}: search must be one of {', '.join(SEARCH_MODES)} or a mapping with mode: "
+            f"adaptive, got {mode!r}."
+        )
     return AdaptiveSearch.from_mapping(value if isinstance(value, Mapping) else {}, source=source)
 
 
@@ -182,19 +209,25 @@ def is_flat(values: Sequence[float | None], settings: AdaptiveSearch) -> bool:
     the metric says nothing about where the optimum is. A point without a metric is information (it failed or
     diverged), so values with a None are not flat; all None is "no metric", not flat."""
     finite = [value for value in values if value is not None and math.isfinite(value)]
-    return len(values) >= 2 and len(finite) == len(values) and max(finite) - min(finite) <= settings.flat_tolerance
+    return (
+        len(values) >= 2
+        and len(finite) == len(values)
+        and max(finite) - min(finite) <= settings.flat_tolerance
+    )
 
 
-def next_points(observed: Mapping[float, float | None], *, center: float, settings: AdaptiveSearch,
-                higher_is_better: bool) -> tuple[float, ...]:
+def next_points(
+    observed: Mapping[float, float | None], *, center: float, settings: AdaptiveSearch, higher_is_better: bool
+) -> tuple[float, ...]:
     """The LRs to run next (all of one round, increasing; they may run in parallel), or () when the search is
     done. ``observed``: LR → metric of the finished runs of this method-setting, None for no metric."""
     _, pending, _ = replay(observed, center, settings, higher_is_better)
     return tuple(settings.lattice_lr(k) for k in pending)
 
 
-def search_status(observed: Mapping[float, float | None], *, center: float, settings: AdaptiveSearch,
-                  higher_is_better: bool) -> SearchStatus:
+def search_status(
+    observed: Mapping[float, float | None], *, center: float, settings: AdaptiveSearch, higher_is_better: bool
+) -> SearchStatus:
     """Where the search stands: done or not, why, the best LR so far, whether it is censored, and (once done)
     what it found (:data:`OUTCOMES`): never ``located`` for an optimum at the edge of what was tried, a flat
     metric or no metric."""
@@ -207,9 +240,11 @@ def search_status(observed: Mapping[float, float | None], *, center: float, sett
     if _flat(known, settings):
         values = sorted({value if higher_is_better else -value for value in known.values()})
         shown = f"{values[0]:.4g}" if len(values) == 1 else f"{values[0]:.4g}–{values[-1]:.4g}"
-        flat_reason = (f"no optimum: the metric is flat across the {len(known)} LRs tried "
-                       f"({settings.lattice_lr(min(known)):.3g}–{settings.lattice_lr(max(known)):.3g}, all {shown}): "
-                       "the search learned nothing")
+        flat_reason = (
+            f"no optimum: the metric is flat across the {len(known)} LRs tried "
+            f"({settings.lattice_lr(min(known)):.3g}–{settings.lattice_lr(max(known)):.3g}, all {shown}): "
+            "the search learned nothing"
+        )
         return SearchStatus(done, f"{flat_reason} ({runs})", None, False, "flat" if done else "running")
     kc = _center_index(center, settings)
     best = _best(known, kc)
@@ -217,23 +252,37 @@ def search_status(observed: Mapping[float, float | None], *, center: float, sett
     censored = not below or not above
     best_lr = settings.lattice_lr(best)
     if not done:
-        return SearchStatus(False, f"{reason}; best so far {best_lr:.3g} ({runs})", best_lr, censored, "running")
+        return SearchStatus(
+            False, f"{reason}; best so far {best_lr:.3g} ({runs})", best_lr, censored, "running"
+        )
     fine = round(settings.resolution * settings.per_decade)
     if censored:
         side = "lowest" if not below else "highest"
-        return SearchStatus(True, f"optimum not located: the best LR {best_lr:.3g} is the {side} tried, so η* is "
-                                  f"only a bound ({reason}) ({runs})", best_lr, True, "edge")
+        return SearchStatus(
+            True,
+            f"optimum not located: the best LR {best_lr:.3g} is the {side} tried, so η* is "
+            f"only a bound ({reason}) ({runs})",
+            best_lr,
+            True,
+            "edge",
+        )
     gaps = (best - max(below), min(above) - best)
     if max(gaps) > fine:
-        return SearchStatus(True, f"optimum not located to ±{settings.resolution:g} decades: best {best_lr:.3g}, "
-                                  f"its tried neighbours {gaps[0] / settings.per_decade:g} and "
-                                  f"{gaps[1] / settings.per_decade:g} decades away ({reason}) ({runs})",
-                            best_lr, False, "coarse")
+        return SearchStatus(
+            True,
+            f"optimum not located to ±{settings.resolution:g} decades: best {best_lr:.3g}, "
+            f"its tried neighbours {gaps[0] / settings.per_decade:g} and "
+            f"{gaps[1] / settings.per_decade:g} decades away ({reason}) ({runs})",
+            best_lr,
+            False,
+            "coarse",
+        )
     return SearchStatus(True, f"{reason}; best {best_lr:.3g} ({runs})", best_lr, False, "located")
 
 
-def replay(observed: Mapping[float, float | None], center: float, settings: AdaptiveSearch,
-            higher_is_better: bool) -> tuple[dict[int, float], tuple[int, ...], str]:
+def replay(
+    observed: Mapping[float, float | None], center: float, settings: AdaptiveSearch, higher_is_better: bool
+) -> tuple[dict[int, float], tuple[int, ...], str]:
     """Rerun the search on ``observed``: (scores of the points it has used, the current round's missing
     points, what it is doing)."""
     low, high = settings.bounds
@@ -288,7 +337,9 @@ def _plan(known: Mapping[int, float], kc: int, s: AdaptiveSearch) -> tuple[list[
     if above and min(above) - best > fine:
         sides.append((known[min(above)], best + max(fine, (min(above) - best) // 2)))
     if sides:  # the side of the better neighbour first
-        return [k for _, k in sorted(sides, key=lambda side: (-side[0], side[1]))], "refining around the best LR"
+        return [
+            k for _, k in sorted(sides, key=lambda side: (-side[0], side[1]))
+        ], "refining around the best LR"
     if best in (low, high):
         return [], f"optimum censored at the {'lower' if best == low else 'upper'} LR bound"
     return [], f"optimum located to ±{s.resolution:g} decades"
@@ -315,5 +366,3 @@ def _score(value: float | None, higher_is_better: bool) -> float:
     if value is None or not math.isfinite(value):
         return _WORST
     return float(value) if higher_is_better else -float(value)
-
-

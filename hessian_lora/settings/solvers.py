@@ -144,18 +144,45 @@ class SolverSpec:
 
 
 # The table. Order: the default first, then as the command line lists them.
-TABLE: dict[str, SolverSpec] = {spec.name: spec for spec in (
-    SolverSpec(name="lanczos", entry="hessian_lora.hessian.lanczos:solve", label="Lanczos",
-               summary="λ_max and λ_min", keeps="basis_and_products", warm_starts=True, finds_smallest=True,
-               block_starts=True, preconditioned="lanczos"),
-    SolverSpec(name="power", entry="hessian_lora.hessian.power:solve", label="power iteration",
-               summary="shifted, largest algebraic", keeps="iterates", warm_starts=True, finds_smallest=False,
-               preconditioned="power", result_names=("power_unshifted",)),
-    # PyHessian's iteration stops on a relative change, which certifies nothing: λ₁(P⁻¹H) is Lanczos's.
-    SolverSpec(name="pyhessian", entry="hessian_lora.hessian.pyhessian_compat:solve", label="PyHessian",
-               summary="PyHessian 0.1's power iteration, for comparison", keeps="iterates", warm_starts=False,
-               finds_smallest=False, preconditioned="lanczos", result_names=("pyhessian_power",)),
-)}
+TABLE: dict[str, SolverSpec] = {
+    spec.name: spec
+    for spec in (
+        SolverSpec(
+            name="lanczos",
+            entry="hessian_lora.hessian.lanczos:solve",
+            label="Lanczos",
+            summary="λ_max and λ_min",
+            keeps="basis_and_products",
+            warm_starts=True,
+            finds_smallest=True,
+            block_starts=True,
+            preconditioned="lanczos",
+        ),
+        SolverSpec(
+            name="power",
+            entry="hessian_lora.hessian.power:solve",
+            label="power iteration",
+            summary="shifted, largest algebraic",
+            keeps="iterates",
+            warm_starts=True,
+            finds_smallest=False,
+            preconditioned="power",
+            result_names=("power_unshifted",),
+        ),
+        # PyHessian's iteration stops on a relative change, which certifies nothing: λ₁(P⁻¹H) is Lanczos's.
+        SolverSpec(
+            name="pyhessian",
+            entry="hessian_lora.hessian.pyhessian_compat:solve",
+            label="PyHessian",
+            summary="PyHessian 0.1's power iteration, for comparison",
+            keeps="iterates",
+            warm_starts=False,
+            finds_smallest=False,
+            preconditioned="lanczos",
+            result_names=("pyhessian_power",),
+        ),
+    )
+}
 DEFAULT_SOLVER = "lanczos"
 
 

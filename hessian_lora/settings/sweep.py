@@ -44,8 +44,20 @@ ATTENTION_IMPLEMENTATIONS: tuple[str, ...] = get_args(Attention)
 CheckpointMode = Literal["final", "none", "best"]
 CHECKPOINT_MODES: tuple[str, ...] = get_args(CheckpointMode)
 # Settings whose values are numbers (strings such as "1e-4" are read as numbers there).
-_NUMERIC_KEYS = ("lr", "lrs", "epochs", "alpha", "max_grad_norm", "dropout", "warmup_ratio", "weight_decay", "eps",
-                 "loraplus_ratio", "divergence_factor", "betas")
+_NUMERIC_KEYS = (
+    "lr",
+    "lrs",
+    "epochs",
+    "alpha",
+    "max_grad_norm",
+    "dropout",
+    "warmup_ratio",
+    "weight_decay",
+    "eps",
+    "loraplus_ratio",
+    "divergence_factor",
+    "betas",
+)
 
 
 @dataclass(frozen=True)
@@ -105,14 +117,61 @@ class RunSpec:
 # The YAML keeps its flat keys; these are the ones that live in the nested adapter and training settings (the
 # rest are SweepConfig's own fields or sections), and FLAT_ORDER is the order config.yaml has always listed them in.
 ADAPTER_KEYS = ("targets", "alpha", "dropout", "loraplus_ratio", "pissa_niter")
-TRAIN_KEYS = ("micro_batch_size", "max_length", "warmup_ratio", "betas", "weight_decay", "eps", "max_grad_norm",
-              "precision", "gradient_checkpointing", "divergence_factor", "divergence_window", "prompt_template")
-FLAT_ORDER = ("name", "model", "task", "methods", "seeds", "ranks", "batch_sizes", "micro_batch_size", "steps",
-              "epochs", "n_train", "n_eval", "data_seed", "model_seed", "max_length", "targets", "alpha", "dropout",
-              "loraplus_ratio", "pissa_niter", "warmup_ratio", "betas", "weight_decay", "eps", "max_grad_norm",
-              "precision", "base_dtype", "gradient_checkpointing", "attention", "divergence_factor",
-              "divergence_window", "checkpoints", "prompt_template", "eval_task", "eval", "hessian", "ray", "search",
-              "lr")
+TRAIN_KEYS = (
+    "micro_batch_size",
+    "max_length",
+    "warmup_ratio",
+    "betas",
+    "weight_decay",
+    "eps",
+    "max_grad_norm",
+    "precision",
+    "gradient_checkpointing",
+    "divergence_factor",
+    "divergence_window",
+    "prompt_template",
+)
+FLAT_ORDER = (
+    "name",
+    "model",
+    "task",
+    "methods",
+    "seeds",
+    "ranks",
+    "batch_sizes",
+    "micro_batch_size",
+    "steps",
+    "epochs",
+    "n_train",
+    "n_eval",
+    "data_seed",
+    "model_seed",
+    "max_length",
+    "targets",
+    "alpha",
+    "dropout",
+    "loraplus_ratio",
+    "pissa_niter",
+    "warmup_ratio",
+    "betas",
+    "weight_decay",
+    "eps",
+    "max_grad_norm",
+    "precision",
+    "base_dtype",
+    "gradient_checkpointing",
+    "attention",
+    "divergence_factor",
+    "divergence_window",
+    "checkpoints",
+    "prompt_template",
+    "eval_task",
+    "eval",
+    "hessian",
+    "ray",
+    "search",
+    "lr",
+)
 
 
 @dataclass(frozen=True)
@@ -141,10 +200,14 @@ class SweepConfig:
     n_eval: int = 200
     data_seed: int = 0
     model_seed: int = 0
-    base_dtype: BaseDtype = "fp32"  # the frozen base weights' dtype in training (hessian_lora.training.precision)
+    base_dtype: BaseDtype = (
+        "fp32"  # the frozen base weights' dtype in training (hessian_lora.training.precision)
+    )
     attention: Attention = "eager"
     checkpoints: CheckpointMode = "final"
-    eval_task: tuple[str, ...] = ()  # evaluation sets scored per run: gsm8k:PATH, math:PATH, mbpp:PATH, humaneval
+    eval_task: tuple[
+        str, ...
+    ] = ()  # evaluation sets scored per run: gsm8k:PATH, math:PATH, mbpp:PATH, humaneval
     eval: EvalConfig = field(default_factory=EvalConfig)
     hessian: HessianSettings = field(default_factory=HessianSettings)
     ray: RaySettings = field(default_factory=RaySettings)
@@ -167,8 +230,9 @@ class SweepConfig:
 
     def train_for(self, lr: float, batch_size: int, seed: int) -> TrainConfig:
         """The training run of grid point (lr, batch size, seed)."""
-        return dataclasses.replace(self.train, lr=lr, steps=self.steps_for(batch_size), batch_size=batch_size,
-                                   seed=seed)
+        return dataclasses.replace(
+            self.train, lr=lr, steps=self.steps_for(batch_size), batch_size=batch_size, seed=seed
+        )
 
     def runs(self) -> list[RunSpec]:
         """Every grid point, in a stable order: method, rank, seed, batch size, then increasing LR."""
@@ -192,8 +256,12 @@ class SweepConfig:
         """Plain YAML-able data that :func:`config_from_dict` reads back to an equal config."""
         nested = dataclasses.asdict(self)
         adapter, train = nested.pop("adapter"), nested.pop("train")
-        flat = {**nested, **{key: adapter[key] for key in ADAPTER_KEYS}, **{key: train[key] for key in TRAIN_KEYS},
-                "lr": [float(lr) for lr in nested.pop("lrs")]}
+        flat = {
+            **nested,
+            **{key: adapter[key] for key in ADAPTER_KEYS},
+            **{key: train[key] for key in TRAIN_KEYS},
+            "lr": [float(lr) for lr in nested.pop("lrs")],
+        }
         data = {key: flat[key] for key in FLAT_ORDER}
         # The YAML form: ``options`` holds the measurement settings that differ from the sweep's defaults.
         data["hessian"].pop("measure")
@@ -234,11 +302,15 @@ def load_config(path: str | os.PathLike[str]) -> SweepConfig:
     """
     file = Path(path)
     if not file.is_file():
-        raise UserError(f"sweep config {file} does not exist: pass a YAML file such as experiments/tiny.yaml.")
+        raise UserError(
+            f"sweep config {file} does not exist: pass a YAML file such as experiments/tiny.yaml."
+        )
     try:
         data = yaml.safe_load(file.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
-        raise UserError(f"{file} is not UTF-8 text (byte {exc.start}): is it the sweep YAML? Fix the file.") from exc
+        raise UserError(
+            f"{file} is not UTF-8 text (byte {exc.start}): is it the sweep YAML? Fix the file."
+        ) from exc
     except yaml.YAMLError as exc:
         raise UserError(f"{file} is not valid YAML ({str(exc).splitlines()[0]}): fix the file.") from exc
     if not isinstance(data, Mapping):
@@ -254,8 +326,12 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "config") -> Swee
     sections = {"lr", "eval", "hessian", "ray", "search"}
     simple = set(FLAT_ORDER) - sections
     # Singular spellings of the grid axes are accepted for one-value grids.
-    for singular, plural in (("method", "methods"), ("seed", "seeds"), ("rank", "ranks"),
-                             ("batch_size", "batch_sizes")):
+    for singular, plural in (
+        ("method", "methods"),
+        ("seed", "seeds"),
+        ("rank", "ranks"),
+        ("batch_size", "batch_sizes"),
+    ):
         if singular in data:
             if plural in data:
                 raise UserError(f"{source}: give either {singular} or {plural}, not both.")
@@ -264,8 +340,10 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "config") -> Swee
         data["lr"] = data.pop("lrs")
     unknown = sorted(set(data) - simple - sections)
     if unknown:
-        raise UserError(f"{source}: unknown setting(s) {', '.join(unknown)}: check the spelling "
-                        f"(known: {', '.join(sorted(simple | sections))}).")
+        raise UserError(
+            f"{source}: unknown setting(s) {', '.join(unknown)}: check the spelling "
+            f"(known: {', '.join(sorted(simple | sections))})."
+        )
     for required in ("model", "task", "methods", "lr"):
         if required not in data:
             raise UserError(f"{source}: missing setting {required!r}: add it (see experiments/tiny.yaml).")
@@ -279,8 +357,15 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "config") -> Swee
     for key in ("seeds", "ranks", "batch_sizes"):
         if key in data:
             values[key] = _int_list(data[key], key, source, minimum=0 if key == "seeds" else 1)
-    for key in ("micro_batch_size", "steps", "n_train", "n_eval", "max_length", "divergence_window",
-                "pissa_niter"):
+    for key in (
+        "micro_batch_size",
+        "steps",
+        "n_train",
+        "n_eval",
+        "max_length",
+        "divergence_window",
+        "pissa_niter",
+    ):
         if key in data and data[key] is not None:
             values[key] = _integer(data[key], key, source, minimum=0 if key == "n_eval" else 1)
     for key in ("data_seed", "model_seed"):
@@ -303,19 +388,27 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "config") -> Swee
         values["targets"] = tuple(targets)
     if "betas" in data:
         betas = data["betas"]
-        if not (isinstance(betas, list) and len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas)):
+        if not (
+            isinstance(betas, list) and len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas)
+        ):
             raise UserError(f"{source}: betas must be two numbers in [0, 1), e.g. [0.9, 0.999].")
         values["betas"] = (float(betas[0]), float(betas[1]))
-    for key, allowed in (("precision", PRECISIONS), ("base_dtype", BASE_DTYPES),
-                         ("attention", ATTENTION_IMPLEMENTATIONS), ("checkpoints", CHECKPOINT_MODES)):
+    for key, allowed in (
+        ("precision", PRECISIONS),
+        ("base_dtype", BASE_DTYPES),
+        ("attention", ATTENTION_IMPLEMENTATIONS),
+        ("checkpoints", CHECKPOINT_MODES),
+    ):
         if key in data:
             if data[key] not in allowed:
                 raise UserError(f"{source}: {key} must be one of {', '.join(allowed)}, got {data[key]!r}.")
             values[key] = data[key]
     if "gradient_checkpointing" in data:
         if not isinstance(data["gradient_checkpointing"], bool):
-            raise UserError(f"{source}: gradient_checkpointing must be true or false, got "
-                            f"{data['gradient_checkpointing']!r}.")
+            raise UserError(
+                f"{source}: gradient_checkpointing must be true or false, got "
+                f"{data['gradient_checkpointing']!r}."
+            )
         values["gradient_checkpointing"] = data["gradient_checkpointing"]
     if "prompt_template" in data:
         try:
@@ -336,11 +429,16 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "config") -> Swee
     first = {"seed": values.get("seeds", (0,))[0], "batch_size": values.get("batch_sizes", (16,))[0]}
     adapter_values = {key: values.pop(key) for key in ADAPTER_KEYS if key in values}
     train_values = {key: values.pop(key) for key in TRAIN_KEYS if key in values}
-    steps = values.get("steps") or steps_for_epochs(values.get("n_train", 1000), first["batch_size"],
-                                                    values["epochs"])
+    steps = values.get("steps") or steps_for_epochs(
+        values.get("n_train", 1000), first["batch_size"], values["epochs"]
+    )
     try:
-        values["adapter"] = AdapterConfig(method=values["methods"][0], rank=values.get("ranks", (8,))[0],
-                                          seed=first["seed"], **adapter_values)
+        values["adapter"] = AdapterConfig(
+            method=values["methods"][0],
+            rank=values.get("ranks", (8,))[0],
+            seed=first["seed"],
+            **adapter_values,
+        )
         values["train"] = TrainConfig(lr=values["lrs"][0], steps=steps, **first, **train_values)
     except UserError as exc:
         raise UserError(f"{source}: {exc}") from exc
@@ -357,16 +455,22 @@ def eval_task_specs(value: Any, *, source: str = "config") -> tuple[str, ...]:
     or a comma-separated string. Only the form is checked here: the files are read when the sweep starts."""
     items = [item.strip() for item in value.split(",")] if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(item, str) and item.strip() for item in items):
-        raise UserError(f"{source}: eval_task must be a list of specs such as gsm8k:PATH, math:PATH, mbpp:PATH, "
-                        "humaneval.")
+        raise UserError(
+            f"{source}: eval_task must be a list of specs such as gsm8k:PATH, math:PATH, mbpp:PATH, "
+            "humaneval."
+        )
     specs = tuple(item.strip() for item in items)
     for spec in specs:
         name, _, path = spec.partition(":")
         if name.lower() not in EVAL_SET_NAMES or (name.lower() == "humaneval") == bool(path):
-            raise UserError(f"{source}: bad eval_task {spec!r}: write gsm8k:PATH, math:PATH, mbpp:PATH or humaneval.")
+            raise UserError(
+                f"{source}: bad eval_task {spec!r}: write gsm8k:PATH, math:PATH, mbpp:PATH or humaneval."
+            )
     names = [spec.partition(":")[0].lower() for spec in specs]
     if len(set(names)) != len(names):
-        raise UserError(f"{source}: eval_task names one set twice ({', '.join(names)}): each set has one column.")
+        raise UserError(
+            f"{source}: eval_task names one set twice ({', '.join(names)}): each set has one column."
+        )
     return specs
 
 
@@ -382,7 +486,9 @@ def parse_lr_grid(value: Any, *, source: str = "config") -> tuple[float, ...]:
         keys = set(value)
         if keys == {"min", "max", "num"}:
             low, high, num = value["min"], value["max"], value["num"]
-            if not (is_number(low) and is_number(high) and 0 < low <= high and isinstance(num, int) and num >= 1):
+            if not (
+                is_number(low) and is_number(high) and 0 < low <= high and isinstance(num, int) and num >= 1
+            ):
                 raise UserError(f"{source}: lr range needs 0 < min <= max and an integer num >= 1.")
             if num == 1:
                 lrs = [float(low)]
@@ -391,13 +497,25 @@ def parse_lr_grid(value: Any, *, source: str = "config") -> tuple[float, ...]:
                 lrs = [float(low) * 10 ** (ratio * i) for i in range(num)]
         elif keys == {"base", "per_decade", "k"}:
             base, per_decade, k = value["base"], value["per_decade"], value["k"]
-            if not (is_number(base) and base > 0 and is_number(per_decade) and per_decade > 0
-                    and isinstance(k, list) and len(k) == 2 and all(isinstance(i, int) for i in k) and k[0] <= k[1]):
-                raise UserError(f"{source}: lr grid needs base > 0, per_decade > 0 and k: [first, last] integers.")
+            if not (
+                is_number(base)
+                and base > 0
+                and is_number(per_decade)
+                and per_decade > 0
+                and isinstance(k, list)
+                and len(k) == 2
+                and all(isinstance(i, int) for i in k)
+                and k[0] <= k[1]
+            ):
+                raise UserError(
+                    f"{source}: lr grid needs base > 0, per_decade > 0 and k: [first, last] integers."
+                )
             lrs = [float(base) * 10 ** (i / per_decade) for i in range(k[0], k[1] + 1)]
         else:
-            raise UserError(f"{source}: lr must be a list, {{min, max, num}} or {{base, per_decade, k}}; "
-                            f"got keys {', '.join(sorted(map(str, keys)))}.")
+            raise UserError(
+                f"{source}: lr must be a list, {{min, max, num}} or {{base, per_decade, k}}; "
+                f"got keys {', '.join(sorted(map(str, keys)))}."
+            )
     else:
         raise UserError(f"{source}: lr must be a list of numbers or a log range, got {value!r}.")
     if any(not (lr > 0 and math.isfinite(lr)) for lr in lrs):
@@ -405,7 +523,9 @@ def parse_lr_grid(value: Any, *, source: str = "config") -> tuple[float, ...]:
     ordered = sorted(set(lrs))
     names = [f"{lr:.4e}" for lr in ordered]
     if len(set(names)) != len(names):
-        raise UserError(f"{source}: two learning rates agree to 5 significant digits: space them further apart.")
+        raise UserError(
+            f"{source}: two learning rates agree to 5 significant digits: space them further apart."
+        )
     return tuple(ordered)
 
 
@@ -417,12 +537,16 @@ def _check_consistency(config: SweepConfig, source: str) -> None:
         raise UserError(f"{source}: every batch size must be a multiple of micro_batch_size {micro}.")
     if config.base_dtype != "fp32" and config.hessian.during is not None:
         # The in-run probe measures the model that trains, whose base is then bf16; the Hessian is fp32 only.
-        raise UserError(f"{source}: hessian.during measures the training model, whose base is {config.base_dtype} "
-                        "with that base_dtype, and the Hessian is measured in fp32 only: drop hessian.during or "
-                        "set base_dtype: fp32.")
+        raise UserError(
+            f"{source}: hessian.during measures the training model, whose base is {config.base_dtype} "
+            "with that base_dtype, and the Hessian is measured in fp32 only: drop hessian.during or "
+            "set base_dtype: fp32."
+        )
     if config.search is not None and config.search.metric == "accuracy" and not config.eval.accuracy:
-        raise UserError(f"{source}: search.metric is accuracy, but eval.accuracy is false, so no run records it: "
-                        "set eval.accuracy: true, or search.metric: eval_loss.")
+        raise UserError(
+            f"{source}: search.metric is accuracy, but eval.accuracy is false, so no run records it: "
+            "set eval.accuracy: true, or search.metric: eval_loss."
+        )
     for method in config.methods:
         for rank in config.ranks:
             try:
@@ -440,7 +564,9 @@ def _hessian(value: Any, source: str, *, max_length: int) -> HessianSettings:
     settings: dict[str, Any] = {}
     options = value.get("options") or {}
     if not isinstance(options, Mapping):
-        raise UserError(f"{source}: hessian.options must be a mapping of measurement settings, e.g. {{tol: 1e-3}}.")
+        raise UserError(
+            f"{source}: hessian.options must be a mapping of measurement settings, e.g. {{tol: 1e-3}}."
+        )
     options = dict(options)
     for key, item in value.items():
         if key == "options":
@@ -500,8 +626,9 @@ def _integer(value: Any, key: str, source: str, *, minimum: int) -> int:
 
 def _number(value: Any, key: str, source: str, *, positive: bool) -> float:
     if not is_number(value) or value < 0 or (positive and value == 0) or not math.isfinite(value):
-        raise UserError(f"{source}: {key} must be a {'positive' if positive else 'non-negative'} number, "
-                        f"got {value!r}.")
+        raise UserError(
+            f"{source}: {key} must be a {'positive' if positive else 'non-negative'} number, got {value!r}."
+        )
     return float(value)
 
 
@@ -509,5 +636,3 @@ def _text(value: Any, key: str, source: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise UserError(f"{source}: {key} must be a non-empty string.")
     return value
-
-

@@ -39,7 +39,9 @@ class TrainConfig:
     precision: Precision = "fp32"
     divergence_factor: float = 4.0
     divergence_window: int = 5
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE  # a prompts.PROMPT_TEMPLATES name or a string with {prompt}
+    prompt_template: str = (
+        DEFAULT_PROMPT_TEMPLATE  # a prompts.PROMPT_TEMPLATES name or a string with {prompt}
+    )
     # Recompute each decoder layer's activations in the backward pass instead of keeping them (transformers'
     # activation checkpointing, non-reentrant): the same gradients (bit for bit on tiny-llama, tested) for one
     # more forward pass of every layer per backward.
@@ -58,7 +60,9 @@ class TrainConfig:
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise UserError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            raise UserError(f"max_grad_norm must be positive (or null for no clipping), got {self.max_grad_norm}.")
+            raise UserError(
+                f"max_grad_norm must be positive (or null for no clipping), got {self.max_grad_norm}."
+            )
         if self.precision not in PRECISIONS:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
         if self.divergence_factor <= 1.0:
@@ -66,7 +70,9 @@ class TrainConfig:
         if self.divergence_window <= 0:
             raise UserError(f"divergence_window must be positive, got {self.divergence_window}.")
         if not isinstance(self.gradient_checkpointing, bool):
-            raise UserError(f"gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}.")
+            raise UserError(
+                f"gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}."
+            )
 
     @property
     def warmup_steps(self) -> int:

@@ -27,8 +27,14 @@ def begin_run(store: RunStore, root: str | os.PathLike[str], spec: RunSpec) -> N
     clear_run_files(root, spec.run_id)
 
 
-def end_run(store: RunStore, root: str | os.PathLike[str], spec: RunSpec, outcome: RunOutcome, *,
-            checkpoints: str = "final") -> None:
+def end_run(
+    store: RunStore,
+    root: str | os.PathLike[str],
+    spec: RunSpec,
+    outcome: RunOutcome,
+    *,
+    checkpoints: str = "final",
+) -> None:
     """Files first, then the row: a final row always has its documents on disk. Under ``checkpoints: best`` the
     checkpoints that are no longer their group's best go afterwards (:mod:`hessian_lora.sweep.retention`)."""
     write_documents(root, outcome.documents)
@@ -56,7 +62,9 @@ def write_documents(root: str | os.PathLike[str], documents: Mapping[str, Any]) 
 
 def describe(spec: RunSpec, row: Mapping[str, Any]) -> str:
     """One progress line for a finished run: its grid point, status, headline numbers and any error."""
-    parts = [f"{spec.method} r={spec.rank} seed={spec.seed} batch={spec.batch_size} lr={spec.lr:.3g}: {row['status']}"]
+    parts = [
+        f"{spec.method} r={spec.rank} seed={spec.seed} batch={spec.batch_size} lr={spec.lr:.3g}: {row['status']}"
+    ]
     for key in ("train_loss", "eval_loss", "accuracy", "lambda_init", "lambda_final"):
         value = row.get(key)
         if isinstance(value, float):

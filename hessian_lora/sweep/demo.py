@@ -66,6 +66,7 @@ ADAPTIVE_DENSITY_STEPS = 0
 @dataclass(frozen=True)
 class DemoResult:
     """What :func:`run_demo` produced: the run directory, its analysis and the figures written."""
+
     run_dir: Path
     analysis: Analysis
     plots: PlotResult
@@ -79,8 +80,10 @@ class DemoResult:
             lines.append(f"  ({key}) {paths[0]}")
         for key, reason in self.plots.skipped.items():
             lines.append(f"  ({key}) {FIGURE_NAMES[key]}: skipped, {reason}")
-        lines.append(f"Analysis: {self.run_dir / 'analysis.md'} and analysis.json; demo wall time "
-                     f"{self.wall_seconds:.0f} s.")
+        lines.append(
+            f"Analysis: {self.run_dir / 'analysis.md'} and analysis.json; demo wall time "
+            f"{self.wall_seconds:.0f} s."
+        )
         return "\n".join(lines)
 
 
@@ -110,8 +113,10 @@ def run_demo(
     started = time.perf_counter()
     config_path = Path(config) if config is not None else (QUICK_CONFIG if quick else FULL_CONFIG)
     if not config_path.is_file():
-        raise UserError(f"demo config {config_path} is missing: pass --config with a sweep YAML file "
-                        "(e.g. experiments/tiny.yaml).")
+        raise UserError(
+            f"demo config {config_path} is missing: pass --config with a sweep YAML file "
+            "(e.g. experiments/tiny.yaml)."
+        )
     if layer_samples < 2:
         raise UserError(f"--layer-samples must be at least 2, got {layer_samples}.")
     if density_steps is not None and density_steps < 0:
@@ -124,33 +129,72 @@ def run_demo(
     say = _Clock(progress, started)
     overall = OverallProgress(enabled=progress and bars is not False, started=started)
     try:
-        return _demo_steps(sweep_config, config_path, run_dir, say, overall, quick=quick, adaptive=adaptive,
-                           measure_final=measure_final, modules=modules, layer_samples=layer_samples,
-                           density_steps=density_steps, progress=progress and bars is not False, device=device,
-                           started=started)
+        return _demo_steps(
+            sweep_config,
+            config_path,
+            run_dir,
+            say,
+            overall,
+            quick=quick,
+            adaptive=adaptive,
+            measure_final=measure_final,
+            modules=modules,
+            layer_samples=layer_samples,
+            density_steps=density_steps,
+            progress=progress and bars is not False,
+            device=device,
+            started=started,
+        )
     finally:
         overall.close()
 
 
-def _demo_steps(sweep_config: SweepConfig, config_path: Path, run_dir: Path, say: _Clock, overall: OverallProgress,
-                *, quick: bool, adaptive: bool, measure_final: bool, modules: Sequence[str] | None,
-                layer_samples: int, density_steps: int | None, progress: bool, device: str | None,
-                started: float) -> DemoResult:
+def _demo_steps(
+    sweep_config: SweepConfig,
+    config_path: Path,
+    run_dir: Path,
+    say: _Clock,
+    overall: OverallProgress,
+    *,
+    quick: bool,
+    adaptive: bool,
+    measure_final: bool,
+    modules: Sequence[str] | None,
+    layer_samples: int,
+    density_steps: int | None,
+    progress: bool,
+    device: str | None,
+    started: float,
+) -> DemoResult:
     how = "adaptive LR search" if adaptive else "LR grid"
     overall.phase(f"[1/4] sweep ({how})")
     say(f"[1/4] sweep {config_path.name} ({how}) into {run_dir}")
     if density_steps is None:
         density_steps = ADAPTIVE_DENSITY_STEPS if adaptive and not quick else DENSITY_STEPS[quick]
-    extras = InitExtras(sweep_config, run_dir,
-                        modules=tuple(modules) if modules else (QUICK_MODULES if quick else FULL_MODULES),
-                        layers=None if quick else layer_samples, density_steps=density_steps, progress=progress)
+    extras = InitExtras(
+        sweep_config,
+        run_dir,
+        modules=tuple(modules) if modules else (QUICK_MODULES if quick else FULL_MODULES),
+        layers=None if quick else layer_samples,
+        density_steps=density_steps,
+        progress=progress,
+    )
     # The search's centres build each method's adapter at initialisation: the per-module scan rides along.
-    summary = runner.run_sweep(sweep_config, run_dir, progress=progress, device=device, on_run=overall.runs,
-                        at_init=extras.measure, source=str(config_path))
+    summary = runner.run_sweep(
+        sweep_config,
+        run_dir,
+        progress=progress,
+        device=device,
+        on_run=overall.runs,
+        at_init=extras.measure,
+        source=str(config_path),
+    )
     say(summary.line())
 
     overall.phase("[2/4] λ_max at init")
-    say("[2/4] λ_max per method at initialisation (whole adapter, spectral density, per-module), where missing")
+    say(
+        "[2/4] λ_max per method at initialisation (whole adapter, spectral density, per-module), where missing"
+    )
     measure_init_reports(extras, device=device)
     measured = list(extras.written)
     analysis = analyze(run_dir)
@@ -183,8 +227,15 @@ class OverallProgress:
         self.done = 0
         self.planned: int | None = None
         self.sweep_started: float | None = None
-        self.bar = tqdm(total=0, file=sys.stderr, position=0, leave=False, bar_format="{desc}",
-                        dynamic_ncols=True, disable=None if enabled else True)
+        self.bar = tqdm(
+            total=0,
+            file=sys.stderr,
+            position=0,
+            leave=False,
+            bar_format="{desc}",
+            dynamic_ncols=True,
+            disable=None if enabled else True,
+        )
 
     def phase(self, text: str) -> None:
         """Start a new phase (a line of text) of the overall progress line."""
@@ -236,30 +287,49 @@ class _Clock:
 def _measurement(sweep_config: SweepConfig) -> MeasureSettings:
     """The sweep's measurement settings as the demo's reports start from them: one whole-adapter block and no
     extras; each report then says what it adds (density, per-module blocks, preconditioning)."""
-    return replace(sweep_config.hessian.measure, blocks="whole", modules=None, layers=None, density=False,
-                   trace=False)
+    return replace(
+        sweep_config.hessian.measure, blocks="whole", modules=None, layers=None, density=False, trace=False
+    )
 
 
 def _hessian_batches(sweep_config: SweepConfig, tokenizer: Any) -> list[Any]:
-    return probe_batches(tokenizer, sweep_config.task, data_seed=sweep_config.data_seed,
-                         n_train=sweep_config.n_train, n_eval=sweep_config.n_eval,
-                         samples=sweep_config.hessian.samples, batch_size=sweep_config.hessian.batch_size,
-                         max_length=sweep_config.max_length, prompt_template=sweep_config.prompt_template)
+    return probe_batches(
+        tokenizer,
+        sweep_config.task,
+        data_seed=sweep_config.data_seed,
+        n_train=sweep_config.n_train,
+        n_eval=sweep_config.n_eval,
+        samples=sweep_config.hessian.samples,
+        batch_size=sweep_config.hessian.batch_size,
+        max_length=sweep_config.max_length,
+        prompt_template=sweep_config.prompt_template,
+    )
 
 
-def _adapter_like_the_sweep(sweep_config: SweepConfig, method: str, rank: int, seed: int,
-                            device: str | None) -> AdapterAtInit:
+def _adapter_like_the_sweep(
+    sweep_config: SweepConfig, method: str, rank: int, seed: int, device: str | None
+) -> AdapterAtInit:
     """Base model + adapter at initialisation exactly as the sweep builds it (LoRA-GA: on the run's first global
     batch, that of the grid's first batch size)."""
     config = sweep_config.adapter_for(method, rank, seed)
     train_examples = None
     if config.spec.needs_data:
-        train_examples = load_task(sweep_config.task, seed=sweep_config.data_seed, n_train=sweep_config.n_train,
-                                   n_eval=sweep_config.n_eval).train
+        train_examples = load_task(
+            sweep_config.task,
+            seed=sweep_config.data_seed,
+            n_train=sweep_config.n_train,
+            n_eval=sweep_config.n_eval,
+        ).train
     train_config = sweep_config.train_for(sweep_config.lrs[0], sweep_config.batch_sizes[0], seed)
-    return adapter_at_initialisation(sweep_config.model, config, model_seed=sweep_config.model_seed,
-                                     attention=sweep_config.attention, device=device,
-                                     train_examples=train_examples, train_config=train_config)
+    return adapter_at_initialisation(
+        sweep_config.model,
+        config,
+        model_seed=sweep_config.model_seed,
+        attention=sweep_config.attention,
+        device=device,
+        train_examples=train_examples,
+        train_config=train_config,
+    )
 
 
 # A per-module report still being measured (hessian/*.json lists finished reports only).
@@ -285,7 +355,9 @@ class InitExtras:
         measures at init (it resumes from that file with its own settings); the density then goes to a file of
         its own."""
         hessian_dir = self.run_dir / "hessian"
-        whole = hessian_dir / (f"{key}_init_density.json" if self.sweep_config.hessian.init else f"{key}_init.json")
+        whole = hessian_dir / (
+            f"{key}_init_density.json" if self.sweep_config.hessian.init else f"{key}_init.json"
+        )
         return whole, hessian_dir / f"{key}_init_modules.json"
 
     def missing(self, key: InitKey) -> list[Path]:
@@ -305,19 +377,24 @@ class InitExtras:
         settings = _measurement(self.sweep_config)
         batches = _hessian_batches(self.sweep_config, tokenizer)
         if whole_path in todo:
-            whole = replace(settings, density=self.density_steps > 0, density_steps=max(self.density_steps, 1))
+            whole = replace(
+                settings, density=self.density_steps > 0, density_steps=max(self.density_steps, 1)
+            )
             measure(AdaptedModule(peft_model), whole, batches=batches, out=whole_path, progress=self.progress)
             self.written.append(str(whole_path))
         if modules_path in todo:
-            targets = [module for module in self.modules if module in self.sweep_config.adapter.targets] \
-                or [self.sweep_config.adapter.targets[0]]
+            targets = [module for module in self.modules if module in self.sweep_config.adapter.targets] or [
+                self.sweep_config.adapter.targets[0]
+            ]
             chosen = None if self.layers is None else _spread_layers(peft_model, self.layers)
             per_module = replace(settings, blocks="per-module", modules=tuple(targets), layers=chosen)
             # measure() rewrites its report after every block so that it can resume; under the final name a
             # report cut short would read as done (``missing`` looks at the name only) and lose its other
             # layers. It grows under a name no reader lists and takes the final name once every block is in.
             partial = modules_path.with_name(modules_path.name + PARTIAL_SUFFIX)
-            measure(AdaptedModule(peft_model), per_module, batches=batches, out=partial, progress=self.progress)
+            measure(
+                AdaptedModule(peft_model), per_module, batches=batches, out=partial, progress=self.progress
+            )
             os.replace(partial, modules_path)
             self.written.append(str(modules_path))
         _say(f"  {key}: λ_max at init measured", self.progress)
@@ -364,9 +441,14 @@ def measure_final_reports(
             if path.is_file() or not (checkpoint / "hessian_lora.json").is_file():
                 continue
             batches = _hessian_batches(sweep_config, load_tokenizer(sweep_config.model))
-            measure(Checkpoint(checkpoint), replace(settings, preconditioned=True, lr=run.lr), batches=batches,
-                    device=device, out=path, progress=progress)
+            measure(
+                Checkpoint(checkpoint),
+                replace(settings, preconditioned=True, lr=run.lr),
+                batches=batches,
+                device=device,
+                out=path,
+                progress=progress,
+            )
             written.append(str(path))
             _say(f"  {run.run_id}: λ_max and preconditioned λ_max at the end measured", progress)
     return written
-

@@ -78,15 +78,26 @@ def execute_run(
     adapter_config = config.adapter_for(spec.method, spec.rank, spec.seed)
     # LoRA-GA estimates its gradient on the run's own first global batch.
     peft_model, tokenizer, _ = adapter_at_initialisation(
-        config.model, adapter_config, model_seed=config.model_seed, attention=config.attention, device=device,
-        train_examples=task.train, train_config=train_config)
+        config.model,
+        adapter_config,
+        model_seed=config.model_seed,
+        attention=config.attention,
+        device=device,
+        train_examples=task.train,
+        train_config=train_config,
+    )
 
     documents: dict[str, Any] = {}
     row: dict[str, Any] = {}
     hessian_batches = None
     if config.hessian.enabled:
-        hessian_batches = make_batches(tokenizer, task.train[: config.hessian.samples], config.hessian.batch_size,
-                                       max_length=config.max_length, prompt_template=config.prompt_template)
+        hessian_batches = make_batches(
+            tokenizer,
+            task.train[: config.hessian.samples],
+            config.hessian.batch_size,
+            max_length=config.max_length,
+            prompt_template=config.prompt_template,
+        )
     hessian_seconds = 0.0
     if config.hessian.init:
         clock = time.perf_counter()
@@ -96,7 +107,9 @@ def execute_run(
             # a seed whose adapter at init is bit-identical to another's (PiSSA, MiLoRA, OLoRA) takes its report
             digest = inputs_digest(peft_model, hessian_batches, dataclasses.asdict(config.hessian.measure))
             reuse_identical_report(layout, key, digest)
-        report = eigen_report(config, peft_model, hessian_batches, out=layout.init_report(key), progress=progress)
+        report = eigen_report(
+            config, peft_model, hessian_batches, out=layout.init_report(key), progress=progress
+        )
         row["lambda_init"] = _headline_lambda(report)
         hessian_seconds += time.perf_counter() - clock
 
@@ -104,36 +117,69 @@ def execute_run(
     # may train in bf16 (the adapter and its optimizer state stay fp32). The checkpoint records the fp32 build.
     build_dtype = next(peft_model.parameters()).dtype
     cast_base_weights(peft_model, config.base_dtype)
-    optimizer = make_optimizer(peft_model, adapter_config, spec.lr, betas=train_config.betas,
-                               weight_decay=train_config.weight_decay, eps=train_config.eps,
-                               max_grad_norm=train_config.max_grad_norm)
+    optimizer = make_optimizer(
+        peft_model,
+        adapter_config,
+        spec.lr,
+        betas=train_config.betas,
+        weight_decay=train_config.weight_decay,
+        eps=train_config.eps,
+        max_grad_norm=train_config.max_grad_norm,
+    )
     probe = _sharpness_probe(config, peft_model, tokenizer, task.train, train_config, adapter_config)
-    result = train_loop.train(peft_model, tokenizer, task.train, train_config, optimizer=optimizer, progress=progress,
-                   description=spec.run_id, probe=probe)
+    result = train_loop.train(
+        peft_model,
+        tokenizer,
+        task.train,
+        train_config,
+        optimizer=optimizer,
+        progress=progress,
+        description=spec.run_id,
+        probe=probe,
+    )
     check_trained_tokens(result.tokens, max_length=config.max_length)
     history = list(result.history)
     documents[layout.relative_document(spec.run_id, "history")] = history
     if probe is not None:
-        documents[layout.relative_document(spec.run_id, "sharpness")] = probe.to_dict(beta1=train_config.betas[0],
-                                                                                   peak_lr=spec.lr)
+        documents[layout.relative_document(spec.run_id, "sharpness")] = probe.to_dict(
+            beta1=train_config.betas[0], peak_lr=spec.lr
+        )
         row.update(_sharpness_peaks(probe))
         hessian_seconds += sum(point.seconds for point in probe.history)
-    row.update(status=result.status, train_loss=result.train_loss, initial_loss=result.initial_loss,
-               steps=result.steps, tokens=result.tokens, history=history,
-               error=result.stop_reason, train_seconds=result.wall_seconds)
+    row.update(
+        status=result.status,
+        train_loss=result.train_loss,
+        initial_loss=result.initial_loss,
+        steps=result.steps,
+        tokens=result.tokens,
+        history=history,
+        error=result.stop_reason,
+        train_seconds=result.wall_seconds,
+    )
     if result.status == Status.DONE:
         clock = time.perf_counter()
-        evaluation = evaluate(peft_model, tokenizer, task, config.eval, progress=progress,
-                              prompt_template=config.prompt_template)
-        row.update(eval_loss=evaluation.eval_loss, accuracy=evaluation.accuracy, pass_at_1=evaluation.pass_at_1,
-                   eval_examples=evaluation.n_examples)
+        evaluation = evaluate(
+            peft_model,
+            tokenizer,
+            task,
+            config.eval,
+            progress=progress,
+            prompt_template=config.prompt_template,
+        )
+        row.update(
+            eval_loss=evaluation.eval_loss,
+            accuracy=evaluation.accuracy,
+            pass_at_1=evaluation.pass_at_1,
+            eval_examples=evaluation.n_examples,
+        )
         eval_document: dict[str, Any] = {}
         if evaluation.scores:  # per-example scores: analysis bootstraps over evaluation examples with them
             eval_document.update(metric="accuracy", scores=list(evaluation.scores))
         row.update(score_eval_sets(peft_model, tokenizer, config, progress=progress))
         if runs_code(config):  # how the model's programs were confined, beside the scores they earned
             eval_document["code_confinement"] = code_confinement(
-                allow_unconfined=config.eval.allow_unconfined_code, announce=False).to_dict()
+                allow_unconfined=config.eval.allow_unconfined_code, announce=False
+            ).to_dict()
         if eval_document:
             documents[layout.relative_document(spec.run_id, "eval_scores")] = eval_document
         row["eval_seconds"] = time.perf_counter() - clock
@@ -141,18 +187,34 @@ def execute_run(
         if keep or config.hessian.final:
             checkpoint_dir = layout.run(spec.run_id)
             meta = CheckpointMeta.from_config(
-                adapter_config, base_model=config.model, task=config.task, model_seed=config.model_seed,
-                dtype=build_dtype, lr=spec.lr, step=result.steps,
-                extra={"run_id": spec.run_id, "sweep": config.name, "batch_size": spec.batch_size,
-                       "prompt_template": config.prompt_template,  # eigen on this checkpoint formats alike
-                       "train_base_dtype": config.base_dtype},
+                adapter_config,
+                base_model=config.model,
+                task=config.task,
+                model_seed=config.model_seed,
+                dtype=build_dtype,
+                lr=spec.lr,
+                step=result.steps,
+                extra={
+                    "run_id": spec.run_id,
+                    "sweep": config.name,
+                    "batch_size": spec.batch_size,
+                    "prompt_template": config.prompt_template,  # eigen on this checkpoint formats alike
+                    "train_base_dtype": config.base_dtype,
+                },
             )
             save_checkpoint(checkpoint_dir, peft_model, meta, optimizer=optimizer)
             if config.hessian.final:
                 del peft_model, optimizer  # the measurement reloads the checkpoint
                 clock = time.perf_counter()
-                report = eigen_report(config, None, hessian_batches, checkpoint=checkpoint_dir, lr=spec.lr,
-                                       out=layout.final_report(spec.run_id), progress=progress)
+                report = eigen_report(
+                    config,
+                    None,
+                    hessian_batches,
+                    checkpoint=checkpoint_dir,
+                    lr=spec.lr,
+                    out=layout.final_report(spec.run_id),
+                    progress=progress,
+                )
                 row["lambda_final"] = _headline_lambda(report)
                 row["precond_lambda_final"] = _headline_precond(report)
                 hessian_seconds += time.perf_counter() - clock
@@ -166,15 +228,21 @@ def execute_run(
     return RunOutcome(row=row, documents=documents)
 
 
-def _sharpness_probe(config: SweepConfig, model: Any, tokenizer: Any, examples: Any, train_config: Any,
-                     adapter_config: Any) -> Any:
+def _sharpness_probe(
+    config: SweepConfig, model: Any, tokenizer: Any, examples: Any, train_config: Any, adapter_config: Any
+) -> Any:
     """The in-loop probe of ``hessian.during`` on the first ``samples`` training examples, or None."""
     during = config.hessian.during
     if during is None:
         return None
 
-    batches = make_batches(tokenizer, examples[: during.samples], during.batch_size, max_length=config.max_length,
-                           prompt_template=config.prompt_template)
+    batches = make_batches(
+        tokenizer,
+        examples[: during.samples],
+        during.batch_size,
+        max_length=config.max_length,
+        prompt_template=config.prompt_template,
+    )
     return SharpnessProbe(model, batches, during, total_steps=train_config.steps, meta=adapter_config)
 
 
@@ -182,12 +250,19 @@ def _sharpness_peaks(probe: Any) -> dict[str, float | None]:
     """The row's summary of a sharpness history: the largest λ_max and λ₁(P⁻¹H) over the probes."""
     lambdas = [p.lambda_max for p in probe.history if p.lambda_max is not None]
     precond = [p.preconditioned for p in probe.history if p.preconditioned is not None]
-    return {"lambda_max_peak": max(lambdas) if lambdas else None, "precond_peak": max(precond) if precond else None}
+    return {
+        "lambda_max_peak": max(lambdas) if lambdas else None,
+        "precond_peak": max(precond) if precond else None,
+    }
 
 
 # The runs-table column of each evaluation set's metric (sweep/store.py COLUMNS).
-EVAL_SET_COLUMNS = {"gsm8k": "gsm8k_acc", "math": "math_acc", "mbpp": "mbpp_pass_at_1",
-                    "humaneval": "humaneval_pass_at_1"}
+EVAL_SET_COLUMNS = {
+    "gsm8k": "gsm8k_acc",
+    "math": "math_acc",
+    "mbpp": "mbpp_pass_at_1",
+    "humaneval": "humaneval_pass_at_1",
+}
 
 
 @functools.lru_cache(maxsize=8)
@@ -198,11 +273,14 @@ def cached_eval_set(spec: str, code_timeout: float, allow_unconfined: bool = Fal
 
 def runs_code(config: SweepConfig) -> bool:
     """Whether the sweep's evaluation runs generated programs (HumanEval, or an MBPP/HumanEval ``eval_task``)."""
-    return config.eval.humaneval or any(spec.partition(":")[0].strip().lower() in ("mbpp", "humaneval")
-                                        for spec in config.eval_task)
+    return config.eval.humaneval or any(
+        spec.partition(":")[0].strip().lower() in ("mbpp", "humaneval") for spec in config.eval_task
+    )
 
 
-def score_eval_sets(model: Any, tokenizer: Any, config: SweepConfig, *, progress: bool = False) -> dict[str, float]:
+def score_eval_sets(
+    model: Any, tokenizer: Any, config: SweepConfig, *, progress: bool = False
+) -> dict[str, float]:
     """Each ``eval_task`` set scored on ``model``: one greedy generation per problem, its metric by column name.
 
     Math and MBPP prompts go through the sweep's prompt template (the one training used) and generate up to
@@ -216,11 +294,20 @@ def score_eval_sets(model: Any, tokenizer: Any, config: SweepConfig, *, progress
             prompts = [example.prompt for example in eval_set.examples]
             max_new_tokens = config.eval.humaneval_max_new_tokens
         else:
-            prompts = [format_prompt(tokenizer, example.prompt, config.prompt_template)
-                       for example in eval_set.examples]
+            prompts = [
+                format_prompt(tokenizer, example.prompt, config.prompt_template)
+                for example in eval_set.examples
+            ]
             max_new_tokens = config.eval.max_new_tokens
-        texts = evaluate_module.generate_text(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                              batch_size=config.eval.batch_size, precision=config.eval.precision, progress=progress)
+        texts = evaluate_module.generate_text(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            batch_size=config.eval.batch_size,
+            precision=config.eval.precision,
+            progress=progress,
+        )
         scores[EVAL_SET_COLUMNS[eval_set.name]] = eval_set.accuracy(texts)
     return scores
 
@@ -228,8 +315,10 @@ def score_eval_sets(model: Any, tokenizer: Any, config: SweepConfig, *, progress
 def check_trained_tokens(tokens: int, *, max_length: int) -> None:
     """A run that trained on zero loss tokens learned nothing: an error, never ``done``."""
     if tokens <= 0:
-        raise UserError(f"the run trained on zero loss tokens: max_length {max_length} leaves no response token "
-                        "after the prompt; raise max_length.")
+        raise UserError(
+            f"the run trained on zero loss tokens: max_length {max_length} leaves no response token "
+            "after the prompt; raise max_length."
+        )
 
 
 def eigen_report(
@@ -246,8 +335,13 @@ def eigen_report(
     if present). No progress bars: the sweep's own bar reports the run."""
     settings = config.hessian.measure
     if checkpoint is not None:
-        return measure(Checkpoint(checkpoint), dataclasses.replace(settings, preconditioned=True, lr=lr),
-                       batches=batches, out=out, progress=False)
+        return measure(
+            Checkpoint(checkpoint),
+            dataclasses.replace(settings, preconditioned=True, lr=lr),
+            batches=batches,
+            out=out,
+            progress=False,
+        )
     return measure(AdaptedModule(model), settings, batches=batches, out=out, progress=False)
 
 

@@ -60,10 +60,18 @@ def reuse_identical_report(layout: RunLayout, key: InitKey, digest: str) -> Init
         if key not in records:  # a report from before the records: it was measured on this key's adapter
             write_json_atomic(layout.init_inputs(key), {"sha256": digest, "reused_from": None})
         return None
-    source = next((other for other, record in sorted(records.items())
-                   if other != key and record["sha256"] == digest and layout.init_report(other).is_file()), None)
+    source = next(
+        (
+            other
+            for other, record in sorted(records.items())
+            if other != key and record["sha256"] == digest and layout.init_report(other).is_file()
+        ),
+        None,
+    )
     if source is not None:
         write_bytes_atomic(target, layout.init_report(source).read_bytes())
-    write_json_atomic(layout.init_inputs(key), {"sha256": digest,
-                                                "reused_from": str(source) if source is not None else None})
+    write_json_atomic(
+        layout.init_inputs(key),
+        {"sha256": digest, "reused_from": str(source) if source is not None else None},
+    )
     return source

@@ -28,8 +28,14 @@ def run_local(
 ) -> None:
     """Run every spec of ``todo`` in order, recording each as it ends; a run that raises is recorded failed.
     ``on_run(k)`` is called after the k-th run is recorded."""
-    with tqdm(total=len(todo), desc="sweep", unit="run", file=sys.stderr, disable=None if progress else True,
-              dynamic_ncols=True) as bar:
+    with tqdm(
+        total=len(todo),
+        desc="sweep",
+        unit="run",
+        file=sys.stderr,
+        disable=None if progress else True,
+        dynamic_ncols=True,
+    ) as bar:
         for done, spec in enumerate(todo, start=1):
             begin_run(store, root, spec)
             started = time.perf_counter()

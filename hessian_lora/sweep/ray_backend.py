@@ -32,8 +32,9 @@ def _import_ray() -> Any:
     try:
         import ray  # local: optional dependency (ray, the dist extra)
     except ImportError as exc:
-        raise UserError("the ray backend needs Ray: pip install 'hessian-lora[dist]' (or use --backend local).") \
-            from exc
+        raise UserError(
+            "the ray backend needs Ray: pip install 'hessian-lora[dist]' (or use --backend local)."
+        ) from exc
     return ray
 
 
@@ -65,28 +66,45 @@ def run_on_ray(
     started_here = not ray.is_initialized()
     if started_here:
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=progress, configure_logging=False,
-                     ignore_reinit_error=True)
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                log_to_driver=progress,
+                configure_logging=False,
+                ignore_reinit_error=True,
+            )
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-            raise UserError(f"could not start or reach {where} ({str(exc).splitlines()[0]}): check --address "
-                            "(e.g. ray://host:10001 or host:6379) and that the cluster is up.") from exc
+            raise UserError(
+                f"could not start or reach {where} ({str(exc).splitlines()[0]}): check --address "
+                "(e.g. ray://host:10001 or host:6379) and that the cluster is up."
+            ) from exc
     try:
-        remote = ray.remote(num_cpus=config.ray.num_cpus, num_gpus=config.ray.num_gpus, max_retries=0)(ray_task)
+        remote = ray.remote(num_cpus=config.ray.num_cpus, num_gpus=config.ray.num_gpus, max_retries=0)(
+            ray_task
+        )
         config_data = config.to_dict()
         threads = max(1, int(config.ray.num_cpus))
         pending: dict[Any, RunSpec] = {}
         for spec in todo:
             begin_run(store, root, spec)
             pending[remote.remote(config_data, spec, str(root.resolve()), threads)] = spec
-        with tqdm(total=len(todo), desc="sweep (ray)", unit="run", file=sys.stderr, disable=not progress,
-                  dynamic_ncols=True) as bar:
+        with tqdm(
+            total=len(todo),
+            desc="sweep (ray)",
+            unit="run",
+            file=sys.stderr,
+            disable=not progress,
+            dynamic_ncols=True,
+        ) as bar:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 spec = pending.pop(ready[0])
                 try:
                     outcome = ray.get(ready[0])
-                except Exception as exc:  # the worker died (OOM kill, node loss): the run failed, the rest go on
+                except (
+                    Exception
+                ) as exc:  # the worker died (OOM kill, node loss): the run failed, the rest go on
                     outcome = RunOutcome(failed_row(exc, 0.0), {})
                 end_run(store, root, spec, outcome, checkpoints=config.checkpoints)
                 if progress:

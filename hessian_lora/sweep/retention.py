@@ -78,7 +78,9 @@ def prune(store: RunStore, root: str | os.PathLike[str]) -> list[str]:
 
 def _retire(store: RunStore, layout: RunLayout, run_id: str) -> None:
     with store.transaction() as connection:
-        connection.execute('UPDATE runs SET "checkpoint" = NULL, updated_at = ? WHERE run_id = ?', (now(), run_id))
+        connection.execute(
+            'UPDATE runs SET "checkpoint" = NULL, updated_at = ? WHERE run_id = ?', (now(), run_id)
+        )
     remove_checkpoint_files(layout, run_id)
 
 

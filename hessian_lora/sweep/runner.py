@@ -78,9 +78,15 @@ class SweepSummary:
         """The one-line summary ``hessian-lora sweep`` prints at the end (after the search's lines, if any)."""
         counts = ", ".join(f"{count} {status}" for status, count in sorted(self.counts.items()))
         made = "asked for by the search" if self.search else "planned"
-        return "\n".join([*self.search, (
-            f"{self.planned} runs {made}, {self.skipped} already finished, {self.ran} run now "
-            f"({counts or 'none finished'}) in {self.wall_seconds:.1f} s; results in {self.run_dir}")])
+        return "\n".join(
+            [
+                *self.search,
+                (
+                    f"{self.planned} runs {made}, {self.skipped} already finished, {self.ran} run now "
+                    f"({counts or 'none finished'}) in {self.wall_seconds:.1f} s; results in {self.run_dir}"
+                ),
+            ]
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -106,35 +112,52 @@ def plan_run_dir(config: SweepConfig, run_dir: Path, *, extend: bool = False) ->
     path = RunLayout(run_dir).config
     if not path.is_file() or not _recorded_statuses(run_dir):
         # The lock file is made before this check (the lock is taken first), so it does not count as content.
-        if not path.is_file() and run_dir.is_dir() and any(
-                entry.name != LOCK_FILE for entry in run_dir.iterdir()):
-            raise UserError(f"{run_dir} exists, is not empty and holds no {CONFIG_FILE}: it is not a sweep "
-                            "directory; pass a new or empty --out directory.")
+        if (
+            not path.is_file()
+            and run_dir.is_dir()
+            and any(entry.name != LOCK_FILE for entry in run_dir.iterdir())
+        ):
+            raise UserError(
+                f"{run_dir} exists, is not empty and holds no {CONFIG_FILE}: it is not a sweep "
+                "directory; pass a new or empty --out directory."
+            )
         return config, True
     stored = read_stored_config(run_dir)
     before, after = stored.shared_settings(), config.shared_settings()
     if before != after:
         changed = sorted(key for key in set(before) | set(after) if before.get(key) != after.get(key))
-        raise UserError(f"{run_dir} holds a sweep with other settings ({', '.join(changed)}): its results would "
-                        "not be comparable; pass a new --out directory, or restore those settings.")
+        raise UserError(
+            f"{run_dir} holds a sweep with other settings ({', '.join(changed)}): its results would "
+            "not be comparable; pass a new --out directory, or restore those settings."
+        )
     # Gradient checkpointing gives the same gradients and only trades memory for time: the current config's
     # choice holds for the runs still to do (a sweep resumed on a smaller device switches it on).
     checkpointing = config.train.gradient_checkpointing
     moved = stored.train.gradient_checkpointing != checkpointing
-    stored = dataclasses.replace(stored, train=dataclasses.replace(stored.train, gradient_checkpointing=checkpointing))
+    stored = dataclasses.replace(
+        stored, train=dataclasses.replace(stored.train, gradient_checkpointing=checkpointing)
+    )
     if _grid(stored) == _grid(config):
         return stored, moved
     if not extend:
         stored_grid, new_grid = _grid(stored), _grid(config)
         added = [axis for axis, old, new in zip(GRID_AXES, stored_grid, new_grid) if new - old]
         removed = [axis for axis, old, new in zip(GRID_AXES, stored_grid, new_grid) if old - new]
-        detail = "; ".join(part for part in (
-            f"adds {', '.join(added)}" if added else "", f"drops {', '.join(removed)}" if removed else "") if part)
-        raise UserError(f"the config's grid differs from the one in {run_dir} ({detail}): pass --extend to add "
-                        "the new runs to this directory, or use a new --out directory.")
-    merged = dataclasses.replace(stored, **{
-        axis: _union(axis, getattr(stored, axis), getattr(config, axis)) for axis in GRID_AXES
-    })
+        detail = "; ".join(
+            part
+            for part in (
+                f"adds {', '.join(added)}" if added else "",
+                f"drops {', '.join(removed)}" if removed else "",
+            )
+            if part
+        )
+        raise UserError(
+            f"the config's grid differs from the one in {run_dir} ({detail}): pass --extend to add "
+            "the new runs to this directory, or use a new --out directory."
+        )
+    merged = dataclasses.replace(
+        stored, **{axis: _union(axis, getattr(stored, axis), getattr(config, axis)) for axis in GRID_AXES}
+    )
     return merged, True
 
 
@@ -161,10 +184,14 @@ def read_stored_config(run_dir: Path) -> SweepConfig:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot read {path} ({reason}): the run directory is damaged; use a new --out.") from exc
+        raise UserError(
+            f"cannot read {path} ({reason}): the run directory is damaged; use a new --out."
+        ) from exc
     if not isinstance(data, Mapping):
-        raise UserError(f"{path} holds {type(data).__name__}, not a sweep config: the run directory is damaged; "
-                        "use a new --out.")
+        raise UserError(
+            f"{path} holds {type(data).__name__}, not a sweep config: the run directory is damaged; "
+            "use a new --out."
+        )
     return config_from_dict(data, source=str(path))
 
 
@@ -212,7 +239,9 @@ def sweep_lock(run_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            raise UserError(f"another sweep is running in {run_dir}: wait for it, or use another --out.") from exc
+            raise UserError(
+                f"another sweep is running in {run_dir}: wait for it, or use another --out."
+            ) from exc
         try:
             yield
         except BaseException:
@@ -230,7 +259,9 @@ def _remove_if_only_the_lock(run_dir: Path) -> None:
             run_dir.rmdir()
 
 
-def pending(specs: Sequence[RunSpec], statuses: Mapping[str, str], *, retry_failed: bool = False) -> list[RunSpec]:
+def pending(
+    specs: Sequence[RunSpec], statuses: Mapping[str, str], *, retry_failed: bool = False
+) -> list[RunSpec]:
     """The runs a sweep still has to do: never started, interrupted (``running``), or failed when retrying."""
     final = USABLE_STATUSES if retry_failed else FINAL_STATUSES
     return [spec for spec in specs if statuses.get(spec.run_id) not in final]
@@ -300,17 +331,32 @@ def run_sweep(
         if config.search is not None or pending(specs, _recorded_statuses(root), retry_failed=retry_failed):
             # Before anything is written: a config whose runs would all fail the same way leaves no trace.
 
-            checked = preflight(effective, device=device if backend == "local" else None, source=source,
-                                needs_calibration=_centres_missing(effective, root))
+            checked = preflight(
+                effective,
+                device=device if backend == "local" else None,
+                source=source,
+                needs_calibration=_centres_missing(effective, root),
+            )
             calibration = checked.calibration
         if changed:
             _write_config(RunLayout(root).config, effective.to_dict())
         # Runs of one method share its adapter at initialisation: built once (SVDs, LoRA-GA's gradients) and
         # copied, in this process (the local backend's runs and the search's centres; Ray workers build their own).
         with reuse_adapters_at_init(reuse_budget) if backend == "local" else contextlib.nullcontext():
-            return _sweep_runs(config, root, specs, backend=backend, address=address, retry_failed=retry_failed,
-                               progress=progress, device=device, on_run=on_run, start=start, at_init=at_init,
-                               calibration=calibration)
+            return _sweep_runs(
+                config,
+                root,
+                specs,
+                backend=backend,
+                address=address,
+                retry_failed=retry_failed,
+                progress=progress,
+                device=device,
+                on_run=on_run,
+                start=start,
+                at_init=at_init,
+                calibration=calibration,
+            )
 
 
 def _centres_missing(config: SweepConfig, root: Path) -> bool:
@@ -322,15 +368,36 @@ def _centres_missing(config: SweepConfig, root: Path) -> bool:
     return any(key.centre_key not in centres for key in adaptive.search_keys(config))
 
 
-def _sweep_runs(config: SweepConfig, root: Path, specs: Sequence[RunSpec], *, backend: Backend,
-                address: str | None, retry_failed: bool, progress: bool, device: Any,
-                on_run: Callable[[int, int], None] | None, start: float, at_init: AtInit | None,
-                calibration: Any = None) -> SweepSummary:
+def _sweep_runs(
+    config: SweepConfig,
+    root: Path,
+    specs: Sequence[RunSpec],
+    *,
+    backend: Backend,
+    address: str | None,
+    retry_failed: bool,
+    progress: bool,
+    device: Any,
+    on_run: Callable[[int, int], None] | None,
+    start: float,
+    at_init: AtInit | None,
+    calibration: Any = None,
+) -> SweepSummary:
     """The runs of a prepared run directory (inside the sweep lock): the search's rounds or the grid's pending."""
     if config.search is not None:
-        return _run_search(config, root, backend=backend, address=address, retry_failed=retry_failed,
-                           progress=progress, device=device, on_run=on_run, start=start, at_init=at_init,
-                           calibration=calibration)
+        return _run_search(
+            config,
+            root,
+            backend=backend,
+            address=address,
+            retry_failed=retry_failed,
+            progress=progress,
+            device=device,
+            on_run=on_run,
+            start=start,
+            at_init=at_init,
+            calibration=calibration,
+        )
     with open_store(root) as store:
         if config.checkpoints == "best":  # finish a pruning a kill interrupted (sweep/retention.py)
             prune(store, root)
@@ -338,15 +405,34 @@ def _sweep_runs(config: SweepConfig, root: Path, specs: Sequence[RunSpec], *, ba
         if on_run is not None:
             on_run(0, len(todo))
         if todo:
-            _run_batch(config, root, todo, store, backend=backend, address=address, progress=progress,
-                       device=device, on_run=None if on_run is None else lambda done: on_run(done, len(todo)))
+            _run_batch(
+                config,
+                root,
+                todo,
+                store,
+                backend=backend,
+                address=address,
+                progress=progress,
+                device=device,
+                on_run=None if on_run is None else lambda done: on_run(done, len(todo)),
+            )
         statuses = store.statuses()
         errors = _failure_summary(store, specs)
     return _summary(root, specs, statuses, len(specs) - len(todo), len(todo), start, errors)
 
 
-def _run_batch(config: SweepConfig, root: Path, todo: Sequence[RunSpec], store: Any, *, backend: Backend,
-               address: str | None, progress: bool, device: Any, on_run: Callable[[int], None] | None) -> None:
+def _run_batch(
+    config: SweepConfig,
+    root: Path,
+    todo: Sequence[RunSpec],
+    store: Any,
+    *,
+    backend: Backend,
+    address: str | None,
+    progress: bool,
+    device: Any,
+    on_run: Callable[[int], None] | None,
+) -> None:
     """Run ``todo`` on the backend; ``on_run(k)`` after its k-th run."""
     if backend == "local":
         run_local(config, root, todo, store, progress=progress, device=device, on_run=on_run)
@@ -354,28 +440,48 @@ def _run_batch(config: SweepConfig, root: Path, todo: Sequence[RunSpec], store: 
         run_on_ray(config, root, todo, store, address=address, progress=progress, on_run=on_run)
 
 
-def _run_search(config: SweepConfig, root: Path, *, backend: Backend, address: str | None, retry_failed: bool,
-                progress: bool, device: Any, on_run: Callable[[int, int], None] | None,
-                start: float, at_init: AtInit | None = None, calibration: Any = None) -> SweepSummary:
+def _run_search(
+    config: SweepConfig,
+    root: Path,
+    *,
+    backend: Backend,
+    address: str | None,
+    retry_failed: bool,
+    progress: bool,
+    device: Any,
+    on_run: Callable[[int, int], None] | None,
+    start: float,
+    at_init: AtInit | None = None,
+    calibration: Any = None,
+) -> SweepSummary:
     """The adaptive search's rounds, inside the sweep lock: ask every key for its round, run what is not
     finished, repeat until no key asks for more."""
     say = (lambda text: tqdm.write(text, file=sys.stderr)) if progress else None
-    centres = adaptive.ensure_centres(config, root, progress=progress, device=device, say=say, at_init=at_init,
-                                      calibration=calibration)
+    centres = adaptive.ensure_centres(
+        config, root, progress=progress, device=device, say=say, at_init=at_init, calibration=calibration
+    )
     metric, higher = adaptive.search_metric(config)
     ran = 0
     with open_store(root) as store:
         # --retry-failed: the failed rows found now are left out (so asked for and rerun) until rerun once.
-        left_out = {run_id for run_id, status in store.statuses().items() if status == Status.FAILED} \
-            if retry_failed else set()
+        left_out = (
+            {run_id for run_id, status in store.statuses().items() if status == Status.FAILED}
+            if retry_failed
+            else set()
+        )
         while True:
             rows = store.rows()
-            round_specs = adaptive.next_round(config, rows, centres, metric, higher, left_out=frozenset(left_out))
+            round_specs = adaptive.next_round(
+                config, rows, centres, metric, higher, left_out=frozenset(left_out)
+            )
             if not round_specs:
                 break
             statuses = store.statuses()
-            todo = [spec for spec in round_specs
-                    if statuses.get(spec.run_id) not in FINAL_STATUSES or spec.run_id in left_out]
+            todo = [
+                spec
+                for spec in round_specs
+                if statuses.get(spec.run_id) not in FINAL_STATUSES or spec.run_id in left_out
+            ]
             if not todo:  # cannot happen with a well-formed store; never loop without running anything
                 raise RuntimeError(f"the adaptive search asked for finished runs only: {round_specs}")
             report: Callable[[int], None] | None = None
@@ -383,8 +489,17 @@ def _run_search(config: SweepConfig, root: Path, *, backend: Backend, address: s
                 total = max(adaptive.planned_estimate(config, rows, centres, metric, higher), ran + len(todo))
                 on_run(ran, total)
                 report = functools.partial(_report_run, on_run, ran, total)
-            _run_batch(config, root, todo, store, backend=backend, address=address, progress=progress,
-                       device=device, on_run=report)
+            _run_batch(
+                config,
+                root,
+                todo,
+                store,
+                backend=backend,
+                address=address,
+                progress=progress,
+                device=device,
+                on_run=report,
+            )
             ran += len(todo)
             left_out -= {spec.run_id for spec in todo}
         rows = store.rows()
@@ -402,8 +517,15 @@ def _report_run(on_run: Callable[[int, int], None], before: int, total: int, don
     on_run(before + done, total)
 
 
-def _summary(root: Path, specs: Sequence[RunSpec], statuses: Mapping[str, str], skipped: int, ran: int,
-             start: float, errors: dict[str, int]) -> SweepSummary:
+def _summary(
+    root: Path,
+    specs: Sequence[RunSpec],
+    statuses: Mapping[str, str],
+    skipped: int,
+    ran: int,
+    start: float,
+    errors: dict[str, int],
+) -> SweepSummary:
     counts: dict[str, int] = {}  # keyed by the stored (plain) status values
     for spec in specs:
         status = statuses.get(spec.run_id)
@@ -422,5 +544,3 @@ def _failure_summary(store: Any, specs: Sequence[RunSpec]) -> dict[str, int]:
             key = lines[-1][:300] if lines else "no error recorded"
             errors[key] = errors.get(key, 0) + 1
     return errors
-
-

@@ -56,8 +56,16 @@ def check(result: int, what: str) -> None:
 
 
 def mount(source: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    check(libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None, flags,
-                     data.encode() if data else None), f"mount {source} on {target}")
+    check(
+        libc.mount(
+            source.encode(),
+            target.encode(),
+            fstype.encode() if fstype else None,
+            flags,
+            data.encode() if data else None,
+        ),
+        f"mount {source} on {target}",
+    )
 
 
 def locked_flags(path: str) -> int:
@@ -65,8 +73,14 @@ def locked_flags(path: str) -> int:
     that the mount carries from the host (the kernel refuses the remount otherwise)."""
     flag = os.statvfs(path).f_flag
     kept = 0
-    for statvfs_bit, mount_bit in ((2, MS_NOSUID), (4, MS_NODEV), (8, MS_NOEXEC), (1024, MS_NOATIME),
-                                   (2048, MS_NODIRATIME), (4096, MS_RELATIME)):
+    for statvfs_bit, mount_bit in (
+        (2, MS_NOSUID),
+        (4, MS_NODEV),
+        (8, MS_NOEXEC),
+        (1024, MS_NOATIME),
+        (2048, MS_NODIRATIME),
+        (4096, MS_RELATIME),
+    ):
         if flag & statvfs_bit:
             kept |= mount_bit
     return kept
@@ -154,8 +168,11 @@ def main() -> None:
     # The program's own output goes nowhere: the caller reads this process's stderr for the init's one line only
     # (a program printing without end would otherwise fill the caller's memory).
     os.dup2(os.open("/dev/null", os.O_WRONLY), 2)
-    os.execve(settings["python"], [settings["python"], "-I", "-B", "/sandbox/program.py"],
-              {"PATH": "/usr/bin:/bin", "HOME": "/sandbox", "TMPDIR": "/tmp", "LANG": "C.UTF-8"})
+    os.execve(
+        settings["python"],
+        [settings["python"], "-I", "-B", "/sandbox/program.py"],
+        {"PATH": "/usr/bin:/bin", "HOME": "/sandbox", "TMPDIR": "/tmp", "LANG": "C.UTF-8"},
+    )
 
 
 if __name__ == "__main__":  # run with -c by hessian_lora.training.sandbox; importing it does nothing

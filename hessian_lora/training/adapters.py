@@ -88,18 +88,30 @@ def build_adapter(
     spec.check_rank(config.rank)
     spec.check_shapes(config.rank, linear_shapes)
     if spec.needs_data and not batches:
-        raise UserError(f"method {config.method} initialises from data: pass training batches "
-                        "(the CLI takes them from --task).")
+        raise UserError(
+            f"method {config.method} initialises from data: pass training batches "
+            "(the CLI takes them from --task)."
+        )
     _check_dtype_supported(model, config)
     # Rewriting methods keep the untouched weights so the residual is recomputed by one exact recipe.
     originals = _snapshot_target_weights(model, config.targets) if config.spec.rewrites_base else {}
     with torch.random.fork_rng(devices=_cuda_device_indices(model)):
         torch.manual_seed(config.seed)
-        lora_config = _peft_config(config, causal_lm=hasattr(model, "prepare_inputs_for_generation"),
-                                   shapes=list(linear_shapes.values()))
-        context = BuildContext(config=config, model=model, peft_config=lora_config, batches=batches,
-                               layers=lambda: list(lora_layers(context.model)), adapter_name=ADAPTER_NAME,
-                               progress=progress, loss=loss_sum)
+        lora_config = _peft_config(
+            config,
+            causal_lm=hasattr(model, "prepare_inputs_for_generation"),
+            shapes=list(linear_shapes.values()),
+        )
+        context = BuildContext(
+            config=config,
+            model=model,
+            peft_config=lora_config,
+            batches=batches,
+            layers=lambda: list(lora_layers(context.model)),
+            adapter_name=ADAPTER_NAME,
+            progress=progress,
+            loss=loss_sum,
+        )
         if spec.prepare is not None:
             spec.prepare(context)
         with warnings.catch_warnings():
@@ -117,8 +129,11 @@ def build_adapter(
             initial_factors[name] = (lora_a.detach().cpu().clone(), lora_b.detach().cpu().clone())
             base = layer.get_base_layer()
             with torch.no_grad():
-                base.weight.copy_(residual_weight(originals[name].to(base.weight.device), lora_a, lora_b,
-                                                  layer.scaling[ADAPTER_NAME]))
+                base.weight.copy_(
+                    residual_weight(
+                        originals[name].to(base.weight.device), lora_a, lora_b, layer.scaling[ADAPTER_NAME]
+                    )
+                )
     setattr(peft_model, CONFIG_ATTRIBUTE, config)
     setattr(peft_model, INITIAL_FACTORS_ATTRIBUTE, initial_factors)
     peft_model.eval()
@@ -168,8 +183,11 @@ def adapter_at_initialisation(
     key = (model, model_seed, attention, str(device), repr(config))  # repr: targets may be a list
     if reuse is not None and not config.spec.needs_data and key in reuse.entries:
         return reuse.copy_of(key)
-    loaded = model if isinstance(model, LoadedModel) else load_model(
-        model, device=device, seed=model_seed, attn_implementation=attention)
+    loaded = (
+        model
+        if isinstance(model, LoadedModel)
+        else load_model(model, device=device, seed=model_seed, attn_implementation=attention)
+    )
     clock = time.perf_counter()  # the build alone: worth a copy when it decomposes or needs gradients
     batches: list[TokenBatch] | None = None
     if config.spec.needs_data:
@@ -188,7 +206,9 @@ def adapter_at_initialisation(
 # ----------------------------------------------------------------------------------------------------------
 # Reusing adapters at initialisation within a sweep
 
-REUSE_MIN_BUILD_SECONDS = 1.0  # a copy of SmolLM2 with an r=64 adapter takes 0.26 s; LoRA's load + build 0.46 s
+REUSE_MIN_BUILD_SECONDS = (
+    1.0  # a copy of SmolLM2 with an r=64 adapter takes 0.26 s; LoRA's load + build 0.46 s
+)
 REUSE_BUDGET_BYTES = 4 << 30  # the most kept by default: SmolLM2's demo keeps 4 methods' copies, ~2.4 GiB
 REUSE_BUDGET_VARIABLE = "HESSIAN_LORA_REUSE_GIB"
 
@@ -204,8 +224,10 @@ def reuse_budget_bytes() -> int:
         except ValueError:
             gib = math.nan
         if not gib >= 0 or math.isinf(gib):
-            raise UserError(f"{REUSE_BUDGET_VARIABLE}={text}: give the memory for kept adapters in GiB, a number "
-                            f">= 0 (0 keeps none).")
+            raise UserError(
+                f"{REUSE_BUDGET_VARIABLE}={text}: give the memory for kept adapters in GiB, a number "
+                f">= 0 (0 keeps none)."
+            )
         return int(gib * (1 << 30))
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -237,8 +259,9 @@ class _Reuse:
         size = _bytes(built.model)
         if self.held_bytes + size > self.budget_bytes:
             return
-        self.entries[key] = AdapterAtInit(copy.deepcopy(built.model), built.tokenizer,
-                                          copy.deepcopy(built.init_batches))
+        self.entries[key] = AdapterAtInit(
+            copy.deepcopy(built.model), built.tokenizer, copy.deepcopy(built.init_batches)
+        )
         self.held_bytes += size
 
 
@@ -277,8 +300,10 @@ def _fingerprint(batches: Sequence[TokenBatch] | None) -> str:
 
 def _bytes(model: nn.Module) -> int:
     """Bytes of the model's distinct storages (tied embeddings once)."""
-    storages = {tensor.untyped_storage().data_ptr(): tensor.untyped_storage().nbytes()
-                for tensor in model.state_dict().values()}
+    storages = {
+        tensor.untyped_storage().data_ptr(): tensor.untyped_storage().nbytes()
+        for tensor in model.state_dict().values()
+    }
     return sum(storages.values())
 
 
@@ -295,7 +320,9 @@ def _init_batches(
     return None  # build_adapter says what is missing
 
 
-def residual_weight(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float) -> torch.Tensor:
+def residual_weight(
+    weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float
+) -> torch.Tensor:
     """W − s·B·A in float64, rounded once to W's dtype; bit-reproducible on any device.
 
     The product of two fp32 (or bf16/fp16) numbers is exact in float64, so a fused or unfused multiply-add gives
@@ -372,8 +399,15 @@ def make_optimizer(
     if lr <= 0:
         raise UserError(f"learning rate must be positive, got {lr}.")
     if config.spec.make_optimizer is not None:
-        return config.spec.make_optimizer(peft_model, config, lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                          max_grad_norm=max_grad_norm)
+        return config.spec.make_optimizer(
+            peft_model,
+            config,
+            lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            max_grad_norm=max_grad_norm,
+        )
     params = trainable_parameters(peft_model)
     return torch.optim.AdamW(list(params.values()), lr=lr, betas=betas, weight_decay=weight_decay, eps=eps)
 
@@ -389,9 +423,11 @@ def _check_dtype_supported(model: nn.Module, config: AdapterConfig) -> None:
     """Say why a method cannot be built on this model's dtype, instead of peft's TypeError mid-build."""
     dtype = next(model.parameters()).dtype
     if not config.spec.float64 and dtype == torch.float64:
-        raise UserError(f"method {config.method} cannot be initialised on a float64 model: peft builds it in "
-                        "float32, float16 or bfloat16 only; load the model in float32 (e.g. for a float64 "
-                        "Hessian, build in float32 and cast the adapted model with .double() afterwards).")
+        raise UserError(
+            f"method {config.method} cannot be initialised on a float64 model: peft builds it in "
+            "float32, float16 or bfloat16 only; load the model in float32 (e.g. for a float64 "
+            "Hessian, build in float32 and cast the adapted model with .double() afterwards)."
+        )
 
 
 def _target_linear_shapes(model: nn.Module, targets: Sequence[str]) -> dict[str, tuple[int, int]]:
@@ -408,8 +444,10 @@ def _target_linear_shapes(model: nn.Module, targets: Sequence[str]) -> dict[str,
                 found.add(leaf)
     missing = [t for t in targets if t not in found]
     if missing:
-        raise UserError(f"target module(s) {', '.join(missing)} not in the model: choose from "
-                        f"{', '.join(sorted(linear_names - {'lm_head'}))}.")
+        raise UserError(
+            f"target module(s) {', '.join(missing)} not in the model: choose from "
+            f"{', '.join(sorted(linear_names - {'lm_head'}))}."
+        )
     return shapes
 
 
@@ -420,8 +458,10 @@ def _check_rank_fits(config: AdapterConfig, shapes: dict[str, tuple[int, int]]) 
     needed = config.spec.components_per_rank
     smallest = min(min(shape) for shape in shapes.values())
     if needed * config.rank > smallest:
-        raise UserError(f"{config.method} needs {needed}*rank <= {smallest} (the smallest target dimension), "
-                        f"got rank {config.rank}: lower --rank or drop the small target modules.")
+        raise UserError(
+            f"{config.method} needs {needed}*rank <= {smallest} (the smallest target dimension), "
+            f"got rank {config.rank}: lower --rank or drop the small target modules."
+        )
 
 
 def _snapshot_target_weights(model: nn.Module, targets: Sequence[str]) -> dict[str, torch.Tensor]:

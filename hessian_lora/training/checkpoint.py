@@ -66,9 +66,30 @@ INITIAL_ADAPTER_FILE = "initial_adapter.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 
 # The flat document's keys, in the order the file has always listed them (the adapter's fields among the others).
-_META_ORDER = ("method", "rank", "alpha", "dropout", "targets", "base_model", "task", "seed", "model_seed", "dtype",
-               "lr", "step", "loraplus_ratio", "pissa_niter", "extra", "format_version")
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_META_ORDER = (
+    "method",
+    "rank",
+    "alpha",
+    "dropout",
+    "targets",
+    "base_model",
+    "task",
+    "seed",
+    "model_seed",
+    "dtype",
+    "lr",
+    "step",
+    "loraplus_ratio",
+    "pissa_niter",
+    "extra",
+    "format_version",
+)
+_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 
 @dataclass(frozen=True)
@@ -105,8 +126,16 @@ class CheckpointMeta:
         extra: dict[str, Any] | None = None,
     ) -> CheckpointMeta:
         """The metadata of an adapter built from ``config`` on ``base_model``."""
-        return cls(adapter=dataclasses.replace(config, alpha=config.lora_alpha), base_model=base_model, task=task,
-                   model_seed=model_seed, dtype=_dtype_name(dtype), lr=lr, step=step, extra=dict(extra or {}))
+        return cls(
+            adapter=dataclasses.replace(config, alpha=config.lora_alpha),
+            base_model=base_model,
+            task=task,
+            model_seed=model_seed,
+            dtype=_dtype_name(dtype),
+            lr=lr,
+            step=step,
+            extra=dict(extra or {}),
+        )
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -128,7 +157,9 @@ class CheckpointMeta:
         own_keys = {f.name for f in fields(cls)} - {"adapter"}
         adapter = {key: value for key, value in data.items() if key in adapter_keys}
         adapter["targets"] = tuple(adapter.get("targets", ()))
-        return cls(adapter=AdapterConfig(**adapter), **{key: value for key, value in data.items() if key in own_keys})
+        return cls(
+            adapter=AdapterConfig(**adapter), **{key: value for key, value in data.items() if key in own_keys}
+        )
 
 
 @dataclass(frozen=True)
@@ -167,6 +198,7 @@ class OptimizerState:
 class LoadedCheckpoint(NamedTuple):
     """What :func:`load_checkpoint` returns: the adapted model, its tokenizer, the metadata and the optimizer
     state."""
+
     model: PeftModel
     tokenizer: PreTrainedTokenizerBase
     meta: CheckpointMeta
@@ -189,10 +221,14 @@ def save_checkpoint(
     check_checkpoint_destination(target)
     config: AdapterConfig | None = getattr(peft_model, adapters.CONFIG_ATTRIBUTE, None)
     if config is None:
-        raise UserError("this model was not built by hessian_lora.training.adapters.build_adapter or load_checkpoint: "
-                        "build it with build_adapter so its initialisation is known.")
+        raise UserError(
+            "this model was not built by hessian_lora.training.adapters.build_adapter or load_checkpoint: "
+            "build it with build_adapter so its initialisation is known."
+        )
     if config.method != meta.adapter.method or config.rank != meta.adapter.rank:
-        raise ValueError(f"meta says {meta.adapter.method} r={meta.adapter.rank} but the model is {config.method} r={config.rank}")
+        raise ValueError(
+            f"meta says {meta.adapter.method} r={meta.adapter.rank} but the model is {config.method} r={config.rank}"
+        )
     # Staged in a hidden sibling (same filesystem, so the final move is a rename), then swapped in whole.
     staging = temporary_path(target, directory=True)
     try:
@@ -207,12 +243,18 @@ def save_checkpoint(
                 tensors[f"{name}.lora_B"] = lora_b.contiguous()
             save_file(tensors, str(staging / INITIAL_ADAPTER_FILE), metadata={"format": "pt"})
             # A base cast to bf16 for training (hessian_lora.training.precision) reloads in fp32: the fp32 fingerprint.
-            meta_data["residual_sha256"] = (getattr(peft_model, FP32_RESIDUAL_DIGEST_ATTRIBUTE, None)
-                                            or residual_digest(peft_model))
-        meta_data["trainable_parameters"] = sum(p.numel() for p in adapters.trainable_parameters(peft_model).values())
+            meta_data["residual_sha256"] = getattr(
+                peft_model, FP32_RESIDUAL_DIGEST_ATTRIBUTE, None
+            ) or residual_digest(peft_model)
+        meta_data["trainable_parameters"] = sum(
+            p.numel() for p in adapters.trainable_parameters(peft_model).values()
+        )
         if optimizer is not None:
             torch.save(
-                {"state_dict": optimizer.state_dict(), "param_names": _optimizer_param_names(peft_model, optimizer)},
+                {
+                    "state_dict": optimizer.state_dict(),
+                    "param_names": _optimizer_param_names(peft_model, optimizer),
+                },
                 staging / OPTIMIZER_FILE,
             )
         (staging / META_FILE).write_text(json.dumps(meta_data, indent=2) + "\n", encoding="utf-8")
@@ -225,7 +267,10 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    directory: str | os.PathLike[str], *, device: str | torch.device | None = None, full_precision: bool = False
+    directory: str | os.PathLike[str],
+    *,
+    device: str | torch.device | None = None,
+    full_precision: bool = False,
 ) -> LoadedCheckpoint:
     """Rebuild the saved model (base, residual where the method rewrote it, adapter) in eval mode.
 
@@ -244,22 +289,27 @@ def load_checkpoint(
     # A base of another shape than the adapter's (the metadata names the wrong model) is one line, not peft's
     # size mismatch per tensor.
     fix = f"set base_model in {path / META_FILE} to the model the adapter was trained on, or re-create the checkpoint"
-    adapter_config = schemas.read_json(path / ADAPTER_CONFIG_FILE, what="adapter config", fix=schemas.CHECKPOINT_FIX)
+    adapter_config = schemas.read_json(
+        path / ADAPTER_CONFIG_FILE, what="adapter config", fix=schemas.CHECKPOINT_FIX
+    )
     check_adapter_fits_base(path, adapter_config, check_adapter_weights(path), base, meta.base_model, fix=fix)
     with torch.random.fork_rng(devices=adapters._cuda_device_indices(base)), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         try:
             peft_model = PeftModel.from_pretrained(base, str(path), is_trainable=True, low_cpu_mem_usage=True)
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # what the check above cannot foresee
-            raise UserError(f"{path}: peft cannot load the adapter on {meta.base_model} ({first_problem(exc)}): "
-                            f"{fix}.") from exc
+            raise UserError(
+                f"{path}: peft cannot load the adapter on {meta.base_model} ({first_problem(exc)}): {fix}."
+            ) from exc
     initial_factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     if config.spec.rewrites_base:
         initial_factors = _restore_residual(path, peft_model)
         expected = meta_data.get("residual_sha256")
         if expected is not None and residual_digest(peft_model) != expected:
-            raise UserError(f"the base model {meta.base_model} differs from the one {path} was saved on: "
-                            "load the same base model (same files, dtype and seed).")
+            raise UserError(
+                f"the base model {meta.base_model} differs from the one {path} was saved on: "
+                "load the same base model (same files, dtype and seed)."
+            )
     if full_precision and meta.torch_dtype in (torch.bfloat16, torch.float16):
         peft_model.float()  # exact: every bf16/fp16 value is an fp32 value
     setattr(peft_model, adapters.CONFIG_ATTRIBUTE, config)
@@ -267,13 +317,21 @@ def load_checkpoint(
     peft_model.eval()
     optimizer_state = None
     if (path / OPTIMIZER_FILE).is_file():
-        optimizer_state = read_optimizer_state(path / OPTIMIZER_FILE, map_location=next(peft_model.parameters()).device)
+        optimizer_state = read_optimizer_state(
+            path / OPTIMIZER_FILE, map_location=next(peft_model.parameters()).device
+        )
     return LoadedCheckpoint(peft_model, loaded.tokenizer, meta, optimizer_state)
 
 
-def check_adapter_fits_base(directory: Path, peft_config: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]],
-                            base: torch.nn.Module, base_spec: str, *,
-                            fix: str = "pass the base the adapter was trained on with --model") -> None:
+def check_adapter_fits_base(
+    directory: Path,
+    peft_config: Mapping[str, Any],
+    shapes: Mapping[str, tuple[int, ...]],
+    base: torch.nn.Module,
+    base_spec: str,
+    *,
+    fix: str = "pass the base the adapter was trained on with --model",
+) -> None:
     """Refuse an adapter that does not fit ``base`` before peft tries: target modules the base lacks, and LoRA
     factors whose shapes differ from the base's layers (peft prints one size mismatch per tensor).
 
@@ -287,38 +345,52 @@ def check_adapter_fits_base(directory: Path, peft_config: Mapping[str, Any], sha
     targets = peft_config.get("target_modules")
     if isinstance(targets, str):
         if not any(re.fullmatch(targets, name) for name in linears):
-            raise UserError(f"{config_path}: target_modules {targets!r} matches no linear layer of {base_spec}: "
-                            f"{fix}.")
+            raise UserError(
+                f"{config_path}: target_modules {targets!r} matches no linear layer of {base_spec}: {fix}."
+            )
     elif targets:
-        missing = [target for target in targets
-                   if not any(name == target or name.endswith(f".{target}") for name in linears)]
+        missing = [
+            target
+            for target in targets
+            if not any(name == target or name.endswith(f".{target}") for name in linears)
+        ]
         if missing:
             have = sorted({name.rsplit(".", 1)[-1] for name in linears})
-            raise UserError(f"{config_path}: target_modules {', '.join(missing)} not in {base_spec} (its linear "
-                            f"layers: {', '.join(have)}): {fix}.")
+            raise UserError(
+                f"{config_path}: target_modules {', '.join(missing)} not in {base_spec} (its linear "
+                f"layers: {', '.join(have)}): {fix}."
+            )
     for key, shape in shapes.items():
         found = re.fullmatch(r"(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.[^.]+)?\.weight", key)
         if found is None or len(shape) != 2:
             continue
         module = linears.get(found.group(1))
         if module is None:
-            raise UserError(f"{directory / ADAPTER_WEIGHTS_FILE}: tensor {key} adapts {found.group(1)}, which "
-                            f"{base_spec} does not have: {fix}.")
+            raise UserError(
+                f"{directory / ADAPTER_WEIGHTS_FILE}: tensor {key} adapts {found.group(1)}, which "
+                f"{base_spec} does not have: {fix}."
+            )
         side, expected = ("in", module.in_features) if found.group(2) == "A" else ("out", module.out_features)
         got = shape[1] if found.group(2) == "A" else shape[0]
         if got != expected:
-            raise UserError(f"{directory / ADAPTER_WEIGHTS_FILE}: the adapter was saved for another base: "
-                            f"{found.group(1)} has {expected} {side}put features in {base_spec}, the adapter's "
-                            f"lora_{found.group(2)} {got}: {fix}.")
+            raise UserError(
+                f"{directory / ADAPTER_WEIGHTS_FILE}: the adapter was saved for another base: "
+                f"{found.group(1)} has {expected} {side}put features in {base_spec}, the adapter's "
+                f"lora_{found.group(2)} {got}: {fix}."
+            )
 
 
 def first_problem(exc: BaseException) -> str:
     """peft's error as one line: its first informative line (a state-dict error lists one line per tensor)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    detail = next((line for line in lines if line.lower().startswith(("size mismatch", "missing key", "unexpected"))),
-                  lines[0] if lines else type(exc).__name__)
+    detail = next(
+        (line for line in lines if line.lower().startswith(("size mismatch", "missing key", "unexpected"))),
+        lines[0] if lines else type(exc).__name__,
+    )
     more = len(lines) - 2 if detail is not lines[0] else len(lines) - 1  # the header and the one shown
-    return f"{type(exc).__name__}: {detail[:300].rstrip('.')}" + (f"; {more} more like it" if more > 0 else "")
+    return f"{type(exc).__name__}: {detail[:300].rstrip('.')}" + (
+        f"; {more} more like it" if more > 0 else ""
+    )
 
 
 def check_adapter_weights(directory: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
@@ -334,18 +406,23 @@ def read_meta_dict(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """The raw ``hessian_lora.json`` of a checkpoint (CheckpointMeta fields plus what save adds)."""
     path = Path(directory)
     if not path.is_dir():
-        raise UserError(f"checkpoint directory {path} does not exist: pass a directory written by "
-                        "`hessian-lora init` or a training run.")
+        raise UserError(
+            f"checkpoint directory {path} does not exist: pass a directory written by "
+            "`hessian-lora init` or a training run."
+        )
     meta_path = path / META_FILE
     if not meta_path.is_file():
-        raise UserError(f"{path} is not a hessian-lora checkpoint (no {META_FILE}): pass a checkpoint directory.")
+        raise UserError(
+            f"{path} is not a hessian-lora checkpoint (no {META_FILE}): pass a checkpoint directory."
+        )
 
     data = schemas.read_json(meta_path, what="checkpoint metadata", fix=schemas.CHECKPOINT_FIX)
     version = data.get("format_version") if isinstance(data, dict) else None
     if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise UserError(f"{path} was written by a newer hessian-lora (format {version}): upgrade.")
-    document = schemas.validate_document(schemas.CheckpointMetaDocument, data, source=str(meta_path),
-                                         fix=schemas.CHECKPOINT_FIX)
+    document = schemas.validate_document(
+        schemas.CheckpointMetaDocument, data, source=str(meta_path), fix=schemas.CHECKPOINT_FIX
+    )
     return document.model_dump()
 
 
@@ -354,8 +431,10 @@ def check_checkpoint_files(directory: str | os.PathLike[str]) -> None:
     path = Path(directory)
     config = schemas.read_json(path / ADAPTER_CONFIG_FILE, what="adapter config", fix=schemas.CHECKPOINT_FIX)
     if not isinstance(config, dict):
-        raise UserError(f"{path / ADAPTER_CONFIG_FILE} holds {type(config).__name__}, not an object: "
-                        f"{schemas.CHECKPOINT_FIX}")
+        raise UserError(
+            f"{path / ADAPTER_CONFIG_FILE} holds {type(config).__name__}, not an object: "
+            f"{schemas.CHECKPOINT_FIX}"
+        )
     for name in (ADAPTER_WEIGHTS_FILE, INITIAL_ADAPTER_FILE):
         file = path / name
         if name == INITIAL_ADAPTER_FILE and not file.exists():
@@ -372,8 +451,10 @@ def check_safetensors(file: Path) -> None:
             for key in handle.keys():  # noqa: SIM118  (safe_open is not iterable)
                 handle.get_slice(key)
     except Exception as exc:  # safetensors raises its own SafetensorError (header, size) and OSError
-        raise UserError(f"{file} is truncated or damaged, not a complete safetensors file ({_first_line(exc)}): "
-                        "re-create or re-copy it.") from exc
+        raise UserError(
+            f"{file} is truncated or damaged, not a complete safetensors file ({_first_line(exc)}): "
+            "re-create or re-copy it."
+        ) from exc
 
 
 def read_optimizer_state(file: Path, *, map_location: Any = "cpu") -> OptimizerState:
@@ -384,10 +465,21 @@ def read_optimizer_state(file: Path, *, map_location: Any = "cpu") -> OptimizerS
         if not isinstance(state.state_dict.get("state"), dict) or not state.state_dict.get("param_groups"):
             raise ValueError("no optimizer state_dict")
         state.betas, state.eps  # noqa: B018  (the fields Hessian work reads must be present)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, TypeError, ValueError, IndexError,
-            AttributeError, OSError) as exc:
-        raise UserError(f"{file} is not a saved optimizer state ({_first_line(exc)}): the checkpoint is damaged; "
-                        "delete the file to use the checkpoint without it, or rerun the training run.") from exc
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        KeyError,
+        TypeError,
+        ValueError,
+        IndexError,
+        AttributeError,
+        OSError,
+    ) as exc:
+        raise UserError(
+            f"{file} is not a saved optimizer state ({_first_line(exc)}): the checkpoint is damaged; "
+            "delete the file to use the checkpoint without it, or rerun the training run."
+        ) from exc
     return state
 
 
@@ -402,7 +494,9 @@ def adam_second_moments(
     """Adam's ``exp_avg_sq`` per parameter name (divided by 1 − β₂^step when ``bias_corrected``)."""
     state = loaded.optimizer_state if isinstance(loaded, LoadedCheckpoint) else loaded
     if state is None:
-        raise UserError("this checkpoint holds no optimizer state: save it with the optimizer (a training run).")
+        raise UserError(
+            "this checkpoint holds no optimizer state: save it with the optimizer (a training run)."
+        )
     moments = state.by_name("exp_avg_sq")
     if bias_corrected:
         _, beta2 = state.betas
@@ -417,30 +511,40 @@ def live_optimizer_state(peft_model: nn.Module, optimizer: torch.optim.Optimizer
     return OptimizerState(optimizer.state_dict(), tuple(_optimizer_param_names(peft_model, optimizer)))
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, peft_model: nn.Module, state: OptimizerState) -> None:
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, peft_model: nn.Module, state: OptimizerState
+) -> None:
     """Restore a saved state into an optimizer built by ``make_optimizer`` for the same adapter."""
     names = _optimizer_param_names(peft_model, optimizer)
     if tuple(names) != state.param_names:
-        raise UserError("the saved optimizer state belongs to other parameters: rebuild the optimizer with "
-                        "make_optimizer for the checkpoint's own model and method.")
+        raise UserError(
+            "the saved optimizer state belongs to other parameters: rebuild the optimizer with "
+            "make_optimizer for the checkpoint's own model and method."
+        )
     optimizer.load_state_dict(state.state_dict)
 
 
 def _restore_residual(path: Path, peft_model: PeftModel) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     initial_path = path / INITIAL_ADAPTER_FILE
     if not initial_path.is_file():
-        raise UserError(f"{path} lacks {INITIAL_ADAPTER_FILE}, which rebuilds the residual base: the checkpoint "
-                        "is incomplete, re-create it.")
+        raise UserError(
+            f"{path} lacks {INITIAL_ADAPTER_FILE}, which rebuilds the residual base: the checkpoint "
+            "is incomplete, re-create it."
+        )
     tensors = load_file(str(initial_path))
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for name, layer in adapters.progress(list(adapters.lora_layers(peft_model)), "residual base"):
         try:
             lora_a, lora_b = tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"]
         except KeyError as exc:
-            raise UserError(f"{initial_path} has no initial factors for {name}: the checkpoint is damaged.") from exc
+            raise UserError(
+                f"{initial_path} has no initial factors for {name}: the checkpoint is damaged."
+            ) from exc
         base = layer.get_base_layer()
         with torch.no_grad():
-            base.weight.copy_(adapters.residual_weight(base.weight, lora_a, lora_b, layer.scaling[adapters.ADAPTER_NAME]))
+            base.weight.copy_(
+                adapters.residual_weight(base.weight, lora_a, lora_b, layer.scaling[adapters.ADAPTER_NAME])
+            )
         factors[name] = (lora_a, lora_b)
     return factors
 
@@ -474,7 +578,9 @@ def check_checkpoint_destination(directory: str | os.PathLike[str]) -> None:
     if target.is_file():
         raise UserError(f"{target} is a file: choose a directory path for the checkpoint.")
     if target.is_dir() and not (target / META_FILE).is_file() and any(target.iterdir()):
-        raise UserError(f"{target} exists and is not a hessian-lora checkpoint: choose another output directory.")
+        raise UserError(
+            f"{target} exists and is not a hessian-lora checkpoint: choose another output directory."
+        )
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -69,13 +69,21 @@ class EvalSet:
     def accuracy(self, generations: list[str]) -> float:
         """Mean score of one generation per example, in order."""
         if len(generations) != len(self.examples):
-            raise ValueError(f"{len(generations)} generations for {len(self.examples)} examples of {self.name}")
+            raise ValueError(
+                f"{len(generations)} generations for {len(self.examples)} examples of {self.name}"
+            )
         return sum(self.score(text, example) for text, example in zip(generations, self.examples)) / max(
-            1, len(self.examples))
+            1, len(self.examples)
+        )
 
 
-def load_eval_set(spec: str, *, limit: int | None = None, code_timeout: float = DEFAULT_CODE_TIMEOUT,
-                  allow_unconfined: bool = False) -> EvalSet:
+def load_eval_set(
+    spec: str,
+    *,
+    limit: int | None = None,
+    code_timeout: float = DEFAULT_CODE_TIMEOUT,
+    allow_unconfined: bool = False,
+) -> EvalSet:
     """Load ``gsm8k:PATH``, ``math:PATH``, ``mbpp:PATH`` or ``humaneval`` (see the module docstring).
 
     ``code_timeout`` is the wall-clock limit in seconds of each program run by the code scorers;
@@ -89,7 +97,9 @@ def load_eval_set(spec: str, *, limit: int | None = None, code_timeout: float = 
         raise UserError(f"eval set limit must be at least 1, got {limit}.")
     if name == "humaneval":
         if path:
-            raise UserError(f"eval set {spec!r}: humaneval is embedded, write just 'humaneval' without a path.")
+            raise UserError(
+                f"eval set {spec!r}: humaneval is embedded, write just 'humaneval' without a path."
+            )
         return _humaneval(limit, code_timeout, allow_unconfined)
     if name not in ("gsm8k", "math", "mbpp"):
         raise UserError(f"unknown eval set {spec!r}: use gsm8k:PATH, math:PATH, mbpp:PATH or humaneval.")
@@ -120,8 +130,10 @@ def read_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
         try:
             items = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise UserError(f"eval file {path} is not valid JSON ({exc.msg} at line {exc.lineno}): "
-                            "write one JSON object per line (JSONL) or one JSON array.") from exc
+            raise UserError(
+                f"eval file {path} is not valid JSON ({exc.msg} at line {exc.lineno}): "
+                "write one JSON object per line (JSONL) or one JSON array."
+            ) from exc
         numbered = list(enumerate(items, start=1))
     else:
         numbered = []
@@ -131,27 +143,39 @@ def read_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
             try:
                 numbered.append((number, json.loads(line)))
             except json.JSONDecodeError as exc:
-                raise UserError(f"eval file {path} line {number} is not JSON ({exc.msg}): the file must be JSONL, "
-                                "one JSON object per line.") from exc
+                raise UserError(
+                    f"eval file {path} line {number} is not JSON ({exc.msg}): the file must be JSONL, "
+                    "one JSON object per line."
+                ) from exc
     if not numbered:
         raise UserError(f"eval file {path} has no records: it needs one JSON object per line.")
     for number, item in numbered:
         if not isinstance(item, dict):
-            raise UserError(f"eval file {path} line {number} is a JSON {type(item).__name__}, not an object: "
-                            "write one JSON object per line.")
+            raise UserError(
+                f"eval file {path} line {number} is a JSON {type(item).__name__}, not an object: "
+                "write one JSON object per line."
+            )
     return numbered
 
 
-def _field(path: Path, number: int, record: dict[str, Any], name: str, kind: type | tuple[type, ...] = str,
-           hint: str = "") -> Any:
+def _field(
+    path: Path,
+    number: int,
+    record: dict[str, Any],
+    name: str,
+    kind: type | tuple[type, ...] = str,
+    hint: str = "",
+) -> Any:
     if name not in record:
-        raise UserError(f"eval file {path} line {number} has no field {name!r}: every record needs it"
-                        f"{hint or '.'}")
+        raise UserError(
+            f"eval file {path} line {number} has no field {name!r}: every record needs it{hint or '.'}"
+        )
     value = record[name]
     if not isinstance(value, kind):
         wanted = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise UserError(f"eval file {path} line {number} field {name!r} is a {type(value).__name__}: "
-                        f"make it a {wanted}.")
+        raise UserError(
+            f"eval file {path} line {number} field {name!r} is a {type(value).__name__}: make it a {wanted}."
+        )
     return value
 
 
@@ -186,7 +210,7 @@ def _boxed_content(text: str, position: int) -> str | None:
         elif text[index] == "}":
             depth -= 1
             if depth == 0:
-                return text[position + 1:index]
+                return text[position + 1 : index]
     return None  # unbalanced
 
 
@@ -198,7 +222,7 @@ def extract_math_answer(generation: str) -> str | None:
         return boxed.strip()
     markers = list(_ANSWER_MARKERS.finditer(generation))
     if markers:
-        rest = generation[markers[-1].end():].lstrip(" :\t")
+        rest = generation[markers[-1].end() :].lstrip(" :\t")
         line = rest.split("\n", 1)[0].strip()
         line = re.sub(r"[.\s]+$", "", line).strip()
         if line.startswith("$") and line.endswith("$") and len(line) > 1:
@@ -258,10 +282,15 @@ def _gsm8k(path: Path, records: list[tuple[int, dict[str, Any]]]) -> EvalSet:
         answer = _field(path, number, record, "answer")
         gold = gsm8k_gold(answer)
         if gold is None:
-            raise UserError(f"eval file {path} line {number} field 'answer' has no '#### NUMBER' on its last line: "
-                            "end each GSM8K answer with '#### ' and the final number.")
-        examples.append(Example(prompt=question, response=answer, answer=gold,
-                                metadata={"source": str(path), "line": number}))
+            raise UserError(
+                f"eval file {path} line {number} field 'answer' has no '#### NUMBER' on its last line: "
+                "end each GSM8K answer with '#### ' and the final number."
+            )
+        examples.append(
+            Example(
+                prompt=question, response=answer, answer=gold, metadata={"source": str(path), "line": number}
+            )
+        )
     return EvalSet("gsm8k", "math", examples, score_math)
 
 
@@ -272,9 +301,16 @@ def _math(path: Path, records: list[tuple[int, dict[str, Any]]]) -> EvalSet:
         solution = _field(path, number, record, "solution")
         gold = last_boxed(solution)
         if gold is None or not gold.strip():
-            raise UserError(f"eval file {path} line {number} field 'solution' has no \\boxed{{...}} answer: "
-                            "put the final answer of each MATH solution in \\boxed{}.")
-        metadata = {"source": str(path), "line": number, "level": record.get("level"), "type": record.get("type")}
+            raise UserError(
+                f"eval file {path} line {number} field 'solution' has no \\boxed{{...}} answer: "
+                "put the final answer of each MATH solution in \\boxed{}."
+            )
+        metadata = {
+            "source": str(path),
+            "line": number,
+            "level": record.get("level"),
+            "type": record.get("type"),
+        }
         examples.append(Example(prompt=problem, response=solution, answer=gold.strip(), metadata=metadata))
     return EvalSet("math", "math", examples, score_math)
 
@@ -300,8 +336,9 @@ def mbpp_program(example: Example, generation: str) -> str:
     return f"{setup}\n{extract_code(generation)}\n\n{tests}\n"
 
 
-def _mbpp(path: Path, records: list[tuple[int, dict[str, Any]]], timeout: float,
-          allow_unconfined: bool) -> EvalSet:
+def _mbpp(
+    path: Path, records: list[tuple[int, dict[str, Any]]], timeout: float, allow_unconfined: bool
+) -> EvalSet:
     examples = []
     for number, record in records:
         task_id = _field(path, number, record, "task_id", (int, str))
@@ -309,27 +346,47 @@ def _mbpp(path: Path, records: list[tuple[int, dict[str, Any]]], timeout: float,
         code = _field(path, number, record, "code")
         tests = _field(path, number, record, "test_list", list, hint=": a list of assert statements.")
         if not tests or not all(isinstance(test, str) for test in tests):
-            raise UserError(f"eval file {path} line {number} field 'test_list' must be a non-empty list of "
-                            "assert statements (strings).")
+            raise UserError(
+                f"eval file {path} line {number} field 'test_list' must be a non-empty list of "
+                "assert statements (strings)."
+            )
         setup = record.get("test_setup_code") or ""
         if not isinstance(setup, str):
-            raise UserError(f"eval file {path} line {number} field 'test_setup_code' is a "
-                            f"{type(setup).__name__}: make it a string of Python code.")
-        examples.append(Example(prompt=mbpp_prompt(text, tests), response=code, answer=None,
-                                metadata={"source": str(path), "line": number, "task_id": task_id,
-                                          "test_list": list(tests), "test_setup_code": setup}))
+            raise UserError(
+                f"eval file {path} line {number} field 'test_setup_code' is a "
+                f"{type(setup).__name__}: make it a string of Python code."
+            )
+        examples.append(
+            Example(
+                prompt=mbpp_prompt(text, tests),
+                response=code,
+                answer=None,
+                metadata={
+                    "source": str(path),
+                    "line": number,
+                    "task_id": task_id,
+                    "test_list": list(tests),
+                    "test_setup_code": setup,
+                },
+            )
+        )
 
     def score(generation: str, example: Example) -> float:
-        return float(run_program(mbpp_program(example, generation), timeout=timeout,
-                                 allow_unconfined=allow_unconfined))
+        return float(
+            run_program(mbpp_program(example, generation), timeout=timeout, allow_unconfined=allow_unconfined)
+        )
 
     return EvalSet("mbpp", "code", examples, score)
 
 
 def _humaneval(limit: int | None, timeout: float, allow_unconfined: bool) -> EvalSet:
     examples = [
-        Example(prompt=problem["prompt"], response=problem["canonical_solution"], answer=None,
-                metadata={"task_id": problem["task_id"], "problem": problem})
+        Example(
+            prompt=problem["prompt"],
+            response=problem["canonical_solution"],
+            answer=None,
+            metadata={"task_id": problem["task_id"], "problem": problem},
+        )
         for problem in humaneval_problems(limit)
     ]
 

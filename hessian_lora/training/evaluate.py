@@ -39,6 +39,7 @@ HUMANEVAL_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\na
 @dataclass(frozen=True)
 class EvalResult:
     """One evaluation: held-out loss, accuracy and pass@1 where measured, per-example scores for the bootstrap."""
+
     eval_loss: float | None
     accuracy: float | None
     pass_at_1: float | None
@@ -65,13 +66,26 @@ def evaluate(
     generations: tuple[str, ...] = ()
     scores: tuple[float, ...] = ()
     if examples and task.kind != "code":
-        eval_loss = held_out_loss(model, tokenizer, examples, batch_size=config.batch_size,
-                                  max_length=config.max_length, precision=config.precision,
-                                  prompt_template=prompt_template)
+        eval_loss = held_out_loss(
+            model,
+            tokenizer,
+            examples,
+            batch_size=config.batch_size,
+            max_length=config.max_length,
+            precision=config.precision,
+            prompt_template=prompt_template,
+        )
     if config.accuracy and task.scorer is not None and examples:
         prompts = [format_prompt(tokenizer, example.prompt, prompt_template) for example in examples]
-        texts = generate_text(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens,
-                              batch_size=config.batch_size, precision=config.precision, progress=progress)
+        texts = generate_text(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=config.max_new_tokens,
+            batch_size=config.batch_size,
+            precision=config.precision,
+            progress=progress,
+        )
         scores = tuple(float(task.scorer(text, example)) for text, example in zip(texts, examples))
         accuracy = sum(scores) / len(examples)
         generations = tuple(texts)
@@ -94,8 +108,12 @@ def held_out_loss(
 ) -> float:
     """Per-token mean loss over the responses of ``examples`` (prompts masked), without gradients."""
     device = next(model.parameters()).device
-    batches = [batch.to(device) for batch in make_batches(tokenizer, examples, batch_size, max_length=max_length,
-                                                          prompt_template=prompt_template)]
+    batches = [
+        batch.to(device)
+        for batch in make_batches(
+            tokenizer, examples, batch_size, max_length=max_length, prompt_template=prompt_template
+        )
+    ]
     was_training = model.training
     model.eval()
     try:
@@ -112,8 +130,8 @@ def left_pad(token_lists: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.T
     attention_mask = torch.zeros((len(token_lists), width), dtype=torch.long)
     for row, tokens in enumerate(token_lists):
         if tokens:
-            input_ids[row, width - len(tokens):] = torch.tensor(list(tokens), dtype=torch.long)
-            attention_mask[row, width - len(tokens):] = 1
+            input_ids[row, width - len(tokens) :] = torch.tensor(list(tokens), dtype=torch.long)
+            attention_mask[row, width - len(tokens) :] = 1
     return input_ids, attention_mask
 
 
@@ -142,22 +160,32 @@ def generate_ids(
         raise UserError("an evaluation prompt is empty: every example needs a prompt.")
     order = sorted(range(len(prompts)), key=lambda index: len(encoded[index]))
     generation_config = GenerationConfig(
-        do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=eos_id,
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=pad_id,
+        eos_token_id=eos_id,
     )
     outputs: list[list[int]] = [[] for _ in prompts]
     was_training = model.training
     model.eval()
     try:
-        for start in tqdm(range(0, len(order), batch_size), desc="generate", file=sys.stderr, leave=False,
-                          disable=not progress):
+        for start in tqdm(
+            range(0, len(order), batch_size),
+            desc="generate",
+            file=sys.stderr,
+            leave=False,
+            disable=not progress,
+        ):
             chunk = order[start : start + batch_size]
             input_ids, attention_mask = left_pad([encoded[i] for i in chunk], pad_id)
             with autocast_context(precision, device):
                 generated = model.generate(
-                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention_mask.to(device),
                     generation_config=generation_config,
                 )
-            new_tokens = generated[:, input_ids.shape[1]:].tolist()
+            new_tokens = generated[:, input_ids.shape[1] :].tolist()
             for index, tokens in zip(chunk, new_tokens):
                 outputs[index] = _until_eos(tokens, eos_id)
     finally:
@@ -172,8 +200,10 @@ def generate_text(
     **options: Any,
 ) -> list[str]:
     """:func:`generate_ids` decoded to text."""
-    return [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in generate_ids(model, tokenizer, prompts,
-                                                                                          **options)]
+    return [
+        tokenizer.decode(tokens, skip_special_tokens=True)
+        for tokens in generate_ids(model, tokenizer, prompts, **options)
+    ]
 
 
 def _until_eos(tokens: list[int], eos_id: int | None) -> list[int]:
@@ -200,17 +230,19 @@ def truncate_completion(completion: str) -> str:
 
 def humaneval_program(problem: dict[str, Any], completion: str) -> str:
     """The program whose exit status says whether ``completion`` passes ``problem``'s tests."""
-    return (f"{problem['prompt']}{completion}\n\n{problem['test']}\n\n"
-            f"check({problem['entry_point']})\n")
+    return f"{problem['prompt']}{completion}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
 
 
-def run_program(program: str, *, timeout: float = 10.0, memory_bytes: int | None = 2 << 30,
-                allow_unconfined: bool = False) -> bool:
+def run_program(
+    program: str, *, timeout: float = 10.0, memory_bytes: int | None = 2 << 30, allow_unconfined: bool = False
+) -> bool:
     """Run untrusted Python in a fresh interpreter, confined by :mod:`hessian_lora.training.sandbox` (namespaces: no
     network, the user's files out of sight, read-only system, every descendant killed with it; resource limits);
     True iff it exits with status 0 within ``timeout`` seconds. Where the machine gives no confinement, a
     :class:`UserError` says what to install, unless ``allow_unconfined`` accepts the risk."""
-    return run_confined(program, timeout=timeout, memory_bytes=memory_bytes, allow_unconfined=allow_unconfined)
+    return run_confined(
+        program, timeout=timeout, memory_bytes=memory_bytes, allow_unconfined=allow_unconfined
+    )
 
 
 def humaneval_pass_at_1(
@@ -225,13 +257,20 @@ def humaneval_pass_at_1(
     if not problems:
         raise UserError("no HumanEval problems to evaluate: raise humaneval_limit.")
     completions = generate_text(
-        model, tokenizer, [problem["prompt"] for problem in problems],
-        max_new_tokens=config.humaneval_max_new_tokens, batch_size=config.batch_size, precision=config.precision,
+        model,
+        tokenizer,
+        [problem["prompt"] for problem in problems],
+        max_new_tokens=config.humaneval_max_new_tokens,
+        batch_size=config.batch_size,
+        precision=config.precision,
         progress=progress,
     )
     passed = [
-        run_program(humaneval_program(problem, truncate_completion(completion)), timeout=config.humaneval_timeout,
-                    allow_unconfined=config.allow_unconfined_code)
+        run_program(
+            humaneval_program(problem, truncate_completion(completion)),
+            timeout=config.humaneval_timeout,
+            allow_unconfined=config.allow_unconfined_code,
+        )
         for problem, completion in zip(problems, completions)
     ]
     return sum(passed) / len(passed)

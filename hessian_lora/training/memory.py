@@ -73,9 +73,21 @@ class ModelShape:
 
     def projections(self) -> dict[str, tuple[int, int]]:
         """(out, in) of each projection of one layer."""
-        h, q, kv, i = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate
-        return {"q_proj": (q, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, q),
-                "gate_proj": (i, h), "up_proj": (i, h), "down_proj": (h, i)}
+        h, q, kv, i = (
+            self.hidden,
+            self.heads * self.head_dim,
+            self.kv_heads * self.head_dim,
+            self.intermediate,
+        )
+        return {
+            "q_proj": (q, h),
+            "k_proj": (kv, h),
+            "v_proj": (kv, h),
+            "o_proj": (h, q),
+            "gate_proj": (i, h),
+            "up_proj": (i, h),
+            "down_proj": (h, i),
+        }
 
     @property
     def parameters(self) -> int:
@@ -93,10 +105,15 @@ class ModelShape:
         hidden = int(data["hidden_size"])
         model_type = str(data.get("model_type", ""))
         return cls(
-            name=name, hidden=hidden, layers=int(data["num_hidden_layers"]), heads=heads,
+            name=name,
+            hidden=hidden,
+            layers=int(data["num_hidden_layers"]),
+            heads=heads,
             kv_heads=int(data.get("num_key_value_heads") or heads),
-            head_dim=int(data.get("head_dim") or hidden // heads), intermediate=int(data["intermediate_size"]),
-            vocab=int(data["vocab_size"]), tied_embeddings=bool(data.get("tie_word_embeddings", True)),
+            head_dim=int(data.get("head_dim") or hidden // heads),
+            intermediate=int(data["intermediate_size"]),
+            vocab=int(data["vocab_size"]),
+            tied_embeddings=bool(data.get("tie_word_embeddings", True)),
             norms_per_layer=4 if model_type.startswith("gemma") else 2,
             head_norms=2 if model_type.startswith(("qwen3", "gemma3")) else 0,
         )
@@ -104,14 +121,42 @@ class ModelShape:
 
 # The paper's three models, from their config.json files on the hub (so no download is needed).
 PAPER_MODELS: dict[str, ModelShape] = {
-    "Qwen/Qwen3-0.6B-Base": ModelShape("Qwen3-0.6B-Base", hidden=1024, layers=28, heads=16, kv_heads=8,
-                                       head_dim=128, intermediate=3072, vocab=151_936, tied_embeddings=True,
-                                       head_norms=2),
-    "google/gemma-3-1b-pt": ModelShape("Gemma-3-1B", hidden=1152, layers=26, heads=4, kv_heads=1, head_dim=256,
-                                       intermediate=6912, vocab=262_144, tied_embeddings=True, norms_per_layer=4,
-                                       head_norms=2),
-    "meta-llama/Llama-2-7b-hf": ModelShape("Llama-2-7B", hidden=4096, layers=32, heads=32, kv_heads=32,
-                                           head_dim=128, intermediate=11_008, vocab=32_000, tied_embeddings=False),
+    "Qwen/Qwen3-0.6B-Base": ModelShape(
+        "Qwen3-0.6B-Base",
+        hidden=1024,
+        layers=28,
+        heads=16,
+        kv_heads=8,
+        head_dim=128,
+        intermediate=3072,
+        vocab=151_936,
+        tied_embeddings=True,
+        head_norms=2,
+    ),
+    "google/gemma-3-1b-pt": ModelShape(
+        "Gemma-3-1B",
+        hidden=1152,
+        layers=26,
+        heads=4,
+        kv_heads=1,
+        head_dim=256,
+        intermediate=6912,
+        vocab=262_144,
+        tied_embeddings=True,
+        norms_per_layer=4,
+        head_norms=2,
+    ),
+    "meta-llama/Llama-2-7b-hf": ModelShape(
+        "Llama-2-7B",
+        hidden=4096,
+        layers=32,
+        heads=32,
+        kv_heads=32,
+        head_dim=128,
+        intermediate=11_008,
+        vocab=32_000,
+        tied_embeddings=False,
+    ),
 }
 
 
@@ -127,9 +172,17 @@ def model_shape(spec: str) -> ModelShape | None:
                 key, _, value = item.partition("=")
                 if key.strip() in options and value.strip().isdigit():
                     options[key.strip()] = int(value)
-        return ModelShape(spec, hidden=options["hidden_size"], layers=options["layers"], heads=options["heads"],
-                          kv_heads=options["kv_heads"], head_dim=options["hidden_size"] // options["heads"],
-                          intermediate=options["intermediate_size"], vocab=259, tied_embeddings=True)
+        return ModelShape(
+            spec,
+            hidden=options["hidden_size"],
+            layers=options["layers"],
+            heads=options["heads"],
+            kv_heads=options["kv_heads"],
+            head_dim=options["hidden_size"] // options["heads"],
+            intermediate=options["intermediate_size"],
+            vocab=259,
+            tied_embeddings=True,
+        )
     config = Path(spec) / "config.json"
     if config.is_file():
         try:
@@ -226,10 +279,17 @@ def sweep_training_memory(config: Any) -> TrainingMemory | None:
         return None
     train = config.train
     micro = train.micro_batch_size or max(config.batch_sizes)
-    return training_memory(shape, rank=max(config.ranks), micro_batch_size=min(micro, max(config.batch_sizes)),
-                           max_length=train.max_length, targets=config.adapter.targets, base_dtype=config.base_dtype,
-                           autocast_bf16=train.precision == "bf16",
-                           gradient_checkpointing=train.gradient_checkpointing, attention=config.attention)
+    return training_memory(
+        shape,
+        rank=max(config.ranks),
+        micro_batch_size=min(micro, max(config.batch_sizes)),
+        max_length=train.max_length,
+        targets=config.adapter.targets,
+        base_dtype=config.base_dtype,
+        autocast_bf16=train.precision == "bf16",
+        gradient_checkpointing=train.gradient_checkpointing,
+        attention=config.attention,
+    )
 
 
 def memory_table(
@@ -242,20 +302,51 @@ def memory_table(
 ) -> str:
     """A Markdown table: estimated training peak (GB) of each model, bf16 base under bf16 autocast and SDPA,
     per micro-batch with and without checkpointing, and which device sizes it fits."""
-    head = ["model", "adapter params", "micro-batch", "checkpointing", "base", "adapter+Adam", "activations",
-            "logits", "training peak", "build peak", *(f"{gb} GB" for gb in devices_gb)]
+    head = [
+        "model",
+        "adapter params",
+        "micro-batch",
+        "checkpointing",
+        "base",
+        "adapter+Adam",
+        "activations",
+        "logits",
+        "training peak",
+        "build peak",
+        *(f"{gb} GB" for gb in devices_gb),
+    ]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for spec in models:
         shape = PAPER_MODELS[spec]
         for micro in micro_batch_sizes:
             for checkpointing in (False, True):
-                m = training_memory(shape, rank=rank, micro_batch_size=micro, max_length=max_length,
-                                    base_dtype="bf16", autocast_bf16=True, gradient_checkpointing=checkpointing)
-                cells = [shape.name, f"{adapter_parameters(shape, rank) / 1e6:.1f} M", str(micro),
-                         "yes" if checkpointing else "no",
-                         *(_gb(x) for x in (m.base_weights, m.adapter, m.activations, m.logits, m.training_peak,
-                                            m.build_peak)),
-                         *("fits" if m.fits(gb) else "no" for gb in devices_gb)]
+                m = training_memory(
+                    shape,
+                    rank=rank,
+                    micro_batch_size=micro,
+                    max_length=max_length,
+                    base_dtype="bf16",
+                    autocast_bf16=True,
+                    gradient_checkpointing=checkpointing,
+                )
+                cells = [
+                    shape.name,
+                    f"{adapter_parameters(shape, rank) / 1e6:.1f} M",
+                    str(micro),
+                    "yes" if checkpointing else "no",
+                    *(
+                        _gb(x)
+                        for x in (
+                            m.base_weights,
+                            m.adapter,
+                            m.activations,
+                            m.logits,
+                            m.training_peak,
+                            m.build_peak,
+                        )
+                    ),
+                    *("fits" if m.fits(gb) else "no" for gb in devices_gb),
+                ]
                 rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 

@@ -78,8 +78,15 @@ _REWRITING_INITS = REWRITING_PEFT_INITS
 REBUILDABLE = REBUILDABLE_PEFT_INITS
 # The files of an adapter repo this toolkit reads (a hessian-lora checkpoint's or a peft directory's); a hub repo's
 # other files (README, training_args.bin, checkpoint-*/ folders) are not fetched.
-_ADAPTER_FILES = ("hessian_lora.json", "adapter_config.json", "adapter_model.safetensors", PROBE_BATCHES_FILE,
-                  "initial_adapter.safetensors", "optimizer.pt", "trainer_state.json")
+_ADAPTER_FILES = (
+    "hessian_lora.json",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    PROBE_BATCHES_FILE,
+    "initial_adapter.safetensors",
+    "optimizer.pt",
+    "trainer_state.json",
+)
 # Tensors a RandLoRA file holds that are fixed random bases, not trained parameters.
 _FROZEN_TENSOR_MARKERS = (".randlora_A", ".randlora_B")
 
@@ -99,8 +106,10 @@ def load_adapter(
     path = resolve_adapter(directory, revision=revision)
     if is_checkpoint(path):
         if model is not None:
-            raise UserError(f"{path} is a hessian-lora checkpoint and records its base model: drop --model "
-                            "(it only replaces the base of plain peft adapter directories).")
+            raise UserError(
+                f"{path} is a hessian-lora checkpoint and records its base model: drop --model "
+                "(it only replaces the base of plain peft adapter directories)."
+            )
         return load_checkpoint(path, device=device, full_precision=full_precision)
     return load_peft_directory(path, model=model, model_seed=model_seed, device=device)
 
@@ -113,28 +122,43 @@ def resolve_adapter(spec: str | os.PathLike[str], *, revision: str | None = None
     # a Path object is a path (also what this returns, so resolving twice is resolving once)
     if isinstance(spec, os.PathLike) or looks_like_path(text) or "/" not in text or text.count("/") > 1:
         if revision is not None:
-            raise UserError(f"--revision {revision} is for hub adapter ids (user/name): {text} is a local path.")
+            raise UserError(
+                f"--revision {revision} is for hub adapter ids (user/name): {text} is a local path."
+            )
         return Path(text)
 
     reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else hub_unreachable(constants.ENDPOINT)
     at = f" at revision {revision}" if revision else ""
     try:
         with quiet_hub(offline=reason is not None):
-            folder = snapshot_download(text, revision=revision, allow_patterns=list(_ADAPTER_FILES),
-                                       local_files_only=reason is not None)
+            folder = snapshot_download(
+                text,
+                revision=revision,
+                allow_patterns=list(_ADAPTER_FILES),
+                local_files_only=reason is not None,
+            )
     except HFValidationError as exc:
-        raise UserError(f"adapter {text} is neither a directory here nor a hub repo id ({exc}): pass an adapter "
-                        "directory or an id such as user/my-lora.") from exc
+        raise UserError(
+            f"adapter {text} is neither a directory here nor a hub repo id ({exc}): pass an adapter "
+            "directory or an id such as user/my-lora."
+        ) from exc
     except Exception as exc:  # huggingface_hub raises several kinds (not found, gated, offline, HTTP)
-        where = (f"is not in the local cache and the hub cannot be reached ({reason})" if reason is not None
-                 else f"could not be fetched ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})")
-        raise UserError(f"hub adapter {text}{at} {where} (and there is no directory {text} here): check the id, "
-                        "revision and your network (HF_HUB_OFFLINE=1 uses the local cache only), or pass an adapter "
-                        "directory (./DIR for a relative one).") from exc
+        where = (
+            f"is not in the local cache and the hub cannot be reached ({reason})"
+            if reason is not None
+            else f"could not be fetched ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"
+        )
+        raise UserError(
+            f"hub adapter {text}{at} {where} (and there is no directory {text} here): check the id, "
+            "revision and your network (HF_HUB_OFFLINE=1 uses the local cache only), or pass an adapter "
+            "directory (./DIR for a relative one)."
+        ) from exc
     path = Path(folder)
     if not (path / ADAPTER_CONFIG_FILE).is_file() and not (path / META_FILE).is_file():
-        raise UserError(f"hub repo {text}{at} holds no {ADAPTER_CONFIG_FILE} nor {META_FILE}: pass the id of an "
-                        "adapter repo (PeftModel.push_to_hub writes one).")
+        raise UserError(
+            f"hub repo {text}{at} holds no {ADAPTER_CONFIG_FILE} nor {META_FILE}: pass the id of an "
+            "adapter repo (PeftModel.push_to_hub writes one)."
+        )
     return path
 
 
@@ -142,16 +166,21 @@ def read_peft_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """The raw ``adapter_config.json`` of a plain peft adapter directory, checked to be one this toolkit reads."""
     path = Path(directory)
     if not path.is_dir():
-        raise UserError(f"adapter directory {path} does not exist: pass a checkpoint or a peft adapter directory.")
+        raise UserError(
+            f"adapter directory {path} does not exist: pass a checkpoint or a peft adapter directory."
+        )
     config_path = path / ADAPTER_CONFIG_FILE
     if not config_path.exists():
-        raise UserError(f"{path} is not a hessian-lora checkpoint (no {META_FILE}) nor a peft adapter directory "
-                        f"(no {ADAPTER_CONFIG_FILE}): pass a directory written by hessian-lora or save_pretrained.")
+        raise UserError(
+            f"{path} is not a hessian-lora checkpoint (no {META_FILE}) nor a peft adapter directory "
+            f"(no {ADAPTER_CONFIG_FILE}): pass a directory written by hessian-lora or save_pretrained."
+        )
     # Types and finite numbers first (schemas.PeftAdapterConfigDocument): a rank of "four" or a NaN alpha would
     # otherwise reach peft (a traceback) or the report (alpha nan).
     data = schemas.read_json(config_path, what="peft adapter config", fix=schemas.PEFT_CONFIG_FIX)
-    schemas.validate_document(schemas.PeftAdapterConfigDocument, data, source=str(config_path),
-                              fix=schemas.PEFT_CONFIG_FIX)
+    schemas.validate_document(
+        schemas.PeftAdapterConfigDocument, data, source=str(config_path), fix=schemas.PEFT_CONFIG_FIX
+    )
     return dict(data)
 
 
@@ -163,7 +192,11 @@ def base_rewriting_init(peft_config: Mapping[str, Any]) -> str | None:
     should; one whose base was rewritten by hand (MiLoRA, Init[AB] outside this toolkit) cannot be told apart.
     """
     init = peft_config.get("init_lora_weights", True)
-    if peft_config.get("peft_type") == "LORA" and isinstance(init, str) and init.lower().startswith(_REWRITING_INITS):
+    if (
+        peft_config.get("peft_type") == "LORA"
+        and isinstance(init, str)
+        and init.lower().startswith(_REWRITING_INITS)
+    ):
         return init
     return None
 
@@ -177,8 +210,12 @@ def converted_init(directory: str | os.PathLike[str], peft_config: Mapping[str, 
     B₀ᵀB₀ = I. A plain LoRA's second half (Kaiming A, B trained from zero) meets neither (tolerance: 16-bit tensors
     round at ~4e-3); a half two methods claim is measured as a plain rank-2r LoRA.
     """
-    if (peft_config.get("peft_type") != "LORA" or peft_config.get("init_lora_weights", True) is not True
-            or peft_config.get("use_dora") or int(peft_config.get("r") or 0) % 2):
+    if (
+        peft_config.get("peft_type") != "LORA"
+        or peft_config.get("init_lora_weights", True) is not True
+        or peft_config.get("use_dora")
+        or int(peft_config.get("r") or 0) % 2
+    ):
         return None
     kinds = set()
     with safe_open(str(Path(directory) / ADAPTER_WEIGHTS_FILE), framework="pt") as handle:
@@ -194,16 +231,25 @@ def converted_init(directory: str | os.PathLike[str], peft_config: Mapping[str, 
             half = a.shape[0] // 2
             tol = 1e-2 if a.element_size() <= 2 else 1e-4
             a0, b0 = a[half:].double(), -b[:, half:].double()
-            claimed = [name for name, spec in METHODS.items()
-                       if spec.converted_half is not None and spec.converted_half(a0, b0, tol)]
+            claimed = [
+                name
+                for name, spec in METHODS.items()
+                if spec.converted_half is not None and spec.converted_half(a0, b0, tol)
+            ]
             if len(claimed) != 1:
                 return None
             kinds.add(claimed[0])
     return kinds.pop() if len(kinds) == 1 else None
 
 
-def peft_meta(peft_config: Mapping[str, Any], *, base_model: str, model_seed: int = 0,
-              task: str | None = None, step: int | None = None) -> CheckpointMeta:
+def peft_meta(
+    peft_config: Mapping[str, Any],
+    *,
+    base_model: str,
+    model_seed: int = 0,
+    task: str | None = None,
+    step: int | None = None,
+) -> CheckpointMeta:
     """A :class:`CheckpointMeta` for a plain peft adapter: the method the config names
     (:func:`~hessian_lora.methods.registry.method_of_peft_config`: each method's spec recognises its own configs,
     e.g. ``use_dora`` → DoRA, ``init_lora_weights`` pissa → PiSSA, peft_type GRALORA → GraLoRA; plain LoRA when
@@ -217,12 +263,27 @@ def peft_meta(peft_config: Mapping[str, Any], *, base_model: str, model_seed: in
     rank = int(peft_config.get("r") or 8)
     targets = peft_config.get("target_modules") or ()
     targets = (targets,) if isinstance(targets, str) else tuple(sorted(targets))
-    extra = {"format": "peft", "peft_type": peft_config.get("peft_type"), "init_lora_weights": init,
-             "step_known": step is not None}
-    adapter = AdapterConfig(method=method, rank=rank, alpha=float(alpha if alpha is not None else rank),
-                            dropout=float(dropout or 0.0), targets=targets)
-    return CheckpointMeta(adapter=adapter, base_model=base_model, task=task, model_seed=model_seed, extra=extra,
-                          **({"step": step} if step is not None else {}))
+    extra = {
+        "format": "peft",
+        "peft_type": peft_config.get("peft_type"),
+        "init_lora_weights": init,
+        "step_known": step is not None,
+    }
+    adapter = AdapterConfig(
+        method=method,
+        rank=rank,
+        alpha=float(alpha if alpha is not None else rank),
+        dropout=float(dropout or 0.0),
+        targets=targets,
+    )
+    return CheckpointMeta(
+        adapter=adapter,
+        base_model=base_model,
+        task=task,
+        model_seed=model_seed,
+        extra=extra,
+        **({"step": step} if step is not None else {}),
+    )
 
 
 def peft_step(meta: CheckpointMeta) -> int | None:
@@ -252,23 +313,36 @@ def load_peft_directory(
     named_base = data.get("base_model_name_or_path")
     if rewriting is not None:
         if model is not None and named_base and _same_base(model, named_base):
-            raise UserError(f"{path}: --model {model} is the original base (the config's base_model_name_or_path), "
-                            f"which init_lora_weights={rewriting!r} rewrote: pass the residual base peft's init left "
-                            "(peft_model.unload().save_pretrained(DIR) right after get_peft_model)"
-                            + (", or leave out --model to rebuild it" if rewriting in REBUILDABLE else "") + ".")
+            raise UserError(
+                f"{path}: --model {model} is the original base (the config's base_model_name_or_path), "
+                f"which init_lora_weights={rewriting!r} rewrote: pass the residual base peft's init left "
+                "(peft_model.unload().save_pretrained(DIR) right after get_peft_model)"
+                + (", or leave out --model to rebuild it" if rewriting in REBUILDABLE else "")
+                + "."
+            )
         if model is None and rewriting not in REBUILDABLE:
-            raise UserError(f"{path}: init_lora_weights={rewriting!r} rewrote the base weights in a way that cannot "
-                            "be rebuilt from them, so the adapter is wrong on the original base: pass the residual "
-                            "base with --model (peft_model.unload().save_pretrained(DIR) right after "
-                            "get_peft_model), or re-save the adapter with peft's "
-                            "path_initial_model_for_weight_conversion.")
+            raise UserError(
+                f"{path}: init_lora_weights={rewriting!r} rewrote the base weights in a way that cannot "
+                "be rebuilt from them, so the adapter is wrong on the original base: pass the residual "
+                "base with --model (peft_model.unload().save_pretrained(DIR) right after "
+                "get_peft_model), or re-save the adapter with peft's "
+                "path_initial_model_for_weight_conversion."
+            )
     converted = converted_init(path, data) if rewriting is None else None
     base_spec = model or named_base
     if not base_spec:
-        raise UserError(f"{path / ADAPTER_CONFIG_FILE} has no base_model_name_or_path: pass the base with --model.")
-    if model is None and base_spec.startswith(("./", "../", "/", "~")) and not Path(base_spec).expanduser().exists():
-        raise UserError(f"{path / ADAPTER_CONFIG_FILE}: base_model_name_or_path {base_spec} does not exist here: "
-                        "pass the base with --model.")
+        raise UserError(
+            f"{path / ADAPTER_CONFIG_FILE} has no base_model_name_or_path: pass the base with --model."
+        )
+    if (
+        model is None
+        and base_spec.startswith(("./", "../", "/", "~"))
+        and not Path(base_spec).expanduser().exists()
+    ):
+        raise UserError(
+            f"{path / ADAPTER_CONFIG_FILE}: base_model_name_or_path {base_spec} does not exist here: "
+            "pass the base with --model."
+        )
     loaded = load_model(base_spec, dtype=torch.float32, device=device, seed=model_seed)
     check_adapter_fits_base(path, data, shapes, loaded.model, base_spec)
     peft_config = PeftConfig.from_pretrained(str(path))
@@ -277,7 +351,10 @@ def load_peft_directory(
         peft_config.init_lora_weights = True
         for key in PEFT_INIT_CONFIGS:  # the recipe's own settings (LoRA-GA's) go with it
             setattr(peft_config, key, None)
-    with torch.random.fork_rng(devices=adapters._cuda_device_indices(loaded.model)), warnings.catch_warnings():
+    with (
+        torch.random.fork_rng(devices=adapters._cuda_device_indices(loaded.model)),
+        warnings.catch_warnings(),
+    ):
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         if converted is not None:
             peft_model = _split_conversion(loaded.model, path, peft_config)
@@ -285,13 +362,30 @@ def load_peft_directory(
             # Rebuilding needs peft's init to run (it rewrites the base, then the trained factors replace its
             # A₀, B₀); low_cpu_mem_usage skips the init, which is right when nothing is to be rebuilt.
             try:
-                peft_model = PeftModel.from_pretrained(loaded.model, str(path), config=peft_config,
-                                                       is_trainable=True, low_cpu_mem_usage=not rebuild)
-            except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # what the checks above cannot foresee
-                raise UserError(f"{path}: peft cannot load the adapter on {base_spec} ({first_problem(exc)}): "
-                                "pass the base it was trained on with --model, or re-save the adapter.") from exc
+                peft_model = PeftModel.from_pretrained(
+                    loaded.model,
+                    str(path),
+                    config=peft_config,
+                    is_trainable=True,
+                    low_cpu_mem_usage=not rebuild,
+                )
+            except (
+                RuntimeError,
+                ValueError,
+                KeyError,
+                TypeError,
+            ) as exc:  # what the checks above cannot foresee
+                raise UserError(
+                    f"{path}: peft cannot load the adapter on {base_spec} ({first_problem(exc)}): "
+                    "pass the base it was trained on with --model, or re-save the adapter."
+                ) from exc
     if converted is not None:
-        data = {**data, "r": peft_config.r, "lora_alpha": peft_config.lora_alpha, "init_lora_weights": converted}
+        data = {
+            **data,
+            "r": peft_config.r,
+            "lora_alpha": peft_config.lora_alpha,
+            "init_lora_weights": converted,
+        }
     meta = peft_meta(data, base_model=base_spec, model_seed=model_seed, step=trained_step(path))
     residual = residual_base_note(rewriting, converted, given=model is not None)
     if residual is not None:
@@ -305,16 +399,20 @@ def load_peft_directory(
 def residual_base_note(rewriting: str | None, converted: str | None, *, given: bool) -> str | None:
     """How the base an adapter is measured on was obtained, when it is not the original base as it is."""
     if converted is not None:
-        return (f"converted {converted} (peft's path_initial_model_for_weight_conversion): measured as {converted}'s "
-                "rank-r factors on the residual W - s*B0*A0 rebuilt from the file's initial half")
+        return (
+            f"converted {converted} (peft's path_initial_model_for_weight_conversion): measured as {converted}'s "
+            "rank-r factors on the residual W - s*B0*A0 rebuilt from the file's initial half"
+        )
     if rewriting is None:
         return None
     if given:
         return f"given with --model (init_lora_weights={rewriting!r} not re-run)"
     if rewriting in REBUILDABLE:
         return f"rebuilt by re-running peft's init_lora_weights={rewriting!r} on the original base"
-    return (f"NEEDED: init_lora_weights={rewriting!r} rewrote the base; pass the residual base with --model, or "
-            "re-save with peft's path_initial_model_for_weight_conversion")
+    return (
+        f"NEEDED: init_lora_weights={rewriting!r} rewrote the base; pass the residual base with --model, or "
+        "re-save with peft's path_initial_model_for_weight_conversion"
+    )
 
 
 def _same_base(given: str, named: str) -> bool:
@@ -332,7 +430,7 @@ def _split_conversion(base: nn.Module, directory: Path, converted: Any) -> PeftM
     to the rank-r config (same scale: peft doubled r and alpha, or alpha by √2 with rsLoRA)."""
     tensors = load_file(str(directory / ADAPTER_WEIGHTS_FILE))
     converted.r //= 2
-    converted.lora_alpha = converted.lora_alpha / (2 ** 0.5 if converted.use_rslora else 2)
+    converted.lora_alpha = converted.lora_alpha / (2**0.5 if converted.use_rslora else 2)
     converted.rank_pattern = {key: value // 2 for key, value in (converted.rank_pattern or {}).items()}
     converted.alpha_pattern = {key: value / 2 for key, value in (converted.alpha_pattern or {}).items()}
     converted.inference_mode = False
@@ -353,9 +451,11 @@ def _split_conversion(base: nn.Module, directory: Path, converted: Any) -> PeftM
             module.lora_B["default"].weight.copy_(b[:, :half])
             done += 1
     if done * 2 != len(tensors):
-        raise UserError(f"{directory / ADAPTER_WEIGHTS_FILE} holds {len(tensors) - 2 * done} tensors besides the "
-                        "lora_A/lora_B of its target modules (modules_to_save?): only a pure PiSSA/OLoRA conversion "
-                        "can be split into the method's own factors; save the adapter without them.")
+        raise UserError(
+            f"{directory / ADAPTER_WEIGHTS_FILE} holds {len(tensors) - 2 * done} tensors besides the "
+            "lora_A/lora_B of its target modules (modules_to_save?): only a pure PiSSA/OLoRA conversion "
+            "can be split into the method's own factors; save the adapter without them."
+        )
     return peft_model
 
 
@@ -368,19 +468,26 @@ def trained_step(directory: str | os.PathLike[str]) -> int | None:
         try:
             data = json.loads(state.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # not UTF-8 is not JSON either
-            raise UserError(f"{state} is not valid JSON ({exc}): re-save the checkpoint or remove the file.") from exc
+            raise UserError(
+                f"{state} is not valid JSON ({exc}): re-save the checkpoint or remove the file."
+            ) from exc
         if not isinstance(data, dict):
-            raise UserError(f"{state} holds a {type(data).__name__}, not a Trainer state (a JSON object with "
-                            "global_step): re-save the checkpoint or remove the file.")
+            raise UserError(
+                f"{state} holds a {type(data).__name__}, not a Trainer state (a JSON object with "
+                "global_step): re-save the checkpoint or remove the file."
+            )
         step = data.get("global_step")
         if isinstance(step, int) and not isinstance(step, bool) and step >= 0:
             return step
-        raise UserError(f"{state}: global_step {step!r} is not a step count: re-save the checkpoint or remove the "
-                        "file.")
+        raise UserError(
+            f"{state}: global_step {step!r} is not a step count: re-save the checkpoint or remove the file."
+        )
     match = re.fullmatch(r"checkpoint-(\d+)", path.resolve().name)
     return int(match.group(1)) if match else None
 
 
 def trained_parameter_count(shapes: Mapping[str, tuple[int, ...]]) -> int:
     """Elements of an adapter file's trained tensors (RandLoRA's fixed random bases left out)."""
-    return sum(math.prod(shape) for name, shape in shapes.items() if not name.endswith(_FROZEN_TENSOR_MARKERS))
+    return sum(
+        math.prod(shape) for name, shape in shapes.items() if not name.endswith(_FROZEN_TENSOR_MARKERS)
+    )

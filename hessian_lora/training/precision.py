@@ -60,8 +60,10 @@ def check_base_dtype(base_dtype: str, device: torch.device) -> None:
     if base_dtype not in BASE_DTYPES:
         raise UserError(f"base_dtype must be one of {', '.join(BASE_DTYPES)}, got {base_dtype!r}.")
     if base_dtype == "bf16" and not bf16_supported(device):
-        raise UserError(f"base_dtype bf16: torch reports no native bf16 on {device} "
-                        f"({_device_name(device)}): set base_dtype: fp32 (the base then needs twice the memory).")
+        raise UserError(
+            f"base_dtype bf16: torch reports no native bf16 on {device} "
+            f"({_device_name(device)}): set base_dtype: fp32 (the base then needs twice the memory)."
+        )
 
 
 def cast_base_weights(model: nn.Module, base_dtype: str) -> int:
@@ -75,12 +77,17 @@ def cast_base_weights(model: nn.Module, base_dtype: str) -> int:
     """
     check_base_dtype(base_dtype, next(model.parameters()).device)
     dtype = TORCH_DTYPES[base_dtype]
-    frozen = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point() and p.dtype != dtype]
+    frozen = [
+        p for p in model.parameters() if not p.requires_grad and p.is_floating_point() and p.dtype != dtype
+    ]
     if not frozen:
         return 0
     config = getattr(model, adapters.CONFIG_ATTRIBUTE, None)
-    if (config is not None and config.spec.rewrites_base
-            and not hasattr(model, FP32_RESIDUAL_DIGEST_ATTRIBUTE)):
+    if (
+        config is not None
+        and config.spec.rewrites_base
+        and not hasattr(model, FP32_RESIDUAL_DIGEST_ATTRIBUTE)
+    ):
         setattr(model, FP32_RESIDUAL_DIGEST_ATTRIBUTE, residual_digest(model))
     with torch.no_grad():
         for param in frozen:
@@ -96,11 +103,15 @@ def check_hessian_precision(model: nn.Module, *, what: str = "the model") -> Non
     The Hessian is measured in fp32 (or float64): Lanczos is unstable in low precision, and a bf16 base makes
     every Hessian-vector product carry bf16 round-off.
     """
-    low = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.dtype in _LOW_PRECISION})
+    low = sorted(
+        {str(p.dtype).replace("torch.", "") for p in model.parameters() if p.dtype in _LOW_PRECISION}
+    )
     if low:
-        raise UserError(f"the Hessian is measured in fp32, but {what} holds {', '.join(low)} weights: measure a "
-                        "float32 model (a checkpoint reloads its base in fp32 by itself; a sweep's hessian.during "
-                        "needs base_dtype: fp32).")
+        raise UserError(
+            f"the Hessian is measured in fp32, but {what} holds {', '.join(low)} weights: measure a "
+            "float32 model (a checkpoint reloads its base in fp32 by itself; a sweep's hessian.during "
+            "needs base_dtype: fp32)."
+        )
 
 
 def _device_name(device: torch.device) -> str:

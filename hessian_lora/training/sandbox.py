@@ -40,8 +40,17 @@ from hessian_lora.core.errors import UserError
 
 ConfinementLevel = Literal["namespaces", "none"]
 
-UNSHARE_ARGUMENTS = ("--user", "--map-root-user", "--mount", "--net", "--pid", "--ipc", "--uts", "--fork",
-                     "--kill-child")
+UNSHARE_ARGUMENTS = (
+    "--user",
+    "--map-root-user",
+    "--mount",
+    "--net",
+    "--pid",
+    "--ipc",
+    "--uts",
+    "--fork",
+    "--kill-child",
+)
 # Read-only inside the sandbox: what an interpreter and the standard library need. /etc is left out (it holds
 # the host's account and key files; Python starts without it).
 SYSTEM_DIRECTORIES = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -51,12 +60,18 @@ OPEN_FILES_LIMIT = 64  # RLIMIT_NOFILE
 PROCESS_LIMIT = 64  # RLIMIT_NPROC inside the user namespace (not binding on a root caller: see PID_MAX)
 PID_MAX = 301  # the smallest pid_max the kernel accepts: a fork storm stops near 300 processes
 INIT_FAILED = 121  # _sandbox_init's exit status when it could not build the sandbox
-HIDES = ("network (down loopback only)", "host file tree (home directories, working tree, /etc, host /tmp)",
-         "writes outside a private 64 MiB tmpfs (system and interpreter read-only)",
-         "descendants (PID namespace: all end with the program)", "capabilities (all dropped)")
-INSTALL_HINT = ("install util-linux's unshare and allow unprivileged user namespaces (sysctl "
-                "kernel.unprivileged_userns_clone=1 or the AppArmor profile), or accept the risk with "
-                "--allow-unconfined-code (eval.allow_unconfined_code: true)")
+HIDES = (
+    "network (down loopback only)",
+    "host file tree (home directories, working tree, /etc, host /tmp)",
+    "writes outside a private 64 MiB tmpfs (system and interpreter read-only)",
+    "descendants (PID namespace: all end with the program)",
+    "capabilities (all dropped)",
+)
+INSTALL_HINT = (
+    "install util-linux's unshare and allow unprivileged user namespaces (sysctl "
+    "kernel.unprivileged_userns_clone=1 or the AppArmor profile), or accept the risk with "
+    "--allow-unconfined-code (eval.allow_unconfined_code: true)"
+)
 
 
 @dataclass(frozen=True)
@@ -71,8 +86,12 @@ class Confinement:
 
     def to_dict(self) -> dict[str, Any]:
         """What a run's metadata records (eval.json's ``code_confinement``)."""
-        record: dict[str, Any] = {"level": self.level, "backend": self.backend, "hides": list(self.hides),
-                                  "limits": dict(self.limits)}
+        record: dict[str, Any] = {
+            "level": self.level,
+            "backend": self.backend,
+            "hides": list(self.hides),
+            "limits": dict(self.limits),
+        }
         if self.reason:
             record["reason"] = self.reason
         return record
@@ -80,10 +99,14 @@ class Confinement:
     def line(self) -> str:
         """The one console line said when code first runs."""
         if self.level == "namespaces":
-            return (f"generated code runs confined ({self.backend} namespaces): no network, host files out of "
-                    "sight, read-only system, private /tmp and home, descendants killed with the program")
-        return (f"generated code runs UNCONFINED (accepted with --allow-unconfined-code; {self.reason}): it can "
-                "read, change and delete your files and reach the network")
+            return (
+                f"generated code runs confined ({self.backend} namespaces): no network, host files out of "
+                "sight, read-only system, private /tmp and home, descendants killed with the program"
+            )
+        return (
+            f"generated code runs UNCONFINED (accepted with --allow-unconfined-code; {self.reason}): it can "
+            "read, change and delete your files and reach the network"
+        )
 
 
 def _unshare_command() -> str | None:
@@ -100,14 +123,22 @@ def _prefixes() -> list[str]:
     """The interpreter's installation trees, bound read-only at their own paths (pyenv, conda and venvs live
     in home directories, which are otherwise hidden)."""
     interpreter = Path(_interpreter())
-    candidates = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix),
-                  str(interpreter.parent.parent)}
-    return sorted(path for path in candidates if path not in SYSTEM_DIRECTORIES and not path.startswith("/usr/"))
+    candidates = {
+        os.path.realpath(sys.base_prefix),
+        os.path.realpath(sys.prefix),
+        str(interpreter.parent.parent),
+    }
+    return sorted(
+        path for path in candidates if path not in SYSTEM_DIRECTORIES and not path.startswith("/usr/")
+    )
 
 
 def _limits(timeout: float, memory_bytes: int | None, *, confined: bool) -> dict[str, int]:
-    limits = {"RLIMIT_CPU": math.ceil(timeout) + 1, "RLIMIT_FSIZE": FILE_SIZE_LIMIT,
-              "RLIMIT_NOFILE": OPEN_FILES_LIMIT}
+    limits = {
+        "RLIMIT_CPU": math.ceil(timeout) + 1,
+        "RLIMIT_FSIZE": FILE_SIZE_LIMIT,
+        "RLIMIT_NOFILE": OPEN_FILES_LIMIT,
+    }
     if memory_bytes:
         limits["RLIMIT_AS"] = int(memory_bytes)
     if confined:  # outside a user namespace the count is the user's whole process table: no sane bound
@@ -118,12 +149,21 @@ def _limits(timeout: float, memory_bytes: int | None, *, confined: bool) -> dict
 def _confined_command(workdir: Path, program: Path, limits: dict[str, int]) -> list[str]:
     unshare = _unshare_command()
     if unshare is None:
-        raise UserError(f"generated code cannot be confined: util-linux unshare is not installed; {INSTALL_HINT}.")
+        raise UserError(
+            f"generated code cannot be confined: util-linux unshare is not installed; {INSTALL_HINT}."
+        )
     root = workdir / "root"
     root.mkdir()
-    settings = {"root": str(root), "program": str(program), "scratch_bytes": SCRATCH_BYTES,
-                "system": list(SYSTEM_DIRECTORIES), "prefixes": _prefixes(), "pid_max": PID_MAX,
-                "limits": limits, "python": _interpreter()}
+    settings = {
+        "root": str(root),
+        "program": str(program),
+        "scratch_bytes": SCRATCH_BYTES,
+        "system": list(SYSTEM_DIRECTORIES),
+        "prefixes": _prefixes(),
+        "pid_max": PID_MAX,
+        "limits": limits,
+        "python": _interpreter(),
+    }
     init = Path(__file__).with_name("_sandbox_init.py").read_text(encoding="utf-8")
     return [unshare, *UNSHARE_ARGUMENTS, "--", _interpreter(), "-I", "-S", "-c", init, json.dumps(settings)]
 
@@ -144,8 +184,13 @@ def execute(program: str, *, timeout: float, memory_bytes: int | None, level: Co
             command, cwd = [sys.executable, "-I", "-B", str(path)], directory
             preexec = _apply_limits(limits) if os.name == "posix" else None
         process = subprocess.Popen(
-            command, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            start_new_session=True, env={"PATH": os.environ.get("PATH", ""), "HOME": directory},
+            command,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            env={"PATH": os.environ.get("PATH", ""), "HOME": directory},
             preexec_fn=preexec,
         )
         try:
@@ -211,7 +256,9 @@ def probe_confinement() -> Confinement:
 
 
 _announced: set[ConfinementLevel] = set()
-_accepted_in_process = False  # --allow-unconfined-code: holds for this process, a resumed sweep's runs included
+_accepted_in_process = (
+    False  # --allow-unconfined-code: holds for this process, a resumed sweep's runs included
+)
 
 
 def accept_unconfined_code() -> None:
@@ -226,15 +273,18 @@ def code_confinement(*, allow_unconfined: bool = False, announce: bool = True) -
     install or which flag accepts the risk) when there is none and ``allow_unconfined`` is False."""
     found = probe_confinement()
     if found.level == "none" and not (allow_unconfined or _accepted_in_process):
-        raise UserError(f"refusing to run generated code without confinement ({found.reason}): {INSTALL_HINT}.")
+        raise UserError(
+            f"refusing to run generated code without confinement ({found.reason}): {INSTALL_HINT}."
+        )
     if announce and found.level not in _announced:
         _announced.add(found.level)
         print(f"hessian-lora: {found.line()}", file=sys.stderr)
     return found
 
 
-def run_confined(program: str, *, timeout: float = 10.0, memory_bytes: int | None = 2 << 30,
-                 allow_unconfined: bool = False) -> bool:
+def run_confined(
+    program: str, *, timeout: float = 10.0, memory_bytes: int | None = 2 << 30, allow_unconfined: bool = False
+) -> bool:
     """True iff ``program`` exits with status 0 within ``timeout`` seconds, run at the strongest confinement
     the machine offers (refused, by :class:`UserError`, where there is none and ``allow_unconfined`` is False)."""
     level = code_confinement(allow_unconfined=allow_unconfined).level

@@ -44,6 +44,7 @@ from hessian_lora.settings.training import (
 
 __all__ = ["PRECISIONS", "Precision", "TrainConfig", "steps_for_epochs", "warmup_steps"]
 
+
 @dataclass(frozen=True)
 class TrainResult:
     """What a run did. ``train_loss`` is the mean loss over the last 10 % of the steps taken (at least one)."""
@@ -92,8 +93,10 @@ def global_batches(
     micro = min(config.micro_batch_size or config.batch_size, config.batch_size)
     for _ in range(config.steps):
         indices = [next(stream) for _ in range(config.batch_size)]
-        encoded = [tokenize_example(tokenizer, examples[i], config.max_length, config.prompt_template)
-                   for i in indices]
+        encoded = [
+            tokenize_example(tokenizer, examples[i], config.max_length, config.prompt_template)
+            for i in indices
+        ]
         yield [collate(tokenizer, encoded[start : start + micro]) for start in range(0, len(encoded), micro)]
 
 
@@ -149,8 +152,9 @@ def train(
     if not params:
         raise UserError("the model has no trainable parameters: wrap it with build_adapter first.")
     if optimizer is None:
-        optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay,
-                                      eps=config.eps)
+        optimizer = torch.optim.AdamW(
+            params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, eps=config.eps
+        )
     base_lrs = [float(group["lr"]) for group in optimizer.param_groups]
     n_warmup = config.warmup_steps
     torch.manual_seed(config.seed)  # dropout, when a config asks for it
@@ -161,8 +165,14 @@ def train(
     start = time.perf_counter()
     checkpointed = _checkpointing(model) if config.gradient_checkpointing else None
     model.train()
-    bar = tqdm(total=config.steps, desc=description, file=sys.stderr, disable=not progress, leave=False,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=config.steps,
+        desc=description,
+        file=sys.stderr,
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
     try:
         if probe is not None:
             probe(0, optimizer, base_lrs[0] * cosine_with_warmup(0, config.steps, n_warmup))
@@ -173,11 +183,15 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss, batch_tokens = accumulate_gradient(model, micro_batches, device, config.precision)
             # An optimizer that clips on its own (LoFT: the full-weight view) gets the gradients unclipped.
-            clip = math.inf if getattr(optimizer, "clips_gradients", False) else config.max_grad_norm or math.inf
+            clip = (
+                math.inf if getattr(optimizer, "clips_gradients", False) else config.max_grad_norm or math.inf
+            )
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
             tokens_seen += batch_tokens
             losses.append(loss)
-            history.append({"step": step + 1, "loss": loss, "lr": base_lrs[0] * multiplier, "grad_norm": grad_norm})
+            history.append(
+                {"step": step + 1, "loss": loss, "lr": base_lrs[0] * multiplier, "grad_norm": grad_norm}
+            )
             stop_reason = divergence_reason(losses, grad_norm, config)
             if stop_reason is not None:
                 status = Status.DIVERGED
@@ -200,7 +214,7 @@ def train(
         if checkpointed is not None:
             checkpointed.close()  # off again: Hessian products and generation run on the plain model
         model.eval()
-    tail = losses[-max(1, len(losses) // 10):]
+    tail = losses[-max(1, len(losses) // 10) :]
     return TrainResult(
         status=status,
         steps=len(losses) if status == Status.DONE else len(losses) - 1,
@@ -246,8 +260,10 @@ def _checkpointing(model: nn.Module) -> _Checkpointing:
     """Checkpointing on the transformers model inside ``model`` (a PeftModel wraps one), else a UserError."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     if not isinstance(inner, PreTrainedModel) or not inner.supports_gradient_checkpointing:
-        raise UserError(f"gradient_checkpointing: {type(inner).__name__} does not support activation "
-                        "checkpointing: set gradient_checkpointing: false.")
+        raise UserError(
+            f"gradient_checkpointing: {type(inner).__name__} does not support activation "
+            "checkpointing: set gradient_checkpointing: false."
+        )
     return _Checkpointing(inner)
 
 
@@ -258,9 +274,11 @@ def divergence_reason(losses: Sequence[float], grad_norm: float, config: TrainCo
         return f"loss {losses[-1]} at step {step}"
     if not math.isfinite(grad_norm):
         return f"gradient norm {grad_norm} at step {step}"
-    window = losses[-config.divergence_window:]
+    window = losses[-config.divergence_window :]
     recent = sum(window) / len(window)
     if len(losses) > 1 and recent > config.divergence_factor * losses[0]:
-        return (f"mean loss {recent:.4g} over the last {len(window)} steps exceeds "
-                f"{config.divergence_factor:g}x the initial {losses[0]:.4g} at step {step}")
+        return (
+            f"mean loss {recent:.4g} over the last {len(window)} steps exceeds "
+            f"{config.divergence_factor:g}x the initial {losses[0]:.4g} at step {step}"
+        )
     return None

@@ -35,8 +35,10 @@ TRUTH = {
 def grid_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("ablation") / "run"
     for index, ((rank, batch), etas) in enumerate(TRUTH.items()):
-        methods = {name: _method(eta, 1.5 if name == "lora" else 15.0, 0.6 - 0.01 * index)
-                   for name, eta in etas.items()}
+        methods = {
+            name: _method(eta, 1.5 if name == "lora" else 15.0, 0.6 - 0.01 * index)
+            for name, eta in etas.items()
+        }
         write_run_dir(root, methods, rank=rank, batch_size=batch, append=index > 0, final_reports=False)
     return root
 
@@ -52,7 +54,9 @@ def test_one_summary_per_rank_and_batch_size(grid_dir) -> None:
         for name, eta in etas.items():
             assert result.methods[name].eta_star == pytest.approx(eta, rel=1e-9), (key, name)
     lrs, rows = lr_table(ablation, "lora")
-    assert [label for label, _ in rows] == [s.label for s in ablation.settings] and len(rows[0][1]) == len(lrs)
+    assert [label for label, _ in rows] == [s.label for s in ablation.settings] and len(rows[0][1]) == len(
+        lrs
+    )
     narrowed = find_settings([grid_dir], rank=8)
     assert [(s.rank, s.batch_size, s.label) for s in narrowed] == [(8, 8, "b=8"), (8, 16, "b=16")]
 
@@ -65,7 +69,10 @@ def test_analyze_and_plot_cli_handle_several_ranks_and_batch_sizes(grid_dir, tmp
     assert data["axes"] == ["rank", "batch_size"] and len(data["analyses"]) == 4
     assert main(["analyze", str(grid_dir), "--rank", "4", "--batch-size", "8", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "analysis.json").is_file()  # one setting: the single-sweep analysis, as before
-    assert main(["plot", str(grid_dir), "--bootstrap", "50", "--out", str(tmp_path / "fig"), "--formats", "png"]) == 0
+    assert (
+        main(["plot", str(grid_dir), "--bootstrap", "50", "--out", str(tmp_path / "fig"), "--formats", "png"])
+        == 0
+    )
     written = {path.relative_to(tmp_path / "fig").as_posix() for path in (tmp_path / "fig").rglob("*.png")}
     assert {"h_eta_vs_setting.png", "i_peak_vs_setting.png", "j_setting_lr_table.png"} <= written
     assert "r=4_b=8/a_metric_vs_lr.png" in written and "r=8_b=16/b_sharpness_vs_lr.png" in written
@@ -73,10 +80,16 @@ def test_analyze_and_plot_cli_handle_several_ranks_and_batch_sizes(grid_dir, tmp
 
 def test_run_directories_differing_in_n_train_are_compared(tmp_path) -> None:
     small = write_run_dir(tmp_path / "n64", {"lora": _method(3.1e-4, 1.5), "pissa": _method(3.1e-5, 15.0)})
-    large = write_run_dir(tmp_path / "n256", {"lora": _method(2.0e-4, 1.5), "pissa": _method(2.0e-5, 15.0)},
-                          config={"n_train": 256})
+    large = write_run_dir(
+        tmp_path / "n256",
+        {"lora": _method(2.0e-4, 1.5), "pissa": _method(2.0e-5, 15.0)},
+        config={"n_train": 256},
+    )
     ablation = analyze_ablation([small, large], bootstrap_samples=50)
-    assert ablation.axes == ("n_train",) and [s.label for s in ablation.settings] == ["n_train=64", "n_train=256"]
+    assert ablation.axes == ("n_train",) and [s.label for s in ablation.settings] == [
+        "n_train=64",
+        "n_train=256",
+    ]
     assert ablation.analyses[1].methods["lora"].eta_star == pytest.approx(2.0e-4, rel=1e-9)
 
 
@@ -88,8 +101,19 @@ def test_tiny_version_of_the_smollm2_ablation_sweeps_analyses_and_plots(tmp_path
 
     data = yaml.safe_load((EXPERIMENTS / "smollm2_ablation.yaml").read_text())
     assert len(data["methods"]) * len(data["ranks"]) * len(data["batch_sizes"]) == 8
-    data.update(model="tiny-llama", task="arith", n_train=16, n_eval=4, ranks=[2, 4], batch_sizes=[2, 4],
-                lr=[1e-3, 1e-2], steps=2, max_length=128, attention="eager", eval={"batch_size": 4, "max_new_tokens": 2})
+    data.update(
+        model="tiny-llama",
+        task="arith",
+        n_train=16,
+        n_eval=4,
+        ranks=[2, 4],
+        batch_sizes=[2, 4],
+        lr=[1e-3, 1e-2],
+        steps=2,
+        max_length=128,
+        attention="eager",
+        eval={"batch_size": 4, "max_new_tokens": 2},
+    )
     config = config_from_dict(data, source="tiny ablation")
     run_dir = tmp_path / "run"
     summary = run_sweep(config, run_dir, progress=False)

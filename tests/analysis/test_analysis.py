@@ -86,8 +86,13 @@ def test_bootstrap_interval_contains_the_true_slope() -> None:
     rng = np.random.default_rng(1)
     lambdas = np.logspace(-1, 2, 8)
     points = {
-        f"m{i}": [(lam * math.exp(0.02 * rng.standard_normal()), 1e-4 / lam * math.exp(0.15 * rng.standard_normal()))
-                  for _ in range(3)]
+        f"m{i}": [
+            (
+                lam * math.exp(0.02 * rng.standard_normal()),
+                1e-4 / lam * math.exp(0.15 * rng.standard_normal()),
+            )
+            for _ in range(3)
+        ]
         for i, lam in enumerate(lambdas)
     }
     low, high, valid = analysis.bootstrap_slope(points, samples=2000, seed=0)
@@ -125,22 +130,27 @@ def test_analyze_recovers_each_methods_optimum_and_the_relation(tmp_path) -> Non
         assert summary.fit_kind == "quadratic"
         assert summary.lambda_init_whole == pytest.approx(truth.lambda_init, rel=1e-12)
         # per-module blocks: ratio × (1 + 0.1·layer + 0.05·index) over 2 layers × 2 modules; median = ratio×1.075
-        assert summary.lambda_init_module_median == pytest.approx(truth.module_ratio * 1.075 * truth.lambda_init)
+        assert summary.lambda_init_module_median == pytest.approx(
+            truth.module_ratio * 1.075 * truth.lambda_init
+        )
         # end of training at the best grid LR: λ_final = 1.1·2/η, λ̃ = 0.9·38/η by construction
         assert summary.final_lambda_eta_over_2 == pytest.approx(1.1, rel=1e-12)
         assert summary.precond_over_adam_threshold == pytest.approx(0.9, rel=1e-12)
         assert summary.eta_lambda_over_2 == pytest.approx(truth.eta_star * truth.lambda_init / 2, rel=1e-9)
     assert result.best_method == "milora"
     best_peak = result.methods["milora"].peak_metric  # observed at the best grid point
-    assert result.methods["pissa"].gap_to_best == pytest.approx(best_peak - result.methods["pissa"].peak_metric)
+    assert result.methods["pissa"].gap_to_best == pytest.approx(
+        best_peak - result.methods["pissa"].peak_metric
+    )
     assert result.methods["milora"].gap_to_best == 0.0
     assert result.methods["initab"].diverged_lrs == tuple(lr for lr in QUARTER_DECADE_GRID if lr > 2.5e-3)
     relation = result.relation
     assert relation.lambda_source == "whole"
     assert relation.n_methods == 4
     assert relation.spearman_rho == pytest.approx(-1.0)
-    truth_fit = analysis.fit_power_law([m.lambda_init for m in METHODS.values()],
-                                       [m.eta_star for m in METHODS.values()])
+    truth_fit = analysis.fit_power_law(
+        [m.lambda_init for m in METHODS.values()], [m.eta_star for m in METHODS.values()]
+    )
     assert relation.slope == pytest.approx(truth_fit.slope, rel=1e-9)
     assert relation.slope_ci95[0] <= relation.slope <= relation.slope_ci95[1]
     assert set(relation.lomo) == {"power", "inverse"}
@@ -148,8 +158,12 @@ def test_analyze_recovers_each_methods_optimum_and_the_relation(tmp_path) -> Non
 
 
 def test_analyze_spread_over_seeds(tmp_path) -> None:
-    run_dir = write_run_dir(tmp_path / "run", {"lora": METHODS["lora"], "pissa": METHODS["pissa"]},
-                            seeds=(0, 1, 2), seed_shift=0.2)
+    run_dir = write_run_dir(
+        tmp_path / "run",
+        {"lora": METHODS["lora"], "pissa": METHODS["pissa"]},
+        seeds=(0, 1, 2),
+        seed_shift=0.2,
+    )
     summary = analysis.analyze(run_dir, bootstrap_samples=100).methods["lora"]
     assert summary.n_seeds == 3
     assert summary.eta_star == pytest.approx(METHODS["lora"].eta_star, rel=1e-9)
@@ -161,8 +175,10 @@ def test_analyze_spread_over_seeds(tmp_path) -> None:
 
 def test_exact_inverse_law_gives_slope_minus_one_and_c(tmp_path) -> None:
     c = 4.5e-4
-    methods = {f"m{i}": SyntheticMethod(eta_star=c / lam, lambda_init=lam) for i, lam in
-               enumerate([0.5, 1.3, 4.0, 11.0])}
+    methods = {
+        f"m{i}": SyntheticMethod(eta_star=c / lam, lambda_init=lam)
+        for i, lam in enumerate([0.5, 1.3, 4.0, 11.0])
+    }
     result = analysis.analyze(write_run_dir(tmp_path / "run", methods), bootstrap_samples=200)
     assert result.relation.slope == pytest.approx(-1.0, abs=1e-8)
     assert result.relation.c == pytest.approx(c, rel=1e-8)
@@ -206,7 +222,9 @@ def test_an_uncertified_lambda_at_init_is_said_with_its_residual(tmp_path) -> No
     result = analysis.analyze(run_dir, bootstrap_samples=100)
     assert result.methods["lora"].lambda_init_whole_uncertified == pytest.approx(3e-3)
     assert result.methods["lora"].lambda_init_module_uncertified == pytest.approx(5e-3)
-    assert all(result.methods[name].lambda_init_whole_uncertified is None for name in METHODS if name != "lora")
+    assert all(
+        result.methods[name].lambda_init_whole_uncertified is None for name in METHODS if name != "lora"
+    )
     _, md_path = analysis.write_analysis(result)
     text = md_path.read_text()
     assert f"λ_max at init not certified for 1 of {len(METHODS)} methods" in text and "lora 0.003)" in text
@@ -237,7 +255,11 @@ def test_bad_inputs_raise_user_errors(tmp_path) -> None:
         connection.execute("UPDATE runs SET rank = 16 WHERE method = 'pissa'")
     with pytest.raises(UserError, match="--rank"):
         analysis.analyze(run_dir)
-    assert analysis.analyze(run_dir, rank=8, bootstrap_samples=50).methods.keys() == {"lora", "milora", "initab"}
+    assert analysis.analyze(run_dir, rank=8, bootstrap_samples=50).methods.keys() == {
+        "lora",
+        "milora",
+        "initab",
+    }
     with pytest.raises(UserError, match="metric"):
         analysis.analyze(run_dir, rank=8, metric="bleu")
 
@@ -256,11 +278,15 @@ def test_report_parser_reads_the_engine_report_and_tolerates_missing_parts() -> 
     assert len(full.modules) == 4 and full.first_with("density") is whole
     summary = report_from_dict({"blocks": [{"name": "whole", "lambda_max": 2.0}]})
     assert summary.whole.lambda_max == 2.0 and summary.module_median is None and summary.whole.density is None
-    per_module = report_from_dict({"blocks": [
-        {"name": "base_model.model.model.layers.1.mlp.down_proj", "lambda_max": 3.0},
-        {"name": "base_model.model.model.layers.0.mlp.down_proj", "lambda_max": 1.0},
-        {"name": "broken"},
-    ]})
+    per_module = report_from_dict(
+        {
+            "blocks": [
+                {"name": "base_model.model.model.layers.1.mlp.down_proj", "lambda_max": 3.0},
+                {"name": "base_model.model.model.layers.0.mlp.down_proj", "lambda_max": 1.0},
+                {"name": "broken"},
+            ]
+        }
+    )
     assert per_module.whole is None and per_module.module_median == 2.0
     assert [block.layer for block in per_module.modules] == [1, 0]
     assert per_module.modules[0].module == "down_proj"
@@ -269,15 +295,19 @@ def test_report_parser_reads_the_engine_report_and_tolerates_missing_parts() -> 
 def test_extra_init_reports_merge_and_sharpness_falls_back_to_reports(tmp_path) -> None:
     run_dir = write_run_dir(tmp_path / "run", METHODS)
     extra = eigen_report(99.0, 1.0, seed=0)
-    extra["blocks"] = [dict(extra["blocks"][0], name="whole", lambda_max=99.0),
-                       dict(extra["blocks"][1], name="layers.5.mlp.down_proj", lambda_max=7.0)]
+    extra["blocks"] = [
+        dict(extra["blocks"][0], name="whole", lambda_max=99.0),
+        dict(extra["blocks"][1], name="layers.5.mlp.down_proj", lambda_max=7.0),
+    ]
     (run_dir / "hessian" / "lora_r8_s0_init_modules.json").write_text(json.dumps(extra))
     with sqlite3.connect(run_dir / "results.sqlite") as connection:
         connection.execute("UPDATE runs SET precond_lambda_final = NULL, lambda_final = NULL")
     report = analysis.read_run_directory(run_dir).init_report("lora", 0)
     assert report.whole.name == "adapter" and report.whole.lambda_max == pytest.approx(1.5)  # primary kept
     assert "layers.5.mlp.down_proj" in {block.name for block in report.modules}
-    assert "whole" not in {block.name for block in report.modules}  # another whole-adapter block merges into it
+    assert "whole" not in {
+        block.name for block in report.modules
+    }  # another whole-adapter block merges into it
     result = analysis.analyze(run_dir, bootstrap_samples=50)
     assert result.methods["pissa"].precond_over_adam_threshold == pytest.approx(0.9, rel=1e-12)
     assert result.methods["pissa"].final_lambda_eta_over_2 == pytest.approx(1.1, rel=1e-12)
@@ -306,7 +336,11 @@ EDGE_METHODS = {  # every optimum far outside the quarter-decade grid 2e-5 .. 1.
 def test_optima_at_the_grid_edge_give_no_relation_and_say_why(tmp_path) -> None:
     result = analysis.analyze(write_run_dir(tmp_path / "run", EDGE_METHODS), bootstrap_samples=100)
     assert {name: s.censored for name, s in result.methods.items()} == {
-        "lora": "high", "pissa": "low", "milora": "high", "initab": "low"}
+        "lora": "high",
+        "pissa": "low",
+        "milora": "high",
+        "initab": "low",
+    }
     relation = result.relation
     assert relation.n_methods == 0 and relation.n_total == 4 and len(relation.censored) == 4
     assert relation.slope is None and relation.slope_ci95 is None and relation.spearman_rho is None
@@ -339,7 +373,9 @@ def test_censored_methods_are_left_out_of_the_fit_and_counted(tmp_path) -> None:
     relation = result.relation
     assert result.methods["dora"].censored == "high" and relation.censored == {"dora": "≥ 0.0112"}
     assert relation.n_methods == 4 and relation.n_total == 5 and relation.note is None
-    truth = analysis.fit_power_law([m.lambda_init for m in METHODS.values()], [m.eta_star for m in METHODS.values()])
+    truth = analysis.fit_power_law(
+        [m.lambda_init for m in METHODS.values()], [m.eta_star for m in METHODS.values()]
+    )
     assert relation.slope == pytest.approx(truth.slope, rel=1e-9)  # dora's bound would pull it
     assert {item["method"] for item in relation.lomo["power"]} == set(METHODS)
     summary = analysis.relation_summary(result.to_dict())
@@ -350,19 +386,28 @@ def test_cost_section_sums_what_the_rows_and_reports_recorded(tmp_path) -> None:
     from hessian_lora.analysis.report import cost_section
     from hessian_lora.analysis.runs import read_run_directory
 
-    methods = {"lora": SyntheticMethod(eta_star=1e-3, lambda_init=10.0),
-               "pissa": SyntheticMethod(eta_star=1e-4, lambda_init=100.0)}
+    methods = {
+        "lora": SyntheticMethod(eta_star=1e-3, lambda_init=10.0),
+        "pissa": SyntheticMethod(eta_star=1e-4, lambda_init=100.0),
+    }
     write_run_dir(tmp_path, methods, lrs=QUARTER_DECADE_GRID[:4], final_reports=False)
     with sqlite3.connect(tmp_path / "results.sqlite") as db:  # a sweep of today records the split too
         db.execute("ALTER TABLE runs ADD COLUMN train_seconds REAL")
         db.execute("ALTER TABLE runs ADD COLUMN eval_seconds REAL")
         db.execute("UPDATE runs SET wall_seconds = 10.0, train_seconds = 4.0, eval_seconds = 5.0")
         count = db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
-    blocks = [block for path in (tmp_path / "hessian").glob("*.json")
-              for block in json.loads(path.read_text())["blocks"]]
+    blocks = [
+        block
+        for path in (tmp_path / "hessian").glob("*.json")
+        for block in json.loads(path.read_text())["blocks"]
+    ]
     data, text = cost_section(read_run_directory(tmp_path))
     assert (data["runs"], data["run_seconds"], data["train_seconds"], data["eval_seconds"]) == (
-        count, 10.0 * count, 4.0 * count, 5.0 * count)
+        count,
+        10.0 * count,
+        4.0 * count,
+        5.0 * count,
+    )
     assert data["median_run_seconds"] == 10.0
     assert data["eigen_blocks"] == len(blocks) and data["eigen_products"] == sum(b["hvps"] for b in blocks)
     assert data["eigen_seconds"] == pytest.approx(sum(b["seconds"] for b in blocks))
@@ -371,8 +416,11 @@ def test_cost_section_sums_what_the_rows_and_reports_recorded(tmp_path) -> None:
 
     # Two blocks solved side by side on shared passes: their eigen clocks ran together, so the group costs its
     # longest eigen solve once, plus what each did on its own afterwards (a trace: seconds beyond eigen's).
-    path = next(path for path in sorted((tmp_path / "hessian").glob("*.json"))
-                if len(json.loads(path.read_text())["blocks"]) >= 2)
+    path = next(
+        path
+        for path in sorted((tmp_path / "hessian").glob("*.json"))
+        if len(json.loads(path.read_text())["blocks"]) >= 2
+    )
     report = json.loads(path.read_text())
     first, second = report["blocks"][:2]
     first.update(seconds=7.0, scan_group="g1")
@@ -380,8 +428,12 @@ def test_cost_section_sums_what_the_rows_and_reports_recorded(tmp_path) -> None:
     second.update(seconds=4.0, scan_group="g1")
     second["eigen"]["seconds"] = 4.0
     path.write_text(json.dumps(report))
-    others = sum(b["seconds"] for p in (tmp_path / "hessian").glob("*.json") if p != path
-                 for b in json.loads(p.read_text())["blocks"]) + sum(b["seconds"] for b in report["blocks"][2:])
+    others = sum(
+        b["seconds"]
+        for p in (tmp_path / "hessian").glob("*.json")
+        if p != path
+        for b in json.loads(p.read_text())["blocks"]
+    ) + sum(b["seconds"] for b in report["blocks"][2:])
     data, text = cost_section(read_run_directory(tmp_path))
     assert data["eigen_seconds"] == pytest.approx(others + max(5.0, 4.0) + (7.0 - 5.0))  # not others + 7 + 4
     assert data["eigen_blocks_in_groups"] == 2 and "2 of the blocks solved side by side" in text
@@ -391,7 +443,9 @@ def test_the_module_median_says_what_it_stands_on(tmp_path) -> None:
     """The per-module median names its module kinds, how many layers, which seeds and how many examples."""
     result = analysis.analyze(write_run_dir(tmp_path / "run", METHODS), bootstrap_samples=50)
     basis = result.methods["lora"].lambda_init_module_basis
-    assert basis == "q_proj/v_proj of 2 layers, seed 0, 16 examples"  # the synthetic run: one seed, layers 0-1
+    assert (
+        basis == "q_proj/v_proj of 2 layers, seed 0, 16 examples"
+    )  # the synthetic run: one seed, layers 0-1
     from hessian_lora.analysis.summary import _module_basis
 
     assert _module_basis({"q_proj"}, {0, 14, 29}, {1}, {8, 64}) == "q_proj of 3 layers, seed 1, 8–64 examples"

@@ -34,19 +34,26 @@ def test_simulated_components_are_recovered_and_the_standard_error_matches_the_s
     seeds, problems = 30, 400
     estimates, means = [], []
     for _ in range(200):
-        table = (rng.normal(0, math.sqrt(truth["seed"]), (seeds, 1)) + rng.normal(0, math.sqrt(truth["problem"]),
-                 (1, problems)) + rng.normal(0, math.sqrt(truth["residual"]), (seeds, problems)))
+        table = (
+            rng.normal(0, math.sqrt(truth["seed"]), (seeds, 1))
+            + rng.normal(0, math.sqrt(truth["problem"]), (1, problems))
+            + rng.normal(0, math.sqrt(truth["residual"]), (seeds, problems))
+        )
         estimates.append(variance_components(table))
         means.append(table.mean())
     for name, value in truth.items():
         assert np.mean([getattr(e, name) for e in estimates]) == pytest.approx(value, rel=0.1), name
-    formula = math.sqrt(truth["seed"] / seeds + truth["problem"] / problems + truth["residual"] / (seeds * problems))
+    formula = math.sqrt(
+        truth["seed"] / seeds + truth["problem"] / problems + truth["residual"] / (seeds * problems)
+    )
     assert estimates[0].standard_error() == pytest.approx(formula, rel=0.35)
     assert np.std(means, ddof=1) == pytest.approx(formula, rel=0.15)
 
 
 def test_seeds_to_decide_is_the_closed_form_and_none_when_problems_dominate() -> None:
-    components = variance_components(np.array([[0.0, 1.0, 0.0, 1.0], [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]]))
+    components = variance_components(
+        np.array([[0.0, 1.0, 0.0, 1.0], [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]])
+    )
     components = type(components)(seed=0.004, problem=0.002, residual=0.16, n_seeds=3, n_problems=256)
     gap, margin = -0.035, 0.02
     z = stats.norm.ppf(0.95) + stats.norm.ppf(0.8)
@@ -71,7 +78,9 @@ def test_estimate_power_reads_the_gap_and_scales_by_the_bootstrap() -> None:
     table = (rng.random((3, 256)) < 0.45).astype(float) - (rng.random((3, 256)) < 0.48).astype(float)
     plain = estimate_power(table, 0.02)
     assert plain.gap == pytest.approx(table.mean()) and plain.inflation == 1.0
-    wide = estimate_power(table, 0.02, bootstrap_draws=rng.normal(0, 3 * plain.components.standard_error(), 2000))
+    wide = estimate_power(
+        table, 0.02, bootstrap_draws=rng.normal(0, 3 * plain.components.standard_error(), 2000)
+    )
     assert wide.inflation == pytest.approx(3.0, rel=0.1)
     assert wide.to_dict()["components"]["n_problems"] == 256
 

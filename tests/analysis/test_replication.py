@@ -15,8 +15,14 @@ DEMO = ROOT / "experiments" / "smollm2_arith.yaml"
 
 def test_replication_is_the_demo_with_three_seeds_256_problems_a_quarter_decade_and_64_examples():
     config, demo = load_config(REPLICATION), load_config(DEMO)
-    assert (config.model, config.task, config.methods, config.ranks, config.steps, config.adapter.targets) == \
-        (demo.model, demo.task, demo.methods, demo.ranks, demo.steps, demo.adapter.targets)
+    assert (
+        config.model,
+        config.task,
+        config.methods,
+        config.ranks,
+        config.steps,
+        config.adapter.targets,
+    ) == (demo.model, demo.task, demo.methods, demo.ranks, demo.steps, demo.adapter.targets)
     assert len(config.seeds) == 3 and config.n_eval >= 256
     search = config.search
     assert search is not None and search.per_decade == 4 and search.resolution == 0.25 and search.base == 2e-5
@@ -111,4 +117,6 @@ def test_the_results_page_and_the_readme_carry_the_shipped_analysis_and_its_figu
         shown = re.findall(r"\]\(((?:\.\./)?results/smollm2/figures/[^)]+\.png)\)", shown_in.read_text())
         assert shown, shown_in
         for path in shown:
-            assert Path(path).stem in FIGURE_NAMES.values() and (shown_in.parent / path).resolve().is_file(), path
+            assert (
+                Path(path).stem in FIGURE_NAMES.values() and (shown_in.parent / path).resolve().is_file()
+            ), path

@@ -22,8 +22,12 @@ def test_eta_intervals_cover_the_true_optimum_at_about_their_nominal_rate() -> N
     rng = np.random.default_rng(1)
     hits, widths = 0, []
     for replication in range(40):
-        runs = noisy_runs({"lora": truth}, lrs=GRID, seeds=(0, 1, 2), n_examples=64, rng=rng, seed_shift_sd=0.1)
-        draws = bootstrap_optima(runs, ["lora"], "accuracy", higher_is_better=True, samples=300, seed=replication)
+        runs = noisy_runs(
+            {"lora": truth}, lrs=GRID, seeds=(0, 1, 2), n_examples=64, rng=rng, seed_shift_sd=0.1
+        )
+        draws = bootstrap_optima(
+            runs, ["lora"], "accuracy", higher_is_better=True, samples=300, seed=replication
+        )
         assert draws.basis["lora"] == "seeds and evaluation examples" and draws.n_examples == 64
         low, high = percentile_interval(draws.eta["lora"], 0.9, log=True)
         hits += low <= truth.eta_star <= high
@@ -55,8 +59,10 @@ def test_gap_to_the_best_is_a_paired_interval_with_a_verdict(tmp_path) -> None:
 
 
 def test_one_seed_without_per_example_scores_says_there_is_no_interval(tmp_path) -> None:
-    methods = {"lora": SyntheticMethod(eta_star=3.1e-4, lambda_init=1.5),
-               "pissa": SyntheticMethod(eta_star=3.1e-5, lambda_init=15.0, peak=0.5)}
+    methods = {
+        "lora": SyntheticMethod(eta_star=3.1e-4, lambda_init=1.5),
+        "pissa": SyntheticMethod(eta_star=3.1e-5, lambda_init=15.0, peak=0.5),
+    }
     result = analysis.analyze(write_run_dir(tmp_path / "run", methods), bootstrap_samples=50)
     for summary in result.methods.values():
         assert summary.uncertainty_basis == NO_INTERVAL and summary.eta_ci is None and summary.peak_ci is None
@@ -66,9 +72,12 @@ def test_one_seed_without_per_example_scores_says_there_is_no_interval(tmp_path)
 
 def test_seeds_only_without_per_example_scores(tmp_path) -> None:
     methods = {"lora": SyntheticMethod(eta_star=3.1e-4, lambda_init=1.5)}
-    result = analysis.analyze(write_run_dir(tmp_path / "run", methods, seeds=(0, 1, 2), seed_shift=0.2),
-                              bootstrap_samples=200)
+    result = analysis.analyze(
+        write_run_dir(tmp_path / "run", methods, seeds=(0, 1, 2), seed_shift=0.2), bootstrap_samples=200
+    )
     summary = result.methods["lora"]
     assert summary.uncertainty_basis == "seeds" and result.n_eval_examples is None
     assert summary.eta_ci[0] <= summary.eta_star <= summary.eta_ci[1]
-    assert summary.eta_ci[1] / summary.eta_ci[0] == pytest.approx(10**0.4, rel=0.3)  # the seeds span ±0.2 decades
+    assert summary.eta_ci[1] / summary.eta_ci[0] == pytest.approx(
+        10**0.4, rel=0.3
+    )  # the seeds span ±0.2 decades

@@ -32,14 +32,43 @@ from hessian_lora.cli.main import main
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--model", "tiny-llama"]
-EIGEN_FAST = ["--samples", "2", "--batch-size", "2", "--max-length", "96", "--max-iter", "3", "--no-min", "--quiet",
-              "--threads", "1"]
+EIGEN_FAST = [
+    "--samples",
+    "2",
+    "--batch-size",
+    "2",
+    "--max-length",
+    "96",
+    "--max-iter",
+    "3",
+    "--no-min",
+    "--quiet",
+    "--threads",
+    "1",
+]
 SWEEP_FLAGS = ["--quiet", "--threads", "1"]
 GOOD_SWEEP: dict[str, Any] = {
-    "name": "good", "model": "tiny-llama", "task": "arith", "n_train": 8, "n_eval": 2, "methods": ["lora"],
-    "ranks": [2], "batch_sizes": [4], "lr": [1e-3], "steps": 2, "max_length": 96, "targets": ["q_proj", "v_proj"],
+    "name": "good",
+    "model": "tiny-llama",
+    "task": "arith",
+    "n_train": 8,
+    "n_eval": 2,
+    "methods": ["lora"],
+    "ranks": [2],
+    "batch_sizes": [4],
+    "lr": [1e-3],
+    "steps": 2,
+    "max_length": 96,
+    "targets": ["q_proj", "v_proj"],
     "eval": {"batch_size": 2, "max_new_tokens": 2},
-    "hessian": {"init": True, "final": False, "samples": 4, "batch_size": 4, "max_iter": 4, "smallest": False},
+    "hessian": {
+        "init": True,
+        "final": False,
+        "samples": 4,
+        "batch_size": 4,
+        "max_iter": 4,
+        "smallest": False,
+    },
 }
 GOOD_RECORDS = [{"prompt": f"{i} + 1 =", "completion": str(i + 1)} for i in range(8)]
 # The good run's λ_max-at-initialisation report (GOOD_SWEEP: lora, rank 2, seed 0).
@@ -122,8 +151,11 @@ def expand(value: Any, good: Good, tmp_path: Path) -> Any:
 def fingerprint(path: Path) -> dict[str, str]:
     """Relative path → SHA-256 of every file under ``path`` (the "good data is untouched" check)."""
     # SQLite readers (re)create the -wal/-shm companions of a WAL database: not a change of its data.
-    return {str(file.relative_to(path)): hashlib.sha256(file.read_bytes()).hexdigest()
-            for file in sorted(path.rglob("*")) if file.is_file() and not file.name.endswith(("-wal", "-shm"))}
+    return {
+        str(file.relative_to(path)): hashlib.sha256(file.read_bytes()).hexdigest()
+        for file in sorted(path.rglob("*"))
+        if file.is_file() and not file.name.endswith(("-wal", "-shm"))
+    }
 
 
 def write(path: Path, content: bytes | str | Any) -> Path:
@@ -150,8 +182,13 @@ def sweep_config(changes: Mapping[str, Any]) -> dict[str, Any]:
 
 def cli_env() -> dict[str, str]:
     """The environment of a CLI run in a subprocess: this checkout, one thread, the hub offline."""
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-            "HF_HUB_OFFLINE": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+    }
 
 
 def checkpoint_meta(good: Good, **changes: Any) -> str:
@@ -239,8 +276,13 @@ def fails(argv: Sequence[Any], capsys: pytest.CaptureFixture[str], *, expected: 
     return one_line_error(capsys, main([str(item) for item in argv]), expected=expected)
 
 
-def refuse(case: Case, good: Good, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-           monkeypatch: pytest.MonkeyPatch) -> str:
+def refuse(
+    case: Case,
+    good: Good,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> str:
     """Run one row and check everything it promises; returns the error line."""
     make_files(case, good, tmp_path)
     unchanged = snapshots(case, good, tmp_path)
@@ -281,8 +323,10 @@ CHECKPOINT_DAMAGE: dict[str, tuple[str, Content]] = {
     "meta-not-utf8": ("hessian_lora.json", b"\xff\xfe\x00garbage\x80"),
     "meta-not-json": ("hessian_lora.json", "{ not json"),
     "meta-is-directory": ("hessian_lora.json", DIRECTORY),
-    "adapter-truncated": ("adapter_model.safetensors",
-                          lambda good: (good["checkpoint"] / "adapter_model.safetensors").read_bytes()[:100]),
+    "adapter-truncated": (
+        "adapter_model.safetensors",
+        lambda good: (good["checkpoint"] / "adapter_model.safetensors").read_bytes()[:100],
+    ),
     "adapter-empty": ("adapter_model.safetensors", b""),
     "adapter-missing": ("adapter_model.safetensors", DELETE),
     "adapter-config-not-json": ("adapter_config.json", "nope"),
@@ -337,8 +381,16 @@ def peft_directory(damage: str | None = None, *, targets: Any = None) -> dict[st
     return {"copies": {"peft": "init"}, "files": files}
 
 
-STORE_DAMAGE = ["db-random", "db-empty-file", "db-no-runs-table", "db-missing", "dir-missing", "dir-is-file",
-                "init-report-not-json", "init-report-list"]
+STORE_DAMAGE = [
+    "db-random",
+    "db-empty-file",
+    "db-no-runs-table",
+    "db-missing",
+    "dir-missing",
+    "dir-is-file",
+    "init-report-not-json",
+    "init-report-list",
+]
 
 
 def damaged_run(case: str) -> dict[str, Any]:
@@ -348,14 +400,16 @@ def damaged_run(case: str) -> dict[str, Any]:
     if case == "dir-is-file":
         return {"files": {"run": "x"}}
     files: dict[str, Content] = {"run/results.sqlite-wal": DELETE, "run/results.sqlite-shm": DELETE}
-    files.update({
-        "db-random": {"run/results.sqlite": os.urandom(4096)},
-        "db-empty-file": {"run/results.sqlite": b""},
-        "db-missing": {"run/results.sqlite": DELETE},
-        "db-no-runs-table": {"run/results.sqlite": lambda good: sqlite_without_runs()},
-        "init-report-not-json": {f"run/{INIT_REPORT}": "{not json"},
-        "init-report-list": {f"run/{INIT_REPORT}": []},
-    }[case])
+    files.update(
+        {
+            "db-random": {"run/results.sqlite": os.urandom(4096)},
+            "db-empty-file": {"run/results.sqlite": b""},
+            "db-missing": {"run/results.sqlite": DELETE},
+            "db-no-runs-table": {"run/results.sqlite": lambda good: sqlite_without_runs()},
+            "init-report-not-json": {f"run/{INIT_REPORT}": "{not json"},
+            "init-report-list": {f"run/{INIT_REPORT}": []},
+        }[case]
+    )
     return {"copies": {"run": "run"}, "files": files}
 
 
@@ -367,15 +421,32 @@ def output_cases(command: str, argv: Sequence[Any], *, file_output: bool) -> lis
     def at(where: str) -> list[Any]:
         return [where if item == "{out}" else item for item in argv]
 
-    rows = [Case(f"{command}-out-under-a-regular-file", at("{tmp}/regular-file/sub/out"),
-                 files={"regular-file": "x"}, unchanged=["{tmp}/regular-file"]),
-            Case(f"{command}-out-cannot-be-created", at("/proc/hessian-lora-no-such/out"))]
+    rows = [
+        Case(
+            f"{command}-out-under-a-regular-file",
+            at("{tmp}/regular-file/sub/out"),
+            files={"regular-file": "x"},
+            unchanged=["{tmp}/regular-file"],
+        ),
+        Case(f"{command}-out-cannot-be-created", at("/proc/hessian-lora-no-such/out")),
+    ]
     if file_output:
-        rows.append(Case(f"{command}-out-is-an-existing-directory", at("{tmp}/a-directory"),
-                         files={"a-directory": EMPTY_DIRECTORY}))
+        rows.append(
+            Case(
+                f"{command}-out-is-an-existing-directory",
+                at("{tmp}/a-directory"),
+                files={"a-directory": EMPTY_DIRECTORY},
+            )
+        )
     else:
-        rows.append(Case(f"{command}-out-is-a-file", at("{tmp}/regular-file"), files={"regular-file": "x"},
-                         unchanged=["{tmp}/regular-file"]))
+        rows.append(
+            Case(
+                f"{command}-out-is-a-file",
+                at("{tmp}/regular-file"),
+                files={"regular-file": "x"},
+                unchanged=["{tmp}/regular-file"],
+            )
+        )
     return rows
 
 
@@ -384,9 +455,19 @@ BAD_MODELS: dict[str, tuple[str, dict[str, Content]]] = {
     "config-not-json": ("{tmp}/m", {"m/config.json": "{{{"}),
     "config-empty-object": ("{tmp}/m", {"m/config.json": {}}),
     "config-binary": ("{tmp}/m", {"m/config.json": b"\x89PNG\x00\xff"}),
-    "config-no-weights": ("{tmp}/m", {"m/config.json": {"model_type": "llama", "hidden_size": 16,
-                                                        "num_hidden_layers": 1, "num_attention_heads": 2,
-                                                        "intermediate_size": 32, "vocab_size": 300}}),
+    "config-no-weights": (
+        "{tmp}/m",
+        {
+            "m/config.json": {
+                "model_type": "llama",
+                "hidden_size": 16,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "intermediate_size": 32,
+                "vocab_size": 300,
+            }
+        },
+    ),
     "gguf-random": ("{tmp}/fake.gguf", {"fake.gguf": os.urandom(64)}),
     "gguf-empty": ("{tmp}/empty.gguf", {"empty.gguf": b""}),
     "gguf-missing": ("{tmp}/missing.gguf", {}),

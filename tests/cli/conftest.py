@@ -22,13 +22,35 @@ def good(tmp_path_factory: pytest.TempPathFactory) -> Good:
     assert main(["sweep", str(config), "--out", str(run_dir), "--threads", "1", "--quiet"]) == 0
     (checkpoint,) = [path for path in (run_dir / "runs").iterdir()]
     init = root / "init"
-    assert main(["init", *TINY, "--method", "lora", "--rank", "2", "--targets", "q_proj,v_proj",
-                 "--out", str(init)]) == 0
+    assert (
+        main(
+            [
+                "init",
+                *TINY,
+                "--method",
+                "lora",
+                "--rank",
+                "2",
+                "--targets",
+                "q_proj,v_proj",
+                "--out",
+                str(init),
+            ]
+        )
+        == 0
+    )
     data = write(root / "data.json", GOOD_RECORDS)
     plain = root / "plain"
     shutil.copytree(checkpoint, plain, ignore=shutil.ignore_patterns("hessian_lora.json", "optimizer.pt"))
-    return {"root": root, "config": config, "run": run_dir, "checkpoint": checkpoint, "init": init, "data": data,
-            "plain": plain}
+    return {
+        "root": root,
+        "config": config,
+        "run": run_dir,
+        "checkpoint": checkpoint,
+        "init": init,
+        "data": data,
+        "plain": plain,
+    }
 
 
 @pytest.fixture
@@ -37,4 +59,3 @@ def untouched(good: Good):
     before = fingerprint(good["root"])
     yield
     assert fingerprint(good["root"]) == before, "good data next to the bad input changed"
-

@@ -11,11 +11,23 @@ from bad_input_cases import Case, Good, output_cases, params, refuse
 OUT = ["--out", "{tmp}/out"]
 
 CASES: list[Case] = [
-    Case("value-layer-samples-one", ["demo", "--quick", "--layer-samples", "1", *OUT], at_most_a_lock=["{tmp}/out"]),
-    Case("value-density-negative", ["demo", "--quick", "--density-steps", "-1", *OUT], at_most_a_lock=["{tmp}/out"]),
+    Case(
+        "value-layer-samples-one",
+        ["demo", "--quick", "--layer-samples", "1", *OUT],
+        at_most_a_lock=["{tmp}/out"],
+    ),
+    Case(
+        "value-density-negative",
+        ["demo", "--quick", "--density-steps", "-1", *OUT],
+        at_most_a_lock=["{tmp}/out"],
+    ),
     Case("value-config-missing", ["demo", "--config", "no/such.yaml", *OUT], at_most_a_lock=["{tmp}/out"]),
-    Case("value-config-binary", ["demo", "--config", "{tmp}/b.yaml", *OUT], files={"b.yaml": b"\x00\xff"},
-         at_most_a_lock=["{tmp}/out"]),
+    Case(
+        "value-config-binary",
+        ["demo", "--config", "{tmp}/b.yaml", *OUT],
+        files={"b.yaml": b"\x00\xff"},
+        at_most_a_lock=["{tmp}/out"],
+    ),
     *output_cases("demo", ["demo", "--quick", "--config", "{config}", "--out", "{out}"], file_output=False),
 ]
 

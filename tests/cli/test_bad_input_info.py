@@ -24,10 +24,20 @@ from bad_input_cases import (
 from hessian_lora.cli.main import main
 
 CASES: list[Case] = [
-    *[Case(f"checkpoint-{name}", ["info", "{tmp}/ckpt"], **damaged_checkpoint(name))
-      for name in sorted(CHECKPOINT_DAMAGE)],
-    *[Case(f"peft-{name}", ["info", "{tmp}/peft"], says=["adapter_config.json"], unwritten=["{tmp}/r.json"],
-           **peft_directory(name)) for name in sorted(PEFT_DAMAGE)],
+    *[
+        Case(f"checkpoint-{name}", ["info", "{tmp}/ckpt"], **damaged_checkpoint(name))
+        for name in sorted(CHECKPOINT_DAMAGE)
+    ],
+    *[
+        Case(
+            f"peft-{name}",
+            ["info", "{tmp}/peft"],
+            says=["adapter_config.json"],
+            unwritten=["{tmp}/r.json"],
+            **peft_directory(name),
+        )
+        for name in sorted(PEFT_DAMAGE)
+    ],
 ]
 
 
@@ -41,6 +51,7 @@ def test_good_checkpoint_passes_every_check(good, untouched, tmp_path, capsys) -
     assert main(["info", str(good["checkpoint"]), "--json"]) == 0
     facts = json.loads(capsys.readouterr().out)
     assert facts["optimizer_state"]["step"] == 2
-    assert main(["eigen", str(good["checkpoint"]), "--preconditioned", *EIGEN_FAST,
-                 "--out", str(tmp_path / "r.json")]) in (0, 3)  # 3: written, three products need not certify
+    assert main(
+        ["eigen", str(good["checkpoint"]), "--preconditioned", *EIGEN_FAST, "--out", str(tmp_path / "r.json")]
+    ) in (0, 3)  # 3: written, three products need not certify
     assert main(["info", str(good["init"])]) == 0

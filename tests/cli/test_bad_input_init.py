@@ -37,12 +37,34 @@ IMPOSSIBLE: dict[str, list[str]] = {
 }
 
 CASES: list[Case] = [
-    *[Case(f"model-{name}", ["init", "--model", spec, "--method", "lora", "--rank", "2", *OUT], files=files,
-           env=OFFLINE, unwritten=["{tmp}/out"]) for name, (spec, files) in BAD_MODELS.items()],
-    *[Case(f"value-{name}", [*argv, *OUT], at_most_a_lock=["{tmp}/out"], marks=[NO_CUDA] if "cuda" in name else [])
-      for name, argv in IMPOSSIBLE.items()],
-    *[Case(f"value-gralora-rank-{rank}", ["init", *TINY, "--method", "gralora", "--rank", rank, *OUT],
-           says=["multiple of"], unwritten=["{tmp}/out"]) for rank in ["3", "34"]],
+    *[
+        Case(
+            f"model-{name}",
+            ["init", "--model", spec, "--method", "lora", "--rank", "2", *OUT],
+            files=files,
+            env=OFFLINE,
+            unwritten=["{tmp}/out"],
+        )
+        for name, (spec, files) in BAD_MODELS.items()
+    ],
+    *[
+        Case(
+            f"value-{name}",
+            [*argv, *OUT],
+            at_most_a_lock=["{tmp}/out"],
+            marks=[NO_CUDA] if "cuda" in name else [],
+        )
+        for name, argv in IMPOSSIBLE.items()
+    ],
+    *[
+        Case(
+            f"value-gralora-rank-{rank}",
+            ["init", *TINY, "--method", "gralora", "--rank", rank, *OUT],
+            says=["multiple of"],
+            unwritten=["{tmp}/out"],
+        )
+        for rank in ["3", "34"]
+    ],
     *output_cases("init", [*LORA, "--rank", "2", "--out", "{out}"], file_output=False),
 ]
 
@@ -56,8 +78,22 @@ def test_hub_id_offline_is_fast(tmp_path: Path) -> None:
     """An unreachable hub id: one line, in seconds, without the retry warnings."""
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "hessian_lora", "init", "--model", "no-such-org-xyz/no-such-model-xyz",
-         "--method", "lora", "--out", str(tmp_path / "o")], capture_output=True, text=True, env=cli_env(),
-        timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "hessian_lora",
+            "init",
+            "--model",
+            "no-such-org-xyz/no-such-model-xyz",
+            "--method",
+            "lora",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=120,
+    )
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert time.monotonic() - started < 60

@@ -9,13 +9,25 @@ import pytest
 from bad_input_cases import STORE_DAMAGE, Case, Good, damaged_run, output_cases, params, refuse
 
 CASES: list[Case] = [
-    *[Case(f"store-{name}", ["plot", "{tmp}/run", "--bootstrap", "10", "--out", "{tmp}/figs"], **damaged_run(name))
-      for name in STORE_DAMAGE],
+    *[
+        Case(
+            f"store-{name}",
+            ["plot", "{tmp}/run", "--bootstrap", "10", "--out", "{tmp}/figs"],
+            **damaged_run(name),
+        )
+        for name in STORE_DAMAGE
+    ],
     Case("value-format-gif", ["plot", "{run}", "--formats", "gif"], at_most_a_lock=["{tmp}/out"]),
     *output_cases("plot", ["plot", "{run}", "--bootstrap", "10", "--out", "{out}"], file_output=False),
-    *[Case(f"same-run-twice-{spelling}", ["plot", "{run}", second, "--bootstrap", "10", "--out", "{tmp}/a"],
-           says=["twice"], unwritten=["{tmp}/a"]) for spelling, second in [("same", "{run}"),
-                                                                           ("trailing-dot", "{run}/.")]],
+    *[
+        Case(
+            f"same-run-twice-{spelling}",
+            ["plot", "{run}", second, "--bootstrap", "10", "--out", "{tmp}/a"],
+            says=["twice"],
+            unwritten=["{tmp}/a"],
+        )
+        for spelling, second in [("same", "{run}"), ("trailing-dot", "{run}/.")]
+    ],
 ]
 
 

@@ -62,19 +62,42 @@ IMPOSSIBLE: dict[str, list[str]] = {
 }
 
 CASES: list[Case] = [
-    *[Case(f"calibration-{name}", [*LORA, "--calibration", "{tmp}/cal.json"], files={"cal.json": content})
-      for name, content in sorted(CALIBRATIONS.items())],
-    *[Case(f"calibration-probe-{name}", [*LORA, "--calibration", "{tmp}/cal.json"],
-           files={"cal.json": lambda good, change=change: calibration_with_probe(change)},
-           says=["{tmp}/cal.json", "probe"]) for name, change in sorted(PROBES.items())],
-    *[Case(f"store-{name}", ["recommend", "--calibration", "{tmp}/run", "--save-calibration", "{tmp}/c.json"],
-           **damaged_run(name)) for name in STORE_DAMAGE],
-    *[Case(f"value-{name}", argv, at_most_a_lock=["{tmp}/out"], marks=[NO_CUDA] if "cuda" in name else [])
-      for name, argv in IMPOSSIBLE.items()],
-    Case("value-gralora-rank-3", ["recommend", "--method", "gralora", *TINY, "--rank", "3"], says=["multiple of"],
-         unwritten=["{tmp}/out"]),
-    *output_cases("save-calibration", ["recommend", "--calibration", "{run}", "--save-calibration", "{out}"],
-                  file_output=True),
+    *[
+        Case(f"calibration-{name}", [*LORA, "--calibration", "{tmp}/cal.json"], files={"cal.json": content})
+        for name, content in sorted(CALIBRATIONS.items())
+    ],
+    *[
+        Case(
+            f"calibration-probe-{name}",
+            [*LORA, "--calibration", "{tmp}/cal.json"],
+            files={"cal.json": lambda good, change=change: calibration_with_probe(change)},
+            says=["{tmp}/cal.json", "probe"],
+        )
+        for name, change in sorted(PROBES.items())
+    ],
+    *[
+        Case(
+            f"store-{name}",
+            ["recommend", "--calibration", "{tmp}/run", "--save-calibration", "{tmp}/c.json"],
+            **damaged_run(name),
+        )
+        for name in STORE_DAMAGE
+    ],
+    *[
+        Case(f"value-{name}", argv, at_most_a_lock=["{tmp}/out"], marks=[NO_CUDA] if "cuda" in name else [])
+        for name, argv in IMPOSSIBLE.items()
+    ],
+    Case(
+        "value-gralora-rank-3",
+        ["recommend", "--method", "gralora", *TINY, "--rank", "3"],
+        says=["multiple of"],
+        unwritten=["{tmp}/out"],
+    ),
+    *output_cases(
+        "save-calibration",
+        ["recommend", "--calibration", "{run}", "--save-calibration", "{out}"],
+        file_output=True,
+    ),
 ]
 
 

@@ -10,11 +10,16 @@ from bad_input_cases import STORE_DAMAGE, Case, Good, damaged_run, output_cases,
 
 CASES: list[Case] = [
     # results reads only the table: the damaged λ_max reports are no input of its.
-    *[Case(f"store-{name}", ["results", "{tmp}/run"], **damaged_run(name))
-      for name in STORE_DAMAGE if not name.startswith("init-report")],
+    *[
+        Case(f"store-{name}", ["results", "{tmp}/run"], **damaged_run(name))
+        for name in STORE_DAMAGE
+        if not name.startswith("init-report")
+    ],
     Case("value-table-output", ["results", "{run}", "--output", "x.txt"], at_most_a_lock=["{tmp}/out"]),
     Case("value-format-unknown", ["results", "{run}", "--format", "xlsx"], at_most_a_lock=["{tmp}/out"]),
-    *output_cases("results-csv", ["results", "{run}", "--format", "csv", "--output", "{out}"], file_output=True),
+    *output_cases(
+        "results-csv", ["results", "{run}", "--format", "csv", "--output", "{out}"], file_output=True
+    ),
 ]
 
 

@@ -22,7 +22,9 @@ def _script(name: str) -> Any:
     return module
 
 
-def script_refuses(name: str, case: Case, good: Good, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+def script_refuses(
+    name: str, case: Case, good: Good, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> str:
     """Run one row through ``scripts/<name>.py``'s ``main`` and check its refusal; returns the error line."""
     make_files(case, good, tmp_path)
     unchanged = snapshots(case, good, tmp_path)
@@ -43,8 +45,13 @@ def script_refuses(name: str, case: Case, good: Good, tmp_path: Path, capsys: py
 
 INIT_MODULES = ["{tmp}/run"]
 INIT_MODULES_CASES: list[Case] = [
-    Case(name, [*INIT_MODULES, *argv, *([] if "--threads" in argv else ["--threads", "1"])], says=[named],
-         copies={"run": "run:light"}, unchanged=["{tmp}/run"])
+    Case(
+        name,
+        [*INIT_MODULES, *argv, *([] if "--threads" in argv else ["--threads", "1"])],
+        says=[named],
+        copies={"run": "run:light"},
+        unchanged=["{tmp}/run"],
+    )
     for name, (argv, named) in {
         "one-layer": (["--layers", "1"], "--layers"),
         "negative-layers": (["--layers", "-3"], "--layers"),
@@ -67,24 +74,54 @@ def test_init_modules_refuses(case: Case, good: Good, untouched, tmp_path: Path,
 
 NO_ANALYZE = ["--no-analyze"]
 SHIP_CASES: list[Case] = [
-    Case("target-is-a-file", ["{run}", "{tmp}/a-file", *NO_ANALYZE], files={"a-file": "mine\n"},
-         says=["{tmp}/a-file"], unchanged=["{tmp}/a-file"]),
+    Case(
+        "target-is-a-file",
+        ["{run}", "{tmp}/a-file", *NO_ANALYZE],
+        files={"a-file": "mine\n"},
+        says=["{tmp}/a-file"],
+        unchanged=["{tmp}/a-file"],
+    ),
     # Not even the directory: the database is read before anything is written.
-    Case("damaged-database", ["{tmp}/run", "{tmp}/shipped", *NO_ANALYZE], copies={"run": "run:light"},
-         files={"run/results.sqlite": b"not a database " * 64, "run/results.sqlite-wal": DELETE,
-                "run/results.sqlite-shm": DELETE, "run/results.sqlite-journal": DELETE},
-         says=["{tmp}/run"], unwritten=["{tmp}/shipped"]),
-    Case("source-missing", ["{tmp}/no-such-run", "{tmp}/shipped", *NO_ANALYZE], says=["{tmp}/no-such-run"],
-         unwritten=["{tmp}/shipped"]),
-    Case("source-is-a-file", ["{tmp}/a-file", "{tmp}/shipped", *NO_ANALYZE], files={"a-file": "mine\n"},
-         says=["{tmp}/a-file"], unwritten=["{tmp}/shipped"]),
-    Case("target-is-the-source", ["{run}", "{run}", *NO_ANALYZE], says=["{run}"], unwritten=["{run}/shipped"]),
-    Case("target-inside-the-source", ["{run}", "{run}/shipped", *NO_ANALYZE], says=["{run}"],
-         unwritten=["{run}/shipped"]),
+    Case(
+        "damaged-database",
+        ["{tmp}/run", "{tmp}/shipped", *NO_ANALYZE],
+        copies={"run": "run:light"},
+        files={
+            "run/results.sqlite": b"not a database " * 64,
+            "run/results.sqlite-wal": DELETE,
+            "run/results.sqlite-shm": DELETE,
+            "run/results.sqlite-journal": DELETE,
+        },
+        says=["{tmp}/run"],
+        unwritten=["{tmp}/shipped"],
+    ),
+    Case(
+        "source-missing",
+        ["{tmp}/no-such-run", "{tmp}/shipped", *NO_ANALYZE],
+        says=["{tmp}/no-such-run"],
+        unwritten=["{tmp}/shipped"],
+    ),
+    Case(
+        "source-is-a-file",
+        ["{tmp}/a-file", "{tmp}/shipped", *NO_ANALYZE],
+        files={"a-file": "mine\n"},
+        says=["{tmp}/a-file"],
+        unwritten=["{tmp}/shipped"],
+    ),
+    Case(
+        "target-is-the-source", ["{run}", "{run}", *NO_ANALYZE], says=["{run}"], unwritten=["{run}/shipped"]
+    ),
+    Case(
+        "target-inside-the-source",
+        ["{run}", "{run}/shipped", *NO_ANALYZE],
+        says=["{run}"],
+        unwritten=["{run}/shipped"],
+    ),
 ]
 
 
 @pytest.mark.parametrize("case", params(SHIP_CASES))
-def test_ship_refuses_and_leaves_no_half_made_copy(case: Case, good: Good, untouched, tmp_path: Path,
-                                                   capsys) -> None:
+def test_ship_refuses_and_leaves_no_half_made_copy(
+    case: Case, good: Good, untouched, tmp_path: Path, capsys
+) -> None:
     script_refuses("ship_run", case, good, tmp_path, capsys)

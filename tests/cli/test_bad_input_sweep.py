@@ -48,13 +48,23 @@ YAML = "{tmp}/sweep.yaml"
 NAMES_THE_YAML = f"error: {YAML}: "  # the preflight names the YAML file, not "config"
 
 
-def refused(name: str, changes: dict[str, Any], *, says: list[str] = (), files: dict[str, Any] | None = None,
-            named: bool = True) -> Case:
+def refused(
+    name: str,
+    changes: dict[str, Any],
+    *,
+    says: list[str] = (),
+    files: dict[str, Any] | None = None,
+    named: bool = True,
+) -> Case:
     """A sweep of GOOD_SWEEP with ``changes`` that is refused before it writes anything at all (not even the
     directory or its lock); ``named``: the line starts with the YAML file's name."""
-    return Case(name, ["sweep", YAML, "--out", "{tmp}/run", *SWEEP_FLAGS],
-                files={**(files or {}), "sweep.yaml": sweep_config(changes)},
-                says=[*([NAMES_THE_YAML] if named else []), *says], unwritten=["{tmp}/run"])
+    return Case(
+        name,
+        ["sweep", YAML, "--out", "{tmp}/run", *SWEEP_FLAGS],
+        files={**(files or {}), "sweep.yaml": sweep_config(changes)},
+        says=[*([NAMES_THE_YAML] if named else []), *says],
+        unwritten=["{tmp}/run"],
+    )
 
 
 YAML_TEXTS: dict[str, bytes | str] = {
@@ -101,8 +111,10 @@ PREFLIGHT: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "task-wrong-fields": ({"task": "{tmp}/wrong.json"}, {"wrong.json": [{"a": 1, "b": 2}] * 4}),
     "tiny-bad-option": ({"model": "tiny-llama:foo=3"}, {}),
     "hessian-samples-beyond-max-length": ({"hessian": {"init": True, "max_length": 1}}, {}),
-    "micro-batch-empty": ({"task": "{tmp}/long.json"},
-                          {"long.json": [{"prompt": "x" * 200, "completion": "1"}] * 8}),
+    "micro-batch-empty": (
+        {"task": "{tmp}/long.json"},
+        {"long.json": [{"prompt": "x" * 200, "completion": "1"}] * 8},
+    ),
 }
 DURING: dict[str, dict[str, Any]] = {
     "backend-unknown": {"backend": "magic"},
@@ -158,56 +170,148 @@ def _calibration_for_the_tiny_model(good: Good) -> dict[str, Any]:
 
 # The newer settings: refused by the dry run as by the run, before either writes anything.
 BEFORE_WRITING: dict[str, tuple[dict[str, Any], str]] = {
-    "hessian-krylov-memory-absurd": ({"hessian": {**GOOD_SWEEP["hessian"], "krylov_memory": 1e12}},
-                                     "hessian.krylov_memory"),
-    "hessian-block-size-beyond-max-iter": ({"hessian": {**GOOD_SWEEP["hessian"], "block_size": 64}}, "block_size"),
-    "search-leave-method-out-with-two-methods": ({"search": {"mode": "adaptive", "max_runs": 2,
-                                                             "leave_method_out": True,
-                                                             "calibration": "{tmp}/calibration.json"}},
-                                                 "leave_method_out"),
-    "eval-allow-unconfined-code-a-string": ({"eval": {"allow_unconfined_code": "yes"}}, "allow_unconfined_code"),
+    "hessian-krylov-memory-absurd": (
+        {"hessian": {**GOOD_SWEEP["hessian"], "krylov_memory": 1e12}},
+        "hessian.krylov_memory",
+    ),
+    "hessian-block-size-beyond-max-iter": (
+        {"hessian": {**GOOD_SWEEP["hessian"], "block_size": 64}},
+        "block_size",
+    ),
+    "search-leave-method-out-with-two-methods": (
+        {
+            "search": {
+                "mode": "adaptive",
+                "max_runs": 2,
+                "leave_method_out": True,
+                "calibration": "{tmp}/calibration.json",
+            }
+        },
+        "leave_method_out",
+    ),
+    "eval-allow-unconfined-code-a-string": (
+        {"eval": {"allow_unconfined_code": "yes"}},
+        "allow_unconfined_code",
+    ),
     "eval-accuracy-a-string": ({"eval": {"accuracy": "no"}}, "eval.accuracy"),
     "eval-humaneval-a-string": ({"eval": {"humaneval": "yes"}}, "eval.humaneval"),
 }
 
 CASES: list[Case] = [
-    *[Case(f"yaml-{name}", ["sweep", YAML, "--out", "{tmp}/out", "--quiet"], files={"sweep.yaml": text},
-           unwritten=["{tmp}/out/results.sqlite"]) for name, text in sorted(YAML_TEXTS.items())],
-    *[Case(f"value-{name}", ["sweep", YAML, "--out", "{tmp}/out", *SWEEP_FLAGS],
-           files={"sweep.yaml": sweep_config(changes)},
-           unwritten=["{tmp}/out/results.sqlite", "{tmp}/out/config.yaml"]) for name, changes in BAD_VALUES.items()],
-    *[Case(f"value-{name}", ["sweep", "{config}", *flags, "--out", "{tmp}/out", "--quiet"],
-           at_most_a_lock=["{tmp}/out"], marks=[NO_CUDA] if "cuda" in name else [])
-      for name, flags in IMPOSSIBLE.items()],
-    Case("value-reuse-budget-not-a-size", ["sweep", YAML, "--out", "{tmp}/out", *SWEEP_FLAGS],
-         files={"sweep.yaml": sweep_config({})}, env={"HESSIAN_LORA_REUSE_GIB": "plenty"},
-         says=["HESSIAN_LORA_REUSE_GIB=plenty", "GiB"], unwritten=["{tmp}/out"]),
+    *[
+        Case(
+            f"yaml-{name}",
+            ["sweep", YAML, "--out", "{tmp}/out", "--quiet"],
+            files={"sweep.yaml": text},
+            unwritten=["{tmp}/out/results.sqlite"],
+        )
+        for name, text in sorted(YAML_TEXTS.items())
+    ],
+    *[
+        Case(
+            f"value-{name}",
+            ["sweep", YAML, "--out", "{tmp}/out", *SWEEP_FLAGS],
+            files={"sweep.yaml": sweep_config(changes)},
+            unwritten=["{tmp}/out/results.sqlite", "{tmp}/out/config.yaml"],
+        )
+        for name, changes in BAD_VALUES.items()
+    ],
+    *[
+        Case(
+            f"value-{name}",
+            ["sweep", "{config}", *flags, "--out", "{tmp}/out", "--quiet"],
+            at_most_a_lock=["{tmp}/out"],
+            marks=[NO_CUDA] if "cuda" in name else [],
+        )
+        for name, flags in IMPOSSIBLE.items()
+    ],
+    Case(
+        "value-reuse-budget-not-a-size",
+        ["sweep", YAML, "--out", "{tmp}/out", *SWEEP_FLAGS],
+        files={"sweep.yaml": sweep_config({})},
+        env={"HESSIAN_LORA_REUSE_GIB": "plenty"},
+        says=["HESSIAN_LORA_REUSE_GIB=plenty", "GiB"],
+        unwritten=["{tmp}/out"],
+    ),
     *[refused(f"preflight-{name}", changes, files=files) for name, (changes, files) in PREFLIGHT.items()],
-    *[refused(f"during-{name}", {"hessian": {"during": {"every": 1, **change}}}, says=["hessian.during"])
-      for name, change in sorted(DURING.items())],
-    *[refused(f"dora-finite-differences-{where}", {"methods": ["lora", "dora"], "hessian": hessian},
-              says=["dora", "finite_difference"]) for where, hessian in DORA_FINITE_DIFFERENCES.items()],
-    *[refused(f"number-{name}", changes, says=["finite number", YAML], named=False)
-      for name, changes in sorted(UNBOUNDED_NUMBERS.items())],
-    *[refused(f"search-calibration-{name}", {"search": {"mode": "adaptive", "calibration": "{tmp}/cal.json"}},
-              files={"cal.json": lambda good, change=change: calibration_with_probe(change)}, says=["search.calibration", "{tmp}/cal.json"])
-      for name, change in BAD_CALIBRATION_PROBES.items()],
-    refused("search-metric-nothing-records", {"search": {"mode": "adaptive", "metric": "accuracy"},
-                                              "eval": {"accuracy": False}}, says=["eval.accuracy"]),
-    *[refused(f"search-metric-{metric}-without-held-out-examples",
-              {"n_eval": 0, "search": {"mode": "adaptive", "metric": metric}}, says=["n_eval"])
-      for metric in ["accuracy", "eval_loss", "auto"]],
-    refused("gralora-ranks-its-blocks-do-not-divide", {"methods": ["lora", "gralora"], "ranks": [2, 6, 3]},
-            says=["ranks", "got 3"]),
-    *[Case(f"{name}-{mode}", ["sweep", "{tmp}/config.yaml", "--out", "{tmp}/out", *SWEEP_FLAGS,
-                              *(["--dry-run"] if mode == "dry-run" else [])],
-           files={**({"calibration.json": _calibration_for_the_tiny_model} if "{tmp}/calibration.json" in str(changes)
-                     else {}), "config.yaml": sweep_config(changes)},
-           says=[named], unwritten=["{tmp}/out"])  # nothing at all: no config.yaml, no store, no lock
-      for name, (changes, named) in sorted(BEFORE_WRITING.items()) for mode in ["dry-run", "run"]],
-    *[Case(f"resume-{name}", ["sweep", "{config}", "--out", "{tmp}/run", *SWEEP_FLAGS], copies={"run": "run"},
-           files={"run/config.yaml": content}, unchanged=["{tmp}/run/results.sqlite"])
-      for name, content in RESUME_CONFIGS.items()],
+    *[
+        refused(f"during-{name}", {"hessian": {"during": {"every": 1, **change}}}, says=["hessian.during"])
+        for name, change in sorted(DURING.items())
+    ],
+    *[
+        refused(
+            f"dora-finite-differences-{where}",
+            {"methods": ["lora", "dora"], "hessian": hessian},
+            says=["dora", "finite_difference"],
+        )
+        for where, hessian in DORA_FINITE_DIFFERENCES.items()
+    ],
+    *[
+        refused(f"number-{name}", changes, says=["finite number", YAML], named=False)
+        for name, changes in sorted(UNBOUNDED_NUMBERS.items())
+    ],
+    *[
+        refused(
+            f"search-calibration-{name}",
+            {"search": {"mode": "adaptive", "calibration": "{tmp}/cal.json"}},
+            files={"cal.json": lambda good, change=change: calibration_with_probe(change)},
+            says=["search.calibration", "{tmp}/cal.json"],
+        )
+        for name, change in BAD_CALIBRATION_PROBES.items()
+    ],
+    refused(
+        "search-metric-nothing-records",
+        {"search": {"mode": "adaptive", "metric": "accuracy"}, "eval": {"accuracy": False}},
+        says=["eval.accuracy"],
+    ),
+    *[
+        refused(
+            f"search-metric-{metric}-without-held-out-examples",
+            {"n_eval": 0, "search": {"mode": "adaptive", "metric": metric}},
+            says=["n_eval"],
+        )
+        for metric in ["accuracy", "eval_loss", "auto"]
+    ],
+    refused(
+        "gralora-ranks-its-blocks-do-not-divide",
+        {"methods": ["lora", "gralora"], "ranks": [2, 6, 3]},
+        says=["ranks", "got 3"],
+    ),
+    *[
+        Case(
+            f"{name}-{mode}",
+            [
+                "sweep",
+                "{tmp}/config.yaml",
+                "--out",
+                "{tmp}/out",
+                *SWEEP_FLAGS,
+                *(["--dry-run"] if mode == "dry-run" else []),
+            ],
+            files={
+                **(
+                    {"calibration.json": _calibration_for_the_tiny_model}
+                    if "{tmp}/calibration.json" in str(changes)
+                    else {}
+                ),
+                "config.yaml": sweep_config(changes),
+            },
+            says=[named],
+            unwritten=["{tmp}/out"],
+        )  # nothing at all: no config.yaml, no store, no lock
+        for name, (changes, named) in sorted(BEFORE_WRITING.items())
+        for mode in ["dry-run", "run"]
+    ],
+    *[
+        Case(
+            f"resume-{name}",
+            ["sweep", "{config}", "--out", "{tmp}/run", *SWEEP_FLAGS],
+            copies={"run": "run"},
+            files={"run/config.yaml": content},
+            unchanged=["{tmp}/run/results.sqlite"],
+        )
+        for name, content in RESUME_CONFIGS.items()
+    ],
     *output_cases("sweep", ["sweep", "{config}", "--out", "{out}", "--quiet"], file_output=False),
 ]
 
@@ -222,12 +326,19 @@ BAD_EVAL_SETS: dict[str, tuple[str, bytes | str]] = {
     "gsm8k-question-a-number": ("gsm8k", json.dumps({"question": 7, "answer": "#### 4"}) + "\n"),
     "math-solution-without-boxed": ("math", json.dumps({"problem": "1 + 1?", "solution": "It is 2."}) + "\n"),
     "math-json-array-of-strings": ("math", '["a", "b"]'),
-    "mbpp-test-list-a-string": ("mbpp", json.dumps({"task_id": 1, "text": "t", "code": "x = 1",
-                                                    "test_list": "assert True"}) + "\n"),
+    "mbpp-test-list-a-string": (
+        "mbpp",
+        json.dumps({"task_id": 1, "text": "t", "code": "x = 1", "test_list": "assert True"}) + "\n",
+    ),
 }
 UNTRAINED_CASES: list[Case] = [
-    refused(f"eval-set-{name}", {"eval_task": [f"{kind}:{{tmp}}/eval.jsonl"]}, files={"eval.jsonl": content},
-            says=["{tmp}/eval.jsonl"]) for name, (kind, content) in sorted(BAD_EVAL_SETS.items())
+    refused(
+        f"eval-set-{name}",
+        {"eval_task": [f"{kind}:{{tmp}}/eval.jsonl"]},
+        files={"eval.jsonl": content},
+        says=["{tmp}/eval.jsonl"],
+    )
+    for name, (kind, content) in sorted(BAD_EVAL_SETS.items())
 ]
 
 
@@ -237,8 +348,9 @@ def test_sweep_refuses(case: Case, good: Good, untouched, tmp_path: Path, capsys
 
 
 @pytest.mark.parametrize("case", params(UNTRAINED_CASES))
-def test_sweep_refuses_before_any_run_trains(case: Case, good: Good, untouched, tmp_path: Path, capsys,
-                                             monkeypatch) -> None:
+def test_sweep_refuses_before_any_run_trains(
+    case: Case, good: Good, untouched, tmp_path: Path, capsys, monkeypatch
+) -> None:
     from hessian_lora.training import train
 
     def no_training(*args, **kwargs):
@@ -276,12 +388,16 @@ def test_sweep_with_failed_runs_exits_1_and_counts_the_errors(tmp_path, capsys, 
         return real(config, spec, *args, **kwargs)
 
     monkeypatch.setattr(local, "execute_run", flaky)
-    config = write(tmp_path / "sweep.yaml", sweep_yaml({"lr": [1e-3, 1e-2, 1e-1], "hessian": {"init": False}}))
+    config = write(
+        tmp_path / "sweep.yaml", sweep_yaml({"lr": [1e-3, 1e-2, 1e-1], "hessian": {"init": False}})
+    )
     capsys.readouterr()
     code = main(["sweep", str(config), "--out", str(tmp_path / "run"), *SWEEP_FLAGS])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err, err
-    assert "2 runs failed" in err and "2 x RuntimeError: simulated failure at a high learning rate" in err, err
+    assert "2 runs failed" in err and "2 x RuntimeError: simulated failure at a high learning rate" in err, (
+        err
+    )
 
 
 def test_the_preflight_reads_each_evaluation_set_once_for_every_run(tmp_path, capsys, monkeypatch) -> None:
@@ -294,8 +410,10 @@ def test_the_preflight_reads_each_evaluation_set_once_for_every_run(tmp_path, ca
     real = evalsets.load_eval_set
     monkeypatch.setattr(evalsets, "load_eval_set", lambda spec, **kw: reads.append(spec) or real(spec, **kw))
     spec = f"gsm8k:{REPO / 'tests' / 'fixtures' / 'gsm8k.jsonl'}"
-    config = write(tmp_path / "sweep.yaml", sweep_yaml({"lr": [1e-3, 1e-2], "eval_task": [spec],
-                                                         "hessian": {"init": False}}))
+    config = write(
+        tmp_path / "sweep.yaml",
+        sweep_yaml({"lr": [1e-3, 1e-2], "eval_task": [spec], "hessian": {"init": False}}),
+    )
     assert main(["sweep", str(config), "--out", str(tmp_path / "run"), *SWEEP_FLAGS]) == 0
     assert reads == [spec]
     rows = _table_rows(tmp_path / "run")
@@ -311,8 +429,9 @@ def _table_rows(run: Path) -> list[dict[str, Any]]:
         connection.close()
 
 
-def test_a_dry_run_on_a_directory_of_another_grid_refuses_as_the_run_does(good, untouched, tmp_path,
-                                                                          capsys) -> None:
+def test_a_dry_run_on_a_directory_of_another_grid_refuses_as_the_run_does(
+    good, untouched, tmp_path, capsys
+) -> None:
     config = write(tmp_path / "ranks.yaml", sweep_yaml({"ranks": [4]}))
     dry = fails(["sweep", config, "--out", good["run"], "--dry-run", *SWEEP_FLAGS], capsys)
     real = fails(["sweep", config, "--out", good["run"], *SWEEP_FLAGS], capsys)
@@ -324,9 +443,9 @@ def test_a_dry_run_on_a_directory_of_another_grid_refuses_as_the_run_does(good, 
 
 
 @pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
-def test_code_evaluation_without_confinement_is_refused_unless_the_flag_accepts_it(dry_run: bool, untouched,
-                                                                                  tmp_path, capsys,
-                                                                                  monkeypatch) -> None:
+def test_code_evaluation_without_confinement_is_refused_unless_the_flag_accepts_it(
+    dry_run: bool, untouched, tmp_path, capsys, monkeypatch
+) -> None:
     from hessian_lora.training import sandbox
 
     unavailable = sandbox.Confinement("none", "none", reason="simulated: no user namespaces")
@@ -351,8 +470,21 @@ def test_code_evaluation_without_confinement_is_refused_unless_the_flag_accepts_
 @pytest.mark.parametrize("delay", [0.3, 1.0, 2.5])
 def test_ctrl_c_in_the_first_seconds(delay: float, good, tmp_path) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "hessian_lora", "sweep", str(good["config"]), "--out", str(tmp_path / "run"),
-         *SWEEP_FLAGS], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+        [
+            sys.executable,
+            "-m",
+            "hessian_lora",
+            "sweep",
+            str(good["config"]),
+            "--out",
+            str(tmp_path / "run"),
+            *SWEEP_FLAGS,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
     time.sleep(delay)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
@@ -405,8 +537,15 @@ KILL_SWEEP = {**GOOD_SWEEP, "lr": [1e-3, 1e-2], "hessian": {"init": False}}
 KILL_COMPARED = ("run_id", "status", "steps", "tokens", "train_loss", "initial_loss", "eval_loss", "accuracy")
 # Each step of a fresh start, and what the process does there before it is killed (SIGKILL to itself, so the
 # instant is exact): patched into the sweep's modules by _KILL_SCRIPT.
-KILL_POINTS = ("lock-taken", "config-half-written", "config-written", "store-being-built",
-               "store-built-in-place", "store-created", "first-row-running")
+KILL_POINTS = (
+    "lock-taken",
+    "config-half-written",
+    "config-written",
+    "store-being-built",
+    "store-built-in-place",
+    "store-created",
+    "first-row-running",
+)
 _KILL_SCRIPT = """
 import os, signal, sqlite3, sys
 from hessian_lora.cli.main import main
@@ -466,12 +605,18 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[
 
 
 @pytest.mark.parametrize("point", KILL_POINTS)
-def test_a_kill_at_each_step_of_the_first_start_then_a_rerun_finishes(point: str, uninterrupted, tmp_path,
-                                                                      capsys) -> None:
+def test_a_kill_at_each_step_of_the_first_start_then_a_rerun_finishes(
+    point: str, uninterrupted, tmp_path, capsys
+) -> None:
     config, reference = uninterrupted
     run = tmp_path / "run"
-    killed = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, point, "sweep", str(config), "--out", str(run),
-                             *SWEEP_FLAGS], capture_output=True, text=True, env=cli_env(), timeout=240)
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILL_SCRIPT, point, "sweep", str(config), "--out", str(run), *SWEEP_FLAGS],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=240,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     if point == "store-built-in-place":  # the leftover the issue describes: a store with no runs table
         with pytest.raises(sqlite3.Error, match="no such table"):

@@ -22,8 +22,13 @@ ONE_LINE = "interrupted; finished work is kept, rerun to resume."
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-            "HF_HUB_OFFLINE": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+    }
 
 
 def test_an_interrupt_inside_a_finalizer_still_ends_the_command(monkeypatch, capsys) -> None:
@@ -43,7 +48,9 @@ def test_an_interrupt_inside_a_finalizer_still_ends_the_command(monkeypatch, cap
     started = time.monotonic()
     assert main(["eigen"]) == 130
     assert time.monotonic() - started < 10
-    assert capsys.readouterr().err.strip().splitlines() == [f"hessian-lora: {ONE_LINE}"]  # no "Exception ignored"
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"hessian-lora: {ONE_LINE}"
+    ]  # no "Exception ignored"
     assert sys.unraisablehook is hook  # put back
 
 
@@ -51,14 +58,35 @@ def test_an_interrupt_inside_a_finalizer_still_ends_the_command(monkeypatch, cap
 def test_ctrl_c_during_eigen_start_up(delay: float, tmp_path) -> None:
     """SIGINT to the process group (what a terminal's Ctrl-C sends), ~1 s in while the imports run, and later."""
     process = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from hessian_lora.cli.main import main; sys.exit(main())", "eigen",
-         "--method", "lora", "--model", "tiny-llama", "--samples", "2", "--out", str(tmp_path / "r.json"),
-         "--quiet", "--threads", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys; from hessian_lora.cli.main import main; sys.exit(main())",
+            "eigen",
+            "--method",
+            "lora",
+            "--model",
+            "tiny-llama",
+            "--samples",
+            "2",
+            "--out",
+            str(tmp_path / "r.json"),
+            "--quiet",
+            "--threads",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        start_new_session=True,
+    )
     time.sleep(delay)
     os.killpg(process.pid, signal.SIGINT)
     _, err = process.communicate(timeout=180)
-    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err  # the regression: a traceback, exit 0
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, (
+        err
+    )  # the regression: a traceback, exit 0
     if process.returncode == 0:  # finished before the signal arrived (a fast machine): nothing more to check
         return
     assert process.returncode == 130, err

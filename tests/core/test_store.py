@@ -20,8 +20,16 @@ def test_start_then_finish(tmp_path):
     with RunStore(tmp_path / "r.sqlite") as store:
         store.start(SPEC)
         assert store.statuses() == {SPEC.run_id: "running"}
-        store.finish(SPEC.run_id, {"status": "done", "train_loss": 1.5, "history": [{"step": 1, "loss": 2.0}],
-                                   "eval_loss": float("nan"), "accuracy": 0.25})
+        store.finish(
+            SPEC.run_id,
+            {
+                "status": "done",
+                "train_loss": 1.5,
+                "history": [{"step": 1, "loss": 2.0}],
+                "eval_loss": float("nan"),
+                "accuracy": 0.25,
+            },
+        )
         row = store.get(SPEC.run_id)
     assert row["status"] == "done" and row["train_loss"] == 1.5 and row["accuracy"] == 0.25
     assert row["eval_loss"] is None  # non-finite values are stored as NULL

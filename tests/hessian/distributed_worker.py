@@ -24,9 +24,15 @@ def main(out: str) -> None:
     operator = operator_for(model, synthetic_batches(shapes=SHAPES), whole_block(model))
     result = lanczos(operator, which="both", tol=1e-10, max_iter=120)
     rank = torch.distributed.get_rank()
-    record = {"rank": rank, "local_batches": len(operator.batches), "total_tokens": operator.total_tokens,
-              "lambda_max": result.lambda_max, "lambda_min": result.lambda_min, "hvps": result.hvps,
-              "converged": result.converged}
+    record = {
+        "rank": rank,
+        "local_batches": len(operator.batches),
+        "total_tokens": operator.total_tokens,
+        "lambda_max": result.lambda_max,
+        "lambda_min": result.lambda_min,
+        "hvps": result.hvps,
+        "converged": result.converged,
+    }
     Path(f"{out}.{rank}").write_text(json.dumps(record), encoding="utf-8")
     torch.distributed.destroy_process_group()
 

@@ -20,8 +20,15 @@ def _matrix(size: int, k: int, seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize("reuse", [False, True])
 def test_matmat_is_the_dense_hessian_times_the_matrix(generic_problem, batching: str, reuse: bool) -> None:
     problem = generic_problem
-    operator = operator_for(problem.model, problem.batches, problem.block, backend="double_backward",
-                            reuse=reuse, batching=batching, directions_per_pass=3)
+    operator = operator_for(
+        problem.model,
+        problem.batches,
+        problem.block,
+        backend="double_backward",
+        reuse=reuse,
+        batching=batching,
+        directions_per_pass=3,
+    )
     matrix = _matrix(operator.size, 7)
     product = operator.matmat(matrix)
     expected = problem.dense @ matrix
@@ -38,7 +45,10 @@ def test_matmat_of_other_backends_and_operators_is_one_product_per_column(generi
     problem = generic_problem
     operator = operator_for(problem.model, problem.batches, problem.block, backend="forward_over_reverse")
     matrix = _matrix(operator.size, 3, seed=1)
-    assert float((operator.matmat(matrix) - problem.dense @ matrix).norm() / (problem.dense @ matrix).norm()) < 1e-12
+    assert (
+        float((operator.matmat(matrix) - problem.dense @ matrix).norm() / (problem.dense @ matrix).norm())
+        < 1e-12
+    )
     assert operator.calls == 3
     dense = DenseOperator(problem.dense)
     diagonal = torch.linspace(0.5, 2.0, dense.size, dtype=torch.float64)
@@ -58,12 +68,21 @@ def test_block_products_are_each_blocks_own_hessian(batching: str) -> None:
     batches = synthetic_batches()
     blocks = PerModule().blocks(model)
     assert len(blocks) == 4  # q_proj and v_proj of two layers
-    union = operator_for(model, batches, [(n, p) for b in blocks for n, p in zip(b.names, b.parameters)],
-                         backend="double_backward", reuse=False, batching=batching, directions_per_pass=3)
+    union = operator_for(
+        model,
+        batches,
+        [(n, p) for b in blocks for n, p in zip(b.names, b.parameters)],
+        backend="double_backward",
+        reuse=False,
+        batching=batching,
+        directions_per_pass=3,
+    )
     where = {id(p): i for i, p in enumerate(union.params)}
     requests = []
     for index, block in enumerate(blocks):
-        requests.append(([where[id(p)] for p in block.parameters], _matrix(block.numel, index + 1, seed=index)))
+        requests.append(
+            ([where[id(p)] for p in block.parameters], _matrix(block.numel, index + 1, seed=index))
+        )
     answers = union.block_products(requests)
     assert union.calls == sum(range(1, 5))
     for block, (_, matrix), answer in zip(blocks, requests, answers):
@@ -77,7 +96,9 @@ def test_block_products_need_double_backward(generic_problem) -> None:
     problem = generic_problem
     operator = operator_for(problem.model, problem.batches, problem.block, backend="forward_over_reverse")
     with pytest.raises(UserError, match="double_backward"):
-        operator.block_products([([0], torch.zeros(problem.block.parameters[0].numel(), 1, dtype=torch.float64))])
+        operator.block_products(
+            [([0], torch.zeros(problem.block.parameters[0].numel(), 1, dtype=torch.float64))]
+        )
 
 
 def test_bad_batching_settings_are_user_errors(generic_problem) -> None:
@@ -91,7 +112,9 @@ def test_bad_batching_settings_are_user_errors(generic_problem) -> None:
 def test_block_lanczos_takes_a_whole_block_per_call(init_rank4_problem) -> None:
     """Block Lanczos at width r makes its r products in one call; the result is the exact λ_max."""
     problem = init_rank4_problem
-    operator = operator_for(problem.model, problem.batches, problem.block, backend="double_backward", reuse=True)
+    operator = operator_for(
+        problem.model, problem.batches, problem.block, backend="double_backward", reuse=True
+    )
     widths: list[int] = []
     original = operator.matmat
 
@@ -102,7 +125,9 @@ def test_block_lanczos_takes_a_whole_block_per_call(init_rank4_problem) -> None:
     operator.matmat = counting  # type: ignore[method-assign]
     result = lanczos(operator, k=1, block_size=4, tol=1e-5, max_iter=120, which="largest")
     assert result.converged
-    assert abs(result.lambda_max - float(problem.eigenvalues[-1])) <= 1e-5 * abs(float(problem.eigenvalues[-1]))
+    assert abs(result.lambda_max - float(problem.eigenvalues[-1])) <= 1e-5 * abs(
+        float(problem.eigenvalues[-1])
+    )
     assert widths and set(widths[:-1]) <= {4} and sum(widths) == result.hvps
 
 
@@ -111,7 +136,9 @@ def test_hutchplusplus_and_hutchinson_in_blocks_keep_their_values(generic_proble
     exact = float(torch.trace(problem.dense))
     dense = DenseOperator(problem.dense)
     # Hutch++ with a sketch as large as the space is exact; its products now come in three calls.
-    operator = operator_for(problem.model, problem.batches, problem.block, backend="double_backward", reuse=True)
+    operator = operator_for(
+        problem.model, problem.batches, problem.block, backend="double_backward", reuse=True
+    )
     calls: list[int] = []
     original = operator.matmat
     operator.matmat = lambda m: (calls.append(int(m.shape[1])), original(m))[1]  # type: ignore[method-assign]

@@ -23,8 +23,10 @@ def _assert_honest(result, exact: torch.Tensor) -> None:
     values = list(result.largest) + list(result.smallest)
     assert all(math.isfinite(v) for v in values), values
     if result.converged:
-        truth = list(exact.flip(0)[:len(result.largest)]) + list(exact[:len(result.smallest)])
-        for value, bound, true in zip(values, list(result.largest_bounds) + list(result.smallest_bounds), truth):
+        truth = list(exact.flip(0)[: len(result.largest)]) + list(exact[: len(result.smallest)])
+        for value, bound, true in zip(
+            values, list(result.largest_bounds) + list(result.smallest_bounds), truth
+        ):
             assert abs(value - float(true)) <= bound, (value, float(true), bound)
 
 
@@ -40,13 +42,22 @@ def test_block_lanczos_on_a_rank_1_outer_product_finds_the_top_and_the_zero() ->
     assert result.largest[0] == pytest.approx(float(u @ u), rel=1e-10) and abs(result.largest[1]) < 1e-8
 
 
-@pytest.mark.parametrize("n, values, k, which", [
-    (40, [5.0, 3.0, -2.0, -4.0, 1.0], 4, "both"),  # a signed rank-5 operator, both ends
-    (2000, [9.0, 4.0, 1.0], 4, "largest"),  # a rank-3 outer product wider than its rank: used to end in NaN
-    (30, [2.0, 2.0, 2.0], 3, "largest"),  # a repeated top as wide as the rank
-])
-def test_low_rank_operators_give_the_right_values_or_say_they_did_not(n: int, values: list[float], k: int,
-                                                                      which: str) -> None:
+@pytest.mark.parametrize(
+    "n, values, k, which",
+    [
+        (40, [5.0, 3.0, -2.0, -4.0, 1.0], 4, "both"),  # a signed rank-5 operator, both ends
+        (
+            2000,
+            [9.0, 4.0, 1.0],
+            4,
+            "largest",
+        ),  # a rank-3 outer product wider than its rank: used to end in NaN
+        (30, [2.0, 2.0, 2.0], 3, "largest"),  # a repeated top as wide as the rank
+    ],
+)
+def test_low_rank_operators_give_the_right_values_or_say_they_did_not(
+    n: int, values: list[float], k: int, which: str
+) -> None:
     matrix = _low_rank(n, values, seed=n)
     result = lanczos(DenseOperator(matrix), k=k, which=which, tol=1e-8, max_iter=200)
     _assert_honest(result, torch.linalg.eigvalsh(matrix))

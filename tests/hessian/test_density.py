@@ -58,7 +58,9 @@ def test_an_early_invariant_subspace_ends_the_run() -> None:
 
 
 def test_serialisation_round_trip_and_bad_arguments() -> None:
-    result = spectral_density(DenseOperator(torch.diag(torch.arange(5.0, dtype=torch.float64))), steps=3, runs=2)
+    result = spectral_density(
+        DenseOperator(torch.diag(torch.arange(5.0, dtype=torch.float64))), steps=3, runs=2
+    )
     assert DensityResult.from_dict(result.to_dict()) == result
     with pytest.raises(UserError):
         spectral_density(DenseOperator(torch.eye(2)), steps=0)

@@ -26,8 +26,15 @@ def dora_problem() -> tuple[torch.nn.Module, list, ParameterBlock]:
     return model, synthetic_batches(seed=4), module_block(model, "q_proj", 0)
 
 
-def _dora_weight(base: torch.Tensor, a: torch.Tensor, b: torch.Tensor, magnitude: torch.Tensor, scaling: float,
-                 *, detach_norm: bool) -> torch.Tensor:
+def _dora_weight(
+    base: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    magnitude: torch.Tensor,
+    scaling: float,
+    *,
+    detach_norm: bool,
+) -> torch.Tensor:
     """W' = m ⊙ (W + sBA) / ‖W + sBA‖, the norm of each output row (peft's column norm of Wᵀ, fan_in_fan_out off)."""
     combined = base + scaling * (b @ a)
     norm = torch.linalg.norm(combined, dim=1)
@@ -36,14 +43,18 @@ def _dora_weight(base: torch.Tensor, a: torch.Tensor, b: torch.Tensor, magnitude
     return (magnitude / norm).unsqueeze(1) * combined
 
 
-def _reference_hessian(model: torch.nn.Module, batches: list, block: ParameterBlock, *,
-                       detach_norm: bool) -> torch.Tensor:
+def _reference_hessian(
+    model: torch.nn.Module, batches: list, block: ParameterBlock, *, detach_norm: bool
+) -> torch.Tensor:
     """The dense Hessian of the mean loss over the block, DoRA written out by hand: the adapters are disabled and
     each DoRA module's base weight is replaced by its W' (the block's module as a function of the block, the
     others as constants), so peft's DoRA forward is never called."""
     tokens = sum(b.loss_tokens for b in batches)
-    modules = {name: module for name, module in model.named_modules() if hasattr(module, "lora_magnitude_vector")
-               and len(module.lora_magnitude_vector)}
+    modules = {
+        name: module
+        for name, module in model.named_modules()
+        if hasattr(module, "lora_magnitude_vector") and len(module.lora_magnitude_vector)
+    }
     (own,) = {name.split(".lora_", 1)[0] for name in block.names}
     parameters = dict(model.named_parameters())
     shapes, numels = [p.shape for p in block.parameters], [p.numel() for p in block.parameters]
@@ -51,17 +62,31 @@ def _reference_hessian(model: torch.nn.Module, batches: list, block: ParameterBl
     def weights(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {}
         for name, module in modules.items():
-            a, b, magnitude = (values[f"{name}.{key}"] if name == own else parameters[f"{name}.{key}"].detach()
-                               for key in ("lora_A.default.weight", "lora_B.default.weight",
-                                           "lora_magnitude_vector.default.weight"))
-            out[f"{name}.base_layer.weight"] = _dora_weight(module.base_layer.weight.detach(), a, b, magnitude,
-                                                            module.scaling["default"], detach_norm=detach_norm)
+            a, b, magnitude = (
+                values[f"{name}.{key}"] if name == own else parameters[f"{name}.{key}"].detach()
+                for key in (
+                    "lora_A.default.weight",
+                    "lora_B.default.weight",
+                    "lora_magnitude_vector.default.weight",
+                )
+            )
+            out[f"{name}.base_layer.weight"] = _dora_weight(
+                module.base_layer.weight.detach(),
+                a,
+                b,
+                magnitude,
+                module.scaling["default"],
+                detach_norm=detach_norm,
+            )
         return out
 
     def mean_loss(flat: torch.Tensor) -> torch.Tensor:
         values = {n: piece.view(s) for n, piece, s in zip(block.names, flat.split(numels), shapes)}
         substituted = weights(values)
-        return sum(exact_loss_sum(lambda **kw: functional_call(model, substituted, (), kw), b) for b in batches) / tokens
+        return (
+            sum(exact_loss_sum(lambda **kw: functional_call(model, substituted, (), kw), b) for b in batches)
+            / tokens
+        )
 
     flat = torch.cat([p.detach().reshape(-1) for p in block.parameters])
     with model.disable_adapter(), sdpa_kernel([SDPBackend.MATH]):
@@ -81,7 +106,10 @@ def test_differentiated_is_the_true_loss_hessian_and_detached_peft_surrogate(dor
     assert _relative(differentiated, true) < 1e-10
     assert _relative(detached, surrogate) < 1e-10
     assert _relative(detached, true) > 1e-2
-    top_true, top_surrogate = float(torch.linalg.eigvalsh(true)[-1]), float(torch.linalg.eigvalsh(surrogate)[-1])
+    top_true, top_surrogate = (
+        float(torch.linalg.eigvalsh(true)[-1]),
+        float(torch.linalg.eigvalsh(surrogate)[-1]),
+    )
     assert abs(top_true - top_surrogate) > 1e-3 * abs(top_true)
     assert torch.allclose(differentiated, differentiated.T, atol=1e-12)  # a true Hessian: symmetric
 
@@ -89,11 +117,18 @@ def test_differentiated_is_the_true_loss_hessian_and_detached_peft_surrogate(dor
 def test_every_backend_measures_the_true_loss_with_differentiated(dora_problem) -> None:
     model, batches, block = dora_problem
     vector = torch.randn(block.numel, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
-    expected = operator_for(model, batches, block, backend="double_backward", dora_norm="differentiated") @ vector
-    forward = operator_for(model, batches, block, backend="forward_over_reverse", dora_norm="differentiated") @ vector
+    expected = (
+        operator_for(model, batches, block, backend="double_backward", dora_norm="differentiated") @ vector
+    )
+    forward = (
+        operator_for(model, batches, block, backend="forward_over_reverse", dora_norm="differentiated")
+        @ vector
+    )
     assert _relative(forward, expected) < 1e-12
     # finite differences see the norm's change, as the true loss does: allowed here (refused when detached)
-    finite = operator_for(model, batches, block, backend="finite_difference", dora_norm="differentiated") @ vector
+    finite = (
+        operator_for(model, batches, block, backend="finite_difference", dora_norm="differentiated") @ vector
+    )
     assert _relative(finite, expected) < 1e-5
     with pytest.raises(UserError, match="DoRA"):
         operator_for(model, batches, block, backend="finite_difference")

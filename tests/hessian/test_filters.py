@@ -20,8 +20,12 @@ def test_whole_adapter_is_every_trainable_parameter_in_model_order() -> None:
 def test_per_module_blocks_hold_each_modules_factors() -> None:
     model = tiny_lora(dtype=torch.float32)
     blocks = PerModule().blocks(model)
-    assert [b.name for b in blocks] == ["layers.0.self_attn.q_proj", "layers.0.self_attn.v_proj",
-                                        "layers.1.self_attn.q_proj", "layers.1.self_attn.v_proj"]
+    assert [b.name for b in blocks] == [
+        "layers.0.self_attn.q_proj",
+        "layers.0.self_attn.v_proj",
+        "layers.1.self_attn.q_proj",
+        "layers.1.self_attn.v_proj",
+    ]
     first = blocks[0]
     assert [n.split(".")[-3] for n in first.names] == ["lora_A", "lora_B"]
     assert first.module == "q_proj" and first.layer == 0 and first.numel == 32 + 32

@@ -45,7 +45,9 @@ def test_lanczos_in_float32_is_close_to_the_float64_dense_spectrum(generic_probl
 
 def test_closed_form_spectrum_with_repeated_eigenvalues() -> None:
     # Blocks of k = 2 see two directions of every eigenspace: the multiplicities at both ends are found.
-    operator = DenseOperator(torch.diag(torch.tensor([5.0, 5.0, 1.0, 1.0, 1.0, -2.0, -2.0], dtype=torch.float64)))
+    operator = DenseOperator(
+        torch.diag(torch.tensor([5.0, 5.0, 1.0, 1.0, 1.0, -2.0, -2.0], dtype=torch.float64))
+    )
     result = lanczos(operator, k=2, which="both", tol=1e-10, max_iter=50)
     assert result.converged
     assert result.largest == pytest.approx((5.0, 5.0), abs=1e-12)
@@ -88,11 +90,14 @@ def test_verification_from_kept_products_equals_one_product_per_pair(k) -> None:
     assert fresh.hvps == kept.hvps + 2 * k and kept.iterations == fresh.iterations
     assert kept.largest == pytest.approx(fresh.largest, rel=1e-13)
     assert kept.smallest == pytest.approx(fresh.smallest, rel=1e-13)
-    for ours, theirs in zip(kept.largest_residuals + kept.smallest_residuals,
-                            fresh.largest_residuals + fresh.smallest_residuals):
+    for ours, theirs in zip(
+        kept.largest_residuals + kept.smallest_residuals, fresh.largest_residuals + fresh.smallest_residuals
+    ):
         assert ours == pytest.approx(theirs, rel=1e-6, abs=1e-12)
     for value, residual, vector in zip(kept.largest, kept.largest_residuals, kept.largest_vectors):
-        assert float((operator @ vector - value * vector).norm()) == pytest.approx(residual, rel=1e-6, abs=1e-12)
+        assert float((operator @ vector - value * vector).norm()) == pytest.approx(
+            residual, rel=1e-6, abs=1e-12
+        )
 
 
 def test_the_kernel_reproduces_the_moments_of_the_start_vector() -> None:
@@ -106,12 +111,16 @@ def test_the_kernel_reproduces_the_moments_of_the_start_vector() -> None:
     # T is the projection VᵀHV of the operator on the orthonormal Krylov basis.
     basis = last.basis.stacked()
     assert torch.allclose(basis @ basis.T, torch.eye(4, dtype=torch.float64), atol=1e-13)
-    assert torch.allclose(block_tridiagonal(last.diagonal, last.off), basis @ operator.matrix @ basis.T, atol=1e-12)
+    assert torch.allclose(
+        block_tridiagonal(last.diagonal, last.off), basis @ operator.matrix @ basis.T, atol=1e-12
+    )
     # Gauss quadrature: Σ w θ^p = vᵀ H^p v for p ≤ 2m − 1.
     weights = last.ritz[0, :] ** 2
     power = start.clone()
     for degree in range(8):
-        assert float((weights * last.theta**degree).sum()) == pytest.approx(float(start @ power), rel=1e-10, abs=1e-12)
+        assert float((weights * last.theta**degree).sum()) == pytest.approx(
+            float(start @ power), rel=1e-10, abs=1e-12
+        )
         power = operator.matrix @ power
 
 
@@ -127,7 +136,9 @@ def test_bad_arguments() -> None:
         lanczos(operator, certificate="vibes")
 
 
-def _assert_bounds_hold(result, exact_descending: list[float], exact_ascending: list[float] | None = None) -> None:
+def _assert_bounds_hold(
+    result, exact_descending: list[float], exact_ascending: list[float] | None = None
+) -> None:
     for found, bound, truth in zip(result.largest, result.largest_bounds, exact_descending):
         assert abs(found - truth) <= bound, (found, truth, bound)
     for found, bound, truth in zip(result.smallest, result.smallest_bounds, exact_ascending or []):
@@ -145,11 +156,14 @@ def test_top_k_finds_every_copy_of_a_repeated_eigenvalue(certificate: str) -> No
 
 
 @pytest.mark.parametrize("certificate", ["residual", "value"])
-def test_top_k_on_a_rank_4_lora_block_at_initialisation_matches_the_dense_hessian(init_rank4_problem,
-                                                                                  certificate: str) -> None:
+def test_top_k_on_a_rank_4_lora_block_at_initialisation_matches_the_dense_hessian(
+    init_rank4_problem, certificate: str
+) -> None:
     exact = init_rank4_problem.eigenvalues
     top = exact.flip(0)[:4].tolist()
-    assert (top[0] - top[3]) / top[0] < 0.02 and (top[3] - float(exact[-5])) / top[0] > 0.05  # a cluster of r = 4
+    assert (top[0] - top[3]) / top[0] < 0.02 and (top[3] - float(exact[-5])) / top[
+        0
+    ] > 0.05  # a cluster of r = 4
     operator = operator_for(init_rank4_problem.model, init_rank4_problem.batches, init_rank4_problem.block)
     for seed in (0, 1):
         result = lanczos(operator, k=4, seed=seed, certificate=certificate)  # default tol 1e-3
@@ -174,8 +188,10 @@ def test_value_certificate_holds_and_saves_products_on_separated_spectra(generic
             assert value.converged and residual.converged
             _assert_bounds_hold(value, descending, ascending)
             _assert_bounds_hold(residual, descending, ascending)
-            assert all(b <= tol * abs(v) for v, b in zip(value.largest + value.smallest,
-                                                         value.largest_bounds + value.smallest_bounds))
+            assert all(
+                b <= tol * abs(v)
+                for v, b in zip(value.largest + value.smallest, value.largest_bounds + value.smallest_bounds)
+            )
             assert value.hvps <= residual.hvps
             assert value.largest_residuals[0] >= value.largest_bounds[0]  # the gap bound is the tighter one
 
@@ -221,5 +237,7 @@ def test_lanczos_certifies_lambda_max_of_a_20m_float32_operator_at_tol_1e_4() ->
     assert abs(result.lambda_max - 30.0) <= result.largest_bounds[0] <= 1e-4 * 30.0
     vector = result.largest_vectors[0].double()
     explicit = float((operator.diagonal.double() * vector - result.lambda_max * vector).norm())
-    assert explicit == pytest.approx(result.residual, rel=1e-3, abs=1e-6)  # the reported residual is the real one
+    assert explicit == pytest.approx(
+        result.residual, rel=1e-3, abs=1e-6
+    )  # the reported residual is the real one
     del result, vector

@@ -24,7 +24,9 @@ def test_loss_sum_matches_hand_computed_cross_entropy(tiny) -> None:
     expected = 0.0
     for row, start in enumerate([2, 3]):
         for position in range(start, 5):
-            expected -= F.log_softmax(logits[row, position - 1], dim=-1)[batch.input_ids[row, position]].item()
+            expected -= F.log_softmax(logits[row, position - 1], dim=-1)[
+                batch.input_ids[row, position]
+            ].item()
     assert abs(loss_sum(model, batch).item() - expected) < 1e-4 * abs(expected)
     assert batch.loss_tokens == 3 + 2
 
@@ -43,12 +45,19 @@ def _problem(dtype: torch.dtype) -> tuple[torch.nn.Module, list[TokenBatch], obj
     from tinylora import exact_loss_sum, synthetic_batches, tiny_lora, whole_block
 
     model = tiny_lora(dtype=dtype)
-    return model, synthetic_batches(), whole_block(model), exact_loss_sum if dtype == torch.float64 else loss_sum
+    return (
+        model,
+        synthetic_batches(),
+        whole_block(model),
+        exact_loss_sum if dtype == torch.float64 else loss_sum,
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("chunk", [1, 5, 10_000])
-def test_chunked_head_gives_the_plain_heads_loss_gradient_and_products(dtype: torch.dtype, chunk: int) -> None:
+def test_chunked_head_gives_the_plain_heads_loss_gradient_and_products(
+    dtype: torch.dtype, chunk: int
+) -> None:
     from hessian_lora.hessian import HessianOperator
 
     model, batches, block, plain = _problem(dtype)
@@ -77,7 +86,9 @@ def test_chunked_head_refuses_what_it_cannot_stand_in_for() -> None:
     for chunk in (0, -1, 2.5, True):
         with pytest.raises(UserError, match="chunk"):
             ChunkedHeadLoss(chunk)  # type: ignore[arg-type]
-    operator = HessianOperator(model, batches, block, loss_fn=ChunkedHeadLoss(4), backend="forward_over_reverse")
+    operator = HessianOperator(
+        model, batches, block, loss_fn=ChunkedHeadLoss(4), backend="forward_over_reverse"
+    )
     with pytest.raises(UserError, match="double_backward"):
         operator.matvec(torch.ones(block.numel))
     model.config.final_logit_softcapping = 30.0

@@ -45,8 +45,13 @@ def test_kept_graphs_and_krylov_vectors_share_what_the_plan_leaves() -> None:
     took half the free memory on its own, beside the Krylov budget: a LoRA-GA probe was OOM-killed.)"""
     model, batches = tiny_lora(seed=0), synthetic_batches(seed=0)
     free = 8 * 2**30
-    common = {"block_parameters": 10_000, "dtype": torch.float32, "device": torch.device("cpu"), "max_iter": 50,
-              "free_bytes": free}
+    common = {
+        "block_parameters": 10_000,
+        "dtype": torch.float32,
+        "device": torch.device("cpu"),
+        "max_iter": 50,
+        "free_bytes": free,
+    }
     auto = memory_plan.plan_memory(model, batches, reuse="auto", **common)
     left = free - memory_plan.WORK_VECTORS * auto.vector_bytes - (auto.activation_bytes or 0)
     assert auto.reuse_bytes == pytest.approx(memory_plan.REUSE_SHARE * left)
@@ -60,30 +65,53 @@ _CUDA = torch.device("cuda")
 
 def test_batching_choice_is_vmap_on_cuda_only_when_the_batched_pass_fits() -> None:
     gib = 2**30
-    cpu = memory_plan.choose_batching(torch.device("cpu"), free_bytes=100 * gib, loop_bytes=gib,
-                                      batched_bytes=2 * gib, directions=8)
+    cpu = memory_plan.choose_batching(
+        torch.device("cpu"), free_bytes=100 * gib, loop_bytes=gib, batched_bytes=2 * gib, directions=8
+    )
     assert cpu[0] == "loop" and "lost" in cpu[1]
-    fits = memory_plan.choose_batching(_CUDA, free_bytes=10 * gib, loop_bytes=gib, batched_bytes=4 * gib,
-                                       krylov_bytes=6 * gib, directions=8)
+    fits = memory_plan.choose_batching(
+        _CUDA, free_bytes=10 * gib, loop_bytes=gib, batched_bytes=4 * gib, krylov_bytes=6 * gib, directions=8
+    )
     assert fits[0] == "vmap" and "8 directions" in fits[1]
-    tight = memory_plan.choose_batching(_CUDA, free_bytes=10 * gib, loop_bytes=gib, batched_bytes=4 * gib,
-                                        krylov_bytes=6 * gib + 1, directions=8)
+    tight = memory_plan.choose_batching(
+        _CUDA,
+        free_bytes=10 * gib,
+        loop_bytes=gib,
+        batched_bytes=4 * gib,
+        krylov_bytes=6 * gib + 1,
+        directions=8,
+    )
     assert tight[0] == "loop" and "more than" in tight[1]
-    assert memory_plan.choose_batching(_CUDA, free_bytes=10 * gib, loop_bytes=None, batched_bytes=None,
-                                       directions=8)[0] == "loop"
-    assert memory_plan.choose_batching(_CUDA, free_bytes=10 * gib, loop_bytes=gib, batched_bytes=gib,
-                                       directions=1)[0] == "loop"
+    assert (
+        memory_plan.choose_batching(
+            _CUDA, free_bytes=10 * gib, loop_bytes=None, batched_bytes=None, directions=8
+        )[0]
+        == "loop"
+    )
+    assert (
+        memory_plan.choose_batching(
+            _CUDA, free_bytes=10 * gib, loop_bytes=gib, batched_bytes=gib, directions=1
+        )[0]
+        == "loop"
+    )
 
 
 def test_the_plan_charges_a_batched_pass_its_directions_and_prints_its_choice() -> None:
     model, batches = tiny_lora(seed=0), synthetic_batches(seed=0)
-    common = {"block_parameters": 10_000, "dtype": torch.float32, "device": _CUDA, "max_iter": 50,
-              "host_free_bytes": 0, "directions_per_pass": 8}
+    common = {
+        "block_parameters": 10_000,
+        "dtype": torch.float32,
+        "device": _CUDA,
+        "max_iter": 50,
+        "host_free_bytes": 0,
+        "directions_per_pass": 8,
+    }
     looping = memory_plan.plan_memory(model, batches, batching="loop", free_bytes=2**30, **common)
     loop_bytes = looping.activation_bytes
     batched = memory_plan.activation_bytes(model, *looping.largest_batch, directions=8)
-    assert loop_bytes is not None and batched == pytest.approx(loop_bytes * (1 + 7 * memory_plan.VMAP_DIRECTION_SHARE),
-                                                               rel=1e-6)
+    assert loop_bytes is not None and batched == pytest.approx(
+        loop_bytes * (1 + 7 * memory_plan.VMAP_DIRECTION_SHARE), rel=1e-6
+    )
     roomy = memory_plan.plan_memory(model, batches, free_bytes=8 * 2**30, **common)
     assert roomy.batching == "vmap" and roomy.activation_bytes == batched
     assert any(line.startswith("  batching: vmap (8 directions") for line in roomy.lines())
@@ -92,7 +120,9 @@ def test_the_plan_charges_a_batched_pass_its_directions_and_prints_its_choice() 
     work = memory_plan.WORK_VECTORS * 10_000 * 4
     tight = memory_plan.plan_memory(model, batches, free_bytes=work + krylov + loop_bytes + 1000, **common)
     assert tight.batching == "loop" and tight.activation_bytes == loop_bytes
-    cpu = memory_plan.plan_memory(model, batches, free_bytes=8 * 2**30, **{**common, "device": torch.device("cpu")})
+    cpu = memory_plan.plan_memory(
+        model, batches, free_bytes=8 * 2**30, **{**common, "device": torch.device("cpu")}
+    )
     assert cpu.batching == "loop"
 
 
@@ -101,9 +131,17 @@ def test_an_operator_follows_the_plans_batching_unless_told_otherwise() -> None:
 
     model, batches = tiny_lora(seed=0), synthetic_batches(seed=0)
     block = WholeAdapter().blocks(model)[0]
-    plan = memory_plan.plan_memory(model, batches, block_parameters=block.numel, dtype=torch.float32,
-                                   device=_CUDA, max_iter=10, free_bytes=8 * 2**30, host_free_bytes=0,
-                                   directions_per_pass=8)
+    plan = memory_plan.plan_memory(
+        model,
+        batches,
+        block_parameters=block.numel,
+        dtype=torch.float32,
+        device=_CUDA,
+        max_iter=10,
+        free_bytes=8 * 2**30,
+        host_free_bytes=0,
+        directions_per_pass=8,
+    )
     auto = HessianOperator(model, batches, block)
     assert auto.batching == "loop"  # on the CPU
     auto.follow_plan(plan)
@@ -119,7 +157,13 @@ def test_the_chunked_head_charges_one_chunk_of_logits_and_packs_more_tokens() ->
     plain = memory_plan.activation_bytes(model, 8, 128)
     chunked = memory_plan.activation_bytes(model, 8, 128, head_chunk=100)
     assert plain is not None and chunked is not None
-    saved = 4 * memory_plan.ACTIVATION_FLOATS["token_vocab"] * (8 * 128 - 100) * vocab * memory_plan.ACTIVATION_MARGIN
+    saved = (
+        4
+        * memory_plan.ACTIVATION_FLOATS["token_vocab"]
+        * (8 * 128 - 100)
+        * vocab
+        * memory_plan.ACTIVATION_MARGIN
+    )
     assert plain - chunked == pytest.approx(saved, rel=1e-6)
     free = 2**30
     for head_chunk in (None, 100):
@@ -129,6 +173,7 @@ def test_the_chunked_head_charges_one_chunk_of_logits_and_packs_more_tokens() ->
         beyond = memory_plan.activation_bytes(model, sequences + 1, 128, head_chunk=head_chunk)
         assert within is not None and beyond is not None
         assert within <= memory_plan.PACKING_SHARE * free < beyond
-    assert memory_plan.packing_tokens(model, 128, free_bytes=free, head_chunk=100) > \
-        memory_plan.packing_tokens(model, 128, free_bytes=free)
+    assert memory_plan.packing_tokens(
+        model, 128, free_bytes=free, head_chunk=100
+    ) > memory_plan.packing_tokens(model, 128, free_bytes=free)
     assert memory_plan.packing_tokens(model, 128, free_bytes=1) == 128  # at least one sequence

@@ -31,7 +31,10 @@ def test_double_backward_matches_torch_autograd_functional_vhp(generic_problem) 
 
     def mean_loss(flat: torch.Tensor) -> torch.Tensor:
         values = {n: piece.view(s) for n, piece, s in zip(names, flat.split(numels), shapes)}
-        return sum(exact_loss_sum(lambda **kw: functional_call(model, values, (), kw), b) for b in batches) / tokens
+        return (
+            sum(exact_loss_sum(lambda **kw: functional_call(model, values, (), kw), b) for b in batches)
+            / tokens
+        )
 
     for seed in (1, 2):
         vector = _random(operator.size, seed)
@@ -86,7 +89,9 @@ _MATRICES = {
 def _quadratic_batch(tokens: int, marker: int) -> TokenBatch:
     labels = torch.full((1, tokens + 1), -100)
     labels[0, 1:] = 1
-    return TokenBatch(torch.full((1, tokens + 1), marker), torch.ones(1, tokens + 1, dtype=torch.long), labels)
+    return TokenBatch(
+        torch.full((1, tokens + 1), marker), torch.ones(1, tokens + 1, dtype=torch.long), labels
+    )
 
 
 def _quadratic_loss(model: object, batch: TokenBatch) -> torch.Tensor:
@@ -158,9 +163,13 @@ def test_reuse_auto_charges_each_kept_graph_by_what_it_saves_whatever_the_heap(m
         operator_for(model, batches, block, reuse="auto") @ vector
     first, second = counted[:2]
     assert counted == [first, second] * 3
-    assert first > sum(p.numel() * 4 for p in block.parameters)  # at least the gradients, with the activations
+    assert first > sum(
+        p.numel() * 4 for p in block.parameters
+    )  # at least the gradients, with the activations
     budget = first + 0.5 * second  # room for the first graph, not for the second
-    monkeypatch.setattr(operator_module, "free_memory", lambda device: int(budget / operator_module.REUSE_MEMORY_FRACTION))
+    monkeypatch.setattr(
+        operator_module, "free_memory", lambda device: int(budget / operator_module.REUSE_MEMORY_FRACTION)
+    )
     for _ in range(3):
         auto = operator_for(model, batches, block, reuse="auto")
         auto @ vector

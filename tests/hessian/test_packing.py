@@ -26,7 +26,9 @@ def streamed_batches(examples: int = 23, batch_size: int = 5, seed: int = 0) -> 
         prompt = int(torch.randint(1, length - 1, (1,), generator=generator))
         ids = torch.randint(0, 256, (length,), generator=generator).tolist()
         encoded.append((ids, [IGNORE_INDEX] * prompt + ids[prompt:]))
-    return [collate(_TOKENIZER, encoded[start:start + batch_size]) for start in range(0, examples, batch_size)]
+    return [
+        collate(_TOKENIZER, encoded[start : start + batch_size]) for start in range(0, examples, batch_size)
+    ]
 
 
 def test_packing_keeps_every_sequence_and_respects_the_budget() -> None:
@@ -38,10 +40,16 @@ def test_packing_keeps_every_sequence_and_respects_the_budget() -> None:
     assert (after.examples, after.tokens) == (before.examples, before.tokens) == (23, before.tokens)
     assert after.padding_fraction < before.padding_fraction
     assert sum(b.loss_tokens for b in packed) == sum(b.loss_tokens for b in streamed)
-    rows = sorted(tuple(b.input_ids[i, :int(b.attention_mask[i].sum())].tolist()) for b in streamed
-                  for i in range(b.size))
-    assert rows == sorted(tuple(b.input_ids[i, :int(b.attention_mask[i].sum())].tolist()) for b in packed
-                          for i in range(b.size))
+    rows = sorted(
+        tuple(b.input_ids[i, : int(b.attention_mask[i].sum())].tolist())
+        for b in streamed
+        for i in range(b.size)
+    )
+    assert rows == sorted(
+        tuple(b.input_ids[i, : int(b.attention_mask[i].sum())].tolist())
+        for b in packed
+        for i in range(b.size)
+    )
     assert after.to_dict()["token_budget"] == 128 and "packed within 128" in after.line()
     # a sequence longer than the budget gets a batch of its own instead of being cut
     alone = pack_batches(streamed, token_budget=3)

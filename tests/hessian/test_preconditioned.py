@@ -27,8 +27,9 @@ def test_preconditioned_sharpness_matches_the_dense_symmetrised_matrix(generic_p
     operator = operator_for(generic_problem.model, generic_problem.batches, generic_problem.block)
     generator = torch.Generator().manual_seed(0)
     preconditioner = torch.rand(operator.size, generator=generator, dtype=torch.float64) * 5 + 0.1
-    result = preconditioned_sharpness(operator, preconditioner, lr=1e-3, beta1=0.9, eps=1e-8, step=10,
-                                      solver=solver, tol=1e-8, max_iter=400)
+    result = preconditioned_sharpness(
+        operator, preconditioner, lr=1e-3, beta1=0.9, eps=1e-8, step=10, solver=solver, tol=1e-8, max_iter=400
+    )
     scale = preconditioner.rsqrt()
     symmetric = scale[:, None] * generic_problem.dense * scale[None, :]
     expected = float(torch.linalg.eigvalsh(symmetric)[-1])

@@ -21,18 +21,39 @@ from hessian_lora.hessian import (
 def _block_report() -> BlockReport:
     operator = DenseOperator(torch.diag(torch.tensor([3.0, 1.0, -2.0, 0.5], dtype=torch.float64)))
     eigen = lanczos(operator, which="both", tol=1e-10)
-    preconditioned = PreconditionedResult(sharpness=2.0, lr=1e-3, beta1=0.9, eps=1e-8, step=5, gd_threshold=2000.0,
-                                          adam_threshold=38000.0, eigen=eigen)
-    return BlockReport(name="layers.0.q_proj", parameters=4, parameter_names=("a", "b"), lambda_max=eigen.lambda_max,
-                       lambda_min=eigen.lambda_min, residual=eigen.residual, converged=eigen.converged,
-                       hvps=eigen.hvps, seconds=eigen.seconds, tokens=10, batches=2, eigen=eigen,
-                       trace=hutchplusplus(operator, hvps=12), density=spectral_density(operator, steps=3),
-                       preconditioned=preconditioned)
+    preconditioned = PreconditionedResult(
+        sharpness=2.0,
+        lr=1e-3,
+        beta1=0.9,
+        eps=1e-8,
+        step=5,
+        gd_threshold=2000.0,
+        adam_threshold=38000.0,
+        eigen=eigen,
+    )
+    return BlockReport(
+        name="layers.0.q_proj",
+        parameters=4,
+        parameter_names=("a", "b"),
+        lambda_max=eigen.lambda_max,
+        lambda_min=eigen.lambda_min,
+        residual=eigen.residual,
+        converged=eigen.converged,
+        hvps=eigen.hvps,
+        seconds=eigen.seconds,
+        tokens=10,
+        batches=2,
+        eigen=eigen,
+        trace=hutchplusplus(operator, hvps=12),
+        density=spectral_density(operator, steps=3),
+        preconditioned=preconditioned,
+    )
 
 
 def test_reports_round_trip_through_json_without_tensors() -> None:
-    report = EigenReport(settings={"solver": "lanczos", "layers": [0, 1]}, blocks=(_block_report(),),
-                         source={"method": "lora"})
+    report = EigenReport(
+        settings={"solver": "lanczos", "layers": [0, 1]}, blocks=(_block_report(),), source={"method": "lora"}
+    )
     text = json.dumps(report.to_dict())
     assert "largest_vectors" not in text
     again = EigenReport.from_dict(json.loads(text))
@@ -45,9 +66,21 @@ def test_reports_round_trip_through_json_without_tensors() -> None:
 
 
 def test_non_finite_numbers_become_null() -> None:
-    result = EigenResult(solver="x", largest=(math.inf,), largest_residuals=(math.nan,), smallest=(),
-                         smallest_residuals=(), converged=False, stop_reason="max_iter", iterations=0, hvps=0,
-                         seconds=0.0, tol=1e-3, max_iter=1, size=1)
+    result = EigenResult(
+        solver="x",
+        largest=(math.inf,),
+        largest_residuals=(math.nan,),
+        smallest=(),
+        smallest_residuals=(),
+        converged=False,
+        stop_reason="max_iter",
+        iterations=0,
+        hvps=0,
+        seconds=0.0,
+        tol=1e-3,
+        max_iter=1,
+        size=1,
+    )
     data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
     assert data["largest"] == [None] and EigenResult.from_dict(data).largest == (None,)
 
@@ -59,4 +92,8 @@ def test_reports_written_before_certificates_existed_still_load() -> None:
     for key in ("certificate", "largest_bounds", "smallest_bounds"):
         del data[key]
     old = EigenResult.from_dict(data)
-    assert old.certificate == "residual" and old.largest_bounds == () and old.lambda_max == pytest.approx(3.0, rel=1e-14)
+    assert (
+        old.certificate == "residual"
+        and old.largest_bounds == ()
+        and old.lambda_max == pytest.approx(3.0, rel=1e-14)
+    )

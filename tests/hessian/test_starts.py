@@ -33,7 +33,9 @@ class _Lora(nn.Module):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         self.base_layer = nn.Linear(d_in, d_out, bias=False, dtype=torch.float64)
-        self.base_layer.weight.data = torch.randn(d_out, d_in, generator=generator, dtype=torch.float64) / d_in**0.5
+        self.base_layer.weight.data = (
+            torch.randn(d_out, d_in, generator=generator, dtype=torch.float64) / d_in**0.5
+        )
         self.base_layer.weight.requires_grad_(False)
         self.lora_A = nn.ModuleDict({"default": nn.Linear(d_in, rank, bias=False, dtype=torch.float64)})
         self.lora_B = nn.ModuleDict({"default": nn.Linear(rank, d_out, bias=False, dtype=torch.float64)})
@@ -50,15 +52,27 @@ class _Toy(nn.Module):
     """One LoRA layer on fixed inputs X, loss Σ_i κ_i/2 ‖y_i − T_i‖² over output rows i: a residual T − W0 X
     picks G = ∂L/∂W0 (its singular values), the weights κ pick H_BB's top (block (B, B) of the Hessian)."""
 
-    def __init__(self, *, d_in: int = 7, d_out: int = 6, rank: int = 2, tokens: int = 9, seed: int = 0,
-                 residual: torch.Tensor | None = None, kappa: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        d_in: int = 7,
+        d_out: int = 6,
+        rank: int = 2,
+        tokens: int = 9,
+        seed: int = 0,
+        residual: torch.Tensor | None = None,
+        kappa: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         generator = torch.Generator().manual_seed(seed + 1)
         self.layer = _Lora(d_in, d_out, rank, scale=2.0, seed=seed)
         self.inputs = torch.randn(d_in, tokens, generator=generator, dtype=torch.float64)
         base = self.layer.base_layer.weight @ self.inputs
-        self.residual = residual if residual is not None else torch.randn(d_out, tokens, generator=generator,
-                                                                          dtype=torch.float64)
+        self.residual = (
+            residual
+            if residual is not None
+            else torch.randn(d_out, tokens, generator=generator, dtype=torch.float64)
+        )
         self.target = base - self.residual  # G = Σ κ_i r_i xᵀ at B = 0
         self.kappa = kappa if kappa is not None else torch.ones(d_out, dtype=torch.float64)
 
@@ -78,8 +92,10 @@ def _toy_loss(model: object, batch: TokenBatch) -> torch.Tensor:
 
 
 def _operator(toy: _Toy) -> HessianOperator:
-    params = [("layer.lora_A.default.weight", toy.layer.lora_A["default"].weight),
-              ("layer.lora_B.default.weight", toy.layer.lora_B["default"].weight)]
+    params = [
+        ("layer.lora_A.default.weight", toy.layer.lora_A["default"].weight),
+        ("layer.lora_B.default.weight", toy.layer.lora_B["default"].weight),
+    ]
     return HessianOperator(toy, [_batch()], params, backend="double_backward", reuse=True, loss_fn=_toy_loss)
 
 
@@ -121,10 +137,12 @@ def test_the_off_diagonal_block_has_the_singular_values_of_s_times_g_r_times_eac
     size_a = toy.layer.lora_A["default"].weight.numel()
     (gradient,) = base_weight_gradients(operator, [toy.layer.base_layer.weight])
     sigma = torch.linalg.svdvals(gradient) * 2.0
-    assert torch.allclose(dense[:size_a, :size_a], torch.zeros(size_a, size_a, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(
+        dense[:size_a, :size_a], torch.zeros(size_a, size_a, dtype=torch.float64), atol=1e-10
+    )
     coupling = torch.linalg.svdvals(dense[:size_a, size_a:])
     expected = sigma.repeat_interleave(3)
-    assert torch.allclose(coupling[:len(expected)], expected, rtol=1e-9, atol=1e-10)
+    assert torch.allclose(coupling[: len(expected)], expected, rtol=1e-9, atol=1e-10)
 
 
 def test_the_structured_start_overlaps_the_top_of_a_lora_at_initialisation() -> None:
@@ -184,7 +202,9 @@ def _audits() -> dict[str, _Toy]:
 @pytest.mark.parametrize("case", ["G = 0", "top in H_BB", "degenerate σ1"])
 @pytest.mark.parametrize("kind", ["structured", "gradient"])
 @pytest.mark.parametrize("which", ["largest", "both"])
-def test_a_start_that_misses_the_top_never_certifies_a_lower_eigenvalue(case: str, kind: str, which: str) -> None:
+def test_a_start_that_misses_the_top_never_certifies_a_lower_eigenvalue(
+    case: str, kind: str, which: str
+) -> None:
     toy = _audits()[case]
     operator = _operator(toy)
     exact = torch.linalg.eigvalsh(_dense(operator))
@@ -228,10 +248,13 @@ def test_a_start_on_a_lower_eigenvector_with_its_random_half_is_never_a_false_to
         matrix = (basis * torch.tensor(values, dtype=torch.float64)) @ basis.T
         matrix = (matrix + matrix.T) / 2
         exact, vectors = torch.linalg.eigh(matrix)
-        start = with_random(vectors[:, -2].unsqueeze(0), size=n, dtype=torch.float64, device=torch.device("cpu"),
-                            seed=seed)
+        start = with_random(
+            vectors[:, -2].unsqueeze(0), size=n, dtype=torch.float64, device=torch.device("cpu"), seed=seed
+        )
         for which in ("largest", "both"):
-            result = lanczos(DenseOperator(matrix), which=which, tol=1e-6, max_iter=200, seed=seed, start=start)
+            result = lanczos(
+                DenseOperator(matrix), which=which, tol=1e-6, max_iter=200, seed=seed, start=start
+            )
             _assert_honest(result, exact)
 
 
@@ -256,15 +279,23 @@ def test_bad_starts_are_one_line_errors() -> None:
     with pytest.raises(UserError, match="needs a Hessian operator"):
         start_vectors(operator, "structured")
     with pytest.raises(UserError, match="random_share"):
-        with_random(torch.ones(1, 4), size=4, dtype=torch.float64, device=torch.device("cpu"), seed=0,
-                    random_share=0.0)
+        with_random(
+            torch.ones(1, 4),
+            size=4,
+            dtype=torch.float64,
+            device=torch.device("cpu"),
+            seed=0,
+            random_share=0.0,
+        )
     assert start_vectors(operator, "random").rows is None
     previous = start_vectors(operator, "previous", previous=torch.ones(4, dtype=torch.float64))
     assert previous.rows is not None and previous.kind == "previous"
     assert start_vectors(operator, "previous", previous=torch.ones(5)).rows is None  # another block's: random
 
 
-def test_a_large_gradient_gets_the_same_top_pair_from_the_randomised_svd(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_large_gradient_gets_the_same_top_pair_from_the_randomised_svd(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import hessian_lora.hessian.starts as starts
 
     toy = _Toy(seed=8, d_in=9, d_out=8)
@@ -276,4 +307,6 @@ def test_a_large_gradient_gets_the_same_top_pair_from_the_randomised_svd(monkeyp
     ((u2, sigma2, v2),), _ = starts.top_singular_pairs(operator, factors)
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random state is untouched
     assert sigma2 == pytest.approx(sigma, rel=1e-8)
-    assert abs(float(u @ u2)) == pytest.approx(1.0, abs=1e-8) and abs(float(v @ v2)) == pytest.approx(1.0, abs=1e-8)
+    assert abs(float(u @ u2)) == pytest.approx(1.0, abs=1e-8) and abs(float(v @ v2)) == pytest.approx(
+        1.0, abs=1e-8
+    )

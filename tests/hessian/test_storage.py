@@ -47,7 +47,7 @@ def test_pages_fill_the_first_tier_then_the_next_and_a_full_budget_refuses() -> 
 def _diagonal(size: int, top: tuple[float, ...], dtype: torch.dtype = torch.float32) -> DiagonalOperator:
     generator = torch.Generator().manual_seed(3)
     diagonal = (torch.rand(size, generator=generator, dtype=torch.float64) * 2 - 1).to(dtype)
-    diagonal[:len(top)] = torch.tensor(top, dtype=dtype)
+    diagonal[: len(top)] = torch.tensor(top, dtype=dtype)
     return DiagonalOperator(diagonal)
 
 
@@ -56,8 +56,13 @@ def test_products_are_dropped_before_the_basis_and_the_check_then_costs_a_produc
     free = lanczos(operator, which="largest", tol=1e-6, max_iter=200)
     vector_bytes = 4000 * 8
     # Room for the basis the run needs, not for its products as well.
-    tight = lanczos(operator, which="largest", tol=1e-6, max_iter=200,
-                    memory=KrylovMemory.within(CPU, (free.details["krylov_dim"] + 8) * vector_bytes))
+    tight = lanczos(
+        operator,
+        which="largest",
+        tol=1e-6,
+        max_iter=200,
+        memory=KrylovMemory.within(CPU, (free.details["krylov_dim"] + 8) * vector_bytes),
+    )
     assert free.converged and tight.converged
     assert free.details["kept_products"] == 1.0 and tight.details["kept_products"] == 0.0
     assert tight.lambda_max == pytest.approx(30.0, rel=1e-9)
@@ -67,8 +72,9 @@ def test_products_are_dropped_before_the_basis_and_the_check_then_costs_a_produc
 
 def test_a_basis_that_cannot_grow_stops_lanczos_and_says_so() -> None:
     operator = _diagonal(4000, (30.0, 29.9, 29.8), torch.float64)
-    result = lanczos(operator, which="largest", tol=1e-10, max_iter=200,
-                     memory=KrylovMemory.within(CPU, 8 * 4000 * 8))
+    result = lanczos(
+        operator, which="largest", tol=1e-10, max_iter=200, memory=KrylovMemory.within(CPU, 8 * 4000 * 8)
+    )
     assert not result.converged and result.stop_reason == "memory"
     assert result.details["krylov_dim"] == 8 and result.details["kept_products"] == 0.0
     assert math.isfinite(result.lambda_max) and result.lambda_max <= 30.0 + 1e-9  # a Rayleigh quotient

@@ -28,13 +28,24 @@ PAIRS = [("What is 2+3?", "5"), ("Name a colour.", "Blue, like the sky."), ("Say
 ROWS = {
     "text": [{"text": f"{p} {r}"} for p, r in PAIRS],
     "completion": [{"prompt": p, "completion": r} for p, r in PAIRS],
-    "conversation": [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": r}]}
-                     for p, r in PAIRS]
-    + [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1?"},
-                     {"role": "assistant", "content": "2"}, {"role": "user", "content": "and 2+2?"},
-                     {"role": "assistant", "content": "4"}]}],
-    "conversational_completion": [{"prompt": [{"role": "user", "content": p}],
-                                   "completion": [{"role": "assistant", "content": r}]} for p, r in PAIRS],
+    "conversation": [
+        {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": r}]} for p, r in PAIRS
+    ]
+    + [
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "1+1?"},
+                {"role": "assistant", "content": "2"},
+                {"role": "user", "content": "and 2+2?"},
+                {"role": "assistant", "content": "4"},
+            ]
+        }
+    ],
+    "conversational_completion": [
+        {"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": r}]}
+        for p, r in PAIRS
+    ],
 }
 
 
@@ -51,10 +62,18 @@ def tokenizers() -> dict[str, object]:
 def _trl_labels(rows: list[dict], tokenizer, **config) -> list[tuple[list[int], list[int]]]:
     """Token ids and labels of TRL's own SFTTrainer preparation of ``rows`` (its train_dataset after __init__)."""
     model = load_model("tiny-llama", device="cpu").model
-    args = trl.SFTConfig(output_dir="/tmp/unused-trl-out", report_to="none", use_cpu=True, max_length=1024,
-                         bf16=False, dataset_num_proc=None, **config)
-    trainer = trl.SFTTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
-                             processing_class=tokenizer)
+    args = trl.SFTConfig(
+        output_dir="/tmp/unused-trl-out",
+        report_to="none",
+        use_cpu=True,
+        max_length=1024,
+        bf16=False,
+        dataset_num_proc=None,
+        **config,
+    )
+    trainer = trl.SFTTrainer(
+        model=model, args=args, train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer
+    )
     prepared = trainer.train_dataset
     return [(list(row["input_ids"]), list(row["labels"])) for row in prepared]
 
@@ -64,16 +83,19 @@ def _ours(rows: list[dict], tokenizer, loss: str | None = None) -> list[tuple[li
     return [tokenize_example(tokenizer, example, 1024, None) for example in examples]
 
 
-@pytest.mark.parametrize(("fmt", "tokenizer", "loss", "config"), [
-    ("text", "tiny", None, {}),
-    ("completion", "tiny", None, {}),  # completion_only_loss (TRL's default for prompt/completion)
-    ("completion", "tiny", "all", {"completion_only_loss": False}),
-    ("completion", "smol", None, {}),
-    ("conversation", "smol", None, {}),  # TRL's default: every token of the conversation
-    ("conversation", "marked", "assistant", {"assistant_only_loss": True}),
-    ("conversational_completion", "smol", None, {}),
-    ("conversational_completion", "marked", "assistant", {"assistant_only_loss": True}),
-])
+@pytest.mark.parametrize(
+    ("fmt", "tokenizer", "loss", "config"),
+    [
+        ("text", "tiny", None, {}),
+        ("completion", "tiny", None, {}),  # completion_only_loss (TRL's default for prompt/completion)
+        ("completion", "tiny", "all", {"completion_only_loss": False}),
+        ("completion", "smol", None, {}),
+        ("conversation", "smol", None, {}),  # TRL's default: every token of the conversation
+        ("conversation", "marked", "assistant", {"assistant_only_loss": True}),
+        ("conversational_completion", "smol", None, {}),
+        ("conversational_completion", "marked", "assistant", {"assistant_only_loss": True}),
+    ],
+)
 def test_the_loss_is_on_the_tokens_trl_trains(fmt, tokenizer, loss, config, tokenizers) -> None:
     tok = tokenizers[tokenizer]
     ours = _ours(ROWS[fmt], tok, loss)
@@ -132,8 +154,14 @@ def test_templates_per_format(tokenizers) -> None:
 
 def _write_all(tmp_path: Path, rows: list[dict]) -> dict[str, Path]:
     dataset = datasets.Dataset.from_list(rows)
-    paths = {"jsonl": tmp_path / "d.jsonl", "json": tmp_path / "d.json", "parquet": tmp_path / "d.parquet",
-             "csv": tmp_path / "d.csv", "disk": tmp_path / "saved", "dict": tmp_path / "saved_dict"}
+    paths = {
+        "jsonl": tmp_path / "d.jsonl",
+        "json": tmp_path / "d.json",
+        "parquet": tmp_path / "d.parquet",
+        "csv": tmp_path / "d.csv",
+        "disk": tmp_path / "saved",
+        "dict": tmp_path / "saved_dict",
+    }
     paths["jsonl"].write_text("".join(json.dumps(row) + "\n" for row in rows))
     paths["json"].write_text(json.dumps({"data": rows}))
     dataset.to_parquet(str(paths["parquet"]))
@@ -163,11 +191,14 @@ def test_conversational_parquet_and_saved_dataset_load(tmp_path) -> None:
         assert all(set(m) == {"role", "content"} for e in examples for m in e.messages), kind
 
 
-@pytest.mark.parametrize(("content", "fragment"), [
-    (None, "no split 'validation'"),
-    ("a,b\n1,2\n", "no known prompt/response"),
-    ("x\n\"unclosed\n", "cannot read .* as CSV .*Error"),
-])
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (None, "no split 'validation'"),
+        ("a,b\n1,2\n", "no known prompt/response"),
+        ('x\n"unclosed\n', "cannot read .* as CSV .*Error"),
+    ],
+)
 def test_file_errors_are_one_line(content, fragment, tmp_path) -> None:
     if content is None:
         paths = _write_all(tmp_path, [{"text": "hello"}])
@@ -178,10 +209,12 @@ def test_file_errors_are_one_line(content, fragment, tmp_path) -> None:
     with pytest.raises(UserError, match=fragment) as info:
         load_task(spec, n_train=4, n_eval=0)
     assert "\n" not in str(info.value)
-    for spec, fragment in ((str(tmp_path / "broken.parquet"), "cannot read"),
-                           (f"{tmp_path / 'd.csv'}::loss=some", "not a loss choice"),
-                           (f"{tmp_path / 'd.csv'}::colour=red", "unknown data option"),
-                           (str(tmp_path), "not a saved dataset")):
+    for spec, fragment in (
+        (str(tmp_path / "broken.parquet"), "cannot read"),
+        (f"{tmp_path / 'd.csv'}::loss=some", "not a loss choice"),
+        (f"{tmp_path / 'd.csv'}::colour=red", "unknown data option"),
+        (str(tmp_path), "not a saved dataset"),
+    ):
         (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
         with pytest.raises(UserError, match=fragment) as info:
             load_task(spec, n_train=4, n_eval=0)
@@ -193,12 +226,20 @@ def test_a_hub_dataset_id_offline_and_not_cached_is_one_line(tmp_path) -> None:
     import subprocess
     import sys
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "ds"),
-           "HF_HUB_CACHE": str(tmp_path / "hub"), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    code = ("from hessian_lora.inputs.tasks import load_task\nfrom hessian_lora.core.errors import UserError\n"
-            "try:\n    load_task('acme/no-such-pairs')\nexcept UserError as exc:\n    print(exc)\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
-                            cwd=tmp_path)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_CACHE": str(tmp_path / "ds"),
+        "HF_HUB_CACHE": str(tmp_path / "hub"),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    code = (
+        "from hessian_lora.inputs.tasks import load_task\nfrom hessian_lora.core.errors import UserError\n"
+        "try:\n    load_task('acme/no-such-pairs')\nexcept UserError as exc:\n    print(exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path
+    )
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("hub dataset acme/no-such-pairs cannot be loaded"), result
     assert "HF_HUB_OFFLINE=1 reads the local datasets cache" in lines[0]
@@ -219,18 +260,33 @@ def test_a_hub_dataset_id_loads_offline_from_the_datasets_cache(tmp_path) -> Non
     source = tmp_path / "train.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in rows))
     cache = tmp_path / "datasets-cache"
-    builder = Json(cache_dir=str(cache), dataset_name="pairs", config_name="default", hash="0123abcd",
-                   data_files=DataFilesDict.from_patterns({"train": [str(source)]}))
+    builder = Json(
+        cache_dir=str(cache),
+        dataset_name="pairs",
+        config_name="default",
+        hash="0123abcd",
+        data_files=DataFilesDict.from_patterns({"train": [str(source)]}),
+    )
     builder.download_and_prepare()
     built = Path(builder.cache_dir).parents[1]  # cache/pairs/default-<data files hash>
-    shutil.move(str(built), str(cache / "acme___pairs" / "default"))  # where a hub download of acme/pairs lands
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(cache), "HF_HUB_CACHE": str(tmp_path / "hub"),
-           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    code = ("import json\nfrom hessian_lora.inputs.tasks import load_task\n"
-            "task = load_task('acme/pairs', n_train=10, n_eval=0)\n"
-            "print(json.dumps(sorted([e.format, e.prompt, e.response] for e in task.train)))\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
-                            cwd=tmp_path)
+    shutil.move(
+        str(built), str(cache / "acme___pairs" / "default")
+    )  # where a hub download of acme/pairs lands
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_CACHE": str(cache),
+        "HF_HUB_CACHE": str(tmp_path / "hub"),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    code = (
+        "import json\nfrom hessian_lora.inputs.tasks import load_task\n"
+        "task = load_task('acme/pairs', n_train=10, n_eval=0)\n"
+        "print(json.dumps(sorted([e.format, e.prompt, e.response] for e in task.train)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded == sorted(["completion", row["prompt"], row["completion"]] for row in rows)
@@ -248,6 +304,8 @@ def test_template_names_and_placeholders(tokenizers) -> None:
     assert format_prompt(tok, "2+2?", "chat").startswith("<|im_start|>")
     for template in ("raw", "Q: {prompt}"):
         assert check_prompt_template(template) == template
-        assert TrainConfig(lr=1e-4, steps=1, prompt_template=template).prompt_template == template  # a sweep's
+        assert (
+            TrainConfig(lr=1e-4, steps=1, prompt_template=template).prompt_template == template
+        )  # a sweep's
     with pytest.raises(UserError, match="raw, chat, alpaca, plain"):
         check_prompt_template("Q: {question}")

@@ -12,8 +12,9 @@ from hessian_lora.inputs.models import load_model, looks_like_path, tiny_llama
 HUB_ID = "acme/tiny-0.5B"
 
 
-@pytest.mark.parametrize("spec", ["Qwen/Qwen3-0.6B-Base", "acme/tiny-0.5B", "google/gemma-3-1b-pt",
-                                  "meta-llama/Llama-2-7b.hf"])
+@pytest.mark.parametrize(
+    "spec", ["Qwen/Qwen3-0.6B-Base", "acme/tiny-0.5B", "google/gemma-3-1b-pt", "meta-llama/Llama-2-7b.hf"]
+)
 def test_hub_ids_with_dots_and_dashes_are_not_paths(spec: str) -> None:
     assert not looks_like_path(spec)
 
@@ -45,7 +46,11 @@ def _offline_cache(tmp_path, monkeypatch):
     (repo / "refs" / "main").write_text(commit)
     # huggingface_hub reads these at import time; patch the environment (for subprocesses and late readers)
     # and the module constants (for everything already imported).
-    for key, value in {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
+    for key, value in {
+        "HF_HUB_CACHE": str(cache),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(hub_constants, "HUGGINGFACE_HUB_CACHE", str(cache))

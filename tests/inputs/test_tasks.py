@@ -49,7 +49,13 @@ def test_other_reasoning_gym_generators_and_options() -> None:
 
 @pytest.mark.parametrize(
     ("generation", "expected"),
-    [("-12", "-12"), ("  42<|im_end|>", "42"), ("The answer is 7", "7"), ("\n\n3.5\n9", "3.5"), ("none", None)],
+    [
+        ("-12", "-12"),
+        ("  42<|im_end|>", "42"),
+        ("The answer is 7", "7"),
+        ("\n\n3.5\n9", "3.5"),
+        ("none", None),
+    ],
 )
 def test_extract_answer(generation: str, expected: str | None) -> None:
     assert extract_answer(generation) == expected
@@ -59,7 +65,9 @@ def test_prompt_tokens_are_masked_and_response_ends_with_eos() -> None:
     tokenizer = byte_tokenizer()
     example = Example(prompt="1 + 2 =", response="3")
     ids, labels = tokenize_example(tokenizer, example, max_length=512)
-    prompt_length = len(tokenizer(format_prompt(tokenizer, example.prompt), add_special_tokens=False)["input_ids"])
+    prompt_length = len(
+        tokenizer(format_prompt(tokenizer, example.prompt), add_special_tokens=False)["input_ids"]
+    )
     assert labels[:prompt_length] == [IGNORE_INDEX] * prompt_length
     assert labels[prompt_length:] == ids[prompt_length:]
     assert tokenizer.decode(ids[prompt_length:-1]) == "3"
@@ -97,7 +105,9 @@ def test_empty_dataset_and_bad_batch_size_are_refused() -> None:
 
 def test_metamath_jsonl_fields_are_detected(tmp_path) -> None:
     path = tmp_path / "metamath.jsonl"
-    rows = [{"query": f"What is {i} + {i}?", "response": f"Double it. The answer is: {2 * i}"} for i in range(10)]
+    rows = [
+        {"query": f"What is {i} + {i}?", "response": f"Double it. The answer is: {2 * i}"} for i in range(10)
+    ]
     path.write_text("\n".join(json.dumps(row) for row in rows))
     task = load_task(str(path), n_train=100, n_eval=3)
     assert len(task.eval) == 2 and len(task.train) == 8  # at most a fifth held out
@@ -127,7 +137,7 @@ def test_explicit_field_mapping_and_its_errors(tmp_path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "fragment"),
-    [("", "no records"), ("{not json", "not valid JSON"), ('[1, 2]', "JSON objects")],
+    [("", "no records"), ("{not json", "not valid JSON"), ("[1, 2]", "JSON objects")],
 )
 def test_bad_files_raise_one_line_errors(tmp_path, content: str, fragment: str) -> None:
     path = tmp_path / "bad.json"

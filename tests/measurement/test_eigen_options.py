@@ -35,16 +35,43 @@ def test_every_setting_has_an_option_with_its_default_and_choices() -> None:
 def test_the_options_left_alone_are_the_default_settings() -> None:
     args = _eigen_parser().parse_args(["--method", "lora", "--out", "x.json"])
     assert settings_from_arguments(args) == MeasureSettings()
-    args = _eigen_parser().parse_args(["ckpt", "--out", "x.json", "--no-min", "--no-reuse", "--solver-seed", "3",
-                                       "--tol", "1e-4", "--blocks", "per-module", "--layers", "0:2",
-                                       "--block-size", "2", "--data", "d.jsonl"])
+    args = _eigen_parser().parse_args(
+        [
+            "ckpt",
+            "--out",
+            "x.json",
+            "--no-min",
+            "--no-reuse",
+            "--solver-seed",
+            "3",
+            "--tol",
+            "1e-4",
+            "--blocks",
+            "per-module",
+            "--layers",
+            "0:2",
+            "--block-size",
+            "2",
+            "--data",
+            "d.jsonl",
+        ]
+    )
     assert settings_from_arguments(args) == MeasureSettings(
-        smallest=False, reuse=False, seed=3, tol=1e-4, blocks="per-module", layers=(0, 1), block_size=2,
-        task="d.jsonl")
+        smallest=False,
+        reuse=False,
+        seed=3,
+        tol=1e-4,
+        blocks="per-module",
+        layers=(0, 1),
+        block_size=2,
+        task="d.jsonl",
+    )
 
 
 def test_eigen_takes_at_most_ten_parameters_of_its_own_and_checks_the_rest() -> None:
-    own = [p for p in inspect.signature(eigen).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    own = [
+        p for p in inspect.signature(eigen).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
     assert len(own) <= 10
     with pytest.raises(UserError, match=r"unknown option\(s\) tolerance: .*known: task, samples"):
         eigen("ckpt", tolerance=1e-4)

@@ -16,12 +16,21 @@ from hessian_lora.measurement.measure import MeasureSettings, read_report
 from hessian_lora.training.adapters import AdapterConfig, build_adapter, make_optimizer
 from hessian_lora.training.checkpoint import CheckpointMeta, save_checkpoint
 
-SMALL = {"model": "tiny-llama", "rank": 2, "targets": ("q_proj", "v_proj"), "samples": 4, "batch_size": 2,
-         "tol": 1e-6, "progress": False}
+SMALL = {
+    "model": "tiny-llama",
+    "rank": 2,
+    "targets": ("q_proj", "v_proj"),
+    "samples": 4,
+    "batch_size": 2,
+    "tol": 1e-6,
+    "progress": False,
+}
 
 
 def test_eigen_at_initialisation_per_module_matches_a_direct_lanczos(tmp_path: Path) -> None:
-    report = hessian_lora.eigen(method="lora", blocks="per-module", layers="0:1", out=tmp_path / "r.json", **SMALL)
+    report = hessian_lora.eigen(
+        method="lora", blocks="per-module", layers="0:1", out=tmp_path / "r.json", **SMALL
+    )
     assert [b.name for b in report.blocks] == ["layers.0.self_attn.q_proj", "layers.0.self_attn.v_proj"]
     assert EigenReport.from_dict(json.loads((tmp_path / "r.json").read_text())) == report
 
@@ -33,18 +42,26 @@ def test_eigen_at_initialisation_per_module_matches_a_direct_lanczos(tmp_path: P
         assert found.lambda_max == pytest.approx(direct.lambda_max, rel=1e-6)
         assert found.lambda_min == pytest.approx(direct.lambda_min, rel=1e-6)
         # float32: tol 1e-6 is below the round-off floor (100 eps |λ|) that also certifies convergence
-        assert found.converged and found.residual <= 100 * torch.finfo(torch.float32).eps * abs(found.lambda_max)
+        assert found.converged and found.residual <= 100 * torch.finfo(torch.float32).eps * abs(
+            found.lambda_max
+        )
         assert found.tokens == sum(b.loss_tokens for b in batches) and found.batches == 2
         assert found.parameters == block.numel and found.hvps == found.eigen.hvps
         assert len(found.eigen.history) == found.eigen.iterations
     assert report.settings["backend"] == "double_backward" and report.source["at"] == "initialisation"
-    assert "dora_norm" not in report.settings  # no DoRA: the settings of every report before dora_norm existed
+    assert (
+        "dora_norm" not in report.settings
+    )  # no DoRA: the settings of every report before dora_norm existed
 
 
 def test_a_per_module_scan_resumes_and_refuses_other_settings(tmp_path: Path) -> None:
     out = tmp_path / "scan.json"
-    first = hessian_lora.eigen(method="lora", blocks="per-module", modules="q_proj", layers="0", out=out, **SMALL)
-    second = hessian_lora.eigen(method="lora", blocks="per-module", modules="q_proj", layers="0:2", out=out, **SMALL)
+    first = hessian_lora.eigen(
+        method="lora", blocks="per-module", modules="q_proj", layers="0", out=out, **SMALL
+    )
+    second = hessian_lora.eigen(
+        method="lora", blocks="per-module", modules="q_proj", layers="0:2", out=out, **SMALL
+    )
     assert [b.name for b in second.blocks] == ["layers.0.self_attn.q_proj", "layers.1.self_attn.q_proj"]
     assert second.blocks[0] == first.blocks[0]  # read back, not recomputed
     assert read_report(out) == second
@@ -69,8 +86,18 @@ def test_checkpoint_with_trace_density_and_preconditioned_sharpness(tmp_path: Pa
         optimizer.step()
     meta = CheckpointMeta.from_config(config, base_model="tiny-llama", task="arith", lr=1e-2, step=2)
     save_checkpoint(tmp_path / "ckpt", model, meta, optimizer=optimizer)
-    report = hessian_lora.eigen(tmp_path / "ckpt", samples=4, batch_size=2, tol=1e-4, trace=True, trace_hvps=9,
-                                density=True, density_steps=5, preconditioned=True, progress=False)
+    report = hessian_lora.eigen(
+        tmp_path / "ckpt",
+        samples=4,
+        batch_size=2,
+        tol=1e-4,
+        trace=True,
+        trace_hvps=9,
+        density=True,
+        density_steps=5,
+        preconditioned=True,
+        progress=False,
+    )
     (block,) = report.blocks
     assert block.name == "adapter" and report.source["step"] == 2 and report.settings["task"] == "arith"
     assert block.trace is not None and block.trace.hvps == 9
@@ -82,7 +109,9 @@ def test_checkpoint_with_trace_density_and_preconditioned_sharpness(tmp_path: Pa
 
     save_checkpoint(tmp_path / "no-optimizer", model, meta)
     with pytest.raises(UserError, match="optimizer state"):
-        hessian_lora.eigen(tmp_path / "no-optimizer", samples=4, batch_size=2, preconditioned=True, progress=False)
+        hessian_lora.eigen(
+            tmp_path / "no-optimizer", samples=4, batch_size=2, preconditioned=True, progress=False
+        )
 
 
 def test_a_checkpoint_is_measured_with_the_prompt_template_it_records(tmp_path: Path) -> None:
@@ -117,7 +146,9 @@ def test_a_model_and_batches_passed_in(tmp_path: Path) -> None:
     base = load_model("tiny-llama", device="cpu")
     model = build_adapter(base.model, AdapterConfig("dora", rank=2, targets=("q_proj",)))
     batches = make_batches(base.tokenizer, load_task("arith", n_train=4, n_eval=0).train, 2)
-    report = hessian_lora.eigen(model=model, batches=batches, solver="power", tol=1e-4, max_iter=300, progress=False)
+    report = hessian_lora.eigen(
+        model=model, batches=batches, solver="power", tol=1e-4, max_iter=300, progress=False
+    )
     (block,) = report.blocks
     assert any("lora_magnitude_vector" in name for name in block.parameter_names)
     assert block.lambda_min is None and block.eigen.solver == "power"
@@ -147,7 +178,9 @@ def test_measure_settings_parse_yaml_data_and_name_unknown_keys() -> None:
         MeasureSettings.from_mapping({"tolerance": 1e-3}, source="sweep.yaml")
     with pytest.raises(UserError, match="blocks='per-module'"):
         MeasureSettings(layers="0:2")
-    with pytest.raises(UserError, match=r"sweep\.yaml: unknown dora_norm 'true': use detached, differentiated"):
+    with pytest.raises(
+        UserError, match=r"sweep\.yaml: unknown dora_norm 'true': use detached, differentiated"
+    ):
         MeasureSettings.from_mapping({"dora_norm": "true"}, source="sweep.yaml")
     differentiated = MeasureSettings.from_mapping({"dora_norm": "differentiated"})
     assert differentiated.options() == {"dora_norm": "differentiated"}
@@ -164,18 +197,24 @@ def dora_model() -> tuple[torch.nn.Module, list]:
 DORA = {"tol": 1e-4, "max_iter": 60, "smallest": False, "progress": False}
 
 
-def test_dora_reports_say_which_hessian_they_hold_and_resume_only_under_it(dora_model, tmp_path: Path) -> None:
+def test_dora_reports_say_which_hessian_they_hold_and_resume_only_under_it(
+    dora_model, tmp_path: Path
+) -> None:
     model, batches = dora_model
     detached = hessian_lora.eigen(model=model, batches=batches, out=tmp_path / "d.json", **DORA)
-    differentiated = hessian_lora.eigen(model=model, batches=batches, dora_norm="differentiated",
-                                        out=tmp_path / "t.json", **DORA)
+    differentiated = hessian_lora.eigen(
+        model=model, batches=batches, dora_norm="differentiated", out=tmp_path / "t.json", **DORA
+    )
     assert detached.settings["dora_norm"] == "detached" and read_report(tmp_path / "t.json") == differentiated
     assert differentiated.settings["dora_norm"] == "differentiated"
     (found,), (surrogate,) = differentiated.blocks, detached.blocks
     assert found.converged and surrogate.converged
-    assert abs(found.lambda_max - surrogate.lambda_max) > 1e-3 * surrogate.lambda_max  # two matrices, even at init
-    assert torch.is_grad_enabled() and all("forward" not in vars(m) for m in model.modules()
-                                           if "Dora" in type(m).__name__)
+    assert (
+        abs(found.lambda_max - surrogate.lambda_max) > 1e-3 * surrogate.lambda_max
+    )  # two matrices, even at init
+    assert torch.is_grad_enabled() and all(
+        "forward" not in vars(m) for m in model.modules() if "Dora" in type(m).__name__
+    )
 
     # A DoRA report written before dora_norm existed holds peft's surrogate: it resumes under the default only.
     old = json.loads((tmp_path / "d.json").read_text())
@@ -185,8 +224,9 @@ def test_dora_reports_say_which_hessian_they_hold_and_resume_only_under_it(dora_
     assert resumed.blocks == detached.blocks and resumed.settings == detached.settings
     for written in ("old.json", "d.json"):
         with pytest.raises(UserError, match=r"other settings \(dora_norm\)"):
-            hessian_lora.eigen(model=model, batches=batches, dora_norm="differentiated", out=tmp_path / written,
-                               **DORA)
+            hessian_lora.eigen(
+                model=model, batches=batches, dora_norm="differentiated", out=tmp_path / written, **DORA
+            )
     with pytest.raises(UserError, match=r"other settings \(dora_norm\)"):
         hessian_lora.eigen(model=model, batches=batches, out=tmp_path / "t.json", **DORA)
 
@@ -205,8 +245,12 @@ def test_dora_finite_differences_need_the_differentiated_norm(dora_model) -> Non
 def test_per_module_blocks_together_give_what_one_at_a_time_gives(tmp_path: Path) -> None:
     """The shared-pass scan and the block-by-block loop make the same products: the same reports."""
     together = hessian_lora.eigen(method="lora", blocks="per-module", out=tmp_path / "t.json", **SMALL)
-    alone = hessian_lora.eigen(method="lora", blocks="per-module", together=False, out=tmp_path / "a.json", **SMALL)
-    assert [b.name for b in together.blocks] == [b.name for b in alone.blocks]  # model order, whatever finished first
+    alone = hessian_lora.eigen(
+        method="lora", blocks="per-module", together=False, out=tmp_path / "a.json", **SMALL
+    )
+    assert [b.name for b in together.blocks] == [
+        b.name for b in alone.blocks
+    ]  # model order, whatever finished first
     assert len(together.blocks) == 4
     for a, b in zip(together.blocks, alone.blocks):
         assert a.converged and b.converged
@@ -219,17 +263,33 @@ def test_per_module_blocks_together_give_what_one_at_a_time_gives(tmp_path: Path
     groups = {block.scan_group for block in together.blocks}
     assert len(groups) == 1 and None not in groups
     assert all(block.scan_group is None for block in alone.blocks)
-    assert [b.scan_group for b in read_report(tmp_path / "t.json").blocks] == [b.scan_group for b in together.blocks]
+    assert [b.scan_group for b in read_report(tmp_path / "t.json").blocks] == [
+        b.scan_group for b in together.blocks
+    ]
 
 
 def test_block_size_reaches_lanczos_from_python_and_is_recorded(tmp_path: Path) -> None:
-    report = hessian_lora.eigen(method="lora", blocks="per-module", modules="q_proj", layers="0", block_size="rank",
-                                out=tmp_path / "r.json", **SMALL)
+    report = hessian_lora.eigen(
+        method="lora",
+        blocks="per-module",
+        modules="q_proj",
+        layers="0",
+        block_size="rank",
+        out=tmp_path / "r.json",
+        **SMALL,
+    )
     block = report.blocks[0]
     assert block.eigen.details["block_size"] == 2.0  # the adapter's rank
     assert report.settings["block_size"] == "rank"
-    fixed = hessian_lora.eigen(method="lora", blocks="per-module", modules="q_proj", layers="0", block_size=3,
-                               out=tmp_path / "f.json", **SMALL)
+    fixed = hessian_lora.eigen(
+        method="lora",
+        blocks="per-module",
+        modules="q_proj",
+        layers="0",
+        block_size=3,
+        out=tmp_path / "f.json",
+        **SMALL,
+    )
     assert fixed.blocks[0].eigen.details["block_size"] == 3.0
     assert fixed.blocks[0].lambda_max == pytest.approx(block.lambda_max, rel=1e-5)
     for bad in (0, -1, "wide", True):
@@ -241,31 +301,55 @@ def test_block_size_reaches_lanczos_from_python_and_is_recorded(tmp_path: Path) 
 
 
 def test_blocks_together_come_in_groups_whose_krylov_vectors_fit_the_budget(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     settings = {**SMALL, "progress": True, "max_iter": 50}
     # Each block (r = 2 on a hidden-64 projection: 256 parameters) keeps up to 100 vectors of 1 KiB.
-    grouped = hessian_lora.eigen(method="lora", blocks="per-module", krylov_memory=250_000 / 2**30,
-                                 out=tmp_path / "g.json", **settings)
+    grouped = hessian_lora.eigen(
+        method="lora", blocks="per-module", krylov_memory=250_000 / 2**30, out=tmp_path / "g.json", **settings
+    )
     printed = capsys.readouterr().err
     assert "4 per-module blocks solved together, 2 group(s) of at most 2" in printed
-    alone = hessian_lora.eigen(method="lora", blocks="per-module", together=False, out=tmp_path / "a.json",
-                               **{**settings, "progress": False})
-    assert [b.lambda_max for b in grouped.blocks] == pytest.approx([b.lambda_max for b in alone.blocks], rel=1e-5)
+    alone = hessian_lora.eigen(
+        method="lora",
+        blocks="per-module",
+        together=False,
+        out=tmp_path / "a.json",
+        **{**settings, "progress": False},
+    )
+    assert [b.lambda_max for b in grouped.blocks] == pytest.approx(
+        [b.lambda_max for b in alone.blocks], rel=1e-5
+    )
     assert all(b.converged for b in grouped.blocks)
 
 
-def test_packed_batches_and_the_chunked_head_measure_the_same_lambda(tmp_path: Path,
-                                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    common = {**SMALL, "samples": 12, "batch_size": 3, "blocks": "per-module", "layers": "0:1", "modules": "q_proj"}
+def test_packed_batches_and_the_chunked_head_measure_the_same_lambda(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = {
+        **SMALL,
+        "samples": 12,
+        "batch_size": 3,
+        "blocks": "per-module",
+        "layers": "0:1",
+        "modules": "q_proj",
+    }
     streamed = hessian_lora.eigen(method="lora", **common)
-    packed = hessian_lora.eigen(method="lora", pack_tokens=600, lm_head_chunk=7, out=tmp_path / "p.json",
-                                **{**common, "progress": True})
+    packed = hessian_lora.eigen(
+        method="lora",
+        pack_tokens=600,
+        lm_head_chunk=7,
+        out=tmp_path / "p.json",
+        **{**common, "progress": True},
+    )
     (before,), (after,) = streamed.blocks, packed.blocks
     assert after.tokens == before.tokens and after.batches < before.batches == 4
     assert after.lambda_max == pytest.approx(before.lambda_max, rel=1e-5)
     assert after.lambda_min == pytest.approx(before.lambda_min, rel=1e-5)
     packing = packed.source["data"]["packing"]
-    assert packing["examples"] == 12 and packing["token_budget"] == 600 and packing["batches"] == after.batches
+    assert (
+        packing["examples"] == 12 and packing["token_budget"] == 600 and packing["batches"] == after.batches
+    )
     assert packed.settings["pack_tokens"] == 600 and "pack_tokens" not in streamed.settings
     assert "lm_head_chunk" not in packed.settings  # the same values to round-off: resumable either way
     err = capsys.readouterr().err
@@ -279,13 +363,21 @@ def test_packed_batches_and_the_chunked_head_measure_the_same_lambda(tmp_path: P
 
 
 def test_the_start_reaches_lanczos_is_recorded_and_resumes_only_with_the_same_start(tmp_path: Path) -> None:
-    random = hessian_lora.eigen(method="lora", blocks="per-module", modules="q_proj", layers="0",
-                                out=tmp_path / "r.json", **SMALL)
+    random = hessian_lora.eigen(
+        method="lora", blocks="per-module", modules="q_proj", layers="0", out=tmp_path / "r.json", **SMALL
+    )
     assert "start" not in random.settings and "start_random_share" not in random.blocks[0].eigen.details
     for start in ("structured", "gradient"):
         for together in (True, False):
-            report = hessian_lora.eigen(method="lora", blocks="per-module", modules="q_proj", start=start,
-                                        together=together, out=tmp_path / f"{start}{together}.json", **SMALL)
+            report = hessian_lora.eigen(
+                method="lora",
+                blocks="per-module",
+                modules="q_proj",
+                start=start,
+                together=together,
+                out=tmp_path / f"{start}{together}.json",
+                **SMALL,
+            )
             assert report.settings["start"] == start
             for block in report.blocks:
                 assert block.converged and block.eigen.details["start_first_order_passes"] == 1.0
@@ -294,8 +386,15 @@ def test_the_start_reaches_lanczos_is_recorded_and_resumes_only_with_the_same_st
             assert first.lambda_max == pytest.approx(random.blocks[0].lambda_max, rel=1e-3)
             assert first.lambda_min == pytest.approx(random.blocks[0].lambda_min, rel=1e-3)
     with pytest.raises(UserError, match="other settings \\(start\\)"):
-        hessian_lora.eigen(method="lora", blocks="per-module", modules="q_proj", layers="0", start="gradient",
-                           out=tmp_path / "r.json", **SMALL)
+        hessian_lora.eigen(
+            method="lora",
+            blocks="per-module",
+            modules="q_proj",
+            layers="0",
+            start="gradient",
+            out=tmp_path / "r.json",
+            **SMALL,
+        )
     with pytest.raises(UserError, match="solver lanczos"):
         MeasureSettings(start="structured", solver="power")
     with pytest.raises(UserError, match="unknown start"):

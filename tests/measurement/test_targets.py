@@ -47,8 +47,9 @@ def directories(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The same adapter as a hessian-lora checkpoint and as a plain peft directory naming tiny-llama as its base."""
     root = tmp_path_factory.mktemp("targets")
     model, _ = _trained()
-    meta = CheckpointMeta.from_config(CONFIG, base_model="tiny-llama", task="arith", step=3,
-                                      extra={"prompt_template": "alpaca"})
+    meta = CheckpointMeta.from_config(
+        CONFIG, base_model="tiny-llama", task="arith", step=3, extra={"prompt_template": "alpaca"}
+    )
     save_checkpoint(root / "checkpoint", model, meta)
     model.peft_config["default"].base_model_name_or_path = "tiny-llama"
     model.save_pretrained(root / "peft", save_embedding_layers=False)
@@ -73,7 +74,11 @@ def test_a_checkpoint_loads_with_what_it_records(directories: dict[str, Path]) -
 def test_a_plain_peft_directory_loads_on_its_named_base(directories: dict[str, Path]) -> None:
     loaded = PeftAdapter(directories["peft"]).load(SETTINGS, None, "cpu")
     assert loaded.plain_peft and loaded.task is None and loaded.template is None
-    assert (loaded.source["format"], loaded.source["base_model"], loaded.source["rank"]) == ("peft", "tiny-llama", 2)
+    assert (loaded.source["format"], loaded.source["base_model"], loaded.source["rank"]) == (
+        "peft",
+        "tiny-llama",
+        2,
+    )
     trainable = {name for name, param in loaded.model.named_parameters() if param.requires_grad}
     assert trainable and all("lora_" in name for name in trainable)
 
@@ -81,9 +86,16 @@ def test_a_plain_peft_directory_loads_on_its_named_base(directories: dict[str, P
 def test_an_adapter_at_initialisation_is_built_by_the_factory() -> None:
     target = AtInitialisation(CONFIG, model="tiny-llama")
     loaded = target.load(SETTINGS, None, "cpu")
-    assert loaded.source == {"method": "lora", "model": "tiny-llama", "rank": 2, "alpha": 2.0,
-                             "targets": ["q_proj", "v_proj"], "adapter_seed": 0, "model_seed": 0,
-                             "at": "initialisation"}
+    assert loaded.source == {
+        "method": "lora",
+        "model": "tiny-llama",
+        "rank": 2,
+        "alpha": 2.0,
+        "targets": ["q_proj", "v_proj"],
+        "adapter_seed": 0,
+        "model_seed": 0,
+        "at": "initialisation",
+    }
     assert loaded.checkpoint is None and loaded.tokenizer is not None
     # a method name alone is that method with its defaults
     assert AtInitialisation("pissa", model="tiny-llama").config == AdapterConfig("pissa")
@@ -98,11 +110,16 @@ def test_a_module_of_the_callers_is_measured_where_it_is() -> None:
     assert "batches=... or tokenizer=..." in _one_line(error)
 
 
-def test_a_path_resolves_to_its_kind_by_the_files_present(directories: dict[str, Path], tmp_path: Path) -> None:
+def test_a_path_resolves_to_its_kind_by_the_files_present(
+    directories: dict[str, Path], tmp_path: Path
+) -> None:
     assert as_target(directories["checkpoint"]) == Checkpoint(directories["checkpoint"])
     assert as_target(str(directories["peft"]), base="tiny-llama", model_seed=2) == PeftAdapter(
-        str(directories["peft"]), base="tiny-llama", model_seed=2)
-    assert as_target(tmp_path / "missing") == PeftAdapter(tmp_path / "missing")  # loading it says it is missing
+        str(directories["peft"]), base="tiny-llama", model_seed=2
+    )
+    assert as_target(tmp_path / "missing") == PeftAdapter(
+        tmp_path / "missing"
+    )  # loading it says it is missing
     target = AtInitialisation("lora", model="tiny-llama")
     assert as_target(target) is target
     for call, expected in (
@@ -116,13 +133,17 @@ def test_a_path_resolves_to_its_kind_by_the_files_present(directories: dict[str,
         assert expected in _one_line(error)
 
 
-def test_a_target_of_the_wrong_kind_or_input_is_one_line(directories: dict[str, Path], tmp_path: Path) -> None:
+def test_a_target_of_the_wrong_kind_or_input_is_one_line(
+    directories: dict[str, Path], tmp_path: Path
+) -> None:
     model, _ = _trained()
     for call, expected in (
         (lambda: Checkpoint(directories["peft"]).load(SETTINGS, None, "cpu"), "PeftAdapter(path)"),
         (lambda: PeftAdapter(directories["checkpoint"]).load(SETTINGS, None, "cpu"), "Checkpoint(path)"),
-        (lambda: PeftAdapter(directories["checkpoint"], base="tiny-llama").load(SETTINGS, None, "cpu"),
-         "drop --model"),
+        (
+            lambda: PeftAdapter(directories["checkpoint"], base="tiny-llama").load(SETTINGS, None, "cpu"),
+            "drop --model",
+        ),
         (lambda: PeftAdapter(tmp_path / "missing").load(SETTINGS, None, "cpu"), "does not exist"),
         (lambda: PeftAdapter(directories["peft"], base=model), "AdaptedModule(module)"),  # type: ignore[arg-type]
         (lambda: Checkpoint(model), "AdaptedModule(module)"),  # type: ignore[arg-type]
@@ -147,14 +168,23 @@ def test_the_entry_takes_one_target_and_at_most_six_parameters() -> None:
 def _same(first: hessian_lora.EigenReport, second: hessian_lora.EigenReport) -> bool:
     """The same measurement: settings, source and values (the seconds differ run to run)."""
     return (first.settings, first.source) == (second.settings, second.source) and [
-        (block.name, block.lambda_max, block.residual) for block in first.blocks] == [
-        (block.name, block.lambda_max, block.residual) for block in second.blocks]
+        (block.name, block.lambda_max, block.residual) for block in first.blocks
+    ] == [(block.name, block.lambda_max, block.residual) for block in second.blocks]
 
 
 def test_the_typed_target_and_the_keyword_form_measure_the_same(directories: dict[str, Path]) -> None:
-    small = {"samples": 4, "batch_size": 2, "max_length": 256, "smallest": False, "tol": 1e-6, "progress": False}
+    small = {
+        "samples": 4,
+        "batch_size": 2,
+        "max_length": 256,
+        "smallest": False,
+        "tol": 1e-6,
+        "progress": False,
+    }
     typed = measure(AtInitialisation(CONFIG, model="tiny-llama"), SETTINGS, progress=False)
-    keyword = hessian_lora.eigen(method="lora", model="tiny-llama", rank=2, targets=("q_proj", "v_proj"), **small)
+    keyword = hessian_lora.eigen(
+        method="lora", model="tiny-llama", rank=2, targets=("q_proj", "v_proj"), **small
+    )
     assert _same(typed, keyword)
     assert _same(hessian_lora.eigen(AtInitialisation(CONFIG, model="tiny-llama"), **small), typed)
     checkpoint = measure(Checkpoint(directories["checkpoint"]), SETTINGS, progress=False)

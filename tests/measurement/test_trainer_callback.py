@@ -36,25 +36,49 @@ class _Reporter(TrainerCallback):
         self.seen.append({**logs, "step": state.global_step})
 
 
-def _sft_run(tiny, tmp_path, *, mode: str, logging_steps: int, every: int, max_steps: int,
-             settings: DuringSettings | None = None):
+def _sft_run(
+    tiny,
+    tmp_path,
+    *,
+    mode: str,
+    logging_steps: int,
+    every: int,
+    max_steps: int,
+    settings: DuringSettings | None = None,
+):
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
     task = load_task("arith", seed=0, n_train=32, n_eval=0)
     dataset = datasets.Dataset.from_list([{"prompt": e.prompt, "completion": e.response} for e in task.train])
     # TRL's own defaults are kept on purpose (bf16, gradient_checkpointing); only what a CPU test needs is set.
-    args = trl.SFTConfig(output_dir=str(tmp_path / mode), per_device_train_batch_size=4, max_steps=max_steps,
-                         learning_rate=3e-3, logging_steps=logging_steps, save_strategy="no", report_to="none",
-                         use_cpu=True, disable_tqdm=True, seed=0, dataloader_num_workers=0, max_length=96,
-                         bf16=_bf16())
+    args = trl.SFTConfig(
+        output_dir=str(tmp_path / mode),
+        per_device_train_batch_size=4,
+        max_steps=max_steps,
+        learning_rate=3e-3,
+        logging_steps=logging_steps,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        dataloader_num_workers=0,
+        max_length=96,
+        bf16=_bf16(),
+    )
     assert isinstance(args, SFTConfig) and args.gradient_checkpointing
     reporter = _Reporter()
     settings = settings or DuringSettings(tol=1e-3, max_iter=60)
     sharpness = SharpnessCallback(every=every, settings=settings) if mode == "callbacks" else None
-    trainer = SFTTrainer(model=tiny.model, args=args, train_dataset=dataset, processing_class=tiny.tokenizer,
-                         peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
-                         callbacks=[reporter] + ([sharpness] if sharpness is not None else []))
+    trainer = SFTTrainer(
+        model=tiny.model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tiny.tokenizer,
+        peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+        callbacks=[reporter] + ([sharpness] if sharpness is not None else []),
+    )
     if mode == "install":
         sharpness = SharpnessCallback.install(trainer, every=every, settings=settings)
     trainer.train()
@@ -63,33 +87,45 @@ def _sft_run(tiny, tmp_path, *, mode: str, logging_steps: int, every: int, max_s
         from hessian_lora.measurement.targets import AdaptedModule
 
         with full_precision_forward(trainer.model):
-            report = measure(AdaptedModule(trainer.model), MeasureSettings(smallest=False, tol=1e-6, max_iter=200),
-                             batches=sharpness.probe.batches, progress=False)
+            report = measure(
+                AdaptedModule(trainer.model),
+                MeasureSettings(smallest=False, tol=1e-6, max_iter=200),
+                batches=sharpness.probe.batches,
+                progress=False,
+            )
         last = next(entry for entry in reversed(trainer.state.log_history) if PREFIX + "lambda_max" in entry)
         assert last["step"] == max_steps
-        assert last[PREFIX + "lambda_max"] == pytest.approx(report.blocks[0].lambda_max,
-                                                            rel=2 * last[PREFIX + "rel_residual"] + 1e-6)
+        assert last[PREFIX + "lambda_max"] == pytest.approx(
+            report.blocks[0].lambda_max, rel=2 * last[PREFIX + "rel_residual"] + 1e-6
+        )
     return trainer.state.log_history, reporter.seen
 
 
 def _own(entries: list[dict]) -> list[dict]:
     """The Trainer's own entries (no sharpness key), timings left out."""
-    return [{k: v for k, v in entry.items() if k not in _TIMING} for entry in entries
-            if not any(key.startswith(PREFIX) for key in entry)]
+    return [
+        {k: v for k, v in entry.items() if k not in _TIMING}
+        for entry in entries
+        if not any(key.startswith(PREFIX) for key in entry)
+    ]
 
 
 @pytest.mark.parametrize(("logging_steps", "every", "max_steps"), [(10, 10, 20), (1, 3, 6)])
 def test_sft_trainer_logs_are_unchanged_by_the_callback(tiny, tmp_path, logging_steps, every, max_steps):
     from hessian_lora.inputs.models import load_model
 
-    plain, plain_seen = _sft_run(tiny, tmp_path, mode="none", logging_steps=logging_steps, every=every,
-                                 max_steps=max_steps)
+    plain, plain_seen = _sft_run(
+        tiny, tmp_path, mode="none", logging_steps=logging_steps, every=every, max_steps=max_steps
+    )
     for mode in ("install", "callbacks"):
         fresh = load_model("tiny-llama", device="cpu")
-        logged, seen = _sft_run(fresh, tmp_path, mode=mode, logging_steps=logging_steps, every=every,
-                                max_steps=max_steps)
+        logged, seen = _sft_run(
+            fresh, tmp_path, mode=mode, logging_steps=logging_steps, every=every, max_steps=max_steps
+        )
         assert any("loss" in entry for entry in _own(plain))
-        assert _own(logged) == _own(plain), mode  # every loss, grad_norm, entropy, ... key for key, value for value
+        assert _own(logged) == _own(plain), (
+            mode
+        )  # every loss, grad_norm, entropy, ... key for key, value for value
         assert _own(seen) == _own(plain_seen), mode  # and so is what a reporter was handed
         probes = [entry for entry in logged if PREFIX + "lambda_max" in entry]
         assert [entry["step"] for entry in probes] == list(range(0, max_steps + 1, every)), mode
@@ -102,14 +138,23 @@ def test_sft_trainer_logs_are_unchanged_by_the_callback(tiny, tmp_path, logging_
         if mode == "install":
             installed = probes
         else:
-            assert probes == [{**entry, PREFIX + "seconds": new[PREFIX + "seconds"]}
-                              for entry, new in zip(installed, probes, strict=True)]
+            assert probes == [
+                {**entry, PREFIX + "seconds": new[PREFIX + "seconds"]}
+                for entry, new in zip(installed, probes, strict=True)
+            ]
 
 
 def test_an_uncertified_probe_says_so(tiny, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="hessian_lora.measurement.trainer_callback"):
-        logged, _ = _sft_run(tiny, tmp_path, mode="install", logging_steps=10, every=10, max_steps=10,
-                             settings=DuringSettings(tol=1e-6, max_iter=2, warm_start=False))
+        logged, _ = _sft_run(
+            tiny,
+            tmp_path,
+            mode="install",
+            logging_steps=10,
+            every=10,
+            max_steps=10,
+            settings=DuringSettings(tol=1e-6, max_iter=2, warm_start=False),
+        )
     probes = [entry for entry in logged if PREFIX + "lambda_max" in entry]
     assert [entry[PREFIX + "converged"] for entry in probes] == [0.0, 0.0]
     assert all(entry[PREFIX + "rel_residual"] > 1e-6 for entry in probes)
@@ -126,8 +171,11 @@ class _Rows(torch.utils.data.Dataset):
         return int(self.batch.input_ids.shape[0])
 
     def __getitem__(self, index):
-        return {"input_ids": self.batch.input_ids[index], "attention_mask": self.batch.attention_mask[index],
-                "labels": self.batch.labels[index]}
+        return {
+            "input_ids": self.batch.input_ids[index],
+            "attention_mask": self.batch.attention_mask[index],
+            "labels": self.batch.labels[index],
+        }
 
 
 def test_callback_logs_equal_offline_measurements(tiny, tmp_path):
@@ -143,13 +191,27 @@ def test_callback_logs_equal_offline_measurements(tiny, tmp_path):
 
     task = load_task("arith", seed=0, n_train=16, n_eval=0)
     encoded = [tokenize_example(tiny.tokenizer, example, 96) for example in task.train]
-    dataset = _Rows(collate(tiny.tokenizer, encoded))  # padded to one length: the default collator stacks rows
+    dataset = _Rows(
+        collate(tiny.tokenizer, encoded)
+    )  # padded to one length: the default collator stacks rows
     model = build_adapter(tiny.model, AdapterConfig("lora", rank=4, targets=("q_proj", "v_proj")))
     # TRL's defaults on a plain Trainer: log every 10 steps, bf16 autocast, gradient checkpointing
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=10,
-                             learning_rate=3e-3, logging_steps=10, save_strategy="no", report_to="none",
-                             use_cpu=True, optim="adamw_torch", disable_tqdm=True, seed=0,
-                             dataloader_num_workers=0, bf16=_bf16(), gradient_checkpointing=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=10,
+        learning_rate=3e-3,
+        logging_steps=10,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        optim="adamw_torch",
+        disable_tqdm=True,
+        seed=0,
+        dataloader_num_workers=0,
+        bf16=_bf16(),
+        gradient_checkpointing=True,
+    )
     offline: dict[int, tuple[float, float | None]] = {}
 
     class Offline(TrainerCallback):  # runs after the sharpness callback, on the very same live state
@@ -160,14 +222,25 @@ def test_callback_logs_equal_offline_measurements(tiny, tmp_path):
                 assert "_original_forward" in model.__dict__
             batches = sharpness.probe.batches
             with full_precision_forward(model):
-                report = measure(AdaptedModule(model), MeasureSettings(smallest=False, tol=1e-6, max_iter=200),
-                                 batches=batches, progress=False)
+                report = measure(
+                    AdaptedModule(model),
+                    MeasureSettings(smallest=False, tol=1e-6, max_iter=200),
+                    batches=batches,
+                    progress=False,
+                )
                 block = WholeAdapter().blocks(model)[0]
                 inner = getattr(optimizer, "optimizer", optimizer)
                 diagonal, adam = optimizer_preconditioner(live_optimizer_state(model, inner), block.names)
-                pre = preconditioned_sharpness(HessianOperator(model, batches, block), diagonal, lr=adam["lr"],
-                                               beta1=adam["beta1"], eps=adam["eps"], step=int(adam["step"]),
-                                               tol=1e-6, max_iter=200)
+                pre = preconditioned_sharpness(
+                    HessianOperator(model, batches, block),
+                    diagonal,
+                    lr=adam["lr"],
+                    beta1=adam["beta1"],
+                    eps=adam["eps"],
+                    step=int(adam["step"]),
+                    tol=1e-6,
+                    max_iter=200,
+                )
             offline[state.global_step] = (report.blocks[0].lambda_max, pre.sharpness)
 
     trainer = Trainer(model=model, args=args, train_dataset=dataset)

@@ -21,8 +21,15 @@ def arith():
     return load_task("arith", seed=0, n_train=32, n_eval=8)
 
 
-def _run(arith, *, method: str = "lora", dropout: float = 0.1, probe_settings: DuringSettings | None = None,
-         steps: int = 6, lr: float = 3e-3):
+def _run(
+    arith,
+    *,
+    method: str = "lora",
+    dropout: float = 0.1,
+    probe_settings: DuringSettings | None = None,
+    steps: int = 6,
+    lr: float = 3e-3,
+):
     from hessian_lora.inputs.models import load_model
 
     tiny = load_model("tiny-llama", device="cpu")
@@ -59,12 +66,16 @@ def test_live_preconditioner_matches_the_checkpoint_measurement(arith, tmp_path)
     settings = DuringSettings(every=4, tol=1e-6, max_iter=200, warm_start=False)
     model, optimizer, probe, _ = _run(arith, method="loraplus", dropout=0.0, probe_settings=settings, steps=4)
     config = AdapterConfig("loraplus", rank=4, targets=TARGETS)
-    meta = CheckpointMeta.from_config(config, base_model="tiny-llama", task="arith", model_seed=0,
-                                      dtype=torch.float32, lr=3e-3, step=4)
+    meta = CheckpointMeta.from_config(
+        config, base_model="tiny-llama", task="arith", model_seed=0, dtype=torch.float32, lr=3e-3, step=4
+    )
     save_checkpoint(tmp_path / "ck", model, meta, optimizer=optimizer)
-    report = measure(Checkpoint(tmp_path / "ck"),
-                     MeasureSettings(preconditioned=True, smallest=False, tol=1e-6, max_iter=200),
-                     batches=probe.batches, progress=False)
+    report = measure(
+        Checkpoint(tmp_path / "ck"),
+        MeasureSettings(preconditioned=True, smallest=False, tol=1e-6, max_iter=200),
+        batches=probe.batches,
+        progress=False,
+    )
     last = probe.history[-1]
     assert last.step == 4
     assert last.lambda_max == pytest.approx(report.blocks[0].lambda_max, rel=1e-4)
@@ -76,12 +87,14 @@ def test_warm_start_reaches_the_cold_value_with_fewer_products(arith):
     model, optimizer, probe, _ = _run(arith, dropout=0.0, probe_settings=settings, steps=5)
     warm = probe.history[-1]
     cold = SharpnessProbe(model, probe.batches, dataclasses.replace(settings, warm_start=False)).measure(
-        5, optimizer, warm.lr)
+        5, optimizer, warm.lr
+    )
     assert warm.converged and cold.converged
     # Both certified to a relative residual of 1e-4: the values agree to within the residuals.
     assert abs(warm.lambda_max - cold.lambda_max) <= warm.residual + cold.residual + 1e-6 * cold.lambda_max
     assert abs(warm.preconditioned - cold.preconditioned) <= (
-        warm.precond_residual + cold.precond_residual + 1e-6 * cold.preconditioned)
+        warm.precond_residual + cold.precond_residual + 1e-6 * cold.preconditioned
+    )
     assert warm.hvps < cold.hvps
     assert warm.precond_hvps < cold.precond_hvps
 
@@ -99,10 +112,17 @@ def test_a_dora_probe_measures_the_hessian_it_is_asked_for():
     for norm in ("detached", "differentiated"):
         settings = DuringSettings(tol=1e-6, max_iter=80, preconditioned=False, dora_norm=norm)
         found[norm] = SharpnessProbe(model, batches, settings).measure(0).lambda_max
-        direct = lanczos(HessianOperator(model, batches, block, dora_norm=norm), k=1, which="largest", tol=1e-6,
-                         max_iter=80)
+        direct = lanczos(
+            HessianOperator(model, batches, block, dora_norm=norm),
+            k=1,
+            which="largest",
+            tol=1e-6,
+            max_iter=80,
+        )
         assert found[norm] == pytest.approx(direct.lambda_max, rel=1e-5)
-    assert abs(found["detached"] - found["differentiated"]) > 1e-3 * found["detached"]  # two Hessians, even at init
+    assert (
+        abs(found["detached"] - found["differentiated"]) > 1e-3 * found["detached"]
+    )  # two Hessians, even at init
     with pytest.raises(UserError, match="dora_norm"):
         DuringSettings(dora_norm="true")
 

@@ -67,7 +67,9 @@ def test_two_steps_match_a_hand_computation() -> None:
     m_a = (1 - BETA1) * d
     t_a = np.stack([(1 - BETA2) * np.outer(d[:, j], d[:, j]) for j in range(n_in)])
     moment = m_b @ a0 / (1 - BETA1)
-    second = np.array([[a0[:, j] @ s_b[i] @ a0[:, j] for j in range(n_in)] for i in range(n_out)]) / (1 - BETA2)
+    second = np.array([[a0[:, j] @ s_b[i] @ a0[:, j] for j in range(n_in)] for i in range(n_out)]) / (
+        1 - BETA2
+    )
     update = moment / (np.sqrt(second) + EPS)
     b1 = b0 * (1 - LR * WD) - LR * update @ a0.T @ inv(a0 @ a0.T + delta * eye) / s
     reproject = inv(b1.T @ b1 + delta * eye) @ b1.T @ b0
@@ -89,8 +91,8 @@ def test_two_steps_match_a_hand_computation() -> None:
     s_b = np.stack([BETA2 * s_b[i] + (1 - BETA2) * np.outer(c[i], c[i]) for i in range(n_out)])
     m_a = BETA1 * m_a + (1 - BETA1) * d
     t_a = np.stack([BETA2 * t_a[j] + (1 - BETA2) * np.outer(d[:, j], d[:, j]) for j in range(n_in)])
-    moment = b1 @ m_a / (1 - BETA1 ** 2)
-    second = np.array([[b1[i] @ t_a[j] @ b1[i] for j in range(n_in)] for i in range(n_out)]) / (1 - BETA2 ** 2)
+    moment = b1 @ m_a / (1 - BETA1**2)
+    second = np.array([[b1[i] @ t_a[j] @ b1[i] for j in range(n_in)] for i in range(n_out)]) / (1 - BETA2**2)
     update = moment / (np.sqrt(second) + EPS)
     a2 = a0 * (1 - LR * WD) - LR * inv(b1.T @ b1 + delta * eye) @ b1.T @ update / s
     reproject = a0 @ a2.T @ inv(a2 @ a2.T + delta * eye)
@@ -112,8 +114,15 @@ def test_full_rank_limit_is_adamw_on_the_full_weight(max_grad_norm: float | None
     x, y, w0, a0, b0 = _problem(n, n, n, seed=2, full_rank=True)
     a = nn.Parameter(torch.tensor(a0))
     b = nn.Parameter(torch.tensor(b0))
-    loft = LoFT([(a, b, s)], lr=LR, betas=(BETA1, BETA2), eps=EPS, weight_decay=WD, delta=0.0,
-                max_grad_norm=max_grad_norm)
+    loft = LoFT(
+        [(a, b, s)],
+        lr=LR,
+        betas=(BETA1, BETA2),
+        eps=EPS,
+        weight_decay=WD,
+        delta=0.0,
+        max_grad_norm=max_grad_norm,
+    )
     delta_w = nn.Parameter(torch.tensor(s * b0 @ a0))
     adamw = torch.optim.AdamW([delta_w], lr=LR, betas=(BETA1, BETA2), eps=EPS, weight_decay=WD)
     clipped = 0
@@ -122,13 +131,20 @@ def test_full_rank_limit_is_adamw_on_the_full_weight(max_grad_norm: float | None
         _torch_loss(x, y, w0, a, b, s).backward()
         loft.step()
         adamw.zero_grad()
-        loss = 0.5 * ((torch.as_tensor(x) @ (torch.as_tensor(w0) + delta_w).T - torch.as_tensor(y)) ** 2).sum()
+        loss = (
+            0.5 * ((torch.as_tensor(x) @ (torch.as_tensor(w0) + delta_w).T - torch.as_tensor(y)) ** 2).sum()
+        )
         loss.backward()
         if max_grad_norm is not None:
             clipped += float(torch.nn.utils.clip_grad_norm_([delta_w], max_grad_norm)) > max_grad_norm
         adamw.step()
-        torch.testing.assert_close(s * b.detach() @ a.detach(), delta_w.detach(), rtol=1e-9, atol=1e-10,
-                                   msg=lambda m, step=step: f"step {step + 1}: {m}")
+        torch.testing.assert_close(
+            s * b.detach() @ a.detach(),
+            delta_w.detach(),
+            rtol=1e-9,
+            atol=1e-10,
+            msg=lambda m, step=step: f"step {step + 1}: {m}",
+        )
     if max_grad_norm is not None:
         assert clipped >= 4  # the clipping was exercised
 

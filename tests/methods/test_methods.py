@@ -19,7 +19,15 @@ from hessian_lora.methods.spec import MethodSpec
 from hessian_lora.settings.adapter import AdapterConfig
 from hessian_lora.training.adapters import _peft_config
 
-TINY_SHAPES = [(64, 64), (32, 64), (32, 64), (64, 64), (128, 64), (128, 64), (64, 128)]  # one tiny-llama layer
+TINY_SHAPES = [
+    (64, 64),
+    (32, 64),
+    (32, 64),
+    (64, 64),
+    (128, 64),
+    (128, 64),
+    (64, 128),
+]  # one tiny-llama layer
 
 
 def test_every_registered_method_has_its_case_and_no_case_is_unregistered() -> None:
@@ -61,8 +69,15 @@ def test_a_saved_peft_config_is_read_back_as_the_case_says(method: str) -> None:
 def test_a_config_two_methods_claim_or_none_reads_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(UserError, match="names no method"):
         method_of_peft_config({"peft_type": "VERA"})
-    claims_all = MethodSpec("twin", "Twin", "#000000", "a method that claims every config", rewrites_base=False,
-                            peft_config=METHODS[DEFAULT_METHOD].peft_config, recognises=lambda config: True)
+    claims_all = MethodSpec(
+        "twin",
+        "Twin",
+        "#000000",
+        "a method that claims every config",
+        rewrites_base=False,
+        peft_config=METHODS[DEFAULT_METHOD].peft_config,
+        recognises=lambda config: True,
+    )
     monkeypatch.setitem(METHODS, "twin", claims_all)
     with pytest.raises(UserError, match="several methods"):
         method_of_peft_config({"peft_type": CASES["dora"].peft_type, "use_dora": True})
@@ -72,15 +87,18 @@ def test_a_config_two_methods_claim_or_none_reads_is_refused(monkeypatch: pytest
 def test_scaling_and_parameter_count_come_from_the_spec(method: str) -> None:
     config = AdapterConfig(method, rank=4, alpha=8)
     assert config.scaling == METHODS[method].scaling(8.0, 4)
-    assert registry.trainable_parameter_count(method, 4, TINY_SHAPES) == METHODS[method].parameter_count(4,
-                                                                                                          TINY_SHAPES)
+    assert registry.trainable_parameter_count(method, 4, TINY_SHAPES) == METHODS[method].parameter_count(
+        4, TINY_SHAPES
+    )
 
 
 def test_the_registry_and_every_plug_in_load_without_torch_or_peft() -> None:
-    code = ("import sys, hessian_lora.methods.registry as r; import hessian_lora.analysis; "
-            "assert len(r.METHODS) == len(r.PLUGINS); "
-            "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'peft', 'transformers')); "
-            "assert not loaded, loaded")
+    code = (
+        "import sys, hessian_lora.methods.registry as r; import hessian_lora.analysis; "
+        "assert len(r.METHODS) == len(r.PLUGINS); "
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'peft', 'transformers')); "
+        "assert not loaded, loaded"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
 
@@ -109,13 +127,22 @@ def test_every_method_trains_a_step_and_its_saved_peft_directory_reads_back(meth
     config = AdapterConfig(method, rank=4, seed=1)
     task = load_task("arith", n_train=4, n_eval=0)
     built = adapter_at_initialisation(
-        "tiny-llama", config, device="cpu",
-        init_batches=lambda tokenizer: make_batches(tokenizer, task.train, 4, max_length=96))
+        "tiny-llama",
+        config,
+        device="cpu",
+        init_batches=lambda tokenizer: make_batches(tokenizer, task.train, 4, max_length=96),
+    )
     model = built.model
     optimizer = make_optimizer(model, config, 1e-2, max_grad_norm=1.0)
     before = {name: p.detach().clone() for name, p in trainable_parameters(model).items()}
-    result = train(model, built.tokenizer, task.train, TrainConfig(lr=1e-2, steps=1, batch_size=2, warmup_ratio=0.0),
-                   optimizer=optimizer, progress=False)
+    result = train(
+        model,
+        built.tokenizer,
+        task.train,
+        TrainConfig(lr=1e-2, steps=1, batch_size=2, warmup_ratio=0.0),
+        optimizer=optimizer,
+        progress=False,
+    )
     assert result.steps == 1
     assert any(not torch.equal(p, before[name]) for name, p in trainable_parameters(model).items())
 
@@ -129,5 +156,6 @@ def test_every_method_trains_a_step_and_its_saved_peft_directory_reads_back(meth
     ids = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(0))
     model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(loaded.model(input_ids=ids).logits, model(input_ids=ids).logits,
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            loaded.model(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5, rtol=1e-5
+        )

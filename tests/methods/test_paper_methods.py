@@ -13,8 +13,18 @@ from hessian_lora.measurement.targets import Checkpoint
 from hessian_lora.methods.registry import METHODS
 
 # One layer of tiny-llama, four short examples: the point is that every tuner's parameters form the blocks.
-SETTINGS = MeasureSettings(task="arith", samples=4, batch_size=4, max_length=160, blocks="per-module", layers=(0,),
-                           modules=("q_proj", "down_proj"), tol=1e-3, max_iter=60, smallest=False)
+SETTINGS = MeasureSettings(
+    task="arith",
+    samples=4,
+    batch_size=4,
+    max_length=160,
+    blocks="per-module",
+    layers=(0,),
+    modules=("q_proj", "down_proj"),
+    tol=1e-3,
+    max_iter=60,
+    smallest=False,
+)
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -49,12 +59,27 @@ def test_loft_reports_the_preconditioner_note_instead_of_a_number(tmp_path) -> N
     built = adapter_at_initialisation("tiny-llama", config, device="cpu")
     optimizer = make_optimizer(built.model, config, 1e-3, max_grad_norm=1.0)
     task = load_task("arith", n_train=4, n_eval=0)
-    train(built.model, built.tokenizer, task.train, TrainConfig(lr=1e-3, steps=2, batch_size=2), optimizer=optimizer,
-          progress=False)
+    train(
+        built.model,
+        built.tokenizer,
+        task.train,
+        TrainConfig(lr=1e-3, steps=2, batch_size=2),
+        optimizer=optimizer,
+        progress=False,
+    )
     meta = CheckpointMeta.from_config(config, base_model="tiny-llama", task="arith", lr=1e-3, step=2)
     save_checkpoint(tmp_path / "loft", built.model, meta, optimizer=optimizer)
-    settings = MeasureSettings(task="arith", samples=2, batch_size=2, max_length=160, blocks="per-module",
-                               layers=(0,), modules=("q_proj",), preconditioned=True, max_iter=30)
+    settings = MeasureSettings(
+        task="arith",
+        samples=2,
+        batch_size=2,
+        max_length=160,
+        blocks="per-module",
+        layers=(0,),
+        modules=("q_proj",),
+        preconditioned=True,
+        max_iter=30,
+    )
     report = measure(Checkpoint(tmp_path / "loft"), settings, progress=False)
     assert report.source["preconditioner_note"] == PRECONDITIONER_NOTE
     assert all(block.preconditioned is None for block in report.blocks)

@@ -40,13 +40,16 @@ def curve(opt, shape="parabolic", noise=0.003):
             return None
         curvature = 3.0 if shape == "asymmetric" and x > 0 else 1.0
         return 1.0 + curvature * x * x + noise * math.sin(37 * math.log10(lr))
+
     return loss
 
 
 def drive(loss, center, settings=BOUNDED, higher_is_better=False):
     """The sweep's loop: ask for a round, run all of it, repeat. Returns (observed, rounds)."""
     observed, rounds = {}, []
-    while points := next_points(observed, center=center, settings=settings, higher_is_better=higher_is_better):
+    while points := next_points(
+        observed, center=center, settings=settings, higher_is_better=higher_is_better
+    ):
         assert len(rounds) < 50, "the search does not terminate"
         rounds.append(points)
         observed.update({lr: loss(lr) for lr in points})
@@ -83,21 +86,49 @@ def test_settings_from_yaml_forms():
     assert search_from_config("grid") is None
     assert search_from_config({"mode": "grid"}) is None
     assert search_from_config("adaptive") == AdaptiveSearch()
-    settings = search_from_config({"mode": "adaptive", "resolution": 0.25, "max_runs": 6, "min_lr": "1e-5",
-                                   "max_lr": 1e-2, "bracket": 0.75})
+    settings = search_from_config(
+        {
+            "mode": "adaptive",
+            "resolution": 0.25,
+            "max_runs": 6,
+            "min_lr": "1e-5",
+            "max_lr": 1e-2,
+            "bracket": 0.75,
+        }
+    )
     assert settings == AdaptiveSearch(max_runs=6, min_lr=1e-5, max_lr=1e-2, bracket=0.75)
     assert settings.bounds == (-1, 10)  # 2e-5 · 10^(k/4) inside [1e-5, 1e-2]
-    assert AdaptiveSearch(base=1e-3, per_decade=2, resolution=0.5).lattice_lr(-1) == parse_lr_grid(
-        {"base": 1e-3, "per_decade": 2, "k": [-3, 2]})[2]
+    assert (
+        AdaptiveSearch(base=1e-3, per_decade=2, resolution=0.5).lattice_lr(-1)
+        == parse_lr_grid({"base": 1e-3, "per_decade": 2, "k": [-3, 2]})[2]
+    )
 
 
-@pytest.mark.parametrize("bad", [
-    "fast", {"mode": "random"}, {"mode": "grid", "max_runs": 4}, {"resolution": 0.3}, {"resolution": 0},
-    {"bracket": 0.25, "resolution": 0.5}, {"max_runs": 0}, {"max_runs": 2.5}, {"max_runs": True},
-    {"min_lr": 1e-2, "max_lr": 1e-3}, {"min_lr": 2.1e-5, "max_lr": 2.2e-5}, {"per_decade": 0},
-    {"base": -1.0}, {"speed": 2}, {"max_lr": float("inf")}, {"fallback": "accuracy"}, {"fallback": 3},
-    {"flat_tolerance": -0.1}, {"flat_tolerance": "none"}, {"leave_method_out": "yes"},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "fast",
+        {"mode": "random"},
+        {"mode": "grid", "max_runs": 4},
+        {"resolution": 0.3},
+        {"resolution": 0},
+        {"bracket": 0.25, "resolution": 0.5},
+        {"max_runs": 0},
+        {"max_runs": 2.5},
+        {"max_runs": True},
+        {"min_lr": 1e-2, "max_lr": 1e-3},
+        {"min_lr": 2.1e-5, "max_lr": 2.2e-5},
+        {"per_decade": 0},
+        {"base": -1.0},
+        {"speed": 2},
+        {"max_lr": float("inf")},
+        {"fallback": "accuracy"},
+        {"fallback": 3},
+        {"flat_tolerance": -0.1},
+        {"flat_tolerance": "none"},
+        {"leave_method_out": "yes"},
+    ],
+)
 def test_bad_settings_are_one_line_user_errors(bad):
     with pytest.raises(UserError) as info:
         search_from_config(bad, source="sweep.yaml")
@@ -106,14 +137,18 @@ def test_bad_settings_are_one_line_user_errors(bad):
 
 def test_first_round_is_the_bracket_around_the_lattice_point_nearest_the_centre():
     settings = AdaptiveSearch()
-    first = next_points({}, center=3.1e-4, settings=settings, higher_is_better=False)  # nearest: k = 5 (3.56e-4)
+    first = next_points(
+        {}, center=3.1e-4, settings=settings, higher_is_better=False
+    )  # nearest: k = 5 (3.56e-4)
     assert first == tuple(settings.lattice_lr(k) for k in (3, 5, 7))
     assert next_points({}, center=grid_center(GRID), settings=settings, higher_is_better=False) == tuple(
-        settings.lattice_lr(k) for k in (2, 4, 6))
+        settings.lattice_lr(k) for k in (2, 4, 6)
+    )
     # At a bound the bracket is clipped; with a cap below 3 it keeps the points nearest the centre.
     assert next_points({}, center=1e-9, settings=BOUNDED, higher_is_better=False) == GRID[:3:2]
-    assert next_points({}, center=GRID[5], settings=AdaptiveSearch(max_runs=1),
-                       higher_is_better=False) == (GRID[5],)
+    assert next_points({}, center=GRID[5], settings=AdaptiveSearch(max_runs=1), higher_is_better=False) == (
+        GRID[5],
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -121,11 +156,22 @@ def test_first_round_is_the_bracket_around_the_lattice_point_nearest_the_centre(
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize(("centre_error", "max_used"), [
-    (0.0, 5), (0.25, 6), (-0.25, 6), (0.5, 6), (-0.5, 6),  # typical: η̂ within the first bracket
-    (0.75, 7), (-0.75, 7), (1.0, 7), (-1.0, 7),  # each extension costs one more run
-    (1.5, 8), (-1.5, 8),  # a bad centre: three extensions, at the default cap of 8 (still located)
-])
+@pytest.mark.parametrize(
+    ("centre_error", "max_used"),
+    [
+        (0.0, 5),
+        (0.25, 6),
+        (-0.25, 6),
+        (0.5, 6),
+        (-0.5, 6),  # typical: η̂ within the first bracket
+        (0.75, 7),
+        (-0.75, 7),
+        (1.0, 7),
+        (-1.0, 7),  # each extension costs one more run
+        (1.5, 8),
+        (-1.5, 8),  # a bad centre: three extensions, at the default cap of 8 (still located)
+    ],
+)
 def test_finds_the_grids_best_within_a_quarter_decade(shape, centre_error, max_used):
     for opt in INSIDE:
         loss = curve(opt, shape)
@@ -229,7 +275,9 @@ def test_is_flat_needs_two_points_with_a_metric_each():
     assert not is_flat([0.0], settings)  # one point shows nothing either way, but is not "flat"
     assert not is_flat([0.0, 0.0, None], settings)  # a failed or diverged point is information
     assert not is_flat([None, None], settings)  # no metric at all is its own outcome
-    assert not is_flat([0.1, 0.2], settings) and is_flat([0.1, 0.2], AdaptiveSearch(flat_tolerance=0.1 + 1e-12))
+    assert not is_flat([0.1, 0.2], settings) and is_flat(
+        [0.1, 0.2], AdaptiveSearch(flat_tolerance=0.1 + 1e-12)
+    )
 
 
 def test_an_optimum_at_the_edge_of_what_was_tried_is_never_located():
@@ -274,7 +322,9 @@ def test_located_means_observed_neighbours_within_the_resolution(shape):
 def test_higher_is_better_searches_the_same_points():
     loss = curve(GRID[7], "asymmetric")
     by_loss, _ = drive(loss, GRID[4])
-    by_accuracy, _ = drive(lambda lr: None if loss(lr) is None else 2.0 - loss(lr), GRID[4], higher_is_better=True)
+    by_accuracy, _ = drive(
+        lambda lr: None if loss(lr) is None else 2.0 - loss(lr), GRID[4], higher_is_better=True
+    )
     assert list(by_loss) == list(by_accuracy)
 
 
@@ -303,8 +353,11 @@ def test_same_observations_give_the_same_points_in_any_order():
         random.Random(seed).shuffle(items)
         for cut in range(len(items) + 1):
             partial = dict(items[:cut])
-            assert next_points(partial, center=GRID[3], settings=BOUNDED, higher_is_better=False) == next_points(
-                dict(sorted(partial.items())), center=GRID[3], settings=BOUNDED, higher_is_better=False)
+            assert next_points(
+                partial, center=GRID[3], settings=BOUNDED, higher_is_better=False
+            ) == next_points(
+                dict(sorted(partial.items())), center=GRID[3], settings=BOUNDED, higher_is_better=False
+            )
 
 
 @pytest.mark.parametrize("shape", SHAPES)

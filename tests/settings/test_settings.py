@@ -16,7 +16,9 @@ from hessian_lora.settings.sweep import config_from_dict, load_config
 from hessian_lora.training import adapters
 from hessian_lora.training.checkpoint import CheckpointMeta, save_checkpoint
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "v1"  # written by the version before the settings tree (1e07194)
+FIXTURES = (
+    Path(__file__).resolve().parents[1] / "fixtures" / "v1"
+)  # written by the version before the settings tree (1e07194)
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 TEMPLATE = "Q: {instruction}\nA: "
 
@@ -42,8 +44,9 @@ def test_the_grid_points_replace_only_the_grid_axes() -> None:
 def test_a_checkpoint_meta_of_the_previous_version_loads_and_is_written_back_as_it_was() -> None:
     data = json.loads((FIXTURES / "hessian_lora.json").read_text())
     meta = CheckpointMeta.from_dict(data)
-    assert meta.adapter == AdapterConfig("rslora", rank=4, alpha=4.0, dropout=0.05, targets=("q_proj", "v_proj"),
-                                         seed=3, loraplus_ratio=8.0)
+    assert meta.adapter == AdapterConfig(
+        "rslora", rank=4, alpha=4.0, dropout=0.05, targets=("q_proj", "v_proj"), seed=3, loraplus_ratio=8.0
+    )
     assert json.dumps(meta.to_dict(), indent=2) == json.dumps(data, indent=2)  # same keys, same order
 
 
@@ -107,8 +110,9 @@ def test_the_demo_builds_the_adapter_the_sweep_builds() -> None:
     config = _demo_config()
     built = _adapter_like_the_sweep(config, "lora", 4, 0, "cpu")
     # dropout and loraplus_ratio are what the demo used to drop (and repr(config) is the reuse key)
-    expected = AdapterConfig("lora", rank=4, alpha=16.0, dropout=0.05, targets=("q_proj", "v_proj"), seed=0,
-                             loraplus_ratio=4.0)
+    expected = AdapterConfig(
+        "lora", rank=4, alpha=16.0, dropout=0.05, targets=("q_proj", "v_proj"), seed=0, loraplus_ratio=4.0
+    )
     assert getattr(built.model, adapters.CONFIG_ATTRIBUTE) == expected
     assert config.adapter_for("lora", 4, 0) == expected
 
@@ -122,10 +126,17 @@ def test_the_demo_cuts_its_hessian_batches_with_the_sweeps_prompt_template() -> 
     assert config.prompt_template == TEMPLATE
     tokenizer = load_tokenizer(config.model)
     batches = _hessian_batches(config, tokenizer)
-    expected = probe_batches(tokenizer, config.task, data_seed=config.data_seed, n_train=config.n_train,
-                             n_eval=config.n_eval, samples=config.hessian.samples,
-                             batch_size=config.hessian.batch_size, max_length=config.max_length,
-                             prompt_template=TEMPLATE)
+    expected = probe_batches(
+        tokenizer,
+        config.task,
+        data_seed=config.data_seed,
+        n_train=config.n_train,
+        n_eval=config.n_eval,
+        samples=config.hessian.samples,
+        batch_size=config.hessian.batch_size,
+        max_length=config.max_length,
+        prompt_template=TEMPLATE,
+    )
     assert [b.input_ids.tolist() for b in batches] == [b.input_ids.tolist() for b in expected]
 
 

@@ -45,8 +45,15 @@ def toy(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Recorder]:
     """A toy solver registered in the table (monkeypatched: the table is restored afterwards): it warm-starts, finds
     only the largest end, keeps its iterates and has no preconditioned solver."""
     recorder = _Recorder()
-    spec = solvers.SolverSpec(name=TOY, entry=recorder, label="Toy iteration", summary="a test's", keeps="iterates",
-                              warm_starts=True, finds_smallest=False)
+    spec = solvers.SolverSpec(
+        name=TOY,
+        entry=recorder,
+        label="Toy iteration",
+        summary="a test's",
+        keeps="iterates",
+        warm_starts=True,
+        finds_smallest=False,
+    )
     monkeypatch.setitem(solvers.TABLE, TOY, spec)
     yield recorder
 
@@ -75,7 +82,9 @@ def test_every_entry_resolves_to_a_function_of_its_own_module() -> None:
 
 def test_the_table_loads_without_torch() -> None:
     code = "import hessian_lora.settings.solvers as s, sys; s.names(); assert 'torch' not in sys.modules"
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stderr[-2000:]
 
 
@@ -88,31 +97,61 @@ def test_an_unknown_solver_is_one_line_everywhere() -> None:
     assert "hessian.during.solver 'lobpcg'" in _one_line(error)
     operator = DenseOperator(torch.eye(3, dtype=torch.float64))
     with pytest.raises(UserError) as error:
-        preconditioned_sharpness(operator, torch.ones(3, dtype=torch.float64), lr=1e-3, beta1=0.9, eps=1e-8, step=1,
-                                 solver="lobpcg")
+        preconditioned_sharpness(
+            operator,
+            torch.ones(3, dtype=torch.float64),
+            lr=1e-3,
+            beta1=0.9,
+            eps=1e-8,
+            step=1,
+            solver="lobpcg",
+        )
     assert "unknown solver 'lobpcg'" in _one_line(error)
     with pytest.raises(UserError) as error:
-        plan_memory(torch.nn.Linear(2, 2), [], block_parameters=4, dtype=torch.float32, device=torch.device("cpu"),
-                    max_iter=5, solver="lobpcg", free_bytes=2**30)
+        plan_memory(
+            torch.nn.Linear(2, 2),
+            [],
+            block_parameters=4,
+            dtype=torch.float32,
+            device=torch.device("cpu"),
+            max_iter=5,
+            solver="lobpcg",
+            free_bytes=2**30,
+        )
     assert "unknown solver 'lobpcg'" in _one_line(error)
 
 
 def test_a_toy_solver_in_the_table_is_what_measure_runs(toy: _Recorder, generic_problem: Any) -> None:
     problem = generic_problem
-    options = {"model": problem.model, "batches": problem.batches, "tol": 1e-8, "max_iter": 200, "progress": False}
+    options = {
+        "model": problem.model,
+        "batches": problem.batches,
+        "tol": 1e-8,
+        "max_iter": 200,
+        "progress": False,
+    }
     report = hessian_lora.eigen(solver=TOY, **options)
     reference = hessian_lora.eigen(solver="lanczos", smallest=False, **options)
     (block,), (expected,) = report.blocks, reference.blocks
     assert len(toy.requests) == 1 and block.eigen.solver == TOY and report.settings["solver"] == TOY
     # The table says the toy finds no λ_min: the request asks for the largest end, the report records smallest off.
-    assert toy.requests[0].which == "largest" and report.settings["smallest"] is False and block.lambda_min is None
+    assert (
+        toy.requests[0].which == "largest"
+        and report.settings["smallest"] is False
+        and block.lambda_min is None
+    )
     assert block.lambda_max == pytest.approx(expected.lambda_max, rel=1e-10)
     assert solvers.label(TOY) == "Toy iteration"
 
 
 def test_the_memory_plan_charges_what_the_table_says_a_solver_keeps(toy: _Recorder) -> None:
-    common: dict[str, Any] = {"block_parameters": 1000, "dtype": torch.float32, "device": torch.device("cpu"),
-                              "max_iter": 50, "free_bytes": 2**30}
+    common: dict[str, Any] = {
+        "block_parameters": 1000,
+        "dtype": torch.float32,
+        "device": torch.device("cpu"),
+        "max_iter": 50,
+        "free_bytes": 2**30,
+    }
     model = torch.nn.Linear(2, 2)
     for name, spec in solvers.TABLE.items():
         plan = plan_memory(model, [], solver=name, **common)
@@ -125,15 +164,18 @@ def test_each_path_refuses_a_solver_the_table_does_not_support_there(toy: _Recor
     # no block of start vectors: block_size and the built starts are refused in the settings, naming the solver that has
     with pytest.raises(UserError) as error:
         MeasureSettings(solver=TOY, block_size=2)
-    assert "solver toy takes no block of start vectors" in _one_line(error) and "solver lanczos" in str(error.value)
+    assert "solver toy takes no block of start vectors" in _one_line(error) and "solver lanczos" in str(
+        error.value
+    )
     with pytest.raises(UserError) as error:
         MeasureSettings(solver=TOY, start="gradient")
     assert "--start" in _one_line(error)
     # no preconditioned solver: the measurement's preconditioned sharpness and the probe's are refused
     operator = DenseOperator(torch.diag(torch.tensor([3.0, 1.0, -1.0], dtype=torch.float64)))
     with pytest.raises(UserError) as error:
-        preconditioned_sharpness(operator, torch.ones(3, dtype=torch.float64), lr=1e-3, beta1=0.9, eps=1e-8, step=1,
-                                 solver=TOY)
+        preconditioned_sharpness(
+            operator, torch.ones(3, dtype=torch.float64), lr=1e-3, beta1=0.9, eps=1e-8, step=1, solver=TOY
+        )
     assert "solver toy has no preconditioned sharpness" in _one_line(error)
     with pytest.raises(UserError) as error:
         DuringSettings(solver=TOY)
@@ -158,16 +200,20 @@ def test_the_preconditioned_sharpness_runs_the_solver_the_table_names() -> None:
     operator = DenseOperator(torch.diag(torch.tensor([3.0, 1.0, -1.0], dtype=torch.float64)))
     diagonal = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
     for name, spec in solvers.TABLE.items():
-        result = preconditioned_sharpness(operator, diagonal, lr=1e-3, beta1=0.9, eps=1e-8, step=1, solver=name,
-                                          tol=1e-10, max_iter=50)
+        result = preconditioned_sharpness(
+            operator, diagonal, lr=1e-3, beta1=0.9, eps=1e-8, step=1, solver=name, tol=1e-10, max_iter=50
+        )
         assert result.sharpness == pytest.approx(3.0, rel=1e-8)
         assert solvers.spec_of_result(result.eigen.solver) is solvers.TABLE[spec.preconditioned or ""], name
 
 
 def test_the_probe_dispatches_through_the_table_and_warm_starts(toy: _Recorder, generic_problem: Any) -> None:
     problem = generic_problem
-    probe = SharpnessProbe(problem.model, problem.batches, DuringSettings(solver=TOY, preconditioned=False, tol=1e-6,
-                                                                          max_iter=100))
+    probe = SharpnessProbe(
+        problem.model,
+        problem.batches,
+        DuringSettings(solver=TOY, preconditioned=False, tol=1e-6, max_iter=100),
+    )
     first = probe(0)
     second = probe(10)
     assert first is not None and second is not None and len(toy.requests) == 2
@@ -176,7 +222,9 @@ def test_the_probe_dispatches_through_the_table_and_warm_starts(toy: _Recorder, 
     assert second.lambda_max == pytest.approx(first.lambda_max, rel=1e-5)
 
 
-def test_power_iteration_now_warm_starts_in_the_probe(monkeypatch: pytest.MonkeyPatch, generic_problem: Any) -> None:
+def test_power_iteration_now_warm_starts_in_the_probe(
+    monkeypatch: pytest.MonkeyPatch, generic_problem: Any
+) -> None:
     # Before the table the probe handed power iteration no start at all; the table says it takes one.
     starts: list[Any] = []
 
@@ -186,8 +234,11 @@ def test_power_iteration_now_warm_starts_in_the_probe(monkeypatch: pytest.Monkey
 
     monkeypatch.setitem(solvers.TABLE, "power", dataclasses.replace(solvers.TABLE["power"], entry=recording))
     problem = generic_problem
-    probe = SharpnessProbe(problem.model, problem.batches, DuringSettings(solver="power", preconditioned=False,
-                                                                          tol=1e-4, max_iter=300))
+    probe = SharpnessProbe(
+        problem.model,
+        problem.batches,
+        DuringSettings(solver="power", preconditioned=False, tol=1e-4, max_iter=300),
+    )
     probe(0)
     probe(10)
     assert starts[0] is None and starts[1] is not None

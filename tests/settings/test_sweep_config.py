@@ -23,8 +23,19 @@ def test_lr_grid_forms():
     assert grid == pytest.approx(tuple(2e-5 * 10 ** (k / 4) for k in range(-1, 11)))
 
 
-@pytest.mark.parametrize("bad", [[], [0.0], [-1e-3], {"min": 1e-2, "max": 1e-3, "num": 3}, {"low": 1},
-                                 {"base": 2e-5, "per_decade": 4, "k": [3, 1]}, "fast", [1e-3, 1.00001e-3]])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [],
+        [0.0],
+        [-1e-3],
+        {"min": 1e-2, "max": 1e-3, "num": 3},
+        {"low": 1},
+        {"base": 2e-5, "per_decade": 4, "k": [3, 1]},
+        "fast",
+        [1e-3, 1.00001e-3],
+    ],
+)
 def test_bad_lr_grids_are_user_errors(bad):
     with pytest.raises(UserError):
         parse_lr_grid(bad)
@@ -47,7 +58,9 @@ def test_shipped_experiments_load():
     assert qwen.model == "Qwen/Qwen3-0.6B-Base" and qwen.ranks == (128,) and qwen.batch_sizes == (64,)
     assert qwen.seeds == (1, 2, 3) and qwen.epochs == 1
     assert len(qwen.lrs) == 12
-    assert qwen.lrs[0] == pytest.approx(1.1247e-5, rel=1e-4) and qwen.lrs[-1] == pytest.approx(6.3246e-3, rel=1e-4)
+    assert qwen.lrs[0] == pytest.approx(1.1247e-5, rel=1e-4) and qwen.lrs[-1] == pytest.approx(
+        6.3246e-3, rel=1e-4
+    )
     assert "::query,response" in qwen.task
     paper = ("lora", "pissa", "milora", "initab", "dora", "olora", "loraga", "gralora", "randlora", "loft")
     assert qwen.methods == paper and qwen.prompt_template == "alpaca" and qwen.adapter.alpha is None
@@ -81,33 +94,45 @@ def test_a_hessian_block_picks_the_dora_norm():
         config_from_dict(tiny_data(hessian={"init": True, "dora_norm": "exact"}))
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"lerning_rate": 1}, "unknown setting"),
-    ({"methods": ["lora", "nope"]}, "unknown method"),
-    ({"epochs": 1}, "exactly one of steps or epochs"),
-    ({"micro_batch_size": 3}, "multiple of micro_batch_size"),
-    ({"precision": "fp8"}, "precision"),
-    ({"eval": {"batch": 4}}, "unknown eval setting"),
-    ({"seeds": [1, 1]}, "twice"),
-    ({"ranks": [0]}, "ranks"),
-    ({"betas": [0.9]}, "betas"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"lerning_rate": 1}, "unknown setting"),
+        ({"methods": ["lora", "nope"]}, "unknown method"),
+        ({"epochs": 1}, "exactly one of steps or epochs"),
+        ({"micro_batch_size": 3}, "multiple of micro_batch_size"),
+        ({"precision": "fp8"}, "precision"),
+        ({"eval": {"batch": 4}}, "unknown eval setting"),
+        ({"seeds": [1, 1]}, "twice"),
+        ({"ranks": [0]}, "ranks"),
+        ({"betas": [0.9]}, "betas"),
+    ],
+)
 def test_config_errors_name_the_problem(change, message):
     with pytest.raises(UserError, match=message):
         config_from_dict(tiny_data(**change))
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"eval": {"batch": 4}}, r"exp.yaml: unknown eval setting\(s\) batch: check the spelling \(known: batch_size"),
-    ({"eval": {"batch_size": 0}}, r"exp.yaml: eval batch_size"),
-    ({"eval": [1]}, r"exp.yaml: eval must be a mapping"),
-    ({"ray": {"gpus": 1}}, r"exp.yaml: unknown ray setting\(s\) gpus: .*known: num_cpus, num_gpus"),
-    ({"hessian": {"tolerance": 1e-3}}, r"exp.yaml: hessian: unknown Hessian setting\(s\) tolerance"),
-    ({"hessian": {"during": {"evry": 3}}}, r"exp.yaml: unknown hessian.during setting\(s\) evry"),
-    ({"hessian": {"during": {"every": 0}}}, r"exp.yaml: hessian.during.every must be an integer"),
-    ({"search": {"mode": "adaptive", "resolutoin": 4}}, r"exp.yaml: unknown search setting\(s\) resolutoin: "
-                                                         r"check the spelling \(known: mode, "),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"eval": {"batch": 4}},
+            r"exp.yaml: unknown eval setting\(s\) batch: check the spelling \(known: batch_size",
+        ),
+        ({"eval": {"batch_size": 0}}, r"exp.yaml: eval batch_size"),
+        ({"eval": [1]}, r"exp.yaml: eval must be a mapping"),
+        ({"ray": {"gpus": 1}}, r"exp.yaml: unknown ray setting\(s\) gpus: .*known: num_cpus, num_gpus"),
+        ({"hessian": {"tolerance": 1e-3}}, r"exp.yaml: hessian: unknown Hessian setting\(s\) tolerance"),
+        ({"hessian": {"during": {"evry": 3}}}, r"exp.yaml: unknown hessian.during setting\(s\) evry"),
+        ({"hessian": {"during": {"every": 0}}}, r"exp.yaml: hessian.during.every must be an integer"),
+        (
+            {"search": {"mode": "adaptive", "resolutoin": 4}},
+            r"exp.yaml: unknown search setting\(s\) resolutoin: "
+            r"check the spelling \(known: mode, ",
+        ),
+    ],
+)
 def test_every_settings_block_names_the_file_the_key_and_the_known_ones(change, message):
     """One reader (``_yaml.settings_from_mapping``) for every block: the same message shape everywhere."""
     with pytest.raises(UserError, match=message):
@@ -147,9 +172,18 @@ def test_paper_model_configs_load_without_the_weights(monkeypatch):
     assert gemma.model == "google/gemma-3-1b-pt" and gemma.batch_sizes == (16, 64, 128)
     assert llama.model == "meta-llama/Llama-2-7b-hf" and llama.batch_sizes == (16, 128)
     for config in (gemma, llama):
-        assert config.methods == five and config.ranks == (128,) and config.adapter.alpha is None and config.adapter.dropout == 0
+        assert (
+            config.methods == five
+            and config.ranks == (128,)
+            and config.adapter.alpha is None
+            and config.adapter.dropout == 0
+        )
         assert config.seeds == (1, 2, 3) and config.epochs == 1 and config.n_train == 100_000
-        assert config.train.micro_batch_size == 4 and config.max_length == 512 and config.adapter.pissa_niter == 16
+        assert (
+            config.train.micro_batch_size == 4
+            and config.max_length == 512
+            and config.adapter.pissa_niter == 16
+        )
         assert len(config.lrs) == 12
         assert config.lrs[0] == pytest.approx(1.1247e-5, rel=1e-4)
         assert config.lrs[-1] == pytest.approx(6.3246e-3, rel=1e-4)
@@ -167,7 +201,9 @@ def test_base_dtype_and_gradient_checkpointing_settings():
     assert config.base_dtype == "bf16" and config.train.gradient_checkpointing
     assert config_from_dict(config.to_dict()) == config
     default = config_from_dict(tiny_data())
-    assert default.base_dtype == "fp32" and not default.train.gradient_checkpointing  # existing sweeps unchanged
+    assert (
+        default.base_dtype == "fp32" and not default.train.gradient_checkpointing
+    )  # existing sweeps unchanged
     # The base dtype changes results (a shared setting); checkpointing gives the same gradients (not one).
     shared = config.shared_settings()
     assert shared["base_dtype"] == "bf16" and "gradient_checkpointing" not in shared

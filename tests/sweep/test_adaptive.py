@@ -61,7 +61,9 @@ def test_adaptive_search_finds_the_grid_optimum_with_half_the_runs(grid_and_sear
         assert reference.fit_kind == "quadratic"  # the grid's optimum is interior, not censored
         assert found.fit_kind == "quadratic"
         assert abs(math.log10(found.eta_star / reference.eta_star)) <= 0.25, (method, found, reference)
-        assert len(found.lrs) < len(reference.lrs)  # per-method LR sets differ from the grid's: analysis copes
+        assert len(found.lrs) < len(
+            reference.lrs
+        )  # per-method LR sets differ from the grid's: analysis copes
     # One status line per method-setting, each saying the optimum was located.
     assert len(search.search) == 2 and all("located" in line for line in search.search), search.search
     assert "runs asked for by the search" in search.line()
@@ -95,9 +97,24 @@ def test_the_grid_can_extend_an_adaptive_directory(grid_and_search):
 
 
 def test_search_config_round_trip_and_errors():
-    config = config_from_dict(_data(search={"mode": "adaptive", "per_decade": 2, "base": "1e-3", "resolution": 0.5,
-                                            "bracket": 0.5, "max_runs": 4, "calibration": "cal.json"}))
-    assert config.search.per_decade == 2 and config.search.base == 1e-3 and config.search.calibration == "cal.json"
+    config = config_from_dict(
+        _data(
+            search={
+                "mode": "adaptive",
+                "per_decade": 2,
+                "base": "1e-3",
+                "resolution": 0.5,
+                "bracket": 0.5,
+                "max_runs": 4,
+                "calibration": "cal.json",
+            }
+        )
+    )
+    assert (
+        config.search.per_decade == 2
+        and config.search.base == 1e-3
+        and config.search.calibration == "cal.json"
+    )
     assert config_from_dict(config.to_dict()) == config
     assert "search" not in config.shared_settings()
     assert config_from_dict(_data(search="grid")).search is None
@@ -119,8 +136,22 @@ def test_sigkill_mid_search_then_resume(grid_and_search, tmp_path):
     run_dir = tmp_path / "killed"
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "hessian_lora", "sweep", str(config_path), "--out", str(run_dir), "--threads", "1",
-         "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment)
+        [
+            sys.executable,
+            "-m",
+            "hessian_lora",
+            "sweep",
+            str(config_path),
+            "--out",
+            str(run_dir),
+            "--threads",
+            "1",
+            "--quiet",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=environment,
+    )
     # Kill in the second round (after the first round's 6 runs), while a run is in flight.
     sigkill_mid_run(process, run_dir, done=7, limit_s=240)
     finished_before = {row["run_id"]: row for row in _rows(run_dir) if row["status"] == "done"}
@@ -134,7 +165,9 @@ def test_sigkill_mid_search_then_resume(grid_and_search, tmp_path):
         if row["run_id"] in finished_before:
             assert row == finished_before[row["run_id"]]
     assert_same_results(rows, _rows(reference_dir))
-    assert json.loads((run_dir / SEARCH_FILE).read_text()) == json.loads((reference_dir / SEARCH_FILE).read_text())
+    assert json.loads((run_dir / SEARCH_FILE).read_text()) == json.loads(
+        (reference_dir / SEARCH_FILE).read_text()
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -146,16 +179,26 @@ def test_centre_from_lambda_at_init_is_measured_once(tmp_path, monkeypatch, tiny
 
     calls = []
     original = measure_module._analyse_block
-    monkeypatch.setattr(measure_module, "_analyse_block",
-                        lambda *args, **kwargs: calls.append(args[2].name) or original(*args, **kwargs))
+    monkeypatch.setattr(
+        measure_module,
+        "_analyse_block",
+        lambda *args, **kwargs: calls.append(args[2].name) or original(*args, **kwargs),
+    )
     path = tiny_calibration  # "measured" on this sweep's model, task and rank: η̂ = 0.05 / λ_max
-    data = _data(methods=["lora"], n_eval=4, hessian={"init": True, "samples": 8, "batch_size": 8,
-                                                      "smallest": False, "max_iter": 30},
-                 search={"mode": "adaptive", "metric": "eval_loss", "max_runs": 3, "calibration": str(path)})
+    data = _data(
+        methods=["lora"],
+        n_eval=4,
+        hessian={"init": True, "samples": 8, "batch_size": 8, "smallest": False, "max_iter": 30},
+        search={"mode": "adaptive", "metric": "eval_loss", "max_runs": 3, "calibration": str(path)},
+    )
     run_dir = tmp_path / "run"
     handed = []
-    summary = run_sweep(config_from_dict(data), run_dir, progress=False,
-                        at_init=lambda model, tokenizer, key: handed.append(str(key)))
+    summary = run_sweep(
+        config_from_dict(data),
+        run_dir,
+        progress=False,
+        at_init=lambda model, tokenizer, key: handed.append(str(key)),
+    )
     # The centre hands its adapter at initialisation to the caller once, after measuring it.
     assert handed == ["lora_r4_s0"] and calls[:1] == ["adapter"]
     centre = json.loads((run_dir / SEARCH_FILE).read_text())["centres"]["lora_r4"]
@@ -178,17 +221,35 @@ def test_observed_rows_seed_mean_running_failed_and_retried():
     key = SearchKey("lora", 4, 8)
 
     def row(lr, seed, status, value=None, method="lora"):
-        return {"run_id": f"{method}-{lr}-{seed}", "method": method, "rank": 4, "batch_size": 8, "seed": seed,
-                "lr": lr, "status": status, "eval_loss": value, "accuracy": None}
+        return {
+            "run_id": f"{method}-{lr}-{seed}",
+            "method": method,
+            "rank": 4,
+            "batch_size": 8,
+            "seed": seed,
+            "lr": lr,
+            "status": status,
+            "eval_loss": value,
+            "accuracy": None,
+        }
 
-    rows = [row(1e-2, 0, "done", 5.0), row(1e-2, 1, "done", 6.0),  # both seeds: the mean
-            row(2e-2, 0, "done", 4.0),  # one seed missing: not observed yet
-            row(3e-2, 0, "done", 4.0), row(3e-2, 1, "running"),  # interrupted: asked for again
-            row(4e-2, 0, "diverged"), row(4e-2, 1, "done", 3.0),  # a seed without a loss: no metric
-            row(5e-2, 0, "failed"), row(5e-2, 1, "done", 3.0),
-            row(1e-2, 0, "done", 1.0, method="pissa")]
+    rows = [
+        row(1e-2, 0, "done", 5.0),
+        row(1e-2, 1, "done", 6.0),  # both seeds: the mean
+        row(2e-2, 0, "done", 4.0),  # one seed missing: not observed yet
+        row(3e-2, 0, "done", 4.0),
+        row(3e-2, 1, "running"),  # interrupted: asked for again
+        row(4e-2, 0, "diverged"),
+        row(4e-2, 1, "done", 3.0),  # a seed without a loss: no metric
+        row(5e-2, 0, "failed"),
+        row(5e-2, 1, "done", 3.0),
+        row(1e-2, 0, "done", 1.0, method="pissa"),
+    ]
     assert observed(config, rows, key, "eval_loss") == {1e-2: 5.5, 4e-2: None, 5e-2: None}
-    assert observed(config, rows, key, "eval_loss", left_out=frozenset({"lora-0.05-0"})) == {1e-2: 5.5, 4e-2: None}
+    assert observed(config, rows, key, "eval_loss", left_out=frozenset({"lora-0.05-0"})) == {
+        1e-2: 5.5,
+        4e-2: None,
+    }
     rows[5]["status"] = "diverged"
     assert observed(config, rows, key, "accuracy")[4e-2] is None  # the other seed has no accuracy either
     # A round asks for every seed of each point, for every method.
@@ -207,8 +268,13 @@ LOW_GRID = {"base": 2e-5, "per_decade": 4, "k": [4, 12]}  # the grid's centre, 2
 def _flat_accuracy_config(**search):
     from sweep_helpers import tiny_data
 
-    data = tiny_data(lr=LOW_GRID, checkpoints="none", methods=["lora"], hessian={"init": False},
-                     search={"mode": "adaptive", "metric": "auto", **search})
+    data = tiny_data(
+        lr=LOW_GRID,
+        checkpoints="none",
+        methods=["lora"],
+        hessian={"init": False},
+        search={"mode": "adaptive", "metric": "auto", **search},
+    )
     return config_from_dict(data)
 
 
@@ -218,7 +284,9 @@ def test_flat_accuracy_without_fallback_stops_after_the_bracket_and_says_so(tmp_
     rows = _rows(tmp_path / "run")
     assert summary.ran == len(rows) == 3 and {row["accuracy"] for row in rows} == {0.0}
     (line,) = summary.search
-    assert "located" not in line and "flat" in line and "learned nothing" in line and "by accuracy" in line, line
+    assert "located" not in line and "flat" in line and "learned nothing" in line and "by accuracy" in line, (
+        line
+    )
     recorded = json.loads((tmp_path / "run" / SEARCH_FILE).read_text())["searches"]["lora r=4 batch=8"]
     assert recorded["outcome"] == "flat" and recorded["located"] is False and recorded["best_lr"] is None
     assert recorded["metric"] == recorded["configured_metric"] == "accuracy"
@@ -228,7 +296,10 @@ def test_flat_accuracy_without_fallback_stops_after_the_bracket_and_says_so(tmp_
 
     json_path, md_path = write_analysis(analyze(tmp_path / "run"))
     text = md_path.read_text()
-    assert "### Adaptive search" in text and "| lora r=4 batch=8 | accuracy | **not located** (flat) | — | 3 |" in text
+    assert (
+        "### Adaptive search" in text
+        and "| lora r=4 batch=8 | accuracy | **not located** (flat) | — | 3 |" in text
+    )
     assert json.loads(json_path.read_text())["search"]["lora r=4 batch=8"]["outcome"] == "flat"
 
 
@@ -249,13 +320,17 @@ def test_flat_accuracy_falls_back_to_the_held_out_loss_and_says_which_metric_dec
     from hessian_lora.analysis.report import write_analysis
 
     _, md_path = write_analysis(analyze(tmp_path / "run", metric="eval_loss"))
-    assert "| lora r=4 batch=8 | eval_loss (accuracy flat on the first bracket (0 in all 3 runs)) | located |" \
+    assert (
+        "| lora r=4 batch=8 | eval_loss (accuracy flat on the first bracket (0 in all 3 runs)) | located |"
         in md_path.read_text()
+    )
     # The held-out loss moved the search above the bracket, where the loss keeps falling.
     assert max(row["lr"] for row in rows) > 6.4e-3 and outcome["best_lr"] > 6.4e-3
     # Located by the loss, at the full grid's η* by loss (3.56e-2, k = 13; module docstring), interior.
     best_by_loss = min(rows, key=lambda row: row["eval_loss"])["lr"]
-    assert outcome["located"] and outcome["best_lr"] == pytest.approx(best_by_loss) == pytest.approx(2e-5 * 10**3.25)
+    assert outcome["located"] and outcome["best_lr"] == pytest.approx(best_by_loss) == pytest.approx(
+        2e-5 * 10**3.25
+    )
     assert min(row["lr"] for row in rows) < best_by_loss < max(row["lr"] for row in rows)
     # Resume: the same choice from the same rows, nothing to run, the same search.json.
     before = (tmp_path / "run" / SEARCH_FILE).read_text()
@@ -271,8 +346,17 @@ def test_a_missing_metric_on_the_bracket_also_falls_back():
     key = SearchKey("lora", 4, 8)
 
     def row(lr, accuracy, loss):
-        return {"run_id": f"lora-{lr}", "method": "lora", "rank": 4, "batch_size": 8, "seed": 0, "lr": lr,
-                "status": "done", "eval_loss": loss, "accuracy": accuracy}
+        return {
+            "run_id": f"lora-{lr}",
+            "method": "lora",
+            "rank": 4,
+            "batch_size": 8,
+            "seed": 0,
+            "lr": lr,
+            "status": "done",
+            "eval_loss": loss,
+            "accuracy": accuracy,
+        }
 
     bracket = [config.search.lattice_lr(k) for k in (6, 8, 10)]
     missing = [row(lr, None, 3.0 - i) for i, lr in enumerate(bracket)]
@@ -308,9 +392,15 @@ def test_leave_method_out_centre_does_not_use_the_methods_own_point(monkeypatch,
     layout = RunLayout("unused")
     centre = adaptive.compute_centre(honest, layout, "lora", 4, calibration)
     others = [point for name, point in calibration.points.items() if name != "lora"]
-    c = 10 ** np.mean([math.log10(p["lambda_max"] * p["eta_star"]) for p in others])  # inverse fit without LoRA
+    c = 10 ** np.mean(
+        [math.log10(p["lambda_max"] * p["eta_star"]) for p in others]
+    )  # inverse fit without LoRA
     assert centre["lr"] == pytest.approx(c / 40.0, rel=1e-9)
-    assert centre["left_out"] == "lora" and "lora" not in centre["fit_methods"] and not centre["calibrated_method"]
+    assert (
+        centre["left_out"] == "lora"
+        and "lora" not in centre["fit_methods"]
+        and not centre["calibrated_method"]
+    )
     assert "refitted without lora's own point" in adaptive.describe_centre(centre)
     assert adaptive.compute_centre(plain, layout, "lora", 4, calibration)["lr"] == pytest.approx(0.05 / 40.0)
     # A method the calibration does not hold (OLoRA here) uses it as it is: nothing of its own to leave out.
@@ -329,7 +419,9 @@ def test_leave_method_out_refits_the_shipped_power_law_and_refuses_too_few_point
     power = fit_power_law([p["lambda_max"] for p in rest], [p["eta_star"] for p in rest])
     assert refit.fit == "power" and refit.slope == pytest.approx(power.slope) and "pissa" not in refit.points
     assert refit.predict(100.0) == pytest.approx(power.predict(100.0))
-    assert refit.provenance["left_out"] == "pissa" and shipped.points.keys() - refit.points.keys() == {"pissa"}
+    assert refit.provenance["left_out"] == "pissa" and shipped.points.keys() - refit.points.keys() == {
+        "pissa"
+    }
     two = dataclasses.replace(shipped, points=dict(list(shipped.points.items())[:2]))
     with pytest.raises(UserError, match="leave_method_out"):
         leave_method_out(two, "lora")

@@ -56,11 +56,21 @@ def test_recommend_probe_matches_the_demo_measurement(demo) -> None:
     directory = read_run_directory(demo.run_dir)
     init_settings = next(dict(report.settings) for report in directory.init_reports.values())
     probe = recommend.probe_settings(demo.analysis, directory.config, init_settings)
-    calibration = recommend.Calibration(fit="inverse", c=1.0, slope=None, intercept=None, log10_error=None,
-                                        lambda_source=demo.analysis.relation.lambda_source, points={}, probe=probe)
+    calibration = recommend.Calibration(
+        fit="inverse",
+        c=1.0,
+        slope=None,
+        intercept=None,
+        log10_error=None,
+        lambda_source=demo.analysis.relation.lambda_source,
+        points={},
+        probe=probe,
+    )
     result = recommend.recommend("pissa", calibration=calibration, progress=False)
     # The probe builds the adapter and data the way the sweep does: the same λ_max as the demo's report.
-    assert result.lambda_max == pytest.approx(recommend.relation_lambda(demo.analysis.methods["pissa"]), rel=1e-3)
+    assert result.lambda_max == pytest.approx(
+        recommend.relation_lambda(demo.analysis.methods["pissa"]), rel=1e-3
+    )
 
 
 def test_bad_demo_config_is_a_user_error(tmp_path) -> None:

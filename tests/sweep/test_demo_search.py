@@ -62,10 +62,18 @@ def test_adaptive_demo_builds_each_adapter_at_init_once(monkeypatch, tmp_path, t
     import yaml
 
     data = yaml.safe_load(demo_module.QUICK_CONFIG.read_text())
-    data.update(methods=["lora"], n_eval=4, lr={"base": 2e-5, "per_decade": 4, "k": [7, 17]},
-                hessian={"init": True, "samples": 8, "batch_size": 8, "smallest": False, "max_iter": 30},
-                search={"mode": "adaptive", "metric": "eval_loss", "max_runs": 3,
-                        "calibration": str(tiny_calibration)})
+    data.update(
+        methods=["lora"],
+        n_eval=4,
+        lr={"base": 2e-5, "per_decade": 4, "k": [7, 17]},
+        hessian={"init": True, "samples": 8, "batch_size": 8, "smallest": False, "max_iter": 30},
+        search={
+            "mode": "adaptive",
+            "metric": "eval_loss",
+            "max_runs": 3,
+            "calibration": str(tiny_calibration),
+        },
+    )
     config = tmp_path / "adaptive.yaml"
     config.write_text(yaml.safe_dump(data))
 
@@ -73,9 +81,17 @@ def test_adaptive_demo_builds_each_adapter_at_init_once(monkeypatch, tmp_path, t
         raise AssertionError("the demo built an adapter at initialisation again")
 
     monkeypatch.setattr(demo_module, "_adapter_like_the_sweep", no_second_build)
-    result = demo_module.run_demo(config=config, out=tmp_path / "run", progress=False, measure_final=False,
-                                  layer_samples=2, density_steps=0)
+    result = demo_module.run_demo(
+        config=config,
+        out=tmp_path / "run",
+        progress=False,
+        measure_final=False,
+        layer_samples=2,
+        density_steps=0,
+    )
     modules = json.loads((tmp_path / "run" / "hessian" / "lora_r4_s0_init_modules.json").read_text())
-    assert [block["name"] for block in modules["blocks"]] == ["layers.0.self_attn.q_proj",
-                                                               "layers.1.self_attn.q_proj"]
+    assert [block["name"] for block in modules["blocks"]] == [
+        "layers.0.self_attn.q_proj",
+        "layers.1.self_attn.q_proj",
+    ]
     assert result.measured == (str(tmp_path / "run" / "hessian" / "lora_r4_s0_init_modules.json"),)

@@ -18,8 +18,15 @@ def probed_sweep(tmp_path_factory):
     from hessian_lora.sweep.runner import run_sweep
 
     run_dir = tmp_path_factory.mktemp("probed")
-    config = tiny_config(methods=["lora", "loraplus"], lr=[1e-3, 1e-2], steps=4, n_train=32, n_eval=8,
-                         checkpoints="best", hessian={"during": DURING})
+    config = tiny_config(
+        methods=["lora", "loraplus"],
+        lr=[1e-3, 1e-2],
+        steps=4,
+        n_train=32,
+        n_eval=8,
+        checkpoints="best",
+        hessian={"during": DURING},
+    )
     run_sweep(config, run_dir, progress=False)
     with open_store(run_dir, read_only=True) as store:
         rows = store.rows()
@@ -61,7 +68,11 @@ def test_best_policy_keeps_one_checkpoint_per_group(probed_sweep):
             if row is not kept[0]:
                 # only the run's documents stay (eval.json where the task is scored per example)
                 left = {p.name for p in layout.run(row["run_id"]).iterdir()}
-                assert {"history.json", "sharpness.json"} <= left <= {p.name for p in layout.documents(row["run_id"])}
+                assert (
+                    {"history.json", "sharpness.json"}
+                    <= left
+                    <= {p.name for p in layout.documents(row["run_id"])}
+                )
 
 
 def test_prune_recovers_from_a_kill_between_its_steps(probed_sweep, tmp_path):
@@ -81,8 +92,10 @@ def test_prune_recovers_from_a_kill_between_its_steps(probed_sweep, tmp_path):
         shutil.copy(layout.run(kept["run_id"]) / name, layout.run(loser["run_id"]) / name)
     with open_store(copy) as store:
         with store.transaction() as connection:
-            connection.execute("UPDATE runs SET checkpoint = ? WHERE run_id = ?",
-                               (layout.relative_run(loser["run_id"]), loser["run_id"]))
+            connection.execute(
+                "UPDATE runs SET checkpoint = ? WHERE run_id = ?",
+                (layout.relative_run(loser["run_id"]), loser["run_id"]),
+            )
         assert prune(store, copy) == [loser["run_id"]]
         assert store.get(loser["run_id"])["checkpoint"] is None
         assert store.get(kept["run_id"])["checkpoint"] == kept["checkpoint"]
@@ -109,8 +122,9 @@ def test_edge_of_stability_analysis_and_figure(probed_sweep, tmp_path):
         lrs = _lrs(run_dir, row["run_id"])
         assert lrs[-1] == 0.0  # the cosine schedule ends at 0: no update follows, no ratio
         assert curve.adam_ratio[0] is None and curve.adam_ratio[-1] is None and curve.adam_ratio[1] > 0
-        assert curve.peak_adam_ratio == pytest.approx(max(
-            p * lr / 38.0 for p, lr in zip(curve.preconditioned[1:], lrs[1:])))
+        assert curve.peak_adam_ratio == pytest.approx(
+            max(p * lr / 38.0 for p, lr in zip(curve.preconditioned[1:], lrs[1:]))
+        )
     for item in report.methods.values():
         assert item.lambda_init is not None and item.lambda_init > 0  # the step-0 probe
     json_path, md_path = write_analysis(analysis, tmp_path)

@@ -39,10 +39,13 @@ def test_the_digest_sees_every_bit_of_the_model_the_data_and_the_settings():
         flipped[0].weight.view(-1)[0] = torch.nextafter(flipped[0].weight.view(-1)[0], torch.tensor(1.0))
     trained = _model()
     trained[1].weight.requires_grad_(True)  # the same numbers, but another set of Hessian variables
-    others = {inputs_digest(flipped, _batches(), settings), inputs_digest(trained, _batches(), settings),
-              inputs_digest(_model(), _batches(token=6), settings),
-              inputs_digest(_model(), _batches(), {**settings, "tol": 1e-4}),
-              inputs_digest(_model().to(torch.bfloat16), _batches(), settings)}
+    others = {
+        inputs_digest(flipped, _batches(), settings),
+        inputs_digest(trained, _batches(), settings),
+        inputs_digest(_model(), _batches(token=6), settings),
+        inputs_digest(_model(), _batches(), {**settings, "tol": 1e-4}),
+        inputs_digest(_model().to(torch.bfloat16), _batches(), settings),
+    }
     assert digest not in others and len(others) == 5
 
 
@@ -71,8 +74,16 @@ def test_a_report_is_copied_only_to_a_key_without_one_from_a_key_with_the_same_d
 
 def test_a_sweep_measures_pissa_once_for_two_seeds_and_lora_twice(tmp_path: Path):
     hessian = {"init": True, "samples": 4, "batch_size": 4, "tol": 1e-2, "max_iter": 20}
-    config = tiny_config(methods=["lora", "pissa"], seeds=[1, 2], lr=[1e-2], steps=2, ranks=[2],
-                         targets=["q_proj", "v_proj"], hessian=hessian, checkpoints="none")
+    config = tiny_config(
+        methods=["lora", "pissa"],
+        seeds=[1, 2],
+        lr=[1e-2],
+        steps=2,
+        ranks=[2],
+        targets=["q_proj", "v_proj"],
+        hessian=hessian,
+        checkpoints="none",
+    )
     run_sweep(config, tmp_path, progress=False)
     layout = RunLayout(tmp_path)
     records = read_init_inputs(layout)
@@ -80,7 +91,10 @@ def test_a_sweep_measures_pissa_once_for_two_seeds_and_lora_twice(tmp_path: Path
     assert records[pissa]["reused_from"] == "pissa_r2_s1"
     assert records[pissa]["sha256"] == records[InitKey("pissa", 2, 1)]["sha256"]
     assert layout.init_report(pissa).read_bytes() == layout.init_report(InitKey("pissa", 2, 1)).read_bytes()
-    assert records[lora]["reused_from"] is None and records[lora]["sha256"] != records[InitKey("lora", 2, 1)]["sha256"]
+    assert (
+        records[lora]["reused_from"] is None
+        and records[lora]["sha256"] != records[InitKey("lora", 2, 1)]["sha256"]
+    )
     with open_store(tmp_path, read_only=True) as store:
         rows = {(row["method"], row["seed"]): row for row in store.rows()}
     assert rows["pissa", 1]["lambda_init"] == rows["pissa", 2]["lambda_init"]

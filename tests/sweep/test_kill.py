@@ -19,9 +19,21 @@ def test_sigkill_mid_sweep_then_resume(tiny_sweep, tmp_path):
     run_dir = tmp_path / "killed"
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "hessian_lora", "sweep", str(TINY_YAML), "--out", str(run_dir), "--threads", "1",
-         "--quiet"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment,
+        [
+            sys.executable,
+            "-m",
+            "hessian_lora",
+            "sweep",
+            str(TINY_YAML),
+            "--out",
+            str(run_dir),
+            "--threads",
+            "1",
+            "--quiet",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=environment,
     )
     sigkill_mid_run(process, run_dir, done=2, limit_s=_STARTUP_LIMIT_S)  # a run in flight, two finished
     with open_store(run_dir, read_only=True) as store:

@@ -32,15 +32,43 @@ REPO = Path(__file__).resolve().parents[2]
 KILLS = 30
 SEED = 20250113
 CONFIG: dict[str, Any] = {
-    "name": "kill-loop", "model": "tiny-llama", "task": "arith", "n_train": 16, "n_eval": 4,
-    "methods": ["lora", "pissa"], "ranks": [2], "batch_sizes": [4], "lr": [1e-3, 1e-2], "steps": 3,
-    "max_length": 96, "targets": ["q_proj", "v_proj"], "checkpoints": "final",
+    "name": "kill-loop",
+    "model": "tiny-llama",
+    "task": "arith",
+    "n_train": 16,
+    "n_eval": 4,
+    "methods": ["lora", "pissa"],
+    "ranks": [2],
+    "batch_sizes": [4],
+    "lr": [1e-3, 1e-2],
+    "steps": 3,
+    "max_length": 96,
+    "targets": ["q_proj", "v_proj"],
+    "checkpoints": "final",
     "eval": {"batch_size": 4, "max_new_tokens": 2},
     "hessian": {"init": True, "final": True, "samples": 4, "batch_size": 4, "max_iter": 5, "smallest": False},
 }
-COMPARED = ("run_id", "method", "lr", "seed", "rank", "batch_size", "status", "steps", "tokens", "train_loss",
-            "initial_loss", "eval_loss", "accuracy", "eval_examples", "lambda_init", "lambda_final",
-            "precond_lambda_final", "checkpoint", "error")
+COMPARED = (
+    "run_id",
+    "method",
+    "lr",
+    "seed",
+    "rank",
+    "batch_size",
+    "status",
+    "steps",
+    "tokens",
+    "train_loss",
+    "initial_loss",
+    "eval_loss",
+    "accuracy",
+    "eval_examples",
+    "lambda_init",
+    "lambda_final",
+    "precond_lambda_final",
+    "checkpoint",
+    "error",
+)
 SLOW_FSYNC_S = 0.1
 # Runs in the killed processes: slow fsync widens the window in which an atomic write's temp file exists.
 BOOT = (
@@ -67,8 +95,9 @@ def _table(run_dir: Path) -> list[tuple[Any, ...]]:
 
 def _strays(run_dir: Path) -> list[str]:
     """Temporary files and hidden staging directories anywhere in the run directory (the lock file aside)."""
-    return sorted(str(path.relative_to(run_dir)) for path in run_dir.rglob(".*")
-                  if path.name != ".sweep.lock")
+    return sorted(
+        str(path.relative_to(run_dir)) for path in run_dir.rglob(".*") if path.name != ".sweep.lock"
+    )
 
 
 def _argv(config_path: Path, run_dir: Path) -> list[str]:
@@ -77,8 +106,13 @@ def _argv(config_path: Path, run_dir: Path) -> list[str]:
 
 def _spawn_subprocess(config_path: Path, run_dir: Path) -> int:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    process = subprocess.Popen([sys.executable, "-c", BOOT, *_argv(config_path, run_dir)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", BOOT, *_argv(config_path, run_dir)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     return process.pid
 
 
@@ -88,7 +122,9 @@ def _spawn_subprocess(config_path: Path, run_dir: Path) -> int:
 # earlier tests start them). The server answers one line per command on stdin: "fork ARGV..." → the child's pid;
 # "poll PID" → "running" or its wait status; "kill PID" → SIGKILLs the child's process group and reaps it, then
 # "killed STATUS", or "ended STATUS" when it had already ended.
-FORK_SERVER = BOOT.replace("sys.exit(main(sys.argv[1:]))\n", """\
+FORK_SERVER = BOOT.replace(
+    "sys.exit(main(sys.argv[1:]))\n",
+    """\
 import contextlib, signal
 import hessian_lora.sweep.runner  # imported before any fork, so a child starts its sweep at once
 for line in sys.stdin:
@@ -126,16 +162,27 @@ for line in sys.stdin:
         reply = "unknown command"
     sys.stdout.write(reply + "\\n")
     sys.stdout.flush()
-""")
+""",
+)
 
 
 class ForkServer:
     """Forks sweeps from a clean interpreter (see FORK_SERVER); the same calls as the local helpers below."""
 
     def __init__(self) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-        self.process = subprocess.Popen([sys.executable, "-c", FORK_SERVER], env=env, text=True,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "OMP_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", FORK_SERVER],
+            env=env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
 
     def _ask(self, *words: object) -> str:
         assert self.process.stdin is not None and self.process.stdout is not None
@@ -224,7 +271,9 @@ def fork_server() -> Iterator[ForkServer]:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork") or sys.platform != "linux", reason="fork and /proc (Linux)")
-def test_random_kills_then_resume_give_the_uninterrupted_table(tmp_path: Path, fork_server: ForkServer) -> None:
+def test_random_kills_then_resume_give_the_uninterrupted_table(
+    tmp_path: Path, fork_server: ForkServer
+) -> None:
     started = time.monotonic()
     config_path = tmp_path / "kill.yaml"
     config_path.write_text(yaml.safe_dump(CONFIG))
@@ -280,6 +329,8 @@ def test_random_kills_then_resume_give_the_uninterrupted_table(tmp_path: Path, f
         assert not list(run_dir.rglob("*.tmp"))
         log.append(f"phase {phases}: {phase_kills} kills, table equal")
     elapsed = time.monotonic() - started
-    print(f"kill loop: {kills} kills ({eigen_kills} during eigen report writes, {stale_after_kill} left temporary "
-          f"files) over {phases} phases in {elapsed:.1f} s")
+    print(
+        f"kill loop: {kills} kills ({eigen_kills} during eigen report writes, {stale_after_kill} left temporary "
+        f"files) over {phases} phases in {elapsed:.1f} s"
+    )
     assert kills >= KILLS and eigen_kills >= 3

@@ -18,10 +18,25 @@ def _rows(run_dir: Path) -> list[dict]:
 
 
 def test_v2_methods_train_in_a_sweep_and_loft_reports_its_note(tmp_path):
-    hessian = {"init": False, "final": True, "samples": 4, "batch_size": 4, "max_iter": 20, "blocks": "per-module",
-               "modules": "q_proj", "layers": "0"}
-    config = tiny_config(methods=["loft", "gralora", "randlora"], lr=[1e-2], targets=["q_proj", "v_proj"], ranks=[4],
-                         steps=4, n_eval=4, hessian=hessian)
+    hessian = {
+        "init": False,
+        "final": True,
+        "samples": 4,
+        "batch_size": 4,
+        "max_iter": 20,
+        "blocks": "per-module",
+        "modules": "q_proj",
+        "layers": "0",
+    }
+    config = tiny_config(
+        methods=["loft", "gralora", "randlora"],
+        lr=[1e-2],
+        targets=["q_proj", "v_proj"],
+        ranks=[4],
+        steps=4,
+        n_eval=4,
+        hessian=hessian,
+    )
     run_sweep(config, tmp_path, progress=False)
     rows = {row["method"]: row for row in _rows(tmp_path)}
     assert set(rows) == {"loft", "gralora", "randlora"}
@@ -35,7 +50,11 @@ def test_v2_methods_train_in_a_sweep_and_loft_reports_its_note(tmp_path):
 
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-EVAL_TASK = [f"gsm8k:{FIXTURES / 'gsm8k.jsonl'}", f"math:{FIXTURES / 'math.jsonl'}", f"mbpp:{FIXTURES / 'mbpp.jsonl'}"]
+EVAL_TASK = [
+    f"gsm8k:{FIXTURES / 'gsm8k.jsonl'}",
+    f"math:{FIXTURES / 'math.jsonl'}",
+    f"mbpp:{FIXTURES / 'mbpp.jsonl'}",
+]
 
 
 def test_eval_sets_are_scored_through_the_sweep_with_the_prompt_template(tmp_path, monkeypatch):
@@ -57,13 +76,25 @@ def test_eval_sets_are_scored_through_the_sweep_with_the_prompt_template(tmp_pat
 
     def fake_generate(model, tokenizer, prompts, **options):
         seen_prompts.extend(prompts)
-        instructions = [prompt.split("### Instruction:\n", 1)[1].rsplit("\n\n### Response:", 1)[0] for prompt in prompts]
+        instructions = [
+            prompt.split("### Instruction:\n", 1)[1].rsplit("\n\n### Response:", 1)[0] for prompt in prompts
+        ]
         return [answers[text] for text in instructions]
 
     monkeypatch.setattr(evaluate, "generate_text", fake_generate)
-    config = tiny_config(methods=["lora"], lr=[1e-2], targets=["q_proj"], ranks=[2], steps=2, n_eval=4, hessian={"init": False}, max_length=384,
-                         eval={"accuracy": False, "batch_size": 4, "max_new_tokens": 4},
-                         prompt_template="alpaca", eval_task=EVAL_TASK)
+    config = tiny_config(
+        methods=["lora"],
+        lr=[1e-2],
+        targets=["q_proj"],
+        ranks=[2],
+        steps=2,
+        n_eval=4,
+        hessian={"init": False},
+        max_length=384,
+        eval={"accuracy": False, "batch_size": 4, "max_new_tokens": 4},
+        prompt_template="alpaca",
+        eval_task=EVAL_TASK,
+    )
     run_sweep(config, tmp_path, progress=False)
     (row,) = _rows(tmp_path)
     assert row["status"] == "done", row["error"]
@@ -80,8 +111,18 @@ def test_eval_sets_are_scored_through_the_sweep_with_the_prompt_template(tmp_pat
 
 
 def test_eval_sets_run_on_the_tiny_model_and_record_their_metric(tmp_path):
-    config = tiny_config(methods=["lora"], lr=[1e-2], targets=["q_proj"], ranks=[2], steps=2, n_eval=4, hessian={"init": False}, max_length=384,
-                         eval={"batch_size": 8, "max_new_tokens": 4}, eval_task=EVAL_TASK)
+    config = tiny_config(
+        methods=["lora"],
+        lr=[1e-2],
+        targets=["q_proj"],
+        ranks=[2],
+        steps=2,
+        n_eval=4,
+        hessian={"init": False},
+        max_length=384,
+        eval={"batch_size": 8, "max_new_tokens": 4},
+        eval_task=EVAL_TASK,
+    )
     run_sweep(config, tmp_path, progress=False)
     (row,) = _rows(tmp_path)
     assert row["status"] == "done", row["error"]
@@ -110,8 +151,18 @@ def test_eval_set_metrics_reach_analysis(tmp_path, monkeypatch):
     golds = [f"The answer is {example.answer}" for example in load_eval_set(EVAL_TASK[0]).examples]
     calls = iter([golds[:1] + ["The answer is -1"] * 3, golds])
     monkeypatch.setattr(evaluate, "generate_text", lambda model, tok, prompts, **o: next(calls))
-    config = tiny_config(methods=["lora"], lr=[1e-3, 1e-2], targets=["q_proj"], ranks=[2], steps=2, n_eval=4, hessian={"init": False}, max_length=384,
-                         eval={"accuracy": False}, eval_task=[EVAL_TASK[0]])
+    config = tiny_config(
+        methods=["lora"],
+        lr=[1e-3, 1e-2],
+        targets=["q_proj"],
+        ranks=[2],
+        steps=2,
+        n_eval=4,
+        hessian={"init": False},
+        max_length=384,
+        eval={"accuracy": False},
+        eval_task=[EVAL_TASK[0]],
+    )
     run_sweep(config, tmp_path, progress=False)
     assert sorted(row["gsm8k_acc"] for row in _rows(tmp_path)) == [0.25, 1.0]
     result = analyze(tmp_path, metric="gsm8k_acc")
@@ -126,8 +177,17 @@ def test_a_sweep_that_runs_code_is_refused_before_any_run_where_nothing_confines
 
     unavailable = sandbox.Confinement("none", "none", reason="simulated: no user namespaces")
     monkeypatch.setattr(sandbox, "probe_confinement", lambda: unavailable)
-    config = tiny_config(methods=["lora"], lr=[1e-2], targets=["q_proj"], ranks=[2], steps=2, n_eval=4,
-                         hessian={"init": False}, max_length=384, eval_task=[EVAL_TASK[2]])
+    config = tiny_config(
+        methods=["lora"],
+        lr=[1e-2],
+        targets=["q_proj"],
+        ranks=[2],
+        steps=2,
+        n_eval=4,
+        hessian={"init": False},
+        max_length=384,
+        eval_task=[EVAL_TASK[2]],
+    )
     out = tmp_path / "sweep"
     with pytest.raises(UserError, match="--allow-unconfined-code") as caught:
         run_sweep(config, out, progress=False)

@@ -18,13 +18,16 @@ def test_first_layer_only_copies_one_layer_and_keeps_the_model():
     assert len(model.model.layers) == model.config.num_hidden_layers == 2
     assert len(shrunk.model.layers) == shrunk.config.num_hidden_layers == 1
     assert shrunk.model.layers[0] is not model.model.layers[0]
-    torch.testing.assert_close(shrunk.model.layers[0].self_attn.q_proj.weight,
-                               model.model.layers[0].self_attn.q_proj.weight)
+    torch.testing.assert_close(
+        shrunk.model.layers[0].self_attn.q_proj.weight, model.model.layers[0].self_attn.q_proj.weight
+    )
     assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
     ids = torch.tensor([[1, 5, 9, 2]])
     assert shrunk(input_ids=ids).logits.shape == model(input_ids=ids).logits.shape
 
 
 def test_a_target_the_model_lacks_still_fails_the_preflight():
-    with pytest.raises(UserError, match=r"method lora \(rank 4\): target module\(s\) no_such_proj not in the model"):
+    with pytest.raises(
+        UserError, match=r"method lora \(rank 4\): target module\(s\) no_such_proj not in the model"
+    ):
         preflight(tiny_config(targets=["no_such_proj"]))

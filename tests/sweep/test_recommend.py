@@ -14,7 +14,9 @@ from hessian_lora.core.errors import UserError
 from hessian_lora.sweep import recommend
 
 C = 4.5e-4
-METHODS = {f"m{i}": SyntheticMethod(eta_star=C / lam, lambda_init=lam) for i, lam in enumerate([0.6, 1.3, 4.0, 11.0])}
+METHODS = {
+    f"m{i}": SyntheticMethod(eta_star=C / lam, lambda_init=lam) for i, lam in enumerate([0.6, 1.3, 4.0, 11.0])
+}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,10 @@ def test_narrow_grid_is_centred_in_quarter_decades(error, points) -> None:
 def test_shipped_calibration_loads_and_says_where_it_comes_from() -> None:
     calibration = recommend.load_calibration()
     assert calibration.fit in ("power", "inverse")
-    assert calibration.provenance["note"] and calibration.provenance["config"]["model"] == calibration.probe["model"]
+    assert (
+        calibration.provenance["note"]
+        and calibration.provenance["config"]["model"] == calibration.probe["model"]
+    )
     assert len(calibration.points) >= 2
     for point in calibration.points.values():
         assert point["lambda_max"] > 0 and point["eta_star"] > 0
@@ -86,24 +91,43 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys) -> None:
 
 def test_cli_saves_a_calibration(exact_run, tmp_path, capsys) -> None:
     target = tmp_path / "saved.json"
-    assert main(["recommend", "--calibration", str(exact_run), "--save-calibration", str(target),
-                 "--note", "from the test"]) == 0
+    assert (
+        main(
+            [
+                "recommend",
+                "--calibration",
+                str(exact_run),
+                "--save-calibration",
+                str(target),
+                "--note",
+                "from the test",
+            ]
+        )
+        == 0
+    )
     assert "written to" in capsys.readouterr().out
     saved = recommend.load_calibration(target)
     assert saved.c == pytest.approx(C, rel=1e-8) and saved.provenance["note"] == "from the test"
 
 
 def test_no_calibration_from_censored_optima_and_old_files_still_load(tmp_path, capsys) -> None:
-    edge = {f"m{i}": SyntheticMethod(eta_star=eta, lambda_init=lam) for i, (eta, lam) in
-            enumerate([(1.0, 0.5), (1e-7, 1.3), (0.5, 4.0), (2e-7, 11.0)])}
+    edge = {
+        f"m{i}": SyntheticMethod(eta_star=eta, lambda_init=lam)
+        for i, (eta, lam) in enumerate([(1.0, 0.5), (1e-7, 1.3), (0.5, 4.0), (2e-7, 11.0)])
+    }
     run_dir = write_run_dir(tmp_path / "edge", edge)
     with pytest.raises(UserError, match=r"not enough interior optima .*--extend"):
         recommend.calibration_from_run(run_dir, bootstrap_samples=50)
-    assert main(["recommend", "--calibration", str(run_dir), "--save-calibration", str(tmp_path / "c.json")]) == 2
+    assert (
+        main(["recommend", "--calibration", str(run_dir), "--save-calibration", str(tmp_path / "c.json")])
+        == 2
+    )
     errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(errors) == 1 and "not enough interior optima" in errors[0]
     # New files say how many interior optima they rest on; files without the field still load.
-    calibration = recommend.calibration_from_run(write_run_dir(tmp_path / "ok", METHODS), bootstrap_samples=50)
+    calibration = recommend.calibration_from_run(
+        write_run_dir(tmp_path / "ok", METHODS), bootstrap_samples=50
+    )
     assert calibration.n_interior == len(METHODS)
     old = {key: value for key, value in calibration.to_dict().items() if key != "n_interior"}
     assert recommend.Calibration.from_dict(old).n_interior is None

@@ -27,7 +27,8 @@ def test_tiny_sweep_completes(tiny_sweep):
     assert summary.planned == 6 and summary.ran == 6 and summary.counts == {"done": 6}
     assert len(rows) == len({row["run_id"] for row in rows}) == 6
     assert {(row["method"], row["lr"]) for row in rows} == {
-        (method, lr) for method in ("lora", "pissa") for lr in (1e-3, 1e-2, 1e-1)}
+        (method, lr) for method in ("lora", "pissa") for lr in (1e-3, 1e-2, 1e-1)
+    }
     for row in rows:
         assert row["status"] == "done" and row["steps"] == 12 and row["error"] is None
         assert row["eval_loss"] is not None and row["accuracy"] is not None and row["eval_examples"] == 16
@@ -36,11 +37,17 @@ def test_tiny_sweep_completes(tiny_sweep):
         assert (checkpoint / "hessian_lora.json").is_file() and (checkpoint / "optimizer.pt").is_file()
         history = json.loads((checkpoint / "history.json").read_text())
         assert history == json.loads(row["history"]) and len(history) == 12
-        scores = json.loads((checkpoint / "eval.json").read_text())["scores"]  # per-example, for the bootstrap
+        scores = json.loads((checkpoint / "eval.json").read_text())[
+            "scores"
+        ]  # per-example, for the bootstrap
         assert len(scores) == 16 and sum(scores) / 16 == pytest.approx(row["accuracy"])
     assert (run_dir / CONFIG_FILE).is_file()
-    assert sorted(path.name for path in (run_dir / "hessian").glob("*_init.json")) == [  # tiny.yaml: λ at init
-        "lora_r4_s0_init.json", "pissa_r4_s0_init.json"]
+    assert sorted(
+        path.name for path in (run_dir / "hessian").glob("*_init.json")
+    ) == [  # tiny.yaml: λ at init
+        "lora_r4_s0_init.json",
+        "pissa_r4_s0_init.json",
+    ]
 
 
 def test_checkpoint_of_a_run_reloads_with_its_optimizer_state(tiny_sweep):
@@ -48,7 +55,11 @@ def test_checkpoint_of_a_run_reloads_with_its_optimizer_state(tiny_sweep):
 
     run_dir, _, rows = tiny_sweep
     loaded = load_checkpoint(run_dir / rows[0]["checkpoint"], device="cpu")
-    assert loaded.meta.adapter.method == rows[0]["method"] and loaded.meta.lr == rows[0]["lr"] and loaded.meta.step == 12
+    assert (
+        loaded.meta.adapter.method == rows[0]["method"]
+        and loaded.meta.lr == rows[0]["lr"]
+        and loaded.meta.step == 12
+    )
     assert loaded.optimizer_state is not None and loaded.optimizer_state.step == 12
 
 
@@ -66,7 +77,9 @@ def test_interrupted_run_is_restarted_and_gives_the_same_row(tiny_sweep, tmp_pat
     victim = config.runs()[1]
     with open_store(tmp_path) as store:
         store.start(victim)  # what a killed sweep leaves behind: the row still 'running'
-    (tmp_path / "runs" / victim.run_id / "adapter_model.safetensors").unlink()  # and a half-written checkpoint
+    (
+        tmp_path / "runs" / victim.run_id / "adapter_model.safetensors"
+    ).unlink()  # and a half-written checkpoint
     summary = run_sweep(config, tmp_path, progress=False)
     assert summary.ran == 1
     rows = _rows(tmp_path)
@@ -143,8 +156,9 @@ def test_huge_lr_is_recorded_as_diverged_while_the_others_finish(tmp_path):
 def test_hessian_measurements_fill_their_columns_without_changing_training(tmp_path):
     hessian = {"init": True, "final": True, "samples": 8, "batch_size": 4, "tol": 1e-3, "max_iter": 30}
     # Training with SDPA: the Hessian engine must switch to a double-backward-capable kernel by itself.
-    plain = tiny_config(methods=["lora"], lr=[1e-2], targets=["q_proj", "v_proj"], ranks=[2], steps=4,
-                        attention="sdpa")
+    plain = tiny_config(
+        methods=["lora"], lr=[1e-2], targets=["q_proj", "v_proj"], ranks=[2], steps=4, attention="sdpa"
+    )
     measured = config_from_dict({**plain.to_dict(), "hessian": hessian})
     run_sweep(plain, tmp_path / "plain", progress=False)
     run_sweep(measured, tmp_path / "measured", progress=False)
@@ -202,7 +216,8 @@ def test_results_command_formats(tiny_sweep, tmp_path, capsys):
     assert main(["results", str(run_dir), "--format", "parquet", "--output", str(output)]) == 0
     table = pq.read_table(output)
     assert table.num_rows == len(rows) and sorted(table.column("run_id").to_pylist()) == sorted(
-        row["run_id"] for row in rows)
+        row["run_id"] for row in rows
+    )
 
 
 def test_sweep_command_reports_bad_configs(tmp_path, capsys):

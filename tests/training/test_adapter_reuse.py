@@ -18,8 +18,11 @@ def builds(monkeypatch):
     monkeypatch.setattr(adapters, "REUSE_MIN_BUILD_SECONDS", 0.0)  # the tiny model builds in milliseconds
     calls = []
     original = adapters.build_adapter
-    monkeypatch.setattr(adapters, "build_adapter",
-                        lambda model, config, **kwargs: calls.append(config.method) or original(model, config, **kwargs))
+    monkeypatch.setattr(
+        adapters,
+        "build_adapter",
+        lambda model, config, **kwargs: calls.append(config.method) or original(model, config, **kwargs),
+    )
     return calls
 
 
@@ -36,14 +39,16 @@ def test_second_build_is_a_bit_identical_independent_copy(builds):
             for parameter in first.parameters():
                 parameter.add_(1.0)
         second = adapter_at_initialisation("tiny-llama", config).model
-        other = adapter_at_initialisation("tiny-llama", AdapterConfig(method="pissa", rank=4, seed=1,
-                                                                      targets=("q_proj", "v_proj")))
+        other = adapter_at_initialisation(
+            "tiny-llama", AdapterConfig(method="pissa", rank=4, seed=1, targets=("q_proj", "v_proj"))
+        )
     assert builds == ["pissa", "pissa", "pissa"]  # fresh, first, other: the second was a copy
     assert second is not first and other.model is not second
     state = second.state_dict()
     assert state.keys() == fresh.keys() and all(torch.equal(state[name], fresh[name]) for name in fresh)
-    assert [n for n, p in second.named_parameters() if p.requires_grad] == \
-        [n for n, p in first.named_parameters() if p.requires_grad]
+    assert [n for n, p in second.named_parameters() if p.requires_grad] == [
+        n for n, p in first.named_parameters() if p.requires_grad
+    ]
     adapter_at_initialisation("tiny-llama", config)  # outside the block: built again
     assert builds[-1] == "pissa" and len(builds) == 4
 
@@ -53,8 +58,12 @@ def test_loraga_reuses_only_for_the_same_batches(builds):
     examples = [Example(f"{i} + {i} =", str(2 * i)) for i in range(16)]
     with reuse_adapters_at_init():
         for seed in (0, 0, 1):  # the run's seed picks its first batch
-            adapter_at_initialisation("tiny-llama", config, train_examples=examples,
-                                      train_config=TrainConfig(lr=1.0, steps=1, batch_size=4, seed=seed))
+            adapter_at_initialisation(
+                "tiny-llama",
+                config,
+                train_examples=examples,
+                train_config=TrainConfig(lr=1.0, steps=1, batch_size=4, seed=seed),
+            )
     assert builds == ["loraga", "loraga"]
 
 
@@ -72,14 +81,20 @@ def test_the_budget_comes_from_the_environment_or_the_machine(builds, monkeypatc
         with pytest.raises(UserError, match=f"HESSIAN_LORA_REUSE_GIB={bad}: give the memory"):
             adapters.reuse_budget_bytes()
     monkeypatch.delenv(adapters.REUSE_BUDGET_VARIABLE)
-    monkeypatch.setattr(adapters.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 2 << 20}[name])
+    monkeypatch.setattr(
+        adapters.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 2 << 20}[name]
+    )
     assert adapters.reuse_budget_bytes() == 2 << 30  # an 8 GiB machine keeps a quarter
-    monkeypatch.setattr(adapters.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 64 << 20}[name])
+    monkeypatch.setattr(
+        adapters.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 64 << 20}[name]
+    )
     assert adapters.reuse_budget_bytes() == adapters.REUSE_BUDGET_BYTES
 
 
 def test_a_full_budget_keeps_what_it_has_and_evicts_nothing(builds):
-    one = adapters._bytes(adapter_at_initialisation("tiny-llama", AdapterConfig(method="pissa", rank=4)).model)
+    one = adapters._bytes(
+        adapter_at_initialisation("tiny-llama", AdapterConfig(method="pissa", rank=4)).model
+    )
     builds.clear()
     with reuse_adapters_at_init(budget_bytes=one + one // 2):  # room for one copy
         for seed in (0, 1, 0, 1, 0):  # a sweep's order: the same methods again and again

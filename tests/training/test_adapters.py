@@ -58,8 +58,12 @@ class OneLinear(nn.Module):
 
 def _factors(peft_model: nn.Module, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     layer = dict(lora_layers(peft_model))[name]
-    return (layer.lora_A[ADAPTER_NAME].weight.detach(), layer.lora_B[ADAPTER_NAME].weight.detach(),
-            layer.get_base_layer().weight.detach(), layer.scaling[ADAPTER_NAME])
+    return (
+        layer.lora_A[ADAPTER_NAME].weight.detach(),
+        layer.lora_B[ADAPTER_NAME].weight.detach(),
+        layer.get_base_layer().weight.detach(),
+        layer.scaling[ADAPTER_NAME],
+    )
 
 
 def _tiny_batches(tokenizer, count: int = 2) -> list[TokenBatch]:
@@ -191,16 +195,23 @@ def test_svd_methods_against_numpy(method: str, take: str) -> None:
     np.testing.assert_allclose(lora_a.double().numpy() * signs[:, None], expected_a, atol=2e-6)
     np.testing.assert_allclose(lora_b.double().numpy() * signs[None, :], expected_b, atol=2e-6)
     # The singular values the adapter carries are the top (PiSSA) or bottom (MiLoRA) ones of W.
-    np.testing.assert_allclose(np.linalg.svd(scaling * (lora_b.double() @ lora_a.double()).numpy(),
-                                             compute_uv=False)[:rank], np.sort(s[picked])[::-1], rtol=1e-5)
+    np.testing.assert_allclose(
+        np.linalg.svd(scaling * (lora_b.double() @ lora_a.double()).numpy(), compute_uv=False)[:rank],
+        np.sort(s[picked])[::-1],
+        rtol=1e-5,
+    )
     # The residual is W − s·B·A from the stored (fp32) factors, computed in float64 and rounded once.
-    expected_residual = weight.double().numpy() - scaling * (lora_b.double().numpy() @ lora_a.double().numpy())
+    expected_residual = weight.double().numpy() - scaling * (
+        lora_b.double().numpy() @ lora_a.double().numpy()
+    )
     np.testing.assert_allclose(residual.double().numpy(), expected_residual, rtol=0, atol=1e-6)
     assert residual.dtype == torch.float32
 
 
 def test_milora_and_pissa_split_the_spectrum_on_tiny_llama(tiny) -> None:
-    weights = {name: m.weight.detach().clone() for name, m in tiny.model.named_modules() if name.endswith("q_proj")}
+    weights = {
+        name: m.weight.detach().clone() for name, m in tiny.model.named_modules() if name.endswith("q_proj")
+    }
     rank = 3
 
     def carried_singular_values(method: str) -> dict[str, np.ndarray]:
@@ -209,7 +220,9 @@ def test_milora_and_pissa_split_the_spectrum_on_tiny_llama(tiny) -> None:
         result = {}
         for name in weights:
             lora_a, lora_b, _, scaling = _factors(peft_model, name)
-            result[name] = np.linalg.svd((scaling * lora_b.double() @ lora_a.double()).numpy(), compute_uv=False)
+            result[name] = np.linalg.svd(
+                (scaling * lora_b.double() @ lora_a.double()).numpy(), compute_uv=False
+            )
         return result
 
     pissa, milora = carried_singular_values("pissa"), carried_singular_values("milora")
@@ -222,7 +235,9 @@ def test_milora_and_pissa_split_the_spectrum_on_tiny_llama(tiny) -> None:
 def test_initab_draws_both_factors_uniformly_within_one_over_sqrt_in() -> None:
     module = OneLinear(out_features=48, in_features=64, seed=2)
     weight = module.q_proj.weight.detach().clone()
-    peft_model = build_adapter(module, AdapterConfig("initab", rank=16, alpha=32, targets=("q_proj",), seed=5))
+    peft_model = build_adapter(
+        module, AdapterConfig("initab", rank=16, alpha=32, targets=("q_proj",), seed=5)
+    )
     lora_a, lora_b, residual, scaling = _factors(peft_model, "q_proj")
     bound = 1 / math.sqrt(64)
     for factor in (lora_a, lora_b):
@@ -230,7 +245,9 @@ def test_initab_draws_both_factors_uniformly_within_one_over_sqrt_in() -> None:
         # Uniform(-b, b): mean 0, standard deviation b/sqrt(3); 768-1024 draws put both within a few percent.
         assert abs(float(factor.mean())) < 0.1 * bound
         assert float(factor.std()) == pytest.approx(bound / math.sqrt(3), rel=0.08)
-    expected_residual = weight.double().numpy() - scaling * (lora_b.double().numpy() @ lora_a.double().numpy())
+    expected_residual = weight.double().numpy() - scaling * (
+        lora_b.double().numpy() @ lora_a.double().numpy()
+    )
     np.testing.assert_allclose(residual.double().numpy(), expected_residual, rtol=0, atol=1e-6)
 
 
@@ -257,8 +274,11 @@ def test_residual_weight_is_exact_float64_arithmetic_rounded_once() -> None:
 
 
 def test_loraga_gradient_is_the_gradient_of_the_global_per_token_mean(tiny) -> None:
-    examples = [Example(prompt="Say", response="a much longer response here"), Example(prompt="Hi", response="x"),
-                Example(prompt="Q", response="medium one")]
+    examples = [
+        Example(prompt="Say", response="a much longer response here"),
+        Example(prompt="Hi", response="x"),
+        Example(prompt="Q", response="medium one"),
+    ]
     batches = make_batches(tiny.tokenizer, examples, 2)
     assert len(batches) == 2 and batches[0].loss_tokens != batches[1].loss_tokens
     model = tiny.model
@@ -268,7 +288,9 @@ def test_loraga_gradient_is_the_gradient_of_the_global_per_token_mean(tiny) -> N
     (sum(loss_sum(model, batch) for batch in batches) / total).backward()
     expected = [m.weight.grad.detach().clone() for m in targets]
     model.zero_grad()
-    _estimate_loraga_gradients(model, _peft_config(AdapterConfig("loraga", rank=2, targets=("v_proj",))), batches)
+    _estimate_loraga_gradients(
+        model, _peft_config(AdapterConfig("loraga", rank=2, targets=("v_proj",))), batches
+    )
     for module, grad in zip(targets, expected):
         torch.testing.assert_close(module._peft_loraga_grad, grad, atol=1e-6, rtol=1e-5)
 
@@ -283,7 +305,9 @@ def test_loraga_aligns_a_with_the_gradient_row_space(tiny) -> None:
     gradients = {name: dict(model.named_modules())[name].weight.grad.detach().double() for name in names}
     model.zero_grad()
     rank = 2
-    peft_model = build_adapter(model, AdapterConfig("loraga", rank=rank, targets=("o_proj",)), batches=batches)
+    peft_model = build_adapter(
+        model, AdapterConfig("loraga", rank=rank, targets=("o_proj",)), batches=batches
+    )
     for name, gradient in gradients.items():
         lora_a = _factors(peft_model, name)[0].double()
         top_right = torch.linalg.svd(gradient, full_matrices=False)[2][:rank]
@@ -310,8 +334,10 @@ def test_loraplus_optimizer_speeds_up_b_only(tiny) -> None:
     assert len(lr_of) == len(params) == sum(len(g["params"]) for g in optimizer.param_groups)
     for name, param in params.items():
         assert lr_of[id(param)] == pytest.approx(8e-3 if "lora_B" in name else 1e-3)
-    assert all(g["betas"] == (0.8, 0.99) and g["weight_decay"] == 0.1 and g["eps"] == 1e-6
-               for g in optimizer.param_groups)
+    assert all(
+        g["betas"] == (0.8, 0.99) and g["weight_decay"] == 0.1 and g["eps"] == 1e-6
+        for g in optimizer.param_groups
+    )
 
 
 def test_plain_methods_get_one_adamw_group(tiny) -> None:
@@ -342,12 +368,17 @@ def test_paper_methods_keep_smollm2_function(smollm2) -> None:
         with torch.no_grad():
             actual = peft_model(**ids).logits
         # Logits of a real LM are O(10): the same fp32 tolerance, relative.
-        torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-5, msg=f"{method} changed the function")
+        torch.testing.assert_close(
+            actual, expected, atol=1e-4, rtol=1e-5, msg=f"{method} changed the function"
+        )
 
 
 def _shapes(model: nn.Module, targets=DEFAULT_TARGETS) -> list[tuple[int, int]]:
-    return [(m.out_features, m.in_features) for n, m in model.named_modules()
-            if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in targets]
+    return [
+        (m.out_features, m.in_features)
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in targets
+    ]
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -370,7 +401,9 @@ def test_randlora_rank_matches_loras_parameter_count_best() -> None:
     # The paper's setting, Qwen3-0.6B at r = 128: every min(out, in) is 1024, so the count moves in coarse steps
     # (r = 2: +27 %, r = 3: -15 %); the closest is r = 3.
     assert randlora_rank(128, list(REFERENCE_SHAPES.values())) == 3
-    assert reference_parameter_count("randlora") / reference_parameter_count("lora") == pytest.approx(0.853, abs=1e-3)
+    assert reference_parameter_count("randlora") / reference_parameter_count("lora") == pytest.approx(
+        0.853, abs=1e-3
+    )
 
 
 def test_randlora_uses_the_matched_rank_alpha_twenty_r_and_the_seed_as_basis_key(tiny) -> None:
@@ -426,7 +459,9 @@ def test_every_method_builds_on_float64_or_says_why(method: str) -> None:
     if METHODS[method].needs_data:
         from hessian_lora.inputs.tasks import load_task, make_batches
 
-        batches = make_batches(base.tokenizer, load_task("arith", n_train=4, n_eval=0).train, 4, max_length=96)
+        batches = make_batches(
+            base.tokenizer, load_task("arith", n_train=4, n_eval=0).train, 4, max_length=96
+        )
     try:
         peft_model = build_adapter(base.model, AdapterConfig(method, rank=4), batches=batches)
     except UserError as exc:

@@ -67,14 +67,22 @@ def _trained(method: str, model_seed: int = 0, steps: int = 3):
     peft_model = build_adapter(loaded.model, config, batches=batches if METHODS[method].needs_data else None)
     optimizer = make_optimizer(peft_model, config, LR, weight_decay=0.01)
     _train(peft_model, optimizer, batches, steps)
-    meta = CheckpointMeta.from_config(config, base_model="tiny-llama", task="arith", model_seed=model_seed,
-                                      lr=LR, step=steps, extra={"note": "test"})
+    meta = CheckpointMeta.from_config(
+        config,
+        base_model="tiny-llama",
+        task="arith",
+        model_seed=model_seed,
+        lr=LR,
+        step=steps,
+        extra={"note": "test"},
+    )
     return peft_model, optimizer, meta, batches
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_save_load_is_bit_identical_and_training_resumes_exactly(method: str, tmp_path: Path,
-                                                                 probe_ids: torch.Tensor) -> None:
+def test_save_load_is_bit_identical_and_training_resumes_exactly(
+    method: str, tmp_path: Path, probe_ids: torch.Tensor
+) -> None:
     peft_model, optimizer, meta, batches = _trained(method)
     expected = _logits(peft_model, probe_ids)
     save_checkpoint(tmp_path / "ckpt", peft_model, meta, optimizer=optimizer)
@@ -114,7 +122,10 @@ def test_bias_corrected_second_moments(tmp_path: Path) -> None:
     peft_model, optimizer, meta, _ = _trained("lora", steps=2)
     save_checkpoint(tmp_path / "c", peft_model, meta, optimizer=optimizer)
     loaded = load_checkpoint(tmp_path / "c", device="cpu")
-    raw, corrected = adam_second_moments(loaded), adam_second_moments(loaded.optimizer_state, bias_corrected=True)
+    raw, corrected = (
+        adam_second_moments(loaded),
+        adam_second_moments(loaded.optimizer_state, bias_corrected=True),
+    )
     for name in raw:
         torch.testing.assert_close(corrected[name], raw[name] / (1 - 0.999**2))
 
@@ -129,8 +140,9 @@ def test_checkpoint_without_optimizer_has_no_state(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("method", ["lora", "dora", "rslora"])
-def test_peft_loads_the_adapter_of_base_keeping_methods(method: str, tmp_path: Path,
-                                                        probe_ids: torch.Tensor) -> None:
+def test_peft_loads_the_adapter_of_base_keeping_methods(
+    method: str, tmp_path: Path, probe_ids: torch.Tensor
+) -> None:
     peft_model, optimizer, meta, _ = _trained(method)
     save_checkpoint(tmp_path / "c", peft_model, meta, optimizer=optimizer)
     fresh = load_model("tiny-llama", device="cpu").model
@@ -139,8 +151,9 @@ def test_peft_loads_the_adapter_of_base_keeping_methods(method: str, tmp_path: P
 
 
 @pytest.mark.parametrize("method", ["milora", "loraga"])
-def test_adapter_config_is_a_plain_lora_config_peft_loads_on_the_residual(method: str, tmp_path: Path,
-                                                                          probe_ids: torch.Tensor) -> None:
+def test_adapter_config_is_a_plain_lora_config_peft_loads_on_the_residual(
+    method: str, tmp_path: Path, probe_ids: torch.Tensor
+) -> None:
     peft_model, _, meta, _ = _trained(method, steps=1)
     save_checkpoint(tmp_path / "c", peft_model, meta)
     config = json.loads((tmp_path / "c" / ADAPTER_CONFIG_FILE).read_text())
@@ -163,8 +176,9 @@ def test_a_changed_base_model_is_reported(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "c", device="cpu")
 
 
-def test_saving_replaces_a_checkpoint_atomically_and_leaves_no_temp_dirs(tmp_path: Path,
-                                                                         probe_ids: torch.Tensor) -> None:
+def test_saving_replaces_a_checkpoint_atomically_and_leaves_no_temp_dirs(
+    tmp_path: Path, probe_ids: torch.Tensor
+) -> None:
     first, _, meta, _ = _trained("lora", steps=1)
     save_checkpoint(tmp_path / "c", first, meta)
     second, optimizer, meta2, _ = _trained("lora", steps=3)
@@ -196,10 +210,12 @@ def test_only_models_from_build_adapter_can_be_saved(tmp_path: Path, tiny) -> No
 
 
 def test_meta_round_trips_through_json() -> None:
-    config = AdapterConfig("pissa", rank=16, alpha=32, dropout=0.05, targets=("q_proj", "v_proj"), seed=3,
-                           pissa_niter=4)
-    meta = CheckpointMeta.from_config(config, base_model="smollm2-135m", task="arith", lr=1e-4, step=12,
-                                      extra={"history": [1, 2]})
+    config = AdapterConfig(
+        "pissa", rank=16, alpha=32, dropout=0.05, targets=("q_proj", "v_proj"), seed=3, pissa_niter=4
+    )
+    meta = CheckpointMeta.from_config(
+        config, base_model="smollm2-135m", task="arith", lr=1e-4, step=12, extra={"history": [1, 2]}
+    )
     again = CheckpointMeta.from_dict(json.loads(json.dumps(meta.to_dict())))
     assert again == meta
     assert again.adapter == config
@@ -220,14 +236,16 @@ def test_bad_checkpoint_paths_are_user_errors(make: str, tmp_path: Path) -> None
 
 def test_optimizer_state_for_other_parameters_is_refused(tmp_path: Path) -> None:
     peft_model, optimizer, _, _ = _trained("lora", steps=1)
-    other = build_adapter(load_model("tiny-llama", device="cpu").model,
-                          AdapterConfig("lora", rank=4, targets=("q_proj",)))
+    other = build_adapter(
+        load_model("tiny-llama", device="cpu").model, AdapterConfig("lora", rank=4, targets=("q_proj",))
+    )
     state = OptimizerState(optimizer.state_dict(), tuple(trainable_parameters(peft_model)))
     with pytest.raises(UserError, match="other parameters"):
         load_optimizer_state(make_optimizer(other, AdapterConfig("lora", rank=4), LR), other, state)
 
 
 # Plain peft adapter directories (PeftModel.save_pretrained, no hessian_lora.json)
+
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -243,8 +261,10 @@ def _plain_adapter(base_dir: Path, **lora: object) -> PeftModel:
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(3)
-    model = get_peft_model(load_model(str(base_dir), device="cpu").model,
-                           LoraConfig(**{"r": 2, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"], **lora}))
+    model = get_peft_model(
+        load_model(str(base_dir), device="cpu").model,
+        LoraConfig(**{"r": 2, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"], **lora}),
+    )
     return _perturb(model)
 
 
@@ -256,36 +276,63 @@ def _perturb(model: PeftModel) -> PeftModel:
     return model.eval()
 
 
-def test_eigen_on_a_plain_peft_directory_equals_the_checkpoint(base_dir: Path, tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_eigen_on_a_plain_peft_directory_equals_the_checkpoint(
+    base_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from hessian_lora.cli.main import main
     from hessian_lora.measurement.measure import read_report
 
     peft_model = _plain_adapter(base_dir)
     peft_model.save_pretrained(tmp_path / "plain")
-    assert json.loads((tmp_path / "plain" / ADAPTER_CONFIG_FILE).read_text())["base_model_name_or_path"] == str(base_dir)
+    assert json.loads((tmp_path / "plain" / ADAPTER_CONFIG_FILE).read_text())[
+        "base_model_name_or_path"
+    ] == str(base_dir)
     config = AdapterConfig("lora", rank=2, alpha=4, targets=("q_proj", "v_proj"))
     setattr(peft_model, adapters.CONFIG_ATTRIBUTE, config)  # what build_adapter leaves
-    save_checkpoint(tmp_path / "ckpt", peft_model, CheckpointMeta.from_config(config, base_model=str(base_dir)))
+    save_checkpoint(
+        tmp_path / "ckpt", peft_model, CheckpointMeta.from_config(config, base_model=str(base_dir))
+    )
 
     values = {}
     for name in ("plain", "ckpt"):
         out = tmp_path / f"{name}.json"
-        assert main(["eigen", str(tmp_path / name), "--samples", "4", "--batch-size", "2", "--max-length", "256",
-                     "--quiet", "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "eigen",
+                    str(tmp_path / name),
+                    "--samples",
+                    "4",
+                    "--batch-size",
+                    "2",
+                    "--max-length",
+                    "256",
+                    "--quiet",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         values[name] = read_report(out).blocks[0].lambda_max
     capsys.readouterr()
     assert values["plain"] > 0 and values["plain"] == pytest.approx(values["ckpt"], rel=1e-6)
     assert read_report(tmp_path / "plain.json").source["format"] == "peft"
 
 
-def test_plain_dora_directory_loads_with_its_method(base_dir: Path, tmp_path: Path, probe_ids: torch.Tensor) -> None:
+def test_plain_dora_directory_loads_with_its_method(
+    base_dir: Path, tmp_path: Path, probe_ids: torch.Tensor
+) -> None:
     from hessian_lora.training.peft_adapters import load_adapter
 
     peft_model = _plain_adapter(base_dir, use_dora=True)
     peft_model.save_pretrained(tmp_path / "dora")
     loaded = load_adapter(tmp_path / "dora", device="cpu")
-    assert loaded.meta.adapter.method == "dora" and loaded.meta.adapter.rank == 2 and loaded.meta.adapter.alpha == 4.0
+    assert (
+        loaded.meta.adapter.method == "dora"
+        and loaded.meta.adapter.rank == 2
+        and loaded.meta.adapter.alpha == 4.0
+    )
     assert loaded.meta.adapter.targets == ("q_proj", "v_proj") and loaded.meta.base_model == str(base_dir)
     assert torch.equal(_logits(loaded.model, probe_ids), _logits(peft_model, probe_ids))
     assert trainable_parameters(loaded.model).keys() == trainable_parameters(peft_model).keys()
@@ -296,8 +343,10 @@ def _pissa_directories(base_dir: Path, tmp_path: Path, init: str) -> PeftModel:
     """A "trained" ``init`` adapter saved raw, with peft's conversion, and its residual base (a model directory)."""
     from peft import LoraConfig, get_peft_model
 
-    pissa = get_peft_model(load_model(str(base_dir), device="cpu").model,
-                           LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=init))
+    pissa = get_peft_model(
+        load_model(str(base_dir), device="cpu").model,
+        LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=init),
+    )
     pissa.peft_config["default"].init_lora_weights = True
     pissa.save_pretrained(tmp_path / "initial")  # peft's recipe for a later conversion
     pissa.peft_config["default"].init_lora_weights = init
@@ -308,13 +357,16 @@ def _pissa_directories(base_dir: Path, tmp_path: Path, init: str) -> PeftModel:
                 param.add_(0.05 * torch.randn_like(param))
     pissa.eval()
     pissa.save_pretrained(tmp_path / "raw")
-    pissa.save_pretrained(tmp_path / "converted", path_initial_model_for_weight_conversion=str(tmp_path / "initial"))
+    pissa.save_pretrained(
+        tmp_path / "converted", path_initial_model_for_weight_conversion=str(tmp_path / "initial")
+    )
     return pissa
 
 
 @pytest.mark.parametrize("init", ["pissa", "olora"])
-def test_a_base_rewriting_plain_adapter_is_measured_on_what_it_trains(init: str, base_dir: Path, tmp_path: Path,
-                                                                      probe_ids: torch.Tensor) -> None:
+def test_a_base_rewriting_plain_adapter_is_measured_on_what_it_trains(
+    init: str, base_dir: Path, tmp_path: Path, probe_ids: torch.Tensor
+) -> None:
     from hessian_lora.measurement.measure import eigen
     from hessian_lora.training.peft_adapters import load_adapter
 
@@ -334,12 +386,24 @@ def test_a_base_rewriting_plain_adapter_is_measured_on_what_it_trains(init: str,
     for name, model in (("raw", None), ("raw", str(tmp_path / "residual")), ("converted", None)):
         loaded = load_adapter(tmp_path / name, model=model, device="cpu")
         # the method's own parameters (rank r, not peft's rank-2r conversion), computing the trained function
-        assert (loaded.meta.adapter.method, loaded.meta.adapter.rank, loaded.meta.adapter.alpha) == (init, 2, 4.0), (name, model)
+        assert (loaded.meta.adapter.method, loaded.meta.adapter.rank, loaded.meta.adapter.alpha) == (
+            init,
+            2,
+            4.0,
+        ), (name, model)
         assert {k: v.shape for k, v in trainable_parameters(loaded.model).items()} == {
-            k: v.shape for k, v in trained.items()}
+            k: v.shape for k, v in trained.items()
+        }
         torch.testing.assert_close(_logits(loaded.model, probe_ids), expected, atol=1e-5, rtol=1e-5)
-        report = eigen(str(tmp_path / name), model=model, samples=4, batch_size=2, max_length=256, smallest=False,
-                       progress=False)
+        report = eigen(
+            str(tmp_path / name),
+            model=model,
+            samples=4,
+            batch_size=2,
+            max_length=256,
+            smallest=False,
+            progress=False,
+        )
         assert report.source["residual_base"].startswith(("rebuilt", "given", "converted"))
         values[(name, model)] = report.blocks[0].lambda_max
     first = next(iter(values.values()))
@@ -361,16 +425,23 @@ def test_a_rewriting_init_that_cannot_be_rebuilt_says_what_it_needs(base_dir: Pa
 
 
 @pytest.mark.parametrize("rank", [2, 4])
-def test_a_plain_lora_of_even_rank_is_not_taken_for_a_conversion(rank: int, base_dir: Path, tmp_path: Path) -> None:
+def test_a_plain_lora_of_even_rank_is_not_taken_for_a_conversion(
+    rank: int, base_dir: Path, tmp_path: Path
+) -> None:
     from hessian_lora.training.peft_adapters import converted_init, load_adapter
 
     _plain_adapter(base_dir, r=rank).save_pretrained(tmp_path / "plain")
-    assert converted_init(tmp_path / "plain", json.loads((tmp_path / "plain" / ADAPTER_CONFIG_FILE).read_text())) is None
+    assert (
+        converted_init(tmp_path / "plain", json.loads((tmp_path / "plain" / ADAPTER_CONFIG_FILE).read_text()))
+        is None
+    )
     loaded = load_adapter(tmp_path / "plain", device="cpu")
     assert (loaded.meta.adapter.method, loaded.meta.adapter.rank) == ("lora", rank)
 
 
-def test_a_checkpoint_refuses_another_base_and_a_truncated_adapter_is_named(base_dir: Path, tmp_path: Path) -> None:
+def test_a_checkpoint_refuses_another_base_and_a_truncated_adapter_is_named(
+    base_dir: Path, tmp_path: Path
+) -> None:
     from hessian_lora.training.peft_adapters import load_adapter
 
     peft_model, _, meta, _ = _trained("lora", steps=0)
@@ -384,7 +455,9 @@ def test_a_checkpoint_refuses_another_base_and_a_truncated_adapter_is_named(base
         load_adapter(tmp_path / "plain", device="cpu")
 
 
-def test_a_checkpoint_whose_metadata_names_a_base_of_another_shape_is_refused_in_one_line(tmp_path, capsys) -> None:
+def test_a_checkpoint_whose_metadata_names_a_base_of_another_shape_is_refused_in_one_line(
+    tmp_path, capsys
+) -> None:
     """peft's answer is one size-mismatch line per tensor (55 lines for SmolLM2's q/v): the toolkit's is one line
     naming the file, the layer and the fix, exit 2."""
     from hessian_lora.cli.main import main
@@ -396,7 +469,9 @@ def test_a_checkpoint_whose_metadata_names_a_base_of_another_shape_is_refused_in
     meta["base_model"] = "tiny-llama:hidden_size=32"
     meta_path.write_text(json.dumps(meta))
     capsys.readouterr()
-    assert main(["eigen", str(directory), "--samples", "2", "--out", str(tmp_path / "r.json"), "--quiet"]) == 2
+    assert (
+        main(["eigen", str(directory), "--samples", "2", "--out", str(tmp_path / "r.json"), "--quiet"]) == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "saved for another base" in err[0] and "set base_model in" in err[0], err
     assert not (tmp_path / "r.json").exists()

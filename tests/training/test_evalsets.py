@@ -42,7 +42,12 @@ def test_math_gold_is_the_last_boxed_with_nested_braces() -> None:
     evalset = load_eval_set(f"math:{MATH}")
     assert (evalset.name, evalset.kind) == ("math", "math")
     assert [example.answer for example in evalset.examples] == [
-        "\\frac{1}{2}", "\\left( 1, 2 \\right)", "5\\sqrt{2}", "3", "[2, 5)"]
+        "\\frac{1}{2}",
+        "\\left( 1, 2 \\right)",
+        "5\\sqrt{2}",
+        "3",
+        "[2, 5)",
+    ]
     assert evalset.examples[0].metadata["level"] == "Level 1"
     assert evalset.examples[1].metadata["type"] == "Algebra"
 
@@ -60,7 +65,10 @@ def test_last_boxed_and_answer_extraction() -> None:
     assert last_boxed("a \\boxed{1} then \\boxed{\\frac{a}{b^{2}}} end") == "\\frac{a}{b^{2}}"
     assert last_boxed("so \\boxed 7$.") == "7"
     assert last_boxed("no box here") is None
-    assert extract_math_answer("work... so the result is \\boxed{\\dfrac{1}{2}}. The answer is 3") == "\\dfrac{1}{2}"
+    assert (
+        extract_math_answer("work... so the result is \\boxed{\\dfrac{1}{2}}. The answer is 3")
+        == "\\dfrac{1}{2}"
+    )
     assert extract_math_answer("We add them.\nThe answer is $42$.\nDone, 7 more words") == "42"
     assert extract_math_answer("12 + 30 = 42\n#### 42") == "42"
     assert extract_math_answer("first 3 then 17 apples") == "17"
@@ -127,7 +135,12 @@ def test_mbpp_pass_at_1_right_wrong_and_timeout() -> None:
     evalset = load_eval_set(f"mbpp:{MBPP}", code_timeout=3.0)
     squares, mirror, shared = evalset.examples
     assert evalset.score(squares.response, squares) == 1.0
-    assert evalset.score("```python\ndef sum_squares(values):\n    return sum(v * v for v in values)\n```", squares) == 1.0
+    assert (
+        evalset.score(
+            "```python\ndef sum_squares(values):\n    return sum(v * v for v in values)\n```", squares
+        )
+        == 1.0
+    )
     assert evalset.score("def sum_squares(values):\n    return sum(values)\n", squares) == 0.0
     assert evalset.score(shared.response, shared) == 1.0  # needs test_setup_code
     assert evalset.score("def is_mirror(text):\n    return True\n", mirror) == 0.0
@@ -164,18 +177,22 @@ def _write(tmp_path: Path, name: str, content: str | bytes) -> Path:
         ("gsm8k", json.dumps({"question": "q", "answer": "no marker"}) + "\n", "#### NUMBER"),
         ("gsm8k", "", "is empty"),
         ("gsm8k", "question,answer\nq,a\n", "line 1 is not JSON"),
-        ("gsm8k", b"{\"question\": \"caf\xe9\", \"answer\": \"#### 1\"}\n", "not UTF-8"),
+        ("gsm8k", b'{"question": "caf\xe9", "answer": "#### 1"}\n', "not UTF-8"),
         ("gsm8k", "[1, 2]\n", "not an object"),
         ("math", json.dumps({"problem": "p", "solution": "the answer is 3"}) + "\n", "no \\\\boxed"),
         ("math", json.dumps({"problem": "p", "solution": "\\boxed{3"}) + "\n", "no \\\\boxed"),
         ("math", json.dumps({"solution": "\\boxed{3}"}) + "\n", "no field 'problem'"),
         ("mbpp", json.dumps({"task_id": 1, "text": "t", "code": "c"}) + "\n", "no field 'test_list'"),
-        ("mbpp", json.dumps({"task_id": 1, "text": "t", "code": "c", "test_list": "assert 1"}) + "\n",
-         "field 'test_list' is a str"),
+        (
+            "mbpp",
+            json.dumps({"task_id": 1, "text": "t", "code": "c", "test_list": "assert 1"}) + "\n",
+            "field 'test_list' is a str",
+        ),
     ],
 )
-def test_bad_files_give_one_line_errors_naming_file_and_field(tmp_path: Path, kind: str, content: str | bytes,
-                                                             fragment: str) -> None:
+def test_bad_files_give_one_line_errors_naming_file_and_field(
+    tmp_path: Path, kind: str, content: str | bytes, fragment: str
+) -> None:
     path = _write(tmp_path, f"bad-{kind}.jsonl", content)
     with pytest.raises(UserError, match=fragment) as info:
         load_eval_set(f"{kind}:{path}")
@@ -185,8 +202,11 @@ def test_bad_files_give_one_line_errors_naming_file_and_field(tmp_path: Path, ki
 
 
 def test_bad_specs(tmp_path: Path) -> None:
-    for spec, fragment in [("squad:x.jsonl", "unknown eval set"), ("gsm8k", "needs a file"),
-                           (f"gsm8k:{tmp_path / 'missing.jsonl'}", "does not exist")]:
+    for spec, fragment in [
+        ("squad:x.jsonl", "unknown eval set"),
+        ("gsm8k", "needs a file"),
+        (f"gsm8k:{tmp_path / 'missing.jsonl'}", "does not exist"),
+    ]:
         with pytest.raises(UserError, match=fragment):
             load_eval_set(spec)
     with pytest.raises(UserError, match="limit"):

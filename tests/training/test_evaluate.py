@@ -22,7 +22,13 @@ from hessian_lora.training.evaluate import (
     truncate_completion,
 )
 
-PROMPTS = ["1 + 2 =", "What is 12 - 30?", "7", "State the final answer to: 45 + 3 + 9 =", "a much longer prompt " * 3]
+PROMPTS = [
+    "1 + 2 =",
+    "What is 12 - 30?",
+    "7",
+    "State the final answer to: 45 + 3 + 9 =",
+    "a much longer prompt " * 3,
+]
 
 
 def _trained_tiny(tiny):
@@ -43,8 +49,10 @@ def test_left_pad_right_aligns_rows():
 def test_batched_greedy_generation_equals_one_at_a_time(tiny):
     tiny = _trained_tiny(tiny)
     batched = generate_ids(tiny.model, tiny.tokenizer, PROMPTS, max_new_tokens=12, batch_size=len(PROMPTS))
-    single = [generate_ids(tiny.model, tiny.tokenizer, [prompt], max_new_tokens=12, batch_size=1)[0]
-              for prompt in PROMPTS]
+    single = [
+        generate_ids(tiny.model, tiny.tokenizer, [prompt], max_new_tokens=12, batch_size=1)[0]
+        for prompt in PROMPTS
+    ]
     assert batched == single
     assert len({tuple(tokens) for tokens in single}) > 1  # outputs differ per prompt: the test can fail
     assert all(len(tokens) > 0 for tokens in single)
@@ -74,8 +82,9 @@ def test_accuracy_scores_each_generation_against_its_own_example(tiny):
     expected = {}
     for example in examples:
         prompt = format_prompt(tiny.tokenizer, example.prompt)
-        expected[example.prompt] = evaluate_module.generate_text(tiny.model, tiny.tokenizer, [prompt],
-                                                                 max_new_tokens=5, batch_size=1)[0]
+        expected[example.prompt] = evaluate_module.generate_text(
+            tiny.model, tiny.tokenizer, [prompt], max_new_tokens=5, batch_size=1
+        )[0]
     seen = []
 
     def scorer(generation: str, example: Example) -> float:
@@ -84,7 +93,9 @@ def test_accuracy_scores_each_generation_against_its_own_example(tiny):
         return float(generation == expected[example.prompt] and example.answer != "2")
 
     task = Task(spec="unit", train=[], eval=examples, scorer=scorer)
-    result = evaluate(tiny.model, tiny.tokenizer, task, EvalConfig(batch_size=3, max_new_tokens=5, max_length=96))
+    result = evaluate(
+        tiny.model, tiny.tokenizer, task, EvalConfig(batch_size=3, max_new_tokens=5, max_length=96)
+    )
     assert sorted(seen) == sorted(PROMPTS)
     assert result.accuracy == pytest.approx(4 / 5)
     assert result.eval_loss is not None and result.n_examples == 5
@@ -147,6 +158,10 @@ def test_evaluate_adds_humaneval_pass_at_1_when_asked(tiny, monkeypatch):
         return [answers.get(prompt, "") for prompt in prompts]
 
     monkeypatch.setattr(evaluate_module, "generate_text", fake_generate)
-    result = evaluate(tiny.model, tiny.tokenizer, task,
-                      EvalConfig(accuracy=False, humaneval=True, humaneval_limit=2, max_length=96))
+    result = evaluate(
+        tiny.model,
+        tiny.tokenizer,
+        task,
+        EvalConfig(accuracy=False, humaneval=True, humaneval_limit=2, max_length=96),
+    )
     assert result.pass_at_1 == 0.5 and result.accuracy is None and result.eval_loss is not None

@@ -20,14 +20,20 @@ from hessian_lora.training.memory import (
 )
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
-QWEN, GEMMA, LLAMA = (PAPER_MODELS[k] for k in ("Qwen/Qwen3-0.6B-Base", "google/gemma-3-1b-pt",
-                                                  "meta-llama/Llama-2-7b-hf"))
+QWEN, GEMMA, LLAMA = (
+    PAPER_MODELS[k] for k in ("Qwen/Qwen3-0.6B-Base", "google/gemma-3-1b-pt", "meta-llama/Llama-2-7b-hf")
+)
 
 
 def test_the_module_imports_without_torch():
     code = "import sys, hessian_lora.training.memory as m; m.memory_table(); print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[2])
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert out.stdout.strip() == "False"
 
 
@@ -68,19 +74,35 @@ def test_shape_from_a_local_config_json(tmp_path):
 
 def test_the_terms_move_the_way_the_settings_say():
     plain = training_memory(LLAMA, rank=128, micro_batch_size=4, max_length=512)
-    bf16 = training_memory(LLAMA, rank=128, micro_batch_size=4, max_length=512, base_dtype="bf16",
-                           autocast_bf16=True)
-    checkpointed = training_memory(LLAMA, rank=128, micro_batch_size=4, max_length=512, base_dtype="bf16",
-                                   autocast_bf16=True, gradient_checkpointing=True)
+    bf16 = training_memory(
+        LLAMA, rank=128, micro_batch_size=4, max_length=512, base_dtype="bf16", autocast_bf16=True
+    )
+    checkpointed = training_memory(
+        LLAMA,
+        rank=128,
+        micro_batch_size=4,
+        max_length=512,
+        base_dtype="bf16",
+        autocast_bf16=True,
+        gradient_checkpointing=True,
+    )
     assert bf16.base_weights * 2 == plain.base_weights == 4 * LLAMA.parameters
     assert bf16.adapter == plain.adapter == 16 * adapter_parameters(LLAMA, 128)
     assert checkpointed.activations < bf16.activations / 10
     assert bf16.build_peak == plain.build_peak  # the adapter is always built on the fp32 base
-    doubled = training_memory(LLAMA, rank=128, micro_batch_size=8, max_length=512, base_dtype="bf16",
-                              autocast_bf16=True)
+    doubled = training_memory(
+        LLAMA, rank=128, micro_batch_size=8, max_length=512, base_dtype="bf16", autocast_bf16=True
+    )
     assert doubled.activations == 2 * bf16.activations and doubled.logits == 2 * bf16.logits
-    eager = training_memory(LLAMA, rank=128, micro_batch_size=4, max_length=512, base_dtype="bf16",
-                            autocast_bf16=True, attention="eager")
+    eager = training_memory(
+        LLAMA,
+        rank=128,
+        micro_batch_size=4,
+        max_length=512,
+        base_dtype="bf16",
+        autocast_bf16=True,
+        attention="eager",
+    )
     assert eager.activations > bf16.activations
     # Llama-2-7B trains in ~22 GB with checkpointing, but its fp32 build (~29 GB) does not fit 24 GB.
     assert checkpointed.training_peak < 24e9 < checkpointed.build_peak == checkpointed.peak
@@ -101,7 +123,16 @@ def test_estimates_for_the_shipped_configs():
     table = memory_table()
     assert table.count("\n") == 1 + 3 * 4 and "Llama-2-7B" in table
     # Gemma-3's config.json keeps the text model's sizes under text_config.
-    gemma_json = {"text_config": {"model_type": "gemma3_text", "hidden_size": 1152, "num_hidden_layers": 26,
-                                  "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256,
-                                  "intermediate_size": 6912, "vocab_size": 262144}}
+    gemma_json = {
+        "text_config": {
+            "model_type": "gemma3_text",
+            "hidden_size": 1152,
+            "num_hidden_layers": 26,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 1,
+            "head_dim": 256,
+            "intermediate_size": 6912,
+            "vocab_size": 262144,
+        }
+    }
     assert ModelShape.from_hf_config(gemma_json, name="g").parameters == GEMMA.parameters

@@ -26,8 +26,10 @@ def adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     path = tmp_path_factory.mktemp("adapter") / "lora"
     torch.manual_seed(5)
-    model = get_peft_model(load_model("tiny-llama", device="cpu").model,
-                           LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    model = get_peft_model(
+        load_model("tiny-llama", device="cpu").model,
+        LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]),
+    )
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -49,7 +51,11 @@ def _offline_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, adapter_dir:
     (repo / "refs").mkdir(parents=True)
     for ref in ("main", "v1"):
         (repo / "refs" / ref).write_text(commit)
-    for key, value in {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
+    for key, value in {
+        "HF_HUB_CACHE": str(cache),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(hub_constants, "HUGGINGFACE_HUB_CACHE", str(cache))
@@ -58,7 +64,9 @@ def _offline_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, adapter_dir:
     return commit
 
 
-def test_a_hub_adapter_id_is_measured_from_the_offline_cache(adapter_dir, tmp_path, monkeypatch, capsys) -> None:
+def test_a_hub_adapter_id_is_measured_from_the_offline_cache(
+    adapter_dir, tmp_path, monkeypatch, capsys
+) -> None:
     import hessian_lora
     from hessian_lora.cli.commands.info import describe
     from hessian_lora.cli.main import main
@@ -70,8 +78,25 @@ def test_a_hub_adapter_id_is_measured_from_the_offline_cache(adapter_dir, tmp_pa
         report = hessian_lora.eigen(ADAPTER_ID, revision=revision, **SMALL)
         assert report.blocks[0].lambda_max == pytest.approx(local.blocks[0].lambda_max, rel=1e-6)
         assert report.source["checkpoint"] == ADAPTER_ID and report.source["revision"] == commit
-    assert main(["eigen", ADAPTER_ID, "--revision", "v1", "--samples", "4", "--batch-size", "2", "--quiet",
-                 "--no-min", "--out", "hub.json"]) == 0
+    assert (
+        main(
+            [
+                "eigen",
+                ADAPTER_ID,
+                "--revision",
+                "v1",
+                "--samples",
+                "4",
+                "--batch-size",
+                "2",
+                "--quiet",
+                "--no-min",
+                "--out",
+                "hub.json",
+            ]
+        )
+        == 0
+    )
     assert read_report(tmp_path / "hub.json").source["revision"] == commit
     facts = describe(ADAPTER_ID)
     assert (facts["method"], facts["rank"], facts["base_model"]) == ("lora", 2, "tiny-llama")
@@ -80,7 +105,9 @@ def test_a_hub_adapter_id_is_measured_from_the_offline_cache(adapter_dir, tmp_pa
 
     for revision in (None, "v2"):  # not in the cache, and the hub is not asked
         with pytest.raises(UserError) as error:
-            hessian_lora.eigen("acme/other-lora" if revision is None else ADAPTER_ID, revision=revision, **SMALL)
+            hessian_lora.eigen(
+                "acme/other-lora" if revision is None else ADAPTER_ID, revision=revision, **SMALL
+            )
         message = str(error.value)
         assert "\n" not in message and "not in the local cache" in message
         assert ("acme/other-lora" in message) if revision is None else ("at revision v2" in message)
@@ -92,12 +119,16 @@ def test_a_trainer_checkpoint_reports_its_step(adapter_dir, tmp_path) -> None:
     import hessian_lora
     from hessian_lora.cli.commands.info import describe
 
-    assert hessian_lora.eigen(str(adapter_dir), **SMALL).source["step"] is None  # nothing says: unknown, not 0
+    assert (
+        hessian_lora.eigen(str(adapter_dir), **SMALL).source["step"] is None
+    )  # nothing says: unknown, not 0
     named = tmp_path / "checkpoint-12"
     shutil.copytree(adapter_dir, named)
     assert hessian_lora.eigen(str(named), **SMALL).source["step"] == 12
     (named / "trainer_state.json").write_text(json.dumps({"global_step": 30, "log_history": []}))
-    assert hessian_lora.eigen(str(named), **SMALL).source["step"] == 30  # the trainer's state wins over the name
+    assert (
+        hessian_lora.eigen(str(named), **SMALL).source["step"] == 30
+    )  # the trainer's state wins over the name
     assert describe(named)["step"] == 30
     (named / "trainer_state.json").write_text("{not json")
     with pytest.raises(UserError, match=r"trainer_state\.json is not valid JSON"):
@@ -116,18 +147,40 @@ def test_eigen_says_what_data_it_measured_on(adapter_dir, tmp_path, capsys) -> N
     data = read_report(tmp_path / "default.json").source["data"]
     assert data["source"] == "arith" and data["default"] is True and data["examples"] == 4
     assert data["prompt_template"] == "chat" and data["batches"] == 2 and data["loss_tokens"] > 0
-    assert f"data: arith (default task), template chat, 4 examples in 2 batches, {data['loss_tokens']:,} loss tokens" \
+    assert (
+        f"data: arith (default task), template chat, 4 examples in 2 batches, {data['loss_tokens']:,} loss tokens"
         in err
+    )
     # the data line comes before the first product: before any progress bar of the solver
     assert err.index("data: ") < err.index("eigen blocks")
 
     pairs = tmp_path / "mine.jsonl"
-    pairs.write_text("".join(json.dumps({"question": f"{i} + {i} =", "answer": str(2 * i)}) + "\n" for i in range(3)))
-    assert main(["eigen", str(adapter_dir), *common, "--data", str(pairs), "--prompt-template", "plain",
-                 "--out", str(tmp_path / "mine.json")]) == 0
+    pairs.write_text(
+        "".join(json.dumps({"question": f"{i} + {i} =", "answer": str(2 * i)}) + "\n" for i in range(3))
+    )
+    assert (
+        main(
+            [
+                "eigen",
+                str(adapter_dir),
+                *common,
+                "--data",
+                str(pairs),
+                "--prompt-template",
+                "plain",
+                "--out",
+                str(tmp_path / "mine.json"),
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "notice:" not in err
     data = read_report(tmp_path / "mine.json").source["data"]
     assert (data["source"], data["default"], data["prompt_template"], data["examples"]) == (
-        str(pairs), False, "plain", 3)
+        str(pairs),
+        False,
+        "plain",
+        3,
+    )
     assert f"data: {pairs}, template plain, 3 examples in 2 batches" in err

@@ -62,7 +62,9 @@ def test_bf16_base_training_keeps_the_adapter_and_adam_in_fp32(arith):
     optimizer = make_optimizer(model, AdapterConfig("lora", rank=4, targets=TARGETS), 1e-2)
     result = train(model, tokenizer, arith.train, config, optimizer=optimizer, progress=False)
     assert result.steps == 4 and all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history)
-    assert _dtypes(model, trainable=True) == {torch.float32} and _dtypes(model, trainable=False) == {torch.bfloat16}
+    assert _dtypes(model, trainable=True) == {torch.float32} and _dtypes(model, trainable=False) == {
+        torch.bfloat16
+    }
     states = [tensor for state in optimizer.state.values() for tensor in state.values() if tensor.ndim > 0]
     assert states and {tensor.dtype for tensor in states} == {torch.float32}
     assert any(not torch.equal(before[name], p) for name, p in trainable_parameters(model).items())
@@ -92,7 +94,9 @@ def test_bf16_on_a_device_without_it_is_one_line_naming_the_setting(monkeypatch)
     from hessian_lora.settings.sweep import config_from_dict
     from hessian_lora.sweep.preflight import preflight
 
-    config = config_from_dict({**yaml.safe_load(TINY_YAML.read_text()), "base_dtype": "bf16"}, source="my.yaml")
+    config = config_from_dict(
+        {**yaml.safe_load(TINY_YAML.read_text()), "base_dtype": "bf16"}, source="my.yaml"
+    )
     with pytest.raises(UserError, match=r"^my\.yaml: base_dtype bf16"):
         preflight(config, device="cpu", source="my.yaml")
 
@@ -119,9 +123,16 @@ def test_a_bf16_trained_rewriting_method_checkpoint_reloads_in_fp32_and_verifies
     fp32_digest = residual_digest(model)
     cast_base_weights(model, "bf16")
     assert residual_digest(model) != fp32_digest
-    train(model, tokenizer, arith.train, TrainConfig(lr=1e-3, steps=2, batch_size=4, max_length=96), progress=False)
-    meta = CheckpointMeta.from_config(config, base_model="tiny-llama", dtype=torch.float32, step=2,
-                                      extra={"train_base_dtype": "bf16"})
+    train(
+        model,
+        tokenizer,
+        arith.train,
+        TrainConfig(lr=1e-3, steps=2, batch_size=4, max_length=96),
+        progress=False,
+    )
+    meta = CheckpointMeta.from_config(
+        config, base_model="tiny-llama", dtype=torch.float32, step=2, extra={"train_base_dtype": "bf16"}
+    )
     save_checkpoint(tmp_path / "ckpt", model, meta)
     assert read_meta_dict(tmp_path / "ckpt")["residual_sha256"] == fp32_digest
     loaded = load_checkpoint(tmp_path / "ckpt", device="cpu")
@@ -140,8 +151,11 @@ def test_a_checkpoint_recorded_in_bf16_is_measured_in_fp32(arith, tmp_path):
         for name, param in trainable_parameters(model).items():
             if "lora_B" in name:
                 param.normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
-    save_checkpoint(tmp_path / "ckpt", model, CheckpointMeta.from_config(config, base_model="tiny-llama",
-                                                                         dtype=torch.bfloat16))
+    save_checkpoint(
+        tmp_path / "ckpt",
+        model,
+        CheckpointMeta.from_config(config, base_model="tiny-llama", dtype=torch.bfloat16),
+    )
     as_saved = load_adapter(tmp_path / "ckpt", device="cpu")
     assert torch.bfloat16 in {p.dtype for p in as_saved.model.parameters()}
     full = load_adapter(tmp_path / "ckpt", device="cpu", full_precision=True)
@@ -151,9 +165,12 @@ def test_a_checkpoint_recorded_in_bf16_is_measured_in_fp32(arith, tmp_path):
     for name, param in full.model.named_parameters():
         assert torch.equal(param, base_bf16[name].float())
     batches = make_batches(loaded.tokenizer, arith.train[:4], 4, max_length=96)
-    report = measure(Checkpoint(tmp_path / "ckpt"),
-                     MeasureSettings(max_iter=8, tol=1e-2, blocks="per-module", modules=("q_proj",)),
-                     batches=batches, progress=False)
+    report = measure(
+        Checkpoint(tmp_path / "ckpt"),
+        MeasureSettings(max_iter=8, tol=1e-2, blocks="per-module", modules=("q_proj",)),
+        batches=batches,
+        progress=False,
+    )
     assert report.settings["dtype"] == "float32"
     assert all(block.lambda_max is not None for block in report.blocks)
 
@@ -164,9 +181,17 @@ def test_a_sweep_trains_bf16_and_measures_fp32(tmp_path):
     from hessian_lora.settings.sweep import config_from_dict
     from hessian_lora.sweep.runner import run_sweep
 
-    data = {**yaml.safe_load(TINY_YAML.read_text()), "methods": ["pissa"], "lr": [1e-2], "ranks": [2],
-            "targets": ["q_proj", "v_proj"], "steps": 3, "base_dtype": "bf16", "gradient_checkpointing": True,
-            "hessian": {"init": True, "final": True, "samples": 8, "batch_size": 4, "tol": 1e-3, "max_iter": 30}}
+    data = {
+        **yaml.safe_load(TINY_YAML.read_text()),
+        "methods": ["pissa"],
+        "lr": [1e-2],
+        "ranks": [2],
+        "targets": ["q_proj", "v_proj"],
+        "steps": 3,
+        "base_dtype": "bf16",
+        "gradient_checkpointing": True,
+        "hessian": {"init": True, "final": True, "samples": 8, "batch_size": 4, "tol": 1e-3, "max_iter": 30},
+    }
     config = config_from_dict(data, source="test")
     run_sweep(config, tmp_path, progress=False)
     (row,) = read_rows(tmp_path)
@@ -194,19 +219,40 @@ def test_a_gemma3_model_trains_with_a_bf16_base_and_checkpointing(method, arith)
     tokenizer = byte_tokenizer()
     histories = []
     for checkpointing in (False, True):
-        config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=16,
-                                  sliding_window=32, pad_token_id=tokenizer.pad_token_id,
-                                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                  attn_implementation="eager")
+        config = Gemma3TextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=16,
+            sliding_window=32,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            attn_implementation="eager",
+        )
         torch.manual_seed(0)
         adapter = AdapterConfig(method, rank=4)
         model = build_adapter(Gemma3ForCausalLM(config), adapter)
         cast_base_weights(model, "bf16")
-        train_config = TrainConfig(lr=1e-3, steps=2, batch_size=4, max_length=320, prompt_template="alpaca",
-                                   gradient_checkpointing=checkpointing)
-        result = train(model, tokenizer, arith.train, train_config, optimizer=make_optimizer(model, adapter, 1e-3),
-                       progress=False)
+        train_config = TrainConfig(
+            lr=1e-3,
+            steps=2,
+            batch_size=4,
+            max_length=320,
+            prompt_template="alpaca",
+            gradient_checkpointing=checkpointing,
+        )
+        result = train(
+            model,
+            tokenizer,
+            arith.train,
+            train_config,
+            optimizer=make_optimizer(model, adapter, 1e-3),
+            progress=False,
+        )
         assert _dtypes(model, trainable=True) == {torch.float32}
         assert _dtypes(model, trainable=False) == {torch.bfloat16}
         histories.append([step["loss"] for step in result.history])

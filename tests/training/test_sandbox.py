@@ -25,8 +25,10 @@ REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 30.0  # generous: the machine is shared; no test below relies on the limit except the slow control
 # The hostile programs need the confinement to run at all (without it run_program refuses them, tested below);
 # a machine without user namespaces skips them with the probe's reason. This one and CI have them.
-confined = pytest.mark.skipif(sandbox.probe_confinement().level != "namespaces",
-                              reason=f"no confinement here: {sandbox.probe_confinement().reason}")
+confined = pytest.mark.skipif(
+    sandbox.probe_confinement().level != "namespaces",
+    reason=f"no confinement here: {sandbox.probe_confinement().reason}",
+)
 
 
 @pytest.fixture
@@ -43,14 +45,18 @@ def user_files(tmp_path):
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
-    return {str(path.relative_to(directory)): path.read_bytes() for path in sorted(directory.rglob("*"))
-            if path.is_file()}
+    return {
+        str(path.relative_to(directory)): path.read_bytes()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
 
 
 def program(source: str, **values: object) -> str:
     """``source`` with each ``{name}`` replaced by the value's Python literal (paths as strings)."""
-    return textwrap.dedent(source).format(**{key: repr(str(value) if isinstance(value, Path) else value)
-                                             for key, value in values.items()})
+    return textwrap.dedent(source).format(
+        **{key: repr(str(value) if isinstance(value, Path) else value) for key, value in values.items()}
+    )
 
 
 def processes_mentioning(marker: str) -> list[int]:
@@ -68,6 +74,7 @@ def processes_mentioning(marker: str) -> list[int]:
 
 # ------------------------------------------------------------------------------------------------- controls
 
+
 @confined
 def test_a_correct_program_passes_and_a_wrong_one_fails():
     assert run_program("assert sorted([3, 1, 2]) == [1, 2, 3]\n", timeout=TIMEOUT) is True
@@ -83,22 +90,34 @@ def test_a_slow_program_times_out():
 
 @confined
 def test_the_program_has_a_writable_private_scratch():
-    assert run_program(program("""
+    assert (
+        run_program(
+            program("""
         import os, tempfile
         assert os.listdir('.') == ['program.py']
         open('out.txt', 'w').write('x')
         with tempfile.NamedTemporaryFile() as handle:
             handle.write(b'y')
         assert os.listdir('/tmp') == []
-    """), timeout=TIMEOUT) is True
+    """),
+            timeout=TIMEOUT,
+        )
+        is True
+    )
 
 
 # ------------------------------------------------------------------------------------------ hostile programs
 
+
 @confined
-@pytest.mark.parametrize(("source", "target"), [("open({path}, 'w').write('pwned')\n", "notes.txt"),
-                                                ("import shutil\nshutil.rmtree({path})\n", "project")],
-                         ids=["overwrite-a-file", "delete-a-directory-tree"])
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [
+        ("open({path}, 'w').write('pwned')\n", "notes.txt"),
+        ("import shutil\nshutil.rmtree({path})\n", "project"),
+    ],
+    ids=["overwrite-a-file", "delete-a-directory-tree"],
+)
 def test_it_cannot_change_the_users_files(source, target, user_files):
     before = snapshot(user_files)
     run_program(program(source, path=user_files / target), timeout=TIMEOUT)
@@ -108,7 +127,9 @@ def test_it_cannot_change_the_users_files(source, target, user_files):
 @confined
 def test_it_cannot_create_a_file_outside(user_files, tmp_path):
     targets = [user_files / "created.txt", tmp_path / "created.txt", REPO / f"created-{uuid.uuid4().hex}.txt"]
-    source = "".join(f"try:\n    open({str(t)!r}, 'w').write('x')\nexcept OSError:\n    pass\n" for t in targets)
+    source = "".join(
+        f"try:\n    open({str(t)!r}, 'w').write('x')\nexcept OSError:\n    pass\n" for t in targets
+    )
     run_program(source, timeout=TIMEOUT)
     assert not any(target.exists() for target in targets)
 
@@ -116,21 +137,37 @@ def test_it_cannot_create_a_file_outside(user_files, tmp_path):
 @confined
 def test_it_cannot_read_a_private_key(user_files):
     key = user_files / ".ssh" / "id_ed25519"
-    assert run_program(program("assert 'PRIVATE KEY' in open({path}).read()\n", path=key), timeout=TIMEOUT) is False
+    assert (
+        run_program(program("assert 'PRIVATE KEY' in open({path}).read()\n", path=key), timeout=TIMEOUT)
+        is False
+    )
 
 
 @confined
 def test_the_users_tree_and_the_hosts_tmp_are_out_of_sight(user_files):
-    assert run_program(program("""
+    assert (
+        run_program(
+            program(
+                """
         import os
         for path in ({user}, {repo}, {host_tmp}):
             assert not os.path.exists(path), path
-    """, user=user_files, repo=REPO / "setup.cfg", host_tmp=user_files.parent), timeout=TIMEOUT) is True
+    """,
+                user=user_files,
+                repo=REPO / "setup.cfg",
+                host_tmp=user_files.parent,
+            ),
+            timeout=TIMEOUT,
+        )
+        is True
+    )
 
 
 @confined
 def test_it_cannot_write_to_the_system_or_the_interpreter():
-    assert run_program(program("""
+    assert (
+        run_program(
+            program("""
         import os, sys
         for directory in ('/usr', os.path.dirname(os.path.realpath(sys.executable))):
             try:
@@ -139,7 +176,11 @@ def test_it_cannot_write_to_the_system_or_the_interpreter():
                 continue
             raise SystemExit(0)
         raise SystemExit(1)
-    """), timeout=TIMEOUT) is False
+    """),
+            timeout=TIMEOUT,
+        )
+        is False
+    )
 
 
 @confined
@@ -164,11 +205,17 @@ def test_it_cannot_reach_a_service_on_loopback():
         listener = threading.Thread(target=accept)
         listener.start()
         try:
-            passed = run_program(program("""
+            passed = run_program(
+                program(
+                    """
                 import socket
                 with socket.create_connection(('127.0.0.1', {port}), timeout=5) as connection:
                     connection.sendall(b'stolen')
-            """, port=port), timeout=TIMEOUT)
+            """,
+                    port=port,
+                ),
+                timeout=TIMEOUT,
+            )
         finally:
             time.sleep(0.3)
             stop.set()
@@ -179,7 +226,8 @@ def test_it_cannot_reach_a_service_on_loopback():
 @confined
 def test_a_daemon_does_not_outlive_the_runner(tmp_path):
     marker = tmp_path / f"daemon-{uuid.uuid4().hex}.txt"
-    source = program("""
+    source = program(
+        """
         import os, sys
         if os.fork() == 0:
             os.setsid()
@@ -188,7 +236,9 @@ def test_a_daemon_does_not_outlive_the_runner(tmp_path):
                          'import sys, time; time.sleep(1.5); open(sys.argv[1], "w").write("alive")', {marker}])
             os._exit(0)
         os.wait()
-    """, marker=marker)
+    """,
+        marker=marker,
+    )
     assert run_program(source, timeout=TIMEOUT) is True
     assert processes_mentioning(str(marker)) == []
     time.sleep(2.5)
@@ -201,7 +251,8 @@ def test_a_fork_storm_is_capped_and_leaves_nothing_behind():
         pytest.skip("root before Linux 6.14: neither RLIMIT_NPROC nor a PID namespace's pid_max binds")
     marker = f"storm-{uuid.uuid4().hex}"
     # Bounded, so that the runner without confinement (which lets it through) does not take the machine down.
-    source = program("""
+    source = program(
+        """
         import os, sys, time
         children = 0
         for _ in range(400):
@@ -209,12 +260,15 @@ def test_a_fork_storm_is_capped_and_leaves_nothing_behind():
                 os.execv('/bin/sh', ['sh', '-c', 'sleep 5; :', {marker}])  # a light child that keeps the marker
             children += 1
         time.sleep(0.5)
-    """, marker=marker)
+    """,
+        marker=marker,
+    )
     assert run_program(source, timeout=TIMEOUT) is False
     assert processes_mentioning(marker) == []
 
 
 # ---------------------------------------------------------------------------------- refusal, level, record
+
 
 @pytest.fixture
 def no_confinement(monkeypatch):
@@ -228,7 +282,9 @@ def no_confinement(monkeypatch):
 def test_without_confinement_code_is_refused_in_one_line(no_confinement, user_files):
     before = snapshot(user_files)
     with pytest.raises(UserError) as caught:
-        run_program(program("open({path}, 'w').write('pwned')\n", path=user_files / "notes.txt"), timeout=TIMEOUT)
+        run_program(
+            program("open({path}, 'w').write('pwned')\n", path=user_files / "notes.txt"), timeout=TIMEOUT
+        )
     message = str(caught.value)
     assert "\n" not in message and "--allow-unconfined-code" in message and "unshare" in message
     assert snapshot(user_files) == before

@@ -60,7 +60,9 @@ def test_cosine_with_warmup_matches_transformers(total, ratio):
         reference.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
-    assert [cosine_with_warmup(step, total, n_warmup) for step in range(total)] == pytest.approx(reference, abs=1e-12)
+    assert [cosine_with_warmup(step, total, n_warmup) for step in range(total)] == pytest.approx(
+        reference, abs=1e-12
+    )
 
 
 def test_train_follows_the_schedule(tiny, arith):
@@ -69,7 +71,8 @@ def test_train_follows_the_schedule(tiny, arith):
     result = train(model, tiny.tokenizer, arith.train, config, progress=False)
     n_warmup = warmup_steps(7, 0.3)
     assert [h["lr"] for h in result.history] == pytest.approx(
-        [1e-3 * cosine_with_warmup(step, 7, n_warmup) for step in range(7)])
+        [1e-3 * cosine_with_warmup(step, 7, n_warmup) for step in range(7)]
+    )
 
 
 def test_accumulated_gradient_equals_the_big_batch_gradient(tiny, arith):
@@ -118,7 +121,9 @@ def test_clipping_scales_the_gradient_to_max_norm(tiny, arith):
     # Plain SGD at LR 1 with no warm-up: the update is exactly minus the (clipped) gradient.
     optimizer = torch.optim.SGD(list(params.values()), lr=1.0)
     max_norm = 1e-3
-    config = TrainConfig(lr=1.0, steps=1, batch_size=4, warmup_ratio=0.0, max_grad_norm=max_norm, max_length=96)
+    config = TrainConfig(
+        lr=1.0, steps=1, batch_size=4, warmup_ratio=0.0, max_grad_norm=max_norm, max_length=96
+    )
     result = train(model, tiny.tokenizer, arith.train, config, optimizer=optimizer, progress=False)
     raw_norm = result.history[0]["grad_norm"]
     assert raw_norm > 10 * max_norm
@@ -142,8 +147,13 @@ def test_huge_learning_rate_is_reported_as_diverged(tiny, arith, lr):
     # On the random tiny model the loss cannot rise far above its (uniform) start: the RMSNorms bound the logits.
     # A huge LR on all seven projections overflows fp32 (NaN loss); 1e39 overflows Adam's step size itself.
     model = build_adapter(tiny.model, AdapterConfig("lora", rank=4))
-    result = train(model, tiny.tokenizer, arith.train, TrainConfig(lr=lr, steps=10, batch_size=8, max_length=96),
-                   progress=False)
+    result = train(
+        model,
+        tiny.tokenizer,
+        arith.train,
+        TrainConfig(lr=lr, steps=10, batch_size=8, max_length=96),
+        progress=False,
+    )
     assert result.status == "diverged"
     assert result.steps < 10
     assert "at step" in (result.stop_reason or "")
@@ -170,7 +180,10 @@ def test_training_is_deterministic_and_reduces_the_loss(arith):
     assert results[0].status == "done" and results[0].steps == 12
     assert results[0].train_loss < results[0].initial_loss - 0.2
     assert results[0].tokens == sum(
-        batch.loss_tokens for step in global_batches(load_tiny().tokenizer, arith.train, config) for batch in step)
+        batch.loss_tokens
+        for step in global_batches(load_tiny().tokenizer, arith.train, config)
+        for batch in step
+    )
 
 
 def test_example_stream_visits_every_example_once_per_epoch():
@@ -197,8 +210,13 @@ def test_bf16_needs_cuda(tiny, arith):
     if torch.cuda.is_available():
         pytest.skip("CUDA present: bf16 is allowed")
     with pytest.raises(UserError, match="CUDA"):
-        train(_adapted(tiny), tiny.tokenizer, arith.train, TrainConfig(lr=1e-3, steps=1, batch_size=2,
-                                                                       precision="bf16"), progress=False)
+        train(
+            _adapted(tiny),
+            tiny.tokenizer,
+            arith.train,
+            TrainConfig(lr=1e-3, steps=1, batch_size=2, precision="bf16"),
+            progress=False,
+        )
 
 
 def _checkpointing_on(model) -> bool:
@@ -240,8 +258,14 @@ def test_training_with_gradient_checkpointing_equals_training_without(arith):
         loaded = load_tiny()
         model = _adapted(loaded)
         use_cache = model.get_base_model().config.use_cache
-        config = TrainConfig(lr=1e-2, steps=3, batch_size=4, micro_batch_size=2, max_length=96,
-                             gradient_checkpointing=checkpointing)
+        config = TrainConfig(
+            lr=1e-2,
+            steps=3,
+            batch_size=4,
+            micro_batch_size=2,
+            max_length=96,
+            gradient_checkpointing=checkpointing,
+        )
         histories.append(train(model, loaded.tokenizer, arith.train, config, progress=False).history)
         assert not _checkpointing_on(model)  # switched off again for Hessian products and generation
         assert model.get_base_model().config.use_cache == use_cache
@@ -268,9 +292,12 @@ def test_sharpness_probes_see_the_same_model_with_gradient_checkpointing(arith):
         loaded = load_tiny()
         model = build_adapter(loaded.model, AdapterConfig("lora", rank=4, targets=("q_proj", "v_proj")))
         batches = make_batches(loaded.tokenizer, arith.train[:8], 4, max_length=96)
-        probe = SharpnessProbe(model, batches, DuringSettings.from_mapping({"every": 2}, source="test"),
-                               total_steps=4)
-        config = TrainConfig(lr=1e-2, steps=4, batch_size=4, max_length=96, gradient_checkpointing=checkpointing)
+        probe = SharpnessProbe(
+            model, batches, DuringSettings.from_mapping({"every": 2}, source="test"), total_steps=4
+        )
+        config = TrainConfig(
+            lr=1e-2, steps=4, batch_size=4, max_length=96, gradient_checkpointing=checkpointing
+        )
         result = train(model, loaded.tokenizer, arith.train, config, progress=False, probe=probe)
         runs.append(([point.lambda_max for point in probe.history], [h["loss"] for h in result.history]))
     assert len(runs[0][0]) == 3 and all(value is not None and value > 0 for value in runs[0][0])

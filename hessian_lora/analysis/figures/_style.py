@@ -56,8 +56,19 @@ def shades(method: str, count: int) -> list[tuple[float, float, float]]:
 # visible: the earlier method in the registry is drawn wider underneath, the later one narrower, dashed, on top.
 METHOD_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "p", "*")
 METHOD_DASHES: tuple[str | tuple[int, tuple[int, ...]], ...] = (
-    "-", "--", "-.", (0, (1, 1.5)), (0, (5, 1.5, 1, 1.5, 1, 1.5)), (0, (8, 2)), (0, (3, 1.5)), (0, (1, 3)),
-    (0, (6, 2, 2, 2)), (0, (2, 2)), (0, (10, 3)), (0, (4, 1, 1, 1)))
+    "-",
+    "--",
+    "-.",
+    (0, (1, 1.5)),
+    (0, (5, 1.5, 1, 1.5, 1, 1.5)),
+    (0, (8, 2)),
+    (0, (3, 1.5)),
+    (0, (1, 3)),
+    (0, (6, 2, 2, 2)),
+    (0, (2, 2)),
+    (0, (10, 3)),
+    (0, (4, 1, 1, 1)),
+)
 
 
 def method_index(method: str) -> int:
@@ -73,13 +84,17 @@ def method_style(method: str, *, line: bool = True) -> dict[str, object]:
     wider, underneath) and a matching z-order."""
     index = method_index(method)
     style: dict[str, object] = {
-        "color": method_color(method), "marker": METHOD_MARKERS[index % len(METHOD_MARKERS)],
-        "markersize": max(7.5 - 0.6 * (index % 8), 3.5), "zorder": 2 + 0.01 * index,
-        "markeredgecolor": "black", "markeredgewidth": 0.4,
+        "color": method_color(method),
+        "marker": METHOD_MARKERS[index % len(METHOD_MARKERS)],
+        "markersize": max(7.5 - 0.6 * (index % 8), 3.5),
+        "zorder": 2 + 0.01 * index,
+        "markeredgecolor": "black",
+        "markeredgewidth": 0.4,
     }
     if line:
-        style.update(linestyle=METHOD_DASHES[index % len(METHOD_DASHES)],
-                     linewidth=max(3.0 - 0.3 * (index % 8), 1.0))
+        style.update(
+            linestyle=METHOD_DASHES[index % len(METHOD_DASHES)], linewidth=max(3.0 - 0.3 * (index % 8), 1.0)
+        )
     else:
         style["linestyle"] = "none"
     return style
@@ -93,8 +108,14 @@ def bound_arrow(axes: Axes, x: float, y: float, side: str, color: object) -> Non
     down for ``low``. The point keeps its method's marker; the arrow says it is a bound."""
     end = y * (ARROW_FACTOR if side == "high" else 1 / ARROW_FACTOR)
     axes.update_datalim([(x, end)])  # autoscaling keeps the arrow's head in frame (annotations do not count)
-    axes.annotate("", xy=(x, end), xytext=(x, y), zorder=5, annotation_clip=False,
-                  arrowprops={"arrowstyle": "-|>", "color": color, "linewidth": 1.6, "shrinkA": 6, "shrinkB": 0})
+    axes.annotate(
+        "",
+        xy=(x, end),
+        xytext=(x, y),
+        zorder=5,
+        annotation_clip=False,
+        arrowprops={"arrowstyle": "-|>", "color": color, "linewidth": 1.6, "shrinkA": 6, "shrinkB": 0},
+    )
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -118,7 +139,7 @@ def method_panels(methods: Sequence[str], *, row_height: float) -> tuple[Figure,
     figure = new_figure(6.0 * columns, row_height * rows + 0.6)
     grid = figure.subplots(rows, columns, squeeze=False, sharey=True)
     panels = [grid[index // columns][index % columns] for index in range(rows * columns)]
-    for unused in panels[len(methods):]:
+    for unused in panels[len(methods) :]:
         unused.set_visible(False)
     return figure, panels[: len(methods)]
 
@@ -130,5 +151,11 @@ def finish_method_panel(axes: Axes, method: str, seed: int | None, *, ylabel: st
     if ylabel is not None:
         axes.set_ylabel(ylabel)
     axes.grid(True, alpha=0.3)
-    axes.legend(title="learning rate", fontsize=7, title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                borderaxespad=0)
+    axes.legend(
+        title="learning rate",
+        fontsize=7,
+        title_fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        borderaxespad=0,
+    )

@@ -47,9 +47,17 @@ def _method_points(ablation: Ablation) -> list[tuple[str, list[tuple[float, Meth
     """Per method, (x, summary) of each setting that has it: x is the setting's index, nudged per method so
     methods' markers at one setting do not overlap."""
     offsets = np.linspace(-0.12, 0.12, max(len(ablation.methods), 1))
-    return [(name, [(index + offset, analysis.methods[name]) for index, analysis in enumerate(ablation.analyses)
-                    if name in analysis.methods])
-            for offset, name in zip(offsets, ablation.methods)]
+    return [
+        (
+            name,
+            [
+                (index + offset, analysis.methods[name])
+                for index, analysis in enumerate(ablation.analyses)
+                if name in analysis.methods
+            ],
+        )
+        for offset, name in zip(offsets, ablation.methods)
+    ]
 
 
 def figure_eta_vs_setting(ablation: Ablation) -> Figure:
@@ -78,9 +86,12 @@ def figure_eta_vs_setting(ablation: Ablation) -> Figure:
     level = ablation.analyses[0].level
     censored = any(s.censored for analysis in ablation.analyses for s in analysis.methods.values())
     bars = any(s.eta_ci for analysis in ablation.analyses for s in analysis.methods.values())
-    notes = ([f"bars: {level:.0%} bootstrap CI"] if bars else []) + (["arrows: censored at the grid edge"] if censored
-                                                                     else [])
-    axes.set_title("Optimal learning rate per setting" + (f" ({'; '.join(notes)})" if notes else ""), fontsize=10)
+    notes = ([f"bars: {level:.0%} bootstrap CI"] if bars else []) + (
+        ["arrows: censored at the grid edge"] if censored else []
+    )
+    axes.set_title(
+        "Optimal learning rate per setting" + (f" ({'; '.join(notes)})" if notes else ""), fontsize=10
+    )
     axes.grid(True, which="major", alpha=0.3)
     axes.legend(fontsize=8)
     return figure
@@ -97,10 +108,19 @@ def figure_peak_vs_setting(ablation: Ablation) -> Figure:
         xs, ys = [], []
         for x, summary in points:
             value = summary.peak_metric * scale
-            yerr = ([[max(value - summary.peak_ci[0] * scale, 0)], [max(summary.peak_ci[1] * scale - value, 0)]]
-                    if summary.peak_ci else None)
-            axes.errorbar([x], [value], yerr=yerr, capsize=3, ecolor=method_color(name),
-                          **method_style(name, line=False))
+            yerr = (
+                [[max(value - summary.peak_ci[0] * scale, 0)], [max(summary.peak_ci[1] * scale - value, 0)]]
+                if summary.peak_ci
+                else None
+            )
+            axes.errorbar(
+                [x],
+                [value],
+                yerr=yerr,
+                capsize=3,
+                ecolor=method_color(name),
+                **method_style(name, line=False),
+            )
             xs.append(x)
             ys.append(value)
         axes.plot(xs, ys, ":", color=method_color(name), linewidth=0.9, alpha=0.6)
@@ -108,7 +128,9 @@ def figure_peak_vs_setting(ablation: Ablation) -> Figure:
     axes.set_xticks(range(len(labels)), labels, rotation=20 if len(labels) > 4 else 0)
     axes.set_xlabel("setting (" + ", ".join(ablation.axes) + ")")
     axes.set_ylabel("tuned " + METRIC_AXIS_LABELS.get(metric, metric))
-    axes.set_title(f"Peak {metric} per setting (bars: {ablation.analyses[0].level:.0%} bootstrap CI)", fontsize=10)
+    axes.set_title(
+        f"Peak {metric} per setting (bars: {ablation.analyses[0].level:.0%} bootstrap CI)", fontsize=10
+    )
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=8)
     return figure
@@ -123,15 +145,25 @@ def figure_setting_lr_table(ablation: Ablation) -> Figure:
     axes_row = figure.subplots(1, len(methods), squeeze=False)[0]
     for axes, name in zip(axes_row, methods):
         lrs, rows = lr_table(ablation, name)
-        grid = np.array([[np.nan if v is None else v * scale for v in values] for _, values in rows], dtype=float)
-        image = axes.imshow(grid, aspect="auto", cmap="viridis" if ablation.analyses[0].higher_is_better
-                            else "viridis_r")
+        grid = np.array(
+            [[np.nan if v is None else v * scale for v in values] for _, values in rows], dtype=float
+        )
+        image = axes.imshow(
+            grid, aspect="auto", cmap="viridis" if ablation.analyses[0].higher_is_better else "viridis_r"
+        )
         middle = float(np.nanmean(grid)) if np.isfinite(grid).any() else 0.0
         sign = 1.0 if ablation.analyses[0].higher_is_better else -1.0
         for (row, column), value in np.ndenumerate(grid):
             if np.isfinite(value):  # dark text on the bright (yellow) half of viridis
-                axes.text(column, row, f"{value:.3g}", ha="center", va="center", fontsize=7,
-                          color="black" if sign * (value - middle) > 0 else "white")
+                axes.text(
+                    column,
+                    row,
+                    f"{value:.3g}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="black" if sign * (value - middle) > 0 else "white",
+                )
         axes.set_xticks(range(len(lrs)), [format_lr(lr) for lr in lrs], rotation=45, fontsize=7)
         axes.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=8)
         axes.set_title(method_label(name), fontsize=10, color=method_color(name))
@@ -170,14 +202,18 @@ def plot_ablation(
     ablation = analyze_ablation(run_dirs, rank=rank, batch_size=batch_size, **analyze_options)
     out = Path(out_dir) if out_dir is not None else RunLayout(run_dirs[0]).figures
     result = PlotResult()
-    for key, figure in (("h", figure_eta_vs_setting(ablation)), ("i", figure_peak_vs_setting(ablation)),
-                        ("j", figure_setting_lr_table(ablation))):
+    for key, figure in (
+        ("h", figure_eta_vs_setting(ablation)),
+        ("i", figure_peak_vs_setting(ablation)),
+        ("j", figure_setting_lr_table(ablation)),
+    ):
         result.written[key] = save_figure(figure, out / ABLATION_FIGURES[key], formats)
     directories = {str(path): read_run_directory(path) for path in dict.fromkeys(map(str, run_dirs))}
     for setting, analysis in zip(ablation.settings, ablation.analyses):
         folder = out / _slug(setting.label)
         for key, figure in make_figures(directories[setting.run_dir], analysis).items():
             if figure is not None:
-                result.written[f"{_slug(setting.label)}/{key}"] = save_figure(figure, folder / FIGURE_NAMES[key],
-                                                                              formats)
+                result.written[f"{_slug(setting.label)}/{key}"] = save_figure(
+                    figure, folder / FIGURE_NAMES[key], formats
+                )
     return result

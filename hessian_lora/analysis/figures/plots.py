@@ -63,6 +63,8 @@ FIGURE_NAMES: dict[str, str] = {
     "g": "g_edge_of_stability",
     "k": "k_layer_heatmap",
 }
+
+
 def figure_metric_vs_lr(analysis: Analysis) -> Figure:
     """(a) Below, the observed seed-mean metric per LR (markers at the LRs that ran, the band ±1 std over seeds),
     each method's best observed run ringed in black with the peak's bootstrap interval *at that LR*. Above, in a
@@ -83,45 +85,91 @@ def figure_metric_vs_lr(analysis: Analysis) -> Figure:
         best = summary.peak_metric * scale
         best_text = f"{best:.1f}%" if analysis.metric in SCORE_METRICS else f"{best:.4g}"
         kind = {"edge": " (a bound: grid edge)", "flat": " (flat: no optimum)", "single": " (one LR)"}.get(
-            summary.fit_kind, "")
+            summary.fit_kind, ""
+        )
         bound = {"high": "≥ ", "low": "≤ "}.get(summary.censored or "", "")
         fitted = " (fit)" if summary.fit_kind == "quadratic" else ""
-        label = (f"{method_label(name)}: η* {bound or '= '}{format_lr(summary.eta_star)}{fitted}{kind}; best run "
-                 f"{best_text} at {format_lr(summary.eta_grid)}")
+        label = (
+            f"{method_label(name)}: η* {bound or '= '}{format_lr(summary.eta_star)}{fitted}{kind}; best run "
+            f"{best_text} at {format_lr(summary.eta_grid)}"
+        )
         axes.plot(lrs, mean, label=label, **style)
         if summary.n_seeds > 1:
             axes.fill_between(lrs, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
         # The best observed run: ringed, with the peak's interval at the LR where it was observed.
-        yerr = ([[max(best - summary.peak_ci[0] * scale, 0)], [max(summary.peak_ci[1] * scale - best, 0)]]
-                if summary.peak_ci else None)
-        axes.errorbar([summary.eta_grid], [best], yerr=yerr, fmt="none", ecolor=color, capsize=4, linewidth=1.4,
-                      zorder=6)
-        axes.plot([summary.eta_grid], [best], linestyle="none", marker=style["marker"], markersize=11, color=color,
-                  markerfacecolor=color, markeredgecolor="black", markeredgewidth=1.6, zorder=7)
+        yerr = (
+            [[max(best - summary.peak_ci[0] * scale, 0)], [max(summary.peak_ci[1] * scale - best, 0)]]
+            if summary.peak_ci
+            else None
+        )
+        axes.errorbar(
+            [summary.eta_grid],
+            [best],
+            yerr=yerr,
+            fmt="none",
+            ecolor=color,
+            capsize=4,
+            linewidth=1.4,
+            zorder=6,
+        )
+        axes.plot(
+            [summary.eta_grid],
+            [best],
+            linestyle="none",
+            marker=style["marker"],
+            markersize=11,
+            color=color,
+            markerfacecolor=color,
+            markeredgecolor="black",
+            markeredgewidth=1.6,
+            zorder=7,
+        )
         # The fitted η* on the method's row of the strip: a tick for an interior fit, ≥/≤ for a bound at the edge.
         marker = {"high": r"$\geq$", "low": r"$\leq$"}.get(summary.censored or "", "|")
         if summary.eta_ci and not summary.censored:
             strip.plot(list(summary.eta_ci), [row, row], color=color, linewidth=2.4, solid_capstyle="butt")
-        strip.plot([summary.eta_star], [row], marker=marker, color=color, markeredgecolor=color,
-                   markeredgewidth=2.5 if marker == "|" else 0.8, markersize=12, linestyle="none")
+        strip.plot(
+            [summary.eta_star],
+            [row],
+            marker=marker,
+            color=color,
+            markeredgecolor=color,
+            markeredgewidth=2.5 if marker == "|" else 0.8,
+            markersize=12,
+            linestyle="none",
+        )
         if summary.diverged_lrs:
-            axes.plot(summary.diverged_lrs, [0.02] * len(summary.diverged_lrs), "x", color=color, markersize=7,
-                      transform=axes.get_xaxis_transform(), clip_on=False)
+            axes.plot(
+                summary.diverged_lrs,
+                [0.02] * len(summary.diverged_lrs),
+                "x",
+                color=color,
+                markersize=7,
+                transform=axes.get_xaxis_transform(),
+                clip_on=False,
+            )
     strip.set_yticks(range(len(names)), [method_label(name) for name in names], fontsize=7.5)
     strip.set_ylim(len(names) - 0.5, -0.5)
-    strip.set_title(f"fitted η*, a position on the LR axis (not a score); bar: its {analysis.level:.0%} bootstrap CI; "
-                    "≥/≤: a bound\n(the vertex of a parabola in log η through the best run and its neighbours)",
-                    fontsize=8)
+    strip.set_title(
+        f"fitted η*, a position on the LR axis (not a score); bar: its {analysis.level:.0%} bootstrap CI; "
+        "≥/≤: a bound\n(the vertex of a parabola in log η through the best run and its neighbours)",
+        fontsize=8,
+    )
     strip.grid(True, axis="x", which="major", alpha=0.3)
     axes.set_xscale("log")
     axes.set_xlabel(LR_AXIS_LABEL)
     axes.set_ylabel(axis_label)
     seeds = max((summary.n_seeds for summary in analysis.methods.values()), default=1)
     band = f" (band: ±1 std over {seeds} seeds)" if seeds > 1 else ""
-    bars = f"; bar: its peak's {analysis.level:.0%} bootstrap CI" if any(
-        summary.peak_ci for summary in analysis.methods.values()) else ""
+    bars = (
+        f"; bar: its peak's {analysis.level:.0%} bootstrap CI"
+        if any(summary.peak_ci for summary in analysis.methods.values())
+        else ""
+    )
     name = metric_name(analysis.metric, (analysis.setup or {}).get("task"))
-    axes.set_title(f"markers: the LRs run{band}; ringed: each method's best run{bars}; × = diverged", fontsize=8)
+    axes.set_title(
+        f"markers: the LRs run{band}; ringed: each method's best run{bars}; × = diverged", fontsize=8
+    )
     figure.suptitle(f"{name[0].upper()}{name[1:]} vs learning rate", fontsize=10)
     axes.grid(True, which="major", alpha=0.3)
     figure.legend(loc="outside lower center", fontsize=7.5, ncol=2, framealpha=0.9)
@@ -135,7 +183,9 @@ def figure_metric_vs_lr(analysis: Analysis) -> Figure:
 def uncertified_lambda(summary: MethodSummary, source: str) -> float | None:
     """The worst relative residual of the λ_max at init behind the relation that its solver did not certify
     (None: certified, or not known to be uncertified)."""
-    return summary.lambda_init_whole_uncertified if source == "whole" else summary.lambda_init_module_uncertified
+    return (
+        summary.lambda_init_whole_uncertified if source == "whole" else summary.lambda_init_module_uncertified
+    )
 
 
 def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
@@ -161,7 +211,7 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
         # The bar is η*'s bootstrap interval (along the η* axis); a censored η* is a bound: a triangle pointing
         # where the optimum may lie, left out of the fit.
         interval = summary.eta_ci if not summary.censored else None
-        yerr = ([[summary.eta_star - interval[0]], [interval[1] - summary.eta_star]] if interval else None)
+        yerr = [[summary.eta_star - interval[0]], [interval[1] - summary.eta_star]] if interval else None
         # The horizontal bar is λ's range over the seeds (the point is their geometric mean).
         seeds_lambda = [value for value in summary.lambda_init_per_seed.values() if value]
         xerr = None
@@ -171,9 +221,13 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
         if spread > 1e-9:
             xerr = [[max(0.0, lam - min(seeds_lambda))], [max(0.0, max(seeds_lambda) - lam)]]
             widest_seed_spread = spread if widest_seed_spread is None else max(widest_seed_spread, spread)
-        if summary.censored:  # a bound: an arrow towards where the optimum may lie (the marker stays the method's)
+        if (
+            summary.censored
+        ):  # a bound: an arrow towards where the optimum may lie (the marker stays the method's)
             bound_arrow(axes, lam, summary.eta_star, summary.censored, method_color(name))
-            ys_all.append(summary.eta_star * (ARROW_FACTOR if summary.censored == "high" else 1 / ARROW_FACTOR))
+            ys_all.append(
+                summary.eta_star * (ARROW_FACTOR if summary.censored == "high" else 1 / ARROW_FACTOR)
+            )
         bound = {"high": "≥ ", "low": "≤ "}.get(summary.censored or "", "= ")
         residual = uncertified_lambda(summary, relation.lambda_source)
         uncertified = f", NOT certified (res. {residual:.1e})" if residual is not None else ""
@@ -181,10 +235,18 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
         style.update(markersize=10, markeredgewidth=0.7)
         if residual is not None:  # hollow: the value is a lower bound on λ_max, not certified to tol
             style.update(markerfacecolor="white", markeredgecolor=method_color(name), markeredgewidth=2.0)
-        axes.errorbar([lam], [summary.eta_star], yerr=yerr, xerr=xerr, capsize=3, ecolor=method_color(name),
-                      label=rf"{method_label(name)}: $\lambda_{{\max}}$ = {lam:.3g}{uncertified}, $\eta^*$ {bound}"
-                            rf"{format_lr(summary.eta_star)}, $\eta^*\lambda/2$ {bound}{summary.eta_star * lam / 2:.2g}"
-                            rf"{' (censored)' if summary.censored else ''}", **style)
+        axes.errorbar(
+            [lam],
+            [summary.eta_star],
+            yerr=yerr,
+            xerr=xerr,
+            capsize=3,
+            ecolor=method_color(name),
+            label=rf"{method_label(name)}: $\lambda_{{\max}}$ = {lam:.3g}{uncertified}, $\eta^*$ {bound}"
+            rf"{format_lr(summary.eta_star)}, $\eta^*\lambda/2$ {bound}{summary.eta_star * lam / 2:.2g}"
+            rf"{' (censored)' if summary.censored else ''}",
+            **style,
+        )
         xs_all.append(lam)
         ys_all += [summary.eta_star, *(interval or ())]
     _, adam_at_unit_lr = adam_thresholds(1.0, analysis.beta1)
@@ -201,29 +263,60 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
         interval = ""
         if relation.slope_ci95:
             interval = f", 95% CI [{relation.slope_ci95[0]:.2f}, {relation.slope_ci95[1]:.2f}]"
-        axes.plot(x_line, 10**relation.intercept * x_line**relation.slope, "-", color="black", linewidth=1.4,
-                  label=rf"fit: $\eta^* \propto \lambda_{{\max}}^{{{relation.slope:.2f}}}${interval}")
+        axes.plot(
+            x_line,
+            10**relation.intercept * x_line**relation.slope,
+            "-",
+            color="black",
+            linewidth=1.4,
+            label=rf"fit: $\eta^* \propto \lambda_{{\max}}^{{{relation.slope:.2f}}}${interval}",
+        )
     low_y, high_y = min(ys_all) / 2, max(ys_all) * 2
-    fractions = [analysis.methods[name].eta_star * lam / 2 for name, lam in points.items()
-                 if not analysis.methods[name].censored]
+    fractions = [
+        analysis.methods[name].eta_star * lam / 2
+        for name, lam in points.items()
+        if not analysis.methods[name].censored
+    ]
     where = f": η* is {min(fractions):.2g}–{max(fractions):.2g} of it" if fractions else ""
     if fractions and 2 / low_x > high_y:  # the line leaves the frame at the top rather than squeeze the data
         where += " (above the frame where it is not drawn)"
-    axes.plot(x_line, 2 / x_line, "--", color="0.35", linewidth=1.2,
-              label=rf"gradient descent bound $\eta = 2/\lambda_{{\max}}${where}")
+    axes.plot(
+        x_line,
+        2 / x_line,
+        "--",
+        color="0.35",
+        linewidth=1.2,
+        label=rf"gradient descent bound $\eta = 2/\lambda_{{\max}}${where}",
+    )
     if precond:  # Adam's line bounds the preconditioned sharpness: drawn only when that was measured
-        axes.plot(x_line, [adam_at_unit_lr / x for x in x_line], ":", color="0.2", linewidth=1.6,
-                  label=rf"Adam edge of stability $\eta = (2+2\beta_1)/((1-\beta_1)\tilde\lambda)$, "
-                        rf"$\beta_1$ = {analysis.beta1:g}")
-        axes.plot([], [], "o", color="0.4", alpha=0.55, markersize=6,
-                  label=r"small faint markers: Adam-preconditioned $\tilde\lambda$ at the end, vs that run's LR")
+        axes.plot(
+            x_line,
+            [adam_at_unit_lr / x for x in x_line],
+            ":",
+            color="0.2",
+            linewidth=1.6,
+            label=rf"Adam edge of stability $\eta = (2+2\beta_1)/((1-\beta_1)\tilde\lambda)$, "
+            rf"$\beta_1$ = {analysis.beta1:g}",
+        )
+        axes.plot(
+            [],
+            [],
+            "o",
+            color="0.4",
+            alpha=0.55,
+            markersize=6,
+            label=r"small faint markers: Adam-preconditioned $\tilde\lambda$ at the end, vs that run's LR",
+        )
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xlim(low_x, high_x)
     axes.set_ylim(low_y, high_y)
     source = "whole adapter" if relation.lambda_source == "whole" else "median over modules"
-    notes = [f"bars: {analysis.level:.0%} bootstrap CI of η*"] if any(
-        s.eta_ci for s in analysis.methods.values()) else []
+    notes = (
+        [f"bars: {analysis.level:.0%} bootstrap CI of η*"]
+        if any(s.eta_ci for s in analysis.methods.values())
+        else []
+    )
     if widest_seed_spread is not None:  # said, since a spread of a few per cent is narrower than the marker
         notes.append(f"horizontal bars: λ's range over seeds (at most {widest_seed_spread:.1%} here)")
     if any(analysis.methods[name].censored for name in points):  # the arrow explained, with or without bars
@@ -231,11 +324,18 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
     if notes:
         axes.plot([], [], " ", label="; ".join(notes))
     precond_text = r"; small faint: preconditioned $\tilde\lambda$ at end" if precond else ""
-    axes.set_xlabel(rf"sharpness $\lambda_{{\max}}$ at init ({source}; the loss Hessian's top eigenvalue, nats/token "
-                    rf"per parameter$^2$){precond_text}")
+    axes.set_xlabel(
+        rf"sharpness $\lambda_{{\max}}$ at init ({source}; the loss Hessian's top eigenvalue, nats/token "
+        rf"per parameter$^2$){precond_text}"
+    )
     axes.set_ylabel(r"optimal learning rate $\eta^*$")
-    rho = (f"Spearman ρ = {relation.spearman_rho:.2f}" if relation.spearman_rho is not None else
-           "no relation: too few interior optima" if relation.note else "ρ: too few methods")
+    rho = (
+        f"Spearman ρ = {relation.spearman_rho:.2f}"
+        if relation.spearman_rho is not None
+        else "no relation: too few interior optima"
+        if relation.note
+        else "ρ: too few methods"
+    )
     flagged = "; hollow: λ_max not certified (a lower bound)" if uncertified_any else ""
     axes.set_title(f"Sharpness vs optimal learning rate ({rho}){flagged}", fontsize=10)
     axes.grid(True, which="major", alpha=0.3)
@@ -249,16 +349,24 @@ def figure_sharpness_vs_lr(analysis: Analysis) -> Figure | None:
 
 def figure_loss_curves(directory: RunDirectory, analysis: Analysis) -> Figure | None:
     """Figure (f): training-loss curves at each method's best learning rate (None without histories)."""
-    methods = [name for name in analysis.methods if any(run.method == name and run.history
-                                                        for run in directory.runs)]
+    methods = [
+        name for name in analysis.methods if any(run.method == name and run.history for run in directory.runs)
+    ]
     if not methods:
         return None
     figure, panels = method_panels(methods, row_height=3.6)
     all_losses: list[float] = []
     starts: list[float] = []
     for index, (name, axes) in enumerate(zip(methods, panels)):
-        runs = [run for run in directory.runs if run.method == name and run.history and run.is_usable
-                and run.rank == analysis.rank and run.batch_size in (analysis.batch_size, None)]
+        runs = [
+            run
+            for run in directory.runs
+            if run.method == name
+            and run.history
+            and run.is_usable
+            and run.rank == analysis.rank
+            and run.batch_size in (analysis.batch_size, None)
+        ]
         seed = min(run.seed for run in runs) if runs else None
         runs = sorted((run for run in runs if run.seed == seed), key=lambda run: run.lr)
         own_best = _seed_best_lr(runs, analysis)
@@ -270,16 +378,25 @@ def figure_loss_curves(directory: RunDirectory, analysis: Analysis) -> Figure | 
             starts += finite[:1]
             star = " ★" if run.lr == own_best else ""
             diverged = run.status == Status.DIVERGED
-            axes.plot(steps, losses, color=color, linewidth=1.3, linestyle="--" if diverged else "-",
-                      label=f"{format_lr(run.lr)}{star}{' (diverged)' if diverged else ''}")
+            axes.plot(
+                steps,
+                losses,
+                color=color,
+                linewidth=1.3,
+                linestyle="--" if diverged else "-",
+                label=f"{format_lr(run.lr)}{star}{' (diverged)' if diverged else ''}",
+            )
         finish_method_panel(axes, name, seed, ylabel="training loss (nats/token)" if index % 2 == 0 else None)
     if all_losses:
         # Diverged runs shoot up; keep the axis on the learning curves.
         low, high = min(all_losses), max(starts)
         margin = 0.08 * (high - low) if high > low else 0.1 * abs(high) + 1e-3
         panels[0].set_ylim(low - margin, high + margin)
-    figure.suptitle("Training loss per learning rate (light → dark: low → high LR; ★ = the LR where this seed's own "
-                    f"{'score' if analysis.metric in SCORE_METRICS else analysis.metric} was best; dashed = diverged)", fontsize=11)
+    figure.suptitle(
+        "Training loss per learning rate (light → dark: low → high LR; ★ = the LR where this seed's own "
+        f"{'score' if analysis.metric in SCORE_METRICS else analysis.metric} was best; dashed = diverged)",
+        fontsize=11,
+    )
     return figure
 
 
@@ -299,11 +416,15 @@ def figure_edge_of_stability(directory: RunDirectory, analysis: Analysis) -> Fig
     step (Adam has no state at step 0, and a cosine schedule's LR is 0 at the last step), a time axis would hold
     one point per run: the ratios are drawn against the LR instead, one marker per probed step, and the title
     says so."""
-    curves = [curve for curve in stability_curves(directory, analysis.beta1) if curve.method in analysis.methods]
+    curves = [
+        curve for curve in stability_curves(directory, analysis.beta1) if curve.method in analysis.methods
+    ]
     methods = [name for name in analysis.methods if any(curve.method == name for curve in curves)]
     if not methods:
         return None
-    informative = max((sum(1 for r in curve.adam_ratio if r is not None and r > 0) for curve in curves), default=0)
+    informative = max(
+        (sum(1 for r in curve.adam_ratio if r is not None and r > 0) for curve in curves), default=0
+    )
     by_lr = informative <= 1
     figure, panels = method_panels(methods, row_height=3.6)
     probed_steps: set[int] = set()
@@ -316,18 +437,34 @@ def figure_edge_of_stability(directory: RunDirectory, analysis: Analysis) -> Fig
             adam = [(s, r) for s, r in zip(curve.steps, curve.adam_ratio) if r is not None and r > 0]
             gd = [(s, r) for s, r in zip(curve.steps, curve.gd_ratio) if r is not None and r > 0]
             marks = (" ★" if curve.lr == analysis.methods[name].eta_grid else "") + (
-                " (stable max)" if curve.lr == stable else "")
+                " (stable max)" if curve.lr == stable else ""
+            )
             if by_lr:
                 probed_steps.update(step for step, _ in adam)
                 if adam:
-                    axes.plot([curve.lr] * len(adam), [r for _, r in adam], color=color, marker="o",
-                              linestyle="none", markersize=7, label=f"{format_lr(curve.lr)}{marks}")
+                    axes.plot(
+                        [curve.lr] * len(adam),
+                        [r for _, r in adam],
+                        color=color,
+                        marker="o",
+                        linestyle="none",
+                        markersize=7,
+                        label=f"{format_lr(curve.lr)}{marks}",
+                    )
                 if gd:
-                    axes.plot([curve.lr] * len(gd), [r for _, r in gd], color=color, marker="x", linestyle="none",
-                              markersize=5)
+                    axes.plot(
+                        [curve.lr] * len(gd),
+                        [r for _, r in gd],
+                        color=color,
+                        marker="x",
+                        linestyle="none",
+                        markersize=5,
+                    )
                 continue
             if adam:
-                axes.plot(*zip(*adam), color=color, linewidth=1.4, marker=".", label=f"{format_lr(curve.lr)}{marks}")
+                axes.plot(
+                    *zip(*adam), color=color, linewidth=1.4, marker=".", label=f"{format_lr(curve.lr)}{marks}"
+                )
             if gd:
                 axes.plot(*zip(*gd), color=color, linewidth=0.9, linestyle=":", marker="x", markersize=4)
         axes.axhline(1.0, color="black", linewidth=0.9, linestyle="--")
@@ -340,13 +477,18 @@ def figure_edge_of_stability(directory: RunDirectory, analysis: Analysis) -> Fig
     limit = (2 + 2 * analysis.beta1) / (1 - analysis.beta1)
     if by_lr:
         steps = ", ".join(str(step) for step in sorted(probed_steps)) or "none"
-        figure.suptitle(f"Edge of stability against the LR: λ̃·η_t/{limit:.3g} (Adam, ●) and λ·η_t/2 (GD, ×) at "
-                        f"the probed steps; 1 = at the limit; ★ = best grid LR\nonly one probed step per run has "
-                        f"Adam's ratio (step {steps}: it needs Adam's state and η_t > 0), so no time axis",
-                        fontsize=10)
+        figure.suptitle(
+            f"Edge of stability against the LR: λ̃·η_t/{limit:.3g} (Adam, ●) and λ·η_t/2 (GD, ×) at "
+            f"the probed steps; 1 = at the limit; ★ = best grid LR\nonly one probed step per run has "
+            f"Adam's ratio (step {steps}: it needs Adam's state and η_t > 0), so no time axis",
+            fontsize=10,
+        )
     else:
-        figure.suptitle(f"Edge of stability: λ̃·η/{limit:.3g} (Adam, solid) and λ·η/2 (GD, dotted ×); "
-                        "1 = at the limit; ★ = best grid LR", fontsize=11)
+        figure.suptitle(
+            f"Edge of stability: λ̃·η/{limit:.3g} (Adam, solid) and λ·η/2 (GD, dotted ×); "
+            "1 = at the limit; ★ = best grid LR",
+            fontsize=11,
+        )
     return figure
 
 
@@ -357,6 +499,7 @@ def figure_edge_of_stability(directory: RunDirectory, analysis: Analysis) -> Fig
 @dataclass(frozen=True)
 class PlotResult:
     """The figures :func:`plot_run` wrote (key → files) and those it skipped (key → why)."""
+
     written: dict[str, list[Path]] = field(default_factory=dict)  # figure key -> files
     skipped: dict[str, str] = field(default_factory=dict)  # figure key -> why
 
@@ -372,7 +515,9 @@ SKIP_REASONS = {
 }
 
 
-def save_figure(figure: Figure, stem: Path, formats: Sequence[str] = ("png", "pdf"), dpi: int = 150) -> list[Path]:
+def save_figure(
+    figure: Figure, stem: Path, formats: Sequence[str] = ("png", "pdf"), dpi: int = 150
+) -> list[Path]:
     """Save ``figure`` as ``stem.<format>`` for each format, atomically (rendered in memory, then
     :func:`~hessian_lora.core.atomic.write_bytes_atomic`: a reader never sees half a figure)."""
     paths = []

@@ -24,8 +24,9 @@ from hessian_lora.methods.registry import DEFAULT_METHOD, method_color, method_l
 from hessian_lora.settings.solvers import label as solver_label
 
 
-def _module_values(directory: RunDirectory, method: str, samples: set[int] | None = None,
-                   seeds: set[int] | None = None) -> tuple[dict[str, float], set[str]]:
+def _module_values(
+    directory: RunDirectory, method: str, samples: set[int] | None = None, seeds: set[int] | None = None
+) -> tuple[dict[str, float], set[str]]:
     """Per-module λ_max at init, geometric mean over the method's seeds, and the modules with a λ_max of any seed
     that its solver did not certify; the numbers of training examples they were measured on are added to
     ``samples``, and the seeds they come from to ``seeds``."""
@@ -46,8 +47,9 @@ def _module_values(directory: RunDirectory, method: str, samples: set[int] | Non
     return {name: float(10 ** np.mean(np.log10(values))) for name, values in collected.items()}, uncertified
 
 
-def _measured_modules(directory: RunDirectory, methods: Sequence[str] | None
-                      ) -> tuple[dict[str, tuple[dict[str, float], set[str]]], set[int], set[int]]:
+def _measured_modules(
+    directory: RunDirectory, methods: Sequence[str] | None
+) -> tuple[dict[str, tuple[dict[str, float], set[str]]], set[int], set[int]]:
     """:func:`_module_values` of every method with an init report (those in ``methods`` only, when given), in the
     registry's order, with the sample sizes and seeds they were measured on."""
     names = sorted({key.method for key in directory.init_reports}, key=method_sort_key)
@@ -55,11 +57,16 @@ def _measured_modules(directory: RunDirectory, methods: Sequence[str] | None
         names = [name for name in names if name in methods]
     sample_sizes: set[int] = set()
     seeds: set[int] = set()
-    return ({name: _module_values(directory, name, sample_sizes, seeds) for name in names}, sample_sizes, seeds)
+    return (
+        {name: _module_values(directory, name, sample_sizes, seeds) for name in names},
+        sample_sizes,
+        seeds,
+    )
 
 
-def figure_module_ratios(directory: RunDirectory, methods: Sequence[str] | None = None,
-                         reference: str = DEFAULT_METHOD) -> Figure | None:
+def figure_module_ratios(
+    directory: RunDirectory, methods: Sequence[str] | None = None, reference: str = DEFAULT_METHOD
+) -> Figure | None:
     """(c) Per module kind, each method's λ_max / the reference's at every *measured* layer: one marker per
     layer (no line: layers between the measured ones were not measured), methods nudged apart along the layer
     axis so equal ratios stay visible, hollow where either λ was not certified; dashed: the method's median."""
@@ -82,15 +89,18 @@ def figure_module_ratios(directory: RunDirectory, methods: Sequence[str] | None 
     medians = {name: float(np.median(list(found.values()))) for name, found in by_module.items() if found}
     all_layers = sorted({layer for block in base if (layer := layer_index(block)) is not None})
     span = (all_layers[-1] - all_layers[0]) if len(all_layers) > 1 else 1
-    offsets = dict(zip(others, np.linspace(-0.025, 0.025, len(others)) * max(span, 4) if len(others) > 1
-                       else [0.0]))
+    offsets = dict(
+        zip(others, np.linspace(-0.025, 0.025, len(others)) * max(span, 4) if len(others) > 1 else [0.0])
+    )
     any_uncertified = False
     for index, kind in enumerate(kinds):
         axes = axes_grid[index // columns][index % columns]
         for name in others:
-            layered = sorted((layer_index(block), ratio, block in uncertified[name] or block in uncertified[reference])
-                             for block, ratio in by_module[name].items()
-                             if module_kind(block) == kind and layer_index(block) is not None)
+            layered = sorted(
+                (layer_index(block), ratio, block in uncertified[name] or block in uncertified[reference])
+                for block, ratio in by_module[name].items()
+                if module_kind(block) == kind and layer_index(block) is not None
+            )
             if not layered:
                 continue
             style = method_style(name, line=False)
@@ -101,16 +111,27 @@ def figure_module_ratios(directory: RunDirectory, methods: Sequence[str] | None 
                 layers, ratios = zip(*chosen)
                 if not certified:
                     any_uncertified = True
-                    style = {**style, "markerfacecolor": "white", "markeredgecolor": method_color(name),
-                             "markeredgewidth": 1.8}
+                    style = {
+                        **style,
+                        "markerfacecolor": "white",
+                        "markeredgecolor": method_color(name),
+                        "markeredgewidth": 1.8,
+                    }
                 axes.plot(np.asarray(layers, dtype=float) + offsets[name], ratios, **style)
             if name in medians:
-                axes.axhline(medians[name], color=method_color(name), linestyle="--", linewidth=1.0, alpha=0.8)
+                axes.axhline(
+                    medians[name], color=method_color(name), linestyle="--", linewidth=1.0, alpha=0.8
+                )
         axes.axhline(1.0, color="0.5", linewidth=0.8)
         if reference == DEFAULT_METHOD:
             _paper_marks(axes, others)
-        kind_layers = sorted({layer for block in base if module_kind(block) == kind
-                              and (layer := layer_index(block)) is not None})
+        kind_layers = sorted(
+            {
+                layer
+                for block in base
+                if module_kind(block) == kind and (layer := layer_index(block)) is not None
+            }
+        )
         axes.set_xticks(kind_layers)  # a tick per measured layer, and only there
         if len(kind_layers) > 12:
             axes.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -130,11 +151,17 @@ def figure_module_ratios(directory: RunDirectory, methods: Sequence[str] | None 
     hollow = "; hollow: a λ_max not certified" if any_uncertified else ""
     facts = _measured_on(sample_sizes, seeds)
     on = f" ({'; '.join(facts)})" if facts else ""
-    paper = ("\ndotted, labelled at the right: the paper's figure (Qwen3-0.6B, q_proj)"
-             if reference == DEFAULT_METHOD and any(name in PAPER_LAMBDA_RATIO for name in others) else "")
-    figure.suptitle(rf"Per-module $\lambda_{{\max}}$ at initialisation relative to {method_label(reference)}{on}"
-                    "\none marker per measured layer (no line: the layers between were not measured),\n"
-                    f"methods nudged apart; dashed: median over all modules{paper}{hollow}", fontsize=10)
+    paper = (
+        "\ndotted, labelled at the right: the paper's figure (Qwen3-0.6B, q_proj)"
+        if reference == DEFAULT_METHOD and any(name in PAPER_LAMBDA_RATIO for name in others)
+        else ""
+    )
+    figure.suptitle(
+        rf"Per-module $\lambda_{{\max}}$ at initialisation relative to {method_label(reference)}{on}"
+        "\none marker per measured layer (no line: the layers between were not measured),\n"
+        f"methods nudged apart; dashed: median over all modules{paper}{hollow}",
+        fontsize=10,
+    )
     return figure
 
 
@@ -148,9 +175,17 @@ def _paper_marks(axes: Axes, methods: Sequence[str]) -> None:
     for value, names in figures.items():
         axes.axhline(value, color=method_color(names[0]), linestyle=(0, (1, 2)), linewidth=1.6, alpha=0.9)
         upto = "up to " if all(name in UP_TO for name in names) else ""
-        axes.annotate(f"paper: {', '.join(method_label(name) for name in names)} {upto}~{value:g}×", (1.0, value),
-                      xycoords=("axes fraction", "data"), xytext=(-3, 2), textcoords="offset points", ha="right",
-                      va="bottom", fontsize=7.5, color=method_color(names[0]))
+        axes.annotate(
+            f"paper: {', '.join(method_label(name) for name in names)} {upto}~{value:g}×",
+            (1.0, value),
+            xycoords=("axes fraction", "data"),
+            xytext=(-3, 2),
+            textcoords="offset points",
+            ha="right",
+            va="bottom",
+            fontsize=7.5,
+            color=method_color(names[0]),
+        )
 
 
 def _measured_on(sample_sizes: set[int], seeds: set[int]) -> list[str]:
@@ -162,8 +197,11 @@ def _measured_on(sample_sizes: set[int], seeds: set[int]) -> list[str]:
         low, high = min(sample_sizes), max(sample_sizes)
         facts.append(f"on {low} training examples" if low == high else f"on {low}–{high} training examples")
     if seeds:
-        facts.append(f"seed {min(seeds)}" if len(seeds) == 1
-                     else f"geometric mean over seeds {', '.join(str(seed) for seed in sorted(seeds))}")
+        facts.append(
+            f"seed {min(seeds)}"
+            if len(seeds) == 1
+            else f"geometric mean over seeds {', '.join(str(seed) for seed in sorted(seeds))}"
+        )
     return facts
 
 
@@ -179,7 +217,9 @@ def _plain_log_labels(axes: Axes) -> None:
 # (d) solver convergence, (e) spectral density
 
 
-def _first_report_per_method(directory: RunDirectory, attribute: BlockPart) -> dict[str, tuple[ReportView, int]]:
+def _first_report_per_method(
+    directory: RunDirectory, attribute: BlockPart
+) -> dict[str, tuple[ReportView, int]]:
     """Per method, the lowest seed's init report that has a block with ``attribute`` (and that seed)."""
     chosen: dict[str, tuple[ReportView, int]] = {}
     ordered = sorted(directory.init_reports.items(), key=lambda item: (item[0].method, item[0].seed))
@@ -190,7 +230,7 @@ def _first_report_per_method(directory: RunDirectory, attribute: BlockPart) -> d
 
 
 def _certificate_text(block: BlockView) -> str:
-    """"certified" or why not, for a legend: the last estimate of an uncertified run is not "converged"."""
+    """The word ``certified``, or why not, for a legend: the last estimate of an uncertified run is not "converged"."""
     residual = block.uncertified_residual
     if residual is None:
         return "certified"
@@ -202,9 +242,11 @@ def _relative_residuals(block: BlockView) -> tuple[np.ndarray, np.ndarray]:
     """(products, ‖Hy − θy‖/|θ|) of the top Ritz pair at each iteration that recorded its residual: the quantity
     the certificate compares with tol (empty where the solver recorded none, e.g. an older report)."""
     eigen = block.report.eigen
-    points = [(record.hvps, record.residuals[0] / abs(record.values[0]))
-              for record in (eigen.history if eigen is not None else ())
-              if record.residuals and record.values and record.values[0]]
+    points = [
+        (record.hvps, record.residuals[0] / abs(record.values[0]))
+        for record in (eigen.history if eigen is not None else ())
+        if record.residuals and record.values and record.values[0]
+    ]
     return np.array([p for p, _ in points], dtype=float), np.array([r for _, r in points], dtype=float)
 
 
@@ -228,12 +270,16 @@ def figure_convergence(directory: RunDirectory) -> Figure | None:
         solvers.add(block.solver or "solver")
         hvps = np.array([point[0] for point in block.history], dtype=float)
         estimates = np.array([point[1] for point in block.history])
-        where = '' if block is report.whole else ' (' + block.name + ')'
+        where = "" if block is report.whole else " (" + block.name + ")"
         certificate = _certificate_text(block)
         uncertified += certificate != "certified"
         style = {**method_style(name), "markersize": 4}
-        left.plot(hvps, estimates, label=f"{method_label(name)}{where}: {block.lambda_max:.4g}, {certificate}",
-                  **style)
+        left.plot(
+            hvps,
+            estimates,
+            label=f"{method_label(name)}{where}: {block.lambda_max:.4g}, {certificate}",
+            **style,
+        )
         finals.append(abs(block.lambda_max))
         products, residuals = _relative_residuals(block)
         if block.report.eigen is not None and block.report.eigen.tol:
@@ -247,8 +293,16 @@ def figure_convergence(directory: RunDirectory) -> Figure | None:
             right.plot(hvps[keep], error[keep], **{**style, "alpha": 0.5})
     for tol in sorted(tolerances):
         right.axhline(tol, color="black", linestyle="--", linewidth=1.0)
-        right.annotate(f"tol {tol:g}: certified below", (0.0, tol), xycoords=("axes fraction", "data"),
-                       xytext=(4, -3), textcoords="offset points", ha="left", va="top", fontsize=8)
+        right.annotate(
+            f"tol {tol:g}: certified below",
+            (0.0, tol),
+            xycoords=("axes fraction", "data"),
+            xytext=(4, -3),
+            textcoords="offset points",
+            ha="left",
+            va="top",
+            fontsize=8,
+        )
     left.set_xlabel("Hessian-vector products")
     left.set_ylabel(r"$\lambda_{\max}$ estimate")
     if min(finals) > 0 and max(finals) / min(finals) > 10:  # a linear axis would flatten the smaller methods
@@ -266,8 +320,10 @@ def figure_convergence(directory: RunDirectory) -> Figure | None:
     left.legend(fontsize=7.5)
     solver_text = " / ".join(dict.fromkeys(solver_label(solver) for solver in sorted(solvers)))
     flagged = f"; {uncertified} of {len(reports)} not certified" if uncertified else "; all certified"
-    figure.suptitle(rf"Convergence of {solver_text} for $\lambda_{{\max}}$ at initialisation (lowest seed{flagged})",
-                    fontsize=11)
+    figure.suptitle(
+        rf"Convergence of {solver_text} for $\lambda_{{\max}}$ at initialisation (lowest seed{flagged})",
+        fontsize=11,
+    )
     return figure
 
 
@@ -282,8 +338,11 @@ def figure_density(directory: RunDirectory) -> Figure | None:
     title), on a linear λ axis; the log density axis stops at 10⁻⁴ of the peak, above which single quadrature
     nodes of weight ~1/n (λ_max among them, the dotted line) would otherwise stand out as peaks."""
     reports = _first_report_per_method(directory, "density")
-    blocks = {name: block for name, (report, _) in reports.items()
-              if (block := report.first_with("density")) is not None and block.density is not None}
+    blocks = {
+        name: block
+        for name, (report, _) in reports.items()
+        if (block := report.first_with("density")) is not None and block.density is not None
+    }
     if not blocks:
         return None
     columns = min(len(blocks), 3)
@@ -291,7 +350,7 @@ def figure_density(directory: RunDirectory) -> Figure | None:
     figure = new_figure(4.0 * columns, 2.9 * rows + 0.8)
     grid_axes = figure.subplots(rows, columns, squeeze=False)
     panels = [grid_axes[i // columns][i % columns] for i in range(rows * columns)]
-    for unused in panels[len(blocks):]:
+    for unused in panels[len(blocks) :]:
         unused.set_visible(False)
     for index, ((name, block), axes) in enumerate(zip(blocks.items(), panels)):
         nodes = np.concatenate([np.ravel(run) for run in block.density.nodes])
@@ -304,14 +363,21 @@ def figure_density(directory: RunDirectory) -> Figure | None:
         axes.set_yscale("log")
         axes.set_ylim(float(density.max()) * DENSITY_FLOOR, float(density.max()) * 3)
         uncertified = ", not certified" if block.uncertified_residual is not None else ""
-        axes.set_title(rf"{method_label(name)}: $\lambda_{{\max}}$ = {block.lambda_max:.3g}{uncertified}; "
-                       f"kernel σ = {sigma:.2g}", fontsize=9, color=method_color(name))
+        axes.set_title(
+            rf"{method_label(name)}: $\lambda_{{\max}}$ = {block.lambda_max:.3g}{uncertified}; "
+            f"kernel σ = {sigma:.2g}",
+            fontsize=9,
+            color=method_color(name),
+        )
         axes.set_xlabel("eigenvalue λ")
         if index % columns == 0:
             axes.set_ylabel("density (smoothed SLQ, log)")
         axes.grid(True, alpha=0.3)
-    figure.suptitle("Hessian spectral density w.r.t. the adapter at initialisation (dotted: λ_max; each panel "
-                    f"its own kernel, 1/{DENSITY_BINS} of its span; floor {DENSITY_FLOOR:g} × peak)", fontsize=10)
+    figure.suptitle(
+        "Hessian spectral density w.r.t. the adapter at initialisation (dotted: λ_max; each panel "
+        f"its own kernel, 1/{DENSITY_BINS} of its span; floor {DENSITY_FLOOR:g} × peak)",
+        fontsize=10,
+    )
     return figure
 
 
@@ -325,8 +391,12 @@ def figure_density(directory: RunDirectory) -> Figure | None:
 HEATMAP_KINDS = ("q_proj", "k_proj")  # the paper's v2 heatmaps: the query and key projections
 
 
-def figure_layer_heatmap(directory: RunDirectory, methods: Sequence[str] | None = None,
-                         kinds: Sequence[str] = HEATMAP_KINDS, layers: int | None = None) -> Figure | None:
+def figure_layer_heatmap(
+    directory: RunDirectory,
+    methods: Sequence[str] | None = None,
+    kinds: Sequence[str] = HEATMAP_KINDS,
+    layers: int | None = None,
+) -> Figure | None:
     """(k) λ_max at initialisation of each layer's module (rows: decoder layers, columns: methods), one panel per
     module kind, one log colour scale for all: the paper's v2 heatmaps. A cell no report measured is grey and
     hatched ("not measured"), never interpolated; each measured cell prints its value, hollow-marked (†) where its
@@ -356,27 +426,58 @@ def figure_layer_heatmap(directory: RunDirectory, methods: Sequence[str] | None 
                 continue
             column = columns.index(name)
             grid[layer, column] = value
-            axes.text(column, layer, f"{value:.3g}{'†' if flagged else ''}", ha="center", va="center", fontsize=6,
-                      color="white" if norm(value) < 0.6 else "black")  # viridis: dark at the low end
-        axes.add_patch(Rectangle((-0.5, -0.5), len(columns), count, facecolor="0.88", hatch="///",
-                                 edgecolor="0.7", linewidth=0, zorder=0))  # what no cell covers: not measured
-        image = axes.imshow(np.ma.masked_invalid(grid), cmap="viridis", norm=norm, aspect="auto",
-                            interpolation="nearest", zorder=1)
+            axes.text(
+                column,
+                layer,
+                f"{value:.3g}{'†' if flagged else ''}",
+                ha="center",
+                va="center",
+                fontsize=6,
+                color="white" if norm(value) < 0.6 else "black",
+            )  # viridis: dark at the low end
+        axes.add_patch(
+            Rectangle(
+                (-0.5, -0.5),
+                len(columns),
+                count,
+                facecolor="0.88",
+                hatch="///",
+                edgecolor="0.7",
+                linewidth=0,
+                zorder=0,
+            )
+        )  # what no cell covers: not measured
+        image = axes.imshow(
+            np.ma.masked_invalid(grid),
+            cmap="viridis",
+            norm=norm,
+            aspect="auto",
+            interpolation="nearest",
+            zorder=1,
+        )
         filled = int(np.isfinite(grid).sum())
-        axes.set_title(f"{kind}: {filled} of {count * len(columns)} cells measured"
-                       + (" (none yet)" if not filled else ""), fontsize=9)
-        axes.set_xticks(range(len(columns)), [method_label(name) for name in columns], rotation=45, ha="right",
-                        fontsize=8)
+        axes.set_title(
+            f"{kind}: {filled} of {count * len(columns)} cells measured"
+            + (" (none yet)" if not filled else ""),
+            fontsize=9,
+        )
+        axes.set_xticks(
+            range(len(columns)), [method_label(name) for name in columns], rotation=45, ha="right", fontsize=8
+        )
         axes.set_yticks(range(0, count, max(1, count // 15)))
         axes.set_xlim(-0.5, len(columns) - 0.5)
         axes.set_ylim(count - 0.5, -0.5)
     panels[0].set_ylabel("decoder layer")
     if image is not None:
-        figure.colorbar(image, ax=list(panels), label=r"$\lambda_{\max}$ at initialisation (log scale)",
-                        shrink=0.8)
-    rows = (f"layers 0–{count - 1}" + (" (up to the highest layer measured)" if inferred else ""))
+        figure.colorbar(
+            image, ax=list(panels), label=r"$\lambda_{\max}$ at initialisation (log scale)", shrink=0.8
+        )
+    rows = f"layers 0–{count - 1}" + (" (up to the highest layer measured)" if inferred else "")
     facts = _measured_on(sample_sizes, seeds)
     measured_on = f" ({'; '.join(facts)})" if facts else ""
-    figure.suptitle(rf"Per-layer $\lambda_{{\max}}$ at initialisation{measured_on}" + f"\n{rows}; hatched grey: "
-                    "not measured; † not certified", fontsize=10)
+    figure.suptitle(
+        rf"Per-layer $\lambda_{{\max}}$ at initialisation{measured_on}" + f"\n{rows}; hatched grey: "
+        "not measured; † not certified",
+        fontsize=10,
+    )
     return figure

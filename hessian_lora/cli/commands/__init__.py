@@ -11,8 +11,13 @@ import argparse
 from collections.abc import Callable
 
 
-def add_command(subparsers: argparse._SubParsersAction, name: str, help: str, doc: str | None,
-                handler: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+def add_command(
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    help: str,
+    doc: str | None,
+    handler: Callable[[argparse.Namespace], int],
+) -> argparse.ArgumentParser:
     """The parser of one sub-command: ``help`` in the command list, ``doc`` (a module docstring, its first
     paragraph left out, or a plain description) as the description, ``handler`` run on its arguments."""
     paragraphs = (doc or "").strip().split("\n\n")

@@ -14,8 +14,12 @@ from hessian_lora.core.errors import UserError
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice; 1 on a busy machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice; 1 on a busy machine)",
+    )
 
 
 def apply_threads(args: argparse.Namespace) -> None:

@@ -22,36 +22,67 @@ HELP = "optimal learning rate per method and its relation to sharpness, from a s
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(subparsers, "analyze", HELP, __doc__, run)
-    parser.add_argument("run_dirs", metavar="RUN_DIR", nargs="+",
-                        help="the --out directory of a sweep; several (e.g. one per n_train or epochs) are compared "
-                        "setting by setting, as are several ranks or batch sizes in one sweep")
+    parser.add_argument(
+        "run_dirs",
+        metavar="RUN_DIR",
+        nargs="+",
+        help="the --out directory of a sweep; several (e.g. one per n_train or epochs) are compared "
+        "setting by setting, as are several ranks or batch sizes in one sweep",
+    )
     add_analysis_options(parser)
-    parser.add_argument("--out", default=None,
-                        help="directory for analysis.json/analysis.md, or ablation.json/ablation.md when the runs "
-                        "hold several settings (default: the first RUN_DIR)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="directory for analysis.json/analysis.md, or ablation.json/ablation.md when the runs "
+        "hold several settings (default: the first RUN_DIR)",
+    )
 
 
 def add_analysis_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by analyze, plot and recommend --calibration."""
-    parser.add_argument("--metric", default="auto", choices=("auto", *HIGHER_IS_BETTER),
-                        help="metric that defines the optimum (default auto: accuracy when it varies, else eval "
-                        "loss)")
-    parser.add_argument("--lambda-source", default="auto", choices=LAMBDA_SOURCES,
-                        help="lambda_max at init used in the relation: the whole adapter's, or the median over "
-                        "per-module blocks (default auto: whole when every method has it)")
-    parser.add_argument("--rank", type=int, default=None,
-                        help="analyse only runs of this LoRA rank (default: every rank, one summary each)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="analyse only runs of this batch size (default: every batch size, one summary each)")
-    parser.add_argument("--bootstrap", type=int, default=2000,
-                        help="bootstrap resamples for the intervals (η*, peak, gap to the best, slope, ρ)")
+    parser.add_argument(
+        "--metric",
+        default="auto",
+        choices=("auto", *HIGHER_IS_BETTER),
+        help="metric that defines the optimum (default auto: accuracy when it varies, else eval loss)",
+    )
+    parser.add_argument(
+        "--lambda-source",
+        default="auto",
+        choices=LAMBDA_SOURCES,
+        help="lambda_max at init used in the relation: the whole adapter's, or the median over "
+        "per-module blocks (default auto: whole when every method has it)",
+    )
+    parser.add_argument(
+        "--rank",
+        type=int,
+        default=None,
+        help="analyse only runs of this LoRA rank (default: every rank, one summary each)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="analyse only runs of this batch size (default: every batch size, one summary each)",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=2000,
+        help="bootstrap resamples for the intervals (η*, peak, gap to the best, slope, ρ)",
+    )
 
 
 def analysis_kwargs(args: argparse.Namespace) -> dict[str, object]:
     if args.bootstrap < 1:
         raise UserError(f"--bootstrap must be at least 1, got {args.bootstrap}.")
-    return {"metric": args.metric, "lambda_source": args.lambda_source, "rank": args.rank,
-            "batch_size": args.batch_size, "bootstrap_samples": args.bootstrap}
+    return {
+        "metric": args.metric,
+        "lambda_source": args.lambda_source,
+        "rank": args.rank,
+        "batch_size": args.batch_size,
+        "bootstrap_samples": args.bootstrap,
+    }
 
 
 def run(args: argparse.Namespace) -> int:

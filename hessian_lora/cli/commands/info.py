@@ -24,8 +24,11 @@ HELP = "describe a checkpoint or a plain peft adapter directory"
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(subparsers, "info", HELP, __doc__, run)
-    parser.add_argument("checkpoint", metavar="DIR", help="checkpoint or plain peft adapter directory, or a hub "
-                        "adapter repo id such as user/my-lora")
+    parser.add_argument(
+        "checkpoint",
+        metavar="DIR",
+        help="checkpoint or plain peft adapter directory, or a hub adapter repo id such as user/my-lora",
+    )
     parser.add_argument("--revision", default=None, help="hub adapter: branch, tag or commit (default main)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
 
@@ -46,7 +49,9 @@ def _describe(path: Path) -> dict[str, Any]:
     data = checkpoint.read_meta_dict(path)
     checkpoint.check_checkpoint_files(path)
     if data.get("method") not in METHODS:
-        raise UserError(f"{path} holds unknown method {data.get('method')!r}: it was written by another version.")
+        raise UserError(
+            f"{path} holds unknown method {data.get('method')!r}: it was written by another version."
+        )
     meta = checkpoint.CheckpointMeta.from_dict(data)
     adapter = meta.adapter
     facts: dict[str, Any] = {
@@ -77,8 +82,12 @@ def _describe(path: Path) -> dict[str, Any]:
     }
     if (path / checkpoint.OPTIMIZER_FILE).is_file():
         state = checkpoint.read_optimizer_state(path / checkpoint.OPTIMIZER_FILE)
-        facts["optimizer_state"] = {"step": state.step, "betas": list(state.betas), "eps": state.eps,
-                                    "parameters": len(state.param_names)}
+        facts["optimizer_state"] = {
+            "step": state.step,
+            "betas": list(state.betas),
+            "eps": state.eps,
+            "parameters": len(state.param_names),
+        }
     return facts
 
 
@@ -88,11 +97,17 @@ def _describe_peft(path: Path) -> dict[str, Any]:
     rewriting = peft_adapters.base_rewriting_init(config)
     converted = peft_adapters.converted_init(path, config) if rewriting is None else None
     if converted is not None:  # described as what it trains (load_peft_directory measures it so)
-        halved = (2 ** 0.5) if config.get("use_rslora") else 2
-        config = {**config, "r": int(config["r"]) // 2, "lora_alpha": float(config.get("lora_alpha") or 0) / halved,
-                  "init_lora_weights": converted}
-        shapes = {name: (shape[0] // 2, *shape[1:]) if ".lora_A." in name else (shape[0], shape[1] // 2)
-                  for name, shape in shapes.items()}
+        halved = (2**0.5) if config.get("use_rslora") else 2
+        config = {
+            **config,
+            "r": int(config["r"]) // 2,
+            "lora_alpha": float(config.get("lora_alpha") or 0) / halved,
+            "init_lora_weights": converted,
+        }
+        shapes = {
+            name: (shape[0] // 2, *shape[1:]) if ".lora_A." in name else (shape[0], shape[1] // 2)
+            for name, shape in shapes.items()
+        }
     step = peft_adapters.trained_step(path)
     meta = peft_adapters.peft_meta(config, base_model=config.get("base_model_name_or_path") or "-", step=step)
     adapter = meta.adapter
@@ -118,10 +133,15 @@ def _describe_peft(path: Path) -> dict[str, Any]:
         "lr": None,
         "trainable_parameters": peft_adapters.trained_parameter_count(shapes),
         "adapter_bytes": _size(path / checkpoint.ADAPTER_WEIGHTS_FILE),
-        "residual_base": (peft_adapters.residual_base_note(rewriting, converted, given=False)
-                          or "not needed (a delta on the base model)"),
+        "residual_base": (
+            peft_adapters.residual_base_note(rewriting, converted, given=False)
+            or "not needed (a delta on the base model)"
+        ),
         "optimizer_state": None,
-        "extra": {"peft_type": config.get("peft_type"), "init_lora_weights": config.get("init_lora_weights", True)},
+        "extra": {
+            "peft_type": config.get("peft_type"),
+            "init_lora_weights": config.get("init_lora_weights", True),
+        },
     }
 
 
@@ -138,18 +158,32 @@ def run(args: argparse.Namespace) -> int:
         ("alpha", f"{facts['alpha']:g} (scale {facts['scale']:g})"),
         ("dropout", facts["dropout"]),
         ("targets", ",".join(facts["targets"])),
-        ("format", "plain peft adapter directory" if facts.get("format") == "peft" else "hessian-lora checkpoint"),
-        ("base model", facts["base_model"] if facts.get("format") == "peft"
-         else f"{facts['base_model']} ({facts['dtype']}, model seed {facts['model_seed']})"),
+        (
+            "format",
+            "plain peft adapter directory" if facts.get("format") == "peft" else "hessian-lora checkpoint",
+        ),
+        (
+            "base model",
+            facts["base_model"]
+            if facts.get("format") == "peft"
+            else f"{facts['base_model']} ({facts['dtype']}, model seed {facts['model_seed']})",
+        ),
         ("task", facts["task"] or "-"),
         ("init seed", "-" if facts["seed"] is None else facts["seed"]),
         ("step", "-" if facts["step"] is None else facts["step"]),
         ("lr", "-" if facts["lr"] is None else f"{facts['lr']:g}"),
-        ("trainable params", "-" if facts["trainable_parameters"] is None else f"{facts['trainable_parameters']:,}"),
+        (
+            "trainable params",
+            "-" if facts["trainable_parameters"] is None else f"{facts['trainable_parameters']:,}",
+        ),
         ("adapter file", f"{facts['adapter_bytes']:,} bytes"),
         ("residual base", facts["residual_base"]),
-        ("optimizer state", "absent" if optimizer is None else
-         f"present (AdamW step {optimizer['step']}, betas {optimizer['betas']}, eps {optimizer['eps']:g})"),
+        (
+            "optimizer state",
+            "absent"
+            if optimizer is None
+            else f"present (AdamW step {optimizer['step']}, betas {optimizer['betas']}, eps {optimizer['eps']:g})",
+        ),
     ]
     width = max(len(label) for label, _ in lines)
     for label, value in lines:

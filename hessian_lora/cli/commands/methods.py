@@ -37,5 +37,7 @@ def run(args: argparse.Namespace) -> int:
         preserves = "yes" if spec.preserves_function else "no"
         data = " (needs data)" if spec.needs_data else ""
         count = f"{reference_parameter_count(spec.name, REFERENCE_RANK) / 1e6:.2f}M"
-        print(f"{spec.name:<{width}}  {rewrites:<13}  {preserves:<18}  {count:>{len(params)}}  {spec.summary}{data}")
+        print(
+            f"{spec.name:<{width}}  {rewrites:<13}  {preserves:<18}  {count:>{len(params)}}  {spec.summary}{data}"
+        )
     return 0

@@ -24,10 +24,14 @@ HELP = (
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(subparsers, "plot", HELP, __doc__, run)
-    parser.add_argument("run_dirs", metavar="RUN_DIR", nargs="+",
-                        help="the --out directory of a sweep; with several directories, ranks or batch sizes, also "
-                        "(g) eta* and (h) peak per setting and (i) the setting x LR table, and each setting's "
-                        "figures in a subfolder")
+    parser.add_argument(
+        "run_dirs",
+        metavar="RUN_DIR",
+        nargs="+",
+        help="the --out directory of a sweep; with several directories, ranks or batch sizes, also "
+        "(g) eta* and (h) peak per setting and (i) the setting x LR table, and each setting's "
+        "figures in a subfolder",
+    )
     parser.add_argument("--out", default=None, help="figure directory (default: the first RUN_DIR/figures)")
     parser.add_argument("--formats", default="png,pdf", help="comma-separated file formats (default png,pdf)")
     add_analysis_options(parser)
@@ -41,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
     formats = tuple(part.strip().lower() for part in args.formats.split(",") if part.strip())
     known = {"png", "pdf", "svg"}
     if not formats or set(formats) - known:
-        raise UserError(f"--formats {args.formats!r}: use a comma-separated subset of {', '.join(sorted(known))}.")
+        raise UserError(
+            f"--formats {args.formats!r}: use a comma-separated subset of {', '.join(sorted(known))}."
+        )
 
     if args.out is not None:
         check_output_directory(args.out, "--out")

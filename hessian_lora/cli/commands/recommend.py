@@ -29,16 +29,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--method", default=None, help="adapter method to probe (see `hessian-lora methods`)")
     parser.add_argument("--model", default=None, help="base model (default: the calibration's model)")
     parser.add_argument("--task", default=None, help="probe task (default: the calibration's task)")
-    parser.add_argument("--calibration", default=None,
-                        help="a sweep RUN_DIR or a calibration .json (default: the shipped calibration)")
+    parser.add_argument(
+        "--calibration",
+        default=None,
+        help="a sweep RUN_DIR or a calibration .json (default: the shipped calibration)",
+    )
     parser.add_argument("--rank", type=int, default=None, help="LoRA rank (default: the calibration's)")
-    add_prompt_template_argument(parser, default=None, purpose="formats the probe batches (default: the "
-                                 "calibration sweep's, else chat)")
+    add_prompt_template_argument(
+        parser,
+        default=None,
+        purpose="formats the probe batches (default: the calibration sweep's, else chat)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="adapter initialisation seed (default 0)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     add_threads_argument(parser)
-    parser.add_argument("--save-calibration", default=None, metavar="FILE",
-                        help="write the calibration (e.g. fitted on --calibration RUN_DIR) to FILE")
+    parser.add_argument(
+        "--save-calibration",
+        default=None,
+        metavar="FILE",
+        help="write the calibration (e.g. fitted on --calibration RUN_DIR) to FILE",
+    )
     parser.add_argument("--note", default="", help="provenance note stored with --save-calibration")
     parser.add_argument("--json", action="store_true", help="print the recommendation as JSON")
 
@@ -51,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
     if args.save_calibration is not None:
         check_output_file(args.save_calibration, "--save-calibration")
     if args.method is None and args.save_calibration is None:
-        raise UserError("pass --method METHOD to get a learning rate (or --save-calibration FILE to save one).")
+        raise UserError(
+            "pass --method METHOD to get a learning rate (or --save-calibration FILE to save one)."
+        )
     if args.calibration is not None and Path(args.calibration).is_dir():
         calibration = calibration_from_run(args.calibration, note=args.note)
     else:
@@ -61,12 +73,22 @@ def run(args: argparse.Namespace) -> int:
     if args.save_calibration:
         path = save_calibration(calibration, args.save_calibration)
         error = f"{calibration.log10_error:.2f} decades" if calibration.log10_error is not None else "n/a"
-        print(f"calibration ({calibration.fit} fit, c = {calibration.c:.3g}, LOMO RMS error {error}, "
-              f"{len(calibration.points)} methods with interior optima) written to {path}")
+        print(
+            f"calibration ({calibration.fit} fit, c = {calibration.c:.3g}, LOMO RMS error {error}, "
+            f"{len(calibration.points)} methods with interior optima) written to {path}"
+        )
     if args.method is None:
         return 0
-    result = recommend(args.method, model=args.model, task=args.task, calibration=calibration, rank=args.rank,
-                       seed=args.seed, device=args.device, prompt_template=args.prompt_template)
+    result = recommend(
+        args.method,
+        model=args.model,
+        task=args.task,
+        calibration=calibration,
+        rank=args.rank,
+        seed=args.seed,
+        device=args.device,
+        prompt_template=args.prompt_template,
+    )
     if args.json:
         print(json.dumps(asdict(result), indent=2))
     else:

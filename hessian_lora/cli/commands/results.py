@@ -21,8 +21,23 @@ from hessian_lora.core.errors import UserError
 from hessian_lora.core.paths import check_output_file
 from hessian_lora.core.store import COLUMN_NAMES, COLUMNS, read_rows
 
-TABLE_COLUMNS = ("method", "rank", "seed", "batch_size", "lr", "status", "steps", "train_loss", "eval_loss",
-                 "accuracy", "pass_at_1", "lambda_init", "lambda_final", "precond_lambda_final", "wall_seconds")
+TABLE_COLUMNS = (
+    "method",
+    "rank",
+    "seed",
+    "batch_size",
+    "lr",
+    "status",
+    "steps",
+    "train_loss",
+    "eval_loss",
+    "accuracy",
+    "pass_at_1",
+    "lambda_init",
+    "lambda_final",
+    "precond_lambda_final",
+    "wall_seconds",
+)
 FORMATS = ("table", "csv", "parquet")
 
 
@@ -33,10 +48,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(subparsers, "results", HELP, __doc__, run)
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `hessian-lora sweep`")
     parser.add_argument("--format", choices=FORMATS, default="table", help="table (default), csv or parquet")
-    parser.add_argument("--output", default=None,
-                        help="file to write (csv: default stdout; parquet: default RUN_DIR/results.parquet)")
-    parser.add_argument("--all-columns", action="store_true",
-                        help="csv/parquet: every column, the per-step history and the error text included")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="file to write (csv: default stdout; parquet: default RUN_DIR/results.parquet)",
+    )
+    parser.add_argument(
+        "--all-columns",
+        action="store_true",
+        help="csv/parquet: every column, the per-step history and the error text included",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,8 +73,11 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--output is for csv and parquet; redirect the table with > instead.")
         print(format_table(rows))
         return 0
-    columns = COLUMN_NAMES if args.all_columns else tuple(
-        name for name in COLUMN_NAMES if name not in ("history", "error"))
+    columns = (
+        COLUMN_NAMES
+        if args.all_columns
+        else tuple(name for name in COLUMN_NAMES if name not in ("history", "error"))
+    )
     if args.format == "csv":
         text = to_csv(rows, columns)
         if args.output:
@@ -75,8 +99,13 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = TABLE_
     cells = [[_cell(row.get(name), name) for name in shown] for row in rows]
     widths = [max(len(name), *(len(line[i]) for line in cells)) for i, name in enumerate(shown)]
     header = "  ".join(name.ljust(width) for name, width in zip(shown, widths))
-    lines = ["  ".join(cell.rjust(width) if _numeric(name) else cell.ljust(width)
-                       for cell, width, name in zip(line, widths, shown)) for line in cells]
+    lines = [
+        "  ".join(
+            cell.rjust(width) if _numeric(name) else cell.ljust(width)
+            for cell, width, name in zip(line, widths, shown)
+        )
+        for line in cells
+    ]
     return "\n".join([header, "  ".join("-" * width for width in widths), *lines])
 
 
@@ -112,8 +141,9 @@ def write_parquet(rows: Sequence[dict[str, Any]], columns: Sequence[str], output
         import pyarrow as pa  # local: optional dependency (pyarrow, the dist extra)
         import pyarrow.parquet as pq  # local: optional dependency (pyarrow)
     except ImportError as exc:
-        raise UserError("parquet export needs pyarrow: pip install 'hessian-lora[dist]' (or use --format csv).") \
-            from exc
+        raise UserError(
+            "parquet export needs pyarrow: pip install 'hessian-lora[dist]' (or use --format csv)."
+        ) from exc
 
     kinds = dict(COLUMNS)
     arrow_type = {"TEXT": pa.string(), "REAL": pa.float64(), "INTEGER": pa.int64()}

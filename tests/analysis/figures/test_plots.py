@@ -18,7 +18,9 @@ METHODS = {
     "lora": SyntheticMethod(eta_star=3.1e-4, lambda_init=1.5),
     "pissa": SyntheticMethod(eta_star=3.1e-5, lambda_init=15.0, peak=0.59, module_ratio=10.0),
     "milora": SyntheticMethod(eta_star=1.0e-4, lambda_init=4.7, peak=0.61, module_ratio=2.0),
-    "initab": SyntheticMethod(eta_star=1.7e-4, lambda_init=2.7, peak=0.58, diverge_above=2.5e-3, module_ratio=1.8),
+    "initab": SyntheticMethod(
+        eta_star=1.7e-4, lambda_init=2.7, peak=0.58, diverge_above=2.5e-3, module_ratio=1.8
+    ),
 }
 
 
@@ -33,8 +35,12 @@ def _clipped(figure) -> bool:
     drawn = figure.get_tightbbox(figure.canvas.get_renderer())  # inches
     width, height = figure.get_size_inches()
     tolerance = 0.02
-    return drawn.x0 < -tolerance or drawn.y0 < -tolerance or drawn.x1 > width + tolerance or (
-        drawn.y1 > height + tolerance)
+    return (
+        drawn.x0 < -tolerance
+        or drawn.y0 < -tolerance
+        or drawn.x1 > width + tolerance
+        or (drawn.y1 > height + tolerance)
+    )
 
 
 def test_plot_run_writes_all_six_figures_as_png_and_pdf(run_dir, tmp_path) -> None:
@@ -63,7 +69,9 @@ def test_no_text_is_clipped_and_methods_keep_their_colour(run_dir) -> None:
             for line in axes.get_lines():
                 label = line.get_label()
                 for method in METHODS:
-                    if label.startswith(plots.method_label(method) + ":") or label == plots.method_label(method):
+                    if label.startswith(plots.method_label(method) + ":") or label == plots.method_label(
+                        method
+                    ):
                         assert mcolors.to_hex(line.get_color()) == plots.METHOD_COLORS[method], (key, label)
 
 
@@ -72,16 +80,28 @@ def test_module_ratio_medians_match_the_synthetic_ratios(run_dir) -> None:
     labels = [text.get_text() for legend in figure.legends for text in legend.get_texts()]
     # per-module λ = module_ratio × λ_init × (1 + 0.1·layer + 0.05·index + 0.01·seed): the layer and seed factors
     # cancel in the ratio to LoRA's same block
-    expected = {name: m.module_ratio * m.lambda_init / METHODS["lora"].lambda_init for name, m in METHODS.items()}
-    assert labels == [f"{plots.method_label(name)} (median ×{expected[name]:.2f})" for name in
-                      ("pissa", "milora", "initab")]
+    expected = {
+        name: m.module_ratio * m.lambda_init / METHODS["lora"].lambda_init for name, m in METHODS.items()
+    }
+    assert labels == [
+        f"{plots.method_label(name)} (median ×{expected[name]:.2f})" for name in ("pissa", "milora", "initab")
+    ]
 
 
 def test_missing_optional_data_skips_figures_with_reasons(tmp_path) -> None:
-    run_dir = write_run_dir(tmp_path / "run", {"lora": METHODS["lora"], "pissa": METHODS["pissa"]},
-                            reports=False, final_reports=False)
+    run_dir = write_run_dir(
+        tmp_path / "run",
+        {"lora": METHODS["lora"], "pissa": METHODS["pissa"]},
+        reports=False,
+        final_reports=False,
+    )
     result = plots.plot_run(run_dir, bootstrap_samples=50, formats=("png",))
-    assert sorted(result.written) == ["a", "b", "f", "g"]  # λ from the lambda_init column; histories in the table
+    assert sorted(result.written) == [
+        "a",
+        "b",
+        "f",
+        "g",
+    ]  # λ from the lambda_init column; histories in the table
     assert set(result.skipped) == {"c", "d", "e", "k"}
     assert all(reason for reason in result.skipped.values())
     assert (run_dir / "figures" / "a_metric_vs_lr.png").is_file()
@@ -117,16 +137,25 @@ UNCERTIFIED_MODULE = "base_model.model.model.layers.1.self_attn.q_proj"
 def overlap_run(tmp_path_factory):
     from synthetic_run import mark_uncertified
 
-    root = write_run_dir(tmp_path_factory.mktemp("overlap") / "run", OVERLAP, seeds=(0, 1), seed_shift=0.1,
-                         lrs=tuple(2e-5 * 10 ** (k / 4) for k in range(-1, 13)))
+    root = write_run_dir(
+        tmp_path_factory.mktemp("overlap") / "run",
+        OVERLAP,
+        seeds=(0, 1),
+        seed_shift=0.1,
+        lrs=tuple(2e-5 * 10 ** (k / 4) for k in range(-1, 13)),
+    )
     mark_uncertified(root, "dora_r8_s0", "adapter")
     mark_uncertified(root, "pissa_r8_s0", UNCERTIFIED_MODULE)
     return root, analysis.read_run_directory(root), analysis.analyze(root, bootstrap_samples=100)
 
 
 def _method_lines(axes, method):
-    return [line for line in axes.get_lines() if line.get_color() == plots.METHOD_COLORS[method]
-            or mcolors.to_hex(line.get_color()) == plots.METHOD_COLORS[method]]
+    return [
+        line
+        for line in axes.get_lines()
+        if line.get_color() == plots.METHOD_COLORS[method]
+        or mcolors.to_hex(line.get_color()) == plots.METHOD_COLORS[method]
+    ]
 
 
 def test_metric_figure_puts_intervals_at_run_lrs_and_the_fit_in_its_own_strip(overlap_run) -> None:
@@ -138,8 +167,10 @@ def test_metric_figure_puts_intervals_at_run_lrs_and_the_fit_in_its_own_strip(ov
         # Every vertical interval bar stands at an LR that was run (the best run's), none at the fitted η*.
         vertical = 0
         for collection in axes.collections:
-            if hasattr(collection, "get_segments") and mcolors.to_hex(collection.get_color()[0]) == \
-                    plots.METHOD_COLORS[name]:
+            if (
+                hasattr(collection, "get_segments")
+                and mcolors.to_hex(collection.get_color()[0]) == plots.METHOD_COLORS[name]
+            ):
                 for segment in collection.get_segments():
                     xs = {float(x) for x, _ in segment}
                     if len(xs) == 1:
@@ -153,10 +184,17 @@ def test_metric_figure_puts_intervals_at_run_lrs_and_the_fit_in_its_own_strip(ov
         row = int(ticks[0].get_ydata()[0])
         assert strip.get_yticklabels()[row].get_text() == plots.method_label(name)
         # The best run is ringed in black at its own LR and value.
-        ringed = [line for line in _method_lines(axes, name) if line.get_markeredgewidth() >= 1.5
-                  and list(line.get_xdata()) == [summary.eta_grid]]
+        ringed = [
+            line
+            for line in _method_lines(axes, name)
+            if line.get_markeredgewidth() >= 1.5 and list(line.get_xdata()) == [summary.eta_grid]
+        ]
         assert ringed and ringed[0].get_ydata()[0] == pytest.approx(summary.peak_metric * 100)
-    assert "fitted η*" in strip.get_title() and "not a score" in strip.get_title() and "best run" in axes.get_title()
+    assert (
+        "fitted η*" in strip.get_title()
+        and "not a score" in strip.get_title()
+        and "best run" in axes.get_title()
+    )
     assert strip.get_shared_x_axes().joined(strip, axes)  # the strip shares the LR axis and nothing else
     assert not _clipped(figure)
 
@@ -165,8 +203,10 @@ def test_coinciding_methods_are_drawn_apart(overlap_run) -> None:
     _, _, result = overlap_run
     figure = plots.figure_metric_vs_lr(result)
     # the curves' panel (the η* strip above it has rows, not curves)
-    lora, dora = (next(line for line in figure.axes[1].get_lines() if line.get_label().startswith(label))
-                  for label in ("LoRA:", "DoRA:"))
+    lora, dora = (
+        next(line for line in figure.axes[1].get_lines() if line.get_label().startswith(label))
+        for label in ("LoRA:", "DoRA:")
+    )
     assert list(lora.get_ydata()) == pytest.approx(list(dora.get_ydata()))  # the same curve...
     assert lora.get_linestyle() != dora.get_linestyle()  # ...in another dash,
     assert lora.get_linewidth() > dora.get_linewidth()  # LoRA wider underneath,
@@ -230,10 +270,15 @@ def test_module_ratios_are_points_per_measured_layer_with_uncertified_hollow(ove
     for axes in figure.axes:
         for line in axes.get_lines():
             if line.get_marker() not in ("None", None, ""):
-                assert line.get_linestyle() == "None", line.get_label()  # markers only: no line between layers
+                assert line.get_linestyle() == "None", (
+                    line.get_label()
+                )  # markers only: no line between layers
         if axes.get_visible() and axes.get_title() == "q_proj":
-            hollow = [line for line in _method_lines(axes, "pissa")
-                      if mcolors.to_hex(line.get_markerfacecolor()) == "#ffffff"]
+            hollow = [
+                line
+                for line in _method_lines(axes, "pissa")
+                if mcolors.to_hex(line.get_markerfacecolor()) == "#ffffff"
+            ]
             assert len(hollow) == 1 and len(hollow[0].get_xdata()) == 1
             assert round(float(hollow[0].get_xdata()[0])) == 1  # the uncertified block's layer
             assert [tick for tick in axes.get_xticks()] == [0, 1]  # ticks at the measured layers only
@@ -248,7 +293,9 @@ def test_convergence_titles_match_what_is_drawn(overlap_run) -> None:
     assert "converged" not in right.get_title() and "last estimate" in right.get_title()
     labels = [text.get_text() for text in left.get_legend().get_texts()]
     assert any(text.startswith("DoRA") and "NOT certified" in text and "max_iter" in text for text in labels)
-    assert any(text.startswith("LoRA") and text.endswith("certified") and "NOT" not in text for text in labels)
+    assert any(
+        text.startswith("LoRA") and text.endswith("certified") and "NOT" not in text for text in labels
+    )
     assert "1 of 3 not certified" in figure._suptitle.get_text()
 
 
@@ -264,7 +311,9 @@ def test_convergence_plots_the_certificates_relative_residual_against_tol(tmp_pa
         path.write_text(json.dumps(data))
     figure = plots.figure_convergence(analysis.read_run_directory(run_dir))
     right = figure.axes[1]
-    lora = next(line for line in right.get_lines() if mcolors.to_hex(line.get_color()) == plots.METHOD_COLORS["lora"])
+    lora = next(
+        line for line in right.get_lines() if mcolors.to_hex(line.get_color()) == plots.METHOD_COLORS["lora"]
+    )
     assert list(lora.get_ydata()) == pytest.approx([10.0 ** (-k) for k in range(len(lora.get_ydata()))])
     assert any(list(line.get_ydata()) == [1e-4, 1e-4] for line in right.get_lines())  # the synthetic tol
     assert "relative residual" in right.get_ylabel() and "last estimate" not in right.get_title()
@@ -276,7 +325,10 @@ def test_a_censored_optimum_gets_an_arrow_inside_the_frame(tmp_path) -> None:
     from hessian_lora.analysis.ablation import analyze_ablation
     from hessian_lora.analysis.figures.ablation import figure_eta_vs_setting
 
-    methods = {**OVERLAP, "milora": SyntheticMethod(eta_star=0.05, lambda_init=5.0, peak=0.52)}  # above the grid
+    methods = {
+        **OVERLAP,
+        "milora": SyntheticMethod(eta_star=0.05, lambda_init=5.0, peak=0.52),
+    }  # above the grid
     first = write_run_dir(tmp_path / "a", methods, config={"n_train": 64})
     second = write_run_dir(tmp_path / "b", methods, config={"n_train": 128})
     result = analysis.analyze(first, bootstrap_samples=50)
@@ -291,8 +343,9 @@ def test_a_censored_optimum_gets_an_arrow_inside_the_frame(tmp_path) -> None:
         for arrow in arrows:
             (_, tail), (_, head) = arrow.xyann, arrow.xy
             assert head > tail and low <= tail < head <= high  # pointing up (η* ≥), head in frame
-        assert "arrow" in axes.get_title() or any("arrow" in text.get_text() for legend in figure.legends
-                                                   for text in legend.get_texts())
+        assert "arrow" in axes.get_title() or any(
+            "arrow" in text.get_text() for legend in figure.legends for text in legend.get_texts()
+        )
 
 
 def test_module_ratios_title_names_the_examples_the_modules_were_measured_on(tmp_path) -> None:
@@ -303,21 +356,28 @@ def test_module_ratios_title_names_the_examples_the_modules_were_measured_on(tmp
     assert "(on 16 training examples; seed 0)" in plots.figure_module_ratios(directory)._suptitle.get_text()
     for path in sorted((run_dir / "hessian").glob("*_init.json")):
         data = json.loads(path.read_text())
-        modules = {**data, "settings": {**data["settings"], "samples": 4},
-                   "blocks": [block for block in data["blocks"] if block["name"] != "adapter"]}
+        modules = {
+            **data,
+            "settings": {**data["settings"], "samples": 4},
+            "blocks": [block for block in data["blocks"] if block["name"] != "adapter"],
+        }
         data["blocks"] = [block for block in data["blocks"] if block["name"] == "adapter"]
         assert modules["blocks"] and data["blocks"]
         path.write_text(json.dumps(data))
         path.with_name(path.stem + "_modules.json").write_text(json.dumps(modules))
     directory = analysis.read_run_directory(run_dir)
     report = next(iter(directory.init_reports.values()))
-    assert report.samples_of(report.whole) == 16 and {report.samples_of(block) for block in report.modules} == {4}
+    assert report.samples_of(report.whole) == 16 and {
+        report.samples_of(block) for block in report.modules
+    } == {4}
     assert "(on 4 training examples; seed 0)" in plots.figure_module_ratios(directory)._suptitle.get_text()
 
 
 def test_module_ratios_title_names_the_seeds_it_averages(tmp_path) -> None:
     """(c) draws each module's geometric mean over the seeds it has: the title says over which."""
-    run_dir = write_run_dir(tmp_path / "run", {name: METHODS[name] for name in ("lora", "pissa")}, seeds=(1, 2))
+    run_dir = write_run_dir(
+        tmp_path / "run", {name: METHODS[name] for name in ("lora", "pissa")}, seeds=(1, 2)
+    )
     title = plots.figure_module_ratios(analysis.read_run_directory(run_dir))._suptitle.get_text()
     assert "geometric mean over seeds 1, 2" in title and "seed 1)" not in title
 
@@ -333,16 +393,21 @@ def test_sharpness_figure_draws_lambdas_seed_range_and_says_so(run_dir) -> None:
         label = container.get_label()
         for name, summary in result.methods.items():
             if label.startswith(plots.method_label(name) + ":"):
-                horizontal = [segments for segments in bar_lines if any(abs(s[0][1] - s[1][1]) < 1e-12
-                                                                        for s in segments.get_segments())]
+                horizontal = [
+                    segments
+                    for segments in bar_lines
+                    if any(abs(s[0][1] - s[1][1]) < 1e-12 for s in segments.get_segments())
+                ]
                 (segment,) = horizontal[0].get_segments()
                 spans[name] = (segment[0][0], segment[1][0])
                 per_seed = list(summary.lambda_init_per_seed.values())
                 assert spans[name] == pytest.approx((min(per_seed), max(per_seed)))
     assert set(spans) == set(result.methods) and all(low < high for low, high in spans.values())
     labels = [text.get_text() for legend in figure.legends for text in legend.get_texts()]
-    assert any(text.startswith("horizontal bars: λ's range over seeds (at most ") for text in
-               "; ".join(labels).split("; "))
+    assert any(
+        text.startswith("horizontal bars: λ's range over seeds (at most ")
+        for text in "; ".join(labels).split("; ")
+    )
 
 
 def test_sharpness_figure_draws_no_seed_bar_for_a_seed_independent_lambda(run_dir) -> None:
@@ -360,8 +425,11 @@ def test_sharpness_figure_draws_no_seed_bar_for_a_seed_independent_lambda(run_di
     for container in figure.axes[0].containers:
         if container.get_label().startswith(plots.method_label(name) + ":"):
             _, _, bar_lines = container.lines
-            assert not [segments for segments in bar_lines if any(abs(s[0][1] - s[1][1]) < 1e-12
-                                                                   for s in segments.get_segments())]
+            assert not [
+                segments
+                for segments in bar_lines
+                if any(abs(s[0][1] - s[1][1]) < 1e-12 for s in segments.get_segments())
+            ]
 
 
 def test_the_layer_heatmap_leaves_unmeasured_cells_empty(run_dir) -> None:
@@ -385,14 +453,17 @@ def test_the_layer_heatmap_leaves_unmeasured_cells_empty(run_dir) -> None:
 
 def test_loss_curves_star_each_seeds_own_best_lr(tmp_path) -> None:
     """(f) draws the lowest seed's curves: its star marks that seed's best LR, not the seed mean's."""
-    run_dir = write_run_dir(tmp_path / "run", {"lora": METHODS["lora"], "pissa": METHODS["pissa"]}, seeds=(0, 1),
-                            seed_shift=1.0)  # seed 0's optimum half a decade below the mean's
+    run_dir = write_run_dir(
+        tmp_path / "run", {"lora": METHODS["lora"], "pissa": METHODS["pissa"]}, seeds=(0, 1), seed_shift=1.0
+    )  # seed 0's optimum half a decade below the mean's
     directory = analysis.read_run_directory(run_dir)
     result = analysis.analyze(run_dir, bootstrap_samples=20)
     figure = plots.figure_loss_curves(directory, result)
     for name, axes in zip(("lora", "pissa"), figure.axes):
-        own = max((run for run in directory.runs if run.method == name and run.seed == 0),
-                  key=lambda run: run.accuracy)
+        own = max(
+            (run for run in directory.runs if run.method == name and run.seed == 0),
+            key=lambda run: run.accuracy,
+        )
         starred = [line.get_label() for line in axes.get_lines() if "★" in line.get_label()]
         assert starred == [f"{plots.format_lr(own.lr)} ★"]
         assert own.lr != result.methods[name].eta_grid  # the seed mean's best lies elsewhere
@@ -410,7 +481,9 @@ def test_edge_of_stability_with_one_informative_step_is_drawn_against_the_lr(tmp
     assert over_time.axes[0].get_xlabel() == "optimizer step"
     for path in run_dir.glob("runs/*/sharpness.json"):
         data = json.loads(path.read_text())
-        data["history"] = [point for point in data["history"] if point["step"] in (0, 4)]  # step 0: no Adam state
+        data["history"] = [
+            point for point in data["history"] if point["step"] in (0, 4)
+        ]  # step 0: no Adam state
         path.write_text(json.dumps(data))
     figure = plots.figure_edge_of_stability(analysis.read_run_directory(run_dir), result)
     text = figure._suptitle.get_text()
@@ -419,5 +492,6 @@ def test_edge_of_stability_with_one_informative_step_is_drawn_against_the_lr(tmp
     assert axes.get_xscale() == "log" and axes.get_xlabel() == plots.LR_AXIS_LABEL
     adam = [line for line in axes.get_lines() if line.get_marker() == "o"]
     assert sorted(float(line.get_xdata()[0]) for line in adam) == sorted(
-        run.lr for run in directory.runs if run.method == "lora" and run.seed == 0 and run.is_usable)
+        run.lr for run in directory.runs if run.method == "lora" and run.seed == 0 and run.is_usable
+    )
     assert not _clipped(figure)
