@@ -77,6 +77,9 @@ with mkdocs_gen_files.open("reference/cli.md", "w") as page:
     page.write(cli_page())
 with mkdocs_gen_files.open("changelog.md", "w") as page:
     page.write((ROOT / "CHANGELOG.md").read_text())
+with mkdocs_gen_files.open("contributing.md", "w") as page:
+    # The repository's CONTRIBUTING.md links the pages as docs/X.md; on the site they sit beside it.
+    page.write((ROOT / "CONTRIBUTING.md").read_text().replace("](docs/", "]("))
 for folder in ("figures", "results/smollm2/figures"):
     for image in sorted((ROOT / folder).glob("*.png")):
         with mkdocs_gen_files.open(f"_repo/{folder}/{image.name}", "wb") as copy:

@@ -6,7 +6,7 @@ A sweep writes, and analysis, plots, recommend and the demo read, one directory 
     RUN_DIR/
       config.yaml                         the sweep config as resolved
       search.json                         adaptive search: each method's centre, computed once (sweep/adaptive.py)
-      results.sqlite                      table runs, one row per run (sweep/store.py)
+      results.sqlite                      table runs, one row per run (core/store.py)
       runs/<run_id>/                      checkpoint + history.json + eval.json (per-example scores)
                                           (+ sharpness.json with hessian.during)
       hessian/<init_key>_init.json        eigen report at initialisation

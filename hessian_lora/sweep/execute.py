@@ -256,7 +256,7 @@ def _sharpness_peaks(probe: Any) -> dict[str, float | None]:
     }
 
 
-# The runs-table column of each evaluation set's metric (sweep/store.py COLUMNS).
+# The runs-table column of each evaluation set's metric (core/store.py COLUMNS).
 EVAL_SET_COLUMNS = {
     "gsm8k": "gsm8k_acc",
     "math": "math_acc",

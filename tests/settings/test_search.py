@@ -1,4 +1,4 @@
-"""Adaptive LR search (sweep/search.py) on synthetic curves: no model, no run store, milliseconds per test.
+"""Adaptive LR search (settings/search.py) on synthetic curves: no model, no run store, milliseconds per test.
 
 A curve is an eval loss against LR, a valley in log10 LR around a true optimum (parabolic, asymmetric, or diverging
 above 3x the optimum), with small deterministic noise. The reference is what the paper's 12-point grid
