@@ -8,9 +8,9 @@ terms of the formula gives its constants; the table compares measurement and fit
     .venv/bin/python bench/memory_plan.py            # the 13 shapes below, ~1 min
     .venv/bin/python bench/memory_plan.py --check    # measured vs the constants in memory_plan.py (no fit)
 
-Measured 2026-12-02 (the same subprocess per shape as here, before this file was written; CPU, torch 2.13, 1 thread, machine shared; memory does
-not depend on load): fit 77 / 17.4 / 1.4 / 8.9 floats per token·layer·hidden / token·layer·intermediate /
-attention score / token·vocabulary; fit ÷ measured 0.85–1.05 over the 13 shapes.
+Measured 2026-12-02 (the same subprocess per shape as here, before this file was written; CPU, torch 2.13, 1 thread,
+machine shared; memory does not depend on load): fit 77 / 17.4 / 1.4 / 8.9 floats per token·layer·hidden /
+token·layer·intermediate / attention score / token·vocabulary; fit ÷ measured 0.85–1.05 over the 13 shapes.
 """
 
 from __future__ import annotations

@@ -151,7 +151,8 @@ def main() -> int:
         )
     if "streamed" in results and "packed+chunked" in results:
         lines.append(
-            f"time a product, streamed / packed+chunked: {results['streamed']['seconds_per_product'] / results['packed+chunked']['seconds_per_product']:.2f}x"
+            "time a product, streamed / packed+chunked: "
+            f"{results['streamed']['seconds_per_product'] / results['packed+chunked']['seconds_per_product']:.2f}x"
         )
     if "packed" in results and "packed+chunked" in results:
         lines.append(

@@ -2,11 +2,12 @@
 
     PYTHONPATH=. python bench/probe_memory.py --probes 4 --samples 8 --threads 1
 
-Each probe loads SmolLM2-135M and builds LoRA at initialisation on it (as the sweep does per run), measures λ_max of the whole adapter on ``--samples`` training examples, and is dropped. Before each probe the
-bench prints the process's RSS, the host's available memory (what the plan calls free, read after
-``release_freed_memory``) and the RSS that ``release_freed_memory`` gave back. A growth of RSS across probes that
-``release_freed_memory`` does not return is what a later probe's plan loses; on a shared machine the host's
-available memory moves with other jobs, so the RSS column is the one to compare.
+Each probe loads SmolLM2-135M and builds LoRA at initialisation on it (as the sweep does per run), measures λ_max of
+the whole adapter on ``--samples`` training examples, and is dropped. Before each probe the bench prints the process's
+RSS, the host's available memory (what the plan calls free, read after ``release_freed_memory``) and the RSS that
+``release_freed_memory`` gave back. A growth of RSS across probes that ``release_freed_memory`` does not return is
+what a later probe's plan loses; on a shared machine the host's available memory moves with other jobs, so the RSS
+column is the one to compare.
 """
 
 from __future__ import annotations

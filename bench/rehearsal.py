@@ -225,7 +225,8 @@ def main() -> int:
         f"{result.hvps} products, {result.seconds:.0f} s, {details['failed_checks']:.0f} failed checks"
     )
     print(
-        f"Krylov vectors held: {vectors} ({', '.join(f'{k[15:]}: {v:.0f}' for k, v in details.items() if k.startswith('krylov_vectors_'))}); "
+        f"Krylov vectors held: {vectors} ("
+        f"{', '.join(f'{k[15:]}: {v:.0f}' for k, v in details.items() if k.startswith('krylov_vectors_'))}); "
         f"kept products {'yes' if details['kept_products'] else 'dropped (one product for the check)'}"
     )
     print(

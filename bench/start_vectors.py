@@ -106,7 +106,8 @@ def measure_block(
     )
     truth = max(certified) if certified else reference["lambda_max"]
     print(
-        f"  reference (tol 1e-6, {args.reference_start} start, block {args.reference_block}): λ {reference['lambda_max']:.8g} "
+        f"  reference (tol 1e-6, {args.reference_start} start, block {args.reference_block}): "
+        f"λ {reference['lambda_max']:.8g} "
         f"({reference['hvps']} products, certified={reference['converged']}); λ_max taken as {truth:.8g}",
         flush=True,
     )

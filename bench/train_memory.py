@@ -12,8 +12,8 @@ counter). Not a test: it needs a CUDA device with room for Llama-2-7B's fp32 bui
     .venv/bin/python bench/train_memory.py --device cpu --layers 1     # smoke run: no peak on CPU
     .venv/bin/python bench/train_memory.py --saved-count                # CPU: the per-layer term vs autograd
 
-``--saved-count`` is the check quoted in ``hessian_lora.training.memory``: on a 2-layer random Llama it sums the distinct
-tensors autograd saves in one forward (``torch.autograd.graph.saved_tensors_hooks``; parameters and the
+``--saved-count`` is the check quoted in ``hessian_lora.training.memory``: on a 2-layer random Llama it sums the
+distinct tensors autograd saves in one forward (``torch.autograd.graph.saved_tensors_hooks``; parameters and the
 log-softmax left out) and divides by tokens and layers, next to the formula's per-layer term.
 """
 

@@ -13,8 +13,8 @@ The public API, importable from the package's top (``import hessian_lora as h; h
 - analysis and figures: :func:`analyze`, :class:`Analysis`, :func:`analyze_ablation`, :func:`plot_run`,
   :func:`plot_ablation`;
 - recommendation: :class:`Recommendation`, :func:`load_calibration` (the function ``recommend`` shares its
-  name with the module ``hessian_lora.sweep.recommend``, which shadows it here: ``from hessian_lora.sweep.recommend import
-  recommend``);
+  name with the module ``hessian_lora.sweep.recommend``, which shadows it here:
+  ``from hessian_lora.sweep.recommend import recommend``);
 - settings and models: :class:`AdapterConfig`, :class:`TrainConfig`, :class:`EvalConfig`, :func:`load_model`;
 - errors: :class:`UserError` (one line naming the file, the field and the fix).
 """
@@ -28,8 +28,8 @@ __version__ = "0.1.0"
 
 # Name → the module that owns it (its one home). Loaded on first use: ``import hessian_lora`` (so the CLI's
 # start-up) stays free of torch, seconds during which a Ctrl-C would otherwise end in a traceback.
-# No name may be a submodule's: importing ``hessian_lora.measurement.measure`` sets the package attribute ``measure`` to the
-# module, whatever this table says (a test checks).
+# No name may be a submodule's: importing ``hessian_lora.measurement.measure`` sets the package attribute ``measure``
+# to the module, whatever this table says (a test checks).
 _PUBLIC: dict[str, str] = {
     "eigen": "hessian_lora.measurement.measure",
     "MeasureSettings": "hessian_lora.settings.measurement",

@@ -133,12 +133,14 @@ show(figure)"""),
 assert block.lambda_max >= max(report.lambda_max for report in scan.blocks) * (1 - 1e-3)"""),
             new_markdown_cell(
                 "## Your own checkpoint on your own data\n\n"
-                "Point `ADAPTER` at what your training left: a peft adapter directory (`save_pretrained`, or a Trainer's "
+                "Point `ADAPTER` at what your training left: a peft adapter directory (`save_pretrained`, "
+                "or a Trainer's "
                 "`checkpoint-N/`, whose step is read from `trainer_state.json`) or a hub repo id such as "
                 "`user/my-lora` (add `revision=`), and `DATA` at a `.json`/`.jsonl` file of your prompt/response pairs "
                 "(`PATH::PROMPT_FIELD,RESPONSE_FIELD` maps other field names). The base comes from the adapter's "
-                "`base_model_name_or_path` (or `model=`). Left unset, this cell saves a small LoRA and three pairs of its "
-                "own. The command line is the same: `hessian-lora eigen ADAPTER --data DATA --out report.json`; without "
+                "`base_model_name_or_path` (or `model=`). Left unset, this cell saves a small LoRA and three pairs "
+                "of its own. The command line is the same: `hessian-lora eigen ADAPTER --data DATA --out report.json`; "
+                "without "
                 "`--data` a plain peft adapter is measured on the default arithmetic task, after a notice that says so."
             ),
             new_code_cell("""\
@@ -333,13 +335,16 @@ print(f"ratio to Adam's edge of stability: {pre.sharpness / pre.adam_threshold:.
 assert pre.sharpness > 0"""),
             new_markdown_cell(
                 "## Sharpness along training (the dynamics view)\n\n"
-                "`hessian_lora.measurement.training_probe.SharpnessProbe` measures λ_max and Adam's preconditioned sharpness λ₁(P⁻¹H) "
+                "`hessian_lora.measurement.training_probe.SharpnessProbe` measures λ_max and Adam's preconditioned "
+                "sharpness λ₁(P⁻¹H) "
                 "from the live optimizer state every few steps of a run (warm-started Lanczos: a few products per "
                 "probe; training itself is untouched). Divided by their limits, λ·η/2 (gradient descent) and "
                 "λ̃·η/((2+2β₁)/(1−β₁)) (Adam, 38 at β₁ = 0.9), a curve at 1 is at the edge of stability. In a sweep: "
-                "`hessian: {during: {every: N}}`; in a transformers Trainer: `hessian_lora.measurement.trainer_callback."
+                "`hessian: {during: {every: N}}`; in a transformers Trainer: "
+                "`hessian_lora.measurement.trainer_callback."
                 "SharpnessCallback`."
             ),
+            # Its two plot lines run past 120 (the noqa at the string's end): the notebook is committed executed.
             new_code_cell("""\
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -373,7 +378,7 @@ axes.set_xlabel("optimizer step")
 axes.set_ylabel("sharpness × η / limit")
 axes.legend(fontsize=7)
 show(figure)
-assert all(p["lambda_max"] > 0 for history in histories.values() for p in history)"""),
+assert all(p["lambda_max"] > 0 for history in histories.values() for p in history)"""),  # noqa: E501
         ]
     )
 

@@ -2,16 +2,16 @@
 
     python scripts/ship_run.py /work/runs/smollm2-replication results/smollm2
 
-What is copied: config.yaml, search.json, hessian/*.json and *.inputs, and each run's history.json, eval.json and sharpness.json
-(the files `hessian-lora analyze` and `hessian-lora plot` read), plus results.sqlite as one self-contained file
-(SQLite's online backup, so a sweep still writing to the source is read at a consistent moment and no -wal/-shm
-file travels with it). Checkpoints and the sweep's lock stay behind. Files already in the destination that the
-source does not have (STATUS.md) are left as they are. The destination is then analysed in place
+What is copied: config.yaml, search.json, hessian/*.json and *.inputs, and each run's history.json, eval.json and
+sharpness.json (the files `hessian-lora analyze` and `hessian-lora plot` read), plus results.sqlite as one
+self-contained file (SQLite's online backup, so a sweep still writing to the source is read at a consistent moment and
+no -wal/-shm file travels with it). Checkpoints and the sweep's lock stay behind. Files already in the destination
+that the source does not have (STATUS.md) are left as they are. The destination is then analysed in place
 (`hessian-lora analyze TARGET`, unless --no-analyze) and its figures drawn as PNG into TARGET/figures
 (`hessian-lora plot TARGET --formats png`): analysis.json records TARGET as given, so give it relative to the
-repository's root, as tests/analysis/test_replication.py re-analyses it. Then `python scripts/sync_readme.py` copies the new
-numbers into the marked blocks of docs/results.md (the measured record the README links to). Every file is written
-to a temporary name and renamed, so an interrupted copy leaves each file either old or new. The database is read
+repository's root, as tests/analysis/test_replication.py re-analyses it. Then `python scripts/sync_readme.py` copies
+the new numbers into the marked blocks of docs/results.md (the measured record the README links to). Every file is
+written to a temporary name and renamed, so an interrupted copy leaves each file either old or new. The database is read
 first: a source whose results.sqlite is damaged, or a target that is a file or the source itself, is refused in one
 line (exit 2) before anything is written.
 """

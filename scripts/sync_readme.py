@@ -13,8 +13,8 @@ A marked block in docs/results.md (the measured record the README links to) read
 and holds the body of that heading in that file: the lines after the heading up to the next heading of the same
 or a higher level, blank lines at either end dropped. The heading ``(top)`` names the text before the first
 heading (analysis.md's main table, its data line and the relation). The source path is relative to the page's
-directory. tests/analysis/test_replication.py runs the check, so a re-analysed run directory whose numbers moved fails the
-tests until the README is synced.
+directory. tests/analysis/test_replication.py runs the check, so a re-analysed run directory whose numbers moved fails
+the tests until the README is synced.
 """
 
 from __future__ import annotations

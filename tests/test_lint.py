@@ -46,7 +46,8 @@ def test_mypy() -> None:
 
 def test_settings_sweep_configs_and_run_directory_readers_load_without_torch() -> None:
     code = (
-        "import hessian_lora.settings.sweep, hessian_lora.settings, hessian_lora.core.rundir, hessian_lora.measurement.reports, "
+        "import hessian_lora.settings.sweep, hessian_lora.settings, hessian_lora.core.rundir, "
+        "hessian_lora.measurement.reports, "
         "hessian_lora.analysis.runs, hessian_lora.analysis, hessian_lora.hessian, sys; "
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('hessian_lora'))"
     )

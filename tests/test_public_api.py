@@ -32,7 +32,10 @@ def test_the_issue_s_own_check_runs() -> None:
 
 
 def test_importing_the_package_loads_no_torch() -> None:
-    code = "import sys, hessian_lora; assert 'torch' not in sys.modules, 'torch imported'; print(len(dir(hessian_lora)))"
+    code = (
+        "import sys, hessian_lora; assert 'torch' not in sys.modules, 'torch imported'; "
+        "print(len(dir(hessian_lora)))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) >= len(hessian_lora._PUBLIC)

@@ -414,7 +414,10 @@ def _lambda_rows(data: Mapping[str, Any]) -> list[ClaimRow]:
             verdict = f"{UNDER_UP_TO} (below its {band})"
         else:
             off = max(ratio / factor, factor / ratio)
-            verdict = f"differs: {off:.3g}× {'below' if ratio < low else 'above'} the paper's figure, outside its {band}"
+            verdict = (
+                f"differs: {off:.3g}× {'below' if ratio < low else 'above'} the paper's figure, "
+                f"outside its {band}"
+            )
             if ratio < low and ratio < math.sqrt(low):
                 verdict += ", nearer to 1× (no effect) than to the paper's figure"
         if per_layer and len(per_layer) > 1:

@@ -19,8 +19,8 @@ A sweep writes, and analysis, plots, recommend and the demo read, one directory 
 
 Every file name, run id and init key is formatted and parsed here and nowhere else. This module is a torch-free
 foundation (a sweep YAML loads through it); reading a whole directory back, rows and eigen reports, is
-:mod:`hessian_lora.analysis.runs`'s (:func:`~hessian_lora.analysis.runs.read_run_directory`), above the sweep's store and the
-reports.
+:mod:`hessian_lora.analysis.runs`'s (:func:`~hessian_lora.analysis.runs.read_run_directory`), above the sweep's store
+and the reports.
 """
 
 from __future__ import annotations

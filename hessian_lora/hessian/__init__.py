@@ -8,8 +8,8 @@ blocks at once over shared passes. The engine knows nothing of checkpoints,
 models or sweeps: :mod:`hessian_lora.measurement.measure` strings it together for an adapter (``hessian_lora.eigen``).
 
 Importing the package imports no torch: the result records load at once (reading a report back needs nothing
-more: ``hessian_lora.measurement.reports``, the analysis), the filters, operators and solvers on first use (PEP 562). The
-filters wait too because they read the settings, which read the solver table (:mod:`.solvers`) in this package:
+more: ``hessian_lora.measurement.reports``, the analysis), the filters, operators and solvers on first use (PEP 562).
+The filters wait too because they read the settings, which read the solver table (:mod:`.solvers`) in this package:
 loaded at once, importing the settings first would come back to them half-made.
 """
 
@@ -99,7 +99,8 @@ class _Package(types.ModuleType):
 
     Importing a submodule binds it on its package under its own name, and ``lanczos.py`` holds ``lanczos``. Loaded
     eagerly, the package rebound the function afterwards; loaded lazily, the submodule may be imported first (by
-    ``hessian_lora.measurement.measure``, say), which would leave ``from hessian_lora.hessian import lanczos`` the module.
+    ``hessian_lora.measurement.measure``, say), which would leave ``from hessian_lora.hessian import lanczos`` the
+    module.
     """
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -187,7 +187,9 @@ def load_model(
             raise
         except _LOAD_ERRORS as exc:
             raise UserError(
-                f"could not load hub model {spec} ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}): check the id and your network "
+                f"could not load hub model {spec} "
+                f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}): "
+                "check the id and your network "
                 f"(HF_HUB_OFFLINE=1 uses the local cache only), or use {DEFAULT_MODEL}."
             ) from exc
     else:

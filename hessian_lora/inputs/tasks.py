@@ -322,7 +322,8 @@ def detect_format(
             return "pair", prompt_field, response_field, input_field
     raise UserError(
         f"{where} has fields {', '.join(sorted(record))} but no known prompt/response pair (question/answer, "
-        f"prompt/response, ...) nor TRL format (text, prompt/completion, messages): map them with {where}::PROMPT_FIELD,RESPONSE_FIELD."
+        "prompt/response, ...) nor TRL format (text, prompt/completion, messages): "
+        f"map them with {where}::PROMPT_FIELD,RESPONSE_FIELD."
     )
 
 

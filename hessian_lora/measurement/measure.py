@@ -1,12 +1,12 @@
 """Measuring an adapter's loss Hessian: the application around the engine in :mod:`hessian_lora.hessian`.
 
 :class:`MeasureSettings` says what to measure (blocks, solver, extras) and, when the measurement builds its own
-batches, from which data; :func:`measure`, the one entry, runs it on a target (:mod:`hessian_lora.measurement.targets`: a
-checkpoint, a plain peft adapter, an adapter at initialisation, a module of the caller's) and returns an
-:class:`~hessian_lora.hessian.EigenReport`. With ``out`` the report is written after every block (atomically)
-and an existing file resumes the scan: blocks already in it are skipped, provided it was written with the same
-settings. :func:`eigen` is ``hessian_lora.eigen``, the Python face of ``hessian-lora eigen``: it builds the target
-its keyword arguments name and calls :func:`measure`.
+batches, from which data; :func:`measure`, the one entry, runs it on a target
+(:mod:`hessian_lora.measurement.targets`: a checkpoint, a plain peft adapter, an adapter at initialisation, a module
+of the caller's) and returns an :class:`~hessian_lora.hessian.EigenReport`. With ``out`` the report is written after
+every block (atomically) and an existing file resumes the scan: blocks already in it are skipped, provided it was
+written with the same settings. :func:`eigen` is ``hessian_lora.eigen``, the Python face of ``hessian-lora eigen``: it
+builds the target its keyword arguments name and calls :func:`measure`.
 
 The engine (operators, solvers, results) knows nothing of checkpoints, models or sweeps; this module is where
 they meet it.

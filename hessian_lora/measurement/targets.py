@@ -168,8 +168,8 @@ class PeftAdapter(MeasureTarget):
 @dataclasses.dataclass(frozen=True)
 class AtInitialisation(MeasureTarget):
     """A method's adapter at initialisation on the base ``model`` (a spec; ``model_seed``: the weights of a random
-    tiny-llama), built through :func:`~hessian_lora.training.adapters.adapter_at_initialisation`. ``adapter`` is a method
-    name (its default rank, alpha and targets) or an :class:`AdapterConfig`. A method that needs data (LoRA-GA)
+    tiny-llama), built through :func:`~hessian_lora.training.adapters.adapter_at_initialisation`. ``adapter`` is a
+    method name (its default rank, alpha and targets) or an :class:`AdapterConfig`. A method that needs data (LoRA-GA)
     estimates its gradient on the very batches the Hessian is measured on."""
 
     adapter: str | AdapterConfig
@@ -308,7 +308,8 @@ def settings_examples(settings: MeasureSettings) -> list[Example]:
 
 def settings_batches(tokenizer: Any, settings: MeasureSettings) -> list[TokenBatch]:
     """The batches ``settings`` describe: ``samples`` training examples of ``task`` in ``batch_size`` batches,
-    formatted by ``prompt_template`` (None: the data's format's, :func:`~hessian_lora.inputs.tasks.applied_template`)."""
+    formatted by ``prompt_template`` (None: the data's format's,
+    :func:`~hessian_lora.inputs.tasks.applied_template`)."""
     return make_batches(
         tokenizer,
         settings_examples(settings),

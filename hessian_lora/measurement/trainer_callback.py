@@ -1,8 +1,8 @@
 """Sharpness along training inside any ``transformers.Trainer`` (or TRL ``SFTTrainer``) run on a peft model.
 
-:class:`SharpnessCallback` wraps a :class:`hessian_lora.measurement.training_probe.SharpnessProbe`: every ``every`` optimizer steps
-(and at step 0) it measures λ_max of the loss Hessian w.r.t. the trainable (adapter) parameters and Adam's
-preconditioned sharpness λ₁(P⁻¹H) from the Trainer's live AdamW state, on fixed probe batches (given, or the
+:class:`SharpnessCallback` wraps a :class:`hessian_lora.measurement.training_probe.SharpnessProbe`: every ``every``
+optimizer steps (and at step 0) it measures λ_max of the loss Hessian w.r.t. the trainable (adapter) parameters and
+Adam's preconditioned sharpness λ₁(P⁻¹H) from the Trainer's live AdamW state, on fixed probe batches (given, or the
 first ``probe_batches`` batches of the train dataloader, taken once), and logs
 
     sharpness/lambda_max, sharpness/preconditioned, sharpness/lr, sharpness/hvps, sharpness/seconds,
@@ -20,7 +20,8 @@ to: ``on_log`` resets ``control.should_log``, so the Trainer skips its loss log 
 ``log`` (TRL's ``SFTTrainer``) hands its accumulated ``entropy``/``mean_token_accuracy``/``num_tokens`` to the
 sharpness entry. Riding on the Trainer's own log call instead would either move the values to another step or
 force a log at the probe step, which changes what the next logged loss averages over. With this callback the
-Trainer's entries are the same, key for key and value for value, as in a run without it (tests/measurement/test_trainer_callback.py).
+Trainer's entries are the same, key for key and value for value, as in a run without it
+(tests/measurement/test_trainer_callback.py).
 
 The handler is found through the trainer (``SharpnessCallback.install(trainer, ...)``, ``attach(trainer)``) or,
 for ``Trainer(callbacks=[SharpnessCallback(...)])``, on the call stack of ``on_train_begin``: transformers gives a
@@ -33,9 +34,9 @@ unless ``--data``/``--task`` says otherwise: the same tokens, so the same templa
 values.
 
 The probe never changes training: dropout off and flags restored during the products, RNG states saved and
-restored, no ``.grad`` or optimizer state written (see :mod:`hessian_lora.measurement.training_probe`). Under the Trainer's
-``bf16``/``fp16`` mixed precision (accelerate wraps the model's ``forward`` in autocast) the probe measures the
-fp32 loss's Hessian, as every other measurement of the toolkit does: the wrapper is bypassed during the products.
+restored, no ``.grad`` or optimizer state written (see :mod:`hessian_lora.measurement.training_probe`). Under the
+Trainer's ``bf16``/``fp16`` mixed precision (accelerate wraps the model's ``forward`` in autocast) the probe measures
+the fp32 loss's Hessian, as every other measurement of the toolkit does: the wrapper is bypassed during the products.
 """
 
 from __future__ import annotations
@@ -76,8 +77,8 @@ class SharpnessCallback(TrainerCallback):
         every: optimizer steps between probes (a probe also runs at step 0).
         batches: probe batches (:class:`~hessian_lora.inputs.tasks.TokenBatch` or dicts with input_ids, attention_mask,
             labels); None takes the first ``probe_batches`` batches of the train dataloader at the start.
-        settings: the rest of the probe's settings (:class:`~hessian_lora.measurement.training_probe.DuringSettings`: tol,
-            max_iter, blocks, warm_start, ...); ``every`` overrides theirs.
+        settings: the rest of the probe's settings (:class:`~hessian_lora.measurement.training_probe.DuringSettings`:
+            tol, max_iter, blocks, warm_start, ...); ``every`` overrides theirs.
     """
 
     def __init__(

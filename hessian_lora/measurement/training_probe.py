@@ -2,15 +2,16 @@
 inside a training run every few optimizer steps.
 
 A :class:`SharpnessProbe` holds a fixed probe set (a few batches) and is called by the training loop
-(:func:`hessian_lora.training.train.train`'s ``probe``; the transformers callback in :mod:`hessian_lora.measurement.trainer_callback`)
-after every optimizer step with the optimizer itself. When a step is due (step 0, every ``every`` steps, and the
-last step) it measures, on the live parameters:
+(:func:`hessian_lora.training.train.train`'s ``probe``; the transformers callback in
+:mod:`hessian_lora.measurement.trainer_callback`) after every optimizer step with the optimizer itself. When a step is
+due (step 0, every ``every`` steps, and the last step) it measures, on the live parameters:
 
 - λ_max: the largest eigenvalue of the Hessian of the probe set's token-mean loss w.r.t. the adapter (Lanczos by
   default, any warm-starting solver of the table, :mod:`hessian_lora.settings.solvers`; relative residual ``tol``);
 - λ̃ = λ₁(P⁻¹H), P = diag(√v̂ + ε), from the *live* AdamW state: v̂ = ``exp_avg_sq`` / (1 − β₂^step) of the
   same step as the parameters (nothing is saved or reloaded). LoRA+ groups count through each parameter's own
-  learning rate (:func:`hessian_lora.measurement.preconditioning.optimizer_preconditioner`). At step 0 Adam has no state: λ̃ is None.
+  learning rate (:func:`hessian_lora.measurement.preconditioning.optimizer_preconditioner`). At step 0 Adam has no
+  state: λ̃ is None.
 
 Each solve starts from the previous probe's top Ritz vector (warm start) with a random component mixed in
 (:func:`hessian_lora.hessian.starts.with_random`): the top eigenvector moves little over a few steps, so a probe
@@ -97,8 +98,8 @@ class SharpnessProbe:
 
     ``total_steps`` (optional) adds a probe at the last step. ``lr_ratios``: each parameter group's learning
     rate relative to the first (None: read from the optimizer; see
-    :func:`hessian_lora.measurement.preconditioning.optimizer_preconditioner`); ``meta`` gives that function the method (LoRA+
-    ratio) when every group's rate is zero. :attr:`history` holds the points measured so far.
+    :func:`hessian_lora.measurement.preconditioning.optimizer_preconditioner`); ``meta`` gives that function the
+    method (LoRA+ ratio) when every group's rate is zero. :attr:`history` holds the points measured so far.
     """
 
     def __init__(

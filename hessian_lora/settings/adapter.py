@@ -1,8 +1,8 @@
 """An adapter's definition: :class:`AdapterConfig`, the one record of method, rank, alpha and the rest.
 
 The sweep builds each run's from its template (:meth:`hessian_lora.settings.sweep.SweepConfig.adapter_for`), a
-checkpoint's metadata stores the one it was built with, and :func:`hessian_lora.training.adapters.build_adapter` turns it
-into a peft model.
+checkpoint's metadata stores the one it was built with, and :func:`hessian_lora.training.adapters.build_adapter` turns
+it into a peft model.
 """
 
 from __future__ import annotations

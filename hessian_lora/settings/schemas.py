@@ -103,7 +103,8 @@ def read_document(path: str | os.PathLike[str], model: type[Model], *, what: str
 
 
 class CheckpointMetaDocument(_Document):
-    """``hessian_lora.json``: the fields of :class:`hessian_lora.training.checkpoint.CheckpointMeta` plus what saving adds."""
+    """``hessian_lora.json``: the fields of :class:`hessian_lora.training.checkpoint.CheckpointMeta` plus what saving
+    adds."""
 
     method: Name
     rank: PositiveInt

@@ -25,8 +25,8 @@ It stops at the run cap (the optimum may stay censored or coarse) and at the LR 
 A metric that is flat on every point used (all values within ``flat_tolerance``: accuracy 0.0 in every run of a
 model that learns nothing it can score) stops the search: it has learned nothing, and no point is its optimum
 (:mod:`hessian_lora.sweep.adaptive` then starts over on ``fallback``, the held-out loss, when the flat metric was
-the scorer's). A run without a metric (diverged, failed) scores worst. If no run has a metric yet, the search steps down,
-because divergence means the LR is too high. Ties go to the point nearest the centre, then to the lower LR.
+the scorer's). A run without a metric (diverged, failed) scores worst. If no run has a metric yet, the search steps
+down, because divergence means the LR is too high. Ties go to the point nearest the centre, then to the lower LR.
 Every round adds at least one new lattice point inside the bounds, so the search always ends, at the latest at
 ``max_runs`` points.
 

@@ -62,13 +62,13 @@ _NUMERIC_KEYS = (
 
 @dataclass(frozen=True)
 class HessianSettings:
-    """λ_max measurements (:func:`hessian_lora.measurement.measure.measure`): at initialisation (once per method, rank and
-    seed) and at the end of each finished run, on the first ``samples`` training examples in batches of
+    """λ_max measurements (:func:`hessian_lora.measurement.measure.measure`): at initialisation (once per method, rank
+    and seed) and at the end of each finished run, on the first ``samples`` training examples in batches of
     ``batch_size``. ``measure`` says how (its ``max_length`` is the sweep's unless the block sets one).
 
     In YAML the block's other keys (tol, max_iter, blocks, ...) are ``measure``'s, beside or under ``options:``.
-    ``during: {every: N, ...}`` (:class:`~hessian_lora.measurement.training_probe.DuringSettings`) also probes λ_max and the
-    Adam-preconditioned sharpness inside every run, every N optimizer steps.
+    ``during: {every: N, ...}`` (:class:`~hessian_lora.measurement.training_probe.DuringSettings`) also probes λ_max
+    and the Adam-preconditioned sharpness inside every run, every N optimizer steps.
     """
 
     init: bool = False

@@ -1,5 +1,6 @@
 """A training run's settings: :class:`TrainConfig` (the paper's recipe and its knobs) and the step arithmetic a
-sweep plans with (:func:`warmup_steps`, :func:`steps_for_epochs`). The loop itself is :mod:`hessian_lora.training.train`.
+sweep plans with (:func:`warmup_steps`, :func:`steps_for_epochs`). The loop itself is
+:mod:`hessian_lora.training.train`.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 ``run_demo()`` runs ``experiments/smollm2_arith.yaml`` (``quick=True``: ``experiments/tiny.yaml``) through the
 sweep API into a resumable run directory (with the config's ``search: adaptive``: each method's best LR found by
-the λ-guided search, λ_max at initialisation measured once as its centre; ``full=True`` runs the whole grid), then measures what the figures need and the sweep's config did not
-ask for, each written under the run-directory contract:
+the λ-guided search, λ_max at initialisation measured once as its centre; ``full=True`` runs the whole grid), then
+measures what the figures need and the sweep's config did not ask for, each written under the run-directory contract:
 
 - ``hessian/<method>_r<rank>_s<seed>_init.json``: λ_max of the whole adapter at initialisation with its
   spectral density (when the sweep did not measure at init; otherwise the density goes to

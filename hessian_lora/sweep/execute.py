@@ -331,8 +331,8 @@ def eigen_report(
     checkpoint: Path | None = None,
     lr: float | None = None,
 ) -> Any:
-    """λ_max through :func:`hessian_lora.measurement.measure.measure`; its report is written to ``out`` (and resumed from it
-    if present). No progress bars: the sweep's own bar reports the run."""
+    """λ_max through :func:`hessian_lora.measurement.measure.measure`; its report is written to ``out`` (and resumed
+    from it if present). No progress bars: the sweep's own bar reports the run."""
     settings = config.hessian.measure
     if checkpoint is not None:
         return measure(

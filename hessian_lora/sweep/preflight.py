@@ -4,10 +4,10 @@ A config that names a model that cannot load, a task file with the wrong fields,
 ``max_length`` that leaves a global batch without a loss token, Hessian settings that cannot measure (a probe
 backend that cannot see DoRA's norm), an evaluation set file that is empty or malformed, a calibration the search
 cannot use, or a search metric the runs do not record would otherwise fail every run the same way, one traceback
-per row (evaluation sets and calibrations are read only after a run has trained). :func:`preflight` finds such problems first and
-raises one :class:`~hessian_lora.core.errors.UserError`; the runner calls it before it writes ``config.yaml`` or
-creates ``results.sqlite``, so a failed preflight leaves the run directory as it found it and the corrected
-config runs in the same directory.
+per row (evaluation sets and calibrations are read only after a run has trained). :func:`preflight` finds such
+problems first and raises one :class:`~hessian_lora.core.errors.UserError`; the runner calls it before it writes
+``config.yaml`` or creates ``results.sqlite``, so a failed preflight leaves the run directory as it found it and the
+corrected config runs in the same directory.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ The driver (the ``hessian-lora sweep`` process) owns the store: it marks a run `
 and writes the row (and the run's JSON documents) when the task's result comes back, exactly as the local
 backend does (both through :mod:`hessian_lora.sweep.bookkeeping`), so both produce the same rows. Tasks write
 only the checkpoint (and Hessian reports) under RUN_DIR themselves: on a multi-node cluster RUN_DIR must be on
-a filesystem every node shares, or set ``checkpoints: none``. Each worker needs hessian-lora installed in the same version.
+a filesystem every node shares, or set ``checkpoints: none``. Each worker needs hessian-lora installed in the same
+version.
 
 Requires the ``dist`` extra (``pip install 'hessian-lora[dist]'``).
 """

@@ -272,9 +272,9 @@ _REUSE: _Reuse | None = None
 def reuse_adapters_at_init(budget_bytes: int | None = None) -> Iterator[None]:
     """Within this block, :func:`adapter_at_initialisation` keeps a copy of every adapter it builds from a model
     spec whose build (model load aside) took over :data:`REUSE_MIN_BUILD_SECONDS` (the SVD-initialised methods and
-    LoRA-GA: 3-16 s each for SmolLM2 at r = 64 on every projection), and answers a later call with the same model, adapter config
-    (and LoRA-GA batches) with a copy of it: the same bits, without decomposing again (nor loading the model,
-    except for LoRA-GA, whose key includes batches made with the model's tokenizer). Builds that
+    LoRA-GA: 3-16 s each for SmolLM2 at r = 64 on every projection), and answers a later call with the same model,
+    adapter config (and LoRA-GA batches) with a copy of it: the same bits, without decomposing again (nor loading the
+    model, except for LoRA-GA, whose key includes batches made with the model's tokenizer). Builds that
     would take the copies past ``budget_bytes`` are not kept (SmolLM2-135M with r = 64 on every projection: ~0.6
     GiB a copy; default :func:`reuse_budget_bytes`). A sweep wraps its centres and local runs in one.
     Nested blocks share the outer one."""

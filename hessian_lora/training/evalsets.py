@@ -20,9 +20,10 @@ Scoring, per generation (1.0 right, 0.0 wrong):
   are ``\\left( 1, 2 \\right)`` and ``(1,2)``); when math-verify can parse neither side, the two strings are
   compared after removing spaces, ``$`` and thousands commas.
 - code sets: pass@1, the program (setup code, the generated code, then every test) runs in the confined, time-
-  and memory-limited subprocess :func:`hessian_lora.training.evaluate.run_program` (:mod:`hessian_lora.training.sandbox`); it
-  passes iff it exits with status 0. MBPP generations wrapped in a Markdown code fence are reduced to the first fenced block;
-  HumanEval completions are cut at the usual stop sequences (:func:`hessian_lora.training.evaluate.truncate_completion`).
+  and memory-limited subprocess :func:`hessian_lora.training.evaluate.run_program`
+  (:mod:`hessian_lora.training.sandbox`); it passes iff it exits with status 0. MBPP generations wrapped in a Markdown
+  code fence are reduced to the first fenced block; HumanEval completions are cut at the usual stop sequences
+  (:func:`hessian_lora.training.evaluate.truncate_completion`).
 
 Bad files raise :class:`hessian_lora.core.errors.UserError` with one line naming the file, the field and the fix.
 """

@@ -24,7 +24,8 @@ of one activation (2 under bf16 autocast or a bf16 base, else 4)::
     allowance         1 GiB                       CUDA context, allocator slack
     training peak     the sum of the above
     build peak        4 · (N + P) + allowance     the adapter is built on the fp32 base before a bf16 cast
-                                                  (hessian_lora.training.precision), so the fp32 base is on the device once
+                                                  (hessian_lora.training.precision), so the fp32 base is on the device
+                                                  once
 
 The Hessian measurement (fp32 model, Krylov vectors, double-backward activations) is a separate plan.
 
@@ -46,7 +47,8 @@ from typing import Any
 
 GIB = 1 << 30
 ALLOWANCE_BYTES = GIB
-# The seven projections of the paper (hessian_lora.training.adapters.DEFAULT_TARGETS; repeated so this module needs no torch).
+# The seven projections of the paper (hessian_lora.training.adapters.DEFAULT_TARGETS; repeated so this module needs no
+# torch).
 PAPER_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DEVICE_SIZES_GB: tuple[int, ...] = (24, 48, 80)
 

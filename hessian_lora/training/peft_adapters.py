@@ -116,8 +116,9 @@ def load_adapter(
 
 def resolve_adapter(spec: str | os.PathLike[str], *, revision: str | None = None) -> Path:
     """The local directory of an adapter: ``spec`` itself when it is a path (a ``Path``, or a string that exists,
-    starts with ``./``, ``/``, ``~`` or has no slash or several), else a hub repo id whose adapter files huggingface_hub fetches into (or finds in, offline or
-    without a network) its cache, at ``revision`` (default: the main branch)."""
+    starts with ``./``, ``/``, ``~`` or has no slash or several), else a hub repo id whose adapter files
+    huggingface_hub fetches into (or finds in, offline or without a network) its cache, at ``revision`` (default: the
+    main branch)."""
     text = os.fspath(spec)
     # a Path object is a path (also what this returns, so resolving twice is resolving once)
     if isinstance(spec, os.PathLike) or looks_like_path(text) or "/" not in text or text.count("/") > 1:
@@ -146,7 +147,8 @@ def resolve_adapter(spec: str | os.PathLike[str], *, revision: str | None = None
         where = (
             f"is not in the local cache and the hub cannot be reached ({reason})"
             if reason is not None
-            else f"could not be fetched ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"
+            else f"could not be fetched ({type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"
         )
         raise UserError(
             f"hub adapter {text}{at} {where} (and there is no directory {text} here): check the id, "

@@ -143,9 +143,9 @@ def train(
     ``optimizer`` defaults to AdamW over the parameters with ``requires_grad`` (pass
     :func:`hessian_lora.training.adapters.make_optimizer`'s for LoRA+ groups). The model is left in eval mode.
 
-    ``probe`` (e.g. a :class:`hessian_lora.measurement.training_probe.SharpnessProbe`) is called as ``probe(step, optimizer, lr)``
-    before the first update (step 0) and after every optimizer step (step = updates done), ``lr`` being the
-    first group's rate of the next update; it must leave the training state as it found it.
+    ``probe`` (e.g. a :class:`hessian_lora.measurement.training_probe.SharpnessProbe`) is called as
+    ``probe(step, optimizer, lr)`` before the first update (step 0) and after every optimizer step (step = updates
+    done), ``lr`` being the first group's rate of the next update; it must leave the training state as it found it.
     """
     device = next(model.parameters()).device
     params = [param for param in model.parameters() if param.requires_grad]

@@ -324,7 +324,8 @@ def test_write_analysis_ships_the_claims_in_json_and_markdown(tmp_path) -> None:
     text = md_path.read_text()
     assert (
         "### The paper's claims" in text
-        and "| tuned, every method peaks within 1–2 % of the best (equivalence: two one-sided tests, ±2 points) | pissa |"
+        and "| tuned, every method peaks within 1–2 % of the best "
+        "(equivalence: two one-sided tests, ±2 points) | pissa |"
         in text
     )
 

@@ -75,8 +75,9 @@ GOOD_RECORDS = [{"prompt": f"{i} + 1 =", "completion": str(i + 1)} for i in rang
 INIT_REPORT = "hessian/lora_r2_s0_init.json"
 
 Good = dict[str, Path]
-# What a row writes at a path: bytes or text as they are, a dict at a .yaml path as YAML, anything else as JSON; a callable of the good data
-# gives the content (for damage made from a good file); DELETE, DIRECTORY and EMPTY_DIRECTORY below.
+# What a row writes at a path: bytes or text as they are, a dict at a .yaml path as YAML, anything else as JSON; a
+# callable of the good data gives the content (for damage made from a good file); DELETE, DIRECTORY and
+# EMPTY_DIRECTORY below.
 Content = Any
 
 

@@ -1,6 +1,6 @@
 """The typed targets of a measurement (hessian_lora/measurement/targets.py) and the one entry that takes them
-(``hessian_lora.measurement.measure.measure``): each kind loads itself on a tiny-llama, a path resolves to its kind by the files
-present, the keyword form ``eigen`` measures what the typed target does, and bad input is one line."""
+(``hessian_lora.measurement.measure.measure``): each kind loads itself on a tiny-llama, a path resolves to its kind by
+the files present, the keyword form ``eigen`` measures what the typed target does, and bad input is one line."""
 
 from __future__ import annotations
 

@@ -2,9 +2,9 @@
 
 Each phase starts in a fresh directory; its first kill hits a real ``python -m hessian_lora sweep`` in its first
 seconds (import, preflight, config.yaml), the others hit sweeps forked from a clean fork server (no import cost)
-at random moments or exactly while an eigen report's temporary file exists. Atomic writes are slowed (fsync sleeps) in the killed
-processes so that kills land inside writes often. Every phase ends with an uninterrupted resume whose table must
-equal an uninterrupted sweep's (timing columns aside) and a directory without temporary files or staging
+at random moments or exactly while an eigen report's temporary file exists. Atomic writes are slowed (fsync sleeps) in
+the killed processes so that kills land inside writes often. Every phase ends with an uninterrupted resume whose table
+must equal an uninterrupted sweep's (timing columns aside) and a directory without temporary files or staging
 directories.
 """
 
@@ -229,7 +229,8 @@ def _finished(pid: int) -> int | None:
 
 
 def _kill(pid: int) -> bool:
-    """SIGKILL the process group of ``pid`` (a child of this process); True when it was still running (the kill interrupted it)."""
+    """SIGKILL the process group of ``pid`` (a child of this process); True when it was still running (the kill
+    interrupted it)."""
     if _finished(pid) is not None:
         return False
     with contextlib.suppress(ProcessLookupError):

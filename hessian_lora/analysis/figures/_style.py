@@ -1,7 +1,8 @@
 """The look every figure shares: axis labels, a method's shades from light to dark, figure and LR formatting.
 
 Colours and labels of methods come from :mod:`hessian_lora.methods.registry`; this module adds what the figure modules
-(:mod:`hessian_lora.analysis.figures.plots`, :mod:`hessian_lora.analysis.figures.spectrum`, :mod:`hessian_lora.analysis.figures.ablation`) share.
+(:mod:`hessian_lora.analysis.figures.plots`, :mod:`hessian_lora.analysis.figures.spectrum`,
+:mod:`hessian_lora.analysis.figures.ablation`) share.
 """
 
 from __future__ import annotations

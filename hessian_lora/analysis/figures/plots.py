@@ -3,7 +3,8 @@
 (a) metric vs learning rate per method, peaks annotated; (b) λ_max vs η* on log-log axes with the fit, the
 gradient-descent bound 2/λ and Adam's edge-of-stability line; (c) per-module λ_max at init relative to vanilla
 LoRA across layers, with medians; (d) Lanczos/power-iteration convergence; (e) the spectral density; (f) training
-loss curves per learning rate; (g) sharpness along training against the stability limits (hessian.during). Every figure colours a method the same way (:data:`METHOD_COLORS`).
+loss curves per learning rate; (g) sharpness along training against the stability limits (hessian.during). Every
+figure colours a method the same way (:data:`METHOD_COLORS`).
 """
 
 from __future__ import annotations

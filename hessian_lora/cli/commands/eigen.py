@@ -277,7 +277,8 @@ def _print_summary(report: EigenReport, out: str) -> None:
         )
     for reason, names in _uncertified_by_reason(blocks).items():
         print(
-            f"not certified ({reason}): {', '.join(names)}: {_UNCERTIFIED_HELP.get(reason, _UNCERTIFIED_HELP['other'])}",
+            f"not certified ({reason}): {', '.join(names)}: "
+            f"{_UNCERTIFIED_HELP.get(reason, _UNCERTIFIED_HELP['other'])}",
             file=sys.stdout,
         )
     note = report.source.get("preconditioner_note")
