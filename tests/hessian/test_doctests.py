@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import doctest
 import importlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,15 +21,22 @@ ENGINE_MODULES = (
     "hessian_lora.hessian.preconditioned",
 )
 
-# The public names whose docstrings must carry an example (module → names).
-WITH_EXAMPLES = {
-    "hessian_lora.hessian.operator": ("DenseOperator", "DiagonalOperator"),
-    "hessian_lora.hessian.lanczos": ("lanczos",),
-    "hessian_lora.hessian.power": ("power_iteration",),
-    "hessian_lora.hessian.trace": ("hutchinson", "hutchplusplus"),
-    "hessian_lora.hessian.density": ("spectral_density",),
-    "hessian_lora.hessian.preconditioned": ("preconditioned_sharpness",),
-}
+GENERATE = Path(__file__).resolve().parents[2] / "docs" / "_site_build" / "generate.py"
+
+
+def _engine_reference() -> dict[str, tuple[str, ...]]:
+    """The docs site's engine entries (``ENGINE_REFERENCE`` in docs/_site_build/generate.py), read from its source."""
+    tree = ast.parse(GENERATE.read_text())
+    for node in tree.body:
+        target = node.target if isinstance(node, ast.AnnAssign) else None
+        if isinstance(target, ast.Name) and target.id == "ENGINE_REFERENCE":
+            assert isinstance(node, ast.AnnAssign) and node.value is not None
+            return dict(ast.literal_eval(node.value))
+    raise AssertionError(f"{GENERATE} defines no ENGINE_REFERENCE")
+
+
+# The public names the docs site shows in its engine section: each must carry an example (module → names).
+WITH_EXAMPLES = _engine_reference()
 
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
@@ -47,6 +56,11 @@ def test_the_engine_module_s_examples_pass(name: str) -> None:
     failed, attempted = doctest.testmod(module, optionflags=FLAGS, verbose=False, report=True)
     assert attempted > 0, f"{name} has no doctest examples"
     assert failed == 0, f"{failed} of {attempted} doctest examples failed in {name} (see the output above)"
+
+
+def test_the_site_s_engine_entries_are_the_modules_run_here() -> None:
+    assert set(WITH_EXAMPLES) == set(ENGINE_MODULES)
+    assert all(WITH_EXAMPLES.values())
 
 
 @pytest.mark.parametrize(("name", "public"), sorted(WITH_EXAMPLES.items()))
