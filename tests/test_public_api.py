@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +86,40 @@ def test_every_public_function_has_a_reference_docstring() -> None:
         sections = ["Returns:", "Raises:"] + (["Args:"] if inspect.signature(value).parameters else [])
         missing += [f"{name}: {section}" for section in sections if section not in doc]
     assert missing == []
+
+
+def _class_sections_missing(cls: type) -> str | None:
+    """Why ``cls``'s docstring lacks its reference section, or None when it has it."""
+    doc = inspect.getdoc(cls) or ""
+    if not doc.strip():
+        return "no docstring"
+    # Dataclasses document their fields (Attributes:); other classes their constructor (Args:). A class that
+    # documents both (an exception with a class attribute) passes either way.
+    wanted = ("Attributes:",) if dataclasses.is_dataclass(cls) else ("Args:", "Attributes:")
+    heads = {line.strip() for line in doc.splitlines() if line.strip().endswith(":")}
+    return None if heads & set(wanted) else f"no {' or '.join(wanted)} section"
+
+
+def test_every_public_class_documents_its_fields_or_constructor() -> None:
+    missing = {}
+    for name in hessian_lora._PUBLIC:
+        value = getattr(hessian_lora, name)
+        if inspect.isclass(value):
+            why = _class_sections_missing(value)
+            if why is not None:
+                missing[name] = why
+    assert not missing, missing
+
+
+def test_the_class_section_check_can_fail() -> None:
+    @dataclasses.dataclass
+    class Bare:
+        """A dataclass whose fields go undocumented."""
+
+        x: int
+
+    class Plain:
+        """A class with an Attributes-like word but no section: Args are not listed."""
+
+    assert _class_sections_missing(Bare) == "no Attributes: section"
+    assert _class_sections_missing(Plain) == "no Args: or Attributes: section"

@@ -1,6 +1,7 @@
 """Pages generated at build time (mkdocs-gen-files), so the reference cannot drift from the code.
 
-- ``reference/api.md``: one mkdocstrings entry per name the package exports (``hessian_lora._PUBLIC``);
+- ``reference/api.md``: one mkdocstrings entry per name the package exports (``hessian_lora._PUBLIC``), then the
+  engine's operators and solvers (``ENGINE_REFERENCE``);
 - ``reference/cli.md``: every command's ``--help``, from the CLI's own parser;
 - ``changelog.md`` and the figures the pages show from outside ``docs/`` (``../figures``, ``../results``), copied
   in under ``_repo/`` (``hooks.py`` points the pages' ``../`` links there).
@@ -31,6 +32,18 @@ def public_names() -> dict[str, str]:
     raise SystemExit("hessian_lora/__init__.py defines no _PUBLIC table")
 
 
+# The engine's operators and solvers a user calls directly (``hessian_lora.hessian``, not at the package's top):
+# each entry's docstring carries an example that tests/hessian/test_doctests.py runs (it reads this table).
+ENGINE_REFERENCE: dict[str, tuple[str, ...]] = {
+    "hessian_lora.hessian.operator": ("DenseOperator", "DiagonalOperator"),
+    "hessian_lora.hessian.lanczos": ("lanczos",),
+    "hessian_lora.hessian.power": ("power_iteration",),
+    "hessian_lora.hessian.trace": ("hutchinson", "hutchplusplus"),
+    "hessian_lora.hessian.density": ("spectral_density",),
+    "hessian_lora.hessian.preconditioned": ("preconditioned_sharpness",),
+}
+
+
 def api_page() -> str:
     """The Python API page: a mkdocstrings entry per public name, grouped by the module that owns it."""
     lines = [
@@ -45,6 +58,14 @@ def api_page() -> str:
         by_module.setdefault(module, []).append(name)
     for module, names in by_module.items():
         lines += [f"## `{module}`", ""]
+        lines += [f"::: {module}.{name}\n" for name in names]
+    lines += [
+        "## The engine (`hessian_lora.hessian`)",
+        "",
+        "The operators and solvers under `measure`, for your own operators; each example runs as a doctest.",
+        "",
+    ]
+    for module, names in ENGINE_REFERENCE.items():
         lines += [f"::: {module}.{name}\n" for name in names]
     return "\n".join(lines)
 

@@ -174,7 +174,25 @@ class Relation:
 
 @dataclass(frozen=True)
 class Analysis:
-    """Everything ``hessian-lora analyze`` reports; :meth:`to_dict` is analysis.json."""
+    """Everything ``hessian-lora analyze`` reports; :meth:`to_dict` is analysis.json.
+
+    Attributes:
+        run_dir: the run directory analysed.
+        metric: the metric that decides η*.
+        higher_is_better: whether a larger metric is better.
+        beta1: Adam's β₁ of the runs (for the stability bounds).
+        rank: the rank analysed (None: the run has one).
+        batch_size: the batch size analysed (None: the run has one).
+        methods: each method's summary (η*, peak, intervals).
+        best_method: the method with the best peak.
+        relation: the λ_max–η* relation (fits, slope, Spearman's ρ).
+        created: when the analysis was made (ISO time).
+        n_runs: the runs analysed.
+        level: the confidence level of every interval.
+        n_eval_examples: evaluation problems behind the per-example bootstrap (None: none stored).
+        setup: the run's model, task, steps and optimizer (from config.yaml).
+        pooled_gap: every non-best method's gap to the best, averaged per draw (None without intervals).
+    """
 
     run_dir: str
     metric: Metric

@@ -8,6 +8,12 @@ class UserError(ValueError):
 
     A ``ValueError`` so that library callers who catch bad values catch it too; the CLI prints the message
     alone (no traceback) and exits with :attr:`exit_code`.
+
+    Args:
+        message: the one line: the file or field, what is wrong, and the fix.
+
+    Attributes:
+        exit_code: the CLI's exit status for it (2).
     """
 
     exit_code: int = 2

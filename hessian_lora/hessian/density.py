@@ -35,6 +35,19 @@ def spectral_density(
 
     ``starts`` replaces the random Rademacher start vectors (one per run). ``memory``: where each run's basis
     may live (:mod:`hessian_lora.hessian.storage`); a run whose basis cannot grow ends early, with fewer nodes.
+
+    Examples:
+        Five steps on diag(1, ..., 5) close the Krylov space: the nodes are the eigenvalues, the weights sum
+        to 1 and the first moment is the mean eigenvalue.
+
+        >>> import torch
+        >>> from hessian_lora.hessian.density import spectral_density
+        >>> from hessian_lora.hessian.operator import DiagonalOperator
+        >>> density = spectral_density(DiagonalOperator(torch.arange(1.0, 6.0, dtype=torch.float64)), steps=5)
+        >>> [round(node, 6) for node in density.nodes[0]]
+        [1.0, 2.0, 3.0, 4.0, 5.0]
+        >>> round(density.moment(0), 6), round(density.moment(1), 6)
+        (1.0, 3.0)
     """
     if steps < 1 or runs < 1:
         raise UserError(f"density needs steps >= 1 and runs >= 1, got steps={steps}, runs={runs}.")

@@ -189,7 +189,26 @@ class BaseOperator(LinearOperator):
 
 
 class DenseOperator(BaseOperator):
-    """An explicit symmetric matrix (closed-form checks, dense references)."""
+    """An explicit symmetric matrix (closed-form checks, dense references).
+
+    Args:
+        matrix: the square, symmetric matrix (its dtype and device are the operator's).
+
+    Raises:
+        ValueError: a matrix that is not square.
+        UserError: a matrix that is not symmetric up to round-off.
+
+    Examples:
+        >>> import torch
+        >>> from hessian_lora.hessian.operator import DenseOperator
+        >>> operator = DenseOperator(torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64))
+        >>> operator.size
+        2
+        >>> operator.matvec(torch.tensor([1.0, 0.0], dtype=torch.float64)).tolist()
+        [2.0, 1.0]
+        >>> operator.calls  # products made so far
+        1
+    """
 
     def __init__(self, matrix: torch.Tensor) -> None:
         if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
@@ -213,7 +232,23 @@ class DenseOperator(BaseOperator):
 
 
 class DiagonalOperator(BaseOperator):
-    """diag(d) for a flat vector d: a known spectrum at any size (checks of the solvers at millions of entries)."""
+    """diag(d) for a flat vector d: a known spectrum at any size (checks of the solvers at millions of entries).
+
+    Args:
+        diagonal: d, flat (its dtype and device are the operator's).
+
+    Raises:
+        ValueError: a diagonal that is not flat.
+
+    Examples:
+        >>> import torch
+        >>> from hessian_lora.hessian.operator import DiagonalOperator
+        >>> operator = DiagonalOperator(torch.arange(1.0, 6.0, dtype=torch.float64))
+        >>> operator.size
+        5
+        >>> operator.matvec(torch.ones(5, dtype=torch.float64)).tolist()
+        [1.0, 2.0, 3.0, 4.0, 5.0]
+    """
 
     def __init__(self, diagonal: torch.Tensor) -> None:
         if diagonal.ndim != 1:

@@ -55,7 +55,19 @@ def power_iteration(
     probe_iter: int = 3,
     callback: Callback | None = None,
 ) -> EigenResult:
-    """The ``k`` largest algebraic eigenvalues (``shift="auto"``), ``max_iter`` products per eigenvalue at most."""
+    """The ``k`` largest algebraic eigenvalues (``shift="auto"``), ``max_iter`` products per eigenvalue at most.
+
+    Examples:
+        λ_max of [[2, 1], [1, 2]] (eigenvalues 3 and 1):
+
+        >>> import torch
+        >>> from hessian_lora.hessian.operator import DenseOperator
+        >>> from hessian_lora.hessian.power import power_iteration
+        >>> operator = DenseOperator(torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64))
+        >>> result = power_iteration(operator, tol=1e-8, max_iter=200)
+        >>> round(result.largest[0], 6), result.converged
+        (3.0, True)
+    """
     check_solver_arguments(tol, max_iter, k)
     if not (shift is None or shift == "auto" or isinstance(shift, (int, float))):
         raise UserError(f"shift must be 'auto', None or a number, got {shift!r}.")

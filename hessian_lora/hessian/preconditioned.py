@@ -83,6 +83,20 @@ def preconditioned_sharpness(
 
     Raises:
         UserError: a non-positive preconditioner, or a solver the table gives no preconditioned solver.
+
+    Examples:
+        H = diag(1, ..., 5) under P = 2·I: λ₁(P⁻¹H) = 5/2, and gradient descent's threshold 2/η at η = 0.1.
+
+        >>> import torch
+        >>> from hessian_lora.hessian.operator import DiagonalOperator
+        >>> from hessian_lora.hessian.preconditioned import preconditioned_sharpness
+        >>> operator = DiagonalOperator(torch.arange(1.0, 6.0, dtype=torch.float64))
+        >>> preconditioner = torch.full((5,), 2.0, dtype=torch.float64)
+        >>> result = preconditioned_sharpness(
+        ...     operator, preconditioner, lr=0.1, beta1=0.9, eps=1e-8, step=1, tol=1e-8
+        ... )
+        >>> round(result.sharpness, 6), result.eigen.converged, round(result.gd_threshold, 6)
+        (2.5, True, 20.0)
     """
     if preconditioner.shape != (operator.size,):
         raise ValueError(

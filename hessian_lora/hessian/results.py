@@ -109,6 +109,28 @@ class EigenResult(_Serializable):
     tol), or ``"value"`` (Lanczos only: the gap bound ‖r‖²/δ of Kato–Temple / Kahan–Parlett–Jiang, Weyl's ‖r‖
     where the gap is not resolved; the bound must meet tol·|θ|). Reports written before these fields existed
     read back as ``"residual"`` with no bounds.
+
+    Attributes:
+        solver: the solver that ran (its name in the solver table).
+        largest: the largest eigenvalues found, descending.
+        largest_residuals: ‖H y − θ y‖ of each largest value's unit Ritz vector.
+        smallest: the smallest eigenvalues found, ascending.
+        smallest_residuals: ‖H y − θ y‖ of each smallest value's unit Ritz vector.
+        converged: whether every requested value met its certificate.
+        stop_reason: why the iteration ended (e.g. ``converged``, ``max_iter``, ``memory``).
+        iterations: the iterations (steps) made.
+        hvps: the Hessian-vector products made.
+        seconds: the wall time.
+        tol: the relative tolerance asked for.
+        max_iter: the iteration cap asked for.
+        size: the operator's size (parameters).
+        history: one record per iteration (products, seconds, current values and residuals).
+        details: solver-specific numbers (e.g. the start's random share, the kept products).
+        largest_vectors: the largest values' Ritz vectors (not written to reports).
+        smallest_vectors: the smallest values' Ritz vectors (not written to reports).
+        certificate: what ``converged`` was tested on: ``residual`` or ``value``.
+        largest_bounds: the bound on each largest value's error, |λ − θ| ≤ bound.
+        smallest_bounds: the bound on each smallest value's error.
     """
 
     solver: str
@@ -220,7 +242,26 @@ class PreconditionedResult(_Serializable):
 
 @dataclass(frozen=True)
 class BlockReport(_Serializable):
-    """Everything measured on one parameter block (the whole adapter or one module's factors)."""
+    """Everything measured on one parameter block (the whole adapter or one module's factors).
+
+    Attributes:
+        name: the block's name (``whole``, or the module's name).
+        parameters: the number of parameters in the block.
+        parameter_names: the names of the block's parameters.
+        lambda_max: the largest eigenvalue (None when not asked for).
+        lambda_min: the smallest eigenvalue (None when not asked for).
+        residual: the residual of λ_max's Ritz vector (None without λ_max).
+        converged: whether the solver certified every requested value.
+        hvps: the Hessian-vector products made on the block.
+        seconds: the block's wall time, eigenvalues and extras together.
+        tokens: the loss tokens the Hessian averages over.
+        batches: the batches those tokens came in.
+        eigen: the solver's full result.
+        trace: the Hutch++ trace estimate (None when not asked for).
+        density: the spectral density (None when not asked for).
+        preconditioned: Adam's preconditioned sharpness (None when not asked for).
+        scan_group: the id of the blocks solved side by side on shared passes (None: solved on its own).
+    """
 
     name: str
     parameters: int
@@ -250,7 +291,13 @@ class BlockReport(_Serializable):
 
 @dataclass(frozen=True)
 class EigenReport(_Serializable):
-    """The output of ``hessian-lora eigen`` / :func:`hessian_lora.eigen`: settings, then one report per block."""
+    """The output of ``hessian-lora eigen`` / :func:`hessian_lora.eigen`: settings, then one report per block.
+
+    Attributes:
+        settings: the measurement's settings, as recorded (``MeasureSettings.to_dict``).
+        blocks: one report per block, in the order measured.
+        source: what was measured: the checkpoint or adapter, the model, the data (``source.data``).
+    """
 
     settings: dict[str, Any]
     blocks: tuple[BlockReport, ...]

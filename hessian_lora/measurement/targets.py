@@ -106,7 +106,12 @@ class MeasureTarget(abc.ABC):
 class Checkpoint(MeasureTarget):
     """A hessian-lora checkpoint (``hessian_lora.json`` beside the adapter): a directory, or a hub repo id at
     ``revision``. It records its base model, task, prompt template and, from a training run, the optimizer state
-    the preconditioned sharpness needs."""
+    the preconditioned sharpness needs.
+
+    Attributes:
+        path: the checkpoint's directory, or a hub repo id.
+        revision: the hub revision (branch, tag or commit; None: the default branch).
+    """
 
     path: str | os.PathLike[str]
     revision: str | None = None
@@ -132,7 +137,14 @@ class Checkpoint(MeasureTarget):
 class PeftAdapter(MeasureTarget):
     """A plain ``PeftModel.save_pretrained`` directory, local or a hub repo id at ``revision``, on ``base`` (a
     model spec; default: its ``base_model_name_or_path``) in fp32; ``model_seed``: the weights of a random base
-    (tiny-llama)."""
+    (tiny-llama).
+
+    Attributes:
+        path: the adapter's directory, or a hub repo id.
+        base: the base model spec (None: the adapter config's ``base_model_name_or_path``).
+        revision: the hub revision (None: the default branch).
+        model_seed: the seed of a random base's weights (tiny-llama).
+    """
 
     path: str | os.PathLike[str]
     base: str | None = None
@@ -170,7 +182,13 @@ class AtInitialisation(MeasureTarget):
     """A method's adapter at initialisation on the base ``model`` (a spec; ``model_seed``: the weights of a random
     tiny-llama), built through :func:`~hessian_lora.training.adapters.adapter_at_initialisation`. ``adapter`` is a
     method name (its default rank, alpha and targets) or an :class:`AdapterConfig`. A method that needs data (LoRA-GA)
-    estimates its gradient on the very batches the Hessian is measured on."""
+    estimates its gradient on the very batches the Hessian is measured on.
+
+    Attributes:
+        adapter: a method name (its default rank, alpha and targets) or an :class:`AdapterConfig`.
+        model: the base model spec.
+        model_seed: the seed of a random base's weights (tiny-llama).
+    """
 
     adapter: str | AdapterConfig
     model: str = DEFAULT_MODEL
@@ -234,7 +252,12 @@ class AtInitialisation(MeasureTarget):
 class AdaptedModule(MeasureTarget):
     """The caller's own model: an ``nn.Module`` whose trainable parameters are the adapter (its ``requires_grad``
     flags are put back as they were after the measurement), with the ``tokenizer`` that cuts the settings' task
-    when no batches are given. It is measured where it is, in the precision it has (fp32 or float64)."""
+    when no batches are given. It is measured where it is, in the precision it has (fp32 or float64).
+
+    Attributes:
+        module: the model; its trainable parameters are the adapter measured.
+        tokenizer: the tokenizer that cuts the settings' task (None: batches must be given).
+    """
 
     module: nn.Module
     tokenizer: Any = None

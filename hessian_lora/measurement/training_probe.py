@@ -100,6 +100,16 @@ class SharpnessProbe:
     rate relative to the first (None: read from the optimizer; see
     :func:`hessian_lora.measurement.preconditioning.optimizer_preconditioner`); ``meta`` gives that function the
     method (LoRA+ ratio) when every group's rate is zero. :attr:`history` holds the points measured so far.
+
+    Args:
+        model: the model being trained (fp32 or float64); its trainable parameters are the adapter.
+        batches: the probe's batches (at least one).
+        settings: when and how to probe (None: :class:`DuringSettings`' defaults).
+        total_steps: the run's last step, probed too (None: no extra probe).
+        meta: the checkpoint metadata that names the method, for the LoRA+ ratio (None: none).
+
+    Raises:
+        UserError: no batches, or a model in bf16/fp16.
     """
 
     def __init__(

@@ -29,6 +29,16 @@ class AdapterConfig:
     """An adapter: method, rank, alpha (None means alpha = rank), dropout, target module names, init seed.
 
     ``pissa_niter=None`` takes PiSSA's exact SVD; an integer K uses peft's randomised ``pissa_niter_K``.
+
+    Attributes:
+        method: the method's name (the method table's).
+        rank: the rank r.
+        alpha: the scaling's alpha (None: alpha = rank).
+        dropout: the adapter's dropout.
+        targets: the names of the modules adapted.
+        seed: the initialisation's seed.
+        loraplus_ratio: LoRA+'s learning-rate ratio of B to A.
+        pissa_niter: PiSSA's randomised SVD iterations (None: the exact SVD).
     """
 
     method: str

@@ -12,7 +12,20 @@ from hessian_lora.settings.training import Precision
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """What to measure. Accuracy needs a task with a scorer; HumanEval runs generated code (opt-in)."""
+    """What to measure. Accuracy needs a task with a scorer; HumanEval runs generated code (opt-in).
+
+    Attributes:
+        batch_size: examples per evaluation batch.
+        max_length: token limit per example.
+        max_new_tokens: tokens generated per answer.
+        accuracy: whether to score generated answers (the task needs a scorer).
+        humaneval: whether to run HumanEval (generated code; opt-in).
+        humaneval_timeout: seconds each HumanEval program may run.
+        humaneval_max_new_tokens: tokens generated per HumanEval completion.
+        humaneval_limit: score only the first N problems (None: all).
+        precision: the autocast precision of evaluation.
+        allow_unconfined_code: run generated code where no confinement exists (accepting the risk).
+    """
 
     batch_size: int = 16
     max_length: int = 512

@@ -218,6 +218,49 @@ class MeasureSettings:
     (docs/gpu-throughput.md): ``pack_tokens`` regroups the samples into as few batches as that many token slots
     allow (``"auto"``: from the memory plan), the same token-weighted loss; ``lm_head_chunk`` runs the LM head
     over that many loss tokens at a time (:class:`hessian_lora.hessian.loss.ChunkedHeadLoss`).
+
+    Attributes:
+        task: task spec.
+        samples: examples to average the loss over (the paper used 500).
+        batch_size: examples per batch.
+        max_length: token limit per example.
+        data_seed: seed that picks the examples.
+        blocks: one block for the whole adapter (whole) or one per adapted module.
+        modules: per-module: module names, e.g. q_proj,v_proj.
+        layers: per-module: layers a:b (a <= i < b), 3, or 0,5,10.
+        solver: lanczos (λ_max and λ_min), power (shifted, largest algebraic), or pyhessian (PyHessian 0.1's
+            power iteration, for comparison).
+        top_k: eigenvalues per end.
+        smallest: lanczos: skip λ_min (fewer products).
+        tol: relative residual ||Hv - λv|| <= tol·|λ|.
+        max_iter: iteration cap per block.
+        seed: seed of the start vectors.
+        backend: Hessian-vector product backend.
+        trace: Hutch++ estimate of tr(H).
+        trace_hvps: Hutch++ budget in products.
+        density: spectral density by stochastic Lanczos quadrature.
+        density_steps: Lanczos steps per SLQ run.
+        density_runs: SLQ runs.
+        preconditioned: Adam-preconditioned sharpness λ1(P^-1 H) from the checkpoint's optimizer state, with
+            the thresholds 2/lr and (2+2β1)/((1-β1)lr).
+        lr: learning rate for the thresholds.
+        reuse: do not keep each batch's first-order graph between products (saves memory).
+        prompt_template: use the one the adapter was trained with.
+        dora_norm: DoRA: the Hessian of peft's surrogate with the column norm detached (what DoRA trains with)
+            or of the true loss with the norm differentiated.
+        krylov_memory: GiB the Krylov vectors may take on the device (on a GPU as much again in pinned host
+            memory); beyond it kept products are dropped, then the basis stops growing.
+        block_size: lanczos: start vectors per block; 'rank' takes the block's LoRA rank r, the width of the
+            cluster λ_max sits in at initialisation (r products a step).
+        start: lanczos: the start vector: random, structured (LoRA at initialisation: from each module's base-
+            weight gradient G, its top singular pair; one first-order pass) or gradient (the block's own
+            gradient); the last two keep a random half, so a start that misses the top cannot hide it.
+        together: per-module: solve the blocks one after another instead of side by side on shared passes.
+        pack_tokens: pack the samples, longest first, into as few batches as this many token slots (sequences
+            × the longest) allow, or 'auto' from the memory plan: the same loss and Hessian in fewer, fuller
+            batches.
+        lm_head_chunk: run the LM head over this many loss tokens at a time, never every logit of a batch (the
+            same values to round-off; double_backward or finite_difference).
     """
 
     task: str | None = _setting(
@@ -507,7 +550,22 @@ class DuringSettings:
     norm detached (default, what DoRA trains with) or of the true loss (:mod:`hessian_lora.hessian.dora`).
 
     The vocabularies (blocks, backend, dora_norm) and checks are :class:`MeasureSettings`'; the solver is one
-    that warm-starts (no PyHessian)."""
+    that warm-starts (no PyHessian).
+
+    Attributes:
+        every: probe every this many optimizer steps (and at step 0 and the last step).
+        samples: the first training examples the probe measures on.
+        batch_size: examples per probe batch.
+        blocks: ``whole`` (one block) or ``per-module`` (the headline is the largest block).
+        solver: the eigen-solver (one that warm-starts).
+        tol: the relative residual each solve must reach.
+        max_iter: the iteration cap per solve.
+        preconditioned: also measure Adam's λ₁(P⁻¹H).
+        warm_start: start each solve from the previous probe's top Ritz vector (with a random half).
+        backend: the Hessian-vector product backend.
+        seed: the seed of the start vectors.
+        dora_norm: DoRA: ``detached`` (peft's surrogate, what DoRA trains) or ``differentiated`` (the true loss).
+    """
 
     every: int = 10
     samples: int = 16

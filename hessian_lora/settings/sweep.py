@@ -182,6 +182,32 @@ class SweepConfig:
     (an :class:`AdapterConfig`), ``train`` (a :class:`TrainConfig`), ``eval`` and ``hessian`` (whose ``measure``
     is a :class:`MeasureSettings`). ``adapter`` and ``train`` are the first grid point's; a run's own are
     :meth:`adapter_for` and :meth:`train_for` (the grid axes replaced), so every caller builds the same adapter.
+
+    Attributes:
+        name: the sweep's name.
+        model: the base model spec.
+        task: the training task spec.
+        methods: the methods swept.
+        lrs: the learning rates swept.
+        adapter: the first grid point's adapter settings.
+        train: the first grid point's training settings.
+        seeds: the seeds swept.
+        ranks: the ranks swept.
+        batch_sizes: the global batch sizes swept.
+        steps: optimizer steps per run (None: from ``epochs``).
+        epochs: epochs over ``n_train`` examples (None: ``steps`` given).
+        n_train: training examples.
+        n_eval: held-out evaluation examples.
+        data_seed: the seed that picks the examples.
+        model_seed: the seed of a random base's weights (tiny-llama).
+        base_dtype: the dtype the frozen base weights train in.
+        attention: the attention implementation.
+        checkpoints: which checkpoints are kept (``final``, ``none``, ``best``).
+        eval_task: evaluation sets scored per run (``gsm8k:PATH``, ``math:PATH``, ``mbpp:PATH``, ``humaneval``).
+        eval: the evaluation settings.
+        hessian: the Hessian settings (``measure`` at init/final, ``during`` in the loop).
+        ray: the Ray backend's settings.
+        search: the adaptive search (None: run the whole grid).
     """
 
     name: str

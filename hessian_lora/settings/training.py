@@ -24,7 +24,28 @@ DEFAULT_BETAS: tuple[float, float] = (0.9, 0.999)
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run. ``steps`` optimizer steps of ``batch_size`` examples (the global batch), each the sum of
-    micro-batches of ``micro_batch_size`` (None: the whole global batch at once)."""
+    micro-batches of ``micro_batch_size`` (None: the whole global batch at once).
+
+    Attributes:
+        lr: the peak learning rate.
+        steps: optimizer steps.
+        batch_size: examples per optimizer step (the global batch).
+        micro_batch_size: examples per forward/backward (None: the whole global batch).
+        warmup_ratio: the share of steps spent warming up (linear).
+        betas: Adam's (β₁, β₂).
+        weight_decay: AdamW's weight decay.
+        eps: Adam's ε.
+        max_grad_norm: the gradient-clipping norm (None: no clipping).
+        max_length: token limit per example.
+        seed: the seed of the data order and dropout.
+        precision: the autocast precision of the forward pass.
+        divergence_factor: the last ``divergence_window`` steps' loss above this many times the first step's is
+            divergence.
+        divergence_window: the steps over which divergence is judged.
+        prompt_template: a prompt template name or a string with ``{prompt}``.
+        gradient_checkpointing: recompute each layer's activations in the backward pass (less memory, same
+            gradients).
+    """
 
     lr: float
     steps: int

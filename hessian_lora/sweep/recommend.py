@@ -329,7 +329,20 @@ def lambda_from_report(report: EigenReport, lambda_source: str) -> float:
 
 @dataclass(frozen=True)
 class Recommendation:
-    """A recommended learning rate: λ_max at init, η̂ and a narrow grid around it, with the calibration used."""
+    """A recommended learning rate: λ_max at init, η̂ and a narrow grid around it, with the calibration used.
+
+    Attributes:
+        method: the method.
+        model: the base model spec.
+        task: the task spec.
+        lambda_max: λ_max at initialisation.
+        eta: the recommended learning rate η̂.
+        grid: a narrow grid of learning rates around η̂.
+        fit: the calibration's fit that gave η̂.
+        calibration: where the calibration came from (its sweep or run directory; ``given``).
+        warnings: what the user should know (e.g. a λ_max outside the calibration's range).
+        probe_seconds: the seconds λ_max took (None: not measured here).
+    """
 
     method: str
     model: str

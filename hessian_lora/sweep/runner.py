@@ -58,7 +58,18 @@ BACKENDS: tuple[str, ...] = get_args(Backend)
 
 @dataclass(frozen=True)
 class SweepSummary:
-    """What :func:`run_sweep` did: runs planned, skipped as finished, run now, and the final statuses."""
+    """What :func:`run_sweep` did: runs planned, skipped as finished, run now, and the final statuses.
+
+    Attributes:
+        run_dir: the run directory.
+        planned: the runs the grid (or the search) planned.
+        skipped: the runs skipped because they had finished before.
+        ran: the runs run now.
+        counts: the final statuses over the planned runs (status → count).
+        wall_seconds: the sweep's wall time.
+        errors: the failed runs' last error line → count.
+        search: the adaptive search's status, one line per method and setting.
+    """
 
     run_dir: Path
     planned: int
