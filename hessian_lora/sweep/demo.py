@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from hessian_lora.settings.sweep import SweepConfig
     from hessian_lora.training.adapters import AdapterAtInit
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 FULL_CONFIG = REPO_ROOT / "experiments" / "smollm2_arith.yaml"
 QUICK_CONFIG = REPO_ROOT / "experiments" / "tiny.yaml"
 DEFAULT_OUT = {True: Path("runs") / "demo-tiny", False: Path("runs") / "demo-smollm2"}

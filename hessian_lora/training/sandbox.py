@@ -244,7 +244,7 @@ def probe_confinement() -> Confinement:
         return Confinement("none", "none", reason=f"namespaces need Linux, this is {sys.platform}")
     if _unshare_command() is None:
         return Confinement("none", "none", reason="util-linux unshare not found")
-    hidden = os.path.realpath(Path(__file__).parent)  # the package's own tree must be out of sight
+    hidden = os.path.realpath(Path(__file__).parents[1])  # the package's own tree must be out of sight
     try:
         status = execute(_PROBE.format(hidden=hidden), timeout=30.0, memory_bytes=2 << 30, level="namespaces")
     except OSError as error:

@@ -161,7 +161,7 @@ IMPOSSIBLE: dict[str, list[str]] = {
 def _calibration_for_the_tiny_model(good: Good) -> dict[str, Any]:
     """The shipped calibration with two methods, probed on the tiny model (a leave-method-out search needs
     three)."""
-    data = json.loads((REPO / "hessian_lora" / "data" / "calibration_smollm2.json").read_text())
+    data = json.loads((REPO / "hessian_lora" / "sweep" / "calibrations" / "smollm2.json").read_text())
     names = ["lora", *[name for name in data["points"] if name != "lora"]][:2]
     data["points"] = {name: data["points"][name] for name in names}
     data["probe"] = {**data.get("probe", {}), "model": "tiny-llama", "task": "arith", "rank": 2}

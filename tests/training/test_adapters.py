@@ -289,7 +289,7 @@ def test_loraga_gradient_is_the_gradient_of_the_global_per_token_mean(tiny) -> N
     expected = [m.weight.grad.detach().clone() for m in targets]
     model.zero_grad()
     _estimate_loraga_gradients(
-        model, _peft_config(AdapterConfig("loraga", rank=2, targets=("v_proj",))), batches
+        model, _peft_config(AdapterConfig("loraga", rank=2, targets=("v_proj",))), batches, loss_sum
     )
     for module, grad in zip(targets, expected):
         torch.testing.assert_close(module._peft_loraga_grad, grad, atol=1e-6, rtol=1e-5)
