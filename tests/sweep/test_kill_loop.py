@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
+from sweep_helpers import RESULT_COLUMNS
 
 from hessian_lora.core.store import open_store
 from hessian_lora.settings.sweep import config_from_dict
@@ -48,21 +49,9 @@ CONFIG: dict[str, Any] = {
     "eval": {"batch_size": 4, "max_new_tokens": 2},
     "hessian": {"init": True, "final": True, "samples": 4, "batch_size": 4, "max_iter": 5, "smallest": False},
 }
+# The result columns every execution of a run agrees on, and what a killed run must also leave the same.
 COMPARED = (
-    "run_id",
-    "method",
-    "lr",
-    "seed",
-    "rank",
-    "batch_size",
-    "status",
-    "steps",
-    "tokens",
-    "train_loss",
-    "initial_loss",
-    "eval_loss",
-    "accuracy",
-    "eval_examples",
+    *RESULT_COLUMNS,
     "lambda_init",
     "lambda_final",
     "precond_lambda_final",
